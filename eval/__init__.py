@@ -1,0 +1,1 @@
+"""BEIR evaluation of mvr indexes (installed as ``mvr.eval``)."""

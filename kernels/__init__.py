@@ -1,0 +1,9 @@
+"""Numba hot loops of mvr: arrays in, arrays out; no I/O, no torch, no configuration.
+
+Installed as ``mvr._kernels`` (the name ``kernels`` is taken on PyPI).
+"""
+
+from .maxsim import maxsim_candidates, maxsim_exhaustive, maxsim_exhaustive_many
+from .topk import topk, topk_rows
+
+__all__ = ["maxsim_candidates", "maxsim_exhaustive", "maxsim_exhaustive_many", "topk", "topk_rows"]

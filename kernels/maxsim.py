@@ -1,0 +1,126 @@
+"""Late-interaction (MaxSim) scoring, ColBERT's sum over query tokens of the best document token.
+
+    score(q, d) = sum_i max_j <q_i, d_j>          (Khattab & Zaharia, 2020, eq. 3)
+
+Documents are stored as one flat ``(n_tokens, dim)`` float16 matrix, passed here as its uint16
+bit pattern, with ``doc_offsets`` (``n_docs + 1`` int64) marking each document's rows. Queries are
+float32 ``(n_query_tokens, dim)``. Accumulation is float32. A document with no tokens scores 0.
+
+Layout of each kernel (as in ranx): a private per-document body, a parallel loop over
+documents, and a typed public function that checks shapes.
+"""
+
+import numpy as np
+from numba import njit, prange
+
+from .fp16 import decode_rows
+
+
+@njit(inline="always", fastmath=True, nogil=True)
+def _score_one(query, doc):
+    n_query, dim = query.shape
+    n_doc = doc.shape[0]
+    if n_doc == 0:
+        return np.float32(0.0)
+    total = np.float32(0.0)
+    for i in range(n_query):
+        best = np.float32(-np.inf)
+        for j in range(n_doc):
+            acc = np.float32(0.0)
+            for k in range(dim):
+                acc += query[i, k] * doc[j, k]
+            if acc > best:
+                best = acc
+        total += best
+    return total
+
+
+@njit(parallel=True, fastmath=True, nogil=True, cache=True)
+def _exhaustive(query, doc_codes, doc_offsets, max_doc_len):
+    n_docs = doc_offsets.shape[0] - 1
+    dim = doc_codes.shape[1]
+    scores = np.empty(n_docs, dtype=np.float32)
+    for d in prange(n_docs):
+        scratch = np.empty(max_doc_len * dim, dtype=np.uint32)
+        doc = decode_rows(doc_codes, doc_offsets[d], doc_offsets[d + 1], scratch)
+        scores[d] = _score_one(query, doc)
+    return scores
+
+
+@njit(parallel=True, fastmath=True, nogil=True, cache=True)
+def _candidates(query, doc_codes, doc_offsets, candidates, max_doc_len):
+    n = candidates.shape[0]
+    dim = doc_codes.shape[1]
+    scores = np.empty(n, dtype=np.float32)
+    for c in prange(n):
+        d = candidates[c]
+        scratch = np.empty(max_doc_len * dim, dtype=np.uint32)
+        doc = decode_rows(doc_codes, doc_offsets[d], doc_offsets[d + 1], scratch)
+        scores[c] = _score_one(query, doc)
+    return scores
+
+
+@njit(parallel=True, fastmath=True, nogil=True, cache=True)
+def _exhaustive_many(queries, query_offsets, doc_codes, doc_offsets, max_doc_len):
+    # Each document is decoded once and scored against every query.
+    n_queries = query_offsets.shape[0] - 1
+    n_docs = doc_offsets.shape[0] - 1
+    dim = doc_codes.shape[1]
+    scores = np.empty((n_queries, n_docs), dtype=np.float32)
+    for d in prange(n_docs):
+        scratch = np.empty(max_doc_len * dim, dtype=np.uint32)
+        doc = decode_rows(doc_codes, doc_offsets[d], doc_offsets[d + 1], scratch)
+        for q in range(n_queries):
+            scores[q, d] = _score_one(queries[query_offsets[q] : query_offsets[q + 1]], doc)
+    return scores
+
+
+def _check(query, doc_codes, doc_offsets):
+    if doc_codes.dtype != np.uint16 or doc_codes.ndim != 2:
+        raise TypeError(f"doc_codes must be a (n_tokens, dim) uint16 view of float16, got {doc_codes.dtype} {doc_codes.shape}")
+    if query.ndim != 2 or query.shape[1] != doc_codes.shape[1]:
+        raise ValueError(f"query must be (n_query_tokens, {doc_codes.shape[1]}), got {query.shape}")
+    if doc_offsets.ndim != 1 or doc_offsets.shape[0] < 1:
+        raise ValueError("doc_offsets must be a 1-D array of n_docs + 1 offsets")
+    return (
+        np.ascontiguousarray(query, dtype=np.float32),
+        np.ascontiguousarray(doc_offsets, dtype=np.int64),
+    )
+
+
+def _max_len(doc_offsets):
+    return int(np.diff(doc_offsets).max()) if doc_offsets.shape[0] > 1 else 0
+
+
+def maxsim_exhaustive(query, doc_codes, doc_offsets, max_doc_len=None):
+    """MaxSim of one query against every document.
+
+    query: float32 ``(n_query_tokens, dim)``; doc_codes: uint16 ``(n_tokens, dim)`` (float16 bits);
+    doc_offsets: int64 ``(n_docs + 1,)``. Returns float32 ``(n_docs,)``.
+    """
+    query, doc_offsets = _check(query, doc_codes, doc_offsets)
+    if max_doc_len is None:
+        max_doc_len = _max_len(doc_offsets)
+    return _exhaustive(query, doc_codes, doc_offsets, max_doc_len)
+
+
+def maxsim_candidates(query, doc_codes, doc_offsets, candidates, max_doc_len=None):
+    """MaxSim of one query against the documents ``candidates`` (int64 ``(n,)``); float32 ``(n,)``."""
+    query, doc_offsets = _check(query, doc_codes, doc_offsets)
+    candidates = np.ascontiguousarray(candidates, dtype=np.int64)
+    n_docs = doc_offsets.shape[0] - 1
+    if candidates.size and (candidates.min() < 0 or candidates.max() >= n_docs):
+        raise IndexError(f"candidate ids must lie in [0, {n_docs}), got [{candidates.min()}, {candidates.max()}]")
+    if max_doc_len is None:
+        max_doc_len = _max_len(doc_offsets)
+    return _candidates(query, doc_codes, doc_offsets, candidates, max_doc_len)
+
+
+def maxsim_exhaustive_many(queries, query_offsets, doc_codes, doc_offsets, max_doc_len=None):
+    """MaxSim of many queries (flat float32 ``(n_tokens, dim)`` + ``query_offsets``) against every
+    document; float32 ``(n_queries, n_docs)``."""
+    queries, doc_offsets = _check(queries, doc_codes, doc_offsets)
+    query_offsets = np.ascontiguousarray(query_offsets, dtype=np.int64)
+    if max_doc_len is None:
+        max_doc_len = _max_len(doc_offsets)
+    return _exhaustive_many(queries, query_offsets, doc_codes, doc_offsets, max_doc_len)

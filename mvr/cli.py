@@ -1,0 +1,218 @@
+"""The ``mvr`` command line: index, search, info, list, eval.
+
+Errors of mvr's own hierarchy print as one ``mvr: error: ...`` line and exit with status 2.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import shlex
+import sys
+from pathlib import Path
+
+from .errors import MvrError
+
+
+def _add_common(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--index-dir", type=Path, default=None, help="where named indexes live (default: $MVR_INDEX_DIR or ./indexes)")
+    parser.add_argument("--threads", type=int, default=None, help="CPU threads for encoding and scoring (default: all cores)")
+    parser.add_argument("--quiet", action="store_true", help="no progress bars")
+
+
+def _build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="mvr", description="Multi-vector (late-interaction) retrieval.")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    p = sub.add_parser("index", help="encode a corpus into an index", description="Encode a corpus into an index.")
+    p.add_argument("corpus", help="BEIR corpus.jsonl (or its dataset folder), JSONL of {id, text}, or a folder of .txt/.md files")
+    p.add_argument("--name", required=True, help="index name (under --index-dir) or a path")
+    p.add_argument("--model", default=None, help="local model folder (default: the embedded all-MiniLM-L6-v2)")
+    p.add_argument("--doc-maxlen", type=int, default=None, help="document length in tokens (default: the model's; 256 for plain encoders)")
+    p.add_argument("--query-maxlen", type=int, default=None, help="query length in tokens (default: the model's; 64 for plain encoders)")
+    p.add_argument("--batch-size", type=int, default=32)
+    p.add_argument("--pca-dim", type=int, default=None, help="reduce token vectors with uncentred PCA to this many dims")
+    p.add_argument("--skip-empty", action="store_true", help="drop documents with no text instead of failing")
+    p.add_argument("--overwrite", action="store_true", help="replace an existing index of that name (only once the new one is complete)")
+    _add_common(p)
+
+    p = sub.add_parser("search", help="search an index", description="Search an index with one query or a file of queries.")
+    p.add_argument("index", help="index name or path")
+    p.add_argument("query", nargs="?", help="the query text (or use --queries)")
+    p.add_argument("--queries", type=Path, help="JSONL of {_id|id, text} or TSV of id<TAB>text, one query per line")
+    p.add_argument("-k", type=int, default=10, help="results per query (default 10)")
+    p.add_argument("--model", default=None, help="query model folder (default: the one the index was built with)")
+    out = p.add_mutually_exclusive_group()
+    out.add_argument("--json", action="store_true", help="JSON output")
+    out.add_argument("--trec", action="store_true", help="TREC run output: qid Q0 docid rank score run")
+    p.add_argument("--run-name", default="mvr")
+    _add_common(p)
+
+    p = sub.add_parser("info", help="describe an index")
+    p.add_argument("index", help="index name or path")
+    p.add_argument("--json", action="store_true")
+    p.add_argument("--verify", action="store_true", help="also check every file's sha256 against the manifest")
+    _add_common(p)
+
+    p = sub.add_parser("list", help="list the indexes under --index-dir")
+    _add_common(p)
+
+    p = sub.add_parser("eval", help="evaluate an index on a BEIR dataset", description="Evaluate an index on a BEIR-layout dataset folder.")
+    from .eval.beir import add_arguments
+
+    add_arguments(p)
+    _add_common(p)
+    return parser
+
+
+def _read_queries(path: Path) -> list[tuple[str, str]]:
+    from .corpus import read_jsonl_objects
+    from .errors import QueryError
+
+    if not path.is_file():
+        raise QueryError(f"queries file not found: {path}.")
+    if path.suffix.lower() in (".jsonl", ".json"):
+        queries = []
+        for line, obj in read_jsonl_objects(path):
+            qid, text = obj.get("_id", obj.get("id")), obj.get("text")
+            if qid is None or not isinstance(text, str):
+                raise QueryError(f'{path}:{line}: each query needs "_id" (or "id") and "text".')
+            queries.append((str(qid), text))
+        return queries
+    queries = []
+    for line, row in enumerate(path.read_text(encoding="utf-8").splitlines(), start=1):
+        if row.strip():
+            parts = row.split("\t", 1)
+            if len(parts) != 2:
+                raise QueryError(f"{path}:{line}: expected id<TAB>text.")
+            queries.append((parts[0], parts[1]))
+    return queries
+
+
+def _cmd_index(args) -> int:
+    from .config import IndexConfig
+    from .corpus import read_corpus
+    from .index import Index
+
+    config = IndexConfig(
+        model=args.model,
+        query_maxlen=args.query_maxlen,
+        doc_maxlen=args.doc_maxlen,
+        batch_size=args.batch_size,
+        pca_dim=args.pca_dim,
+        skip_empty=args.skip_empty,
+        threads=args.threads,
+    )
+    index = Index.build(
+        read_corpus(args.corpus),
+        args.name,
+        config=config,
+        home=args.index_dir,
+        overwrite=args.overwrite,
+        show_progress=False if args.quiet else None,
+        command=args.command_line,
+    )
+    info = index.info()
+    build = info["build"]
+    print(
+        f"indexed {info['documents']} documents ({info['tokens']} token vectors, dim {info['dim']}) into {index.path} "
+        f"in {build['seconds']:.1f} s ({build['docs_per_second']:.1f} docs/s); {info['bytes_per_token']:.1f} bytes/token"
+    )
+    if info["counts"]["truncated_documents"]:
+        print(f"note: {info['counts']['truncated_documents']} documents were longer than {info['encoder']['doc_maxlen']} tokens and were truncated")
+    if info["counts"]["skipped_empty_documents"]:
+        print(f"note: {info['counts']['skipped_empty_documents']} empty documents were skipped")
+    return 0
+
+
+def _cmd_search(args) -> int:
+    from .errors import QueryError
+    from .index import Index
+
+    if (args.query is None) == (args.queries is None):
+        raise QueryError("give either a query text or --queries FILE.")
+    queries = _read_queries(args.queries) if args.queries else [("q1", args.query)]
+    index = Index.open(args.index, home=args.index_dir, model=args.model)
+    results = index.search([text for _, text in queries], k=args.k, threads=args.threads)
+    if args.trec:
+        print("\n".join(results.to_trec([qid for qid, _ in queries], args.run_name)))
+    elif args.json:
+        payload = [
+            {"query_id": qid, "query": text, "hits": [{"rank": h.rank, "id": h.id, "score": h.score, "title": h.title, "text": h.text} for h in hits]}
+            for (qid, text), hits in zip(queries, results)
+        ]
+        print(json.dumps(payload if args.queries else payload[0], ensure_ascii=False, indent=2))
+    else:
+        for (qid, text), hits in zip(queries, results):
+            if args.queries:
+                print(f"## {qid}: {text}")
+            print(f"{'rank':>4}  {'score':>8}  {'id':<16}  text")
+            for hit in hits:
+                snippet = " ".join(f"{hit.title} {hit.text}".split())
+                print(f"{hit.rank:>4}  {hit.score:>8.3f}  {hit.id[:16]:<16}  {snippet[:100]}")
+    return 0
+
+
+def _cmd_info(args) -> int:
+    from . import store
+    from .index import Index
+
+    index = Index.open(args.index, home=args.index_dir)
+    info = index.info()
+    if args.verify:
+        damaged = store.verify(index.path, index.manifest)
+        info["verified"] = not damaged
+        if damaged:
+            raise store.IndexFormatError(f"{index.path}: checksum mismatch in {', '.join(damaged)}; rebuild the index.")
+    if args.json:
+        print(json.dumps(info, indent=2))
+        return 0
+    enc = info["encoder"]
+    rows = [
+        ("path", info["path"]),
+        ("documents", info["documents"]),
+        ("token vectors", f"{info['tokens']} ({info['vectors_per_document']['mean']} per document, max {info['vectors_per_document']['max']})"),
+        ("dim", f"{info['dim']}" + (f" (PCA from {info['counts']['model_dim']})" if info["dim"] != info["counts"]["model_dim"] else "")),
+        ("bytes per token", f"{info['bytes_per_token']} (vectors + offsets)"),
+        ("index size", f"{info['index_bytes'] / 2**20:.1f} MiB"),
+        ("encoder", f"{enc['name']} [{enc['kind']}] sha256 {enc['weights_sha256'][:12]}; query {enc['query_maxlen']} / doc {enc['doc_maxlen']} tokens"),
+        ("built", f"{info['created']} in {info['build']['seconds']} s ({info['build']['docs_per_second']} docs/s)"),
+        ("truncated documents", info["counts"]["truncated_documents"]),
+    ]
+    if args.verify:
+        rows.append(("checksums", "ok"))
+    for key, value in rows:
+        print(f"{key:>20}  {value}")
+    return 0
+
+
+def _cmd_list(args) -> int:
+    from . import store
+
+    for name in store.available(args.index_dir):
+        print(name)
+    return 0
+
+
+def _cmd_eval(args) -> int:
+    from .eval.beir import run_from_args
+
+    return run_from_args(args)
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else [str(a) for a in argv]
+    args = _build_parser().parse_args(argv)
+    args.command_line = "mvr " + shlex.join(argv)  # kept in manifests and reports, to rerun them
+    try:
+        return {"index": _cmd_index, "search": _cmd_search, "info": _cmd_info, "list": _cmd_list, "eval": _cmd_eval}[args.command](args)
+    except MvrError as exc:
+        print(f"mvr: error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("mvr: interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,42 @@
+"""The exceptions mvr raises for bad input. Each message says what was received, what was
+expected and how to fix it; the CLI prints the message alone, without a traceback."""
+
+
+class MvrError(Exception):
+    """Base of every error mvr raises on purpose."""
+
+
+class ConfigError(MvrError, ValueError):
+    """A configuration value is out of range, unknown, or inconsistent with another."""
+
+
+class CorpusError(MvrError, ValueError):
+    """A corpus file or folder is missing, malformed, empty or holds duplicate ids."""
+
+
+class EncoderError(MvrError, ValueError):
+    """A model folder cannot be loaded as any encoder form mvr knows."""
+
+
+class EncoderMismatchError(MvrError, ValueError):
+    """Queries were encoded by a different encoder (weights, dims, lengths or markers) than the index."""
+
+
+class IndexNotFoundError(MvrError, FileNotFoundError):
+    """No index exists under the given name or path."""
+
+
+class IndexFormatError(MvrError, ValueError):
+    """An index directory is damaged, incomplete, or written by an unknown format version."""
+
+
+class IndexExistsError(MvrError, FileExistsError):
+    """An index of that name exists and overwriting was not asked for."""
+
+
+class DatasetError(MvrError, ValueError):
+    """A BEIR-layout evaluation folder is missing a file or a split."""
+
+
+class QueryError(MvrError, ValueError):
+    """A query is empty or not text, or a search argument (k, threads) is out of range."""

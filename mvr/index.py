@@ -1,0 +1,421 @@
+"""Build, open and search an index: the Python API that the CLI, the evaluation and RAG callers use.
+
+    >>> import mvr
+    >>> index = mvr.Index.build(["a passage", "another passage"], "demo")   # doctest: +SKIP
+    >>> index = mvr.Index.open("demo")                                      # doctest: +SKIP
+    >>> results = index.search("which passage?", k=5)                      # doctest: +SKIP
+    >>> results[0][0].id, results[0][0].score, results[0][0].text           # doctest: +SKIP
+"""
+
+from __future__ import annotations
+
+import contextlib
+import itertools
+import os
+import time
+from dataclasses import dataclass
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Iterable, Sequence
+
+import numpy as np
+
+from . import __version__, store
+from .config import IndexConfig
+from .corpus import Document, as_documents
+from .encoder import Encoder, TokenVectors
+from .errors import CorpusError, EncoderError, EncoderMismatchError, MvrError, QueryError
+from .progress import progress
+from .reduce import fit_pca, project
+
+FIRST_STAGES = ("exhaustive",)
+_IDENTITY_IGNORED = ("name", "source")
+_QUERY_CHUNK = 64  # queries scored together by the exhaustive kernel (bounds the score matrix)
+
+
+@contextlib.contextmanager
+def numba_threads(threads: int | None):
+    """Run with ``threads`` Numba threads (None: leave as is), restoring the count afterwards."""
+    import numba
+
+    if threads is None:
+        yield
+        return
+    if not isinstance(threads, int) or threads < 1:
+        raise QueryError(f"threads must be a positive integer, got {threads!r}.")
+    previous = numba.get_num_threads()
+    numba.set_num_threads(min(threads, numba.config.NUMBA_NUM_THREADS))
+    try:
+        yield
+    finally:
+        numba.set_num_threads(previous)
+
+
+def identity_differences(recorded: dict, actual: dict) -> list[str]:
+    keys = sorted((set(recorded) | set(actual)) - set(_IDENTITY_IGNORED))
+    return [f"{key}: index {recorded.get(key)!r}, query encoder {actual.get(key)!r}" for key in keys if recorded.get(key) != actual.get(key)]
+
+
+@dataclass(frozen=True)
+class Hit:
+    """One retrieved document: its rank (from 1), external id, MaxSim score, title and text."""
+
+    rank: int
+    id: str
+    score: float
+    text: str
+    title: str
+    position: int  # row of the document in the index (corpus order)
+
+
+class Results:
+    """Ranked results of ``n_queries`` queries, fixed shapes as faiss returns them.
+
+    ``indices`` int64 ``(n_queries, k)``: document positions, -1 where fewer than k documents exist;
+    ``scores`` float32 ``(n_queries, k)``: -inf where there is no result. ``results[i]`` is the list
+    of :class:`Hit` of query i, with ids and texts.
+    """
+
+    def __init__(self, indices: np.ndarray, scores: np.ndarray, index: "Index"):
+        self.indices = indices
+        self.scores = scores
+        self._index = index
+
+    def __len__(self) -> int:
+        return self.indices.shape[0]
+
+    def __getitem__(self, query: int) -> list[Hit]:
+        hits = []
+        for rank, (position, score) in enumerate(zip(self.indices[query], self.scores[query]), start=1):
+            if position < 0:
+                break
+            doc = self._index.document(int(position))
+            hits.append(Hit(rank, doc.id, float(score), doc.text, doc.title, int(position)))
+        return hits
+
+    def __iter__(self):
+        return (self[i] for i in range(len(self)))
+
+    @property
+    def doc_ids(self) -> list[list[str]]:
+        ids = self._index.doc_ids
+        return [[str(ids[p]) for p in row if p >= 0] for row in self.indices]
+
+    def to_trec(self, query_ids: Sequence[str], run_name: str = "mvr") -> list[str]:
+        """TREC run lines ``qid Q0 docid rank score run``."""
+        if len(query_ids) != len(self):
+            raise QueryError(f"{len(query_ids)} query ids for {len(self)} result lists.")
+        ids = self._index.doc_ids
+        return [
+            f"{qid} Q0 {ids[p]} {rank} {score:.6f} {run_name}"
+            for qid, row, row_scores in zip(query_ids, self.indices, self.scores)
+            for rank, (p, score) in enumerate(zip(row, row_scores), start=1)
+            if p >= 0
+        ]
+
+
+def _chunks(items: Iterable, size: int):
+    iterator = iter(items)
+    while chunk := list(itertools.islice(iterator, size)):
+        yield chunk
+
+
+class Index:
+    """A built index, memory-mapped. Create with :meth:`build`, load with :meth:`open`."""
+
+    def __init__(self, path: Path, manifest: dict, model=None):
+        self.path = Path(path)
+        self.manifest = manifest
+        self.config = IndexConfig.from_dict(manifest["config"])
+        counts = manifest["counts"]
+        self.n_docs = int(counts["documents"])
+        self.n_tokens = int(counts["tokens"])
+        self.dim = int(counts["dim"])
+        self.max_doc_len = int(counts["max_doc_len"])
+        vectors = np.load(self.path / "vectors.npy", mmap_mode="r")
+        self.doc_offsets = np.load(self.path / "doc_offsets.npy")
+        if vectors.shape != (self.n_tokens, self.dim) or self.doc_offsets.shape != (self.n_docs + 1,):
+            raise store.IndexFormatError(f"{self.path}: arrays do not match the manifest's counts; rebuild the index.")
+        self.doc_codes = vectors.view(np.uint16)  # the kernels read float16 as its bits
+        self.doc_ids = np.load(self.path / "doc_ids.npy", mmap_mode="r")
+        self._id_order = None
+        self._texts = store.Blob(self.path, "text")
+        self._titles = store.Blob(self.path, "title")
+        projection = self.path / "projection.npy"
+        self.projection = np.load(projection) if projection.is_file() else None
+        self._model = model
+        self._encoder: Encoder | None = None
+
+    # -- opening -------------------------------------------------------------------------------
+    @classmethod
+    def open(cls, name_or_path: str | os.PathLike, *, home: str | os.PathLike | None = None, model=None) -> "Index":
+        """Open an index by name (under ``home``, default ``$MVR_INDEX_DIR`` or ``./indexes``) or path.
+
+        ``model``: an :class:`Encoder` or a model folder for the queries; by default the model the
+        index was built with. A different encoder is refused at the first search.
+        """
+        path = store.locate(name_or_path, Path(home) if home else None)
+        return cls(path, store.read_manifest(path), model=model)
+
+    @property
+    def name(self) -> str:
+        return self.path.name
+
+    @property
+    def encoder(self) -> Encoder:
+        """The query encoder, loaded on first use and checked against the index's record."""
+        if self._encoder is None:
+            recorded = self.manifest["encoder"]
+            if isinstance(self._model, Encoder):
+                encoder = self._model
+            else:
+                source = self._model if self._model is not None else (None if recorded["source"] == "default" else recorded["source"])
+                if self._model is None and source is not None and not Path(source).is_dir():
+                    raise EncoderError(
+                        f"index {self.name!r} was built with the model at {source}, which is not there any more; "
+                        "pass the same model's folder (model=PATH, CLI --model PATH)."
+                    )
+                encoder = Encoder(source, query_maxlen=recorded["query_maxlen"], doc_maxlen=recorded["doc_maxlen"])
+            differences = identity_differences(recorded, encoder.identity)
+            if differences:
+                raise EncoderMismatchError(
+                    f"index {self.name!r} was built with encoder {recorded['name']!r}; the query encoder "
+                    f"{encoder.name!r} differs: {'; '.join(differences)}. Search with the index's own model, "
+                    "or rebuild the index with this one."
+                )
+            self._encoder = encoder
+        return self._encoder
+
+    # -- documents -----------------------------------------------------------------------------
+    def document(self, position: int) -> Document:
+        """The document at ``position`` (corpus order)."""
+        return Document(id=str(self.doc_ids[position]), text=self._texts[position], title=self._titles[position])
+
+    def position(self, doc_id: str) -> int:
+        """Row of the document with external id ``doc_id`` (KeyError if absent)."""
+        if self._id_order is None:
+            order = np.load(self.path / "doc_ids_order.npy")
+            self._id_order = (order, np.asarray(self.doc_ids)[order])
+        order, sorted_ids = self._id_order
+        at = int(np.searchsorted(sorted_ids, doc_id))
+        if at >= len(sorted_ids) or sorted_ids[at] != doc_id:
+            raise KeyError(doc_id)
+        return int(order[at])
+
+    def __len__(self) -> int:
+        return self.n_docs
+
+    def __repr__(self) -> str:
+        return f"Index({self.name!r}, documents={self.n_docs}, tokens={self.n_tokens}, dim={self.dim})"
+
+    # -- search --------------------------------------------------------------------------------
+    def encode_queries(self, queries: str | Sequence[str], *, batch_size: int | None = None) -> TokenVectors:
+        """Token vectors of queries, projected like the documents when the index uses PCA."""
+        texts = [queries] if isinstance(queries, str) else list(queries)
+        for i, text in enumerate(texts):
+            if not isinstance(text, str) or not text.strip():
+                raise QueryError(f"query #{i} is {'empty' if isinstance(text, str) else type(text).__name__}; queries must be non-empty strings.")
+        encoded = self.encoder.encode_queries(texts, batch_size=batch_size, show_progress=False)
+        return TokenVectors(project(encoded.vectors, self.projection), encoded.offsets, encoded.truncated)
+
+    def search(self, queries: str | Sequence[str], k: int = 10, *, first_stage: str = "exhaustive", threads: int | None = None) -> Results:
+        """Top-``k`` documents of each query by MaxSim. A single string is one query."""
+        return self.search_encoded(self.encode_queries(queries), k, first_stage=first_stage, threads=threads)
+
+    def search_encoded(self, queries: TokenVectors, k: int = 10, *, first_stage: str = "exhaustive", threads: int | None = None) -> Results:
+        """Search with queries already encoded (float32 ``(n_tokens, dim)`` + offsets)."""
+        from ._kernels import maxsim_exhaustive, maxsim_exhaustive_many, topk_rows
+
+        if not isinstance(k, (int, np.integer)) or isinstance(k, bool) or k < 1:
+            raise QueryError(f"k must be a positive integer, got {k!r}.")
+        if first_stage not in FIRST_STAGES:
+            raise QueryError(f"unknown first stage {first_stage!r}; available: {', '.join(FIRST_STAGES)}.")
+        vectors = np.ascontiguousarray(queries.vectors, dtype=np.float32)
+        if vectors.ndim != 2 or vectors.shape[1] != self.dim:
+            raise EncoderMismatchError(
+                f"query vectors have dimension {vectors.shape[-1] if vectors.ndim else '?'}, index {self.name!r} stores "
+                f"{self.dim}: encode the queries with the index's encoder ({self.manifest['encoder']['name']})."
+            )
+        offsets = np.asarray(queries.offsets, dtype=np.int64)
+        with numba_threads(threads):
+            if len(queries) == 1:
+                scores = maxsim_exhaustive(vectors, self.doc_codes, self.doc_offsets, self.max_doc_len)[None, :]
+                indices, top = topk_rows(scores, k)
+            else:
+                parts = []
+                for start in range(0, len(queries), _QUERY_CHUNK):
+                    stop = min(start + _QUERY_CHUNK, len(queries))
+                    block = vectors[offsets[start] : offsets[stop]]
+                    scores = maxsim_exhaustive_many(block, offsets[start : stop + 1] - offsets[start], self.doc_codes, self.doc_offsets, self.max_doc_len)
+                    parts.append(topk_rows(scores, k))
+                indices = np.concatenate([p[0] for p in parts])
+                top = np.concatenate([p[1] for p in parts])
+        return Results(indices, top, self)
+
+    # -- building ------------------------------------------------------------------------------
+    @classmethod
+    def build(
+        cls,
+        documents: Iterable | str | os.PathLike,
+        name: str | os.PathLike,
+        *,
+        config: IndexConfig | None = None,
+        home: str | os.PathLike | None = None,
+        overwrite: bool = False,
+        encoder: Encoder | None = None,
+        show_progress: bool | None = None,
+        chunk_size: int = 1024,
+        command: str | None = None,
+    ) -> "Index":
+        """Encode ``documents`` (an iterable of Documents, dicts, ``(id, text)`` pairs or strings, or
+        a corpus path) and write the index ``name`` (a name under ``home`` or a path).
+
+        Ids must be unique and documents non-empty (or ``config.skip_empty``). Nothing is written
+        at ``name`` until the build has finished: a failure leaves an existing index intact.
+        ``command`` (the CLI line that asked for the build) is kept in the manifest.
+        """
+        config = config or IndexConfig()
+        started = time.perf_counter()
+        target = store.target_path(str(name), Path(home) if home else None)
+        with store.StagingDir(target, overwrite) as staging, numba_threads(config.threads):
+            if encoder is None:
+                encoder = Encoder(
+                    config.model, query_maxlen=config.query_maxlen, doc_maxlen=config.doc_maxlen, batch_size=config.batch_size, threads=config.threads
+                )
+            loaded = time.perf_counter()
+            counts = _encode_corpus(documents, encoder, config, staging.path, show_progress, chunk_size)
+            encoded = time.perf_counter()
+            counts.update(_finish_vectors(staging.path, encoder.dim, config, counts["tokens"]))
+            elapsed = time.perf_counter() - started
+            vector_bytes = sum((staging.path / f).stat().st_size for f in ("vectors.npy", "doc_offsets.npy"))
+            if (staging.path / "projection.npy").is_file():
+                vector_bytes += (staging.path / "projection.npy").stat().st_size
+            staging.write_manifest(
+                {
+                    "format": store.FORMAT_NAME,
+                    "format_version": store.FORMAT_VERSION,
+                    "mvr_version": __version__,
+                    "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+                    "config": config.to_dict(),
+                    "encoder": encoder.identity,
+                    "counts": counts,
+                    "build": {
+                        "seconds": round(elapsed, 3),
+                        "model_load_seconds": round(loaded - started, 3),
+                        "encode_seconds": round(encoded - loaded, 3),
+                        "docs_per_second": round(counts["documents"] / max(encoded - loaded, 1e-9), 2),
+                        "threads": config.threads,
+                        "command": command,
+                    },
+                    "bytes_per_token": round(vector_bytes / max(counts["tokens"], 1), 3),
+                }
+            )
+            path = staging.commit()
+        return cls.open(path, model=encoder)
+
+    def info(self) -> dict:
+        """Summary for ``mvr info``: counts, sizes, encoder, config and build figures."""
+        lengths = np.diff(self.doc_offsets)
+        return {
+            "name": self.name,
+            "path": str(self.path),
+            "documents": self.n_docs,
+            "tokens": self.n_tokens,
+            "dim": self.dim,
+            "vectors_per_document": {"mean": round(float(lengths.mean()), 2) if len(lengths) else 0.0, "max": int(lengths.max()) if len(lengths) else 0},
+            "bytes_per_token": self.manifest["bytes_per_token"],
+            "index_bytes": sum(meta["bytes"] for meta in self.manifest["files"].values()),
+            "encoder": self.manifest["encoder"],
+            "config": self.manifest["config"],
+            "build": self.manifest["build"],
+            "counts": self.manifest["counts"],
+            "created": self.manifest["created"],
+            "format_version": self.manifest["format_version"],
+        }
+
+
+def _encode_corpus(documents, encoder: Encoder, config: IndexConfig, folder: Path, show_progress, chunk_size: int) -> dict:
+    """Stream documents into ``vectors.raw`` (float16, model dim), ids and text blobs; return counts."""
+    seen: dict[str, str] = {}
+    ids: list[str] = []
+    lengths: list[np.ndarray] = []
+    truncated = skipped = 0
+    texts = store.BlobWriter(folder, "text")
+    titles = store.BlobWriter(folder, "title")
+    bar = progress(desc="indexing", unit="doc", show=show_progress)
+    try:
+        with open(folder / "vectors.raw", "wb") as raw:
+            for chunk in _chunks(as_documents(documents), chunk_size):
+                kept = []
+                for doc in chunk:
+                    if doc.id in seen:
+                        raise CorpusError(
+                            f"{doc.where}: duplicate document id {doc.id!r} (first at {seen[doc.id]}). "
+                            "Ids must be unique: deduplicate the corpus."
+                        )
+                    seen[doc.id] = doc.where
+                    if not doc.full_text.strip():
+                        if config.skip_empty:
+                            skipped += 1
+                            continue
+                        raise CorpusError(
+                            f"{doc.where}: document {doc.id!r} has no text. Remove it, give it text, "
+                            "or skip such documents (skip_empty=True, CLI --skip-empty)."
+                        )
+                    kept.append(doc)
+                if not kept:
+                    continue
+                encoded = encoder.encode_documents([d.full_text for d in kept], show_progress=False)
+                if not np.isfinite(encoded.vectors).all():
+                    raise MvrError("the encoder produced non-finite vectors; check the model's weights.")
+                raw.write(encoded.vectors.astype(np.float16).tobytes())
+                lengths.append(encoded.lengths)
+                truncated += int(encoded.truncated.sum())
+                for doc in kept:
+                    ids.append(doc.id)
+                    texts.add(doc.text)
+                    titles.add(doc.title)
+                bar.update(len(chunk))
+    finally:
+        bar.close()
+        texts.close()
+        titles.close()
+    if not ids:
+        raise CorpusError("the corpus holds no documents" + (f" ({skipped} empty ones skipped)" if skipped else "") + "; nothing to index.")
+    doc_lengths = np.concatenate(lengths)
+    offsets = np.zeros(len(doc_lengths) + 1, dtype=np.int64)
+    np.cumsum(doc_lengths, out=offsets[1:])
+    np.save(folder / "doc_offsets.npy", offsets)
+    id_array = np.array(ids, dtype=str)
+    np.save(folder / "doc_ids.npy", id_array)
+    np.save(folder / "doc_ids_order.npy", np.argsort(id_array, kind="stable").astype(np.int64))
+    return {
+        "documents": len(ids),
+        "tokens": int(offsets[-1]),
+        "max_doc_len": int(doc_lengths.max()),
+        "truncated_documents": truncated,
+        "skipped_empty_documents": skipped,
+    }
+
+
+def _finish_vectors(folder: Path, model_dim: int, config: IndexConfig, n_tokens: int, block: int = 1 << 16) -> dict:
+    """Turn ``vectors.raw`` into ``vectors.npy``, fitting and applying PCA when configured."""
+    raw_path = folder / "vectors.raw"
+    raw = np.memmap(raw_path, dtype=np.float16, mode="r", shape=(n_tokens, model_dim)) if n_tokens else np.zeros((0, model_dim), np.float16)
+    projection = None
+    if config.pca_dim is not None:
+        if config.pca_dim > model_dim:
+            raise MvrError(f"pca_dim={config.pca_dim} exceeds the model's {model_dim} dimensions.")
+        rng = np.random.default_rng(config.seed)
+        sample = np.sort(rng.choice(n_tokens, size=min(config.pca_sample, n_tokens), replace=False))
+        projection = fit_pca(raw[sample].astype(np.float32), config.pca_dim)
+        np.save(folder / "projection.npy", projection)
+    dim = model_dim if projection is None else config.pca_dim
+    out = np.lib.format.open_memmap(folder / "vectors.npy", mode="w+", dtype=np.float16, shape=(n_tokens, dim))
+    for start in range(0, n_tokens, block):
+        part = raw[start : start + block].astype(np.float32)
+        out[start : start + block] = project(part, projection).astype(np.float16)
+    out.flush()
+    del out, raw
+    os.remove(raw_path)
+    return {"dim": dim, "model_dim": model_dim}

@@ -1,0 +1,32 @@
+"""Linear dimension reduction of token vectors, fitted at index time and applied to queries.
+
+Uncentred PCA (the top eigenvectors of the token second-moment matrix ``X^T X / n``), then
+re-normalisation: inner products of unit vectors are what MaxSim compares, so the reduction keeps
+the directions that carry most of the squared inner-product mass (as LeanVec's query-agnostic
+variant does), and the mean is not removed.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+
+def fit_pca(sample: np.ndarray, n_components: int) -> np.ndarray:
+    """Projection float32 ``(dim, n_components)`` from a float ``(n, dim)`` sample of token vectors."""
+    sample = np.asarray(sample, dtype=np.float64)
+    second_moment = sample.T @ sample / max(len(sample), 1)
+    eigenvalues, eigenvectors = np.linalg.eigh(second_moment)
+    components = eigenvectors[:, np.argsort(eigenvalues)[::-1][:n_components]]
+    # Deterministic signs: the largest-magnitude entry of each component is positive.
+    signs = np.sign(components[np.abs(components).argmax(axis=0), np.arange(n_components)])
+    return np.ascontiguousarray(components * signs, dtype=np.float32)
+
+
+def project(vectors: np.ndarray, projection: np.ndarray | None) -> np.ndarray:
+    """Apply a projection and re-normalise rows (rows of zero norm stay zero); identity when None."""
+    if projection is None:
+        return vectors
+    reduced = np.asarray(vectors, dtype=np.float32) @ projection
+    norms = np.linalg.norm(reduced, axis=1, keepdims=True)
+    np.divide(reduced, norms, out=reduced, where=norms > 0)
+    return reduced

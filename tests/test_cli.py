@@ -1,0 +1,74 @@
+"""End-to-end CLI runs on a tiny BEIR-layout dataset with the real default model."""
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from conftest import QUERIES
+from mvr.cli import main
+
+
+def run(capsys, *argv):
+    code = main([str(a) for a in argv])
+    out, err = capsys.readouterr()
+    return code, out, err
+
+
+def test_index_search_info_eval(tmp_path, beir, capsys):
+    home = tmp_path / "home"
+    code, out, _ = run(capsys, "index", beir / "corpus.jsonl", "--name", "tiny", "--index-dir", home, "--quiet")
+    assert code == 0 and "indexed 8 documents" in out
+
+    code, out, _ = run(capsys, "search", "tiny", "which animal purrs?", "-k", "3", "--index-dir", home)
+    lines = out.splitlines()
+    assert code == 0 and lines[0].split()[:3] == ["rank", "score", "id"] and lines[1].split()[2] == "d1"
+
+    code, out, _ = run(capsys, "search", "tiny", "capital of France", "--json", "-k", "2", "--index-dir", home)
+    payload = json.loads(out)
+    assert payload["hits"][0]["id"] == "d5" and payload["hits"][0]["text"].startswith("Paris")
+
+    queries = tmp_path / "q.tsv"
+    queries.write_text("a\twhich animal purrs?\nb\tenergy production in cells\n")
+    code, out, _ = run(capsys, "search", "tiny", "--queries", queries, "--trec", "-k", "2", "--index-dir", home)
+    rows = [line.split() for line in out.splitlines()]
+    assert code == 0 and len(rows) == 4 and rows[0][:4] == ["a", "Q0", "d1", "1"] and rows[2][:3] == ["b", "Q0", "d4"]
+
+    code, out, _ = run(capsys, "info", "tiny", "--json", "--verify", "--index-dir", home)
+    info = json.loads(out)
+    assert info["documents"] == 8 and info["verified"] and info["build"]["command"].startswith("mvr index")
+
+    report_path = tmp_path / "report.json"
+    code, out, _ = run(capsys, "eval", beir, "--index", "tiny", "--index-dir", home, "--output", report_path, "--quiet", "--run-file", tmp_path / "run.trec")
+    report = json.loads(report_path.read_text())
+    assert code == 0 and report["queries"] == len(QUERIES)
+    for key in ("nDCG@10", "R@100", "RR@10", "search_ms_p50", "encode_ms_p50", "index_docs_per_second", "index_bytes_per_token"):
+        assert key in report
+    assert report["RR@10"] == 1.0 and report["R@100"] == 1.0  # every judged document is first for its query
+    assert report["command"].startswith("mvr eval") and report["settings"]["encoder"]["name"] == "all-MiniLM-L6-v2"
+    assert len((tmp_path / "run.trec").read_text().splitlines()) == len(QUERIES) * 8
+
+
+def test_errors_are_one_line_with_status_2(tmp_path, beir, capsys):
+    bad = tmp_path / "bad.jsonl"
+    bad.write_text('{"_id": "a", "text": "x"}\n{oops\n')
+    code, _, err = run(capsys, "index", bad, "--name", "x", "--index-dir", tmp_path)
+    assert code == 2 and err.startswith("mvr: error:") and "bad.jsonl:2" in err
+    code, _, err = run(capsys, "search", "missing", "q", "--index-dir", tmp_path)
+    assert code == 2 and "no index named" in err
+    code, _, err = run(capsys, "eval", beir, "--index", "missing", "--index-dir", tmp_path)
+    assert code == 2 and "--build" in err
+    code, _, err = run(capsys, "eval", beir, "--index", "x", "--split", "dev", "--build", "--index-dir", tmp_path, "--quiet")
+    assert code == 2 and "available splits: test" in err
+    code, _, err = run(capsys, "search", "x", "--index-dir", tmp_path)
+    assert code == 2 and "either a query" in err
+
+
+def test_console_script_is_installed(tmp_path, beir):
+    result = subprocess.run([sys.executable, "-m", "mvr.cli", "list", "--index-dir", str(tmp_path)], capture_output=True, text=True)
+    assert result.returncode == 0
+    script = Path(sys.executable).parent / "mvr"
+    result = subprocess.run([str(script), "--help"], capture_output=True, text=True)
+    assert result.returncode == 0 and "index" in result.stdout and "eval" in result.stdout

@@ -1,0 +1,147 @@
+"""The three model forms: detection, markers, query augmentation, skiplist, projection, identity.
+
+Each expected vector is recomputed here by hand from the transformers model and the projection
+weights read from disk, so the encoder's batching, masking and pruning are checked, not trusted.
+"""
+
+import json
+import string
+
+import numpy as np
+import pytest
+import torch
+
+from mvr import Encoder, EncoderError
+from mvr.encoder import detect_spec
+
+
+def _by_hand(encoder, ids, attention, weight=None, keep=None):
+    with torch.inference_mode():
+        hidden = encoder.model(
+            input_ids=torch.tensor([ids]), attention_mask=torch.tensor([attention]), token_type_ids=torch.zeros(1, len(ids), dtype=torch.long)
+        ).last_hidden_state[0]
+        if weight is not None:
+            hidden = hidden @ weight.T
+        hidden = torch.nn.functional.normalize(hidden, dim=-1).numpy()
+    return hidden if keep is None else hidden[keep]
+
+
+def test_forms_are_detected(models, tmp_path):
+    assert detect_spec(models["plain"]).kind == "plain"
+    assert detect_spec(models["colbert"]).kind == "colbert"
+    assert detect_spec(models["pylate"]).kind == "pylate"
+    with pytest.raises(EncoderError, match="no config.json"):
+        detect_spec(tmp_path)
+    with pytest.raises(EncoderError, match="not found"):
+        detect_spec(tmp_path / "missing")
+
+
+def test_stanford_colbert_markers_augmentation_and_skiplist(models):
+    encoder = Encoder(models["colbert"])
+    tok = encoder.tokenizer
+    assert encoder.dim == 16 and encoder.spec.query_maxlen == 12 and encoder.spec.doc_maxlen == 24
+    q_marker, d_marker = tok.convert_tokens_to_ids("[unused0]"), tok.convert_tokens_to_ids("[unused1]")
+
+    query = encoder.encode_queries("hello world")
+    ids = [tok.cls_token_id, q_marker, *tok.encode("hello world", add_special_tokens=False), tok.sep_token_id]
+    ids += [tok.mask_token_id] * (12 - len(ids))
+    attention = [1 if t != tok.mask_token_id else 0 for t in ids]  # attend_to_mask_tokens = False
+    from safetensors.torch import load_file
+
+    weight = load_file(str(models["colbert"] / "model.safetensors"))["linear.weight"]
+    assert query.vectors.shape == (12, 16)  # every [MASK] keeps its vector
+    np.testing.assert_allclose(query.vectors, _by_hand(encoder, ids, attention, weight), atol=1e-5)
+
+    text = "Hello, world! It works."
+    doc = encoder.encode_documents([text])
+    ids = [tok.cls_token_id, d_marker, *tok.encode(text, add_special_tokens=False), tok.sep_token_id]
+    keep = [i for i, t in enumerate(ids) if tok.convert_ids_to_tokens(t) not in string.punctuation]
+    assert len(keep) == len(ids) - 3  # , ! .
+    np.testing.assert_allclose(doc.vectors, _by_hand(encoder, ids, [1] * len(ids), weight, keep), atol=1e-5)
+
+
+def test_stanford_truncates_documents_at_doc_maxlen(models):
+    encoder = Encoder(models["colbert"])
+    encoded = encoder.encode_documents(["word " * 200, "short"])
+    assert encoded.lengths[0] == 24 and encoded.truncated.tolist() == [True, False]
+
+
+def test_pylate_prefixes_dense_and_expansion(models):
+    encoder = Encoder(models["pylate"])
+    tok = encoder.tokenizer
+    assert encoder.spec.kind == "pylate" and encoder.dim == 8 and encoder.spec.query_maxlen == 10
+    q_prefix = tok.convert_tokens_to_ids("[Q] ")
+    d_prefix = tok.convert_tokens_to_ids("[D] ")
+    assert q_prefix != tok.unk_token_id and d_prefix != tok.unk_token_id
+    from safetensors.torch import load_file
+
+    weight = load_file(str(models["pylate"] / "1_Dense" / "model.safetensors"))["linear.weight"]
+    query = encoder.encode_queries(["a cat"])
+    ids = [tok.cls_token_id, q_prefix, *tok.encode("a cat", add_special_tokens=False), tok.sep_token_id]
+    ids += [tok.mask_token_id] * (10 - len(ids))
+    attention = [1 if t != tok.mask_token_id else 0 for t in ids]
+    np.testing.assert_allclose(query.vectors, _by_hand(encoder, ids, attention, weight), atol=1e-5)
+
+    doc = encoder.encode_documents(["a cat; a dog."])
+    ids = [tok.cls_token_id, d_prefix, *tok.encode("a cat; a dog.", add_special_tokens=False), tok.sep_token_id]
+    keep = [i for i, t in enumerate(ids) if t not in (tok.convert_tokens_to_ids(";"), tok.convert_tokens_to_ids("."))]
+    np.testing.assert_allclose(doc.vectors, _by_hand(encoder, ids, [1] * len(ids), weight, keep), atol=1e-5)
+
+
+def test_pylate_without_expansion_keeps_only_real_query_tokens(models, tmp_path):
+    import shutil
+
+    folder = shutil.copytree(models["pylate"], tmp_path / "noexp")
+    config = json.loads((folder / "config_sentence_transformers.json").read_text())
+    config["do_query_expansion"] = False
+    (folder / "config_sentence_transformers.json").write_text(json.dumps(config))
+    encoder = Encoder(folder)
+    assert encoder.encode_queries("a cat").vectors.shape[0] == len(encoder.tokenizer.encode("a cat")) + 1
+
+
+def test_plain_encoder_keeps_every_token_without_markers(models):
+    encoder = Encoder(models["plain"])
+    tok = encoder.tokenizer
+    assert encoder.spec.kind == "plain" and encoder.dim == 32
+    text = "Hello, world!"
+    ids = tok.encode(text)
+    for encoded in (encoder.encode_queries(text), encoder.encode_documents([text])):
+        np.testing.assert_allclose(encoded.vectors, _by_hand(encoder, ids, [1] * len(ids)), atol=1e-5)
+
+
+def test_batching_and_length_sorting_do_not_change_vectors(models):
+    encoder = Encoder(models["plain"], batch_size=2)
+    texts = ["one", "a much longer text with many more tokens in it", "", "two words", "x " * 30]
+    together = encoder.encode_documents(texts)
+    for i, text in enumerate(texts):
+        alone = encoder.encode_documents([text])
+        np.testing.assert_allclose(together[i], alone.vectors, atol=1e-5)
+    assert np.allclose(np.linalg.norm(together.vectors, axis=1), 1, atol=1e-5)
+
+
+def test_default_model_is_the_embedded_minilm(default_encoder):
+    identity = default_encoder.identity
+    assert identity["name"] == "all-MiniLM-L6-v2" and identity["source"] == "default"
+    assert identity["dim"] == 384 and identity["kind"] == "plain"
+    assert identity["query_maxlen"] == 64 and identity["doc_maxlen"] == 256
+
+
+def test_identities_differ_between_weights_and_lengths(models):
+    a, b = Encoder(models["plain"]).identity, Encoder(models["plain-other"]).identity
+    assert a["weights_sha256"] != b["weights_sha256"]
+    assert Encoder(models["plain"], query_maxlen=16).identity["query_maxlen"] == 16
+
+
+def test_bad_model_folders_are_refused(models, tmp_path):
+    import shutil
+
+    folder = shutil.copytree(models["pylate"], tmp_path / "badact")
+    config = json.loads((folder / "1_Dense" / "config.json").read_text())
+    config["activation_function"] = "my.custom.Activation"
+    (folder / "1_Dense" / "config.json").write_text(json.dumps(config))
+    with pytest.raises(EncoderError, match="unsupported activation"):
+        Encoder(folder)
+    with pytest.raises(EncoderError, match="at least 4"):
+        Encoder(models["plain"], doc_maxlen=2)
+    with pytest.raises(EncoderError, match="exceeds"):
+        Encoder(models["plain"], doc_maxlen=4096)

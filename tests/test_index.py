@@ -1,0 +1,249 @@
+"""Index build / open / search round trips, the on-disk format, and every way input goes wrong."""
+
+import json
+import os
+
+import numpy as np
+import pytest
+
+from conftest import DOCS, maxsim_reference
+from mvr import (
+    CorpusError,
+    Encoder,
+    EncoderMismatchError,
+    Index,
+    IndexConfig,
+    IndexExistsError,
+    IndexFormatError,
+    IndexNotFoundError,
+    QueryError,
+    TokenVectors,
+    read_corpus,
+)
+
+
+@pytest.fixture(scope="module")
+def plain_encoder(models):
+    return Encoder(models["plain"])
+
+
+def _build(tmp_path, encoder, docs=None, name="idx", **kwargs):
+    docs = [{"_id": i, "title": t, "text": x} for i, t, x in DOCS] if docs is None else docs
+    return Index.build(docs, tmp_path / name, encoder=encoder, **kwargs)
+
+
+def test_round_trip_keeps_ids_texts_and_vectors(tmp_path, plain_encoder):
+    index = _build(tmp_path, plain_encoder)
+    reopened = Index.open(tmp_path / "idx", model=plain_encoder)
+    assert len(reopened) == len(DOCS)
+    expected = plain_encoder.encode_documents([f"{t} {x}" if t else x for _, t, x in DOCS])
+    np.testing.assert_array_equal(reopened.doc_offsets, expected.offsets)
+    np.testing.assert_array_equal(np.asarray(reopened.doc_codes).view(np.float16), expected.vectors.astype(np.float16))
+    for position, (doc_id, title, text) in enumerate(DOCS):
+        doc = reopened.document(position)
+        assert (doc.id, doc.title, doc.text) == (doc_id, title, text)
+        assert reopened.position(doc_id) == position
+    with pytest.raises(KeyError):
+        reopened.position("nope")
+    manifest = json.loads((tmp_path / "idx" / "manifest.json").read_text())
+    assert manifest["format_version"] == 1 and manifest["counts"]["documents"] == len(DOCS)
+    assert manifest["encoder"] == plain_encoder.identity
+    assert set(manifest["files"]) >= {"vectors.npy", "doc_offsets.npy", "doc_ids.npy", "text.bin"}
+    assert not (tmp_path / "idx" / "vectors.raw").exists()
+    sizes = {name: (tmp_path / "idx" / name).stat().st_size for name in ("vectors.npy", "doc_offsets.npy")}
+    assert sizes["vectors.npy"] == 128 + index.n_tokens * 32 * 2  # float16 rows behind a .npy header
+    assert index.manifest["bytes_per_token"] == pytest.approx(sum(sizes.values()) / index.n_tokens, abs=1e-3)
+
+
+def test_search_ranks_by_exact_maxsim(tmp_path, plain_encoder):
+    index = _build(tmp_path, plain_encoder)
+    queries = ["purring cats", "capital city", "cell energy"]
+    results = index.search(queries, k=5)
+    docs = [np.asarray(index.doc_codes[index.doc_offsets[i] : index.doc_offsets[i + 1]]).view(np.float16).astype(np.float32) for i in range(len(index))]
+    for i, query in enumerate(queries):
+        reference = maxsim_reference(plain_encoder.encode_queries(query).vectors, docs)
+        assert results.indices[i].tolist() == np.argsort(-reference, kind="stable")[:5].tolist()
+        np.testing.assert_allclose(results.scores[i], np.sort(reference)[::-1][:5], rtol=1e-4)
+        hits = results[i]
+        assert [h.rank for h in hits] == [1, 2, 3, 4, 5] and hits[0].text == index.document(hits[0].position).text
+    single = index.search("capital city", k=5)
+    np.testing.assert_array_equal(single.indices[0], results.indices[1])  # one-query and batched kernels agree
+
+
+def test_k_larger_than_corpus_pads_with_minus_one(tmp_path, plain_encoder):
+    index = _build(tmp_path, plain_encoder)
+    results = index.search("tea", k=20)
+    assert results.indices.shape == (1, 20) and (results.indices[0, len(DOCS) :] == -1).all()
+    assert len(results[0]) == len(DOCS)
+    lines = results.to_trec(["q"])
+    assert len(lines) == len(DOCS) and lines[0].startswith("q Q0 ")
+
+
+def test_default_model_finds_the_obvious_documents(default_index):
+    results = default_index.search(["which animal purrs?", "what is the capital of France", "plants make sugar from sunlight"], k=1)
+    assert [hits[0].id for hits in results] == ["d1", "d5", "d3"]
+
+
+def test_pca_index_projects_queries_and_shrinks_vectors(tmp_path, plain_encoder):
+    full = _build(tmp_path, plain_encoder)
+    reduced = _build(tmp_path, plain_encoder, name="pca", config=IndexConfig(pca_dim=8))
+    assert reduced.dim == 8 and reduced.projection.shape == (32, 8)
+    assert (tmp_path / "pca" / "vectors.npy").stat().st_size == 128 + reduced.n_tokens * 8 * 2
+    assert reduced.manifest["bytes_per_token"] < full.manifest["bytes_per_token"] / 2  # projection included
+    query = reduced.encode_queries("purring cats")
+    assert query.vectors.shape[1] == 8 and np.allclose(np.linalg.norm(query.vectors, axis=1), 1, atol=1e-5)
+    assert len(reduced.search("purring cats", k=3)[0]) == 3
+    with pytest.raises(Exception, match="exceeds"):
+        _build(tmp_path, plain_encoder, name="pca-too-big", config=IndexConfig(pca_dim=64))
+
+
+def test_corpus_forms(tmp_path, plain_encoder):
+    folder = tmp_path / "notes"
+    (folder / "sub").mkdir(parents=True)
+    (folder / "a.md").write_text("# Alpha\nabout cats")
+    (folder / "sub" / "b.txt").write_text("about dogs")
+    (folder / "ignored.bin").write_bytes(b"\x00")
+    index = Index.build(read_corpus(folder), tmp_path / "folder-idx", encoder=plain_encoder)
+    assert sorted(str(i) for i in index.doc_ids) == ["a.md", "sub/b.txt"]
+    pairs = Index.build([("x", "first"), ("y", "second")], tmp_path / "pairs", encoder=plain_encoder)
+    assert list(pairs.doc_ids) == ["x", "y"]
+    strings = Index.build(["first", "second"], tmp_path / "strings", encoder=plain_encoder)
+    assert list(strings.doc_ids) == ["0", "1"]
+
+
+# -- bad input -------------------------------------------------------------------------------
+
+
+def test_malformed_jsonl_names_the_line(tmp_path, plain_encoder):
+    corpus = tmp_path / "bad.jsonl"
+    corpus.write_text('{"_id": "a", "text": "ok"}\n\n{"_id": "b", "text": "broken"\n')
+    with pytest.raises(CorpusError, match=r"bad.jsonl:3: not valid JSON"):
+        Index.build(read_corpus(corpus), tmp_path / "x", encoder=plain_encoder)
+    corpus.write_text('{"_id": "a"}\n')
+    with pytest.raises(CorpusError, match=r':1: document .a. has no "text"'):
+        Index.build(read_corpus(corpus), tmp_path / "x", encoder=plain_encoder)
+    corpus.write_text('["a", "b"]\n')
+    with pytest.raises(CorpusError, match=r":1: expected a JSON object"):
+        Index.build(read_corpus(corpus), tmp_path / "x", encoder=plain_encoder)
+    assert not (tmp_path / "x").exists() and not [p for p in tmp_path.iterdir() if p.name.startswith(".x.")]
+
+
+def test_empty_corpus_and_empty_documents(tmp_path, plain_encoder):
+    (tmp_path / "empty.jsonl").write_text("")
+    with pytest.raises(CorpusError, match="no documents"):
+        Index.build(read_corpus(tmp_path / "empty.jsonl"), tmp_path / "x", encoder=plain_encoder)
+    docs = [{"id": "a", "text": "fine"}, {"id": "b", "text": "   ", "title": ""}]
+    with pytest.raises(CorpusError, match=r"document #1: document 'b' has no text.*skip-empty"):
+        Index.build(docs, tmp_path / "x", encoder=plain_encoder)
+    index = Index.build(docs, tmp_path / "x", encoder=plain_encoder, config=IndexConfig(skip_empty=True))
+    assert list(index.doc_ids) == ["a"] and index.manifest["counts"]["skipped_empty_documents"] == 1
+    with pytest.raises(CorpusError, match="not found"):
+        read_corpus(tmp_path / "missing.jsonl")
+
+
+def test_duplicate_ids_name_both_places(tmp_path, plain_encoder):
+    corpus = tmp_path / "dup.jsonl"
+    corpus.write_text('{"_id": "a", "text": "one"}\n{"_id": "b", "text": "two"}\n{"_id": "a", "text": "three"}\n')
+    with pytest.raises(CorpusError, match=r"dup.jsonl:3: duplicate document id 'a' \(first at .*dup.jsonl:1\)"):
+        Index.build(read_corpus(corpus), tmp_path / "x", encoder=plain_encoder)
+
+
+def test_huge_document_is_truncated_and_counted(tmp_path, plain_encoder):
+    index = Index.build([("big", "word " * 50_000), ("small", "tiny")], tmp_path / "x", encoder=plain_encoder)
+    assert int(np.diff(index.doc_offsets)[0]) == plain_encoder.spec.doc_maxlen
+    assert index.manifest["counts"]["truncated_documents"] == 1
+
+
+def test_failed_rebuild_leaves_existing_index_intact(tmp_path, plain_encoder):
+    index = _build(tmp_path, plain_encoder)
+    before = {p.name: p.read_bytes() for p in (tmp_path / "idx").iterdir()}
+    expected = index.search("purring cats", k=3).indices
+    with pytest.raises(IndexExistsError, match="overwrite"):
+        _build(tmp_path, plain_encoder)
+    with pytest.raises(CorpusError, match="duplicate"):
+        _build(tmp_path, plain_encoder, docs=[("a", "x"), ("a", "y")], overwrite=True)
+    after = {p.name: p.read_bytes() for p in (tmp_path / "idx").iterdir()}
+    assert before == after
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["idx"]  # no staging leftovers
+    np.testing.assert_array_equal(Index.open(tmp_path / "idx", model=plain_encoder).search("purring cats", k=3).indices, expected)
+    rebuilt = _build(tmp_path, plain_encoder, docs=[("only", "one document")], overwrite=True)
+    assert list(rebuilt.doc_ids) == ["only"]
+
+
+def test_missing_and_damaged_indexes(tmp_path, plain_encoder):
+    with pytest.raises(IndexNotFoundError, match="mvr index"):
+        Index.open("nope", home=tmp_path)
+    _build(tmp_path, plain_encoder)
+    manifest_path = tmp_path / "idx" / "manifest.json"
+    manifest = json.loads(manifest_path.read_text())
+    manifest["format_version"] = 99
+    manifest_path.write_text(json.dumps(manifest))
+    with pytest.raises(IndexFormatError, match="upgrade mvr"):
+        Index.open(tmp_path / "idx")
+    manifest["format_version"] = 1
+    manifest_path.write_text(json.dumps(manifest))
+    with open(tmp_path / "idx" / "vectors.npy", "ab") as handle:
+        handle.write(b"\x00\x00")
+    with pytest.raises(IndexFormatError, match="wrong size"):
+        Index.open(tmp_path / "idx")
+    manifest_path.write_text("{not json")
+    with pytest.raises(IndexFormatError, match="damaged"):
+        Index.open(tmp_path / "idx")
+
+
+def test_queries_from_another_encoder_are_refused(tmp_path, models, plain_encoder):
+    _build(tmp_path, plain_encoder)
+    other = Index.open(tmp_path / "idx", model=models["plain-other"])
+    with pytest.raises(EncoderMismatchError, match="weights_sha256"):
+        other.search("cats")
+    longer = Index.open(tmp_path / "idx", model=Encoder(models["plain"], query_maxlen=16))
+    with pytest.raises(EncoderMismatchError, match="query_maxlen"):
+        longer.search("cats")
+    colbert = Index.open(tmp_path / "idx", model=models["colbert"])
+    with pytest.raises(EncoderMismatchError, match="dim: index 32, query encoder 16"):
+        colbert.search("cats")
+    index = Index.open(tmp_path / "idx", model=plain_encoder)
+    wrong_dim = TokenVectors(np.ones((3, 16), np.float32), np.array([0, 3]))
+    with pytest.raises(EncoderMismatchError, match="dimension 16.*stores 32"):
+        index.search_encoded(wrong_dim)
+
+
+def test_index_remembers_a_moved_model(tmp_path, models):
+    import shutil
+
+    folder = shutil.copytree(models["plain"], tmp_path / "model")
+    Index.build([("a", "cats")], tmp_path / "idx", config=IndexConfig(model=str(folder)))
+    assert Index.open(tmp_path / "idx").search("cats", k=1)[0][0].id == "a"  # loads the recorded model
+    shutil.rmtree(folder)
+    with pytest.raises(Exception, match="not there any more.*--model"):
+        Index.open(tmp_path / "idx").search("cats")
+
+
+def test_bad_queries_and_arguments(tmp_path, plain_encoder):
+    index = _build(tmp_path, plain_encoder)
+    with pytest.raises(QueryError, match="empty"):
+        index.search(["cats", "  "])
+    with pytest.raises(QueryError, match="k must be"):
+        index.search("cats", k=0)
+    with pytest.raises(QueryError, match="first stage"):
+        index.search("cats", first_stage="nope")
+    with pytest.raises(QueryError, match="threads"):
+        index.search("cats", threads=0)
+
+
+def test_thread_count_is_restored(tmp_path, plain_encoder):
+    import numba
+
+    index = _build(tmp_path, plain_encoder)
+    before = numba.get_num_threads()
+    index.search("cats", threads=1)
+    assert numba.get_num_threads() == before
+
+
+def test_import_is_light():
+    import subprocess
+    import sys
+
+    code = "import sys, mvr; print(any(m in sys.modules for m in ('torch', 'transformers', 'numba', 'faiss')))"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout.strip()
+    assert out == "False"

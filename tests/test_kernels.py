@@ -1,0 +1,136 @@
+"""Kernels against plain NumPy references, on hand-made and Hypothesis-drawn ragged shapes.
+
+The whole module runs twice: compiled, and (test_same_results_without_jit) again in a subprocess
+with NUMBA_DISABLE_JIT=1, so the Python semantics of the kernels are checked too.
+"""
+
+import os
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from conftest import maxsim_reference
+from mvr._kernels import maxsim_candidates, maxsim_exhaustive, maxsim_exhaustive_many, topk, topk_rows
+from mvr._kernels.fp16 import decode_rows
+
+NO_JIT = os.environ.get("NUMBA_DISABLE_JIT") == "1"
+EXAMPLES = 10 if NO_JIT else 60
+
+
+def _unit(rng, n, dim):
+    x = rng.standard_normal((n, dim)).astype(np.float32)
+    return x / np.maximum(np.linalg.norm(x, axis=1, keepdims=True), 1e-12)
+
+
+def _corpus(rng, lengths, dim):
+    lengths = np.asarray(lengths, dtype=np.int64)
+    offsets = np.zeros(len(lengths) + 1, dtype=np.int64)
+    np.cumsum(lengths, out=offsets[1:])
+    vectors = _unit(rng, int(offsets[-1]), dim).astype(np.float16)
+    docs = [vectors[offsets[i] : offsets[i + 1]].astype(np.float32) for i in range(len(lengths))]
+    return vectors.view(np.uint16), offsets, docs
+
+
+def test_fp16_decode_matches_numpy_for_every_finite_half():
+    bits = np.arange(1 << 16, dtype=np.uint16)
+    finite = np.isfinite(bits.view(np.float16))
+    codes = bits[finite][: (finite.sum() // 8) * 8].reshape(-1, 8)
+    decoded = decode_rows(codes, 0, codes.shape[0], np.empty(codes.size, dtype=np.uint32))
+    expected = codes.view(np.float16).astype(np.float32)
+    np.testing.assert_array_equal(decoded, expected)
+
+
+def test_exhaustive_matches_reference_with_empty_and_one_token_docs():
+    rng = np.random.default_rng(0)
+    codes, offsets, docs = _corpus(rng, [5, 0, 1, 17, 3], dim=24)
+    query = _unit(rng, 7, 24)
+    scores = maxsim_exhaustive(query, codes, offsets)
+    np.testing.assert_allclose(scores, maxsim_reference(query, docs), rtol=1e-5, atol=1e-5)
+    assert scores[1] == 0.0
+
+
+def test_candidates_score_only_the_candidates_in_their_order():
+    rng = np.random.default_rng(1)
+    codes, offsets, docs = _corpus(rng, [4, 9, 2, 6, 1, 8], dim=16)
+    query = _unit(rng, 5, 16)
+    candidates = np.array([5, 0, 3, 3], dtype=np.int64)
+    expected = maxsim_reference(query, [docs[c] for c in candidates])
+    np.testing.assert_allclose(maxsim_candidates(query, codes, offsets, candidates), expected, rtol=1e-5, atol=1e-5)
+    with pytest.raises(IndexError):
+        maxsim_candidates(query, codes, offsets, np.array([6]))
+
+
+def test_many_queries_equal_one_at_a_time():
+    rng = np.random.default_rng(2)
+    codes, offsets, _ = _corpus(rng, [3, 8, 1, 0, 12], dim=8)
+    queries = [_unit(rng, n, 8) for n in (1, 4, 9)]
+    q_offsets = np.array([0, 1, 5, 14], dtype=np.int64)
+    many = maxsim_exhaustive_many(np.concatenate(queries), q_offsets, codes, offsets)
+    for i, q in enumerate(queries):
+        np.testing.assert_allclose(many[i], maxsim_exhaustive(q, codes, offsets), rtol=1e-6, atol=1e-6)
+
+
+def test_dimension_mismatch_is_refused():
+    rng = np.random.default_rng(3)
+    codes, offsets, _ = _corpus(rng, [2, 2], dim=8)
+    with pytest.raises(ValueError, match="n_query_tokens, 8"):
+        maxsim_exhaustive(_unit(rng, 3, 16), codes, offsets)
+
+
+@settings(max_examples=EXAMPLES, deadline=None)
+@given(
+    lengths=st.lists(st.integers(0, 12), min_size=1, max_size=12),
+    n_query=st.integers(1, 6),
+    dim=st.sampled_from([1, 3, 8, 33]),
+    k=st.integers(1, 20),
+    seed=st.integers(0, 2**16),
+)
+def test_search_equals_reference_ranking(lengths, n_query, dim, k, seed):
+    rng = np.random.default_rng(seed)
+    codes, offsets, docs = _corpus(rng, lengths, dim)
+    query = _unit(rng, n_query, dim)
+    scores = maxsim_exhaustive(query, codes, offsets)
+    reference = maxsim_reference(query, docs)
+    np.testing.assert_allclose(scores, reference, rtol=1e-4, atol=1e-4)
+    idx, top = topk(scores, k)
+    n = len(lengths)
+    assert idx.shape == (k,) and top.shape == (k,)
+    assert (idx[n:] == -1).all() and np.isneginf(top[n:]).all()  # k > n_docs pads like faiss
+    order = sorted(range(n), key=lambda i: (-scores[i], i))[:k]
+    assert idx[: min(k, n)].tolist() == order
+
+
+@settings(max_examples=EXAMPLES, deadline=None)
+@given(
+    rows=st.integers(1, 5),
+    n=st.integers(0, 40),
+    k=st.integers(1, 50),
+    seed=st.integers(0, 2**16),
+)
+def test_topk_rows_equals_stable_argsort(rows, n, k, seed):
+    rng = np.random.default_rng(seed)
+    scores = rng.integers(-3, 3, size=(rows, n)).astype(np.float32)  # many ties
+    idx, top = topk_rows(scores, k)
+    for r in range(rows):
+        expected = np.argsort(-scores[r], kind="stable")[:k]
+        assert idx[r, : len(expected)].tolist() == expected.tolist()
+        np.testing.assert_array_equal(top[r, : len(expected)], scores[r, expected])
+        assert (idx[r, len(expected) :] == -1).all()
+
+
+@pytest.mark.skipif(NO_JIT, reason="already running without JIT")
+def test_same_results_without_jit():
+    env = dict(os.environ, NUMBA_DISABLE_JIT="1")
+    result = subprocess.run(
+        [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", __file__],
+        env=env,
+        capture_output=True,
+        text=True,
+        cwd=os.path.dirname(__file__),
+    )
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    assert " passed" in result.stdout
