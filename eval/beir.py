@@ -17,6 +17,7 @@ import platform
 import time
 from datetime import datetime, timezone
 from pathlib import Path
+from typing import Sequence
 
 import numpy as np
 
@@ -74,66 +75,112 @@ def _percentiles(values_ms: list[float]) -> dict[str, float]:
     return {"p50": round(float(np.percentile(values, 50)), 3), "p95": round(float(np.percentile(values, 95)), 3), "mean": round(float(values.mean()), 3)}
 
 
+def _encode_timed(index, queries: dict[str, str], threads: int | None) -> tuple[dict, list[float]]:
+    """Encode each query alone, as a caller would, timing each."""
+    encoded, times = {}, []
+    for qid, text in queries.items():
+        t0 = time.perf_counter()
+        encoded[qid] = index.encode_queries(text, threads=threads)
+        times.append((time.perf_counter() - t0) * 1e3)
+    return encoded, times
+
+
+def _search_timed(index, encoded: dict, first_stage: str, candidates: int | None, depth: int, show_progress) -> tuple[dict, dict, dict]:
+    """Search each encoded query alone; returns (run, positions of the top documents, latencies)."""
+    from ..progress import progress
+
+    run, tops, search_ms, first_ms, rerank_ms = {}, {}, [], [], []
+    bar = progress(total=len(encoded), desc=f"queries ({first_stage}{'' if candidates is None else f', {candidates}'})", unit="q", show=show_progress)
+    for qid, vectors in encoded.items():
+        t0 = time.perf_counter()
+        results = index.search_encoded(vectors, depth, first_stage=first_stage, candidates=candidates)
+        search_ms.append((time.perf_counter() - t0) * 1e3)
+        first_ms.append(results.timings["first_stage"])
+        rerank_ms.append(results.timings["rerank"])
+        kept = results.indices[0][results.indices[0] >= 0]
+        tops[qid] = kept
+        run[qid] = {str(index.doc_ids[p]): float(s) for p, s in zip(kept, results.scores[0])}
+        bar.update(1)
+    bar.close()
+    latency = {"search": _percentiles(search_ms), "first_stage": _percentiles(first_ms), "rerank": _percentiles(rerank_ms)}
+    return run, tops, latency
+
+
 def evaluate(
     dataset: str | os.PathLike,
     index,
     *,
     split: str = "test",
     first_stage: str = "exhaustive",
+    candidates: Sequence[int] | int | None = None,
+    compare_exhaustive: bool = False,
     depth: int = 100,
     threads: int | None = None,
     max_queries: int | None = None,
     show_progress=None,
-) -> tuple[dict, dict[str, dict[str, float]]]:
-    """Evaluate an open :class:`mvr.Index` on a BEIR folder; returns (report, run)."""
-    from ..index import numba_threads
-    from ..progress import progress
+) -> tuple[dict, dict[str, dict[str, dict[str, float]]]]:
+    """Evaluate an open :class:`mvr.Index` on a BEIR folder.
+
+    One run per candidate count (``first_stage="fde"``), or one exhaustive run; with
+    ``compare_exhaustive`` an exhaustive run comes first in the same process, and each FDE run also
+    reports the share of the exhaustive top-10 found among its candidates and its speed-up.
+    Returns (report, {run label: run}).
+    """
+    from ..index import DEFAULT_CANDIDATES, faiss_threads, numba_threads
 
     queries, qrels = load_beir(dataset, split)
     if max_queries:
         keep = list(queries)[:max_queries]
-        queries = {q: queries[q] for q in keep}
-        qrels = {q: qrels[q] for q in keep}
-    # Warm-up: model load and JIT compilation are one-off costs, not per-query latency.
-    first = next(iter(queries.values()))
-    index.search_encoded(index.encode_queries(first), depth, first_stage=first_stage, threads=threads)
+        queries, qrels = {q: queries[q] for q in keep}, {q: qrels[q] for q in keep}
+    counts = [candidates] if isinstance(candidates, int) or candidates is None else list(candidates)
+    plan = [("exhaustive", None)] if first_stage == "exhaustive" or compare_exhaustive else []
+    if first_stage != "exhaustive":
+        plan += [(first_stage, c or DEFAULT_CANDIDATES) for c in counts]
+    elif any(c is not None for c in counts):
+        raise DatasetError("--candidates applies to first stages that select candidates, not to exhaustive.")
+    with numba_threads(threads), faiss_threads(threads):
+        # Warm-up: model load and JIT compilation are one-off costs, not per-query latency.
+        warm = index.encode_queries(next(iter(queries.values())))
+        for stage, count in plan:
+            index.search_encoded(warm, depth, first_stage=stage, candidates=count)
+        encoded, encode_ms = _encode_timed(index, queries, threads)
+        runs, rows, exhaustive_top, exhaustive_p50 = {}, [], None, None
+        for stage, count in plan:
+            run, tops, latency = _search_timed(index, encoded, stage, count, depth, show_progress)
+            label = stage if count is None else f"{stage}@{count}"
+            runs[label] = run
+            row = {"first_stage": stage, "candidates": count, **{m: round(v, 4) for m, v in evaluate_run(run, qrels).items()}}
+            for part, values in latency.items():
+                row[f"{part}_ms_p50"], row[f"{part}_ms_p95"] = values["p50"], values["p95"]
+            if stage == "exhaustive":
+                exhaustive_top = {q: set(t[:10].tolist()) for q, t in tops.items()}
+                exhaustive_p50 = latency["search"]["p50"]
+            elif exhaustive_top is not None:
+                found = [
+                    len(exhaustive_top[q] & set(index.fde.candidates(v.vectors, v.offsets, min(count, index.n_docs))[1][0].tolist())) / max(len(exhaustive_top[q]), 1)
+                    for q, v in encoded.items()
+                ]
+                row["recall_of_exhaustive_top10"] = round(float(np.mean(found)), 4)
+                row["speedup_vs_exhaustive"] = round(exhaustive_p50 / max(latency["search"]["p50"], 1e-9), 1)
+            rows.append(row)
+    return _report(dataset, split, index, queries, depth, encode_ms, rows), runs
 
-    encode_ms, search_ms, run = [], [], {}
-    bar = progress(total=len(queries), desc=f"queries ({first_stage})", unit="q", show=show_progress)
-    with numba_threads(threads):
-        for qid, text in queries.items():
-            t0 = time.perf_counter()
-            encoded = index.encode_queries(text)
-            t1 = time.perf_counter()
-            results = index.search_encoded(encoded, depth, first_stage=first_stage)
-            t2 = time.perf_counter()
-            encode_ms.append((t1 - t0) * 1e3)
-            search_ms.append((t2 - t1) * 1e3)
-            run[qid] = {index.doc_ids[p]: float(s) for p, s in zip(results.indices[0], results.scores[0]) if p >= 0}
-            bar.update(1)
-    bar.close()
-    scores = evaluate_run(run, qrels)
-    search, encode = _percentiles(search_ms), _percentiles(encode_ms)
-    total = [e + s for e, s in zip(encode_ms, search_ms)]
-    info = index.info()
+
+def _report(dataset, split, index, queries, depth, encode_ms, rows) -> dict:
     import numba
     import torch
 
-    report = {
+    info = index.info()
+    encode = _percentiles(encode_ms)
+    return {
         "dataset": Path(dataset).resolve().name,
         "split": split,
         "queries": len(queries),
         "index": index.name,
-        "first_stage": first_stage,
         "depth": depth,
-        **{m: round(v, 4) for m, v in scores.items()},
-        "search_ms_p50": search["p50"],
-        "search_ms_p95": search["p95"],
+        "runs": rows,
         "encode_ms_p50": encode["p50"],
         "encode_ms_p95": encode["p95"],
-        "total_ms_p50": _percentiles(total)["p50"],
-        "search_ms_mean": search["mean"],
-        "encode_ms_mean": encode["mean"],
         "index_command": info["build"].get("command"),
         "index_build_seconds": info["build"]["seconds"],
         "index_docs_per_second": info["build"]["docs_per_second"],
@@ -141,6 +188,7 @@ def evaluate(
         "index_documents": info["documents"],
         "index_tokens": info["tokens"],
         "dim": info["dim"],
+        "fde": info.get("fde"),
         "settings": {
             "encoder": {k: info["encoder"][k] for k in ("name", "kind", "dim", "query_maxlen", "doc_maxlen", "weights_sha256")},
             "config": info["config"],
@@ -150,7 +198,16 @@ def evaluate(
         "machine": {"processor": platform.processor() or platform.machine(), "cpus": os.cpu_count(), "python": platform.python_version()},
         "date": datetime.now(timezone.utc).isoformat(timespec="seconds"),
     }
-    return report, run
+
+
+def _counts(text: str) -> list[int]:
+    try:
+        counts = [int(part) for part in text.split(",") if part.strip()]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number or a comma list of numbers, got {text!r}") from None
+    if not counts or min(counts) < 1:
+        raise argparse.ArgumentTypeError(f"candidate counts must be positive, got {text!r}")
+    return counts
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -160,6 +217,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--index", required=True, help="index name or path")
     parser.add_argument("--split", default="test")
     parser.add_argument("--first-stage", default="exhaustive", choices=FIRST_STAGES)
+    parser.add_argument("--candidates", type=_counts, default=None, help="first-stage candidates reranked by MaxSim, or a comma list to sweep (default 100)")
+    parser.add_argument("--compare-exhaustive", action="store_true", help="also run exhaustive MaxSim in the same process: recall of its top-10 and speed-up")
     parser.add_argument("--depth", type=int, default=100, help="documents retrieved per query (>= 100 for R@100)")
     parser.add_argument("--max-queries", type=int, default=None, help="evaluate only the first N judged queries (quick checks)")
     parser.add_argument("--output", type=Path, default=None, help="write the report as JSON here")
@@ -189,21 +248,35 @@ def run_from_args(args) -> int:
         index = Index.build(read_corpus(args.dataset / "corpus.jsonl"), args.index, config=config, home=args.index_dir, show_progress=show)
     if args.depth < 1:
         raise DatasetError(f"--depth must be >= 1, got {args.depth}.")
-    report, run = evaluate(
-        args.dataset, index, split=args.split, first_stage=args.first_stage, depth=args.depth, threads=args.threads, max_queries=args.max_queries, show_progress=show
+    report, runs = evaluate(
+        args.dataset,
+        index,
+        split=args.split,
+        first_stage=args.first_stage,
+        candidates=args.candidates,
+        compare_exhaustive=args.compare_exhaustive,
+        depth=args.depth,
+        threads=args.threads,
+        max_queries=args.max_queries,
+        show_progress=show,
     )
     report["command"] = getattr(args, "command_line", None)
-    width = max(len(k) for k in (*MEASURES, "search_ms_p50"))
-    print(f"{report['dataset']} / {report['split']}: {report['queries']} queries, index {report['index']} ({report['first_stage']})")
-    for key in (*MEASURES, "search_ms_p50", "search_ms_p95", "encode_ms_p50", "encode_ms_p95", "index_docs_per_second", "index_bytes_per_token"):
-        print(f"  {key:<{width + 8}} {report[key]}")
+    print(
+        f"{report['dataset']} / {report['split']}: {report['queries']} queries, index {report['index']}; "
+        f"query encoding {report['encode_ms_p50']} ms p50, {report['encode_ms_p95']} ms p95"
+    )
+    columns = ("first_stage", "candidates", *MEASURES, "search_ms_p50", "search_ms_p95", "recall_of_exhaustive_top10", "speedup_vs_exhaustive")
+    print("  " + "  ".join(f"{c:>12}" for c in columns))
+    for row in report["runs"]:
+        print("  " + "  ".join(f"{str(row.get(c, '')):>12}" for c in columns))
     if args.output:
         args.output.parent.mkdir(parents=True, exist_ok=True)
         args.output.write_text(json.dumps(report, indent=2) + "\n", encoding="utf-8")
     if args.run_file:
         args.run_file.parent.mkdir(parents=True, exist_ok=True)
         with open(args.run_file, "w", encoding="utf-8") as handle:
-            for qid, docs in run.items():
-                for rank, (doc, score) in enumerate(sorted(docs.items(), key=lambda x: -x[1]), start=1):
-                    handle.write(f"{qid} Q0 {doc} {rank} {score:.6f} mvr\n")
+            for label, run in runs.items():
+                for qid, docs in run.items():
+                    for rank, (doc, score) in enumerate(sorted(docs.items(), key=lambda x: -x[1]), start=1):
+                        handle.write(f"{qid} Q0 {doc} {rank} {score:.6f} {label}\n")
     return 0

@@ -20,6 +20,35 @@ def _add_common(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--quiet", action="store_true", help="no progress bars")
 
 
+def _add_fde(parser: argparse.ArgumentParser, with_switch: bool) -> None:
+    group = parser.add_argument_group("MUVERA FDE first stage")
+    if with_switch:
+        group.add_argument("--no-fde", action="store_true", help="build no FDE first stage (exhaustive search only)")
+    group.add_argument("--fde-k-sim", type=int, default=5, help="SimHash bits per repetition (2**k partitions; default 5)")
+    group.add_argument("--fde-d-proj", type=int, default=16, help="AMS projection dims per token; 0 keeps all dims (default 16)")
+    group.add_argument("--fde-reps", type=int, default=20, help="repetitions (default 20)")
+    group.add_argument("--fde-d-final", type=int, default=None, help="final Count-Sketch dimension (default: none)")
+    group.add_argument("--fde-no-fill", action="store_true", help="leave empty document partitions at zero")
+    group.add_argument("--fde-factory", default="Flat", help="faiss index factory string, inner product (default Flat = exact)")
+    group.add_argument("--fde-seed", type=int, default=0)
+
+
+def _fde_config(args):
+    from .fde import FDEConfig
+
+    if getattr(args, "no_fde", False):
+        return None
+    return FDEConfig(
+        k_sim=args.fde_k_sim,
+        d_proj=args.fde_d_proj or None,
+        reps=args.fde_reps,
+        d_final=args.fde_d_final,
+        fill_empty=not args.fde_no_fill,
+        factory=args.fde_factory,
+        seed=args.fde_seed,
+    )
+
+
 def _build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="mvr", description="Multi-vector (late-interaction) retrieval.")
     sub = parser.add_subparsers(dest="command", required=True)
@@ -34,6 +63,12 @@ def _build_parser() -> argparse.ArgumentParser:
     p.add_argument("--pca-dim", type=int, default=None, help="reduce token vectors with uncentred PCA to this many dims")
     p.add_argument("--skip-empty", action="store_true", help="drop documents with no text instead of failing")
     p.add_argument("--overwrite", action="store_true", help="replace an existing index of that name (only once the new one is complete)")
+    _add_fde(p, with_switch=True)
+    _add_common(p)
+
+    p = sub.add_parser("fde", help="(re)build an index's MUVERA first stage from its stored vectors", description="(Re)build the FDE first stage of an index without re-encoding it.")
+    p.add_argument("index", help="index name or path")
+    _add_fde(p, with_switch=False)
     _add_common(p)
 
     p = sub.add_parser("search", help="search an index", description="Search an index with one query or a file of queries.")
@@ -42,6 +77,10 @@ def _build_parser() -> argparse.ArgumentParser:
     p.add_argument("--queries", type=Path, help="JSONL of {_id|id, text} or TSV of id<TAB>text, one query per line")
     p.add_argument("-k", type=int, default=10, help="results per query (default 10)")
     p.add_argument("--model", default=None, help="query model folder (default: the one the index was built with)")
+    from .index import FIRST_STAGES
+
+    p.add_argument("--first-stage", default=None, choices=FIRST_STAGES, help="how candidates are found (default: fde when the index has one)")
+    p.add_argument("--candidates", type=int, default=None, help="first-stage candidates reranked by exact MaxSim (default 100; not with exhaustive)")
     out = p.add_mutually_exclusive_group()
     out.add_argument("--json", action="store_true", help="JSON output")
     out.add_argument("--trec", action="store_true", help="TREC run output: qid Q0 docid rank score run")
@@ -102,6 +141,7 @@ def _cmd_index(args) -> int:
         pca_dim=args.pca_dim,
         skip_empty=args.skip_empty,
         threads=args.threads,
+        fde=_fde_config(args),
     )
     index = Index.build(
         read_corpus(args.corpus),
@@ -133,7 +173,7 @@ def _cmd_search(args) -> int:
         raise QueryError("give either a query text or --queries FILE.")
     queries = _read_queries(args.queries) if args.queries else [("q1", args.query)]
     index = Index.open(args.index, home=args.index_dir, model=args.model)
-    results = index.search([text for _, text in queries], k=args.k, threads=args.threads)
+    results = index.search([text for _, text in queries], k=args.k, first_stage=args.first_stage, candidates=args.candidates, threads=args.threads)
     if args.trec:
         print("\n".join(results.to_trec([qid for qid, _ in queries], args.run_name)))
     elif args.json:
@@ -186,6 +226,19 @@ def _cmd_info(args) -> int:
     return 0
 
 
+def _cmd_fde(args) -> int:
+    from .index import Index
+
+    index = Index.open(args.index, home=args.index_dir)
+    manifest = index.build_fde(_fde_config(args), threads=args.threads)
+    print(
+        f"built the FDE of {index.name}: {manifest['documents']} documents x {manifest['fde_dim']} dims, "
+        f"{manifest['bytes_per_document'] / 1024:.1f} KiB per document, in {manifest['build']['seconds']:.1f} s "
+        f"({manifest['build']['docs_per_second']:.0f} docs/s)"
+    )
+    return 0
+
+
 def _cmd_list(args) -> int:
     from . import store
 
@@ -205,7 +258,7 @@ def main(argv: list[str] | None = None) -> int:
     args = _build_parser().parse_args(argv)
     args.command_line = "mvr " + shlex.join(argv)  # kept in manifests and reports, to rerun them
     try:
-        return {"index": _cmd_index, "search": _cmd_search, "info": _cmd_info, "list": _cmd_list, "eval": _cmd_eval}[args.command](args)
+        return {"index": _cmd_index, "search": _cmd_search, "info": _cmd_info, "fde": _cmd_fde, "list": _cmd_list, "eval": _cmd_eval}[args.command](args)
     except MvrError as exc:
         print(f"mvr: error: {exc}", file=sys.stderr)
         return 2

@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, fields
+from dataclasses import asdict, dataclass, field, fields
 
 from .errors import ConfigError
+from .fde import FDEConfig
 
 
 @dataclass(frozen=True)
@@ -20,6 +21,7 @@ class IndexConfig:
     seed           seed of every random choice made at build time
     skip_empty     drop documents with no text instead of failing
     threads        torch and Numba threads while building (None: all cores)
+    fde            MUVERA first stage built with the index (None: none; exhaustive search only)
     """
 
     model: str | None = None
@@ -31,6 +33,7 @@ class IndexConfig:
     seed: int = 0
     skip_empty: bool = False
     threads: int | None = None
+    fde: FDEConfig | None = field(default_factory=FDEConfig)
 
     def __post_init__(self):
         for name in ("query_maxlen", "doc_maxlen", "pca_dim", "threads"):
@@ -43,6 +46,10 @@ class IndexConfig:
                 raise ConfigError(f"{name} must be a positive integer, got {value!r}.")
         if self.model is not None and not isinstance(self.model, str):
             object.__setattr__(self, "model", str(self.model))
+        if isinstance(self.fde, dict):
+            object.__setattr__(self, "fde", FDEConfig.from_dict(self.fde))
+        if self.fde is not None and not isinstance(self.fde, FDEConfig):
+            raise ConfigError(f"fde must be an FDEConfig, a dict of its fields, or None; got {type(self.fde).__name__}.")
 
     def to_dict(self) -> dict:
         return asdict(self)

@@ -346,14 +346,14 @@ class Encoder:
         }
 
     # -- encoding --------------------------------------------------------------------------------
-    def encode_queries(self, texts: str | Sequence[str], *, batch_size: int | None = None, show_progress=None) -> TokenVectors:
+    def encode_queries(self, texts: str | Sequence[str], *, batch_size: int | None = None, threads: int | None = None, show_progress=None) -> TokenVectors:
         """Token vectors of queries (markers and ``[MASK]`` augmentation as the model wants)."""
         texts = [texts] if isinstance(texts, str) else list(texts)
-        return self._encode(texts, is_query=True, batch_size=batch_size, show_progress=show_progress)
+        return self._encode(texts, is_query=True, batch_size=batch_size, threads=threads, show_progress=show_progress)
 
-    def encode_documents(self, texts: Sequence[str], *, batch_size: int | None = None, show_progress=None) -> TokenVectors:
+    def encode_documents(self, texts: Sequence[str], *, batch_size: int | None = None, threads: int | None = None, show_progress=None) -> TokenVectors:
         """Token vectors of documents (truncated at ``doc_maxlen`` tokens; skiplist tokens dropped)."""
-        return self._encode(list(texts), is_query=False, batch_size=batch_size, show_progress=show_progress)
+        return self._encode(list(texts), is_query=False, batch_size=batch_size, threads=threads, show_progress=show_progress)
 
     def _token_ids(self, texts: list[str], is_query: bool) -> tuple[list[list[int]], np.ndarray]:
         """Model input ids of each text, and which texts were truncated to fit."""
@@ -372,7 +372,7 @@ class Encoder:
             sequences = [ids + [tok.mask_token_id] * (maxlen - len(ids)) for ids in sequences]
         return sequences, truncated
 
-    def _encode(self, texts: list[str], *, is_query: bool, batch_size: int | None, show_progress) -> TokenVectors:
+    def _encode(self, texts: list[str], *, is_query: bool, batch_size: int | None, threads: int | None, show_progress) -> TokenVectors:
         import torch
 
         for i, text in enumerate(texts):
@@ -384,7 +384,7 @@ class Encoder:
         results: list[np.ndarray | None] = [None] * len(texts)
         bar = progress(total=len(texts), desc="encoding queries" if is_query else "encoding documents", unit="text", show=show_progress)
         pad_id = self.tokenizer.pad_token_id or 0
-        with _torch_threads(self.threads), torch.inference_mode():
+        with _torch_threads(threads or self.threads), torch.inference_mode():
             for start in range(0, len(order), batch_size):
                 batch = [sequences[i] for i in order[start : start + batch_size]]
                 width = max(len(s) for s in batch)

@@ -25,10 +25,12 @@ from .config import IndexConfig
 from .corpus import Document, as_documents
 from .encoder import Encoder, TokenVectors
 from .errors import CorpusError, EncoderError, EncoderMismatchError, MvrError, QueryError
+from .fde import FDE_DIR, FDE_FORMAT, FDE_VERSION, FDEConfig, FDEFirstStage, build_fde, faiss_threads
 from .progress import progress
 from .reduce import fit_pca, project
 
-FIRST_STAGES = ("exhaustive",)
+FIRST_STAGES = ("exhaustive", "fde")
+DEFAULT_CANDIDATES = 100  # FDE candidates reranked when the caller names none
 _IDENTITY_IGNORED = ("name", "source")
 _QUERY_CHUNK = 64  # queries scored together by the exhaustive kernel (bounds the score matrix)
 
@@ -76,9 +78,10 @@ class Results:
     of :class:`Hit` of query i, with ids and texts.
     """
 
-    def __init__(self, indices: np.ndarray, scores: np.ndarray, index: "Index"):
+    def __init__(self, indices: np.ndarray, scores: np.ndarray, index: "Index", timings: dict | None = None):
         self.indices = indices
         self.scores = scores
+        self.timings = timings or {}
         self._index = index
 
     def __len__(self) -> int:
@@ -145,6 +148,7 @@ class Index:
         self.projection = np.load(projection) if projection.is_file() else None
         self._model = model
         self._encoder: Encoder | None = None
+        self._fde: FDEFirstStage | None = None
 
     # -- opening -------------------------------------------------------------------------------
     @classmethod
@@ -186,6 +190,33 @@ class Index:
             self._encoder = encoder
         return self._encoder
 
+    @property
+    def has_fde(self) -> bool:
+        return (self.path / FDE_DIR / store.MANIFEST).is_file()
+
+    @property
+    def fde(self) -> FDEFirstStage:
+        """The MUVERA first stage (``fde/``), opened on first use."""
+        if self._fde is None:
+            if not self.has_fde:
+                raise QueryError(
+                    f"index {self.name!r} has no FDE first stage; add one with `mvr fde {self.name}` "
+                    "(Index.build_fde), or search with first_stage='exhaustive'."
+                )
+            self._fde = FDEFirstStage(self.path / FDE_DIR, self.dim, self.n_docs, self.manifest["files"]["vectors.npy"]["sha256"])
+        return self._fde
+
+    def build_fde(self, config: FDEConfig | None = None, *, threads: int | None = None) -> dict:
+        """(Re)build the FDE first stage from the stored token vectors, without re-encoding.
+        The new one replaces the old only once complete. Returns its manifest."""
+        config = config or FDEConfig()
+        with store.StagingDir(self.path / FDE_DIR, overwrite=True) as staging, numba_threads(threads), faiss_threads(threads):
+            manifest = build_fde(staging.path, self.doc_codes, self.doc_offsets, self.dim, config, self.manifest["files"]["vectors.npy"]["sha256"])
+            staging.write_manifest(manifest)
+            staging.commit()
+        self._fde = None
+        return self.fde.manifest
+
     # -- documents -----------------------------------------------------------------------------
     def document(self, position: int) -> Document:
         """The document at ``position`` (corpus order)."""
@@ -209,27 +240,60 @@ class Index:
         return f"Index({self.name!r}, documents={self.n_docs}, tokens={self.n_tokens}, dim={self.dim})"
 
     # -- search --------------------------------------------------------------------------------
-    def encode_queries(self, queries: str | Sequence[str], *, batch_size: int | None = None) -> TokenVectors:
+    def encode_queries(self, queries: str | Sequence[str], *, batch_size: int | None = None, threads: int | None = None) -> TokenVectors:
         """Token vectors of queries, projected like the documents when the index uses PCA."""
         texts = [queries] if isinstance(queries, str) else list(queries)
         for i, text in enumerate(texts):
             if not isinstance(text, str) or not text.strip():
                 raise QueryError(f"query #{i} is {'empty' if isinstance(text, str) else type(text).__name__}; queries must be non-empty strings.")
-        encoded = self.encoder.encode_queries(texts, batch_size=batch_size, show_progress=False)
+        encoded = self.encoder.encode_queries(texts, batch_size=batch_size, threads=threads, show_progress=False)
         return TokenVectors(project(encoded.vectors, self.projection), encoded.offsets, encoded.truncated)
 
-    def search(self, queries: str | Sequence[str], k: int = 10, *, first_stage: str = "exhaustive", threads: int | None = None) -> Results:
-        """Top-``k`` documents of each query by MaxSim. A single string is one query."""
-        return self.search_encoded(self.encode_queries(queries), k, first_stage=first_stage, threads=threads)
+    def search(
+        self,
+        queries: str | Sequence[str],
+        k: int = 10,
+        *,
+        first_stage: str | None = None,
+        candidates: int | None = None,
+        threads: int | None = None,
+    ) -> Results:
+        """Top-``k`` documents of each query by exact MaxSim. A single string is one query.
 
-    def search_encoded(self, queries: TokenVectors, k: int = 10, *, first_stage: str = "exhaustive", threads: int | None = None) -> Results:
-        """Search with queries already encoded (float32 ``(n_tokens, dim)`` + offsets)."""
-        from ._kernels import maxsim_exhaustive, maxsim_exhaustive_many, topk_rows
+        ``first_stage``: ``"fde"`` reranks the ``candidates`` (default 100) best documents by MUVERA
+        FDE inner product; ``"exhaustive"`` scores every document. None: ``fde`` when the index has
+        one, else ``exhaustive``. ``threads``: CPU threads for encoding and scoring.
+        """
+        first_stage = self._check_search(k, first_stage, candidates)
+        return self.search_encoded(self.encode_queries(queries, threads=threads), k, first_stage=first_stage, candidates=candidates, threads=threads)
 
+    def _check_search(self, k, first_stage: str | None, candidates: int | None) -> str:
         if not isinstance(k, (int, np.integer)) or isinstance(k, bool) or k < 1:
             raise QueryError(f"k must be a positive integer, got {k!r}.")
+        if first_stage is None:
+            first_stage = "fde" if self.has_fde else "exhaustive"
         if first_stage not in FIRST_STAGES:
             raise QueryError(f"unknown first stage {first_stage!r}; available: {', '.join(FIRST_STAGES)}.")
+        if first_stage == "exhaustive" and candidates is not None:
+            raise QueryError("candidates applies to first stages that select candidates; 'exhaustive' scores every document.")
+        if candidates is not None and (not isinstance(candidates, (int, np.integer)) or isinstance(candidates, bool) or candidates < 1):
+            raise QueryError(f"candidates must be a positive integer, got {candidates!r}.")
+        return first_stage
+
+    def search_encoded(
+        self,
+        queries: TokenVectors,
+        k: int = 10,
+        *,
+        first_stage: str | None = None,
+        candidates: int | None = None,
+        threads: int | None = None,
+    ) -> Results:
+        """Search with queries already encoded (float32 ``(n_tokens, dim)`` + offsets).
+
+        The returned :class:`Results` carry ``timings`` (ms): ``first_stage`` and ``rerank``.
+        """
+        first_stage = self._check_search(k, first_stage, candidates)
         vectors = np.ascontiguousarray(queries.vectors, dtype=np.float32)
         if vectors.ndim != 2 or vectors.shape[1] != self.dim:
             raise EncoderMismatchError(
@@ -237,20 +301,49 @@ class Index:
                 f"{self.dim}: encode the queries with the index's encoder ({self.manifest['encoder']['name']})."
             )
         offsets = np.asarray(queries.offsets, dtype=np.int64)
-        with numba_threads(threads):
-            if len(queries) == 1:
-                scores = maxsim_exhaustive(vectors, self.doc_codes, self.doc_offsets, self.max_doc_len)[None, :]
-                indices, top = topk_rows(scores, k)
-            else:
-                parts = []
-                for start in range(0, len(queries), _QUERY_CHUNK):
-                    stop = min(start + _QUERY_CHUNK, len(queries))
-                    block = vectors[offsets[start] : offsets[stop]]
-                    scores = maxsim_exhaustive_many(block, offsets[start : stop + 1] - offsets[start], self.doc_codes, self.doc_offsets, self.max_doc_len)
-                    parts.append(topk_rows(scores, k))
-                indices = np.concatenate([p[0] for p in parts])
-                top = np.concatenate([p[1] for p in parts])
-        return Results(indices, top, self)
+        with numba_threads(threads), faiss_threads(threads):
+            if first_stage == "exhaustive":
+                return self._exhaustive(vectors, offsets, k)
+            return self._rerank_fde(vectors, offsets, k, candidates or DEFAULT_CANDIDATES)
+
+    def _exhaustive(self, vectors: np.ndarray, offsets: np.ndarray, k: int) -> Results:
+        from ._kernels import maxsim_exhaustive, maxsim_exhaustive_many, topk_rows
+
+        started = time.perf_counter()
+        if len(offsets) == 2:
+            scores = maxsim_exhaustive(vectors, self.doc_codes, self.doc_offsets, self.max_doc_len)[None, :]
+            indices, top = topk_rows(scores, k)
+        else:
+            parts = []
+            for start in range(0, len(offsets) - 1, _QUERY_CHUNK):
+                stop = min(start + _QUERY_CHUNK, len(offsets) - 1)
+                block = vectors[offsets[start] : offsets[stop]]
+                scores = maxsim_exhaustive_many(block, offsets[start : stop + 1] - offsets[start], self.doc_codes, self.doc_offsets, self.max_doc_len)
+                parts.append(topk_rows(scores, k))
+            indices = np.concatenate([p[0] for p in parts])
+            top = np.concatenate([p[1] for p in parts])
+        return Results(indices, top, self, {"first_stage": 0.0, "rerank": (time.perf_counter() - started) * 1e3})
+
+    def _rerank_fde(self, vectors: np.ndarray, offsets: np.ndarray, k: int, n_candidates: int) -> Results:
+        from ._kernels import maxsim_candidates, topk
+
+        started = time.perf_counter()
+        _, candidate_ids = self.fde.candidates(vectors, offsets, min(n_candidates, self.n_docs))
+        found = time.perf_counter()
+        n_queries = len(offsets) - 1
+        indices = np.full((n_queries, k), -1, dtype=np.int64)
+        top = np.full((n_queries, k), -np.inf, dtype=np.float32)
+        for q in range(n_queries):
+            ids = candidate_ids[q][candidate_ids[q] >= 0]
+            scores = maxsim_candidates(vectors[offsets[q] : offsets[q + 1]], self.doc_codes, self.doc_offsets, ids, self.max_doc_len)
+            # Rank by score, then by position, as the exhaustive path breaks ties.
+            order, best = topk(scores, min(k, len(ids)))
+            ranked = ids[order]
+            ties = np.lexsort((ranked, -best))
+            indices[q, : len(ranked)] = ranked[ties]
+            top[q, : len(ranked)] = best[ties]
+        done = time.perf_counter()
+        return Results(indices, top, self, {"first_stage": (found - started) * 1e3, "rerank": (done - found) * 1e3})
 
     # -- building ------------------------------------------------------------------------------
     @classmethod
@@ -286,6 +379,15 @@ class Index:
             counts = _encode_corpus(documents, encoder, config, staging.path, show_progress, chunk_size)
             encoded = time.perf_counter()
             counts.update(_finish_vectors(staging.path, encoder.dim, config, counts["tokens"]))
+            finished = time.perf_counter()
+            if config.fde is not None:
+                fde_dir = staging.path / FDE_DIR
+                fde_dir.mkdir()
+                codes = np.load(staging.path / "vectors.npy", mmap_mode="r").view(np.uint16)
+                offsets = np.load(staging.path / "doc_offsets.npy")
+                with faiss_threads(config.threads):
+                    fde_manifest = build_fde(fde_dir, codes, offsets, counts["dim"], config.fde, store.sha256_file(staging.path / "vectors.npy"))
+                store.write_manifest(fde_dir, fde_manifest)
             elapsed = time.perf_counter() - started
             vector_bytes = sum((staging.path / f).stat().st_size for f in ("vectors.npy", "doc_offsets.npy"))
             if (staging.path / "projection.npy").is_file():
@@ -304,6 +406,7 @@ class Index:
                         "model_load_seconds": round(loaded - started, 3),
                         "encode_seconds": round(encoded - loaded, 3),
                         "docs_per_second": round(counts["documents"] / max(encoded - loaded, 1e-9), 2),
+                        "fde_seconds": round(elapsed - (finished - started), 3),
                         "threads": config.threads,
                         "command": command,
                     },
@@ -331,7 +434,14 @@ class Index:
             "counts": self.manifest["counts"],
             "created": self.manifest["created"],
             "format_version": self.manifest["format_version"],
+            "fde": self._fde_summary(),
         }
+
+    def _fde_summary(self) -> dict | None:
+        if not self.has_fde:
+            return None
+        manifest = store.read_manifest(self.path / FDE_DIR, FDE_FORMAT, FDE_VERSION)
+        return {k: manifest[k] for k in ("config", "fde_dim", "bytes_per_document", "build")}
 
 
 def _encode_corpus(documents, encoder: Encoder, config: IndexConfig, folder: Path, show_progress, chunk_size: int) -> dict:

@@ -79,7 +79,9 @@ def sha256_file(path: Path) -> str:
     return digest.hexdigest()
 
 
-def read_manifest(path: Path) -> dict:
+def read_manifest(path: Path, format_name: str = FORMAT_NAME, format_version: int = FORMAT_VERSION) -> dict:
+    """The manifest of an index (or of a part with its own manifest), after checking its format,
+    version and that every listed file is there with its recorded size."""
     file = path / MANIFEST
     try:
         manifest = json.loads(file.read_text(encoding="utf-8"))
@@ -87,13 +89,13 @@ def read_manifest(path: Path) -> dict:
         raise IndexNotFoundError(f"{path} has no {MANIFEST}: not an mvr index (or its build did not finish).") from None
     except json.JSONDecodeError as exc:
         raise IndexFormatError(f"{file} is damaged ({exc.msg}); rebuild the index with `mvr index`.") from None
-    if manifest.get("format") != FORMAT_NAME:
-        raise IndexFormatError(f"{path} is not an mvr index (format {manifest.get('format')!r}).")
+    if manifest.get("format") != format_name:
+        raise IndexFormatError(f"{path} is not an {format_name} directory (format {manifest.get('format')!r}).")
     version = manifest.get("format_version")
-    if version != FORMAT_VERSION:
-        newer = isinstance(version, int) and version > FORMAT_VERSION
+    if version != format_version:
+        newer = isinstance(version, int) and version > format_version
         hint = "upgrade mvr to read it" if newer else "rebuild it with this version of mvr"
-        raise IndexFormatError(f"{path} has index format version {version!r}, this mvr reads {FORMAT_VERSION}: {hint}.")
+        raise IndexFormatError(f"{path} has {format_name} format version {version!r}, this mvr reads {format_version}: {hint}.")
     for name, meta in manifest.get("files", {}).items():
         on_disk = path / name
         if not on_disk.is_file() or on_disk.stat().st_size != meta["bytes"]:
@@ -104,6 +106,18 @@ def read_manifest(path: Path) -> dict:
 def verify(path: Path, manifest: dict) -> list[str]:
     """Names of the files whose sha256 differs from the manifest's (empty when intact)."""
     return [name for name, meta in manifest["files"].items() if sha256_file(path / name) != meta["sha256"]]
+
+
+def write_manifest(folder: Path, manifest: dict) -> None:
+    """Checksum every file of ``folder`` into ``manifest["files"]``, then write the manifest
+    atomically (temporary name, fsync, rename)."""
+    manifest["files"] = {p.name: {"bytes": p.stat().st_size, "sha256": sha256_file(p)} for p in sorted(folder.iterdir()) if p.is_file()}
+    temp = folder / (MANIFEST + ".tmp")
+    with open(temp, "w", encoding="utf-8") as handle:
+        json.dump(manifest, handle, indent=2)
+        handle.flush()
+        os.fsync(handle.fileno())
+    os.replace(temp, folder / MANIFEST)
 
 
 class BlobWriter:
@@ -164,16 +178,7 @@ class StagingDir:
             shutil.rmtree(self.path, ignore_errors=True)
 
     def write_manifest(self, manifest: dict) -> None:
-        """Checksum every file, then write the manifest atomically (temp name, fsync, rename)."""
-        manifest["files"] = {
-            p.name: {"bytes": p.stat().st_size, "sha256": sha256_file(p)} for p in sorted(self.path.iterdir()) if p.is_file()
-        }
-        temp = self.path / (MANIFEST + ".tmp")
-        with open(temp, "w", encoding="utf-8") as handle:
-            json.dump(manifest, handle, indent=2, sort_keys=False)
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.replace(temp, self.path / MANIFEST)
+        write_manifest(self.path, manifest)
 
     def commit(self) -> Path:
         """Swap the finished index in place of ``target``; the old one is removed afterwards."""

@@ -44,11 +44,22 @@ def test_index_search_info_eval(tmp_path, beir, capsys):
     code, out, _ = run(capsys, "eval", beir, "--index", "tiny", "--index-dir", home, "--output", report_path, "--quiet", "--run-file", tmp_path / "run.trec")
     report = json.loads(report_path.read_text())
     assert code == 0 and report["queries"] == len(QUERIES)
-    for key in ("nDCG@10", "R@100", "RR@10", "search_ms_p50", "encode_ms_p50", "index_docs_per_second", "index_bytes_per_token"):
+    (run_report,) = report["runs"]
+    for key in ("encode_ms_p50", "encode_ms_p95", "index_docs_per_second", "index_bytes_per_token"):
         assert key in report
-    assert report["RR@10"] == 1.0 and report["R@100"] == 1.0  # every judged document is first for its query
+    for key in ("nDCG@10", "R@100", "RR@10", "search_ms_p50", "search_ms_p95"):
+        assert key in run_report
+    assert run_report["first_stage"] == "exhaustive"
+    assert run_report["RR@10"] == 1.0 and run_report["R@100"] == 1.0  # every judged document is first for its query
     assert report["command"].startswith("mvr eval") and report["settings"]["encoder"]["name"] == "all-MiniLM-L6-v2"
     assert len((tmp_path / "run.trec").read_text().splitlines()) == len(QUERIES) * 8
+
+    from mvr.eval.table import main as table
+
+    table([str(report_path), "--output", str(tmp_path / "results.md")])
+    markdown = (tmp_path / "results.md").read_text()
+    assert f"**{run_report['nDCG@10']:.4f}**" in markdown and "[report.json](report.json)" in markdown
+    assert "`mvr index " in markdown and "`mvr eval " in markdown
 
 
 def test_errors_are_one_line_with_status_2(tmp_path, beir, capsys):

@@ -8,6 +8,7 @@ import pytest
 
 from conftest import DOCS, maxsim_reference
 from mvr import (
+    ConfigError,
     CorpusError,
     Encoder,
     EncoderMismatchError,
@@ -20,6 +21,7 @@ from mvr import (
     TokenVectors,
     read_corpus,
 )
+from mvr.fde import FDEConfig
 
 
 @pytest.fixture(scope="module")
@@ -86,13 +88,16 @@ def test_default_model_finds_the_obvious_documents(default_index):
 
 def test_pca_index_projects_queries_and_shrinks_vectors(tmp_path, plain_encoder):
     full = _build(tmp_path, plain_encoder)
-    reduced = _build(tmp_path, plain_encoder, name="pca", config=IndexConfig(pca_dim=8))
+    with pytest.raises(ConfigError, match="d_proj=16 exceeds the token dimension 8"):
+        _build(tmp_path, plain_encoder, name="pca", config=IndexConfig(pca_dim=8))
+    reduced = _build(tmp_path, plain_encoder, name="pca", config=IndexConfig(pca_dim=8, fde=FDEConfig(d_proj=4, reps=2)))
     assert reduced.dim == 8 and reduced.projection.shape == (32, 8)
     assert (tmp_path / "pca" / "vectors.npy").stat().st_size == 128 + reduced.n_tokens * 8 * 2
     assert reduced.manifest["bytes_per_token"] < full.manifest["bytes_per_token"] / 2  # projection included
     query = reduced.encode_queries("purring cats")
     assert query.vectors.shape[1] == 8 and np.allclose(np.linalg.norm(query.vectors, axis=1), 1, atol=1e-5)
     assert len(reduced.search("purring cats", k=3)[0]) == 3
+    assert len(reduced.search("purring cats", k=3, first_stage="fde", candidates=4)[0]) == 3
     with pytest.raises(Exception, match="exceeds"):
         _build(tmp_path, plain_encoder, name="pca-too-big", config=IndexConfig(pca_dim=64))
 
@@ -156,13 +161,13 @@ def test_huge_document_is_truncated_and_counted(tmp_path, plain_encoder):
 
 def test_failed_rebuild_leaves_existing_index_intact(tmp_path, plain_encoder):
     index = _build(tmp_path, plain_encoder)
-    before = {p.name: p.read_bytes() for p in (tmp_path / "idx").iterdir()}
+    before = {p.relative_to(tmp_path): p.read_bytes() for p in (tmp_path / "idx").rglob("*") if p.is_file()}
     expected = index.search("purring cats", k=3).indices
     with pytest.raises(IndexExistsError, match="overwrite"):
         _build(tmp_path, plain_encoder)
     with pytest.raises(CorpusError, match="duplicate"):
         _build(tmp_path, plain_encoder, docs=[("a", "x"), ("a", "y")], overwrite=True)
-    after = {p.name: p.read_bytes() for p in (tmp_path / "idx").iterdir()}
+    after = {p.relative_to(tmp_path): p.read_bytes() for p in (tmp_path / "idx").rglob("*") if p.is_file()}
     assert before == after
     assert sorted(p.name for p in tmp_path.iterdir()) == ["idx"]  # no staging leftovers
     np.testing.assert_array_equal(Index.open(tmp_path / "idx", model=plain_encoder).search("purring cats", k=3).indices, expected)
@@ -227,6 +232,10 @@ def test_bad_queries_and_arguments(tmp_path, plain_encoder):
         index.search("cats", k=0)
     with pytest.raises(QueryError, match="first stage"):
         index.search("cats", first_stage="nope")
+    with pytest.raises(QueryError, match="candidates applies"):
+        index.search("cats", first_stage="exhaustive", candidates=100)
+    with pytest.raises(QueryError, match="candidates must be"):
+        index.search("cats", candidates=0)
     with pytest.raises(QueryError, match="threads"):
         index.search("cats", threads=0)
 
