@@ -126,7 +126,8 @@ def evaluate(
     reports the share of the exhaustive top-10 found among its candidates and its speed-up.
     Returns (report, {run label: run}).
     """
-    from ..index import DEFAULT_CANDIDATES, faiss_threads, numba_threads
+    from ..index import DEFAULT_CANDIDATES
+    from ..threads import cpu_threads
 
     queries, qrels = load_beir(dataset, split)
     if max_queries:
@@ -138,7 +139,7 @@ def evaluate(
         plan += [(first_stage, c or DEFAULT_CANDIDATES) for c in counts]
     elif any(c is not None for c in counts):
         raise DatasetError("--candidates applies to first stages that select candidates, not to exhaustive.")
-    with numba_threads(threads), faiss_threads(threads):
+    with cpu_threads(threads, "numba", "faiss"):
         # Warm-up: model load and JIT compilation are one-off costs, not per-query latency.
         warm = index.encode_queries(next(iter(queries.values())))
         for stage, count in plan:
@@ -223,11 +224,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--max-queries", type=int, default=None, help="evaluate only the first N judged queries (quick checks)")
     parser.add_argument("--output", type=Path, default=None, help="write the report as JSON here")
     parser.add_argument("--run-file", type=Path, default=None, help="write the TREC run here")
-    parser.add_argument("--build", action="store_true", help="build the index from the dataset's corpus.jsonl if it does not exist")
-    parser.add_argument("--model", default=None, help="with --build: local model folder (default: all-MiniLM-L6-v2)")
-    parser.add_argument("--pca-dim", type=int, default=None, help="with --build: reduce token vectors to this many dims")
-    parser.add_argument("--doc-maxlen", type=int, default=None, help="with --build: document length in tokens")
-    parser.add_argument("--query-maxlen", type=int, default=None, help="with --build: query length in tokens")
+    parser.add_argument("--build", action="store_true", help="build the index (default settings) from the dataset's corpus.jsonl if it does not exist; `mvr index` sets others")
 
 
 def run_from_args(args) -> int:
@@ -244,8 +241,8 @@ def run_from_args(args) -> int:
                 f"no index {args.index!r}; build it with `mvr index {args.dataset / 'corpus.jsonl'} --name {args.index}` "
                 "or add --build to this command."
             ) from None
-        config = IndexConfig(pca_dim=args.pca_dim, model=args.model, doc_maxlen=args.doc_maxlen, query_maxlen=args.query_maxlen, threads=args.threads)
-        index = Index.build(read_corpus(args.dataset / "corpus.jsonl"), args.index, config=config, home=args.index_dir, show_progress=show)
+        config = IndexConfig(threads=args.threads)
+        index = Index.build(read_corpus(args.dataset / "corpus.jsonl"), args.index, config=config, home=args.index_dir, show_progress=show, command=args.command_line)
     if args.depth < 1:
         raise DatasetError(f"--depth must be >= 1, got {args.depth}.")
     report, runs = evaluate(

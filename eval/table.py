@@ -92,10 +92,14 @@ def render(paths: list[Path], base: Path) -> str:
             f"{run['first_stage_ms_p50']:.2f} | {run['rerank_ms_p50']:.2f} | {'' if speedup is None else f'{speedup:.1f}x'} | "
             f"{r['encode_ms_p50']:.1f} / {r['encode_ms_p95']:.1f} | {r['index_docs_per_second']:.1f} | {r['index_tokens']:,} |"
         )
-    lines += ["", "## Commands", "", "| report | index built with | evaluated with |", "|---|---|---|"]
+    lines += ["", "## Commands", "", "| report | index built with | FDE rebuilt with | evaluated with |", "|---|---|---|---|"]
     for path in sorted(paths):
         report = json.loads(path.read_text())
-        lines.append(f"| {path.name} | `{report.get('index_command') or 'Python API'}` | `{report.get('command') or 'Python API'}` |")
+        fde_command = ((report.get("fde") or {}).get("build") or {}).get("command")
+        lines.append(
+            f"| {path.name} | `{report.get('index_command') or 'Python API'}` | {f'`{fde_command}`' if fde_command else 'with the index'} | "
+            f"`{report.get('command') or 'Python API'}` |"
+        )
     machines = sorted({f"{r['machine']['processor']}, {r['machine']['cpus']} CPUs, {r['settings']['numba_threads']} threads" for _, r, _ in rows})
     lines += ["", f"Machine: {'; '.join(machines)}.", ""]
     return "\n".join(lines)

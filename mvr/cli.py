@@ -230,7 +230,7 @@ def _cmd_fde(args) -> int:
     from .index import Index
 
     index = Index.open(args.index, home=args.index_dir)
-    manifest = index.build_fde(_fde_config(args), threads=args.threads)
+    manifest = index.build_fde(_fde_config(args), threads=args.threads, command=args.command_line)
     print(
         f"built the FDE of {index.name}: {manifest['documents']} documents x {manifest['fde_dim']} dims, "
         f"{manifest['bytes_per_document'] / 1024:.1f} KiB per document, in {manifest['build']['seconds']:.1f} s "

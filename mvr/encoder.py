@@ -33,6 +33,7 @@ import numpy as np
 
 from .errors import EncoderError
 from .progress import progress
+from .threads import cpu_threads
 
 DEFAULT_MODEL_NAME = "all-MiniLM-L6-v2"
 # Lengths the default model was measured with (nDCG@10 0.707 on SciFact, 0.358 on NFCorpus).
@@ -192,21 +193,6 @@ def _load_state(file: Path) -> dict:
     import torch
 
     return torch.load(file, map_location="cpu", weights_only=True)
-
-
-@contextlib.contextmanager
-def _torch_threads(threads: int | None):
-    import torch
-
-    if not threads:
-        yield
-        return
-    previous = torch.get_num_threads()
-    torch.set_num_threads(threads)
-    try:
-        yield
-    finally:
-        torch.set_num_threads(previous)
 
 
 @contextlib.contextmanager
@@ -384,7 +370,7 @@ class Encoder:
         results: list[np.ndarray | None] = [None] * len(texts)
         bar = progress(total=len(texts), desc="encoding queries" if is_query else "encoding documents", unit="text", show=show_progress)
         pad_id = self.tokenizer.pad_token_id or 0
-        with _torch_threads(threads or self.threads), torch.inference_mode():
+        with cpu_threads(threads or self.threads, "torch"), torch.inference_mode():
             for start in range(0, len(order), batch_size):
                 batch = [sequences[i] for i in order[start : start + batch_size]]
                 width = max(len(s) for s in batch)

@@ -94,21 +94,6 @@ class FDEConfig:
         return cls(**values)
 
 
-@contextlib.contextmanager
-def faiss_threads(threads: int | None):
-    import faiss
-
-    if threads is None:
-        yield
-        return
-    previous = faiss.omp_get_max_threads()
-    faiss.omp_set_num_threads(threads)
-    try:
-        yield
-    finally:
-        faiss.omp_set_num_threads(previous)
-
-
 class FDE:
     """The random maps of one FDE configuration, and the encoders that use them."""
 

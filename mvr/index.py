@@ -9,7 +9,6 @@
 
 from __future__ import annotations
 
-import contextlib
 import itertools
 import os
 import time
@@ -25,32 +24,15 @@ from .config import IndexConfig
 from .corpus import Document, as_documents
 from .encoder import Encoder, TokenVectors
 from .errors import CorpusError, EncoderError, EncoderMismatchError, MvrError, QueryError
-from .fde import FDE_DIR, FDE_FORMAT, FDE_VERSION, FDEConfig, FDEFirstStage, build_fde, faiss_threads
+from .fde import FDE_DIR, FDE_FORMAT, FDE_VERSION, FDEConfig, FDEFirstStage, build_fde
 from .progress import progress
 from .reduce import fit_pca, project
+from .threads import cpu_threads
 
 FIRST_STAGES = ("exhaustive", "fde")
 DEFAULT_CANDIDATES = 100  # FDE candidates reranked when the caller names none
 _IDENTITY_IGNORED = ("name", "source")
 _QUERY_CHUNK = 64  # queries scored together by the exhaustive kernel (bounds the score matrix)
-
-
-@contextlib.contextmanager
-def numba_threads(threads: int | None):
-    """Run with ``threads`` Numba threads (None: leave as is), restoring the count afterwards."""
-    import numba
-
-    if threads is None:
-        yield
-        return
-    if not isinstance(threads, int) or threads < 1:
-        raise QueryError(f"threads must be a positive integer, got {threads!r}.")
-    previous = numba.get_num_threads()
-    numba.set_num_threads(min(threads, numba.config.NUMBA_NUM_THREADS))
-    try:
-        yield
-    finally:
-        numba.set_num_threads(previous)
 
 
 def identity_differences(recorded: dict, actual: dict) -> list[str]:
@@ -206,12 +188,13 @@ class Index:
             self._fde = FDEFirstStage(self.path / FDE_DIR, self.dim, self.n_docs, self.manifest["files"]["vectors.npy"]["sha256"])
         return self._fde
 
-    def build_fde(self, config: FDEConfig | None = None, *, threads: int | None = None) -> dict:
+    def build_fde(self, config: FDEConfig | None = None, *, threads: int | None = None, command: str | None = None) -> dict:
         """(Re)build the FDE first stage from the stored token vectors, without re-encoding.
         The new one replaces the old only once complete. Returns its manifest."""
         config = config or FDEConfig()
-        with store.StagingDir(self.path / FDE_DIR, overwrite=True) as staging, numba_threads(threads), faiss_threads(threads):
+        with store.StagingDir(self.path / FDE_DIR, overwrite=True) as staging, cpu_threads(threads, "numba", "faiss"):
             manifest = build_fde(staging.path, self.doc_codes, self.doc_offsets, self.dim, config, self.manifest["files"]["vectors.npy"]["sha256"])
+            manifest["build"]["command"] = command
             staging.write_manifest(manifest)
             staging.commit()
         self._fde = None
@@ -301,7 +284,7 @@ class Index:
                 f"{self.dim}: encode the queries with the index's encoder ({self.manifest['encoder']['name']})."
             )
         offsets = np.asarray(queries.offsets, dtype=np.int64)
-        with numba_threads(threads), faiss_threads(threads):
+        with cpu_threads(threads, "numba", "faiss"):
             if first_stage == "exhaustive":
                 return self._exhaustive(vectors, offsets, k)
             return self._rerank_fde(vectors, offsets, k, candidates or DEFAULT_CANDIDATES)
@@ -370,7 +353,7 @@ class Index:
         config = config or IndexConfig()
         started = time.perf_counter()
         target = store.target_path(str(name), Path(home) if home else None)
-        with store.StagingDir(target, overwrite) as staging, numba_threads(config.threads):
+        with store.StagingDir(target, overwrite) as staging, cpu_threads(config.threads, "numba", "faiss"):
             if encoder is None:
                 encoder = Encoder(
                     config.model, query_maxlen=config.query_maxlen, doc_maxlen=config.doc_maxlen, batch_size=config.batch_size, threads=config.threads
@@ -380,13 +363,13 @@ class Index:
             encoded = time.perf_counter()
             counts.update(_finish_vectors(staging.path, encoder.dim, config, counts["tokens"]))
             finished = time.perf_counter()
+            vectors_sha256 = store.sha256_file(staging.path / "vectors.npy")
             if config.fde is not None:
                 fde_dir = staging.path / FDE_DIR
                 fde_dir.mkdir()
                 codes = np.load(staging.path / "vectors.npy", mmap_mode="r").view(np.uint16)
                 offsets = np.load(staging.path / "doc_offsets.npy")
-                with faiss_threads(config.threads):
-                    fde_manifest = build_fde(fde_dir, codes, offsets, counts["dim"], config.fde, store.sha256_file(staging.path / "vectors.npy"))
+                fde_manifest = build_fde(fde_dir, codes, offsets, counts["dim"], config.fde, vectors_sha256)
                 store.write_manifest(fde_dir, fde_manifest)
             elapsed = time.perf_counter() - started
             vector_bytes = sum((staging.path / f).stat().st_size for f in ("vectors.npy", "doc_offsets.npy"))
@@ -411,7 +394,8 @@ class Index:
                         "command": command,
                     },
                     "bytes_per_token": round(vector_bytes / max(counts["tokens"], 1), 3),
-                }
+                },
+                known_sha256={"vectors.npy": vectors_sha256},
             )
             path = staging.commit()
         return cls.open(path, model=encoder)

@@ -108,10 +108,14 @@ def verify(path: Path, manifest: dict) -> list[str]:
     return [name for name, meta in manifest["files"].items() if sha256_file(path / name) != meta["sha256"]]
 
 
-def write_manifest(folder: Path, manifest: dict) -> None:
-    """Checksum every file of ``folder`` into ``manifest["files"]``, then write the manifest
-    atomically (temporary name, fsync, rename)."""
-    manifest["files"] = {p.name: {"bytes": p.stat().st_size, "sha256": sha256_file(p)} for p in sorted(folder.iterdir()) if p.is_file()}
+def write_manifest(folder: Path, manifest: dict, known_sha256: dict[str, str] | None = None) -> None:
+    """Checksum every file of ``folder`` into ``manifest["files"]`` (``known_sha256``: digests
+    already computed, by file name), then write the manifest atomically (temporary name, fsync,
+    rename)."""
+    known_sha256 = known_sha256 or {}
+    manifest["files"] = {
+        p.name: {"bytes": p.stat().st_size, "sha256": known_sha256.get(p.name) or sha256_file(p)} for p in sorted(folder.iterdir()) if p.is_file()
+    }
     temp = folder / (MANIFEST + ".tmp")
     with open(temp, "w", encoding="utf-8") as handle:
         json.dump(manifest, handle, indent=2)
@@ -177,8 +181,8 @@ class StagingDir:
         if self.path.exists():
             shutil.rmtree(self.path, ignore_errors=True)
 
-    def write_manifest(self, manifest: dict) -> None:
-        write_manifest(self.path, manifest)
+    def write_manifest(self, manifest: dict, known_sha256: dict[str, str] | None = None) -> None:
+        write_manifest(self.path, manifest, known_sha256)
 
     def commit(self) -> Path:
         """Swap the finished index in place of ``target``; the old one is removed afterwards."""

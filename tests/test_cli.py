@@ -83,3 +83,33 @@ def test_console_script_is_installed(tmp_path, beir):
     script = Path(sys.executable).parent / "mvr"
     result = subprocess.run([str(script), "--help"], capture_output=True, text=True)
     assert result.returncode == 0 and "index" in result.stdout and "eval" in result.stdout
+
+
+def test_fde_commands_and_candidate_sweep(tmp_path, beir, capsys):
+    home = tmp_path / "home"
+    code, _, _ = run(capsys, "index", beir, "--name", "tiny", "--index-dir", home, "--quiet", "--fde-reps", "4", "--fde-k-sim", "3")
+    assert code == 0
+    code, out, _ = run(capsys, "info", "tiny", "--json", "--index-dir", home)
+    assert json.loads(out)["fde"]["fde_dim"] == 4 * 8 * 16
+    code, out, _ = run(capsys, "fde", "tiny", "--fde-reps", "2", "--fde-k-sim", "2", "--fde-d-final", "64", "--index-dir", home)
+    assert code == 0 and "x 64 dims" in out
+    code, out, _ = run(capsys, "search", "tiny", "which animal purrs?", "--first-stage", "fde", "--candidates", "3", "--json", "--index-dir", home)
+    assert code == 0 and len(json.loads(out)["hits"]) == 3
+    report_path = tmp_path / "sweep.json"
+    code, out, _ = run(
+        capsys, "eval", beir, "--index", "tiny", "--first-stage", "fde", "--candidates", "2,8", "--compare-exhaustive", "--output", report_path, "--index-dir", home, "--quiet"
+    )
+    report = json.loads(report_path.read_text())
+    assert code == 0 and [(r["first_stage"], r["candidates"]) for r in report["runs"]] == [("exhaustive", None), ("fde", 2), ("fde", 8)]
+    assert report["runs"][2]["recall_of_exhaustive_top10"] == 1.0  # all 8 documents are candidates
+    assert report["runs"][2]["nDCG@10"] == report["runs"][0]["nDCG@10"]
+    assert 0 < report["runs"][1]["recall_of_exhaustive_top10"] <= 1 and report["runs"][1]["speedup_vs_exhaustive"] > 0
+    from mvr.eval.plot import main as plot
+
+    plot([str(report_path), "--output", str(tmp_path / "sweep.png")])
+    assert (tmp_path / "sweep.png").read_bytes()[:4] == b"\x89PNG"
+    with pytest.raises(SystemExit):
+        run(capsys, "eval", beir, "--index", "tiny", "--candidates", "0", "--index-dir", home)
+    assert "candidate counts must be positive" in capsys.readouterr().err
+    code, _, err = run(capsys, "eval", beir, "--index", "tiny", "--candidates", "5", "--index-dir", home)
+    assert code == 2 and "not to exhaustive" in err

@@ -1,0 +1,53 @@
+"""Plot an FDE candidate sweep (``mvr eval --first-stage fde --candidates 50,100,... --compare-exhaustive``):
+nDCG@10 and recall of the exhaustive top-10 against the candidate count and against latency.
+
+    python -m mvr.eval.plot docs/results/scifact-fde-sweep.json docs/results/nfcorpus-fde-sweep.json --output docs/fde-sweep.png
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+
+
+def plot(reports: list[dict], output: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(len(reports), 2, figsize=(11, 4 * len(reports)), squeeze=False)
+    for row, report in zip(axes, reports):
+        runs = [r for r in report["runs"] if r["first_stage"] != "exhaustive"]
+        exhaustive = next((r for r in report["runs"] if r["first_stage"] == "exhaustive"), None)
+        counts = [r["candidates"] for r in runs]
+        latency = [r["search_ms_p50"] for r in runs]
+        for ax, x, label in ((row[0], counts, "FDE candidates reranked"), (row[1], latency, "search latency p50 (ms, encoding excluded)")):
+            ax.plot(x, [r["nDCG@10"] for r in runs], "o-", label="nDCG@10 after MaxSim rerank")
+            if all("recall_of_exhaustive_top10" in r for r in runs):
+                ax.plot(x, [r["recall_of_exhaustive_top10"] for r in runs], "s--", label="exhaustive top-10 in candidates")
+            if exhaustive:
+                ax.axhline(exhaustive["nDCG@10"], color="grey", linestyle=":", label="exhaustive MaxSim nDCG@10")
+                if ax is row[1]:
+                    ax.plot([exhaustive["search_ms_p50"]], [exhaustive["nDCG@10"]], "k*", markersize=12, label="exhaustive MaxSim")
+            ax.set_xscale("log")
+            ax.set_xlabel(label)
+            ax.grid(True, alpha=0.3)
+            ax.set_title(f"{report['dataset']}: FDE {report['fde']['fde_dim']} dims")
+        row[0].legend(loc="lower right", fontsize=8)
+    fig.tight_layout()
+    fig.savefig(output, dpi=110)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m mvr.eval.plot", description=__doc__.splitlines()[0])
+    parser.add_argument("reports", nargs="+", type=Path)
+    parser.add_argument("--output", type=Path, required=True)
+    args = parser.parse_args(argv)
+    plot([json.loads(p.read_text()) for p in args.reports], args.output)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
