@@ -24,11 +24,11 @@ def _add_fde(parser: argparse.ArgumentParser, with_switch: bool) -> None:
     group = parser.add_argument_group("MUVERA FDE first stage")
     if with_switch:
         group.add_argument("--no-fde", action="store_true", help="build no FDE first stage (exhaustive search only)")
-    group.add_argument("--fde-k-sim", type=int, default=5, help="SimHash bits per repetition (2**k partitions; default 5)")
-    group.add_argument("--fde-d-proj", type=int, default=16, help="AMS projection dims per token; 0 keeps all dims (default 16)")
+    group.add_argument("--fde-k-sim", type=int, default=4, help="SimHash bits per repetition (2**k partitions; default 4)")
+    group.add_argument("--fde-d-proj", type=int, default=32, help="AMS projection dims per token; 0 keeps all dims (default 32)")
     group.add_argument("--fde-reps", type=int, default=20, help="repetitions (default 20)")
     group.add_argument("--fde-d-final", type=int, default=None, help="final Count-Sketch dimension (default: none)")
-    group.add_argument("--fde-no-fill", action="store_true", help="leave empty document partitions at zero")
+    group.add_argument("--fde-fill", action="store_true", help="fill empty document partitions with the Hamming-nearest token (default: leave them zero)")
     group.add_argument("--fde-factory", default="Flat", help="faiss index factory string, inner product (default Flat = exact)")
     group.add_argument("--fde-seed", type=int, default=0)
 
@@ -43,7 +43,7 @@ def _fde_config(args):
         d_proj=args.fde_d_proj or None,
         reps=args.fde_reps,
         d_final=args.fde_d_final,
-        fill_empty=not args.fde_no_fill,
+        fill_empty=args.fde_fill,
         factory=args.fde_factory,
         seed=args.fde_seed,
     )
@@ -219,6 +219,19 @@ def _cmd_info(args) -> int:
         ("built", f"{info['created']} in {info['build']['seconds']} s ({info['build']['docs_per_second']} docs/s)"),
         ("truncated documents", info["counts"]["truncated_documents"]),
     ]
+    fde = info["fde"]
+    if fde:
+        cfg = fde["config"]
+        rows.append(
+            (
+                "FDE first stage",
+                f"k_sim {cfg['k_sim']}, d_proj {cfg['d_proj'] or 'identity'}, reps {cfg['reps']}, fill {'on' if cfg['fill_empty'] else 'off'}"
+                f"{', final ' + str(cfg['d_final']) if cfg['d_final'] else ''}: {fde['fde_dim']} dims, "
+                f"{fde['bytes_per_document'] / 1024:.1f} KiB/document, faiss {cfg['factory']}",
+            )
+        )
+    else:
+        rows.append(("FDE first stage", "none (exhaustive search only; add one with `mvr fde`)"))
     if args.verify:
         rows.append(("checksums", "ok"))
     for key, value in rows:

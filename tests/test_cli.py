@@ -90,7 +90,7 @@ def test_fde_commands_and_candidate_sweep(tmp_path, beir, capsys):
     code, _, _ = run(capsys, "index", beir, "--name", "tiny", "--index-dir", home, "--quiet", "--fde-reps", "4", "--fde-k-sim", "3")
     assert code == 0
     code, out, _ = run(capsys, "info", "tiny", "--json", "--index-dir", home)
-    assert json.loads(out)["fde"]["fde_dim"] == 4 * 8 * 16
+    assert json.loads(out)["fde"]["fde_dim"] == 4 * 8 * 32
     code, out, _ = run(capsys, "fde", "tiny", "--fde-reps", "2", "--fde-k-sim", "2", "--fde-d-final", "64", "--index-dir", home)
     assert code == 0 and "x 64 dims" in out
     code, out, _ = run(capsys, "search", "tiny", "which animal purrs?", "--first-stage", "fde", "--candidates", "3", "--json", "--index-dir", home)

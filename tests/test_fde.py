@@ -223,3 +223,16 @@ def test_index_without_fde_and_stale_fde(fde_index, tmp_path, models):
         Index.open(tmp_path / "nofde").search("cats", first_stage="fde")
     manifest = json.loads((fde_index.path / "manifest.json").read_text())
     assert manifest["config"]["fde"]["k_sim"] == 3
+
+
+def test_settings_comparison_report(default_index, beir, tmp_path):
+    from mvr.eval.fde_settings import main
+
+    output = tmp_path / "settings.json"
+    main([str(beir), "--index", str(default_index.path), "--setting", "k_sim=2,d_proj=8,reps=2,fill_empty=0", "--setting", "k_sim=3,d_proj=none,reps=1", "--counts", "2,8", "--output", str(output)])
+    report = json.loads(output.read_text())
+    first, second = report["settings"]
+    assert first["fde_dim"] == 2 * 4 * 8 and second["fde_dim"] == 8 * 384 and not first["setting"]["fill_empty"]
+    assert first["recall_of_exhaustive_top10@8"] == 1.0  # every document is a candidate
+    assert first["nDCG@10@8"] == report["exhaustive_nDCG@10"]
+    assert "| 2 | 8 | 2 | no |" in output.with_suffix(".md").read_text()

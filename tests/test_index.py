@@ -88,7 +88,7 @@ def test_default_model_finds_the_obvious_documents(default_index):
 
 def test_pca_index_projects_queries_and_shrinks_vectors(tmp_path, plain_encoder):
     full = _build(tmp_path, plain_encoder)
-    with pytest.raises(ConfigError, match="d_proj=16 exceeds the token dimension 8"):
+    with pytest.raises(ConfigError, match="d_proj=32 exceeds the token dimension 8"):
         _build(tmp_path, plain_encoder, name="pca", config=IndexConfig(pca_dim=8))
     reduced = _build(tmp_path, plain_encoder, name="pca", config=IndexConfig(pca_dim=8, fde=FDEConfig(d_proj=4, reps=2)))
     assert reduced.dim == 8 and reduced.projection.shape == (32, 8)

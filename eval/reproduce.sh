@@ -1,0 +1,36 @@
+#!/usr/bin/env bash
+# Reruns every measured figure in docs/ (docs/results.md, docs/fde.md, docs/fde-sweep.png):
+# the default model with exhaustive MaxSim (full dims, PCA 128 / 64) and with the MUVERA FDE
+# first stage, on SciFact and NFCorpus. From the repository root after `pip install -e .`;
+# about 75 minutes on 2 cores. BUILD=0 reuses indexes built before.
+set -euo pipefail
+DATA=${DATA:-../shared/datasets}
+OUT=${OUT:-docs/results}
+BUILD=${BUILD:-1}
+mkdir -p "$OUT"
+for ds in scifact nfcorpus; do
+  if [ "$BUILD" = 1 ]; then
+    mvr index "$DATA/$ds/corpus.jsonl" --name "$ds" --overwrite --quiet
+    for d in 128 64; do
+      mvr index "$DATA/$ds/corpus.jsonl" --name "$ds-pca$d" --pca-dim "$d" --no-fde --overwrite --quiet
+    done
+  fi
+  # Exhaustive MaxSim and the FDE candidate sweep, in one process (latency ratios from one run).
+  mvr eval "$DATA/$ds" --index "$ds" --first-stage fde --candidates 25,50,100,200,500,1000 --compare-exhaustive \
+    --output "$OUT/$ds-fde.json" --quiet
+  for d in 128 64; do
+    mvr eval "$DATA/$ds" --index "$ds-pca$d" --output "$OUT/$ds-pca$d.json" --quiet
+  done
+  # FDE settings compared on the same stored vectors (no re-encoding).
+  python -m mvr.eval.fde_settings "$DATA/$ds" --index "$ds" --output "$OUT/fde-settings-$ds.json" \
+    --setting k_sim=5,d_proj=16,reps=20,fill_empty=1 \
+    --setting k_sim=5,d_proj=16,reps=20,fill_empty=0 \
+    --setting k_sim=4,d_proj=32,reps=20,fill_empty=0 \
+    --setting k_sim=4,d_proj=16,reps=40,fill_empty=0 \
+    --setting k_sim=4,d_proj=16,reps=20,fill_empty=0 \
+    --setting k_sim=4,d_proj=32,reps=20,fill_empty=0,d_final=4096 \
+    --setting k_sim=4,d_proj=32,reps=20,fill_empty=0,d_final=2048 \
+    --setting k_sim=5,d_proj=32,reps=20,fill_empty=0
+done
+python -m mvr.eval.table "$OUT"/scifact-*.json "$OUT"/nfcorpus-*.json --output docs/results.md
+python -m mvr.eval.plot "$OUT/scifact-fde.json" "$OUT/nfcorpus-fde.json" --output docs/fde-sweep.png
