@@ -102,7 +102,7 @@ def _search_timed(index, encoded: dict, first_stage: str, candidates: int | None
         run[qid] = {str(index.doc_ids[p]): float(s) for p, s in zip(kept, results.scores[0])}
         bar.update(1)
     bar.close()
-    latency = {"search": _percentiles(search_ms), "first_stage": _percentiles(first_ms), "rerank": _percentiles(rerank_ms)}
+    latency = {"search": search_ms, "first_stage": first_ms, "rerank": rerank_ms}
     return run, tops, latency
 
 
@@ -151,6 +151,8 @@ def evaluate(
             label = stage if count is None else f"{stage}@{count}"
             runs[label] = run
             row = {"first_stage": stage, "candidates": count, **{m: round(v, 4) for m, v in evaluate_run(run, qrels).items()}}
+            latency["total"] = [e + s for e, s in zip(encode_ms, latency["search"])]  # encoding + search, per query
+            latency = {part: _percentiles(values) for part, values in latency.items()}
             for part, values in latency.items():
                 row[f"{part}_ms_p50"], row[f"{part}_ms_p95"] = values["p50"], values["p95"]
             if stage == "exhaustive":

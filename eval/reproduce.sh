@@ -14,6 +14,8 @@ for ds in scifact nfcorpus; do
     for d in 128 64; do
       mvr index "$DATA/$ds/corpus.jsonl" --name "$ds-pca$d" --pca-dim "$d" --no-fde --overwrite --quiet
     done
+  else
+    mvr fde "$ds"  # the default FDE on the existing index (no re-encoding)
   fi
   # Exhaustive MaxSim and the FDE candidate sweep, in one process (latency ratios from one run).
   mvr eval "$DATA/$ds" --index "$ds" --first-stage fde --candidates 25,50,100,200,500,1000 --compare-exhaustive \
