@@ -178,11 +178,15 @@ def weights_checksum(files: Sequence[Path]) -> str:
     return _CHECKSUMS[key]
 
 
-def _weight_file(folder: Path) -> Path:
+def _weight_files(folder: Path) -> list[Path]:
+    """The weight file of a model folder, or its shards (``*.index.json`` lists them)."""
     for name in _WEIGHT_FILES:
         if (folder / name).is_file():
-            return folder / name
-    raise EncoderError(f"{folder}: no model.safetensors or pytorch_model.bin found.")
+            return [folder / name]
+        index = folder / f"{name}.index.json"
+        if index.is_file():
+            return [folder / shard for shard in sorted(set(_read_json(index).get("weight_map", {}).values()))]
+    raise EncoderError(f"{folder}: no model.safetensors or pytorch_model.bin (nor a sharded index of them) found.")
 
 
 def _load_state(file: Path) -> dict:
@@ -252,7 +256,7 @@ class Encoder:
             raise EncoderError(f"could not load the model in {transformer_path}: {exc}") from None
         self.model.eval()
         self.model.float()
-        weight_files = [_weight_file(transformer_path)]
+        weight_files = _weight_files(transformer_path)
         self._projections = self._load_projections(weight_files)
         hidden = self.model.config.hidden_size
         self.dim = self._projections[-1][0].shape[0] if self._projections else hidden
@@ -287,10 +291,11 @@ class Encoder:
         import torch
 
         if self.spec.kind == "colbert":
-            state = _load_state(weight_files[0])
-            if "linear.weight" not in state:
-                raise EncoderError(f"{weight_files[0]}: a Stanford ColBERT checkpoint needs a 'linear.weight' tensor.")
-            return [(state["linear.weight"].float(), None, None)]
+            for file in weight_files:
+                state = _load_state(file)
+                if "linear.weight" in state:
+                    return [(state["linear.weight"].float(), None, None)]
+            raise EncoderError(f"{self.path}: a Stanford ColBERT checkpoint needs a 'linear.weight' tensor; its weights have none.")
         layers = []
         for sub in self.spec.dense_dirs:
             folder = self.path / sub
@@ -298,7 +303,7 @@ class Encoder:
             activation = config.get("activation_function", "torch.nn.modules.linear.Identity")
             if activation not in _ACTIVATIONS:
                 raise EncoderError(f"{folder}: unsupported activation {activation!r}; known: {sorted(_ACTIVATIONS)}.")
-            file = _weight_file(folder)
+            (file,) = _weight_files(folder)
             weight_files.append(file)
             state = _load_state(file)
             weight = state.get("linear.weight")

@@ -145,3 +145,18 @@ def test_bad_model_folders_are_refused(models, tmp_path):
         Encoder(models["plain"], doc_maxlen=2)
     with pytest.raises(EncoderError, match="exceeds"):
         Encoder(models["plain"], doc_maxlen=4096)
+
+
+def test_stanford_checkpoint_with_pytorch_bin_weights(models, tmp_path):
+    """colbert-ir/colbertv2.0 ships pytorch_model.bin rather than safetensors."""
+    import shutil
+
+    from safetensors.torch import load_file
+
+    folder = shutil.copytree(models["colbert"], tmp_path / "bin")
+    state = load_file(str(folder / "model.safetensors"))
+    torch.save(state, folder / "pytorch_model.bin")
+    (folder / "model.safetensors").unlink()
+    from_bin, from_safetensors = Encoder(folder), Encoder(models["colbert"])
+    np.testing.assert_allclose(from_bin.encode_queries("a query").vectors, from_safetensors.encode_queries("a query").vectors, atol=1e-6)
+    assert from_bin.identity["weights_sha256"] != from_safetensors.identity["weights_sha256"]  # different files
