@@ -50,6 +50,7 @@ def test_index_search_info_eval(tmp_path, beir, capsys):
     for key in ("nDCG@10", "R@100", "RR@10", "search_ms_p50", "search_ms_p95"):
         assert key in run_report
     assert run_report["first_stage"] == "exhaustive"
+    assert all(report[key] == run_report[key] for key in run_report)  # the only run stands at the top level too
     assert run_report["RR@10"] == 1.0 and run_report["R@100"] == 1.0  # every judged document is first for its query
     assert report["command"].startswith("mvr eval") and report["settings"]["encoder"]["name"] == "all-MiniLM-L6-v2"
     assert len((tmp_path / "run.trec").read_text().splitlines()) == len(QUERIES) * 8
@@ -102,6 +103,7 @@ def test_fde_commands_and_candidate_sweep(tmp_path, beir, capsys):
     report = json.loads(report_path.read_text())
     assert code == 0 and [(r["first_stage"], r["candidates"]) for r in report["runs"]] == [("exhaustive", None), ("fde", 2), ("fde", 8)]
     assert report["runs"][2]["recall_of_exhaustive_top10"] == 1.0  # all 8 documents are candidates
+    assert report["first_stage"] == "fde" and report["candidates"] == 2  # the first run asked for
     assert report["runs"][2]["nDCG@10"] == report["runs"][0]["nDCG@10"]
     assert 0 < report["runs"][1]["recall_of_exhaustive_top10"] <= 1 and report["runs"][1]["speedup_vs_exhaustive"] > 0
     from mvr.eval.plot import main as plot
