@@ -85,7 +85,7 @@ def _encode_timed(index, queries: dict[str, str], threads: int | None) -> tuple[
     return encoded, times
 
 
-def _search_timed(index, encoded: dict, first_stage: str, candidates: int | None, depth: int, show_progress) -> tuple[dict, dict, dict]:
+def _search_timed(index, encoded: dict, texts: dict, first_stage: str, candidates: int | None, depth: int, options: dict, show_progress) -> tuple[dict, dict, dict]:
     """Search each encoded query alone; returns (run, positions of the top documents, latencies)."""
     from ..progress import progress
 
@@ -93,7 +93,7 @@ def _search_timed(index, encoded: dict, first_stage: str, candidates: int | None
     bar = progress(total=len(encoded), desc=f"queries ({first_stage}{'' if candidates is None else f', {candidates}'})", unit="q", show=show_progress)
     for qid, vectors in encoded.items():
         t0 = time.perf_counter()
-        results = index.search_encoded(vectors, depth, first_stage=first_stage, candidates=candidates)
+        results = index.search_encoded(vectors, depth, texts=[texts[qid]], first_stage=first_stage, candidates=candidates, **options)
         search_ms.append((time.perf_counter() - t0) * 1e3)
         first_ms.append(results.timings["first_stage"])
         rerank_ms.append(results.timings["rerank"])
@@ -118,14 +118,17 @@ def evaluate(
     threads: int | None = None,
     max_queries: int | None = None,
     show_progress=None,
+    options: dict | None = None,
 ) -> tuple[dict, dict[str, dict[str, dict[str, float]]]]:
     """Evaluate an open :class:`mvr.Index` on a BEIR folder.
 
     One run per candidate count (``first_stage="fde"``), or one exhaustive run; with
     ``compare_exhaustive`` an exhaustive run comes first in the same process, and each FDE run also
     reports the share of the exhaustive top-10 found among its candidates and its speed-up.
-    Returns (report, {run label: run}).
+    ``options``: reranking options of :meth:`mvr.Index.search` (rerank, prune_alpha, early_exit,
+    fusion, fusion_weight) for the non-exhaustive runs. Returns (report, {run label: run}).
     """
+    options = options or {}
     from ..index import DEFAULT_CANDIDATES
     from ..threads import cpu_threads
 
@@ -141,16 +144,20 @@ def evaluate(
         raise DatasetError("--candidates applies to first stages that select candidates, not to exhaustive.")
     with cpu_threads(threads, "numba", "faiss"):
         # Warm-up: model load and JIT compilation are one-off costs, not per-query latency.
-        warm = index.encode_queries(next(iter(queries.values())))
+        first = next(iter(queries.values()))
+        warm = index.encode_queries(first)
         for stage, count in plan:
-            index.search_encoded(warm, depth, first_stage=stage, candidates=count)
+            index.search_encoded(warm, depth, texts=[first], first_stage=stage, candidates=count, **({} if stage == "exhaustive" else options))
         encoded, encode_ms = _encode_timed(index, queries, threads)
         runs, rows, exhaustive_top, exhaustive_p50 = {}, [], None, None
         for stage, count in plan:
-            run, tops, latency = _search_timed(index, encoded, stage, count, depth, show_progress)
+            stage_options = {} if stage == "exhaustive" else options
+            run, tops, latency = _search_timed(index, encoded, queries, stage, count, depth, stage_options, show_progress)
             label = stage if count is None else f"{stage}@{count}"
             runs[label] = run
             row = {"first_stage": stage, "candidates": count, **{m: round(v, 4) for m, v in evaluate_run(run, qrels).items()}}
+            if stage_options:
+                row["options"] = dict(stage_options)
             latency["total"] = [e + s for e, s in zip(encode_ms, latency["search"])]  # encoding + search, per query
             latency = {part: _percentiles(values) for part, values in latency.items()}
             for part, values in latency.items():
@@ -159,8 +166,9 @@ def evaluate(
                 exhaustive_top = {q: set(t[:10].tolist()) for q, t in tops.items()}
                 exhaustive_p50 = latency["search"]["p50"]
             elif exhaustive_top is not None:
+                pool = {"first_stage": stage, "candidates": min(count, index.n_docs), "rerank": False}
                 found = [
-                    len(exhaustive_top[q] & set(index.fde.candidates(v.vectors, v.offsets, min(count, index.n_docs))[1][0].tolist())) / max(len(exhaustive_top[q]), 1)
+                    len(exhaustive_top[q] & set(index.search_encoded(v, pool["candidates"], texts=[queries[q]], **pool).indices[0].tolist())) / max(len(exhaustive_top[q]), 1)
                     for q, v in encoded.items()
                 ]
                 row["recall_of_exhaustive_top10"] = round(float(np.mean(found)), 4)
@@ -225,6 +233,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--first-stage", default="exhaustive", choices=FIRST_STAGES)
     parser.add_argument("--candidates", type=_counts, default=None, help="first-stage candidates reranked by MaxSim, or a comma list to sweep (default 100)")
     parser.add_argument("--compare-exhaustive", action="store_true", help="also run exhaustive MaxSim in the same process: recall of its top-10 and speed-up")
+    from ..cli import add_rerank_options
+
+    add_rerank_options(parser)
     parser.add_argument("--depth", type=int, default=100, help="documents retrieved per query (>= 100 for R@100)")
     parser.add_argument("--max-queries", type=int, default=None, help="evaluate only the first N judged queries (quick checks)")
     parser.add_argument("--output", type=Path, default=None, help="write the report as JSON here")
@@ -233,6 +244,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run_from_args(args) -> int:
+    from ..cli import rerank_options
     from ..config import IndexConfig
     from ..corpus import read_corpus
     from ..index import Index
@@ -261,6 +273,7 @@ def run_from_args(args) -> int:
         threads=args.threads,
         max_queries=args.max_queries,
         show_progress=show,
+        options=rerank_options(args),
     )
     report["command"] = getattr(args, "command_line", None)
     print(

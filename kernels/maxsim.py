@@ -124,3 +124,45 @@ def maxsim_exhaustive_many(queries, query_offsets, doc_codes, doc_offsets, max_d
     if max_doc_len is None:
         max_doc_len = _max_len(doc_offsets)
     return _exhaustive_many(queries, query_offsets, doc_codes, doc_offsets, max_doc_len)
+
+
+@njit(nogil=True, fastmath=True, cache=True)
+def _early_exit(query, doc_codes, doc_offsets, candidates, k, patience, max_doc_len, out):
+    # Candidates in first-stage order; stop once `patience` in a row fail to enter the top-k.
+    dim = doc_codes.shape[1]
+    scratch = np.empty(max(max_doc_len, 1) * dim, dtype=np.uint32)
+    best = np.full(k, -np.inf, dtype=np.float32)
+    misses = 0
+    for c in range(candidates.shape[0]):
+        d = candidates[c]
+        doc = decode_rows(doc_codes, doc_offsets[d], doc_offsets[d + 1], scratch)
+        score = _score_one(query, doc)
+        out[c] = score
+        worst = 0
+        for i in range(1, k):
+            if best[i] < best[worst]:
+                worst = i
+        if score > best[worst]:
+            best[worst] = score
+            misses = 0
+        else:
+            misses += 1
+            if misses >= patience:
+                return c + 1
+    return candidates.shape[0]
+
+
+def maxsim_early_exit(query, doc_codes, doc_offsets, candidates, k, patience, max_doc_len=None):
+    """MaxSim of ``candidates`` in order, stopping after ``patience`` consecutive candidates that
+    do not enter the running top-``k`` ("early exit", Multivector Reranking in the Era of Strong
+    First-Stage Retrievers, 2025). Returns float32 ``(n,)`` scores, -inf for the unscored tail,
+    and how many were scored."""
+    query, doc_offsets = _check(query, doc_codes, doc_offsets)
+    candidates = np.ascontiguousarray(candidates, dtype=np.int64)
+    if k < 1 or patience < 1:
+        raise ValueError(f"k and patience must be >= 1, got {k} and {patience}")
+    if max_doc_len is None:
+        max_doc_len = _max_len(doc_offsets)
+    out = np.full(candidates.shape[0], -np.inf, dtype=np.float32)
+    scored = _early_exit(query, doc_codes, doc_offsets, candidates, k, patience, max_doc_len, out)
+    return out, int(scored)

@@ -33,6 +33,25 @@ def _add_fde(parser: argparse.ArgumentParser, with_switch: bool) -> None:
     group.add_argument("--fde-seed", type=int, default=0)
 
 
+def add_rerank_options(parser: argparse.ArgumentParser) -> None:
+    group = parser.add_argument_group("candidates and reranking")
+    group.add_argument("--no-rerank", action="store_true", help="return the first stage's own ranking (e.g. BM25 alone)")
+    group.add_argument("--prune-alpha", type=float, default=None, help="drop candidates scoring below (1 - alpha) x the k-th best first-stage score")
+    group.add_argument("--early-exit", type=int, default=None, metavar="BETA", help="stop reranking after BETA consecutive candidates miss the top-k")
+    group.add_argument("--fusion", choices=("rrf", "linear"), default=None, help="fuse MaxSim with first-stage scores")
+    group.add_argument("--fusion-weight", type=float, default=0.8, help="MaxSim's weight in linear fusion of z-scores (default 0.8)")
+
+
+def rerank_options(args) -> dict:
+    return {
+        "rerank": not args.no_rerank,
+        "prune_alpha": args.prune_alpha,
+        "early_exit": args.early_exit,
+        "fusion": args.fusion,
+        "fusion_weight": args.fusion_weight,
+    }
+
+
 def _fde_config(args):
     from .fde import FDEConfig
 
@@ -63,7 +82,13 @@ def _build_parser() -> argparse.ArgumentParser:
     p.add_argument("--pca-dim", type=int, default=None, help="reduce token vectors with uncentred PCA to this many dims")
     p.add_argument("--skip-empty", action="store_true", help="drop documents with no text instead of failing")
     p.add_argument("--overwrite", action="store_true", help="replace an existing index of that name (only once the new one is complete)")
+    p.add_argument("--sparse", default="bm25,bm25s", help="sparse first stages to build: comma list of bm25 (Lucene), bm25s, or 'none' (default: both)")
     _add_fde(p, with_switch=True)
+    _add_common(p)
+
+    p = sub.add_parser("sparse", help="(re)build an index's sparse first stages from its stored texts", description="(Re)build BM25 first stages of an index.")
+    p.add_argument("index", help="index name or path")
+    p.add_argument("--stage", action="append", choices=("bm25", "bm25s"), help="which (repeatable; default: both)")
     _add_common(p)
 
     p = sub.add_parser("fde", help="(re)build an index's MUVERA first stage from its stored vectors", description="(Re)build the FDE first stage of an index without re-encoding it.")
@@ -81,6 +106,7 @@ def _build_parser() -> argparse.ArgumentParser:
 
     p.add_argument("--first-stage", default=None, choices=FIRST_STAGES, help="how candidates are found (default: fde when the index has one)")
     p.add_argument("--candidates", type=int, default=None, help="first-stage candidates reranked by exact MaxSim (default 100; not with exhaustive)")
+    add_rerank_options(p)
     out = p.add_mutually_exclusive_group()
     out.add_argument("--json", action="store_true", help="JSON output")
     out.add_argument("--trec", action="store_true", help="TREC run output: qid Q0 docid rank score run")
@@ -142,6 +168,7 @@ def _cmd_index(args) -> int:
         skip_empty=args.skip_empty,
         threads=args.threads,
         fde=_fde_config(args),
+        sparse=tuple(s for s in args.sparse.split(",") if s and s != "none"),
     )
     index = Index.build(
         read_corpus(args.corpus),
@@ -173,7 +200,9 @@ def _cmd_search(args) -> int:
         raise QueryError("give either a query text or --queries FILE.")
     queries = _read_queries(args.queries) if args.queries else [("q1", args.query)]
     index = Index.open(args.index, home=args.index_dir, model=args.model)
-    results = index.search([text for _, text in queries], k=args.k, first_stage=args.first_stage, candidates=args.candidates, threads=args.threads)
+    results = index.search(
+        [text for _, text in queries], k=args.k, first_stage=args.first_stage, candidates=args.candidates, threads=args.threads, **rerank_options(args)
+    )
     if args.trec:
         print("\n".join(results.to_trec([qid for qid, _ in queries], args.run_name)))
     elif args.json:
@@ -252,6 +281,15 @@ def _cmd_fde(args) -> int:
     return 0
 
 
+def _cmd_sparse(args) -> int:
+    from .index import Index
+
+    index = Index.open(args.index, home=args.index_dir)
+    for stage, manifest in index.build_sparse(args.stage or ("bm25", "bm25s"), command=args.command_line).items():
+        print(f"built the {stage} first stage of {index.name}: {manifest['documents']} documents in {manifest['build']['seconds']:.1f} s")
+    return 0
+
+
 def _cmd_list(args) -> int:
     from . import store
 
@@ -271,7 +309,7 @@ def main(argv: list[str] | None = None) -> int:
     args = _build_parser().parse_args(argv)
     args.command_line = "mvr " + shlex.join(argv)  # kept in manifests and reports, to rerun them
     try:
-        return {"index": _cmd_index, "search": _cmd_search, "info": _cmd_info, "fde": _cmd_fde, "list": _cmd_list, "eval": _cmd_eval}[args.command](args)
+        return {"index": _cmd_index, "search": _cmd_search, "info": _cmd_info, "fde": _cmd_fde, "sparse": _cmd_sparse, "list": _cmd_list, "eval": _cmd_eval}[args.command](args)
     except MvrError as exc:
         print(f"mvr: error: {exc}", file=sys.stderr)
         return 2

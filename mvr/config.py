@@ -22,6 +22,7 @@ class IndexConfig:
     skip_empty     drop documents with no text instead of failing
     threads        torch and Numba threads while building (None: all cores)
     fde            MUVERA first stage built with the index (None: none; exhaustive search only)
+    sparse         sparse first stages built with the index: "bm25" (Lucene via pyserini), "bm25s"
     """
 
     model: str | None = None
@@ -34,6 +35,7 @@ class IndexConfig:
     skip_empty: bool = False
     threads: int | None = None
     fde: FDEConfig | None = field(default_factory=FDEConfig)
+    sparse: tuple[str, ...] = ("bm25", "bm25s")
 
     def __post_init__(self):
         for name in ("query_maxlen", "doc_maxlen", "pca_dim", "threads"):
@@ -48,6 +50,10 @@ class IndexConfig:
             object.__setattr__(self, "model", str(self.model))
         if isinstance(self.fde, dict):
             object.__setattr__(self, "fde", FDEConfig.from_dict(self.fde))
+        object.__setattr__(self, "sparse", tuple(self.sparse or ()))
+        unknown = sorted(set(self.sparse) - {"bm25", "bm25s"})
+        if unknown:
+            raise ConfigError(f"unknown sparse first stage(s) {unknown}; available: bm25, bm25s.")
         if self.fde is not None and not isinstance(self.fde, FDEConfig):
             raise ConfigError(f"fde must be an FDEConfig, a dict of its fields, or None; got {type(self.fde).__name__}.")
 

@@ -27,9 +27,16 @@ from .errors import CorpusError, EncoderError, EncoderMismatchError, MvrError, Q
 from .fde import FDE_DIR, FDE_FORMAT, FDE_VERSION, FDEConfig, FDEFirstStage, build_fde
 from .progress import progress
 from .reduce import fit_pca, project
+from .sparse import SPARSE_STAGES, BM25S, LuceneBM25
 from .threads import cpu_threads
 
-FIRST_STAGES = ("exhaustive", "fde")
+_SPARSE_CLASSES = {"bm25": LuceneBM25, "bm25s": BM25S}
+
+FIRST_STAGES = ("exhaustive", "fde", "bm25", "bm25s")
+FUSIONS = ("rrf", "linear")
+RRF_K = 60  # Cormack et al. (2009)
+SPARSE_FORMAT = "mvr-sparse"
+SPARSE_VERSION = 1
 DEFAULT_CANDIDATES = 100  # FDE candidates reranked when the caller names none
 _IDENTITY_IGNORED = ("name", "source")
 _QUERY_CHUNK = 64  # queries scored together by the exhaustive kernel (bounds the score matrix)
@@ -64,6 +71,7 @@ class Results:
         self.indices = indices
         self.scores = scores
         self.timings = timings or {}
+        self.fallbacks = 0
         self._index = index
 
     def __len__(self) -> int:
@@ -99,6 +107,69 @@ class Results:
         ]
 
 
+@dataclass(frozen=True)
+class SearchOptions:
+    """How candidates are found and ordered (validated on construction).
+
+    rerank          rerank candidates with exact MaxSim (False: the first stage's own ranking)
+    prune_alpha     drop candidates whose first-stage score is below (1 - alpha) x the k-th best
+    early_exit      stop reranking after this many consecutive candidates miss the running top-k
+    fusion          final score from MaxSim and first-stage scores: "rrf" or "linear" (None: MaxSim)
+    fusion_weight   MaxSim's weight in "linear" fusion of per-query z-scores
+    """
+
+    first_stage: str = "exhaustive"
+    candidates: int | None = None
+    rerank: bool = True
+    prune_alpha: float | None = None
+    early_exit: int | None = None
+    fusion: str | None = None
+    fusion_weight: float = 0.8
+
+    def __post_init__(self):
+        if self.first_stage not in FIRST_STAGES:
+            raise QueryError(f"unknown first stage {self.first_stage!r}; available: {', '.join(FIRST_STAGES)}.")
+        if self.candidates is not None and (not isinstance(self.candidates, (int, np.integer)) or isinstance(self.candidates, bool) or self.candidates < 1):
+            raise QueryError(f"candidates must be a positive integer, got {self.candidates!r}.")
+        if self.first_stage == "exhaustive":
+            if self.candidates is not None:
+                raise QueryError("candidates applies to first stages that select candidates; 'exhaustive' scores every document.")
+            if not self.rerank or self.prune_alpha is not None or self.early_exit is not None or self.fusion is not None:
+                raise QueryError("rerank, pruning, early exit and fusion apply to a first stage with candidates, not to 'exhaustive'.")
+        if self.prune_alpha is not None and not 0.0 <= self.prune_alpha <= 1.0:
+            raise QueryError(f"prune_alpha must lie in [0, 1], got {self.prune_alpha!r}.")
+        if self.early_exit is not None and (not isinstance(self.early_exit, (int, np.integer)) or self.early_exit < 1):
+            raise QueryError(f"early_exit must be a positive integer (the patience), got {self.early_exit!r}.")
+        if self.fusion is not None and self.fusion not in FUSIONS:
+            raise QueryError(f"unknown fusion {self.fusion!r}; available: {', '.join(FUSIONS)}.")
+        if not 0.0 <= self.fusion_weight <= 1.0:
+            raise QueryError(f"fusion_weight must lie in [0, 1], got {self.fusion_weight!r}.")
+        if not self.rerank and (self.fusion is not None or self.early_exit is not None):
+            raise QueryError("fusion and early exit need rerank=True.")
+
+
+def _ranks(scores: np.ndarray) -> np.ndarray:
+    ranks = np.empty(len(scores), dtype=np.float64)
+    ranks[np.argsort(-scores, kind="stable")] = np.arange(1, len(scores) + 1)
+    return ranks
+
+
+def _zscores(scores: np.ndarray) -> np.ndarray:
+    scores = scores.astype(np.float64)
+    std = scores.std()
+    return (scores - scores.mean()) / std if std > 0 else np.zeros_like(scores)
+
+
+def fuse(maxsim: np.ndarray, first: np.ndarray, fusion: str | None, weight: float) -> np.ndarray:
+    """Final scores of one query's candidates: MaxSim alone, reciprocal rank fusion (k=60) or
+    ``weight * z(MaxSim) + (1 - weight) * z(first stage)`` with per-query z-scores."""
+    if fusion is None or len(maxsim) == 0:
+        return maxsim
+    if fusion == "rrf":
+        return 1.0 / (RRF_K + _ranks(maxsim)) + 1.0 / (RRF_K + _ranks(first))
+    return weight * _zscores(maxsim) + (1.0 - weight) * _zscores(first)
+
+
 def _chunks(items: Iterable, size: int):
     iterator = iter(items)
     while chunk := list(itertools.islice(iterator, size)):
@@ -131,6 +202,7 @@ class Index:
         self._model = model
         self._encoder: Encoder | None = None
         self._fde: FDEFirstStage | None = None
+        self._sparse: dict = {}
 
     # -- opening -------------------------------------------------------------------------------
     @classmethod
@@ -200,6 +272,42 @@ class Index:
         self._fde = None
         return self.fde.manifest
 
+    def has_stage(self, stage: str) -> bool:
+        """Whether the first stage ``stage`` can run on this index."""
+        if stage == "exhaustive":
+            return True
+        folder = FDE_DIR if stage == "fde" else stage
+        return (self.path / folder / store.MANIFEST).is_file()
+
+    def sparse(self, stage: str):
+        """The sparse first stage ``stage`` ("bm25" or "bm25s"), opened on first use."""
+        if stage not in self._sparse:
+            if not self.has_stage(stage):
+                raise QueryError(
+                    f"index {self.name!r} has no {stage} first stage; add it with `mvr sparse {self.name} --stage {stage}` "
+                    "(Index.build_sparse), or search with another first stage."
+                )
+            folder = self.path / stage
+            manifest = store.read_manifest(folder, SPARSE_FORMAT, SPARSE_VERSION)
+            if manifest["doc_ids_sha256"] != self.manifest["files"]["doc_ids.npy"]["sha256"]:
+                raise store.IndexFormatError(f"{folder} was built for other documents than its index holds; rebuild it with `mvr sparse`.")
+            self._sparse[stage] = _SPARSE_CLASSES[stage](folder, self.position)
+        return self._sparse[stage]
+
+    def build_sparse(self, stages: Sequence[str] = SPARSE_STAGES, *, command: str | None = None) -> dict:
+        """(Re)build sparse first stages from the stored texts; each replaces the old one only
+        once complete. Returns their manifests by stage."""
+        built = {}
+        for stage in stages:
+            if stage not in SPARSE_STAGES:
+                raise QueryError(f"unknown sparse first stage {stage!r}; available: {', '.join(SPARSE_STAGES)}.")
+            with store.StagingDir(self.path / stage, overwrite=True) as staging:
+                manifest = _build_sparse(staging.path, stage, _stored_texts(self.path), self.manifest["files"]["doc_ids.npy"]["sha256"], command)
+                staging.commit()
+            self._sparse.pop(stage, None)
+            built[stage] = manifest
+        return built
+
     # -- documents -----------------------------------------------------------------------------
     def document(self, position: int) -> Document:
         """The document at ``position`` (corpus order)."""
@@ -240,54 +348,82 @@ class Index:
         first_stage: str | None = None,
         candidates: int | None = None,
         threads: int | None = None,
+        **options,
     ) -> Results:
-        """Top-``k`` documents of each query by exact MaxSim. A single string is one query.
+        """Top-``k`` documents of each query. A single string is one query.
 
-        ``first_stage``: ``"fde"`` reranks the ``candidates`` (default 100) best documents by MUVERA
-        FDE inner product; ``"exhaustive"`` scores every document. None: ``fde`` when the index has
-        one, else ``exhaustive``. ``threads``: CPU threads for encoding and scoring.
+        ``first_stage``: ``"fde"`` (MUVERA), ``"bm25"`` (Lucene through pyserini) or ``"bm25s"``
+        find ``candidates`` (default 100) documents that exact MaxSim reranks; ``"exhaustive"``
+        scores every document. None: ``fde`` when the index has one, else ``exhaustive``.
+        ``threads``: CPU threads for encoding and scoring. Further options (see
+        :class:`SearchOptions`): ``rerank=False`` returns the first stage's own ranking;
+        ``prune_alpha``, ``early_exit`` and ``fusion`` / ``fusion_weight``.
         """
-        first_stage = self._check_search(k, first_stage, candidates)
-        return self.search_encoded(self.encode_queries(queries, threads=threads), k, first_stage=first_stage, candidates=candidates, threads=threads)
+        texts = [queries] if isinstance(queries, str) else list(queries)
+        opts = self._options(k, first_stage, candidates, options)
+        needs_vectors = opts.rerank or opts.first_stage in ("exhaustive", "fde")
+        encoded = self.encode_queries(texts, threads=threads) if needs_vectors else None
+        return self.search_encoded(encoded, k, texts=texts, first_stage=opts.first_stage, candidates=candidates, threads=threads, **options)
 
-    def _check_search(self, k, first_stage: str | None, candidates: int | None) -> str:
+    def _options(self, k, first_stage: str | None, candidates: int | None, options: dict) -> "SearchOptions":
         if not isinstance(k, (int, np.integer)) or isinstance(k, bool) or k < 1:
             raise QueryError(f"k must be a positive integer, got {k!r}.")
         if first_stage is None:
             first_stage = "fde" if self.has_fde else "exhaustive"
-        if first_stage not in FIRST_STAGES:
-            raise QueryError(f"unknown first stage {first_stage!r}; available: {', '.join(FIRST_STAGES)}.")
-        if first_stage == "exhaustive" and candidates is not None:
-            raise QueryError("candidates applies to first stages that select candidates; 'exhaustive' scores every document.")
-        if candidates is not None and (not isinstance(candidates, (int, np.integer)) or isinstance(candidates, bool) or candidates < 1):
-            raise QueryError(f"candidates must be a positive integer, got {candidates!r}.")
-        return first_stage
+        unknown = sorted(set(options) - set(SearchOptions.__dataclass_fields__))
+        if unknown:
+            raise QueryError(f"unknown search option(s) {unknown}; known: first_stage, candidates, threads, {', '.join(SearchOptions.__dataclass_fields__)}.")
+        return SearchOptions(first_stage=first_stage, candidates=candidates, **options)
 
     def search_encoded(
         self,
-        queries: TokenVectors,
+        queries: TokenVectors | None,
         k: int = 10,
         *,
+        texts: Sequence[str] | None = None,
         first_stage: str | None = None,
         candidates: int | None = None,
         threads: int | None = None,
+        **options,
     ) -> Results:
-        """Search with queries already encoded (float32 ``(n_tokens, dim)`` + offsets).
+        """Search with queries already encoded (float32 ``(n_tokens, dim)`` + offsets). Sparse first
+        stages also need the query ``texts``; ``queries`` may be None when nothing is reranked.
 
-        The returned :class:`Results` carry ``timings`` (ms): ``first_stage`` and ``rerank``.
+        The returned :class:`Results` carry ``timings`` (ms): ``first_stage`` and ``rerank``, and
+        ``fallbacks``: queries whose sparse first stage found nothing (no searchable terms) and
+        that the dense first stage answered instead.
         """
-        first_stage = self._check_search(k, first_stage, candidates)
-        vectors = np.ascontiguousarray(queries.vectors, dtype=np.float32)
-        if vectors.ndim != 2 or vectors.shape[1] != self.dim:
-            raise EncoderMismatchError(
-                f"query vectors have dimension {vectors.shape[-1] if vectors.ndim else '?'}, index {self.name!r} stores "
-                f"{self.dim}: encode the queries with the index's encoder ({self.manifest['encoder']['name']})."
-            )
-        offsets = np.asarray(queries.offsets, dtype=np.int64)
+        opts = self._options(k, first_stage, candidates, options)
+        if opts.first_stage in SPARSE_STAGES and texts is None:
+            raise QueryError(f"the {opts.first_stage} first stage needs the query texts (texts=...).")
+        vectors = offsets = None
+        if queries is not None:
+            vectors = np.ascontiguousarray(queries.vectors, dtype=np.float32)
+            if vectors.ndim != 2 or vectors.shape[1] != self.dim:
+                raise EncoderMismatchError(
+                    f"query vectors have dimension {vectors.shape[-1] if vectors.ndim else '?'}, index {self.name!r} stores "
+                    f"{self.dim}: encode the queries with the index's encoder ({self.manifest['encoder']['name']})."
+                )
+            offsets = np.asarray(queries.offsets, dtype=np.int64)
+        elif opts.rerank or opts.first_stage in ("exhaustive", "fde"):
+            raise QueryError(f"first stage {opts.first_stage!r} with rerank={opts.rerank} needs encoded queries.")
         with cpu_threads(threads, "numba", "faiss"):
-            if first_stage == "exhaustive":
+            if opts.first_stage == "exhaustive":
                 return self._exhaustive(vectors, offsets, k)
-            return self._rerank_fde(vectors, offsets, k, candidates or DEFAULT_CANDIDATES)
+            started = time.perf_counter()
+            found, fallbacks = self._candidates(opts, vectors, offsets, texts)
+            middle = time.perf_counter()
+            indices = np.full((len(found), k), -1, dtype=np.int64)
+            top = np.full((len(found), k), -np.inf, dtype=np.float32)
+            for q, (positions, first_scores) in enumerate(found):
+                query = vectors[offsets[q] : offsets[q + 1]] if vectors is not None else None
+                ranked, scores = self._rerank(query, positions, first_scores, k, opts)
+                indices[q, : len(ranked)] = ranked
+                top[q, : len(ranked)] = scores
+            done = time.perf_counter()
+        results = Results(indices, top, self, {"first_stage": (middle - started) * 1e3, "rerank": (done - middle) * 1e3})
+        results.fallbacks = fallbacks
+        return results
 
     def _exhaustive(self, vectors: np.ndarray, offsets: np.ndarray, k: int) -> Results:
         from ._kernels import maxsim_exhaustive, maxsim_exhaustive_many, topk_rows
@@ -307,26 +443,48 @@ class Index:
             top = np.concatenate([p[1] for p in parts])
         return Results(indices, top, self, {"first_stage": 0.0, "rerank": (time.perf_counter() - started) * 1e3})
 
-    def _rerank_fde(self, vectors: np.ndarray, offsets: np.ndarray, k: int, n_candidates: int) -> Results:
-        from ._kernels import maxsim_candidates, topk
+    def _candidates(self, opts: "SearchOptions", vectors, offsets, texts) -> tuple[list[tuple[np.ndarray, np.ndarray]], int]:
+        """Per query, candidate positions (best first) and their first-stage scores."""
+        n_candidates = min(opts.candidates or DEFAULT_CANDIDATES, self.n_docs)
+        if opts.first_stage == "fde":
+            return self._fde_candidates(vectors, offsets, n_candidates), 0
+        found = self.sparse(opts.first_stage).search(texts, n_candidates)
+        empty = [q for q, (positions, _) in enumerate(found) if len(positions) == 0]
+        if empty and vectors is not None:
+            # No searchable terms: the dense first stage answers those queries instead.
+            for q in empty:
+                one = vectors[offsets[q] : offsets[q + 1]]
+                if self.has_fde:
+                    found[q] = self._fde_candidates(one, np.array([0, len(one)]), n_candidates)[0]
+                else:
+                    found[q] = (np.arange(self.n_docs, dtype=np.int64), np.zeros(self.n_docs, dtype=np.float32))
+        return found, len(empty)
 
-        started = time.perf_counter()
-        _, candidate_ids = self.fde.candidates(vectors, offsets, min(n_candidates, self.n_docs))
-        found = time.perf_counter()
-        n_queries = len(offsets) - 1
-        indices = np.full((n_queries, k), -1, dtype=np.int64)
-        top = np.full((n_queries, k), -np.inf, dtype=np.float32)
-        for q in range(n_queries):
-            ids = candidate_ids[q][candidate_ids[q] >= 0]
-            scores = maxsim_candidates(vectors[offsets[q] : offsets[q + 1]], self.doc_codes, self.doc_offsets, ids, self.max_doc_len)
-            # Rank by score, then by position, as the exhaustive path breaks ties.
-            order, best = topk(scores, min(k, len(ids)))
-            ranked = ids[order]
-            ties = np.lexsort((ranked, -best))
-            indices[q, : len(ranked)] = ranked[ties]
-            top[q, : len(ranked)] = best[ties]
-        done = time.perf_counter()
-        return Results(indices, top, self, {"first_stage": (found - started) * 1e3, "rerank": (done - found) * 1e3})
+    def _fde_candidates(self, vectors, offsets, n_candidates: int) -> list[tuple[np.ndarray, np.ndarray]]:
+        scores, ids = self.fde.candidates(vectors, offsets, n_candidates)
+        return [(row[row >= 0], row_scores[row >= 0]) for row, row_scores in zip(ids, scores)]
+
+    def _rerank(self, query, positions: np.ndarray, first_scores: np.ndarray, k: int, opts: "SearchOptions") -> tuple[np.ndarray, np.ndarray]:
+        """Order one query's candidates: prune, MaxSim (with early exit), fuse; top-k out."""
+        from ._kernels import maxsim_candidates, maxsim_early_exit
+
+        if opts.prune_alpha is not None and len(first_scores):
+            kth = first_scores[min(k, len(first_scores)) - 1]
+            if kth > 0:  # pruning compares non-negative (BM25-like) scores
+                keep = first_scores >= (1.0 - opts.prune_alpha) * kth
+                positions, first_scores = positions[keep], first_scores[keep]
+        if not opts.rerank:
+            final = first_scores
+        else:
+            if opts.early_exit is not None:
+                scores, scored = maxsim_early_exit(query, self.doc_codes, self.doc_offsets, positions, k, opts.early_exit, self.max_doc_len)
+                positions, first_scores, scores = positions[:scored], first_scores[:scored], scores[:scored]
+            else:
+                scores = maxsim_candidates(query, self.doc_codes, self.doc_offsets, positions, self.max_doc_len)
+            final = fuse(scores, first_scores, opts.fusion, opts.fusion_weight)
+        # Best first; ties go to the lower position, as in exhaustive search.
+        order = np.lexsort((positions, -final))[:k]
+        return positions[order], final[order].astype(np.float32)
 
     # -- building ------------------------------------------------------------------------------
     @classmethod
@@ -371,6 +529,11 @@ class Index:
                 offsets = np.load(staging.path / "doc_offsets.npy")
                 fde_manifest = build_fde(fde_dir, codes, offsets, counts["dim"], config.fde, vectors_sha256)
                 store.write_manifest(fde_dir, fde_manifest)
+            if config.sparse:
+                ids_sha256 = store.sha256_file(staging.path / "doc_ids.npy")
+                for stage in config.sparse:
+                    (staging.path / stage).mkdir()
+                    _build_sparse(staging.path / stage, stage, _stored_texts(staging.path), ids_sha256, command)
             elapsed = time.perf_counter() - started
             vector_bytes = sum((staging.path / f).stat().st_size for f in ("vectors.npy", "doc_offsets.npy"))
             if (staging.path / "projection.npy").is_file():
@@ -426,6 +589,29 @@ class Index:
             return None
         manifest = store.read_manifest(self.path / FDE_DIR, FDE_FORMAT, FDE_VERSION)
         return {k: manifest[k] for k in ("config", "fde_dim", "bytes_per_document", "build")}
+
+
+def _stored_texts(folder: Path) -> Iterable[tuple[str, str]]:
+    """``(id, title + " " + text)`` of every document stored in an index directory, in order."""
+    ids, texts, titles = np.load(folder / "doc_ids.npy", mmap_mode="r"), store.Blob(folder, "text"), store.Blob(folder, "title")
+    for i in range(len(ids)):
+        yield str(ids[i]), Document(str(ids[i]), texts[i], titles[i]).full_text
+
+
+def _build_sparse(folder: Path, stage: str, texts: Iterable[tuple[str, str]], doc_ids_sha256: str, command: str | None) -> dict:
+    """Build the sparse first stage ``stage`` into ``folder`` and write its manifest."""
+    info = _SPARSE_CLASSES[stage].build(folder, texts)
+    manifest = {
+        "format": SPARSE_FORMAT,
+        "format_version": SPARSE_VERSION,
+        "stage": stage,
+        "documents": info["documents"],
+        "doc_ids_sha256": doc_ids_sha256,
+        "bm25": {"k1": info["k1"], "b": info["b"]},
+        "build": {"seconds": info["seconds"], "command": command},
+    }
+    store.write_manifest(folder, manifest)
+    return manifest
 
 
 def _encode_corpus(documents, encoder: Encoder, config: IndexConfig, folder: Path, show_progress, chunk_size: int) -> dict:

@@ -14,7 +14,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from conftest import maxsim_reference
-from mvr._kernels import maxsim_candidates, maxsim_exhaustive, maxsim_exhaustive_many, topk, topk_rows
+from mvr._kernels import maxsim_candidates, maxsim_early_exit, maxsim_exhaustive, maxsim_exhaustive_many, topk, topk_rows
 from mvr._kernels.fp16 import decode_rows
 
 NO_JIT = os.environ.get("NUMBA_DISABLE_JIT") == "1"
@@ -134,3 +134,16 @@ def test_same_results_without_jit():
     )
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
     assert " passed" in result.stdout
+
+
+def test_early_exit_stops_after_patience_misses():
+    rng = np.random.default_rng(5)
+    codes, offsets, docs = _corpus(rng, [4, 6, 3, 5, 2, 7, 4, 3], dim=8)
+    query = _unit(rng, 3, 8)
+    full = maxsim_reference(query, docs)
+    order = np.argsort(-full, kind="stable")  # best first: every later candidate misses the top-2
+    scores, scored = maxsim_early_exit(query, codes, offsets, order, k=2, patience=3)
+    assert scored == 5 and np.isneginf(scores[5:]).all()
+    np.testing.assert_allclose(scores[:5], full[order[:5]], rtol=1e-5, atol=1e-5)
+    scores, scored = maxsim_early_exit(query, codes, offsets, order[::-1].copy(), k=2, patience=3)
+    assert scored == 8  # worst first: each candidate enters the top-2, nothing is skipped

@@ -1,0 +1,110 @@
+"""Sparse first stages with real Lucene (pyserini) and bm25s, reranking options and fusion."""
+
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from conftest import DOCS
+from mvr import Encoder, Index, IndexConfig, QueryError
+from mvr.index import fuse
+
+
+@pytest.fixture(scope="module")
+def sparse_index(tmp_path_factory, models):
+    docs = [(i, f"{t} {x}" if t else x) for i, t, x in DOCS]
+    return Index.build(docs, tmp_path_factory.mktemp("sparse") / "idx", encoder=Encoder(models["plain"]))
+
+
+def test_lucene_bm25_is_pyserinis_own_ranking(sparse_index):
+    from pyserini.search.lucene import LuceneSearcher
+
+    results = sparse_index.search("which animal purrs", k=3, first_stage="bm25", rerank=False)
+    searcher = LuceneSearcher(str(sparse_index.path / "bm25"))
+    searcher.set_bm25(0.9, 0.4)
+    hits = searcher.search("which animal purrs", 3)
+    assert [h.id for h in results[0]] == [h.docid for h in hits] and results[0][0].id == "d1"
+    np.testing.assert_allclose(results.scores[0, : len(hits)], [h.score for h in hits], rtol=1e-6)
+
+
+def test_bm25s_agrees_with_lucene_on_the_top_document(sparse_index):
+    for query, expected in (("capital of France", "d5"), ("lava volcano", "d7"), ("green tea antioxidants", "d8")):
+        for stage in ("bm25", "bm25s"):
+            assert sparse_index.search(query, k=1, first_stage=stage, rerank=False)[0][0].id == expected, stage
+
+
+def test_rerank_orders_bm25_candidates_by_maxsim(sparse_index):
+    query = "capital city"
+    reranked = sparse_index.search(query, k=8, first_stage="bm25", candidates=8)
+    candidates = sparse_index.search(query, k=8, first_stage="bm25", candidates=8, rerank=False)
+    positions = candidates.indices[0][candidates.indices[0] >= 0]
+    exhaustive = sparse_index.search(query, k=len(sparse_index), first_stage="exhaustive")
+    maxsim = dict(zip(exhaustive.indices[0], exhaustive.scores[0]))
+    expected = sorted(positions, key=lambda p: (-maxsim[p], p))
+    assert reranked.indices[0][: len(expected)].tolist() == expected
+    np.testing.assert_allclose(reranked.scores[0][: len(expected)], [maxsim[p] for p in expected], rtol=1e-5)
+
+
+def test_stopword_only_query_falls_back_to_the_dense_first_stage(sparse_index):
+    for stage in ("bm25", "bm25s"):
+        results = sparse_index.search(["the of and", "purring cats"], k=3, first_stage=stage)
+        assert results.fallbacks == 1 and len(results[0]) == 3 and len(results[1]) >= 1
+        alone = sparse_index.search("the of and", k=3, first_stage=stage, rerank=False)
+        assert len(alone[0]) == 0 and alone.fallbacks == 1  # no vectors asked for: nothing to fall back on
+
+
+def test_pruning_keeps_only_candidates_near_the_kth_best(sparse_index):
+    full = sparse_index.search("capital of the Roman Empire", k=8, first_stage="bm25", rerank=False)
+    scores = full.scores[0][full.indices[0] >= 0]
+    pruned = sparse_index.search("capital of the Roman Empire", k=2, first_stage="bm25", prune_alpha=0.0)
+    kept = set(pruned.indices[0][pruned.indices[0] >= 0].tolist())
+    assert kept == set(full.indices[0][: int((scores >= scores[1]).sum())].tolist())
+
+
+def test_early_exit_with_large_patience_changes_nothing(sparse_index):
+    a = sparse_index.search("energy in cells", k=3, first_stage="bm25s", candidates=8)
+    b = sparse_index.search("energy in cells", k=3, first_stage="bm25s", candidates=8, early_exit=100)
+    np.testing.assert_array_equal(a.indices, b.indices)
+
+
+def test_fusion_by_hand():
+    maxsim = np.array([3.0, 1.0, 2.0])
+    first = np.array([10.0, 30.0, 20.0])
+    rrf = fuse(maxsim, first, "rrf", 0.8)
+    np.testing.assert_allclose(rrf, [1 / 61 + 1 / 63, 1 / 63 + 1 / 61, 1 / 62 + 1 / 62])
+    z = lambda x: (x - x.mean()) / x.std()  # noqa: E731
+    np.testing.assert_allclose(fuse(maxsim, first, "linear", 0.8), 0.8 * z(maxsim) + 0.2 * z(first))
+    np.testing.assert_array_equal(fuse(maxsim, first, None, 0.8), maxsim)
+
+
+def test_fused_search_runs_and_options_are_validated(sparse_index):
+    fused = sparse_index.search("capital of France", k=3, first_stage="bm25", fusion="linear", fusion_weight=0.5)
+    assert fused[0][0].id == "d5"
+    with pytest.raises(QueryError, match="fusion and early exit need rerank"):
+        sparse_index.search("x", first_stage="bm25", rerank=False, fusion="rrf")
+    with pytest.raises(QueryError, match="prune_alpha"):
+        sparse_index.search("x", first_stage="bm25", prune_alpha=2.0)
+    with pytest.raises(QueryError, match="unknown search option"):
+        sparse_index.search("x", first_stage="bm25", bogus=1)
+    with pytest.raises(QueryError, match="not to 'exhaustive'"):
+        sparse_index.search("x", first_stage="exhaustive", fusion="rrf")
+
+
+def test_index_without_sparse_stages(tmp_path, models):
+    index = Index.build([("a", "cats purr"), ("b", "dogs bark")], tmp_path / "x", encoder=Encoder(models["plain"]), config=IndexConfig(sparse=(), fde=None))
+    with pytest.raises(QueryError, match="no bm25 first stage.*mvr sparse"):
+        index.search("cats", first_stage="bm25")
+    index.build_sparse(["bm25s"])
+    assert index.search("cats", k=1, first_stage="bm25s")[0][0].id == "a"
+
+
+def test_no_jvm_unless_bm25_is_used(sparse_index):
+    code = (
+        "import sys, time, mvr; t = time.perf_counter(); index = mvr.open(sys.argv[1]); "
+        "index.search('cats', k=1, first_stage='fde'); index.search('cats', k=1, first_stage='bm25s'); "
+        "print('jnius' in sys.modules, 'pyserini' in sys.modules)"
+    )
+    out = subprocess.run([sys.executable, "-c", code, str(sparse_index.path)], capture_output=True, text=True, check=True).stdout.split()
+    assert out == ["False", "False"]
