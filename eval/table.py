@@ -27,8 +27,24 @@ def _system(report: dict, run: dict) -> str:
     parts = [f"mvr {encoder['name']}"]
     if report["settings"]["config"].get("pca_dim"):
         parts.append(f"PCA {report['dim']}")
+    options = run.get("options") or {}
     if run["first_stage"] == "exhaustive":
         parts.append("exhaustive MaxSim")
+    elif run["first_stage"] in ("bm25", "bm25s"):
+        name = "BM25 (Lucene, pyserini)" if run["first_stage"] == "bm25" else "bm25s"
+        if not options.get("rerank", True):
+            parts.append(f"{name} alone")
+        else:
+            extra = []
+            if options.get("prune_alpha") is not None:
+                extra.append(f"pruning alpha {options['prune_alpha']}")
+            if options.get("early_exit") is not None:
+                extra.append(f"early exit beta {options['early_exit']}")
+            if options.get("fusion") == "rrf":
+                extra.append("RRF fusion")
+            elif options.get("fusion") == "linear":
+                extra.append(f"linear fusion w={options['fusion_weight']}")
+            parts.append(f"{name} top-{run['candidates']} + MaxSim" + (f" ({', '.join(extra)})" if extra else ""))
     else:
         fde = report.get("fde") or {}
         cfg = fde.get("config", {})

@@ -115,3 +115,21 @@ def test_fde_commands_and_candidate_sweep(tmp_path, beir, capsys):
     assert "candidate counts must be positive" in capsys.readouterr().err
     code, _, err = run(capsys, "eval", beir, "--index", "tiny", "--candidates", "5", "--index-dir", home)
     assert code == 2 and "not to exhaustive" in err
+
+
+def test_sparse_commands(tmp_path, beir, capsys):
+    home = tmp_path / "home"
+    code, _, _ = run(capsys, "index", beir, "--name", "tiny", "--index-dir", home, "--quiet", "--sparse", "none", "--no-fde")
+    code, _, err = run(capsys, "search", "tiny", "which animal purrs?", "--first-stage", "bm25", "--index-dir", home)
+    assert code == 2 and "mvr sparse tiny --stage bm25" in err
+    code, out, _ = run(capsys, "sparse", "tiny", "--index-dir", home)
+    assert code == 0 and "built the bm25 first stage" in out and "built the bm25s first stage" in out
+    code, out, _ = run(capsys, "search", "tiny", "which animal purrs?", "--first-stage", "bm25", "--no-rerank", "--json", "-k", "2", "--index-dir", home)
+    assert code == 0 and json.loads(out)["hits"][0]["id"] == "d1"
+    report_path = tmp_path / "bm25.json"
+    code, _, _ = run(
+        capsys, "eval", beir, "--index", "tiny", "--first-stage", "bm25s", "--candidates", "4", "--fusion", "linear", "--fusion-weight", "0.5",
+        "--output", report_path, "--index-dir", home, "--quiet",
+    )
+    report = json.loads(report_path.read_text())
+    assert code == 0 and report["first_stage"] == "bm25s" and report["options"]["fusion"] == "linear" and report["options"]["fusion_weight"] == 0.5
