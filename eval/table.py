@@ -30,8 +30,8 @@ def _system(report: dict, run: dict) -> str:
     options = run.get("options") or {}
     if run["first_stage"] == "exhaustive":
         parts.append("exhaustive MaxSim")
-    elif run["first_stage"] in ("bm25", "bm25s"):
-        name = "BM25 (Lucene, pyserini)" if run["first_stage"] == "bm25" else "bm25s"
+    elif run["first_stage"] in ("bm25", "bm25s", "splade"):
+        name = {"bm25": "BM25 (Lucene, pyserini)", "bm25s": "bm25s", "splade": "SPLADE (splade-tiny)"}[run["first_stage"]]
         if not options.get("rerank", True):
             parts.append(f"{name} alone")
         else:

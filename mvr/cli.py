@@ -83,12 +83,14 @@ def _build_parser() -> argparse.ArgumentParser:
     p.add_argument("--skip-empty", action="store_true", help="drop documents with no text instead of failing")
     p.add_argument("--overwrite", action="store_true", help="replace an existing index of that name (only once the new one is complete)")
     p.add_argument("--sparse", default="bm25,bm25s", help="sparse first stages to build: comma list of bm25 (Lucene), bm25s, or 'none' (default: both)")
+    p.add_argument("--splade-model", default=None, help="masked-LM folder: also build the learned-sparse (SPLADE) first stage")
     _add_fde(p, with_switch=True)
     _add_common(p)
 
     p = sub.add_parser("sparse", help="(re)build an index's sparse first stages from its stored texts", description="(Re)build BM25 first stages of an index.")
     p.add_argument("index", help="index name or path")
-    p.add_argument("--stage", action="append", choices=("bm25", "bm25s"), help="which (repeatable; default: both)")
+    p.add_argument("--stage", action="append", choices=("bm25", "bm25s", "splade"), help="which (repeatable; default: bm25 and bm25s)")
+    p.add_argument("--splade-model", default=None, help="with --stage splade: the masked-LM folder")
     _add_common(p)
 
     p = sub.add_parser("fde", help="(re)build an index's MUVERA first stage from its stored vectors", description="(Re)build the FDE first stage of an index without re-encoding it.")
@@ -169,6 +171,7 @@ def _cmd_index(args) -> int:
         threads=args.threads,
         fde=_fde_config(args),
         sparse=tuple(s for s in args.sparse.split(",") if s and s != "none"),
+        splade_model=args.splade_model,
     )
     index = Index.build(
         read_corpus(args.corpus),
@@ -285,7 +288,9 @@ def _cmd_sparse(args) -> int:
     from .index import Index
 
     index = Index.open(args.index, home=args.index_dir)
-    for stage, manifest in index.build_sparse(args.stage or ("bm25", "bm25s"), command=args.command_line).items():
+    stages = args.stage or ("bm25", "bm25s")
+    built = index.build_sparse(stages, splade_model=args.splade_model, command=args.command_line, show_progress=False if args.quiet else None)
+    for stage, manifest in built.items():
         print(f"built the {stage} first stage of {index.name}: {manifest['documents']} documents in {manifest['build']['seconds']:.1f} s")
     return 0
 

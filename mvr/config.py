@@ -23,6 +23,7 @@ class IndexConfig:
     threads        torch and Numba threads while building (None: all cores)
     fde            MUVERA first stage built with the index (None: none; exhaustive search only)
     sparse         sparse first stages built with the index: "bm25" (Lucene via pyserini), "bm25s"
+    splade_model   a masked-LM folder: also build the learned-sparse (SPLADE) first stage
     """
 
     model: str | None = None
@@ -36,6 +37,7 @@ class IndexConfig:
     threads: int | None = None
     fde: FDEConfig | None = field(default_factory=FDEConfig)
     sparse: tuple[str, ...] = ("bm25", "bm25s")
+    splade_model: str | None = None
 
     def __post_init__(self):
         for name in ("query_maxlen", "doc_maxlen", "pca_dim", "threads"):
@@ -46,8 +48,9 @@ class IndexConfig:
             value = getattr(self, name)
             if not isinstance(value, int) or value < 1:
                 raise ConfigError(f"{name} must be a positive integer, got {value!r}.")
-        if self.model is not None and not isinstance(self.model, str):
-            object.__setattr__(self, "model", str(self.model))
+        for name in ("model", "splade_model"):
+            if getattr(self, name) is not None and not isinstance(getattr(self, name), str):
+                object.__setattr__(self, name, str(getattr(self, name)))
         if isinstance(self.fde, dict):
             object.__setattr__(self, "fde", FDEConfig.from_dict(self.fde))
         object.__setattr__(self, "sparse", tuple(self.sparse or ()))

@@ -28,11 +28,13 @@ from .fde import FDE_DIR, FDE_FORMAT, FDE_VERSION, FDEConfig, FDEFirstStage, bui
 from .progress import progress
 from .reduce import fit_pca, project
 from .sparse import SPARSE_STAGES, BM25S, LuceneBM25
+from .splade import Splade, SpladeEncoder
 from .threads import cpu_threads
 
 _SPARSE_CLASSES = {"bm25": LuceneBM25, "bm25s": BM25S}
 
-FIRST_STAGES = ("exhaustive", "fde", "bm25", "bm25s")
+FIRST_STAGES = ("exhaustive", "fde", "bm25", "bm25s", "splade")
+TEXT_STAGES = ("bm25", "bm25s", "splade")  # first stages that read the query text
 FUSIONS = ("rrf", "linear")
 RRF_K = 60  # Cormack et al. (2009)
 SPARSE_FORMAT = "mvr-sparse"
@@ -203,17 +205,21 @@ class Index:
         self._encoder: Encoder | None = None
         self._fde: FDEFirstStage | None = None
         self._sparse: dict = {}
+        self._splade_model = None
 
     # -- opening -------------------------------------------------------------------------------
     @classmethod
-    def open(cls, name_or_path: str | os.PathLike, *, home: str | os.PathLike | None = None, model=None) -> "Index":
+    def open(cls, name_or_path: str | os.PathLike, *, home: str | os.PathLike | None = None, model=None, splade_model=None) -> "Index":
         """Open an index by name (under ``home``, default ``$MVR_INDEX_DIR`` or ``./indexes``) or path.
 
         ``model``: an :class:`Encoder` or a model folder for the queries; by default the model the
-        index was built with. A different encoder is refused at the first search.
+        index was built with. A different encoder is refused at the first search. ``splade_model``:
+        likewise for the SPLADE first stage, when its model folder has moved.
         """
         path = store.locate(name_or_path, Path(home) if home else None)
-        return cls(path, store.read_manifest(path), model=model)
+        index = cls(path, store.read_manifest(path), model=model)
+        index._splade_model = splade_model
+        return index
 
     @property
     def name(self) -> str:
@@ -291,18 +297,29 @@ class Index:
             manifest = store.read_manifest(folder, SPARSE_FORMAT, SPARSE_VERSION)
             if manifest["doc_ids_sha256"] != self.manifest["files"]["doc_ids.npy"]["sha256"]:
                 raise store.IndexFormatError(f"{folder} was built for other documents than its index holds; rebuild it with `mvr sparse`.")
-            self._sparse[stage] = _SPARSE_CLASSES[stage](folder, self.position)
+            if stage == "splade":
+                model = self._splade_model or manifest["model"]["source"]
+                if not isinstance(model, SpladeEncoder) and not Path(model).is_dir():
+                    raise EncoderError(f"the SPLADE model {model} of index {self.name!r} is not there any more; pass splade_model=PATH (--splade-model).")
+                self._sparse[stage] = Splade(folder, model, manifest["model"])
+            else:
+                self._sparse[stage] = _SPARSE_CLASSES[stage](folder, self.position)
         return self._sparse[stage]
 
-    def build_sparse(self, stages: Sequence[str] = SPARSE_STAGES, *, command: str | None = None) -> dict:
-        """(Re)build sparse first stages from the stored texts; each replaces the old one only
-        once complete. Returns their manifests by stage."""
+    def build_sparse(self, stages: Sequence[str] = SPARSE_STAGES, *, splade_model=None, command: str | None = None, show_progress=None) -> dict:
+        """(Re)build sparse first stages from the stored texts ("bm25", "bm25s", and "splade" with
+        ``splade_model``, a masked-LM folder); each replaces the old one only once complete.
+        Returns their manifests by stage."""
         built = {}
         for stage in stages:
-            if stage not in SPARSE_STAGES:
-                raise QueryError(f"unknown sparse first stage {stage!r}; available: {', '.join(SPARSE_STAGES)}.")
+            if stage not in TEXT_STAGES:
+                raise QueryError(f"unknown sparse first stage {stage!r}; available: {', '.join(TEXT_STAGES)}.")
+            if stage == "splade" and splade_model is None:
+                raise QueryError("the splade first stage needs a masked-LM model folder (splade_model=PATH, --splade-model PATH).")
             with store.StagingDir(self.path / stage, overwrite=True) as staging:
-                manifest = _build_sparse(staging.path, stage, _stored_texts(self.path), self.manifest["files"]["doc_ids.npy"]["sha256"], command)
+                manifest = _build_sparse(
+                    staging.path, stage, _stored_texts(self.path), self.manifest["files"]["doc_ids.npy"]["sha256"], command, splade_model, show_progress
+                )
                 staging.commit()
             self._sparse.pop(stage, None)
             built[stage] = manifest
@@ -394,7 +411,7 @@ class Index:
         that the dense first stage answered instead.
         """
         opts = self._options(k, first_stage, candidates, options)
-        if opts.first_stage in SPARSE_STAGES and texts is None:
+        if opts.first_stage in TEXT_STAGES and texts is None:
             raise QueryError(f"the {opts.first_stage} first stage needs the query texts (texts=...).")
         vectors = offsets = None
         if queries is not None:
@@ -529,11 +546,12 @@ class Index:
                 offsets = np.load(staging.path / "doc_offsets.npy")
                 fde_manifest = build_fde(fde_dir, codes, offsets, counts["dim"], config.fde, vectors_sha256)
                 store.write_manifest(fde_dir, fde_manifest)
-            if config.sparse:
+            stages = [*config.sparse, *(["splade"] if config.splade_model else [])]
+            if stages:
                 ids_sha256 = store.sha256_file(staging.path / "doc_ids.npy")
-                for stage in config.sparse:
+                for stage in stages:
                     (staging.path / stage).mkdir()
-                    _build_sparse(staging.path / stage, stage, _stored_texts(staging.path), ids_sha256, command)
+                    _build_sparse(staging.path / stage, stage, _stored_texts(staging.path), ids_sha256, command, config.splade_model, show_progress)
             elapsed = time.perf_counter() - started
             vector_bytes = sum((staging.path / f).stat().st_size for f in ("vectors.npy", "doc_offsets.npy"))
             if (staging.path / "projection.npy").is_file():
@@ -598,17 +616,25 @@ def _stored_texts(folder: Path) -> Iterable[tuple[str, str]]:
         yield str(ids[i]), Document(str(ids[i]), texts[i], titles[i]).full_text
 
 
-def _build_sparse(folder: Path, stage: str, texts: Iterable[tuple[str, str]], doc_ids_sha256: str, command: str | None) -> dict:
+def _build_sparse(
+    folder: Path, stage: str, texts: Iterable[tuple[str, str]], doc_ids_sha256: str, command: str | None, splade_model=None, show_progress=None
+) -> dict:
     """Build the sparse first stage ``stage`` into ``folder`` and write its manifest."""
-    info = _SPARSE_CLASSES[stage].build(folder, texts)
+    if stage == "splade":
+        encoder = splade_model if isinstance(splade_model, SpladeEncoder) else SpladeEncoder(splade_model)
+        info = Splade.build(folder, texts, encoder, show_progress)
+        details = {"model": info["model"], "terms_per_document": info["terms_per_document"]}
+    else:
+        info = _SPARSE_CLASSES[stage].build(folder, texts)
+        details = {"bm25": {"k1": info["k1"], "b": info["b"]}}
     manifest = {
         "format": SPARSE_FORMAT,
         "format_version": SPARSE_VERSION,
         "stage": stage,
         "documents": info["documents"],
         "doc_ids_sha256": doc_ids_sha256,
-        "bm25": {"k1": info["k1"], "b": info["b"]},
-        "build": {"seconds": info["seconds"], "command": command},
+        **details,
+        "build": {"seconds": info["seconds"], "docs_per_second": round(info["documents"] / max(info["seconds"], 1e-9), 1), "command": command},
     }
     store.write_manifest(folder, manifest)
     return manifest

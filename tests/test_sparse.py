@@ -108,3 +108,53 @@ def test_no_jvm_unless_bm25_is_used(sparse_index):
     )
     out = subprocess.run([sys.executable, "-c", code, str(sparse_index.path)], capture_output=True, text=True, check=True).stdout.split()
     assert out == ["False", "False"]
+
+
+def _tiny_masked_lm(folder: Path) -> Path:
+    import torch
+    from transformers import BertConfig, BertForMaskedLM
+
+    from conftest import TINY, _tokenizer_files
+
+    torch.manual_seed(0)
+    folder.mkdir(parents=True, exist_ok=True)
+    BertForMaskedLM(BertConfig(vocab_size=30522, **TINY)).save_pretrained(folder)
+    _tokenizer_files(folder)
+    return folder
+
+
+def test_splade_weights_are_max_pooled_log_relu_logits(tmp_path):
+    import torch
+
+    from mvr.splade import SpladeEncoder
+
+    encoder = SpladeEncoder(_tiny_masked_lm(tmp_path / "mlm"))
+    (terms, weights), (short_terms, _) = encoder.encode(["cats purr loudly at night", "dogs"], maxlen=16)
+    inputs = encoder.tokenizer(["cats purr loudly at night"], return_tensors="pt")
+    with torch.inference_mode():
+        expected = torch.log1p(torch.relu(encoder.model(**inputs).logits[0])).max(dim=0).values.numpy()
+    nonzero = np.nonzero(expected)[0]
+    np.testing.assert_array_equal(np.sort(terms), nonzero)
+    np.testing.assert_allclose(weights[np.argsort(terms)], expected[nonzero], rtol=1e-5, atol=1e-6)
+    assert len(short_terms) > 0
+
+
+def test_splade_first_stage_end_to_end(tmp_path, models):
+    model = _tiny_masked_lm(tmp_path / "mlm")
+    docs = [(i, f"{t} {x}" if t else x) for i, t, x in DOCS]
+    index = Index.build(docs, tmp_path / "idx", encoder=Encoder(models["plain"]), config=IndexConfig(sparse=(), fde=None, splade_model=str(model)))
+    alone = index.search(["purring cats", "volcano lava"], k=len(DOCS), first_stage="splade", rerank=False)
+    from mvr.splade import SpladeEncoder
+
+    encoder = SpladeEncoder(model)
+    doc_vectors = encoder.encode([t for _, t in docs], 256)
+    (q_terms, q_weights), _ = encoder.encode(["purring cats", "volcano lava"], 64)
+    dense_q = np.zeros(encoder.vocab_size)
+    dense_q[q_terms] = q_weights
+    brute = np.array([dense_q[t] @ w for t, w in doc_vectors])
+    kept = alone.indices[0][alone.indices[0] >= 0]
+    assert kept.tolist() == [p for p in np.argsort(-brute, kind="stable") if brute[p] > 0][: len(kept)]
+    np.testing.assert_allclose(alone.scores[0][: len(kept)], np.sort(brute)[::-1][: len(kept)], rtol=1e-4)
+    assert len(index.search("purring cats", k=3, first_stage="splade", candidates=5)[0]) == 3
+    with pytest.raises(QueryError, match="needs a masked-LM"):
+        index.build_sparse(["splade"])

@@ -1,0 +1,122 @@
+"""Learned sparse first stage (SPLADE, Formal et al. 2021): a masked-LM's vocabulary logits turned
+into term weights, ``w_t = max over tokens of log(1 + relu(logit_t))``, for documents and queries
+alike; a document's score is the dot product of the two sparse vectors.
+
+The document weights are kept as an inverted index of our own (``<index>/splade/``: a CSR matrix
+of documents x vocabulary as three ``.npy`` arrays, transposed to CSC on open), searched exactly
+by a sparse matrix-vector product.
+"""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+from typing import Iterable, Sequence
+
+import numpy as np
+
+from .encoder import _quiet_transformers, _weight_files, weights_checksum
+from .errors import EncoderError
+from .progress import progress
+from .threads import cpu_threads
+
+
+class SpladeEncoder:
+    """Sparse term weights from a local masked-LM folder (e.g. ``../shared/models/splade-tiny``)."""
+
+    def __init__(self, model: str | Path, *, query_maxlen: int = 64, doc_maxlen: int = 256, batch_size: int = 8, threads: int | None = None):
+        from transformers import AutoModelForMaskedLM, AutoTokenizer
+
+        self.path = Path(model).resolve()
+        if not (self.path / "config.json").is_file():
+            raise EncoderError(f"SPLADE model folder not found or without config.json: {self.path}.")
+        try:
+            self.tokenizer = AutoTokenizer.from_pretrained(str(self.path), local_files_only=True)
+            with _quiet_transformers():
+                self.model = AutoModelForMaskedLM.from_pretrained(str(self.path), local_files_only=True)
+        except (OSError, ValueError) as exc:
+            raise EncoderError(f"could not load a masked-LM from {self.path}: {exc}") from None
+        self.model.eval()
+        self.model.float()
+        self.query_maxlen, self.doc_maxlen = query_maxlen, doc_maxlen
+        self.batch_size, self.threads = batch_size, threads
+        self.vocab_size = int(self.model.config.vocab_size)
+        self.identity = {
+            "name": self.path.name,
+            "source": str(self.path),
+            "weights_sha256": weights_checksum(_weight_files(self.path)),
+            "vocab_size": self.vocab_size,
+            "query_maxlen": query_maxlen,
+            "doc_maxlen": doc_maxlen,
+        }
+
+    def encode(self, texts: Sequence[str], maxlen: int, show_progress=None) -> list[tuple[np.ndarray, np.ndarray]]:
+        """Per text: (term ids int32, weights float32) of its non-zero vocabulary weights."""
+        import torch
+
+        texts = list(texts)
+        order = np.argsort([-len(t) for t in texts], kind="stable")
+        out: list = [None] * len(texts)
+        bar = progress(total=len(texts), desc="SPLADE encoding", unit="text", show=show_progress)
+        with cpu_threads(self.threads, "torch"), torch.inference_mode():
+            for start in range(0, len(order), self.batch_size):
+                batch = [texts[i] for i in order[start : start + self.batch_size]]
+                inputs = self.tokenizer(batch, truncation=True, max_length=maxlen, padding=True, return_tensors="pt")
+                logits = self.model(**inputs).logits
+                weights = torch.log1p(torch.relu(logits)) * inputs["attention_mask"].unsqueeze(-1)
+                pooled = weights.max(dim=1).values
+                for row, original in enumerate(order[start : start + self.batch_size]):
+                    terms = torch.nonzero(pooled[row]).squeeze(-1)
+                    out[original] = (terms.numpy().astype(np.int32), pooled[row, terms].numpy().astype(np.float32))
+                bar.update(len(batch))
+        bar.close()
+        return out
+
+
+class Splade:
+    """The SPLADE first stage of an index: build with :meth:`build`, search by dot product."""
+
+    name = "splade"
+
+    @staticmethod
+    def build(folder: Path, texts: Iterable[tuple[str, str]], encoder: SpladeEncoder, show_progress=None) -> dict:
+        started = time.perf_counter()
+        encoded = encoder.encode([text for _, text in texts], encoder.doc_maxlen, show_progress=show_progress)
+        lengths = np.array([len(terms) for terms, _ in encoded], dtype=np.int64)
+        indptr = np.zeros(len(encoded) + 1, dtype=np.int64)
+        np.cumsum(lengths, out=indptr[1:])
+        indices = np.concatenate([t for t, _ in encoded]) if encoded else np.zeros(0, np.int32)
+        weights = np.concatenate([w for _, w in encoded]) if encoded else np.zeros(0, np.float32)
+        np.save(folder / "indptr.npy", indptr)
+        np.save(folder / "indices.npy", indices.astype(np.int32))
+        np.save(folder / "weights.npy", weights.astype(np.float32))
+        seconds = time.perf_counter() - started
+        return {
+            "documents": len(encoded),
+            "model": encoder.identity,
+            "terms_per_document": round(float(lengths.mean()) if len(lengths) else 0.0, 1),
+            "seconds": round(seconds, 3),
+            "docs_per_second": round(len(encoded) / max(seconds, 1e-9), 2),
+        }
+
+    def __init__(self, folder: Path, model: str | Path | SpladeEncoder, identity: dict):
+        import scipy.sparse
+
+        self.encoder = model if isinstance(model, SpladeEncoder) else SpladeEncoder(model, query_maxlen=identity["query_maxlen"], doc_maxlen=identity["doc_maxlen"])
+        differences = [k for k in ("weights_sha256", "vocab_size", "query_maxlen", "doc_maxlen") if self.encoder.identity[k] != identity[k]]
+        if differences:
+            raise EncoderError(f"the SPLADE model at {self.encoder.path} differs from the one the index was built with ({', '.join(differences)}).")
+        indptr, indices, weights = (np.load(folder / f"{name}.npy") for name in ("indptr", "indices", "weights"))
+        self.matrix = scipy.sparse.csr_matrix((weights, indices, indptr), shape=(len(indptr) - 1, identity["vocab_size"])).tocsc()
+
+    def search(self, queries: Sequence[str], k: int) -> list[tuple[np.ndarray, np.ndarray]]:
+        out = []
+        for terms, weights in self.encoder.encode(queries, self.encoder.query_maxlen, show_progress=False):
+            if len(terms) == 0:
+                out.append((np.zeros(0, np.int64), np.zeros(0, np.float32)))
+                continue
+            scores = np.asarray(self.matrix[:, terms] @ weights).ravel()
+            top = np.argsort(-scores, kind="stable")[:k]
+            top = top[scores[top] > 0]
+            out.append((top.astype(np.int64), scores[top].astype(np.float32)))
+        return out
