@@ -34,5 +34,5 @@ for ds in scifact nfcorpus; do
     --setting k_sim=4,d_proj=32,reps=20,fill_empty=0,d_final=2048 \
     --setting k_sim=5,d_proj=32,reps=20,fill_empty=0
 done
-python -m mvr.eval.table "$OUT"/scifact-*.json "$OUT"/nfcorpus-*.json --output docs/results.md
+python -m mvr.eval.table "$OUT"/*.json --output docs/results.md
 python -m mvr.eval.plot "$OUT/scifact-fde.json" "$OUT/nfcorpus-fde.json" --output docs/fde-sweep.png

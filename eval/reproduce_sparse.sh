@@ -26,4 +26,4 @@ done
 mvr sparse scifact --stage splade --splade-model ../shared/models/splade-tiny --quiet
 mvr eval "$DATA/scifact" --index scifact --first-stage splade --candidates 100 --no-rerank --output "$OUT/scifact-splade-alone.json" --quiet
 mvr eval "$DATA/scifact" --index scifact --first-stage splade --candidates 20,50,100,200,1000 --output "$OUT/scifact-splade-rerank.json" --quiet
-python -m mvr.eval.table "$OUT"/scifact-*.json "$OUT"/nfcorpus-*.json --output docs/results.md
+python -m mvr.eval.table "$OUT"/*.json --output docs/results.md

@@ -24,16 +24,16 @@ REFERENCE = {"scifact": 0.707, "nfcorpus": 0.358}
 
 def _system(report: dict, run: dict) -> str:
     encoder = report["settings"]["encoder"]
-    parts = [f"mvr {encoder['name']}"]
+    options = run.get("options") or {}
+    parts = [] if not options.get("rerank", True) else [f"mvr {encoder['name']}"]
     if report["settings"]["config"].get("pca_dim"):
         parts.append(f"PCA {report['dim']}")
-    options = run.get("options") or {}
     if run["first_stage"] == "exhaustive":
         parts.append("exhaustive MaxSim")
     elif run["first_stage"] in ("bm25", "bm25s", "splade"):
-        name = {"bm25": "BM25 (Lucene, pyserini)", "bm25s": "bm25s", "splade": "SPLADE (splade-tiny)"}[run["first_stage"]]
+        name = {"bm25": "BM25 (Lucene, pyserini)", "bm25s": "bm25s", "splade": "SPLADE"}[run["first_stage"]]
         if not options.get("rerank", True):
-            parts.append(f"{name} alone")
+            parts.append(f"mvr {name} alone")
         else:
             extra = []
             if options.get("prune_alpha") is not None:
@@ -53,9 +53,16 @@ def _system(report: dict, run: dict) -> str:
     return ", ".join(parts)
 
 
-def _rows(paths: list[Path]):
+def _reports(paths: list[Path]):
+    """The ``mvr eval`` reports among ``paths`` (other JSON files, such as studies, are skipped)."""
     for path in sorted(paths):
         report = json.loads(path.read_text())
+        if "runs" in report:
+            yield path, report
+
+
+def _rows(paths: list[Path]):
+    for path, report in _reports(paths):
         for run in report["runs"]:
             yield path, report, run
 
@@ -109,8 +116,7 @@ def render(paths: list[Path], base: Path) -> str:
             f"{r['encode_ms_p50']:.1f} / {r['encode_ms_p95']:.1f} | {r['index_docs_per_second']:.1f} | {r['index_tokens']:,} |"
         )
     lines += ["", "## Commands", "", "| report | index built with | FDE rebuilt with | evaluated with |", "|---|---|---|---|"]
-    for path in sorted(paths):
-        report = json.loads(path.read_text())
+    for path, report in _reports(paths):
         fde_command = ((report.get("fde") or {}).get("build") or {}).get("command")
         lines.append(
             f"| {path.name} | `{report.get('index_command') or 'Python API'}` | {f'`{fde_command}`' if fde_command else 'with the index'} | "
