@@ -27,5 +27,6 @@ for ds in scifact nfcorpus; do
   mvr sparse "$ds" --stage splade --splade-model ../shared/models/splade-tiny --quiet
   mvr eval "$DATA/$ds" --index "$ds" --first-stage splade --candidates 100 --no-rerank --output "$OUT/$ds-splade-alone.json" --quiet
   mvr eval "$DATA/$ds" --index "$ds" --first-stage splade --candidates 20,50,100,200,1000 --output "$OUT/$ds-splade-rerank.json" --quiet
+  python -m mvr.eval.sparse_study impact "$DATA/$ds" --index "$ds" --output "$OUT/splade-impact-$ds.json"
 done
 python -m mvr.eval.table "$OUT"/*.json --output docs/results.md

@@ -4,6 +4,8 @@
   of their top-10 and top-100 and the latency ratio.
 * ``options``: BM25 + MaxSim rerank with and without candidate pruning, early exit and fusion,
   every variant run on each query in turn in one process, so latencies compare as ratios.
+* ``impact``: the SPLADE first stage's own inverted index against pyserini's Lucene impact
+  search over the same document weights (quantised x100, as Anserini expects), same queries.
 * ``tune``: the weight of linear fusion (z(MaxSim) and z(BM25)) chosen on a training split
   (SciFact train, NFCorpus dev), never on the test queries it is reported on.
 
@@ -137,6 +139,62 @@ def options(dataset: Path, index, weight: float, counts=(100, 1000), first_stage
     return {"dataset": dataset.resolve().name, "split": split, "queries": len(queries), "first_stage": first_stage, "rows": rows}
 
 
+def impact(dataset: Path, index, split: str = "test", depth: int = 100, scale: float = 100.0) -> dict:
+    import tempfile
+
+    from ..sparse import start_jvm
+    from .beir import _percentiles, evaluate_run, load_beir
+
+    splade = index.sparse("splade")
+    encoder, matrix = splade.encoder, splade.matrix.tocsr()
+    vocab = encoder.tokenizer.convert_ids_to_tokens(list(range(encoder.vocab_size)))
+    queries, qrels = load_beir(dataset, split)
+    qids = list(queries)
+    encoded = encoder.encode([queries[q] for q in qids], encoder.query_maxlen, show_progress=False)
+    start_jvm()
+    from jnius import autoclass
+
+    with tempfile.TemporaryDirectory() as scratch:
+        collection, lucene_dir = Path(scratch) / "collection", Path(scratch) / "index"
+        collection.mkdir()
+        started = time.perf_counter()
+        with open(collection / "docs.jsonl", "w", encoding="utf-8") as handle:
+            for row in range(matrix.shape[0]):
+                lo, hi = matrix.indptr[row], matrix.indptr[row + 1]
+                vector = {vocab[t]: int(round(w * scale)) for t, w in zip(matrix.indices[lo:hi], matrix.data[lo:hi]) if round(w * scale) > 0}
+                handle.write(json.dumps({"id": str(index.doc_ids[row]), "contents": "", "vector": vector}) + "\n")
+        args = ["-collection", "JsonVectorCollection", "-input", str(collection), "-index", str(lucene_dir), "-impact", "-pretokenized", "-threads", "1"]
+        autoclass("io.anserini.index.IndexCollection").main(args)
+        lucene_build = time.perf_counter() - started
+        searcher = autoclass("io.anserini.search.SimpleImpactSearcher")(str(lucene_dir))
+        JHashMap, JInt = autoclass("java.util.HashMap"), autoclass("java.lang.Integer")
+        runs = {"own": {}, "lucene": {}}
+        times = {"own": [], "lucene": []}
+        for qid, (terms, weights) in zip(qids, encoded):
+            # Lucene refuses queries of more than 1,024 clauses; keep both sides on the same terms.
+            keep = np.argsort(-weights, kind="stable")[:1024]
+            terms, weights = terms[keep], weights[keep]
+            t0 = time.perf_counter()
+            found = splade.search_encoded([(terms, weights)], depth)[0]
+            times["own"].append((time.perf_counter() - t0) * 1e3)
+            runs["own"][qid] = {str(index.doc_ids[p]): float(s) for p, s in zip(*found)}
+            query = JHashMap()
+            for t, w in zip(terms, weights):
+                if round(w * scale) > 0:
+                    query.put(vocab[t], JInt(int(round(w * scale))))
+            t0 = time.perf_counter()
+            hits = searcher.search(query, depth)
+            times["lucene"].append((time.perf_counter() - t0) * 1e3)
+            runs["lucene"][qid] = {h.docid: float(h.score) for h in hits}
+        searcher.close()
+    report = {"dataset": dataset.resolve().name, "split": split, "queries": len(qids), "quantisation": scale, "lucene_index_build_s": round(lucene_build, 2)}
+    for name in ("own", "lucene"):
+        latency = _percentiles(times[name])
+        report[name] = {**{m: round(v, 4) for m, v in evaluate_run(runs[name], qrels).items()}, "search_ms_p50": latency["p50"], "search_ms_p95": latency["p95"]}
+    report["own_speedup_p50"] = round(report["lucene"]["search_ms_p50"] / max(report["own"]["search_ms_p50"], 1e-9), 2)
+    return report
+
+
 def tune(dataset: Path, index, split: str, first_stage: str = "bm25", counts=(100, 1000), weights=WEIGHTS) -> dict:
     from .._kernels import maxsim_candidates
     from ..index import fuse
@@ -173,7 +231,7 @@ def main(argv: list[str] | None = None) -> int:
     from ..index import Index
 
     parser = argparse.ArgumentParser(prog="python -m mvr.eval.sparse_study", description=__doc__.splitlines()[0])
-    parser.add_argument("study", choices=("compare", "options", "tune"))
+    parser.add_argument("study", choices=("compare", "options", "impact", "tune"))
     parser.add_argument("--weight", type=float, default=0.8, help="options: the linear fusion weight (tuned on a training split)")
     parser.add_argument("dataset", type=Path)
     parser.add_argument("--index", required=True)
@@ -183,6 +241,8 @@ def main(argv: list[str] | None = None) -> int:
     index = Index.open(args.index)
     if args.study == "compare":
         report = compare(args.dataset, index, args.split or "test")
+    elif args.study == "impact":
+        report = impact(args.dataset, index, split=args.split or "test")
     elif args.study == "options":
         report = options(args.dataset, index, args.weight, split=args.split or "test")
     else:

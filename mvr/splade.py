@@ -110,8 +110,12 @@ class Splade:
         self.matrix = scipy.sparse.csr_matrix((weights, indices, indptr), shape=(len(indptr) - 1, identity["vocab_size"])).tocsc()
 
     def search(self, queries: Sequence[str], k: int) -> list[tuple[np.ndarray, np.ndarray]]:
+        return self.search_encoded(self.encoder.encode(queries, self.encoder.query_maxlen, show_progress=False), k)
+
+    def search_encoded(self, queries: Sequence[tuple[np.ndarray, np.ndarray]], k: int) -> list[tuple[np.ndarray, np.ndarray]]:
+        """Top-``k`` rows and scores for queries given as (term ids, weights)."""
         out = []
-        for terms, weights in self.encoder.encode(queries, self.encoder.query_maxlen, show_progress=False):
+        for terms, weights in queries:
             if len(terms) == 0:
                 out.append((np.zeros(0, np.int64), np.zeros(0, np.float32)))
                 continue

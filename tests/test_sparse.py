@@ -158,3 +158,14 @@ def test_splade_first_stage_end_to_end(tmp_path, models):
     assert len(index.search("purring cats", k=3, first_stage="splade", candidates=5)[0]) == 3
     with pytest.raises(QueryError, match="needs a masked-LM"):
         index.build_sparse(["splade"])
+
+
+def test_splade_impact_study_against_lucene(tmp_path, models, beir):
+    from mvr.eval.sparse_study import impact
+
+    model = _tiny_masked_lm(tmp_path / "mlm")
+    index = Index.build(beir / "corpus.jsonl", tmp_path / "idx", encoder=Encoder(models["plain"]), config=IndexConfig(sparse=(), fde=None, splade_model=str(model)))
+    report = impact(beir, index, depth=8)
+    assert report["queries"] == 4 and report["own"]["search_ms_p50"] > 0 and report["lucene"]["search_ms_p50"] > 0
+    # Same weights, quantised to 1/100 for Lucene: the two rankings score (almost) alike.
+    assert abs(report["own"]["nDCG@10"] - report["lucene"]["nDCG@10"]) <= 0.1
