@@ -8,7 +8,7 @@ import pytest
 
 from mvr import ConfigError, Index, IndexConfig, QueryError
 from mvr.fde import FDE, FDEConfig
-from mvr._kernels.fde import _hamming_to_partition, _partition, fde_documents, fde_queries
+from mvr._kernels.fde import _hamming_to_partition, _partition
 
 
 def reference_fde(points, fde: FDE, is_query: bool) -> np.ndarray:

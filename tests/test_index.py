@@ -1,7 +1,6 @@
 """Index build / open / search round trips, the on-disk format, and every way input goes wrong."""
 
 import json
-import os
 
 import numpy as np
 import pytest
