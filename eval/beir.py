@@ -97,9 +97,8 @@ def _search_timed(index, encoded: dict, texts: dict, first_stage: str, candidate
         search_ms.append((time.perf_counter() - t0) * 1e3)
         first_ms.append(results.timings["first_stage"])
         rerank_ms.append(results.timings["rerank"])
-        kept = results.indices[0][results.indices[0] >= 0]
-        tops[qid] = kept
-        run[qid] = {str(index.doc_ids[p]): float(s) for p, s in zip(kept, results.scores[0])}
+        tops[qid] = results.indices[0][results.indices[0] >= 0]
+        run.update(results.to_run([qid]))
         bar.update(1)
     bar.close()
     latency = {"search": search_ms, "first_stage": first_ms, "rerank": rerank_ms}

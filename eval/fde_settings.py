@@ -67,10 +67,7 @@ def compare(dataset: Path, index, settings, counts=COUNTS, split: str = "test") 
                 run[qid] = {str(index.doc_ids[candidates[b]]): float(v) for b, v in zip(best, values) if b >= 0}
             row[f"nDCG@10@{count}"] = round(evaluate_run(run, qrels)["nDCG@10"], 4)
         rows.append(row)
-    exhaustive_run = {
-        qid: {str(index.doc_ids[p]): float(s) for p, s in zip(r, sc) if p >= 0}
-        for qid, r, sc in zip(qids, *(lambda res: (res.indices, res.scores))(index.search_encoded(encoded, 100, first_stage="exhaustive")))
-    }
+    exhaustive_run = index.search_encoded(encoded, 100, first_stage="exhaustive").to_run(qids)
     return {
         "dataset": dataset.resolve().name,
         "index": index.name,

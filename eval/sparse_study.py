@@ -70,9 +70,8 @@ def compare(dataset: Path, index, split: str = "test", depth: int = 100) -> dict
             t0 = time.perf_counter()
             results = index.search(text, k=depth, first_stage=stage, rerank=False)
             times[stage].append((time.perf_counter() - t0) * 1e3)
-            kept = results.indices[0][results.indices[0] >= 0]
-            tops[stage][qid] = kept.tolist()
-            runs[stage][qid] = {str(index.doc_ids[p]): float(s) for p, s in zip(kept, results.scores[0])}
+            tops[stage][qid] = results.indices[0][results.indices[0] >= 0].tolist()
+            runs[stage].update(results.to_run([qid]))
     overlap = {
         f"overlap@{n}": round(float(np.mean([len(set(tops["bm25"][q][:n]) & set(tops["bm25s"][q][:n])) / max(min(n, len(tops["bm25"][q])), 1) for q in queries])), 4)
         for n in (10, 100)
@@ -119,8 +118,7 @@ def options(dataset: Path, index, weight: float, counts=(100, 1000), first_stage
                 times[name]["search"].append((time.perf_counter() - t0) * 1e3)
                 times[name]["first_stage"].append(results.timings["first_stage"])
                 times[name]["rerank"].append(results.timings["rerank"])
-                kept = results.indices[0] >= 0
-                runs[name][qid] = {str(index.doc_ids[p]): float(s) for p, s in zip(results.indices[0][kept], results.scores[0][kept])}
+                runs[name].update(results.to_run([qid]))
         base = _percentiles(times["rerank"]["search"])["p50"]
         for name in variants:
             search = _percentiles(times[name]["search"])

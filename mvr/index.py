@@ -108,6 +108,13 @@ class Results:
             if p >= 0
         ]
 
+    def to_run(self, query_ids: Sequence[str]) -> dict[str, dict[str, float]]:
+        """``{query id: {document id: score}}``, the run form ir-measures and pytrec_eval read."""
+        if len(query_ids) != len(self):
+            raise QueryError(f"{len(query_ids)} query ids for {len(self)} result lists.")
+        ids = self._index.doc_ids
+        return {qid: {str(ids[p]): float(s) for p, s in zip(row, row_scores) if p >= 0} for qid, row, row_scores in zip(query_ids, self.indices, self.scores)}
+
 
 @dataclass(frozen=True)
 class SearchOptions:

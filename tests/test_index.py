@@ -255,3 +255,13 @@ def test_import_is_light():
     code = "import sys, mvr; print(any(m in sys.modules for m in ('torch', 'transformers', 'numba', 'faiss')))"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout.strip()
     assert out == "False"
+
+
+def test_results_as_a_run(tmp_path, plain_encoder):
+    index = _build(tmp_path, plain_encoder)
+    results = index.search(["purring cats", "tea"], k=3, first_stage="exhaustive")
+    run = results.to_run(["a", "b"])
+    assert list(run) == ["a", "b"] and list(run["a"]) == [h.id for h in results[0]]
+    assert list(run["a"].values()) == [h.score for h in results[0]]
+    with pytest.raises(QueryError, match="1 query ids for 2 result lists"):
+        results.to_run(["a"])

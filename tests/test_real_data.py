@@ -29,7 +29,7 @@ def test_scifact_subset_quality_with_the_default_model(tmp_path, default_encoder
             others += 1
     index = Index.build(docs, tmp_path / "scifact-subset", encoder=default_encoder)
     results = index.search([queries[q] for q in chosen], k=100)
-    run = {q: {index.doc_ids[p]: float(s) for p, s in zip(results.indices[i], results.scores[i]) if p >= 0} for i, q in enumerate(chosen)}
+    run = results.to_run(chosen)
     scores = evaluate_run(run, {q: qrels[q] for q in chosen})
     assert scores["nDCG@10"] >= 0.70, scores
     # The batched kernel and the one-query path agree on real data.
