@@ -128,7 +128,7 @@ def evaluate(
     fusion, fusion_weight) for the non-exhaustive runs. Returns (report, {run label: run}).
     """
     options = options or {}
-    from ..index import DEFAULT_CANDIDATES
+    from ..index import DEFAULT_CANDIDATES, DEFAULT_DENSE_SHARE
     from ..threads import cpu_threads
 
     queries, qrels = load_beir(dataset, split)
@@ -165,7 +165,7 @@ def evaluate(
                 exhaustive_top = {q: set(t[:10].tolist()) for q, t in tops.items()}
                 exhaustive_p50 = latency["search"]["p50"]
             elif exhaustive_top is not None:
-                pool = {"first_stage": stage, "candidates": min(count, index.n_docs), "rerank": False}
+                pool = {"first_stage": stage, "candidates": min(count, index.n_docs), "rerank": False, "dense_share": stage_options.get("dense_share", DEFAULT_DENSE_SHARE)}
                 found = [
                     len(exhaustive_top[q] & set(index.search_encoded(v, pool["candidates"], texts=[queries[q]], **pool).indices[0].tolist())) / max(len(exhaustive_top[q]), 1)
                     for q, v in encoded.items()

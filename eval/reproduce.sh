@@ -20,6 +20,14 @@ for ds in scifact nfcorpus; do
   # Exhaustive MaxSim and the FDE candidate sweep, in one process (latency ratios from one run).
   mvr eval "$DATA/$ds" --index "$ds" --first-stage fde --candidates 25,50,100,200,500,1000 --compare-exhaustive \
     --output "$OUT/$ds-fde.json" --quiet
+  # The default first stage, FDE + bm25s, likewise; then the share of candidates taken from FDE.
+  mvr eval "$DATA/$ds" --index "$ds" --first-stage fde+bm25s --candidates 10,25,50,100,200 --compare-exhaustive \
+    --output "$OUT/$ds-hybrid.json" --quiet
+  mkdir -p "$OUT/hybrid-share"
+  for share in 1.0 0.9 0.7 0.5; do
+    mvr eval "$DATA/$ds" --index "$ds" --first-stage fde+bm25s --candidates 25,50,100 --dense-share "$share" \
+      --output "$OUT/hybrid-share/$ds-hybrid-share$share.json" --quiet
+  done
   for d in 128 64; do
     mvr eval "$DATA/$ds" --index "$ds-pca$d" --output "$OUT/$ds-pca$d.json" --quiet
   done
@@ -35,4 +43,5 @@ for ds in scifact nfcorpus; do
     --setting k_sim=5,d_proj=32,reps=20,fill_empty=0
 done
 python -m mvr.eval.table "$OUT"/*.json --output docs/results.md
-python -m mvr.eval.plot "$OUT/scifact-fde.json" "$OUT/nfcorpus-fde.json" --output docs/fde-sweep.png
+python -m mvr.eval.plot "$OUT/scifact-fde.json" "$OUT/nfcorpus-fde.json" --output docs/fde-sweep.png \
+  --also "$OUT/scifact-hybrid.json" "$OUT/nfcorpus-hybrid.json"

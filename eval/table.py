@@ -49,7 +49,8 @@ def _system(report: dict, run: dict) -> str:
         fde = report.get("fde") or {}
         cfg = fde.get("config", {})
         shape = f"k{cfg.get('k_sim')} d{cfg.get('d_proj') or 'id'} R{cfg.get('reps')}" + (f" final {cfg['d_final']}" if cfg.get("d_final") else "")
-        parts.append(f"{run['first_stage']} ({shape}, {cfg.get('factory')}) top-{run['candidates']} + MaxSim")
+        share = f", FDE share {options.get('dense_share', 0.8)}" if "+" in run["first_stage"] else ""
+        parts.append(f"{run['first_stage']} ({shape}, {cfg.get('factory')}{share}) top-{run['candidates']} + MaxSim")
     return ", ".join(parts)
 
 

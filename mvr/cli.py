@@ -34,12 +34,15 @@ def _add_fde(parser: argparse.ArgumentParser, with_switch: bool) -> None:
 
 
 def add_rerank_options(parser: argparse.ArgumentParser) -> None:
+    from .index import DEFAULT_DENSE_SHARE
+
     group = parser.add_argument_group("candidates and reranking")
     group.add_argument("--no-rerank", action="store_true", help="return the first stage's own ranking (e.g. BM25 alone)")
     group.add_argument("--prune-alpha", type=float, default=None, help="drop candidates scoring below (1 - alpha) x the k-th best first-stage score")
     group.add_argument("--early-exit", type=int, default=None, metavar="BETA", help="stop reranking after BETA consecutive candidates miss the top-k")
     group.add_argument("--fusion", choices=("rrf", "linear"), default=None, help="fuse MaxSim with first-stage scores")
     group.add_argument("--fusion-weight", type=float, default=0.8, help="MaxSim's weight in linear fusion of z-scores (default 0.8)")
+    group.add_argument("--dense-share", type=float, default=DEFAULT_DENSE_SHARE, help=f"hybrid first stages (fde+bm25s, ...): share of the candidates taken from FDE (default {DEFAULT_DENSE_SHARE})")
 
 
 def rerank_options(args) -> dict:
@@ -49,6 +52,7 @@ def rerank_options(args) -> dict:
         "early_exit": args.early_exit,
         "fusion": args.fusion,
         "fusion_weight": args.fusion_weight,
+        "dense_share": args.dense_share,
     }
 
 
@@ -68,12 +72,53 @@ def _fde_config(args):
     )
 
 
+def _add_compaction(parser: argparse.ArgumentParser) -> None:
+    from .config import CODECS, PRESETS, PRUNE_RULES
+
+    group = parser.add_argument_group("fewer and smaller vectors (docs/compression.md)")
+    group.add_argument("--from", dest="source", default=None, metavar="INDEX", help="derive from this float16 index's stored vectors instead of encoding CORPUS")
+    group.add_argument("--preset", choices=sorted(PRESETS), default=None, help="; ".join(f"{k}: {v['about']}" for k, v in PRESETS.items()))
+    group.add_argument("--prune", default=None, help=f"drop document tokens by rule, comma list of {', '.join(PRUNE_RULES)}")
+    group.add_argument("--prune-max-df", type=float, default=None, help="the df rule drops tokens found in more than this share of documents (default 0.5)")
+    group.add_argument("--cluster-ratio", type=float, default=None, help="k-means each document to ceil(ratio x its tokens) centroids")
+    group.add_argument("--cluster-count", type=int, default=None, help="... or to at most this many centroids")
+    group.add_argument("--cluster-iters", type=int, default=None, help="k-means iterations (default 10)")
+    group.add_argument("--codec", choices=CODECS, default=None, help="stored vectors: float16 (default), int8, residual")
+    group.add_argument("--codec-bits", type=int, choices=(1, 2, 4), default=None, help="residual bits per dimension (default 2)")
+    group.add_argument("--codec-centroids", type=int, default=None, help="residual codec centroids (default: a power of two near 4 sqrt(vectors))")
+
+
+def _compaction(args) -> dict:
+    """The compaction settings asked for: the preset's, then each flag given."""
+    from .config import PRESETS
+
+    settings = {k: v for k, v in PRESETS[args.preset].items() if k != "about"} if args.preset else {}
+    flags = {
+        "prune": tuple(r for r in args.prune.split(",") if r and r != "none") if args.prune is not None else None,
+        "prune_max_df": args.prune_max_df,
+        "cluster_ratio": args.cluster_ratio,
+        "cluster_count": args.cluster_count,
+        "cluster_iters": args.cluster_iters,
+        "codec": args.codec,
+        "codec_bits": args.codec_bits,
+        "codec_centroids": args.codec_centroids,
+    }
+    settings.update({k: v for k, v in flags.items() if v is not None})
+    if "cluster_count" in settings and args.cluster_ratio is None:
+        settings.pop("cluster_ratio", None)
+    return settings
+
+
 def _build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="mvr", description="Multi-vector (late-interaction) retrieval.")
     sub = parser.add_subparsers(dest="command", required=True)
 
-    p = sub.add_parser("index", help="encode a corpus into an index", description="Encode a corpus into an index.")
-    p.add_argument("corpus", help="BEIR corpus.jsonl (or its dataset folder), JSONL of {id, text}, or a folder of .txt/.md files")
+    p = sub.add_parser(
+        "index",
+        help="encode a corpus into an index",
+        description="Encode a corpus into an index, or (--from) derive a pruned / clustered / compressed index from a float16 one.",
+    )
+    p.add_argument("corpus", nargs="?", help="BEIR corpus.jsonl (or its dataset folder), JSONL of {id, text}, or a folder of .txt/.md files")
     p.add_argument("--name", required=True, help="index name (under --index-dir) or a path")
     p.add_argument("--model", default=None, help="local model folder (default: the embedded all-MiniLM-L6-v2)")
     p.add_argument("--doc-maxlen", type=int, default=None, help="document length in tokens (default: the model's; 256 for plain encoders)")
@@ -85,6 +130,7 @@ def _build_parser() -> argparse.ArgumentParser:
     p.add_argument("--sparse", default="bm25,bm25s", help="sparse first stages to build: comma list of bm25 (Lucene), bm25s, or 'none' (default: both)")
     p.add_argument("--splade-model", default=None, help="masked-LM folder: also build the learned-sparse (SPLADE) first stage")
     _add_fde(p, with_switch=True)
+    _add_compaction(p)
     _add_common(p)
 
     p = sub.add_parser("sparse", help="(re)build an index's sparse first stages from its stored texts", description="(Re)build BM25 first stages of an index.")
@@ -106,7 +152,7 @@ def _build_parser() -> argparse.ArgumentParser:
     p.add_argument("--model", default=None, help="query model folder (default: the one the index was built with)")
     from .index import FIRST_STAGES
 
-    p.add_argument("--first-stage", default=None, choices=FIRST_STAGES, help="how candidates are found (default: fde when the index has one)")
+    p.add_argument("--first-stage", default=None, choices=FIRST_STAGES, help="how candidates are found (default: fde+bm25s where the index has both, else fde, else exhaustive)")
     p.add_argument("--candidates", type=int, default=None, help="first-stage candidates reranked by exact MaxSim (default 100; not with exhaustive)")
     add_rerank_options(p)
     out = p.add_mutually_exclusive_group()
@@ -159,34 +205,48 @@ def _read_queries(path: Path) -> list[tuple[str, str]]:
 def _cmd_index(args) -> int:
     from .config import IndexConfig
     from .corpus import read_corpus
+    from .errors import ConfigError
     from .index import Index
 
-    config = IndexConfig(
-        model=args.model,
-        query_maxlen=args.query_maxlen,
-        doc_maxlen=args.doc_maxlen,
-        batch_size=args.batch_size,
-        pca_dim=args.pca_dim,
-        skip_empty=args.skip_empty,
-        threads=args.threads,
-        fde=_fde_config(args),
-        sparse=tuple(s for s in args.sparse.split(",") if s and s != "none"),
-        splade_model=args.splade_model,
-    )
-    index = Index.build(
-        read_corpus(args.corpus),
-        args.name,
-        config=config,
-        home=args.index_dir,
-        overwrite=args.overwrite,
-        show_progress=False if args.quiet else None,
-        command=args.command_line,
-    )
+    compaction = _compaction(args)
+    if args.source is not None:
+        if args.corpus is not None:
+            raise ConfigError("give a CORPUS to encode or --from INDEX to derive from, not both.")
+        changes = dict(compaction, threads=args.threads, fde=_fde_config(args))
+        index = Index.derive(
+            args.source, args.name, home=args.index_dir, overwrite=args.overwrite, show_progress=False if args.quiet else None, command=args.command_line, **changes
+        )
+    else:
+        if args.corpus is None:
+            raise ConfigError("give a CORPUS to encode (or --from INDEX to derive from an existing index).")
+        config = IndexConfig(
+            model=args.model,
+            query_maxlen=args.query_maxlen,
+            doc_maxlen=args.doc_maxlen,
+            batch_size=args.batch_size,
+            pca_dim=args.pca_dim,
+            skip_empty=args.skip_empty,
+            threads=args.threads,
+            fde=_fde_config(args),
+            sparse=tuple(s for s in args.sparse.split(",") if s and s != "none"),
+            splade_model=args.splade_model,
+            **compaction,
+        )
+        index = Index.build(
+            read_corpus(args.corpus),
+            args.name,
+            config=config,
+            home=args.index_dir,
+            overwrite=args.overwrite,
+            show_progress=False if args.quiet else None,
+            command=args.command_line,
+        )
     info = index.info()
     build = info["build"]
     print(
         f"indexed {info['documents']} documents ({info['tokens']} token vectors, dim {info['dim']}) into {index.path} "
         f"in {build['seconds']:.1f} s ({build['docs_per_second']:.1f} docs/s); {info['bytes_per_token']:.1f} bytes/token"
+        + (f"; {info['vectors_per_document']['mean']} vectors per document from {info['source_tokens_per_document']}" if index.config.compacts else "")
     )
     if info["counts"]["truncated_documents"]:
         print(f"note: {info['counts']['truncated_documents']} documents were longer than {info['encoder']['doc_maxlen']} tokens and were truncated")
@@ -245,7 +305,8 @@ def _cmd_info(args) -> int:
         ("documents", info["documents"]),
         ("token vectors", f"{info['tokens']} ({info['vectors_per_document']['mean']} per document, max {info['vectors_per_document']['max']})"),
         ("dim", f"{info['dim']}" + (f" (PCA from {info['counts']['model_dim']})" if info["dim"] != info["counts"]["model_dim"] else "")),
-        ("bytes per token", f"{info['bytes_per_token']} (vectors + offsets)"),
+        ("stored as", _stored_as(index.config, info["counts"])),
+        ("bytes per token", f"{info['bytes_per_token']} (per document token before pruning: vector data, codebooks, offsets)"),
         ("index size", f"{info['index_bytes'] / 2**20:.1f} MiB"),
         ("encoder", f"{enc['name']} [{enc['kind']}] sha256 {enc['weights_sha256'][:12]}; query {enc['query_maxlen']} / doc {enc['doc_maxlen']} tokens"),
         ("built", f"{info['created']} in {info['build']['seconds']} s ({info['build']['docs_per_second']} docs/s)"),
@@ -269,6 +330,18 @@ def _cmd_info(args) -> int:
     for key, value in rows:
         print(f"{key:>20}  {value}")
     return 0
+
+
+def _stored_as(config, counts: dict) -> str:
+    parts = []
+    if config.prune:
+        parts.append(f"pruned ({', '.join(config.prune)}): {counts.get('pruned_tokens', 0)} tokens dropped")
+    if config.cluster_ratio is not None or config.cluster_count is not None:
+        how = f"ratio {config.cluster_ratio}" if config.cluster_ratio is not None else f"at most {config.cluster_count}"
+        parts.append(f"clustered per document ({how}, {config.cluster_iters} iterations)")
+    codec = config.codec if config.codec != "residual" else f"residual {config.codec_bits}-bit, {counts.get('codec_centroids')} centroids"
+    parts.append(codec)
+    return "; ".join(parts) + f" — from {counts.get('source_tokens', counts['tokens'])} document tokens"
 
 
 def _cmd_fde(args) -> int:

@@ -8,6 +8,20 @@ from .errors import ConfigError
 from .fde import FDEConfig
 
 
+PRUNE_RULES = ("special", "punctuation", "stopwords", "df")
+CODECS = ("float16", "int8", "residual")
+# Named compaction settings (docs/compression.md has the measurements behind them).
+PRESETS = {
+    "small": {
+        "about": "the smallest index within 1% nDCG@10 of full float16 on SciFact and NFCorpus",
+        "prune": ("special", "punctuation"),
+        "cluster_ratio": 0.25,
+        "codec": "residual",
+        "codec_bits": 1,
+    },
+}
+
+
 @dataclass(frozen=True)
 class IndexConfig:
     """How an index is built.
@@ -24,6 +38,20 @@ class IndexConfig:
     fde            MUVERA first stage built with the index (None: none; exhaustive search only)
     sparse         sparse first stages built with the index: "bm25" (Lucene via pyserini), "bm25s"
     splade_model   a masked-LM folder: also build the learned-sparse (SPLADE) first stage
+
+    Shrinking the stored vectors (docs/compression.md), applied in this order:
+    prune          drop document tokens by rule before clustering: "special" ([CLS], [SEP], markers),
+                   "punctuation", "stopwords" (Lucene's English list), "df" (tokens found in more
+                   than ``prune_max_df`` of the documents); a document keeps all its tokens
+                   rather than none
+    cluster_ratio  per-document spherical k-means to ceil(ratio x length) re-normalised centroids
+    cluster_count  ... or to at most this many centroids per document (not both)
+    cluster_iters  k-means iterations per document
+    codec          "float16", "int8" (per-token scale) or "residual" (ColBERTv2-style corpus
+                   centroids + ``codec_bits``-bit per-dimension residual buckets)
+    codec_bits     residual bits per dimension: 1, 2 or 4
+    codec_centroids residual codec centroids (None: a power of two near 4 x sqrt(vectors))
+    codec_sample   vectors sampled to train the residual codec
     """
 
     model: str | None = None
@@ -38,6 +66,20 @@ class IndexConfig:
     fde: FDEConfig | None = field(default_factory=FDEConfig)
     sparse: tuple[str, ...] = ("bm25", "bm25s")
     splade_model: str | None = None
+    prune: tuple[str, ...] = ()
+    prune_max_df: float = 0.5
+    cluster_ratio: float | None = None
+    cluster_count: int | None = None
+    cluster_iters: int = 10
+    codec: str = "float16"
+    codec_bits: int = 2
+    codec_centroids: int | None = None
+    codec_sample: int = 100_000
+
+    @property
+    def compacts(self) -> bool:
+        """Whether the stored vectors are pruned, clustered or compressed."""
+        return bool(self.prune) or self.cluster_ratio is not None or self.cluster_count is not None or self.codec != "float16"
 
     def __post_init__(self):
         for name in ("query_maxlen", "doc_maxlen", "pca_dim", "threads"):
@@ -57,6 +99,30 @@ class IndexConfig:
         unknown = sorted(set(self.sparse) - {"bm25", "bm25s"})
         if unknown:
             raise ConfigError(f"unknown sparse first stage(s) {unknown}; available: bm25, bm25s.")
+        object.__setattr__(self, "prune", tuple(self.prune or ()))
+        unknown = sorted(set(self.prune) - set(PRUNE_RULES))
+        if unknown:
+            raise ConfigError(f"unknown pruning rule(s) {unknown}; available: {', '.join(PRUNE_RULES)}.")
+        if not 0.0 < self.prune_max_df <= 1.0:
+            raise ConfigError(f"prune_max_df must lie in (0, 1], got {self.prune_max_df!r}.")
+        if self.cluster_ratio is not None and self.cluster_count is not None:
+            raise ConfigError("give cluster_ratio or cluster_count, not both.")
+        if self.cluster_ratio is not None and (isinstance(self.cluster_ratio, bool) or not 0.0 < self.cluster_ratio <= 1.0):
+            raise ConfigError(f"cluster_ratio must lie in (0, 1], got {self.cluster_ratio!r}.")
+        for name in ("cluster_count", "codec_centroids"):
+            value = getattr(self, name)
+            if value is not None and (not isinstance(value, int) or isinstance(value, bool) or value < 1):
+                raise ConfigError(f"{name} must be a positive integer or None, got {value!r}.")
+        for name in ("cluster_iters", "codec_sample"):
+            value = getattr(self, name)
+            if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+                raise ConfigError(f"{name} must be a positive integer, got {value!r}.")
+        if self.codec not in CODECS:
+            raise ConfigError(f"unknown codec {self.codec!r}; available: {', '.join(CODECS)}.")
+        if self.codec_bits not in (1, 2, 4):
+            raise ConfigError(f"codec_bits must be 1, 2 or 4, got {self.codec_bits!r}.")
+        if self.codec_centroids is not None and self.codec_centroids > 65536:
+            raise ConfigError(f"codec_centroids must be at most 65536 (ids are stored in 16 bits), got {self.codec_centroids}.")
         if self.fde is not None and not isinstance(self.fde, FDEConfig):
             raise ConfigError(f"fde must be an FDEConfig, a dict of its fields, or None; got {type(self.fde).__name__}.")
 

@@ -346,6 +346,33 @@ class Encoder:
         """Token vectors of documents (truncated at ``doc_maxlen`` tokens; skiplist tokens dropped)."""
         return self._encode(list(texts), is_query=False, batch_size=batch_size, threads=threads, show_progress=show_progress)
 
+    def document_token_ids(self, texts: Sequence[str]) -> tuple[np.ndarray, np.ndarray]:
+        """The token id behind each vector that :meth:`encode_documents` gives the same texts
+        (skiplist tokens dropped): flat int32 ids and int64 offsets, one row range per text."""
+        sequences, _ = self._token_ids(list(texts), is_query=False)
+        skip = set(self._skip_ids.tolist())
+        kept = [[t for t in ids if t not in skip] for ids in sequences]
+        offsets = np.zeros(len(kept) + 1, dtype=np.int64)
+        np.cumsum([len(ids) for ids in kept], out=offsets[1:])
+        flat = np.fromiter((t for ids in kept for t in ids), dtype=np.int32, count=int(offsets[-1]))
+        return flat, offsets
+
+    def token_classes(self) -> dict[str, np.ndarray]:
+        """Vocabulary ids of each pruning class: "special" ([CLS], [SEP], [PAD], [MASK], markers),
+        "punctuation" (word pieces made only of punctuation) and "stopwords" (whole words of
+        Lucene's English stopword list)."""
+        import string
+
+        from bm25s.stopwords import STOPWORDS_EN
+
+        tok = self.tokenizer
+        special = {tok.cls_token_id, tok.sep_token_id, tok.pad_token_id, tok.mask_token_id, self._query_marker_id, self._doc_marker_id}
+        pieces = tok.convert_ids_to_tokens(list(range(len(tok))))
+        punctuation = [i for i, p in enumerate(pieces) if p and p.removeprefix("##") and all(ch in string.punctuation for ch in p.removeprefix("##"))]
+        stopwords = [i for i, p in enumerate(pieces) if p in set(STOPWORDS_EN)]
+        classes = {"special": special, "punctuation": punctuation, "stopwords": stopwords}
+        return {name: np.array(sorted(i for i in ids if i is not None), dtype=np.int32) for name, ids in classes.items()}
+
     def _token_ids(self, texts: list[str], is_query: bool) -> tuple[list[list[int]], np.ndarray]:
         """Model input ids of each text, and which texts were truncated to fit."""
         tok = self.tokenizer

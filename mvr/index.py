@@ -20,10 +20,11 @@ from typing import Iterable, Sequence
 import numpy as np
 
 from . import __version__, store
+from .compact import coded_vectors, compact, data_file, decoded_float16, stored_bytes
 from .config import IndexConfig
 from .corpus import Document, as_documents
 from .encoder import Encoder, TokenVectors
-from .errors import CorpusError, EncoderError, EncoderMismatchError, MvrError, QueryError
+from .errors import ConfigError, CorpusError, EncoderError, EncoderMismatchError, MvrError, QueryError
 from .fde import FDE_DIR, FDE_FORMAT, FDE_VERSION, FDEConfig, FDEFirstStage, build_fde
 from .progress import progress
 from .reduce import fit_pca, project
@@ -33,8 +34,13 @@ from .threads import cpu_threads
 
 _SPARSE_CLASSES = {"bm25": LuceneBM25, "bm25s": BM25S}
 
-FIRST_STAGES = ("exhaustive", "fde", "bm25", "bm25s", "splade")
-TEXT_STAGES = ("bm25", "bm25s", "splade")  # first stages that read the query text
+SPARSE_FIRST_STAGES = ("bm25", "bm25s", "splade")
+# Hybrids: FDE candidates joined by a sparse stage's, one union reranked by MaxSim.
+HYBRID_STAGES = tuple(f"fde+{sparse}" for sparse in SPARSE_FIRST_STAGES)
+FIRST_STAGES = ("exhaustive", "fde", *SPARSE_FIRST_STAGES, *HYBRID_STAGES)
+DENSE_STAGES = ("exhaustive", "fde", *HYBRID_STAGES)  # first stages that need encoded queries
+TEXT_STAGES = (*SPARSE_FIRST_STAGES, *HYBRID_STAGES)  # first stages that read the query text
+DEFAULT_DENSE_SHARE = 0.8
 FUSIONS = ("rrf", "linear")
 RRF_K = 60  # Cormack et al. (2009)
 SPARSE_FORMAT = "mvr-sparse"
@@ -125,6 +131,9 @@ class SearchOptions:
     early_exit      stop reranking after this many consecutive candidates miss the running top-k
     fusion          final score from MaxSim and first-stage scores: "rrf" or "linear" (None: MaxSim)
     fusion_weight   MaxSim's weight in "linear" fusion of per-query z-scores
+    dense_share     hybrid first stages ("fde+bm25s", ...): the share of the candidates taken from
+                    the FDE ranking; the sparse ranking adds new documents up to the count (and the
+                    FDE ranking fills in if the sparse one runs short)
     """
 
     first_stage: str = "exhaustive"
@@ -134,6 +143,7 @@ class SearchOptions:
     early_exit: int | None = None
     fusion: str | None = None
     fusion_weight: float = 0.8
+    dense_share: float = DEFAULT_DENSE_SHARE
 
     def __post_init__(self):
         if self.first_stage not in FIRST_STAGES:
@@ -155,6 +165,13 @@ class SearchOptions:
             raise QueryError(f"fusion_weight must lie in [0, 1], got {self.fusion_weight!r}.")
         if not self.rerank and (self.fusion is not None or self.early_exit is not None):
             raise QueryError("fusion and early exit need rerank=True.")
+        if not 0.0 <= self.dense_share <= 1.0:
+            raise QueryError(f"dense_share must lie in [0, 1], got {self.dense_share!r}.")
+        if self.first_stage in HYBRID_STAGES and (self.fusion is not None or self.prune_alpha is not None):
+            raise QueryError(
+                f"fusion and pruning read first-stage scores, and a hybrid first stage ({self.first_stage}) joins two "
+                "rankings whose scores do not compare; use them with a single first stage."
+            )
 
 
 def _ranks(scores: np.ndarray) -> np.ndarray:
@@ -179,6 +196,20 @@ def fuse(maxsim: np.ndarray, first: np.ndarray, fusion: str | None, weight: floa
     return weight * _zscores(maxsim) + (1.0 - weight) * _zscores(first)
 
 
+def union_candidates(dense: np.ndarray, sparse: np.ndarray, n_dense: int, n_candidates: int) -> tuple[np.ndarray, np.ndarray]:
+    """The hybrid candidate list: the first ``n_dense`` of the dense ranking, then sparse-ranked
+    documents not yet in, then the rest of the dense ranking, up to ``n_candidates`` distinct
+    positions. Scores are descending in that order (the two stages' own scores do not compare).
+
+    >>> union_candidates(np.array([5, 3, 9, 1]), np.array([3, 7, 8]), 2, 4)[0].tolist()
+    [5, 3, 7, 8]
+    """
+    merged = np.concatenate([dense[:n_dense], sparse, dense[n_dense:]])
+    _, first = np.unique(merged, return_index=True)
+    positions = merged[np.sort(first)][:n_candidates]
+    return positions.astype(np.int64), np.arange(len(positions), 0, -1, dtype=np.float32)
+
+
 def _chunks(items: Iterable, size: int):
     iterator = iter(items)
     while chunk := list(itertools.islice(iterator, size)):
@@ -197,11 +228,22 @@ class Index:
         self.n_tokens = int(counts["tokens"])
         self.dim = int(counts["dim"])
         self.max_doc_len = int(counts["max_doc_len"])
-        vectors = np.load(self.path / "vectors.npy", mmap_mode="r")
         self.doc_offsets = np.load(self.path / "doc_offsets.npy")
-        if vectors.shape != (self.n_tokens, self.dim) or self.doc_offsets.shape != (self.n_docs + 1,):
+        self.doc_codes = self.coded = None
+        if self.config.codec == "float16":
+            vectors = np.load(self.path / "vectors.npy", mmap_mode="r")
+            shape = vectors.shape
+            self.doc_codes = vectors.view(np.uint16)  # the kernels read float16 as its bits
+        else:
+            try:
+                self.coded = coded_vectors(self.path, self.config, self.dim)  # stays compressed; decoded per document
+            except (OSError, ValueError, TypeError) as error:
+                raise store.IndexFormatError(
+                    f"{self.path}: the manifest says its vectors are stored as {self.config.codec}, but they cannot be read that way ({error}); rebuild the index."
+                ) from None
+            shape = (len(self.coded), self.coded.dim)
+        if shape != (self.n_tokens, self.dim) or self.doc_offsets.shape != (self.n_docs + 1,):
             raise store.IndexFormatError(f"{self.path}: arrays do not match the manifest's counts; rebuild the index.")
-        self.doc_codes = vectors.view(np.uint16)  # the kernels read float16 as its bits
         self.doc_ids = np.load(self.path / "doc_ids.npy", mmap_mode="r")
         self._id_order = None
         self._texts = store.Blob(self.path, "text")
@@ -270,7 +312,7 @@ class Index:
                     f"index {self.name!r} has no FDE first stage; add one with `mvr fde {self.name}` "
                     "(Index.build_fde), or search with first_stage='exhaustive'."
                 )
-            self._fde = FDEFirstStage(self.path / FDE_DIR, self.dim, self.n_docs, self.manifest["files"]["vectors.npy"]["sha256"])
+            self._fde = FDEFirstStage(self.path / FDE_DIR, self.dim, self.n_docs, self.manifest["files"][data_file(self.config.codec)]["sha256"])
         return self._fde
 
     def build_fde(self, config: FDEConfig | None = None, *, threads: int | None = None, command: str | None = None) -> dict:
@@ -278,17 +320,30 @@ class Index:
         The new one replaces the old only once complete. Returns its manifest."""
         config = config or FDEConfig()
         with store.StagingDir(self.path / FDE_DIR, overwrite=True) as staging, cpu_threads(threads, "numba", "faiss"):
-            manifest = build_fde(staging.path, self.doc_codes, self.doc_offsets, self.dim, config, self.manifest["files"]["vectors.npy"]["sha256"])
+            codes = decoded_float16(self.path, self.config, self.dim)
+            manifest = build_fde(staging.path, codes, self.doc_offsets, self.dim, config, self.manifest["files"][data_file(self.config.codec)]["sha256"])
             manifest["build"]["command"] = command
             staging.write_manifest(manifest)
             staging.commit()
         self._fde = None
         return self.fde.manifest
 
+    @property
+    def default_stage(self) -> str:
+        """The first stage used when none is named: FDE joined by bm25s where the index has both
+        (within 0.5% of exhaustive MaxSim at 50 candidates on SciFact and NFCorpus, docs/fde.md),
+        else FDE alone, else exhaustive search."""
+        for stage in ("fde+bm25s", "fde"):
+            if self.has_stage(stage):
+                return stage
+        return "exhaustive"
+
     def has_stage(self, stage: str) -> bool:
         """Whether the first stage ``stage`` can run on this index."""
         if stage == "exhaustive":
             return True
+        if "+" in stage:
+            return all(self.has_stage(part) for part in stage.split("+"))
         folder = FDE_DIR if stage == "fde" else stage
         return (self.path / folder / store.MANIFEST).is_file()
 
@@ -376,16 +431,17 @@ class Index:
     ) -> Results:
         """Top-``k`` documents of each query. A single string is one query.
 
-        ``first_stage``: ``"fde"`` (MUVERA), ``"bm25"`` (Lucene through pyserini) or ``"bm25s"``
-        find ``candidates`` (default 100) documents that exact MaxSim reranks; ``"exhaustive"``
-        scores every document. None: ``fde`` when the index has one, else ``exhaustive``.
+        ``first_stage``: ``"fde"`` (MUVERA), ``"bm25"`` (Lucene through pyserini), ``"bm25s"``,
+        ``"splade"`` or a hybrid such as ``"fde+bm25s"`` (the union of both rankings, see
+        ``dense_share``) find ``candidates`` (default 100) documents that exact MaxSim reranks;
+        ``"exhaustive"`` scores every document. None: the index's default, :attr:`default_stage`.
         ``threads``: CPU threads for encoding and scoring. Further options (see
         :class:`SearchOptions`): ``rerank=False`` returns the first stage's own ranking;
         ``prune_alpha``, ``early_exit`` and ``fusion`` / ``fusion_weight``.
         """
         texts = [queries] if isinstance(queries, str) else list(queries)
         opts = self._options(k, first_stage, candidates, options)
-        needs_vectors = opts.rerank or opts.first_stage in ("exhaustive", "fde")
+        needs_vectors = opts.rerank or opts.first_stage in DENSE_STAGES
         encoded = self.encode_queries(texts, threads=threads) if needs_vectors else None
         return self.search_encoded(encoded, k, texts=texts, first_stage=opts.first_stage, candidates=candidates, threads=threads, **options)
 
@@ -393,7 +449,7 @@ class Index:
         if not isinstance(k, (int, np.integer)) or isinstance(k, bool) or k < 1:
             raise QueryError(f"k must be a positive integer, got {k!r}.")
         if first_stage is None:
-            first_stage = "fde" if self.has_fde else "exhaustive"
+            first_stage = self.default_stage
         unknown = sorted(set(options) - set(SearchOptions.__dataclass_fields__))
         if unknown:
             raise QueryError(f"unknown search option(s) {unknown}; known: first_stage, candidates, threads, {', '.join(SearchOptions.__dataclass_fields__)}.")
@@ -412,11 +468,14 @@ class Index:
     ) -> Results:
         """Search with queries already encoded (float32 ``(n_tokens, dim)`` + offsets). Sparse first
         stages also need the query ``texts``; ``queries`` may be None when nothing is reranked.
+        Without ``texts`` the default first stage is ``fde`` (or exhaustive where there is none).
 
         The returned :class:`Results` carry ``timings`` (ms): ``first_stage`` and ``rerank``, and
         ``fallbacks``: queries whose sparse first stage found nothing (no searchable terms) and
         that the dense first stage answered instead.
         """
+        if first_stage is None and texts is None:
+            first_stage = "fde" if self.has_fde else "exhaustive"  # the default stage without query texts
         opts = self._options(k, first_stage, candidates, options)
         if opts.first_stage in TEXT_STAGES and texts is None:
             raise QueryError(f"the {opts.first_stage} first stage needs the query texts (texts=...).")
@@ -429,7 +488,7 @@ class Index:
                     f"{self.dim}: encode the queries with the index's encoder ({self.manifest['encoder']['name']})."
                 )
             offsets = np.asarray(queries.offsets, dtype=np.int64)
-        elif opts.rerank or opts.first_stage in ("exhaustive", "fde"):
+        elif opts.rerank or opts.first_stage in DENSE_STAGES:
             raise QueryError(f"first stage {opts.first_stage!r} with rerank={opts.rerank} needs encoded queries.")
         with cpu_threads(threads, "numba", "faiss"):
             if opts.first_stage == "exhaustive":
@@ -450,21 +509,16 @@ class Index:
         return results
 
     def _exhaustive(self, vectors: np.ndarray, offsets: np.ndarray, k: int) -> Results:
-        from ._kernels import maxsim_exhaustive, maxsim_exhaustive_many, topk_rows
+        from ._kernels import topk_rows
 
         started = time.perf_counter()
-        if len(offsets) == 2:
-            scores = maxsim_exhaustive(vectors, self.doc_codes, self.doc_offsets, self.max_doc_len)[None, :]
-            indices, top = topk_rows(scores, k)
-        else:
-            parts = []
-            for start in range(0, len(offsets) - 1, _QUERY_CHUNK):
-                stop = min(start + _QUERY_CHUNK, len(offsets) - 1)
-                block = vectors[offsets[start] : offsets[stop]]
-                scores = maxsim_exhaustive_many(block, offsets[start : stop + 1] - offsets[start], self.doc_codes, self.doc_offsets, self.max_doc_len)
-                parts.append(topk_rows(scores, k))
-            indices = np.concatenate([p[0] for p in parts])
-            top = np.concatenate([p[1] for p in parts])
+        parts = []
+        for start in range(0, len(offsets) - 1, _QUERY_CHUNK):
+            stop = min(start + _QUERY_CHUNK, len(offsets) - 1)
+            block = vectors[offsets[start] : offsets[stop]]
+            parts.append(topk_rows(self._score_all(block, offsets[start : stop + 1] - offsets[start]), k))
+        indices = np.concatenate([p[0] for p in parts])
+        top = np.concatenate([p[1] for p in parts])
         return Results(indices, top, self, {"first_stage": 0.0, "rerank": (time.perf_counter() - started) * 1e3})
 
     def _candidates(self, opts: "SearchOptions", vectors, offsets, texts) -> tuple[list[tuple[np.ndarray, np.ndarray]], int]:
@@ -472,6 +526,11 @@ class Index:
         n_candidates = min(opts.candidates or DEFAULT_CANDIDATES, self.n_docs)
         if opts.first_stage == "fde":
             return self._fde_candidates(vectors, offsets, n_candidates), 0
+        if opts.first_stage in HYBRID_STAGES:
+            dense = self._fde_candidates(vectors, offsets, n_candidates)
+            sparse = self.sparse(opts.first_stage.split("+", 1)[1]).search(texts, n_candidates)
+            n_dense = round(opts.dense_share * n_candidates)
+            return [union_candidates(d, s, n_dense, n_candidates) for (d, _), (s, _) in zip(dense, sparse)], 0
         found = self.sparse(opts.first_stage).search(texts, n_candidates)
         empty = [q for q, (positions, _) in enumerate(found) if len(positions) == 0]
         if empty and vectors is not None:
@@ -488,10 +547,30 @@ class Index:
         scores, ids = self.fde.candidates(vectors, offsets, n_candidates)
         return [(row[row >= 0], row_scores[row >= 0]) for row, row_scores in zip(ids, scores)]
 
+    def _score(self, query: np.ndarray, positions: np.ndarray) -> np.ndarray:
+        """Exact MaxSim of one query against the documents at ``positions``."""
+        from ._kernels import maxsim_candidates, maxsim_codes_candidates
+
+        if self.coded is not None:
+            return maxsim_codes_candidates(query, self.coded, self.doc_offsets, positions, self.max_doc_len)
+        return maxsim_candidates(query, self.doc_codes, self.doc_offsets, positions, self.max_doc_len)
+
+    def _score_all(self, queries: np.ndarray, offsets: np.ndarray) -> np.ndarray:
+        """MaxSim of each query (flat vectors + offsets) against every document: ``(n_queries, n_docs)``."""
+        from ._kernels import maxsim_codes_many, maxsim_exhaustive, maxsim_exhaustive_many
+
+        if self.coded is not None:
+            return maxsim_codes_many(queries, offsets, self.coded, self.doc_offsets, self.max_doc_len)
+        if len(offsets) == 2:
+            return maxsim_exhaustive(queries, self.doc_codes, self.doc_offsets, self.max_doc_len)[None, :]
+        return maxsim_exhaustive_many(queries, offsets, self.doc_codes, self.doc_offsets, self.max_doc_len)
+
     def _rerank(self, query, positions: np.ndarray, first_scores: np.ndarray, k: int, opts: "SearchOptions") -> tuple[np.ndarray, np.ndarray]:
         """Order one query's candidates: prune, MaxSim (with early exit), fuse; top-k out."""
-        from ._kernels import maxsim_candidates, maxsim_early_exit
+        from ._kernels import maxsim_early_exit
 
+        if opts.early_exit is not None and self.coded is not None:
+            raise QueryError(f"early exit runs on float16 indexes; index {self.name!r} stores {self.config.codec} codes.")
         if opts.prune_alpha is not None and len(first_scores):
             kth = first_scores[min(k, len(first_scores)) - 1]
             if kth > 0:  # pruning compares non-negative (BM25-like) scores
@@ -504,7 +583,7 @@ class Index:
                 scores, scored = maxsim_early_exit(query, self.doc_codes, self.doc_offsets, positions, k, opts.early_exit, self.max_doc_len)
                 positions, first_scores, scores = positions[:scored], first_scores[:scored], scores[:scored]
             else:
-                scores = maxsim_candidates(query, self.doc_codes, self.doc_offsets, positions, self.max_doc_len)
+                scores = self._score(query, positions)
             final = fuse(scores, first_scores, opts.fusion, opts.fusion_weight)
         # Best first; ties go to the lower position, as in exhaustive search.
         order = np.lexsort((positions, -final))[:k]
@@ -544,49 +623,62 @@ class Index:
             counts = _encode_corpus(documents, encoder, config, staging.path, show_progress, chunk_size)
             encoded = time.perf_counter()
             counts.update(_finish_vectors(staging.path, encoder.dim, config, counts["tokens"]))
-            finished = time.perf_counter()
-            vectors_sha256 = store.sha256_file(staging.path / "vectors.npy")
-            if config.fde is not None:
-                fde_dir = staging.path / FDE_DIR
-                fde_dir.mkdir()
-                codes = np.load(staging.path / "vectors.npy", mmap_mode="r").view(np.uint16)
-                offsets = np.load(staging.path / "doc_offsets.npy")
-                fde_manifest = build_fde(fde_dir, codes, offsets, counts["dim"], config.fde, vectors_sha256)
-                store.write_manifest(fde_dir, fde_manifest)
-            stages = [*config.sparse, *(["splade"] if config.splade_model else [])]
-            if stages:
-                ids_sha256 = store.sha256_file(staging.path / "doc_ids.npy")
-                for stage in stages:
-                    (staging.path / stage).mkdir()
-                    _build_sparse(staging.path / stage, stage, _stored_texts(staging.path), ids_sha256, command, config.splade_model, show_progress)
-            elapsed = time.perf_counter() - started
-            vector_bytes = sum((staging.path / f).stat().st_size for f in ("vectors.npy", "doc_offsets.npy"))
-            if (staging.path / "projection.npy").is_file():
-                vector_bytes += (staging.path / "projection.npy").stat().st_size
-            staging.write_manifest(
-                {
-                    "format": store.FORMAT_NAME,
-                    "format_version": store.FORMAT_VERSION,
-                    "mvr_version": __version__,
-                    "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
-                    "config": config.to_dict(),
-                    "encoder": encoder.identity,
-                    "counts": counts,
-                    "build": {
-                        "seconds": round(elapsed, 3),
-                        "model_load_seconds": round(loaded - started, 3),
-                        "encode_seconds": round(encoded - loaded, 3),
-                        "docs_per_second": round(counts["documents"] / max(encoded - loaded, 1e-9), 2),
-                        "fde_seconds": round(elapsed - (finished - started), 3),
-                        "threads": config.threads,
-                        "command": command,
-                    },
-                    "bytes_per_token": round(vector_bytes / max(counts["tokens"], 1), 3),
-                },
-                known_sha256={"vectors.npy": vectors_sha256},
-            )
+            build = {
+                "model_load_seconds": round(loaded - started, 3),
+                "encode_seconds": round(encoded - loaded, 3),
+                "docs_per_second": round(counts["documents"] / max(encoded - loaded, 1e-9), 2),
+            }
+            _finish_build(staging, config, encoder, counts, build, started, command, show_progress)
             path = staging.commit()
         return cls.open(path, model=encoder)
+
+    @classmethod
+    def derive(
+        cls,
+        source: "Index | str | os.PathLike",
+        name: str | os.PathLike,
+        *,
+        home: str | os.PathLike | None = None,
+        overwrite: bool = False,
+        show_progress: bool | None = None,
+        command: str | None = None,
+        **changes,
+    ) -> "Index":
+        """A new index ``name`` from a float16 index's stored vectors, pruned, clustered and/or
+        compressed by ``changes`` (fields of :class:`IndexConfig`: prune, cluster_ratio, codec, ...,
+        and fde) without encoding the corpus again. Texts, ids and sparse stages are copied; the
+        FDE is rebuilt from the new vectors. The source is only read.
+        """
+        import dataclasses
+        import shutil
+
+        source = source if isinstance(source, Index) else cls.open(source, home=home)
+        if source.config.compacts:
+            raise ConfigError(
+                f"index {source.name!r} is already pruned, clustered or compressed; derive from an index that keeps every token in float16."
+            )
+        unknown = sorted(set(changes) - _DERIVABLE)
+        if unknown:
+            raise ConfigError(f"{unknown} cannot change without encoding the corpus again (use Index.build / mvr index); derivable: {sorted(_DERIVABLE)}.")
+        config = dataclasses.replace(source.config, **changes)
+        started = time.perf_counter()
+        target = store.target_path(str(name), Path(home) if home else None)
+        if target.resolve() == source.path.resolve():
+            raise ConfigError("derive into a new name; the source index is kept as it is.")
+        with store.StagingDir(target, overwrite) as staging, cpu_threads(config.threads, "numba", "faiss"):
+            for item in source.path.iterdir():
+                if item.name in (store.MANIFEST, FDE_DIR) or item.name.startswith("."):
+                    continue
+                if item.is_dir():
+                    if item.name in config.sparse or item.name == "splade":
+                        shutil.copytree(item, staging.path / item.name)
+                else:
+                    shutil.copyfile(item, staging.path / item.name)
+            counts = {k: v for k, v in source.manifest["counts"].items() if k in _SOURCE_COUNTS}
+            build = {"derived_from": str(source.path), "encode_seconds": 0.0, "docs_per_second": source.manifest["build"]["docs_per_second"]}
+            _finish_build(staging, config, source.encoder, counts, build, started, command, show_progress)
+            path = staging.commit()
+        return cls.open(path, model=source.encoder)
 
     def info(self) -> dict:
         """Summary for ``mvr info``: counts, sizes, encoder, config and build figures."""
@@ -598,6 +690,8 @@ class Index:
             "tokens": self.n_tokens,
             "dim": self.dim,
             "vectors_per_document": {"mean": round(float(lengths.mean()), 2) if len(lengths) else 0.0, "max": int(lengths.max()) if len(lengths) else 0},
+            "source_tokens_per_document": round(self.manifest["counts"].get("source_tokens", self.n_tokens) / max(self.n_docs, 1), 2),
+            "codec": self.config.codec,
             "bytes_per_token": self.manifest["bytes_per_token"],
             "index_bytes": sum(meta["bytes"] for meta in self.manifest["files"].values()),
             "encoder": self.manifest["encoder"],
@@ -614,6 +708,57 @@ class Index:
             return None
         manifest = store.read_manifest(self.path / FDE_DIR, FDE_FORMAT, FDE_VERSION)
         return {k: manifest[k] for k in ("config", "fde_dim", "bytes_per_document", "build")}
+
+
+# What a derived index may change, and the counts it inherits from its source.
+_DERIVABLE = {"prune", "prune_max_df", "cluster_ratio", "cluster_count", "cluster_iters", "codec", "codec_bits", "codec_centroids", "codec_sample", "fde", "seed", "threads"}
+_SOURCE_COUNTS = {"documents", "tokens", "max_doc_len", "truncated_documents", "skipped_empty_documents", "dim", "model_dim"}
+
+
+def _finish_build(staging, config: IndexConfig, encoder: Encoder, counts: dict, build: dict, started: float, command: str | None, show_progress) -> None:
+    """From stored float16 vectors, ids and texts in ``staging``: prune / cluster / compress, build
+    the first stages and write the manifest (the build's last step)."""
+    folder = staging.path
+    counts.setdefault("source_tokens", counts["tokens"])
+    if config.compacts:
+        counts.update(compact(folder, config, encoder, (text for _, text in _stored_texts(folder)), show_progress))
+    compacted = time.perf_counter()
+    data_sha256 = store.sha256_file(folder / data_file(config.codec))
+    if config.fde is not None:
+        (folder / FDE_DIR).mkdir()
+        codes = decoded_float16(folder, config, counts["dim"])
+        store.write_manifest(folder / FDE_DIR, build_fde(folder / FDE_DIR, codes, np.load(folder / "doc_offsets.npy"), counts["dim"], config.fde, data_sha256))
+        del codes
+    fde_done = time.perf_counter()
+    stages = [*config.sparse, *(["splade"] if config.splade_model else [])]
+    if stages:
+        ids_sha256 = store.sha256_file(folder / "doc_ids.npy")
+        for stage in stages:
+            if not (folder / stage).is_dir():  # a derived index brings its source's sparse stages
+                (folder / stage).mkdir()
+                _build_sparse(folder / stage, stage, _stored_texts(folder), ids_sha256, command, config.splade_model, show_progress)
+    elapsed = time.perf_counter() - started
+    staging.write_manifest(
+        {
+            "format": store.FORMAT_NAME,
+            "format_version": store.FORMAT_VERSION,
+            "mvr_version": __version__,
+            "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+            "config": config.to_dict(),
+            "encoder": encoder.identity,
+            "counts": counts,
+            "build": {
+                "seconds": round(elapsed, 3),
+                **build,
+                "fde_seconds": round(fde_done - compacted, 3),
+                "threads": config.threads,
+                "command": command,
+            },
+            # Everything search reads to score documents, per document token before pruning.
+            "bytes_per_token": round(stored_bytes(folder, config) / max(counts["source_tokens"], 1), 3),
+        },
+        known_sha256={data_file(config.codec): data_sha256},
+    )
 
 
 def _stored_texts(folder: Path) -> Iterable[tuple[str, str]]:

@@ -176,7 +176,7 @@ def test_all_candidates_reranked_equals_exhaustive(fde_index):
     full = fde_index.search(queries, k=10, first_stage="fde", candidates=len(fde_index))
     np.testing.assert_array_equal(full.indices, exhaustive.indices)
     np.testing.assert_allclose(full.scores, exhaustive.scores, rtol=1e-5)
-    few = fde_index.search(queries, k=10, candidates=5)  # default first stage is fde
+    few = fde_index.search(queries, k=10, first_stage="fde", candidates=5)
     assert ((few.indices >= 0).sum(axis=1) == 5).all() and set(few.timings) == {"first_stage", "rerank"}
     _, candidate_ids = fde_index.fde.candidates(*(lambda v: (v.vectors, v.offsets))(fde_index.encode_queries(queries)), 5)
     for row, ids in zip(few.indices, candidate_ids):

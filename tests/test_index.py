@@ -265,3 +265,12 @@ def test_results_as_a_run(tmp_path, plain_encoder):
     assert list(run["a"].values()) == [h.score for h in results[0]]
     with pytest.raises(QueryError, match="1 query ids for 2 result lists"):
         results.to_run(["a"])
+
+
+def test_docstring_examples_hold():
+    import doctest
+
+    import mvr.index
+
+    result = doctest.testmod(mvr.index)
+    assert result.attempted >= 1 and result.failed == 0

@@ -6,10 +6,12 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 
 from conftest import DOCS
 from mvr import Encoder, Index, IndexConfig, QueryError
-from mvr.index import fuse
+from mvr.index import fuse, union_candidates
 
 
 @pytest.fixture(scope="module")
@@ -92,6 +94,41 @@ def test_fused_search_runs_and_options_are_validated(sparse_index):
         sparse_index.search("x", first_stage="exhaustive", fusion="rrf")
 
 
+def test_hybrid_first_stage_reranks_the_union_of_fde_and_bm25s(sparse_index):
+    assert sparse_index.default_stage == "fde+bm25s"
+    query = "capital city of the empire"
+    dense = sparse_index.search(query, k=6, first_stage="fde", candidates=6, rerank=False).indices[0]
+    sparse = sparse_index.search(query, k=6, first_stage="bm25s", candidates=6, rerank=False).indices[0]
+    pool = sparse_index.search(query, k=6, first_stage="fde+bm25s", candidates=6, dense_share=0.5, rerank=False).indices[0]
+    expected = list(dict.fromkeys([*dense[:3], *sparse[sparse >= 0], *dense[3:]]))[:6]
+    assert pool.tolist() == expected
+    assert set(sparse[:2]) - set(dense[:3]) <= set(pool.tolist())  # the sparse stage did add its own documents
+    reranked = sparse_index.search(query, k=6, candidates=6, dense_share=0.5)  # the default stage
+    exhaustive = sparse_index.search(query, k=len(sparse_index), first_stage="exhaustive")
+    maxsim = dict(zip(exhaustive.indices[0], exhaustive.scores[0]))
+    assert reranked.indices[0].tolist() == sorted(expected, key=lambda p: (-maxsim[p], p))
+    with pytest.raises(QueryError, match="hybrid first stage"):
+        sparse_index.search(query, first_stage="fde+bm25s", fusion="rrf")
+    with pytest.raises(QueryError, match="dense_share"):
+        sparse_index.search(query, first_stage="fde+bm25s", dense_share=1.5)
+
+
+@given(
+    st.lists(st.integers(0, 30), max_size=20, unique=True),
+    st.lists(st.integers(0, 30), max_size=20, unique=True),
+    st.integers(0, 20),
+    st.integers(1, 25),
+)
+def test_union_candidates_properties(dense, sparse, n_dense, n_candidates):
+    positions, scores = union_candidates(np.array(dense, dtype=np.int64), np.array(sparse, dtype=np.int64), n_dense, n_candidates)
+    union = set(dense) | set(sparse)
+    assert len(positions) == min(n_candidates, len(union)) == len(set(positions.tolist()))
+    assert set(positions.tolist()) <= union
+    head = dense[: min(n_dense, n_candidates)]
+    assert positions[: len(head)].tolist() == head  # the dense share comes first, in its order
+    assert np.all(np.diff(scores) < 0)
+
+
 def test_index_without_sparse_stages(tmp_path, models):
     index = Index.build([("a", "cats purr"), ("b", "dogs bark")], tmp_path / "x", encoder=Encoder(models["plain"]), config=IndexConfig(sparse=(), fde=None))
     with pytest.raises(QueryError, match="no bm25 first stage.*mvr sparse"):
@@ -103,7 +140,7 @@ def test_index_without_sparse_stages(tmp_path, models):
 def test_no_jvm_unless_bm25_is_used(sparse_index):
     code = (
         "import sys, time, mvr; t = time.perf_counter(); index = mvr.open(sys.argv[1]); "
-        "index.search('cats', k=1, first_stage='fde'); index.search('cats', k=1, first_stage='bm25s'); "
+        "index.search('cats', k=1, first_stage='fde'); index.search('cats', k=1, first_stage='bm25s'); index.search('cats', k=1); "
         "print('jnius' in sys.modules, 'pyserini' in sys.modules)"
     )
     out = subprocess.run([sys.executable, "-c", code, str(sparse_index.path)], capture_output=True, text=True, check=True).stdout.split()

@@ -1,0 +1,154 @@
+"""Pruning, clustering and codecs measured on one full float16 index, without encoding again.
+
+For each setting, an index is derived from the full one (``Index.derive`` = ``mvr index --from``)
+and measured: vectors per document, bytes per original document token (everything search
+reads to score: codes, codebooks, offsets), nDCG@10 with exhaustive MaxSim and with the default
+two-stage search (FDE + bm25s candidates, exact MaxSim rerank), and the derive time.
+
+    python -m mvr.eval.compression ../shared/datasets/scifact --index scifact \\
+        --setting prune=special+punctuation --setting cluster_ratio=0.25,codec=residual,codec_bits=2 \\
+        --output docs/results/compression-scifact.json
+
+A setting is ``key=value`` pairs of IndexConfig fields separated by commas (lists joined by
+``+``); ``full`` is the source itself. Derived indexes go next to the source as
+``<index>-<label>`` and are removed afterwards unless ``--keep``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import shlex
+import shutil
+import sys
+import time
+from datetime import datetime, timezone
+from pathlib import Path
+
+INT_FIELDS = {"cluster_count", "cluster_iters", "codec_bits", "codec_centroids", "codec_sample"}
+FLOAT_FIELDS = {"cluster_ratio", "prune_max_df"}
+
+
+def parse_setting(text: str) -> dict:
+    """``"prune=special+punctuation,cluster_ratio=0.25"`` -> IndexConfig field changes."""
+    if text == "full":
+        return {}
+    changes = {}
+    for part in text.split(","):
+        key, sep, value = part.partition("=")
+        key = key.strip()
+        if not sep:
+            raise SystemExit(f"setting {text!r}: expected key=value pairs, got {part!r}")
+        if key == "prune":
+            changes[key] = tuple(v for v in value.split("+") if v)
+        elif key in INT_FIELDS:
+            changes[key] = int(value)
+        elif key in FLOAT_FIELDS:
+            changes[key] = float(value)
+        else:
+            changes[key] = value
+    return changes
+
+
+def _label(text: str) -> str:
+    return "".join(ch if ch.isalnum() or ch in "._" else "-" for ch in text)
+
+
+def measure(dataset: Path, index, settings: list[str], split: str = "test", keep: bool = False, candidates: int | None = None) -> dict:
+    from ..index import Index
+    from .beir import evaluate_run, load_beir
+
+    queries, qrels = load_beir(dataset, split)
+    qids = list(queries)
+    texts = [queries[q] for q in qids]
+    encoded = index.encode_queries(texts)
+    rows = []
+    for text in settings:
+        changes = parse_setting(text)
+        started = time.perf_counter()
+        target = index.path.parent / f"{index.name}-{_label(text)}"
+        derived = index if not changes else Index.derive(index, target, overwrite=True, show_progress=False, **changes)
+        derive_seconds = time.perf_counter() - started
+        info = derived.info()
+        row = {
+            "setting": text,
+            "changes": {k: list(v) if isinstance(v, tuple) else v for k, v in changes.items()},
+            "vectors_per_document": info["vectors_per_document"]["mean"],
+            "source_tokens_per_document": info["source_tokens_per_document"],
+            "vector_ratio": round(info["source_tokens_per_document"] / max(info["vectors_per_document"]["mean"], 1e-9), 2),
+            "bytes_per_token": info["bytes_per_token"],
+            "derive_seconds": round(derive_seconds, 1),
+        }
+        t0 = time.perf_counter()
+        exhaustive = derived.search_encoded(encoded, 100, first_stage="exhaustive")
+        row["exhaustive_seconds"] = round(time.perf_counter() - t0, 1)
+        row["exhaustive"] = {m: round(v, 4) for m, v in evaluate_run(exhaustive.to_run(qids), qrels).items()}
+        stage = derived.default_stage
+        two = derived.search_encoded(encoded, 100, texts=texts, first_stage=stage, candidates=candidates)
+        row["two_stage"] = {"first_stage": stage, "candidates": candidates or 100, **{m: round(v, 4) for m, v in evaluate_run(two.to_run(qids), qrels).items()}}
+        rows.append(row)
+        print(
+            f"{text:60s} {row['vectors_per_document']:7.1f} vec/doc {row['bytes_per_token']:8.2f} B/token  "
+            f"exhaustive {row['exhaustive']['nDCG@10']:.4f}  two-stage {row['two_stage']['nDCG@10']:.4f}",
+            flush=True,
+        )
+        if changes and not keep:
+            del derived
+            shutil.rmtree(target, ignore_errors=True)
+    base = next((r for r in rows if r["setting"] == "full"), None)
+    if base:
+        for row in rows:
+            for kind in ("exhaustive", "two_stage"):
+                row[kind]["loss_vs_full"] = round(1 - row[kind]["nDCG@10"] / base["exhaustive"]["nDCG@10"], 4)
+    return {
+        "study": "compression",
+        "dataset": Path(dataset).resolve().name,
+        "split": split,
+        "queries": len(qids),
+        "index": index.name,
+        "source_bytes_per_token": index.info()["bytes_per_token"],
+        "command": "python -m mvr.eval.compression " + " ".join(shlex.quote(a) for a in sys.argv[1:]),
+        "date": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        "rows": rows,
+    }
+
+
+def table(report: dict) -> str:
+    lines = [
+        f"{report['dataset']} ({report['queries']} queries, index {report['index']}): `{report['command']}`",
+        "",
+        "| setting | vectors/doc | fewer | bytes/token | nDCG@10 exhaustive | loss | nDCG@10 two-stage | loss |",
+        "|---|---|---|---|---|---|---|---|",
+    ]
+    for r in report["rows"]:
+        ex, two = r["exhaustive"], r["two_stage"]
+        lines.append(
+            f"| {r['setting']} | {r['vectors_per_document']} | {r['vector_ratio']}x | {r['bytes_per_token']} | {ex['nDCG@10']:.4f} | "
+            f"{100 * ex.get('loss_vs_full', 0):+.2f}% | {two['nDCG@10']:.4f} | {100 * two.get('loss_vs_full', 0):+.2f}% |"
+        )
+    return "\n".join(lines) + "\n"
+
+
+def main(argv: list[str] | None = None) -> int:
+    from ..index import Index
+
+    parser = argparse.ArgumentParser(prog="python -m mvr.eval.compression", description=__doc__.split("\n\n")[0])
+    parser.add_argument("dataset", type=Path, help="BEIR dataset folder (queries.jsonl, qrels/)")
+    parser.add_argument("--index", required=True, help="a full float16 index of that corpus")
+    parser.add_argument("--index-dir", default=None)
+    parser.add_argument("--setting", action="append", required=True, help="IndexConfig changes, e.g. cluster_ratio=0.25,codec=int8 (repeatable; 'full' = the source)")
+    parser.add_argument("--candidates", type=int, default=None, help="two-stage candidates (default 100)")
+    parser.add_argument("--split", default="test")
+    parser.add_argument("--keep", action="store_true", help="keep the derived indexes")
+    parser.add_argument("--output", type=Path, required=True, help="JSON report (a Markdown table is written beside it)")
+    args = parser.parse_args(argv)
+    index = Index.open(args.index, home=args.index_dir)
+    report = measure(args.dataset, index, args.setting, args.split, args.keep, args.candidates)
+    args.output.parent.mkdir(parents=True, exist_ok=True)
+    args.output.write_text(json.dumps(report, indent=2) + "\n")
+    args.output.with_suffix(".md").write_text(table(report))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,152 @@
+"""MaxSim over compressed token vectors, decoded document by document inside the kernel.
+
+Codecs (the arrays stay compressed in memory; one document at a time is decoded into a float32
+scratch buffer and scored, so the whole index is never decompressed):
+
+- ``INT8``: ``codes`` uint8 ``(n, dim)`` holding ``q + 128`` with ``q = round(x / s)`` in
+  [-127, 127] and ``s = max|x| / 127`` per token (``scales`` float32 ``(n,)``).
+- ``RESIDUAL``: ColBERTv2's residual compression (Santhanam et al., 2022, section 3.3): a token is
+  its nearest corpus centroid (``centroid_ids`` uint16 ``(n,)`` into ``centroids`` float32
+  ``(K, dim)``) plus a ``bits``-bit bucket index per dimension, packed little-endian into
+  ``codes`` uint8 ``(n, dim * bits / 8)``; bucket ``b`` of dimension ``k`` decodes to
+  ``values[k, b]``. The decoded vector is re-normalised to unit length, as the encoder's were.
+"""
+
+import numpy as np
+from numba import njit, prange
+
+from .maxsim import _score_one
+
+INT8 = 1
+RESIDUAL = 2
+
+
+@njit(inline="always", fastmath=True, nogil=True)
+def _decode(codec, codes, scales, centroid_ids, centroids, values, bits, start, stop, out):
+    n = stop - start
+    dim = out.shape[1]
+    if codec == INT8:
+        for i in range(n):
+            s = scales[start + i]
+            for k in range(dim):
+                out[i, k] = (np.float32(codes[start + i, k]) - np.float32(128.0)) * s
+    else:
+        mask = (1 << bits) - 1
+        for i in range(n):
+            c = centroid_ids[start + i]
+            norm = np.float32(0.0)
+            for k in range(dim):
+                p = k * bits
+                b = (codes[start + i, p >> 3] >> (p & 7)) & mask
+                x = centroids[c, k] + values[k, b]
+                out[i, k] = x
+                norm += x * x
+            if norm > 0:
+                inv = np.float32(1.0) / np.sqrt(norm)
+                for k in range(dim):
+                    out[i, k] *= inv
+    return out[:n]
+
+
+@njit(parallel=True, fastmath=True, nogil=True, cache=True)
+def _decode_all(codec, codes, scales, centroid_ids, centroids, values, bits, out, block):
+    n = out.shape[0]
+    for b in prange((n + block - 1) // block):
+        start = b * block
+        stop = min(n, start + block)
+        _decode(codec, codes, scales, centroid_ids, centroids, values, bits, start, stop, out[start:stop])
+
+
+@njit(parallel=True, fastmath=True, nogil=True, cache=True)
+def _candidates(query, codec, codes, scales, centroid_ids, centroids, values, bits, doc_offsets, positions, max_doc_len):
+    n = positions.shape[0]
+    dim = query.shape[1]
+    scores = np.empty(n, dtype=np.float32)
+    for c in prange(n):
+        d = positions[c]
+        scratch = np.empty((max_doc_len, dim), dtype=np.float32)
+        doc = _decode(codec, codes, scales, centroid_ids, centroids, values, bits, doc_offsets[d], doc_offsets[d + 1], scratch)
+        scores[c] = _score_one(query, doc)
+    return scores
+
+
+@njit(parallel=True, fastmath=True, nogil=True, cache=True)
+def _many(queries, query_offsets, codec, codes, scales, centroid_ids, centroids, values, bits, doc_offsets, max_doc_len):
+    n_queries = query_offsets.shape[0] - 1
+    n_docs = doc_offsets.shape[0] - 1
+    dim = queries.shape[1]
+    scores = np.empty((n_queries, n_docs), dtype=np.float32)
+    for d in prange(n_docs):
+        scratch = np.empty((max_doc_len, dim), dtype=np.float32)
+        doc = _decode(codec, codes, scales, centroid_ids, centroids, values, bits, doc_offsets[d], doc_offsets[d + 1], scratch)
+        for q in range(n_queries):
+            scores[q, d] = _score_one(queries[query_offsets[q] : query_offsets[q + 1]], doc)
+    return scores
+
+
+class CodedVectors:
+    """The arrays of one compressed token matrix, in the kernels' types (see the module doc)."""
+
+    def __init__(self, codec, dim, codes, scales=None, centroid_ids=None, centroids=None, values=None, bits=0):
+        if codec not in (INT8, RESIDUAL):
+            raise ValueError(f"unknown codec id {codec}")
+        self.codec, self.dim, self.bits = int(codec), int(dim), int(bits)
+        self.codes = codes
+        if codes.dtype != np.uint8 or codes.ndim != 2:
+            raise TypeError(f"codes must be a 2-D uint8 array, got {codes.dtype} {codes.shape}")
+        n = codes.shape[0]
+        self.scales = np.zeros(0, np.float32) if scales is None else scales
+        self.centroid_ids = np.zeros(0, np.uint16) if centroid_ids is None else centroid_ids
+        self.centroids = np.zeros((1, dim), np.float32) if centroids is None else np.ascontiguousarray(centroids, dtype=np.float32)
+        self.values = np.zeros((dim, 1), np.float32) if values is None else np.ascontiguousarray(values, dtype=np.float32)
+        if codec == INT8 and (codes.shape[1] != dim or self.scales.shape != (n,)):
+            raise ValueError("int8 codes must be (n, dim) with one scale per row")
+        if codec == RESIDUAL:
+            if bits not in (1, 2, 4, 8) or codes.shape[1] * 8 != dim * bits or self.centroid_ids.shape != (n,):
+                raise ValueError("residual codes must be (n, dim * bits / 8) with one centroid id per row")
+            if self.values.shape != (dim, 1 << bits) or self.centroids.shape[1] != dim:
+                raise ValueError("residual values must be (dim, 2**bits) and centroids (K, dim)")
+
+    def __len__(self):
+        return self.codes.shape[0]
+
+    def _args(self):
+        return (self.codec, self.codes, self.scales, self.centroid_ids, self.centroids, self.values, self.bits)
+
+    def decode(self, start=0, stop=None, block=4096):
+        """Rows ``start:stop`` decoded to float32 ``(stop - start, dim)``."""
+        stop = len(self) if stop is None else stop
+        out = np.empty((stop - start, self.dim), dtype=np.float32)
+        if stop > start:
+            part = CodedVectors(
+                self.codec,
+                self.dim,
+                np.ascontiguousarray(self.codes[start:stop]),
+                self.scales[start:stop] if self.codec == INT8 else None,
+                np.ascontiguousarray(self.centroid_ids[start:stop]) if self.codec == RESIDUAL else None,
+                self.centroids,
+                self.values,
+                self.bits,
+            )
+            _decode_all(*part._args(), out, block)
+        return out
+
+
+def maxsim_codes_candidates(query, coded, doc_offsets, positions, max_doc_len):
+    """MaxSim of one query (float32 ``(n_query_tokens, dim)``) against the documents at
+    ``positions`` (int64) of a :class:`CodedVectors` matrix. Returns float32 ``(len(positions),)``."""
+    query = np.ascontiguousarray(query, dtype=np.float32)
+    if query.ndim != 2 or query.shape[1] != coded.dim:
+        raise ValueError(f"query must be (n_query_tokens, {coded.dim}), got {query.shape}")
+    positions = np.ascontiguousarray(positions, dtype=np.int64)
+    return _candidates(query, *coded._args(), np.ascontiguousarray(doc_offsets, dtype=np.int64), positions, max(int(max_doc_len), 1))
+
+
+def maxsim_codes_many(queries, query_offsets, coded, doc_offsets, max_doc_len):
+    """MaxSim of several queries (flat float32 + offsets) against every document: ``(n_queries, n_docs)``."""
+    queries = np.ascontiguousarray(queries, dtype=np.float32)
+    if queries.ndim != 2 or queries.shape[1] != coded.dim:
+        raise ValueError(f"queries must be (n_query_tokens, {coded.dim}), got {queries.shape}")
+    return _many(
+        queries, np.ascontiguousarray(query_offsets, dtype=np.int64), *coded._args(), np.ascontiguousarray(doc_offsets, dtype=np.int64), max(int(max_doc_len), 1)
+    )

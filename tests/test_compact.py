@@ -1,0 +1,230 @@
+"""Pruning, per-document clustering and the int8 / residual codecs: kernels against NumPy
+references, codec error bounds and determinism, and derived indexes end to end."""
+
+import json
+import shutil
+
+import numpy as np
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from hypothesis.extra import numpy as hnp
+
+from conftest import DOCS, maxsim_reference
+from mvr import ConfigError, Encoder, EncoderMismatchError, Index, IndexConfig, QueryError
+from mvr._kernels.cluster import cluster_documents
+from mvr._kernels.codecs import INT8, RESIDUAL, CodedVectors, maxsim_codes_candidates
+from mvr.compact import ResidualCodec, cluster_counts, encode_int8, prune_mask
+from mvr.errors import IndexFormatError
+
+
+def _unit(rng, n, dim):
+    x = rng.standard_normal((n, dim)).astype(np.float32)
+    return x / np.linalg.norm(x, axis=1, keepdims=True)
+
+
+# -- clustering --------------------------------------------------------------------------------
+def _kmeans_reference(doc, c, iters):
+    n = len(doc)
+    centroids = doc[[int((i + 0.5) * n / c) for i in range(c)]].copy()
+    if c == n:
+        return centroids
+    assign = np.full(n, -1)
+    for _ in range(iters):
+        new = np.argmax(doc @ centroids.T, axis=1)
+        if np.array_equal(new, assign):
+            break
+        assign = new
+        for j in range(c):
+            members = doc[assign == j]
+            if len(members):
+                total = members.sum(axis=0)
+                centroids[j] = total / np.linalg.norm(total)
+    return centroids
+
+
+def test_clustering_matches_a_numpy_transcription():
+    rng = np.random.default_rng(0)
+    lengths = np.array([7, 1, 0, 12, 30])
+    offsets = np.concatenate([[0], np.cumsum(lengths)])
+    vectors = _unit(rng, offsets[-1], 16)
+    counts = cluster_counts(lengths, IndexConfig(cluster_ratio=0.3))
+    assert counts.tolist() == [3, 1, 0, 4, 9]
+    out, out_offsets = cluster_documents(vectors, offsets, counts, iters=10)
+    assert out_offsets.tolist() == np.concatenate([[0], np.cumsum(counts)]).tolist()
+    for d in range(len(lengths)):
+        if lengths[d]:
+            expected = _kmeans_reference(vectors[offsets[d] : offsets[d + 1]], counts[d], 10)
+            np.testing.assert_allclose(out[out_offsets[d] : out_offsets[d + 1]], expected, atol=1e-5)
+    np.testing.assert_allclose(np.linalg.norm(out, axis=1), 1.0, atol=1e-5)
+    again, _ = cluster_documents(vectors, offsets, counts, iters=10)
+    np.testing.assert_array_equal(out, again)  # deterministic
+    same, _ = cluster_documents(vectors, offsets, lengths, iters=10)
+    np.testing.assert_array_equal(same, vectors)  # as many clusters as tokens: the tokens
+    assert cluster_counts(lengths, IndexConfig(cluster_count=5)).tolist() == [5, 1, 0, 5, 5]
+    with pytest.raises(ValueError, match="between 1 and its length"):
+        cluster_documents(vectors, offsets, lengths + 1)
+
+
+# -- pruning -----------------------------------------------------------------------------------
+def test_pruning_rules_by_hand():
+    classes = {"special": np.array([101, 102]), "punctuation": np.array([1010, 1012]), "stopwords": np.array([1996])}
+    ids = np.array([101, 7592, 1010, 1996, 102, 101, 1012, 102, 101, 1996, 4937, 102], dtype=np.int32)
+    offsets = np.array([0, 5, 8, 12])
+    keep = prune_mask(ids, offsets, ("special",), classes, 0.5)
+    assert keep.tolist() == [0, 1, 1, 1, 0, 0, 1, 0, 0, 1, 1, 0]
+    keep = prune_mask(ids, offsets, ("special", "punctuation"), classes, 0.5)
+    assert keep[5:8].tolist() == [1, 1, 1]  # the middle document would lose everything: it keeps all
+    assert keep[:5].tolist() == [0, 1, 0, 1, 0]
+    # df: 101 and 102 are in all 3 documents, 1996 in 2 of 3 (> 0.5), the rest in one.
+    keep = prune_mask(ids, offsets, ("df",), classes, 0.5)
+    assert keep.tolist() == [0, 1, 1, 0, 0, 0, 1, 0, 0, 0, 1, 0]
+
+
+# -- codecs ------------------------------------------------------------------------------------
+@given(hnp.arrays(np.float32, hnp.array_shapes(min_dims=2, max_dims=2, min_side=1, max_side=12), elements=st.floats(-4, 4, width=32)))
+def test_int8_round_trip_is_within_half_a_step(x):
+    codes, scales = encode_int8(x)
+    decoded = CodedVectors(INT8, x.shape[1], codes, scales=scales).decode()
+    assert np.all(np.abs(decoded - x) <= scales[:, None] / 2 + 1e-6 * np.abs(x).max(initial=1))
+    again = encode_int8(x)
+    np.testing.assert_array_equal(again[0], codes)
+
+
+def _residual_reference(codec, codes, ids):
+    dim = codec.values.shape[0]
+    bits = codec.bits
+    out = np.empty((len(codes), dim), dtype=np.float32)
+    for i in range(len(codes)):
+        for k in range(dim):
+            b = (int(codes[i, (k * bits) // 8]) >> ((k * bits) % 8)) & ((1 << bits) - 1)
+            out[i, k] = codec.centroids[ids[i], k].astype(np.float32) + codec.values[k, b]
+    return out / np.linalg.norm(out, axis=1, keepdims=True)
+
+
+@pytest.mark.parametrize("bits", [1, 2, 4])
+def test_residual_codec_decodes_like_its_definition_and_is_deterministic(bits):
+    rng = np.random.default_rng(bits)
+    x = _unit(rng, 600, 16)
+    codec = ResidualCodec.fit(x, 16, bits, seed=3)
+    codes, ids = codec.encode(x)
+    assert codes.shape == (600, 16 * bits // 8) and ids.dtype == np.uint16
+    coded = CodedVectors(RESIDUAL, 16, codes, centroid_ids=ids, centroids=codec.centroids, values=codec.values, bits=bits)
+    decoded = coded.decode()
+    np.testing.assert_allclose(decoded, _residual_reference(codec, codes, ids), atol=1e-5)
+    # every residual lands in the bucket its cutoffs name, so it decodes within that bucket's span
+    twin = ResidualCodec.fit(x, 16, bits, seed=3)
+    np.testing.assert_array_equal(twin.encode(x)[0], codes)
+    np.testing.assert_array_equal(twin.centroids, codec.centroids)
+
+
+def test_more_residual_bits_decode_closer():
+    rng = np.random.default_rng(7)
+    x = _unit(rng, 2000, 32)
+    errors = []
+    for bits in (1, 2, 4):
+        codec = ResidualCodec.fit(x, 32, bits, seed=0)
+        codes, ids = codec.encode(x)
+        decoded = CodedVectors(RESIDUAL, 32, codes, centroid_ids=ids, centroids=codec.centroids, values=codec.values, bits=bits).decode()
+        errors.append(float(np.mean(np.sum((decoded - x) ** 2, axis=1))))
+    assert errors[0] > errors[1] > errors[2] and errors[2] < 0.05
+
+
+@settings(max_examples=25, deadline=None)
+@given(st.integers(0, 2**32 - 1))
+def test_codes_kernel_scores_decoded_vectors_exactly(seed):
+    rng = np.random.default_rng(seed)
+    lengths = rng.integers(0, 6, size=5)
+    offsets = np.concatenate([[0], np.cumsum(lengths)]).astype(np.int64)
+    x = rng.standard_normal((int(offsets[-1]), 8)).astype(np.float32)
+    codes, scales = encode_int8(x)
+    coded = CodedVectors(INT8, 8, codes, scales=scales)
+    decoded = coded.decode()
+    query = rng.standard_normal((3, 8)).astype(np.float32)
+    positions = np.arange(5, dtype=np.int64)
+    expected = maxsim_reference(query, [decoded[offsets[d] : offsets[d + 1]] for d in range(5)])
+    np.testing.assert_allclose(maxsim_codes_candidates(query, coded, offsets, positions, max(lengths.max(), 1)), expected, rtol=1e-4, atol=1e-4)
+
+
+# -- indexes -----------------------------------------------------------------------------------
+@pytest.fixture(scope="module")
+def source(tmp_path_factory, models):
+    docs = [(i, f"{t} {x}" if t else x) for i, t, x in DOCS]
+    return Index.build(docs, tmp_path_factory.mktemp("compact") / "src", encoder=Encoder(models["plain"]), config=IndexConfig(sparse=("bm25s",)))
+
+
+@pytest.mark.parametrize(
+    "changes",
+    [
+        {"prune": ("special", "punctuation")},
+        {"cluster_ratio": 0.5},
+        {"codec": "int8"},
+        {"prune": ("special", "stopwords", "df"), "cluster_count": 4, "codec": "residual", "codec_bits": 2, "codec_centroids": 8},
+    ],
+)
+def test_derived_index_scores_its_stored_vectors_exactly(source, tmp_path, changes):
+    before = {p.name: p.stat().st_mtime_ns for p in source.path.rglob("*")}
+    derived = Index.derive(source, tmp_path / "derived", **changes)
+    assert {p.name: p.stat().st_mtime_ns for p in source.path.rglob("*")} == before  # the source is only read
+    assert derived.n_docs == source.n_docs and derived.doc_ids.tolist() == source.doc_ids.tolist()
+    stored = derived.coded.decode() if derived.coded is not None else np.asarray(derived.doc_codes).view(np.float16).astype(np.float32)
+    docs = [stored[derived.doc_offsets[d] : derived.doc_offsets[d + 1]] for d in range(len(derived))]
+    queries = ["purring cats", "lava from volcanoes"]
+    exhaustive = derived.search(queries, k=len(derived), first_stage="exhaustive")
+    encoded = derived.encode_queries(queries)
+    for q in range(2):
+        expected = maxsim_reference(encoded[q], docs)
+        np.testing.assert_allclose(exhaustive.scores[q], np.sort(expected)[::-1], rtol=1e-4, atol=1e-4)
+    hybrid = derived.search(queries, k=3, candidates=len(derived))  # FDE + bm25s over all documents
+    np.testing.assert_array_equal(hybrid.indices, exhaustive.indices[:, :3])
+    info = derived.info()
+    assert info["codec"] == changes.get("codec", "float16")
+    assert info["vectors_per_document"]["mean"] <= source.info()["vectors_per_document"]["mean"]
+    assert info["bytes_per_token"] < source.info()["bytes_per_token"] or "prune" in changes
+    manifest = json.loads((derived.path / "manifest.json").read_text())
+    assert {k: manifest["config"][k] for k in changes} == {k: list(v) if isinstance(v, tuple) else v for k, v in changes.items()}
+    assert manifest["counts"]["source_tokens"] == source.n_tokens
+
+
+def test_compressed_index_built_from_the_corpus_and_the_cli(tmp_path, models, beir, capsys):
+    from mvr.cli import main
+
+    config = IndexConfig(cluster_ratio=0.5, codec="residual", codec_bits=4, codec_centroids=8, prune=("special",), sparse=())
+    docs = [(i, x) for i, _, x in DOCS]
+    built = Index.build(docs, tmp_path / "built", encoder=Encoder(models["plain"]), config=config)
+    derived = Index.derive(Index.build(docs, tmp_path / "full", encoder=Encoder(models["plain"]), config=IndexConfig(sparse=())), tmp_path / "derived", **{
+        k: getattr(config, k) for k in ("cluster_ratio", "codec", "codec_bits", "codec_centroids", "prune")
+    })
+    np.testing.assert_array_equal(np.asarray(built.coded.codes), np.asarray(derived.coded.codes))  # one path, same bytes
+    home = tmp_path / "home"
+    assert main(["index", str(beir / "corpus.jsonl"), "--name", "full", "--index-dir", str(home), "--model", str(models["plain"]), "--sparse", "none", "--quiet"]) == 0
+    assert main(["index", "--from", "full", "--name", "small", "--preset", "small", "--codec-centroids", "8", "--index-dir", str(home), "--quiet"]) == 0
+    small = Index.open("small", home=home)
+    assert small.config.codec == "residual" and small.config.codec_centroids == 8 and small.config.cluster_ratio is not None
+    with pytest.raises(ConfigError, match="already pruned"):
+        Index.derive(small, tmp_path / "again", codec="int8")
+    with pytest.raises(ConfigError, match="encoding the corpus again"):
+        Index.derive(Index.open("full", home=home), tmp_path / "other", doc_maxlen=8)
+    assert main(["index", str(beir / "corpus.jsonl"), "--from", "full", "--name", "x", "--index-dir", str(home)]) != 0
+    assert "not both" in capsys.readouterr().err and not (home / "x").exists()
+
+
+def test_an_index_refuses_what_another_setting_made(source, tmp_path, models):
+    small = Index.derive(source, tmp_path / "small", cluster_ratio=0.5, codec="int8")
+    # the source's FDE was built from other vectors: copied in, it is refused as stale
+    shutil.rmtree(small.path / "fde")
+    shutil.copytree(source.path / "fde", small.path / "fde")
+    with pytest.raises(IndexFormatError, match="mvr fde"):
+        Index.open(small.path).search("cats", first_stage="fde")
+    # queries from another encoder are refused
+    other = Encoder(models["plain-other"])
+    with pytest.raises(EncoderMismatchError):
+        Index.open(small.path, model=other).search("cats", first_stage="exhaustive")
+    # a manifest that claims another codec does not open
+    manifest = json.loads((small.path / "manifest.json").read_text())
+    manifest["config"]["codec"] = "residual"
+    (small.path / "manifest.json").write_text(json.dumps(manifest))
+    with pytest.raises(IndexFormatError, match="residual"):
+        Index.open(small.path)
+    with pytest.raises(QueryError, match="early exit"):
+        Index.derive(source, tmp_path / "int8", codec="int8").search("cats", first_stage="bm25s", early_exit=3)
