@@ -6,8 +6,9 @@ reads to score: codes, codebooks, offsets), nDCG@10 with exhaustive MaxSim and w
 two-stage search (FDE + bm25s candidates, exact MaxSim rerank), and the derive time.
 
     python -m mvr.eval.compression ../shared/datasets/scifact --index scifact \\
-        --setting prune=special+punctuation --setting cluster_ratio=0.25,codec=residual,codec_bits=2 \\
+        --setting full --setting prune=special+punctuation --setting cluster_ratio=0.25,codec=residual,codec_bits=2 \\
         --output docs/results/compression-scifact.json
+    python -m mvr.eval.compression plot docs/results/compression-*.json --output docs/compression.png
 
 A setting is ``key=value`` pairs of IndexConfig fields separated by commas (lists joined by
 ``+``); ``full`` is the source itself. Derived indexes go next to the source as
@@ -129,8 +130,58 @@ def table(report: dict) -> str:
     return "\n".join(lines) + "\n"
 
 
+def _family(changes: dict) -> str:
+    kinds = [k for k, present in (("prune", "prune" in changes), ("cluster", any(k.startswith("cluster") for k in changes)), ("codec", "codec" in changes)) if present]
+    return "+".join(kinds) or "full"
+
+
+def plot(reports: list[dict], output: Path) -> None:
+    """nDCG@10 (exhaustive and two-stage) against vectors per document and bytes per token."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    colors = {"full": "black", "prune": "tab:orange", "cluster": "tab:blue", "codec": "tab:green", "prune+cluster": "tab:purple", "cluster+codec": "tab:red", "prune+cluster+codec": "tab:brown"}
+    fig, axes = plt.subplots(len(reports), 2, figsize=(13, 4.6 * len(reports)), squeeze=False)
+    for row, report in zip(axes, reports):
+        base = next(r for r in report["rows"] if r["setting"] == "full")["exhaustive"]["nDCG@10"]
+        for ax, key, label in ((row[0], "vectors_per_document", "vectors per document"), (row[1], "bytes_per_token", "bytes per original document token")):
+            seen = set()
+            for r in report["rows"]:
+                family = _family(r["changes"])
+                color = colors.get(family, "gray")
+                ax.plot(r[key], r["exhaustive"]["nDCG@10"], "o", color=color, label=family if family not in seen else None)
+                ax.plot(r[key], r["two_stage"]["nDCG@10"], "x", color=color)
+                seen.add(family)
+                if ax is row[1] or family != "codec":
+                    ax.annotate(r["setting"].replace("special+punctuation", "sp+p").replace("prune=", "").replace("cluster_ratio=", "c").replace(",codec=residual,codec_bits=", " r").replace("codec=residual,codec_bits=", "r").replace("codec=", ""), (r[key], r["exhaustive"]["nDCG@10"]), fontsize=6, xytext=(3, 3), textcoords="offset points")
+            for frac, style in ((0.995, ":"), (0.99, "--"), (0.97, "-.")):
+                ax.axhline(base * frac, color="gray", linestyle=style, linewidth=0.8)
+            if ax is row[1]:
+                ax.axvline(16, color="tab:red", linewidth=0.8)
+            ax.set_xscale("log")
+            ax.set_xlabel(label + (" (red: 16 bytes)" if ax is row[1] else ""))
+            ax.set_ylabel("nDCG@10 (o exhaustive, x two-stage)")
+            ax.set_title(f"{report['dataset']}: lines at -0.5%, -1%, -3% of full float16")
+            ax.grid(True, alpha=0.3)
+            if ax is row[0]:
+                ax.legend(fontsize=7, loc="lower right")
+    fig.tight_layout()
+    fig.savefig(output, dpi=110)
+
+
 def main(argv: list[str] | None = None) -> int:
     from ..index import Index
+
+    argv = sys.argv[1:] if argv is None else argv
+    if argv[:1] == ["plot"]:
+        parser = argparse.ArgumentParser(prog="python -m mvr.eval.compression plot", description="Plot compression studies.")
+        parser.add_argument("reports", nargs="+", type=Path)
+        parser.add_argument("--output", type=Path, required=True)
+        args = parser.parse_args(argv[1:])
+        plot([json.loads(p.read_text()) for p in args.reports], args.output)
+        return 0
 
     parser = argparse.ArgumentParser(prog="python -m mvr.eval.compression", description=__doc__.split("\n\n")[0])
     parser.add_argument("dataset", type=Path, help="BEIR dataset folder (queries.jsonl, qrels/)")

@@ -166,3 +166,31 @@ def maxsim_early_exit(query, doc_codes, doc_offsets, candidates, k, patience, ma
     out = np.full(candidates.shape[0], -np.inf, dtype=np.float32)
     scored = _early_exit(query, doc_codes, doc_offsets, candidates, k, patience, max_doc_len, out)
     return out, int(scored)
+
+
+def maxsim_matmul_many(queries, query_offsets, doc_blocks, doc_offsets):
+    """MaxSim of many queries against every document, by matrix products (BLAS sgemm): each
+    block of documents is decoded once and multiplied with all query tokens together, which
+    beats the per-document loop when there are many queries to amortise the decoding over.
+
+    queries: float32 ``(n_query_tokens, dim)`` + query_offsets ``(n_queries + 1,)``;
+    doc_blocks: iterable of ``(first_doc, stop_doc, float32 rows of those documents)``;
+    doc_offsets: int64 ``(n_docs + 1,)``. Returns float32 ``(n_queries, n_docs)``.
+    """
+    queries = np.ascontiguousarray(queries, dtype=np.float32)
+    query_offsets = np.asarray(query_offsets, dtype=np.int64)
+    doc_offsets = np.asarray(doc_offsets, dtype=np.int64)
+    n_queries = len(query_offsets) - 1
+    scores = np.zeros((n_queries, len(doc_offsets) - 1), dtype=np.float32)
+    query_lengths = np.diff(query_offsets)
+    query_starts = query_offsets[:-1][query_lengths > 0]
+    for first, stop, rows in doc_blocks:
+        local = doc_offsets[first : stop + 1] - doc_offsets[first]
+        lengths = np.diff(local)
+        nonempty = np.flatnonzero(lengths > 0)
+        if len(nonempty) == 0 or len(query_starts) == 0:
+            continue
+        sims = queries @ rows.T  # (n_query_tokens, n_rows)
+        best = np.maximum.reduceat(sims, local[:-1][nonempty], axis=1)  # best document token per query token
+        scores[np.flatnonzero(query_lengths > 0)[:, None], first + nonempty[None, :]] = np.add.reduceat(best, query_starts, axis=0)
+    return scores

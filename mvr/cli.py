@@ -309,7 +309,11 @@ def _cmd_info(args) -> int:
         ("bytes per token", f"{info['bytes_per_token']} (per document token before pruning: vector data, codebooks, offsets)"),
         ("index size", f"{info['index_bytes'] / 2**20:.1f} MiB"),
         ("encoder", f"{enc['name']} [{enc['kind']}] sha256 {enc['weights_sha256'][:12]}; query {enc['query_maxlen']} / doc {enc['doc_maxlen']} tokens"),
-        ("built", f"{info['created']} in {info['build']['seconds']} s ({info['build']['docs_per_second']} docs/s)"),
+        (
+            "built",
+            f"{info['created']} in {info['build']['seconds']} s "
+            + (f"from {info['build']['derived_from']} (no re-encoding)" if info["build"].get("derived_from") else f"({info['build']['docs_per_second']} docs/s)"),
+        ),
         ("truncated documents", info["counts"]["truncated_documents"]),
     ]
     fde = info["fde"]

@@ -48,6 +48,7 @@ SPARSE_VERSION = 1
 DEFAULT_CANDIDATES = 100  # FDE candidates reranked when the caller names none
 _IDENTITY_IGNORED = ("name", "source")
 _QUERY_CHUNK = 64  # queries scored together by the exhaustive kernel (bounds the score matrix)
+_MATMUL_QUERIES = 8  # more queries than this at once: exhaustive scoring by matrix products (BLAS)
 
 
 def identity_differences(recorded: dict, actual: dict) -> list[str]:
@@ -388,6 +389,15 @@ class Index:
         return built
 
     # -- documents -----------------------------------------------------------------------------
+    def document_vectors(self, position: int) -> np.ndarray:
+        """The stored token vectors of the document at ``position``, decoded: float32 ``(n, dim)``."""
+        return self._rows(int(self.doc_offsets[position]), int(self.doc_offsets[position + 1]))
+
+    def _rows(self, start: int, stop: int) -> np.ndarray:
+        if self.coded is not None:
+            return self.coded.decode(start, stop)
+        return np.asarray(self.doc_codes[start:stop]).view(np.float16).astype(np.float32)
+
     def document(self, position: int) -> Document:
         """The document at ``position`` (corpus order)."""
         return Document(id=str(self.doc_ids[position]), text=self._texts[position], title=self._titles[position])
@@ -490,7 +500,7 @@ class Index:
             offsets = np.asarray(queries.offsets, dtype=np.int64)
         elif opts.rerank or opts.first_stage in DENSE_STAGES:
             raise QueryError(f"first stage {opts.first_stage!r} with rerank={opts.rerank} needs encoded queries.")
-        with cpu_threads(threads, "numba", "faiss"):
+        with cpu_threads(threads, "numba", "faiss", "blas"):
             if opts.first_stage == "exhaustive":
                 return self._exhaustive(vectors, offsets, k)
             started = time.perf_counter()
@@ -557,13 +567,25 @@ class Index:
 
     def _score_all(self, queries: np.ndarray, offsets: np.ndarray) -> np.ndarray:
         """MaxSim of each query (flat vectors + offsets) against every document: ``(n_queries, n_docs)``."""
-        from ._kernels import maxsim_codes_many, maxsim_exhaustive, maxsim_exhaustive_many
+        from ._kernels import maxsim_codes_many, maxsim_exhaustive, maxsim_exhaustive_many, maxsim_matmul_many
 
+        if len(offsets) > _MATMUL_QUERIES:
+            return maxsim_matmul_many(queries, offsets, self._decoded_blocks(), self.doc_offsets)
         if self.coded is not None:
             return maxsim_codes_many(queries, offsets, self.coded, self.doc_offsets, self.max_doc_len)
         if len(offsets) == 2:
             return maxsim_exhaustive(queries, self.doc_codes, self.doc_offsets, self.max_doc_len)[None, :]
         return maxsim_exhaustive_many(queries, offsets, self.doc_codes, self.doc_offsets, self.max_doc_len)
+
+    def _decoded_blocks(self, rows: int = 1 << 14):
+        """``(first_doc, stop_doc, float32 rows)`` over the stored vectors, about ``rows`` at a time."""
+        first = 0
+        while first < self.n_docs:
+            stop = int(np.searchsorted(self.doc_offsets, self.doc_offsets[first] + rows, side="right")) - 1
+            stop = min(max(stop, first + 1), self.n_docs)
+            start_row, stop_row = int(self.doc_offsets[first]), int(self.doc_offsets[stop])
+            yield first, stop, self._rows(start_row, stop_row)
+            first = stop
 
     def _rerank(self, query, positions: np.ndarray, first_scores: np.ndarray, k: int, opts: "SearchOptions") -> tuple[np.ndarray, np.ndarray]:
         """Order one query's candidates: prune, MaxSim (with early exit), fuse; top-k out."""

@@ -1,4 +1,4 @@
-"""One way to run with a given number of CPU threads in torch, Numba or faiss, restoring each
+"""One way to run with a given number of CPU threads in torch, Numba, faiss or BLAS, restoring each
 library's own count afterwards (no library's setting leaks out of a call)."""
 
 from __future__ import annotations
@@ -31,8 +31,8 @@ _LIBRARIES = {"torch": _torch, "numba": _numba, "faiss": _faiss}
 
 @contextlib.contextmanager
 def cpu_threads(threads: int | None, *libraries: str):
-    """Run the block with ``threads`` threads in each named library ("torch", "numba", "faiss");
-    None leaves them as they are."""
+    """Run the block with ``threads`` threads in each named library ("torch", "numba", "faiss",
+    "blas": NumPy's BLAS, through threadpoolctl); None leaves them as they are."""
     if threads is None:
         yield
         return
@@ -40,6 +40,11 @@ def cpu_threads(threads: int | None, *libraries: str):
         raise QueryError(f"threads must be a positive integer, got {threads!r}.")
     with contextlib.ExitStack() as stack:
         for name in libraries:
+            if name == "blas":
+                from threadpoolctl import threadpool_limits
+
+                stack.enter_context(threadpool_limits(limits=threads, user_api="blas"))
+                continue
             get, set_ = _LIBRARIES[name]()
             previous = get()
             set_(threads)

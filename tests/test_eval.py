@@ -1,5 +1,6 @@
 """The BEIR loader and the ir-measures scoring against values worked out by hand."""
 
+import json
 import math
 
 import pytest
@@ -33,3 +34,30 @@ def test_measures_match_hand_computation():
     assert scores["nDCG@10"] == pytest.approx(dcg / ideal / 2, abs=1e-4)
     assert scores["RR@10"] == pytest.approx(0.5 / 2)
     assert scores["R@100"] == pytest.approx(1.0 / 2)
+
+
+def test_bench_times_each_stage_and_checks_the_baselines_agree(default_index, beir, tmp_path):
+    from mvr.eval.bench import main
+
+    out = tmp_path / "bench.json"
+    # bench asserts that the kernel, NumPy and torch give the same MaxSim on every query's candidates
+    assert main([str(beir), "--index", str(default_index.path), "--candidates", "4", "--threads", "1", "--output", str(out)]) == 0
+    report = json.loads(out.read_text())
+    assert report["first_stage"] == "fde+bm25s" and report["queries"] == 4
+    (run,) = report["runs"]
+    assert run["threads"] == 1 and run["float32_peak_gflops"] > 0
+    for part in ("encode_ms", "first_stage_ms", "rerank_ms", "search_ms"):
+        assert run[part]["p50"] > 0 and run[part]["p95"] >= run[part]["p50"]
+    assert set(run["rerank_gflops"]) == {"mvr_kernel", "numpy_matmul", "torch_einsum"}
+
+
+def test_compression_study_on_a_tiny_index(default_index, beir, tmp_path):
+    from mvr.eval.compression import main, parse_setting
+
+    assert parse_setting("prune=special+punctuation,cluster_ratio=0.5,codec_bits=1") == {"prune": ("special", "punctuation"), "cluster_ratio": 0.5, "codec_bits": 1}
+    out = tmp_path / "c.json"
+    assert main([str(beir), "--index", str(default_index.path), "--setting", "full", "--setting", "cluster_ratio=0.5,codec=int8", "--output", str(out)]) == 0
+    rows = json.loads(out.read_text())["rows"]
+    assert [r["setting"] for r in rows] == ["full", "cluster_ratio=0.5,codec=int8"]
+    assert rows[1]["vectors_per_document"] < rows[0]["vectors_per_document"] and rows[1]["bytes_per_token"] < rows[0]["bytes_per_token"] / 3
+    assert not (default_index.path.parent / f"{default_index.name}-cluster_ratio-0.5-codec-int8").exists()  # removed unless --keep

@@ -14,7 +14,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from conftest import maxsim_reference
-from mvr._kernels import maxsim_candidates, maxsim_early_exit, maxsim_exhaustive, maxsim_exhaustive_many, topk, topk_rows
+from mvr._kernels import maxsim_candidates, maxsim_early_exit, maxsim_exhaustive, maxsim_exhaustive_many, maxsim_matmul_many, topk, topk_rows
 from mvr._kernels.fp16 import decode_rows
 
 NO_JIT = os.environ.get("NUMBA_DISABLE_JIT") == "1"
@@ -72,6 +72,31 @@ def test_many_queries_equal_one_at_a_time():
     many = maxsim_exhaustive_many(np.concatenate(queries), q_offsets, codes, offsets)
     for i, q in enumerate(queries):
         np.testing.assert_allclose(many[i], maxsim_exhaustive(q, codes, offsets), rtol=1e-6, atol=1e-6)
+
+
+@settings(max_examples=EXAMPLES, deadline=None)
+@given(
+    lengths=st.lists(st.integers(0, 9), min_size=1, max_size=14),
+    query_lengths=st.lists(st.integers(0, 5), min_size=1, max_size=5),
+    block=st.integers(1, 40),
+    seed=st.integers(0, 2**32 - 1),
+)
+def test_matmul_many_equals_the_loop_kernel(lengths, query_lengths, block, seed):
+    rng = np.random.default_rng(seed)
+    codes, offsets, _ = _corpus(rng, lengths, dim=8)
+    q_offsets = np.concatenate([[0], np.cumsum(query_lengths)]).astype(np.int64)
+    queries = _unit(rng, int(q_offsets[-1]), 8)
+    floats = np.asarray(codes).view(np.float16).astype(np.float32)
+    blocks, first = [], 0
+    while first < len(lengths):  # blocks of about `block` rows, never splitting a document
+        stop = first + 1
+        while stop < len(lengths) and offsets[stop + 1] - offsets[first] <= block:
+            stop += 1
+        blocks.append((first, stop, floats[offsets[first] : offsets[stop]]))
+        first = stop
+    many = maxsim_matmul_many(queries, q_offsets, blocks, offsets)
+    expected = maxsim_exhaustive_many(queries, q_offsets, codes, offsets)
+    np.testing.assert_allclose(many, expected, rtol=1e-5, atol=1e-5)
 
 
 def test_dimension_mismatch_is_refused():

@@ -1,0 +1,177 @@
+"""Time every stage of search on a real index, in one process, against baselines run beside it.
+
+    python -m mvr.eval.bench ../shared/datasets/scifact --index scifact --output docs/results/bench-scifact.json
+
+For each thread setting (one thread, then all cores) and each test query, one at a time:
+query encoding, first stage, MaxSim rerank (from :class:`mvr.Results` timings) and the whole
+search call; then, on the very same candidates, the rerank kernel alone against a NumPy matmul
+MaxSim and a torch einsum MaxSim over the candidates' token matrices already decoded to float32
+(the baselines get the decoding for free), each as GFLOP/s of the ``2 x query tokens x document
+tokens x dim`` multiply-adds MaxSim needs, and as a share of the machine's float32 peak: the best
+of a few large square matrix products (torch, same thread count). Medians and p95 in ms.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import shlex
+import sys
+import time
+from datetime import datetime, timezone
+from pathlib import Path
+
+import numpy as np
+
+
+def _pct(values: list[float]) -> dict:
+    arr = np.asarray(values, dtype=np.float64)
+    return {"p50": round(float(np.percentile(arr, 50)), 3), "p95": round(float(np.percentile(arr, 95)), 3)} if len(arr) else {"p50": None, "p95": None}
+
+
+def float32_peak(threads: int, size: int = 2048, repeats: int = 5) -> float:
+    """GFLOP/s of the best of ``repeats`` float32 ``size``-square matrix products (torch)."""
+    import torch
+
+    from ..threads import cpu_threads
+
+    with cpu_threads(threads, "torch"):
+        a = torch.randn(size, size)
+        b = torch.randn(size, size)
+        torch.mm(a, b)  # warm-up
+        best = float("inf")
+        for _ in range(repeats):
+            t0 = time.perf_counter()
+            torch.mm(a, b)
+            best = min(best, time.perf_counter() - t0)
+    return 2.0 * size**3 / best / 1e9
+
+
+def _numpy_maxsim(query, docs_cat, starts):
+    sims = query @ docs_cat.T
+    return np.maximum.reduceat(sims, starts, axis=1).sum(axis=0)
+
+
+def _torch_maxsim(query, padded, mask):
+    import torch
+
+    sims = torch.einsum("qd,cnd->cqn", query, padded)
+    sims.masked_fill_(~mask[:, None, :], float("-inf"))
+    return sims.max(dim=2).values.sum(dim=1)
+
+
+def _timed(fn, repeats: int = 3) -> float:
+    """Best of ``repeats`` calls, in seconds."""
+    best = float("inf")
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        fn()
+        best = min(best, time.perf_counter() - t0)
+    return best
+
+
+def bench(dataset: Path, index, first_stage: str | None, candidates: int | None, max_queries: int | None, thread_settings: list[int]) -> dict:
+    import torch
+
+    from ..threads import cpu_threads
+    from .beir import load_beir
+
+    queries, _ = load_beir(dataset, "test")
+    qids = list(queries)[:max_queries] if max_queries else list(queries)
+    texts = [queries[q] for q in qids]
+    stage = first_stage or index.default_stage
+    warm = index.search(texts[0], first_stage=stage, candidates=candidates)  # model load, JIT, JVM
+    del warm
+    runs = []
+    for threads in thread_settings:
+        peak = float32_peak(threads)
+        encode_ms, first_ms, rerank_ms, search_ms = [], [], [], []
+        kernel_s = numpy_s = torch_s = 0.0
+        flops = 0.0
+        with cpu_threads(threads, "torch", "numba", "faiss", "blas"):
+            for text in texts:
+                t0 = time.perf_counter()
+                encoded = index.encode_queries(text)
+                t1 = time.perf_counter()
+                results = index.search_encoded(encoded, 10, texts=[text], first_stage=stage, candidates=candidates)
+                t2 = time.perf_counter()
+                encode_ms.append((t1 - t0) * 1e3)
+                search_ms.append((t2 - t1) * 1e3)
+                first_ms.append(results.timings["first_stage"])
+                rerank_ms.append(results.timings["rerank"])
+                # the same candidates, scored by the kernel and by the baselines
+                pool = index.search_encoded(encoded, candidates or 100, texts=[text], first_stage=stage, candidates=candidates, rerank=False)
+                positions = pool.indices[0][pool.indices[0] >= 0]
+                query = np.ascontiguousarray(encoded.vectors, dtype=np.float32)
+                docs = [index.document_vectors(int(p)) for p in positions]
+                lengths = np.array([len(d) for d in docs])
+                docs_cat = np.concatenate(docs)
+                starts = np.concatenate([[0], np.cumsum(lengths)[:-1]])
+                padded = torch.zeros(len(docs), int(lengths.max()), index.dim)
+                for i, d in enumerate(docs):
+                    padded[i, : len(d)] = torch.from_numpy(d)
+                mask = torch.arange(padded.shape[1])[None, :] < torch.from_numpy(lengths)[:, None]
+                tq = torch.from_numpy(query)
+                expected = index._score(query, positions)
+                np.testing.assert_allclose(_numpy_maxsim(query, docs_cat, starts), expected, rtol=1e-3, atol=1e-3)
+                with torch.inference_mode():
+                    np.testing.assert_allclose(_torch_maxsim(tq, padded, mask).numpy(), expected, rtol=1e-3, atol=1e-3)
+                    torch_s += _timed(lambda: _torch_maxsim(tq, padded, mask))
+                kernel_s += _timed(lambda: index._score(query, positions))
+                numpy_s += _timed(lambda: _numpy_maxsim(query, docs_cat, starts))
+                flops += 2.0 * len(query) * len(docs_cat) * index.dim
+        gflops = {name: round(flops / seconds / 1e9, 2) for name, seconds in (("mvr_kernel", kernel_s), ("numpy_matmul", numpy_s), ("torch_einsum", torch_s))}
+        run = {
+            "threads": threads,
+            "float32_peak_gflops": round(peak, 1),
+            "encode_ms": _pct(encode_ms),
+            "first_stage_ms": _pct(first_ms),
+            "rerank_ms": _pct(rerank_ms),
+            "search_ms": _pct(search_ms),
+            "search_with_encoding_ms": _pct([a + b for a, b in zip(encode_ms, search_ms)]),
+            "rerank_gflops": gflops,
+            "rerank_share_of_peak": {name: round(value / peak, 3) for name, value in gflops.items()},
+            "kernel_vs_torch_einsum": round(torch_s / kernel_s, 2),
+            "kernel_vs_numpy_matmul": round(numpy_s / kernel_s, 2),
+        }
+        runs.append(run)
+        print(json.dumps(run), flush=True)
+    return {
+        "study": "bench",
+        "dataset": Path(dataset).resolve().name,
+        "index": index.name,
+        "first_stage": stage,
+        "candidates": candidates or 100,
+        "queries": len(texts),
+        "codec": index.config.codec,
+        "command": "python -m mvr.eval.bench " + " ".join(shlex.quote(a) for a in sys.argv[1:]),
+        "machine": {"processor": platform.processor() or platform.machine(), "cpus": os.cpu_count(), "python": platform.python_version(), "torch": torch.__version__},
+        "date": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        "runs": runs,
+    }
+
+
+def main(argv: list[str] | None = None) -> int:
+    from ..index import Index
+
+    parser = argparse.ArgumentParser(prog="python -m mvr.eval.bench", description=__doc__.split("\n\n")[0])
+    parser.add_argument("dataset", type=Path, help="BEIR dataset folder (its test queries are timed)")
+    parser.add_argument("--index", required=True)
+    parser.add_argument("--index-dir", default=None)
+    parser.add_argument("--first-stage", default=None, help="default: the index's default first stage")
+    parser.add_argument("--candidates", type=int, default=None)
+    parser.add_argument("--max-queries", type=int, default=None)
+    parser.add_argument("--threads", default=f"1,{os.cpu_count()}", help="comma list of thread counts (default: 1 and all cores)")
+    parser.add_argument("--output", type=Path, required=True)
+    args = parser.parse_args(argv)
+    index = Index.open(args.index, home=args.index_dir)
+    report = bench(args.dataset, index, args.first_stage, args.candidates, args.max_queries, [int(t) for t in args.threads.split(",")])
+    args.output.parent.mkdir(parents=True, exist_ok=True)
+    args.output.write_text(json.dumps(report, indent=2) + "\n")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
