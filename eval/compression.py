@@ -118,14 +118,14 @@ def table(report: dict) -> str:
     lines = [
         f"{report['dataset']} ({report['queries']} queries, index {report['index']}): `{report['command']}`",
         "",
-        "| setting | vectors/doc | fewer | bytes/token | nDCG@10 exhaustive | loss | nDCG@10 two-stage | loss |",
+        "| setting | vectors/doc | fewer | bytes/token | nDCG@10 exhaustive | vs full | nDCG@10 two-stage | vs full |",
         "|---|---|---|---|---|---|---|---|",
     ]
     for r in report["rows"]:
         ex, two = r["exhaustive"], r["two_stage"]
         lines.append(
             f"| {r['setting']} | {r['vectors_per_document']} | {r['vector_ratio']}x | {r['bytes_per_token']} | {ex['nDCG@10']:.4f} | "
-            f"{100 * ex.get('loss_vs_full', 0):+.2f}% | {two['nDCG@10']:.4f} | {100 * two.get('loss_vs_full', 0):+.2f}% |"
+            f"{-100 * ex.get('loss_vs_full', 0):+.2f}% | {two['nDCG@10']:.4f} | {-100 * two.get('loss_vs_full', 0):+.2f}% |"
         )
     return "\n".join(lines) + "\n"
 

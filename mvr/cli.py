@@ -73,7 +73,7 @@ def _fde_config(args):
 
 
 def _add_compaction(parser: argparse.ArgumentParser) -> None:
-    from .config import CODECS, PRESETS, PRUNE_RULES
+    from .config import CLUSTER_METHODS, CODECS, PRESETS, PRUNE_RULES
 
     group = parser.add_argument_group("fewer and smaller vectors (docs/compression.md)")
     group.add_argument("--from", dest="source", default=None, metavar="INDEX", help="derive from this float16 index's stored vectors instead of encoding CORPUS")
@@ -82,6 +82,7 @@ def _add_compaction(parser: argparse.ArgumentParser) -> None:
     group.add_argument("--prune-max-df", type=float, default=None, help="the df rule drops tokens found in more than this share of documents (default 0.5)")
     group.add_argument("--cluster-ratio", type=float, default=None, help="k-means each document to ceil(ratio x its tokens) centroids")
     group.add_argument("--cluster-count", type=int, default=None, help="... or to at most this many centroids")
+    group.add_argument("--cluster-method", choices=CLUSTER_METHODS, default=None, help="ward (agglomerative, default) or kmeans")
     group.add_argument("--cluster-iters", type=int, default=None, help="k-means iterations (default 10)")
     group.add_argument("--codec", choices=CODECS, default=None, help="stored vectors: float16 (default), int8, residual")
     group.add_argument("--codec-bits", type=int, choices=(1, 2, 4), default=None, help="residual bits per dimension (default 2)")
@@ -98,6 +99,7 @@ def _compaction(args) -> dict:
         "prune_max_df": args.prune_max_df,
         "cluster_ratio": args.cluster_ratio,
         "cluster_count": args.cluster_count,
+        "cluster_method": args.cluster_method,
         "cluster_iters": args.cluster_iters,
         "codec": args.codec,
         "codec_bits": args.codec_bits,
@@ -342,7 +344,8 @@ def _stored_as(config, counts: dict) -> str:
         parts.append(f"pruned ({', '.join(config.prune)}): {counts.get('pruned_tokens', 0)} tokens dropped")
     if config.cluster_ratio is not None or config.cluster_count is not None:
         how = f"ratio {config.cluster_ratio}" if config.cluster_ratio is not None else f"at most {config.cluster_count}"
-        parts.append(f"clustered per document ({how}, {config.cluster_iters} iterations)")
+        method = "Ward linkage" if config.cluster_method == "ward" else f"k-means, {config.cluster_iters} iterations"
+        parts.append(f"clustered per document ({how}, {method})")
     codec = config.codec if config.codec != "residual" else f"residual {config.codec_bits}-bit, {counts.get('codec_centroids')} centroids"
     parts.append(codec)
     return "; ".join(parts) + f" — from {counts.get('source_tokens', counts['tokens'])} document tokens"

@@ -83,6 +83,32 @@ def cluster_counts(lengths: np.ndarray, config: IndexConfig) -> np.ndarray:
     return np.where(lengths > 0, np.clip(counts, 1, lengths), 0)
 
 
+def ward_documents(vectors: np.ndarray, doc_offsets: np.ndarray, n_clusters: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Agglomerative clustering of each document's tokens with Ward linkage (SciPy), cut into
+    ``n_clusters[d]`` groups whose re-normalised means replace the tokens (training-free token
+    pooling, Clavie et al. 2024). Deterministic. Returns the centroids and their offsets."""
+    from scipy.cluster.hierarchy import fcluster, linkage
+
+    out_offsets = np.zeros(len(n_clusters) + 1, dtype=np.int64)
+    np.cumsum(n_clusters, out=out_offsets[1:])
+    out = np.empty((int(out_offsets[-1]), vectors.shape[1]), dtype=np.float32)
+    for d in range(len(n_clusters)):
+        tokens = vectors[doc_offsets[d] : doc_offsets[d + 1]]
+        target = out[out_offsets[d] : out_offsets[d + 1]]
+        if n_clusters[d] >= len(tokens):
+            target[:] = tokens
+            continue
+        labels = fcluster(linkage(tokens.astype(np.float64), method="ward"), int(n_clusters[d]), criterion="maxclust")
+        sums = np.zeros((int(n_clusters[d]), tokens.shape[1]))
+        np.add.at(sums, labels - 1, tokens)
+        # maxclust may return fewer groups when distances tie; pad with copies of the first
+        used = np.unique(labels) - 1
+        centroids = sums[used]
+        centroids = np.concatenate([centroids, np.repeat(centroids[:1], len(target) - len(centroids), axis=0)])
+        target[:] = centroids / np.maximum(np.linalg.norm(centroids, axis=1, keepdims=True), 1e-12)
+    return out, out_offsets
+
+
 # -- codecs ------------------------------------------------------------------------------------
 def encode_int8(vectors: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """Symmetric per-row int8: codes uint8 ``(n, dim)`` (q + 128) and scales float32 ``(n,)``;
@@ -221,7 +247,11 @@ def compact(folder: Path, config: IndexConfig, encoder, texts, show_progress=Non
         offsets = _cumulative(keep)[offsets]
     clustered = time.perf_counter()
     if config.cluster_ratio is not None or config.cluster_count is not None:
-        vectors, offsets = cluster_documents(vectors, offsets, cluster_counts(np.diff(offsets), config), config.cluster_iters)
+        counts = cluster_counts(np.diff(offsets), config)
+        if config.cluster_method == "ward":
+            vectors, offsets = ward_documents(vectors, offsets, counts)
+        else:
+            vectors, offsets = cluster_documents(vectors, offsets, counts, config.cluster_iters)
     cluster_seconds = time.perf_counter() - clustered
     os.remove(folder / "vectors.npy")
     np.save(folder / "doc_offsets.npy", offsets)

@@ -10,6 +10,7 @@ from .fde import FDEConfig
 
 PRUNE_RULES = ("special", "punctuation", "stopwords", "df")
 CODECS = ("float16", "int8", "residual")
+CLUSTER_METHODS = ("ward", "kmeans")
 # Named compaction settings (docs/compression.md has the measurements behind them).
 PRESETS = {
     "small": {
@@ -46,6 +47,8 @@ class IndexConfig:
                    rather than none
     cluster_ratio  per-document spherical k-means to ceil(ratio x length) re-normalised centroids
     cluster_count  ... or to at most this many centroids per document (not both)
+    cluster_method "ward" (agglomerative, Ward linkage, as in training-free token pooling) or
+                   "kmeans" (spherical k-means, evenly spaced seeds)
     cluster_iters  k-means iterations per document
     codec          "float16", "int8" (per-token scale) or "residual" (ColBERTv2-style corpus
                    centroids + ``codec_bits``-bit per-dimension residual buckets)
@@ -70,6 +73,7 @@ class IndexConfig:
     prune_max_df: float = 0.5
     cluster_ratio: float | None = None
     cluster_count: int | None = None
+    cluster_method: str = "ward"
     cluster_iters: int = 10
     codec: str = "float16"
     codec_bits: int = 2
@@ -109,6 +113,8 @@ class IndexConfig:
             raise ConfigError("give cluster_ratio or cluster_count, not both.")
         if self.cluster_ratio is not None and (isinstance(self.cluster_ratio, bool) or not 0.0 < self.cluster_ratio <= 1.0):
             raise ConfigError(f"cluster_ratio must lie in (0, 1], got {self.cluster_ratio!r}.")
+        if self.cluster_method not in CLUSTER_METHODS:
+            raise ConfigError(f"unknown cluster_method {self.cluster_method!r}; available: {', '.join(CLUSTER_METHODS)}.")
         for name in ("cluster_count", "codec_centroids"):
             value = getattr(self, name)
             if value is not None and (not isinstance(value, int) or isinstance(value, bool) or value < 1):

@@ -221,6 +221,10 @@ class Encoder:
     ``model``: a local model folder, or None for the embedded default (all-MiniLM-L6-v2).
     ``query_maxlen`` / ``doc_maxlen``: override the model's own lengths (in tokens, markers and
     special tokens included). ``threads``: torch threads while encoding (restored afterwards).
+    ``query_runtime``: "onnx" runs the transformer of query encoding in ONNX Runtime (exported
+    once per model and cached under ``$MVR_CACHE_DIR``, default ``~/.cache/mvr``; same outputs
+    within float rounding, about twice as fast at batch 1 on CPU), "torch" keeps PyTorch; None
+    reads ``$MVR_QUERY_RUNTIME`` (default "onnx"). Documents are encoded with PyTorch.
     """
 
     def __init__(
@@ -231,6 +235,7 @@ class Encoder:
         doc_maxlen: int | None = None,
         batch_size: int = 32,
         threads: int | None = None,
+        query_runtime: str | None = None,
     ):
         import torch
         from transformers import AutoModel, AutoTokenizer
@@ -246,6 +251,11 @@ class Encoder:
         self.spec = detect_spec(self.path, query_maxlen, doc_maxlen)
         self.batch_size = batch_size
         self.threads = threads
+        query_runtime = query_runtime or os.environ.get("MVR_QUERY_RUNTIME") or "onnx"
+        if query_runtime not in ("onnx", "torch"):
+            raise EncoderError(f"query_runtime must be 'onnx' or 'torch', got {query_runtime!r}.")
+        self.query_runtime = query_runtime
+        self._onnx_sessions: dict[int, object] = {}
 
         transformer_path = self.path / self.spec.transformer_dir
         try:
@@ -284,6 +294,74 @@ class Encoder:
         self._skip_ids = torch.tensor(sorted(skip), dtype=torch.long)
         self._pass_token_types = "token_type_ids" in tok.model_input_names
         self.weights_sha256 = weights_checksum(weight_files)
+
+    # -- ONNX Runtime for queries --------------------------------------------------------------
+    def _onnx_hidden(self, inputs: dict):
+        """The transformer's last hidden state from ONNX Runtime, or None (then torch runs) when
+        the model cannot be exported; that is remembered and torch is used from then on."""
+        import torch
+
+        threads = torch.get_num_threads()
+        session = self._onnx_sessions.get(threads)
+        if session is None:
+            try:
+                session = self._onnx_session(threads)
+            except Exception as exc:  # an architecture the exporter cannot handle: stay on torch
+                import warnings
+
+                warnings.warn(f"mvr: query encoding stays on PyTorch; ONNX export of {self.name} failed: {exc}", stacklevel=3)
+                self.query_runtime = "torch"
+                return None
+            self._onnx_sessions[threads] = session
+        feeds = {name: value.numpy() for name, value in inputs.items()}
+        return torch.from_numpy(session.run(None, feeds)[0])
+
+    def _onnx_session(self, threads: int):
+        import onnxruntime
+
+        path = self._onnx_file()
+        options = onnxruntime.SessionOptions()
+        options.intra_op_num_threads = threads
+        options.inter_op_num_threads = 1
+        options.log_severity_level = 3
+        return onnxruntime.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+
+    def _onnx_file(self) -> Path:
+        """The exported transformer, made on first use and kept in the cache (keyed by weights)."""
+        import warnings
+
+        import torch
+
+        cache = Path(os.environ.get("MVR_CACHE_DIR") or Path.home() / ".cache" / "mvr") / "onnx"
+        names = ["input_ids", "attention_mask", *(["token_type_ids"] if self._pass_token_types else [])]
+        path = cache / f"{self.weights_sha256[:24]}-{len(names)}.onnx"
+        if path.is_file():
+            return path
+        cache.mkdir(parents=True, exist_ok=True)
+        class Transformer(torch.nn.Module):
+            def __init__(self, inner):
+                super().__init__()
+                self.inner = inner
+
+            def forward(self, *args):
+                return self.inner(**dict(zip(names, args))).last_hidden_state
+
+        example = torch.tensor([[self.tokenizer.cls_token_id, self.tokenizer.sep_token_id]])
+        args = tuple(example if n == "input_ids" else torch.ones_like(example) if n == "attention_mask" else torch.zeros_like(example) for n in names)
+        tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+        wrapper = Transformer(self.model).eval()
+        try:
+            with _quiet_transformers(), torch.no_grad(), warnings.catch_warnings():
+                warnings.simplefilter("ignore")
+                torch.onnx.export(
+                    wrapper, args, str(tmp), input_names=names, output_names=["hidden"],
+                    dynamic_axes={n: {0: "batch", 1: "tokens"} for n in [*names, "hidden"]}, opset_version=17, dynamo=False,
+                )
+            os.replace(tmp, path)
+        finally:
+            tmp.unlink(missing_ok=True)
+            self.model.eval()  # the exporter may leave the module in training mode
+        return path
 
     # -- loading -------------------------------------------------------------------------------
     def _load_projections(self, weight_files: list[Path]) -> list[tuple]:
@@ -416,7 +494,9 @@ class Encoder:
                 inputs = {"input_ids": input_ids, "attention_mask": attention}
                 if self._pass_token_types:
                     inputs["token_type_ids"] = torch.zeros_like(input_ids)
-                hidden = self.model(**inputs).last_hidden_state
+                hidden = self._onnx_hidden(inputs) if is_query and self.query_runtime == "onnx" else None
+                if hidden is None:
+                    hidden = self.model(**inputs).last_hidden_state
                 for weight, bias, activation in self._projections:
                     hidden = torch.nn.functional.linear(hidden, weight, bias)
                     if activation is not None:

@@ -13,6 +13,9 @@ import numpy as np
 import pytest
 
 os.environ.setdefault("MVR_QUIET", "1")
+# Exported ONNX query models go to a cache of this test run, not the user's home.
+_CACHE = Path(__import__("tempfile").mkdtemp(prefix="mvr-test-cache-"))
+os.environ["MVR_CACHE_DIR"] = str(_CACHE)
 
 TINY = dict(hidden_size=32, num_hidden_layers=2, num_attention_heads=2, intermediate_size=64, max_position_embeddings=128)
 

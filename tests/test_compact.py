@@ -14,7 +14,7 @@ from conftest import DOCS, maxsim_reference
 from mvr import ConfigError, Encoder, EncoderMismatchError, Index, IndexConfig, QueryError
 from mvr._kernels.cluster import cluster_documents
 from mvr._kernels.codecs import INT8, RESIDUAL, CodedVectors, maxsim_codes_candidates
-from mvr.compact import ResidualCodec, cluster_counts, encode_int8, prune_mask
+from mvr.compact import ResidualCodec, cluster_counts, encode_int8, prune_mask, ward_documents
 from mvr.errors import IndexFormatError
 
 
@@ -64,6 +64,22 @@ def test_clustering_matches_a_numpy_transcription():
     assert cluster_counts(lengths, IndexConfig(cluster_count=5)).tolist() == [5, 1, 0, 5, 5]
     with pytest.raises(ValueError, match="between 1 and its length"):
         cluster_documents(vectors, offsets, lengths + 1)
+
+
+def test_ward_pools_obvious_groups_and_keeps_short_documents():
+    rng = np.random.default_rng(1)
+    a, b = _unit(rng, 2, 16)
+    doc = np.concatenate([a + 0.01 * rng.standard_normal((5, 16)), b + 0.01 * rng.standard_normal((3, 16))]).astype(np.float32)
+    doc /= np.linalg.norm(doc, axis=1, keepdims=True)
+    short = _unit(rng, 2, 16)
+    vectors = np.concatenate([doc, short])
+    out, offsets = ward_documents(vectors, np.array([0, 8, 10]), np.array([2, 2]))
+    assert offsets.tolist() == [0, 2, 4]
+    pooled = out[:2]
+    assert sorted(np.argmax(pooled @ np.stack([a, b]).T, axis=1).tolist()) == [0, 1]  # one centroid per group
+    np.testing.assert_allclose(np.linalg.norm(out, axis=1), 1.0, atol=1e-5)
+    np.testing.assert_array_equal(out[2:], short)  # as many clusters as tokens: the tokens
+    np.testing.assert_array_equal(ward_documents(vectors, np.array([0, 8, 10]), np.array([2, 2]))[0], out)
 
 
 # -- pruning -----------------------------------------------------------------------------------
@@ -158,6 +174,7 @@ def source(tmp_path_factory, models):
     [
         {"prune": ("special", "punctuation")},
         {"cluster_ratio": 0.5},
+        {"cluster_ratio": 0.5, "cluster_method": "kmeans"},
         {"codec": "int8"},
         {"prune": ("special", "stopwords", "df"), "cluster_count": 4, "codec": "residual", "codec_bits": 2, "codec_centroids": 8},
     ],

@@ -160,3 +160,19 @@ def test_stanford_checkpoint_with_pytorch_bin_weights(models, tmp_path):
     from_bin, from_safetensors = Encoder(folder), Encoder(models["colbert"])
     np.testing.assert_allclose(from_bin.encode_queries("a query").vectors, from_safetensors.encode_queries("a query").vectors, atol=1e-6)
     assert from_bin.identity["weights_sha256"] != from_safetensors.identity["weights_sha256"]  # different files
+
+
+@pytest.mark.parametrize("form", ["plain", "colbert", "pylate"])
+def test_onnx_query_runtime_gives_the_torch_vectors(models, form, tmp_path, monkeypatch):
+    monkeypatch.setenv("MVR_CACHE_DIR", str(tmp_path))
+    queries = ["what do cats eat", "lava", "a much longer question about the capital cities of europe"]
+    onnx = Encoder(models[form], query_runtime="onnx")
+    torch_ = Encoder(models[form], query_runtime="torch")
+    a, b = onnx.encode_queries(queries), torch_.encode_queries(queries)
+    np.testing.assert_array_equal(a.offsets, b.offsets)
+    np.testing.assert_allclose(a.vectors, b.vectors, atol=1e-5)
+    assert onnx.query_runtime == "onnx" and len(list(tmp_path.glob("onnx/*.onnx"))) == 1  # exported once, cached
+    again = Encoder(models[form], query_runtime="onnx").encode_queries(queries)
+    np.testing.assert_allclose(again.vectors, a.vectors, atol=1e-6)
+    with pytest.raises(EncoderError, match="query_runtime"):
+        Encoder(models[form], query_runtime="tf")
