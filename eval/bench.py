@@ -8,7 +8,8 @@ search call; then, on the very same candidates, the rerank kernel alone against 
 MaxSim and a torch einsum MaxSim over the candidates' token matrices already decoded to float32
 (the baselines get the decoding for free), each as GFLOP/s of the ``2 x query tokens x document
 tokens x dim`` multiply-adds MaxSim needs, and as a share of the machine's float32 peak: the best
-of a few large square matrix products (torch, same thread count). Medians and p95 in ms.
+of a few large square matrix products (torch, same thread count). Query encoding at batch 1 is
+also timed with PyTorch and with ONNX Runtime, alternating query by query. Medians and p95 in ms.
 """
 
 from __future__ import annotations
@@ -72,6 +73,33 @@ def _timed(fn, repeats: int = 3) -> float:
     return best
 
 
+def encoding(index, texts: list[str], threads: int) -> dict:
+    """Batch-1 query encoding with PyTorch and with ONNX Runtime, alternating query by query in
+    this process; also the largest difference between their vectors."""
+    from ..encoder import Encoder
+    from ..threads import cpu_threads
+
+    recorded = index.manifest["encoder"]
+    source = None if recorded["source"] == "default" else recorded["source"]
+    encoders = {runtime: Encoder(source, query_maxlen=recorded["query_maxlen"], doc_maxlen=recorded["doc_maxlen"], query_runtime=runtime) for runtime in ("torch", "onnx")}
+    times: dict[str, list[float]] = {runtime: [] for runtime in encoders}
+    largest = 0.0
+    with cpu_threads(threads, "torch"):
+        for encoder in encoders.values():
+            encoder.encode_queries(texts[0])  # warm-up (and the ONNX export, once)
+        for text in texts:
+            vectors = {}
+            for runtime, encoder in encoders.items():
+                t0 = time.perf_counter()
+                vectors[runtime] = encoder.encode_queries(text).vectors
+                times[runtime].append((time.perf_counter() - t0) * 1e3)
+            largest = max(largest, float(np.abs(vectors["torch"] - vectors["onnx"]).max()))
+    out = {f"{runtime}_ms": _pct(values) for runtime, values in times.items()}
+    out["onnx_speedup"] = round(out["torch_ms"]["p50"] / out["onnx_ms"]["p50"], 2)
+    out["largest_difference"] = largest
+    return out
+
+
 def bench(dataset: Path, index, first_stage: str | None, candidates: int | None, max_queries: int | None, thread_settings: list[int]) -> dict:
     import torch
 
@@ -87,6 +115,7 @@ def bench(dataset: Path, index, first_stage: str | None, candidates: int | None,
     runs = []
     for threads in thread_settings:
         peak = float32_peak(threads)
+        encoders = encoding(index, texts, threads)
         encode_ms, first_ms, rerank_ms, search_ms = [], [], [], []
         kernel_s = numpy_s = torch_s = 0.0
         flops = 0.0
@@ -126,6 +155,7 @@ def bench(dataset: Path, index, first_stage: str | None, candidates: int | None,
         run = {
             "threads": threads,
             "float32_peak_gflops": round(peak, 1),
+            "query_runtime": index.encoder.query_runtime,
             "encode_ms": _pct(encode_ms),
             "first_stage_ms": _pct(first_ms),
             "rerank_ms": _pct(rerank_ms),
@@ -135,6 +165,7 @@ def bench(dataset: Path, index, first_stage: str | None, candidates: int | None,
             "rerank_share_of_peak": {name: round(value / peak, 3) for name, value in gflops.items()},
             "kernel_vs_torch_einsum": round(torch_s / kernel_s, 2),
             "kernel_vs_numpy_matmul": round(numpy_s / kernel_s, 2),
+            "query_encoding": encoders,
         }
         runs.append(run)
         print(json.dumps(run), flush=True)

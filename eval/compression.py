@@ -9,6 +9,7 @@ two-stage search (FDE + bm25s candidates, exact MaxSim rerank), and the derive t
         --setting full --setting prune=special+punctuation --setting cluster_ratio=0.25,codec=residual,codec_bits=2 \\
         --output docs/results/compression-scifact.json
     python -m mvr.eval.compression plot docs/results/compression-*.json --output docs/compression.png
+    (several studies of one dataset are drawn on one panel)
 
 A setting is ``key=value`` pairs of IndexConfig fields separated by commas (lists joined by
 ``+``); ``full`` is the source itself. Derived indexes go next to the source as
@@ -131,8 +132,20 @@ def table(report: dict) -> str:
 
 
 def _family(changes: dict) -> str:
-    kinds = [k for k, present in (("prune", "prune" in changes), ("cluster", any(k.startswith("cluster") for k in changes)), ("codec", "codec" in changes)) if present]
-    return "+".join(kinds) or "full"
+    clustered = "cluster_ratio" in changes or "cluster_count" in changes
+    kinds = [k for k, present in (("prune", "prune" in changes), ("cluster", clustered), ("codec", "codec" in changes)) if present]
+    family = "+".join(kinds) or "full"
+    return family + (f" ({changes.get('cluster_method', 'ward')})" if clustered else "")
+
+
+def _short(setting: str) -> str:
+    """A plot label: "prune=special+punctuation,cluster_method=ward,cluster_ratio=0.25" -> "sp+p wc0.25"."""
+    for long, short in (
+        ("special+punctuation", "sp+p"), ("prune=", ""), ("cluster_method=ward,", "w"), ("cluster_method=kmeans,", "k"),
+        ("cluster_ratio=", "c"), ("codec=residual,codec_bits=", "r"), ("codec=", ""), (",", " "),
+    ):
+        setting = setting.replace(long, short)
+    return setting
 
 
 def plot(reports: list[dict], output: Path) -> None:
@@ -141,8 +154,16 @@ def plot(reports: list[dict], output: Path) -> None:
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+    from matplotlib.ticker import NullFormatter, ScalarFormatter
 
-    colors = {"full": "black", "prune": "tab:orange", "cluster": "tab:blue", "codec": "tab:green", "prune+cluster": "tab:purple", "cluster+codec": "tab:red", "prune+cluster+codec": "tab:brown"}
+    merged: dict[str, dict] = {}
+    for report in reports:  # several studies of one dataset share a panel
+        into = merged.setdefault(report["dataset"], {"dataset": report["dataset"], "rows": []})
+        known = {r["setting"] for r in into["rows"]}
+        into["rows"] += [r for r in report["rows"] if r["setting"] not in known]
+    reports = list(merged.values())
+    palette = iter(["tab:blue", "tab:purple", "tab:red", "tab:brown", "tab:cyan", "tab:pink", "tab:olive", "tab:gray", "navy", "maroon"])
+    colors = {"full": "black", "prune": "tab:orange", "codec": "tab:green"}
     fig, axes = plt.subplots(len(reports), 2, figsize=(13, 4.6 * len(reports)), squeeze=False)
     for row, report in zip(axes, reports):
         base = next(r for r in report["rows"] if r["setting"] == "full")["exhaustive"]["nDCG@10"]
@@ -150,17 +171,19 @@ def plot(reports: list[dict], output: Path) -> None:
             seen = set()
             for r in report["rows"]:
                 family = _family(r["changes"])
-                color = colors.get(family, "gray")
+                color = colors.setdefault(family, next(palette, "gray"))
                 ax.plot(r[key], r["exhaustive"]["nDCG@10"], "o", color=color, label=family if family not in seen else None)
                 ax.plot(r[key], r["two_stage"]["nDCG@10"], "x", color=color)
                 seen.add(family)
                 if ax is row[1] or family != "codec":
-                    ax.annotate(r["setting"].replace("special+punctuation", "sp+p").replace("prune=", "").replace("cluster_ratio=", "c").replace(",codec=residual,codec_bits=", " r").replace("codec=residual,codec_bits=", "r").replace("codec=", ""), (r[key], r["exhaustive"]["nDCG@10"]), fontsize=6, xytext=(3, 3), textcoords="offset points")
+                    ax.annotate(_short(r["setting"]), (r[key], r["exhaustive"]["nDCG@10"]), fontsize=6, xytext=(3, 3), textcoords="offset points")
             for frac, style in ((0.995, ":"), (0.99, "--"), (0.97, "-.")):
                 ax.axhline(base * frac, color="gray", linestyle=style, linewidth=0.8)
             if ax is row[1]:
                 ax.axvline(16, color="tab:red", linewidth=0.8)
             ax.set_xscale("log")
+            ax.xaxis.set_major_formatter(ScalarFormatter())
+            ax.xaxis.set_minor_formatter(NullFormatter())
             ax.set_xlabel(label + (" (red: 16 bytes)" if ax is row[1] else ""))
             ax.set_ylabel("nDCG@10 (o exhaustive, x two-stage)")
             ax.set_title(f"{report['dataset']}: lines at -0.5%, -1%, -3% of full float16")

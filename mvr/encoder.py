@@ -255,7 +255,7 @@ class Encoder:
         if query_runtime not in ("onnx", "torch"):
             raise EncoderError(f"query_runtime must be 'onnx' or 'torch', got {query_runtime!r}.")
         self.query_runtime = query_runtime
-        self._onnx_sessions: dict[int, object] = {}
+        self._onnx_session = None
 
         transformer_path = self.path / self.spec.transformer_dir
         try:
@@ -301,22 +301,20 @@ class Encoder:
         the model cannot be exported; that is remembered and torch is used from then on."""
         import torch
 
-        threads = torch.get_num_threads()
-        session = self._onnx_sessions.get(threads)
-        if session is None:
+        if self._onnx_session is None:
             try:
-                session = self._onnx_session(threads)
+                # One thread: at batch 1 a second one costs more than it brings (docs/speed.md).
+                self._onnx_session = self._open_onnx(threads=1)
             except Exception as exc:  # an architecture the exporter cannot handle: stay on torch
                 import warnings
 
                 warnings.warn(f"mvr: query encoding stays on PyTorch; ONNX export of {self.name} failed: {exc}", stacklevel=3)
                 self.query_runtime = "torch"
                 return None
-            self._onnx_sessions[threads] = session
         feeds = {name: value.numpy() for name, value in inputs.items()}
-        return torch.from_numpy(session.run(None, feeds)[0])
+        return torch.from_numpy(self._onnx_session.run(None, feeds)[0])
 
-    def _onnx_session(self, threads: int):
+    def _open_onnx(self, threads: int):
         import onnxruntime
 
         path = self._onnx_file()
@@ -324,6 +322,7 @@ class Encoder:
         options.intra_op_num_threads = threads
         options.inter_op_num_threads = 1
         options.log_severity_level = 3
+        options.add_session_config_entry("session.intra_op.allow_spinning", "0")
         return onnxruntime.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
 
     def _onnx_file(self) -> Path:

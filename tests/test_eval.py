@@ -49,6 +49,7 @@ def test_bench_times_each_stage_and_checks_the_baselines_agree(default_index, be
     for part in ("encode_ms", "first_stage_ms", "rerank_ms", "search_ms"):
         assert run[part]["p50"] > 0 and run[part]["p95"] >= run[part]["p50"]
     assert set(run["rerank_gflops"]) == {"mvr_kernel", "numpy_matmul", "torch_einsum"}
+    assert run["query_encoding"]["largest_difference"] < 1e-4 and run["query_encoding"]["onnx_ms"]["p50"] > 0
 
 
 def test_compression_study_on_a_tiny_index(default_index, beir, tmp_path):
