@@ -6,7 +6,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from hypothesis import given
+from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from conftest import DOCS
@@ -113,6 +113,7 @@ def test_hybrid_first_stage_reranks_the_union_of_fde_and_bm25s(sparse_index):
         sparse_index.search(query, first_stage="fde+bm25s", dense_share=1.5)
 
 
+@settings(deadline=None)
 @given(
     st.lists(st.integers(0, 30), max_size=20, unique=True),
     st.lists(st.integers(0, 30), max_size=20, unique=True),
