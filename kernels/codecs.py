@@ -49,12 +49,13 @@ def _decode(codec, codes, scales, centroid_ids, centroids, values, bits, start, 
 
 
 @njit(parallel=True, fastmath=True, nogil=True, cache=True)
-def _decode_all(codec, codes, scales, centroid_ids, centroids, values, bits, out, block):
+def _decode_all(codec, codes, scales, centroid_ids, centroids, values, bits, first, out, block):
+    # rows first:first + len(out) into out, in parallel blocks
     n = out.shape[0]
     for b in prange((n + block - 1) // block):
         start = b * block
         stop = min(n, start + block)
-        _decode(codec, codes, scales, centroid_ids, centroids, values, bits, start, stop, out[start:stop])
+        _decode(codec, codes, scales, centroid_ids, centroids, values, bits, first + start, first + stop, out[start:stop])
 
 
 @njit(parallel=True, fastmath=True, nogil=True, cache=True)
@@ -118,17 +119,7 @@ class CodedVectors:
         stop = len(self) if stop is None else stop
         out = np.empty((stop - start, self.dim), dtype=np.float32)
         if stop > start:
-            part = CodedVectors(
-                self.codec,
-                self.dim,
-                np.ascontiguousarray(self.codes[start:stop]),
-                self.scales[start:stop] if self.codec == INT8 else None,
-                np.ascontiguousarray(self.centroid_ids[start:stop]) if self.codec == RESIDUAL else None,
-                self.centroids,
-                self.values,
-                self.bits,
-            )
-            _decode_all(*part._args(), out, block)
+            _decode_all(*self._args(), start, out, block)
         return out
 
 

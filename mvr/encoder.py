@@ -337,6 +337,7 @@ class Encoder:
         if path.is_file():
             return path
         cache.mkdir(parents=True, exist_ok=True)
+
         class Transformer(torch.nn.Module):
             def __init__(self, inner):
                 super().__init__()
@@ -446,7 +447,8 @@ class Encoder:
         special = {tok.cls_token_id, tok.sep_token_id, tok.pad_token_id, tok.mask_token_id, self._query_marker_id, self._doc_marker_id}
         pieces = tok.convert_ids_to_tokens(list(range(len(tok))))
         punctuation = [i for i, p in enumerate(pieces) if p and p.removeprefix("##") and all(ch in string.punctuation for ch in p.removeprefix("##"))]
-        stopwords = [i for i, p in enumerate(pieces) if p in set(STOPWORDS_EN)]
+        stop_set = set(STOPWORDS_EN)
+        stopwords = [i for i, p in enumerate(pieces) if p in stop_set]
         classes = {"special": special, "punctuation": punctuation, "stopwords": stopwords}
         return {name: np.array(sorted(i for i in ids if i is not None), dtype=np.int32) for name, ids in classes.items()}
 

@@ -334,7 +334,10 @@ class Index:
         """The first stage used when none is named: FDE joined by bm25s where the index has both
         (within 0.5% of exhaustive MaxSim at 50 candidates on SciFact and NFCorpus, docs/fde.md),
         else FDE alone, else exhaustive search."""
-        for stage in ("fde+bm25s", "fde"):
+        return self._default_stage(with_texts=True)
+
+    def _default_stage(self, with_texts: bool) -> str:
+        for stage in ("fde+bm25s", "fde") if with_texts else ("fde",):
             if self.has_stage(stage):
                 return stage
         return "exhaustive"
@@ -484,8 +487,8 @@ class Index:
         ``fallbacks``: queries whose sparse first stage found nothing (no searchable terms) and
         that the dense first stage answered instead.
         """
-        if first_stage is None and texts is None:
-            first_stage = "fde" if self.has_fde else "exhaustive"  # the default stage without query texts
+        if first_stage is None:
+            first_stage = self._default_stage(with_texts=texts is not None)
         opts = self._options(k, first_stage, candidates, options)
         if opts.first_stage in TEXT_STAGES and texts is None:
             raise QueryError(f"the {opts.first_stage} first stage needs the query texts (texts=...).")
