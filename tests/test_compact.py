@@ -246,3 +246,29 @@ def test_an_index_refuses_what_another_setting_made(source, tmp_path, models):
         Index.open(small.path)
     with pytest.raises(QueryError, match="early exit"):
         Index.derive(source, tmp_path / "int8", codec="int8").search("cats", first_stage="bm25s", early_exit=3)
+
+
+@pytest.mark.parametrize(
+    "settings, message",
+    [
+        ({"prune": ("special", "nouns")}, "unknown pruning rule"),
+        ({"prune_max_df": 0.0}, "prune_max_df must lie in"),
+        ({"cluster_ratio": 0.5, "cluster_count": 8}, "not both"),
+        ({"cluster_ratio": 1.5}, "cluster_ratio must lie in"),
+        ({"cluster_count": 0}, "cluster_count must be a positive integer"),
+        ({"cluster_method": "spectral"}, "unknown cluster_method"),
+        ({"codec": "pq"}, "unknown codec"),
+        ({"codec_bits": 3}, "codec_bits must be 1, 2 or 4"),
+        ({"codec_centroids": 70000}, "at most 65536"),
+    ],
+)
+def test_bad_compaction_settings_say_what_is_allowed(settings, message):
+    with pytest.raises(ConfigError, match=message):
+        IndexConfig(**settings)
+
+
+def test_index_command_needs_a_corpus_or_a_source(tmp_path, capsys):
+    from mvr.cli import main
+
+    assert main(["index", "--name", "x", "--index-dir", str(tmp_path)]) == 2
+    assert "give a CORPUS to encode" in capsys.readouterr().err and not (tmp_path / "x").exists()
