@@ -10,6 +10,8 @@ MaxSim and a torch einsum MaxSim over the candidates' token matrices already dec
 tokens x dim`` multiply-adds MaxSim needs, and as a share of the machine's float32 peak: the best
 of a few large square matrix products (torch, same thread count). Query encoding at batch 1 is
 also timed with PyTorch and with ONNX Runtime, alternating query by query. Medians and p95 in ms.
+Quality rides along: nDCG@10 of the same search over all the queries, against exhaustive MaxSim
+over ``--reference`` (the full index a compact one was derived from; default the index itself).
 """
 
 from __future__ import annotations
@@ -100,13 +102,27 @@ def encoding(index, texts: list[str], threads: int) -> dict:
     return out
 
 
-def bench(dataset: Path, index, first_stage: str | None, candidates: int | None, max_queries: int | None, thread_settings: list[int]) -> dict:
+def quality(index, reference, qids: list[str], texts: list[str], qrels: dict, stage: str, candidates: int | None) -> dict:
+    """nDCG@10 of the timed two-stage search and of exhaustive MaxSim over ``reference`` (the
+    full index it is compared with; it may be ``index`` itself), over the same queries."""
+    from .beir import evaluate_run
+
+    judged = {q: qrels[q] for q in qids}
+    encoded = index.encode_queries(texts)
+    two = index.search_encoded(encoded, 100, texts=texts, first_stage=stage, candidates=candidates)
+    exhaustive = reference.search_encoded(reference.encode_queries(texts), 100, first_stage="exhaustive")
+    ours = evaluate_run(two.to_run(qids), judged)["nDCG@10"]
+    full = evaluate_run(exhaustive.to_run(qids), judged)["nDCG@10"]
+    return {"reference_index": reference.name, "nDCG@10": round(ours, 4), "exhaustive_nDCG@10": round(full, 4), "change_vs_exhaustive": round(ours / full - 1, 4)}
+
+
+def bench(dataset: Path, index, first_stage: str | None, candidates: int | None, max_queries: int | None, thread_settings: list[int], reference=None) -> dict:
     import torch
 
     from ..threads import cpu_threads
     from .beir import load_beir
 
-    queries, _ = load_beir(dataset, "test")
+    queries, qrels = load_beir(dataset, "test")
     qids = list(queries)[:max_queries] if max_queries else list(queries)
     texts = [queries[q] for q in qids]
     stage = first_stage or index.default_stage
@@ -177,6 +193,8 @@ def bench(dataset: Path, index, first_stage: str | None, candidates: int | None,
         "candidates": candidates or 100,
         "queries": len(texts),
         "codec": index.config.codec,
+        "vectors_per_document": index.info()["vectors_per_document"]["mean"],
+        "quality": quality(index, reference or index, qids, texts, qrels, stage, candidates),
         "command": "python -m mvr.eval.bench " + " ".join(shlex.quote(a) for a in sys.argv[1:]),
         "machine": {"processor": platform.processor() or platform.machine(), "cpus": os.cpu_count(), "python": platform.python_version(), "torch": torch.__version__},
         "date": datetime.now(timezone.utc).isoformat(timespec="seconds"),
@@ -195,10 +213,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--candidates", type=int, default=None)
     parser.add_argument("--max-queries", type=int, default=None)
     parser.add_argument("--threads", default=f"1,{os.cpu_count()}", help="comma list of thread counts (default: 1 and all cores)")
+    parser.add_argument("--reference", default=None, help="index whose exhaustive MaxSim nDCG@10 the search is compared with (default: --index)")
     parser.add_argument("--output", type=Path, required=True)
     args = parser.parse_args(argv)
     index = Index.open(args.index, home=args.index_dir)
-    report = bench(args.dataset, index, args.first_stage, args.candidates, args.max_queries, [int(t) for t in args.threads.split(",")])
+    reference = Index.open(args.reference, home=args.index_dir) if args.reference else None
+    report = bench(args.dataset, index, args.first_stage, args.candidates, args.max_queries, [int(t) for t in args.threads.split(",")], reference)
     args.output.parent.mkdir(parents=True, exist_ok=True)
     args.output.write_text(json.dumps(report, indent=2) + "\n")
     return 0

@@ -28,7 +28,8 @@ from datetime import datetime, timezone
 from pathlib import Path
 
 INT_FIELDS = {"cluster_count", "cluster_iters", "codec_bits", "codec_centroids", "codec_sample"}
-FLOAT_FIELDS = {"cluster_ratio", "prune_max_df"}
+FLOAT_FIELDS = {"cluster_ratio", "prune_max_df", "cluster_idf_weight"}
+LIST_FIELDS = {"prune", "cluster_keep"}
 
 
 def parse_setting(text: str) -> dict:
@@ -41,8 +42,8 @@ def parse_setting(text: str) -> dict:
         key = key.strip()
         if not sep:
             raise SystemExit(f"setting {text!r}: expected key=value pairs, got {part!r}")
-        if key == "prune":
-            changes[key] = tuple(v for v in value.split("+") if v)
+        if key in LIST_FIELDS:
+            changes[key] = tuple(v for v in value.split("+") if v and v != "none")
         elif key in INT_FIELDS:
             changes[key] = int(value)
         elif key in FLOAT_FIELDS:
@@ -135,14 +136,17 @@ def _family(changes: dict) -> str:
     clustered = "cluster_ratio" in changes or "cluster_count" in changes
     kinds = [k for k, present in (("prune", "prune" in changes), ("cluster", clustered), ("codec", "codec" in changes)) if present]
     family = "+".join(kinds) or "full"
-    return family + (f" ({changes.get('cluster_method', 'ward')})" if clustered else "")
+    if not clustered:
+        return family
+    how = changes.get("cluster_method", "ward") + (", idf-weighted" if changes.get("cluster_idf_weight") else "")
+    return family + f" ({how}{', every token pooled' if changes.get('cluster_keep') == [] else ''})"
 
 
 def _short(setting: str) -> str:
     """A plot label: "prune=special+punctuation,cluster_method=ward,cluster_ratio=0.25" -> "sp+p wc0.25"."""
     for long, short in (
         ("special+punctuation", "sp+p"), ("prune=", ""), ("cluster_method=ward,", "w"), ("cluster_method=kmeans,", "k"),
-        ("cluster_ratio=", "c"), ("codec=residual,codec_bits=", "r"), ("codec=", ""), (",", " "),
+        ("cluster_keep=none,", ""), ("cluster_ratio=", "c"), ("cluster_idf_weight=", "idf"), ("codec=residual,codec_bits=", "r"), ("codec=", ""), (",", " "),
     ):
         setting = setting.replace(long, short)
     return setting

@@ -73,7 +73,7 @@ def _fde_config(args):
 
 
 def _add_compaction(parser: argparse.ArgumentParser) -> None:
-    from .config import CLUSTER_METHODS, CODECS, PRESETS, PRUNE_RULES
+    from .config import CLUSTER_METHODS, CODECS, KEEP_CLASSES, PRESETS, PRUNE_RULES
 
     group = parser.add_argument_group("fewer and smaller vectors (docs/compression.md)")
     group.add_argument("--from", dest="source", default=None, metavar="INDEX", help="derive from this float16 index's stored vectors instead of encoding CORPUS")
@@ -84,6 +84,8 @@ def _add_compaction(parser: argparse.ArgumentParser) -> None:
     group.add_argument("--cluster-count", type=int, default=None, help="... or to at most this many centroids")
     group.add_argument("--cluster-method", choices=CLUSTER_METHODS, default=None, help="ward (agglomerative, default) or kmeans")
     group.add_argument("--cluster-iters", type=int, default=None, help="k-means iterations (default 10)")
+    group.add_argument("--cluster-keep", default=None, help=f"token classes never pooled, comma list of {', '.join(KEEP_CLASSES)}, or none (default special)")
+    group.add_argument("--cluster-idf-weight", type=float, default=None, help="Ward: scale tokens by idf ** W for the linkage so rare terms merge last (default 0)")
     group.add_argument("--codec", choices=CODECS, default=None, help="stored vectors: float16 (default), int8, residual")
     group.add_argument("--codec-bits", type=int, choices=(1, 2, 4), default=None, help="residual bits per dimension (default 2)")
     group.add_argument("--codec-centroids", type=int, default=None, help="residual codec centroids (default: a power of two near 4 sqrt(vectors))")
@@ -101,6 +103,8 @@ def _compaction(args) -> dict:
         "cluster_count": args.cluster_count,
         "cluster_method": args.cluster_method,
         "cluster_iters": args.cluster_iters,
+        "cluster_keep": tuple(c for c in args.cluster_keep.split(",") if c and c != "none") if args.cluster_keep is not None else None,
+        "cluster_idf_weight": args.cluster_idf_weight,
         "codec": args.codec,
         "codec_bits": args.codec_bits,
         "codec_centroids": args.codec_centroids,
@@ -342,10 +346,13 @@ def _stored_as(config, counts: dict) -> str:
     parts = []
     if config.prune:
         parts.append(f"pruned ({', '.join(config.prune)}): {counts.get('pruned_tokens', 0)} tokens dropped")
-    if config.cluster_ratio is not None or config.cluster_count is not None:
+    if config.clusters:
         how = f"ratio {config.cluster_ratio}" if config.cluster_ratio is not None else f"at most {config.cluster_count}"
         method = "Ward linkage" if config.cluster_method == "ward" else f"k-means, {config.cluster_iters} iterations"
-        parts.append(f"clustered per document ({how}, {method})")
+        if config.cluster_idf_weight:
+            method += f", idf^{config.cluster_idf_weight:g}-weighted"
+        kept = f", {'/'.join(config.cluster_keep)} tokens kept" if config.cluster_keep else ""
+        parts.append(f"clustered per document ({how}, {method}{kept})")
     codec = config.codec if config.codec != "residual" else f"residual {config.codec_bits}-bit, {counts.get('codec_centroids')} centroids"
     parts.append(codec)
     return "; ".join(parts) + f" — from {counts.get('source_tokens', counts['tokens'])} document tokens"

@@ -52,17 +52,20 @@ def prune_mask(token_ids: np.ndarray, doc_offsets: np.ndarray, rules, classes: d
     drop = np.zeros(len(token_ids), dtype=bool)
     for rule in rules:
         if rule == "df":
-            n_docs = len(doc_offsets) - 1
-            doc_of = np.repeat(np.arange(n_docs), np.diff(doc_offsets))
-            pairs = np.unique(np.stack([token_ids.astype(np.int64), doc_of]), axis=1)
-            df = np.bincount(pairs[0], minlength=int(token_ids.max(initial=0)) + 1)
-            drop |= df[token_ids] > max_df * n_docs
+            drop |= document_frequency(token_ids, doc_offsets)[token_ids] > max_df * (len(doc_offsets) - 1)
         else:
             drop |= np.isin(token_ids, classes[rule])
     kept_per_doc = np.diff(_cumulative(~drop)[doc_offsets])
     for d in np.flatnonzero((kept_per_doc == 0) & (np.diff(doc_offsets) > 0)):
         drop[doc_offsets[d] : doc_offsets[d + 1]] = False
     return ~drop
+
+
+def document_frequency(token_ids: np.ndarray, doc_offsets: np.ndarray) -> np.ndarray:
+    """How many documents hold each vocabulary id (indexed by id)."""
+    doc_of = np.repeat(np.arange(len(doc_offsets) - 1), np.diff(doc_offsets))
+    pairs = np.unique(np.stack([token_ids.astype(np.int64), doc_of]), axis=1)
+    return np.bincount(pairs[0], minlength=int(token_ids.max(initial=0)) + 1)
 
 
 def _cumulative(flags: np.ndarray) -> np.ndarray:
@@ -83,10 +86,31 @@ def cluster_counts(lengths: np.ndarray, config: IndexConfig) -> np.ndarray:
     return np.where(lengths > 0, np.clip(counts, 1, lengths), 0)
 
 
-def ward_documents(vectors: np.ndarray, doc_offsets: np.ndarray, n_clusters: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+def idf_weights(token_ids: np.ndarray, doc_offsets: np.ndarray, power: float) -> np.ndarray:
+    """``idf(token) ** power`` of every token, idf = ln((N + 1) / (df + 0.5)) over the index's
+    own documents: rare terms weigh most, a token in nearly every document close to nothing."""
+    n_docs = len(doc_offsets) - 1
+    df = document_frequency(token_ids, doc_offsets)
+    return (np.log((n_docs + 1) / (df[token_ids] + 0.5)) ** power).astype(np.float32)
+
+
+def interleave_documents(a: np.ndarray, a_offsets: np.ndarray, b: np.ndarray, b_offsets: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Document d of the result is document d of ``a`` followed by document d of ``b``."""
+    a_len, b_len = np.diff(a_offsets), np.diff(b_offsets)
+    offsets = np.zeros(len(a_len) + 1, dtype=np.int64)
+    np.cumsum(a_len + b_len, out=offsets[1:])
+    out = np.empty((int(offsets[-1]), a.shape[1]), dtype=a.dtype)
+    out[np.repeat(offsets[:-1] - a_offsets[:-1], a_len) + np.arange(len(a))] = a
+    out[np.repeat(offsets[:-1] + a_len - b_offsets[:-1], b_len) + np.arange(len(b))] = b
+    return out, offsets
+
+
+def ward_documents(vectors: np.ndarray, doc_offsets: np.ndarray, n_clusters: np.ndarray, weights: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
     """Agglomerative clustering of each document's tokens with Ward linkage (SciPy), cut into
     ``n_clusters[d]`` groups whose re-normalised means replace the tokens (training-free token
-    pooling, Clavie et al. 2024). Deterministic. Returns the centroids and their offsets."""
+    pooling, Clavie et al. 2024). ``weights`` (one per token) scale the tokens for the linkage
+    only, so heavy tokens are merged last; the means are of the unscaled tokens. Deterministic.
+    Returns the centroids and their offsets."""
     from scipy.cluster.hierarchy import fcluster, linkage
 
     out_offsets = np.zeros(len(n_clusters) + 1, dtype=np.int64)
@@ -98,7 +122,10 @@ def ward_documents(vectors: np.ndarray, doc_offsets: np.ndarray, n_clusters: np.
         if n_clusters[d] >= len(tokens):
             target[:] = tokens
             continue
-        labels = fcluster(linkage(tokens.astype(np.float64), method="ward"), int(n_clusters[d]), criterion="maxclust")
+        points = tokens.astype(np.float64)
+        if weights is not None:
+            points *= weights[doc_offsets[d] : doc_offsets[d + 1], None]
+        labels = fcluster(linkage(points, method="ward"), int(n_clusters[d]), criterion="maxclust")
         sums = np.zeros((int(n_clusters[d]), tokens.shape[1]))
         np.add.at(sums, labels - 1, tokens)
         # maxclust may return fewer groups when distances tie; pad with copies of the first
@@ -107,6 +134,29 @@ def ward_documents(vectors: np.ndarray, doc_offsets: np.ndarray, n_clusters: np.
         centroids = np.concatenate([centroids, np.repeat(centroids[:1], len(target) - len(centroids), axis=0)])
         target[:] = centroids / np.maximum(np.linalg.norm(centroids, axis=1, keepdims=True), 1e-12)
     return out, out_offsets
+
+
+def cluster(vectors: np.ndarray, offsets: np.ndarray, counts: np.ndarray, config: IndexConfig, token_ids=None, classes=None) -> tuple[np.ndarray, np.ndarray]:
+    """Pool each document's tokens into ``counts[d]`` vectors as ``config`` says: tokens of the
+    ``cluster_keep`` classes stay as they are (and use up part of the count), the rest are
+    clustered (Ward, optionally IDF-weighted, or k-means) into what is left, at least one."""
+    from ._kernels.cluster import cluster_documents
+
+    kept = np.zeros(len(vectors), dtype=bool)
+    if config.cluster_keep:
+        kept = np.isin(token_ids, np.concatenate([classes[c] for c in config.cluster_keep]))
+    kept_offsets, rest_offsets = _cumulative(kept)[offsets], _cumulative(~kept)[offsets]
+    rest_lengths = np.diff(rest_offsets)
+    rest_counts = np.where(rest_lengths > 0, np.clip(counts - np.diff(kept_offsets), 1, np.maximum(rest_lengths, 1)), 0)
+    rest = vectors[~kept]
+    if config.cluster_method == "ward":
+        weights = idf_weights(token_ids, offsets, config.cluster_idf_weight)[~kept] if config.cluster_idf_weight else None
+        pooled, pooled_offsets = ward_documents(rest, rest_offsets, rest_counts, weights)
+    else:
+        pooled, pooled_offsets = cluster_documents(rest, rest_offsets, rest_counts, config.cluster_iters)
+    if not kept.any():
+        return pooled, pooled_offsets
+    return interleave_documents(vectors[kept], kept_offsets, pooled, pooled_offsets)
 
 
 # -- codecs ------------------------------------------------------------------------------------
@@ -227,8 +277,6 @@ def compact(folder: Path, config: IndexConfig, encoder, texts, show_progress=Non
     """Prune, cluster and compress ``folder/vectors.npy`` in place (see the module doc).
     ``texts``: the documents' full texts in index order (pruning re-tokenises them to learn
     which token each vector is). Returns the counts to merge into the manifest."""
-    from ._kernels.cluster import cluster_documents
-
     started = time.perf_counter()
     offsets = np.load(folder / "doc_offsets.npy")
     source = np.load(folder / "vectors.npy", mmap_mode="r")
@@ -237,21 +285,20 @@ def compact(folder: Path, config: IndexConfig, encoder, texts, show_progress=Non
     dim = vectors.shape[1]
     del source
     pruned = 0
-    if config.prune:
+    token_ids = None
+    if config.prune or (config.clusters and (config.cluster_keep or config.cluster_idf_weight)):
         token_ids, id_offsets = encoder.document_token_ids(list(texts))
         if not np.array_equal(id_offsets, offsets):
             raise MvrError("the stored vectors do not line up with the re-tokenised texts; build the index again from the corpus.")
-        keep = prune_mask(token_ids, offsets, config.prune, encoder.token_classes(), config.prune_max_df)
+    classes = encoder.token_classes() if token_ids is not None else {}
+    if config.prune:
+        keep = prune_mask(token_ids, offsets, config.prune, classes, config.prune_max_df)
         pruned = int((~keep).sum())
-        vectors = vectors[keep]
+        vectors, token_ids = vectors[keep], token_ids[keep]
         offsets = _cumulative(keep)[offsets]
     clustered = time.perf_counter()
-    if config.cluster_ratio is not None or config.cluster_count is not None:
-        counts = cluster_counts(np.diff(offsets), config)
-        if config.cluster_method == "ward":
-            vectors, offsets = ward_documents(vectors, offsets, counts)
-        else:
-            vectors, offsets = cluster_documents(vectors, offsets, counts, config.cluster_iters)
+    if config.clusters:
+        vectors, offsets = cluster(vectors, offsets, cluster_counts(np.diff(offsets), config), config, token_ids, classes)
     cluster_seconds = time.perf_counter() - clustered
     os.remove(folder / "vectors.npy")
     np.save(folder / "doc_offsets.npy", offsets)

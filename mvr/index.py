@@ -736,7 +736,7 @@ class Index:
 
 
 # What a derived index may change, and the counts it inherits from its source.
-_DERIVABLE = {"prune", "prune_max_df", "cluster_ratio", "cluster_count", "cluster_method", "cluster_iters", "codec", "codec_bits", "codec_centroids", "codec_sample", "fde", "seed", "threads"}
+_DERIVABLE = {"prune", "prune_max_df", "cluster_ratio", "cluster_count", "cluster_method", "cluster_iters", "cluster_keep", "cluster_idf_weight", "codec", "codec_bits", "codec_centroids", "codec_sample", "fde", "seed", "threads"}
 _SOURCE_COUNTS = {"documents", "tokens", "max_doc_len", "truncated_documents", "skipped_empty_documents", "dim", "model_dim"}
 
 

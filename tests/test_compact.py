@@ -14,7 +14,7 @@ from conftest import DOCS, maxsim_reference
 from mvr import ConfigError, Encoder, EncoderMismatchError, Index, IndexConfig, QueryError
 from mvr._kernels.cluster import cluster_documents
 from mvr._kernels.codecs import INT8, RESIDUAL, CodedVectors, maxsim_codes_candidates
-from mvr.compact import ResidualCodec, cluster_counts, encode_int8, prune_mask, ward_documents
+from mvr.compact import ResidualCodec, cluster_counts, encode_int8, idf_weights, interleave_documents, prune_mask, ward_documents
 from mvr.errors import IndexFormatError
 
 
@@ -80,6 +80,33 @@ def test_ward_pools_obvious_groups_and_keeps_short_documents():
     np.testing.assert_allclose(np.linalg.norm(out, axis=1), 1.0, atol=1e-5)
     np.testing.assert_array_equal(out[2:], short)  # as many clusters as tokens: the tokens
     np.testing.assert_array_equal(ward_documents(vectors, np.array([0, 8, 10]), np.array([2, 2]))[0], out)
+
+
+def test_idf_weighted_ward_merges_rare_tokens_last():
+    # a and c nearly coincide, b stands apart: plain Ward pools a with c. Weighted by idf, the
+    # rare c (id 9, in 1 of 4 documents) is pushed away from the common a (id 7, in 3) and b
+    # (id 8, in 2), and it is a with b that merge.
+    a, b, c = [1.0, 0.0, 0.0], [0.6, 0.8, 0.0], [0.99, 0.0, 0.141]
+    vectors = np.array([a, b, c, a, b, a], dtype=np.float32)
+    vectors /= np.linalg.norm(vectors, axis=1, keepdims=True)
+    ids = np.array([7, 8, 9, 7, 8, 7])
+    offsets = np.array([0, 3, 4, 5, 6])
+    weights = idf_weights(ids, offsets, 1.0)
+    np.testing.assert_allclose(weights[:3], np.log(5 / np.array([3.5, 2.5, 1.5])), rtol=1e-6)
+    counts = np.array([2, 1, 1, 1])
+    plain, _ = ward_documents(vectors, offsets, counts)
+    weighted, _ = ward_documents(vectors, offsets, counts, weights)
+    kept_c = lambda out: bool(np.any(np.all(np.isclose(out[:2], vectors[2], atol=1e-6), axis=1)))
+    assert not kept_c(plain) and kept_c(weighted)
+    np.testing.assert_allclose(idf_weights(ids, offsets, 0.0), 1.0)
+
+
+def test_interleave_documents_puts_each_documents_rows_together():
+    a = np.arange(3, dtype=np.float32)[:, None]  # doc 0: [0, 1], doc 1: [], doc 2: [2]
+    b = 10 + np.arange(4, dtype=np.float32)[:, None]  # doc 0: [10], doc 1: [11, 12], doc 2: [13]
+    out, offsets = interleave_documents(a, np.array([0, 2, 2, 3]), b, np.array([0, 1, 3, 4]))
+    assert offsets.tolist() == [0, 3, 5, 7]
+    assert out[:, 0].tolist() == [0, 1, 10, 11, 12, 2, 13]
 
 
 # -- pruning -----------------------------------------------------------------------------------
@@ -204,6 +231,40 @@ def test_derived_index_scores_its_stored_vectors_exactly(source, tmp_path, chang
     assert manifest["counts"]["source_tokens"] == source.n_tokens
 
 
+@pytest.mark.parametrize("method", ["ward", "kmeans"])
+def test_clustering_keeps_special_tokens_as_they_are(source, tmp_path, method):
+    texts = [source.document(i).full_text for i in range(len(source))]
+    ids, offsets = source.encoder.document_token_ids(texts)
+    special = np.isin(ids, source.encoder.token_classes()["special"])
+    full = np.asarray(source.doc_codes).view(np.float16)
+    derived = Index.derive(source, tmp_path / method, cluster_ratio=0.3, cluster_method=method)
+    assert derived.config.cluster_keep == ("special",)
+    plain = Index.derive(source, tmp_path / f"{method}-plain", cluster_ratio=0.3, cluster_method=method, cluster_keep=())
+    stored = np.asarray(derived.doc_codes).view(np.float16)
+    for d in range(len(source)):
+        mine = stored[derived.doc_offsets[d] : derived.doc_offsets[d + 1]]
+        wanted = full[offsets[d] : offsets[d + 1]][special[offsets[d] : offsets[d + 1]]]
+        assert len(wanted) == 2  # [CLS] and [SEP]
+        for row in wanted:  # each special token's own vector is stored, not pooled
+            assert np.any(np.all(mine == row, axis=1))
+        # the same count as without kept tokens (they use up part of it), or one more when the
+        # kept tokens alone fill it and the rest still needs a centroid
+        n_plain = plain.doc_offsets[d + 1] - plain.doc_offsets[d]
+        assert len(mine) in (n_plain, max(n_plain, 2) + 1)
+
+
+def test_manifests_from_before_cluster_keep_read_as_pooling_every_token(source, tmp_path):
+    assert IndexConfig.from_dict({"cluster_ratio": 0.25}).cluster_keep == ()
+    assert IndexConfig(cluster_ratio=0.25).cluster_keep == ("special",)
+    # an unclustered index from before keeps the new default for what is derived from it
+    old = tmp_path / "old"
+    shutil.copytree(source.path, old)
+    manifest = json.loads((old / "manifest.json").read_text())
+    del manifest["config"]["cluster_keep"]
+    (old / "manifest.json").write_text(json.dumps(manifest))
+    assert Index.derive(Index.open(old), tmp_path / "derived", cluster_ratio=0.5).config.cluster_keep == ("special",)
+
+
 def test_compressed_index_built_from_the_corpus_and_the_cli(tmp_path, models, beir, capsys):
     from mvr.cli import main
 
@@ -219,6 +280,10 @@ def test_compressed_index_built_from_the_corpus_and_the_cli(tmp_path, models, be
     assert main(["index", "--from", "full", "--name", "small", "--preset", "small", "--codec-centroids", "8", "--index-dir", str(home), "--quiet"]) == 0
     small = Index.open("small", home=home)
     assert small.config.codec == "residual" and small.config.codec_centroids == 8 and small.config.cluster_ratio is not None
+    assert small.config.cluster_keep == ()  # the preset is the measured setting, which pooled every token
+    assert main(["index", "--from", "full", "--name", "fast", "--preset", "fast", "--cluster-keep", "special,punctuation", "--index-dir", str(home), "--quiet"]) == 0
+    fast = Index.open("fast", home=home).config
+    assert (fast.cluster_ratio, fast.cluster_idf_weight, fast.cluster_keep, fast.codec) == (0.24, 0.5, ("special", "punctuation"), "float16")
     with pytest.raises(ConfigError, match="already pruned"):
         Index.derive(small, tmp_path / "again", codec="int8")
     with pytest.raises(ConfigError, match="encoding the corpus again"):
@@ -260,6 +325,9 @@ def test_an_index_refuses_what_another_setting_made(source, tmp_path, models):
         ({"codec": "pq"}, "unknown codec"),
         ({"codec_bits": 3}, "codec_bits must be 1, 2 or 4"),
         ({"codec_centroids": 70000}, "at most 65536"),
+        ({"cluster_ratio": 0.5, "cluster_keep": ("nouns",)}, "unknown cluster_keep"),
+        ({"cluster_ratio": 0.5, "cluster_idf_weight": -1.0}, "cluster_idf_weight must be"),
+        ({"cluster_ratio": 0.5, "cluster_method": "kmeans", "cluster_idf_weight": 1.0}, "Ward clustering only"),
     ],
 )
 def test_bad_compaction_settings_say_what_is_allowed(settings, message):

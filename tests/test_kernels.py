@@ -53,6 +53,15 @@ def test_exhaustive_matches_reference_with_empty_and_one_token_docs():
     assert scores[1] == 0.0
 
 
+def test_every_register_block_tail_is_scored():
+    # the kernel takes 4 query tokens x 2 document tokens at a time: every remainder of each
+    rng = np.random.default_rng(7)
+    codes, offsets, docs = _corpus(rng, [1, 2, 3, 4, 5], dim=40)
+    for n_query in range(1, 10):
+        query = _unit(rng, n_query, 40)
+        np.testing.assert_allclose(maxsim_exhaustive(query, codes, offsets), maxsim_reference(query, docs), rtol=1e-5, atol=1e-5)
+
+
 def test_candidates_score_only_the_candidates_in_their_order():
     rng = np.random.default_rng(1)
     codes, offsets, docs = _corpus(rng, [4, 9, 2, 6, 1, 8], dim=16)
