@@ -166,7 +166,7 @@ def plot(reports: list[dict], output: Path) -> None:
         known = {r["setting"] for r in into["rows"]}
         into["rows"] += [r for r in report["rows"] if r["setting"] not in known]
     reports = list(merged.values())
-    palette = iter(["tab:blue", "tab:purple", "tab:red", "tab:brown", "tab:cyan", "tab:pink", "tab:olive", "tab:gray", "navy", "maroon"])
+    palette = iter([plt.get_cmap("tab20")(i) for i in range(0, 20, 2)] + [plt.get_cmap("tab20")(i) for i in range(1, 20, 2)])
     colors = {"full": "black", "prune": "tab:orange", "codec": "tab:green"}
     fig, axes = plt.subplots(len(reports), 2, figsize=(13, 4.6 * len(reports)), squeeze=False)
     for row, report in zip(axes, reports):
