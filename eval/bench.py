@@ -110,7 +110,7 @@ def quality(index, reference, qids: list[str], texts: list[str], qrels: dict, st
     judged = {q: qrels[q] for q in qids}
     encoded = index.encode_queries(texts)
     two = index.search_encoded(encoded, 100, texts=texts, first_stage=stage, candidates=candidates)
-    exhaustive = reference.search_encoded(reference.encode_queries(texts), 100, first_stage="exhaustive")
+    exhaustive = reference.search_encoded(encoded if reference is index else reference.encode_queries(texts), 100, first_stage="exhaustive")
     ours = evaluate_run(two.to_run(qids), judged)["nDCG@10"]
     full = evaluate_run(exhaustive.to_run(qids), judged)["nDCG@10"]
     return {"reference_index": reference.name, "nDCG@10": round(ours, 4), "exhaustive_nDCG@10": round(full, 4), "change_vs_exhaustive": round(ours / full - 1, 4)}

@@ -5,7 +5,7 @@ import math
 
 import pytest
 
-from mvr import DatasetError
+from mvr import DatasetError, IndexNotFoundError
 from mvr.eval.beir import evaluate_run, load_beir
 
 
@@ -50,6 +50,11 @@ def test_bench_times_each_stage_and_checks_the_baselines_agree(default_index, be
         assert run[part]["p50"] > 0 and run[part]["p95"] >= run[part]["p50"]
     assert set(run["rerank_gflops"]) == {"mvr_kernel", "numpy_matmul", "torch_einsum"}
     assert run["query_encoding"]["largest_difference"] < 1e-4 and run["query_encoding"]["onnx_ms"]["p50"] > 0
+    quality = report["quality"]  # against exhaustive MaxSim over the index itself (no --reference)
+    assert quality["reference_index"] == default_index.name and 0 < quality["exhaustive_nDCG@10"] <= 1
+    assert quality["change_vs_exhaustive"] == pytest.approx(quality["nDCG@10"] / quality["exhaustive_nDCG@10"] - 1, abs=2e-4)
+    with pytest.raises(IndexNotFoundError, match="no index named"):
+        main([str(beir), "--index", str(default_index.path), "--reference", str(tmp_path / "missing"), "--output", str(out)])
 
 
 def test_compression_study_on_a_tiny_index(default_index, beir, tmp_path):
