@@ -12,6 +12,11 @@ of a few large square matrix products (torch, same thread count). Query encoding
 also timed with PyTorch and with ONNX Runtime, alternating query by query. Medians and p95 in ms.
 Quality rides along: nDCG@10 of the same search over all the queries, against exhaustive MaxSim
 over ``--reference`` (the full index a compact one was derived from; default the index itself).
+
+With ``--documents N`` it times document encoding instead (what ``mvr index`` spends its time
+on): N corpus documents drawn at random, encoded with each document runtime (PyTorch, ONNX Runtime
+float32, ONNX Runtime int8) chunk by chunk in turn, per thread setting; docs/s, each runtime's
+speed-up over PyTorch, and how far its token vectors lie from PyTorch's (cosine).
 """
 
 from __future__ import annotations
@@ -100,6 +105,45 @@ def encoding(index, texts: list[str], threads: int) -> dict:
     out["onnx_speedup"] = round(out["torch_ms"]["p50"] / out["onnx_ms"]["p50"], 2)
     out["largest_difference"] = largest
     return out
+
+
+def document_encoding(index, texts: list[str], thread_settings: list[int], chunk: int = 64) -> list[dict]:
+    """Documents per second of each document runtime on ``texts``, the runtimes taking turns
+    chunk by chunk (so that they share the machine's state), per thread setting; and the cosine
+    of each runtime's token vectors with PyTorch's."""
+    from ..encoder import RUNTIMES, Encoder
+
+    recorded = index.manifest["encoder"]
+    source = None if recorded["source"] == "default" else recorded["source"]
+    encoders = {runtime: Encoder(source, query_maxlen=recorded["query_maxlen"], doc_maxlen=recorded["doc_maxlen"], doc_runtime=runtime) for runtime in RUNTIMES}
+    tokens = sum(len(ids) for ids in encoders["torch"]._token_ids(texts, is_query=False)[0])
+    runs = []
+    for threads in thread_settings:
+        seconds = dict.fromkeys(encoders, 0.0)
+        cosines: dict[str, list[np.ndarray]] = {runtime: [] for runtime in encoders}
+        for encoder in encoders.values():
+            encoder.encode_documents(texts[:8], threads=threads)  # warm-up (and the ONNX export, once)
+        for start in range(0, len(texts), chunk):
+            part = texts[start : start + chunk]
+            vectors = {}
+            for runtime, encoder in encoders.items():
+                t0 = time.perf_counter()
+                vectors[runtime] = encoder.encode_documents(part, threads=threads).vectors
+                seconds[runtime] += time.perf_counter() - t0
+            for runtime in encoders:
+                cosines[runtime].append((vectors[runtime] * vectors["torch"]).sum(axis=1))
+        run = {"threads": threads}
+        for runtime in encoders:
+            cos = np.concatenate(cosines[runtime])
+            run[runtime] = {
+                "docs_per_second": round(len(texts) / seconds[runtime], 2),
+                "tokens_per_second": round(tokens / seconds[runtime], 1),
+                "speedup_vs_torch": round(seconds["torch"] / seconds[runtime], 2),
+                "cosine_with_torch": {"mean": round(float(cos.mean()), 5), "min": round(float(cos.min()), 5)},
+            }
+        runs.append(run)
+        print(json.dumps(run), flush=True)
+    return runs
 
 
 def quality(index, reference, qids: list[str], texts: list[str], qrels: dict, stage: str, candidates: int | None) -> dict:
@@ -202,6 +246,29 @@ def bench(dataset: Path, index, first_stage: str | None, candidates: int | None,
     }
 
 
+def documents_report(dataset: Path, index, count: int, thread_settings: list[int], seed: int = 0) -> dict:
+    import torch
+
+    from ..corpus import read_corpus
+
+    corpus = [doc.full_text for doc in read_corpus(dataset)]
+    picked = np.random.default_rng(seed).choice(len(corpus), size=min(count, len(corpus)), replace=False)
+    texts = [corpus[i] for i in sorted(picked)]
+    return {
+        "study": "bench-documents",
+        "dataset": Path(dataset).resolve().name,
+        "index": index.name,
+        "documents": len(texts),
+        "seed": seed,
+        "doc_maxlen": index.manifest["encoder"]["doc_maxlen"],
+        "batch_size": index.config.batch_size,
+        "command": "python -m mvr.eval.bench " + " ".join(shlex.quote(a) for a in sys.argv[1:]),
+        "machine": {"processor": platform.processor() or platform.machine(), "cpus": os.cpu_count(), "python": platform.python_version(), "torch": torch.__version__},
+        "date": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        "runs": document_encoding(index, texts, thread_settings),
+    }
+
+
 def main(argv: list[str] | None = None) -> int:
     from ..index import Index
 
@@ -214,11 +281,18 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--max-queries", type=int, default=None)
     parser.add_argument("--threads", default=f"1,{os.cpu_count()}", help="comma list of thread counts (default: 1 and all cores)")
     parser.add_argument("--reference", default=None, help="index whose exhaustive MaxSim nDCG@10 the search is compared with (default: --index)")
+    parser.add_argument("--documents", type=int, default=None, help="time document encoding of this many corpus documents instead of search")
     parser.add_argument("--output", type=Path, required=True)
     args = parser.parse_args(argv)
     index = Index.open(args.index, home=args.index_dir)
-    reference = Index.open(args.reference, home=args.index_dir) if args.reference else None
-    report = bench(args.dataset, index, args.first_stage, args.candidates, args.max_queries, [int(t) for t in args.threads.split(",")], reference)
+    threads = [int(t) for t in args.threads.split(",")]
+    if args.documents is not None:
+        if args.documents < 1:
+            parser.error("--documents must be at least 1")
+        report = documents_report(args.dataset, index, args.documents, threads)
+    else:
+        reference = Index.open(args.reference, home=args.index_dir) if args.reference else None
+        report = bench(args.dataset, index, args.first_stage, args.candidates, args.max_queries, threads, reference)
     args.output.parent.mkdir(parents=True, exist_ok=True)
     args.output.write_text(json.dumps(report, indent=2) + "\n")
     return 0

@@ -115,7 +115,7 @@ def _queries(vectors, offsets, simhash, ams_index, ams_sign, d_proj, cs_index, c
 def _documents(codes, offsets, simhash, ams_index, ams_sign, d_proj, fill_empty, cs_index, cs_sign, max_len, out):
     dim = codes.shape[1]
     for d in prange(offsets.shape[0] - 1):
-        scratch = np.empty(max_len * dim, dtype=np.uint32)
+        scratch = np.empty(max_len * dim, dtype=np.float32)
         points = decode_rows(codes, offsets[d], offsets[d + 1], scratch)
         _encode_one(points, simhash, ams_index, ams_sign, d_proj, False, fill_empty, cs_index, cs_sign, out[d])
 

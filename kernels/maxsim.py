@@ -6,125 +6,65 @@ Documents are stored as one flat ``(n_tokens, dim)`` float16 matrix, passed here
 bit pattern, with ``doc_offsets`` (``n_docs + 1`` int64) marking each document's rows. Queries are
 float32 ``(n_query_tokens, dim)``. Accumulation is float32. A document with no tokens scores 0.
 
-Layout of each kernel (as in ranx): a private per-document body, a parallel loop over
-documents, and a typed public function that checks shapes.
+Each document is decoded to float32 once (F16C, :mod:`kernels.fp16`) into a buffer that stays in
+cache, then scored by the register-tiled micro-kernel of :mod:`kernels.simd` against the query
+transposed once per call. Work is split into a few contiguous parts per thread, each with its
+own buffers, so nothing is allocated per document.
+
+Layout of each kernel (as in ranx): a private body, a parallel loop over documents, and a typed
+public function that checks shapes.
 """
 
+import numba
 import numpy as np
 from numba import njit, prange
 
 from .fp16 import decode_rows
+from .simd import query_lanes, score_rows, transpose_queries
+
+
+def _parts(n):
+    """How many contiguous parts ``n`` documents are split into for the threads (decided here,
+    not in the kernels: a kernel that asks Numba for its thread count cannot be cached)."""
+    return max(1, min(int(n), 4 * numba.get_num_threads()))
 
 
 @njit(inline="always", fastmath=True, nogil=True)
-def _score_one(query, doc):
-    # Register blocking: four query tokens against two document tokens per pass over ``dim``,
-    # eight independent dot products the compiler vectorises over ``dim``, so six loads feed
-    # eight FMAs (the loop is FMA-bound, not load-bound). Running maxima stay in scalars.
-    n_query, dim = query.shape
-    n_doc = doc.shape[0]
-    if n_doc == 0:
-        return np.float32(0.0)
-    total = np.float32(0.0)
-    i = 0
-    while i + 4 <= n_query:
-        m0 = m1 = m2 = m3 = np.float32(-np.inf)
-        j = 0
-        while j + 2 <= n_doc:
-            a0 = a1 = a2 = a3 = b0 = b1 = b2 = b3 = np.float32(0.0)
-            for k in range(dim):
-                d0 = doc[j, k]
-                d1 = doc[j + 1, k]
-                q0 = query[i, k]
-                q1 = query[i + 1, k]
-                q2 = query[i + 2, k]
-                q3 = query[i + 3, k]
-                a0 += q0 * d0
-                a1 += q1 * d0
-                a2 += q2 * d0
-                a3 += q3 * d0
-                b0 += q0 * d1
-                b1 += q1 * d1
-                b2 += q2 * d1
-                b3 += q3 * d1
-            m0 = max(m0, max(a0, b0))
-            m1 = max(m1, max(a1, b1))
-            m2 = max(m2, max(a2, b2))
-            m3 = max(m3, max(a3, b3))
-            j += 2
-        if j < n_doc:
-            a0 = a1 = a2 = a3 = np.float32(0.0)
-            for k in range(dim):
-                d0 = doc[j, k]
-                a0 += query[i, k] * d0
-                a1 += query[i + 1, k] * d0
-                a2 += query[i + 2, k] * d0
-                a3 += query[i + 3, k] * d0
-            m0 = max(m0, a0)
-            m1 = max(m1, a1)
-            m2 = max(m2, a2)
-            m3 = max(m3, a3)
-        total += m0 + m1 + m2 + m3
-        i += 4
-    while i < n_query:  # the last one to three query tokens, two document tokens per pass
-        m0 = np.float32(-np.inf)
-        j = 0
-        while j + 2 <= n_doc:
-            a0 = b0 = np.float32(0.0)
-            for k in range(dim):
-                q0 = query[i, k]
-                a0 += q0 * doc[j, k]
-                b0 += q0 * doc[j + 1, k]
-            m0 = max(m0, max(a0, b0))
-            j += 2
-        if j < n_doc:
-            a0 = np.float32(0.0)
-            for k in range(dim):
-                a0 += query[i, k] * doc[j, k]
-            m0 = max(m0, a0)
-        total += m0
-        i += 1
-    return total
+def _score_part(qt, starts, query_offsets, doc_codes, doc_offsets, docs, lo, hi, max_doc_len, widest, dim, scores):
+    # documents docs[lo:hi] (all documents from lo to hi when docs is empty) against every query;
+    # inlined where ``dim`` is a literal, so that every row offset in the tiles is a constant
+    scratch = np.empty(max(max_doc_len, 1) * dim, dtype=np.float32)
+    best = np.empty(widest, dtype=np.float32)
+    for c in range(lo, hi):
+        d = docs[c] if docs.shape[0] else c
+        start, stop = doc_offsets[d], doc_offsets[d + 1]
+        decode_rows(doc_codes, start, stop, scratch)
+        for q in range(query_offsets.shape[0] - 1):
+            n_query = query_offsets[q + 1] - query_offsets[q]
+            scores[q, c] = score_rows(qt, starts[q], query_lanes(n_query), n_query, scratch, 0, stop - start, dim, best)
 
 
 @njit(parallel=True, fastmath=True, nogil=True, cache=True)
-def _exhaustive(query, doc_codes, doc_offsets, max_doc_len):
-    n_docs = doc_offsets.shape[0] - 1
+def _score(queries, query_offsets, doc_codes, doc_offsets, docs, n, max_doc_len, parts):
+    # scores (n_queries, n) of every query against docs (or, docs empty, the first n documents)
     dim = doc_codes.shape[1]
-    scores = np.empty(n_docs, dtype=np.float32)
-    for d in prange(n_docs):
-        scratch = np.empty(max_doc_len * dim, dtype=np.uint32)
-        doc = decode_rows(doc_codes, doc_offsets[d], doc_offsets[d + 1], scratch)
-        scores[d] = _score_one(query, doc)
+    qt, starts = transpose_queries(queries, query_offsets)
+    widest = 8
+    for q in range(query_offsets.shape[0] - 1):
+        widest = max(widest, query_lanes(query_offsets[q + 1] - query_offsets[q]))
+    scores = np.empty((query_offsets.shape[0] - 1, n), dtype=np.float32)
+    for p in prange(parts):
+        lo, hi = p * n // parts, (p + 1) * n // parts
+        if dim == 384:  # the common widths get code with the width built in (MiniLM / BERT-small, ColBERT)
+            _score_part(qt, starts, query_offsets, doc_codes, doc_offsets, docs, lo, hi, max_doc_len, widest, 384, scores)
+        elif dim == 128:
+            _score_part(qt, starts, query_offsets, doc_codes, doc_offsets, docs, lo, hi, max_doc_len, widest, 128, scores)
+        else:
+            _score_part(qt, starts, query_offsets, doc_codes, doc_offsets, docs, lo, hi, max_doc_len, widest, dim, scores)
     return scores
 
 
-@njit(parallel=True, fastmath=True, nogil=True, cache=True)
-def _candidates(query, doc_codes, doc_offsets, candidates, max_doc_len):
-    n = candidates.shape[0]
-    dim = doc_codes.shape[1]
-    scores = np.empty(n, dtype=np.float32)
-    for c in prange(n):
-        d = candidates[c]
-        scratch = np.empty(max_doc_len * dim, dtype=np.uint32)
-        doc = decode_rows(doc_codes, doc_offsets[d], doc_offsets[d + 1], scratch)
-        scores[c] = _score_one(query, doc)
-    return scores
-
-
-@njit(parallel=True, fastmath=True, nogil=True, cache=True)
-def _exhaustive_many(queries, query_offsets, doc_codes, doc_offsets, max_doc_len):
-    # Each document is decoded once and scored against every query.
-    n_queries = query_offsets.shape[0] - 1
-    n_docs = doc_offsets.shape[0] - 1
-    dim = doc_codes.shape[1]
-    scores = np.empty((n_queries, n_docs), dtype=np.float32)
-    for d in prange(n_docs):
-        scratch = np.empty(max_doc_len * dim, dtype=np.uint32)
-        doc = decode_rows(doc_codes, doc_offsets[d], doc_offsets[d + 1], scratch)
-        for q in range(n_queries):
-            scores[q, d] = _score_one(queries[query_offsets[q] : query_offsets[q + 1]], doc)
-    return scores
+_ALL = np.zeros(0, dtype=np.int64)
 
 
 def _check(query, doc_codes, doc_offsets):
@@ -153,7 +93,8 @@ def maxsim_exhaustive(query, doc_codes, doc_offsets, max_doc_len=None):
     query, doc_offsets = _check(query, doc_codes, doc_offsets)
     if max_doc_len is None:
         max_doc_len = _max_len(doc_offsets)
-    return _exhaustive(query, doc_codes, doc_offsets, max_doc_len)
+    n_docs = doc_offsets.shape[0] - 1
+    return _score(query, np.array([0, len(query)], dtype=np.int64), doc_codes, doc_offsets, _ALL, n_docs, max_doc_len, _parts(n_docs))[0]
 
 
 def maxsim_candidates(query, doc_codes, doc_offsets, candidates, max_doc_len=None):
@@ -165,7 +106,10 @@ def maxsim_candidates(query, doc_codes, doc_offsets, candidates, max_doc_len=Non
         raise IndexError(f"candidate ids must lie in [0, {n_docs}), got [{candidates.min()}, {candidates.max()}]")
     if max_doc_len is None:
         max_doc_len = _max_len(doc_offsets)
-    return _candidates(query, doc_codes, doc_offsets, candidates, max_doc_len)
+    n = candidates.shape[0]
+    if n == 0:
+        return np.zeros(0, dtype=np.float32)
+    return _score(query, np.array([0, len(query)], dtype=np.int64), doc_codes, doc_offsets, candidates, n, max_doc_len, _parts(n))[0]
 
 
 def maxsim_exhaustive_many(queries, query_offsets, doc_codes, doc_offsets, max_doc_len=None):
@@ -175,20 +119,25 @@ def maxsim_exhaustive_many(queries, query_offsets, doc_codes, doc_offsets, max_d
     query_offsets = np.ascontiguousarray(query_offsets, dtype=np.int64)
     if max_doc_len is None:
         max_doc_len = _max_len(doc_offsets)
-    return _exhaustive_many(queries, query_offsets, doc_codes, doc_offsets, max_doc_len)
+    n_docs = doc_offsets.shape[0] - 1
+    return _score(queries, query_offsets, doc_codes, doc_offsets, _ALL, n_docs, max_doc_len, _parts(n_docs))
 
 
 @njit(nogil=True, fastmath=True, cache=True)
 def _early_exit(query, doc_codes, doc_offsets, candidates, k, patience, max_doc_len, out):
     # Candidates in first-stage order; stop once `patience` in a row fail to enter the top-k.
-    dim = doc_codes.shape[1]
-    scratch = np.empty(max(max_doc_len, 1) * dim, dtype=np.uint32)
+    n_query, dim = query.shape
+    qt, _ = transpose_queries(query, np.array([0, n_query], dtype=np.int64))
+    lanes = query_lanes(n_query)
+    scratch = np.empty(max(max_doc_len, 1) * dim, dtype=np.float32)
+    best_lanes = np.empty(max(lanes, 8), dtype=np.float32)
     best = np.full(k, -np.inf, dtype=np.float32)
     misses = 0
     for c in range(candidates.shape[0]):
         d = candidates[c]
-        doc = decode_rows(doc_codes, doc_offsets[d], doc_offsets[d + 1], scratch)
-        score = _score_one(query, doc)
+        start, stop = doc_offsets[d], doc_offsets[d + 1]
+        decode_rows(doc_codes, start, stop, scratch)
+        score = score_rows(qt, 0, lanes, n_query, scratch, 0, stop - start, dim, best_lanes)
         out[c] = score
         worst = 0
         for i in range(1, k):

@@ -77,7 +77,7 @@ def _add_compaction(parser: argparse.ArgumentParser) -> None:
 
     group = parser.add_argument_group("fewer and smaller vectors (docs/compression.md)")
     group.add_argument("--from", dest="source", default=None, metavar="INDEX", help="derive from this float16 index's stored vectors instead of encoding CORPUS")
-    group.add_argument("--preset", choices=sorted(PRESETS), default=None, help="; ".join(f"{k}: {v['about']}" for k, v in PRESETS.items()))
+    group.add_argument("--preset", choices=sorted(PRESETS), default=None, help="; ".join(f"{k}: {v['about']}" for k, v in PRESETS.items()).replace("%", "%%"))
     group.add_argument("--prune", default=None, help=f"drop document tokens by rule, comma list of {', '.join(PRUNE_RULES)}")
     group.add_argument("--prune-max-df", type=float, default=None, help="the df rule drops tokens found in more than this share of documents (default 0.5)")
     group.add_argument("--cluster-ratio", type=float, default=None, help="k-means each document to ceil(ratio x its tokens) centroids")
@@ -116,6 +116,8 @@ def _compaction(args) -> dict:
 
 
 def _build_parser() -> argparse.ArgumentParser:
+    from .encoder import DEFAULT_DOC_RUNTIME, RUNTIMES
+
     parser = argparse.ArgumentParser(prog="mvr", description="Multi-vector (late-interaction) retrieval.")
     sub = parser.add_subparsers(dest="command", required=True)
 
@@ -130,6 +132,10 @@ def _build_parser() -> argparse.ArgumentParser:
     p.add_argument("--doc-maxlen", type=int, default=None, help="document length in tokens (default: the model's; 256 for plain encoders)")
     p.add_argument("--query-maxlen", type=int, default=None, help="query length in tokens (default: the model's; 64 for plain encoders)")
     p.add_argument("--batch-size", type=int, default=32)
+    p.add_argument(
+        "--doc-runtime", choices=RUNTIMES, default=DEFAULT_DOC_RUNTIME,
+        help=f"how documents run through the model: onnx-int8 (ONNX Runtime, int8 weights; 1.5x PyTorch at the same nDCG@10, docs/speed.md), onnx, torch (default: {DEFAULT_DOC_RUNTIME})",
+    )
     p.add_argument("--pca-dim", type=int, default=None, help="reduce token vectors with uncentred PCA to this many dims")
     p.add_argument("--skip-empty", action="store_true", help="drop documents with no text instead of failing")
     p.add_argument("--overwrite", action="store_true", help="replace an existing index of that name (only once the new one is complete)")
@@ -230,6 +236,7 @@ def _cmd_index(args) -> int:
             query_maxlen=args.query_maxlen,
             doc_maxlen=args.doc_maxlen,
             batch_size=args.batch_size,
+            doc_runtime=args.doc_runtime,
             pca_dim=args.pca_dim,
             skip_empty=args.skip_empty,
             threads=args.threads,

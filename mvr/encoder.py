@@ -40,6 +40,12 @@ DEFAULT_MODEL_NAME = "all-MiniLM-L6-v2"
 PLAIN_QUERY_MAXLEN = 64
 PLAIN_DOC_MAXLEN = 256
 _WEIGHT_FILES = ("model.safetensors", "pytorch_model.bin")
+# How the transformer runs: PyTorch, ONNX Runtime float32, or ONNX Runtime with weights quantised
+# to int8 per output channel and activations quantised per batch (dynamic quantisation).
+RUNTIMES = ("torch", "onnx", "onnx-int8")
+QUERY_RUNTIMES = ("torch", "onnx")
+# Documents: int8 ONNX encodes SciFact 1.5x faster than PyTorch at the same nDCG@10 (docs/speed.md).
+DEFAULT_DOC_RUNTIME = "onnx-int8"
 # Activation of a sentence-transformers Dense module -> name in torch.nn.functional (None: identity).
 _ACTIVATIONS = {
     "torch.nn.modules.linear.Identity": None,
@@ -95,6 +101,12 @@ class EncoderSpec:
     skiplist: tuple[str, ...] = ()
     dense_dirs: tuple[str, ...] = ()
     transformer_dir: str = ""
+
+
+def _runtime(name: str, value: str, allowed: tuple[str, ...]) -> str:
+    if value not in allowed:
+        raise EncoderError(f"{name} must be one of {', '.join(allowed)}; got {value!r}.")
+    return value
 
 
 def _read_json(path: Path) -> dict:
@@ -224,7 +236,10 @@ class Encoder:
     ``query_runtime``: "onnx" runs the transformer of query encoding in ONNX Runtime (exported
     once per model and cached under ``$MVR_CACHE_DIR``, default ``~/.cache/mvr``; same outputs
     within float rounding, about twice as fast at batch 1 on CPU), "torch" keeps PyTorch; None
-    reads ``$MVR_QUERY_RUNTIME`` (default "onnx"). Documents are encoded with PyTorch.
+    reads ``$MVR_QUERY_RUNTIME`` (default "onnx"). ``doc_runtime``: the same for documents, with
+    "onnx-int8" too (weights int8 per output channel, activations quantised per batch; the default,
+    docs/speed.md has its speed and nDCG@10); None reads ``$MVR_DOC_RUNTIME``. A model the exporter
+    cannot handle stays on PyTorch, with a warning.
     """
 
     def __init__(
@@ -236,6 +251,7 @@ class Encoder:
         batch_size: int = 32,
         threads: int | None = None,
         query_runtime: str | None = None,
+        doc_runtime: str | None = None,
     ):
         import torch
         from transformers import AutoModel, AutoTokenizer
@@ -251,11 +267,9 @@ class Encoder:
         self.spec = detect_spec(self.path, query_maxlen, doc_maxlen)
         self.batch_size = batch_size
         self.threads = threads
-        query_runtime = query_runtime or os.environ.get("MVR_QUERY_RUNTIME") or "onnx"
-        if query_runtime not in ("onnx", "torch"):
-            raise EncoderError(f"query_runtime must be 'onnx' or 'torch', got {query_runtime!r}.")
-        self.query_runtime = query_runtime
-        self._onnx_session = None
+        self.query_runtime = _runtime("query_runtime", query_runtime or os.environ.get("MVR_QUERY_RUNTIME") or "onnx", QUERY_RUNTIMES)
+        self.doc_runtime = _runtime("doc_runtime", doc_runtime or os.environ.get("MVR_DOC_RUNTIME") or DEFAULT_DOC_RUNTIME, RUNTIMES)
+        self._onnx_sessions: dict[tuple[str, int], object] = {}
 
         transformer_path = self.path / self.spec.transformer_dir
         try:
@@ -295,29 +309,38 @@ class Encoder:
         self._pass_token_types = "token_type_ids" in tok.model_input_names
         self.weights_sha256 = weights_checksum(weight_files)
 
-    # -- ONNX Runtime for queries --------------------------------------------------------------
-    def _onnx_hidden(self, inputs: dict):
+    # -- ONNX Runtime ----------------------------------------------------------------------------
+    def _onnx_hidden(self, inputs: dict, is_query: bool):
         """The transformer's last hidden state from ONNX Runtime, or None (then torch runs) when
-        the model cannot be exported; that is remembered and torch is used from then on."""
+        this side's runtime is torch or the model cannot be exported; a failed export is
+        remembered and that side uses torch from then on."""
         import torch
 
-        if self._onnx_session is None:
+        attribute = "query_runtime" if is_query else "doc_runtime"
+        runtime = getattr(self, attribute)
+        if runtime == "torch":
+            return None
+        # Queries: one thread, at batch 1 a second one costs more than it brings (docs/speed.md).
+        # Documents: the threads torch was given for this call.
+        threads = 1 if is_query else torch.get_num_threads()
+        session = self._onnx_sessions.get((runtime, threads))
+        if session is None:
             try:
-                # One thread: at batch 1 a second one costs more than it brings (docs/speed.md).
-                self._onnx_session = self._open_onnx(threads=1)
+                session = self._open_onnx(runtime, threads)
             except Exception as exc:  # an architecture the exporter cannot handle: stay on torch
                 import warnings
 
-                warnings.warn(f"mvr: query encoding stays on PyTorch; ONNX export of {self.name} failed: {exc}", stacklevel=3)
-                self.query_runtime = "torch"
+                warnings.warn(f"mvr: {attribute} falls back to PyTorch; ONNX export of {self.name} failed: {exc}", stacklevel=4)
+                setattr(self, attribute, "torch")
                 return None
+            self._onnx_sessions[(runtime, threads)] = session
         feeds = {name: value.numpy() for name, value in inputs.items()}
-        return torch.from_numpy(self._onnx_session.run(None, feeds)[0])
+        return torch.from_numpy(session.run(None, feeds)[0])
 
-    def _open_onnx(self, threads: int):
+    def _open_onnx(self, runtime: str, threads: int):
         import onnxruntime
 
-        path = self._onnx_file()
+        path = self._onnx_file(quantized=runtime == "onnx-int8")
         options = onnxruntime.SessionOptions()
         options.intra_op_num_threads = threads
         options.inter_op_num_threads = 1
@@ -325,8 +348,9 @@ class Encoder:
         options.add_session_config_entry("session.intra_op.allow_spinning", "0")
         return onnxruntime.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
 
-    def _onnx_file(self) -> Path:
-        """The exported transformer, made on first use and kept in the cache (keyed by weights)."""
+    def _onnx_file(self, quantized: bool = False) -> Path:
+        """The exported transformer (``quantized``: its int8 version), made on first use and kept
+        in the cache, keyed by the weights."""
         import warnings
 
         import torch
@@ -334,6 +358,8 @@ class Encoder:
         cache = Path(os.environ.get("MVR_CACHE_DIR") or Path.home() / ".cache" / "mvr") / "onnx"
         names = ["input_ids", "attention_mask", *(["token_type_ids"] if self._pass_token_types else [])]
         path = cache / f"{self.weights_sha256[:24]}-{len(names)}.onnx"
+        if quantized:
+            return self._quantized_file(self._onnx_file(), path.with_name(f"{path.stem}-int8.onnx"))
         if path.is_file():
             return path
         cache.mkdir(parents=True, exist_ok=True)
@@ -361,6 +387,28 @@ class Encoder:
         finally:
             tmp.unlink(missing_ok=True)
             self.model.eval()  # the exporter may leave the module in training mode
+        return path
+
+    @staticmethod
+    def _quantized_file(source: Path, path: Path) -> Path:
+        """``source`` with every MatMul's weights quantised to int8 per output channel (ONNX
+        Runtime dynamic quantisation: activations are quantised per batch at run time)."""
+        if path.is_file():
+            return path
+        import logging
+
+        from onnxruntime.quantization import QuantType, quantize_dynamic
+
+        tmp = path.with_name(f".{path.stem}.{os.getpid()}.tmp.onnx")
+        root = logging.getLogger()
+        level = root.level
+        root.setLevel(logging.ERROR)  # the quantiser logs advice about pre-processing at WARNING
+        try:
+            quantize_dynamic(str(source), str(tmp), weight_type=QuantType.QInt8, per_channel=True)
+            os.replace(tmp, path)
+        finally:
+            root.setLevel(level)
+            tmp.unlink(missing_ok=True)
         return path
 
     # -- loading -------------------------------------------------------------------------------
@@ -477,6 +525,11 @@ class Encoder:
                 raise EncoderError(f"text #{i} is a {type(text).__name__}, expected str.")
         sequences, truncated = self._token_ids(texts, is_query)
         batch_size = batch_size or self.batch_size
+        if not is_query and self.doc_runtime == "onnx-int8":
+            # Dynamic quantisation scales activations over the whole run: one document per run
+            # keeps each document's vectors independent of its batch-mates (and wastes no padding;
+            # on SciFact it is no slower than batches of 32).
+            batch_size = 1
         order = np.argsort([-len(s) for s in sequences], kind="stable")
         results: list[np.ndarray | None] = [None] * len(texts)
         bar = progress(total=len(texts), desc="encoding queries" if is_query else "encoding documents", unit="text", show=show_progress)
@@ -495,7 +548,7 @@ class Encoder:
                 inputs = {"input_ids": input_ids, "attention_mask": attention}
                 if self._pass_token_types:
                     inputs["token_type_ids"] = torch.zeros_like(input_ids)
-                hidden = self._onnx_hidden(inputs) if is_query and self.query_runtime == "onnx" else None
+                hidden = self._onnx_hidden(inputs, is_query)
                 if hidden is None:
                     hidden = self.model(**inputs).last_hidden_state
                 for weight, bias, activation in self._projections:

@@ -9,6 +9,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import itertools
 import os
 import time
@@ -642,11 +643,14 @@ class Index:
         with store.StagingDir(target, overwrite) as staging, cpu_threads(config.threads, "numba", "faiss"):
             if encoder is None:
                 encoder = Encoder(
-                    config.model, query_maxlen=config.query_maxlen, doc_maxlen=config.doc_maxlen, batch_size=config.batch_size, threads=config.threads
+                    config.model, query_maxlen=config.query_maxlen, doc_maxlen=config.doc_maxlen, batch_size=config.batch_size,
+                    threads=config.threads, doc_runtime=config.doc_runtime,
                 )
             loaded = time.perf_counter()
             counts = _encode_corpus(documents, encoder, config, staging.path, show_progress, chunk_size)
             encoded = time.perf_counter()
+            # what ran: a given encoder's own runtime, or PyTorch where the ONNX export failed
+            config = dataclasses.replace(config, doc_runtime=encoder.doc_runtime)
             counts.update(_finish_vectors(staging.path, encoder.dim, config, counts["tokens"]))
             build = {
                 "model_load_seconds": round(loaded - started, 3),
@@ -674,7 +678,6 @@ class Index:
         and fde) without encoding the corpus again. Texts, ids and sparse stages are copied; the
         FDE is rebuilt from the new vectors. The source is only read.
         """
-        import dataclasses
         import shutil
 
         source = source if isinstance(source, Index) else cls.open(source, home=home)

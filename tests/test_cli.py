@@ -39,6 +39,15 @@ def test_index_search_info_eval(tmp_path, beir, capsys):
     code, out, _ = run(capsys, "info", "tiny", "--json", "--verify", "--index-dir", home)
     info = json.loads(out)
     assert info["documents"] == 8 and info["verified"] and info["build"]["command"].startswith("mvr index")
+    assert info["config"]["doc_runtime"] == "onnx-int8"  # the default document runtime, recorded
+
+    # the same corpus encoded in PyTorch: the first hit of every query agrees with the int8 index
+    code, out, _ = run(capsys, "index", beir / "corpus.jsonl", "--name", "tiny-torch", "--doc-runtime", "torch", "--index-dir", home, "--quiet", "--sparse", "none")
+    code, out, _ = run(capsys, "info", "tiny-torch", "--json", "--index-dir", home)
+    assert code == 0 and json.loads(out)["config"]["doc_runtime"] == "torch"
+    for _, text, _ in QUERIES:
+        firsts = [json.loads(run(capsys, "search", name, text, "--json", "-k", "1", "--index-dir", home)[1])["hits"][0]["id"] for name in ("tiny", "tiny-torch")]
+        assert firsts[0] == firsts[1], (text, firsts)
 
     report_path = tmp_path / "report.json"
     code, out, _ = run(capsys, "eval", beir, "--index", "tiny", "--index-dir", home, "--output", report_path, "--quiet", "--run-file", tmp_path / "run.trec")
@@ -61,6 +70,13 @@ def test_index_search_info_eval(tmp_path, beir, capsys):
     markdown = (tmp_path / "results.md").read_text()
     assert f"**{run_report['nDCG@10']:.4f}**" in markdown and "[report.json](report.json)" in markdown
     assert "`mvr index " in markdown and "`mvr eval " in markdown
+
+
+@pytest.mark.parametrize("command", ["index", "sparse", "fde", "search", "info", "list", "eval"])
+def test_every_help_prints(command, capsys):
+    with pytest.raises(SystemExit) as exit_:
+        main([command, "--help"])
+    assert exit_.value.code == 0 and "usage: mvr " + command in capsys.readouterr().out
 
 
 def test_errors_are_one_line_with_status_2(tmp_path, beir, capsys):

@@ -37,7 +37,7 @@ def test_forms_are_detected(models, tmp_path):
 
 
 def test_stanford_colbert_markers_augmentation_and_skiplist(models):
-    encoder = Encoder(models["colbert"])
+    encoder = Encoder(models["colbert"], doc_runtime="torch")
     tok = encoder.tokenizer
     assert encoder.dim == 16 and encoder.spec.query_maxlen == 12 and encoder.spec.doc_maxlen == 24
     q_marker, d_marker = tok.convert_tokens_to_ids("[unused0]"), tok.convert_tokens_to_ids("[unused1]")
@@ -67,7 +67,7 @@ def test_stanford_truncates_documents_at_doc_maxlen(models):
 
 
 def test_pylate_prefixes_dense_and_expansion(models):
-    encoder = Encoder(models["pylate"])
+    encoder = Encoder(models["pylate"], doc_runtime="torch")
     tok = encoder.tokenizer
     assert encoder.spec.kind == "pylate" and encoder.dim == 8 and encoder.spec.query_maxlen == 10
     q_prefix = tok.convert_tokens_to_ids("[Q] ")
@@ -100,7 +100,7 @@ def test_pylate_without_expansion_keeps_only_real_query_tokens(models, tmp_path)
 
 
 def test_plain_encoder_keeps_every_token_without_markers(models):
-    encoder = Encoder(models["plain"])
+    encoder = Encoder(models["plain"], doc_runtime="torch")
     tok = encoder.tokenizer
     assert encoder.spec.kind == "plain" and encoder.dim == 32
     text = "Hello, world!"
@@ -109,14 +109,40 @@ def test_plain_encoder_keeps_every_token_without_markers(models):
         np.testing.assert_allclose(encoded.vectors, _by_hand(encoder, ids, [1] * len(ids)), atol=1e-5)
 
 
-def test_batching_and_length_sorting_do_not_change_vectors(models):
-    encoder = Encoder(models["plain"], batch_size=2)
+@pytest.mark.parametrize("runtime", ["torch", "onnx", "onnx-int8"])
+def test_batching_and_length_sorting_do_not_change_vectors(models, runtime):
+    # int8 included: its activations are quantised per run, so documents must not share one
+    encoder = Encoder(models["plain"], batch_size=2, doc_runtime=runtime)
     texts = ["one", "a much longer text with many more tokens in it", "", "two words", "x " * 30]
     together = encoder.encode_documents(texts)
     for i, text in enumerate(texts):
         alone = encoder.encode_documents([text])
         np.testing.assert_allclose(together[i], alone.vectors, atol=1e-5)
     assert np.allclose(np.linalg.norm(together.vectors, axis=1), 1, atol=1e-5)
+    assert encoder.doc_runtime == runtime  # no silent fall-back to PyTorch
+
+
+@pytest.mark.parametrize("kind", ["plain", "colbert", "pylate"])
+def test_onnx_document_runtimes_follow_pytorch(models, kind, tmp_path, monkeypatch):
+    monkeypatch.setenv("MVR_CACHE_DIR", str(tmp_path))
+    texts = ["Hello, world! It works.", "a much longer text with many more tokens in it " * 3, "two words"]
+    reference = Encoder(models[kind], doc_runtime="torch").encode_documents(texts)
+    for runtime, floor in (("onnx", 0.99999), ("onnx-int8", 0.9)):
+        encoder = Encoder(models[kind], doc_runtime=runtime)
+        got = encoder.encode_documents(texts)
+        assert encoder.doc_runtime == runtime
+        np.testing.assert_array_equal(got.offsets, reference.offsets)  # same tokens kept (skiplist, markers)
+        cosine = (got.vectors * reference.vectors).sum(axis=1)
+        assert cosine.min() > floor, (runtime, cosine.min())
+    int8_files = list((tmp_path / "onnx").glob("*-int8.onnx"))
+    assert len(int8_files) == 1 and int8_files[0].stat().st_size < 0.5 * int8_files[0].with_name(int8_files[0].name.replace("-int8", "")).stat().st_size
+
+
+def test_unknown_runtime_is_refused(models):
+    with pytest.raises(EncoderError, match="doc_runtime must be one of torch, onnx, onnx-int8"):
+        Encoder(models["plain"], doc_runtime="int4")
+    with pytest.raises(EncoderError, match="query_runtime must be one of torch, onnx"):
+        Encoder(models["plain"], query_runtime="onnx-int8")
 
 
 def test_default_model_is_the_embedded_minilm(default_encoder):

@@ -274,3 +274,15 @@ def test_docstring_examples_hold():
 
     result = doctest.testmod(mvr.index)
     assert result.attempted >= 1 and result.failed == 0
+
+
+def test_document_runtime_is_recorded_and_old_manifests_read_as_pytorch(tmp_path, models):
+    docs = [("a", "the cat purrs"), ("b", "paris is in france"), ("c", "plants make sugar from light")]
+    built = Index.build(docs, tmp_path / "given", encoder=Encoder(models["plain"], doc_runtime="torch"), config=IndexConfig(sparse=(), fde=None))
+    assert built.config.doc_runtime == "torch"  # what ran (the given encoder's), not the config's default
+    assert IndexConfig.from_dict({}).doc_runtime == "torch"  # built before the field existed
+    assert IndexConfig().doc_runtime == "onnx-int8"
+    with pytest.raises(ConfigError, match="unknown doc_runtime 'int4'"):
+        IndexConfig(doc_runtime="int4")
+    with pytest.raises(ConfigError, match="cannot change without encoding the corpus again"):
+        Index.derive(built, tmp_path / "derived", doc_runtime="onnx")

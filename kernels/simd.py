@@ -1,0 +1,237 @@
+"""Vector building blocks for the MaxSim kernels, written in LLVM IR through Numba intrinsics.
+
+Numba has no float16 type on the CPU and no way to say "keep these twelve vectors in registers";
+LLVM has both. Two intrinsics fill the gap:
+
+``half_to_float(bits)``
+    A uint16 holding IEEE half-precision bits, as float32 (LLVM ``fpext half``). In a loop the
+    compiler turns it into ``vcvtph2ps``, eight values per instruction on F16C machines.
+
+``score_rows(qt, q_off, lanes, n_query, rows, r_off, n_rows, dim, best)``
+    MaxSim of one query against ``n_rows`` float32 document rows, as an outer-product micro-kernel
+    (the register tiling of a BLAS GEMM, with max in place of the sum over document tokens). The
+    query is packed once by :func:`transpose_queries`: its tokens zero-padded to ``lanes`` (a
+    multiple of 8) and cut into panels of 16 query tokens (8 for the last one when that is all
+    that is left), each stored transposed so that a panel streams contiguously from L1. A tile
+    holds the dot products of R document rows with one panel in R x 2 (or R x 1) eight-lane
+    vector accumulators, 12 (or 8) of the 16 AVX registers; each step over the ``dim`` values
+    loads the panel's values as vectors, broadcasts each row's value and issues one fused
+    multiply-add per accumulator, so no horizontal sum is ever needed: the running maximum over
+    document tokens is an element-wise ``max`` of vectors, kept per query token in ``best``.
+    Returns the sum over the ``n_query`` real tokens of ``best``; padded lanes are ignored. Rows
+    are read at ``rows[r_off + j * dim + k]``. Where ``dim`` is a compile-time constant (the
+    callers specialise the common widths) every row offset becomes an immediate, which frees the
+    registers the row pointers would take.
+
+Bounds are the caller's duty (these intrinsics read raw pointers): ``qt`` holds ``dim * lanes``
+values from ``q_off``, ``rows`` ``n_rows * dim`` from ``r_off``, ``best`` at least ``lanes``.
+Every array must be C-contiguous float32 (checked at typing time).
+"""
+
+import numba
+import numpy as np
+from llvmlite import ir
+from numba import njit, types
+from numba.core import cgutils
+from numba.core.extending import intrinsic
+
+_F32 = ir.FloatType()
+_I32 = ir.IntType(32)
+_I64 = ir.IntType(64)
+_VEC = ir.VectorType(_F32, 8)
+ROW_TILE = {1: 8, 2: 6}  # rows per tile for 8 and 16 query lanes (8 and 12 accumulators)
+
+
+@intrinsic
+def half_to_float(typingctx, bits):
+    if not isinstance(bits, types.Integer) or bits.bitwidth != 16:
+        return None
+
+    def codegen(context, builder, signature, args):
+        return builder.fpext(builder.bitcast(args[0], ir.HalfType()), _F32)
+
+    return types.float32(bits), codegen
+
+
+def _float32_c(array) -> bool:
+    return isinstance(array, types.Array) and array.dtype == types.float32 and array.layout == "C"
+
+
+def _tile(lane_vectors: int, rows: int):
+    """An intrinsic ``tile(qt, q_off, lanes, doc, d_off, dim, best, b_off)``: for ``8 *
+    lane_vectors`` query tokens from lane ``b_off`` (their values at ``qt[q_off + k * lanes]``
+    onward) and ``rows`` document rows at ``doc[d_off + j * dim]``, ``best[b_off + i] =
+    max(best[b_off + i], max_j <q_i, d_j>)``."""
+
+    @intrinsic
+    def tile(typingctx, qt, q_off, lanes, doc, d_off, dim, best, b_off):
+        if not (_float32_c(qt) and _float32_c(doc) and _float32_c(best)):
+            return None
+        signature = types.void(qt, q_off, lanes, doc, d_off, dim, best, b_off)
+
+        def codegen(context, builder, sig, args):
+            qt_v, q_off_v, lanes_v, doc_v, d_off_v, dim_v, best_v, b_off_v = args
+            q_ptr = builder.gep(context.make_array(sig.args[0])(context, builder, qt_v).data, [q_off_v])
+            d_ptr = builder.gep(context.make_array(sig.args[3])(context, builder, doc_v).data, [d_off_v])
+            b_ptr = builder.gep(context.make_array(sig.args[6])(context, builder, best_v).data, [b_off_v])
+            module = builder.module
+            fma = cgutils.get_or_insert_function(module, ir.FunctionType(_VEC, [_VEC, _VEC, _VEC]), "llvm.fma.v8f32")
+            vmax = cgutils.get_or_insert_function(module, ir.FunctionType(_VEC, [_VEC, _VEC]), "llvm.maxnum.v8f32")
+            vec_ptr = _VEC.as_pointer()
+            row_ptrs = [builder.gep(d_ptr, [builder.mul(dim_v, ir.Constant(_I64, r))]) for r in range(rows)]
+            entry = builder.block
+            loop = builder.append_basic_block("maxsim_tile")
+            done = builder.append_basic_block("maxsim_tile_done")
+            builder.branch(loop)
+
+            builder.position_at_end(loop)
+            k = builder.phi(_I64)
+            k.add_incoming(ir.Constant(_I64, 0), entry)
+            acc = [[builder.phi(_VEC) for _ in range(lane_vectors)] for _ in range(rows)]
+            for row in acc:
+                for a in row:
+                    a.add_incoming(ir.Constant(_VEC, None), entry)
+            q_row = builder.gep(q_ptr, [builder.mul(k, lanes_v)])
+            q = [builder.load(builder.bitcast(builder.gep(q_row, [ir.Constant(_I64, 8 * v)]), vec_ptr), align=4) for v in range(lane_vectors)]
+            splat = ir.Constant(ir.VectorType(_I32, 8), [0] * 8)
+            updated = []
+            for r in range(rows):
+                x = builder.load(builder.gep(row_ptrs[r], [k]), align=4)
+                x = builder.shuffle_vector(builder.insert_element(ir.Constant(_VEC, ir.Undefined), x, ir.Constant(_I32, 0)), ir.Constant(_VEC, ir.Undefined), splat)
+                updated.append([builder.call(fma, [x, q[v], acc[r][v]]) for v in range(lane_vectors)])
+            for r in range(rows):
+                for v in range(lane_vectors):
+                    acc[r][v].add_incoming(updated[r][v], loop)
+            k_next = builder.add(k, ir.Constant(_I64, 1))
+            k.add_incoming(k_next, loop)
+            builder.cbranch(builder.icmp_signed("<", k_next, dim_v), loop, done)
+
+            builder.position_at_end(done)
+            for v in range(lane_vectors):
+                pointer = builder.bitcast(builder.gep(b_ptr, [ir.Constant(_I64, 8 * v)]), vec_ptr)
+                running = builder.load(pointer, align=4)
+                for r in range(rows):
+                    running = builder.call(vmax, [running, updated[r][v]])
+                builder.store(running, pointer, align=4)
+            return context.get_dummy_value()
+
+        return signature, codegen
+
+    return tile
+
+
+# Tiles by (query lane vectors, document rows); Numba needs each as its own global to call it.
+_t2_1, _t2_2, _t2_3, _t2_4, _t2_5, _t2_6 = (_tile(2, r) for r in range(1, 7))
+_t1_1, _t1_2, _t1_3, _t1_4, _t1_5, _t1_6, _t1_7, _t1_8 = (_tile(1, r) for r in range(1, 9))
+
+
+@njit(inline="always", nogil=True)
+def _rows16(qt, q_off, lanes, doc, d_off, n_rows, dim, best, b_off):
+    j = 0
+    while j + 6 <= n_rows:
+        _t2_6(qt, q_off, lanes, doc, d_off + j * dim, dim, best, b_off)
+        j += 6
+    rest = n_rows - j
+    at = d_off + j * dim
+    if rest == 1:
+        _t2_1(qt, q_off, lanes, doc, at, dim, best, b_off)
+    elif rest == 2:
+        _t2_2(qt, q_off, lanes, doc, at, dim, best, b_off)
+    elif rest == 3:
+        _t2_3(qt, q_off, lanes, doc, at, dim, best, b_off)
+    elif rest == 4:
+        _t2_4(qt, q_off, lanes, doc, at, dim, best, b_off)
+    elif rest == 5:
+        _t2_5(qt, q_off, lanes, doc, at, dim, best, b_off)
+
+
+@njit(inline="always", nogil=True)
+def _rows8(qt, q_off, lanes, doc, d_off, n_rows, dim, best, b_off):
+    j = 0
+    while j + 8 <= n_rows:
+        _t1_8(qt, q_off, lanes, doc, d_off + j * dim, dim, best, b_off)
+        j += 8
+    rest = n_rows - j
+    at = d_off + j * dim
+    if rest == 7:
+        _t1_7(qt, q_off, lanes, doc, at, dim, best, b_off)
+    elif rest == 6:
+        _t1_6(qt, q_off, lanes, doc, at, dim, best, b_off)
+    elif rest == 1:
+        _t1_1(qt, q_off, lanes, doc, at, dim, best, b_off)
+    elif rest == 2:
+        _t1_2(qt, q_off, lanes, doc, at, dim, best, b_off)
+    elif rest == 3:
+        _t1_3(qt, q_off, lanes, doc, at, dim, best, b_off)
+    elif rest == 4:
+        _t1_4(qt, q_off, lanes, doc, at, dim, best, b_off)
+    elif rest == 5:
+        _t1_5(qt, q_off, lanes, doc, at, dim, best, b_off)
+
+
+@njit(inline="always", nogil=True)
+def score_rows(qt, q_off, lanes, n_query, rows, r_off, n_rows, dim, best):
+    """Sum over the query's ``n_query`` tokens of their best dot product with the ``n_rows`` rows
+    (0 for no rows); see the module doc for the layout."""
+    if n_rows <= 0:
+        return np.float32(0.0)
+    for i in range(lanes):
+        best[i] = -np.inf
+    lane = 0
+    while lane + 16 <= lanes:  # 16-lane panels, then one of 8 if left
+        _rows16(qt, q_off + dim * lane, 16, rows, r_off, n_rows, dim, best, lane)
+        lane += 16
+    if lane < lanes:
+        _rows8(qt, q_off + dim * lane, 8, rows, r_off, n_rows, dim, best, lane)
+    total = np.float32(0.0)
+    for i in range(n_query):
+        total += best[i]
+    return total
+
+
+@njit(nogil=True)
+def query_lanes(n_query):
+    """Lanes a query of ``n_query`` tokens takes: rounded up to a multiple of 8."""
+    return (n_query + 7) // 8 * 8
+
+
+@njit(nogil=True)
+def transpose_queries(queries, query_offsets):
+    """Each query of a flat float32 ``(n_tokens, dim)`` matrix packed for :func:`score_rows`, one
+    after another in one flat array; returns it and each query's start in it. A query's tokens
+    are zero-padded to its lanes and cut into panels of 16 (the last one 8 when that is all that
+    is left); a panel of width ``w`` from lane ``l`` is stored transposed, ``[k][w]``, at
+    ``start + dim * l``, so a tile streams one contiguous panel that stays in L1."""
+    n_queries = query_offsets.shape[0] - 1
+    dim = queries.shape[1]
+    starts = np.zeros(n_queries + 1, dtype=np.int64)
+    for q in range(n_queries):
+        starts[q + 1] = starts[q] + dim * query_lanes(query_offsets[q + 1] - query_offsets[q])
+    qt = np.zeros(max(starts[n_queries], 1), dtype=np.float32)
+    for q in range(n_queries):
+        lanes = query_lanes(query_offsets[q + 1] - query_offsets[q])
+        for i in range(query_offsets[q + 1] - query_offsets[q]):
+            panel = i // 16 * 16
+            width = 16 if panel + 16 <= lanes else 8
+            at = starts[q] + dim * panel + (i - panel)
+            row = query_offsets[q] + i
+            for k in range(dim):
+                qt[at + k * width] = queries[row, k]
+    return qt, starts
+
+
+if numba.config.DISABLE_JIT:  # pure Python (NUMBA_DISABLE_JIT=1, for debugging): NumPy stands in for the intrinsics
+
+    def half_to_float(bits):  # noqa: F811
+        return np.asarray(bits, dtype=np.uint16).view(np.float16).astype(np.float32)
+
+    def score_rows(qt, q_off, lanes, n_query, rows, r_off, n_rows, dim, best):  # noqa: F811
+        if n_rows <= 0:
+            return np.float32(0.0)
+        panels, lane = [], 0
+        while lane < lanes:
+            width = 16 if lane + 16 <= lanes else 8
+            panels.append(qt[q_off + dim * lane : q_off + dim * (lane + width)].reshape(dim, width))
+            lane += width
+        doc = rows.reshape(-1)[r_off : r_off + n_rows * dim].reshape(n_rows, dim)
+        return np.float32((doc @ np.hstack(panels)[:, :n_query]).max(axis=0).sum()) if n_query else np.float32(0.0)
