@@ -5,7 +5,8 @@ LLVM has both. Two intrinsics fill the gap:
 
 ``half_to_float(bits)``
     A uint16 holding IEEE half-precision bits, as float32 (LLVM ``fpext half``). In a loop the
-    compiler turns it into ``vcvtph2ps``, eight values per instruction on F16C machines.
+    compiler turns it into ``vcvtph2ps``, eight values per instruction on F16C machines (on a CPU
+    without F16C, integer bit moves and a multiply do it instead).
 
 ``score_rows(qt, q_off, lanes, n_query, rows, r_off, n_rows, dim, best)``
     MaxSim of one query against ``n_rows`` float32 document rows, as an outer-product micro-kernel
@@ -28,6 +29,7 @@ values from ``q_off``, ``rows`` ``n_rows * dim`` from ``r_off``, ``best`` at lea
 Every array must be C-contiguous float32 (checked at typing time).
 """
 
+import llvmlite.binding as ll
 import numba
 import numpy as np
 from llvmlite import ir
@@ -42,8 +44,11 @@ _VEC = ir.VectorType(_F32, 8)
 ROW_TILE = {1: 8, 2: 6}  # rows per tile for 8 and 16 query lanes (8 and 12 accumulators)
 
 
+_HOST_F16C = bool(ll.get_host_cpu_features().get("f16c", False))
+
+
 @intrinsic
-def half_to_float(typingctx, bits):
+def _fpext_half(typingctx, bits):
     if not isinstance(bits, types.Integer) or bits.bitwidth != 16:
         return None
 
@@ -51,6 +56,31 @@ def half_to_float(typingctx, bits):
         return builder.fpext(builder.bitcast(args[0], ir.HalfType()), _F32)
 
     return types.float32(bits), codegen
+
+
+@intrinsic
+def _bits_to_float(typingctx, bits):
+    # the float32 whose bit pattern is the low 32 bits of an integer
+    if not isinstance(bits, types.Integer) or bits.bitwidth < 32:
+        return None
+
+    def codegen(context, builder, signature, args):
+        value = args[0] if signature.args[0].bitwidth == 32 else builder.trunc(args[0], _I32)
+        return builder.bitcast(value, _F32)
+
+    return types.float32(bits), codegen
+
+
+@njit(inline="always", fastmath=True, nogil=True)
+def _half_bits(bits):
+    # Without F16C LLVM would call a runtime helper the JIT may not have: move sign, exponent and
+    # mantissa into place and re-bias by 2**112 (exact for every finite half, subnormals too;
+    # infinities and NaN are not kept, and the index never stores them).
+    h = np.uint32(bits)
+    return _bits_to_float(((h & np.uint32(0x7FFF)) << np.uint32(13)) | ((h & np.uint32(0x8000)) << np.uint32(16))) * np.float32(2.0**112)
+
+
+half_to_float = _fpext_half if _HOST_F16C else _half_bits
 
 
 def _float32_c(array) -> bool:
@@ -75,7 +105,8 @@ def _tile(lane_vectors: int, rows: int):
             d_ptr = builder.gep(context.make_array(sig.args[3])(context, builder, doc_v).data, [d_off_v])
             b_ptr = builder.gep(context.make_array(sig.args[6])(context, builder, best_v).data, [b_off_v])
             module = builder.module
-            fma = cgutils.get_or_insert_function(module, ir.FunctionType(_VEC, [_VEC, _VEC, _VEC]), "llvm.fma.v8f32")
+            # fmuladd: one FMA where the CPU has it, a multiply and an add where it has not
+            fma = cgutils.get_or_insert_function(module, ir.FunctionType(_VEC, [_VEC, _VEC, _VEC]), "llvm.fmuladd.v8f32")
             vmax = cgutils.get_or_insert_function(module, ir.FunctionType(_VEC, [_VEC, _VEC]), "llvm.maxnum.v8f32")
             vec_ptr = _VEC.as_pointer()
             row_ptrs = [builder.gep(d_ptr, [builder.mul(dim_v, ir.Constant(_I64, r))]) for r in range(rows)]

@@ -42,6 +42,27 @@ def test_fp16_decode_matches_numpy_for_every_half():
     np.testing.assert_array_equal(decoded, expected)  # NaN == NaN here
 
 
+def test_fp16_decode_without_f16c_matches_numpy_for_every_finite_half():
+    import numba
+    from numba import njit
+
+    if numba.config.DISABLE_JIT:
+        pytest.skip("the fall-back is an LLVM bit cast; without the JIT NumPy decodes instead")
+
+    from mvr._kernels.simd import _half_bits
+
+    @njit
+    def decode(bits, out):
+        for i in range(bits.shape[0]):
+            out[i] = _half_bits(bits[i])
+
+    bits = np.arange(1 << 16, dtype=np.uint16)
+    bits = bits[np.isfinite(bits.view(np.float16))]
+    out = np.empty(bits.shape[0], dtype=np.float32)
+    decode(bits, out)
+    np.testing.assert_array_equal(out, bits.view(np.float16).astype(np.float32))
+
+
 def test_exhaustive_matches_reference_with_empty_and_one_token_docs():
     rng = np.random.default_rng(0)
     codes, offsets, docs = _corpus(rng, [5, 0, 1, 17, 3], dim=24)
