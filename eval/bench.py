@@ -80,15 +80,22 @@ def _timed(fn, repeats: int = 3) -> float:
     return best
 
 
-def encoding(index, texts: list[str], threads: int) -> dict:
-    """Batch-1 query encoding with PyTorch and with ONNX Runtime, alternating query by query in
-    this process; also the largest difference between their vectors."""
+def _index_encoder(index, **runtime):
+    """A new encoder of the index's model and lengths, with the given runtime."""
     from ..encoder import Encoder
-    from ..threads import cpu_threads
 
     recorded = index.manifest["encoder"]
     source = None if recorded["source"] == "default" else recorded["source"]
-    encoders = {runtime: Encoder(source, query_maxlen=recorded["query_maxlen"], doc_maxlen=recorded["doc_maxlen"], query_runtime=runtime) for runtime in ("torch", "onnx")}
+    return Encoder(source, query_maxlen=recorded["query_maxlen"], doc_maxlen=recorded["doc_maxlen"], **runtime)
+
+
+def encoding(index, texts: list[str], threads: int) -> dict:
+    """Batch-1 query encoding with PyTorch and with ONNX Runtime, alternating query by query in
+    this process; also the largest difference between their vectors."""
+    from ..encoder import QUERY_RUNTIMES
+    from ..threads import cpu_threads
+
+    encoders = {runtime: _index_encoder(index, query_runtime=runtime) for runtime in QUERY_RUNTIMES}
     times: dict[str, list[float]] = {runtime: [] for runtime in encoders}
     largest = 0.0
     with cpu_threads(threads, "torch"):
@@ -111,11 +118,9 @@ def document_encoding(index, texts: list[str], thread_settings: list[int], chunk
     """Documents per second of each document runtime on ``texts``, the runtimes taking turns
     chunk by chunk (so that they share the machine's state), per thread setting; and the cosine
     of each runtime's token vectors with PyTorch's."""
-    from ..encoder import RUNTIMES, Encoder
+    from ..encoder import RUNTIMES
 
-    recorded = index.manifest["encoder"]
-    source = None if recorded["source"] == "default" else recorded["source"]
-    encoders = {runtime: Encoder(source, query_maxlen=recorded["query_maxlen"], doc_maxlen=recorded["doc_maxlen"], doc_runtime=runtime) for runtime in RUNTIMES}
+    encoders = {runtime: _index_encoder(index, doc_runtime=runtime) for runtime in RUNTIMES}
     tokens = sum(len(ids) for ids in encoders["torch"]._token_ids(texts, is_query=False)[0])
     runs = []
     for threads in thread_settings:

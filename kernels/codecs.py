@@ -15,7 +15,7 @@ scratch buffer and scored, so the whole index is never decompressed):
 import numpy as np
 from numba import njit, prange
 
-from .maxsim import _parts
+from .maxsim import _ALL, _parts
 from .simd import query_lanes, score_rows, transpose_queries
 
 INT8 = 1
@@ -60,40 +60,21 @@ def _decode_all(codec, codes, scales, centroid_ids, centroids, values, bits, fir
 
 
 @njit(parallel=True, fastmath=True, nogil=True, cache=True)
-def _candidates(query, codec, codes, scales, centroid_ids, centroids, values, bits, doc_offsets, positions, max_doc_len, parts):
-    n = positions.shape[0]
-    n_query, dim = query.shape
-    qt, _ = transpose_queries(query, np.array([0, n_query], dtype=np.int64))
-    lanes = query_lanes(n_query)
-    scores = np.empty(n, dtype=np.float32)
-    for p in prange(parts):
-        scratch = np.empty((max_doc_len, dim), dtype=np.float32)
-        best = np.empty(max(lanes, 8), dtype=np.float32)
-        for c in range(p * n // parts, (p + 1) * n // parts):
-            d = positions[c]
-            _decode(codec, codes, scales, centroid_ids, centroids, values, bits, doc_offsets[d], doc_offsets[d + 1], scratch)
-            scores[c] = score_rows(qt, 0, lanes, n_query, scratch, 0, doc_offsets[d + 1] - doc_offsets[d], dim, best)
-    return scores
-
-
-@njit(parallel=True, fastmath=True, nogil=True, cache=True)
-def _many(queries, query_offsets, codec, codes, scales, centroid_ids, centroids, values, bits, doc_offsets, max_doc_len, parts):
-    n_queries = query_offsets.shape[0] - 1
-    n_docs = doc_offsets.shape[0] - 1
+def _score(queries, query_offsets, codec, codes, scales, centroid_ids, centroids, values, bits, doc_offsets, docs, n, max_doc_len, parts):
+    # scores (n_queries, n) of every query against docs (or, docs empty, the first n documents);
+    # each document is decoded once for all the queries
     dim = queries.shape[1]
-    qt, starts = transpose_queries(queries, query_offsets)
-    widest = 8
-    for q in range(n_queries):
-        widest = max(widest, query_lanes(query_offsets[q + 1] - query_offsets[q]))
-    scores = np.empty((n_queries, n_docs), dtype=np.float32)
+    qt, starts, widest = transpose_queries(queries, query_offsets)
+    scores = np.empty((query_offsets.shape[0] - 1, n), dtype=np.float32)
     for p in prange(parts):
         scratch = np.empty((max_doc_len, dim), dtype=np.float32)
         best = np.empty(widest, dtype=np.float32)
-        for d in range(p * n_docs // parts, (p + 1) * n_docs // parts):
+        for c in range(p * n // parts, (p + 1) * n // parts):
+            d = docs[c] if docs.shape[0] else c
             _decode(codec, codes, scales, centroid_ids, centroids, values, bits, doc_offsets[d], doc_offsets[d + 1], scratch)
-            for q in range(n_queries):
+            for q in range(query_offsets.shape[0] - 1):
                 n_query = query_offsets[q + 1] - query_offsets[q]
-                scores[q, d] = score_rows(qt, starts[q], query_lanes(n_query), n_query, scratch, 0, doc_offsets[d + 1] - doc_offsets[d], dim, best)
+                scores[q, c] = score_rows(qt, starts[q], query_lanes(n_query), n_query, scratch, 0, doc_offsets[d + 1] - doc_offsets[d], dim, best)
     return scores
 
 
@@ -142,7 +123,9 @@ def maxsim_codes_candidates(query, coded, doc_offsets, positions, max_doc_len):
     if query.ndim != 2 or query.shape[1] != coded.dim:
         raise ValueError(f"query must be (n_query_tokens, {coded.dim}), got {query.shape}")
     positions = np.ascontiguousarray(positions, dtype=np.int64)
-    return _candidates(query, *coded._args(), np.ascontiguousarray(doc_offsets, dtype=np.int64), positions, max(int(max_doc_len), 1), _parts(len(positions)))
+    offsets = np.ascontiguousarray(doc_offsets, dtype=np.int64)
+    one = np.array([0, len(query)], dtype=np.int64)
+    return _score(query, one, *coded._args(), offsets, positions, len(positions), max(int(max_doc_len), 1), _parts(len(positions)))[0]
 
 
 def maxsim_codes_many(queries, query_offsets, coded, doc_offsets, max_doc_len):
@@ -150,7 +133,8 @@ def maxsim_codes_many(queries, query_offsets, coded, doc_offsets, max_doc_len):
     queries = np.ascontiguousarray(queries, dtype=np.float32)
     if queries.ndim != 2 or queries.shape[1] != coded.dim:
         raise ValueError(f"queries must be (n_query_tokens, {coded.dim}), got {queries.shape}")
-    return _many(
-        queries, np.ascontiguousarray(query_offsets, dtype=np.int64), *coded._args(), np.ascontiguousarray(doc_offsets, dtype=np.int64), max(int(max_doc_len), 1),
-        _parts(len(doc_offsets) - 1),
+    n_docs = len(doc_offsets) - 1
+    return _score(
+        queries, np.ascontiguousarray(query_offsets, dtype=np.int64), *coded._args(), np.ascontiguousarray(doc_offsets, dtype=np.int64), _ALL, n_docs,
+        max(int(max_doc_len), 1), _parts(n_docs),
     )

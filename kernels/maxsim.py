@@ -48,10 +48,7 @@ def _score_part(qt, starts, query_offsets, doc_codes, doc_offsets, docs, lo, hi,
 def _score(queries, query_offsets, doc_codes, doc_offsets, docs, n, max_doc_len, parts):
     # scores (n_queries, n) of every query against docs (or, docs empty, the first n documents)
     dim = doc_codes.shape[1]
-    qt, starts = transpose_queries(queries, query_offsets)
-    widest = 8
-    for q in range(query_offsets.shape[0] - 1):
-        widest = max(widest, query_lanes(query_offsets[q + 1] - query_offsets[q]))
+    qt, starts, widest = transpose_queries(queries, query_offsets)
     scores = np.empty((query_offsets.shape[0] - 1, n), dtype=np.float32)
     for p in prange(parts):
         lo, hi = p * n // parts, (p + 1) * n // parts
@@ -106,9 +103,7 @@ def maxsim_candidates(query, doc_codes, doc_offsets, candidates, max_doc_len=Non
         raise IndexError(f"candidate ids must lie in [0, {n_docs}), got [{candidates.min()}, {candidates.max()}]")
     if max_doc_len is None:
         max_doc_len = _max_len(doc_offsets)
-    n = candidates.shape[0]
-    if n == 0:
-        return np.zeros(0, dtype=np.float32)
+    n = candidates.shape[0]  # with none, n = 0 scores nothing (an empty ``docs`` stands for every document only up to n)
     return _score(query, np.array([0, len(query)], dtype=np.int64), doc_codes, doc_offsets, candidates, n, max_doc_len, _parts(n))[0]
 
 
@@ -127,10 +122,10 @@ def maxsim_exhaustive_many(queries, query_offsets, doc_codes, doc_offsets, max_d
 def _early_exit(query, doc_codes, doc_offsets, candidates, k, patience, max_doc_len, out):
     # Candidates in first-stage order; stop once `patience` in a row fail to enter the top-k.
     n_query, dim = query.shape
-    qt, _ = transpose_queries(query, np.array([0, n_query], dtype=np.int64))
+    qt, _, widest = transpose_queries(query, np.array([0, n_query], dtype=np.int64))
     lanes = query_lanes(n_query)
     scratch = np.empty(max(max_doc_len, 1) * dim, dtype=np.float32)
-    best_lanes = np.empty(max(lanes, 8), dtype=np.float32)
+    best_lanes = np.empty(widest, dtype=np.float32)
     best = np.full(k, -np.inf, dtype=np.float32)
     misses = 0
     for c in range(candidates.shape[0]):

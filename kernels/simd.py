@@ -41,7 +41,6 @@ _F32 = ir.FloatType()
 _I32 = ir.IntType(32)
 _I64 = ir.IntType(64)
 _VEC = ir.VectorType(_F32, 8)
-ROW_TILE = {1: 8, 2: 6}  # rows per tile for 8 and 16 query lanes (8 and 12 accumulators)
 
 
 _HOST_F16C = bool(ll.get_host_cpu_features().get("f16c", False))
@@ -151,53 +150,33 @@ def _tile(lane_vectors: int, rows: int):
     return tile
 
 
-# Tiles by (query lane vectors, document rows); Numba needs each as its own global to call it.
-_t2_1, _t2_2, _t2_3, _t2_4, _t2_5, _t2_6 = (_tile(2, r) for r in range(1, 7))
-_t1_1, _t1_2, _t1_3, _t1_4, _t1_5, _t1_6, _t1_7, _t1_8 = (_tile(1, r) for r in range(1, 9))
+def _row_loop(lane_vectors: int, full: int):
+    """``rows(qt, q_off, lanes, doc, d_off, n_rows, dim, best, b_off)``: every one of ``n_rows``
+    document rows against ``8 * lane_vectors`` query lanes, in tiles of ``full`` rows, then what
+    is left in tiles of 4, 2 and 1 rows."""
+    whole, four, two, one = (_tile(lane_vectors, r) for r in (full, 4, 2, 1))
+
+    @njit(inline="always", nogil=True)
+    def rows(qt, q_off, lanes, doc, d_off, n_rows, dim, best, b_off):
+        j = 0
+        while j + full <= n_rows:
+            whole(qt, q_off, lanes, doc, d_off + j * dim, dim, best, b_off)
+            j += full
+        if n_rows - j >= 4:
+            four(qt, q_off, lanes, doc, d_off + j * dim, dim, best, b_off)
+            j += 4
+        if n_rows - j >= 2:
+            two(qt, q_off, lanes, doc, d_off + j * dim, dim, best, b_off)
+            j += 2
+        if n_rows - j >= 1:
+            one(qt, q_off, lanes, doc, d_off + j * dim, dim, best, b_off)
+
+    return rows
 
 
-@njit(inline="always", nogil=True)
-def _rows16(qt, q_off, lanes, doc, d_off, n_rows, dim, best, b_off):
-    j = 0
-    while j + 6 <= n_rows:
-        _t2_6(qt, q_off, lanes, doc, d_off + j * dim, dim, best, b_off)
-        j += 6
-    rest = n_rows - j
-    at = d_off + j * dim
-    if rest == 1:
-        _t2_1(qt, q_off, lanes, doc, at, dim, best, b_off)
-    elif rest == 2:
-        _t2_2(qt, q_off, lanes, doc, at, dim, best, b_off)
-    elif rest == 3:
-        _t2_3(qt, q_off, lanes, doc, at, dim, best, b_off)
-    elif rest == 4:
-        _t2_4(qt, q_off, lanes, doc, at, dim, best, b_off)
-    elif rest == 5:
-        _t2_5(qt, q_off, lanes, doc, at, dim, best, b_off)
-
-
-@njit(inline="always", nogil=True)
-def _rows8(qt, q_off, lanes, doc, d_off, n_rows, dim, best, b_off):
-    j = 0
-    while j + 8 <= n_rows:
-        _t1_8(qt, q_off, lanes, doc, d_off + j * dim, dim, best, b_off)
-        j += 8
-    rest = n_rows - j
-    at = d_off + j * dim
-    if rest == 7:
-        _t1_7(qt, q_off, lanes, doc, at, dim, best, b_off)
-    elif rest == 6:
-        _t1_6(qt, q_off, lanes, doc, at, dim, best, b_off)
-    elif rest == 1:
-        _t1_1(qt, q_off, lanes, doc, at, dim, best, b_off)
-    elif rest == 2:
-        _t1_2(qt, q_off, lanes, doc, at, dim, best, b_off)
-    elif rest == 3:
-        _t1_3(qt, q_off, lanes, doc, at, dim, best, b_off)
-    elif rest == 4:
-        _t1_4(qt, q_off, lanes, doc, at, dim, best, b_off)
-    elif rest == 5:
-        _t1_5(qt, q_off, lanes, doc, at, dim, best, b_off)
+# 16 query lanes x 6 rows and 8 lanes x 8 rows: 12 and 8 of the 16 vector registers accumulate
+_rows16 = _row_loop(2, 6)
+_rows8 = _row_loop(1, 8)
 
 
 @njit(inline="always", nogil=True)
@@ -229,15 +208,19 @@ def query_lanes(n_query):
 @njit(nogil=True)
 def transpose_queries(queries, query_offsets):
     """Each query of a flat float32 ``(n_tokens, dim)`` matrix packed for :func:`score_rows`, one
-    after another in one flat array; returns it and each query's start in it. A query's tokens
-    are zero-padded to its lanes and cut into panels of 16 (the last one 8 when that is all that
-    is left); a panel of width ``w`` from lane ``l`` is stored transposed, ``[k][w]``, at
-    ``start + dim * l``, so a tile streams one contiguous panel that stays in L1."""
+    after another in one flat array; returns it, each query's start in it, and the most lanes any
+    query takes (at least 8: the size of the ``best`` buffer). A query's tokens are zero-padded
+    to its lanes and cut into panels of 16 (the last one 8 when that is all that is left); a
+    panel of width ``w`` from lane ``l`` is stored transposed, ``[k][w]``, at ``start + dim * l``,
+    so a tile streams one contiguous panel that stays in L1."""
     n_queries = query_offsets.shape[0] - 1
     dim = queries.shape[1]
     starts = np.zeros(n_queries + 1, dtype=np.int64)
+    widest = 8
     for q in range(n_queries):
-        starts[q + 1] = starts[q] + dim * query_lanes(query_offsets[q + 1] - query_offsets[q])
+        lanes = query_lanes(query_offsets[q + 1] - query_offsets[q])
+        starts[q + 1] = starts[q] + dim * lanes
+        widest = max(widest, lanes)
     qt = np.zeros(max(starts[n_queries], 1), dtype=np.float32)
     for q in range(n_queries):
         lanes = query_lanes(query_offsets[q + 1] - query_offsets[q])
@@ -248,8 +231,7 @@ def transpose_queries(queries, query_offsets):
             row = query_offsets[q] + i
             for k in range(dim):
                 qt[at + k * width] = queries[row, k]
-    return qt, starts
-
+    return qt, starts, widest
 
 if numba.config.DISABLE_JIT:  # pure Python (NUMBA_DISABLE_JIT=1, for debugging): NumPy stands in for the intrinsics
 
