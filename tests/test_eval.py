@@ -57,6 +57,24 @@ def test_bench_times_each_stage_and_checks_the_baselines_agree(default_index, be
         main([str(beir), "--index", str(default_index.path), "--reference", str(tmp_path / "missing"), "--output", str(out)])
 
 
+def test_bench_documents_times_each_document_runtime(default_index, beir, tmp_path, capsys):
+    from mvr.eval.bench import main
+
+    out = tmp_path / "documents.json"
+    assert main([str(beir), "--index", str(default_index.path), "--documents", "5", "--threads", "1", "--output", str(out)]) == 0
+    report = json.loads(out.read_text())
+    assert report["study"] == "bench-documents" and report["documents"] == 5
+    (run,) = report["runs"]
+    assert run["threads"] == 1 and set(run) == {"threads", "torch", "onnx", "onnx-int8"}
+    assert run["torch"]["speedup_vs_torch"] == 1.0 and run["torch"]["cosine_with_torch"]["min"] == pytest.approx(1.0, abs=1e-5)
+    assert run["onnx"]["cosine_with_torch"]["min"] > 0.9999  # float32: the same vectors
+    assert 0.9 < run["onnx-int8"]["cosine_with_torch"]["mean"] < 1.0  # int8: close, not equal
+    assert all(run[r]["docs_per_second"] > 0 and run[r]["tokens_per_second"] > run[r]["docs_per_second"] for r in ("torch", "onnx", "onnx-int8"))
+    with pytest.raises(SystemExit):
+        main([str(beir), "--index", str(default_index.path), "--documents", "0", "--output", str(out)])
+    assert "--documents must be at least 1" in capsys.readouterr().err
+
+
 def test_compression_study_on_a_tiny_index(default_index, beir, tmp_path):
     from mvr.eval.compression import main, parse_setting
 
