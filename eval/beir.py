@@ -10,7 +10,6 @@ the command line that produced it, so every table row can be rerun.
 
 from __future__ import annotations
 
-import argparse
 import json
 import os
 import platform
@@ -21,7 +20,7 @@ from typing import Sequence
 
 import numpy as np
 
-from ..errors import DatasetError, IndexNotFoundError
+from ..errors import DatasetError, missing_extra
 
 MEASURES = ("nDCG@10", "R@100", "RR@10")
 
@@ -59,7 +58,10 @@ def load_beir(folder: str | os.PathLike, split: str = "test") -> tuple[dict[str,
 
 def evaluate_run(run: dict[str, dict[str, float]], qrels: dict[str, dict[str, int]], measures=MEASURES) -> dict[str, float]:
     """Aggregate ir-measures scores of a run; queries absent from the run count as zero."""
-    import ir_measures
+    try:
+        import ir_measures
+    except ImportError as error:
+        raise missing_extra("evaluation", "eval", error) from None
 
     parsed = [ir_measures.parse_measure(m) for m in measures]
     qrel_rows = [ir_measures.Qrel(q, d, rel) for q, docs in qrels.items() for d, rel in docs.items()]
@@ -83,6 +85,13 @@ def _encode_timed(index, queries: dict[str, str], threads: int | None) -> tuple[
         encoded[qid] = index.encode_queries(text, threads=threads)
         times.append((time.perf_counter() - t0) * 1e3)
     return encoded, times
+
+
+def drop_identical_ids(run: dict[str, dict[str, float]]) -> dict[str, dict[str, float]]:
+    """The run without any document whose id is its query's id: BEIR's
+    ``EvaluateRetrieval.evaluate(ignore_identical_ids=True)``, its default (ArguAna and Quora
+    hold each query as a document too)."""
+    return {qid: {doc: score for doc, score in docs.items() if doc != qid} for qid, docs in run.items()}
 
 
 def _search_timed(index, encoded: dict, texts: dict, first_stage: str, candidates: int | None, depth: int, options: dict, show_progress) -> tuple[dict, dict, dict]:
@@ -110,7 +119,7 @@ def evaluate(
     index,
     *,
     split: str = "test",
-    first_stage: str = "exhaustive",
+    first_stage: str | None = None,
     candidates: Sequence[int] | int | None = None,
     compare_exhaustive: bool = False,
     depth: int = 100,
@@ -118,18 +127,23 @@ def evaluate(
     max_queries: int | None = None,
     show_progress=None,
     options: dict | None = None,
+    ignore_identical_ids: bool = True,
 ) -> tuple[dict, dict[str, dict[str, dict[str, float]]]]:
     """Evaluate an open :class:`mvr.Index` on a BEIR folder.
 
-    One run per candidate count (``first_stage="fde"``), or one exhaustive run; with
-    ``compare_exhaustive`` an exhaustive run comes first in the same process, and each FDE run also
-    reports the share of the exhaustive top-10 found among its candidates and its speed-up.
-    ``options``: reranking options of :meth:`mvr.Index.search` (rerank, prune_alpha, early_exit,
-    fusion, fusion_weight) for the non-exhaustive runs. Returns (report, {run label: run}).
+    ``first_stage``: None measures what ``Index.search`` does with no stage named (the index's
+    default). One run per candidate count, or one exhaustive run; with ``compare_exhaustive`` an
+    exhaustive run comes first in the same process, and each other run also reports the share of
+    the exhaustive top-10 found among its candidates and its speed-up. ``options``: further
+    :class:`mvr.SearchOptions` (rerank, prune_alpha, early_exit, fusion, ...) for the runs with
+    candidates. ``ignore_identical_ids``: drop a retrieved document whose id is the query's, as
+    BEIR does by default. Returns (report, {run label: run}).
     """
     options = options or {}
-    from ..index import DEFAULT_CANDIDATES, DEFAULT_DENSE_SHARE
+    from ..search import DEFAULT_CANDIDATES, SearchOptions
     from ..threads import cpu_threads
+
+    first_stage = first_stage or index.default_stage
 
     queries, qrels = load_beir(dataset, split)
     if max_queries:
@@ -152,6 +166,8 @@ def evaluate(
         for stage, count in plan:
             stage_options = {} if stage == "exhaustive" else options
             run, tops, latency = _search_timed(index, encoded, queries, stage, count, depth, stage_options, show_progress)
+            if ignore_identical_ids:
+                run = drop_identical_ids(run)
             label = stage if count is None else f"{stage}@{count}"
             runs[label] = run
             row = {"first_stage": stage, "candidates": count, **{m: round(v, 4) for m, v in evaluate_run(run, qrels).items()}}
@@ -165,7 +181,7 @@ def evaluate(
                 exhaustive_top = {q: set(t[:10].tolist()) for q, t in tops.items()}
                 exhaustive_p50 = latency["search"]["p50"]
             elif exhaustive_top is not None:
-                pool = {"first_stage": stage, "candidates": min(count, index.n_docs), "rerank": False, "dense_share": stage_options.get("dense_share", DEFAULT_DENSE_SHARE)}
+                pool = {"first_stage": stage, "candidates": min(count, index.n_docs), "rerank": False, "dense_share": stage_options.get("dense_share", SearchOptions.dense_share)}
                 found = [
                     len(exhaustive_top[q] & set(index.search_encoded(v, pool["candidates"], texts=[queries[q]], **pool).indices[0].tolist())) / max(len(exhaustive_top[q]), 1)
                     for q, v in encoded.items()
@@ -175,7 +191,9 @@ def evaluate(
             rows.append(row)
     # The first run of the first stage asked for also stands at the top level of the report.
     primary = rows[1] if compare_exhaustive and first_stage != "exhaustive" else rows[0]
-    return _report(dataset, split, index, queries, depth, encode_ms, rows, primary), runs
+    report = _report(dataset, split, index, queries, depth, encode_ms, rows, primary)
+    report["ignore_identical_ids"] = ignore_identical_ids
+    return report, runs
 
 
 def _report(dataset, split, index, queries, depth, encode_ms, rows, primary) -> dict:
@@ -213,84 +231,19 @@ def _report(dataset, split, index, queries, depth, encode_ms, rows, primary) -> 
     }
 
 
-def _counts(text: str) -> list[int]:
-    try:
-        counts = [int(part) for part in text.split(",") if part.strip()]
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a number or a comma list of numbers, got {text!r}") from None
-    if not counts or min(counts) < 1:
-        raise argparse.ArgumentTypeError(f"candidate counts must be positive, got {text!r}")
-    return counts
+def run_files(path: Path, labels: Sequence[str]) -> dict[str, Path]:
+    """Where each run goes: ``path`` itself for one run, else one file per run beside it
+    (``run.trec`` -> ``run.fde+bm25s@25.trec``, ...)."""
+    path = Path(path)
+    if len(labels) == 1:
+        return {labels[0]: path}
+    return {label: path.with_name(f"{path.stem}.{label}{path.suffix}") for label in labels}
 
 
-def add_arguments(parser: argparse.ArgumentParser) -> None:
-    from ..index import FIRST_STAGES
-
-    parser.add_argument("dataset", type=Path, help="BEIR-layout folder: corpus.jsonl, queries.jsonl, qrels/SPLIT.tsv")
-    parser.add_argument("--index", required=True, help="index name or path")
-    parser.add_argument("--split", default="test")
-    parser.add_argument("--first-stage", default="exhaustive", choices=FIRST_STAGES)
-    parser.add_argument("--candidates", type=_counts, default=None, help="first-stage candidates reranked by MaxSim, or a comma list to sweep (default 100)")
-    parser.add_argument("--compare-exhaustive", action="store_true", help="also run exhaustive MaxSim in the same process: recall of its top-10 and speed-up")
-    from ..cli import add_rerank_options
-
-    add_rerank_options(parser)
-    parser.add_argument("--depth", type=int, default=100, help="documents retrieved per query (>= 100 for R@100)")
-    parser.add_argument("--max-queries", type=int, default=None, help="evaluate only the first N judged queries (quick checks)")
-    parser.add_argument("--output", type=Path, default=None, help="write the report as JSON here")
-    parser.add_argument("--run-file", type=Path, default=None, help="write the TREC run here")
-    parser.add_argument("--build", action="store_true", help="build the index (default settings) from the dataset's corpus.jsonl if it does not exist; `mvr index` sets others")
-
-
-def run_from_args(args) -> int:
-    from ..cli import rerank_options
-    from ..config import IndexConfig
-    from ..corpus import read_corpus
-    from ..index import Index
-
-    show = False if args.quiet else None
-    try:
-        index = Index.open(args.index, home=args.index_dir)
-    except IndexNotFoundError:
-        if not args.build:
-            raise IndexNotFoundError(
-                f"no index {args.index!r}; build it with `mvr index {args.dataset / 'corpus.jsonl'} --name {args.index}` "
-                "or add --build to this command."
-            ) from None
-        config = IndexConfig(threads=args.threads)
-        index = Index.build(read_corpus(args.dataset / "corpus.jsonl"), args.index, config=config, home=args.index_dir, show_progress=show, command=args.command_line)
-    if args.depth < 1:
-        raise DatasetError(f"--depth must be >= 1, got {args.depth}.")
-    report, runs = evaluate(
-        args.dataset,
-        index,
-        split=args.split,
-        first_stage=args.first_stage,
-        candidates=args.candidates,
-        compare_exhaustive=args.compare_exhaustive,
-        depth=args.depth,
-        threads=args.threads,
-        max_queries=args.max_queries,
-        show_progress=show,
-        options=rerank_options(args),
-    )
-    report["command"] = getattr(args, "command_line", None)
-    print(
-        f"{report['dataset']} / {report['split']}: {report['queries']} queries, index {report['index']}; "
-        f"query encoding {report['encode_ms_p50']} ms p50, {report['encode_ms_p95']} ms p95"
-    )
-    columns = ("first_stage", "candidates", *MEASURES, "search_ms_p50", "search_ms_p95", "recall_of_exhaustive_top10", "speedup_vs_exhaustive")
-    print("  " + "  ".join(f"{c:>12}" for c in columns))
-    for row in report["runs"]:
-        print("  " + "  ".join(f"{str(row.get(c, '')):>12}" for c in columns))
-    if args.output:
-        args.output.parent.mkdir(parents=True, exist_ok=True)
-        args.output.write_text(json.dumps(report, indent=2) + "\n", encoding="utf-8")
-    if args.run_file:
-        args.run_file.parent.mkdir(parents=True, exist_ok=True)
-        with open(args.run_file, "w", encoding="utf-8") as handle:
-            for label, run in runs.items():
-                for qid, docs in run.items():
-                    for rank, (doc, score) in enumerate(sorted(docs.items(), key=lambda x: -x[1]), start=1):
-                        handle.write(f"{qid} Q0 {doc} {rank} {score:.6f} {label}\n")
-    return 0
+def write_run(path: Path, run: dict[str, dict[str, float]], name: str) -> None:
+    """A TREC run file: ``qid Q0 docid rank score name``, best first per query."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path, "w", encoding="utf-8") as handle:
+        for qid, docs in run.items():
+            for rank, (doc, score) in enumerate(sorted(docs.items(), key=lambda x: -x[1]), start=1):
+                handle.write(f"{qid} Q0 {doc} {rank} {score:.6f} {name}\n")

@@ -82,7 +82,7 @@ def _timed(fn, repeats: int = 3) -> float:
 
 def _index_encoder(index, **runtime):
     """A new encoder of the index's model and lengths, with the given runtime."""
-    from ..encoder import Encoder
+    from ..encode import Encoder
 
     recorded = index.manifest["encoder"]
     source = None if recorded["source"] == "default" else recorded["source"]
@@ -92,7 +92,7 @@ def _index_encoder(index, **runtime):
 def encoding(index, texts: list[str], threads: int) -> dict:
     """Batch-1 query encoding with PyTorch and with ONNX Runtime, alternating query by query in
     this process; also the largest difference between their vectors."""
-    from ..encoder import QUERY_RUNTIMES
+    from ..config import QUERY_RUNTIMES
     from ..threads import cpu_threads
 
     encoders = {runtime: _index_encoder(index, query_runtime=runtime) for runtime in QUERY_RUNTIMES}
@@ -118,10 +118,10 @@ def document_encoding(index, texts: list[str], thread_settings: list[int], chunk
     """Documents per second of each document runtime on ``texts``, the runtimes taking turns
     chunk by chunk (so that they share the machine's state), per thread setting; and the cosine
     of each runtime's token vectors with PyTorch's."""
-    from ..encoder import RUNTIMES
+    from ..config import RUNTIMES
 
     encoders = {runtime: _index_encoder(index, doc_runtime=runtime) for runtime in RUNTIMES}
-    tokens = sum(len(ids) for ids in encoders["torch"]._token_ids(texts, is_query=False)[0])
+    tokens = sum(len(ids) for ids in encoders["torch"].tokenize_documents(texts))
     runs = []
     for threads in thread_settings:
         seconds = dict.fromkeys(encoders, 0.0)
@@ -208,12 +208,12 @@ def bench(dataset: Path, index, first_stage: str | None, candidates: int | None,
                     padded[i, : len(d)] = torch.from_numpy(d)
                 mask = torch.arange(padded.shape[1])[None, :] < torch.from_numpy(lengths)[:, None]
                 tq = torch.from_numpy(query)
-                expected = index._score(query, positions)
+                expected = index.score(query, positions)
                 np.testing.assert_allclose(_numpy_maxsim(query, docs_cat, starts), expected, rtol=1e-3, atol=1e-3)
                 with torch.inference_mode():
                     np.testing.assert_allclose(_torch_maxsim(tq, padded, mask).numpy(), expected, rtol=1e-3, atol=1e-3)
                     torch_s += _timed(lambda: _torch_maxsim(tq, padded, mask))
-                kernel_s += _timed(lambda: index._score(query, positions))
+                kernel_s += _timed(lambda: index.score(query, positions))
                 numpy_s += _timed(lambda: _numpy_maxsim(query, docs_cat, starts))
                 flops += 2.0 * len(query) * len(docs_cat) * index.dim
         gflops = {name: round(flops / seconds / 1e9, 2) for name, seconds in (("mvr_kernel", kernel_s), ("numpy_matmul", numpy_s), ("torch_einsum", torch_s))}

@@ -24,7 +24,7 @@ COUNTS = (50, 100, 200, 500)
 
 
 def parse_setting(text: str):
-    from ..fde import FDEConfig
+    from ..config import FDEConfig
 
     values = {}
     for part in text.split(","):
@@ -40,8 +40,7 @@ def parse_setting(text: str):
 
 
 def compare(dataset: Path, index, settings, counts=COUNTS, split: str = "test") -> dict:
-    from .._kernels import maxsim_candidates, topk
-    from ..fde import FDE
+    from ..stages.fde import FDE
     from .beir import evaluate_run, load_beir
 
     queries, qrels = load_beir(dataset, split)
@@ -53,7 +52,7 @@ def compare(dataset: Path, index, settings, counts=COUNTS, split: str = "test") 
     for config in settings:
         fde = FDE.draw(config, index.dim)
         started = time.perf_counter()
-        documents = fde.encode_documents(index.doc_codes, index.doc_offsets)
+        documents = fde.encode_documents(index.tokens.float16_bits(), index.doc_offsets)
         build = time.perf_counter() - started
         order = np.argsort(-(fde.encode_queries(encoded.vectors, encoded.offsets) @ documents.T), axis=1, kind="stable")
         row = {"setting": config.to_dict(), "fde_dim": fde.out_dim, "bytes_per_document": fde.out_dim * 4, "build_docs_per_second": round(index.n_docs / build, 1)}
@@ -62,9 +61,9 @@ def compare(dataset: Path, index, settings, counts=COUNTS, split: str = "test") 
             run = {}
             for i, qid in enumerate(qids):
                 candidates = order[i, :count].astype(np.int64)
-                scores = maxsim_candidates(encoded[i], index.doc_codes, index.doc_offsets, candidates, index.max_doc_len)
-                best, values = topk(scores, 100)
-                run[qid] = {str(index.doc_ids[candidates[b]]): float(v) for b, v in zip(best, values) if b >= 0}
+                scores = index.score(encoded[i], candidates)
+                best = np.argsort(-scores, kind="stable")[:100]  # ties: the earlier candidate first
+                run[qid] = {str(index.doc_ids[candidates[b]]): float(scores[b]) for b in best}
             row[f"nDCG@10@{count}"] = round(evaluate_run(run, qrels)["nDCG@10"], 4)
         rows.append(row)
     exhaustive_run = index.search_encoded(encoded, 100, first_stage="exhaustive").to_run(qids)

@@ -140,10 +140,10 @@ def options(dataset: Path, index, weight: float, counts=(100, 1000), first_stage
 def impact(dataset: Path, index, split: str = "test", depth: int = 100, scale: float = 100.0) -> dict:
     import tempfile
 
-    from ..sparse import start_jvm
+    from ..stages.bm25 import start_jvm
     from .beir import _percentiles, evaluate_run, load_beir
 
-    splade = index.sparse("splade")
+    splade = index.stage("splade")
     encoder, matrix = splade.encoder, splade.matrix.tocsr()
     vocab = encoder.tokenizer.convert_ids_to_tokens(list(range(encoder.vocab_size)))
     queries, qrels = load_beir(dataset, split)
@@ -194,8 +194,7 @@ def impact(dataset: Path, index, split: str = "test", depth: int = 100, scale: f
 
 
 def tune(dataset: Path, index, split: str, first_stage: str = "bm25", counts=(100, 1000), weights=WEIGHTS) -> dict:
-    from .._kernels import maxsim_candidates
-    from ..index import fuse
+    from ..search import fuse
     from .beir import evaluate_run, load_beir
 
     queries, qrels = load_beir(dataset, split)
@@ -208,7 +207,7 @@ def tune(dataset: Path, index, split: str, first_stage: str = "bm25", counts=(10
         for i, qid in enumerate(qids):
             keep = found.indices[i] >= 0
             positions, first = found.indices[i][keep], found.scores[i][keep]
-            maxsim = maxsim_candidates(encoded[i], index.doc_codes, index.doc_offsets, positions, index.max_doc_len)
+            maxsim = index.score(encoded[i], positions)
             scored.append((qid, positions, first, maxsim))
         for fusion, weight_list in (("rrf", (None,)), ("linear", weights)):
             for weight in weight_list:

@@ -12,6 +12,8 @@ import argparse
 import json
 from pathlib import Path
 
+from ..registry import STAGES
+
 # nDCG@10 on the BEIR test split, from ../shared/datasets/README.md (not run by mvr).
 PUBLISHED = {
     "BM25 flat (Lucene, pyserini)": ({"scifact": 0.679, "nfcorpus": 0.322}, "pyserini BEIR regressions (2CR)"),
@@ -30,8 +32,8 @@ def _system(report: dict, run: dict) -> str:
         parts.append(f"PCA {report['dim']}")
     if run["first_stage"] == "exhaustive":
         parts.append("exhaustive MaxSim")
-    elif run["first_stage"] in ("bm25", "bm25s", "splade"):
-        name = {"bm25": "BM25 (Lucene, pyserini)", "bm25s": "bm25s", "splade": "SPLADE"}[run["first_stage"]]
+    elif run["first_stage"] in STAGES and STAGES[run["first_stage"]].reads == "text":
+        name = STAGES[run["first_stage"]].label
         if not options.get("rerank", True):
             parts.append(f"mvr {name} alone")
         else:

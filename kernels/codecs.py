@@ -78,6 +78,37 @@ def _score(queries, query_offsets, codec, codes, scales, centroid_ids, centroids
     return scores
 
 
+@njit(nogil=True, fastmath=True, cache=True)
+def _early_exit(query, codec, codes, scales, centroid_ids, centroids, values, bits, doc_offsets, candidates, k, patience, max_doc_len, out):
+    # kernels.maxsim._early_exit with a decode step: candidates in first-stage order, stop once
+    # `patience` in a row fail to enter the running top-k
+    n_query, dim = query.shape
+    qt, _, widest = transpose_queries(query, np.array([0, n_query], dtype=np.int64))
+    lanes = query_lanes(n_query)
+    scratch = np.empty((max(max_doc_len, 1), dim), dtype=np.float32)
+    best_lanes = np.empty(widest, dtype=np.float32)
+    best = np.full(k, -np.inf, dtype=np.float32)
+    misses = 0
+    for c in range(candidates.shape[0]):
+        d = candidates[c]
+        start, stop = doc_offsets[d], doc_offsets[d + 1]
+        _decode(codec, codes, scales, centroid_ids, centroids, values, bits, start, stop, scratch)
+        score = score_rows(qt, 0, lanes, n_query, scratch, 0, stop - start, dim, best_lanes)
+        out[c] = score
+        worst = 0  # the slot to beat: the lowest of the running top-k
+        for i in range(1, k):
+            if best[i] < best[worst]:
+                worst = i
+        if score > best[worst]:
+            best[worst] = score
+            misses = 0
+        else:
+            misses += 1
+            if misses >= patience:
+                return c + 1
+    return candidates.shape[0]
+
+
 class CodedVectors:
     """The arrays of one compressed token matrix, in the kernels' types (see the module doc)."""
 
@@ -138,3 +169,34 @@ def maxsim_codes_many(queries, query_offsets, coded, doc_offsets, max_doc_len):
         queries, np.ascontiguousarray(query_offsets, dtype=np.int64), *coded._args(), np.ascontiguousarray(doc_offsets, dtype=np.int64), _ALL, n_docs,
         max(int(max_doc_len), 1), _parts(n_docs),
     )
+
+
+def maxsim_codes_early_exit(query, coded, doc_offsets, candidates, k, patience, max_doc_len):
+    """:func:`kernels.maxsim.maxsim_early_exit` over a :class:`CodedVectors` matrix: MaxSim of one
+    query (float32 ``(n_query_tokens, dim)``) against the documents ``candidates`` (int64
+    ``(n,)``) in their order, stopping after ``patience`` consecutive candidates that do not enter
+    the running top-``k``. ``doc_offsets``: int64 ``(n_docs + 1,)``; ``max_doc_len``: at least the
+    longest candidate's token count (the size of the decode buffer). Returns float32 ``(n,)``
+    scores, -inf for the unscored tail, and how many were scored."""
+    query = np.ascontiguousarray(query, dtype=np.float32)
+    if query.ndim != 2 or query.shape[1] != coded.dim:
+        raise ValueError(f"query must be (n_query_tokens, {coded.dim}), got {query.shape}")
+    offsets = np.ascontiguousarray(doc_offsets, dtype=np.int64)
+    if offsets.ndim != 1 or offsets.shape[0] < 1:
+        raise ValueError("doc_offsets must be a 1-D array of n_docs + 1 offsets")
+    candidates = np.ascontiguousarray(candidates, dtype=np.int64)
+    if candidates.ndim != 1:
+        raise ValueError(f"candidates must be a 1-D array of document ids, got shape {candidates.shape}")
+    if k < 1 or patience < 1:
+        raise ValueError(f"k and patience must be >= 1, got {k} and {patience}")
+    n_docs = offsets.shape[0] - 1
+    if candidates.size and (candidates.min() < 0 or candidates.max() >= n_docs):
+        raise IndexError(f"candidate ids must lie in [0, {n_docs}), got [{candidates.min()}, {candidates.max()}]")
+    # the kernel decodes into a buffer of max_doc_len rows without bounds checks: a longer
+    # candidate would write past it
+    longest = int((offsets[candidates + 1] - offsets[candidates]).max()) if candidates.size else 0
+    if int(max_doc_len) < longest:
+        raise ValueError(f"max_doc_len {max_doc_len} is shorter than the longest candidate ({longest} tokens)")
+    out = np.full(candidates.shape[0], -np.inf, dtype=np.float32)
+    scored = _early_exit(query, *coded._args(), offsets, candidates, int(k), int(patience), int(max_doc_len), out)
+    return out, int(scored)

@@ -11,11 +11,13 @@ __version__ = "0.1.0"
 
 _EXPORTS = {
     "Index": "index",
-    "Results": "index",
-    "Hit": "index",
+    "Results": "results",
+    "Hit": "results",
+    "SearchOptions": "search",
     "IndexConfig": "config",
-    "Encoder": "encoder",
-    "TokenVectors": "encoder",
+    "FDEConfig": "config",
+    "Encoder": "encode",
+    "TokenVectors": "encode",
     "Document": "corpus",
     "read_corpus": "corpus",
 }
@@ -29,7 +31,9 @@ _ERRORS = (
     "IndexExistsError",
     "IndexFormatError",
     "IndexNotFoundError",
+    "MissingExtraError",
     "QueryError",
+    "StageError",
 )
 
 __all__ = sorted([*_EXPORTS, *_ERRORS, "open"])

@@ -1,18 +1,23 @@
-"""Index configuration: a frozen dataclass, validated on construction and saved in the manifest."""
+"""Every build setting and its default, in frozen dataclasses validated on construction and saved
+in the index. The CLI reads its defaults from here; search-time settings live in
+:class:`mvr.search.SearchOptions`."""
 
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass, field, fields
 
 from .errors import ConfigError
-from .encoder import DEFAULT_DOC_RUNTIME, RUNTIMES
-from .fde import FDEConfig
-
+from .registry import CODECS, SPARSE_STAGES
 
 PRUNE_RULES = ("special", "punctuation", "stopwords", "df")
-CODECS = ("float16", "int8", "residual")
 CLUSTER_METHODS = ("ward", "kmeans")
 KEEP_CLASSES = ("special", "punctuation", "stopwords")
+# How the transformer runs: PyTorch, ONNX Runtime float32, or ONNX Runtime with weights quantised
+# to int8 per output channel and activations quantised per run (dynamic quantisation).
+RUNTIMES = ("torch", "onnx", "onnx-int8")
+QUERY_RUNTIMES = ("torch", "onnx")
+# Documents: int8 ONNX encodes SciFact 1.5x faster than PyTorch at the same nDCG@10 (docs/speed.md).
+DEFAULT_DOC_RUNTIME = "onnx-int8"
 # Named compaction settings (docs/compression.md has the measurements behind them).
 PRESETS = {
     "small": {
@@ -36,6 +41,81 @@ PRESETS = {
 }
 
 
+def _positive_int(owner: str, name: str, value, optional: bool = False) -> None:
+    if value is None and optional:
+        return
+    if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+        raise ConfigError(f"{owner}{name} must be a positive integer{' or None' if optional else ''}, got {value!r}.")
+
+
+def _strict(cls, values: dict, what: str):
+    if not isinstance(values, dict):
+        raise ConfigError(f"{what} must be a mapping of settings, got {type(values).__name__}.")
+    known = {f.name for f in fields(cls)}
+    unknown = sorted(set(values) - known)
+    if unknown:
+        raise ConfigError(f"unknown {what} setting(s) {unknown}; known: {sorted(known)}.")
+    return cls(**values)
+
+
+@dataclass(frozen=True)
+class FDEConfig:
+    """MUVERA settings (paper notation in brackets) and the faiss index over the encodings.
+
+    k_sim        SimHash bits per repetition [k_sim]: 2**k_sim partitions
+    d_proj       AMS-sketch projection of each token [d_proj]; None keeps all dims (identity)
+    reps         independent repetitions [R_reps]
+    fill_empty   fill a document's empty partitions with its Hamming-nearest token
+    d_final      final Count-Sketch dimension [d_final]; None keeps reps * 2**k_sim * d_proj
+    seed         seed of every random matrix (stored, so queries always match documents)
+    factory      faiss index factory string, inner-product metric: "Flat" (exact), "HNSW32", "IVF256,PQ64", ...
+
+    How widely an IVF or HNSW index is searched (``nprobe``, ``ef_search``) is a search option.
+    """
+
+    # Defaults chosen on SciFact and NFCorpus (docs/fde.md): the best recall of the exhaustive
+    # top-10 among the settings of 10,240 dims built with 20 repetitions.
+    k_sim: int = 4
+    d_proj: int | None = 32
+    reps: int = 20
+    fill_empty: bool = False
+    d_final: int | None = None
+    seed: int = 0
+    factory: str = "Flat"
+
+    def __post_init__(self):
+        if not isinstance(self.k_sim, int) or isinstance(self.k_sim, bool) or not 0 <= self.k_sim < 31:
+            raise ConfigError(f"fde k_sim (--fde-k-sim) must be an integer in [0, 30], got {self.k_sim!r}.")
+        _positive_int("fde ", "reps", self.reps)
+        _positive_int("fde ", "d_proj", self.d_proj, optional=True)
+        _positive_int("fde ", "d_final", self.d_final, optional=True)
+        if not isinstance(self.factory, str) or not self.factory:
+            raise ConfigError("fde factory (--fde-factory) must be a faiss index factory string such as 'Flat' or 'HNSW32'.")
+
+    def full_dim(self, dim: int) -> int:
+        return self.reps * (1 << self.k_sim) * (self.d_proj or dim)
+
+    def out_dim(self, dim: int) -> int:
+        return self.d_final or self.full_dim(dim)
+
+    def check(self, dim: int) -> None:
+        """Raise where these settings cannot work on ``dim``-wide token vectors."""
+        if self.d_proj is not None and self.d_proj > dim:
+            raise ConfigError(
+                f"the FDE projection d_proj={self.d_proj} (--fde-d-proj) exceeds the {dim} token dimensions "
+                f"(--pca-dim or the model's); use at most {dim}, or 0 to keep them all."
+            )
+        if self.full_dim(dim) > 1 << 26:
+            raise ConfigError(f"reps * 2**k_sim * d_proj = {self.full_dim(dim)} is too large; lower --fde-k-sim, --fde-reps or --fde-d-proj.")
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, values: dict) -> "FDEConfig":
+        return _strict(cls, values, "FDE")
+
+
 @dataclass(frozen=True)
 class IndexConfig:
     """How an index is built.
@@ -52,8 +132,9 @@ class IndexConfig:
     seed           seed of every random choice made at build time
     skip_empty     drop documents with no text instead of failing
     threads        torch and Numba threads while building (None: all cores)
-    fde            MUVERA first stage built with the index (None: none; exhaustive search only)
-    sparse         sparse first stages built with the index: "bm25" (Lucene via pyserini), "bm25s"
+    fde            MUVERA first stage built with the index (None: none)
+    sparse         text first stages built with the index (mvr.registry.SPARSE_STAGES): "bm25s" (the
+                   default search joins it with the FDE), "bm25" (Lucene via pyserini, extra 'lucene')
     splade_model   a masked-LM folder: also build the learned-sparse (SPLADE) first stage
 
     Shrinking the stored vectors (docs/compression.md), applied in this order:
@@ -61,7 +142,7 @@ class IndexConfig:
                    "punctuation", "stopwords" (Lucene's English list), "df" (tokens found in more
                    than ``prune_max_df`` of the documents); a document keeps all its tokens
                    rather than none
-    cluster_ratio  per-document spherical k-means to ceil(ratio x length) re-normalised centroids
+    cluster_ratio  per-document clustering to ceil(ratio x length) re-normalised centroids
     cluster_count  ... or to at most this many centroids per document (not both)
     cluster_method "ward" (agglomerative, Ward linkage, as in training-free token pooling) or
                    "kmeans" (spherical k-means, evenly spaced seeds)
@@ -70,8 +151,9 @@ class IndexConfig:
                    never pooled; they count towards the document's centroids
     cluster_idf_weight  Ward only: tokens are scaled by idf ** weight for the linkage, so rare
                    terms are merged last (0: plain Ward)
-    codec          "float16", "int8" (per-token scale) or "residual" (ColBERTv2-style corpus
-                   centroids + ``codec_bits``-bit per-dimension residual buckets)
+    codec          how token vectors are stored (mvr.registry.CODECS): "float16", "int8" (per-token
+                   scale) or "residual" (ColBERTv2-style corpus centroids + ``codec_bits``-bit
+                   per-dimension residual buckets)
     codec_bits     residual bits per dimension: 1, 2 or 4
     codec_centroids residual codec centroids (None: a power of two near 4 x sqrt(vectors))
     codec_sample   vectors sampled to train the residual codec
@@ -88,7 +170,7 @@ class IndexConfig:
     skip_empty: bool = False
     threads: int | None = None
     fde: FDEConfig | None = field(default_factory=FDEConfig)
-    sparse: tuple[str, ...] = ("bm25", "bm25s")
+    sparse: tuple[str, ...] = ("bm25s",)
     splade_model: str | None = None
     prune: tuple[str, ...] = ()
     prune_max_df: float = 0.5
@@ -114,14 +196,10 @@ class IndexConfig:
         return bool(self.prune) or self.clusters or self.codec != "float16"
 
     def __post_init__(self):
-        for name in ("query_maxlen", "doc_maxlen", "pca_dim", "threads"):
-            value = getattr(self, name)
-            if value is not None and (not isinstance(value, int) or value < 1):
-                raise ConfigError(f"{name} must be a positive integer or None, got {value!r}.")
-        for name in ("batch_size", "pca_sample"):
-            value = getattr(self, name)
-            if not isinstance(value, int) or value < 1:
-                raise ConfigError(f"{name} must be a positive integer, got {value!r}.")
+        for name in ("query_maxlen", "doc_maxlen", "pca_dim", "threads", "cluster_count", "codec_centroids"):
+            _positive_int("", name, getattr(self, name), optional=True)
+        for name in ("batch_size", "pca_sample", "cluster_iters", "codec_sample"):
+            _positive_int("", name, getattr(self, name))
         for name in ("model", "splade_model"):
             if getattr(self, name) is not None and not isinstance(getattr(self, name), str):
                 object.__setattr__(self, name, str(getattr(self, name)))
@@ -129,57 +207,40 @@ class IndexConfig:
             raise ConfigError(f"unknown doc_runtime {self.doc_runtime!r}; available: {', '.join(RUNTIMES)}.")
         if isinstance(self.fde, dict):
             object.__setattr__(self, "fde", FDEConfig.from_dict(self.fde))
-        object.__setattr__(self, "sparse", tuple(self.sparse or ()))
-        unknown = sorted(set(self.sparse) - {"bm25", "bm25s"})
-        if unknown:
-            raise ConfigError(f"unknown sparse first stage(s) {unknown}; available: bm25, bm25s.")
-        object.__setattr__(self, "prune", tuple(self.prune or ()))
-        unknown = sorted(set(self.prune) - set(PRUNE_RULES))
-        if unknown:
-            raise ConfigError(f"unknown pruning rule(s) {unknown}; available: {', '.join(PRUNE_RULES)}.")
-        if not 0.0 < self.prune_max_df <= 1.0:
+        if self.fde is not None and not isinstance(self.fde, FDEConfig):
+            raise ConfigError(f"fde must be an FDEConfig, a dict of its fields, or None; got {type(self.fde).__name__}.")
+        for name, what, allowed in (("sparse", "sparse first stage", SPARSE_STAGES), ("prune", "pruning rule", PRUNE_RULES), ("cluster_keep", "cluster_keep class", KEEP_CLASSES)):
+            value = getattr(self, name)
+            object.__setattr__(self, name, (value,) if isinstance(value, str) else tuple(value or ()))
+            unknown = sorted(set(getattr(self, name)) - set(allowed))
+            if unknown:
+                raise ConfigError(f"unknown {what}(s) {unknown} in {name}; available: {', '.join(allowed)}.")
+        if not isinstance(self.prune_max_df, (int, float)) or not 0.0 < self.prune_max_df <= 1.0:
             raise ConfigError(f"prune_max_df must lie in (0, 1], got {self.prune_max_df!r}.")
         if self.cluster_ratio is not None and self.cluster_count is not None:
             raise ConfigError("give cluster_ratio or cluster_count, not both.")
-        if self.cluster_ratio is not None and (isinstance(self.cluster_ratio, bool) or not 0.0 < self.cluster_ratio <= 1.0):
+        if self.cluster_ratio is not None and (isinstance(self.cluster_ratio, bool) or not isinstance(self.cluster_ratio, (int, float)) or not 0.0 < self.cluster_ratio <= 1.0):
             raise ConfigError(f"cluster_ratio must lie in (0, 1], got {self.cluster_ratio!r}.")
-        object.__setattr__(self, "cluster_keep", tuple(self.cluster_keep or ()))
-        unknown = sorted(set(self.cluster_keep) - set(KEEP_CLASSES))
-        if unknown:
-            raise ConfigError(f"unknown cluster_keep class(es) {unknown}; available: {', '.join(KEEP_CLASSES)}.")
         if isinstance(self.cluster_idf_weight, bool) or not isinstance(self.cluster_idf_weight, (int, float)) or not 0.0 <= self.cluster_idf_weight <= 8.0:
             raise ConfigError(f"cluster_idf_weight must be a number in [0, 8], got {self.cluster_idf_weight!r}.")
-        if self.cluster_idf_weight and self.cluster_method != "ward":
-            raise ConfigError("cluster_idf_weight applies to Ward clustering only; use cluster_method='ward' or leave it at 0.")
         if self.cluster_method not in CLUSTER_METHODS:
             raise ConfigError(f"unknown cluster_method {self.cluster_method!r}; available: {', '.join(CLUSTER_METHODS)}.")
-        for name in ("cluster_count", "codec_centroids"):
-            value = getattr(self, name)
-            if value is not None and (not isinstance(value, int) or isinstance(value, bool) or value < 1):
-                raise ConfigError(f"{name} must be a positive integer or None, got {value!r}.")
-        for name in ("cluster_iters", "codec_sample"):
-            value = getattr(self, name)
-            if not isinstance(value, int) or isinstance(value, bool) or value < 1:
-                raise ConfigError(f"{name} must be a positive integer, got {value!r}.")
+        if self.cluster_idf_weight and self.cluster_method != "ward":
+            raise ConfigError("cluster_idf_weight applies to Ward clustering only; use cluster_method='ward' or leave it at 0.")
         if self.codec not in CODECS:
             raise ConfigError(f"unknown codec {self.codec!r}; available: {', '.join(CODECS)}.")
         if self.codec_bits not in (1, 2, 4):
             raise ConfigError(f"codec_bits must be 1, 2 or 4, got {self.codec_bits!r}.")
         if self.codec_centroids is not None and self.codec_centroids > 65536:
             raise ConfigError(f"codec_centroids must be at most 65536 (ids are stored in 16 bits), got {self.codec_centroids}.")
-        if self.fde is not None and not isinstance(self.fde, FDEConfig):
-            raise ConfigError(f"fde must be an FDEConfig, a dict of its fields, or None; got {type(self.fde).__name__}.")
+        if self.pca_dim is not None and self.fde is not None:
+            self.fde.check(self.pca_dim)
 
     def to_dict(self) -> dict:
         return asdict(self)
 
     @classmethod
     def from_dict(cls, values: dict) -> "IndexConfig":
-        known = {f.name for f in fields(cls)}
-        unknown = sorted(set(values) - known)
-        if unknown:
-            raise ConfigError(f"unknown index setting(s) {unknown}; known: {sorted(known)}.")
-        if "cluster_keep" not in values and (values.get("cluster_ratio") is not None or values.get("cluster_count") is not None):
-            values = {**values, "cluster_keep": ()}  # clustered before cluster_keep existed: every token was pooled
-        values.setdefault("doc_runtime", "torch")  # built before doc_runtime existed: documents ran in PyTorch
-        return cls(**values)
+        """The config of ``values`` (every key a field; an index's saved config is migrated first,
+        see :func:`mvr.storage.formats.upgrade_config`)."""
+        return _strict(cls, values, "index")

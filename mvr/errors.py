@@ -40,3 +40,16 @@ class DatasetError(MvrError, ValueError):
 
 class QueryError(MvrError, ValueError):
     """A query is empty or not text, or a search argument (k, threads) is out of range."""
+
+
+class StageError(MvrError, RuntimeError):
+    """A first stage's engine (the Java runtime for Lucene, a SPLADE model) could not be started or read."""
+
+
+class MissingExtraError(MvrError, ImportError):
+    """An optional part of mvr was asked for, but the packages it needs are not installed."""
+
+
+def missing_extra(what: str, extra: str, error: ImportError) -> MissingExtraError:
+    """The one-line error for an optional part whose packages are missing: names the pip command."""
+    return MissingExtraError(f"{what} needs the '{extra}' extra ({error.name or error}): pip install 'mvr[{extra}]'")

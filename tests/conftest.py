@@ -38,7 +38,7 @@ QUERIES = [
 
 
 def _tokenizer_files(dest: Path) -> None:
-    from mvr.encoder import default_model_path
+    from mvr.encode import default_model_path
 
     source = default_model_path()
     for name in ("vocab.txt", "tokenizer.json", "tokenizer_config.json", "special_tokens_map.json"):

@@ -58,7 +58,8 @@ def test_index_search_info_eval(tmp_path, beir, capsys):
         assert key in report
     for key in ("nDCG@10", "R@100", "RR@10", "search_ms_p50", "search_ms_p95"):
         assert key in run_report
-    assert run_report["first_stage"] == "exhaustive"
+    assert run_report["first_stage"] == "fde+bm25s" and run_report["candidates"] == 100  # what `mvr search` does
+    assert report["ignore_identical_ids"] is True and (tmp_path / "run.trec").is_file()
     assert all(report[key] == run_report[key] for key in run_report)  # the only run stands at the top level too
     assert run_report["RR@10"] == 1.0 and run_report["R@100"] == 1.0  # every judged document is first for its query
     assert report["command"].startswith("mvr eval") and report["settings"]["encoder"]["name"] == "all-MiniLM-L6-v2"
@@ -129,8 +130,11 @@ def test_fde_commands_and_candidate_sweep(tmp_path, beir, capsys):
     with pytest.raises(SystemExit):
         run(capsys, "eval", beir, "--index", "tiny", "--candidates", "0", "--index-dir", home)
     assert "candidate counts must be positive" in capsys.readouterr().err
-    code, _, err = run(capsys, "eval", beir, "--index", "tiny", "--candidates", "5", "--index-dir", home)
+    code, _, err = run(capsys, "eval", beir, "--index", "tiny", "--first-stage", "exhaustive", "--candidates", "5", "--index-dir", home)
     assert code == 2 and "not to exhaustive" in err
+    # with no stage named, eval measures the index's default search, so candidates apply
+    code, _, _ = run(capsys, "eval", beir, "--index", "tiny", "--candidates", "5", "--output", report_path, "--index-dir", home, "--quiet")
+    assert code == 0 and json.loads(report_path.read_text())["first_stage"] == "fde+bm25s"
 
 
 def test_sparse_commands(tmp_path, beir, capsys):

@@ -12,7 +12,7 @@ import pytest
 import torch
 
 from mvr import Encoder, EncoderError
-from mvr.encoder import detect_spec
+from mvr.encode import detect_spec
 
 
 def _by_hand(encoder, ids, attention, weight=None, keep=None):

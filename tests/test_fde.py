@@ -7,7 +7,8 @@ import numpy as np
 import pytest
 
 from mvr import ConfigError, Index, IndexConfig, QueryError
-from mvr.fde import FDE, FDEConfig
+from mvr.config import FDEConfig
+from mvr.stages.fde import FDE
 from mvr._kernels.fde import _hamming_to_partition, _partition
 
 
@@ -127,7 +128,7 @@ def test_config_is_validated():
         FDEConfig(k_sim=31)
     with pytest.raises(ConfigError, match="reps"):
         FDEConfig(reps=0)
-    with pytest.raises(ConfigError, match="d_proj=64 exceeds"):
+    with pytest.raises(ConfigError, match=r"d_proj=64 \(--fde-d-proj\) exceeds"):
         FDE.draw(FDEConfig(d_proj=64), 32)
     with pytest.raises(ConfigError, match="unknown FDE setting"):
         FDEConfig.from_dict({"k_sim": 3, "bogus": 1})
@@ -142,9 +143,9 @@ def test_fde_inner_product_tracks_chamfer_on_real_text(default_index):
 
     index = default_index
     fde = FDE.draw(FDEConfig(), index.dim)
-    docs = fde.encode_documents(index.doc_codes, index.doc_offsets)
+    docs = fde.encode_documents(index.tokens.codes, index.doc_offsets)
     queries = ["which animal purrs?", "capital of France", "plants and sunlight", "energy production in cells", "lava", "antioxidants in tea"]
-    doc_vectors = [np.asarray(index.doc_codes[index.doc_offsets[i] : index.doc_offsets[i + 1]]).view(np.float16).astype(np.float32) for i in range(len(index))]
+    doc_vectors = [np.asarray(index.tokens.codes[index.doc_offsets[i] : index.doc_offsets[i + 1]]).view(np.float16).astype(np.float32) for i in range(len(index))]
     approx, exact = [], []
     for text in queries:
         q = index.encode_queries(text)
@@ -178,7 +179,10 @@ def test_all_candidates_reranked_equals_exhaustive(fde_index):
     np.testing.assert_allclose(full.scores, exhaustive.scores, rtol=1e-5)
     few = fde_index.search(queries, k=10, first_stage="fde", candidates=5)
     assert ((few.indices >= 0).sum(axis=1) == 5).all() and set(few.timings) == {"first_stage", "rerank"}
-    _, candidate_ids = fde_index.fde.candidates(*(lambda v: (v.vectors, v.offsets))(fde_index.encode_queries(queries)), 5)
+    from mvr.stages import QueryBatch
+
+    encoded = fde_index.encode_queries(queries)
+    candidate_ids = [found.positions for found in fde_index.stage("fde").search(QueryBatch(queries, encoded.vectors, encoded.offsets), 5)]
     for row, ids in zip(few.indices, candidate_ids):
         assert set(row[row >= 0]) == set(ids)  # exactly the candidates, reranked
 
@@ -191,11 +195,11 @@ def test_rebuilt_fde_replaces_the_old_and_keeps_the_index(fde_index, tmp_path):
     manifest = copy.build_fde(FDEConfig(k_sim=2, d_proj=None, reps=2, d_final=64, factory="HNSW16"))
     assert manifest["fde_dim"] == 64 and manifest["config"]["factory"] == "HNSW16"
     reopened = Index.open(tmp_path / "copy", model=fde_index.encoder)
-    assert reopened.fde.config.d_final == 64 and len(reopened.search("cats", k=3, candidates=20)[0]) == 3
+    assert reopened.stage("fde").config.d_final == 64 and len(reopened.search("cats", k=3, candidates=20)[0]) == 3
     np.testing.assert_array_equal(reopened.search("cats", k=3, first_stage="exhaustive").indices, before)
     with pytest.raises(ConfigError, match="factory string"):
         reopened.build_fde(FDEConfig(factory="NotAnIndex"))
-    assert Index.open(tmp_path / "copy", model=fde_index.encoder).fde.config.d_final == 64  # failed rebuild left it
+    assert Index.open(tmp_path / "copy", model=fde_index.encoder).stage("fde").config.d_final == 64  # failed rebuild left it
     assert not [p for p in (tmp_path / "copy").iterdir() if p.name.startswith(".")]
 
 
@@ -203,8 +207,13 @@ def test_ivf_pq_factory_trains_on_the_documents(fde_index, tmp_path):
     import shutil
 
     copy = Index.open(shutil.copytree(fde_index.path, tmp_path / "ivf"), model=fde_index.encoder)
-    copy.build_fde(FDEConfig(k_sim=3, d_proj=8, reps=4, factory="IVF4,PQ8x4", nprobe=4))
+    copy.build_fde(FDEConfig(k_sim=3, d_proj=8, reps=4, factory="IVF4,PQ8x4"))
     assert len(copy.search("cats", k=5, candidates=10)[0]) == 5
+    # how widely IVF is searched is a search option, not part of the built index
+    one, every = (copy.search("cats", k=5, first_stage="fde", candidates=10, nprobe=n) for n in (1, 4))
+    assert len(one[0]) == 5 and len(every[0]) == 5
+    with pytest.raises(QueryError, match="nprobe must be a positive integer"):
+        copy.search("cats", k=5, first_stage="fde", nprobe=0)
     with pytest.raises(ConfigError, match="could not train"):
         copy.build_fde(FDEConfig(k_sim=3, d_proj=8, reps=4, factory="IVF1024,Flat"))
 
@@ -213,8 +222,8 @@ def test_index_without_fde_and_stale_fde(fde_index, tmp_path, models):
     from mvr import Encoder, IndexFormatError
 
     plain = Index.build([("a", "cats"), ("b", "dogs")], tmp_path / "nofde", encoder=Encoder(models["plain"]), config=IndexConfig(fde=None))
-    assert not plain.has_fde and plain.search("cats", k=1).timings["first_stage"] == 0.0  # auto = exhaustive
-    with pytest.raises(QueryError, match="no FDE first stage.*mvr fde"):
+    assert not plain.has_stage("fde") and plain.search("cats", k=1).timings["first_stage"] == 0.0  # auto = exhaustive
+    with pytest.raises(QueryError, match="no fde first stage.*mvr fde"):
         plain.search("cats", first_stage="fde")
     import shutil
 

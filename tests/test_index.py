@@ -20,7 +20,7 @@ from mvr import (
     TokenVectors,
     read_corpus,
 )
-from mvr.fde import FDEConfig
+from mvr.config import FDEConfig
 
 
 @pytest.fixture(scope="module")
@@ -39,7 +39,7 @@ def test_round_trip_keeps_ids_texts_and_vectors(tmp_path, plain_encoder):
     assert len(reopened) == len(DOCS)
     expected = plain_encoder.encode_documents([f"{t} {x}" if t else x for _, t, x in DOCS])
     np.testing.assert_array_equal(reopened.doc_offsets, expected.offsets)
-    np.testing.assert_array_equal(np.asarray(reopened.doc_codes).view(np.float16), expected.vectors.astype(np.float16))
+    np.testing.assert_array_equal(np.asarray(reopened.tokens.codes).view(np.float16), expected.vectors.astype(np.float16))
     for position, (doc_id, title, text) in enumerate(DOCS):
         doc = reopened.document(position)
         assert (doc.id, doc.title, doc.text) == (doc_id, title, text)
@@ -60,7 +60,7 @@ def test_search_ranks_by_exact_maxsim(tmp_path, plain_encoder):
     index = _build(tmp_path, plain_encoder)
     queries = ["purring cats", "capital city", "cell energy"]
     results = index.search(queries, k=5)
-    docs = [np.asarray(index.doc_codes[index.doc_offsets[i] : index.doc_offsets[i + 1]]).view(np.float16).astype(np.float32) for i in range(len(index))]
+    docs = [np.asarray(index.tokens.codes[index.doc_offsets[i] : index.doc_offsets[i + 1]]).view(np.float16).astype(np.float32) for i in range(len(index))]
     for i, query in enumerate(queries):
         reference = maxsim_reference(plain_encoder.encode_queries(query).vectors, docs)
         assert results.indices[i].tolist() == np.argsort(-reference, kind="stable")[:5].tolist()
@@ -87,7 +87,7 @@ def test_default_model_finds_the_obvious_documents(default_index):
 
 def test_pca_index_projects_queries_and_shrinks_vectors(tmp_path, plain_encoder):
     full = _build(tmp_path, plain_encoder)
-    with pytest.raises(ConfigError, match="d_proj=32 exceeds the token dimension 8"):
+    with pytest.raises(ConfigError, match=r"d_proj=32 \(--fde-d-proj\) exceeds the 8 token dimensions \(--pca-dim"):
         _build(tmp_path, plain_encoder, name="pca", config=IndexConfig(pca_dim=8))
     reduced = _build(tmp_path, plain_encoder, name="pca", config=IndexConfig(pca_dim=8, fde=FDEConfig(d_proj=4, reps=2)))
     assert reduced.dim == 8 and reduced.projection.shape == (32, 8)
@@ -280,7 +280,9 @@ def test_document_runtime_is_recorded_and_old_manifests_read_as_pytorch(tmp_path
     docs = [("a", "the cat purrs"), ("b", "paris is in france"), ("c", "plants make sugar from light")]
     built = Index.build(docs, tmp_path / "given", encoder=Encoder(models["plain"], doc_runtime="torch"), config=IndexConfig(sparse=(), fde=None))
     assert built.config.doc_runtime == "torch"  # what ran (the given encoder's), not the config's default
-    assert IndexConfig.from_dict({}).doc_runtime == "torch"  # built before the field existed
+    from mvr.storage.formats import upgrade_config
+
+    assert IndexConfig.from_dict(upgrade_config({})).doc_runtime == "torch"  # built before the field existed
     assert IndexConfig().doc_runtime == "onnx-int8"
     with pytest.raises(ConfigError, match="unknown doc_runtime 'int4'"):
         IndexConfig(doc_runtime="int4")

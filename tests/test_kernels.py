@@ -14,7 +14,19 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from conftest import maxsim_reference
-from mvr._kernels import maxsim_candidates, maxsim_early_exit, maxsim_exhaustive, maxsim_exhaustive_many, maxsim_matmul_many, topk, topk_rows
+from mvr._kernels import (
+    maxsim_candidates,
+    maxsim_codes_candidates,
+    maxsim_codes_early_exit,
+    maxsim_codes_many,
+    maxsim_early_exit,
+    maxsim_exhaustive,
+    maxsim_exhaustive_many,
+    maxsim_matmul_many,
+    topk,
+    topk_rows,
+)
+from mvr._kernels.codecs import INT8, RESIDUAL, CodedVectors
 from mvr._kernels.fp16 import decode_rows
 
 NO_JIT = os.environ.get("NUMBA_DISABLE_JIT") == "1"
@@ -201,3 +213,210 @@ def test_early_exit_stops_after_patience_misses():
     np.testing.assert_allclose(scores[:5], full[order[:5]], rtol=1e-5, atol=1e-5)
     scores, scored = maxsim_early_exit(query, codes, offsets, order[::-1].copy(), k=2, patience=3)
     assert scored == 8  # worst first: each candidate enters the top-2, nothing is skipped
+
+
+# -- every width the kernels specialise, against the float64 reference ------------------------
+# _score compiles 384 and 128 with the width built in and every other width generically; the
+# coded-vector and early-exit kernels take the generic path. Query lengths cover one token, a
+# short and a full 8-lane panel, one token past it, a 16-lane panel plus an 8-lane tail, and two
+# 16-lane panels; document lengths 0 to 15 cover every remainder of the 6- and 8-row tiles.
+
+WIDTHS = [96] if NO_JIT else [128, 384, 96]  # without the JIT every width runs the same Python
+QUERY_LENGTHS = (1, 5, 8, 9, 17, 32)
+N_DOCS = 20 if NO_JIT else 48  # the pure-Python run decodes value by value
+# float16 documents, float32 query and accumulation: errors of a few float32 ulps per product,
+# summed over up to 32 query tokens
+TOL = dict(rtol=1e-4, atol=1e-3)
+CODECS = ["int8", "residual-1", "residual-2", "residual-4"]
+
+
+def _lengths(rng, n_docs):
+    tails = np.arange(16)
+    return np.concatenate([tails, rng.integers(0, 40, size=max(n_docs - len(tails), 0))])[:n_docs]
+
+
+def _offsets(lengths):
+    return np.concatenate([[0], np.cumsum(lengths)]).astype(np.int64)
+
+
+def _split(rows, offsets):
+    return [rows[offsets[i] : offsets[i + 1]] for i in range(len(offsets) - 1)]
+
+
+def _flat_queries(rng, dim, lengths):
+    return _unit(rng, int(sum(lengths)), dim), _offsets(lengths)
+
+
+def _stop_point(scores, k, patience):
+    """Plain-Python early exit over already computed scores: how many candidates are scored, and
+    whether the rule stopped (rather than running out of candidates)."""
+    top, misses = [], 0
+    for c, score in enumerate(scores):
+        if len(top) < k or score > min(top):
+            if len(top) == k:
+                top.remove(min(top))
+            top.append(score)
+            misses = 0
+        else:
+            misses += 1
+            if misses >= patience:
+                return c + 1, True
+    return len(scores), False
+
+
+@pytest.mark.parametrize("dim", WIDTHS)
+def test_exhaustive_and_candidates_match_reference_at_every_width(dim):
+    rng = np.random.default_rng(dim)
+    codes, offsets, docs = _corpus(rng, _lengths(rng, N_DOCS), dim)
+    candidates = np.concatenate([rng.permutation(N_DOCS), [0, 3, 3]]).astype(np.int64)  # any order, repeats, empty docs
+    for n_query in QUERY_LENGTHS:
+        query = _unit(rng, n_query, dim)
+        expected = maxsim_reference(query, docs)
+        np.testing.assert_allclose(maxsim_exhaustive(query, codes, offsets), expected, **TOL, err_msg=f"{n_query} query tokens")
+        np.testing.assert_allclose(maxsim_candidates(query, codes, offsets, candidates), expected[candidates], **TOL, err_msg=f"{n_query} query tokens")
+
+
+@pytest.mark.parametrize("dim", WIDTHS)
+def test_many_queries_match_reference_at_every_width(dim):
+    rng = np.random.default_rng(dim + 1)
+    codes, offsets, docs = _corpus(rng, _lengths(rng, N_DOCS), dim)
+    query_lengths = (0,) + QUERY_LENGTHS  # an empty query scores 0 everywhere
+    queries, q_offsets = _flat_queries(rng, dim, query_lengths)
+    expected = np.stack([maxsim_reference(q, docs) for q in _split(queries, q_offsets)])
+    np.testing.assert_allclose(maxsim_exhaustive_many(queries, q_offsets, codes, offsets), expected, **TOL)
+    floats = codes.view(np.float16).astype(np.float32)
+    blocks = [(first, min(first + 7, N_DOCS), floats[offsets[first] : offsets[min(first + 7, N_DOCS)]]) for first in range(0, N_DOCS, 7)]
+    np.testing.assert_allclose(maxsim_matmul_many(queries, q_offsets, blocks, offsets), expected, **TOL)
+
+
+def _check_early_exit(early_exit, candidates_scores, n, rng):
+    """``early_exit(candidates, k, patience)`` against ``candidates_scores(candidates)``: with
+    patience beyond the list it scores every candidate as the candidates kernel does; with a small
+    one it stops exactly where the rule applied to its own scores says."""
+    order = rng.permutation(n).astype(np.int64)
+    full = candidates_scores(order)
+    scores, scored = early_exit(order, 3, n + 1)
+    assert scored == n
+    np.testing.assert_allclose(scores, full, rtol=1e-6, atol=1e-6)
+    stopped_early = False
+    for k, patience in [(1, 1), (1, 3), (3, 2), (5, 4), (10, 1)]:
+        for candidates in (order, order[np.argsort(-full, kind="stable")]):  # random, then best first
+            scores, scored = early_exit(candidates, k, patience)
+            # the rule over the kernel's own scores (a tie must not hinge on the last bit of a score
+            # computed by another kernel): it stops exactly at the last one scored, unless that is
+            # the last candidate (then the rule may stop there or run out)
+            count, stopped = _stop_point(scores[:scored], k, patience)
+            assert count == scored and (stopped or scored == n), (k, patience)
+            assert np.isneginf(scores[scored:]).all() and np.isfinite(scores[:scored]).all()
+            np.testing.assert_allclose(scores[:scored], candidates_scores(candidates)[:scored], rtol=1e-6, atol=1e-6)
+            stopped_early |= scored < n
+    assert stopped_early
+    for k, patience in [(1, 2), (2, 3)]:  # one document again and again: the first k fill the top-k, a tie does not enter
+        scores, scored = early_exit(np.full(10, order[0], dtype=np.int64), k, patience)
+        assert scored == k + patience and (scores[:scored] == scores[0]).all()
+
+
+@pytest.mark.parametrize("dim", WIDTHS)
+@pytest.mark.parametrize("n_query", [1, 9, 32])
+def test_early_exit_scores_like_candidates_and_stops_by_the_rule(dim, n_query):
+    rng = np.random.default_rng(dim * 100 + n_query)
+    codes, offsets, docs = _corpus(rng, _lengths(rng, N_DOCS), dim)
+    query = _unit(rng, n_query, dim)
+    np.testing.assert_allclose(maxsim_early_exit(query, codes, offsets, np.arange(N_DOCS), 1, N_DOCS)[0], maxsim_reference(query, docs), **TOL)
+    _check_early_exit(
+        lambda c, k, patience: maxsim_early_exit(query, codes, offsets, c, k, patience),
+        lambda c: maxsim_candidates(query, codes, offsets, c),
+        N_DOCS,
+        rng,
+    )
+
+
+def _coded(rng, codec, dim, n):
+    """Random compressed rows of one codec: int8 rows scaled to unit length, residual rows over
+    unit centroids (the kernel re-normalises what it decodes)."""
+    if codec == "int8":
+        codes = rng.integers(0, 256, size=(n, dim), dtype=np.uint8)
+        norms = np.linalg.norm(codes.astype(np.float32) - 128, axis=1)
+        return CodedVectors(INT8, dim, codes, scales=(1 / np.maximum(norms, 1)).astype(np.float32))
+    bits = int(codec.split("-")[1])
+    n_centroids = 12
+    return CodedVectors(
+        RESIDUAL,
+        dim,
+        rng.integers(0, 256, size=(n, dim * bits // 8), dtype=np.uint8),
+        centroid_ids=rng.integers(0, n_centroids, size=n).astype(np.uint16),
+        centroids=_unit(rng, n_centroids, dim),
+        values=(0.05 * rng.standard_normal((dim, 1 << bits))).astype(np.float32),
+        bits=bits,
+    )
+
+
+@pytest.mark.parametrize("codec", CODECS)
+@pytest.mark.parametrize("dim", WIDTHS)
+def test_codes_kernels_match_reference_at_every_width(dim, codec):
+    rng = np.random.default_rng(dim + len(codec))
+    lengths = _lengths(rng, N_DOCS)
+    offsets = _offsets(lengths)
+    coded = _coded(rng, codec, dim, int(offsets[-1]))
+    docs = _split(coded.decode(), offsets)
+    max_len = int(lengths.max())
+    candidates = np.concatenate([rng.permutation(N_DOCS), [0, 5, 5]]).astype(np.int64)
+    query_lengths = (0,) + QUERY_LENGTHS
+    queries, q_offsets = _flat_queries(rng, dim, query_lengths)
+    expected = np.stack([maxsim_reference(q, docs) for q in _split(queries, q_offsets)])
+    np.testing.assert_allclose(maxsim_codes_many(queries, q_offsets, coded, offsets, max_len), expected, **TOL)
+    for i, query in enumerate(_split(queries, q_offsets)[1:], start=1):
+        got = maxsim_codes_candidates(query, coded, offsets, candidates, max_len)
+        np.testing.assert_allclose(got, expected[i, candidates], **TOL, err_msg=f"{len(query)} query tokens")
+
+
+@pytest.mark.parametrize("codec", CODECS)
+@pytest.mark.parametrize("dim", WIDTHS)
+def test_codes_early_exit_scores_like_candidates_and_stops_by_the_rule(dim, codec):
+    rng = np.random.default_rng(dim * 7 + len(codec))
+    lengths = _lengths(rng, N_DOCS)
+    offsets = _offsets(lengths)
+    coded = _coded(rng, codec, dim, int(offsets[-1]))
+    docs = _split(coded.decode(), offsets)
+    max_len = int(lengths.max())
+    for n_query in (1, 17):
+        query = _unit(rng, n_query, dim)
+        every, scored = maxsim_codes_early_exit(query, coded, offsets, np.arange(N_DOCS), 2, N_DOCS, max_len)
+        assert scored == N_DOCS
+        np.testing.assert_allclose(every, maxsim_reference(query, docs), **TOL)
+        _check_early_exit(
+            lambda c, k, patience: maxsim_codes_early_exit(query, coded, offsets, c, k, patience, max_len),
+            lambda c: maxsim_codes_candidates(query, coded, offsets, c, max_len),
+            N_DOCS,
+            rng,
+        )
+
+
+def test_codes_early_exit_of_no_candidates_scores_nothing():
+    rng = np.random.default_rng(11)
+    coded = _coded(rng, "int8", 8, 5)
+    scores, scored = maxsim_codes_early_exit(_unit(rng, 3, 8), coded, np.array([0, 2, 5]), np.zeros(0, np.int64), 1, 1, 3)
+    assert scores.shape == (0,) and scores.dtype == np.float32 and scored == 0
+
+
+def test_codes_early_exit_refuses_bad_arguments():
+    rng = np.random.default_rng(12)
+    coded = _coded(rng, "residual-2", 8, 5)
+    offsets = np.array([0, 2, 5], dtype=np.int64)
+    query = _unit(rng, 3, 8)
+    both = np.array([0, 1], dtype=np.int64)
+    with pytest.raises(ValueError, match="n_query_tokens, 8"):
+        maxsim_codes_early_exit(_unit(rng, 3, 16), coded, offsets, both, 1, 1, 3)
+    with pytest.raises(ValueError, match="doc_offsets"):
+        maxsim_codes_early_exit(query, coded, offsets[None, :], both, 1, 1, 3)
+    with pytest.raises(ValueError, match="candidates"):
+        maxsim_codes_early_exit(query, coded, offsets, both[None, :], 1, 1, 3)
+    for k, patience in [(0, 1), (1, 0)]:
+        with pytest.raises(ValueError, match="k and patience"):
+            maxsim_codes_early_exit(query, coded, offsets, both, k, patience, 3)
+    for bad in (-1, 2):
+        with pytest.raises(IndexError, match="candidate ids"):
+            maxsim_codes_early_exit(query, coded, offsets, np.array([0, bad]), 1, 1, 3)
+    with pytest.raises(ValueError, match="max_doc_len"):  # document 1 has 3 tokens
+        maxsim_codes_early_exit(query, coded, offsets, both, 1, 1, 2)
+

@@ -40,7 +40,7 @@ def test_scifact_subset_quality_with_the_default_model(tmp_path, default_encoder
 def test_lucene_bm25_reproduces_pyserinis_published_scifact_figure(tmp_path):
     """pyserini's BEIR regressions: BM25 flat nDCG@10 0.679 on SciFact. The sparse path (texts,
     Lucene analysis, k1/b, evaluation) must give it within 0.003."""
-    from mvr.sparse import LuceneBM25
+    from mvr.stages.bm25 import LuceneBM25
 
     docs = [(d.id, d.full_text) for d in read_corpus(SCIFACT / "corpus.jsonl")]
     position = {doc_id: i for i, (doc_id, _) in enumerate(docs)}

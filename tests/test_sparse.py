@@ -1,4 +1,5 @@
-"""Sparse first stages with real Lucene (pyserini) and bm25s, reranking options and fusion."""
+"""Text first stages (bm25s, SPLADE), hybrids, reranking options and fusion; the comparisons with
+Lucene are in test_lucene.py."""
 
 import subprocess
 import sys
@@ -11,36 +12,20 @@ from hypothesis import strategies as st
 
 from conftest import DOCS
 from mvr import Encoder, Index, IndexConfig, QueryError
-from mvr.index import fuse, union_candidates
+from mvr.search import fuse
+from mvr.stages.hybrid import union_candidates
 
 
 @pytest.fixture(scope="module")
 def sparse_index(tmp_path_factory, models):
     docs = [(i, f"{t} {x}" if t else x) for i, t, x in DOCS]
-    return Index.build(docs, tmp_path_factory.mktemp("sparse") / "idx", encoder=Encoder(models["plain"]))
-
-
-def test_lucene_bm25_is_pyserinis_own_ranking(sparse_index):
-    from pyserini.search.lucene import LuceneSearcher
-
-    results = sparse_index.search("which animal purrs", k=3, first_stage="bm25", rerank=False)
-    searcher = LuceneSearcher(str(sparse_index.path / "bm25"))
-    searcher.set_bm25(0.9, 0.4)
-    hits = searcher.search("which animal purrs", 3)
-    assert [h.id for h in results[0]] == [h.docid for h in hits] and results[0][0].id == "d1"
-    np.testing.assert_allclose(results.scores[0, : len(hits)], [h.score for h in hits], rtol=1e-6)
-
-
-def test_bm25s_agrees_with_lucene_on_the_top_document(sparse_index):
-    for query, expected in (("capital of France", "d5"), ("lava volcano", "d7"), ("green tea antioxidants", "d8")):
-        for stage in ("bm25", "bm25s"):
-            assert sparse_index.search(query, k=1, first_stage=stage, rerank=False)[0][0].id == expected, stage
+    return Index.build(docs, tmp_path_factory.mktemp("sparse") / "idx", encoder=Encoder(models["plain"]))  # FDE and bm25s: the default
 
 
 def test_rerank_orders_bm25_candidates_by_maxsim(sparse_index):
     query = "capital city"
-    reranked = sparse_index.search(query, k=8, first_stage="bm25", candidates=8)
-    candidates = sparse_index.search(query, k=8, first_stage="bm25", candidates=8, rerank=False)
+    reranked = sparse_index.search(query, k=8, first_stage="bm25s", candidates=8)
+    candidates = sparse_index.search(query, k=8, first_stage="bm25s", candidates=8, rerank=False)
     positions = candidates.indices[0][candidates.indices[0] >= 0]
     exhaustive = sparse_index.search(query, k=len(sparse_index), first_stage="exhaustive")
     maxsim = dict(zip(exhaustive.indices[0], exhaustive.scores[0]))
@@ -50,7 +35,7 @@ def test_rerank_orders_bm25_candidates_by_maxsim(sparse_index):
 
 
 def test_stopword_only_query_falls_back_to_the_dense_first_stage(sparse_index):
-    for stage in ("bm25", "bm25s"):
+    for stage in ("bm25s",):
         results = sparse_index.search(["the of and", "purring cats"], k=3, first_stage=stage)
         assert results.fallbacks == 1 and len(results[0]) == 3 and len(results[1]) >= 1
         alone = sparse_index.search("the of and", k=3, first_stage=stage, rerank=False)
@@ -58,9 +43,9 @@ def test_stopword_only_query_falls_back_to_the_dense_first_stage(sparse_index):
 
 
 def test_pruning_keeps_only_candidates_near_the_kth_best(sparse_index):
-    full = sparse_index.search("capital of the Roman Empire", k=8, first_stage="bm25", rerank=False)
+    full = sparse_index.search("capital of the Roman Empire", k=8, first_stage="bm25s", rerank=False)
     scores = full.scores[0][full.indices[0] >= 0]
-    pruned = sparse_index.search("capital of the Roman Empire", k=2, first_stage="bm25", prune_alpha=0.0)
+    pruned = sparse_index.search("capital of the Roman Empire", k=2, first_stage="bm25s", prune_alpha=0.0)
     kept = set(pruned.indices[0][pruned.indices[0] >= 0].tolist())
     assert kept == set(full.indices[0][: int((scores >= scores[1]).sum())].tolist())
 
@@ -82,14 +67,14 @@ def test_fusion_by_hand():
 
 
 def test_fused_search_runs_and_options_are_validated(sparse_index):
-    fused = sparse_index.search("capital of France", k=3, first_stage="bm25", fusion="linear", fusion_weight=0.5)
+    fused = sparse_index.search("capital of France", k=3, first_stage="bm25s", fusion="linear", fusion_weight=0.5)
     assert fused[0][0].id == "d5"
     with pytest.raises(QueryError, match="fusion and early exit need rerank"):
-        sparse_index.search("x", first_stage="bm25", rerank=False, fusion="rrf")
+        sparse_index.search("x", first_stage="bm25s", rerank=False, fusion="rrf")
     with pytest.raises(QueryError, match="prune_alpha"):
-        sparse_index.search("x", first_stage="bm25", prune_alpha=2.0)
+        sparse_index.search("x", first_stage="bm25s", prune_alpha=2.0)
     with pytest.raises(QueryError, match="unknown search option"):
-        sparse_index.search("x", first_stage="bm25", bogus=1)
+        sparse_index.search("x", first_stage="bm25s", bogus=1)
     with pytest.raises(QueryError, match="not to 'exhaustive'"):
         sparse_index.search("x", first_stage="exhaustive", fusion="rrf")
 
@@ -164,7 +149,7 @@ def _tiny_masked_lm(folder: Path) -> Path:
 def test_splade_weights_are_max_pooled_log_relu_logits(tmp_path):
     import torch
 
-    from mvr.splade import SpladeEncoder
+    from mvr.stages.splade import SpladeEncoder
 
     encoder = SpladeEncoder(_tiny_masked_lm(tmp_path / "mlm"))
     (terms, weights), (short_terms, _) = encoder.encode(["cats purr loudly at night", "dogs"], maxlen=16)
@@ -182,7 +167,7 @@ def test_splade_first_stage_end_to_end(tmp_path, models):
     docs = [(i, f"{t} {x}" if t else x) for i, t, x in DOCS]
     index = Index.build(docs, tmp_path / "idx", encoder=Encoder(models["plain"]), config=IndexConfig(sparse=(), fde=None, splade_model=str(model)))
     alone = index.search(["purring cats", "volcano lava"], k=len(DOCS), first_stage="splade", rerank=False)
-    from mvr.splade import SpladeEncoder
+    from mvr.stages.splade import SpladeEncoder
 
     encoder = SpladeEncoder(model)
     doc_vectors = encoder.encode([t for _, t in docs], 256)
@@ -196,14 +181,3 @@ def test_splade_first_stage_end_to_end(tmp_path, models):
     assert len(index.search("purring cats", k=3, first_stage="splade", candidates=5)[0]) == 3
     with pytest.raises(QueryError, match="needs a masked-LM"):
         index.build_sparse(["splade"])
-
-
-def test_splade_impact_study_against_lucene(tmp_path, models, beir):
-    from mvr.eval.sparse_study import impact
-
-    model = _tiny_masked_lm(tmp_path / "mlm")
-    index = Index.build(beir / "corpus.jsonl", tmp_path / "idx", encoder=Encoder(models["plain"]), config=IndexConfig(sparse=(), fde=None, splade_model=str(model)))
-    report = impact(beir, index, depth=8)
-    assert report["queries"] == 4 and report["own"]["search_ms_p50"] > 0 and report["lucene"]["search_ms_p50"] > 0
-    # Same weights, quantised to 1/100 for Lucene: the two rankings score (almost) alike.
-    assert abs(report["own"]["nDCG@10"] - report["lucene"]["nDCG@10"]) <= 0.1

@@ -11,14 +11,17 @@ from __future__ import annotations
 
 import time
 from pathlib import Path
-from typing import Iterable, Sequence
+from typing import Sequence
 
 import numpy as np
 
-from .encoder import _quiet_transformers, _weight_files, weights_checksum
-from .errors import EncoderError
-from .progress import progress
-from .threads import cpu_threads
+from ..encode.forms import weight_files_of, weights_checksum
+from ..encode.runtimes import quiet_transformers
+from ..errors import EncoderError, QueryError
+from ..progress import progress
+from ..storage.formats import SPARSE_FORMAT, SPARSE_VERSION
+from ..threads import cpu_threads
+from .base import BuildSource, Candidates, QueryBatch, text_stage_manifest, top_n
 
 
 class SpladeEncoder:
@@ -32,7 +35,7 @@ class SpladeEncoder:
             raise EncoderError(f"SPLADE model folder not found or without config.json: {self.path}.")
         try:
             self.tokenizer = AutoTokenizer.from_pretrained(str(self.path), local_files_only=True)
-            with _quiet_transformers():
+            with quiet_transformers():
                 self.model = AutoModelForMaskedLM.from_pretrained(str(self.path), local_files_only=True)
         except (OSError, ValueError) as exc:
             raise EncoderError(f"could not load a masked-LM from {self.path}: {exc}") from None
@@ -44,7 +47,7 @@ class SpladeEncoder:
         self.identity = {
             "name": self.path.name,
             "source": str(self.path),
-            "weights_sha256": weights_checksum(_weight_files(self.path)),
+            "weights_sha256": weights_checksum(weight_files_of(self.path)),
             "vocab_size": self.vocab_size,
             "query_maxlen": query_maxlen,
             "doc_maxlen": doc_maxlen,
@@ -73,15 +76,25 @@ class SpladeEncoder:
         return out
 
 
-class Splade:
-    """The SPLADE first stage of an index: build with :meth:`build`, search by dot product."""
+class SpladeStage:
+    """The SPLADE first stage of an index (``<index>/splade/``): exact search by dot product."""
 
     name = "splade"
+    format, version = SPARSE_FORMAT, SPARSE_VERSION
+    binds = "doc_ids"
 
-    @staticmethod
-    def build(folder: Path, texts: Iterable[tuple[str, str]], encoder: SpladeEncoder, show_progress=None) -> dict:
+    @classmethod
+    def check(cls, settings, dim: int) -> None:
+        if settings is None:
+            raise QueryError("the splade first stage needs a masked-LM model folder (splade_model=PATH, --splade-model PATH).")
+
+    @classmethod
+    def build(cls, folder: Path, source: BuildSource, settings) -> dict:
+        """``settings``: the masked-LM folder or a :class:`SpladeEncoder`."""
+        cls.check(settings, source.dim)
+        encoder = settings if isinstance(settings, SpladeEncoder) else SpladeEncoder(settings)
         started = time.perf_counter()
-        encoded = encoder.encode([text for _, text in texts], encoder.doc_maxlen, show_progress=show_progress)
+        encoded = encoder.encode([text for _, text in source.texts()], encoder.doc_maxlen, show_progress=source.show_progress)
         lengths = np.array([len(terms) for terms, _ in encoded], dtype=np.int64)
         indptr = np.zeros(len(encoded) + 1, dtype=np.int64)
         np.cumsum(lengths, out=indptr[1:])
@@ -90,14 +103,15 @@ class Splade:
         np.save(folder / "indptr.npy", indptr)
         np.save(folder / "indices.npy", indices.astype(np.int32))
         np.save(folder / "weights.npy", weights.astype(np.float32))
-        seconds = time.perf_counter() - started
-        return {
-            "documents": len(encoded),
-            "model": encoder.identity,
-            "terms_per_document": round(float(lengths.mean()) if len(lengths) else 0.0, 1),
-            "seconds": round(seconds, 3),
-            "docs_per_second": round(len(encoded) / max(seconds, 1e-9), 2),
-        }
+        terms = round(float(lengths.mean()) if len(lengths) else 0.0, 1)
+        return text_stage_manifest(cls.name, source, len(encoded), time.perf_counter() - started, model=encoder.identity, terms_per_document=terms)
+
+    @classmethod
+    def open(cls, folder: Path, manifest: dict, index) -> "SpladeStage":
+        model = index.splade_model or manifest["model"]["source"]
+        if not isinstance(model, SpladeEncoder) and not Path(model).is_dir():
+            raise EncoderError(f"the SPLADE model {model} of index {index.name!r} is not there any more; pass splade_model=PATH (--splade-model).")
+        return cls(folder, model, manifest["model"])
 
     def __init__(self, folder: Path, model: str | Path | SpladeEncoder, identity: dict):
         import scipy.sparse
@@ -109,18 +123,15 @@ class Splade:
         indptr, indices, weights = (np.load(folder / f"{name}.npy") for name in ("indptr", "indices", "weights"))
         self.matrix = scipy.sparse.csr_matrix((weights, indices, indptr), shape=(len(indptr) - 1, identity["vocab_size"])).tocsc()
 
-    def search(self, queries: Sequence[str], k: int) -> list[tuple[np.ndarray, np.ndarray]]:
-        return self.search_encoded(self.encoder.encode(queries, self.encoder.query_maxlen, show_progress=False), k)
+    def search(self, queries: QueryBatch, n: int, options=None) -> list[Candidates]:
+        return self.search_encoded(self.encoder.encode(queries.texts, self.encoder.query_maxlen, show_progress=False), n)
 
-    def search_encoded(self, queries: Sequence[tuple[np.ndarray, np.ndarray]], k: int) -> list[tuple[np.ndarray, np.ndarray]]:
-        """Top-``k`` rows and scores for queries given as (term ids, weights)."""
+    def search_encoded(self, queries: Sequence[tuple[np.ndarray, np.ndarray]], n: int) -> list[Candidates]:
+        """Top-``n`` rows and scores for queries given as (term ids, weights)."""
         out = []
         for terms, weights in queries:
             if len(terms) == 0:
-                out.append((np.zeros(0, np.int64), np.zeros(0, np.float32)))
+                out.append(Candidates.empty())
                 continue
-            scores = np.asarray(self.matrix[:, terms] @ weights).ravel()
-            top = np.argsort(-scores, kind="stable")[:k]
-            top = top[scores[top] > 0]
-            out.append((top.astype(np.int64), scores[top].astype(np.float32)))
+            out.append(top_n(np.asarray(self.matrix[:, terms] @ weights).ravel(), n))
         return out

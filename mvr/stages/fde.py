@@ -1,5 +1,5 @@
-"""MUVERA first stage: fixed-dimensional encodings (FDEs) of the documents in a faiss index; a
-query's FDE finds candidates, which exact MaxSim then reranks.
+"""MUVERA first stage (Dhulipala et al., 2024): fixed-dimensional encodings (FDEs) of the documents
+in a faiss index; a query's FDE finds candidates, which exact MaxSim then reranks.
 
 An index keeps its FDE in the sub-directory ``fde/``, with a manifest of its own:
 
@@ -11,89 +11,21 @@ An index keeps its FDE in the sub-directory ``fde/``, with a manifest of its own
     fde/cs_sign.npy        float32 (full_dim,)
     fde/fde.faiss          the faiss index of the document FDEs (inner product)
 
-It is built from the stored float16 token vectors, so it can be rebuilt with other settings
-without encoding the corpus again (``mvr fde NAME ...``).
+It is built from the stored token vectors, so it can be rebuilt with other settings without
+encoding the corpus again (``mvr fde NAME ...``).
 """
 
 from __future__ import annotations
 
-import contextlib
 import time
-from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 
 import numpy as np
 
-from . import store
-from .errors import ConfigError, IndexFormatError
-
-FDE_FORMAT = "mvr-fde"
-FDE_VERSION = 1
-FDE_DIR = "fde"
-
-
-@dataclass(frozen=True)
-class FDEConfig:
-    """MUVERA settings (paper notation in brackets) and the faiss index over the encodings.
-
-    k_sim        SimHash bits per repetition [k_sim]: 2**k_sim partitions
-    d_proj       AMS-sketch projection of each token [d_proj]; None keeps all dims (identity)
-    reps         independent repetitions [R_reps]
-    fill_empty   fill a document's empty partitions with its Hamming-nearest token
-    d_final      final Count-Sketch dimension [d_final]; None keeps reps * 2**k_sim * d_proj
-    seed         seed of every random matrix (stored, so queries always match documents)
-    factory      faiss index factory string, inner-product metric: "Flat" (exact), "HNSW32", "IVF256,PQ64", ...
-    nprobe       IVF lists probed per query;  ef_search: HNSW search breadth
-    """
-
-    # Defaults chosen on SciFact and NFCorpus (docs/fde.md): the best recall of the exhaustive
-    # top-10 among the settings of 10,240 dims built with 20 repetitions.
-    k_sim: int = 4
-    d_proj: int | None = 32
-    reps: int = 20
-    fill_empty: bool = False
-    d_final: int | None = None
-    seed: int = 0
-    factory: str = "Flat"
-    nprobe: int = 32
-    ef_search: int = 256
-
-    def __post_init__(self):
-        if not isinstance(self.k_sim, int) or not 0 <= self.k_sim < 31:
-            raise ConfigError(f"k_sim must be an integer in [0, 30], got {self.k_sim!r}.")
-        for name in ("reps", "nprobe", "ef_search"):
-            value = getattr(self, name)
-            if not isinstance(value, int) or value < 1:
-                raise ConfigError(f"{name} must be a positive integer, got {value!r}.")
-        for name in ("d_proj", "d_final"):
-            value = getattr(self, name)
-            if value is not None and (not isinstance(value, int) or value < 1):
-                raise ConfigError(f"{name} must be a positive integer or None, got {value!r}.")
-        if not isinstance(self.factory, str) or not self.factory:
-            raise ConfigError("factory must be a faiss index factory string such as 'Flat' or 'HNSW32'.")
-
-    def full_dim(self, dim: int) -> int:
-        return self.reps * (1 << self.k_sim) * (self.d_proj or dim)
-
-    def out_dim(self, dim: int) -> int:
-        return self.d_final or self.full_dim(dim)
-
-    def check(self, dim: int) -> None:
-        if self.d_proj is not None and self.d_proj > dim:
-            raise ConfigError(f"d_proj={self.d_proj} exceeds the token dimension {dim}; use at most {dim} or None (identity).")
-        if self.full_dim(dim) > 1 << 26:
-            raise ConfigError(f"reps * 2**k_sim * d_proj = {self.full_dim(dim)} is too large; lower k_sim, reps or d_proj.")
-
-    def to_dict(self) -> dict:
-        return asdict(self)
-
-    @classmethod
-    def from_dict(cls, values: dict) -> "FDEConfig":
-        known = {f.name for f in fields(cls)}
-        unknown = sorted(set(values) - known)
-        if unknown:
-            raise ConfigError(f"unknown FDE setting(s) {unknown}; known: {sorted(known)}.")
-        return cls(**values)
+from ..config import FDEConfig
+from ..errors import ConfigError
+from ..storage.formats import FDE_FORMAT, FDE_VERSION, upgrade_fde_config
+from .base import BuildSource, Candidates, QueryBatch
 
 
 class FDE:
@@ -138,26 +70,17 @@ class FDE:
 
     def encode_queries(self, vectors: np.ndarray, offsets: np.ndarray) -> np.ndarray:
         """float32 ``(n_queries, out_dim)``: per-partition sums."""
-        from ._kernels.fde import fde_queries
+        from .._kernels.fde import fde_queries
 
         return fde_queries(vectors, offsets, self.simhash, self.ams_index, self.ams_sign, self.d_proj, self.cs_index, self.cs_sign, self.config.d_final or 0)
 
     def encode_documents(self, codes: np.ndarray, offsets: np.ndarray) -> np.ndarray:
         """float32 ``(n_docs, out_dim)``: per-partition centroids (float16 token codes in)."""
-        from ._kernels.fde import fde_documents
+        from .._kernels.fde import fde_documents
 
         return fde_documents(
             codes, offsets, self.simhash, self.ams_index, self.ams_sign, self.d_proj, self.config.fill_empty, self.cs_index, self.cs_sign, self.config.d_final or 0
         )
-
-
-def _set_search_parameters(index, config: FDEConfig) -> None:
-    import faiss
-
-    space = faiss.ParameterSpace()
-    for name, value in (("nprobe", config.nprobe), ("efSearch", config.ef_search)):
-        with contextlib.suppress(RuntimeError):
-            space.set_index_parameter(index, name, value)
 
 
 def build_fde(folder: Path, codes: np.ndarray, offsets: np.ndarray, dim: int, config: FDEConfig, vectors_sha256: str, block: int = 4096) -> dict:
@@ -202,27 +125,74 @@ def build_fde(folder: Path, codes: np.ndarray, offsets: np.ndarray, dim: int, co
     }
 
 
-class FDEFirstStage:
-    """An index's ``fde/`` directory, opened: encodes queries and finds candidates with faiss."""
 
-    def __init__(self, folder: Path, dim: int, n_docs: int, vectors_sha256: str):
+def check_factory(config: FDEConfig, dim: int) -> None:
+    """Refuse FDE settings that cannot work on ``dim``-wide vectors (a bad faiss factory string
+    among them) before anything is encoded."""
+    import faiss
+
+    config.check(dim)
+    try:
+        faiss.index_factory(config.out_dim(dim), config.factory, faiss.METRIC_INNER_PRODUCT)
+    except RuntimeError as exc:
+        raise ConfigError(f"faiss cannot make an index from the factory string {config.factory!r} (--fde-factory): {str(exc).splitlines()[0]}") from None
+
+
+def search_parameters(index, nprobe: int, ef_search: int):
+    """faiss per-call search parameters for IVF (``nprobe``) or HNSW (``ef_search``) indexes,
+    wrapped for a pre-transform; None for exact ones. Per call, so searches never share state."""
+    import faiss
+
+    inner = faiss.downcast_index(index.index) if isinstance(index, faiss.IndexPreTransform) else index
+    if isinstance(inner, faiss.IndexIVF):
+        params = faiss.SearchParametersIVF(nprobe=nprobe)
+    elif isinstance(inner, faiss.IndexHNSW):
+        params = faiss.SearchParametersHNSW(efSearch=ef_search)
+    else:
+        return None
+    if inner is not index:
+        wrapped = faiss.SearchParametersPreTransform(index_params=params)
+        wrapped.referenced = params  # the wrapper does not own its parameters
+        return wrapped
+    return params
+
+
+class FDEStage:
+    """The ``fde/`` directory of an index, opened: encodes queries and finds candidates with faiss."""
+
+    name = "fde"
+    format, version = FDE_FORMAT, FDE_VERSION
+    binds = "vectors"
+
+    def __init__(self, folder: Path, manifest: dict):
         import faiss
 
         self.folder = folder
-        self.manifest = store.read_manifest(folder, FDE_FORMAT, FDE_VERSION)
-        if self.manifest["vectors_sha256"] != vectors_sha256 or self.manifest["documents"] != n_docs or self.manifest["dim"] != dim:
-            raise IndexFormatError(f"{folder} was built for other token vectors than its index holds; rebuild it with `mvr fde`.")
-        self.config = FDEConfig.from_dict(self.manifest["config"])
-        self.fde = FDE.load(folder, self.config, dim)
+        self.manifest = manifest
+        self.config = FDEConfig.from_dict(upgrade_fde_config(manifest["config"]))
+        self.fde = FDE.load(folder, self.config, manifest["dim"])
         path = str(folder / "fde.faiss")
         try:
             self.index = faiss.read_index(path, faiss.IO_FLAG_MMAP | faiss.IO_FLAG_READ_ONLY)
         except RuntimeError:  # index types that faiss cannot memory-map
             self.index = faiss.read_index(path)
-        _set_search_parameters(self.index, self.config)
 
-    def candidates(self, vectors: np.ndarray, offsets: np.ndarray, n_candidates: int) -> tuple[np.ndarray, np.ndarray]:
-        """faiss ``(D, I)`` of the queries' FDEs: ``(n_queries, n_candidates)``, -1 where none."""
-        encoded = self.fde.encode_queries(vectors, offsets)
-        scores, ids = self.index.search(encoded, n_candidates)
-        return scores, ids
+    @classmethod
+    def check(cls, settings: FDEConfig, dim: int) -> None:
+        check_factory(settings, dim)
+
+    @classmethod
+    def build(cls, folder: Path, source: BuildSource, settings: FDEConfig | None) -> dict:
+        return build_fde(folder, source.tokens.float16_bits(), source.doc_offsets, source.dim, settings or FDEConfig(), source.vectors_sha256)
+
+    @classmethod
+    def open(cls, folder: Path, manifest: dict, index) -> "FDEStage":
+        if manifest["dim"] != index.dim:
+            raise ConfigError(f"{folder} was built for {manifest['dim']}-dim vectors, the index stores {index.dim}; rebuild it with `mvr fde`.")
+        return cls(folder, manifest)
+
+    def search(self, queries: QueryBatch, n: int, options=None) -> list[Candidates]:
+        encoded = self.fde.encode_queries(queries.vectors, queries.offsets)
+        params = search_parameters(self.index, options.nprobe, options.ef_search) if options is not None else None
+        scores, ids = self.index.search(encoded, n, params=params)
+        return [Candidates(row[row >= 0], row_scores[row >= 0]) for row, row_scores in zip(ids, scores)]

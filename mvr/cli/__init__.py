@@ -1,0 +1,46 @@
+"""The ``mvr`` command line: one module per subcommand (each with ``add_parser`` and ``run``),
+shared option groups in ``common``.
+
+Errors of mvr's own hierarchy print as one ``mvr: error: ...`` line and exit with status 2.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import shlex
+import sys
+
+from ..errors import MvrError
+
+COMMANDS = ("index", "search", "info", "list", "fde", "sparse", "eval")
+
+
+def _modules():
+    return {name: importlib.import_module(f".{name}", __name__) for name in COMMANDS}
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="mvr", description="Multi-vector (late-interaction) retrieval.")
+    sub = parser.add_subparsers(dest="command", required=True)
+    for module in _modules().values():
+        module.add_parser(sub)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else [str(a) for a in argv]
+    args = build_parser().parse_args(argv)
+    args.command_line = "mvr " + shlex.join(argv)  # kept in manifests and reports, to rerun them
+    try:
+        return _modules()[args.command].run(args)
+    except MvrError as exc:
+        print(f"mvr: error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("mvr: interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

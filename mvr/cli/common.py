@@ -1,0 +1,140 @@
+"""Option groups the subcommands share. Every default is read from the dataclass that owns it
+(IndexConfig, FDEConfig, SearchOptions), never typed here a second time."""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+from ..config import CLUSTER_METHODS, KEEP_CLASSES, PRESETS, PRUNE_RULES, FDEConfig, IndexConfig
+from ..registry import CODECS, FIRST_STAGES
+from ..search import DEFAULT_CANDIDATES, SearchOptions
+
+
+def add_common(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--index-dir", type=Path, default=None, help="where named indexes live (default: $MVR_INDEX_DIR or ./indexes)")
+    parser.add_argument("--threads", type=int, default=None, help="CPU threads for encoding and scoring (default: all cores)")
+    parser.add_argument("--quiet", action="store_true", help="no progress bars")
+
+
+def add_fde(parser: argparse.ArgumentParser, with_switch: bool) -> None:
+    group = parser.add_argument_group("MUVERA FDE first stage")
+    if with_switch:
+        group.add_argument("--no-fde", action="store_true", help="build no FDE first stage (exhaustive search only)")
+    d = FDEConfig()
+    group.add_argument("--fde-k-sim", type=int, default=d.k_sim, help=f"SimHash bits per repetition (2**k partitions; default {d.k_sim})")
+    group.add_argument("--fde-d-proj", type=int, default=d.d_proj, help=f"AMS projection dims per token; 0 keeps all dims (default {d.d_proj})")
+    group.add_argument("--fde-reps", type=int, default=d.reps, help=f"repetitions (default {d.reps})")
+    group.add_argument("--fde-d-final", type=int, default=d.d_final, help="final Count-Sketch dimension (default: none)")
+    group.add_argument("--fde-fill", action="store_true", default=d.fill_empty, help="fill empty document partitions with the Hamming-nearest token (default: leave them zero)")
+    group.add_argument("--fde-factory", default=d.factory, help=f"faiss index factory string, inner product (default {d.factory} = exact)")
+    group.add_argument("--fde-seed", type=int, default=d.seed)
+
+
+def fde_config(args) -> FDEConfig | None:
+    if getattr(args, "no_fde", False):
+        return None
+    return FDEConfig(
+        k_sim=args.fde_k_sim, d_proj=args.fde_d_proj or None, reps=args.fde_reps, d_final=args.fde_d_final, fill_empty=args.fde_fill, factory=args.fde_factory, seed=args.fde_seed
+    )
+
+
+def add_search(parser: argparse.ArgumentParser, counts=None) -> None:
+    """First stage, candidates and reranking options. ``counts``: a type for --candidates that
+    takes a comma list (mvr eval sweeps several)."""
+    d = SearchOptions()
+    group = parser.add_argument_group("candidates and reranking")
+    group.add_argument("--first-stage", default=None, choices=FIRST_STAGES, help="how candidates are found (default: the index's own, fde+bm25s where it has both, else fde, else exhaustive)")
+    many = " or a comma list to sweep" if counts else ""
+    group.add_argument("--candidates", type=counts or int, default=None, help=f"first-stage candidates reranked by exact MaxSim{many} (default {DEFAULT_CANDIDATES}; not with exhaustive)")
+    group.add_argument("--no-rerank", action="store_true", help="return the first stage's own ranking (e.g. BM25 alone)")
+    group.add_argument("--prune-alpha", type=float, default=d.prune_alpha, help="drop candidates scoring below (1 - alpha) x the k-th best first-stage score")
+    group.add_argument("--early-exit", type=int, default=d.early_exit, metavar="BETA", help="stop reranking after BETA consecutive candidates miss the top-k")
+    group.add_argument("--fusion", choices=("rrf", "linear"), default=d.fusion, help="fuse MaxSim with first-stage scores")
+    group.add_argument("--fusion-weight", type=float, default=d.fusion_weight, help=f"MaxSim's weight in linear fusion of z-scores (default {d.fusion_weight})")
+    group.add_argument("--dense-share", type=float, default=d.dense_share, help=f"hybrid first stages (fde+bm25s, ...): share of the candidates taken from FDE (default {d.dense_share})")
+    group.add_argument("--nprobe", type=int, default=d.nprobe, help=f"FDE in a faiss IVF index: lists probed per query (default {d.nprobe})")
+    group.add_argument("--ef-search", type=int, default=d.ef_search, help=f"FDE in a faiss HNSW index: search breadth (default {d.ef_search})")
+
+
+def search_options(args) -> dict:
+    """The options of :class:`mvr.search.SearchOptions` given on the command line (first stage and candidates apart)."""
+    return {
+        "rerank": not args.no_rerank,
+        "prune_alpha": args.prune_alpha,
+        "early_exit": args.early_exit,
+        "fusion": args.fusion,
+        "fusion_weight": args.fusion_weight,
+        "dense_share": args.dense_share,
+        "nprobe": args.nprobe,
+        "ef_search": args.ef_search,
+    }
+
+
+def add_compaction(parser: argparse.ArgumentParser) -> None:
+    d = IndexConfig()
+    group = parser.add_argument_group("fewer and smaller vectors (docs/compression.md)")
+    group.add_argument("--from", dest="source", default=None, metavar="INDEX", help="derive from this float16 index's stored vectors instead of encoding CORPUS")
+    group.add_argument("--preset", choices=sorted(PRESETS), default=None, help="; ".join(f"{k}: {v['about']}" for k, v in PRESETS.items()).replace("%", "%%"))
+    group.add_argument("--prune", default=None, help=f"drop document tokens by rule, comma list of {', '.join(PRUNE_RULES)}")
+    group.add_argument("--prune-max-df", type=float, default=None, help=f"the df rule drops tokens found in more than this share of documents (default {d.prune_max_df})")
+    group.add_argument("--cluster-ratio", type=float, default=None, help="cluster each document to ceil(ratio x its tokens) centroids")
+    group.add_argument("--cluster-count", type=int, default=None, help="... or to at most this many centroids")
+    group.add_argument("--cluster-method", choices=CLUSTER_METHODS, default=None, help=f"{' or '.join(CLUSTER_METHODS)} (default {d.cluster_method})")
+    group.add_argument("--cluster-iters", type=int, default=None, help=f"k-means iterations (default {d.cluster_iters})")
+    group.add_argument("--cluster-keep", default=None, help=f"token classes never pooled, comma list of {', '.join(KEEP_CLASSES)}, or none (default {','.join(d.cluster_keep) or 'none'})")
+    group.add_argument("--cluster-idf-weight", type=float, default=None, help=f"Ward: scale tokens by idf ** W for the linkage so rare terms merge last (default {d.cluster_idf_weight:g})")
+    group.add_argument("--codec", choices=tuple(CODECS), default=None, help=f"stored vectors: {', '.join(CODECS)} (default {d.codec})")
+    group.add_argument("--codec-bits", type=int, choices=(1, 2, 4), default=None, help=f"residual bits per dimension (default {d.codec_bits})")
+    group.add_argument("--codec-centroids", type=int, default=None, help="residual codec centroids (default: a power of two near 4 sqrt(vectors))")
+
+
+def _names(text: str | None):
+    return None if text is None else tuple(r for r in text.split(",") if r and r != "none")
+
+
+def compaction(args) -> dict:
+    """The compaction settings asked for: the preset's, then each flag given."""
+    settings = {k: v for k, v in PRESETS[args.preset].items() if k != "about"} if args.preset else {}
+    flags = {
+        "prune": _names(args.prune),
+        "prune_max_df": args.prune_max_df,
+        "cluster_ratio": args.cluster_ratio,
+        "cluster_count": args.cluster_count,
+        "cluster_method": args.cluster_method,
+        "cluster_iters": args.cluster_iters,
+        "cluster_keep": _names(args.cluster_keep),
+        "cluster_idf_weight": args.cluster_idf_weight,
+        "codec": args.codec,
+        "codec_bits": args.codec_bits,
+        "codec_centroids": args.codec_centroids,
+    }
+    settings.update({k: v for k, v in flags.items() if v is not None})
+    if "cluster_count" in settings and args.cluster_ratio is None:
+        settings.pop("cluster_ratio", None)
+    return settings
+
+
+def read_queries(path: Path) -> list[tuple[str, str]]:
+    """``(id, text)`` of each query in a JSONL file of ``{_id|id, text}`` or a TSV of ``id<TAB>text``."""
+    from ..corpus import read_jsonl_objects
+    from ..errors import QueryError
+
+    if not path.is_file():
+        raise QueryError(f"queries file not found: {path}.")
+    if path.suffix.lower() in (".jsonl", ".json"):
+        queries = []
+        for line, obj in read_jsonl_objects(path):
+            qid, text = obj.get("_id", obj.get("id")), obj.get("text")
+            if qid is None or not isinstance(text, str):
+                raise QueryError(f'{path}:{line}: each query needs "_id" (or "id") and "text".')
+            queries.append((str(qid), text))
+        return queries
+    queries = []
+    for line, row in enumerate(path.read_text(encoding="utf-8").splitlines(), start=1):
+        if row.strip():
+            parts = row.split("\t", 1)
+            if len(parts) != 2:
+                raise QueryError(f"{path}:{line}: expected id<TAB>text.")
+            queries.append((parts[0], parts[1]))
+    return queries

@@ -1,0 +1,88 @@
+"""``mvr eval``: run a BEIR dataset's queries through an index and score them (mvr.eval.beir),
+measuring what ``mvr search`` does unless told otherwise."""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+
+from .common import add_common, add_search, search_options
+
+
+def _counts(text: str) -> list[int]:
+    try:
+        counts = [int(part) for part in text.split(",") if part.strip()]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number or a comma list of numbers, got {text!r}") from None
+    if not counts or min(counts) < 1:
+        raise argparse.ArgumentTypeError(f"candidate counts must be positive, got {text!r}")
+    return counts
+
+
+def add_parser(sub) -> argparse.ArgumentParser:
+    p = sub.add_parser("eval", help="evaluate an index on a BEIR dataset", description="Evaluate an index on a BEIR-layout dataset folder.")
+    p.add_argument("dataset", type=Path, help="BEIR-layout folder: corpus.jsonl, queries.jsonl, qrels/SPLIT.tsv")
+    p.add_argument("--index", required=True, help="index name or path")
+    p.add_argument("--split", default="test")
+    add_search(p, counts=_counts)
+    p.add_argument("--compare-exhaustive", action="store_true", help="also run exhaustive MaxSim in the same process: recall of its top-10 and speed-up")
+    p.add_argument("--keep-identical-ids", action="store_true", help="keep retrieved documents whose id equals the query id (BEIR drops them by default)")
+    p.add_argument("--depth", type=int, default=100, help="documents retrieved per query (>= 100 for R@100)")
+    p.add_argument("--max-queries", type=int, default=None, help="evaluate only the first N judged queries (quick checks)")
+    p.add_argument("--output", type=Path, default=None, help="write the report as JSON here")
+    p.add_argument("--run-file", type=Path, default=None, help="write the TREC run here (several runs: one file each, named after the run)")
+    p.add_argument("--build", action="store_true", help="build the index (default settings) from the dataset's corpus.jsonl if it does not exist; `mvr index` sets others")
+    add_common(p)
+    return p
+
+
+def run(args) -> int:
+    from ..config import IndexConfig
+    from ..corpus import read_corpus
+    from ..errors import DatasetError, IndexNotFoundError
+    from ..eval.beir import MEASURES, evaluate, run_files, write_run
+    from ..index import Index
+
+    show = False if args.quiet else None
+    if args.depth < 1:
+        raise DatasetError(f"--depth must be >= 1, got {args.depth}.")
+    try:
+        index = Index.open(args.index, home=args.index_dir)
+    except IndexNotFoundError:
+        if not args.build:
+            raise IndexNotFoundError(
+                f"no index {args.index!r}; build it with `mvr index {args.dataset / 'corpus.jsonl'} --name {args.index}` or add --build to this command."
+            ) from None
+        config = IndexConfig(threads=args.threads)
+        index = Index.build(read_corpus(args.dataset / "corpus.jsonl"), args.index, config=config, home=args.index_dir, show_progress=show, command=args.command_line)
+    report, runs = evaluate(
+        args.dataset,
+        index,
+        split=args.split,
+        first_stage=args.first_stage,
+        candidates=args.candidates,
+        compare_exhaustive=args.compare_exhaustive,
+        depth=args.depth,
+        threads=args.threads,
+        max_queries=args.max_queries,
+        show_progress=show,
+        options=search_options(args),
+        ignore_identical_ids=not args.keep_identical_ids,
+    )
+    report["command"] = getattr(args, "command_line", None)
+    print(
+        f"{report['dataset']} / {report['split']}: {report['queries']} queries, index {report['index']}; "
+        f"query encoding {report['encode_ms_p50']} ms p50, {report['encode_ms_p95']} ms p95"
+    )
+    columns = ("first_stage", "candidates", *MEASURES, "search_ms_p50", "search_ms_p95", "recall_of_exhaustive_top10", "speedup_vs_exhaustive")
+    print("  " + "  ".join(f"{c:>12}" for c in columns))
+    for row in report["runs"]:
+        print("  " + "  ".join(f"{str(row.get(c, '')):>12}" for c in columns))
+    if args.output:
+        args.output.parent.mkdir(parents=True, exist_ok=True)
+        args.output.write_text(json.dumps(report, indent=2) + "\n", encoding="utf-8")
+    if args.run_file:
+        for label, path in run_files(args.run_file, list(runs)).items():
+            write_run(path, runs[label], label)
+    return 0

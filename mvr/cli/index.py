@@ -1,0 +1,94 @@
+"""``mvr index``: encode a corpus into an index, or derive a smaller one from a float16 index."""
+
+from __future__ import annotations
+
+import argparse
+
+from ..config import RUNTIMES, IndexConfig
+from ..errors import ConfigError
+from ..registry import SPARSE_STAGES
+from .common import add_common, add_compaction, add_fde, compaction, fde_config
+
+
+def add_parser(sub) -> argparse.ArgumentParser:
+    d = IndexConfig()
+    p = sub.add_parser(
+        "index",
+        help="encode a corpus into an index",
+        description="Encode a corpus into an index, or (--from) derive a pruned / clustered / compressed index from a float16 one.",
+    )
+    p.add_argument("corpus", nargs="?", help="BEIR corpus.jsonl (or its dataset folder), JSONL of {id, text}, or a folder of .txt/.md files")
+    p.add_argument("--name", required=True, help="index name (under --index-dir) or a path")
+    p.add_argument("--model", default=d.model, help="local model folder (default: the embedded all-MiniLM-L6-v2)")
+    p.add_argument("--doc-maxlen", type=int, default=d.doc_maxlen, help="document length in tokens (default: the model's; 256 for plain encoders)")
+    p.add_argument("--query-maxlen", type=int, default=d.query_maxlen, help="query length in tokens (default: the model's; 64 for plain encoders)")
+    p.add_argument("--batch-size", type=int, default=None, help=f"texts per forward pass (default {d.batch_size})")
+    p.add_argument(
+        "--doc-runtime", choices=RUNTIMES, default=d.doc_runtime,
+        help=f"how documents run through the model: onnx-int8 (ONNX Runtime, int8 weights; 1.5x PyTorch at the same nDCG@10, docs/speed.md), onnx, torch (default: {d.doc_runtime})",
+    )
+    p.add_argument("--pca-dim", type=int, default=d.pca_dim, help="reduce token vectors with uncentred PCA to this many dims")
+    p.add_argument("--skip-empty", action="store_true", default=d.skip_empty, help="drop documents with no text instead of failing")
+    p.add_argument("--overwrite", action="store_true", help="replace an existing index of that name (only once the new one is complete)")
+    p.add_argument(
+        "--sparse", default=None,
+        help=f"text first stages to build: comma list of {', '.join(SPARSE_STAGES)} (bm25 = Lucene, extra 'lucene'), or 'none' (default: {','.join(d.sparse) or 'none'}, what the default search reads)",
+    )
+    p.add_argument("--splade-model", default=d.splade_model, help="masked-LM folder: also build the learned-sparse (SPLADE) first stage")
+    add_fde(p, with_switch=True)
+    add_compaction(p)
+    add_common(p)
+    return p
+
+
+def run(args) -> int:
+    from ..corpus import read_corpus
+    from ..index import Index
+
+    settings = compaction(args)
+    if args.source is not None:
+        if args.corpus is not None:
+            raise ConfigError("give a CORPUS to encode or --from INDEX to derive from, not both.")
+        changes = dict(settings, threads=args.threads, fde=fde_config(args))
+        index = Index.derive(
+            args.source, args.name, home=args.index_dir, overwrite=args.overwrite, show_progress=False if args.quiet else None, command=args.command_line, **changes
+        )
+    else:
+        if args.corpus is None:
+            raise ConfigError("give a CORPUS to encode (or --from INDEX to derive from an existing index).")
+        default = IndexConfig()
+        config = IndexConfig(
+            model=args.model,
+            query_maxlen=args.query_maxlen,
+            doc_maxlen=args.doc_maxlen,
+            batch_size=args.batch_size if args.batch_size is not None else default.batch_size,
+            doc_runtime=args.doc_runtime,
+            pca_dim=args.pca_dim,
+            skip_empty=args.skip_empty,
+            threads=args.threads,
+            fde=fde_config(args),
+            sparse=tuple(s for s in args.sparse.split(",") if s and s != "none") if args.sparse is not None else default.sparse,
+            splade_model=args.splade_model,
+            **settings,
+        )
+        index = Index.build(
+            read_corpus(args.corpus),
+            args.name,
+            config=config,
+            home=args.index_dir,
+            overwrite=args.overwrite,
+            show_progress=False if args.quiet else None,
+            command=args.command_line,
+        )
+    info = index.info()
+    build = info["build"]
+    print(
+        f"indexed {info['documents']} documents ({info['tokens']} token vectors, dim {info['dim']}) into {index.path} "
+        f"in {build['seconds']:.1f} s ({build['docs_per_second']:.1f} docs/s); {info['bytes_per_token']:.1f} bytes/token"
+        + (f"; {info['vectors_per_document']['mean']} vectors per document from {info['source_tokens_per_document']}" if index.config.compacts else "")
+    )
+    if info["counts"]["truncated_documents"]:
+        print(f"note: {info['counts']['truncated_documents']} documents were longer than {info['encoder']['doc_maxlen']} tokens and were truncated")
+    if info["counts"]["skipped_empty_documents"]:
+        print(f"note: {info['counts']['skipped_empty_documents']} empty documents were skipped")
+    return 0

@@ -1,0 +1,87 @@
+"""``mvr info``: what an index holds, how it was built, and (``--verify``) whether its files are intact."""
+
+from __future__ import annotations
+
+import argparse
+import json
+
+from .common import add_common
+
+
+def add_parser(sub) -> argparse.ArgumentParser:
+    p = sub.add_parser("info", help="describe an index")
+    p.add_argument("index", help="index name or path")
+    p.add_argument("--json", action="store_true")
+    p.add_argument("--verify", action="store_true", help="also check every file's sha256 against the manifest")
+    add_common(p)
+    return p
+
+
+def run(args) -> int:
+    from ..errors import IndexFormatError
+    from ..index import Index
+    from ..storage import verify
+
+    index = Index.open(args.index, home=args.index_dir)
+    info = index.info()
+    if args.verify:
+        damaged = verify(index.path, index.manifest)
+        info["verified"] = not damaged
+        if damaged:
+            raise IndexFormatError(f"{index.path}: checksum mismatch in {', '.join(damaged)}; rebuild the index.")
+    if args.json:
+        print(json.dumps(info, indent=2))
+        return 0
+    enc = info["encoder"]
+    rows = [
+        ("path", info["path"]),
+        ("documents", info["documents"]),
+        ("token vectors", f"{info['tokens']} ({info['vectors_per_document']['mean']} per document, max {info['vectors_per_document']['max']})"),
+        ("dim", f"{info['dim']}" + (f" (PCA from {info['counts']['model_dim']})" if info["dim"] != info["counts"]["model_dim"] else "")),
+        ("stored as", _stored_as(index.config, info["counts"])),
+        ("bytes per token", f"{info['bytes_per_token']} (per document token before pruning: vector data, codebooks, offsets)"),
+        ("index size", f"{info['index_bytes'] / 2**20:.1f} MiB"),
+        ("encoder", f"{enc['name']} [{enc['kind']}] sha256 {enc['weights_sha256'][:12]}; query {enc['query_maxlen']} / doc {enc['doc_maxlen']} tokens"),
+        (
+            "built",
+            f"{info['created']} in {info['build']['seconds']} s "
+            + (f"from {info['build']['derived_from']} (no re-encoding)" if info["build"].get("derived_from") else f"({info['build']['docs_per_second']} docs/s)"),
+        ),
+        ("truncated documents", info["counts"]["truncated_documents"]),
+    ]
+    fde = info["fde"]
+    if fde:
+        cfg = fde["config"]
+        rows.append(
+            (
+                "FDE first stage",
+                f"k_sim {cfg['k_sim']}, d_proj {cfg['d_proj'] or 'identity'}, reps {cfg['reps']}, fill {'on' if cfg['fill_empty'] else 'off'}"
+                f"{', final ' + str(cfg['d_final']) if cfg['d_final'] else ''}: {fde['fde_dim']} dims, "
+                f"{fde['bytes_per_document'] / 1024:.1f} KiB/document, faiss {cfg['factory']}",
+            )
+        )
+    else:
+        rows.append(("FDE first stage", "none (add one with `mvr fde`)"))
+    rows.append(("first stages", ", ".join(f"{name} ({size / 2**20:.1f} MiB)" for name, size in info["stages"].items()) or "none"))
+    rows.append(("default search", info["default_stage"]))
+    if args.verify:
+        rows.append(("checksums", "ok"))
+    for key, value in rows:
+        print(f"{key:>20}  {value}")
+    return 0
+
+
+def _stored_as(config, counts: dict) -> str:
+    parts = []
+    if config.prune:
+        parts.append(f"pruned ({', '.join(config.prune)}): {counts.get('pruned_tokens', 0)} tokens dropped")
+    if config.clusters:
+        how = f"ratio {config.cluster_ratio}" if config.cluster_ratio is not None else f"at most {config.cluster_count}"
+        method = "Ward linkage" if config.cluster_method == "ward" else f"k-means, {config.cluster_iters} iterations"
+        if config.cluster_idf_weight:
+            method += f", idf^{config.cluster_idf_weight:g}-weighted"
+        kept = f", {'/'.join(config.cluster_keep)} tokens kept" if config.cluster_keep else ""
+        parts.append(f"clustered per document ({how}, {method}{kept})")
+    codec = config.codec if config.codec != "residual" else f"residual {config.codec_bits}-bit, {counts.get('codec_centroids')} centroids"
+    parts.append(codec)
+    return "; ".join(parts) + f" — from {counts.get('source_tokens', counts['tokens'])} document tokens"

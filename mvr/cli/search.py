@@ -1,0 +1,55 @@
+"""``mvr search``: one query, or a file of queries, against an index."""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+
+from .common import add_common, add_search, read_queries, search_options
+
+
+def add_parser(sub) -> argparse.ArgumentParser:
+    p = sub.add_parser("search", help="search an index", description="Search an index with one query or a file of queries.")
+    p.add_argument("index", help="index name or path")
+    p.add_argument("query", nargs="?", help="the query text (or use --queries)")
+    p.add_argument("--queries", type=Path, help="JSONL of {_id|id, text} or TSV of id<TAB>text, one query per line")
+    p.add_argument("-k", type=int, default=10, help="results per query (default 10)")
+    p.add_argument("--model", default=None, help="query model folder (default: the one the index was built with)")
+    add_search(p)
+    out = p.add_mutually_exclusive_group()
+    out.add_argument("--json", action="store_true", help="JSON output")
+    out.add_argument("--trec", action="store_true", help="TREC run output: qid Q0 docid rank score run")
+    p.add_argument("--run-name", default="mvr")
+    add_common(p)
+    return p
+
+
+def run(args) -> int:
+    from ..errors import QueryError
+    from ..index import Index
+
+    if (args.query is None) == (args.queries is None):
+        raise QueryError("give either a query text or --queries FILE.")
+    queries = read_queries(args.queries) if args.queries else [("q1", args.query)]
+    index = Index.open(args.index, home=args.index_dir, model=args.model)
+    results = index.search(
+        [text for _, text in queries], k=args.k, first_stage=args.first_stage, candidates=args.candidates, threads=args.threads, **search_options(args)
+    )
+    if args.trec:
+        print("\n".join(results.to_trec([qid for qid, _ in queries], args.run_name)))
+    elif args.json:
+        payload = [
+            {"query_id": qid, "query": text, "hits": [{"rank": h.rank, "id": h.id, "score": h.score, "title": h.title, "text": h.text} for h in hits]}
+            for (qid, text), hits in zip(queries, results)
+        ]
+        print(json.dumps(payload if args.queries else payload[0], ensure_ascii=False, indent=2))
+    else:
+        for (qid, text), hits in zip(queries, results):
+            if args.queries:
+                print(f"## {qid}: {text}")
+            print(f"{'rank':>4}  {'score':>8}  {'id':<16}  text")
+            for hit in hits:
+                snippet = " ".join(f"{hit.title} {hit.text}".split())
+                print(f"{hit.rank:>4}  {hit.score:>8.3f}  {hit.id[:16]:<16}  {snippet[:100]}")
+    return 0

@@ -1,0 +1,268 @@
+"""Text -> token vectors with a transformers model, for late interaction.
+
+The model folder's form (Stanford ColBERT, PyLate, or any BERT-like encoder) is detected by
+:mod:`mvr.encode.forms`; the transformer runs in PyTorch or ONNX Runtime (:mod:`mvr.encode.runtimes`).
+Output is always one flat float32 ``(n_tokens, dim)`` array plus ``offsets`` (never padded 3-D
+tensors), every row L2-normalised, with the vocabulary id behind each row.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import asdict
+from pathlib import Path
+from typing import Sequence
+
+import numpy as np
+
+from ..config import DEFAULT_DOC_RUNTIME, QUERY_RUNTIMES, RUNTIMES
+from ..errors import EncoderError
+from ..progress import progress
+from ..threads import cpu_threads
+from .forms import DEFAULT_MODEL_NAME, default_model_path, detect_spec, load_projections, weight_files_of, weights_checksum
+from .runtimes import OnnxTransformer, quiet_transformers
+from .tokens import TokenVectors, token_classes
+
+
+def check_runtime(name: str, value: str, allowed: tuple[str, ...]) -> str:
+    if value not in allowed:
+        raise EncoderError(f"{name} must be one of {', '.join(allowed)}; got {value!r}.")
+    return value
+
+
+class Encoder:
+    """Encodes queries and documents into L2-normalised token vectors.
+
+    ``model``: a local model folder, or None for the embedded default (all-MiniLM-L6-v2).
+    ``query_maxlen`` / ``doc_maxlen``: override the model's own lengths (in tokens, markers and
+    special tokens included). ``threads``: torch threads while encoding (restored afterwards).
+    ``query_runtime``: "onnx" runs the transformer of query encoding in ONNX Runtime (exported
+    once per model and cached under ``$MVR_CACHE_DIR``, default ``~/.cache/mvr``; same outputs
+    within float rounding, about twice as fast at batch 1 on CPU), "torch" keeps PyTorch; None
+    reads ``$MVR_QUERY_RUNTIME`` (default "onnx"). ``doc_runtime``: the same for documents, with
+    "onnx-int8" too (weights int8 per output channel, activations quantised per batch; the default,
+    docs/speed.md has its speed and nDCG@10); None reads ``$MVR_DOC_RUNTIME``. A model the exporter
+    cannot handle stays on PyTorch, with a warning.
+    """
+
+    def __init__(
+        self,
+        model: str | os.PathLike | None = None,
+        *,
+        query_maxlen: int | None = None,
+        doc_maxlen: int | None = None,
+        batch_size: int = 32,
+        threads: int | None = None,
+        query_runtime: str | None = None,
+        doc_runtime: str | None = None,
+    ):
+        import torch
+        from transformers import AutoModel, AutoTokenizer
+
+        for name, value in (("query_maxlen", query_maxlen), ("doc_maxlen", doc_maxlen)):
+            if value is not None and value < 4:
+                raise EncoderError(f"{name} must be at least 4 tokens, got {value}.")
+        if batch_size < 1:
+            raise EncoderError(f"batch_size must be >= 1, got {batch_size}.")
+        self.is_default = model is None
+        self.path = (default_model_path() if model is None else Path(model)).resolve()
+        self.name = DEFAULT_MODEL_NAME if model is None else self.path.name
+        self.spec = detect_spec(self.path, query_maxlen, doc_maxlen)
+        self.batch_size = batch_size
+        self.threads = threads
+        self.query_runtime = check_runtime("query_runtime", query_runtime or os.environ.get("MVR_QUERY_RUNTIME") or "onnx", QUERY_RUNTIMES)
+        self.doc_runtime = check_runtime("doc_runtime", doc_runtime or os.environ.get("MVR_DOC_RUNTIME") or DEFAULT_DOC_RUNTIME, RUNTIMES)
+
+        transformer_path = self.path / self.spec.transformer_dir
+        try:
+            self.tokenizer = AutoTokenizer.from_pretrained(str(transformer_path), local_files_only=True)
+            with quiet_transformers():
+                self.model = AutoModel.from_pretrained(str(transformer_path), local_files_only=True)
+        except (OSError, ValueError) as exc:
+            raise EncoderError(f"could not load the model in {transformer_path}: {exc}") from None
+        self.model.eval()
+        self.model.float()
+        weight_files = weight_files_of(transformer_path)
+        self._projections = load_projections(self.spec, self.path, weight_files)
+        hidden = self.model.config.hidden_size
+        self.dim = self._projections[-1][0].shape[0] if self._projections else hidden
+
+        max_positions = getattr(self.model.config, "max_position_embeddings", None)
+        for name in ("query_maxlen", "doc_maxlen"):
+            if max_positions and getattr(self.spec, name) > max_positions:
+                raise EncoderError(f"{name}={getattr(self.spec, name)} exceeds the model's {max_positions} positions.")
+        tok = self.tokenizer
+        if tok.cls_token_id is None or tok.sep_token_id is None:
+            raise EncoderError(f"{self.path}: the tokenizer has no [CLS]/[SEP] tokens; mvr expects a BERT-like encoder.")
+        self._query_marker_id = self._token_id(self.spec.query_marker)
+        self._doc_marker_id = self._token_id(self.spec.doc_marker)
+        if self.spec.query_expansion and tok.mask_token_id is None:
+            raise EncoderError(f"{self.path}: query augmentation needs a [MASK] token, the tokenizer has none.")
+        skip = set()
+        for word in self.spec.skiplist:
+            skip.add(tok.convert_tokens_to_ids(word))
+            if self.spec.kind == "colbert":
+                pieces = tok.encode(word, add_special_tokens=False)
+                if pieces:
+                    skip.add(pieces[0])
+        skip.discard(tok.unk_token_id)
+        skip.discard(None)
+        self._skip_ids = torch.tensor(sorted(skip), dtype=torch.long)
+        self._pass_token_types = "token_type_ids" in tok.model_input_names
+        self.weights_sha256 = weights_checksum(weight_files)
+        input_names = ["input_ids", "attention_mask", *(["token_type_ids"] if self._pass_token_types else [])]
+        self._onnx = OnnxTransformer(self.model, tok, input_names, self.weights_sha256)
+
+    # -- ONNX Runtime ----------------------------------------------------------------------------
+    def _onnx_hidden(self, inputs: dict, is_query: bool):
+        """The transformer's last hidden state from ONNX Runtime, or None (then torch runs) when
+        this side's runtime is torch or the model cannot be exported; a failed export is
+        remembered and that side uses torch from then on."""
+        import torch
+
+        attribute = "query_runtime" if is_query else "doc_runtime"
+        runtime = getattr(self, attribute)
+        if runtime == "torch":
+            return None
+        # Queries: one thread, at batch 1 a second one costs more than it brings (docs/speed.md).
+        # Documents: the threads torch was given for this call.
+        threads = 1 if is_query else torch.get_num_threads()
+        feeds = {name: value.numpy() for name, value in inputs.items()}
+        try:
+            return torch.from_numpy(self._onnx.run(feeds, runtime, threads))
+        except Exception as exc:  # an architecture the exporter cannot handle: stay on torch
+            import warnings
+
+            warnings.warn(f"mvr: {attribute} falls back to PyTorch; ONNX export of {self.name} failed: {exc}", stacklevel=4)
+            setattr(self, attribute, "torch")
+            return None
+
+    def _token_id(self, token: str | None) -> int | None:
+        if token is None:
+            return None
+        token_id = self.tokenizer.convert_tokens_to_ids(token)
+        if token_id is None or token_id == self.tokenizer.unk_token_id:
+            raise EncoderError(f"{self.path}: marker token {token!r} is not in the tokenizer's vocabulary.")
+        return token_id
+
+    # -- identity --------------------------------------------------------------------------------
+    @property
+    def identity(self) -> dict:
+        """What an index records of its encoder; a query encoder must match it field for field
+        (``name`` and ``source`` aside)."""
+        return {
+            "name": self.name,
+            "source": "default" if self.is_default else str(self.path),
+            "weights_sha256": self.weights_sha256,
+            "dim": int(self.dim),
+            "skiplist_ids": [int(i) for i in self._skip_ids.tolist()],
+            **{k: v for k, v in asdict(self.spec).items() if k not in ("dense_dirs", "transformer_dir", "skiplist")},
+        }
+
+    # -- encoding --------------------------------------------------------------------------------
+    def encode_queries(self, texts: str | Sequence[str], *, batch_size: int | None = None, threads: int | None = None, show_progress=None) -> TokenVectors:
+        """Token vectors of queries (markers and ``[MASK]`` augmentation as the model wants)."""
+        texts = [texts] if isinstance(texts, str) else list(texts)
+        return self._encode(texts, is_query=True, batch_size=batch_size, threads=threads, show_progress=show_progress)
+
+    def encode_documents(self, texts: Sequence[str], *, batch_size: int | None = None, threads: int | None = None, show_progress=None) -> TokenVectors:
+        """Token vectors of documents (truncated at ``doc_maxlen`` tokens; skiplist tokens dropped)."""
+        return self._encode(list(texts), is_query=False, batch_size=batch_size, threads=threads, show_progress=show_progress)
+
+    def tokenize_documents(self, texts: Sequence[str]) -> list[list[int]]:
+        """The model input ids of each document (markers and special tokens included, truncated)."""
+        return self._token_ids(list(texts), is_query=False)[0]
+
+    def document_token_ids(self, texts: Sequence[str]) -> tuple[np.ndarray, np.ndarray]:
+        """The token id behind each vector that :meth:`encode_documents` gives the same texts
+        (skiplist tokens dropped): flat int32 ids and int64 offsets, one row range per text. For
+        indexes built before token ids were stored with the vectors."""
+        sequences, _ = self._token_ids(list(texts), is_query=False)
+        skip = set(self._skip_ids.tolist())
+        kept = [[t for t in ids if t not in skip] for ids in sequences]
+        offsets = np.zeros(len(kept) + 1, dtype=np.int64)
+        np.cumsum([len(ids) for ids in kept], out=offsets[1:])
+        flat = np.fromiter((t for ids in kept for t in ids), dtype=np.int32, count=int(offsets[-1]))
+        return flat, offsets
+
+    def token_classes(self) -> dict[str, np.ndarray]:
+        """Vocabulary ids of the token classes that pruning and clustering name (see
+        :func:`mvr.encode.tokens.token_classes`), this model's markers counted as special."""
+        return token_classes(self.tokenizer, (self._query_marker_id, self._doc_marker_id))
+
+    def _token_ids(self, texts: list[str], is_query: bool) -> tuple[list[list[int]], np.ndarray]:
+        """Model input ids of each text, and which texts were truncated to fit."""
+        tok = self.tokenizer
+        marker = self._query_marker_id if is_query else self._doc_marker_id
+        maxlen = self.spec.query_maxlen if is_query else self.spec.doc_maxlen
+        body = maxlen - 2 - (marker is not None)
+        if not texts:
+            return [], np.zeros(0, dtype=bool)
+        # One token more than fits tells truncated texts apart from those that fit exactly.
+        pieces = tok(list(texts), add_special_tokens=False, truncation=True, max_length=body + 1)["input_ids"]
+        truncated = np.array([len(ids) > body for ids in pieces], dtype=bool)
+        head = [tok.cls_token_id] + ([marker] if marker is not None else [])
+        sequences = [head + ids[:body] + [tok.sep_token_id] for ids in pieces]
+        if is_query and self.spec.query_expansion:
+            sequences = [ids + [tok.mask_token_id] * (maxlen - len(ids)) for ids in sequences]
+        return sequences, truncated
+
+    def _encode(self, texts: list[str], *, is_query: bool, batch_size: int | None, threads: int | None, show_progress) -> TokenVectors:
+        import torch
+
+        for i, text in enumerate(texts):
+            if not isinstance(text, str):
+                raise EncoderError(f"text #{i} is a {type(text).__name__}, expected str.")
+        sequences, truncated = self._token_ids(texts, is_query)
+        batch_size = batch_size or self.batch_size
+        if not is_query and self.doc_runtime == "onnx-int8":
+            # Dynamic quantisation scales activations over the whole run: one document per run
+            # keeps each document's vectors independent of its batch-mates (and wastes no padding;
+            # on SciFact it is no slower than batches of 32).
+            batch_size = 1
+        order = np.argsort([-len(s) for s in sequences], kind="stable")
+        results: list[np.ndarray | None] = [None] * len(texts)
+        ids_out: list[np.ndarray | None] = [None] * len(texts)
+        bar = progress(total=len(texts), desc="encoding queries" if is_query else "encoding documents", unit="text", show=show_progress)
+        pad_id = self.tokenizer.pad_token_id or 0
+        with cpu_threads(threads or self.threads, "torch"), torch.inference_mode():
+            for start in range(0, len(order), batch_size):
+                batch = [sequences[i] for i in order[start : start + batch_size]]
+                width = max(len(s) for s in batch)
+                input_ids = torch.full((len(batch), width), pad_id, dtype=torch.long)
+                attention = torch.zeros((len(batch), width), dtype=torch.long)
+                for row, ids in enumerate(batch):
+                    input_ids[row, : len(ids)] = torch.tensor(ids, dtype=torch.long)
+                    attention[row, : len(ids)] = 1
+                if is_query and self.spec.query_expansion and not self.spec.attend_to_expansion:
+                    attention[input_ids == self.tokenizer.mask_token_id] = 0
+                inputs = {"input_ids": input_ids, "attention_mask": attention}
+                if self._pass_token_types:
+                    inputs["token_type_ids"] = torch.zeros_like(input_ids)
+                hidden = self._onnx_hidden(inputs, is_query)
+                if hidden is None:
+                    hidden = self.model(**inputs).last_hidden_state
+                for weight, bias, activation in self._projections:
+                    hidden = torch.nn.functional.linear(hidden, weight, bias)
+                    if activation is not None:
+                        hidden = activation(hidden)
+                if is_query and self.spec.query_expansion:
+                    keep = torch.ones_like(input_ids, dtype=torch.bool)
+                else:
+                    keep = torch.zeros_like(input_ids, dtype=torch.bool)
+                    for row, ids in enumerate(batch):
+                        keep[row, : len(ids)] = True
+                    if not is_query and len(self._skip_ids):
+                        keep &= ~torch.isin(input_ids, self._skip_ids)
+                hidden = torch.nn.functional.normalize(hidden, p=2, dim=-1)
+                for row, original in enumerate(order[start : start + batch_size]):
+                    results[original] = hidden[row][keep[row]].numpy()
+                    ids_out[original] = input_ids[row][keep[row]].numpy().astype(np.int32)
+                bar.update(len(batch))
+        bar.close()
+        lengths = np.array([r.shape[0] for r in results], dtype=np.int64)
+        offsets = np.zeros(len(texts) + 1, dtype=np.int64)
+        np.cumsum(lengths, out=offsets[1:])
+        vectors = np.concatenate(results, axis=0) if results else np.zeros((0, self.dim), dtype=np.float32)
+        token_ids = np.concatenate(ids_out) if ids_out else np.zeros(0, dtype=np.int32)
+        return TokenVectors(np.ascontiguousarray(vectors, dtype=np.float32), offsets, truncated, token_ids)

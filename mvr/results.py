@@ -1,0 +1,77 @@
+"""What a search returns: fixed-shape arrays as faiss returns them, and the documents behind them."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Sequence
+
+import numpy as np
+
+from .errors import QueryError
+
+
+@dataclass(frozen=True)
+class Hit:
+    """One retrieved document: its rank (from 1), external id, MaxSim score, title and text."""
+
+    rank: int
+    id: str
+    score: float
+    text: str
+    title: str
+    position: int  # row of the document in the index (corpus order)
+
+
+class Results:
+    """Ranked results of ``n_queries`` queries, fixed shapes as faiss returns them.
+
+    ``indices`` int64 ``(n_queries, k)``: document positions, -1 where fewer than k documents exist;
+    ``scores`` float32 ``(n_queries, k)``: -inf where there is no result. ``results[i]`` is the list
+    of :class:`Hit` of query i, with ids and texts.
+    """
+
+    def __init__(self, indices: np.ndarray, scores: np.ndarray, index, timings: dict | None = None):
+        self.indices = indices
+        self.scores = scores
+        self.timings = timings or {}
+        self.fallbacks = 0
+        self._index = index
+
+    def __len__(self) -> int:
+        return self.indices.shape[0]
+
+    def __getitem__(self, query: int) -> list[Hit]:
+        hits = []
+        for rank, (position, score) in enumerate(zip(self.indices[query], self.scores[query]), start=1):
+            if position < 0:
+                break
+            doc = self._index.document(int(position))
+            hits.append(Hit(rank, doc.id, float(score), doc.text, doc.title, int(position)))
+        return hits
+
+    def __iter__(self):
+        return (self[i] for i in range(len(self)))
+
+    @property
+    def doc_ids(self) -> list[list[str]]:
+        ids = self._index.doc_ids
+        return [[str(ids[p]) for p in row if p >= 0] for row in self.indices]
+
+    def to_trec(self, query_ids: Sequence[str], run_name: str = "mvr") -> list[str]:
+        """TREC run lines ``qid Q0 docid rank score run``."""
+        if len(query_ids) != len(self):
+            raise QueryError(f"{len(query_ids)} query ids for {len(self)} result lists.")
+        ids = self._index.doc_ids
+        return [
+            f"{qid} Q0 {ids[p]} {rank} {score:.6f} {run_name}"
+            for qid, row, row_scores in zip(query_ids, self.indices, self.scores)
+            for rank, (p, score) in enumerate(zip(row, row_scores), start=1)
+            if p >= 0
+        ]
+
+    def to_run(self, query_ids: Sequence[str]) -> dict[str, dict[str, float]]:
+        """``{query id: {document id: score}}``, the run form ir-measures and pytrec_eval read."""
+        if len(query_ids) != len(self):
+            raise QueryError(f"{len(query_ids)} query ids for {len(self)} result lists.")
+        ids = self._index.doc_ids
+        return {qid: {str(ids[p]): float(s) for p, s in zip(row, row_scores) if p >= 0} for qid, row, row_scores in zip(query_ids, self.indices, self.scores)}

@@ -1,0 +1,204 @@
+"""The query pipeline: candidates from a first stage -> prune -> exact MaxSim rerank (with early
+exit) -> fuse -> top-k; or exhaustive MaxSim over every document. Search-time settings, with
+their defaults, are :class:`SearchOptions`; nothing here is saved in an index."""
+
+from __future__ import annotations
+
+import dataclasses
+import time
+from dataclasses import dataclass
+
+import numpy as np
+
+from .errors import QueryError
+from .registry import EXHAUSTIVE, FIRST_STAGES, HYBRIDS, STAGES, parse_stage
+from .results import Results
+from .stages.base import Candidates, QueryBatch
+from .threads import cpu_threads
+
+DEFAULT_CANDIDATES = 100  # candidates reranked when the caller names none
+FUSIONS = ("rrf", "linear")
+RRF_K = 60  # Cormack et al. (2009)
+_QUERY_CHUNK = 64  # queries scored together by the exhaustive kernel (bounds the score matrix)
+
+
+def needs_vectors(stage: str) -> bool:
+    """Whether the first stage ``stage`` reads encoded queries (exhaustive, the FDE, hybrids)."""
+    parts = parse_stage(stage)
+    return not parts or any(STAGES[p].reads == "vectors" for p in parts)
+
+
+def needs_texts(stage: str) -> bool:
+    """Whether the first stage ``stage`` reads the query texts (BM25, SPLADE, hybrids)."""
+    return any(STAGES[p].reads == "text" for p in parse_stage(stage))
+
+
+def _is_int(value) -> bool:
+    return isinstance(value, (int, np.integer)) and not isinstance(value, bool)
+
+
+@dataclass(frozen=True)
+class SearchOptions:
+    """How candidates are found and ordered (validated on construction).
+
+    first_stage     one of mvr.registry.FIRST_STAGES; None: the index's default (Index.default_stage)
+    candidates      first-stage candidates reranked (None: 100); not with "exhaustive"
+    rerank          rerank candidates with exact MaxSim (False: the first stage's own ranking)
+    prune_alpha     drop candidates whose first-stage score is below (1 - alpha) x the k-th best
+    early_exit      stop reranking after this many consecutive candidates miss the running top-k
+    fusion          final score from MaxSim and first-stage scores: "rrf" or "linear" (None: MaxSim)
+    fusion_weight   MaxSim's weight in "linear" fusion of per-query z-scores
+    dense_share     hybrid first stages ("fde+bm25s", ...): the share of the candidates taken from
+                    the FDE ranking; the sparse ranking adds new documents up to the count (and the
+                    FDE ranking fills in if the sparse one runs short)
+    nprobe          FDE in a faiss IVF index: inverted lists probed per query
+    ef_search       FDE in a faiss HNSW index: search breadth
+    """
+
+    first_stage: str | None = None
+    candidates: int | None = None
+    rerank: bool = True
+    prune_alpha: float | None = None
+    early_exit: int | None = None
+    fusion: str | None = None
+    fusion_weight: float = 0.8
+    dense_share: float = 0.8
+    nprobe: int = 32
+    ef_search: int = 256
+
+    def __post_init__(self):
+        if self.first_stage is not None and self.first_stage not in FIRST_STAGES:
+            raise QueryError(f"unknown first stage {self.first_stage!r}; available: {', '.join(FIRST_STAGES)}.")
+        if self.candidates is not None and (not _is_int(self.candidates) or self.candidates < 1):
+            raise QueryError(f"candidates must be a positive integer, got {self.candidates!r}.")
+        if self.first_stage == EXHAUSTIVE:
+            if self.candidates is not None:
+                raise QueryError("candidates applies to first stages that select candidates; 'exhaustive' scores every document.")
+            if not self.rerank or self.prune_alpha is not None or self.early_exit is not None or self.fusion is not None:
+                raise QueryError("rerank, pruning, early exit and fusion apply to a first stage with candidates, not to 'exhaustive'.")
+        if self.prune_alpha is not None and not 0.0 <= self.prune_alpha <= 1.0:
+            raise QueryError(f"prune_alpha must lie in [0, 1], got {self.prune_alpha!r}.")
+        if self.early_exit is not None and (not _is_int(self.early_exit) or self.early_exit < 1):
+            raise QueryError(f"early_exit must be a positive integer (the patience), got {self.early_exit!r}.")
+        if self.fusion is not None and self.fusion not in FUSIONS:
+            raise QueryError(f"unknown fusion {self.fusion!r}; available: {', '.join(FUSIONS)}.")
+        if not 0.0 <= self.fusion_weight <= 1.0:
+            raise QueryError(f"fusion_weight must lie in [0, 1], got {self.fusion_weight!r}.")
+        if not self.rerank and (self.fusion is not None or self.early_exit is not None):
+            raise QueryError("fusion and early exit need rerank=True.")
+        if not 0.0 <= self.dense_share <= 1.0:
+            raise QueryError(f"dense_share must lie in [0, 1], got {self.dense_share!r}.")
+        for name in ("nprobe", "ef_search"):
+            if not _is_int(getattr(self, name)) or getattr(self, name) < 1:
+                raise QueryError(f"{name} must be a positive integer, got {getattr(self, name)!r}.")
+        if self.first_stage in HYBRIDS and (self.fusion is not None or self.prune_alpha is not None):
+            raise QueryError(
+                f"fusion and pruning read first-stage scores, and a hybrid first stage ({self.first_stage}) joins two "
+                "rankings whose scores do not compare; use them with a single first stage."
+            )
+
+    @classmethod
+    def create(cls, **options) -> "SearchOptions":
+        """Options from keyword arguments, refusing unknown names with the list of known ones."""
+        unknown = sorted(set(options) - {f.name for f in dataclasses.fields(cls)})
+        if unknown:
+            raise QueryError(f"unknown search option(s) {unknown}; known: threads, {', '.join(f.name for f in dataclasses.fields(cls))}.")
+        return cls(**options)
+
+
+def _ranks(scores: np.ndarray) -> np.ndarray:
+    ranks = np.empty(len(scores), dtype=np.float64)
+    ranks[np.argsort(-scores, kind="stable")] = np.arange(1, len(scores) + 1)
+    return ranks
+
+
+def _zscores(scores: np.ndarray) -> np.ndarray:
+    scores = scores.astype(np.float64)
+    std = scores.std()
+    return (scores - scores.mean()) / std if std > 0 else np.zeros_like(scores)
+
+
+def fuse(maxsim: np.ndarray, first: np.ndarray, fusion: str | None, weight: float) -> np.ndarray:
+    """Final scores of one query's candidates: MaxSim alone, reciprocal rank fusion (k=60) or
+    ``weight * z(MaxSim) + (1 - weight) * z(first stage)`` with per-query z-scores."""
+    if fusion is None or len(maxsim) == 0:
+        return maxsim
+    if fusion == "rrf":
+        return 1.0 / (RRF_K + _ranks(maxsim)) + 1.0 / (RRF_K + _ranks(first))
+    return weight * _zscores(maxsim) + (1.0 - weight) * _zscores(first)
+
+
+def rerank(tokens, query, found: Candidates, k: int, opts: SearchOptions) -> tuple[np.ndarray, np.ndarray]:
+    """Order one query's candidates: prune, MaxSim (with early exit), fuse; top-k out."""
+    positions, first_scores = found
+    if opts.prune_alpha is not None and len(first_scores):
+        kth = first_scores[min(k, len(first_scores)) - 1]
+        if kth > 0:  # pruning compares non-negative (BM25-like) scores
+            keep = first_scores >= (1.0 - opts.prune_alpha) * kth
+            positions, first_scores = positions[keep], first_scores[keep]
+    if not opts.rerank:
+        final = first_scores
+    else:
+        if opts.early_exit is not None:
+            scores, scored = tokens.early_exit(query, positions, k, opts.early_exit)
+            positions, first_scores, scores = positions[:scored], first_scores[:scored], scores[:scored]
+        else:
+            scores = tokens.score(query, positions)
+        final = fuse(scores, first_scores, opts.fusion, opts.fusion_weight)
+    # Best first; ties go to the lower position, as in exhaustive search.
+    order = np.lexsort((positions, -final))[:k]
+    return positions[order], final[order].astype(np.float32)
+
+
+def exhaustive(index, queries: QueryBatch, k: int) -> Results:
+    """Exact MaxSim of every query against every document; top-k."""
+    from ._kernels import topk_rows
+
+    started = time.perf_counter()
+    parts = []
+    vectors, offsets = queries.vectors, queries.offsets
+    for start in range(0, len(offsets) - 1, _QUERY_CHUNK):
+        stop = min(start + _QUERY_CHUNK, len(offsets) - 1)
+        block = vectors[offsets[start] : offsets[stop]]
+        parts.append(topk_rows(index.tokens.score_all(block, offsets[start : stop + 1] - offsets[start]), k))
+    indices = np.concatenate([p[0] for p in parts])
+    top = np.concatenate([p[1] for p in parts])
+    return Results(indices, top, index, {"first_stage": 0.0, "rerank": (time.perf_counter() - started) * 1e3})
+
+
+def candidates(index, queries: QueryBatch, opts: SearchOptions) -> tuple[list[Candidates], int]:
+    """Per query, candidate positions (best first) and their first-stage scores; and how many
+    queries a text stage found nothing for (no searchable terms), answered by the dense stage."""
+    n = min(opts.candidates or DEFAULT_CANDIDATES, index.n_docs)
+    found = index.first_stage(opts.first_stage, opts).search(queries, n, opts)
+    if needs_vectors(opts.first_stage):
+        return found, 0
+    empty = [q for q, one in enumerate(found) if len(one.positions) == 0]
+    if empty and queries.vectors is not None:
+        for q in empty:
+            if index.has_stage("fde"):
+                found[q] = index.stage("fde").search(queries.only(q), n, opts)[0]
+            else:
+                found[q] = Candidates(np.arange(index.n_docs, dtype=np.int64), np.zeros(index.n_docs, dtype=np.float32))
+    return found, len(empty)
+
+
+def run(index, queries: QueryBatch, k: int, opts: SearchOptions, threads: int | None = None) -> Results:
+    """Search ``index`` with ``queries`` as ``opts`` say (its first stage already resolved)."""
+    with cpu_threads(threads, "numba", "faiss", "blas"):
+        if opts.first_stage == EXHAUSTIVE:
+            return exhaustive(index, queries, k)
+        started = time.perf_counter()
+        found, fallbacks = candidates(index, queries, opts)
+        middle = time.perf_counter()
+        indices = np.full((len(found), k), -1, dtype=np.int64)
+        top = np.full((len(found), k), -np.inf, dtype=np.float32)
+        for q, one in enumerate(found):
+            query = queries.query(q) if queries.vectors is not None else None
+            ranked, scores = rerank(index.tokens, query, one, k, opts)
+            indices[q, : len(ranked)] = ranked
+            top[q, : len(ranked)] = scores
+        done = time.perf_counter()
+    results = Results(indices, top, index, {"first_stage": (middle - started) * 1e3, "rerank": (done - middle) * 1e3})
+    results.fallbacks = fallbacks
+    return results

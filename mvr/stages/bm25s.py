@@ -1,0 +1,67 @@
+"""bm25s (no JVM): PyStemmer's English stemmer and English stopwords, k1=0.9, b=0.4, Lucene's BM25
+variant, over the stored ``title + " " + text``. Stored in ``<index>/bm25s/``; document ids are
+index rows. A query that analyses to no terms gets no candidates (the search falls back to the
+dense first stage, see mvr/search.py)."""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+from typing import Sequence
+
+import numpy as np
+
+from ..storage.formats import SPARSE_FORMAT, SPARSE_VERSION
+from .base import BuildSource, Candidates, QueryBatch, text_stage_manifest, top_n
+from .bm25 import BM25_B, BM25_K1
+
+
+def _tokens(texts: Sequence[str]):
+    import bm25s
+    import Stemmer
+
+    return bm25s.tokenize(list(texts), stopwords="en", stemmer=Stemmer.Stemmer("english"), show_progress=False)
+
+
+class BM25S:
+    """bm25s over ``<index>/bm25s``, memory-mapped."""
+
+    name = "bm25s"
+    format, version = SPARSE_FORMAT, SPARSE_VERSION
+    binds = "doc_ids"
+
+    @classmethod
+    def check(cls, settings, dim: int) -> None:
+        pass
+
+    @classmethod
+    def build(cls, folder: Path, source: BuildSource, settings=None) -> dict:
+        import bm25s
+
+        started = time.perf_counter()
+        corpus = [text for _, text in source.texts()]
+        retriever = bm25s.BM25(k1=BM25_K1, b=BM25_B, method="lucene")
+        retriever.index(_tokens(corpus), show_progress=False)
+        retriever.save(str(folder))
+        return text_stage_manifest(cls.name, source, len(corpus), time.perf_counter() - started, bm25={"k1": BM25_K1, "b": BM25_B})
+
+    @classmethod
+    def open(cls, folder: Path, manifest: dict, index) -> "BM25S":
+        return cls(folder)
+
+    def __init__(self, folder: Path):
+        import bm25s
+
+        self.retriever = bm25s.BM25.load(str(folder), mmap=True)
+        self.n_docs = int(self.retriever.scores["num_docs"])
+
+    def search(self, queries: QueryBatch, n: int, options=None) -> list[Candidates]:
+        tokens = _tokens(queries.texts)
+        terms = {index: term for term, index in tokens.vocab.items()}
+        out = []
+        for ids in tokens.ids:
+            if not ids:  # nothing left after stopwords and stemming
+                out.append(Candidates.empty())
+                continue
+            out.append(top_n(self.retriever.get_scores([terms[i] for i in ids]), n))
+        return out

@@ -1,0 +1,9 @@
+"""The index on disk: where it lives and how it is replaced whole (``layout``), its manifests
+(``manifest``), formats and their history (``formats``), texts (``blobs``) and token stores
+(``tokens``, ``residual``)."""
+
+from .blobs import Blob, BlobWriter
+from .layout import StagingDir, available, default_home, locate, target_path
+from .manifest import MANIFEST, read_manifest, sha256_file, verify, write_manifest
+
+__all__ = ["Blob", "BlobWriter", "StagingDir", "available", "default_home", "locate", "target_path", "MANIFEST", "read_manifest", "sha256_file", "verify", "write_manifest"]

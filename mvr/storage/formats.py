@@ -1,0 +1,47 @@
+"""Every on-disk format mvr has written, and how an older one is read.
+
+Each part of an index carries its own format name and version in its manifest:
+
+    mvr-index  1   the index directory: manifest.json with config, encoder identity, counts and
+                   the files of the token store (storage/tokens.py, storage/residual.py), ids,
+                   texts, titles, optional projection.npy (PCA) and token_ids.npy
+    mvr-fde    1   fde/: MUVERA random maps + fde.faiss (stages/fde.py)
+    mvr-sparse 1   bm25/ (Lucene), bm25s/, splade/ (CSR of term weights); "stage" names which
+
+History of what version 1 of ``mvr-index`` has held, each still read:
+- ``token_ids.npy`` (int32 per stored vector, the vocabulary id behind it) is written since the
+  restructure; older indexes lack it, and pruning or clustering them re-tokenises their texts.
+- ``config.doc_runtime`` appeared with int8 document encoding: before it, documents ran in PyTorch.
+- ``config.cluster_keep`` appeared with kept special tokens: before it, a clustered index pooled
+  every token.
+- ``config.fde.nprobe`` / ``ef_search`` were build settings until they became search options
+  (``SearchOptions.nprobe`` / ``ef_search``); they are dropped on reading.
+"""
+
+from __future__ import annotations
+
+INDEX_FORMAT, INDEX_VERSION = "mvr-index", 1
+FDE_FORMAT, FDE_VERSION = "mvr-fde", 1
+SPARSE_FORMAT, SPARSE_VERSION = "mvr-sparse", 1
+TOKEN_IDS = "token_ids.npy"
+_FDE_SEARCH_SETTINGS = ("nprobe", "ef_search")
+
+
+def upgrade_fde_config(values: dict | None) -> dict | None:
+    """An FDE config as saved by any version, in today's fields."""
+    if not isinstance(values, dict):
+        return values
+    return {k: v for k, v in values.items() if k not in _FDE_SEARCH_SETTINGS}
+
+
+def upgrade_config(values: dict) -> dict:
+    """An index config as saved by any version of format 1, in today's fields (see the history above)."""
+    if not isinstance(values, dict):
+        return values
+    values = dict(values)
+    if "cluster_keep" not in values and (values.get("cluster_ratio") is not None or values.get("cluster_count") is not None):
+        values["cluster_keep"] = ()  # clustered before cluster_keep existed: every token was pooled
+    values.setdefault("doc_runtime", "torch")  # built before doc_runtime existed: documents ran in PyTorch
+    if "fde" in values:
+        values["fde"] = upgrade_fde_config(values["fde"])
+    return values

@@ -1,0 +1,140 @@
+"""The residual codec (ColBERTv2, Santhanam et al. 2022, section 3.3): each vector is stored as its
+nearest corpus centroid plus a few bits per dimension for the residual.
+
+    codes.npy          uint8 (n_vectors, dim * bits / 8): packed bucket indices
+    centroid_ids.npy   uint16 (n_vectors,)
+    centroids.npy      float16 (K, dim): corpus k-means centroids (faiss, spherical)
+    bucket_values.npy  float32 (dim, 2**bits): what each bucket decodes to
+    bucket_cutoffs.npy float32 (dim, 2**bits - 1): quantile boundaries (encoding only)
+"""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+
+import numpy as np
+
+from ..errors import ConfigError
+from .tokens import CodedStore
+
+_BLOCK = 1 << 16
+
+
+def default_centroids(n_vectors: int) -> int:
+    """A power of two near 4 x sqrt(n), between 16 and 65536 (and no more than n / 8)."""
+    k = 2 ** round(math.log2(max(4.0 * math.sqrt(max(n_vectors, 1)), 1.0)))
+    return int(max(1, min(65536, max(16, k), max(1, n_vectors // 8))))
+
+
+class ResidualCodec:
+    """ColBERTv2-style residual compression: nearest corpus centroid + per-dimension buckets.
+
+    Centroids come from faiss spherical k-means on a sample; bucket cutoffs are per-dimension
+    quantiles of the sample's residuals, and each bucket decodes to the mean residual in it.
+    """
+
+    def __init__(self, centroids: np.ndarray, cutoffs: np.ndarray, values: np.ndarray, bits: int):
+        self.centroids = np.asarray(centroids, dtype=np.float16)  # stored as float16; residuals use these
+        self.cutoffs = np.asarray(cutoffs, dtype=np.float32)
+        self.values = np.asarray(values, dtype=np.float32)
+        self.bits = int(bits)
+        self._search = None
+
+    @classmethod
+    def fit(cls, sample: np.ndarray, n_centroids: int, bits: int, seed: int = 0, iters: int = 10) -> "ResidualCodec":
+        import faiss
+
+        sample = np.ascontiguousarray(sample, dtype=np.float32)
+        dim = sample.shape[1]
+        if (dim * bits) % 8:
+            raise ConfigError(f"the residual codec packs {bits}-bit codes into bytes: dim x bits must be a multiple of 8, got {dim} x {bits}.")
+        n_centroids = min(n_centroids, len(sample))
+        kmeans = faiss.Kmeans(dim, n_centroids, niter=iters, seed=seed, spherical=True, max_points_per_centroid=1 << 30, min_points_per_centroid=1, verbose=False)
+        kmeans.train(sample)
+        codec = cls(kmeans.centroids, np.zeros((dim, (1 << bits) - 1)), np.zeros((dim, 1 << bits)), bits)
+        residuals = sample - codec.centroids.astype(np.float32)[codec.assign(sample)]
+        levels = 1 << bits
+        codec.cutoffs = np.quantile(residuals, np.arange(1, levels) / levels, axis=0).T.astype(np.float32)
+        buckets = codec._buckets(residuals)
+        values = np.empty((dim, levels), dtype=np.float32)
+        for b in range(levels):
+            inside = buckets == b
+            counts = inside.sum(axis=0)
+            sums = np.where(inside, residuals, 0.0).sum(axis=0)
+            lo = codec.cutoffs[:, b - 1] if b > 0 else codec.cutoffs[:, 0]
+            hi = codec.cutoffs[:, b] if b < levels - 1 else codec.cutoffs[:, -1]
+            values[:, b] = np.where(counts > 0, sums / np.maximum(counts, 1), (lo + hi) / 2)
+        codec.values = values
+        return codec
+
+    def assign(self, vectors: np.ndarray) -> np.ndarray:
+        """Nearest centroid (largest inner product) of each row: int64 ``(n,)``."""
+        import faiss
+
+        if self._search is None:
+            self._search = faiss.IndexFlatIP(self.centroids.shape[1])
+            self._search.add(self.centroids.astype(np.float32))
+        out = np.empty(len(vectors), dtype=np.int64)
+        for start in range(0, len(vectors), _BLOCK):
+            _, ids = self._search.search(np.ascontiguousarray(vectors[start : start + _BLOCK], dtype=np.float32), 1)
+            out[start : start + _BLOCK] = ids[:, 0]
+        return out
+
+    def _buckets(self, residuals: np.ndarray) -> np.ndarray:
+        buckets = np.zeros(residuals.shape, dtype=np.uint8)
+        for j in range(self.cutoffs.shape[1]):
+            buckets += residuals > self.cutoffs[:, j]
+        return buckets
+
+    def encode(self, vectors: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """Packed codes uint8 ``(n, dim * bits / 8)`` and centroid ids uint16 ``(n,)``."""
+        vectors = np.asarray(vectors, dtype=np.float32)
+        ids = self.assign(vectors)
+        per_byte = 8 // self.bits
+        codes = np.empty((len(vectors), vectors.shape[1] * self.bits // 8), dtype=np.uint8)
+        for start in range(0, len(vectors), _BLOCK):
+            part = vectors[start : start + _BLOCK] - self.centroids.astype(np.float32)[ids[start : start + _BLOCK]]
+            buckets = self._buckets(part).reshape(len(part), -1, per_byte)
+            packed = np.zeros(buckets.shape[:2], dtype=np.uint8)
+            for j in range(per_byte):
+                packed |= buckets[:, :, j] << (j * self.bits)
+            codes[start : start + _BLOCK] = packed
+        return codes, ids.astype(np.uint16)
+
+
+
+class ResidualStore(CodedStore):
+    """Centroid id + packed residual buckets per vector; decoded vectors are re-normalised."""
+
+    codec = "residual"
+    files = ("codes.npy", "centroid_ids.npy", "centroids.npy", "bucket_values.npy", "bucket_cutoffs.npy")
+
+    @classmethod
+    def write(cls, folder: Path, vectors: np.ndarray, config) -> dict:
+        rng = np.random.default_rng(config.seed)
+        sample = vectors[np.sort(rng.choice(len(vectors), size=min(config.codec_sample, len(vectors)), replace=False))]
+        n_centroids = config.codec_centroids or default_centroids(len(vectors))
+        codec = ResidualCodec.fit(sample, n_centroids, config.codec_bits, seed=config.seed)
+        codes, ids = codec.encode(vectors)
+        for name, array in (("codes", codes), ("centroid_ids", ids), ("centroids", codec.centroids), ("bucket_values", codec.values), ("bucket_cutoffs", codec.cutoffs)):
+            np.save(folder / f"{name}.npy", array)
+        return {"codec_centroids": int(len(codec.centroids))}
+
+    @classmethod
+    def open(cls, folder: Path, config, dim: int, doc_offsets: np.ndarray) -> "ResidualStore":
+        from .._kernels.codecs import RESIDUAL, CodedVectors
+
+        def load(name):
+            return np.load(folder / name, mmap_mode="r")
+
+        coded = CodedVectors(
+            RESIDUAL,
+            dim,
+            load("codes.npy"),
+            centroid_ids=load("centroid_ids.npy"),
+            centroids=np.load(folder / "centroids.npy").astype(np.float32),
+            values=np.load(folder / "bucket_values.npy"),
+            bits=config.codec_bits,
+        )
+        return cls(coded, doc_offsets)

