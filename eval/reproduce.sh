@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Reruns every measured figure in docs/ (docs/results.md, docs/fde.md, docs/fde-sweep.png):
 # the default model with exhaustive MaxSim (full dims, PCA 128 / 64) and with the MUVERA FDE
-# first stage, on SciFact and NFCorpus. From the repository root after `pip install -e .`;
+# first stage, on SciFact and NFCorpus. From the repository root after `pip install -e '.[all]'`;
 # about 75 minutes on 2 cores. BUILD=0 reuses indexes built before. The figures were measured on
 # indexes whose documents ran through PyTorch, so the builds here ask for that runtime
 # (--doc-runtime torch); the default int8 runtime is compared with it in docs/speed.md.

@@ -2,7 +2,7 @@
 # Reruns every figure of docs/compression.md: pruning, per-document clustering (k-means and Ward)
 # and the int8 / residual codecs, derived from the full float16 indexes `scifact` and `nfcorpus`
 # (built by eval/reproduce.sh; nothing is encoded again). From the repository root after
-# `pip install -e .`; about 2 hours on 2 cores.
+# `pip install -e '.[all]'`; about 2 hours on 2 cores.
 set -euo pipefail
 DATA=${DATA:-../shared/datasets}
 OUT=${OUT:-docs/results}

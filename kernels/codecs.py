@@ -17,6 +17,7 @@ from numba import njit, prange
 
 from .maxsim import _ALL, _parts
 from .simd import query_lanes, score_rows, transpose_queries
+from .topk import enters_top
 
 INT8 = 1
 RESIDUAL = 2
@@ -95,12 +96,7 @@ def _early_exit(query, codec, codes, scales, centroid_ids, centroids, values, bi
         _decode(codec, codes, scales, centroid_ids, centroids, values, bits, start, stop, scratch)
         score = score_rows(qt, 0, lanes, n_query, scratch, 0, stop - start, dim, best_lanes)
         out[c] = score
-        worst = 0  # the slot to beat: the lowest of the running top-k
-        for i in range(1, k):
-            if best[i] < best[worst]:
-                worst = i
-        if score > best[worst]:
-            best[worst] = score
+        if enters_top(best, score):
             misses = 0
         else:
             misses += 1

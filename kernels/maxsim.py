@@ -21,6 +21,7 @@ from numba import njit, prange
 
 from .fp16 import decode_rows
 from .simd import query_lanes, score_rows, transpose_queries
+from .topk import enters_top
 
 
 def _parts(n):
@@ -134,12 +135,7 @@ def _early_exit(query, doc_codes, doc_offsets, candidates, k, patience, max_doc_
         decode_rows(doc_codes, start, stop, scratch)
         score = score_rows(qt, 0, lanes, n_query, scratch, 0, stop - start, dim, best_lanes)
         out[c] = score
-        worst = 0
-        for i in range(1, k):
-            if best[i] < best[worst]:
-                worst = i
-        if score > best[worst]:
-            best[worst] = score
+        if enters_top(best, score):
             misses = 0
         else:
             misses += 1

@@ -86,3 +86,17 @@ def topk_rows(scores, k):
     out_scores = np.empty((scores.shape[0], k), dtype=np.float32)
     _topk_rows(scores, k, out_idx, out_scores)
     return out_idx, out_scores
+
+
+@njit(inline="always", nogil=True)
+def enters_top(best, score):
+    """Put ``score`` in the running top-k ``best`` (k slots, -inf while empty) in place of its
+    lowest, if it beats it; True when it did (the early-exit rule of kernels.maxsim)."""
+    worst = 0
+    for i in range(1, best.shape[0]):
+        if best[i] < best[worst]:
+            worst = i
+    if score > best[worst]:
+        best[worst] = score
+        return True
+    return False

@@ -17,6 +17,12 @@ os.environ.setdefault("MVR_QUIET", "1")
 _CACHE = Path(__import__("tempfile").mkdtemp(prefix="mvr-test-cache-"))
 os.environ["MVR_CACHE_DIR"] = str(_CACHE)
 
+from mvr.config import IndexConfig  # noqa: E402  (light: no torch, no faiss)
+
+# Tests that do not test first stages build without them: no FDE, no text stage (faster, no JVM).
+FAST = IndexConfig(fde=None, sparse=())
+
+
 TINY = dict(hidden_size=32, num_hidden_layers=2, num_attention_heads=2, intermediate_size=64, max_position_embeddings=128)
 
 DOCS = [

@@ -5,11 +5,12 @@ import json
 import numpy as np
 import pytest
 
-from conftest import DOCS, maxsim_reference
+from conftest import DOCS, FAST, maxsim_reference
 from mvr import (
     ConfigError,
     CorpusError,
     Encoder,
+    EncoderError,
     EncoderMismatchError,
     Index,
     IndexConfig,
@@ -28,9 +29,10 @@ def plain_encoder(models):
     return Encoder(models["plain"])
 
 
-def _build(tmp_path, encoder, docs=None, name="idx", **kwargs):
+def _build(tmp_path, encoder, docs=None, name="idx", config=FAST, **kwargs):
+    """An index of ``docs`` (default: the tiny corpus), with no first stage unless ``config`` asks."""
     docs = [{"_id": i, "title": t, "text": x} for i, t, x in DOCS] if docs is None else docs
-    return Index.build(docs, tmp_path / name, encoder=encoder, **kwargs)
+    return Index.build(docs, tmp_path / name, encoder=encoder, config=config, **kwargs)
 
 
 def test_round_trip_keeps_ids_texts_and_vectors(tmp_path, plain_encoder):
@@ -97,7 +99,7 @@ def test_pca_index_projects_queries_and_shrinks_vectors(tmp_path, plain_encoder)
     assert query.vectors.shape[1] == 8 and np.allclose(np.linalg.norm(query.vectors, axis=1), 1, atol=1e-5)
     assert len(reduced.search("purring cats", k=3)[0]) == 3
     assert len(reduced.search("purring cats", k=3, first_stage="fde", candidates=4)[0]) == 3
-    with pytest.raises(Exception, match="exceeds"):
+    with pytest.raises(ConfigError, match="exceeds"):
         _build(tmp_path, plain_encoder, name="pca-too-big", config=IndexConfig(pca_dim=64))
 
 
@@ -219,7 +221,7 @@ def test_index_remembers_a_moved_model(tmp_path, models):
     Index.build([("a", "cats")], tmp_path / "idx", config=IndexConfig(model=str(folder)))
     assert Index.open(tmp_path / "idx").search("cats", k=1)[0][0].id == "a"  # loads the recorded model
     shutil.rmtree(folder)
-    with pytest.raises(Exception, match="not there any more.*--model"):
+    with pytest.raises(EncoderError, match="not there any more.*--model"):
         Index.open(tmp_path / "idx").search("cats")
 
 

@@ -40,7 +40,7 @@ def run(args) -> int:
         ("dim", f"{info['dim']}" + (f" (PCA from {info['counts']['model_dim']})" if info["dim"] != info["counts"]["model_dim"] else "")),
         ("stored as", _stored_as(index.config, info["counts"])),
         ("bytes per token", f"{info['bytes_per_token']} (per document token before pruning: vector data, codebooks, offsets)"),
-        ("index size", f"{info['index_bytes'] / 2**20:.1f} MiB"),
+        ("index size", f"{info['index_bytes'] / 2**20:.1f} MiB, and {sum(info['stages'].values()) / 2**20:.1f} MiB of first stages"),
         ("encoder", f"{enc['name']} [{enc['kind']}] sha256 {enc['weights_sha256'][:12]}; query {enc['query_maxlen']} / doc {enc['doc_maxlen']} tokens"),
         (
             "built",
