@@ -56,12 +56,17 @@ def load_beir(folder: str | os.PathLike, split: str = "test") -> tuple[dict[str,
     return queries, qrels
 
 
-def evaluate_run(run: dict[str, dict[str, float]], qrels: dict[str, dict[str, int]], measures=MEASURES) -> dict[str, float]:
-    """Aggregate ir-measures scores of a run; queries absent from the run count as zero."""
+def _ir_measures():
     try:
         import ir_measures
     except ImportError as error:
         raise missing_extra("evaluation", "eval", error) from None
+    return ir_measures
+
+
+def evaluate_run(run: dict[str, dict[str, float]], qrels: dict[str, dict[str, int]], measures=MEASURES) -> dict[str, float]:
+    """Aggregate ir-measures scores of a run; queries absent from the run count as zero."""
+    ir_measures = _ir_measures()
 
     parsed = [ir_measures.parse_measure(m) for m in measures]
     qrel_rows = [ir_measures.Qrel(q, d, rel) for q, docs in qrels.items() for d, rel in docs.items()]
@@ -140,9 +145,10 @@ def evaluate(
     BEIR does by default. Returns (report, {run label: run}).
     """
     options = options or {}
-    from ..search import DEFAULT_CANDIDATES, SearchOptions
+    from ..search import DEFAULT_CANDIDATES
     from ..threads import cpu_threads
 
+    _ir_measures()  # a missing extra is said before any query runs
     first_stage = first_stage or index.default_stage
 
     queries, qrels = load_beir(dataset, split)
@@ -181,7 +187,9 @@ def evaluate(
                 exhaustive_top = {q: set(t[:10].tolist()) for q, t in tops.items()}
                 exhaustive_p50 = latency["search"]["p50"]
             elif exhaustive_top is not None:
-                pool = {"first_stage": stage, "candidates": min(count, index.n_docs), "rerank": False, "dense_share": stage_options.get("dense_share", SearchOptions.dense_share)}
+                # the candidates alone, found as the timed run found them
+                pool = {"first_stage": stage, "candidates": min(count, index.n_docs), "rerank": False}
+                pool.update({k: stage_options[k] for k in ("dense_share", "nprobe", "ef_search") if k in stage_options})
                 found = [
                     len(exhaustive_top[q] & set(index.search_encoded(v, pool["candidates"], texts=[queries[q]], **pool).indices[0].tolist())) / max(len(exhaustive_top[q]), 1)
                     for q, v in encoded.items()

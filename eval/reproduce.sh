@@ -31,7 +31,7 @@ for ds in scifact nfcorpus; do
       --output "$OUT/hybrid-share/$ds-hybrid-share$share.json" --quiet
   done
   for d in 128 64; do
-    mvr eval "$DATA/$ds" --index "$ds-pca$d" --output "$OUT/$ds-pca$d.json" --quiet
+    mvr eval "$DATA/$ds" --index "$ds-pca$d" --first-stage exhaustive --output "$OUT/$ds-pca$d.json" --quiet
   done
   # FDE settings compared on the same stored vectors (no re-encoding).
   python -m mvr.eval.fde_settings "$DATA/$ds" --index "$ds" --output "$OUT/fde-settings-$ds.json" \

@@ -9,7 +9,7 @@ OUT=${OUT:-docs/results}
 mkdir -p "$OUT"
 for ds in scifact nfcorpus; do
   tune_split=train; [ "$ds" = nfcorpus ] && tune_split=dev
-  mvr sparse "$ds"
+  mvr sparse "$ds" --stage bm25 --stage bm25s
   python -m mvr.eval.sparse_study compare "$DATA/$ds" --index "$ds" --output "$OUT/sparse-compare-$ds.json"
   python -m mvr.eval.sparse_study tune "$DATA/$ds" --index "$ds" --split "$tune_split" --output "$OUT/fusion-tuning-$ds.json"
   weight=$(python -c "import json,sys; print(json.load(open(sys.argv[1]))['best_weight']['100'])" "$OUT/fusion-tuning-$ds.json")

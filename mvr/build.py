@@ -191,9 +191,10 @@ def _compact(folder: Path, config: IndexConfig, encoder: Encoder, counts: dict) 
     ids_file = folder / TOKEN_IDS
     token_ids = classes = None
     if needs_token_ids(config):
-        if ids_file.is_file():
-            token_ids = np.load(ids_file)
-        else:  # built before token ids were stored: tokenise the texts again
+        token_ids = np.load(ids_file) if ids_file.is_file() else None
+        if token_ids is not None and len(token_ids) != source_tokens:
+            raise MvrError(f"{ids_file} holds {len(token_ids)} token ids for {source_tokens} vectors; the index is damaged, build it again from the corpus.")
+        if token_ids is None:  # built before token ids were stored: tokenise the texts again
             token_ids, id_offsets = encoder.document_token_ids([text for _, text in stored_texts(folder)])
             if not np.array_equal(id_offsets, offsets):
                 raise MvrError("the stored vectors do not line up with the re-tokenised texts; build the index again from the corpus.")
@@ -274,7 +275,8 @@ def _encode_corpus(documents, encoder: Encoder, config: IndexConfig, folder: Pat
     offsets = np.zeros(len(doc_lengths) + 1, dtype=np.int64)
     np.cumsum(doc_lengths, out=offsets[1:])
     np.save(folder / "doc_offsets.npy", offsets)
-    np.save(folder / TOKEN_IDS, np.concatenate(token_ids).astype(np.int32))
+    if all(ids is not None for ids in token_ids):  # an encoder of another kind may not give them
+        np.save(folder / TOKEN_IDS, np.concatenate(token_ids).astype(np.int32))
     id_array = np.array(ids, dtype=str)
     np.save(folder / "doc_ids.npy", id_array)
     np.save(folder / "doc_ids_order.npy", np.argsort(id_array, kind="stable").astype(np.int64))

@@ -18,6 +18,10 @@ RUNTIMES = ("torch", "onnx", "onnx-int8")
 QUERY_RUNTIMES = ("torch", "onnx")
 # Documents: int8 ONNX encodes SciFact 1.5x faster than PyTorch at the same nDCG@10 (docs/speed.md).
 DEFAULT_DOC_RUNTIME = "onnx-int8"
+# How widely an approximate faiss index of the FDEs is searched, unless a search says otherwise
+# (SearchOptions.nprobe / ef_search): IVF lists probed, HNSW search breadth.
+FDE_NPROBE = 32
+FDE_EF_SEARCH = 256
 # Named compaction settings (docs/compression.md has the measurements behind them).
 PRESETS = {
     "small": {

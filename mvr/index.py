@@ -74,7 +74,8 @@ class Index:
         self._model = model
         self._encoder: Encoder | None = None
         self._stages: dict = {}
-        self._lock = threading.Lock()  # lazy opening of the encoder and the stages
+        self._encoder_lock = threading.Lock()  # lazy loading of the query encoder
+        self._stage_lock = threading.Lock()  # lazy opening of the first stages
 
     # -- opening -------------------------------------------------------------------------------
     @classmethod
@@ -95,9 +96,10 @@ class Index:
     @property
     def encoder(self) -> Encoder:
         """The query encoder, loaded on first use and checked against the index's record."""
-        with self._lock:
-            if self._encoder is None:
-                self._encoder = self._load_encoder()
+        if self._encoder is None:
+            with self._encoder_lock:
+                if self._encoder is None:
+                    self._encoder = self._load_encoder()
         return self._encoder
 
     def _load_encoder(self) -> Encoder:
@@ -130,13 +132,18 @@ class Index:
         """The built first stage ``name`` ("fde", "bm25", "bm25s", "splade"), opened on first use."""
         stage = self._stages.get(name)
         if stage is None:
-            if not self.has_stage(name):
-                how = "mvr fde NAME` (Index.build_fde)" if name == "fde" else f"mvr sparse NAME --stage {name}` (Index.build_stage)"
-                raise QueryError(f"index {self.name!r} has no {name} first stage; add it with `{how.replace('NAME', self.name)}, or search with another first stage.")
-            with self._lock:
+            self._require(name)
+            with self._stage_lock:
                 stage = self._stages.get(name) or open_stage(name, self)
                 self._stages[name] = stage
         return stage
+
+    def _require(self, name: str) -> None:
+        """Raise, saying how to add it, where the first stage ``name`` (or a part of it) is not built."""
+        for part in parse_stage(name):
+            if not has_stage(self.path, part):
+                how = f"mvr fde {self.name}` (Index.build_fde)" if part == "fde" else f"mvr sparse {self.name} --stage {part}` (Index.build_stage)"
+                raise QueryError(f"index {self.name!r} has no {part} first stage; add it with `{how}, or search with another first stage.")
 
     def first_stage(self, name: str, options: SearchOptions | None = None):
         """What finds candidates for the first stage ``name``: a built stage, or a hybrid of two."""
@@ -220,6 +227,7 @@ class Index:
         """
         texts = [queries] if isinstance(queries, str) else list(queries)
         opts = self._options(k, first_stage or self.default_stage, candidates, options)
+        self._require(opts.first_stage)  # before the model loads
         encoded = self.encode_queries(texts, threads=threads) if opts.rerank or pipeline.needs_vectors(opts.first_stage) else None
         return self.search_encoded(encoded, k, texts=texts, first_stage=opts.first_stage, candidates=candidates, threads=threads, **options)
 
@@ -284,9 +292,11 @@ class Index:
         """(Re)build the FDE first stage from the stored token vectors, without re-encoding."""
         return self.build_stage("fde", config or FDEConfig(), threads=threads, command=command)
 
-    def build_sparse(self, stages: Sequence[str] = ("bm25", "bm25s"), *, splade_model=None, command: str | None = None, show_progress=None) -> dict:
+    def build_sparse(self, stages: Sequence[str] | None = None, *, splade_model=None, command: str | None = None, show_progress=None) -> dict:
         """(Re)build text first stages from the stored texts ("bm25", "bm25s", and "splade" with
-        ``splade_model``, a masked-LM folder). Returns their manifests by stage."""
+        ``splade_model``, a masked-LM folder; default: those of ``IndexConfig().sparse``). Returns
+        their manifests by stage."""
+        stages = IndexConfig().sparse if stages is None else stages
         return {s: self.build_stage(s, splade_model if s == "splade" else None, command=command, show_progress=show_progress) for s in stages}
 
     # -- description ---------------------------------------------------------------------------

@@ -37,7 +37,7 @@ class Entry:
         except MissingExtraError:
             raise
         except ImportError as error:
-            if self.extra is None:
+            if self.extra is None or (error.name or "mvr").split(".")[0] == "mvr":
                 raise
             raise missing_extra(f"the {self.name} {'first stage' if self.name in STAGES else 'codec'}", self.extra, error) from None
 

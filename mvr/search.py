@@ -10,6 +10,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from .config import FDE_EF_SEARCH, FDE_NPROBE
 from .errors import QueryError
 from .registry import EXHAUSTIVE, FIRST_STAGES, HYBRIDS, STAGES, parse_stage
 from .results import Results
@@ -63,8 +64,8 @@ class SearchOptions:
     fusion: str | None = None
     fusion_weight: float = 0.8
     dense_share: float = 0.8
-    nprobe: int = 32
-    ef_search: int = 256
+    nprobe: int = FDE_NPROBE
+    ef_search: int = FDE_EF_SEARCH
 
     def __post_init__(self):
         if self.first_stage is not None and self.first_stage not in FIRST_STAGES:

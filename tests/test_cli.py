@@ -142,8 +142,10 @@ def test_sparse_commands(tmp_path, beir, capsys):
     code, _, _ = run(capsys, "index", beir, "--name", "tiny", "--index-dir", home, "--quiet", "--sparse", "none", "--no-fde")
     code, _, err = run(capsys, "search", "tiny", "which animal purrs?", "--first-stage", "bm25", "--index-dir", home)
     assert code == 2 and "mvr sparse tiny --stage bm25" in err
-    code, out, _ = run(capsys, "sparse", "tiny", "--index-dir", home)
-    assert code == 0 and "built the bm25 first stage" in out and "built the bm25s first stage" in out
+    code, out, _ = run(capsys, "sparse", "tiny", "--index-dir", home)  # the default: what the default search reads
+    assert code == 0 and "built the bm25s first stage" in out and "bm25 first" not in out
+    code, out, _ = run(capsys, "sparse", "tiny", "--stage", "bm25", "--index-dir", home)
+    assert code == 0 and "built the bm25 first stage" in out
     code, out, _ = run(capsys, "search", "tiny", "which animal purrs?", "--first-stage", "bm25", "--no-rerank", "--json", "-k", "2", "--index-dir", home)
     assert code == 0 and json.loads(out)["hits"][0]["id"] == "d1"
     report_path = tmp_path / "bm25.json"

@@ -245,3 +245,27 @@ def test_settings_comparison_report(default_index, beir, tmp_path):
     assert first["recall_of_exhaustive_top10@8"] == 1.0  # every document is a candidate
     assert first["nDCG@10@8"] == report["exhaustive_nDCG@10"]
     assert "| 2 | 8 | 2 | no |" in output.with_suffix(".md").read_text()
+
+
+@pytest.mark.parametrize("factory", ["IVF8,Flat", "IVF8,Flat,RFlat", "IVF8_HNSW4,Flat", "IDMap,HNSW8", "PCA16,IVF8,Flat", "IVF8,PQ8"])
+def test_search_parameters_reach_every_ivf_and_hnsw_part(factory):
+    """nprobe / ef_search given per call find what the same settings written into the index find."""
+    import faiss
+
+    from mvr.stages.fde import search_parameters
+
+    rng = np.random.default_rng(0)
+    base, queries = rng.standard_normal((600, 32)).astype(np.float32), rng.standard_normal((10, 32)).astype(np.float32)
+    index = faiss.index_factory(32, factory, faiss.METRIC_INNER_PRODUCT)
+    index.train(base)
+    index.add_with_ids(base, np.arange(len(base))) if factory.startswith("IDMap") else index.add(base)
+    for nprobe, ef_search in ((1, 4), (3, 20)):
+        stored = faiss.clone_index(index)
+        space = faiss.ParameterSpace()
+        for name, value in (("nprobe", nprobe), ("efSearch", ef_search)):
+            try:
+                space.set_index_parameter(stored, name, value)
+            except RuntimeError:
+                pass
+        expected = stored.search(queries, 10)[1]
+        np.testing.assert_array_equal(index.search(queries, 10, params=search_parameters(index, nprobe, ef_search))[1], expected)

@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import argparse
 
-from ..registry import SPARSE_STAGES, STAGES
+from ..config import IndexConfig
+from ..registry import STAGES
 from .common import add_common
 
 TEXT_STAGES = tuple(name for name, entry in STAGES.items() if entry.reads == "text")
@@ -13,7 +14,7 @@ TEXT_STAGES = tuple(name for name, entry in STAGES.items() if entry.reads == "te
 def add_parser(sub) -> argparse.ArgumentParser:
     p = sub.add_parser("sparse", help="(re)build an index's text first stages from its stored texts", description="(Re)build the text first stages of an index.")
     p.add_argument("index", help="index name or path")
-    p.add_argument("--stage", action="append", choices=TEXT_STAGES, help=f"which (repeatable; default: {' and '.join(SPARSE_STAGES)})")
+    p.add_argument("--stage", action="append", choices=TEXT_STAGES, help=f"which (repeatable; default: {' and '.join(IndexConfig().sparse)}, what the default search reads; bm25 needs the lucene extra)")
     p.add_argument("--splade-model", default=None, help="with --stage splade: the masked-LM folder")
     add_common(p)
     return p
@@ -23,7 +24,7 @@ def run(args) -> int:
     from ..index import Index
 
     index = Index.open(args.index, home=args.index_dir)
-    stages = args.stage or SPARSE_STAGES
+    stages = args.stage or IndexConfig().sparse
     built = index.build_sparse(stages, splade_model=args.splade_model, command=args.command_line, show_progress=False if args.quiet else None)
     for stage, manifest in built.items():
         print(f"built the {stage} first stage of {index.name}: {manifest['documents']} documents in {manifest['build']['seconds']:.1f} s")

@@ -20,7 +20,7 @@ from ..errors import EncoderError
 from ..progress import progress
 from ..threads import cpu_threads
 from .forms import DEFAULT_MODEL_NAME, default_model_path, detect_spec, load_projections, weight_files_of, weights_checksum
-from .runtimes import OnnxTransformer, quiet_transformers
+from .runtimes import ExportError, OnnxTransformer, quiet_transformers
 from .tokens import TokenVectors, token_classes
 
 
@@ -130,7 +130,7 @@ class Encoder:
         feeds = {name: value.numpy() for name, value in inputs.items()}
         try:
             return torch.from_numpy(self._onnx.run(feeds, runtime, threads))
-        except Exception as exc:  # an architecture the exporter cannot handle: stay on torch
+        except ExportError as exc:  # an architecture the exporter cannot handle: stay on torch
             import warnings
 
             warnings.warn(f"mvr: {attribute} falls back to PyTorch; ONNX export of {self.name} failed: {exc}", stacklevel=4)

@@ -42,6 +42,10 @@ _QUANTIZE = (
 )
 
 
+class ExportError(RuntimeError):
+    """The transformer could not be exported to ONNX, quantised or opened by ONNX Runtime."""
+
+
 class OnnxTransformer:
     """A transformer's ``last_hidden_state`` from ONNX Runtime; one session per (runtime, threads)."""
 
@@ -58,7 +62,12 @@ class OnnxTransformer:
         session = self._sessions.get((runtime, threads))
         if session is None:
             with self._lock:
-                session = self._sessions.get((runtime, threads)) or self._open(runtime, threads)
+                session = self._sessions.get((runtime, threads))
+                if session is None:
+                    try:
+                        session = self._open(runtime, threads)
+                    except Exception as error:  # an architecture the exporter cannot handle
+                        raise ExportError(str(error).strip().splitlines()[-1] if str(error).strip() else type(error).__name__) from error
                 self._sessions[(runtime, threads)] = session
         return session.run(None, feeds)[0]
 
@@ -125,7 +134,8 @@ class OnnxTransformer:
             done = subprocess.run([sys.executable, "-c", _QUANTIZE, str(source), str(tmp)], capture_output=True, text=True)
             if done.returncode != 0:
                 lines = done.stderr.strip().splitlines()
-                raise RuntimeError(f"int8 quantisation failed: {lines[-1] if lines else done.returncode}")
+                why = lines[-1] if lines else (f"killed by signal {-done.returncode} (out of memory?)" if done.returncode < 0 else f"exit status {done.returncode}")
+                raise RuntimeError(f"int8 quantisation failed: {why}")
             os.replace(tmp, path)
         finally:
             tmp.unlink(missing_ok=True)

