@@ -204,6 +204,20 @@ def evaluate(
     return report, runs
 
 
+def package_versions() -> dict[str, str]:
+    """Versions of the packages a figure can depend on (numerics of encoding, scoring, evaluation)."""
+    from importlib import metadata
+
+    names = ("mvr", "torch", "transformers", "onnxruntime", "numpy", "numba", "faiss-cpu", "bm25s", "pyserini", "ir-measures", "pytrec-eval-terrier")
+    versions = {}
+    for name in names:
+        try:
+            versions[name] = metadata.version(name)
+        except metadata.PackageNotFoundError:
+            continue
+    return versions
+
+
 def _report(dataset, split, index, queries, depth, encode_ms, rows, primary) -> dict:
     import numba
     import torch
@@ -232,6 +246,7 @@ def _report(dataset, split, index, queries, depth, encode_ms, rows, primary) -> 
             "config": info["config"],
             "numba_threads": numba.get_num_threads(),
             "torch_threads": torch.get_num_threads(),
+            "packages": package_versions(),
         },
         "machine": {"processor": platform.processor() or platform.machine(), "cpus": os.cpu_count(), "python": platform.python_version()},
         "date": datetime.now(timezone.utc).isoformat(timespec="seconds"),
