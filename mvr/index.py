@@ -21,6 +21,7 @@ from . import search as pipeline
 from .config import FDEConfig, IndexConfig
 from .corpus import Document
 from .encode import Encoder, TokenVectors
+from .encode.encoder import identity_differences
 from .errors import EncoderError, EncoderMismatchError, IndexFormatError, QueryError
 from .registry import EXHAUSTIVE, parse_stage, store_class
 from .results import Hit, Results
@@ -30,14 +31,16 @@ from .storage import Blob, locate, read_manifest
 from .storage.formats import FDE_FORMAT, FDE_VERSION, TOKEN_IDS, upgrade_config
 from .vectors import project
 
-_IDENTITY_IGNORED = ("name", "source")
+_MOVED = {
+    "fde": "index.stage('fde')",
+    "sparse": "index.stage(name)",
+    "has_fde": "index.has_stage('fde')",
+    "doc_codes": "index.tokens (the TokenStore; float16 bits as index.tokens.codes)",
+    "coded": "index.tokens",
+    "_score": "index.score(query_vectors, positions)",
+}
 
 __all__ = ["Index", "Hit", "Results", "SearchOptions", "identity_differences"]
-
-
-def identity_differences(recorded: dict, actual: dict) -> list[str]:
-    keys = sorted((set(recorded) | set(actual)) - set(_IDENTITY_IGNORED))
-    return [f"{key}: index {recorded.get(key)!r}, query encoder {actual.get(key)!r}" for key in keys if recorded.get(key) != actual.get(key)]
 
 
 class Index:
@@ -197,6 +200,12 @@ class Index:
 
     def __len__(self) -> int:
         return self.n_docs
+
+    def __getattr__(self, name: str):
+        # only reached for names that do not exist: say where what moved in the restructure went
+        if name in _MOVED:
+            raise AttributeError(f"Index.{name} is gone; use {_MOVED[name]} (docs/architecture.md).")
+        raise AttributeError(f"'Index' object has no attribute {name!r}")
 
     def __repr__(self) -> str:
         return f"Index({self.name!r}, documents={self.n_docs}, tokens={self.n_tokens}, dim={self.dim})"

@@ -2,10 +2,10 @@
 library's own count afterwards (no library's setting leaks out of a call).
 
 Numba's and OpenMP's (faiss's) counts belong to the calling thread, so each call sets and
-restores its own. torch's and BLAS's are process-wide: while calls in several threads hold them,
-they stay at the first holder's count (a call nested in one thread sets its own for its span),
-and the last one out restores what was there before, so searches in several threads at once
-never leave the process with another thread's setting.
+restores its own. torch's and BLAS's are process-wide: the first call to ask sets them and
+restores them, in its own thread, when it ends; calls in other threads meanwhile run with that
+count (thread counts change speed, never results). So searches in several threads at once never
+leave the process with another thread's setting.
 """
 
 from __future__ import annotations
@@ -37,16 +37,17 @@ def _faiss():
 _PER_THREAD = {"numba": _numba, "faiss": _faiss}
 _PROCESS_WIDE = ("torch", "blas")
 _lock = threading.Lock()
-_holders: dict[str, list] = {}  # library -> [number of holders, how to restore the count found]
-_depth = threading.local()  # per thread: how deeply it holds each library
+_owners: dict[str, int] = {}  # process-wide library -> the thread whose call set its count
 
 
 def _set(name: str, threads: int):
-    """Set a process-wide library's count; return how to put back what was there."""
+    """Set a process-wide library's count; return how to put back what was there (in this thread:
+    threadpoolctl lets only the thread that limited a pthreads OpenBLAS restore it)."""
     if name == "blas":
         from threadpoolctl import threadpool_limits
 
-        return threadpool_limits(limits=threads, user_api="blas").restore_original_limits
+        limiter = threadpool_limits(limits=threads, user_api="blas")
+        return lambda: limiter.__exit__(None, None, None)
     get, set_ = _torch()
     previous = get()
     set_(threads)
@@ -54,32 +55,27 @@ def _set(name: str, threads: int):
 
 
 def _acquire(name: str, threads: int):
-    """Hold a process-wide library: the first holder sets its count, later ones share it; a
-    call nested in a thread that holds it already sets its own (restored when it ends)."""
+    """Set a process-wide library's count unless a call in another thread holds it (then that
+    call's count stays, and it restores what was there when it ends); calls nested in one thread
+    each set their own. Returns how to undo what this call did, or None."""
+    me = threading.get_ident()
     with _lock:
-        depth = getattr(_depth, name, 0)
-        held = _holders.get(name)
-        nested = None
-        if held is None:
-            _holders[name] = [1, _set(name, threads)]
-        else:
-            held[0] += 1
-            if depth:
-                nested = _set(name, threads)
-        setattr(_depth, name, depth + 1)
-        return nested
+        owner = _owners.get(name)
+        if owner is not None and owner != me:
+            return None
+        _owners[name] = me
+        restore = _set(name, threads)
+    return owner is None, restore
 
 
-def _release(name: str, nested) -> None:
+def _release(name: str, held) -> None:
+    if held is None:
+        return
+    outermost, restore = held
     with _lock:
-        if nested is not None:
-            nested()
-        setattr(_depth, name, getattr(_depth, name) - 1)
-        held = _holders[name]
-        held[0] -= 1
-        if held[0] == 0:
-            del _holders[name]
-            held[1]()
+        restore()
+        if outermost:
+            del _owners[name]
 
 
 @contextlib.contextmanager

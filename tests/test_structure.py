@@ -162,7 +162,7 @@ def test_eight_threads_searching_at_once_get_what_one_gets(default_index):
     queries = ["which animal purrs?", "what is the capital of France", "how do plants make sugar", "energy in cells"]
     plans = [dict(), dict(first_stage="exhaustive"), dict(first_stage="bm25s", candidates=4), dict(first_stage="fde", candidates=3, early_exit=2)]
     expected = [default_index.search(queries, k=5, **plan) for plan in plans]
-    before = (torch.get_num_threads(), numba.get_num_threads(), [p["num_threads"] for p in threadpool_info()])
+    before = (torch.get_num_threads(), numba.get_num_threads(), {p["filepath"]: p["num_threads"] for p in threadpool_info()})
     start = threading.Barrier(8)
 
     def work(worker: int):
@@ -180,7 +180,7 @@ def test_eight_threads_searching_at_once_get_what_one_gets(default_index):
         for plan, indices, scores in results:
             np.testing.assert_array_equal(indices, expected[plan].indices)
             np.testing.assert_allclose(scores, expected[plan].scores, rtol=1e-6)
-    assert (torch.get_num_threads(), numba.get_num_threads(), [p["num_threads"] for p in threadpool_info()]) == before
+    assert (torch.get_num_threads(), numba.get_num_threads(), {p["filepath"]: p["num_threads"] for p in threadpool_info()}) == before
 
 
 def test_eval_drops_a_document_whose_id_is_the_query_id(tmp_path, default_encoder):
@@ -215,3 +215,13 @@ def test_search_options_default_in_one_place():
     assert (args.fde_k_sim, args.fde_d_proj, args.fde_reps, args.fde_factory, args.doc_runtime) == (f.k_sim, f.d_proj, f.reps, f.factory, IndexConfig().doc_runtime)
     with pytest.raises(QueryError, match="unknown search option"):
         SearchOptions.create(bogus=1)
+
+
+def test_what_moved_says_where(default_index):
+    with pytest.raises(AttributeError, match=r"Index.fde is gone; use index.stage\('fde'\)"):
+        default_index.fde  # noqa: B018
+    with pytest.raises(AttributeError, match="index.tokens"):
+        default_index.doc_codes  # noqa: B018
+    with pytest.raises(AttributeError, match="no attribute 'nonsense'"):
+        default_index.nonsense  # noqa: B018
+    assert not hasattr(default_index, "has_fde") and default_index.has_stage("fde")

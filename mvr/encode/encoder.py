@@ -24,6 +24,13 @@ from .runtimes import ExportError, OnnxTransformer, quiet_transformers
 from .tokens import TokenVectors, token_classes
 
 
+def identity_differences(recorded: dict, actual: dict) -> list[str]:
+    """What differs between an index's record of its encoder and another encoder's identity
+    (its name and folder aside: the same weights may be moved or renamed)."""
+    keys = sorted((set(recorded) | set(actual)) - {"name", "source"})
+    return [f"{key}: index {recorded.get(key)!r}, query encoder {actual.get(key)!r}" for key in keys if recorded.get(key) != actual.get(key)]
+
+
 def check_runtime(name: str, value: str, allowed: tuple[str, ...]) -> str:
     if value not in allowed:
         raise EncoderError(f"{name} must be one of {', '.join(allowed)}; got {value!r}.")
