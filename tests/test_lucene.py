@@ -3,6 +3,7 @@ tests. Skipped where pyserini is not installed."""
 
 import os
 import sys
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -76,3 +77,28 @@ def test_splade_impact_study_against_lucene(tmp_path, models, beir):
     assert report["queries"] == 4 and report["own"]["search_ms_p50"] > 0 and report["lucene"]["search_ms_p50"] > 0
     # Same weights, quantised to 1/100 for Lucene: the two rankings score (almost) alike.
     assert abs(report["own"]["nDCG@10"] - report["lucene"]["nDCG@10"]) <= 0.1
+
+
+@pytest.mark.slow
+def test_lucene_bm25_reproduces_pyserinis_published_scifact_figure(tmp_path):
+    """pyserini's BEIR regressions: BM25 flat nDCG@10 0.679 on SciFact. The sparse path (texts,
+    Lucene analysis, k1/b, evaluation) must give it within 0.003."""
+    from mvr.corpus import read_corpus
+    from mvr.eval.beir import evaluate_run, load_beir
+    from mvr.stages.base import BuildSource, QueryBatch
+    from mvr.stages.bm25 import LuceneBM25
+
+    scifact = Path(__file__).resolve().parents[1].parent / "shared" / "datasets" / "scifact"
+    if not scifact.is_dir():
+        pytest.skip("../shared/datasets/scifact not present")
+    docs = [(d.id, d.full_text) for d in read_corpus(scifact / "corpus.jsonl")]
+    position = {doc_id: i for i, (doc_id, _) in enumerate(docs)}
+    source = BuildSource(tmp_path, 0, np.zeros(len(docs) + 1, np.int64), None, lambda: iter(docs), "", "")
+    (tmp_path / "bm25").mkdir()
+    LuceneBM25.build(tmp_path / "bm25", source)
+    searcher = LuceneBM25(tmp_path / "bm25", position.__getitem__)
+    queries, qrels = load_beir(scifact, "test")
+    run = {}
+    for qid, (positions, scores) in zip(queries, searcher.search(QueryBatch(list(queries.values())), 100)):
+        run[qid] = {docs[p][0]: float(s) for p, s in zip(positions, scores)}
+    assert abs(evaluate_run(run, qrels)["nDCG@10"] - 0.679) <= 0.003
