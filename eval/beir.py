@@ -10,7 +10,6 @@ the command line that produced it, so every table row can be rerun.
 
 from __future__ import annotations
 
-import json
 import os
 import platform
 import time

@@ -30,6 +30,7 @@ _ERRORS = (
     "EncoderMismatchError",
     "IndexExistsError",
     "IndexFormatError",
+    "IndexLockedError",
     "IndexNotFoundError",
     "MissingExtraError",
     "QueryError",

@@ -51,7 +51,7 @@ def planned_stages(config: IndexConfig) -> dict[str, object]:
 def build(documents, name, *, config: IndexConfig | None = None, home=None, overwrite: bool = False, encoder: Encoder | None = None,
           show_progress: bool | None = None, chunk_size: int = 1024, command: str | None = None):
     """Encode ``documents`` (an iterable of Documents, dicts, ``(id, text)`` pairs or strings, or
-    a corpus path) and write the index ``name`` (a name under ``home`` or a path); return it opened.
+    a corpus path) and write the index ``name`` (a ``str`` name under ``home``, or a ``pathlib.Path``); return it opened.
 
     Ids must be unique and documents non-empty (or ``config.skip_empty``). Settings that cannot
     work are refused before any document is encoded. Nothing is written at ``name`` until the
@@ -62,7 +62,7 @@ def build(documents, name, *, config: IndexConfig | None = None, home=None, over
 
     config = config or IndexConfig()
     started = time.perf_counter()
-    target = target_path(str(name), Path(home) if home else None)
+    target = target_path(name, Path(home) if home else None)
     with StagingDir(target, overwrite) as staging, cpu_threads(config.threads, "numba", "faiss"):
         if encoder is None:
             encoder = Encoder(config.model, query_maxlen=config.query_maxlen, doc_maxlen=config.doc_maxlen, batch_size=config.batch_size, threads=config.threads, doc_runtime=config.doc_runtime)
@@ -100,7 +100,7 @@ def derive(source, name, *, home=None, overwrite: bool = False, show_progress: b
     if config.fde is not None:
         stage_class("fde").check(config.fde, source.dim)
     started = time.perf_counter()
-    target = target_path(str(name), Path(home) if home else None)
+    target = target_path(name, Path(home) if home else None)
     if target.resolve() == source.path.resolve():
         raise ConfigError("derive into a new name; the source index is kept as it is.")
     with StagingDir(target, overwrite) as staging, cpu_threads(config.threads, "numba", "faiss"):
@@ -123,7 +123,7 @@ def rebuild_stage(index, name: str, settings=None, *, threads: int | None = None
     """(Re)build the first stage ``name`` of an open index from its stored vectors or texts; the
     new one replaces the old only once complete. Returns its manifest."""
     stage_class(name).check(settings, index.dim)
-    with StagingDir(index.path / name, overwrite=True) as staging, cpu_threads(threads, "numba", "faiss"):
+    with StagingDir(index.path / name, overwrite=True, formats=(stage_class(name).format,)) as staging, cpu_threads(threads, "numba", "faiss"):
         source = BuildSource(index.path, index.dim, index.doc_offsets, index.tokens, lambda: stored_texts(index.path), index.doc_ids_sha256, index.vectors_sha256, command, show_progress)
         manifest = build_stage(name, staging.path, source, settings)
         staging.commit()

@@ -8,6 +8,7 @@ later errors (duplicate ids, empty documents) can point at it.
 from __future__ import annotations
 
 import json
+import unicodedata
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterable, Iterator
@@ -34,37 +35,101 @@ class Document:
         return f"{title} {self.text}" if title else self.text
 
 
-def read_jsonl_objects(path: Path) -> Iterator[tuple[int, dict]]:
-    """Yield ``(line_number, object)`` for each non-blank line of a JSONL file."""
-    with open(path, encoding="utf-8") as handle:
-        for line_number, line in enumerate(handle, start=1):
-            if not line.strip():
-                continue
+# utf-8-sig: a byte order mark (as Windows editors write it) is dropped, not read as text.
+ENCODING = "utf-8-sig"
+# Characters that would make an id print as another id, or break a TREC run's whitespace-separated
+# fields: controls, invisible format characters, line and paragraph separators (whitespace apart).
+_BAD_ID_CATEGORIES = {"Cc": "a control character", "Cf": "an invisible format character", "Zl": "a line separator", "Zp": "a paragraph separator"}
+
+
+def _id_problem(doc_id: str) -> str | None:
+    if not doc_id:
+        return "is empty"
+    for char in doc_id:
+        if char.isspace():
+            return f"holds whitespace ({char!r})"
+        if unicodedata.category(char) in _BAD_ID_CATEGORIES:
+            return f"holds {_BAD_ID_CATEGORIES[unicodedata.category(char)]} ({char!r})"
+    return None
+
+
+def check_id(doc_id, where: str, fix: str = "change the id") -> str:
+    """``doc_id`` as a string, or CorpusError where it is empty, not a string or integer, or holds
+    whitespace or control characters."""
+    if not isinstance(doc_id, (str, int)) or isinstance(doc_id, bool):
+        raise CorpusError(f"{where}: the id must be a string or an integer, got {type(doc_id).__name__}.")
+    doc_id = str(doc_id)
+    problem = _id_problem(doc_id)
+    if problem:
+        raise CorpusError(
+            f"{where}: document id {doc_id!r} {problem}; ids must be non-empty, without whitespace or "
+            f"control characters (they are shown and written to TREC runs as one field): {fix}."
+        )
+    return doc_id
+
+
+def _not_utf8(path: Path, error_class: type) -> Exception:
+    """The error for a file that is not UTF-8, naming the first line that is not."""
+    with open(path, "rb") as handle:
+        for line_number, raw in enumerate(handle, start=1):
             try:
-                obj = json.loads(line)
-            except json.JSONDecodeError as exc:
-                raise CorpusError(
-                    f"{path}:{line_number}: not valid JSON ({exc.msg} at column {exc.colno}). "
-                    'Each line must be one JSON object, e.g. {"id": "d1", "text": "..."}.'
-                ) from None
-            if not isinstance(obj, dict):
-                raise CorpusError(f"{path}:{line_number}: expected a JSON object, got {type(obj).__name__}.")
-            yield line_number, obj
+                raw.decode("utf-8")  # a byte order mark is valid UTF-8 too
+            except UnicodeDecodeError as exc:
+                return error_class(
+                    f"{path}:{line_number}: not UTF-8 text (byte {raw[exc.start]:#04x} at column {exc.start + 1}); "
+                    "convert the file to UTF-8, e.g. iconv -f latin1 -t utf-8 FILE > NEW."
+                )
+    return error_class(f"{path}: not UTF-8 text; convert the file to UTF-8, e.g. iconv -f latin1 -t utf-8 FILE > NEW.")
+
+
+def text_lines(path: Path, error_class: type = CorpusError) -> Iterator[tuple[int, str]]:
+    """``(line_number, line)`` of a UTF-8 text file (a byte order mark dropped); ``error_class``
+    names the line of the first byte that is not UTF-8."""
+    with open(path, encoding=ENCODING) as handle:
+        try:
+            yield from enumerate(handle, start=1)
+        except UnicodeDecodeError:
+            raise _not_utf8(path, error_class) from None
+
+
+def read_text(path: Path, error_class: type = CorpusError) -> str:
+    """The whole of a UTF-8 text file (a byte order mark dropped)."""
+    try:
+        return path.read_text(encoding=ENCODING)
+    except UnicodeDecodeError:
+        raise _not_utf8(path, error_class) from None
+
+
+def read_jsonl_objects(path: Path, error_class: type = CorpusError) -> Iterator[tuple[int, dict]]:
+    """Yield ``(line_number, object)`` for each non-blank line of a JSONL file; malformed lines
+    raise ``error_class``."""
+    for line_number, line in text_lines(path, error_class):
+        if not line.strip():
+            continue
+        try:
+            obj = json.loads(line)
+        except json.JSONDecodeError as exc:
+            raise error_class(
+                f"{path}:{line_number}: not valid JSON ({exc.msg} at column {exc.colno}). "
+                'Each line must be one JSON object, e.g. {"id": "d1", "text": "..."}.'
+            ) from None
+        if not isinstance(obj, dict):
+            raise error_class(f"{path}:{line_number}: expected a JSON object, got {type(obj).__name__}.")
+        yield line_number, obj
 
 
 def _document_from_object(obj: dict, where: str) -> Document:
     doc_id = obj.get("_id", obj.get("id"))
     if doc_id is None:
         raise CorpusError(f'{where}: no "_id" or "id" field; every document needs a unique id.')
-    if not isinstance(doc_id, (str, int)) or isinstance(doc_id, bool):
-        raise CorpusError(f"{where}: the id must be a string or an integer, got {type(doc_id).__name__}.")
+    doc_id = check_id(doc_id, where)
     text = obj.get("text", obj.get("contents"))
     if text is None:
         raise CorpusError(f'{where}: document {doc_id!r} has no "text" field.')
     title = obj.get("title") or ""
     if not isinstance(text, str) or not isinstance(title, str):
         raise CorpusError(f'{where}: document {doc_id!r}: "text" and "title" must be strings.')
-    return Document(id=str(doc_id), text=text, title=title, where=where)
+    return Document(id=doc_id, text=text, title=title, where=where)
 
 
 def read_jsonl(path: Path) -> Iterator[Document]:
@@ -77,11 +142,8 @@ def read_text_folder(folder: Path) -> Iterator[Document]:
     if not files:
         raise CorpusError(f"{folder}: no .txt or .md files found. Expected {_FORMS}.")
     for file in files:
-        try:
-            text = file.read_text(encoding="utf-8")
-        except UnicodeDecodeError:
-            raise CorpusError(f"{file}: not UTF-8 text; convert it or remove it from the folder.") from None
-        yield Document(id=file.relative_to(folder).as_posix(), text=text, where=str(file))
+        doc_id = check_id(file.relative_to(folder).as_posix(), str(file), "rename the file")
+        yield Document(id=doc_id, text=read_text(file), where=str(file))
 
 
 def read_corpus(path: str | Path) -> Iterator[Document]:
@@ -95,7 +157,7 @@ def read_corpus(path: str | Path) -> Iterator[Document]:
     if path.suffix.lower() in (".jsonl", ".json", ".ndjson"):
         return read_jsonl(path)
     if path.suffix.lower() in TEXT_SUFFIXES:
-        return iter([Document(id=path.name, text=path.read_text(encoding="utf-8"), where=str(path))])
+        return iter([Document(id=check_id(path.name, str(path), "rename the file"), text=read_text(path), where=str(path))])
     raise CorpusError(f"{path}: unknown corpus file type {path.suffix!r}. Expected {_FORMS}.")
 
 
@@ -108,7 +170,8 @@ def as_documents(items: Iterable) -> Iterator[Document]:
     for position, item in enumerate(items):
         where = f"document #{position}"
         if isinstance(item, Document):
-            yield item if item.where else Document(item.id, item.text, item.title, where)
+            where = item.where or where
+            yield Document(check_id(item.id, where), item.text, item.title, where)
         elif isinstance(item, dict):
             yield _document_from_object(item, where)
         elif isinstance(item, str):

@@ -34,6 +34,10 @@ class IndexExistsError(MvrError, FileExistsError):
     """An index of that name exists and overwriting was not asked for."""
 
 
+class IndexLockedError(MvrError, RuntimeError):
+    """Another live process is writing an index of that name (it holds the name's writer lock)."""
+
+
 class DatasetError(MvrError, ValueError):
     """A BEIR-layout evaluation folder is missing a file or a split."""
 

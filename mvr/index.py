@@ -28,7 +28,7 @@ from .results import Hit, Results
 from .search import SearchOptions
 from .stages import Hybrid, QueryBatch, has_stage, open_stage, stage_class
 from .storage import Blob, locate, read_manifest
-from .storage.formats import FDE_FORMAT, FDE_VERSION, TOKEN_IDS, upgrade_config
+from .storage.formats import FDE_FORMAT, FDE_VERSION, TOKEN_IDS
 from .vectors import project
 
 _MOVED = {
@@ -47,32 +47,32 @@ class Index:
     """A built index, memory-mapped. Create with :meth:`build`, load with :meth:`open`."""
 
     def __init__(self, path: Path, manifest: dict, model=None, splade_model=None):
+        from .storage.validate import check_arrays, index_config, load_array
+
         self.path = Path(path)
         self.manifest = manifest
-        self.config = IndexConfig.from_dict(upgrade_config(manifest["config"]))
+        # The manifest's fields, then every count and offset against the files: the kernels trust them.
+        self.config = index_config(self.path, manifest)
         counts = manifest["counts"]
-        self.n_docs = int(counts["documents"])
-        self.n_tokens = int(counts["tokens"])
-        self.dim = int(counts["dim"])
-        self.max_doc_len = int(counts["max_doc_len"])
-        self.doc_offsets = np.load(self.path / "doc_offsets.npy")
+        self.n_docs, self.n_tokens, self.dim, self.max_doc_len = (counts[k] for k in ("documents", "tokens", "dim", "max_doc_len"))
+        self.doc_offsets = check_arrays(self.path, manifest, self.config)
         store = store_class(self.config.codec)
         try:
             self.tokens = store.open(self.path, self.config, self.dim, self.doc_offsets)
         except (OSError, ValueError, TypeError) as error:
             raise IndexFormatError(
-                f"{self.path}: the manifest says its vectors are stored as {self.config.codec}, but they cannot be read that way ({error}); rebuild the index."
+                f"{self.path}: the manifest says its vectors are stored as {self.config.codec}, but they cannot be read that way ({error}); "
+                f"`mvr info {self.path} --verify` checks all of it, then rebuild the index."
             ) from None
-        if (len(self.tokens), self.tokens.dim) != (self.n_tokens, self.dim) or self.doc_offsets.shape != (self.n_docs + 1,):
-            raise IndexFormatError(f"{self.path}: arrays do not match the manifest's counts; rebuild the index.")
+        if (len(self.tokens), self.tokens.dim, self.tokens.max_doc_len) != (self.n_tokens, self.dim, self.max_doc_len):
+            raise IndexFormatError(f"{self.path}: its token store does not match the manifest's counts; `mvr info {self.path} --verify` checks all of it, then rebuild the index.")
         self.vectors_sha256 = manifest["files"][store.files[0]]["sha256"]
         self.doc_ids_sha256 = manifest["files"]["doc_ids.npy"]["sha256"]
-        self.doc_ids = np.load(self.path / "doc_ids.npy", mmap_mode="r")
+        self.doc_ids = load_array(self.path, "doc_ids.npy", mmap=True)
         self._id_order = None
         self._texts = Blob(self.path, "text")
         self._titles = Blob(self.path, "title")
-        projection = self.path / "projection.npy"
-        self.projection = np.load(projection) if projection.is_file() else None
+        self.projection = load_array(self.path, "projection.npy") if (self.path / "projection.npy").is_file() else None
         self.splade_model = splade_model
         self._model = model
         self._encoder: Encoder | None = None
@@ -235,7 +235,7 @@ class Index:
         ``threads``: CPU threads for encoding and scoring. Further options: :class:`SearchOptions`.
         """
         texts = [queries] if isinstance(queries, str) else list(queries)
-        opts = self._options(k, first_stage or self.default_stage, candidates, options)
+        opts, _ = self._options(k, first_stage or self.default_stage, candidates, options)
         self._require(opts.first_stage)  # before the model loads
         encoded = self.encode_queries(texts, threads=threads) if opts.rerank or pipeline.needs_vectors(opts.first_stage) else None
         return self.search_encoded(encoded, k, texts=texts, first_stage=opts.first_stage, candidates=candidates, threads=threads, **options)
@@ -252,7 +252,7 @@ class Index:
         ``fallbacks``: queries whose text first stage found nothing (no searchable terms) and
         that the dense first stage answered instead.
         """
-        opts = self._options(k, first_stage or self._default_stage(with_texts=texts is not None), candidates, options)
+        opts, k = self._options(k, first_stage or self._default_stage(with_texts=texts is not None), candidates, options)
         if pipeline.needs_texts(opts.first_stage) and texts is None:
             raise QueryError(f"the {opts.first_stage} first stage needs the query texts (texts=...).")
         vectors = offsets = None
@@ -269,10 +269,11 @@ class Index:
         batch = QueryBatch(None if texts is None else list(texts), vectors, offsets)
         return pipeline.run(self, batch, k, opts, threads)
 
-    def _options(self, k, first_stage: str, candidates: int | None, options: dict) -> SearchOptions:
+    def _options(self, k, first_stage: str, candidates: int | None, options: dict) -> tuple[SearchOptions, int]:
+        """The search options, and ``k`` capped at the index's documents (the results are ``(n_queries, k)`` arrays; a huge k would not fit in memory)."""
         if not isinstance(k, (int, np.integer)) or isinstance(k, bool) or k < 1:
             raise QueryError(f"k must be a positive integer, got {k!r}.")
-        return SearchOptions.create(first_stage=first_stage, candidates=candidates, **options)
+        return SearchOptions.create(first_stage=first_stage, candidates=candidates, **options), min(int(k), max(self.n_docs, 1))
 
     # -- building (mvr/build.py) ---------------------------------------------------------------
     @classmethod

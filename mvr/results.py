@@ -25,8 +25,9 @@ class Hit:
 class Results:
     """Ranked results of ``n_queries`` queries, fixed shapes as faiss returns them.
 
-    ``indices`` int64 ``(n_queries, k)``: document positions, -1 where fewer than k documents exist;
-    ``scores`` float32 ``(n_queries, k)``: -inf where there is no result. ``results[i]`` is the list
+    ``indices`` int64 ``(n_queries, k)`` (k capped at the number of documents): document positions,
+    -1 where the first stage found fewer than k; ``scores`` float32 ``(n_queries, k)``: -inf where
+    there is no result. ``results[i]`` is the list
     of :class:`Hit` of query i, with ids and texts.
     """
 

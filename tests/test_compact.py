@@ -11,7 +11,7 @@ from hypothesis import strategies as st
 from hypothesis.extra import numpy as hnp
 
 from conftest import DOCS, maxsim_reference
-from mvr import ConfigError, Encoder, EncoderMismatchError, Index, IndexConfig, QueryError
+from mvr import ConfigError, Encoder, EncoderMismatchError, Index, IndexConfig
 from mvr._kernels.cluster import cluster_documents
 from mvr._kernels.codecs import INT8, RESIDUAL, CodedVectors, maxsim_codes_candidates
 from mvr.storage.residual import ResidualCodec

@@ -73,10 +73,12 @@ def test_search_ranks_by_exact_maxsim(tmp_path, plain_encoder):
     np.testing.assert_array_equal(single.indices[0], results.indices[1])  # one-query and batched kernels agree
 
 
-def test_k_larger_than_corpus_pads_with_minus_one(tmp_path, plain_encoder):
+def test_k_larger_than_corpus_is_capped_at_the_documents(tmp_path, plain_encoder):
     index = _build(tmp_path, plain_encoder)
     results = index.search("tea", k=20)
-    assert results.indices.shape == (1, 20) and (results.indices[0, len(DOCS) :] == -1).all()
+    assert results.indices.shape == (1, len(DOCS)) and (results.indices[0] >= 0).all()
+    few = index.search("tea", k=5, first_stage="exhaustive")
+    assert few.indices.shape == (1, 5)
     assert len(results[0]) == len(DOCS)
     lines = results.to_trec(["q"])
     assert len(lines) == len(DOCS) and lines[0].startswith("q Q0 ")

@@ -140,7 +140,8 @@ def test_no_process_wide_side_effects(tmp_path):
         "def state(): return [logging.getLogger().level, len(logging.getLogger().handlers), sorted(k for k in os.environ if not k.startswith('TORCH')), torch.get_num_threads(), numba.get_num_threads(), {p['filepath']: p['num_threads'] for p in threadpool_info()}]\n"
         "before = state()\n"
         "import mvr\n"
-        "index = mvr.Index.build([('a', 'cats purr'), ('b', 'dogs bark')], sys.argv[1], config=mvr.IndexConfig(doc_runtime='onnx-int8', threads=1))\n"
+        "from pathlib import Path\n"
+        "index = mvr.Index.build([('a', 'cats purr'), ('b', 'dogs bark')], Path(sys.argv[1]), config=mvr.IndexConfig(doc_runtime='onnx-int8', threads=1))\n"
         "index.search('cats', k=1, threads=1); index.search('cats', k=1, first_stage='exhaustive', threads=1)\n"
         "print(json.dumps([before, state()]))\n"
     )

@@ -116,25 +116,31 @@ def compaction(args) -> dict:
 
 
 def read_queries(path: Path) -> list[tuple[str, str]]:
-    """``(id, text)`` of each query in a JSONL file of ``{_id|id, text}`` or a TSV of ``id<TAB>text``."""
-    from ..corpus import read_jsonl_objects
+    """``(id, text)`` of each query in a JSONL file of ``{_id|id, text}`` or a TSV of ``id<TAB>text``
+    (UTF-8, a byte order mark allowed)."""
+    from ..corpus import read_jsonl_objects, text_lines
     from ..errors import QueryError
 
     if not path.is_file():
         raise QueryError(f"queries file not found: {path}.")
+    queries = []
     if path.suffix.lower() in (".jsonl", ".json"):
-        queries = []
-        for line, obj in read_jsonl_objects(path):
+        for line, obj in read_jsonl_objects(path, QueryError):
             qid, text = obj.get("_id", obj.get("id")), obj.get("text")
             if qid is None or not isinstance(text, str):
                 raise QueryError(f'{path}:{line}: each query needs "_id" (or "id") and "text".')
             queries.append((str(qid), text))
-        return queries
-    queries = []
-    for line, row in enumerate(path.read_text(encoding="utf-8").splitlines(), start=1):
-        if row.strip():
-            parts = row.split("\t", 1)
-            if len(parts) != 2:
-                raise QueryError(f"{path}:{line}: expected id<TAB>text.")
-            queries.append((parts[0], parts[1]))
+        form = 'one JSON object {"_id": ..., "text": ...} per line'
+    else:
+        for line, row in text_lines(path, QueryError):
+            row = row.rstrip("\r\n")
+            if row.strip():
+                parts = row.split("\t", 1)
+                if len(parts) != 2:
+                    raise QueryError(f"{path}:{line}: expected id<TAB>text.")
+                queries.append((parts[0], parts[1]))
+        form = "one id<TAB>text per line"
+    if not queries:
+        # an empty file would otherwise search nothing and exit 0, as if every query had run
+        raise QueryError(f"{path} holds no queries (the file is empty or blank); expected {form}.")
     return queries

@@ -55,7 +55,9 @@ def run(args) -> int:
                 f"no index {args.index!r}; build it with `mvr index {args.dataset / 'corpus.jsonl'} --name {args.index}` or add --build to this command."
             ) from None
         config = IndexConfig(threads=args.threads)
-        index = Index.build(read_corpus(args.dataset / "corpus.jsonl"), args.index, config=config, home=args.index_dir, show_progress=show, command=args.command_line)
+        # a name builds under --index-dir; a value with a separator is the path it names
+        target = Path(args.index) if ("/" in args.index or "\\" in args.index) else args.index
+        index = Index.build(read_corpus(args.dataset / "corpus.jsonl"), target, config=config, home=args.index_dir, show_progress=show, command=args.command_line)
     report, runs = evaluate(
         args.dataset,
         index,

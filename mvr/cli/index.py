@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+from pathlib import Path
 
 from ..config import RUNTIMES, IndexConfig
 from ..errors import ConfigError
@@ -18,7 +19,9 @@ def add_parser(sub) -> argparse.ArgumentParser:
         description="Encode a corpus into an index, or (--from) derive a pruned / clustered / compressed index from a float16 one.",
     )
     p.add_argument("corpus", nargs="?", help="BEIR corpus.jsonl (or its dataset folder), JSONL of {id, text}, or a folder of .txt/.md files")
-    p.add_argument("--name", required=True, help="index name (under --index-dir) or a path")
+    where = p.add_mutually_exclusive_group(required=True)
+    where.add_argument("--name", help="index name: a plain folder name under --index-dir")
+    where.add_argument("--path", type=Path, help="write the index at this folder instead of under --index-dir")
     p.add_argument("--model", default=d.model, help="local model folder (default: the embedded all-MiniLM-L6-v2)")
     p.add_argument("--doc-maxlen", type=int, default=d.doc_maxlen, help="document length in tokens (default: the model's; 256 for plain encoders)")
     p.add_argument("--query-maxlen", type=int, default=d.query_maxlen, help="query length in tokens (default: the model's; 64 for plain encoders)")
@@ -46,12 +49,13 @@ def run(args) -> int:
     from ..index import Index
 
     settings = compaction(args)
+    target = args.name if args.path is None else args.path  # a str stays under --index-dir; a Path is where it says
     if args.source is not None:
         if args.corpus is not None:
             raise ConfigError("give a CORPUS to encode or --from INDEX to derive from, not both.")
         changes = dict(settings, threads=args.threads, fde=fde_config(args))
         index = Index.derive(
-            args.source, args.name, home=args.index_dir, overwrite=args.overwrite, show_progress=False if args.quiet else None, command=args.command_line, **changes
+            args.source, target, home=args.index_dir, overwrite=args.overwrite, show_progress=False if args.quiet else None, command=args.command_line, **changes
         )
     else:
         if args.corpus is None:
@@ -73,7 +77,7 @@ def run(args) -> int:
         )
         index = Index.build(
             read_corpus(args.corpus),
-            args.name,
+            target,
             config=config,
             home=args.index_dir,
             overwrite=args.overwrite,

@@ -12,23 +12,19 @@ def add_parser(sub) -> argparse.ArgumentParser:
     p = sub.add_parser("info", help="describe an index")
     p.add_argument("index", help="index name or path")
     p.add_argument("--json", action="store_true")
-    p.add_argument("--verify", action="store_true", help="also check every file's sha256 against the manifest")
+    p.add_argument("--verify", action="store_true", help="also check all of it: every file of the index and its first stages against their manifests, counts and offsets, every stored vector")
     add_common(p)
     return p
 
 
 def run(args) -> int:
-    from ..errors import IndexFormatError
     from ..index import Index
-    from ..storage import verify
 
-    index = Index.open(args.index, home=args.index_dir)
-    info = index.info()
     if args.verify:
-        damaged = verify(index.path, index.manifest)
-        info["verified"] = not damaged
-        if damaged:
-            raise IndexFormatError(f"{index.path}: checksum mismatch in {', '.join(damaged)}; rebuild the index.")
+        index, info = _verified(args)
+    else:
+        index = Index.open(args.index, home=args.index_dir)
+        info = index.info()
     if args.json:
         print(json.dumps(info, indent=2))
         return 0
@@ -37,17 +33,17 @@ def run(args) -> int:
         ("path", info["path"]),
         ("documents", info["documents"]),
         ("token vectors", f"{info['tokens']} ({info['vectors_per_document']['mean']} per document, max {info['vectors_per_document']['max']})"),
-        ("dim", f"{info['dim']}" + (f" (PCA from {info['counts']['model_dim']})" if info["dim"] != info["counts"]["model_dim"] else "")),
+        ("dim", f"{info['dim']}" + (f" (PCA from {info['counts']['model_dim']})" if info["dim"] != info["counts"].get("model_dim", info["dim"]) else "")),
         ("stored as", _stored_as(index.config, info["counts"])),
         ("bytes per token", f"{info['bytes_per_token']} (per document token before pruning: vector data, codebooks, offsets)"),
         ("index size", f"{info['index_bytes'] / 2**20:.1f} MiB, and {sum(info['stages'].values()) / 2**20:.1f} MiB of first stages"),
         ("encoder", f"{enc['name']} [{enc['kind']}] sha256 {enc['weights_sha256'][:12]}; query {enc['query_maxlen']} / doc {enc['doc_maxlen']} tokens"),
         (
             "built",
-            f"{info['created']} in {info['build']['seconds']} s "
-            + (f"from {info['build']['derived_from']} (no re-encoding)" if info["build"].get("derived_from") else f"({info['build']['docs_per_second']} docs/s)"),
+            f"{info['created']} in {info['build'].get('seconds', '?')} s "
+            + (f"from {info['build']['derived_from']} (no re-encoding)" if info["build"].get("derived_from") else f"({info['build'].get('docs_per_second', '?')} docs/s)"),
         ),
-        ("truncated documents", info["counts"]["truncated_documents"]),
+        ("truncated documents", info["counts"].get("truncated_documents", 0)),
     ]
     fde = info["fde"]
     if fde:
@@ -65,10 +61,37 @@ def run(args) -> int:
     rows.append(("first stages", ", ".join(f"{name} ({size / 2**20:.1f} MiB)" for name, size in info["stages"].items()) or "none"))
     rows.append(("default search", info["default_stage"]))
     if args.verify:
-        rows.append(("checksums", "ok"))
+        stages = ", ".join(info["stages"]) or "no first stage"
+        rows.append(("verified", f"every file of the index and of its first stages ({stages}) matches its manifest; {info['tokens']} token vectors, all finite and non-zero"))
     for key, value in rows:
         print(f"{key:>20}  {value}")
     return 0
+
+
+def _verified(args):
+    """The index and its info, after checking all of it: every component's files against its own
+    manifest, the counts and offsets against the files, every stored vector. A problem raises one
+    line naming each damaged component or file (``--json``: printed first, with ``problems``)."""
+    from ..errors import IndexFormatError
+    from ..index import Index
+    from ..storage import locate
+    from ..storage.validate import scan_tokens, verify_files
+
+    path = locate(args.index, args.index_dir)
+    problems = verify_files(path)
+    index = info = None
+    try:
+        index = Index.open(path)
+        problems += scan_tokens(index.tokens)
+        info = index.info()
+    except IndexFormatError as error:  # what opening refuses (said once where verify_files said it too)
+        problems.append(str(error))
+    problems = list(dict.fromkeys(problems))
+    if problems:
+        if args.json:
+            print(json.dumps({**(info or {"path": str(path)}), "verified": False, "problems": problems}, indent=2))
+        raise IndexFormatError(f"{path} is damaged: {'; '.join(problems)}. Rebuild what is named (`mvr fde`, `mvr sparse`), or the index with `mvr index`.")
+    return index, {**info, "verified": True, "problems": []}
 
 
 def _stored_as(config, counts: dict) -> str:

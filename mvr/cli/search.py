@@ -4,9 +4,21 @@ from __future__ import annotations
 
 import argparse
 import json
+import unicodedata
 from pathlib import Path
 
 from .common import add_common, add_search, read_queries, search_options
+
+# Shown escaped in plain output: controls (terminal escape sequences, carriage returns), invisible
+# format characters (bidirectional overrides) and line separators; the joiners that emoji and some
+# scripts need are kept.
+_HIDDEN = {"Cc", "Cf", "Zl", "Zp"}
+_JOINERS = {"\u200c", "\u200d"}
+
+
+def shown(text: str) -> str:
+    """``text`` safe to print to a terminal: each hidden character as its ``\\xNN`` / ``\\uNNNN`` escape."""
+    return "".join(c.encode("unicode_escape").decode("ascii") if unicodedata.category(c) in _HIDDEN and c not in _JOINERS else c for c in text)
 
 
 def add_parser(sub) -> argparse.ArgumentParser:
@@ -47,9 +59,9 @@ def run(args) -> int:
     else:
         for (qid, text), hits in zip(queries, results):
             if args.queries:
-                print(f"## {qid}: {text}")
+                print(f"## {shown(qid)}: {shown(text)}")
             print(f"{'rank':>4}  {'score':>8}  {'id':<16}  text")
             for hit in hits:
-                snippet = " ".join(f"{hit.title} {hit.text}".split())
-                print(f"{hit.rank:>4}  {hit.score:>8.3f}  {hit.id[:16]:<16}  {snippet[:100]}")
+                snippet = shown(" ".join(f"{hit.title} {hit.text}".split()))
+                print(f"{hit.rank:>4}  {hit.score:>8.3f}  {shown(hit.id)[:16]:<16}  {snippet[:100]}")
     return 0

@@ -24,6 +24,26 @@ from .runtimes import ExportError, OnnxTransformer, quiet_transformers
 from .tokens import TokenVectors, token_classes
 
 
+# A text longer than 64 characters per kept token is cut before the tokenizer sees it (a 10 MB
+# one-line document would otherwise be tokenised whole, 1.5 GB, to keep a few hundred tokens).
+# WordPiece averages 4-6 characters a token on prose, so one cut nearly always suffices; a cut
+# that yields too few tokens is widened (see _token_ids), so the figure never changes the tokens.
+_CHARS_PER_TOKEN = 64
+_BREAKS = (" ", "\n", "\t", "\r")
+
+
+def _prefix_end(text: str, limit: int) -> int:
+    """Where to cut ``text`` to at most ``limit`` characters so that its tokens are the first
+    tokens of the whole text: before a run of ASCII whitespace, where every tokenizer mvr reads
+    (WordPiece, byte-level BPE, SentencePiece) ends a word; 0 where the window has none."""
+    if len(text) <= limit:
+        return len(text)
+    end = max(text.rfind(c, 0, limit + 1) for c in _BREAKS)
+    while end > 0 and text[end - 1] in _BREAKS:
+        end -= 1
+    return max(end, 0)
+
+
 def identity_differences(recorded: dict, actual: dict) -> list[str]:
     """What differs between an index's record of its encoder and another encoder's identity
     (its name and folder aside: the same weights may be moved or renamed)."""
@@ -205,8 +225,22 @@ class Encoder:
         body = maxlen - 2 - (marker is not None)
         if not texts:
             return [], np.zeros(0, dtype=bool)
-        # One token more than fits tells truncated texts apart from those that fit exactly.
-        pieces = tok(list(texts), add_special_tokens=False, truncation=True, max_length=body + 1)["input_ids"]
+        # One token more than fits tells truncated texts apart from those that fit exactly. A cut
+        # text giving no more than that may have lost tokens past its cut: it is tried again with a
+        # window four times as wide, up to the whole text.
+        pieces: list[list[int]] = [[] for _ in texts]
+        pending = list(range(len(texts)))
+        window = _CHARS_PER_TOKEN * (body + 1) if tok.truncation_side == "right" else None  # "left" keeps the end
+        while pending:
+            ends = [len(texts[i]) if window is None else _prefix_end(texts[i], window) for i in pending]
+            found = tok([texts[i][:end] for i, end in zip(pending, ends)], add_special_tokens=False, truncation=True, max_length=body + 1)["input_ids"]
+            retry = []
+            for i, end, ids in zip(pending, ends, found):
+                if end < len(texts[i]) and len(ids) <= body:
+                    retry.append(i)
+                else:
+                    pieces[i] = ids
+            pending, window = retry, (window or 0) * 4
         truncated = np.array([len(ids) > body for ids in pieces], dtype=bool)
         head = [tok.cls_token_id] + ([marker] if marker is not None else [])
         sequences = [head + ids[:body] + [tok.sep_token_id] for ids in pieces]

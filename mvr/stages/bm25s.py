@@ -9,7 +9,6 @@ import time
 from pathlib import Path
 from typing import Sequence
 
-import numpy as np
 
 from ..storage.formats import SPARSE_FORMAT, SPARSE_VERSION
 from .base import BuildSource, Candidates, QueryBatch, text_stage_manifest, top_n

@@ -1,20 +1,35 @@
-"""Where indexes live and how a directory is replaced whole.
+"""Where indexes live, and how a directory is written and replaced whole.
 
 An index is a directory of ``.npy`` arrays (memory-mapped on open) and blobs, described by one
 ``manifest.json`` (storage/manifest.py); its parts and their formats are listed in
 storage/formats.py. A build writes everything into a hidden sibling directory and swaps it in
 only once complete, so a failed build leaves any existing index of the same name untouched.
+
+Beside the index ``HOME/NAME``, mvr keeps only hidden entries of its own (a name never starts
+with ``.``): ``.NAME.lock``, the writer lock (``fcntl.flock``; the holder's PID inside), held from
+:class:`StagingDir` to its commit; ``.NAME.building-PID-xxxxxxxx``, a build in progress; and
+``.NAME.old-PID-xxxxxxxx``, the index being replaced, for the instant between the two renames of
+a swap. A killed build leaves them behind: the next writer of the home removes what no live
+writer holds, and puts back a hidden old copy whose target is missing (so does :func:`locate`).
 """
 
 from __future__ import annotations
 
+import json
 import os
+import re
 import shutil
 import tempfile
+import time
 from pathlib import Path
 
-from ..errors import IndexExistsError, IndexNotFoundError
+from ..errors import ConfigError, IndexExistsError, IndexNotFoundError
+from .formats import INDEX_FORMAT
+from .lock import WriterLock
 from .manifest import MANIFEST, write_manifest
+
+# mkdtemp's random part is 8 characters of [a-z0-9_]; folders from before the PID was added lack it
+_LEFTOVER = re.compile(r"^\.(?P<name>.+?)(?:\.(?P<kind>building|old)-(?:\d+-)?[a-z0-9_]{8}|\.(?P<lock>lock))$")
 
 
 def default_home() -> Path:
@@ -29,65 +44,276 @@ def available(home: Path | None = None) -> list[str]:
     return sorted(p.name for p in home.iterdir() if (p / MANIFEST).is_file() and not p.name.startswith("."))
 
 
-def locate(name_or_path: str | os.PathLike, home: Path | None = None) -> Path:
-    """The directory of an existing index, given a path to it or a name under ``home``."""
-    candidate = Path(name_or_path)
-    if (candidate / MANIFEST).is_file():
-        return candidate
-    named = (Path(home) if home else default_home()) / str(name_or_path)
-    if (named / MANIFEST).is_file():
-        return named
-    names = available(home)
-    known = f" Indexes in {Path(home) if home else default_home()}: {', '.join(names)}." if names else ""
-    raise IndexNotFoundError(
-        f"no index named or at {str(name_or_path)!r}.{known} Build one with `mvr index CORPUS --name NAME`."
-    )
+def name_problem(name: str) -> str | None:
+    """Why ``name`` is not a plain index name (one folder name, not hidden), or None when it is."""
+    if not name:
+        return "it is empty"
+    if name.strip() != name:
+        return "it starts or ends with white space"
+    if any(ord(c) < 32 or ord(c) == 127 for c in name):
+        return "it holds a control character"
+    if name in (".", ".."):
+        return f"{name!r} is not a folder name"
+    if "/" in name or "\\" in name or (os.altsep and os.altsep in name):
+        return "it holds a path separator"
+    if name.startswith("."):
+        return "it starts with '.', which mvr keeps for its own hidden staging folders"
+    if len(name.encode("utf-8", "surrogateescape")) > 200:
+        return "it is longer than 200 bytes (mvr's hidden folders add to it, and file systems stop at 255)"
+    return None
 
 
-def target_path(name: str, home: Path | None = None) -> Path:
-    """Where an index called ``name`` (or at path ``name``) is written."""
-    if not name or name.strip() != name:
-        raise IndexNotFoundError(f"invalid index name {name!r}.")
-    path = Path(name)
-    if path.is_absolute() or len(path.parts) > 1:
+def target_path(name: str | os.PathLike, home: Path | None = None) -> Path:
+    """Where an index is written: a name (``str``) is a plain folder name under ``home``, so it
+    cannot land elsewhere; a path is given explicitly as a ``pathlib.Path`` (any ``os.PathLike``)."""
+    home = Path(home) if home else default_home()
+    if isinstance(name, os.PathLike):
+        path = Path(os.fspath(name))
+        if path.name in ("", ".", ".."):
+            raise ConfigError(f"cannot write an index at {str(path)!r}: give the path of the index folder itself (e.g. {str(path / 'myindex')!r}).")
         return path
-    return (Path(home) if home else default_home()) / name
+    if not isinstance(name, str):
+        raise ConfigError(f"an index name must be a str (or a pathlib.Path to write at a path), not {type(name).__name__}.")
+    problem = name_problem(name)
+    if problem:
+        raise ConfigError(
+            f"invalid index name {name!r}: {problem}. A name is a plain folder name under the index home ({home}); "
+            "to write an index at a path, give it as a path: pathlib.Path in Python, `mvr index --path PATH` on the command line."
+        )
+    return home / name
+
+
+def locate(name_or_path: str | os.PathLike, home: Path | None = None, *, wait: float = 5.0) -> Path:
+    """The directory of an existing index, given a path to it or a name under ``home``. An index
+    whose rebuild was killed between the two renames of its swap is renamed back first (when a
+    live writer holds the name, after up to ``wait`` seconds for it to finish its own swap)."""
+    home = Path(home) if home else default_home()
+    given, named = Path(name_or_path), home / str(name_or_path)
+    for folder in (given, named):
+        if (folder / MANIFEST).is_file():
+            return folder
+    plain = isinstance(name_or_path, str) and name_problem(name_or_path) is None
+    for folder in (named, given) if plain else (given,):
+        if _recover(folder, wait=wait):
+            return folder
+    if given.is_file():
+        raise IndexNotFoundError(f"{given} is a file, not an index folder; give the folder of an index, or a name (`mvr list`).")
+    hidden = _hidden_copies(named if plain else given, (INDEX_FORMAT,))
+    names = available(home)
+    known = f" Indexes in {home}: {', '.join(names)}." if names else ""
+    kept = f" An intact copy, hidden by an interrupted rebuild, is at {hidden[0]}: rename it to use it." if hidden else ""
+    raise IndexNotFoundError(f"no index named or at {str(name_or_path)!r}.{known}{kept} Build one with `mvr index CORPUS --name NAME`.")
 
 
 class StagingDir:
     """A hidden directory beside ``target`` that becomes ``target`` on :meth:`commit`.
 
-    Use as a context manager: leaving it without commit (an exception) removes the staging
-    directory and leaves ``target`` as it was.
+    Holds the writer lock of ``target``'s name from creation to commit (a second writer gets
+    :class:`IndexLockedError`). Replaces only a folder whose manifest.json names one of
+    ``formats`` (an index; a first stage's folder for :func:`mvr.build.rebuild_stage`), or an
+    empty one. Use as a context manager: leaving it without commit (an exception) removes the
+    staging directory and leaves ``target`` as it was.
     """
 
-    def __init__(self, target: Path, overwrite: bool):
+    def __init__(self, target: Path, overwrite: bool, formats: tuple[str, ...] = (INDEX_FORMAT,)):
         self.target = Path(target)
-        if (self.target / MANIFEST).is_file() and not overwrite:
-            raise IndexExistsError(f"an index already exists at {self.target}; pass overwrite=True (CLI: --overwrite) to replace it.")
-        if self.target.exists() and not (self.target / MANIFEST).is_file() and any(self.target.iterdir()):
-            raise IndexExistsError(f"{self.target} exists and is not an mvr index; choose another name or remove it.")
-        self.target.parent.mkdir(parents=True, exist_ok=True)
-        self.path = Path(tempfile.mkdtemp(prefix=f".{self.target.name}.building-", dir=self.target.parent))
+        self.formats = tuple(formats)
+        home = self.target.parent
+        try:
+            home.mkdir(parents=True, exist_ok=True)
+        except (FileExistsError, NotADirectoryError):
+            raise IndexExistsError(f"cannot make {home}: a file stands in the way of the folder it needs; choose another path.") from None
+        label = f"index {self.target.name!r}" if INDEX_FORMAT in self.formats else f"{self.target}"
+        self._lock = WriterLock(home, self.target.name, label).acquire()
+        try:
+            _tidy(home, self.formats, self._lock)
+            self._check(overwrite)
+            self.path = Path(tempfile.mkdtemp(prefix=f".{self.target.name}.building-{os.getpid()}-", dir=home))
+        except BaseException:
+            self._lock.release()
+            raise
+
+    def _check(self, overwrite: bool) -> None:
+        target = self.target
+        if target.is_symlink():
+            raise IndexExistsError(f"{target} is a symbolic link; mvr writes an index only into a folder of its own: give the link's target or another name.")
+        if not target.exists():
+            return
+        if not target.is_dir():
+            raise IndexExistsError(f"{target} exists and is a file, not an mvr index; choose another name or path.")
+        found, what = _manifest_format(target)
+        if found in self.formats:
+            if not overwrite:
+                raise IndexExistsError(f"an index already exists at {target}; pass overwrite=True (CLI: --overwrite) to replace it.")
+            return
+        if not (target / MANIFEST).exists() and not any(target.iterdir()):
+            return  # an empty folder holds nothing to lose
+        raise IndexExistsError(
+            f"{target} is not an mvr index (it holds {what}, expected a manifest.json of format {' or '.join(map(repr, self.formats))}); "
+            "mvr will not replace a folder it did not create: choose another name or path, or remove that folder yourself."
+        )
 
     def __enter__(self) -> "StagingDir":
         return self
 
     def __exit__(self, exc_type, exc, tb) -> None:
-        if self.path.exists():
-            shutil.rmtree(self.path, ignore_errors=True)
+        try:
+            if self.path.exists():
+                shutil.rmtree(self.path, ignore_errors=True)
+        finally:
+            self._lock.release()
 
     def write_manifest(self, manifest: dict, known_sha256: dict[str, str] | None = None) -> None:
         write_manifest(self.path, manifest, known_sha256)
 
     def commit(self) -> Path:
-        """Swap the finished index in place of ``target``; the old one is removed afterwards."""
+        """Swap the finished index in place of ``target`` (the old one is removed afterwards), then
+        release the lock. Each rename is fsynced with its folder and parent; a kill between the two
+        leaves the old copy hidden, and the next :func:`locate` or writer renames it back."""
+        if not self._lock.held:
+            raise RuntimeError(f"{self.path} was already committed or abandoned")
+        home = self.target.parent
+        _fsync_tree(self.path)  # the files must be on disk before a rename publishes them
         old = None
-        if self.target.exists():
-            old = Path(tempfile.mkdtemp(prefix=f".{self.target.name}.old-", dir=self.target.parent))
+        if self.target.exists() or self.target.is_symlink():
+            old = Path(tempfile.mkdtemp(prefix=f".{self.target.name}.old-{os.getpid()}-", dir=home))
             os.rmdir(old)
             os.replace(self.target, old)
-        os.replace(self.path, self.target)
+            _fsync_dir(old)
+            _fsync_dir(home)
+        try:
+            os.replace(self.path, self.target)
+        except BaseException:
+            if old is not None and not self.target.exists():
+                os.replace(old, self.target)
+            raise
+        _fsync_dir(self.target)
+        _fsync_dir(home)
         if old is not None:
             shutil.rmtree(old, ignore_errors=True)
+        self._lock.release()
         return self.target
+
+
+def _manifest_format(folder: Path) -> tuple[str | None, str]:
+    """``(format, what)``: the "format" named by ``folder/manifest.json`` (None when there is no
+    such file or it names none) and what the folder holds, in words for a message."""
+    try:
+        data = json.loads((folder / MANIFEST).read_text(encoding="utf-8"))
+    except (FileNotFoundError, NotADirectoryError):
+        return None, f"no {MANIFEST}"
+    except (OSError, UnicodeDecodeError, ValueError):
+        return None, f"a {MANIFEST} that is not JSON"
+    found = data.get("format") if isinstance(data, dict) else None
+    if not isinstance(found, str):
+        return None, f'a {MANIFEST} with no "format"'
+    return found, f"a {MANIFEST} of format {found!r}"
+
+
+def _hidden_copies(target: Path, formats: tuple[str, ...]) -> list[Path]:
+    """The complete ``.NAME.old-*`` siblings of ``target`` (a manifest.json of one of ``formats``), newest first."""
+    try:
+        entries = list(target.parent.iterdir()) if target.name else []
+    except OSError:
+        return []
+    copies = []
+    for entry in entries:
+        match = _LEFTOVER.match(entry.name)
+        if match and match["kind"] == "old" and match["name"] == target.name and not entry.is_symlink() and _manifest_format(entry)[0] in formats:
+            copies.append(entry)
+    return sorted(copies, key=_mtime, reverse=True)
+
+
+def _mtime(folder: Path) -> float:
+    try:
+        return (folder / MANIFEST).stat().st_mtime
+    except OSError:  # taken by a writer meanwhile
+        return 0.0
+
+
+def _restore(target: Path, formats: tuple[str, ...]) -> bool:
+    """Rename back the copy that a swap killed between its two renames left hidden, when
+    ``target`` is missing (the caller holds its lock). A complete ``.NAME.building-*`` is never
+    promoted: nobody asked for it to replace anything yet."""
+    if target.exists() or target.is_symlink():
+        return False
+    copies = _hidden_copies(target, formats)
+    if not copies:
+        return False
+    os.replace(copies[0], target)
+    _fsync_dir(target)
+    _fsync_dir(target.parent)
+    return True
+
+
+def _recover(target: Path, formats: tuple[str, ...] = (INDEX_FORMAT,), wait: float = 5.0) -> bool:
+    """For readers: restore ``target`` from its hidden copy, under its lock. A writer holding the
+    lock is given ``wait`` seconds to finish its own swap. False when nothing could be restored."""
+    if not target.name or not _hidden_copies(target, formats):
+        return False
+    lock = WriterLock(target.parent, target.name)
+    deadline = time.monotonic() + wait
+    while True:
+        try:
+            if lock.try_acquire():
+                break
+        except OSError:  # a home this process may not write: leave it to a writer
+            return False
+        if (target / MANIFEST).is_file():
+            return True
+        if time.monotonic() > deadline:
+            return False
+        time.sleep(0.05)
+    try:
+        return _restore(target, formats) or (target / MANIFEST).is_file()
+    finally:
+        lock.release()
+
+
+def _tidy(home: Path, formats: tuple[str, ...], own: WriterLock) -> None:
+    """What killed writers left in ``home``, for every name no live writer holds: restore a hidden
+    old copy whose target is missing, remove staging folders, old copies of present targets and
+    stale lock files. A name whose lock is held is skipped: its folders belong to a live build."""
+    leftovers: dict[str, list[tuple[str, Path]]] = {}
+    for entry in home.iterdir():
+        match = _LEFTOVER.match(entry.name)
+        if match and not (match["lock"] and match["name"] == own.name):
+            leftovers.setdefault(match["name"], []).append((match["kind"] or "lock", entry))
+    for name, entries in leftovers.items():
+        lock = own if name == own.name else WriterLock(home, name)
+        try:
+            if lock is not own and not lock.try_acquire():
+                continue
+        except OSError:
+            continue
+        try:
+            target = home / name
+            _restore(target, formats)
+            for kind, entry in entries:
+                if entry.is_symlink() or not entry.is_dir():
+                    continue
+                if kind == "building" or (kind == "old" and (target.exists() or not any(entry.iterdir()))):
+                    shutil.rmtree(entry, ignore_errors=True)
+        finally:
+            if lock is not own:
+                lock.release()  # which also removes a stale lock file of that name
+
+
+def _fsync_dir(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY | getattr(os, "O_DIRECTORY", 0))
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def _fsync_tree(folder: Path) -> None:
+    """Flush every file and folder under ``folder`` (written by a build) to disk."""
+    for root, dirs, files in os.walk(folder):
+        for name in files:
+            fd = os.open(os.path.join(root, name), os.O_RDONLY)
+            try:
+                os.fsync(fd)
+            finally:
+                os.close(fd)
+        _fsync_dir(Path(root))

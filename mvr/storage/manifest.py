@@ -26,14 +26,21 @@ def sha256_file(path: Path) -> str:
 
 def read_manifest(path: Path, format_name: str = INDEX_FORMAT, format_version: int = INDEX_VERSION) -> dict:
     """The manifest of an index (or of a part with its own manifest), after checking its format,
-    version and that every listed file is there with its recorded size."""
+    version, the shape of its file list and that every listed file is there with its recorded size."""
+    path = Path(path)
+    if path.exists() and not path.is_dir():
+        raise IndexNotFoundError(f"{path} is a file, not an index folder: give the folder of an index (or its name).")
     file = path / MANIFEST
     try:
         manifest = json.loads(file.read_text(encoding="utf-8"))
     except FileNotFoundError:
         raise IndexNotFoundError(f"{path} has no {MANIFEST}: not an mvr index (or its build did not finish).") from None
-    except json.JSONDecodeError as exc:
-        raise IndexFormatError(f"{file} is damaged ({exc.msg}); rebuild the index with `mvr index`.") from None
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise IndexFormatError(f"{file} is damaged ({getattr(exc, 'msg', exc)}); rebuild the index with `mvr index`.") from None
+    except OSError as exc:  # a folder, or unreadable
+        raise IndexFormatError(f"{file} cannot be read ({exc.strerror or exc}); it must be the index's manifest file: rebuild the index with `mvr index`.") from None
+    if not isinstance(manifest, dict):
+        raise IndexFormatError(f"{file} holds a JSON {type(manifest).__name__}, not an object of fields; the index is damaged, rebuild it with `mvr index`.")
     if manifest.get("format") != format_name:
         raise IndexFormatError(f"{path} is not an {format_name} directory (format {manifest.get('format')!r}).")
     version = manifest.get("format_version")
@@ -41,17 +48,43 @@ def read_manifest(path: Path, format_name: str = INDEX_FORMAT, format_version: i
         newer = isinstance(version, int) and version > format_version
         hint = "upgrade mvr to read it" if newer else "rebuild it with this version of mvr"
         raise IndexFormatError(f"{path} has {format_name} format version {version!r}, this mvr reads {format_version}: {hint}.")
-    for name, meta in manifest.get("files", {}).items():
+    index = path if format_name == INDEX_FORMAT else path.parent
+    for name, meta in _file_list(file, manifest.get("files"), index).items():
         on_disk = path / name
         if not on_disk.is_file() or on_disk.stat().st_size != meta["bytes"]:
-            raise IndexFormatError(f"{on_disk} is missing or has the wrong size; the index is damaged, rebuild it.")
+            found = f"{on_disk.stat().st_size} bytes" if on_disk.is_file() else "not there"
+            raise IndexFormatError(
+                f"{on_disk} is missing or has the wrong size ({found}, the manifest says {meta['bytes']}); the index is damaged: "
+                f"`mvr info {index} --verify` checks all of it, then rebuild it."
+            )
     return manifest
 
+
+def _file_list(file: Path, files, index: Path) -> dict:
+    """``files`` of a manifest, checked: file name -> {"bytes": int >= 0, "sha256": 64 hex digits}.
+    A name is a plain file name of the folder: checking or reading it never leaves the folder."""
+
+    def wrong(what: str) -> IndexFormatError:
+        return IndexFormatError(f"{file}: {what}; the manifest is damaged: `mvr info {index} --verify` checks all of it, then rebuild the index.")
+
+    if not isinstance(files, dict):
+        raise wrong(f"'files' must map file names to their bytes and sha256, got {type(files).__name__}")
+    for name, meta in files.items():
+        if not name or name in (".", "..") or "/" in name or "\\" in name:
+            raise wrong(f"'files' lists {name!r}, which is not a file of this folder")
+        if not isinstance(meta, dict):
+            raise wrong(f"files[{name!r}] must be an object with 'bytes' and 'sha256', got {type(meta).__name__}")
+        size, digest = meta.get("bytes"), meta.get("sha256")
+        if not isinstance(size, int) or isinstance(size, bool) or size < 0:
+            raise wrong(f"files[{name!r}].bytes must be a byte count, got {size!r}")
+        if not isinstance(digest, str) or len(digest) != 64 or any(c not in "0123456789abcdef" for c in digest):
+            raise wrong(f"files[{name!r}].sha256 must be 64 hex digits, got {digest!r}")
+    return files
 
 
 def verify(path: Path, manifest: dict) -> list[str]:
     """Names of the files whose sha256 differs from the manifest's (empty when intact)."""
-    return [name for name, meta in manifest["files"].items() if sha256_file(path / name) != meta["sha256"]]
+    return [name for name, meta in manifest["files"].items() if sha256_file(Path(path) / name) != meta["sha256"]]
 
 
 

@@ -122,6 +122,17 @@ class ResidualStore(CodedStore):
         return {"codec_centroids": int(len(codec.centroids))}
 
     @classmethod
+    def layout(cls, n, dim, config):
+        levels = 1 << config.codec_bits
+        return {
+            "codes.npy": ((n, dim * config.codec_bits // 8), "uint8"),
+            "centroid_ids.npy": ((n,), "uint16"),
+            "centroids.npy": ((None, dim), "float16"),
+            "bucket_values.npy": ((dim, levels), "float32"),
+            "bucket_cutoffs.npy": ((dim, levels - 1), "float32"),
+        }
+
+    @classmethod
     def open(cls, folder: Path, config, dim: int, doc_offsets: np.ndarray) -> "ResidualStore":
         from .._kernels.codecs import RESIDUAL, CodedVectors
 

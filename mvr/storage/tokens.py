@@ -100,6 +100,12 @@ class StoreBase:
         return out.view(np.uint16)
 
     @classmethod
+    def layout(cls, n: int, dim: int, config) -> dict[str, tuple[tuple, str]]:
+        """Each file's shape (None: any length there) and dtype for ``n`` vectors of ``dim``:
+        what opening an index checks before any kernel reads it (storage/validate.py)."""
+        return {}
+
+    @classmethod
     def bytes_on_disk(cls, folder: Path) -> int:
         """Bytes of everything search reads to score documents (codes, codebooks, offsets)."""
         return sum((folder / f).stat().st_size for f in (*cls.files, "doc_offsets.npy") if (folder / f).is_file())
@@ -119,6 +125,10 @@ class Float16Store(StoreBase):
     def write(cls, folder: Path, vectors: np.ndarray, config) -> dict:
         np.save(folder / "vectors.npy", np.asarray(vectors).astype(np.float16))
         return {}
+
+    @classmethod
+    def layout(cls, n, dim, config):
+        return {"vectors.npy": ((n, dim), "float16")}
 
     @classmethod
     def open(cls, folder: Path, config, dim: int, doc_offsets: np.ndarray) -> "Float16Store":
@@ -197,6 +207,10 @@ class Int8Store(CodedStore):
         np.save(folder / "codes.npy", codes)
         np.save(folder / "scales.npy", scales)
         return {}
+
+    @classmethod
+    def layout(cls, n, dim, config):
+        return {"codes.npy": ((n, dim), "uint8"), "scales.npy": ((n,), "float32")}
 
     @classmethod
     def open(cls, folder: Path, config, dim: int, doc_offsets: np.ndarray) -> "Int8Store":

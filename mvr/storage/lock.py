@@ -1,0 +1,76 @@
+"""One writer per index name, between processes: ``fcntl.flock`` on a lock file beside the index
+(storage/layout.py says what else lives there)."""
+
+from __future__ import annotations
+
+import fcntl
+import os
+from pathlib import Path
+
+from ..errors import IndexLockedError
+
+
+class WriterLock:
+    """The one-writer-per-name lock: ``fcntl.flock`` on ``FOLDER/.NAME.lock``, which holds the
+    holder's PID. The kernel drops the lock when its holder dies, so a file left by a killed
+    writer blocks nobody; :meth:`release` removes the file while still holding it, and
+    :meth:`try_acquire` retries when the file it locked was removed meanwhile, so two writers can
+    never hold two different files of one name."""
+
+    def __init__(self, folder: Path, name: str, label: str | None = None):
+        self.path = Path(folder) / f".{name}.lock"
+        self.name = name
+        self.label = label or f"index {name!r}"
+        self._fd: int | None = None
+
+    @property
+    def held(self) -> bool:
+        return self._fd is not None
+
+    def try_acquire(self) -> bool:
+        while self._fd is None:
+            fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                here, locked = os.stat(self.path), os.fstat(fd)
+                if (here.st_dev, here.st_ino) == (locked.st_dev, locked.st_ino):
+                    os.ftruncate(fd, 0)
+                    os.write(fd, f"{os.getpid()}\n".encode())
+                    self._fd = fd
+                    continue
+            except BlockingIOError:
+                os.close(fd)
+                return False
+            except FileNotFoundError:  # removed by the holder that released it: lock the new one
+                pass
+            except BaseException:
+                os.close(fd)
+                raise
+            os.close(fd)
+        return True
+
+    def acquire(self) -> "WriterLock":
+        if not self.try_acquire():
+            pid = self.holder()
+            who = f"PID {pid}" if pid else "another process"
+            raise IndexLockedError(
+                f"{self.label} is being written by {who}; wait for it to finish or stop that process, then run this again "
+                f"(mvr lets one process at a time write a name; lock file {self.path})."
+            )
+        return self
+
+    def holder(self) -> int | None:
+        try:
+            text = self.path.read_text(encoding="ascii").strip()
+        except (OSError, UnicodeDecodeError):
+            return None
+        return int(text) if text.isdigit() else None
+
+    def release(self) -> None:
+        if self._fd is not None:
+            try:
+                os.unlink(self.path)
+            except FileNotFoundError:
+                pass
+            os.close(self._fd)
+            self._fd = None

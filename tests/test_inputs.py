@@ -1,0 +1,224 @@
+"""Bad input at the edges: document ids, file encodings and byte order marks, empty query files,
+a huge k, huge documents, and control characters in what `mvr search` prints."""
+
+import json
+import re
+import time
+
+import numpy as np
+import pytest
+
+from conftest import FAST
+from mvr import CorpusError, Index, QueryError, read_corpus
+from mvr.cli import main
+from mvr.cli.common import read_queries
+from mvr.corpus import Document, as_documents
+
+DOCS = [
+    ("d1", "Cats purr softly on the sofa."),
+    ("d2", "Dogs bark at night."),
+    ("d3", "Red \x1b[31mALERT\x1b[0m: the kettle \x07 boils."),
+    ("d4", "Green tea is rich in catechins."),
+]
+BOM = b"\xef\xbb\xbf"
+
+
+def run(capsys, *argv):
+    code = main([str(a) for a in argv])
+    out, err = capsys.readouterr()
+    return code, out, err
+
+
+@pytest.fixture(scope="module")
+def index(tmp_path_factory, default_encoder):
+    return Index.build(DOCS, tmp_path_factory.mktemp("inputs") / "idx", encoder=default_encoder, config=FAST)
+
+
+# -- document ids ----------------------------------------------------------------------------
+
+BAD_IDS = [
+    ("", "is empty"),
+    ("dup\x00", "holds a control character"),
+    ("a\x1b[31m", "holds a control character"),
+    ("a\tb", "holds whitespace"),
+    ("a\nb", "holds whitespace"),
+    ("a\rb", "holds whitespace"),
+    ("a b", "holds whitespace"),
+    ("a\u00a0b", "holds whitespace"),
+    ("a\u2028b", "holds whitespace"),
+    ("a\u200bb", "holds an invisible format character"),
+    ("\u202eab", "holds an invisible format character"),
+]
+
+
+@pytest.mark.parametrize("bad, problem", BAD_IDS)
+def test_bad_document_ids_name_the_line_and_the_id(tmp_path, bad, problem):
+    corpus = tmp_path / "c.jsonl"
+    corpus.write_text(json.dumps({"_id": "dup", "text": "one"}) + "\n" + json.dumps({"_id": bad, "text": "two"}) + "\n")
+    with pytest.raises(CorpusError, match=re.escape(f"c.jsonl:2: document id {bad!r} {problem}") + ".*TREC"):
+        list(read_corpus(corpus))
+    for item in ({"id": bad, "text": "two"}, (bad, "two"), Document(bad, "two")):
+        with pytest.raises(CorpusError, match=re.escape(f"document #1: document id {bad!r} {problem}")):
+            list(as_documents([("ok", "one"), item]))
+
+
+def test_integer_ids_stay_allowed():
+    docs = list(as_documents([{"id": 7, "text": "x"}, (8, "y"), {"_id": -1, "text": "z"}]))
+    assert [d.id for d in docs] == ["7", "8", "-1"]
+
+
+def test_file_names_with_spaces_are_refused_as_ids(tmp_path):
+    folder = tmp_path / "notes"
+    folder.mkdir()
+    (folder / "my notes.txt").write_text("about cats")
+    with pytest.raises(CorpusError, match=r"my notes.txt: document id 'my notes.txt' holds whitespace.*rename the file"):
+        list(read_corpus(folder))
+    with pytest.raises(CorpusError, match=r"document id 'my notes.txt' holds whitespace.*rename the file"):
+        list(read_corpus(folder / "my notes.txt"))
+
+
+def test_cli_refuses_a_control_character_id_without_writing_an_index(tmp_path, capsys):
+    corpus = tmp_path / "c.jsonl"
+    corpus.write_text(json.dumps({"_id": "dup", "text": "one"}) + "\n" + json.dumps({"_id": "dup\x00", "text": "two"}) + "\n")
+    home = tmp_path / "home"
+    code, out, err = run(capsys, "index", corpus, "--name", "x", "--index-dir", home, "--quiet", "--no-fde", "--sparse", "none")
+    assert code == 2 and "Traceback" not in err
+    assert err.startswith("mvr: error: ") and f"{corpus}:2: document id 'dup\\x00' holds a control character" in err
+    assert not (home / "x").exists()
+
+
+# -- encodings -------------------------------------------------------------------------------
+
+
+def test_non_utf8_files_name_the_file_and_line(tmp_path, index, capsys):
+    # the bad byte far past the decoder's first read, so that the line number is the byte's own
+    good = b"".join(json.dumps({"_id": f"d{i}", "text": "ok"}).encode() + b"\n" for i in range(1000))
+    corpus = tmp_path / "latin1.jsonl"
+    corpus.write_bytes(good + b'{"_id": "b", "text": "caf\xe9"}\n')
+    with pytest.raises(CorpusError, match=r"latin1.jsonl:1001: not UTF-8 text \(byte 0xe9 .*convert the file to UTF-8"):
+        list(read_corpus(corpus))
+    single = tmp_path / "note.txt"
+    single.write_bytes(b"line one\ncaf\xe9\n")
+    with pytest.raises(CorpusError, match=r"note.txt:2: not UTF-8 text.*convert the file to UTF-8"):
+        list(read_corpus(single))
+    folder = tmp_path / "notes"
+    folder.mkdir()
+    (folder / "a.txt").write_bytes(b"\xff\xfeh\x00i\x00")  # UTF-16
+    with pytest.raises(CorpusError, match=r"a.txt:1: not UTF-8 text.*convert the file to UTF-8"):
+        list(read_corpus(folder))
+
+    tsv = tmp_path / "latin1.tsv"
+    tsv.write_bytes(b"q1\tcats\nq2\tcaf\xe9\n")
+    with pytest.raises(QueryError, match=r"latin1.tsv:2: not UTF-8 text.*convert the file to UTF-8"):
+        read_queries(tsv)
+    queries = tmp_path / "latin1.jsonl"
+    queries.write_bytes(b'{"_id": "q1", "text": "caf\xe9"}\n')
+    with pytest.raises(QueryError, match=r"latin1.jsonl:1: not UTF-8 text"):
+        read_queries(queries)
+    code, out, err = run(capsys, "search", index.path, "--queries", tsv)
+    assert code == 2 and out == "" and "Traceback" not in err
+    assert err.startswith("mvr: error: ") and "latin1.tsv:2: not UTF-8 text" in err
+
+
+def test_byte_order_mark_is_dropped(tmp_path):
+    corpus = tmp_path / "bom.jsonl"
+    corpus.write_bytes(BOM + b'{"_id": "a", "text": "one"}\n{"_id": "b", "text": "two"}\n')
+    assert [(d.id, d.text) for d in read_corpus(corpus)] == [("a", "one"), ("b", "two")]
+    single = tmp_path / "note.txt"
+    single.write_bytes(BOM + b"hello")
+    assert [d.text for d in read_corpus(single)] == ["hello"]
+    folder = tmp_path / "notes"
+    folder.mkdir()
+    (folder / "a.md").write_bytes(BOM + b"# Alpha")
+    assert [d.text for d in read_corpus(folder)] == ["# Alpha"]
+    tsv = tmp_path / "q.tsv"
+    tsv.write_bytes(BOM + b"q1\thello\r\nq2\tworld\r\n")
+    assert read_queries(tsv) == [("q1", "hello"), ("q2", "world")]
+    queries = tmp_path / "q.jsonl"
+    queries.write_bytes(BOM + b'{"_id": "q1", "text": "hello"}\n')
+    assert read_queries(queries) == [("q1", "hello")]
+
+
+# -- queries ---------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("name, content", [("q.tsv", ""), ("q.tsv", "\n  \n\n"), ("q.jsonl", ""), ("q.jsonl", "\n\n")])
+def test_empty_queries_file_is_an_error(tmp_path, index, capsys, name, content):
+    path = tmp_path / name
+    path.write_text(content)
+    code, out, err = run(capsys, "search", index.path, "--queries", path)
+    assert code == 2 and out == ""
+    assert err.startswith("mvr: error: ") and f"{path} holds no queries" in err
+
+
+def test_huge_k_is_capped_at_the_documents(index, capsys):
+    ids = sorted(doc_id for doc_id, _ in DOCS)
+    results = index.search(["cats", "tea"], k=10**12)
+    assert results.indices.shape == results.scores.shape == (2, len(DOCS))
+    assert (results.indices >= 0).all() and np.isfinite(results.scores).all()
+    for hits in results:
+        assert sorted(h.id for h in hits) == ids and [h.rank for h in hits] == [1, 2, 3, 4]
+    assert results.doc_ids[0][0] == "d1" and len(results.to_trec(["a", "b"])) == 2 * len(DOCS)
+    encoded = index.search_encoded(index.encode_queries("cats"), np.int64(10**12))
+    assert encoded.indices.shape == (1, len(DOCS))
+    assert index.search("cats", k=2).indices.shape == (1, 2)
+    for bad in (0, -1, 2.5, True, "3"):
+        with pytest.raises(QueryError, match="k must be a positive integer"):
+            index.search("cats", k=bad)
+
+    code, out, _ = run(capsys, "search", index.path, "cats", "-k", "10000000000", "--trec")
+    rows = [line.split() for line in out.splitlines()]
+    assert code == 0 and sorted(row[2] for row in rows) == ids and [row[3] for row in rows] == ["1", "2", "3", "4"]
+    code, out, _ = run(capsys, "search", index.path, "cats", "-k", "10000000000", "--json")
+    assert code == 0 and sorted(h["id"] for h in json.loads(out)["hits"]) == ids
+
+
+# -- huge documents --------------------------------------------------------------------------
+
+
+def test_long_document_is_cut_before_tokenising(default_encoder):
+    encoder = default_encoder
+    long = ("cats purr softly and dogs bark loudly at night " * 110_000)[:5_000_000]
+    started = time.perf_counter()
+    (ids,) = encoder.tokenize_documents([long])
+    assert time.perf_counter() - started < 2.0  # tokenising it whole took 8 s and 1.5 GB
+    kept = encoder.spec.doc_maxlen - 2 - (encoder.spec.doc_marker is not None)
+    reference = encoder.tokenizer(long[:50_000], add_special_tokens=False)["input_ids"][:kept]
+    assert len(ids) == encoder.spec.doc_maxlen and ids[-kept - 1 : -1] == reference
+    whole, head = encoder.encode_documents([long]), encoder.encode_documents([long[:50_000]])
+    np.testing.assert_array_equal(whole.vectors, head.vectors)
+    np.testing.assert_array_equal(whole.token_ids, head.token_ids)
+    assert whole.truncated.tolist() == [True]
+
+
+def test_cutting_never_changes_the_tokens_or_the_truncated_flag(default_encoder):
+    encoder = default_encoder
+    kept = encoder.spec.doc_maxlen - 2 - (encoder.spec.doc_marker is not None)
+    texts = [
+        " " * 100_000 + "cats purr",  # the words lie past any first cut
+        "\x00" * 70_000 + " dogs bark",  # characters the tokenizer drops
+        "x" * 40_000 + " tea",  # no break inside the first window
+        "word " * kept + " " * 100_000,  # exactly the tokens that fit: not truncated
+        "word " * (kept + 1) + " " * 100_000,  # one more: truncated
+        "short text",
+    ]
+    got = encoder.tokenize_documents(texts)
+    for text, ids in zip(texts, got):
+        full = encoder.tokenizer(text, add_special_tokens=False)["input_ids"][:kept]
+        assert ids[len(ids) - 1 - len(full) : -1] == full
+    assert encoder.encode_documents(texts).truncated.tolist() == [False, False, False, False, True, False]
+
+
+# -- what `mvr search` prints ----------------------------------------------------------------
+
+
+def test_plain_output_escapes_control_characters(tmp_path, index, capsys):
+    code, out, _ = run(capsys, "search", index.path, "kettle alert", "-k", "4")
+    assert code == 0 and "\x1b" not in out and "\x07" not in out
+    assert "Red \\x1b[31mALERT\\x1b[0m: the kettle \\x07 boils." in out
+    queries = tmp_path / "q.tsv"
+    queries.write_text("q1\tkettle \x1b[2J alert\n")
+    code, out, _ = run(capsys, "search", index.path, "--queries", queries, "-k", "1")
+    assert code == 0 and "\x1b" not in out and out.startswith("## q1: kettle \\x1b[2J alert\n")
+    code, out, _ = run(capsys, "search", index.path, "kettle alert", "-k", "4", "--json")
+    assert code == 0 and DOCS[2][1] in [h["text"] for h in json.loads(out)["hits"]]  # JSON keeps the text itself

@@ -1,0 +1,227 @@
+"""Writing the index home safely: only mvr's own folders are replaced, names stay under the home,
+one writer per name (a real lock between real processes), and what killed writers leave behind
+is put back or removed by the next one."""
+
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from conftest import DOCS, FAST
+from mvr import ConfigError, Encoder, Index, IndexExistsError, IndexNotFoundError
+from mvr.cli import main
+from mvr.errors import IndexLockedError
+from mvr.storage.layout import StagingDir, locate, target_path
+
+DOC_LIST = [{"_id": i, "title": t, "text": x} for i, t, x in DOCS]
+
+# A real second process: opens a build of HOME/idx (taking the writer lock), writes a part, says
+# where, then sleeps until killed.
+HOLDER = (
+    "import sys, time\n"
+    "from pathlib import Path\n"
+    "from mvr.storage.layout import StagingDir\n"
+    "staging = StagingDir(Path(sys.argv[1]) / 'idx', overwrite=True)\n"
+    "(staging.path / 'vectors.npy').write_bytes(b'x' * 4096)\n"
+    "print(staging.path, flush=True)\n"
+    "time.sleep(600)\n"
+)
+
+
+@pytest.fixture(scope="module")
+def plain_encoder(models):
+    return Encoder(models["plain"])
+
+
+def _fake_index(folder: Path, note: str = "") -> Path:
+    folder.mkdir(parents=True)
+    (folder / "manifest.json").write_text(json.dumps({"format": "mvr-index", "note": note}))
+    return folder
+
+
+def _hidden(home: Path) -> list[str]:
+    return sorted(p.name for p in home.iterdir() if p.name.startswith("."))
+
+
+def _run(capsys, *argv):
+    code = main([str(a) for a in argv])
+    out, err = capsys.readouterr()
+    return code, out, err
+
+
+@pytest.mark.parametrize("manifest", ['{"album": "holidays"}', '{"format": "mvr-fde"}', "not json at all", "[1, 2]"])
+def test_overwrite_replaces_only_a_folder_mvr_created(tmp_path, beir, models, capsys, manifest):
+    folder = tmp_path / "photos"
+    folder.mkdir()
+    (folder / "manifest.json").write_text(manifest)
+    (folder / "holiday.jpg").write_bytes(b"\xff\xd8 not really a jpeg")
+    before = {p.name: p.read_bytes() for p in folder.iterdir()}
+    code, _, err = _run(capsys, "index", beir / "corpus.jsonl", "--path", folder, "--overwrite", "--model", models["plain"], "--no-fde", "--sparse", "none", "--quiet")
+    assert code == 2 and err.startswith("mvr: error: ") and len(err.strip().splitlines()) == 1
+    assert str(folder) in err and "mvr will not replace a folder it did not create" in err
+    with pytest.raises(IndexExistsError, match="photos is not an mvr index .*will not replace a folder it did not create"):
+        StagingDir(folder, overwrite=True)
+    assert {p.name: p.read_bytes() for p in folder.iterdir()} == before
+    assert _hidden(tmp_path) == []  # the refused writer left no lock or staging behind
+
+
+def test_overwrite_still_replaces_an_index_and_an_empty_folder(tmp_path, plain_encoder):
+    index = Index.build(DOC_LIST, tmp_path / "idx", encoder=plain_encoder, config=FAST)
+    rebuilt = Index.build([("only", "one document")], tmp_path / "idx", encoder=plain_encoder, config=FAST, overwrite=True)
+    assert list(rebuilt.doc_ids) == ["only"] and rebuilt.path == index.path
+    (tmp_path / "empty").mkdir()
+    assert list(Index.build([("a", "cats")], tmp_path / "empty", encoder=plain_encoder, config=FAST).doc_ids) == ["a"]
+    assert _hidden(tmp_path) == []
+
+
+@pytest.mark.parametrize("name", ["../escape", "a/b", "/tmp/abs", "..", ".", ".hidden", "tab\tname", "bell\x07", " padded", "back\\slash", "", "x" * 201])
+def test_a_name_stays_under_the_index_home(tmp_path, beir, models, capsys, name):
+    home = tmp_path / "deep" / "home"
+    code, _, err = _run(capsys, "index", beir / "corpus.jsonl", "--name", name, "--index-dir", home, "--model", models["plain"], "--no-fde", "--sparse", "none", "--quiet")
+    assert code == 2 and err.startswith("mvr: error: invalid index name") and "--path PATH" in err and len(err.strip().splitlines()) == 1
+    with pytest.raises(ConfigError, match=r"invalid index name .*pathlib\.Path"):
+        Index.build(DOC_LIST, name, home=home)
+    assert not (tmp_path / "escape").exists() and not (tmp_path / "deep" / "escape").exists() and not home.exists()
+
+
+def test_paths_are_given_explicitly(tmp_path, beir, models, capsys):
+    home, elsewhere = tmp_path / "home", tmp_path / "elsewhere" / "idx"
+    common = ("--model", models["plain"], "--no-fde", "--sparse", "none", "--quiet")
+    code, out, _ = _run(capsys, "index", beir / "corpus.jsonl", "--path", elsewhere, "--index-dir", home, *common)
+    assert code == 0 and str(elsewhere) in out and (elsewhere / "manifest.json").is_file() and not home.exists()
+    assert locate(str(elsewhere)) == elsewhere  # reading still takes a path
+    code, out, _ = _run(capsys, "index", beir / "corpus.jsonl", "--name", "tiny", "--index-dir", home, *common)
+    assert code == 0 and (home / "tiny" / "manifest.json").is_file()
+    code, out, _ = _run(capsys, "search", home / "tiny", "which animal purrs?", "-k", "1")
+    assert code == 0 and out.splitlines()[0].split()[:3] == ["rank", "score", "id"]  # a random model: any hit will do
+    for both_or_neither in (["--name", "x", "--path", tmp_path / "x"], []):
+        with pytest.raises(SystemExit) as exit_:
+            main(["index", str(beir / "corpus.jsonl"), *map(str, both_or_neither)])
+        assert exit_.value.code == 2
+    assert "one of the arguments --name --path is required" in capsys.readouterr().err
+    with pytest.raises(ConfigError, match="give the path of the index folder itself"):
+        target_path(tmp_path / "..")
+
+
+def test_one_writer_per_name_and_a_killed_one_is_cleaned_up(tmp_path, beir, models, capsys):
+    home = tmp_path / "home"
+    # folders an interrupted build of the old layout left (no PID in the name), and an old copy
+    # of an index that is present
+    home.mkdir()
+    (home / ".idx.building-k3j_9x2q").mkdir()
+    (home / ".idx.building-k3j_9x2q" / "vectors.raw").write_bytes(b"\0" * 1000)
+    _fake_index(home / "other")
+    _fake_index(home / ".other.old-77-abcdefgh")
+    holder = subprocess.Popen([sys.executable, "-c", HOLDER, str(home)], stdout=subprocess.PIPE, text=True)
+    try:
+        staging = Path(holder.stdout.readline().strip())
+        assert staging.parent == home and staging.name.startswith(f".idx.building-{holder.pid}-") and staging.is_dir()
+        assert not (home / ".idx.building-k3j_9x2q").exists()  # the holder cleaned up on starting
+        assert (home / ".idx.lock").read_text().strip() == str(holder.pid)
+        with pytest.raises(IndexLockedError, match=rf"^index 'idx' is being written by PID {holder.pid}; wait for it"):
+            StagingDir(home / "idx", overwrite=True)
+        code, _, err = _run(capsys, "index", beir / "corpus.jsonl", "--name", "idx", "--index-dir", home, "--overwrite", "--model", models["plain"], "--quiet")
+        assert code == 2 and err.strip() == err.strip().splitlines()[0] and f"mvr: error: index 'idx' is being written by PID {holder.pid}" in err
+        # another name is free to write, and its writer leaves the live build's folder alone
+        with StagingDir(home / "second", overwrite=False) as other:
+            assert other.path.name.startswith(f".second.building-{os.getpid()}-")
+        assert staging.is_dir() and (staging / "vectors.npy").stat().st_size == 4096
+    finally:
+        holder.send_signal(signal.SIGKILL)
+        holder.wait()
+        holder.stdout.close()
+    assert staging.is_dir() and (home / ".idx.lock").exists()  # what the killed writer left
+    with StagingDir(home / "idx", overwrite=True) as mine:  # the lock died with its holder
+        assert not staging.exists()
+        assert (home / ".idx.lock").read_text().strip() == str(os.getpid())
+        assert _hidden(home) == sorted([".idx.lock", mine.path.name])
+    assert _hidden(home) == [] and sorted(p.name for p in home.iterdir()) == ["other"]
+
+
+def test_overlapping_builds_of_one_name_do_not_both_succeed(tmp_path, plain_encoder):
+    home = tmp_path / "home"
+    first = StagingDir(target_path("idx", home), overwrite=True)
+    with pytest.raises(IndexLockedError, match=f"PID {os.getpid()}"):
+        Index.build(DOC_LIST, "idx", home=home, encoder=plain_encoder, config=FAST, overwrite=True)
+    with first:
+        (first.path / "manifest.json").write_text(json.dumps({"format": "mvr-index"}))
+        first.commit()
+    assert Index.build(DOC_LIST, "idx", home=home, encoder=plain_encoder, config=FAST, overwrite=True).path == home / "idx"
+    assert _hidden(home) == []
+
+
+def test_a_swap_killed_between_its_renames_is_put_back(tmp_path, plain_encoder):
+    home = tmp_path / "home"
+    built = Index.build(DOC_LIST, "idx", home=home, encoder=plain_encoder, config=FAST)
+    expected = built.search("which animal purrs?", k=3).indices
+    os.replace(home / "idx", home / ".idx.old-4242-x1y2z3w4")  # the first rename of a commit, then the kill
+    # the reader renames it back
+    reopened = Index.open("idx", home=home, model=plain_encoder)
+    assert reopened.path == home / "idx" and _hidden(home) == []
+    assert (reopened.search("which animal purrs?", k=3).indices == expected).all()
+    # so does locate given a path, and the next writer
+    os.replace(home / "idx", home / ".idx.old-4242-x1y2z3w4")
+    assert locate(home / "idx") == home / "idx" and _hidden(home) == []
+    os.replace(home / "idx", home / ".idx.old-4242-x1y2z3w4")
+    with pytest.raises(IndexExistsError, match="pass overwrite=True"):
+        Index.build(DOC_LIST, "idx", home=home, encoder=plain_encoder, config=FAST)
+    assert (home / "idx" / "manifest.json").is_file() and _hidden(home) == []
+
+
+def test_a_finished_but_uncommitted_build_is_never_promoted(tmp_path, plain_encoder):
+    home = tmp_path / "home"
+    Index.build(DOC_LIST, "idx", home=home, encoder=plain_encoder, config=FAST)
+    shutil.move(home / "idx", home / ".idx.building-999999-abcdefgh")
+    with pytest.raises(IndexNotFoundError, match="no index named or at 'idx'"):
+        locate("idx", home)
+    assert (home / ".idx.building-999999-abcdefgh").is_dir()
+    with StagingDir(home / "idx", overwrite=False):  # the next writer removes it: no one runs it
+        assert not (home / ".idx.building-999999-abcdefgh").exists()
+
+
+def test_a_hidden_copy_that_cannot_be_put_back_is_named(tmp_path):
+    home = tmp_path / "home"
+    hidden = _fake_index(home / ".idx.old-4242-x1y2z3w4")
+    holder = subprocess.Popen([sys.executable, "-c", HOLDER, str(home)], stdout=subprocess.PIPE, text=True)
+    try:
+        holder.stdout.readline()  # the holder put it back on starting: hide it again under its lock
+        os.replace(home / "idx", hidden)
+        with pytest.raises(IndexNotFoundError, match=f"An intact copy, hidden by an interrupted rebuild, is at {hidden}"):
+            locate("idx", home, wait=0.2)
+        assert hidden.is_dir() and not (home / "idx").exists()  # a reader never renames under a live writer
+    finally:
+        holder.send_signal(signal.SIGKILL)
+        holder.wait()
+        holder.stdout.close()
+    assert locate("idx", home) == home / "idx" and not hidden.exists()
+
+
+def test_rebuilding_a_stage_replaces_its_folder_and_leaves_no_hidden_files(tmp_path, plain_encoder):
+    from mvr.config import IndexConfig
+
+    index = Index.build(DOC_LIST, tmp_path / "idx", encoder=plain_encoder, config=IndexConfig(fde=None, sparse=("bm25s",)))
+    index.build_stage("bm25s")
+    assert _hidden(index.path) == [] and Index.open(index.path, model=plain_encoder).search("cats purr", k=1, first_stage="bm25s", rerank=False).doc_ids[0] == ["d1"]
+    shutil.rmtree(index.path / "bm25s")
+    (index.path / "bm25s").mkdir()
+    (index.path / "bm25s" / "manifest.json").write_text('{"format": "mvr-index"}')
+    with pytest.raises(IndexExistsError, match="'mvr-sparse'"):
+        index.build_stage("bm25s")
+
+
+def test_a_file_where_a_folder_should_be_is_a_clear_error(tmp_path, capsys):
+    from mvr.cli import main
+
+    (tmp_path / "afile").write_text("not an index")
+    (tmp_path / "c.jsonl").write_text('{"id": "a", "text": "cats"}\n')
+    for path in (tmp_path / "afile", tmp_path / "afile" / "sub"):
+        assert main(["index", str(tmp_path / "c.jsonl"), "--path", str(path), "--no-fde", "--quiet"]) == 2
+        assert "mvr: error:" in capsys.readouterr().err
+    assert main(["search", str(tmp_path / "afile"), "cats"]) == 2
+    assert "is a file, not an index folder" in capsys.readouterr().err
+    assert (tmp_path / "afile").read_text() == "not an index"
