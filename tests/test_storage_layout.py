@@ -225,3 +225,18 @@ def test_a_file_where_a_folder_should_be_is_a_clear_error(tmp_path, capsys):
     assert main(["search", str(tmp_path / "afile"), "cats"]) == 2
     assert "is a file, not an index folder" in capsys.readouterr().err
     assert (tmp_path / "afile").read_text() == "not an index"
+
+
+def test_a_built_index_has_the_mode_the_umask_gives(tmp_path, default_encoder):
+    import os
+    import stat
+
+    from conftest import FAST
+    from mvr import Index
+
+    old = os.umask(0o022)
+    try:
+        index = Index.build([("a", "cats purr")], tmp_path / "idx", config=FAST, encoder=default_encoder)
+    finally:
+        os.umask(old)
+    assert stat.S_IMODE(index.path.stat().st_mode) == 0o755  # not mkdtemp's 0700: others may read it

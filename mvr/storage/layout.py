@@ -19,6 +19,7 @@ import json
 import os
 import re
 import shutil
+import secrets
 import tempfile
 import time
 from pathlib import Path
@@ -30,6 +31,18 @@ from .manifest import MANIFEST, write_manifest
 
 # mkdtemp's random part is 8 characters of [a-z0-9_]; folders from before the PID was added lack it
 _LEFTOVER = re.compile(r"^\.(?P<name>.+?)(?:\.(?P<kind>building|old)-(?:\d+-)?[a-z0-9_]{8}|\.(?P<lock>lock))$")
+
+
+def _new_folder(home: Path, prefix: str) -> Path:
+    """A new folder ``prefix`` + 8 random characters in ``home``, with the mode the umask gives
+    (mkdtemp's 0700 would leave every committed index readable by its owner only)."""
+    while True:
+        folder = home / (prefix + secrets.token_hex(4))
+        try:
+            folder.mkdir()
+            return folder
+        except FileExistsError:
+            continue
 
 
 def default_home() -> Path:
@@ -128,7 +141,7 @@ class StagingDir:
         try:
             _tidy(home, self.formats, self._lock)
             self._check(overwrite)
-            self.path = Path(tempfile.mkdtemp(prefix=f".{self.target.name}.building-{os.getpid()}-", dir=home))
+            self.path = _new_folder(home, f".{self.target.name}.building-{os.getpid()}-")
         except BaseException:
             self._lock.release()
             raise
