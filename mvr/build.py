@@ -30,6 +30,7 @@ from .registry import store_class
 from .stages import BuildSource, build_stage, stage_class
 from .storage import Blob, BlobWriter, StagingDir, sha256_file, target_path
 from .storage.formats import INDEX_FORMAT, INDEX_VERSION, TOKEN_IDS
+from .storage.metadata import MetadataWriter
 from .storage.manifest import MANIFEST
 from .threads import cpu_threads
 from .vectors import compact_vectors, fit_pca, needs_token_ids, project
@@ -230,6 +231,7 @@ def _encode_corpus(documents, encoder: Encoder, config: IndexConfig, folder: Pat
     truncated = skipped = 0
     texts = BlobWriter(folder, "text")
     titles = BlobWriter(folder, "title")
+    metadata = MetadataWriter()
     bar = progress(desc="indexing", unit="doc", show=show_progress)
     try:
         with open(folder / "vectors.raw", "wb") as raw:
@@ -250,6 +252,7 @@ def _encode_corpus(documents, encoder: Encoder, config: IndexConfig, folder: Pat
                             f"{doc.where}: document {doc.id!r} has no text. Remove it, give it text, "
                             "or skip such documents (skip_empty=True, CLI --skip-empty)."
                         )
+                    metadata.add(doc.metadata, doc.where)  # one type per field, checked before encoding
                     kept.append(doc)
                 if not kept:
                     continue
@@ -269,6 +272,7 @@ def _encode_corpus(documents, encoder: Encoder, config: IndexConfig, folder: Pat
         bar.close()
         texts.close()
         titles.close()
+    metadata.close(folder)
     if not ids:
         raise CorpusError("the corpus holds no documents" + (f" ({skipped} empty ones skipped)" if skipped else "") + "; nothing to index.")
     doc_lengths = np.concatenate(lengths)

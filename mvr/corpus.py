@@ -8,8 +8,9 @@ later errors (duplicate ids, empty documents) can point at it.
 from __future__ import annotations
 
 import json
+import math
 import unicodedata
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Iterable, Iterator
 
@@ -21,12 +22,14 @@ _FORMS = 'a BEIR corpus.jsonl (or its dataset folder), a JSONL file of {"id", "t
 
 @dataclass(frozen=True)
 class Document:
-    """One document: ``id`` unique in its corpus, ``text``, optional ``title``."""
+    """One document: ``id`` unique in its corpus, ``text``, optional ``title`` and ``metadata``
+    (field -> a string, a number, a bool or a list of strings)."""
 
     id: str
     text: str
     title: str = ""
     where: str = ""
+    metadata: dict = field(default_factory=dict, compare=False)
 
     @property
     def full_text(self) -> str:
@@ -118,6 +121,30 @@ def read_jsonl_objects(path: Path, error_class: type = CorpusError) -> Iterator[
         yield line_number, obj
 
 
+_RESERVED = ("_id", "id", "text", "contents", "title", "metadata")
+
+
+def check_metadata(values, where: str) -> dict:
+    """Metadata as stored: a dict of field -> str, finite number, bool or list of strings
+    (None: the field is absent); anything else is a CorpusError saying which field."""
+    if values is None:
+        return {}
+    if not isinstance(values, dict):
+        raise CorpusError(f'{where}: "metadata" must be an object of fields, got {type(values).__name__}.')
+    out = {}
+    for name, value in values.items():
+        if not isinstance(name, str) or not name or name.startswith("$"):
+            raise CorpusError(f"{where}: metadata field name {name!r} must be a non-empty string not starting with '$'.")
+        if value is None:
+            continue
+        ok = isinstance(value, (str, bool)) or (isinstance(value, (int, float)) and math.isfinite(value))
+        ok = ok or (isinstance(value, list) and all(isinstance(v, str) for v in value))
+        if not ok:
+            raise CorpusError(f"{where}: metadata field {name!r} is {value!r}; a field holds a string, a finite number, true/false or a list of strings.")
+        out[name] = value
+    return out
+
+
 def _document_from_object(obj: dict, where: str) -> Document:
     doc_id = obj.get("_id", obj.get("id"))
     if doc_id is None:
@@ -129,7 +156,10 @@ def _document_from_object(obj: dict, where: str) -> Document:
     title = obj.get("title") or ""
     if not isinstance(text, str) or not isinstance(title, str):
         raise CorpusError(f'{where}: document {doc_id!r}: "text" and "title" must be strings.')
-    return Document(id=doc_id, text=text, title=title, where=where)
+    # a "metadata" object, and any other field of the line, are kept as metadata
+    metadata = check_metadata(obj.get("metadata"), where)
+    metadata.update(check_metadata({k: v for k, v in obj.items() if k not in _RESERVED}, where))
+    return Document(id=doc_id, text=text, title=title, where=where, metadata=metadata)
 
 
 def read_jsonl(path: Path) -> Iterator[Document]:
@@ -171,7 +201,7 @@ def as_documents(items: Iterable) -> Iterator[Document]:
         where = f"document #{position}"
         if isinstance(item, Document):
             where = item.where or where
-            yield Document(check_id(item.id, where), item.text, item.title, where)
+            yield Document(check_id(item.id, where), item.text, item.title, where, check_metadata(item.metadata, where))
         elif isinstance(item, dict):
             yield _document_from_object(item, where)
         elif isinstance(item, str):

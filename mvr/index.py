@@ -29,6 +29,7 @@ from .search import SearchOptions
 from .stages import Hybrid, QueryBatch, has_stage, open_stage, stage_class
 from .storage import Blob, locate, read_manifest
 from .storage.formats import FDE_FORMAT, FDE_VERSION, TOKEN_IDS
+from .storage.metadata import Metadata
 from .vectors import project
 
 _MOVED = {
@@ -73,6 +74,7 @@ class Index:
         self._texts = Blob(self.path, "text")
         self._titles = Blob(self.path, "title")
         self.projection = load_array(self.path, "projection.npy") if (self.path / "projection.npy").is_file() else None
+        self.metadata = Metadata(self.path, self.n_docs)
         self.splade_model = splade_model
         self._model = model
         self._encoder: Encoder | None = None
@@ -171,7 +173,7 @@ class Index:
     # -- documents -----------------------------------------------------------------------------
     def document(self, position: int) -> Document:
         """The document at ``position`` (corpus order)."""
-        return Document(id=str(self.doc_ids[position]), text=self._texts[position], title=self._titles[position])
+        return Document(id=str(self.doc_ids[position]), text=self._texts[position], title=self._titles[position], metadata=self.metadata.row(position))
 
     def documents(self) -> Iterable[Document]:
         """Every document, in index order."""

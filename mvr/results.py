@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Sequence
 
 import numpy as np
@@ -12,7 +12,7 @@ from .errors import QueryError
 
 @dataclass(frozen=True)
 class Hit:
-    """One retrieved document: its rank (from 1), external id, MaxSim score, title and text."""
+    """One retrieved document: its rank (from 1), external id, MaxSim score, title, text and metadata."""
 
     rank: int
     id: str
@@ -20,6 +20,7 @@ class Hit:
     text: str
     title: str
     position: int  # row of the document in the index (corpus order)
+    metadata: dict = field(default_factory=dict)
 
 
 class Results:
@@ -47,7 +48,7 @@ class Results:
             if position < 0:
                 break
             doc = self._index.document(int(position))
-            hits.append(Hit(rank, doc.id, float(score), doc.text, doc.title, int(position)))
+            hits.append(Hit(rank, doc.id, float(score), doc.text, doc.title, int(position), doc.metadata))
         return hits
 
     def __iter__(self):

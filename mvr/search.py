@@ -54,6 +54,8 @@ class SearchOptions:
                     FDE ranking fills in if the sparse one runs short)
     nprobe          FDE in a faiss IVF index: inverted lists probed per query
     ef_search       FDE in a faiss HNSW index: search breadth
+    filter          keep only documents whose metadata match (mvr/storage/metadata.py), applied
+                    before candidates are cut, so k hits come back whenever k documents match
     """
 
     first_stage: str | None = None
@@ -66,6 +68,7 @@ class SearchOptions:
     dense_share: float = 0.8
     nprobe: int = FDE_NPROBE
     ef_search: int = FDE_EF_SEARCH
+    filter: dict | None = None
 
     def __post_init__(self):
         if self.first_stage is not None and self.first_stage not in FIRST_STAGES:
@@ -92,6 +95,8 @@ class SearchOptions:
         for name in ("nprobe", "ef_search"):
             if not _is_int(getattr(self, name)) or getattr(self, name) < 1:
                 raise QueryError(f"{name} must be a positive integer, got {getattr(self, name)!r}.")
+        if self.filter is not None and not isinstance(self.filter, dict):
+            raise QueryError(f"filter must be a JSON object such as {{\"year\": {{\"$gte\": 2020}}}}, got {type(self.filter).__name__}.")
         if self.first_stage in HYBRIDS and (self.fusion is not None or self.prune_alpha is not None):
             raise QueryError(
                 f"fusion and pruning read first-stage scores, and a hybrid first stage ({self.first_stage}) joins two "
@@ -151,8 +156,8 @@ def rerank(tokens, query, found: Candidates, k: int, opts: SearchOptions) -> tup
     return positions[order], final[order].astype(np.float32)
 
 
-def exhaustive(index, queries: QueryBatch, k: int) -> Results:
-    """Exact MaxSim of every query against every document; top-k."""
+def exhaustive(index, queries: QueryBatch, k: int, allowed: np.ndarray | None = None) -> Results:
+    """Exact MaxSim of every query against every document (``allowed``: only those); top-k."""
     from ._kernels import topk_rows
 
     started = time.perf_counter()
@@ -161,36 +166,46 @@ def exhaustive(index, queries: QueryBatch, k: int) -> Results:
     for start in range(0, len(offsets) - 1, _QUERY_CHUNK):
         stop = min(start + _QUERY_CHUNK, len(offsets) - 1)
         block = vectors[offsets[start] : offsets[stop]]
-        parts.append(topk_rows(index.tokens.score_all(block, offsets[start : stop + 1] - offsets[start]), k))
+        scores = index.tokens.score_all(block, offsets[start : stop + 1] - offsets[start])
+        if allowed is not None:
+            scores[:, ~allowed] = -np.inf
+        parts.append(topk_rows(scores, k))
     indices = np.concatenate([p[0] for p in parts])
     top = np.concatenate([p[1] for p in parts])
+    if allowed is not None:
+        indices[top == -np.inf] = -1  # fewer documents match than k
     return Results(indices, top, index, {"first_stage": 0.0, "rerank": (time.perf_counter() - started) * 1e3})
 
 
-def candidates(index, queries: QueryBatch, opts: SearchOptions) -> tuple[list[Candidates], int]:
-    """Per query, candidate positions (best first) and their first-stage scores; and how many
-    queries a text stage found nothing for (no searchable terms), answered by the dense stage."""
-    n = min(opts.candidates or DEFAULT_CANDIDATES, index.n_docs)
-    found = index.first_stage(opts.first_stage, opts).search(queries, n, opts)
+def candidates(index, queries: QueryBatch, opts: SearchOptions, allowed: np.ndarray | None = None) -> tuple[list[Candidates], int]:
+    """Per query, candidate positions (best first) and their first-stage scores, among the
+    ``allowed`` documents (a filter's mask; None: all); and how many queries a text stage found
+    nothing for (no searchable terms), answered by the dense stage."""
+    n = min(opts.candidates or DEFAULT_CANDIDATES, index.n_docs if allowed is None else int(allowed.sum()))
+    if n == 0:
+        return [Candidates.empty() for _ in range(len(queries))], 0
+    found = index.first_stage(opts.first_stage, opts).search(queries, n, opts, allowed)
     if needs_vectors(opts.first_stage):
         return found, 0
     empty = [q for q, one in enumerate(found) if len(one.positions) == 0]
     if empty and queries.vectors is not None:
         for q in empty:
             if index.has_stage("fde"):
-                found[q] = index.stage("fde").search(queries.only(q), n, opts)[0]
+                found[q] = index.stage("fde").search(queries.only(q), n, opts, allowed)[0]
             else:
-                found[q] = Candidates(np.arange(index.n_docs, dtype=np.int64), np.zeros(index.n_docs, dtype=np.float32))
+                every = np.arange(index.n_docs, dtype=np.int64) if allowed is None else np.flatnonzero(allowed).astype(np.int64)
+                found[q] = Candidates(every, np.zeros(len(every), dtype=np.float32))
     return found, len(empty)
 
 
 def run(index, queries: QueryBatch, k: int, opts: SearchOptions, threads: int | None = None) -> Results:
     """Search ``index`` with ``queries`` as ``opts`` say (its first stage already resolved)."""
+    allowed = index.metadata.mask(opts.filter) if opts.filter is not None else None
     with cpu_threads(threads, "numba", "faiss", "blas"):
         if opts.first_stage == EXHAUSTIVE:
-            return exhaustive(index, queries, k)
+            return exhaustive(index, queries, k, allowed)
         started = time.perf_counter()
-        found, fallbacks = candidates(index, queries, opts)
+        found, fallbacks = candidates(index, queries, opts, allowed)
         middle = time.perf_counter()
         indices = np.full((len(found), k), -1, dtype=np.int64)
         top = np.full((len(found), k), -np.inf, dtype=np.float32)

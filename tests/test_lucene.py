@@ -102,3 +102,11 @@ def test_lucene_bm25_reproduces_pyserinis_published_scifact_figure(tmp_path):
     for qid, (positions, scores) in zip(queries, searcher.search(QueryBatch(list(queries.values())), 100)):
         run[qid] = {docs[p][0]: float(s) for p, s in zip(positions, scores)}
     assert abs(evaluate_run(run, qrels)["nDCG@10"] - 0.679) <= 0.003
+
+
+def test_lucene_candidates_follow_a_filter(tmp_path, default_encoder):
+    docs = [{"id": f"d{i}", "text": text, "year": 2000 + i} for i, text in enumerate(["cats purr", "cats meow", "dogs bark", "cats sleep", "cats eat"])]
+    index = Index.build(docs, tmp_path / "idx", encoder=default_encoder, config=IndexConfig(fde=None, sparse=("bm25",)), show_progress=False)
+    found = index.search("cats", k=5, first_stage="bm25", rerank=False, filter={"year": {"$gte": 2003}})
+    assert [h.id for h in found[0]] and {h.id for h in found[0]} <= {"d3", "d4"}
+    assert len(index.search("cats", k=1, first_stage="bm25", candidates=1, filter={"year": 2004})[0]) == 1

@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import argparse
+import json
 from pathlib import Path
 
 from ..config import CLUSTER_METHODS, KEEP_CLASSES, PRESETS, PRUNE_RULES, FDEConfig, IndexConfig
@@ -55,6 +56,10 @@ def add_search(parser: argparse.ArgumentParser, counts=None) -> None:
     group.add_argument("--dense-share", type=float, default=d.dense_share, help=f"hybrid first stages (fde+bm25s, ...): share of the candidates taken from FDE (default {d.dense_share})")
     group.add_argument("--nprobe", type=int, default=d.nprobe, help=f"FDE in a faiss IVF index: lists probed per query (default {d.nprobe})")
     group.add_argument("--ef-search", type=int, default=d.ef_search, help=f"FDE in a faiss HNSW index: search breadth (default {d.ef_search})")
+    group.add_argument(
+        "--filter", type=_filter, default=d.filter, metavar="JSON",
+        help='keep documents whose metadata match, e.g. \'{"year": {"$gte": 2020}, "source": {"$in": ["pubmed", "arxiv"]}}\' ($eq $ne $in $nin $gt $gte $lt $lte $and $or $not)',
+    )
 
 
 def search_options(args) -> dict:
@@ -68,7 +73,18 @@ def search_options(args) -> dict:
         "dense_share": args.dense_share,
         "nprobe": args.nprobe,
         "ef_search": args.ef_search,
+        "filter": args.filter,
     }
+
+
+def _filter(text: str) -> dict:
+    try:
+        value = json.loads(text)
+    except json.JSONDecodeError as exc:
+        raise argparse.ArgumentTypeError(f"not valid JSON ({exc.msg} at column {exc.colno}): {text!r}") from None
+    if not isinstance(value, dict):
+        raise argparse.ArgumentTypeError(f"a filter is a JSON object, got {text!r}")
+    return value
 
 
 def add_compaction(parser: argparse.ArgumentParser) -> None:

@@ -52,7 +52,7 @@ def run(args) -> int:
         print("\n".join(results.to_trec([qid for qid, _ in queries], args.run_name)))
     elif args.json:
         payload = [
-            {"query_id": qid, "query": text, "hits": [{"rank": h.rank, "id": h.id, "score": h.score, "title": h.title, "text": h.text} for h in hits]}
+            {"query_id": qid, "query": text, "hits": [{"rank": h.rank, "id": h.id, "score": h.score, "title": h.title, "text": h.text, "metadata": h.metadata} for h in hits]}
             for (qid, text), hits in zip(queries, results)
         ]
         print(json.dumps(payload if args.queries else payload[0], ensure_ascii=False, indent=2))

@@ -89,12 +89,17 @@ class FirstStage(Protocol):
     def open(cls, folder: Path, manifest: dict, index) -> "FirstStage":
         """The stage in ``folder`` (manifest already checked against ``index``)."""
 
-    def search(self, queries: QueryBatch, n: int, options) -> list[Candidates]:
-        """Up to ``n`` candidates per query; ``options``: the search's :class:`mvr.search.SearchOptions`."""
+    def search(self, queries: QueryBatch, n: int, options, allowed: np.ndarray | None = None) -> list[Candidates]:
+        """Up to ``n`` candidates per query; ``options``: the search's :class:`mvr.search.SearchOptions`;
+        ``allowed``: bool ``(n_docs,)``, the only documents that may be candidates (a metadata
+        filter, applied before the cut: None keeps all)."""
 
 
-def top_n(scores: np.ndarray, n: int) -> Candidates:
-    """The ``n`` best positive scores of a dense score vector, best first (ties: lower row first)."""
+def top_n(scores: np.ndarray, n: int, allowed: np.ndarray | None = None) -> Candidates:
+    """The ``n`` best positive scores of a dense score vector (among the ``allowed`` rows), best
+    first (ties: lower row first)."""
+    if allowed is not None:
+        scores = np.where(allowed, scores, 0)
     top = np.argsort(-scores, kind="stable")[: min(n, len(scores))]
     top = top[scores[top] > 0]
     return Candidates(top.astype(np.int64), scores[top].astype(np.float32))

@@ -112,17 +112,24 @@ class LuceneBM25:
         self._position_of = position_of
         self._lock = threading.Lock()  # one LuceneSearcher, used by one thread at a time
 
-    def search(self, queries: QueryBatch, n: int, options=None) -> list[Candidates]:
+    def search(self, queries: QueryBatch, n: int, options=None, allowed=None) -> list[Candidates]:
+        # pyserini takes no filter here: with one, every hit is fetched and the allowed kept
+        depth = n if allowed is None else self.searcher.num_docs
         out = []
         from jnius import JavaException
 
         for query in queries.texts:
             try:
                 with self._lock:
-                    hits = self.searcher.search(query, n)
+                    hits = self.searcher.search(query, depth)
             except JavaException as error:
                 if "TooManyClauses" not in str(error):
                     raise
                 raise QueryError(f"the bm25 first stage takes queries of at most {MAX_CLAUSES} terms (Lucene's clause limit); shorten the query or use bm25s.") from None
-            out.append(Candidates(np.array([self._position_of(h.docid) for h in hits], dtype=np.int64), np.array([h.score for h in hits], dtype=np.float32)))
+            positions = np.array([self._position_of(h.docid) for h in hits], dtype=np.int64)
+            scores = np.array([h.score for h in hits], dtype=np.float32)
+            if allowed is not None:
+                keep = np.flatnonzero(allowed[positions])[:n]
+                positions, scores = positions[keep], scores[keep]
+            out.append(Candidates(positions, scores))
         return out

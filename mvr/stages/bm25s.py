@@ -54,7 +54,7 @@ class BM25S:
         self.retriever = bm25s.BM25.load(str(folder), mmap=True)
         self.n_docs = int(self.retriever.scores["num_docs"])
 
-    def search(self, queries: QueryBatch, n: int, options=None) -> list[Candidates]:
+    def search(self, queries: QueryBatch, n: int, options=None, allowed=None) -> list[Candidates]:
         tokens = _tokens(queries.texts)
         terms = {index: term for term, index in tokens.vocab.items()}
         out = []
@@ -62,5 +62,5 @@ class BM25S:
             if not ids:  # nothing left after stopwords and stemming
                 out.append(Candidates.empty())
                 continue
-            out.append(top_n(self.retriever.get_scores([terms[i] for i in ids]), n))
+            out.append(top_n(self.retriever.get_scores([terms[i] for i in ids]), n, allowed))
         return out

@@ -166,6 +166,22 @@ def search_parameters(index, nprobe: int, ef_search: int):
     return None
 
 
+def with_selector(params, allowed: np.ndarray):
+    """``params`` (None: default ones) that let faiss return only the ``allowed`` rows (bool
+    ``(n_docs,)``): a bitmap selector on the parameters of the index that holds the ids."""
+    import faiss
+
+    bitmap = np.packbits(allowed, bitorder="little")
+    selector = faiss.IDSelectorBitmap(len(allowed), faiss.swig_ptr(bitmap))
+    outer = params if params is not None else faiss.SearchParameters()
+    inner = outer
+    while getattr(inner, "index_params", None) is not None or getattr(inner, "base_index_params", None) is not None:
+        inner = inner.index_params if getattr(inner, "index_params", None) is not None else inner.base_index_params
+    inner.sel = selector
+    outer.kept_alive = (selector, bitmap, getattr(outer, "referenced", None))
+    return outer
+
+
 def _keep(outer, inner):
     """faiss parameter objects do not own the ones they point to: keep ``inner`` alive with ``outer``."""
     outer.referenced = inner
@@ -206,9 +222,11 @@ class FDEStage:
             raise ConfigError(f"{folder} was built for {manifest['dim']}-dim vectors, the index stores {index.dim}; rebuild it with `mvr fde`.")
         return cls(folder, manifest)
 
-    def search(self, queries: QueryBatch, n: int, options=None) -> list[Candidates]:
+    def search(self, queries: QueryBatch, n: int, options=None, allowed=None) -> list[Candidates]:
         encoded = self.fde.encode_queries(queries.vectors, queries.offsets)
         nprobe, ef_search = (options.nprobe, options.ef_search) if options is not None else (FDE_NPROBE, FDE_EF_SEARCH)
         params = search_parameters(self.index, nprobe, ef_search)
+        if allowed is not None:
+            params = with_selector(params, allowed)
         scores, ids = self.index.search(encoded, n, params=params)
         return [Candidates(row[row >= 0], row_scores[row >= 0]) for row, row_scores in zip(ids, scores)]

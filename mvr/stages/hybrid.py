@@ -31,8 +31,8 @@ class Hybrid:
         self.dense, self.sparse, self.share = dense, sparse, share
         self.name = f"{dense.name}+{sparse.name}"
 
-    def search(self, queries: QueryBatch, n: int, options=None) -> list[Candidates]:
-        dense = self.dense.search(queries, n, options)
-        sparse = self.sparse.search(queries, n, options)
+    def search(self, queries: QueryBatch, n: int, options=None, allowed=None) -> list[Candidates]:
+        dense = self.dense.search(queries, n, options, allowed)
+        sparse = self.sparse.search(queries, n, options, allowed)
         n_dense = round(self.share * n)
         return [union_candidates(d.positions, s.positions, n_dense, n) for d, s in zip(dense, sparse)]

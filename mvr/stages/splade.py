@@ -123,15 +123,15 @@ class SpladeStage:
         indptr, indices, weights = (np.load(folder / f"{name}.npy") for name in ("indptr", "indices", "weights"))
         self.matrix = scipy.sparse.csr_matrix((weights, indices, indptr), shape=(len(indptr) - 1, identity["vocab_size"])).tocsc()
 
-    def search(self, queries: QueryBatch, n: int, options=None) -> list[Candidates]:
-        return self.search_encoded(self.encoder.encode(queries.texts, self.encoder.query_maxlen, show_progress=False), n)
+    def search(self, queries: QueryBatch, n: int, options=None, allowed=None) -> list[Candidates]:
+        return self.search_encoded(self.encoder.encode(queries.texts, self.encoder.query_maxlen, show_progress=False), n, allowed)
 
-    def search_encoded(self, queries: Sequence[tuple[np.ndarray, np.ndarray]], n: int) -> list[Candidates]:
+    def search_encoded(self, queries: Sequence[tuple[np.ndarray, np.ndarray]], n: int, allowed=None) -> list[Candidates]:
         """Top-``n`` rows and scores for queries given as (term ids, weights)."""
         out = []
         for terms, weights in queries:
             if len(terms) == 0:
                 out.append(Candidates.empty())
                 continue
-            out.append(top_n(np.asarray(self.matrix[:, terms] @ weights).ravel(), n))
+            out.append(top_n(np.asarray(self.matrix[:, terms] @ weights).ravel(), n, allowed))
         return out

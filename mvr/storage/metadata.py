@@ -1,0 +1,217 @@
+"""Document metadata, stored by column, and filters over it compiled to row masks.
+
+Each field has one type, fixed by its first value: ``string``, ``number`` (int or float),
+``bool``, or ``strings`` (a list of strings). Its column is one or two ``.npy`` files, one value
+per document row (an index's rows, in order), with a mark for documents that lack the field:
+
+    metadata.json            schema: fields in order, each {"name", "type", "file"}; format version
+    meta_K.npy               string / strings: int32 codes into meta_K.vocab.json (-1: absent);
+                             number: float64 (NaN: absent); bool: int8 (-1: absent)
+    meta_K.offsets.npy       strings only: int64 (n_docs + 1,), row i owns codes[offsets[i]:offsets[i + 1]]
+    meta_K.vocab.json        string / strings: the distinct values, sorted
+
+A filter is a JSON object in the style of MongoDB (and of Chroma's and Qdrant's filters):
+``{"field": value}`` (equality; for a list field: the list holds the value), ``{"field": {"$eq" |
+"$ne" | "$in" | "$nin" | "$gt" | "$gte" | "$lt" | "$lte": ...}}``, ``{"$and": [...]}``,
+``{"$or": [...]}``, ``{"$not": {...}}``; several keys in one object must all hold. It becomes a
+bool mask over the rows (NumPy, vectorised), which the first stages apply before they cut their
+candidates (docs/architecture.md). Columns rather than a database: a mask over every document is
+a few vectorised comparisons of arrays that are memory-mapped like the rest of the index.
+"""
+
+from __future__ import annotations
+
+import bisect
+import json
+import math
+from pathlib import Path
+
+import numpy as np
+
+from ..errors import CorpusError, IndexFormatError, QueryError
+
+SCHEMA = "metadata.json"
+METADATA_FORMAT, METADATA_VERSION = "mvr-metadata", 1
+_COMPARE = ("$gt", "$gte", "$lt", "$lte")
+_OPERATORS = ("$eq", "$ne", "$in", "$nin", *_COMPARE)
+
+
+def _kind(value) -> str:
+    if isinstance(value, bool):
+        return "bool"
+    if isinstance(value, (int, float)):
+        return "number"
+    return "strings" if isinstance(value, list) else "string"
+
+
+class MetadataWriter:
+    """Collects each document's metadata (in row order) and writes the columns on :meth:`close`."""
+
+    def __init__(self):
+        self.rows: list[dict] = []
+        self.types: dict[str, str] = {}
+
+    def add(self, metadata: dict, where: str = "") -> None:
+        for name, value in metadata.items():
+            kind = _kind(value)
+            known = self.types.setdefault(name, kind)
+            if known != kind:
+                raise CorpusError(f"{where}: metadata field {name!r} is a {kind} here but a {known} in earlier documents; one field, one type.")
+        self.rows.append(metadata)
+
+    def close(self, folder: Path) -> None:
+        """Write the schema and the columns into ``folder`` (nothing when no document has metadata)."""
+        if not self.types:
+            return
+        n = len(self.rows)
+        fields = []
+        for k, (name, kind) in enumerate(self.types.items()):
+            stem = f"meta_{k}"
+            values = [row.get(name) for row in self.rows]
+            if kind == "number":
+                np.save(folder / f"{stem}.npy", np.array([np.nan if v is None else float(v) for v in values], dtype=np.float64))
+            elif kind == "bool":
+                np.save(folder / f"{stem}.npy", np.array([-1 if v is None else int(v) for v in values], dtype=np.int8))
+            else:
+                lists = [[v] if isinstance(v, str) else (v or []) for v in values]
+                vocab = sorted({s for items in lists for s in items})
+                code = {s: i for i, s in enumerate(vocab)}
+                (folder / f"{stem}.vocab.json").write_text(json.dumps(vocab, ensure_ascii=False), encoding="utf-8")
+                if kind == "string":
+                    np.save(folder / f"{stem}.npy", np.array([-1 if v is None else code[v] for v in values], dtype=np.int32))
+                else:
+                    offsets = np.zeros(n + 1, dtype=np.int64)
+                    np.cumsum([len(items) for items in lists], out=offsets[1:])
+                    np.save(folder / f"{stem}.offsets.npy", offsets)
+                    np.save(folder / f"{stem}.npy", np.array([code[s] for items in lists for s in items], dtype=np.int32))
+            fields.append({"name": name, "type": kind, "file": stem})
+        schema = {"format": METADATA_FORMAT, "format_version": METADATA_VERSION, "documents": n, "fields": fields}
+        (folder / SCHEMA).write_text(json.dumps(schema, ensure_ascii=False, indent=1), encoding="utf-8")
+
+
+class Metadata:
+    """The metadata columns of an index folder, read on first use; an index without any has none."""
+
+    def __init__(self, folder: Path, n_docs: int):
+        self.folder, self.n_docs = Path(folder), n_docs
+        path = self.folder / SCHEMA
+        try:
+            schema = json.loads(path.read_text(encoding="utf-8")) if path.is_file() else {"fields": [], "documents": n_docs}
+            self.fields = {f["name"]: f for f in schema["fields"]}
+            bad = schema["documents"] != n_docs or any(f["type"] not in ("string", "strings", "number", "bool") for f in self.fields.values())
+        except (ValueError, KeyError, TypeError):
+            bad = True
+        if bad:
+            raise IndexFormatError(f"{path} does not describe the index's {n_docs} documents; the index is damaged: `mvr info {self.folder} --verify`, then rebuild it.")
+        self._columns: dict[str, tuple] = {}
+        for name in self.fields:  # lengths checked now: a damaged column must not index out of range later
+            values, offsets, vocab = self.column(name)
+            rows = len(values) if offsets is None else len(offsets) - 1
+            if rows != n_docs or (offsets is not None and (offsets[0] != 0 or offsets[-1] != len(values) or (np.diff(offsets) < 0).any())):
+                raise IndexFormatError(f"{self.folder / self.fields[name]['file']}.npy: the column of metadata field {name!r} does not match the index's {n_docs} documents; rebuild the index.")
+            if vocab is not None and len(values) and (int(np.max(values)) >= len(vocab) or int(np.min(values)) < (-1 if offsets is None else 0)):
+                raise IndexFormatError(f"{self.folder / self.fields[name]['file']}.npy: codes of metadata field {name!r} fall outside its vocabulary; rebuild the index.")
+
+    def column(self, name: str) -> tuple:
+        """``(values, offsets, vocab)`` of a field (offsets only for lists, vocab for strings)."""
+        if name not in self._columns:
+            field = self.fields[name]
+            stem = self.folder / field["file"]
+            values = np.load(f"{stem}.npy", mmap_mode="r")
+            offsets = np.load(f"{stem}.offsets.npy") if field["type"] == "strings" else None
+            vocab = json.loads(Path(f"{stem}.vocab.json").read_text(encoding="utf-8")) if field["type"] in ("string", "strings") else None
+            self._columns[name] = (values, offsets, vocab)
+        return self._columns[name]
+
+    def row(self, i: int) -> dict:
+        """The metadata of the document at row ``i``, as it was given."""
+        out = {}
+        for name, field in self.fields.items():
+            values, offsets, vocab = self.column(name)
+            if field["type"] == "number":
+                v = float(values[i])
+                if not math.isnan(v):
+                    out[name] = int(v) if v.is_integer() else v
+            elif field["type"] == "bool":
+                if values[i] >= 0:
+                    out[name] = bool(values[i])
+            elif field["type"] == "string":
+                if values[i] >= 0:
+                    out[name] = vocab[values[i]]
+            elif offsets[i + 1] > offsets[i]:
+                out[name] = [vocab[c] for c in values[offsets[i] : offsets[i + 1]]]
+        return out
+
+    # -- filters -------------------------------------------------------------------------------
+    def mask(self, spec) -> np.ndarray:
+        """bool ``(n_docs,)``: which documents the filter ``spec`` keeps."""
+        if not isinstance(spec, dict):
+            raise QueryError(f"a filter is a JSON object such as {{\"year\": {{\"$gte\": 2020}}}}, got {type(spec).__name__}.")
+        keep = np.ones(self.n_docs, dtype=bool)
+        for key, value in spec.items():
+            if key in ("$and", "$or"):
+                if not isinstance(value, list) or not value:
+                    raise QueryError(f"{key} takes a non-empty list of filters, got {value!r}.")
+                parts = [self.mask(part) for part in value]
+                keep &= np.logical_and.reduce(parts) if key == "$and" else np.logical_or.reduce(parts)
+            elif key == "$not":
+                keep &= ~self.mask(value)
+            elif key.startswith("$"):
+                raise QueryError(f"unknown filter operator {key!r}; at the top of a filter: $and, $or, $not, or a field name.")
+            else:
+                keep &= self._field(key, value)
+        return keep
+
+    def _field(self, name: str, condition) -> np.ndarray:
+        if name not in self.fields:
+            known = ", ".join(sorted(self.fields)) or "none (the index has no metadata)"
+            raise QueryError(f"unknown metadata field {name!r} in the filter; fields: {known}.")
+        if not (isinstance(condition, dict) and condition and all(k.startswith("$") for k in condition)):
+            condition = {"$eq": condition}
+        keep = np.ones(self.n_docs, dtype=bool)
+        for op, value in condition.items():
+            if op not in _OPERATORS:
+                raise QueryError(f"unknown operator {op!r} on field {name!r}; known: {', '.join(_OPERATORS)}.")
+            if op in ("$in", "$nin"):
+                if not isinstance(value, list):
+                    raise QueryError(f"{op} on field {name!r} takes a list of values, got {value!r}.")
+                hit = np.zeros(self.n_docs, dtype=bool)
+                for v in value:
+                    hit |= self._equal(name, v)
+                keep &= hit if op == "$in" else ~hit
+            elif op in ("$eq", "$ne"):
+                keep &= self._equal(name, value) if op == "$eq" else ~self._equal(name, value)
+            else:
+                keep &= self._compare(name, op, value)
+        return keep
+
+    def _equal(self, name: str, value) -> np.ndarray:
+        kind = self.fields[name]["type"]
+        values, offsets, vocab = self.column(name)
+        want = {"string": "string", "strings": "string", "number": "number", "bool": "bool"}[kind]
+        if isinstance(value, list) or _kind(value) != want:
+            raise QueryError(f"field {name!r} holds {kind}s; the filter compares it with {value!r}: give a {want}.")
+        if kind == "number":
+            return np.asarray(values) == float(value)
+        if kind == "bool":
+            return np.asarray(values) == int(value)
+        code = _code(vocab, value)
+        if kind == "string":
+            return np.asarray(values) == code
+        # per stored item; a row matches when any of its items does
+        found = np.concatenate([[0], np.cumsum(np.asarray(values) == code)])
+        return found[offsets[1:]] > found[offsets[:-1]]
+
+    def _compare(self, name: str, op: str, value) -> np.ndarray:
+        kind = self.fields[name]["type"]
+        if kind != "number" or _kind(value) != "number":
+            raise QueryError(f"{op} compares numbers; field {name!r} holds {kind}s and the filter gives {value!r}.")
+        values = np.asarray(self.column(name)[0])
+        with np.errstate(invalid="ignore"):  # NaN (absent) compares false
+            return {"$gt": values > value, "$gte": values >= value, "$lt": values < value, "$lte": values <= value}[op]
+
+
+def _code(vocab: list[str], value: str) -> int:
+    """The code of ``value`` in a sorted vocabulary, or -2 (matches nothing) when absent."""
+    at = bisect.bisect_left(vocab, value)
+    return at if at < len(vocab) and vocab[at] == value else -2

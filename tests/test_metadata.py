@@ -1,0 +1,158 @@
+"""Document metadata (kept from the corpus, returned with every hit) and filters over it, applied
+before each first stage cuts its candidates."""
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from conftest import FAST
+from mvr import CorpusError, Index, IndexConfig, IndexFormatError, QueryError
+from mvr.storage.metadata import Metadata, MetadataWriter
+
+TEXTS = ["cats purr", "dogs bark", "cats meow loudly", "plants grow", "the cat sat", "cats and dogs", "volcano lava", "green tea", "cats again", "more cats"]
+
+
+def _docs():
+    return [
+        {
+            "id": f"d{i}",
+            "text": text,
+            "metadata": {"year": 2000 + i, "tags": ["even" if i % 2 == 0 else "odd"] + (["prime"] if i in (2, 3, 5, 7) else [])},
+            "source": "web" if i < 5 else "news",  # a field outside "metadata" is kept too
+            "ok": i % 3 == 0,
+        }
+        for i, text in enumerate(TEXTS)
+    ]
+
+
+@pytest.fixture(scope="module")
+def meta_index(tmp_path_factory, default_encoder):
+    return Index.build(_docs(), tmp_path_factory.mktemp("meta") / "idx", encoder=default_encoder, show_progress=False)
+
+
+def _expected(spec):
+    """The rows a filter keeps, by hand."""
+    docs = _docs()
+
+    def holds(doc, spec):
+        meta = {**doc["metadata"], "source": doc["source"], "ok": doc["ok"]}
+        for key, value in spec.items():
+            if key == "$and":
+                ok = all(holds(doc, part) for part in value)
+            elif key == "$or":
+                ok = any(holds(doc, part) for part in value)
+            elif key == "$not":
+                ok = not holds(doc, value)
+            else:
+                have = meta.get(key)
+                items = have if isinstance(have, list) else [have]
+                cond = value if isinstance(value, dict) else {"$eq": value}
+                ok = True
+                for op, v in cond.items():
+                    ok &= {
+                        "$eq": lambda: v in items, "$ne": lambda: v not in items, "$in": lambda: any(x in items for x in v),
+                        "$nin": lambda: not any(x in items for x in v), "$gt": lambda: have > v, "$gte": lambda: have >= v,
+                        "$lt": lambda: have < v, "$lte": lambda: have <= v,
+                    }[op]()
+            if not ok:
+                return False
+        return True
+
+    return {i for i, doc in enumerate(docs) if holds(doc, spec)}
+
+
+FILTERS = [
+    {"source": "news"},
+    {"year": {"$gte": 2004, "$lt": 2008}},
+    {"tags": "prime"},
+    {"tags": {"$in": ["prime", "even"]}, "ok": False},
+    {"$or": [{"source": "web"}, {"tags": {"$nin": ["odd"]}}]},
+    {"$not": {"year": {"$lte": 2006}}},
+    {"$and": [{"source": {"$ne": "web"}}, {"ok": True}]},
+    {"year": 1999},
+]
+
+
+@pytest.mark.parametrize("spec", FILTERS)
+def test_every_first_stage_keeps_only_what_the_filter_keeps(meta_index, spec):
+    want = _expected(spec)
+    assert set(np.flatnonzero(meta_index.metadata.mask(spec))) == want
+    exhaustive = meta_index.search("cats", k=len(TEXTS), first_stage="exhaustive", filter=spec)
+    got = exhaustive.indices[0][exhaustive.indices[0] >= 0]
+    assert set(got) == want  # every matching document, ranked, and no other
+    unfiltered = meta_index.search("cats", k=len(TEXTS), first_stage="exhaustive")
+    ranked = [p for p in unfiltered.indices[0] if p in want]
+    assert got.tolist() == ranked  # the same order as without the filter
+    for stage in ("fde", "fde+bm25s"):
+        found = meta_index.search("cats", k=3, first_stage=stage, filter=spec, candidates=len(TEXTS))
+        rows = found.indices[0][found.indices[0] >= 0]
+        assert set(rows) <= want and len(rows) == min(3, len(want)), stage  # k hits whenever k match
+    bm25s = meta_index.search("cats", k=len(TEXTS), first_stage="bm25s", filter=spec, rerank=False)
+    assert set(bm25s.indices[0][bm25s.indices[0] >= 0]) <= want
+
+
+def test_hits_carry_their_metadata_and_json_shows_it(meta_index, capsys):
+    from mvr.cli import main
+
+    hit = meta_index.search("volcano", k=1, first_stage="exhaustive")[0][0]
+    assert hit.id == "d6" and hit.metadata == {"year": 2006, "tags": ["even"], "source": "news", "ok": True}
+    assert main(["search", str(meta_index.path), "cats", "--json", "-k", "2", "--filter", '{"source": "news"}']) == 0
+    hits = json.loads(capsys.readouterr().out)["hits"]
+    assert len(hits) == 2 and all(h["metadata"]["source"] == "news" for h in hits)
+    with pytest.raises(SystemExit) as exit_:
+        main(["search", str(meta_index.path), "cats", "--filter", "{not json"])
+    assert exit_.value.code == 2 and "argument --filter: not valid JSON" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize(
+    "spec, message",
+    [
+        ({"colour": "red"}, "unknown metadata field 'colour' in the filter; fields: ok, source, tags, year"),
+        ({"year": "2004"}, "field 'year' holds numbers"),
+        ({"source": {"$gt": 3}}, r"\$gt compares numbers"),
+        ({"year": {"$near": 1}}, "unknown operator '\\$near'"),
+        ({"$xor": []}, "unknown filter operator"),
+        ({"$or": []}, "non-empty list"),
+        ({"tags": {"$in": "prime"}}, "takes a list"),
+    ],
+)
+def test_bad_filters_say_what_is_wrong(meta_index, spec, message):
+    with pytest.raises(QueryError, match=message):
+        meta_index.search("cats", filter=spec)
+
+
+def test_a_filter_on_an_index_without_metadata(tmp_path, default_encoder):
+    index = Index.build([("a", "cats purr"), ("b", "dogs bark")], tmp_path / "plain", config=FAST, encoder=default_encoder)
+    assert index.search("cats", k=1)[0][0].metadata == {}
+    with pytest.raises(QueryError, match="fields: none"):
+        index.search("cats", filter={"year": 2000})
+    with pytest.raises(QueryError, match="filter must be a JSON object"):
+        index.search("cats", filter=["year"])
+
+
+def test_metadata_values_are_checked_when_read(tmp_path, default_encoder):
+    with pytest.raises(CorpusError, match="metadata field 'nested'"):
+        Index.build([{"id": "a", "text": "x", "metadata": {"nested": {"a": 1}}}], tmp_path / "x", config=FAST, encoder=default_encoder)
+    with pytest.raises(CorpusError, match="'year' is a string here but a number"):
+        Index.build([{"id": "a", "text": "x", "year": 2000}, {"id": "b", "text": "y", "year": "2001"}], tmp_path / "y", config=FAST, encoder=default_encoder)
+    assert not (tmp_path / "y").exists()  # refused before anything was written
+
+
+def test_metadata_follows_derive_and_damage_is_refused(meta_index, tmp_path):
+    derived = Index.derive(meta_index, tmp_path / "small", cluster_ratio=0.5, show_progress=False)
+    assert derived.search("cats", k=2, filter={"source": "news"})[0][0].metadata["source"] == "news"
+    writer = MetadataWriter()
+    for i in range(3):
+        writer.add({"tags": ["a"] * i})
+    writer.close(tmp_path)
+    assert Metadata(tmp_path, 3).row(2) == {"tags": ["a", "a"]} and Metadata(tmp_path, 3).row(0) == {}
+    with pytest.raises(IndexFormatError, match="does not describe"):
+        Metadata(tmp_path, 4)
+    np.save(tmp_path / "meta_0.npy", np.array([7, 7, 7], dtype=np.int32))  # codes past the vocabulary
+    offsets = np.array([0, 0, 1, 3], dtype=np.int64)
+    np.save(tmp_path / "meta_0.offsets.npy", offsets)
+    with pytest.raises(IndexFormatError, match="outside its vocabulary"):
+        Metadata(tmp_path, 3)
+    assert Path(tmp_path / "metadata.json").is_file() and IndexConfig  # the schema stays beside the columns
