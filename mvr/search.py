@@ -163,7 +163,17 @@ def exhaustive(index, queries: QueryBatch, k: int, allowed: np.ndarray | None = 
     started = time.perf_counter()
     parts = []
     vectors, offsets = queries.vectors, queries.offsets
-    for start in range(0, len(offsets) - 1, _QUERY_CHUNK):
+    if allowed is not None and allowed.mean() < 0.5:
+        # few documents match: score only those, one query at a time
+        rows = np.flatnonzero(allowed).astype(np.int64)
+        for q in range(len(offsets) - 1):
+            if len(rows) == 0:
+                parts.append((np.full((1, k), -1, dtype=np.int64), np.full((1, k), -np.inf, dtype=np.float32)))
+                continue
+            best, top = topk_rows(index.tokens.score(queries.query(q), rows)[None, :], k)
+            parts.append((np.where(best >= 0, rows[np.maximum(best, 0)], -1), top))
+        allowed = None
+    for start in range(0, len(offsets) - 1 if not parts else 0, _QUERY_CHUNK):
         stop = min(start + _QUERY_CHUNK, len(offsets) - 1)
         block = vectors[offsets[start] : offsets[stop]]
         scores = index.tokens.score_all(block, offsets[start : stop + 1] - offsets[start])

@@ -85,3 +85,16 @@ def test_compression_study_on_a_tiny_index(default_index, beir, tmp_path):
     assert [r["setting"] for r in rows] == ["full", "cluster_ratio=0.5,codec=int8"]
     assert rows[1]["vectors_per_document"] < rows[0]["vectors_per_document"] and rows[1]["bytes_per_token"] < rows[0]["bytes_per_token"] / 3
     assert not (default_index.path.parent / f"{default_index.name}-cluster_ratio-0.5-codec-int8").exists()  # removed unless --keep
+
+
+def test_filter_study_against_exact_filtered_search(beir, tmp_path, default_encoder):
+    from mvr import Index
+    from mvr.eval.filters import FILTERS, measure, synthetic
+
+    docs = list(synthetic(beir))
+    assert all(set(d.metadata) == {"year", "source"} for d in docs) and docs == list(synthetic(beir))  # same seed, same metadata
+    index = Index.build(docs, tmp_path / "meta", encoder=default_encoder, show_progress=False)
+    report = measure(beir, index)
+    assert [r["selectivity"] for r in report["rows"]] == list(FILTERS)
+    for row in report["rows"]:
+        assert 0.0 <= row["kept_share"] <= 1.0 and 0.0 <= row["recall_of_exact_top10"] <= 1.0 and row["search_ms_p50"] > 0
