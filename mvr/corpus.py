@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import json
 import math
+
+import numpy as np
 import unicodedata
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -124,24 +126,62 @@ def read_jsonl_objects(path: Path, error_class: type = CorpusError) -> Iterator[
 _RESERVED = ("_id", "id", "text", "contents", "title", "metadata")
 
 
-def check_metadata(values, where: str) -> dict:
-    """Metadata as stored: a dict of field -> str, finite number, bool or list of strings
-    (None: the field is absent); anything else is a CorpusError saying which field."""
+_EXACT = 2**53  # numbers are stored as float64: integers beyond this would collide
+
+
+def exact_number(value) -> bool:
+    """Whether ``value`` is a number that float64 holds exactly enough to compare (not a bool)."""
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        return False
+    return abs(value) <= _EXACT if isinstance(value, int) else math.isfinite(value) and abs(value) <= _EXACT
+
+
+def _utf8(text: str) -> bool:
+    try:
+        text.encode("utf-8")
+        return True
+    except UnicodeEncodeError:  # a lone surrogate
+        return False
+
+
+def _metadata_value(value):
+    """``value`` as stored (numpy scalars as Python ones), or None where no field type holds it."""
+    if isinstance(value, np.generic):
+        value = value.item()
+    if isinstance(value, bool) or (isinstance(value, str) and _utf8(value)):
+        return value
+    if exact_number(value):
+        return value
+    if isinstance(value, list) and all(isinstance(v, str) and _utf8(v) for v in value):
+        return value
+    return None
+
+
+def check_metadata(values, where: str, strict: bool = True) -> dict:
+    """Metadata as stored: a dict of field -> string, number (finite, at most 2**53 in size), bool
+    or list of strings (None: the field is absent). ``strict``: anything else is a CorpusError
+    saying which field; otherwise such a field is left out (the other fields of a JSONL line,
+    which may hold anything)."""
     if values is None:
         return {}
     if not isinstance(values, dict):
         raise CorpusError(f'{where}: "metadata" must be an object of fields, got {type(values).__name__}.')
     out = {}
     for name, value in values.items():
-        if not isinstance(name, str) or not name or name.startswith("$"):
-            raise CorpusError(f"{where}: metadata field name {name!r} must be a non-empty string not starting with '$'.")
+        if not isinstance(name, str) or not name or name.startswith("$") or not _utf8(name):
+            if not strict:
+                continue
+            raise CorpusError(f"{where}: metadata field name {name!r} must be a non-empty UTF-8 string not starting with '$'.")
         if value is None:
             continue
-        ok = isinstance(value, (str, bool)) or (isinstance(value, (int, float)) and math.isfinite(value))
-        ok = ok or (isinstance(value, list) and all(isinstance(v, str) for v in value))
-        if not ok:
-            raise CorpusError(f"{where}: metadata field {name!r} is {value!r}; a field holds a string, a finite number, true/false or a list of strings.")
-        out[name] = value
+        kept = _metadata_value(value)
+        if kept is None:
+            if not strict:
+                continue
+            raise CorpusError(
+                f"{where}: metadata field {name!r} is {value!r}; a field holds a string, a finite number of at most 2**53, true/false or a list of strings."
+            )
+        out[name] = kept
     return out
 
 
@@ -158,7 +198,7 @@ def _document_from_object(obj: dict, where: str) -> Document:
         raise CorpusError(f'{where}: document {doc_id!r}: "text" and "title" must be strings.')
     # a "metadata" object, and any other field of the line, are kept as metadata
     metadata = check_metadata(obj.get("metadata"), where)
-    metadata.update(check_metadata({k: v for k, v in obj.items() if k not in _RESERVED}, where))
+    metadata.update(check_metadata({k: v for k, v in obj.items() if k not in _RESERVED}, where, strict=False))
     return Document(id=doc_id, text=text, title=title, where=where, metadata=metadata)
 
 

@@ -55,7 +55,8 @@ class SearchOptions:
     nprobe          FDE in a faiss IVF index: inverted lists probed per query
     ef_search       FDE in a faiss HNSW index: search breadth
     filter          keep only documents whose metadata match (mvr/storage/metadata.py), applied
-                    before candidates are cut, so k hits come back whenever k documents match
+                    before candidates are cut (with exhaustive search or an exact FDE, k hits come
+                    back whenever k documents match)
     """
 
     first_stage: str | None = None

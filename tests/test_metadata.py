@@ -116,6 +116,11 @@ def test_hits_carry_their_metadata_and_json_shows_it(meta_index, capsys):
         ({"$xor": []}, "unknown filter operator"),
         ({"$or": []}, "non-empty list"),
         ({"tags": {"$in": "prime"}}, "takes a list"),
+        ({"source": None}, "holds strings"),
+        ({"source": {}}, "holds strings"),
+        ({"tags": {"a": 1}}, "holds strings"),
+        ({"year": 10**400}, "holds numbers"),
+        ({"year": {"$gt": 2**60}}, "compares numbers"),
     ],
 )
 def test_bad_filters_say_what_is_wrong(meta_index, spec, message):
@@ -132,7 +137,19 @@ def test_a_filter_on_an_index_without_metadata(tmp_path, default_encoder):
         index.search("cats", filter=["year"])
 
 
+def test_other_fields_of_a_line_are_kept_when_they_can_be(tmp_path, default_encoder):
+    import numpy as np
+
+    docs = [{"id": "a", "text": "x", "embedding": [0.1, 0.2], "info": {"k": 1}, "url": "u1", "n": np.int64(3), "huge": 10**30}]
+    index = Index.build(docs, tmp_path / "x", config=FAST, encoder=default_encoder)
+    assert index.document(0).metadata == {"url": "u1", "n": 3}  # the rest is not a field type mvr stores
+
+
 def test_metadata_values_are_checked_when_read(tmp_path, default_encoder):
+    with pytest.raises(CorpusError, match="metadata field name"):
+        Index.build([{"id": "a", "text": "x", "metadata": {"\ud800": "v"}}], tmp_path / "s", config=FAST, encoder=default_encoder)
+    with pytest.raises(CorpusError, match=r"at most 2\*\*53"):
+        Index.build([{"id": "a", "text": "x", "metadata": {"big": 2**60}}], tmp_path / "b", config=FAST, encoder=default_encoder)
     with pytest.raises(CorpusError, match="metadata field 'nested'"):
         Index.build([{"id": "a", "text": "x", "metadata": {"nested": {"a": 1}}}], tmp_path / "x", config=FAST, encoder=default_encoder)
     with pytest.raises(CorpusError, match="'year' is a string here but a number"):
@@ -154,5 +171,22 @@ def test_metadata_follows_derive_and_damage_is_refused(meta_index, tmp_path):
     offsets = np.array([0, 0, 1, 3], dtype=np.int64)
     np.save(tmp_path / "meta_0.offsets.npy", offsets)
     with pytest.raises(IndexFormatError, match="outside its vocabulary"):
-        Metadata(tmp_path, 3)
+        Metadata(tmp_path, 3).row(0)
     assert Path(tmp_path / "metadata.json").is_file() and IndexConfig  # the schema stays beside the columns
+
+
+@pytest.mark.parametrize("factory, filters", [("IVF2,Flat", True), ("HNSW8", True), ("PQ4x2", False)])
+def test_filters_on_approximate_fde_indexes(meta_index, tmp_path, factory, filters):
+    import shutil
+
+    from mvr.config import FDEConfig
+
+    copy = Index.open(shutil.copytree(meta_index.path, tmp_path / "copy"))
+    copy.build_fde(FDEConfig(k_sim=2, d_proj=8, reps=2, factory=factory))
+    spec = {"source": "news"}
+    if filters:
+        found = copy.search("cats", k=3, first_stage="fde", filter=spec, nprobe=2)
+        assert set(found.indices[0][found.indices[0] >= 0]) <= _expected(spec)
+    else:  # faiss cannot filter this kind of index: a clear error, not a crash
+        with pytest.raises(QueryError, match=r"cannot apply a filter.*exhaustive"):
+            copy.search("cats", k=3, first_stage="fde", filter=spec)

@@ -110,11 +110,12 @@ def test_paths_are_given_explicitly(tmp_path, beir, models, capsys):
 
 def test_one_writer_per_name_and_a_killed_one_is_cleaned_up(tmp_path, beir, models, capsys):
     home = tmp_path / "home"
-    # folders an interrupted build of the old layout left (no PID in the name), and an old copy
-    # of an index that is present
+    # a staging folder an interrupted build left (mvr's mark inside), and an old copy of an index
+    # that is present
     home.mkdir()
     (home / ".idx.building-k3j_9x2q").mkdir()
     (home / ".idx.building-k3j_9x2q" / "vectors.raw").write_bytes(b"\0" * 1000)
+    (home / ".idx.building-k3j_9x2q" / ".mvr-staging").write_text("1\n")
     _fake_index(home / "other")
     _fake_index(home / ".other.old-77-abcdefgh")
     holder = subprocess.Popen([sys.executable, "-c", HOLDER, str(home)], stdout=subprocess.PIPE, text=True)
@@ -122,7 +123,7 @@ def test_one_writer_per_name_and_a_killed_one_is_cleaned_up(tmp_path, beir, mode
         staging = Path(holder.stdout.readline().strip())
         assert staging.parent == home and staging.name.startswith(f".idx.building-{holder.pid}-") and staging.is_dir()
         assert not (home / ".idx.building-k3j_9x2q").exists()  # the holder cleaned up on starting
-        assert (home / ".idx.lock").read_text().strip() == str(holder.pid)
+        assert (home / ".idx.mvr-lock").read_text().strip() == str(holder.pid)
         with pytest.raises(IndexLockedError, match=rf"^index 'idx' is being written by PID {holder.pid}; wait for it"):
             StagingDir(home / "idx", overwrite=True)
         code, _, err = _run(capsys, "index", beir / "corpus.jsonl", "--name", "idx", "--index-dir", home, "--overwrite", "--model", models["plain"], "--quiet")
@@ -135,11 +136,11 @@ def test_one_writer_per_name_and_a_killed_one_is_cleaned_up(tmp_path, beir, mode
         holder.send_signal(signal.SIGKILL)
         holder.wait()
         holder.stdout.close()
-    assert staging.is_dir() and (home / ".idx.lock").exists()  # what the killed writer left
+    assert staging.is_dir() and (home / ".idx.mvr-lock").exists()  # what the killed writer left
     with StagingDir(home / "idx", overwrite=True) as mine:  # the lock died with its holder
         assert not staging.exists()
-        assert (home / ".idx.lock").read_text().strip() == str(os.getpid())
-        assert _hidden(home) == sorted([".idx.lock", mine.path.name])
+        assert (home / ".idx.mvr-lock").read_text().strip() == str(os.getpid())
+        assert _hidden(home) == sorted([".idx.mvr-lock", mine.path.name])
     assert _hidden(home) == [] and sorted(p.name for p in home.iterdir()) == ["other"]
 
 
@@ -177,6 +178,7 @@ def test_a_finished_but_uncommitted_build_is_never_promoted(tmp_path, plain_enco
     home = tmp_path / "home"
     Index.build(DOC_LIST, "idx", home=home, encoder=plain_encoder, config=FAST)
     shutil.move(home / "idx", home / ".idx.building-999999-abcdefgh")
+    (home / ".idx.building-999999-abcdefgh" / ".mvr-staging").write_text("999999\n")
     with pytest.raises(IndexNotFoundError, match="no index named or at 'idx'"):
         locate("idx", home)
     assert (home / ".idx.building-999999-abcdefgh").is_dir()
@@ -240,3 +242,23 @@ def test_a_built_index_has_the_mode_the_umask_gives(tmp_path, default_encoder):
     finally:
         os.umask(old)
     assert stat.S_IMODE(index.path.stat().st_mode) == 0o755  # not mkdtemp's 0700: others may read it
+
+
+def test_cleanup_never_touches_what_mvr_did_not_make(tmp_path, default_encoder):
+    """A home given as a path may be any folder: files and folders of other programs whose names
+    look like mvr's leftovers stay as they are."""
+    from conftest import FAST
+    from mvr import Index
+
+    (tmp_path / ".s.PGSQL.5432.lock").write_text("4242\n")
+    (tmp_path / ".cache.building-12345678").mkdir()
+    (tmp_path / ".cache.building-12345678" / "data").write_text("keep me")
+    (tmp_path / "photos").mkdir()
+    (tmp_path / ".photos.old-20240101").mkdir()
+    (tmp_path / ".photos.old-20240101" / "a.jpg").write_text("keep me too")
+    (tmp_path / ".idx.lock").write_text("another program's lock")
+    Index.build([("a", "cats purr")], tmp_path / "idx", config=FAST, encoder=default_encoder)
+    assert (tmp_path / ".s.PGSQL.5432.lock").read_text() == "4242\n"
+    assert (tmp_path / ".cache.building-12345678" / "data").read_text() == "keep me"
+    assert (tmp_path / ".photos.old-20240101" / "a.jpg").read_text() == "keep me too"
+    assert (tmp_path / ".idx.lock").read_text() == "another program's lock"

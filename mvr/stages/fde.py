@@ -23,7 +23,7 @@ from pathlib import Path
 import numpy as np
 
 from ..config import FDE_EF_SEARCH, FDE_NPROBE, FDEConfig
-from ..errors import ConfigError
+from ..errors import ConfigError, QueryError
 from ..storage.formats import FDE_FORMAT, FDE_VERSION, upgrade_fde_config
 from .base import BuildSource, Candidates, QueryBatch
 
@@ -172,7 +172,7 @@ def with_selector(params, allowed: np.ndarray):
     import faiss
 
     bitmap = np.packbits(allowed, bitorder="little")
-    selector = faiss.IDSelectorBitmap(len(allowed), faiss.swig_ptr(bitmap))
+    selector = faiss.IDSelectorBitmap(len(bitmap), faiss.swig_ptr(bitmap))  # its size in bytes
     outer = params if params is not None else faiss.SearchParameters()
     inner = outer
     while getattr(inner, "index_params", None) is not None or getattr(inner, "base_index_params", None) is not None:
@@ -228,5 +228,13 @@ class FDEStage:
         params = search_parameters(self.index, nprobe, ef_search)
         if allowed is not None:
             params = with_selector(params, allowed)
-        scores, ids = self.index.search(encoded, n, params=params)
+        try:
+            scores, ids = self.index.search(encoded, n, params=params)
+        except RuntimeError as error:
+            if allowed is None:
+                raise
+            raise QueryError(
+                f"the FDE index ({self.config.factory}) cannot apply a filter ({str(error).strip().splitlines()[-1]}); search with "
+                "first_stage='exhaustive' or a text stage, or rebuild the FDE with a Flat, IVF or HNSW factory (`mvr fde NAME --fde-factory ...`)."
+            ) from None
         return [Candidates(row[row >= 0], row_scores[row >= 0]) for row, row_scores in zip(ids, scores)]

@@ -30,7 +30,10 @@ from .lock import WriterLock
 from .manifest import MANIFEST, write_manifest
 
 # mkdtemp's random part is 8 characters of [a-z0-9_]; folders from before the PID was added lack it
-_LEFTOVER = re.compile(r"^\.(?P<name>.+?)(?:\.(?P<kind>building|old)-(?:\d+-)?[a-z0-9_]{8}|\.(?P<lock>lock))$")
+_LEFTOVER = re.compile(r"^\.(?P<name>.+?)(?:\.(?P<kind>building|old)-(?:\d+-)?[a-z0-9_]{8}|\.(?P<lock>mvr-lock))$")
+# Inside every staging folder mvr makes: cleanup removes only folders that carry it (a folder of
+# another program whose name happens to match is never touched).
+STAGING_MARK = ".mvr-staging"
 
 
 def _new_folder(home: Path, prefix: str) -> Path:
@@ -142,6 +145,7 @@ class StagingDir:
             _tidy(home, self.formats, self._lock)
             self._check(overwrite)
             self.path = _new_folder(home, f".{self.target.name}.building-{os.getpid()}-")
+            (self.path / STAGING_MARK).write_text(f"{os.getpid()}\n")
         except BaseException:
             self._lock.release()
             raise
@@ -186,6 +190,8 @@ class StagingDir:
         if not self._lock.held:
             raise RuntimeError(f"{self.path} was already committed or abandoned")
         home = self.target.parent
+        self._check(overwrite=True)  # what stands at the target now (another program may have filled it during the build)
+        (self.path / STAGING_MARK).unlink(missing_ok=True)
         _fsync_tree(self.path)  # the files must be on disk before a rename publishes them
         old = None
         if self.target.exists() or self.target.is_symlink():
@@ -203,6 +209,10 @@ class StagingDir:
         _fsync_dir(self.target)
         _fsync_dir(home)
         if old is not None:
+            # the manifest goes first: a kill during the removal leaves an incomplete folder that is
+            # never mistaken for an intact copy to put back
+            (old / MANIFEST).unlink(missing_ok=True)
+            _fsync_dir(old)
             shutil.rmtree(old, ignore_errors=True)
         self._lock.release()
         return self.target
@@ -305,7 +315,8 @@ def _tidy(home: Path, formats: tuple[str, ...], own: WriterLock) -> None:
             for kind, entry in entries:
                 if entry.is_symlink() or not entry.is_dir():
                     continue
-                if kind == "building" or (kind == "old" and (target.exists() or not any(entry.iterdir()))):
+                ours = (entry / STAGING_MARK).is_file() if kind == "building" else _manifest_format(entry)[0] in formats
+                if ours and (kind == "building" or target.exists()):
                     shutil.rmtree(entry, ignore_errors=True)
         finally:
             if lock is not own:

@@ -18,7 +18,7 @@ class WriterLock:
     never hold two different files of one name."""
 
     def __init__(self, folder: Path, name: str, label: str | None = None):
-        self.path = Path(folder) / f".{name}.lock"
+        self.path = Path(folder) / f".{name}.mvr-lock"  # a suffix of mvr's own: never another program's lock
         self.name = name
         self.label = label or f"index {name!r}"
         self._fd: int | None = None

@@ -94,7 +94,7 @@ def write_manifest(folder: Path, manifest: dict, known_sha256: dict[str, str] | 
     rename)."""
     known_sha256 = known_sha256 or {}
     manifest["files"] = {
-        p.name: {"bytes": p.stat().st_size, "sha256": known_sha256.get(p.name) or sha256_file(p)} for p in sorted(folder.iterdir()) if p.is_file()
+        p.name: {"bytes": p.stat().st_size, "sha256": known_sha256.get(p.name) or sha256_file(p)} for p in sorted(folder.iterdir()) if p.is_file() and not p.name.startswith(".mvr-")  # mvr's own marks are not index data
     }
     temp = folder / (MANIFEST + ".tmp")
     with open(temp, "w", encoding="utf-8") as handle:

@@ -28,6 +28,7 @@ from pathlib import Path
 
 import numpy as np
 
+from ..corpus import exact_number
 from ..errors import CorpusError, IndexFormatError, QueryError
 
 SCHEMA = "metadata.json"
@@ -37,6 +38,8 @@ _OPERATORS = ("$eq", "$ne", "$in", "$nin", *_COMPARE)
 
 
 def _kind(value) -> str:
+    if value is None or isinstance(value, dict):
+        return "nothing"
     if isinstance(value, bool):
         return "bool"
     if isinstance(value, (int, float)):
@@ -90,7 +93,8 @@ class MetadataWriter:
 
 
 class Metadata:
-    """The metadata columns of an index folder, read on first use; an index without any has none."""
+    """The metadata columns of an index folder: the schema read on open, each column loaded and
+    checked on first use; an index without any has none."""
 
     def __init__(self, folder: Path, n_docs: int):
         self.folder, self.n_docs = Path(folder), n_docs
@@ -104,24 +108,32 @@ class Metadata:
         if bad:
             raise IndexFormatError(f"{path} does not describe the index's {n_docs} documents; the index is damaged: `mvr info {self.folder} --verify`, then rebuild it.")
         self._columns: dict[str, tuple] = {}
-        for name in self.fields:  # lengths checked now: a damaged column must not index out of range later
-            values, offsets, vocab = self.column(name)
-            rows = len(values) if offsets is None else len(offsets) - 1
-            if rows != n_docs or (offsets is not None and (offsets[0] != 0 or offsets[-1] != len(values) or (np.diff(offsets) < 0).any())):
-                raise IndexFormatError(f"{self.folder / self.fields[name]['file']}.npy: the column of metadata field {name!r} does not match the index's {n_docs} documents; rebuild the index.")
-            if vocab is not None and len(values) and (int(np.max(values)) >= len(vocab) or int(np.min(values)) < (-1 if offsets is None else 0)):
-                raise IndexFormatError(f"{self.folder / self.fields[name]['file']}.npy: codes of metadata field {name!r} fall outside its vocabulary; rebuild the index.")
 
     def column(self, name: str) -> tuple:
-        """``(values, offsets, vocab)`` of a field (offsets only for lists, vocab for strings)."""
+        """``(values, offsets, vocab)`` of a field (offsets only for lists, vocab for strings),
+        loaded and checked against the index's documents on first use."""
         if name not in self._columns:
-            field = self.fields[name]
-            stem = self.folder / field["file"]
-            values = np.load(f"{stem}.npy", mmap_mode="r")
-            offsets = np.load(f"{stem}.offsets.npy") if field["type"] == "strings" else None
-            vocab = json.loads(Path(f"{stem}.vocab.json").read_text(encoding="utf-8")) if field["type"] in ("string", "strings") else None
-            self._columns[name] = (values, offsets, vocab)
+            columns = self._load(name)
+            self._check(name, *columns)
+            self._columns[name] = columns
         return self._columns[name]
+
+    def _check(self, name: str, values, offsets, vocab) -> None:
+        """A damaged column must not index out of range later."""
+        file = f"{self.folder / self.fields[name]['file']}.npy"
+        rows = len(values) if offsets is None else len(offsets) - 1
+        if rows != self.n_docs or (offsets is not None and (offsets[0] != 0 or offsets[-1] != len(values) or (np.diff(offsets) < 0).any())):
+            raise IndexFormatError(f"{file}: the column of metadata field {name!r} does not match the index's {self.n_docs} documents; rebuild the index.")
+        if vocab is not None and len(values) and (int(np.max(values)) >= len(vocab) or int(np.min(values)) < (-1 if offsets is None else 0)):
+            raise IndexFormatError(f"{file}: codes of metadata field {name!r} fall outside its vocabulary; rebuild the index.")
+
+    def _load(self, name: str) -> tuple:
+        field = self.fields[name]
+        stem = self.folder / field["file"]
+        values = np.load(f"{stem}.npy", mmap_mode="r")
+        offsets = np.load(f"{stem}.offsets.npy") if field["type"] == "strings" else None
+        vocab = json.loads(Path(f"{stem}.vocab.json").read_text(encoding="utf-8")) if field["type"] in ("string", "strings") else None
+        return values, offsets, vocab
 
     def row(self, i: int) -> dict:
         """The metadata of the document at row ``i``, as it was given."""
@@ -189,7 +201,7 @@ class Metadata:
         kind = self.fields[name]["type"]
         values, offsets, vocab = self.column(name)
         want = {"string": "string", "strings": "string", "number": "number", "bool": "bool"}[kind]
-        if isinstance(value, list) or _kind(value) != want:
+        if isinstance(value, list) or _kind(value) != want or (want == "number" and not exact_number(value)):
             raise QueryError(f"field {name!r} holds {kind}s; the filter compares it with {value!r}: give a {want}.")
         if kind == "number":
             return np.asarray(values) == float(value)
@@ -204,7 +216,7 @@ class Metadata:
 
     def _compare(self, name: str, op: str, value) -> np.ndarray:
         kind = self.fields[name]["type"]
-        if kind != "number" or _kind(value) != "number":
+        if kind != "number" or not exact_number(value):
             raise QueryError(f"{op} compares numbers; field {name!r} holds {kind}s and the filter gives {value!r}.")
         values = np.asarray(self.column(name)[0])
         with np.errstate(invalid="ignore"):  # NaN (absent) compares false
