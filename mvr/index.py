@@ -23,11 +23,12 @@ from .corpus import Document
 from .encode import Encoder, TokenVectors
 from .encode.encoder import identity_differences
 from .errors import EncoderError, EncoderMismatchError, IndexFormatError, QueryError
-from .registry import EXHAUSTIVE, parse_stage, store_class
+from .registry import EXHAUSTIVE, STAGES, parse_stage, store_class
 from .results import Hit, Results
 from .search import SearchOptions
 from .stages import Hybrid, QueryBatch, has_stage, open_stage, stage_class
 from .storage import Blob, locate, read_manifest
+from .storage.layout import recover_stages
 from .storage.formats import FDE_FORMAT, FDE_VERSION, TOKEN_IDS
 from .storage.metadata import Metadata
 from .vectors import project
@@ -92,6 +93,7 @@ class Index:
         likewise for the SPLADE first stage, when its model folder has moved.
         """
         path = locate(name_or_path, Path(home) if home else None)
+        recover_stages(path, {name: (stage_class(name).format,) for name in STAGES})
         return cls(path, read_manifest(path), model=model, splade_model=splade_model)
 
     @property
@@ -339,8 +341,6 @@ class Index:
 
     def stage_bytes(self) -> dict[str, int]:
         """Bytes on disk of each built first stage."""
-        from .registry import STAGES
-
         return {
             name: sum(meta["bytes"] for meta in read_manifest(self.path / name, stage_class(name).format, stage_class(name).version)["files"].values())
             for name in STAGES

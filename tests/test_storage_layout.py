@@ -10,6 +10,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 from conftest import DOCS, FAST
@@ -262,3 +263,14 @@ def test_cleanup_never_touches_what_mvr_did_not_make(tmp_path, default_encoder):
     assert (tmp_path / ".cache.building-12345678" / "data").read_text() == "keep me"
     assert (tmp_path / ".photos.old-20240101" / "a.jpg").read_text() == "keep me too"
     assert (tmp_path / ".idx.lock").read_text() == "another program's lock"
+
+
+def test_a_stage_rebuild_killed_between_its_renames_is_put_back(tmp_path, default_encoder):
+    from mvr import Index
+
+    index = Index.build([("a", "cats purr"), ("b", "dogs bark")], tmp_path / "idx", encoder=default_encoder)
+    before = index.search("cats", k=2, first_stage="fde").indices
+    os.replace(index.path / "fde", index.path / ".fde.old-4242-x1y2z3w4")  # the first rename of a swap, then a kill
+    reopened = Index.open(tmp_path / "idx")
+    assert reopened.has_stage("fde") and reopened.default_stage == "fde+bm25s"  # not a silent fall-back to exhaustive
+    np.testing.assert_array_equal(reopened.search("cats", k=2, first_stage="fde").indices, before)

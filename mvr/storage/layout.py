@@ -293,6 +293,15 @@ def _recover(target: Path, formats: tuple[str, ...] = (INDEX_FORMAT,), wait: flo
         lock.release()
 
 
+def recover_stages(index: Path, formats: dict[str, tuple[str, ...]]) -> None:
+    """Put back a first stage (``formats``: stage folder name -> its formats) whose rebuild was
+    killed between the two renames of its swap, as :func:`locate` does for an index."""
+    for name, stage_formats in formats.items():
+        target = index / name
+        if not (target / MANIFEST).is_file():
+            _recover(target, stage_formats)
+
+
 def _tidy(home: Path, formats: tuple[str, ...], own: WriterLock) -> None:
     """What killed writers left in ``home``, for every name no live writer holds: restore a hidden
     old copy whose target is missing, remove staging folders, old copies of present targets and
