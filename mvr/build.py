@@ -30,6 +30,7 @@ from .registry import store_class
 from .stages import BuildSource, build_stage, stage_class
 from .storage import Blob, BlobWriter, StagingDir, sha256_file, target_path
 from .storage.formats import INDEX_FORMAT, INDEX_VERSION, TOKEN_IDS
+from .storage.lock import WriterLock
 from .storage.metadata import MetadataWriter
 from .storage.manifest import MANIFEST
 from .threads import cpu_threads
@@ -124,10 +125,15 @@ def rebuild_stage(index, name: str, settings=None, *, threads: int | None = None
     """(Re)build the first stage ``name`` of an open index from its stored vectors or texts; the
     new one replaces the old only once complete. Returns its manifest."""
     stage_class(name).check(settings, index.dim)
-    with StagingDir(index.path / name, overwrite=True, formats=(stage_class(name).format,)) as staging, cpu_threads(threads, "numba", "faiss"):
-        source = BuildSource(index.path, index.dim, index.doc_offsets, index.tokens, lambda: stored_texts(index.path), index.doc_ids_sha256, index.vectors_sha256, command, show_progress)
-        manifest = build_stage(name, staging.path, source, settings)
-        staging.commit()
+    # the index's own name is held too: no `mvr index --overwrite` of it may swap it away meanwhile
+    lock = WriterLock(index.path.parent, index.path.name, f"index {index.name!r}").acquire()
+    try:
+        with StagingDir(index.path / name, overwrite=True, formats=(stage_class(name).format,)) as staging, cpu_threads(threads, "numba", "faiss"):
+            source = BuildSource(index.path, index.dim, index.doc_offsets, index.tokens, lambda: stored_texts(index.path), index.doc_ids_sha256, index.vectors_sha256, command, show_progress)
+            manifest = build_stage(name, staging.path, source, settings)
+            staging.commit()
+    finally:
+        lock.release()
     return manifest
 
 

@@ -222,3 +222,14 @@ def test_plain_output_escapes_control_characters(tmp_path, index, capsys):
     assert code == 0 and "\x1b" not in out and out.startswith("## q1: kettle \\x1b[2J alert\n")
     code, out, _ = run(capsys, "search", index.path, "kettle alert", "-k", "4", "--json")
     assert code == 0 and DOCS[2][1] in [h["text"] for h in json.loads(out)["hits"]]  # JSON keeps the text itself
+
+
+def test_query_ids_that_would_break_a_trec_run_are_refused(tmp_path):
+    (tmp_path / "q.tsv").write_text("q 1\twhich animal purrs\n")
+    with pytest.raises(QueryError, match=r"q.tsv:1: query id 'q 1' holds whitespace"):
+        read_queries(tmp_path / "q.tsv")
+    (tmp_path / "q.jsonl").write_text('{"_id": "", "text": "x"}\n')
+    with pytest.raises(QueryError, match="query id '' is empty"):
+        read_queries(tmp_path / "q.jsonl")
+    (tmp_path / "ok.jsonl").write_text('{"_id": 7, "text": "x"}\n')
+    assert read_queries(tmp_path / "ok.jsonl") == [("7", "x")]

@@ -274,3 +274,24 @@ def test_a_stage_rebuild_killed_between_its_renames_is_put_back(tmp_path, defaul
     reopened = Index.open(tmp_path / "idx")
     assert reopened.has_stage("fde") and reopened.default_stage == "fde+bm25s"  # not a silent fall-back to exhaustive
     np.testing.assert_array_equal(reopened.search("cats", k=2, first_stage="fde").indices, before)
+
+
+def test_a_stage_rebuild_waits_for_no_one_and_excludes_an_overwrite(tmp_path, default_encoder):
+    """`mvr fde` / `mvr sparse` hold the index's own name: a concurrent writer of that name is refused."""
+    from mvr.storage.lock import WriterLock
+
+    index = Index.build([("a", "cats purr"), ("b", "dogs bark")], tmp_path / "idx", encoder=default_encoder)
+    holder = subprocess.Popen(
+        [sys.executable, "-c", "import sys, time; from pathlib import Path; from mvr.storage.lock import WriterLock; "
+         "WriterLock(Path(sys.argv[1]), 'idx').acquire(); print('held', flush=True); time.sleep(600)", str(tmp_path)],
+        stdout=subprocess.PIPE, text=True,
+    )
+    try:
+        assert holder.stdout.readline().strip() == "held"
+        with pytest.raises(IndexLockedError, match=f"being written by PID {holder.pid}"):
+            index.build_sparse(["bm25s"])
+    finally:
+        holder.kill()
+        holder.wait()
+    assert index.build_sparse(["bm25s"])["bm25s"]["documents"] == 2  # free again once the holder died
+    assert WriterLock(tmp_path, "idx").try_acquire()

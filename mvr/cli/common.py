@@ -131,6 +131,17 @@ def compaction(args) -> dict:
     return settings
 
 
+def _query_id(qid, where: str) -> str:
+    """A query id as TREC runs need it (one field: no whitespace or control characters)."""
+    from ..corpus import check_id
+    from ..errors import CorpusError, QueryError
+
+    try:
+        return check_id(qid, where, "change the query id")
+    except CorpusError as error:
+        raise QueryError(str(error).replace("document id", "query id")) from None
+
+
 def read_queries(path: Path) -> list[tuple[str, str]]:
     """``(id, text)`` of each query in a JSONL file of ``{_id|id, text}`` or a TSV of ``id<TAB>text``
     (UTF-8, a byte order mark allowed)."""
@@ -143,6 +154,8 @@ def read_queries(path: Path) -> list[tuple[str, str]]:
     if path.suffix.lower() in (".jsonl", ".json"):
         for line, obj in read_jsonl_objects(path, QueryError):
             qid, text = obj.get("_id", obj.get("id")), obj.get("text")
+            if qid is not None:
+                qid = _query_id(qid, f"{path}:{line}")
             if qid is None or not isinstance(text, str):
                 raise QueryError(f'{path}:{line}: each query needs "_id" (or "id") and "text".')
             queries.append((str(qid), text))
@@ -154,7 +167,7 @@ def read_queries(path: Path) -> list[tuple[str, str]]:
                 parts = row.split("\t", 1)
                 if len(parts) != 2:
                     raise QueryError(f"{path}:{line}: expected id<TAB>text.")
-                queries.append((parts[0], parts[1]))
+                queries.append((_query_id(parts[0], f"{path}:{line}"), parts[1]))
         form = "one id<TAB>text per line"
     if not queries:
         # an empty file would otherwise search nothing and exit 0, as if every query had run
