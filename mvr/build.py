@@ -155,7 +155,8 @@ def _finish(staging: StagingDir, config: IndexConfig, encoder: Encoder, counts: 
     data_sha256 = sha256_file(folder / store.files[0])
     doc_offsets = np.load(folder / "doc_offsets.npy")
     tokens = store.open(folder, config, counts["dim"], doc_offsets)
-    source = BuildSource(folder, counts["dim"], doc_offsets, tokens, lambda: stored_texts(folder), sha256_file(folder / "doc_ids.npy"), data_sha256, command, show_progress)
+    ids_sha256 = sha256_file(folder / "doc_ids.npy")
+    source = BuildSource(folder, counts["dim"], doc_offsets, tokens, lambda: stored_texts(folder), ids_sha256, data_sha256, command, show_progress)
     fde_seconds = 0.0
     for name, settings in planned_stages(config).items():
         if (folder / name).is_dir():  # a derived index brings its source's text stages
@@ -178,7 +179,7 @@ def _finish(staging: StagingDir, config: IndexConfig, encoder: Encoder, counts: 
             # Everything search reads to score documents, per document token before pruning.
             "bytes_per_token": round(_search_bytes(folder, store) / max(counts["source_tokens"], 1), 3),
         },
-        known_sha256={store.files[0]: data_sha256},
+        known_sha256={store.files[0]: data_sha256, "doc_ids.npy": ids_sha256},
     )
 
 

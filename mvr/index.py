@@ -29,7 +29,7 @@ from .search import SearchOptions
 from .stages import Hybrid, QueryBatch, has_stage, open_stage, stage_class
 from .storage import Blob, locate, read_manifest
 from .storage.layout import recover_stages
-from .storage.formats import FDE_FORMAT, FDE_VERSION, TOKEN_IDS
+from .storage.formats import FDE_FORMAT, FDE_VERSION, TOKEN_IDS, rebuild_command
 from .storage.metadata import Metadata
 from .vectors import project
 
@@ -149,8 +149,9 @@ class Index:
         """Raise, saying how to add it, where the first stage ``name`` (or a part of it) is not built."""
         for part in parse_stage(name):
             if not has_stage(self.path, part):
-                how = f"mvr fde {self.name}` (Index.build_fde)" if part == "fde" else f"mvr sparse {self.name} --stage {part}` (Index.build_stage)"
-                raise QueryError(f"index {self.name!r} has no {part} first stage; add it with `{how}, or search with another first stage.")
+                raise QueryError(
+                    f"index {self.name!r} has no {part} first stage; add it with `{rebuild_command(part, self.name)}` (Index.build_stage), or search with another first stage."
+                )
 
     def first_stage(self, name: str, options: SearchOptions | None = None):
         """What finds candidates for the first stage ``name``: a built stage, or a hybrid of two."""

@@ -165,22 +165,20 @@ def exhaustive(index, queries: QueryBatch, k: int, allowed: np.ndarray | None = 
     parts = []
     vectors, offsets = queries.vectors, queries.offsets
     if allowed is not None and allowed.mean() < 0.5:
-        # few documents match: score only those, one query at a time
-        rows = np.flatnonzero(allowed).astype(np.int64)
+        # few documents match: score only those, one query at a time; the -1 appended maps the
+        # "no result" slots of top-k to -1
+        rows = np.append(np.flatnonzero(allowed), -1).astype(np.int64)
         for q in range(len(offsets) - 1):
-            if len(rows) == 0:
-                parts.append((np.full((1, k), -1, dtype=np.int64), np.full((1, k), -np.inf, dtype=np.float32)))
-                continue
-            best, top = topk_rows(index.tokens.score(queries.query(q), rows)[None, :], k)
-            parts.append((np.where(best >= 0, rows[np.maximum(best, 0)], -1), top))
-        allowed = None
-    for start in range(0, len(offsets) - 1 if not parts else 0, _QUERY_CHUNK):
-        stop = min(start + _QUERY_CHUNK, len(offsets) - 1)
-        block = vectors[offsets[start] : offsets[stop]]
-        scores = index.tokens.score_all(block, offsets[start : stop + 1] - offsets[start])
-        if allowed is not None:
-            scores[:, ~allowed] = -np.inf
-        parts.append(topk_rows(scores, k))
+            best, top = topk_rows(index.tokens.score(queries.query(q), rows[:-1])[None, :], k)
+            parts.append((rows[best], top))
+    else:
+        for start in range(0, len(offsets) - 1, _QUERY_CHUNK):
+            stop = min(start + _QUERY_CHUNK, len(offsets) - 1)
+            block = vectors[offsets[start] : offsets[stop]]
+            scores = index.tokens.score_all(block, offsets[start : stop + 1] - offsets[start])
+            if allowed is not None:
+                scores[:, ~allowed] = -np.inf
+            parts.append(topk_rows(scores, k))
     indices = np.concatenate([p[0] for p in parts])
     top = np.concatenate([p[1] for p in parts])
     if allowed is not None:

@@ -8,6 +8,7 @@ from pathlib import Path
 
 from ..errors import IndexFormatError
 from ..registry import stage_entry
+from ..storage.formats import rebuild_command, stage_mismatch
 from ..storage.manifest import MANIFEST, read_manifest, write_manifest
 from .base import BuildSource, Candidates, FirstStage, QueryBatch
 from .hybrid import Hybrid, union_candidates
@@ -31,10 +32,10 @@ def open_stage(name: str, index) -> FirstStage:
     cls = stage_class(name)
     folder = stage_folder(index.path, name)
     manifest = read_manifest(folder, cls.format, cls.version)
-    bound = {"vectors": ("vectors_sha256", index.vectors_sha256), "doc_ids": ("doc_ids_sha256", index.doc_ids_sha256)}[cls.binds]
-    if manifest.get(bound[0]) != bound[1] or manifest.get("documents") != index.n_docs:
-        rebuild = "mvr fde" if name == "fde" else f"mvr sparse --stage {name}"
-        raise IndexFormatError(f"{folder} was built for other {'token vectors' if cls.binds == 'vectors' else 'documents'} than its index holds; rebuild it with `{rebuild} {index.name}`.")
+    bound = {"vectors": {"vectors_sha256": index.vectors_sha256}, "doc_ids": {"doc_ids_sha256": index.doc_ids_sha256}}[cls.binds]
+    other = stage_mismatch(manifest, bound, index.n_docs)
+    if other:
+        raise IndexFormatError(f"{folder} was built for other {other} than its index holds; rebuild it with `{rebuild_command(name, index.name)}`.")
     return cls.open(folder, manifest, index)
 
 

@@ -27,6 +27,26 @@ TOKEN_IDS = "token_ids.npy"
 _FDE_SEARCH_SETTINGS = ("nprobe", "ef_search")
 
 
+def stage_format(stage: str) -> tuple[str, int]:
+    """The format and version of the first stage folder ``stage`` (the FDE's, or a text stage's)."""
+    return (FDE_FORMAT, FDE_VERSION) if stage == "fde" else (SPARSE_FORMAT, SPARSE_VERSION)
+
+
+def rebuild_command(stage: str, index) -> str:
+    """The command that rebuilds the first stage ``stage`` of ``index`` (its name or path)."""
+    return f"mvr fde {index}" if stage == "fde" else f"mvr sparse {index} --stage {stage}"
+
+
+def stage_mismatch(stage_manifest: dict, built_from: dict[str, str], n_docs: int) -> str | None:
+    """What a first stage was built from that its index no longer holds ("token vectors" or
+    "documents"), comparing each key of ``built_from`` (``vectors_sha256``, ``doc_ids_sha256``)
+    and the document count; None when it still matches."""
+    for key, want in built_from.items():
+        if stage_manifest.get(key) != want:
+            return "token vectors" if key == "vectors_sha256" else "documents"
+    return None if stage_manifest.get("documents") == n_docs else "documents"
+
+
 def upgrade_fde_config(values: dict | None) -> dict | None:
     """An FDE config as saved by any version, in today's fields."""
     if not isinstance(values, dict):

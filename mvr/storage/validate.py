@@ -26,7 +26,7 @@ import numpy as np
 from ..config import IndexConfig
 from ..errors import ConfigError, IndexFormatError, IndexNotFoundError
 from ..registry import CODECS, store_class
-from .formats import FDE_FORMAT, FDE_VERSION, SPARSE_FORMAT, SPARSE_VERSION, TOKEN_IDS, upgrade_config
+from .formats import TOKEN_IDS, rebuild_command, stage_format, stage_mismatch, upgrade_config
 from .manifest import MANIFEST, read_manifest, verify
 
 _SCAN_ROWS = 1 << 16
@@ -179,7 +179,7 @@ def check_arrays(path: Path, manifest: dict, config: IndexConfig) -> np.ndarray:
     if (path / "projection.npy").is_file():
         _expect(path, "projection.npy", (counts.get("model_dim", manifest["encoder"]["dim"]), dim), "floats")
     for stage in stage_folders(path):
-        fix = f"rebuild it with `mvr {'fde' if stage.name == 'fde' else 'sparse --stage ' + stage.name} {path}`"
+        fix = f"rebuild it with `{rebuild_command(stage.name, path)}`"
         for file in sorted(stage.glob("*.npy")):
             npy_header(path, f"{stage.name}/{file.name}", fix)
     return doc_offsets
@@ -210,17 +210,15 @@ def verify_files(path: Path) -> list[str]:
     built_from = {"vectors_sha256": files.get(vectors[0], {}).get("sha256") if vectors else None, "doc_ids_sha256": files.get("doc_ids.npy", {}).get("sha256")}
     documents = manifest["counts"].get("documents") if isinstance(manifest.get("counts"), dict) else None
     for stage in stage_folders(path):
-        fde = stage.name == "fde"
         try:
-            stage_manifest = read_manifest(stage, FDE_FORMAT if fde else SPARSE_FORMAT, FDE_VERSION if fde else SPARSE_VERSION)
+            stage_manifest = read_manifest(stage, *stage_format(stage.name))
         except (IndexFormatError, IndexNotFoundError) as error:
             problems.append(f"{stage.name}/: {error}")
             continue
         problems += [f"{stage.name}/{name}: its sha256 differs from {stage.name}/{MANIFEST}" for name in verify(stage, stage_manifest)]
-        stale = [key for key, want in built_from.items() if key in stage_manifest and stage_manifest[key] != want]
-        if stale or stage_manifest.get("documents") != documents:
-            what = "token vectors" if "vectors_sha256" in stale else "documents"
-            problems.append(f"{stage.name}/: built for other {what} than the index holds; rebuild it with `mvr {'fde' if fde else 'sparse --stage ' + stage.name} {path}`")
+        other = stage_mismatch(stage_manifest, {key: want for key, want in built_from.items() if key in stage_manifest}, documents)
+        if other:
+            problems.append(f"{stage.name}/: built for other {other} than the index holds; rebuild it with `{rebuild_command(stage.name, path)}`")
     return problems
 
 
