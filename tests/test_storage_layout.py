@@ -295,3 +295,38 @@ def test_a_stage_rebuild_waits_for_no_one_and_excludes_an_overwrite(tmp_path, de
         holder.wait()
     assert index.build_sparse(["bm25s"])["bm25s"]["documents"] == 2  # free again once the holder died
     assert WriterLock(tmp_path, "idx").try_acquire()
+
+
+def test_an_overwrite_killed_at_any_point_leaves_the_last_commit_whole(tmp_path, models):
+    """SIGKILL a real `mvr index --overwrite` at several points of its build: the committed index
+    opens, verifies and searches as before, and the next writer removes what the killed one left."""
+    import random
+    import time
+
+    from mvr.storage.validate import verify_files
+
+    home = tmp_path / "home"
+    corpus = tmp_path / "corpus.jsonl"
+    corpus.write_text("".join(json.dumps({"id": f"d{i}", "text": f"document {i} about cats and dogs number {i % 97}"}) + "\n" for i in range(1500)))
+    small = [("a", "cats purr"), ("b", "dogs bark"), ("c", "plants grow")]
+    Index.build(small, "idx", home=home, encoder=Encoder(models["plain"]), config=FAST)
+    before = Index.open("idx", home=home).search("cats", k=3, first_stage="exhaustive")
+    command = [sys.executable, "-m", "mvr.cli", "index", str(corpus), "--name", "idx", "--index-dir", str(home), "--overwrite",
+               "--model", str(models["plain"]), "--doc-runtime", "torch", "--no-fde", "--sparse", "bm25s", "--quiet"]
+    rng = random.Random(0)
+    mid_build = 0
+    for delay in (0.5, 2.0, *(rng.uniform(0.5, 6.0) for _ in range(2))):
+        writer = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        time.sleep(delay)
+        writer.send_signal(signal.SIGKILL)
+        writer.wait(timeout=30)
+        mid_build += any(p.name.startswith(f".idx.building-{writer.pid}-") for p in home.iterdir())  # its own staging folder
+        index = Index.open("idx", home=home)  # whatever the kill interrupted, the last commit is there
+        if index.n_docs == len(small):
+            assert verify_files(index.path) == []
+            np.testing.assert_array_equal(index.search("cats", k=3, first_stage="exhaustive").indices, before.indices)
+        else:  # the kill came after the swap: the new commit is whole instead
+            assert index.n_docs == 1500 and verify_files(index.path) == []
+    assert mid_build >= 1  # at least one kill landed inside a build, not before or after it
+    Index.build(small, "idx", home=home, encoder=Encoder(models["plain"]), config=FAST, overwrite=True)
+    assert not [p.name for p in home.iterdir() if p.name.startswith(".idx.building") or p.name.startswith(".idx.old")]
