@@ -250,3 +250,17 @@ def as_documents(items: Iterable) -> Iterator[Document]:
             yield _document_from_object(dict(zip(("id", "text", "title"), item)), where)
         else:
             raise CorpusError(f"{where}: expected a Document, a dict, an (id, text) pair or a string, got {type(item).__name__}.")
+
+
+def read_id_lines(source) -> list[str]:
+    """Document ids, one per line, from a file path or an open text stream (blank lines skipped),
+    each checked as :func:`check_id` does."""
+    if hasattr(source, "read"):
+        lines = enumerate(source.read().splitlines(), start=1)
+        name = "<stdin>"
+    else:
+        name = str(source)
+        if not Path(source).is_file():
+            raise CorpusError(f"{source}: no such file of ids (one id per line).")
+        lines = text_lines(Path(source))
+    return [check_id(line.strip(), f"{name}:{number}") for number, line in lines if line.strip()]

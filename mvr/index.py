@@ -1,11 +1,16 @@
-"""An index, opened: its documents, its token store, its first stages, and a search that delegates
-to the pipeline (mvr/search.py). Building and deriving live in mvr/build.py.
+"""An index, opened: the segments of one commit (mvr/segment.py, storage/commits.py) with their
+deletions, the query encoder, and a search that runs the pipeline (mvr/search.py) on every segment
+and merges. Building lives in mvr/build.py; adding, deleting and merging in mvr/writer.py.
 
     >>> import mvr
     >>> index = mvr.Index.build(["a passage", "another passage"], "demo")   # doctest: +SKIP
-    >>> index = mvr.Index.open("demo")                                      # doctest: +SKIP
+    >>> index.add([{"id": "3", "text": "a third passage"}])               # doctest: +SKIP
+    >>> index.delete(["0"])                                               # doctest: +SKIP
     >>> results = index.search("which passage?", k=5)                      # doctest: +SKIP
     >>> results[0][0].id, results[0][0].score, results[0][0].text           # doctest: +SKIP
+
+Positions: the rows of every segment of the commit, one after the other (deleted rows keep their
+place and are never returned); they are stable until the index moves to another commit.
 """
 
 from __future__ import annotations
@@ -18,87 +23,122 @@ from typing import Iterable, Sequence
 import numpy as np
 
 from . import search as pipeline
-from .config import FDEConfig, IndexConfig
+from .config import IndexConfig
 from .corpus import Document
 from .encode import Encoder, TokenVectors
 from .encode.encoder import identity_differences
-from .errors import EncoderError, EncoderMismatchError, IndexFormatError, QueryError
-from .registry import EXHAUSTIVE, STAGES, parse_stage, store_class
+from .errors import EncoderError, EncoderMismatchError, MvrError, QueryError
+from .registry import EXHAUSTIVE, STAGES
 from .results import Hit, Results
 from .search import SearchOptions
-from .stages import Hybrid, QueryBatch, has_stage, open_stage, stage_class
-from .storage import Blob, locate, read_manifest
+from .segment import Commit, Segment, describe_index, open_commit, stage_bytes
+from .writer import Changes
+from .stages import QueryBatch, stage_class
+from .storage import locate
 from .storage.layout import recover_stages
-from .storage.formats import FDE_FORMAT, FDE_VERSION, TOKEN_IDS, rebuild_command
-from .storage.metadata import Metadata
 from .vectors import project
 
-_MOVED = {
-    "fde": "index.stage('fde')",
-    "sparse": "index.stage(name)",
-    "has_fde": "index.has_stage('fde')",
-    "doc_codes": "index.tokens (the TokenStore; float16 bits as index.tokens.codes)",
-    "coded": "index.tokens",
-    "_score": "index.score(query_vectors, positions)",
-}
+_MOVED = {"fde": "index.stage('fde')", "sparse": "index.stage(name)", "has_fde": "index.has_stage('fde')", "coded": "index.tokens",
+          "doc_codes": "index.tokens (the TokenStore; float16 bits as index.tokens.codes)", "_score": "index.score(query_vectors, positions)"}
+_ONE_SEGMENT = ("tokens", "doc_offsets", "stage", "token_ids", "vectors_sha256", "doc_ids_sha256", "metadata")
 
 __all__ = ["Index", "Hit", "Results", "SearchOptions", "identity_differences"]
 
 
-class Index:
-    """A built index, memory-mapped. Create with :meth:`build`, load with :meth:`open`."""
+class Index(Changes):
+    """An index at one commit, memory-mapped. Create with :meth:`build`, load with :meth:`open`,
+    change with :meth:`add`, :meth:`upsert`, :meth:`delete`, :meth:`optimize`; :meth:`refresh`
+    moves a reader to the newest commit."""
 
-    def __init__(self, path: Path, manifest: dict, model=None, splade_model=None):
-        from .storage.validate import check_arrays, index_config, load_array
-
+    def __init__(self, path: Path, model=None, splade_model=None):
         self.path = Path(path)
-        self.manifest = manifest
-        # The manifest's fields, then every count and offset against the files: the kernels trust them.
-        self.config = index_config(self.path, manifest)
-        counts = manifest["counts"]
-        self.n_docs, self.n_tokens, self.dim, self.max_doc_len = (counts[k] for k in ("documents", "tokens", "dim", "max_doc_len"))
-        self.doc_offsets = check_arrays(self.path, manifest, self.config)
-        store = store_class(self.config.codec)
-        try:
-            self.tokens = store.open(self.path, self.config, self.dim, self.doc_offsets)
-        except (OSError, ValueError, TypeError) as error:
-            raise IndexFormatError(
-                f"{self.path}: the manifest says its vectors are stored as {self.config.codec}, but they cannot be read that way ({error}); "
-                f"`mvr info {self.path} --verify` checks all of it, then rebuild the index."
-            ) from None
-        if (len(self.tokens), self.tokens.dim, self.tokens.max_doc_len) != (self.n_tokens, self.dim, self.max_doc_len):
-            raise IndexFormatError(f"{self.path}: its token store does not match the manifest's counts; `mvr info {self.path} --verify` checks all of it, then rebuild the index.")
-        self.vectors_sha256 = manifest["files"][store.files[0]]["sha256"]
-        self.doc_ids_sha256 = manifest["files"]["doc_ids.npy"]["sha256"]
-        self.doc_ids = load_array(self.path, "doc_ids.npy", mmap=True)
-        self._id_order = None
-        self._texts = Blob(self.path, "text")
-        self._titles = Blob(self.path, "title")
-        self.projection = load_array(self.path, "projection.npy") if (self.path / "projection.npy").is_file() else None
-        self.metadata = Metadata(self.path, self.n_docs)
         self.splade_model = splade_model
         self._model = model
         self._encoder: Encoder | None = None
-        self._stages: dict = {}
         self._encoder_lock = threading.Lock()  # lazy loading of the query encoder
-        self._stage_lock = threading.Lock()  # lazy opening of the first stages
+        self._state: Commit = self._read()
+
+    def _read(self) -> Commit:
+        """The index's current commit, opened and pinned (a version-1 index: its one folder)."""
+        return open_commit(self.path, self.name, self.splade_model, getattr(self, "_state", None))
+
+    @property
+    def manifest(self) -> dict:
+        """The index's manifest as one dict: the commit's config and encoder, counts over every segment."""
+        return self._state.manifest
+
+    @property
+    def config(self) -> IndexConfig:
+        return self._state.config
+
+    @property
+    def legacy(self) -> bool:
+        """Whether this is a version-1 index (read-only until converted: :meth:`upgrade`)."""
+        return self._state.legacy
 
     # -- opening -------------------------------------------------------------------------------
     @classmethod
     def open(cls, name_or_path: str | os.PathLike, *, home: str | os.PathLike | None = None, model=None, splade_model=None) -> "Index":
-        """Open an index by name (under ``home``, default ``$MVR_INDEX_DIR`` or ``./indexes``) or path.
+        """Open an index by name (under ``home``, default ``$MVR_INDEX_DIR`` or ``./indexes``) or path,
+        at its newest commit (kept while other processes write; :meth:`refresh` moves on).
 
         ``model``: an :class:`Encoder` or a model folder for the queries; by default the model the
         index was built with. A different encoder is refused at the first search. ``splade_model``:
         likewise for the SPLADE first stage, when its model folder has moved.
         """
         path = locate(name_or_path, Path(home) if home else None)
-        recover_stages(path, {name: (stage_class(name).format,) for name in STAGES})
-        return cls(path, read_manifest(path), model=model, splade_model=splade_model)
+        if read_manifest_version(path) == 1:
+            recover_stages(path, {name: (stage_class(name).format,) for name in STAGES})
+        return cls(path, model=model, splade_model=splade_model)
+
+    def refresh(self) -> bool:
+        """Move to the index's newest commit; True when there was a newer one. Searches running in
+        other threads finish on the commit they started with (its files stay while they read them)."""
+        from .storage.commits import read_pointer
+
+        pointer = read_pointer(self.path)
+        if pointer["format_version"] == 1 or (not self.legacy and pointer["generation"] == self._state.generation):
+            return False
+        self._state = self._read()
+        return True
+
+    @property
+    def generation(self) -> int:
+        """The commit this index reads (0: a version-1 index)."""
+        return self._state.generation
+
+    @property
+    def segments(self) -> list[Segment]:
+        return list(self._state.segments)
 
     @property
     def name(self) -> str:
         return self.path.name
+
+    @property
+    def n_docs(self) -> int:
+        """Live documents (deleted ones not counted)."""
+        return self._state.n_live
+
+    @property
+    def n_rows(self) -> int:
+        """Rows of every segment, deleted ones included: positions run from 0 to n_rows - 1."""
+        return self._state.n_rows
+
+    n_tokens = property(lambda self: sum(s.n_tokens for s in self._state.segments))
+    max_doc_len = property(lambda self: max((s.max_doc_len for s in self._state.segments), default=0))
+    dim = property(lambda self: self._state.segments[0].dim if self._state.segments else self._state.record.get("dim", 0))
+    projection = property(lambda self: self._state.segments[0].projection if self._state.segments else None)  # one for every segment
+    metadata_fields = property(lambda self: {n: f["type"] for s in self._state.segments for n, f in s.metadata.fields.items()}, doc="``{field: type}`` of the index's metadata")
+
+    def _one(self) -> Segment:
+        segments = self._state.segments
+        if len(segments) != 1:
+            raise MvrError(
+                f"index {self.name!r} has {len(segments)} segments; this reads one (index.segments[i] does): "
+                f"merge them with `mvr optimize {self.name}` (Index.optimize())."
+            )
+        return segments[0]
 
     @property
     def encoder(self) -> Encoder:
@@ -132,33 +172,17 @@ class Index:
 
     # -- first stages --------------------------------------------------------------------------
     def has_stage(self, name: str) -> bool:
-        """Whether the first stage ``name`` (a hybrid too) can run on this index."""
-        return all(has_stage(self.path, part) for part in parse_stage(name))
-
-    def stage(self, name: str):
-        """The built first stage ``name`` ("fde", "bm25", "bm25s", "splade"), opened on first use."""
-        stage = self._stages.get(name)
-        if stage is None:
-            self._require(name)
-            with self._stage_lock:
-                stage = self._stages.get(name) or open_stage(name, self)
-                self._stages[name] = stage
-        return stage
+        """Whether the first stage ``name`` (a hybrid too) can run on this index (on every segment)."""
+        segments = self._state.segments
+        return bool(segments) and all(s.has_stage(name) for s in segments)
 
     def _require(self, name: str) -> None:
-        """Raise, saying how to add it, where the first stage ``name`` (or a part of it) is not built."""
-        for part in parse_stage(name):
-            if not has_stage(self.path, part):
-                raise QueryError(
-                    f"index {self.name!r} has no {part} first stage; add it with `{rebuild_command(part, self.name)}` (Index.build_stage), or search with another first stage."
-                )
+        for segment in self._state.segments:
+            segment.require(name)
 
     def first_stage(self, name: str, options: SearchOptions | None = None):
-        """What finds candidates for the first stage ``name``: a built stage, or a hybrid of two."""
-        parts = parse_stage(name)
-        if len(parts) == 2:
-            return Hybrid(self.stage(parts[0]), self.stage(parts[1]), (options or SearchOptions()).dense_share)
-        return self.stage(parts[0])
+        """What finds candidates for ``name`` in a one-segment index (pipeline.run does it per segment)."""
+        return self._one().first_stage(name, options)
 
     @property
     def default_stage(self) -> str:
@@ -175,45 +199,49 @@ class Index:
 
     # -- documents -----------------------------------------------------------------------------
     def document(self, position: int) -> Document:
-        """The document at ``position`` (corpus order)."""
-        return Document(id=str(self.doc_ids[position]), text=self._texts[position], title=self._titles[position], metadata=self.metadata.row(position))
+        """The document at ``position``."""
+        return self._state.document(int(position))
 
     def documents(self) -> Iterable[Document]:
-        """Every document, in index order."""
-        return (self.document(i) for i in range(self.n_docs))
+        """Every live document, in index order."""
+        state = self._state
+        for s, segment in enumerate(state.segments):
+            for row in np.flatnonzero(~state.deleted[s]):
+                yield segment.document(int(row))
+
+    @property
+    def doc_ids(self) -> np.ndarray:
+        """The id of every position (deleted rows included)."""
+        return self._state.doc_ids
 
     def document_vectors(self, position: int) -> np.ndarray:
         """The stored token vectors of the document at ``position``, decoded: float32 ``(n, dim)``."""
-        return self.tokens.document(position)
-
-    def token_ids(self) -> np.ndarray | None:
-        """int32 ``(n_tokens,)``: the vocabulary id behind each stored vector; None where the index
-        does not keep them (built before they were stored, or clustered)."""
-        path = self.path / TOKEN_IDS
-        return np.load(path, mmap_mode="r") if path.is_file() else None
+        segment, row = self._state.locate(int(position))
+        return segment.tokens.document(row)
 
     def position(self, doc_id: str) -> int:
-        """Row of the document with external id ``doc_id`` (KeyError if absent)."""
-        if self._id_order is None:
-            order = np.load(self.path / "doc_ids_order.npy")
-            self._id_order = (order, np.asarray(self.doc_ids)[order])
-        order, sorted_ids = self._id_order
-        at = int(np.searchsorted(sorted_ids, doc_id))
-        if at >= len(sorted_ids) or sorted_ids[at] != doc_id:
+        """Position of the live document with external id ``doc_id`` (KeyError if absent)."""
+        at = int(self._state.positions([doc_id])[0])
+        if at < 0:
             raise KeyError(doc_id)
-        return int(order[at])
+        return at
+
+    def __contains__(self, doc_id) -> bool:
+        return isinstance(doc_id, str) and int(self._state.positions([doc_id])[0]) >= 0
 
     def __len__(self) -> int:
         return self.n_docs
 
     def __getattr__(self, name: str):
         # only reached for names that do not exist: say where what moved in the restructure went
+        if name in _ONE_SEGMENT:
+            return getattr(self._one(), name)
         if name in _MOVED:
             raise AttributeError(f"Index.{name} is gone; use {_MOVED[name]} (docs/architecture.md).")
         raise AttributeError(f"'Index' object has no attribute {name!r}")
 
     def __repr__(self) -> str:
-        return f"Index({self.name!r}, documents={self.n_docs}, tokens={self.n_tokens}, dim={self.dim})"
+        return f"Index({self.name!r}, documents={self.n_docs}, segments={len(self._state.segments)}, generation={self.generation})"
 
     # -- search --------------------------------------------------------------------------------
     def encode_queries(self, queries: str | Sequence[str], *, batch_size: int | None = None, threads: int | None = None) -> TokenVectors:
@@ -228,7 +256,14 @@ class Index:
     def score(self, query: np.ndarray, positions: np.ndarray) -> np.ndarray:
         """Exact MaxSim of one query (float32 ``(n_tokens, dim)``) against the documents at
         ``positions`` (int64), whatever the codec: float32 ``(len(positions),)``."""
-        return self.tokens.score(np.ascontiguousarray(query, dtype=np.float32), np.asarray(positions, dtype=np.int64))
+        positions = np.asarray(positions, dtype=np.int64)
+        state = self._state
+        segment_of = state.segment_of(positions)
+        out = np.empty(len(positions), dtype=np.float32)
+        for s in np.unique(segment_of):
+            at = segment_of == s
+            out[at] = state.segments[s].score(query, positions[at] - state.bases[s])
+        return out
 
     def search(self, queries: str | Sequence[str], k: int = 10, *, first_stage: str | None = None, candidates: int | None = None, threads: int | None = None, **options) -> Results:
         """Top-``k`` documents of each query. A single string is one query.
@@ -272,15 +307,15 @@ class Index:
         elif opts.rerank or pipeline.needs_vectors(opts.first_stage):
             raise QueryError(f"first stage {opts.first_stage!r} with rerank={opts.rerank} needs encoded queries.")
         batch = QueryBatch(None if texts is None else list(texts), vectors, offsets)
-        return pipeline.run(self, batch, k, opts, threads)
+        return pipeline.run(self._state, batch, k, opts, threads)
 
     def _options(self, k, first_stage: str, candidates: int | None, options: dict) -> tuple[SearchOptions, int]:
         """The search options, and ``k`` capped at the index's documents (the results are ``(n_queries, k)`` arrays; a huge k would not fit in memory)."""
         if not isinstance(k, (int, np.integer)) or isinstance(k, bool) or k < 1:
             raise QueryError(f"k must be a positive integer, got {k!r}.")
-        return SearchOptions.create(first_stage=first_stage, candidates=candidates, **options), min(int(k), max(self.n_docs, 1))
+        return SearchOptions.create(first_stage=first_stage, candidates=candidates, **options), min(int(k), max(self._state.n_live, 1))
 
-    # -- building (mvr/build.py) ---------------------------------------------------------------
+    # -- building (mvr/build.py); changes (add, delete, ...) come from writer.Changes ---------------
     @classmethod
     def build(cls, documents, name, **kwargs) -> "Index":
         """Encode ``documents`` into the index ``name``: see :func:`mvr.build.build`."""
@@ -295,62 +330,18 @@ class Index:
 
         return derive(source, name, **kwargs)
 
-    def build_stage(self, name: str, settings=None, *, threads: int | None = None, command: str | None = None, show_progress=None) -> dict:
-        """(Re)build the first stage ``name`` from what the index stores: see :func:`mvr.build.rebuild_stage`."""
-        from .build import rebuild_stage
-
-        manifest = rebuild_stage(self, name, settings, threads=threads, command=command, show_progress=show_progress)
-        self._stages.pop(name, None)
-        return manifest
-
-    def build_fde(self, config: FDEConfig | None = None, *, threads: int | None = None, command: str | None = None) -> dict:
-        """(Re)build the FDE first stage from the stored token vectors, without re-encoding."""
-        return self.build_stage("fde", config or FDEConfig(), threads=threads, command=command)
-
-    def build_sparse(self, stages: Sequence[str] | None = None, *, splade_model=None, command: str | None = None, show_progress=None) -> dict:
-        """(Re)build text first stages from the stored texts ("bm25", "bm25s", and "splade" with
-        ``splade_model``, a masked-LM folder; default: those of ``IndexConfig().sparse``). Returns
-        their manifests by stage."""
-        stages = IndexConfig().sparse if stages is None else stages
-        return {s: self.build_stage(s, splade_model if s == "splade" else None, command=command, show_progress=show_progress) for s in stages}
-
     # -- description ---------------------------------------------------------------------------
     def info(self) -> dict:
-        """Summary for ``mvr info``: counts, sizes, encoder, config, build figures and first stages."""
-        lengths = np.diff(self.doc_offsets)
-        return {
-            "name": self.name,
-            "path": str(self.path),
-            "documents": self.n_docs,
-            "tokens": self.n_tokens,
-            "dim": self.dim,
-            "vectors_per_document": {"mean": round(float(lengths.mean()), 2) if len(lengths) else 0.0, "max": int(lengths.max()) if len(lengths) else 0},
-            "source_tokens_per_document": round(self.manifest["counts"].get("source_tokens", self.n_tokens) / max(self.n_docs, 1), 2),
-            "codec": self.config.codec,
-            "bytes_per_token": self.manifest["bytes_per_token"],
-            "index_bytes": sum(meta["bytes"] for meta in self.manifest["files"].values()),
-            "encoder": self.manifest["encoder"],
-            "config": self.manifest["config"],
-            "build": self.manifest["build"],
-            "counts": self.manifest["counts"],
-            "created": self.manifest["created"],
-            "format_version": self.manifest["format_version"],
-            "fde": self._fde_summary(),
-            "stages": self.stage_bytes(),
-            "default_stage": self.default_stage,
-        }
+        """Summary for ``mvr info``: counts, sizes, encoder, config, build figures, segments and first stages."""
+        return describe_index(self)
 
     def stage_bytes(self) -> dict[str, int]:
-        """Bytes on disk of each built first stage."""
-        return {
-            name: sum(meta["bytes"] for meta in read_manifest(self.path / name, stage_class(name).format, stage_class(name).version)["files"].values())
-            for name in STAGES
-            if has_stage(self.path, name)
-        }
+        """Bytes on disk of each built first stage, over every segment."""
+        return stage_bytes(self)
 
-    def _fde_summary(self) -> dict | None:
-        if not has_stage(self.path, "fde"):
-            return None
-        manifest = read_manifest(self.path / "fde", FDE_FORMAT, FDE_VERSION)
-        return {k: manifest[k] for k in ("config", "fde_dim", "bytes_per_document", "build")}
+
+def read_manifest_version(path: Path) -> int:
+    from .storage.commits import read_pointer
+
+    return read_pointer(path)["format_version"]
 

@@ -135,30 +135,39 @@ def fuse(maxsim: np.ndarray, first: np.ndarray, fusion: str | None, weight: floa
     return weight * _zscores(maxsim) + (1.0 - weight) * _zscores(first)
 
 
-def rerank(tokens, query, found: Candidates, k: int, opts: SearchOptions) -> tuple[np.ndarray, np.ndarray]:
-    """Order one query's candidates: prune, MaxSim (with early exit), fuse; top-k out."""
-    positions, first_scores = found
-    if opts.prune_alpha is not None and len(first_scores):
-        kth = first_scores[min(k, len(first_scores)) - 1]
-        if kth > 0:  # pruning compares non-negative (BM25-like) scores
+def rerank(parts: list[tuple], query, k: int, opts: SearchOptions) -> tuple[np.ndarray, np.ndarray]:
+    """Order one query's candidates, found in one or more segments (``parts``: ``(token store,
+    first position of the segment, Candidates)`` each): prune, MaxSim (with early exit, per
+    segment), fuse over all of them; top-k positions and scores out."""
+    kth = None
+    if opts.prune_alpha is not None:
+        firsts = np.concatenate([found.scores for _, _, found in parts]) if parts else np.zeros(0, np.float32)
+        if len(firsts):
+            kth = np.sort(firsts)[::-1][min(k, len(firsts)) - 1]
+            kth = kth if kth > 0 else None  # pruning compares non-negative (BM25-like) scores
+    positions, first, maxsim = [np.zeros(0, np.int64)], [np.zeros(0, np.float32)], [np.zeros(0, np.float32)]
+    for tokens, base, (rows, first_scores) in parts:
+        if kth is not None:
             keep = first_scores >= (1.0 - opts.prune_alpha) * kth
-            positions, first_scores = positions[keep], first_scores[keep]
-    if not opts.rerank:
-        final = first_scores
-    else:
-        if opts.early_exit is not None:
-            scores, scored = tokens.early_exit(query, positions, k, opts.early_exit)
-            positions, first_scores, scores = positions[:scored], first_scores[:scored], scores[:scored]
-        else:
-            scores = tokens.score(query, positions)
-        final = fuse(scores, first_scores, opts.fusion, opts.fusion_weight)
+            rows, first_scores = rows[keep], first_scores[keep]
+        if opts.rerank and opts.early_exit is not None:
+            scores, scored = tokens.early_exit(query, rows, k, opts.early_exit)
+            rows, first_scores, scores = rows[:scored], first_scores[:scored], scores[:scored]
+            maxsim.append(scores)
+        elif opts.rerank:
+            maxsim.append(tokens.score(query, rows))
+        positions.append(rows + base)
+        first.append(first_scores)
+    positions, first = np.concatenate(positions), np.concatenate(first)
+    final = fuse(np.concatenate(maxsim), first, opts.fusion, opts.fusion_weight) if opts.rerank else first
     # Best first; ties go to the lower position, as in exhaustive search.
     order = np.lexsort((positions, -final))[:k]
     return positions[order], final[order].astype(np.float32)
 
 
-def exhaustive(index, queries: QueryBatch, k: int, allowed: np.ndarray | None = None) -> Results:
-    """Exact MaxSim of every query against every document (``allowed``: only those); top-k."""
+def exhaustive(segment, queries: QueryBatch, k: int, allowed: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray, float]:
+    """Exact MaxSim of every query against every document of a segment (``allowed``: only those);
+    ``(positions, scores, milliseconds)`` of the top-k."""
     from ._kernels import topk_rows
 
     started = time.perf_counter()
@@ -169,13 +178,13 @@ def exhaustive(index, queries: QueryBatch, k: int, allowed: np.ndarray | None = 
         # "no result" slots of top-k to -1
         rows = np.append(np.flatnonzero(allowed), -1).astype(np.int64)
         for q in range(len(offsets) - 1):
-            best, top = topk_rows(index.tokens.score(queries.query(q), rows[:-1])[None, :], k)
+            best, top = topk_rows(segment.tokens.score(queries.query(q), rows[:-1])[None, :], k)
             parts.append((rows[best], top))
     else:
         for start in range(0, len(offsets) - 1, _QUERY_CHUNK):
             stop = min(start + _QUERY_CHUNK, len(offsets) - 1)
             block = vectors[offsets[start] : offsets[stop]]
-            scores = index.tokens.score_all(block, offsets[start : stop + 1] - offsets[start])
+            scores = segment.tokens.score_all(block, offsets[start : stop + 1] - offsets[start])
             if allowed is not None:
                 scores[:, ~allowed] = -np.inf
             parts.append(topk_rows(scores, k))
@@ -183,47 +192,91 @@ def exhaustive(index, queries: QueryBatch, k: int, allowed: np.ndarray | None = 
     top = np.concatenate([p[1] for p in parts])
     if allowed is not None:
         indices[top == -np.inf] = -1  # fewer documents match than k
-    return Results(indices, top, index, {"first_stage": 0.0, "rerank": (time.perf_counter() - started) * 1e3})
+    return indices, top, (time.perf_counter() - started) * 1e3
 
 
-def candidates(index, queries: QueryBatch, opts: SearchOptions, allowed: np.ndarray | None = None) -> tuple[list[Candidates], int]:
-    """Per query, candidate positions (best first) and their first-stage scores, among the
-    ``allowed`` documents (a filter's mask; None: all); and how many queries a text stage found
-    nothing for (no searchable terms), answered by the dense stage."""
-    n = min(opts.candidates or DEFAULT_CANDIDATES, index.n_docs if allowed is None else int(allowed.sum()))
+def candidates(segment, queries: QueryBatch, opts: SearchOptions, allowed: np.ndarray | None = None) -> list[Candidates]:
+    """Per query, candidate positions of one segment (best first) and their first-stage scores,
+    among the ``allowed`` documents (a filter's mask; None: all)."""
+    n = min(opts.candidates or DEFAULT_CANDIDATES, segment.n_docs if allowed is None else int(allowed.sum()))
     if n == 0:
-        return [Candidates.empty() for _ in range(len(queries))], 0
-    found = index.first_stage(opts.first_stage, opts).search(queries, n, opts, allowed)
-    if needs_vectors(opts.first_stage):
-        return found, 0
-    empty = [q for q, one in enumerate(found) if len(one.positions) == 0]
-    if empty and queries.vectors is not None:
-        for q in empty:
-            if index.has_stage("fde"):
-                found[q] = index.stage("fde").search(queries.only(q), n, opts, allowed)[0]
-            else:
-                every = np.arange(index.n_docs, dtype=np.int64) if allowed is None else np.flatnonzero(allowed).astype(np.int64)
-                found[q] = Candidates(every, np.zeros(len(every), dtype=np.float32))
-    return found, len(empty)
+        return [Candidates.empty() for _ in range(len(queries))]
+    return segment.first_stage(opts.first_stage, opts).search(queries, n, opts, allowed)
 
 
-def run(index, queries: QueryBatch, k: int, opts: SearchOptions, threads: int | None = None) -> Results:
-    """Search ``index`` with ``queries`` as ``opts`` say (its first stage already resolved)."""
-    allowed = index.metadata.mask(opts.filter) if opts.filter is not None else None
+def dense_fallback(segment, queries: QueryBatch, q: int, opts: SearchOptions, allowed: np.ndarray | None) -> Candidates:
+    """Candidates of query ``q`` for which a text stage found nothing in any segment (no
+    searchable terms): the FDE's, or every allowed document where there is no FDE."""
+    n = min(opts.candidates or DEFAULT_CANDIDATES, segment.n_docs if allowed is None else int(allowed.sum()))
+    if n == 0:
+        return Candidates.empty()
+    if segment.has_stage("fde"):
+        return segment.stage("fde").search(queries.only(q), n, opts, allowed)[0]
+    every = np.arange(segment.n_docs, dtype=np.int64) if allowed is None else np.flatnonzero(allowed).astype(np.int64)
+    return Candidates(every, np.zeros(len(every), dtype=np.float32))
+
+
+def run(state, queries: QueryBatch, k: int, opts: SearchOptions, threads: int | None = None) -> Results:
+    """Search the segments of one commit (``state``, :class:`mvr.index.Commit`) with ``queries``
+    as ``opts`` say (its first stage already resolved): each segment gives candidates among its
+    live documents that pass the filter; ties go to the lower position.
+
+    The candidates of every segment are reranked together (MaxSim scores compare across
+    segments; pruning and fusion see all of them), so several segments give the ranking one would
+    from the same candidates; exhaustive search merges each segment's top-k.
+    """
+    n_queries = len(queries)
+    indices = [np.full((n_queries, 0), -1, dtype=np.int64)]
+    top = [np.full((n_queries, 0), -np.inf, dtype=np.float32)]
+    timings = {"first_stage": 0.0, "rerank": 0.0}
     with cpu_threads(threads, "numba", "faiss", "blas"):
-        if opts.first_stage == EXHAUSTIVE:
-            return exhaustive(index, queries, k, allowed)
-        started = time.perf_counter()
-        found, fallbacks = candidates(index, queries, opts, allowed)
+        searched = []  # (segment number, allowed rows, candidates per query)
+        for s, segment in enumerate(state.segments):
+            allowed = state.live(s)
+            if opts.filter is not None:
+                matched = segment.metadata.mask(opts.filter)
+                allowed = matched if allowed is None else matched & allowed
+            if allowed is not None and not allowed.any():
+                continue
+            started = time.perf_counter()
+            if opts.first_stage == EXHAUSTIVE:
+                found, scores, spent = exhaustive(segment, queries, min(k, segment.n_docs), allowed)
+                timings["rerank"] += spent
+                indices.append(np.where(found >= 0, found + state.bases[s], -1))
+                top.append(scores)
+                continue
+            searched.append((s, allowed, candidates(segment, queries, opts, allowed)))
+            timings["first_stage"] += (time.perf_counter() - started) * 1e3
+        # a text stage that found nothing for a query in the whole index: the dense stage answers
+        # (when the queries were encoded; else they stay empty)
+        empty = [] if not searched or needs_vectors(opts.first_stage) else [q for q in range(n_queries) if all(len(found[q].positions) == 0 for _, _, found in searched)]
         middle = time.perf_counter()
-        indices = np.full((len(found), k), -1, dtype=np.int64)
-        top = np.full((len(found), k), -np.inf, dtype=np.float32)
-        for q, one in enumerate(found):
-            query = queries.query(q) if queries.vectors is not None else None
-            ranked, scores = rerank(index.tokens, query, one, k, opts)
-            indices[q, : len(ranked)] = ranked
-            top[q, : len(ranked)] = scores
-        done = time.perf_counter()
-    results = Results(indices, top, index, {"first_stage": (middle - started) * 1e3, "rerank": (done - middle) * 1e3})
-    results.fallbacks = fallbacks
+        if queries.vectors is not None:
+            for s, allowed, found in searched:
+                for q in empty:
+                    found[q] = dense_fallback(state.segments[s], queries, q, opts, allowed)
+            timings["first_stage"] += (time.perf_counter() - middle) * 1e3 if empty else 0.0
+            middle = time.perf_counter()
+        if searched:
+            ranked = np.full((n_queries, k), -1, dtype=np.int64)
+            scores = np.full((n_queries, k), -np.inf, dtype=np.float32)
+            for q in range(n_queries):
+                query = queries.query(q) if queries.vectors is not None else None
+                parts = [(state.segments[s].tokens, state.bases[s], found[q]) for s, _, found in searched]
+                rows, best = rerank(parts, query, k, opts)
+                ranked[q, : len(rows)], scores[q, : len(rows)] = rows, best
+            indices.append(ranked)
+            top.append(scores)
+            timings["rerank"] += (time.perf_counter() - middle) * 1e3
+    blocks = len(indices) - 1  # one per segment searched exhaustively, or one reranked for all
+    indices, top = np.concatenate(indices, axis=1), np.concatenate(top, axis=1)
+    if blocks > 1:
+        order = np.lexsort((np.where(indices < 0, np.iinfo(np.int64).max, indices), -top.astype(np.float64)), axis=-1)[:, :k]
+        indices, top = np.take_along_axis(indices, order, axis=1), np.take_along_axis(top, order, axis=1)
+    if indices.shape[1] < k:
+        pad = k - indices.shape[1]
+        indices = np.pad(indices, ((0, 0), (0, pad)), constant_values=-1)
+        top = np.pad(top, ((0, 0), (0, pad)), constant_values=-np.inf)
+    results = Results(indices, top, state, timings)
+    results.fallbacks = len(empty)
     return results

@@ -192,3 +192,18 @@ def default_index(tmp_path_factory, default_encoder):
 def maxsim_reference(query: np.ndarray, docs: list[np.ndarray]) -> np.ndarray:
     """Plain NumPy MaxSim in float64: sum over query tokens of the best document token."""
     return np.array([(query.astype(np.float64) @ d.astype(np.float64).T).max(axis=1).sum() if len(d) else 0.0 for d in docs])
+
+
+def segment_path(index_or_path) -> Path:
+    """The one segment folder of a one-segment index (a freshly built one): given an open
+    :class:`mvr.Index`, or an index folder (a copy too), read through its pointer and commit."""
+    if not isinstance(index_or_path, (str, os.PathLike)):
+        segments = index_or_path.segments
+        assert len(segments) == 1, f"{index_or_path!r} has {len(segments)} segments, not one"
+        return Path(segments[0].path)
+    folder = Path(index_or_path)
+    pointer = json.loads((folder / "manifest.json").read_text())
+    assert pointer.get("format_version") == 2, f"{folder} is not a version-2 index: {pointer.get('format_version')!r}"
+    commit = json.loads((folder / pointer["commit"]).read_text())
+    assert len(commit["segments"]) == 1, f"{folder} has {len(commit['segments'])} segments, not one"
+    return folder / "segments" / commit["segments"][0]["name"]

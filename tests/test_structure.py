@@ -21,8 +21,8 @@ LAYERS = [
     {"errors", "registry", "config", "progress", "threads", "corpus", "_kernels"},
     {"encode", "vectors"},
     {"stages", "storage"},
-    {"search", "results"},
-    {"index", "build"},
+    {"search", "results", "segment", "segment_build"},
+    {"index", "build", "writer"},
     {"cli", "eval"},
 ]
 

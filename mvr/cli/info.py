@@ -31,7 +31,8 @@ def run(args) -> int:
     enc = info["encoder"]
     rows = [
         ("path", info["path"]),
-        ("documents", info["documents"]),
+        ("documents", f"{info['documents']}" + (f" ({info['deleted_documents']} more deleted, dropped at the next merge)" if info.get("deleted_documents") else "")),
+        ("segments", f"{len(info['segments'])} at generation {info['generation']}" + (" (format version 1, read-only: `mvr upgrade` converts it)" if info["generation"] == 0 else "")),
         ("token vectors", f"{info['tokens']} ({info['vectors_per_document']['mean']} per document, max {info['vectors_per_document']['max']})"),
         ("dim", f"{info['dim']}" + (f" (PCA from {info['counts']['model_dim']})" if info["dim"] != info["counts"].get("model_dim", info["dim"]) else "")),
         ("stored as", _stored_as(index.config, info["counts"])),
@@ -82,7 +83,8 @@ def _verified(args):
     index = info = None
     try:
         index = Index.open(path)
-        problems += scan_tokens(index.tokens)
+        for segment in index.segments:
+            problems += [f"{segment.path.name}: {line}" if len(index.segments) > 1 else line for line in scan_tokens(segment.tokens)]
         info = index.info()
     except IndexFormatError as error:  # what opening refuses (said once where verify_files said it too)
         problems.append(str(error))

@@ -2,13 +2,20 @@
 
 Each part of an index carries its own format name and version in its manifest:
 
-    mvr-index  1   the index directory: manifest.json with config, encoder identity, counts and
+    mvr-index  2   the index directory: manifest.json points at the current commit
+                   (storage/commits.py), which lists the segments and their deletion bitmaps
+    mvr-commit 1   commit-N.json: config, encoder identity, segments (name, documents, deleted,
+                   deletes-N.npy with its sha256), the next segment number
+    mvr-segment 1  segments/sXXXXXX/: manifest.json with config, encoder identity, counts and
                    the files of the token store (storage/tokens.py, storage/residual.py), ids,
-                   texts, titles, optional projection.npy (PCA) and token_ids.npy
+                   texts, titles, metadata columns, optional projection.npy (PCA) and
+                   token_ids.npy, and its first stages in subfolders
+    mvr-index  1   (read, never written) the whole index in one folder, as one segment is now;
+                   opens read-only, `mvr upgrade NAME` (or the first write) converts it
     mvr-fde    1   fde/: MUVERA random maps + fde.faiss (stages/fde.py)
     mvr-sparse 1   bm25/ (Lucene), bm25s/, splade/ (CSR of term weights); "stage" names which
 
-History of what version 1 of ``mvr-index`` has held, each still read:
+History of what version 1 of ``mvr-index`` (now a segment) has held, each still read:
 - ``token_ids.npy`` (int32 per stored vector, the vocabulary id behind it) is written since the
   restructure; older indexes lack it, and pruning or clustering them re-tokenises their texts.
 - ``config.doc_runtime`` appeared with int8 document encoding: before it, documents ran in PyTorch.
@@ -20,7 +27,10 @@ History of what version 1 of ``mvr-index`` has held, each still read:
 
 from __future__ import annotations
 
-INDEX_FORMAT, INDEX_VERSION = "mvr-index", 1
+INDEX_FORMAT, INDEX_VERSION = "mvr-index", 2
+LEGACY_VERSION = 1  # an index in one folder: read-only, converted by `mvr upgrade`
+COMMIT_FORMAT, COMMIT_VERSION = "mvr-commit", 1
+SEGMENT_FORMAT, SEGMENT_VERSION = "mvr-segment", 1
 FDE_FORMAT, FDE_VERSION = "mvr-fde", 1
 SPARSE_FORMAT, SPARSE_VERSION = "mvr-sparse", 1
 TOKEN_IDS = "token_ids.npy"

@@ -27,7 +27,7 @@ from pathlib import Path
 from ..errors import ConfigError, IndexExistsError, IndexNotFoundError
 from .formats import INDEX_FORMAT
 from .lock import WriterLock
-from .manifest import MANIFEST, write_manifest
+from .manifest import MANIFEST, fsync_dir, fsync_tree, write_manifest
 
 # mkdtemp's random part is 8 characters of [a-z0-9_]; folders from before the PID was added lack it
 _LEFTOVER = re.compile(r"^\.(?P<name>.+?)(?:\.(?P<kind>building|old)-(?:\d+-)?[a-z0-9_]{8}|\.(?P<lock>mvr-lock))$")
@@ -192,27 +192,27 @@ class StagingDir:
         home = self.target.parent
         self._check(overwrite=True)  # what stands at the target now (another program may have filled it during the build)
         (self.path / STAGING_MARK).unlink(missing_ok=True)
-        _fsync_tree(self.path)  # the files must be on disk before a rename publishes them
+        fsync_tree(self.path)  # the files must be on disk before a rename publishes them
         old = None
         if self.target.exists() or self.target.is_symlink():
             old = Path(tempfile.mkdtemp(prefix=f".{self.target.name}.old-{os.getpid()}-", dir=home))
             os.rmdir(old)
             os.replace(self.target, old)
-            _fsync_dir(old)
-            _fsync_dir(home)
+            fsync_dir(old)
+            fsync_dir(home)
         try:
             os.replace(self.path, self.target)
         except BaseException:
             if old is not None and not self.target.exists():
                 os.replace(old, self.target)
             raise
-        _fsync_dir(self.target)
-        _fsync_dir(home)
+        fsync_dir(self.target)
+        fsync_dir(home)
         if old is not None:
             # the manifest goes first: a kill during the removal leaves an incomplete folder that is
             # never mistaken for an intact copy to put back
             (old / MANIFEST).unlink(missing_ok=True)
-            _fsync_dir(old)
+            fsync_dir(old)
             shutil.rmtree(old, ignore_errors=True)
         self._lock.release()
         return self.target
@@ -264,8 +264,8 @@ def _restore(target: Path, formats: tuple[str, ...]) -> bool:
     if not copies:
         return False
     os.replace(copies[0], target)
-    _fsync_dir(target)
-    _fsync_dir(target.parent)
+    fsync_dir(target)
+    fsync_dir(target.parent)
     return True
 
 
@@ -330,23 +330,3 @@ def _tidy(home: Path, formats: tuple[str, ...], own: WriterLock) -> None:
         finally:
             if lock is not own:
                 lock.release()  # which also removes a stale lock file of that name
-
-
-def _fsync_dir(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY | getattr(os, "O_DIRECTORY", 0))
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
-def _fsync_tree(folder: Path) -> None:
-    """Flush every file and folder under ``folder`` (written by a build) to disk."""
-    for root, dirs, files in os.walk(folder):
-        for name in files:
-            fd = os.open(os.path.join(root, name), os.O_RDONLY)
-            try:
-                os.fsync(fd)
-            finally:
-                os.close(fd)
-        _fsync_dir(Path(root))

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import fcntl
 import os
+import time
 from pathlib import Path
 
 from ..errors import IndexLockedError
@@ -49,12 +50,16 @@ class WriterLock:
             os.close(fd)
         return True
 
-    def acquire(self) -> "WriterLock":
-        if not self.try_acquire():
+    def acquire(self, wait: float = 0.0) -> "WriterLock":
+        """Take the lock, waiting up to ``wait`` seconds for its holder; else :class:`IndexLockedError`."""
+        deadline = time.monotonic() + wait
+        while not self.try_acquire() and time.monotonic() < deadline:
+            time.sleep(0.05)
+        if not self.held:
             pid = self.holder()
             who = f"PID {pid}" if pid else "another process"
             raise IndexLockedError(
-                f"{self.label} is being written by {who}; wait for it to finish or stop that process, then run this again "
+                f"{self.label} is being written by {who}; wait for it to finish (--wait SECONDS) or stop that process, then run this again "
                 f"(mvr lets one process at a time write a name; lock file {self.path})."
             )
         return self

@@ -10,7 +10,7 @@ import os
 from pathlib import Path
 
 from ..errors import IndexFormatError, IndexNotFoundError
-from .formats import INDEX_FORMAT, INDEX_VERSION
+from .formats import INDEX_FORMAT, LEGACY_VERSION, SEGMENT_FORMAT
 
 MANIFEST = "manifest.json"
 
@@ -24,23 +24,14 @@ def sha256_file(path: Path) -> str:
 
 
 
-def read_manifest(path: Path, format_name: str = INDEX_FORMAT, format_version: int = INDEX_VERSION) -> dict:
+def read_manifest(path: Path, format_name: str = INDEX_FORMAT, format_version: int = LEGACY_VERSION) -> dict:
     """The manifest of an index (or of a part with its own manifest), after checking its format,
     version, the shape of its file list and that every listed file is there with its recorded size."""
     path = Path(path)
     if path.exists() and not path.is_dir():
         raise IndexNotFoundError(f"{path} is a file, not an index folder: give the folder of an index (or its name).")
     file = path / MANIFEST
-    try:
-        manifest = json.loads(file.read_text(encoding="utf-8"))
-    except FileNotFoundError:
-        raise IndexNotFoundError(f"{path} has no {MANIFEST}: not an mvr index (or its build did not finish).") from None
-    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-        raise IndexFormatError(f"{file} is damaged ({getattr(exc, 'msg', exc)}); rebuild the index with `mvr index`.") from None
-    except OSError as exc:  # a folder, or unreadable
-        raise IndexFormatError(f"{file} cannot be read ({exc.strerror or exc}); it must be the index's manifest file: rebuild the index with `mvr index`.") from None
-    if not isinstance(manifest, dict):
-        raise IndexFormatError(f"{file} holds a JSON {type(manifest).__name__}, not an object of fields; the index is damaged, rebuild it with `mvr index`.")
+    manifest = read_json_object(file, path)
     if manifest.get("format") != format_name:
         raise IndexFormatError(f"{path} is not an {format_name} directory (format {manifest.get('format')!r}).")
     version = manifest.get("format_version")
@@ -48,7 +39,7 @@ def read_manifest(path: Path, format_name: str = INDEX_FORMAT, format_version: i
         newer = isinstance(version, int) and version > format_version
         hint = "upgrade mvr to read it" if newer else "rebuild it with this version of mvr"
         raise IndexFormatError(f"{path} has {format_name} format version {version!r}, this mvr reads {format_version}: {hint}.")
-    index = path if format_name == INDEX_FORMAT else path.parent
+    index = path if format_name in (INDEX_FORMAT, SEGMENT_FORMAT) else path.parent
     for name, meta in _file_list(file, manifest.get("files"), index).items():
         on_disk = path / name
         if not on_disk.is_file() or on_disk.stat().st_size != meta["bytes"]:
@@ -58,6 +49,42 @@ def read_manifest(path: Path, format_name: str = INDEX_FORMAT, format_version: i
                 f"`mvr info {index} --verify` checks all of it, then rebuild it."
             )
     return manifest
+
+
+def read_json_object(file: Path, path: Path) -> dict:
+    """The JSON object in ``file`` (a manifest, pointer or commit of the index at ``path``): a
+    missing, unreadable, non-JSON or non-object file is a one-line error saying so."""
+    try:
+        data = json.loads(file.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise IndexNotFoundError(f"{path} has no {file.name}: not an mvr index (or its build did not finish).") from None
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise IndexFormatError(f"{file} is damaged ({getattr(exc, 'msg', exc)}); `mvr info {path} --verify` checks it, then rebuild the index with `mvr index`.") from None
+    except OSError as exc:  # a folder, or unreadable
+        raise IndexFormatError(f"{file} cannot be read ({exc.strerror or exc}); it must be one of mvr's files: rebuild the index with `mvr index`.") from None
+    if not isinstance(data, dict):
+        raise IndexFormatError(f"{file} holds a JSON {type(data).__name__}, not an object of fields; the index is damaged, rebuild it with `mvr index`.")
+    return data
+
+
+def fsync_dir(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY | getattr(os, "O_DIRECTORY", 0))
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def fsync_tree(folder: Path) -> None:
+    """Flush every file and folder under ``folder`` to disk."""
+    for root, _dirs, files in os.walk(folder):
+        for name in files:
+            fd = os.open(os.path.join(root, name), os.O_RDONLY)
+            try:
+                os.fsync(fd)
+            finally:
+                os.close(fd)
+        fsync_dir(Path(root))
 
 
 def _file_list(file: Path, files, index: Path) -> dict:

@@ -50,25 +50,28 @@ def _kind(value) -> str:
 class MetadataWriter:
     """Collects each document's metadata (in row order) and writes the columns on :meth:`close`."""
 
-    def __init__(self):
+    def __init__(self, types: dict[str, str] | None = None):
         self.rows: list[dict] = []
-        self.types: dict[str, str] = {}
+        self.types: dict[str, str] = dict(types or {})  # an index's fields: new documents keep their types
+        self._given = set(self.types)
 
     def add(self, metadata: dict, where: str = "") -> None:
         for name, value in metadata.items():
             kind = _kind(value)
             known = self.types.setdefault(name, kind)
             if known != kind:
-                raise CorpusError(f"{where}: metadata field {name!r} is a {kind} here but a {known} in earlier documents; one field, one type.")
+                earlier = "in the index" if name in self._given else "in earlier documents"
+                raise CorpusError(f"{where}: metadata field {name!r} is a {kind} here but a {known} {earlier}; one field, one type.")
         self.rows.append(metadata)
 
     def close(self, folder: Path) -> None:
         """Write the schema and the columns into ``folder`` (nothing when no document has metadata)."""
-        if not self.types:
+        present = {name: kind for name, kind in self.types.items() if any(name in row for row in self.rows)}
+        if not present:
             return
         n = len(self.rows)
         fields = []
-        for k, (name, kind) in enumerate(self.types.items()):
+        for k, (name, kind) in enumerate(present.items()):
             stem = f"meta_{k}"
             values = [row.get(name) for row in self.rows]
             if kind == "number":
@@ -96,7 +99,7 @@ class Metadata:
     """The metadata columns of an index folder: the schema read on open, each column loaded and
     checked on first use; an index without any has none."""
 
-    def __init__(self, folder: Path, n_docs: int):
+    def __init__(self, folder: Path, n_docs: int, known: dict[str, str] | None = None):
         self.folder, self.n_docs = Path(folder), n_docs
         path = self.folder / SCHEMA
         try:
@@ -108,6 +111,11 @@ class Metadata:
         if bad:
             raise IndexFormatError(f"{path} does not describe the index's {n_docs} documents; the index is damaged: `mvr info {self.folder} --verify`, then rebuild it.")
         self._columns: dict[str, tuple] = {}
+        # fields other segments of the index hold and this one does not: absent in every row here
+        for name, kind in (known or {}).items():
+            if name not in self.fields:
+                self.fields[name] = {"name": name, "type": kind, "file": None}
+                self._columns[name] = _absent(kind, n_docs)
 
     def column(self, name: str) -> tuple:
         """``(values, offsets, vocab)`` of a field (offsets only for lists, vocab for strings),
@@ -221,6 +229,28 @@ class Metadata:
         values = np.asarray(self.column(name)[0])
         with np.errstate(invalid="ignore"):  # NaN (absent) compares false
             return {"$gt": values > value, "$gte": values >= value, "$lt": values < value, "$lte": values <= value}[op]
+
+
+def _absent(kind: str, n: int) -> tuple:
+    """The column of a field that no row holds."""
+    if kind == "number":
+        return np.full(n, np.nan), None, None
+    if kind == "bool":
+        return np.full(n, -1, dtype=np.int8), None, None
+    if kind == "string":
+        return np.full(n, -1, dtype=np.int32), None, []
+    return np.zeros(0, dtype=np.int32), np.zeros(n + 1, dtype=np.int64), []
+
+
+def read_types(folder: Path) -> dict[str, str]:
+    """``{field: type}`` of the metadata stored in ``folder`` (none when it has no schema)."""
+    path = Path(folder) / SCHEMA
+    if not path.is_file():
+        return {}
+    try:
+        return {f["name"]: f["type"] for f in json.loads(path.read_text(encoding="utf-8"))["fields"]}
+    except (ValueError, KeyError, TypeError):
+        raise IndexFormatError(f"{path} is damaged; `mvr info --verify` checks the index, then rebuild it.") from None
 
 
 def _code(vocab: list[str], value: str) -> int:

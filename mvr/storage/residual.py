@@ -111,11 +111,16 @@ class ResidualStore(CodedStore):
     files = ("codes.npy", "centroid_ids.npy", "centroids.npy", "bucket_values.npy", "bucket_cutoffs.npy")
 
     @classmethod
-    def write(cls, folder: Path, vectors: np.ndarray, config) -> dict:
-        rng = np.random.default_rng(config.seed)
-        sample = vectors[np.sort(rng.choice(len(vectors), size=min(config.codec_sample, len(vectors)), replace=False))]
-        n_centroids = config.codec_centroids or default_centroids(len(vectors))
-        codec = ResidualCodec.fit(sample, n_centroids, config.codec_bits, seed=config.seed)
+    def write(cls, folder: Path, vectors: np.ndarray, config, like: Path | None = None) -> dict:
+        """Fit the codec on a sample and encode; ``like``: a segment of the same index whose codec
+        (centroids, bucket cutoffs and values) is reused, so new segments decode like the first."""
+        if like is not None:
+            codec = ResidualCodec(*(np.load(Path(like) / f"{name}.npy") for name in ("centroids", "bucket_cutoffs", "bucket_values")), config.codec_bits)
+        else:
+            rng = np.random.default_rng(config.seed)
+            sample = vectors[np.sort(rng.choice(len(vectors), size=min(config.codec_sample, len(vectors)), replace=False))]
+            n_centroids = config.codec_centroids or default_centroids(len(vectors))
+            codec = ResidualCodec.fit(sample, n_centroids, config.codec_bits, seed=config.seed)
         codes, ids = codec.encode(vectors)
         for name, array in (("codes", codes), ("centroid_ids", ids), ("centroids", codec.centroids), ("bucket_values", codec.values), ("bucket_cutoffs", codec.cutoffs)):
             np.save(folder / f"{name}.npy", array)

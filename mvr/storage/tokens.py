@@ -34,7 +34,7 @@ class TokenStore(Protocol):
     max_doc_len: int
 
     @classmethod
-    def write(cls, folder: Path, vectors: np.ndarray, config) -> dict: ...  # fit + encode; counts to record
+    def write(cls, folder: Path, vectors: np.ndarray, config, like: Path | None = None) -> dict: ...  # fit (or reuse like's) + encode; counts to record
 
     @classmethod
     def open(cls, folder: Path, config, dim: int, doc_offsets: np.ndarray) -> "TokenStore": ...
@@ -122,7 +122,7 @@ class Float16Store(StoreBase):
         self.codes = codes
 
     @classmethod
-    def write(cls, folder: Path, vectors: np.ndarray, config) -> dict:
+    def write(cls, folder: Path, vectors: np.ndarray, config, like: Path | None = None) -> dict:
         np.save(folder / "vectors.npy", np.asarray(vectors).astype(np.float16))
         return {}
 
@@ -202,7 +202,7 @@ class Int8Store(CodedStore):
     files = ("codes.npy", "scales.npy")
 
     @classmethod
-    def write(cls, folder: Path, vectors: np.ndarray, config) -> dict:
+    def write(cls, folder: Path, vectors: np.ndarray, config, like: Path | None = None) -> dict:
         codes, scales = encode_int8(vectors)
         np.save(folder / "codes.npy", codes)
         np.save(folder / "scales.npy", scales)

@@ -58,35 +58,36 @@ def _is_count(value, minimum: int = 0) -> bool:
 
 
 # -- the manifest ------------------------------------------------------------------------------
-def check_fields(path: Path, manifest: dict) -> None:
+def check_fields(path: Path, manifest: dict, file: str = MANIFEST) -> None:
     """Raise :class:`IndexFormatError` where a field the readers use is missing or of the wrong type."""
     for key, kind in _SECTIONS.items():
         if not isinstance(manifest.get(key), kind):
-            raise damaged(path, MANIFEST, f"'{key}' must be {'an object' if kind is dict else 'a string'}, got {_describe(manifest, key)}")
+            raise damaged(path, file, f"'{key}' must be {'an object' if kind is dict else 'a string'}, got {_describe(manifest, key)}")
     bytes_per_token = manifest.get("bytes_per_token")
     if not isinstance(bytes_per_token, (int, float)) or isinstance(bytes_per_token, bool):
-        raise damaged(path, MANIFEST, f"'bytes_per_token' must be a number, got {_describe(manifest, 'bytes_per_token')}")
+        raise damaged(path, file, f"'bytes_per_token' must be a number, got {_describe(manifest, 'bytes_per_token')}")
     counts = manifest["counts"]
     for key in _COUNTS:
         if not _is_count(counts.get(key), 1 if key == "dim" else 0):
-            raise damaged(path, MANIFEST, f"counts.{key} must be a whole number{' >= 1' if key == 'dim' else ' >= 0'}, got {_describe(counts, key)}")
+            raise damaged(path, file, f"counts.{key} must be a whole number{' >= 1' if key == 'dim' else ' >= 0'}, got {_describe(counts, key)}")
     for key in _OPTIONAL_COUNTS:
         if key in counts and not _is_count(counts[key]):
-            raise damaged(path, MANIFEST, f"counts.{key} must be a whole number >= 0, got {_describe(counts, key)}")
+            raise damaged(path, file, f"counts.{key} must be a whole number >= 0, got {_describe(counts, key)}")
     encoder = manifest["encoder"]
     for key, kind in _ENCODER.items():
         value = encoder.get(key)
         if not isinstance(value, kind) or isinstance(value, bool):
-            raise damaged(path, MANIFEST, f"encoder.{key} must be {'a string' if kind is str else 'a whole number'}, got {_describe(encoder, key)}")
+            raise damaged(path, file, f"encoder.{key} must be {'a string' if kind is str else 'a whole number'}, got {_describe(encoder, key)}")
 
 
-def index_config(path: Path, manifest: dict) -> IndexConfig:
-    """The saved config of an index (any layout of format 1), after :func:`check_fields`."""
-    check_fields(path, manifest)
+def index_config(path: Path, manifest: dict, file: str = MANIFEST) -> IndexConfig:
+    """The saved config of an index or segment (any layout of format 1), after :func:`check_fields`;
+    ``file``: where ``manifest`` was read from (named in errors)."""
+    check_fields(path, manifest, file)
     try:
         return IndexConfig.from_dict(upgrade_config(manifest["config"]))
     except (ConfigError, TypeError, ValueError) as error:
-        raise damaged(path, MANIFEST, f"its config cannot be read ({str(error).rstrip('.')})") from None
+        raise damaged(path, file, f"its config cannot be read ({str(error).rstrip('.')})") from None
 
 
 # -- .npy files ----------------------------------------------------------------------------------
@@ -197,14 +198,40 @@ def stage_folders(path: Path) -> list[Path]:
 
 # -- mvr info --verify -------------------------------------------------------------------------
 def verify_files(path: Path) -> list[str]:
-    """Every file of the index and of each first stage against its own manifest's sha256, and each
-    first stage against the vectors or ids it was built from: one line per problem (none: intact)."""
+    """Every file of the index against the manifests and commit that list it: each segment's files
+    and first stages (and each stage against the vectors or ids it was built from), the current
+    commit and its deletion bitmaps. One line per problem (none: intact)."""
+    from .commits import SEGMENTS, read_commit, read_pointer
+    from .formats import SEGMENT_FORMAT, SEGMENT_VERSION
+    from .manifest import sha256_file
+
     try:
-        manifest = read_manifest(path)
-    except (IndexFormatError, IndexNotFoundError) as error:
+        pointer = read_pointer(path)
+        if pointer["format_version"] == 1:
+            return _verify_folder(path, read_manifest(path), "")
+        commit = read_commit(path, pointer["generation"])
+    except (IndexFormatError, IndexNotFoundError, OSError) as error:
         return [str(error)]
+    problems = []
+    for seg in commit["segments"]:
+        folder = Path(path) / SEGMENTS / seg["name"]
+        try:
+            manifest = read_manifest(folder, SEGMENT_FORMAT, SEGMENT_VERSION)
+        except (IndexFormatError, IndexNotFoundError) as error:
+            problems.append(f"{SEGMENTS}/{seg['name']}: {error}")
+            continue
+        problems += _verify_folder(folder, manifest, f"{SEGMENTS}/{seg['name']}/")
+        deletes = seg.get("deletes")
+        if deletes is not None:
+            file = folder / deletes["file"]
+            if not file.is_file() or sha256_file(file) != deletes["sha256"]:
+                problems.append(f"{SEGMENTS}/{seg['name']}/{deletes['file']}: missing, or its sha256 differs from the commit's")
+    return problems
+
+
+def _verify_folder(path: Path, manifest: dict, prefix: str) -> list[str]:
     files = manifest["files"]
-    problems = [f"{name}: its sha256 differs from the manifest's" for name in verify(path, manifest)]
+    problems = [f"{prefix}{name}: its sha256 differs from the manifest's" for name in verify(path, manifest)]
     config = manifest.get("config") if isinstance(manifest.get("config"), dict) else {}
     vectors = store_files(config.get("codec", "float16")) if isinstance(config.get("codec", "float16"), str) else ()
     built_from = {"vectors_sha256": files.get(vectors[0], {}).get("sha256") if vectors else None, "doc_ids_sha256": files.get("doc_ids.npy", {}).get("sha256")}
@@ -213,12 +240,12 @@ def verify_files(path: Path) -> list[str]:
         try:
             stage_manifest = read_manifest(stage, *stage_format(stage.name))
         except (IndexFormatError, IndexNotFoundError) as error:
-            problems.append(f"{stage.name}/: {error}")
+            problems.append(f"{prefix}{stage.name}/: {error}")
             continue
-        problems += [f"{stage.name}/{name}: its sha256 differs from {stage.name}/{MANIFEST}" for name in verify(stage, stage_manifest)]
+        problems += [f"{prefix}{stage.name}/{name}: its sha256 differs from {stage.name}/{MANIFEST}" for name in verify(stage, stage_manifest)]
         other = stage_mismatch(stage_manifest, {key: want for key, want in built_from.items() if key in stage_manifest}, documents)
         if other:
-            problems.append(f"{stage.name}/: built for other {other} than the index holds; rebuild it with `{rebuild_command(stage.name, path)}`")
+            problems.append(f"{prefix}{stage.name}/: built for other {other} than the index holds; rebuild it with `{rebuild_command(stage.name, path)}`")
     return problems
 
 

@@ -18,7 +18,7 @@ import numpy as np
 
 from .cluster import cluster, cluster_counts
 from .pca import fit_pca, project
-from .prune import cumulative, prune_mask
+from .prune import corpus_stats, cumulative, prune_mask
 
 
 def needs_token_ids(config) -> bool:
@@ -35,21 +35,27 @@ class Compacted:
     cluster_seconds: float
 
 
-def compact_vectors(vectors: np.ndarray, offsets: np.ndarray, config, token_ids: np.ndarray | None = None, classes: dict | None = None) -> Compacted:
+def needs_corpus_stats(config) -> bool:
+    """Whether compacting with ``config`` reads corpus statistics (document frequencies)."""
+    return "df" in config.prune or (config.clusters and bool(config.cluster_idf_weight) and config.cluster_method == "ward")
+
+
+def compact_vectors(vectors: np.ndarray, offsets: np.ndarray, config, token_ids: np.ndarray | None = None, classes: dict | None = None, stats: np.ndarray | None = None) -> Compacted:
     """Prune, then cluster each document's vectors as ``config`` says (see :class:`mvr.IndexConfig`).
     ``token_ids`` and ``classes`` (vocabulary ids of "special", "punctuation", "stopwords") are
-    needed where :func:`needs_token_ids` says so."""
+    needed where :func:`needs_token_ids` says so; ``stats`` (:func:`corpus_stats`) where
+    :func:`needs_corpus_stats` does (default: those of these documents)."""
     pruned = 0
     if config.prune:
-        keep = prune_mask(token_ids, offsets, config.prune, classes, config.prune_max_df)
+        keep = prune_mask(token_ids, offsets, config.prune, classes, config.prune_max_df, stats)
         pruned = int((~keep).sum())
         vectors, token_ids = vectors[keep], token_ids[keep]
         offsets = cumulative(keep)[offsets]
     started = time.perf_counter()
     if config.clusters:
-        vectors, offsets = cluster(vectors, offsets, cluster_counts(np.diff(offsets), config), config, token_ids, classes)
+        vectors, offsets = cluster(vectors, offsets, cluster_counts(np.diff(offsets), config), config, token_ids, classes, stats)
         token_ids = None
     return Compacted(vectors, offsets, token_ids, pruned, time.perf_counter() - started)
 
 
-__all__ = ["compact_vectors", "needs_token_ids", "fit_pca", "project", "prune_mask", "cluster_counts"]
+__all__ = ["compact_vectors", "corpus_stats", "needs_corpus_stats", "needs_token_ids", "fit_pca", "project", "prune_mask", "cluster_counts"]

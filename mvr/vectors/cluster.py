@@ -61,7 +61,7 @@ def ward_documents(vectors: np.ndarray, doc_offsets: np.ndarray, n_clusters: np.
     return out, out_offsets
 
 
-def cluster(vectors: np.ndarray, offsets: np.ndarray, counts: np.ndarray, config, token_ids=None, classes=None) -> tuple[np.ndarray, np.ndarray]:
+def cluster(vectors: np.ndarray, offsets: np.ndarray, counts: np.ndarray, config, token_ids=None, classes=None, stats=None) -> tuple[np.ndarray, np.ndarray]:
     """Pool each document's tokens into ``counts[d]`` vectors as ``config`` says: tokens of the
     ``cluster_keep`` classes stay as they are (and use up part of the count), the rest are
     clustered (Ward, optionally IDF-weighted, or k-means) into what is left, at least one."""
@@ -75,7 +75,7 @@ def cluster(vectors: np.ndarray, offsets: np.ndarray, counts: np.ndarray, config
     rest_counts = np.where(rest_lengths > 0, np.clip(counts - np.diff(kept_offsets), 1, np.maximum(rest_lengths, 1)), 0)
     rest = vectors[~kept]
     if config.cluster_method == "ward":
-        weights = idf_weights(token_ids, offsets, config.cluster_idf_weight)[~kept] if config.cluster_idf_weight else None
+        weights = idf_weights(token_ids, offsets, config.cluster_idf_weight, stats)[~kept] if config.cluster_idf_weight else None
         pooled, pooled_offsets = ward_documents(rest, rest_offsets, rest_counts, weights)
     else:
         pooled, pooled_offsets = cluster_documents(rest, rest_offsets, rest_counts, config.cluster_iters)

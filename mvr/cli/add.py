@@ -1,0 +1,47 @@
+"""``mvr add``: encode documents into a new segment of an index (``--upsert``: replacing those whose id it holds)."""
+
+from __future__ import annotations
+
+import argparse
+
+from .common import add_common
+
+
+def add_parser(sub) -> argparse.ArgumentParser:
+    p = sub.add_parser("add", help="add documents to an index", description="Encode documents into a new segment of an index, as its build did, and commit it.")
+    p.add_argument("index", help="index name or path")
+    p.add_argument("corpus", help="BEIR corpus.jsonl (or its dataset folder), JSONL of {id, text}, or a folder of .txt/.md files")
+    p.add_argument("--upsert", action="store_true", help="replace the documents whose id the index holds (default: such an id is an error)")
+    add_writer(p)
+    add_common(p)
+    return p
+
+
+def writer_parser(sub, name: str, help: str, description: str) -> argparse.ArgumentParser:
+    """A subcommand that changes one index and takes nothing else: ``mvr NAME INDEX [--wait S]``."""
+    p = sub.add_parser(name, help=help, description=description)
+    p.add_argument("index", help="index name or path")
+    add_writer(p, merge=False)
+    add_common(p)
+    return p
+
+
+def add_writer(p: argparse.ArgumentParser, merge: bool = True) -> None:
+    p.add_argument("--wait", type=float, default=0.0, metavar="SECONDS", help="wait this long for another writer of the index to finish (default: fail at once)")
+    if merge:
+        p.add_argument("--no-merge", action="store_true", help="do not merge segments after the commit (mvr optimize merges them all)")
+
+
+def run(args) -> int:
+    from ..corpus import read_corpus
+    from ..index import Index
+
+    index = Index.open(args.index, home=args.index_dir)
+    what = index.upsert if args.upsert else index.add
+    done = what(read_corpus(args.corpus), wait=args.wait, merge=not args.no_merge, show_progress=False if args.quiet else None, command=args.command_line)
+    replaced = f", replacing {done['replaced']}" if args.upsert else ""
+    print(
+        f"added {done['added']} documents{replaced} to {index.name} ({done['docs_per_second']:.1f} docs/s): "
+        f"{index.n_docs} documents in {done['segments']} segment(s), generation {done['generation']}"
+    )
+    return 0

@@ -1,0 +1,23 @@
+"""``mvr optimize``: merge every segment of an index into one, dropping deleted documents."""
+
+from __future__ import annotations
+
+import argparse
+
+from .add import writer_parser
+
+
+def add_parser(sub) -> argparse.ArgumentParser:
+    return writer_parser(sub, "optimize", "merge an index's segments into one", "Merge every segment into one, without the deleted documents (the fastest layout to search).")
+
+
+def run(args) -> int:
+    from ..index import Index
+
+    index = Index.open(args.index, home=args.index_dir)
+    done = index.optimize(wait=args.wait, show_progress=False if args.quiet else None, command=args.command_line)
+    if not done["merged"]:
+        print(f"{index.name} is one segment without deletions already; nothing to do")
+    else:
+        print(f"merged {done['merged']} segment(s) of {index.name} into one: {done['documents']} documents, generation {done['generation']}")
+    return 0

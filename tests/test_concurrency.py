@@ -1,0 +1,77 @@
+"""Eight reader threads search one index while a writer adds and deletes in a loop: no error, and
+every result list is one commit's (only documents live in it, as many as k allows)."""
+
+import os
+import random
+import threading
+import time
+
+from mvr import Index
+
+SECONDS = float(os.environ.get("MVR_CONCURRENCY_SECONDS", "60"))
+WORDS = ["cats", "tea", "lava", "dogs", "plants", "water", "green", "sleep"]
+
+
+def _text(rng: random.Random) -> str:
+    return " ".join(rng.choice(WORDS) for _ in range(6))
+
+
+def test_readers_see_whole_commits_while_a_writer_changes_the_index(tmp_path, default_encoder):
+    rng = random.Random(3)
+    docs = [{"id": f"d{i}", "text": _text(rng)} for i in range(40)]
+    path = tmp_path / "idx"
+    Index.build(docs, path, encoder=default_encoder, show_progress=False)
+    writer = Index.open(path, model=default_encoder)
+    reader = Index.open(path, model=default_encoder)
+    live_at = {writer.generation: frozenset(d["id"] for d in docs)}
+    stop = threading.Event()
+    errors, seen = [], []
+
+    def write():
+        step = 0
+        try:
+            while not stop.is_set():
+                step += 1
+                if step % 3:
+                    writer.add([{"id": f"w{step}-{j}", "text": _text(rng)} for j in range(4)], show_progress=False)
+                else:
+                    writer.delete(rng.sample(sorted(d.id for d in writer.documents()), 5))
+                live_at[writer.generation] = frozenset(d.id for d in writer.documents())
+        except Exception as error:  # noqa: BLE001 - reported by the test
+            errors.append(error)
+
+    def read(seed: int):
+        local = random.Random(seed)
+        try:
+            while not stop.is_set():
+                if local.random() < 0.2:
+                    reader.refresh()
+                stage = local.choice(["exhaustive", "fde+bm25s", "fde", "bm25s"])
+                results = reader.search([local.choice(WORDS), _text(local)], k=10, first_stage=stage)
+                state = results._index
+                seen.append((state.generation, stage, results.doc_ids, state.n_live, [[h.text for h in hits] for hits in results]))
+        except Exception as error:  # noqa: BLE001
+            errors.append(error)
+
+    threads = [threading.Thread(target=write)] + [threading.Thread(target=read, args=(i,)) for i in range(8)]
+    for thread in threads:
+        thread.start()
+    time.sleep(SECONDS)
+    stop.set()
+    for thread in threads:
+        thread.join(timeout=120)
+    assert not errors, errors
+    assert len(live_at) > 5 and len(seen) > 50
+    generations = set()
+    recorded = sorted(live_at)
+    for generation, stage, ids, n_live, texts in seen:
+        generations.add(generation)
+        # the writer records the live documents after each add or delete with its merges; a merge
+        # changes no document, so a generation in between holds those of the next recorded one
+        live = live_at[min(g for g in recorded if g >= generation)]
+        assert n_live == len(live)
+        for row in ids:
+            assert set(row) <= live and len(set(row)) == len(row)
+            if stage in ("exhaustive", "fde", "fde+bm25s"):
+                assert len(row) == min(10, n_live)
+    assert len(generations) > 2  # the readers moved on with refresh

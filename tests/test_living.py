@@ -1,0 +1,254 @@
+"""A living index: add, upsert and delete documents in commits; segments, merges, readers pinned
+to a commit, one writer, and the conversion of version-1 indexes."""
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from mvr import CorpusError, Index, IndexConfig, IndexLockedError, QueryError
+from mvr import writer as writing
+from mvr.storage.commits import SEGMENTS
+from mvr.storage.lock import WriterLock
+from mvr.storage.validate import verify_files
+
+TEXTS = ["cats purr", "dogs bark", "cats meow loudly", "plants grow", "the cat sat", "cats and dogs", "volcano lava", "green tea", "cats again", "more cats",
+         "tea leaves", "lava flows", "dogs run", "plants need water", "cats sleep"]
+DOCS = [{"id": f"d{i}", "text": t, "metadata": {"year": 2000 + i}} for i, t in enumerate(TEXTS)]
+QUERIES = ["cats", "volcano", "tea", "dogs and plants"]
+LEGACY = Path(__file__).parent / "data" / "legacy-v0.1"
+
+
+@pytest.fixture(scope="module")
+def whole(tmp_path_factory, default_encoder):
+    return Index.build(DOCS, tmp_path_factory.mktemp("whole") / "idx", encoder=default_encoder, show_progress=False)
+
+
+def _split(tmp_path, encoder, parts, config=None, merge=False):
+    """The corpus built from its first part, then each other part added."""
+    index = Index.build(DOCS[: parts[0]], tmp_path / "idx", config=config, encoder=encoder, show_progress=False)
+    for start, stop in zip(parts, parts[1:] + [len(DOCS)]):
+        index.add(DOCS[start:stop], merge=merge, show_progress=False)
+    return index
+
+
+@pytest.mark.parametrize("stage", ["exhaustive", "fde+bm25s", "fde", "bm25s"])
+def test_built_in_parts_searches_as_built_whole(tmp_path, default_encoder, whole, stage):
+    index = _split(tmp_path, default_encoder, [5, 9, 12])
+    assert len(index.segments) == 4 and len(index) == len(DOCS) and index.generation == 4
+    a, b = whole.search(QUERIES, k=5, first_stage=stage), index.search(QUERIES, k=5, first_stage=stage)
+    assert a.doc_ids == b.doc_ids
+    np.testing.assert_allclose(a.scores, b.scores, rtol=1e-6)
+    assert [h.text for h in a[0]] == [h.text for h in b[0]] and [h.metadata for h in a[0]] == [h.metadata for h in b[0]]
+
+
+@pytest.mark.parametrize("options", [{"fusion": "rrf"}, {"fusion": "linear", "fusion_weight": 0.5}, {"early_exit": 2}, {"rerank": False}])
+def test_fusion_and_early_exit_see_every_segment_candidates(tmp_path, default_encoder, whole, options):
+    # the FDE scores a document the same in any segment: with every document a candidate, the
+    # fused ranking over several segments is the one-segment ranking
+    index = _split(tmp_path, default_encoder, [4, 11])
+    a = whole.search(QUERIES, k=6, first_stage="fde", candidates=len(DOCS), **options)
+    b = index.search(QUERIES, k=6, first_stage="fde", candidates=len(DOCS), **options)
+    assert a.doc_ids == b.doc_ids
+    np.testing.assert_allclose(a.scores, b.scores, rtol=1e-5)
+
+
+def test_deleted_documents_are_never_returned_and_merges_drop_them(tmp_path, default_encoder, whole):
+    index = _split(tmp_path, default_encoder, [8])
+    gone = ["d0", "d5", "d9", "d14"]
+    done = index.delete(gone + ["not-there"])
+    assert done["deleted"] == 4 and done["missing"] == ["not-there"] and len(index) == len(DOCS) - 4
+    for stage in ("exhaustive", "fde+bm25s", "bm25s"):
+        ids = index.search(QUERIES, k=len(DOCS), first_stage=stage).doc_ids
+        assert not set(gone) & {i for row in ids for i in row}
+    expected = [[i for i in row if i not in gone] for row in whole.search(QUERIES, k=len(DOCS), first_stage="exhaustive").doc_ids]
+    assert index.search(QUERIES, k=len(DOCS), first_stage="exhaustive").doc_ids == expected
+    assert "d0" not in index and "d1" in index and sorted(d.id for d in index.documents()) == sorted(d["id"] for d in DOCS if d["id"] not in gone)
+    assert index.delete(["d0"])["deleted"] == 0  # deleting again changes nothing, and commits nothing
+    before = index.generation
+    assert index.optimize()["merged"] == 2
+    assert len(index.segments) == 1 and index.n_rows == len(index) == len(DOCS) - 4 and index.generation == before + 1
+    assert index.search(QUERIES, k=len(DOCS), first_stage="exhaustive").doc_ids == expected
+    assert index.search(QUERIES, k=5).doc_ids == [row[:5] for row in expected]  # its first stages were rebuilt for the merged rows
+    assert verify_files(index.path) == []
+    assert index.optimize()["merged"] == 0
+
+
+def test_upsert_replaces_and_add_refuses_known_ids(tmp_path, default_encoder):
+    index = Index.build(DOCS[:6], tmp_path / "idx", encoder=default_encoder, show_progress=False)
+    with pytest.raises(CorpusError, match="'d2' is already in the index.*upsert"):
+        index.add([{"id": "d20", "text": "new"}, {"id": "d2", "text": "again"}], show_progress=False)
+    with pytest.raises(CorpusError, match="duplicate document id 'd30'"):
+        index.add([{"id": "d30", "text": "one"}, {"id": "d30", "text": "two"}], show_progress=False)
+    assert index.generation == 1 and len(index.segments) == 1 and sorted(p.name for p in (index.path / SEGMENTS).iterdir()) == ["s000001"]
+    done = index.upsert([{"id": "d1", "text": "volcano lava erupts"}, {"id": "d40", "text": "tea time"}], show_progress=False)
+    assert (done["added"], done["replaced"]) == (2, 1) and len(index) == 7
+    hit = index.search("volcano erupts", k=1, first_stage="exhaustive")[0][0]
+    assert (hit.id, hit.text) == ("d1", "volcano lava erupts")
+    assert [d.text for d in index.documents() if d.id == "d1"] == ["volcano lava erupts"]
+
+
+def test_metadata_and_filters_span_segments(tmp_path, default_encoder):
+    index = Index.build(DOCS[:5], tmp_path / "idx", encoder=default_encoder, show_progress=False)
+    index.add([{"id": "n1", "text": "cats", "metadata": {"year": 2030, "source": "news"}}, {"id": "n2", "text": "cats too", "metadata": {"source": "web"}}], show_progress=False)
+    hits = index.search("cats", k=10, filter={"year": {"$gte": 2003}}, first_stage="exhaustive")[0]
+    assert sorted(h.id for h in hits) == ["d3", "d4", "n1"]
+    assert [h.id for h in index.search("cats", k=10, filter={"source": "web"})[0]] == ["n2"]  # a field only the new segment has
+    assert index.search("cats", k=10, filter={"$not": {"source": "news"}}, first_stage="exhaustive")[0][-1].id  # absent counts as not equal
+    with pytest.raises(QueryError, match="unknown metadata field 'colour'"):
+        index.search("cats", filter={"colour": "red"})
+    with pytest.raises(CorpusError, match="'year' is a string here but a number in the index"):
+        index.add([{"id": "n3", "text": "x", "metadata": {"year": "2020"}}], show_progress=False)
+
+
+def test_codec_and_projection_of_new_segments_are_the_index_own(tmp_path, default_encoder):
+    config = IndexConfig(pca_dim=32, codec="residual", codec_bits=2, codec_centroids=8, fde=None, sparse=())
+    index = _split(tmp_path, default_encoder, [10], config=config)
+    first, added = index.segments
+    for name in ("projection.npy", "centroids.npy", "bucket_values.npy", "bucket_cutoffs.npy"):
+        assert (first.path / name).read_bytes() == (added.path / name).read_bytes()
+    # the added documents went through the first segment's projection and codebooks
+    raw = default_encoder.encode_documents([d["text"] for d in DOCS[10:]]).vectors @ first.projection
+    raw /= np.linalg.norm(raw, axis=1, keepdims=True)
+    decoded = added.tokens.decode(0, added.n_tokens)
+    assert decoded.shape == raw.shape and float(np.mean(np.sum(decoded * raw, axis=1))) > 0.9
+    merged = index.optimize()
+    assert merged["documents"] == len(DOCS) and np.asarray(index.segments[0].tokens.coded.codes).shape[0] == index.n_tokens
+
+
+def test_added_documents_are_pruned_by_the_statistics_of_the_build(tmp_path, default_encoder):
+    from mvr.vectors.prune import prune_mask
+
+    config = IndexConfig(prune=("df",), prune_max_df=0.3, fde=None, sparse=())
+    index = _split(tmp_path, default_encoder, [10], config=config)
+    first, added = index.segments
+    stats = np.load(first.path / "corpus_df.npy")
+    assert stats[0] == 10 and (added.path / "corpus_df.npy").read_bytes() == (first.path / "corpus_df.npy").read_bytes()
+    encoded = default_encoder.encode_documents([d["text"] for d in DOCS[10:]])
+    keep = prune_mask(encoded.token_ids, encoded.offsets, ("df",), None, 0.3, stats)
+    assert added.n_tokens == int(keep.sum()) < len(keep)  # the build's frequent tokens go, not the new segment's
+    saved = (first.path / "corpus_df.npy").read_bytes()
+    assert index.optimize()["documents"] == len(DOCS) and (index.segments[0].path / "corpus_df.npy").read_bytes() == saved
+
+
+def test_merge_policy_keeps_tiers_bounded(tmp_path, default_encoder, monkeypatch):
+    monkeypatch.setattr(writing, "MERGE_FACTOR", 3)
+    assert writing.plan_merge([{"documents": n, "deleted": 0} for n in (5, 1, 1, 1)]) == [1, 2, 3]
+    assert writing.plan_merge([{"documents": n, "deleted": 0} for n in (5, 1, 1)]) is None
+    assert writing.plan_merge([{"documents": 10, "deleted": 6}]) == [0]  # mostly deleted: rewritten
+    index = Index.build(DOCS[:1], tmp_path / "idx", encoder=default_encoder, show_progress=False)
+    for i in range(1, 9):
+        index.add(DOCS[i : i + 1], show_progress=False)
+        tiers = [writing._tier(s.n_docs, 3) for s in index.segments]
+        assert all(tiers.count(t) < 3 for t in set(tiers)), tiers
+    assert len(index) == 9 and sorted(index.doc_ids[i] for i in range(index.n_rows)) == sorted(d["id"] for d in DOCS[:9])
+
+
+def test_a_reader_keeps_its_commit_until_it_refreshes(tmp_path, default_encoder):
+    writer = Index.build(DOCS[:5], tmp_path / "idx", encoder=default_encoder, show_progress=False)
+    reader = Index.open(tmp_path / "idx", model=default_encoder)
+    writer.add(DOCS[5:], show_progress=False)
+    writer.delete(["d0", "d1"])
+    writer.optimize()
+    assert len(reader) == 5 and reader.generation == 1
+    assert sorted(reader.search("cats", k=10, first_stage="exhaustive").doc_ids[0]) == [f"d{i}" for i in range(5)]
+    assert (tmp_path / "idx" / SEGMENTS / "s000001").is_dir()  # pinned: not collected
+    assert reader.refresh() and reader.generation == writer.generation and len(reader) == len(DOCS) - 2
+    assert not reader.refresh()
+    del reader
+    writer.add([{"id": "x", "text": "one more"}], show_progress=False)  # the writer collects what nobody pins
+    names = sorted(p.name for p in (tmp_path / "idx").iterdir())
+    assert names == [f"commit-{writer.generation:08d}.json", "manifest.json", SEGMENTS]
+    assert {p.name for p in (tmp_path / "idx" / SEGMENTS).iterdir()} == {s.path.name for s in writer.segments}
+
+
+def test_one_writer_at_a_time(tmp_path, default_encoder):
+    index = Index.build(DOCS[:3], tmp_path / "idx", encoder=default_encoder, show_progress=False)
+    held = WriterLock(tmp_path, "idx").acquire()
+    try:
+        with pytest.raises(IndexLockedError, match=f"being written by PID {os.getpid()}"):
+            index.add(DOCS[3:4], show_progress=False)
+        with pytest.raises(IndexLockedError):
+            index.delete(["d0"], wait=0.2)
+    finally:
+        held.release()
+    assert index.delete(["d0"], wait=0.2)["deleted"] == 1
+
+
+def test_a_version_1_index_opens_read_only_and_converts(tmp_path):
+    copy = tmp_path / "legacy"
+    shutil.copytree(LEGACY, copy)
+    old = Index.open(copy)
+    assert old.legacy and old.generation == 0
+    before = old.search(["cats", "tea"], k=3, first_stage="exhaustive")
+    mtimes = {p.name: p.stat().st_mtime_ns for p in copy.iterdir()}
+    assert {p.name: p.stat().st_mtime_ns for p in copy.iterdir()} == mtimes  # opening wrote nothing
+    run = subprocess.run([sys.executable, "-m", "mvr.cli", "upgrade", str(copy)], capture_output=True, text=True)
+    assert run.returncode == 0 and "converted" in run.stdout, run.stderr
+    assert json.loads((copy / "manifest.json").read_text())["format_version"] == 2
+    new = Index.open(copy)
+    assert not new.legacy and new.generation == 1 and verify_files(copy) == []
+    after = new.search(["cats", "tea"], k=3, first_stage="exhaustive")
+    assert after.doc_ids == before.doc_ids and np.array_equal(after.scores, before.scores)
+    assert old.search(["cats", "tea"], k=3, first_stage="exhaustive").doc_ids == before.doc_ids  # still readable through its open files
+    assert "nothing to do" in subprocess.run([sys.executable, "-m", "mvr.cli", "upgrade", str(copy)], capture_output=True, text=True).stdout
+
+
+def test_the_first_write_converts_a_version_1_index(tmp_path):
+    copy = tmp_path / "legacy"
+    shutil.copytree(LEGACY, copy)
+    index = Index.open(copy)
+    first = index.doc_ids[0]
+    assert index.delete([str(first)])["deleted"] == 1
+    assert not index.legacy and index.generation == 2 and str(first) not in index
+
+
+def test_cli_add_delete_optimize(tmp_path, default_encoder, beir):
+    home = tmp_path / "home"
+    Index.build(DOCS[:5], home / "idx", encoder=default_encoder, show_progress=False)
+    more = tmp_path / "more.jsonl"
+    more.write_text("".join(json.dumps(d) + "\n" for d in DOCS[5:]))
+    cli = [sys.executable, "-m", "mvr.cli"]
+
+    def mvr(*args):
+        return subprocess.run([*cli, *map(str, args), "--index-dir", str(home)], capture_output=True, text=True)
+
+    run = mvr("add", "idx", more, "--quiet")
+    assert run.returncode == 0 and f"{len(DOCS)} documents in 2 segment(s)" in run.stdout, run.stderr
+    run = mvr("add", "idx", more, "--quiet")
+    assert run.returncode == 2 and "already in the index" in run.stderr and run.stderr.count("\n") == 1
+    ids = tmp_path / "ids.txt"
+    ids.write_text("d1\nd2\n\nnope\n")
+    run = mvr("delete", "idx", "d0", "--ids", ids, "--no-merge")  # (3 of the 5 rows of the first segment: the policy would rewrite it)
+    assert run.returncode == 0 and "deleted 3 documents" in run.stdout and "1 id(s) not in the index: nope" in run.stderr
+    run = mvr("delete", "idx")
+    assert run.returncode == 2 and "no ids to delete" in run.stderr
+    info = json.loads(mvr("info", "idx", "--json").stdout)
+    assert info["documents"] == len(DOCS) - 3 and info["deleted_documents"] == 3 and len(info["segments"]) == 2
+    run = mvr("optimize", "idx")
+    assert run.returncode == 0 and "merged 2 segment(s)" in run.stdout
+    run = mvr("info", "idx", "--verify")
+    assert run.returncode == 0, run.stderr
+    run = mvr("search", "idx", "volcano", "-k", "1", "--json")
+    assert run.returncode == 0 and json.loads(run.stdout)["hits"][0]["id"] == "d6"
+
+
+def test_a_segment_that_disagrees_with_its_commit_is_refused(tmp_path, default_encoder):
+    from mvr import IndexFormatError
+
+    index = Index.build(DOCS[:4], tmp_path / "idx", encoder=default_encoder, config=IndexConfig(fde=None, sparse=()), show_progress=False)
+    commit = tmp_path / "idx" / f"commit-{index.generation:08d}.json"
+    record = json.loads(commit.read_text())
+    record["config"]["codec"] = "int8"
+    commit.write_text(json.dumps(record))
+    with pytest.raises(IndexFormatError, match="other settings or another encoder than .*commit-00000001.json"):
+        Index.open(tmp_path / "idx")
+    record["config"]["codec"] = "no-such-codec"
+    commit.write_text(json.dumps(record))
+    with pytest.raises(IndexFormatError, match="commit-00000001.json: its config cannot be read"):
+        Index.open(tmp_path / "idx")
