@@ -15,6 +15,7 @@ from .errors import QueryError
 from .registry import EXHAUSTIVE, FIRST_STAGES, HYBRIDS, STAGES, parse_stage
 from .results import Results
 from .stages.base import Candidates, QueryBatch
+from .stages.hybrid import union_candidates
 from .threads import cpu_threads
 
 DEFAULT_CANDIDATES = 100  # candidates reranked when the caller names none
@@ -195,25 +196,48 @@ def exhaustive(segment, queries: QueryBatch, k: int, allowed: np.ndarray | None 
     return indices, top, (time.perf_counter() - started) * 1e3
 
 
-def candidates(segment, queries: QueryBatch, opts: SearchOptions, allowed: np.ndarray | None = None) -> list[Candidates]:
-    """Per query, candidate positions of one segment (best first) and their first-stage scores,
-    among the ``allowed`` documents (a filter's mask; None: all)."""
-    n = min(opts.candidates or DEFAULT_CANDIDATES, segment.n_docs if allowed is None else int(allowed.sum()))
-    if n == 0:
-        return [Candidates.empty() for _ in range(len(queries))]
-    return segment.first_stage(opts.first_stage, opts).search(queries, n, opts, allowed)
+def candidates(state, searched: list[tuple], queries: QueryBatch, opts: SearchOptions, stage: str, n: int) -> list[Candidates]:
+    """Per query, the ``n`` best candidates of the single first stage ``stage`` over the
+    ``searched`` segments of ``state`` (``(segment number, allowed rows)`` each): every segment's
+    own best ``n``, merged by score (the FDE's compare across segments; BM25's nearly, each
+    segment weighing terms by its own statistics). Positions are the commit's."""
+    found = []
+    for s, allowed in searched:
+        segment = state.segments[s]
+        m = min(n, segment.n_docs if allowed is None else int(allowed.sum()))
+        rows = segment.stage(stage).search(queries, m, opts, allowed) if m else [Candidates.empty()] * len(queries)
+        found.append((state.bases[s], rows))
+    merged = []
+    for q in range(len(queries)):
+        positions = np.concatenate([np.zeros(0, np.int64), *(rows[q].positions + base for base, rows in found)])
+        scores = np.concatenate([np.zeros(0, np.float32), *(rows[q].scores for _, rows in found)])
+        order = np.argsort(-scores, kind="stable")[:n]  # one segment: its own order, ties included
+        merged.append(Candidates(positions[order], scores[order]))
+    return merged
 
 
-def dense_fallback(segment, queries: QueryBatch, q: int, opts: SearchOptions, allowed: np.ndarray | None) -> Candidates:
-    """Candidates of query ``q`` for which a text stage found nothing in any segment (no
-    searchable terms): the FDE's, or every allowed document where there is no FDE."""
-    n = min(opts.candidates or DEFAULT_CANDIDATES, segment.n_docs if allowed is None else int(allowed.sum()))
-    if n == 0:
-        return Candidates.empty()
-    if segment.has_stage("fde"):
-        return segment.stage("fde").search(queries.only(q), n, opts, allowed)[0]
-    every = np.arange(segment.n_docs, dtype=np.int64) if allowed is None else np.flatnonzero(allowed).astype(np.int64)
-    return Candidates(every, np.zeros(len(every), dtype=np.float32))
+def first_stage(state, searched: list[tuple], queries: QueryBatch, opts: SearchOptions) -> tuple[list[Candidates], int]:
+    """Per query, the candidates of ``opts.first_stage`` over the searched segments, as one index
+    would find them (a hybrid joins the two merged rankings); and how many queries a text stage
+    found nothing for (no searchable terms), answered by the FDE (or every allowed document)."""
+    total = sum(state.segments[s].n_docs if allowed is None else int(allowed.sum()) for s, allowed in searched)
+    n = min(opts.candidates or DEFAULT_CANDIDATES, total)
+    parts = parse_stage(opts.first_stage)
+    if len(parts) == 2:
+        dense, sparse = (candidates(state, searched, queries, opts, part, n) for part in parts)
+        found = [union_candidates(d.positions, t.positions, round(opts.dense_share * n), n) for d, t in zip(dense, sparse)]
+    else:
+        found = candidates(state, searched, queries, opts, parts[0], n)
+    if needs_vectors(opts.first_stage):
+        return found, 0
+    empty = [q for q, one in enumerate(found) if len(one.positions) == 0]
+    for q in empty if queries.vectors is not None else ():
+        if all(state.segments[s].has_stage("fde") for s, _ in searched):
+            found[q] = candidates(state, searched, queries.only(q), opts, "fde", n)[0]
+        else:
+            every = [state.bases[s] + (np.arange(state.segments[s].n_docs) if allowed is None else np.flatnonzero(allowed)) for s, allowed in searched]
+            found[q] = Candidates(np.concatenate(every).astype(np.int64), np.zeros(sum(map(len, every)), dtype=np.float32))
+    return found, len(empty)
 
 
 def run(state, queries: QueryBatch, k: int, opts: SearchOptions, threads: int | None = None) -> Results:
@@ -221,16 +245,17 @@ def run(state, queries: QueryBatch, k: int, opts: SearchOptions, threads: int | 
     as ``opts`` say (its first stage already resolved): each segment gives candidates among its
     live documents that pass the filter; ties go to the lower position.
 
-    The candidates of every segment are reranked together (MaxSim scores compare across
-    segments; pruning and fusion see all of them), so several segments give the ranking one would
-    from the same candidates; exhaustive search merges each segment's top-k.
+    A first stage takes the best ``candidates`` over all segments (:func:`first_stage`), and
+    they are reranked together (MaxSim scores compare across segments; pruning and fusion see all
+    of them), so several segments cost about what one does in MaxSim; exhaustive search merges
+    each segment's top-k.
     """
     n_queries = len(queries)
     indices = [np.full((n_queries, 0), -1, dtype=np.int64)]
     top = [np.full((n_queries, 0), -np.inf, dtype=np.float32)]
     timings = {"first_stage": 0.0, "rerank": 0.0}
     with cpu_threads(threads, "numba", "faiss", "blas"):
-        searched = []  # (segment number, allowed rows, candidates per query)
+        searched = []  # (segment number, allowed rows) of the segments a first stage searches
         for s, segment in enumerate(state.segments):
             allowed = state.live(s)
             if opts.filter is not None:
@@ -238,36 +263,30 @@ def run(state, queries: QueryBatch, k: int, opts: SearchOptions, threads: int | 
                 allowed = matched if allowed is None else matched & allowed
             if allowed is not None and not allowed.any():
                 continue
-            started = time.perf_counter()
             if opts.first_stage == EXHAUSTIVE:
                 found, scores, spent = exhaustive(segment, queries, min(k, segment.n_docs), allowed)
                 timings["rerank"] += spent
                 indices.append(np.where(found >= 0, found + state.bases[s], -1))
                 top.append(scores)
-                continue
-            searched.append((s, allowed, candidates(segment, queries, opts, allowed)))
-            timings["first_stage"] += (time.perf_counter() - started) * 1e3
-        # a text stage that found nothing for a query in the whole index: the dense stage answers
-        # (when the queries were encoded; else they stay empty)
-        empty = [] if not searched or needs_vectors(opts.first_stage) else [q for q in range(n_queries) if all(len(found[q].positions) == 0 for _, _, found in searched)]
-        middle = time.perf_counter()
-        if queries.vectors is not None:
-            for s, allowed, found in searched:
-                for q in empty:
-                    found[q] = dense_fallback(state.segments[s], queries, q, opts, allowed)
-            timings["first_stage"] += (time.perf_counter() - middle) * 1e3 if empty else 0.0
-            middle = time.perf_counter()
+            else:
+                searched.append((s, allowed))
+        fallbacks = 0
         if searched:
+            started = time.perf_counter()
+            found, fallbacks = first_stage(state, searched, queries, opts)
+            middle = time.perf_counter()
             ranked = np.full((n_queries, k), -1, dtype=np.int64)
             scores = np.full((n_queries, k), -np.inf, dtype=np.float32)
-            for q in range(n_queries):
+            for q, one in enumerate(found):
                 query = queries.query(q) if queries.vectors is not None else None
-                parts = [(state.segments[s].tokens, state.bases[s], found[q]) for s, _, found in searched]
+                owner = state.segment_of(one.positions)
+                parts = [(state.segments[s].tokens, state.bases[s], Candidates(one.positions[owner == s] - state.bases[s], one.scores[owner == s])) for s in np.unique(owner)]
                 rows, best = rerank(parts, query, k, opts)
                 ranked[q, : len(rows)], scores[q, : len(rows)] = rows, best
             indices.append(ranked)
             top.append(scores)
-            timings["rerank"] += (time.perf_counter() - middle) * 1e3
+            timings["first_stage"] = (middle - started) * 1e3
+            timings["rerank"] = (time.perf_counter() - middle) * 1e3
     blocks = len(indices) - 1  # one per segment searched exhaustively, or one reranked for all
     indices, top = np.concatenate(indices, axis=1), np.concatenate(top, axis=1)
     if blocks > 1:
@@ -278,5 +297,5 @@ def run(state, queries: QueryBatch, k: int, opts: SearchOptions, threads: int | 
         indices = np.pad(indices, ((0, 0), (0, pad)), constant_values=-1)
         top = np.pad(top, ((0, 0), (0, pad)), constant_values=-np.inf)
     results = Results(indices, top, state, timings)
-    results.fallbacks = len(empty)
+    results.fallbacks = fallbacks
     return results

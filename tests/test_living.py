@@ -45,6 +45,9 @@ def test_built_in_parts_searches_as_built_whole(tmp_path, default_encoder, whole
     assert a.doc_ids == b.doc_ids
     np.testing.assert_allclose(a.scores, b.scores, rtol=1e-6)
     assert [h.text for h in a[0]] == [h.text for h in b[0]] and [h.metadata for h in a[0]] == [h.metadata for h in b[0]]
+    if stage == "fde":  # the best candidates over all segments are the one segment's: FDE scores compare
+        a, b = whole.search(QUERIES, k=3, first_stage=stage, candidates=4), index.search(QUERIES, k=3, first_stage=stage, candidates=4)
+        assert a.doc_ids == b.doc_ids and np.array_equal(a.scores, b.scores)
 
 
 @pytest.mark.parametrize("options", [{"fusion": "rrf"}, {"fusion": "linear", "fusion_weight": 0.5}, {"early_exit": 2}, {"rerank": False}])
