@@ -129,6 +129,7 @@ def render(report: dict) -> str:
         "Filtered two-stage search finds nearly all of the exact filtered top-10 at the same nDCG@10 as the",
         "exact search (the synthetic fields are unrelated to relevance, so nDCG@10 falls with the share of",
         "judged documents kept). A filter makes search cheaper, not dearer: fewer candidates qualify.",
+        "Why metadata is kept in columns rather than SQLite: docs/metadata-store.md.",
     ]
     return "\n".join(lines) + "\n"
 

@@ -98,3 +98,14 @@ def test_filter_study_against_exact_filtered_search(beir, tmp_path, default_enco
     assert [r["selectivity"] for r in report["rows"]] == list(FILTERS)
     for row in report["rows"]:
         assert 0.0 <= row["kept_share"] <= 1.0 and 0.0 <= row["recall_of_exact_top10"] <= 1.0 and row["search_ms_p50"] > 0
+
+
+def test_metadata_store_study_gives_the_same_masks_from_columns_and_sqlite(beir, tmp_path):
+    from mvr.eval import metadata_store
+
+    out = tmp_path / "store.json"
+    assert metadata_store.main([str(beir), "--output", str(out), "--markdown", str(tmp_path / "store.md")]) == 0
+    report = json.loads(out.read_text())
+    assert [r["selectivity"] for r in report["filters"]] == ["1%", "10%", "50%"]  # measure() asserted equal masks for each
+    assert all(r["columns_ms"] > 0 and r["sqlite_ms"] > 0 for r in report["filters"]) and report["write_ms"]["sqlite"] > 0
+    assert "SQLite" in (tmp_path / "store.md").read_text()
