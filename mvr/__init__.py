@@ -20,6 +20,7 @@ _EXPORTS = {
     "TokenVectors": "encode",
     "Document": "corpus",
     "read_corpus": "corpus",
+    "rerank": "reranking",
 }
 _ERRORS = (
     "MvrError",

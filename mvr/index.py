@@ -265,6 +265,13 @@ class Index(Changes):
             out[at] = state.segments[s].score(query, positions[at] - state.bases[s])
         return out
 
+    def rerank(self, query: str, ids: Sequence[str], k: int | None = None) -> list[Hit]:
+        """The documents with these ``ids`` ordered by exact MaxSim of their stored vectors against
+        ``query`` (PyLate's ``rank.rerank`` order; ties keep the given order): see :mod:`mvr.reranking`."""
+        from .reranking import rerank_ids
+
+        return rerank_ids(self, query, ids, k)
+
     def search(self, queries: str | Sequence[str], k: int = 10, *, first_stage: str | None = None, candidates: int | None = None, threads: int | None = None, **options) -> Results:
         """Top-``k`` documents of each query. A single string is one query.
 

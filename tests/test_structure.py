@@ -22,7 +22,7 @@ LAYERS = [
     {"encode", "vectors"},
     {"stages", "storage"},
     {"search", "results", "segment", "segment_build"},
-    {"index", "build", "writer"},
+    {"index", "build", "writer", "reranking"},
     {"cli", "eval"},
 ]
 

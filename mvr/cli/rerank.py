@@ -1,0 +1,103 @@
+"""``mvr rerank``: order candidates from elsewhere (a TREC run, or JSONL) by exact MaxSim."""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+
+from .common import add_common, read_queries
+
+
+def add_parser(sub) -> argparse.ArgumentParser:
+    p = sub.add_parser(
+        "rerank", help="rerank candidates from a TREC run or JSONL by exact MaxSim",
+        description="Rerank candidates by exact MaxSim: the documents of a TREC run (with --queries) by their vectors stored in INDEX, "
+        'or JSONL lines {"id": QID, "query": TEXT, "ids": [...]} (stored vectors) or {"id", "query", "documents": [{"id", "text"}, ...]} (encoded here).',
+    )
+    p.add_argument("index", nargs="?", help="index holding the candidates' vectors (needed for runs and for JSONL with ids)")
+    source = p.add_mutually_exclusive_group(required=True)
+    source.add_argument("--run", type=Path, help="a TREC run: qid Q0 docid rank score tag")
+    source.add_argument("--candidates", type=Path, help="JSONL of candidates, one query per line")
+    p.add_argument("--queries", type=Path, help="the queries of --run: JSONL {_id, text} or TSV id<TAB>text")
+    p.add_argument("-k", type=int, default=None, help="keep the best k of each query (default: all)")
+    p.add_argument("--model", default=None, help="model folder for JSONL documents given as text (default: the index's, else the embedded model)")
+    p.add_argument("--json", action="store_true", help="JSON output instead of a TREC run")
+    p.add_argument("--run-name", default="mvr-rerank")
+    add_common(p)
+    return p
+
+
+def read_run(path: Path) -> dict[str, list[str]]:
+    """``{query id: [document ids, in the run's rank order]}`` of a TREC run file."""
+    from ..corpus import text_lines
+    from ..errors import QueryError
+
+    if not path.is_file():
+        raise QueryError(f"run file not found: {path}.")
+    ranked: dict[str, list[tuple[float, str]]] = {}
+    for line, row in text_lines(path, QueryError):
+        fields = row.split()
+        if not fields:
+            continue
+        if len(fields) != 6:
+            raise QueryError(f"{path}:{line}: a TREC run line has 6 fields (qid Q0 docid rank score tag), this one {len(fields)}.")
+        try:
+            rank = float(fields[3])
+        except ValueError:
+            raise QueryError(f"{path}:{line}: the rank {fields[3]!r} is not a number.") from None
+        ranked.setdefault(fields[0], []).append((rank, fields[2]))
+    if not ranked:
+        raise QueryError(f"{path} holds no run lines.")
+    return {qid: [doc for _, doc in sorted(rows, key=lambda r: r[0])] for qid, rows in ranked.items()}
+
+
+def _jobs(args, index):
+    """``(query id, query, hits)`` for each query to rerank."""
+    from ..corpus import read_jsonl_objects
+    from ..errors import QueryError
+    from ..reranking import rerank
+
+    if args.run is not None:
+        if index is None or args.queries is None:
+            raise QueryError("--run needs the index holding its documents and --queries with the query texts.")
+        texts = dict(read_queries(args.queries))
+        for qid, ids in read_run(args.run).items():
+            if qid not in texts:
+                raise QueryError(f"query {qid!r} of {args.run} is not in {args.queries}.")
+            yield qid, index.rerank(texts[qid], list(dict.fromkeys(ids)), args.k)
+        return
+    if not args.candidates.is_file():
+        raise QueryError(f"candidates file not found: {args.candidates}.")
+    encoder = None
+    for line, obj in read_jsonl_objects(args.candidates, QueryError):
+        where = f"{args.candidates}:{line}"
+        qid, query = str(obj.get("id", obj.get("_id", line))), obj.get("query")
+        if "ids" in obj:
+            if index is None:
+                raise QueryError(f'{where}: "ids" name documents of an index: give the index (mvr rerank INDEX --candidates FILE).')
+            yield qid, index.rerank(query, obj["ids"], args.k)
+        elif isinstance(obj.get("documents"), list):
+            if encoder is None:
+                from ..encode import Encoder
+
+                encoder = index.encoder if index is not None and args.model is None else Encoder(args.model)
+            yield qid, rerank(query, obj["documents"], args.k, encoder=encoder)
+        else:
+            raise QueryError(f'{where}: each line needs "query" and either "ids" or "documents".')
+
+
+def run(args) -> int:
+    from ..index import Index
+    from .search import shown
+
+    index = Index.open(args.index, home=args.index_dir, model=args.model) if args.index else None
+    out = []
+    for qid, hits in _jobs(args, index):
+        if args.json:
+            out.append({"query_id": qid, "hits": [{"rank": h.rank, "id": h.id, "score": h.score, "title": h.title, "text": h.text, "metadata": h.metadata} for h in hits]})
+        else:
+            print("\n".join(f"{shown(qid)} Q0 {shown(h.id)} {h.rank} {h.score:.6f} {args.run_name}" for h in hits))
+    if args.json:
+        print(json.dumps(out, ensure_ascii=False, indent=2))
+    return 0

@@ -1,0 +1,82 @@
+"""Rerank any candidates with exact MaxSim: documents given as text (encoded on the fly) or by id
+in an index (their stored vectors), with the kernels search uses.
+
+    >>> import mvr
+    >>> mvr.rerank("which animal purrs?", ["Dogs bark.", {"id": "c", "text": "Cats purr."}], k=1)[0].id   # doctest: +SKIP
+    'c'
+    >>> mvr.open("pets").rerank("which animal purrs?", ["a", "b"])                                          # doctest: +SKIP
+
+The order is PyLate's ``rank.rerank``: every candidate scored by MaxSim (the sum over query tokens
+of the best dot product with a document token), best first; ties keep the candidates' order.
+"""
+
+from __future__ import annotations
+
+from typing import Sequence
+
+import numpy as np
+
+from .corpus import as_documents
+from .encode import Encoder
+from .errors import QueryError
+from .results import Hit
+from .storage.tokens import Float16Store
+
+
+def ranked(scores: np.ndarray, k: int | None) -> np.ndarray:
+    """Positions into ``scores``, best first, ties in the given order; the first ``k`` (None: all)."""
+    if k is not None and (not isinstance(k, (int, np.integer)) or isinstance(k, bool) or k < 1):
+        raise QueryError(f"k must be a positive integer, got {k!r}.")
+    return np.argsort(-np.asarray(scores, dtype=np.float64), kind="stable")[:k]
+
+
+def _query(text) -> str:
+    if not isinstance(text, str) or not text.strip():
+        raise QueryError(f"the query must be a non-empty string, got {text!r}.")
+    return text
+
+
+def rerank(query: str, documents, k: int | None = None, *, model=None, encoder: Encoder | None = None) -> list[Hit]:
+    """The ``documents`` (strings, dicts with id/text, ``(id, text)`` pairs or Documents) ordered
+    by MaxSim against ``query``, each encoded here by ``encoder`` (default: an Encoder of ``model``,
+    the embedded default model without one); the top ``k`` (None: all) as :class:`Hit` with
+    ``position`` the document's place in the input."""
+    query = _query(query)
+    docs = list(as_documents(documents))
+    if not docs:
+        return []
+    encoder = encoder or Encoder(model)
+    empty = [d.id for d in docs if not d.full_text.strip()]
+    if empty:
+        raise QueryError(f"document {empty[0]!r} has no text; every candidate needs some to be scored.")
+    q = encoder.encode_queries([query], show_progress=False).vectors
+    encoded = encoder.encode_documents([d.full_text for d in docs], show_progress=False)
+    store = Float16Store(encoded.vectors.astype(np.float16).view(np.uint16), encoded.offsets)  # stored as an index stores them
+    scores = store.score(np.ascontiguousarray(q, dtype=np.float32), np.arange(len(docs), dtype=np.int64))
+    return [Hit(rank, docs[p].id, float(scores[p]), docs[p].text, docs[p].title, int(p), docs[p].metadata) for rank, p in enumerate(ranked(scores, k), start=1)]
+
+
+def rerank_ids(index, query: str, ids: Sequence[str], k: int | None = None) -> list[Hit]:
+    """:meth:`mvr.Index.rerank`: the documents of ``index`` with these ``ids``, ordered by MaxSim
+    of their stored vectors against ``query``. An id the index does not hold is an error."""
+    query = _query(query)
+    ids = list(ids)
+    for i, doc_id in enumerate(ids):
+        if not isinstance(doc_id, str):
+            raise QueryError(f"document ids are strings; id #{i} is {type(doc_id).__name__} {doc_id!r}.")
+    if not ids:
+        return []
+    state = index._state
+    positions = state.positions(ids)
+    missing = [doc_id for doc_id, p in zip(ids, positions) if p < 0]
+    if missing:
+        raise QueryError(f"{len(missing)} candidate id(s) are not in index {index.name!r} (e.g. {missing[0]!r}); rerank documents it holds, or give their texts to mvr.rerank.")
+    vectors = np.ascontiguousarray(index.encode_queries([query]).vectors, dtype=np.float32)
+    owner, scores = state.segment_of(positions), np.empty(len(positions), dtype=np.float32)
+    for s in np.unique(owner):  # one commit's segments, whatever refreshes meanwhile
+        scores[owner == s] = state.segments[s].score(vectors, positions[owner == s] - state.bases[s])
+    hits = []
+    for rank, p in enumerate(ranked(scores, k), start=1):
+        doc = state.document(int(positions[p]))
+        hits.append(Hit(rank, doc.id, float(scores[p]), doc.text, doc.title, int(positions[p]), doc.metadata))
+    return hits
