@@ -10,6 +10,7 @@ the command line that produced it, so every table row can be rerun.
 
 from __future__ import annotations
 
+import json
 import os
 import platform
 import time
@@ -251,6 +252,14 @@ def _report(dataset, split, index, queries, depth, encode_ms, rows, primary) -> 
         "date": datetime.now(timezone.utc).isoformat(timespec="seconds"),
         "runs": rows,
     }
+
+
+def save_report(report: dict, output: Path, markdown: Path | None = None, render=None) -> None:
+    """A study's ``report`` as JSON at ``output`` (folders made), and ``render(report)`` at ``markdown``."""
+    output.parent.mkdir(parents=True, exist_ok=True)
+    output.write_text(json.dumps(report, indent=2) + "\n")
+    if markdown:
+        markdown.write_text(render(report))
 
 
 def run_files(path: Path, labels: Sequence[str]) -> dict[str, Path]:

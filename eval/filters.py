@@ -23,6 +23,8 @@ from pathlib import Path
 
 import numpy as np
 
+from .beir import save_report
+
 SOURCES = ("pubmed", "arxiv", "web", "books")
 FILTERS = {
     "1%": {"year": 2000},
@@ -149,10 +151,7 @@ def main(argv: list[str] | None = None) -> int:
     except FileNotFoundError:
         index = Index.build(synthetic(args.dataset), args.index, home=args.index_dir, command="python -m mvr.eval.filters (synthetic year, source)")
     report = measure(args.dataset, index)
-    args.output.parent.mkdir(parents=True, exist_ok=True)
-    args.output.write_text(json.dumps(report, indent=2) + "\n")
-    if args.markdown:
-        args.markdown.write_text(render(report))
+    save_report(report, args.output, args.markdown, render)
     return 0
 
 

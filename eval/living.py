@@ -34,6 +34,8 @@ from pathlib import Path
 
 import numpy as np
 
+from .beir import save_report
+
 SEED = 0
 DELETE_SHARE = 0.10
 BULK_DELETE = 1000
@@ -320,10 +322,7 @@ def main(argv: list[str] | None = None) -> int:
         work = args.work or Path(scratch)
         work.mkdir(parents=True, exist_ok=True)
         report = measure(args.dataset, work, args.limit, command)
-    args.output.parent.mkdir(parents=True, exist_ok=True)
-    args.output.write_text(json.dumps(report, indent=2) + "\n")
-    if args.markdown:
-        args.markdown.write_text(render(report))
+    save_report(report, args.output, args.markdown, render)
     return 0
 
 

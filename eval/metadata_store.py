@@ -26,6 +26,8 @@ from pathlib import Path
 
 import numpy as np
 
+from .beir import save_report
+
 from .filters import FILTERS, synthetic
 
 REPEATS = 20
@@ -128,10 +130,7 @@ def main(argv: list[str] | None = None) -> int:
         report = measure(args.dataset, Path(scratch))
     report.update(dataset=args.dataset.name, command="python -m mvr.eval.metadata_store " + shlex.join(sys.argv[1:] if argv is None else argv),
                   date=datetime.now(timezone.utc).date().isoformat(), sqlite_version=sqlite3.sqlite_version)
-    args.output.parent.mkdir(parents=True, exist_ok=True)
-    args.output.write_text(json.dumps(report, indent=2) + "\n")
-    if args.markdown:
-        args.markdown.write_text(render(report))
+    save_report(report, args.output, args.markdown, render)
     return 0
 
 

@@ -149,7 +149,9 @@ class Index(Changes):
                     self._encoder = self._load_encoder()
         return self._encoder
 
-    def _load_encoder(self) -> Encoder:
+    def _load_encoder(self, **runtime) -> Encoder:
+        """The index's model as an Encoder (``runtime``: batch_size, threads, doc_runtime, ...),
+        checked against the index's record; a given Encoder as it is."""
         recorded = self.manifest["encoder"]
         if isinstance(self._model, Encoder):
             encoder = self._model
@@ -160,7 +162,7 @@ class Index(Changes):
                     f"index {self.name!r} was built with the model at {source}, which is not there any more; "
                     "pass the same model's folder (model=PATH, CLI --model PATH)."
                 )
-            encoder = Encoder(source, query_maxlen=recorded["query_maxlen"], doc_maxlen=recorded["doc_maxlen"])
+            encoder = Encoder(source, query_maxlen=recorded["query_maxlen"], doc_maxlen=recorded["doc_maxlen"], **runtime)
         differences = identity_differences(recorded, encoder.identity)
         if differences:
             raise EncoderMismatchError(
@@ -256,14 +258,7 @@ class Index(Changes):
     def score(self, query: np.ndarray, positions: np.ndarray) -> np.ndarray:
         """Exact MaxSim of one query (float32 ``(n_tokens, dim)``) against the documents at
         ``positions`` (int64), whatever the codec: float32 ``(len(positions),)``."""
-        positions = np.asarray(positions, dtype=np.int64)
-        state = self._state
-        segment_of = state.segment_of(positions)
-        out = np.empty(len(positions), dtype=np.float32)
-        for s in np.unique(segment_of):
-            at = segment_of == s
-            out[at] = state.segments[s].score(query, positions[at] - state.bases[s])
-        return out
+        return self._state.score(query, positions)
 
     def rerank(self, query: str, ids: Sequence[str], k: int | None = None) -> list[Hit]:
         """The documents with these ``ids`` ordered by exact MaxSim of their stored vectors against

@@ -71,10 +71,7 @@ def rerank_ids(index, query: str, ids: Sequence[str], k: int | None = None) -> l
     missing = [doc_id for doc_id, p in zip(ids, positions) if p < 0]
     if missing:
         raise QueryError(f"{len(missing)} candidate id(s) are not in index {index.name!r} (e.g. {missing[0]!r}); rerank documents it holds, or give their texts to mvr.rerank.")
-    vectors = np.ascontiguousarray(index.encode_queries([query]).vectors, dtype=np.float32)
-    owner, scores = state.segment_of(positions), np.empty(len(positions), dtype=np.float32)
-    for s in np.unique(owner):  # one commit's segments, whatever refreshes meanwhile
-        scores[owner == s] = state.segments[s].score(vectors, positions[owner == s] - state.bases[s])
+    scores = state.score(index.encode_queries([query]).vectors, positions)  # one commit, whatever refreshes meanwhile
     hits = []
     for rank, p in enumerate(ranked(scores, k), start=1):
         doc = state.document(int(positions[p]))

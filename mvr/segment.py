@@ -191,6 +191,15 @@ class Commit:
             self._doc_ids = np.concatenate([np.asarray(s.doc_ids) for s in self.segments]) if self.segments else np.zeros(0, dtype=str)
         return self._doc_ids
 
+    def score(self, query: np.ndarray, positions: np.ndarray) -> np.ndarray:
+        """Exact MaxSim of one query against the documents at ``positions`` of this commit, each
+        scored by its segment's token store: float32 ``(len(positions),)``."""
+        query, positions = np.ascontiguousarray(query, dtype=np.float32), np.asarray(positions, dtype=np.int64)
+        owner, out = self.segment_of(positions), np.empty(len(positions), dtype=np.float32)
+        for s in np.unique(owner):
+            out[owner == s] = self.segments[s].score(query, positions[owner == s] - self.bases[s])
+        return out
+
     def positions(self, doc_ids: Sequence[str]) -> np.ndarray:
         """int64 position of each live document id (-1 where none has it)."""
         wanted = np.asarray(list(doc_ids), dtype=str)

@@ -23,8 +23,7 @@ import numpy as np
 
 from .config import FDEConfig, IndexConfig
 from .encode import Encoder
-from .encode.encoder import identity_differences
-from .errors import CorpusError, EncoderMismatchError, QueryError
+from .errors import CorpusError, QueryError
 from .segment_build import merge_segments, planned_stages, write_segment
 from .storage.commits import SEGMENTS, collect, new_commit, publish, segment_name, write_deletes
 from .storage.lock import WriterLock
@@ -86,21 +85,15 @@ class Writer:
 
 
 def document_encoder(index) -> Encoder:
-    """The encoder that adds documents as the index's build did (its runtime, batch size, threads)."""
-    if isinstance(index._model, Encoder):
-        return index._model
+    """The encoder that adds documents as the index's build did (its runtime, batch size, threads),
+    checked against the index's record as the query encoder is."""
     if getattr(index, "_doc_encoder", None) is None:
-        recorded, config = index.manifest["encoder"], index.config
-        source = index._model if index._model is not None else (None if recorded["source"] == "default" else recorded["source"])
-        encoder = Encoder(source, query_maxlen=recorded["query_maxlen"], doc_maxlen=recorded["doc_maxlen"], batch_size=config.batch_size, threads=config.threads, doc_runtime=config.doc_runtime)
-        differences = identity_differences(recorded, encoder.identity)
-        if differences:
-            raise EncoderMismatchError(f"index {index.name!r} was built with encoder {recorded['name']!r}; {encoder.name!r} differs: {'; '.join(differences)}. Add documents with the index's own model.")
-        index._doc_encoder = encoder
+        config = index.config
+        index._doc_encoder = index._load_encoder(batch_size=config.batch_size, threads=config.threads, doc_runtime=config.doc_runtime)
     return index._doc_encoder
 
 
-def segment_stages(segment, config) -> dict:
+def segment_stages(segment) -> dict:
     """The first stages of ``segment``, each with the settings it was built with: what a new
     segment of the index gets."""
     from .stages import stage_class
@@ -134,7 +127,7 @@ def add(index, documents, *, upsert: bool = False, wait: float = 0.0, merge: boo
         state = index._state
         like = state.segments[-1] if state.segments else None
         encoder = document_encoder(index)
-        stages = segment_stages(like, index.config) if like is not None else planned_stages(index.config)
+        stages = segment_stages(like) if like is not None else planned_stages(index.config)
         folder = writer.new_segment()
         replaced: list[int] | None = [] if upsert else None
         try:
@@ -258,7 +251,7 @@ def merge(writer: Writer, chosen: list[int], operation: str = "merge", show_prog
         folder = writer.new_segment()
         sources = [state.segments[i] for i in chosen]
         try:
-            manifest = merge_segments(folder, sources, [~state.deleted[i] for i in chosen], index.config, index.manifest["encoder"], segment_stages(sources[-1], index.config), show_progress, command)
+            manifest = merge_segments(folder, sources, [~state.deleted[i] for i in chosen], index.config, index.manifest["encoder"], segment_stages(sources[-1]), show_progress, command)
         except BaseException:
             shutil.rmtree(folder, ignore_errors=True)
             raise
