@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import os
 import threading
+import time
 from pathlib import Path
 from typing import Iterable, Sequence
 
@@ -275,12 +276,17 @@ class Index(Changes):
         ``dense_share``) find ``candidates`` (default 100) documents that exact MaxSim reranks;
         ``"exhaustive"`` scores every document. None: the index's default, :attr:`default_stage`.
         ``threads``: CPU threads for encoding and scoring. Further options: :class:`SearchOptions`.
+        The results' ``timings`` (ms) add ``encode`` to :meth:`search_encoded`'s.
         """
         texts = [queries] if isinstance(queries, str) else list(queries)
         opts, _ = self._options(k, first_stage or self.default_stage, candidates, options)
         self._require(opts.first_stage)  # before the model loads
+        started = time.perf_counter()
         encoded = self.encode_queries(texts, threads=threads) if opts.rerank or pipeline.needs_vectors(opts.first_stage) else None
-        return self.search_encoded(encoded, k, texts=texts, first_stage=opts.first_stage, candidates=candidates, threads=threads, **options)
+        encode_ms = (time.perf_counter() - started) * 1e3
+        results = self.search_encoded(encoded, k, texts=texts, first_stage=opts.first_stage, candidates=candidates, threads=threads, **options)
+        results.timings = {"encode": encode_ms, **results.timings}
+        return results
 
     def search_encoded(
         self, queries: TokenVectors | None, k: int = 10, *, texts: Sequence[str] | None = None, first_stage: str | None = None,

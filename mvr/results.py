@@ -71,6 +71,11 @@ class Results:
             if p >= 0
         ]
 
+    def to_dicts(self) -> list[list[dict]]:
+        """Every query's hits as JSON-ready dicts ``{"id", "score", "title", "text", "metadata"}``:
+        what ``mvr serve`` answers and the framework retrievers read."""
+        return [[{"id": h.id, "score": h.score, "title": h.title, "text": h.text, "metadata": h.metadata} for h in hits] for hits in self]
+
     def to_run(self, query_ids: Sequence[str]) -> dict[str, dict[str, float]]:
         """``{query id: {document id: score}}``, the run form ir-measures and pytrec_eval read."""
         if len(query_ids) != len(self):

@@ -96,8 +96,9 @@ def document_encoder(index) -> Encoder:
 def segment_stages(segment) -> dict:
     """The first stages of ``segment``, each with the settings it was built with: what a new
     segment of the index gets."""
-    from .stages import stage_class
     from .registry import STAGES
+    from .stages import stage_class
+    from .storage.formats import upgrade_fde_config
 
     stages = {}
     for name in STAGES:
@@ -105,7 +106,7 @@ def segment_stages(segment) -> dict:
             cls = stage_class(name)
             manifest = read_manifest(segment.path / name, cls.format, cls.version)
             if name == "fde":
-                stages[name] = FDEConfig.from_dict(manifest["config"])
+                stages[name] = FDEConfig.from_dict(upgrade_fde_config(manifest["config"]))
             elif name == "splade":
                 stages[name] = segment.splade_model or manifest["model"]["source"]
             else:

@@ -209,6 +209,10 @@ def test_the_first_write_converts_a_version_1_index(tmp_path):
     first = index.doc_ids[0]
     assert index.delete([str(first)])["deleted"] == 1
     assert not index.legacy and index.generation == 2 and str(first) not in index
+    # an add builds the new segment's FDE with the settings of the old one (whose saved config still
+    # holds the search-time nprobe of format 1)
+    index.add([{"id": "new-doc", "text": "a green tea ceremony in Kyoto"}], show_progress=False)
+    assert "new-doc" in index and index.search("green tea in Kyoto", k=1, first_stage="fde")[0][0].id == "new-doc"
 
 
 def test_cli_add_delete_optimize(tmp_path, default_encoder, beir):

@@ -13,7 +13,7 @@ import sys
 
 from ..errors import MvrError
 
-COMMANDS = ("index", "add", "delete", "optimize", "upgrade", "search", "rerank", "info", "list", "fde", "sparse", "eval")
+COMMANDS = ("index", "add", "delete", "optimize", "upgrade", "search", "rerank", "info", "list", "fde", "sparse", "eval", "serve")
 
 
 def _modules():

@@ -101,11 +101,16 @@ def build_fde(folder: Path, codes: np.ndarray, offsets: np.ndarray, dim: int, co
         encoded.append(fde.encode_documents(codes, offsets[start : stop + 1]))
     encode_seconds = time.perf_counter() - started
     matrix = np.concatenate(encoded) if encoded else np.zeros((0, fde.out_dim), np.float32)
+    used = config.factory
     if not index.is_trained:
         try:
             index.train(matrix)
         except RuntimeError as exc:
-            raise ConfigError(f"faiss could not train {config.factory!r} on {n_docs} documents: {str(exc).splitlines()[0]}") from None
+            if "training points" not in str(exc):
+                raise ConfigError(f"faiss could not train {config.factory!r} on {n_docs} documents: {str(exc).splitlines()[0]}") from None
+            # too few documents to train on (a small add to an IVF / PQ index): this segment's
+            # FDE is exact; merges into bigger segments train the configured index again
+            index, used = faiss.IndexFlatIP(fde.out_dim), "Flat"
     index.add(matrix)
     faiss.write_index(index, str(folder / "fde.faiss"))
     return {
@@ -115,6 +120,7 @@ def build_fde(folder: Path, codes: np.ndarray, offsets: np.ndarray, dim: int, co
         "dim": dim,
         "fde_dim": fde.out_dim,
         "documents": n_docs,
+        "factory_used": used,
         "vectors_sha256": vectors_sha256,
         "build": {
             "seconds": round(time.perf_counter() - started, 3),

@@ -1,0 +1,47 @@
+"""Retrievers for RAG frameworks, over an index open in this process or a ``mvr serve`` URL:
+:mod:`mvr.integrations.langchain` (extra ``mvr[langchain]``) and
+:mod:`mvr.integrations.llamaindex` (extra ``mvr[llamaindex]``). Both return what
+:meth:`mvr.Index.search` returns: the same ids, in the same order, with the same scores."""
+
+from __future__ import annotations
+
+import os
+
+from ..errors import QueryError
+
+
+class Source:
+    """Where a retriever's hits come from: ``index`` (an :class:`mvr.Index`, or a name or path to
+    open) or ``url`` + ``index_name`` of a server (``api_key``: default ``$MVR_API_KEY``)."""
+
+    def __init__(self, index=None, *, url: str | None = None, index_name: str | None = None, api_key: str | None = None, home=None):
+        if (index is None) == (url is None):
+            raise QueryError("give a retriever either index=... (an open mvr.Index, a name or a path) or url=... with index_name=..., not both.")
+        self.index = self.client = None
+        if index is not None:
+            from ..index import Index
+
+            self.index = index if isinstance(index, Index) else Index.open(index, home=home)
+            self.name = self.index.name
+        else:
+            if not index_name:
+                raise QueryError(f"which index of the server at {url}? give index_name=... (`GET {url}/indexes` lists them).")
+            from ..client import Client
+
+            self.client = Client(url, api_key or os.environ.get("MVR_API_KEY") or None)
+            self.name = index_name
+
+    def search(self, query: str, k: int, options: dict | None = None) -> list[dict]:
+        """The top-``k`` hits of ``query`` as ``{"id", "score", "title", "text", "metadata"}``."""
+        if not isinstance(query, str):
+            raise QueryError(f"a retriever's query is a string, got {type(query).__name__}.")
+        if self.index is not None:
+            self.index.refresh()
+            return self.index.search(query, k=k, **(options or {})).to_dicts()[0]
+        return self.client.search(self.name, query, k=k, **(options or {}))[0]
+
+
+def hit_metadata(hit: dict) -> dict:
+    """A hit's metadata as a framework document carries it: the document's own fields, then
+    mvr's ``id``, ``title`` and ``score`` (which win over fields of the same name)."""
+    return {**hit["metadata"], "id": hit["id"], "title": hit["title"], "score": hit["score"]}

@@ -1,0 +1,46 @@
+"""A LangChain retriever over mvr (extra ``mvr[langchain]``).
+
+    >>> from mvr.integrations.langchain import MvrRetriever
+    >>> retriever = MvrRetriever(index=mvr.open("scifact"), k=5)                          # doctest: +SKIP
+    >>> retriever = MvrRetriever(url="http://127.0.0.1:8000", index_name="scifact", k=5)  # doctest: +SKIP
+    >>> retriever.invoke("a question")[0].metadata["score"]                                # doctest: +SKIP
+
+Each hit is a ``langchain_core.documents.Document``: ``page_content`` the document's text, ``id``
+its mvr id, ``metadata`` its metadata fields plus ``id``, ``title`` and ``score``.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from ..errors import missing_extra
+from . import Source, hit_metadata
+
+try:
+    from langchain_core.callbacks import CallbackManagerForRetrieverRun
+    from langchain_core.documents import Document
+    from langchain_core.retrievers import BaseRetriever
+    from pydantic import ConfigDict, Field, PrivateAttr
+except ImportError as error:
+    raise missing_extra("mvr.integrations.langchain", "langchain", error) from None
+
+
+class MvrRetriever(BaseRetriever):
+    """mvr search as a LangChain retriever: ``index=`` an open :class:`mvr.Index` (or a name or
+    path), or ``url=`` + ``index_name=`` (+ ``api_key=``) of a ``mvr serve``. ``k`` hits per query;
+    ``search_kwargs``: any option of :meth:`mvr.Index.search` (``first_stage``, ``filter``, ...)."""
+
+    model_config = ConfigDict(arbitrary_types_allowed=True)
+    index: Any = None
+    url: str | None = None
+    index_name: str | None = None
+    api_key: str | None = Field(default=None, repr=False)
+    k: int = 10
+    search_kwargs: dict = Field(default_factory=dict)
+    _source: Source = PrivateAttr()
+
+    def model_post_init(self, context: Any) -> None:
+        self._source = Source(self.index, url=self.url, index_name=self.index_name, api_key=self.api_key)
+
+    def _get_relevant_documents(self, query: str, *, run_manager: CallbackManagerForRetrieverRun) -> list[Document]:
+        return [Document(page_content=hit["text"], id=hit["id"], metadata=hit_metadata(hit)) for hit in self._source.search(query, self.k, self.search_kwargs)]

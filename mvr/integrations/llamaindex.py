@@ -1,0 +1,38 @@
+"""A LlamaIndex retriever over mvr (extra ``mvr[llamaindex]``).
+
+    >>> from mvr.integrations.llamaindex import MvrRetriever
+    >>> retriever = MvrRetriever(index=mvr.open("scifact"), k=5)                          # doctest: +SKIP
+    >>> retriever = MvrRetriever(url="http://127.0.0.1:8000", index_name="scifact", k=5)  # doctest: +SKIP
+    >>> retriever.retrieve("a question")[0].score                                          # doctest: +SKIP
+
+Each hit is a ``NodeWithScore`` whose node is a ``TextNode``: ``id_`` the document's mvr id,
+``text`` its text, ``metadata`` its metadata fields plus ``id``, ``title`` and ``score``.
+"""
+
+from __future__ import annotations
+
+from ..errors import missing_extra
+from . import Source, hit_metadata
+
+try:
+    from llama_index.core.retrievers import BaseRetriever
+    from llama_index.core.schema import NodeWithScore, QueryBundle, TextNode
+except ImportError as error:
+    raise missing_extra("mvr.integrations.llamaindex", "llamaindex", error) from None
+
+
+class MvrRetriever(BaseRetriever):
+    """mvr search as a LlamaIndex retriever: ``index=`` an open :class:`mvr.Index` (or a name or
+    path), or ``url=`` + ``index_name=`` (+ ``api_key=``) of a ``mvr serve``. ``k`` hits per query;
+    ``search_kwargs``: any option of :meth:`mvr.Index.search` (``first_stage``, ``filter``, ...)."""
+
+    def __init__(self, index=None, *, url: str | None = None, index_name: str | None = None, api_key: str | None = None, k: int = 10,
+                 search_kwargs: dict | None = None, callback_manager=None, verbose: bool = False):
+        self._source = Source(index, url=url, index_name=index_name, api_key=api_key)
+        self.k = k
+        self.search_kwargs = dict(search_kwargs or {})
+        super().__init__(callback_manager=callback_manager, verbose=verbose)
+
+    def _retrieve(self, query_bundle: QueryBundle) -> list[NodeWithScore]:
+        hits = self._source.search(query_bundle.query_str, self.k, self.search_kwargs)
+        return [NodeWithScore(node=TextNode(id_=hit["id"], text=hit["text"], metadata=hit_metadata(hit)), score=hit["score"]) for hit in hits]

@@ -1,0 +1,114 @@
+"""``mvr serve``: indexes kept open and warm behind an HTTP API (FastAPI + uvicorn, extra
+``mvr[server]``). The routes: :mod:`mvr.server.api`.
+
+    >>> from mvr.server import serve
+    >>> serve(["scifact"], host="127.0.0.1", port=8000)   # doctest: +SKIP
+"""
+
+from __future__ import annotations
+
+import contextlib
+import ipaddress
+import os
+import socket
+import threading
+import time
+
+from ..errors import ConfigError, missing_extra
+from .limits import LIMITS, Limits
+
+__all__ = ["Limits", "LIMITS", "create_app", "serve", "background", "is_loopback", "open_socket"]
+
+
+def create_app(catalog, *, api_key: str | None = None, limits: Limits | None = None):
+    """The ASGI application that serves ``catalog``: see :func:`mvr.server.api.create_app`."""
+    try:
+        from .api import create_app as create
+    except ImportError as error:
+        raise missing_extra("mvr serve", "server", error) from None
+    return create(catalog, api_key=api_key, limits=limits)
+
+
+def is_loopback(host: str) -> bool:
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host.strip("[]")).is_loopback
+    except ValueError:
+        return False
+
+
+def check_exposure(host: str, api_key: str | None) -> None:
+    """Refuse to listen beyond this machine without an API key."""
+    if not api_key and not is_loopback(host):
+        raise ConfigError(
+            f"refusing to serve on {host} without an API key: anyone who reaches it could read and change the indexes. "
+            "Set --api-key KEY (or MVR_API_KEY), or listen on 127.0.0.1."
+        )
+
+
+def open_socket(host: str, port: int) -> socket.socket:
+    """A listening socket on ``host:port`` (port 0: a free one, see ``getsockname()``)."""
+    family = socket.AF_INET6 if ":" in host.strip("[]") else socket.AF_INET
+    sock = socket.socket(family, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    try:
+        sock.bind((host.strip("[]"), port))
+    except OSError as error:
+        sock.close()
+        raise ConfigError(f"cannot listen on {host}:{port} ({error.strerror or error}): choose another --port, or stop what holds it.") from None
+    sock.listen(2048)
+    sock.set_inheritable(True)
+    return sock
+
+
+def uvicorn_server(app, sock: socket.socket, *, log_level: str = "warning"):
+    """A uvicorn server for ``app`` on ``sock`` (``.run(sockets=[sock])`` serves; set ``should_exit`` to stop)."""
+    try:
+        import uvicorn
+    except ImportError as error:
+        raise missing_extra("mvr serve", "server", error) from None
+    config = uvicorn.Config(app, log_level=log_level, access_log=False, timeout_keep_alive=30, lifespan="off")
+    return uvicorn.Server(config)
+
+
+def serve(names=(), *, host: str = "127.0.0.1", port: int = 8000, home=None, api_key: str | None = None, limits: Limits | None = None,
+          threads: int | None = None, concurrency: int | None = None, log_level: str = "warning", ready=None) -> None:
+    """Serve ``names`` (default: every index in ``home``) until interrupted. ``api_key`` (default
+    ``$MVR_API_KEY``): every request must send it; required to listen beyond loopback.
+    ``ready(url)`` is called once the socket listens and the indexes are warm."""
+    api_key = api_key or os.environ.get("MVR_API_KEY") or None
+    check_exposure(host, api_key)
+    from .catalog import Catalog
+
+    catalog = Catalog(names, home, threads=threads, concurrency=concurrency)
+    app = create_app(catalog, api_key=api_key, limits=limits)
+    sock = open_socket(host, port)
+    bound = sock.getsockname()[1]
+    shown = f"[{host}]" if ":" in host else host
+    if ready:
+        ready(f"http://{shown}:{bound}")
+    uvicorn_server(app, sock, log_level=log_level).run(sockets=[sock])
+
+
+@contextlib.contextmanager
+def background(catalog, *, host: str = "127.0.0.1", port: int = 0, api_key: str | None = None, limits: Limits | None = None, timeout: float = 30.0):
+    """Serve ``catalog`` from a thread of this process while the ``with`` block runs; yields the
+    base URL (port 0: a free one). For notebooks, tests and benchmarks."""
+    check_exposure(host, api_key)
+    app = create_app(catalog, api_key=api_key, limits=limits)
+    sock = open_socket(host, port)
+    runner = uvicorn_server(app, sock)
+    thread = threading.Thread(target=runner.run, kwargs={"sockets": [sock]}, name="mvr-serve", daemon=True)
+    thread.start()
+    deadline = time.monotonic() + timeout
+    while not runner.started and thread.is_alive() and time.monotonic() < deadline:
+        time.sleep(0.01)
+    try:
+        if not runner.started:
+            raise ConfigError(f"the server did not start within {timeout} s on {host}:{sock.getsockname()[1]}.")
+        yield f"http://{host}:{sock.getsockname()[1]}"
+    finally:
+        runner.should_exit = True
+        thread.join(timeout)
+        sock.close()

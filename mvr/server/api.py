@@ -1,0 +1,244 @@
+"""The routes of ``mvr serve`` (FastAPI; the OpenAPI schema at ``/openapi.json``).
+
+    GET    /healthz                     {"status": "ok", "indexes": N}
+    GET    /indexes                     {"indexes": [{"name", "documents", "generation", ...}]}
+    GET    /indexes/{name}              what ``mvr info --json`` prints
+    POST   /indexes/{name}/search       {"query": str | [str], "k": int, ...search options}
+                                        -> {"results": [[{"id", "score", "title", "text", "metadata"}]], ...}
+    POST   /indexes/{name}/documents    {"documents": [{"id", "text", "title"?, "metadata"?}], "upsert": bool}
+    DELETE /indexes/{name}/documents    {"ids": [str]}
+    GET    /metrics                     Prometheus text format
+
+Every error is a status with ``{"detail": "one line that says what to do"}``: 400 a request mvr
+refuses (an unknown first stage, a filter on a field the index lacks, a bad document), 401 no or
+a wrong API key, 404 an unknown index, 409 an id already there or the writer lock held elsewhere,
+413 a body over the limit, 415 a body not sent as JSON, 422 a body of the wrong shape or types.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from typing import Any, Union
+
+from fastapi import Body, FastAPI
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse, Response
+from starlette.exceptions import HTTPException as StarletteHTTPException
+from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+from pydantic import BaseModel, ConfigDict, Field, StrictBool, StrictFloat, StrictInt, StrictStr
+
+from .. import __version__
+from ..errors import IndexExistsError, IndexLockedError, IndexNotFoundError, MissingExtraError, MvrError
+from .catalog import Catalog
+from .limits import Limits
+from .gate import Gate, Metrics
+
+log = logging.getLogger("mvr.server")
+Number = Union[StrictInt, StrictFloat]
+
+
+class SearchRequest(BaseModel):
+    """One query or a batch, and any search option of :class:`mvr.SearchOptions` (unset: the index's default)."""
+
+    model_config = ConfigDict(extra="forbid")
+    query: Union[StrictStr, list[StrictStr]] = Field(description="a query, or a list of queries searched as one batch")
+    k: StrictInt = 10
+    first_stage: StrictStr | None = None
+    candidates: StrictInt | None = None
+    rerank: StrictBool | None = None
+    prune_alpha: Number | None = None
+    early_exit: StrictInt | None = None
+    fusion: StrictStr | None = None
+    fusion_weight: Number | None = None
+    dense_share: Number | None = None
+    nprobe: StrictInt | None = None
+    ef_search: StrictInt | None = None
+    filter: dict[str, Any] | None = None
+
+
+class Hit(BaseModel):
+    id: str
+    score: float
+    title: str
+    text: str
+    metadata: dict[str, Any]
+
+
+class SearchResponse(BaseModel):
+    results: list[list[Hit]]
+    generation: int
+    timings_ms: dict[str, float]
+
+
+class NewDocument(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    id: StrictStr
+    text: StrictStr
+    title: StrictStr = ""
+    metadata: dict[str, Any] = Field(default_factory=dict)
+
+
+class AddRequest(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    documents: list[NewDocument]
+    upsert: StrictBool = False
+    wait: Number | None = Field(None, description="seconds to wait for another process's writer (default: the server's limit)")
+
+
+class DeleteRequest(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    ids: list[StrictStr]
+    wait: Number | None = None
+
+
+STATUS = ((IndexNotFoundError, 404), (IndexLockedError, 409), (IndexExistsError, 409), (MissingExtraError, 501))
+
+
+def _status(error: MvrError) -> int:
+    return next((code for kind, code in STATUS if isinstance(error, kind)), 400)
+
+
+def _bad(message: str, status: int = 400) -> JSONResponse:
+    return JSONResponse({"detail": message}, status_code=status)
+
+
+def _validation_message(error: RequestValidationError) -> tuple[int, str]:
+    problems = error.errors()
+    if any(p.get("type") == "json_invalid" for p in problems):
+        ctx = next(p for p in problems if p.get("type") == "json_invalid").get("ctx", {})
+        return 400, f"malformed JSON body ({ctx.get('error', 'cannot parse')}): send one JSON object."
+    parts = []
+    for p in problems[:5]:
+        where = ".".join(str(x) for x in p.get("loc", ()) if x != "body") or "body"
+        parts.append(f"{where}: {p.get('msg', 'invalid')}")
+    more = f" (and {len(problems) - 5} more)" if len(problems) > 5 else ""
+    return 422, "invalid request: " + "; ".join(parts) + more + "."
+
+
+def create_app(catalog: Catalog, *, api_key: str | None = None, limits: Limits | None = None) -> Gate:
+    """The ASGI application serving ``catalog`` (pass it to uvicorn)."""
+    limits = limits or Limits()
+    metrics = Metrics()
+    app = FastAPI(title="mvr", version=__version__, description="Multi-vector (late-interaction) retrieval: search, add and delete over HTTP.")
+    app.state.catalog, app.state.limits, app.state.metrics = catalog, limits, metrics
+
+    @app.exception_handler(MvrError)
+    async def _mvr_error(request, error: MvrError):
+        return _bad(str(error), _status(error))
+
+    @app.exception_handler(RequestValidationError)
+    async def _invalid(request, error: RequestValidationError):
+        status, message = _validation_message(error)
+        return _bad(message, status)
+
+    @app.exception_handler(StarletteHTTPException)
+    async def _http(request, error: StarletteHTTPException):
+        if error.status_code == 404:
+            return _bad(f"no route {request.method} {request.url.path}: the routes are listed at /docs (schema /openapi.json).", 404)
+        if error.status_code == 405:
+            return _bad(f"{request.method} is not allowed on {request.url.path}: see /docs for the methods of each route.", 405)
+        if error.status_code == 400 and "parsing the body" in str(error.detail):
+            return _bad("cannot read the body as JSON: send one JSON object, encoded as UTF-8.", 400)
+        return _bad(str(error.detail), error.status_code)
+
+    @app.exception_handler(Exception)
+    async def _unexpected(request, error: Exception):
+        log.exception("unexpected error on %s %s", request.method, request.url.path)
+        return _bad(f"internal error ({type(error).__name__}): the server log has the details; please report it.", 500)
+
+    @app.get("/healthz")
+    def healthz():
+        return {"status": "ok", "indexes": len(catalog.names()), "uptime_s": round(time.time() - catalog.started, 1)}
+
+    @app.get("/indexes")
+    def indexes():
+        return {"indexes": [catalog.get(name).summary() for name in catalog.names()]}
+
+    @app.get("/indexes/{name}")
+    def info(name: str):
+        served = catalog.get(name)
+        return {**served.summary(), "info": served.current().info()}
+
+    @app.post("/indexes/{name}/search", response_model=SearchResponse)
+    def search(name: str, request: SearchRequest = Body(...)):
+        queries = [request.query] if isinstance(request.query, str) else request.query
+        _check_search(queries, request, limits)
+        served = catalog.get(name)
+        options = request.model_dump(exclude_none=True, exclude={"query", "k", "first_stage", "candidates"})
+        metrics.in_flight.inc()
+        try:
+            with catalog.gate:
+                index = served.current()
+                results = index.search(queries, request.k, first_stage=request.first_stage, candidates=request.candidates, threads=catalog.threads, **options)
+        finally:
+            metrics.in_flight.dec()
+        timings = results.timings
+        for stage, ms in timings.items():
+            metrics.stages.labels(name, stage).observe(ms / 1e3)
+        metrics.queries.labels(name).inc(len(queries))
+        return {"results": results.to_dicts(), "generation": index.generation, "timings_ms": {k: round(v, 3) for k, v in timings.items()}}
+
+    @app.post("/indexes/{name}/documents")
+    def add(name: str, request: AddRequest = Body(...)):
+        if len(request.documents) > limits.max_documents:
+            return _bad(f"{len(request.documents)} documents in one request; the limit is {limits.max_documents} (send them in several).", 413)
+        served = catalog.get(name)
+        documents = [d.model_dump() for d in request.documents]
+        done = _write(served, lambda index, wait: (index.upsert if request.upsert else index.add)(documents, wait=wait, show_progress=False), request.wait, limits)
+        metrics.writes.labels(name, "add").inc(done["added"] - done["replaced"])
+        metrics.writes.labels(name, "replace").inc(done["replaced"])
+        return done
+
+    @app.delete("/indexes/{name}/documents")
+    def delete(name: str, request: DeleteRequest = Body(...)):
+        if len(request.ids) > limits.max_documents:
+            return _bad(f"{len(request.ids)} ids in one request; the limit is {limits.max_documents} (send them in several).", 413)
+        served = catalog.get(name)
+        done = _write(served, lambda index, wait: index.delete(request.ids, wait=wait), request.wait, limits)
+        metrics.writes.labels(name, "delete").inc(done["deleted"])
+        return done
+
+    @app.get("/metrics")
+    def prometheus():
+        for name in catalog.names():
+            index = catalog.get(name).index
+            metrics.documents.labels(name).set(index.n_docs)
+            metrics.generation.labels(name).set(index.generation)
+        return Response(generate_latest(metrics.registry), media_type=CONTENT_TYPE_LATEST)
+
+    from .page import add_page
+
+    add_page(app)
+    return Gate(app, api_key=api_key, max_body_bytes=limits.max_body_bytes, metrics=metrics, routes=app.router.routes)
+
+
+def _check_search(queries: list[str], request: SearchRequest, limits: Limits) -> None:
+    from ..errors import QueryError
+
+    if not queries:
+        raise QueryError("an empty list of queries: send at least one.")
+    if len(queries) > limits.max_batch:
+        raise QueryError(f"{len(queries)} queries in one request; the limit is {limits.max_batch} (mvr serve --max-batch).")
+    longest = max(len(q) for q in queries)
+    if longest > limits.max_query_chars:
+        raise QueryError(f"a query of {longest} characters; the limit is {limits.max_query_chars} (mvr serve --max-query-chars).")
+    if request.k > limits.max_k:
+        raise QueryError(f"k={request.k} is over this server's limit of {limits.max_k} (mvr serve --max-k).")
+    if request.candidates is not None and request.candidates > limits.max_candidates:
+        raise QueryError(f"candidates={request.candidates} is over this server's limit of {limits.max_candidates} (mvr serve --max-candidates).")
+
+
+def _write(served, change, wait, limits: Limits) -> dict:
+    """One write through the index's single writer: this server's writes one at a time, another
+    process's writer waited for up to ``wait`` seconds (capped by the server), then the index
+    moved to the new commit so the next search sees it."""
+    from ..errors import QueryError
+
+    if wait is not None and not 0 <= wait <= limits.max_wait:
+        raise QueryError(f"wait must lie in [0, {limits.max_wait}] seconds, got {wait!r}.")
+    with served.write_lock:
+        done = change(served.index, limits.max_wait if wait is None else wait)
+        served.current()
+    return done
+

@@ -1,0 +1,104 @@
+"""The indexes a server holds open: each opened once and kept warm (query model loaded, first
+stages read, kernels compiled), moved to the newest commit before each request, written through
+one writer at a time."""
+
+from __future__ import annotations
+
+import os
+import threading
+import time
+from pathlib import Path
+
+from ..errors import ConfigError, IndexNotFoundError, QueryError
+from ..index import Index
+from ..storage import available
+from ..storage.layout import default_home, name_problem
+
+class Served:
+    """One open index, its locks and what it answers."""
+
+    def __init__(self, index: Index):
+        self.index = index
+        self.write_lock = threading.Lock()  # writes of this server, one at a time (the writer lock orders processes)
+        self._refresh_lock = threading.Lock()
+
+    def current(self) -> Index:
+        """The index at its newest commit (another process may have written)."""
+        with self._refresh_lock:
+            self.index.refresh()
+        return self.index
+
+    def summary(self) -> dict:
+        index = self.index
+        return {
+            "name": index.name,
+            "documents": index.n_docs,
+            "generation": index.generation,
+            "segments": len(index.segments),
+            "dim": index.dim,
+            "encoder": index.manifest["encoder"]["name"],
+            "default_stage": index.default_stage,
+            "metadata_fields": dict(index.metadata_fields),
+        }
+
+
+class Catalog:
+    """The indexes a server answers for, by name.
+
+    ``names``: the indexes to serve (names under ``home`` or paths); none: every index in ``home``
+    when the server starts, and any that appears there later (opened at its first request).
+    ``threads``: CPU threads of one search (requests run side by side, see ``concurrency``).
+    ``concurrency``: searches computed at once; more requests wait their turn. ``model``: the
+    query encoder (an :class:`mvr.Encoder` or folder) when not the one each index names.
+    """
+
+    def __init__(self, names=(), home: str | os.PathLike | None = None, *, threads: int | None = None, concurrency: int | None = None, warm: bool = True, model=None):
+        self.home = Path(home) if home else default_home()
+        self.fixed = bool(names)
+        cores = os.cpu_count() or 1
+        self.concurrency = concurrency or cores
+        self.threads = threads or max(1, cores // self.concurrency)
+        if self.concurrency < 1 or self.threads < 1:
+            raise ConfigError(f"threads and concurrency must be positive, got {threads!r} and {concurrency!r}.")
+        self.gate = threading.BoundedSemaphore(self.concurrency)
+        self._served: dict[str, Served] = {}
+        self._lock = threading.Lock()
+        self.warm, self.model = warm, model
+        self.started = time.time()
+        for name in names or available(self.home):
+            index = Index.open(name, home=self.home, model=model)
+            if index.name in self._served:
+                raise ConfigError(f"two indexes named {index.name!r}: serve each name once.")
+            self._served[index.name] = self._open(index)
+
+    def _open(self, index: Index) -> Served:
+        if self.warm:  # load the query model, read the first stages, compile the kernels now, not at the first request
+            index.search("warm up", k=1, threads=self.threads)
+        return Served(index)
+
+    def names(self) -> list[str]:
+        if not self.fixed:
+            for name in available(self.home):
+                if name not in self._served:
+                    try:
+                        self.get(name)
+                    except IndexNotFoundError:  # removed since it was listed
+                        pass
+        return sorted(self._served)
+
+    def get(self, name: str) -> Served:
+        """The served index ``name``: a 400 for a name that is no plain index name (a path, ``..``),
+        a 404 for one this server does not serve."""
+        problem = name_problem(name) if isinstance(name, str) else "it is not a string"
+        if problem:
+            raise QueryError(f"invalid index name {name!r}: {problem}.")
+        served = self._served.get(name)
+        if served is not None:
+            return served
+        if not self.fixed and (self.home / name).is_dir():
+            with self._lock:
+                if name not in self._served:
+                    self._served[name] = self._open(Index.open(name, home=self.home, model=self.model))
+                return self._served[name]
+        names = ", ".join(sorted(self._served)) or "none"
+        raise IndexNotFoundError(f"this server has no index named {name!r} (it serves: {names}).")

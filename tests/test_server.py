@@ -1,0 +1,243 @@
+"""``mvr serve`` answering real HTTP requests (httpx against uvicorn on a free loopback port): the
+same results as in-process search, writes through the index's writer, limits, keys, and bad
+requests that each get a 4xx with a message and leave the server and the index whole."""
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+
+import numpy as np
+import pytest
+
+httpx = pytest.importorskip("httpx")
+pytest.importorskip("fastapi")
+
+from mvr import Index  # noqa: E402
+from mvr.server import Limits, background  # noqa: E402
+from mvr.server.catalog import Catalog  # noqa: E402
+from mvr.storage.validate import verify_files  # noqa: E402
+
+from conftest import DOCS, QUERIES  # noqa: E402
+
+YEARS = {"d1": 2019, "d2": 2020, "d3": 2021, "d4": 2022, "d5": 2023, "d6": 2018, "d7": 2021, "d8": 2024}
+
+
+@pytest.fixture(scope="module")
+def home(tmp_path_factory, default_encoder):
+    home = tmp_path_factory.mktemp("served")
+    docs = [{"id": i, "title": t, "text": x, "metadata": {"year": YEARS[i], "topic": "animals" if i in ("d1", "d2") else "other"}} for i, t, x in DOCS]
+    Index.build(docs, home / "docs", encoder=default_encoder, show_progress=False)
+    return home
+
+
+@pytest.fixture(scope="module")
+def server(home, default_encoder):
+    catalog = Catalog(["docs"], home, model=default_encoder, concurrency=2)
+    with background(catalog) as url, httpx.Client(base_url=url, timeout=60) as client:
+        yield client, catalog
+
+
+@pytest.mark.parametrize(
+    "options",
+    [{}, {"first_stage": "exhaustive"}, {"first_stage": "fde", "candidates": 4}, {"first_stage": "bm25s", "rerank": False}, {"filter": {"year": {"$gte": 2021}}}],
+)
+def test_search_over_http_answers_what_search_in_process_does(server, home, default_encoder, options):
+    client, _ = server
+    texts = [text for _, text, _ in QUERIES]
+    expected = Index.open(home / "docs", model=default_encoder).search(texts, k=3, **options)
+    reply = client.post("/indexes/docs/search", json={"query": texts, "k": 3, **options})
+    assert reply.status_code == 200, reply.text
+    body = reply.json()
+    assert [[h["id"] for h in hits] for hits in body["results"]] == expected.doc_ids
+    for hits, scores in zip(body["results"], expected.scores):  # float32 scores survive JSON exactly
+        assert np.array_equal(np.array([h["score"] for h in hits], dtype=np.float32), scores[: len(hits)])
+    first = body["results"][0][0]
+    assert set(first) == {"id", "score", "title", "text", "metadata"} and first["metadata"]["year"] == YEARS[first["id"]]
+    if "filter" in options:
+        assert all(h["metadata"]["year"] >= 2021 for hits in body["results"] for h in hits)
+    single = client.post("/indexes/docs/search", json={"query": texts[0], "k": 3, **options}).json()
+    assert single["results"] == body["results"][:1] and set(single["timings_ms"]) >= {"encode"}
+
+
+def test_routes_list_describe_and_measure(server):
+    client, _ = server
+    assert client.get("/healthz").json()["status"] == "ok"
+    listed = client.get("/indexes").json()["indexes"]
+    assert [i["name"] for i in listed] == ["docs"] and listed[0]["documents"] == len(DOCS)
+    assert listed[0]["metadata_fields"] == {"year": "number", "topic": "string"}
+    info = client.get("/indexes/docs").json()
+    assert info["info"]["documents"] == len(DOCS) and info["default_stage"] == "fde+bm25s"
+    schema = client.get("/openapi.json").json()
+    assert {"/healthz", "/indexes", "/indexes/{name}", "/indexes/{name}/search", "/indexes/{name}/documents"} <= set(schema["paths"])
+    assert set(schema["paths"]["/indexes/{name}/documents"]) == {"post", "delete"}
+    client.post("/indexes/docs/search", json={"query": "tea", "k": 1})
+    metrics = client.get("/metrics").text
+    assert 'mvr_http_requests_total{method="POST",route="/indexes/{name}/search",status="200"}' in metrics
+    assert 'mvr_search_stage_seconds_count{index="docs",stage="rerank"}' in metrics
+    assert f'mvr_index_documents{{index="docs"}} {float(len(DOCS))}' in metrics
+    page = client.get("/")
+    assert page.status_code == 200 and "<form" in page.text and page.headers["content-type"].startswith("text/html")
+
+
+def test_add_upsert_and_delete_over_http(server):
+    client, _ = server
+    new = [{"id": "n1", "text": "Koalas sleep up to twenty hours a day in eucalyptus trees.", "metadata": {"year": 2025, "topic": "animals"}}]
+    done = client.post("/indexes/docs/documents", json={"documents": new})
+    assert done.status_code == 200 and done.json()["added"] == 1, done.text
+    hit = client.post("/indexes/docs/search", json={"query": "which animal sleeps in eucalyptus", "k": 1}).json()["results"][0][0]
+    assert hit["id"] == "n1" and hit["metadata"] == {"year": 2025, "topic": "animals"}
+    again = client.post("/indexes/docs/documents", json={"documents": new})
+    assert again.status_code == 400 and "n1" in again.json()["detail"]
+    replaced = client.post("/indexes/docs/documents", json={"documents": [{**new[0], "text": "Koalas eat eucalyptus leaves."}], "upsert": True})
+    assert replaced.json()["replaced"] == 1
+    gone = client.request("DELETE", "/indexes/docs/documents", json={"ids": ["n1", "never-there"]})
+    assert gone.status_code == 200 and gone.json()["deleted"] == 1 and gone.json()["missing"] == ["never-there"]
+    ids = [h["id"] for h in client.post("/indexes/docs/search", json={"query": "koala eucalyptus", "k": 8}).json()["results"][0]]
+    assert "n1" not in ids and len(ids) == len(DOCS)
+
+
+# (what is sent, the status expected): each gets a message, none reaches a traceback
+BAD = [
+    ("malformed JSON", "POST", "/indexes/docs/search", b'{"query": ', None, 400),
+    ("not UTF-8", "POST", "/indexes/docs/search", b'{"query": "\xff\xfe"}', None, 400),
+    ("a list, not an object", "POST", "/indexes/docs/search", b"[1, 2]", None, 422),
+    ("no query", "POST", "/indexes/docs/search", b'{"k": 3}', None, 422),
+    ("k as a string", "POST", "/indexes/docs/search", b'{"query": "x", "k": "3"}', None, 422),
+    ("query as a number", "POST", "/indexes/docs/search", b'{"query": 7}', None, 422),
+    ("unknown option", "POST", "/indexes/docs/search", b'{"query": "x", "bogus": 1}', None, 422),
+    ("k = 0", "POST", "/indexes/docs/search", b'{"query": "x", "k": 0}', None, 400),
+    ("k over the limit", "POST", "/indexes/docs/search", b'{"query": "x", "k": 5000}', None, 400),
+    ("candidates over the limit", "POST", "/indexes/docs/search", b'{"query": "x", "candidates": 100000}', None, 400),
+    ("unknown first stage", "POST", "/indexes/docs/search", b'{"query": "x", "first_stage": "nope"}', None, 400),
+    ("stage not built", "POST", "/indexes/docs/search", b'{"query": "x", "first_stage": "splade"}', None, 400),
+    ("filter on a missing field", "POST", "/indexes/docs/search", b'{"query": "x", "filter": {"nope": 1}}', None, 400),
+    ("filter of the wrong type", "POST", "/indexes/docs/search", b'{"query": "x", "filter": {"year": "soon"}}', None, 400),
+    ("empty batch", "POST", "/indexes/docs/search", b'{"query": []}', None, 400),
+    ("batch over the limit", "POST", "/indexes/docs/search", json.dumps({"query": ["x"] * 200}).encode(), None, 400),
+    ("query over the limit", "POST", "/indexes/docs/search", json.dumps({"query": "x" * 9000}).encode(), None, 400),
+    ("form body", "POST", "/indexes/docs/search", b"query=x", "application/x-www-form-urlencoded", 415),
+    ("no content type", "POST", "/indexes/docs/search", b'{"query": "x"}', "", 415),
+    ("unknown index", "POST", "/indexes/nope/search", b'{"query": "x"}', None, 404),
+    ("traversal", "POST", "/indexes/..%2F..%2Fetc/search", b'{"query": "x"}', None, 404),
+    ("hidden name", "POST", "/indexes/.staging/search", b'{"query": "x"}', None, 400),
+    ("dot-dot name", "GET", "/indexes/%2E%2E", None, None, 400),
+    ("unknown route", "GET", "/admin", None, None, 404),
+    ("wrong method", "PUT", "/indexes/docs/search", b"{}", None, 405),
+    ("document without text", "POST", "/indexes/docs/documents", b'{"documents": [{"id": "z"}]}', None, 422),
+    ("bad id", "POST", "/indexes/docs/documents", b'{"documents": [{"id": "a\\u0000b", "text": "t"}]}', None, 400),
+    ("metadata of a new type", "POST", "/indexes/docs/documents", b'{"documents": [{"id": "z1", "text": "t", "metadata": {"year": "x"}}]}', None, 400),
+    ("ids not strings", "DELETE", "/indexes/docs/documents", b'{"ids": [1, 2]}', None, 422),
+    ("negative wait", "DELETE", "/indexes/docs/documents", b'{"ids": ["x"], "wait": -1}', None, 400),
+    ("oversize body", "POST", "/indexes/docs/search", b'{"query": "' + b"x" * 20000 + b'"}', None, 413),
+]
+
+
+@pytest.fixture(scope="module")
+def strict_server(home, default_encoder):
+    catalog = Catalog(["docs"], home, model=default_encoder)
+    limits = Limits(max_body_bytes=16384, max_batch=100)
+    with background(catalog, limits=limits) as url, httpx.Client(base_url=url, timeout=60) as client:
+        yield client
+
+
+@pytest.mark.parametrize("what, method, path, body, kind, status", BAD, ids=[b[0] for b in BAD])
+def test_a_bad_request_gets_a_4xx_with_a_message(strict_server, home, what, method, path, body, kind, status):
+    headers = {} if kind == "" else {"content-type": kind or "application/json"}
+    reply = strict_server.request(method, path, content=body, headers=headers)
+    assert reply.status_code == status, reply.text
+    detail = reply.json()["detail"]
+    assert isinstance(detail, str) and 10 < len(detail) < 400 and "\n" not in detail and "Traceback" not in detail, detail
+    assert strict_server.get("/healthz").status_code == 200
+
+
+def test_bad_requests_leave_the_index_whole(strict_server, home):
+    for what, method, path, body, kind, status in BAD:
+        strict_server.request(method, path, content=body, headers={"content-type": kind or "application/json"})
+    assert verify_files(home / "docs") == []
+    assert strict_server.post("/indexes/docs/search", json={"query": "purring animal", "k": 1}).json()["results"][0][0]["id"] == "d1"
+    metrics = strict_server.get("/metrics").text
+    assert 'status="413"' in metrics and 'status="404"' in metrics and 'status="500"' not in metrics
+
+
+def test_an_api_key_guards_every_request_but_the_page(home, default_encoder):
+    catalog = Catalog(["docs"], home, model=default_encoder, warm=False)
+    with background(catalog, api_key="s3cret") as url, httpx.Client(base_url=url, timeout=60) as client:
+        for headers in ({}, {"Authorization": "Bearer wrong"}, {"Authorization": "s3cret"}):
+            for method, path in (("GET", "/healthz"), ("GET", "/indexes"), ("GET", "/metrics"), ("GET", "/openapi.json"), ("POST", "/indexes/docs/search")):
+                reply = client.request(method, path, headers=headers, json={"query": "x"} if method == "POST" else None)
+                assert reply.status_code == 401 and "Authorization: Bearer" in reply.json()["detail"], (method, path, headers)
+        good = {"Authorization": "Bearer s3cret"}
+        assert client.post("/indexes/docs/search", headers=good, json={"query": "tea", "k": 1}).json()["results"][0][0]["id"] == "d8"
+        assert client.get("/").status_code == 200  # the page's HTML holds no data; it sends the key it is given
+
+
+def _mvr(*args, **kwargs):
+    return subprocess.Popen([sys.executable, "-m", "mvr.cli", *args], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, **kwargs)
+
+
+def test_mvr_serve_refuses_a_public_address_without_a_key(home):
+    env = {k: v for k, v in os.environ.items() if k != "MVR_API_KEY"}
+    run = subprocess.run([sys.executable, "-m", "mvr.cli", "serve", "--host", "0.0.0.0", "--index-dir", str(home)], capture_output=True, text=True, timeout=120, env=env)
+    assert run.returncode == 2 and "refusing to serve on 0.0.0.0 without an API key" in run.stderr and "Traceback" not in run.stderr
+
+
+def test_mvr_serve_runs_as_a_process_and_stops_on_sigterm(home):
+    process = _mvr("serve", "--port", "0", "--index-dir", str(home), "--quiet")
+    try:
+        line = process.stdout.readline()  # printed once the indexes are warm and the socket listens
+        assert "serving at http://127.0.0.1:" in line, process.stderr.read()
+        url = line.split("serving at ")[1].split()[0]
+        with httpx.Client(base_url=url, timeout=60) as client:
+            assert [i["name"] for i in client.get("/indexes").json()["indexes"]] == ["docs"]
+            assert client.post("/indexes/docs/search", json={"query": "capital of France", "k": 1}).json()["results"][0][0]["id"] == "d5"
+        process.send_signal(signal.SIGTERM)
+        # uvicorn shuts down gracefully, then raises the signal again so the exit status tells why it stopped
+        assert process.wait(timeout=30) in (0, -signal.SIGTERM)
+        assert "Traceback" not in process.stderr.read()
+    finally:
+        process.kill()
+        process.wait(timeout=30)
+
+
+def test_searches_and_writes_at_once_over_http_give_no_error(server):
+    """A short, bounded version of `python -m mvr.eval.serve_load`: 6 clients search while a
+    writer adds and deletes through the same server."""
+    client, _ = server
+    url = str(client.base_url)
+    stop, errors, answered = threading.Event(), [], [0]
+
+    def search(seed: int):
+        with httpx.Client(base_url=url, timeout=60) as own:
+            while not stop.is_set():
+                reply = own.post("/indexes/docs/search", json={"query": QUERIES[seed % len(QUERIES)][1], "k": 3})
+                if reply.status_code != 200 or len(reply.json()["results"][0]) != 3:
+                    errors.append(reply.text)
+                answered[0] += 1
+
+    def write():
+        with httpx.Client(base_url=url, timeout=60) as own:
+            for step in range(4):
+                ids = [f"w{step}-{j}" for j in range(2)]
+                for reply in (
+                    own.post("/indexes/docs/documents", json={"documents": [{"id": i, "text": f"tea and cats, note {i}"} for i in ids]}),
+                    own.request("DELETE", "/indexes/docs/documents", json={"ids": ids}),
+                ):
+                    if reply.status_code != 200:
+                        errors.append(reply.text)
+
+    threads = [threading.Thread(target=search, args=(i,)) for i in range(6)]
+    for thread in threads:
+        thread.start()
+    writer = threading.Thread(target=write)
+    writer.start()
+    writer.join(timeout=300)
+    time.sleep(0.5)
+    stop.set()
+    for thread in threads:
+        thread.join(timeout=60)
+    assert not errors, errors[:3]
+    assert answered[0] > 12 and client.get("/indexes").json()["indexes"][0]["documents"] == len(DOCS)
