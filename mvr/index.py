@@ -29,6 +29,7 @@ from .corpus import Document
 from .encode import Encoder, TokenVectors
 from .encode.encoder import identity_differences
 from .errors import EncoderError, EncoderMismatchError, MvrError, QueryError
+from .explain import explain_results
 from .registry import EXHAUSTIVE, STAGES
 from .results import Hit, Results
 from .search import SearchOptions
@@ -276,16 +277,20 @@ class Index(Changes):
         ``dense_share``) find ``candidates`` (default 100) documents that exact MaxSim reranks;
         ``"exhaustive"`` scores every document. None: the index's default, :attr:`default_stage`.
         ``threads``: CPU threads for encoding and scoring. Further options: :class:`SearchOptions`.
-        The results' ``timings`` (ms) add ``encode`` to :meth:`search_encoded`'s.
+        ``timings`` (ms) add ``encode`` to :meth:`search_encoded`'s. ``explain``: each hit's :attr:`Hit.explanation`
+        (:mod:`mvr.explain`): the document token behind each query token's maximum, its span, its share of the score.
         """
         texts = [queries] if isinstance(queries, str) else list(queries)
+        explain = options.pop("explain", False)
         opts, _ = self._options(k, first_stage or self.default_stage, candidates, options)
         self._require(opts.first_stage)  # before the model loads
         started = time.perf_counter()
-        encoded = self.encode_queries(texts, threads=threads) if opts.rerank or pipeline.needs_vectors(opts.first_stage) else None
+        encoded = self.encode_queries(texts, threads=threads) if explain or opts.rerank or pipeline.needs_vectors(opts.first_stage) else None
         encode_ms = (time.perf_counter() - started) * 1e3
         results = self.search_encoded(encoded, k, texts=texts, first_stage=opts.first_stage, candidates=candidates, threads=threads, **options)
         results.timings = {"encode": encode_ms, **results.timings}
+        if explain:
+            results.explanations = explain_results(self, encoded, results)
         return results
 
     def search_encoded(

@@ -21,6 +21,7 @@ class Hit:
     title: str
     position: int  # row of the document in the index (corpus order)
     metadata: dict = field(default_factory=dict)
+    explanation: dict | None = None  # search(explain=True): see mvr.explain
 
 
 class Results:
@@ -37,6 +38,7 @@ class Results:
         self.scores = scores
         self.timings = timings or {}
         self.fallbacks = 0
+        self.explanations: list[list[dict]] | None = None  # per query, per hit, with search(explain=True)
         self._index = index
 
     def __len__(self) -> int:
@@ -48,7 +50,8 @@ class Results:
             if position < 0:
                 break
             doc = self._index.document(int(position))
-            hits.append(Hit(rank, doc.id, float(score), doc.text, doc.title, int(position), doc.metadata))
+            why = self.explanations[query][rank - 1] if self.explanations is not None else None
+            hits.append(Hit(rank, doc.id, float(score), doc.text, doc.title, int(position), doc.metadata, why))
         return hits
 
     def __iter__(self):
@@ -72,9 +75,14 @@ class Results:
         ]
 
     def to_dicts(self) -> list[list[dict]]:
-        """Every query's hits as JSON-ready dicts ``{"id", "score", "title", "text", "metadata"}``:
-        what ``mvr serve`` answers and the framework retrievers read."""
-        return [[{"id": h.id, "score": h.score, "title": h.title, "text": h.text, "metadata": h.metadata} for h in hits] for hits in self]
+        """Every query's hits as JSON-ready dicts ``{"id", "score", "title", "text", "metadata"}``
+        (and ``"explanation"`` when explained): what ``mvr serve`` answers and the framework
+        retrievers read."""
+        def one(h: Hit) -> dict:
+            hit = {"id": h.id, "score": h.score, "title": h.title, "text": h.text, "metadata": h.metadata}
+            return {**hit, "explanation": h.explanation} if h.explanation is not None else hit
+
+        return [[one(h) for h in hits] for hits in self]
 
     def to_run(self, query_ids: Sequence[str]) -> dict[str, dict[str, float]]:
         """``{query id: {document id: score}}``, the run form ir-measures and pytrec_eval read."""

@@ -21,7 +21,7 @@ LAYERS = [
     {"errors", "registry", "config", "progress", "threads", "corpus", "client", "_kernels"},
     {"encode", "vectors"},
     {"stages", "storage"},
-    {"search", "results", "segment", "segment_build"},
+    {"search", "results", "segment", "segment_build", "explain"},
     {"index", "build", "writer", "reranking"},
     {"cli", "eval", "server", "integrations"},
 ]

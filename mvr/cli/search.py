@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import sys
 import unicodedata
 from pathlib import Path
 
@@ -33,8 +34,32 @@ def add_parser(sub) -> argparse.ArgumentParser:
     out.add_argument("--json", action="store_true", help="JSON output")
     out.add_argument("--trec", action="store_true", help="TREC run output: qid Q0 docid rank score run")
     p.add_argument("--run-name", default="mvr")
+    p.add_argument("--explain", action="store_true", help="show why each hit matched: the document tokens behind the query tokens' maxima, highlighted, with their share of the score")
     add_common(p)
     return p
+
+
+def highlighted(text: str, spans, color: bool) -> str:
+    """``text`` (escaped as :func:`shown` does) with the character ``spans`` marked: reverse video
+    on a terminal, ``[[...]]`` elsewhere."""
+    on, off = ("\x1b[1;7m", "\x1b[0m") if color else ("[[", "]]")
+    out, at = [], 0
+    for start, end in sorted({(s, e) for s, e in spans if e > s}):
+        if start < at:
+            continue
+        out += [shown(text[at:start]), on, shown(text[start:end]), off]
+        at = end
+    return "".join(out + [shown(text[at:])])
+
+
+def _explained(hit, color: bool) -> list[str]:
+    matches = hit.explanation["matches"]
+    spans = {field: [m["span"] for m in matches if m["field"] == field] for field in ("title", "text")}
+    lines = [f"      {highlighted(hit.title, spans['title'], color)}"] if hit.title else []
+    lines.append("      " + highlighted(" ".join(hit.text.split("\n")), spans["text"], color))
+    best = sorted((m for m in matches if m["token"]), key=lambda m: -m["share"])[:8]
+    lines.append("      matched: " + ", ".join(f"{shown(m['query_token'])}->{shown(m['token'])} {100 * m['share']:.0f}%" for m in best))
+    return lines
 
 
 def run(args) -> int:
@@ -46,14 +71,14 @@ def run(args) -> int:
     queries = read_queries(args.queries) if args.queries else [("q1", args.query)]
     index = Index.open(args.index, home=args.index_dir, model=args.model)
     results = index.search(
-        [text for _, text in queries], k=args.k, first_stage=args.first_stage, candidates=args.candidates, threads=args.threads, **search_options(args)
+        [text for _, text in queries], k=args.k, first_stage=args.first_stage, candidates=args.candidates, threads=args.threads, explain=args.explain, **search_options(args)
     )
     if args.trec:
         print("\n".join(results.to_trec([qid for qid, _ in queries], args.run_name)))
     elif args.json:
         payload = [
-            {"query_id": qid, "query": text, "hits": [{"rank": h.rank, "id": h.id, "score": h.score, "title": h.title, "text": h.text, "metadata": h.metadata} for h in hits]}
-            for (qid, text), hits in zip(queries, results)
+            {"query_id": qid, "query": text, "hits": [{"rank": h.rank, **hit} for h, hit in zip(hits, dicts)]}
+            for (qid, text), hits, dicts in zip(queries, results, results.to_dicts())
         ]
         print(json.dumps(payload if args.queries else payload[0], ensure_ascii=False, indent=2))
     else:
@@ -64,4 +89,6 @@ def run(args) -> int:
             for hit in hits:
                 snippet = shown(" ".join(f"{hit.title} {hit.text}".split()))
                 print(f"{hit.rank:>4}  {hit.score:>8.3f}  {shown(hit.id)[:16]:<16}  {snippet[:100]}")
+                if hit.explanation:
+                    print("\n".join(_explained(hit, sys.stdout.isatty())))
     return 0

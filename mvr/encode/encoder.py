@@ -212,6 +212,24 @@ class Encoder:
         flat = np.fromiter((t for ids in kept for t in ids), dtype=np.int32, count=int(offsets[-1]))
         return flat, offsets
 
+    def document_spans(self, text: str) -> tuple[np.ndarray, np.ndarray] | None:
+        """The vocabulary id and character span in ``text`` of each vector :meth:`encode_documents`
+        gives it (skiplist tokens dropped; ``(-1, -1)`` for [CLS], the marker and [SEP]); None
+        where the tokenizer gives no offsets (not a fast tokenizer) or tokenises otherwise."""
+        tok = self.tokenizer
+        if not getattr(tok, "is_fast", False):
+            return None
+        expected = self._token_ids([text], is_query=False)[0][0]  # [CLS] (marker) body [SEP]
+        head = 1 + (self._doc_marker_id is not None)
+        body = expected[head:-1]
+        found = tok(text, add_special_tokens=False, return_offsets_mapping=True, truncation=True, max_length=len(body) + 1)
+        if found["input_ids"][: len(body)] != body:
+            return None
+        ids = np.array(expected, dtype=np.int64)
+        spans = np.array([(-1, -1)] * head + [tuple(s) for s in found["offset_mapping"][: len(body)]] + [(-1, -1)], dtype=np.int64).reshape(-1, 2)
+        keep = ~np.isin(ids, self._skip_ids.numpy())
+        return ids[keep], spans[keep]
+
     def token_classes(self) -> dict[str, np.ndarray]:
         """Vocabulary ids of the token classes that pruning and clustering name (see
         :func:`mvr.encode.tokens.token_classes`), this model's markers counted as special."""

@@ -3,7 +3,7 @@
     GET    /healthz                     {"status": "ok", "indexes": N}
     GET    /indexes                     {"indexes": [{"name", "documents", "generation", ...}]}
     GET    /indexes/{name}              what ``mvr info --json`` prints
-    POST   /indexes/{name}/search       {"query": str | [str], "k": int, ...search options}
+    POST   /indexes/{name}/search       {"query": str | [str], "k": int, ...search options, "explain": bool}
                                         -> {"results": [[{"id", "score", "title", "text", "metadata"}]], ...}
     POST   /indexes/{name}/documents    {"documents": [{"id", "text", "title"?, "metadata"?}], "upsert": bool}
     DELETE /indexes/{name}/documents    {"ids": [str]}
@@ -55,6 +55,7 @@ class SearchRequest(BaseModel):
     nprobe: StrictInt | None = None
     ef_search: StrictInt | None = None
     filter: dict[str, Any] | None = None
+    explain: StrictBool | None = Field(None, description="each hit's explanation: the document token behind each query token's maximum, its span, its share of the score")
 
 
 class Hit(BaseModel):
@@ -63,6 +64,7 @@ class Hit(BaseModel):
     title: str
     text: str
     metadata: dict[str, Any]
+    explanation: dict[str, Any] | None = Field(None, description="with explain: {maxsim, matches: [{query_token, token, span, field, score, share}]}")
 
 
 class SearchResponse(BaseModel):
@@ -160,7 +162,7 @@ def create_app(catalog: Catalog, *, api_key: str | None = None, limits: Limits |
         served = catalog.get(name)
         return {**served.summary(), "info": served.current().info()}
 
-    @app.post("/indexes/{name}/search", response_model=SearchResponse)
+    @app.post("/indexes/{name}/search", response_model=SearchResponse, response_model_exclude_unset=True)
     def search(name: str, request: SearchRequest = Body(...)):
         queries = [request.query] if isinstance(request.query, str) else request.query
         _check_search(queries, request, limits)
