@@ -9,8 +9,10 @@ from __future__ import annotations
 
 import http.client
 import json
+import os
 import threading
 import urllib.parse
+from pathlib import Path
 from typing import Sequence
 
 from .errors import IndexLockedError, IndexNotFoundError, MvrError, QueryError
@@ -109,3 +111,66 @@ class Client:
 
 def _quoted(name: str) -> str:
     return urllib.parse.quote(str(name), safe="")
+
+
+# -- finding a running server -------------------------------------------------------------------
+def servers_dir() -> Path:
+    """Where each running ``mvr serve`` leaves a note of what it serves: ``$MVR_RUNTIME_DIR``, else
+    ``$XDG_RUNTIME_DIR/mvr``, else ``~/.cache/mvr/servers``."""
+    if os.environ.get("MVR_RUNTIME_DIR"):
+        return Path(os.environ["MVR_RUNTIME_DIR"])
+    if os.environ.get("XDG_RUNTIME_DIR"):
+        return Path(os.environ["XDG_RUNTIME_DIR"]) / "mvr"
+    return Path.home() / ".cache" / "mvr" / "servers"
+
+
+def register(url: str, indexes: dict[str, Path], home: Path | None, api_key: bool) -> Path:
+    """Note that this process serves ``indexes`` (name -> folder; ``home``: and any index there)
+    at ``url``; returns the note's path, for :func:`unregister` when the server stops."""
+    folder = servers_dir()
+    folder.mkdir(parents=True, exist_ok=True, mode=0o700)
+    note = folder / f"{os.getpid()}.json"
+    record = {"url": url, "pid": os.getpid(), "indexes": {n: str(Path(p).resolve()) for n, p in indexes.items()},
+              "home": str(Path(home).resolve()) if home is not None else None, "api_key": api_key}
+    tmp = note.with_suffix(".tmp")
+    tmp.write_text(json.dumps(record))
+    os.replace(tmp, note)
+    return note
+
+
+def unregister(note: Path) -> None:
+    note.unlink(missing_ok=True)
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # another user's process
+        return True
+    return True
+
+
+def find_server(index_path: Path) -> tuple[str, str] | None:
+    """``(url, index name)`` of a running ``mvr serve`` that serves the index folder
+    ``index_path``, or None. Notes of servers no longer running are removed."""
+    folder = servers_dir()
+    if not folder.is_dir():
+        return None
+    target = Path(index_path).resolve()
+    for note in sorted(folder.glob("*.json")):
+        try:
+            record = json.loads(note.read_text())
+            pid = int(record["pid"])
+        except (OSError, ValueError, KeyError, TypeError):
+            continue
+        if not _alive(pid):
+            note.unlink(missing_ok=True)  # a note this module wrote for a server that has gone
+            continue
+        for name, path in record.get("indexes", {}).items():
+            if Path(path) == target:
+                return record["url"], name
+        if record.get("home") and Path(record["home"]) == target.parent:
+            return record["url"], target.name
+    return None

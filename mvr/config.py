@@ -140,6 +140,10 @@ class IndexConfig:
     sparse         text first stages built with the index (mvr.registry.SPARSE_STAGES): "bm25s" (the
                    default search joins it with the FDE), "bm25" (Lucene via pyserini, extra 'lucene')
     splade_model   a masked-LM folder: also build the learned-sparse (SPLADE) first stage
+    passage_tokens split documents longer than this many tokens into overlapping passages, each
+                   stored and searched on its own (mvr/passages.py); None: one row per document,
+                   cut at doc_maxlen
+    passage_stride tokens from one passage's start to the next (None: 3/4 of passage_tokens)
 
     Shrinking the stored vectors (docs/compression.md), applied in this order:
     prune          drop document tokens by rule before clustering: "special" ([CLS], [SEP], markers),
@@ -176,6 +180,8 @@ class IndexConfig:
     fde: FDEConfig | None = field(default_factory=FDEConfig)
     sparse: tuple[str, ...] = ("bm25s",)
     splade_model: str | None = None
+    passage_tokens: int | None = None
+    passage_stride: int | None = None
     prune: tuple[str, ...] = ()
     prune_max_df: float = 0.5
     cluster_ratio: float | None = None
@@ -239,6 +245,11 @@ class IndexConfig:
             raise ConfigError(f"codec_centroids must be at most 65536 (ids are stored in 16 bits), got {self.codec_centroids}.")
         if self.pca_dim is not None and self.fde is not None:
             self.fde.check(self.pca_dim)
+        from .passages import check
+
+        check(self.passage_tokens, self.passage_stride)
+        if self.passage_tokens is not None and self.passage_stride is None:
+            object.__setattr__(self, "passage_stride", max(1, self.passage_tokens * 3 // 4))
 
     def to_dict(self) -> dict:
         return asdict(self)

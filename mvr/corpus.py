@@ -216,16 +216,39 @@ def read_text_folder(folder: Path) -> Iterator[Document]:
         yield Document(id=doc_id, text=read_text(file), where=str(file))
 
 
-def read_corpus(path: str | Path) -> Iterator[Document]:
-    """Documents of the corpus at ``path`` (see the module docstring for the forms)."""
+class Counted:
+    """Documents read lazily, with their number counted beforehand (what progress bars show as
+    the total and the ETA come from): ``len()`` and iteration."""
+
+    def __init__(self, documents: Iterator[Document], count: int):
+        self._documents, self._count = documents, count
+
+    def __len__(self) -> int:
+        return self._count
+
+    def __iter__(self) -> Iterator[Document]:
+        return iter(self._documents)
+
+
+def _lines(path: Path) -> int:
+    """Non-blank lines of a file (a JSONL corpus's documents)."""
+    with open(path, "rb") as handle:
+        return sum(1 for line in handle if line.strip())
+
+
+def read_corpus(path: str | Path) -> Iterable[Document]:
+    """Documents of the corpus at ``path`` (see the module docstring for the forms), counted."""
     path = Path(path)
     if not path.exists():
         raise CorpusError(f"corpus not found: {path}. Expected {_FORMS}.")
     if path.is_dir():
         beir = path / "corpus.jsonl"
-        return read_jsonl(beir) if beir.is_file() else read_text_folder(path)
+        if beir.is_file():
+            return Counted(read_jsonl(beir), _lines(beir))
+        files = sum(1 for p in path.rglob("*") if p.is_file() and p.suffix.lower() in TEXT_SUFFIXES)
+        return Counted(read_text_folder(path), files)
     if path.suffix.lower() in (".jsonl", ".json", ".ndjson"):
-        return read_jsonl(path)
+        return Counted(read_jsonl(path), _lines(path))
     if path.suffix.lower() in TEXT_SUFFIXES:
         return iter([Document(id=check_id(path.name, str(path), "rename the file"), text=read_text(path), where=str(path))])
     raise CorpusError(f"{path}: unknown corpus file type {path.suffix!r}. Expected {_FORMS}.")

@@ -8,6 +8,7 @@ from typing import Sequence
 import numpy as np
 
 from .errors import QueryError
+from .passages import document_id
 
 
 @dataclass(frozen=True)
@@ -22,6 +23,7 @@ class Hit:
     position: int  # row of the document in the index (corpus order)
     metadata: dict = field(default_factory=dict)
     explanation: dict | None = None  # search(explain=True): see mvr.explain
+    passage: str | None = None  # an index of passages: the passage's id (the hit's id is its document's, unless searched by passage)
 
 
 class Results:
@@ -33,13 +35,14 @@ class Results:
     of :class:`Hit` of query i, with ids and texts.
     """
 
-    def __init__(self, indices: np.ndarray, scores: np.ndarray, index, timings: dict | None = None):
+    def __init__(self, indices: np.ndarray, scores: np.ndarray, index, timings: dict | None = None, group: str | None = None):
         self.indices = indices
         self.scores = scores
         self.timings = timings or {}
         self.fallbacks = 0
         self.explanations: list[list[dict]] | None = None  # per query, per hit, with search(explain=True)
         self._index = index
+        self.group = group  # an index of passages: "documents" (ids are documents') or "passages"
 
     def __len__(self) -> int:
         return self.indices.shape[0]
@@ -51,8 +54,13 @@ class Results:
                 break
             doc = self._index.document(int(position))
             why = self.explanations[query][rank - 1] if self.explanations is not None else None
-            hits.append(Hit(rank, doc.id, float(score), doc.text, doc.title, int(position), doc.metadata, why))
+            passage = doc.id if self.group else None
+            hits.append(Hit(rank, self._shown(doc.id), float(score), doc.text, doc.title, int(position), doc.metadata, why, passage))
         return hits
+
+    def _shown(self, row_id: str) -> str:
+        """The id a hit reports: a passage's document when grouped by documents."""
+        return document_id(row_id) if self.group == "documents" else row_id
 
     def __iter__(self):
         return (self[i] for i in range(len(self)))
@@ -60,7 +68,7 @@ class Results:
     @property
     def doc_ids(self) -> list[list[str]]:
         ids = self._index.doc_ids
-        return [[str(ids[p]) for p in row if p >= 0] for row in self.indices]
+        return [[self._shown(str(ids[p])) for p in row if p >= 0] for row in self.indices]
 
     def to_trec(self, query_ids: Sequence[str], run_name: str = "mvr") -> list[str]:
         """TREC run lines ``qid Q0 docid rank score run``."""
@@ -68,7 +76,7 @@ class Results:
             raise QueryError(f"{len(query_ids)} query ids for {len(self)} result lists.")
         ids = self._index.doc_ids
         return [
-            f"{qid} Q0 {ids[p]} {rank} {score:.6f} {run_name}"
+            f"{qid} Q0 {self._shown(str(ids[p]))} {rank} {score:.6f} {run_name}"
             for qid, row, row_scores in zip(query_ids, self.indices, self.scores)
             for rank, (p, score) in enumerate(zip(row, row_scores), start=1)
             if p >= 0
@@ -80,6 +88,8 @@ class Results:
         retrievers read."""
         def one(h: Hit) -> dict:
             hit = {"id": h.id, "score": h.score, "title": h.title, "text": h.text, "metadata": h.metadata}
+            if h.passage is not None:
+                hit["passage"] = h.passage
             return {**hit, "explanation": h.explanation} if h.explanation is not None else hit
 
         return [[one(h) for h in hits] for hits in self]
@@ -89,4 +99,4 @@ class Results:
         if len(query_ids) != len(self):
             raise QueryError(f"{len(query_ids)} query ids for {len(self)} result lists.")
         ids = self._index.doc_ids
-        return {qid: {str(ids[p]): float(s) for p, s in zip(row, row_scores) if p >= 0} for qid, row, row_scores in zip(query_ids, self.indices, self.scores)}
+        return {qid: {self._shown(str(ids[p])): float(s) for p, s in zip(row, row_scores) if p >= 0} for qid, row, row_scores in zip(query_ids, self.indices, self.scores)}

@@ -12,6 +12,7 @@ import numpy as np
 
 from .config import FDE_EF_SEARCH, FDE_NPROBE
 from .errors import QueryError
+from .passages import GROUPS, best_per_document
 from .registry import EXHAUSTIVE, FIRST_STAGES, HYBRIDS, STAGES, parse_stage
 from .results import Results
 from .stages.base import Candidates, QueryBatch
@@ -58,6 +59,8 @@ class SearchOptions:
     filter          keep only documents whose metadata match (mvr/storage/metadata.py), applied
                     before candidates are cut (with exhaustive search or an exact FDE, k hits come
                     back whenever k documents match)
+    group           an index of passages: "documents" (None: the default) returns each document's
+                    best passage, k distinct documents; "passages" the passages themselves
     """
 
     first_stage: str | None = None
@@ -71,8 +74,11 @@ class SearchOptions:
     nprobe: int = FDE_NPROBE
     ef_search: int = FDE_EF_SEARCH
     filter: dict | None = None
+    group: str | None = None
 
     def __post_init__(self):
+        if self.group is not None and self.group not in GROUPS:
+            raise QueryError(f"group must be one of {', '.join(GROUPS)} (an index of passages returns documents by default), got {self.group!r}.")
         if self.first_stage is not None and self.first_stage not in FIRST_STAGES:
             raise QueryError(f"unknown first stage {self.first_stage!r}; available: {', '.join(FIRST_STAGES)}.")
         if self.candidates is not None and (not _is_int(self.candidates) or self.candidates < 1):
@@ -241,6 +247,29 @@ def first_stage(state, searched: list[tuple], queries: QueryBatch, opts: SearchO
 
 
 def run(state, queries: QueryBatch, k: int, opts: SearchOptions, threads: int | None = None) -> Results:
+    """:func:`run_rows`, and in an index of passages (mvr/passages.py) by default ``k`` documents:
+    the passages searched ever deeper (4k, 16k, ...) until ``k`` distinct documents are found,
+    each document ranked by its best passage."""
+    if not state.config.passage_tokens:
+        return run_rows(state, queries, k, opts, threads)
+    if opts.group == "passages":
+        results = run_rows(state, queries, k, opts, threads)
+        results.group = "passages"
+        return results
+    fetch = k
+    while True:
+        fetch = min(fetch * 4, max(state.n_live, 1))
+        deeper = opts if opts.first_stage == EXHAUSTIVE else dataclasses.replace(opts, candidates=max(opts.candidates or DEFAULT_CANDIDATES, fetch))
+        found = run_rows(state, queries, fetch, deeper, threads)
+        indices, scores, complete = best_per_document(found.indices, found.scores, state.doc_ids, k)
+        if complete or fetch >= state.n_live:
+            break
+    results = Results(indices, scores, state, found.timings, group="documents")
+    results.fallbacks = found.fallbacks
+    return results
+
+
+def run_rows(state, queries: QueryBatch, k: int, opts: SearchOptions, threads: int | None = None) -> Results:
     """Search the segments of one commit (``state``, :class:`mvr.index.Commit`) with ``queries``
     as ``opts`` say (its first stage already resolved): each segment gives candidates among its
     live documents that pass the filter; ties go to the lower position.

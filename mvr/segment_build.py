@@ -20,6 +20,7 @@ from .config import IndexConfig
 from .corpus import Document, as_documents
 from .encode import Encoder
 from .errors import ConfigError, CorpusError, MvrError
+from .passages import document_id, split
 from .progress import progress
 from .registry import store_class
 from .stages import BuildSource, build_stage
@@ -161,11 +162,12 @@ def encode_corpus(documents, encoder: Encoder, config: IndexConfig, folder: Path
     ids: list[str] = []
     lengths: list[np.ndarray] = []
     token_ids: list[np.ndarray] = []
-    truncated = skipped = 0
+    truncated = skipped = split_documents = 0
     texts = BlobWriter(folder, "text")
     titles = BlobWriter(folder, "title")
     metadata = MetadataWriter(metadata_types)
-    bar = progress(desc="indexing", unit="doc", show=show_progress)
+    total = len(documents) if hasattr(documents, "__len__") and not isinstance(documents, (str, os.PathLike)) else None
+    bar = progress(total=total, desc="encoding", unit="doc", show=show_progress)
     try:
         with open(folder / "vectors.raw", "wb") as raw:
             for chunk in chunks(as_documents(documents), chunk_size):
@@ -185,8 +187,14 @@ def encode_corpus(documents, encoder: Encoder, config: IndexConfig, folder: Path
                             f"{doc.where}: document {doc.id!r} has no text. Remove it, give it text, "
                             "or skip such documents (skip_empty=True, CLI --skip-empty)."
                         )
-                    metadata.add(doc.metadata, doc.where)  # one type per field, checked before encoding
-                    kept.append(doc)
+                    if config.passage_tokens:
+                        parts, cut = split(doc, encoder.tokenizer, config.passage_tokens, config.passage_stride, encoder.document_budget)
+                        split_documents += cut
+                    else:
+                        parts = [doc]
+                    for part in parts:
+                        metadata.add(part.metadata, part.where)  # one type per field, checked before encoding
+                    kept.extend(parts)
                 if not kept:
                     continue
                 if existing is not None:
@@ -199,7 +207,7 @@ def encode_corpus(documents, encoder: Encoder, config: IndexConfig, folder: Path
                         )
                     if replaced is not None:
                         replaced.extend(int(p) for p in found[found >= 0])
-                encoded = encoder.encode_documents([d.full_text for d in kept], show_progress=False)
+                encoded = encoder.encode_documents([d.full_text for d in kept], show_progress=bar if not config.passage_tokens else False)
                 if not np.isfinite(encoded.vectors).all():
                     raise MvrError("the encoder produced non-finite vectors; check the model's weights.")
                 raw.write(encoded.vectors.astype(np.float16).tobytes())
@@ -210,7 +218,8 @@ def encode_corpus(documents, encoder: Encoder, config: IndexConfig, folder: Path
                     ids.append(doc.id)
                     texts.add(doc.text)
                     titles.add(doc.title)
-                bar.update(len(chunk))
+                if config.passage_tokens:
+                    bar.update(len(chunk))
     finally:
         bar.close()
         texts.close()
@@ -233,6 +242,7 @@ def encode_corpus(documents, encoder: Encoder, config: IndexConfig, folder: Path
         "max_doc_len": int(doc_lengths.max()),
         "truncated_documents": truncated,
         "skipped_empty_documents": skipped,
+        **({"source_documents": len({document_id(i) for i in ids}), "split_documents": split_documents} if config.passage_tokens else {}),
     }
 
 

@@ -24,6 +24,7 @@ import numpy as np
 from .config import FDEConfig, IndexConfig
 from .encode import Encoder
 from .errors import CorpusError, QueryError
+from .passages import document_id, rows_of
 from .segment_build import merge_segments, planned_stages, write_segment
 from .storage.commits import SEGMENTS, collect, new_commit, publish, segment_name, write_deletes
 from .storage.lock import WriterLock
@@ -140,7 +141,11 @@ def add(index, documents, *, upsert: bool = False, wait: float = 0.0, merge: boo
             shutil.rmtree(folder, ignore_errors=True)
             raise
         segments = _entries(writer.record)
-        _mark_deleted(writer, state, segments, np.asarray(replaced or [], dtype=np.int64))
+        replaced = np.asarray(replaced or [], dtype=np.int64)
+        if index.config.passage_tokens and len(replaced):  # every passage of a replaced document, however many it had
+            replaced = rows_of(state, sorted({document_id(str(state.doc_ids[p])) for p in replaced}))
+        _mark_deleted(writer, state, segments, replaced)
+        state_ids = state.doc_ids if len(replaced) else np.zeros(0, dtype=str)
         del state, like  # its pin: the commit's collection may take what only it held
         segments.append({"name": folder.name, "documents": manifest["counts"]["documents"], "deleted": 0, "deletes": None})
         writer.commit(segments, "upsert" if upsert else "add", [folder], command=command)
@@ -149,7 +154,7 @@ def add(index, documents, *, upsert: bool = False, wait: float = 0.0, merge: boo
         seconds = time.perf_counter() - started
         return {
             "added": manifest["counts"]["documents"],
-            "replaced": len(replaced or []),
+            "replaced": len({document_id(str(i)) for i in state_ids[replaced]}) if index.config.passage_tokens else len(replaced),
             "generation": writer.generation,
             "segments": len(writer.record["segments"]),
             "seconds": round(seconds, 3),
@@ -188,10 +193,17 @@ def delete(index, ids, *, wait: float = 0.0, merge: bool = True, command=None) -
             raise QueryError(f"document ids are strings; id #{i} is {type(doc_id).__name__} {doc_id!r}.")
     with Writer(index, wait) as writer:
         state = index._state
-        positions = state.positions(ids) if ids else np.zeros(0, dtype=np.int64)
-        missing = [doc_id for doc_id, at in zip(ids, positions) if at < 0]
+        if index.config.passage_tokens:  # a document id stands for all its passages
+            found = [rows_of(state, [doc_id]) for doc_id in ids]
+            missing = [doc_id for doc_id, rows in zip(ids, found) if not len(rows)]
+            positions = np.concatenate([np.zeros(0, dtype=np.int64), *found])
+        else:
+            positions = state.positions(ids) if ids else np.zeros(0, dtype=np.int64)
+            missing = [doc_id for doc_id, at in zip(ids, positions) if at < 0]
         segments = _entries(writer.record)
         deleted = _mark_deleted(writer, state, segments, np.unique(positions[positions >= 0]))
+        if index.config.passage_tokens:
+            deleted = len({document_id(str(state.doc_ids[p])) for p in positions})
         del state
         if deleted:
             writer.commit(segments, "delete", command=command)

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import importlib
+import os
 import shlex
 import sys
 
@@ -32,6 +33,8 @@ def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else [str(a) for a in argv]
     args = build_parser().parse_args(argv)
     args.command_line = "mvr " + shlex.join(argv)  # kept in manifests and reports, to rerun them
+    if getattr(args, "quiet", False):
+        os.environ["MVR_QUIET"] = "1"  # this process only: no step reports progress
     try:
         return _modules()[args.command].run(args)
     except MvrError as exc:

@@ -56,6 +56,7 @@ def add_search(parser: argparse.ArgumentParser, counts=None) -> None:
     group.add_argument("--dense-share", type=float, default=d.dense_share, help=f"hybrid first stages (fde+bm25s, ...): share of the candidates taken from FDE (default {d.dense_share})")
     group.add_argument("--nprobe", type=int, default=d.nprobe, help=f"FDE in a faiss IVF index: lists probed per query (default {d.nprobe})")
     group.add_argument("--ef-search", type=int, default=d.ef_search, help=f"FDE in a faiss HNSW index: search breadth (default {d.ef_search})")
+    group.add_argument("--group", choices=("documents", "passages"), default=d.group, help="an index of passages: return documents by their best passage (default) or the passages")
     group.add_argument(
         "--filter", type=_filter, default=d.filter, metavar="JSON",
         help='keep documents whose metadata match, e.g. \'{"year": {"$gte": 2020}, "source": {"$in": ["pubmed", "arxiv"]}}\' ($eq $ne $in $nin $gt $gte $lt $lte $and $or $not)',
@@ -74,6 +75,7 @@ def search_options(args) -> dict:
         "nprobe": args.nprobe,
         "ef_search": args.ef_search,
         "filter": args.filter,
+        "group": args.group,
     }
 
 

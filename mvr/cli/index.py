@@ -38,6 +38,8 @@ def add_parser(sub) -> argparse.ArgumentParser:
         help=f"text first stages to build: comma list of {', '.join(SPARSE_STAGES)} (bm25 = Lucene, extra 'lucene'), or 'none' (default: {','.join(d.sparse) or 'none'}, what the default search reads)",
     )
     p.add_argument("--splade-model", default=d.splade_model, help="masked-LM folder: also build the learned-sparse (SPLADE) first stage")
+    p.add_argument("--passage-tokens", type=int, default=d.passage_tokens, metavar="N", help="split documents longer than N tokens into overlapping passages, searched one by one (default: none; longer documents are cut at --doc-maxlen)")
+    p.add_argument("--passage-stride", type=int, default=d.passage_stride, metavar="S", help="tokens from one passage's start to the next (default: 3/4 of N)")
     add_fde(p, with_switch=True)
     add_compaction(p)
     add_common(p)
@@ -73,6 +75,8 @@ def run(args) -> int:
             fde=fde_config(args),
             sparse=tuple(s for s in args.sparse.split(",") if s and s != "none") if args.sparse is not None else default.sparse,
             splade_model=args.splade_model,
+            passage_tokens=args.passage_tokens,
+            passage_stride=args.passage_stride,
             **settings,
         )
         index = Index.build(
@@ -91,8 +95,13 @@ def run(args) -> int:
         f"in {build['seconds']:.1f} s ({build['docs_per_second']:.1f} docs/s); {info['bytes_per_token']:.1f} bytes/token"
         + (f"; {info['vectors_per_document']['mean']} vectors per document from {info['source_tokens_per_document']}" if index.config.compacts else "")
     )
-    if info["counts"]["truncated_documents"]:
-        print(f"note: {info['counts']['truncated_documents']} documents were longer than {info['encoder']['doc_maxlen']} tokens and were truncated")
+    counts = info["counts"]
+    if index.config.passage_tokens:
+        print(f"split {counts.get('split_documents', 0)} of {counts.get('source_documents', info['documents'])} documents longer than {index.config.passage_tokens} tokens "
+              f"into passages (stride {index.config.passage_stride}): {info['documents']} passages in all; search returns documents by their best passage")
+    if counts["truncated_documents"]:
+        print(f"note: {counts['truncated_documents']} of {info['documents']} documents were longer than {info['encoder']['doc_maxlen']} tokens and were cut there "
+              "(what follows is not searched); --passage-tokens N splits long documents into passages instead")
     if info["counts"]["skipped_empty_documents"]:
         print(f"note: {info['counts']['skipped_empty_documents']} empty documents were skipped")
     return 0

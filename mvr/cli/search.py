@@ -34,6 +34,9 @@ def add_parser(sub) -> argparse.ArgumentParser:
     out.add_argument("--json", action="store_true", help="JSON output")
     out.add_argument("--trec", action="store_true", help="TREC run output: qid Q0 docid rank score run")
     p.add_argument("--run-name", default="mvr")
+    served = p.add_mutually_exclusive_group()
+    served.add_argument("--server", metavar="URL", help="search through this mvr serve (default: one running on this machine that serves the index, else the index is opened here)")
+    served.add_argument("--no-server", action="store_true", help="open the index here even when a running mvr serve holds it warm")
     p.add_argument("--explain", action="store_true", help="show why each hit matched: the document tokens behind the query tokens' maxima, highlighted, with their share of the score")
     add_common(p)
     return p
@@ -52,14 +55,48 @@ def highlighted(text: str, spans, color: bool) -> str:
     return "".join(out + [shown(text[at:])])
 
 
-def _explained(hit, color: bool) -> list[str]:
-    matches = hit.explanation["matches"]
+def _explained(hit: dict, color: bool) -> list[str]:
+    matches = hit["explanation"]["matches"]
     spans = {field: [m["span"] for m in matches if m["field"] == field] for field in ("title", "text")}
-    lines = [f"      {highlighted(hit.title, spans['title'], color)}"] if hit.title else []
-    lines.append("      " + highlighted(" ".join(hit.text.split("\n")), spans["text"], color))
+    lines = [f"      {highlighted(hit['title'], spans['title'], color)}"] if hit["title"] else []
+    lines.append("      " + highlighted(" ".join(hit["text"].split("\n")), spans["text"], color))
     best = sorted((m for m in matches if m["token"]), key=lambda m: -m["share"])[:8]
     lines.append("      matched: " + ", ".join(f"{shown(m['query_token'])}->{shown(m['token'])} {100 * m['share']:.0f}%" for m in best))
     return lines
+
+
+def _through_server(args, texts: list[str]) -> list[list[dict]] | None:
+    """The hits from a running ``mvr serve`` that holds this index warm (``--server URL``, or one
+    found on this machine), or None: then the index is opened here."""
+    import os
+
+    from ..client import Client, ServerError, find_server
+    from ..errors import QueryError
+    from ..storage import locate
+
+    if args.no_server or args.model:
+        return None
+    if args.server:
+        url, name = args.server, Path(args.index).name
+    else:
+        found = find_server(locate(args.index, args.index_dir))
+        if found is None:
+            return None
+        url, name = found
+    client, options = Client(url, os.environ.get("MVR_API_KEY") or None), search_options(args)
+    hits: list[list[dict]] = []
+    try:
+        for start in range(0, len(texts), 64):  # within the server's batch limit
+            hits += client.search(name, texts[start : start + 64], k=args.k, first_stage=args.first_stage, candidates=args.candidates, explain=args.explain or None, **options)
+    except ServerError:
+        if args.server:
+            raise
+        return None  # it stopped meanwhile: search here
+    except QueryError as error:
+        if "limit" in str(error) and not args.server:
+            return None  # past the server's limits (k, ...): search here
+        raise
+    return hits
 
 
 def run(args) -> int:
@@ -69,26 +106,26 @@ def run(args) -> int:
     if (args.query is None) == (args.queries is None):
         raise QueryError("give either a query text or --queries FILE.")
     queries = read_queries(args.queries) if args.queries else [("q1", args.query)]
-    index = Index.open(args.index, home=args.index_dir, model=args.model)
-    results = index.search(
-        [text for _, text in queries], k=args.k, first_stage=args.first_stage, candidates=args.candidates, threads=args.threads, explain=args.explain, **search_options(args)
-    )
+    texts = [text for _, text in queries]
+    answered = _through_server(args, texts)
+    if answered is None:
+        index = Index.open(args.index, home=args.index_dir, model=args.model)
+        results = index.search(texts, k=args.k, first_stage=args.first_stage, candidates=args.candidates, threads=args.threads, explain=args.explain, **search_options(args))
+        answered = results.to_dicts()
     if args.trec:
-        print("\n".join(results.to_trec([qid for qid, _ in queries], args.run_name)))
+        lines = [f"{qid} Q0 {hit['id']} {rank} {hit['score']:.6f} {args.run_name}" for (qid, _), hits in zip(queries, answered) for rank, hit in enumerate(hits, start=1)]
+        print("\n".join(lines))
     elif args.json:
-        payload = [
-            {"query_id": qid, "query": text, "hits": [{"rank": h.rank, **hit} for h, hit in zip(hits, dicts)]}
-            for (qid, text), hits, dicts in zip(queries, results, results.to_dicts())
-        ]
+        payload = [{"query_id": qid, "query": text, "hits": [{"rank": rank, **hit} for rank, hit in enumerate(hits, start=1)]} for (qid, text), hits in zip(queries, answered)]
         print(json.dumps(payload if args.queries else payload[0], ensure_ascii=False, indent=2))
     else:
-        for (qid, text), hits in zip(queries, results):
+        for (qid, text), hits in zip(queries, answered):
             if args.queries:
                 print(f"## {shown(qid)}: {shown(text)}")
             print(f"{'rank':>4}  {'score':>8}  {'id':<16}  text")
-            for hit in hits:
-                snippet = shown(" ".join(f"{hit.title} {hit.text}".split()))
-                print(f"{hit.rank:>4}  {hit.score:>8.3f}  {shown(hit.id)[:16]:<16}  {snippet[:100]}")
-                if hit.explanation:
+            for rank, hit in enumerate(hits, start=1):
+                snippet = shown(" ".join(f"{hit['title']} {hit['text']}".split()))
+                print(f"{rank:>4}  {hit['score']:>8.3f}  {shown(hit['id'])[:16]:<16}  {snippet[:100]}")
+                if hit.get("explanation"):
                     print("\n".join(_explained(hit, sys.stdout.isatty())))
     return 0

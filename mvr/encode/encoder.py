@@ -9,6 +9,7 @@ tensors), every row L2-normalised, with the vocabulary id behind each row.
 from __future__ import annotations
 
 import os
+import threading
 from dataclasses import asdict
 from pathlib import Path
 from typing import Sequence
@@ -84,7 +85,7 @@ class Encoder:
         doc_runtime: str | None = None,
     ):
         import torch
-        from transformers import AutoModel, AutoTokenizer
+        from transformers import AutoConfig, AutoTokenizer
 
         for name, value in (("query_maxlen", query_maxlen), ("doc_maxlen", doc_maxlen)):
             if value is not None and value < 4:
@@ -100,21 +101,21 @@ class Encoder:
         self.query_runtime = check_runtime("query_runtime", query_runtime or os.environ.get("MVR_QUERY_RUNTIME") or "onnx", QUERY_RUNTIMES)
         self.doc_runtime = check_runtime("doc_runtime", doc_runtime or os.environ.get("MVR_DOC_RUNTIME") or DEFAULT_DOC_RUNTIME, RUNTIMES)
 
-        transformer_path = self.path / self.spec.transformer_dir
+        transformer_path = self._transformer_path = self.path / self.spec.transformer_dir
         try:
             self.tokenizer = AutoTokenizer.from_pretrained(str(transformer_path), local_files_only=True)
             with quiet_transformers():
-                self.model = AutoModel.from_pretrained(str(transformer_path), local_files_only=True)
+                self.config = AutoConfig.from_pretrained(str(transformer_path), local_files_only=True)
         except (OSError, ValueError) as exc:
             raise EncoderError(f"could not load the model in {transformer_path}: {exc}") from None
-        self.model.eval()
-        self.model.float()
+        self._model = None  # the PyTorch transformer, loaded at first use (see model)
+        self._model_lock = threading.Lock()
         weight_files = weight_files_of(transformer_path)
         self._projections = load_projections(self.spec, self.path, weight_files)
-        hidden = self.model.config.hidden_size
+        hidden = self.config.hidden_size
         self.dim = self._projections[-1][0].shape[0] if self._projections else hidden
 
-        max_positions = getattr(self.model.config, "max_position_embeddings", None)
+        max_positions = getattr(self.config, "max_position_embeddings", None)
         for name in ("query_maxlen", "doc_maxlen"):
             if max_positions and getattr(self.spec, name) > max_positions:
                 raise EncoderError(f"{name}={getattr(self.spec, name)} exceeds the model's {max_positions} positions.")
@@ -138,7 +139,25 @@ class Encoder:
         self._pass_token_types = "token_type_ids" in tok.model_input_names
         self.weights_sha256 = weights_checksum(weight_files)
         input_names = ["input_ids", "attention_mask", *(["token_type_ids"] if self._pass_token_types else [])]
-        self._onnx = OnnxTransformer(self.model, tok, input_names, self.weights_sha256)
+        self._onnx = OnnxTransformer(lambda: self.model, tok, input_names, self.weights_sha256)
+
+    @property
+    def model(self):
+        """The PyTorch transformer, loaded at its first use: queries run through the cached ONNX
+        export never need it, which saves most of a cold start (docs/server.md)."""
+        if self._model is None:
+            with self._model_lock:
+                if self._model is None:
+                    from transformers import AutoModel
+
+                    try:
+                        with quiet_transformers():
+                            model = AutoModel.from_pretrained(str(self._transformer_path), local_files_only=True)
+                    except (OSError, ValueError) as exc:
+                        raise EncoderError(f"could not load the model in {self._transformer_path}: {exc}") from None
+                    model.eval()
+                    self._model = model.float()
+        return self._model
 
     # -- ONNX Runtime ----------------------------------------------------------------------------
     def _onnx_hidden(self, inputs: dict, is_query: bool):
@@ -212,6 +231,11 @@ class Encoder:
         flat = np.fromiter((t for ids in kept for t in ids), dtype=np.int32, count=int(offsets[-1]))
         return flat, offsets
 
+    @property
+    def document_budget(self) -> int:
+        """Text tokens a document may have before it is cut: ``doc_maxlen`` less [CLS], [SEP] and the marker."""
+        return self.spec.doc_maxlen - 2 - (self._doc_marker_id is not None)
+
     def document_spans(self, text: str) -> tuple[np.ndarray, np.ndarray] | None:
         """The vocabulary id and character span in ``text`` of each vector :meth:`encode_documents`
         gives it (skiplist tokens dropped; ``(-1, -1)`` for [CLS], the marker and [SEP]); None
@@ -282,7 +306,9 @@ class Encoder:
         order = np.argsort([-len(s) for s in sequences], kind="stable")
         results: list[np.ndarray | None] = [None] * len(texts)
         ids_out: list[np.ndarray | None] = [None] * len(texts)
-        bar = progress(total=len(texts), desc="encoding queries" if is_query else "encoding documents", unit="text", show=show_progress)
+        # show_progress may be a caller's reporter (one bar over a whole corpus), advanced here, closed there
+        outer = hasattr(show_progress, "update")
+        bar = show_progress if outer else progress(total=len(texts), desc="encoding queries" if is_query else "encoding documents", unit="text", show=show_progress)
         pad_id = self.tokenizer.pad_token_id or 0
         with cpu_threads(threads or self.threads, "torch"), torch.inference_mode():
             for start in range(0, len(order), batch_size):
@@ -318,7 +344,8 @@ class Encoder:
                     results[original] = hidden[row][keep[row]].numpy()
                     ids_out[original] = input_ids[row][keep[row]].numpy().astype(np.int32)
                 bar.update(len(batch))
-        bar.close()
+        if not outer:
+            bar.close()
         lengths = np.array([r.shape[0] for r in results], dtype=np.int64)
         offsets = np.zeros(len(texts) + 1, dtype=np.int64)
         np.cumsum(lengths, out=offsets[1:])

@@ -55,8 +55,8 @@ class ExportError(RuntimeError):
 class OnnxTransformer:
     """A transformer's ``last_hidden_state`` from ONNX Runtime; one session per (runtime, threads)."""
 
-    def __init__(self, model, tokenizer, input_names: list[str], weights_sha256: str):
-        self.model = model
+    def __init__(self, load_model, tokenizer, input_names: list[str], weights_sha256: str):
+        self._load_model = load_model  # the PyTorch transformer, asked for only to export it
         self.tokenizer = tokenizer
         self.input_names = input_names
         self.weights_sha256 = weights_sha256
@@ -131,7 +131,8 @@ class OnnxTransformer:
 
         example = torch.tensor([[self.tokenizer.cls_token_id, self.tokenizer.sep_token_id]])
         args = tuple(example if n == "input_ids" else torch.ones_like(example) if n == "attention_mask" else torch.zeros_like(example) for n in names)
-        wrapper = Transformer(self.model).eval()
+        model = self._load_model()
+        wrapper = Transformer(model).eval()
         try:
             with quiet_transformers(), torch.no_grad(), warnings.catch_warnings():
                 warnings.simplefilter("ignore")
@@ -140,7 +141,7 @@ class OnnxTransformer:
                     dynamic_axes={n: {0: "batch", 1: "tokens"} for n in [*names, "hidden"]}, opset_version=17, dynamo=False,
                 )
         finally:
-            self.model.eval()  # the exporter may leave the module in training mode
+            model.eval()  # the exporter may leave the module in training mode
 
     @staticmethod
     def _quantize(source: bytes, path: Path) -> None:

@@ -44,4 +44,5 @@ class Source:
 def hit_metadata(hit: dict) -> dict:
     """A hit's metadata as a framework document carries it: the document's own fields, then
     mvr's ``id``, ``title`` and ``score`` (which win over fields of the same name)."""
-    return {**hit["metadata"], "id": hit["id"], "title": hit["title"], "score": hit["score"]}
+    passage = {"passage": hit["passage"]} if "passage" in hit else {}  # an index of passages: the passage that matched
+    return {**hit["metadata"], "id": hit["id"], "title": hit["title"], "score": hit["score"], **passage}

@@ -10,7 +10,9 @@ from __future__ import annotations
 import contextlib
 import ipaddress
 import os
+import signal
 import socket
+import sys
 import threading
 import time
 
@@ -86,9 +88,21 @@ def serve(names=(), *, host: str = "127.0.0.1", port: int = 8000, home=None, api
     sock = open_socket(host, port)
     bound = sock.getsockname()[1]
     shown = f"[{host}]" if ":" in host else host
-    if ready:
-        ready(f"http://{shown}:{bound}")
-    uvicorn_server(app, sock, log_level=log_level).run(sockets=[sock])
+    url = f"http://{shown}:{bound}"
+    from ..client import register, unregister
+
+    # so that `mvr search` on the same machine answers through this warm server
+    note = register(url, {name: catalog.get(name).index.path for name in catalog.names()}, None if catalog.fixed else catalog.home, bool(api_key))
+    if threading.current_thread() is threading.main_thread():
+        # uvicorn shuts down on SIGTERM, then raises it again with the handler it found: this one
+        # ends the process through SystemExit, so the note below is removed
+        signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))
+    try:
+        if ready:
+            ready(url)
+        uvicorn_server(app, sock, log_level=log_level).run(sockets=[sock])
+    finally:
+        unregister(note)
 
 
 @contextlib.contextmanager

@@ -55,6 +55,7 @@ class SearchRequest(BaseModel):
     nprobe: StrictInt | None = None
     ef_search: StrictInt | None = None
     filter: dict[str, Any] | None = None
+    group: StrictStr | None = Field(None, description='an index of passages: "documents" (default) or "passages"')
     explain: StrictBool | None = Field(None, description="each hit's explanation: the document token behind each query token's maximum, its span, its share of the score")
 
 
@@ -64,6 +65,7 @@ class Hit(BaseModel):
     title: str
     text: str
     metadata: dict[str, Any]
+    passage: str | None = Field(None, description="an index of passages: the id of the passage that matched")
     explanation: dict[str, Any] | None = Field(None, description="with explain: {maxsim, matches: [{query_token, token, span, field, score, share}]}")
 
 

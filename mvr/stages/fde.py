@@ -24,6 +24,7 @@ import numpy as np
 
 from ..config import FDE_EF_SEARCH, FDE_NPROBE, FDEConfig
 from ..errors import ConfigError, QueryError
+from ..progress import progress
 from ..storage.formats import FDE_FORMAT, FDE_VERSION, upgrade_fde_config
 from .base import BuildSource, Candidates, QueryBatch
 
@@ -83,7 +84,7 @@ class FDE:
         )
 
 
-def build_fde(folder: Path, codes: np.ndarray, offsets: np.ndarray, dim: int, config: FDEConfig, vectors_sha256: str, block: int = 4096) -> dict:
+def build_fde(folder: Path, codes: np.ndarray, offsets: np.ndarray, dim: int, config: FDEConfig, vectors_sha256: str, block: int = 4096, show_progress=None) -> dict:
     """Encode every document and write ``folder`` (a staging directory); return its manifest."""
     import faiss
 
@@ -96,9 +97,12 @@ def build_fde(folder: Path, codes: np.ndarray, offsets: np.ndarray, dim: int, co
     except RuntimeError as exc:
         raise ConfigError(f"faiss cannot make an index from factory string {config.factory!r}: {str(exc).splitlines()[0]}") from None
     encoded = []
+    bar = progress(total=n_docs, desc="FDE", unit="doc", show=show_progress)
     for start in range(0, n_docs, block):
         stop = min(start + block, n_docs)
         encoded.append(fde.encode_documents(codes, offsets[start : stop + 1]))
+        bar.update(stop - start)
+    bar.close()
     encode_seconds = time.perf_counter() - started
     matrix = np.concatenate(encoded) if encoded else np.zeros((0, fde.out_dim), np.float32)
     used = config.factory
@@ -220,7 +224,7 @@ class FDEStage:
 
     @classmethod
     def build(cls, folder: Path, source: BuildSource, settings: FDEConfig | None) -> dict:
-        return build_fde(folder, source.tokens.float16_bits(), source.doc_offsets, source.dim, settings or FDEConfig(), source.vectors_sha256)
+        return build_fde(folder, source.tokens.float16_bits(), source.doc_offsets, source.dim, settings or FDEConfig(), source.vectors_sha256, show_progress=source.show_progress)
 
     @classmethod
     def open(cls, folder: Path, manifest: dict, index) -> "FDEStage":

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import numpy as np
 
+from ..progress import progress
 from .prune import cumulative, idf_weights
 
 
@@ -41,7 +42,9 @@ def ward_documents(vectors: np.ndarray, doc_offsets: np.ndarray, n_clusters: np.
     out_offsets = np.zeros(len(n_clusters) + 1, dtype=np.int64)
     np.cumsum(n_clusters, out=out_offsets[1:])
     out = np.empty((int(out_offsets[-1]), vectors.shape[1]), dtype=np.float32)
+    bar = progress(total=len(n_clusters), desc="clustering (Ward)", unit="doc")
     for d in range(len(n_clusters)):
+        bar.update(1)
         tokens = vectors[doc_offsets[d] : doc_offsets[d + 1]]
         target = out[out_offsets[d] : out_offsets[d + 1]]
         if n_clusters[d] >= len(tokens):
@@ -58,6 +61,7 @@ def ward_documents(vectors: np.ndarray, doc_offsets: np.ndarray, n_clusters: np.
         centroids = sums[used]
         centroids = np.concatenate([centroids, np.repeat(centroids[:1], len(target) - len(centroids), axis=0)])
         target[:] = centroids / np.maximum(np.linalg.norm(centroids, axis=1, keepdims=True), 1e-12)
+    bar.close()
     return out, out_offsets
 
 

@@ -1,0 +1,121 @@
+"""Long documents as overlapping passages: the cuts, the build report, search by document or by
+passage, and adds, upserts, deletes and merges acting on whole documents."""
+
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+from mvr import ConfigError, CorpusError, Index, IndexConfig
+from mvr.passages import windows
+
+INSTALL = "# Installing\n\nRun pip install to get the package. It needs Python 3.10 or newer.\n\n"
+FILLER = "# Configuration\n\n" + "The configuration file lists many settings of little interest to most readers. " * 40 + "\n\n"
+BACKUPS = "# Backups\n\nSnapshots of the database are written every night to the storage bucket and kept for thirty days.\n"
+QUESTION = "how long are the nightly database snapshots kept"
+
+
+@pytest.fixture(scope="module")
+def folder(tmp_path_factory):
+    """A folder of markdown files, one of them long with the answer in its last section."""
+    root = tmp_path_factory.mktemp("md")
+    (root / "manual.md").write_text(INSTALL + FILLER + BACKUPS)
+    (root / "cats.md").write_text("# Cats\n\nCats purr when they are content, and sleep most of the day.\n")
+    (root / "tea.md").write_text("# Tea\n\nGreen tea is rich in antioxidants called catechins.\n")
+    return root
+
+
+def _spans(text):
+    spans, at = [], 0
+    for word in text.split(" "):
+        spans.append((at, at + len(word)))
+        at += len(word) + 1
+    return np.array(spans)
+
+
+def test_windows_cover_every_token_overlap_and_start_at_sentences():
+    text = " ".join(f"Sentence {i} has exactly six words." if i % 2 else f"word{i} " * 3 + "end." for i in range(40))
+    spans = _spans(text)
+    for size, stride in ((20, 15), (20, 20), (32, 8), (16, 1)):
+        cuts = windows(spans, text, size, stride)
+        covered = np.zeros(len(spans), dtype=bool)
+        for start, end in cuts:
+            assert 0 < end - start <= size
+            covered[start:end] = True
+        assert covered.all() and cuts[0][0] == 0 and cuts[-1][1] == len(spans)
+        assert all(b[0] > a[0] and b[0] <= a[1] for a, b in zip(cuts, cuts[1:]))  # forward, no gap
+        if stride >= 12:  # sentences here are 4 or 6 words: one always starts where the cuts look for one
+            sentence_starts = {0, len(spans)} | {i for i in range(1, len(spans)) if text[spans[i - 1][1] - 1] == "."}
+            assert all(start in sentence_starts and end in sentence_starts for start, end in cuts), cuts
+    assert windows(spans[:10], text, 20, 15) == [(0, 10)]
+
+
+def test_settings_are_checked():
+    with pytest.raises(ConfigError, match="passage_tokens must be an integer of at least 16"):
+        IndexConfig(passage_tokens=4)
+    with pytest.raises(ConfigError, match=r"passage_stride must be an integer in \[1, passage_tokens=64\]"):
+        IndexConfig(passage_tokens=64, passage_stride=65)
+    with pytest.raises(ConfigError, match="passage_stride .* needs passage_tokens"):
+        IndexConfig(passage_stride=10)
+    assert IndexConfig(passage_tokens=64).passage_stride == 48
+
+
+def test_a_question_about_a_late_section_finds_it_only_with_passages(folder, tmp_path, default_encoder):
+    cut = Index.build(folder, tmp_path / "cut", encoder=default_encoder, config=IndexConfig(doc_maxlen=96), show_progress=False)
+    split = Index.build(folder, tmp_path / "split", encoder=default_encoder, config=IndexConfig(doc_maxlen=96, passage_tokens=64), show_progress=False)
+    assert "Snapshots" not in " ".join(cut.encoder.tokenizer.decode(cut.encoder.tokenize_documents([d.full_text])[0]) for d in cut.documents() if d.id == "manual.md")
+    assert cut.search(QUESTION, k=1)[0][0].id != "manual.md" or cut.search(QUESTION, k=1, first_stage="exhaustive")[0][0].score < split.search(QUESTION, k=1)[0][0].score
+    for stage in ("exhaustive", None):
+        hit = split.search(QUESTION, k=3, first_stage=stage)[0][0]
+        assert hit.id == "manual.md" and hit.passage.startswith("manual.md#") and "Snapshots" in hit.text
+    counts = split.segments[0].manifest["counts"]
+    assert counts["source_documents"] == 3 and counts["split_documents"] == 1 and counts["truncated_documents"] == 0
+    assert split.n_docs == len(split.doc_ids) > 3
+
+
+def test_search_returns_documents_or_passages(folder, tmp_path, default_encoder):
+    index = Index.build(folder, tmp_path / "p", encoder=default_encoder, config=IndexConfig(passage_tokens=32), show_progress=False)
+    by_document = index.search([QUESTION, "purring"], k=3)
+    for hits in by_document:
+        ids = [h.id for h in hits]
+        assert sorted(ids) == ["cats.md", "manual.md", "tea.md"] and all(h.passage.startswith(h.id + "#") for h in hits)
+        assert [h.score for h in hits] == sorted((h.score for h in hits), reverse=True)
+    passages = index.search(QUESTION, k=5, group="passages")[0]
+    assert all(h.id == h.passage for h in passages) and len({h.id for h in passages}) == 5
+    assert passages[0].id == by_document[0][0].passage and passages[0].score == by_document[0][0].score  # a document's score is its best passage's
+    run = by_document.to_run(["q1", "q2"])
+    assert set(run["q1"]) == {"cats.md", "manual.md", "tea.md"}
+    assert by_document.to_dicts()[0][0]["passage"] == by_document[0][0].passage
+
+
+def test_changes_act_on_whole_documents(folder, tmp_path, default_encoder):
+    index = Index.build(folder, tmp_path / "c", encoder=default_encoder, config=IndexConfig(passage_tokens=32), show_progress=False)
+    rows = index.n_docs
+    manual = [str(i) for i in index.doc_ids if str(i).startswith("manual.md#")]
+    assert len(manual) > 5
+    with pytest.raises(CorpusError, match="'manual.md#0' is already in the index"):
+        index.add([{"id": "manual.md", "text": "again"}], show_progress=False)
+    done = index.upsert([{"id": "manual.md", "text": "A short manual now: backups are kept for a week."}], show_progress=False)
+    assert done["replaced"] == 1 and index.n_docs == rows - len(manual) + 1
+    hit = index.search(QUESTION, k=1)[0][0]
+    assert hit.id == "manual.md" and hit.passage == "manual.md#0" and "a week" in hit.text
+    index.add([{"id": "long", "text": FILLER + BACKUPS}], show_progress=False)
+    index.optimize()
+    assert len(index.segments) == 1 and index.search(QUESTION, k=1)[0][0].id in ("long", "manual.md")
+    gone = index.delete(["long", "nope"])
+    assert gone["deleted"] == 1 and gone["missing"] == ["nope"]
+    assert not any(d.id.startswith("long#") for d in index.documents()) and any(d.id.startswith("manual.md#") for d in index.documents())
+    assert all(h.id != "long" for h in index.search(QUESTION, k=3)[0])
+
+
+def test_the_build_reports_long_documents(folder, tmp_path):
+    common = ["--doc-maxlen", "96", "--index-dir", str(tmp_path), "--quiet"]
+    run = subprocess.run([sys.executable, "-m", "mvr.cli", "index", str(folder), "--name", "cut", *common], capture_output=True, text=True, timeout=600)
+    assert run.returncode == 0, run.stderr
+    assert "note: 1 of 3 documents were longer than 96 tokens and were cut there" in run.stdout and "--passage-tokens" in run.stdout
+    run = subprocess.run([sys.executable, "-m", "mvr.cli", "index", str(folder), "--name", "split", "--passage-tokens", "64", *common], capture_output=True, text=True, timeout=600)
+    assert run.returncode == 0, run.stderr
+    assert "split 1 of 3 documents longer than 64 tokens into passages (stride 48)" in run.stdout and "were cut" not in run.stdout
+    found = subprocess.run([sys.executable, "-m", "mvr.cli", "search", "split", QUESTION, "-k", "1", "--json", "--index-dir", str(tmp_path)], capture_output=True, text=True, timeout=600)
+    assert '"id": "manual.md"' in found.stdout and '"passage": "manual.md#' in found.stdout
