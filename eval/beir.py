@@ -92,6 +92,16 @@ def _encode_timed(index, queries: dict[str, str], threads: int | None) -> tuple[
     return encoded, times
 
 
+def _documents(index, positions) -> set[str]:
+    """The documents at ``positions`` (-1 skipped): in an index of passages, the documents the
+    passages belong to, so a document found through another of its passages counts as found."""
+    from ..passages import document_id
+
+    ids = index.doc_ids
+    names = [str(ids[p]) for p in positions if p >= 0]
+    return {document_id(n) for n in names} if index.config.passage_tokens else set(names)
+
+
 def drop_identical_ids(run: dict[str, dict[str, float]]) -> dict[str, dict[str, float]]:
     """The run without any document whose id is its query's id: BEIR's
     ``EvaluateRetrieval.evaluate(ignore_identical_ids=True)``, its default (ArguAna and Quora
@@ -184,14 +194,14 @@ def evaluate(
             for part, values in latency.items():
                 row[f"{part}_ms_p50"], row[f"{part}_ms_p95"] = values["p50"], values["p95"]
             if stage == "exhaustive":
-                exhaustive_top = {q: set(t[:10].tolist()) for q, t in tops.items()}
+                exhaustive_top = {q: _documents(index, t[:10]) for q, t in tops.items()}
                 exhaustive_p50 = latency["search"]["p50"]
             elif exhaustive_top is not None:
                 # the candidates alone, found as the timed run found them
                 pool = {"first_stage": stage, "candidates": min(count, index.n_docs), "rerank": False}
                 pool.update({k: stage_options[k] for k in ("dense_share", "nprobe", "ef_search") if k in stage_options})
                 found = [
-                    len(exhaustive_top[q] & set(index.search_encoded(v, pool["candidates"], texts=[queries[q]], **pool).indices[0].tolist())) / max(len(exhaustive_top[q]), 1)
+                    len(exhaustive_top[q] & _documents(index, index.search_encoded(v, pool["candidates"], texts=[queries[q]], **pool).indices[0])) / max(len(exhaustive_top[q]), 1)
                     for q, v in encoded.items()
                 ]
                 row["recall_of_exhaustive_top10"] = round(float(np.mean(found)), 4)

@@ -152,9 +152,10 @@ def _alive(pid: int) -> bool:
     return True
 
 
-def find_server(index_path: Path) -> tuple[str, str] | None:
+def find_server(index_path: Path, with_key: bool = False) -> tuple[str, str] | None:
     """``(url, index name)`` of a running ``mvr serve`` that serves the index folder
-    ``index_path``, or None. Notes of servers no longer running are removed."""
+    ``index_path`` (one that wants an API key only ``with_key``), or None. Notes of servers no
+    longer running are removed."""
     folder = servers_dir()
     if not folder.is_dir():
         return None
@@ -168,9 +169,12 @@ def find_server(index_path: Path) -> tuple[str, str] | None:
         if not _alive(pid):
             note.unlink(missing_ok=True)  # a note this module wrote for a server that has gone
             continue
-        for name, path in record.get("indexes", {}).items():
+        if record.get("api_key") and not with_key:
+            continue
+        served = record.get("indexes", {})
+        for name, path in served.items():
             if Path(path) == target:
                 return record["url"], name
-        if record.get("home") and Path(record["home"]) == target.parent:
+        if record.get("home") and Path(record["home"]) == target.parent and target.name not in served:
             return record["url"], target.name
     return None

@@ -50,6 +50,8 @@ _BAD_ID_CATEGORIES = {"Cc": "a control character", "Cf": "an invisible format ch
 def _id_problem(doc_id: str) -> str | None:
     if not doc_id:
         return "is empty"
+    if not _utf8(doc_id):
+        return "holds a lone surrogate (no character: the text was decoded wrongly)"
     for char in doc_id:
         if char.isspace():
             return f"holds whitespace ({char!r})"
@@ -136,6 +138,11 @@ def exact_number(value) -> bool:
     return abs(value) <= _EXACT if isinstance(value, int) else math.isfinite(value) and abs(value) <= _EXACT
 
 
+def _check_text(text: str, title: str, doc_id: str, where: str) -> None:
+    if not _utf8(text) or not _utf8(title):
+        raise CorpusError(f"{where}: document {doc_id!r} holds a lone surrogate (no character: the text was decoded wrongly); fix its encoding.")
+
+
 def _utf8(text: str) -> bool:
     try:
         text.encode("utf-8")
@@ -196,6 +203,7 @@ def _document_from_object(obj: dict, where: str) -> Document:
     title = obj.get("title") or ""
     if not isinstance(text, str) or not isinstance(title, str):
         raise CorpusError(f'{where}: document {doc_id!r}: "text" and "title" must be strings.')
+    _check_text(text, title, doc_id, where)
     # a "metadata" object, and any other field of the line, are kept as metadata
     metadata = check_metadata(obj.get("metadata"), where)
     metadata.update(check_metadata({k: v for k, v in obj.items() if k not in _RESERVED}, where, strict=False))
@@ -243,12 +251,12 @@ def read_corpus(path: str | Path) -> Iterable[Document]:
         raise CorpusError(f"corpus not found: {path}. Expected {_FORMS}.")
     if path.is_dir():
         beir = path / "corpus.jsonl"
-        if beir.is_file():
+        if beir.is_file():  # a regular file (a FIFO would be used up by counting)
             return Counted(read_jsonl(beir), _lines(beir))
         files = sum(1 for p in path.rglob("*") if p.is_file() and p.suffix.lower() in TEXT_SUFFIXES)
         return Counted(read_text_folder(path), files)
     if path.suffix.lower() in (".jsonl", ".json", ".ndjson"):
-        return Counted(read_jsonl(path), _lines(path))
+        return Counted(read_jsonl(path), _lines(path)) if path.is_file() else read_jsonl(path)
     if path.suffix.lower() in TEXT_SUFFIXES:
         return iter([Document(id=check_id(path.name, str(path), "rename the file"), text=read_text(path), where=str(path))])
     raise CorpusError(f"{path}: unknown corpus file type {path.suffix!r}. Expected {_FORMS}.")
@@ -264,10 +272,12 @@ def as_documents(items: Iterable) -> Iterator[Document]:
         where = f"document #{position}"
         if isinstance(item, Document):
             where = item.where or where
+            _check_text(item.text, item.title, item.id, where)
             yield Document(check_id(item.id, where), item.text, item.title, where, check_metadata(item.metadata, where))
         elif isinstance(item, dict):
             yield _document_from_object(item, where)
         elif isinstance(item, str):
+            _check_text(item, "", str(position), where)
             yield Document(id=str(position), text=item, where=where)
         elif isinstance(item, (tuple, list)) and len(item) in (2, 3):
             yield _document_from_object(dict(zip(("id", "text", "title"), item)), where)

@@ -34,14 +34,16 @@ def _align(stored: np.ndarray | None, ids: np.ndarray, spans: np.ndarray, n_rows
 
 
 def _field(span, title: str) -> dict | None:
-    """A span of ``title + " " + text`` (what the encoder read) as a span of the title or the text."""
+    """A span of ``title.strip() + " " + text`` (what the encoder read) as a span of the hit's
+    ``title`` (as stored, spaces included) or ``text``."""
     start, end = int(span[0]), int(span[1])
     if start < 0:
         return None
-    title = title.strip()
-    if title and start < len(title):
-        return {"field": "title", "start": start, "end": min(end, len(title))}
-    shift = len(title) + 1 if title else 0
+    stripped = title.strip()
+    if stripped and start < len(stripped):
+        lead = len(title) - len(title.lstrip())
+        return {"field": "title", "start": start + lead, "end": min(end, len(stripped)) + lead}
+    shift = len(stripped) + 1 if stripped else 0
     return {"field": "text", "start": start - shift, "end": end - shift}
 
 
@@ -70,7 +72,7 @@ def explain_hit(encoder: Encoder, query: np.ndarray, query_ids: np.ndarray, stat
     matches = []
     for i, (name, j, sim) in enumerate(zip(names, best, top)):
         place = _field(aligned[1][j], doc.title) if aligned is not None else None
-        source = (doc.title.strip() if place["field"] == "title" else doc.text) if place else None
+        source = (doc.title if place["field"] == "title" else doc.text) if place else None
         token = source[place["start"] : place["end"]] if place else (vocabulary(int(aligned[0][j])) if aligned is not None else None)
         matches.append({
             "query_token": name,

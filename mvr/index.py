@@ -2,12 +2,9 @@
 deletions, the query encoder, and a search that runs the pipeline (mvr/search.py) on every segment
 and merges. Building lives in mvr/build.py; adding, deleting and merging in mvr/writer.py.
 
-    >>> import mvr
     >>> index = mvr.Index.build(["a passage", "another passage"], "demo")   # doctest: +SKIP
-    >>> index.add([{"id": "3", "text": "a third passage"}])               # doctest: +SKIP
-    >>> index.delete(["0"])                                               # doctest: +SKIP
-    >>> results = index.search("which passage?", k=5)                      # doctest: +SKIP
-    >>> results[0][0].id, results[0][0].score, results[0][0].text           # doctest: +SKIP
+    >>> index.add([{"id": "3", "text": "a third passage"}]); index.delete(["0"])   # doctest: +SKIP
+    >>> index.search("which passage?", k=5)[0][0].id                       # doctest: +SKIP
 
 Positions: the rows of every segment of the commit, one after the other (deleted rows keep their
 place and are never returned); they are stable until the index moves to another commit.
@@ -25,7 +22,7 @@ import numpy as np
 
 from . import search as pipeline
 from .config import IndexConfig
-from .corpus import Document
+from .corpus import Document, _utf8
 from .encode import Encoder, TokenVectors
 from .encode.encoder import identity_differences
 from .errors import EncoderError, EncoderMismatchError, MvrError, QueryError
@@ -57,7 +54,7 @@ class Index(Changes):
         self.splade_model = splade_model
         self._model = model
         self._encoder: Encoder | None = None
-        self._encoder_lock = threading.Lock()  # lazy loading of the query encoder
+        self._encoder_lock, self._refresh_lock = threading.Lock(), threading.Lock()  # lazy loading of the query encoder; refresh
         self._state: Commit = self._read()
 
     def _read(self) -> Commit:
@@ -98,11 +95,12 @@ class Index(Changes):
         other threads finish on the commit they started with (its files stay while they read them)."""
         from .storage.commits import read_pointer
 
-        pointer = read_pointer(self.path)
-        if pointer["format_version"] == 1 or (not self.legacy and pointer["generation"] == self._state.generation):
-            return False
-        self._state = self._read()
-        return True
+        with self._refresh_lock:  # one at a time, never back to an older commit
+            pointer = read_pointer(self.path)
+            newer = pointer["format_version"] > 1 and (self.legacy or pointer["generation"] > self._state.generation)
+            if newer:
+                self._state = self._read()
+            return newer
 
     @property
     def generation(self) -> int:
@@ -254,6 +252,8 @@ class Index(Changes):
         for i, text in enumerate(texts):
             if not isinstance(text, str) or not text.strip():
                 raise QueryError(f"query #{i} is {'empty' if isinstance(text, str) else type(text).__name__}; queries must be non-empty strings.")
+            if not text.isprintable() and not _utf8(text):
+                raise QueryError(f"query #{i} holds a lone surrogate (no character: the text was decoded wrongly); send it as UTF-8.")
         encoded = self.encoder.encode_queries(texts, batch_size=batch_size, threads=threads, show_progress=False)
         return TokenVectors(project(encoded.vectors, self.projection), encoded.offsets, encoded.truncated, encoded.token_ids)
 

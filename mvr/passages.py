@@ -88,10 +88,10 @@ def split(doc: Document, tokenizer, size: int, stride: int, budget: int) -> tupl
     """The passages of ``doc`` (a list of one when it fits), and whether it was split. ``budget``:
     the model's document length less its special tokens; the title, repeated in every passage,
     comes out of it, so no passage is cut by the encoder."""
-    title_tokens = len(tokenizer(doc.title.strip(), add_special_tokens=False)["input_ids"]) if doc.title.strip() else 0
+    title_tokens = len(tokenizer(doc.title.strip(), add_special_tokens=False, verbose=False)["input_ids"]) if doc.title.strip() else 0
     size = max(8, min(size, budget - title_tokens))
     stride = min(stride, size)
-    found = tokenizer(doc.text, add_special_tokens=False, return_offsets_mapping=True)
+    found = tokenizer(doc.text, add_special_tokens=False, return_offsets_mapping=True, verbose=False)  # the whole text: no warning about its length
     spans = np.asarray(found["offset_mapping"], dtype=np.int64).reshape(-1, 2)
     cuts = windows(spans, doc.text, size, stride) if len(spans) else [(0, 0)]
     passages = []

@@ -81,8 +81,10 @@ class SearchOptions:
             raise QueryError(f"group must be one of {', '.join(GROUPS)} (an index of passages returns documents by default), got {self.group!r}.")
         if self.first_stage is not None and self.first_stage not in FIRST_STAGES:
             raise QueryError(f"unknown first stage {self.first_stage!r}; available: {', '.join(FIRST_STAGES)}.")
-        if self.candidates is not None and (not _is_int(self.candidates) or self.candidates < 1):
-            raise QueryError(f"candidates must be a positive integer, got {self.candidates!r}.")
+        for name in ("candidates", "early_exit", "nprobe", "ef_search"):  # the kernels and faiss take 32-bit counts
+            value = getattr(self, name)
+            if value is not None and (not _is_int(value) or not 1 <= value < 2**31):
+                raise QueryError(f"{name} must be a positive integer below 2**31, got {value!r}.")
         if self.first_stage == EXHAUSTIVE:
             if self.candidates is not None:
                 raise QueryError("candidates applies to first stages that select candidates; 'exhaustive' scores every document.")

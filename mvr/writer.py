@@ -153,7 +153,7 @@ def add(index, documents, *, upsert: bool = False, wait: float = 0.0, merge: boo
             merge_policy(writer, show_progress=show_progress)
         seconds = time.perf_counter() - started
         return {
-            "added": manifest["counts"]["documents"],
+            "added": manifest["counts"].get("source_documents", manifest["counts"]["documents"]),  # documents, not passages
             "replaced": len({document_id(str(i)) for i in state_ids[replaced]}) if index.config.passage_tokens else len(replaced),
             "generation": writer.generation,
             "segments": len(writer.record["segments"]),

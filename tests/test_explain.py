@@ -44,7 +44,7 @@ def _check(index, results, clustered=False):
                 if clustered:
                     assert m["span"] is None and m["token"] is None
                 elif m["span"] is not None:
-                    source = hit.title.strip() if m["field"] == "title" else hit.text
+                    source = hit.title if m["field"] == "title" else hit.text
                     assert source[slice(*m["span"])] == m["token"]
                     if stored is not None:  # the span holds the very token whose vector matched
                         segment, row = index._state.locate(hit.position)
@@ -102,3 +102,12 @@ def test_explanations_travel_over_http_and_the_command_line(default_index):
     run = subprocess.run([sys.executable, "-m", "mvr.cli", "search", str(default_index.path), TEXTS[0], "-k", "1", "--explain"], capture_output=True, text=True, timeout=300)
     assert run.returncode == 0, run.stderr
     assert "[[pu]]" in run.stdout and "matched: " in run.stdout and "->" in run.stdout
+
+
+def test_spans_point_into_the_title_as_stored(tmp_path, default_encoder):
+    index = Index.build([{"id": "a", "title": "  Purring cats ", "text": "They sleep 😺😺 a lot, then purr."}], tmp_path / "t", encoder=default_encoder, show_progress=False)
+    hit = index.search("purring cats", k=1, explain=True, first_stage="exhaustive")[0][0]
+    for m in hit.explanation["matches"]:
+        if m["span"]:
+            assert (hit.title if m["field"] == "title" else hit.text)[slice(*m["span"])] == m["token"]
+    assert any(m["field"] == "title" and m["token"] == "cats" for m in hit.explanation["matches"])

@@ -97,7 +97,7 @@ def test_changes_act_on_whole_documents(folder, tmp_path, default_encoder):
     with pytest.raises(CorpusError, match="'manual.md#0' is already in the index"):
         index.add([{"id": "manual.md", "text": "again"}], show_progress=False)
     done = index.upsert([{"id": "manual.md", "text": "A short manual now: backups are kept for a week."}], show_progress=False)
-    assert done["replaced"] == 1 and index.n_docs == rows - len(manual) + 1
+    assert done["added"] == 1 and done["replaced"] == 1 and index.n_docs == rows - len(manual) + 1  # documents, not passages
     hit = index.search(QUESTION, k=1)[0][0]
     assert hit.id == "manual.md" and hit.passage == "manual.md#0" and "a week" in hit.text
     index.add([{"id": "long", "text": FILLER + BACKUPS}], show_progress=False)
@@ -116,6 +116,6 @@ def test_the_build_reports_long_documents(folder, tmp_path):
     assert "note: 1 of 3 documents were longer than 96 tokens and were cut there" in run.stdout and "--passage-tokens" in run.stdout
     run = subprocess.run([sys.executable, "-m", "mvr.cli", "index", str(folder), "--name", "split", "--passage-tokens", "64", *common], capture_output=True, text=True, timeout=600)
     assert run.returncode == 0, run.stderr
-    assert "split 1 of 3 documents longer than 64 tokens into passages (stride 48)" in run.stdout and "were cut" not in run.stdout
+    assert "split 1 of 3 documents longer than 64 tokens (or than fits the model beside the title) into passages (stride 48)" in run.stdout and "were cut" not in run.stdout
     found = subprocess.run([sys.executable, "-m", "mvr.cli", "search", "split", QUESTION, "-k", "1", "--json", "--index-dir", str(tmp_path)], capture_output=True, text=True, timeout=600)
     assert '"id": "manual.md"' in found.stdout and '"passage": "manual.md#' in found.stdout

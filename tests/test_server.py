@@ -133,6 +133,12 @@ BAD = [
     ("ids not strings", "DELETE", "/indexes/docs/documents", b'{"ids": [1, 2]}', None, 422),
     ("negative wait", "DELETE", "/indexes/docs/documents", b'{"ids": ["x"], "wait": -1}', None, 400),
     ("oversize body", "POST", "/indexes/docs/search", b'{"query": "' + b"x" * 20000 + b'"}', None, 413),
+    ("lone surrogate in a query", "POST", "/indexes/docs/search", b'{"query": "\\ud800"}', None, 400),
+    ("lone surrogate in an id", "POST", "/indexes/docs/documents", b'{"documents": [{"id": "x\\ud800", "text": "t"}]}', None, 400),
+    ("lone surrogate in a text", "POST", "/indexes/docs/documents", b'{"documents": [{"id": "x", "text": "t \\udfff"}]}', None, 400),
+    ("huge early exit", "POST", "/indexes/docs/search", b'{"query": "x", "early_exit": 100000000000000000000}', None, 400),
+    ("nprobe over the limit", "POST", "/indexes/docs/search", b'{"query": "x", "nprobe": 1000000}', None, 400),
+    ("explain of too many hits", "POST", "/indexes/docs/search", json.dumps({"query": ["x"] * 100, "k": 20, "explain": True}).encode(), None, 400),
 ]
 
 
@@ -241,3 +247,25 @@ def test_searches_and_writes_at_once_over_http_give_no_error(server):
         thread.join(timeout=60)
     assert not errors, errors[:3]
     assert answered[0] > 12 and client.get("/indexes").json()["indexes"][0]["documents"] == len(DOCS)
+
+
+def test_a_keyless_server_answers_only_requests_addressed_to_loopback(server):
+    client, _ = server
+    for host in ("attacker.example", "attacker.example:80", "10.0.0.1:8000"):
+        reply = client.get("/indexes", headers={"Host": host})
+        assert reply.status_code == 421 and "--api-key" in reply.json()["detail"], host
+    for host in ("localhost", "127.0.0.1:1234", "[::1]:8000"):
+        assert client.get("/healthz", headers={"Host": host}).status_code == 200, host
+
+
+def test_an_index_that_cannot_be_opened_is_left_out(tmp_path, default_encoder):
+    home = tmp_path / "home"
+    Index.build([("a", "cats purr"), ("b", "dogs bark")], home / "good", encoder=default_encoder, show_progress=False)
+    catalog = Catalog([], home, model=default_encoder, warm=False)
+    (home / "broken").mkdir()
+    (home / "broken" / "manifest.json").write_text("{not json")
+    with background(catalog) as url, httpx.Client(base_url=url, timeout=60) as client:
+        assert [i["name"] for i in client.get("/indexes").json()["indexes"]] == ["good"]
+        assert client.get("/healthz").json()["indexes"] == 1 and client.get("/metrics").status_code == 200
+        assert "broken" in catalog.failed
+        assert client.post("/indexes/good/search", json={"query": "purring", "k": 1}).json()["results"][0][0]["id"] == "a"

@@ -93,3 +93,30 @@ def test_the_index_home_comes_from_mvr_index_dir(home, tmp_path):
     assert listed.stdout.split() == ["docs"]
     found = _mvr(["search", "docs", "tea", "-k", "1", "--no-server"], _env(tmp_path, MVR_INDEX_DIR=str(home)), cwd=tmp_path)
     assert found.returncode == 0 and "d8" in found.stdout
+
+
+def test_a_note_is_used_only_for_the_index_it_names_and_with_a_key_when_one_is_wanted(tmp_path, monkeypatch, home):
+    monkeypatch.setenv("MVR_RUNTIME_DIR", str(tmp_path / "runtime"))
+    elsewhere = tmp_path / "elsewhere" / "docs"
+    # a server of every index in `home` that opened a folder named "docs" somewhere else
+    note = register("http://127.0.0.1:9", {"docs": elsewhere}, home, False)
+    assert find_server(home / "docs") is None and find_server(elsewhere) == ("http://127.0.0.1:9", "docs")
+    note.unlink()
+    keyed = register("http://127.0.0.1:9", {"docs": home / "docs"}, None, True)
+    assert find_server(home / "docs") is None and find_server(home / "docs", with_key=True) == ("http://127.0.0.1:9", "docs")
+    keyed.unlink()
+
+
+def test_mvr_search_without_the_key_of_a_keyed_server_searches_here(home, tmp_path):
+    pytest.importorskip("fastapi")
+    env = _env(tmp_path, MVR_INDEX_DIR=str(home), MVR_API_KEY="")
+    server = subprocess.Popen([sys.executable, "-m", "mvr.cli", "serve", "docs", "--port", "0", "--quiet", "--api-key", "k"], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
+    try:
+        assert "serving at" in server.stdout.readline(), server.stderr.read()
+        found = _mvr(["search", "docs", "tea", "-k", "1"], env)
+        assert found.returncode == 0 and "d8" in found.stdout, found.stderr
+        wrong = _mvr(["search", "docs", "tea", "-k", "1"], {**env, "MVR_API_KEY": "not-it"})
+        assert wrong.returncode == 0 and "d8" in wrong.stdout, wrong.stderr  # a 401 falls back to searching here
+    finally:
+        server.terminate()
+        server.wait(timeout=60)

@@ -91,14 +91,15 @@ def run(args) -> int:
     info = index.info()
     build = info["build"]
     print(
-        f"indexed {info['documents']} documents ({info['tokens']} token vectors, dim {info['dim']}) into {index.path} "
+        f"indexed {info['documents']} {'passages' if index.config.passage_tokens else 'documents'} ({info['tokens']} token vectors, dim {info['dim']}) into {index.path} "
         f"in {build['seconds']:.1f} s ({build['docs_per_second']:.1f} docs/s); {info['bytes_per_token']:.1f} bytes/token"
         + (f"; {info['vectors_per_document']['mean']} vectors per document from {info['source_tokens_per_document']}" if index.config.compacts else "")
     )
     counts = info["counts"]
     if index.config.passage_tokens:
         print(f"split {counts.get('split_documents', 0)} of {counts.get('source_documents', info['documents'])} documents longer than {index.config.passage_tokens} tokens "
-              f"into passages (stride {index.config.passage_stride}): {info['documents']} passages in all; search returns documents by their best passage")
+              f"(or than fits the model beside the title) into passages (stride {index.config.passage_stride}): {info['documents']} passages in all; "
+              "search returns documents by their best passage")
     if counts["truncated_documents"]:
         print(f"note: {counts['truncated_documents']} of {info['documents']} documents were longer than {info['encoder']['doc_maxlen']} tokens and were cut there "
               "(what follows is not searched); --passage-tokens N splits long documents into passages instead")

@@ -79,7 +79,7 @@ def _through_server(args, texts: list[str]) -> list[list[dict]] | None:
     if args.server:
         url, name = args.server, Path(args.index).name
     else:
-        found = find_server(locate(args.index, args.index_dir))
+        found = find_server(locate(args.index, args.index_dir), with_key=bool(os.environ.get("MVR_API_KEY")))
         if found is None:
             return None
         url, name = found
@@ -93,8 +93,8 @@ def _through_server(args, texts: list[str]) -> list[list[dict]] | None:
             raise
         return None  # it stopped meanwhile: search here
     except QueryError as error:
-        if "limit" in str(error) and not args.server:
-            return None  # past the server's limits (k, ...): search here
+        if not args.server and ("limit" in str(error) or ": 401: " in str(error)):
+            return None  # past the server's limits (k, ...), or not our key: search here
         raise
     return hits
 

@@ -246,8 +246,11 @@ class Encoder:
         expected = self._token_ids([text], is_query=False)[0][0]  # [CLS] (marker) body [SEP]
         head = 1 + (self._doc_marker_id is not None)
         body = expected[head:-1]
-        found = tok(text, add_special_tokens=False, return_offsets_mapping=True, truncation=True, max_length=len(body) + 1)
-        if found["input_ids"][: len(body)] != body:
+        for window in (_prefix_end(text, _CHARS_PER_TOKEN * 4 * (len(body) + 1)), len(text)):  # the head first, as _token_ids reads it
+            found = tok(text[:window], add_special_tokens=False, return_offsets_mapping=True, truncation=True, max_length=len(body) + 1)
+            if found["input_ids"][: len(body)] == body:
+                break
+        else:
             return None
         ids = np.array(expected, dtype=np.int64)
         spans = np.array([(-1, -1)] * head + [tuple(s) for s in found["offset_mapping"][: len(body)]] + [(-1, -1)], dtype=np.int64).reshape(-1, 2)

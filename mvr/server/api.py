@@ -153,7 +153,7 @@ def create_app(catalog: Catalog, *, api_key: str | None = None, limits: Limits |
 
     @app.get("/healthz")
     def healthz():
-        return {"status": "ok", "indexes": len(catalog.names()), "uptime_s": round(time.time() - catalog.started, 1)}
+        return {"status": "ok", "indexes": len(catalog.names(discover=False)), "uptime_s": round(time.time() - catalog.started, 1)}
 
     @app.get("/indexes")
     def indexes():
@@ -181,7 +181,7 @@ def create_app(catalog: Catalog, *, api_key: str | None = None, limits: Limits |
         for stage, ms in timings.items():
             metrics.stages.labels(name, stage).observe(ms / 1e3)
         metrics.queries.labels(name).inc(len(queries))
-        return {"results": results.to_dicts(), "generation": index.generation, "timings_ms": {k: round(v, 3) for k, v in timings.items()}}
+        return {"results": results.to_dicts(), "generation": results._index.generation, "timings_ms": {k: round(v, 3) for k, v in timings.items()}}
 
     @app.post("/indexes/{name}/documents")
     def add(name: str, request: AddRequest = Body(...)):
@@ -190,7 +190,7 @@ def create_app(catalog: Catalog, *, api_key: str | None = None, limits: Limits |
         served = catalog.get(name)
         documents = [d.model_dump() for d in request.documents]
         done = _write(served, lambda index, wait: (index.upsert if request.upsert else index.add)(documents, wait=wait, show_progress=False), request.wait, limits)
-        metrics.writes.labels(name, "add").inc(done["added"] - done["replaced"])
+        metrics.writes.labels(name, "add").inc(max(done["added"] - done["replaced"], 0))
         metrics.writes.labels(name, "replace").inc(done["replaced"])
         return done
 
@@ -205,9 +205,10 @@ def create_app(catalog: Catalog, *, api_key: str | None = None, limits: Limits |
 
     @app.get("/metrics")
     def prometheus():
-        for name in catalog.names():
-            index = catalog.get(name).index
-            metrics.documents.labels(name).set(index.n_docs)
+        for name in catalog.names(discover=False):
+            served = catalog.get(name)
+            index = served.index
+            metrics.documents.labels(name).set(served.documents())
             metrics.generation.labels(name).set(index.generation)
         return Response(generate_latest(metrics.registry), media_type=CONTENT_TYPE_LATEST)
 
@@ -229,8 +230,12 @@ def _check_search(queries: list[str], request: SearchRequest, limits: Limits) ->
         raise QueryError(f"a query of {longest} characters; the limit is {limits.max_query_chars} (mvr serve --max-query-chars).")
     if request.k > limits.max_k:
         raise QueryError(f"k={request.k} is over this server's limit of {limits.max_k} (mvr serve --max-k).")
-    if request.candidates is not None and request.candidates > limits.max_candidates:
-        raise QueryError(f"candidates={request.candidates} is over this server's limit of {limits.max_candidates} (mvr serve --max-candidates).")
+    for name in ("candidates", "nprobe", "ef_search", "early_exit"):  # each bounds the work of one query
+        value = getattr(request, name)
+        if value is not None and value > limits.max_candidates:
+            raise QueryError(f"{name}={value} is over this server's limit of {limits.max_candidates} (mvr serve --max-candidates).")
+    if request.explain and request.k * len(queries) > limits.max_k:
+        raise QueryError(f"explain re-reads every hit: at most {limits.max_k} hits per request (k x queries), got {request.k * len(queries)} (mvr serve --max-k).")
 
 
 def _write(served, change, wait, limits: Limits) -> dict:

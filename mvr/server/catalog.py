@@ -4,15 +4,20 @@ one writer at a time."""
 
 from __future__ import annotations
 
+import logging
 import os
 import threading
 import time
 from pathlib import Path
 
-from ..errors import ConfigError, IndexNotFoundError, QueryError
+import numpy as np
+
+from ..errors import ConfigError, IndexNotFoundError, MvrError, QueryError
 from ..index import Index
 from ..storage import available
 from ..storage.layout import default_home, name_problem
+
+log = logging.getLogger("mvr.server")
 
 class Served:
     """One open index, its locks and what it answers."""
@@ -20,19 +25,31 @@ class Served:
     def __init__(self, index: Index):
         self.index = index
         self.write_lock = threading.Lock()  # writes of this server, one at a time (the writer lock orders processes)
-        self._refresh_lock = threading.Lock()
+        self._counted = (-1, 0)  # (generation, documents) of an index of passages
 
     def current(self) -> Index:
         """The index at its newest commit (another process may have written)."""
-        with self._refresh_lock:
-            self.index.refresh()
+        self.index.refresh()
         return self.index
+
+    def documents(self) -> int:
+        """Live documents; in an index of passages, documents (not passages), counted once per commit."""
+        index = self.index
+        if not index.config.passage_tokens:
+            return index.n_docs
+        state = index._state
+        if self._counted[0] != state.generation:
+            firsts = np.char.endswith(np.asarray(state.doc_ids, dtype=str), "#0")
+            live = np.concatenate([~d for d in state.deleted]) if state.deleted else np.zeros(0, dtype=bool)
+            self._counted = (state.generation, int((firsts & live).sum()))
+        return self._counted[1]
 
     def summary(self) -> dict:
         index = self.index
         return {
             "name": index.name,
-            "documents": index.n_docs,
+            "documents": self.documents(),
+            **({"passages": index.n_docs} if index.config.passage_tokens else {}),
             "generation": index.generation,
             "segments": len(index.segments),
             "dim": index.dim,
@@ -65,8 +82,9 @@ class Catalog:
         self._lock = threading.Lock()
         self.warm, self.model = warm, model
         self.started = time.time()
+        self.failed: dict[str, str] = {}  # indexes of the home that could not be opened, and why
         for name in names or available(self.home):
-            index = Index.open(name, home=self.home, model=model)
+            index = Index.open(name if names else self.home / name, home=self.home, model=model)  # a home's index by its path there
             if index.name in self._served:
                 raise ConfigError(f"two indexes named {index.name!r}: serve each name once.")
             self._served[index.name] = self._open(index)
@@ -76,14 +94,17 @@ class Catalog:
             index.search("warm up", k=1, threads=self.threads)
         return Served(index)
 
-    def names(self) -> list[str]:
-        if not self.fixed:
+    def names(self, discover: bool = True) -> list[str]:
+        """The indexes served; ``discover``: first open those built in the home since (one that
+        cannot be opened is left out, and not tried again: :attr:`failed` says why)."""
+        if discover and not self.fixed:
             for name in available(self.home):
-                if name not in self._served:
+                if name not in self._served and name not in self.failed:
                     try:
                         self.get(name)
-                    except IndexNotFoundError:  # removed since it was listed
-                        pass
+                    except MvrError as error:  # removed since it was listed, damaged, another model's
+                        self.failed[name] = str(error)
+                        log.warning("not serving index %r: %s", name, error)
         return sorted(self._served)
 
     def get(self, name: str) -> Served:
@@ -98,7 +119,7 @@ class Catalog:
         if not self.fixed and (self.home / name).is_dir():
             with self._lock:
                 if name not in self._served:
-                    self._served[name] = self._open(Index.open(name, home=self.home, model=self.model))
+                    self._served[name] = self._open(Index.open(self.home / name, home=self.home, model=self.model))
                 return self._served[name]
         names = ", ".join(sorted(self._served)) or "none"
         raise IndexNotFoundError(f"this server has no index named {name!r} (it serves: {names}).")

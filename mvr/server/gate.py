@@ -16,6 +16,15 @@ BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.
 OPEN_PATHS = frozenset({"/"})
 
 
+def _local_host(host: bytes | None) -> bool:
+    """Whether a Host header names this machine's loopback (any port); no header (HTTP/1.0) passes."""
+    if host is None:
+        return True
+    name = host.decode("latin-1").strip().lower()
+    name = name[1 : name.index("]")] if name.startswith("[") and "]" in name else name.rsplit(":", 1)[0] if name.count(":") == 1 else name
+    return name in ("localhost", "127.0.0.1", "::1")
+
+
 class Metrics:
     """The server's Prometheus metrics, in a registry of its own (several servers in one process keep theirs apart)."""
 
@@ -40,7 +49,8 @@ async def _reply(send, status: int, message: str, headers: dict[str, str] | None
 
 
 class Gate:
-    """ASGI middleware: 401 without the API key (``Authorization: Bearer KEY``), 413 for a body
+    """ASGI middleware: 401 without the API key (``Authorization: Bearer KEY``); without a key,
+    421 for a request addressed to another host than loopback (DNS rebinding); 413 for a body
     over ``max_body_bytes`` (read before the route runs, so a route never sees a partial body),
     415 for a body not sent as ``application/json``,
     and the metrics of every request, labelled by route template (not by raw path)."""
@@ -64,7 +74,7 @@ class Gate:
             return await self.app(scope, receive, send)
         started = time.perf_counter()
         route = self._route(scope)
-        status = {"code": 500}
+        status = {"code": 499}  # no answer started: the client went away (nginx's "client closed request")
 
         async def sending(message):
             if message["type"] == "http.response.start":
@@ -85,8 +95,13 @@ class Gate:
             if not hmac.compare_digest(given, self.key):
                 why = "missing" if not given else "wrong"
                 return await _reply(send, 401, f"API key {why}: send the header 'Authorization: Bearer KEY' (the key mvr serve was started with).", {"WWW-Authenticate": "Bearer"})
+        if self.key is None and not _local_host(headers.get(b"host")):
+            # a page elsewhere cannot reach a keyless server through a name it points at 127.0.0.1 (DNS rebinding)
+            return await _reply(send, 421, "without an API key this server answers only requests addressed to localhost, 127.0.0.1 or [::1]; start it with --api-key to serve other names.")
         declared = headers.get(b"content-length")
-        if declared is not None and (not declared.isdigit() or int(declared) > self.max_body):
+        if declared is not None and not declared.isdigit():
+            return await _reply(send, 400, "the Content-Length header is not a number.")
+        if declared is not None and int(declared) > self.max_body:
             return await _reply(send, 413, f"request body of {declared.decode(errors='replace')} bytes; the limit is {self.max_body} (mvr serve --max-body-bytes).")
         body, more = bytearray(), True
         while more:  # the whole body, counted, before the route runs (chunked bodies have no length to check first)

@@ -10,16 +10,17 @@ from pathlib import Path
 from typing import Sequence
 
 
+from ..progress import progress_enabled
 from ..storage.formats import SPARSE_FORMAT, SPARSE_VERSION
 from .base import BuildSource, Candidates, QueryBatch, text_stage_manifest, top_n
 from .bm25 import BM25_B, BM25_K1
 
 
-def _tokens(texts: Sequence[str]):
+def _tokens(texts: Sequence[str], show: bool = False):
     import bm25s
     import Stemmer
 
-    return bm25s.tokenize(list(texts), stopwords="en", stemmer=Stemmer.Stemmer("english"), show_progress=False)
+    return bm25s.tokenize(list(texts), stopwords="en", stemmer=Stemmer.Stemmer("english"), show_progress=show)
 
 
 class BM25S:
@@ -40,7 +41,8 @@ class BM25S:
         started = time.perf_counter()
         corpus = [text for _, text in source.texts()]
         retriever = bm25s.BM25(k1=BM25_K1, b=BM25_B, method="lucene")
-        retriever.index(_tokens(corpus), show_progress=False)
+        show = progress_enabled(source.show_progress)  # bm25s's own bars, on a terminal
+        retriever.index(_tokens(corpus, show), show_progress=show)
         retriever.save(str(folder))
         return text_stage_manifest(cls.name, source, len(corpus), time.perf_counter() - started, bm25={"k1": BM25_K1, "b": BM25_B})
 
