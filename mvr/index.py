@@ -2,9 +2,9 @@
 deletions, the query encoder, and a search that runs the pipeline (mvr/search.py) on every segment
 and merges. Building lives in mvr/build.py; adding, deleting and merging in mvr/writer.py.
 
+    >>> import mvr
     >>> index = mvr.Index.build(["a passage", "another passage"], "demo")   # doctest: +SKIP
-    >>> index.add([{"id": "3", "text": "a third passage"}]); index.delete(["0"])   # doctest: +SKIP
-    >>> index.search("which passage?", k=5)[0][0].id                       # doctest: +SKIP
+    >>> index.add([{"id": "3", "text": "a third passage"}]); index.search("which passage?", k=5)[0][0].id   # doctest: +SKIP
 
 Positions: the rows of every segment of the commit, one after the other (deleted rows keep their
 place and are never returned); they are stable until the index moves to another commit.

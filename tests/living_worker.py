@@ -46,6 +46,10 @@ def main() -> None:
     path, model, first = sys.argv[1], sys.argv[2], int(sys.argv[3])
     index = Index.open(path, model=Encoder(model))
     live = {doc.id: doc.text for doc in index.documents()}
+    # warm up, so the kills after READY land in writes rather than in loading: the ONNX session,
+    # and Numba's kernels (whose first load sets up its compiler, in whatever call comes first)
+    index.encoder.encode_documents(["warm up"])
+    index.search("warm up", k=1)
     print("READY", flush=True)
     for i in range(first, first + 10_000):
         kind, payload = plan(i, live)

@@ -103,9 +103,10 @@ def test_the_client_and_the_sources_say_what_is_wrong(index, url):
     assert Client(url, "k3y").search("docs", TEXTS, k=3) == [[{**h, "score": s} for h, s in zip(hits, [x[1] for x in row])] for hits, row in zip(index.search(TEXTS, k=3).to_dicts(), _expected(index))]
 
 
-@pytest.mark.parametrize("module, extra", [("langchain", "langchain"), ("llamaindex", "llamaindex")])
+@pytest.mark.parametrize("module, extra", [("langchain", "langchain"), ("llamaindex", "llamaindex"), ("server", "server")])
 def test_a_missing_framework_names_the_pip_command(module, extra):
-    blocked = "langchain_core" if module == "langchain" else "llama_index"
-    code = f"import sys; sys.modules[{blocked!r}] = None\ntry:\n    import mvr.integrations.{module}\nexcept ImportError as e:\n    print(type(e).__name__, e)"
+    blocked = {"langchain": "langchain_core", "llamaindex": "llama_index", "server": "fastapi"}[module]
+    load = "from mvr.server import create_app; create_app(None)" if module == "server" else f"import mvr.integrations.{module}"
+    code = f"import sys; sys.modules[{blocked!r}] = None\ntry:\n    {load}\nexcept ImportError as e:\n    print(type(e).__name__, e)"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
     assert out.startswith("MissingExtraError") and f"pip install 'mvr[{extra}]'" in out

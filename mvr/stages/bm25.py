@@ -16,6 +16,7 @@ from pathlib import Path
 import numpy as np
 
 from ..errors import QueryError, StageError, missing_extra
+from ..progress import progress
 from ..storage.formats import SPARSE_FORMAT, SPARSE_VERSION
 from .base import BuildSource, Candidates, QueryBatch, text_stage_manifest
 
@@ -93,10 +94,13 @@ class LuceneBM25:
         started = time.perf_counter()
         indexer = LuceneIndexer(str(folder), threads=1)
         count = 0
+        bar = progress(total=len(source.doc_offsets) - 1, desc="BM25 (Lucene)", unit="doc", show=source.show_progress)
         for doc_id, text in source.texts():
             indexer.add_doc_dict({"id": doc_id, "contents": text})
             count += 1
+            bar.update(1)
         indexer.close()
+        bar.close()
         return text_stage_manifest(cls.name, source, count, time.perf_counter() - started, bm25={"k1": BM25_K1, "b": BM25_B})
 
     @classmethod

@@ -16,6 +16,7 @@ from pathlib import Path
 import numpy as np
 
 from ..errors import ConfigError
+from ..progress import progress
 from .tokens import CodedStore
 
 _BLOCK = 1 << 16
@@ -51,7 +52,10 @@ class ResidualCodec:
             raise ConfigError(f"the residual codec packs {bits}-bit codes into bytes: dim x bits must be a multiple of 8, got {dim} x {bits}.")
         n_centroids = min(n_centroids, len(sample))
         kmeans = faiss.Kmeans(dim, n_centroids, niter=iters, seed=seed, spherical=True, max_points_per_centroid=1 << 30, min_points_per_centroid=1, verbose=False)
+        bar = progress(total=1, desc=f"residual codec: k-means of {len(sample)} vectors into {n_centroids} centroids", unit="step")
         kmeans.train(sample)
+        bar.update(1)
+        bar.close()
         codec = cls(kmeans.centroids, np.zeros((dim, (1 << bits) - 1)), np.zeros((dim, 1 << bits)), bits)
         residuals = sample - codec.centroids.astype(np.float32)[codec.assign(sample)]
         levels = 1 << bits

@@ -82,7 +82,10 @@ def cluster(vectors: np.ndarray, offsets: np.ndarray, counts: np.ndarray, config
         weights = idf_weights(token_ids, offsets, config.cluster_idf_weight, stats)[~kept] if config.cluster_idf_weight else None
         pooled, pooled_offsets = ward_documents(rest, rest_offsets, rest_counts, weights)
     else:
+        bar = progress(total=len(rest_counts), desc="clustering (k-means, in parallel)", unit="doc")
         pooled, pooled_offsets = cluster_documents(rest, rest_offsets, rest_counts, config.cluster_iters)
+        bar.update(len(rest_counts))
+        bar.close()
     if not kept.any():
         return pooled, pooled_offsets
     return interleave_documents(vectors[kept], kept_offsets, pooled, pooled_offsets)
