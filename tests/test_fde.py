@@ -276,3 +276,29 @@ def test_search_parameters_reach_every_ivf_and_hnsw_part(factory):
                 pass
         expected = stored.search(queries, 10)[1]
         np.testing.assert_array_equal(index.search(queries, 10, params=search_parameters(index, nprobe, ef_search))[1], expected)
+
+
+@pytest.mark.parametrize("factory", ["Flat", "IVF4,Flat"])
+def test_the_fde_is_built_a_block_at_a_time_with_the_same_result(fde_index, tmp_path, factory):
+    """Blocks bound the build's memory to the index and one block; the index is the same bytes
+    whatever the block (IVF trains on every document of a segment this small, as before)."""
+    from mvr.stages.fde import build_fde
+
+    segment = fde_index.segments[0]
+    config = FDEConfig(k_sim=3, d_proj=8, reps=4, factory=factory)
+    built = {}
+    for block in (3, 10_000):
+        folder = tmp_path / f"{factory}-{block}"
+        folder.mkdir()
+        manifest = build_fde(folder, segment.tokens.float16_bits(), segment.doc_offsets, segment.dim, config, segment.vectors_sha256, block=block)
+        assert manifest["documents"] == len(segment.doc_offsets) - 1 and manifest["factory_used"] == factory
+        built[block] = (folder / "fde.faiss").read_bytes()
+    assert built[3] == built[10_000]
+    if factory == "Flat":  # filled in place: the very index that adding every encoding makes
+        import faiss
+
+        from mvr.stages.fde import FDE
+
+        whole = faiss.IndexFlatIP(manifest["fde_dim"])
+        whole.add(FDE.draw(config, segment.dim).encode_documents(segment.tokens.float16_bits(), segment.doc_offsets))
+        assert faiss.serialize_index(whole).tobytes() == built[3]

@@ -84,6 +84,9 @@ class FDE:
         )
 
 
+TRAIN_DOCUMENTS = 50_000  # documents an IVF / PQ factory trains on (faiss samples its k-means further)
+
+
 def build_fde(folder: Path, codes: np.ndarray, offsets: np.ndarray, dim: int, config: FDEConfig, vectors_sha256: str, block: int = 4096, show_progress=None) -> dict:
     """Encode every document and write ``folder`` (a staging directory); return its manifest."""
     import faiss
@@ -96,26 +99,43 @@ def build_fde(folder: Path, codes: np.ndarray, offsets: np.ndarray, dim: int, co
         index = faiss.index_factory(fde.out_dim, config.factory, faiss.METRIC_INNER_PRODUCT)
     except RuntimeError as exc:
         raise ConfigError(f"faiss cannot make an index from factory string {config.factory!r}: {str(exc).splitlines()[0]}") from None
-    encoded = []
-    bar = progress(total=n_docs, desc="FDE", unit="doc", show=show_progress)
-    for start in range(0, n_docs, block):
-        stop = min(start + block, n_docs)
-        encoded.append(fde.encode_documents(codes, offsets[start : stop + 1]))
-        bar.update(stop - start)
-    bar.close()
-    encode_seconds = time.perf_counter() - started
-    matrix = np.concatenate(encoded) if encoded else np.zeros((0, fde.out_dim), np.float32)
-    used = config.factory
-    if not index.is_trained:
+    used, encode_seconds = config.factory, 0.0
+    if not index.is_trained:  # trained on at most TRAIN_DOCUMENTS, evenly spaced (all of a smaller segment)
+        step = max(1, -(-n_docs // TRAIN_DOCUMENTS))
+        sample = [fde.encode_documents(codes, offsets[d : d + 2]) for d in range(0, n_docs, step)]
+        sample = np.concatenate(sample) if sample else np.zeros((0, fde.out_dim), np.float32)
         try:
-            index.train(matrix)
+            index.train(sample)
         except RuntimeError as exc:
             if "training points" not in str(exc):
                 raise ConfigError(f"faiss could not train {config.factory!r} on {n_docs} documents: {str(exc).splitlines()[0]}") from None
             # too few documents to train on (a small add to an IVF / PQ index): this segment's
             # FDE is exact; merges into bigger segments train the configured index again
             index, used = faiss.IndexFlatIP(fde.out_dim), "Flat"
-    index.add(matrix)
+        del sample
+    # encoded a block at a time: memory holds the index and one block, never every document's
+    # encoding beside the index's own copy; a flat index is filled in place, sized once (adding
+    # blocks would grow its storage by doubling, copying it each time)
+    flat = isinstance(index, faiss.IndexFlat)
+    if flat:
+        index.codes.resize(n_docs * index.code_size)
+        rows = faiss.rev_swig_ptr(index.codes.data(), n_docs * index.code_size).view(np.float32).reshape(n_docs, fde.out_dim) if n_docs else None
+    bar = progress(total=n_docs, desc="FDE", unit="doc", show=show_progress)
+    for start in range(0, n_docs, block):
+        stop = min(start + block, n_docs)
+        block_started = time.perf_counter()
+        encoded = fde.encode_documents(codes, offsets[start : stop + 1])
+        encode_seconds += time.perf_counter() - block_started
+        if flat:
+            rows[start:stop] = encoded
+        else:
+            index.add(encoded)
+        del encoded
+        bar.update(stop - start)
+    bar.close()
+    if flat:
+        index.ntotal = n_docs
+        del rows
     faiss.write_index(index, str(folder / "fde.faiss"))
     return {
         "format": FDE_FORMAT,
