@@ -90,7 +90,7 @@ def explain_hit(encoder: Encoder, query: np.ndarray, query_ids: np.ndarray, stat
 def explain_results(index, queries: TokenVectors, results) -> list[list[dict]]:
     """Explanations of every hit of ``results`` (the searches of ``queries``), in hit order."""
     state = results._index
-    clustered = index.config.cluster_ratio is not None or index.config.cluster_count is not None
+    clustered = index.config.clusters
     encoder = index.encoder
     out = []
     for q, row in enumerate(results.indices):

@@ -13,9 +13,7 @@ import time
 def progress_enabled(show=None):
     if show is not None:
         return bool(show)
-    if os.environ.get("MVR_QUIET", "") not in ("", "0"):
-        return False
-    return sys.stderr.isatty()
+    return not _quiet() and sys.stderr.isatty()
 
 
 def _quiet() -> bool:

@@ -35,6 +35,14 @@ DOCS = [
     ("d7", "Volcanoes", "A volcano is a rupture in the crust through which lava erupts!"),
     ("d8", "Tea", "Green tea is rich in antioxidants called catechins."),
 ]
+YEARS = {"d1": 2019, "d2": 2020, "d3": 2021, "d4": 2022, "d5": 2023, "d6": 2018, "d7": 2021, "d8": 2024}
+
+
+def dated_docs() -> list[dict]:
+    """DOCS as dicts, each with a "year" in its metadata (the server, page and retriever tests filter on it)."""
+    return [{"id": i, "title": t, "text": x, "metadata": {"year": YEARS[i]}} for i, t, x in DOCS]
+
+
 QUERIES = [
     ("q1", "which animal purrs?", {"d1": 1}),
     ("q2", "what is the capital of France", {"d5": 2, "d6": 0}),

@@ -10,16 +10,14 @@ import pytest
 from mvr import Index, QueryError
 from mvr.client import Client
 
-from conftest import DOCS, QUERIES
+from conftest import DOCS, QUERIES, dated_docs
 
-YEARS = {"d1": 2019, "d2": 2020, "d3": 2021, "d4": 2022, "d5": 2023, "d6": 2018, "d7": 2021, "d8": 2024}
 TEXTS = [text for _, text, _ in QUERIES]
 
 
 @pytest.fixture(scope="module")
 def index(tmp_path_factory, default_encoder):
-    docs = [{"id": i, "title": t, "text": x, "metadata": {"year": YEARS[i]}} for i, t, x in DOCS]
-    return Index.build(docs, tmp_path_factory.mktemp("rag") / "docs", encoder=default_encoder, show_progress=False)
+    return Index.build(dated_docs(), tmp_path_factory.mktemp("rag") / "docs", encoder=default_encoder, show_progress=False)
 
 
 @pytest.fixture(scope="module")

@@ -14,17 +14,15 @@ from mvr import Index  # noqa: E402
 from mvr.server import background  # noqa: E402
 from mvr.server.catalog import Catalog  # noqa: E402
 
-from conftest import DOCS  # noqa: E402
+from conftest import DOCS, dated_docs  # noqa: E402
 
 CHROMIUM = os.environ.get("MVR_CHROMIUM") or shutil.which("chromium") or shutil.which("chromium-browser")
 pytestmark = pytest.mark.skipif(CHROMIUM is None, reason="no Chromium found (apt-get install chromium, or set MVR_CHROMIUM)")
-YEARS = {"d1": 2019, "d2": 2020, "d3": 2021, "d4": 2022, "d5": 2023, "d6": 2018, "d7": 2021, "d8": 2024}
 
 
 @pytest.fixture(scope="module")
 def index(tmp_path_factory, default_encoder):
-    docs = [{"id": i, "title": t, "text": x, "metadata": {"year": YEARS[i]}} for i, t, x in DOCS]
-    return Index.build(docs, tmp_path_factory.mktemp("page") / "docs", encoder=default_encoder, show_progress=False)
+    return Index.build(dated_docs(), tmp_path_factory.mktemp("page") / "docs", encoder=default_encoder, show_progress=False)
 
 
 @pytest.fixture(scope="module")

@@ -21,9 +21,8 @@ from mvr.server import Limits, background  # noqa: E402
 from mvr.server.catalog import Catalog  # noqa: E402
 from mvr.storage.validate import verify_files  # noqa: E402
 
-from conftest import DOCS, QUERIES  # noqa: E402
+from conftest import DOCS, QUERIES, YEARS  # noqa: E402
 
-YEARS = {"d1": 2019, "d2": 2020, "d3": 2021, "d4": 2022, "d5": 2023, "d6": 2018, "d7": 2021, "d8": 2024}
 
 
 @pytest.fixture(scope="module")

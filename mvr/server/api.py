@@ -29,7 +29,7 @@ from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from pydantic import BaseModel, ConfigDict, Field, StrictBool, StrictFloat, StrictInt, StrictStr
 
 from .. import __version__
-from ..errors import IndexExistsError, IndexLockedError, IndexNotFoundError, MissingExtraError, MvrError
+from ..errors import IndexExistsError, IndexLockedError, IndexNotFoundError, MissingExtraError, MvrError, QueryError
 from .catalog import Catalog
 from .limits import Limits
 from .gate import Gate, Metrics
@@ -219,8 +219,6 @@ def create_app(catalog: Catalog, *, api_key: str | None = None, limits: Limits |
 
 
 def _check_search(queries: list[str], request: SearchRequest, limits: Limits) -> None:
-    from ..errors import QueryError
-
     if not queries:
         raise QueryError("an empty list of queries: send at least one.")
     if len(queries) > limits.max_batch:
@@ -242,8 +240,6 @@ def _write(served, change, wait, limits: Limits) -> dict:
     """One write through the index's single writer: this server's writes one at a time, another
     process's writer waited for up to ``wait`` seconds (capped by the server), then the index
     moved to the new commit so the next search sees it."""
-    from ..errors import QueryError
-
     if wait is not None and not 0 <= wait <= limits.max_wait:
         raise QueryError(f"wait must lie in [0, {limits.max_wait}] seconds, got {wait!r}.")
     with served.write_lock:
