@@ -4,7 +4,7 @@ documents) against encoding and adding a block at a time (today, 4,096 documents
 in a fresh process, its peak RSS (``ru_maxrss``) measured from a baseline taken once the token
 codes are in memory and the kernels loaded, so the figure is the FDE build's own.
 
-    python -m mvr.eval.fde_memory scifact --output docs/results/fde-memory-scifact.json --markdown docs/scale.md
+    python -m mvr.eval.fde_memory scifact --output docs/results/fde-memory-scifact.json --markdown docs/results/fde-memory-scifact.md
 """
 
 from __future__ import annotations
@@ -69,12 +69,7 @@ def _markdown(report: dict) -> str:
     rows = report["rows"]
     first = rows[0]
     lines = [
-        "# Scale: bounded memory, step by step",
-        "",
-        "Issue 15 asks for builds whose peak memory does not grow with the corpus beyond what must be",
-        "memory-mapped. Each step is measured here as it lands.",
-        "",
-        "## The FDE first stage",
+        "# FDE build memory: every document at once against a block at a time",
         "",
         f"Measured by `{report['command']}` ({first['documents']} documents, {first['fde_dim']}-dim FDEs):",
         "peak RSS of the build above a baseline taken with the token codes in memory, each in a fresh process.",

@@ -24,7 +24,7 @@ RESIDUAL = 2
 
 
 @njit(inline="always", fastmath=True, nogil=True)
-def _decode(codec, codes, scales, centroid_ids, centroids, values, bits, start, stop, out):
+def _decode(codec, codes, scales, centroid_ids, centroids, table, bits, start, stop, out):
     n = stop - start
     dim = out.shape[1]
     if codec == INT8:
@@ -33,16 +33,17 @@ def _decode(codec, codes, scales, centroid_ids, centroids, values, bits, start, 
             for k in range(dim):
                 out[i, k] = (np.float32(codes[start + i, k]) - np.float32(128.0)) * s
     else:
-        mask = (1 << bits) - 1
+        # table[j, byte] holds what the dims packed in code byte j decode to (codec.table)
+        per = 8 // bits
         for i in range(n):
             c = centroid_ids[start + i]
             norm = np.float32(0.0)
-            for k in range(dim):
-                p = k * bits
-                b = (codes[start + i, p >> 3] >> (p & 7)) & mask
-                x = centroids[c, k] + values[k, b]
-                out[i, k] = x
-                norm += x * x
+            for j in range(codes.shape[1]):
+                row = table[j, codes[start + i, j]]
+                for t in range(per):
+                    x = centroids[c, j * per + t] + row[t]
+                    out[i, j * per + t] = x
+                    norm += x * x
             if norm > 0:
                 inv = np.float32(1.0) / np.sqrt(norm)
                 for k in range(dim):
@@ -105,6 +106,18 @@ def _early_exit(query, codec, codes, scales, centroid_ids, centroids, values, bi
     return candidates.shape[0]
 
 
+def byte_table(values: np.ndarray, bits: int) -> np.ndarray:
+    """float32 ``(dim * bits / 8, 256, 8 / bits)``: for code byte ``j`` holding ``b``, what each of
+    the dims packed in it decodes to (``values[k, bucket]``): one lookup per byte instead of a
+    shift, a mask and a lookup per dimension."""
+    per = 8 // bits
+    dim = values.shape[0]
+    byte = np.arange(256)[:, None]
+    buckets = (byte >> (np.arange(per)[None, :] * bits)) & ((1 << bits) - 1)  # (256, per)
+    dims = np.arange(dim).reshape(dim // per, per)  # (n_bytes, per)
+    return np.ascontiguousarray(values[dims[:, None, :], buckets[None, :, :]], dtype=np.float32)
+
+
 class CodedVectors:
     """The arrays of one compressed token matrix, in the kernels' types (see the module doc)."""
 
@@ -120,6 +133,7 @@ class CodedVectors:
         self.centroid_ids = np.zeros(0, np.uint16) if centroid_ids is None else centroid_ids
         self.centroids = np.zeros((1, dim), np.float32) if centroids is None else np.ascontiguousarray(centroids, dtype=np.float32)
         self.values = np.zeros((dim, 1), np.float32) if values is None else np.ascontiguousarray(values, dtype=np.float32)
+        self.table = np.zeros((1, 1, 1), np.float32)
         if codec == INT8 and (codes.shape[1] != dim or self.scales.shape != (n,)):
             raise ValueError("int8 codes must be (n, dim) with one scale per row")
         if codec == RESIDUAL:
@@ -127,12 +141,13 @@ class CodedVectors:
                 raise ValueError("residual codes must be (n, dim * bits / 8) with one centroid id per row")
             if self.values.shape != (dim, 1 << bits) or self.centroids.shape[1] != dim:
                 raise ValueError("residual values must be (dim, 2**bits) and centroids (K, dim)")
+            self.table = byte_table(self.values, bits)
 
     def __len__(self):
         return self.codes.shape[0]
 
     def _args(self):
-        return (self.codec, self.codes, self.scales, self.centroid_ids, self.centroids, self.values, self.bits)
+        return (self.codec, self.codes, self.scales, self.centroid_ids, self.centroids, self.table, self.bits)
 
     def decode(self, start=0, stop=None, block=4096):
         """Rows ``start:stop`` decoded to float32 ``(stop - start, dim)``."""

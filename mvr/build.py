@@ -3,6 +3,7 @@ finished directory. Encode -> PCA -> prune / cluster -> token store -> first sta
 all in a staging directory that replaces the target only once complete (storage/layout.py).
 
     build(documents, name, config=IndexConfig())      encode a corpus
+    build_blocks(blocks, name, sample=..., ...)         already encoded vectors, a block at a time
     derive(index, name, cluster_ratio=0.25, ...)       shrink a float16 index without re-encoding
     rebuild_stage(index, "fde", FDEConfig(...))        (re)build one first stage in place
     upgrade(index)                                     convert a version-1 index to segments
@@ -28,7 +29,7 @@ from .storage.manifest import MANIFEST, fsync_tree, read_manifest
 from .threads import cpu_threads
 
 # What a derived index may change, and the counts it inherits from its source.
-DERIVABLE = {"prune", "prune_max_df", "cluster_ratio", "cluster_count", "cluster_method", "cluster_iters", "cluster_keep", "cluster_idf_weight", "codec", "codec_bits", "codec_centroids", "codec_sample", "fde", "seed", "threads"}
+DERIVABLE = {"prune", "prune_max_df", "cluster_ratio", "cluster_count", "cluster_method", "cluster_iters", "cluster_keep", "cluster_idf_weight", "codec", "codec_bits", "codec_centroids", "codec_sample", "fde", "centroid_stage", "seed", "threads"}
 _SOURCE_COUNTS = {"documents", "tokens", "max_doc_len", "truncated_documents", "skipped_empty_documents", "dim", "model_dim", "source_documents", "split_documents"}
 
 
@@ -65,8 +66,50 @@ def build(documents, name, *, config: IndexConfig | None = None, home=None, over
     return Index.open(path, model=encoder)
 
 
+def build_blocks(blocks, name, *, sample, model_dim: int, encoder: dict, config: IndexConfig | None = None, n_docs: int | None = None, home=None,
+                 overwrite: bool = False, show_progress: bool | None = None, command: str | None = None):
+    """The index ``name`` from documents already encoded, as :class:`mvr.streaming.Block` s (an
+    iterable), in bounded memory: each block is compacted and compressed as it comes
+    (mvr/streaming.py); the codec is fitted first on ``sample`` (a Block of documents drawn from
+    the whole corpus). ``encoder``: the identity of the model that made the vectors (an index's
+    ``manifest["encoder"]``), which later queries must match; ``n_docs``: the corpus size, when
+    known (it sizes the codec, and the progress bar). Returns the index, opened."""
+    from .index import Index
+    from .progress import progress
+    from .streaming import SegmentStream
+
+    from .storage.validate import ENCODER_FIELDS
+
+    config = config or IndexConfig()
+    started = time.perf_counter()
+    wrong = [key for key, kind in ENCODER_FIELDS.items() if not isinstance(encoder.get(key) if isinstance(encoder, dict) else None, kind)]
+    if wrong or encoder["dim"] != model_dim:
+        raise ConfigError(f"encoder must be the identity of the {model_dim}-dim model that made the vectors (an index's manifest['encoder'], Encoder.identity); "
+                          + (f"missing or wrong: {', '.join(wrong)}." if wrong else f"it says dim {encoder['dim']}."))
+    target = target_path(name, Path(home) if home else None)
+    for stage, settings in planned_stages(config).items():
+        stage_class(stage).check(settings, config.pca_dim or model_dim)
+    with StagingDir(target, overwrite) as staging, cpu_threads(config.threads, "numba", "faiss", "blas"):
+        folder = staging.path / SEGMENTS / segment_name(1)
+        stream = SegmentStream(folder, config, sample, model_dim, n_docs=n_docs)
+        bar = progress(total=n_docs, desc="compacting", unit="doc", show=show_progress)
+        for block in blocks:
+            stream.add(block)
+            bar.update(len(block))
+        bar.close()
+        counts = stream.close()
+        written = time.perf_counter()
+        build_info = {"encode_seconds": 0.0, "stream_seconds": round(written - started, 3), "docs_per_second": round(counts["documents"] / max(written - started, 1e-9), 2)}
+        manifest = finish_segment(folder, config, encoder, counts, build_info, started, command, show_progress, compact=False)
+        first_commit(staging.path, folder, manifest, config, encoder, "build", command)
+        path = staging.commit()
+    return Index.open(path)
+
+
 def first_commit(index: Path, folder: Path, manifest: dict, config: IndexConfig, encoder_identity: dict, operation: str, command) -> None:
-    """Generation 1 of a new index folder: its one segment ``folder``."""
+    """Generation 1 of a new index folder: its one segment ``folder`` (``config`` with the
+    centroid stage decided for its size, as the segment's manifest has it)."""
+    config = config.for_corpus(manifest["counts"]["documents"])
     segment = {"name": folder.name, "documents": manifest["counts"]["documents"], "deleted": 0, "deletes": None}
     commit = new_commit(None, 1, [segment], operation, config=config.to_dict(), encoder=encoder_identity, dim=manifest["counts"]["dim"], next_segment=int(folder.name[1:]) + 1, command=command)
     fsync_tree(index)

@@ -4,7 +4,7 @@ in the index. The CLI reads its defaults from here; search-time settings live in
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import asdict, dataclass, field, fields, replace
 
 from .errors import ConfigError
 from .registry import CODECS, SPARSE_STAGES
@@ -22,6 +22,15 @@ DEFAULT_DOC_RUNTIME = "onnx-int8"
 # (SearchOptions.nprobe / ef_search): IVF lists probed, HNSW search breadth.
 FDE_NPROBE = 32
 FDE_EF_SEARCH = 256
+# Above this many documents, a build's default vector first stage is the centroid stage instead of
+# the flat FDE: the FDE holds 40 KiB per document and scans them all for every query (13.7 ms per
+# 5,183 documents on SciFact, docs/fde.md: 27 ms at 10,000), while the centroid stage holds a few
+# hundred bytes per document and searches 100,000 in about 10 ms, within 0.5% nDCG@10 of
+# exhaustive MaxSim on SciFact and NFCorpus (docs/scale.md). Below it the FDE stays, as measured.
+LARGE_CORPUS = 10_000
+# Centroids probed per query token by the centroid stage, unless a search says otherwise
+# (SearchOptions.centroid_probe; docs/scale.md).
+CENTROID_PROBE = 8
 # Named compaction settings (docs/compression.md has the measurements behind them).
 PRESETS = {
     "small": {
@@ -137,6 +146,10 @@ class IndexConfig:
     skip_empty     drop documents with no text instead of failing
     threads        torch and Numba threads while building (None: all cores)
     fde            MUVERA first stage built with the index (None: none)
+    centroid_stage build the centroid-interaction first stage (PLAID / WARP style, stages/centroids.py):
+                   a few hundred bytes per document; None (the default): decided by the corpus
+                   size: above LARGE_CORPUS documents it is built and replaces the default
+                   (flat) FDE, below it the FDE stays (:meth:`for_corpus`)
     sparse         text first stages built with the index (mvr.registry.SPARSE_STAGES): "bm25s" (the
                    default search joins it with the FDE), "bm25" (Lucene via pyserini, extra 'lucene')
     splade_model   a masked-LM folder: also build the learned-sparse (SPLADE) first stage
@@ -178,6 +191,7 @@ class IndexConfig:
     skip_empty: bool = False
     threads: int | None = None
     fde: FDEConfig | None = field(default_factory=FDEConfig)
+    centroid_stage: bool | None = None
     sparse: tuple[str, ...] = ("bm25s",)
     splade_model: str | None = None
     passage_tokens: int | None = None
@@ -215,6 +229,8 @@ class IndexConfig:
                 object.__setattr__(self, name, str(getattr(self, name)))
         if self.doc_runtime not in RUNTIMES:
             raise ConfigError(f"unknown doc_runtime {self.doc_runtime!r}; available: {', '.join(RUNTIMES)}.")
+        if self.centroid_stage is not None and not isinstance(self.centroid_stage, bool):
+            raise ConfigError(f"centroid_stage must be True, False or None (decided by the corpus size), got {self.centroid_stage!r}.")
         if isinstance(self.fde, dict):
             object.__setattr__(self, "fde", FDEConfig.from_dict(self.fde))
         if self.fde is not None and not isinstance(self.fde, FDEConfig):
@@ -250,6 +266,15 @@ class IndexConfig:
         check(self.passage_tokens, self.passage_stride)
         if self.passage_tokens is not None and self.passage_stride is None:
             object.__setattr__(self, "passage_stride", max(1, self.passage_tokens * 3 // 4))
+
+    def for_corpus(self, n_docs: int) -> "IndexConfig":
+        """This config with ``centroid_stage`` decided for a build of ``n_docs`` documents: left as
+        given, or (None) built above :data:`LARGE_CORPUS` documents, where it also replaces the
+        default flat FDE (an FDE of other settings stays)."""
+        if self.centroid_stage is not None:
+            return self
+        large = n_docs > LARGE_CORPUS
+        return replace(self, centroid_stage=large, fde=None if large and self.fde == FDEConfig() else self.fde)
 
     def to_dict(self) -> dict:
         return asdict(self)

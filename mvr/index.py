@@ -188,13 +188,12 @@ class Index(Changes):
 
     @property
     def default_stage(self) -> str:
-        """The first stage used when none is named: FDE joined by bm25s where the index has both
-        (within 0.5% of exhaustive MaxSim at 50 candidates on SciFact and NFCorpus, docs/fde.md),
-        else FDE alone, else exhaustive search."""
+        """The first stage used when none is named: a vector stage (the FDE, else the centroid stage)
+        joined by bm25s where the index has both (docs/fde.md, docs/scale.md), else the vector stage alone, else exhaustive."""
         return self._default_stage(with_texts=True)
 
     def _default_stage(self, with_texts: bool) -> str:
-        for stage in ("fde+bm25s", "fde") if with_texts else ("fde",):
+        for stage in ("fde+bm25s", "centroids+bm25s", "fde", "centroids") if with_texts else ("fde", "centroids"):
             if self.has_stage(stage):
                 return stage
         return EXHAUSTIVE

@@ -44,12 +44,14 @@ class Entry:
 
 STAGES = {
     "fde": Entry("fde", "mvr.stages.fde:FDEStage", "MUVERA FDE (faiss)"),
+    "centroids": Entry("centroids", "mvr.stages.centroids:CentroidStage", "centroid interaction (PLAID / WARP)"),
     "bm25": Entry("bm25", "mvr.stages.bm25:LuceneBM25", "BM25 (Lucene, pyserini)", reads="text", extra="lucene"),
     "bm25s": Entry("bm25s", "mvr.stages.bm25s:BM25S", "bm25s", reads="text"),
     "splade": Entry("splade", "mvr.stages.splade:SpladeStage", "SPLADE", reads="text", needs_model=True),
 }
-# A hybrid joins the FDE's candidates with a text stage's: "fde+bm25s" (mvr/stages/hybrid.py).
-HYBRIDS = tuple(f"fde+{name}" for name, entry in STAGES.items() if entry.reads == "text")
+# A hybrid joins a vector stage's candidates with a text stage's: "fde+bm25s", "centroids+bm25s"
+# (mvr/stages/hybrid.py).
+HYBRIDS = tuple(f"{dense}+{name}" for dense, one in STAGES.items() if one.reads == "vectors" for name, entry in STAGES.items() if entry.reads == "text")
 FIRST_STAGES = (EXHAUSTIVE, *STAGES, *HYBRIDS)
 # Text stages built from the stored texts alone (no model folder): what IndexConfig.sparse may list.
 SPARSE_STAGES = tuple(name for name, entry in STAGES.items() if entry.reads == "text" and not entry.needs_model)

@@ -10,7 +10,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from .config import FDE_EF_SEARCH, FDE_NPROBE
+from .config import CENTROID_PROBE, FDE_EF_SEARCH, FDE_NPROBE
 from .errors import QueryError
 from .passages import GROUPS, best_per_document
 from .registry import EXHAUSTIVE, FIRST_STAGES, HYBRIDS, STAGES, parse_stage
@@ -19,7 +19,15 @@ from .stages.base import Candidates, QueryBatch
 from .stages.hybrid import union_candidates
 from .threads import cpu_threads
 
-DEFAULT_CANDIDATES = 100  # candidates reranked when the caller names none
+DEFAULT_CANDIDATES = 100  # candidates reranked when the caller names none ...
+# ... except after the centroid stage alone, whose centroid scores order documents more coarsely:
+# 256 find 96% of the exhaustive top-10 on the synthetic 10k corpus, 128 find 92% (docs/scale.md)
+STAGE_CANDIDATES = {"centroids": 256}
+
+
+def default_candidates(stage: str | None) -> int:
+    """Candidates reranked after the first stage ``stage`` when the caller names none."""
+    return STAGE_CANDIDATES.get(stage, DEFAULT_CANDIDATES)
 FUSIONS = ("rrf", "linear")
 RRF_K = 60  # Cormack et al. (2009)
 _QUERY_CHUNK = 64  # queries scored together by the exhaustive kernel (bounds the score matrix)
@@ -45,17 +53,18 @@ class SearchOptions:
     """How candidates are found and ordered (validated on construction).
 
     first_stage     one of mvr.registry.FIRST_STAGES; None: the index's default (Index.default_stage)
-    candidates      first-stage candidates reranked (None: 100); not with "exhaustive"
+    candidates      first-stage candidates reranked (None: 100, 256 after the centroid stage alone); not with "exhaustive"
     rerank          rerank candidates with exact MaxSim (False: the first stage's own ranking)
     prune_alpha     drop candidates whose first-stage score is below (1 - alpha) x the k-th best
     early_exit      stop reranking after this many consecutive candidates miss the running top-k
     fusion          final score from MaxSim and first-stage scores: "rrf" or "linear" (None: MaxSim)
     fusion_weight   MaxSim's weight in "linear" fusion of per-query z-scores
-    dense_share     hybrid first stages ("fde+bm25s", ...): the share of the candidates taken from
+    dense_share     hybrid first stages ("fde+bm25s", "centroids+bm25s", ...): the share of the candidates taken from
                     the FDE ranking; the sparse ranking adds new documents up to the count (and the
                     FDE ranking fills in if the sparse one runs short)
     nprobe          FDE in a faiss IVF index: inverted lists probed per query
     ef_search       FDE in a faiss HNSW index: search breadth
+    centroid_probe  the centroid stage: nearest centroids whose lists each query token probes
     filter          keep only documents whose metadata match (mvr/storage/metadata.py), applied
                     before candidates are cut (with exhaustive search or an exact FDE, k hits come
                     back whenever k documents match)
@@ -73,6 +82,7 @@ class SearchOptions:
     dense_share: float = 0.8
     nprobe: int = FDE_NPROBE
     ef_search: int = FDE_EF_SEARCH
+    centroid_probe: int = CENTROID_PROBE
     filter: dict | None = None
     group: str | None = None
 
@@ -81,7 +91,7 @@ class SearchOptions:
             raise QueryError(f"group must be one of {', '.join(GROUPS)} (an index of passages returns documents by default), got {self.group!r}.")
         if self.first_stage is not None and self.first_stage not in FIRST_STAGES:
             raise QueryError(f"unknown first stage {self.first_stage!r}; available: {', '.join(FIRST_STAGES)}.")
-        for name in ("candidates", "early_exit", "nprobe", "ef_search"):  # the kernels and faiss take 32-bit counts
+        for name in ("candidates", "early_exit", "nprobe", "ef_search", "centroid_probe"):  # the kernels and faiss take 32-bit counts
             value = getattr(self, name)
             if value is not None and (not _is_int(value) or not 1 <= value < 2**31):
                 raise QueryError(f"{name} must be a positive integer below 2**31, got {value!r}.")
@@ -102,7 +112,7 @@ class SearchOptions:
             raise QueryError("fusion and early exit need rerank=True.")
         if not 0.0 <= self.dense_share <= 1.0:
             raise QueryError(f"dense_share must lie in [0, 1], got {self.dense_share!r}.")
-        for name in ("nprobe", "ef_search"):
+        for name in ("nprobe", "ef_search", "centroid_probe"):
             if not _is_int(getattr(self, name)) or getattr(self, name) < 1:
                 raise QueryError(f"{name} must be a positive integer, got {getattr(self, name)!r}.")
         if self.filter is not None and not isinstance(self.filter, dict):
@@ -229,7 +239,7 @@ def first_stage(state, searched: list[tuple], queries: QueryBatch, opts: SearchO
     would find them (a hybrid joins the two merged rankings); and how many queries a text stage
     found nothing for (no searchable terms), answered by the FDE (or every allowed document)."""
     total = sum(state.segments[s].n_docs if allowed is None else int(allowed.sum()) for s, allowed in searched)
-    n = min(opts.candidates or DEFAULT_CANDIDATES, total)
+    n = min(opts.candidates or default_candidates(opts.first_stage), total)
     parts = parse_stage(opts.first_stage)
     if len(parts) == 2:
         dense, sparse = (candidates(state, searched, queries, opts, part, n) for part in parts)
@@ -261,7 +271,7 @@ def run(state, queries: QueryBatch, k: int, opts: SearchOptions, threads: int | 
     fetch = k
     while True:
         fetch = min(fetch * 4, max(state.n_live, 1))
-        deeper = opts if opts.first_stage == EXHAUSTIVE else dataclasses.replace(opts, candidates=max(opts.candidates or DEFAULT_CANDIDATES, fetch))
+        deeper = opts if opts.first_stage == EXHAUSTIVE else dataclasses.replace(opts, candidates=max(opts.candidates or default_candidates(opts.first_stage), fetch))
         found = run_rows(state, queries, fetch, deeper, threads)
         indices, scores, complete = best_per_document(found.indices, found.scores, state.doc_ids, k)
         if complete or fetch >= state.n_live:

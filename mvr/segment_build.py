@@ -48,6 +48,8 @@ def write_segment(documents, folder: Path, encoder: Encoder, config: IndexConfig
 def planned_stages(config: IndexConfig) -> dict[str, object]:
     """The first stages a build with ``config`` makes, with each one's settings."""
     stages: dict[str, object] = {"fde": config.fde} if config.fde is not None else {}
+    if config.centroid_stage:
+        stages["centroids"] = None
     stages.update({name: None for name in config.sparse})
     if config.splade_model:
         stages["splade"] = config.splade_model
@@ -66,7 +68,9 @@ def finish_segment(folder: Path, config: IndexConfig, encoder, counts: dict, bui
     """From stored float16 vectors, ids and texts in ``folder``: prune / cluster / compress, build
     the first stages (``stages``: name -> settings; default: those ``config`` plans) and write the
     segment's manifest (its last step). ``like``: a segment of the same index whose fitted codec
-    (residual centroids) the new one reuses. Returns the manifest."""
+    (residual centroids) the new one reuses. Returns the manifest, whose config has the centroid
+    stage decided for the segment's size (:meth:`IndexConfig.for_corpus`)."""
+    config = config.for_corpus(counts["documents"])
     counts.setdefault("source_tokens", counts["tokens"])
     if config.compacts and compact:
         counts.update(_compact(folder, config, encoder, counts, like))

@@ -11,6 +11,7 @@ leave the process with another thread's setting.
 from __future__ import annotations
 
 import contextlib
+import sys
 import threading
 
 from .errors import QueryError
@@ -34,6 +35,20 @@ def _faiss():
     return faiss.omp_get_max_threads, faiss.omp_set_num_threads
 
 
+_controller: list = [None, -1]  # threadpoolctl's view of the loaded BLAS libraries, and len(sys.modules) then
+
+
+def _blas_controller():
+    """threadpoolctl's controller, made again only once modules (and so maybe native libraries)
+    were loaded since: making one scans every library of the process (milliseconds, as much as a
+    whole search of a small index)."""
+    from threadpoolctl import ThreadpoolController
+
+    if _controller[1] != len(sys.modules):
+        _controller[:] = [ThreadpoolController(), len(sys.modules)]
+    return _controller[0]
+
+
 _PER_THREAD = {"numba": _numba, "faiss": _faiss}
 _PROCESS_WIDE = ("torch", "blas")
 _lock = threading.Lock()
@@ -44,9 +59,7 @@ def _set(name: str, threads: int):
     """Set a process-wide library's count; return how to put back what was there (in this thread:
     threadpoolctl lets only the thread that limited a pthreads OpenBLAS restore it)."""
     if name == "blas":
-        from threadpoolctl import threadpool_limits
-
-        limiter = threadpool_limits(limits=threads, user_api="blas")
+        limiter = _blas_controller().limit(limits=threads, user_api="blas")
         return lambda: limiter.__exit__(None, None, None)
     get, set_ = _torch()
     previous = get()

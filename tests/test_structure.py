@@ -21,9 +21,9 @@ LAYERS = [
     {"errors", "registry", "config", "progress", "threads", "corpus", "client", "passages", "_kernels"},
     {"encode", "vectors"},
     {"stages", "storage"},
-    {"search", "results", "segment", "segment_build", "explain"},
+    {"search", "results", "segment", "segment_build", "streaming", "explain"},
     {"index", "build", "writer", "reranking"},
-    {"cli", "eval", "server", "integrations"},
+    {"cli", "eval", "server", "integrations", "distributed"},
 ]
 
 
@@ -76,7 +76,7 @@ def test_one_registry_of_first_stages():
     from mvr.registry import FIRST_STAGES, HYBRIDS, STAGES, parse_stage
 
     choices = next(a.choices for a in build_parser()._subparsers._group_actions[0].choices["search"]._actions if a.dest == "first_stage")
-    assert tuple(choices) == FIRST_STAGES and set(HYBRIDS) == {"fde+bm25", "fde+bm25s", "fde+splade"}
+    assert tuple(choices) == FIRST_STAGES and set(HYBRIDS) == {"fde+bm25", "fde+bm25s", "fde+splade", "centroids+bm25", "centroids+bm25s", "centroids+splade"}
     for name, entry in STAGES.items():
         cls = entry.load()
         assert cls.name == name and cls.format and cls.version >= 1 and cls.binds in ("vectors", "doc_ids")

@@ -47,7 +47,7 @@ def add_search(parser: argparse.ArgumentParser, counts=None) -> None:
     group = parser.add_argument_group("candidates and reranking")
     group.add_argument("--first-stage", default=None, choices=FIRST_STAGES, help="how candidates are found (default: the index's own, fde+bm25s where it has both, else fde, else exhaustive)")
     many = " or a comma list to sweep" if counts else ""
-    group.add_argument("--candidates", type=counts or int, default=None, help=f"first-stage candidates reranked by exact MaxSim{many} (default {DEFAULT_CANDIDATES}; not with exhaustive)")
+    group.add_argument("--candidates", type=counts or int, default=None, help=f"first-stage candidates reranked by exact MaxSim{many} (default {DEFAULT_CANDIDATES}, 256 after the centroid stage alone; not with exhaustive)")
     group.add_argument("--no-rerank", action="store_true", help="return the first stage's own ranking (e.g. BM25 alone)")
     group.add_argument("--prune-alpha", type=float, default=d.prune_alpha, help="drop candidates scoring below (1 - alpha) x the k-th best first-stage score")
     group.add_argument("--early-exit", type=int, default=d.early_exit, metavar="BETA", help="stop reranking after BETA consecutive candidates miss the top-k")
@@ -56,6 +56,7 @@ def add_search(parser: argparse.ArgumentParser, counts=None) -> None:
     group.add_argument("--dense-share", type=float, default=d.dense_share, help=f"hybrid first stages (fde+bm25s, ...): share of the candidates taken from FDE (default {d.dense_share})")
     group.add_argument("--nprobe", type=int, default=d.nprobe, help=f"FDE in a faiss IVF index: lists probed per query (default {d.nprobe})")
     group.add_argument("--ef-search", type=int, default=d.ef_search, help=f"FDE in a faiss HNSW index: search breadth (default {d.ef_search})")
+    group.add_argument("--centroid-probe", type=int, default=d.centroid_probe, help=f"the centroid stage: nearest centroids probed per query token (default {d.centroid_probe})")
     group.add_argument("--group", choices=("documents", "passages"), default=d.group, help="an index of passages: return documents by their best passage (default) or the passages")
     group.add_argument(
         "--filter", type=_filter, default=d.filter, metavar="JSON",
@@ -74,6 +75,7 @@ def search_options(args) -> dict:
         "dense_share": args.dense_share,
         "nprobe": args.nprobe,
         "ef_search": args.ef_search,
+        "centroid_probe": args.centroid_probe,
         "filter": args.filter,
         "group": args.group,
     }

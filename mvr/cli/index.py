@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from ..config import RUNTIMES, IndexConfig
+from ..config import LARGE_CORPUS, RUNTIMES, IndexConfig
 from ..errors import ConfigError
 from ..registry import SPARSE_STAGES
 from .common import add_common, add_compaction, add_fde, compaction, fde_config
@@ -37,7 +37,13 @@ def add_parser(sub) -> argparse.ArgumentParser:
         "--sparse", default=None,
         help=f"text first stages to build: comma list of {', '.join(SPARSE_STAGES)} (bm25 = Lucene, extra 'lucene'), or 'none' (default: {','.join(d.sparse) or 'none'}, what the default search reads)",
     )
+    p.add_argument(
+        "--centroid-stage", action=argparse.BooleanOptionalAction, default=d.centroid_stage,
+        help=f"build the centroid-interaction first stage (PLAID / WARP style: a few hundred bytes per document; docs/scale.md), or not (default: above {LARGE_CORPUS:,} documents, in place of the flat FDE)",
+    )
     p.add_argument("--splade-model", default=d.splade_model, help="masked-LM folder: also build the learned-sparse (SPLADE) first stage")
+    p.add_argument("--ray", default=None, metavar="ADDRESS", help="encode on Ray workers: 'local' (a Ray instance on this machine) or a cluster's address (extra 'ray'); the same index as without")
+    p.add_argument("--ray-workers", type=int, default=2, metavar="N", help="with --ray: encoder actors, one CPU each (default 2)")
     p.add_argument("--passage-tokens", type=int, default=d.passage_tokens, metavar="N", help="split documents longer than N tokens into overlapping passages, searched one by one (default: none; longer documents are cut at --doc-maxlen)")
     p.add_argument("--passage-stride", type=int, default=d.passage_stride, metavar="S", help="tokens from one passage's start to the next (default: 3/4 of N)")
     add_fde(p, with_switch=True)
@@ -55,7 +61,9 @@ def run(args) -> int:
     if args.source is not None:
         if args.corpus is not None:
             raise ConfigError("give a CORPUS to encode or --from INDEX to derive from, not both.")
-        changes = dict(settings, threads=args.threads, fde=fde_config(args))
+        if args.ray:
+            raise ConfigError("--ray encodes a CORPUS; deriving (--from) encodes nothing.")
+        changes = dict(settings, threads=args.threads, fde=fde_config(args), centroid_stage=args.centroid_stage)
         index = Index.derive(
             args.source, target, home=args.index_dir, overwrite=args.overwrite, show_progress=False if args.quiet else None, command=args.command_line, **changes
         )
@@ -73,16 +81,25 @@ def run(args) -> int:
             skip_empty=args.skip_empty,
             threads=args.threads,
             fde=fde_config(args),
+            centroid_stage=args.centroid_stage,
             sparse=tuple(s for s in args.sparse.split(",") if s and s != "none") if args.sparse is not None else default.sparse,
             splade_model=args.splade_model,
             passage_tokens=args.passage_tokens,
             passage_stride=args.passage_stride,
             **settings,
         )
+        encoder = None
+        if args.ray:
+            from ..distributed import RayEncoder, connect
+
+            connect(args.ray, cpus=args.ray_workers)
+            encoder = RayEncoder(config.model, workers=args.ray_workers, query_maxlen=config.query_maxlen, doc_maxlen=config.doc_maxlen,
+                                 batch_size=config.batch_size, doc_runtime=config.doc_runtime)
         index = Index.build(
             read_corpus(args.corpus),
             target,
             config=config,
+            encoder=encoder,
             home=args.index_dir,
             overwrite=args.overwrite,
             show_progress=False if args.quiet else None,

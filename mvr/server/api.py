@@ -54,6 +54,7 @@ class SearchRequest(BaseModel):
     dense_share: Number | None = None
     nprobe: StrictInt | None = None
     ef_search: StrictInt | None = None
+    centroid_probe: StrictInt | None = None
     filter: dict[str, Any] | None = None
     group: StrictStr | None = Field(None, description='an index of passages: "documents" (default) or "passages"')
     explain: StrictBool | None = Field(None, description="each hit's explanation: the document token behind each query token's maximum, its span, its share of the score")
@@ -228,7 +229,7 @@ def _check_search(queries: list[str], request: SearchRequest, limits: Limits) ->
         raise QueryError(f"a query of {longest} characters; the limit is {limits.max_query_chars} (mvr serve --max-query-chars).")
     if request.k > limits.max_k:
         raise QueryError(f"k={request.k} is over this server's limit of {limits.max_k} (mvr serve --max-k).")
-    for name in ("candidates", "nprobe", "ef_search", "early_exit"):  # each bounds the work of one query
+    for name in ("candidates", "nprobe", "ef_search", "centroid_probe", "early_exit"):  # each bounds the work of one query
         value = getattr(request, name)
         if value is not None and value > limits.max_candidates:
             raise QueryError(f"{name}={value} is over this server's limit of {limits.max_candidates} (mvr serve --max-candidates).")

@@ -27,6 +27,39 @@ class BlobWriter:
         np.save(self.folder / f"{self.name}_offsets.npy", np.asarray(self.offsets, dtype=np.int64))
 
 
+class ArrayWriter:
+    """Appends rows to a ``.npy`` file of unknown final length: the header is written first with
+    room to spare and again, with the row count, by :meth:`close`."""
+
+    HEADER = 128  # bytes, magic and length included; numpy reads any header padded with spaces
+
+    def __init__(self, path: Path, dtype, row_shape: tuple = ()):
+        self.path, self.dtype, self.row_shape = Path(path), np.dtype(dtype), tuple(row_shape)
+        self.rows = 0
+        self.handle = open(self.path, "wb")
+        self.handle.write(self._header(0))
+
+    def _header(self, rows: int) -> bytes:
+        described = {"descr": np.lib.format.dtype_to_descr(self.dtype), "fortran_order": False, "shape": (rows, *self.row_shape)}
+        text = repr(described).encode("latin1")
+        room = self.HEADER - 10
+        if len(text) >= room:
+            raise ValueError(f"a .npy header for shape {(rows, *self.row_shape)} does not fit in {self.HEADER} bytes")
+        return b"\x93NUMPY\x01\x00" + room.to_bytes(2, "little") + text.ljust(room - 1) + b"\n"
+
+    def add(self, rows: np.ndarray) -> None:
+        rows = np.ascontiguousarray(rows, dtype=self.dtype)
+        if rows.shape[1:] != self.row_shape:
+            raise ValueError(f"{self.path.name}: rows of shape {rows.shape[1:]}, expected {self.row_shape}")
+        self.handle.write(rows.tobytes())
+        self.rows += len(rows)
+
+    def close(self) -> None:
+        self.handle.seek(0)
+        self.handle.write(self._header(self.rows))
+        self.handle.close()
+
+
 class Blob:
     """Read side of :class:`BlobWriter`: ``blob[i]`` is the i-th string."""
 

@@ -14,6 +14,7 @@ Each part of an index carries its own format name and version in its manifest:
                    opens read-only, `mvr upgrade NAME` (or the first write) converts it
     mvr-fde    1   fde/: MUVERA random maps + fde.faiss (stages/fde.py)
     mvr-sparse 1   bm25/ (Lucene), bm25s/, splade/ (CSR of term weights); "stage" names which
+    mvr-centroids 1  centroids/: inverted lists of the corpus centroids (stages/centroids.py)
 
 History of what version 1 of ``mvr-index`` (now a segment) has held, each still read:
 - ``token_ids.npy`` (int32 per stored vector, the vocabulary id behind it) is written since the
@@ -21,6 +22,7 @@ History of what version 1 of ``mvr-index`` (now a segment) has held, each still 
 - ``config.doc_runtime`` appeared with int8 document encoding: before it, documents ran in PyTorch.
 - ``config.cluster_keep`` appeared with kept special tokens: before it, a clustered index pooled
   every token.
+- ``config.centroid_stage`` appeared with the centroid stage: before it, none was built.
 - ``config.fde.nprobe`` / ``ef_search`` were build settings until they became search options
   (``SearchOptions.nprobe`` / ``ef_search``); they are dropped on reading.
 """
@@ -33,18 +35,19 @@ COMMIT_FORMAT, COMMIT_VERSION = "mvr-commit", 1
 SEGMENT_FORMAT, SEGMENT_VERSION = "mvr-segment", 1
 FDE_FORMAT, FDE_VERSION = "mvr-fde", 1
 SPARSE_FORMAT, SPARSE_VERSION = "mvr-sparse", 1
+CENTROIDS_FORMAT, CENTROIDS_VERSION = "mvr-centroids", 1
 TOKEN_IDS = "token_ids.npy"
 _FDE_SEARCH_SETTINGS = ("nprobe", "ef_search")
 
 
 def stage_format(stage: str) -> tuple[str, int]:
-    """The format and version of the first stage folder ``stage`` (the FDE's, or a text stage's)."""
-    return (FDE_FORMAT, FDE_VERSION) if stage == "fde" else (SPARSE_FORMAT, SPARSE_VERSION)
+    """The format and version of the first stage folder ``stage`` (the FDE's, the centroid stage's, or a text stage's)."""
+    return {"fde": (FDE_FORMAT, FDE_VERSION), "centroids": (CENTROIDS_FORMAT, CENTROIDS_VERSION)}.get(stage, (SPARSE_FORMAT, SPARSE_VERSION))
 
 
 def rebuild_command(stage: str, index) -> str:
     """The command that rebuilds the first stage ``stage`` of ``index`` (its name or path)."""
-    return f"mvr fde {index}" if stage == "fde" else f"mvr sparse {index} --stage {stage}"
+    return f"mvr {stage} {index}" if stage in ("fde", "centroids") else f"mvr sparse {index} --stage {stage}"
 
 
 def stage_mismatch(stage_manifest: dict, built_from: dict[str, str], n_docs: int) -> str | None:
@@ -72,6 +75,7 @@ def upgrade_config(values: dict) -> dict:
     if "cluster_keep" not in values and (values.get("cluster_ratio") is not None or values.get("cluster_count") is not None):
         values["cluster_keep"] = ()  # clustered before cluster_keep existed: every token was pooled
     values.setdefault("doc_runtime", "torch")  # built before doc_runtime existed: documents ran in PyTorch
+    values.setdefault("centroid_stage", False)  # built before the centroid stage existed
     if "fde" in values:
         values["fde"] = upgrade_fde_config(values["fde"])
     return values

@@ -17,7 +17,7 @@ import numpy as np
 
 from ..errors import ConfigError
 from ..progress import progress
-from .tokens import CodedStore
+from .tokens import CodedStore, Coder
 
 _BLOCK = 1 << 16
 
@@ -26,6 +26,38 @@ def default_centroids(n_vectors: int) -> int:
     """A power of two near 4 x sqrt(n), between 16 and 65536 (and no more than n / 8)."""
     k = 2 ** round(math.log2(max(4.0 * math.sqrt(max(n_vectors, 1)), 1.0)))
     return int(max(1, min(65536, max(16, k), max(1, n_vectors // 8))))
+
+
+def fit_centroids(sample: np.ndarray, n_centroids: int, seed: int = 0, iters: int = 10, what: str = "centroids") -> np.ndarray:
+    """Spherical k-means (faiss) of the rows of ``sample`` into at most ``n_centroids``: float32 ``(K, dim)``."""
+    import faiss
+
+    sample = np.ascontiguousarray(sample, dtype=np.float32)
+    n_centroids = min(n_centroids, len(sample))
+    kmeans = faiss.Kmeans(sample.shape[1], n_centroids, niter=iters, seed=seed, spherical=True, max_points_per_centroid=1 << 30, min_points_per_centroid=1, verbose=False)
+    bar = progress(total=1, desc=f"{what}: k-means of {len(sample)} vectors into {n_centroids} centroids", unit="step")
+    kmeans.train(sample)
+    bar.update(1)
+    bar.close()
+    return kmeans.centroids
+
+
+class CentroidSearch:
+    """The nearest of a fixed set of centroids (largest inner product), exactly, by faiss."""
+
+    def __init__(self, centroids: np.ndarray):
+        import faiss
+
+        self.index = faiss.IndexFlatIP(centroids.shape[1])
+        self.index.add(np.ascontiguousarray(centroids, dtype=np.float32))
+
+    def nearest(self, vectors: np.ndarray) -> np.ndarray:
+        """int64 ``(n,)``: each row's nearest centroid."""
+        out = np.empty(len(vectors), dtype=np.int64)
+        for start in range(0, len(vectors), _BLOCK):
+            _, ids = self.index.search(np.ascontiguousarray(vectors[start : start + _BLOCK], dtype=np.float32), 1)
+            out[start : start + _BLOCK] = ids[:, 0]
+        return out
 
 
 class ResidualCodec:
@@ -44,19 +76,12 @@ class ResidualCodec:
 
     @classmethod
     def fit(cls, sample: np.ndarray, n_centroids: int, bits: int, seed: int = 0, iters: int = 10) -> "ResidualCodec":
-        import faiss
-
         sample = np.ascontiguousarray(sample, dtype=np.float32)
         dim = sample.shape[1]
         if (dim * bits) % 8:
             raise ConfigError(f"the residual codec packs {bits}-bit codes into bytes: dim x bits must be a multiple of 8, got {dim} x {bits}.")
-        n_centroids = min(n_centroids, len(sample))
-        kmeans = faiss.Kmeans(dim, n_centroids, niter=iters, seed=seed, spherical=True, max_points_per_centroid=1 << 30, min_points_per_centroid=1, verbose=False)
-        bar = progress(total=1, desc=f"residual codec: k-means of {len(sample)} vectors into {n_centroids} centroids", unit="step")
-        kmeans.train(sample)
-        bar.update(1)
-        bar.close()
-        codec = cls(kmeans.centroids, np.zeros((dim, (1 << bits) - 1)), np.zeros((dim, 1 << bits)), bits)
+        centroids = fit_centroids(sample, n_centroids, seed, iters, "residual codec")
+        codec = cls(centroids, np.zeros((dim, (1 << bits) - 1)), np.zeros((dim, 1 << bits)), bits)
         residuals = sample - codec.centroids.astype(np.float32)[codec.assign(sample)]
         levels = 1 << bits
         codec.cutoffs = np.quantile(residuals, np.arange(1, levels) / levels, axis=0).T.astype(np.float32)
@@ -74,16 +99,9 @@ class ResidualCodec:
 
     def assign(self, vectors: np.ndarray) -> np.ndarray:
         """Nearest centroid (largest inner product) of each row: int64 ``(n,)``."""
-        import faiss
-
         if self._search is None:
-            self._search = faiss.IndexFlatIP(self.centroids.shape[1])
-            self._search.add(self.centroids.astype(np.float32))
-        out = np.empty(len(vectors), dtype=np.int64)
-        for start in range(0, len(vectors), _BLOCK):
-            _, ids = self._search.search(np.ascontiguousarray(vectors[start : start + _BLOCK], dtype=np.float32), 1)
-            out[start : start + _BLOCK] = ids[:, 0]
-        return out
+            self._search = CentroidSearch(self.centroids)
+        return self._search.nearest(vectors)
 
     def _buckets(self, residuals: np.ndarray) -> np.ndarray:
         buckets = np.zeros(residuals.shape, dtype=np.uint8)
@@ -115,20 +133,19 @@ class ResidualStore(CodedStore):
     files = ("codes.npy", "centroid_ids.npy", "centroids.npy", "bucket_values.npy", "bucket_cutoffs.npy")
 
     @classmethod
-    def write(cls, folder: Path, vectors: np.ndarray, config, like: Path | None = None) -> dict:
-        """Fit the codec on a sample and encode; ``like``: a segment of the same index whose codec
-        (centroids, bucket cutoffs and values) is reused, so new segments decode like the first."""
+    def coder(cls, sample: np.ndarray, config, like: Path | None = None, n_vectors: int | None = None) -> Coder:
+        """Fitted on at most ``codec_sample`` rows of ``sample``, with as many centroids as
+        ``n_vectors`` (default: the sample's length) call for; ``like``: a segment of the same
+        index whose codec (centroids, bucket cutoffs and values) is reused, so new segments decode
+        like the first."""
         if like is not None:
             codec = ResidualCodec(*(np.load(Path(like) / f"{name}.npy") for name in ("centroids", "bucket_cutoffs", "bucket_values")), config.codec_bits)
         else:
             rng = np.random.default_rng(config.seed)
-            sample = vectors[np.sort(rng.choice(len(vectors), size=min(config.codec_sample, len(vectors)), replace=False))]
-            n_centroids = config.codec_centroids or default_centroids(len(vectors))
-            codec = ResidualCodec.fit(sample, n_centroids, config.codec_bits, seed=config.seed)
-        codes, ids = codec.encode(vectors)
-        for name, array in (("codes", codes), ("centroid_ids", ids), ("centroids", codec.centroids), ("bucket_values", codec.values), ("bucket_cutoffs", codec.cutoffs)):
-            np.save(folder / f"{name}.npy", array)
-        return {"codec_centroids": int(len(codec.centroids))}
+            chosen = sample[np.sort(rng.choice(len(sample), size=min(config.codec_sample, len(sample)), replace=False))]
+            codec = ResidualCodec.fit(chosen, config.codec_centroids or default_centroids(n_vectors or len(sample)), config.codec_bits, seed=config.seed)
+        codebook = {"centroids.npy": codec.centroids, "bucket_values.npy": codec.values, "bucket_cutoffs.npy": codec.cutoffs}
+        return Coder(lambda vectors: dict(zip(("codes.npy", "centroid_ids.npy"), codec.encode(vectors))), codebook, {"codec_centroids": int(len(codec.centroids))})
 
     @classmethod
     def layout(cls, n, dim, config):

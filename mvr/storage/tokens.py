@@ -13,8 +13,9 @@ the whole matrix. ``doc_offsets.npy`` (int64 ``(n_docs + 1,)``) says which rows 
 
 from __future__ import annotations
 
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import ClassVar, Iterator, Protocol
+from typing import Callable, ClassVar, Iterator, Protocol
 
 import numpy as np
 
@@ -34,6 +35,9 @@ class TokenStore(Protocol):
     max_doc_len: int
 
     @classmethod
+    def coder(cls, sample: np.ndarray, config, like: Path | None = None, n_vectors: int | None = None) -> "Coder": ...  # fitted on sample (or like's codebook)
+
+    @classmethod
     def write(cls, folder: Path, vectors: np.ndarray, config, like: Path | None = None) -> dict: ...  # fit (or reuse like's) + encode; counts to record
 
     @classmethod
@@ -50,12 +54,38 @@ class TokenStore(Protocol):
     def early_exit(self, query: np.ndarray, positions: np.ndarray, k: int, patience: int) -> tuple[np.ndarray, int]: ...
 
 
+@dataclass
+class Coder:
+    """A codec fitted for one index: ``encode`` turns float32 vectors into the per-vector arrays
+    (file name -> rows), block by block; ``codebook`` (file name -> array) is written once;
+    ``counts`` go into the segment's manifest."""
+
+    encode: Callable[[np.ndarray], dict[str, np.ndarray]]
+    codebook: dict[str, np.ndarray] = field(default_factory=dict)
+    counts: dict = field(default_factory=dict)
+
+
 class StoreBase:
-    """What every codec shares: opening offsets, exhaustive scoring by BLAS for many queries,
-    decoding in blocks. A codec supplies ``decode`` and its kernels."""
+    """What every codec shares: writing through its :class:`Coder`, opening offsets, exhaustive
+    scoring by BLAS for many queries, decoding in blocks. A codec supplies ``coder``, ``decode``
+    and its kernels."""
 
     codec: ClassVar[str] = ""
     files: ClassVar[tuple[str, ...]] = ()
+
+    @classmethod
+    def coder(cls, sample: np.ndarray, config, like: Path | None = None, n_vectors: int | None = None) -> Coder:
+        """The codec fitted on ``sample`` (float32 vectors) for an index of about ``n_vectors``
+        (default: the sample's length), or reusing the codebook of ``like``, a segment of the same index."""
+        raise NotImplementedError
+
+    @classmethod
+    def write(cls, folder: Path, vectors: np.ndarray, config, like: Path | None = None) -> dict:
+        """Fit on ``vectors`` (or reuse ``like``'s codebook), encode them all into ``folder``; the counts to record."""
+        coder = cls.coder(vectors, config, like)
+        for name, array in {**coder.codebook, **coder.encode(vectors)}.items():
+            np.save(folder / name, array)
+        return coder.counts
 
     def __init__(self, dim: int, doc_offsets: np.ndarray, n_rows: int):
         self.dim = int(dim)
@@ -122,9 +152,8 @@ class Float16Store(StoreBase):
         self.codes = codes
 
     @classmethod
-    def write(cls, folder: Path, vectors: np.ndarray, config, like: Path | None = None) -> dict:
-        np.save(folder / "vectors.npy", np.asarray(vectors).astype(np.float16))
-        return {}
+    def coder(cls, sample, config, like=None, n_vectors=None) -> Coder:
+        return Coder(lambda vectors: {"vectors.npy": np.asarray(vectors).astype(np.float16)})
 
     @classmethod
     def layout(cls, n, dim, config):
@@ -202,11 +231,8 @@ class Int8Store(CodedStore):
     files = ("codes.npy", "scales.npy")
 
     @classmethod
-    def write(cls, folder: Path, vectors: np.ndarray, config, like: Path | None = None) -> dict:
-        codes, scales = encode_int8(vectors)
-        np.save(folder / "codes.npy", codes)
-        np.save(folder / "scales.npy", scales)
-        return {}
+    def coder(cls, sample, config, like=None, n_vectors=None) -> Coder:
+        return Coder(lambda vectors: dict(zip(("codes.npy", "scales.npy"), encode_int8(vectors))))
 
     @classmethod
     def layout(cls, n, dim, config):

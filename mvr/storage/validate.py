@@ -37,7 +37,7 @@ _KINDS = {"text": lambda d: d.kind in "US", "integers": lambda d: d.kind in "iu"
 _SECTIONS = {"config": dict, "encoder": dict, "counts": dict, "build": dict, "created": str}
 _COUNTS = ("documents", "tokens", "dim", "max_doc_len")
 _OPTIONAL_COUNTS = ("model_dim", "source_tokens", "truncated_documents", "skipped_empty_documents", "pruned_tokens")
-_ENCODER = {"name": str, "source": str, "weights_sha256": str, "kind": str, "dim": int, "query_maxlen": int, "doc_maxlen": int}
+ENCODER_FIELDS = {"name": str, "source": str, "weights_sha256": str, "kind": str, "dim": int, "query_maxlen": int, "doc_maxlen": int}
 # The files of each codec, as storage/tokens.py and storage/residual.py write them: shape (None:
 # any length) and dtype, in terms of the row count "n", the width "dim" and, for the residual
 # codec, its packed code bytes per row, bucket levels and cutoffs (from config.codec_bits).
@@ -74,7 +74,7 @@ def check_fields(path: Path, manifest: dict, file: str = MANIFEST) -> None:
         if key in counts and not _is_count(counts[key]):
             raise damaged(path, file, f"counts.{key} must be a whole number >= 0, got {_describe(counts, key)}")
     encoder = manifest["encoder"]
-    for key, kind in _ENCODER.items():
+    for key, kind in ENCODER_FIELDS.items():
         value = encoder.get(key)
         if not isinstance(value, kind) or isinstance(value, bool):
             raise damaged(path, file, f"encoder.{key} must be {'a string' if kind is str else 'a whole number'}, got {_describe(encoder, key)}")

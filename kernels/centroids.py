@@ -1,0 +1,109 @@
+"""Centroid-interaction candidate generation (PLAID, Santhanam et al. 2022; WARP, Scheerer et al.
+2025): every stored vector is represented by its nearest corpus centroid, so a query token's
+similarity to a document is approximated by its similarity to that document's centroids.
+
+Two structures, both built from the per-vector centroid ids:
+
+- inverted lists ``list_offsets`` int64 ``(K + 1,)`` / ``list_docs`` uint32: the documents holding
+  a vector assigned to each centroid, in increasing order, each document once per centroid;
+- per-document centroid sets ``doc_centroid_offsets`` int64 ``(n_docs + 1,)`` /
+  ``doc_centroids`` uint16: each document's distinct centroids.
+
+A query then runs in two passes over its ``(query tokens, K)`` centroid scores:
+
+1. ``probe_gains``: each query token probes its ``p`` best centroids' lists, best first; a
+   document met for the first time by token ``i`` gains ``s - m_i``, where ``m_i`` is the
+   token's best unprobed centroid score (what WARP imputes for a token whose lists missed the
+   document). Summed over tokens (plus the constant ``sum m_i``) this bounds the centroid MaxSim
+   of every document met from above for the tokens that found it.
+2. ``interaction_scores``: the best of them get the centroid MaxSim over all their centroids
+   (PLAID's centroid interaction), which orders the candidates that exact MaxSim reranks.
+"""
+
+import numpy as np
+from numba import njit
+
+
+@njit(nogil=True, cache=True)
+def centroid_lists(doc_offsets, centroid_ids, n_centroids):
+    """``(doc_centroid_offsets, doc_centroids, list_offsets, list_docs)`` from the centroid id of
+    every stored vector (rows ``doc_offsets[d]:doc_offsets[d + 1]`` are document ``d``'s)."""
+    n_docs = doc_offsets.shape[0] - 1
+    seen = np.full(n_centroids, -1, dtype=np.int64)
+    doc_centroid_offsets = np.zeros(n_docs + 1, dtype=np.int64)
+    list_offsets = np.zeros(n_centroids + 1, dtype=np.int64)
+    for d in range(n_docs):
+        distinct = 0
+        for r in range(doc_offsets[d], doc_offsets[d + 1]):
+            c = np.int64(centroid_ids[r])
+            if seen[c] != d:
+                seen[c] = d
+                distinct += 1
+                list_offsets[c + 1] += 1
+        doc_centroid_offsets[d + 1] = doc_centroid_offsets[d] + distinct
+    for c in range(n_centroids):
+        list_offsets[c + 1] += list_offsets[c]
+    total = doc_centroid_offsets[n_docs]
+    doc_centroids = np.empty(total, dtype=np.uint16)
+    list_docs = np.empty(total, dtype=np.uint32)
+    cursor = list_offsets[:-1].copy()
+    seen[:] = -1
+    for d in range(n_docs):
+        at = doc_centroid_offsets[d]
+        for r in range(doc_offsets[d], doc_offsets[d + 1]):
+            c = np.int64(centroid_ids[r])
+            if seen[c] != d:
+                seen[c] = d
+                doc_centroids[at] = c
+                at += 1
+                list_docs[cursor[c]] = d
+                cursor[c] += 1
+    return doc_centroid_offsets, doc_centroids, list_offsets, list_docs
+
+
+@njit(nogil=True, cache=True)
+def probe_gains(probed, probed_scores, missing, list_offsets, list_docs, allowed, gain, stamp, touched):
+    """Pass 1 for one query: ``probed`` int64 ``(n_tokens, p)`` centroid ids, best first, with
+    their ``probed_scores``; ``missing`` float32 ``(n_tokens,)`` each token's best unprobed score.
+    ``gain`` float32 and ``stamp`` int32 ``(n_docs,)`` start at zero; ``allowed`` uint8
+    ``(n_docs,)`` (empty: every document). Writes the documents met into ``touched`` (as long as
+    the probed lists together) and returns how many."""
+    n_touched = 0
+    check = allowed.shape[0] > 0
+    for i in range(probed.shape[0]):
+        mark = np.int32(i + 1)
+        for j in range(probed.shape[1]):
+            c = probed[i, j]
+            extra = probed_scores[i, j] - missing[i]
+            for at in range(list_offsets[c], list_offsets[c + 1]):
+                d = np.int64(list_docs[at])
+                if stamp[d] == mark or (check and allowed[d] == 0):
+                    continue
+                if stamp[d] == 0:
+                    touched[n_touched] = d
+                    n_touched += 1
+                stamp[d] = mark
+                gain[d] += extra
+    return n_touched
+
+
+@njit(nogil=True, cache=True)
+def interaction_scores(scores_t, docs, doc_centroid_offsets, doc_centroids):
+    """Pass 2: the centroid MaxSim of each of ``docs``: for every query token the best score among
+    the document's centroids, summed; ``scores_t`` float32 ``(K, n_tokens)``."""
+    n_tokens = scores_t.shape[1]
+    out = np.empty(docs.shape[0], dtype=np.float32)
+    best = np.empty(n_tokens, dtype=np.float32)
+    for k in range(docs.shape[0]):
+        d = docs[k]
+        best[:] = -np.inf
+        for at in range(doc_centroid_offsets[d], doc_centroid_offsets[d + 1]):
+            row = scores_t[np.int64(doc_centroids[at])]
+            for i in range(n_tokens):
+                if row[i] > best[i]:
+                    best[i] = row[i]
+        total = np.float32(0.0)
+        for i in range(n_tokens):
+            total += best[i]
+        out[k] = total
+    return out

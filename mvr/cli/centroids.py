@@ -1,0 +1,30 @@
+"""``mvr centroids``: (re)build an index's centroid-interaction first stage from its stored vectors."""
+
+from __future__ import annotations
+
+import argparse
+
+from .common import add_common
+
+
+def add_parser(sub) -> argparse.ArgumentParser:
+    p = sub.add_parser(
+        "centroids", help="(re)build an index's centroid-interaction first stage from its stored vectors",
+        description="(Re)build the centroid-interaction first stage of an index (PLAID / WARP style) without re-encoding it.",
+    )
+    p.add_argument("index", help="index name or path")
+    p.add_argument("--centroids", type=int, default=None, metavar="K", help="fit K centroids (default: the residual codec's own; otherwise a power of two near 4 x sqrt(vectors))")
+    add_common(p)
+    return p
+
+
+def run(args) -> int:
+    from ..index import Index
+
+    index = Index.open(args.index, home=args.index_dir)
+    manifest = index.build_stage("centroids", args.centroids, threads=args.threads, command=args.command_line, show_progress=False if args.quiet else None)
+    print(
+        f"built the centroid stage of {index.name}: {manifest['documents']} documents, {manifest['centroids']} centroids ({manifest['origin']}), "
+        f"{manifest['bytes_per_document']:.0f} bytes per document, in {manifest['build']['seconds']:.1f} s"
+    )
+    return 0

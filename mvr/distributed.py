@@ -1,0 +1,259 @@
+"""Ray (extra ``mvr[ray]``): documents encoded on Ray workers, and an index searched in shards held
+by Ray actors. Both give exactly what one process gives.
+
+    mvr index CORPUS --name NAME --ray local --ray-workers 2      # or --ray ADDRESS of a cluster
+
+    from mvr.distributed import ShardedIndex, connect
+    connect("local")
+    with ShardedIndex("NAME", shards=2) as index:
+        results = index.search(["what causes scurvy"], k=10)
+
+- :class:`RayEncoder` encodes each chunk of a build on its workers, cut along the encoder's own
+  batches (documents sorted by length, a batch every ``batch_size``), so each batch holds the
+  documents it holds in one process and the build (mvr/build.py, unchanged) writes the same
+  segments.
+- :class:`ShardedIndex` deals the index's segments to actors, each opening only its own. The
+  coordinator runs the one search pipeline (mvr/search.py) over stand-ins of the segments: first
+  stage searches, MaxSim scoring and document reads run in the actor that holds the segment;
+  merging candidates across segments and the final top-k run in the coordinator, as in one process.
+
+Every machine reads the index at the same path (a shared filesystem). The coordinator asks the
+shards one after another; running them at once is the next step.
+"""
+
+from __future__ import annotations
+
+import copy
+import os
+
+import numpy as np
+
+from .encode import Encoder, TokenVectors
+from .errors import ConfigError, missing_extra
+from .registry import STAGES, parse_stage
+from .segment import Commit
+
+
+def _ray():
+    try:
+        import ray
+    except ImportError as error:
+        raise missing_extra("Ray (--ray, mvr.distributed)", "ray", error) from None
+    return ray
+
+
+def connect(address: str = "local", cpus: int | None = None) -> None:
+    """Join the Ray cluster at ``address`` ("local": start one on this machine, with ``cpus``
+    CPUs); nothing when this process is connected already."""
+    ray = _ray()
+    if ray.is_initialized():
+        return
+    env = {"env_vars": {k: v for k, v in os.environ.items() if k.startswith("MVR_")}}
+    if address == "local":
+        ray.init(num_cpus=cpus, include_dashboard=False, log_to_driver=False, runtime_env=env)
+    else:
+        ray.init(address=address, log_to_driver=False, runtime_env=env)
+
+
+class _EncoderWorker:
+    """One copy of the model on a Ray worker."""
+
+    def __init__(self, settings: dict):
+        self.encoder = Encoder(**settings)
+
+    def encode(self, texts: list[str]):
+        found = self.encoder.encode_documents(texts, show_progress=False)
+        return found.vectors, found.offsets, found.truncated, found.token_ids
+
+
+class RayEncoder:
+    """An :class:`Encoder` whose :meth:`encode_documents` runs on ``workers`` Ray actors (one CPU
+    and ``threads`` threads each); everything else (the tokenizer, the identity an index records)
+    is the local encoder's, made with the same settings."""
+
+    def __init__(self, model=None, *, workers: int = 2, threads: int = 1, **settings):
+        ray = _ray()
+        if not isinstance(workers, int) or workers < 1:
+            raise ConfigError(f"--ray-workers must be a positive integer, got {workers!r}.")
+        self.local = Encoder(model, threads=threads, **settings)
+        remote = {"model": None if self.local.is_default else str(self.local.path), "threads": threads, "doc_runtime": self.local.doc_runtime,
+                  "query_maxlen": self.local.spec.query_maxlen, "doc_maxlen": self.local.spec.doc_maxlen, "batch_size": self.local.batch_size}
+        actor = ray.remote(num_cpus=1)(_EncoderWorker)
+        self.workers = [actor.remote(remote) for _ in range(workers)]
+
+    def __getattr__(self, name):
+        return getattr(self.local, name)
+
+    def encode_documents(self, texts, *, batch_size=None, threads=None, show_progress=None) -> TokenVectors:
+        ray = _ray()
+        texts = list(texts)
+        if not texts:
+            return self.local.encode_documents(texts)
+        lengths = [len(s) for s in self.local.tokenize_documents(texts)]
+        order = np.argsort([-n for n in lengths], kind="stable")  # as Encoder._encode orders them
+        batch = 1 if self.local.doc_runtime == "onnx-int8" else batch_size or self.local.batch_size
+        batches = -(-len(texts) // batch)
+        cuts = [min(len(texts), round(batches * w / len(self.workers)) * batch) for w in range(len(self.workers) + 1)]
+        parts = [(order[a:b], worker.encode.remote([texts[i] for i in order[a:b]])) for worker, a, b in zip(self.workers, cuts, cuts[1:]) if b > a]
+        rows: list = [None] * len(texts)
+        truncated = np.zeros(len(texts), dtype=bool)
+        ids: list = [None] * len(texts)
+        for chosen, future in parts:
+            vectors, offsets, cut, token_ids = ray.get(future)
+            for j, i in enumerate(chosen):
+                rows[i] = vectors[offsets[j] : offsets[j + 1]]
+                ids[i] = None if token_ids is None else token_ids[offsets[j] : offsets[j + 1]]
+                truncated[i] = bool(cut[j])
+        if hasattr(show_progress, "update"):
+            show_progress.update(len(texts))
+        offsets = np.zeros(len(texts) + 1, dtype=np.int64)
+        np.cumsum([len(r) for r in rows], out=offsets[1:])
+        token_ids = None if any(i is None for i in ids) else np.concatenate(ids).astype(np.int32)
+        return TokenVectors(np.concatenate(rows).astype(np.float32), offsets, truncated, token_ids)
+
+
+def _owned(value):
+    """``value`` with its arrays copied out of Ray's object store (read-only there), as callers
+    of a segment in this process may write to what they get."""
+    if isinstance(value, np.ndarray):
+        return value.copy() if not value.flags.writeable else value
+    if isinstance(value, tuple):
+        items = [_owned(v) for v in value]
+        return type(value)(*items) if hasattr(value, "_fields") else tuple(items)
+    if isinstance(value, list):
+        return [_owned(v) for v in value]
+    return value
+
+
+class _Shard:
+    """A Ray actor holding some segments of an index, opened."""
+
+    def __init__(self, path: str, names: list[str]):
+        from .index import Index
+
+        index = Index.open(path)
+        self.segments = {s.path.name: s for s in index.segments if s.path.name in names}
+        missing = sorted(set(names) - set(self.segments))
+        if missing:
+            raise ConfigError(f"segments {missing} are not in the current commit of {path}; open the sharded index again.")
+
+    def search(self, name, stage, queries, n, options, allowed):
+        return self.segments[name].stage(stage).search(queries, n, options, allowed)
+
+    def score(self, name, query, rows):
+        return self.segments[name].tokens.score(query, rows)
+
+    def early_exit(self, name, query, rows, k, patience):
+        return self.segments[name].tokens.early_exit(query, rows, k, patience)
+
+    def score_all(self, name, queries, offsets):
+        return self.segments[name].tokens.score_all(queries, offsets)
+
+    def mask(self, name, spec):
+        return self.segments[name].metadata.mask(spec)
+
+    def document(self, name, row):
+        return self.segments[name].document(row)
+
+
+class _Remote:
+    """What the search pipeline reads of one segment, forwarded to the actor holding it."""
+
+    def __init__(self, actor, segment):
+        self.actor, self.name, self.path, self.local = actor, segment.path.name, segment.path, segment
+        for attr in ("n_docs", "n_tokens", "max_doc_len", "dim", "projection", "doc_ids"):  # small, read here
+            setattr(self, attr, getattr(segment, attr))
+        self._has = {name: segment.has_stage(name) for name in STAGES}
+        self.tokens, self.metadata = _RemoteTokens(self), _RemoteMetadata(self, segment.metadata.fields)
+
+    def call(self, method: str, *args):
+        return _owned(_ray().get(getattr(self.actor, method).remote(self.name, *args)))
+
+    def has_stage(self, name: str) -> bool:
+        return all(self._has.get(part, False) for part in parse_stage(name))
+
+    def require(self, name: str) -> None:
+        self.local.require(name)  # a check of the folder's stages, no data read
+
+    def stage(self, name: str):
+        return _RemoteStage(self, name)
+
+    def document(self, row: int):
+        return self.call("document", int(row))
+
+
+class _RemoteStage:
+    def __init__(self, segment: _Remote, name: str):
+        self.segment, self.name = segment, name
+
+    def search(self, queries, n, options=None, allowed=None):
+        return self.segment.call("search", self.name, queries, n, options, allowed)
+
+
+class _RemoteTokens:
+    def __init__(self, segment: _Remote):
+        self.segment = segment
+
+    def score(self, query, rows):
+        return self.segment.call("score", query, rows)
+
+    def early_exit(self, query, rows, k, patience):
+        return self.segment.call("early_exit", query, rows, k, patience)
+
+    def score_all(self, queries, offsets):
+        return self.segment.call("score_all", queries, offsets)
+
+
+class _RemoteMetadata:
+    def __init__(self, segment: _Remote, fields: dict):
+        self.segment, self.fields = segment, fields
+
+    def mask(self, spec):
+        return self.segment.call("mask", spec)
+
+
+class ShardedIndex:
+    """An index searched by ``shards`` Ray actors, segment ``i`` held by actor ``i % shards``.
+    :meth:`search` takes what :meth:`mvr.Index.search` takes and returns the same results."""
+
+    def __init__(self, name_or_path, *, shards: int = 2, home=None):
+        from .index import Index
+
+        ray = _ray()
+        if not isinstance(shards, int) or shards < 1:
+            raise ConfigError(f"shards must be a positive integer, got {shards!r}.")
+        self.index = Index.open(name_or_path, home=home)
+        state = self.index._state
+        names = [s.path.name for s in state.segments]
+        actor = ray.remote(num_cpus=0)(_Shard)
+        self.actors = [actor.remote(str(self.index.path), names[i::shards]) for i in range(min(shards, len(names)))]
+        remote = [_Remote(self.actors[i % len(self.actors)], segment) for i, segment in enumerate(state.segments)]
+        sharded = Commit(state.index_name, state.generation, remote, state.deleted, state.record)
+        sharded.__dict__.update({k: v for k, v in state.__dict__.items() if k not in sharded.__dict__})  # config, manifest, ...
+        self.view = copy.copy(self.index)  # the same Index, reading the shards' stand-ins
+        self.view._state = sharded
+
+    def search(self, queries, k: int = 10, **options):
+        """:meth:`mvr.Index.search` over the shards (queries are encoded here; no ``explain``)."""
+        if options.get("explain"):
+            raise ConfigError("explanations read stored vectors in this process; search the index itself (Index.search) to explain hits.")
+        return self.view.search(queries, k, **options)
+
+    def search_encoded(self, queries, k: int = 10, **options):
+        """:meth:`mvr.Index.search_encoded` over the shards."""
+        return self.view.search_encoded(queries, k, **options)
+
+    def close(self) -> None:
+        ray = _ray()
+        for actor in self.actors:
+            ray.kill(actor)
+        self.actors = []
+
+    def __enter__(self) -> "ShardedIndex":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+
+__all__ = ["RayEncoder", "ShardedIndex", "connect"]

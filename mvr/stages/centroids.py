@@ -1,0 +1,162 @@
+"""Centroid interaction (PLAID, Santhanam et al. 2022; WARP, Scheerer et al. 2025): candidates from
+the corpus centroids that the stored vectors are nearest to, with no per-document encoding beside
+the token store (kernels/centroids.py has the algorithm).
+
+An index keeps it in ``centroids/``, with a manifest of its own:
+
+    centroids/manifest.json              format, the vectors' checksum it was built from, counts
+    centroids/centroids.npy              float16 (K, dim): the residual codec's centroids, or a
+                                         spherical k-means of the stored vectors for other codecs
+    centroids/list_offsets.npy           int64 (K + 1,)    inverted lists: centroid -> documents
+    centroids/list_docs.npy              uint32 (pairs,)
+    centroids/doc_centroid_offsets.npy   int64 (n_docs + 1,)  document -> its distinct centroids
+    centroids/doc_centroids.npy          uint16 (pairs,)
+
+About 6 bytes per distinct (document, centroid) pair and 8 per document: a few hundred bytes per
+document, against 40 KiB for the default flat FDE. A query scores its tokens against the K
+centroids, probes each token's ``centroid_probe`` nearest centroids' lists, and ranks the
+documents met by their centroid MaxSim.
+"""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+import numpy as np
+
+from ..config import CENTROID_PROBE
+from ..errors import ConfigError
+from ..storage.formats import CENTROIDS_FORMAT, CENTROIDS_VERSION
+from .base import BuildSource, Candidates, QueryBatch
+
+POOL_FACTOR, MIN_POOL = 8, 256  # documents given the full centroid interaction: max(8 n, 256)
+_SAMPLE = 100_000  # vectors the k-means of a non-residual store is fitted on
+_FILES = ("centroids", "list_offsets", "list_docs", "doc_centroid_offsets", "doc_centroids")
+
+
+def _codebook(source: BuildSource, n_centroids: int | None, seed: int) -> tuple[np.ndarray, np.ndarray, str]:
+    """``(centroids float32 (K, dim), centroid id of every stored vector, origin)``: the residual
+    codec's own, or a k-means fitted here on an evenly spaced sample of the decoded vectors."""
+    from ..storage.residual import CentroidSearch, ResidualStore, default_centroids, fit_centroids
+
+    tokens = source.tokens
+    if isinstance(tokens, ResidualStore) and n_centroids is None:
+        return np.asarray(tokens.coded.centroids, dtype=np.float32), np.asarray(tokens.coded.centroid_ids), "residual codec"
+    n_vectors = len(tokens)
+    rows = np.unique(np.linspace(0, max(n_vectors - 1, 0), num=min(_SAMPLE, n_vectors)).astype(np.int64))
+    sample = _decode_rows(tokens, rows)
+    centroids = fit_centroids(sample, min(n_centroids or default_centroids(n_vectors), 65536), seed, what="centroid stage")
+    search = CentroidSearch(centroids)
+    ids = np.empty(n_vectors, dtype=np.uint16)
+    for start in range(0, n_vectors, 1 << 16):
+        stop = min(n_vectors, start + (1 << 16))
+        ids[start:stop] = search.nearest(tokens.decode(start, stop))
+    return centroids.astype(np.float32), ids, "k-means"
+
+
+def _decode_rows(tokens, rows: np.ndarray) -> np.ndarray:
+    """The decoded vectors of sorted ``rows``, read a block at a time."""
+    out = []
+    for start in range(0, len(rows), 4096):
+        part = rows[start : start + 4096]
+        block = tokens.decode(int(part[0]), int(part[-1]) + 1)
+        out.append(block[part - part[0]])
+    return np.concatenate(out)
+
+
+class CentroidStage:
+    """The ``centroids/`` folder of an index, opened."""
+
+    name = "centroids"
+    format, version = CENTROIDS_FORMAT, CENTROIDS_VERSION
+    binds = "vectors"
+
+    def __init__(self, folder: Path, manifest: dict):
+        self.folder, self.manifest = folder, manifest
+        arrays = {name: np.load(folder / f"{name}.npy", mmap_mode="r") for name in _FILES}
+        self.centroids = np.ascontiguousarray(arrays["centroids"], dtype=np.float32)
+        self.list_offsets = np.asarray(arrays["list_offsets"])
+        self.list_docs = arrays["list_docs"]
+        self.doc_centroid_offsets = np.asarray(arrays["doc_centroid_offsets"])
+        self.doc_centroids = arrays["doc_centroids"]
+        self.n_docs = len(self.doc_centroid_offsets) - 1
+
+    @classmethod
+    def check(cls, settings, dim: int) -> None:
+        if settings is not None and (not isinstance(settings, int) or isinstance(settings, bool) or not 1 <= settings <= 65536):
+            raise ConfigError(f"the centroid stage's centroid count must be an integer in [1, 65536] (None: the residual codec's), got {settings!r}.")
+
+    @classmethod
+    def build(cls, folder: Path, source: BuildSource, settings: int | None) -> dict:
+        from .._kernels.centroids import centroid_lists
+
+        started = time.perf_counter()
+        centroids, ids, origin = _codebook(source, settings, seed=0)
+        doc_centroid_offsets, doc_centroids, list_offsets, list_docs = centroid_lists(source.doc_offsets, ids, len(centroids))
+        arrays = {"centroids": centroids.astype(np.float16), "list_offsets": list_offsets, "list_docs": list_docs,
+                  "doc_centroid_offsets": doc_centroid_offsets, "doc_centroids": doc_centroids}
+        for name in _FILES:
+            np.save(folder / f"{name}.npy", arrays[name])
+        n_docs = source.n_docs
+        size = sum((folder / f"{name}.npy").stat().st_size for name in _FILES)
+        return {
+            "format": CENTROIDS_FORMAT,
+            "format_version": CENTROIDS_VERSION,
+            "dim": source.dim,
+            "documents": n_docs,
+            "centroids": int(len(centroids)),
+            "origin": origin,
+            "pairs": int(len(list_docs)),
+            "vectors_sha256": source.vectors_sha256,
+            "build": {"seconds": round(time.perf_counter() - started, 3)},
+            "bytes_per_document": round(size / max(n_docs, 1), 1),
+        }
+
+    @classmethod
+    def open(cls, folder: Path, manifest: dict, index) -> "CentroidStage":
+        if manifest["dim"] != index.dim:
+            raise ConfigError(f"{folder} was built for {manifest['dim']}-dim vectors, the index stores {index.dim}; rebuild it with `mvr centroids {index.name}`.")
+        return cls(folder, manifest)
+
+    def search(self, queries: QueryBatch, n: int, options=None, allowed: np.ndarray | None = None) -> list[Candidates]:
+        probe = options.centroid_probe if options is not None else CENTROID_PROBE
+        mask = np.zeros(0, np.uint8) if allowed is None else np.ascontiguousarray(allowed, dtype=np.uint8)
+        wanted = min(n, self.n_docs if allowed is None else int(allowed.sum()))
+        return [self._one(queries.query(q), n, wanted, probe, mask) for q in range(len(queries))]
+
+    def _one(self, query: np.ndarray, n: int, wanted: int, probe: int, mask: np.ndarray) -> Candidates:
+        """One query's ``n`` best candidates; more centroids are probed (x4 each time) while the
+        lists meet fewer than ``wanted`` documents (a selective filter)."""
+        from .._kernels.centroids import interaction_scores, probe_gains
+
+        if len(query) == 0 or wanted == 0:
+            return Candidates.empty()
+        scores = np.ascontiguousarray(query, dtype=np.float32) @ self.centroids.T  # (tokens, K)
+        n_centroids = scores.shape[1]
+        while True:
+            p = min(probe, n_centroids)
+            if p < n_centroids:
+                part = np.argpartition(-scores, p, axis=1)
+                probed, missing = part[:, :p], scores[np.arange(len(scores)), part[:, p]]
+            else:
+                probed, missing = np.broadcast_to(np.arange(n_centroids), scores.shape), scores.min(axis=1)
+            probed_scores = np.take_along_axis(scores, probed, axis=1)
+            order = np.argsort(-probed_scores, axis=1, kind="stable")
+            probed = np.ascontiguousarray(np.take_along_axis(probed, order, axis=1), dtype=np.int64)
+            probed_scores = np.ascontiguousarray(np.take_along_axis(probed_scores, order, axis=1))
+            reach = int((self.list_offsets[probed + 1] - self.list_offsets[probed]).sum())
+            touched = np.empty(min(reach, self.n_docs), dtype=np.int64)
+            gain = np.zeros(self.n_docs, dtype=np.float32)
+            stamp = np.zeros(self.n_docs, dtype=np.int32)
+            met = probe_gains(probed, probed_scores, missing.astype(np.float32), self.list_offsets, self.list_docs, mask, gain, stamp, touched)
+            if met >= wanted or p >= n_centroids:
+                break
+            probe = p * 4
+        touched = touched[:met]
+        pool = min(met, max(POOL_FACTOR * n, MIN_POOL))
+        if pool < met:
+            touched = touched[np.argpartition(-gain[touched], pool - 1)[:pool]]
+        exact = interaction_scores(np.ascontiguousarray(scores.T), touched, self.doc_centroid_offsets, self.doc_centroids)
+        order = np.lexsort((touched, -exact))[:n]
+        return Candidates(touched[order].astype(np.int64), exact[order])
