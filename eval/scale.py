@@ -130,8 +130,10 @@ def _build(args, target: str, result: dict) -> None:
 
 def _child(args, target, queue):
     result: dict = {}
-    _build(args, target, result)
-    queue.put(result)
+    try:
+        _build(args, target, result)
+    finally:
+        queue.put(result)  # empty when the build failed: the parent must not wait for ever
 
 
 def component_bytes(path: Path) -> dict[str, int]:
@@ -166,7 +168,7 @@ def run(args) -> dict:
         child.start()
         built = queue.get()
         child.join()
-        if child.exitcode:
+        if child.exitcode or not built:
             raise SystemExit(f"the build failed (exit {child.exitcode})")
         peak = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss * 1024
     index = Index.open(target)

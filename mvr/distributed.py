@@ -48,11 +48,17 @@ def connect(address: str = "local", cpus: int | None = None) -> None:
     ray = _ray()
     if ray.is_initialized():
         return
+    if cpus is not None and (not isinstance(cpus, int) or cpus < 1):
+        raise ConfigError(f"a local Ray instance needs a positive number of CPUs (--ray-workers), got {cpus!r}.")
     env = {"env_vars": {k: v for k, v in os.environ.items() if k.startswith("MVR_")}}
-    if address == "local":
-        ray.init(num_cpus=cpus, include_dashboard=False, log_to_driver=False, runtime_env=env)
-    else:
-        ray.init(address=address, log_to_driver=False, runtime_env=env)
+    try:
+        if address == "local":
+            ray.init(num_cpus=cpus, include_dashboard=False, log_to_driver=False, runtime_env=env)
+        else:
+            ray.init(address=address, log_to_driver=False, runtime_env=env)
+    except (ConnectionError, RuntimeError, ValueError) as error:
+        first = (str(error).strip().splitlines() or [type(error).__name__])[0]
+        raise ConfigError(f"could not join the Ray cluster at {address!r} ({first}); give 'local' or the address `ray start --head` printed.") from None
 
 
 class _EncoderWorker:
@@ -61,8 +67,8 @@ class _EncoderWorker:
     def __init__(self, settings: dict):
         self.encoder = Encoder(**settings)
 
-    def encode(self, texts: list[str]):
-        found = self.encoder.encode_documents(texts, show_progress=False)
+    def encode(self, texts: list[str], batch_size: int | None):
+        found = self.encoder.encode_documents(texts, batch_size=batch_size, show_progress=False)
         return found.vectors, found.offsets, found.truncated, found.token_ids
 
 
@@ -84,6 +90,13 @@ class RayEncoder:
     def __getattr__(self, name):
         return getattr(self.local, name)
 
+    def close(self) -> None:
+        """Stop the workers."""
+        ray = _ray()
+        for worker in self.workers:
+            ray.kill(worker)
+        self.workers = []
+
     def encode_documents(self, texts, *, batch_size=None, threads=None, show_progress=None) -> TokenVectors:
         ray = _ray()
         texts = list(texts)
@@ -94,7 +107,7 @@ class RayEncoder:
         batch = 1 if self.local.doc_runtime == "onnx-int8" else batch_size or self.local.batch_size
         batches = -(-len(texts) // batch)
         cuts = [min(len(texts), round(batches * w / len(self.workers)) * batch) for w in range(len(self.workers) + 1)]
-        parts = [(order[a:b], worker.encode.remote([texts[i] for i in order[a:b]])) for worker, a, b in zip(self.workers, cuts, cuts[1:]) if b > a]
+        parts = [(order[a:b], worker.encode.remote([texts[i] for i in order[a:b]], batch_size)) for worker, a, b in zip(self.workers, cuts, cuts[1:]) if b > a]
         rows: list = [None] * len(texts)
         truncated = np.zeros(len(texts), dtype=bool)
         ids: list = [None] * len(texts)

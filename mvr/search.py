@@ -30,6 +30,7 @@ def default_candidates(stage: str | None) -> int:
     return STAGE_CANDIDATES.get(stage, DEFAULT_CANDIDATES)
 FUSIONS = ("rrf", "linear")
 RRF_K = 60  # Cormack et al. (2009)
+VECTOR_STAGES = tuple(name for name, entry in STAGES.items() if entry.reads == "vectors")  # the fallback of a text stage that finds nothing
 _QUERY_CHUNK = 64  # queries scored together by the exhaustive kernel (bounds the score matrix)
 
 
@@ -60,8 +61,8 @@ class SearchOptions:
     fusion          final score from MaxSim and first-stage scores: "rrf" or "linear" (None: MaxSim)
     fusion_weight   MaxSim's weight in "linear" fusion of per-query z-scores
     dense_share     hybrid first stages ("fde+bm25s", "centroids+bm25s", ...): the share of the candidates taken from
-                    the FDE ranking; the sparse ranking adds new documents up to the count (and the
-                    FDE ranking fills in if the sparse one runs short)
+                    the vector stage's ranking; the sparse ranking adds new documents up to the count
+                    (and the vector ranking fills in if the sparse one runs short)
     nprobe          FDE in a faiss IVF index: inverted lists probed per query
     ef_search       FDE in a faiss HNSW index: search breadth
     centroid_probe  the centroid stage: nearest centroids whose lists each query token probes
@@ -237,7 +238,7 @@ def candidates(state, searched: list[tuple], queries: QueryBatch, opts: SearchOp
 def first_stage(state, searched: list[tuple], queries: QueryBatch, opts: SearchOptions) -> tuple[list[Candidates], int]:
     """Per query, the candidates of ``opts.first_stage`` over the searched segments, as one index
     would find them (a hybrid joins the two merged rankings); and how many queries a text stage
-    found nothing for (no searchable terms), answered by the FDE (or every allowed document)."""
+    found nothing for (no searchable terms), answered by a vector stage (or every allowed document)."""
     total = sum(state.segments[s].n_docs if allowed is None else int(allowed.sum()) for s, allowed in searched)
     n = min(opts.candidates or default_candidates(opts.first_stage), total)
     parts = parse_stage(opts.first_stage)
@@ -249,9 +250,10 @@ def first_stage(state, searched: list[tuple], queries: QueryBatch, opts: SearchO
     if needs_vectors(opts.first_stage):
         return found, 0
     empty = [q for q, one in enumerate(found) if len(one.positions) == 0]
+    vector = next((name for name in VECTOR_STAGES if all(state.segments[s].has_stage(name) for s, _ in searched)), None)
     for q in empty if queries.vectors is not None else ():
-        if all(state.segments[s].has_stage("fde") for s, _ in searched):
-            found[q] = candidates(state, searched, queries.only(q), opts, "fde", n)[0]
+        if vector is not None:
+            found[q] = candidates(state, searched, queries.only(q), opts, vector, n)[0]
         else:
             every = [state.bases[s] + (np.arange(state.segments[s].n_docs) if allowed is None else np.flatnonzero(allowed)) for s, allowed in searched]
             found[q] = Candidates(np.concatenate(every).astype(np.int64), np.zeros(sum(map(len, every)), dtype=np.float32))

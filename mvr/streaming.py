@@ -43,6 +43,27 @@ class Block:
         return len(self.ids)
 
 
+def check_block(block: Block, dim: int, with_token_ids: bool) -> None:
+    """Refuse a block whose parts do not fit together, before any of it is written."""
+    n = len(block.ids)
+    offsets, vectors = np.asarray(block.offsets), np.asarray(block.vectors)
+    problem = None
+    if not all(isinstance(i, str) and i for i in block.ids):
+        problem = "ids must be non-empty strings"
+    elif offsets.ndim != 1 or len(offsets) != n + 1 or offsets[0] != 0 or (np.diff(offsets) < 1).any():
+        problem = f"offsets must run from 0 up, one more than the {n} ids, every document with at least one vector"
+    elif vectors.ndim != 2 or vectors.shape != (int(offsets[-1]), dim):
+        problem = f"vectors must be ({int(offsets[-1])}, {dim}) as the offsets and the model say, got {vectors.shape}"
+    elif not np.isfinite(vectors).all():
+        problem = "vectors hold NaN or infinite values"
+    elif any(part is not None and len(part) != n for part in (block.texts, block.titles)):
+        problem = f"texts and titles need one string per id ({n})"
+    elif with_token_ids and (block.token_ids is None or len(block.token_ids) != len(vectors)):
+        problem = "token_ids are needed, one per vector (the sample had them, or the config prunes / keeps token classes)"
+    if problem:
+        raise CorpusError(f"a block of {n} documents{f' from {block.ids[0]!r}' if n and isinstance(block.ids[0], str) else ''}: {problem}.")
+
+
 class SegmentStream:
     """One segment written a block at a time into ``folder`` (created here)."""
 
@@ -79,13 +100,12 @@ class SegmentStream:
         self.cluster_seconds = self.encode_seconds = 0.0
 
     def add(self, block: Block) -> None:
-        """Compact, compress and append ``block``."""
+        """Check, compact, compress and append ``block``."""
+        check_block(block, self.projection.shape[0] if self.projection is not None else self.dim, self.token_ids is not None or needs_token_ids(self.config))
         for doc_id in block.ids:
             if doc_id in self.seen:
                 raise CorpusError(f"duplicate document id {doc_id!r}. Ids must be unique: deduplicate the corpus.")
             self.seen.add(doc_id)
-        if (np.diff(block.offsets) < 1).any():
-            raise CorpusError("a document without token vectors; every document needs at least one.")
         compacted = compact_vectors(project(block.vectors, self.projection), block.offsets, self.config, block.token_ids, self.classes)
         started = time.perf_counter()
         for name, rows in self.coder.encode(compacted.vectors).items():

@@ -5,7 +5,7 @@ top-10, the default stage it makes, adds, verification and the command line."""
 import numpy as np
 import pytest
 
-from mvr import ConfigError, Index, IndexConfig, QueryError, TokenVectors
+from mvr import ConfigError, Index, IndexConfig, IndexFormatError, QueryError, TokenVectors
 from mvr._kernels.centroids import centroid_lists
 from mvr.build import build_blocks
 from mvr.cli import main
@@ -105,6 +105,8 @@ def test_an_index_of_texts_with_adds_searches_and_verifies(tmp_path, models, cap
     exact = index.search("green tea antioxidants", k=8, first_stage="exhaustive")
     found = index.search("green tea antioxidants", k=8, first_stage="centroids", centroid_probe=64)
     assert found.doc_ids[0][0] == exact.doc_ids[0][0] == "d8"  # from the added segment
+    fallen = index.search(["the of and", "green tea"], k=3, first_stage="bm25s")  # no searchable terms: the centroid stage answers
+    assert fallen.fallbacks == 1 and len(fallen[0]) == 3
     assert main(["centroids", str(tmp_path / "texts")]) == 0
     assert "built the centroid stage" in capsys.readouterr().out
     assert main(["centroids", str(tmp_path / "texts"), "--centroids", "0"]) != 0
@@ -147,3 +149,16 @@ def test_the_corpus_size_decides_the_default_vector_stage(tmp_path, models, monk
     index.add([{"id": i, "title": t, "text": x} for i, t, x in DOCS[6:]])  # 2 documents: the index's choice holds
     index.refresh()
     assert all(s.has_stage("centroids") for s in index.segments) and index.default_stage == "centroids+bm25s"
+
+
+def test_a_damaged_centroid_stage_gives_a_one_line_error(tmp_path, models):
+    import shutil
+
+    Index.build([{"id": i, "title": t, "text": x} for i, t, x in DOCS], tmp_path / "ok", config=IndexConfig(model=str(models["plain"]), fde=None, sparse=(), centroid_stage=True))
+    shutil.copytree(tmp_path / "ok", tmp_path / "bad")
+    lists = segment_path(tmp_path / "bad") / "centroids" / "list_docs.npy"
+    docs = np.load(lists)
+    docs[0] = 10_000  # a document that is not there
+    np.save(lists, docs)
+    with pytest.raises(IndexFormatError, match="centroid"):
+        Index.open(tmp_path / "bad").search("cats", first_stage="centroids")

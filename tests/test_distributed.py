@@ -36,6 +36,8 @@ def test_a_build_on_ray_workers_writes_the_same_index(cluster, tmp_path, models,
     for name in ("vectors.npy", "token_ids.npy", "doc_offsets.npy", "doc_ids.npy", "text.bin", "fde/fde.faiss"):
         assert (a / name).read_bytes() == (b / name).read_bytes(), name
     assert remote.config == local.config and remote.manifest["encoder"] == local.manifest["encoder"]
+    assert remote.search("which animal purrs", k=3).doc_ids == local.search("which animal purrs", k=3).doc_ids  # opened with a working encoder
+    encoder.close()
 
 
 def test_the_index_command_encodes_on_ray(cluster, tmp_path, models, beir, capsys):

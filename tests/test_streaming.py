@@ -108,3 +108,24 @@ def test_bad_blocks_get_one_line_errors(tmp_path):
     with pytest.raises(ConfigError, match="corpus"):
         build_blocks(blocks_of(vectors, offsets, 4), tmp_path / "df", sample=sample, model_dim=24, encoder=ENCODER, config=IndexConfig(fde=None, sparse=(), prune=("df",)))
     assert not any((tmp_path / name).exists() for name in ("dup", "none", "who", "dim", "df"))
+
+
+def test_blocks_that_do_not_fit_together_are_refused_before_anything_is_published(tmp_path):
+    vectors, offsets = corpus(6)
+    sample = next(blocks_of(vectors, offsets, 6))
+    good = dict(ids=["a", "b"], vectors=vectors[: offsets[2]], offsets=offsets[:3])
+    bad = {
+        "offsets for 2": dict(good, ids=["a", "b", "c"]),
+        "from 0 up": dict(good, offsets=offsets[1:4]),
+        "as the offsets": dict(good, vectors=vectors[: offsets[2], :10]),
+        "NaN": dict(good, vectors=np.full_like(vectors[: offsets[2]], np.nan)),
+        "non-empty strings": dict(good, ids=[1, "1"]),
+        "one string per id": dict(good, texts=["only one"]),
+    }
+    for message, fields in bad.items():
+        with pytest.raises(CorpusError, match="ids must|offsets must|vectors must|NaN|texts and titles"):
+            build_blocks(iter([Block(**fields)]), tmp_path / "bad", sample=sample, model_dim=24, encoder=ENCODER, config=SMALL)
+        assert not (tmp_path / "bad").exists(), message
+    with pytest.raises(ValueError, match="do not fit"):
+        writer = ArrayWriter(tmp_path / "u16.npy", np.uint16)
+        writer.add(np.array([-1.5]))

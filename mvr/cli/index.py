@@ -95,16 +95,20 @@ def run(args) -> int:
             connect(args.ray, cpus=args.ray_workers)
             encoder = RayEncoder(config.model, workers=args.ray_workers, query_maxlen=config.query_maxlen, doc_maxlen=config.doc_maxlen,
                                  batch_size=config.batch_size, doc_runtime=config.doc_runtime)
-        index = Index.build(
-            read_corpus(args.corpus),
-            target,
-            config=config,
-            encoder=encoder,
-            home=args.index_dir,
-            overwrite=args.overwrite,
-            show_progress=False if args.quiet else None,
-            command=args.command_line,
-        )
+        try:
+            index = Index.build(
+                read_corpus(args.corpus),
+                target,
+                config=config,
+                encoder=encoder,
+                home=args.index_dir,
+                overwrite=args.overwrite,
+                show_progress=False if args.quiet else None,
+                command=args.command_line,
+            )
+        finally:
+            if encoder is not None:
+                encoder.close()
     info = index.info()
     build = info["build"]
     print(

@@ -26,7 +26,7 @@ from pathlib import Path
 import numpy as np
 
 from ..config import CENTROID_PROBE
-from ..errors import ConfigError
+from ..errors import ConfigError, IndexFormatError
 from ..storage.formats import CENTROIDS_FORMAT, CENTROIDS_VERSION
 from .base import BuildSource, Candidates, QueryBatch
 
@@ -56,13 +56,9 @@ def _codebook(source: BuildSource, n_centroids: int | None, seed: int) -> tuple[
 
 
 def _decode_rows(tokens, rows: np.ndarray) -> np.ndarray:
-    """The decoded vectors of sorted ``rows``, read a block at a time."""
-    out = []
-    for start in range(0, len(rows), 4096):
-        part = rows[start : start + 4096]
-        block = tokens.decode(int(part[0]), int(part[-1]) + 1)
-        out.append(block[part - part[0]])
-    return np.concatenate(out)
+    """The decoded vectors of ``rows``, one at a time (they lie far apart: decoding the spans
+    between them would hold most of the index)."""
+    return np.concatenate([tokens.decode(int(r), int(r) + 1) for r in rows])
 
 
 class CentroidStage:
@@ -81,6 +77,21 @@ class CentroidStage:
         self.doc_centroid_offsets = np.asarray(arrays["doc_centroid_offsets"])
         self.doc_centroids = arrays["doc_centroids"]
         self.n_docs = len(self.doc_centroid_offsets) - 1
+        self._check(manifest)
+
+    def _check(self, manifest: dict) -> None:
+        """Refuse arrays that do not fit together: the kernels index with them unchecked."""
+        k, pairs, n = len(self.centroids), len(self.list_docs), self.n_docs
+        problems = [
+            (self.centroids.ndim != 2 or self.centroids.shape[1] != manifest["dim"], "centroids.npy is not (K, dim)"),
+            (n != manifest["documents"] or len(self.list_offsets) != k + 1 or len(self.doc_centroids) != pairs, "its arrays' lengths disagree"),
+            (self.list_offsets[0] != 0 or self.list_offsets[-1] != pairs or (np.diff(self.list_offsets) < 0).any(), "list_offsets.npy is not a run of offsets"),
+            (self.doc_centroid_offsets[0] != 0 or self.doc_centroid_offsets[-1] != pairs or (np.diff(self.doc_centroid_offsets) < 0).any(), "doc_centroid_offsets.npy is not a run of offsets"),
+            (pairs > 0 and (int(np.max(self.list_docs)) >= n or int(np.max(self.doc_centroids)) >= k), "a document or centroid id is out of range"),
+        ]
+        for bad, what in problems:
+            if bad:
+                raise IndexFormatError(f"{self.folder}: {what}; the centroid stage is damaged: rebuild it with `mvr centroids INDEX`.")
 
     @classmethod
     def check(cls, settings, dim: int) -> None:
@@ -122,17 +133,24 @@ class CentroidStage:
     def search(self, queries: QueryBatch, n: int, options=None, allowed: np.ndarray | None = None) -> list[Candidates]:
         probe = options.centroid_probe if options is not None else CENTROID_PROBE
         mask = np.zeros(0, np.uint8) if allowed is None else np.ascontiguousarray(allowed, dtype=np.uint8)
+        few = None
+        if allowed is not None and int(allowed.sum()) <= max(POOL_FACTOR * n, MIN_POOL):
+            few = np.flatnonzero(allowed).astype(np.int64)  # a selective filter: score those, probe nothing
         wanted = min(n, self.n_docs if allowed is None else int(allowed.sum()))
-        return [self._one(queries.query(q), n, wanted, probe, mask) for q in range(len(queries))]
+        return [self._one(queries.query(q), n, wanted, probe, mask, few) for q in range(len(queries))]
 
-    def _one(self, query: np.ndarray, n: int, wanted: int, probe: int, mask: np.ndarray) -> Candidates:
-        """One query's ``n`` best candidates; more centroids are probed (x4 each time) while the
-        lists meet fewer than ``wanted`` documents (a selective filter)."""
+    def _one(self, query: np.ndarray, n: int, wanted: int, probe: int, mask: np.ndarray, few: np.ndarray | None) -> Candidates:
+        """One query's ``n`` best candidates: the documents ``few``, or those the probed lists meet
+        (more centroids probed, x4 each time, while they meet fewer than ``wanted``)."""
         from .._kernels.centroids import interaction_scores, probe_gains
 
         if len(query) == 0 or wanted == 0:
             return Candidates.empty()
         scores = np.ascontiguousarray(query, dtype=np.float32) @ self.centroids.T  # (tokens, K)
+        if few is not None:
+            exact = interaction_scores(np.ascontiguousarray(scores.T), few, self.doc_centroid_offsets, self.doc_centroids)
+            order = np.lexsort((few, -exact))[:n]
+            return Candidates(few[order], exact[order])
         n_centroids = scores.shape[1]
         while True:
             p = min(probe, n_centroids)

@@ -1,4 +1,4 @@
-"""A hybrid first stage: the FDE's candidates joined with a text stage's (``fde+bm25s`` ...), one
+"""A hybrid first stage: a vector stage's candidates (FDE or centroids) joined with a text stage's (``fde+bm25s`` ...), one
 union that MaxSim reranks. Within 0.5% of exhaustive MaxSim at 10-25 candidates on SciFact and
 NFCorpus, where the FDE alone needs 50-500 (docs/fde.md)."""
 

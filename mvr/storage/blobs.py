@@ -48,6 +48,9 @@ class ArrayWriter:
         return b"\x93NUMPY\x01\x00" + room.to_bytes(2, "little") + text.ljust(room - 1) + b"\n"
 
     def add(self, rows: np.ndarray) -> None:
+        rows = np.asarray(rows)
+        if not np.can_cast(rows.dtype, self.dtype, "same_kind"):
+            raise ValueError(f"{self.path.name}: rows of {rows.dtype} do not fit {self.dtype}")
         rows = np.ascontiguousarray(rows, dtype=self.dtype)
         if rows.shape[1:] != self.row_shape:
             raise ValueError(f"{self.path.name}: rows of shape {rows.shape[1:]}, expected {self.row_shape}")
