@@ -180,7 +180,11 @@ def run(args) -> dict:
     def one(q, **options):
         return index.search_encoded(TokenVectors(*queries[q]), 10, threads=1, **options)
 
-    for q in range(min(5, args.queries)):  # kernels compiled, pages read
+    for file in sorted(target.rglob("*.npy")):  # the index in the page cache, as a server that has been up holds it
+        with open(file, "rb") as handle:
+            while handle.read(1 << 24):
+                pass
+    for q in range(min(5, args.queries)):  # kernels compiled
         one(q)
     times, found = [], []
     for q in range(args.queries):

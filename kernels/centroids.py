@@ -62,6 +62,42 @@ def centroid_lists(doc_offsets, centroid_ids, n_centroids):
 
 
 @njit(nogil=True, cache=True)
+def best_centroids(scores_t, p):
+    """Each query token's ``p`` best centroids, best first (ties: the lower id), their scores, and
+    the best score left out (the (p + 1)-th; the lowest when all are taken): from ``scores_t``
+    float32 ``(K, n_tokens)``, in one pass over it."""
+    n_centroids, n_tokens = scores_t.shape
+    p = min(p, n_centroids)
+    ids = np.empty((n_tokens, p + 1), dtype=np.int64)
+    best = np.empty((n_tokens, p + 1), dtype=np.float32)
+    missing = np.empty(n_tokens, dtype=np.float32)
+    for i in range(n_tokens):
+        size = 0
+        for c in range(n_centroids):
+            s = scores_t[c, i]
+            if size == p + 1 and s <= best[i, p]:
+                continue
+            at = size if size < p + 1 else p  # insert, keeping the p + 1 best sorted (descending)
+            while at > 0 and best[i, at - 1] < s:
+                if at < p + 1:
+                    best[i, at] = best[i, at - 1]
+                    ids[i, at] = ids[i, at - 1]
+                at -= 1
+            best[i, at] = s
+            ids[i, at] = c
+            if size < p + 1:
+                size += 1
+        if p < n_centroids:
+            missing[i] = best[i, p]
+        else:
+            low = scores_t[0, i]
+            for c in range(n_centroids):
+                low = min(low, scores_t[c, i])
+            missing[i] = low
+    return np.ascontiguousarray(ids[:, :p]), np.ascontiguousarray(best[:, :p]), missing
+
+
+@njit(nogil=True, cache=True)
 def probe_gains(probed, probed_scores, missing, list_offsets, list_docs, allowed, gain, stamp, touched):
     """Pass 1 for one query: ``probed`` int64 ``(n_tokens, p)`` centroid ids, best first, with
     their ``probed_scores``; ``missing`` float32 ``(n_tokens,)`` each token's best unprobed score.

@@ -25,7 +25,7 @@ FDE_EF_SEARCH = 256
 # Above this many documents, a build's default vector first stage is the centroid stage instead of
 # the flat FDE: the FDE holds 40 KiB per document and scans them all for every query (13.7 ms per
 # 5,183 documents on SciFact, docs/fde.md: 27 ms at 10,000), while the centroid stage holds a few
-# hundred bytes per document and searches 100,000 in about 10 ms, within 0.5% nDCG@10 of
+# hundred bytes per document and searches 100,000 in about 12 ms, within 0.5% nDCG@10 of
 # exhaustive MaxSim on SciFact and NFCorpus (docs/scale.md). Below it the FDE stays, as measured.
 LARGE_CORPUS = 10_000
 # Centroids probed per query token by the centroid stage, unless a search says otherwise

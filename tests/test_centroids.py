@@ -162,3 +162,15 @@ def test_a_damaged_centroid_stage_gives_a_one_line_error(tmp_path, models):
     np.save(lists, docs)
     with pytest.raises(IndexFormatError, match="centroid"):
         Index.open(tmp_path / "bad").search("cats", first_stage="centroids")
+
+
+def test_best_centroids_match_a_sort():
+    from mvr._kernels.centroids import best_centroids
+
+    scores_t = np.random.default_rng(5).standard_normal((300, 7)).astype(np.float32)
+    for p in (1, 8, 299, 300, 400):
+        ids, best, missing = best_centroids(scores_t, p)
+        order = np.argsort(-scores_t, axis=0, kind="stable").T  # (tokens, K)
+        q = min(p, 300)
+        assert np.array_equal(ids, order[:, :q]) and np.allclose(best, np.take_along_axis(scores_t.T, order[:, :q], axis=1))
+        assert np.allclose(missing, scores_t.T[np.arange(7), order[:, q]] if q < 300 else scores_t.min(axis=0))

@@ -20,6 +20,7 @@ documents met by their centroid MaxSim.
 
 from __future__ import annotations
 
+import threading
 import time
 from pathlib import Path
 
@@ -78,6 +79,14 @@ class CentroidStage:
         self.doc_centroids = arrays["doc_centroids"]
         self.n_docs = len(self.doc_centroid_offsets) - 1
         self._check(manifest)
+        self._scratch = threading.local()  # per searching thread: gains and marks of every document, kept zero between queries
+
+    def _buffers(self) -> tuple[np.ndarray, np.ndarray]:
+        """This thread's gain (float32) and mark (int32) of every document, all zero."""
+        scratch = self._scratch
+        if getattr(scratch, "gain", None) is None:
+            scratch.gain, scratch.stamp = np.zeros(self.n_docs, dtype=np.float32), np.zeros(self.n_docs, dtype=np.int32)
+        return scratch.gain, scratch.stamp
 
     def _check(self, manifest: dict) -> None:
         """Refuse arrays that do not fit together: the kernels index with them unchecked."""
@@ -142,39 +151,38 @@ class CentroidStage:
     def _one(self, query: np.ndarray, n: int, wanted: int, probe: int, mask: np.ndarray, few: np.ndarray | None) -> Candidates:
         """One query's ``n`` best candidates: the documents ``few``, or those the probed lists meet
         (more centroids probed, x4 each time, while they meet fewer than ``wanted``)."""
-        from .._kernels.centroids import interaction_scores, probe_gains
+        from .._kernels.centroids import best_centroids, interaction_scores, probe_gains
 
         if len(query) == 0 or wanted == 0:
             return Candidates.empty()
-        scores = np.ascontiguousarray(query, dtype=np.float32) @ self.centroids.T  # (tokens, K)
+        # (K, tokens): the centroids as the left operand, a third of the time of query @ centroids.T
+        scores_t = self.centroids @ np.ascontiguousarray(query, dtype=np.float32).T
         if few is not None:
-            exact = interaction_scores(np.ascontiguousarray(scores.T), few, self.doc_centroid_offsets, self.doc_centroids)
+            exact = interaction_scores(scores_t, few, self.doc_centroid_offsets, self.doc_centroids)
             order = np.lexsort((few, -exact))[:n]
             return Candidates(few[order], exact[order])
-        n_centroids = scores.shape[1]
+        n_centroids = scores_t.shape[0]
         while True:
             p = min(probe, n_centroids)
-            if p < n_centroids:
-                part = np.argpartition(-scores, p, axis=1)
-                probed, missing = part[:, :p], scores[np.arange(len(scores)), part[:, p]]
-            else:
-                probed, missing = np.broadcast_to(np.arange(n_centroids), scores.shape), scores.min(axis=1)
-            probed_scores = np.take_along_axis(scores, probed, axis=1)
-            order = np.argsort(-probed_scores, axis=1, kind="stable")
-            probed = np.ascontiguousarray(np.take_along_axis(probed, order, axis=1), dtype=np.int64)
-            probed_scores = np.ascontiguousarray(np.take_along_axis(probed_scores, order, axis=1))
+            probed, probed_scores, missing = best_centroids(scores_t, p)
             reach = int((self.list_offsets[probed + 1] - self.list_offsets[probed]).sum())
             touched = np.empty(min(reach, self.n_docs), dtype=np.int64)
-            gain = np.zeros(self.n_docs, dtype=np.float32)
-            stamp = np.zeros(self.n_docs, dtype=np.int32)
-            met = probe_gains(probed, probed_scores, missing.astype(np.float32), self.list_offsets, self.list_docs, mask, gain, stamp, touched)
+            gain, stamp = self._buffers()
+            try:
+                met = probe_gains(probed, probed_scores, missing, self.list_offsets, self.list_docs, mask, gain, stamp, touched)
+            except BaseException:
+                self._scratch.gain = None  # whatever it holds now: made anew for the next query
+                raise
+            touched = touched[:met]
+            gains = gain[touched]
+            gain[touched] = 0  # back to zero for the next query, touching only what this one touched
+            stamp[touched] = 0
             if met >= wanted or p >= n_centroids:
                 break
             probe = p * 4
-        touched = touched[:met]
         pool = min(met, max(POOL_FACTOR * n, MIN_POOL))
         if pool < met:
-            touched = touched[np.argpartition(-gain[touched], pool - 1)[:pool]]
-        exact = interaction_scores(np.ascontiguousarray(scores.T), touched, self.doc_centroid_offsets, self.doc_centroids)
+            touched = touched[np.argpartition(-gains, pool - 1)[:pool]]
+        exact = interaction_scores(scores_t, touched, self.doc_centroid_offsets, self.doc_centroids)
         order = np.lexsort((touched, -exact))[:n]
         return Candidates(touched[order].astype(np.int64), exact[order])
