@@ -52,17 +52,17 @@ def _decode(codec, codes, scales, centroid_ids, centroids, table, bits, start, s
 
 
 @njit(parallel=True, fastmath=True, nogil=True, cache=True)
-def _decode_all(codec, codes, scales, centroid_ids, centroids, values, bits, first, out, block):
+def _decode_all(codec, codes, scales, centroid_ids, centroids, table, bits, first, out, block):
     # rows first:first + len(out) into out, in parallel blocks
     n = out.shape[0]
     for b in prange((n + block - 1) // block):
         start = b * block
         stop = min(n, start + block)
-        _decode(codec, codes, scales, centroid_ids, centroids, values, bits, first + start, first + stop, out[start:stop])
+        _decode(codec, codes, scales, centroid_ids, centroids, table, bits, first + start, first + stop, out[start:stop])
 
 
 @njit(parallel=True, fastmath=True, nogil=True, cache=True)
-def _score(queries, query_offsets, codec, codes, scales, centroid_ids, centroids, values, bits, doc_offsets, docs, n, max_doc_len, parts):
+def _score(queries, query_offsets, codec, codes, scales, centroid_ids, centroids, table, bits, doc_offsets, docs, n, max_doc_len, parts):
     # scores (n_queries, n) of every query against docs (or, docs empty, the first n documents);
     # each document is decoded once for all the queries
     dim = queries.shape[1]
@@ -73,7 +73,7 @@ def _score(queries, query_offsets, codec, codes, scales, centroid_ids, centroids
         best = np.empty(widest, dtype=np.float32)
         for c in range(p * n // parts, (p + 1) * n // parts):
             d = docs[c] if docs.shape[0] else c
-            _decode(codec, codes, scales, centroid_ids, centroids, values, bits, doc_offsets[d], doc_offsets[d + 1], scratch)
+            _decode(codec, codes, scales, centroid_ids, centroids, table, bits, doc_offsets[d], doc_offsets[d + 1], scratch)
             for q in range(query_offsets.shape[0] - 1):
                 n_query = query_offsets[q + 1] - query_offsets[q]
                 scores[q, c] = score_rows(qt, starts[q], query_lanes(n_query), n_query, scratch, 0, doc_offsets[d + 1] - doc_offsets[d], dim, best)
@@ -81,7 +81,7 @@ def _score(queries, query_offsets, codec, codes, scales, centroid_ids, centroids
 
 
 @njit(nogil=True, fastmath=True, cache=True)
-def _early_exit(query, codec, codes, scales, centroid_ids, centroids, values, bits, doc_offsets, candidates, k, patience, max_doc_len, out):
+def _early_exit(query, codec, codes, scales, centroid_ids, centroids, table, bits, doc_offsets, candidates, k, patience, max_doc_len, out):
     # kernels.maxsim._early_exit with a decode step: candidates in first-stage order, stop once
     # `patience` in a row fail to enter the running top-k
     n_query, dim = query.shape
@@ -94,7 +94,7 @@ def _early_exit(query, codec, codes, scales, centroid_ids, centroids, values, bi
     for c in range(candidates.shape[0]):
         d = candidates[c]
         start, stop = doc_offsets[d], doc_offsets[d + 1]
-        _decode(codec, codes, scales, centroid_ids, centroids, values, bits, start, stop, scratch)
+        _decode(codec, codes, scales, centroid_ids, centroids, table, bits, start, stop, scratch)
         score = score_rows(qt, 0, lanes, n_query, scratch, 0, stop - start, dim, best_lanes)
         out[c] = score
         if enters_top(best, score):
