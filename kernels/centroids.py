@@ -16,7 +16,7 @@ A query then runs in two passes over its ``(query tokens, K)`` centroid scores:
    token's best unprobed centroid score (what WARP imputes for a token whose lists missed the
    document). Summed over tokens (plus the constant ``sum m_i``) this bounds the centroid MaxSim
    of every document met from above for the tokens that found it.
-2. ``interaction_scores``: the best of them get the centroid MaxSim over all their centroids
+2. ``take_pool`` keeps the best of them by that bound, and ``interaction_scores`` gives those the centroid MaxSim over all their centroids
    (PLAID's centroid interaction), which orders the candidates that exact MaxSim reranks.
 """
 
@@ -98,12 +98,14 @@ def best_centroids(scores_t, p):
 
 
 @njit(nogil=True, cache=True)
-def probe_gains(probed, probed_scores, missing, list_offsets, list_docs, allowed, gain, stamp, touched):
+def probe_gains(probed, probed_scores, missing, list_offsets, list_docs, allowed, slot, touched, gains, marks):
     """Pass 1 for one query: ``probed`` int64 ``(n_tokens, p)`` centroid ids, best first, with
-    their ``probed_scores``; ``missing`` float32 ``(n_tokens,)`` each token's best unprobed score.
-    ``gain`` float32 and ``stamp`` int32 ``(n_docs,)`` start at zero; ``allowed`` uint8
-    ``(n_docs,)`` (empty: every document). Writes the documents met into ``touched`` (as long as
-    the probed lists together) and returns how many."""
+    their ``probed_scores``; ``missing`` float32 ``(n_tokens,)`` each token's best unprobed score;
+    ``allowed`` uint8 ``(n_docs,)`` (empty: every document). ``slot`` int32 ``(n_docs,)`` starts at
+    zero: a document met gets the next place in ``touched`` (its id), ``gains`` (float32) and
+    ``marks`` (int32, the last token that met it), all as long as the probed lists together, and
+    ``slot`` holds that place + 1, so that the only per-document array read at random is ``slot``.
+    Returns how many documents were met; :func:`take_pool` puts ``slot`` back to zero."""
     n_touched = 0
     check = allowed.shape[0] > 0
     for i in range(probed.shape[0]):
@@ -113,14 +115,66 @@ def probe_gains(probed, probed_scores, missing, list_offsets, list_docs, allowed
             extra = probed_scores[i, j] - missing[i]
             for at in range(list_offsets[c], list_offsets[c + 1]):
                 d = np.int64(list_docs[at])
-                if stamp[d] == mark or (check and allowed[d] == 0):
-                    continue
-                if stamp[d] == 0:
-                    touched[n_touched] = d
+                s = np.int64(slot[d]) - 1
+                if s < 0:
+                    if check and allowed[d] == 0:
+                        continue
+                    s = n_touched
+                    slot[d] = s + 1
+                    touched[s] = d
+                    gains[s] = extra
+                    marks[s] = mark
                     n_touched += 1
-                stamp[d] = mark
-                gain[d] += extra
+                elif marks[s] != mark:  # a token's first (best) list to meet a document counts
+                    marks[s] = mark
+                    gains[s] += extra
     return n_touched
+
+
+_BINS = 4096
+
+
+@njit(nogil=True, cache=True)
+def take_pool(touched, gains, slot, pool):
+    """The ``pool`` documents of ``touched`` with the highest ``gains`` (ties: the lower id), in no
+    particular order, found with a histogram of the gains and a sort of its edge bin only; puts
+    ``slot`` of every touched document back to zero."""
+    met = touched.shape[0]
+    for k in range(met):
+        slot[touched[k]] = 0
+    if met <= pool:
+        return touched.copy()
+    low, high = gains[0], gains[0]
+    for k in range(met):
+        low = min(low, gains[k])
+        high = max(high, gains[k])
+    # (g - low) * scale only grows with g, so a higher bin never holds a lower gain
+    scale = _BINS / (np.float64(high) - np.float64(low)) if high > low else 0.0
+    counts = np.zeros(_BINS + 1, dtype=np.int64)
+    for k in range(met):
+        counts[np.int64((np.float64(gains[k]) - low) * scale)] += 1
+    above, edge = 0, _BINS
+    while above + counts[edge] < pool:
+        above += counts[edge]
+        edge -= 1
+    out = np.empty(pool, dtype=np.int64)
+    edge_gains = np.empty(counts[edge], dtype=np.float32)
+    edge_docs = np.empty(counts[edge], dtype=np.int64)
+    n_out, n_edge = 0, 0
+    for k in range(met):
+        b = np.int64((np.float64(gains[k]) - low) * scale)
+        if b > edge:
+            out[n_out] = touched[k]
+            n_out += 1
+        elif b == edge:
+            edge_gains[n_edge] = gains[k]
+            edge_docs[n_edge] = touched[k]
+            n_edge += 1
+    by_id = np.argsort(edge_docs, kind="mergesort")
+    order = by_id[np.argsort(-edge_gains[by_id], kind="mergesort")]  # gain descending, then id
+    for e in range(pool - n_out):
+        out[n_out + e] = edge_docs[order[e]]
+    return out
 
 
 @njit(nogil=True, cache=True)

@@ -23,6 +23,7 @@ import numpy as np
 from . import search as pipeline
 from .config import IndexConfig
 from .corpus import Document, _utf8
+from .device import resolve_device
 from .encode import Encoder, TokenVectors
 from .encode.encoder import identity_differences
 from .errors import EncoderError, EncoderMismatchError, MvrError, QueryError
@@ -49,9 +50,10 @@ class Index(Changes):
     change with :meth:`add`, :meth:`upsert`, :meth:`delete`, :meth:`optimize`; :meth:`refresh`
     moves a reader to the newest commit."""
 
-    def __init__(self, path: Path, model=None, splade_model=None):
+    def __init__(self, path: Path, model=None, splade_model=None, device: str | None = None):
         self.path = Path(path)
         self.splade_model = splade_model
+        self.device = resolve_device(device)
         self._model = model
         self._encoder: Encoder | None = None
         self._encoder_lock, self._refresh_lock = threading.Lock(), threading.Lock()  # lazy loading of the query encoder; refresh
@@ -59,7 +61,7 @@ class Index(Changes):
 
     def _read(self) -> Commit:
         """The index's current commit, opened and pinned (a version-1 index: its one folder)."""
-        return open_commit(self.path, self.name, self.splade_model, getattr(self, "_state", None))
+        return open_commit(self.path, self.name, self.splade_model, getattr(self, "_state", None), self.device)
 
     @property
     def manifest(self) -> dict:
@@ -77,18 +79,22 @@ class Index(Changes):
 
     # -- opening -------------------------------------------------------------------------------
     @classmethod
-    def open(cls, name_or_path: str | os.PathLike, *, home: str | os.PathLike | None = None, model=None, splade_model=None) -> "Index":
+    def open(cls, name_or_path: str | os.PathLike, *, home: str | os.PathLike | None = None, model=None, splade_model=None, device: str | None = None) -> "Index":
         """Open an index by name (under ``home``, default ``$MVR_INDEX_DIR`` or ``./indexes``) or path,
         at its newest commit (kept while other processes write; :meth:`refresh` moves on).
 
         ``model``: an :class:`Encoder` or a model folder for the queries; by default the model the
         index was built with. A different encoder is refused at the first search. ``splade_model``:
-        likewise for the SPLADE first stage, when its model folder has moved.
+        likewise for the SPLADE first stage, when its model folder has moved. ``device``: where
+        exact MaxSim and query encoding run, "auto" (None: ``$MVR_DEVICE``, else auto), "cpu",
+        "cuda" or "cuda:N" (mvr/device.py).
         """
+        from .storage.commits import read_pointer
+
         path = locate(name_or_path, Path(home) if home else None)
-        if read_manifest_version(path) == 1:
+        if read_pointer(path)["format_version"] == 1:
             recover_stages(path, {name: (stage_class(name).format,) for name in STAGES})
-        return cls(path, model=model, splade_model=splade_model)
+        return cls(path, model=model, splade_model=splade_model, device=device)
 
     def refresh(self) -> bool:
         """Move to the index's newest commit; True when there was a newer one. Searches running in
@@ -146,7 +152,7 @@ class Index(Changes):
         if self._encoder is None:
             with self._encoder_lock:
                 if self._encoder is None:
-                    self._encoder = self._load_encoder()
+                    self._encoder = self._load_encoder(device=self.device)
         return self._encoder
 
     def _load_encoder(self, **runtime) -> Encoder:
@@ -350,10 +356,3 @@ class Index(Changes):
     def stage_bytes(self) -> dict[str, int]:
         """Bytes on disk of each built first stage, over every segment."""
         return stage_bytes(self)
-
-
-def read_manifest_version(path: Path) -> int:
-    from .storage.commits import read_pointer
-
-    return read_pointer(path)["format_version"]
-

@@ -212,13 +212,22 @@ class Commit:
         return out
 
 
-def open_commit(path: Path, index_name: str, splade_model=None, previous: "Commit | None" = None) -> "Commit":
+def _on(segment: Segment, device: str) -> Segment:
+    if device != "cpu":
+        from .storage.torch_tokens import TorchTokens
+
+        segment.tokens = TorchTokens(segment.tokens, device)
+    return segment
+
+
+def open_commit(path: Path, index_name: str, splade_model=None, previous: "Commit | None" = None, device: str = "cpu") -> "Commit":
     """The current commit of the index at ``path``, opened and pinned (a version-1 index: its one
-    folder, read-only). Segments of ``previous`` (the commit read before) are reused as they are."""
+    folder, read-only). Segments of ``previous`` (the commit read before) are reused as they are.
+    ``device`` other than "cpu": exact MaxSim runs in PyTorch there (storage/torch_tokens.py)."""
     pointer, record, pin = pin_current(path)
     try:
         if record is None:  # version 1: the whole index in one folder, read-only
-            segment = Segment.open(path, index_name, splade_model=splade_model, legacy=True)
+            segment = _on(Segment.open(path, index_name, splade_model=splade_model, legacy=True), device)
             state = Commit(index_name, 0, [segment], [np.zeros(segment.n_docs, dtype=bool)], {"config": pointer["config"], "encoder": pointer["encoder"], "segments": []})
             state.legacy, state.manifest, state.config = True, dict(segment.manifest), segment.config
             return state
@@ -234,7 +243,7 @@ def open_commit(path: Path, index_name: str, splade_model=None, previous: "Commi
             segment = opened.get(seg["name"])
             if segment is None:
                 recover_stages(folder, {name: (stage_class(name).format,) for name in STAGES})
-                segment = Segment.open(folder, index_name, fields, splade_model)
+                segment = _on(Segment.open(folder, index_name, fields, splade_model), device)
             if segment.n_docs != seg["documents"]:
                 raise IndexFormatError(f"{folder}: the commit says {seg['documents']} documents, the segment holds {segment.n_docs}; the index is damaged.")
             segments.append(segment)

@@ -90,7 +90,7 @@ def document_encoder(index) -> Encoder:
     checked against the index's record as the query encoder is."""
     if getattr(index, "_doc_encoder", None) is None:
         config = index.config
-        index._doc_encoder = index._load_encoder(batch_size=config.batch_size, threads=config.threads, doc_runtime=config.doc_runtime)
+        index._doc_encoder = index._load_encoder(batch_size=config.batch_size, threads=config.threads, doc_runtime=config.doc_runtime, device=index.device)
     return index._doc_encoder
 
 

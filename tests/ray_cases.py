@@ -47,7 +47,7 @@ def test_the_index_command_encodes_on_ray(cluster, tmp_path, models, beir, capsy
     assert main(["index", str(beir / "corpus.jsonl"), "--path", str(tmp_path / "cli"), "--model", str(models["plain"]), "--ray", "local", "--ray-workers", "2", "--quiet"]) == 0
     assert "indexed 8 documents" in capsys.readouterr().out
     assert main(["index", "--from", str(tmp_path / "cli"), "--path", str(tmp_path / "x"), "--ray", "local"]) != 0
-    assert "--ray encodes a CORPUS" in capsys.readouterr().err
+    assert "apply to encoding a CORPUS" in capsys.readouterr().err
 
 
 def test_a_sharded_search_gives_the_local_results(cluster, tmp_path, models):

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import argparse
 
-from .common import add_common
+from .common import add_common, add_device
 
 
 def add_parser(sub) -> argparse.ArgumentParser:
@@ -13,6 +13,7 @@ def add_parser(sub) -> argparse.ArgumentParser:
     p.add_argument("corpus", help="BEIR corpus.jsonl (or its dataset folder), JSONL of {id, text}, or a folder of .txt/.md files")
     p.add_argument("--upsert", action="store_true", help="replace the documents whose id the index holds (default: such an id is an error)")
     add_writer(p)
+    add_device(p, "document encoding")
     add_common(p)
     return p
 
@@ -36,7 +37,7 @@ def run(args) -> int:
     from ..corpus import read_corpus
     from ..index import Index
 
-    index = Index.open(args.index, home=args.index_dir)
+    index = Index.open(args.index, home=args.index_dir, device=args.device)
     what = index.upsert if args.upsert else index.add
     done = what(read_corpus(args.corpus), wait=args.wait, merge=not args.no_merge, show_progress=False if args.quiet else None, command=args.command_line)
     replaced = f", replacing {done['replaced']}" if args.upsert else ""

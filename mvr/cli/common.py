@@ -18,6 +18,15 @@ def add_common(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--quiet", action="store_true", help="no progress bars")
 
 
+def add_device(parser: argparse.ArgumentParser, what: str, precision: bool = False) -> None:
+    """``--device`` (and ``--precision``): where PyTorch work runs (mvr/device.py)."""
+    parser.add_argument("--device", default=None, metavar="auto|cpu|cuda[:N]",
+                        help=f"where {what} runs: a CUDA GPU, the CPU, or auto: the GPU when torch sees one (default: $MVR_DEVICE, else auto; a CUDA torch is needed, README 'GPU')")
+    if precision:
+        parser.add_argument("--precision", default=None, choices=("fp32", "fp16", "bf16"),
+                            help="autocast type of the transformer (default: fp16 on a GPU, fp32 on the CPU; other than fp32, documents run in PyTorch)")
+
+
 def add_fde(parser: argparse.ArgumentParser, with_switch: bool) -> None:
     group = parser.add_argument_group("MUVERA FDE first stage")
     if with_switch:

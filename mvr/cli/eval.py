@@ -7,7 +7,7 @@ import argparse
 import json
 from pathlib import Path
 
-from .common import add_common, add_search, search_options
+from .common import add_common, add_device, add_search, search_options
 
 
 def _counts(text: str) -> list[int]:
@@ -33,6 +33,7 @@ def add_parser(sub) -> argparse.ArgumentParser:
     p.add_argument("--output", type=Path, default=None, help="write the report as JSON here")
     p.add_argument("--run-file", type=Path, default=None, help="write the TREC run here (several runs: one file each, named after the run)")
     p.add_argument("--build", action="store_true", help="build the index (default settings) from the dataset's corpus.jsonl if it does not exist; `mvr index` sets others")
+    add_device(p, "query encoding and exact MaxSim")
     add_common(p)
     return p
 
@@ -48,7 +49,7 @@ def run(args) -> int:
     if args.depth < 1:
         raise DatasetError(f"--depth must be >= 1, got {args.depth}.")
     try:
-        index = Index.open(args.index, home=args.index_dir)
+        index = Index.open(args.index, home=args.index_dir, device=args.device)
     except IndexNotFoundError:
         if not args.build:
             raise IndexNotFoundError(
@@ -58,6 +59,7 @@ def run(args) -> int:
         # a name builds under --index-dir; a value with a separator is the path it names
         target = Path(args.index) if ("/" in args.index or "\\" in args.index) else args.index
         index = Index.build(read_corpus(args.dataset / "corpus.jsonl"), target, config=config, home=args.index_dir, show_progress=show, command=args.command_line)
+        index = Index.open(index.path, device=args.device) if args.device is not None else index
     report, runs = evaluate(
         args.dataset,
         index,

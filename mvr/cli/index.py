@@ -8,7 +8,7 @@ from pathlib import Path
 from ..config import LARGE_CORPUS, RUNTIMES, IndexConfig
 from ..errors import ConfigError
 from ..registry import SPARSE_STAGES
-from .common import add_common, add_compaction, add_fde, compaction, fde_config
+from .common import add_common, add_compaction, add_device, add_fde, compaction, fde_config
 
 
 def add_parser(sub) -> argparse.ArgumentParser:
@@ -46,6 +46,7 @@ def add_parser(sub) -> argparse.ArgumentParser:
     p.add_argument("--ray-workers", type=int, default=2, metavar="N", help="with --ray: encoder actors, one CPU each (default 2)")
     p.add_argument("--passage-tokens", type=int, default=d.passage_tokens, metavar="N", help="split documents longer than N tokens into overlapping passages, searched one by one (default: none; longer documents are cut at --doc-maxlen)")
     p.add_argument("--passage-stride", type=int, default=d.passage_stride, metavar="S", help="tokens from one passage's start to the next (default: 3/4 of N)")
+    add_device(p, "document encoding", precision=True)
     add_fde(p, with_switch=True)
     add_compaction(p)
     add_common(p)
@@ -61,8 +62,8 @@ def run(args) -> int:
     if args.source is not None:
         if args.corpus is not None:
             raise ConfigError("give a CORPUS to encode or --from INDEX to derive from, not both.")
-        if args.ray:
-            raise ConfigError("--ray encodes a CORPUS; deriving (--from) encodes nothing.")
+        if args.ray or args.device is not None or args.precision is not None:
+            raise ConfigError("--ray, --device and --precision apply to encoding a CORPUS; deriving (--from) encodes nothing.")
         changes = dict(settings, threads=args.threads, fde=fde_config(args), centroid_stage=args.centroid_stage)
         index = Index.derive(
             args.source, target, home=args.index_dir, overwrite=args.overwrite, show_progress=False if args.quiet else None, command=args.command_line, **changes
@@ -92,9 +93,16 @@ def run(args) -> int:
         if args.ray:
             from ..distributed import RayEncoder, connect
 
+            if args.device is not None or args.precision is not None:
+                raise ConfigError("--device and --precision choose where this machine encodes; with --ray the workers encode (on their own GPU when they have one).")
             connect(args.ray, cpus=args.ray_workers)
             encoder = RayEncoder(config.model, workers=args.ray_workers, query_maxlen=config.query_maxlen, doc_maxlen=config.doc_maxlen,
                                  batch_size=config.batch_size, doc_runtime=config.doc_runtime)
+        elif args.device is not None or args.precision is not None:
+            from ..encode import Encoder
+
+            encoder = Encoder(config.model, query_maxlen=config.query_maxlen, doc_maxlen=config.doc_maxlen, batch_size=config.batch_size,
+                              threads=config.threads, doc_runtime=config.doc_runtime, device=args.device, precision=args.precision)
         try:
             index = Index.build(
                 read_corpus(args.corpus),
@@ -107,7 +115,7 @@ def run(args) -> int:
                 command=args.command_line,
             )
         finally:
-            if encoder is not None:
+            if args.ray:
                 encoder.close()
     info = index.info()
     build = info["build"]

@@ -8,7 +8,7 @@ import sys
 import unicodedata
 from pathlib import Path
 
-from .common import add_common, add_search, read_queries, search_options
+from .common import add_common, add_device, add_search, read_queries, search_options
 
 # Shown escaped in plain output: controls (terminal escape sequences, carriage returns), invisible
 # format characters (bidirectional overrides) and line separators; the joiners that emoji and some
@@ -38,6 +38,7 @@ def add_parser(sub) -> argparse.ArgumentParser:
     served.add_argument("--server", metavar="URL", help="search through this mvr serve (default: one running on this machine that serves the index, else the index is opened here)")
     served.add_argument("--no-server", action="store_true", help="open the index here even when a running mvr serve holds it warm")
     p.add_argument("--explain", action="store_true", help="show why each hit matched: the document tokens behind the query tokens' maxima, highlighted, with their share of the score")
+    add_device(p, "query encoding and exact MaxSim")
     add_common(p)
     return p
 
@@ -109,7 +110,7 @@ def run(args) -> int:
     texts = [text for _, text in queries]
     answered = _through_server(args, texts)
     if answered is None:
-        index = Index.open(args.index, home=args.index_dir, model=args.model)
+        index = Index.open(args.index, home=args.index_dir, model=args.model, device=args.device)
         results = index.search(texts, k=args.k, first_stage=args.first_stage, candidates=args.candidates, threads=args.threads, explain=args.explain, **search_options(args))
         answered = results.to_dicts()
     if args.trec:

@@ -17,32 +17,13 @@ from typing import Sequence
 import numpy as np
 
 from ..config import DEFAULT_DOC_RUNTIME, QUERY_RUNTIMES, RUNTIMES
+from ..device import autocast_dtype, resolve_device, resolve_precision
 from ..errors import EncoderError
 from ..progress import progress
 from ..threads import cpu_threads
 from .forms import DEFAULT_MODEL_NAME, default_model_path, detect_spec, load_projections, weight_files_of, weights_checksum
-from .runtimes import ExportError, OnnxTransformer, quiet_transformers
-from .tokens import TokenVectors, token_classes
-
-
-# A text longer than 64 characters per kept token is cut before the tokenizer sees it (a 10 MB
-# one-line document would otherwise be tokenised whole, 1.5 GB, to keep a few hundred tokens).
-# WordPiece averages 4-6 characters a token on prose, so one cut nearly always suffices; a cut
-# that yields too few tokens is widened (see _token_ids), so the figure never changes the tokens.
-_CHARS_PER_TOKEN = 64
-_BREAKS = (" ", "\n", "\t", "\r")
-
-
-def _prefix_end(text: str, limit: int) -> int:
-    """Where to cut ``text`` to at most ``limit`` characters so that its tokens are the first
-    tokens of the whole text: before a run of ASCII whitespace, where every tokenizer mvr reads
-    (WordPiece, byte-level BPE, SentencePiece) ends a word; 0 where the window has none."""
-    if len(text) <= limit:
-        return len(text)
-    end = max(text.rfind(c, 0, limit + 1) for c in _BREAKS)
-    while end > 0 and text[end - 1] in _BREAKS:
-        end -= 1
-    return max(end, 0)
+from .runtimes import ExportError, OnnxTransformer, check_runtime, quiet_transformers
+from .tokens import CHARS_PER_TOKEN, TokenVectors, prefix_end, token_classes
 
 
 def identity_differences(recorded: dict, actual: dict) -> list[str]:
@@ -50,12 +31,6 @@ def identity_differences(recorded: dict, actual: dict) -> list[str]:
     (its name and folder aside: the same weights may be moved or renamed)."""
     keys = sorted((set(recorded) | set(actual)) - {"name", "source"})
     return [f"{key}: index {recorded.get(key)!r}, query encoder {actual.get(key)!r}" for key in keys if recorded.get(key) != actual.get(key)]
-
-
-def check_runtime(name: str, value: str, allowed: tuple[str, ...]) -> str:
-    if value not in allowed:
-        raise EncoderError(f"{name} must be one of {', '.join(allowed)}; got {value!r}.")
-    return value
 
 
 class Encoder:
@@ -70,7 +45,11 @@ class Encoder:
     reads ``$MVR_QUERY_RUNTIME`` (default "onnx"). ``doc_runtime``: the same for documents, with
     "onnx-int8" too (weights int8 per output channel, activations quantised per batch; the default,
     docs/speed.md has its speed and nDCG@10); None reads ``$MVR_DOC_RUNTIME``. A model the exporter
-    cannot handle stays on PyTorch, with a warning.
+    cannot handle stays on PyTorch, with a warning. ``device`` (mvr/device.py): "auto" (a CUDA GPU
+    when torch sees one, else the CPU; None reads ``$MVR_DEVICE``, default "auto"), "cpu", "cuda" or
+    "cuda:N"; on a GPU both sides run in PyTorch, texts batched by length, under autocast at
+    ``precision`` ("fp16" by default there, "bf16" or "fp32"); a precision other than fp32 runs
+    PyTorch on the CPU too. Vectors always come back as float32 on the CPU.
     """
 
     def __init__(
@@ -83,6 +62,8 @@ class Encoder:
         threads: int | None = None,
         query_runtime: str | None = None,
         doc_runtime: str | None = None,
+        device: str | None = None,
+        precision: str | None = None,
     ):
         import torch
         from transformers import AutoConfig, AutoTokenizer
@@ -100,6 +81,10 @@ class Encoder:
         self.threads = threads
         self.query_runtime = check_runtime("query_runtime", query_runtime or os.environ.get("MVR_QUERY_RUNTIME") or "onnx", QUERY_RUNTIMES)
         self.doc_runtime = check_runtime("doc_runtime", doc_runtime or os.environ.get("MVR_DOC_RUNTIME") or DEFAULT_DOC_RUNTIME, RUNTIMES)
+        self.device = resolve_device(device)
+        self.precision = resolve_precision(precision, self.device)
+        if self.device != "cpu" or self.precision != "fp32":  # ONNX Runtime runs here on the CPU, in float32 or int8
+            self.query_runtime = self.doc_runtime = "torch"
 
         transformer_path = self._transformer_path = self.path / self.spec.transformer_dir
         try:
@@ -156,7 +141,7 @@ class Encoder:
                     except (OSError, ValueError) as exc:
                         raise EncoderError(f"could not load the model in {self._transformer_path}: {exc}") from None
                     model.eval()
-                    self._model = model.float()
+                    self._model = model.float().to(self.device)
         return self._model
 
     # -- ONNX Runtime ----------------------------------------------------------------------------
@@ -182,6 +167,21 @@ class Encoder:
             warnings.warn(f"mvr: {attribute} falls back to PyTorch; ONNX export of {self.name} failed: {exc}", stacklevel=4)
             setattr(self, attribute, "torch")
             return None
+
+    def _torch_hidden(self, inputs: dict, dtype):
+        """The transformer's last hidden state from PyTorch on this encoder's device (under
+        autocast at ``dtype``, None: float32), as float32 on the CPU."""
+        import torch
+
+        model = self.model
+        if self.device != "cpu":
+            inputs = {name: value.to(self.device, non_blocking=True) for name, value in inputs.items()}
+        if dtype is None:
+            hidden = model(**inputs).last_hidden_state
+        else:
+            with torch.autocast(device_type=torch.device(self.device).type, dtype=dtype):
+                hidden = model(**inputs).last_hidden_state
+        return hidden.float().cpu()
 
     def _token_id(self, token: str | None) -> int | None:
         if token is None:
@@ -246,7 +246,7 @@ class Encoder:
         expected = self._token_ids([text], is_query=False)[0][0]  # [CLS] (marker) body [SEP]
         head = 1 + (self._doc_marker_id is not None)
         body = expected[head:-1]
-        for window in (_prefix_end(text, _CHARS_PER_TOKEN * 4 * (len(body) + 1)), len(text)):  # the head first, as _token_ids reads it
+        for window in (prefix_end(text, CHARS_PER_TOKEN * 4 * (len(body) + 1)), len(text)):  # the head first, as _token_ids reads it
             found = tok(text[:window], add_special_tokens=False, return_offsets_mapping=True, truncation=True, max_length=len(body) + 1)
             if found["input_ids"][: len(body)] == body:
                 break
@@ -275,9 +275,9 @@ class Encoder:
         # window four times as wide, up to the whole text.
         pieces: list[list[int]] = [[] for _ in texts]
         pending = list(range(len(texts)))
-        window = _CHARS_PER_TOKEN * (body + 1) if tok.truncation_side == "right" else None  # "left" keeps the end
+        window = CHARS_PER_TOKEN * (body + 1) if tok.truncation_side == "right" else None  # "left" keeps the end
         while pending:
-            ends = [len(texts[i]) if window is None else _prefix_end(texts[i], window) for i in pending]
+            ends = [len(texts[i]) if window is None else prefix_end(texts[i], window) for i in pending]
             found = tok([texts[i][:end] for i, end in zip(pending, ends)], add_special_tokens=False, truncation=True, max_length=body + 1)["input_ids"]
             retry = []
             for i, end, ids in zip(pending, ends, found):
@@ -313,6 +313,7 @@ class Encoder:
         outer = hasattr(show_progress, "update")
         bar = show_progress if outer else progress(total=len(texts), desc="encoding queries" if is_query else "encoding documents", unit="text", show=show_progress)
         pad_id = self.tokenizer.pad_token_id or 0
+        dtype = autocast_dtype(self.precision)
         with cpu_threads(threads or self.threads, "torch"), torch.inference_mode():
             for start in range(0, len(order), batch_size):
                 batch = [sequences[i] for i in order[start : start + batch_size]]
@@ -329,7 +330,7 @@ class Encoder:
                     inputs["token_type_ids"] = torch.zeros_like(input_ids)
                 hidden = self._onnx_hidden(inputs, is_query)
                 if hidden is None:
-                    hidden = self.model(**inputs).last_hidden_state
+                    hidden = self._torch_hidden(inputs, dtype)
                 for weight, bias, activation in self._projections:
                     hidden = torch.nn.functional.linear(hidden, weight, bias)
                     if activation is not None:

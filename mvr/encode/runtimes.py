@@ -48,6 +48,14 @@ _QUANTIZE = (
 )
 
 
+def check_runtime(name: str, value: str, allowed: tuple[str, ...]) -> str:
+    from ..errors import EncoderError
+
+    if value not in allowed:
+        raise EncoderError(f"{name} must be one of {', '.join(allowed)}; got {value!r}.")
+    return value
+
+
 class ExportError(RuntimeError):
     """The transformer could not be exported to ONNX, quantised or opened by ONNX Runtime."""
 

@@ -9,6 +9,27 @@ from dataclasses import dataclass
 import numpy as np
 
 
+# A text longer than 64 characters per kept token is cut before the tokenizer sees it (a 10 MB
+# one-line document would otherwise be tokenised whole, 1.5 GB, to keep a few hundred tokens).
+# WordPiece averages 4-6 characters a token on prose, so one cut nearly always suffices; a cut
+# that yields too few tokens is widened (see Encoder._token_ids), so the figure never changes the tokens.
+CHARS_PER_TOKEN = 64
+_BREAKS = (" ", "\n", "\t", "\r")
+
+
+def prefix_end(text: str, limit: int) -> int:
+    """Where to cut ``text`` to at most ``limit`` characters so that its tokens are the first
+    tokens of the whole text: before a run of ASCII whitespace, where every tokenizer mvr reads
+    (WordPiece, byte-level BPE, SentencePiece) ends a word; 0 where the window has none."""
+    if len(text) <= limit:
+        return len(text)
+    end = max(text.rfind(c, 0, limit + 1) for c in _BREAKS)
+    while end > 0 and text[end - 1] in _BREAKS:
+        end -= 1
+    return max(end, 0)
+
+
+
 @dataclass(frozen=True)
 class TokenVectors:
     """Token vectors of several texts: ``vectors`` float32 ``(n_tokens, dim)``, ``offsets`` int64

@@ -79,14 +79,14 @@ class CentroidStage:
         self.doc_centroids = arrays["doc_centroids"]
         self.n_docs = len(self.doc_centroid_offsets) - 1
         self._check(manifest)
-        self._scratch = threading.local()  # per searching thread: gains and marks of every document, kept zero between queries
+        self._scratch = threading.local()  # per searching thread: a slot per document, kept zero between queries
 
-    def _buffers(self) -> tuple[np.ndarray, np.ndarray]:
-        """This thread's gain (float32) and mark (int32) of every document, all zero."""
+    def _slots(self) -> np.ndarray:
+        """This thread's int32 slot of every document, all zero (see kernels/centroids.py)."""
         scratch = self._scratch
-        if getattr(scratch, "gain", None) is None:
-            scratch.gain, scratch.stamp = np.zeros(self.n_docs, dtype=np.float32), np.zeros(self.n_docs, dtype=np.int32)
-        return scratch.gain, scratch.stamp
+        if getattr(scratch, "slot", None) is None:
+            scratch.slot = np.zeros(self.n_docs, dtype=np.int32)
+        return scratch.slot
 
     def _check(self, manifest: dict) -> None:
         """Refuse arrays that do not fit together: the kernels index with them unchecked."""
@@ -151,7 +151,7 @@ class CentroidStage:
     def _one(self, query: np.ndarray, n: int, wanted: int, probe: int, mask: np.ndarray, few: np.ndarray | None) -> Candidates:
         """One query's ``n`` best candidates: the documents ``few``, or those the probed lists meet
         (more centroids probed, x4 each time, while they meet fewer than ``wanted``)."""
-        from .._kernels.centroids import best_centroids, interaction_scores, probe_gains
+        from .._kernels.centroids import best_centroids, interaction_scores, probe_gains, take_pool
 
         if len(query) == 0 or wanted == 0:
             return Candidates.empty()
@@ -162,27 +162,22 @@ class CentroidStage:
             order = np.lexsort((few, -exact))[:n]
             return Candidates(few[order], exact[order])
         n_centroids = scores_t.shape[0]
+        pool = max(POOL_FACTOR * n, MIN_POOL)
         while True:
             p = min(probe, n_centroids)
             probed, probed_scores, missing = best_centroids(scores_t, p)
-            reach = int((self.list_offsets[probed + 1] - self.list_offsets[probed]).sum())
-            touched = np.empty(min(reach, self.n_docs), dtype=np.int64)
-            gain, stamp = self._buffers()
+            reach = min(int((self.list_offsets[probed + 1] - self.list_offsets[probed]).sum()), self.n_docs)
+            touched, gains, marks = np.empty(reach, np.int64), np.empty(reach, np.float32), np.empty(reach, np.int32)
+            slot = self._slots()
             try:
-                met = probe_gains(probed, probed_scores, missing, self.list_offsets, self.list_docs, mask, gain, stamp, touched)
+                met = probe_gains(probed, probed_scores, missing, self.list_offsets, self.list_docs, mask, slot, touched, gains, marks)
+                touched = take_pool(touched[:met], gains[:met], slot, pool)  # slot back to zero
             except BaseException:
-                self._scratch.gain = None  # whatever it holds now: made anew for the next query
+                self._scratch.slot = None  # whatever it holds now: made anew for the next query
                 raise
-            touched = touched[:met]
-            gains = gain[touched]
-            gain[touched] = 0  # back to zero for the next query, touching only what this one touched
-            stamp[touched] = 0
             if met >= wanted or p >= n_centroids:
                 break
             probe = p * 4
-        pool = min(met, max(POOL_FACTOR * n, MIN_POOL))
-        if pool < met:
-            touched = touched[np.argpartition(-gains, pool - 1)[:pool]]
         exact = interaction_scores(scores_t, touched, self.doc_centroid_offsets, self.doc_centroids)
         order = np.lexsort((touched, -exact))[:n]
         return Candidates(touched[order].astype(np.int64), exact[order])

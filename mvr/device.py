@@ -1,0 +1,53 @@
+"""Where PyTorch work runs: the CPU, or a CUDA GPU when there is one.
+
+``device``: "auto" (a CUDA GPU when torch sees one, else the CPU; the default), "cpu", "cuda" or
+"cuda:N"; None reads ``$MVR_DEVICE`` (default "auto"). ``precision`` is the autocast type of the
+transformer on that device: "fp32" (none), "fp16" or "bf16"; None: fp16 on a GPU, fp32 on the CPU.
+The default install's torch is a CPU build: README says how to install a CUDA one.
+"""
+
+from __future__ import annotations
+
+import os
+
+from .errors import ConfigError
+
+DEVICES = ("auto", "cpu", "cuda")
+PRECISIONS = ("fp32", "fp16", "bf16")
+_INSTALL = "install a CUDA build of torch (README, 'GPU'), or use --device cpu"
+
+
+def resolve_device(device: str | None = None) -> str:
+    """"cpu" or "cuda[:N]": what ``device`` (None: ``$MVR_DEVICE``, else "auto") names here."""
+    import torch
+
+    name = device if device is not None else (os.environ.get("MVR_DEVICE") or "auto")
+    if not isinstance(name, str) or not (name in DEVICES or (name.startswith("cuda:") and name[5:].isdigit())):
+        raise ConfigError(f"device must be one of {', '.join(DEVICES)} or cuda:N; got {name!r}.")
+    if name == "auto":
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    if name == "cpu":
+        return "cpu"
+    if not torch.cuda.is_available():
+        build = "a CPU-only build" if torch.version.cuda is None else f"built for CUDA {torch.version.cuda}, but no GPU is visible"
+        raise ConfigError(f"device {name!r}: torch {torch.__version__} is {build}; {_INSTALL}.")
+    at = int(name[5:]) if ":" in name else 0
+    if at >= torch.cuda.device_count():
+        raise ConfigError(f"device {name!r}: torch sees {torch.cuda.device_count()} GPU(s), numbered from 0; choose one of them.")
+    return name
+
+
+def resolve_precision(precision: str | None, device: str) -> str:
+    """``precision`` checked, or the default for ``device``: fp16 on a GPU, fp32 on the CPU."""
+    if precision is None:
+        return "fp32" if device == "cpu" else "fp16"
+    if precision not in PRECISIONS:
+        raise ConfigError(f"precision must be one of {', '.join(PRECISIONS)}; got {precision!r}.")
+    return precision
+
+
+def autocast_dtype(precision: str):
+    """The torch dtype autocast runs in for ``precision`` (None for fp32: no autocast)."""
+    import torch
+
+    return {"fp32": None, "fp16": torch.float16, "bf16": torch.bfloat16}[precision]
