@@ -22,6 +22,7 @@ from .encode import Encoder
 from .errors import ConfigError
 from .stages import BuildSource, build_stage, stage_class
 from .storage import StagingDir, target_path
+from .encoding import Checkpoints
 from .segment_build import finish_segment, planned_stages, stored_texts, write_segment
 from .storage.commits import SEGMENTS, new_commit, publish, read_pointer, segment_name, write_json
 from .storage.formats import SEGMENT_FORMAT, SEGMENT_VERSION
@@ -34,7 +35,7 @@ _SOURCE_COUNTS = {"documents", "tokens", "max_doc_len", "truncated_documents", "
 
 
 def build(documents, name, *, config: IndexConfig | None = None, home=None, overwrite: bool = False, encoder: Encoder | None = None,
-          show_progress: bool | None = None, chunk_size: int = 1024, command: str | None = None):
+          show_progress: bool | None = None, chunk_size: int = 1024, command: str | None = None, resume: bool = False):
     """Encode ``documents`` (an iterable of Documents, dicts, ``(id, text)`` pairs or strings, or
     a corpus path) and write the index ``name`` (a ``str`` name under ``home``, or a ``pathlib.Path``); return it opened.
 
@@ -42,13 +43,19 @@ def build(documents, name, *, config: IndexConfig | None = None, home=None, over
     work are refused before any document is encoded. Nothing is written at ``name`` until the
     build has finished: a failure leaves an existing index intact. ``command`` (the CLI line that
     asked for the build) is kept in the manifest. The index is one segment at generation 1.
+
+    Each chunk of ``chunk_size`` documents is recorded once encoded (mvr/encoding.py): a build
+    killed half-way, or stopped by an error, leaves them, and ``resume=True`` (CLI ``--resume``)
+    goes on from the last whole chunk with the same settings and corpus (checked), ending with
+    the index an uninterrupted build writes; ``manifest["build"]["resumed_at"]`` says after how
+    many documents. Without it, a build starts over and removes what an interrupted one left.
     """
     from .index import Index
 
     config = config or IndexConfig()
     started = time.perf_counter()
     target = target_path(name, Path(home) if home else None)
-    with StagingDir(target, overwrite) as staging, cpu_threads(config.threads, "numba", "faiss"):
+    with StagingDir(target, overwrite, resume=resume) as staging, cpu_threads(config.threads, "numba", "faiss"):
         if encoder is None:
             encoder = Encoder(config.model, query_maxlen=config.query_maxlen, doc_maxlen=config.doc_maxlen, batch_size=config.batch_size, threads=config.threads, doc_runtime=config.doc_runtime)
         if config.pca_dim is not None and config.pca_dim > encoder.dim:
@@ -59,7 +66,9 @@ def build(documents, name, *, config: IndexConfig | None = None, home=None, over
         # what runs: a given encoder's own runtime, or PyTorch where the ONNX export failed
         config = dataclasses.replace(config, doc_runtime=encoder.doc_runtime)
         folder = staging.path / SEGMENTS / segment_name(1)
-        manifest = write_segment(documents, folder, encoder, config, show_progress=show_progress, chunk_size=chunk_size, command=command)
+        manifest = write_segment(documents, folder, encoder, config, show_progress=show_progress, chunk_size=chunk_size, command=command,
+                                 checkpoints=True, resume=staging.resumed)
+        Checkpoints(folder).done()
         manifest["build"]["model_load_seconds"] = round(loaded - started, 3)
         first_commit(staging.path, folder, manifest, config, encoder.identity, "build", command)
         path = staging.commit()

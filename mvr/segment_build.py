@@ -5,7 +5,6 @@ new index, mvr/writer.py for additions and merges).
 
 from __future__ import annotations
 
-import itertools
 import os
 import shutil
 import time
@@ -17,31 +16,46 @@ import numpy as np
 
 from . import __version__
 from .config import IndexConfig
-from .corpus import Document, as_documents
+from .corpus import Document
 from .encode import Encoder
-from .errors import ConfigError, CorpusError, MvrError
-from .passages import document_id, split
-from .progress import progress
+from .encoding import RESUME, Checkpoints, encode_corpus, finish_vectors
+from .errors import MvrError
 from .registry import store_class
 from .stages import BuildSource, build_stage
-from .storage import Blob, BlobWriter, sha256_file, write_manifest
+from .storage import ArrayWriter, Blob, BlobWriter, RowReader, sha256_file, write_manifest
 from .storage.formats import SEGMENT_FORMAT, SEGMENT_VERSION, TOKEN_IDS
 from .storage.metadata import MetadataWriter
-from .vectors import compact_vectors, corpus_stats, fit_pca, needs_corpus_stats, needs_token_ids, project
+from .vectors import compact_vectors, corpus_stats, needs_corpus_stats, needs_token_ids
 
 CORPUS_STATS = "corpus_df.npy"  # vectors.prune.corpus_stats of the build: documents, then df per token id
 
 
 def write_segment(documents, folder: Path, encoder: Encoder, config: IndexConfig, *, like=None, stages: dict | None = None, existing=None,
-                  replaced: list | None = None, metadata_types: dict | None = None, show_progress=None, chunk_size: int = 1024, command=None) -> dict:
+                  replaced: list | None = None, metadata_types: dict | None = None, show_progress=None, chunk_size: int = 1024, command=None,
+                  checkpoints: bool = False, resume: bool = False) -> dict:
     """Encode ``documents`` into the new segment ``folder`` as ``config`` says; ``like``: an opened
-    segment of the same index, whose PCA projection and codec the new one reuses. The manifest."""
+    segment of the same index, whose PCA projection and codec the new one reuses. The manifest.
+    ``checkpoints``: record each encoded chunk in ``folder/resume`` (mvr/encoding.py; removed with
+    :meth:`Checkpoints.done` before the segment is published); ``resume``: ``folder`` holds such
+    records of an interrupted build, which this one goes on from (with its chunk size)."""
     started = time.perf_counter()
-    folder.mkdir(parents=True)
-    counts = encode_corpus(documents, encoder, config, folder, show_progress, chunk_size, existing, replaced, metadata_types)
+    records = resumed = None
+    if resume and (folder / RESUME / "build.json").is_file():
+        records = Checkpoints(folder)
+        resumed = records.resume(config, encoder.identity, encoder.dim)
+        chunk_size = resumed.chunk_size
+    else:
+        folder.mkdir(parents=True)
+        if checkpoints:
+            records = Checkpoints(folder)
+            records.start(config, encoder.identity, chunk_size)
+    counts = encode_corpus(documents, encoder, config, folder, show_progress, chunk_size, existing, replaced, metadata_types, records, resumed)
     encoded = time.perf_counter()
-    counts.update(finish_vectors(folder, encoder.dim, config, counts["tokens"], None if like is None else like.projection))
-    build_info = {"encode_seconds": round(encoded - started, 3), "docs_per_second": round(counts["documents"] / max(encoded - started, 1e-9), 2)}
+    counts.update(finish_vectors(folder, encoder.dim, config, counts["tokens"], None if like is None else like.projection, checkpoints=records))
+    done = counts["documents"] - (len(resumed.ids) if resumed else 0)
+    build_info = {"encode_seconds": round(encoded - started, 3), "docs_per_second": round(done / max(encoded - started, 1e-9), 2)}
+    if resumed is not None:
+        build_info["resumed_at"] = len(resumed.read)
     return finish_segment(folder, config, encoder, counts, build_info, started, command, show_progress, None if like is None else like.path, stages)
 
 
@@ -110,18 +124,20 @@ def _search_bytes(folder: Path, store) -> int:
     return store.bytes_on_disk(folder) + (projection.stat().st_size if projection.is_file() else 0)
 
 
-def _compact(folder: Path, config: IndexConfig, encoder: Encoder, counts: dict, like: Path | None = None) -> dict:
-    """Prune, cluster and compress ``folder/vectors.npy`` in place; the counts to record."""
+def _compact(folder: Path, config: IndexConfig, encoder: Encoder, counts: dict, like: Path | None = None, block: int = 1 << 18) -> dict:
+    """Prune, cluster and compress ``folder/vectors.npy`` in place, in blocks of documents of
+    about ``block`` vectors (documents are compacted one by one, so blocks change nothing): the
+    compacted float32 vectors go to a file first, from which the codec is fitted on its sample
+    (only those rows are read) and the store written block by block. Memory holds a block, not
+    the corpus. The counts to record."""
     started = time.perf_counter()
     offsets = np.load(folder / "doc_offsets.npy")
-    source = np.load(folder / "vectors.npy", mmap_mode="r")
+    source = RowReader(folder / "vectors.npy")
     source_tokens, dim = source.shape
-    vectors = np.asarray(source, dtype=np.float32)
-    del source
     ids_file = folder / TOKEN_IDS
     token_ids = classes = None
     if needs_token_ids(config):
-        token_ids = np.load(ids_file) if ids_file.is_file() else None
+        token_ids = RowReader(ids_file) if ids_file.is_file() else None
         if token_ids is not None and len(token_ids) != source_tokens:
             raise MvrError(f"{ids_file} holds {len(token_ids)} token ids for {source_tokens} vectors; the index is damaged, build it again from the corpus.")
         if token_ids is None:  # built before token ids were stored: tokenise the texts again
@@ -131,154 +147,47 @@ def _compact(folder: Path, config: IndexConfig, encoder: Encoder, counts: dict, 
         classes = encoder.token_classes()
     stats = None
     if needs_corpus_stats(config):  # the build's statistics, kept for every segment added later
-        stats = np.load(Path(like) / CORPUS_STATS) if like is not None and (Path(like) / CORPUS_STATS).is_file() else corpus_stats(token_ids, offsets)
+        stats = np.load(Path(like) / CORPUS_STATS) if like is not None and (Path(like) / CORPUS_STATS).is_file() else corpus_stats(token_ids[:], offsets)
         np.save(folder / CORPUS_STATS, stats)
-    result = compact_vectors(vectors, offsets, config, token_ids, classes, stats)
-    del vectors
+    compacted = ArrayWriter(folder / ".compacted.npy", np.float32, (dim,))
+    kept_ids = ArrayWriter(folder / ".token_ids.npy", np.int32) if token_ids is not None and not config.clusters else None
+    lengths, pruned, cluster_seconds, first = [], 0, 0.0, 0
+    while first < len(offsets) - 1:
+        last = max(first + 1, int(np.searchsorted(offsets, offsets[first] + block, side="right")) - 1)
+        start, stop = int(offsets[first]), int(offsets[last])
+        part = compact_vectors(source[start:stop].astype(np.float32), offsets[first : last + 1] - start, config,
+                               None if token_ids is None else np.asarray(token_ids[start:stop]), classes, stats)
+        compacted.add(part.vectors)
+        if kept_ids is not None:
+            kept_ids.add(part.token_ids)
+        lengths.append(np.diff(part.offsets))
+        pruned, cluster_seconds, first = pruned + part.pruned, cluster_seconds + part.cluster_seconds, last
+    compacted.close()
+    del source, token_ids
     os.remove(folder / "vectors.npy")
-    np.save(folder / "doc_offsets.npy", result.offsets)
-    if config.clusters:
+    if kept_ids is not None:
+        kept_ids.close()
+        os.replace(folder / ".token_ids.npy", ids_file)
+    elif config.clusters:
         ids_file.unlink(missing_ok=True)  # a centroid is no one token
-    elif result.token_ids is not None:
-        np.save(ids_file, result.token_ids.astype(np.int32))
-    details = store_class(config.codec).write(folder, result.vectors, config, like=like)
-    lengths = np.diff(result.offsets)
+    lengths = np.concatenate(lengths)
+    new_offsets = np.zeros(len(lengths) + 1, dtype=np.int64)
+    np.cumsum(lengths, out=new_offsets[1:])
+    np.save(folder / "doc_offsets.npy", new_offsets)
+    vectors = RowReader(folder / ".compacted.npy")
+    details = store_class(config.codec).write(folder, vectors, config, like=like)
+    del vectors
+    os.remove(folder / ".compacted.npy")
     return {
-        "tokens": int(result.offsets[-1]),
+        "tokens": int(new_offsets[-1]),
         "source_tokens": int(source_tokens),
-        "pruned_tokens": result.pruned,
+        "pruned_tokens": pruned,
         "max_doc_len": int(lengths.max(initial=0)),
         "dim": int(dim),
         "compact_seconds": round(time.perf_counter() - started, 3),
-        "cluster_seconds": round(result.cluster_seconds, 3),
+        "cluster_seconds": round(cluster_seconds, 3),
         **details,
     }
-
-
-def encode_corpus(documents, encoder: Encoder, config: IndexConfig, folder: Path, show_progress, chunk_size: int,
-                  existing=None, replaced: list | None = None, metadata_types: dict | None = None) -> dict:
-    """Stream documents into ``vectors.raw`` (float16, model dim), token ids, ids and text blobs; return counts.
-
-    ``existing(ids) -> int64 positions`` (-1: absent) says which ids the index already holds: an
-    error, unless ``replaced`` is a list, which then collects their positions (an upsert).
-    ``metadata_types``: the index's metadata fields, whose types new documents must keep."""
-    seen: dict[str, str] = {}
-    ids: list[str] = []
-    lengths: list[np.ndarray] = []
-    token_ids: list[np.ndarray] = []
-    truncated = skipped = split_documents = 0
-    texts = BlobWriter(folder, "text")
-    titles = BlobWriter(folder, "title")
-    metadata = MetadataWriter(metadata_types)
-    total = len(documents) if hasattr(documents, "__len__") and not isinstance(documents, (str, os.PathLike)) else None
-    bar = progress(total=total, desc="encoding", unit="doc", show=show_progress)
-    try:
-        with open(folder / "vectors.raw", "wb") as raw:
-            for chunk in chunks(as_documents(documents), chunk_size):
-                kept = []
-                for doc in chunk:
-                    if doc.id in seen:
-                        raise CorpusError(
-                            f"{doc.where}: duplicate document id {doc.id!r} (first at {seen[doc.id]}). "
-                            "Ids must be unique: deduplicate the corpus."
-                        )
-                    seen[doc.id] = doc.where
-                    if not doc.full_text.strip():
-                        if config.skip_empty:
-                            skipped += 1
-                            continue
-                        raise CorpusError(
-                            f"{doc.where}: document {doc.id!r} has no text. Remove it, give it text, "
-                            "or skip such documents (skip_empty=True, CLI --skip-empty)."
-                        )
-                    if config.passage_tokens:
-                        parts, cut = split(doc, encoder.tokenizer, config.passage_tokens, config.passage_stride, encoder.document_budget)
-                        split_documents += cut
-                    else:
-                        parts = [doc]
-                    for part in parts:
-                        metadata.add(part.metadata, part.where)  # one type per field, checked before encoding
-                    kept.extend(parts)
-                if not kept:
-                    continue
-                if existing is not None:
-                    found = existing([d.id for d in kept])
-                    if replaced is None and (found >= 0).any():
-                        doc = kept[int(np.flatnonzero(found >= 0)[0])]
-                        raise CorpusError(
-                            f"{doc.where}: document id {doc.id!r} is already in the index; replace documents with upsert "
-                            "(Index.upsert, `mvr add --upsert`), or delete it first."
-                        )
-                    if replaced is not None:
-                        replaced.extend(int(p) for p in found[found >= 0])
-                encoded = encoder.encode_documents([d.full_text for d in kept], show_progress=bar if not config.passage_tokens else False)
-                if not np.isfinite(encoded.vectors).all():
-                    raise MvrError("the encoder produced non-finite vectors; check the model's weights.")
-                raw.write(encoded.vectors.astype(np.float16).tobytes())
-                lengths.append(encoded.lengths)
-                token_ids.append(encoded.token_ids)
-                truncated += int(encoded.truncated.sum())
-                for doc in kept:
-                    ids.append(doc.id)
-                    texts.add(doc.text)
-                    titles.add(doc.title)
-                if config.passage_tokens:
-                    bar.update(len(chunk))
-    finally:
-        bar.close()
-        texts.close()
-        titles.close()
-    metadata.close(folder)
-    if not ids:
-        raise CorpusError("the corpus holds no documents" + (f" ({skipped} empty ones skipped)" if skipped else "") + "; nothing to index.")
-    doc_lengths = np.concatenate(lengths)
-    offsets = np.zeros(len(doc_lengths) + 1, dtype=np.int64)
-    np.cumsum(doc_lengths, out=offsets[1:])
-    np.save(folder / "doc_offsets.npy", offsets)
-    if all(ids is not None for ids in token_ids):  # an encoder of another kind may not give them
-        np.save(folder / TOKEN_IDS, np.concatenate(token_ids).astype(np.int32))
-    id_array = np.array(ids, dtype=str)
-    np.save(folder / "doc_ids.npy", id_array)
-    np.save(folder / "doc_ids_order.npy", np.argsort(id_array, kind="stable").astype(np.int64))
-    return {
-        "documents": len(ids),
-        "tokens": int(offsets[-1]),
-        "max_doc_len": int(doc_lengths.max()),
-        "truncated_documents": truncated,
-        "skipped_empty_documents": skipped,
-        **({"source_documents": len({document_id(i) for i in ids}), "split_documents": split_documents} if config.passage_tokens else {}),
-    }
-
-
-def finish_vectors(folder: Path, model_dim: int, config: IndexConfig, n_tokens: int, projection: np.ndarray | None = None, block: int = 1 << 16) -> dict:
-    """Turn ``vectors.raw`` into ``vectors.npy``, applying PCA when configured: ``projection``
-    (another segment's) or one fitted here on a sample."""
-    raw_path = folder / "vectors.raw"
-    raw = np.memmap(raw_path, dtype=np.float16, mode="r", shape=(n_tokens, model_dim)) if n_tokens else np.zeros((0, model_dim), np.float16)
-    if projection is not None:
-        np.save(folder / "projection.npy", projection)
-    elif config.pca_dim is not None:
-        if config.pca_dim > model_dim:
-            raise ConfigError(f"pca_dim={config.pca_dim} (--pca-dim) exceeds the model's {model_dim} dimensions.")
-        rng = np.random.default_rng(config.seed)
-        sample = np.sort(rng.choice(n_tokens, size=min(config.pca_sample, n_tokens), replace=False))
-        projection = fit_pca(raw[sample].astype(np.float32), config.pca_dim)
-        np.save(folder / "projection.npy", projection)
-    dim = model_dim if projection is None else config.pca_dim
-    out = np.lib.format.open_memmap(folder / "vectors.npy", mode="w+", dtype=np.float16, shape=(n_tokens, dim))
-    for start in range(0, n_tokens, block):
-        part = raw[start : start + block].astype(np.float32)
-        out[start : start + block] = project(part, projection).astype(np.float16)
-    out.flush()
-    del out, raw
-    os.remove(raw_path)
-    return {"dim": dim, "model_dim": model_dim}
-
-
-def chunks(items: Iterable, size: int):
-    iterator = iter(items)
-    while chunk := list(itertools.islice(iterator, size)):
-        yield chunk
 
 
 def merge_segments(folder: Path, sources: list, live: list[np.ndarray], config: IndexConfig, encoder_identity: dict, stages: dict, show_progress=None, command=None) -> dict:

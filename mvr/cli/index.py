@@ -33,6 +33,7 @@ def add_parser(sub) -> argparse.ArgumentParser:
     p.add_argument("--pca-dim", type=int, default=d.pca_dim, help="reduce token vectors with uncentred PCA to this many dims")
     p.add_argument("--skip-empty", action="store_true", default=d.skip_empty, help="drop documents with no text instead of failing")
     p.add_argument("--overwrite", action="store_true", help="replace an existing index of that name (only once the new one is complete)")
+    p.add_argument("--resume", action="store_true", help="go on from where an interrupted build of this name stopped (its last whole chunk of documents), with the same corpus and settings; without it a build starts over")
     p.add_argument(
         "--sparse", default=None,
         help=f"text first stages to build: comma list of {', '.join(SPARSE_STAGES)} (bm25 = Lucene, extra 'lucene'), or 'none' (default: {','.join(d.sparse) or 'none'}, what the default search reads)",
@@ -62,8 +63,8 @@ def run(args) -> int:
     if args.source is not None:
         if args.corpus is not None:
             raise ConfigError("give a CORPUS to encode or --from INDEX to derive from, not both.")
-        if args.ray or args.device is not None or args.precision is not None:
-            raise ConfigError("--ray, --device and --precision apply to encoding a CORPUS; deriving (--from) encodes nothing.")
+        if args.ray or args.device is not None or args.precision is not None or args.resume:
+            raise ConfigError("--ray, --device, --precision and --resume apply to encoding a CORPUS; deriving (--from) encodes nothing.")
         changes = dict(settings, threads=args.threads, fde=fde_config(args), centroid_stage=args.centroid_stage)
         index = Index.derive(
             args.source, target, home=args.index_dir, overwrite=args.overwrite, show_progress=False if args.quiet else None, command=args.command_line, **changes
@@ -113,6 +114,7 @@ def run(args) -> int:
                 overwrite=args.overwrite,
                 show_progress=False if args.quiet else None,
                 command=args.command_line,
+                resume=args.resume,
             )
         finally:
             if args.ray:
@@ -123,6 +125,7 @@ def run(args) -> int:
         f"indexed {info['documents']} {'passages' if index.config.passage_tokens else 'documents'} ({info['tokens']} token vectors, dim {info['dim']}) into {index.path} "
         f"in {build['seconds']:.1f} s ({build['docs_per_second']:.1f} docs/s); {info['bytes_per_token']:.1f} bytes/token"
         + (f"; {info['vectors_per_document']['mean']} vectors per document from {info['source_tokens_per_document']}" if index.config.compacts else "")
+        + (f"; resumed after {build['resumed_at']} documents (docs/s of this run's)" if "resumed_at" in build else "")
     )
     counts = info["counts"]
     if index.config.passage_tokens:

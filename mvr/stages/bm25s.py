@@ -23,6 +23,17 @@ def _tokens(texts: Sequence[str], show: bool = False):
     return bm25s.tokenize(list(texts), stopwords="en", stemmer=Stemmer.Stemmer("english"), show_progress=show)
 
 
+def _canonical(tokens):
+    """``tokens`` with term ids given in the terms' sorted order: bm25s numbers them in the order
+    of a Python set, which changes from process to process, so that two builds of one corpus
+    wrote different files (the same scores)."""
+    from bm25s.tokenization import Tokenized
+
+    order = sorted(tokens.vocab)
+    new = {tokens.vocab[term]: i for i, term in enumerate(order)}
+    return Tokenized(ids=[[new[i] for i in doc] for doc in tokens.ids], vocab={term: i for i, term in enumerate(order)})
+
+
 class BM25S:
     """bm25s over ``<index>/bm25s``, memory-mapped."""
 
@@ -42,7 +53,7 @@ class BM25S:
         corpus = [text for _, text in source.texts()]
         retriever = bm25s.BM25(k1=BM25_K1, b=BM25_B, method="lucene")
         show = progress_enabled(source.show_progress)  # bm25s's own bars, on a terminal
-        retriever.index(_tokens(corpus, show), show_progress=show)
+        retriever.index(_canonical(_tokens(corpus, show)), show_progress=show)
         retriever.save(str(folder))
         return text_stage_manifest(cls.name, source, len(corpus), time.perf_counter() - started, bm25={"k1": BM25_K1, "b": BM25_B})
 

@@ -3,19 +3,22 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import numpy as np
 
 
 class BlobWriter:
-    """Appends UTF-8 strings to ``NAME.bin`` and keeps their byte offsets."""
+    """Appends UTF-8 strings to ``NAME.bin`` and keeps their byte offsets; ``lengths``: the byte
+    lengths of the strings the file holds already (a resumed build), after which it goes on."""
 
-    def __init__(self, folder: Path, name: str):
+    def __init__(self, folder: Path, name: str, lengths: np.ndarray | None = None):
         self.name = name
         self.folder = folder
-        self.handle = open(folder / f"{name}.bin", "wb")
-        self.offsets = [0]
+        held = len(lengths) if lengths is not None else 0
+        self.handle = open(folder / f"{name}.bin", "ab" if held else "wb")
+        self.offsets = [0, *np.cumsum(lengths).tolist()] if held else [0]
 
     def add(self, value: str) -> None:
         data = value.encode("utf-8")
@@ -61,6 +64,50 @@ class ArrayWriter:
         self.handle.seek(0)
         self.handle.write(self._header(self.rows))
         self.handle.close()
+
+
+class RowReader:
+    """Rows of a ``.npy`` file (``dtype`` None) or of a headerless file of ``dtype`` rows shaped
+    ``row_shape``, read on demand into fresh arrays (a slice, or sorted row numbers), never
+    memory-mapped: a pass over a file larger than memory holds only the rows in hand, and the
+    pages read do not stay in the process's resident set."""
+
+    def __init__(self, path: Path, dtype=None, row_shape: tuple = ()):
+        self.path = Path(path)
+        if dtype is None:
+            with open(self.path, "rb") as handle:
+                version = np.lib.format.read_magic(handle)
+                read = np.lib.format.read_array_header_1_0 if version == (1, 0) else np.lib.format.read_array_header_2_0
+                shape, fortran, dtype = read(handle)
+                self.offset = handle.tell()
+            if fortran:
+                raise ValueError(f"{self.path.name}: a Fortran-ordered array; mvr writes C order")
+            rows, row_shape = (shape[0] if shape else 1), tuple(shape[1:])
+        else:
+            self.offset, row_shape = 0, tuple(row_shape)
+        self.dtype, self.row_shape = np.dtype(dtype), row_shape
+        self.row_items = int(np.prod(row_shape, dtype=np.int64))
+        self.row_bytes = self.dtype.itemsize * self.row_items
+        if dtype is not None or not shape:
+            rows = (self.path.stat().st_size - self.offset) // max(self.row_bytes, 1)
+        self.shape = (int(rows), *row_shape)
+
+    def __len__(self) -> int:
+        return self.shape[0]
+
+    def __getitem__(self, key) -> np.ndarray:
+        if isinstance(key, slice):
+            start, stop, step = key.indices(len(self))
+            if step != 1:
+                raise ValueError("RowReader reads runs of rows (step 1)")
+            count = max(stop - start, 0)
+            return np.fromfile(self.path, dtype=self.dtype, count=count * self.row_items, offset=self.offset + start * self.row_bytes).reshape(count, *self.row_shape)
+        rows = np.asarray(key, dtype=np.int64)
+        out = np.empty((len(rows), *self.row_shape), dtype=self.dtype)
+        with open(self.path, "rb") as handle:
+            for i, row in enumerate(rows):
+                out[i] = np.frombuffer(os.pread(handle.fileno(), self.row_bytes, self.offset + int(row) * self.row_bytes), dtype=self.dtype).reshape(self.row_shape)
+        return out
 
 
 class Blob:

@@ -11,6 +11,8 @@ with ``.``): ``.NAME.lock``, the writer lock (``fcntl.flock``; the holder's PID 
 ``.NAME.old-PID-xxxxxxxx``, the index being replaced, for the instant between the two renames of
 a swap. A killed build leaves them behind: the next writer of the home removes what no live
 writer holds, and puts back a hidden old copy whose target is missing (so does :func:`locate`).
+A build folder that recorded encoded chunks (mvr/encoding.py) is kept instead, for the next
+build of its name: with ``--resume`` that build goes on in it, without it removes it.
 """
 
 from __future__ import annotations
@@ -34,6 +36,12 @@ _LEFTOVER = re.compile(r"^\.(?P<name>.+?)(?:\.(?P<kind>building|old)-(?:\d+-)?[a
 # Inside every staging folder mvr makes: cleanup removes only folders that carry it (a folder of
 # another program whose name happens to match is never touched).
 STAGING_MARK = ".mvr-staging"
+_RECORDS = "segments/*/resume"  # mvr/encoding.py's records of what a build encoded
+
+
+def _resumable(folder: Path, chunks: bool = True) -> bool:
+    """Whether the build folder ``folder`` can be resumed: it recorded its settings and (``chunks``) encoded chunks."""
+    return any((records / "build.json").is_file() and (not chunks or any(records.glob("chunk-*.npz"))) for records in folder.glob(_RECORDS))
 
 
 def _new_folder(home: Path, prefix: str) -> Path:
@@ -128,10 +136,12 @@ class StagingDir:
     :class:`IndexLockedError`). Replaces only a folder whose manifest.json names one of
     ``formats`` (an index; a first stage's folder for :func:`mvr.build.rebuild_stage`), or an
     empty one. Use as a context manager: leaving it without commit (an exception) removes the
-    staging directory and leaves ``target`` as it was.
+    staging directory, unless it recorded encoded chunks, and leaves ``target`` as it was.
+    ``resume``: go on in the build folder an interrupted build of ``target`` left (:attr:`resumed`
+    says whether there was one); without it such a folder is removed.
     """
 
-    def __init__(self, target: Path, overwrite: bool, formats: tuple[str, ...] = (INDEX_FORMAT,)):
+    def __init__(self, target: Path, overwrite: bool, formats: tuple[str, ...] = (INDEX_FORMAT,), resume: bool = False):
         self.target = Path(target)
         self.formats = tuple(formats)
         home = self.target.parent
@@ -142,9 +152,13 @@ class StagingDir:
         label = f"index {self.target.name!r}" if INDEX_FORMAT in self.formats else f"{self.target}"
         self._lock = WriterLock(home, self.target.name, label).acquire()
         try:
-            _tidy(home, self.formats, self._lock)
+            _tidy(home, self.formats, self._lock, adopt=resume)
             self._check(overwrite)
-            self.path = _new_folder(home, f".{self.target.name}.building-{os.getpid()}-")
+            found = _interrupted(home, self.target.name) if resume else []
+            self.resumed = bool(found)
+            for stale in found[1:]:
+                shutil.rmtree(stale, ignore_errors=True)
+            self.path = found[0] if found else _new_folder(home, f".{self.target.name}.building-{os.getpid()}-")
             (self.path / STAGING_MARK).write_text(f"{os.getpid()}\n")
         except BaseException:
             self._lock.release()
@@ -175,7 +189,7 @@ class StagingDir:
 
     def __exit__(self, exc_type, exc, tb) -> None:
         try:
-            if self.path.exists():
+            if self.path.exists() and not (exc_type is not None and _resumable(self.path)):
                 shutil.rmtree(self.path, ignore_errors=True)
         finally:
             self._lock.release()
@@ -302,10 +316,22 @@ def recover_stages(index: Path, formats: dict[str, tuple[str, ...]]) -> None:
             _recover(target, stage_formats)
 
 
-def _tidy(home: Path, formats: tuple[str, ...], own: WriterLock) -> None:
+def _interrupted(home: Path, name: str) -> list[Path]:
+    """The build folders of ``name`` that interrupted builds left with records to resume from, newest first."""
+    found = []
+    for entry in home.iterdir():
+        match = _LEFTOVER.match(entry.name)
+        if match and match["name"] == name and match["kind"] == "building" and (entry / STAGING_MARK).is_file() and _resumable(entry, chunks=False):
+            found.append(entry)
+    return sorted(found, key=lambda p: p.stat().st_mtime, reverse=True)
+
+
+def _tidy(home: Path, formats: tuple[str, ...], own: WriterLock, adopt: bool = False) -> None:
     """What killed writers left in ``home``, for every name no live writer holds: restore a hidden
     old copy whose target is missing, remove staging folders, old copies of present targets and
-    stale lock files. A name whose lock is held is skipped: its folders belong to a live build."""
+    stale lock files. A name whose lock is held is skipped: its folders belong to a live build.
+    Build folders with encoded chunks are kept for the next build of their name, which resumes
+    (``adopt``: this one) or removes them."""
     leftovers: dict[str, list[tuple[str, Path]]] = {}
     for entry in home.iterdir():
         match = _LEFTOVER.match(entry.name)
@@ -325,7 +351,8 @@ def _tidy(home: Path, formats: tuple[str, ...], own: WriterLock) -> None:
                 if entry.is_symlink() or not entry.is_dir():
                     continue
                 ours = (entry / STAGING_MARK).is_file() if kind == "building" else _manifest_format(entry)[0] in formats
-                if ours and (kind == "building" or target.exists()):
+                kept = kind == "building" and (name != own.name or adopt) and _resumable(entry)
+                if ours and not kept and (kind == "building" or target.exists()):
                     shutil.rmtree(entry, ignore_errors=True)
         finally:
             if lock is not own:

@@ -81,10 +81,22 @@ class StoreBase:
 
     @classmethod
     def write(cls, folder: Path, vectors: np.ndarray, config, like: Path | None = None) -> dict:
-        """Fit on ``vectors`` (or reuse ``like``'s codebook), encode them all into ``folder``; the counts to record."""
+        """Fit on ``vectors`` (or reuse ``like``'s codebook), encode them all into ``folder``, a
+        block of rows at a time (``vectors`` may be memory-mapped: the codec reads its sample
+        only); the counts to record."""
+        from .blobs import ArrayWriter
+
         coder = cls.coder(vectors, config, like)
-        for name, array in {**coder.codebook, **coder.encode(vectors)}.items():
+        for name, array in coder.codebook.items():
             np.save(folder / name, array)
+        writers = {}
+        for start in range(0, max(len(vectors), 1), _DECODE_BLOCK):
+            for name, rows in coder.encode(np.asarray(vectors[start : start + _DECODE_BLOCK], dtype=np.float32)).items():
+                if name not in writers:
+                    writers[name] = ArrayWriter(folder / name, rows.dtype, rows.shape[1:])
+                writers[name].add(rows)
+        for writer in writers.values():
+            writer.close()
         return coder.counts
 
     def __init__(self, dim: int, doc_offsets: np.ndarray, n_rows: int):

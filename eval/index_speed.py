@@ -1,0 +1,85 @@
+"""Indexing throughput (issue 15, points 4 and 5): documents/s of a whole default build (encode,
+first stages, files) of the first N documents of a BEIR corpus, locally at each thread count and
+on a local Ray instance with W encoder workers of one thread each, one after the other in this
+command, each build timed from the first document read to the index opened.
+
+    python -m mvr.eval.index_speed ../shared/datasets/scifact --documents 1000 --threads 1 2 --ray-workers 2 --output docs/results/index-speed-scifact.json
+
+The model is loaded (and its ONNX export made) before the clock starts, by a warm-up build of a
+few documents; Ray's start and its workers' model loading are inside the Ray figure, as a user
+would pay them.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+
+def _first(dataset: Path, n: int) -> list:
+    from mvr.corpus import read_corpus
+
+    docs = []
+    for doc in read_corpus(dataset / "corpus.jsonl"):
+        docs.append(doc)
+        if len(docs) == n:
+            break
+    return docs
+
+
+def run(dataset: Path, documents: int, threads: list[int], workers: list[int]) -> dict:
+    from mvr import Encoder, Index
+    from mvr.config import IndexConfig
+
+    docs = _first(dataset, documents)
+    rows = []
+    with tempfile.TemporaryDirectory() as tmp:
+        encoder = Encoder()
+        Index.build(docs[:8], Path(tmp) / "warm", encoder=encoder, show_progress=False)  # export, load, kernels
+        for n in threads:
+            started = time.perf_counter()
+            Index.build(docs, Path(tmp) / f"local-{n}", config=IndexConfig(threads=n), encoder=Encoder(threads=n), show_progress=False)
+            seconds = time.perf_counter() - started
+            rows.append({"how": f"local, {n} thread{'s' if n > 1 else ''}", "threads": n, "seconds": round(seconds, 1), "docs_per_s": round(len(docs) / seconds, 1)})
+        for w in workers:
+            from mvr.distributed import RayEncoder, connect
+
+            started = time.perf_counter()
+            connect("local", cpus=w)
+            ray_encoder = RayEncoder(None, workers=w)
+            try:
+                Index.build(docs, Path(tmp) / f"ray-{w}", encoder=ray_encoder, show_progress=False)
+            finally:
+                ray_encoder.close()
+            seconds = time.perf_counter() - started
+            rows.append({"how": f"Ray, {w} workers of 1 thread", "workers": w, "seconds": round(seconds, 1), "docs_per_s": round(len(docs) / seconds, 1)})
+    base = rows[0]["docs_per_s"]
+    for row in rows:
+        row["ratio_to_first"] = round(row["docs_per_s"] / base, 2)
+    return {"dataset": dataset.name, "documents": len(docs), "runs": rows}
+
+
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(prog="python -m mvr.eval.index_speed", description=__doc__.split("\n\n")[0])
+    p.add_argument("dataset", type=Path)
+    p.add_argument("--documents", type=int, default=1000)
+    p.add_argument("--threads", type=int, nargs="*", default=[1, 2])
+    p.add_argument("--ray-workers", type=int, nargs="*", default=[], help="also build on a local Ray instance with this many workers (extra mvr[ray])")
+    p.add_argument("--output", type=Path, default=None)
+    args = p.parse_args(argv)
+    report = run(args.dataset, args.documents, args.threads, args.ray_workers)
+    report["command"] = "python -m mvr.eval.index_speed " + " ".join(argv if argv is not None else sys.argv[1:])
+    text = json.dumps(report, indent=2)
+    if args.output:
+        args.output.parent.mkdir(parents=True, exist_ok=True)
+        args.output.write_text(text + "\n")
+    print(text)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
