@@ -61,7 +61,7 @@ def run(dataset: Path, documents: int, device: str, precision: str | None, batch
             from mvr.storage.torch_tokens import TorchTokens
 
             for segment in device_index.segments:
-                segment.tokens = TorchTokens(segment.tokens, "cpu")
+                segment.scorer = TorchTokens(segment.tokens, "cpu")
         texts_q = list(load_beir(dataset)[0].values())[:queries]
         encoded = cpu_index.encode_queries(texts_q)
         timings = {}

@@ -135,24 +135,35 @@ _BINS = 4096
 
 
 @njit(nogil=True, cache=True)
+def _bin(gain, low, scale):
+    """The histogram bin of ``gain``: 0 to _BINS, +inf in the top one, -inf and NaN in the bottom one."""
+    if np.isnan(gain) or gain == -np.inf:
+        return 0
+    if gain == np.inf:
+        return _BINS
+    return min(max(np.int64((np.float64(gain) - low) * scale), 0), _BINS)
+
+
+@njit(nogil=True, cache=True)
 def take_pool(touched, gains, slot, pool):
     """The ``pool`` documents of ``touched`` with the highest ``gains`` (ties: the lower id), in no
     particular order, found with a histogram of the gains and a sort of its edge bin only; puts
-    ``slot`` of every touched document back to zero."""
+    ``slot`` of every touched document back to zero. A NaN gain counts as the lowest."""
     met = touched.shape[0]
     for k in range(met):
         slot[touched[k]] = 0
     if met <= pool:
         return touched.copy()
-    low, high = gains[0], gains[0]
+    low, high = np.inf, -np.inf
     for k in range(met):
-        low = min(low, gains[k])
-        high = max(high, gains[k])
+        if np.isfinite(gains[k]):
+            low = min(low, np.float64(gains[k]))
+            high = max(high, np.float64(gains[k]))
     # (g - low) * scale only grows with g, so a higher bin never holds a lower gain
-    scale = _BINS / (np.float64(high) - np.float64(low)) if high > low else 0.0
+    scale = _BINS / (high - low) if high > low else 0.0
     counts = np.zeros(_BINS + 1, dtype=np.int64)
     for k in range(met):
-        counts[np.int64((np.float64(gains[k]) - low) * scale)] += 1
+        counts[_bin(gains[k], low, scale)] += 1
     above, edge = 0, _BINS
     while above + counts[edge] < pool:
         above += counts[edge]
@@ -162,7 +173,7 @@ def take_pool(touched, gains, slot, pool):
     edge_docs = np.empty(counts[edge], dtype=np.int64)
     n_out, n_edge = 0, 0
     for k in range(met):
-        b = np.int64((np.float64(gains[k]) - low) * scale)
+        b = _bin(gains[k], low, scale)
         if b > edge:
             out[n_out] = touched[k]
             n_out += 1
@@ -170,6 +181,7 @@ def take_pool(touched, gains, slot, pool):
             edge_gains[n_edge] = gains[k]
             edge_docs[n_edge] = touched[k]
             n_edge += 1
+    edge_gains = np.where(np.isnan(edge_gains), -np.inf, edge_gains)
     by_id = np.argsort(edge_docs, kind="mergesort")
     order = by_id[np.argsort(-edge_gains[by_id], kind="mergesort")]  # gain descending, then id
     for e in range(pool - n_out):

@@ -178,6 +178,7 @@ class _Remote:
             setattr(self, attr, getattr(segment, attr))
         self._has = {name: segment.has_stage(name) for name in STAGES}
         self.tokens, self.metadata = _RemoteTokens(self), _RemoteMetadata(self, segment.metadata.fields)
+        self.scorer = self.tokens
 
     def call(self, method: str, *args):
         return _owned(_ray().get(getattr(self.actor, method).remote(self.name, *args)))

@@ -39,6 +39,7 @@ from .passages import document_id, split
 from .progress import progress
 from .storage import ArrayWriter, BlobWriter, RowReader
 from .storage.formats import TOKEN_IDS
+from .storage.manifest import fsync_dir
 from .storage.metadata import MetadataWriter
 from .vectors import fit_pca, project
 
@@ -76,6 +77,7 @@ def _write_synced(path: Path, write) -> None:
         handle.flush()
         os.fsync(handle.fileno())
     os.replace(tmp, path)
+    fsync_dir(path.parent)
 
 
 class Checkpoints:
@@ -86,9 +88,9 @@ class Checkpoints:
         self.folder = self.segment / RESUME
         self.chunks = 0
 
-    def start(self, config: IndexConfig, encoder: dict, chunk_size: int) -> None:
+    def start(self, config: IndexConfig, encoder: dict, chunk_size: int, precision: str) -> None:
         self.folder.mkdir(parents=True)
-        record = {"mvr_version": __version__, "chunk_size": chunk_size, "config": _settings(config), "encoder": encoder}
+        record = {"mvr_version": __version__, "chunk_size": chunk_size, "config": _settings(config), "encoder": encoder, "precision": precision}
         _write_synced(self.folder / "build.json", lambda h: h.write(json.dumps(record, sort_keys=True).encode()))
 
     def record(self, read: list[str], kept: list, lengths, token_ids, texts: list[int], titles: list[int], counters: dict) -> None:
@@ -103,33 +105,36 @@ class Checkpoints:
         arrays["has_token_ids"] = np.array(token_ids is not None)
         _write_synced(self.folder / f"chunk-{self.chunks:08d}.npz", lambda h: np.savez(h, **arrays))
 
-    def resume(self, config: IndexConfig, encoder: dict, model_dim: int) -> Encoded:
+    def resume(self, config: IndexConfig, encoder: dict, model_dim: int, precision: str) -> Encoded:
         """The records of the interrupted build in this folder, checked against this build's
         settings and cut to what its files hold; the files are cut to match, and everything else
         in the folder is removed (it is made again)."""
         try:
             record = json.loads((self.folder / "build.json").read_text(encoding="utf-8"))
-        except (OSError, ValueError):
+            chunk_size, before = int(record["chunk_size"]), dict(record["config"])
+        except (OSError, ValueError, KeyError, TypeError):
             raise ConfigError(f"{self.folder}: the interrupted build's record is unreadable; build without --resume to start over.") from None
         mine = _settings(config)
-        differ = sorted(k for k in set(record.get("config", {})) | set(mine) if record.get("config", {}).get(k) != mine.get(k))
-        differ += ["encoder"] if record.get("encoder") != encoder else []
+        differ = sorted(k for k in set(before) | set(mine) if before.get(k) != mine.get(k))
+        differ += [name for name, now in (("encoder", encoder), ("precision", precision), ("mvr_version", __version__)) if record.get(name) != now]
         if differ:
             raise ConfigError(f"the interrupted build of this index used other settings ({', '.join(differ)}): resume it with the same ones, or build without --resume to start over.")
-        segment, state = self.segment, Encoded(chunk_size=int(record["chunk_size"]))
+        segment, state = self.segment, Encoded(chunk_size=chunk_size)
         for name in _RAW:
             if (self.folder / name).is_file():  # the encoding had finished: back where it is read from
                 os.replace(self.folder / name, segment / name)
         sizes = {name: (segment / name).stat().st_size if (segment / name).is_file() else -1 for name in (*_RAW, "text.bin", "title.bin")}
         tokens = text_bytes = title_bytes = 0
         records = sorted(self.folder.glob("chunk-*.npz"))
-        for path in records:
+        for number, path in enumerate(records, 1):
+            if path.name != f"chunk-{number:08d}.npz":
+                break  # one missing: the chunks before it stand
             try:
                 with np.load(path, allow_pickle=False) as chunk:
                     part = {name: chunk[name] for name in chunk.files}
                 counters = json.loads(str(part["counters"]))
                 metadata = json.loads(str(part["metadata"]))
-            except (OSError, ValueError, KeyError):
+            except Exception:  # a record damaged (a truncated zip, ...): the chunks before it stand
                 break
             need = (tokens + int(part["lengths"].sum()), text_bytes + int(part["texts"].sum()), title_bytes + int(part["titles"].sum()))
             with_ids = state.has_token_ids and bool(part["has_token_ids"])
@@ -164,7 +169,9 @@ class Checkpoints:
                 os.replace(self.segment / name, self.folder / name)
 
     def done(self) -> None:
-        """Remove the records: the segment is whole (before it is published)."""
+        """Remove the records: the segment is whole (before it is published). The settings go
+        first, so that records half removed are never taken for a build to resume."""
+        (self.folder / "build.json").unlink(missing_ok=True)
         shutil.rmtree(self.folder, ignore_errors=True)
 
 

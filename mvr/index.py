@@ -321,6 +321,8 @@ class Index(Changes):
                     f"query vectors have dimension {vectors.shape[-1] if vectors.ndim else '?'}, index {self.name!r} stores "
                     f"{self.dim}: encode the queries with the index's encoder ({self.manifest['encoder']['name']})."
                 )
+            if not np.isfinite(vectors).all():
+                raise QueryError("query vectors hold NaN or infinite values; encode the queries with the index's encoder (Index.encode_queries).")
             offsets = np.asarray(queries.offsets, dtype=np.int64)
         elif opts.rerank or pipeline.needs_vectors(opts.first_stage):
             raise QueryError(f"first stage {opts.first_stage!r} with rerank={opts.rerank} needs encoded queries.")

@@ -198,13 +198,13 @@ def exhaustive(segment, queries: QueryBatch, k: int, allowed: np.ndarray | None 
         # "no result" slots of top-k to -1
         rows = np.append(np.flatnonzero(allowed), -1).astype(np.int64)
         for q in range(len(offsets) - 1):
-            best, top = topk_rows(segment.tokens.score(queries.query(q), rows[:-1])[None, :], k)
+            best, top = topk_rows(segment.scorer.score(queries.query(q), rows[:-1])[None, :], k)
             parts.append((rows[best], top))
     else:
         for start in range(0, len(offsets) - 1, _QUERY_CHUNK):
             stop = min(start + _QUERY_CHUNK, len(offsets) - 1)
             block = vectors[offsets[start] : offsets[stop]]
-            scores = segment.tokens.score_all(block, offsets[start : stop + 1] - offsets[start])
+            scores = segment.scorer.score_all(block, offsets[start : stop + 1] - offsets[start])
             if allowed is not None:
                 scores[:, ~allowed] = -np.inf
             parts.append(topk_rows(scores, k))
@@ -323,7 +323,7 @@ def run_rows(state, queries: QueryBatch, k: int, opts: SearchOptions, threads: i
             for q, one in enumerate(found):
                 query = queries.query(q) if queries.vectors is not None else None
                 owner = state.segment_of(one.positions)
-                parts = [(state.segments[s].tokens, state.bases[s], Candidates(one.positions[owner == s] - state.bases[s], one.scores[owner == s])) for s in np.unique(owner)]
+                parts = [(state.segments[s].scorer, state.bases[s], Candidates(one.positions[owner == s] - state.bases[s], one.scores[owner == s])) for s in np.unique(owner)]
                 rows, best = rerank(parts, query, k, opts)
                 ranked[q, : len(rows)], scores[q, : len(rows)] = rows, best
             indices.append(ranked)

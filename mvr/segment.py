@@ -48,6 +48,7 @@ class Segment:
         store = store_class(self.config.codec)
         try:
             self.tokens = store.open(self.path, self.config, self.dim, self.doc_offsets)
+            self.scorer = self.tokens  # what search scores with: the store, or its MaxSim on a GPU (open_commit's device)
         except (OSError, ValueError, TypeError) as error:
             raise IndexFormatError(
                 f"{self.path}: the manifest says its vectors are stored as {self.config.codec}, but they cannot be read that way ({error}); "
@@ -139,7 +140,7 @@ class Segment:
         return at
 
     def score(self, query: np.ndarray, positions: np.ndarray) -> np.ndarray:
-        return self.tokens.score(np.ascontiguousarray(query, dtype=np.float32), np.asarray(positions, dtype=np.int64))
+        return self.scorer.score(np.ascontiguousarray(query, dtype=np.float32), np.asarray(positions, dtype=np.int64))
 
     def __len__(self) -> int:
         return self.n_docs
@@ -216,7 +217,7 @@ def _on(segment: Segment, device: str) -> Segment:
     if device != "cpu":
         from .storage.torch_tokens import TorchTokens
 
-        segment.tokens = TorchTokens(segment.tokens, device)
+        segment.scorer = TorchTokens(segment.tokens, device)  # the store itself stays: builds and checks read its type
     return segment
 
 

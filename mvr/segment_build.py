@@ -42,13 +42,13 @@ def write_segment(documents, folder: Path, encoder: Encoder, config: IndexConfig
     records = resumed = None
     if resume and (folder / RESUME / "build.json").is_file():
         records = Checkpoints(folder)
-        resumed = records.resume(config, encoder.identity, encoder.dim)
+        resumed = records.resume(config, encoder.identity, encoder.dim, getattr(encoder, "precision", "fp32"))
         chunk_size = resumed.chunk_size
     else:
         folder.mkdir(parents=True)
         if checkpoints:
             records = Checkpoints(folder)
-            records.start(config, encoder.identity, chunk_size)
+            records.start(config, encoder.identity, chunk_size, getattr(encoder, "precision", "fp32"))
     counts = encode_corpus(documents, encoder, config, folder, show_progress, chunk_size, existing, replaced, metadata_types, records, resumed)
     encoded = time.perf_counter()
     counts.update(finish_vectors(folder, encoder.dim, config, counts["tokens"], None if like is None else like.projection, checkpoints=records))

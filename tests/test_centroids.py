@@ -174,3 +174,24 @@ def test_best_centroids_match_a_sort():
         q = min(p, 300)
         assert np.array_equal(ids, order[:, :q]) and np.allclose(best, np.take_along_axis(scores_t.T, order[:, :q], axis=1))
         assert np.allclose(missing, scores_t.T[np.arange(7), order[:, q]] if q < 300 else scores_t.min(axis=0))
+
+
+def test_take_pool_orders_non_finite_gains_and_never_writes_out_of_bounds():
+    from mvr._kernels.centroids import take_pool
+
+    touched = np.arange(10, dtype=np.int64)
+    slot = np.ones(10, dtype=np.int32)
+    gains = np.array([1, 2, np.inf, 4, 5, np.nan, -np.inf, 3, 5, 0], dtype=np.float32)
+    assert sorted(take_pool(touched, gains, slot, 3).tolist()) == [2, 4, 8]  # inf, then the two 5s
+    assert not slot.any()
+    left_out = set(range(10)) - set(take_pool(touched, gains, np.ones(10, np.int32), 9).tolist())
+    assert len(left_out) == 1 and left_out <= {5, 6}  # NaN counts as the lowest, as -inf
+    same = np.full(10, 0.5, dtype=np.float32)
+    assert sorted(take_pool(touched, same, np.ones(10, np.int32), 4).tolist()) == [0, 1, 2, 3]  # ties: the lower ids
+
+
+def test_non_finite_query_vectors_are_refused(tmp_path, models):
+    index = Index.build([{"id": i, "title": t, "text": x} for i, t, x in DOCS], tmp_path / "i", config=IndexConfig(model=str(models["plain"]), fde=None, sparse=(), centroid_stage=True))
+    query = np.full((3, index.dim), np.nan, dtype=np.float32)
+    with pytest.raises(QueryError, match="NaN or infinite"):
+        index.search_encoded(TokenVectors(query, np.array([0, 3])), 5)

@@ -91,7 +91,8 @@ def _stores(tmp_path, models):
 
 @pytest.mark.parametrize("resident", [True, False])
 def test_torch_maxsim_equals_the_kernels_for_every_codec(tmp_path, models, resident, monkeypatch):
-    monkeypatch.setattr(torch_tokens, "_CELLS", 40)  # many small products: document-aligned cuts get tested
+    monkeypatch.setattr(torch_tokens, "_CELLS", 40)  # many small products and groups: document-aligned cuts get tested
+    monkeypatch.setattr(torch_tokens, "_ROWS", 30)
     rng = np.random.default_rng(0)
     for index in _stores(tmp_path, models):
         store = index.segments[0].tokens
@@ -119,7 +120,7 @@ def test_search_through_torch_maxsim_gives_the_same_results(tmp_path, models):
     index.add([{"id": f"x{n}", "text": DOCS[n][2] + " again", "metadata": {"n": n}} for n in range(5)], merge=False)
     device = Index.open(index.path)
     for segment in device.segments:
-        segment.tokens = TorchTokens(segment.tokens, "cpu", budget=1 << 30)
+        segment.scorer = TorchTokens(segment.tokens, "cpu", budget=1 << 30)
     queries = ["which animal purrs?", "capital of France", "how do plants make sugar"]
     for options in ({"first_stage": "exhaustive"}, {}, {"first_stage": "bm25s", "candidates": 5}, {"early_exit": 2}, {"filter": {"n": {"$gte": 3}}}):
         a, b = index.search(queries, 5, **options), device.search(queries, 5, **options)

@@ -2,6 +2,7 @@
 finishing, resumes from its last recorded chunk (`--resume`, ``resume=True``), possibly killed
 again, and ends with the same index, file for file, as a build never interrupted."""
 
+import dataclasses
 import json
 import os
 import random
@@ -17,7 +18,7 @@ from mvr import Encoder, Index
 from mvr.cli import main
 from mvr.config import IndexConfig
 from mvr.corpus import read_corpus
-from mvr.errors import ConfigError, CorpusError
+from mvr.errors import ConfigError, CorpusError, IndexExistsError
 
 sys.path.insert(0, str(Path(__file__).parent))
 from resume_worker import CONFIG, corpus  # noqa: E402
@@ -172,3 +173,46 @@ def test_builds_in_two_processes_write_the_same_files(tmp_path, models):
                               capture_output=True, text=True, env={**os.environ, "PYTHONHASHSEED": seed, "PYTHONPATH": os.pathsep.join(sys.path)})
         assert done.returncode == 0, done.stderr[-2000:]
     assert _files(tmp_path / "1") == _files(tmp_path / "2")
+
+
+def test_damaged_or_missing_records_resume_from_the_chunks_before_them(tmp_path, models, reference):
+    encoder = Encoder(models["plain"])
+    for damage in ("truncate", "remove"):
+        home = tmp_path / damage
+        _interrupted(home, models, 30)
+        (staged,) = _staging(home)
+        records = sorted(staged.glob("segments/*/resume/chunk-*.npz"))
+        assert len(records) == 7
+        if damage == "truncate":
+            records[3].write_bytes(records[3].read_bytes()[:50])  # chunk 4 cut short: chunks 1-3 stand
+        else:
+            records[0].unlink()  # chunk 1 gone: nothing stands
+        index = Index.build(corpus(N_DOCS), home / "idx", config=CONFIG, encoder=encoder, chunk_size=CHUNK, resume=True, show_progress=False)
+        assert index.manifest["build"]["resumed_at"] == (12 if damage == "truncate" else 0)
+        assert _files(home / "idx") == _files(reference)
+
+
+def test_a_refused_build_keeps_the_interrupted_one(tmp_path, models, reference):
+    home = tmp_path / "home"
+    encoder = Encoder(models["plain"])
+    Index.build(corpus(5), home / "idx", config=CONFIG, encoder=encoder, show_progress=False)
+
+    def failing():
+        for i, doc in enumerate(corpus(N_DOCS)):
+            if i == 10:
+                raise KeyboardInterrupt
+            yield doc
+
+    with pytest.raises(KeyboardInterrupt):  # an interrupted rebuild of an index that exists
+        Index.build(failing(), home / "idx", config=CONFIG, encoder=encoder, chunk_size=CHUNK, overwrite=True, show_progress=False)
+    staged = _staging(home)
+    assert len(staged) == 1
+    with pytest.raises(IndexExistsError):  # without --overwrite: refused, and the chunks stay
+        Index.build(corpus(N_DOCS), home / "idx", config=CONFIG, encoder=encoder, chunk_size=CHUNK, resume=True)
+    assert _staging(home) == staged
+    with pytest.raises(ConfigError, match="precision"):  # encoded another way: refused
+        Index.build(corpus(N_DOCS), home / "idx", config=dataclasses.replace(CONFIG, doc_runtime="torch"), encoder=Encoder(models["plain"], precision="bf16"),
+                    chunk_size=CHUNK, overwrite=True, resume=True)
+    assert _staging(home) == staged
+    index = Index.build(corpus(N_DOCS), home / "idx", config=CONFIG, encoder=encoder, chunk_size=CHUNK, overwrite=True, resume=True, show_progress=False)
+    assert index.manifest["build"]["resumed_at"] == 8 and _files(home / "idx") == _files(reference)

@@ -11,9 +11,8 @@ with ``.``): ``.NAME.lock``, the writer lock (``fcntl.flock``; the holder's PID 
 ``.NAME.old-PID-xxxxxxxx``, the index being replaced, for the instant between the two renames of
 a swap. A killed build leaves them behind: the next writer of the home removes what no live
 writer holds, and puts back a hidden old copy whose target is missing (so does :func:`locate`).
-A build folder that recorded encoded chunks (mvr/encoding.py) is kept instead, for the next
-build of its name: with ``--resume`` that build goes on in it, without it removes it.
-"""
+A build folder with encoded chunks (mvr/encoding.py) is kept for the next build of its name,
+which goes on in it (``--resume``) or removes it."""
 
 from __future__ import annotations
 
@@ -22,6 +21,7 @@ import os
 import re
 import shutil
 import secrets
+import sys
 import tempfile
 import time
 from pathlib import Path
@@ -135,11 +135,9 @@ class StagingDir:
     Holds the writer lock of ``target``'s name from creation to commit (a second writer gets
     :class:`IndexLockedError`). Replaces only a folder whose manifest.json names one of
     ``formats`` (an index; a first stage's folder for :func:`mvr.build.rebuild_stage`), or an
-    empty one. Use as a context manager: leaving it without commit (an exception) removes the
-    staging directory, unless it recorded encoded chunks, and leaves ``target`` as it was.
-    ``resume``: go on in the build folder an interrupted build of ``target`` left (:attr:`resumed`
-    says whether there was one); without it such a folder is removed.
-    """
+    empty one. As a context manager, leaving without commit (an exception) removes the staging
+    directory (unless it recorded encoded chunks) and leaves ``target`` as it was. ``resume``: go
+    on in the folder an interrupted build of ``target`` left (:attr:`resumed`), else remove it."""
 
     def __init__(self, target: Path, overwrite: bool, formats: tuple[str, ...] = (INDEX_FORMAT,), resume: bool = False):
         self.target = Path(target)
@@ -152,13 +150,15 @@ class StagingDir:
         label = f"index {self.target.name!r}" if INDEX_FORMAT in self.formats else f"{self.target}"
         self._lock = WriterLock(home, self.target.name, label).acquire()
         try:
-            _tidy(home, self.formats, self._lock, adopt=resume)
-            self._check(overwrite)
-            found = _interrupted(home, self.target.name) if resume else []
-            self.resumed = bool(found)
-            for stale in found[1:]:
-                shutil.rmtree(stale, ignore_errors=True)
-            self.path = found[0] if found else _new_folder(home, f".{self.target.name}.building-{os.getpid()}-")
+            _tidy(home, self.formats, self._lock)
+            self._check(overwrite)  # before anything of this name is removed: a refused build removes nothing
+            left = _builds_left(home, self.target.name)
+            adopted = next((p for p in left if _resumable(p, chunks=False)), None) if resume else None
+            for stale in left:
+                if stale != adopted:
+                    shutil.rmtree(stale, ignore_errors=True)
+            self.resumed = adopted is not None
+            self.path = adopted or _new_folder(home, f".{self.target.name}.building-{os.getpid()}-")
             (self.path / STAGING_MARK).write_text(f"{os.getpid()}\n")
         except BaseException:
             self._lock.release()
@@ -189,7 +189,9 @@ class StagingDir:
 
     def __exit__(self, exc_type, exc, tb) -> None:
         try:
-            if self.path.exists() and not (exc_type is not None and _resumable(self.path)):
+            if exc_type is not None and self.path.exists() and _resumable(self.path):
+                print(f"mvr: what this build encoded is kept in {self.path}: `--resume` (resume=True) goes on from there, a build of {self.target.name!r} without it removes it", file=sys.stderr)
+            elif self.path.exists():
                 shutil.rmtree(self.path, ignore_errors=True)
         finally:
             self._lock.release()
@@ -316,22 +318,19 @@ def recover_stages(index: Path, formats: dict[str, tuple[str, ...]]) -> None:
             _recover(target, stage_formats)
 
 
-def _interrupted(home: Path, name: str) -> list[Path]:
-    """The build folders of ``name`` that interrupted builds left with records to resume from, newest first."""
-    found = []
-    for entry in home.iterdir():
-        match = _LEFTOVER.match(entry.name)
-        if match and match["name"] == name and match["kind"] == "building" and (entry / STAGING_MARK).is_file() and _resumable(entry, chunks=False):
-            found.append(entry)
+def _builds_left(home: Path, name: str) -> list[Path]:
+    """The build folders of ``name`` that killed or failed builds left (ours: marked), newest first."""
+    matches = [(entry, _LEFTOVER.match(entry.name)) for entry in home.iterdir()]
+    found = [e for e, m in matches if m and m["name"] == name and m["kind"] == "building" and not e.is_symlink() and (e / STAGING_MARK).is_file()]
     return sorted(found, key=lambda p: p.stat().st_mtime, reverse=True)
 
 
-def _tidy(home: Path, formats: tuple[str, ...], own: WriterLock, adopt: bool = False) -> None:
+def _tidy(home: Path, formats: tuple[str, ...], own: WriterLock) -> None:
     """What killed writers left in ``home``, for every name no live writer holds: restore a hidden
     old copy whose target is missing, remove staging folders, old copies of present targets and
     stale lock files. A name whose lock is held is skipped: its folders belong to a live build.
     Build folders with encoded chunks are kept for the next build of their name, which resumes
-    (``adopt``: this one) or removes them."""
+    or removes them; those of ``own``'s name are left to :class:`StagingDir`, which does."""
     leftovers: dict[str, list[tuple[str, Path]]] = {}
     for entry in home.iterdir():
         match = _LEFTOVER.match(entry.name)
@@ -351,7 +350,7 @@ def _tidy(home: Path, formats: tuple[str, ...], own: WriterLock, adopt: bool = F
                 if entry.is_symlink() or not entry.is_dir():
                     continue
                 ours = (entry / STAGING_MARK).is_file() if kind == "building" else _manifest_format(entry)[0] in formats
-                kept = kind == "building" and (name != own.name or adopt) and _resumable(entry)
+                kept = kind == "building" and (name == own.name or _resumable(entry))
                 if ours and not kept and (kind == "building" or target.exists()):
                     shutil.rmtree(entry, ignore_errors=True)
         finally:

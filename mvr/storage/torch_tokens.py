@@ -5,8 +5,10 @@ of one (``score``, ``score_all``, ``early_exit``) with matrix products on ``devi
 (decoding, counts) is the store's. The store decodes document-aligned blocks on the CPU; on a GPU
 they stay resident, as float16 (the float16 codec's own bits; the others' decoded vectors, to
 about 1e-3), while they fit in half the memory free at the first search, and are sent again per
-search past that. Products run in float32 (TF32 off), so scores equal the Numba kernels' within
-float rounding (tests/test_device.py checks it with the CPU as the device).
+search past that. Products run in float32 (torch keeps TF32 off unless the program turns it on), so
+scores equal the Numba kernels' within float rounding (tests/test_device.py checks it with the CPU
+as the device). A product never takes more than ``_CELLS`` cells, nor a block more than ``_ROWS``
+decoded rows, however short the query or wide the filter.
 """
 
 from __future__ import annotations
@@ -16,6 +18,7 @@ import threading
 import numpy as np
 
 _CELLS = 1 << 26  # query tokens x vectors scored in one product (256 MiB of float32)
+_ROWS = 1 << 18  # decoded vectors in one block (384 MiB of float32 at dim 384)
 
 
 class TorchTokens:
@@ -82,33 +85,43 @@ class TorchTokens:
         token_query = torch.repeat_interleave(torch.arange(n_queries), torch.from_numpy(np.diff(offsets))).to(self.device)
         out = np.empty((n_queries, n_docs), dtype=np.float32)
         whole = self._whole()
-        rows_per_product = max(1, _CELLS // max(len(q), 1))
+        rows_per_product = max(1, min(_CELLS // max(len(q), 1), _ROWS))
         first = 0
-        with _exact_float32():
-            while first < n_docs:
-                # documents first:last, about rows_per_product rows (at least one document)
-                last = max(first + 1, int(np.searchsorted(doc_offsets, doc_offsets[first] + rows_per_product, side="right")) - 1)
-                last = min(last, n_docs)
-                start, stop = int(doc_offsets[first]), int(doc_offsets[last])
-                if whole is not None:
-                    vectors, owner = whole[0][start:stop], whole[1][start:stop] - first
-                else:
-                    vectors = self._rows(start, stop)
-                    lengths = torch.from_numpy(np.diff(doc_offsets[first : last + 1]))
-                    owner = torch.repeat_interleave(torch.arange(last - first), lengths).to(self.device)
-                out[:, first:last] = self._maxsim(q, token_query, n_queries, vectors, owner, last - first).cpu().numpy()
-                first = last
+        while first < n_docs:
+            # documents first:last, about rows_per_product rows (at least one document)
+            last = max(first + 1, int(np.searchsorted(doc_offsets, doc_offsets[first] + rows_per_product, side="right")) - 1)
+            last = min(last, n_docs)
+            start, stop = int(doc_offsets[first]), int(doc_offsets[last])
+            if whole is not None:
+                vectors, owner = whole[0][start:stop], whole[1][start:stop] - first
+            else:
+                vectors = self._rows(start, stop)
+                lengths = torch.from_numpy(np.diff(doc_offsets[first : last + 1]))
+                owner = torch.repeat_interleave(torch.arange(last - first), lengths).to(self.device)
+            out[:, first:last] = self._maxsim(q, token_query, n_queries, vectors, owner, last - first).cpu().numpy()
+            first = last
         out[:, self._empty] = 0.0
         return out
 
     def score(self, query: np.ndarray, positions: np.ndarray) -> np.ndarray:
-        """float32 ``(len(positions),)``: MaxSim of one query against the documents at ``positions``."""
+        """float32 ``(len(positions),)``: MaxSim of one query against the documents at ``positions``
+        (in groups of at most ``_ROWS`` rows, or one document)."""
+        positions = np.asarray(positions, dtype=np.int64)
+        doc_offsets = np.asarray(self.store.doc_offsets, dtype=np.int64)
+        lengths = doc_offsets[positions + 1] - doc_offsets[positions]
+        out = np.zeros(len(positions), dtype=np.float32)
+        ends = np.cumsum(lengths)
+        first = 0
+        while first < len(positions):
+            last = max(first + 1, int(np.searchsorted(ends, (ends[first - 1] if first else 0) + _ROWS, side="right")))
+            out[first:last] = self._score_group(query, positions[first:last], doc_offsets)
+            first = last
+        out[lengths == 0] = 0.0
+        return out
+
+    def _score_group(self, query: np.ndarray, positions: np.ndarray, doc_offsets: np.ndarray) -> np.ndarray:
         import torch
 
-        positions = np.asarray(positions, dtype=np.int64)
-        if len(positions) == 0:
-            return np.zeros(0, dtype=np.float32)
-        doc_offsets = np.asarray(self.store.doc_offsets, dtype=np.int64)
         starts, stops = doc_offsets[positions], doc_offsets[positions + 1]
         lengths = stops - starts
         rows = np.repeat(starts - np.cumsum(lengths) + lengths, lengths) + np.arange(int(lengths.sum()))  # every row of every candidate
@@ -119,10 +132,7 @@ class TorchTokens:
             vectors = torch.cat([self._rows(int(a), int(b)) for a, b in zip(starts, stops)])
         owner = torch.repeat_interleave(torch.arange(len(positions)), torch.from_numpy(lengths)).to(self.device)
         q = torch.from_numpy(np.ascontiguousarray(query, dtype=np.float32)).to(self.device)
-        with _exact_float32():
-            scores = self._maxsim(q, torch.zeros(len(q), dtype=torch.long, device=self.device), 1, vectors, owner, len(positions))[0].cpu().numpy()
-        scores[lengths == 0] = 0.0
-        return scores
+        return self._maxsim(q, torch.zeros(len(q), dtype=torch.long, device=self.device), 1, vectors, owner, len(positions))[0].cpu().numpy()
 
     def early_exit(self, query: np.ndarray, positions: np.ndarray, k: int, patience: int) -> tuple[np.ndarray, int]:
         """The kernels' early exit over scores computed at once: the same candidates scored (in
@@ -150,18 +160,3 @@ class TorchTokens:
         best = torch.full((len(q), n_docs), -torch.inf, device=q.device)
         best.scatter_reduce_(1, owner.unsqueeze(0).expand(len(q), -1), sim, "amax", include_self=True)
         return torch.zeros((n_queries, n_docs), device=q.device).index_add_(0, token_query, best)
-
-
-class _exact_float32:
-    """Matrix products in full float32 (no TF32) while scoring, restored afterwards."""
-
-    def __enter__(self):
-        import torch
-
-        self._before = torch.backends.cuda.matmul.allow_tf32
-        torch.backends.cuda.matmul.allow_tf32 = False
-
-    def __exit__(self, *exc):
-        import torch
-
-        torch.backends.cuda.matmul.allow_tf32 = self._before
