@@ -272,6 +272,17 @@ def save_report(report: dict, output: Path, markdown: Path | None = None, render
         markdown.write_text(render(report))
 
 
+def publish_report(report: dict, program: str, argv: Sequence[str] | None, output: Path | None) -> None:
+    """A study's ``report`` with the ``command`` that made it (``program`` and its arguments:
+    ``argv``, else the process's), saved at ``output`` when given (:func:`save_report`) and printed."""
+    import sys
+
+    report["command"] = f"python -m {program} " + " ".join(sys.argv[1:] if argv is None else argv)
+    if output:
+        save_report(report, output)
+    print(json.dumps(report, indent=2))
+
+
 def run_files(path: Path, labels: Sequence[str]) -> dict[str, Path]:
     """Where each run goes: ``path`` itself for one run, else one file per run beside it
     (``run.trec`` -> ``run.fde+bm25s@25.trec``, ...)."""

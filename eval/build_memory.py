@@ -12,10 +12,8 @@ every 20 ms).
 from __future__ import annotations
 
 import argparse
-import json
 import multiprocessing
 import resource
-import sys
 import tempfile
 import time
 from pathlib import Path
@@ -71,6 +69,8 @@ def measure(dataset: Path, documents: int, preset: str | None, large: bool) -> d
 
 
 def main(argv=None) -> int:
+    from .beir import publish_report
+
     p = argparse.ArgumentParser(prog="python -m mvr.eval.build_memory", description=__doc__.split("\n\n")[0])
     p.add_argument("dataset", type=Path)
     p.add_argument("--documents", type=int, nargs="+", required=True)
@@ -80,17 +80,12 @@ def main(argv=None) -> int:
     args = p.parse_args(argv)
     preset = None if args.preset == "none" else args.preset
     rows = [measure(args.dataset, n, preset, args.large_corpus_defaults) for n in args.documents]
-    report = {"dataset": args.dataset.name, "preset": preset, "large_corpus_defaults": args.large_corpus_defaults, "builds": rows,
-              "command": "python -m mvr.eval.build_memory " + " ".join(argv if argv is not None else sys.argv[1:])}
+    report = {"dataset": args.dataset.name, "preset": preset, "large_corpus_defaults": args.large_corpus_defaults, "builds": rows}
     if len(rows) > 1:
         first, last = rows[0], rows[-1]
         for key in ("peak_rss_bytes", "peak_anonymous_bytes"):
             report[key.replace("_bytes", "_growth_bytes_per_document")] = round((last[key] - first[key]) / max(last["documents"] - first["documents"], 1), 1)
-    text = json.dumps(report, indent=2)
-    if args.output:
-        args.output.parent.mkdir(parents=True, exist_ok=True)
-        args.output.write_text(text + "\n")
-    print(text)
+    publish_report(report, "mvr.eval.build_memory", argv, args.output)
     return 0
 
 

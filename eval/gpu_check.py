@@ -15,7 +15,6 @@ It runs anywhere: ``--device cpu --precision bf16`` runs the same code on the CP
 from __future__ import annotations
 
 import argparse
-import json
 import tempfile
 import time
 from pathlib import Path
@@ -88,6 +87,8 @@ def run(dataset: Path, documents: int, device: str, precision: str | None, batch
 
 
 def main(argv=None) -> int:
+    from .beir import publish_report
+
     p = argparse.ArgumentParser(prog="python -m mvr.eval.gpu_check", description=__doc__.split("\n\n")[0])
     p.add_argument("dataset", type=Path, help="BEIR-layout folder (corpus.jsonl, queries.jsonl)")
     p.add_argument("--documents", type=int, default=2000)
@@ -98,12 +99,7 @@ def main(argv=None) -> int:
     p.add_argument("--output", type=Path, default=None)
     args = p.parse_args(argv)
     report = run(args.dataset, args.documents, args.device, args.precision, args.batch_size, args.queries)
-    report["command"] = "python -m mvr.eval.gpu_check " + " ".join(argv if argv is not None else __import__("sys").argv[1:])
-    text = json.dumps(report, indent=2)
-    if args.output:
-        args.output.parent.mkdir(parents=True, exist_ok=True)
-        args.output.write_text(text + "\n")
-    print(text)
+    publish_report(report, "mvr.eval.gpu_check", argv, args.output)
     return 0
 
 

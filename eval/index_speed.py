@@ -13,8 +13,6 @@ would pay them.
 from __future__ import annotations
 
 import argparse
-import json
-import sys
 import tempfile
 import time
 from pathlib import Path
@@ -64,6 +62,8 @@ def run(dataset: Path, documents: int, threads: list[int], workers: list[int]) -
 
 
 def main(argv=None) -> int:
+    from .beir import publish_report
+
     p = argparse.ArgumentParser(prog="python -m mvr.eval.index_speed", description=__doc__.split("\n\n")[0])
     p.add_argument("dataset", type=Path)
     p.add_argument("--documents", type=int, default=1000)
@@ -72,12 +72,7 @@ def main(argv=None) -> int:
     p.add_argument("--output", type=Path, default=None)
     args = p.parse_args(argv)
     report = run(args.dataset, args.documents, args.threads, args.ray_workers)
-    report["command"] = "python -m mvr.eval.index_speed " + " ".join(argv if argv is not None else sys.argv[1:])
-    text = json.dumps(report, indent=2)
-    if args.output:
-        args.output.parent.mkdir(parents=True, exist_ok=True)
-        args.output.write_text(text + "\n")
-    print(text)
+    publish_report(report, "mvr.eval.index_speed", argv, args.output)
     return 0
 
 

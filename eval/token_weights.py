@@ -12,8 +12,6 @@ the encoder gives them); p = 0 is plain MaxSim.
 from __future__ import annotations
 
 import argparse
-import json
-import sys
 from pathlib import Path
 
 import numpy as np
@@ -51,6 +49,8 @@ def run(dataset: Path, index_name: str, split: str, powers: list[float], home=No
 
 
 def main(argv=None) -> int:
+    from .beir import publish_report
+
     p = argparse.ArgumentParser(prog="python -m mvr.eval.token_weights", description=__doc__.split("\n\n")[0])
     p.add_argument("dataset", type=Path)
     p.add_argument("--index", required=True)
@@ -60,12 +60,7 @@ def main(argv=None) -> int:
     p.add_argument("--output", type=Path, default=None)
     args = p.parse_args(argv)
     report = run(args.dataset, args.index, args.split, args.powers, args.index_dir)
-    report["command"] = "python -m mvr.eval.token_weights " + " ".join(argv if argv is not None else sys.argv[1:])
-    text = json.dumps(report, indent=2)
-    if args.output:
-        args.output.parent.mkdir(parents=True, exist_ok=True)
-        args.output.write_text(text + "\n")
-    print(text)
+    publish_report(report, "mvr.eval.token_weights", argv, args.output)
     return 0
 
 

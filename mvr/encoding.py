@@ -39,7 +39,7 @@ from .passages import document_id, split
 from .progress import progress
 from .storage import ArrayWriter, BlobWriter, RowReader
 from .storage.formats import TOKEN_IDS
-from .storage.manifest import fsync_dir
+from .storage.commits import write_atomic, write_json
 from .storage.metadata import MetadataWriter
 from .vectors import fit_pca, project
 
@@ -70,16 +70,6 @@ def _settings(config: IndexConfig) -> dict:
     return json.loads(json.dumps({k: v for k, v in config.to_dict().items() if k not in _RUNTIME_ONLY}))
 
 
-def _write_synced(path: Path, write) -> None:
-    tmp = path.with_name(f".{path.name}.tmp")
-    with open(tmp, "wb") as handle:
-        write(handle)
-        handle.flush()
-        os.fsync(handle.fileno())
-    os.replace(tmp, path)
-    fsync_dir(path.parent)
-
-
 class Checkpoints:
     """The ``resume/`` records of the segment folder ``folder``."""
 
@@ -91,7 +81,7 @@ class Checkpoints:
     def start(self, config: IndexConfig, encoder: dict, chunk_size: int, precision: str) -> None:
         self.folder.mkdir(parents=True)
         record = {"mvr_version": __version__, "chunk_size": chunk_size, "config": _settings(config), "encoder": encoder, "precision": precision}
-        _write_synced(self.folder / "build.json", lambda h: h.write(json.dumps(record, sort_keys=True).encode()))
+        write_json(self.folder / "build.json", record)
 
     def record(self, read: list[str], kept: list, lengths, token_ids, texts: list[int], titles: list[int], counters: dict) -> None:
         """One more chunk, its rows appended and flushed to their files already (``token_ids``:
@@ -103,7 +93,7 @@ class Checkpoints:
             "metadata": np.array(json.dumps([d.metadata for d in kept])), "counters": np.array(json.dumps(counters)),
         }
         arrays["has_token_ids"] = np.array(token_ids is not None)
-        _write_synced(self.folder / f"chunk-{self.chunks:08d}.npz", lambda h: np.savez(h, **arrays))
+        write_atomic(self.folder / f"chunk-{self.chunks:08d}.npz", lambda h: np.savez(h, **arrays))
 
     def resume(self, config: IndexConfig, encoder: dict, model_dim: int, precision: str) -> Encoded:
         """The records of the interrupted build in this folder, checked against this build's
@@ -151,7 +141,7 @@ class Checkpoints:
             state.metadata.extend(metadata)
             for key, value in counters.items():
                 state.counters[key] += value
-        for stale in [*records[state.chunks :], *(p for p in self.folder.iterdir() if p.name.startswith("."))]:
+        for stale in [*records[state.chunks :], *self.folder.glob("*.tmp")]:
             stale.unlink()
         for entry in segment.iterdir():
             if entry.name not in _KEPT:

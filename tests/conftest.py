@@ -6,7 +6,11 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import signal
 import string
+import subprocess
+import sys
+import time
 from pathlib import Path
 
 import numpy as np
@@ -195,6 +199,22 @@ def default_index(tmp_path_factory, default_encoder):
 
     folder = write_beir(tmp_path_factory.mktemp("data") / "tiny-beir")
     return Index.build(folder / "corpus.jsonl", tmp_path_factory.mktemp("idx") / "tiny", encoder=default_encoder)
+
+
+def kill_when_ready(args: list, seconds: float) -> tuple[str, str]:
+    """Run the worker script ``args`` (after the interpreter) with this test run's import path,
+    wait for its READY line, let it work ``seconds``, then SIGKILL it: its stdout and stderr, in
+    which there must be no traceback (a worker that fails is not a worker killed)."""
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)}
+    worker = subprocess.Popen([sys.executable, *map(str, args)], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
+    try:
+        assert worker.stdout.readline().strip() == "READY", worker.stderr.read()
+        time.sleep(seconds)
+    finally:
+        worker.send_signal(signal.SIGKILL)
+        out, err = worker.communicate(timeout=60)
+    assert "Traceback" not in err, err
+    return out, err
 
 
 def maxsim_reference(query: np.ndarray, docs: list[np.ndarray]) -> np.ndarray:

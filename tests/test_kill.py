@@ -4,8 +4,6 @@ committed text) and no uncommitted one, and the next writer carries on."""
 
 import os
 import random
-import signal
-import subprocess
 import sys
 import time
 from pathlib import Path
@@ -14,6 +12,7 @@ from mvr import Encoder, Index
 from mvr.storage.validate import scan_tokens, verify_files
 
 sys.path.insert(0, str(Path(__file__).parent))
+from conftest import kill_when_ready  # noqa: E402
 from living_worker import apply, plan  # noqa: E402
 
 KILLS = int(os.environ.get("MVR_KILLS", "50"))
@@ -42,16 +41,8 @@ def test_sigkill_during_writes_leaves_the_last_commit_whole(tmp_path, models):
     rng = random.Random(13)
     op, kills, hit = 0, 0, set()
     deadline = time.monotonic() + 900
-    env = {**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)}
     while kills < KILLS and time.monotonic() < deadline:
-        worker = subprocess.Popen([sys.executable, str(WORKER), str(path), str(models["plain"]), str(op)], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
-        try:
-            assert worker.stdout.readline().strip() == "READY", worker.stderr.read()
-            time.sleep(rng.uniform(0.0, 0.8))
-        finally:
-            worker.send_signal(signal.SIGKILL)
-            out, err = worker.communicate(timeout=60)
-        assert "Traceback" not in err, err
+        out, _ = kill_when_ready([WORKER, path, models["plain"], op], rng.uniform(0.0, 0.8))
         done = [int(line.split()[1]) for line in out.splitlines() if line.startswith("DONE")]
         for i in done:
             assert i == op

@@ -6,7 +6,6 @@ import dataclasses
 import json
 import os
 import random
-import signal
 import subprocess
 import sys
 import time
@@ -21,6 +20,7 @@ from mvr.corpus import read_corpus
 from mvr.errors import ConfigError, CorpusError, IndexExistsError
 
 sys.path.insert(0, str(Path(__file__).parent))
+from conftest import kill_when_ready  # noqa: E402
 from resume_worker import CONFIG, corpus  # noqa: E402
 
 WORKER = Path(__file__).parent / "resume_worker.py"
@@ -63,19 +63,10 @@ def test_sigkill_then_resume_gives_the_uninterrupted_index(tmp_path, models, ref
     home.mkdir()
     path = home / "idx"
     rng = random.Random(7)
-    env = {**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)}
     kills, finished, deadline, hit = 0, False, time.monotonic() + 300, set()
     while kills < 8 and time.monotonic() < deadline:
         delay = "0.02" if kills % 2 == 0 else "0"  # a slow corpus: killed while encoding; a fast one: often while finishing
-        worker = subprocess.Popen([sys.executable, str(WORKER), str(path), str(models["plain"]), str(N_DOCS), str(CHUNK), "1" if kills else "0", delay],
-                                  stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
-        try:
-            assert worker.stdout.readline().strip() == "READY", worker.stderr.read()
-            time.sleep(rng.uniform(0.1, 1.5))
-        finally:
-            worker.send_signal(signal.SIGKILL)
-            out, err = worker.communicate(timeout=60)
-        assert "Traceback" not in err, err
+        out, _ = kill_when_ready([WORKER, path, models["plain"], N_DOCS, CHUNK, "1" if kills else "0", delay], rng.uniform(0.1, 1.5))
         if "DONE" in out or path.exists():  # published whole (the kill may fall between the commit and DONE)
             finished = True
             break
@@ -161,6 +152,8 @@ def test_cli_resume(tmp_path, models, capsys):
     out = capsys.readouterr().out
     assert "indexed 12 documents" in out and "resumed after 4 documents" in out
     assert _files(home / "x") == _files(home / "whole") and _staging(home) == []
+    assert main(["index", "--from", "whole", "--name", "y", *args, "--resume"]) != 0  # deriving encodes nothing to resume
+    assert "--resume apply to encoding a CORPUS" in capsys.readouterr().err
 
 
 def test_builds_in_two_processes_write_the_same_files(tmp_path, models):

@@ -54,15 +54,21 @@ def segment_name(number: int) -> str:
     return f"s{number:06d}"
 
 
-def write_json(path: Path, data: dict) -> None:
-    """``data`` into ``path`` atomically: a temporary name, fsync, ``os.replace``, fsync of the folder."""
+def write_atomic(path: Path, write) -> None:
+    """What ``write(handle)`` writes, into ``path`` atomically: a temporary name (``NAME.tmp``),
+    fsync, ``os.replace``, fsync of the folder."""
     temp = path.with_name(path.name + ".tmp")
-    with open(temp, "w", encoding="utf-8") as handle:
-        json.dump(data, handle, indent=2)
+    with open(temp, "wb") as handle:
+        write(handle)
         handle.flush()
         os.fsync(handle.fileno())
     os.replace(temp, path)
     fsync_dir(path.parent)
+
+
+def write_json(path: Path, data: dict) -> None:
+    """``data`` into ``path`` atomically (:func:`write_atomic`)."""
+    write_atomic(path, lambda handle: handle.write(json.dumps(data, indent=2).encode("utf-8")))
 
 
 def read_pointer(path: Path) -> dict:
