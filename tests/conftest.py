@@ -201,20 +201,25 @@ def default_index(tmp_path_factory, default_encoder):
     return Index.build(folder / "corpus.jsonl", tmp_path_factory.mktemp("idx") / "tiny", encoder=default_encoder)
 
 
-def kill_when_ready(args: list, seconds: float) -> tuple[str, str]:
+def kill_when_ready(args: list, seconds: float, after: str | None = None) -> tuple[str, str]:
     """Run the worker script ``args`` (after the interpreter) with this test run's import path,
-    wait for its READY line, let it work ``seconds``, then SIGKILL it: its stdout and stderr, in
-    which there must be no traceback (a worker that fails is not a worker killed)."""
+    wait for its READY line (and then for a line starting with ``after``, if given), let it work
+    ``seconds``, then SIGKILL it: its stdout (every line, those waited for included) and stderr,
+    in which there must be no traceback (a worker that fails is not a worker killed)."""
     env = {**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)}
     worker = subprocess.Popen([sys.executable, *map(str, args)], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
+    seen = []
     try:
-        assert worker.stdout.readline().strip() == "READY", worker.stderr.read()
+        seen.append(worker.stdout.readline())
+        assert seen[0].strip() == "READY", worker.stderr.read()
+        while after is not None and seen[-1] and not seen[-1].startswith(after):
+            seen.append(worker.stdout.readline())
         time.sleep(seconds)
     finally:
         worker.send_signal(signal.SIGKILL)
         out, err = worker.communicate(timeout=60)
     assert "Traceback" not in err, err
-    return out, err
+    return "".join(seen) + out, err
 
 
 def maxsim_reference(query: np.ndarray, docs: list[np.ndarray]) -> np.ndarray:

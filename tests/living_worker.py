@@ -1,5 +1,6 @@
 """A writer for the kill test (tests/test_kill.py): runs a fixed sequence of adds, upserts,
-deletes and merges on an index, printing ``DONE i`` after each commit returns, until killed.
+deletes and merges on an index, printing ``START KIND i`` before each op and ``DONE i`` after
+its commit returns, until killed.
 
     python tests/living_worker.py INDEX MODEL FIRST_OP
 
@@ -53,6 +54,7 @@ def main() -> None:
     print("READY", flush=True)
     for i in range(first, first + 10_000):
         kind, payload = plan(i, live)
+        print(f"START {kind} {i}", flush=True)
         if kind == "add":
             index.add(payload, show_progress=False)
         elif kind == "upsert":

@@ -42,7 +42,12 @@ def test_sigkill_during_writes_leaves_the_last_commit_whole(tmp_path, models):
     op, kills, hit = 0, 0, set()
     deadline = time.monotonic() + 900
     while kills < KILLS and time.monotonic() < deadline:
-        out, _ = kill_when_ready([WORKER, path, models["plain"], op], rng.uniform(0.0, 0.8))
+        # half the kills at a random time, half a moment after a given kind of write begins (a
+        # delete takes milliseconds: random times alone can miss it)
+        kind = None if kills % 2 == 0 else ("delete", "upsert", "optimize", "add")[kills // 2 % 4]
+        after = None if kind is None else f"START {kind} "
+        seconds = rng.uniform(0.0, 0.8) if kind is None else rng.uniform(0.0, 0.02)
+        out, _ = kill_when_ready([WORKER, path, models["plain"], op], seconds, after=after)
         done = [int(line.split()[1]) for line in out.splitlines() if line.startswith("DONE")]
         for i in done:
             assert i == op
