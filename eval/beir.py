@@ -147,18 +147,21 @@ def evaluate(
     """Evaluate an open :class:`mvr.Index` on a BEIR folder.
 
     ``first_stage``: None measures what ``Index.search`` does with no stage named (the index's
-    default). One run per candidate count, or one exhaustive run; with ``compare_exhaustive`` an
-    exhaustive run comes first in the same process, and each other run also reports the share of
-    the exhaustive top-10 found among its candidates and its speed-up. ``options``: further
+    default search preset, else its default stage). One run per candidate count, or one
+    exhaustive run; with ``compare_exhaustive`` an exhaustive run comes first in the same
+    process, and each other run also reports the share of the exhaustive top-10 found among its
+    candidates and its speed-up. ``options``: further
     :class:`mvr.SearchOptions` (rerank, prune_alpha, early_exit, fusion, ...) for the runs with
     candidates. ``ignore_identical_ids``: drop a retrieved document whose id is the query's, as
     BEIR does by default. Returns (report, {run label: run}).
     """
-    options = options or {}
     from ..search import DEFAULT_CANDIDATES
+    from ..search_presets import resolve
     from ..threads import cpu_threads
 
     _ir_measures()  # a missing extra is said before any query runs
+    # the index's default search preset (or the one options name) applies as in Index.search
+    first_stage, candidates, options, preset = resolve(index.search_presets, first_stage, candidates, options or {})
     first_stage = first_stage or index.default_stage
 
     queries, qrels = load_beir(dataset, split)
@@ -211,6 +214,8 @@ def evaluate(
     primary = rows[1] if compare_exhaustive and first_stage != "exhaustive" else rows[0]
     report = _report(dataset, split, index, queries, depth, encode_ms, rows, primary)
     report["ignore_identical_ids"] = ignore_identical_ids
+    if preset:
+        report["preset"] = preset
     return report, runs
 
 

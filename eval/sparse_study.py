@@ -194,7 +194,7 @@ def impact(dataset: Path, index, split: str = "test", depth: int = 100, scale: f
 
 
 def tune(dataset: Path, index, split: str, first_stage: str = "bm25", counts=(100, 1000), weights=WEIGHTS) -> dict:
-    from ..search import fuse
+    from ..fusion import fuse
     from .beir import evaluate_run, load_beir
 
     queries, qrels = load_beir(dataset, split)

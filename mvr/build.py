@@ -17,7 +17,7 @@ import shutil
 import time
 from pathlib import Path
 
-from .config import IndexConfig
+from .config import SEARCH_PRESETS, IndexConfig
 from .encode import Encoder
 from .errors import ConfigError
 from .stages import BuildSource, build_stage, stage_class
@@ -30,7 +30,7 @@ from .storage.manifest import MANIFEST, fsync_tree, read_manifest
 from .threads import cpu_threads
 
 # What a derived index may change, and the counts it inherits from its source.
-DERIVABLE = {"prune", "prune_max_df", "cluster_ratio", "cluster_count", "cluster_method", "cluster_iters", "cluster_keep", "cluster_idf_weight", "codec", "codec_bits", "codec_centroids", "codec_sample", "fde", "centroid_stage", "seed", "threads"}
+DERIVABLE = {"prune", "prune_max_df", "cluster_ratio", "cluster_count", "cluster_method", "cluster_iters", "cluster_keep", "cluster_idf_weight", "codec", "codec_bits", "codec_centroids", "codec_sample", "fde", "centroid_stage", "pooled", "search_preset", "seed", "threads"}
 _SOURCE_COUNTS = {"documents", "tokens", "max_doc_len", "truncated_documents", "skipped_empty_documents", "dim", "model_dim", "source_documents", "split_documents"}
 
 
@@ -120,7 +120,8 @@ def first_commit(index: Path, folder: Path, manifest: dict, config: IndexConfig,
     centroid stage decided for its size, as the segment's manifest has it)."""
     config = config.for_corpus(manifest["counts"]["documents"])
     segment = {"name": folder.name, "documents": manifest["counts"]["documents"], "deleted": 0, "deletes": None}
-    commit = new_commit(None, 1, [segment], operation, config=config.to_dict(), encoder=encoder_identity, dim=manifest["counts"]["dim"], next_segment=int(folder.name[1:]) + 1, command=command)
+    saved = {"search": {"default": config.search_preset, "presets": {config.search_preset: SEARCH_PRESETS[config.search_preset]}}} if config.search_preset else {}
+    commit = new_commit(None, 1, [segment], operation, config=config.to_dict(), encoder=encoder_identity, dim=manifest["counts"]["dim"], next_segment=int(folder.name[1:]) + 1, command=command, **saved)
     fsync_tree(index)
     publish(index, commit)
 
@@ -130,7 +131,8 @@ def derive(source, name, *, home=None, overwrite: bool = False, show_progress: b
     compressed by ``changes`` (fields of :class:`IndexConfig`: prune, cluster_ratio, codec, ...,
     and fde) without encoding the corpus again. Texts, ids and text stages are copied; the FDE is
     rebuilt from the new vectors. The source is only read; it must be one segment without
-    deletions (`mvr optimize` makes it so).
+    deletions (`mvr optimize` makes it so). Search presets saved in the source (`mvr tune`) are
+    not carried: they were learned on other vectors; a ``search_preset`` of the config is saved.
     """
     from .index import Index
 

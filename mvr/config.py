@@ -31,7 +31,20 @@ LARGE_CORPUS = 10_000
 # Centroids probed per query token by the centroid stage, unless a search says otherwise
 # (SearchOptions.centroid_probe; docs/scale.md).
 CENTROID_PROBE = 8
-# Named compaction settings (docs/compression.md has the measurements behind them).
+# Search presets an index can be built with (IndexConfig.search_preset), saved as its default
+# search (mvr/search_presets.py). "best": weighted fusion of MaxSim, the pooled vector and bm25s
+# over the union of the pooled stage's and bm25s's candidates, the weights one grid chose for
+# SciFact train and NFCorpus dev together (the mean relative gain in nDCG@10; docs/quality.md).
+SEARCH_PRESETS = {
+    "best": {
+        "first_stage": "pooled+bm25s",
+        "candidates": 200,
+        "dense_share": 0.5,
+        "fusion": "weighted",
+        "weights": {"maxsim": 0.45, "pooled": 0.25, "bm25s": 0.3},
+    },
+}
+# Named build settings (docs/compression.md and docs/quality.md have the measurements behind them).
 PRESETS = {
     "small": {
         "about": "the smallest index within 1% nDCG@10 of full float16 on SciFact and NFCorpus: "
@@ -50,6 +63,14 @@ PRESETS = {
         "cluster_keep": ("special",),
         "cluster_idf_weight": 0.5,
         "codec": "float16",
+    },
+    "best": {
+        "about": "the best nDCG@10 mvr reaches with its model: float16 vectors, the pooled and bm25s stages (no FDE), "
+        "and the 'best' search preset, weighted fusion of MaxSim, pooled vector and BM25, as the default search (docs/quality.md)",
+        "fde": None,
+        "centroid_stage": False,
+        "pooled": True,
+        "search_preset": "best",
     },
 }
 
@@ -150,6 +171,8 @@ class IndexConfig:
                    a few hundred bytes per document; None (the default): decided by the corpus
                    size: above LARGE_CORPUS documents it is built and replaces the default
                    (flat) FDE, below it the FDE stays (:meth:`for_corpus`)
+    pooled         build the pooled single-vector stage (stages/pooled.py): each document's mean vector
+    search_preset  a search preset of SEARCH_PRESETS saved as the index's default search ("best")
     sparse         text first stages built with the index (mvr.registry.SPARSE_STAGES): "bm25s" (the
                    default search joins it with the FDE), "bm25" (Lucene via pyserini, extra 'lucene')
     splade_model   a masked-LM folder: also build the learned-sparse (SPLADE) first stage
@@ -192,6 +215,8 @@ class IndexConfig:
     threads: int | None = None
     fde: FDEConfig | None = field(default_factory=FDEConfig)
     centroid_stage: bool | None = None
+    pooled: bool = False
+    search_preset: str | None = None
     sparse: tuple[str, ...] = ("bm25s",)
     splade_model: str | None = None
     passage_tokens: int | None = None
@@ -231,6 +256,8 @@ class IndexConfig:
             raise ConfigError(f"unknown doc_runtime {self.doc_runtime!r}; available: {', '.join(RUNTIMES)}.")
         if self.centroid_stage is not None and not isinstance(self.centroid_stage, bool):
             raise ConfigError(f"centroid_stage must be True, False or None (decided by the corpus size), got {self.centroid_stage!r}.")
+        if not isinstance(self.pooled, bool):
+            raise ConfigError(f"pooled must be True or False, got {self.pooled!r}.")
         if isinstance(self.fde, dict):
             object.__setattr__(self, "fde", FDEConfig.from_dict(self.fde))
         if self.fde is not None and not isinstance(self.fde, FDEConfig):
@@ -266,6 +293,18 @@ class IndexConfig:
         check(self.passage_tokens, self.passage_stride)
         if self.passage_tokens is not None and self.passage_stride is None:
             object.__setattr__(self, "passage_stride", max(1, self.passage_tokens * 3 // 4))
+        if self.search_preset is not None:
+            self._check_search_preset()
+
+    def _check_search_preset(self) -> None:
+        if not isinstance(self.search_preset, str) or self.search_preset not in SEARCH_PRESETS:
+            raise ConfigError(f"unknown search_preset {self.search_preset!r}; available: {', '.join(SEARCH_PRESETS)}.")
+        preset = SEARCH_PRESETS[self.search_preset]
+        built = {"pooled": self.pooled, "splade": self.splade_model is not None, "fde": self.fde is not None, "centroids": bool(self.centroid_stage)}
+        needed = [*preset["first_stage"].split("+"), *(name for name in preset.get("weights", {}) if name != "maxsim")]
+        missing = [name for name in needed if not built.get(name, name in self.sparse)]
+        if missing:
+            raise ConfigError(f"search_preset {self.search_preset!r} reads the {', '.join(missing)} stage(s), which this build leaves out; build them too.")
 
     def for_corpus(self, n_docs: int) -> "IndexConfig":
         """This config with ``centroid_stage`` decided for a build of ``n_docs`` documents: left as

@@ -156,6 +156,9 @@ class _Shard:
     def score(self, name, query, rows):
         return self.segments[name].tokens.score(query, rows)
 
+    def stage_score(self, name, stage, queries, rows):
+        return self.segments[name].stage(stage).score(queries, rows)
+
     def early_exit(self, name, query, rows, k, patience):
         return self.segments[name].tokens.early_exit(query, rows, k, patience)
 
@@ -202,6 +205,9 @@ class _RemoteStage:
 
     def search(self, queries, n, options=None, allowed=None):
         return self.segment.call("search", self.name, queries, n, options, allowed)
+
+    def score(self, queries, positions):
+        return self.segment.call("stage_score", self.name, queries, positions)
 
 
 class _RemoteTokens:

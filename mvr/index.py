@@ -21,6 +21,7 @@ from typing import Iterable, Sequence
 import numpy as np
 
 from . import search as pipeline
+from . import search_presets
 from .config import IndexConfig
 from .corpus import Document, _utf8
 from .device import resolve_device
@@ -28,12 +29,13 @@ from .encode import Encoder, TokenVectors
 from .encode.encoder import identity_differences
 from .errors import EncoderError, EncoderMismatchError, MvrError, QueryError
 from .explain import explain_results
+from .fusion import stage_signals
 from .registry import EXHAUSTIVE, STAGES
 from .results import Hit, Results
 from .search import SearchOptions
 from .segment import Commit, Segment, describe_index, open_commit, stage_bytes
 from .writer import Changes
-from .stages import QueryBatch, stage_class
+from .stages import stage_class
 from .storage import locate
 from .storage.layout import recover_stages
 from .vectors import project
@@ -184,10 +186,6 @@ class Index(Changes):
         segments = self._state.segments
         return bool(segments) and all(s.has_stage(name) for s in segments)
 
-    def _require(self, name: str) -> None:
-        for segment in self._state.segments:
-            segment.require(name)
-
     def first_stage(self, name: str, options: SearchOptions | None = None):
         """What finds candidates for ``name`` in a one-segment index (pipeline.run does it per segment)."""
         return self._one().first_stage(name, options)
@@ -199,7 +197,7 @@ class Index(Changes):
         return self._default_stage(with_texts=True)
 
     def _default_stage(self, with_texts: bool) -> str:
-        for stage in ("fde+bm25s", "centroids+bm25s", "fde", "centroids") if with_texts else ("fde", "centroids"):
+        for stage in ("fde+bm25s", "centroids+bm25s", "pooled+bm25s", "fde", "centroids", "pooled") if with_texts else ("fde", "centroids", "pooled"):
             if self.has_stage(stage):
                 return stage
         return EXHAUSTIVE
@@ -278,21 +276,21 @@ class Index(Changes):
         """Top-``k`` documents of each query. A single string is one query.
 
         ``first_stage``: ``"fde"`` (MUVERA), ``"bm25"`` (Lucene through pyserini), ``"bm25s"``,
-        ``"splade"`` or a hybrid such as ``"fde+bm25s"`` (the union of both rankings, see
-        ``dense_share``) find ``candidates`` (default 100) documents that exact MaxSim reranks;
-        ``"exhaustive"`` scores every document. None: the index's default, :attr:`default_stage`.
+        ``"splade"``, ``"pooled"`` or a hybrid such as ``"fde+bm25s"`` (the union of both rankings,
+        see ``dense_share``) find ``candidates`` (default 100) documents that exact MaxSim reranks;
+        ``"exhaustive"`` scores every document. None: the index's default search preset if it has
+        one (``preset``: another, or "none"; mvr/search_presets.py), else :attr:`default_stage`.
         ``threads``: CPU threads for encoding and scoring. Further options: :class:`SearchOptions`.
         ``timings`` (ms) add ``encode`` to :meth:`search_encoded`'s. ``explain``: each hit's :attr:`Hit.explanation`
         (:mod:`mvr.explain`): the document token behind each query token's maximum, its span, its share of the score.
         """
         texts = [queries] if isinstance(queries, str) else list(queries)
         explain = options.pop("explain", False)
-        opts, _ = self._options(k, first_stage or self.default_stage, candidates, options)
-        self._require(opts.first_stage)  # before the model loads
+        opts, k = self._options(k, first_stage, candidates, options, with_texts=True)
         started = time.perf_counter()
         encoded = self.encode_queries(texts, threads=threads) if explain or opts.rerank or pipeline.needs_vectors(opts.first_stage) else None
         encode_ms = (time.perf_counter() - started) * 1e3
-        results = self.search_encoded(encoded, k, texts=texts, first_stage=opts.first_stage, candidates=candidates, threads=threads, **options)
+        results = self._run(encoded, k, texts, opts, threads)
         results.timings = {"encode": encode_ms, **results.timings}
         if explain:
             results.explanations = explain_results(self, encoded, results)
@@ -304,36 +302,38 @@ class Index(Changes):
     ) -> Results:
         """Search with queries already encoded (float32 ``(n_tokens, dim)`` + offsets). Text first
         stages also need the query ``texts``; ``queries`` may be None when nothing is reranked.
-        Without ``texts`` the default first stage is ``fde`` (or exhaustive where there is none).
+        Without ``texts`` no default search preset applies (a named one does) and the default first
+        stage is ``fde`` (else the centroid or pooled stage, else exhaustive).
 
         The returned :class:`Results` carry ``timings`` (ms): ``first_stage`` and ``rerank``, and
         ``fallbacks``: queries whose text first stage found nothing (no searchable terms) and
         that the dense first stage answered instead.
         """
-        opts, k = self._options(k, first_stage or self._default_stage(with_texts=texts is not None), candidates, options)
-        if pipeline.needs_texts(opts.first_stage) and texts is None:
-            raise QueryError(f"the {opts.first_stage} first stage needs the query texts (texts=...).")
-        vectors = offsets = None
-        if queries is not None:
-            vectors = np.ascontiguousarray(queries.vectors, dtype=np.float32)
-            if vectors.ndim != 2 or vectors.shape[1] != self.dim:
-                raise EncoderMismatchError(
-                    f"query vectors have dimension {vectors.shape[-1] if vectors.ndim else '?'}, index {self.name!r} stores "
-                    f"{self.dim}: encode the queries with the index's encoder ({self.manifest['encoder']['name']})."
-                )
-            if not np.isfinite(vectors).all():
-                raise QueryError("query vectors hold NaN or infinite values; encode the queries with the index's encoder (Index.encode_queries).")
-            offsets = np.asarray(queries.offsets, dtype=np.int64)
-        elif opts.rerank or pipeline.needs_vectors(opts.first_stage):
-            raise QueryError(f"first stage {opts.first_stage!r} with rerank={opts.rerank} needs encoded queries.")
-        batch = QueryBatch(None if texts is None else list(texts), vectors, offsets)
+        opts, k = self._options(k, first_stage, candidates, options, with_texts=texts is not None)
+        return self._run(queries, k, texts, opts, threads)
+
+    def _run(self, queries: TokenVectors | None, k: int, texts, opts: SearchOptions, threads) -> Results:
+        batch = pipeline.query_batch(queries, texts, opts, self.dim, f"index {self.name!r}", self.manifest["encoder"]["name"])
         return pipeline.run(self._state, batch, k, opts, threads)
 
-    def _options(self, k, first_stage: str, candidates: int | None, options: dict) -> tuple[SearchOptions, int]:
-        """The search options, and ``k`` capped at the index's documents (the results are ``(n_queries, k)`` arrays; a huge k would not fit in memory)."""
+    def _options(self, k, first_stage: str | None, candidates: int | None, options: dict, with_texts: bool) -> tuple[SearchOptions, int]:
+        """The search options (a saved preset's under the caller's: mvr/search_presets.py), every
+        stage they read checked, and ``k`` capped at the index's documents (the results are
+        ``(n_queries, k)`` arrays; a huge k would not fit in memory)."""
         if not isinstance(k, (int, np.integer)) or isinstance(k, bool) or k < 1:
             raise QueryError(f"k must be a positive integer, got {k!r}.")
-        return SearchOptions.create(first_stage=first_stage, candidates=candidates, **options), min(int(k), max(self._state.n_live, 1))
+        options = {"preset": search_presets.NONE, **options} if not with_texts and first_stage is None else options  # a default preset may read texts
+        first_stage, candidates, options, _ = search_presets.resolve(self.search_presets, first_stage, candidates, options)
+        opts = SearchOptions.create(first_stage=first_stage or self._default_stage(with_texts), candidates=candidates, **options)
+        for stage in (opts.first_stage, *stage_signals(opts.weights)):
+            for segment in self._state.segments:
+                segment.require(stage)  # before the model loads
+        return opts, min(int(k), max(self._state.n_live, 1))
+
+    @property
+    def search_presets(self) -> dict:
+        """The index's saved search presets: ``{"default": name or None, "presets": {name: options}}``."""
+        return search_presets.saved(self._state.record)
 
     # -- building (mvr/build.py); changes (add, delete, ...) come from writer.Changes ---------------
     @classmethod

@@ -45,6 +45,7 @@ class Entry:
 STAGES = {
     "fde": Entry("fde", "mvr.stages.fde:FDEStage", "MUVERA FDE (faiss)"),
     "centroids": Entry("centroids", "mvr.stages.centroids:CentroidStage", "centroid interaction (PLAID / WARP)"),
+    "pooled": Entry("pooled", "mvr.stages.pooled:PooledStage", "pooled single vector (mean of the token vectors)"),
     "bm25": Entry("bm25", "mvr.stages.bm25:LuceneBM25", "BM25 (Lucene, pyserini)", reads="text", extra="lucene"),
     "bm25s": Entry("bm25s", "mvr.stages.bm25s:BM25S", "bm25s", reads="text"),
     "splade": Entry("splade", "mvr.stages.splade:SpladeStage", "SPLADE", reads="text", needs_model=True),

@@ -11,7 +11,8 @@ from dataclasses import dataclass
 import numpy as np
 
 from .config import CENTROID_PROBE, FDE_EF_SEARCH, FDE_NPROBE
-from .errors import QueryError
+from .errors import EncoderMismatchError, QueryError
+from .fusion import FUSIONS, check_weights, fuse, signal_scores, text_signals
 from .passages import GROUPS, best_per_document
 from .registry import EXHAUSTIVE, FIRST_STAGES, HYBRIDS, STAGES, parse_stage
 from .results import Results
@@ -28,8 +29,6 @@ STAGE_CANDIDATES = {"centroids": 256}
 def default_candidates(stage: str | None) -> int:
     """Candidates reranked after the first stage ``stage`` when the caller names none."""
     return STAGE_CANDIDATES.get(stage, DEFAULT_CANDIDATES)
-FUSIONS = ("rrf", "linear")
-RRF_K = 60  # Cormack et al. (2009)
 VECTOR_STAGES = tuple(name for name, entry in STAGES.items() if entry.reads == "vectors")  # the fallback of a text stage that finds nothing
 _QUERY_CHUNK = 64  # queries scored together by the exhaustive kernel (bounds the score matrix)
 
@@ -58,8 +57,10 @@ class SearchOptions:
     rerank          rerank candidates with exact MaxSim (False: the first stage's own ranking)
     prune_alpha     drop candidates whose first-stage score is below (1 - alpha) x the k-th best
     early_exit      stop reranking after this many consecutive candidates miss the running top-k
-    fusion          final score from MaxSim and first-stage scores: "rrf" or "linear" (None: MaxSim)
+    fusion          final score from MaxSim and first-stage scores: "rrf" or "linear" (None: MaxSim);
+                    "weighted": of MaxSim and other signals, each scored for every candidate (mvr/fusion.py)
     fusion_weight   MaxSim's weight in "linear" fusion of per-query z-scores
+    weights         "weighted" fusion: each signal's weight ({"maxsim": 0.45, "pooled": 0.25, "bm25s": 0.3})
     dense_share     hybrid first stages ("fde+bm25s", "centroids+bm25s", ...): the share of the candidates taken from
                     the vector stage's ranking; the sparse ranking adds new documents up to the count
                     (and the vector ranking fills in if the sparse one runs short)
@@ -80,6 +81,7 @@ class SearchOptions:
     early_exit: int | None = None
     fusion: str | None = None
     fusion_weight: float = 0.8
+    weights: dict | None = None
     dense_share: float = 0.8
     nprobe: int = FDE_NPROBE
     ef_search: int = FDE_EF_SEARCH
@@ -118,7 +120,13 @@ class SearchOptions:
                 raise QueryError(f"{name} must be a positive integer, got {getattr(self, name)!r}.")
         if self.filter is not None and not isinstance(self.filter, dict):
             raise QueryError(f"filter must be a JSON object such as {{\"year\": {{\"$gte\": 2020}}}}, got {type(self.filter).__name__}.")
-        if self.first_stage in HYBRIDS and (self.fusion is not None or self.prune_alpha is not None):
+        if (self.fusion == "weighted") != (self.weights is not None):
+            raise QueryError('weighted fusion and weights go together: fusion="weighted" with weights={"maxsim": 0.6, "bm25s": 0.4}.')
+        if self.weights is not None:
+            object.__setattr__(self, "weights", check_weights(self.weights))
+            if self.prune_alpha is not None or self.early_exit is not None:
+                raise QueryError("weighted fusion scores every candidate; it does not go with pruning or early exit.")
+        if self.first_stage in HYBRIDS and (self.fusion in ("rrf", "linear") or self.prune_alpha is not None):
             raise QueryError(
                 f"fusion and pruning read first-stage scores, and a hybrid first stage ({self.first_stage}) joins two "
                 "rankings whose scores do not compare; use them with a single first stage."
@@ -133,32 +141,11 @@ class SearchOptions:
         return cls(**options)
 
 
-def _ranks(scores: np.ndarray) -> np.ndarray:
-    ranks = np.empty(len(scores), dtype=np.float64)
-    ranks[np.argsort(-scores, kind="stable")] = np.arange(1, len(scores) + 1)
-    return ranks
-
-
-def _zscores(scores: np.ndarray) -> np.ndarray:
-    scores = scores.astype(np.float64)
-    std = scores.std()
-    return (scores - scores.mean()) / std if std > 0 else np.zeros_like(scores)
-
-
-def fuse(maxsim: np.ndarray, first: np.ndarray, fusion: str | None, weight: float) -> np.ndarray:
-    """Final scores of one query's candidates: MaxSim alone, reciprocal rank fusion (k=60) or
-    ``weight * z(MaxSim) + (1 - weight) * z(first stage)`` with per-query z-scores."""
-    if fusion is None or len(maxsim) == 0:
-        return maxsim
-    if fusion == "rrf":
-        return 1.0 / (RRF_K + _ranks(maxsim)) + 1.0 / (RRF_K + _ranks(first))
-    return weight * _zscores(maxsim) + (1.0 - weight) * _zscores(first)
-
-
-def rerank(parts: list[tuple], query, k: int, opts: SearchOptions) -> tuple[np.ndarray, np.ndarray]:
+def rerank(parts: list[tuple], query, k: int, opts: SearchOptions, signals: dict | None = None) -> tuple[np.ndarray, np.ndarray]:
     """Order one query's candidates, found in one or more segments (``parts``: ``(token store,
     first position of the segment, Candidates)`` each): prune, MaxSim (with early exit, per
-    segment), fuse over all of them; top-k positions and scores out."""
+    segment), fuse over all of them (``signals``: weighted fusion's other scores, in the order of
+    the parts' candidates); top-k positions and scores out."""
     kth = None
     if opts.prune_alpha is not None:
         firsts = np.concatenate([found.scores for _, _, found in parts]) if parts else np.zeros(0, np.float32)
@@ -179,10 +166,28 @@ def rerank(parts: list[tuple], query, k: int, opts: SearchOptions) -> tuple[np.n
         positions.append(rows + base)
         first.append(first_scores)
     positions, first = np.concatenate(positions), np.concatenate(first)
-    final = fuse(np.concatenate(maxsim), first, opts.fusion, opts.fusion_weight) if opts.rerank else first
+    final = fuse(np.concatenate(maxsim), first, opts.fusion, opts.fusion_weight, signals, opts.weights) if opts.rerank else first
     # Best first; ties go to the lower position, as in exhaustive search.
     order = np.lexsort((positions, -final))[:k]
     return positions[order], final[order].astype(np.float32)
+
+
+def query_batch(queries, texts, opts: SearchOptions, dim: int, owner: str, encoder: str) -> QueryBatch:
+    """The :class:`QueryBatch` of encoded ``queries`` (TokenVectors or None) and ``texts``, checked
+    against what ``opts`` read and against ``owner``'s ``dim``-wide vectors of ``encoder``."""
+    if (needs_texts(opts.first_stage) or text_signals(opts.weights)) and texts is None:
+        raise QueryError(f"the {opts.first_stage} first stage and text signals need the query texts (texts=...).")
+    if queries is None:
+        if opts.rerank or needs_vectors(opts.first_stage):
+            raise QueryError(f"first stage {opts.first_stage!r} with rerank={opts.rerank} needs encoded queries.")
+        return QueryBatch(None if texts is None else list(texts))
+    vectors = np.ascontiguousarray(queries.vectors, dtype=np.float32)
+    if vectors.ndim != 2 or vectors.shape[1] != dim:
+        found = vectors.shape[-1] if vectors.ndim else "?"
+        raise EncoderMismatchError(f"query vectors have dimension {found}, {owner} stores {dim}: encode the queries with its encoder ({encoder}).")
+    if not np.isfinite(vectors).all():
+        raise QueryError("query vectors hold NaN or infinite values; encode the queries with the index's encoder (Index.encode_queries).")
+    return QueryBatch(None if texts is None else list(texts), vectors, np.asarray(queries.offsets, dtype=np.int64))
 
 
 def exhaustive(segment, queries: QueryBatch, k: int, allowed: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray, float]:
@@ -317,14 +322,20 @@ def run_rows(state, queries: QueryBatch, k: int, opts: SearchOptions, threads: i
         if searched:
             started = time.perf_counter()
             found, fallbacks = first_stage(state, searched, queries, opts)
+            extra = signal_scores(state, queries, found, opts.weights) if opts.fusion == "weighted" else None
             middle = time.perf_counter()
             ranked = np.full((n_queries, k), -1, dtype=np.int64)
             scores = np.full((n_queries, k), -np.inf, dtype=np.float32)
             for q, one in enumerate(found):
                 query = queries.query(q) if queries.vectors is not None else None
                 owner = state.segment_of(one.positions)
-                parts = [(state.segments[s].scorer, state.bases[s], Candidates(one.positions[owner == s] - state.bases[s], one.scores[owner == s])) for s in np.unique(owner)]
-                rows, best = rerank(parts, query, k, opts)
+                segments = np.unique(owner)
+                parts = [(state.segments[s].scorer, state.bases[s], Candidates(one.positions[owner == s] - state.bases[s], one.scores[owner == s])) for s in segments]
+                signals = None
+                if extra is not None:  # in the parts' order
+                    order = np.concatenate([np.zeros(0, np.int64), *(np.flatnonzero(owner == s) for s in segments)])
+                    signals = {name: scores[order] for name, scores in extra[q].items()}
+                rows, best = rerank(parts, query, k, opts, signals)
                 ranked[q, : len(rows)], scores[q, : len(rows)] = rows, best
             indices.append(ranked)
             top.append(scores)

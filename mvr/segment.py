@@ -325,6 +325,7 @@ def describe_index(index) -> dict:
         "fde": _fde_summary(index),
         "stages": stage_bytes(index),
         "default_stage": index.default_stage,
+        "search_presets": index.search_presets,
     }
 
 

@@ -64,6 +64,8 @@ def planned_stages(config: IndexConfig) -> dict[str, object]:
     stages: dict[str, object] = {"fde": config.fde} if config.fde is not None else {}
     if config.centroid_stage:
         stages["centroids"] = None
+    if config.pooled:
+        stages["pooled"] = None
     stages.update({name: None for name in config.sparse})
     if config.splade_model:
         stages["splade"] = config.splade_model

@@ -25,6 +25,7 @@ from .config import FDEConfig, IndexConfig
 from .encode import Encoder
 from .errors import CorpusError, QueryError
 from .passages import document_id, rows_of
+from .search_presets import preset_stages
 from .segment_build import merge_segments, planned_stages, write_segment
 from .storage.commits import SEGMENTS, collect, new_commit, publish, segment_name, write_deletes
 from .storage.lock import WriterLock
@@ -129,7 +130,7 @@ def add(index, documents, *, upsert: bool = False, wait: float = 0.0, merge: boo
         state = index._state
         like = state.segments[-1] if state.segments else None
         encoder = document_encoder(index)
-        stages = segment_stages(like) if like is not None else planned_stages(index.config)
+        stages = segment_stages(like) if like is not None else {**planned_stages(index.config), **preset_stages(index.search_presets)}
         folder = writer.new_segment()
         replaced: list[int] | None = [] if upsert else None
         try:
@@ -312,6 +313,18 @@ class Changes:
         from .build import upgrade
 
         return upgrade(self, wait=wait)
+
+    def save_search_preset(self, name: str, options: dict, *, default: bool = True, wait: float = 0.0) -> dict:
+        """Save ``options`` (:class:`mvr.SearchOptions` values, ``first_stage`` and ``candidates``
+        too) as the search preset ``name`` in a new commit; ``default``: the search done when none
+        is named (mvr/search_presets.py). Returns the commit."""
+        from .search_presets import check, saved
+
+        options = check(self, name, options)
+        with Writer(self, wait) as writer:
+            found = saved(writer.record)
+            search = {"default": name if default else found["default"], "presets": {**found["presets"], name: options}}
+            return writer.commit(_entries(writer.record), "search-preset", search=search)
 
     def build_stage(self, name: str, settings=None, *, threads: int | None = None, command: str | None = None, show_progress=None) -> dict:
         """(Re)build the first stage ``name`` from what the index stores: see :func:`mvr.build.rebuild_stage`."""

@@ -53,19 +53,20 @@ def test_the_index_command_encodes_on_ray(cluster, tmp_path, models, beir, capsy
 def test_a_sharded_search_gives_the_local_results(cluster, tmp_path, models):
     from mvr.distributed import ShardedIndex
 
-    config = IndexConfig(model=str(models["plain"]), sparse=("bm25s",), centroid_stage=True, codec="residual", codec_bits=2)
+    config = IndexConfig(model=str(models["plain"]), sparse=("bm25s",), centroid_stage=True, pooled=True, codec="residual", codec_bits=2)
     docs = corpus()
     index = Index.build(docs[:40], tmp_path / "sharded", config=config)
     index.add(docs[40:70], merge=False)
     index.add(docs[70:], merge=False)
     index.delete([docs[3]["id"], docs[75]["id"]])
+    index.save_search_preset("fused", {"first_stage": "pooled+bm25s", "candidates": 12, "fusion": "weighted", "weights": {"maxsim": 0.5, "pooled": 0.2, "bm25s": 0.3}}, default=False)
     index.refresh()
     assert len(index.segments) == 3
     queries = [q for _, q, _ in QUERIES]
     with ShardedIndex(index.path, shards=2) as sharded:
         assert len(sharded.actors) == 2
         for options in ({}, {"first_stage": "exhaustive"}, {"first_stage": "centroids", "candidates": 7}, {"first_stage": "fde", "early_exit": 2},
-                        {"first_stage": "bm25s"}, {"filter": {"n": {"$gte": 6}}}):
+                        {"first_stage": "bm25s"}, {"filter": {"n": {"$gte": 6}}}, {"preset": "fused"}):
             mine, theirs = index.search(queries, k=5, **options), sharded.search(queries, k=5, **options)
             assert np.array_equal(mine.indices, theirs.indices) and np.array_equal(mine.scores, theirs.scores), options
             assert mine.doc_ids == theirs.doc_ids and [h.text for h in mine[0]] == [h.text for h in theirs[0]]

@@ -32,6 +32,23 @@ def test_lucene_bm25_is_pyserinis_own_ranking(sparse_index):
     np.testing.assert_allclose(results.scores[0, : len(hits)], [h.score for h in hits], rtol=1e-6)
 
 
+def test_lucene_scores_any_document_as_its_search_does(sparse_index):
+    from mvr.stages.base import QueryBatch
+
+    stage = sparse_index.segments[0].stage("bm25")
+    queries = QueryBatch(["which animal purrs", "capital city of france", "glucose"])
+    found = stage.search(queries, len(DOCS))
+    every = [np.arange(len(DOCS))[::-1]] * 3
+    for depth in (200, 1):  # read from the hits, or past them asked one by one
+        scores = stage.score(queries, every, depth=depth)
+        for hits, got in zip(found, scores):
+            want = np.zeros(len(DOCS), np.float32)
+            want[hits.positions] = hits.scores
+            np.testing.assert_allclose(got, want[::-1], rtol=1e-4, atol=1e-6)  # pyserini rounds its hits to 4 decimals
+    fused = sparse_index.search(["which animal purrs"], k=3, first_stage="bm25s", fusion="weighted", weights={"maxsim": 0.5, "bm25": 0.5})
+    assert fused[0][0].id == "d1"
+
+
 def test_bm25s_agrees_with_lucene_on_the_top_document(sparse_index):
     for query, expected in (("capital of France", "d5"), ("lava volcano", "d7"), ("green tea antioxidants", "d8")):
         for stage in ("bm25", "bm25s"):

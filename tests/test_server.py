@@ -42,7 +42,10 @@ def server(home, default_encoder):
 
 @pytest.mark.parametrize(
     "options",
-    [{}, {"first_stage": "exhaustive"}, {"first_stage": "fde", "candidates": 4}, {"first_stage": "bm25s", "rerank": False}, {"filter": {"year": {"$gte": 2021}}}],
+    [
+        {}, {"first_stage": "exhaustive"}, {"first_stage": "fde", "candidates": 4}, {"first_stage": "bm25s", "rerank": False}, {"filter": {"year": {"$gte": 2021}}},
+        {"first_stage": "fde+bm25s", "candidates": 6, "fusion": "weighted", "weights": {"maxsim": 0.6, "bm25s": 0.4}}, {"preset": "none"},
+    ],
 )
 def test_search_over_http_answers_what_search_in_process_does(server, home, default_encoder, options):
     client, _ = server
@@ -108,6 +111,10 @@ BAD = [
     ("k as a string", "POST", "/indexes/docs/search", b'{"query": "x", "k": "3"}', None, 422),
     ("query as a number", "POST", "/indexes/docs/search", b'{"query": 7}', None, 422),
     ("unknown option", "POST", "/indexes/docs/search", b'{"query": "x", "bogus": 1}', None, 422),
+    ("weights as a list", "POST", "/indexes/docs/search", b'{"query": "x", "fusion": "weighted", "weights": [1, 2]}', None, 422),
+    ("a weight as a string", "POST", "/indexes/docs/search", b'{"query": "x", "fusion": "weighted", "weights": {"maxsim": "1"}}', None, 422),
+    ("unknown signal", "POST", "/indexes/docs/search", b'{"query": "x", "fusion": "weighted", "weights": {"clicks": 1}}', None, 400),
+    ("unknown preset", "POST", "/indexes/docs/search", b'{"query": "x", "preset": "best"}', None, 400),
     ("k = 0", "POST", "/indexes/docs/search", b'{"query": "x", "k": 0}', None, 400),
     ("k over the limit", "POST", "/indexes/docs/search", b'{"query": "x", "k": 5000}', None, 400),
     ("candidates over the limit", "POST", "/indexes/docs/search", b'{"query": "x", "candidates": 100000}', None, 400),

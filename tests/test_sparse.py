@@ -12,7 +12,7 @@ from hypothesis import strategies as st
 
 from conftest import DOCS
 from mvr import Encoder, Index, IndexConfig, QueryError
-from mvr.search import fuse
+from mvr.fusion import fuse
 from mvr.stages.hybrid import union_candidates
 
 

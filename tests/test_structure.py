@@ -21,9 +21,9 @@ LAYERS = [
     {"errors", "registry", "config", "progress", "threads", "device", "corpus", "client", "passages", "_kernels"},
     {"encode", "vectors"},
     {"stages", "storage"},
-    {"search", "results", "segment", "segment_build", "encoding", "streaming", "explain"},
+    {"search", "fusion", "search_presets", "results", "segment", "segment_build", "encoding", "streaming", "explain"},
     {"index", "build", "writer", "reranking"},
-    {"cli", "eval", "server", "integrations", "distributed"},
+    {"cli", "eval", "server", "integrations", "distributed", "tuning"},
 ]
 
 
@@ -76,7 +76,7 @@ def test_one_registry_of_first_stages():
     from mvr.registry import FIRST_STAGES, HYBRIDS, STAGES, parse_stage
 
     choices = next(a.choices for a in build_parser()._subparsers._group_actions[0].choices["search"]._actions if a.dest == "first_stage")
-    assert tuple(choices) == FIRST_STAGES and set(HYBRIDS) == {"fde+bm25", "fde+bm25s", "fde+splade", "centroids+bm25", "centroids+bm25s", "centroids+splade"}
+    assert tuple(choices) == FIRST_STAGES and set(HYBRIDS) == {f"{v}+{t}" for v in ("fde", "centroids", "pooled") for t in ("bm25", "bm25s", "splade")}
     for name, entry in STAGES.items():
         cls = entry.load()
         assert cls.name == name and cls.format and cls.version >= 1 and cls.binds in ("vectors", "doc_ids")
@@ -208,9 +208,13 @@ def test_search_options_default_in_one_place():
     from mvr.config import FDEConfig
     from mvr.search import SearchOptions
 
+    from mvr.cli.common import search_options
+
     args = build_parser().parse_args(["search", "x", "q"])
+    assert search_options(args) == {} and args.first_stage is None  # nothing given: SearchOptions' defaults (or a preset's) stand
     d = SearchOptions()
-    assert (args.fusion_weight, args.dense_share, args.nprobe, args.ef_search, args.first_stage) == (d.fusion_weight, d.dense_share, d.nprobe, d.ef_search, d.first_stage)
+    helps = {a.dest: a.help for a in build_parser()._subparsers._group_actions[0].choices["search"]._actions}
+    assert f"default {d.nprobe})" in helps["nprobe"] and f"default {d.ef_search})" in helps["ef_search"] and f"default {d.dense_share})" in helps["dense_share"]
     args = build_parser().parse_args(["index", "c", "--name", "x"])
     f = FDEConfig()
     assert (args.fde_k_sim, args.fde_d_proj, args.fde_reps, args.fde_factory, args.doc_runtime) == (f.k_sim, f.d_proj, f.reps, f.factory, IndexConfig().doc_runtime)

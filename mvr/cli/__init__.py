@@ -14,7 +14,7 @@ import sys
 
 from ..errors import MvrError
 
-COMMANDS = ("index", "add", "delete", "optimize", "upgrade", "search", "rerank", "info", "list", "fde", "centroids", "sparse", "eval", "serve")
+COMMANDS = ("index", "add", "delete", "optimize", "upgrade", "search", "rerank", "info", "list", "fde", "centroids", "pooled", "sparse", "tune", "eval", "serve")
 
 
 def _modules():

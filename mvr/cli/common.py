@@ -9,6 +9,7 @@ from pathlib import Path
 
 from ..config import CLUSTER_METHODS, KEEP_CLASSES, PRESETS, PRUNE_RULES, FDEConfig, IndexConfig
 from ..registry import CODECS, FIRST_STAGES
+from ..fusion import FUSIONS, SIGNALS
 from ..search import DEFAULT_CANDIDATES, SearchOptions
 
 
@@ -51,36 +52,53 @@ def fde_config(args) -> FDEConfig | None:
 
 def add_search(parser: argparse.ArgumentParser, counts=None) -> None:
     """First stage, candidates and reranking options. ``counts``: a type for --candidates that
-    takes a comma list (mvr eval sweeps several)."""
+    takes a comma list (mvr eval sweeps several). An option left out is not passed on, so that a
+    search preset's own value stands (mvr/search_presets.py)."""
     d = SearchOptions()
     group = parser.add_argument_group("candidates and reranking")
-    group.add_argument("--first-stage", default=None, choices=FIRST_STAGES, help="how candidates are found (default: the index's own, fde+bm25s where it has both, else fde, else exhaustive)")
+    group.add_argument("--preset", default=None, metavar="NAME", help="a search preset saved in the index (default: the index's default preset when no --first-stage is given; none: no preset)")
+    group.add_argument("--first-stage", default=None, choices=FIRST_STAGES, help="how candidates are found (default: the index's default preset, else fde+bm25s where it has both, else fde, else exhaustive)")
     many = " or a comma list to sweep" if counts else ""
     group.add_argument("--candidates", type=counts or int, default=None, help=f"first-stage candidates reranked by exact MaxSim{many} (default {DEFAULT_CANDIDATES}, 256 after the centroid stage alone; not with exhaustive)")
     group.add_argument("--no-rerank", action="store_true", help="return the first stage's own ranking (e.g. BM25 alone)")
-    group.add_argument("--prune-alpha", type=float, default=d.prune_alpha, help="drop candidates scoring below (1 - alpha) x the k-th best first-stage score")
-    group.add_argument("--early-exit", type=int, default=d.early_exit, metavar="BETA", help="stop reranking after BETA consecutive candidates miss the top-k")
-    group.add_argument("--fusion", choices=("rrf", "linear"), default=d.fusion, help="fuse MaxSim with first-stage scores")
-    group.add_argument("--fusion-weight", type=float, default=d.fusion_weight, help=f"MaxSim's weight in linear fusion of z-scores (default {d.fusion_weight})")
-    group.add_argument("--dense-share", type=float, default=d.dense_share, help=f"hybrid first stages (fde+bm25s, ...): share of the candidates taken from FDE (default {d.dense_share})")
-    group.add_argument("--nprobe", type=int, default=d.nprobe, help=f"FDE in a faiss IVF index: lists probed per query (default {d.nprobe})")
-    group.add_argument("--ef-search", type=int, default=d.ef_search, help=f"FDE in a faiss HNSW index: search breadth (default {d.ef_search})")
-    group.add_argument("--centroid-probe", type=int, default=d.centroid_probe, help=f"the centroid stage: nearest centroids probed per query token (default {d.centroid_probe})")
-    group.add_argument("--group", choices=("documents", "passages"), default=d.group, help="an index of passages: return documents by their best passage (default) or the passages")
+    group.add_argument("--prune-alpha", type=float, default=None, help="drop candidates scoring below (1 - alpha) x the k-th best first-stage score")
+    group.add_argument("--early-exit", type=int, default=None, metavar="BETA", help="stop reranking after BETA consecutive candidates miss the top-k")
+    group.add_argument("--fusion", choices=FUSIONS, default=None, help="fuse MaxSim with first-stage scores (rrf, linear), or with other signals (weighted, with --weights)")
+    group.add_argument("--fusion-weight", type=float, default=None, help=f"MaxSim's weight in linear fusion of z-scores (default {d.fusion_weight})")
+    group.add_argument("--weights", type=_weights, default=None, metavar="SIGNAL=W,...", help=f"weighted fusion: each signal's weight, e.g. maxsim=0.45,pooled=0.25,bm25s=0.3 (signals: {', '.join(SIGNALS)})")
+    group.add_argument("--dense-share", type=float, default=None, help=f"hybrid first stages (fde+bm25s, ...): share of the candidates taken from the vector stage (default {d.dense_share})")
+    group.add_argument("--nprobe", type=int, default=None, help=f"FDE in a faiss IVF index: lists probed per query (default {d.nprobe})")
+    group.add_argument("--ef-search", type=int, default=None, help=f"FDE in a faiss HNSW index: search breadth (default {d.ef_search})")
+    group.add_argument("--centroid-probe", type=int, default=None, help=f"the centroid stage: nearest centroids probed per query token (default {d.centroid_probe})")
+    group.add_argument("--group", choices=("documents", "passages"), default=None, help="an index of passages: return documents by their best passage (default) or the passages")
     group.add_argument(
-        "--filter", type=_filter, default=d.filter, metavar="JSON",
+        "--filter", type=_filter, default=None, metavar="JSON",
         help='keep documents whose metadata match, e.g. \'{"year": {"$gte": 2020}, "source": {"$in": ["pubmed", "arxiv"]}}\' ($eq $ne $in $nin $gt $gte $lt $lte $and $or $not)',
     )
 
 
+def _weights(text: str) -> dict:
+    weights = {}
+    for part in text.split(","):
+        name, sep, value = part.partition("=")
+        try:
+            weights[name.strip()] = float(value)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected SIGNAL=WEIGHT pairs separated by commas, e.g. maxsim=0.6,bm25s=0.4; got {part!r}") from None
+    return weights
+
+
 def search_options(args) -> dict:
-    """The options of :class:`mvr.search.SearchOptions` given on the command line (first stage and candidates apart)."""
-    return {
-        "rerank": not args.no_rerank,
+    """The options of :class:`mvr.search.SearchOptions` given on the command line (first stage and
+    candidates apart), and the preset named; those not given are left out."""
+    given = {
+        "preset": args.preset,
+        "rerank": False if args.no_rerank else None,
         "prune_alpha": args.prune_alpha,
         "early_exit": args.early_exit,
         "fusion": args.fusion,
         "fusion_weight": args.fusion_weight,
+        "weights": args.weights,
         "dense_share": args.dense_share,
         "nprobe": args.nprobe,
         "ef_search": args.ef_search,
@@ -88,6 +106,7 @@ def search_options(args) -> dict:
         "filter": args.filter,
         "group": args.group,
     }
+    return {k: v for k, v in given.items() if v is not None}
 
 
 def _filter(text: str) -> dict:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from ..config import LARGE_CORPUS, RUNTIMES, IndexConfig
+from ..config import LARGE_CORPUS, RUNTIMES, FDEConfig, IndexConfig
 from ..errors import ConfigError
 from ..registry import SPARSE_STAGES
 from .common import add_common, add_compaction, add_device, add_fde, compaction, fde_config
@@ -59,13 +59,18 @@ def run(args) -> int:
     from ..index import Index
 
     settings = compaction(args)
+    fde = fde_config(args)
+    preset_fde = settings.pop("fde", fde)
+    fde = preset_fde if fde == FDEConfig() else fde  # a preset's FDE choice unless FDE flags say otherwise
+    preset_centroids = settings.pop("centroid_stage", None)
+    centroid_stage = preset_centroids if args.centroid_stage is None else args.centroid_stage
     target = args.name if args.path is None else args.path  # a str stays under --index-dir; a Path is where it says
     if args.source is not None:
         if args.corpus is not None:
             raise ConfigError("give a CORPUS to encode or --from INDEX to derive from, not both.")
         if args.ray or args.device is not None or args.precision is not None or args.resume:
             raise ConfigError("--ray, --device, --precision and --resume apply to encoding a CORPUS; deriving (--from) encodes nothing.")
-        changes = dict(settings, threads=args.threads, fde=fde_config(args), centroid_stage=args.centroid_stage)
+        changes = dict(settings, threads=args.threads, fde=fde, centroid_stage=centroid_stage)
         index = Index.derive(
             args.source, target, home=args.index_dir, overwrite=args.overwrite, show_progress=False if args.quiet else None, command=args.command_line, **changes
         )
@@ -82,8 +87,8 @@ def run(args) -> int:
             pca_dim=args.pca_dim,
             skip_empty=args.skip_empty,
             threads=args.threads,
-            fde=fde_config(args),
-            centroid_stage=args.centroid_stage,
+            fde=fde,
+            centroid_stage=centroid_stage,
             sparse=tuple(s for s in args.sparse.split(",") if s and s != "none") if args.sparse is not None else default.sparse,
             splade_model=args.splade_model,
             passage_tokens=args.passage_tokens,

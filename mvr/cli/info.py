@@ -63,7 +63,14 @@ def run(args) -> int:
     else:
         rows.append(("FDE first stage", "none (add one with `mvr fde`)"))
     rows.append(("first stages", ", ".join(f"{name} ({size / 2**20:.1f} MiB)" for name, size in info["stages"].items()) or "none"))
-    rows.append(("default search", info["default_stage"]))
+    presets = info["search_presets"]
+    if presets["default"]:
+        rows.append(("default search", f"search preset {presets['default']!r}: {_options(presets['presets'][presets['default']])}"))
+    else:
+        rows.append(("default search", info["default_stage"]))
+    for name, options in presets["presets"].items():
+        if name != presets["default"]:
+            rows.append((f"preset {name!r}", _options(options)))
     if args.verify:
         stages = ", ".join(info["stages"]) or "no first stage"
         rows.append(("verified", f"every file of the index and of its first stages ({stages}) matches its manifest; {info['tokens']} token vectors, all finite and non-zero"))
@@ -113,3 +120,7 @@ def _stored_as(config, counts: dict) -> str:
     codec = config.codec if config.codec != "residual" else f"residual {config.codec_bits}-bit, {counts.get('codec_centroids')} centroids"
     parts.append(codec)
     return "; ".join(parts) + f" — from {counts.get('source_tokens', counts['tokens'])} document tokens"
+
+
+def _options(options: dict) -> str:
+    return ", ".join(f"{k} {', '.join(f'{n} {w:g}' for n, w in v.items()) if isinstance(v, dict) else v}" for k, v in options.items())

@@ -44,6 +44,7 @@ class SearchRequest(BaseModel):
     model_config = ConfigDict(extra="forbid")
     query: Union[StrictStr, list[StrictStr]] = Field(description="a query, or a list of queries searched as one batch")
     k: StrictInt = 10
+    preset: StrictStr | None = Field(None, description='a search preset saved in the index (unset: its default preset when no first_stage is named; "none": no preset)')
     first_stage: StrictStr | None = None
     candidates: StrictInt | None = None
     rerank: StrictBool | None = None
@@ -51,6 +52,7 @@ class SearchRequest(BaseModel):
     early_exit: StrictInt | None = None
     fusion: StrictStr | None = None
     fusion_weight: Number | None = None
+    weights: dict[StrictStr, Number] | None = Field(None, description='weighted fusion: each signal\'s weight, e.g. {"maxsim": 0.45, "pooled": 0.25, "bm25s": 0.3}')
     dense_share: Number | None = None
     nprobe: StrictInt | None = None
     ef_search: StrictInt | None = None

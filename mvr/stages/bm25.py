@@ -105,15 +105,16 @@ class LuceneBM25:
 
     @classmethod
     def open(cls, folder: Path, manifest: dict, index) -> "LuceneBM25":
-        return cls(folder, index.position)
+        return cls(folder, index.position, index.doc_ids)
 
-    def __init__(self, folder: Path, position_of):
+    def __init__(self, folder: Path, position_of, doc_ids=None):
         start_jvm()
         from pyserini.search.lucene import LuceneSearcher
 
         self.searcher = LuceneSearcher(str(folder))
+        self._folder = folder
         self.searcher.set_bm25(BM25_K1, BM25_B)
-        self._position_of = position_of
+        self._position_of, self._doc_ids, self._reader = position_of, doc_ids, None
         self._lock = threading.Lock()  # one LuceneSearcher, used by one thread at a time
 
     def search(self, queries: QueryBatch, n: int, options=None, allowed=None) -> list[Candidates]:
@@ -136,4 +137,21 @@ class LuceneBM25:
                 keep = np.flatnonzero(allowed[positions])[:n]
                 positions, scores = positions[keep], scores[keep]
             out.append(Candidates(positions, scores))
+        return out
+
+    def score(self, queries: QueryBatch, positions: list[np.ndarray], depth: int = 200) -> list[np.ndarray]:
+        """Each query's exact Lucene BM25 score (k1 0.9, b 0.4, as searched) of the documents at
+        its ``positions``: read from its top ``depth`` hits, the rest asked one by one (about 1 ms each)."""
+        from pyserini.index.lucene import LuceneIndexReader
+
+        found = self.search(queries, depth)
+        out = []
+        for query, rows, hits in zip(queries.texts, positions, found):
+            scores = dict(zip(hits.positions.tolist(), hits.scores.tolist()))
+            missing = [p for p in rows.tolist() if p not in scores and hits.positions.size >= depth]  # past the top: scored one by one
+            with self._lock:
+                if missing and self._reader is None:
+                    self._reader = LuceneIndexReader(str(self._folder))
+                scores.update({p: self._reader.compute_query_document_score(str(self._doc_ids[p]), query) for p in missing})
+            out.append(np.array([scores.get(p, 0.0) for p in rows.tolist()], dtype=np.float32))
         return out

@@ -9,6 +9,7 @@ import time
 from pathlib import Path
 from typing import Sequence
 
+import numpy as np
 
 from ..progress import progress_enabled
 from ..storage.formats import SPARSE_FORMAT, SPARSE_VERSION
@@ -67,13 +68,15 @@ class BM25S:
         self.retriever = bm25s.BM25.load(str(folder), mmap=True)
         self.n_docs = int(self.retriever.scores["num_docs"])
 
-    def search(self, queries: QueryBatch, n: int, options=None, allowed=None) -> list[Candidates]:
-        tokens = _tokens(queries.texts)
+    def _scores(self, texts):
+        """Each query's BM25 score of every document (None for a query with no terms left)."""
+        tokens = _tokens(texts)
         terms = {index: term for term, index in tokens.vocab.items()}
-        out = []
-        for ids in tokens.ids:
-            if not ids:  # nothing left after stopwords and stemming
-                out.append(Candidates.empty())
-                continue
-            out.append(top_n(self.retriever.get_scores([terms[i] for i in ids]), n, allowed))
-        return out
+        return [self.retriever.get_scores([terms[i] for i in ids]) if ids else None for ids in tokens.ids]  # no ids: nothing left after stopwords and stemming
+
+    def search(self, queries: QueryBatch, n: int, options=None, allowed=None) -> list[Candidates]:
+        return [Candidates.empty() if scores is None else top_n(scores, n, allowed) for scores in self._scores(queries.texts)]
+
+    def score(self, queries: QueryBatch, positions: list[np.ndarray]) -> list[np.ndarray]:
+        """Each query's exact BM25 score of the documents at its ``positions`` (0 without terms)."""
+        return [np.zeros(len(rows), np.float32) if scores is None else scores[rows].astype(np.float32) for scores, rows in zip(self._scores(queries.texts), positions)]

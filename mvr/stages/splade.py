@@ -126,6 +126,11 @@ class SpladeStage:
     def search(self, queries: QueryBatch, n: int, options=None, allowed=None) -> list[Candidates]:
         return self.search_encoded(self.encoder.encode(queries.texts, self.encoder.query_maxlen, show_progress=False), n, allowed)
 
+    def score(self, queries: QueryBatch, positions: list[np.ndarray]) -> list[np.ndarray]:
+        """Each query's exact SPLADE score (dot product of term weights) of the documents at its ``positions``."""
+        encoded = self.encoder.encode(queries.texts, self.encoder.query_maxlen, show_progress=False)
+        return [np.asarray(self.matrix[:, terms] @ weights).ravel()[rows].astype(np.float32) if len(terms) else np.zeros(len(rows), np.float32) for (terms, weights), rows in zip(encoded, positions)]
+
     def search_encoded(self, queries: Sequence[tuple[np.ndarray, np.ndarray]], n: int, allowed=None) -> list[Candidates]:
         """Top-``n`` rows and scores for queries given as (term ids, weights)."""
         out = []

@@ -128,10 +128,10 @@ def check_commit(file: Path, commit, generation: int) -> None:
 
 
 def new_commit(previous: dict | None, generation: int, segments: list[dict], operation: str, **fields) -> dict:
-    """The commit that follows ``previous`` (config, encoder and the segment counter carried over)."""
+    """The commit that follows ``previous`` (config, encoder, search presets and the segment counter carried over)."""
     from .. import __version__
 
-    base = {k: v for k, v in (previous or {}).items() if k in ("config", "encoder", "next_segment")}
+    base = {k: v for k, v in (previous or {}).items() if k in ("config", "encoder", "next_segment", "search")}
     return {
         "format": COMMIT_FORMAT,
         "format_version": COMMIT_VERSION,

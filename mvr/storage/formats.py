@@ -15,6 +15,7 @@ Each part of an index carries its own format name and version in its manifest:
     mvr-fde    1   fde/: MUVERA random maps + fde.faiss (stages/fde.py)
     mvr-sparse 1   bm25/ (Lucene), bm25s/, splade/ (CSR of term weights); "stage" names which
     mvr-centroids 1  centroids/: inverted lists of the corpus centroids (stages/centroids.py)
+    mvr-pooled 1   pooled/: one float16 vector per document, its stored vectors' mean (stages/pooled.py)
 
 History of what version 1 of ``mvr-index`` (now a segment) has held, each still read:
 - ``token_ids.npy`` (int32 per stored vector, the vocabulary id behind it) is written since the
@@ -36,18 +37,20 @@ SEGMENT_FORMAT, SEGMENT_VERSION = "mvr-segment", 1
 FDE_FORMAT, FDE_VERSION = "mvr-fde", 1
 SPARSE_FORMAT, SPARSE_VERSION = "mvr-sparse", 1
 CENTROIDS_FORMAT, CENTROIDS_VERSION = "mvr-centroids", 1
+POOLED_FORMAT, POOLED_VERSION = "mvr-pooled", 1
 TOKEN_IDS = "token_ids.npy"
 _FDE_SEARCH_SETTINGS = ("nprobe", "ef_search")
 
 
 def stage_format(stage: str) -> tuple[str, int]:
     """The format and version of the first stage folder ``stage`` (the FDE's, the centroid stage's, or a text stage's)."""
-    return {"fde": (FDE_FORMAT, FDE_VERSION), "centroids": (CENTROIDS_FORMAT, CENTROIDS_VERSION)}.get(stage, (SPARSE_FORMAT, SPARSE_VERSION))
+    known = {"fde": (FDE_FORMAT, FDE_VERSION), "centroids": (CENTROIDS_FORMAT, CENTROIDS_VERSION), "pooled": (POOLED_FORMAT, POOLED_VERSION)}
+    return known.get(stage, (SPARSE_FORMAT, SPARSE_VERSION))
 
 
 def rebuild_command(stage: str, index) -> str:
     """The command that rebuilds the first stage ``stage`` of ``index`` (its name or path)."""
-    return f"mvr {stage} {index}" if stage in ("fde", "centroids") else f"mvr sparse {index} --stage {stage}"
+    return f"mvr {stage} {index}" if stage in ("fde", "centroids", "pooled") else f"mvr sparse {index} --stage {stage}"
 
 
 def stage_mismatch(stage_manifest: dict, built_from: dict[str, str], n_docs: int) -> str | None:

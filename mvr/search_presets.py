@@ -1,0 +1,93 @@
+"""Named search presets, saved in an index's commit: what a search does when the caller names no
+first stage. A preset is a set of :class:`mvr.search.SearchOptions` values (first stage,
+candidates, fusion and its weights, ...); an index may hold several and name one its default.
+
+- ``index.search(q)``: the default preset, if the index has one (else the default first stage);
+- ``index.search(q, first_stage="fde")``: no preset; the options given, nothing else;
+- ``index.search(q, preset="best", candidates=50)``: that preset, with the options given over its own;
+  options that change how candidates are scored (``fusion``, ``weights``, ``fusion_weight``,
+  ``rerank=False``, ``prune_alpha``, ``early_exit``) replace the preset's fusion as a whole
+  (``weights`` alone keep it weighted);
+- ``index.search(q, preset="none")``: no preset.
+
+``mvr index --preset best`` saves :data:`BUILT_IN` ``best`` as the default; ``mvr tune`` learns a
+preset's fusion weights on training queries and saves it (:mod:`mvr.tuning`).
+"""
+
+from __future__ import annotations
+
+from .config import SEARCH_PRESETS
+from .errors import QueryError
+from .fusion import stage_signals
+from .registry import parse_stage
+
+NONE = "none"
+_FUSION = ("fusion", "weights", "fusion_weight")  # one group: the caller's replace the preset's
+_SCORING = {*_FUSION, "prune_alpha", "early_exit"}
+BUILT_IN = SEARCH_PRESETS  # what IndexConfig.search_preset may name
+
+
+def saved(record: dict) -> dict:
+    """The presets part of a commit record: ``{"default": name or None, "presets": {name: options}}``."""
+    search = record.get("search") or {}
+    return {"default": search.get("default"), "presets": dict(search.get("presets") or {})}
+
+
+def resolve(found: dict, first_stage: str | None, candidates: int | None, options: dict) -> tuple[str | None, int | None, dict, str | None]:
+    """``(first_stage, candidates, options, preset name)`` of a search of an index whose presets
+    are ``found`` (:func:`saved`): the preset's values under the caller's (``options`` may hold
+    ``preset``: a name, or "none")."""
+    options = dict(options)
+    name = options.pop("preset", None)
+    if name is None:
+        if first_stage is not None or found["default"] is None:
+            return first_stage, candidates, options, None
+        name = found["default"]
+    if name == NONE:
+        return first_stage, candidates, options, None
+    if not isinstance(name, str) or name not in found["presets"]:
+        raise QueryError(f"this index has no search preset {name!r}; its presets: {', '.join(found['presets']) or 'none'} (mvr tune saves one).")
+    base = dict(found["presets"][name])
+    if options.keys() & _SCORING or options.get("rerank") is False:
+        for key in _FUSION:
+            base.pop(key, None)
+        if "weights" in options and "fusion" not in options:
+            options["fusion"] = "weighted"
+    merged = {**base, **options}
+    stage, count = merged.pop("first_stage", None), merged.pop("candidates", None)
+    return first_stage or stage, candidates if candidates is not None else count, merged, name
+
+
+def preset_stages(found: dict) -> dict:
+    """The stages that the saved presets ``found`` read and that a new segment can build without
+    settings (pooled, centroids, bm25, bm25s): what an index left without segments adds back."""
+    names = set()
+    for options in found["presets"].values():
+        names.update(parse_stage(options.get("first_stage") or "exhaustive"))
+        names.update(stage_signals(options.get("weights")))
+    return {name: None for name in sorted(names) if name in ("pooled", "centroids", "bm25", "bm25s")}
+
+
+def _plain(value):
+    """JSON values from NumPy scalars (a weight given as np.float32, a count as np.int64)."""
+    if isinstance(value, dict):
+        return {k: _plain(v) for k, v in value.items()}
+    return value.item() if hasattr(value, "item") and hasattr(value, "dtype") else value
+
+
+def check(index, name: str, options: dict) -> dict:
+    """``options`` validated as a preset of ``index`` (JSON values; every stage it reads built)."""
+    from .search import SearchOptions
+
+    if not isinstance(options, dict):
+        raise QueryError(f"a preset is a mapping of search options such as {{\"first_stage\": \"pooled+bm25s\"}}, got {type(options).__name__}.")
+    options = _plain(options)
+    if not isinstance(name, str) or not name.replace("-", "").replace("_", "").isalnum() or name == NONE:
+        raise QueryError(f"a preset name is letters, digits, - and _ (not {NONE!r}); got {name!r}.")
+    if "preset" in options or "filter" in options:
+        raise QueryError("a preset holds search options, not another preset or a filter.")
+    opts = SearchOptions.create(**options)
+    for stage in [*parse_stage(opts.first_stage or "exhaustive"), *stage_signals(opts.weights)]:
+        if not index.has_stage(stage):
+            raise QueryError(f"index {index.name!r} has no {stage} stage, which preset {name!r} reads; build it first.")
+    return {**{k: v for k, v in options.items() if v is not None}, **({"weights": opts.weights} if opts.weights else {})}
