@@ -1,7 +1,7 @@
 """Peak memory of `mvr index` against corpus size (issue 15, point 1): the first N documents of a
 BEIR corpus indexed with a preset, each build in a child process whose peak RSS is read.
 
-    python -m mvr.eval.build_memory ../shared/datasets/scifact --documents 500 5183 --preset small --output docs/results/build-memory-scifact.json
+    python -m mvr.eval.build_memory ../shared/datasets/scifact --documents 500 5183 --preset tiny --output docs/results/build-memory-scifact.json
 
 A build whose memory does not grow with the corpus shows the same peak at every size, beyond the
 arrays it must hold per document (ids, offsets: bytes per document). Two peaks: the resident set
@@ -74,7 +74,7 @@ def main(argv=None) -> int:
     p = argparse.ArgumentParser(prog="python -m mvr.eval.build_memory", description=__doc__.split("\n\n")[0])
     p.add_argument("dataset", type=Path)
     p.add_argument("--documents", type=int, nargs="+", required=True)
-    p.add_argument("--preset", default="small", help="a preset of `mvr index --preset`, or 'none' (default small)")
+    p.add_argument("--preset", default="tiny", help="a preset of `mvr index --preset`, or 'none' (default tiny)")
     p.add_argument("--large-corpus-defaults", action="store_true", help="build as above LARGE_CORPUS documents: the centroid stage instead of the flat FDE (40 KiB a document, in memory)")
     p.add_argument("--output", type=Path, default=None)
     args = p.parse_args(argv)

@@ -15,7 +15,7 @@ relevant document, 0.69 with the embedded model); that document is the known rel
 
 The build (in a child process, whose peak RSS is ``peak_rss_bytes``; ``baseline_rss_bytes`` is
 its RSS before the first block, with the source's vectors read and the codec's sample drawn) runs the ``--preset``
-(default ``small``: Ward to 0.28 of the tokens, 1-bit residual codec) with the centroid stage and
+(default ``tiny``: Ward to 0.28 of the tokens, 1-bit residual codec) with the centroid stage and
 no FDE or text stage, the documents streamed a block at a time (mvr/streaming.py). Search: the
 index's default (the centroid stage and exact MaxSim rerank of its 256 candidates),
 one query at a time on one thread (query encoding is not part of it: the queries are vectors);
@@ -290,7 +290,7 @@ def plot(files: list[Path], output: Path) -> None:
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(prog="python -m mvr.eval.scale", description=__doc__.split("\n\n")[0])
     p.add_argument("--documents", type=int, default=10_000)
-    p.add_argument("--preset", default="small", help="compaction preset of the build (default small)")
+    p.add_argument("--preset", default="tiny", help="compaction preset of the build (default tiny, 16 bytes per token)")
     p.add_argument("--output", required=True, help="JSON file (with --plot: the image)")
     p.add_argument("--plot", nargs="+", type=Path, default=None, help="draw these result files against corpus size instead of running")
     p.add_argument("--markdown", type=Path, default=None, help="with --plot: also write the result files as a markdown table here")

@@ -291,6 +291,10 @@ def test_compressed_index_built_from_the_corpus_and_the_cli(tmp_path, models, be
     small = Index.open("small", home=home)
     assert small.config.codec == "residual" and small.config.codec_centroids == 8 and small.config.cluster_ratio is not None
     assert small.config.cluster_keep == ()  # the preset is the measured setting, which pooled every token
+    assert main(["index", "--from", "full", "--name", "tiny", "--preset", "tiny", "--codec-centroids", "8", "--index-dir", str(home), "--quiet"]) == 0
+    tiny = Index.open("tiny", home=home)
+    assert (tiny.config.cluster_ratio, tiny.config.codec_bits) == (small.config.cluster_ratio, 1) and small.config.codec_bits == 4
+    assert tiny.info()["bytes_per_token"] < small.info()["bytes_per_token"] < 768  # 1-bit codes, 4-bit codes, float16
     assert main(["index", "--from", "full", "--name", "fast", "--preset", "fast", "--cluster-keep", "special,punctuation", "--index-dir", str(home), "--quiet"]) == 0
     fast = Index.open("fast", home=home).config
     assert (fast.cluster_ratio, fast.cluster_idf_weight, fast.cluster_keep, fast.codec) == (0.24, 0.5, ("special", "punctuation"), "float16")
