@@ -329,12 +329,9 @@ def run_rows(state, queries: QueryBatch, k: int, opts: SearchOptions, threads: i
             for q, one in enumerate(found):
                 query = queries.query(q) if queries.vectors is not None else None
                 owner = state.segment_of(one.positions)
-                segments = np.unique(owner)
-                parts = [(state.segments[s].scorer, state.bases[s], Candidates(one.positions[owner == s] - state.bases[s], one.scores[owner == s])) for s in segments]
-                signals = None
-                if extra is not None:  # in the parts' order
-                    order = np.concatenate([np.zeros(0, np.int64), *(np.flatnonzero(owner == s) for s in segments)])
-                    signals = {name: scores[order] for name, scores in extra[q].items()}
+                parts = [(state.segments[s].scorer, state.bases[s], Candidates(one.positions[owner == s] - state.bases[s], one.scores[owner == s])) for s in np.unique(owner)]
+                in_parts = np.argsort(owner, kind="stable")  # the candidates in the parts' order: by segment, each in its own order
+                signals = None if extra is None else {name: values[in_parts] for name, values in extra[q].items()}
                 rows, best = rerank(parts, query, k, opts, signals)
                 ranked[q, : len(rows)], scores[q, : len(rows)] = rows, best
             indices.append(ranked)

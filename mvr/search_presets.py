@@ -10,13 +10,12 @@ candidates, fusion and its weights, ...); an index may hold several and name one
   (``weights`` alone keep it weighted);
 - ``index.search(q, preset="none")``: no preset.
 
-``mvr index --preset best`` saves :data:`BUILT_IN` ``best`` as the default; ``mvr tune`` learns a
-preset's fusion weights on training queries and saves it (:mod:`mvr.tuning`).
+``mvr index --preset best`` saves ``best`` of :data:`mvr.config.SEARCH_PRESETS` as the default;
+``mvr tune`` learns a preset's fusion weights on training queries and saves it (:mod:`mvr.tuning`).
 """
 
 from __future__ import annotations
 
-from .config import SEARCH_PRESETS
 from .errors import QueryError
 from .fusion import stage_signals
 from .registry import parse_stage
@@ -24,7 +23,6 @@ from .registry import parse_stage
 NONE = "none"
 _FUSION = ("fusion", "weights", "fusion_weight")  # one group: the caller's replace the preset's
 _SCORING = {*_FUSION, "prune_alpha", "early_exit"}
-BUILT_IN = SEARCH_PRESETS  # what IndexConfig.search_preset may name
 
 
 def saved(record: dict) -> dict:

@@ -203,6 +203,9 @@ def test_the_cli_builds_tunes_saves_and_searches_with_presets(tmp_path, models, 
     assert [h["id"] for h in hits] == [h.id for h in expected[0]]
     assert main(["search", "b", "purring cats", "--preset", "missing", "--no-server", "--index-dir", home, "--quiet"]) == 2
     assert "no search preset 'missing'" in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        main(["search", "b", "purring cats", "--fusion", "weighted", "--weights", "maxsim:1", "--no-server", "--index-dir", home])
+    assert "expected SIGNAL=WEIGHT pairs separated by commas" in capsys.readouterr().err
     assert main(["pooled", "b", "--index-dir", home, "--quiet"]) == 0
     assert "built the pooled stage of b" in capsys.readouterr().out
     assert main(["info", "b", "--index-dir", home]) == 0
