@@ -17,7 +17,13 @@ import argparse
 from pathlib import Path
 
 DATASETS = {"scifact": "train", "nfcorpus": "dev"}
-LEVERS = (("maxsim", "bm25s"), ("maxsim", "pooled"), ("maxsim", "pooled", "bm25s"), ("maxsim", "pooled", "bm25s", "bm25"))
+LEVERS = (
+    ("maxsim", "bm25s"),
+    ("maxsim", "pooled"),
+    ("maxsim", "pooled", "bm25s"),
+    ("maxsim", "pooled", "bm25s", "splade"),
+    ("maxsim", "pooled", "bm25s", "bm25"),
+)
 CANDIDATES = {"first_stage": "pooled+bm25s", "candidates": 200, "dense_share": 0.5}
 
 
@@ -72,7 +78,7 @@ def main(argv=None) -> int:
 
     p = argparse.ArgumentParser(prog="python -m mvr.eval.fusion", description=__doc__.split("\n\n")[0])
     p.add_argument("--data", type=Path, default=Path("../shared/datasets"), help="folder with scifact/ and nfcorpus/ in BEIR layout")
-    p.add_argument("--index-dir", default=None, help="where the indexes scifact and nfcorpus are (with the pooled and bm25s stages; bm25 for the last lever)")
+    p.add_argument("--index-dir", default=None, help="where the indexes scifact and nfcorpus are (with the pooled and bm25s stages; splade and bm25 for the last levers)")
     p.add_argument("--step", type=float, default=0.05)
     p.add_argument("--output", type=Path, default=None)
     args = p.parse_args(argv)

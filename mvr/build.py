@@ -17,20 +17,23 @@ import shutil
 import time
 from pathlib import Path
 
+import numpy as np
+
 from .config import SEARCH_PRESETS, IndexConfig
 from .encode import Encoder
 from .errors import ConfigError
 from .stages import BuildSource, build_stage, stage_class
-from .storage import StagingDir, target_path
+from .storage import ArrayWriter, StagingDir, target_path
 from .encoding import Checkpoints
 from .segment_build import finish_segment, planned_stages, stored_texts, write_segment
 from .storage.commits import SEGMENTS, new_commit, publish, read_pointer, segment_name, write_json
 from .storage.formats import SEGMENT_FORMAT, SEGMENT_VERSION
 from .storage.manifest import MANIFEST, fsync_tree, read_manifest
 from .threads import cpu_threads
+from .vectors.heads import configured, save_projection
 
 # What a derived index may change, and the counts it inherits from its source.
-DERIVABLE = {"prune", "prune_max_df", "cluster_ratio", "cluster_count", "cluster_method", "cluster_iters", "cluster_keep", "cluster_idf_weight", "codec", "codec_bits", "codec_centroids", "codec_sample", "fde", "centroid_stage", "pooled", "search_preset", "seed", "threads"}
+DERIVABLE = {"projection", "prune", "prune_max_df", "cluster_ratio", "cluster_count", "cluster_method", "cluster_iters", "cluster_keep", "cluster_idf_weight", "codec", "codec_bits", "codec_centroids", "codec_sample", "fde", "centroid_stage", "pooled", "search_preset", "seed", "threads"}
 _SOURCE_COUNTS = {"documents", "tokens", "max_doc_len", "truncated_documents", "skipped_empty_documents", "dim", "model_dim", "source_documents", "split_documents"}
 
 
@@ -61,7 +64,7 @@ def build(documents, name, *, config: IndexConfig | None = None, home=None, over
         if config.pca_dim is not None and config.pca_dim > encoder.dim:
             raise ConfigError(f"pca_dim={config.pca_dim} (--pca-dim) exceeds the model's {encoder.dim} dimensions.")
         for stage, settings in planned_stages(config).items():
-            stage_class(stage).check(settings, config.pca_dim or encoder.dim)
+            stage_class(stage).check(settings, _stored_dim(config, encoder.dim))
         loaded = time.perf_counter()
         # what runs: a given encoder's own runtime, or PyTorch where the ONNX export failed
         config = dataclasses.replace(config, doc_runtime=encoder.doc_runtime)
@@ -97,7 +100,7 @@ def build_blocks(blocks, name, *, sample, model_dim: int, encoder: dict, config:
                           + (f"missing or wrong: {', '.join(wrong)}." if wrong else f"it says dim {encoder['dim']}."))
     target = target_path(name, Path(home) if home else None)
     for stage, settings in planned_stages(config).items():
-        stage_class(stage).check(settings, config.pca_dim or model_dim)
+        stage_class(stage).check(settings, _stored_dim(config, model_dim))
     with StagingDir(target, overwrite) as staging, cpu_threads(config.threads, "numba", "faiss", "blas"):
         folder = staging.path / SEGMENTS / segment_name(1)
         stream = SegmentStream(folder, config, sample, model_dim, n_docs=n_docs)
@@ -115,6 +118,12 @@ def build_blocks(blocks, name, *, sample, model_dim: int, encoder: dict, config:
     return Index.open(path)
 
 
+def _stored_dim(config: IndexConfig, model_dim: int) -> int:
+    """Dimensions of the vectors an index of ``config`` stores (its trained head checked first)."""
+    head = configured(config, model_dim)
+    return head.shape[1] if head is not None else config.pca_dim or model_dim
+
+
 def first_commit(index: Path, folder: Path, manifest: dict, config: IndexConfig, encoder_identity: dict, operation: str, command) -> None:
     """Generation 1 of a new index folder: its one segment ``folder`` (``config`` with the
     centroid stage decided for its size, as the segment's manifest has it)."""
@@ -127,9 +136,9 @@ def first_commit(index: Path, folder: Path, manifest: dict, config: IndexConfig,
 
 
 def derive(source, name, *, home=None, overwrite: bool = False, show_progress: bool | None = None, command: str | None = None, **changes):
-    """A new index ``name`` from a float16 index's stored vectors, pruned, clustered and/or
-    compressed by ``changes`` (fields of :class:`IndexConfig`: prune, cluster_ratio, codec, ...,
-    and fde) without encoding the corpus again. Texts, ids and text stages are copied; the FDE is
+    """A new index ``name`` from a float16 index's stored vectors, projected (a trained head:
+    ``projection``), pruned, clustered and/or compressed by ``changes`` (fields of
+    :class:`IndexConfig`: projection, prune, cluster_ratio, codec, ..., and fde) without encoding the corpus again. Texts, ids and text stages are copied; the FDE is
     rebuilt from the new vectors. The source is only read; it must be one segment without
     deletions (`mvr optimize` makes it so). Search presets saved in the source (`mvr tune`) are
     not carried: they were learned on other vectors; a ``search_preset`` of the config is saved.
@@ -145,8 +154,11 @@ def derive(source, name, *, home=None, overwrite: bool = False, show_progress: b
     if unknown:
         raise ConfigError(f"{unknown} cannot change without encoding the corpus again (use Index.build / mvr index); derivable: {sorted(DERIVABLE)}.")
     config = dataclasses.replace(source.config, **changes)
+    if config.projection is not None and source.projection is not None:
+        raise ConfigError(f"index {source.name!r} already projects its vectors (PCA or a trained head); derive a projected index from one of the model's own vectors.")
+    head = configured(config, source.dim)
     if config.fde is not None:
-        stage_class("fde").check(config.fde, source.dim)
+        stage_class("fde").check(config.fde, source.dim if head is None else head.shape[1])
     started = time.perf_counter()
     target = target_path(name, Path(home) if home else None)
     if target.resolve() == source.path.resolve():
@@ -156,7 +168,7 @@ def derive(source, name, *, home=None, overwrite: bool = False, show_progress: b
         folder = staging.path / SEGMENTS / segment_name(1)
         folder.mkdir(parents=True)
         for item in origin.iterdir():
-            if item.name in (MANIFEST, "fde") or item.name.startswith((".", "deletes-")):
+            if item.name in (MANIFEST, "fde") or item.name.startswith((".", "deletes-")) or (head is not None and item.name == "vectors.npy"):
                 continue
             if item.is_dir():
                 if item.name in config.sparse or item.name == "splade":
@@ -164,6 +176,13 @@ def derive(source, name, *, home=None, overwrite: bool = False, show_progress: b
             else:
                 shutil.copyfile(item, folder / item.name)
         counts = {k: v for k, v in source.segments[0].manifest["counts"].items() if k in _SOURCE_COUNTS}
+        if head is not None:  # the stored vectors through the head, a block at a time
+            out = ArrayWriter(folder / "vectors.npy", np.float16, (head.shape[1],))
+            for _, _, block in source.segments[0].tokens.decoded_blocks():
+                out.add(head(block).astype(np.float16))
+            out.close()
+            save_projection(folder, head)
+            counts.update(dim=head.shape[1], model_dim=source.dim)
         build_info = {"derived_from": str(source.path), "encode_seconds": 0.0, "docs_per_second": source.manifest["build"]["docs_per_second"]}
         manifest = finish_segment(folder, config, source.encoder, counts, build_info, started, command, show_progress)
         first_commit(staging.path, folder, manifest, config, source.manifest["encoder"], "derive", command)

@@ -173,6 +173,8 @@ class IndexConfig:
                    docs/speed.md), "onnx" (float32) or "torch"
     pca_dim        reduce token vectors to this many dims with uncentred PCA (None: keep all)
     pca_sample     token vectors sampled to fit the PCA
+    projection     a trained projection head (an .npz of `mvr train-projection`, mvr/vectors/heads.py)
+                   applied to every token vector, query and document, in place of PCA
     seed           seed of every random choice made at build time
     skip_empty     drop documents with no text instead of failing
     threads        torch and Numba threads while building (None: all cores)
@@ -220,6 +222,7 @@ class IndexConfig:
     doc_runtime: str = DEFAULT_DOC_RUNTIME
     pca_dim: int | None = None
     pca_sample: int = 200_000
+    projection: str | None = None
     seed: int = 0
     skip_empty: bool = False
     threads: int | None = None
@@ -259,7 +262,7 @@ class IndexConfig:
             _positive_int("", name, getattr(self, name), optional=True)
         for name in ("batch_size", "pca_sample", "cluster_iters", "codec_sample"):
             _positive_int("", name, getattr(self, name))
-        for name in ("model", "splade_model"):
+        for name in ("model", "splade_model", "projection"):
             if getattr(self, name) is not None and not isinstance(getattr(self, name), str):
                 object.__setattr__(self, name, str(getattr(self, name)))
         if self.doc_runtime not in RUNTIMES:
@@ -296,6 +299,8 @@ class IndexConfig:
             raise ConfigError(f"codec_bits must be 1, 2 or 4, got {self.codec_bits!r}.")
         if self.codec_centroids is not None and self.codec_centroids > 65536:
             raise ConfigError(f"codec_centroids must be at most 65536 (ids are stored in 16 bits), got {self.codec_centroids}.")
+        if self.pca_dim is not None and self.projection is not None:
+            raise ConfigError("give pca_dim (--pca-dim) or a trained projection (--projection), not both.")
         if self.pca_dim is not None and self.fde is not None:
             self.fde.check(self.pca_dim)
         from .passages import check

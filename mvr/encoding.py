@@ -42,6 +42,7 @@ from .storage.formats import TOKEN_IDS
 from .storage.commits import write_atomic, write_json
 from .storage.metadata import MetadataWriter
 from .vectors import fit_pca, project
+from .vectors.heads import configured, save_projection
 
 RESUME = "resume"
 _RAW = ("vectors.raw", "token_ids.raw")  # float16 (model dim) and int32 rows, appended chunk by chunk
@@ -297,13 +298,14 @@ def encode_corpus(documents, encoder, config: IndexConfig, folder: Path, show_pr
 
 def finish_vectors(folder: Path, model_dim: int, config: IndexConfig, n_tokens: int, projection: np.ndarray | None = None, block: int = 1 << 16,
                    checkpoints: Checkpoints | None = None) -> dict:
-    """Turn ``vectors.raw`` into ``vectors.npy``, applying PCA when configured: ``projection``
-    (another segment's) or one fitted here on a sample. ``vectors.raw`` is removed, or moved into
+    """Turn ``vectors.raw`` into ``vectors.npy``, projected when configured: ``projection``
+    (another segment's), the trained head ``config.projection``, or a PCA fitted here on a sample. ``vectors.raw`` is removed, or moved into
     ``checkpoints`` (a resume starts from it until the segment is whole)."""
     raw_path = folder / "vectors.raw"
     raw = RowReader(raw_path, np.float16, (model_dim,))
+    projection = configured(config, model_dim) if projection is None else projection
     if projection is not None:
-        np.save(folder / "projection.npy", projection)
+        save_projection(folder, projection)
     elif config.pca_dim is not None:
         if config.pca_dim > model_dim:
             raise ConfigError(f"pca_dim={config.pca_dim} (--pca-dim) exceeds the model's {model_dim} dimensions.")
@@ -311,7 +313,7 @@ def finish_vectors(folder: Path, model_dim: int, config: IndexConfig, n_tokens: 
         sample = np.sort(rng.choice(n_tokens, size=min(config.pca_sample, n_tokens), replace=False))
         projection = fit_pca(raw[sample].astype(np.float32), config.pca_dim)
         np.save(folder / "projection.npy", projection)
-    dim = model_dim if projection is None else config.pca_dim
+    dim = model_dim if projection is None else projection.shape[1]
     out = ArrayWriter(folder / "vectors.npy", np.float16, (dim,))
     for start in range(0, n_tokens, block):
         part = raw[start : min(start + block, n_tokens)].astype(np.float32)

@@ -258,7 +258,7 @@ class Index(Changes):
             if not text.isprintable() and not _utf8(text):
                 raise QueryError(f"query #{i} holds a lone surrogate (no character: the text was decoded wrongly); send it as UTF-8.")
         encoded = self.encoder.encode_queries(texts, batch_size=batch_size, threads=threads, show_progress=False)
-        return TokenVectors(project(encoded.vectors, self.projection), encoded.offsets, encoded.truncated, encoded.token_ids)
+        return TokenVectors(project(encoded.vectors, self.projection, queries=True), encoded.offsets, encoded.truncated, encoded.token_ids)
 
     def score(self, query: np.ndarray, positions: np.ndarray) -> np.ndarray:
         """Exact MaxSim of one query (float32 ``(n_tokens, dim)``) against the documents at

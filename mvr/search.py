@@ -30,6 +30,7 @@ def default_candidates(stage: str | None) -> int:
     """Candidates reranked after the first stage ``stage`` when the caller names none."""
     return STAGE_CANDIDATES.get(stage, DEFAULT_CANDIDATES)
 VECTOR_STAGES = tuple(name for name, entry in STAGES.items() if entry.reads == "vectors")  # the fallback of a text stage that finds nothing
+PRF = ("rm3",)  # pseudo-relevance feedback methods (SearchOptions.prf)
 _QUERY_CHUNK = 64  # queries scored together by the exhaustive kernel (bounds the score matrix)
 
 
@@ -72,6 +73,8 @@ class SearchOptions:
                     back whenever k documents match)
     group           an index of passages: "documents" (None: the default) returns each document's
                     best passage, k distinct documents; "passages" the passages themselves
+    prf             pseudo-relevance feedback of the Lucene bm25 first stage: "rm3" (pyserini's RM3:
+                    10 terms from the top 10 documents, the original query weighing 0.5)
     """
 
     first_stage: str | None = None
@@ -88,6 +91,7 @@ class SearchOptions:
     centroid_probe: int = CENTROID_PROBE
     filter: dict | None = None
     group: str | None = None
+    prf: str | None = None
 
     def __post_init__(self):
         if self.group is not None and self.group not in GROUPS:
@@ -118,6 +122,8 @@ class SearchOptions:
         for name in ("nprobe", "ef_search", "centroid_probe"):
             if not _is_int(getattr(self, name)) or getattr(self, name) < 1:
                 raise QueryError(f"{name} must be a positive integer, got {getattr(self, name)!r}.")
+        if self.prf is not None and (self.prf not in PRF or (self.first_stage is not None and "bm25" not in parse_stage(self.first_stage))):
+            raise QueryError(f"prf must be one of {', '.join(PRF)}, with a first stage that holds bm25 (Lucene: bm25, fde+bm25), got prf={self.prf!r} with {self.first_stage!r}.")
         if self.filter is not None and not isinstance(self.filter, dict):
             raise QueryError(f"filter must be a JSON object such as {{\"year\": {{\"$gte\": 2020}}}}, got {type(self.filter).__name__}.")
         if (self.fusion == "weighted") != (self.weights is not None):

@@ -16,7 +16,7 @@ from typing import Sequence
 import numpy as np
 
 from .corpus import Document
-from .errors import IndexFormatError, QueryError
+from .errors import ConfigError, IndexFormatError, QueryError
 from .registry import STAGES, parse_stage, store_class
 from .stages import Hybrid, has_stage, open_stage, stage_class
 from .storage import Blob, read_manifest
@@ -25,6 +25,7 @@ from .storage.formats import FDE_FORMAT, FDE_VERSION, SEGMENT_FORMAT, SEGMENT_VE
 from .storage.layout import recover_stages
 from .storage.metadata import Metadata, read_types
 from .storage.validate import index_config
+from .vectors.heads import FILE as HEAD_FILE, Head
 
 
 class Segment:
@@ -63,6 +64,13 @@ class Segment:
         self._texts = Blob(self.path, "text")
         self._titles = Blob(self.path, "title")
         self.projection = load_array(self.path, "projection.npy") if (self.path / "projection.npy").is_file() else None
+        if (self.path / HEAD_FILE).is_file():  # a trained head (mvr train-projection)
+            try:
+                self.projection = Head.load(self.path / HEAD_FILE)
+            except ConfigError as error:
+                raise IndexFormatError(f"segment {self.path} is damaged: {error} Rebuild it with `mvr index`.") from None
+            if self.projection.shape != (manifest["counts"].get("model_dim"), self.dim):
+                raise IndexFormatError(f"segment {self.path} is damaged: its projection head maps {self.projection.shape}, the manifest says model_dim {manifest['counts'].get('model_dim')} and dim {self.dim}; rebuild it with `mvr index`.")
         self.metadata = Metadata(self.path, self.n_docs, fields)
         self.splade_model = splade_model
         self._stages: dict = {}

@@ -26,6 +26,7 @@ from .storage import ArrayWriter, Blob, BlobWriter, RowReader, sha256_file, writ
 from .storage.formats import SEGMENT_FORMAT, SEGMENT_VERSION, TOKEN_IDS
 from .storage.metadata import MetadataWriter
 from .vectors import compact_vectors, corpus_stats, needs_corpus_stats, needs_token_ids
+from .vectors.heads import FILE as HEAD_FILE
 
 CORPUS_STATS = "corpus_df.npy"  # vectors.prune.corpus_stats of the build: documents, then df per token id
 
@@ -122,8 +123,7 @@ def finish_segment(folder: Path, config: IndexConfig, encoder, counts: dict, bui
 
 
 def _search_bytes(folder: Path, store) -> int:
-    projection = folder / "projection.npy"
-    return store.bytes_on_disk(folder) + (projection.stat().st_size if projection.is_file() else 0)
+    return store.bytes_on_disk(folder) + sum((folder / name).stat().st_size for name in ("projection.npy", HEAD_FILE) if (folder / name).is_file())
 
 
 def _compact(folder: Path, config: IndexConfig, encoder: Encoder, counts: dict, like: Path | None = None, block: int = 1 << 18) -> dict:
@@ -216,7 +216,7 @@ def merge_segments(folder: Path, sources: list, live: list[np.ndarray], config: 
     for name in (*per_vector, *extra):
         parts = [np.asarray(np.load(s.path / name, mmap_mode="r")[r]) for s, r in zip(sources, rows)]
         np.save(folder / name, np.concatenate(parts))
-    for name in (*store.files, "projection.npy", CORPUS_STATS):
+    for name in (*store.files, "projection.npy", HEAD_FILE, CORPUS_STATS):
         if name not in per_vector and (first / name).is_file():
             shutil.copyfile(first / name, folder / name)
     np.save(folder / "doc_offsets.npy", offsets)

@@ -24,6 +24,7 @@ from .registry import store_class
 from .storage import ArrayWriter, BlobWriter
 from .storage.formats import TOKEN_IDS
 from .vectors import compact_vectors, fit_pca, needs_corpus_stats, needs_token_ids, project
+from .vectors.heads import configured, save_projection
 
 
 @dataclass
@@ -74,15 +75,17 @@ class SegmentStream:
             raise ConfigError("pruning and kept token classes need the vocabulary id of every vector; give each Block its token_ids.")
         self.folder, self.config, self.classes = Path(folder), config, classes
         self.folder.mkdir(parents=True)
-        self.projection = None
-        if config.pca_dim is not None:
+        self.projection = configured(config, model_dim)
+        if self.projection is not None:
+            save_projection(self.folder, self.projection)
+        elif config.pca_dim is not None:
             if config.pca_dim > model_dim:
                 raise ConfigError(f"pca_dim={config.pca_dim} (--pca-dim) exceeds the model's {model_dim} dimensions.")
             rng = np.random.default_rng(config.seed)
             rows = np.sort(rng.choice(len(sample.vectors), size=min(config.pca_sample, len(sample.vectors)), replace=False))
             self.projection = fit_pca(sample.vectors[rows], config.pca_dim)
             np.save(self.folder / "projection.npy", self.projection)
-        self.dim = model_dim if self.projection is None else config.pca_dim
+        self.dim = model_dim if self.projection is None else self.projection.shape[1]
         fitted = compact_vectors(project(sample.vectors, self.projection), sample.offsets, config, sample.token_ids, classes)
         per_document = len(fitted.vectors) / max(len(sample), 1)
         store = store_class(config.codec)

@@ -109,3 +109,16 @@ def test_metadata_store_study_gives_the_same_masks_from_columns_and_sqlite(beir,
     assert [r["selectivity"] for r in report["filters"]] == ["1%", "10%", "50%"]  # measure() asserted equal masks for each
     assert all(r["columns_ms"] > 0 and r["sqlite_ms"] > 0 for r in report["filters"]) and report["write_ms"]["sqlite"] > 0
     assert "SQLite" in (tmp_path / "store.md").read_text()
+
+
+def test_presets_table_counts_every_component(default_index, beir):
+    from mvr.eval.presets import measure
+
+    row = measure(beir, default_index, "none")
+    parts = row["bytes_per_token"]
+    tokens = default_index.segments[0].manifest["counts"]["source_tokens"]
+    assert set(parts) == {"vectors", "total", *default_index.stage_bytes()} and "bm25s" in parts
+    assert parts["total"] == pytest.approx(sum(v for k, v in parts.items() if k != "total"), abs=0.3)
+    assert parts["vectors"] == pytest.approx(default_index.manifest["bytes_per_token"], abs=0.1)
+    assert parts["bm25s"] == pytest.approx(default_index.stage_bytes()["bm25s"] / tokens, abs=0.1)
+    assert 0 <= row["nDCG@10"] <= 1 and 0 <= row["exhaustive_nDCG@10"] <= 1 and row["search_ms_p50"] > 0

@@ -32,6 +32,30 @@ def test_lucene_bm25_is_pyserinis_own_ranking(sparse_index):
     np.testing.assert_allclose(results.scores[0, : len(hits)], [h.score for h in hits], rtol=1e-6)
 
 
+def test_rm3_is_pyserinis_own_expansion_and_leaves_plain_search_alone(sparse_index):
+    from pyserini.search.lucene import LuceneSearcher
+
+    query = "capital of the empire"
+    plain = sparse_index.search(query, k=8, first_stage="bm25", rerank=False)
+    expanded = sparse_index.search(query, k=8, first_stage="bm25", rerank=False, prf="rm3")
+    searcher = LuceneSearcher(str(segment_path(sparse_index) / "bm25"))
+    searcher.set_bm25(0.9, 0.4)
+    searcher.set_rm3(10, 10, 0.5)
+    hits = searcher.search(query, 8)
+    assert [h.id for h in expanded[0]] == [h.docid for h in hits]
+    np.testing.assert_allclose(expanded.scores[0, : len(hits)], [h.score for h in hits], rtol=1e-6)
+    # the expanded query scores otherwise, and the plain stage is unchanged
+    assert not np.allclose(expanded.scores[0, :2], plain.scores[0, :2])
+    assert [h.id for h in sparse_index.search(query, k=8, first_stage="bm25", rerank=False)[0]] == [h.id for h in plain[0]]
+    reranked = sparse_index.search(query, k=3, first_stage="bm25", prf="rm3")  # MaxSim over RM3's candidates
+    assert {h.id for h in reranked[0]} == {h.id for h in expanded[0]}
+    for stage in ("bm25s", "exhaustive"):
+        with pytest.raises(QueryError, match="first stage that holds bm25"):
+            sparse_index.search(query, first_stage=stage, prf="rm3")
+    with pytest.raises(QueryError, match="prf must be one of rm3"):
+        sparse_index.search(query, first_stage="bm25", prf="rm4")
+
+
 def test_lucene_scores_any_document_as_its_search_does(sparse_index):
     from mvr.stages.base import QueryBatch
 

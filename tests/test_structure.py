@@ -23,7 +23,7 @@ LAYERS = [
     {"stages", "storage"},
     {"search", "fusion", "search_presets", "results", "segment", "segment_build", "encoding", "streaming", "explain"},
     {"index", "build", "writer", "reranking"},
-    {"cli", "eval", "server", "integrations", "distributed", "tuning"},
+    {"cli", "eval", "server", "integrations", "distributed", "tuning", "training"},
 ]
 
 

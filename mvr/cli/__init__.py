@@ -14,7 +14,7 @@ import sys
 
 from ..errors import MvrError
 
-COMMANDS = ("index", "add", "delete", "optimize", "upgrade", "search", "rerank", "info", "list", "fde", "centroids", "pooled", "sparse", "tune", "eval", "serve")
+COMMANDS = ("index", "add", "delete", "optimize", "upgrade", "search", "rerank", "info", "list", "fde", "centroids", "pooled", "sparse", "tune", "train_projection", "eval", "serve")
 
 
 def _modules():
@@ -36,7 +36,7 @@ def main(argv: list[str] | None = None) -> int:
     if getattr(args, "quiet", False):
         os.environ["MVR_QUIET"] = "1"  # this process only: no step reports progress
     try:
-        return _modules()[args.command].run(args)
+        return _modules()[args.command.replace("-", "_")].run(args)
     except MvrError as exc:
         print(f"mvr: error: {exc}", file=sys.stderr)
         return 2

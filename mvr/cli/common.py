@@ -10,7 +10,7 @@ from pathlib import Path
 from ..config import CLUSTER_METHODS, KEEP_CLASSES, PRESETS, PRUNE_RULES, FDEConfig, IndexConfig
 from ..registry import CODECS, FIRST_STAGES
 from ..fusion import FUSIONS, SIGNALS
-from ..search import DEFAULT_CANDIDATES, SearchOptions
+from ..search import DEFAULT_CANDIDATES, PRF, SearchOptions
 
 
 def add_common(parser: argparse.ArgumentParser) -> None:
@@ -70,6 +70,7 @@ def add_search(parser: argparse.ArgumentParser, counts=None) -> None:
     group.add_argument("--nprobe", type=int, default=None, help=f"FDE in a faiss IVF index: lists probed per query (default {d.nprobe})")
     group.add_argument("--ef-search", type=int, default=None, help=f"FDE in a faiss HNSW index: search breadth (default {d.ef_search})")
     group.add_argument("--centroid-probe", type=int, default=None, help=f"the centroid stage: nearest centroids probed per query token (default {d.centroid_probe})")
+    group.add_argument("--prf", choices=PRF, default=None, help="pseudo-relevance feedback of the Lucene bm25 first stage: rm3 (pyserini's, 10 terms from the top 10 documents)")
     group.add_argument("--group", choices=("documents", "passages"), default=None, help="an index of passages: return documents by their best passage (default) or the passages")
     group.add_argument(
         "--filter", type=_filter, default=None, metavar="JSON",
@@ -105,6 +106,7 @@ def search_options(args) -> dict:
         "centroid_probe": args.centroid_probe,
         "filter": args.filter,
         "group": args.group,
+        "prf": args.prf,
     }
     return {k: v for k, v in given.items() if v is not None}
 
@@ -124,6 +126,7 @@ def add_compaction(parser: argparse.ArgumentParser) -> None:
     group = parser.add_argument_group("fewer and smaller vectors (docs/compression.md)")
     group.add_argument("--from", dest="source", default=None, metavar="INDEX", help="derive from this float16 index's stored vectors instead of encoding CORPUS")
     group.add_argument("--preset", choices=sorted(PRESETS), default=None, help="; ".join(f"{k}: {v['about']}" for k, v in PRESETS.items()).replace("%", "%%"))
+    group.add_argument("--projection", default=None, metavar="FILE", help="apply a trained projection head (`mvr train-projection`) to every token vector, queries and documents")
     group.add_argument("--prune", default=None, help=f"drop document tokens by rule, comma list of {', '.join(PRUNE_RULES)}")
     group.add_argument("--prune-max-df", type=float, default=None, help=f"the df rule drops tokens found in more than this share of documents (default {d.prune_max_df})")
     group.add_argument("--cluster-ratio", type=float, default=None, help="cluster each document to ceil(ratio x its tokens) centroids")
@@ -145,6 +148,7 @@ def compaction(args) -> dict:
     """The compaction settings asked for: the preset's, then each flag given."""
     settings = {k: v for k, v in PRESETS[args.preset].items() if k != "about"} if args.preset else {}
     flags = {
+        "projection": args.projection,
         "prune": _names(args.prune),
         "prune_max_df": args.prune_max_df,
         "cluster_ratio": args.cluster_ratio,

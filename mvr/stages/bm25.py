@@ -22,6 +22,7 @@ from .base import BuildSource, Candidates, QueryBatch, text_stage_manifest
 
 BM25_K1 = 0.9
 BM25_B = 0.4
+RM3 = {"fb_terms": 10, "fb_docs": 10, "original_query_weight": 0.5}  # pyserini's defaults (SearchOptions.prf="rm3")
 MAX_CLAUSES = 1024  # Lucene's default limit on the clauses (terms) of one query
 _JVM_LOCK = threading.Lock()
 _JVM_STARTED = False
@@ -92,7 +93,7 @@ class LuceneBM25:
         from pyserini.index.lucene import LuceneIndexer
 
         started = time.perf_counter()
-        indexer = LuceneIndexer(str(folder), threads=1)
+        indexer = LuceneIndexer(args=["-index", str(folder), "-storeDocvectors"], threads=1)  # document vectors: what RM3 reads
         count = 0
         bar = progress(total=len(source.doc_offsets) - 1, desc="BM25 (Lucene)", unit="doc", show=source.show_progress)
         for doc_id, text in source.texts():
@@ -114,8 +115,23 @@ class LuceneBM25:
         self.searcher = LuceneSearcher(str(folder))
         self._folder = folder
         self.searcher.set_bm25(BM25_K1, BM25_B)
-        self._position_of, self._doc_ids, self._reader = position_of, doc_ids, None
-        self._lock = threading.Lock()  # one LuceneSearcher, used by one thread at a time
+        self._position_of, self._doc_ids, self._reader, self._rm3 = position_of, doc_ids, None, None
+        self._lock = threading.Lock()  # one LuceneSearcher (and one with RM3), used by one thread at a time
+
+    def _searcher(self, options):
+        """The plain searcher, or (``options.prf == "rm3"``) a second one that expands each query by RM3."""
+        if getattr(options, "prf", None) != "rm3":
+            return self.searcher
+        if self._rm3 is None:
+            from pyserini.search.lucene import LuceneSearcher
+
+            if not self.searcher.object.reader.getTermVectors(0):
+                raise QueryError("RM3 reads the documents' term vectors, which this bm25 stage was built without; rebuild it with `mvr sparse NAME --stage bm25`.")
+            searcher = LuceneSearcher(str(self._folder))
+            searcher.set_bm25(BM25_K1, BM25_B)
+            searcher.set_rm3(**RM3)
+            self._rm3 = searcher
+        return self._rm3
 
     def search(self, queries: QueryBatch, n: int, options=None, allowed=None) -> list[Candidates]:
         # pyserini takes no filter here: with one, every hit is fetched and the allowed kept
@@ -126,7 +142,7 @@ class LuceneBM25:
         for query in queries.texts:
             try:
                 with self._lock:
-                    hits = self.searcher.search(query, depth)
+                    hits = self._searcher(options).search(query, depth)
             except JavaException as error:
                 if "TooManyClauses" not in str(error):
                     raise

@@ -22,10 +22,14 @@ def fit_pca(sample: np.ndarray, n_components: int) -> np.ndarray:
     return np.ascontiguousarray(components * signs, dtype=np.float32)
 
 
-def project(vectors: np.ndarray, projection: np.ndarray | None) -> np.ndarray:
-    """Apply a projection and re-normalise rows (rows of zero norm stay zero); identity when None."""
+def project(vectors: np.ndarray, projection, queries: bool = False) -> np.ndarray:
+    """Apply a projection (a matrix, or a trained :class:`~mvr.vectors.heads.Head`) and re-normalise
+    rows (rows of zero norm stay zero); identity when None. ``queries``: the vectors are a query's
+    tokens (a head may weigh them)."""
     if projection is None:
         return vectors
+    if not isinstance(projection, np.ndarray):  # a trained head (vectors/heads.py) projects itself
+        return projection.queries(vectors) if queries else projection(vectors)
     reduced = np.asarray(vectors, dtype=np.float32) @ projection
     norms = np.linalg.norm(reduced, axis=1, keepdims=True)
     np.divide(reduced, norms, out=reduced, where=norms > 0)
