@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import argparse
 import shutil
+import tempfile
 from pathlib import Path
 
 DATASETS = ("scifact", "nfcorpus")
@@ -56,11 +57,13 @@ def run(data: Path, home, presets=None) -> dict:
         rows = [measure(data / name, source, "none (default build)")]
         for preset in presets or PRESETS:
             settings = {k: v for k, v in PRESETS[preset].items() if k != "about"}
-            target = source.path.parent / f"{source.name}-preset-{preset}"
-            derived = Index.derive(source, target, overwrite=True, show_progress=False, **settings)
-            rows.append(measure(data / name, derived, preset))
-            del derived
-            shutil.rmtree(target)
+            work = Path(tempfile.mkdtemp(prefix=f"mvr-preset-{preset}-"))  # derived indexes live here, never beside the user's
+            try:
+                derived = Index.derive(source, work / "index", show_progress=False, **settings)
+                rows.append(measure(data / name, derived, preset))
+                del derived
+            finally:
+                shutil.rmtree(work, ignore_errors=True)
         out[name] = {"source": source.name, "rows": rows}
     return out
 

@@ -30,7 +30,7 @@ from .storage.commits import SEGMENTS, new_commit, publish, read_pointer, segmen
 from .storage.formats import SEGMENT_FORMAT, SEGMENT_VERSION
 from .storage.manifest import MANIFEST, fsync_tree, read_manifest
 from .threads import cpu_threads
-from .vectors.heads import configured, save_projection
+from .vectors.heads import configured, pinned, save_projection
 
 # What a derived index may change, and the counts it inherits from its source.
 DERIVABLE = {"projection", "prune", "prune_max_df", "cluster_ratio", "cluster_count", "cluster_method", "cluster_iters", "cluster_keep", "cluster_idf_weight", "codec", "codec_bits", "codec_centroids", "codec_sample", "fde", "centroid_stage", "pooled", "search_preset", "seed", "threads"}
@@ -67,7 +67,7 @@ def build(documents, name, *, config: IndexConfig | None = None, home=None, over
             stage_class(stage).check(settings, _stored_dim(config, encoder.dim))
         loaded = time.perf_counter()
         # what runs: a given encoder's own runtime, or PyTorch where the ONNX export failed
-        config = dataclasses.replace(config, doc_runtime=encoder.doc_runtime)
+        config = pinned(dataclasses.replace(config, doc_runtime=encoder.doc_runtime), encoder.identity)
         folder = staging.path / SEGMENTS / segment_name(1)
         manifest = write_segment(documents, folder, encoder, config, show_progress=show_progress, chunk_size=chunk_size, command=command,
                                  checkpoints=True, resume=staging.resumed)
@@ -99,6 +99,7 @@ def build_blocks(blocks, name, *, sample, model_dim: int, encoder: dict, config:
         raise ConfigError(f"encoder must be the identity of the {model_dim}-dim model that made the vectors (an index's manifest['encoder'], Encoder.identity); "
                           + (f"missing or wrong: {', '.join(wrong)}." if wrong else f"it says dim {encoder['dim']}."))
     target = target_path(name, Path(home) if home else None)
+    config = pinned(config, encoder)
     for stage, settings in planned_stages(config).items():
         stage_class(stage).check(settings, _stored_dim(config, model_dim))
     with StagingDir(target, overwrite) as staging, cpu_threads(config.threads, "numba", "faiss", "blas"):
@@ -154,9 +155,12 @@ def derive(source, name, *, home=None, overwrite: bool = False, show_progress: b
     if unknown:
         raise ConfigError(f"{unknown} cannot change without encoding the corpus again (use Index.build / mvr index); derivable: {sorted(DERIVABLE)}.")
     config = dataclasses.replace(source.config, **changes)
-    if config.projection is not None and source.projection is not None:
-        raise ConfigError(f"index {source.name!r} already projects its vectors (PCA or a trained head); derive a projected index from one of the model's own vectors.")
-    head = configured(config, source.dim)
+    head = None
+    if changes.get("projection") is not None:  # a new head (a source's own is carried with its files)
+        if source.projection is not None:
+            raise ConfigError(f"index {source.name!r} already projects its vectors (PCA or a trained head); derive a projected index from one of the model's own vectors.")
+        config = pinned(config, source.manifest["encoder"])
+        head = configured(config, source.dim)
     if config.fde is not None:
         stage_class("fde").check(config.fde, source.dim if head is None else head.shape[1])
     started = time.perf_counter()

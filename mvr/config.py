@@ -174,7 +174,8 @@ class IndexConfig:
     pca_dim        reduce token vectors to this many dims with uncentred PCA (None: keep all)
     pca_sample     token vectors sampled to fit the PCA
     projection     a trained projection head (an .npz of `mvr train-projection`, mvr/vectors/heads.py)
-                   applied to every token vector, query and document, in place of PCA
+                   applied to every token vector, query and document, in place of PCA; the index
+                   records its absolute path and checksum (``projection_sha256``)
     seed           seed of every random choice made at build time
     skip_empty     drop documents with no text instead of failing
     threads        torch and Numba threads while building (None: all cores)
@@ -223,6 +224,7 @@ class IndexConfig:
     pca_dim: int | None = None
     pca_sample: int = 200_000
     projection: str | None = None
+    projection_sha256: str | None = None
     seed: int = 0
     skip_empty: bool = False
     threads: int | None = None

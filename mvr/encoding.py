@@ -296,7 +296,7 @@ def encode_corpus(documents, encoder, config: IndexConfig, folder: Path, show_pr
     }
 
 
-def finish_vectors(folder: Path, model_dim: int, config: IndexConfig, n_tokens: int, projection: np.ndarray | None = None, block: int = 1 << 16,
+def finish_vectors(folder: Path, model_dim: int, config: IndexConfig, n_tokens: int, projection=None, block: int = 1 << 16,
                    checkpoints: Checkpoints | None = None) -> dict:
     """Turn ``vectors.raw`` into ``vectors.npy``, projected when configured: ``projection``
     (another segment's), the trained head ``config.projection``, or a PCA fitted here on a sample. ``vectors.raw`` is removed, or moved into

@@ -123,7 +123,7 @@ class SearchOptions:
             if not _is_int(getattr(self, name)) or getattr(self, name) < 1:
                 raise QueryError(f"{name} must be a positive integer, got {getattr(self, name)!r}.")
         if self.prf is not None and (self.prf not in PRF or (self.first_stage is not None and "bm25" not in parse_stage(self.first_stage))):
-            raise QueryError(f"prf must be one of {', '.join(PRF)}, with a first stage that holds bm25 (Lucene: bm25, fde+bm25), got prf={self.prf!r} with {self.first_stage!r}.")
+            raise QueryError(f"prf (one of {', '.join(PRF)}) expands the Lucene bm25 stage's query; it needs a first stage with bm25 (bm25, fde+bm25), got prf={self.prf!r} with {self.first_stage!r}.")
         if self.filter is not None and not isinstance(self.filter, dict):
             raise QueryError(f"filter must be a JSON object such as {{\"year\": {{\"$gte\": 2020}}}}, got {type(self.filter).__name__}.")
         if (self.fusion == "weighted") != (self.weights is not None):

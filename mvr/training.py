@@ -151,13 +151,16 @@ def train_projection(
         raise ConfigError("temperature must lie in (0, 10], learning_rate in (0, 1] and validation in [0, 1).")
     rng = np.random.default_rng(seed)
     torch.manual_seed(seed)
-    live = {str(d) for d in index.doc_ids}
+    judged = {d for q in queries if q in qrels for d in qrels[q]}
+    live = {d for d in judged if d in index}  # live documents only (deleted rows keep their ids)
     qids = [q for q in queries if q in qrels and any(r > 0 and d in live for d, r in qrels[q].items())]
     if len(qids) < 2:
         raise QueryError("training needs at least two queries with a relevant document in the index; check the split and the index's corpus.")
     order = rng.permutation(len(qids))
     held = int(round(validation * len(qids)))
     val_ids, train_ids = [qids[i] for i in order[:held]], [qids[i] for i in order[held:]]
+    if not train_ids:
+        raise QueryError(f"validation={validation} holds out every one of the {len(qids)} queries; lower it so that some train.")
     texts = [queries[q] for q in qids]
     started = time.perf_counter()
     encoded = index.encode_queries(texts)
@@ -228,6 +231,8 @@ def train_projection(
             best, best_state = score, {k: v.clone() for k, v in module.state_dict().items()}
     bar.close()
     module.load_state_dict(best_state)
+    trained = module.to_head()
+    trained.model_sha256 = index.manifest["encoder"]["weights_sha256"]
     report = {
         "kind": kind, "dim_in": dim_in, "dim": dim, "hidden": width if kind == "residual" else None, "epochs": epochs, "batch_size": batch_size,
         "negatives": negatives, "mined": mined, "temperature": temperature, "learning_rate": learning_rate, "query_weights": query_weights, "seed": seed,
@@ -236,4 +241,4 @@ def train_projection(
                                   "best_epoch": next((h["epoch"] for h in history if h["validation_ndcg_at_10"] == best), epochs)},
         "history": history, "seconds": round(time.perf_counter() - started, 1),
     }
-    return module.to_head(), report
+    return trained, report

@@ -50,10 +50,12 @@ def test_rm3_is_pyserinis_own_expansion_and_leaves_plain_search_alone(sparse_ind
     reranked = sparse_index.search(query, k=3, first_stage="bm25", prf="rm3")  # MaxSim over RM3's candidates
     assert {h.id for h in reranked[0]} == {h.id for h in expanded[0]}
     for stage in ("bm25s", "exhaustive"):
-        with pytest.raises(QueryError, match="first stage that holds bm25"):
+        with pytest.raises(QueryError, match="needs a first stage with bm25"):
             sparse_index.search(query, first_stage=stage, prf="rm3")
-    with pytest.raises(QueryError, match="prf must be one of rm3"):
+    with pytest.raises(QueryError, match="prf"):
         sparse_index.search(query, first_stage="bm25", prf="rm4")
+    with pytest.raises(QueryError, match="needs a first_stage with bm25"):
+        sparse_index.save_search_preset("expanded", {"prf": "rm3"})
 
 
 def test_lucene_scores_any_document_as_its_search_does(sparse_index):

@@ -157,3 +157,37 @@ def test_the_cli_trains_a_head_and_indexes_with_it(tmp_path, models, capsys):
     assert main(["index", str(data / "corpus.jsonl"), "--name", "bad", *model, "--projection", str(tmp_path / "missing.npz"), "--index-dir", home, "--quiet"]) == 2
     assert "no projection head at" in capsys.readouterr().err
     assert main(["train-projection", str(data), "--index", "plain", "--split", "test", "--output", str(tmp_path / "h.txt"), "--index-dir", home]) == 2
+
+
+def test_a_projected_index_derives_again_and_refills_with_its_own_head(source, trained, tmp_path, models):
+    head = trained[0]
+    head.save(tmp_path / "h.npz")
+    built = Index.build(TEXTS, tmp_path / "built", encoder=Encoder(models["plain"]), config=IndexConfig(fde=None, sparse=(), projection=str(tmp_path / "h.npz")))
+    assert built.config.projection == str((tmp_path / "h.npz").resolve()) and built.config.projection_sha256 == head.sha256
+    # a derived index keeps the head it was built with (its file travels with the vectors)
+    smaller = Index.derive(built, tmp_path / "int8", codec="int8")
+    assert smaller.dim == 8 and smaller.projection.sha256 == head.sha256
+    np.testing.assert_allclose(smaller.document_vectors(0), built.document_vectors(0), atol=0.02)
+    # emptied, then refilled: the recorded head is read again, and a changed file is refused
+    built.delete([d for d, *_ in DOCS])
+    dataclasses.replace(head, skip=head.skip * 2).save(tmp_path / "h.npz")
+    with pytest.raises(ConfigError, match="not the one this index was built with"):
+        built.add([("d9", "Owls hunt mice at night.")], show_progress=False)
+    head.save(tmp_path / "h.npz")
+    built.add([("d9", "Owls hunt mice at night.")], show_progress=False)
+    assert built.n_docs == 1 and built.dim == 8
+
+
+def test_heads_of_another_model_and_bad_training_splits_are_refused(source, trained, tmp_path, models):
+    head = trained[0]
+    assert head.model_sha256 == source.manifest["encoder"]["weights_sha256"]
+    dataclasses.replace(head, model_sha256="0" * 64).save(tmp_path / "other.npz")
+    with pytest.raises(ConfigError, match="trained for another model"):
+        Index.derive(source, tmp_path / "x", projection=str(tmp_path / "other.npz"))
+    with pytest.raises(QueryError, match="holds out every one"):
+        train_projection(source, ASKED, QRELS, dim=8, validation=0.9)
+    # judged documents that were deleted are left out, not a KeyError
+    gone = Index.build(TEXTS, tmp_path / "gone", encoder=Encoder(models["plain"]), config=IndexConfig(fde=None))
+    gone.delete(["d1"])
+    _, report = train_projection(gone, ASKED, QRELS, dim=8, epochs=1, batch_size=2, negatives=1, mined=3, validation=0.34)
+    assert report["train_queries"] + report["validation_queries"] == 3  # q1's only relevant document is gone

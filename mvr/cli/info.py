@@ -17,6 +17,13 @@ def add_parser(sub) -> argparse.ArgumentParser:
     return p
 
 
+def _projection(index, info) -> str:
+    head = index.projection
+    if hasattr(head, "kind"):  # a trained head (mvr train-projection), not a PCA matrix
+        return f" (projection head: {head.kind}, {head.shape[0]} -> {head.shape[1]}{', query-token weights' if head.query_weight is not None else ''})"
+    return f" (PCA from {info['counts']['model_dim']})" if info["dim"] != info["counts"].get("model_dim", info["dim"]) else ""
+
+
 def run(args) -> int:
     from ..index import Index
 
@@ -34,7 +41,7 @@ def run(args) -> int:
         ("documents", f"{info['documents']}" + (f" ({info['deleted_documents']} more deleted, dropped at the next merge)" if info.get("deleted_documents") else "")),
         ("segments", f"{len(info['segments'])} at generation {info['generation']}" + (" (format version 1, read-only: `mvr upgrade` converts it)" if info["generation"] == 0 else "")),
         ("token vectors", f"{info['tokens']} ({info['vectors_per_document']['mean']} per document, max {info['vectors_per_document']['max']})"),
-        ("dim", f"{info['dim']}" + (f" (PCA from {info['counts']['model_dim']})" if info["dim"] != info["counts"].get("model_dim", info["dim"]) else "")),
+        ("dim", f"{info['dim']}" + _projection(index, info)),
         ("stored as", _stored_as(index.config, info["counts"])),
         ("bytes per token", f"{info['bytes_per_token']} (per document token before pruning: vector data, codebooks, offsets)"),
         ("index size", f"{info['index_bytes'] / 2**20:.1f} MiB, and {sum(info['stages'].values()) / 2**20:.1f} MiB of first stages"),

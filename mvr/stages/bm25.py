@@ -157,7 +157,8 @@ class LuceneBM25:
 
     def score(self, queries: QueryBatch, positions: list[np.ndarray], depth: int = 200) -> list[np.ndarray]:
         """Each query's exact Lucene BM25 score (k1 0.9, b 0.4, as searched) of the documents at
-        its ``positions``: read from its top ``depth`` hits, the rest asked one by one (about 1 ms each)."""
+        its ``positions``: read from its top ``depth`` hits, the rest asked one by one (about 1 ms each).
+        Always of the query as given (RM3, ``prf``, expands only the first stage's search)."""
         from pyserini.index.lucene import LuceneIndexReader
 
         found = self.search(queries, depth)

@@ -53,11 +53,14 @@ class Head:
     bias: np.ndarray | None = None  # b, float32 (hidden,)
     down: np.ndarray | None = None  # B, float32 (hidden, dim)
     query_weight: np.ndarray | None = None  # (u, c), float32 (dim_in + 1,): query token i weighs softplus(x_i . u + c)
+    model_sha256: str | None = None  # the weights of the model it was trained for (its encoder identity's weights_sha256)
 
     def __post_init__(self):
         if self.kind not in KINDS:
             raise ConfigError(f"unknown projection head kind {self.kind!r}; available: {', '.join(KINDS)}.")
         self.skip = np.ascontiguousarray(self.skip, dtype=np.float32)
+        if self.skip.ndim != 2 or (self.bias is not None and np.ndim(self.bias) != 1):
+            raise ConfigError("a projection head's weights must be 2-D matrices (its bias a vector).")
         parts = (self.up, self.bias, self.down)
         if self.kind == "linear" and any(p is not None for p in parts):
             raise ConfigError("a linear projection head has no feed-forward weights.")
@@ -101,7 +104,8 @@ class Head:
 
     def arrays(self) -> dict[str, np.ndarray]:
         parts = {"skip": self.skip, "up": self.up, "bias": self.bias, "down": self.down, "query_weight": self.query_weight}
-        return {"format": np.array(FORMAT), "kind": np.array(self.kind), **{k: v for k, v in parts.items() if v is not None}}
+        model = {"model_sha256": np.array(self.model_sha256)} if self.model_sha256 else {}
+        return {"format": np.array(FORMAT), "kind": np.array(self.kind), **model, **{k: v for k, v in parts.items() if v is not None}}
 
     def save(self, path: str | os.PathLike) -> None:
         """Write the head as ``path`` (an .npz), whole or not at all (a temporary file renamed)."""
@@ -120,6 +124,7 @@ class Head:
         digest = hashlib.sha256(self.kind.encode())
         for array in (self.skip, self.up, self.bias, self.down, self.query_weight):
             if array is not None:
+                digest.update(str(array.shape).encode())
                 digest.update(np.ascontiguousarray(array).tobytes())
         return digest.hexdigest()
 
@@ -133,7 +138,8 @@ class Head:
             with np.load(path, allow_pickle=False) as data:
                 if "format" not in data.files or str(data["format"]) != FORMAT:
                     raise ConfigError(f"{path} is not a projection head written by `mvr train-projection`.")
-                return cls(str(data["kind"]), *(data[k] if k in data.files else None for k in ("skip", "up", "bias", "down", "query_weight")))
+                model = str(data["model_sha256"]) if "model_sha256" in data.files else None
+                return cls(str(data["kind"]), *(data[k] if k in data.files else None for k in ("skip", "up", "bias", "down", "query_weight")), model)
         except ConfigError:
             raise
         except Exception as exc:  # a truncated or foreign file: zipfile, pickle and value errors alike
@@ -141,13 +147,30 @@ class Head:
 
 
 def configured(config, model_dim: int) -> Head | None:
-    """The head ``config.projection`` names, checked against the model's ``model_dim``; None without one."""
+    """The head ``config.projection`` names, checked against the model's ``model_dim`` and, once
+    an index recorded it (:func:`pinned`), against its checksum; None without one."""
     if config.projection is None:
         return None
     head = Head.load(config.projection)
     if head.shape[0] != model_dim:
         raise ConfigError(f"the projection head {config.projection} takes {head.shape[0]}-dim vectors, the model makes {model_dim}; train one for this model (`mvr train-projection`).")
+    if config.projection_sha256 and head.sha256 != config.projection_sha256:
+        raise ConfigError(f"the projection head at {config.projection} is not the one this index was built with (its checksum differs); put the original file back there.")
     return head
+
+
+def pinned(config, encoder: dict):
+    """``config`` with its head's path made absolute and its checksum recorded (an index that
+    later needs the head again, for documents added once all were deleted, gets the same one or a
+    clear error), after checking the head against the model of ``encoder`` (an encoder identity)."""
+    import dataclasses
+
+    head = configured(config, encoder["dim"])
+    if head is None:
+        return config
+    if head.model_sha256 and head.model_sha256 != encoder.get("weights_sha256"):
+        raise ConfigError(f"the projection head {config.projection} was trained for another model (weights sha256 {head.model_sha256[:12]}); train one for {encoder.get('name')}.")
+    return dataclasses.replace(config, projection=str(Path(config.projection).resolve()), projection_sha256=head.sha256)
 
 
 def save_projection(folder: Path, projection) -> None:
