@@ -10,6 +10,8 @@ with bm25s) with: the model's own vectors; the same vectors reduced by uncentred
 width (the untrained compression, as ``--pca-dim`` makes it); the head trained on its own
 dataset (in-domain); and the head trained on the other one (cross-domain). Each projected index
 is derived from the float16 one (``mvr index --from X --projection HEAD``): no re-encoding.
+Each row also splits the test queries into those with a relevant document that some training
+query has as a positive ("seen") and the rest ("unseen"): a head can learn such documents.
 """
 
 from __future__ import annotations
@@ -24,15 +26,32 @@ import numpy as np
 DATASETS = {"scifact": "train", "nfcorpus": "train"}
 
 
-def _rows(data: Path, index, label: str, head: str | None) -> list[dict]:
-    from .beir import evaluate
+def _seen(data: Path, split: str) -> tuple[set, dict]:
+    """Test queries with a relevant document that is also relevant to a training query (what a
+    head trained on that split has seen as a positive), and the test qrels."""
+    from .beir import load_beir
 
+    _, train = load_beir(data, split)
+    positives = {d for judged in train.values() for d, r in judged.items() if r > 0}
+    _, test = load_beir(data, "test")
+    return {q for q, judged in test.items() if any(r > 0 and d in positives for d, r in judged.items())}, test
+
+
+def _rows(data: Path, index, label: str, head: str | None) -> list[dict]:
+    from .beir import evaluate, evaluate_run
+
+    seen, test = _seen(data, DATASETS[data.name])
     rows = []
     for name, stage in (("exhaustive", "exhaustive"), ("default search", None)):
-        report, _ = evaluate(data, index, split="test", first_stage=stage, show_progress=False, options={"preset": "none"} if stage is None else None)
-        run = report["runs"][0]
+        report, runs = evaluate(data, index, split="test", first_stage=stage, show_progress=False, options={"preset": "none"} if stage is None else None)
+        run, ranked = report["runs"][0], next(iter(runs.values()))
+        split = {}
+        for part in ("seen", "unseen"):
+            subset = {q: j for q, j in test.items() if (q in seen) == (part == "seen")}
+            split[part] = round(evaluate_run({q: r for q, r in ranked.items() if q in subset}, subset)["nDCG@10"], 4) if subset else None
         rows.append({"vectors": label, "head": head, "search": name, "first_stage": run["first_stage"], "dim": index.dim,
-                     "bytes_per_token": index.manifest["bytes_per_token"], **{k: run[k] for k in ("nDCG@10", "R@100", "search_ms_p50")}})
+                     "bytes_per_token": index.manifest["bytes_per_token"], **{k: run[k] for k in ("nDCG@10", "R@100", "search_ms_p50")},
+                     "nDCG@10_seen": split["seen"], "nDCG@10_unseen": split["unseen"], "queries_seen": len(seen), "queries_unseen": len(test) - len(seen)})
     return rows
 
 
@@ -47,9 +66,12 @@ def run(data: Path, home, work: Path, kind: str = "linear", dim: int = 128, epoc
     indexes = {name: Index.open(name, home=home) for name in DATASETS}
     heads, training = {}, {}
     for name, split in DATASETS.items():
+        heads[name] = work / f"{name}-{kind}-{dim}.npz"
+        if heads[name].is_file():  # trained by an earlier run with --work: reused, not trained again
+            training[name] = {"split": split, "reused": str(heads[name])}
+            continue
         queries, qrels = load_beir(data / name, split)
         head, report = train_projection(indexes[name], queries, qrels, kind=kind, dim=dim, epochs=epochs, show_progress=False)
-        heads[name] = work / f"{name}-{kind}-{dim}.npz"
         head.save(heads[name])
         training[name] = {"split": split, **report}
     test = {}
@@ -80,7 +102,7 @@ def main(argv=None) -> int:
     p.add_argument("--kind", choices=("linear", "residual"), default="linear")
     p.add_argument("--dim", type=int, default=128)
     p.add_argument("--epochs", type=int, default=20)
-    p.add_argument("--work", type=Path, default=None, help="keep the heads here (default: a temporary folder, removed)")
+    p.add_argument("--work", type=Path, default=None, help="keep the heads here, and reuse those already there (default: a temporary folder, removed)")
     p.add_argument("--output", type=Path, default=None)
     args = p.parse_args(argv)
     work = args.work or Path(tempfile.mkdtemp(prefix="mvr-projection-"))
