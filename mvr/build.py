@@ -30,7 +30,7 @@ from .storage.commits import SEGMENTS, new_commit, publish, read_pointer, segmen
 from .storage.formats import SEGMENT_FORMAT, SEGMENT_VERSION
 from .storage.manifest import MANIFEST, fsync_tree, read_manifest
 from .threads import cpu_threads
-from .vectors.heads import configured, pinned, save_projection
+from .vectors.heads import pinned, save_projection
 
 # What a derived index may change, and the counts it inherits from its source.
 DERIVABLE = {"projection", "prune", "prune_max_df", "cluster_ratio", "cluster_count", "cluster_method", "cluster_iters", "cluster_keep", "cluster_idf_weight", "codec", "codec_bits", "codec_centroids", "codec_sample", "fde", "centroid_stage", "pooled", "search_preset", "seed", "threads"}
@@ -63,11 +63,12 @@ def build(documents, name, *, config: IndexConfig | None = None, home=None, over
             encoder = Encoder(config.model, query_maxlen=config.query_maxlen, doc_maxlen=config.doc_maxlen, batch_size=config.batch_size, threads=config.threads, doc_runtime=config.doc_runtime)
         if config.pca_dim is not None and config.pca_dim > encoder.dim:
             raise ConfigError(f"pca_dim={config.pca_dim} (--pca-dim) exceeds the model's {encoder.dim} dimensions.")
+        config, head = pinned(config, encoder.identity)
         for stage, settings in planned_stages(config).items():
-            stage_class(stage).check(settings, _stored_dim(config, encoder.dim))
+            stage_class(stage).check(settings, _stored_dim(config, head, encoder.dim))
         loaded = time.perf_counter()
         # what runs: a given encoder's own runtime, or PyTorch where the ONNX export failed
-        config = pinned(dataclasses.replace(config, doc_runtime=encoder.doc_runtime), encoder.identity)
+        config = dataclasses.replace(config, doc_runtime=encoder.doc_runtime)
         folder = staging.path / SEGMENTS / segment_name(1)
         manifest = write_segment(documents, folder, encoder, config, show_progress=show_progress, chunk_size=chunk_size, command=command,
                                  checkpoints=True, resume=staging.resumed)
@@ -99,9 +100,9 @@ def build_blocks(blocks, name, *, sample, model_dim: int, encoder: dict, config:
         raise ConfigError(f"encoder must be the identity of the {model_dim}-dim model that made the vectors (an index's manifest['encoder'], Encoder.identity); "
                           + (f"missing or wrong: {', '.join(wrong)}." if wrong else f"it says dim {encoder['dim']}."))
     target = target_path(name, Path(home) if home else None)
-    config = pinned(config, encoder)
+    config, head = pinned(config, encoder)
     for stage, settings in planned_stages(config).items():
-        stage_class(stage).check(settings, _stored_dim(config, model_dim))
+        stage_class(stage).check(settings, _stored_dim(config, head, model_dim))
     with StagingDir(target, overwrite) as staging, cpu_threads(config.threads, "numba", "faiss", "blas"):
         folder = staging.path / SEGMENTS / segment_name(1)
         stream = SegmentStream(folder, config, sample, model_dim, n_docs=n_docs)
@@ -119,9 +120,8 @@ def build_blocks(blocks, name, *, sample, model_dim: int, encoder: dict, config:
     return Index.open(path)
 
 
-def _stored_dim(config: IndexConfig, model_dim: int) -> int:
-    """Dimensions of the vectors an index of ``config`` stores (its trained head checked first)."""
-    head = configured(config, model_dim)
+def _stored_dim(config: IndexConfig, head, model_dim: int) -> int:
+    """Dimensions of the vectors an index of ``config`` (with its trained ``head``, if any) stores."""
     return head.shape[1] if head is not None else config.pca_dim or model_dim
 
 
@@ -159,8 +159,7 @@ def derive(source, name, *, home=None, overwrite: bool = False, show_progress: b
     if changes.get("projection") is not None:  # a new head (a source's own is carried with its files)
         if source.projection is not None:
             raise ConfigError(f"index {source.name!r} already projects its vectors (PCA or a trained head); derive a projected index from one of the model's own vectors.")
-        config = pinned(config, source.manifest["encoder"])
-        head = configured(config, source.dim)
+        config, head = pinned(config, source.manifest["encoder"])
     if config.fde is not None:
         stage_class("fde").check(config.fde, source.dim if head is None else head.shape[1])
     started = time.perf_counter()

@@ -29,9 +29,9 @@ import numpy as np
 from .errors import ConfigError, QueryError
 from .progress import progress
 from .vectors import fit_pca
+from .tuning import ideal_dcg
 from .vectors.heads import KINDS, Head
 
-_DISCOUNT = 1.0 / np.log2(np.arange(2, 12))
 
 
 def _pools(index, texts: list[str], encoded, mined: int) -> list[np.ndarray]:
@@ -117,9 +117,8 @@ def _maxsim(q, q_mask, d, d_mask):
 
 def _ndcg(order: list, judged: dict) -> float:
     gains = np.array([max(judged.get(d, 0), 0) for d in order[:10]], dtype=np.float64)
-    best = sorted((g for g in judged.values() if g > 0), reverse=True)[:10]
-    ideal = float(np.dot(best, _DISCOUNT[: len(best)]))
-    return float(np.dot(gains, _DISCOUNT[: len(gains)]) / ideal) if ideal > 0 else 0.0
+    ideal = ideal_dcg(judged)
+    return float(np.dot(gains, 1.0 / np.log2(np.arange(2, len(gains) + 2))) / ideal) if ideal > 0 else 0.0
 
 
 def train_projection(
@@ -150,7 +149,6 @@ def train_projection(
     if not 0 < temperature <= 10 or not 0 < learning_rate <= 1 or not 0 <= validation < 1:
         raise ConfigError("temperature must lie in (0, 10], learning_rate in (0, 1] and validation in [0, 1).")
     rng = np.random.default_rng(seed)
-    torch.manual_seed(seed)
     judged = {d for q in queries if q in qrels for d in qrels[q]}
     live = {d for d in judged if d in index}  # live documents only (deleted rows keep their ids)
     qids = [q for q in queries if q in qrels and any(r > 0 and d in live for d, r in qrels[q].items())]

@@ -26,6 +26,12 @@ from .stages.base import Candidates, QueryBatch
 _DISCOUNT = 1.0 / np.log2(np.arange(2, 12))
 
 
+def ideal_dcg(judged: dict[str, int]) -> float:
+    """trec_eval's ideal DCG@10 of a query's judgements (graded gains, every judged document)."""
+    best = sorted((g for g in judged.values() if g > 0), reverse=True)[:10]
+    return float(np.dot(best, _DISCOUNT[: len(best)]))
+
+
 @dataclass
 class Features:
     """The z-scored signals of every training query's candidates, padded to one width: ``z``
@@ -79,8 +85,7 @@ def features(index, queries: dict[str, str], qrels: dict[str, dict[str, int]], o
             z[name][q, :m] = zscores(raw)
         judged = qrels[qid]
         gains[q, :m] = [max(judged.get(str(doc_ids[p]), 0), 0) for p in one.positions]
-        best = sorted((g for g in judged.values() if g > 0), reverse=True)[:10]
-        ideal[q] = float(np.dot(best, _DISCOUNT[: len(best)]))
+        ideal[q] = ideal_dcg(judged)
     for name in signals:  # padding sorts last whatever the weights
         z[name][np.isneginf(z[name])] = -1e9
     return Features(z, gains, ideal)

@@ -32,6 +32,7 @@ from pathlib import Path
 import numpy as np
 
 from ..errors import ConfigError
+from .pca import normalise_rows
 
 KINDS = ("linear", "residual")
 FORMAT = "mvr-projection-head"
@@ -89,9 +90,7 @@ class Head:
         y = x @ self.skip
         if self.kind == "residual":
             y += _gelu(x @ self.up + self.bias).astype(np.float32) @ self.down
-        norms = np.linalg.norm(y, axis=1, keepdims=True)
-        np.divide(y, norms, out=y, where=norms > 0)
-        return y
+        return normalise_rows(y)
 
     def queries(self, vectors: np.ndarray) -> np.ndarray:
         """Query token vectors: projected as documents are, then each scaled by its learned weight
@@ -160,17 +159,18 @@ def configured(config, model_dim: int) -> Head | None:
 
 
 def pinned(config, encoder: dict):
-    """``config`` with its head's path made absolute and its checksum recorded (an index that
-    later needs the head again, for documents added once all were deleted, gets the same one or a
-    clear error), after checking the head against the model of ``encoder`` (an encoder identity)."""
+    """``(config, head)``: ``config`` with its head's path made absolute and its checksum recorded
+    (an index that later needs the head again, for documents added once all were deleted, gets the
+    same one or a clear error), after checking the head against the model of ``encoder`` (an
+    encoder identity); ``(config, None)`` without a head."""
     import dataclasses
 
     head = configured(config, encoder["dim"])
     if head is None:
-        return config
+        return config, None
     if head.model_sha256 and head.model_sha256 != encoder.get("weights_sha256"):
         raise ConfigError(f"the projection head {config.projection} was trained for another model (weights sha256 {head.model_sha256[:12]}); train one for {encoder.get('name')}.")
-    return dataclasses.replace(config, projection=str(Path(config.projection).resolve()), projection_sha256=head.sha256)
+    return dataclasses.replace(config, projection=str(Path(config.projection).resolve()), projection_sha256=head.sha256), head
 
 
 def save_projection(folder: Path, projection) -> None:

@@ -30,7 +30,11 @@ def project(vectors: np.ndarray, projection, queries: bool = False) -> np.ndarra
         return vectors
     if not isinstance(projection, np.ndarray):  # a trained head (vectors/heads.py) projects itself
         return projection.queries(vectors) if queries else projection(vectors)
-    reduced = np.asarray(vectors, dtype=np.float32) @ projection
-    norms = np.linalg.norm(reduced, axis=1, keepdims=True)
-    np.divide(reduced, norms, out=reduced, where=norms > 0)
-    return reduced
+    return normalise_rows(np.asarray(vectors, dtype=np.float32) @ projection)
+
+
+def normalise_rows(rows: np.ndarray) -> np.ndarray:
+    """L2-normalise float rows in place (rows of zero norm stay zero); returns them."""
+    norms = np.linalg.norm(rows, axis=1, keepdims=True)
+    np.divide(rows, norms, out=rows, where=norms > 0)
+    return rows
