@@ -151,8 +151,9 @@ def evaluate(
     exhaustive run; with ``compare_exhaustive`` an exhaustive run comes first in the same
     process, and each other run also reports the share of the exhaustive top-10 found among its
     candidates and its speed-up. ``options``: further
-    :class:`mvr.SearchOptions` (rerank, prune_alpha, early_exit, fusion, ...) for the runs with
-    candidates. ``ignore_identical_ids``: drop a retrieved document whose id is the query's, as
+    :class:`mvr.SearchOptions` (rerank, prune_alpha, early_exit, fusion, filter, prf, ...) for
+    the runs asked for (the reference run of ``compare_exhaustive`` is plain exhaustive MaxSim).
+    ``ignore_identical_ids``: drop a retrieved document whose id is the query's, as
     BEIR does by default. Returns (report, {run label: run}).
     """
     from ..search import DEFAULT_CANDIDATES
@@ -174,16 +175,19 @@ def evaluate(
         plan += [(first_stage, c or DEFAULT_CANDIDATES) for c in counts]
     elif any(c is not None for c in counts):
         raise DatasetError("--candidates applies to first stages that select candidates, not to exhaustive.")
+    # The options are the run's own when exhaustive is the run asked for (a filter, prf); the
+    # reference run of compare_exhaustive is plain exhaustive MaxSim.
+    own = {stage: options if stage == first_stage or stage != "exhaustive" else {} for stage, _ in plan}
     with cpu_threads(threads, "numba", "faiss"):
         # Warm-up: model load and JIT compilation are one-off costs, not per-query latency.
         first = next(iter(queries.values()))
         warm = index.encode_queries(first)
         for stage, count in plan:
-            index.search_encoded(warm, depth, texts=[first], first_stage=stage, candidates=count, **({} if stage == "exhaustive" else options))
+            index.search_encoded(warm, depth, texts=[first], first_stage=stage, candidates=count, **own[stage])
         encoded, encode_ms = _encode_timed(index, queries, threads)
         runs, rows, exhaustive_top, exhaustive_p50 = {}, [], None, None
         for stage, count in plan:
-            stage_options = {} if stage == "exhaustive" else options
+            stage_options = own[stage]
             run, tops, latency = _search_timed(index, encoded, queries, stage, count, depth, stage_options, show_progress)
             if ignore_identical_ids:
                 run = drop_identical_ids(run)

@@ -16,6 +16,7 @@ from __future__ import annotations
 import numpy as np
 
 from .encode import Encoder, TokenVectors
+from .errors import QueryError
 
 
 def _align(stored: np.ndarray | None, ids: np.ndarray, spans: np.ndarray, n_rows: int) -> tuple[np.ndarray, np.ndarray] | None:
@@ -89,6 +90,8 @@ def explain_hit(encoder: Encoder, query: np.ndarray, query_ids: np.ndarray, stat
 
 def explain_results(index, queries: TokenVectors, results) -> list[list[dict]]:
     """Explanations of every hit of ``results`` (the searches of ``queries``), in hit order."""
+    if getattr(results, "expanded", None) is not None:
+        raise QueryError('explain shows which document token each query token matched; prf="colbert" adds vectors that are no query token: explain without prf.')
     state = results._index
     clustered = index.config.clusters
     encoder = index.encoder

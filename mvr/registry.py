@@ -75,6 +75,17 @@ def parse_stage(name: str) -> tuple[str, ...]:
     return () if name == EXHAUSTIVE else tuple(name.split("+"))
 
 
+def needs_vectors(stage: str) -> bool:
+    """Whether the first stage ``stage`` reads encoded queries (exhaustive, the FDE, hybrids)."""
+    parts = parse_stage(stage)
+    return not parts or any(STAGES[p].reads == "vectors" for p in parts)
+
+
+def needs_texts(stage: str) -> bool:
+    """Whether the first stage ``stage`` reads the query texts (BM25, SPLADE, hybrids)."""
+    return any(STAGES[p].reads == "text" for p in parse_stage(stage))
+
+
 def stage_entry(name: str) -> Entry:
     if name not in STAGES:
         raise ConfigError(f"unknown first stage {name!r}; built stages are {', '.join(STAGES)} (hybrids such as fde+bm25s are searched, not built).")

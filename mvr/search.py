@@ -12,9 +12,10 @@ import numpy as np
 
 from .config import CENTROID_PROBE, FDE_EF_SEARCH, FDE_NPROBE
 from .errors import EncoderMismatchError, QueryError
+from .feedback import COLBERT_PRF, expand
 from .fusion import FUSIONS, check_weights, fuse, signal_scores, text_signals
 from .passages import GROUPS, best_per_document
-from .registry import EXHAUSTIVE, FIRST_STAGES, HYBRIDS, STAGES, parse_stage
+from .registry import EXHAUSTIVE, FIRST_STAGES, HYBRIDS, STAGES, needs_texts, needs_vectors, parse_stage  # noqa: F401 (needs_vectors: Index reads it here)
 from .results import Results
 from .stages.base import Candidates, QueryBatch
 from .stages.hybrid import union_candidates
@@ -30,19 +31,8 @@ def default_candidates(stage: str | None) -> int:
     """Candidates reranked after the first stage ``stage`` when the caller names none."""
     return STAGE_CANDIDATES.get(stage, DEFAULT_CANDIDATES)
 VECTOR_STAGES = tuple(name for name, entry in STAGES.items() if entry.reads == "vectors")  # the fallback of a text stage that finds nothing
-PRF = ("rm3",)  # pseudo-relevance feedback methods (SearchOptions.prf)
+PRF = ("rm3", "colbert")  # pseudo-relevance feedback methods (SearchOptions.prf)
 _QUERY_CHUNK = 64  # queries scored together by the exhaustive kernel (bounds the score matrix)
-
-
-def needs_vectors(stage: str) -> bool:
-    """Whether the first stage ``stage`` reads encoded queries (exhaustive, the FDE, hybrids)."""
-    parts = parse_stage(stage)
-    return not parts or any(STAGES[p].reads == "vectors" for p in parts)
-
-
-def needs_texts(stage: str) -> bool:
-    """Whether the first stage ``stage`` reads the query texts (BM25, SPLADE, hybrids)."""
-    return any(STAGES[p].reads == "text" for p in parse_stage(stage))
 
 
 def _is_int(value) -> bool:
@@ -73,8 +63,9 @@ class SearchOptions:
                     back whenever k documents match)
     group           an index of passages: "documents" (None: the default) returns each document's
                     best passage, k distinct documents; "passages" the passages themselves
-    prf             pseudo-relevance feedback of the Lucene bm25 first stage: "rm3" (pyserini's RM3:
-                    10 terms from the top 10 documents, the original query weighing 0.5)
+    prf             pseudo-relevance feedback: "rm3" expands the Lucene bm25 first stage's query (pyserini's
+                    RM3: 10 terms from the top 10 documents, the original query weighing 0.5); "colbert"
+                    searches twice, the second time with vectors of the first's top documents (mvr/feedback.py)
     """
 
     first_stage: str | None = None
@@ -122,8 +113,12 @@ class SearchOptions:
         for name in ("nprobe", "ef_search", "centroid_probe"):
             if not _is_int(getattr(self, name)) or getattr(self, name) < 1:
                 raise QueryError(f"{name} must be a positive integer, got {getattr(self, name)!r}.")
-        if self.prf is not None and (self.prf not in PRF or (self.first_stage is not None and "bm25" not in parse_stage(self.first_stage))):
-            raise QueryError(f"prf (one of {', '.join(PRF)}) expands the Lucene bm25 stage's query; it needs a first stage with bm25 (bm25, fde+bm25), got prf={self.prf!r} with {self.first_stage!r}.")
+        if self.prf is not None and self.prf not in PRF:
+            raise QueryError(f"prf must be one of {', '.join(PRF)} (pseudo-relevance feedback), got {self.prf!r}.")
+        if self.prf == "rm3" and self.first_stage is not None and "bm25" not in parse_stage(self.first_stage):
+            raise QueryError(f"prf=\"rm3\" expands the Lucene bm25 stage's query; it needs a first stage with bm25 (bm25, fde+bm25), got {self.first_stage!r}.")
+        if self.prf == "colbert" and not self.rerank:
+            raise QueryError('prf="colbert" adds token vectors to the query, which MaxSim reads: it needs rerank=True.')
         if self.filter is not None and not isinstance(self.filter, dict):
             raise QueryError(f"filter must be a JSON object such as {{\"year\": {{\"$gte\": 2020}}}}, got {type(self.filter).__name__}.")
         if (self.fusion == "weighted") != (self.weights is not None):
@@ -274,7 +269,14 @@ def first_stage(state, searched: list[tuple], queries: QueryBatch, opts: SearchO
 def run(state, queries: QueryBatch, k: int, opts: SearchOptions, threads: int | None = None) -> Results:
     """:func:`run_rows`, and in an index of passages (mvr/passages.py) by default ``k`` documents:
     the passages searched ever deeper (4k, 16k, ...) until ``k`` distinct documents are found,
-    each document ranked by its best passage."""
+    each document ranked by its best passage. ``prf="colbert"``: searched again, the query
+    expanded by its best documents' vectors (mvr/feedback.py)."""
+    if opts.prf == "colbert":
+        started, plain = time.perf_counter(), dataclasses.replace(opts, prf=None)  # first search: distinct documents of an index of passages
+        queries = expand(state, queries, run(state, queries, COLBERT_PRF["docs"], plain, threads).indices)
+        spent, results = (time.perf_counter() - started) * 1e3, run(state, queries, k, plain, threads)
+        results.timings, results.expanded = {"feedback": spent, **results.timings}, queries
+        return results
     if not state.config.passage_tokens:
         return run_rows(state, queries, k, opts, threads)
     if opts.group == "passages":

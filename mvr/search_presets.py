@@ -80,7 +80,7 @@ def check(index, name: str, options: dict) -> dict:
     if not isinstance(options, dict):
         raise QueryError(f"a preset is a mapping of search options such as {{\"first_stage\": \"pooled+bm25s\"}}, got {type(options).__name__}.")
     options = _plain(options)
-    if options.get("prf") is not None and "bm25" not in str(options.get("first_stage")).split("+"):
+    if options.get("prf") == "rm3" and "bm25" not in str(options.get("first_stage")).split("+"):
         raise QueryError(f"preset {name!r}: prf (query expansion of the Lucene bm25 stage) needs a first_stage with bm25 in the preset, such as \"bm25\" or \"fde+bm25\".")
     if not isinstance(name, str) or not name.replace("-", "").replace("_", "").isalnum() or name == NONE:
         raise QueryError(f"a preset name is letters, digits, - and _ (not {NONE!r}); got {name!r}.")

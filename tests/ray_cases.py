@@ -66,7 +66,7 @@ def test_a_sharded_search_gives_the_local_results(cluster, tmp_path, models):
     with ShardedIndex(index.path, shards=2) as sharded:
         assert len(sharded.actors) == 2
         for options in ({}, {"first_stage": "exhaustive"}, {"first_stage": "centroids", "candidates": 7}, {"first_stage": "fde", "early_exit": 2},
-                        {"first_stage": "bm25s"}, {"filter": {"n": {"$gte": 6}}}, {"preset": "fused"}):
+                        {"first_stage": "bm25s"}, {"filter": {"n": {"$gte": 6}}}, {"preset": "fused"}, {"prf": "colbert"}):
             mine, theirs = index.search(queries, k=5, **options), sharded.search(queries, k=5, **options)
             assert np.array_equal(mine.indices, theirs.indices) and np.array_equal(mine.scores, theirs.scores), options
             assert mine.doc_ids == theirs.doc_ids and [h.text for h in mine[0]] == [h.text for h in theirs[0]]

@@ -70,7 +70,7 @@ def add_search(parser: argparse.ArgumentParser, counts=None) -> None:
     group.add_argument("--nprobe", type=int, default=None, help=f"FDE in a faiss IVF index: lists probed per query (default {d.nprobe})")
     group.add_argument("--ef-search", type=int, default=None, help=f"FDE in a faiss HNSW index: search breadth (default {d.ef_search})")
     group.add_argument("--centroid-probe", type=int, default=None, help=f"the centroid stage: nearest centroids probed per query token (default {d.centroid_probe})")
-    group.add_argument("--prf", choices=PRF, default=None, help="pseudo-relevance feedback of the Lucene bm25 first stage: rm3 (pyserini's, 10 terms from the top 10 documents)")
+    group.add_argument("--prf", choices=PRF, default=None, help="pseudo-relevance feedback: rm3 expands the Lucene bm25 first stage's query (pyserini's, 10 terms from the top 10 documents); colbert searches again with the query's token vectors expanded by its top documents' (ColBERT-PRF)")
     group.add_argument("--group", choices=("documents", "passages"), default=None, help="an index of passages: return documents by their best passage (default) or the passages")
     group.add_argument(
         "--filter", type=_filter, default=None, metavar="JSON",

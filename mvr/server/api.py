@@ -59,7 +59,7 @@ class SearchRequest(BaseModel):
     centroid_probe: StrictInt | None = None
     filter: dict[str, Any] | None = None
     group: StrictStr | None = Field(None, description='an index of passages: "documents" (default) or "passages"')
-    prf: StrictStr | None = Field(None, description='pseudo-relevance feedback of the Lucene bm25 first stage: "rm3"')
+    prf: StrictStr | None = Field(None, description='pseudo-relevance feedback: "rm3" (the Lucene bm25 first stage\'s query) or "colbert" (ColBERT-PRF: a second search with the query\'s vectors expanded)')
     explain: StrictBool | None = Field(None, description="each hit's explanation: the document token behind each query token's maximum, its span, its share of the score")
 
 
