@@ -1,13 +1,14 @@
 """Indexing throughput (issue 15, points 4 and 5): documents/s of a whole default build (encode,
-first stages, files) of the first N documents of a BEIR corpus, locally at each thread count and
-on a local Ray instance with W encoder workers of one thread each, one after the other in this
-command, each build timed from the first document read to the index opened.
+first stages, files) of the first N documents of a BEIR corpus, locally at each thread count, in
+W local worker processes of one thread each (``mvr index --workers W``), and on a local Ray
+instance with W encoder workers of one thread each, one after the other in this command, each
+build timed from the first document read to the index opened.
 
-    python -m mvr.eval.index_speed ../shared/datasets/scifact --documents 1000 --threads 1 2 --ray-workers 2 --output docs/results/index-speed-scifact.json
+    python -m mvr.eval.index_speed ../shared/datasets/scifact --documents 1000 --threads 1 2 --workers 2 --ray-workers 2 --output docs/results/index-speed-scifact.json
 
 The model is loaded (and its ONNX export made) before the clock starts, by a warm-up build of a
-few documents; Ray's start and its workers' model loading are inside the Ray figure, as a user
-would pay them.
+few documents; the worker processes' start and model loading (and Ray's) are inside their
+figures, as a user would pay them.
 """
 
 from __future__ import annotations
@@ -29,7 +30,7 @@ def _first(dataset: Path, n: int) -> list:
     return docs
 
 
-def run(dataset: Path, documents: int, threads: list[int], workers: list[int]) -> dict:
+def run(dataset: Path, documents: int, threads: list[int], workers: list[int], processes: list[int] = ()) -> dict:
     from mvr import Encoder, Index
     from mvr.config import IndexConfig
 
@@ -43,6 +44,14 @@ def run(dataset: Path, documents: int, threads: list[int], workers: list[int]) -
             Index.build(docs, Path(tmp) / f"local-{n}", config=IndexConfig(threads=n), encoder=Encoder(threads=n), show_progress=False)
             seconds = time.perf_counter() - started
             rows.append({"how": f"local, {n} thread{'s' if n > 1 else ''}", "threads": n, "seconds": round(seconds, 1), "docs_per_s": round(len(docs) / seconds, 1)})
+        for w in processes:
+            from mvr.encode.pool import ProcessEncoder
+
+            started = time.perf_counter()
+            with ProcessEncoder(None, workers=w) as pool:
+                Index.build(docs, Path(tmp) / f"workers-{w}", encoder=pool, show_progress=False)
+            seconds = time.perf_counter() - started
+            rows.append({"how": f"local, {w} worker processes of 1 thread", "processes": w, "seconds": round(seconds, 1), "docs_per_s": round(len(docs) / seconds, 1)})
         for w in workers:
             from mvr.distributed import RayEncoder, connect
 
@@ -66,12 +75,13 @@ def main(argv=None) -> int:
 
     p = argparse.ArgumentParser(prog="python -m mvr.eval.index_speed", description=__doc__.split("\n\n")[0])
     p.add_argument("dataset", type=Path)
-    p.add_argument("--documents", type=int, default=1000)
+    p.add_argument("--documents", type=int, default=2000)
     p.add_argument("--threads", type=int, nargs="*", default=[1, 2])
+    p.add_argument("--workers", type=int, nargs="*", default=[], help="also build with this many local worker processes of one thread each (mvr index --workers)")
     p.add_argument("--ray-workers", type=int, nargs="*", default=[], help="also build on a local Ray instance with this many workers (extra mvr[ray])")
     p.add_argument("--output", type=Path, default=None)
     args = p.parse_args(argv)
-    report = run(args.dataset, args.documents, args.threads, args.ray_workers)
+    report = run(args.dataset, args.documents, args.threads, args.ray_workers, args.workers)
     publish_report(report, "mvr.eval.index_speed", argv, args.output)
     return 0
 

@@ -76,7 +76,7 @@ def build(documents, name, *, config: IndexConfig | None = None, home=None, over
         manifest["build"]["model_load_seconds"] = round(loaded - started, 3)
         first_commit(staging.path, folder, manifest, config, encoder.identity, "build", command)
         path = staging.commit()
-    return Index.open(path, model=getattr(encoder, "local", encoder))  # a RayEncoder (mvr.distributed): its local Encoder
+    return Index.open(path, model=getattr(encoder, "local", encoder))  # a RayEncoder or ProcessEncoder (mvr.encode.pool): its local Encoder
 
 
 def build_blocks(blocks, name, *, sample, model_dim: int, encoder: dict, config: IndexConfig | None = None, n_docs: int | None = None, home=None,

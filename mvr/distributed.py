@@ -8,10 +8,10 @@ by Ray actors. Both give exactly what one process gives.
     with ShardedIndex("NAME", shards=2) as index:
         results = index.search(["what causes scurvy"], k=10)
 
-- :class:`RayEncoder` encodes each chunk of a build on its workers, cut along the encoder's own
-  batches (documents sorted by length, a batch every ``batch_size``), so each batch holds the
-  documents it holds in one process and the build (mvr/build.py, unchanged) writes the same
-  segments.
+- :class:`RayEncoder` encodes each chunk of a build on its workers, dealt the encoder's own
+  batches (documents sorted by length, a batch every ``batch_size``) round-robin
+  (mvr/encode/pool.py), so each batch holds the documents it holds in one process and the build
+  (mvr/build.py, unchanged) writes the same segments.
 - :class:`ShardedIndex` deals the index's segments to actors, each opening only its own. The
   coordinator runs the one search pipeline (mvr/search.py) over stand-ins of the segments: first
   stage searches, MaxSim scoring and document reads run in the actor that holds the segment;
@@ -29,6 +29,7 @@ import os
 import numpy as np
 
 from .encode import Encoder, TokenVectors
+from .encode.pool import deal, join, worker_settings
 from .errors import ConfigError, missing_extra
 from .registry import STAGES, parse_stage
 from .segment import Commit
@@ -82,10 +83,8 @@ class RayEncoder:
         if not isinstance(workers, int) or workers < 1:
             raise ConfigError(f"--ray-workers must be a positive integer, got {workers!r}.")
         self.local = Encoder(model, threads=threads, **settings)
-        remote = {"model": None if self.local.is_default else str(self.local.path), "threads": threads, "doc_runtime": self.local.doc_runtime,
-                  "query_maxlen": self.local.spec.query_maxlen, "doc_maxlen": self.local.spec.doc_maxlen, "batch_size": self.local.batch_size}
         actor = ray.remote(num_cpus=1)(_EncoderWorker)
-        self.workers = [actor.remote(remote) for _ in range(workers)]
+        self.workers = [actor.remote(worker_settings(self.local, threads)) for _ in range(workers)]
 
     def __getattr__(self, name):
         return getattr(self.local, name)
@@ -102,27 +101,12 @@ class RayEncoder:
         texts = list(texts)
         if not texts:
             return self.local.encode_documents(texts)
-        lengths = [len(s) for s in self.local.tokenize_documents(texts)]
-        order = np.argsort([-n for n in lengths], kind="stable")  # as Encoder._encode orders them
-        batch = 1 if self.local.doc_runtime == "onnx-int8" else batch_size or self.local.batch_size
-        batches = -(-len(texts) // batch)
-        cuts = [min(len(texts), round(batches * w / len(self.workers)) * batch) for w in range(len(self.workers) + 1)]
-        parts = [(order[a:b], worker.encode.remote([texts[i] for i in order[a:b]], batch_size)) for worker, a, b in zip(self.workers, cuts, cuts[1:]) if b > a]
-        rows: list = [None] * len(texts)
-        truncated = np.zeros(len(texts), dtype=bool)
-        ids: list = [None] * len(texts)
-        for chosen, future in parts:
-            vectors, offsets, cut, token_ids = ray.get(future)
-            for j, i in enumerate(chosen):
-                rows[i] = vectors[offsets[j] : offsets[j + 1]]
-                ids[i] = None if token_ids is None else token_ids[offsets[j] : offsets[j + 1]]
-                truncated[i] = bool(cut[j])
+        parts = [p for p in deal(self.local, texts, len(self.workers), batch_size) if len(p)]
+        futures = [(p, worker.encode.remote([texts[i] for i in p], batch_size)) for worker, p in zip(self.workers, parts)]
+        found = join(len(texts), [(p, ray.get(future)) for p, future in futures])
         if hasattr(show_progress, "update"):
             show_progress.update(len(texts))
-        offsets = np.zeros(len(texts) + 1, dtype=np.int64)
-        np.cumsum([len(r) for r in rows], out=offsets[1:])
-        token_ids = None if any(i is None for i in ids) else np.concatenate(ids).astype(np.int32)
-        return TokenVectors(np.concatenate(rows).astype(np.float32), offsets, truncated, token_ids)
+        return found
 
 
 def _owned(value):

@@ -45,6 +45,7 @@ def add_parser(sub) -> argparse.ArgumentParser:
     p.add_argument("--splade-model", default=d.splade_model, help="masked-LM folder: also build the learned-sparse (SPLADE) first stage")
     p.add_argument("--ray", default=None, metavar="ADDRESS", help="encode on Ray workers: 'local' (a Ray instance on this machine) or a cluster's address (extra 'ray'); the same index as without")
     p.add_argument("--ray-workers", type=int, default=2, metavar="N", help="with --ray: encoder actors, one CPU each (default 2)")
+    p.add_argument("--workers", type=int, default=1, metavar="N", help="encode in N processes of this machine's CPU, one thread each (faster than one process of N threads: docs/scale.md); the same index as one process (default 1)")
     p.add_argument("--passage-tokens", type=int, default=d.passage_tokens, metavar="N", help="split documents longer than N tokens into overlapping passages, searched one by one (default: none; longer documents are cut at --doc-maxlen)")
     p.add_argument("--passage-stride", type=int, default=d.passage_stride, metavar="S", help="tokens from one passage's start to the next (default: 3/4 of N)")
     add_device(p, "document encoding", precision=True)
@@ -68,8 +69,8 @@ def run(args) -> int:
     if args.source is not None:
         if args.corpus is not None:
             raise ConfigError("give a CORPUS to encode or --from INDEX to derive from, not both.")
-        if args.ray or args.device is not None or args.precision is not None or args.resume:
-            raise ConfigError("--ray, --device, --precision and --resume apply to encoding a CORPUS; deriving (--from) encodes nothing.")
+        if args.ray or args.device is not None or args.precision is not None or args.resume or args.workers != 1:
+            raise ConfigError("--ray, --workers, --device, --precision and --resume apply to encoding a CORPUS; deriving (--from) encodes nothing.")
         changes = dict(settings, threads=args.threads, fde=fde, centroid_stage=centroid_stage)
         index = Index.derive(
             args.source, target, home=args.index_dir, overwrite=args.overwrite, show_progress=False if args.quiet else None, command=args.command_line, **changes
@@ -96,6 +97,8 @@ def run(args) -> int:
             **settings,
         )
         encoder = None
+        if args.workers != 1 and (args.ray or args.device is not None or args.precision is not None):
+            raise ConfigError("--workers encodes in processes of this machine's CPU; it does not go with --ray (--ray-workers), --device or --precision.")
         if args.ray:
             from ..distributed import RayEncoder, connect
 
@@ -104,6 +107,11 @@ def run(args) -> int:
             connect(args.ray, cpus=args.ray_workers)
             encoder = RayEncoder(config.model, workers=args.ray_workers, query_maxlen=config.query_maxlen, doc_maxlen=config.doc_maxlen,
                                  batch_size=config.batch_size, doc_runtime=config.doc_runtime)
+        elif args.workers != 1:
+            from ..encode.pool import ProcessEncoder
+
+            encoder = ProcessEncoder(config.model, workers=args.workers, query_maxlen=config.query_maxlen, doc_maxlen=config.doc_maxlen,
+                                     batch_size=config.batch_size, doc_runtime=config.doc_runtime)
         elif args.device is not None or args.precision is not None:
             from ..encode import Encoder
 
@@ -122,7 +130,7 @@ def run(args) -> int:
                 resume=args.resume,
             )
         finally:
-            if args.ray:
+            if args.ray or args.workers != 1:
                 encoder.close()
     info = index.info()
     build = info["build"]

@@ -1,0 +1,152 @@
+"""Documents encoded by several processes of this machine, one CPU thread each (``mvr index
+--workers N``), and the dealing of a corpus's batches to workers that Ray's encoder shares.
+
+At one document per run (the int8 runtime) ONNX Runtime spreads a run over threads poorly; two
+processes of one thread each do better (docs/scale.md has the figures). Each worker encodes
+whole batches of the encoder's own (documents sorted by length, a batch every ``batch_size``,
+one document per run for int8), so every batch holds what it holds in one process, and the index
+is the one a single process builds, byte for byte (tests/test_workers.py). The workers run on
+the CPU: a GPU encodes in one process (``--device``).
+"""
+
+from __future__ import annotations
+
+import multiprocessing
+import os
+import signal
+import threading
+from concurrent.futures import ProcessPoolExecutor
+from concurrent.futures.process import BrokenProcessPool
+
+import numpy as np
+
+from ..errors import ConfigError, EncoderError
+from .encoder import Encoder
+from .tokens import TokenVectors
+
+
+def deal(encoder: Encoder, texts: list[str], parts: int, batch_size: int | None = None) -> list[np.ndarray]:
+    """The positions in ``texts`` that each of ``parts`` workers encodes: ``encoder``'s batches,
+    in its order (longest first), dealt round-robin, so the workers' loads stay even and each
+    worker, sorting its share by length again, cuts the same batches."""
+    lengths = [len(s) for s in encoder.tokenize_documents(texts)]
+    order = np.argsort([-n for n in lengths], kind="stable")  # as Encoder._encode orders them
+    batch = 1 if encoder.doc_runtime == "onnx-int8" else batch_size or encoder.batch_size  # as Encoder._encode batches
+    batches = [order[start : start + batch] for start in range(0, len(order), batch)]
+    return [np.concatenate([np.zeros(0, np.int64), *batches[w::parts]]).astype(np.int64) for w in range(parts)]
+
+
+def join(n_texts: int, pieces: list[tuple[np.ndarray, tuple]]) -> TokenVectors:
+    """One :class:`TokenVectors` of ``n_texts`` texts in their order, from each worker's
+    ``(positions, (vectors, offsets, truncated, token_ids))``."""
+    rows: list = [None] * n_texts
+    ids: list = [None] * n_texts
+    truncated = np.zeros(n_texts, dtype=bool)
+    for chosen, (vectors, offsets, cut, token_ids) in pieces:
+        for j, i in enumerate(chosen):
+            rows[i] = vectors[offsets[j] : offsets[j + 1]]
+            ids[i] = None if token_ids is None else token_ids[offsets[j] : offsets[j + 1]]
+            truncated[i] = bool(cut[j])
+    offsets = np.zeros(n_texts + 1, dtype=np.int64)
+    np.cumsum([len(r) for r in rows], out=offsets[1:])
+    token_ids = None if any(i is None for i in ids) else np.concatenate(ids).astype(np.int32)
+    return TokenVectors(np.concatenate(rows).astype(np.float32), offsets, truncated, token_ids)
+
+
+def worker_settings(encoder: Encoder, threads: int) -> dict:
+    """What a worker needs to make the same encoder as ``encoder`` with ``threads`` threads."""
+    return {"model": None if encoder.is_default else str(encoder.path), "threads": threads, "doc_runtime": encoder.doc_runtime,
+            "query_maxlen": encoder.spec.query_maxlen, "doc_maxlen": encoder.spec.doc_maxlen, "batch_size": encoder.batch_size}
+
+
+_WORKER: Encoder | None = None  # the encoder of a worker process
+
+
+def _start(config: dict) -> None:
+    global _WORKER
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is the parent's to handle: it stops the pool
+    threading.Thread(target=_orphaned, daemon=True).start()
+    _WORKER = Encoder(**config)
+
+
+def _orphaned() -> None:
+    """End this worker once the process that started it is gone (killed, even by SIGKILL: the
+    pool's own shutdown never comes then, and an idle worker would wait for work forever)."""
+    parent = multiprocessing.parent_process()
+    if parent is not None:
+        parent.join()  # returns when the parent's end of the pipe closes, as it does when the parent dies
+        os._exit(1)
+
+
+def _ready() -> bool:
+    return _WORKER is not None
+
+
+def _encode(texts: list[str], batch_size: int | None):
+    found = _WORKER.encode_documents(texts, batch_size=batch_size, show_progress=False)
+    return found.vectors, found.offsets, found.truncated, found.token_ids
+
+
+class ProcessEncoder:
+    """An :class:`Encoder` whose :meth:`encode_documents` runs in ``workers`` processes of one
+    thread each (started once, each with its own copy of the model); everything else (the
+    tokenizer, queries, the identity an index records) is the local encoder's, made with the same
+    settings. :meth:`close` (or ``with``) stops the processes.
+
+    The workers are fresh interpreters (multiprocessing's "spawn"; a fork would copy this
+    process's thread pools and locks), which import the main module again: a script that makes a
+    ProcessEncoder does so under ``if __name__ == "__main__":``, as with any process pool."""
+
+    def __init__(self, model=None, *, workers: int = 2, **options):
+        if not isinstance(workers, int) or isinstance(workers, bool) or workers < 1:
+            raise ConfigError(f"--workers must be a positive integer, got {workers!r}.")
+        fixed = sorted(options.keys() & {"threads", "device", "precision"})
+        if fixed:
+            raise ConfigError(f"worker processes run on the CPU with one thread each: {', '.join(fixed)} cannot be set for them (a GPU encodes in one process: Encoder(device=...)).")
+        self.local = Encoder(model, threads=1, device="cpu", **options)
+        self.workers = workers
+        context = multiprocessing.get_context("spawn")
+        self._pool = ProcessPoolExecutor(workers, mp_context=context, initializer=_start, initargs=({**worker_settings(self.local, 1), "device": "cpu"},))
+        self._started = [self._pool.submit(_ready) for _ in range(workers)]  # the workers load the model while the corpus is read
+
+    def __getattr__(self, name):
+        return getattr(self.local, name)
+
+    def __enter__(self) -> "ProcessEncoder":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+    def close(self) -> None:
+        """Stop the workers now: idle ones, or ones still encoding for a build that failed or was
+        interrupted (nothing waits for their part; they ignore Ctrl-C, so they are terminated)."""
+        processes = list((getattr(self._pool, "_processes", None) or {}).values())
+        self._pool.shutdown(wait=False, cancel_futures=True)
+        for process in processes:
+            process.terminate()
+        for process in processes:
+            process.join(timeout=30)
+        self._pool.shutdown(wait=True)  # its queues closed, their semaphores released
+
+    def encode_documents(self, texts, *, batch_size=None, threads=None, show_progress=None) -> TokenVectors:
+        texts = list(texts)
+        if not texts:
+            return self.local.encode_documents(texts)
+        wrong = next((i for i, text in enumerate(texts) if not isinstance(text, str)), None)
+        if wrong is not None:  # the local encoder's message, before any worker is asked
+            raise EncoderError(f"text #{wrong} is a {type(texts[wrong]).__name__}, expected str.")
+        parts = [p for p in deal(self.local, texts, self.workers, batch_size) if len(p)]
+        pieces = []
+        try:
+            futures = [(p, self._pool.submit(_encode, [texts[i] for i in p], batch_size)) for p in parts]
+            for chosen, future in futures:
+                pieces.append((chosen, future.result()))
+                if hasattr(show_progress, "update"):
+                    show_progress.update(len(chosen))
+        except BrokenProcessPool:
+            raise EncoderError(
+                "a worker process of --workers stopped (out of memory, killed, or it could not start: a script that encodes with "
+                "worker processes must do so under `if __name__ == \"__main__\":`); encode again, with fewer workers or none."
+            ) from None
+        return join(len(texts), pieces)

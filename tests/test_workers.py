@@ -1,0 +1,123 @@
+"""Encoding in local worker processes (mvr/encode/pool.py, ``mvr index --workers N``): the batches
+dealt to the workers are the encoder's own, and the index is the one a single process writes."""
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from conftest import DOCS, segment_path
+from mvr import Encoder, Index, IndexConfig
+from mvr.cli import main
+from mvr.encode.pool import ProcessEncoder, deal
+from mvr.errors import ConfigError, EncoderError
+
+
+def corpus():
+    return [{"id": f"{i}-{n}", "title": t, "text": f"{x} {n}" + " more" * (n % 5), "metadata": {"n": n}} for n in range(9) for i, t, x in DOCS]
+
+
+@pytest.mark.parametrize("runtime,batch", [("onnx-int8", 1), ("torch", 4)])
+def test_deal_gives_each_worker_whole_batches_of_the_encoders_order(models, runtime, batch):
+    encoder = Encoder(str(models["plain"]), doc_runtime=runtime, batch_size=4)
+    texts = [d["text"] for d in corpus()]
+    parts = deal(encoder, texts, 3)
+    assert sorted(np.concatenate(parts).tolist()) == list(range(len(texts)))  # every text once
+    lengths = np.array([len(s) for s in encoder.tokenize_documents(texts)])
+    order = np.argsort(-lengths, kind="stable")
+    batches = [order[s : s + batch].tolist() for s in range(0, len(order), batch)]
+    for w, part in enumerate(parts):
+        again = part[np.argsort(-lengths[part], kind="stable")]  # how the worker orders its share
+        assert [again[s : s + batch].tolist() for s in range(0, len(again), batch)] == batches[w::3]
+
+
+@pytest.mark.parametrize("runtime", ["onnx-int8", "torch"])
+def test_a_build_in_worker_processes_writes_the_same_index(tmp_path, models, runtime):
+    config = IndexConfig(model=str(models["plain"]), doc_runtime=runtime, batch_size=4, sparse=("bm25s",))
+    local = Index.build(corpus(), tmp_path / "local", config=config, chunk_size=30)
+    with ProcessEncoder(str(models["plain"]), workers=2, doc_runtime=runtime, batch_size=4) as encoder:
+        pooled = Index.build(corpus(), tmp_path / "pooled", config=config, encoder=encoder, chunk_size=30)
+        with pytest.raises(EncoderError, match="text #1 is a int"):
+            encoder.encode_documents(["fine", 3])
+    a, b = segment_path(local), segment_path(pooled)
+    for name in ("vectors.npy", "token_ids.npy", "doc_offsets.npy", "doc_ids.npy", "text.bin", "fde/fde.faiss"):
+        assert (a / name).read_bytes() == (b / name).read_bytes(), name
+    assert pooled.config == local.config and pooled.manifest["encoder"] == local.manifest["encoder"]
+    assert pooled.search("which animal purrs", k=3).doc_ids == local.search("which animal purrs", k=3).doc_ids
+
+
+def test_the_index_command_encodes_in_workers(tmp_path, models, beir, capsys):
+    assert main(["index", str(beir / "corpus.jsonl"), "--path", str(tmp_path / "cli"), "--model", str(models["plain"]), "--workers", "2", "--quiet"]) == 0
+    assert "indexed 8 documents" in capsys.readouterr().out
+    one = Index.open(tmp_path / "cli")
+    assert one.search("which animal purrs", k=1)[0][0].id == Index.build(str(beir / "corpus.jsonl"), tmp_path / "one", config=IndexConfig(model=str(models["plain"])), show_progress=False).search("which animal purrs", k=1)[0][0].id
+    for argv, message in ((["--workers", "0"], "--workers must be a positive integer"), (["--workers", "2", "--precision", "bf16"], "does not go with")):
+        assert main(["index", str(beir / "corpus.jsonl"), "--path", str(tmp_path / "x"), "--model", str(models["plain"]), *argv]) != 0
+        assert message in capsys.readouterr().err
+    assert main(["index", "--from", str(tmp_path / "cli"), "--path", str(tmp_path / "y"), "--workers", "2"]) != 0
+    assert "apply to encoding a CORPUS" in capsys.readouterr().err
+    with pytest.raises(ConfigError, match="positive integer"):
+        ProcessEncoder(str(models["plain"]), workers=True)
+    for option in ({"threads": 2}, {"device": "cuda"}, {"precision": "bf16"}):
+        with pytest.raises(ConfigError, match="one thread each"):
+            ProcessEncoder(str(models["plain"]), **option)
+
+
+def _children(pid: int) -> set[int]:
+    """The live worker processes of the pool whose parent is ``pid`` (from /proc: spawn's
+    children, not its resource tracker)."""
+    found = set()
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                fields = (entry / "stat").read_text().rsplit(")", 1)[1].split()
+                command = (entry / "cmdline").read_bytes()
+            except OSError:
+                continue
+            if int(fields[1]) == pid and fields[0] != "Z" and b"spawn_main" in command:
+                found.add(int(entry.name))
+    return found
+
+
+def _alive(pid: int) -> bool:
+    """Whether process ``pid`` still runs (a zombie, ended and not yet reaped, does not)."""
+    try:
+        return (Path(f"/proc/{pid}") / "stat").read_text().rsplit(")", 1)[1].split()[0] != "Z"
+    except OSError:
+        return False
+
+
+@pytest.mark.skipif(not Path("/proc/self/stat").exists(), reason="reads /proc")
+def test_workers_end_when_their_build_is_killed(tmp_path, models):
+    """SIGKILL of a build with --workers: no worker process is left behind, no index appears,
+    and the same build then completes."""
+    corpus_file = tmp_path / "corpus.jsonl"
+    corpus_file.write_text("".join(json.dumps({"id": f"d{n}", "text": f"{DOCS[n % 8][2]} {n} " * 6}) + "\n" for n in range(20000)))
+    argv = [sys.executable, "-m", "mvr.cli", "index", str(corpus_file), "--path", str(tmp_path / "idx"), "--model", str(models["plain"]), "--workers", "2", "--quiet"]
+    build = subprocess.Popen(argv, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, env={**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)})
+    try:
+        deadline = time.monotonic() + 120
+        while len(_children(build.pid)) < 2 and time.monotonic() < deadline and build.poll() is None:
+            time.sleep(0.2)
+        workers = _children(build.pid)
+        assert len(workers) == 2, build.stderr.read().decode() if build.poll() is not None else "no workers started"
+        time.sleep(2.0)  # the workers are encoding
+    finally:
+        build.send_signal(signal.SIGKILL)
+        build.wait(timeout=60)
+    deadline = time.monotonic() + 30
+    while any(map(_alive, workers)) and time.monotonic() < deadline:
+        time.sleep(0.2)
+    left = [p for p in workers if _alive(p)]
+    assert not left, f"worker processes {left} outlived their killed build"
+    assert not (tmp_path / "idx").exists()
+    small = tmp_path / "small.jsonl"
+    small.write_text("".join(json.dumps({"id": f"d{n}", "text": DOCS[n % 8][2]}) + "\n" for n in range(40)))
+    assert main(["index", str(small), "--path", str(tmp_path / "idx"), "--model", str(models["plain"]), "--workers", "2", "--quiet"]) == 0
+    assert len(Index.open(tmp_path / "idx").doc_ids) == 40
