@@ -45,6 +45,7 @@ def server(home, default_encoder):
     [
         {}, {"first_stage": "exhaustive"}, {"first_stage": "fde", "candidates": 4}, {"first_stage": "bm25s", "rerank": False}, {"filter": {"year": {"$gte": 2021}}},
         {"first_stage": "fde+bm25s", "candidates": 6, "fusion": "weighted", "weights": {"maxsim": 0.6, "bm25s": 0.4}}, {"preset": "none"},
+        {"first_stage": "exhaustive", "prf": "colbert"},
     ],
 )
 def test_search_over_http_answers_what_search_in_process_does(server, home, default_encoder, options):

@@ -15,6 +15,7 @@ import multiprocessing
 import os
 import signal
 import threading
+import warnings
 from concurrent.futures import ProcessPoolExecutor
 from concurrent.futures.process import BrokenProcessPool
 
@@ -104,6 +105,12 @@ class ProcessEncoder:
         if fixed:
             raise ConfigError(f"worker processes run on the CPU with one thread each: {', '.join(fixed)} cannot be set for them (a GPU encodes in one process: Encoder(device=...)).")
         self.local = Encoder(model, threads=1, device="cpu", **options)
+        if self.local.doc_runtime != "torch":  # one ONNX export, made here: every worker reads it from the cache
+            try:
+                self.local._onnx.exported(quantized=self.local.doc_runtime == "onnx-int8")
+            except Exception as error:  # an architecture the exporter cannot handle: every process runs PyTorch, as the index records
+                warnings.warn(f"mvr: documents fall back to PyTorch; ONNX export of {self.local.name} failed: {error}", stacklevel=2)
+                self.local.doc_runtime = "torch"
         self.workers = workers
         context = multiprocessing.get_context("spawn")
         self._pool = ProcessPoolExecutor(workers, mp_context=context, initializer=_start, initargs=({**worker_settings(self.local, 1), "device": "cpu"},))
