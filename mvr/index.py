@@ -30,7 +30,7 @@ from .encode.encoder import identity_differences
 from .errors import EncoderError, EncoderMismatchError, MvrError, QueryError
 from .explain import explain_results
 from .fusion import stage_signals
-from .registry import EXHAUSTIVE, STAGES
+from .registry import EXHAUSTIVE, STAGES, needs_vectors
 from .results import Hit, Results
 from .search import SearchOptions
 from .segment import Commit, Segment, describe_index, open_commit, stage_bytes
@@ -288,7 +288,7 @@ class Index(Changes):
         explain = options.pop("explain", False)
         opts, k = self._options(k, first_stage, candidates, options, with_texts=True)
         started = time.perf_counter()
-        encoded = self.encode_queries(texts, threads=threads) if explain or opts.rerank or pipeline.needs_vectors(opts.first_stage) else None
+        encoded = self.encode_queries(texts, threads=threads) if explain or opts.rerank or needs_vectors(opts.first_stage) else None
         encode_ms = (time.perf_counter() - started) * 1e3
         results = self._run(encoded, k, texts, opts, threads)
         results.timings = {"encode": encode_ms, **results.timings}

@@ -15,7 +15,7 @@ from .errors import EncoderMismatchError, QueryError
 from .feedback import COLBERT_PRF, expand
 from .fusion import FUSIONS, check_weights, fuse, signal_scores, text_signals
 from .passages import GROUPS, best_per_document
-from .registry import EXHAUSTIVE, FIRST_STAGES, HYBRIDS, STAGES, needs_texts, needs_vectors, parse_stage  # noqa: F401 (needs_vectors: Index reads it here)
+from .registry import EXHAUSTIVE, FIRST_STAGES, HYBRIDS, STAGES, needs_texts, needs_vectors, parse_stage
 from .results import Results
 from .stages.base import Candidates, QueryBatch
 from .stages.hybrid import union_candidates

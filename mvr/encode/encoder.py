@@ -215,6 +215,12 @@ class Encoder:
         """Token vectors of documents (truncated at ``doc_maxlen`` tokens; skiplist tokens dropped)."""
         return self._encode(list(texts), is_query=False, batch_size=batch_size, threads=threads, show_progress=show_progress)
 
+    def document_batch(self, batch_size: int | None = None) -> int:
+        """Documents per run: ``batch_size`` (default the encoder's), or one under the int8 runtime,
+        whose activations are quantised over the whole run: alone, a document's vectors do not
+        depend on batch-mates (and no padding is wasted; on SciFact no slower than batches of 32)."""
+        return 1 if self.doc_runtime == "onnx-int8" else batch_size or self.batch_size
+
     def tokenize_documents(self, texts: Sequence[str]) -> list[list[int]]:
         """The model input ids of each document (markers and special tokens included, truncated)."""
         return self._token_ids(list(texts), is_query=False)[0]
@@ -300,12 +306,7 @@ class Encoder:
             if not isinstance(text, str):
                 raise EncoderError(f"text #{i} is a {type(text).__name__}, expected str.")
         sequences, truncated = self._token_ids(texts, is_query)
-        batch_size = batch_size or self.batch_size
-        if not is_query and self.doc_runtime == "onnx-int8":
-            # Dynamic quantisation scales activations over the whole run: one document per run
-            # keeps each document's vectors independent of its batch-mates (and wastes no padding;
-            # on SciFact it is no slower than batches of 32).
-            batch_size = 1
+        batch_size = self.document_batch(batch_size) if not is_query else batch_size or self.batch_size
         order = np.argsort([-len(s) for s in sequences], kind="stable")
         results: list[np.ndarray | None] = [None] * len(texts)
         ids_out: list[np.ndarray | None] = [None] * len(texts)

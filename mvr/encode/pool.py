@@ -32,7 +32,7 @@ def deal(encoder: Encoder, texts: list[str], parts: int, batch_size: int | None 
     worker, sorting its share by length again, cuts the same batches."""
     lengths = [len(s) for s in encoder.tokenize_documents(texts)]
     order = np.argsort([-n for n in lengths], kind="stable")  # as Encoder._encode orders them
-    batch = 1 if encoder.doc_runtime == "onnx-int8" else batch_size or encoder.batch_size  # as Encoder._encode batches
+    batch = encoder.document_batch(batch_size)
     batches = [order[start : start + batch] for start in range(0, len(order), batch)]
     return [np.concatenate([np.zeros(0, np.int64), *batches[w::parts]]).astype(np.int64) for w in range(parts)]
 
