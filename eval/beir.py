@@ -156,7 +156,7 @@ def evaluate(
     ``ignore_identical_ids``: drop a retrieved document whose id is the query's, as
     BEIR does by default. Returns (report, {run label: run}).
     """
-    from ..search import DEFAULT_CANDIDATES
+    from ..config import DEFAULT_CANDIDATES
     from ..search_presets import resolve
     from ..threads import cpu_threads
 

@@ -153,7 +153,7 @@ def component_bytes(path: Path) -> dict[str, int]:
 
 def run(args) -> dict:
     from mvr import Index
-    from mvr.search import default_candidates
+    from mvr.config import default_candidates
 
     made = args.index_dir is None
     folder = Path(tempfile.mkdtemp(prefix="mvr-scale-")) if made else Path(args.index_dir)

@@ -22,6 +22,18 @@ DEFAULT_DOC_RUNTIME = "onnx-int8"
 # (SearchOptions.nprobe / ef_search): IVF lists probed, HNSW search breadth.
 FDE_NPROBE = 32
 FDE_EF_SEARCH = 256
+# Candidates reranked when a search names none, except after the centroid stage alone, whose
+# centroid scores order documents more coarsely: 256 find 96% of the exhaustive top-10 on the
+# synthetic 10k corpus, 128 find 92% (docs/scale.md).
+DEFAULT_CANDIDATES = 100
+STAGE_CANDIDATES = {"centroids": 256}
+
+
+def default_candidates(stage: str | None) -> int:
+    """Candidates reranked after the first stage ``stage`` when the search names none."""
+    return STAGE_CANDIDATES.get(stage, DEFAULT_CANDIDATES)
+
+
 # Above this many documents, a build's default vector first stage is the centroid stage instead of
 # the flat FDE: the FDE holds 40 KiB per document and scans them all for every query (13.7 ms per
 # 5,183 documents on SciFact, docs/fde.md: 27 ms at 10,000), while the centroid stage holds a few

@@ -10,29 +10,18 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from .config import CENTROID_PROBE, FDE_EF_SEARCH, FDE_NPROBE
+from .config import CENTROID_PROBE, FDE_EF_SEARCH, FDE_NPROBE, default_candidates
 from .errors import EncoderMismatchError, QueryError
 from .feedback import COLBERT_PRF, expand
+from .first_stage import exhaustive, first_stage
 from .fusion import FUSIONS, check_weights, fuse, signal_scores, text_signals
 from .passages import GROUPS, best_per_document
-from .registry import EXHAUSTIVE, FIRST_STAGES, HYBRIDS, STAGES, needs_texts, needs_vectors, parse_stage
+from .registry import EXHAUSTIVE, FIRST_STAGES, HYBRIDS, needs_texts, needs_vectors, parse_stage
 from .results import Results
 from .stages.base import Candidates, QueryBatch
-from .stages.hybrid import union_candidates
 from .threads import cpu_threads
 
-DEFAULT_CANDIDATES = 100  # candidates reranked when the caller names none ...
-# ... except after the centroid stage alone, whose centroid scores order documents more coarsely:
-# 256 find 96% of the exhaustive top-10 on the synthetic 10k corpus, 128 find 92% (docs/scale.md)
-STAGE_CANDIDATES = {"centroids": 256}
-
-
-def default_candidates(stage: str | None) -> int:
-    """Candidates reranked after the first stage ``stage`` when the caller names none."""
-    return STAGE_CANDIDATES.get(stage, DEFAULT_CANDIDATES)
-VECTOR_STAGES = tuple(name for name, entry in STAGES.items() if entry.reads == "vectors")  # the fallback of a text stage that finds nothing
 PRF = ("rm3", "colbert")  # pseudo-relevance feedback methods (SearchOptions.prf)
-_QUERY_CHUNK = 64  # queries scored together by the exhaustive kernel (bounds the score matrix)
 
 
 def _is_int(value) -> bool:
@@ -189,81 +178,6 @@ def query_batch(queries, texts, opts: SearchOptions, dim: int, owner: str, encod
     if not np.isfinite(vectors).all():
         raise QueryError("query vectors hold NaN or infinite values; encode the queries with the index's encoder (Index.encode_queries).")
     return QueryBatch(None if texts is None else list(texts), vectors, np.asarray(queries.offsets, dtype=np.int64))
-
-
-def exhaustive(segment, queries: QueryBatch, k: int, allowed: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray, float]:
-    """Exact MaxSim of every query against every document of a segment (``allowed``: only those);
-    ``(positions, scores, milliseconds)`` of the top-k."""
-    from ._kernels import topk_rows
-
-    started = time.perf_counter()
-    parts = []
-    vectors, offsets = queries.vectors, queries.offsets
-    if allowed is not None and allowed.mean() < 0.5:
-        # few documents match: score only those, one query at a time; the -1 appended maps the
-        # "no result" slots of top-k to -1
-        rows = np.append(np.flatnonzero(allowed), -1).astype(np.int64)
-        for q in range(len(offsets) - 1):
-            best, top = topk_rows(segment.scorer.score(queries.query(q), rows[:-1])[None, :], k)
-            parts.append((rows[best], top))
-    else:
-        for start in range(0, len(offsets) - 1, _QUERY_CHUNK):
-            stop = min(start + _QUERY_CHUNK, len(offsets) - 1)
-            block = vectors[offsets[start] : offsets[stop]]
-            scores = segment.scorer.score_all(block, offsets[start : stop + 1] - offsets[start])
-            if allowed is not None:
-                scores[:, ~allowed] = -np.inf
-            parts.append(topk_rows(scores, k))
-    indices = np.concatenate([p[0] for p in parts])
-    top = np.concatenate([p[1] for p in parts])
-    if allowed is not None:
-        indices[top == -np.inf] = -1  # fewer documents match than k
-    return indices, top, (time.perf_counter() - started) * 1e3
-
-
-def candidates(state, searched: list[tuple], queries: QueryBatch, opts: SearchOptions, stage: str, n: int) -> list[Candidates]:
-    """Per query, the ``n`` best candidates of the single first stage ``stage`` over the
-    ``searched`` segments of ``state`` (``(segment number, allowed rows)`` each): every segment's
-    own best ``n``, merged by score (the FDE's compare across segments; BM25's nearly, each
-    segment weighing terms by its own statistics). Positions are the commit's."""
-    found = []
-    for s, allowed in searched:
-        segment = state.segments[s]
-        m = min(n, segment.n_docs if allowed is None else int(allowed.sum()))
-        rows = segment.stage(stage).search(queries, m, opts, allowed) if m else [Candidates.empty()] * len(queries)
-        found.append((state.bases[s], rows))
-    merged = []
-    for q in range(len(queries)):
-        positions = np.concatenate([np.zeros(0, np.int64), *(rows[q].positions + base for base, rows in found)])
-        scores = np.concatenate([np.zeros(0, np.float32), *(rows[q].scores for _, rows in found)])
-        order = np.argsort(-scores, kind="stable")[:n]  # one segment: its own order, ties included
-        merged.append(Candidates(positions[order], scores[order]))
-    return merged
-
-
-def first_stage(state, searched: list[tuple], queries: QueryBatch, opts: SearchOptions) -> tuple[list[Candidates], int]:
-    """Per query, the candidates of ``opts.first_stage`` over the searched segments, as one index
-    would find them (a hybrid joins the two merged rankings); and how many queries a text stage
-    found nothing for (no searchable terms), answered by a vector stage (or every allowed document)."""
-    total = sum(state.segments[s].n_docs if allowed is None else int(allowed.sum()) for s, allowed in searched)
-    n = min(opts.candidates or default_candidates(opts.first_stage), total)
-    parts = parse_stage(opts.first_stage)
-    if len(parts) == 2:
-        dense, sparse = (candidates(state, searched, queries, opts, part, n) for part in parts)
-        found = [union_candidates(d.positions, t.positions, round(opts.dense_share * n), n) for d, t in zip(dense, sparse)]
-    else:
-        found = candidates(state, searched, queries, opts, parts[0], n)
-    if needs_vectors(opts.first_stage):
-        return found, 0
-    empty = [q for q, one in enumerate(found) if len(one.positions) == 0]
-    vector = next((name for name in VECTOR_STAGES if all(state.segments[s].has_stage(name) for s, _ in searched)), None)
-    for q in empty if queries.vectors is not None else ():
-        if vector is not None:
-            found[q] = candidates(state, searched, queries.only(q), opts, vector, n)[0]
-        else:
-            every = [state.bases[s] + (np.arange(state.segments[s].n_docs) if allowed is None else np.flatnonzero(allowed)) for s, allowed in searched]
-            found[q] = Candidates(np.concatenate(every).astype(np.int64), np.zeros(sum(map(len, every)), dtype=np.float32))
-    return found, len(empty)
 
 
 def run(state, queries: QueryBatch, k: int, opts: SearchOptions, threads: int | None = None) -> Results:

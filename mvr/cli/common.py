@@ -7,10 +7,10 @@ import argparse
 import json
 from pathlib import Path
 
-from ..config import CLUSTER_METHODS, KEEP_CLASSES, PRESETS, PRUNE_RULES, FDEConfig, IndexConfig
+from ..config import CLUSTER_METHODS, DEFAULT_CANDIDATES, KEEP_CLASSES, PRESETS, PRUNE_RULES, FDEConfig, IndexConfig
 from ..registry import CODECS, FIRST_STAGES
 from ..fusion import FUSIONS, SIGNALS
-from ..search import DEFAULT_CANDIDATES, PRF, SearchOptions
+from ..search import PRF, SearchOptions
 
 
 def add_common(parser: argparse.ArgumentParser) -> None:
