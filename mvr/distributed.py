@@ -18,13 +18,14 @@ by Ray actors. Both give exactly what one process gives.
   merging candidates across segments and the final top-k run in the coordinator, as in one process.
 
 Every machine reads the index at the same path (a shared filesystem). The coordinator asks the
-shards one after another; running them at once is the next step.
+shards at once (:meth:`mvr.segment.Commit.each`): a thread per segment waits for its answer.
 """
 
 from __future__ import annotations
 
 import copy
 import os
+from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
 
@@ -33,6 +34,7 @@ from .encode.pool import deal, join, worker_settings
 from .errors import ConfigError, missing_extra
 from .registry import STAGES, parse_stage
 from .segment import Commit
+from .threads import cpu_threads
 
 
 def _ray():
@@ -122,38 +124,35 @@ def _owned(value):
     return value
 
 
-class _Shard:
-    """A Ray actor holding some segments of an index, opened."""
+# What a shard does for the coordinator, on one of its segments.
+_CALLS = {
+    "search": lambda segment, stage, *args: segment.stage(stage).search(*args),
+    "stage_score": lambda segment, stage, *args: segment.stage(stage).score(*args),
+    "score": lambda segment, *args: segment.tokens.score(*args),
+    "early_exit": lambda segment, *args: segment.tokens.early_exit(*args),
+    "score_all": lambda segment, *args: segment.tokens.score_all(*args),
+    "mask": lambda segment, *args: segment.metadata.mask(*args),
+    "document": lambda segment, *args: segment.document(*args),
+}
 
-    def __init__(self, path: str, names: list[str]):
+
+class _Shard:
+    """A Ray actor holding some segments of an index, opened; it answers one call at a time, with
+    ``threads`` CPU threads (None: the library defaults)."""
+
+    def __init__(self, path: str, names: list[str], threads: int | None):
         from .index import Index
 
         index = Index.open(path)
+        self.threads = threads
         self.segments = {s.path.name: s for s in index.segments if s.path.name in names}
         missing = sorted(set(names) - set(self.segments))
         if missing:
             raise ConfigError(f"segments {missing} are not in the current commit of {path}; open the sharded index again.")
 
-    def search(self, name, stage, queries, n, options, allowed):
-        return self.segments[name].stage(stage).search(queries, n, options, allowed)
-
-    def score(self, name, query, rows):
-        return self.segments[name].tokens.score(query, rows)
-
-    def stage_score(self, name, stage, queries, rows):
-        return self.segments[name].stage(stage).score(queries, rows)
-
-    def early_exit(self, name, query, rows, k, patience):
-        return self.segments[name].tokens.early_exit(query, rows, k, patience)
-
-    def score_all(self, name, queries, offsets):
-        return self.segments[name].tokens.score_all(queries, offsets)
-
-    def mask(self, name, spec):
-        return self.segments[name].metadata.mask(spec)
-
-    def document(self, name, row):
-        return self.segments[name].document(row)
+    def call(self, name: str, method: str, *args):
+        with cpu_threads(self.threads, "numba", "faiss", "blas"):
+            return _CALLS[method](self.segments[name], *args)
 
 
 class _Remote:
@@ -168,7 +167,7 @@ class _Remote:
         self.scorer = self.tokens
 
     def call(self, method: str, *args):
-        return _owned(_ray().get(getattr(self.actor, method).remote(self.name, *args)))
+        return _owned(_ray().get(self.actor.call.remote(self.name, method, *args)))
 
     def has_stage(self, name: str) -> bool:
         return all(self._has.get(part, False) for part in parse_stage(name))
@@ -217,25 +216,36 @@ class _RemoteMetadata:
 
 
 class ShardedIndex:
-    """An index searched by ``shards`` Ray actors, segment ``i`` held by actor ``i % shards``.
-    :meth:`search` takes what :meth:`mvr.Index.search` takes and returns the same results."""
+    """An index searched by ``shards`` Ray actors, segment ``i`` held by actor ``i % shards``, each
+    running its calls with ``threads`` CPU threads (None: all the cores it sees).
+    :meth:`search` takes what :meth:`mvr.Index.search` takes and returns the same results. The
+    coordinator asks every shard at once (a thread per segment waits for its answer); a shard
+    holding several segments answers for them one after another."""
 
-    def __init__(self, name_or_path, *, shards: int = 2, home=None):
+    def __init__(self, name_or_path, *, shards: int = 2, threads: int | None = None, home=None):
         from .index import Index
 
         ray = _ray()
-        if not isinstance(shards, int) or shards < 1:
-            raise ConfigError(f"shards must be a positive integer, got {shards!r}.")
+        for name, value in (("shards", shards), ("threads", 1 if threads is None else threads)):
+            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+                raise ConfigError(f"{name} must be a positive integer, got {value!r}.")
         self.index = Index.open(name_or_path, home=home)
         state = self.index._state
         names = [s.path.name for s in state.segments]
         actor = ray.remote(num_cpus=0)(_Shard)
-        self.actors = [actor.remote(str(self.index.path), names[i::shards]) for i in range(min(shards, len(names)))]
+        self.actors = [actor.remote(str(self.index.path), names[i::shards], threads) for i in range(min(shards, len(names)))]
         remote = [_Remote(self.actors[i % len(self.actors)], segment) for i, segment in enumerate(state.segments)]
         sharded = Commit(state.index_name, state.generation, remote, state.deleted, state.record)
         sharded.__dict__.update({k: v for k, v in state.__dict__.items() if k not in sharded.__dict__})  # config, manifest, ...
+        self.pool = ThreadPoolExecutor(max_workers=max(1, len(remote)), thread_name_prefix="mvr-shard")
+        sharded.each = self.each
         self.view = copy.copy(self.index)  # the same Index, reading the shards' stand-ins
         self.view._state = sharded
+
+    def each(self, work, items) -> list:
+        """:meth:`mvr.segment.Commit.each` with the segments' calls made at once."""
+        items = list(items)
+        return [work(item) for item in items] if len(items) < 2 else list(self.pool.map(work, items))
 
     def search(self, queries, k: int = 10, **options):
         """:meth:`mvr.Index.search` over the shards (queries are encoded here; no ``explain``)."""
@@ -249,6 +259,7 @@ class ShardedIndex:
 
     def close(self) -> None:
         ray = _ray()
+        self.pool.shutdown(wait=True)
         for actor in self.actors:
             ray.kill(actor)
         self.actors = []

@@ -4,7 +4,6 @@ top-k of a segment (:func:`exhaustive`), and a first stage's candidates over sev
 
 from __future__ import annotations
 
-import time
 from typing import TYPE_CHECKING
 
 import numpy as np
@@ -21,12 +20,11 @@ VECTOR_STAGES = tuple(name for name, entry in STAGES.items() if entry.reads == "
 _QUERY_CHUNK = 64  # queries scored together by the exhaustive kernel (bounds the score matrix)
 
 
-def exhaustive(segment, queries: QueryBatch, k: int, allowed: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray, float]:
+def exhaustive(segment, queries: QueryBatch, k: int, allowed: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
     """Exact MaxSim of every query against every document of a segment (``allowed``: only those);
-    ``(positions, scores, milliseconds)`` of the top-k."""
+    ``(positions, scores)`` of the top-k."""
     from ._kernels import topk_rows
 
-    started = time.perf_counter()
     parts = []
     vectors, offsets = queries.vectors, queries.offsets
     if allowed is not None and allowed.mean() < 0.5:
@@ -48,7 +46,7 @@ def exhaustive(segment, queries: QueryBatch, k: int, allowed: np.ndarray | None 
     top = np.concatenate([p[1] for p in parts])
     if allowed is not None:
         indices[top == -np.inf] = -1  # fewer documents match than k
-    return indices, top, (time.perf_counter() - started) * 1e3
+    return indices, top
 
 
 def candidates(state, searched: list[tuple], queries: QueryBatch, opts: SearchOptions, stage: str, n: int) -> list[Candidates]:
@@ -56,12 +54,14 @@ def candidates(state, searched: list[tuple], queries: QueryBatch, opts: SearchOp
     ``searched`` segments of ``state`` (``(segment number, allowed rows)`` each): every segment's
     own best ``n``, merged by score (the FDE's compare across segments; BM25's nearly, each
     segment weighing terms by its own statistics). Positions are the commit's."""
-    found = []
-    for s, allowed in searched:
+
+    def search(one: tuple) -> tuple:
+        s, allowed = one
         segment = state.segments[s]
         m = min(n, segment.n_docs if allowed is None else int(allowed.sum()))
-        rows = segment.stage(stage).search(queries, m, opts, allowed) if m else [Candidates.empty()] * len(queries)
-        found.append((state.bases[s], rows))
+        return state.bases[s], segment.stage(stage).search(queries, m, opts, allowed) if m else [Candidates.empty()] * len(queries)
+
+    found = state.each(search, searched)
     merged = []
     for q in range(len(queries)):
         positions = np.concatenate([np.zeros(0, np.int64), *(rows[q].positions + base for base, rows in found)])

@@ -90,11 +90,14 @@ def signal_scores(state, queries, found: list, weights: dict) -> list[dict[str, 
     if not names:
         return out
     owners = [state.segment_of(one.positions) for one in found]
-    for s in np.unique(np.concatenate([np.zeros(0, np.int64), *owners])):
-        segment = state.segments[s]
+
+    def score(s: int) -> tuple:
         picks = [np.flatnonzero(owner == s) for owner in owners]
         rows = [found[q].positions[pick] - state.bases[s] for q, pick in enumerate(picks)]
-        for name in names:
-            for q, scores in enumerate(segment.stage(name).score(queries, rows)):
+        return picks, {name: state.segments[s].stage(name).score(queries, rows) for name in names}
+
+    for picks, scored in state.each(score, np.unique(np.concatenate([np.zeros(0, np.int64), *owners]))):
+        for name, per_query in scored.items():
+            for q, scores in enumerate(per_query):
                 out[q][name][picks[q]] = scores
     return out

@@ -131,30 +131,35 @@ class SearchOptions:
         return cls(**options)
 
 
-def rerank(parts: list[tuple], query, k: int, opts: SearchOptions, signals: dict | None = None) -> tuple[np.ndarray, np.ndarray]:
+def rerank(parts: list[tuple], query, k: int, opts: SearchOptions, signals: dict | None = None, each=None) -> tuple[np.ndarray, np.ndarray]:
     """Order one query's candidates, found in one or more segments (``parts``: ``(token store,
     first position of the segment, Candidates)`` each): prune, MaxSim (with early exit, per
-    segment), fuse over all of them (``signals``: weighted fusion's other scores, in the order of
-    the parts' candidates); top-k positions and scores out."""
+    segment; ``each``: how the segments' scoring runs, :meth:`mvr.segment.Commit.each`), fuse over
+    all of them (``signals``: weighted fusion's other scores, in the order of the parts'
+    candidates); top-k positions and scores out."""
     kth = None
     if opts.prune_alpha is not None:
         firsts = np.concatenate([found.scores for _, _, found in parts]) if parts else np.zeros(0, np.float32)
         if len(firsts):
             kth = np.sort(firsts)[::-1][min(k, len(firsts)) - 1]
             kth = kth if kth > 0 else None  # pruning compares non-negative (BM25-like) scores
-    positions, first, maxsim = [np.zeros(0, np.int64)], [np.zeros(0, np.float32)], [np.zeros(0, np.float32)]
-    for tokens, base, (rows, first_scores) in parts:
+
+    def score(part: tuple) -> tuple:
+        tokens, base, (rows, first_scores) = part
         if kth is not None:
             keep = first_scores >= (1.0 - opts.prune_alpha) * kth
             rows, first_scores = rows[keep], first_scores[keep]
         if opts.rerank and opts.early_exit is not None:
             scores, scored = tokens.early_exit(query, rows, k, opts.early_exit)
-            rows, first_scores, scores = rows[:scored], first_scores[:scored], scores[:scored]
-            maxsim.append(scores)
-        elif opts.rerank:
-            maxsim.append(tokens.score(query, rows))
-        positions.append(rows + base)
+            return rows[:scored] + base, first_scores[:scored], scores[:scored]
+        return rows + base, first_scores, tokens.score(query, rows) if opts.rerank else None
+
+    positions, first, maxsim = [np.zeros(0, np.int64)], [np.zeros(0, np.float32)], [np.zeros(0, np.float32)]
+    for rows, first_scores, scores in each(score, parts) if each else map(score, parts):
+        positions.append(rows)
         first.append(first_scores)
+        if scores is not None:
+            maxsim.append(scores)
     positions, first = np.concatenate(positions), np.concatenate(first)
     final = fuse(np.concatenate(maxsim), first, opts.fusion, opts.fusion_weight, signals, opts.weights) if opts.rerank else first
     # Best first; ties go to the lower position, as in exhaustive search.
@@ -225,21 +230,23 @@ def run_rows(state, queries: QueryBatch, k: int, opts: SearchOptions, threads: i
     top = [np.full((n_queries, 0), -np.inf, dtype=np.float32)]
     timings = {"first_stage": 0.0, "rerank": 0.0}
     with cpu_threads(threads, "numba", "faiss", "blas"):
-        searched = []  # (segment number, allowed rows) of the segments a first stage searches
-        for s, segment in enumerate(state.segments):
-            allowed = state.live(s)
-            if opts.filter is not None:
-                matched = segment.metadata.mask(opts.filter)
-                allowed = matched if allowed is None else matched & allowed
-            if allowed is not None and not allowed.any():
-                continue
-            if opts.first_stage == EXHAUSTIVE:
-                found, scores, spent = exhaustive(segment, queries, min(k, segment.n_docs), allowed)
-                timings["rerank"] += spent
-                indices.append(np.where(found >= 0, found + state.bases[s], -1))
+
+        def allowed(s: int) -> np.ndarray | None:  # segment s's live rows that pass the filter (None: all)
+            live = state.live(s)
+            if opts.filter is None:
+                return live
+            matched = state.segments[s].metadata.mask(opts.filter)
+            return matched if live is None else matched & live
+
+        # (segment number, allowed rows) of the segments searched: those with a row allowed
+        searched = [(s, rows) for s, rows in enumerate(state.each(allowed, range(len(state.segments)))) if rows is None or rows.any()]
+        if opts.first_stage == EXHAUSTIVE:
+            started = time.perf_counter()
+            found = state.each(lambda one: exhaustive(state.segments[one[0]], queries, min(k, state.segments[one[0]].n_docs), one[1]), searched)
+            for (s, _), (rows, scores) in zip(searched, found):
+                indices.append(np.where(rows >= 0, rows + state.bases[s], -1))
                 top.append(scores)
-            else:
-                searched.append((s, allowed))
+            timings["rerank"], searched = (time.perf_counter() - started) * 1e3, []
         fallbacks = 0
         if searched:
             started = time.perf_counter()
@@ -254,7 +261,7 @@ def run_rows(state, queries: QueryBatch, k: int, opts: SearchOptions, threads: i
                 parts = [(state.segments[s].scorer, state.bases[s], Candidates(one.positions[owner == s] - state.bases[s], one.scores[owner == s])) for s in np.unique(owner)]
                 in_parts = np.argsort(owner, kind="stable")  # the candidates in the parts' order: by segment, each in its own order
                 signals = None if extra is None else {name: values[in_parts] for name, values in extra[q].items()}
-                rows, best = rerank(parts, query, k, opts, signals)
+                rows, best = rerank(parts, query, k, opts, signals, state.each)
                 ranked[q, : len(rows)], scores[q, : len(rows)] = rows, best
             indices.append(ranked)
             top.append(scores)

@@ -174,6 +174,11 @@ class Commit:
         self.n_live = self.n_rows - sum(int(d.sum()) for d in deleted)
         self._doc_ids = None
 
+    def each(self, work, items) -> list:
+        """``[work(item) for item in items]``, each item a segment's work; a commit whose segments are
+        held by Ray actors (mvr/distributed.py) runs them at once, one shard beside another."""
+        return [work(item) for item in items]
+
     def live(self, s: int) -> np.ndarray | None:
         """bool mask of the live rows of segment ``s`` (None: all of them)."""
         return ~self.deleted[s] if self.deleted[s].any() else None

@@ -4,6 +4,8 @@ same index as one process, and a search over shards held by Ray actors gives the
 Run by tests/test_distributed.py in a process of its own: Ray's threads and signal handlers and
 the JVM of the Lucene tests do not share a process (the JVM crashed after Ray had run in it)."""
 
+import threading
+
 import numpy as np
 import pytest
 
@@ -63,10 +65,28 @@ def test_a_sharded_search_gives_the_local_results(cluster, tmp_path, models):
     index.refresh()
     assert len(index.segments) == 3
     queries = [q for _, q, _ in QUERIES]
-    with ShardedIndex(index.path, shards=2) as sharded:
+    with ShardedIndex(index.path, shards=2, threads=1) as sharded:
         assert len(sharded.actors) == 2
         for options in ({}, {"first_stage": "exhaustive"}, {"first_stage": "centroids", "candidates": 7}, {"first_stage": "fde", "early_exit": 2},
                         {"first_stage": "bm25s"}, {"filter": {"n": {"$gte": 6}}}, {"preset": "fused"}, {"prf": "colbert"}):
             mine, theirs = index.search(queries, k=5, **options), sharded.search(queries, k=5, **options)
             assert np.array_equal(mine.indices, theirs.indices) and np.array_equal(mine.scores, theirs.scores), options
             assert mine.doc_ids == theirs.doc_ids and [h.text for h in mine[0]] == [h.text for h in theirs[0]]
+
+
+def test_a_sharded_index_asks_its_shards_at_once(cluster, tmp_path, models):
+    from mvr.distributed import ShardedIndex
+    from mvr.errors import ConfigError
+
+    docs = corpus()
+    index = Index.build(docs[:40], tmp_path / "two", config=IndexConfig(model=str(models["plain"])))
+    index.add(docs[40:], merge=False)
+    with ShardedIndex(index.path, shards=2) as sharded:
+        # the commit the search pipeline reads runs each segment's work in a thread of its own:
+        # both calls must be waiting at once for the barrier to open (one after the other, it breaks)
+        barrier = threading.Barrier(2, timeout=20)
+        assert sharded.view._state.each(lambda s: (barrier.wait(), s)[1], range(2)) == [0, 1]
+        assert sharded.view._state.each(lambda s: s * 2, [3]) == [6]
+    for bad in ({"shards": 0}, {"shards": True}, {"threads": 0}, {"threads": "2"}):
+        with pytest.raises(ConfigError, match="must be a positive integer"):
+            ShardedIndex(index.path, **bad)

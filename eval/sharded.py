@@ -1,0 +1,111 @@
+"""Sharded search (issue 15, point 4): an index of several segments searched by Ray actors, each
+holding some of them (mvr.distributed.ShardedIndex), its shards asked at once against one after
+another, beside the same index searched in this process, one query at a time, in one command.
+
+    python -m mvr.eval.sharded ../shared/datasets/scifact --documents 2000 --segments 2 --shards 2 --threads 1 --output docs/results/sharded-scifact.json
+
+The index: the first N documents of the corpus, built with the default settings in ``--segments``
+parts (a build, then additions that are not merged). Each shard runs with ``--threads`` CPU
+threads; the local searches run with ``--threads`` and with as many threads as there are shards,
+so that each sharded figure has a local one using the same cores. Every sharded search is checked
+to return the local ids and scores. Times are per query, query encoding excluded (the queries are
+encoded once, before the clock starts).
+"""
+
+from __future__ import annotations
+
+import argparse
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+
+
+def _measure(search, n: int, repeat: int) -> tuple[list, list]:
+    """Milliseconds of each query's search (``search(q)``; the fastest of ``repeat``), and its results."""
+    spent, found = [], []
+    for q in range(n):
+        best = np.inf
+        for _ in range(repeat):
+            started = time.perf_counter()
+            results = search(q)
+            best = min(best, (time.perf_counter() - started) * 1e3)
+        spent.append(best)
+        found.append(results)
+    return spent, found
+
+
+def run(dataset: Path, documents: int, segments: int, shards: int, threads: int, n_queries: int, repeat: int) -> dict:
+    from mvr import Index
+    from mvr.distributed import ShardedIndex, connect
+    from mvr.segment import Commit
+
+    from .beir import load_beir
+    from .index_speed import _first
+
+    docs = _first(dataset, documents)
+    queries, _ = load_beir(dataset, "test")
+    texts = list(queries.values())[:n_queries]
+    rows = []
+    with tempfile.TemporaryDirectory() as tmp:
+        cut = np.linspace(0, len(docs), segments + 1).astype(int)
+        index = Index.build(docs[: cut[1]], Path(tmp) / "index", show_progress=False)
+        for a, b in zip(cut[1:-1], cut[2:]):
+            index.add(docs[a:b], merge=False, show_progress=False)
+        index.refresh()
+        encoded = [index.encode_queries([text]) for text in texts]
+        connect("local", cpus=shards)
+        with ShardedIndex(index.path, shards=shards, threads=threads) as sharded:
+            state = sharded.view._state
+
+            def one_after_another(work, items):
+                return Commit.each(state, work, items)
+
+            for stage in (None, "exhaustive"):
+                options = {"first_stage": stage} if stage else {}
+                runs = {}
+                for how, searcher, cores, each in (
+                    (f"local, {threads} thread{'s' * (threads > 1)}", index, threads, None),
+                    (f"local, {shards * threads} threads", index, shards * threads, None),
+                    ("sharded, shards one after another", sharded, None, one_after_another),
+                    ("sharded, shards at once", sharded, None, sharded.each),
+                ):
+                    if each is not None:
+                        state.each = each
+                    extra = {} if cores is None else {"threads": cores}
+                    searcher.search_encoded(encoded[0], 10, texts=[texts[0]], **options, **extra)  # compiled kernels, warm actors
+                    runs[how] = _measure(lambda q: searcher.search_encoded(encoded[q], 10, texts=[texts[q]], **options, **extra), len(texts), repeat)
+                state.each = sharded.each
+                reference = next(iter(runs.values()))[1]
+                for how, (spent, found) in runs.items():
+                    rows.append({"search": stage or index.default_stage, "how": how, "search_ms_p50": round(float(np.percentile(spent, 50)), 2),
+                                 "search_ms_p95": round(float(np.percentile(spent, 95)), 2),
+                                 "same_results_as_local": all(np.array_equal(a.indices, b.indices) and np.array_equal(a.scores, b.scores) for a, b in zip(reference, found))})
+    for row in rows:
+        base = next(r for r in rows if r["search"] == row["search"] and r["how"] == "sharded, shards one after another")
+        row["speedup_vs_one_after_another"] = round(base["search_ms_p50"] / row["search_ms_p50"], 2)
+    return {"dataset": dataset.name, "documents": len(docs), "segments": segments, "shards": shards, "threads_per_shard": threads,
+            "queries": len(texts), "repeat": repeat, "rows": rows}
+
+
+def main(argv=None) -> int:
+    from .beir import publish_report
+
+    p = argparse.ArgumentParser(prog="python -m mvr.eval.sharded", description=__doc__.split("\n\n")[0])
+    p.add_argument("dataset", type=Path, help="BEIR-layout folder")
+    p.add_argument("--documents", type=int, default=2000)
+    p.add_argument("--segments", type=int, default=2)
+    p.add_argument("--shards", type=int, default=2)
+    p.add_argument("--threads", type=int, default=1, help="CPU threads of each shard")
+    p.add_argument("--queries", type=int, default=100, help="the first N test queries")
+    p.add_argument("--repeat", type=int, default=3, help="each query searched this many times, the fastest kept")
+    p.add_argument("--output", type=Path, default=None)
+    args = p.parse_args(argv)
+    report = run(args.dataset, args.documents, args.segments, args.shards, args.threads, args.queries, args.repeat)
+    publish_report(report, "mvr.eval.sharded", argv, args.output)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
