@@ -23,6 +23,7 @@ import numpy as np
 
 from .config import FDEConfig, IndexConfig
 from .encode import Encoder
+from .encode.pool import ProcessEncoder
 from .errors import CorpusError, QueryError
 from .passages import document_id, rows_of
 from .search_presets import preset_stages
@@ -120,27 +121,32 @@ def _entries(record: dict) -> list[dict]:
     return [dict(seg) for seg in record["segments"]]
 
 
-def add(index, documents, *, upsert: bool = False, wait: float = 0.0, merge: bool = True, show_progress=None, command=None) -> dict:
+def add(index, documents, *, upsert: bool = False, wait: float = 0.0, merge: bool = True, workers: int = 1, show_progress=None, command=None) -> dict:
     """Encode ``documents`` into one new segment and commit it, as the build did (the index's
     config, PCA projection, codec, first stages and their settings). An id the index holds is an
-    error unless ``upsert``, which deletes the old document in the same commit. Returns
-    ``{"added", "replaced", "generation", "segments", "seconds", "docs_per_second"}``."""
+    error unless ``upsert``, which deletes the old document in the same commit. ``workers``: encode
+    in that many processes of one CPU thread each (mvr.encode.pool.ProcessEncoder; the same
+    vectors). Returns ``{"added", "replaced", "generation", "segments", "seconds", "docs_per_second"}``."""
     started = time.perf_counter()
     with Writer(index, wait) as writer:
         state = index._state
         like = state.segments[-1] if state.segments else None
         encoder = document_encoder(index)
+        pool = None if workers == 1 else ProcessEncoder.like(encoder, workers)
         stages = segment_stages(like) if like is not None else {**planned_stages(index.config), **preset_stages(index.search_presets)}
         folder = writer.new_segment()
         replaced: list[int] | None = [] if upsert else None
         try:
             manifest = write_segment(
-                documents, folder, encoder, index.config, like=like, stages=stages, existing=state.positions, replaced=replaced,
+                documents, folder, pool or encoder, index.config, like=like, stages=stages, existing=state.positions, replaced=replaced,
                 metadata_types=index.metadata_fields, show_progress=show_progress, command=command,
             )
         except BaseException:
             shutil.rmtree(folder, ignore_errors=True)
             raise
+        finally:
+            if pool is not None:
+                pool.close()
         segments = _entries(writer.record)
         replaced = np.asarray(replaced or [], dtype=np.int64)
         if index.config.passage_tokens and len(replaced):  # every passage of a replaced document, however many it had
@@ -291,14 +297,14 @@ def optimize(index, *, wait: float = 0.0, show_progress=None, command=None) -> d
 class Changes:
     """What changes an index, as methods of :class:`mvr.Index` (each one commit, or a few with merges)."""
 
-    def add(self, documents, *, wait: float = 0.0, merge: bool = True, show_progress: bool | None = None, command: str | None = None) -> dict:
-        """Encode ``documents`` into a new segment and commit it; an id already in the index is an
-        error (:meth:`upsert` replaces). Returns what was done: see :func:`mvr.writer.add`."""
-        return add(self, documents, upsert=False, wait=wait, merge=merge, show_progress=show_progress, command=command)
+    def add(self, documents, *, wait: float = 0.0, merge: bool = True, workers: int = 1, show_progress: bool | None = None, command: str | None = None) -> dict:
+        """Encode ``documents`` (in ``workers`` processes) into a new segment and commit it; an id already in
+        the index is an error (:meth:`upsert` replaces). Returns what was done: see :func:`mvr.writer.add`."""
+        return add(self, documents, upsert=False, wait=wait, merge=merge, workers=workers, show_progress=show_progress, command=command)
 
-    def upsert(self, documents, *, wait: float = 0.0, merge: bool = True, show_progress: bool | None = None, command: str | None = None) -> dict:
+    def upsert(self, documents, *, wait: float = 0.0, merge: bool = True, workers: int = 1, show_progress: bool | None = None, command: str | None = None) -> dict:
         """Add ``documents``, replacing those whose id the index holds, in one commit."""
-        return add(self, documents, upsert=True, wait=wait, merge=merge, show_progress=show_progress, command=command)
+        return add(self, documents, upsert=True, wait=wait, merge=merge, workers=workers, show_progress=show_progress, command=command)
 
     def delete(self, ids: Iterable[str], *, wait: float = 0.0, merge: bool = True, command: str | None = None) -> dict:
         """Delete the documents with these ids in one commit: see :func:`mvr.writer.delete`."""

@@ -69,6 +69,28 @@ def test_the_index_command_encodes_in_workers(tmp_path, models, beir, capsys):
             ProcessEncoder(str(models["plain"]), **option)
 
 
+def test_adding_in_worker_processes_writes_the_segment_one_process_writes(tmp_path, models, capsys):
+    config = IndexConfig(model=str(models["plain"]), batch_size=4, sparse=("bm25s",))
+    docs = corpus()
+    one, two = (Index.build(docs[:20], tmp_path / name, config=config, show_progress=False) for name in ("one", "two"))
+    one.add(docs[20:], merge=False)
+    done = two.add(docs[20:], merge=False, workers=2)
+    assert done["added"] == len(docs) - 20 and len(two.segments) == 2
+    a, b = one.segments[-1].path, two.segments[-1].path
+    for name in ("vectors.npy", "token_ids.npy", "doc_offsets.npy", "doc_ids.npy", "text.bin", "fde/fde.faiss"):
+        assert (a / name).read_bytes() == (b / name).read_bytes(), name
+    # the CLI: an upsert in workers replaces documents; refusals leave the index as it was
+    changed = tmp_path / "changed.jsonl"
+    changed.write_text("".join(json.dumps({"id": d["id"], "text": d["text"] + " changed"}) + "\n" for d in docs[:5]))
+    assert main(["add", str(two.path), str(changed), "--upsert", "--workers", "2", "--quiet"]) == 0
+    assert "added 5 documents, replacing 5" in capsys.readouterr().out
+    generation = Index.open(two.path).generation
+    for argv, message in ((["--workers", "0"], "--workers must be a positive integer"), (["--workers", "2", "--device", "cpu"], "does not go with --device")):
+        assert main(["add", str(two.path), str(changed), "--upsert", *argv]) != 0
+        assert message in capsys.readouterr().err
+    assert Index.open(two.path).generation == generation
+
+
 def _children(pid: int) -> set[int]:
     """The live worker processes of the pool whose parent is ``pid`` (from /proc: spawn's
     children, not its resource tracker)."""

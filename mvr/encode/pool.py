@@ -116,6 +116,16 @@ class ProcessEncoder:
         self._pool = ProcessPoolExecutor(workers, mp_context=context, initializer=_start, initargs=({**worker_settings(self.local, 1), "device": "cpu"},))
         self._started = [self._pool.submit(_ready) for _ in range(workers)]  # the workers load the model while the corpus is read
 
+    @classmethod
+    def like(cls, encoder: Encoder, workers: int) -> "ProcessEncoder":
+        """Workers that make ``encoder``'s document vectors (its model, lengths, runtime and batches),
+        as adding to an index built by ``encoder`` needs; a GPU encoder has none (it encodes alone)."""
+        if encoder.device != "cpu":
+            raise ConfigError(f"worker processes encode on the CPU; this index's documents are encoded on {encoder.device}: add without workers, or on the CPU (device='cpu').")
+        settings = worker_settings(encoder, 1)
+        del settings["threads"]
+        return cls(settings.pop("model"), workers=workers, **settings)
+
     def __getattr__(self, name):
         return getattr(self.local, name)
 
