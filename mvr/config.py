@@ -97,7 +97,8 @@ PRESETS = {
 }
 
 
-def _positive_int(owner: str, name: str, value, optional: bool = False) -> None:
+def positive_int(owner: str, name: str, value, optional: bool = False) -> None:
+    """A ConfigError unless ``value`` is an int >= 1 (not a bool; None where ``optional``)."""
     if value is None and optional:
         return
     if not isinstance(value, int) or isinstance(value, bool) or value < 1:
@@ -142,9 +143,9 @@ class FDEConfig:
     def __post_init__(self):
         if not isinstance(self.k_sim, int) or isinstance(self.k_sim, bool) or not 0 <= self.k_sim < 31:
             raise ConfigError(f"fde k_sim (--fde-k-sim) must be an integer in [0, 30], got {self.k_sim!r}.")
-        _positive_int("fde ", "reps", self.reps)
-        _positive_int("fde ", "d_proj", self.d_proj, optional=True)
-        _positive_int("fde ", "d_final", self.d_final, optional=True)
+        positive_int("fde ", "reps", self.reps)
+        positive_int("fde ", "d_proj", self.d_proj, optional=True)
+        positive_int("fde ", "d_final", self.d_final, optional=True)
         if not isinstance(self.factory, str) or not self.factory:
             raise ConfigError("fde factory (--fde-factory) must be a faiss index factory string such as 'Flat' or 'HNSW32'.")
 
@@ -273,9 +274,9 @@ class IndexConfig:
 
     def __post_init__(self):
         for name in ("query_maxlen", "doc_maxlen", "pca_dim", "threads", "cluster_count", "codec_centroids"):
-            _positive_int("", name, getattr(self, name), optional=True)
+            positive_int("", name, getattr(self, name), optional=True)
         for name in ("batch_size", "pca_sample", "cluster_iters", "codec_sample"):
-            _positive_int("", name, getattr(self, name))
+            positive_int("", name, getattr(self, name))
         for name in ("model", "splade_model", "projection"):
             if getattr(self, name) is not None and not isinstance(getattr(self, name), str):
                 object.__setattr__(self, name, str(getattr(self, name)))

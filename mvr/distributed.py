@@ -31,6 +31,7 @@ import numpy as np
 
 from .encode import Encoder, TokenVectors
 from .encode.pool import deal, join, worker_settings
+from .config import positive_int
 from .errors import ConfigError, missing_extra
 from .registry import STAGES, parse_stage
 from .segment import Commit
@@ -138,7 +139,7 @@ _CALLS = {
 
 class _Shard:
     """A Ray actor holding some segments of an index, opened; it answers one call at a time, with
-    ``threads`` CPU threads (None: the library defaults)."""
+    ``threads`` CPU threads (None: each library's default)."""
 
     def __init__(self, path: str, names: list[str], threads: int | None):
         from .index import Index
@@ -217,7 +218,8 @@ class _RemoteMetadata:
 
 class ShardedIndex:
     """An index searched by ``shards`` Ray actors, segment ``i`` held by actor ``i % shards``, each
-    running its calls with ``threads`` CPU threads (None: all the cores it sees).
+    running its calls with ``threads`` CPU threads (None: each library's default in the actor;
+    Ray gives an actor without CPUs one OpenMP thread unless OMP_NUM_THREADS is set, so faiss's is 1).
     :meth:`search` takes what :meth:`mvr.Index.search` takes and returns the same results. The
     coordinator asks every shard at once (a thread per segment waits for its answer); a shard
     holding several segments answers for them one after another."""
@@ -226,9 +228,8 @@ class ShardedIndex:
         from .index import Index
 
         ray = _ray()
-        for name, value in (("shards", shards), ("threads", 1 if threads is None else threads)):
-            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-                raise ConfigError(f"{name} must be a positive integer, got {value!r}.")
+        positive_int("", "shards", shards)
+        positive_int("", "threads", threads, optional=True)
         self.index = Index.open(name_or_path, home=home)
         state = self.index._state
         names = [s.path.name for s in state.segments]
@@ -243,26 +244,44 @@ class ShardedIndex:
         self.view._state = sharded
 
     def each(self, work, items) -> list:
-        """:meth:`mvr.segment.Commit.each` with the segments' calls made at once."""
+        """:meth:`mvr.segment.Commit.each` with the segments' calls made at once, each thread
+        running with the caller's Numba thread count (a search's ``threads``)."""
+        import numba
+
+        if not self.actors:
+            raise ConfigError("this sharded index is closed; open a new ShardedIndex to search.")
         items = list(items)
-        return [work(item) for item in items] if len(items) < 2 else list(self.pool.map(work, items))
+        if len(items) < 2:
+            return [work(item) for item in items]
+        threads = numba.get_num_threads()  # the caller's (cpu_threads sets it per thread)
+
+        def run(item):
+            with cpu_threads(threads, "numba"):
+                return work(item)
+
+        return list(self.pool.map(run, items))
 
     def search(self, queries, k: int = 10, **options):
         """:meth:`mvr.Index.search` over the shards (queries are encoded here; no ``explain``)."""
+        if not self.actors:
+            raise ConfigError("this sharded index is closed; open a new ShardedIndex to search.")
         if options.get("explain"):
             raise ConfigError("explanations read stored vectors in this process; search the index itself (Index.search) to explain hits.")
         return self.view.search(queries, k, **options)
 
     def search_encoded(self, queries, k: int = 10, **options):
         """:meth:`mvr.Index.search_encoded` over the shards."""
+        if not self.actors:
+            raise ConfigError("this sharded index is closed; open a new ShardedIndex to search.")
         return self.view.search_encoded(queries, k, **options)
 
     def close(self) -> None:
+        """Stop the shards at once: calls still waiting on one end with Ray's error."""
         ray = _ray()
-        self.pool.shutdown(wait=True)
-        for actor in self.actors:
+        actors, self.actors = self.actors, []
+        for actor in actors:
             ray.kill(actor)
-        self.actors = []
+        self.pool.shutdown(wait=False, cancel_futures=True)
 
     def __enter__(self) -> "ShardedIndex":
         return self

@@ -87,6 +87,8 @@ def check(index, name: str, options: dict) -> dict:
     if "preset" in options or "filter" in options:
         raise QueryError("a preset holds search options, not another preset or a filter.")
     opts = SearchOptions.create(**options)
+    if opts.prf == "colbert" and not all(segment.token_ids() is not None for segment in index.segments):
+        raise QueryError(f"preset {name!r}: prf=\"colbert\" reads the stored token ids, which index {index.name!r} does not hold (clustered vectors, or an older build); save it without prf.")
     for stage in [*parse_stage(opts.first_stage or "exhaustive"), *stage_signals(opts.weights)]:
         if not index.has_stage(stage):
             raise QueryError(f"index {index.name!r} has no {stage} stage, which preset {name!r} reads; build it first.")

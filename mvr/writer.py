@@ -21,7 +21,7 @@ from typing import Iterable, Sequence
 
 import numpy as np
 
-from .config import FDEConfig, IndexConfig
+from .config import FDEConfig, IndexConfig, positive_int
 from .encode import Encoder
 from .encode.pool import ProcessEncoder
 from .errors import CorpusError, QueryError
@@ -87,11 +87,14 @@ class Writer:
         return commit
 
 
-def document_encoder(index) -> Encoder:
+def document_encoder(index, cpu: bool = False) -> Encoder:
     """The encoder that adds documents as the index's build did (its runtime, batch size, threads),
-    checked against the index's record as the query encoder is."""
+    checked against the index's record as the query encoder is; ``cpu``: one on the CPU, whatever
+    the index's device (worker processes encode there; it is not kept)."""
+    config = index.config
+    if cpu:
+        return index._load_encoder(batch_size=config.batch_size, threads=1, doc_runtime=config.doc_runtime, device="cpu")
     if getattr(index, "_doc_encoder", None) is None:
-        config = index.config
         index._doc_encoder = index._load_encoder(batch_size=config.batch_size, threads=config.threads, doc_runtime=config.doc_runtime, device=index.device)
     return index._doc_encoder
 
@@ -127,16 +130,18 @@ def add(index, documents, *, upsert: bool = False, wait: float = 0.0, merge: boo
     error unless ``upsert``, which deletes the old document in the same commit. ``workers``: encode
     in that many processes of one CPU thread each (mvr.encode.pool.ProcessEncoder; the same
     vectors). Returns ``{"added", "replaced", "generation", "segments", "seconds", "docs_per_second"}``."""
+    positive_int("", "workers", workers)
     started = time.perf_counter()
     with Writer(index, wait) as writer:
         state = index._state
         like = state.segments[-1] if state.segments else None
-        encoder = document_encoder(index)
-        pool = None if workers == 1 else ProcessEncoder.like(encoder, workers)
+        encoder = document_encoder(index, cpu=workers > 1)
         stages = segment_stages(like) if like is not None else {**planned_stages(index.config), **preset_stages(index.search_presets)}
         folder = writer.new_segment()
         replaced: list[int] | None = [] if upsert else None
+        pool = None
         try:
+            pool = None if workers == 1 else ProcessEncoder.like(encoder, workers)
             manifest = write_segment(
                 documents, folder, pool or encoder, index.config, like=like, stages=stages, existing=state.positions, replaced=replaced,
                 metadata_types=index.metadata_fields, show_progress=show_progress, command=command,

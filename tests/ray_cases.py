@@ -68,7 +68,8 @@ def test_a_sharded_search_gives_the_local_results(cluster, tmp_path, models):
     with ShardedIndex(index.path, shards=2, threads=1) as sharded:
         assert len(sharded.actors) == 2
         for options in ({}, {"first_stage": "exhaustive"}, {"first_stage": "centroids", "candidates": 7}, {"first_stage": "fde", "early_exit": 2},
-                        {"first_stage": "bm25s"}, {"filter": {"n": {"$gte": 6}}}, {"preset": "fused"}, {"prf": "colbert"}):
+                        {"first_stage": "bm25s"}, {"filter": {"n": {"$gte": 6}}}, {"preset": "fused"}, {"prf": "colbert"},
+                        {"first_stage": "fde", "prune_alpha": 0.5}, {"first_stage": "exhaustive", "filter": {"n": {"$lt": 2}}}):
             mine, theirs = index.search(queries, k=5, **options), sharded.search(queries, k=5, **options)
             assert np.array_equal(mine.indices, theirs.indices) and np.array_equal(mine.scores, theirs.scores), options
             assert mine.doc_ids == theirs.doc_ids and [h.text for h in mine[0]] == [h.text for h in theirs[0]]
@@ -87,6 +88,21 @@ def test_a_sharded_index_asks_its_shards_at_once(cluster, tmp_path, models):
         barrier = threading.Barrier(2, timeout=20)
         assert sharded.view._state.each(lambda s: (barrier.wait(), s)[1], range(2)) == [0, 1]
         assert sharded.view._state.each(lambda s: s * 2, [3]) == [6]
+        # and the search pipeline hands its per-segment work to it: first stage, scoring, exhaustive
+        asked = []
+
+        def spy(work, items):
+            items = list(items)
+            asked.append(len(items))
+            return sharded.each(work, items)
+
+        sharded.view._state.each = spy
+        for options in ({}, {"first_stage": "exhaustive"}, {"first_stage": "fde"}):
+            assert sharded.search("which animal purrs", k=3, **options).doc_ids == index.search("which animal purrs", k=3, **options).doc_ids
+            assert asked.count(2) >= (1 if options else 3), (options, asked)  # masks, first stage(s), MaxSim of both segments
+            asked.clear()
+    with pytest.raises(ConfigError, match="closed"):
+        sharded.search("which animal purrs")
     for bad in ({"shards": 0}, {"shards": True}, {"threads": 0}, {"threads": "2"}):
         with pytest.raises(ConfigError, match="must be a positive integer"):
             ShardedIndex(index.path, **bad)

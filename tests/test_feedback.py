@@ -113,6 +113,9 @@ def test_prf_options_and_refusals(living, tmp_path, models):
     with pytest.raises(QueryError, match="stored token ids; index .clustered. has none") as error:
         clustered.search(QUERY, first_stage="exhaustive", prf="colbert")
     assert "\n" not in str(error.value)
+    with pytest.raises(QueryError, match="reads the stored token ids, which index .clustered. does not hold"):
+        clustered.save_search_preset("feedback", {"first_stage": "exhaustive", "prf": "colbert"})
+    assert "feedback" not in clustered.search_presets["presets"]
 
 
 def test_kmeans_converges_to_a_fixed_point_and_is_deterministic():

@@ -85,10 +85,31 @@ def test_adding_in_worker_processes_writes_the_segment_one_process_writes(tmp_pa
     assert main(["add", str(two.path), str(changed), "--upsert", "--workers", "2", "--quiet"]) == 0
     assert "added 5 documents, replacing 5" in capsys.readouterr().out
     generation = Index.open(two.path).generation
-    for argv, message in ((["--workers", "0"], "--workers must be a positive integer"), (["--workers", "2", "--device", "cpu"], "does not go with --device")):
+    for argv, message in ((["--workers", "0"], "--workers must be a positive integer"), (["--workers", "2", "--device", "cuda"], "does not go with --device other than cpu")):
         assert main(["add", str(two.path), str(changed), "--upsert", *argv]) != 0
         assert message in capsys.readouterr().err
-    assert Index.open(two.path).generation == generation
+    for bad in (0, True, 2.0):
+        with pytest.raises(ConfigError, match="workers must be a positive integer"):
+            two.upsert(docs[:2], workers=bad)
+    assert Index.open(two.path).generation == generation and not _children(os.getpid())  # no worker left behind
+
+
+def test_a_failed_add_in_worker_processes_stops_them_and_keeps_the_index(tmp_path, models, monkeypatch):
+    import mvr.writer
+
+    index = Index.build(corpus()[:10], tmp_path / "i", config=IndexConfig(model=str(models["plain"]), sparse=("bm25s",)), show_progress=False)
+    started = []
+
+    def broken(*args, **kwargs):
+        started.extend(_children(os.getpid()))  # the workers are up while the segment is written
+        raise OSError("disk full")
+
+    monkeypatch.setattr(mvr.writer, "write_segment", broken)
+    with pytest.raises(OSError, match="disk full"):
+        index.add(corpus()[10:], workers=2)
+    assert started and not _children(os.getpid())
+    again = Index.open(index.path)
+    assert again.n_docs == 10 and len(again.segments) == 1 and sorted(p.name for p in (index.path / "segments").iterdir()) == [again.segments[0].path.name]
 
 
 def _children(pid: int) -> set[int]:

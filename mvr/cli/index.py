@@ -97,8 +97,8 @@ def run(args) -> int:
             **settings,
         )
         encoder = None
-        if args.workers != 1 and (args.ray or args.device is not None or args.precision is not None):
-            raise ConfigError("--workers encodes in processes of this machine's CPU; it does not go with --ray (--ray-workers), --device or --precision.")
+        if args.workers != 1 and (args.ray or args.device not in (None, "cpu") or args.precision is not None):
+            raise ConfigError("--workers encodes in processes of this machine's CPU; it does not go with --ray (--ray-workers), --device other than cpu, or --precision.")
         if args.ray:
             from ..distributed import RayEncoder, connect
 

@@ -21,6 +21,7 @@ from concurrent.futures.process import BrokenProcessPool
 
 import numpy as np
 
+from ..config import positive_int
 from ..errors import ConfigError, EncoderError
 from .encoder import Encoder
 from .tokens import TokenVectors
@@ -99,12 +100,26 @@ class ProcessEncoder:
     ProcessEncoder does so under ``if __name__ == "__main__":``, as with any process pool."""
 
     def __init__(self, model=None, *, workers: int = 2, **options):
-        if not isinstance(workers, int) or isinstance(workers, bool) or workers < 1:
-            raise ConfigError(f"--workers must be a positive integer, got {workers!r}.")
+        positive_int("--", "workers", workers)
         fixed = sorted(options.keys() & {"threads", "device", "precision"})
         if fixed:
             raise ConfigError(f"worker processes run on the CPU with one thread each: {', '.join(fixed)} cannot be set for them (a GPU encodes in one process: Encoder(device=...)).")
-        self.local = Encoder(model, threads=1, device="cpu", **options)
+        self._start(Encoder(model, threads=1, device="cpu", **options), workers)
+
+    @classmethod
+    def like(cls, encoder: Encoder, workers: int) -> "ProcessEncoder":
+        """Workers that make the document vectors of ``encoder`` (a CPU one: its model, lengths,
+        runtime and batches; it stays this pool's tokenizer and query encoder), as adding to an
+        index that ``encoder`` built needs."""
+        positive_int("", "workers", workers)
+        if encoder.device != "cpu":
+            raise ConfigError(f"worker processes encode on the CPU; give them an encoder on the CPU, not {encoder.device}.")
+        pool = cls.__new__(cls)
+        pool._start(encoder, workers)
+        return pool
+
+    def _start(self, local: Encoder, workers: int) -> None:
+        self.local = local
         if self.local.doc_runtime != "torch":  # one ONNX export, made here: every worker reads it from the cache
             try:
                 self.local._onnx.exported(quantized=self.local.doc_runtime == "onnx-int8")
@@ -115,16 +130,6 @@ class ProcessEncoder:
         context = multiprocessing.get_context("spawn")
         self._pool = ProcessPoolExecutor(workers, mp_context=context, initializer=_start, initargs=({**worker_settings(self.local, 1), "device": "cpu"},))
         self._started = [self._pool.submit(_ready) for _ in range(workers)]  # the workers load the model while the corpus is read
-
-    @classmethod
-    def like(cls, encoder: Encoder, workers: int) -> "ProcessEncoder":
-        """Workers that make ``encoder``'s document vectors (its model, lengths, runtime and batches),
-        as adding to an index built by ``encoder`` needs; a GPU encoder has none (it encodes alone)."""
-        if encoder.device != "cpu":
-            raise ConfigError(f"worker processes encode on the CPU; this index's documents are encoded on {encoder.device}: add without workers, or on the CPU (device='cpu').")
-        settings = worker_settings(encoder, 1)
-        del settings["threads"]
-        return cls(settings.pop("model"), workers=workers, **settings)
 
     def __getattr__(self, name):
         return getattr(self.local, name)

@@ -1,7 +1,7 @@
 """bm25s (no JVM): PyStemmer's English stemmer and English stopwords, k1=0.9, b=0.4, Lucene's BM25
 variant, over the stored ``title + " " + text``. Stored in ``<index>/bm25s/``; document ids are
 index rows. A query that analyses to no terms gets no candidates (the search falls back to the
-dense first stage, see mvr/search.py)."""
+dense first stage, see mvr/first_stage.py)."""
 
 from __future__ import annotations
 
