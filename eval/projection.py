@@ -2,13 +2,16 @@
 dataset's training queries (mvr.training), applied to both datasets' indexes, tested once.
 
     python -m mvr.eval.projection --index-dir indexes --output docs/results/projection.json
+    python -m mvr.eval.projection --index-dir indexes --query-weights --output docs/results/projection-query-weights.json
+    python -m mvr.eval.projection --index-dir indexes --kind residual --train-on scifact --output docs/results/projection-residual.json
 
 For each dataset (SciFact: trained on train; NFCorpus: trained on train; 20% of those queries held
 out to pick the epoch) a head is trained on the float16 index of its corpus. Each test set is then
 searched (exhaustive MaxSim, and the default search: the FDE rebuilt on the new vectors, joined
 with bm25s) with: the model's own vectors; the same vectors reduced by uncentred PCA to the head's
 width (the untrained compression, as ``--pca-dim`` makes it); the head trained on its own
-dataset (in-domain); and the head trained on the other one (cross-domain). Each projected index
+dataset (in-domain); and the head trained on the other one (cross-domain); ``--train-on``: heads
+for those datasets only, each still tested on both. Each projected index
 is derived from the float16 one (``mvr index --from X --projection HEAD``): no re-encoding.
 Each row also splits the test queries into those with a relevant document that some training
 query has as a positive ("seen") and the rest ("unseen"): a head can learn such documents.
@@ -55,7 +58,7 @@ def _rows(data: Path, index, label: str, head: str | None) -> list[dict]:
     return rows
 
 
-def run(data: Path, home, work: Path, kind: str = "linear", dim: int = 128, epochs: int = 20) -> dict:
+def run(data: Path, home, work: Path, kind: str = "linear", dim: int = 128, epochs: int = 20, query_weights: bool = False, train_on=None) -> dict:
     from mvr import Index
     from mvr.training import train_projection
     from mvr.vectors import fit_pca
@@ -66,12 +69,14 @@ def run(data: Path, home, work: Path, kind: str = "linear", dim: int = 128, epoc
     indexes = {name: Index.open(name, home=home) for name in DATASETS}
     heads, training = {}, {}
     for name, split in DATASETS.items():
-        heads[name] = work / f"{name}-{kind}-{dim}.npz"
+        if train_on and name not in train_on:
+            continue
+        heads[name] = work / f"{name}-{kind}-{dim}{'-weighted' if query_weights else ''}.npz"
         if heads[name].is_file():  # trained by an earlier run with --work: reused, not trained again
             training[name] = {"split": split, "reused": str(heads[name])}
             continue
         queries, qrels = load_beir(data / name, split)
-        head, report = train_projection(indexes[name], queries, qrels, kind=kind, dim=dim, epochs=epochs, show_progress=False)
+        head, report = train_projection(indexes[name], queries, qrels, kind=kind, dim=dim, epochs=epochs, query_weights=query_weights, show_progress=False)
         head.save(heads[name])
         training[name] = {"split": split, **report}
     test = {}
@@ -82,15 +87,14 @@ def run(data: Path, home, work: Path, kind: str = "linear", dim: int = 128, epoc
         Head("linear", fit_pca(sample[:200_000], dim)).save(pca)
         for label, head, trained_on in (
             (f"uncentred PCA to {dim} (untrained)", pca, None),
-            (f"head trained on {name} {DATASETS[name]} (in-domain)", heads[name], name),
-            *((f"head trained on {other} {DATASETS[other]} (cross-domain)", heads[other], other) for other in DATASETS if other != name),
+            *((f"head trained on {other} {DATASETS[other]} ({'in' if other == name else 'cross'}-domain)", heads[other], other) for other in heads),
         ):
             target = work / f"{name}-{head.stem}"
             projected = Index.derive(index, target, projection=str(head), show_progress=False, overwrite=True)
             rows.extend({**row, "trained_on": trained_on} for row in _rows(data / name, projected, label, head.name))
             shutil.rmtree(target)
         test[name] = rows
-    return {"kind": kind, "dim": dim, "epochs": epochs, "training": training, "test": test}
+    return {"kind": kind, "dim": dim, "epochs": epochs, "query_weights": query_weights, "trained_on": sorted(heads), "training": training, "test": test}
 
 
 def main(argv=None) -> int:
@@ -102,13 +106,15 @@ def main(argv=None) -> int:
     p.add_argument("--kind", choices=("linear", "residual"), default="linear")
     p.add_argument("--dim", type=int, default=128)
     p.add_argument("--epochs", type=int, default=20)
+    p.add_argument("--query-weights", action="store_true", help="the heads also learn a weight for each query token (lever 3)")
+    p.add_argument("--train-on", nargs="+", choices=sorted(DATASETS), default=None, help="train heads on these datasets only (default: both); each is still tested on both")
     p.add_argument("--work", type=Path, default=None, help="keep the heads here, and reuse those already there (default: a temporary folder, removed)")
     p.add_argument("--output", type=Path, default=None)
     args = p.parse_args(argv)
     work = args.work or Path(tempfile.mkdtemp(prefix="mvr-projection-"))
     work.mkdir(parents=True, exist_ok=True)
     try:
-        report = run(args.data, args.index_dir, work, args.kind, args.dim, args.epochs)
+        report = run(args.data, args.index_dir, work, args.kind, args.dim, args.epochs, args.query_weights, args.train_on)
     finally:
         if args.work is None:
             shutil.rmtree(work, ignore_errors=True)
