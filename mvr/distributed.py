@@ -30,7 +30,7 @@ from concurrent.futures import ThreadPoolExecutor
 import numpy as np
 
 from .encode import Encoder, TokenVectors
-from .encode.pool import deal, join, worker_settings
+from .encode.pool import dealt, worker_settings
 from .config import positive_int
 from .errors import ConfigError, missing_extra
 from .registry import STAGES, parse_stage
@@ -83,8 +83,7 @@ class RayEncoder:
 
     def __init__(self, model=None, *, workers: int = 2, threads: int = 1, **settings):
         ray = _ray()
-        if not isinstance(workers, int) or workers < 1:
-            raise ConfigError(f"--ray-workers must be a positive integer, got {workers!r}.")
+        positive_int("--ray-", "workers", workers)
         self.local = Encoder(model, threads=threads, **settings)
         actor = ray.remote(num_cpus=1)(_EncoderWorker)
         self.workers = [actor.remote(worker_settings(self.local, threads)) for _ in range(workers)]
@@ -100,16 +99,7 @@ class RayEncoder:
         self.workers = []
 
     def encode_documents(self, texts, *, batch_size=None, threads=None, show_progress=None) -> TokenVectors:
-        ray = _ray()
-        texts = list(texts)
-        if not texts:
-            return self.local.encode_documents(texts)
-        parts = [p for p in deal(self.local, texts, len(self.workers), batch_size) if len(p)]
-        futures = [(p, worker.encode.remote([texts[i] for i in p], batch_size)) for worker, p in zip(self.workers, parts)]
-        found = join(len(texts), [(p, ray.get(future)) for p, future in futures])
-        if hasattr(show_progress, "update"):
-            show_progress.update(len(texts))
-        return found
+        return dealt(self.local, list(texts), len(self.workers), batch_size, lambda w, part: self.workers[w].encode.remote(part, batch_size), _ray().get, show_progress)
 
 
 def _owned(value):
@@ -245,7 +235,8 @@ class ShardedIndex:
 
     def each(self, work, items) -> list:
         """:meth:`mvr.segment.Commit.each` with the segments' calls made at once, each thread
-        running with the caller's Numba thread count (a search's ``threads``)."""
+        running with the caller's Numba thread count (a search's ``threads``); every search comes
+        through here, so a closed index says so here."""
         import numba
 
         if not self.actors:
@@ -263,16 +254,12 @@ class ShardedIndex:
 
     def search(self, queries, k: int = 10, **options):
         """:meth:`mvr.Index.search` over the shards (queries are encoded here; no ``explain``)."""
-        if not self.actors:
-            raise ConfigError("this sharded index is closed; open a new ShardedIndex to search.")
         if options.get("explain"):
             raise ConfigError("explanations read stored vectors in this process; search the index itself (Index.search) to explain hits.")
         return self.view.search(queries, k, **options)
 
     def search_encoded(self, queries, k: int = 10, **options):
         """:meth:`mvr.Index.search_encoded` over the shards."""
-        if not self.actors:
-            raise ConfigError("this sharded index is closed; open a new ShardedIndex to search.")
         return self.view.search_encoded(queries, k, **options)
 
     def close(self) -> None:

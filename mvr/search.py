@@ -131,7 +131,7 @@ class SearchOptions:
         return cls(**options)
 
 
-def rerank(parts: list[tuple], query, k: int, opts: SearchOptions, signals: dict | None = None, each=None) -> tuple[np.ndarray, np.ndarray]:
+def rerank(parts: list[tuple], query, k: int, opts: SearchOptions, signals: dict | None, each) -> tuple[np.ndarray, np.ndarray]:
     """Order one query's candidates, found in one or more segments (``parts``: ``(token store,
     first position of the segment, Candidates)`` each): prune, MaxSim (with early exit, per
     segment; ``each``: how the segments' scoring runs, :meth:`mvr.segment.Commit.each`), fuse over
@@ -155,7 +155,7 @@ def rerank(parts: list[tuple], query, k: int, opts: SearchOptions, signals: dict
         return rows + base, first_scores, tokens.score(query, rows) if opts.rerank else None
 
     positions, first, maxsim = [np.zeros(0, np.int64)], [np.zeros(0, np.float32)], [np.zeros(0, np.float32)]
-    for rows, first_scores, scores in each(score, parts) if each else map(score, parts):
+    for rows, first_scores, scores in each(score, parts):
         positions.append(rows)
         first.append(first_scores)
         if scores is not None:

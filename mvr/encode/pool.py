@@ -55,6 +55,23 @@ def join(n_texts: int, pieces: list[tuple[np.ndarray, tuple]]) -> TokenVectors:
     return TokenVectors(np.concatenate(rows).astype(np.float32), offsets, truncated, token_ids)
 
 
+def dealt(encoder: Encoder, texts: list[str], workers: int, batch_size, submit, result, show_progress=None) -> TokenVectors:
+    """``texts`` encoded by ``workers`` workers, each given its share of ``encoder``'s batches
+    (:func:`deal`): ``submit(w, texts)`` starts worker ``w`` on its share, ``result(started)``
+    waits for what it returns ``(vectors, offsets, truncated, token_ids)``; joined in the texts'
+    order (:func:`join`)."""
+    if not texts:
+        return encoder.encode_documents(texts)
+    parts = [p for p in deal(encoder, texts, workers, batch_size) if len(p)]
+    started = [(p, submit(w, [texts[i] for i in p])) for w, p in enumerate(parts)]
+    pieces = []
+    for chosen, one in started:
+        pieces.append((chosen, result(one)))
+        if hasattr(show_progress, "update"):
+            show_progress.update(len(chosen))
+    return join(len(texts), pieces)
+
+
 def worker_settings(encoder: Encoder, threads: int) -> dict:
     """What a worker needs to make the same encoder as ``encoder`` with ``threads`` threads."""
     return {"model": None if encoder.is_default else str(encoder.path), "threads": threads, "doc_runtime": encoder.doc_runtime,
@@ -104,7 +121,7 @@ class ProcessEncoder:
         fixed = sorted(options.keys() & {"threads", "device", "precision"})
         if fixed:
             raise ConfigError(f"worker processes run on the CPU with one thread each: {', '.join(fixed)} cannot be set for them (a GPU encodes in one process: Encoder(device=...)).")
-        self._start(Encoder(model, threads=1, device="cpu", **options), workers)
+        self._launch(Encoder(model, threads=1, device="cpu", **options), workers)
 
     @classmethod
     def like(cls, encoder: Encoder, workers: int) -> "ProcessEncoder":
@@ -115,10 +132,10 @@ class ProcessEncoder:
         if encoder.device != "cpu":
             raise ConfigError(f"worker processes encode on the CPU; give them an encoder on the CPU, not {encoder.device}.")
         pool = cls.__new__(cls)
-        pool._start(encoder, workers)
+        pool._launch(encoder, workers)
         return pool
 
-    def _start(self, local: Encoder, workers: int) -> None:
+    def _launch(self, local: Encoder, workers: int) -> None:
         self.local = local
         if self.local.doc_runtime != "torch":  # one ONNX export, made here: every worker reads it from the cache
             try:
@@ -153,22 +170,13 @@ class ProcessEncoder:
 
     def encode_documents(self, texts, *, batch_size=None, threads=None, show_progress=None) -> TokenVectors:
         texts = list(texts)
-        if not texts:
-            return self.local.encode_documents(texts)
         wrong = next((i for i, text in enumerate(texts) if not isinstance(text, str)), None)
         if wrong is not None:  # the local encoder's message, before any worker is asked
             raise EncoderError(f"text #{wrong} is a {type(texts[wrong]).__name__}, expected str.")
-        parts = [p for p in deal(self.local, texts, self.workers, batch_size) if len(p)]
-        pieces = []
         try:
-            futures = [(p, self._pool.submit(_encode, [texts[i] for i in p], batch_size)) for p in parts]
-            for chosen, future in futures:
-                pieces.append((chosen, future.result()))
-                if hasattr(show_progress, "update"):
-                    show_progress.update(len(chosen))
+            return dealt(self.local, texts, self.workers, batch_size, lambda w, part: self._pool.submit(_encode, part, batch_size), lambda future: future.result(), show_progress)
         except BrokenProcessPool:
             raise EncoderError(
                 "a worker process of --workers stopped (out of memory, killed, or it could not start: a script that encodes with "
                 "worker processes must do so under `if __name__ == \"__main__\":`); encode again, with fewer workers or none."
             ) from None
-        return join(len(texts), pieces)
