@@ -137,30 +137,50 @@ def _alive(pid: int) -> bool:
 
 
 @pytest.mark.skipif(not Path("/proc/self/stat").exists(), reason="reads /proc")
-def test_workers_end_when_their_build_is_killed(tmp_path, models):
-    """SIGKILL of a build with --workers: no worker process is left behind, no index appears,
-    and the same build then completes."""
-    corpus_file = tmp_path / "corpus.jsonl"
-    corpus_file.write_text("".join(json.dumps({"id": f"d{n}", "text": f"{DOCS[n % 8][2]} {n} " * 6}) + "\n" for n in range(20000)))
-    argv = [sys.executable, "-m", "mvr.cli", "index", str(corpus_file), "--path", str(tmp_path / "idx"), "--model", str(models["plain"]), "--workers", "2", "--quiet"]
-    build = subprocess.Popen(argv, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, env={**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)})
+def _kill_with_workers(argv: list[str]) -> None:
+    """Run ``mvr ARGV`` (with --workers 2), SIGKILL it once both workers are encoding, and check
+    that no worker outlives it."""
+    run = subprocess.Popen([sys.executable, "-m", "mvr.cli", *argv], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, env={**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)})
     try:
         deadline = time.monotonic() + 120
-        while len(_children(build.pid)) < 2 and time.monotonic() < deadline and build.poll() is None:
+        while len(_children(run.pid)) < 2 and time.monotonic() < deadline and run.poll() is None:
             time.sleep(0.2)
-        workers = _children(build.pid)
-        assert len(workers) == 2, build.stderr.read().decode() if build.poll() is not None else "no workers started"
+        workers = _children(run.pid)
+        assert len(workers) == 2, run.stderr.read().decode() if run.poll() is not None else "no workers started"
         time.sleep(2.0)  # the workers are encoding
     finally:
-        build.send_signal(signal.SIGKILL)
-        build.wait(timeout=60)
+        run.send_signal(signal.SIGKILL)
+        run.wait(timeout=60)
     deadline = time.monotonic() + 30
     while any(map(_alive, workers)) and time.monotonic() < deadline:
         time.sleep(0.2)
     left = [p for p in workers if _alive(p)]
-    assert not left, f"worker processes {left} outlived their killed build"
+    assert not left, f"worker processes {left} outlived their killed process"
+
+
+def _big(path: Path) -> Path:
+    path.write_text("".join(json.dumps({"id": f"d{n}", "text": f"{DOCS[n % 8][2]} {n} " * 6}) + "\n" for n in range(20000)))
+    return path
+
+
+def test_workers_end_when_their_build_is_killed(tmp_path, models):
+    """SIGKILL of a build with --workers: no worker process is left behind, no index appears,
+    and the same build then completes."""
+    _kill_with_workers(["index", str(_big(tmp_path / "corpus.jsonl")), "--path", str(tmp_path / "idx"), "--model", str(models["plain"]), "--workers", "2", "--quiet"])
     assert not (tmp_path / "idx").exists()
     small = tmp_path / "small.jsonl"
     small.write_text("".join(json.dumps({"id": f"d{n}", "text": DOCS[n % 8][2]}) + "\n" for n in range(40)))
     assert main(["index", str(small), "--path", str(tmp_path / "idx"), "--model", str(models["plain"]), "--workers", "2", "--quiet"]) == 0
     assert len(Index.open(tmp_path / "idx").doc_ids) == 40
+
+
+def test_an_add_in_workers_killed_part_way_leaves_the_last_commit_whole(tmp_path, models):
+    index = Index.build(corpus(), tmp_path / "idx", config=IndexConfig(model=str(models["plain"]), sparse=("bm25s",)), show_progress=False)
+    before = (index.generation, list(index.doc_ids), index.search("which animal purrs", k=3).doc_ids)
+    _kill_with_workers(["add", str(tmp_path / "idx"), str(_big(tmp_path / "big.jsonl")), "--workers", "2", "--quiet"])
+    after = Index.open(tmp_path / "idx")
+    assert (after.generation, list(after.doc_ids), after.search("which animal purrs", k=3).doc_ids) == before
+    small = tmp_path / "small.jsonl"
+    small.write_text("".join(json.dumps({"id": f"new{n}", "text": DOCS[n % 8][2]}) + "\n" for n in range(6)))
+    assert main(["add", str(tmp_path / "idx"), str(small), "--workers", "2", "--quiet"]) == 0  # the killed writer's lock is gone
+    assert Index.open(tmp_path / "idx").n_docs == len(corpus()) + 6
