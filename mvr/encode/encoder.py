@@ -23,7 +23,7 @@ from ..progress import progress
 from ..threads import cpu_threads
 from .forms import DEFAULT_MODEL_NAME, default_model_path, detect_spec, load_projections, weight_files_of, weights_checksum
 from .runtimes import ExportError, OnnxTransformer, check_runtime, quiet_transformers
-from .tokens import CHARS_PER_TOKEN, TokenVectors, prefix_end, token_classes
+from .tokens import CHARS_PER_TOKEN, TokenVectors, input_ids, prefix_end, token_classes
 
 
 def identity_differences(recorded: dict, actual: dict) -> list[str]:
@@ -270,34 +270,9 @@ class Encoder:
 
     def _token_ids(self, texts: list[str], is_query: bool) -> tuple[list[list[int]], np.ndarray]:
         """Model input ids of each text, and which texts were truncated to fit."""
-        tok = self.tokenizer
         marker = self._query_marker_id if is_query else self._doc_marker_id
         maxlen = self.spec.query_maxlen if is_query else self.spec.doc_maxlen
-        body = maxlen - 2 - (marker is not None)
-        if not texts:
-            return [], np.zeros(0, dtype=bool)
-        # One token more than fits tells truncated texts apart from those that fit exactly. A cut
-        # text giving no more than that may have lost tokens past its cut: it is tried again with a
-        # window four times as wide, up to the whole text.
-        pieces: list[list[int]] = [[] for _ in texts]
-        pending = list(range(len(texts)))
-        window = CHARS_PER_TOKEN * (body + 1) if tok.truncation_side == "right" else None  # "left" keeps the end
-        while pending:
-            ends = [len(texts[i]) if window is None else prefix_end(texts[i], window) for i in pending]
-            found = tok([texts[i][:end] for i, end in zip(pending, ends)], add_special_tokens=False, truncation=True, max_length=body + 1)["input_ids"]
-            retry = []
-            for i, end, ids in zip(pending, ends, found):
-                if end < len(texts[i]) and len(ids) <= body:
-                    retry.append(i)
-                else:
-                    pieces[i] = ids
-            pending, window = retry, (window or 0) * 4
-        truncated = np.array([len(ids) > body for ids in pieces], dtype=bool)
-        head = [tok.cls_token_id] + ([marker] if marker is not None else [])
-        sequences = [head + ids[:body] + [tok.sep_token_id] for ids in pieces]
-        if is_query and self.spec.query_expansion:
-            sequences = [ids + [tok.mask_token_id] * (maxlen - len(ids)) for ids in sequences]
-        return sequences, truncated
+        return input_ids(self.tokenizer, texts, marker, maxlen, expand=is_query and self.spec.query_expansion)
 
     def _encode(self, texts: list[str], *, is_query: bool, batch_size: int | None, threads: int | None, show_progress) -> TokenVectors:
         import torch

@@ -12,7 +12,7 @@ import numpy as np
 # A text longer than 64 characters per kept token is cut before the tokenizer sees it (a 10 MB
 # one-line document would otherwise be tokenised whole, 1.5 GB, to keep a few hundred tokens).
 # WordPiece averages 4-6 characters a token on prose, so one cut nearly always suffices; a cut
-# that yields too few tokens is widened (see Encoder._token_ids), so the figure never changes the tokens.
+# that yields too few tokens is widened (see input_ids), so the figure never changes the tokens.
 CHARS_PER_TOKEN = 64
 _BREAKS = (" ", "\n", "\t", "\r")
 
@@ -27,6 +27,36 @@ def prefix_end(text: str, limit: int) -> int:
     while end > 0 and text[end - 1] in _BREAKS:
         end -= 1
     return max(end, 0)
+
+
+def input_ids(tokenizer, texts: list[str], marker: int | None, maxlen: int, expand: bool = False) -> tuple[list[list[int]], np.ndarray]:
+    """Model input ids of each text ([CLS], ``marker`` if any, the text's tokens cut to fit
+    ``maxlen``, [SEP]; ``expand``: padded with [MASK] to ``maxlen``), and which texts were cut."""
+    body = maxlen - 2 - (marker is not None)
+    if not texts:
+        return [], np.zeros(0, dtype=bool)
+    # One token more than fits tells truncated texts apart from those that fit exactly. A cut
+    # text giving no more than that may have lost tokens past its cut: it is tried again with a
+    # window four times as wide, up to the whole text.
+    pieces: list[list[int]] = [[] for _ in texts]
+    pending = list(range(len(texts)))
+    window = CHARS_PER_TOKEN * (body + 1) if tokenizer.truncation_side == "right" else None  # "left" keeps the end
+    while pending:
+        ends = [len(texts[i]) if window is None else prefix_end(texts[i], window) for i in pending]
+        found = tokenizer([texts[i][:end] for i, end in zip(pending, ends)], add_special_tokens=False, truncation=True, max_length=body + 1)["input_ids"]
+        retry = []
+        for i, end, ids in zip(pending, ends, found):
+            if end < len(texts[i]) and len(ids) <= body:
+                retry.append(i)
+            else:
+                pieces[i] = ids
+        pending, window = retry, (window or 0) * 4
+    truncated = np.array([len(ids) > body for ids in pieces], dtype=bool)
+    head = [tokenizer.cls_token_id] + ([marker] if marker is not None else [])
+    sequences = [head + ids[:body] + [tokenizer.sep_token_id] for ids in pieces]
+    if expand:
+        sequences = [ids + [tokenizer.mask_token_id] * (maxlen - len(ids)) for ids in sequences]
+    return sequences, truncated
 
 
 
