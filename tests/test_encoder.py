@@ -6,6 +6,7 @@ weights read from disk, so the encoder's batching, masking and pruning are check
 
 import json
 import string
+import threading
 
 import numpy as np
 import pytest
@@ -13,6 +14,7 @@ import torch
 
 from mvr import Encoder, EncoderError
 from mvr.encode import detect_spec
+from mvr.encode.runtimes import OnnxTransformer
 
 
 def _by_hand(encoder, ids, attention, weight=None, keep=None):
@@ -136,6 +138,31 @@ def test_onnx_document_runtimes_follow_pytorch(models, kind, tmp_path, monkeypat
         assert cosine.min() > floor, (runtime, cosine.min())
     int8_files = list((tmp_path / "onnx").glob("*-int8.onnx"))
     assert len(int8_files) == 1 and int8_files[0].stat().st_size < 0.5 * int8_files[0].with_name(int8_files[0].name.replace("-int8", "")).stat().st_size
+
+
+@pytest.mark.parametrize("runtime,batch", [("onnx-int8", 1), ("onnx", 2)])
+def test_documents_run_side_by_side_one_thread_each_with_the_same_vectors(models, runtime, batch, monkeypatch):
+    """Under an ONNX runtime, documents run as many batches at once as the encoder has threads,
+    each session run on one thread; the vectors are those of one thread, bit for bit."""
+    encoder = Encoder(models["plain"], doc_runtime=runtime, batch_size=batch)
+    texts = [f"document {i} " + "with words " * (i % 7) for i in range(12)]
+    alone = encoder.encode_documents(texts, threads=1)
+    runs, lock, together = [], threading.Lock(), threading.Barrier(2, timeout=30)  # opens only for two runs at once
+    original = OnnxTransformer.run
+
+    def run(self, feeds, runtime_, threads):
+        with lock:
+            runs.append((threading.get_ident(), threads))
+            n = len(runs)
+        if n in (2, 3):  # the first runs alone (it opens the session); the next two meet
+            together.wait()
+        return original(self, feeds, runtime_, threads)
+
+    monkeypatch.setattr(OnnxTransformer, "run", run)
+    side_by_side = encoder.encode_documents(texts, threads=2)
+    np.testing.assert_array_equal(side_by_side.vectors, alone.vectors)
+    np.testing.assert_array_equal(side_by_side.token_ids, alone.token_ids)
+    assert len(runs) == 12 // batch and {threads for _, threads in runs} == {1} and len({ident for ident, _ in runs}) >= 2
 
 
 def test_unknown_runtime_is_refused(models):

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import os
 import threading
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict
 from pathlib import Path
 from typing import Sequence
@@ -145,19 +146,16 @@ class Encoder:
         return self._model
 
     # -- ONNX Runtime ----------------------------------------------------------------------------
-    def _onnx_hidden(self, inputs: dict, is_query: bool):
-        """The transformer's last hidden state from ONNX Runtime, or None (then torch runs) when
-        this side's runtime is torch or the model cannot be exported; a failed export is
-        remembered and that side uses torch from then on."""
+    def _onnx_hidden(self, inputs: dict, is_query: bool, threads: int):
+        """The transformer's last hidden state from ONNX Runtime on ``threads`` threads, or None
+        (then torch runs) when this side's runtime is torch or the model cannot be exported; a
+        failed export is remembered and that side uses torch from then on."""
         import torch
 
         attribute = "query_runtime" if is_query else "doc_runtime"
         runtime = getattr(self, attribute)
         if runtime == "torch":
             return None
-        # Queries: one thread, at batch 1 a second one costs more than it brings (docs/speed.md).
-        # Documents: the threads torch was given for this call.
-        threads = 1 if is_query else torch.get_num_threads()
         feeds = {name: value.numpy() for name, value in inputs.items()}
         try:
             return torch.from_numpy(self._onnx.run(feeds, runtime, threads))
@@ -290,40 +288,63 @@ class Encoder:
         bar = show_progress if outer else progress(total=len(texts), desc="encoding queries" if is_query else "encoding documents", unit="text", show=show_progress)
         pad_id = self.tokenizer.pad_token_id or 0
         dtype = autocast_dtype(self.precision)
-        with cpu_threads(threads or self.threads, "torch"), torch.inference_mode():
-            for start in range(0, len(order), batch_size):
-                batch = [sequences[i] for i in order[start : start + batch_size]]
-                width = max(len(s) for s in batch)
-                input_ids = torch.full((len(batch), width), pad_id, dtype=torch.long)
-                attention = torch.zeros((len(batch), width), dtype=torch.long)
+        lock = threading.Lock()
+
+        @torch.inference_mode()
+        def encode(start: int) -> None:
+            batch = [sequences[i] for i in order[start : start + batch_size]]
+            width = max(len(s) for s in batch)
+            input_ids = torch.full((len(batch), width), pad_id, dtype=torch.long)
+            attention = torch.zeros((len(batch), width), dtype=torch.long)
+            for row, ids in enumerate(batch):
+                input_ids[row, : len(ids)] = torch.tensor(ids, dtype=torch.long)
+                attention[row, : len(ids)] = 1
+            if is_query and self.spec.query_expansion and not self.spec.attend_to_expansion:
+                attention[input_ids == self.tokenizer.mask_token_id] = 0
+            inputs = {"input_ids": input_ids, "attention_mask": attention}
+            if self._pass_token_types:
+                inputs["token_type_ids"] = torch.zeros_like(input_ids)
+            hidden = self._onnx_hidden(inputs, is_query, 1 if is_query or lanes > 1 else torch.get_num_threads())
+            if hidden is None:
+                hidden = self._torch_hidden(inputs, dtype)
+            for weight, bias, activation in self._projections:
+                hidden = torch.nn.functional.linear(hidden, weight, bias)
+                if activation is not None:
+                    hidden = activation(hidden)
+            if is_query and self.spec.query_expansion:
+                keep = torch.ones_like(input_ids, dtype=torch.bool)
+            else:
+                keep = torch.zeros_like(input_ids, dtype=torch.bool)
                 for row, ids in enumerate(batch):
-                    input_ids[row, : len(ids)] = torch.tensor(ids, dtype=torch.long)
-                    attention[row, : len(ids)] = 1
-                if is_query and self.spec.query_expansion and not self.spec.attend_to_expansion:
-                    attention[input_ids == self.tokenizer.mask_token_id] = 0
-                inputs = {"input_ids": input_ids, "attention_mask": attention}
-                if self._pass_token_types:
-                    inputs["token_type_ids"] = torch.zeros_like(input_ids)
-                hidden = self._onnx_hidden(inputs, is_query)
-                if hidden is None:
-                    hidden = self._torch_hidden(inputs, dtype)
-                for weight, bias, activation in self._projections:
-                    hidden = torch.nn.functional.linear(hidden, weight, bias)
-                    if activation is not None:
-                        hidden = activation(hidden)
-                if is_query and self.spec.query_expansion:
-                    keep = torch.ones_like(input_ids, dtype=torch.bool)
-                else:
-                    keep = torch.zeros_like(input_ids, dtype=torch.bool)
-                    for row, ids in enumerate(batch):
-                        keep[row, : len(ids)] = True
-                    if not is_query and len(self._skip_ids):
-                        keep &= ~torch.isin(input_ids, self._skip_ids)
-                hidden = torch.nn.functional.normalize(hidden, p=2, dim=-1)
-                for row, original in enumerate(order[start : start + batch_size]):
-                    results[original] = hidden[row][keep[row]].numpy()
-                    ids_out[original] = input_ids[row][keep[row]].numpy().astype(np.int32)
+                    keep[row, : len(ids)] = True
+                if not is_query and len(self._skip_ids):
+                    keep &= ~torch.isin(input_ids, self._skip_ids)
+            hidden = torch.nn.functional.normalize(hidden, p=2, dim=-1)
+            for row, original in enumerate(order[start : start + batch_size]):
+                results[original] = hidden[row][keep[row]].numpy()
+                ids_out[original] = input_ids[row][keep[row]].numpy().astype(np.int32)
+            with lock:
                 bar.update(len(batch))
+
+        starts = range(0, len(order), batch_size)
+        with cpu_threads(threads or self.threads, "torch"):
+            # ONNX Runtime spreads one run over threads poorly: queries run on one (at batch 1 a second
+            # costs more than it brings, docs/speed.md), documents as many at once as there are
+            # threads, one thread each (a document's vectors are the same either way). The first
+            # batch runs alone: it opens the session, or finds the export failing.
+            lanes = torch.get_num_threads() if not is_query and self.doc_runtime != "torch" and len(starts) > 1 else 1
+            if starts:
+                encode(starts[0])
+            if lanes > 1 and self.doc_runtime != "torch":
+                pool = ThreadPoolExecutor(lanes, thread_name_prefix="mvr-encode")
+                try:
+                    for _ in pool.map(encode, starts[1:]):
+                        pass
+                finally:
+                    pool.shutdown(cancel_futures=True)
+            else:
+                for start in starts[1:]:
+                    encode(start)
         if not outer:
             bar.close()
         lengths = np.array([r.shape[0] for r in results], dtype=np.int64)
