@@ -2,9 +2,10 @@
 first stages, files) of the first N documents of a BEIR corpus, locally at each thread count, in
 W local worker processes of one thread each (``mvr index --workers W``), and on a local Ray
 instance with W encoder workers of one thread each, one after the other in this command, each
-build timed from the first document read to the index opened.
+build timed from the first document read to the index opened. ``--doc-runtimes``: the local
+builds with each of these document runtimes (default: the default one); workers and Ray use the last.
 
-    python -m mvr.eval.index_speed ../shared/datasets/scifact --documents 1000 --threads 1 2 --workers 2 --ray-workers 2 --output docs/results/index-speed-scifact.json
+    python -m mvr.eval.index_speed ../shared/datasets/scifact --documents 2000 --threads 1 2 --doc-runtimes onnx-int8 onnx-int8-fused --workers 2 --ray-workers 2 --output docs/results/index-speed-scifact.json
 
 The model is loaded (and its ONNX export made) before the clock starts, by a warm-up build of a
 few documents; the worker processes' start and model loading (and Ray's) are inside their
@@ -30,25 +31,28 @@ def _first(dataset: Path, n: int) -> list:
     return docs
 
 
-def run(dataset: Path, documents: int, threads: list[int], workers: list[int], processes: list[int] = ()) -> dict:
+def run(dataset: Path, documents: int, threads: list[int], workers: list[int], processes: list[int] = (), runtimes: list[str] | None = None) -> dict:
     from mvr import Encoder, Index
-    from mvr.config import IndexConfig
+    from mvr.config import DEFAULT_DOC_RUNTIME, IndexConfig
 
     docs = _first(dataset, documents)
+    runtimes = list(runtimes or [DEFAULT_DOC_RUNTIME])
     rows = []
     with tempfile.TemporaryDirectory() as tmp:
-        encoder = Encoder()
-        Index.build(docs[:8], Path(tmp) / "warm", encoder=encoder, show_progress=False)  # export, load, kernels
-        for n in threads:
-            started = time.perf_counter()
-            Index.build(docs, Path(tmp) / f"local-{n}", config=IndexConfig(threads=n), encoder=Encoder(threads=n), show_progress=False)
-            seconds = time.perf_counter() - started
-            rows.append({"how": f"local, {n} thread{'s' if n > 1 else ''}", "threads": n, "seconds": round(seconds, 1), "docs_per_s": round(len(docs) / seconds, 1)})
+        for runtime in runtimes:  # export, load, kernels
+            Index.build(docs[:8], Path(tmp) / f"warm-{runtime}", config=IndexConfig(doc_runtime=runtime), show_progress=False)
+        for runtime in runtimes:
+            for n in threads:
+                config = IndexConfig(threads=n, doc_runtime=runtime)
+                started = time.perf_counter()
+                Index.build(docs, Path(tmp) / f"local-{runtime}-{n}", config=config, encoder=Encoder(threads=n, doc_runtime=runtime), show_progress=False)
+                seconds = time.perf_counter() - started
+                rows.append({"how": f"local, {runtime}, {n} thread{'s' if n > 1 else ''}", "doc_runtime": runtime, "threads": n, "seconds": round(seconds, 1), "docs_per_s": round(len(docs) / seconds, 1)})
         for w in processes:
             from mvr.encode.pool import ProcessEncoder
 
             started = time.perf_counter()
-            with ProcessEncoder(None, workers=w) as pool:
+            with ProcessEncoder(None, workers=w, doc_runtime=runtimes[-1]) as pool:
                 Index.build(docs, Path(tmp) / f"workers-{w}", encoder=pool, show_progress=False)
             seconds = time.perf_counter() - started
             rows.append({"how": f"local, {w} worker processes of 1 thread", "processes": w, "seconds": round(seconds, 1), "docs_per_s": round(len(docs) / seconds, 1)})
@@ -57,7 +61,7 @@ def run(dataset: Path, documents: int, threads: list[int], workers: list[int], p
 
             started = time.perf_counter()
             connect("local", cpus=w)
-            ray_encoder = RayEncoder(None, workers=w)
+            ray_encoder = RayEncoder(None, workers=w, doc_runtime=runtimes[-1])
             try:
                 Index.build(docs, Path(tmp) / f"ray-{w}", encoder=ray_encoder, show_progress=False)
             finally:
@@ -71,6 +75,8 @@ def run(dataset: Path, documents: int, threads: list[int], workers: list[int], p
 
 
 def main(argv=None) -> int:
+    from mvr.config import RUNTIMES
+
     from .beir import publish_report
 
     p = argparse.ArgumentParser(prog="python -m mvr.eval.index_speed", description=__doc__.split("\n\n")[0])
@@ -79,9 +85,10 @@ def main(argv=None) -> int:
     p.add_argument("--threads", type=int, nargs="*", default=[1, 2])
     p.add_argument("--workers", type=int, nargs="*", default=[], help="also build with this many local worker processes of one thread each (mvr index --workers)")
     p.add_argument("--ray-workers", type=int, nargs="*", default=[], help="also build on a local Ray instance with this many workers (extra mvr[ray])")
+    p.add_argument("--doc-runtimes", nargs="*", default=None, choices=RUNTIMES, help="local builds with each of these document runtimes (default: the default one)")
     p.add_argument("--output", type=Path, default=None)
     args = p.parse_args(argv)
-    report = run(args.dataset, args.documents, args.threads, args.ray_workers, args.workers)
+    report = run(args.dataset, args.documents, args.threads, args.ray_workers, args.workers, args.doc_runtimes)
     publish_report(report, "mvr.eval.index_speed", argv, args.output)
     return 0
 

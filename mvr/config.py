@@ -13,11 +13,14 @@ PRUNE_RULES = ("special", "punctuation", "stopwords", "df")
 CLUSTER_METHODS = ("ward", "kmeans")
 KEEP_CLASSES = ("special", "punctuation", "stopwords")
 # How the transformer runs: PyTorch, ONNX Runtime float32, or ONNX Runtime with weights quantised
-# to int8 per output channel and activations quantised per run (dynamic quantisation).
-RUNTIMES = ("torch", "onnx", "onnx-int8")
+# to int8 per output channel and activations quantised per run (dynamic quantisation), its graph as
+# traced or with each layer's attention, layer norms and GELU fused (mvr/encode/quantize.py).
+RUNTIMES = ("torch", "onnx", "onnx-int8", "onnx-int8-fused")
+INT8_RUNTIMES = ("onnx-int8", "onnx-int8-fused")
 QUERY_RUNTIMES = ("torch", "onnx")
-# Documents: int8 ONNX encodes SciFact 1.5x faster than PyTorch at the same nDCG@10 (docs/speed.md).
-DEFAULT_DOC_RUNTIME = "onnx-int8"
+# Documents: int8 ONNX with fused attention encodes SciFact 1.2x faster than int8 ONNX as traced
+# (itself 1.5x PyTorch), at PyTorch's nDCG@10 (docs/speed.md).
+DEFAULT_DOC_RUNTIME = "onnx-int8-fused"
 # How widely an approximate faiss index of the FDEs is searched, unless a search says otherwise
 # (SearchOptions.nprobe / ef_search): IVF lists probed, HNSW search breadth.
 FDE_NPROBE = 32
@@ -181,9 +184,10 @@ class IndexConfig:
     query_maxlen   query length in tokens (None: the model's own, 64 for plain encoders)
     doc_maxlen     document length in tokens; longer documents are truncated (None: the model's own, 256 for plain encoders)
     batch_size     texts per encoder forward pass
-    doc_runtime    how documents run through the transformer: "onnx-int8" (ONNX Runtime, int8
-                   weights; same nDCG@10 as PyTorch on SciFact and NFCorpus, 1.5x faster:
-                   docs/speed.md), "onnx" (float32) or "torch"
+    doc_runtime    how documents run through the transformer: "onnx-int8-fused" (ONNX Runtime,
+                   int8 weights, attention fused: PyTorch's nDCG@10 on SciFact and NFCorpus, 1.8x
+                   faster, docs/speed.md), "onnx-int8" (the graph as traced: indexes built before
+                   the fused one keep it), "onnx" (float32) or "torch"
     pca_dim        reduce token vectors to this many dims with uncentred PCA (None: keep all)
     pca_sample     token vectors sampled to fit the PCA
     projection     a trained projection head (an .npz of `mvr train-projection`, mvr/vectors/heads.py)

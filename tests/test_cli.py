@@ -39,7 +39,7 @@ def test_index_search_info_eval(tmp_path, beir, capsys):
     code, out, _ = run(capsys, "info", "tiny", "--json", "--verify", "--index-dir", home)
     info = json.loads(out)
     assert info["documents"] == 8 and info["verified"] and info["build"]["command"].startswith("mvr index")
-    assert info["config"]["doc_runtime"] == "onnx-int8"  # the default document runtime, recorded
+    assert info["config"]["doc_runtime"] == "onnx-int8-fused"  # the default document runtime, recorded
 
     # the same corpus encoded in PyTorch: the first hit of every query agrees with the int8 index
     code, out, _ = run(capsys, "index", beir / "corpus.jsonl", "--name", "tiny-torch", "--doc-runtime", "torch", "--index-dir", home, "--quiet", "--sparse", "none")

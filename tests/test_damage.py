@@ -246,9 +246,9 @@ def test_verify_reports_what_opening_refuses_and_a_stale_stage(default_index, tm
 QUERIES = ["what do cats eat", "lava", "a much longer question about the capital cities of europe"]
 
 
-def _export(encoder, cache: Path, quantized: bool = False) -> Path:
-    """The cached export of ``encoder``'s weights (named after their sha256)."""
-    return next(p for p in (cache / "onnx").glob(f"{encoder.weights_sha256[:24]}-*.onnx") if p.name.endswith("-int8.onnx") == quantized)
+def _export(encoder, cache: Path, runtime: str = "onnx") -> Path:
+    """The cached export of ``encoder``'s weights that ``runtime`` runs (named after their sha256)."""
+    return cache / "onnx" / encoder._onnx.path(runtime).name
 
 
 def _plant(source: Path, encoder) -> Path:
@@ -281,16 +281,17 @@ def test_another_models_export_under_the_models_name_is_not_used(models, tmp_pat
         np.testing.assert_allclose(again, want, atol=1e-5)
 
 
-def test_another_models_int8_export_is_not_used(models, tmp_path, monkeypatch):
+@pytest.mark.parametrize("runtime", ["onnx-int8", "onnx-int8-fused"])
+def test_another_models_int8_export_is_not_used(models, tmp_path, monkeypatch, runtime):
     texts = [text for _, _, text in DOCS]
     monkeypatch.setenv("MVR_CACHE_DIR", str(tmp_path / "clean"))
-    want = Encoder(models["plain"], doc_runtime="onnx-int8").encode_documents(texts).vectors
+    want = Encoder(models["plain"], doc_runtime=runtime).encode_documents(texts).vectors
     monkeypatch.setenv("MVR_CACHE_DIR", str(tmp_path / "planted"))
-    other = Encoder(models["plain-other"], doc_runtime="onnx-int8")
+    other = Encoder(models["plain-other"], doc_runtime=runtime)
     other.encode_documents(texts)
-    plain = Encoder(models["plain"], doc_runtime="onnx-int8")
-    for quantized in (False, True):
-        _plant(_export(other, tmp_path / "planted", quantized), plain)
+    plain = Encoder(models["plain"], doc_runtime=runtime)
+    for made in {"onnx-int8": ("onnx", runtime), "onnx-int8-fused": (runtime,)}[runtime]:  # what that runtime's export is made from
+        assert _plant(_export(other, tmp_path / "planted", made), plain).is_file()
     np.testing.assert_allclose(plain.encode_documents(texts).vectors, want, atol=1e-5)
 
 

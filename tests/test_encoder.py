@@ -7,13 +7,17 @@ weights read from disk, so the encoder's batching, masking and pruning are check
 import json
 import string
 import threading
+from collections import Counter
+from pathlib import Path
 
 import numpy as np
+import onnx
 import pytest
 import torch
 
 from mvr import Encoder, EncoderError
 from mvr.encode import detect_spec
+from mvr.encode.quantize import fuse_and_quantize
 from mvr.encode.runtimes import OnnxTransformer
 
 
@@ -111,7 +115,7 @@ def test_plain_encoder_keeps_every_token_without_markers(models):
         np.testing.assert_allclose(encoded.vectors, _by_hand(encoder, ids, [1] * len(ids)), atol=1e-5)
 
 
-@pytest.mark.parametrize("runtime", ["torch", "onnx", "onnx-int8"])
+@pytest.mark.parametrize("runtime", ["torch", "onnx", "onnx-int8", "onnx-int8-fused"])
 def test_batching_and_length_sorting_do_not_change_vectors(models, runtime):
     # int8 included: its activations are quantised per run, so documents must not share one
     encoder = Encoder(models["plain"], batch_size=2, doc_runtime=runtime)
@@ -129,7 +133,7 @@ def test_onnx_document_runtimes_follow_pytorch(models, kind, tmp_path, monkeypat
     monkeypatch.setenv("MVR_CACHE_DIR", str(tmp_path))
     texts = ["Hello, world! It works.", "a much longer text with many more tokens in it " * 3, "two words"]
     reference = Encoder(models[kind], doc_runtime="torch").encode_documents(texts)
-    for runtime, floor in (("onnx", 0.99999), ("onnx-int8", 0.9)):
+    for runtime, floor in (("onnx", 0.99999), ("onnx-int8", 0.9), ("onnx-int8-fused", 0.9)):
         encoder = Encoder(models[kind], doc_runtime=runtime)
         got = encoder.encode_documents(texts)
         assert encoder.doc_runtime == runtime
@@ -138,9 +142,58 @@ def test_onnx_document_runtimes_follow_pytorch(models, kind, tmp_path, monkeypat
         assert cosine.min() > floor, (runtime, cosine.min())
     int8_files = list((tmp_path / "onnx").glob("*-int8.onnx"))
     assert len(int8_files) == 1 and int8_files[0].stat().st_size < 0.5 * int8_files[0].with_name(int8_files[0].name.replace("-int8", "")).stat().st_size
+    # the fused export: each layer's attention one node, whose Q/K/V product is int8, as are the
+    # other products with weights; no product of two activations is quantised
+    fused = next((tmp_path / "onnx").glob("*-int8-fused.onnx"))
+    assert json.loads(Path(f"{fused}.json").read_text())["fused"]["Attention"] == 2  # the tiny models' 2 layers
+    ops = Counter(node.op_type for node in onnx.load(fused).graph.node)
+    assert ops["QAttention"] == 2 and ops["MatMulInteger"] == 6 and ops["MatMul"] == 0 and ops["Attention"] == 0
 
 
-@pytest.mark.parametrize("runtime,batch", [("onnx-int8", 1), ("onnx", 2)])
+def test_fused_export_quantises_only_products_with_weights_and_checks_the_fused_graph(models, tmp_path, monkeypatch):
+    """Whatever the optimizer fuses, products of two activations stay float; a fused graph whose
+    outputs differ from the traced one's, or an optimizer that fails, leaves the traced graph."""
+    import onnxruntime.transformers.optimizer as optimizer
+
+    monkeypatch.setenv("MVR_CACHE_DIR", str(tmp_path))
+    encoder = Encoder(models["plain"], doc_runtime="onnx-int8-fused")
+    traced = tmp_path / "traced.onnx"
+    config = encoder._onnx._export(traced, attention="eager")
+    probe = encoder.tokenizer("cats purr and dogs bark")["input_ids"]
+
+    def ops(name):
+        return Counter(node.op_type for node in onnx.load(tmp_path / name).graph.node)
+
+    # told the wrong number of heads, the optimizer leaves attention unfused (the rest it fuses)
+    report = fuse_and_quantize(str(traced), str(tmp_path / "a.onnx"), config.num_attention_heads * 2, config.hidden_size, probe)
+    assert "Attention" not in report["fused"] and "unfused_because" not in report
+    assert ops("a.onnx")["MatMulInteger"] == 12 and ops("a.onnx")["MatMul"] == 4  # Q.K and weights.V per layer stay float
+
+    real = optimizer.optimize_model
+
+    def wrong(*args, **kwargs):  # a fusion that changes what the graph computes
+        model = real(*args, **kwargs)
+        gamma = next(i for i in model.model.graph.initializer if i.name.endswith("LayerNorm.weight"))
+        gamma.CopyFrom(onnx.numpy_helper.from_array(onnx.numpy_helper.to_array(gamma) * 2, gamma.name))
+        return model
+
+    monkeypatch.setattr(optimizer, "optimize_model", wrong)
+    report = fuse_and_quantize(str(traced), str(tmp_path / "b.onnx"), config.num_attention_heads, config.hidden_size, probe)
+    assert report["fused"] == {} and "outputs differ" in report["unfused_because"]
+    assert ops("b.onnx")["QAttention"] == 0 and ops("b.onnx")["MatMul"] == 4
+
+    def failing(*args, **kwargs):
+        raise ValueError("no such pattern")
+
+    monkeypatch.setattr(optimizer, "optimize_model", failing)
+    report = fuse_and_quantize(str(traced), str(tmp_path / "c.onnx"), config.num_attention_heads, config.hidden_size, probe)
+    assert report == {"fused": {}, "unfused_because": "ValueError: no such pattern"}
+    monkeypatch.setattr(optimizer, "optimize_model", real)
+    right = fuse_and_quantize(str(traced), str(tmp_path / "d.onnx"), config.num_attention_heads, config.hidden_size, probe)
+    assert right["fused"]["Attention"] == 2 and "unfused_because" not in right and ops("d.onnx")["QAttention"] == 2
+
+
+@pytest.mark.parametrize("runtime,batch", [("onnx-int8", 1), ("onnx-int8-fused", 1), ("onnx", 2)])
 def test_documents_run_side_by_side_one_thread_each_with_the_same_vectors(models, runtime, batch, monkeypatch):
     """Under an ONNX runtime, documents run as many batches at once as the encoder has threads,
     each session run on one thread; the vectors are those of one thread, bit for bit."""

@@ -293,7 +293,7 @@ def test_document_runtime_is_recorded_and_old_manifests_read_as_pytorch(tmp_path
     from mvr.storage.formats import upgrade_config
 
     assert IndexConfig.from_dict(upgrade_config({})).doc_runtime == "torch"  # built before the field existed
-    assert IndexConfig().doc_runtime == "onnx-int8"
+    assert IndexConfig().doc_runtime == "onnx-int8-fused"
     with pytest.raises(ConfigError, match="unknown doc_runtime 'int4'"):
         IndexConfig(doc_runtime="int4")
     with pytest.raises(ConfigError, match="cannot change without encoding the corpus again"):

@@ -141,7 +141,7 @@ def test_no_process_wide_side_effects(tmp_path):
         "before = state()\n"
         "import mvr\n"
         "from pathlib import Path\n"
-        "index = mvr.Index.build([('a', 'cats purr'), ('b', 'dogs bark')], Path(sys.argv[1]), config=mvr.IndexConfig(doc_runtime='onnx-int8', threads=1))\n"
+        "index = mvr.Index.build([('a', 'cats purr'), ('b', 'dogs bark')], Path(sys.argv[1]), config=mvr.IndexConfig(doc_runtime='onnx-int8-fused', threads=1))\n"
         "index.search('cats', k=1, threads=1); index.search('cats', k=1, first_stage='exhaustive', threads=1)\n"
         "print(json.dumps([before, state()]))\n"
     )
@@ -152,7 +152,7 @@ def test_no_process_wide_side_effects(tmp_path):
     for library, threads in before[-1].items():  # libraries loaded later (faiss's OpenMP) count from then on
         assert after[-1][library] == threads, library
     assert before[:-1] == after[:-1]  # logging, environment (torch's own cache variable aside), torch and Numba threads
-    assert (tmp_path / "cache" / "onnx").is_dir() and any(p.name.endswith("-int8.onnx") for p in (tmp_path / "cache" / "onnx").iterdir())
+    assert (tmp_path / "cache" / "onnx").is_dir() and any(p.name.endswith("-int8-fused.onnx") for p in (tmp_path / "cache" / "onnx").iterdir())
 
 
 def test_eight_threads_searching_at_once_get_what_one_gets(default_index):

@@ -23,7 +23,7 @@ def corpus():
     return [{"id": f"{i}-{n}", "title": t, "text": f"{x} {n}" + " more" * (n % 5), "metadata": {"n": n}} for n in range(9) for i, t, x in DOCS]
 
 
-@pytest.mark.parametrize("runtime,batch", [("onnx-int8", 1), ("torch", 4)])
+@pytest.mark.parametrize("runtime,batch", [("onnx-int8-fused", 1), ("onnx-int8", 1), ("torch", 4)])
 def test_deal_gives_each_worker_whole_batches_of_the_encoders_order(models, runtime, batch):
     encoder = Encoder(str(models["plain"]), doc_runtime=runtime, batch_size=4)
     texts = [d["text"] for d in corpus()]
@@ -37,7 +37,7 @@ def test_deal_gives_each_worker_whole_batches_of_the_encoders_order(models, runt
         assert [again[s : s + batch].tolist() for s in range(0, len(again), batch)] == batches[w::3]
 
 
-@pytest.mark.parametrize("runtime", ["onnx-int8", "torch"])
+@pytest.mark.parametrize("runtime", ["onnx-int8-fused", "onnx-int8", "torch"])
 def test_a_build_in_worker_processes_writes_the_same_index(tmp_path, models, runtime):
     config = IndexConfig(model=str(models["plain"]), doc_runtime=runtime, batch_size=4, sparse=("bm25s",))
     local = Index.build(corpus(), tmp_path / "local", config=config, chunk_size=30)

@@ -28,7 +28,7 @@ def add_parser(sub) -> argparse.ArgumentParser:
     p.add_argument("--batch-size", type=int, default=None, help=f"texts per forward pass (default {d.batch_size})")
     p.add_argument(
         "--doc-runtime", choices=RUNTIMES, default=d.doc_runtime,
-        help=f"how documents run through the model: onnx-int8 (ONNX Runtime, int8 weights; 1.5x PyTorch at the same nDCG@10, docs/speed.md), onnx, torch (default: {d.doc_runtime})",
+        help=f"how documents run through the model: onnx-int8-fused (ONNX Runtime, int8 weights, attention fused: 1.8x PyTorch at its nDCG@10, docs/speed.md), onnx-int8 (the graph as traced), onnx, torch (default: {d.doc_runtime})",
     )
     p.add_argument("--pca-dim", type=int, default=d.pca_dim, help="reduce token vectors with uncentred PCA to this many dims")
     p.add_argument("--skip-empty", action="store_true", default=d.skip_empty, help="drop documents with no text instead of failing")

@@ -17,7 +17,7 @@ from typing import Sequence
 
 import numpy as np
 
-from ..config import DEFAULT_DOC_RUNTIME, QUERY_RUNTIMES, RUNTIMES
+from ..config import DEFAULT_DOC_RUNTIME, INT8_RUNTIMES, QUERY_RUNTIMES, RUNTIMES
 from ..device import autocast_dtype, resolve_device, resolve_precision
 from ..errors import EncoderError
 from ..progress import progress
@@ -44,8 +44,9 @@ class Encoder:
     once per model and cached under ``$MVR_CACHE_DIR``, default ``~/.cache/mvr``; same outputs
     within float rounding, about twice as fast at batch 1 on CPU), "torch" keeps PyTorch; None
     reads ``$MVR_QUERY_RUNTIME`` (default "onnx"). ``doc_runtime``: the same for documents, with
-    "onnx-int8" too (weights int8 per output channel, activations quantised per batch; the default,
-    docs/speed.md has its speed and nDCG@10); None reads ``$MVR_DOC_RUNTIME``. A model the exporter
+    "onnx-int8" and "onnx-int8-fused" too (weights int8 per output channel, activations quantised
+    per run, one document per run; the fused graph is the default, docs/speed.md has their speed and
+    nDCG@10; :mod:`mvr.encode.quantize` how each is made); None reads ``$MVR_DOC_RUNTIME``. A model the exporter
     cannot handle stays on PyTorch, with a warning. ``device`` (mvr/device.py): "auto" (a CUDA GPU
     when torch sees one, else the CPU; None reads ``$MVR_DEVICE``, default "auto"), "cpu", "cuda" or
     "cuda:N"; on a GPU both sides run in PyTorch, texts batched by length, under autocast at
@@ -125,7 +126,7 @@ class Encoder:
         self._pass_token_types = "token_type_ids" in tok.model_input_names
         self.weights_sha256 = weights_checksum(weight_files)
         input_names = ["input_ids", "attention_mask", *(["token_type_ids"] if self._pass_token_types else [])]
-        self._onnx = OnnxTransformer(lambda: self.model, tok, input_names, self.weights_sha256)
+        self._onnx = OnnxTransformer(lambda: self.model, tok, input_names, self.weights_sha256, transformer_path)
 
     @property
     def model(self):
@@ -217,7 +218,7 @@ class Encoder:
         """Documents per run: ``batch_size`` (default the encoder's), or one under the int8 runtime,
         whose activations are quantised over the whole run: alone, a document's vectors do not
         depend on batch-mates (and no padding is wasted; on SciFact no slower than batches of 32)."""
-        return 1 if self.doc_runtime == "onnx-int8" else batch_size or self.batch_size
+        return 1 if self.doc_runtime in INT8_RUNTIMES else batch_size or self.batch_size
 
     def tokenize_documents(self, texts: Sequence[str]) -> list[list[int]]:
         """The model input ids of each document (markers and special tokens included, truncated)."""

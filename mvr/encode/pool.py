@@ -139,7 +139,7 @@ class ProcessEncoder:
         self.local = local
         if self.local.doc_runtime != "torch":  # one ONNX export, made here: every worker reads it from the cache
             try:
-                self.local._onnx.exported(quantized=self.local.doc_runtime == "onnx-int8")
+                self.local._onnx.exported(self.local.doc_runtime)
             except Exception as error:  # an architecture the exporter cannot handle: every process runs PyTorch, as the index records
                 warnings.warn(f"mvr: documents fall back to PyTorch; ONNX export of {self.local.name} failed: {error}", stacklevel=2)
                 self.local.doc_runtime = "torch"

@@ -1,5 +1,5 @@
 """How a transformer runs: PyTorch, or its export to ONNX run by ONNX Runtime (float32, or with
-int8 weights). The export is made once per model and kept under ``$MVR_CACHE_DIR`` (default
+int8 weights, its graph as traced or fused: :mod:`mvr.encode.quantize`). The export is made once per model and kept under ``$MVR_CACHE_DIR`` (default
 ``~/.cache/mvr``), named after the weights' sha256. Beside each exported or quantised file, a
 sidecar ``NAME.onnx.json`` records the full sha256 of the weights it came from and of the file
 itself; a file is used only when both match (read once, checked, and given to ONNX Runtime as
@@ -16,6 +16,8 @@ import subprocess
 import sys
 import threading
 from pathlib import Path
+
+from .quantize import FUSED_SESSION_OFF
 
 
 @contextlib.contextmanager
@@ -39,13 +41,9 @@ def cache_dir() -> Path:
     return Path(os.environ.get("MVR_CACHE_DIR") or Path.home() / ".cache" / "mvr") / "onnx"
 
 
-# The quantiser logs advice through the root logger (and configures it on first use): it runs in
-# a child process so that nothing of this process's logging changes.
-_QUANTIZE = (
-    "import sys\n"
-    "from onnxruntime.quantization import QuantType, quantize_dynamic\n"
-    "quantize_dynamic(sys.argv[1], sys.argv[2], weight_type=QuantType.QInt8, per_channel=True)\n"
-)
+_RUN_FILE = "import runpy, sys; sys.argv = sys.argv[1:]; runpy.run_path(sys.argv[0], run_name='__main__')"
+# What each ONNX runtime runs, by the name of its cached file.
+_SUFFIXES = {"onnx": "", "onnx-int8": "-int8", "onnx-int8-fused": "-int8-fused"}
 
 
 def check_runtime(name: str, value: str, allowed: tuple[str, ...]) -> str:
@@ -61,10 +59,13 @@ class ExportError(RuntimeError):
 
 
 class OnnxTransformer:
-    """A transformer's ``last_hidden_state`` from ONNX Runtime; one session per (runtime, threads)."""
+    """A transformer's ``last_hidden_state`` from ONNX Runtime; one session per (runtime, threads).
+    ``load_model``: the PyTorch transformer, asked for only to export it; ``folder``: where it was
+    loaded from, read again with plain attention for the ``onnx-int8-fused`` export."""
 
-    def __init__(self, load_model, tokenizer, input_names: list[str], weights_sha256: str):
-        self._load_model = load_model  # the PyTorch transformer, asked for only to export it
+    def __init__(self, load_model, tokenizer, input_names: list[str], weights_sha256: str, folder: Path | None = None):
+        self._load_model = load_model
+        self._folder = folder
         self.tokenizer = tokenizer
         self.input_names = input_names
         self.weights_sha256 = weights_sha256
@@ -72,7 +73,7 @@ class OnnxTransformer:
         self._lock = threading.Lock()
 
     def run(self, feeds: dict, runtime: str, threads: int):
-        """Run ``feeds`` (name -> int64 array) through the ``runtime`` session ("onnx" or "onnx-int8")."""
+        """Run ``feeds`` (name -> int64 array) through the ``runtime`` session ("onnx", "onnx-int8" or "onnx-int8-fused")."""
         session = self._sessions.get((runtime, threads))
         if session is None:
             with self._lock:
@@ -88,41 +89,53 @@ class OnnxTransformer:
     def _open(self, runtime: str, threads: int):
         import onnxruntime
 
-        model = self.exported(quantized=runtime == "onnx-int8")
+        model = self.exported(runtime)
         options = onnxruntime.SessionOptions()
         options.intra_op_num_threads = threads
         options.inter_op_num_threads = 1
         options.log_severity_level = 3
         options.add_session_config_entry("session.intra_op.allow_spinning", "0")
-        return onnxruntime.InferenceSession(model, options, providers=["CPUExecutionProvider"])
+        off = FUSED_SESSION_OFF if runtime == "onnx-int8-fused" else None
+        return onnxruntime.InferenceSession(model, options, providers=["CPUExecutionProvider"], disabled_optimizers=off)
 
-    def path(self, quantized: bool = False) -> Path:
-        """Where the export of these weights (``quantized``: its int8 version) is cached."""
-        stem = f"{self.weights_sha256[:24]}-{len(self.input_names)}"
-        return cache_dir() / (f"{stem}-int8.onnx" if quantized else f"{stem}.onnx")
+    def path(self, runtime: str = "onnx") -> Path:
+        """Where the export of these weights that ``runtime`` runs is cached."""
+        return cache_dir() / f"{self.weights_sha256[:24]}-{len(self.input_names)}{_SUFFIXES[runtime]}.onnx"
 
-    def exported(self, quantized: bool = False) -> bytes:
-        """The serialised ONNX model of these weights (``quantized``: int8), checked against its
-        sidecar; made again where the cached file is missing, unrecorded or not theirs."""
-        path = self.path(quantized)
+    def exported(self, runtime: str = "onnx") -> bytes:
+        """The serialised ONNX model that ``runtime`` runs ("onnx": float32; "onnx-int8" and
+        "onnx-int8-fused": :mod:`mvr.encode.quantize`), checked against its sidecar; made again
+        where the cached file is missing, unrecorded or not theirs."""
+        path = self.path(runtime)
         data = _checked(path, self.weights_sha256, self.input_names)
         if data is None:
             path.parent.mkdir(parents=True, exist_ok=True)
             tmp = path.with_name(f".{path.stem}.{os.getpid()}.{threading.get_ident()}.tmp.onnx")
+            source = tmp.with_name(f"{tmp.stem}.source.onnx")
+            report: dict = {}
             try:
-                if quantized:
-                    self._quantize(self.exported(), tmp)
-                else:
+                if runtime == "onnx":
                     self._export(tmp)
+                elif runtime == "onnx-int8":
+                    source.write_bytes(self.exported())  # a private copy of the checked export, whatever happens to the cache
+                    _quantize(["plain", str(source), str(tmp)])
+                else:
+                    config = self._export(source, attention="eager")
+                    probe = self.tokenizer("a probe through both graphs: fused and traced", add_special_tokens=True)["input_ids"]
+                    report = _quantize(["fused", str(source), str(tmp), str(config.num_attention_heads), str(config.hidden_size), json.dumps(probe)])
                 data = tmp.read_bytes()
                 os.replace(tmp, path)
             finally:
                 tmp.unlink(missing_ok=True)
-            _record(path, {"weights_sha256": self.weights_sha256, "onnx_sha256": hashlib.sha256(data).hexdigest(), "input_names": self.input_names})
+                source.unlink(missing_ok=True)
+            _record(path, {"weights_sha256": self.weights_sha256, "onnx_sha256": hashlib.sha256(data).hexdigest(), "input_names": self.input_names, **report})
         return data
 
-    def _export(self, path: Path) -> None:
-        """The transformer exported to ``path`` (a temporary name: :meth:`exported` moves it)."""
+    def _export(self, path: Path, attention: str | None = None):
+        """The transformer exported to ``path`` (a temporary name: :meth:`exported` moves it);
+        ``attention="eager"``: a copy loaded with plain attention, whose trace ONNX Runtime's
+        optimizer can fuse (PyTorch's fused kernel traces into masking it cannot). Returns the
+        transformer's config."""
         import warnings
 
         import torch
@@ -139,7 +152,13 @@ class OnnxTransformer:
 
         example = torch.tensor([[self.tokenizer.cls_token_id, self.tokenizer.sep_token_id]])
         args = tuple(example if n == "input_ids" else torch.ones_like(example) if n == "attention_mask" else torch.zeros_like(example) for n in names)
-        model = self._load_model()
+        if attention is None:
+            model = self._load_model()
+        else:
+            from transformers import AutoModel
+
+            with quiet_transformers():
+                model = AutoModel.from_pretrained(str(self._folder), local_files_only=True, attn_implementation=attention).float().eval()
         wrapper = Transformer(model).eval()
         try:
             with quiet_transformers(), torch.no_grad(), warnings.catch_warnings():
@@ -150,23 +169,20 @@ class OnnxTransformer:
                 )
         finally:
             model.eval()  # the exporter may leave the module in training mode
+        return model.config
 
-    @staticmethod
-    def _quantize(source: bytes, path: Path) -> None:
-        """The float export ``source`` (checked bytes) with every MatMul's weights quantised to
-        int8 per output channel into ``path`` (ONNX Runtime dynamic quantisation: activations are
-        quantised per run). The quantiser reads a private copy of ``source``: it quantises the
-        export that was checked, whatever happens to the cache meanwhile."""
-        copy = path.with_name(f"{path.stem}.source.onnx")
-        try:
-            copy.write_bytes(source)
-            done = subprocess.run([sys.executable, "-c", _QUANTIZE, str(copy), str(path)], capture_output=True, text=True)
-            if done.returncode != 0:
-                lines = done.stderr.strip().splitlines()
-                why = lines[-1] if lines else (f"killed by signal {-done.returncode} (out of memory?)" if done.returncode < 0 else f"exit status {done.returncode}")
-                raise RuntimeError(f"int8 quantisation failed: {why}")
-        finally:
-            copy.unlink(missing_ok=True)
+
+def _quantize(argv: list[str]) -> dict:
+    """Run :mod:`mvr.encode.quantize` with ``argv`` in a child process (this very file, whatever
+    another ``mvr`` the child's path might find); what it reports."""
+    from . import quantize
+
+    done = subprocess.run([sys.executable, "-c", _RUN_FILE, quantize.__file__, *argv], capture_output=True, text=True)
+    if done.returncode != 0:
+        lines = done.stderr.strip().splitlines()
+        why = lines[-1] if lines else (f"killed by signal {-done.returncode} (out of memory?)" if done.returncode < 0 else f"exit status {done.returncode}")
+        raise RuntimeError(f"int8 quantisation failed: {why}")
+    return json.loads(done.stdout.strip().splitlines()[-1])
 
 
 def _sidecar(path: Path) -> Path:
