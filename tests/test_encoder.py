@@ -207,7 +207,7 @@ def test_documents_run_side_by_side_one_thread_each_with_the_same_vectors(models
         with lock:
             runs.append((threading.get_ident(), threads))
             n = len(runs)
-        if n in (2, 3):  # the first runs alone (it opens the session); the next two meet
+        if n in (1, 2):  # the first two meet
             together.wait()
         return original(self, feeds, runtime_, threads)
 
@@ -216,6 +216,23 @@ def test_documents_run_side_by_side_one_thread_each_with_the_same_vectors(models
     np.testing.assert_array_equal(side_by_side.vectors, alone.vectors)
     np.testing.assert_array_equal(side_by_side.token_ids, alone.token_ids)
     assert len(runs) == 12 // batch and {threads for _, threads in runs} == {1} and len({ident for ident, _ in runs}) >= 2
+
+
+def test_a_model_onnx_runtime_cannot_open_falls_back_to_pytorch_once(models, monkeypatch):
+    def unsupported(self, runtime, threads):
+        raise RuntimeError("Could not find an implementation for SomeOp")
+
+    monkeypatch.setattr(OnnxTransformer, "_open", unsupported)
+    texts = [f"document {i} " + "with words " * i for i in range(6)]
+    want = Encoder(models["plain"], doc_runtime="torch", query_runtime="torch")
+    encoder = Encoder(models["plain"], doc_runtime="onnx-int8-fused")
+    with pytest.warns(UserWarning, match="doc_runtime falls back to PyTorch; ONNX export of plain failed: Could not find an implementation for SomeOp"):
+        got = encoder.encode_documents(texts, threads=2)
+    np.testing.assert_allclose(got.vectors, want.encode_documents(texts).vectors, atol=1e-5)
+    assert encoder.doc_runtime == "torch" and encoder.query_runtime == "onnx"
+    with pytest.warns(UserWarning, match="query_runtime falls back to PyTorch"):
+        np.testing.assert_allclose(encoder.encode_queries(["cats"]).vectors, want.encode_queries(["cats"]).vectors, atol=1e-5)
+    assert encoder.query_runtime == "torch"
 
 
 def test_unknown_runtime_is_refused(models):

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import os
 import threading
+import warnings
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict
 from pathlib import Path
@@ -147,25 +148,30 @@ class Encoder:
         return self._model
 
     # -- ONNX Runtime ----------------------------------------------------------------------------
+    def _onnx_ready(self, is_query: bool, threads: int) -> bool:
+        """Whether this side runs in ONNX Runtime, its session on ``threads`` threads open; False
+        where its runtime is torch or the model cannot be exported (then that side stays on torch
+        from then on, with a warning)."""
+        attribute = "query_runtime" if is_query else "doc_runtime"
+        if getattr(self, attribute) == "torch":
+            return False
+        try:
+            self._onnx.session(getattr(self, attribute), threads)
+            return True
+        except ExportError as exc:  # an architecture the exporter cannot handle
+            warnings.warn(f"mvr: {attribute} falls back to PyTorch; ONNX export of {self.name} failed: {exc}", stacklevel=5)
+            setattr(self, attribute, "torch")
+            return False
+
     def _onnx_hidden(self, inputs: dict, is_query: bool, threads: int):
         """The transformer's last hidden state from ONNX Runtime on ``threads`` threads, or None
-        (then torch runs) when this side's runtime is torch or the model cannot be exported; a
-        failed export is remembered and that side uses torch from then on."""
+        (then torch runs) where this side does not run there (:meth:`_onnx_ready`)."""
         import torch
 
-        attribute = "query_runtime" if is_query else "doc_runtime"
-        runtime = getattr(self, attribute)
-        if runtime == "torch":
+        if not self._onnx_ready(is_query, threads):
             return None
         feeds = {name: value.numpy() for name, value in inputs.items()}
-        try:
-            return torch.from_numpy(self._onnx.run(feeds, runtime, threads))
-        except ExportError as exc:  # an architecture the exporter cannot handle: stay on torch
-            import warnings
-
-            warnings.warn(f"mvr: {attribute} falls back to PyTorch; ONNX export of {self.name} failed: {exc}", stacklevel=4)
-            setattr(self, attribute, "torch")
-            return None
+        return torch.from_numpy(self._onnx.run(feeds, self.query_runtime if is_query else self.doc_runtime, threads))
 
     def _torch_hidden(self, inputs: dict, dtype):
         """The transformer's last hidden state from PyTorch on this encoder's device (under
@@ -330,21 +336,19 @@ class Encoder:
         starts = range(0, len(order), batch_size)
         with cpu_threads(threads or self.threads, "torch"):
             # ONNX Runtime spreads one run over threads poorly: queries run on one (at batch 1 a second
-            # costs more than it brings, docs/speed.md), documents as many at once as there are
-            # threads, one thread each (a document's vectors are the same either way). The first
-            # batch runs alone: it opens the session, or finds the export failing.
-            lanes = torch.get_num_threads() if not is_query and self.doc_runtime != "torch" and len(starts) > 1 else 1
-            if starts:
-                encode(starts[0])
-            if lanes > 1 and self.doc_runtime != "torch":
+            # costs more than it brings, docs/speed.md), document batches as many at once as there
+            # are threads, one thread each (a batch's vectors are the same either way), once the
+            # session is open (the export made once, or found failing: then PyTorch, one at a time).
+            lanes = min(torch.get_num_threads(), len(starts)) if not is_query and len(starts) > 1 and self._onnx_ready(False, 1) else 1
+            if lanes > 1:
                 pool = ThreadPoolExecutor(lanes, thread_name_prefix="mvr-encode")
                 try:
-                    for _ in pool.map(encode, starts[1:]):
+                    for _ in pool.map(encode, starts):
                         pass
                 finally:
                     pool.shutdown(cancel_futures=True)
             else:
-                for start in starts[1:]:
+                for start in starts:
                     encode(start)
         if not outer:
             bar.close()

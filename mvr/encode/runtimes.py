@@ -74,6 +74,11 @@ class OnnxTransformer:
 
     def run(self, feeds: dict, runtime: str, threads: int):
         """Run ``feeds`` (name -> int64 array) through the ``runtime`` session ("onnx", "onnx-int8" or "onnx-int8-fused")."""
+        return self.session(runtime, threads).run(None, feeds)[0]
+
+    def session(self, runtime: str, threads: int):
+        """The ONNX Runtime session of ``runtime`` on ``threads`` threads, opened at its first use
+        (the export made or read then); :class:`ExportError` where it cannot be."""
         session = self._sessions.get((runtime, threads))
         if session is None:
             with self._lock:
@@ -84,7 +89,7 @@ class OnnxTransformer:
                     except Exception as error:  # an architecture the exporter cannot handle
                         raise ExportError(str(error).strip().splitlines()[-1] if str(error).strip() else type(error).__name__) from error
                 self._sessions[(runtime, threads)] = session
-        return session.run(None, feeds)[0]
+        return session
 
     def _open(self, runtime: str, threads: int):
         import onnxruntime
