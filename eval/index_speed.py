@@ -55,7 +55,7 @@ def run(dataset: Path, documents: int, threads: list[int], workers: list[int], p
             with ProcessEncoder(None, workers=w, doc_runtime=runtimes[-1]) as pool:
                 Index.build(docs, Path(tmp) / f"workers-{w}", encoder=pool, show_progress=False)
             seconds = time.perf_counter() - started
-            rows.append({"how": f"local, {w} worker processes of 1 thread", "processes": w, "seconds": round(seconds, 1), "docs_per_s": round(len(docs) / seconds, 1)})
+            rows.append({"how": f"local, {w} worker processes of 1 thread", "doc_runtime": runtimes[-1], "processes": w, "seconds": round(seconds, 1), "docs_per_s": round(len(docs) / seconds, 1)})
         for w in workers:
             from mvr.distributed import RayEncoder, connect
 
@@ -67,7 +67,7 @@ def run(dataset: Path, documents: int, threads: list[int], workers: list[int], p
             finally:
                 ray_encoder.close()
             seconds = time.perf_counter() - started
-            rows.append({"how": f"Ray, {w} workers of 1 thread", "workers": w, "seconds": round(seconds, 1), "docs_per_s": round(len(docs) / seconds, 1)})
+            rows.append({"how": f"Ray, {w} workers of 1 thread", "doc_runtime": runtimes[-1], "workers": w, "seconds": round(seconds, 1), "docs_per_s": round(len(docs) / seconds, 1)})
     base = rows[0]["docs_per_s"]
     for row in rows:
         row["ratio_to_first"] = round(row["docs_per_s"] / base, 2)

@@ -67,7 +67,10 @@ def build(documents, name, *, config: IndexConfig | None = None, home=None, over
         for stage, settings in planned_stages(config).items():
             stage_class(stage).check(settings, _stored_dim(config, head, encoder.dim))
         loaded = time.perf_counter()
-        # what runs: a given encoder's own runtime, or PyTorch where the ONNX export failed
+        # what runs: a given encoder's own runtime, or PyTorch where the ONNX export fails (tried
+        # now, so that the index records what encodes it)
+        if isinstance(encoder, Encoder):
+            encoder.onnx_ready()
         config = dataclasses.replace(config, doc_runtime=encoder.doc_runtime)
         folder = staging.path / SEGMENTS / segment_name(1)
         manifest = write_segment(documents, folder, encoder, config, show_progress=show_progress, chunk_size=chunk_size, command=command,

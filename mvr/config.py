@@ -18,8 +18,8 @@ KEEP_CLASSES = ("special", "punctuation", "stopwords")
 RUNTIMES = ("torch", "onnx", "onnx-int8", "onnx-int8-fused")
 INT8_RUNTIMES = ("onnx-int8", "onnx-int8-fused")
 QUERY_RUNTIMES = ("torch", "onnx")
-# Documents: int8 ONNX with fused attention encodes SciFact 1.2x faster than int8 ONNX as traced
-# (itself 1.5x PyTorch), at PyTorch's nDCG@10 (docs/speed.md).
+# Documents: int8 ONNX with fused attention encodes SciFact 2.9x as fast as PyTorch on one thread
+# (1.24x int8 ONNX as traced), at PyTorch's nDCG@10 (docs/speed.md).
 DEFAULT_DOC_RUNTIME = "onnx-int8-fused"
 # How widely an approximate faiss index of the FDEs is searched, unless a search says otherwise
 # (SearchOptions.nprobe / ef_search): IVF lists probed, HNSW search breadth.
@@ -185,8 +185,8 @@ class IndexConfig:
     doc_maxlen     document length in tokens; longer documents are truncated (None: the model's own, 256 for plain encoders)
     batch_size     texts per encoder forward pass
     doc_runtime    how documents run through the transformer: "onnx-int8-fused" (ONNX Runtime,
-                   int8 weights, attention fused: PyTorch's nDCG@10 on SciFact and NFCorpus, 1.8x
-                   faster, docs/speed.md), "onnx-int8" (the graph as traced: indexes built before
+                   int8 weights, attention fused: PyTorch's nDCG@10 on SciFact and NFCorpus, 2.9x
+                   as fast on one thread, docs/speed.md), "onnx-int8" (the graph as traced: indexes built before
                    the fused one keep it), "onnx" (float32) or "torch"
     pca_dim        reduce token vectors to this many dims with uncentred PCA (None: keep all)
     pca_sample     token vectors sampled to fit the PCA

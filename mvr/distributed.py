@@ -85,6 +85,7 @@ class RayEncoder:
         ray = _ray()
         positive_int("--ray-", "workers", workers)
         self.local = Encoder(model, threads=threads, **settings)
+        self.local.onnx_ready()  # the export made once, here (workers on this machine read it from the cache), or PyTorch everywhere
         actor = ray.remote(num_cpus=1)(_EncoderWorker)
         self.workers = [actor.remote(worker_settings(self.local, threads)) for _ in range(workers)]
 

@@ -88,14 +88,16 @@ class Writer:
 
 
 def document_encoder(index, cpu: bool = False) -> Encoder:
-    """The encoder that adds documents as the index's build did (its runtime, batch size, threads),
-    checked against the index's record as the query encoder is; ``cpu``: one on the CPU, whatever
+    """The encoder that adds documents as the index's build did (its runtime, batch size, threads;
+    the recorded runtime even where the index was opened with an Encoder of another), checked
+    against the index's record as the query encoder is; ``cpu``: one on the CPU, whatever
     the index's device (worker processes encode there; it is not kept)."""
     config = index.config
     if cpu:
-        return index._load_encoder(batch_size=config.batch_size, threads=1, doc_runtime=config.doc_runtime, device="cpu")
+        return index._load_encoder(batch_size=config.batch_size, threads=1, doc_runtime=config.doc_runtime, device="cpu").for_documents(config.doc_runtime, config.batch_size, 1)
     if getattr(index, "_doc_encoder", None) is None:
-        index._doc_encoder = index._load_encoder(batch_size=config.batch_size, threads=config.threads, doc_runtime=config.doc_runtime, device=index.device)
+        encoder = index._load_encoder(batch_size=config.batch_size, threads=config.threads, doc_runtime=config.doc_runtime, device=index.device)
+        index._doc_encoder = encoder.for_documents(config.doc_runtime, config.batch_size, config.threads)
     return index._doc_encoder
 
 

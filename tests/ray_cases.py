@@ -29,7 +29,7 @@ def corpus():
     return [{"id": f"{i}-{n}", "title": t, "text": f"{x} {n}", "metadata": {"n": n}} for n in range(12) for i, t, x in DOCS]
 
 
-@pytest.mark.parametrize("runtime", ["torch", "onnx-int8-fused"])
+@pytest.mark.parametrize("runtime", ["torch", "onnx-int8", "onnx-int8-fused"])
 def test_a_build_on_ray_workers_writes_the_same_index(cluster, tmp_path, models, runtime):
     from mvr.distributed import RayEncoder
 

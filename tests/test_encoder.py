@@ -6,7 +6,10 @@ weights read from disk, so the encoder's batching, masking and pruning are check
 
 import json
 import string
+import subprocess
+import sys
 import threading
+import warnings
 from collections import Counter
 from pathlib import Path
 
@@ -17,7 +20,8 @@ import torch
 
 from mvr import Encoder, EncoderError
 from mvr.encode import detect_spec
-from mvr.encode.quantize import fuse_and_quantize
+from mvr.encode import quantize as quantize_module
+from mvr.encode.quantize import activation_products, fuse_and_quantize
 from mvr.encode.runtimes import OnnxTransformer
 
 
@@ -148,6 +152,14 @@ def test_onnx_document_runtimes_follow_pytorch(models, kind, tmp_path, monkeypat
     assert json.loads(Path(f"{fused}.json").read_text())["fused"]["Attention"] == 2  # the tiny models' 2 layers
     ops = Counter(node.op_type for node in onnx.load(fused).graph.node)
     assert ops["QAttention"] == 2 and ops["MatMulInteger"] == 6 and ops["MatMul"] == 0 and ops["Attention"] == 0
+    # onnx-int8 is ONNX Runtime's dynamic quantisation of the float export, byte for byte as before
+    direct = "import sys\nfrom onnxruntime.quantization import QuantType, quantize_dynamic\nquantize_dynamic(sys.argv[1], sys.argv[2], weight_type=QuantType.QInt8, per_channel=True)\n"
+    float_file = int8_files[0].with_name(int8_files[0].name.replace("-int8", ""))
+    subprocess.run([sys.executable, "-c", direct, str(float_file), str(tmp_path / "direct.onnx")], check=True, capture_output=True)  # it sets up the root logger
+    assert (tmp_path / "direct.onnx").read_bytes() == int8_files[0].read_bytes()
+    # the cache holds each model and its record, nothing left over
+    left = sorted(p.name for p in (tmp_path / "onnx").iterdir())
+    assert len(left) == 6 and all(name.endswith((".onnx", ".onnx.json")) and not name.startswith(".") for name in left), left
 
 
 def test_fused_export_quantises_only_products_with_weights_and_checks_the_fused_graph(models, tmp_path, monkeypatch):
@@ -160,6 +172,7 @@ def test_fused_export_quantises_only_products_with_weights_and_checks_the_fused_
     traced = tmp_path / "traced.onnx"
     config = encoder._onnx._export(traced, attention="eager")
     probe = encoder.tokenizer("cats purr and dogs bark")["input_ids"]
+    assert len(activation_products(onnx.load(traced))) == 4  # Q.K and weights.V in each of 2 layers
 
     def ops(name):
         return Counter(node.op_type for node in onnx.load(tmp_path / name).graph.node)
@@ -189,6 +202,10 @@ def test_fused_export_quantises_only_products_with_weights_and_checks_the_fused_
     report = fuse_and_quantize(str(traced), str(tmp_path / "c.onnx"), config.num_attention_heads, config.hidden_size, probe)
     assert report == {"fused": {}, "unfused_because": "ValueError: no such pattern"}
     monkeypatch.setattr(optimizer, "optimize_model", real)
+    monkeypatch.setattr(quantize_module, "INT8_FLOOR", 1.01)  # no int8 graph is that close: both checks fail, and say so
+    with pytest.raises(RuntimeError, match="the int8 graph's outputs are far from the float graph's on a probe"):
+        fuse_and_quantize(str(traced), str(tmp_path / "e.onnx"), config.num_attention_heads, config.hidden_size, probe)
+    monkeypatch.undo()
     right = fuse_and_quantize(str(traced), str(tmp_path / "d.onnx"), config.num_attention_heads, config.hidden_size, probe)
     assert right["fused"]["Attention"] == 2 and "unfused_because" not in right and ops("d.onnx")["QAttention"] == 2
 
@@ -216,6 +233,10 @@ def test_documents_run_side_by_side_one_thread_each_with_the_same_vectors(models
     np.testing.assert_array_equal(side_by_side.vectors, alone.vectors)
     np.testing.assert_array_equal(side_by_side.token_ids, alone.token_ids)
     assert len(runs) == 12 // batch and {threads for _, threads in runs} == {1} and len({ident for ident, _ in runs}) >= 2
+    # a single batch runs on every thread: the same vectors as on one, bit for bit
+    one_batch = [encoder.encode_documents(texts[i : i + batch], threads=2).vectors for i in range(0, 12, batch)]
+    np.testing.assert_array_equal(np.concatenate(one_batch), alone.vectors)
+    assert {threads for _, threads in runs[12 // batch :]} == {2}
 
 
 def test_a_model_onnx_runtime_cannot_open_falls_back_to_pytorch_once(models, monkeypatch):
@@ -226,8 +247,10 @@ def test_a_model_onnx_runtime_cannot_open_falls_back_to_pytorch_once(models, mon
     texts = [f"document {i} " + "with words " * i for i in range(6)]
     want = Encoder(models["plain"], doc_runtime="torch", query_runtime="torch")
     encoder = Encoder(models["plain"], doc_runtime="onnx-int8-fused")
-    with pytest.warns(UserWarning, match="doc_runtime falls back to PyTorch; ONNX export of plain failed: Could not find an implementation for SomeOp"):
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
         got = encoder.encode_documents(texts, threads=2)
+    assert [str(w.message) for w in caught] == ["mvr: doc_runtime falls back to PyTorch; ONNX export of plain failed: Could not find an implementation for SomeOp"]
     np.testing.assert_allclose(got.vectors, want.encode_documents(texts).vectors, atol=1e-5)
     assert encoder.doc_runtime == "torch" and encoder.query_runtime == "onnx"
     with pytest.warns(UserWarning, match="query_runtime falls back to PyTorch"):

@@ -57,6 +57,21 @@ def test_bench_times_each_stage_and_checks_the_baselines_agree(default_index, be
         main([str(beir), "--index", str(default_index.path), "--reference", str(tmp_path / "missing"), "--output", str(out)])
 
 
+def test_encode_profile_times_each_int8_graph_by_operation(beir, tmp_path):
+    from mvr.eval.encode_profile import main
+
+    out = tmp_path / "profile.json"
+    assert main([str(beir), "--documents", "4", "--output", str(out)]) == 0
+    report = json.loads(out.read_text())
+    assert report["documents"] == 4 and report["multiply_adds_per_document"]["with_weights"] > report["multiply_adds_per_document"]["attention"] > 0
+    runs = report["runs"]
+    assert set(runs) == {"onnx-int8", "onnx-int8-fused", "onnx-int8-fused, SkipLayerNormFusion on"}
+    assert "QAttention" in runs["onnx-int8-fused"]["ms_per_document_by_op"] and "QAttention" not in runs["onnx-int8"]["ms_per_document_by_op"]
+    assert "SkipLayerNormalization" not in runs["onnx-int8-fused"]["ms_per_document_by_op"]  # the session leaves that fusion off
+    assert "SkipLayerNormalization" in runs["onnx-int8-fused, SkipLayerNormFusion on"]["ms_per_document_by_op"]
+    assert all(run["ms_per_document"] > 0 for run in runs.values())
+
+
 def test_bench_documents_times_each_document_runtime(default_index, beir, tmp_path, capsys):
     from mvr.eval.bench import main
 

@@ -52,6 +52,22 @@ def test_a_build_in_worker_processes_writes_the_same_index(tmp_path, models, run
     assert pooled.search("which animal purrs", k=3).doc_ids == local.search("which animal purrs", k=3).doc_ids
 
 
+def test_documents_added_through_an_encoder_of_another_runtime_are_encoded_as_the_index_records(tmp_path, models, monkeypatch):
+    monkeypatch.setenv("MVR_CACHE_DIR", str(tmp_path / "cache"))
+    config = IndexConfig(model=str(models["plain"]), doc_runtime="onnx-int8", sparse=("bm25s",))  # an index from before the fused default
+    docs = corpus()
+    Index.build(docs[:20], tmp_path / "old", config=config)
+    Index.build(docs[:20], tmp_path / "reference", config=config).add(docs[20:])
+    given = Index.open(tmp_path / "old", model=Encoder(str(models["plain"])))  # an Encoder of today's default runtime
+    assert given.encoder.doc_runtime == "onnx-int8-fused"
+    given.add(docs[20:])
+    reference = Index.open(tmp_path / "reference")
+    for query in ("which animal purrs", "dogs bark 7"):
+        a, b = given.search(query, k=10, first_stage="exhaustive"), reference.search(query, k=10, first_stage="exhaustive")
+        assert a.doc_ids == b.doc_ids and [h.score for h in a[0]] == [h.score for h in b[0]]
+    assert not list((tmp_path / "cache" / "onnx").glob("*-int8-fused.onnx"))  # the fused runtime never ran
+
+
 def test_the_index_command_encodes_in_workers(tmp_path, models, beir, capsys):
     assert main(["index", str(beir / "corpus.jsonl"), "--path", str(tmp_path / "cli"), "--model", str(models["plain"]), "--workers", "2", "--quiet"]) == 0
     assert "indexed 8 documents" in capsys.readouterr().out

@@ -28,7 +28,7 @@ def add_parser(sub) -> argparse.ArgumentParser:
     p.add_argument("--batch-size", type=int, default=None, help=f"texts per forward pass (default {d.batch_size})")
     p.add_argument(
         "--doc-runtime", choices=RUNTIMES, default=d.doc_runtime,
-        help=f"how documents run through the model: onnx-int8-fused (ONNX Runtime, int8 weights, attention fused: 1.8x PyTorch at its nDCG@10, docs/speed.md), onnx-int8 (the graph as traced), onnx, torch (default: {d.doc_runtime})",
+        help=f"how documents run through the model: onnx-int8-fused (ONNX Runtime, int8 weights, attention fused: 2.9x PyTorch on one thread at its nDCG@10, docs/speed.md), onnx-int8 (the graph as traced), onnx, torch (default: {d.doc_runtime})",
     )
     p.add_argument("--pca-dim", type=int, default=d.pca_dim, help="reduce token vectors with uncentred PCA to this many dims")
     p.add_argument("--skip-empty", action="store_true", default=d.skip_empty, help="drop documents with no text instead of failing")
@@ -45,7 +45,7 @@ def add_parser(sub) -> argparse.ArgumentParser:
     p.add_argument("--splade-model", default=d.splade_model, help="masked-LM folder: also build the learned-sparse (SPLADE) first stage")
     p.add_argument("--ray", default=None, metavar="ADDRESS", help="encode on Ray workers: 'local' (a Ray instance on this machine) or a cluster's address (extra 'ray'); the same index as without")
     p.add_argument("--ray-workers", type=int, default=2, metavar="N", help="with --ray: encoder actors, one CPU each (default 2)")
-    p.add_argument("--workers", type=int, default=1, metavar="N", help="encode in N processes of this machine's CPU, one thread each (faster than one process of N threads: docs/scale.md); the same index as one process (default 1)")
+    p.add_argument("--workers", type=int, default=1, metavar="N", help="encode in N processes of this machine's CPU, one thread each; the same index as one process (default 1). One process already runs its documents side by side, one per thread, and on 2 cores is faster than 2 workers (docs/scale.md)")
     p.add_argument("--passage-tokens", type=int, default=d.passage_tokens, metavar="N", help="split documents longer than N tokens into overlapping passages, searched one by one (default: none; longer documents are cut at --doc-maxlen)")
     p.add_argument("--passage-stride", type=int, default=d.passage_stride, metavar="S", help="tokens from one passage's start to the next (default: 3/4 of N)")
     add_device(p, "document encoding", precision=True)

@@ -25,7 +25,7 @@ from ..progress import progress
 from ..threads import cpu_threads
 from .forms import DEFAULT_MODEL_NAME, default_model_path, detect_spec, load_projections, weight_files_of, weights_checksum
 from .runtimes import ExportError, OnnxTransformer, check_runtime, quiet_transformers
-from .tokens import CHARS_PER_TOKEN, TokenVectors, input_ids, prefix_end, token_classes
+from .tokens import TokenVectors, character_spans, input_ids, token_classes
 
 
 def identity_differences(recorded: dict, actual: dict) -> list[str]:
@@ -148,10 +148,10 @@ class Encoder:
         return self._model
 
     # -- ONNX Runtime ----------------------------------------------------------------------------
-    def _onnx_ready(self, is_query: bool, threads: int) -> bool:
-        """Whether this side runs in ONNX Runtime, its session on ``threads`` threads open; False
-        where its runtime is torch or the model cannot be exported (then that side stays on torch
-        from then on, with a warning)."""
+    def onnx_ready(self, is_query: bool = False, threads: int = 1) -> bool:
+        """Whether this side (documents by default) runs in ONNX Runtime, its session on ``threads``
+        threads open (the export made or read); False where its runtime is torch or the model
+        cannot be exported (then that side stays on torch from then on, with a warning)."""
         attribute = "query_runtime" if is_query else "doc_runtime"
         if getattr(self, attribute) == "torch":
             return False
@@ -159,16 +159,16 @@ class Encoder:
             self._onnx.session(getattr(self, attribute), threads)
             return True
         except ExportError as exc:  # an architecture the exporter cannot handle
-            warnings.warn(f"mvr: {attribute} falls back to PyTorch; ONNX export of {self.name} failed: {exc}", stacklevel=5)
+            warnings.warn(f"mvr: {attribute} falls back to PyTorch; ONNX export of {self.name} failed: {exc}", stacklevel=2)
             setattr(self, attribute, "torch")
             return False
 
     def _onnx_hidden(self, inputs: dict, is_query: bool, threads: int):
         """The transformer's last hidden state from ONNX Runtime on ``threads`` threads, or None
-        (then torch runs) where this side does not run there (:meth:`_onnx_ready`)."""
+        (then torch runs) where this side does not run there (:meth:`onnx_ready`)."""
         import torch
 
-        if not self._onnx_ready(is_query, threads):
+        if not self.onnx_ready(is_query, threads):
             return None
         feeds = {name: value.numpy() for name, value in inputs.items()}
         return torch.from_numpy(self._onnx.run(feeds, self.query_runtime if is_query else self.doc_runtime, threads))
@@ -226,6 +226,13 @@ class Encoder:
         depend on batch-mates (and no padding is wasted; on SciFact no slower than batches of 32)."""
         return 1 if self.doc_runtime in INT8_RUNTIMES else batch_size or self.batch_size
 
+    def for_documents(self, doc_runtime: str, batch_size: int, threads: int | None) -> Encoder:
+        """This encoder, or where it runs documents otherwise on the CPU, the same model there with
+        ``doc_runtime`` (an index's: documents added to it are encoded as its others were)."""
+        if self.doc_runtime == doc_runtime or self.device != "cpu" or self.precision != "fp32":
+            return self
+        return Encoder(None if self.is_default else self.path, query_maxlen=self.spec.query_maxlen, doc_maxlen=self.spec.doc_maxlen, batch_size=batch_size, threads=threads, doc_runtime=doc_runtime, device="cpu")
+
     def tokenize_documents(self, texts: Sequence[str]) -> list[list[int]]:
         """The model input ids of each document (markers and special tokens included, truncated)."""
         return self._token_ids(list(texts), is_query=False)[0]
@@ -251,22 +258,10 @@ class Encoder:
         """The vocabulary id and character span in ``text`` of each vector :meth:`encode_documents`
         gives it (skiplist tokens dropped; ``(-1, -1)`` for [CLS], the marker and [SEP]); None
         where the tokenizer gives no offsets (not a fast tokenizer) or tokenises otherwise."""
-        tok = self.tokenizer
-        if not getattr(tok, "is_fast", False):
+        if not getattr(self.tokenizer, "is_fast", False):
             return None
         expected = self._token_ids([text], is_query=False)[0][0]  # [CLS] (marker) body [SEP]
-        head = 1 + (self._doc_marker_id is not None)
-        body = expected[head:-1]
-        for window in (prefix_end(text, CHARS_PER_TOKEN * 4 * (len(body) + 1)), len(text)):  # the head first, as _token_ids reads it
-            found = tok(text[:window], add_special_tokens=False, return_offsets_mapping=True, truncation=True, max_length=len(body) + 1)
-            if found["input_ids"][: len(body)] == body:
-                break
-        else:
-            return None
-        ids = np.array(expected, dtype=np.int64)
-        spans = np.array([(-1, -1)] * head + [tuple(s) for s in found["offset_mapping"][: len(body)]] + [(-1, -1)], dtype=np.int64).reshape(-1, 2)
-        keep = ~np.isin(ids, self._skip_ids.numpy())
-        return ids[keep], spans[keep]
+        return character_spans(self.tokenizer, text, expected, 1 + (self._doc_marker_id is not None), self._skip_ids.numpy())
 
     def token_classes(self) -> dict[str, np.ndarray]:
         """Vocabulary ids of the token classes that pruning and clustering name (see
@@ -301,17 +296,17 @@ class Encoder:
         def encode(start: int) -> None:
             batch = [sequences[i] for i in order[start : start + batch_size]]
             width = max(len(s) for s in batch)
-            input_ids = torch.full((len(batch), width), pad_id, dtype=torch.long)
+            id_rows = torch.full((len(batch), width), pad_id, dtype=torch.long)
             attention = torch.zeros((len(batch), width), dtype=torch.long)
             for row, ids in enumerate(batch):
-                input_ids[row, : len(ids)] = torch.tensor(ids, dtype=torch.long)
+                id_rows[row, : len(ids)] = torch.tensor(ids, dtype=torch.long)
                 attention[row, : len(ids)] = 1
             if is_query and self.spec.query_expansion and not self.spec.attend_to_expansion:
-                attention[input_ids == self.tokenizer.mask_token_id] = 0
-            inputs = {"input_ids": input_ids, "attention_mask": attention}
+                attention[id_rows == self.tokenizer.mask_token_id] = 0
+            inputs = {"input_ids": id_rows, "attention_mask": attention}
             if self._pass_token_types:
-                inputs["token_type_ids"] = torch.zeros_like(input_ids)
-            hidden = self._onnx_hidden(inputs, is_query, 1 if is_query or lanes > 1 else torch.get_num_threads())
+                inputs["token_type_ids"] = torch.zeros_like(id_rows)
+            hidden = self._onnx_hidden(inputs, is_query, each)
             if hidden is None:
                 hidden = self._torch_hidden(inputs, dtype)
             for weight, bias, activation in self._projections:
@@ -319,17 +314,17 @@ class Encoder:
                 if activation is not None:
                     hidden = activation(hidden)
             if is_query and self.spec.query_expansion:
-                keep = torch.ones_like(input_ids, dtype=torch.bool)
+                keep = torch.ones_like(id_rows, dtype=torch.bool)
             else:
-                keep = torch.zeros_like(input_ids, dtype=torch.bool)
+                keep = torch.zeros_like(id_rows, dtype=torch.bool)
                 for row, ids in enumerate(batch):
                     keep[row, : len(ids)] = True
                 if not is_query and len(self._skip_ids):
-                    keep &= ~torch.isin(input_ids, self._skip_ids)
+                    keep &= ~torch.isin(id_rows, self._skip_ids)
             hidden = torch.nn.functional.normalize(hidden, p=2, dim=-1)
             for row, original in enumerate(order[start : start + batch_size]):
                 results[original] = hidden[row][keep[row]].numpy()
-                ids_out[original] = input_ids[row][keep[row]].numpy().astype(np.int32)
+                ids_out[original] = id_rows[row][keep[row]].numpy().astype(np.int32)
             with lock:
                 bar.update(len(batch))
 
@@ -337,9 +332,14 @@ class Encoder:
         with cpu_threads(threads or self.threads, "torch"):
             # ONNX Runtime spreads one run over threads poorly: queries run on one (at batch 1 a second
             # costs more than it brings, docs/speed.md), document batches as many at once as there
-            # are threads, one thread each (a batch's vectors are the same either way), once the
-            # session is open (the export made once, or found failing: then PyTorch, one at a time).
-            lanes = min(torch.get_num_threads(), len(starts)) if not is_query and len(starts) > 1 and self._onnx_ready(False, 1) else 1
+            # are threads, the threads shared among them (a batch's vectors are the same on any
+            # number: tests/test_encoder.py), once the session is open (the export made once, or
+            # found failing: then PyTorch, one batch at a time on every thread).
+            threads_now = torch.get_num_threads()
+            lanes = 1 if is_query else min(threads_now, len(starts))
+            each = 1 if is_query else max(1, threads_now // lanes)
+            if lanes > 1 and not self.onnx_ready(False, each):
+                lanes = 1
             if lanes > 1:
                 pool = ThreadPoolExecutor(lanes, thread_name_prefix="mvr-encode")
                 try:

@@ -1,8 +1,9 @@
 """Documents encoded by several processes of this machine, one CPU thread each (``mvr index
 --workers N``), and the dealing of a corpus's batches to workers that Ray's encoder shares.
 
-At one document per run (the int8 runtime) ONNX Runtime spreads a run over threads poorly; two
-processes of one thread each do better (docs/scale.md has the figures). Each worker encodes
+One process already runs its documents side by side, one per thread (mvr/encode/encoder.py); on
+2 cores that is faster than two worker processes, whose start costs more than it saves on a
+SciFact-sized corpus (docs/scale.md has the figures). Each worker encodes
 whole batches of the encoder's own (documents sorted by length, a batch every ``batch_size``,
 one document per run for int8), so every batch holds what it holds in one process, and the index
 is the one a single process builds, byte for byte (tests/test_workers.py). The workers run on
@@ -15,7 +16,6 @@ import multiprocessing
 import os
 import signal
 import threading
-import warnings
 from concurrent.futures import ProcessPoolExecutor
 from concurrent.futures.process import BrokenProcessPool
 
@@ -137,12 +137,9 @@ class ProcessEncoder:
 
     def _launch(self, local: Encoder, workers: int) -> None:
         self.local = local
-        if self.local.doc_runtime != "torch":  # one ONNX export, made here: every worker reads it from the cache
-            try:
-                self.local._onnx.exported(self.local.doc_runtime)
-            except Exception as error:  # an architecture the exporter cannot handle: every process runs PyTorch, as the index records
-                warnings.warn(f"mvr: documents fall back to PyTorch; ONNX export of {self.local.name} failed: {error}", stacklevel=2)
-                self.local.doc_runtime = "torch"
+        # one ONNX export, made here: every worker reads it from the cache (where it fails, every
+        # process runs PyTorch, as the index records)
+        self.local.onnx_ready()
         self.workers = workers
         context = multiprocessing.get_context("spawn")
         self._pool = ProcessPoolExecutor(workers, mp_context=context, initializer=_start, initargs=({**worker_settings(self.local, 1), "device": "cpu"},))

@@ -41,7 +41,7 @@ def cache_dir() -> Path:
     return Path(os.environ.get("MVR_CACHE_DIR") or Path.home() / ".cache" / "mvr") / "onnx"
 
 
-_RUN_FILE = "import runpy, sys; sys.argv = sys.argv[1:]; runpy.run_path(sys.argv[0], run_name='__main__')"
+_RUN_FILE = "import runpy, sys; sys.path.pop(0); sys.argv = sys.argv[1:]; runpy.run_path(sys.argv[0], run_name='__main__')"
 # What each ONNX runtime runs, by the name of its cached file.
 _SUFFIXES = {"onnx": "", "onnx-int8": "-int8", "onnx-int8-fused": "-int8-fused"}
 
@@ -112,7 +112,7 @@ class OnnxTransformer:
         "onnx-int8-fused": :mod:`mvr.encode.quantize`), checked against its sidecar; made again
         where the cached file is missing, unrecorded or not theirs."""
         path = self.path(runtime)
-        data = _checked(path, self.weights_sha256, self.input_names)
+        data = _checked(path, self.weights_sha256, self.input_names, runtime)
         if data is None:
             path.parent.mkdir(parents=True, exist_ok=True)
             tmp = path.with_name(f".{path.stem}.{os.getpid()}.{threading.get_ident()}.tmp.onnx")
@@ -127,13 +127,22 @@ class OnnxTransformer:
                 else:
                     config = self._export(source, attention="eager")
                     probe = self.tokenizer("a probe through both graphs: fused and traced", add_special_tokens=True)["input_ids"]
-                    report = _quantize(["fused", str(source), str(tmp), str(config.num_attention_heads), str(config.hidden_size), json.dumps(probe)])
+                    shape = [str(getattr(config, name, 0) or 0) for name in ("num_attention_heads", "hidden_size")]  # 0: read off the graph
+                    report = _quantize(["fused", str(source), str(tmp), *shape, json.dumps(probe)])
                 data = tmp.read_bytes()
                 os.replace(tmp, path)
             finally:
-                tmp.unlink(missing_ok=True)
-                source.unlink(missing_ok=True)
-            _record(path, {"weights_sha256": self.weights_sha256, "onnx_sha256": hashlib.sha256(data).hexdigest(), "input_names": self.input_names, **report})
+                for left in (tmp, source, Path(f"{tmp}.staged.onnx")):  # the child's too, where it was killed
+                    left.unlink(missing_ok=True)
+            if report.get("unfused_because"):
+                import warnings
+
+                warnings.warn(f"mvr: the {runtime} export of {path.name} is the traced graph, unfused ({report['unfused_because']}); "
+                              f"it is cached as such: delete {path} to try again.", stacklevel=2)
+            import onnxruntime
+
+            _record(path, {"weights_sha256": self.weights_sha256, "onnx_sha256": hashlib.sha256(data).hexdigest(), "input_names": self.input_names,
+                           "runtime": runtime, "onnxruntime": onnxruntime.__version__, **report})
         return data
 
     def _export(self, path: Path, attention: str | None = None):
@@ -183,26 +192,30 @@ def _quantize(argv: list[str]) -> dict:
     from . import quantize
 
     done = subprocess.run([sys.executable, "-c", _RUN_FILE, quantize.__file__, *argv], capture_output=True, text=True)
-    if done.returncode != 0:
+    reports = [line[len(quantize.REPORT):] for line in done.stdout.splitlines() if line.startswith(quantize.REPORT)]
+    if done.returncode != 0 or not reports:
         lines = done.stderr.strip().splitlines()
         why = lines[-1] if lines else (f"killed by signal {-done.returncode} (out of memory?)" if done.returncode < 0 else f"exit status {done.returncode}")
         raise RuntimeError(f"int8 quantisation failed: {why}")
-    return json.loads(done.stdout.strip().splitlines()[-1])
+    return json.loads(reports[-1])
 
 
 def _sidecar(path: Path) -> Path:
     return path.with_name(path.name + ".json")
 
 
-def _checked(path: Path, weights_sha256: str, input_names: list[str]) -> bytes | None:
+def _checked(path: Path, weights_sha256: str, input_names: list[str], runtime: str) -> bytes | None:
     """The bytes of the cached model ``path`` if its sidecar says it came from ``weights_sha256``
-    with ``input_names`` and they hash to the sha256 it recorded; None otherwise."""
+    with ``input_names``, for ``runtime`` (sidecars from before they named it: any but the fused
+    one), and they hash to the sha256 it recorded; None otherwise."""
     try:
         record = json.loads(_sidecar(path).read_text(encoding="utf-8"))
         data = path.read_bytes()
     except (OSError, ValueError):
         return None
     if not isinstance(record, dict) or record.get("weights_sha256") != weights_sha256 or record.get("input_names") != list(input_names):
+        return None
+    if record.get("runtime", None if runtime == "onnx-int8-fused" else runtime) != runtime:
         return None
     return data if record.get("onnx_sha256") == hashlib.sha256(data).hexdigest() else None
 

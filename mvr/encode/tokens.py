@@ -59,6 +59,22 @@ def input_ids(tokenizer, texts: list[str], marker: int | None, maxlen: int, expa
     return sequences, truncated
 
 
+def character_spans(tokenizer, text: str, expected: list[int], head: int, skip: np.ndarray) -> tuple[np.ndarray, np.ndarray] | None:
+    """The vocabulary id and character span in ``text`` of each of ``expected`` (the model input ids
+    :func:`input_ids` gives ``text``: ``head`` special tokens, the body, [SEP]) not in ``skip``;
+    ``(-1, -1)`` for the special ones; None where ``tokenizer`` tokenises the text otherwise."""
+    body = expected[head:-1]
+    for window in (prefix_end(text, CHARS_PER_TOKEN * 4 * (len(body) + 1)), len(text)):  # the head first, as input_ids reads it
+        found = tokenizer(text[:window], add_special_tokens=False, return_offsets_mapping=True, truncation=True, max_length=len(body) + 1)
+        if found["input_ids"][: len(body)] == body:
+            break
+    else:
+        return None
+    ids = np.array(expected, dtype=np.int64)
+    spans = np.array([(-1, -1)] * head + [tuple(s) for s in found["offset_mapping"][: len(body)]] + [(-1, -1)], dtype=np.int64).reshape(-1, 2)
+    keep = ~np.isin(ids, skip)
+    return ids[keep], spans[keep]
+
 
 @dataclass(frozen=True)
 class TokenVectors:

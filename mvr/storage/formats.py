@@ -21,6 +21,8 @@ History of what version 1 of ``mvr-index`` (now a segment) has held, each still 
 - ``token_ids.npy`` (int32 per stored vector, the vocabulary id behind it) is written since the
   restructure; older indexes lack it, and pruning or clustering them re-tokenises their texts.
 - ``config.doc_runtime`` appeared with int8 document encoding: before it, documents ran in PyTorch.
+  ``onnx-int8-fused`` (attention fused, mvr/encode/quantize.py) is the default since 2026-11-29;
+  mvr from before then does not know it and refuses to read the config of such an index.
 - ``config.cluster_keep`` appeared with kept special tokens: before it, a clustered index pooled
   every token.
 - ``config.centroid_stage`` appeared with the centroid stage: before it, none was built.
