@@ -31,6 +31,12 @@ def _first(dataset: Path, n: int) -> list:
     return docs
 
 
+def _row(how: str, started: float, documents: int, **what) -> dict:
+    """One build's row: ``how`` it ran, ``what`` it ran with, its seconds since ``started`` and documents/s."""
+    seconds = time.perf_counter() - started
+    return {"how": how, **what, "seconds": round(seconds, 1), "docs_per_s": round(documents / seconds, 1)}
+
+
 def run(dataset: Path, documents: int, threads: list[int], workers: list[int], processes: list[int] = (), runtimes: list[str] | None = None) -> dict:
     from mvr import Encoder, Index
     from mvr.config import DEFAULT_DOC_RUNTIME, IndexConfig
@@ -46,16 +52,14 @@ def run(dataset: Path, documents: int, threads: list[int], workers: list[int], p
                 config = IndexConfig(threads=n, doc_runtime=runtime)
                 started = time.perf_counter()
                 Index.build(docs, Path(tmp) / f"local-{runtime}-{n}", config=config, encoder=Encoder(threads=n, doc_runtime=runtime), show_progress=False)
-                seconds = time.perf_counter() - started
-                rows.append({"how": f"local, {runtime}, {n} thread{'s' if n > 1 else ''}", "doc_runtime": runtime, "threads": n, "seconds": round(seconds, 1), "docs_per_s": round(len(docs) / seconds, 1)})
+                rows.append(_row(f"local, {runtime}, {n} thread{'s' if n > 1 else ''}", started, len(docs), doc_runtime=runtime, threads=n))
         for w in processes:
             from mvr.encode.pool import ProcessEncoder
 
             started = time.perf_counter()
             with ProcessEncoder(None, workers=w, doc_runtime=runtimes[-1]) as pool:
                 Index.build(docs, Path(tmp) / f"workers-{w}", encoder=pool, show_progress=False)
-            seconds = time.perf_counter() - started
-            rows.append({"how": f"local, {w} worker processes of 1 thread", "doc_runtime": runtimes[-1], "processes": w, "seconds": round(seconds, 1), "docs_per_s": round(len(docs) / seconds, 1)})
+            rows.append(_row(f"local, {w} worker processes of 1 thread", started, len(docs), doc_runtime=runtimes[-1], processes=w))
         for w in workers:
             from mvr.distributed import RayEncoder, connect
 
@@ -66,8 +70,7 @@ def run(dataset: Path, documents: int, threads: list[int], workers: list[int], p
                 Index.build(docs, Path(tmp) / f"ray-{w}", encoder=ray_encoder, show_progress=False)
             finally:
                 ray_encoder.close()
-            seconds = time.perf_counter() - started
-            rows.append({"how": f"Ray, {w} workers of 1 thread", "doc_runtime": runtimes[-1], "workers": w, "seconds": round(seconds, 1), "docs_per_s": round(len(docs) / seconds, 1)})
+            rows.append(_row(f"Ray, {w} workers of 1 thread", started, len(docs), doc_runtime=runtimes[-1], workers=w))
     base = rows[0]["docs_per_s"]
     for row in rows:
         row["ratio_to_first"] = round(row["docs_per_s"] / base, 2)

@@ -338,9 +338,7 @@ class Encoder:
             threads_now = torch.get_num_threads()
             lanes = 1 if is_query else min(threads_now, len(starts))
             each = 1 if is_query else max(1, threads_now // lanes)
-            if lanes > 1 and not self.onnx_ready(False, each):
-                lanes = 1
-            if lanes > 1:
+            if lanes > 1 and self.onnx_ready(False, each):
                 pool = ThreadPoolExecutor(lanes, thread_name_prefix="mvr-encode")
                 try:
                     for _ in pool.map(encode, starts):

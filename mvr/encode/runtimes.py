@@ -63,7 +63,7 @@ class OnnxTransformer:
     ``load_model``: the PyTorch transformer, asked for only to export it; ``folder``: where it was
     loaded from, read again with plain attention for the ``onnx-int8-fused`` export."""
 
-    def __init__(self, load_model, tokenizer, input_names: list[str], weights_sha256: str, folder: Path | None = None):
+    def __init__(self, load_model, tokenizer, input_names: list[str], weights_sha256: str, folder: Path):
         self._load_model = load_model
         self._folder = folder
         self.tokenizer = tokenizer
