@@ -1,11 +1,13 @@
 """Indexing throughput (issue 15, points 4 and 5): documents/s of a whole default build (encode,
 first stages, files) of the first N documents of a BEIR corpus, locally at each thread count, in
-W local worker processes of one thread each (``mvr index --workers W``), and on a local Ray
-instance with W encoder workers of one thread each, one after the other in this command, each
-build timed from the first document read to the index opened. ``--doc-runtimes``: the local
+W local worker processes of one thread each (``mvr index --workers W``), on a local Ray instance
+with W encoder workers of one thread each, and on a Ray cluster of W nodes of one CPU each started
+on this machine (``--ray-nodes``: a head and W - 1 more raylets, each with its own object store,
+joined by address as ``mvr index --ray ADDRESS`` joins a cluster of machines), one after the other
+in this command, each build timed from the first document read to the index opened. ``--doc-runtimes``: the local
 builds with each of these document runtimes (default: the default one); workers and Ray use the last.
 
-    python -m mvr.eval.index_speed ../shared/datasets/scifact --documents 2000 --threads 1 2 --doc-runtimes onnx-int8 onnx-int8-fused --workers 2 --ray-workers 2 --output docs/results/index-speed-scifact.json
+    python -m mvr.eval.index_speed ../shared/datasets/scifact --documents 2000 --threads 1 2 --doc-runtimes onnx-int8 onnx-int8-fused --workers 2 --ray-workers 2 --ray-nodes 2 --output docs/results/index-speed-scifact.json
 
 The model is loaded (and its ONNX export made) before the clock starts, by a warm-up build of a
 few documents; the worker processes' start and model loading (and Ray's) are inside their
@@ -37,7 +39,27 @@ def _row(how: str, started: float, documents: int, **what) -> dict:
     return {"how": how, **what, "seconds": round(seconds, 1), "docs_per_s": round(documents / seconds, 1)}
 
 
-def run(dataset: Path, documents: int, threads: list[int], workers: list[int], processes: list[int] = (), runtimes: list[str] | None = None) -> dict:
+def _ray_build(docs: list, folder: Path, workers: int, runtime: str, address: str) -> list[str]:
+    """Builds ``docs`` with ``workers`` Ray encoder workers on the cluster at ``address``; the
+    nodes the workers ran on."""
+    import ray
+
+    from mvr import Index
+    from mvr.distributed import RayEncoder, connect
+
+    connect(address, cpus=workers if address == "local" else None)
+    encoder = RayEncoder(None, workers=workers, doc_runtime=runtime)
+    try:
+        nodes = encoder.nodes()
+        Index.build(docs, folder, encoder=encoder, show_progress=False)
+    finally:
+        encoder.close()
+        ray.shutdown()
+    return nodes
+
+
+def run(dataset: Path, documents: int, threads: list[int], workers: list[int], processes: list[int] = (), runtimes: list[str] | None = None,
+        nodes: list[int] = ()) -> dict:
     from mvr import Encoder, Index
     from mvr.config import DEFAULT_DOC_RUNTIME, IndexConfig
 
@@ -61,16 +83,22 @@ def run(dataset: Path, documents: int, threads: list[int], workers: list[int], p
                 Index.build(docs, Path(tmp) / f"workers-{w}", encoder=pool, show_progress=False)
             rows.append(_row(f"local, {w} worker processes of 1 thread", started, len(docs), doc_runtime=runtimes[-1], processes=w))
         for w in workers:
-            from mvr.distributed import RayEncoder, connect
-
             started = time.perf_counter()
-            connect("local", cpus=w)
-            ray_encoder = RayEncoder(None, workers=w, doc_runtime=runtimes[-1])
-            try:
-                Index.build(docs, Path(tmp) / f"ray-{w}", encoder=ray_encoder, show_progress=False)
-            finally:
-                ray_encoder.close()
+            _ray_build(docs, Path(tmp) / f"ray-{w}", w, runtimes[-1], "local")
             rows.append(_row(f"Ray, {w} workers of 1 thread", started, len(docs), doc_runtime=runtimes[-1], workers=w))
+        for n in nodes:
+            from ray.cluster_utils import Cluster
+
+            cluster = Cluster(initialize_head=True, head_node_args={"num_cpus": 1, "include_dashboard": False})
+            try:
+                for _ in range(n - 1):
+                    cluster.add_node(num_cpus=1)
+                cluster.wait_for_nodes()
+                started = time.perf_counter()  # the cluster is up, as a user's would be
+                used = _ray_build(docs, Path(tmp) / f"ray-nodes-{n}", n, runtimes[-1], cluster.address)
+                rows.append(_row(f"Ray cluster of {n} nodes of 1 CPU, a worker on each", started, len(docs), doc_runtime=runtimes[-1], nodes=n, nodes_used=len(set(used))))
+            finally:
+                cluster.shutdown()
     base = rows[0]["docs_per_s"]
     for row in rows:
         row["ratio_to_first"] = round(row["docs_per_s"] / base, 2)
@@ -88,10 +116,11 @@ def main(argv=None) -> int:
     p.add_argument("--threads", type=int, nargs="*", default=[1, 2])
     p.add_argument("--workers", type=int, nargs="*", default=[], help="also build with this many local worker processes of one thread each (mvr index --workers)")
     p.add_argument("--ray-workers", type=int, nargs="*", default=[], help="also build on a local Ray instance with this many workers (extra mvr[ray])")
+    p.add_argument("--ray-nodes", type=int, nargs="*", default=[], help="also build on a Ray cluster of this many one-CPU nodes started on this machine, a worker on each")
     p.add_argument("--doc-runtimes", nargs="*", default=None, choices=RUNTIMES, help="local builds with each of these document runtimes (default: the default one)")
     p.add_argument("--output", type=Path, default=None)
     args = p.parse_args(argv)
-    report = run(args.dataset, args.documents, args.threads, args.ray_workers, args.workers, args.doc_runtimes)
+    report = run(args.dataset, args.documents, args.threads, args.ray_workers, args.workers, args.doc_runtimes, args.ray_nodes)
     publish_report(report, "mvr.eval.index_speed", argv, args.output)
     return 0
 

@@ -17,8 +17,10 @@ by Ray actors. Both give exactly what one process gives.
   stage searches, MaxSim scoring and document reads run in the actor that holds the segment;
   merging candidates across segments and the final top-k run in the coordinator, as in one process.
 
-Every machine reads the index at the same path (a shared filesystem). The coordinator asks the
-shards at once (:meth:`mvr.segment.Commit.each`): a thread per segment waits for its answer.
+Every machine reads the index at the same path (a shared filesystem). Encoder workers go one per
+node in turn (Ray's SPREAD), shards are dealt to the cluster's nodes with CPUs in turn (shard ``i``
+on node ``i % nodes``). The coordinator asks the shards at once (:meth:`mvr.segment.Commit.each`):
+a thread per segment waits for its answer.
 """
 
 from __future__ import annotations
@@ -65,11 +67,28 @@ def connect(address: str = "local", cpus: int | None = None) -> None:
         raise ConfigError(f"could not join the Ray cluster at {address!r} ({first}); give 'local' or the address `ray start --head` printed.") from None
 
 
+def _node() -> str:
+    """The id of the Ray node this process runs on."""
+    return _ray().get_runtime_context().get_node_id()
+
+
+def _worker_nodes() -> list[str]:
+    """The ids of the cluster's live nodes that have CPUs (all live nodes where none has), this
+    process's node first, then in Ray's order."""
+    alive = [n for n in _ray().nodes() if n.get("Alive")]
+    ids = [n["NodeID"] for n in alive if n.get("Resources", {}).get("CPU", 0) > 0] or [n["NodeID"] for n in alive]
+    here = _node()
+    return sorted(ids, key=lambda node: node != here)
+
+
 class _EncoderWorker:
     """One copy of the model on a Ray worker."""
 
     def __init__(self, settings: dict):
         self.encoder = Encoder(**settings)
+
+    def node(self) -> str:
+        return _node()
 
     def encode(self, texts: list[str], batch_size: int | None):
         found = self.encoder.encode_documents(texts, batch_size=batch_size, show_progress=False)
@@ -86,8 +105,12 @@ class RayEncoder:
         positive_int("--ray-", "workers", workers)
         self.local = Encoder(model, threads=threads, **settings)
         self.local.onnx_ready()  # the export made once, here (workers on this machine read it from the cache), or PyTorch everywhere
-        actor = ray.remote(num_cpus=1)(_EncoderWorker)
+        actor = ray.remote(num_cpus=1, scheduling_strategy="SPREAD")(_EncoderWorker)
         self.workers = [actor.remote(worker_settings(self.local, threads)) for _ in range(workers)]
+
+    def nodes(self) -> list[str]:
+        """The Ray node each worker runs on."""
+        return _ray().get([worker.node.remote() for worker in self.workers])
 
     def __getattr__(self, name):
         return getattr(self.local, name)
@@ -145,6 +168,9 @@ class _Shard:
     def call(self, name: str, method: str, *args):
         with cpu_threads(self.threads, "numba", "faiss", "blas"):
             return _CALLS[method](self.segments[name], *args)
+
+    def node(self) -> str:
+        return _node()
 
 
 class _Remote:
@@ -208,7 +234,8 @@ class _RemoteMetadata:
 
 
 class ShardedIndex:
-    """An index searched by ``shards`` Ray actors, segment ``i`` held by actor ``i % shards``, each
+    """An index searched by ``shards`` Ray actors, segment ``i`` held by actor ``i % shards``, actor
+    ``j`` placed on node ``j % nodes`` of the cluster's nodes with CPUs (this process's first), each
     running its calls with ``threads`` CPU threads (None: each library's default in the actor;
     Ray gives an actor without CPUs one OpenMP thread unless OMP_NUM_THREADS is set, so faiss's is 1).
     :meth:`search` takes what :meth:`mvr.Index.search` takes and returns the same results. The
@@ -224,8 +251,11 @@ class ShardedIndex:
         self.index = Index.open(name_or_path, home=home)
         state = self.index._state
         names = [s.path.name for s in state.segments]
-        actor = ray.remote(num_cpus=0)(_Shard)
-        self.actors = [actor.remote(str(self.index.path), names[i::shards], threads) for i in range(min(shards, len(names)))]
+        from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
+
+        actor, nodes = ray.remote(num_cpus=0)(_Shard), _worker_nodes()
+        self.actors = [actor.options(scheduling_strategy=NodeAffinitySchedulingStrategy(nodes[i % len(nodes)], soft=False)).remote(str(self.index.path), names[i::shards], threads)
+                       for i in range(min(shards, len(names)))]
         remote = [_Remote(self.actors[i % len(self.actors)], segment) for i, segment in enumerate(state.segments)]
         sharded = Commit(state.index_name, state.generation, remote, state.deleted, state.record)
         sharded.__dict__.update({k: v for k, v in state.__dict__.items() if k not in sharded.__dict__})  # config, manifest, ...
@@ -252,6 +282,10 @@ class ShardedIndex:
                 return work(item)
 
         return list(self.pool.map(run, items))
+
+    def nodes(self) -> list[str]:
+        """The Ray node each shard runs on."""
+        return _ray().get([actor.node.remote() for actor in self.actors])
 
     def search(self, queries, k: int = 10, **options):
         """:meth:`mvr.Index.search` over the shards (queries are encoded here; no ``explain``)."""

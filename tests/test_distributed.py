@@ -1,5 +1,6 @@
-"""Runs the Ray cases (tests/ray_cases.py) in a pytest process of their own: Ray's threads and
-signal handlers and the JVM that the Lucene tests start do not share a process."""
+"""Runs the Ray cases (tests/ray_cases.py: a local instance; tests/ray_nodes_cases.py: a cluster of
+two nodes) each in a pytest process of its own: Ray's threads and signal handlers and the JVM that
+the Lucene tests start do not share a process, and a process joins one Ray cluster."""
 
 import subprocess
 import sys
@@ -10,10 +11,11 @@ import pytest
 pytest.importorskip("ray")
 
 
-def test_ray_cases_in_a_process_of_their_own(tmp_path):
+@pytest.mark.parametrize("cases", ["ray_cases.py", "ray_nodes_cases.py"])
+def test_ray_cases_in_a_process_of_their_own(tmp_path, cases):
     here = Path(__file__).parent
     done = subprocess.run(
-        [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "--basetemp", str(tmp_path / "t"), str(here / "ray_cases.py")],
+        [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "--basetemp", str(tmp_path / "t"), str(here / cases)],
         cwd=here.parent, capture_output=True, text=True, timeout=1800,
     )
     assert done.returncode == 0, done.stdout[-4000:] + done.stderr[-2000:]
