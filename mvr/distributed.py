@@ -64,7 +64,20 @@ def connect(address: str = "local", cpus: int | None = None) -> None:
             ray.init(address=address, log_to_driver=False, runtime_env=env)
     except (ConnectionError, RuntimeError, ValueError) as error:
         first = (str(error).strip().splitlines() or [type(error).__name__])[0]
+        if _refused_token(error):
+            raise ConfigError(f"the Ray cluster at {address!r} asks for its authentication token ({first}); run on one of its nodes with --ray auto, "
+                              "or set RAY_AUTH_MODE=token and give the token (RAY_AUTH_TOKEN or ~/.ray/auth_token).") from None
         raise ConfigError(f"could not join the Ray cluster at {address!r} ({first}); give 'local' or the address `ray start --head` printed.") from None
+
+
+def _refused_token(error: BaseException | None) -> bool:
+    """Whether Ray's error, or one it was raised from, is a refused authentication token (Ray
+    2.5x's `ray start` turns token authentication on)."""
+    while error is not None:
+        if "AuthenticationError" in type(error).__name__ or "InvalidAuthToken" in str(error):
+            return True
+        error = error.__cause__ or error.__context__
+    return False
 
 
 def _node() -> str:

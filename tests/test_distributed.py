@@ -20,3 +20,19 @@ def test_ray_cases_in_a_process_of_their_own(tmp_path, cases):
     )
     assert done.returncode == 0, done.stdout[-4000:] + done.stderr[-2000:]
     assert " passed" in done.stdout and "skipped" not in done.stdout.splitlines()[-1], done.stdout[-2000:]
+
+
+def test_a_refused_token_is_told_apart_from_an_unreachable_cluster():
+    from mvr.distributed import _refused_token
+
+    def raised(error, cause):
+        try:
+            raise error from cause
+        except Exception as caught:
+            return caught
+
+    # as Ray 2.60 raised it on joining a `ray start` cluster without the token (seen here)
+    refused = raised(ConnectionError("Failed to connect to Ray cluster at 192.0.2.2:6391"),
+                     RuntimeError("Failed to connect to GCS. ... ray.exceptions.AuthenticationError: RPC error: InvalidAuthToken: Authentication token is missing"))
+    assert _refused_token(refused)
+    assert not _refused_token(raised(ConnectionError("Failed to connect to Ray cluster at 10.0.0.1:6379"), TimeoutError("no answer")))

@@ -43,7 +43,7 @@ def add_parser(sub) -> argparse.ArgumentParser:
         help=f"build the centroid-interaction first stage (PLAID / WARP style: a few hundred bytes per document; docs/scale.md), or not (default: above {LARGE_CORPUS:,} documents, in place of the flat FDE)",
     )
     p.add_argument("--splade-model", default=d.splade_model, help="masked-LM folder: also build the learned-sparse (SPLADE) first stage")
-    p.add_argument("--ray", default=None, metavar="ADDRESS", help="encode on Ray workers: 'local' (a Ray instance on this machine) or a cluster's address (extra 'ray'); the same index as without")
+    p.add_argument("--ray", default=None, metavar="ADDRESS", help="encode on Ray workers: 'local' (a Ray instance on this machine), 'auto' (the cluster this machine is a node of) or a cluster's address (extra 'ray'); the same index as without")
     p.add_argument("--ray-workers", type=int, default=2, metavar="N", help="with --ray: encoder actors, one CPU each (default 2)")
     p.add_argument("--workers", type=int, default=1, metavar="N", help="encode in N processes of this machine's CPU, one thread each; the same index as one process (default 1). One process already runs its documents side by side, one per thread, and on 2 cores is faster than 2 workers (docs/scale.md)")
     p.add_argument("--passage-tokens", type=int, default=d.passage_tokens, metavar="N", help="split documents longer than N tokens into overlapping passages, searched one by one (default: none; longer documents are cut at --doc-maxlen)")
