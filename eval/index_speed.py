@@ -17,6 +17,7 @@ figures, as a user would pay them.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import tempfile
 import time
 from pathlib import Path
@@ -31,6 +32,23 @@ def _first(dataset: Path, n: int) -> list:
         if len(docs) == n:
             break
     return docs
+
+
+@contextlib.contextmanager
+def nodes_cluster(nodes: int, cpus: int = 1):
+    """A Ray cluster of ``nodes`` nodes of ``cpus`` CPUs each on this machine (a head and more
+    raylets, each with its own object store; ``ray.cluster_utils``), for as long as the block
+    runs; yields its address, which a process joins as it joins a cluster of machines."""
+    from ray.cluster_utils import Cluster
+
+    cluster = Cluster(initialize_head=True, head_node_args={"num_cpus": cpus, "include_dashboard": False})
+    try:
+        for _ in range(nodes - 1):
+            cluster.add_node(num_cpus=cpus)
+        cluster.wait_for_nodes()
+        yield cluster.address
+    finally:
+        cluster.shutdown()
 
 
 def _row(how: str, started: float, documents: int, **what) -> dict:
@@ -87,18 +105,10 @@ def run(dataset: Path, documents: int, threads: list[int], workers: list[int], p
             _ray_build(docs, Path(tmp) / f"ray-{w}", w, runtimes[-1], "local")
             rows.append(_row(f"Ray, {w} workers of 1 thread", started, len(docs), doc_runtime=runtimes[-1], workers=w))
         for n in nodes:
-            from ray.cluster_utils import Cluster
-
-            cluster = Cluster(initialize_head=True, head_node_args={"num_cpus": 1, "include_dashboard": False})
-            try:
-                for _ in range(n - 1):
-                    cluster.add_node(num_cpus=1)
-                cluster.wait_for_nodes()
+            with nodes_cluster(n) as address:
                 started = time.perf_counter()  # the cluster is up, as a user's would be
-                used = _ray_build(docs, Path(tmp) / f"ray-nodes-{n}", n, runtimes[-1], cluster.address)
+                used = _ray_build(docs, Path(tmp) / f"ray-nodes-{n}", n, runtimes[-1], address)
                 rows.append(_row(f"Ray cluster of {n} nodes of 1 CPU, a worker on each", started, len(docs), doc_runtime=runtimes[-1], nodes=n, nodes_used=len(set(used))))
-            finally:
-                cluster.shutdown()
     base = rows[0]["docs_per_s"]
     for row in rows:
         row["ratio_to_first"] = round(row["docs_per_s"] / base, 2)

@@ -3,18 +3,22 @@ holding some of them (mvr.distributed.ShardedIndex), its shards asked at once ag
 another, beside the same index searched in this process, one query at a time, in one command.
 
     python -m mvr.eval.sharded ../shared/datasets/scifact --documents 2000 --segments 2 --shards 2 --threads 1 --output docs/results/sharded-scifact.json
+    python -m mvr.eval.sharded ../shared/datasets/scifact --documents 2000 --segments 2 --shards 2 --threads 1 --nodes --output docs/results/sharded-nodes-scifact.json
 
 The index: the first N documents of the corpus, built with the default settings in ``--segments``
 parts (a build, then additions that are not merged). Each shard runs with ``--threads`` CPU
 threads, and so does the coordinator (merging, top-k); the local searches run with ``--threads``
 and with shards x threads (the cores the shards hold together). Every search is checked to return
 the first one's ids and scores. Times are per query, the fastest of ``--repeat``, query encoding
-excluded (the queries are encoded once, before the clock starts).
+excluded (the queries are encoded once, before the clock starts). ``--nodes``: the shards on a Ray
+cluster of ``--shards`` nodes of ``--threads`` CPUs started on this machine (each node a raylet
+with its own object store, joined by address; a shard on each), instead of a local Ray instance.
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import tempfile
 import time
 from pathlib import Path
@@ -36,28 +40,30 @@ def _measure(search, n: int, repeat: int) -> tuple[list, list]:
     return spent, found
 
 
-def run(dataset: Path, documents: int, segments: int, shards: int, threads: int, n_queries: int, repeat: int) -> dict:
+def run(dataset: Path, documents: int, segments: int, shards: int, threads: int, n_queries: int, repeat: int, nodes: bool = False) -> dict:
+    import ray
+
     from mvr import Index
     from mvr.distributed import ShardedIndex, connect
     from mvr.segment import Commit
 
     from .beir import load_beir
-    from .index_speed import _first
+    from .index_speed import _first, nodes_cluster
 
     docs = _first(dataset, documents)
     queries, _ = load_beir(dataset, "test")
     texts = list(queries.values())[:n_queries]
-    rows = []
-    with tempfile.TemporaryDirectory() as tmp:
+    rows, placed = [], []
+    with tempfile.TemporaryDirectory() as tmp, (nodes_cluster(shards, threads) if nodes else contextlib.nullcontext("local")) as address:
         cut = np.linspace(0, len(docs), segments + 1).astype(int)
         index = Index.build(docs[: cut[1]], Path(tmp) / "index", show_progress=False)
         for a, b in zip(cut[1:-1], cut[2:]):
             index.add(docs[a:b], merge=False, show_progress=False)
         index.refresh()
         encoded = [index.encode_queries([text]) for text in texts]
-        connect("local", cpus=shards)
+        connect(address, cpus=shards if address == "local" else None)
         with ShardedIndex(index.path, shards=shards, threads=threads) as sharded:
-            state = sharded.view._state
+            state, placed = sharded.view._state, sharded.nodes()
 
             def one_after_another(work, items):
                 return Commit.each(state, work, items)
@@ -81,10 +87,12 @@ def run(dataset: Path, documents: int, segments: int, shards: int, threads: int,
                     rows.append({"search": stage or index.default_stage, "how": how, "search_ms_p50": round(float(np.percentile(spent, 50)), 2),
                                  "search_ms_p95": round(float(np.percentile(spent, 95)), 2),
                                  "same_results_as_local": all(np.array_equal(a.indices, b.indices) and np.array_equal(a.scores, b.scores) for a, b in zip(reference, found))})
+        ray.shutdown()  # before the cluster goes
     for row in rows:
         base = next(r for r in rows if r["search"] == row["search"] and r["how"] == "sharded, shards one after another")
         row["speedup_vs_one_after_another"] = round(base["search_ms_p50"] / row["search_ms_p50"], 2)
     return {"dataset": dataset.name, "documents": len(docs), "segments": segments, "shards": shards, "threads_per_shard": threads,
+            "ray": f"a cluster of {shards} nodes on this machine" if nodes else "a local instance", "nodes_holding_shards": len(set(placed)),
             "queries": len(texts), "repeat": repeat, "rows": rows}
 
 
@@ -99,9 +107,10 @@ def main(argv=None) -> int:
     p.add_argument("--threads", type=int, default=1, help="CPU threads of each shard")
     p.add_argument("--queries", type=int, default=100, help="the first N test queries")
     p.add_argument("--repeat", type=int, default=3, help="each query searched this many times, the fastest kept")
+    p.add_argument("--nodes", action="store_true", help="the shards on a Ray cluster of --shards nodes started on this machine, a shard on each")
     p.add_argument("--output", type=Path, default=None)
     args = p.parse_args(argv)
-    report = run(args.dataset, args.documents, args.segments, args.shards, args.threads, args.queries, args.repeat)
+    report = run(args.dataset, args.documents, args.segments, args.shards, args.threads, args.queries, args.repeat, args.nodes)
     publish_report(report, "mvr.eval.sharded", argv, args.output)
     return 0
 

@@ -134,9 +134,10 @@ def run(args) -> int:
                 encoder.close()
     info = index.info()
     build = info["build"]
+    rate = "derived, no re-encoding" if "derived_from" in build else f"{build['docs_per_second']:.1f} docs/s"  # a derived index's is its source's encoding
     print(
         f"indexed {info['documents']} {'passages' if index.config.passage_tokens else 'documents'} ({info['tokens']} token vectors, dim {info['dim']}) into {index.path} "
-        f"in {build['seconds']:.1f} s ({build['docs_per_second']:.1f} docs/s); {info['bytes_per_token']:.1f} bytes/token"
+        f"in {build['seconds']:.1f} s ({rate}); {info['bytes_per_token']:.1f} bytes/token"
         + (f"; {info['vectors_per_document']['mean']} vectors per document from {info['source_tokens_per_document']}" if index.config.compacts else "")
         + (f"; resumed after {build['resumed_at']} documents (docs/s of this run's)" if "resumed_at" in build else "")
     )
