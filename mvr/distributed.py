@@ -20,7 +20,7 @@ by Ray actors. Both give exactly what one process gives.
 Every machine reads the index at the same path (a shared filesystem). Encoder workers go one per
 node in turn (Ray's SPREAD), shards are dealt to the cluster's nodes with CPUs in turn (shard ``i``
 on node ``i % nodes``). The coordinator asks the shards at once (:meth:`mvr.segment.Commit.each`):
-a thread per segment waits for its answer.
+a thread per call (a segment's, or a segment's stage of a hybrid) waits for its answer.
 """
 
 from __future__ import annotations
@@ -252,7 +252,7 @@ class ShardedIndex:
     running its calls with ``threads`` CPU threads (None: each library's default in the actor;
     Ray gives an actor without CPUs one OpenMP thread unless OMP_NUM_THREADS is set, so faiss's is 1).
     :meth:`search` takes what :meth:`mvr.Index.search` takes and returns the same results. The
-    coordinator asks every shard at once (a thread per segment waits for its answer); a shard
+    coordinator asks every shard at once (a thread per call waits for its answer); a shard
     holding several segments answers for them one after another."""
 
     def __init__(self, name_or_path, *, shards: int = 2, threads: int | None = None, home=None):
@@ -272,7 +272,7 @@ class ShardedIndex:
         remote = [_Remote(self.actors[i % len(self.actors)], segment) for i, segment in enumerate(state.segments)]
         sharded = Commit(state.index_name, state.generation, remote, state.deleted, state.record)
         sharded.__dict__.update({k: v for k, v in state.__dict__.items() if k not in sharded.__dict__})  # config, manifest, ...
-        self.pool = ThreadPoolExecutor(max_workers=max(1, len(remote)), thread_name_prefix="mvr-shard")
+        self.pool = ThreadPoolExecutor(max_workers=max(1, 2 * len(remote)), thread_name_prefix="mvr-shard")  # a hybrid's two stages of each segment at once
         sharded.each = self.each
         self.view = copy.copy(self.index)  # the same Index, reading the shards' stand-ins
         self.view._state = sharded

@@ -49,26 +49,31 @@ def exhaustive(segment, queries: QueryBatch, k: int, allowed: np.ndarray | None 
     return indices, top
 
 
-def candidates(state, searched: list[tuple], queries: QueryBatch, opts: SearchOptions, stage: str, n: int) -> list[Candidates]:
-    """Per query, the ``n`` best candidates of the single first stage ``stage`` over the
-    ``searched`` segments of ``state`` (``(segment number, allowed rows)`` each): every segment's
-    own best ``n``, merged by score (the FDE's compare across segments; BM25's nearly, each
-    segment weighing terms by its own statistics). Positions are the commit's."""
+def candidates(state, searched: list[tuple], queries: QueryBatch, opts: SearchOptions, stages: tuple[str, ...], n: int) -> list[list[Candidates]]:
+    """Per stage of ``stages`` (single first stages), per query, the ``n`` best candidates over
+    the ``searched`` segments of ``state`` (``(segment number, allowed rows)`` each): every
+    segment's own best ``n``, merged by score (the FDE's compare across segments; BM25's nearly,
+    each segment weighing terms by its own statistics). Positions are the commit's. Every
+    (stage, segment) search goes in one round of ``state.each``: a sharded index asks its shards
+    once for both stages of a hybrid."""
 
     def search(one: tuple) -> tuple:
-        s, allowed = one
+        stage, s, allowed = one
         segment = state.segments[s]
         m = min(n, segment.n_docs if allowed is None else int(allowed.sum()))
         return state.bases[s], segment.stage(stage).search(queries, m, opts, allowed) if m else [Candidates.empty()] * len(queries)
 
-    found = state.each(search, searched)
-    merged = []
-    for q in range(len(queries)):
-        positions = np.concatenate([np.zeros(0, np.int64), *(rows[q].positions + base for base, rows in found)])
-        scores = np.concatenate([np.zeros(0, np.float32), *(rows[q].scores for _, rows in found)])
-        order = np.argsort(-scores, kind="stable")[:n]  # one segment: its own order, ties included
-        merged.append(Candidates(positions[order], scores[order]))
-    return merged
+    found = state.each(search, [(stage, s, allowed) for stage in stages for s, allowed in searched])
+    rankings = []
+    for i in range(len(stages)):
+        mine, merged = found[i * len(searched) : (i + 1) * len(searched)], []
+        for q in range(len(queries)):
+            positions = np.concatenate([np.zeros(0, np.int64), *(rows[q].positions + base for base, rows in mine)])
+            scores = np.concatenate([np.zeros(0, np.float32), *(rows[q].scores for _, rows in mine)])
+            order = np.argsort(-scores, kind="stable")[:n]  # one segment: its own order, ties included
+            merged.append(Candidates(positions[order], scores[order]))
+        rankings.append(merged)
+    return rankings
 
 
 def first_stage(state, searched: list[tuple], queries: QueryBatch, opts: SearchOptions) -> tuple[list[Candidates], int]:
@@ -79,17 +84,17 @@ def first_stage(state, searched: list[tuple], queries: QueryBatch, opts: SearchO
     n = min(opts.candidates or default_candidates(opts.first_stage), total)
     parts = parse_stage(opts.first_stage)
     if len(parts) == 2:
-        dense, sparse = (candidates(state, searched, queries, opts, part, n) for part in parts)
+        dense, sparse = candidates(state, searched, queries, opts, parts, n)
         found = [union_candidates(d.positions, t.positions, round(opts.dense_share * n), n) for d, t in zip(dense, sparse)]
     else:
-        found = candidates(state, searched, queries, opts, parts[0], n)
+        found = candidates(state, searched, queries, opts, parts, n)[0]
     if needs_vectors(opts.first_stage):
         return found, 0
     empty = [q for q, one in enumerate(found) if len(one.positions) == 0]
     vector = next((name for name in VECTOR_STAGES if all(state.segments[s].has_stage(name) for s, _ in searched)), None)
     for q in empty if queries.vectors is not None else ():
         if vector is not None:
-            found[q] = candidates(state, searched, queries.only(q), opts, vector, n)[0]
+            found[q] = candidates(state, searched, queries.only(q), opts, (vector,), n)[0][0]
         else:
             every = [state.bases[s] + (np.arange(state.segments[s].n_docs) if allowed is None else np.flatnonzero(allowed)) for s, allowed in searched]
             found[q] = Candidates(np.concatenate(every).astype(np.int64), np.zeros(sum(map(len, every)), dtype=np.float32))
