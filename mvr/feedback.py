@@ -31,8 +31,9 @@ from .stages.base import QueryBatch
 from .threads import cpu_threads
 from .vectors.prune import corpus_stats, idf_weights
 
-# Chosen on SciFact train and NFCorpus dev (docs/quality.md, "ColBERT-PRF"; python -m mvr.eval.feedback)
-COLBERT_PRF = {"docs": 3, "clusters": 24, "terms": 10, "beta": 0.1}
+# Chosen on SciFact train and NFCorpus dev (docs/quality.md, "ColBERT-PRF"; python -m mvr.eval.feedback),
+# on builds with the onnx-int8-fused document runtime (3 documents and beta 0.1 on the onnx-int8 builds before)
+COLBERT_PRF = {"docs": 5, "clusters": 24, "terms": 10, "beta": 0.05}
 _KMEANS_ITERS = 10
 _STATS: "weakref.WeakKeyDictionary" = weakref.WeakKeyDictionary()  # segment -> (its token ids, corpus_stats of its documents)
 
