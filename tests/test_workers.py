@@ -85,6 +85,15 @@ def test_the_index_command_encodes_in_workers(tmp_path, models, beir, capsys):
             ProcessEncoder(str(models["plain"]), **option)
 
 
+def test_a_command_with_workers_exits_without_leaving_semaphores(tmp_path, models, beir):
+    # workers that end as processes do run their finalizers; terminated, they left tqdm's lock and
+    # another semaphore for the resource tracker to warn about at exit
+    argv = ["index", str(beir / "corpus.jsonl"), "--path", str(tmp_path / "w"), "--model", str(models["plain"]), "--workers", "2", "--quiet"]
+    done = subprocess.run([sys.executable, "-m", "mvr.cli", *argv], capture_output=True, text=True, timeout=300, env={**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)})
+    assert done.returncode == 0 and "indexed 8 documents" in done.stdout, done.stderr[-2000:]
+    assert "leaked semaphore" not in done.stderr, done.stderr[-2000:]
+
+
 def test_adding_in_worker_processes_writes_the_segment_one_process_writes(tmp_path, models, capsys):
     config = IndexConfig(model=str(models["plain"]), batch_size=4, sparse=("bm25s",))
     docs = corpus()

@@ -144,6 +144,7 @@ class ProcessEncoder:
         context = multiprocessing.get_context("spawn")
         self._pool = ProcessPoolExecutor(workers, mp_context=context, initializer=_start, initargs=({**worker_settings(self.local, 1), "device": "cpu"},))
         self._started = [self._pool.submit(_ready) for _ in range(workers)]  # the workers load the model while the corpus is read
+        self._asked = []  # the encoding work submitted and not yet known to be done
 
     def __getattr__(self, name):
         return getattr(self.local, name)
@@ -155,8 +156,13 @@ class ProcessEncoder:
         self.close()
 
     def close(self) -> None:
-        """Stop the workers now: idle ones, or ones still encoding for a build that failed or was
-        interrupted (nothing waits for their part; they ignore Ctrl-C, so they are terminated)."""
+        """Stop the workers now: idle ones end as processes do (their finalizers run: a worker
+        terminated leaves the semaphores it made, tqdm's lock among them, for Python's resource
+        tracker to warn about at exit); ones still encoding for a build that failed or was
+        interrupted are terminated (nothing waits for their part; they ignore Ctrl-C)."""
+        if all(future.done() for future in self._started + self._asked):
+            self._pool.shutdown(wait=True)
+            return
         processes = list((getattr(self._pool, "_processes", None) or {}).values())
         self._pool.shutdown(wait=False, cancel_futures=True)
         for process in processes:
@@ -165,13 +171,19 @@ class ProcessEncoder:
             process.join(timeout=30)
         self._pool.shutdown(wait=True)  # its queues closed, their semaphores released
 
+    def _submit(self, texts: list[str], batch_size: int | None):
+        future = self._pool.submit(_encode, texts, batch_size)
+        self._asked.append(future)
+        return future
+
     def encode_documents(self, texts, *, batch_size=None, threads=None, show_progress=None) -> TokenVectors:
         texts = list(texts)
         wrong = next((i for i, text in enumerate(texts) if not isinstance(text, str)), None)
         if wrong is not None:  # the local encoder's message, before any worker is asked
             raise EncoderError(f"text #{wrong} is a {type(texts[wrong]).__name__}, expected str.")
         try:
-            return dealt(self.local, texts, self.workers, batch_size, lambda w, part: self._pool.submit(_encode, part, batch_size), lambda future: future.result(), show_progress)
+            self._asked = [future for future in self._asked if not future.done()]
+            return dealt(self.local, texts, self.workers, batch_size, lambda w, part: self._submit(part, batch_size), lambda future: future.result(), show_progress)
         except BrokenProcessPool:
             raise EncoderError(
                 "a worker process of --workers stopped (out of memory, killed, or it could not start: a script that encodes with "
