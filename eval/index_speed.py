@@ -66,12 +66,14 @@ def _ray_build(docs: list, folder: Path, workers: int, runtime: str, address: st
     from mvr.distributed import RayEncoder, connect
 
     connect(address, cpus=workers if address == "local" else None)
-    encoder = RayEncoder(None, workers=workers, doc_runtime=runtime)
     try:
-        nodes = encoder.nodes()
-        Index.build(docs, folder, encoder=encoder, show_progress=False)
+        encoder = RayEncoder(None, workers=workers, doc_runtime=runtime)
+        try:
+            nodes = encoder.nodes()
+            Index.build(docs, folder, encoder=encoder, show_progress=False)
+        finally:
+            encoder.close()
     finally:
-        encoder.close()
         ray.shutdown()
     return nodes
 

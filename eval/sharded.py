@@ -62,32 +62,34 @@ def run(dataset: Path, documents: int, segments: int, shards: int, threads: int,
         index.refresh()
         encoded = [index.encode_queries([text]) for text in texts]
         connect(address, cpus=shards if address == "local" else None)
-        with ShardedIndex(index.path, shards=shards, threads=threads) as sharded:
-            state, placed = sharded.view._state, sharded.nodes()
+        try:
+            with ShardedIndex(index.path, shards=shards, threads=threads) as sharded:
+                state, placed = sharded.view._state, sharded.nodes()
 
-            def one_after_another(work, items):
-                return Commit.each(state, work, items)
+                def one_after_another(work, items):
+                    return Commit.each(state, work, items)
 
-            for stage in (None, "exhaustive"):
-                options = {"first_stage": stage} if stage else {}
-                runs = {}
-                for how, searcher, cores, each in (
-                    (f"local, {threads} thread{'s' * (threads > 1)}", index, threads, None),
-                    (f"local, {shards * threads} threads", index, shards * threads, None),
-                    ("sharded, shards one after another", sharded, threads, one_after_another),
-                    ("sharded, shards at once", sharded, threads, sharded.each),
-                ):
-                    if each is not None:
-                        state.each = each
-                    searcher.search_encoded(encoded[0], 10, texts=[texts[0]], threads=cores, **options)  # compiled kernels, warm actors
-                    runs[how] = _measure(lambda q: searcher.search_encoded(encoded[q], 10, texts=[texts[q]], threads=cores, **options), len(texts), repeat)
-                state.each = sharded.each
-                reference = next(iter(runs.values()))[1]
-                for how, (spent, found) in runs.items():
-                    rows.append({"search": stage or index.default_stage, "how": how, "search_ms_p50": round(float(np.percentile(spent, 50)), 2),
-                                 "search_ms_p95": round(float(np.percentile(spent, 95)), 2),
-                                 "same_results_as_local": all(np.array_equal(a.indices, b.indices) and np.array_equal(a.scores, b.scores) for a, b in zip(reference, found))})
-        ray.shutdown()  # before the cluster goes
+                for stage in (None, "exhaustive"):
+                    options = {"first_stage": stage} if stage else {}
+                    runs = {}
+                    for how, searcher, cores, each in (
+                        (f"local, {threads} thread{'s' * (threads > 1)}", index, threads, None),
+                        (f"local, {shards * threads} threads", index, shards * threads, None),
+                        ("sharded, shards one after another", sharded, threads, one_after_another),
+                        ("sharded, shards at once", sharded, threads, sharded.each),
+                    ):
+                        if each is not None:
+                            state.each = each
+                        searcher.search_encoded(encoded[0], 10, texts=[texts[0]], threads=cores, **options)  # compiled kernels, warm actors
+                        runs[how] = _measure(lambda q: searcher.search_encoded(encoded[q], 10, texts=[texts[q]], threads=cores, **options), len(texts), repeat)
+                    state.each = sharded.each
+                    reference = next(iter(runs.values()))[1]
+                    for how, (spent, found) in runs.items():
+                        rows.append({"search": stage or index.default_stage, "how": how, "search_ms_p50": round(float(np.percentile(spent, 50)), 2),
+                                     "search_ms_p95": round(float(np.percentile(spent, 95)), 2),
+                                     "same_results_as_local": all(np.array_equal(a.indices, b.indices) and np.array_equal(a.scores, b.scores) for a, b in zip(reference, found))})
+        finally:
+            ray.shutdown()  # before the cluster goes
     for row in rows:
         base = next(r for r in rows if r["search"] == row["search"] and r["how"] == "sharded, shards one after another")
         row["speedup_vs_one_after_another"] = round(base["search_ms_p50"] / row["search_ms_p50"], 2)

@@ -17,9 +17,9 @@ by Ray actors. Both give exactly what one process gives.
   stage searches, MaxSim scoring and document reads run in the actor that holds the segment;
   merging candidates across segments and the final top-k run in the coordinator, as in one process.
 
-Every machine reads the index at the same path (a shared filesystem). Encoder workers go one per
-node in turn (Ray's SPREAD), shards are dealt to the cluster's nodes with CPUs in turn (shard ``i``
-on node ``i % nodes``). The coordinator asks the shards at once (:meth:`mvr.segment.Commit.each`):
+Every machine reads the index at the same path (a shared filesystem). Encoder workers are spread
+across nodes (Ray's SPREAD, best effort); shards are dealt to the cluster's nodes with CPUs in turn
+(shard ``i`` on node ``i % nodes``). The coordinator asks the shards at once (:meth:`mvr.segment.Commit.each`):
 a thread per call (a segment's, or a segment's stage of a hybrid) waits for its answer.
 """
 
@@ -62,8 +62,8 @@ def connect(address: str = "local", cpus: int | None = None) -> None:
             ray.init(num_cpus=cpus, include_dashboard=False, log_to_driver=False, runtime_env=env)
         else:
             ray.init(address=address, log_to_driver=False, runtime_env=env)
-    except (ConnectionError, RuntimeError, ValueError) as error:
-        first = (str(error).strip().splitlines() or [type(error).__name__])[0]
+    except (ConnectionError, RuntimeError, ValueError, ray.exceptions.RayError) as error:  # AuthenticationError is a RayError
+        first = (str(error).strip().splitlines() or [type(error).__name__])[0].split(". ")[0]
         if _refused_token(error):
             raise ConfigError(f"the Ray cluster at {address!r} asks for its authentication token ({first}); run on one of its nodes with --ray auto, "
                               "or set RAY_AUTH_MODE=token and give the token (RAY_AUTH_TOKEN or ~/.ray/auth_token).") from None
@@ -71,11 +71,13 @@ def connect(address: str = "local", cpus: int | None = None) -> None:
 
 
 def _refused_token(error: BaseException | None) -> bool:
-    """Whether Ray's error, or one it was raised from, is a refused authentication token (Ray
-    2.5x's `ray start` turns token authentication on)."""
-    while error is not None:
+    """Whether Ray's error, or one it was raised from, is a missing or refused authentication token
+    (Ray 2.60's `ray start` turns token authentication on where a token exists)."""
+    seen = set()
+    while error is not None and id(error) not in seen:
         if "AuthenticationError" in type(error).__name__ or "InvalidAuthToken" in str(error):
             return True
+        seen.add(id(error))
         error = error.__cause__ or error.__context__
     return False
 
@@ -86,8 +88,8 @@ def _node() -> str:
 
 
 def _worker_nodes() -> list[str]:
-    """The ids of the cluster's live nodes that have CPUs (all live nodes where none has), this
-    process's node first, then in Ray's order."""
+    """The ids of the cluster's live nodes that have CPUs (all live nodes where none has), the node
+    this process is attached to first (under Ray Client, the head), then in Ray's order."""
     alive = [n for n in _ray().nodes() if n.get("Alive")]
     ids = [n["NodeID"] for n in alive if n.get("Resources", {}).get("CPU", 0) > 0] or [n["NodeID"] for n in alive]
     here = _node()
@@ -116,6 +118,7 @@ class RayEncoder:
     def __init__(self, model=None, *, workers: int = 2, threads: int = 1, **settings):
         ray = _ray()
         positive_int("--ray-", "workers", workers)
+        connect()  # a local instance unless this process has joined a cluster
         self.local = Encoder(model, threads=threads, **settings)
         self.local.onnx_ready()  # the export made once, here (workers on this machine read it from the cache), or PyTorch everywhere
         actor = ray.remote(num_cpus=1, scheduling_strategy="SPREAD")(_EncoderWorker)
@@ -258,17 +261,25 @@ class ShardedIndex:
     def __init__(self, name_or_path, *, shards: int = 2, threads: int | None = None, home=None):
         from .index import Index
 
+        from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
+
         ray = _ray()
         positive_int("", "shards", shards)
         positive_int("", "threads", threads, optional=True)
         self.index = Index.open(name_or_path, home=home)
         state = self.index._state
         names = [s.path.name for s in state.segments]
-        from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
-
+        connect()  # a local instance unless this process has joined a cluster
         actor, nodes = ray.remote(num_cpus=0)(_Shard), _worker_nodes()
         self.actors = [actor.options(scheduling_strategy=NodeAffinitySchedulingStrategy(nodes[i % len(nodes)], soft=False)).remote(str(self.index.path), names[i::shards], threads)
                        for i in range(min(shards, len(names)))]
+        try:
+            ray.get([a.node.remote() for a in self.actors])  # each shard has opened its segments on its node
+        except ray.exceptions.RayError as error:
+            for a in self.actors:
+                ray.kill(a)
+            first = (str(error).strip().splitlines() or [type(error).__name__])[0]
+            raise ConfigError(f"a shard of {self.index.path} could not start ({first}); every node must have mvr and read the index at this path (a shared filesystem).") from None
         remote = [_Remote(self.actors[i % len(self.actors)], segment) for i, segment in enumerate(state.segments)]
         sharded = Commit(state.index_name, state.generation, remote, state.deleted, state.record)
         sharded.__dict__.update({k: v for k, v in state.__dict__.items() if k not in sharded.__dict__})  # config, manifest, ...

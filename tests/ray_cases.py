@@ -88,6 +88,9 @@ def test_a_sharded_index_asks_its_shards_at_once(cluster, tmp_path, models):
         barrier = threading.Barrier(2, timeout=20)
         assert sharded.view._state.each(lambda s: (barrier.wait(), s)[1], range(2)) == [0, 1]
         assert sharded.view._state.each(lambda s: s * 2, [3]) == [6]
+        # a thread per call: the four calls of a hybrid over two segments all wait at once
+        four = threading.Barrier(4, timeout=20)
+        assert sharded.view._state.each(lambda s: (four.wait(), s)[1], range(4)) == [0, 1, 2, 3]
         # and the search pipeline hands its per-segment work to it: first stage, scoring, exhaustive
         asked = []
 

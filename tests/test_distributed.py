@@ -2,6 +2,7 @@
 two nodes) each in a pytest process of its own: Ray's threads and signal handlers and the JVM that
 the Lucene tests start do not share a process, and a process joins one Ray cluster."""
 
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -36,3 +37,15 @@ def test_a_refused_token_is_told_apart_from_an_unreachable_cluster():
                      RuntimeError("Failed to connect to GCS. ... ray.exceptions.AuthenticationError: RPC error: InvalidAuthToken: Authentication token is missing"))
     assert _refused_token(refused)
     assert not _refused_token(raised(ConnectionError("Failed to connect to Ray cluster at 10.0.0.1:6379"), TimeoutError("no answer")))
+
+
+def test_joining_without_the_token_is_a_one_line_error(tmp_path):
+    # Ray raises its AuthenticationError itself when token authentication is on and no token is
+    # found; in a process of its own, as Ray is imported and started there
+    code = "from mvr.cli import main; raise SystemExit(main(['index', 'x.jsonl', '--path', 'y', '--ray', '127.0.0.1:9']))"
+    env = {**os.environ, "RAY_AUTH_MODE": "token", "RAY_AUTH_TOKEN_PATH": str(tmp_path / "no-token"), "PYTHONPATH": os.pathsep.join(sys.path)}
+    (tmp_path / "x.jsonl").write_text('{"id": "a", "text": "one document"}\n')
+    done = subprocess.run([sys.executable, "-c", code], cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300)
+    errors = [line for line in done.stderr.splitlines() if line.startswith("mvr: error:")]
+    assert done.returncode != 0 and len(errors) == 1 and "asks for its authentication token" in errors[0], done.stderr[-2000:]
+    assert "Traceback" not in done.stderr, done.stderr[-2000:]

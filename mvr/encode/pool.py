@@ -156,19 +156,21 @@ class ProcessEncoder:
         self.close()
 
     def close(self) -> None:
-        """Stop the workers now: idle ones end as processes do (their finalizers run: a worker
+        """Stop the workers now. Idle ones end as processes do, so their finalizers run (a worker
         terminated leaves the semaphores it made, tqdm's lock among them, for Python's resource
         tracker to warn about at exit); ones still encoding for a build that failed or was
-        interrupted are terminated (nothing waits for their part; they ignore Ctrl-C)."""
-        if all(future.done() for future in self._started + self._asked):
-            self._pool.shutdown(wait=True)
-            return
+        interrupted are terminated (nothing waits for their part; they ignore Ctrl-C), as is an
+        idle one that has not ended 30 s later."""
         processes = list((getattr(self._pool, "_processes", None) or {}).values())
+        idle = all(future.done() for future in self._started + self._asked)
         self._pool.shutdown(wait=False, cancel_futures=True)
-        for process in processes:
+        for process in processes if not idle else ():
             process.terminate()
         for process in processes:
             process.join(timeout=30)
+            if process.is_alive():
+                process.terminate()
+                process.join(timeout=30)
         self._pool.shutdown(wait=True)  # its queues closed, their semaphores released
 
     def _submit(self, texts: list[str], batch_size: int | None):
