@@ -176,7 +176,7 @@ class Commit:
 
     def each(self, work, items) -> list:
         """``[work(item) for item in items]``, each item a segment's work; a commit whose segments are
-        held by Ray actors (mvr/distributed.py) runs them at once, one shard beside another."""
+        held by Ray actors (mvr/distributed/shards.py) runs them at once, one shard beside another."""
         return [work(item) for item in items]
 
     def live(self, s: int) -> np.ndarray | None:

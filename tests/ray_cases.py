@@ -1,4 +1,4 @@
-"""Ray (mvr/distributed.py) on a local instance of 2 CPUs: a build encoded on Ray workers writes the
+"""Ray (mvr/distributed/) on a local instance of 2 CPUs: a build encoded on Ray workers writes the
 same index as one process, and a search over shards held by Ray actors gives the same results.
 
 Run by tests/test_distributed.py in a process of its own: Ray's threads and signal handlers and

@@ -24,7 +24,7 @@ def test_ray_cases_in_a_process_of_their_own(tmp_path, cases):
 
 
 def test_a_refused_token_is_told_apart_from_an_unreachable_cluster():
-    from mvr.distributed import _refused_token
+    from mvr.distributed.cluster import _refused_token
 
     def raised(error, cause):
         try:

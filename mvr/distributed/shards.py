@@ -1,145 +1,18 @@
-"""Ray (extra ``mvr[ray]``): documents encoded on Ray workers, and an index searched in shards held
-by Ray actors. Both give exactly what one process gives.
-
-    mvr index CORPUS --name NAME --ray local --ray-workers 2      # or --ray ADDRESS of a cluster
-
-    from mvr.distributed import ShardedIndex, connect
-    connect("local")
-    with ShardedIndex("NAME", shards=2) as index:
-        results = index.search(["what causes scurvy"], k=10)
-
-- :class:`RayEncoder` encodes each chunk of a build on its workers, dealt the encoder's own
-  batches (documents sorted by length, a batch every ``batch_size``) round-robin
-  (mvr/encode/pool.py), so each batch holds the documents it holds in one process and the build
-  (mvr/build.py, unchanged) writes the same segments.
-- :class:`ShardedIndex` deals the index's segments to actors, each opening only its own. The
-  coordinator runs the one search pipeline (mvr/search.py) over stand-ins of the segments: first
-  stage searches, MaxSim scoring and document reads run in the actor that holds the segment;
-  merging candidates across segments and the final top-k run in the coordinator, as in one process.
-
-Every machine reads the index at the same path (a shared filesystem). Encoder workers are spread
-across nodes (Ray's SPREAD, best effort); shards are dealt to the cluster's nodes with CPUs in turn
-(shard ``i`` on node ``i % nodes``). The coordinator asks the shards at once (:meth:`mvr.segment.Commit.each`):
-a thread per call (a segment's, or a segment's stage of a hybrid) waits for its answer.
-"""
+"""An index searched in shards held by Ray actors: :class:`ShardedIndex`."""
 
 from __future__ import annotations
 
 import copy
-import os
 from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
 
-from .encode import Encoder, TokenVectors
-from .encode.pool import dealt, worker_settings
-from .config import positive_int
-from .errors import ConfigError, missing_extra
-from .registry import STAGES, parse_stage
-from .segment import Commit
-from .threads import cpu_threads
-
-
-def _ray():
-    try:
-        import ray
-    except ImportError as error:
-        raise missing_extra("Ray (--ray, mvr.distributed)", "ray", error) from None
-    return ray
-
-
-def connect(address: str = "local", cpus: int | None = None) -> None:
-    """Join the Ray cluster at ``address`` ("local": start one on this machine, with ``cpus``
-    CPUs); nothing when this process is connected already."""
-    ray = _ray()
-    if ray.is_initialized():
-        return
-    if cpus is not None and (not isinstance(cpus, int) or cpus < 1):
-        raise ConfigError(f"a local Ray instance needs a positive number of CPUs (--ray-workers), got {cpus!r}.")
-    env = {"env_vars": {k: v for k, v in os.environ.items() if k.startswith("MVR_")}}
-    try:
-        if address == "local":
-            ray.init(num_cpus=cpus, include_dashboard=False, log_to_driver=False, runtime_env=env)
-        else:
-            ray.init(address=address, log_to_driver=False, runtime_env=env)
-    except (ConnectionError, RuntimeError, ValueError, ray.exceptions.RayError) as error:  # AuthenticationError is a RayError
-        first = (str(error).strip().splitlines() or [type(error).__name__])[0].split(". ")[0]
-        if _refused_token(error):
-            raise ConfigError(f"the Ray cluster at {address!r} asks for its authentication token ({first}); run on one of its nodes with --ray auto, "
-                              "or set RAY_AUTH_MODE=token and give the token (RAY_AUTH_TOKEN or ~/.ray/auth_token).") from None
-        raise ConfigError(f"could not join the Ray cluster at {address!r} ({first}); give 'local' or the address `ray start --head` printed.") from None
-
-
-def _refused_token(error: BaseException | None) -> bool:
-    """Whether Ray's error, or one it was raised from, is a missing or refused authentication token
-    (Ray 2.60's `ray start` turns token authentication on where a token exists)."""
-    seen = set()
-    while error is not None and id(error) not in seen:
-        if "AuthenticationError" in type(error).__name__ or "InvalidAuthToken" in str(error):
-            return True
-        seen.add(id(error))
-        error = error.__cause__ or error.__context__
-    return False
-
-
-def _node() -> str:
-    """The id of the Ray node this process runs on."""
-    return _ray().get_runtime_context().get_node_id()
-
-
-def _worker_nodes() -> list[str]:
-    """The ids of the cluster's live nodes that have CPUs (all live nodes where none has), the node
-    this process is attached to first (under Ray Client, the head), then in Ray's order."""
-    alive = [n for n in _ray().nodes() if n.get("Alive")]
-    ids = [n["NodeID"] for n in alive if n.get("Resources", {}).get("CPU", 0) > 0] or [n["NodeID"] for n in alive]
-    here = _node()
-    return sorted(ids, key=lambda node: node != here)
-
-
-class _EncoderWorker:
-    """One copy of the model on a Ray worker."""
-
-    def __init__(self, settings: dict):
-        self.encoder = Encoder(**settings)
-
-    def node(self) -> str:
-        return _node()
-
-    def encode(self, texts: list[str], batch_size: int | None):
-        found = self.encoder.encode_documents(texts, batch_size=batch_size, show_progress=False)
-        return found.vectors, found.offsets, found.truncated, found.token_ids
-
-
-class RayEncoder:
-    """An :class:`Encoder` whose :meth:`encode_documents` runs on ``workers`` Ray actors (one CPU
-    and ``threads`` threads each); everything else (the tokenizer, the identity an index records)
-    is the local encoder's, made with the same settings."""
-
-    def __init__(self, model=None, *, workers: int = 2, threads: int = 1, **settings):
-        ray = _ray()
-        positive_int("--ray-", "workers", workers)
-        connect()  # a local instance unless this process has joined a cluster
-        self.local = Encoder(model, threads=threads, **settings)
-        self.local.onnx_ready()  # the export made once, here (workers on this machine read it from the cache), or PyTorch everywhere
-        actor = ray.remote(num_cpus=1, scheduling_strategy="SPREAD")(_EncoderWorker)
-        self.workers = [actor.remote(worker_settings(self.local, threads)) for _ in range(workers)]
-
-    def nodes(self) -> list[str]:
-        """The Ray node each worker runs on."""
-        return _ray().get([worker.node.remote() for worker in self.workers])
-
-    def __getattr__(self, name):
-        return getattr(self.local, name)
-
-    def close(self) -> None:
-        """Stop the workers."""
-        ray = _ray()
-        for worker in self.workers:
-            ray.kill(worker)
-        self.workers = []
-
-    def encode_documents(self, texts, *, batch_size=None, threads=None, show_progress=None) -> TokenVectors:
-        return dealt(self.local, list(texts), len(self.workers), batch_size, lambda w, part: self.workers[w].encode.remote(part, batch_size), _ray().get, show_progress)
+from ..config import positive_int
+from ..errors import ConfigError
+from ..registry import STAGES, parse_stage
+from ..segment import Commit
+from ..threads import cpu_threads
+from .cluster import _node, _ray, _worker_nodes, connect
 
 
 def _owned(value):
@@ -172,7 +45,7 @@ class _Shard:
     ``threads`` CPU threads (None: each library's default)."""
 
     def __init__(self, path: str, names: list[str], threads: int | None):
-        from .index import Index
+        from ..index import Index
 
         index = Index.open(path)
         self.threads = threads
@@ -259,7 +132,7 @@ class ShardedIndex:
     holding several segments answers for them one after another."""
 
     def __init__(self, name_or_path, *, shards: int = 2, threads: int | None = None, home=None):
-        from .index import Index
+        from ..index import Index
 
         from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 
@@ -334,6 +207,3 @@ class ShardedIndex:
 
     def __exit__(self, *exc) -> None:
         self.close()
-
-
-__all__ = ["RayEncoder", "ShardedIndex", "connect"]

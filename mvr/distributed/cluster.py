@@ -1,0 +1,63 @@
+"""Joining a Ray cluster, and the nodes work is placed on."""
+
+from __future__ import annotations
+
+import os
+
+from ..errors import ConfigError, missing_extra
+
+
+def _ray():
+    try:
+        import ray
+    except ImportError as error:
+        raise missing_extra("Ray (--ray, mvr.distributed)", "ray", error) from None
+    return ray
+
+
+def connect(address: str = "local", cpus: int | None = None) -> None:
+    """Join the Ray cluster at ``address`` ("local": start one on this machine, with ``cpus``
+    CPUs); nothing when this process is connected already."""
+    ray = _ray()
+    if ray.is_initialized():
+        return
+    if cpus is not None and (not isinstance(cpus, int) or cpus < 1):
+        raise ConfigError(f"a local Ray instance needs a positive number of CPUs (--ray-workers), got {cpus!r}.")
+    env = {"env_vars": {k: v for k, v in os.environ.items() if k.startswith("MVR_")}}
+    try:
+        if address == "local":
+            ray.init(num_cpus=cpus, include_dashboard=False, log_to_driver=False, runtime_env=env)
+        else:
+            ray.init(address=address, log_to_driver=False, runtime_env=env)
+    except (ConnectionError, RuntimeError, ValueError, ray.exceptions.RayError) as error:  # AuthenticationError is a RayError
+        first = (str(error).strip().splitlines() or [type(error).__name__])[0].split(". ")[0]
+        if _refused_token(error):
+            raise ConfigError(f"the Ray cluster at {address!r} asks for its authentication token ({first}); run on one of its nodes with --ray auto, "
+                              "or set RAY_AUTH_MODE=token and give the token (RAY_AUTH_TOKEN or ~/.ray/auth_token).") from None
+        raise ConfigError(f"could not join the Ray cluster at {address!r} ({first}); give 'local' or the address `ray start --head` printed.") from None
+
+
+def _refused_token(error: BaseException | None) -> bool:
+    """Whether Ray's error, or one it was raised from, is a missing or refused authentication token
+    (Ray 2.60's `ray start` turns token authentication on where a token exists)."""
+    seen = set()
+    while error is not None and id(error) not in seen:
+        if "AuthenticationError" in type(error).__name__ or "InvalidAuthToken" in str(error):
+            return True
+        seen.add(id(error))
+        error = error.__cause__ or error.__context__
+    return False
+
+
+def _node() -> str:
+    """The id of the Ray node this process runs on."""
+    return _ray().get_runtime_context().get_node_id()
+
+
+def _worker_nodes() -> list[str]:
+    """The ids of the cluster's live nodes that have CPUs (all live nodes where none has), the node
+    this process is attached to first (under Ray Client, the head), then in Ray's order."""
+    alive = [n for n in _ray().nodes() if n.get("Alive")]
+    ids = [n["NodeID"] for n in alive if n.get("Resources", {}).get("CPU", 0) > 0] or [n["NodeID"] for n in alive]
+    here = _node()
+    return sorted(ids, key=lambda node: node != here)
