@@ -105,6 +105,21 @@ def test_a_sharded_index_asks_its_shards_at_once(cluster, tmp_path, models):
             assert asked.count(2) >= (1 if options else 2), (options, asked)  # masks, first stage, MaxSim of both segments
             assert (4 in asked) == (not options), (options, asked)  # the default hybrid: both stages of both segments in one round
             asked.clear()
+        # the hits' documents: one call per segment, both at once, at the first read
+        from mvr.distributed import shards
+
+        methods, call = [], shards._Remote.call
+        shards._Remote.call = lambda remote, method, *args: (methods.append(method), call(remote, method, *args))[1]
+        try:
+            results = sharded.search(["which animal purrs", "a dog barks"], k=6, first_stage="exhaustive")
+            methods.clear()
+            hits = [results[0], results[1]]
+            owners = set(index._state.segment_of(results.indices[results.indices >= 0]).tolist())
+            assert methods == ["documents"] * len(owners) and len(owners) == 2, (methods, owners)
+            mine = index.search(["which animal purrs", "a dog barks"], k=6, first_stage="exhaustive")
+            assert [[(h.id, h.text, h.metadata) for h in one] for one in hits] == [[(h.id, h.text, h.metadata) for h in one] for one in (mine[0], mine[1])]
+        finally:
+            shards._Remote.call = call
     with pytest.raises(ConfigError, match="closed"):
         sharded.search("which animal purrs")
     for bad in ({"shards": 0}, {"shards": True}, {"threads": 0}, {"threads": "2"}):

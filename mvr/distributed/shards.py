@@ -36,7 +36,7 @@ _CALLS = {
     "early_exit": lambda segment, *args: segment.tokens.early_exit(*args),
     "score_all": lambda segment, *args: segment.tokens.score_all(*args),
     "mask": lambda segment, *args: segment.metadata.mask(*args),
-    "document": lambda segment, *args: segment.document(*args),
+    "documents": lambda segment, rows: [segment.document(int(row)) for row in rows],
 }
 
 
@@ -86,7 +86,7 @@ class _Remote:
         return _RemoteStage(self, name)
 
     def document(self, row: int):
-        return self.call("document", int(row))
+        return self.call("documents", [int(row)])[0]
 
 
 class _RemoteStage:
@@ -120,6 +120,32 @@ class _RemoteMetadata:
 
     def mask(self, spec):
         return self.segment.call("mask", spec)
+
+
+class _HitDocuments:
+    """What :class:`mvr.results.Results` reads of a sharded commit: its ids, and the documents of
+    every hit, fetched at the first read in one call per segment, every segment at once (not a
+    call per hit, one after another)."""
+
+    def __init__(self, state, each, positions: np.ndarray):
+        self.state, self.each, self.positions, self.fetched = state, each, positions, None
+
+    def __getattr__(self, name):  # the rest of the commit: its ids, generation, ...
+        return getattr(self.state, name)
+
+    def document(self, position: int):
+        if self.fetched is None:
+            wanted = np.unique(self.positions[self.positions >= 0])
+            owner = self.state.segment_of(wanted)
+
+            def fetch(s: int) -> dict:
+                rows = wanted[owner == s]
+                return dict(zip(rows.tolist(), self.state.segments[s].call("documents", (rows - int(self.state.bases[s])).tolist())))
+
+            self.fetched = {}
+            for found in self.each(fetch, np.unique(owner).tolist()):
+                self.fetched.update(found)
+        return self.fetched[position] if position in self.fetched else self.state.document(position)
 
 
 class ShardedIndex:
@@ -188,11 +214,16 @@ class ShardedIndex:
         """:meth:`mvr.Index.search` over the shards (queries are encoded here; no ``explain``)."""
         if options.get("explain"):
             raise ConfigError("explanations read stored vectors in this process; search the index itself (Index.search) to explain hits.")
-        return self.view.search(queries, k, **options)
+        return self._fetching(self.view.search(queries, k, **options))
 
     def search_encoded(self, queries, k: int = 10, **options):
         """:meth:`mvr.Index.search_encoded` over the shards."""
-        return self.view.search_encoded(queries, k, **options)
+        return self._fetching(self.view.search_encoded(queries, k, **options))
+
+    def _fetching(self, results):
+        """``results``, reading its hits' documents through :class:`_HitDocuments`."""
+        results._index = _HitDocuments(results._index, self.each, results.indices)
+        return results
 
     def close(self) -> None:
         """Stop the shards at once: calls still waiting on one end with Ray's error."""
