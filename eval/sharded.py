@@ -10,7 +10,10 @@ parts (a build, then additions that are not merged). Each shard runs with ``--th
 threads, and so does the coordinator (merging, top-k); the local searches run with ``--threads``
 and with shards x threads (the cores the shards hold together). Every search is checked to return
 the first one's ids and scores. Times are per query, the fastest of ``--repeat``, query encoding
-excluded (the queries are encoded once, before the clock starts). ``--nodes``: the shards on a Ray
+excluded (the queries are encoded once, before the clock starts). A third set of rows reads the
+hits' documents (their texts) after each default search, as a RAG caller does: locally, through
+the shards as mvr reads them (one call per segment at the first read), and a call per hit (as
+before that). ``--nodes``: the shards on a Ray
 cluster of ``--shards`` nodes of ``--threads`` CPUs started on this machine (each node a raylet
 with its own object store, joined by address; a shard on each), instead of a local Ray instance.
 """
@@ -45,6 +48,7 @@ def run(dataset: Path, documents: int, segments: int, shards: int, threads: int,
 
     from mvr import Index
     from mvr.distributed import ShardedIndex, connect
+    from mvr.distributed.shards import _HitDocuments
     from mvr.segment import Commit
 
     from .beir import load_beir
@@ -69,30 +73,46 @@ def run(dataset: Path, documents: int, segments: int, shards: int, threads: int,
                 def one_after_another(work, items):
                     return Commit.each(state, work, items)
 
-                for stage in (None, "exhaustive"):
+                def read(results, batched: bool):
+                    """The hits' documents, as a caller reads them (``batched`` False: a call per hit, as before)."""
+                    if not batched and isinstance(results._index, _HitDocuments):
+                        results._index = results._index.state
+                    for hit in results[0]:
+                        hit.text  # noqa: B018 (read, as a caller reads it)
+                    return results
+
+                modes = (
+                    (f"local, {threads} thread{'s' * (threads > 1)}", index, threads, None),
+                    (f"local, {shards * threads} threads", index, shards * threads, None),
+                    ("sharded, shards one after another", sharded, threads, one_after_another),
+                    ("sharded, shards at once", sharded, threads, sharded.each),
+                )
+                texts_modes = (modes[0], modes[3], ("sharded, shards at once, a call per hit's document", sharded, threads, sharded.each))
+                for stage, label, chosen in ((None, None, modes), ("exhaustive", None, modes), (None, "with the hits' documents read", texts_modes)):
                     options = {"first_stage": stage} if stage else {}
                     runs = {}
-                    for how, searcher, cores, each in (
-                        (f"local, {threads} thread{'s' * (threads > 1)}", index, threads, None),
-                        (f"local, {shards * threads} threads", index, shards * threads, None),
-                        ("sharded, shards one after another", sharded, threads, one_after_another),
-                        ("sharded, shards at once", sharded, threads, sharded.each),
-                    ):
+                    for how, searcher, cores, each in chosen:
                         if each is not None:
                             state.each = each
-                        searcher.search_encoded(encoded[0], 10, texts=[texts[0]], threads=cores, **options)  # compiled kernels, warm actors
-                        runs[how] = _measure(lambda q: searcher.search_encoded(encoded[q], 10, texts=[texts[q]], threads=cores, **options), len(texts), repeat)
+
+                        def one(q, searcher=searcher, cores=cores, how=how):
+                            found = searcher.search_encoded(encoded[q], 10, texts=[texts[q]], threads=cores, **options)
+                            return read(found, "per hit" not in how) if label else found
+
+                        one(0)  # compiled kernels, warm actors
+                        runs[how] = _measure(one, len(texts), repeat)
                     state.each = sharded.each
                     reference = next(iter(runs.values()))[1]
                     for how, (spent, found) in runs.items():
-                        rows.append({"search": stage or index.default_stage, "how": how, "search_ms_p50": round(float(np.percentile(spent, 50)), 2),
-                                     "search_ms_p95": round(float(np.percentile(spent, 95)), 2),
+                        rows.append({"search": (stage or index.default_stage) + (f", {label}" if label else ""), "how": how,
+                                     "search_ms_p50": round(float(np.percentile(spent, 50)), 2), "search_ms_p95": round(float(np.percentile(spent, 95)), 2),
                                      "same_results_as_local": all(np.array_equal(a.indices, b.indices) and np.array_equal(a.scores, b.scores) for a, b in zip(reference, found))})
         finally:
             ray.shutdown()  # before the cluster goes
     for row in rows:
-        base = next(r for r in rows if r["search"] == row["search"] and r["how"] == "sharded, shards one after another")
-        row["speedup_vs_one_after_another"] = round(base["search_ms_p50"] / row["search_ms_p50"], 2)
+        base = next((r for r in rows if r["search"] == row["search"] and r["how"] == "sharded, shards one after another"), None)
+        if base is not None:
+            row["speedup_vs_one_after_another"] = round(base["search_ms_p50"] / row["search_ms_p50"], 2)
     return {"dataset": dataset.name, "documents": len(docs), "segments": segments, "shards": shards, "threads_per_shard": threads,
             "ray": f"a cluster of {shards} nodes on this machine" if nodes else "a local instance", "nodes_holding_shards": len(set(placed)),
             "queries": len(texts), "repeat": repeat, "rows": rows}
