@@ -106,7 +106,8 @@ def run(dataset: Path, documents: int, segments: int, shards: int, threads: int,
                     for how, (spent, found) in runs.items():
                         rows.append({"search": (stage or index.default_stage) + (f", {label}" if label else ""), "how": how,
                                      "search_ms_p50": round(float(np.percentile(spent, 50)), 2), "search_ms_p95": round(float(np.percentile(spent, 95)), 2),
-                                     "same_results_as_local": all(np.array_equal(a.indices, b.indices) and np.array_equal(a.scores, b.scores) for a, b in zip(reference, found))})
+                                     "same_results_as_local": all(np.array_equal(a.indices, b.indices) and np.array_equal(a.scores, b.scores)
+                                                                  and (not label or [h.text for h in a[0]] == [h.text for h in b[0]]) for a, b in zip(reference, found))})
         finally:
             ray.shutdown()  # before the cluster goes
     for row in rows:

@@ -105,7 +105,7 @@ def test_a_sharded_index_asks_its_shards_at_once(cluster, tmp_path, models):
             assert asked.count(2) >= (1 if options else 2), (options, asked)  # masks, first stage, MaxSim of both segments
             assert (4 in asked) == (not options), (options, asked)  # the default hybrid: both stages of both segments in one round
             asked.clear()
-        # the hits' documents: one call per segment, both at once, at the first read
+        # the hits' documents: at the first read of a query's hits, one call per segment holding one
         from mvr.distributed import shards
 
         methods, call = [], shards._Remote.call
@@ -114,10 +114,12 @@ def test_a_sharded_index_asks_its_shards_at_once(cluster, tmp_path, models):
             results = sharded.search(["which animal purrs", "a dog barks"], k=6, first_stage="exhaustive")
             methods.clear()
             hits = [results[0], results[1]]
-            owners = set(index._state.segment_of(results.indices[results.indices >= 0]).tolist())
-            assert methods == ["documents"] * len(owners) and len(owners) == 2, (methods, owners)
+            owners = [set(index._state.segment_of(row[row >= 0]).tolist()) for row in results.indices]
+            assert methods == ["documents"] * (len(owners[0]) + len(owners[1])) and len(owners[0]) == 2, (methods, owners)  # a call per segment, per query row
             mine = index.search(["which animal purrs", "a dog barks"], k=6, first_stage="exhaustive")
             assert [[(h.id, h.text, h.metadata) for h in one] for one in hits] == [[(h.id, h.text, h.metadata) for h in one] for one in (mine[0], mine[1])]
+            hits[0][0].metadata["n"] = -1  # each read gives the caller its own metadata, as a local index does
+            assert results[0][0].metadata["n"] != -1 and len(methods) == len(owners[0]) + len(owners[1])  # read again: nothing fetched again
         finally:
             shards._Remote.call = call
     with pytest.raises(ConfigError, match="closed"):

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import copy
+import dataclasses
+import threading
 from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
@@ -124,28 +126,35 @@ class _RemoteMetadata:
 
 class _HitDocuments:
     """What :class:`mvr.results.Results` reads of a sharded commit: its ids, and the documents of
-    every hit, fetched at the first read in one call per segment, every segment at once (not a
-    call per hit, one after another)."""
+    its hits, those of a query's row fetched at the first read of one of them, in one call per
+    segment, every segment at once (not a call per hit, one after another)."""
 
-    def __init__(self, state, each, positions: np.ndarray):
-        self.state, self.each, self.positions, self.fetched = state, each, positions, None
+    def __init__(self, state, each, hits: np.ndarray):
+        self.state, self.each, self.hits, self.fetched, self.lock = state, each, hits, {}, threading.Lock()
 
     def __getattr__(self, name):  # the rest of the commit: its ids, generation, ...
+        if name.startswith("__") or "state" not in self.__dict__:
+            raise AttributeError(name)
         return getattr(self.state, name)
 
     def document(self, position: int):
-        if self.fetched is None:
-            wanted = np.unique(self.positions[self.positions >= 0])
-            owner = self.state.segment_of(wanted)
+        with self.lock:  # one fetch per row, whole before any reader sees it
+            if position not in self.fetched:
+                rows_with_it = np.flatnonzero((self.hits == position).any(axis=1))
+                row = self.hits[rows_with_it[0]] if len(rows_with_it) else np.array([position])
+                wanted = np.unique(row[row >= 0])
+                owner = self.state.segment_of(wanted)
 
-            def fetch(s: int) -> dict:
-                rows = wanted[owner == s]
-                return dict(zip(rows.tolist(), self.state.segments[s].call("documents", (rows - int(self.state.bases[s])).tolist())))
+                def fetch(s: int) -> dict:
+                    rows = wanted[owner == s]
+                    return dict(zip(rows.tolist(), self.state.segments[s].call("documents", (rows - int(self.state.bases[s])).tolist())))
 
-            self.fetched = {}
-            for found in self.each(fetch, np.unique(owner).tolist()):
-                self.fetched.update(found)
-        return self.fetched[position] if position in self.fetched else self.state.document(position)
+                found = {}
+                for part in self.each(fetch, np.unique(owner).tolist()):
+                    found.update(part)
+                self.fetched = {**self.fetched, **found}
+            doc = self.fetched[position]
+        return dataclasses.replace(doc, metadata=copy.deepcopy(doc.metadata))  # the caller's own, as a local index gives
 
 
 class ShardedIndex:
