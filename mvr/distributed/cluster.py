@@ -30,11 +30,16 @@ def connect(address: str = "local", cpus: int | None = None) -> None:
         else:
             ray.init(address=address, log_to_driver=False, runtime_env=env)
     except (ConnectionError, RuntimeError, ValueError, ray.exceptions.RayError) as error:  # AuthenticationError is a RayError
-        first = (str(error).strip().splitlines() or [type(error).__name__])[0].split(". ")[0]
+        first = first_line(error).split(". ")[0]
         if _refused_token(error):
             raise ConfigError(f"the Ray cluster at {address!r} asks for its authentication token ({first}); run on one of its nodes with --ray auto, "
                               "or set RAY_AUTH_MODE=token and give the token (RAY_AUTH_TOKEN or ~/.ray/auth_token).") from None
         raise ConfigError(f"could not join the Ray cluster at {address!r} ({first}); give 'local' or the address `ray start --head` printed.") from None
+
+
+def first_line(error: BaseException) -> str:
+    """The first line of a (Ray) error's message, or its type's name where it has none."""
+    return (str(error).strip().splitlines() or [type(error).__name__])[0]
 
 
 def _refused_token(error: BaseException | None) -> bool:

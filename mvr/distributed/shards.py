@@ -14,7 +14,7 @@ from ..errors import ConfigError
 from ..registry import STAGES, parse_stage
 from ..segment import Commit
 from ..threads import cpu_threads
-from .cluster import _node, _ray, _worker_nodes, connect
+from .cluster import _node, _ray, _worker_nodes, connect, first_line
 
 
 def _owned(value):
@@ -152,7 +152,7 @@ class _HitDocuments:
                 found = {}
                 for part in self.each(fetch, np.unique(owner).tolist()):
                     found.update(part)
-                self.fetched = {**self.fetched, **found}
+                self.fetched.update(found)  # whole or not at all: every read holds the lock
             doc = self.fetched[position]
         return dataclasses.replace(doc, metadata=copy.deepcopy(doc.metadata))  # the caller's own, as a local index gives
 
@@ -182,12 +182,11 @@ class ShardedIndex:
         self.actors = [actor.options(scheduling_strategy=NodeAffinitySchedulingStrategy(nodes[i % len(nodes)], soft=False)).remote(str(self.index.path), names[i::shards], threads)
                        for i in range(min(shards, len(names)))]
         try:
-            ray.get([a.node.remote() for a in self.actors])  # each shard has opened its segments on its node
+            self._nodes = ray.get([a.node.remote() for a in self.actors])  # each shard has opened its segments on its node
         except ray.exceptions.RayError as error:
             for a in self.actors:
                 ray.kill(a)
-            first = (str(error).strip().splitlines() or [type(error).__name__])[0]
-            raise ConfigError(f"a shard of {self.index.path} could not start ({first}); every node must have mvr and read the index at this path (a shared filesystem).") from None
+            raise ConfigError(f"a shard of {self.index.path} could not start ({first_line(error)}); every node must have mvr and read the index at this path (a shared filesystem).") from None
         remote = [_Remote(self.actors[i % len(self.actors)], segment) for i, segment in enumerate(state.segments)]
         sharded = Commit(state.index_name, state.generation, remote, state.deleted, state.record)
         sharded.__dict__.update({k: v for k, v in state.__dict__.items() if k not in sharded.__dict__})  # config, manifest, ...
@@ -216,8 +215,8 @@ class ShardedIndex:
         return list(self.pool.map(run, items))
 
     def nodes(self) -> list[str]:
-        """The Ray node each shard runs on."""
-        return _ray().get([actor.node.remote() for actor in self.actors])
+        """The Ray node each shard runs on (as each said when it started; none once closed)."""
+        return list(self._nodes)
 
     def search(self, queries, k: int = 10, **options):
         """:meth:`mvr.Index.search` over the shards (queries are encoded here; no ``explain``)."""
@@ -237,7 +236,7 @@ class ShardedIndex:
     def close(self) -> None:
         """Stop the shards at once: calls still waiting on one end with Ray's error."""
         ray = _ray()
-        actors, self.actors = self.actors, []
+        actors, self.actors, self._nodes = self.actors, [], []
         for actor in actors:
             ray.kill(actor)
         self.pool.shutdown(wait=False, cancel_futures=True)
