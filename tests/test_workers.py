@@ -161,26 +161,27 @@ def _alive(pid: int) -> bool:
         return False
 
 
-@pytest.mark.skipif(not Path("/proc/self/stat").exists(), reason="reads /proc")
-def _kill_with_workers(argv: list[str]) -> None:
-    """Run ``mvr ARGV`` (with --workers 2), SIGKILL it once both workers are encoding, and check
-    that no worker outlives it."""
-    run = subprocess.Popen([sys.executable, "-m", "mvr.cli", *argv], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, env={**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)})
+def _stop_with_workers(argv: list[str], sig=signal.SIGKILL, settle: float = 2.0, env: dict | None = None) -> str:
+    """Run ``mvr ARGV`` (with --workers 2), send it ``sig`` ``settle`` seconds after both workers
+    exist (0: still starting; a few: encoding), and check that no worker outlives it. Its stderr."""
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)} if env is None else env
+    run = subprocess.Popen([sys.executable, "-m", "mvr.cli", *argv], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, env=env)
     try:
         deadline = time.monotonic() + 120
         while len(_children(run.pid)) < 2 and time.monotonic() < deadline and run.poll() is None:
-            time.sleep(0.2)
+            time.sleep(0.05)
         workers = _children(run.pid)
         assert len(workers) == 2, run.stderr.read().decode() if run.poll() is not None else "no workers started"
-        time.sleep(2.0)  # the workers are encoding
+        time.sleep(settle)
     finally:
-        run.send_signal(signal.SIGKILL)
-        run.wait(timeout=60)
+        run.send_signal(sig)
+        stderr = run.communicate(timeout=60)[1].decode()
     deadline = time.monotonic() + 30
     while any(map(_alive, workers)) and time.monotonic() < deadline:
         time.sleep(0.2)
     left = [p for p in workers if _alive(p)]
-    assert not left, f"worker processes {left} outlived their killed process"
+    assert not left, f"worker processes {left} outlived their stopped process"
+    return stderr
 
 
 def _big(path: Path) -> Path:
@@ -188,10 +189,11 @@ def _big(path: Path) -> Path:
     return path
 
 
+@pytest.mark.skipif(not Path("/proc/self/stat").exists(), reason="reads /proc")
 def test_workers_end_when_their_build_is_killed(tmp_path, models):
     """SIGKILL of a build with --workers: no worker process is left behind, no index appears,
     and the same build then completes."""
-    _kill_with_workers(["index", str(_big(tmp_path / "corpus.jsonl")), "--path", str(tmp_path / "idx"), "--model", str(models["plain"]), "--workers", "2", "--quiet"])
+    _stop_with_workers(["index", str(_big(tmp_path / "corpus.jsonl")), "--path", str(tmp_path / "idx"), "--model", str(models["plain"]), "--workers", "2", "--quiet"])
     assert not (tmp_path / "idx").exists()
     small = tmp_path / "small.jsonl"
     small.write_text("".join(json.dumps({"id": f"d{n}", "text": DOCS[n % 8][2]}) + "\n" for n in range(40)))
@@ -199,10 +201,25 @@ def test_workers_end_when_their_build_is_killed(tmp_path, models):
     assert len(Index.open(tmp_path / "idx").doc_ids) == 40
 
 
+@pytest.mark.skipif(not Path("/proc/self/stat").exists(), reason="reads /proc")
+@pytest.mark.parametrize("settle", [8.0, 0.0], ids=["encoding", "starting"])
+def test_ctrl_c_stops_a_build_and_its_workers_cleanly(tmp_path, settle):
+    """Ctrl-C (SIGINT) of a build with --workers (the default model), its workers encoding or
+    still starting (8 s after they exist, they have loaded the model and are encoding: this
+    corpus takes them about 100 s): one line, exit status 130, no traceback of a worker, no
+    semaphore left for the resource tracker to warn about (a busy worker is asked to end, and
+    ends as a process does; killed, each left its progress lock), no worker left, no index."""
+    argv = ["index", str(_big(tmp_path / "corpus.jsonl")), "--path", str(tmp_path / "idx"), "--workers", "2"]
+    stderr = _stop_with_workers(argv, signal.SIGINT, settle)
+    assert stderr.strip() == "mvr: interrupted", stderr[-3000:]
+    assert not (tmp_path / "idx").exists()
+
+
+@pytest.mark.skipif(not Path("/proc/self/stat").exists(), reason="reads /proc")
 def test_an_add_in_workers_killed_part_way_leaves_the_last_commit_whole(tmp_path, models):
     index = Index.build(corpus(), tmp_path / "idx", config=IndexConfig(model=str(models["plain"]), sparse=("bm25s",)), show_progress=False)
     before = (index.generation, list(index.doc_ids), index.search("which animal purrs", k=3).doc_ids)
-    _kill_with_workers(["add", str(tmp_path / "idx"), str(_big(tmp_path / "big.jsonl")), "--workers", "2", "--quiet"])
+    _stop_with_workers(["add", str(tmp_path / "idx"), str(_big(tmp_path / "big.jsonl")), "--workers", "2", "--quiet"])
     after = Index.open(tmp_path / "idx")
     assert (after.generation, list(after.doc_ids), after.search("which animal purrs", k=3).doc_ids) == before
     small = tmp_path / "small.jsonl"

@@ -12,6 +12,7 @@ the CPU: a GPU encodes in one process (``--device``).
 
 from __future__ import annotations
 
+import logging
 import multiprocessing
 import os
 import signal
@@ -84,8 +85,18 @@ _WORKER: Encoder | None = None  # the encoder of a worker process
 def _start(config: dict) -> None:
     global _WORKER
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is the parent's to handle: it stops the pool
+    signal.signal(signal.SIGTERM, _stop)
     threading.Thread(target=_orphaned, daemon=True).start()
     _WORKER = Encoder(**config)
+
+
+def _stop(*_) -> None:
+    """SIGTERM (:meth:`ProcessEncoder.close` stopping a busy worker): end as a process does, at
+    the next document, so that its finalizers release the semaphores it made."""
+    signal.signal(signal.SIGTERM, signal.SIG_DFL)  # a second SIGTERM ends it at once
+    if _WORKER is None:  # still starting: the pool would log the initializer's "failure" with a traceback
+        logging.getLogger("concurrent.futures").disabled = True
+    raise SystemExit(1)
 
 
 def _orphaned() -> None:
@@ -156,11 +167,12 @@ class ProcessEncoder:
         self.close()
 
     def close(self) -> None:
-        """Stop the workers now. Idle ones end as processes do, so their finalizers run (a worker
-        terminated leaves the semaphores it made, tqdm's lock among them, for Python's resource
-        tracker to warn about at exit); ones still encoding for a build that failed or was
-        interrupted are terminated (nothing waits for their part; they ignore Ctrl-C), as is an
-        idle one that has not ended 30 s later."""
+        """Stop the workers now, each ending as a process does, so that its finalizers run (a worker
+        killed leaves the semaphores it made, tqdm's lock among them, for Python's resource tracker
+        to warn about at exit). Idle ones are let go; ones still encoding for a build that failed
+        or was interrupted (nothing waits for their part; they ignore Ctrl-C) are sent SIGTERM,
+        which ends them after the document they are on. One that has not ended 30 s later is
+        killed."""
         processes = list((getattr(self._pool, "_processes", None) or {}).values())
         idle = all(future.done() for future in self._started + self._asked)
         self._pool.shutdown(wait=False, cancel_futures=True)
@@ -169,7 +181,7 @@ class ProcessEncoder:
         for process in processes:
             process.join(timeout=30)
             if process.is_alive():
-                process.terminate()
+                process.kill()
                 process.join(timeout=30)
         self._pool.shutdown(wait=True)  # its queues closed, their semaphores released
 
