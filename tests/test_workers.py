@@ -110,12 +110,15 @@ def test_adding_in_worker_processes_writes_the_segment_one_process_writes(tmp_pa
     assert main(["add", str(two.path), str(changed), "--upsert", "--workers", "2", "--quiet"]) == 0
     assert "added 5 documents, replacing 5" in capsys.readouterr().out
     generation = Index.open(two.path).generation
-    for argv, message in ((["--workers", "0"], "--workers must be a positive integer"), (["--workers", "2", "--device", "cuda"], "does not go with --device other than cpu")):
+    for argv, message in ((["--workers", "0"], "--workers must be a positive integer"), (["--workers", "2", "--device", "cuda"], "does not go with --device other than cpu"),
+                          (["--workers", "99999"], f"--workers 99999 is more than the {len(os.sched_getaffinity(0))} CPU cores")):
         assert main(["add", str(two.path), str(changed), "--upsert", *argv]) != 0
         assert message in capsys.readouterr().err
     for bad in (0, True, 2.0):
         with pytest.raises(ConfigError, match="workers must be a positive integer"):
             two.upsert(docs[:2], workers=bad)
+    with pytest.raises(ConfigError, match="use at most"):  # before any process starts: a mistyped count would start that many
+        two.upsert(docs[:2], workers=10**5)
     assert Index.open(two.path).generation == generation and not _children(os.getpid())  # no worker left behind
 
 

@@ -79,6 +79,20 @@ def worker_settings(encoder: Encoder, threads: int) -> dict:
             "query_maxlen": encoder.spec.query_maxlen, "doc_maxlen": encoder.spec.doc_maxlen, "batch_size": encoder.batch_size}
 
 
+def cores() -> int:
+    """The CPU cores this process may run on."""
+    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+
+
+def _check_workers(workers) -> None:
+    """A ConfigError unless ``workers`` is a positive int no larger than :func:`cores` (each worker
+    is a process holding the model, on one thread: more than the cores only slow the build, and
+    a mistyped count would start that many processes)."""
+    positive_int("--", "workers", workers)
+    if workers > cores():
+        raise ConfigError(f"--workers {workers} is more than the {cores()} CPU cores this process may use (each worker is a process with its own copy of the model, on one thread); use at most {cores()}.")
+
+
 _WORKER: Encoder | None = None  # the encoder of a worker process
 
 
@@ -128,7 +142,7 @@ class ProcessEncoder:
     ProcessEncoder does so under ``if __name__ == "__main__":``, as with any process pool."""
 
     def __init__(self, model=None, *, workers: int = 2, **options):
-        positive_int("--", "workers", workers)
+        _check_workers(workers)
         fixed = sorted(options.keys() & {"threads", "device", "precision"})
         if fixed:
             raise ConfigError(f"worker processes run on the CPU with one thread each: {', '.join(fixed)} cannot be set for them (a GPU encodes in one process: Encoder(device=...)).")
@@ -139,7 +153,7 @@ class ProcessEncoder:
         """Workers that make the document vectors of ``encoder`` (a CPU one: its model, lengths,
         runtime and batches; it stays this pool's tokenizer and query encoder), as adding to an
         index that ``encoder`` built needs."""
-        positive_int("", "workers", workers)
+        _check_workers(workers)
         if encoder.device != "cpu":
             raise ConfigError(f"worker processes encode on the CPU; give them an encoder on the CPU, not {encoder.device}.")
         pool = cls.__new__(cls)
