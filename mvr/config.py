@@ -46,6 +46,7 @@ LARGE_CORPUS = 10_000
 # Centroids probed per query token by the centroid stage, unless a search says otherwise
 # (SearchOptions.centroid_probe; docs/scale.md).
 CENTROID_PROBE = 8
+FUSION_WEIGHT, DENSE_SHARE = 0.8, 0.8  # MaxSim's weight in linear fusion; a hybrid first stage's share of candidates from its vector stage
 # Search presets an index can be built with (IndexConfig.search_preset), saved as its default
 # search (mvr/search_presets.py). "best": weighted fusion of MaxSim, the pooled vector and bm25s
 # over the union of the pooled stage's and bm25s's candidates, the weights one grid chose for

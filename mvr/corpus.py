@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Iterable, Iterator
 
-from .errors import CorpusError
+from .errors import CorpusError, QueryError, shown
 
 TEXT_SUFFIXES = (".txt", ".md")
 _FORMS = 'a BEIR corpus.jsonl (or its dataset folder), a JSONL file of {"id", "text"} objects, or a folder of .txt/.md files'
@@ -47,11 +47,18 @@ ENCODING = "utf-8-sig"
 _BAD_ID_CATEGORIES = {"Cc": "a control character", "Cf": "an invisible format character", "Zl": "a line separator", "Zp": "a paragraph separator"}
 
 
+# The longest id, in UTF-8 bytes: ids are stored at the width of the longest one of their segment
+# (four bytes a character), so one long id costs every document of its segment as much.
+MAX_ID_BYTES = 512
+
+
 def _id_problem(doc_id: str) -> str | None:
     if not doc_id:
         return "is empty"
     if not _utf8(doc_id):
         return "holds a lone surrogate (no character: the text was decoded wrongly)"
+    if len(doc_id) > MAX_ID_BYTES // 4 and len(doc_id.encode("utf-8")) > MAX_ID_BYTES:
+        return f"is {len(doc_id.encode('utf-8'))} bytes long (UTF-8), over the {MAX_ID_BYTES} an id may have"
     for char in doc_id:
         if char.isspace():
             return f"holds whitespace ({char!r})"
@@ -69,10 +76,22 @@ def check_id(doc_id, where: str, fix: str = "change the id") -> str:
     problem = _id_problem(doc_id)
     if problem:
         raise CorpusError(
-            f"{where}: document id {doc_id!r} {problem}; ids must be non-empty, without whitespace or "
+            f"{where}: document id {shown(doc_id)} {problem}; ids must be non-empty, at most {MAX_ID_BYTES} bytes, without whitespace or "
             f"control characters (they are shown and written to TREC runs as one field): {fix}."
         )
     return doc_id
+
+
+def asked_ids(ids) -> list[str]:
+    """The ids a caller asks for (to delete, to fetch) as a list, or a QueryError for one that is no
+    string or holds a lone surrogate (no document has it, and it could not be written back)."""
+    ids = [ids] if isinstance(ids, str) else list(ids)
+    for i, doc_id in enumerate(ids):
+        if not isinstance(doc_id, str):
+            raise QueryError(f"document ids are strings; id #{i} is {type(doc_id).__name__} {shown(doc_id)}.")
+        if not _utf8(doc_id):
+            raise QueryError(f"id #{i} holds a lone surrogate (no character: it was decoded wrongly); send ids as UTF-8.")
+    return ids
 
 
 def _not_utf8(path: Path, error_class: type) -> Exception:
@@ -140,7 +159,7 @@ def exact_number(value) -> bool:
 
 def _check_text(text: str, title: str, doc_id: str, where: str) -> None:
     if not _utf8(text) or not _utf8(title):
-        raise CorpusError(f"{where}: document {doc_id!r} holds a lone surrogate (no character: the text was decoded wrongly); fix its encoding.")
+        raise CorpusError(f"{where}: document {shown(doc_id)} holds a lone surrogate (no character: the text was decoded wrongly); fix its encoding.")
 
 
 def _utf8(text: str) -> bool:
@@ -178,7 +197,7 @@ def check_metadata(values, where: str, strict: bool = True) -> dict:
         if not isinstance(name, str) or not name or name.startswith("$") or not _utf8(name):
             if not strict:
                 continue
-            raise CorpusError(f"{where}: metadata field name {name!r} must be a non-empty UTF-8 string not starting with '$'.")
+            raise CorpusError(f"{where}: metadata field name {shown(name)} must be a non-empty UTF-8 string not starting with '$'.")
         if value is None:
             continue
         kept = _metadata_value(value)
@@ -186,7 +205,7 @@ def check_metadata(values, where: str, strict: bool = True) -> dict:
             if not strict:
                 continue
             raise CorpusError(
-                f"{where}: metadata field {name!r} is {value!r}; a field holds a string, a finite number of at most 2**53, true/false or a list of strings."
+                f"{where}: metadata field {shown(name)} is {shown(value)}; a field holds a string, a finite number of at most 2**53, true/false or a list of strings."
             )
         out[name] = kept
     return out
@@ -199,10 +218,10 @@ def _document_from_object(obj: dict, where: str) -> Document:
     doc_id = check_id(doc_id, where)
     text = obj.get("text", obj.get("contents"))
     if text is None:
-        raise CorpusError(f'{where}: document {doc_id!r} has no "text" field.')
+        raise CorpusError(f'{where}: document {shown(doc_id)} has no "text" field.')
     title = obj.get("title") or ""
     if not isinstance(text, str) or not isinstance(title, str):
-        raise CorpusError(f'{where}: document {doc_id!r}: "text" and "title" must be strings.')
+        raise CorpusError(f'{where}: document {shown(doc_id)}: "text" and "title" must be strings.')
     _check_text(text, title, doc_id, where)
     # a "metadata" object, and any other field of the line, are kept as metadata
     metadata = check_metadata(obj.get("metadata"), where)

@@ -57,3 +57,10 @@ class MissingExtraError(MvrError, ImportError):
 def missing_extra(what: str, extra: str, error: ImportError) -> MissingExtraError:
     """The one-line error for an optional part whose packages are missing: names the pip command."""
     return MissingExtraError(f"{what} needs the '{extra}' extra ({error.name or error}): pip install 'mvr[{extra}]'")
+
+
+def shown(value, limit: int = 80) -> str:
+    """``repr(value)`` for a message, cut after ``limit`` characters (a client's megabyte-long id
+    or list would otherwise come back whole in the error about it)."""
+    text = repr(value)
+    return text if len(text) <= limit else f"{text[:limit]}... ({len(text)} characters)"

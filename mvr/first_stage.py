@@ -8,7 +8,7 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
-from .config import default_candidates
+from .config import DENSE_SHARE, default_candidates
 from .registry import STAGES, needs_vectors, parse_stage
 from .stages.base import Candidates, QueryBatch
 from .stages.hybrid import union_candidates
@@ -85,7 +85,7 @@ def first_stage(state, searched: list[tuple], queries: QueryBatch, opts: SearchO
     parts = parse_stage(opts.first_stage)
     if len(parts) == 2:
         dense, sparse = candidates(state, searched, queries, opts, parts, n)
-        found = [union_candidates(d.positions, t.positions, round(opts.dense_share * n), n) for d, t in zip(dense, sparse)]
+        found = [union_candidates(d.positions, t.positions, round((DENSE_SHARE if opts.dense_share is None else opts.dense_share) * n), n) for d, t in zip(dense, sparse)]
     else:
         found = candidates(state, searched, queries, opts, parts, n)[0]
     if needs_vectors(opts.first_stage):

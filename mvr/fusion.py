@@ -75,10 +75,11 @@ def fuse(maxsim: np.ndarray, first: np.ndarray, fusion: str | None, weight: floa
     if fusion == "linear":
         return weight * zscores(maxsim) + (1.0 - weight) * zscores(first)
     total = np.zeros(len(maxsim), dtype=np.float64)
-    scale = sum(weights.values())  # the order is the weights' own; the scale stays that of a z-score
+    top = max(weights.values())  # over the largest first: weights near the float limit do not add up to infinity
+    scale = sum(w / top for w in weights.values())  # the order is the weights' own; the scale stays that of a z-score
     for name, w in weights.items():
         if w:
-            total += (w / scale) * zscores(maxsim if name == MAXSIM else signals[name])
+            total += (w / top / scale) * zscores(maxsim if name == MAXSIM else signals[name])
     return total
 
 

@@ -324,7 +324,7 @@ class Index(Changes):
             raise QueryError(f"k must be a positive integer, got {k!r}.")
         options = {"preset": search_presets.NONE, **options} if not with_texts and first_stage is None else options  # a default preset may read texts
         first_stage, candidates, options, _ = search_presets.resolve(self.search_presets, first_stage, candidates, options)
-        opts = SearchOptions.create(first_stage=first_stage or self._default_stage(with_texts), candidates=candidates, **options)
+        opts = SearchOptions.create(first_stage=self._default_stage(with_texts) if first_stage is None else first_stage, candidates=candidates, **options)
         for stage in (opts.first_stage, *stage_signals(opts.weights)):
             for segment in self._state.segments:
                 segment.require(stage)  # before the model loads

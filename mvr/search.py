@@ -10,7 +10,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from .config import CENTROID_PROBE, FDE_EF_SEARCH, FDE_NPROBE, default_candidates
+from .config import CENTROID_PROBE, FDE_EF_SEARCH, FDE_NPROBE, FUSION_WEIGHT, default_candidates
 from .errors import EncoderMismatchError, QueryError
 from .feedback import COLBERT_PRF, expand
 from .first_stage import exhaustive, first_stage
@@ -63,9 +63,9 @@ class SearchOptions:
     prune_alpha: float | None = None
     early_exit: int | None = None
     fusion: str | None = None
-    fusion_weight: float = 0.8
+    fusion_weight: float | None = None
     weights: dict | None = None
-    dense_share: float = 0.8
+    dense_share: float | None = None
     nprobe: int = FDE_NPROBE
     ef_search: int = FDE_EF_SEARCH
     centroid_probe: int = CENTROID_PROBE
@@ -93,12 +93,16 @@ class SearchOptions:
             raise QueryError(f"early_exit must be a positive integer (the patience), got {self.early_exit!r}.")
         if self.fusion is not None and self.fusion not in FUSIONS:
             raise QueryError(f"unknown fusion {self.fusion!r}; available: {', '.join(FUSIONS)}.")
-        if not 0.0 <= self.fusion_weight <= 1.0:
+        if self.fusion_weight is not None and not 0.0 <= self.fusion_weight <= 1.0:
             raise QueryError(f"fusion_weight must lie in [0, 1], got {self.fusion_weight!r}.")
+        if self.fusion_weight is not None and self.fusion != "linear":
+            raise QueryError(f'fusion_weight is the weight of linear fusion: give fusion="linear" with it (default weight {FUSION_WEIGHT}).')
         if not self.rerank and (self.fusion is not None or self.early_exit is not None):
             raise QueryError("fusion and early exit need rerank=True.")
-        if not 0.0 <= self.dense_share <= 1.0:
+        if self.dense_share is not None and not 0.0 <= self.dense_share <= 1.0:
             raise QueryError(f"dense_share must lie in [0, 1], got {self.dense_share!r}.")
+        if self.dense_share is not None and self.first_stage is not None and self.first_stage not in HYBRIDS:
+            raise QueryError(f"dense_share splits the candidates of a hybrid first stage ({', '.join(HYBRIDS)}); {self.first_stage!r} is none.")
         for name in ("nprobe", "ef_search", "centroid_probe"):
             if not _is_int(getattr(self, name)) or getattr(self, name) < 1:
                 raise QueryError(f"{name} must be a positive integer, got {getattr(self, name)!r}.")
@@ -161,7 +165,8 @@ def rerank(parts: list[tuple], query, k: int, opts: SearchOptions, signals: dict
         if scores is not None:
             maxsim.append(scores)
     positions, first = np.concatenate(positions), np.concatenate(first)
-    final = fuse(np.concatenate(maxsim), first, opts.fusion, opts.fusion_weight, signals, opts.weights) if opts.rerank else first
+    weight = FUSION_WEIGHT if opts.fusion_weight is None else opts.fusion_weight
+    final = fuse(np.concatenate(maxsim), first, opts.fusion, weight, signals, opts.weights) if opts.rerank else first
     # Best first; ties go to the lower position, as in exhaustive search.
     order = np.lexsort((positions, -final))[:k]
     return positions[order], final[order].astype(np.float32)

@@ -18,7 +18,7 @@ from __future__ import annotations
 
 from .errors import QueryError
 from .fusion import stage_signals
-from .registry import parse_stage
+from .registry import HYBRIDS, parse_stage
 
 NONE = "none"
 _FUSION = ("fusion", "weights", "fusion_weight")  # one group: the caller's replace the preset's
@@ -53,6 +53,8 @@ def resolve(found: dict, first_stage: str | None, candidates: int | None, option
             options["fusion"] = "weighted"
     merged = {**base, **options}
     stage, count = merged.pop("first_stage", None), merged.pop("candidates", None)
+    if "dense_share" not in options and (first_stage or stage) not in HYBRIDS:  # the preset's split of a hybrid it no longer searches
+        merged.pop("dense_share", None)
     return first_stage or stage, candidates if candidates is not None else count, merged, name
 
 

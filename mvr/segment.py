@@ -112,7 +112,7 @@ class Segment:
     def first_stage(self, name: str, options=None):
         parts = parse_stage(name)
         if len(parts) == 2:
-            return Hybrid(self.stage(parts[0]), self.stage(parts[1]), options.dense_share if options is not None else 0.8)
+            return Hybrid(self.stage(parts[0]), self.stage(parts[1]), None if options is None else options.dense_share)
         return self.stage(parts[0])
 
     # -- documents -----------------------------------------------------------------------------
@@ -134,9 +134,8 @@ class Segment:
         if not len(sorted_ids) or not len(wanted):
             return out
         at = np.searchsorted(sorted_ids, wanted)
-        inside = at < len(sorted_ids)
         found = np.zeros(len(wanted), dtype=bool)
-        found[inside] = sorted_ids[at[inside]] == wanted[inside]
+        found[at < len(sorted_ids)] = sorted_ids[at[at < len(sorted_ids)]] == wanted[at < len(sorted_ids)]
         out[found] = order[at[found]]
         return out
 
@@ -215,14 +214,16 @@ class Commit:
         return out
 
     def positions(self, doc_ids: Sequence[str]) -> np.ndarray:
-        """int64 position of each live document id (-1 where none has it)."""
-        wanted = np.asarray(list(doc_ids), dtype=str)
-        out = np.full(len(wanted), -1, dtype=np.int64)
+        """int64 position of each live document id (-1 where none has it). An id longer than all
+        stored ones is none's, and kept out of the array (a client's megabyte-long id would widen it)."""
+        doc_ids, width = list(doc_ids), max((s.doc_ids.dtype.itemsize // 4 for s in self.segments), default=0)
+        fits = np.flatnonzero([len(d) <= width for d in doc_ids]).astype(np.int64)
+        wanted, out = np.asarray([doc_ids[i] for i in fits], dtype=str), np.full(len(doc_ids), -1, dtype=np.int64)
         for s, segment in enumerate(self.segments):
             rows = segment.positions(wanted)
             hit = rows >= 0
             hit[hit] = ~self.deleted[s][rows[hit]]
-            out[hit] = rows[hit] + self.bases[s]
+            out[fits[hit]] = rows[hit] + self.bases[s]
         return out
 
 

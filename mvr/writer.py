@@ -24,7 +24,8 @@ import numpy as np
 from .config import FDEConfig, IndexConfig, positive_int
 from .encode import Encoder
 from .encode.pool import ProcessEncoder
-from .errors import CorpusError, QueryError
+from .corpus import asked_ids
+from .errors import CorpusError
 from .passages import document_id, rows_of
 from .search_presets import preset_stages
 from .segment_build import merge_segments, planned_stages, write_segment
@@ -199,12 +200,7 @@ def _mark_deleted(writer: Writer, state, segments: list[dict], positions: np.nda
 def delete(index, ids, *, wait: float = 0.0, merge: bool = True, command=None) -> dict:
     """Delete the documents with ``ids`` in one commit. Ids the index does not hold are reported,
     not an error (they may have been deleted already). Returns ``{"deleted", "missing", "generation"}``."""
-    if isinstance(ids, str):
-        ids = [ids]
-    ids = list(ids)
-    for i, doc_id in enumerate(ids):
-        if not isinstance(doc_id, str):
-            raise QueryError(f"document ids are strings; id #{i} is {type(doc_id).__name__} {doc_id!r}.")
+    ids = asked_ids(ids)
     with Writer(index, wait) as writer:
         state = index._state
         if index.config.passage_tokens:  # a document id stands for all its passages

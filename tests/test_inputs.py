@@ -48,6 +48,7 @@ BAD_IDS = [
     ("a\u2028b", "holds whitespace"),
     ("a\u200bb", "holds an invisible format character"),
     ("\u202eab", "holds an invisible format character"),
+    ("é" * 257, "is 514 bytes long (UTF-8), over the 512 an id may have"),
 ]
 
 
@@ -55,11 +56,48 @@ BAD_IDS = [
 def test_bad_document_ids_name_the_line_and_the_id(tmp_path, bad, problem):
     corpus = tmp_path / "c.jsonl"
     corpus.write_text(json.dumps({"_id": "dup", "text": "one"}) + "\n" + json.dumps({"_id": bad, "text": "two"}) + "\n")
-    with pytest.raises(CorpusError, match=re.escape(f"c.jsonl:2: document id {bad!r} {problem}") + ".*TREC"):
+    shown = repr(bad) if len(repr(bad)) <= 80 else f"{repr(bad)[:80]}... ({len(repr(bad))} characters)"  # a long id is not echoed whole
+    with pytest.raises(CorpusError, match=re.escape(f"c.jsonl:2: document id {shown} {problem}") + ".*TREC"):
         list(read_corpus(corpus))
     for item in ({"id": bad, "text": "two"}, (bad, "two"), Document(bad, "two")):
-        with pytest.raises(CorpusError, match=re.escape(f"document #1: document id {bad!r} {problem}")):
+        with pytest.raises(CorpusError, match=re.escape(f"document #1: document id {shown} {problem}")):
             list(as_documents([("ok", "one"), item]))
+
+
+def test_an_id_of_512_bytes_is_kept_and_a_huge_asked_one_costs_no_memory(tmp_path, default_encoder):
+    """The longest id allowed goes in and is found; ids asked for (deleted, reranked) that are
+    longer than every stored one are nobody's, and never widen an array to their length (a
+    client's 1 MB id among 1,000 made 4 GB of numpy strings); a lone surrogate in an id to delete
+    is refused before anything is written."""
+    import tracemalloc
+
+    longest = "x" * 510 + "é"  # 512 bytes
+    index = Index.build([(longest, "a long id"), ("short", "a short one")], tmp_path / "i", encoder=default_encoder, config=FAST)
+    assert index.search("long id", k=1).doc_ids[0][0] == longest
+    asked = ["y" * 1_000_000] + [f"s{i}" for i in range(200)] + ["short"]
+    tracemalloc.start()
+    try:
+        found = index._state.positions(asked)
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert list(found[:-1]) == [-1] * 201 and found[-1] >= 0
+    assert peak < 20 << 20, peak  # 201 x 4 MB before
+    generation = index.generation
+    with pytest.raises(QueryError, match="id #1 holds a lone surrogate"):
+        index.delete(["short", "a\ud800"])
+    assert index.generation == generation and "short" in index
+    assert index.delete(["y" * 1_000_000, "short"]) == {"deleted": 1, "missing": ["y" * 1_000_000], "generation": generation + 1}
+
+
+def test_search_options_that_would_be_ignored_are_refused(index):
+    """An option that the search asked for would not read is an error, not silently nothing:
+    fusion_weight without linear fusion, dense_share without a hybrid first stage, an empty first
+    stage (which fell back to the default)."""
+    for options, message in (({"fusion_weight": 0.5}, 'give fusion="linear" with it'), ({"first_stage": "exhaustive", "dense_share": 0.5}, "dense_share splits the candidates of a hybrid"),
+                             ({"first_stage": ""}, "unknown first stage ''")):
+        with pytest.raises(QueryError, match=re.escape(message)):
+            index.search("tea", k=2, **options)
 
 
 def test_integer_ids_stay_allowed():

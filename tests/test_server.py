@@ -17,6 +17,7 @@ httpx = pytest.importorskip("httpx")
 pytest.importorskip("fastapi")
 
 from mvr import Index  # noqa: E402
+from mvr.errors import IndexFormatError  # noqa: E402
 from mvr.server import Limits, background  # noqa: E402
 from mvr.server.catalog import Catalog  # noqa: E402
 from mvr.storage.validate import verify_files  # noqa: E402
@@ -143,6 +144,13 @@ BAD = [
     ("lone surrogate in a query", "POST", "/indexes/docs/search", b'{"query": "\\ud800"}', None, 400),
     ("lone surrogate in an id", "POST", "/indexes/docs/documents", b'{"documents": [{"id": "x\\ud800", "text": "t"}]}', None, 400),
     ("lone surrogate in a text", "POST", "/indexes/docs/documents", b'{"documents": [{"id": "x", "text": "t \\udfff"}]}', None, 400),
+    ("lone surrogate in an id to delete", "DELETE", "/indexes/docs/documents", b'{"ids": ["d1", "\\ud800"]}', None, 400),  # d1 stays: nothing is written
+    ("id over 512 bytes", "POST", "/indexes/docs/documents", json.dumps({"documents": [{"id": "x" * 600, "text": "t"}]}).encode(), None, 400),
+    ("a long value echoed", "POST", "/indexes/docs/documents", json.dumps({"documents": [{"id": "x", "text": "t", "metadata": {"year": "9" * 5000}}]}).encode(), None, 400),
+    ("empty first stage", "POST", "/indexes/docs/search", b'{"query": "x", "first_stage": ""}', None, 400),
+    ("fusion weight without linear fusion", "POST", "/indexes/docs/search", b'{"query": "x", "fusion_weight": 0.5}', None, 400),
+    ("dense share without a hybrid stage", "POST", "/indexes/docs/search", b'{"query": "x", "first_stage": "fde", "dense_share": 0.5}', None, 400),
+    ("UTF-16 body", "POST", "/indexes/docs/search", '{"query": "x"}'.encode("utf-16"), None, 400),
     ("huge early exit", "POST", "/indexes/docs/search", b'{"query": "x", "early_exit": 100000000000000000000}', None, 400),
     ("nprobe over the limit", "POST", "/indexes/docs/search", b'{"query": "x", "nprobe": 1000000}', None, 400),
     ("explain of too many hits", "POST", "/indexes/docs/search", json.dumps({"query": ["x"] * 100, "k": 20, "explain": True}).encode(), None, 400),
@@ -276,3 +284,47 @@ def test_an_index_that_cannot_be_opened_is_left_out(tmp_path, default_encoder):
         assert client.get("/healthz").json()["indexes"] == 1 and client.get("/metrics").status_code == 200
         assert "broken" in catalog.failed
         assert client.post("/indexes/good/search", json={"query": "purring", "k": 1}).json()["results"][0][0]["id"] == "a"
+    # damaged before the server starts: left out the same way (it kept the server from starting), with or without warming;
+    # one named on the command line is still an error
+    for warm in (False, True):
+        started = Catalog([], home, model=default_encoder, warm=warm)
+        assert started.names() == ["good"] and "manifest.json" in started.failed["broken"]
+    with pytest.raises(IndexFormatError, match="manifest.json"):
+        Catalog([str(home / "broken")], home, model=default_encoder, warm=False)
+
+
+def test_a_request_that_does_not_arrive_whole_in_time_is_cut_off(home, default_encoder):
+    """A connection that sends nothing, or half its headers, is closed after --request-seconds;
+    one whose body stops part way gets a 408; a slow but whole request is answered (a client
+    holding half-sent requests kept their connections open for ever)."""
+    import socket
+    from urllib.parse import urlparse
+
+    catalog = Catalog(["docs"], home, model=default_encoder, warm=False)
+    with background(catalog, limits=Limits(request_seconds=1.0)) as url:
+        address = (urlparse(url).hostname, urlparse(url).port)
+
+        def ask(*parts: bytes, pause: float = 0.0) -> tuple[bytes, float]:
+            """What the server sends back (until it closes) after ``parts``, and after how long."""
+            with socket.create_connection(address, timeout=10) as sock:
+                started = time.monotonic()
+                for part in parts:
+                    sock.sendall(part)
+                    time.sleep(pause)
+                got = b""
+                while chunk := sock.recv(65536):
+                    got += chunk
+                    if b"\r\n\r\n" in got and b"purr" in got:  # a whole answer to the slow search: do not wait for keep-alive
+                        break
+                return got, time.monotonic() - started
+
+        got, took = ask()
+        assert got == b"" and 0.5 < took < 5, took
+        got, took = ask(b"POST /indexes/docs/search HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Ty")
+        assert got == b"" and 0.5 < took < 5, took
+        body = b'{"query": "purring animal", "k": 1}'
+        head = b"POST /indexes/docs/search HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/json\r\nContent-Length: %d\r\n\r\n" % len(body)
+        got, took = ask(head, body[:10])
+        assert got.startswith(b"HTTP/1.1 408") and b"--request-seconds" in got and took < 5, got
+        got, _ = ask(head[:20], head[20:], body, pause=0.3)  # 0.6 s in all: slow, within the limit
+        assert got.startswith(b"HTTP/1.1 200") and b'"d1"' in got, got

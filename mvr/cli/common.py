@@ -7,7 +7,7 @@ import argparse
 import json
 from pathlib import Path
 
-from ..config import CLUSTER_METHODS, DEFAULT_CANDIDATES, KEEP_CLASSES, PRESETS, PRUNE_RULES, FDEConfig, IndexConfig
+from ..config import CLUSTER_METHODS, DEFAULT_CANDIDATES, DENSE_SHARE, FUSION_WEIGHT, KEEP_CLASSES, PRESETS, PRUNE_RULES, FDEConfig, IndexConfig
 from ..registry import CODECS, FIRST_STAGES
 from ..fusion import FUSIONS, SIGNALS
 from ..search import PRF, SearchOptions
@@ -64,9 +64,9 @@ def add_search(parser: argparse.ArgumentParser, counts=None) -> None:
     group.add_argument("--prune-alpha", type=float, default=None, help="drop candidates scoring below (1 - alpha) x the k-th best first-stage score")
     group.add_argument("--early-exit", type=int, default=None, metavar="BETA", help="stop reranking after BETA consecutive candidates miss the top-k")
     group.add_argument("--fusion", choices=FUSIONS, default=None, help="fuse MaxSim with first-stage scores (rrf, linear), or with other signals (weighted, with --weights)")
-    group.add_argument("--fusion-weight", type=float, default=None, help=f"MaxSim's weight in linear fusion of z-scores (default {d.fusion_weight})")
+    group.add_argument("--fusion-weight", type=float, default=None, help=f"MaxSim's weight in linear fusion of z-scores (default {FUSION_WEIGHT})")
     group.add_argument("--weights", type=_weights, default=None, metavar="SIGNAL=W,...", help=f"weighted fusion: each signal's weight, e.g. maxsim=0.45,pooled=0.25,bm25s=0.3 (signals: {', '.join(SIGNALS)})")
-    group.add_argument("--dense-share", type=float, default=None, help=f"hybrid first stages (fde+bm25s, ...): share of the candidates taken from the vector stage (default {d.dense_share})")
+    group.add_argument("--dense-share", type=float, default=None, help=f"hybrid first stages (fde+bm25s, ...): share of the candidates taken from the vector stage (default {DENSE_SHARE})")
     group.add_argument("--nprobe", type=int, default=None, help=f"FDE in a faiss IVF index: lists probed per query (default {d.nprobe})")
     group.add_argument("--ef-search", type=int, default=None, help=f"FDE in a faiss HNSW index: search breadth (default {d.ef_search})")
     group.add_argument("--centroid-probe", type=int, default=None, help=f"the centroid stage: nearest centroids probed per query token (default {d.centroid_probe})")

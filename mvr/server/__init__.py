@@ -64,13 +64,17 @@ def open_socket(host: str, port: int) -> socket.socket:
     return sock
 
 
-def uvicorn_server(app, sock: socket.socket, *, log_level: str = "warning"):
-    """A uvicorn server for ``app`` on ``sock`` (``.run(sockets=[sock])`` serves; set ``should_exit`` to stop)."""
+def uvicorn_server(app, sock: socket.socket, *, log_level: str = "warning", limits: Limits | None = None):
+    """A uvicorn server for ``app`` on ``sock`` (``.run(sockets=[sock])`` serves; set ``should_exit``
+    to stop); a request's headers must arrive within ``limits.request_seconds`` (mvr/server/protocol.py)."""
     try:
         import uvicorn
+
+        from .protocol import deadline_protocol
     except ImportError as error:
         raise missing_extra("mvr serve", "server", error) from None
-    config = uvicorn.Config(app, log_level=log_level, access_log=False, timeout_keep_alive=30, lifespan="off")
+    seconds = (limits or Limits()).request_seconds
+    config = uvicorn.Config(app, log_level=log_level, access_log=False, timeout_keep_alive=30, lifespan="off", http=deadline_protocol(seconds))
     return uvicorn.Server(config)
 
 
@@ -100,7 +104,7 @@ def serve(names=(), *, host: str = "127.0.0.1", port: int = 8000, home=None, api
     try:
         if ready:
             ready(url)
-        uvicorn_server(app, sock, log_level=log_level).run(sockets=[sock])
+        uvicorn_server(app, sock, log_level=log_level, limits=limits).run(sockets=[sock])
     finally:
         unregister(note)
 
@@ -112,7 +116,7 @@ def background(catalog, *, host: str = "127.0.0.1", port: int = 0, api_key: str 
     check_exposure(host, api_key)
     app = create_app(catalog, api_key=api_key, limits=limits)
     sock = open_socket(host, port)
-    runner = uvicorn_server(app, sock)
+    runner = uvicorn_server(app, sock, limits=limits)
     thread = threading.Thread(target=runner.run, kwargs={"sockets": [sock]}, name="mvr-serve", daemon=True)
     thread.start()
     deadline = time.monotonic() + timeout

@@ -29,7 +29,7 @@ from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from pydantic import BaseModel, ConfigDict, Field, StrictBool, StrictFloat, StrictInt, StrictStr
 
 from .. import __version__
-from ..errors import IndexExistsError, IndexLockedError, IndexNotFoundError, MissingExtraError, MvrError, QueryError
+from ..errors import IndexExistsError, IndexFormatError, IndexLockedError, IndexNotFoundError, MissingExtraError, MvrError, QueryError
 from .catalog import Catalog
 from .limits import Limits
 from .gate import Gate, Metrics
@@ -100,7 +100,8 @@ class DeleteRequest(BaseModel):
     wait: Number | None = None
 
 
-STATUS = ((IndexNotFoundError, 404), (IndexLockedError, 409), (IndexExistsError, 409), (MissingExtraError, 501))
+# a damaged index is the server's fault, not the request's: 500, with what is damaged and how to repair it
+STATUS = ((IndexNotFoundError, 404), (IndexLockedError, 409), (IndexExistsError, 409), (MissingExtraError, 501), (IndexFormatError, 500))
 
 
 def _status(error: MvrError) -> int:
@@ -147,7 +148,7 @@ def create_app(catalog: Catalog, *, api_key: str | None = None, limits: Limits |
         if error.status_code == 405:
             return _bad(f"{request.method} is not allowed on {request.url.path}: see /docs for the methods of each route.", 405)
         if error.status_code == 400 and "parsing the body" in str(error.detail):
-            return _bad("cannot read the body as JSON: send one JSON object, encoded as UTF-8.", 400)
+            return _bad("cannot read the body as JSON (malformed, not UTF-8, or nested too deeply): send one JSON object, encoded as UTF-8.", 400)
         return _bad(str(error.detail), error.status_code)
 
     @app.exception_handler(Exception)
@@ -219,7 +220,7 @@ def create_app(catalog: Catalog, *, api_key: str | None = None, limits: Limits |
     from .page import add_page
 
     add_page(app)
-    return Gate(app, api_key=api_key, max_body_bytes=limits.max_body_bytes, metrics=metrics, routes=app.router.routes)
+    return Gate(app, api_key=api_key, max_body_bytes=limits.max_body_bytes, metrics=metrics, routes=app.router.routes, request_seconds=limits.request_seconds)
 
 
 def _check_search(queries: list[str], request: SearchRequest, limits: Limits) -> None:

@@ -84,10 +84,16 @@ class Catalog:
         self.started = time.time()
         self.failed: dict[str, str] = {}  # indexes of the home that could not be opened, and why
         for name in names or available(self.home):
-            index = Index.open(name if names else self.home / name, home=self.home, model=model)  # a home's index by its path there
-            if index.name in self._served:
-                raise ConfigError(f"two indexes named {index.name!r}: serve each name once.")
-            self._served[index.name] = self._open(index)
+            try:
+                index = Index.open(name if names else self.home / name, home=self.home, model=model)  # a home's index by its path there
+                if index.name in self._served:
+                    raise ConfigError(f"two indexes named {index.name!r}: serve each name once.")
+                self._served[index.name] = self._open(index)
+            except MvrError as error:
+                if names:  # one asked for by name is served or the server does not start
+                    raise
+                self.failed[name] = str(error)  # one found in the home is left out, as one that appears later is
+                log.warning("not serving index %r: %s", name, error)
 
     def _open(self, index: Index) -> Served:
         if self.warm:  # load the query model, read the first stages, compile the kernels now, not at the first request

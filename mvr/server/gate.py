@@ -3,6 +3,7 @@ size limit, and the request counts and latencies of /metrics (Prometheus text fo
 
 from __future__ import annotations
 
+import asyncio
 import hmac
 import json
 import time
@@ -55,10 +56,10 @@ class Gate:
     415 for a body not sent as ``application/json``,
     and the metrics of every request, labelled by route template (not by raw path)."""
 
-    def __init__(self, app, *, api_key: str | None, max_body_bytes: int, metrics: Metrics, routes):
+    def __init__(self, app, *, api_key: str | None, max_body_bytes: int, metrics: Metrics, routes, request_seconds: float = 30.0):
         self.app = app
         self.key = f"Bearer {api_key}".encode() if api_key else None
-        self.max_body = max_body_bytes
+        self.max_body, self.request_seconds = max_body_bytes, request_seconds
         self.metrics = metrics
         self.routes = routes
 
@@ -104,8 +105,12 @@ class Gate:
         if declared is not None and int(declared) > self.max_body:
             return await _reply(send, 413, f"request body of {declared.decode(errors='replace')} bytes; the limit is {self.max_body} (mvr serve --max-body-bytes).")
         body, more = bytearray(), True
+        deadline = time.monotonic() + self.request_seconds
         while more:  # the whole body, counted, before the route runs (chunked bodies have no length to check first)
-            message = await receive()
+            try:
+                message = await asyncio.wait_for(receive(), max(deadline - time.monotonic(), 0.0))
+            except asyncio.TimeoutError:
+                return await _reply(send, 408, f"the request body did not arrive within {self.request_seconds:g} s (mvr serve --request-seconds).", {"Connection": "close"})
             if message["type"] == "http.disconnect":
                 return
             body += message.get("body", b"")
@@ -116,6 +121,8 @@ class Gate:
         if body and kind != b"application/json":
             # a JSON body says so: a browser's cross-site form or text/plain post, which skips CORS preflight, is refused
             return await _reply(send, 415, f"send the body as JSON with the header 'Content-Type: application/json' (got {kind.decode(errors='replace') or 'none'}).")
+        if body[:2] in (b"\xff\xfe", b"\xfe\xff") or b"\x00" in body[:4]:  # UTF-16 or -32, which the JSON parser would read too
+            return await _reply(send, 400, "the body is not UTF-8 (UTF-16 or UTF-32): send one JSON object, encoded as UTF-8.")
         delivered = False
 
         async def replay():

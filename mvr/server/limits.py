@@ -14,6 +14,7 @@ LIMITS = {
     "max_candidates": 10_000,
     "max_documents": 10_000,  # documents or ids in one add / delete request
     "max_wait": 60.0,  # seconds a write may wait for another process's writer
+    "request_seconds": 30.0,  # for a request to arrive whole (headers, then body): slower clients are cut off
 }
 
 
@@ -26,6 +27,7 @@ class Limits:
     max_candidates: int = LIMITS["max_candidates"]
     max_documents: int = LIMITS["max_documents"]
     max_wait: float = LIMITS["max_wait"]
+    request_seconds: float = LIMITS["request_seconds"]
 
     def __post_init__(self):
         for name, value in vars(self).items():

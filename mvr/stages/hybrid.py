@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import numpy as np
 
+from ..config import DENSE_SHARE
 from .base import Candidates, QueryBatch
 
 
@@ -27,8 +28,8 @@ class Hybrid:
     """``dense`` and ``sparse`` stages composed: ``share`` of the candidates from the dense ranking,
     the sparse ranking adding new documents up to the count (the dense one fills in if it runs short)."""
 
-    def __init__(self, dense, sparse, share: float):
-        self.dense, self.sparse, self.share = dense, sparse, share
+    def __init__(self, dense, sparse, share: float | None):
+        self.dense, self.sparse, self.share = dense, sparse, DENSE_SHARE if share is None else share
         self.name = f"{dense.name}+{sparse.name}"
 
     def search(self, queries: QueryBatch, n: int, options=None, allowed=None) -> list[Candidates]:

@@ -59,7 +59,7 @@ class WriterLock:
             pid = self.holder()
             who = f"PID {pid}" if pid else "another process"
             raise IndexLockedError(
-                f"{self.label} is being written by {who}; wait for it to finish (--wait SECONDS) or stop that process, then run this again "
+                f"{self.label} is being written by {who}; wait for it to finish (--wait SECONDS; wait= in Python and over HTTP) or stop that process, then run this again "
                 f"(mvr lets one process at a time write a name; lock file {self.path})."
             )
         return self
