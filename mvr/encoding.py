@@ -34,7 +34,7 @@ import numpy as np
 from . import __version__
 from .config import IndexConfig
 from .corpus import as_documents
-from .errors import ConfigError, CorpusError, MvrError
+from .errors import ConfigError, CorpusError, MvrError, shown
 from .passages import document_id, split
 from .progress import progress
 from .storage import ArrayWriter, BlobWriter, RowReader
@@ -237,7 +237,7 @@ def encode_corpus(documents, encoder, config: IndexConfig, folder: Path, show_pr
                         if replaced is None and (found >= 0).any():
                             doc = kept[int(np.flatnonzero(found >= 0)[0])]
                             raise CorpusError(
-                                f"{doc.where}: document id {doc.id!r} is already in the index; replace documents with upsert "
+                                f"{doc.where}: document id {shown(doc.id)} is already in the index; replace documents with upsert "
                                 "(Index.upsert, `mvr add --upsert`), or delete it first."
                             )
                         if replaced is not None:

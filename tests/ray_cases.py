@@ -50,6 +50,10 @@ def test_the_index_command_encodes_on_ray(cluster, tmp_path, models, beir, capsy
     assert "indexed 8 documents" in capsys.readouterr().out
     assert main(["index", "--from", str(tmp_path / "cli"), "--path", str(tmp_path / "x"), "--ray", "local"]) != 0
     assert "apply to encoding a CORPUS" in capsys.readouterr().err
+    # more workers than the cluster's CPUs: refused, not left pending for ever with their share
+    assert main(["index", str(beir / "corpus.jsonl"), "--path", str(tmp_path / "x"), "--model", str(models["plain"]), "--ray", "local", "--ray-workers", "3"]) != 0
+    assert "--ray-workers 3 asks for 3 CPUs (one a worker); the Ray cluster has 2: use at most 2." in capsys.readouterr().err
+    assert not (tmp_path / "x").exists()
 
 
 def test_a_sharded_search_gives_the_local_results(cluster, tmp_path, models):

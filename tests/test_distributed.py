@@ -39,6 +39,16 @@ def test_a_refused_token_is_told_apart_from_an_unreachable_cluster():
     assert not _refused_token(raised(ConnectionError("Failed to connect to Ray cluster at 10.0.0.1:6379"), TimeoutError("no answer")))
 
 
+def test_a_local_instance_larger_than_the_machine_is_refused(tmp_path):
+    # before Ray starts: an instance of 99,999 CPUs would start a worker, each with the model, for each
+    # (in a process of its own: Ray is imported there)
+    code = "from mvr.cli import main; raise SystemExit(main(['index', 'x.jsonl', '--path', 'y', '--ray', 'local', '--ray-workers', '99999']))"
+    (tmp_path / "x.jsonl").write_text('{"id": "a", "text": "one document"}\n')
+    done = subprocess.run([sys.executable, "-c", code], cwd=tmp_path, env={**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)}, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 2 and done.stderr.strip().endswith(f"more than the {len(os.sched_getaffinity(0))} cores of this machine (each --ray-workers worker holds the model); use at most {len(os.sched_getaffinity(0))}."), done.stderr[-2000:]
+    assert not (tmp_path / "y").exists()
+
+
 def test_joining_without_the_token_is_a_one_line_error(tmp_path):
     # Ray raises its AuthenticationError itself when token authentication is on and no token is
     # found; in a process of its own, as Ray is imported and started there

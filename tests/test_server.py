@@ -151,6 +151,7 @@ BAD = [
     ("fusion weight without linear fusion", "POST", "/indexes/docs/search", b'{"query": "x", "fusion_weight": 0.5}', None, 400),
     ("dense share without a hybrid stage", "POST", "/indexes/docs/search", b'{"query": "x", "first_stage": "fde", "dense_share": 0.5}', None, 400),
     ("UTF-16 body", "POST", "/indexes/docs/search", '{"query": "x"}'.encode("utf-16"), None, 400),
+    ("a long filter value echoed", "POST", "/indexes/docs/search", json.dumps({"query": "x", "filter": {"year": {"$in": "z" * 3000}}}).encode(), None, 400),
     ("huge early exit", "POST", "/indexes/docs/search", b'{"query": "x", "early_exit": 100000000000000000000}', None, 400),
     ("nprobe over the limit", "POST", "/indexes/docs/search", b'{"query": "x", "nprobe": 1000000}', None, 400),
     ("explain of too many hits", "POST", "/indexes/docs/search", json.dumps({"query": ["x"] * 100, "k": 20, "explain": True}).encode(), None, 400),
@@ -173,6 +174,8 @@ def test_a_bad_request_gets_a_4xx_with_a_message(strict_server, home, what, meth
     detail = reply.json()["detail"]
     assert isinstance(detail, str) and 10 < len(detail) < 400 and "\n" not in detail and "Traceback" not in detail, detail
     assert strict_server.get("/healthz").status_code == 200
+    if status == 405:
+        assert reply.headers["allow"] == "POST", reply.headers
 
 
 def test_bad_requests_leave_the_index_whole(strict_server, home):

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 
+from ..encode.pool import cores
 from ..errors import ConfigError, missing_extra
 
 
@@ -23,6 +24,8 @@ def connect(address: str = "local", cpus: int | None = None) -> None:
         return
     if cpus is not None and (not isinstance(cpus, int) or cpus < 1):
         raise ConfigError(f"a local Ray instance needs a positive number of CPUs (--ray-workers), got {cpus!r}.")
+    if address == "local" and cpus is not None and cpus > cores():
+        raise ConfigError(f"a local Ray instance of {cpus} CPUs is more than the {cores()} cores of this machine (each --ray-workers worker holds the model); use at most {cores()}.")
     env = {"env_vars": {k: v for k, v in os.environ.items() if k.startswith("MVR_")}}
     try:
         if address == "local":

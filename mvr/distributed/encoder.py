@@ -5,6 +5,7 @@ from __future__ import annotations
 from ..encode import Encoder, TokenVectors
 from ..encode.pool import dealt, worker_settings
 from ..config import positive_int
+from ..errors import ConfigError
 from .cluster import _node, _ray, connect
 
 
@@ -31,6 +32,9 @@ class RayEncoder:
         ray = _ray()
         positive_int("--ray-", "workers", workers)
         connect()  # a local instance unless this process has joined a cluster
+        cpus = int(ray.cluster_resources().get("CPU", 0))
+        if workers > cpus:  # the workers past the cluster's CPUs would never start, and their share never come back
+            raise ConfigError(f"--ray-workers {workers} asks for {workers} CPUs (one a worker); the Ray cluster has {cpus}: use at most {cpus}.")
         self.local = Encoder(model, threads=threads, **settings)
         self.local.onnx_ready()  # the export made once, here (workers on this machine read it from the cache), or PyTorch everywhere
         actor = ray.remote(num_cpus=1, scheduling_strategy="SPREAD")(_EncoderWorker)

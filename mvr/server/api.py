@@ -109,6 +109,8 @@ def _status(error: MvrError) -> int:
 
 
 def _bad(message: str, status: int = 400) -> JSONResponse:
+    if len(message) > 1000:  # an error that quotes what the client sent (a filter's value) does not send it all back
+        message = f"{message[:1000]}... ({len(message)} characters)"
     return JSONResponse({"detail": message}, status_code=status)
 
 
@@ -145,8 +147,10 @@ def create_app(catalog: Catalog, *, api_key: str | None = None, limits: Limits |
     async def _http(request, error: StarletteHTTPException):
         if error.status_code == 404:
             return _bad(f"no route {request.method} {request.url.path}: the routes are listed at /docs (schema /openapi.json).", 404)
-        if error.status_code == 405:
-            return _bad(f"{request.method} is not allowed on {request.url.path}: see /docs for the methods of each route.", 405)
+        if error.status_code == 405:  # with the Allow header Starlette made (RFC 9110)
+            reply = _bad(f"{request.method} is not allowed on {request.url.path}: see /docs for the methods of each route.", 405)
+            reply.headers.update(error.headers or {})
+            return reply
         if error.status_code == 400 and "parsing the body" in str(error.detail):
             return _bad("cannot read the body as JSON (malformed, not UTF-8, or nested too deeply): send one JSON object, encoded as UTF-8.", 400)
         return _bad(str(error.detail), error.status_code)

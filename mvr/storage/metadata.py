@@ -29,7 +29,7 @@ from pathlib import Path
 import numpy as np
 
 from ..corpus import exact_number
-from ..errors import CorpusError, IndexFormatError, QueryError
+from ..errors import CorpusError, IndexFormatError, QueryError, shown
 
 SCHEMA = "metadata.json"
 METADATA_FORMAT, METADATA_VERSION = "mvr-metadata", 1
@@ -194,7 +194,7 @@ class Metadata:
                 raise QueryError(f"unknown operator {op!r} on field {name!r}; known: {', '.join(_OPERATORS)}.")
             if op in ("$in", "$nin"):
                 if not isinstance(value, list):
-                    raise QueryError(f"{op} on field {name!r} takes a list of values, got {value!r}.")
+                    raise QueryError(f"{op} on field {name!r} takes a list of values, got {shown(value)}.")
                 hit = np.zeros(self.n_docs, dtype=bool)
                 for v in value:
                     hit |= self._equal(name, v)
@@ -210,7 +210,7 @@ class Metadata:
         values, offsets, vocab = self.column(name)
         want = {"string": "string", "strings": "string", "number": "number", "bool": "bool"}[kind]
         if isinstance(value, list) or _kind(value) != want or (want == "number" and not exact_number(value)):
-            raise QueryError(f"field {name!r} holds {kind}s; the filter compares it with {value!r}: give a {want}.")
+            raise QueryError(f"field {name!r} holds {kind}s; the filter compares it with {shown(value)}: give a {want}.")
         if kind == "number":
             return np.asarray(values) == float(value)
         if kind == "bool":
@@ -225,7 +225,7 @@ class Metadata:
     def _compare(self, name: str, op: str, value) -> np.ndarray:
         kind = self.fields[name]["type"]
         if kind != "number" or not exact_number(value):
-            raise QueryError(f"{op} compares numbers; field {name!r} holds {kind}s and the filter gives {value!r}.")
+            raise QueryError(f"{op} compares numbers; field {name!r} holds {kind}s and the filter gives {shown(value)}.")
         values = np.asarray(self.column(name)[0])
         with np.errstate(invalid="ignore"):  # NaN (absent) compares false
             return {"$gt": values > value, "$gte": values >= value, "$lt": values < value, "$lte": values <= value}[op]
