@@ -20,14 +20,14 @@ from typing import Sequence
 
 import numpy as np
 
-from ..errors import DatasetError, missing_extra
+from ..errors import DatasetError, missing_extra, shown
 
 MEASURES = ("nDCG@10", "R@100", "RR@10")
 
 
 def load_beir(folder: str | os.PathLike, split: str = "test") -> tuple[dict[str, str], dict[str, dict[str, int]]]:
     """Queries (id -> text, only those judged in ``split``) and qrels (qid -> doc id -> relevance)."""
-    from ..corpus import read_jsonl_objects
+    from ..corpus import read_jsonl_objects, text_lines
 
     folder = Path(folder)
     queries_file, qrels_file = folder / "queries.jsonl", folder / "qrels" / f"{split}.tsv"
@@ -37,23 +37,50 @@ def load_beir(folder: str | os.PathLike, split: str = "test") -> tuple[dict[str,
         splits = sorted(p.stem for p in (folder / "qrels").glob("*.tsv")) if (folder / "qrels").is_dir() else []
         raise DatasetError(f"{folder} has no qrels for split {split!r}; available splits: {', '.join(splits) or 'none'}.")
     qrels: dict[str, dict[str, int]] = {}
-    with open(qrels_file, encoding="utf-8") as handle:
-        for line_number, line in enumerate(handle, start=1):
-            parts = line.rstrip("\n").split("\t")
-            if line_number == 1 and parts[0] == "query-id":
-                continue
-            if len(parts) != 3:
-                raise DatasetError(f"{qrels_file}:{line_number}: expected query-id<TAB>corpus-id<TAB>score.")
+    for line_number, line in text_lines(qrels_file, DatasetError):
+        parts = line.rstrip("\r\n").split("\t")
+        if (line_number == 1 and parts[0] == "query-id") or not line.strip():
+            continue
+        if len(parts) != 3:
+            raise DatasetError(f"{qrels_file}:{line_number}: expected query-id<TAB>corpus-id<TAB>score.")
+        try:
             qrels.setdefault(parts[0], {})[parts[1]] = int(parts[2])
+        except ValueError:
+            raise DatasetError(f"{qrels_file}:{line_number}: score {shown(parts[2])} is not an integer; the score must be an integer relevance grade (0: not relevant, 1 or more: relevant).") from None
+    if not qrels:
+        raise DatasetError(f"{qrels_file} judges no query: expected lines query-id<TAB>corpus-id<TAB>score after its header.")
     queries = {}
-    for _, obj in read_jsonl_objects(queries_file):
+    for line_number, obj in read_jsonl_objects(queries_file, DatasetError):
         qid = str(obj.get("_id", obj.get("id")))
         if qid in qrels:
-            queries[qid] = obj["text"]
+            queries[qid] = _query_text(obj, f"{queries_file}:{line_number}: query {shown(qid)}")
     missing = sorted(set(qrels) - set(queries))
     if missing:
         raise DatasetError(f"{queries_file} lacks {len(missing)} judged queries of split {split!r} (e.g. {missing[0]!r}).")
     return queries, qrels
+
+
+def _query_text(obj: dict, where: str) -> str:
+    """A judged query's text, checked here so that a bad one is named by its line and id."""
+    text, fix = obj.get("text"), 'give each judged query a non-empty "text" string.'
+    if "text" not in obj:
+        raise DatasetError(f'{where} has no "text"; {fix}')
+    if not isinstance(text, str):
+        raise DatasetError(f'{where} has "text": {shown(text)}, not a string; {fix}')
+    if not text.strip():
+        raise DatasetError(f'{where} has an empty "text"; {fix}')
+    return text
+
+
+def missing_relevant(index, qrels: dict[str, dict[str, int]]) -> tuple[int, int]:
+    """(absent, total) judged relevant documents of ``qrels`` against the documents ``index``
+    holds: one id lookup, so an index of part of a corpus is told from a weak one."""
+    from ..passages import row_id
+
+    relevant = sorted({doc for docs in qrels.values() for doc, rel in docs.items() if rel > 0})
+    names = [row_id(doc, 0) for doc in relevant] if index.config.passage_tokens else relevant
+    absent = int((index._state.positions(names) < 0).sum()) if names else 0
+    return absent, len(relevant)
 
 
 def _ir_measures():
@@ -154,7 +181,8 @@ def evaluate(
     :class:`mvr.SearchOptions` (rerank, prune_alpha, early_exit, fusion, filter, prf, ...) for
     the runs asked for (the reference run of ``compare_exhaustive`` is plain exhaustive MaxSim).
     ``ignore_identical_ids``: drop a retrieved document whose id is the query's, as
-    BEIR does by default. Returns (report, {run label: run}).
+    BEIR does by default. Judged relevant documents absent from the index (an index of part of
+    the corpus) are counted in the report's ``warnings``. Returns (report, {run label: run}).
     """
     from ..config import DEFAULT_CANDIDATES
     from ..search_presets import resolve
@@ -218,6 +246,12 @@ def evaluate(
     primary = rows[1] if compare_exhaustive and first_stage != "exhaustive" else rows[0]
     report = _report(dataset, split, index, queries, depth, encode_ms, rows, primary)
     report["ignore_identical_ids"] = ignore_identical_ids
+    absent, relevant = missing_relevant(index, qrels)
+    if absent:
+        report["warnings"] = [
+            f"{absent} of the {relevant} judged relevant documents of these {len(qrels)} queries are not in index {index.name!r}, "
+            "so its scores are lower than the dataset's; index the whole corpus.jsonl to compare them with published figures."
+        ]
     if preset:
         report["preset"] = preset
     return report, runs

@@ -137,3 +137,79 @@ def test_presets_table_counts_every_component(default_index, beir):
     assert parts["vectors"] == pytest.approx(default_index.manifest["bytes_per_token"], abs=0.1)
     assert parts["bm25s"] == pytest.approx(default_index.stage_bytes()["bm25s"] / tokens, abs=0.1)
     assert 0 <= row["nDCG@10"] <= 1 and 0 <= row["exhaustive_nDCG@10"] <= 1 and row["search_ms_p50"] > 0
+
+
+def _eval(capsys, folder, index, *more) -> tuple[int, str]:
+    from mvr.cli import main
+
+    code = main(["eval", str(folder), "--index", str(index.path), "--quiet", *more])
+    return code, capsys.readouterr().err
+
+
+@pytest.mark.parametrize("score", ["abc", "1.5"])
+def test_eval_rejects_a_qrels_score_that_is_not_an_integer(beir, default_index, capsys, score):
+    qrels = beir / "qrels" / "test.tsv"
+    qrels.write_text(f"query-id\tcorpus-id\tscore\nq1\td1\t{score}\n")
+    code, err = _eval(capsys, beir, default_index)
+    assert code == 2 and err.count("\n") == 1
+    assert err.startswith(f"mvr: error: {qrels}:2: score {score!r} is not an integer; the score must be an integer relevance grade")
+
+
+def test_eval_names_the_line_of_a_qrels_file_that_is_not_utf8(beir, default_index, capsys):
+    qrels = beir / "qrels" / "test.tsv"
+    qrels.write_bytes(b"query-id\tcorpus-id\tscore\nq1\td1\t1\n\xff\xfe\td2\t1\n")
+    code, err = _eval(capsys, beir, default_index)
+    assert code == 2 and err.count("\n") == 1
+    assert err.startswith(f"mvr: error: {qrels}:3: not UTF-8 text (byte 0xff at column 1); convert the file to UTF-8")
+
+
+@pytest.mark.parametrize("text", ["", "query-id\tcorpus-id\tscore\n"])
+def test_eval_rejects_a_qrels_file_that_judges_no_query(beir, default_index, capsys, text):
+    qrels = beir / "qrels" / "test.tsv"
+    qrels.write_text(text)
+    code, err = _eval(capsys, beir, default_index)
+    assert code == 2 and err.count("\n") == 1 and err.startswith(f"mvr: error: {qrels} judges no query")
+
+
+@pytest.mark.parametrize(
+    "query, said",
+    [
+        ({"_id": "q2"}, 'has no "text"'),
+        ({"_id": "q2", "text": 5}, 'has "text": 5, not a string'),
+        ({"_id": "q2", "text": None}, 'has "text": None, not a string'),
+        ({"_id": "q2", "text": ""}, 'has an empty "text"'),
+        ({"_id": "q2", "text": " \t"}, 'has an empty "text"'),
+    ],
+)
+def test_eval_names_the_line_and_id_of_a_judged_query_without_text(beir, default_index, capsys, query, said):
+    queries = beir / "queries.jsonl"
+    lines = queries.read_text().splitlines()
+    lines[1] = json.dumps(query)  # q2, on line 2
+    queries.write_text("\n".join(lines) + "\n")
+    code, err = _eval(capsys, beir, default_index)
+    assert code == 2 and err == f"mvr: error: {queries}:2: query 'q2' {said}; give each judged query a non-empty \"text\" string.\n"
+
+
+def test_eval_warns_when_judged_relevant_documents_are_not_in_the_index(beir, default_index, capsys, tmp_path):
+    code, err = _eval(capsys, beir, default_index)
+    assert code == 0 and err == ""  # the whole corpus indexed: nothing to say
+    with open(beir / "qrels" / "test.tsv", "a") as handle:
+        handle.write("q1\td99\t1\nq2\td98\t2\nq3\td97\t0\n")  # two relevant documents and one not, none indexed
+    out = tmp_path / "report.json"
+    code, err = _eval(capsys, beir, default_index, "--output", out)
+    said = f"2 of the 6 judged relevant documents of these 4 queries are not in index {default_index.name!r}, so its scores are lower than the dataset's"
+    assert code == 0 and err.count("\n") == 1 and err.startswith(f"mvr: warning: {said}")
+    assert json.loads(out.read_text())["warnings"] == [err.removeprefix("mvr: warning: ").rstrip("\n")]
+
+
+def test_missing_relevant_looks_documents_up_in_an_index_of_passages(tmp_path, default_encoder):
+    from conftest import DOCS
+
+    from mvr import Index
+    from mvr.config import IndexConfig
+    from mvr.eval.beir import missing_relevant
+
+    docs = [{"id": i, "title": t, "text": x} for i, t, x in DOCS[:3]]
+    index = Index.build(docs, tmp_path / "p", encoder=default_encoder, config=IndexConfig(fde=None, sparse=(), passage_tokens=16), show_progress=False)
+    assert all("#" in str(row) for row in index.doc_ids)
+    assert missing_relevant(index, {"a": {"d1": 1, "d2": 0, "d4": 1}, "b": {"d3": 2, "d9": 1}}) == (2, 4)

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import sys
 from pathlib import Path
 
 from .common import add_common, add_device, add_search, search_options
@@ -48,6 +49,8 @@ def run(args) -> int:
     show = False if args.quiet else None
     if args.depth < 1:
         raise DatasetError(f"--depth must be >= 1, got {args.depth}.")
+    if args.max_queries is not None and args.max_queries < 1:
+        raise DatasetError(f"--max-queries must be >= 1, got {args.max_queries}.")
     try:
         index = Index.open(args.index, home=args.index_dir, device=args.device)
     except IndexNotFoundError:
@@ -75,6 +78,8 @@ def run(args) -> int:
         ignore_identical_ids=not args.keep_identical_ids,
     )
     report["command"] = getattr(args, "command_line", None)
+    for warning in report.get("warnings", ()):
+        print(f"mvr: warning: {warning}", file=sys.stderr)
     print(
         f"{report['dataset']} / {report['split']}: {report['queries']} queries, index {report['index']}; "
         f"query encoding {report['encode_ms_p50']} ms p50, {report['encode_ms_p95']} ms p95"
