@@ -85,6 +85,8 @@ def check_id(doc_id, where: str, fix: str = "change the id") -> str:
 def asked_ids(ids) -> list[str]:
     """The ids a caller asks for (to delete, to fetch) as a list, or a QueryError for one that is no
     string or holds a lone surrogate (no document has it, and it could not be written back)."""
+    if not isinstance(ids, str) and (isinstance(ids, (dict, bytes)) or not hasattr(ids, "__iter__")):
+        raise QueryError(f"ids must be a document id or a list of them, got {type(ids).__name__}.")
     ids = [ids] if isinstance(ids, str) else list(ids)
     for i, doc_id in enumerate(ids):
         if not isinstance(doc_id, str):
@@ -92,6 +94,16 @@ def asked_ids(ids) -> list[str]:
         if not _utf8(doc_id):
             raise QueryError(f"id #{i} holds a lone surrogate (no character: it was decoded wrongly); send ids as UTF-8.")
     return ids
+
+
+def query_texts(queries) -> list[str]:
+    """A query or a sequence of them as a list, or a QueryError for what is neither (a number,
+    None, bytes: each element is checked where it is encoded)."""
+    if isinstance(queries, str):
+        return [queries]
+    if isinstance(queries, (bytes, bytearray)) or not hasattr(queries, "__iter__") or isinstance(queries, dict):
+        raise QueryError(f"queries must be a string or a list of strings, got {type(queries).__name__}" + (": decode bytes to str first." if isinstance(queries, (bytes, bytearray)) else "."))
+    return list(queries)
 
 
 def _not_utf8(path: Path, error_class: type) -> Exception:
@@ -281,21 +293,32 @@ def read_corpus(path: str | Path) -> Iterable[Document]:
     raise CorpusError(f"{path}: unknown corpus file type {path.suffix!r}. Expected {_FORMS}.")
 
 
-def as_documents(items: Iterable) -> Iterator[Document]:
-    """Normalise what a Python caller passes: Documents, dicts, ``(id, text)`` pairs or plain strings
-    (numbered from 0)."""
+def as_documents(items: Iterable, numbered: bool = True) -> Iterator[Document]:
+    """Normalise what a Python caller passes: a corpus file, or Documents, dicts, ``(id, text)``
+    pairs or plain strings (numbered from 0: not where ``numbered`` is False, as for documents
+    added to an index, whose ids "0", "1", ... would be those of the last call's)."""
     if isinstance(items, (str, Path)):
-        yield from read_corpus(items)
-        return
+        return read_corpus(items)
+    if isinstance(items, (dict, Document, bytes)) or not hasattr(items, "__iter__"):
+        one = " (one document: pass [it])" if isinstance(items, (dict, Document)) else ""
+        raise CorpusError(f"documents must be a corpus file or a list of documents (Documents, dicts, (id, text) pairs), got {type(items).__name__}{one}.")
+    return _documents(items, numbered)
+
+
+def _documents(items: Iterable, numbered: bool) -> Iterator[Document]:
     for position, item in enumerate(items):
         where = f"document #{position}"
         if isinstance(item, Document):
             where = item.where or where
+            if not isinstance(item.text, str) or not isinstance(item.title, str):
+                raise CorpusError(f"{where}: document {shown(item.id)}: text and title must be strings, got {type(item.text).__name__} and {type(item.title).__name__}.")
             _check_text(item.text, item.title, item.id, where)
             yield Document(check_id(item.id, where), item.text, item.title, where, check_metadata(item.metadata, where))
         elif isinstance(item, dict):
             yield _document_from_object(item, where)
         elif isinstance(item, str):
+            if not numbered:
+                raise CorpusError(f"{where}: a plain string has no id; documents added to an index need theirs: (id, text) pairs, dicts with an \"id\" or Documents.")
             _check_text(item, "", str(position), where)
             yield Document(id=str(position), text=item, where=where)
         elif isinstance(item, (tuple, list)) and len(item) in (2, 3):

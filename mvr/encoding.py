@@ -8,7 +8,8 @@ uninterrupted build writes. The folder keeps, until the segment is whole:
     resume/build.json          the build's settings and encoder, the chunk size, mvr's version
     resume/chunk-00000001.npz  one per chunk, written (temporary name, fsync, rename) once the
                                chunk's vectors and texts are appended and flushed: the ids read
-                               (to check that a resume reads the same corpus), the documents kept
+                               and a 64-bit hash of each one's title, text and metadata (a resume
+                               checks that it reads the same corpus), the documents kept
                                with their vector counts, token ids, text and title lengths,
                                metadata and counters
     resume/vectors.raw         the encoded vectors and their token ids, moved here once
@@ -21,6 +22,7 @@ first stages: deterministic).
 
 from __future__ import annotations
 
+import hashlib
 import itertools
 import json
 import os
@@ -33,7 +35,7 @@ import numpy as np
 
 from . import __version__
 from .config import IndexConfig
-from .corpus import as_documents
+from .corpus import Document, as_documents
 from .errors import ConfigError, CorpusError, MvrError, shown
 from .passages import document_id, split
 from .progress import progress
@@ -56,6 +58,7 @@ class Encoded:
 
     chunk_size: int
     read: list[str] = field(default_factory=list)  # ids of every document read, kept or skipped
+    digests: list[int] | None = field(default_factory=list)  # of each one read (None: records from before they were kept)
     ids: list[str] = field(default_factory=list)
     lengths: list[np.ndarray] = field(default_factory=list)
     has_token_ids: bool = True  # every chunk had them (token_ids.raw holds them)
@@ -84,12 +87,12 @@ class Checkpoints:
         record = {"mvr_version": __version__, "chunk_size": chunk_size, "config": _settings(config), "encoder": encoder, "precision": precision}
         write_json(self.folder / "build.json", record)
 
-    def record(self, read: list[str], kept: list, lengths, token_ids, texts: list[int], titles: list[int], counters: dict) -> None:
-        """One more chunk, its rows appended and flushed to their files already (``token_ids``:
-        None where the encoder gave none)."""
+    def record(self, read: list, kept: list, lengths, token_ids, texts: list[int], titles: list[int], counters: dict) -> None:
+        """One more chunk (``read``: its documents, kept or skipped), its rows appended and flushed
+        to their files already (``token_ids``: None where the encoder gave none)."""
         self.chunks += 1
         arrays = {
-            "read": np.array(read, dtype=str), "ids": np.array([d.id for d in kept], dtype=str), "lengths": np.asarray(lengths, np.int64),
+            "read": np.array([d.id for d in read], dtype=str), "digests": np.array([digest(d) for d in read], dtype=np.uint64), "ids": np.array([d.id for d in kept], dtype=str), "lengths": np.asarray(lengths, np.int64),
             "texts": np.asarray(texts, np.int64), "titles": np.asarray(titles, np.int64),
             "metadata": np.array(json.dumps([d.metadata for d in kept])), "counters": np.array(json.dumps(counters)),
         }
@@ -135,6 +138,10 @@ class Checkpoints:
             tokens, text_bytes, title_bytes = need
             state.chunks += 1
             state.read.extend(part["read"].tolist())
+            if state.digests is not None and "digests" in part:
+                state.digests.extend(part["digests"].tolist())
+            else:
+                state.digests = None
             state.ids.extend(part["ids"].tolist())
             state.lengths.append(part["lengths"])
             state.texts.append(part["texts"])
@@ -166,13 +173,23 @@ class Checkpoints:
         shutil.rmtree(self.folder, ignore_errors=True)
 
 
-def _skip_read(documents, read: list[str]):
-    """``documents`` past the ``read`` ids of an interrupted build, checked to be those."""
+def digest(doc: Document) -> int:
+    """64 bits of a hash of what a document holds besides its id (its title, text and metadata):
+    a resume checks that the corpus still holds what the interrupted build read."""
+    held = json.dumps([doc.title, doc.text, doc.metadata], sort_keys=True, ensure_ascii=False, default=str)
+    return int.from_bytes(hashlib.blake2b(held.encode("utf-8", "surrogatepass"), digest_size=8).digest(), "little")
+
+
+def _skip_read(documents, read: list[str], digests: list[int] | None = None):
+    """``documents`` past the ``read`` ids of an interrupted build, checked to be those (and to
+    hold what it read, where ``digests`` says)."""
     count = 0
     for doc in documents:
         if count < len(read):
             if doc.id != read[count]:
                 raise CorpusError(f"document #{count} of the corpus is {doc.id!r}; the interrupted build read {read[count]!r} there: resume with the same corpus, or build without --resume to start over.")
+            if digests is not None and digest(doc) != digests[count]:
+                raise CorpusError(f"{doc.where}: document {shown(doc.id)} holds another title, text or metadata than the interrupted build read: resume with the same corpus, or build without --resume to start over.")
             count += 1
             continue
         yield doc
@@ -204,7 +221,7 @@ def encode_corpus(documents, encoder, config: IndexConfig, folder: Path, show_pr
     try:
         mode = "ab" if resumed.chunks else "wb"
         with open(folder / "vectors.raw", mode) as raw, open(folder / "token_ids.raw", mode) as raw_ids:
-            for chunk in chunks(_skip_read(as_documents(documents), resumed.read), chunk_size):
+            for chunk in chunks(_skip_read(as_documents(documents), resumed.read, resumed.digests), chunk_size):
                 kept = []
                 before = (truncated, skipped, split_documents)
                 for doc in chunk:
@@ -219,8 +236,8 @@ def encode_corpus(documents, encoder, config: IndexConfig, folder: Path, show_pr
                             skipped += 1
                             continue
                         raise CorpusError(
-                            f"{doc.where}: document {doc.id!r} has no text. Remove it, give it text, "
-                            "or skip such documents (skip_empty=True, CLI --skip-empty)."
+                            f"{doc.where}: document {shown(doc.id)} has no text: remove it or give it text (an index built with "
+                            "`mvr index --skip-empty`, skip_empty=True, skips such documents, added ones too)."
                         )
                     if config.passage_tokens:
                         parts, cut = split(doc, encoder.tokenizer, config.passage_tokens, config.passage_stride, encoder.document_budget)
@@ -263,7 +280,7 @@ def encode_corpus(documents, encoder, config: IndexConfig, folder: Path, show_pr
                         handle.flush()
                         os.fsync(handle.fileno())
                     counters = dict(zip(("truncated", "skipped", "split"), (a - b for a, b in zip((truncated, skipped, split_documents), before))))
-                    checkpoints.record([doc.id for doc in chunk], kept, encoded.lengths if encoded else [], encoded.token_ids if encoded else np.zeros(0, np.int32),
+                    checkpoints.record(chunk, kept, encoded.lengths if encoded else [], encoded.token_ids if encoded else np.zeros(0, np.int32),
                                        np.diff(texts.offsets[-len(kept) - 1 :]) if kept else [], np.diff(titles.offsets[-len(kept) - 1 :]) if kept else [], counters)
     finally:
         bar.close()

@@ -23,7 +23,7 @@ import numpy as np
 from . import search as pipeline
 from . import search_presets
 from .config import IndexConfig
-from .corpus import Document, _utf8
+from .corpus import Document, _utf8, query_texts
 from .device import resolve_device
 from .encode import Encoder, TokenVectors
 from .encode.encoder import identity_differences
@@ -251,7 +251,7 @@ class Index(Changes):
     # -- search --------------------------------------------------------------------------------
     def encode_queries(self, queries: str | Sequence[str], *, batch_size: int | None = None, threads: int | None = None) -> TokenVectors:
         """Token vectors of queries, projected like the documents when the index uses PCA."""
-        texts = [queries] if isinstance(queries, str) else list(queries)
+        texts = query_texts(queries)
         for i, text in enumerate(texts):
             if not isinstance(text, str) or not text.strip():
                 raise QueryError(f"query #{i} is {'empty' if isinstance(text, str) else type(text).__name__}; queries must be non-empty strings.")
@@ -284,7 +284,7 @@ class Index(Changes):
         ``timings`` (ms) add ``encode`` to :meth:`search_encoded`'s. ``explain``: each hit's :attr:`Hit.explanation`
         (:mod:`mvr.explain`): the document token behind each query token's maximum, its span, its share of the score.
         """
-        texts = [queries] if isinstance(queries, str) else list(queries)
+        texts = query_texts(queries)
         explain = options.pop("explain", False)
         opts, k = self._options(k, first_stage, candidates, options, with_texts=True)
         started = time.perf_counter()

@@ -11,7 +11,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from .config import CENTROID_PROBE, FDE_EF_SEARCH, FDE_NPROBE, FUSION_WEIGHT, default_candidates
-from .errors import EncoderMismatchError, QueryError
+from .errors import EncoderMismatchError, QueryError, shown
 from .feedback import COLBERT_PRF, expand
 from .first_stage import exhaustive, first_stage
 from .fusion import FUSIONS, check_weights, fuse, signal_scores, text_signals
@@ -33,7 +33,7 @@ class SearchOptions:
     """How candidates are found and ordered (validated on construction).
 
     first_stage     one of mvr.registry.FIRST_STAGES; None: the index's default (Index.default_stage)
-    candidates      first-stage candidates reranked (None: 100, 256 after the centroid stage alone); not with "exhaustive"
+    candidates      first-stage candidates reranked (None: 100, 256 after the centroid stage alone, or k if more); not with "exhaustive"
     rerank          rerank candidates with exact MaxSim (False: the first stage's own ranking)
     prune_alpha     drop candidates whose first-stage score is below (1 - alpha) x the k-th best
     early_exit      stop reranking after this many consecutive candidates miss the running top-k
@@ -87,6 +87,10 @@ class SearchOptions:
                 raise QueryError("candidates applies to first stages that select candidates; 'exhaustive' scores every document.")
             if not self.rerank or self.prune_alpha is not None or self.early_exit is not None or self.fusion is not None:
                 raise QueryError("rerank, pruning, early exit and fusion apply to a first stage with candidates, not to 'exhaustive'.")
+        for name in ("prune_alpha", "fusion_weight", "dense_share"):  # a string would fail the comparisons below with a TypeError
+            value = getattr(self, name)
+            if value is not None and (isinstance(value, bool) or not isinstance(value, (int, float, np.integer, np.floating))):
+                raise QueryError(f"{name} must be a number in [0, 1], got {type(value).__name__} {shown(value)}.")
         if self.prune_alpha is not None and not 0.0 <= self.prune_alpha <= 1.0:
             raise QueryError(f"prune_alpha must lie in [0, 1], got {self.prune_alpha!r}.")
         if self.early_exit is not None and (not _is_int(self.early_exit) or self.early_exit < 1):
@@ -230,6 +234,8 @@ def run_rows(state, queries: QueryBatch, k: int, opts: SearchOptions, threads: i
     of them), so several segments cost about what one does in MaxSim; exhaustive search merges
     each segment's top-k.
     """
+    if opts.first_stage != EXHAUSTIVE and opts.candidates is None and default_candidates(opts.first_stage) < k:
+        opts = dataclasses.replace(opts, candidates=k)  # k hits where k documents match (candidates asked for are kept: a sweep measures them)
     n_queries = len(queries)
     indices = [np.full((n_queries, 0), -1, dtype=np.int64)]
     top = [np.full((n_queries, 0), -np.inf, dtype=np.float32)]

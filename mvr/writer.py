@@ -24,7 +24,7 @@ import numpy as np
 from .config import FDEConfig, IndexConfig, positive_int
 from .encode import Encoder
 from .encode.pool import ProcessEncoder
-from .corpus import asked_ids
+from .corpus import as_documents, asked_ids
 from .errors import CorpusError
 from .passages import document_id, rows_of
 from .search_presets import preset_stages
@@ -134,6 +134,7 @@ def add(index, documents, *, upsert: bool = False, wait: float = 0.0, merge: boo
     in that many processes of one CPU thread each (mvr.encode.pool.ProcessEncoder; the same
     vectors). Returns ``{"added", "replaced", "generation", "segments", "seconds", "docs_per_second"}``."""
     positive_int("", "workers", workers)
+    documents = as_documents(documents, numbered=False)  # what is no list of documents, refused before the lock is taken
     started = time.perf_counter()
     with Writer(index, wait) as writer:
         state = index._state

@@ -307,6 +307,11 @@ def test_compressed_index_built_from_the_corpus_and_the_cli(tmp_path, models, be
         Index.derive(Index.open("full", home=home), tmp_path / "other", doc_maxlen=8)
     assert main(["index", str(beir / "corpus.jsonl"), "--from", "full", "--name", "x", "--index-dir", str(home)]) != 0
     assert "not both" in capsys.readouterr().err and not (home / "x").exists()
+    # what only encoding sets is refused, not left as the source's in silence
+    assert main(["index", "--from", "full", "--name", "x", "--preset", "small", "--pca-dim", "64", "--sparse", "none", "--passage-tokens", "64", "--index-dir", str(home)]) == 2
+    assert capsys.readouterr().err.strip() == (
+        "mvr: error: --pca-dim, --sparse, --passage-tokens cannot change without encoding the corpus again: a derived index (--from) keeps its source's; index the CORPUS instead.")
+    assert not (home / "x").exists()
 
 
 def test_an_index_refuses_what_another_setting_made(source, tmp_path, models):

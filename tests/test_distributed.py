@@ -39,6 +39,16 @@ def test_a_refused_token_is_told_apart_from_an_unreachable_cluster():
     assert not _refused_token(raised(ConnectionError("Failed to connect to Ray cluster at 10.0.0.1:6379"), TimeoutError("no answer")))
 
 
+@pytest.mark.parametrize("address, says", [("127.0.0.1:1", "could not reach the Ray cluster at '127.0.0.1:1'"), ("", "--ray takes local, auto or a cluster's address")])
+def test_an_address_without_a_cluster_is_a_one_line_error_at_once(tmp_path, address, says):
+    # Ray retried an address where nothing listens for minutes, printing warnings; --ray "" built without Ray
+    code = f"from mvr.cli import main; raise SystemExit(main(['index', 'x.jsonl', '--path', 'y', '--ray', {address!r}]))"
+    (tmp_path / "x.jsonl").write_text('{"id": "a", "text": "one document"}\n')
+    done = subprocess.run([sys.executable, "-c", code], cwd=tmp_path, env={**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)}, capture_output=True, text=True, timeout=60)
+    assert done.returncode == 2 and done.stderr.strip().startswith(f"mvr: error: {says}") and "\n" not in done.stderr.strip(), done.stderr[-2000:]
+    assert not (tmp_path / "y").exists()
+
+
 def test_a_local_instance_larger_than_the_machine_is_refused(tmp_path):
     # before Ray starts: an instance of 99,999 CPUs would start a worker, each with the model, for each
     # (in a process of its own: Ray is imported there)
@@ -52,10 +62,14 @@ def test_a_local_instance_larger_than_the_machine_is_refused(tmp_path):
 def test_joining_without_the_token_is_a_one_line_error(tmp_path):
     # Ray raises its AuthenticationError itself when token authentication is on and no token is
     # found; in a process of its own, as Ray is imported and started there
-    code = "from mvr.cli import main; raise SystemExit(main(['index', 'x.jsonl', '--path', 'y', '--ray', '127.0.0.1:9']))"
-    env = {**os.environ, "RAY_AUTH_MODE": "token", "RAY_AUTH_TOKEN_PATH": str(tmp_path / "no-token"), "PYTHONPATH": os.pathsep.join(sys.path)}
-    (tmp_path / "x.jsonl").write_text('{"id": "a", "text": "one document"}\n')
-    done = subprocess.run([sys.executable, "-c", code], cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300)
+    import socket
+
+    with socket.create_server(("127.0.0.1", 0)) as listening:  # an address that answers, as a cluster's would
+        address = f"127.0.0.1:{listening.getsockname()[1]}"
+        code = f"from mvr.cli import main; raise SystemExit(main(['index', 'x.jsonl', '--path', 'y', '--ray', '{address}']))"
+        env = {**os.environ, "RAY_AUTH_MODE": "token", "RAY_AUTH_TOKEN_PATH": str(tmp_path / "no-token"), "PYTHONPATH": os.pathsep.join(sys.path)}
+        (tmp_path / "x.jsonl").write_text('{"id": "a", "text": "one document"}\n')
+        done = subprocess.run([sys.executable, "-c", code], cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300)
     errors = [line for line in done.stderr.splitlines() if line.startswith("mvr: error:")]
     assert done.returncode != 0 and len(errors) == 1 and "asks for its authentication token" in errors[0], done.stderr[-2000:]
     assert "Traceback" not in done.stderr, done.stderr[-2000:]

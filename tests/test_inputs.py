@@ -271,3 +271,60 @@ def test_query_ids_that_would_break_a_trec_run_are_refused(tmp_path):
         read_queries(tmp_path / "q.jsonl")
     (tmp_path / "ok.jsonl").write_text('{"_id": 7, "text": "x"}\n')
     assert read_queries(tmp_path / "ok.jsonl") == [("7", "x")]
+
+
+def test_documents_without_a_term_for_bm25_are_indexed(tmp_path, default_encoder):
+    """A batch whose documents all lose every term to BM25's stopwords and punctuation ("x",
+    "the of and", "!!! ???") is indexed (bm25s could not index an empty vocabulary: a traceback
+    from `mvr index` and `mvr add`); the text stage finds none of them, MaxSim does."""
+    from mvr import IndexConfig
+
+    config = IndexConfig(fde=None, sparse=("bm25s",))
+    index = Index.build([("a", "x"), ("b", "the of and")], tmp_path / "i", encoder=default_encoder, config=config)
+    assert index.search("x", k=2, first_stage="bm25s", rerank=False).doc_ids == [[]]
+    assert sorted(index.search("x", k=2, first_stage="exhaustive").doc_ids[0]) == ["a", "b"]
+    index.add([("c", "!!! ???")], merge=False)
+    index.add([("d", "green tea catechins")], merge=False)
+    assert index.search("tea", k=1, first_stage="bm25s", rerank=False).doc_ids == [["d"]]
+
+
+def test_k_above_the_candidates_still_finds_k_hits(tmp_path, default_encoder):
+    """-k 150 over 300 documents found 100 (the default candidates), with every first stage;
+    candidates asked for are kept (a sweep of them measures what it says)."""
+    from mvr import IndexConfig
+
+    docs = [(f"d{i}", f"document {i} about tea and cats number {i % 17}") for i in range(300)]
+    index = Index.build(docs, tmp_path / "i", encoder=default_encoder, config=IndexConfig(sparse=("bm25s",)))
+    for options in ({}, {"first_stage": "fde"}, {"first_stage": "bm25s"}, {"first_stage": "exhaustive"}):
+        assert len(index.search("tea", k=150, **options).doc_ids[0]) == 150, options
+    assert len(index.search("tea", k=150, first_stage="fde", candidates=20).doc_ids[0]) == 20
+
+
+def test_python_callers_passing_the_wrong_kind_get_mvr_errors_and_no_change(tmp_path, default_encoder):
+    """What a Python caller may pass by mistake is an mvr error with a clear line, never a raw
+    TypeError from deep inside, and nothing is written; a dict (one document, not a list of them)
+    added two documents named "0" and "1", and plain strings took ids "0", "1", ... that the next
+    add's collide with."""
+    from mvr import ConfigError, Document
+
+    index = Index.build([("a", "cats purr"), ("b", "green tea")], tmp_path / "i", encoder=default_encoder, config=FAST)
+    generation = index.generation
+    for queries in (5, None, b"cats", {"q": "cats"}):
+        with pytest.raises(QueryError, match="queries must be a string or a list of strings"):
+            index.search(queries)
+    with pytest.raises(QueryError, match="query #0 is bytes"):
+        index.search([b"cats"])
+    with pytest.raises(QueryError, match="dense_share must be a number in"):
+        index.search("cats", first_stage="exhaustive", dense_share="0.5")
+    for documents, message in ((None, "got NoneType"), (5, "got int"), ({"id": "x1", "text": "t"}, r"got dict \(one document: pass \[it\]\)"),
+                               (["first text"], "a plain string has no id"), ([Document("db", b"bytes")], "text and title must be strings, got bytes")):
+        for write in (index.add, index.upsert):
+            with pytest.raises(CorpusError, match=message):
+                write(documents)
+    for ids in (None, 4983, {"a": 1}):
+        with pytest.raises(QueryError, match="ids must be a document id or a list of them"):
+            index.delete(ids)
+    with pytest.raises(ConfigError, match="wait is the seconds to wait"):
+        index.add([("c", "tea")], wait="x")
+    assert index.generation == generation and sorted(index.doc_ids) == ["a", "b"]
+    assert Index.build(["plain strings", "numbered from 0"], tmp_path / "j", encoder=default_encoder, config=FAST).doc_ids.tolist() == ["0", "1"]

@@ -118,7 +118,7 @@ def test_hits_carry_their_metadata_and_json_shows_it(meta_index, capsys):
         ({"tags": {"$in": "prime"}}, "takes a list"),
         ({"source": None}, "holds strings"),
         ({"source": {}}, "holds strings"),
-        ({"tags": {"a": 1}}, "holds strings"),
+        ({"tags": {"a": 1}}, "holds lists of strings"),
         ({"year": 10**400}, "holds numbers"),
         ({"year": {"$gt": 2**60}}, "compares numbers"),
     ],

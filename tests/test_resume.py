@@ -117,6 +117,12 @@ def test_an_interrupted_build_keeps_its_chunks_and_resumes_only_what_matches(tmp
     with pytest.raises(CorpusError, match="document #1 .*'doc002'.*'doc001'"):
         Index.build(shuffled, home / "idx", config=CONFIG, encoder=encoder, chunk_size=CHUNK, resume=True)
     assert _staging(home) == staged
+    for change in ({"text": "another text entirely"}, {"title": "a new title"}, {"metadata": {"n": -1}}):  # the same ids, another document (kept its old text before)
+        edited = list(corpus(N_DOCS))
+        edited[5] = {**edited[5], **change}
+        with pytest.raises(CorpusError, match="document 'doc005' holds another title, text or metadata than the interrupted build read"):
+            Index.build(edited, home / "idx", config=CONFIG, encoder=encoder, chunk_size=CHUNK, resume=True)
+        assert _staging(home) == staged
     index = Index.build(corpus(N_DOCS), home / "idx", config=CONFIG, encoder=encoder, chunk_size=CHUNK, resume=True, show_progress=False)
     assert index.manifest["build"]["resumed_at"] == 24  # the 6 whole chunks before the failure
     assert _files(home / "idx") == _files(reference) and _staging(home) == []

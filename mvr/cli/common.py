@@ -83,9 +83,12 @@ def _weights(text: str) -> dict:
     for part in text.split(","):
         name, sep, value = part.partition("=")
         try:
-            weights[name.strip()] = float(value)
+            weight = float(value)
         except ValueError:
             raise argparse.ArgumentTypeError(f"expected SIGNAL=WEIGHT pairs separated by commas, e.g. maxsim=0.6,bm25s=0.4; got {part!r}") from None
+        if name.strip() in weights:
+            raise argparse.ArgumentTypeError(f"{name.strip()} is given two weights; give each signal one")
+        weights[name.strip()] = weight
     return weights
 
 

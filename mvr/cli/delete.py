@@ -20,11 +20,11 @@ def add_parser(sub) -> argparse.ArgumentParser:
 
 
 def run(args) -> int:
-    from ..corpus import read_id_lines
+    from ..corpus import check_id, read_id_lines
     from ..errors import QueryError
     from ..index import Index
 
-    ids = list(args.ids)
+    ids = [check_id(doc_id, f"id argument #{number}") for number, doc_id in enumerate(args.ids, 1)]  # "" is no id: refused, not reported missing
     if args.ids_file is not None:
         ids += read_id_lines(sys.stdin if args.ids_file == "-" else args.ids_file)
     if not ids:
@@ -33,6 +33,6 @@ def run(args) -> int:
     done = index.delete(ids, wait=args.wait, merge=not args.no_merge, command=args.command_line)
     print(f"deleted {done['deleted']} documents from {index.name}: {index.n_docs} left, generation {done['generation']}")
     if done["missing"]:
-        shown = ", ".join(done["missing"][:5]) + (", ..." if len(done["missing"]) > 5 else "")
+        shown = ", ".join(map(repr, done["missing"][:5])) + (", ..." if len(done["missing"]) > 5 else "")
         print(f"mvr: {len(done['missing'])} id(s) not in the index: {shown}", file=sys.stderr)
     return 0

@@ -69,8 +69,16 @@ def run(args) -> int:
     if args.source is not None:
         if args.corpus is not None:
             raise ConfigError("give a CORPUS to encode or --from INDEX to derive from, not both.")
-        if args.ray or args.device is not None or args.precision is not None or args.resume or args.workers != 1:
+        if args.ray is not None or args.device is not None or args.precision is not None or args.resume or args.workers != 1:
             raise ConfigError("--ray, --workers, --device, --precision and --resume apply to encoding a CORPUS; deriving (--from) encodes nothing.")
+        d = IndexConfig()
+        encoding = {"--model": args.model != d.model, "--doc-maxlen": args.doc_maxlen != d.doc_maxlen, "--query-maxlen": args.query_maxlen != d.query_maxlen,
+                    "--batch-size": args.batch_size is not None, "--doc-runtime": args.doc_runtime != d.doc_runtime, "--pca-dim": args.pca_dim != d.pca_dim,
+                    "--skip-empty": args.skip_empty, "--sparse": args.sparse is not None, "--splade-model": args.splade_model != d.splade_model,
+                    "--passage-tokens": args.passage_tokens != d.passage_tokens, "--passage-stride": args.passage_stride != d.passage_stride}
+        given = [flag for flag, changed in encoding.items() if changed]
+        if given:  # they were silently left as the source's
+            raise ConfigError(f"{', '.join(given)} cannot change without encoding the corpus again: a derived index (--from) keeps its source's; index the CORPUS instead.")
         changes = dict(settings, threads=args.threads, fde=fde, centroid_stage=centroid_stage)
         index = Index.derive(
             args.source, target, home=args.index_dir, overwrite=args.overwrite, show_progress=False if args.quiet else None, command=args.command_line, **changes
@@ -97,9 +105,9 @@ def run(args) -> int:
             **settings,
         )
         encoder = None
-        if args.workers != 1 and (args.ray or args.device not in (None, "cpu") or args.precision is not None):
+        if args.workers != 1 and (args.ray is not None or args.device not in (None, "cpu") or args.precision is not None):
             raise ConfigError("--workers encodes in processes of this machine's CPU; it does not go with --ray (--ray-workers), --device other than cpu, or --precision.")
-        if args.ray:
+        if args.ray is not None:
             from ..distributed import RayEncoder, connect
 
             if args.device is not None or args.precision is not None:
@@ -130,7 +138,7 @@ def run(args) -> int:
                 resume=args.resume,
             )
         finally:
-            if args.ray or args.workers != 1:
+            if args.ray is not None or args.workers != 1:
                 encoder.close()
     info = index.info()
     build = info["build"]
@@ -143,7 +151,8 @@ def run(args) -> int:
     )
     counts = info["counts"]
     if index.config.passage_tokens:
-        print(f"split {counts.get('split_documents', 0)} of {counts.get('source_documents', info['documents'])} documents longer than {index.config.passage_tokens} tokens "
+        size = min(index.config.passage_tokens, info["encoder"]["doc_maxlen"])  # a passage is at most what the model reads
+        print(f"split {counts.get('split_documents', 0)} of {counts.get('source_documents', info['documents'])} documents longer than {size} tokens "
               f"(or than fits the model beside the title) into passages (stride {index.config.passage_stride}): {info['documents']} passages in all; "
               "search returns documents by their best passage")
     if counts["truncated_documents"]:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import socket
 
 from ..encode.pool import cores
 from ..errors import ConfigError, missing_extra
@@ -27,6 +28,7 @@ def connect(address: str = "local", cpus: int | None = None) -> None:
     if address == "local" and cpus is not None and cpus > cores():
         raise ConfigError(f"a local Ray instance of {cpus} CPUs is more than the {cores()} cores of this machine (each --ray-workers worker holds the model); use at most {cores()}.")
     env = {"env_vars": {k: v for k, v in os.environ.items() if k.startswith("MVR_")}}
+    _reachable(address)
     try:
         if address == "local":
             ray.init(num_cpus=cpus, include_dashboard=False, log_to_driver=False, runtime_env=env)
@@ -38,6 +40,20 @@ def connect(address: str = "local", cpus: int | None = None) -> None:
             raise ConfigError(f"the Ray cluster at {address!r} asks for its authentication token ({first}); run on one of its nodes with --ray auto, "
                               "or set RAY_AUTH_MODE=token and give the token (RAY_AUTH_TOKEN or ~/.ray/auth_token).") from None
         raise ConfigError(f"could not join the Ray cluster at {address!r} ({first}); give 'local' or the address `ray start --head` printed.") from None
+
+
+def _reachable(address: str) -> None:
+    """A ConfigError unless ``address`` is "local", "auto", or a ``[ray://]host:port`` that accepts a
+    connection within 5 s (Ray itself retries an unreachable one for minutes, printing warnings)."""
+    if address in ("local", "auto"):
+        return
+    host, _, port = address.removeprefix("ray://").rpartition(":")
+    if not host or not port.isdigit():
+        raise ConfigError(f"--ray takes local, auto or a cluster's address host:port (as `ray start --head` prints it), got {address!r}.")
+    try:
+        socket.create_connection((host.strip("[]"), int(port)), timeout=5).close()
+    except OSError as error:
+        raise ConfigError(f"could not reach the Ray cluster at {address!r} ({error.strerror or error}); give 'local', 'auto' or the address `ray start --head` printed.") from None
 
 
 def first_line(error: BaseException) -> str:

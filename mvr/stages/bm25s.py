@@ -54,7 +54,11 @@ class BM25S:
         corpus = [text for _, text in source.texts()]
         retriever = bm25s.BM25(k1=BM25_K1, b=BM25_B, method="lucene")
         show = progress_enabled(source.show_progress)  # bm25s's own bars, on a terminal
-        retriever.index(_canonical(_tokens(corpus, show)), show_progress=show)
+        tokens = _canonical(_tokens(corpus, show))
+        if not tokens.vocab:  # no document has a term ("x", "the of and"): bm25s cannot index an empty vocabulary; one no query has
+            tokens = type(tokens)(ids=tokens.ids, vocab={"": 0})
+        with np.errstate(divide="ignore", invalid="ignore"):  # an average length of 0 then
+            retriever.index(tokens, show_progress=show)
         retriever.save(str(folder))
         return text_stage_manifest(cls.name, source, len(corpus), time.perf_counter() - started, bm25={"k1": BM25_K1, "b": BM25_B})
 

@@ -8,7 +8,7 @@ import os
 import time
 from pathlib import Path
 
-from ..errors import IndexLockedError
+from ..errors import ConfigError, IndexLockedError, shown
 
 
 class WriterLock:
@@ -52,6 +52,8 @@ class WriterLock:
 
     def acquire(self, wait: float = 0.0) -> "WriterLock":
         """Take the lock, waiting up to ``wait`` seconds for its holder; else :class:`IndexLockedError`."""
+        if isinstance(wait, bool) or not isinstance(wait, (int, float)) or not 0 <= wait < float("inf"):
+            raise ConfigError(f"wait is the seconds to wait for another writer: a number >= 0, got {shown(wait)}.")
         deadline = time.monotonic() + wait
         while not self.try_acquire() and time.monotonic() < deadline:
             time.sleep(0.05)

@@ -186,6 +186,10 @@ class Metadata:
         if name not in self.fields:
             known = ", ".join(sorted(self.fields)) or "none (the index has no metadata)"
             raise QueryError(f"unknown metadata field {name!r} in the filter; fields: {known}.")
+        if isinstance(condition, dict) and any(isinstance(k, str) and k.startswith("$") for k in condition):
+            wrong = next((k for k in condition if k not in _OPERATORS), None)  # {"$gt": 1, "foo": 3}: not a value to compare with
+            if wrong is not None:
+                raise QueryError(f"unknown operator {shown(wrong)} on field {name!r}; known: {', '.join(_OPERATORS)}.")
         if not (isinstance(condition, dict) and condition and all(k.startswith("$") for k in condition)):
             condition = {"$eq": condition}
         keep = np.ones(self.n_docs, dtype=bool)
@@ -210,7 +214,7 @@ class Metadata:
         values, offsets, vocab = self.column(name)
         want = {"string": "string", "strings": "string", "number": "number", "bool": "bool"}[kind]
         if isinstance(value, list) or _kind(value) != want or (want == "number" and not exact_number(value)):
-            raise QueryError(f"field {name!r} holds {kind}s; the filter compares it with {shown(value)}: give a {want}.")
+            raise QueryError(f"field {name!r} holds {'lists of strings' if kind == 'strings' else kind + 's'}; the filter compares it with {shown(value)}: give a {want}.")
         if kind == "number":
             return np.asarray(values) == float(value)
         if kind == "bool":
@@ -225,7 +229,7 @@ class Metadata:
     def _compare(self, name: str, op: str, value) -> np.ndarray:
         kind = self.fields[name]["type"]
         if kind != "number" or not exact_number(value):
-            raise QueryError(f"{op} compares numbers; field {name!r} holds {kind}s and the filter gives {shown(value)}.")
+            raise QueryError(f"{op} compares numbers; field {name!r} holds {'lists of strings' if kind == 'strings' else kind + 's'} and the filter gives {shown(value)}.")
         values = np.asarray(self.column(name)[0])
         with np.errstate(invalid="ignore"):  # NaN (absent) compares false
             return {"$gt": values > value, "$gte": values >= value, "$lt": values < value, "$lte": values <= value}[op]
