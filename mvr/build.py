@@ -199,14 +199,16 @@ def derive(source, name, *, home=None, overwrite: bool = False, show_progress: b
 def rebuild_stage(index, name: str, settings=None, *, threads: int | None = None, command: str | None = None, show_progress=None) -> dict:
     """(Re)build the first stage ``name`` of every segment of an open index from its stored
     vectors or texts, under the index's writer lock; each new one replaces the old only once
-    complete. A version-1 index is converted first. Returns the manifest of the last segment's."""
+    complete (a damaged old one too: one that lost its manifest). A version-1 index is converted
+    first. Open the index within ``storage.validate.replacing(name)`` to rebuild a stage whose
+    damage stops it from opening. Returns the manifest of the last segment's."""
     from .writer import Writer
 
     stage_class(name).check(settings, index.dim)
     manifest = {}
     with Writer(index):
         for segment in index.segments:
-            with StagingDir(segment.path / name, overwrite=True, formats=(stage_class(name).format,)) as staging, cpu_threads(threads, "numba", "faiss"):
+            with StagingDir(segment.path / name, overwrite=True, formats=(stage_class(name).format,), damaged=True) as staging, cpu_threads(threads, "numba", "faiss"):
                 source = BuildSource(segment.path, segment.dim, segment.doc_offsets, segment.tokens, lambda p=segment.path: stored_texts(p), segment.doc_ids_sha256, segment.vectors_sha256, command, show_progress)
                 manifest = build_stage(name, staging.path, source, settings)
                 staging.commit()

@@ -36,7 +36,7 @@ class Segment:
     """
 
     def __init__(self, path: Path, manifest: dict, index_name: str, fields: dict | None = None, splade_model=None):
-        from .storage.validate import check_arrays, index_config, load_array
+        from .storage.validate import check_arrays, damaged, index_config, load_array
 
         self.path = Path(path)
         self.manifest = manifest
@@ -51,12 +51,9 @@ class Segment:
             self.tokens = store.open(self.path, self.config, self.dim, self.doc_offsets)
             self.scorer = self.tokens  # what search scores with: the store, or its MaxSim on a GPU (open_commit's device)
         except (OSError, ValueError, TypeError) as error:
-            raise IndexFormatError(
-                f"{self.path}: the manifest says its vectors are stored as {self.config.codec}, but they cannot be read that way ({error}); "
-                f"`mvr info {index_name} --verify` checks all of it, then rebuild the index."
-            ) from None
+            raise damaged(self.path, "", f"the manifest says its vectors are stored as {self.config.codec}, but they cannot be read that way ({error})") from None
         if (len(self.tokens), self.tokens.dim, self.tokens.max_doc_len) != (self.n_tokens, self.dim, self.max_doc_len):
-            raise IndexFormatError(f"{self.path}: its token store does not match the manifest's counts; `mvr info {index_name} --verify` checks all of it, then rebuild the index.")
+            raise damaged(self.path, "", "its token store does not match the manifest's counts")
         self.vectors_sha256 = manifest["files"][store.files[0]]["sha256"]
         self.doc_ids_sha256 = manifest["files"]["doc_ids.npy"]["sha256"]
         self.doc_ids = load_array(self.path, "doc_ids.npy", mmap=True)

@@ -6,7 +6,11 @@ sizes and checksums right (the file rewritten, its manifest entry fixed up) is w
 checks of counts, offsets and contents can find."""
 
 import json
+import os
+import re
 import shutil
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -240,6 +244,113 @@ def test_verify_reports_what_opening_refuses_and_a_stale_stage(default_index, tm
     rewrite(segment, "vectors.npy", vectors[::-1].copy())  # other vectors: the FDE no longer matches them
     code, _, err = run(capsys, "info", folder, "--verify")
     assert code == 2 and "fde/: built for other token vectors than the index holds" in err
+
+
+def _suggested(message: str) -> list[list[str]]:
+    """The mvr commands a message suggests (between backticks), as argument lists for main()."""
+    return [command.split()[1:] for command in re.findall(r"`(mvr [^`]+)`", message)]
+
+
+def _spoil_header(file: Path) -> None:
+    file.write_bytes(b"0123456789abcdef" + file.read_bytes()[16:])  # same size: the manifest's sizes still agree
+
+
+def test_damage_messages_name_the_index_folder_and_their_commands_run(default_index, tmp_path, capsys):
+    folder = copy(default_index.path, tmp_path)
+    segment = segment_path(folder)
+    _spoil_header(segment / "fde" / "simhash.npy")
+    code, out, err = run(capsys, "search", folder, "cats")
+    assert code == 2 and err.count("\n") == 1 and f"`mvr info {folder} --verify`" in err and f"`mvr fde {folder}`" in err, err
+    assert str(segment) + " --verify" not in err and f"mvr fde {segment}" not in err
+    for argv in _suggested(err):  # each runs on the index: verify finds the damage, `mvr fde` repairs it
+        code, _, said = run(capsys, *argv)
+        assert "is not an mvr-index directory" not in said and code == (2 if "--verify" in argv else 0), (argv, said)
+    # the segment's own manifest, and a file it lists gone: the index folder too
+    damages = {"counts": lambda f: edit_manifest(f, lambda m: m["counts"].update(max_doc_len=2)), "gone": lambda f: (f / "title.bin").unlink()}
+    for what, damage in damages.items():
+        folder = copy(default_index.path, tmp_path / what)
+        damage(segment_path(folder))
+        with pytest.raises(IndexFormatError, match=rf"`mvr info {re.escape(str(folder))} --verify` checks all of it, then rebuild it with `mvr index`\.$"):
+            Index.open(folder)
+
+
+@pytest.mark.parametrize("file, command", [("fde/simhash.npy", ["fde"]), ("bm25s/data.csc.index.npy", ["sparse", "--stage", "bm25s"])])
+def test_a_stage_too_damaged_to_open_is_rebuilt_by_its_command(default_index, tmp_path, capsys, file, command):
+    folder = copy(default_index.path, tmp_path)
+    _spoil_header(segment_path(folder) / file)
+    code, _, err = run(capsys, "search", folder, "cats")
+    assert code == 2 and f"{file}: not a readable .npy array" in err
+    code, out, err = run(capsys, command[0], folder, *command[1:])
+    assert code == 0 and err == "" and out.startswith("built the"), err
+    code, out, _ = run(capsys, "info", folder, "--verify")
+    assert code == 0 and "(fde, bm25s) matches its manifest" in out
+    assert Index.open(folder).search("which animal purrs?", k=1).doc_ids[0] == ["d1"]
+
+
+@pytest.mark.parametrize("lost", ["manifest", "folder"])
+def test_a_stage_that_lost_its_manifest_or_folder_is_reported_not_dropped(default_index, tmp_path, capsys, lost):
+    folder = copy(default_index.path, tmp_path)
+    stage = segment_path(folder) / "fde"
+    (stage / "manifest.json").unlink() if lost == "manifest" else shutil.rmtree(stage)
+    named = f"{stage}/manifest.json: missing" if lost == "manifest" else f"{stage}: missing"
+    for argv in (["info", folder], ["info", folder, "--verify"], ["search", folder, "cats"]):
+        code, out, err = run(capsys, *argv)
+        assert code == 2 and out == "" and err.count("\n") == 1 and named in err and f"`mvr fde {folder}`" in err, (argv, err)
+    with pytest.raises(IndexFormatError, match="fde"):
+        Index.open(folder)
+    assert run(capsys, "fde", folder)[0] == 0
+    code, out, _ = run(capsys, "info", folder, "--verify")
+    assert code == 0 and "(fde, bm25s) matches its manifest" in out and Index.open(folder).default_stage == "fde+bm25s"
+
+
+def test_a_missing_commit_is_named_and_a_moving_one_retried(small, tmp_path, capsys, monkeypatch):
+    from mvr.storage import commits
+
+    folder = copy(small, tmp_path)
+    (folder / "commit-00000001.json").unlink()
+    for argv in (["info", folder], ["search", folder, "cats"], ["info", folder, "--verify"]):
+        code, out, err = run(capsys, *argv)
+        assert code == 2 and err.count("\n") == 1 and "kept changing" not in err, (argv, err)
+        assert f"{folder}/commit-00000001.json: missing, though {folder}/manifest.json names it" in err and "mvr index" in err
+    # the race the retry is for: a writer published generation 2 and collected 1 after the reader read the pointer
+    folder = copy(small, tmp_path / "race")
+    record = json.loads((folder / "commit-00000001.json").read_text())
+    stale = commits.read_pointer(folder)
+    commits.publish(folder, {**record, "generation": 2})
+    (folder / "commit-00000001.json").unlink()
+    real, reads = commits.read_pointer, []
+
+    def pointer(path):  # the first read is from before the writer's commit
+        reads.append(path)
+        return stale if len(reads) == 1 else real(path)
+
+    monkeypatch.setattr(commits, "read_pointer", pointer)
+    _, record, pin = commits.pin_current(folder)
+    assert record["generation"] == 2 and len(reads) == 3
+    pin.release()
+
+
+def test_verify_joins_its_problems_without_doubled_full_stops(default_index, tmp_path, capsys):
+    folder = copy(default_index.path, tmp_path)
+    _spoil_header(segment_path(folder) / "fde" / "simhash.npy")  # its checksum, and opening: two problems, one a sentence
+    code, out, err = run(capsys, "info", folder, "--verify")
+    assert code == 2 and err.count("\n") == 1 and ".." not in err.replace(str(folder), "") and "simhash.npy: its sha256 differs" in err
+
+
+PIN_AT_EXIT = """
+import sys, types
+holder = sys.modules["holder"] = sys.holder = types.ModuleType("holder")  # imported first, so torn down after mvr's modules
+import mvr.storage.commits
+sys.commits = mvr.storage.commits  # alive at exit: its globals are set to None before holder's
+from mvr import Index
+holder.index = Index.open(sys.argv[1])  # its commit's pin is released only when holder's globals go
+"""
+
+
+def test_an_index_kept_until_interpreter_exit_releases_its_pin_quietly(small):
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)}
+    done = subprocess.run([sys.executable, "-c", PIN_AT_EXIT, str(small)], capture_output=True, text=True, env=env, timeout=300)
+    assert done.returncode == 0 and "Exception ignored" not in done.stderr and "Error" not in done.stderr, done.stderr
 
 
 # -- the cached ONNX export -----------------------------------------------------------------------

@@ -20,9 +20,11 @@ def add_parser(sub) -> argparse.ArgumentParser:
 
 def run(args) -> int:
     from ..index import Index
+    from ..storage.validate import replacing
 
-    index = Index.open(args.index, home=args.index_dir)
-    manifest = index.build_stage("centroids", args.centroids, threads=args.threads, command=args.command_line, show_progress=False if args.quiet else None)
+    with replacing("centroids"):  # the stage may be damaged: it is replaced, not read
+        index = Index.open(args.index, home=args.index_dir)
+        manifest = index.build_stage("centroids", args.centroids, threads=args.threads, command=args.command_line, show_progress=False if args.quiet else None)
     print(
         f"built the centroid stage of {index.name}: {manifest['documents']} documents, {manifest['centroids']} centroids ({manifest['origin']}), "
         f"{manifest['bytes_per_document']:.0f} bytes per document, in {manifest['build']['seconds']:.1f} s"

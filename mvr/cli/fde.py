@@ -17,9 +17,11 @@ def add_parser(sub) -> argparse.ArgumentParser:
 
 def run(args) -> int:
     from ..index import Index
+    from ..storage.validate import replacing
 
-    index = Index.open(args.index, home=args.index_dir)
-    manifest = index.build_fde(fde_config(args), threads=args.threads, command=args.command_line)
+    with replacing("fde"):  # the stage may be damaged: it is replaced, not read
+        index = Index.open(args.index, home=args.index_dir)
+        manifest = index.build_fde(fde_config(args), threads=args.threads, command=args.command_line)
     print(
         f"built the FDE of {index.name}: {manifest['documents']} documents x {manifest['fde_dim']} dims, "
         f"{manifest['bytes_per_document'] / 1024:.1f} KiB per document, in {manifest['build']['seconds']:.1f} s "

@@ -109,7 +109,8 @@ def _verified(args):
     if problems:
         if args.json:
             print(json.dumps({**(info or {"path": str(path)}), "verified": False, "problems": problems}, indent=2))
-        raise IndexFormatError(f"{path} is damaged: {'; '.join(problems)}. Rebuild what is named (`mvr fde`, `mvr sparse`), or the index with `mvr index`.")
+        joined = "; ".join(problem.rstrip(". ") for problem in problems)  # each its own sentence, none ending the line early
+        raise IndexFormatError(f"{path} is damaged: {joined}. Rebuild what is named (`mvr fde`, `mvr sparse`), or the index with `mvr index`.")
     return index, {**info, "verified": True, "problems": []}
 
 

@@ -19,8 +19,10 @@ def add_parser(sub) -> argparse.ArgumentParser:
 
 def run(args) -> int:
     from ..index import Index
+    from ..storage.validate import replacing
 
-    index = Index.open(args.index, home=args.index_dir)
-    manifest = index.build_stage("pooled", command=args.command_line, show_progress=False if args.quiet else None)
+    with replacing("pooled"):  # the stage may be damaged: it is replaced, not read
+        index = Index.open(args.index, home=args.index_dir)
+        manifest = index.build_stage("pooled", command=args.command_line, show_progress=False if args.quiet else None)
     print(f"built the pooled stage of {index.name}: {manifest['documents']} documents, {manifest['bytes_per_document']} bytes per document, in {manifest['build']['seconds']:.1f} s")
     return 0

@@ -22,10 +22,12 @@ def add_parser(sub) -> argparse.ArgumentParser:
 
 def run(args) -> int:
     from ..index import Index
+    from ..storage.validate import replacing
 
-    index = Index.open(args.index, home=args.index_dir)
     stages = args.stage or IndexConfig().sparse
-    built = index.build_sparse(stages, splade_model=args.splade_model, command=args.command_line, show_progress=False if args.quiet else None)
+    with replacing(*stages):  # what is rebuilt may be damaged: it is replaced, not read
+        index = Index.open(args.index, home=args.index_dir)
+        built = index.build_sparse(stages, splade_model=args.splade_model, command=args.command_line, show_progress=False if args.quiet else None)
     for stage, manifest in built.items():
         print(f"built the {stage} first stage of {index.name}: {manifest['documents']} documents in {manifest['build']['seconds']:.1f} s")
     return 0

@@ -38,11 +38,9 @@ import numpy as np
 
 from ..errors import IndexFormatError
 from .formats import COMMIT_FORMAT, COMMIT_VERSION, INDEX_FORMAT
-from .manifest import MANIFEST, fsync_dir, read_json_object, sha256_file
+from .manifest import MANIFEST, SEGMENT_NAME as _SEGMENT, SEGMENTS, fsync_dir, index_folder, read_json_object, sha256_file
 
-SEGMENTS = "segments"
 _COMMIT = re.compile(r"^commit-(\d{8,})\.json$")
-_SEGMENT = re.compile(r"^s\d{6,}$")
 _DELETES = re.compile(r"^deletes-(\d{8,})\.npy$")
 
 
@@ -94,6 +92,14 @@ def read_commit(path: Path, generation: int) -> dict:
     commit = read_json_object(file, Path(path))
     check_commit(file, commit, generation)
     return commit
+
+
+def missing_commit(path: Path, generation: int) -> IndexFormatError:
+    """The error for the commit ``generation``, which the pointer of the index at ``path`` names, not there."""
+    return IndexFormatError(
+        f"{Path(path) / commit_name(generation)}: missing, though {Path(path) / MANIFEST} names it as the index's current commit; "
+        "the index is damaged: restore that file from a backup, or rebuild the index with `mvr index`."
+    )
 
 
 def check_commit(file: Path, commit, generation: int) -> None:
@@ -172,15 +178,17 @@ def read_deletes(segment: Path, entry: dict | None, n_docs: int) -> np.ndarray:
     try:
         bits = np.load(file, allow_pickle=False)
     except (OSError, ValueError) as error:
-        raise IndexFormatError(f"{file}: the deletion bitmap cannot be read ({error}); `mvr info --verify` checks the index.") from None
+        raise IndexFormatError(f"{file}: the deletion bitmap cannot be read ({error}); the index is damaged: `mvr info {index_folder(segment)} --verify` checks all of it.") from None
     if bits.dtype != np.uint8 or bits.shape != ((n_docs + 7) // 8,):
-        raise IndexFormatError(f"{file}: the deletion bitmap does not cover the segment's {n_docs} documents; the index is damaged.")
+        raise IndexFormatError(f"{file}: the deletion bitmap does not cover the segment's {n_docs} documents; the index is damaged: `mvr info {index_folder(segment)} --verify` checks all of it.")
     return np.unpackbits(bits, count=n_docs).astype(bool)
 
 
 # -- readers' pins ---------------------------------------------------------------------------
 class Pin:
     """A shared ``flock`` on a commit file: the collector leaves that commit and its files alone."""
+
+    _close = staticmethod(os.close)  # held by the class: at interpreter exit __del__ may run after the module's globals are None
 
     def __init__(self, path: Path, generation: int):
         self.generation = generation
@@ -197,7 +205,7 @@ class Pin:
 
     def release(self) -> None:
         if self._fd is not None:
-            os.close(self._fd)
+            self._close(self._fd)
             self._fd = None
 
     def __del__(self):
@@ -206,19 +214,26 @@ class Pin:
 
 def pin_current(path: Path, attempts: int = 100) -> tuple[dict, dict | None, Pin | None]:
     """``(pointer, commit, pin)`` of the index's current commit, pinned; a version-1 index gives
-    ``(manifest, None, None)``."""
+    ``(manifest, None, None)``. A commit is collected only once the pointer names a newer one: one
+    that is not there while the pointer still names it never was (or was removed by hand)."""
     for _ in range(attempts):
         pointer = read_pointer(path)
         if pointer["format_version"] == 1:
             return pointer, None, None
+        generation = pointer["generation"]
         try:
-            pin = Pin(path, pointer["generation"])
-        except (FileNotFoundError, BlockingIOError):
-            continue  # collected meanwhile (or being collected): the pointer has moved on
-        try:
-            return pointer, read_commit(path, pointer["generation"]), pin
+            pin = Pin(path, generation)
         except FileNotFoundError:
+            if read_pointer(path).get("generation") == generation and not (Path(path) / commit_name(generation)).exists():
+                raise missing_commit(path, generation) from None
+            continue  # collected meanwhile: the pointer has moved on
+        except BlockingIOError:
+            continue  # being collected: the pointer has moved on
+        try:
+            return pointer, read_commit(path, generation), pin
+        except BaseException:
             pin.release()
+            raise
     raise IndexFormatError(f"{path}: its commit kept changing while being opened; try again.")
 
 

@@ -135,12 +135,14 @@ class StagingDir:
     Holds the writer lock of ``target``'s name from creation to commit (a second writer gets
     :class:`IndexLockedError`). Replaces only a folder whose manifest.json names one of
     ``formats`` (an index; a first stage's folder for :func:`mvr.build.rebuild_stage`), or an
-    empty one. As a context manager, leaving without commit (an exception) removes the staging
-    directory (unless it recorded encoded chunks) and leaves ``target`` as it was. ``resume``: go
-    on in the folder an interrupted build of ``target`` left (:attr:`resumed`), else remove it."""
+    empty one; ``damaged``: also one whose manifest.json is missing or unreadable (a first stage of
+    mvr's own segment, which its rebuild repairs). As a context manager, leaving without commit (an
+    exception) removes the staging directory (unless it recorded encoded chunks) and leaves
+    ``target`` as it was. ``resume``: go on in the folder an interrupted build of ``target`` left
+    (:attr:`resumed`), else remove it."""
 
-    def __init__(self, target: Path, overwrite: bool, formats: tuple[str, ...] = (INDEX_FORMAT,), resume: bool = False):
-        self.target = Path(target)
+    def __init__(self, target: Path, overwrite: bool, formats: tuple[str, ...] = (INDEX_FORMAT,), resume: bool = False, damaged: bool = False):
+        self.target, self.damaged = Path(target), damaged
         self.formats = tuple(formats)
         home = self.target.parent
         try:
@@ -173,7 +175,7 @@ class StagingDir:
         if not target.is_dir():
             raise IndexExistsError(f"{target} exists and is a file, not an mvr index; choose another name or path.")
         found, what = _manifest_format(target)
-        if found in self.formats:
+        if found in self.formats or (found is None and self.damaged):
             if not overwrite:
                 raise IndexExistsError(f"an index already exists at {target}; pass overwrite=True (CLI: --overwrite) to replace it.")
             return

@@ -7,12 +7,15 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import re
 from pathlib import Path
 
 from ..errors import IndexFormatError, IndexNotFoundError
-from .formats import INDEX_FORMAT, LEGACY_VERSION, SEGMENT_FORMAT
+from .formats import INDEX_FORMAT, LEGACY_VERSION, SEGMENT_FORMAT, rebuild_command
 
 MANIFEST = "manifest.json"
+SEGMENTS = "segments"  # the index folder's folder of segments (storage/commits.py)
+SEGMENT_NAME = re.compile(r"^s\d{6,}$")
 
 
 def sha256_file(path: Path) -> str:
@@ -23,6 +26,15 @@ def sha256_file(path: Path) -> str:
     return digest.hexdigest()
 
 
+def index_folder(path: Path) -> Path:
+    """The index folder that ``path`` (an index, one of its segments, or a first stage of one) is
+    part of: what the `mvr` commands take, so what a message about a damaged file names."""
+    path = Path(path)
+    for segment in (path, path.parent):
+        if SEGMENT_NAME.match(segment.name) and segment.parent.name == SEGMENTS and (segment.parent.parent / MANIFEST).is_file():
+            return segment.parent.parent
+    return path
+
 
 def read_manifest(path: Path, format_name: str = INDEX_FORMAT, format_version: int = LEGACY_VERSION) -> dict:
     """The manifest of an index (or of a part with its own manifest), after checking its format,
@@ -31,7 +43,10 @@ def read_manifest(path: Path, format_name: str = INDEX_FORMAT, format_version: i
     if path.exists() and not path.is_dir():
         raise IndexNotFoundError(f"{path} is a file, not an index folder: give the folder of an index (or its name).")
     file = path / MANIFEST
-    manifest = read_json_object(file, path)
+    part = format_name not in (INDEX_FORMAT, SEGMENT_FORMAT)  # a first stage's folder
+    index = index_folder(path.parent if part else path)
+    fix = f"rebuild it with `{rebuild_command(path.name, index)}`" if part else "rebuild it with `mvr index`"
+    manifest = read_json_object(file, path, index, fix)
     if manifest.get("format") != format_name:
         raise IndexFormatError(f"{path} is not an {format_name} directory (format {manifest.get('format')!r}).")
     version = manifest.get("format_version")
@@ -39,31 +54,34 @@ def read_manifest(path: Path, format_name: str = INDEX_FORMAT, format_version: i
         newer = isinstance(version, int) and version > format_version
         hint = "upgrade mvr to read it" if newer else "rebuild it with this version of mvr"
         raise IndexFormatError(f"{path} has {format_name} format version {version!r}, this mvr reads {format_version}: {hint}.")
-    index = path if format_name in (INDEX_FORMAT, SEGMENT_FORMAT) else path.parent
-    for name, meta in _file_list(file, manifest.get("files"), index).items():
+    for name, meta in _file_list(file, manifest.get("files"), index, fix).items():
         on_disk = path / name
         if not on_disk.is_file() or on_disk.stat().st_size != meta["bytes"]:
             found = f"{on_disk.stat().st_size} bytes" if on_disk.is_file() else "not there"
             raise IndexFormatError(
                 f"{on_disk} is missing or has the wrong size ({found}, the manifest says {meta['bytes']}); the index is damaged: "
-                f"`mvr info {index} --verify` checks all of it, then rebuild it."
+                f"`mvr info {index} --verify` checks all of it, then {fix}."
             )
     return manifest
 
 
-def read_json_object(file: Path, path: Path) -> dict:
-    """The JSON object in ``file`` (a manifest, pointer or commit of the index at ``path``): a
-    missing, unreadable, non-JSON or non-object file is a one-line error saying so."""
+def read_json_object(file: Path, path: Path, index: Path | None = None, fix: str = "rebuild it with `mvr index`") -> dict:
+    """The JSON object in ``file`` (a manifest, pointer or commit of the folder ``path``, part of
+    the index folder ``index``, by default :func:`index_folder`'s): a missing, unreadable, non-JSON
+    or non-object file is a one-line error saying so, and ``fix`` (what repairs it)."""
+    index = index_folder(path) if index is None else Path(index)
     try:
         data = json.loads(file.read_text(encoding="utf-8"))
     except FileNotFoundError:
-        raise IndexNotFoundError(f"{path} has no {file.name}: not an mvr index (or its build did not finish).") from None
+        if index == path:
+            raise IndexNotFoundError(f"{path} has no {file.name}: not an mvr index (or its build did not finish).") from None
+        raise IndexFormatError(f"{file} is missing; the index is damaged: `mvr info {index} --verify` checks all of it, then {fix}.") from None
     except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-        raise IndexFormatError(f"{file} is damaged ({getattr(exc, 'msg', exc)}); `mvr info {path} --verify` checks it, then rebuild the index with `mvr index`.") from None
+        raise IndexFormatError(f"{file} is damaged ({getattr(exc, 'msg', exc)}); `mvr info {index} --verify` checks all of it, then {fix}.") from None
     except OSError as exc:  # a folder, or unreadable
-        raise IndexFormatError(f"{file} cannot be read ({exc.strerror or exc}); it must be one of mvr's files: rebuild the index with `mvr index`.") from None
+        raise IndexFormatError(f"{file} cannot be read ({exc.strerror or exc}); the index is damaged: {fix}.") from None
     if not isinstance(data, dict):
-        raise IndexFormatError(f"{file} holds a JSON {type(data).__name__}, not an object of fields; the index is damaged, rebuild it with `mvr index`.")
+        raise IndexFormatError(f"{file} holds a JSON {type(data).__name__}, not an object of fields; the index is damaged: {fix}.")
     return data
 
 
@@ -87,12 +105,12 @@ def fsync_tree(folder: Path) -> None:
         fsync_dir(Path(root))
 
 
-def _file_list(file: Path, files, index: Path) -> dict:
+def _file_list(file: Path, files, index: Path, fix: str) -> dict:
     """``files`` of a manifest, checked: file name -> {"bytes": int >= 0, "sha256": 64 hex digits}.
     A name is a plain file name of the folder: checking or reading it never leaves the folder."""
 
     def wrong(what: str) -> IndexFormatError:
-        return IndexFormatError(f"{file}: {what}; the manifest is damaged: `mvr info {index} --verify` checks all of it, then rebuild the index.")
+        return IndexFormatError(f"{file}: {what}; the manifest is damaged: `mvr info {index} --verify` checks all of it, then {fix}.")
 
     if not isinstance(files, dict):
         raise wrong(f"'files' must map file names to their bytes and sha256, got {type(files).__name__}")
@@ -112,7 +130,6 @@ def _file_list(file: Path, files, index: Path) -> dict:
 def verify(path: Path, manifest: dict) -> list[str]:
     """Names of the files whose sha256 differs from the manifest's (empty when intact)."""
     return [name for name, meta in manifest["files"].items() if sha256_file(Path(path) / name) != meta["sha256"]]
-
 
 
 def write_manifest(folder: Path, manifest: dict, known_sha256: dict[str, str] | None = None) -> None:

@@ -14,20 +14,25 @@ them read out of bounds (a crash, or silently wrong scores). So an index is open
 Opening reads the headers, the offset arrays and the centroid ids only. :func:`verify_files`
 (every file of the index and of each first stage against its manifest's sha256, and each stage
 against what it was built from) and :func:`scan_tokens` (every stored vector decoded: none NaN,
-infinite or all zeros) read everything, for ``mvr info --verify``.
+infinite or all zeros) read everything, for ``mvr info --verify``. A first stage that lost its
+manifest, or that its segment's config records but is not there, is damage too
+(:func:`lost_stages`): it must not silently vanish from the searches. Commands that rebuild a
+stage open the index with that stage unchecked (:func:`replacing`).
 """
 
 from __future__ import annotations
 
+from contextlib import contextmanager
+from contextvars import ContextVar
 from pathlib import Path
 
 import numpy as np
 
 from ..config import IndexConfig
 from ..errors import ConfigError, IndexFormatError, IndexNotFoundError
-from ..registry import CODECS, store_class
-from .formats import TOKEN_IDS, rebuild_command, stage_format, stage_mismatch, upgrade_config
-from .manifest import MANIFEST, read_manifest, verify
+from ..registry import CODECS, STAGES, store_class
+from .formats import SEGMENT_FORMAT, TOKEN_IDS, rebuild_command, stage_format, stage_mismatch, upgrade_config
+from .manifest import MANIFEST, index_folder, read_manifest, verify
 
 _SCAN_ROWS = 1 << 16
 _ID_ROWS = 1 << 22
@@ -38,12 +43,25 @@ _SECTIONS = {"config": dict, "encoder": dict, "counts": dict, "build": dict, "cr
 _COUNTS = ("documents", "tokens", "dim", "max_doc_len")
 _OPTIONAL_COUNTS = ("model_dim", "source_tokens", "truncated_documents", "skipped_empty_documents", "pruned_tokens")
 ENCODER_FIELDS = {"name": str, "source": str, "weights_sha256": str, "kind": str, "dim": int, "query_maxlen": int, "doc_maxlen": int}
+_REPLACING: ContextVar[frozenset] = ContextVar("mvr_replacing", default=frozenset())  # first stages opening leaves unchecked
 # The files of each codec, as storage/tokens.py and storage/residual.py write them: shape (None:
 # any length) and dtype, in terms of the row count "n", the width "dim" and, for the residual
 # codec, its packed code bytes per row, bucket levels and cutoffs (from config.codec_bits).
 def damaged(index: Path, name: str, what: str, fix: str = "rebuild it with `mvr index`") -> IndexFormatError:
-    """The one-line error for a damaged file ``name`` (relative to the index folder ``index``)."""
-    return IndexFormatError(f"{Path(index) / name}: {what}; the index is damaged: `mvr info {index} --verify` checks all of it, then {fix}.")
+    """The one-line error for a damaged file ``name`` (relative to ``index``, an index folder or one
+    of its segments); the command named is the index folder's (:func:`index_folder`)."""
+    return IndexFormatError(f"{Path(index) / name}: {what}; the index is damaged: `mvr info {index_folder(index)} --verify` checks all of it, then {fix}.")
+
+
+@contextmanager
+def replacing(*stages: str):
+    """Within it, opening an index leaves its first ``stages`` unchecked (their files, and whether
+    they are there at all): what `mvr fde`, `mvr sparse`, ... open an index with, to rebuild them."""
+    token = _REPLACING.set(_REPLACING.get() | frozenset(stages))
+    try:
+        yield
+    finally:
+        _REPLACING.reset(token)
 
 
 def _describe(fields: dict, key: str) -> str:
@@ -180,10 +198,33 @@ def check_arrays(path: Path, manifest: dict, config: IndexConfig) -> np.ndarray:
     if (path / "projection.npy").is_file():
         _expect(path, "projection.npy", (counts.get("model_dim", manifest["encoder"]["dim"]), dim), "floats")
     for stage in stage_folders(path):
-        fix = f"rebuild it with `{rebuild_command(stage.name, path)}`"
-        for file in sorted(stage.glob("*.npy")):
-            npy_header(path, f"{stage.name}/{file.name}", fix)
+        if stage.name not in _REPLACING.get():
+            fix = f"rebuild it with `{rebuild_command(stage.name, index_folder(path))}`"
+            for file in sorted(stage.glob("*.npy")):
+                npy_header(path, f"{stage.name}/{file.name}", fix)
+    for error in lost_stages(path, manifest, config):
+        raise error
     return doc_offsets
+
+
+def lost_stages(path: Path, manifest: dict, config: IndexConfig) -> list[IndexFormatError]:
+    """The first stages of ``path`` (a segment, or a version-1 index) that are there without their
+    manifest, or (a segment) that its config records but are not there at all, as errors naming
+    the command that rebuilds each; those being rebuilt (:func:`replacing`) are left out."""
+    # what a build with this config made (mvr/segment_build.py, planned_stages)
+    made = {"fde": config.fde is not None, "centroids": bool(config.centroid_stage), "pooled": config.pooled, "splade": config.splade_model is not None}
+    recorded = {name for name in STAGES if made.get(name, name in config.sparse)} if manifest.get("format") == SEGMENT_FORMAT else set()
+    errors = []
+    for name in STAGES:
+        folder = Path(path) / name
+        if name in _REPLACING.get() or (folder / MANIFEST).is_file():
+            continue
+        fix = f"rebuild it with `{rebuild_command(name, index_folder(path))}`"
+        if folder.is_dir():
+            errors.append(damaged(path, f"{name}/{MANIFEST}", f"missing, so the {name} first stage in that folder cannot be read", fix))
+        elif name in recorded:
+            errors.append(damaged(path, name, f"missing: the {name} first stage that the segment's config records is not there", fix))
+    return errors
 
 
 def store_files(codec: str) -> tuple[str, ...]:
@@ -199,26 +240,35 @@ def stage_folders(path: Path) -> list[Path]:
 # -- mvr info --verify -------------------------------------------------------------------------
 def verify_files(path: Path) -> list[str]:
     """Every file of the index against the manifests and commit that list it: each segment's files
-    and first stages (and each stage against the vectors or ids it was built from), the current
-    commit and its deletion bitmaps. One line per problem (none: intact)."""
-    from .commits import SEGMENTS, read_commit, read_pointer
-    from .formats import SEGMENT_FORMAT, SEGMENT_VERSION
-    from .manifest import sha256_file
+    and first stages (and each stage against the vectors or ids it was built from; a lost one:
+    :func:`lost_stages`), the current commit and its deletion bitmaps. One line per problem
+    (none: intact)."""
+    from .commits import pin_current
 
     try:
-        pointer = read_pointer(path)
-        if pointer["format_version"] == 1:
+        _, commit, pin = pin_current(path)  # pinned: a writer's collection leaves its files alone meanwhile
+        if commit is None:
             return _verify_folder(path, read_manifest(path), "")
-        commit = read_commit(path, pointer["generation"])
     except (IndexFormatError, IndexNotFoundError, OSError) as error:
         return [str(error)]
+    try:
+        return _verify_segments(Path(path), commit)
+    finally:
+        pin.release()
+
+
+def _verify_segments(path: Path, commit: dict) -> list[str]:
+    from .commits import SEGMENTS
+    from .formats import SEGMENT_VERSION
+    from .manifest import sha256_file
+
     problems = []
     for seg in commit["segments"]:
         folder = Path(path) / SEGMENTS / seg["name"]
         try:
             manifest = read_manifest(folder, SEGMENT_FORMAT, SEGMENT_VERSION)
         except (IndexFormatError, IndexNotFoundError) as error:
-            problems.append(f"{SEGMENTS}/{seg['name']}: {error}")
+            problems.append(str(error))  # it names the file, as opening says it
             continue
         problems += _verify_folder(folder, manifest, f"{SEGMENTS}/{seg['name']}/")
         deletes = seg.get("deletes")
@@ -240,12 +290,16 @@ def _verify_folder(path: Path, manifest: dict, prefix: str) -> list[str]:
         try:
             stage_manifest = read_manifest(stage, *stage_format(stage.name))
         except (IndexFormatError, IndexNotFoundError) as error:
-            problems.append(f"{prefix}{stage.name}/: {error}")
+            problems.append(str(error))
             continue
         problems += [f"{prefix}{stage.name}/{name}: its sha256 differs from {stage.name}/{MANIFEST}" for name in verify(stage, stage_manifest)]
         other = stage_mismatch(stage_manifest, {key: want for key, want in built_from.items() if key in stage_manifest}, documents)
         if other:
-            problems.append(f"{prefix}{stage.name}/: built for other {other} than the index holds; rebuild it with `{rebuild_command(stage.name, path)}`")
+            problems.append(f"{prefix}{stage.name}/: built for other {other} than the index holds; rebuild it with `{rebuild_command(stage.name, index_folder(path))}`")
+    try:
+        problems += [str(error) for error in lost_stages(path, manifest, IndexConfig.from_dict(upgrade_config(manifest.get("config"))))]
+    except (ConfigError, TypeError, ValueError, AttributeError):
+        pass  # a config that cannot be read: opening the index says so
     return problems
 
 
