@@ -9,7 +9,7 @@ from pathlib import Path
 from ..errors import IndexFormatError
 from ..registry import stage_entry
 from ..storage.formats import rebuild_command, stage_mismatch
-from ..storage.manifest import MANIFEST, read_manifest, write_manifest
+from ..storage.manifest import MANIFEST, index_folder, read_manifest, write_manifest
 from .base import BuildSource, Candidates, FirstStage, QueryBatch
 from .hybrid import Hybrid, union_candidates
 
@@ -35,7 +35,7 @@ def open_stage(name: str, index) -> FirstStage:
     bound = {"vectors": {"vectors_sha256": index.vectors_sha256}, "doc_ids": {"doc_ids_sha256": index.doc_ids_sha256}}[cls.binds]
     other = stage_mismatch(manifest, bound, index.n_docs)
     if other:
-        raise IndexFormatError(f"{folder} was built for other {other} than its index holds; rebuild it with `{rebuild_command(name, index.name)}`.")
+        raise IndexFormatError(f"{folder} was built for other {other} than its index holds; rebuild it with `{rebuild_command(name, index_folder(folder))}`.")
     return cls.open(folder, manifest, index)
 
 

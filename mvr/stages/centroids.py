@@ -29,6 +29,7 @@ import numpy as np
 from ..config import CENTROID_PROBE
 from ..errors import ConfigError, IndexFormatError
 from ..storage.formats import CENTROIDS_FORMAT, CENTROIDS_VERSION
+from ..storage.manifest import index_folder
 from .base import BuildSource, Candidates, QueryBatch
 
 POOL_FACTOR, MIN_POOL = 8, 256  # documents given the full centroid interaction: max(8 n, 256)
@@ -136,7 +137,7 @@ class CentroidStage:
     @classmethod
     def open(cls, folder: Path, manifest: dict, index) -> "CentroidStage":
         if manifest["dim"] != index.dim:
-            raise ConfigError(f"{folder} was built for {manifest['dim']}-dim vectors, the index stores {index.dim}; rebuild it with `mvr centroids {index.name}`.")
+            raise ConfigError(f"{folder} was built for {manifest['dim']}-dim vectors, the index stores {index.dim}; rebuild it with `mvr centroids {index_folder(folder)}`.")
         return cls(folder, manifest)
 
     def search(self, queries: QueryBatch, n: int, options=None, allowed: np.ndarray | None = None) -> list[Candidates]:

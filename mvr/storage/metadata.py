@@ -30,6 +30,7 @@ import numpy as np
 
 from ..corpus import exact_number
 from ..errors import CorpusError, IndexFormatError, QueryError, shown
+from .manifest import index_folder
 
 SCHEMA = "metadata.json"
 METADATA_FORMAT, METADATA_VERSION = "mvr-metadata", 1
@@ -109,7 +110,7 @@ class Metadata:
         except (ValueError, KeyError, TypeError):
             bad = True
         if bad:
-            raise IndexFormatError(f"{path} does not describe the index's {n_docs} documents; the index is damaged: `mvr info {self.folder} --verify`, then rebuild it.")
+            raise IndexFormatError(f"{path} does not describe the index's {n_docs} documents; the index is damaged: `mvr info {index_folder(self.folder)} --verify`, then rebuild it.")
         self._columns: dict[str, tuple] = {}
         # fields other segments of the index hold and this one does not: absent in every row here
         for name, kind in (known or {}).items():
@@ -254,7 +255,7 @@ def read_types(folder: Path) -> dict[str, str]:
     try:
         return {f["name"]: f["type"] for f in json.loads(path.read_text(encoding="utf-8"))["fields"]}
     except (ValueError, KeyError, TypeError):
-        raise IndexFormatError(f"{path} is damaged; `mvr info --verify` checks the index, then rebuild it.") from None
+        raise IndexFormatError(f"{path} is damaged; `mvr info {index_folder(folder)} --verify` checks the index, then rebuild it.") from None
 
 
 def _code(vocab: list[str], value: str) -> int:
