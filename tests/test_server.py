@@ -178,6 +178,13 @@ def test_a_bad_request_gets_a_4xx_with_a_message(strict_server, home, what, meth
         assert reply.headers["allow"] == "POST", reply.headers
 
 
+def test_get_routes_answer_head(server):
+    client, _ = server
+    for path in ("/healthz", "/indexes", "/indexes/docs", "/metrics", "/"):
+        reply = client.head(path)
+        assert reply.status_code == 200 and reply.content == b"", (path, reply.status_code)
+
+
 def test_bad_requests_leave_the_index_whole(strict_server, home):
     for what, method, path, body, kind, status in BAD:
         strict_server.request(method, path, content=body, headers={"content-type": kind or "application/json"})

@@ -161,14 +161,17 @@ def create_app(catalog: Catalog, *, api_key: str | None = None, limits: Limits |
         return _bad(f"internal error ({type(error).__name__}): the server log has the details; please report it.", 500)
 
     @app.get("/healthz")
+    @app.head("/healthz", include_in_schema=False)  # HEAD on every GET route: what load balancers and monitors probe with
     def healthz():
         return {"status": "ok", "indexes": len(catalog.names(discover=False)), "uptime_s": round(time.time() - catalog.started, 1)}
 
     @app.get("/indexes")
+    @app.head("/indexes", include_in_schema=False)
     def indexes():
         return {"indexes": [catalog.get(name).summary() for name in catalog.names()]}
 
     @app.get("/indexes/{name}")
+    @app.head("/indexes/{name}", include_in_schema=False)
     def info(name: str):
         served = catalog.get(name)
         return {**served.summary(), "info": served.current().info()}
@@ -213,6 +216,7 @@ def create_app(catalog: Catalog, *, api_key: str | None = None, limits: Limits |
         return done
 
     @app.get("/metrics")
+    @app.head("/metrics", include_in_schema=False)
     def prometheus():
         for name in catalog.names(discover=False):
             served = catalog.get(name)

@@ -16,5 +16,6 @@ def add_page(app) -> None:
     html = page_html()
 
     @app.get("/", response_class=HTMLResponse, include_in_schema=False)
+    @app.head("/", response_class=HTMLResponse, include_in_schema=False)
     def page():
         return HTMLResponse(html, headers={"Cache-Control": "no-cache", "Content-Security-Policy": "default-src 'self'; style-src 'unsafe-inline'; script-src 'unsafe-inline'"})
