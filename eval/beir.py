@@ -250,7 +250,7 @@ def evaluate(
     if absent:
         report["warnings"] = [
             f"{absent} of the {relevant} judged relevant documents of these {len(qrels)} queries are not in index {index.name!r}, "
-            "so its scores are lower than the dataset's; index the whole corpus.jsonl to compare them with published figures."
+            "so its scores are lower than the dataset's (an index of part of the corpus, or judgements of documents the corpus lacks); index the whole corpus.jsonl to compare them with published figures."
         ]
     if preset:
         report["preset"] = preset

@@ -39,11 +39,11 @@ class SearchOptions:
     early_exit      stop reranking after this many consecutive candidates miss the running top-k
     fusion          final score from MaxSim and first-stage scores: "rrf" or "linear" (None: MaxSim);
                     "weighted": of MaxSim and other signals, each scored for every candidate (mvr/fusion.py)
-    fusion_weight   MaxSim's weight in "linear" fusion of per-query z-scores
+    fusion_weight   MaxSim's weight in "linear" fusion of per-query z-scores (None: 0.8; only with fusion="linear")
     weights         "weighted" fusion: each signal's weight ({"maxsim": 0.45, "pooled": 0.25, "bm25s": 0.3})
     dense_share     hybrid first stages ("fde+bm25s", "centroids+bm25s", ...): the share of the candidates taken from
                     the vector stage's ranking; the sparse ranking adds new documents up to the count
-                    (and the vector ranking fills in if the sparse one runs short)
+                    (and the vector ranking fills in if the sparse one runs short); None: 0.8; only with a hybrid
     nprobe          FDE in a faiss IVF index: inverted lists probed per query
     ef_search       FDE in a faiss HNSW index: search breadth
     centroid_probe  the centroid stage: nearest centroids whose lists each query token probes

@@ -53,8 +53,10 @@ def resolve(found: dict, first_stage: str | None, candidates: int | None, option
             options["fusion"] = "weighted"
     merged = {**base, **options}
     stage, count = merged.pop("first_stage", None), merged.pop("candidates", None)
-    if "dense_share" not in options and (first_stage or stage) not in HYBRIDS:  # the preset's split of a hybrid it no longer searches
+    if "dense_share" not in options and (first_stage or stage) is not None and (first_stage or stage) not in HYBRIDS:  # the preset's split of a hybrid it no longer searches
         merged.pop("dense_share", None)
+    if "fusion_weight" not in options and merged.get("fusion") != "linear":  # saved beside another fusion, before that was refused: it was never read
+        merged.pop("fusion_weight", None)
     return first_stage or stage, candidates if candidates is not None else count, merged, name
 
 
@@ -82,6 +84,8 @@ def check(index, name: str, options: dict) -> dict:
     if not isinstance(options, dict):
         raise QueryError(f"a preset is a mapping of search options such as {{\"first_stage\": \"pooled+bm25s\"}}, got {type(options).__name__}.")
     options = _plain(options)
+    if "dense_share" in options and options.get("first_stage") is None:  # the stage it splits, named: the default may be none
+        raise QueryError(f"preset {name!r}: dense_share splits a hybrid first stage's candidates; name the stage in the preset, such as \"fde+bm25s\".")
     if options.get("prf") == "rm3" and "bm25" not in str(options.get("first_stage")).split("+"):
         raise QueryError(f"preset {name!r}: prf (query expansion of the Lucene bm25 stage) needs a first_stage with bm25 in the preset, such as \"bm25\" or \"fde+bm25\".")
     if not isinstance(name, str) or not name.replace("-", "").replace("_", "").isalnum() or name == NONE:

@@ -213,7 +213,7 @@ class Commit:
     def positions(self, doc_ids: Sequence[str]) -> np.ndarray:
         """int64 position of each live document id (-1 where none has it). An id longer than all
         stored ones is none's, and kept out of the array (a client's megabyte-long id would widen it)."""
-        doc_ids, width = list(doc_ids), max((s.doc_ids.dtype.itemsize // 4 for s in self.segments), default=0)
+        doc_ids, width = [str(d) for d in doc_ids], max((s.doc_ids.dtype.itemsize // 4 for s in self.segments), default=0)
         fits = np.flatnonzero([len(d) <= width for d in doc_ids]).astype(np.int64)
         wanted, out = np.asarray([doc_ids[i] for i in fits], dtype=str), np.full(len(doc_ids), -1, dtype=np.int64)
         for s, segment in enumerate(self.segments):

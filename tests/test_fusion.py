@@ -143,6 +143,9 @@ def test_options_that_change_scoring_replace_the_presets_fusion_as_a_whole(best)
         ("none", {"first_stage": "pooled"}, "preset name"),
         ("a b", {"first_stage": "pooled"}, "preset name"),
         ("x", {"first_stage": "pooled", "bogus": 1}, "unknown search option"),
+        ("x", {"dense_share": 0.3, "candidates": 300}, "name the stage in the preset"),  # its split would land on whatever the default stage is
+        ("x", {"first_stage": "pooled", "dense_share": 0.3}, "dense_share splits the candidates of a hybrid"),
+        ("x", {"first_stage": "pooled", "fusion_weight": 0.5}, 'give fusion="linear" with it'),
     ],
 )
 def test_a_bad_preset_is_refused_and_the_index_keeps_its_commit(best, name, options, message):
@@ -255,3 +258,18 @@ def test_tuning_refuses_what_it_cannot_measure(tmp_path, models):
         index.save_search_preset("x", ["pooled"])
     saved = index.save_search_preset("np", {"first_stage": "pooled", "candidates": np.int64(5), "fusion": "weighted", "weights": {"maxsim": np.float32(0.5)}})
     assert saved["search"]["presets"]["np"] == {"first_stage": "pooled", "candidates": 5, "fusion": "weighted", "weights": {"maxsim": 0.5}}
+
+
+def test_presets_saved_before_the_checks_still_search():
+    """A preset saved before options the search would not read were refused (fusion_weight beside
+    weighted fusion) searches as it did: the option it never read is dropped, not an error; a
+    preset's dense_share stays where the stage is not known yet (the index's default decides)."""
+    from mvr.search_presets import resolve
+
+    found = {"default": "old", "presets": {"old": {"first_stage": "pooled+bm25s", "candidates": 6, "fusion": "weighted", "weights": {"maxsim": 1.0}, "fusion_weight": 0.5, "dense_share": 0.3},
+                                           "wide": {"dense_share": 0.3, "candidates": 300}}}
+    stage, candidates, options, name = resolve(found, None, None, {})
+    assert (stage, candidates, name) == ("pooled+bm25s", 6, "old") and "fusion_weight" not in options and options["dense_share"] == 0.3
+    assert resolve(found, "bm25s", None, {"preset": "old"})[2].get("dense_share") is None  # the caller's stage is no hybrid
+    assert resolve(found, None, None, {"preset": "wide"})[2] == {"dense_share": 0.3}
+    assert resolve(found, None, None, {"preset": "old", "fusion": "linear", "fusion_weight": 0.7})[2]["fusion_weight"] == 0.7

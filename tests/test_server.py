@@ -311,7 +311,7 @@ def test_a_request_that_does_not_arrive_whole_in_time_is_cut_off(home, default_e
     from urllib.parse import urlparse
 
     catalog = Catalog(["docs"], home, model=default_encoder, warm=False)
-    with background(catalog, limits=Limits(request_seconds=1.0)) as url:
+    with background(catalog, limits=Limits(request_seconds=1.0, max_body_bytes=4096)) as url:
         address = (urlparse(url).hostname, urlparse(url).port)
 
         def ask(*parts: bytes, pause: float = 0.0) -> tuple[bytes, float]:
@@ -338,3 +338,7 @@ def test_a_request_that_does_not_arrive_whole_in_time_is_cut_off(home, default_e
         assert got.startswith(b"HTTP/1.1 408") and b"--request-seconds" in got and took < 5, got
         got, _ = ask(head[:20], head[20:], body, pause=0.3)  # 0.6 s in all: slow, within the limit
         assert got.startswith(b"HTTP/1.1 200") and b'"d1"' in got, got
+        # answered before its body is read (413 here; 401 without the key): the connection ends, though more body comes
+        big = b"POST /indexes/docs/search HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/json\r\nContent-Length: 9999\r\n\r\n"
+        got, took = ask(big, b"x", pause=0.5)
+        assert got.startswith(b"HTTP/1.1 413") and b"connection: close" in got.lower() and took < 5, got

@@ -18,6 +18,9 @@ from mvr.cli import main
 from mvr.encode.pool import ProcessEncoder, deal
 from mvr.errors import ConfigError, EncoderError
 
+# two worker processes, and --workers is at most the cores this process may use
+pytestmark = pytest.mark.skipif(len(os.sched_getaffinity(0)) < 2 if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1) < 2, reason="needs 2 CPU cores")
+
 
 def corpus():
     return [{"id": f"{i}-{n}", "title": t, "text": f"{x} {n}" + " more" * (n % 5), "metadata": {"n": n}} for n in range(9) for i, t, x in DOCS]
@@ -229,3 +232,26 @@ def test_an_add_in_workers_killed_part_way_leaves_the_last_commit_whole(tmp_path
     small.write_text("".join(json.dumps({"id": f"new{n}", "text": DOCS[n % 8][2]}) + "\n" for n in range(6)))
     assert main(["add", str(tmp_path / "idx"), str(small), "--workers", "2", "--quiet"]) == 0  # the killed writer's lock is gone
     assert Index.open(tmp_path / "idx").n_docs == len(corpus()) + 6
+
+
+@pytest.mark.skipif(not Path("/proc/self/stat").exists(), reason="reads /proc")
+def test_a_worker_stopped_from_elsewhere_fails_the_build_in_one_line(tmp_path):
+    """SIGTERM to a busy worker (``kill``, an out-of-memory killer), not from the build: the
+    build fails with the one line that says a worker stopped (the worker's SystemExit came back
+    to the build as its own, which exited with status 1 and said nothing)."""
+    argv = ["index", str(_big(tmp_path / "corpus.jsonl")), "--path", str(tmp_path / "idx"), "--workers", "2", "--quiet"]
+    run = subprocess.Popen([sys.executable, "-m", "mvr.cli", *argv], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, env={**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)})
+    try:
+        deadline = time.monotonic() + 120
+        while len(_children(run.pid)) < 2 and time.monotonic() < deadline and run.poll() is None:
+            time.sleep(0.05)
+        workers = sorted(_children(run.pid))
+        assert len(workers) == 2, run.stderr.read().decode()
+        time.sleep(8.0)  # loaded and encoding (this corpus takes them about 100 s)
+        os.kill(workers[0], signal.SIGTERM)
+        stderr = run.communicate(timeout=120)[1].decode()
+    finally:
+        if run.poll() is None:
+            run.kill()
+    assert run.returncode == 2 and stderr.strip().startswith("mvr: error: a worker process of --workers stopped") and "\n" not in stderr.strip(), stderr[-3000:]
+    assert not (tmp_path / "idx").exists()

@@ -48,6 +48,8 @@ def _reachable(address: str) -> None:
     if address in ("local", "auto"):
         return
     host, _, port = address.removeprefix("ray://").rpartition(":")
+    if address.startswith("ray://") and not port.isdigit():  # Ray Client's port by default
+        host, port = address.removeprefix("ray://"), "10001"
     if not host or not port.isdigit():
         raise ConfigError(f"--ray takes local, auto or a cluster's address host:port (as `ray start --head` prints it), got {address!r}.")
     try:

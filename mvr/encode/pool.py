@@ -105,9 +105,11 @@ def _start(config: dict) -> None:
 
 
 def _stop(*_) -> None:
-    """SIGTERM (:meth:`ProcessEncoder.close` stopping a busy worker): end as a process does, at
-    the next document, so that its finalizers release the semaphores it made."""
-    signal.signal(signal.SIGTERM, signal.SIG_DFL)  # a second SIGTERM ends it at once
+    """SIGTERM (:meth:`ProcessEncoder.close` stopping a busy worker, or another process): end as a
+    process does once the current native call returns (the document being encoded), so that its
+    finalizers release the semaphores it made; busy, the pool's loop catches the SystemExit and
+    sends it back (:func:`_result`), and the next SIGTERM or the pool's end finds the worker idle.
+    One that does not end is killed (:meth:`ProcessEncoder.close`)."""
     if _WORKER is None:  # still starting: the pool would log the initializer's "failure" with a traceback
         logging.getLogger("concurrent.futures").disabled = True
     raise SystemExit(1)
@@ -120,6 +122,19 @@ def _orphaned() -> None:
     if parent is not None:
         parent.join()  # returns when the parent's end of the pipe closes, as it does when the parent dies
         os._exit(1)
+
+
+class _Stopped(Exception):
+    """A worker's share ended by a SIGTERM (:func:`_stop`) that this process did not send."""
+
+
+def _result(future):
+    """What a worker returned; its SystemExit (a SIGTERM from elsewhere: ``kill``, an OOM killer)
+    is :class:`_Stopped`, not an exit of this process (which would end a caller's program)."""
+    try:
+        return future.result()
+    except SystemExit:
+        raise _Stopped() from None
 
 
 def _ready() -> bool:
@@ -185,7 +200,7 @@ class ProcessEncoder:
         killed leaves the semaphores it made, tqdm's lock among them, for Python's resource tracker
         to warn about at exit). Idle ones are let go; ones still encoding for a build that failed
         or was interrupted (nothing waits for their part; they ignore Ctrl-C) are sent SIGTERM,
-        which ends them after the document they are on. One that has not ended 30 s later is
+        which ends them once their current run returns (:func:`_stop`). One that has not ended 30 s later is
         killed."""
         processes = list((getattr(self._pool, "_processes", None) or {}).values())
         idle = all(future.done() for future in self._started + self._asked)
@@ -211,8 +226,8 @@ class ProcessEncoder:
             raise EncoderError(f"text #{wrong} is a {type(texts[wrong]).__name__}, expected str.")
         try:
             self._asked = [future for future in self._asked if not future.done()]
-            return dealt(self.local, texts, self.workers, batch_size, lambda w, part: self._submit(part, batch_size), lambda future: future.result(), show_progress)
-        except BrokenProcessPool:
+            return dealt(self.local, texts, self.workers, batch_size, lambda w, part: self._submit(part, batch_size), _result, show_progress)
+        except (BrokenProcessPool, _Stopped):
             raise EncoderError(
                 "a worker process of --workers stopped (out of memory, killed, or it could not start: a script that encodes with "
                 "worker processes must do so under `if __name__ == \"__main__\":`); encode again, with fewer workers or none."

@@ -31,5 +31,5 @@ class Limits:
 
     def __post_init__(self):
         for name, value in vars(self).items():
-            if isinstance(value, bool) or not isinstance(value, (int, float)) or value <= 0:
+            if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 < value < float("inf"):  # nan too: it would reach asyncio's timers
                 raise ConfigError(f"server limit {name} must be a positive number, got {value!r}.")

@@ -101,7 +101,7 @@ class CentroidStage:
         ]
         for bad, what in problems:
             if bad:
-                raise IndexFormatError(f"{self.folder}: {what}; the centroid stage is damaged: rebuild it with `mvr centroids INDEX`.")
+                raise IndexFormatError(f"{self.folder}: {what}; the centroid stage is damaged: rebuild it with `mvr centroids {index_folder(self.folder)}`.")
 
     @classmethod
     def check(cls, settings, dim: int) -> None:
@@ -137,7 +137,7 @@ class CentroidStage:
     @classmethod
     def open(cls, folder: Path, manifest: dict, index) -> "CentroidStage":
         if manifest["dim"] != index.dim:
-            raise ConfigError(f"{folder} was built for {manifest['dim']}-dim vectors, the index stores {index.dim}; rebuild it with `mvr centroids {index_folder(folder)}`.")
+            raise IndexFormatError(f"{folder} was built for {manifest['dim']}-dim vectors, the index stores {index.dim}; rebuild it with `mvr centroids {index_folder(folder)}`.")
         return cls(folder, manifest)
 
     def search(self, queries: QueryBatch, n: int, options=None, allowed: np.ndarray | None = None) -> list[Candidates]:
