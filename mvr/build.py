@@ -205,6 +205,8 @@ def rebuild_stage(index, name: str, settings=None, *, threads: int | None = None
     from .writer import Writer
 
     stage_class(name).check(settings, index.dim)
+    if not index.segments:  # every document deleted: nothing to build from (a KeyError in each command's report)
+        raise ConfigError(f"index {index.name!r} holds no documents: a first stage is built from them; documents added later get the stages the index has.")
     manifest = {}
     with Writer(index):
         for segment in index.segments:

@@ -16,9 +16,9 @@ from typing import Sequence
 
 import numpy as np
 
-from .corpus import as_documents
+from .corpus import as_documents, asked_ids
 from .encode import Encoder
-from .errors import QueryError
+from .errors import QueryError, shown
 from .results import Hit
 from .storage.tokens import Float16Store
 
@@ -43,6 +43,11 @@ def rerank(query: str, documents, k: int | None = None, *, model=None, encoder: 
     ``position`` the document's place in the input."""
     query = _query(query)
     docs = list(as_documents(documents))
+    seen: set[str] = set()
+    for doc in docs:
+        if doc.id in seen:  # two hits of one name, which no run can tell apart
+            raise QueryError(f"two documents have the id {shown(doc.id)}; give each document its own id.")
+        seen.add(doc.id)
     if not docs:
         return []
     encoder = encoder or Encoder(model)
@@ -60,17 +65,16 @@ def rerank_ids(index, query: str, ids: Sequence[str], k: int | None = None) -> l
     """:meth:`mvr.Index.rerank`: the documents of ``index`` with these ``ids``, ordered by MaxSim
     of their stored vectors against ``query``. An id the index does not hold is an error."""
     query = _query(query)
-    ids = list(ids)
-    for i, doc_id in enumerate(ids):
-        if not isinstance(doc_id, str):
-            raise QueryError(f"document ids are strings; id #{i} is {type(doc_id).__name__} {doc_id!r}.")
+    if isinstance(ids, (str, bytes, dict, set)) or not hasattr(ids, "__iter__"):  # a string read letter by letter, a set or dict in no order
+        raise QueryError(f"the candidates are a list of document ids, got {type(ids).__name__}.")
+    ids = list(dict.fromkeys(asked_ids(list(ids))))  # a candidate named twice is ranked once
     if not ids:
         return []
     state = index._state
     positions = state.positions(ids)
     missing = [doc_id for doc_id, p in zip(ids, positions) if p < 0]
     if missing:
-        raise QueryError(f"{len(missing)} candidate id(s) are not in index {index.name!r} (e.g. {missing[0]!r}); rerank documents it holds, or give their texts to mvr.rerank.")
+        raise QueryError(f"{len(missing)} candidate id(s) are not in index {index.name!r} (e.g. {shown(missing[0])}); rerank documents it holds, or give their texts to mvr.rerank.")
     scores = state.score(index.encode_queries([query]).vectors, positions)  # one commit, whatever refreshes meanwhile
     hits = []
     for rank, p in enumerate(ranked(scores, k), start=1):

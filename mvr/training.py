@@ -146,8 +146,10 @@ def train_projection(
     for name, value, low in (("epochs", epochs, 0), ("batch_size", batch_size, 2), ("negatives", negatives, 0), ("mined", mined, 1)):
         if isinstance(value, bool) or not isinstance(value, int) or value < low:
             raise ConfigError(f"{name} must be an integer >= {low}, got {value!r}.")
-    if not 0 < temperature <= 10 or not 0 < learning_rate <= 1 or not 0 <= validation < 1:
-        raise ConfigError("temperature must lie in (0, 10], learning_rate in (0, 1] and validation in [0, 1).")
+    if not 0 < temperature <= 10 or not 0 < learning_rate <= 1 or not 0 < validation < 1:
+        raise ConfigError("temperature must lie in (0, 10], learning_rate in (0, 1] and validation in (0, 1) (the epoch kept is the best on it).")
+    if isinstance(seed, bool) or not isinstance(seed, int) or seed < 0:
+        raise ConfigError(f"seed must be an integer >= 0, got {seed!r}.")
     rng = np.random.default_rng(seed)
     judged = {d for q in queries if q in qrels for d in qrels[q]}
     live = {d for d in judged if d in index}  # live documents only (deleted rows keep their ids)
@@ -157,8 +159,8 @@ def train_projection(
     order = rng.permutation(len(qids))
     held = int(round(validation * len(qids)))
     val_ids, train_ids = [qids[i] for i in order[:held]], [qids[i] for i in order[held:]]
-    if not train_ids:
-        raise QueryError(f"validation={validation} holds out every one of the {len(qids)} queries; lower it so that some train.")
+    if not train_ids or not val_ids:
+        raise QueryError(f"validation={validation} holds out {len(val_ids)} of the {len(qids)} queries; choose it so that some train and some pick the epoch.")
     texts = [queries[q] for q in qids]
     started = time.perf_counter()
     encoded = index.encode_queries(texts)

@@ -118,11 +118,16 @@ def tune(index, queries: dict[str, str], qrels: dict[str, dict[str, int]], *, op
     the index has them; else its default first stage, 100). Returns ``{"preset": search options
     to save, "ndcg_at_10": tuned, "maxsim_ndcg_at_10": MaxSim alone on the same candidates,
     "alone": each signal alone, "queries", "signals", "top": the best grid rows}``."""
-    if not 0 < step <= 0.5 or abs(round(1 / step) * step - 1) > 1e-9:
+    if isinstance(step, bool) or not isinstance(step, (int, float)) or not 0 < step <= 0.5 or abs(round(1 / step) * step - 1) > 1e-9:
         raise QueryError(f"step must divide 1 (0.05, 0.1, 0.25, ...), got {step!r}.")
     if index.config.passage_tokens:
         raise QueryError(f"index {index.name!r} holds passages; tuning compares whole documents with their judgements, so tune on an index of documents.")
+    if isinstance(signals, str) or (signals is not None and len(set(signals)) != len(list(signals))):
+        raise QueryError(f"signals are a list of distinct names such as ['maxsim', 'bm25s'], got {signals!r}.")
     signals = [MAXSIM, *(s for s in (signals or signals_of(index)) if s != MAXSIM)]  # the grid starts from MaxSim
+    points = (round(1 / step) + 1) ** (len(signals) - 1)
+    if points > 2_000_000:  # the grid is walked point by point: hours, or an overflow
+        raise QueryError(f"a step of {step:g} over {len(signals)} signals is a grid of more than 2,000,000 weightings; use a larger step (0.05 walks {21 ** (len(signals) - 1):,}).")
     missing = [name for name in signals if name not in signals_of(index)]
     if missing:
         raise QueryError(f"index {index.name!r} has no {', '.join(missing)} stage to score with; its signals: {', '.join(signals_of(index))}.")
@@ -132,6 +137,9 @@ def tune(index, queries: dict[str, str], qrels: dict[str, dict[str, int]], *, op
     feats = features(index, queries, qrels, options, signals)
     rows = grid([feats], [MAXSIM, *(s for s in signals if s != MAXSIM)], step)
     best = rows[0]
+    if best["ndcg"][0] == 0:  # no judged relevant document among any query's candidates: the weights would be learned from nothing
+        raise QueryError(f"no judged relevant document of these {len(feats.ideal)} queries is among their candidates in index {index.name!r} "
+                         "(is the index of this dataset's corpus? are any grades above 0?): nothing to learn from.")
     preset = {**options, "fusion": "weighted", "weights": {k: v for k, v in best["weights"].items() if v}}
     return {
         "preset": preset,

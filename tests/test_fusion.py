@@ -242,7 +242,7 @@ def test_an_index_emptied_and_refilled_keeps_the_stages_its_presets_read(tmp_pat
     assert index.has_stage("pooled") and index.search("purring cats", k=2)[0][0].id == index.search("purring cats", k=2, preset="fused")[0][0].id
 
 
-def test_tuning_refuses_what_it_cannot_measure(tmp_path, models):
+def test_tuning_refuses_what_it_cannot_measure(tmp_path, models, capsys):
     from mvr.eval.beir import load_beir
     from mvr.tuning import tune
 
@@ -258,6 +258,21 @@ def test_tuning_refuses_what_it_cannot_measure(tmp_path, models):
         index.save_search_preset("x", ["pooled"])
     saved = index.save_search_preset("np", {"first_stage": "pooled", "candidates": np.int64(5), "fusion": "weighted", "weights": {"maxsim": np.float32(0.5)}})
     assert saved["search"]["presets"]["np"] == {"first_stage": "pooled", "candidates": 5, "fusion": "weighted", "weights": {"maxsim": 0.5}}
+    # a signal twice (an AxisError), a grid too fine to walk (an OverflowError, or hours), judgements the index lacks (a preset
+    # learned from nothing, saved as the default search)
+    for options, message in (({"signals": ["bm25s", "bm25s"]}, "distinct names"), ({"signals": "bm25s"}, "distinct names"),
+                             ({"step": 1e-300}, "use a larger step"), ({"step": 0.0001, "signals": ["pooled", "bm25s"]}, "use a larger step"), ({"step": "0.1"}, "step must divide 1")):
+        with pytest.raises(QueryError, match=options and message):
+            tune(index, queries, qrels, **options)
+    with pytest.raises(QueryError, match="nothing to learn from"):
+        tune(index, queries, {q: {"not-in-the-index": 1} for q in qrels})
+    from mvr.cli import main
+
+    home = tmp_path
+    for argv, message in ((["--first-stage", "exhaustive"], "exhaustive search scores every document"), (["--candidates", "0"], "--candidates must be a positive integer"),
+                          (["--save", " "], "--save names the search preset"), (["--threads", "-1"], "--threads must be a positive integer")):
+        assert main(["tune", str(data), "--index", str(home / "d"), "--split", "test", *argv]) == 2
+        assert message in capsys.readouterr().err
 
 
 def test_presets_saved_before_the_checks_still_search():

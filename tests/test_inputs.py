@@ -4,6 +4,7 @@ a huge k, huge documents, and control characters in what `mvr search` prints."""
 import json
 import re
 import time
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -328,3 +329,91 @@ def test_python_callers_passing_the_wrong_kind_get_mvr_errors_and_no_change(tmp_
         index.add([("c", "tea")], wait="x")
     assert index.generation == generation and sorted(index.doc_ids) == ["a", "b"]
     assert Index.build(["plain strings", "numbered from 0"], tmp_path / "j", encoder=default_encoder, config=FAST).doc_ids.tolist() == ["0", "1"]
+
+
+def test_rerank_refuses_what_it_would_get_wrong(index, tmp_path, capsys):
+    """Candidates that are no list (a string read letter by letter, a dict in no order), a
+    candidate named twice (ranked once), two documents of one id, a missing id quoted whole;
+    `mvr rerank`: a query id that would break a TREC line, an empty candidates file, a failure
+    after a first query (half a run printed), --threads and --run-name that make no sense."""
+    import mvr
+
+    for ids in (None, 5, "d1", {"d1": 1}, {"d1"}):
+        with pytest.raises(QueryError, match="the candidates are a list of document ids"):
+            index.rerank("tea", ids)
+    assert [h.id for h in index.rerank("purring cats", ["d1", "d2", "d1"])] == [h.id for h in index.rerank("purring cats", ["d1", "d2"])]
+    with pytest.raises(QueryError, match="two documents have the id 'a'"):
+        mvr.rerank("tea", [("a", "green tea"), ("a", "black tea")])
+    with pytest.raises(QueryError) as caught:
+        index.rerank("tea", ["z" * 100_000])
+    assert len(str(caught.value)) < 400
+    lines = {"bad qid": json.dumps({"id": "q 1", "query": "tea", "ids": ["d4"]}), "empty": ""}
+    for name, content in lines.items():
+        (tmp_path / f"{name}.jsonl").write_text(content + "\n" if content else "")
+        code, out, err = run(capsys, "rerank", index.path, "--candidates", tmp_path / f"{name}.jsonl")
+        assert code == 2 and out == "" and ("holds whitespace" if name == "bad qid" else "holds no candidate lines") in err, (name, err)
+    (tmp_path / "run.trec").write_text("q1 Q0 d4 1 5 t\nq2 Q0 d1 1 5 t\n")
+    (tmp_path / "q.tsv").write_text("q1\tgreen tea\n")
+    code, out, err = run(capsys, "rerank", index.path, "--run", tmp_path / "run.trec", "--queries", tmp_path / "q.tsv")
+    assert code == 2 and out == "" and "query 'q2'" in err  # nothing of q1 printed before the error
+    (tmp_path / "q2.tsv").write_text("q1\tgreen tea\nq1\tcats\n")
+    code, _, err = run(capsys, "rerank", index.path, "--run", tmp_path / "run.trec", "--queries", tmp_path / "q2.tsv")
+    assert code == 2 and "the query id 'q1' is given twice" in err
+    for argv, message in ((["--threads", "-1"], "--threads must be a positive integer"), (["--run-name", "a b"], "--run-name is the run's tag")):
+        code, _, err = run(capsys, "rerank", index.path, "--run", tmp_path / "run.trec", "--queries", tmp_path / "q.tsv", *argv)
+        assert code == 2 and message in err
+
+
+def test_stage_options_that_crash_faiss_and_empty_indexes_are_refused(tmp_path, default_encoder):
+    """FDE settings faiss aborts the process on (HNSW0, HNSW1) or fails every search with (IVF0), a
+    final dimension wider than the FDE (bad_alloc, or a TypeError in faiss), a negative seed; a
+    stage rebuilt on an index whose documents were all deleted (a KeyError in each command)."""
+    from mvr import ConfigError
+    from mvr.config import FDEConfig
+    from mvr.stages.fde import check_factory
+
+    for settings, message in (({"factory": "HNSW0"}, "HNSW needs at least 2"), ({"factory": "IVF8_HNSW1,Flat"}, "HNSW needs at least 2"), ({"factory": "IVF0,Flat"}, "IVF needs at least 1"),
+                              ({"d_final": 10**10}, "more than the FDE's own"), ({"seed": -1}, "seed (--fde-seed) must be an integer")):
+        with pytest.raises(ConfigError, match=re.escape(message)):
+            check_factory(FDEConfig(**settings), 384)
+    index = Index.build([("a", "green tea")], tmp_path / "i", encoder=default_encoder, config=FAST)
+    index.delete(["a"])
+    with pytest.raises(ConfigError, match="holds no documents"):
+        index.build_stage("pooled")
+
+
+def test_the_encoder_refuses_what_it_would_encode_wrong(default_encoder):
+    """A document string alone (11 one-letter documents for "hello world"), a dict (its keys),
+    None or a number, a lone surrogate (the tokenizer's TypeError), an empty list (a
+    ZeroDivisionError for documents), a batch size of 0 (the default, silently) or -1."""
+    from mvr import Encoder, EncoderError
+    from mvr.errors import ConfigError
+
+    for texts, message in (("hello world", "to encode one, pass [text]"), ({"a": "x"}, "got dict"), (None, "got NoneType"), (5, "got int"), (["a\ud800"], "lone surrogate")):
+        with pytest.raises(EncoderError, match=re.escape(message)):
+            default_encoder.encode_documents(texts)
+    assert default_encoder.encode_documents([]).vectors.shape == (0, default_encoder.dim) == default_encoder.encode_queries([]).vectors.shape
+    assert len(default_encoder.encode_queries("one query")) == 1
+    for batch in (0, -1, "2"):
+        with pytest.raises(ConfigError, match="batch_size must be a positive integer"):
+            default_encoder.encode_queries(["q"], batch_size=batch)
+    for options in ({"query_maxlen": "x"}, {"batch_size": None}, {"doc_maxlen": 4.5}):
+        with pytest.raises(ConfigError, match="must be a positive integer"):
+            Encoder(**options)
+
+
+def test_cli_small_mistakes_get_one_line(index, tmp_path, capsys):
+    """`mvr list --index-dir` of a file or a missing folder (it listed nothing, as if empty); output
+    to a pipe whose reader went away (`mvr search ... | head`: a BrokenPipeError traceback)."""
+    import os
+    import subprocess
+    import sys
+
+    for where in (tmp_path / "missing", Path(__file__)):
+        code, _, err = run(capsys, "list", "--index-dir", where)
+        assert code == 2 and "is not a folder" in err
+    done = subprocess.Popen([sys.executable, "-m", "mvr.cli", "search", str(index.path), "tea", "-k", "4"], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                            env={**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)})
+    done.stdout.close()  # gone before anything is written
+    stderr = done.communicate(timeout=120)[1].decode()
+    assert done.returncode == 141 and "Traceback" not in stderr, stderr[-2000:]

@@ -2,6 +2,7 @@
 and over ``mvr serve``: the same ids and scores as Index.search, in a small chain each (no LLM)."""
 
 import asyncio
+import re
 import subprocess
 import sys
 
@@ -99,6 +100,28 @@ def test_the_client_and_the_sources_say_what_is_wrong(index, url):
     with pytest.raises(Exception, match="cannot reach the mvr server at http://127.0.0.1:9"):
         Client("http://127.0.0.1:9").health()
     assert Client(url, "k3y").search("docs", TEXTS, k=3) == [[{**h, "score": s} for h, s in zip(hits, [x[1] for x in row])] for hits, row in zip(index.search(TEXTS, k=3).to_dicts(), _expected(index))]
+
+
+def test_retrievers_refuse_bad_arguments_in_one_line(index):
+    """Both retrievers: mvr's one-line error when made, not pydantic's several-line ValidationError
+    around it, a TypeError from deep inside, k=True taken for 1, or a failure at the first query."""
+    from llama_index.core.schema import QueryBundle
+
+    from mvr.integrations.langchain import MvrRetriever as LangChainRetriever
+    from mvr.integrations.llamaindex import MvrRetriever as LlamaIndexRetriever
+
+    cases = [({}, "either index="), ({"index": 5}, "index= is an open mvr.Index"), ({"index": index, "k": True}, "k is a positive integer"), ({"index": index, "k": "x"}, "k is a positive integer"),
+             ({"index": index, "k": 0}, "k is a positive integer"), ({"index": index, "search_kwargs": "abc"}, "search_kwargs is a dict"),
+             ({"index": index, "search_kwargs": {"k": 3}}, "not its query or k"), ({"url": 5, "index_name": "a"}, "url is a server's address")]
+    for kind in (LangChainRetriever, LlamaIndexRetriever):
+        for arguments, message in cases:
+            with pytest.raises(QueryError, match=re.escape(message)):
+                kind(**arguments)
+    retriever = LlamaIndexRetriever(index=index, k=2)
+    for query in (b"tea", None, 5):
+        with pytest.raises(QueryError, match="a retriever's query is a string"):
+            retriever.retrieve(query)
+    assert [n.node.id_ for n in retriever.retrieve(QueryBundle("green tea"))] == [n.node.id_ for n in retriever.retrieve("green tea")]
 
 
 @pytest.mark.parametrize("module, extra", [("langchain", "langchain"), ("llamaindex", "llamaindex"), ("server", "server")])

@@ -43,6 +43,9 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("mvr: interrupted", file=sys.stderr)
         return 130
+    except BrokenPipeError:  # what reads the output went away (mvr search ... | head): stop quietly, as a Unix tool does
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # so that flushing at exit does not fail again
+        return 141
 
 
 if __name__ == "__main__":

@@ -211,4 +211,9 @@ def read_queries(path: Path) -> list[tuple[str, str]]:
     if not queries:
         # an empty file would otherwise search nothing and exit 0, as if every query had run
         raise QueryError(f"{path} holds no queries (the file is empty or blank); expected {form}.")
+    seen: set[str] = set()
+    for qid, _ in queries:
+        if qid in seen:  # a run holds one ranking per query id: one of the two would be lost
+            raise QueryError(f"{path}: the query id {qid!r} is given twice; give each query its own id.")
+        seen.add(qid)
     return queries

@@ -14,8 +14,11 @@ def add_parser(sub) -> argparse.ArgumentParser:
 
 
 def run(args) -> int:
+    from ..errors import ConfigError
     from ..storage import available
 
+    if args.index_dir is not None and not args.index_dir.is_dir():  # a typo, or a file, would look like a folder without indexes
+        raise ConfigError(f"--index-dir {args.index_dir} is not a folder{' (it is a file)' if args.index_dir.exists() else ''}; name the folder that holds your indexes.")
     for name in available(args.index_dir):
         print(name)
     return 0

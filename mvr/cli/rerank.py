@@ -6,7 +6,7 @@ import argparse
 import json
 from pathlib import Path
 
-from .common import add_common, read_queries
+from .common import _query_id, add_common, read_queries
 
 
 def add_parser(sub) -> argparse.ArgumentParser:
@@ -70,9 +70,10 @@ def _jobs(args, index):
     if not args.candidates.is_file():
         raise QueryError(f"candidates file not found: {args.candidates}.")
     encoder = None
+    lines = 0
     for line, obj in read_jsonl_objects(args.candidates, QueryError):
-        where = f"{args.candidates}:{line}"
-        qid, query = str(obj.get("id", obj.get("_id", line))), obj.get("query")
+        where, lines = f"{args.candidates}:{line}", lines + 1
+        qid, query = _query_id(obj.get("id", obj.get("_id", str(line))), where), obj.get("query")
         if "ids" in obj:
             if index is None:
                 raise QueryError(f'{where}: "ids" name documents of an index: give the index (mvr rerank INDEX --candidates FILE).')
@@ -85,19 +86,30 @@ def _jobs(args, index):
             yield qid, rerank(query, obj["documents"], args.k, encoder=encoder)
         else:
             raise QueryError(f'{where}: each line needs "query" and either "ids" or "documents".')
+    if not lines:
+        raise QueryError(f"{args.candidates} holds no candidate lines.")
 
 
 def run(args) -> int:
+    from ..config import positive_int
+    from ..errors import ConfigError
     from ..index import Index
+    from ..threads import cpu_threads
     from .search import shown
 
+    positive_int("--", "threads", args.threads, optional=True)
+    if not args.run_name or any(c.isspace() for c in args.run_name):
+        raise ConfigError(f"--run-name is the run's tag, one field of each TREC line: non-empty, without whitespace; got {args.run_name!r}.")
     index = Index.open(args.index, home=args.index_dir, model=args.model) if args.index else None
-    out = []
-    for qid, hits in _jobs(args, index):
-        if args.json:
-            out.append({"query_id": qid, "hits": [{"rank": h.rank, "id": h.id, "score": h.score, "title": h.title, "text": h.text, "metadata": h.metadata} for h in hits]})
-        else:
-            print("\n".join(f"{shown(qid)} Q0 {shown(h.id)} {h.rank} {h.score:.6f} {args.run_name}" for h in hits))
+    out, lines = [], []
+    with cpu_threads(args.threads, "torch", "numba", "blas"):
+        for qid, hits in _jobs(args, index):  # every query reranked before anything is printed: an error leaves no half run
+            if args.json:
+                out.append({"query_id": qid, "hits": [{"rank": h.rank, "id": h.id, "score": h.score, "title": h.title, "text": h.text, "metadata": h.metadata} for h in hits]})
+            else:
+                lines += [f"{shown(qid)} Q0 {shown(h.id)} {h.rank} {h.score:.6f} {args.run_name}" for h in hits]
     if args.json:
         print(json.dumps(out, ensure_ascii=False, indent=2))
+    elif lines:
+        print("\n".join(lines))
     return 0

@@ -32,10 +32,21 @@ def add_parser(sub) -> argparse.ArgumentParser:
 
 
 def run(args) -> int:
+    from ..config import positive_int
+    from ..errors import ConfigError
     from ..eval.beir import load_beir
     from ..index import Index
+    from ..threads import cpu_threads
     from ..tuning import tune
 
+    positive_int("--", "threads", args.threads, optional=True)
+    positive_int("--", "candidates", args.candidates, optional=True)
+    if args.first_stage == "":
+        raise ConfigError("--first-stage names a first stage with candidates, such as pooled+bm25s or fde; got ''.")
+    if args.first_stage == "exhaustive":
+        raise ConfigError("tuning weighs the signals of a first stage's candidates; exhaustive search scores every document by MaxSim alone: name a first stage with candidates.")
+    if args.save is not None and not args.save.strip():
+        raise ConfigError("--save names the search preset to save; got ''.")
     index = Index.open(args.index, home=args.index_dir)
     queries, qrels = load_beir(args.dataset, args.split)
     options = None
@@ -45,7 +56,8 @@ def run(args) -> int:
         if "+" in stage:
             options["dense_share"] = 0.5 if args.dense_share is None else args.dense_share
     signals = [s.strip() for s in args.signals.split(",") if s.strip()] if args.signals else None
-    report = tune(index, queries, qrels, options=options, signals=signals, step=args.step)
+    with cpu_threads(args.threads, "torch", "numba", "faiss", "blas"):
+        report = tune(index, queries, qrels, options=options, signals=signals, step=args.step)
     if args.save:
         commit = index.save_search_preset(args.save, report["preset"], default=not args.no_default)
         report["saved"] = {"preset": args.save, "generation": commit["generation"], "default": not args.no_default}

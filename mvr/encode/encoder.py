@@ -18,14 +18,14 @@ from typing import Sequence
 
 import numpy as np
 
-from ..config import DEFAULT_DOC_RUNTIME, INT8_RUNTIMES, QUERY_RUNTIMES, RUNTIMES
+from ..config import DEFAULT_DOC_RUNTIME, INT8_RUNTIMES, QUERY_RUNTIMES, RUNTIMES, positive_int
 from ..device import autocast_dtype, resolve_device, resolve_precision
 from ..errors import EncoderError
 from ..progress import progress
 from ..threads import cpu_threads
 from .forms import DEFAULT_MODEL_NAME, default_model_path, detect_spec, load_projections, weight_files_of, weights_checksum
 from .runtimes import ExportError, OnnxTransformer, check_runtime, quiet_transformers
-from .tokens import TokenVectors, character_spans, input_ids, token_classes
+from .tokens import TokenVectors, character_spans, checked_texts, input_ids, token_classes
 
 
 def identity_differences(recorded: dict, actual: dict) -> list[str]:
@@ -71,11 +71,10 @@ class Encoder:
         import torch
         from transformers import AutoConfig, AutoTokenizer
 
-        for name, value in (("query_maxlen", query_maxlen), ("doc_maxlen", doc_maxlen)):
-            if value is not None and value < 4:
+        for name, value in (("query_maxlen", query_maxlen), ("doc_maxlen", doc_maxlen), ("batch_size", batch_size), ("threads", threads)):
+            positive_int("", name, value, optional=name != "batch_size")
+            if name.endswith("maxlen") and value is not None and value < 4:
                 raise EncoderError(f"{name} must be at least 4 tokens, got {value}.")
-        if batch_size < 1:
-            raise EncoderError(f"batch_size must be >= 1, got {batch_size}.")
         self.is_default = model is None
         self.path = (default_model_path() if model is None else Path(model)).resolve()
         self.name = DEFAULT_MODEL_NAME if model is None else self.path.name
@@ -213,12 +212,11 @@ class Encoder:
     # -- encoding --------------------------------------------------------------------------------
     def encode_queries(self, texts: str | Sequence[str], *, batch_size: int | None = None, threads: int | None = None, show_progress=None) -> TokenVectors:
         """Token vectors of queries (markers and ``[MASK]`` augmentation as the model wants)."""
-        texts = [texts] if isinstance(texts, str) else list(texts)
-        return self._encode(texts, is_query=True, batch_size=batch_size, threads=threads, show_progress=show_progress)
+        return self._encode(checked_texts(texts, True), is_query=True, batch_size=batch_size, threads=threads, show_progress=show_progress)
 
     def encode_documents(self, texts: Sequence[str], *, batch_size: int | None = None, threads: int | None = None, show_progress=None) -> TokenVectors:
         """Token vectors of documents (truncated at ``doc_maxlen`` tokens; skiplist tokens dropped)."""
-        return self._encode(list(texts), is_query=False, batch_size=batch_size, threads=threads, show_progress=show_progress)
+        return self._encode(checked_texts(texts, False), is_query=False, batch_size=batch_size, threads=threads, show_progress=show_progress)
 
     def document_batch(self, batch_size: int | None = None) -> int:
         """Documents per run: ``batch_size`` (default the encoder's), or one under the int8 runtime,
@@ -277,9 +275,9 @@ class Encoder:
     def _encode(self, texts: list[str], *, is_query: bool, batch_size: int | None, threads: int | None, show_progress) -> TokenVectors:
         import torch
 
-        for i, text in enumerate(texts):
-            if not isinstance(text, str):
-                raise EncoderError(f"text #{i} is a {type(text).__name__}, expected str.")
+        positive_int("", "batch_size", batch_size, optional=True)  # 0 fell back to the default, -1 divided by zero
+        if not texts:
+            return TokenVectors(np.zeros((0, self.dim), np.float32), np.zeros(1, np.int64), np.zeros(0, bool), np.zeros(0, np.int32))
         sequences, truncated = self._token_ids(texts, is_query)
         batch_size = self.document_batch(batch_size) if not is_query else batch_size or self.batch_size
         order = np.argsort([-len(s) for s in sequences], kind="stable")

@@ -25,7 +25,7 @@ import numpy as np
 from ..config import positive_int
 from ..errors import ConfigError, EncoderError
 from .encoder import Encoder
-from .tokens import TokenVectors
+from .tokens import TokenVectors, checked_texts
 
 
 def deal(encoder: Encoder, texts: list[str], parts: int, batch_size: int | None = None) -> list[np.ndarray]:
@@ -220,10 +220,7 @@ class ProcessEncoder:
         return future
 
     def encode_documents(self, texts, *, batch_size=None, threads=None, show_progress=None) -> TokenVectors:
-        texts = list(texts)
-        wrong = next((i for i, text in enumerate(texts) if not isinstance(text, str)), None)
-        if wrong is not None:  # the local encoder's message, before any worker is asked
-            raise EncoderError(f"text #{wrong} is a {type(texts[wrong]).__name__}, expected str.")
+        texts = checked_texts(texts, False)  # the local encoder's messages, before any worker is asked
         try:
             self._asked = [future for future in self._asked if not future.done()]
             return dealt(self.local, texts, self.workers, batch_size, lambda w, part: self._submit(part, batch_size), _result, show_progress)

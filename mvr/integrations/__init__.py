@@ -14,13 +14,23 @@ class Source:
     """Where a retriever's hits come from: ``index`` (an :class:`mvr.Index`, or a name or path to
     open) or ``url`` + ``index_name`` of a server (``api_key``: default ``$MVR_API_KEY``)."""
 
-    def __init__(self, index=None, *, url: str | None = None, index_name: str | None = None, api_key: str | None = None, home=None):
+    def __init__(self, index=None, *, url: str | None = None, index_name: str | None = None, api_key: str | None = None, home=None, k: int = 10, search_kwargs=None):
         if (index is None) == (url is None):
             raise QueryError("give a retriever either index=... (an open mvr.Index, a name or a path) or url=... with index_name=..., not both.")
+        if isinstance(k, bool) or not isinstance(k, int) or k < 1:  # checked here, not at the first query (True was taken for 1)
+            raise QueryError(f"a retriever's k is a positive integer, got {k!r}.")
+        if search_kwargs is not None and not isinstance(search_kwargs, dict):
+            raise QueryError(f"search_kwargs is a dict of mvr.Index.search options such as {{'first_stage': 'fde'}}, got {type(search_kwargs).__name__}.")
+        if {"k", "queries", "query"} & set(search_kwargs or {}):
+            raise QueryError("search_kwargs holds the options of a search, not its query or k: give k=... to the retriever.")
+        if url is not None and not isinstance(url, str):
+            raise QueryError(f"url is a server's address such as 'http://127.0.0.1:8000', got {type(url).__name__}.")
         self.index = self.client = None
         if index is not None:
             from ..index import Index
 
+            if not isinstance(index, (Index, str, os.PathLike)):
+                raise QueryError(f"index= is an open mvr.Index, a name or a path, got {type(index).__name__}.")
             self.index = index if isinstance(index, Index) else Index.open(index, home=home)
             self.name = self.index.name
         else:

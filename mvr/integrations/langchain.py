@@ -39,8 +39,11 @@ class MvrRetriever(BaseRetriever):
     search_kwargs: dict = Field(default_factory=dict)
     _source: Source = PrivateAttr()
 
-    def model_post_init(self, context: Any) -> None:
-        self._source = Source(self.index, url=self.url, index_name=self.index_name, api_key=self.api_key)
+    def __init__(self, **data: Any):
+        # checked, and the index opened, before pydantic sees the values: its ValidationError would wrap mvr's one line in several
+        source = Source(data.get("index"), url=data.get("url"), index_name=data.get("index_name"), api_key=data.get("api_key"), k=data.get("k", 10), search_kwargs=data.get("search_kwargs"))
+        super().__init__(**data)
+        self._source = source
 
     def _get_relevant_documents(self, query: str, *, run_manager: CallbackManagerForRetrieverRun) -> list[Document]:
         return [Document(page_content=hit["text"], id=hit["id"], metadata=hit_metadata(hit)) for hit in self._source.search(query, self.k, self.search_kwargs)]

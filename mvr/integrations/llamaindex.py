@@ -11,7 +11,7 @@ Each hit is a ``NodeWithScore`` whose node is a ``TextNode``: ``id_`` the docume
 
 from __future__ import annotations
 
-from ..errors import missing_extra
+from ..errors import QueryError, missing_extra
 from . import Source, hit_metadata
 
 try:
@@ -28,10 +28,15 @@ class MvrRetriever(BaseRetriever):
 
     def __init__(self, index=None, *, url: str | None = None, index_name: str | None = None, api_key: str | None = None, k: int = 10,
                  search_kwargs: dict | None = None, callback_manager=None, verbose: bool = False):
-        self._source = Source(index, url=url, index_name=index_name, api_key=api_key)
+        self._source = Source(index, url=url, index_name=index_name, api_key=api_key, k=k, search_kwargs=search_kwargs)
         self.k = k
         self.search_kwargs = dict(search_kwargs or {})
         super().__init__(callback_manager=callback_manager, verbose=verbose)
+
+    def retrieve(self, str_or_query_bundle):
+        if not isinstance(str_or_query_bundle, (str, QueryBundle)):  # LlamaIndex fails on them inside, with an AttributeError or its ValidationError
+            raise QueryError(f"a retriever's query is a string or a QueryBundle, got {type(str_or_query_bundle).__name__}.")
+        return super().retrieve(str_or_query_bundle)
 
     def _retrieve(self, query_bundle: QueryBundle) -> list[NodeWithScore]:
         hits = self._source.search(query_bundle.query_str, self.k, self.search_kwargs)

@@ -159,9 +159,18 @@ def build_fde(folder: Path, codes: np.ndarray, offsets: np.ndarray, dim: int, co
 def check_factory(config: FDEConfig, dim: int) -> None:
     """Refuse FDE settings that cannot work on ``dim``-wide vectors (a bad faiss factory string
     among them) before anything is encoded."""
+    import re
+
     import faiss
 
     config.check(dim)
+    if config.d_final is not None and config.d_final > config.full_dim(dim):  # a sketch wider than what it sketches: memory for nothing
+        raise ConfigError(f"--fde-d-final {config.d_final} is more than the FDE's own {config.full_dim(dim)} dimensions (reps x 2**k_sim x d_proj); use fewer, e.g. 1024-2048.")
+    if isinstance(config.seed, bool) or not isinstance(config.seed, int) or not 0 <= config.seed < 2**32:
+        raise ConfigError(f"the FDE seed (--fde-seed) must be an integer in [0, 2**32), got {config.seed!r}.")
+    for kind, size in re.findall(r"(HNSW|IVF)(\d+)", config.factory):  # faiss aborts the process on HNSW0 and HNSW1, and fails every search of IVF0
+        if int(size) < (2 if kind == "HNSW" else 1):
+            raise ConfigError(f"{kind}{size} in the factory string {config.factory!r} (--fde-factory): {'HNSW needs at least 2 neighbours' if kind == 'HNSW' else 'IVF needs at least 1 list'}, e.g. HNSW32 or IVF256.")
     try:
         faiss.index_factory(config.out_dim(dim), config.factory, faiss.METRIC_INNER_PRODUCT)
     except RuntimeError as exc:
