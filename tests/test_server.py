@@ -303,6 +303,13 @@ def test_an_index_that_cannot_be_opened_is_left_out(tmp_path, default_encoder):
         Catalog([str(home / "broken")], home, model=default_encoder, warm=False)
 
 
+def _recv(sock) -> bytes:
+    try:
+        return sock.recv(65536)
+    except ConnectionResetError:  # closed with bytes it had not read: the end, as a FIN would be
+        return b""
+
+
 def test_a_request_that_does_not_arrive_whole_in_time_is_cut_off(home, default_encoder):
     """A connection that sends nothing, or half its headers, is closed after --request-seconds;
     one whose body stops part way gets a 408; a slow but whole request is answered (a client
@@ -319,10 +326,13 @@ def test_a_request_that_does_not_arrive_whole_in_time_is_cut_off(home, default_e
             with socket.create_connection(address, timeout=10) as sock:
                 started = time.monotonic()
                 for part in parts:
-                    sock.sendall(part)
+                    try:
+                        sock.sendall(part)
+                    except (BrokenPipeError, ConnectionResetError):  # cut off meanwhile: what it answered is still to read
+                        break
                     time.sleep(pause)
                 got = b""
-                while chunk := sock.recv(65536):
+                while chunk := _recv(sock):
                     got += chunk
                     if b"\r\n\r\n" in got and b"purr" in got:  # a whole answer to the slow search: do not wait for keep-alive
                         break
@@ -338,7 +348,11 @@ def test_a_request_that_does_not_arrive_whole_in_time_is_cut_off(home, default_e
         assert got.startswith(b"HTTP/1.1 408") and b"--request-seconds" in got and took < 5, got
         got, _ = ask(head[:20], head[20:], body, pause=0.3)  # 0.6 s in all: slow, within the limit
         assert got.startswith(b"HTTP/1.1 200") and b'"d1"' in got, got
-        # answered before its body is read (413 here; 401 without the key): the connection ends, though more body comes
+        # answered before its body is read (413 here; 401 without the key), then sent the body byte by byte: cut off too
         big = b"POST /indexes/docs/search HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/json\r\nContent-Length: 9999\r\n\r\n"
-        got, took = ask(big, b"x", pause=0.5)
-        assert got.startswith(b"HTTP/1.1 413") and b"connection: close" in got.lower() and took < 5, got
+        got, took = ask(big, *[b"x"] * 8, pause=0.3)
+        assert took < 5 and (got == b"" or got.startswith(b"HTTP/1.1 413")), got  # its 413 may be lost to the reset of a close with unread bytes
+        # one that sends the whole body reads the answer (a client's send failed on a reset when the server closed at once)
+        with socket.create_connection(address, timeout=10) as sock:
+            sock.sendall(big + b"x" * 9999)
+            assert sock.recv(65536).startswith(b"HTTP/1.1 413")

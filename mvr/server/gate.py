@@ -91,33 +91,34 @@ class Gate:
 
     async def _pass(self, scope, receive, send):
         headers = dict(scope["headers"])
-        close = {"Connection": "close"}  # answered before its body is read: the connection ends, or a client could trickle that body for ever
+        # answered before its body is read (401, 421, 413, ...), the connection stays open: a client may send the rest and
+        # read the answer, and one that trickles it is cut off after --request-seconds (mvr/server/protocol.py)
         if self.key is not None and scope["path"] not in OPEN_PATHS:
             given = headers.get(b"authorization", b"")
             if not hmac.compare_digest(given, self.key):
                 why = "missing" if not given else "wrong"
-                return await _reply(send, 401, f"API key {why}: send the header 'Authorization: Bearer KEY' (the key mvr serve was started with).", {"WWW-Authenticate": "Bearer", **close})
+                return await _reply(send, 401, f"API key {why}: send the header 'Authorization: Bearer KEY' (the key mvr serve was started with).", {"WWW-Authenticate": "Bearer"})
         if self.key is None and not _local_host(headers.get(b"host")):
             # a page elsewhere cannot reach a keyless server through a name it points at 127.0.0.1 (DNS rebinding)
-            return await _reply(send, 421, "without an API key this server answers only requests addressed to localhost, 127.0.0.1 or [::1]; start it with --api-key to serve other names.", close)
+            return await _reply(send, 421, "without an API key this server answers only requests addressed to localhost, 127.0.0.1 or [::1]; start it with --api-key to serve other names.")
         declared = headers.get(b"content-length")
         if declared is not None and not declared.isdigit():
-            return await _reply(send, 400, "the Content-Length header is not a number.", close)
+            return await _reply(send, 400, "the Content-Length header is not a number.")
         if declared is not None and int(declared) > self.max_body:
-            return await _reply(send, 413, f"request body of {declared.decode(errors='replace')} bytes; the limit is {self.max_body} (mvr serve --max-body-bytes).", close)
+            return await _reply(send, 413, f"request body of {declared.decode(errors='replace')} bytes; the limit is {self.max_body} (mvr serve --max-body-bytes).")
         body, more = bytearray(), True
         deadline = time.monotonic() + self.request_seconds
         while more:  # the whole body, counted, before the route runs (chunked bodies have no length to check first)
             try:
                 message = await asyncio.wait_for(receive(), max(deadline - time.monotonic(), 0.0))
             except asyncio.TimeoutError:
-                return await _reply(send, 408, f"the request body did not arrive within {self.request_seconds:g} s (mvr serve --request-seconds).", close)
+                return await _reply(send, 408, f"the request body did not arrive within {self.request_seconds:g} s (mvr serve --request-seconds).", {"Connection": "close"})
             if message["type"] == "http.disconnect":
                 return
             body += message.get("body", b"")
             more = message.get("more_body", False)
             if len(body) > self.max_body:
-                return await _reply(send, 413, f"request body over {self.max_body} bytes (mvr serve --max-body-bytes).", close)
+                return await _reply(send, 413, f"request body over {self.max_body} bytes (mvr serve --max-body-bytes).")
         kind = headers.get(b"content-type", b"").split(b";")[0].strip().lower()
         if body and kind != b"application/json":
             # a JSON body says so: a browser's cross-site form or text/plain post, which skips CORS preflight, is refused

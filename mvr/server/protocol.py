@@ -1,7 +1,8 @@
 """uvicorn's HTTP/1.1 protocol (h11) with a deadline for a request's headers: a connection that
-sends nothing, or part of a request line and headers, is closed after ``request_seconds``
-(uvicorn has no such deadline: a client holding many half-sent requests would keep their
-connections open for ever). The body has its own deadline, in the gate (a 408)."""
+sends nothing, or part of a request line and headers, is closed after ``request_seconds``, as is
+one still sending a body the server has answered (uvicorn has no such deadline: a client holding
+many half-sent requests would keep their connections open for ever). A body being read has its
+own deadline, in the gate (a 408)."""
 
 from __future__ import annotations
 
@@ -22,10 +23,16 @@ def deadline_protocol(seconds: float) -> type:
 
         def data_received(self, data: bytes) -> None:
             super().data_received(data)
-            if self.conn.their_state is h11.IDLE:  # part of the next request's headers (after a response: uvicorn's keep-alive was cancelled)
+            if self._waiting():
                 self._arm()
             else:
                 self._disarm()
+
+        def _waiting(self) -> bool:
+            """Whether what the client sends now has no other deadline: part of the next request's
+            headers (after a response, uvicorn's keep-alive was cancelled by these bytes), or the
+            rest of a body answered already (a 401, a 413: the gate reads no more of it)."""
+            return self.conn.their_state is h11.IDLE or (self.conn.their_state is h11.SEND_BODY and self.conn.our_state in (h11.DONE, h11.MUST_CLOSE))
 
         def connection_lost(self, exc) -> None:
             self._disarm()
@@ -42,7 +49,7 @@ def deadline_protocol(seconds: float) -> type:
 
         def _expired(self) -> None:
             self._deadline = None
-            if self.conn.their_state is h11.IDLE and not self.transport.is_closing():
+            if self._waiting() and not self.transport.is_closing():
                 self.transport.close()
 
     return Deadline
