@@ -28,6 +28,7 @@ from .encoding import Checkpoints
 from .segment_build import finish_segment, planned_stages, stored_texts, write_segment
 from .storage.commits import SEGMENTS, new_commit, publish, read_pointer, segment_name, write_json
 from .storage.formats import SEGMENT_FORMAT, SEGMENT_VERSION
+from .storage.lock import check_wait
 from .storage.manifest import MANIFEST, fsync_tree, read_manifest
 from .threads import cpu_threads
 from .vectors.heads import pinned, save_projection
@@ -222,6 +223,7 @@ def upgrade(index, *, wait: float = 0.0) -> bool:
     """Convert a version-1 index (everything in one folder) into segments and commits: its files,
     hard-linked (copied where links fail) into segment s000001 of a new folder that replaces the
     old one whole (storage/layout.py). True when there was something to convert."""
+    check_wait(wait)  # refused whether or not there is anything to convert
     if not index.legacy:
         return False
     target = index.path

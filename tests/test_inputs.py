@@ -362,6 +362,13 @@ def test_rerank_refuses_what_it_would_get_wrong(index, tmp_path, capsys):
     for argv, message in ((["--threads", "-1"], "--threads must be a positive integer"), (["--run-name", "a b"], "--run-name is the run's tag")):
         code, _, err = run(capsys, "rerank", index.path, "--run", tmp_path / "run.trec", "--queries", tmp_path / "q.tsv", *argv)
         assert code == 2 and message in err
+    for line, message in (("q1 Q0 d4 1 abc t", "the score 'abc' is not a number"), ("q1 Q0 d4 nan 5 t", "the rank is nan")):  # taken in silence
+        (tmp_path / "odd.trec").write_text(line + "\n")
+        code, out, err = run(capsys, "rerank", index.path, "--run", tmp_path / "odd.trec", "--queries", tmp_path / "q.tsv")
+        assert code == 2 and out == "" and message in err, err
+    for argv, message in ((["upgrade", index.path, "--wait", "-1"], "wait is the seconds to wait"), (["sparse", index.path, "--splade-model", "x"], "--splade-model goes with --stage splade")):
+        code, _, err = run(capsys, *argv)  # upgrade of an index at version 2 took any wait; sparse left the model unread
+        assert code == 2 and message in err, err
 
 
 def test_stage_options_that_crash_faiss_and_empty_indexes_are_refused(tmp_path, default_encoder):

@@ -44,8 +44,11 @@ def read_run(path: Path) -> dict[str, list[str]]:
             raise QueryError(f"{path}:{line}: a TREC run line has 6 fields (qid Q0 docid rank score tag), this one {len(fields)}.")
         try:
             rank = float(fields[3])
+            float(fields[4])  # the score: not read, but a line whose score is no number is no TREC line
         except ValueError:
-            raise QueryError(f"{path}:{line}: the rank {fields[3]!r} is not a number.") from None
+            raise QueryError(f"{path}:{line}: the rank {fields[3]!r} or the score {fields[4]!r} is not a number.") from None
+        if rank != rank:
+            raise QueryError(f"{path}:{line}: the rank is nan; ranks order the candidates.")
         ranked.setdefault(fields[0], []).append((rank, fields[2]))
     if not ranked:
         raise QueryError(f"{path} holds no run lines.")

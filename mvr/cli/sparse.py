@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 
 from ..config import IndexConfig
+from ..errors import ConfigError
 from ..registry import STAGES
 from .common import add_common
 
@@ -25,6 +26,8 @@ def run(args) -> int:
     from ..storage.validate import replacing
 
     stages = args.stage or IndexConfig().sparse
+    if args.splade_model is not None and "splade" not in stages:  # it would be ignored
+        raise ConfigError("--splade-model goes with --stage splade (the stage it builds).")
     with replacing(*stages):  # what is rebuilt may be damaged: it is replaced, not read
         index = Index.open(args.index, home=args.index_dir)
         built = index.build_sparse(stages, splade_model=args.splade_model, command=args.command_line, show_progress=False if args.quiet else None)

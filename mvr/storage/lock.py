@@ -52,8 +52,7 @@ class WriterLock:
 
     def acquire(self, wait: float = 0.0) -> "WriterLock":
         """Take the lock, waiting up to ``wait`` seconds for its holder; else :class:`IndexLockedError`."""
-        if isinstance(wait, bool) or not isinstance(wait, (int, float)) or not 0 <= wait < float("inf"):
-            raise ConfigError(f"wait is the seconds to wait for another writer: a number >= 0, got {shown(wait)}.")
+        check_wait(wait)
         deadline = time.monotonic() + wait
         while not self.try_acquire() and time.monotonic() < deadline:
             time.sleep(0.05)
@@ -81,3 +80,9 @@ class WriterLock:
                 pass
             os.close(self._fd)
             self._fd = None
+
+
+def check_wait(wait) -> None:
+    """A ConfigError unless ``wait`` is a finite number of seconds >= 0."""
+    if isinstance(wait, bool) or not isinstance(wait, (int, float)) or not 0 <= wait < float("inf"):
+        raise ConfigError(f"wait is the seconds to wait for another writer: a number >= 0, got {shown(wait)}.")
