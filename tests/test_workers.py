@@ -254,6 +254,8 @@ def test_a_worker_stopped_from_elsewhere_fails_the_build_in_one_line(tmp_path):
     finally:
         if run.poll() is None:
             run.kill()
-    # (a note may come first: what the build encoded is kept for --resume)
-    assert run.returncode == 2 and stderr.strip().splitlines()[-1].startswith("mvr: error: a worker process of --workers stopped") and "Traceback" not in stderr, stderr[-3000:]
+    # (a note may come first: what the build encoded is kept for --resume; and where the signal caught the worker sending
+    # its part back, the resource tracker may warn of its semaphore at exit, as for any process killed)
+    errors = [line for line in stderr.splitlines() if line.startswith("mvr: error:")]
+    assert run.returncode == 2 and len(errors) == 1 and errors[0].startswith("mvr: error: a worker process of --workers stopped") and "Traceback" not in stderr, stderr[-3000:]
     assert not (tmp_path / "idx").exists()
