@@ -14,6 +14,7 @@ import numpy as np
 import unicodedata
 from dataclasses import dataclass, field
 from pathlib import Path
+from collections.abc import Mapping, Set
 from typing import Iterable, Iterator
 
 from .errors import CorpusError, QueryError, shown
@@ -85,9 +86,7 @@ def check_id(doc_id, where: str, fix: str = "change the id") -> str:
 def asked_ids(ids) -> list[str]:
     """The ids a caller asks for (to delete, to fetch) as a list, or a QueryError for one that is no
     string or holds a lone surrogate (no document has it, and it could not be written back)."""
-    if not isinstance(ids, str) and (isinstance(ids, (dict, bytes)) or not hasattr(ids, "__iter__")):
-        raise QueryError(f"ids must be a document id or a list of them, got {type(ids).__name__}.")
-    ids = [ids] if isinstance(ids, str) else list(ids)
+    ids = [ids] if isinstance(ids, str) else list(many(ids, "ids must be a document id or a list of them", QueryError, ordered=False))
     for i, doc_id in enumerate(ids):
         if not isinstance(doc_id, str):
             raise QueryError(f"document ids are strings; id #{i} is {type(doc_id).__name__} {shown(doc_id)}.")
@@ -101,9 +100,7 @@ def query_texts(queries) -> list[str]:
     None, bytes: each element is checked where it is encoded)."""
     if isinstance(queries, str):
         return [queries]
-    if isinstance(queries, (bytes, bytearray)) or not hasattr(queries, "__iter__") or isinstance(queries, dict):
-        raise QueryError(f"queries must be a string or a list of strings, got {type(queries).__name__}" + (": decode bytes to str first." if isinstance(queries, (bytes, bytearray)) else "."))
-    return list(queries)
+    return list(many(queries, "queries must be a string or a list of strings", QueryError))
 
 
 def _not_utf8(path: Path, error_class: type) -> Exception:
@@ -180,6 +177,27 @@ def _utf8(text: str) -> bool:
         return True
     except UnicodeEncodeError:  # a lone surrogate
         return False
+
+
+def many(values, what: str, error_class: type, ordered: bool = True, also: tuple = ()):
+    """``values`` unchanged where it is a collection of several things, else ``error_class``
+    saying ``what`` they must be: a string, bytes or a mapping (read letter by letter, byte by
+    byte or key by key), a number or None, a set where ``ordered`` (its order is none), or one of
+    the types ``also`` names."""
+    if isinstance(values, (str, bytes, bytearray, Mapping, *also)) or (ordered and isinstance(values, Set)) or not hasattr(values, "__iter__"):
+        hint = ": decode bytes to str first" if isinstance(values, (bytes, bytearray)) else " (one alone: pass [it])" if isinstance(values, (str, Mapping, *also)) else ""
+        raise error_class(f"{what}, got {type(values).__name__}{hint}.")
+    return values
+
+
+def repeated(values: Iterable[str]) -> str | None:
+    """The first value that comes twice, or None."""
+    seen: set[str] = set()
+    for value in values:
+        if value in seen:
+            return value
+        seen.add(value)
+    return None
 
 
 def _metadata_value(value):
@@ -299,9 +317,7 @@ def as_documents(items: Iterable, numbered: bool = True) -> Iterator[Document]:
     added to an index, whose ids "0", "1", ... would be those of the last call's)."""
     if isinstance(items, (str, Path)):
         return read_corpus(items)
-    if isinstance(items, (dict, Document, bytes)) or not hasattr(items, "__iter__"):
-        one = " (one document: pass [it])" if isinstance(items, (dict, Document)) else ""
-        raise CorpusError(f"documents must be a corpus file or a list of documents (Documents, dicts, (id, text) pairs), got {type(items).__name__}{one}.")
+    many(items, "documents must be a corpus file or a list of documents (Documents, dicts, (id, text) pairs)", CorpusError, also=(Document,))
     return _documents(items, numbered)
 
 

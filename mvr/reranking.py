@@ -16,7 +16,7 @@ from typing import Sequence
 
 import numpy as np
 
-from .corpus import as_documents, asked_ids
+from .corpus import as_documents, asked_ids, many, repeated
 from .encode import Encoder
 from .errors import QueryError, shown
 from .results import Hit
@@ -43,11 +43,9 @@ def rerank(query: str, documents, k: int | None = None, *, model=None, encoder: 
     ``position`` the document's place in the input."""
     query = _query(query)
     docs = list(as_documents(documents))
-    seen: set[str] = set()
-    for doc in docs:
-        if doc.id in seen:  # two hits of one name, which no run can tell apart
-            raise QueryError(f"two documents have the id {shown(doc.id)}; give each document its own id.")
-        seen.add(doc.id)
+    twice = repeated(d.id for d in docs)
+    if twice is not None:  # two hits of one name, which no run can tell apart
+        raise QueryError(f"two documents have the id {shown(twice)}; give each document its own id.")
     if not docs:
         return []
     encoder = encoder or Encoder(model)
@@ -65,9 +63,7 @@ def rerank_ids(index, query: str, ids: Sequence[str], k: int | None = None) -> l
     """:meth:`mvr.Index.rerank`: the documents of ``index`` with these ``ids``, ordered by MaxSim
     of their stored vectors against ``query``. An id the index does not hold is an error."""
     query = _query(query)
-    if isinstance(ids, (str, bytes, dict, set)) or not hasattr(ids, "__iter__"):  # a string read letter by letter, a set or dict in no order
-        raise QueryError(f"the candidates are a list of document ids, got {type(ids).__name__}.")
-    ids = list(dict.fromkeys(asked_ids(list(ids))))  # a candidate named twice is ranked once
+    ids = list(dict.fromkeys(asked_ids(list(many(ids, "the candidates are a list of document ids", QueryError)))))  # a candidate named twice is ranked once
     if not ids:
         return []
     state = index._state

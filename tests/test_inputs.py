@@ -310,14 +310,14 @@ def test_python_callers_passing_the_wrong_kind_get_mvr_errors_and_no_change(tmp_
 
     index = Index.build([("a", "cats purr"), ("b", "green tea")], tmp_path / "i", encoder=default_encoder, config=FAST)
     generation = index.generation
-    for queries in (5, None, b"cats", {"q": "cats"}):
+    for queries in (5, None, b"cats", {"q": "cats"}, {"cats", "tea"}):
         with pytest.raises(QueryError, match="queries must be a string or a list of strings"):
             index.search(queries)
     with pytest.raises(QueryError, match="query #0 is bytes"):
         index.search([b"cats"])
     with pytest.raises(QueryError, match="dense_share must be a number in"):
         index.search("cats", first_stage="exhaustive", dense_share="0.5")
-    for documents, message in ((None, "got NoneType"), (5, "got int"), ({"id": "x1", "text": "t"}, r"got dict \(one document: pass \[it\]\)"),
+    for documents, message in ((None, "got NoneType"), (5, "got int"), ({"id": "x1", "text": "t"}, r"got dict \(one alone: pass \[it\]\)"),
                                (["first text"], "a plain string has no id"), ([Document("db", b"bytes")], "text and title must be strings, got bytes")):
         for write in (index.add, index.upsert):
             with pytest.raises(CorpusError, match=message):
@@ -396,7 +396,7 @@ def test_the_encoder_refuses_what_it_would_encode_wrong(default_encoder):
     from mvr import Encoder, EncoderError
     from mvr.errors import ConfigError
 
-    for texts, message in (("hello world", "to encode one, pass [text]"), ({"a": "x"}, "got dict"), (None, "got NoneType"), (5, "got int"), (["a\ud800"], "lone surrogate")):
+    for texts, message in (("hello world", "got str (one alone: pass [it])"), ({"a", "b"}, "got set"), ({"a": "x"}, "got dict"), (None, "got NoneType"), (5, "got int"), (["a\ud800"], "lone surrogate")):
         with pytest.raises(EncoderError, match=re.escape(message)):
             default_encoder.encode_documents(texts)
     assert default_encoder.encode_documents([]).vectors.shape == (0, default_encoder.dim) == default_encoder.encode_queries([]).vectors.shape

@@ -16,7 +16,7 @@ from mvr.training import _module, train_projection
 from mvr.vectors.heads import Head
 
 sys.path.insert(0, str(Path(__file__).parent))
-from conftest import DOCS, FAST, QUERIES, write_beir  # noqa: E402
+from conftest import DOCS, QUERIES, write_beir  # noqa: E402
 
 TEXTS = [(i, f"{t} {x}" if t else x) for i, t, x in DOCS]
 QRELS = {q: rels for q, _, rels in QUERIES}

@@ -184,7 +184,7 @@ def _query_id(qid, where: str) -> str:
 def read_queries(path: Path) -> list[tuple[str, str]]:
     """``(id, text)`` of each query in a JSONL file of ``{_id|id, text}`` or a TSV of ``id<TAB>text``
     (UTF-8, a byte order mark allowed)."""
-    from ..corpus import read_jsonl_objects, text_lines
+    from ..corpus import read_jsonl_objects, repeated, text_lines
     from ..errors import QueryError
 
     if not path.is_file():
@@ -211,9 +211,7 @@ def read_queries(path: Path) -> list[tuple[str, str]]:
     if not queries:
         # an empty file would otherwise search nothing and exit 0, as if every query had run
         raise QueryError(f"{path} holds no queries (the file is empty or blank); expected {form}.")
-    seen: set[str] = set()
-    for qid, _ in queries:
-        if qid in seen:  # a run holds one ranking per query id: one of the two would be lost
-            raise QueryError(f"{path}: the query id {qid!r} is given twice; give each query its own id.")
-        seen.add(qid)
+    twice = repeated(qid for qid, _ in queries)
+    if twice is not None:  # a run holds one ranking per query id: one of the two would be lost
+        raise QueryError(f"{path}: the query id {twice!r} is given twice; give each query its own id.")
     return queries

@@ -119,19 +119,15 @@ def checked_texts(texts, is_query: bool) -> list[str]:
     """``texts`` as a list of strings (a query alone as one), or an EncoderError for what is not:
     a document string alone (it would be read letter by letter), bytes, a mapping, a number, None,
     an element that is no string or holds a lone surrogate (the tokenizer fails on it)."""
+    from ..corpus import _utf8, many
     from ..errors import EncoderError
 
     if isinstance(texts, str) and is_query:
         return [texts]
-    if isinstance(texts, (str, bytes, dict, set)) or not hasattr(texts, "__iter__"):
-        one = "; to encode one, pass [text]" if isinstance(texts, str) else ""
-        raise EncoderError(f"{'queries' if is_query else 'documents'} are a list of strings, got {type(texts).__name__}{one}.")
-    texts = list(texts)
+    texts = list(many(texts, f"{'queries' if is_query else 'documents'} are a list of strings", EncoderError))
     for i, text in enumerate(texts):
         if not isinstance(text, str):
             raise EncoderError(f"text #{i} is a {type(text).__name__}, expected str.")
-        try:
-            text.encode("utf-8")
-        except UnicodeEncodeError:
-            raise EncoderError(f"text #{i} holds a lone surrogate (no character: it was decoded wrongly); give it as UTF-8 text.") from None
+        if not _utf8(text):
+            raise EncoderError(f"text #{i} holds a lone surrogate (no character: it was decoded wrongly); give it as UTF-8 text.")
     return texts
