@@ -20,8 +20,7 @@ from typing import Iterable, Sequence
 
 import numpy as np
 
-from . import search as pipeline
-from . import search_presets
+from . import search as pipeline, search_presets
 from .config import IndexConfig
 from .corpus import Document, _utf8, query_texts
 from .device import resolve_device
@@ -323,12 +322,13 @@ class Index(Changes):
         if not isinstance(k, (int, np.integer)) or isinstance(k, bool) or k < 1:
             raise QueryError(f"k must be a positive integer, got {k!r}.")
         options = {"preset": search_presets.NONE, **options} if not with_texts and first_stage is None else options  # a default preset may read texts
-        first_stage, candidates, options, _ = search_presets.resolve(self.search_presets, first_stage, candidates, options)
+        k = min(int(k), max(self._state.n_live, 1))
+        first_stage, candidates, options, _ = search_presets.resolve(self.search_presets, first_stage, candidates, options, k)
         opts = SearchOptions.create(first_stage=self._default_stage(with_texts) if first_stage is None else first_stage, candidates=candidates, **options)
         for stage in (opts.first_stage, *stage_signals(opts.weights)):
             for segment in self._state.segments:
                 segment.require(stage)  # before the model loads
-        return opts, min(int(k), max(self._state.n_live, 1))
+        return opts, k
 
     @property
     def search_presets(self) -> dict:

@@ -31,10 +31,11 @@ def saved(record: dict) -> dict:
     return {"default": search.get("default"), "presets": dict(search.get("presets") or {})}
 
 
-def resolve(found: dict, first_stage: str | None, candidates: int | None, options: dict) -> tuple[str | None, int | None, dict, str | None]:
-    """``(first_stage, candidates, options, preset name)`` of a search of an index whose presets
-    are ``found`` (:func:`saved`): the preset's values under the caller's (``options`` may hold
-    ``preset``: a name, or "none")."""
+def resolve(found: dict, first_stage: str | None, candidates: int | None, options: dict, k: int = 1) -> tuple[str | None, int | None, dict, str | None]:
+    """``(first_stage, candidates, options, preset name)`` of a search for ``k`` hits of an index
+    whose presets are ``found`` (:func:`saved`): the preset's values under the caller's (``options``
+    may hold ``preset``: a name, or "none"); a preset's candidates grow to ``k`` as the default's do
+    (the caller's own are kept)."""
     options = dict(options)
     name = options.pop("preset", None)
     if name is None:
@@ -57,7 +58,7 @@ def resolve(found: dict, first_stage: str | None, candidates: int | None, option
         merged.pop("dense_share", None)
     if "fusion_weight" not in options and merged.get("fusion") != "linear":  # saved beside another fusion, before that was refused: it was never read
         merged.pop("fusion_weight", None)
-    return first_stage or stage, candidates if candidates is not None else count, merged, name
+    return first_stage or stage, candidates if candidates is not None or count is None else max(count, k), merged, name
 
 
 def preset_stages(found: dict) -> dict:

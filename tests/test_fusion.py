@@ -112,6 +112,9 @@ def test_saved_presets_are_commits_that_survive_writes_and_reopening(tmp_path, m
     assert again.search_presets["default"] == "mine"
     assert again.search_presets["presets"]["mine"]["weights"] == {"maxsim": 1.0, "bm25s": 0.5}
     np.testing.assert_array_equal(again.search(ASKED, k=4).indices, again.search(ASKED, k=4, preset="none", **mine).indices)
+    every = again.search(ASKED, k=len(again.doc_ids))  # a preset's candidates grow to k, as the default's do; the caller's are kept
+    assert (every.indices >= 0).all() and every.indices.shape[1] == len(again.doc_ids) > mine["candidates"]
+    assert (again.search(ASKED, k=len(again.doc_ids), candidates=5).indices[:, 5:] == -1).all()
     index.save_search_preset("other", {"first_stage": "bm25s", "candidates": 4}, default=False)
     assert Index.open(tmp_path / "idx").search_presets["default"] == "mine"
 

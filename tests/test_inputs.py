@@ -3,6 +3,7 @@ a huge k, huge documents, and control characters in what `mvr search` prints."""
 
 import json
 import re
+import shutil
 import time
 from pathlib import Path
 
@@ -419,6 +420,14 @@ def test_cli_small_mistakes_get_one_line(index, tmp_path, capsys):
     for where in (tmp_path / "missing", Path(__file__)):
         code, _, err = run(capsys, "list", "--index-dir", where)
         assert code == 2 and "is not a folder" in err
+    home = tmp_path / "home"  # beside a real index: a folder whose manifest.json is junk, and one of another program's
+    for name, manifest in (("junk", "{not json"), ("other", '{"format": "someone-else"}')):
+        (home / name).mkdir(parents=True)
+        (home / name / "manifest.json").write_text(manifest)
+    shutil.copytree(index.path, home / "real")
+    code, out, err = run(capsys, "list", "--index-dir", home)
+    assert code == 0 and out.split() == ["real"]
+    assert "skipped junk: it holds a manifest.json that is not JSON" in err and "skipped other: it holds a manifest.json of format 'someone-else'" in err
     done = subprocess.Popen([sys.executable, "-m", "mvr.cli", "search", str(index.path), "tea", "-k", "4"], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
                             env={**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)})
     done.stdout.close()  # gone before anything is written

@@ -121,6 +121,8 @@ def test_retrievers_refuse_bad_arguments_in_one_line(index):
     for query in (b"tea", None, 5):
         with pytest.raises(QueryError, match="a retriever's query is a string"):
             retriever.retrieve(query)
+        with pytest.raises(QueryError, match="a retriever's query is a string"):
+            asyncio.run(retriever.aretrieve(query))
     assert [n.node.id_ for n in retriever.retrieve(QueryBundle("green tea"))] == [n.node.id_ for n in retriever.retrieve("green tea")]
 
 

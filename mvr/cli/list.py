@@ -14,11 +14,20 @@ def add_parser(sub) -> argparse.ArgumentParser:
 
 
 def run(args) -> int:
+    import sys
+
     from ..errors import ConfigError
-    from ..storage import available
+    from ..storage import available, default_home
+    from ..storage.formats import INDEX_FORMAT
+    from ..storage.layout import _manifest_format
 
     if args.index_dir is not None and not args.index_dir.is_dir():  # a typo, or a file, would look like a folder without indexes
         raise ConfigError(f"--index-dir {args.index_dir} is not a folder{' (it is a file)' if args.index_dir.exists() else ''}; name the folder that holds your indexes.")
-    for name in available(args.index_dir):
-        print(name)
+    home = args.index_dir or default_home()
+    for name in available(home):
+        found, what = _manifest_format(home / name)
+        if found == INDEX_FORMAT:
+            print(name)
+        else:  # a folder of something else, or an index whose manifest is damaged: not one to search
+            print(f"mvr list: skipped {name}: it holds {what}, not an mvr index (`mvr info {home / name}` says more).", file=sys.stderr)
     return 0

@@ -34,10 +34,17 @@ class MvrRetriever(BaseRetriever):
         super().__init__(callback_manager=callback_manager, verbose=verbose)
 
     def retrieve(self, str_or_query_bundle):
-        if not isinstance(str_or_query_bundle, (str, QueryBundle)):  # LlamaIndex fails on them inside, with an AttributeError or its ValidationError
-            raise QueryError(f"a retriever's query is a string or a QueryBundle, got {type(str_or_query_bundle).__name__}.")
-        return super().retrieve(str_or_query_bundle)
+        return super().retrieve(_checked(str_or_query_bundle))
+
+    async def aretrieve(self, str_or_query_bundle):
+        return await super().aretrieve(_checked(str_or_query_bundle))
 
     def _retrieve(self, query_bundle: QueryBundle) -> list[NodeWithScore]:
         hits = self._source.search(query_bundle.query_str, self.k, self.search_kwargs)
         return [NodeWithScore(node=TextNode(id_=hit["id"], text=hit["text"], metadata=hit_metadata(hit)), score=hit["score"]) for hit in hits]
+
+
+def _checked(query):
+    if not isinstance(query, (str, QueryBundle)):  # LlamaIndex fails on them inside, with an AttributeError or its ValidationError
+        raise QueryError(f"a retriever's query is a string or a QueryBundle, got {type(query).__name__}.")
+    return query
