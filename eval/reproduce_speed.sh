@@ -3,7 +3,7 @@
 # against NumPy and torch einsum, float32 peak, query encoding in PyTorch and ONNX Runtime, and
 # nDCG@10 against exhaustive MaxSim) on the full index with its default first stage, and on the
 # 4x-clustered index with bm25s candidates (the ~1 ms configuration); document encoding with each
-# runtime in one process; the int8-encoded index (the default document runtime) built and
+# runtime in one process; the int8-encoded index (`onnx-int8`, the default until 2026-11-29) built and
 # evaluated against the PyTorch-encoded one; then the no-regression check (the default two-stage
 # search evaluated with each query runtime).
 # Needs the indexes `scifact` and `nfcorpus` built with --doc-runtime torch (eval/reproduce.sh).

@@ -74,7 +74,7 @@ PRESETS = {
     },
     "tiny": {
         "about": "about 16 bytes per token, 48x smaller, at a cost: Ward clustering to 0.28 of the tokens, 1-bit residual codec; "
-        "-1.1% / -2.9% nDCG@10 on SciFact / NFCorpus test with today's int8-encoded documents (docs/compression.md)",
+        "-0.5% / -0.9% nDCG@10 on SciFact / NFCorpus test with the default's documents (docs/quality.md, docs/compression.md)",
         "cluster_method": "ward",
         "cluster_ratio": 0.28,
         "cluster_keep": (),

@@ -57,7 +57,7 @@ def add_search(parser: argparse.ArgumentParser, counts=None) -> None:
     d = SearchOptions()
     group = parser.add_argument_group("candidates and reranking")
     group.add_argument("--preset", default=None, metavar="NAME", help="a search preset saved in the index (default: the index's default preset when no --first-stage is given; none: no preset)")
-    group.add_argument("--first-stage", default=None, choices=FIRST_STAGES, help="how candidates are found (default: the index's default preset, else fde+bm25s where it has both, else fde, else exhaustive)")
+    group.add_argument("--first-stage", default=None, choices=FIRST_STAGES, help="how candidates are found (default: the index's default preset, else the first it has of fde+bm25s, centroids+bm25s, pooled+bm25s, fde, centroids, pooled, else exhaustive)")
     many = " or a comma list to sweep" if counts else ""
     group.add_argument("--candidates", type=counts or int, default=None, help=f"first-stage candidates reranked by exact MaxSim{many} (default {DEFAULT_CANDIDATES}, 256 after the centroid stage alone; not with exhaustive)")
     group.add_argument("--no-rerank", action="store_true", help="return the first stage's own ranking (e.g. BM25 alone)")

@@ -1,6 +1,6 @@
 """The routes of ``mvr serve`` (FastAPI; the OpenAPI schema at ``/openapi.json``).
 
-    GET    /healthz                     {"status": "ok", "indexes": N}
+    GET    /healthz                     {"status": "ok", "indexes": N, "uptime_s": s}
     GET    /indexes                     {"indexes": [{"name", "documents", "generation", ...}]}
     GET    /indexes/{name}              what ``mvr info --json`` prints
     POST   /indexes/{name}/search       {"query": str | [str], "k": int, ...search options, "explain": bool}
@@ -11,9 +11,9 @@
 
 Every error is a status with ``{"detail": "one line that says what to do"}``: 400 a request mvr
 refuses (an unknown first stage, a filter on a field the index lacks, a bad document), 401 no or
-a wrong API key, 404 an unknown index, 409 an id already there or the writer lock held elsewhere,
-413 a body over the limit, 415 a body not sent as JSON, 422 a body of the wrong shape or types.
-"""
+a wrong API key, 404 an unknown index, 409 the writer lock held elsewhere, 413 a body over the
+limit, 415 a body not sent as JSON, 422 a body of the wrong shape or types, 501 an extra not
+installed (docs/server.md has the whole table)."""
 
 from __future__ import annotations
 
