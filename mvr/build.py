@@ -222,7 +222,10 @@ def rebuild_stage(index, name: str, settings=None, *, threads: int | None = None
 def upgrade(index, *, wait: float = 0.0) -> bool:
     """Convert a version-1 index (everything in one folder) into segments and commits: its files,
     hard-linked (copied where links fail) into segment s000001 of a new folder that replaces the
-    old one whole (storage/layout.py). True when there was something to convert."""
+    old one whole (storage/layout.py); what else the folder holds (a user's notes, hidden or not)
+    is linked to the new folder's top, as it was. True when there was something to convert."""
+    from .registry import STAGES
+
     check_wait(wait)  # refused whether or not there is anything to convert
     if not index.legacy:
         return False
@@ -233,11 +236,13 @@ def upgrade(index, *, wait: float = 0.0) -> bool:
             return False
         folder = staging.path / SEGMENTS / segment_name(1)
         folder.mkdir(parents=True)
-        for entry in sorted(target.iterdir()):
-            if entry.name == MANIFEST or entry.name.startswith("."):
-                continue
-            _link_tree(entry, folder / entry.name)
         manifest = {**read_manifest(target), "format": SEGMENT_FORMAT, "format_version": SEGMENT_VERSION}
+        for entry in sorted(target.iterdir()):
+            ours = entry.name in manifest["files"] or (entry.name in STAGES and (entry / MANIFEST).is_file())
+            if entry.name != MANIFEST and not ours and (entry.name == SEGMENTS or entry.name.startswith("commit-")):
+                raise ConfigError(f"{entry} has a name the new layout of an index uses; move it out of {target} and run `mvr upgrade {target}` again.")
+            if entry.name != MANIFEST and not entry.name.startswith(".mvr-"):  # mvr's own marks are not carried
+                _link_tree(entry, (folder if ours else staging.path) / entry.name)
         write_json(folder / MANIFEST, manifest)
         first_commit(staging.path, folder, manifest, index.config, manifest["encoder"], "upgrade", None)
         staging.commit()

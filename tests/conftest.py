@@ -206,18 +206,23 @@ def kill_when_ready(args: list, seconds: float, after: str | None = None) -> tup
     wait for its READY line (and then for a line starting with ``after``, if given), let it work
     ``seconds``, then SIGKILL it: its stdout (every line, those waited for included) and stderr,
     in which there must be no traceback (a worker that fails is not a worker killed)."""
+    import threading
+
     env = {**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)}
     worker = subprocess.Popen([sys.executable, *map(str, args)], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
+    watchdog = threading.Timer(300, worker.kill)  # a worker that never says READY (or hangs) is killed, not waited for
+    watchdog.start()
     seen = []
     try:
         seen.append(worker.stdout.readline())
-        assert seen[0].strip() == "READY", worker.stderr.read()
-        while after is not None and seen[-1] and not seen[-1].startswith(after):
+        while seen[0].strip() == "READY" and after is not None and seen[-1] and not seen[-1].startswith(after):
             seen.append(worker.stdout.readline())
         time.sleep(seconds)
     finally:
-        worker.send_signal(signal.SIGKILL)
+        worker.send_signal(signal.SIGKILL)  # before its stderr is read: a worker blocked writing a full pipe never ends by itself
         out, err = worker.communicate(timeout=60)
+        watchdog.cancel()
+    assert seen[0].strip() == "READY", seen[0] + err
     assert "Traceback" not in err, err
     return "".join(seen) + out, err
 

@@ -197,6 +197,10 @@ def test_one_writer_at_a_time(tmp_path, default_encoder):
 def test_a_version_1_index_opens_read_only_and_converts(tmp_path):
     copy = tmp_path / "legacy"
     shutil.copytree(LEGACY, copy)
+    mine = {"notes.txt": "mine", ".mynotes": "mine", "mydir/f.txt": "mine"}  # a user's files in the folder: not mvr's to move into a segment or drop
+    for name, text in mine.items():
+        (copy / name).parent.mkdir(exist_ok=True)
+        (copy / name).write_text(text)
     old = Index.open(copy)
     assert old.legacy and old.generation == 0
     before = old.search(["cats", "tea"], k=3, first_stage="exhaustive")
@@ -211,6 +215,10 @@ def test_a_version_1_index_opens_read_only_and_converts(tmp_path):
     assert after.doc_ids == before.doc_ids and np.array_equal(after.scores, before.scores)
     assert old.search(["cats", "tea"], k=3, first_stage="exhaustive").doc_ids == before.doc_ids  # still readable through its open files
     assert "nothing to do" in subprocess.run([sys.executable, "-m", "mvr.cli", "upgrade", str(copy)], capture_output=True, text=True).stdout
+    new.add([("n1", "a kitten naps")])
+    new.optimize()  # the converted segment merged away and collected
+    assert {name: (copy / name).read_text() for name in mine} == mine
+    assert not any((segment / "notes.txt").exists() for segment in (copy / "segments").iterdir())
 
 
 def test_the_first_write_converts_a_version_1_index(tmp_path):

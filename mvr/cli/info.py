@@ -96,15 +96,19 @@ def _verified(args):
     from ..storage.validate import scan_tokens, verify_files
 
     path = locate(args.index, args.index_dir)
-    problems = verify_files(path)
-    index = info = None
+    index = info = refused = None
     try:
-        index = Index.open(path)
-        for segment in index.segments:
-            problems += [f"{segment.path.name}: {line}" if len(index.segments) > 1 else line for line in scan_tokens(segment.tokens)]
-        info = index.info()
+        index = Index.open(path)  # first: opening puts back a first stage that a killed rebuild left hidden mid-swap
     except IndexFormatError as error:  # what opening refuses (said once where verify_files said it too)
-        problems.append(str(error))
+        refused = str(error)
+    problems = verify_files(path)
+    try:
+        for segment in index.segments if index is not None else ():
+            problems += [f"{segment.path.name}: {line}" if len(index.segments) > 1 else line for line in scan_tokens(segment.tokens)]
+        info = index.info() if index is not None else None
+    except IndexFormatError as error:
+        refused = str(error)
+    problems += [refused] if refused else []
     problems = list(dict.fromkeys(problems))
     if problems:
         if args.json:

@@ -19,13 +19,13 @@ def run(args) -> int:
     from ..errors import ConfigError
     from ..storage import available, default_home
     from ..storage.formats import INDEX_FORMAT
-    from ..storage.layout import _manifest_format
+    from ..storage.manifest import manifest_format
 
     if args.index_dir is not None and not args.index_dir.is_dir():  # a typo, or a file, would look like a folder without indexes
         raise ConfigError(f"--index-dir {args.index_dir} is not a folder{' (it is a file)' if args.index_dir.exists() else ''}; name the folder that holds your indexes.")
     home = args.index_dir or default_home()
     for name in available(home):
-        found, what = _manifest_format(home / name)
+        found, what = manifest_format(home / name)
         if found == INDEX_FORMAT:
             print(name)
         else:  # a folder of something else, or an index whose manifest is damaged: not one to search

@@ -16,7 +16,6 @@ which goes on in it (``--resume``) or removes it."""
 
 from __future__ import annotations
 
-import json
 import os
 import re
 import shutil
@@ -29,13 +28,14 @@ from pathlib import Path
 from ..errors import ConfigError, IndexExistsError, IndexNotFoundError
 from .formats import INDEX_FORMAT
 from .lock import WriterLock
-from .manifest import MANIFEST, fsync_dir, fsync_tree, write_manifest
+from .manifest import MANIFEST, fsync_dir, fsync_tree, manifest_format, write_manifest
 
 # mkdtemp's random part is 8 characters of [a-z0-9_]; folders from before the PID was added lack it
 _LEFTOVER = re.compile(r"^\.(?P<name>.+?)(?:\.(?P<kind>building|old)-(?:\d+-)?[a-z0-9_]{8}|\.(?P<lock>mvr-lock))$")
 # Inside every staging folder mvr makes: cleanup removes only folders that carry it (a folder of
 # another program whose name happens to match is never touched).
 STAGING_MARK = ".mvr-staging"
+REMOVING_MARK = ".mvr-removing"  # an old copy's manifest, renamed as its removal starts: never put back, still ours to remove
 _RECORDS = "segments/*/resume"  # mvr/encoding.py's records of what a build encoded
 
 
@@ -174,7 +174,7 @@ class StagingDir:
             return
         if not target.is_dir():
             raise IndexExistsError(f"{target} exists and is a file, not an mvr index; choose another name or path.")
-        found, what = _manifest_format(target)
+        found, what = manifest_format(target)
         if found in self.formats or (found is None and self.damaged):
             if not overwrite:
                 raise IndexExistsError(f"an index already exists at {target}; pass overwrite=True (CLI: --overwrite) to replace it.")
@@ -209,7 +209,6 @@ class StagingDir:
             raise RuntimeError(f"{self.path} was already committed or abandoned")
         home = self.target.parent
         self._check(overwrite=True)  # what stands at the target now (another program may have filled it during the build)
-        (self.path / STAGING_MARK).unlink(missing_ok=True)
         fsync_tree(self.path)  # the files must be on disk before a rename publishes them
         old = None
         if self.target.exists() or self.target.is_symlink():
@@ -224,31 +223,20 @@ class StagingDir:
             if old is not None and not self.target.exists():
                 os.replace(old, self.target)
             raise
+        (self.target / STAGING_MARK).unlink(missing_ok=True)  # the mark goes once published: a kill before leaves it on a folder cleanup removes
         fsync_dir(self.target)
         fsync_dir(home)
         if old is not None:
-            # the manifest goes first: a kill during the removal leaves an incomplete folder that is
-            # never mistaken for an intact copy to put back
-            (old / MANIFEST).unlink(missing_ok=True)
+            # the manifest is renamed first: a kill during the removal leaves an incomplete folder that is
+            # never mistaken for an intact copy to put back, and that the mark names as ours to remove
+            if (old / MANIFEST).is_file():
+                os.replace(old / MANIFEST, old / REMOVING_MARK)
+            else:
+                (old / REMOVING_MARK).touch()
             fsync_dir(old)
             shutil.rmtree(old, ignore_errors=True)
         self._lock.release()
         return self.target
-
-
-def _manifest_format(folder: Path) -> tuple[str | None, str]:
-    """``(format, what)``: the "format" named by ``folder/manifest.json`` (None when there is no
-    such file or it names none) and what the folder holds, in words for a message."""
-    try:
-        data = json.loads((folder / MANIFEST).read_text(encoding="utf-8"))
-    except (FileNotFoundError, NotADirectoryError):
-        return None, f"no {MANIFEST}"
-    except (OSError, UnicodeDecodeError, ValueError):
-        return None, f"a {MANIFEST} that is not JSON"
-    found = data.get("format") if isinstance(data, dict) else None
-    if not isinstance(found, str):
-        return None, f'a {MANIFEST} with no "format"'
-    return found, f"a {MANIFEST} of format {found!r}"
 
 
 def _hidden_copies(target: Path, formats: tuple[str, ...]) -> list[Path]:
@@ -260,7 +248,7 @@ def _hidden_copies(target: Path, formats: tuple[str, ...]) -> list[Path]:
     copies = []
     for entry in entries:
         match = _LEFTOVER.match(entry.name)
-        if match and match["kind"] == "old" and match["name"] == target.name and not entry.is_symlink() and _manifest_format(entry)[0] in formats:
+        if match and match["kind"] == "old" and match["name"] == target.name and not entry.is_symlink() and manifest_format(entry)[0] in formats:
             copies.append(entry)
     return sorted(copies, key=_mtime, reverse=True)
 
@@ -351,7 +339,7 @@ def _tidy(home: Path, formats: tuple[str, ...], own: WriterLock) -> None:
             for kind, entry in entries:
                 if entry.is_symlink() or not entry.is_dir():
                     continue
-                ours = (entry / STAGING_MARK).is_file() if kind == "building" else _manifest_format(entry)[0] in formats
+                ours = (entry / STAGING_MARK).is_file() if kind == "building" else (manifest_format(entry)[0] in formats or (entry / REMOVING_MARK).is_file())
                 kept = kind == "building" and (name == own.name or _resumable(entry))
                 if ours and not kept and (kind == "building" or target.exists()):
                     shutil.rmtree(entry, ignore_errors=True)

@@ -36,6 +36,21 @@ def index_folder(path: Path) -> Path:
     return path
 
 
+def manifest_format(folder: Path) -> tuple[str | None, str]:
+    """``(format, what)``: the "format" named by ``folder/manifest.json`` (None when there is no
+    such file or it names none) and what the folder holds, in words for a message."""
+    try:
+        data = json.loads((folder / MANIFEST).read_text(encoding="utf-8"))
+    except (FileNotFoundError, NotADirectoryError):
+        return None, f"no {MANIFEST}"
+    except (OSError, UnicodeDecodeError, ValueError):
+        return None, f"a {MANIFEST} that is not JSON"
+    found = data.get("format") if isinstance(data, dict) else None
+    if not isinstance(found, str):
+        return None, f'a {MANIFEST} with no "format"'
+    return found, f"a {MANIFEST} of format {found!r}"
+
+
 def read_manifest(path: Path, format_name: str = INDEX_FORMAT, format_version: int = LEGACY_VERSION) -> dict:
     """The manifest of an index (or of a part with its own manifest), after checking its format,
     version, the shape of its file list and that every listed file is there with its recorded size."""
