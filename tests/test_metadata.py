@@ -119,13 +119,81 @@ def test_hits_carry_their_metadata_and_json_shows_it(meta_index, capsys):
         ({"source": None}, "holds strings"),
         ({"source": {}}, "holds strings"),
         ({"tags": {"a": 1}}, "holds lists of strings"),
-        ({"year": 10**400}, "holds numbers"),
-        ({"year": {"$gt": 2**60}}, "compares numbers"),
+        ({"year": 10**400}, r"holds numbers, each finite and at most 2\*\*53"),
+        ({"year": 2**53 + 1}, r"at most 2\*\*53 in magnitude.*no document can equal 9007199254740993"),
+        ({"year": {"$gt": float("nan")}}, r"\$gt on field 'year' takes a number"),
+        ({"year": {"$lte": True}}, r"\$lte on field 'year' takes a number"),
     ],
 )
 def test_bad_filters_say_what_is_wrong(meta_index, spec, message):
     with pytest.raises(QueryError, match=message):
         meta_index.search("cats", filter=spec)
+
+
+def _nested(depth: int, key: str = "$not") -> dict:
+    """A filter ``depth`` objects and lists deep ($and adds a list per level)."""
+    spec = {"year": 2004}
+    while depth > 1:
+        spec, depth = ({key: spec}, depth - 1) if key == "$not" else ({key: [spec]}, depth - 2)
+    return spec
+
+
+def test_a_filter_nested_too_deeply_is_one_error_on_every_path(meta_index, capsys):
+    from mvr.cli import main
+    from mvr.storage.metadata import MAX_FILTER_DEPTH
+
+    assert set(np.flatnonzero(meta_index.metadata.mask(_nested(MAX_FILTER_DEPTH)))) == set(range(10)) - {4}  # at the limit: 99 $not
+    for spec in (_nested(MAX_FILTER_DEPTH + 1), _nested(1500), _nested(1500, "$and")):  # 1500: past Python's recursion limit
+        with pytest.raises(QueryError, match="nested too deeply"):
+            meta_index.search("cats", filter=spec)
+    for depth in (150, 2000):  # 2000: past what json.loads can decode
+        text = '{"$not": ' * depth + '{"year": 2004}' + "}" * depth
+        with pytest.raises(SystemExit) as exit_:
+            main(["search", str(meta_index.path), "cats", "--filter", text])
+        err = capsys.readouterr().err
+        assert exit_.value.code == 2 and "argument --filter: the filter is nested too deeply" in err and "Traceback" not in err
+
+
+@pytest.mark.parametrize(
+    "spec, message",
+    [
+        ({1: 2}, r"filter keys are field names or operators \(strings\), got 1 \(int\)"),
+        ({"year": {None: 1}}, "filter keys .* got None"),
+        ({"source": b"news"}, "filter values are strings, numbers, bools or lists of them: decode bytes to str first"),
+        ({"source": object()}, r"the filter holds <object .*\(object\); filter values are"),
+        ({"year": {"$in": (2004, 2005)}}, r"\(tuple\).*: give a list"),
+    ],
+)
+def test_filter_keys_and_values_python_gives_are_checked(meta_index, spec, message):
+    with pytest.raises(QueryError, match=message):
+        meta_index.search("cats", filter=spec)
+
+
+def test_numpy_scalars_filter_as_the_python_values_they_are(meta_index):
+    mask = meta_index.metadata.mask
+    assert set(np.flatnonzero(mask({"year": np.int64(2004)}))) == {4}
+    assert set(np.flatnonzero(mask({"year": {"$gte": np.float32(2008.0), "$lt": np.uint16(2010)}}))) == {8, 9}
+    assert set(np.flatnonzero(mask({"ok": np.bool_(True), "source": np.str_("news")}))) == {6, 9}
+    assert set(np.flatnonzero(mask({"year": {"$in": [np.int8(1), np.int32(2001)]}}))) == {1}
+
+
+def test_number_bounds_past_2_53_compare_exactly(meta_index, tmp_path):
+    mask = meta_index.metadata.mask
+    assert mask({"year": {"$lt": 1e20}}).all() and mask({"year": {"$gte": -1e300}}).all() and not mask({"year": {"$gt": 2**60}}).any()
+    stored = [2**53, 2**53 - 1, -(2**53), 0.5, -0.0, 1e15 + 0.5, 123456789012345, float(2**60), 1e300, None]  # the last three: beyond what the corpus stores
+    writer = MetadataWriter()
+    for v in stored:
+        writer.add({} if v is None else {"n": v})
+    writer.close(tmp_path)
+    meta = Metadata(tmp_path, len(stored))
+    bounds = [2**53 - 1, 2**53, 2**53 + 1, 2**60 - 1, 2**60, 2**60 + 1, -(2**53) - 1, 10**400, -(10**400), 1e20, -1e300, 0, 0.5, float("inf"), -float("inf")]
+    compare = {"$gt": lambda a, b: a > b, "$gte": lambda a, b: a >= b, "$lt": lambda a, b: a < b, "$lte": lambda a, b: a <= b}
+    for bound in bounds:
+        for op, holds in compare.items():  # Python compares int with float exactly: the brute force
+            want = [v is not None and holds(v, bound) for v in stored]
+            assert meta.mask({"n": {op: bound}}).tolist() == want, (op, bound)
+    for value in stored[:7]:
+        assert meta.mask({"n": value}).tolist() == [v is not None and v == value for v in stored], value
 
 
 def test_a_filter_on_an_index_without_metadata(tmp_path, default_encoder):

@@ -115,13 +115,21 @@ def search_options(args) -> dict:
 
 
 def _filter(text: str) -> dict:
+    from ..errors import QueryError
+    from ..storage.metadata import FILTER_TOO_DEEP, check_filter
+
     try:
         value = json.loads(text)
     except json.JSONDecodeError as exc:
         raise argparse.ArgumentTypeError(f"not valid JSON ({exc.msg} at column {exc.colno}): {text!r}") from None
+    except RecursionError:  # the decoder recurses once per level, long before our depth check could run
+        raise argparse.ArgumentTypeError(FILTER_TOO_DEEP) from None
     if not isinstance(value, dict):
         raise argparse.ArgumentTypeError(f"a filter is a JSON object, got {text!r}")
-    return value
+    try:
+        return check_filter(value)  # its shape now, before the index opens (fields: at search)
+    except QueryError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
 
 
 def add_compaction(parser: argparse.ArgumentParser) -> None:

@@ -121,7 +121,9 @@ class _RemoteMetadata:
         self.segment, self.fields = segment, fields
 
     def mask(self, spec):
-        return self.segment.call("mask", spec)
+        from ..storage.metadata import check_filter
+
+        return self.segment.call("mask", check_filter(spec))  # checked here: a filter nested too deeply fails to pickle
 
 
 class _HitDocuments:

@@ -15,8 +15,11 @@ A filter is a JSON object in the style of MongoDB (and of Chroma's and Qdrant's 
 "$ne" | "$in" | "$nin" | "$gt" | "$gte" | "$lt" | "$lte": ...}}``, ``{"$and": [...]}``,
 ``{"$or": [...]}``, ``{"$not": {...}}``; several keys in one object must all hold. It becomes a
 bool mask over the rows (NumPy, vectorised), which the first stages apply before they cut their
-candidates (docs/architecture.md). Columns rather than a database: a mask over every document is
-a few vectorised comparisons of arrays that are memory-mapped like the rest of the index.
+candidates (docs/architecture.md). A filter nests at most ``MAX_FILTER_DEPTH`` objects and
+lists; a range bound may be any number (compared exactly with the float64 column, 1e20 too), an
+equality only a number a row can hold (finite, at most 2**53 in magnitude). Columns rather than a
+database: a mask over every document is a few vectorised comparisons of arrays that are
+memory-mapped like the rest of the index.
 """
 
 from __future__ import annotations
@@ -36,6 +39,11 @@ SCHEMA = "metadata.json"
 METADATA_FORMAT, METADATA_VERSION = "mvr-metadata", 1
 _COMPARE = ("$gt", "$gte", "$lt", "$lte")
 _OPERATORS = ("$eq", "$ne", "$in", "$nin", *_COMPARE)
+# Objects and lists inside one another in one filter: far more than a real filter needs, few enough
+# that the masks (which recurse) stay clear of Python's recursion limit; mask() checks it, so the
+# Python API, the CLI (which also checks on reading --filter) and the HTTP server refuse alike.
+MAX_FILTER_DEPTH = 100
+FILTER_TOO_DEEP = f"the filter is nested too deeply (more than {MAX_FILTER_DEPTH} objects and lists inside one another): flatten it; $and and $or take any number of filters in one list."
 
 
 def _kind(value) -> str:
@@ -166,6 +174,9 @@ class Metadata:
     # -- filters -------------------------------------------------------------------------------
     def mask(self, spec) -> np.ndarray:
         """bool ``(n_docs,)``: which documents the filter ``spec`` keeps."""
+        return self._mask(check_filter(spec))
+
+    def _mask(self, spec) -> np.ndarray:
         if not isinstance(spec, dict):
             raise QueryError(f"a filter is a JSON object such as {{\"year\": {{\"$gte\": 2020}}}}, got {type(spec).__name__}.")
         keep = np.ones(self.n_docs, dtype=bool)
@@ -173,10 +184,10 @@ class Metadata:
             if key in ("$and", "$or"):
                 if not isinstance(value, list) or not value:
                     raise QueryError(f"{key} takes a non-empty list of filters, got {value!r}.")
-                parts = [self.mask(part) for part in value]
+                parts = [self._mask(part) for part in value]
                 keep &= np.logical_and.reduce(parts) if key == "$and" else np.logical_or.reduce(parts)
             elif key == "$not":
-                keep &= ~self.mask(value)
+                keep &= ~self._mask(value)
             elif key.startswith("$"):
                 raise QueryError(f"unknown filter operator {key!r}; at the top of a filter: $and, $or, $not, or a field name.")
             else:
@@ -214,8 +225,11 @@ class Metadata:
         kind = self.fields[name]["type"]
         values, offsets, vocab = self.column(name)
         want = {"string": "string", "strings": "string", "number": "number", "bool": "bool"}[kind]
-        if isinstance(value, list) or _kind(value) != want or (want == "number" and not exact_number(value)):
+        if isinstance(value, list) or _kind(value) != want:
             raise QueryError(f"field {name!r} holds {'lists of strings' if kind == 'strings' else kind + 's'}; the filter compares it with {shown(value)}: give a {want}.")
+        if want == "number" and not exact_number(value):  # what the corpus refuses to store, no row holds
+            raise QueryError(f"field {name!r} holds numbers, each finite and at most 2**53 in magnitude (float64 holds every integer up to there exactly); "
+                             f"no document can equal {shown(value)}: give such a number (store larger ids as strings).")
         if kind == "number":
             return np.asarray(values) == float(value)
         if kind == "bool":
@@ -229,11 +243,65 @@ class Metadata:
 
     def _compare(self, name: str, op: str, value) -> np.ndarray:
         kind = self.fields[name]["type"]
-        if kind != "number" or not exact_number(value):
+        if kind != "number":
             raise QueryError(f"{op} compares numbers; field {name!r} holds {'lists of strings' if kind == 'strings' else kind + 's'} and the filter gives {shown(value)}.")
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or value != value:
+            raise QueryError(f"{op} on field {name!r} takes a number (a bound such as 2020 or 1e20), got {shown(value)}.")
+        bound = _bound(value, op)
         values = np.asarray(self.column(name)[0])
         with np.errstate(invalid="ignore"):  # NaN (absent) compares false
-            return {"$gt": values > value, "$gte": values >= value, "$lt": values < value, "$lte": values <= value}[op]
+            return {"$gt": values > bound, "$gte": values >= bound, "$lt": values < bound, "$lte": values <= bound}[op]
+
+
+def check_filter(spec) -> dict:
+    """``spec`` as the masks read it (numpy scalars as the Python values they are), or a QueryError
+    saying what is wrong with its shape: not an object, nested too deeply, a key that is not a
+    string, a value of no type a field holds. Fields and operators are checked by the masks."""
+    if not isinstance(spec, dict):
+        raise QueryError(f"a filter is a JSON object such as {{\"year\": {{\"$gte\": 2020}}}}, got {type(spec).__name__}.")
+    stack = [(spec, 1)]  # depth first without recursion: the depth is what could overflow the stack
+    while stack:
+        node, depth = stack.pop()
+        if depth > MAX_FILTER_DEPTH:
+            raise QueryError(FILTER_TOO_DEEP)
+        stack.extend((child, depth + 1) for child in (node.values() if isinstance(node, dict) else node) if isinstance(child, (dict, list)))
+    return _plain(spec)
+
+
+def _plain(value):
+    """A filter's value with numpy scalars as Python ones (as the corpus stores them); recursive,
+    so only after the depth check."""
+    if isinstance(value, dict):
+        for key in value:
+            if not isinstance(key, str):
+                raise QueryError(f"filter keys are field names or operators (strings), got {shown(key)} ({type(key).__name__}).")
+        return {key: _plain(v) for key, v in value.items()}
+    if isinstance(value, list):
+        return [_plain(v) for v in value]
+    if isinstance(value, (np.bool_, np.integer, np.floating)):
+        return bool(value) if isinstance(value, np.bool_) else int(value) if isinstance(value, np.integer) else float(value)
+    if value is None or isinstance(value, (str, bool, int, float)):
+        return value
+    hint = ": decode bytes to str first" if isinstance(value, (bytes, bytearray)) else ": give a list" if isinstance(value, (tuple, set, frozenset, np.ndarray)) else ""
+    raise QueryError(f"the filter holds {shown(value)} ({type(value).__name__}); filter values are strings, numbers, bools or lists of them{hint}.")
+
+
+def _bound(value: int | float, op: str) -> float:
+    """``value`` as a float64 bound that orders every float64 as ``value`` does: the columns are
+    float64, and NumPy would round an integer beyond 2**53 to the float beside it, on either side."""
+    if isinstance(value, float):
+        return value
+    try:
+        near = float(value)
+    except OverflowError:  # beyond every float
+        return math.inf if value > 0 else -math.inf
+    if near == value:  # exact (Python compares int and float exactly)
+        return near
+    # no float equals value: v > value and v <= value hold as against the float just below it,
+    # v >= value and v < value as against the float just above
+    below = near if near < value else math.nextafter(near, -math.inf)
+    above = near if near > value else math.nextafter(near, math.inf)
+    return below if op in ("$gt", "$lte") else above
 
 
 def _absent(kind: str, n: int) -> tuple:
