@@ -11,14 +11,17 @@ import http.client
 import json
 import os
 import threading
+import unicodedata
 import urllib.parse
 from pathlib import Path
 from typing import Sequence
 
-from .errors import IndexLockedError, IndexNotFoundError, MvrError, QueryError
+from .errors import IndexLockedError, IndexNotFoundError, MvrError, QueryError, shown
 
 # What each status means to a caller, as mvr's own errors.
 ERRORS = {400: QueryError, 401: QueryError, 404: IndexNotFoundError, 409: IndexLockedError, 413: QueryError, 415: QueryError, 422: QueryError}
+# The longest timeout a socket takes: a larger one fails at the first request as an OverflowError.
+MAX_TIMEOUT = 1e6
 
 
 class ServerError(MvrError, ConnectionError):
@@ -30,13 +33,13 @@ class Client:
     ``Authorization: Bearer KEY`` when given. Safe to share between threads."""
 
     def __init__(self, url: str, api_key: str | None = None, timeout: float = 120.0):
-        parsed = urllib.parse.urlsplit(url)
-        if parsed.scheme not in ("http", "https") or not parsed.hostname:
-            raise QueryError(f"a server URL looks like http://127.0.0.1:8000, got {url!r}.")
+        parsed, self._prefix = _split(url)
+        if isinstance(timeout, bool) or not isinstance(timeout, (int, float)) or not 0 < timeout <= MAX_TIMEOUT:
+            raise QueryError(f"a client's timeout is a positive number of seconds (at most {MAX_TIMEOUT:,.0f}) such as 120, got {shown(timeout)}.")
         self.url = url.rstrip("/")
         self._parsed = parsed
-        self._prefix = parsed.path.rstrip("/")
         self.api_key = api_key
+        self._key = _key_bytes(api_key)
         self.timeout = timeout
         self._local = threading.local()
 
@@ -50,13 +53,16 @@ class Client:
 
     def request(self, method: str, path: str, body: dict | None = None) -> dict:
         """One request; the JSON answer, or the server's message raised as an mvr error."""
-        headers = {"Accept": "application/json"}
+        headers: dict[str, str | bytes] = {"Accept": "application/json"}
         data = None
         if body is not None:
-            data = json.dumps(body).encode()
+            try:
+                data = json.dumps(body).encode()
+            except (TypeError, ValueError) as error:
+                raise QueryError(f"a request to {self.url} is sent as JSON: give text, numbers, booleans, lists and dicts ({error}).") from None
             headers["Content-Type"] = "application/json"
-        if self.api_key:
-            headers["Authorization"] = f"Bearer {self.api_key}"
+        if self._key:
+            headers["Authorization"] = b"Bearer " + self._key  # bytes: sent as they are, UTF-8 as the server compares them
         for attempt in (0, 1):  # a kept-alive connection the server closed meanwhile is opened again once
             connection = self._connection()
             try:
@@ -69,20 +75,35 @@ class Client:
                 self._local.connection = None
                 if attempt or not isinstance(error, (http.client.RemoteDisconnected, BrokenPipeError, ConnectionResetError)):
                     raise ServerError(f"cannot reach the mvr server at {self.url} ({error}): is `mvr serve` running there?") from None
-        try:
-            answer = json.loads(payload) if payload else {}
-        except ValueError:
-            answer = {"detail": payload[:200].decode(errors="replace")}
+        try:  # every route answers a JSON object: nothing, or anything else, comes from another server
+            answer = json.loads(payload) if payload else None
+        except (ValueError, RecursionError):  # not JSON (a proxy's HTML page), or JSON nested too deep to read
+            answer = None
         if response.status >= 400:
-            message = answer.get("detail") if isinstance(answer, dict) else None
-            raise ERRORS.get(response.status, ServerError)(f"{self.url}: {response.status}: {message or response.reason}")
+            detail = answer.get("detail") if isinstance(answer, dict) else payload[:200].decode(errors="replace")
+            message = " ".join(str(detail or "").split()) or response.reason  # one line, whatever the body was
+            raise ERRORS.get(response.status, ServerError)(f"{self.url}: {response.status}: {message}")
+        if not 200 <= response.status < 300 or not isinstance(answer, dict):
+            location = response.getheader("Location")
+            raise self._stranger(response.status, f"a redirect to {shown(location)}" if location else response.getheader("Content-Type") or "no content type")
         return answer
+
+    def _stranger(self, status: int, what: str) -> ServerError:
+        """The error for an answer no route of ``mvr serve`` gives: the URL names another server."""
+        return ServerError(f"{self.url}: answered with something that is not an mvr server's reply (HTTP {status}, {what}); check the URL.")
+
+    def _listed(self, answer: dict, field: str, length: int | None = None) -> list:
+        """``answer[field]``, the list the route promises (of ``length`` items when given)."""
+        value = answer.get(field)
+        if not isinstance(value, list) or (length is not None and len(value) != length):
+            raise self._stranger(200, f"JSON without the {field!r} list of an mvr reply")
+        return value
 
     def health(self) -> dict:
         return self.request("GET", "/healthz")
 
     def indexes(self) -> list[dict]:
-        return self.request("GET", "/indexes")["indexes"]
+        return self._listed(self.request("GET", "/indexes"), "indexes")
 
     def info(self, name: str) -> dict:
         return self.request("GET", f"/indexes/{_quoted(name)}")
@@ -94,7 +115,9 @@ class Client:
     def search_raw(self, name: str, queries: str | Sequence[str], k: int = 10, **options) -> dict:
         """The whole answer of a search: ``results``, ``generation``, ``timings_ms``."""
         query = queries if isinstance(queries, str) else list(queries)
-        return self.request("POST", f"/indexes/{_quoted(name)}/search", {"query": query, "k": k, **options})
+        answer = self.request("POST", f"/indexes/{_quoted(name)}/search", {"query": query, "k": k, **options})
+        self._listed(answer, "results", 1 if isinstance(query, str) else len(query))  # one list of hits per query
+        return answer
 
     def add(self, name: str, documents: Sequence[dict], *, upsert: bool = False) -> dict:
         return self.request("POST", f"/indexes/{_quoted(name)}/documents", {"documents": list(documents), "upsert": upsert})
@@ -111,6 +134,46 @@ class Client:
 
 def _quoted(name: str) -> str:
     return urllib.parse.quote(str(name), safe="")
+
+
+def _split(url) -> tuple[urllib.parse.SplitResult, str]:
+    """``url`` split, and its path as the prefix of each request's; or the one-line error that
+    says what a server URL looks like (http.client would fail later, with a raw ValueError)."""
+    example = "a server URL looks like http://127.0.0.1:8000"
+    if not isinstance(url, str):
+        raise QueryError(f"{example}, got {type(url).__name__} {shown(url)}.")
+    if any(c.isspace() or unicodedata.category(c) == "Cc" for c in url):
+        raise QueryError(f"{example}, without spaces or control characters; got {shown(url)}.")
+    try:
+        parsed = urllib.parse.urlsplit(url)
+        port = parsed.port
+        if parsed.hostname and not parsed.hostname.isascii():
+            parsed.hostname.encode("idna")  # what http.client sends as the Host header
+        prefix = urllib.parse.quote(parsed.path.rstrip("/"), safe="/%:@!$&'()*+,;=~")
+    except ValueError:  # a port that is no number or past 65535, a broken [IPv6] or host name
+        parsed = port = None
+    if parsed is None or parsed.scheme not in ("http", "https") or not parsed.hostname:
+        raise QueryError(f"{example} (http or https, a host, a port from 1 to 65535), got {shown(url)}.")
+    if port is not None and not 1 <= port <= 65535:
+        raise QueryError(f"{example}: its port is from 1 to 65535, got {shown(url)}.")
+    return parsed, prefix
+
+
+def _key_bytes(api_key) -> bytes | None:
+    """The API key as the server compares it (UTF-8; a key read from the environment undecoded
+    gets its own bytes back), or the one-line error. The key itself is never shown."""
+    where = "check api_key= or $MVR_API_KEY"
+    if api_key is None:
+        return None
+    if not isinstance(api_key, str):
+        raise QueryError(f"an API key is text, got {type(api_key).__name__}; {where}.")
+    bad = next((i for i, c in enumerate(api_key) if unicodedata.category(c) == "Cc"), None)
+    if bad is not None:  # a newline would end the Authorization header early
+        raise QueryError(f"an API key is text without control characters (newlines, tabs), got one at position {bad}; {where}.")
+    try:
+        return api_key.encode("utf-8", "surrogateescape")
+    except UnicodeEncodeError:
+        raise QueryError(f"an API key is text that UTF-8 can encode, got a lone surrogate; {where}.") from None
 
 
 # -- finding a running server -------------------------------------------------------------------
@@ -163,18 +226,22 @@ def find_server(index_path: Path, with_key: bool = False) -> tuple[str, str] | N
     for note in sorted(folder.glob("*.json")):
         try:
             record = json.loads(note.read_text())
-            pid = int(record["pid"])
-        except (OSError, ValueError, KeyError, TypeError):
+            pid, url, served, home = int(record["pid"]), record["url"], record.get("indexes") or {}, record.get("home")
+        except (OSError, ValueError, KeyError, TypeError, AttributeError, RecursionError):
+            continue
+        # a note damaged or written by something else is passed over, not a traceback in every `mvr search`
+        if not 0 < pid < 2**31 or not isinstance(url, str) or not isinstance(served, dict) or not isinstance(home, (str, type(None))):
+            continue
+        if not all(isinstance(path, str) for path in served.values()):
             continue
         if not _alive(pid):
             note.unlink(missing_ok=True)  # a note this module wrote for a server that has gone
             continue
         if record.get("api_key") and not with_key:
             continue
-        served = record.get("indexes", {})
         for name, path in served.items():
             if Path(path) == target:
-                return record["url"], name
-        if record.get("home") and Path(record["home"]) == target.parent and target.name not in served:
-            return record["url"], target.name
+                return url, name
+        if home and Path(home) == target.parent and target.name not in served:
+            return url, target.name
     return None

@@ -2,6 +2,8 @@
 and over ``mvr serve``: the same ids and scores as Index.search, in a small chain each (no LLM)."""
 
 import asyncio
+import json
+import os
 import re
 import subprocess
 import sys
@@ -9,7 +11,7 @@ import sys
 import pytest
 
 from mvr import Index, QueryError
-from mvr.client import Client
+from mvr.client import Client, ServerError
 
 from conftest import DOCS, QUERIES, dated_docs
 
@@ -133,3 +135,121 @@ def test_a_missing_framework_names_the_pip_command(module, extra):
     code = f"import sys; sys.modules[{blocked!r}] = None\ntry:\n    {load}\nexcept ImportError as e:\n    print(type(e).__name__, e)"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
     assert out.startswith("MissingExtraError") and f"pip install 'mvr[{extra}]'" in out
+
+
+@pytest.fixture(scope="module")
+def stranger():
+    """A web server on 127.0.0.1 that is not mvr serve: the first path segment picks its answer."""
+    import http.server
+    import threading
+
+    answers = {"html": (200, "text/html", b"<html>hello</html>"), "list": (200, "application/json", b"[1, 2]"), "empty": (200, None, b""),
+               "redirect": (302, None, b""), "nested": (200, "application/json", b"[" * 100_000), "object": (200, "application/json", b'{"status": "ok"}'),
+               "short": (200, "application/json", b'{"results": [[]]}'), "text": (200, "application/json", b'{"results": "abc"}'),
+               "gateway": (502, "text/html", b"<html>\n<h1>bad gateway</h1>\n</html>")}
+
+    class Handler(http.server.BaseHTTPRequestHandler):
+        def log_message(self, *args):
+            pass
+
+        def do_GET(self):
+            self.rfile.read(int(self.headers.get("Content-Length") or 0))
+            status, kind, body = answers[self.path.split("/")[1]]
+            self.send_response(status)
+            if kind:
+                self.send_header("Content-Type", kind)
+            if status == 302:
+                self.send_header("Location", "/elsewhere")
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+
+        do_POST = do_GET
+
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    yield f"http://127.0.0.1:{server.server_address[1]}"
+    server.shutdown()
+    server.server_close()
+
+
+def test_the_client_refuses_a_bad_url_timeout_or_key_when_made():
+    """Each bad argument: mvr's one-line QueryError at construction, not a ValueError, TypeError,
+    AttributeError or UnicodeEncodeError at the first request."""
+    for url in ("http://127.0.0.1:99999", "http://127.0.0.1:abc", "http://127.0.0.1:0", "http://[::1:80", "ftp://127.0.0.1:1", "127.0.0.1:8000", "http://", "", "http://127.0.0.1:80/a b", 8000, None, b"http://127.0.0.1:80"):
+        with pytest.raises(QueryError, match=r"^a server URL looks like http://127\.0\.0\.1:8000"):
+            Client(url)
+    for timeout in (-1, 0, float("nan"), float("inf"), 1e10, "5", None, True):
+        with pytest.raises(QueryError, match="a client's timeout is a positive number of seconds"):
+            Client("http://127.0.0.1:8000", timeout=timeout)
+    for key, message in (("abc\n", "without control characters"), ("a\tb", "without control characters"), ("\x00", "without control characters"),
+                         (b"k3y", "an API key is text, got bytes"), (5, "an API key is text, got int"), ("\ud800", "that UTF-8 can encode")):
+        with pytest.raises(QueryError, match=message) as caught:
+            Client("http://127.0.0.1:8000", key)
+        assert "$MVR_API_KEY" in str(caught.value) and (not isinstance(key, str) or key not in str(caught.value))  # the key itself is not shown
+    assert Client("http://[::1]:8000/mvr/", "ключ", timeout=2.5).url == "http://[::1]:8000/mvr"
+
+
+def test_the_client_says_when_the_url_is_not_an_mvr_server(stranger):
+    """A 200 that is not the JSON object the route promises (HTML, a list, nothing, a redirect,
+    JSON without "results"): one line that says to check the URL, not a KeyError or TypeError."""
+    client = Client(stranger)
+    for route, what in (("html", "HTTP 200, text/html"), ("list", "HTTP 200, application/json"), ("empty", "HTTP 200, no content type"),
+                        ("redirect", "HTTP 302, a redirect to '/elsewhere'"), ("nested", "HTTP 200, application/json"),
+                        ("object", "HTTP 200, JSON without the 'results' list"), ("text", "HTTP 200, JSON without the 'results' list")):
+        with pytest.raises(ServerError, match=re.escape(f"{stranger}/{route}: answered with something that is not an mvr server's reply ({what}") + r".*; check the URL\.$"):
+            Client(f"{stranger}/{route}").search("docs", "tea")
+    with pytest.raises(ServerError, match="JSON without the 'results' list"):
+        Client(f"{stranger}/short").search("docs", ["tea", "cats"])  # one list of hits for two queries
+    with pytest.raises(ServerError, match="JSON without the 'indexes' list"):
+        Client(f"{stranger}/object").indexes()
+    with pytest.raises(ServerError, match="not an mvr server's reply"):
+        Client(f"{stranger}/html").health()
+    with pytest.raises(ServerError, match=r": 502: <html> <h1>bad gateway</h1> </html>$"):
+        client.request("GET", "/gateway")  # an error page, on one line
+    with pytest.raises(QueryError, match="is sent as JSON"):
+        client.search("docs", "tea", filter={"year": b"2019"})
+
+
+def test_a_key_beyond_latin1_reaches_the_server_as_utf8(index, default_encoder, stranger, monkeypatch, capsys):
+    """`mvr serve --api-key ключ` takes the key's UTF-8 bytes; the client sends those bytes (not a
+    UnicodeEncodeError), and so does `mvr search` with MVR_API_KEY=ключ. --server errors are one line."""
+    pytest.importorskip("fastapi")
+    from mvr.cli import main
+    from mvr.server import background
+    from mvr.server.catalog import Catalog
+
+    with background(Catalog([index.path], model=default_encoder, concurrency=1), api_key="ключ") as url:
+        assert Client(url, "ключ").search("docs", TEXTS, k=3) == Client(url, "ключ").search_raw("docs", TEXTS, k=3)["results"]
+        with pytest.raises(QueryError, match=": 401: "):
+            Client(url, "ключи").search("docs", "tea")
+        monkeypatch.setenv("MVR_API_KEY", "ключ")
+        capsys.readouterr()
+        assert main(["search", str(index.path), TEXTS[0], "-k", "3", "--server", url, "--json"]) == 0
+        assert [h["id"] for h in json.loads(capsys.readouterr().out)["hits"]] == [i for i, _ in _expected(index)[0]]
+    for server, message in (("http://127.0.0.1:99999", "a port from 1 to 65535"), ("http://127.0.0.1:abc", "a port from 1 to 65535"), ("", "a server URL looks like"),
+                            (f"{stranger}/html", "not an mvr server's reply (HTTP 200, text/html); check the URL.")):
+        assert main(["search", str(index.path), "tea", "--server", server]) == 2
+        err = capsys.readouterr().err
+        assert err.startswith("mvr: error: ") and message in err and err.count("\n") == 1, err
+    monkeypatch.setenv("MVR_API_KEY", "k\n")
+    assert main(["search", str(index.path), "tea", "--server", "http://127.0.0.1:8000"]) == 2
+    assert "without control characters" in capsys.readouterr().err
+
+
+def test_find_server_passes_over_damaged_notes(tmp_path, monkeypatch):
+    """Notes that are not what register writes (a list of indexes, a number for a URL, a pid past
+    what os.kill takes): skipped, not a traceback in every `mvr search`; a good note still counts."""
+    from mvr.client import find_server, register
+
+    monkeypatch.setenv("MVR_RUNTIME_DIR", str(tmp_path / "runtime"))
+    target = tmp_path / "docs"
+    register("http://127.0.0.1:8000", {}, None, False)  # makes the folder; serves nothing
+    damaged = [[1], {"pid": os.getpid(), "url": 5, "indexes": {"docs": str(target)}}, {"pid": os.getpid(), "url": "http://127.0.0.1:1", "indexes": [str(target)]},
+               {"pid": os.getpid(), "url": "http://127.0.0.1:1", "indexes": {"docs": 5}}, {"pid": 10**30, "url": "http://127.0.0.1:1", "indexes": {}},
+               {"pid": os.getpid(), "url": "http://127.0.0.1:1", "home": 5}, {"pid": -1, "url": "http://127.0.0.1:1"}]
+    for number, record in enumerate(damaged):
+        (tmp_path / "runtime" / f"0{number}.json").write_text(json.dumps(record))
+    assert find_server(target) is None
+    (tmp_path / "runtime" / "zz.json").write_text(json.dumps({"pid": os.getpid(), "url": "http://127.0.0.1:2", "indexes": {"mine": str(target)}}))
+    assert find_server(target) == ("http://127.0.0.1:2", "mine")

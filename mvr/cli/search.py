@@ -77,7 +77,7 @@ def _through_server(args, texts: list[str]) -> list[list[dict]] | None:
 
     if args.no_server or args.model:
         return None
-    if args.server:
+    if args.server is not None:  # --server "" is a mistake to report, not a request to look for one
         url, name = args.server, Path(args.index).name
     else:
         found = find_server(locate(args.index, args.index_dir), with_key=bool(os.environ.get("MVR_API_KEY")))
