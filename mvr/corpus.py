@@ -40,6 +40,12 @@ class Document:
         title = self.title.strip()
         return f"{title} {self.text}" if title else self.text
 
+    @property
+    def blank(self) -> bool:
+        """Whether it has no character a tokenizer keeps: only white space, control and format
+        characters (zero-width spaces, byte order marks, soft hyphens), which BERT-like tokenizers drop."""
+        return all(c.isspace() or unicodedata.category(c) in ("Cc", "Cf") for c in self.full_text)
+
 
 # utf-8-sig: a byte order mark (as Windows editors write it) is dropped, not read as text.
 ENCODING = "utf-8-sig"
@@ -173,8 +179,7 @@ def _check_text(text: str, title: str, doc_id: str, where: str) -> None:
 
 def _utf8(text: str) -> bool:
     try:
-        text.encode("utf-8")
-        return True
+        return text.encode("utf-8") is not None
     except UnicodeEncodeError:  # a lone surrogate
         return False
 
@@ -193,11 +198,7 @@ def many(values, what: str, error_class: type, ordered: bool = True, also: tuple
 def repeated(values: Iterable[str]) -> str | None:
     """The first value that comes twice, or None."""
     seen: set[str] = set()
-    for value in values:
-        if value in seen:
-            return value
-        seen.add(value)
-    return None
+    return next((value for value in values if value in seen or seen.add(value)), None)  # (add returns None: a new value goes on)
 
 
 def _metadata_value(value):
@@ -254,9 +255,11 @@ def _document_from_object(obj: dict, where: str) -> Document:
         raise CorpusError(f'{where}: document {shown(doc_id)}: "text" and "title" must be strings.')
     _check_text(text, title, doc_id, where)
     # a "metadata" object, and any other field of the line, are kept as metadata
-    metadata = check_metadata(obj.get("metadata"), where)
-    metadata.update(check_metadata({k: v for k, v in obj.items() if k not in _RESERVED}, where, strict=False))
-    return Document(id=doc_id, text=text, title=title, where=where, metadata=metadata)
+    metadata, top = check_metadata(obj.get("metadata"), where), check_metadata({k: v for k, v in obj.items() if k not in _RESERVED}, where, strict=False)
+    clash = next((k for k in top if k in metadata and metadata[k] != top[k]), None)
+    if clash is not None:  # which one was meant? one of them was dropped in silence
+        raise CorpusError(f'{where}: document {shown(doc_id)} gives {clash!r} twice, {shown(top[clash])} beside "metadata" and {shown(metadata[clash])} in it; keep one.')
+    return Document(id=doc_id, text=text, title=title, where=where, metadata={**metadata, **top})
 
 
 def read_jsonl(path: Path) -> Iterator[Document]:

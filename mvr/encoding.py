@@ -231,12 +231,12 @@ def encode_corpus(documents, encoder, config: IndexConfig, folder: Path, show_pr
                             "Ids must be unique: deduplicate the corpus."
                         )
                     seen[doc.id] = doc.where
-                    if not doc.full_text.strip():
+                    if doc.blank:
                         if config.skip_empty:
                             skipped += 1
                             continue
                         raise CorpusError(
-                            f"{doc.where}: document {shown(doc.id)} has no text: remove it or give it text (an index built with "
+                            f"{doc.where}: document {shown(doc.id)} has no text (nothing but white space or invisible characters): remove it or give it text (an index built with "
                             "`mvr index --skip-empty`, skip_empty=True, skips such documents, added ones too)."
                         )
                     if config.passage_tokens:

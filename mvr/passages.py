@@ -87,8 +87,12 @@ def windows(spans: np.ndarray, text: str, size: int, stride: int) -> list[tuple[
 def split(doc: Document, tokenizer, size: int, stride: int, budget: int) -> tuple[list[Document], bool]:
     """The passages of ``doc`` (a list of one when it fits), and whether it was split. ``budget``:
     the model's document length less its special tokens; the title, repeated in every passage,
-    comes out of it, so no passage is cut by the encoder."""
-    title_tokens = len(tokenizer(doc.title.strip(), add_special_tokens=False, verbose=False)["input_ids"]) if doc.title.strip() else 0
+    comes out of it, so no passage is cut by the encoder; a title longer than half the budget is
+    cut to half (or it would leave its passages no room for the text, which the encoder cut off)."""
+    title = tokenizer(doc.title.strip(), add_special_tokens=False, return_offsets_mapping=True, verbose=False) if doc.title.strip() else {"input_ids": []}
+    title_tokens = min(len(title["input_ids"]), budget // 2)
+    if title_tokens < len(title["input_ids"]):
+        doc = replace(doc, title=doc.title.strip()[: title["offset_mapping"][title_tokens - 1][1]])
     size = max(8, min(size, budget - title_tokens))
     stride = min(stride, size)
     found = tokenizer(doc.text, add_special_tokens=False, return_offsets_mapping=True, verbose=False)  # the whole text: no warning about its length

@@ -49,7 +49,7 @@ def rerank(query: str, documents, k: int | None = None, *, model=None, encoder: 
     if not docs:
         return []
     encoder = encoder or Encoder(model)
-    empty = [d.id for d in docs if not d.full_text.strip()]
+    empty = [d.id for d in docs if d.blank]
     if empty:
         raise QueryError(f"document {empty[0]!r} has no text; every candidate needs some to be scored.")
     q = encoder.encode_queries([query], show_progress=False).vectors

@@ -18,7 +18,7 @@ from __future__ import annotations
 
 from .errors import QueryError
 from .fusion import stage_signals
-from .registry import HYBRIDS, parse_stage
+from .registry import EXHAUSTIVE, HYBRIDS, parse_stage
 
 NONE = "none"
 _FUSION = ("fusion", "weights", "fusion_weight")  # one group: the caller's replace the preset's
@@ -52,6 +52,8 @@ def resolve(found: dict, first_stage: str | None, candidates: int | None, option
             base.pop(key, None)
         if "weights" in options and "fusion" not in options:
             options["fusion"] = "weighted"
+    if first_stage == EXHAUSTIVE:  # the caller scores every document: the preset's way of choosing candidates does not apply
+        base = {key: value for key, value in base.items() if key not in (*_SCORING, "candidates", "rerank", "dense_share")}
     merged = {**base, **options}
     stage, count = merged.pop("first_stage", None), merged.pop("candidates", None)
     if "dense_share" not in options and (first_stage or stage) is not None and (first_stage or stage) not in HYBRIDS:  # the preset's split of a hybrid it no longer searches

@@ -16,6 +16,7 @@ from typing import Sequence
 import numpy as np
 
 from .corpus import Document
+from .encode.encoder import identity_differences
 from .errors import ConfigError, IndexFormatError, QueryError
 from .registry import STAGES, parse_stage, store_class
 from .stages import Hybrid, has_stage, open_stage, stage_class
@@ -265,7 +266,7 @@ def open_commit(path: Path, index_name: str, splade_model=None, previous: "Commi
             deleted.append(gone)
         config = index_config(path, {**(segments[0].manifest if segments else EMPTY), "config": record["config"], "encoder": record["encoder"]}, commit_name(record["generation"]))
         for segment in segments:
-            if segment.config != config or segment.manifest["encoder"] != record["encoder"]:
+            if segment.config != config or identity_differences(record["encoder"], segment.manifest["encoder"]):  # the model's folder may have moved between writes
                 raise IndexFormatError(
                     f"{segment.path}: written with other settings or another encoder than {path / commit_name(record['generation'])} records; "
                     f"the index is damaged: `mvr info {path} --verify` checks all of it."

@@ -11,10 +11,16 @@ leave the process with another thread's setting.
 from __future__ import annotations
 
 import contextlib
+import os
 import sys
 import threading
 
 from .errors import QueryError
+
+
+def cores() -> int:
+    """The CPU cores this process may run on."""
+    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
 
 
 def _torch():
@@ -94,12 +100,15 @@ def _release(name: str, held) -> None:
 @contextlib.contextmanager
 def cpu_threads(threads: int | None, *libraries: str):
     """Run the block with ``threads`` threads in each named library ("torch", "numba", "faiss",
-    "blas": NumPy's BLAS, through threadpoolctl); None leaves them as they are."""
+    "blas": NumPy's BLAS, through threadpoolctl); None leaves them as they are. More than the
+    cores run as many as the cores (more only slow things down, and 100,000 made BLAS fail to
+    start its threads and the process crash)."""
     if threads is None:
         yield
         return
     if not isinstance(threads, int) or isinstance(threads, bool) or threads < 1:
         raise QueryError(f"threads must be a positive integer, got {threads!r}.")
+    threads = min(threads, cores())
     with contextlib.ExitStack() as stack:
         for name in libraries:
             if name in _PROCESS_WIDE:

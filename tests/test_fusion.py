@@ -94,6 +94,8 @@ def test_an_index_built_with_the_best_preset_searches_with_it_by_default(best, t
     plain = best.search(ASKED, k=5, first_stage="pooled+bm25s")  # a first stage named: no preset
     np.testing.assert_array_equal(plain.indices, best.search(ASKED, k=5, preset="none", first_stage="pooled+bm25s").indices)
     assert not np.allclose(plain.scores, default.scores)  # MaxSim scores, not fused ones
+    exhaustive = best.search(ASKED, k=5, preset="best", first_stage="exhaustive")  # the preset's candidates and fusion do not apply
+    np.testing.assert_array_equal(exhaustive.indices, best.search(ASKED, k=5, preset="none", first_stage="exhaustive").indices)
     override = best.search(ASKED, k=5, candidates=3)  # the caller's values over the preset's
     np.testing.assert_array_equal(override.indices, best.search(ASKED, k=5, preset="none", **{**SEARCH_PRESETS["best"], "candidates": 3}).indices)
 

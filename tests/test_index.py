@@ -1,6 +1,8 @@
 """Index build / open / search round trips, the on-disk format, and every way input goes wrong."""
 
 import json
+import subprocess
+import sys
 
 import numpy as np
 import pytest
@@ -149,8 +151,12 @@ def test_empty_corpus_and_empty_documents(tmp_path, plain_encoder):
     docs = [{"id": "a", "text": "fine"}, {"id": "b", "text": "   ", "title": ""}]
     with pytest.raises(CorpusError, match=r"document #1: document 'b' has no text.*skip-empty"):
         Index.build(docs, tmp_path / "x", encoder=plain_encoder)
+    for invisible in ("\u200b\u200b", "\x00\x01\x02", "\ufeff\u00ad"):  # zero-width, control, format: indexed as [CLS] [SEP] alone, they outranked real documents
+        with pytest.raises(CorpusError, match="has no text"):
+            Index.build([docs[0], {"id": "b", "text": invisible}], tmp_path / "x", encoder=plain_encoder)
+    docs.append({"id": "c", "text": "\u200b", "title": "\x00"})
     index = Index.build(docs, tmp_path / "x", encoder=plain_encoder, config=IndexConfig(skip_empty=True))
-    assert list(index.doc_ids) == ["a"] and index.manifest["counts"]["skipped_empty_documents"] == 1
+    assert list(index.doc_ids) == ["a"] and index.manifest["counts"]["skipped_empty_documents"] == 2
     with pytest.raises(CorpusError, match="not found"):
         read_corpus(tmp_path / "missing.jsonl")
 
@@ -228,9 +234,34 @@ def test_index_remembers_a_moved_model(tmp_path, models):
     folder = shutil.copytree(models["plain"], tmp_path / "model")
     Index.build([("a", "cats")], tmp_path / "idx", config=IndexConfig(model=str(folder)))
     assert Index.open(tmp_path / "idx").search("cats", k=1)[0][0].id == "a"  # loads the recorded model
-    shutil.rmtree(folder)
+    moved = shutil.move(folder, tmp_path / "moved")
     with pytest.raises(EncoderError, match="not there any more.*--model"):
         Index.open(tmp_path / "idx").search("cats")
+    corpus = tmp_path / "more.jsonl"
+    corpus.write_text('{"id": "b", "text": "dogs"}\n')
+    added = subprocess.run([sys.executable, "-m", "mvr.cli", "add", str(tmp_path / "idx"), str(corpus), "--model", str(moved), "--quiet"], capture_output=True, text=True)
+    assert added.returncode == 0, added.stderr  # mvr add had no --model, and the segment it added through another folder made the index unopenable
+    again = Index.open(tmp_path / "idx", model=moved)
+    assert [h.id for h in again.search("dogs", k=2)[0]] == ["b", "a"] and again.n_docs == 2
+
+
+def test_the_same_weights_with_another_tokenizer_are_another_model(tmp_path, models):
+    """A model folder whose tokenizer no longer lower-cases gives other token ids for the same
+    weights: its queries met the index's vectors without a word, and the results were wrong."""
+    import shutil
+
+    from mvr import EncoderMismatchError
+
+    Index.build([("a", "cats")], tmp_path / "idx", config=IndexConfig(model=str(models["plain"])))
+    cased = shutil.copytree(models["plain"], tmp_path / "cased")
+    tokenizer = json.loads((cased / "tokenizer.json").read_text())
+    tokenizer["normalizer"]["lowercase"] = False
+    (cased / "tokenizer.json").write_text(json.dumps(tokenizer))
+    settings = json.loads((cased / "tokenizer_config.json").read_text())
+    (cased / "tokenizer_config.json").write_text(json.dumps({**settings, "do_lower_case": False}))
+    with pytest.raises(EncoderMismatchError, match="tokenizer_sha256"):
+        Index.open(tmp_path / "idx", model=cased).search("CATS")
+    assert Index.open(tmp_path / "idx", model=shutil.copytree(models["plain"], tmp_path / "copy")).search("CATS", k=1)[0][0].id == "a"  # a copy is the same model
 
 
 def test_bad_queries_and_arguments(tmp_path, plain_encoder):
@@ -256,6 +287,14 @@ def test_thread_count_is_restored(tmp_path, plain_encoder):
     before = numba.get_num_threads()
     index.search("cats", threads=1)
     assert numba.get_num_threads() == before
+    import faiss
+    import torch
+
+    from mvr.threads import cores, cpu_threads
+
+    with cpu_threads(100_000, "torch", "faiss"):  # more than the cores run as the cores: 100,000 crashed BLAS
+        assert torch.get_num_threads() == faiss.omp_get_max_threads() == cores()
+    assert index.search("cats", threads=100_000, k=1)[0][0].id == index.search("cats", k=1)[0][0].id
 
 
 def test_import_is_light():

@@ -433,3 +433,14 @@ def test_cli_small_mistakes_get_one_line(index, tmp_path, capsys):
     done.stdout.close()  # gone before anything is written
     stderr = done.communicate(timeout=120)[1].decode()
     assert done.returncode == 141 and "Traceback" not in stderr, stderr[-2000:]
+
+
+def test_a_field_given_twice_with_two_values_is_refused(tmp_path):
+    """A corpus line with "year" beside "metadata" and another "year" in it stored one of them
+    and dropped the other in silence; the same value twice is fine."""
+    corpus = tmp_path / "c.jsonl"
+    corpus.write_text('{"id": "a", "text": "x", "year": 2000, "metadata": {"year": 2000, "lang": "en"}}\n'
+                      '{"id": "b", "text": "y", "year": 2000, "metadata": {"year": 1999}}\n')
+    with pytest.raises(CorpusError, match=r"c.jsonl:2: document 'b' gives 'year' twice, 2000 beside \"metadata\" and 1999 in it; keep one"):
+        list(read_corpus(corpus))
+    assert next(iter(read_corpus(corpus))).metadata == {"year": 2000, "lang": "en"}

@@ -74,6 +74,17 @@ def test_a_question_about_a_late_section_finds_it_only_with_passages(folder, tmp
     assert split.n_docs == len(split.doc_ids) > 3
 
 
+def test_a_title_longer_than_half_a_passage_leaves_room_for_the_text(tmp_path, default_encoder):
+    """Every passage repeats its document's title: one of 400 tokens filled each passage, the
+    encoder cut the text off, and a word of the text found nothing. The title is cut to half."""
+    docs = [{"id": "long", "title": " ".join(["titleword"] * 400), "text": "The unique zebrafinch opens it. " + " ".join(f"filler{i}" for i in range(300))},
+            {"id": "short", "title": "Birds", "text": "Sparrows and robins are small birds."}]
+    index = Index.build(docs, tmp_path / "i", encoder=default_encoder, config=IndexConfig(passage_tokens=32, fde=None), show_progress=False)
+    assert index.segments[0].manifest["counts"]["truncated_documents"] == 0
+    hit = index.search("zebrafinch", k=1, first_stage="exhaustive")[0][0]
+    assert hit.id == "long" and "zebrafinch" in hit.text
+
+
 def test_search_returns_documents_or_passages(folder, tmp_path, default_encoder):
     index = Index.build(folder, tmp_path / "p", encoder=default_encoder, config=IndexConfig(passage_tokens=32), show_progress=False)
     by_document = index.search([QUESTION, "purring"], k=3)

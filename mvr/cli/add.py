@@ -13,6 +13,7 @@ def add_parser(sub) -> argparse.ArgumentParser:
     p.add_argument("corpus", help="BEIR corpus.jsonl (or its dataset folder), JSONL of {id, text}, or a folder of .txt/.md files")
     p.add_argument("--upsert", action="store_true", help="replace the documents whose id the index holds (default: such an id is an error)")
     p.add_argument("--workers", type=int, default=1, metavar="N", help="encode in N processes of this machine's CPU, one thread each (on a GPU machine too), as mvr index --workers (default 1)")
+    p.add_argument("--model", default=None, help="the index's model in another folder (default: the folder it was built from); checked against the index's record")
     add_writer(p)
     add_device(p, "document encoding")
     add_common(p)
@@ -43,7 +44,7 @@ def run(args) -> int:
     positive_int("--", "workers", args.workers)
     if args.workers != 1 and args.device not in (None, "cpu"):
         raise ConfigError("--workers encodes in processes of this machine's CPU; it does not go with --device other than cpu.")
-    index = Index.open(args.index, home=args.index_dir, device=args.device)
+    index = Index.open(args.index, home=args.index_dir, device=args.device, model=args.model)
     what = index.upsert if args.upsert else index.add
     done = what(read_corpus(args.corpus), wait=args.wait, merge=not args.no_merge, workers=args.workers, show_progress=False if args.quiet else None, command=args.command_line)
     replaced = f", replacing {done['replaced']}" if args.upsert else ""

@@ -5,7 +5,7 @@ from __future__ import annotations
 import os
 import socket
 
-from ..encode.pool import cores
+from ..threads import cores
 from ..errors import ConfigError, missing_extra
 
 

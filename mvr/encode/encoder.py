@@ -25,13 +25,14 @@ from ..progress import progress
 from ..threads import cpu_threads
 from .forms import DEFAULT_MODEL_NAME, default_model_path, detect_spec, load_projections, weight_files_of, weights_checksum
 from .runtimes import ExportError, OnnxTransformer, check_runtime, quiet_transformers
-from .tokens import TokenVectors, character_spans, checked_texts, input_ids, token_classes
+from .tokens import TokenVectors, character_spans, checked_texts, input_ids, token_classes, tokenizer_checksum
 
 
 def identity_differences(recorded: dict, actual: dict) -> list[str]:
     """What differs between an index's record of its encoder and another encoder's identity
-    (its name and folder aside: the same weights may be moved or renamed)."""
-    keys = sorted((set(recorded) | set(actual)) - {"name", "source"})
+    (its name and folder aside: the same weights may be moved or renamed; a field the record
+    lacks, such as ``tokenizer_sha256`` in an index built before it was recorded, is not compared)."""
+    keys = sorted(set(recorded) - {"name", "source"})
     return [f"{key}: index {recorded.get(key)!r}, query encoder {actual.get(key)!r}" for key in keys if recorded.get(key) != actual.get(key)]
 
 
@@ -124,7 +125,7 @@ class Encoder:
         skip.discard(None)
         self._skip_ids = torch.tensor(sorted(skip), dtype=torch.long)
         self._pass_token_types = "token_type_ids" in tok.model_input_names
-        self.weights_sha256 = weights_checksum(weight_files)
+        self.weights_sha256, self.tokenizer_sha256 = weights_checksum(weight_files), tokenizer_checksum(tok)
         input_names = ["input_ids", "attention_mask", *(["token_type_ids"] if self._pass_token_types else [])]
         self._onnx = OnnxTransformer(lambda: self.model, tok, input_names, self.weights_sha256, transformer_path)
 
@@ -204,6 +205,7 @@ class Encoder:
             "name": self.name,
             "source": "default" if self.is_default else str(self.path),
             "weights_sha256": self.weights_sha256,
+            "tokenizer_sha256": self.tokenizer_sha256,
             "dim": int(self.dim),
             "skiplist_ids": [int(i) for i in self._skip_ids.tolist()],
             **{k: v for k, v in asdict(self.spec).items() if k not in ("dense_dirs", "transformer_dir", "skiplist")},

@@ -23,6 +23,7 @@ from concurrent.futures.process import BrokenProcessPool
 import numpy as np
 
 from ..config import positive_int
+from ..threads import cores
 from ..errors import ConfigError, EncoderError
 from .encoder import Encoder
 from .tokens import TokenVectors, checked_texts
@@ -77,11 +78,6 @@ def worker_settings(encoder: Encoder, threads: int) -> dict:
     """What a worker needs to make the same encoder as ``encoder`` with ``threads`` threads."""
     return {"model": None if encoder.is_default else str(encoder.path), "threads": threads, "doc_runtime": encoder.doc_runtime,
             "query_maxlen": encoder.spec.query_maxlen, "doc_maxlen": encoder.spec.doc_maxlen, "batch_size": encoder.batch_size}
-
-
-def cores() -> int:
-    """The CPU cores this process may run on."""
-    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
 
 
 def _check_workers(workers) -> None:

@@ -17,6 +17,7 @@ import sys
 import threading
 from pathlib import Path
 
+from ..threads import cores
 from .quantize import FUSED_SESSION_OFF
 
 
@@ -79,6 +80,7 @@ class OnnxTransformer:
     def session(self, runtime: str, threads: int):
         """The ONNX Runtime session of ``runtime`` on ``threads`` threads, opened at its first use
         (the export made or read then); :class:`ExportError` where it cannot be."""
+        threads = min(threads, cores())  # more only slow it down (mvr/threads.py)
         session = self._sessions.get((runtime, threads))
         if session is None:
             with self._lock:

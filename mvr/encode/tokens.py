@@ -3,6 +3,8 @@ padded 3-D tensors), and the token classes that pruning and clustering name."""
 
 from __future__ import annotations
 
+import hashlib
+import json
 import string
 from dataclasses import dataclass
 
@@ -131,3 +133,15 @@ def checked_texts(texts, is_query: bool) -> list[str]:
         if not _utf8(text):
             raise EncoderError(f"text #{i} holds a lone surrogate (no character: it was decoded wrongly); give it as UTF-8 text.")
     return texts
+
+
+def tokenizer_checksum(tokenizer) -> str:
+    """sha256 of how ``tokenizer`` cuts text into ids: a fast one's serialised normaliser,
+    pre-tokeniser, vocabulary and post-processor (its padding and truncation, which calls change,
+    left out), a slow one's vocabulary and settings. The same weights with another tokenizer (one
+    that no longer lower-cases, say) give other ids, so an index records it with its encoder."""
+    if getattr(tokenizer, "is_fast", False):
+        form = {k: v for k, v in json.loads(tokenizer.backend_tokenizer.to_str()).items() if k not in ("padding", "truncation")}
+    else:
+        form = {"vocab": sorted(tokenizer.get_vocab().items()), "settings": {k: v for k, v in tokenizer.init_kwargs.items() if isinstance(v, (str, int, float, bool))}}
+    return hashlib.sha256(json.dumps(form, sort_keys=True, default=str).encode("utf-8")).hexdigest()
