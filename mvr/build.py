@@ -64,6 +64,9 @@ def build(documents, name, *, config: IndexConfig | None = None, home=None, over
             encoder = Encoder(config.model, query_maxlen=config.query_maxlen, doc_maxlen=config.doc_maxlen, batch_size=config.batch_size, threads=config.threads, doc_runtime=config.doc_runtime)
         if config.pca_dim is not None and config.pca_dim > encoder.dim:
             raise ConfigError(f"pca_dim={config.pca_dim} (--pca-dim) exceeds the model's {encoder.dim} dimensions.")
+        doc_maxlen = getattr(getattr(encoder, "spec", None), "doc_maxlen", None)
+        if config.passage_tokens is not None and doc_maxlen is not None and config.passage_tokens > doc_maxlen:  # it was cut to fit, and reported as asked
+            raise ConfigError(f"passage_tokens={config.passage_tokens} (--passage-tokens) is more than the {doc_maxlen} tokens of this model's documents; give at most that (passages are cut to fit beside the special tokens and the title).")
         config, head = pinned(config, encoder.identity)
         for stage, settings in planned_stages(config).items():
             stage_class(stage).check(settings, _stored_dim(config, head, encoder.dim))
@@ -202,21 +205,26 @@ def rebuild_stage(index, name: str, settings=None, *, threads: int | None = None
     vectors or texts, under the index's writer lock; each new one replaces the old only once
     complete (a damaged old one too: one that lost its manifest). A version-1 index is converted
     first. Open the index within ``storage.validate.replacing(name)`` to rebuild a stage whose
-    damage stops it from opening. Returns the manifest of the last segment's."""
+    damage stops it from opening. Returns the last segment's manifest with its documents, bytes
+    per document and build time over every segment (the commands report them)."""
     from .writer import Writer
 
     stage_class(name).check(settings, index.dim)
     if not index.segments:  # every document deleted: nothing to build from (a KeyError in each command's report)
         raise ConfigError(f"index {index.name!r} holds no documents: a first stage is built from them; documents added later get the stages the index has.")
-    manifest = {}
+    built = []
     with Writer(index):
         for segment in index.segments:
             with StagingDir(segment.path / name, overwrite=True, formats=(stage_class(name).format,), damaged=True) as staging, cpu_threads(threads, "numba", "faiss"):
                 source = BuildSource(segment.path, segment.dim, segment.doc_offsets, segment.tokens, lambda p=segment.path: stored_texts(p), segment.doc_ids_sha256, segment.vectors_sha256, command, show_progress)
-                manifest = build_stage(name, staging.path, source, settings)
+                built.append(build_stage(name, staging.path, source, settings))
                 staging.commit()
             segment.forget_stage(name)
-    return manifest
+    documents, seconds = sum(m["documents"] for m in built), sum(m["build"]["seconds"] for m in built)
+    over_all = {"documents": documents, "build": {**built[-1]["build"], "seconds": round(seconds, 3), "docs_per_second": round(documents / max(seconds, 1e-9), 1)}}
+    if all("bytes_per_document" in m for m in built):
+        over_all["bytes_per_document"] = round(sum(m["bytes_per_document"] * m["documents"] for m in built) / max(documents, 1), 1)
+    return {**built[-1], **over_all}
 
 
 def upgrade(index, *, wait: float = 0.0) -> bool:

@@ -248,6 +248,8 @@ def test_cli_add_delete_optimize(tmp_path, default_encoder, beir):
     assert run.returncode == 0 and f"{len(DOCS)} documents in 2 segment(s)" in run.stdout, run.stderr
     run = mvr("add", "idx", more, "--quiet")
     assert run.returncode == 2 and "already in the index" in run.stderr and run.stderr.count("\n") == 1
+    run = mvr("fde", "idx", "--quiet")  # every segment's stage rebuilt, and all of them counted (it said the last one's)
+    assert run.returncode == 0 and f"built the FDE of idx: {len(DOCS)} documents" in run.stdout, run.stdout + run.stderr
     ids = tmp_path / "ids.txt"
     ids.write_text("d1\nd2\n\nnope\n")
     run = mvr("delete", "idx", "d0", "--ids", ids, "--no-merge")  # (3 of the 5 rows of the first segment: the policy would rewrite it)

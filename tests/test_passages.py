@@ -51,9 +51,11 @@ def test_windows_cover_every_token_overlap_and_start_at_sentences():
     assert windows(spans[:10], text, 20, 15) == [(0, 10)]
 
 
-def test_settings_are_checked():
+def test_settings_are_checked(tmp_path, default_encoder):
     with pytest.raises(ConfigError, match="passage_tokens must be an integer of at least 16"):
         IndexConfig(passage_tokens=4)
+    with pytest.raises(ConfigError, match=r"passage_tokens=100000 \(--passage-tokens\) is more than the 256 tokens"):  # it was cut to that and reported as 100000, stride 75000
+        Index.build([("a", "text")], tmp_path / "i", encoder=default_encoder, config=IndexConfig(passage_tokens=100_000))
     with pytest.raises(ConfigError, match=r"passage_stride must be an integer in \[1, passage_tokens=64\]"):
         IndexConfig(passage_tokens=64, passage_stride=65)
     with pytest.raises(ConfigError, match="passage_stride .* needs passage_tokens"):

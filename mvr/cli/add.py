@@ -50,6 +50,6 @@ def run(args) -> int:
     replaced = f", replacing {done['replaced']}" if args.upsert else ""
     print(
         f"added {done['added']} documents{replaced} to {index.name} ({done['docs_per_second']:.1f} docs/s): "
-        f"{index.n_docs} documents in {done['segments']} segment(s), generation {done['generation']}"
+        f"{index.n_docs} {'passages' if index.config.passage_tokens else 'documents'} in {done['segments']} segment(s), generation {done['generation']}"
     )
     return 0

@@ -31,7 +31,8 @@ def run(args) -> int:
         raise QueryError("no ids to delete: give them as arguments or in a file (--ids FILE).")
     index = Index.open(args.index, home=args.index_dir)
     done = index.delete(ids, wait=args.wait, merge=not args.no_merge, command=args.command_line)
-    print(f"deleted {done['deleted']} documents from {index.name}: {index.n_docs} left, generation {done['generation']}")
+    rows = f"{index.n_docs} passages" if index.config.passage_tokens else f"{index.n_docs}"  # an index of passages counts its rows
+    print(f"deleted {done['deleted']} documents from {index.name}: {rows} left, generation {done['generation']}")
     if done["missing"]:
         shown = ", ".join(map(repr, done["missing"][:5])) + (", ..." if len(done["missing"]) > 5 else "")
         print(f"mvr: {len(done['missing'])} id(s) not in the index: {shown}", file=sys.stderr)
