@@ -131,3 +131,63 @@ def test_a_sharded_index_asks_its_shards_at_once(cluster, tmp_path, models):
     for bad in ({"shards": 0}, {"shards": True}, {"threads": 0}, {"threads": "2"}):
         with pytest.raises(ConfigError, match="must be a positive integer"):
             ShardedIndex(index.path, **bad)
+
+
+def test_an_mvr_error_in_a_shard_comes_back_as_itself(cluster, tmp_path, models):
+    from mvr.distributed import ShardedIndex
+    from mvr.errors import QueryError
+
+    docs = corpus()[:24]
+    index = Index.build(docs[:12], tmp_path / "small", config=IndexConfig(model=str(models["plain"])))
+    index.add(docs[12:], merge=False)
+    with pytest.raises(QueryError) as mine:
+        index.search("a dog barks", k=3, filter={"$nope": 1})
+    with ShardedIndex(index.path, shards=2) as sharded:
+        # in one line, as the index gives it (Ray raised a RayTaskError(QueryError) whose message
+        # was the shard's traceback)
+        with pytest.raises(QueryError) as theirs:
+            sharded.search("a dog barks", k=3, filter={"$nope": 1})
+        assert type(theirs.value) is QueryError and str(theirs.value) == str(mine.value) and "\n" not in str(theirs.value)
+        assert sharded.search("a dog barks", k=3).doc_ids == index.search("a dog barks", k=3).doc_ids  # the shards still answer
+
+
+def test_a_sharded_index_of_no_segments_searches_as_the_index_does(cluster, tmp_path, models):
+    from mvr.distributed import ShardedIndex
+    from mvr.errors import ConfigError
+
+    # every document deleted, every segment dropped: no shard to start, and searches answer as the
+    # index does (they said "closed", as a closed index has no shards either)
+    docs = corpus()[:6]
+    index = Index.build(docs, tmp_path / "empty", config=IndexConfig(model=str(models["plain"])))
+    index.delete([d["id"] for d in docs])
+    assert len(index.segments) == 0
+    queries = ["a dog barks", "which animal purrs"]
+    empty = ShardedIndex(index.path, shards=2)
+    assert empty.actors == [] and empty.search(queries, k=3).doc_ids == index.search(queries, k=3).doc_ids == [[], []]
+    empty.close()
+    with pytest.raises(ConfigError, match="closed"):
+        empty.search("a dog barks")
+
+
+def test_a_sharded_index_whose_ray_is_gone_says_so(cluster, tmp_path, models):
+    # the last case of this file: it shuts down the module's Ray instance
+    from mvr.distributed import ShardedIndex
+    from mvr.errors import ConfigError
+
+    docs = corpus()[:24]
+    index = Index.build(docs[:12], tmp_path / "gone", config=IndexConfig(model=str(models["plain"])))
+    index.add(docs[12:], merge=False)
+    sharded = ShardedIndex(index.path, shards=2)
+    results = sharded.search("a dog barks", k=3)
+    ray.shutdown()
+    # Ray's calls started a new local instance on every core, then failed to find the actors
+    gone = "the Ray cluster this sharded index ran on is gone; open it again"
+    with pytest.raises(ConfigError, match=gone):
+        sharded.search("a dog barks", k=3)
+    with pytest.raises(ConfigError, match=gone):
+        results[0]  # the hits' documents are read from the shards
+    assert not ray.is_initialized()
+    sharded.close()  # the shards went with their Ray: nothing to stop (ray.kill raised)
+    assert not ray.is_initialized()
+    with pytest.raises(ConfigError, match="closed"):
+        sharded.search("a dog barks", k=3)

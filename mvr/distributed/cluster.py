@@ -80,6 +80,16 @@ def _node() -> str:
     return _ray().get_runtime_context().get_node_id()
 
 
+def _session() -> tuple[str, str] | None:
+    """What tells this process's Ray connection from a later one (None: not connected): a new local
+    instance has a new node id, the same cluster joined again a new job id."""
+    ray = _ray()
+    if not ray.is_initialized():  # asked first: Ray's calls would start a new local instance
+        return None
+    context = ray.get_runtime_context()
+    return context.get_node_id(), context.get_job_id()
+
+
 def _worker_nodes() -> list[str]:
     """The ids of the cluster's live nodes that have CPUs (all live nodes where none has), the node
     this process is attached to first (under Ray Client, the head), then in Ray's order."""

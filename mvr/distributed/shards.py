@@ -10,11 +10,14 @@ from concurrent.futures import ThreadPoolExecutor
 import numpy as np
 
 from ..config import positive_int
-from ..errors import ConfigError
+from ..errors import ConfigError, MvrError
 from ..registry import STAGES, parse_stage
 from ..segment import Commit
 from ..threads import cpu_threads
-from .cluster import _node, _ray, _worker_nodes, connect, first_line
+from .cluster import _node, _ray, _session, _worker_nodes, connect, first_line
+
+CLOSED = "this sharded index is closed; open a new ShardedIndex to search."
+GONE = "the Ray cluster this sharded index ran on is gone; open it again (a new ShardedIndex joins or starts one)."
 
 
 def _owned(value):
@@ -67,8 +70,8 @@ class _Shard:
 class _Remote:
     """What the search pipeline reads of one segment, forwarded to the actor holding it."""
 
-    def __init__(self, actor, segment):
-        self.actor, self.name, self.path, self.local = actor, segment.path.name, segment.path, segment
+    def __init__(self, ask, actor, segment):
+        self.ask, self.actor, self.name, self.path, self.local = ask, actor, segment.path.name, segment.path, segment
         for attr in ("n_docs", "n_tokens", "max_doc_len", "dim", "projection", "doc_ids"):  # small, read here
             setattr(self, attr, getattr(segment, attr))
         self._has = {name: segment.has_stage(name) for name in STAGES}
@@ -76,7 +79,7 @@ class _Remote:
         self.scorer = self.tokens
 
     def call(self, method: str, *args):
-        return _owned(_ray().get(self.actor.call.remote(self.name, method, *args)))
+        return _owned(self.ask(self.actor, self.name, method, *args))
 
     def has_stage(self, name: str) -> bool:
         return all(self._has.get(part, False) for part in parse_stage(name))
@@ -180,6 +183,7 @@ class ShardedIndex:
         state = self.index._state
         names = [s.path.name for s in state.segments]
         connect()  # a local instance unless this process has joined a cluster
+        self.closed, self.session = False, _session()
         actor, nodes = ray.remote(num_cpus=0)(_Shard), _worker_nodes()
         self.actors = [actor.options(scheduling_strategy=NodeAffinitySchedulingStrategy(nodes[i % len(nodes)], soft=False)).remote(str(self.index.path), names[i::shards], threads)
                        for i in range(min(shards, len(names)))]
@@ -189,7 +193,7 @@ class ShardedIndex:
             for a in self.actors:
                 ray.kill(a)
             raise ConfigError(f"a shard of {self.index.path} could not start ({first_line(error)}); every node must have mvr and read the index at this path (a shared filesystem).") from None
-        remote = [_Remote(self.actors[i % len(self.actors)], segment) for i, segment in enumerate(state.segments)]
+        remote = [_Remote(self._ask, self.actors[i % len(self.actors)], segment) for i, segment in enumerate(state.segments)]
         sharded = Commit(state.index_name, state.generation, remote, state.deleted, state.record)
         sharded.__dict__.update({k: v for k, v in state.__dict__.items() if k not in sharded.__dict__})  # config, manifest, ...
         self.pool = ThreadPoolExecutor(max_workers=max(1, 2 * len(remote)), thread_name_prefix="mvr-shard")  # a hybrid's two stages of each segment at once
@@ -203,8 +207,8 @@ class ShardedIndex:
         through here, so a closed index says so here."""
         import numba
 
-        if not self.actors:
-            raise ConfigError("this sharded index is closed; open a new ShardedIndex to search.")
+        if self.closed:  # not "no actors": an index without segments has none, and searches
+            raise ConfigError(CLOSED)
         items = list(items)
         if len(items) < 2:
             return [work(item) for item in items]
@@ -215,6 +219,26 @@ class ShardedIndex:
                 return work(item)
 
         return list(self.pool.map(run, items))
+
+    def _ask(self, actor, *call):
+        """What ``actor.call(*call)`` returns: an mvr error raised in the shard is raised here as
+        itself (Ray wraps it in a traceback of many lines), and a Ray gone under this index says so
+        before Ray's call would start a new local instance for an actor it no longer has."""
+        ray = _ray()
+        if self.closed:
+            raise ConfigError(CLOSED)
+        if _session() != self.session:
+            raise ConfigError(GONE)
+        try:
+            return ray.get(actor.call.remote(*call))
+        except ray.exceptions.RayTaskError as error:
+            if isinstance(error.cause, MvrError):
+                raise error.cause from None
+            raise
+        except Exception:
+            if _session() != self.session:  # shut down while the call was out
+                raise ConfigError(GONE) from None
+            raise
 
     def nodes(self) -> list[str]:
         """The Ray node each shard runs on (as each said when it started; none once closed)."""
@@ -236,11 +260,13 @@ class ShardedIndex:
         return results
 
     def close(self) -> None:
-        """Stop the shards at once: calls still waiting on one end with Ray's error."""
+        """Stop the shards at once: calls still waiting on one end with Ray's error. Nothing to stop
+        where Ray is gone: the shards went with it."""
         ray = _ray()
-        actors, self.actors, self._nodes = self.actors, [], []
-        for actor in actors:
-            ray.kill(actor)
+        actors, self.actors, self._nodes, self.closed = self.actors, [], [], True
+        if actors and _session() == self.session:  # else ray.kill would raise, or start a new Ray
+            for actor in actors:
+                ray.kill(actor)
         self.pool.shutdown(wait=False, cancel_futures=True)
 
     def __enter__(self) -> "ShardedIndex":
