@@ -19,9 +19,9 @@ from pathlib import Path
 
 import numpy as np
 
-from .config import SEARCH_PRESETS, IndexConfig
+from .config import SEARCH_PRESETS, FDEConfig, IndexConfig, positive_int
 from .encode import Encoder
-from .errors import ConfigError
+from .errors import ConfigError, IndexLockedError, shown
 from .stages import BuildSource, build_stage, stage_class
 from .storage import ArrayWriter, StagingDir, target_path
 from .encoding import Checkpoints
@@ -36,6 +36,9 @@ from .vectors.heads import pinned, save_projection
 # What a derived index may change, and the counts it inherits from its source.
 DERIVABLE = {"projection", "prune", "prune_max_df", "cluster_ratio", "cluster_count", "cluster_method", "cluster_iters", "cluster_keep", "cluster_idf_weight", "codec", "codec_bits", "codec_centroids", "codec_sample", "fde", "centroid_stage", "pooled", "search_preset", "seed", "threads"}
 _SOURCE_COUNTS = {"documents", "tokens", "max_doc_len", "truncated_documents", "skipped_empty_documents", "dim", "model_dim", "source_documents", "split_documents"}
+# The fewest vectors the residual codec is trained on (an index of fewer: all of them): on a
+# handful, its centroids and bucket cutoffs fit those alone and every document scores alike.
+MIN_CODEC_SAMPLE = 256
 
 
 def build(documents, name, *, config: IndexConfig | None = None, home=None, overwrite: bool = False, encoder: Encoder | None = None,
@@ -56,7 +59,10 @@ def build(documents, name, *, config: IndexConfig | None = None, home=None, over
     """
     from .index import Index
 
-    config = config or IndexConfig()
+    config = _checked(config, overwrite=overwrite, resume=resume, show_progress=show_progress)
+    positive_int("", "chunk_size", chunk_size)
+    if encoder is not None and (isinstance(encoder, (str, bytes, os.PathLike)) or not hasattr(encoder, "identity")):
+        raise ConfigError(f"encoder must be a loaded mvr.Encoder (or None: the config's model), got {type(encoder).__name__}; name a model folder with config=IndexConfig(model=PATH).")
     started = time.perf_counter()
     target = target_path(name, Path(home) if home else None)
     with StagingDir(target, overwrite, resume=resume) as staging, cpu_threads(config.threads, "numba", "faiss"):
@@ -100,7 +106,7 @@ def build_blocks(blocks, name, *, sample, model_dim: int, encoder: dict, config:
 
     from .storage.validate import ENCODER_FIELDS
 
-    config = config or IndexConfig()
+    config = _checked(config, overwrite=overwrite, show_progress=show_progress)
     started = time.perf_counter()
     wrong = [key for key, kind in ENCODER_FIELDS.items() if not isinstance(encoder.get(key) if isinstance(encoder, dict) else None, kind)]
     if wrong or encoder["dim"] != model_dim:
@@ -125,6 +131,22 @@ def build_blocks(blocks, name, *, sample, model_dim: int, encoder: dict, config:
         first_commit(staging.path, folder, manifest, config, encoder, "build", command)
         path = staging.commit()
     return Index.open(path)
+
+
+def _checked(config, **flags) -> IndexConfig:
+    """``config`` (None: the defaults) where it is an IndexConfig a build can follow, and each of
+    ``flags`` True or False (show_progress: or None; overwrite="no" would be taken for True)."""
+    for flag, value in flags.items():
+        if not isinstance(value, bool) and not (value is None and flag == "show_progress"):
+            raise ConfigError(f"{flag} must be True or False{' (or None)' if flag == 'show_progress' else ''}, got {shown(value)}.")
+    config = IndexConfig() if config is None else config
+    if not isinstance(config, IndexConfig):
+        raise ConfigError(f"config must be an IndexConfig (IndexConfig(**settings) for a dict of settings), got {type(config).__name__}.")
+    least = max(MIN_CODEC_SAMPLE, config.codec_centroids or 0)
+    if config.codec == "residual" and config.codec_sample < least:
+        raise ConfigError(f"codec_sample={config.codec_sample} is too few vectors to train the residual codec on: give at least {least} "
+                          f"({MIN_CODEC_SAMPLE}, or codec_centroids where more; an index of fewer vectors trains on all it has).")
+    return config
 
 
 def _stored_dim(config: IndexConfig, head, model_dim: int) -> int:
@@ -161,7 +183,7 @@ def derive(source, name, *, home=None, overwrite: bool = False, show_progress: b
     unknown = sorted(set(changes) - DERIVABLE)
     if unknown:
         raise ConfigError(f"{unknown} cannot change without encoding the corpus again (use Index.build / mvr index); derivable: {sorted(DERIVABLE)}.")
-    config = dataclasses.replace(source.config, **changes)
+    config = _checked(dataclasses.replace(source.config, **changes), overwrite=overwrite, show_progress=show_progress)
     head = None
     if changes.get("projection") is not None:  # a new head (a source's own is carried with its files)
         if source.projection is not None:
@@ -209,6 +231,7 @@ def rebuild_stage(index, name: str, settings=None, *, threads: int | None = None
     per document and build time over every segment (the commands report them)."""
     from .writer import Writer
 
+    settings = _stage_settings(name, settings)
     stage_class(name).check(settings, index.dim)
     if not index.segments:  # every document deleted: nothing to build from (a KeyError in each command's report)
         raise ConfigError(f"index {index.name!r} holds no documents: a first stage is built from them; documents added later get the stages the index has.")
@@ -227,6 +250,21 @@ def rebuild_stage(index, name: str, settings=None, *, threads: int | None = None
     return {**built[-1], **over_all}
 
 
+def _stage_settings(name: str, settings):
+    """``settings`` of the first stage ``name`` as its build reads them, or a ConfigError: an
+    FDEConfig (or a dict of its fields) for "fde", a model folder for "splade"."""
+    if name == "fde" and isinstance(settings, dict):
+        return FDEConfig.from_dict(settings)
+    if name == "fde" and settings is not None and not isinstance(settings, FDEConfig):
+        raise ConfigError(f"the fde stage's settings are an FDEConfig or a dict of its fields, got {type(settings).__name__}.")
+    if name == "splade" and settings is not None and not isinstance(settings, (str, os.PathLike)):
+        from .stages.splade import SpladeEncoder
+
+        if not isinstance(settings, SpladeEncoder):
+            raise ConfigError(f"the splade stage's settings are its masked-LM model folder (a path) or a SpladeEncoder, got {type(settings).__name__}.")
+    return settings
+
+
 def upgrade(index, *, wait: float = 0.0) -> bool:
     """Convert a version-1 index (everything in one folder) into segments and commits: its files,
     hard-linked (copied where links fail) into segment s000001 of a new folder that replaces the
@@ -238,7 +276,16 @@ def upgrade(index, *, wait: float = 0.0) -> bool:
     if not index.legacy:
         return False
     target = index.path
-    with StagingDir(target, overwrite=True) as staging:
+    deadline = time.monotonic() + wait
+    while True:  # the writer lock, as every writer takes it: waiting up to ``wait`` seconds for its holder
+        try:
+            staging = StagingDir(target, overwrite=True)
+            break
+        except IndexLockedError:
+            if time.monotonic() >= deadline:
+                raise
+            time.sleep(0.05)
+    with staging:
         if read_pointer(target)["format_version"] != 1:  # converted by another process meanwhile
             index.refresh()
             return False

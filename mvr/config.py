@@ -194,7 +194,7 @@ class IndexConfig:
     projection     a trained projection head (an .npz of `mvr train-projection`, mvr/vectors/heads.py)
                    applied to every token vector, query and document, in place of PCA; the index
                    records its absolute path and checksum (``projection_sha256``)
-    seed           seed of every random choice made at build time
+    seed           seed of every random choice made at build time, an integer in [0, 2**32)
     skip_empty     drop documents with no text instead of failing
     threads        torch and Numba threads while building (None: all cores)
     fde            MUVERA first stage built with the index (None: none)
@@ -231,7 +231,7 @@ class IndexConfig:
                    per-dimension residual buckets)
     codec_bits     residual bits per dimension: 1, 2 or 4
     codec_centroids residual codec centroids (None: a power of two near 4 x sqrt(vectors))
-    codec_sample   vectors sampled to train the residual codec
+    codec_sample   vectors sampled to train the residual codec (a build asks for at least 256, and codec_centroids)
     """
 
     model: str | None = None
@@ -282,9 +282,10 @@ class IndexConfig:
             positive_int("", name, getattr(self, name), optional=True)
         for name in ("batch_size", "pca_sample", "cluster_iters", "codec_sample"):
             positive_int("", name, getattr(self, name))
-        for name in ("model", "splade_model", "projection"):
-            if getattr(self, name) is not None and not isinstance(getattr(self, name), str):
-                object.__setattr__(self, name, str(getattr(self, name)))
+        for name in (n for n in ("model", "splade_model", "projection") if getattr(self, n) is not None):
+            object.__setattr__(self, name, str(getattr(self, name)))  # a Path, kept as text
+        if isinstance(self.seed, bool) or not isinstance(self.seed, int) or not 0 <= self.seed < 2**32:  # what numpy and faiss take
+            raise ConfigError(f"seed must be an integer in [0, 2**32), got {self.seed!r}.")
         if self.doc_runtime not in RUNTIMES:
             raise ConfigError(f"unknown doc_runtime {self.doc_runtime!r}; available: {', '.join(RUNTIMES)}.")
         if self.centroid_stage is not None and not isinstance(self.centroid_stage, bool):
@@ -345,10 +346,8 @@ class IndexConfig:
         """This config with ``centroid_stage`` decided for a build of ``n_docs`` documents: left as
         given, or (None) built above :data:`LARGE_CORPUS` documents, where it also replaces the
         default flat FDE (an FDE of other settings stays)."""
-        if self.centroid_stage is not None:
-            return self
         large = n_docs > LARGE_CORPUS
-        return replace(self, centroid_stage=large, fde=None if large and self.fde == FDEConfig() else self.fde)
+        return self if self.centroid_stage is not None else replace(self, centroid_stage=large, fde=None if large and self.fde == FDEConfig() else self.fde)
 
     def to_dict(self) -> dict:
         return asdict(self)

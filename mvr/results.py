@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Sequence
+from typing import Iterable
 
 import numpy as np
 
-from .errors import QueryError
+from .corpus import check_id, many, repeated
+from .errors import CorpusError, QueryError
 from .passages import document_id
 
 
@@ -48,6 +49,11 @@ class Results:
         return self.indices.shape[0]
 
     def __getitem__(self, query: int) -> list[Hit]:
+        if isinstance(query, (bool, np.bool_)) or not isinstance(query, (int, np.integer)):
+            raise TypeError(f"results are indexed by query number, an int (negative from the end), got {type(query).__name__}; iterate them for every query's hits.")
+        if not -len(self) <= query < len(self):
+            raise IndexError(f"query {query} is out of range: these results hold {len(self)} queries" + (f" (0 to {len(self) - 1}, or negative from the end)." if len(self) else "."))
+        query = int(query) % len(self)
         hits = []
         for rank, (position, score) in enumerate(zip(self.indices[query], self.scores[query]), start=1):
             if position < 0:
@@ -70,10 +76,9 @@ class Results:
         ids = self._index.doc_ids
         return [[self._shown(str(ids[p])) for p in row if p >= 0] for row in self.indices]
 
-    def to_trec(self, query_ids: Sequence[str], run_name: str = "mvr") -> list[str]:
-        """TREC run lines ``qid Q0 docid rank score run``."""
-        if len(query_ids) != len(self):
-            raise QueryError(f"{len(query_ids)} query ids for {len(self)} result lists.")
+    def to_trec(self, query_ids: Iterable[str], run_name: str = "mvr") -> list[str]:
+        """TREC run lines ``qid Q0 docid rank score run``: one query id per query, each one field."""
+        query_ids, run_name = self._query_ids(query_ids), _trec_field(run_name, "run_name", "run name")
         ids = self._index.doc_ids
         return [
             f"{qid} Q0 {self._shown(str(ids[p]))} {rank} {score:.6f} {run_name}"
@@ -94,9 +99,29 @@ class Results:
 
         return [[one(h) for h in hits] for hits in self]
 
-    def to_run(self, query_ids: Sequence[str]) -> dict[str, dict[str, float]]:
+    def to_run(self, query_ids: Iterable[str]) -> dict[str, dict[str, float]]:
         """``{query id: {document id: score}}``, the run form ir-measures and pytrec_eval read."""
-        if len(query_ids) != len(self):
-            raise QueryError(f"{len(query_ids)} query ids for {len(self)} result lists.")
+        query_ids = self._query_ids(query_ids)
         ids = self._index.doc_ids
         return {qid: {self._shown(str(ids[p])): float(s) for p, s in zip(row, row_scores) if p >= 0} for qid, row, row_scores in zip(query_ids, self.indices, self.scores)}
+
+    def _query_ids(self, query_ids) -> list[str]:
+        """``query_ids`` (any iterable) as strings, one per query, each one TREC field and none
+        twice (a run holds one ranking per id: a second would replace the first)."""
+        query_ids = list(many(query_ids, "query_ids must be a list of query ids, one per query", QueryError))
+        if len(query_ids) != len(self):
+            raise QueryError(f"{len(query_ids)} query ids for {len(self)} result lists; give one id per query, in the order searched.")
+        query_ids = [_trec_field(qid, f"query_ids[{i}]", "query id") for i, qid in enumerate(query_ids)]
+        twice = repeated(query_ids)
+        if twice is not None:
+            raise QueryError(f"the query id {twice!r} is given twice; give each query its own id.")
+        return query_ids
+
+
+def _trec_field(value, where: str, what: str) -> str:
+    """``value`` as one field of a TREC line, by the rule of document ids (as the CLI checks query
+    ids): non-empty, without whitespace or control characters; else a QueryError."""
+    try:
+        return check_id(value, where, f"change the {what}")
+    except CorpusError as error:
+        raise QueryError(str(error).replace("document id", what)) from None

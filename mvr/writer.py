@@ -24,8 +24,8 @@ import numpy as np
 from .config import FDEConfig, IndexConfig, positive_int
 from .encode import Encoder
 from .encode.pool import ProcessEncoder
-from .corpus import as_documents, asked_ids
-from .errors import CorpusError
+from .corpus import as_documents, asked_ids, many
+from .errors import ConfigError, CorpusError
 from .passages import document_id, rows_of
 from .search_presets import preset_stages
 from .segment_build import merge_segments, planned_stages, write_segment
@@ -347,10 +347,10 @@ class Changes:
         return self.build_stage("fde", config or FDEConfig(), threads=threads, command=command)
 
     def build_sparse(self, stages: Sequence[str] | None = None, *, splade_model=None, command: str | None = None, show_progress=None) -> dict:
-        """(Re)build text first stages from the stored texts ("bm25", "bm25s", and "splade" with
-        ``splade_model``, a masked-LM folder; default: those of ``IndexConfig().sparse``). Returns
-        their manifests by stage."""
-        stages = IndexConfig().sparse if stages is None else stages
+        """(Re)build text first stages from the stored texts: a name or a list of them ("bm25", "bm25s",
+        and "splade" with ``splade_model``, a masked-LM folder; default: those of
+        ``IndexConfig().sparse``). Returns their manifests by stage."""
+        stages = IndexConfig().sparse if stages is None else (stages,) if isinstance(stages, str) else many(stages, "stages must be a first stage name or a list of them", ConfigError)
         return {s: self.build_stage(s, splade_model if s == "splade" else None, command=command, show_progress=show_progress) for s in stages}
 
 

@@ -1,0 +1,212 @@
+"""What the Python API does with arguments of the wrong kind: Results indexed or written as TREC
+runs with ids that do not fit, build and derive flags given as strings, settings that cannot
+work (a seed numpy refuses, a residual codec trained on a vector or two), stage settings of the
+wrong type, and a version-1 index whose conversion must wait for the writer lock as asked."""
+
+from __future__ import annotations
+
+import dataclasses
+import shutil
+import threading
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from conftest import DOCS, FAST
+from mvr import ConfigError, Encoder, Index, IndexConfig, QueryError
+from mvr.errors import IndexLockedError
+from mvr.storage.lock import WriterLock
+
+LEGACY = Path(__file__).parent / "data" / "legacy-v0.1"
+CORPUS = [{"_id": i, "title": t, "text": x} for i, t, x in DOCS]
+
+
+@pytest.fixture(scope="module")
+def encoder(models):
+    return Encoder(models["plain"], doc_runtime="torch")
+
+
+@pytest.fixture(scope="module")
+def index(tmp_path_factory, encoder):
+    """The tiny corpus in float16, one segment, no first stage: read only by these tests."""
+    return Index.build(CORPUS, tmp_path_factory.mktemp("api") / "idx", encoder=encoder, config=FAST, show_progress=False)
+
+
+@pytest.fixture
+def copy(tmp_path, index, encoder):
+    """A copy of ``index`` that a test may change."""
+    return Index.open(shutil.copytree(index.path, tmp_path / "copy"), model=encoder)
+
+
+@pytest.fixture(scope="module")
+def results(index):
+    return index.search(["which animal purrs?", "capital of France"], k=3, first_stage="exhaustive")
+
+
+def test_results_are_indexed_by_an_int_as_lists_are(results):
+    assert [h.id for h in results[-1]] == [h.id for h in results[1]] and [h.id for h in results[np.int64(0)]] == results.doc_ids[0]
+    for key in (2, -3):
+        with pytest.raises(IndexError, match=rf"query {key} is out of range: these results hold 2 queries \(0 to 1"):
+            results[key]
+    for key in (1.0, "0", slice(0, 1), [0, 1], True, None):
+        with pytest.raises(TypeError, match=f"indexed by query number, an int .*got {type(key).__name__}"):
+            results[key]
+
+
+@pytest.mark.parametrize("ids, run_name, message", [
+    (["q 1", "q2"], "mvr", r"query_ids\[0\]: query id 'q 1' holds whitespace"),
+    (["q1", "q2\nx"], "mvr", r"query_ids\[1\]: query id 'q2\\nx' holds whitespace"),
+    (["", "q2"], "mvr", "query id '' is empty"),
+    (["q1", None], "mvr", "must be a string or an integer, got NoneType"),
+    (["q1", "q2"], "my run", "run_name: run name 'my run' holds whitespace"),
+    (["q1", "q2"], "", "run name '' is empty"),
+    (["q1", "q1"], "mvr", "the query id 'q1' is given twice"),
+    (["q1", 1, "1"], "mvr", "3 query ids for 2 result lists"),
+    ("q1", "mvr", "query_ids must be a list of query ids, one per query, got str"),
+])
+def test_trec_lines_refuse_ids_that_are_not_one_field_each(results, ids, run_name, message):
+    with pytest.raises(QueryError, match=message):
+        results.to_trec(ids, run_name=run_name)
+    if run_name == "mvr":
+        with pytest.raises(QueryError, match=message):
+            results.to_run(ids)
+
+
+def test_query_ids_may_come_from_any_iterable_and_two_queries_keep_their_hits(results):
+    lines = results.to_trec(iter(["a", "b"]), run_name="run-1")
+    assert len(lines) == 6 and all(len(line.split()) == 6 for line in lines)
+    run = results.to_run(f"q{i}" for i in range(2))
+    assert list(run) == ["q0", "q1"] and list(run["q0"]) == results.doc_ids[0] and list(run["q1"]) == results.doc_ids[1]
+    with pytest.raises(QueryError, match="the query id '1' is given twice"):  # the same field in a TREC file
+        results.to_run([1, "1"])
+
+
+def test_build_flags_must_be_bools(tmp_path, copy, encoder):
+    for flags in ({"overwrite": "no"}, {"overwrite": 1}, {"resume": "yes"}, {"show_progress": "no"}):
+        with pytest.raises(ConfigError, match=f"{next(iter(flags))} must be True or False"):
+            Index.build(CORPUS[4:], copy.path, encoder=encoder, config=FAST, **flags)
+    assert [d.id for d in Index.open(copy.path, model=encoder).documents()] == [d["_id"] for d in CORPUS]  # not replaced
+    with pytest.raises(ConfigError, match="overwrite must be True or False, got 'yes'"):
+        Index.derive(copy, tmp_path / "derived", codec="int8", overwrite="yes")
+    assert not (tmp_path / "derived").exists()
+
+
+@pytest.mark.parametrize("kwargs, message", [
+    ({"chunk_size": 0}, "chunk_size must be a positive integer, got 0"),
+    ({"chunk_size": -1}, "chunk_size must be a positive integer, got -1"),
+    ({"chunk_size": 2.5}, "chunk_size must be a positive integer"),
+    ({"config": {"fde": None}}, "config must be an IndexConfig .*got dict"),
+    ({"encoder": "models/plain"}, "encoder must be a loaded mvr.Encoder .*got str; .*IndexConfig\\(model=PATH\\)"),
+])
+def test_build_arguments_of_the_wrong_kind_are_refused_in_one_line(tmp_path, encoder, kwargs, message):
+    kwargs = {"encoder": encoder, "config": FAST, **kwargs}
+    with pytest.raises(ConfigError, match=message) as error:
+        Index.build(CORPUS, tmp_path / "idx", **kwargs)
+    assert "\n" not in str(error.value) and not (tmp_path / "idx").exists()
+
+
+@pytest.mark.parametrize("seed", ["abc", -1, 2**32, 2**70, True, 1.0])
+def test_seed_is_an_int_numpy_and_faiss_take(seed):
+    with pytest.raises(ConfigError, match=r"seed must be an integer in \[0, 2\*\*32\)"):
+        IndexConfig(seed=seed)
+    assert IndexConfig(seed=2**32 - 1).seed == 2**32 - 1
+
+
+def test_seed_is_refused_before_a_derive_writes_anything(tmp_path, index):
+    with pytest.raises(ConfigError, match="seed must be an integer"):
+        Index.derive(index, tmp_path / "derived", codec="residual", seed="abc")
+    assert not (tmp_path / "derived").exists()
+
+
+@pytest.mark.parametrize("changes, least", [({"codec_sample": 1}, 256), ({"codec_sample": 2, "codec_centroids": 3}, 256), ({"codec_sample": 300, "codec_centroids": 512}, 512)])
+def test_residual_codec_needs_a_sample_to_learn_from(tmp_path, index, encoder, changes, least):
+    with pytest.raises(ConfigError, match=f"codec_sample={changes['codec_sample']} is too few vectors .*give at least {least}"):
+        Index.derive(index, tmp_path / "derived", codec="residual", **changes)
+    config = dataclasses.replace(FAST, codec="residual", **changes)
+    with pytest.raises(ConfigError, match="too few vectors to train the residual codec"):
+        Index.build(CORPUS, tmp_path / "built", encoder=encoder, config=config)
+    assert not (tmp_path / "derived").exists() and not (tmp_path / "built").exists()
+    IndexConfig(codec="float16", codec_sample=1)  # only the residual codec is trained on it
+
+
+def test_residual_codec_of_a_tiny_index_trains_on_all_its_vectors(tmp_path, index):
+    small = Index.derive(index, tmp_path / "derived", codec="residual", codec_sample=256, codec_centroids=8)
+    scores = small.score(small.encode_queries("which animal purrs?")[0], np.arange(small.n_rows))
+    assert len(set(np.round(scores, 4))) == small.n_rows  # documents told apart, not all scored alike
+
+
+def test_stage_settings_are_checked_or_read_as_their_type(copy):
+    built = copy.build_fde({"d_proj": 4, "reps": 2})
+    assert built["config"]["d_proj"] == 4 and copy.build_stage("fde", {"d_proj": 8, "reps": 2})["config"]["d_proj"] == 8
+    with pytest.raises(ConfigError, match="unknown FDE setting"):
+        copy.build_stage("fde", {"nope": 1})
+    with pytest.raises(ConfigError, match="the fde stage's settings are an FDEConfig or a dict of its fields, got int"):
+        copy.build_stage("fde", 5)
+    with pytest.raises(ConfigError, match="the splade stage's settings are its masked-LM model folder .*got int"):
+        copy.build_stage("splade", 5)
+    assert list(copy.build_sparse("bm25s")) == ["bm25s"]  # one name: that stage, not its letters
+    with pytest.raises(ConfigError, match="stages must be a first stage name or a list of them, got int"):
+        copy.build_sparse(5)
+
+
+def _legacy(tmp_path) -> Path:
+    return shutil.copytree(LEGACY, tmp_path / "legacy")
+
+
+def test_first_write_to_a_legacy_index_waits_for_the_lock(tmp_path):
+    path = _legacy(tmp_path)
+    legacy = Index.open(path)
+    assert legacy.legacy
+    victim = str(legacy.doc_ids[0])
+    lock = WriterLock(path.parent, path.name).acquire()  # another writer, for half a second
+    done = {}
+    worker = threading.Thread(target=lambda: done.update(result=_outcome(lambda: legacy.delete([victim], wait=30))))
+    worker.start()
+    time.sleep(0.5)
+    lock.release()
+    worker.join(60)
+    assert isinstance(done["result"], dict) and done["result"]["deleted"] == 1, done
+    after = Index.open(path)
+    assert not after.legacy and victim not in {d.id for d in after.documents()}
+
+
+def test_two_writers_of_a_legacy_index_both_wait(tmp_path):
+    path = _legacy(tmp_path)
+    first, second = Index.open(path), Index.open(path)
+    ids = [str(i) for i in first.doc_ids[:2]]
+    done = {}
+    threads = [threading.Thread(target=lambda ix=ix, i=i: done.update({i: _outcome(lambda: ix.delete([i], wait=30))})) for ix, i in zip((first, second), ids)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(60)
+    assert all(isinstance(done[i], dict) and done[i]["deleted"] == 1 for i in ids), done
+    assert not set(ids) & {d.id for d in Index.open(path).documents()}
+
+
+def test_a_legacy_conversion_gives_up_after_its_wait(tmp_path):
+    path = _legacy(tmp_path)
+    lock = WriterLock(path.parent, path.name).acquire()
+    try:
+        started = time.monotonic()
+        with pytest.raises(IndexLockedError):
+            Index.open(path).delete(["x"], wait=0.3)
+        assert 0.25 <= time.monotonic() - started < 10
+    finally:
+        lock.release()
+    assert Index.open(path).legacy  # nothing converted
+
+
+def _outcome(call):
+    try:
+        return call()
+    except Exception as error:  # reported to the test, not lost in the thread
+        return f"{type(error).__name__}: {error}"
+
+
+def test_open_takes_a_name_or_path_and_a_model_or_encoder(tmp_path):
+    for name, model in ((None, None), (5, None), (tmp_path, 5)):
+        with pytest.raises(ConfigError, match="open an index by its name or path"):
+            Index.open(name, model=model)
