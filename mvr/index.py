@@ -26,7 +26,7 @@ from .corpus import Document, _utf8, query_texts
 from .device import resolve_device
 from .encode import Encoder, TokenVectors
 from .encode.encoder import identity_differences
-from .errors import EncoderError, EncoderMismatchError, MvrError, QueryError
+from .errors import ConfigError, EncoderError, EncoderMismatchError, MvrError, QueryError
 from .explain import explain_results
 from .fusion import stage_signals
 from .registry import EXHAUSTIVE, STAGES, needs_vectors
@@ -61,8 +61,12 @@ class Index(Changes):
         self._state: Commit = self._read()
 
     def _read(self) -> Commit:
-        """The index's current commit, opened and pinned (a version-1 index: its one folder)."""
-        return open_commit(self.path, self.name, self.splade_model, getattr(self, "_state", None), self.device)
+        """The index's current commit, opened and pinned (a version-1 index: its one folder); the
+        last one's segments reused, unless the folder was replaced (a rebuild at this path)."""
+        folder = _folder_id(self.path)
+        state = open_commit(self.path, self.name, self.splade_model, getattr(self, "_state", None) if folder == getattr(self, "_folder", folder) else None, self.device)
+        self._folder = folder
+        return state
 
     @property
     def manifest(self) -> dict:
@@ -92,6 +96,8 @@ class Index(Changes):
         """
         from .storage.commits import read_pointer
 
+        if not isinstance(name_or_path, (str, os.PathLike)) or (model is not None and not isinstance(model, (str, os.PathLike, Encoder))):
+            raise ConfigError(f"open an index by its name or path (str or Path), with model= an Encoder or a model folder; got {type(name_or_path).__name__} and {type(model).__name__}.")
         path = locate(name_or_path, Path(home) if home else None)
         if read_pointer(path)["format_version"] == 1:
             recover_stages(path, {name: (stage_class(name).format,) for name in STAGES})
@@ -104,34 +110,17 @@ class Index(Changes):
 
         with self._refresh_lock:  # one at a time, never back to an older commit
             pointer = read_pointer(self.path)
-            newer = pointer["format_version"] > 1 and (self.legacy or pointer["generation"] > self._state.generation)
+            replaced = _folder_id(self.path) != self._folder  # a new index at this path: its generations count from 1 again
+            newer = pointer["format_version"] > 1 and (self.legacy or replaced or pointer["generation"] > self._state.generation)
             if newer:
                 self._state = self._read()
             return newer
 
-    @property
-    def generation(self) -> int:
-        """The commit this index reads (0: a version-1 index)."""
-        return self._state.generation
-
-    @property
-    def segments(self) -> list[Segment]:
-        return list(self._state.segments)
-
-    @property
-    def name(self) -> str:
-        return self.path.name
-
-    @property
-    def n_docs(self) -> int:
-        """Live documents (deleted ones not counted)."""
-        return self._state.n_live
-
-    @property
-    def n_rows(self) -> int:
-        """Rows of every segment, deleted ones included: positions run from 0 to n_rows - 1."""
-        return self._state.n_rows
-
+    generation = property(lambda self: self._state.generation, doc="The commit this index reads (0: a version-1 index).")
+    segments = property(lambda self: list(self._state.segments), doc="The segments of that commit (a list of :class:`Segment`).")
+    name = property(lambda self: self.path.name)
+    n_docs = property(lambda self: self._state.n_live, doc="Live documents (deleted ones not counted).")
+    n_rows = property(lambda self: self._state.n_rows, doc="Rows of every segment, deleted ones included: positions run from 0 to n_rows - 1.")
     n_tokens = property(lambda self: sum(s.n_tokens for s in self._state.segments))
     max_doc_len = property(lambda self: max((s.max_doc_len for s in self._state.segments), default=0))
     dim = property(lambda self: self._state.segments[0].dim if self._state.segments else self._state.record.get("dim", 0))
@@ -358,3 +347,9 @@ class Index(Changes):
     def stage_bytes(self) -> dict[str, int]:
         """Bytes on disk of each built first stage, over every segment."""
         return stage_bytes(self)
+
+
+def _folder_id(path: Path) -> tuple[int, int]:
+    """Which folder stands at ``path``: a rebuild renames a new one into its place."""
+    found = os.stat(path)
+    return found.st_dev, found.st_ino

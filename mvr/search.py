@@ -11,6 +11,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from .config import CENTROID_PROBE, FDE_EF_SEARCH, FDE_NPROBE, FUSION_WEIGHT, default_candidates
+from .corpus import many
 from .errors import EncoderMismatchError, QueryError, shown
 from .feedback import COLBERT_PRF, expand
 from .first_stage import exhaustive, first_stage
@@ -181,17 +182,26 @@ def query_batch(queries, texts, opts: SearchOptions, dim: int, owner: str, encod
     against what ``opts`` read and against ``owner``'s ``dim``-wide vectors of ``encoder``."""
     if (needs_texts(opts.first_stage) or text_signals(opts.weights)) and texts is None:
         raise QueryError(f"the {opts.first_stage} first stage and text signals need the query texts (texts=...).")
+    if texts is not None:
+        texts = list(many(texts, "texts are the queries' texts, a list of strings", QueryError))
     if queries is None:
         if opts.rerank or needs_vectors(opts.first_stage):
             raise QueryError(f"first stage {opts.first_stage!r} with rerank={opts.rerank} needs encoded queries.")
-        return QueryBatch(None if texts is None else list(texts))
+        return QueryBatch(texts)
+    if not hasattr(queries, "vectors") or not hasattr(queries, "offsets"):
+        raise QueryError(f"encoded queries are TokenVectors (Index.encode_queries), got {type(queries).__name__}.")
     vectors = np.ascontiguousarray(queries.vectors, dtype=np.float32)
     if vectors.ndim != 2 or vectors.shape[1] != dim:
         found = vectors.shape[-1] if vectors.ndim else "?"
         raise EncoderMismatchError(f"query vectors have dimension {found}, {owner} stores {dim}: encode the queries with its encoder ({encoder}).")
     if not np.isfinite(vectors).all():
         raise QueryError("query vectors hold NaN or infinite values; encode the queries with the index's encoder (Index.encode_queries).")
-    return QueryBatch(None if texts is None else list(texts), vectors, np.asarray(queries.offsets, dtype=np.int64))
+    offsets = np.asarray(queries.offsets)
+    if offsets.ndim != 1 or len(offsets) < 2 or offsets.dtype.kind not in "iu" or offsets[0] != 0 or offsets[-1] != len(vectors) or (np.diff(offsets) < 1).any():
+        raise QueryError(f"query offsets must rise from 0 to the {len(vectors)} vectors, each query holding at least one (the kernels read them as given), got {shown(offsets.tolist())}.")
+    if texts is not None and len(texts) != len(offsets) - 1:
+        raise QueryError(f"{len(offsets) - 1} encoded queries and {len(texts)} texts: give one text per query.")
+    return QueryBatch(texts, vectors, offsets.astype(np.int64))
 
 
 def run(state, queries: QueryBatch, k: int, opts: SearchOptions, threads: int | None = None) -> Results:

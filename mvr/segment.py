@@ -213,9 +213,10 @@ class Commit:
 
     def positions(self, doc_ids: Sequence[str]) -> np.ndarray:
         """int64 position of each live document id (-1 where none has it). An id longer than all
-        stored ones is none's, and kept out of the array (a client's megabyte-long id would widen it)."""
+        stored ones is none's, and kept out of the array (a client's megabyte-long id would widen it);
+        so is one holding NUL, which no stored id does (NumPy's strings drop a trailing one: "d1\\0" was "d1")."""
         doc_ids, width = [str(d) for d in doc_ids], max((s.doc_ids.dtype.itemsize // 4 for s in self.segments), default=0)
-        fits = np.flatnonzero([len(d) <= width for d in doc_ids]).astype(np.int64)
+        fits = np.flatnonzero([len(d) <= width and "\x00" not in d for d in doc_ids]).astype(np.int64)
         wanted, out = np.asarray([doc_ids[i] for i in fits], dtype=str), np.full(len(doc_ids), -1, dtype=np.int64)
         for s, segment in enumerate(self.segments):
             rows = segment.positions(wanted)

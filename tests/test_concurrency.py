@@ -6,7 +6,7 @@ import random
 import threading
 import time
 
-from mvr import Index
+from mvr import Index, IndexConfig
 
 SECONDS = float(os.environ.get("MVR_CONCURRENCY_SECONDS", "60"))
 WORDS = ["cats", "tea", "lava", "dogs", "plants", "water", "green", "sleep"]
@@ -75,3 +75,23 @@ def test_readers_see_whole_commits_while_a_writer_changes_the_index(tmp_path, de
             if stage in ("exhaustive", "fde", "fde+bm25s"):
                 assert len(row) == min(10, n_live)
     assert len(generations) > 2  # the readers moved on with refresh
+
+
+def test_two_first_searches_at_once_both_answer(tmp_path, models):
+    """In a fresh process, two threads' first searches load the model at once: transformers' lazy
+    module raced, and one got "cannot import name 'AutoConfig' from 'transformers'"."""
+    import subprocess
+    import sys
+
+    Index.build([("a", "cats purr"), ("b", "green tea")], tmp_path / "idx", config=IndexConfig(model=str(models["plain"])))
+    code = (
+        "import sys, threading\nfrom mvr import Index\n"
+        "indexes, errors = [Index.open(sys.argv[1]) for _ in range(2)], []\n"
+        "def first(index):\n"
+        "    try:\n        index.search('cats', k=1)\n"
+        "    except Exception as error:\n        errors.append(repr(error))\n"
+        "threads = [threading.Thread(target=first, args=(i,)) for i in indexes]\n"
+        "[t.start() for t in threads]; [t.join() for t in threads]\nprint(errors)\n"
+    )
+    run = subprocess.run([sys.executable, "-c", code, str(tmp_path / "idx")], capture_output=True, text=True, timeout=300)
+    assert run.returncode == 0 and run.stdout.strip() == "[]", run.stdout + run.stderr

@@ -444,3 +444,33 @@ def test_a_field_given_twice_with_two_values_is_refused(tmp_path):
     with pytest.raises(CorpusError, match=r"c.jsonl:2: document 'b' gives 'year' twice, 2000 beside \"metadata\" and 1999 in it; keep one"):
         list(read_corpus(corpus))
     assert next(iter(read_corpus(corpus))).metadata == {"year": 2000, "lang": "en"}
+
+
+def test_an_id_with_nul_is_no_stored_id(index):
+    """NumPy's fixed-width strings drop trailing NULs: "d1\x00" matched d1, and a delete of it deleted d1."""
+    first = index.doc_ids[0]
+    assert f"{first}\x00" not in index and first in index
+    with pytest.raises(KeyError):
+        index.position(f"{first}\x00")
+    with pytest.raises(QueryError, match="not in index"):
+        index.rerank("tea", [f"{first}\x00"])
+
+
+def test_encoded_queries_are_checked_before_the_kernels_read_them(index):
+    """Offsets that fall, pass the vectors' end or start below 0 were read as given: the process
+    aborted (heap corruption), segfaulted, or scored foreign memory. A query of no vectors, texts
+    of another count, texts as one string, a bare array: refused too."""
+    from mvr import TokenVectors
+
+    q = index.encode_queries(["cats", "green tea"])
+    n, mid = len(q.vectors), int(q.offsets[1])
+    for offsets in ([0, n + 8, n], [0, mid, 100_000_000], [-5, mid, n], [0, mid, n + 1], [0, 0, n], [[0, n]], [0.0, float(n)]):
+        with pytest.raises(QueryError, match="query offsets must rise from 0"):
+            index.search_encoded(TokenVectors(q.vectors, np.array(offsets)), 2, first_stage="exhaustive")
+    with pytest.raises(QueryError, match="2 encoded queries and 1 texts"):
+        index.search_encoded(q, 2, texts=["cats"], first_stage="exhaustive")
+    with pytest.raises(QueryError, match="texts are the queries' texts"):
+        index.search_encoded(q, 2, texts="cats", first_stage="exhaustive")
+    with pytest.raises(QueryError, match="encoded queries are TokenVectors"):
+        index.search_encoded(q.vectors, 2, first_stage="exhaustive")
+    assert index.search_encoded(q, 2, first_stage="exhaustive").doc_ids == index.search(["cats", "green tea"], k=2, first_stage="exhaustive").doc_ids

@@ -280,3 +280,21 @@ def test_a_segment_that_disagrees_with_its_commit_is_refused(tmp_path, default_e
     commit.write_text(json.dumps(record))
     with pytest.raises(IndexFormatError, match="commit-00000001.json: its config cannot be read"):
         Index.open(tmp_path / "idx")
+
+
+def test_an_open_index_follows_a_rebuild_at_its_path(tmp_path, default_encoder):
+    """A rebuild renames a new index into the folder's place, and its generations count from 1
+    again: an Index open on the old one refreshed to nothing new, reused its old segments by name
+    (listing documents the index no longer held) and wrote its deletes into the new index by the
+    old positions (deleting another document, or a commit that made the index unopenable)."""
+    old = [{"id": f"o{i}", "text": f"old document {i} about tea"} for i in range(6)]
+    new = [{"id": f"n{i}", "text": f"new document {i} about cats"} for i in range(6)]
+    stale = Index.build(old, tmp_path / "idx", encoder=default_encoder, show_progress=False)
+    stale.add([{"id": "o6", "text": "one more"}])  # the stale handle ahead, at generation 2
+    Index.build(new, tmp_path / "idx", encoder=default_encoder, overwrite=True, show_progress=False)
+    assert stale.delete(["o1", "n2"]) == {"deleted": 1, "missing": ["o1"], "generation": 2}
+    live = lambda index: sorted(doc.id for doc in index.documents())  # noqa: E731
+    assert live(Index.open(tmp_path / "idx")) == live(stale) == sorted(d["id"] for d in new if d["id"] != "n2")
+    Index.build(old, tmp_path / "idx", encoder=default_encoder, overwrite=True, show_progress=False)
+    assert stale.refresh() and live(stale) == sorted(d["id"] for d in old)
+    assert [h.id for h in stale.search("old document 3", k=1, first_stage="exhaustive")[0]] == ["o3"]

@@ -340,7 +340,8 @@ def test_an_overwrite_killed_at_any_point_leaves_the_last_commit_whole(tmp_path,
 
 # A real writer killed at one point of a swap: the first os.replace of a `.NAME.building-*` folder
 # into place ("before": SIGKILL instead of that rename), or the first removal of a replaced
-# `.NAME.old-*` copy ("removing": SIGKILL instead of that shutil.rmtree, after the swap).
+# `.NAME.old-*` copy ("removing": SIGKILL instead of the first shutil.rmtree in it, after the swap,
+# part way through the copy's removal where it holds folders).
 KILLED_AT = (
     "import os, shutil, signal, sys\n"
     "from pathlib import Path\n"
@@ -351,7 +352,7 @@ KILLED_AT = (
     "        os.kill(os.getpid(), signal.SIGKILL)\n"
     "    return replace(src, dst, *a, **k)\n"
     "def killing_rmtree(path, *a, **k):\n"
-    "    if point == 'removing' and '.old-' in Path(path).name:\n"
+    "    if point == 'removing' and '.old-' in str(path):\n"
     "        os.kill(os.getpid(), signal.SIGKILL)\n"
     "    return rmtree(path, *a, **k)\n"
     "os.replace, shutil.rmtree = killing_replace, killing_rmtree\n"
@@ -383,3 +384,28 @@ def test_what_a_swap_killed_at_its_last_steps_leaves_is_removed_by_the_next_writ
         Index.build(DOC_LIST[:2], tmp_path / "other", encoder=plain_encoder, config=FAST)  # the next writer of the home
     assert [p for p in _hidden(home) if ".building-" in p or ".old-" in p] == []
     assert Index.open(tmp_path / "idx", model=models["plain"]).search("purring cats", k=3, first_stage="fde").doc_ids == before
+
+
+def test_no_index_is_written_inside_another(tmp_path, plain_encoder):
+    """An index derived into the source's segments/s000002 was taken by the source's next add
+    for its new segment; one inside a segment made `mvr info --verify` call the source damaged."""
+    source = Index.build(DOC_LIST, tmp_path / "src", encoder=plain_encoder, config=FAST)
+    for inside in (tmp_path / "src" / "segments" / "s000002", segment_path(source) / "derived", tmp_path / "src" / "mine"):
+        with pytest.raises(IndexExistsError, match=f"is inside the index {tmp_path / 'src'}"):
+            Index.derive(source, inside, codec="int8")
+        with pytest.raises(IndexExistsError, match="is inside the index"):
+            Index.build(DOC_LIST[:2], inside, encoder=plain_encoder, config=FAST)
+    source.add([{"id": "new", "text": "a new document"}])
+    assert len(Index.open(tmp_path / "src")) == len(DOC_LIST) + 1
+
+
+def test_an_empty_hidden_copy_is_removed_and_an_unmarked_full_one_kept(tmp_path, plain_encoder):
+    """An empty `.NAME.old-*` (a kill between making a temporary folder and the rename) holds
+    nothing to lose and goes; one with files but neither manifest nor mark may be another
+    program's and stays."""
+    Index.build(DOC_LIST, tmp_path / "idx", encoder=plain_encoder, config=FAST)
+    (tmp_path / ".idx.old-4242-abcdefgh").mkdir()
+    (tmp_path / ".idx.old-4243-abcdefgh").mkdir()
+    (tmp_path / ".idx.old-4243-abcdefgh" / "notes.txt").write_text("mine")
+    Index.build(DOC_LIST[:2], tmp_path / "other", encoder=plain_encoder, config=FAST)  # the next writer of the home
+    assert _hidden(tmp_path) == [".idx.old-4243-abcdefgh"]

@@ -24,7 +24,7 @@ from ..errors import EncoderError
 from ..progress import progress
 from ..threads import cpu_threads
 from .forms import DEFAULT_MODEL_NAME, default_model_path, detect_spec, load_projections, weight_files_of, weights_checksum
-from .runtimes import ExportError, OnnxTransformer, check_runtime, quiet_transformers
+from .runtimes import ExportError, OnnxTransformer, check_runtime, quiet_transformers, transformers_names
 from .tokens import TokenVectors, character_spans, checked_texts, input_ids, token_classes, tokenizer_checksum
 
 
@@ -70,8 +70,8 @@ class Encoder:
         precision: str | None = None,
     ):
         import torch
-        from transformers import AutoConfig, AutoTokenizer
 
+        AutoConfig, AutoTokenizer = transformers_names("AutoConfig", "AutoTokenizer")
         for name, value in (("query_maxlen", query_maxlen), ("doc_maxlen", doc_maxlen), ("batch_size", batch_size), ("threads", threads)):
             positive_int("", name, value, optional=name != "batch_size")
             if name.endswith("maxlen") and value is not None and value < 4:
@@ -136,8 +136,7 @@ class Encoder:
         if self._model is None:
             with self._model_lock:
                 if self._model is None:
-                    from transformers import AutoModel
-
+                    (AutoModel,) = transformers_names("AutoModel")
                     try:
                         with quiet_transformers():
                             model = AutoModel.from_pretrained(str(self._transformer_path), local_files_only=True)

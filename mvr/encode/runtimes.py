@@ -21,6 +21,18 @@ from ..threads import cores
 from .quantize import FUSED_SESSION_OFF
 
 
+_IMPORTING = threading.RLock()
+
+
+def transformers_names(*names: str) -> tuple:
+    """``names`` from transformers, its first import under one lock: two threads' first searches
+    raced in its lazy module (one got "cannot import name 'AutoConfig' from 'transformers'")."""
+    with _IMPORTING:
+        import transformers
+
+        return tuple(getattr(transformers, name) for name in names)
+
+
 @contextlib.contextmanager
 def quiet_transformers():
     """transformers' own logging at ERROR and no progress bars, restored afterwards."""
@@ -171,8 +183,7 @@ class OnnxTransformer:
         if attention is None:
             model = self._load_model()
         else:
-            from transformers import AutoModel
-
+            (AutoModel,) = transformers_names("AutoModel")
             with quiet_transformers():
                 model = AutoModel.from_pretrained(str(self._folder), local_files_only=True, attn_implementation=attention).float().eval()
         wrapper = Transformer(model).eval()

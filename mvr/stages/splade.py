@@ -28,7 +28,9 @@ class SpladeEncoder:
     """Sparse term weights from a local masked-LM folder (e.g. ``../shared/models/splade-tiny``)."""
 
     def __init__(self, model: str | Path, *, query_maxlen: int = 64, doc_maxlen: int = 256, batch_size: int = 8, threads: int | None = None):
-        from transformers import AutoModelForMaskedLM, AutoTokenizer
+        from ..encode.runtimes import transformers_names
+
+        AutoModelForMaskedLM, AutoTokenizer = transformers_names("AutoModelForMaskedLM", "AutoTokenizer")
 
         self.path = Path(model).resolve()
         if not (self.path / "config.json").is_file():

@@ -21,12 +21,11 @@ import re
 import shutil
 import secrets
 import sys
-import tempfile
 import time
 from pathlib import Path
 
 from ..errors import ConfigError, IndexExistsError, IndexNotFoundError
-from .formats import INDEX_FORMAT
+from .formats import INDEX_FORMAT, SEGMENT_FORMAT
 from .lock import WriterLock
 from .manifest import MANIFEST, fsync_dir, fsync_tree, manifest_format, write_manifest
 
@@ -158,7 +157,7 @@ class StagingDir:
             adopted = next((p for p in left if _resumable(p, chunks=False)), None) if resume else None
             for stale in left:
                 if stale != adopted:
-                    shutil.rmtree(stale, ignore_errors=True)
+                    _remove_marked(stale, STAGING_MARK)
             self.resumed = adopted is not None
             self.path = adopted or _new_folder(home, f".{self.target.name}.building-{os.getpid()}-")
             (self.path / STAGING_MARK).write_text(f"{os.getpid()}\n")
@@ -168,6 +167,9 @@ class StagingDir:
 
     def _check(self, overwrite: bool) -> None:
         target = self.target
+        inside = next((p for p in target.resolve().parents if manifest_format(p)[0] in (INDEX_FORMAT, SEGMENT_FORMAT)), None) if INDEX_FORMAT in self.formats else None
+        if inside is not None:  # its next write would take the folder for a segment of its own, or call it damaged
+            raise IndexExistsError(f"{target} is inside the index {inside}; write an index in a folder of its own, outside any other.")
         if target.is_symlink():
             raise IndexExistsError(f"{target} is a symbolic link; mvr writes an index only into a folder of its own: give the link's target or another name.")
         if not target.exists():
@@ -194,7 +196,7 @@ class StagingDir:
             if exc_type is not None and self.path.exists() and _resumable(self.path):
                 print(f"mvr: what this build encoded is kept in {self.path}: `--resume` (resume=True) goes on from there, a build of {self.target.name!r} without it removes it", file=sys.stderr)
             elif self.path.exists():
-                shutil.rmtree(self.path, ignore_errors=True)
+                _remove_marked(self.path, STAGING_MARK)
         finally:
             self._lock.release()
 
@@ -212,8 +214,7 @@ class StagingDir:
         fsync_tree(self.path)  # the files must be on disk before a rename publishes them
         old = None
         if self.target.exists() or self.target.is_symlink():
-            old = Path(tempfile.mkdtemp(prefix=f".{self.target.name}.old-{os.getpid()}-", dir=home))
-            os.rmdir(old)
+            old = home / f".{self.target.name}.old-{os.getpid()}-{secrets.token_hex(4)}"  # a name only: a kill leaves no empty folder
             os.replace(self.target, old)
             fsync_dir(old)
             fsync_dir(home)
@@ -234,9 +235,17 @@ class StagingDir:
             else:
                 (old / REMOVING_MARK).touch()
             fsync_dir(old)
-            shutil.rmtree(old, ignore_errors=True)
+            _remove_marked(old)
         self._lock.release()
         return self.target
+
+
+def _remove_marked(folder: Path, mark: str = REMOVING_MARK) -> None:
+    """Remove ``folder``, its ``mark`` last: a kill part way leaves a folder still marked ours."""
+    for entry in folder.iterdir():
+        if entry.name != mark:
+            shutil.rmtree(entry, ignore_errors=True) if entry.is_dir() and not entry.is_symlink() else entry.unlink(missing_ok=True)
+    shutil.rmtree(folder, ignore_errors=True)
 
 
 def _hidden_copies(target: Path, formats: tuple[str, ...]) -> list[Path]:
@@ -341,8 +350,8 @@ def _tidy(home: Path, formats: tuple[str, ...], own: WriterLock) -> None:
                     continue
                 ours = (entry / STAGING_MARK).is_file() if kind == "building" else (manifest_format(entry)[0] in formats or (entry / REMOVING_MARK).is_file())
                 kept = kind == "building" and (name == own.name or _resumable(entry))
-                if ours and not kept and (kind == "building" or target.exists()):
-                    shutil.rmtree(entry, ignore_errors=True)
+                if (ours or not any(entry.iterdir())) and not kept and (kind == "building" or target.exists()):  # (an empty one holds nothing to lose)
+                    _remove_marked(entry, STAGING_MARK if kind == "building" else REMOVING_MARK)
         finally:
             if lock is not own:
                 lock.release()  # which also removes a stale lock file of that name
