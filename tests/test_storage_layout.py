@@ -409,3 +409,13 @@ def test_an_empty_hidden_copy_is_removed_and_an_unmarked_full_one_kept(tmp_path,
     (tmp_path / ".idx.old-4243-abcdefgh" / "notes.txt").write_text("mine")
     Index.build(DOC_LIST[:2], tmp_path / "other", encoder=plain_encoder, config=FAST)  # the next writer of the home
     assert _hidden(tmp_path) == [".idx.old-4243-abcdefgh"]
+
+
+def test_a_name_with_a_home_given_is_the_homes_whatever_the_current_folder_holds(tmp_path, monkeypatch):
+    """`mvr add idx --index-dir HOME`, run from a folder that held another index named idx, wrote
+    to ./idx: the name was tried as a path first."""
+    here, home = _fake_index(tmp_path / "cwd" / "idx", "here").parent, tmp_path / "home"
+    _fake_index(home / "idx", "home")
+    monkeypatch.chdir(here)
+    assert locate("idx", home) == home / "idx"
+    assert locate("idx") == Path("idx") and locate(Path("idx"), home) == Path("idx")  # no home given, or a path: as before

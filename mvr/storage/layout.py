@@ -110,12 +110,12 @@ def locate(name_or_path: str | os.PathLike, home: Path | None = None, *, wait: f
     """The directory of an existing index, given a path to it or a name under ``home``. An index
     whose rebuild was killed between the two renames of its swap is renamed back first (when a
     live writer holds the name, after up to ``wait`` seconds for it to finish its own swap)."""
-    home = Path(home) if home else default_home()
+    explicit, home = bool(home), Path(home) if home else default_home()
     given, named = Path(name_or_path), home / str(name_or_path)
-    for folder in (given, named):
+    plain = isinstance(name_or_path, str) and name_problem(name_or_path) is None
+    for folder in (named, given) if plain and explicit else (given, named):  # a name with a home given is the home's, whatever ./NAME holds
         if (folder / MANIFEST).is_file():
             return folder
-    plain = isinstance(name_or_path, str) and name_problem(name_or_path) is None
     for folder in (named, given) if plain else (given,):
         if _recover(folder, wait=wait):
             return folder
