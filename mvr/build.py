@@ -5,7 +5,7 @@ all in a staging directory that replaces the target only once complete (storage/
     build(documents, name, config=IndexConfig())      encode a corpus
     build_blocks(blocks, name, sample=..., ...)         already encoded vectors, a block at a time
     derive(index, name, cluster_ratio=0.25, ...)       shrink a float16 index without re-encoding
-    rebuild_stage(index, "fde", FDEConfig(...))        (re)build one first stage in place
+    rebuild_stage(index, "fde", FDEConfig(...))        (re)build one first stage, as one commit
     upgrade(index)                                     convert a version-1 index to segments
 """
 
@@ -21,11 +21,12 @@ import numpy as np
 
 from .config import SEARCH_PRESETS, FDEConfig, IndexConfig, positive_int
 from .encode import Encoder
-from .errors import ConfigError, IndexLockedError, shown
+from .errors import ConfigError, shown
 from .stages import BuildSource, build_stage, stage_class
 from .storage import ArrayWriter, StagingDir, target_path
+from .storage.layout import check_replaceable
 from .encoding import Checkpoints
-from .segment_build import finish_segment, planned_stages, stored_texts, write_segment
+from .segment_build import finish_segment, link_tree, planned_stages, restage, stored_texts, write_segment
 from .storage.commits import SEGMENTS, new_commit, publish, read_pointer, segment_name, write_json
 from .storage.formats import SEGMENT_FORMAT, SEGMENT_VERSION
 from .storage.lock import check_wait
@@ -224,25 +225,38 @@ def derive(source, name, *, home=None, overwrite: bool = False, show_progress: b
 
 def rebuild_stage(index, name: str, settings=None, *, threads: int | None = None, command: str | None = None, show_progress=None) -> dict:
     """(Re)build the first stage ``name`` of every segment of an open index from its stored
-    vectors or texts, under the index's writer lock; each new one replaces the old only once
-    complete (a damaged old one too: one that lost its manifest). A version-1 index is converted
-    first. Open the index within ``storage.validate.replacing(name)`` to rebuild a stage whose
-    damage stops it from opening. Returns the last segment's manifest with its documents, bytes
-    per document and build time over every segment (the commands report them)."""
+    vectors or texts, under the index's writer lock, as one commit: each segment is relinked into a
+    new one (its files shared, storage/commits.py) with the new stage, so a search sees the old
+    stage everywhere or the new one everywhere, and a kill part way leaves the old commit whole.
+    A damaged old stage (one that lost its manifest) is replaced too. A version-1 index is
+    converted first. Open the index within ``storage.validate.replacing(name)`` to rebuild a stage
+    whose damage stops it from opening. Returns the last segment's manifest with its documents,
+    bytes per document and build time over every segment (the commands report them)."""
     from .writer import Writer
 
     settings = _stage_settings(name, settings)
     stage_class(name).check(settings, index.dim)
     if not index.segments:  # every document deleted: nothing to build from (a KeyError in each command's report)
         raise ConfigError(f"index {index.name!r} holds no documents: a first stage is built from them; documents added later get the stages the index has.")
-    built = []
-    with Writer(index):
-        for segment in index.segments:
-            with StagingDir(segment.path / name, overwrite=True, formats=(stage_class(name).format,), damaged=True) as staging, cpu_threads(threads, "numba", "faiss"):
+    built, written = [], []
+    with Writer(index) as writer, cpu_threads(threads, "numba", "faiss"):
+        entries = [dict(entry) for entry in writer.record["segments"]]
+        formats = (stage_class(name).format,)
+        for segment in index.segments:  # refused before anything is written: a folder of that name mvr did not make
+            check_replaceable(segment.path / name, formats, overwrite=True, damaged=True)
+        try:
+            for segment, entry in zip(index.segments, entries):
+                written.append(writer.new_segment())
+                restage(segment.path, written[-1], name, entry.get("deletes"))
+                (written[-1] / name).mkdir()
                 source = BuildSource(segment.path, segment.dim, segment.doc_offsets, segment.tokens, lambda p=segment.path: stored_texts(p), segment.doc_ids_sha256, segment.vectors_sha256, command, show_progress)
-                built.append(build_stage(name, staging.path, source, settings))
-                staging.commit()
-            segment.forget_stage(name)
+                built.append(build_stage(name, written[-1] / name, source, settings))
+                entry["name"] = written[-1].name
+        except BaseException:
+            for folder in written:  # never committed: the old segments stay as they were
+                shutil.rmtree(folder, ignore_errors=True)
+            raise
+        writer.commit(entries, "stage", written, stage=name, command=command)
     documents, seconds = sum(m["documents"] for m in built), sum(m["build"]["seconds"] for m in built)
     over_all = {"documents": documents, "build": {**built[-1]["build"], "seconds": round(seconds, 3), "docs_per_second": round(documents / max(seconds, 1e-9), 1)}}
     if all("bytes_per_document" in m for m in built):
@@ -276,16 +290,7 @@ def upgrade(index, *, wait: float = 0.0) -> bool:
     if not index.legacy:
         return False
     target = index.path
-    deadline = time.monotonic() + wait
-    while True:  # the writer lock, as every writer takes it: waiting up to ``wait`` seconds for its holder
-        try:
-            staging = StagingDir(target, overwrite=True)
-            break
-        except IndexLockedError:
-            if time.monotonic() >= deadline:
-                raise
-            time.sleep(0.05)
-    with staging:
+    with StagingDir(target, overwrite=True, wait=wait) as staging:  # the writer lock, waiting up to ``wait`` seconds for its holder
         if read_pointer(target)["format_version"] != 1:  # converted by another process meanwhile
             index.refresh()
             return False
@@ -297,21 +302,9 @@ def upgrade(index, *, wait: float = 0.0) -> bool:
             if entry.name != MANIFEST and not ours and (entry.name == SEGMENTS or entry.name.startswith("commit-")):
                 raise ConfigError(f"{entry} has a name the new layout of an index uses; move it out of {target} and run `mvr upgrade {target}` again.")
             if entry.name != MANIFEST and not entry.name.startswith(".mvr-"):  # mvr's own marks are not carried
-                _link_tree(entry, (folder if ours else staging.path) / entry.name)
+                link_tree(entry, (folder if ours else staging.path) / entry.name)
         write_json(folder / MANIFEST, manifest)
         first_commit(staging.path, folder, manifest, index.config, manifest["encoder"], "upgrade", None)
         staging.commit()
     index._state = index._read()
     return True
-
-
-def _link_tree(source: Path, target: Path) -> None:
-    if source.is_dir():
-        target.mkdir()
-        for entry in source.iterdir():
-            _link_tree(entry, target / entry.name)
-        return
-    try:
-        os.link(source, target)
-    except OSError:
-        shutil.copy2(source, target)

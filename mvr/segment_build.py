@@ -23,7 +23,9 @@ from .errors import MvrError
 from .registry import store_class
 from .stages import BuildSource, build_stage
 from .storage import ArrayWriter, Blob, BlobWriter, RowReader, sha256_file, write_manifest
+from .storage.commits import DELETES
 from .storage.formats import SEGMENT_FORMAT, SEGMENT_VERSION, TOKEN_IDS
+from .storage.layout import LEFTOVER
 from .storage.metadata import MetadataWriter
 from .vectors import compact_vectors, corpus_stats, needs_corpus_stats, needs_token_ids
 from .vectors.heads import FILE as HEAD_FILE
@@ -248,3 +250,27 @@ def merge_segments(folder: Path, sources: list, live: list[np.ndarray], config: 
             counts[key] = sources[0].manifest["counts"][key]
     build_info = {"merged_from": [s.path.name for s in sources], "encode_seconds": 0.0, "docs_per_second": sources[0].manifest["build"].get("docs_per_second")}
     return finish_segment(folder, config, encoder_identity, counts, build_info, started, command, show_progress, stages=stages, compact=False)
+
+
+def link_tree(source: Path, target: Path) -> None:
+    """``source`` (a file or a folder) at ``target``, hard-linked file by file (copied where the file system does not link)."""
+    if source.is_dir() and not source.is_symlink():
+        target.mkdir()
+        for entry in source.iterdir():
+            link_tree(entry, target / entry.name)
+        return
+    try:
+        os.link(source, target, follow_symlinks=False)
+    except OSError:
+        shutil.copy2(source, target, follow_symlinks=False)
+
+
+def restage(source: Path, folder: Path, stage: str, deletes: dict | None) -> None:
+    """A new segment ``folder`` holding what the segment ``source`` holds, linked (segments never
+    change, so they can share their files), less its first stage ``stage``, to be built anew, the
+    deletion bitmaps other than ``deletes`` (the commit's entry), and what killed swaps left."""
+    folder.mkdir()
+    for entry in source.iterdir():
+        stale = DELETES.match(entry.name) and entry.name != (deletes or {}).get("file")
+        if entry.name != stage and not stale and not LEFTOVER.match(entry.name):
+            link_tree(entry, folder / entry.name)

@@ -169,6 +169,14 @@ def default_encoder():
     return Encoder()
 
 
+@pytest.fixture(scope="session")
+def plain_encoder(models):
+    """An encoder of the tiny random BERT model (token states, no ColBERT head): fast, for layout tests."""
+    from mvr import Encoder
+
+    return Encoder(models["plain"])
+
+
 def write_beir(folder: Path) -> Path:
     folder.mkdir(parents=True, exist_ok=True)
     with open(folder / "corpus.jsonl", "w") as handle:

@@ -26,11 +26,6 @@ from mvr import (
 from mvr.config import FDEConfig
 
 
-@pytest.fixture(scope="module")
-def plain_encoder(models):
-    return Encoder(models["plain"])
-
-
 def _build(tmp_path, encoder, docs=None, name="idx", config=FAST, **kwargs):
     """An index of ``docs`` (default: the tiny corpus), with no first stage unless ``config`` asks."""
     docs = [{"_id": i, "title": t, "text": x} for i, t, x in DOCS] if docs is None else docs

@@ -19,6 +19,7 @@ from mvr import ConfigError, Encoder, FDEConfig, Index, IndexExistsError, IndexN
 from mvr.cli import main
 from mvr.errors import IndexLockedError
 from mvr.storage.layout import StagingDir, locate, target_path
+from mvr.storage.validate import verify_files
 
 DOC_LIST = [{"_id": i, "title": t, "text": x} for i, t, x in DOCS]
 
@@ -33,11 +34,6 @@ HOLDER = (
     "print(staging.path, flush=True)\n"
     "time.sleep(600)\n"
 )
-
-
-@pytest.fixture(scope="module")
-def plain_encoder(models):
-    return Encoder(models["plain"])
 
 
 def _fake_index(folder: Path, note: str = "") -> Path:
@@ -309,8 +305,6 @@ def test_an_overwrite_killed_at_any_point_leaves_the_last_commit_whole(tmp_path,
     import random
     import time
 
-    from mvr.storage.validate import verify_files
-
     home = tmp_path / "home"
     corpus = tmp_path / "corpus.jsonl"
     corpus.write_text("".join(json.dumps({"id": f"d{i}", "text": f"document {i} about cats and dogs number {i % 97}"}) + "\n" for i in range(1500)))
@@ -338,15 +332,15 @@ def test_an_overwrite_killed_at_any_point_leaves_the_last_commit_whole(tmp_path,
     assert not [p.name for p in home.iterdir() if p.name.startswith(".idx.building") or p.name.startswith(".idx.old")]
 
 
-# A real writer killed at one point of a swap: the first os.replace of a `.NAME.building-*` folder
-# into place ("before": SIGKILL instead of that rename), or the first removal of a replaced
-# `.NAME.old-*` copy ("removing": SIGKILL instead of the first shutil.rmtree in it, after the swap,
-# part way through the copy's removal where it holds folders).
+# A real build of HOME/idx (overwrite) killed at one point: "before": SIGKILL instead of the first
+# os.replace of a `.NAME.building-*` folder into place; "removing": instead of the first
+# shutil.rmtree in a replaced `.NAME.old-*` copy (after the swap, part way through its removal);
+# "marking": instead of writing the staging mark into the new, empty `.NAME.building-*` folder.
 KILLED_AT = (
-    "import os, shutil, signal, sys\n"
+    "import os, pathlib, shutil, signal, sys\n"
     "from pathlib import Path\n"
     "from mvr import Encoder, Index\n"
-    "point, replace, rmtree = sys.argv[3], os.replace, shutil.rmtree\n"
+    "point, replace, rmtree, write_text = sys.argv[3], os.replace, shutil.rmtree, pathlib.Path.write_text\n"
     "def killing_replace(src, dst, *a, **k):\n"
     "    if point == 'before' and '.building-' in Path(src).name:\n"
     "        os.kill(os.getpid(), signal.SIGKILL)\n"
@@ -355,35 +349,42 @@ KILLED_AT = (
     "    if point == 'removing' and '.old-' in str(path):\n"
     "        os.kill(os.getpid(), signal.SIGKILL)\n"
     "    return rmtree(path, *a, **k)\n"
-    "os.replace, shutil.rmtree = killing_replace, killing_rmtree\n"
+    "def killing_write_text(path, *a, **k):\n"
+    "    if point == 'marking' and path.name == '.mvr-staging':\n"
+    "        os.kill(os.getpid(), signal.SIGKILL)\n"
+    "    return write_text(path, *a, **k)\n"
+    "os.replace, shutil.rmtree, pathlib.Path.write_text = killing_replace, killing_rmtree, killing_write_text\n"
     "index = Index.open(Path(sys.argv[1]), model=sys.argv[2])\n"
-    "index.build_stage('fde') if sys.argv[4] == 'stage' else Index.build(index.documents(), index.path, encoder=Encoder(sys.argv[2]), overwrite=True)\n"
+    "Index.build(index.documents(), index.path, encoder=Encoder(sys.argv[2]), overwrite=True)\n"
 )
 
 
-@pytest.mark.parametrize("what", ["stage", "index"])
-@pytest.mark.parametrize("point", ["before", "removing"])
-def test_what_a_swap_killed_at_its_last_steps_leaves_is_removed_by_the_next_writer(tmp_path, models, plain_encoder, point, what):
+@pytest.mark.parametrize("after", ["build", "add"])
+@pytest.mark.parametrize("point", ["before", "removing", "marking"])
+def test_what_a_swap_killed_at_its_last_steps_leaves_is_removed_by_the_next_writer(tmp_path, models, plain_encoder, point, after):
     """A kill after the staging mark was removed but before the rename left a finished build folder
     that no writer removed (unmarked: not provably mvr's); one during the removal of the replaced
-    copy, after its manifest went, left that copy for ever (no manifest: not provably mvr's either).
-    Each kill added one. Now both keep a mark until they are gone, and the next writer removes them."""
+    copy, after its manifest went, left that copy for ever (no manifest: not provably mvr's either);
+    one between making a build folder and marking it left an empty folder no build of that name
+    removed. Each kill added one, and an add or delete removed none. Now the first two keep a mark
+    until they are gone, an empty build folder holds nothing to lose, and every next writer in the
+    home removes them: a build, or a change of the index itself."""
     index = Index.build(DOC_LIST, tmp_path / "idx", encoder=plain_encoder, config=dataclasses.replace(FAST, fde=FDEConfig(reps=2, k_sim=2)))
     before = index.search("purring cats", k=3, first_stage="fde").doc_ids
-    home = segment_path(index) if what == "stage" else tmp_path
     for _ in range(2):
-        killed = subprocess.run([sys.executable, "-c", KILLED_AT, str(index.path), str(models["plain"]), point, what], capture_output=True, text=True, timeout=300)
+        killed = subprocess.run([sys.executable, "-c", KILLED_AT, str(index.path), str(models["plain"]), point], capture_output=True, text=True, timeout=300)
         assert killed.returncode == -signal.SIGKILL, killed.stderr
-        home = segment_path(Index.open(tmp_path / "idx")) if what == "stage" else tmp_path  # a swapped-in index has a segment of another name
-        assert len([p for p in _hidden(home) if ".building-" in p or ".old-" in p]) >= 1  # what the kill left
+        assert len([p for p in _hidden(tmp_path) if ".building-" in p or ".old-" in p]) >= 1  # what the kill left
         again = Index.open(tmp_path / "idx", model=models["plain"])  # the last commit whole, whatever the kill left
         assert again.search("purring cats", k=3, first_stage="fde").doc_ids == before
-    if what == "stage":
-        Index.open(tmp_path / "idx", model=models["plain"]).build_stage("fde")  # the next writer of that folder
+    if after == "build":
+        Index.build(DOC_LIST[:2], tmp_path / "idx", encoder=plain_encoder, config=dataclasses.replace(FAST, fde=FDEConfig(reps=2, k_sim=2)), overwrite=True)
+        Index.build(DOC_LIST, tmp_path / "idx", encoder=plain_encoder, config=dataclasses.replace(FAST, fde=FDEConfig(reps=2, k_sim=2)), overwrite=True)
     else:
-        Index.build(DOC_LIST[:2], tmp_path / "other", encoder=plain_encoder, config=FAST)  # the next writer of the home
-    assert [p for p in _hidden(home) if ".building-" in p or ".old-" in p] == []
-    assert Index.open(tmp_path / "idx", model=models["plain"]).search("purring cats", k=3, first_stage="fde").doc_ids == before
+        Index.open(tmp_path / "idx", model=models["plain"]).add([{"id": "new", "text": "a new document"}])
+    assert [p for p in _hidden(tmp_path) if ".building-" in p or ".old-" in p] == []
+    final = Index.open(tmp_path / "idx", model=models["plain"])
+    assert len(final) == len(DOC_LIST) + (after == "add") and verify_files(final.path) == []
 
 
 def test_no_index_is_written_inside_another(tmp_path, plain_encoder):

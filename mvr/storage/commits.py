@@ -41,7 +41,7 @@ from .formats import COMMIT_FORMAT, COMMIT_VERSION, INDEX_FORMAT
 from .manifest import MANIFEST, SEGMENT_NAME as _SEGMENT, SEGMENTS, fsync_dir, index_folder, read_json_object, sha256_file
 
 _COMMIT = re.compile(r"^commit-(\d{8,})\.json$")
-_DELETES = re.compile(r"^deletes-(\d{8,})\.npy$")
+DELETES = re.compile(r"^deletes-(\d{8,})\.npy$")
 
 
 def commit_name(generation: int) -> str:
@@ -127,7 +127,7 @@ def check_commit(file: Path, commit, generation: int) -> None:
         if seg["deleted"] > seg["documents"]:
             raise wrong(f"segments[{i}] deletes more documents than it holds")
         deletes = seg.get("deletes")
-        if deletes is not None and not (isinstance(deletes, dict) and isinstance(deletes.get("file"), str) and _DELETES.match(deletes["file"]) and isinstance(deletes.get("sha256"), str)):
+        if deletes is not None and not (isinstance(deletes, dict) and isinstance(deletes.get("file"), str) and DELETES.match(deletes["file"]) and isinstance(deletes.get("sha256"), str)):
             raise wrong(f"segments[{i}].deletes must be null or name a deletes-N.npy file with its sha256")
     if not isinstance(commit.get("next_segment"), int):
         raise wrong("'next_segment' must be a whole number")
@@ -284,7 +284,7 @@ def collect(path: Path, current: dict) -> list[str]:
                 removed.append(f"{SEGMENTS}/{seg.name}")
                 continue
             for item in seg.iterdir():
-                if _DELETES.match(item.name) and (seg.name, item.name) not in keep_files:
+                if DELETES.match(item.name) and (seg.name, item.name) not in keep_files:
                     item.unlink(missing_ok=True)
                     removed.append(f"{SEGMENTS}/{seg.name}/{item.name}")
     if removed:

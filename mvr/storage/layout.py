@@ -6,11 +6,11 @@ storage/formats.py. A build writes everything into a hidden sibling directory an
 only once complete, so a failed build leaves any existing index of the same name untouched.
 
 Beside the index ``HOME/NAME``, mvr keeps only hidden entries of its own (a name never starts
-with ``.``): ``.NAME.lock``, the writer lock (``fcntl.flock``; the holder's PID inside), held from
-:class:`StagingDir` to its commit; ``.NAME.building-PID-xxxxxxxx``, a build in progress; and
-``.NAME.old-PID-xxxxxxxx``, the index being replaced, for the instant between the two renames of
-a swap. A killed build leaves them behind: the next writer of the home removes what no live
-writer holds, and puts back a hidden old copy whose target is missing (so does :func:`locate`).
+with ``.``): ``.NAME.mvr-lock``, the writer lock (storage/lock.py); ``.NAME.building-PID-xxxxxxxx``,
+a build in progress; and ``.NAME.old-PID-xxxxxxxx``, the index being replaced, for the instant
+between the two renames of a swap. A killed build leaves them behind: the next writer in the home
+(a build, or a change of any index there) removes what no live writer holds, and puts back a
+hidden old copy whose target is missing (so does :func:`locate`).
 A build folder with encoded chunks (mvr/encoding.py) is kept for the next build of its name,
 which goes on in it (``--resume``) or removes it."""
 
@@ -30,10 +30,8 @@ from .lock import WriterLock
 from .manifest import MANIFEST, fsync_dir, fsync_tree, manifest_format, write_manifest
 
 # mkdtemp's random part is 8 characters of [a-z0-9_]; folders from before the PID was added lack it
-_LEFTOVER = re.compile(r"^\.(?P<name>.+?)(?:\.(?P<kind>building|old)-(?:\d+-)?[a-z0-9_]{8}|\.(?P<lock>mvr-lock))$")
-# Inside every staging folder mvr makes: cleanup removes only folders that carry it (a folder of
-# another program whose name happens to match is never touched).
-STAGING_MARK = ".mvr-staging"
+LEFTOVER = re.compile(r"^\.(?P<name>.+?)(?:\.(?P<kind>building|old)-(?:\d+-)?[a-z0-9_]{8}|\.(?P<lock>mvr-lock))$")
+STAGING_MARK = ".mvr-staging"  # in every staging folder mvr makes: cleanup removes only those (never another program's of a like name)
 REMOVING_MARK = ".mvr-removing"  # an old copy's manifest, renamed as its removal starts: never put back, still ours to remove
 _RECORDS = "segments/*/resume"  # mvr/encoding.py's records of what a build encoded
 
@@ -138,9 +136,9 @@ class StagingDir:
     mvr's own segment, which its rebuild repairs). As a context manager, leaving without commit (an
     exception) removes the staging directory (unless it recorded encoded chunks) and leaves
     ``target`` as it was. ``resume``: go on in the folder an interrupted build of ``target`` left
-    (:attr:`resumed`), else remove it."""
+    (:attr:`resumed`), else remove it. ``wait``: seconds to wait for another writer's lock."""
 
-    def __init__(self, target: Path, overwrite: bool, formats: tuple[str, ...] = (INDEX_FORMAT,), resume: bool = False, damaged: bool = False):
+    def __init__(self, target: Path, overwrite: bool, formats: tuple[str, ...] = (INDEX_FORMAT,), resume: bool = False, damaged: bool = False, wait: float = 0.0):
         self.target, self.damaged = Path(target), damaged
         self.formats = tuple(formats)
         home = self.target.parent
@@ -149,10 +147,10 @@ class StagingDir:
         except (FileExistsError, NotADirectoryError):
             raise IndexExistsError(f"cannot make {home}: a file stands in the way of the folder it needs; choose another path.") from None
         label = f"index {self.target.name!r}" if INDEX_FORMAT in self.formats else f"{self.target}"
-        self._lock = WriterLock(home, self.target.name, label).acquire()
+        self._lock = WriterLock(home, self.target.name, label).acquire(wait)
         try:
-            _tidy(home, self.formats, self._lock)
-            self._check(overwrite)  # before anything of this name is removed: a refused build removes nothing
+            tidy(home, self.formats, self._lock)
+            check_replaceable(self.target, self.formats, overwrite, self.damaged)  # before anything of this name is removed: a refused build removes nothing
             left = _builds_left(home, self.target.name)
             adopted = next((p for p in left if _resumable(p, chunks=False)), None) if resume else None
             for stale in left:
@@ -164,29 +162,6 @@ class StagingDir:
         except BaseException:
             self._lock.release()
             raise
-
-    def _check(self, overwrite: bool) -> None:
-        target = self.target
-        inside = next((p for p in target.resolve().parents if manifest_format(p)[0] in (INDEX_FORMAT, SEGMENT_FORMAT)), None) if INDEX_FORMAT in self.formats else None
-        if inside is not None:  # its next write would take the folder for a segment of its own, or call it damaged
-            raise IndexExistsError(f"{target} is inside the index {inside}; write an index in a folder of its own, outside any other.")
-        if target.is_symlink():
-            raise IndexExistsError(f"{target} is a symbolic link; mvr writes an index only into a folder of its own: give the link's target or another name.")
-        if not target.exists():
-            return
-        if not target.is_dir():
-            raise IndexExistsError(f"{target} exists and is a file, not an mvr index; choose another name or path.")
-        found, what = manifest_format(target)
-        if found in self.formats or (found is None and self.damaged):
-            if not overwrite:
-                raise IndexExistsError(f"an index already exists at {target}; pass overwrite=True (CLI: --overwrite) to replace it.")
-            return
-        if not (target / MANIFEST).exists() and not any(target.iterdir()):
-            return  # an empty folder holds nothing to lose
-        raise IndexExistsError(
-            f"{target} is not an mvr index (it holds {what}, expected a manifest.json of format {' or '.join(map(repr, self.formats))}); "
-            "mvr will not replace a folder it did not create: choose another name or path, or remove that folder yourself."
-        )
 
     def __enter__(self) -> "StagingDir":
         return self
@@ -210,7 +185,7 @@ class StagingDir:
         if not self._lock.held:
             raise RuntimeError(f"{self.path} was already committed or abandoned")
         home = self.target.parent
-        self._check(overwrite=True)  # what stands at the target now (another program may have filled it during the build)
+        check_replaceable(self.target, self.formats, True, self.damaged)  # what stands at the target now (another program may have filled it during the build)
         fsync_tree(self.path)  # the files must be on disk before a rename publishes them
         old = None
         if self.target.exists() or self.target.is_symlink():
@@ -240,6 +215,32 @@ class StagingDir:
         return self.target
 
 
+def check_replaceable(target: Path, formats: tuple[str, ...], overwrite: bool, damaged: bool = False) -> None:
+    """IndexExistsError unless ``target`` may be replaced by mvr: missing, an empty folder, or
+    (``overwrite``) a folder whose manifest.json names one of ``formats`` (``damaged``: or is
+    missing or unreadable, as in a first stage of mvr's own segment), and no index inside another."""
+    inside = next((p for p in target.resolve().parents if manifest_format(p)[0] in (INDEX_FORMAT, SEGMENT_FORMAT)), None) if INDEX_FORMAT in formats else None
+    if inside is not None:  # its next write would take the folder for a segment of its own, or call it damaged
+        raise IndexExistsError(f"{target} is inside the index {inside}; write an index in a folder of its own, outside any other.")
+    if target.is_symlink():
+        raise IndexExistsError(f"{target} is a symbolic link; mvr writes an index only into a folder of its own: give the link's target or another name.")
+    if not target.exists():
+        return
+    if not target.is_dir():
+        raise IndexExistsError(f"{target} exists and is a file, not an mvr index; choose another name or path.")
+    found, what = manifest_format(target)
+    if found in formats or (found is None and damaged):
+        if not overwrite:
+            raise IndexExistsError(f"an index already exists at {target}; pass overwrite=True (CLI: --overwrite) to replace it.")
+        return
+    if not (target / MANIFEST).exists() and not any(target.iterdir()):
+        return  # an empty folder holds nothing to lose
+    raise IndexExistsError(
+        f"{target} is not an mvr index (it holds {what}, expected a manifest.json of format {' or '.join(map(repr, formats))}); "
+        "mvr will not replace a folder it did not create: choose another name or path, or remove that folder yourself."
+    )
+
+
 def _remove_marked(folder: Path, mark: str = REMOVING_MARK) -> None:
     """Remove ``folder``, its ``mark`` last: a kill part way leaves a folder still marked ours."""
     for entry in folder.iterdir():
@@ -256,7 +257,7 @@ def _hidden_copies(target: Path, formats: tuple[str, ...]) -> list[Path]:
         return []
     copies = []
     for entry in entries:
-        match = _LEFTOVER.match(entry.name)
+        match = LEFTOVER.match(entry.name)
         if match and match["kind"] == "old" and match["name"] == target.name and not entry.is_symlink() and manifest_format(entry)[0] in formats:
             copies.append(entry)
     return sorted(copies, key=_mtime, reverse=True)
@@ -318,21 +319,23 @@ def recover_stages(index: Path, formats: dict[str, tuple[str, ...]]) -> None:
 
 
 def _builds_left(home: Path, name: str) -> list[Path]:
-    """The build folders of ``name`` that killed or failed builds left (ours: marked), newest first."""
-    matches = [(entry, _LEFTOVER.match(entry.name)) for entry in home.iterdir()]
-    found = [e for e, m in matches if m and m["name"] == name and m["kind"] == "building" and not e.is_symlink() and (e / STAGING_MARK).is_file()]
+    """The build folders of ``name`` that killed or failed builds left, newest first: ours (marked),
+    or empty (a kill between making the folder and marking it; an empty folder holds nothing to lose)."""
+    matches = [(entry, LEFTOVER.match(entry.name)) for entry in home.iterdir()]
+    found = [e for e, m in matches if m and m["name"] == name and m["kind"] == "building" and not e.is_symlink() and e.is_dir() and ((e / STAGING_MARK).is_file() or not any(e.iterdir()))]
     return sorted(found, key=lambda p: p.stat().st_mtime, reverse=True)
 
 
-def _tidy(home: Path, formats: tuple[str, ...], own: WriterLock) -> None:
+def tidy(home: Path, formats: tuple[str, ...], own: WriterLock, builds: bool = True) -> None:
     """What killed writers left in ``home``, for every name no live writer holds: restore a hidden
     old copy whose target is missing, remove staging folders, old copies of present targets and
     stale lock files. A name whose lock is held is skipped: its folders belong to a live build.
     Build folders with encoded chunks are kept for the next build of their name, which resumes
-    or removes them; those of ``own``'s name are left to :class:`StagingDir`, which does."""
+    or removes them; those of ``own``'s name are left to :class:`StagingDir`, which does, unless
+    ``builds`` is False (a writer that changes the index: only those with encoded chunks are kept)."""
     leftovers: dict[str, list[tuple[str, Path]]] = {}
     for entry in home.iterdir():
-        match = _LEFTOVER.match(entry.name)
+        match = LEFTOVER.match(entry.name)
         if match and not (match["lock"] and match["name"] == own.name):
             leftovers.setdefault(match["name"], []).append((match["kind"] or "lock", entry))
     for name, entries in leftovers.items():
@@ -349,7 +352,7 @@ def _tidy(home: Path, formats: tuple[str, ...], own: WriterLock) -> None:
                 if entry.is_symlink() or not entry.is_dir():
                     continue
                 ours = (entry / STAGING_MARK).is_file() if kind == "building" else (manifest_format(entry)[0] in formats or (entry / REMOVING_MARK).is_file())
-                kept = kind == "building" and (name == own.name or _resumable(entry))
+                kept = kind == "building" and ((name == own.name and builds) or _resumable(entry))
                 if (ours or not any(entry.iterdir())) and not kept and (kind == "building" or target.exists()):  # (an empty one holds nothing to lose)
                     _remove_marked(entry, STAGING_MARK if kind == "building" else REMOVING_MARK)
         finally:

@@ -1,0 +1,123 @@
+"""A first stage rebuilt over an index of several segments is one commit: each segment is relinked
+into a new one with the new stage, and the pointer moves once. A real process killed at chosen
+points of the rebuild leaves the old stage in every segment (never some segments old, some new),
+and the next writer collects what it wrote; a reader keeps its commit's stage until it refreshes."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import signal
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+from conftest import DOCS, FAST
+from mvr import FDEConfig, Index
+from mvr.storage.commits import SEGMENTS, read_pointer
+from mvr.storage.validate import verify_files
+
+DOC_LIST = [{"id": i, "title": t, "text": x} for i, t, x in DOCS]
+QUERIES = ["purring cats", "capital city", "cell energy"]
+OLD, NEW = FDEConfig(reps=2, k_sim=2, d_proj=8), FDEConfig(reps=3, k_sim=3, d_proj=8, seed=7)
+
+# A real rebuild of the fde stage (NEW settings), SIGKILLed at one point: "second" as the second
+# segment's stage is being built (the first one's is done), "pointer" after the new commit file
+# was written and before manifest.json points to it.
+KILLED_AT = (
+    "import os, signal, sys\n"
+    "from pathlib import Path\n"
+    "import mvr.build, mvr.storage.commits as commits\n"
+    "from mvr import FDEConfig, Index\n"
+    "point, build_stage, write_json, calls = sys.argv[3], mvr.build.build_stage, commits.write_json, []\n"
+    "def killing_build(*a, **k):\n"
+    "    calls.append(1)\n"
+    "    if point == 'second' and len(calls) == 2:\n"
+    "        os.kill(os.getpid(), signal.SIGKILL)\n"
+    "    return build_stage(*a, **k)\n"
+    "def killing_write(path, data):\n"
+    "    if point == 'pointer' and Path(path).name == 'manifest.json':\n"
+    "        os.kill(os.getpid(), signal.SIGKILL)\n"
+    "    return write_json(path, data)\n"
+    "mvr.build.build_stage, commits.write_json = killing_build, killing_write\n"
+    "Index.open(Path(sys.argv[1]), model=sys.argv[2]).build_fde(FDEConfig(reps=3, k_sim=3, d_proj=8, seed=7))\n"
+)
+
+
+def _three_segments(path, encoder) -> Index:
+    index = Index.build(DOC_LIST[:4], path, encoder=encoder, config=dataclasses.replace(FAST, fde=OLD))
+    index.add(DOC_LIST[4:7], merge=False)
+    index.add(DOC_LIST[7:], merge=False)
+    index.delete([DOC_LIST[5]["id"]], merge=False)  # a deletion bitmap the rebuild carries over
+    assert len(index.segments) == 3
+    return index
+
+
+def _fde_hits(index: Index) -> list:
+    found = index.search(QUERIES, k=5, first_stage="fde", rerank=False)
+    return [list(zip(ids, np.round(scores, 5).tolist())) for ids, scores in zip(found.doc_ids, found.scores)]
+
+
+def _settings(index: Index) -> set:
+    """(reps, k_sim, seed) of the fde stage of each segment."""
+    configs = [json.loads((s.path / "fde" / "manifest.json").read_text())["config"] for s in index.segments]
+    return {(c["reps"], c["k_sim"], c["seed"]) for c in configs}
+
+
+def test_a_stage_rebuild_is_one_commit_and_a_reader_keeps_its_stage(tmp_path, plain_encoder):
+    index = _three_segments(tmp_path / "idx", plain_encoder)
+    reader = Index.open(tmp_path / "idx", model=plain_encoder)
+    before, generation, names = _fde_hits(index), read_pointer(index.path)["generation"], [s.path.name for s in index.segments]
+    index.build_fde(NEW)
+    assert read_pointer(index.path)["generation"] == generation + 1  # one commit for every segment
+    assert _settings(index) == {(3, 3, 7)} and [s.path.name for s in index.segments] != names
+    after = _fde_hits(index)
+    assert after != before and len(index) == len(DOC_LIST) - 1
+    assert _fde_hits(reader) == before  # the reader's commit and its segments are pinned, not collected
+    reader.refresh()
+    assert _fde_hits(reader) == after
+    assert verify_files(index.path) == []
+    for old, new in zip(names, index.segments):  # the new segments share the old ones' files: nothing was copied
+        assert os.stat(tmp_path / "idx" / SEGMENTS / old / "vectors.npy").st_ino == os.stat(new.path / "vectors.npy").st_ino
+    del reader
+    index.delete(["d1"])  # the next writer collects the segments no commit in use names
+    assert sorted(p.name for p in (index.path / SEGMENTS).iterdir()) == sorted(s.path.name for s in index.segments)
+
+
+@pytest.mark.parametrize("point", ["second", "pointer"])
+def test_a_stage_rebuild_killed_part_way_leaves_the_old_stage_everywhere(tmp_path, models, point):
+    from mvr import Encoder
+
+    index = _three_segments(tmp_path / "idx", Encoder(models["plain"]))
+    before, committed = _fde_hits(index), sorted(s.path.name for s in index.segments)
+    del index  # no reader left pinning the old commit: the next writer may collect it
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)}
+    killed = subprocess.run([sys.executable, "-c", KILLED_AT, str(tmp_path / "idx"), str(models["plain"]), point], capture_output=True, text=True, timeout=300, env=env)
+    assert killed.returncode == -signal.SIGKILL, killed.stderr
+    assert len(list((tmp_path / "idx" / SEGMENTS).iterdir())) > len(committed)  # the killed rebuild had written new segments
+    again = Index.open(tmp_path / "idx", model=models["plain"])
+    assert _fde_hits(again) == before and _settings(again) == {(2, 2, 0)}  # not a mix of old and new stages
+    assert verify_files(again.path) == [] and sorted(s.path.name for s in again.segments) == committed
+    again.build_fde(NEW)  # the next writer removes what the kill left, and the rebuild goes through
+    assert _settings(again) == {(3, 3, 7)} and _fde_hits(again) != before
+    assert sorted(p.name for p in (again.path / SEGMENTS).iterdir()) == sorted(s.path.name for s in again.segments)
+
+
+def test_a_stage_rebuild_keeps_a_segment_s_other_files_and_refuses_a_folder_it_did_not_make(tmp_path, plain_encoder):
+    from mvr import IndexExistsError
+
+    index = _three_segments(tmp_path / "idx", plain_encoder)
+    (index.segments[1].path / "notes.txt").write_text("mine")  # a file mvr did not make, in a segment
+    index.build_fde(NEW)
+    assert (index.segments[1].path / "notes.txt").read_text() == "mine"
+    stage = index.segments[2].path / "fde"
+    for entry in stage.iterdir():
+        entry.unlink()
+    (stage / "manifest.json").write_text('{"format": "mvr-index"}')  # another format's folder where the stage was
+    generation = read_pointer(index.path)["generation"]
+    with pytest.raises(IndexExistsError, match="'mvr-fde'"):
+        index.build_fde(OLD)
+    assert read_pointer(index.path)["generation"] == generation and (stage / "manifest.json").read_text() == '{"format": "mvr-index"}'
