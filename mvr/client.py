@@ -16,7 +16,7 @@ import urllib.parse
 from pathlib import Path
 from typing import Sequence
 
-from .errors import IndexLockedError, IndexNotFoundError, MvrError, QueryError, shown
+from .errors import IndexLockedError, IndexNotFoundError, MvrError, QueryError, is_number, shown
 
 # What each status means to a caller, as mvr's own errors.
 ERRORS = {400: QueryError, 401: QueryError, 404: IndexNotFoundError, 409: IndexLockedError, 413: QueryError, 415: QueryError, 422: QueryError}
@@ -34,7 +34,7 @@ class Client:
 
     def __init__(self, url: str, api_key: str | None = None, timeout: float = 120.0):
         parsed, self._prefix = _split(url)
-        if isinstance(timeout, bool) or not isinstance(timeout, (int, float)) or not 0 < timeout <= MAX_TIMEOUT:
+        if not is_number(timeout) or not 0 < timeout <= MAX_TIMEOUT:
             raise QueryError(f"a client's timeout is a positive number of seconds (at most {MAX_TIMEOUT:,.0f}) such as 120, got {shown(timeout)}.")
         self.url = url.rstrip("/")
         self._parsed = parsed

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 from dataclasses import asdict, dataclass, field, fields, replace
 
-from .errors import ConfigError
+from .errors import ConfigError, is_number
 from .registry import CODECS, SPARSE_STAGES
 
 PRUNE_RULES = ("special", "punctuation", "stopwords", "df")
@@ -105,7 +105,7 @@ def positive_int(owner: str, name: str, value, optional: bool = False) -> None:
     """A ConfigError unless ``value`` is an int >= 1 (not a bool; None where ``optional``)."""
     if value is None and optional:
         return
-    if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+    if not is_number(value, whole=True) or value < 1:
         raise ConfigError(f"{owner}{name} must be a positive integer{' or None' if optional else ''}, got {value!r}.")
 
 
@@ -145,7 +145,7 @@ class FDEConfig:
     factory: str = "Flat"
 
     def __post_init__(self):
-        if not isinstance(self.k_sim, int) or isinstance(self.k_sim, bool) or not 0 <= self.k_sim < 31:
+        if not is_number(self.k_sim, whole=True) or not 0 <= self.k_sim < 31:
             raise ConfigError(f"fde k_sim (--fde-k-sim) must be an integer in [0, 30], got {self.k_sim!r}.")
         positive_int("fde ", "reps", self.reps)
         positive_int("fde ", "d_proj", self.d_proj, optional=True)
@@ -284,7 +284,7 @@ class IndexConfig:
             positive_int("", name, getattr(self, name))
         for name in (n for n in ("model", "splade_model", "projection") if getattr(self, n) is not None):
             object.__setattr__(self, name, str(getattr(self, name)))  # a Path, kept as text
-        if isinstance(self.seed, bool) or not isinstance(self.seed, int) or not 0 <= self.seed < 2**32:  # what numpy and faiss take
+        if not is_number(self.seed, whole=True) or not 0 <= self.seed < 2**32:  # what numpy and faiss take
             raise ConfigError(f"seed must be an integer in [0, 2**32), got {self.seed!r}.")
         if self.doc_runtime not in RUNTIMES:
             raise ConfigError(f"unknown doc_runtime {self.doc_runtime!r}; available: {', '.join(RUNTIMES)}.")
@@ -306,9 +306,9 @@ class IndexConfig:
             raise ConfigError(f"prune_max_df must lie in (0, 1], got {self.prune_max_df!r}.")
         if self.cluster_ratio is not None and self.cluster_count is not None:
             raise ConfigError("give cluster_ratio or cluster_count, not both.")
-        if self.cluster_ratio is not None and (isinstance(self.cluster_ratio, bool) or not isinstance(self.cluster_ratio, (int, float)) or not 0.0 < self.cluster_ratio <= 1.0):
+        if self.cluster_ratio is not None and (not is_number(self.cluster_ratio) or not 0.0 < self.cluster_ratio <= 1.0):
             raise ConfigError(f"cluster_ratio must lie in (0, 1], got {self.cluster_ratio!r}.")
-        if isinstance(self.cluster_idf_weight, bool) or not isinstance(self.cluster_idf_weight, (int, float)) or not 0.0 <= self.cluster_idf_weight <= 8.0:
+        if not is_number(self.cluster_idf_weight) or not 0.0 <= self.cluster_idf_weight <= 8.0:
             raise ConfigError(f"cluster_idf_weight must be a number in [0, 8], got {self.cluster_idf_weight!r}.")
         if self.cluster_method not in CLUSTER_METHODS:
             raise ConfigError(f"unknown cluster_method {self.cluster_method!r}; available: {', '.join(CLUSTER_METHODS)}.")

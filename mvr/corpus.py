@@ -17,7 +17,7 @@ from pathlib import Path
 from collections.abc import Mapping, Set
 from typing import Iterable, Iterator
 
-from .errors import CorpusError, QueryError, shown
+from .errors import CorpusError, QueryError, is_number, shown
 
 TEXT_SUFFIXES = (".txt", ".md")
 _FORMS = 'a BEIR corpus.jsonl (or its dataset folder), a JSONL file of {"id", "text"} objects, or a folder of .txt/.md files'
@@ -167,7 +167,7 @@ _EXACT = 2**53  # numbers are stored as float64: integers beyond this would coll
 
 def exact_number(value) -> bool:
     """Whether ``value`` is a number that float64 holds exactly enough to compare (not a bool)."""
-    if isinstance(value, bool) or not isinstance(value, (int, float)):
+    if not is_number(value):
         return False
     return abs(value) <= _EXACT if isinstance(value, int) else math.isfinite(value) and abs(value) <= _EXACT
 

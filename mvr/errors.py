@@ -64,3 +64,9 @@ def shown(value, limit: int = 80) -> str:
     or list would otherwise come back whole in the error about it)."""
     text = repr(value)
     return text if len(text) <= limit else f"{text[:limit]}... ({len(text)} characters)"
+
+
+def is_number(value, whole: bool = False) -> bool:
+    """Whether ``value`` is a Python int (``whole``), or an int or float: never a bool, which
+    Python counts as an int (``True`` is no count of anything) and JSON writes as ``true``."""
+    return isinstance(value, int if whole else (int, float)) and not isinstance(value, bool)

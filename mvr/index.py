@@ -158,7 +158,12 @@ class Index(Changes):
                     f"index {self.name!r} was built with the model at {source}, which is not there any more; "
                     "pass the same model's folder (model=PATH, CLI --model PATH)."
                 )
-            encoder = Encoder(source, query_maxlen=recorded["query_maxlen"], doc_maxlen=recorded["doc_maxlen"], **runtime)
+            try:
+                encoder = Encoder(source, query_maxlen=recorded["query_maxlen"], doc_maxlen=recorded["doc_maxlen"], **runtime)
+            except EncoderError as error:  # a model given for the index's own that cannot encode as it did (fewer positions): another model
+                if self._model is None:
+                    raise
+                raise EncoderMismatchError(f"index {self.name!r} was built with encoder {recorded['name']!r}; the model at {source} cannot encode as it did: {error} Search with the index's own model.") from None
         differences = identity_differences(recorded, encoder.identity)
         if differences:
             raise EncoderMismatchError(

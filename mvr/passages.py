@@ -23,7 +23,7 @@ from dataclasses import replace
 import numpy as np
 
 from .corpus import Document
-from .errors import ConfigError
+from .errors import ConfigError, is_number
 
 GROUPS = ("documents", "passages")
 # Where a sentence starts: after end punctuation and white space, or after a line break.
@@ -44,9 +44,9 @@ def check(passage_tokens, passage_stride) -> None:
         if passage_stride is not None:
             raise ConfigError("passage_stride (--passage-stride) needs passage_tokens (--passage-tokens).")
         return
-    if isinstance(passage_tokens, bool) or not isinstance(passage_tokens, int) or passage_tokens < 16:
+    if not is_number(passage_tokens, whole=True) or passage_tokens < 16:
         raise ConfigError(f"passage_tokens must be an integer of at least 16 (tokens per passage), got {passage_tokens!r}.")
-    if passage_stride is not None and (isinstance(passage_stride, bool) or not isinstance(passage_stride, int) or not 1 <= passage_stride <= passage_tokens):
+    if passage_stride is not None and (not is_number(passage_stride, whole=True) or not 1 <= passage_stride <= passage_tokens):
         raise ConfigError(f"passage_stride must be an integer in [1, passage_tokens={passage_tokens}], got {passage_stride!r}.")
 
 

@@ -21,7 +21,7 @@ from .errors import ConfigError, IndexFormatError, QueryError
 from .registry import STAGES, parse_stage, store_class
 from .stages import Hybrid, has_stage, open_stage, stage_class
 from .storage import Blob, read_manifest
-from .storage.commits import SEGMENTS, commit_name, pin_current, read_deletes
+from .storage.commits import SEGMENTS, commit_name, pin_commit, pin_current, read_deletes
 from .storage.formats import FDE_FORMAT, FDE_VERSION, SEGMENT_FORMAT, SEGMENT_VERSION, TOKEN_IDS, rebuild_command
 from .storage.layout import recover_stages
 from .storage.metadata import Metadata, read_types
@@ -96,9 +96,6 @@ class Segment:
                 stage = self._stages.get(name) or open_stage(name, self)
                 self._stages[name] = stage
         return stage
-
-    def forget_stage(self, name: str) -> None:
-        self._stages.pop(name, None)
 
     def require(self, name: str) -> None:
         for part in parse_stage(name):
@@ -234,11 +231,11 @@ def _on(segment: Segment, device: str) -> Segment:
     return segment
 
 
-def open_commit(path: Path, index_name: str, splade_model=None, previous: "Commit | None" = None, device: str = "cpu") -> "Commit":
-    """The current commit of the index at ``path``, opened and pinned (a version-1 index: its one
-    folder, read-only). Segments of ``previous`` (the commit read before) are reused as they are.
-    ``device`` other than "cpu": exact MaxSim runs in PyTorch there (storage/torch_tokens.py)."""
-    pointer, record, pin = pin_current(path)
+def open_commit(path: Path, index_name: str, splade_model=None, previous: "Commit | None" = None, device: str = "cpu", generation: int | None = None) -> "Commit":
+    """The current commit of the index at ``path`` (or the commit ``generation``), opened and pinned
+    (a version-1 index: its one folder, read-only). Segments of ``previous`` (the commit read before)
+    are reused as they are. ``device`` other than "cpu": exact MaxSim runs in PyTorch there."""
+    pointer, record, pin = pin_current(path) if generation is None else (None, *pin_commit(path, generation))
     try:
         if record is None:  # version 1: the whole index in one folder, read-only
             segment = _on(Segment.open(path, index_name, splade_model=splade_model, legacy=True), device)

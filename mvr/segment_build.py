@@ -20,12 +20,12 @@ from .corpus import Document
 from .encode import Encoder
 from .encoding import RESUME, Checkpoints, encode_corpus, finish_vectors
 from .errors import MvrError
-from .registry import store_class
-from .stages import BuildSource, build_stage
+from .registry import STAGES, store_class
+from .stages import BuildSource, build_stage, stage_class
 from .storage import ArrayWriter, Blob, BlobWriter, RowReader, sha256_file, write_manifest
 from .storage.commits import DELETES
 from .storage.formats import SEGMENT_FORMAT, SEGMENT_VERSION, TOKEN_IDS
-from .storage.layout import LEFTOVER
+from .storage.layout import LEFTOVER, ours
 from .storage.metadata import MetadataWriter
 from .vectors import compact_vectors, corpus_stats, needs_corpus_stats, needs_token_ids
 from .vectors.heads import FILE as HEAD_FILE
@@ -268,9 +268,13 @@ def link_tree(source: Path, target: Path) -> None:
 def restage(source: Path, folder: Path, stage: str, deletes: dict | None) -> None:
     """A new segment ``folder`` holding what the segment ``source`` holds, linked (segments never
     change, so they can share their files), less its first stage ``stage``, to be built anew, the
-    deletion bitmaps other than ``deletes`` (the commit's entry), and what killed swaps left."""
+    deletion bitmaps other than ``deletes`` (the commit's entry), and what killed swaps of its
+    first stages left (an mvr before stage rebuilds were commits swapped them in place; a user's
+    files are kept, whatever their names)."""
     folder.mkdir()
     for entry in source.iterdir():
         stale = DELETES.match(entry.name) and entry.name != (deletes or {}).get("file")
-        if entry.name != stage and not stale and not LEFTOVER.match(entry.name):
+        left = LEFTOVER.match(entry.name)
+        swapped = left is not None and left["name"] in STAGES and ours(entry, (stage_class(left["name"]).format,))
+        if entry.name != stage and not stale and not swapped:
             link_tree(entry, folder / entry.name)

@@ -15,7 +15,7 @@ import os
 import sys
 import threading
 
-from .errors import QueryError
+from .errors import QueryError, is_number
 
 
 def cores() -> int:
@@ -106,7 +106,7 @@ def cpu_threads(threads: int | None, *libraries: str):
     if threads is None:
         yield
         return
-    if not isinstance(threads, int) or isinstance(threads, bool) or threads < 1:
+    if not is_number(threads, whole=True) or threads < 1:
         raise QueryError(f"threads must be a positive integer, got {threads!r}.")
     threads = min(threads, cores())
     with contextlib.ExitStack() as stack:

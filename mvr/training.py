@@ -26,7 +26,7 @@ import time
 
 import numpy as np
 
-from .errors import ConfigError, QueryError
+from .errors import ConfigError, QueryError, is_number
 from .progress import progress
 from .vectors import fit_pca
 from .tuning import ideal_dcg
@@ -144,11 +144,11 @@ def train_projection(
     if not 1 <= dim <= dim_in:
         raise ConfigError(f"dim must lie in [1, {dim_in}] (the model's dimensions), got {dim}.")
     for name, value, low in (("epochs", epochs, 0), ("batch_size", batch_size, 2), ("negatives", negatives, 0), ("mined", mined, 1)):
-        if isinstance(value, bool) or not isinstance(value, int) or value < low:
+        if not is_number(value, whole=True) or value < low:
             raise ConfigError(f"{name} must be an integer >= {low}, got {value!r}.")
     if not 0 < temperature <= 10 or not 0 < learning_rate <= 1 or not 0 < validation < 1:
         raise ConfigError("temperature must lie in (0, 10], learning_rate in (0, 1] and validation in (0, 1) (the epoch kept is the best on it).")
-    if isinstance(seed, bool) or not isinstance(seed, int) or seed < 0:
+    if not is_number(seed, whole=True) or seed < 0:
         raise ConfigError(f"seed must be an integer >= 0, got {seed!r}.")
     rng = np.random.default_rng(seed)
     judged = {d for q in queries if q in qrels for d in qrels[q]}

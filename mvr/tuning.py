@@ -19,7 +19,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from .errors import QueryError
+from .errors import QueryError, is_number
 from .fusion import MAXSIM, SIGNALS, signal_scores, zscores
 from .stages.base import Candidates, QueryBatch
 
@@ -118,7 +118,7 @@ def tune(index, queries: dict[str, str], qrels: dict[str, dict[str, int]], *, op
     the index has them; else its default first stage, 100). Returns ``{"preset": search options
     to save, "ndcg_at_10": tuned, "maxsim_ndcg_at_10": MaxSim alone on the same candidates,
     "alone": each signal alone, "queries", "signals", "top": the best grid rows}``."""
-    if isinstance(step, bool) or not isinstance(step, (int, float)) or not 0 < step <= 0.5 or abs(round(1 / step) * step - 1) > 1e-9:
+    if not is_number(step) or not 0 < step <= 0.5 or abs(round(1 / step) * step - 1) > 1e-9:
         raise QueryError(f"step must divide 1 (0.05, 0.1, 0.25, ...), got {step!r}.")
     if index.config.passage_tokens:
         raise QueryError(f"index {index.name!r} holds passages; tuning compares whole documents with their judgements, so tune on an index of documents.")

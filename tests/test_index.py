@@ -206,7 +206,7 @@ def test_missing_and_damaged_indexes(tmp_path, plain_encoder):
         Index.open(tmp_path / "idx")
 
 
-def test_queries_from_another_encoder_are_refused(tmp_path, models, plain_encoder):
+def test_queries_from_another_encoder_are_refused(tmp_path, models, plain_encoder, default_index):
     _build(tmp_path, plain_encoder)
     other = Index.open(tmp_path / "idx", model=models["plain-other"])
     with pytest.raises(EncoderMismatchError, match="weights_sha256"):
@@ -217,6 +217,9 @@ def test_queries_from_another_encoder_are_refused(tmp_path, models, plain_encode
     colbert = Index.open(tmp_path / "idx", model=models["colbert"])
     with pytest.raises(EncoderMismatchError, match="dim: index 32, query encoder 16"):
         colbert.search("cats")
+    short = Index.open(default_index.path, model=models["plain"])  # 128 positions, the index's model reads 256 tokens of a document
+    with pytest.raises(EncoderMismatchError, match="the model at .*plain cannot encode as it did: doc_maxlen=256 exceeds the model's 128 positions"):
+        short.search("cats")
     index = Index.open(tmp_path / "idx", model=plain_encoder)
     wrong_dim = TokenVectors(np.ones((3, 16), np.float32), np.array([0, 3]))
     with pytest.raises(EncoderMismatchError, match="dimension 16.*stores 32"):

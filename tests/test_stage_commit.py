@@ -8,7 +8,9 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
+import shutil
 import signal
+import stat
 import subprocess
 import sys
 
@@ -106,13 +108,31 @@ def test_a_stage_rebuild_killed_part_way_leaves_the_old_stage_everywhere(tmp_pat
     assert sorted(p.name for p in (again.path / SEGMENTS).iterdir()) == sorted(s.path.name for s in again.segments)
 
 
-def test_a_stage_rebuild_keeps_a_segment_s_other_files_and_refuses_a_folder_it_did_not_make(tmp_path, plain_encoder):
-    from mvr import IndexExistsError
+# A stage rebuild in a process of its own: were it to open a pipe a user left in a segment, it would wait for ever.
+REBUILD = "import sys; from pathlib import Path; from mvr import FDEConfig, Index; Index.open(Path(sys.argv[1]), model=sys.argv[2]).build_fde(FDEConfig(reps=3, k_sim=3, d_proj=8, seed=7))"
 
-    index = _three_segments(tmp_path / "idx", plain_encoder)
-    (index.segments[1].path / "notes.txt").write_text("mine")  # a file mvr did not make, in a segment
-    index.build_fde(NEW)
-    assert (index.segments[1].path / "notes.txt").read_text() == "mine"
+
+def test_a_stage_rebuild_keeps_a_segment_s_other_files_and_refuses_a_folder_it_did_not_make(tmp_path, models):
+    """What a user left in a segment goes on into the new one: a file, one named like mvr's
+    leftovers, a dangling link and a pipe (the commit flushed every file it found, so the link
+    failed the rebuild and the pipe hung it); what an older mvr's killed stage swap left is dropped."""
+    from mvr import Encoder, IndexExistsError
+
+    index = _three_segments(tmp_path / "idx", Encoder(models["plain"]))
+    segment = index.segments[1].path
+    (segment / "notes.txt").write_text("mine")
+    (segment / ".notes.old-20240101").write_text("mine too")
+    (segment / "dangling").symlink_to(tmp_path / "nowhere")
+    os.mkfifo(segment / "pipe")
+    shutil.copytree(segment / "fde", segment / ".fde.old-4242-x1y2z3w4")  # a stage's replaced copy, hidden by a kill mid-swap
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)}
+    rebuilt = subprocess.run([sys.executable, "-c", REBUILD, str(index.path), str(models["plain"])], capture_output=True, text=True, timeout=300, env=env)
+    assert rebuilt.returncode == 0, rebuilt.stderr
+    index.refresh()
+    segment = index.segments[1].path
+    assert (segment / "notes.txt").read_text() == "mine" and (segment / ".notes.old-20240101").read_text() == "mine too"
+    assert os.readlink(segment / "dangling") == str(tmp_path / "nowhere") and stat.S_ISFIFO(os.lstat(segment / "pipe").st_mode)
+    assert not (segment / ".fde.old-4242-x1y2z3w4").exists() and _settings(index) == {(3, 3, 7)}
     stage = index.segments[2].path / "fde"
     for entry in stage.iterdir():
         entry.unlink()
@@ -121,3 +141,23 @@ def test_a_stage_rebuild_keeps_a_segment_s_other_files_and_refuses_a_folder_it_d
     with pytest.raises(IndexExistsError, match="'mvr-fde'"):
         index.build_fde(OLD)
     assert read_pointer(index.path)["generation"] == generation and (stage / "manifest.json").read_text() == '{"format": "mvr-index"}'
+
+
+def test_a_shard_opens_the_commit_its_coordinator_holds(tmp_path, plain_encoder):
+    """A ShardedIndex's actors opened the index's current commit, not the coordinator's: a write
+    between the two opens (a stage rebuild renames every segment) failed every search to come."""
+    pytest.importorskip("ray")
+    from mvr.distributed.shards import _Shard
+    from mvr.stages import QueryBatch
+
+    index = _three_segments(tmp_path / "idx", plain_encoder)
+    held = Index.open(tmp_path / "idx", model=plain_encoder)  # the coordinator's commit
+    names = [s.path.name for s in held.segments]
+    index.build_fde(NEW)  # then a writer moves on, before the shards open
+    shard = _Shard(str(held.path), held._state.generation, names, None)
+    assert sorted(shard.segments) == sorted(names) and shard.state.generation == held._state.generation
+    encoded = held.encoder.encode_queries(["purring cats"])
+    query = QueryBatch(["purring cats"], encoded.vectors, encoded.offsets)
+    for segment in held.segments:  # the held commit's old stage, as the coordinator has it
+        (found,) = shard.call(segment.path.name, "search", "fde", query, 3)
+        np.testing.assert_array_equal(found.positions, segment.stage("fde").search(query, 3)[0].positions)

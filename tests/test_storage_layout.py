@@ -18,7 +18,8 @@ from conftest import DOCS, FAST, segment_path
 from mvr import ConfigError, Encoder, FDEConfig, Index, IndexExistsError, IndexNotFoundError
 from mvr.cli import main
 from mvr.errors import IndexLockedError
-from mvr.storage.layout import StagingDir, locate, target_path
+from mvr.storage.layout import StagingDir, locate
+from mvr.storage.names import target_path
 from mvr.storage.validate import verify_files
 
 DOC_LIST = [{"_id": i, "title": t, "text": x} for i, t, x in DOCS]
@@ -420,3 +421,38 @@ def test_a_name_with_a_home_given_is_the_homes_whatever_the_current_folder_holds
     monkeypatch.chdir(here)
     assert locate("idx", home) == home / "idx"
     assert locate("idx") == Path("idx") and locate(Path("idx"), home) == Path("idx")  # no home given, or a path: as before
+
+
+# A real delete of HOME/idx whose writer, tidying the home first, removes a hidden replaced copy
+# `.idx.old-*`: SIGKILL right after the first thing inside the copy is removed once it holds no
+# manifest.json (the old removal unlinked the manifest among the rest, unmarked).
+KILLED_TIDYING = (
+    "import os, shutil, signal, sys\n"
+    "from pathlib import Path\n"
+    "from mvr import Index\n"
+    "unlink, rmtree = os.unlink, shutil.rmtree\n"
+    "def after(path):\n"
+    "    path = Path(path)\n"
+    "    root = next((p for p in path.parents if '.old-' in p.name), None)\n"
+    "    if root is not None and not (root / 'manifest.json').exists():\n"
+    "        os.kill(os.getpid(), signal.SIGKILL)\n"
+    "def killing_unlink(path, *a, **k):\n"
+    "    unlink(path, *a, **k)\n"
+    "    after(path)\n"
+    "def killing_rmtree(path, *a, **k):\n"
+    "    rmtree(path, *a, **k)\n"
+    "    after(path)\n"
+    "os.unlink, shutil.rmtree = killing_unlink, killing_rmtree\n"
+    "Index.open(Path(sys.argv[1]), model=sys.argv[2]).delete(['d1'])\n"
+)
+
+
+def test_a_writer_killed_removing_a_hidden_copy_leaves_it_marked_for_the_next(tmp_path, models, plain_encoder):
+    index = Index.build(DOC_LIST, tmp_path / "idx", encoder=plain_encoder, config=FAST)
+    hidden = tmp_path / ".idx.old-123-abcdefgh"
+    shutil.copytree(index.path, hidden)  # an overwrite killed after its second rename: a whole copy of the replaced index
+    killed = subprocess.run([sys.executable, "-c", KILLED_TIDYING, str(index.path), str(models["plain"])], capture_output=True, text=True, timeout=300)
+    assert killed.returncode == -signal.SIGKILL, killed.stderr
+    assert hidden.is_dir() and (hidden / ".mvr-removing").is_file()  # part way removed, and marked as mvr's to remove
+    Index.open(tmp_path / "idx", model=plain_encoder).delete(["d2"])
+    assert not hidden.exists() and len(Index.open(tmp_path / "idx")) == len(DOC_LIST) - 1

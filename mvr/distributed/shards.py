@@ -49,15 +49,19 @@ class _Shard:
     """A Ray actor holding some segments of an index, opened; it answers one call at a time, with
     ``threads`` CPU threads (None: each library's default)."""
 
-    def __init__(self, path: str, names: list[str], threads: int | None):
-        from ..index import Index
+    def __init__(self, path: str, generation: int | None, names: list[str], threads: int | None):
+        from pathlib import Path
 
-        index = Index.open(path)
+        from ..segment import open_commit
+
+        # the coordinator's commit (which it holds), not whatever is current now: a write between
+        # the two opens (an add, a merge, a stage rebuild) would give the shard other segments
+        self.state = open_commit(Path(path), Path(path).name, generation=generation)
         self.threads = threads
-        self.segments = {s.path.name: s for s in index.segments if s.path.name in names}
+        self.segments = {s.path.name: s for s in self.state.segments if s.path.name in names}
         missing = sorted(set(names) - set(self.segments))
         if missing:
-            raise ConfigError(f"segments {missing} are not in the current commit of {path}; open the sharded index again.")
+            raise ConfigError(f"segments {missing} are not in commit {generation} of {path}; open the sharded index again.")
 
     def call(self, name: str, method: str, *args):
         with cpu_threads(self.threads, "numba", "faiss", "blas"):
@@ -185,7 +189,7 @@ class ShardedIndex:
         connect()  # a local instance unless this process has joined a cluster
         self.closed, self.session = False, _session()
         actor, nodes = ray.remote(num_cpus=0)(_Shard), _worker_nodes()
-        self.actors = [actor.options(scheduling_strategy=NodeAffinitySchedulingStrategy(nodes[i % len(nodes)], soft=False)).remote(str(self.index.path), names[i::shards], threads)
+        self.actors = [actor.options(scheduling_strategy=NodeAffinitySchedulingStrategy(nodes[i % len(nodes)], soft=False)).remote(str(self.index.path), None if state.legacy else state.generation, names[i::shards], threads)
                        for i in range(min(shards, len(names)))]
         try:
             self._nodes = ray.get([a.node.remote() for a in self.actors])  # each shard has opened its segments on its node

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import os
 
-from ..errors import QueryError
+from ..errors import QueryError, is_number
 
 
 class Source:
@@ -17,7 +17,7 @@ class Source:
     def __init__(self, index=None, *, url: str | None = None, index_name: str | None = None, api_key: str | None = None, home=None, k: int = 10, search_kwargs=None):
         if (index is None) == (url is None):
             raise QueryError("give a retriever either index=... (an open mvr.Index, a name or a path) or url=... with index_name=..., not both.")
-        if isinstance(k, bool) or not isinstance(k, int) or k < 1:  # checked here, not at the first query (True was taken for 1)
+        if not is_number(k, whole=True) or k < 1:  # checked here, not at the first query (True was taken for 1)
             raise QueryError(f"a retriever's k is a positive integer, got {k!r}.")
         if search_kwargs is not None and not isinstance(search_kwargs, dict):
             raise QueryError(f"search_kwargs is a dict of mvr.Index.search options such as {{'first_stage': 'fde'}}, got {type(search_kwargs).__name__}.")

@@ -15,7 +15,7 @@ import numpy as np
 from ..errors import ConfigError, IndexNotFoundError, MvrError, QueryError
 from ..index import Index
 from ..storage import available
-from ..storage.layout import default_home, name_problem
+from ..storage.names import default_home, name_problem
 
 log = logging.getLogger("mvr.server")
 

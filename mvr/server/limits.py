@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from ..errors import ConfigError
+from ..errors import ConfigError, is_number
 
 LIMITS = {
     "max_body_bytes": 32 * 2**20,  # a request body (an add of many documents)
@@ -31,5 +31,5 @@ class Limits:
 
     def __post_init__(self):
         for name, value in vars(self).items():
-            if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 < value < float("inf"):  # nan too: it would reach asyncio's timers
+            if not is_number(value) or not 0 < value < float("inf"):  # nan too: it would reach asyncio's timers
                 raise ConfigError(f"server limit {name} must be a positive number, got {value!r}.")

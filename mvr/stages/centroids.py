@@ -27,7 +27,7 @@ from pathlib import Path
 import numpy as np
 
 from ..config import CENTROID_PROBE
-from ..errors import ConfigError, IndexFormatError
+from ..errors import ConfigError, IndexFormatError, is_number
 from ..storage.formats import CENTROIDS_FORMAT, CENTROIDS_VERSION
 from ..storage.manifest import index_folder
 from .base import BuildSource, Candidates, QueryBatch
@@ -105,7 +105,7 @@ class CentroidStage:
 
     @classmethod
     def check(cls, settings, dim: int) -> None:
-        if settings is not None and (not isinstance(settings, int) or isinstance(settings, bool) or not 1 <= settings <= 65536):
+        if settings is not None and (not is_number(settings, whole=True) or not 1 <= settings <= 65536):
             raise ConfigError(f"the centroid stage's centroid count must be an integer in [1, 65536] (None: the residual codec's), got {settings!r}.")
 
     @classmethod

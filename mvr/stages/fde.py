@@ -23,7 +23,7 @@ from pathlib import Path
 import numpy as np
 
 from ..config import FDE_EF_SEARCH, FDE_NPROBE, FDEConfig
-from ..errors import ConfigError, QueryError
+from ..errors import ConfigError, QueryError, is_number
 from ..progress import progress
 from ..storage.formats import FDE_FORMAT, FDE_VERSION, upgrade_fde_config
 from .base import BuildSource, Candidates, QueryBatch
@@ -166,7 +166,7 @@ def check_factory(config: FDEConfig, dim: int) -> None:
     config.check(dim)
     if config.d_final is not None and config.d_final > config.full_dim(dim):  # a sketch wider than what it sketches: memory for nothing
         raise ConfigError(f"--fde-d-final {config.d_final} is more than the FDE's own {config.full_dim(dim)} dimensions (reps x 2**k_sim x d_proj); use fewer, e.g. 1024-2048.")
-    if isinstance(config.seed, bool) or not isinstance(config.seed, int) or not 0 <= config.seed < 2**32:
+    if not is_number(config.seed, whole=True) or not 0 <= config.seed < 2**32:
         raise ConfigError(f"the FDE seed (--fde-seed) must be an integer in [0, 2**32), got {config.seed!r}.")
     for kind, size in re.findall(r"(HNSW|IVF)(\d+)", config.factory):  # faiss aborts the process on HNSW0 and HNSW1, and fails every search of IVF0
         if int(size) < (2 if kind == "HNSW" else 1):

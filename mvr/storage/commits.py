@@ -36,7 +36,7 @@ from pathlib import Path
 
 import numpy as np
 
-from ..errors import IndexFormatError
+from ..errors import IndexFormatError, is_number
 from .formats import COMMIT_FORMAT, COMMIT_VERSION, INDEX_FORMAT
 from .manifest import MANIFEST, SEGMENT_NAME as _SEGMENT, SEGMENTS, fsync_dir, index_folder, read_json_object, sha256_file
 
@@ -81,7 +81,7 @@ def read_pointer(path: Path) -> dict:
         raise IndexFormatError(f"{path} has {INDEX_FORMAT} format version {version!r}, this mvr reads 1 and 2: {hint}.")
     if version == 2:
         generation, name = data.get("generation"), data.get("commit")
-        if not isinstance(generation, int) or isinstance(generation, bool) or generation < 1 or name != commit_name(generation if isinstance(generation, int) else 0):
+        if not is_number(generation, whole=True) or generation < 1 or name != commit_name(generation if isinstance(generation, int) else 0):
             raise IndexFormatError(f"{Path(path) / MANIFEST}: 'generation' and 'commit' do not name a commit (got {generation!r}, {name!r}); the index is damaged.")
     return data
 
@@ -122,7 +122,7 @@ def check_commit(file: Path, commit, generation: int) -> None:
         if not isinstance(seg, dict) or not isinstance(seg.get("name"), str) or not _SEGMENT.match(seg["name"]):
             raise wrong(f"segments[{i}] has no valid name")
         for key in ("documents", "deleted"):
-            if not isinstance(seg.get(key), int) or isinstance(seg.get(key), bool) or not 0 <= seg[key]:
+            if not is_number(seg.get(key), whole=True) or not 0 <= seg[key]:
                 raise wrong(f"segments[{i}].{key} must be a whole number >= 0")
         if seg["deleted"] > seg["documents"]:
             raise wrong(f"segments[{i}] deletes more documents than it holds")
@@ -235,6 +235,20 @@ def pin_current(path: Path, attempts: int = 100) -> tuple[dict, dict | None, Pin
             pin.release()
             raise
     raise IndexFormatError(f"{path}: its commit kept changing while being opened; try again.")
+
+
+def pin_commit(path: Path, generation: int) -> tuple[dict, Pin]:
+    """``(commit, pin)`` of the commit ``generation`` of the index at ``path``, pinned: another
+    reader of a commit that one process holds (a shard of a sharded index), current or not."""
+    try:
+        pin = Pin(path, generation)
+    except (FileNotFoundError, BlockingIOError):
+        raise IndexFormatError(f"{Path(path) / commit_name(generation)}: no longer there (the index changed and nothing held it); open the index again.") from None
+    try:
+        return read_commit(path, generation), pin
+    except BaseException:
+        pin.release()
+        raise
 
 
 def collect(path: Path, current: dict) -> list[str]:

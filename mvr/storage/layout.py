@@ -1,4 +1,4 @@
-"""Where indexes live, and how a directory is written and replaced whole.
+"""How an index directory is written and replaced whole (its name and home: storage/names.py).
 
 An index is a directory of ``.npy`` arrays (memory-mapped on open) and blobs, described by one
 ``manifest.json`` (storage/manifest.py); its parts and their formats are listed in
@@ -24,10 +24,11 @@ import sys
 import time
 from pathlib import Path
 
-from ..errors import ConfigError, IndexExistsError, IndexNotFoundError
+from ..errors import IndexExistsError, IndexNotFoundError
 from .formats import INDEX_FORMAT, SEGMENT_FORMAT
 from .lock import WriterLock
 from .manifest import MANIFEST, fsync_dir, fsync_tree, manifest_format, write_manifest
+from .names import available, default_home, name_problem
 
 # mkdtemp's random part is 8 characters of [a-z0-9_]; folders from before the PID was added lack it
 LEFTOVER = re.compile(r"^\.(?P<name>.+?)(?:\.(?P<kind>building|old)-(?:\d+-)?[a-z0-9_]{8}|\.(?P<lock>mvr-lock))$")
@@ -51,57 +52,6 @@ def _new_folder(home: Path, prefix: str) -> Path:
             return folder
         except FileExistsError:
             continue
-
-
-def default_home() -> Path:
-    """Where indexes are built and found by name: ``$MVR_INDEX_DIR`` or ``./indexes``."""
-    return Path(os.environ.get("MVR_INDEX_DIR") or "indexes")
-
-
-def available(home: Path | None = None) -> list[str]:
-    home = Path(home) if home else default_home()
-    if not home.is_dir():
-        return []
-    return sorted(p.name for p in home.iterdir() if (p / MANIFEST).is_file() and not p.name.startswith("."))
-
-
-def name_problem(name: str) -> str | None:
-    """Why ``name`` is not a plain index name (one folder name, not hidden), or None when it is."""
-    if not name:
-        return "it is empty"
-    if name.strip() != name:
-        return "it starts or ends with white space"
-    if any(ord(c) < 32 or ord(c) == 127 for c in name):
-        return "it holds a control character"
-    if name in (".", ".."):
-        return f"{name!r} is not a folder name"
-    if "/" in name or "\\" in name or (os.altsep and os.altsep in name):
-        return "it holds a path separator"
-    if name.startswith("."):
-        return "it starts with '.', which mvr keeps for its own hidden staging folders"
-    if len(name.encode("utf-8", "surrogateescape")) > 200:
-        return "it is longer than 200 bytes (mvr's hidden folders add to it, and file systems stop at 255)"
-    return None
-
-
-def target_path(name: str | os.PathLike, home: Path | None = None) -> Path:
-    """Where an index is written: a name (``str``) is a plain folder name under ``home``, so it
-    cannot land elsewhere; a path is given explicitly as a ``pathlib.Path`` (any ``os.PathLike``)."""
-    home = Path(home) if home else default_home()
-    if isinstance(name, os.PathLike):
-        path = Path(os.fspath(name))
-        if path.name in ("", ".", ".."):
-            raise ConfigError(f"cannot write an index at {str(path)!r}: give the path of the index folder itself (e.g. {str(path / 'myindex')!r}).")
-        return path
-    if not isinstance(name, str):
-        raise ConfigError(f"an index name must be a str (or a pathlib.Path to write at a path), not {type(name).__name__}.")
-    problem = name_problem(name)
-    if problem:
-        raise ConfigError(
-            f"invalid index name {name!r}: {problem}. A name is a plain folder name under the index home ({home}); "
-            "to write an index at a path, give it as a path: pathlib.Path in Python, `mvr index --path PATH` on the command line."
-        )
-    return home / name
 
 
 def locate(name_or_path: str | os.PathLike, home: Path | None = None, *, wait: float = 5.0) -> Path:
@@ -203,14 +153,7 @@ class StagingDir:
         fsync_dir(self.target)
         fsync_dir(home)
         if old is not None:
-            # the manifest is renamed first: a kill during the removal leaves an incomplete folder that is
-            # never mistaken for an intact copy to put back, and that the mark names as ours to remove
-            if (old / MANIFEST).is_file():
-                os.replace(old / MANIFEST, old / REMOVING_MARK)
-            else:
-                (old / REMOVING_MARK).touch()
-            fsync_dir(old)
-            _remove_marked(old)
+            _remove_copy(old)
         self._lock.release()
         return self.target
 
@@ -239,6 +182,31 @@ def check_replaceable(target: Path, formats: tuple[str, ...], overwrite: bool, d
         f"{target} is not an mvr index (it holds {what}, expected a manifest.json of format {' or '.join(map(repr, formats))}); "
         "mvr will not replace a folder it did not create: choose another name or path, or remove that folder yourself."
     )
+
+
+def ours(entry: Path, formats: tuple[str, ...]) -> bool:
+    """Whether ``entry``, named as a leftover of a swap (:data:`LEFTOVER`), is provably mvr's: a
+    lock file, a build folder with its mark, a replaced copy (a manifest of one of ``formats``, or
+    the mark of its removal). Another program's file of a like name is not."""
+    match = LEFTOVER.match(entry.name)
+    if match is None or entry.is_symlink():
+        return False
+    if match["lock"] or not entry.is_dir():
+        return bool(match["lock"]) and entry.is_file()
+    if match["kind"] == "building":
+        return (entry / STAGING_MARK).is_file()
+    return manifest_format(entry)[0] in formats or (entry / REMOVING_MARK).is_file()
+
+
+def _remove_copy(old: Path) -> None:
+    """Remove the replaced copy ``old``, its manifest renamed to the mark first: a kill part way
+    leaves an incomplete folder never mistaken for an intact copy to put back, and marked ours."""
+    if (old / MANIFEST).is_file():
+        os.replace(old / MANIFEST, old / REMOVING_MARK)
+    else:
+        (old / REMOVING_MARK).touch()
+    fsync_dir(old)
+    _remove_marked(old)
 
 
 def _remove_marked(folder: Path, mark: str = REMOVING_MARK) -> None:
@@ -351,10 +319,9 @@ def tidy(home: Path, formats: tuple[str, ...], own: WriterLock, builds: bool = T
             for kind, entry in entries:
                 if entry.is_symlink() or not entry.is_dir():
                     continue
-                ours = (entry / STAGING_MARK).is_file() if kind == "building" else (manifest_format(entry)[0] in formats or (entry / REMOVING_MARK).is_file())
                 kept = kind == "building" and ((name == own.name and builds) or _resumable(entry))
-                if (ours or not any(entry.iterdir())) and not kept and (kind == "building" or target.exists()):  # (an empty one holds nothing to lose)
-                    _remove_marked(entry, STAGING_MARK if kind == "building" else REMOVING_MARK)
+                if (ours(entry, formats) or not any(entry.iterdir())) and not kept and (kind == "building" or target.exists()):  # (an empty one holds nothing to lose)
+                    _remove_marked(entry, STAGING_MARK) if kind == "building" else _remove_copy(entry)
         finally:
             if lock is not own:
                 lock.release()  # which also removes a stale lock file of that name

@@ -8,7 +8,7 @@ import os
 import time
 from pathlib import Path
 
-from ..errors import ConfigError, IndexLockedError, shown
+from ..errors import ConfigError, IndexLockedError, is_number, shown
 
 
 class WriterLock:
@@ -84,5 +84,5 @@ class WriterLock:
 
 def check_wait(wait) -> None:
     """A ConfigError unless ``wait`` is a finite number of seconds >= 0."""
-    if isinstance(wait, bool) or not isinstance(wait, (int, float)) or not 0 <= wait < float("inf"):
+    if not is_number(wait) or not 0 <= wait < float("inf"):
         raise ConfigError(f"wait is the seconds to wait for another writer: a number >= 0, got {shown(wait)}.")

@@ -8,9 +8,10 @@ import hashlib
 import json
 import os
 import re
+import stat
 from pathlib import Path
 
-from ..errors import IndexFormatError, IndexNotFoundError
+from ..errors import IndexFormatError, IndexNotFoundError, is_number
 from .formats import INDEX_FORMAT, LEGACY_VERSION, SEGMENT_FORMAT, rebuild_command
 
 MANIFEST = "manifest.json"
@@ -109,10 +110,14 @@ def fsync_dir(path: Path) -> None:
 
 
 def fsync_tree(folder: Path) -> None:
-    """Flush every file and folder under ``folder`` to disk."""
+    """Flush every regular file and folder under ``folder`` to disk (a link, a pipe or a device a
+    user left there is not opened: a dangling link fails to, a pipe waits for a writer for ever)."""
     for root, _dirs, files in os.walk(folder):
         for name in files:
-            fd = os.open(os.path.join(root, name), os.O_RDONLY)
+            path = os.path.join(root, name)
+            if not stat.S_ISREG(os.lstat(path).st_mode):
+                continue
+            fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW)
             try:
                 os.fsync(fd)
             finally:
@@ -135,7 +140,7 @@ def _file_list(file: Path, files, index: Path, fix: str) -> dict:
         if not isinstance(meta, dict):
             raise wrong(f"files[{name!r}] must be an object with 'bytes' and 'sha256', got {type(meta).__name__}")
         size, digest = meta.get("bytes"), meta.get("sha256")
-        if not isinstance(size, int) or isinstance(size, bool) or size < 0:
+        if not is_number(size, whole=True) or size < 0:
             raise wrong(f"files[{name!r}].bytes must be a byte count, got {size!r}")
         if not isinstance(digest, str) or len(digest) != 64 or any(c not in "0123456789abcdef" for c in digest):
             raise wrong(f"files[{name!r}].sha256 must be 64 hex digits, got {digest!r}")

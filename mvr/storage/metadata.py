@@ -32,7 +32,7 @@ from pathlib import Path
 import numpy as np
 
 from ..corpus import exact_number
-from ..errors import CorpusError, IndexFormatError, QueryError, shown
+from ..errors import CorpusError, IndexFormatError, QueryError, is_number, shown
 from .manifest import index_folder
 
 SCHEMA = "metadata.json"
@@ -245,7 +245,7 @@ class Metadata:
         kind = self.fields[name]["type"]
         if kind != "number":
             raise QueryError(f"{op} compares numbers; field {name!r} holds {'lists of strings' if kind == 'strings' else kind + 's'} and the filter gives {shown(value)}.")
-        if isinstance(value, bool) or not isinstance(value, (int, float)) or value != value:
+        if not is_number(value) or value != value:
             raise QueryError(f"{op} on field {name!r} takes a number (a bound such as 2020 or 1e20), got {shown(value)}.")
         bound = _bound(value, op)
         values = np.asarray(self.column(name)[0])

@@ -29,7 +29,7 @@ from pathlib import Path
 import numpy as np
 
 from ..config import IndexConfig
-from ..errors import ConfigError, IndexFormatError, IndexNotFoundError
+from ..errors import ConfigError, IndexFormatError, IndexNotFoundError, is_number
 from ..registry import CODECS, STAGES, store_class
 from .formats import SEGMENT_FORMAT, TOKEN_IDS, rebuild_command, stage_format, stage_mismatch, upgrade_config
 from .manifest import MANIFEST, index_folder, read_manifest, verify
@@ -72,7 +72,7 @@ def _describe(fields: dict, key: str) -> str:
 
 
 def _is_count(value, minimum: int = 0) -> bool:
-    return isinstance(value, int) and not isinstance(value, bool) and value >= minimum
+    return is_number(value, whole=True) and value >= minimum
 
 
 # -- the manifest ------------------------------------------------------------------------------
@@ -82,7 +82,7 @@ def check_fields(path: Path, manifest: dict, file: str = MANIFEST) -> None:
         if not isinstance(manifest.get(key), kind):
             raise damaged(path, file, f"'{key}' must be {'an object' if kind is dict else 'a string'}, got {_describe(manifest, key)}")
     bytes_per_token = manifest.get("bytes_per_token")
-    if not isinstance(bytes_per_token, (int, float)) or isinstance(bytes_per_token, bool):
+    if not is_number(bytes_per_token):
         raise damaged(path, file, f"'bytes_per_token' must be a number, got {_describe(manifest, 'bytes_per_token')}")
     counts = manifest["counts"]
     for key in _COUNTS:

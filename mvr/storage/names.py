@@ -1,0 +1,62 @@
+"""Index names and homes: where an index is found by name (``$MVR_INDEX_DIR`` or ``./indexes``),
+which names are plain folder names, and where a name or a path is written (storage/layout.py
+writes it)."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+from ..errors import ConfigError
+from .manifest import MANIFEST
+
+
+def default_home() -> Path:
+    """Where indexes are built and found by name: ``$MVR_INDEX_DIR`` or ``./indexes``."""
+    return Path(os.environ.get("MVR_INDEX_DIR") or "indexes")
+
+
+def available(home: Path | None = None) -> list[str]:
+    home = Path(home) if home else default_home()
+    if not home.is_dir():
+        return []
+    return sorted(p.name for p in home.iterdir() if (p / MANIFEST).is_file() and not p.name.startswith("."))
+
+
+def name_problem(name: str) -> str | None:
+    """Why ``name`` is not a plain index name (one folder name, not hidden), or None when it is."""
+    if not name:
+        return "it is empty"
+    if name.strip() != name:
+        return "it starts or ends with white space"
+    if any(ord(c) < 32 or ord(c) == 127 for c in name):
+        return "it holds a control character"
+    if name in (".", ".."):
+        return f"{name!r} is not a folder name"
+    if "/" in name or "\\" in name or (os.altsep and os.altsep in name):
+        return "it holds a path separator"
+    if name.startswith("."):
+        return "it starts with '.', which mvr keeps for its own hidden staging folders"
+    if len(name.encode("utf-8", "surrogateescape")) > 200:
+        return "it is longer than 200 bytes (mvr's hidden folders add to it, and file systems stop at 255)"
+    return None
+
+
+def target_path(name: str | os.PathLike, home: Path | None = None) -> Path:
+    """Where an index is written: a name (``str``) is a plain folder name under ``home``, so it
+    cannot land elsewhere; a path is given explicitly as a ``pathlib.Path`` (any ``os.PathLike``)."""
+    home = Path(home) if home else default_home()
+    if isinstance(name, os.PathLike):
+        path = Path(os.fspath(name))
+        if path.name in ("", ".", ".."):
+            raise ConfigError(f"cannot write an index at {str(path)!r}: give the path of the index folder itself (e.g. {str(path / 'myindex')!r}).")
+        return path
+    if not isinstance(name, str):
+        raise ConfigError(f"an index name must be a str (or a pathlib.Path to write at a path), not {type(name).__name__}.")
+    problem = name_problem(name)
+    if problem:
+        raise ConfigError(
+            f"invalid index name {name!r}: {problem}. A name is a plain folder name under the index home ({home}); "
+            "to write an index at a path, give it as a path: pathlib.Path in Python, `mvr index --path PATH` on the command line."
+        )
+    return home / name
