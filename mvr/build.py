@@ -26,7 +26,7 @@ from .stages import BuildSource, build_stage, stage_class
 from .storage import ArrayWriter, StagingDir, target_path
 from .storage.layout import check_replaceable
 from .encoding import Checkpoints
-from .segment_build import finish_segment, link_tree, planned_stages, restage, stored_texts, write_segment
+from .segment_build import finish_segment, link_tree, planned_stages, reconfigure, restage, stored_texts, with_stage, write_segment
 from .storage.commits import SEGMENTS, new_commit, publish, read_pointer, segment_name, write_json
 from .storage.formats import SEGMENT_FORMAT, SEGMENT_VERSION
 from .storage.lock import check_wait
@@ -228,7 +228,8 @@ def rebuild_stage(index, name: str, settings=None, *, threads: int | None = None
     vectors or texts, under the index's writer lock, as one commit: each segment is relinked into a
     new one (its files shared, storage/commits.py) with the new stage, so a search sees the old
     stage everywhere or the new one everywhere, and a kill part way leaves the old commit whole.
-    A damaged old stage (one that lost its manifest) is replaced too. A version-1 index is
+    The index's config (and each new segment's) records the stage as a build would (``config.fde``
+    its settings; ``centroid_stage``, ``pooled``, ``sparse``, ``splade_model``). A damaged old stage (one that lost its manifest) is replaced too. A version-1 index is
     converted first. Open the index within ``storage.validate.replacing(name)`` to rebuild a stage
     whose damage stops it from opening. Returns the last segment's manifest with its documents,
     bytes per document and build time over every segment (the commands report them)."""
@@ -252,11 +253,14 @@ def rebuild_stage(index, name: str, settings=None, *, threads: int | None = None
                 source = BuildSource(segment.path, segment.dim, segment.doc_offsets, segment.tokens, lambda p=segment.path: stored_texts(p), segment.doc_ids_sha256, segment.vectors_sha256, command, show_progress)
                 built.append(build_stage(name, written[-1] / name, source, settings))
                 entry["name"] = written[-1].name
+            config = with_stage(index.config, name, built[-1])  # the settings the index now has, as a build would record them
+            for segment, folder in zip(index.segments, written):
+                reconfigure(segment.path, folder, config)
         except BaseException:
             for folder in written:  # never committed: the old segments stay as they were
                 shutil.rmtree(folder, ignore_errors=True)
             raise
-        writer.commit(entries, "stage", written, stage=name, command=command)
+        writer.commit(entries, "stage", written, stage=name, command=command, config=config.to_dict())
     documents, seconds = sum(m["documents"] for m in built), sum(m["build"]["seconds"] for m in built)
     over_all = {"documents": documents, "build": {**built[-1]["build"], "seconds": round(seconds, 3), "docs_per_second": round(documents / max(seconds, 1e-9), 1)}}
     if all("bytes_per_document" in m for m in built):

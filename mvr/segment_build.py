@@ -5,6 +5,7 @@ new index, mvr/writer.py for additions and merges).
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import shutil
 import time
@@ -15,17 +16,18 @@ from typing import Iterable
 import numpy as np
 
 from . import __version__
-from .config import IndexConfig
+from .config import FDEConfig, IndexConfig
 from .corpus import Document
 from .encode import Encoder
 from .encoding import RESUME, Checkpoints, encode_corpus, finish_vectors
 from .errors import MvrError
 from .registry import STAGES, store_class
 from .stages import BuildSource, build_stage, stage_class
-from .storage import ArrayWriter, Blob, BlobWriter, RowReader, sha256_file, write_manifest
-from .storage.commits import DELETES
-from .storage.formats import SEGMENT_FORMAT, SEGMENT_VERSION, TOKEN_IDS
+from .storage import MANIFEST, ArrayWriter, Blob, BlobWriter, RowReader, sha256_file, write_manifest
+from .storage.commits import DELETES, write_json
+from .storage.formats import SEGMENT_FORMAT, SEGMENT_VERSION, TOKEN_IDS, upgrade_fde_config
 from .storage.layout import LEFTOVER, ours
+from .storage.manifest import read_json_object
 from .storage.metadata import MetadataWriter
 from .vectors import compact_vectors, corpus_stats, needs_corpus_stats, needs_token_ids
 from .vectors.heads import FILE as HEAD_FILE
@@ -73,6 +75,18 @@ def planned_stages(config: IndexConfig) -> dict[str, object]:
     if config.splade_model:
         stages["splade"] = config.splade_model
     return stages
+
+
+def with_stage(config: IndexConfig, name: str, built: dict) -> IndexConfig:
+    """``config`` as a build that made the first stage ``name`` would read it (planned_stages'
+    inverse for one stage), ``built`` the stage's manifest (for its settings)."""
+    if name == "fde":
+        return dataclasses.replace(config, fde=FDEConfig.from_dict(upgrade_fde_config(built["config"])))
+    if name in ("centroids", "pooled"):
+        return dataclasses.replace(config, **{"centroid_stage" if name == "centroids" else "pooled": True})
+    if name == "splade":
+        return dataclasses.replace(config, splade_model=built["model"]["source"])
+    return dataclasses.replace(config, sparse=tuple(dict.fromkeys((*config.sparse, name))))
 
 
 def stored_texts(folder: Path) -> Iterable[tuple[str, str]]:
@@ -267,14 +281,20 @@ def link_tree(source: Path, target: Path) -> None:
 
 def restage(source: Path, folder: Path, stage: str, deletes: dict | None) -> None:
     """A new segment ``folder`` holding what the segment ``source`` holds, linked (segments never
-    change, so they can share their files), less its first stage ``stage``, to be built anew, the
-    deletion bitmaps other than ``deletes`` (the commit's entry), and what killed swaps of its
-    first stages left (an mvr before stage rebuilds were commits swapped them in place; a user's
-    files are kept, whatever their names)."""
+    change, so they can share their files), less its first stage ``stage``, to be built anew, its
+    manifest (written anew: :func:`reconfigure`), the deletion bitmaps other than ``deletes`` (the
+    commit's entry), and what killed swaps of its first stages left (an mvr before stage rebuilds
+    were commits swapped them in place; a user's files are kept, whatever their names)."""
     folder.mkdir()
     for entry in source.iterdir():
         stale = DELETES.match(entry.name) and entry.name != (deletes or {}).get("file")
         left = LEFTOVER.match(entry.name)
         swapped = left is not None and left["name"] in STAGES and ours(entry, (stage_class(left["name"]).format,))
-        if entry.name != stage and not stale and not swapped:
+        if entry.name not in (stage, MANIFEST) and not stale and not swapped:
             link_tree(entry, folder / entry.name)
+
+
+def reconfigure(source: Path, folder: Path, config: IndexConfig) -> None:
+    """The manifest of the segment ``source``, with ``config``, as the manifest of ``folder`` (a
+    file of its own: the old one, which a reader of the old commit may read, is not changed)."""
+    write_json(folder / MANIFEST, {**read_json_object(source / MANIFEST, source), "config": config.to_dict()})

@@ -79,14 +79,18 @@ def test_a_stage_rebuild_is_one_commit_and_a_reader_keeps_its_stage(tmp_path, pl
     after = _fde_hits(index)
     assert after != before and len(index) == len(DOC_LIST) - 1
     assert _fde_hits(reader) == before  # the reader's commit and its segments are pinned, not collected
+    assert reader.config.fde == OLD and index.config.fde == NEW  # the config says what the stage is (it kept the build's)
     reader.refresh()
-    assert _fde_hits(reader) == after
+    assert _fde_hits(reader) == after and Index.open(tmp_path / "idx").config.fde == NEW
     assert verify_files(index.path) == []
     for old, new in zip(names, index.segments):  # the new segments share the old ones' files: nothing was copied
         assert os.stat(tmp_path / "idx" / SEGMENTS / old / "vectors.npy").st_ino == os.stat(new.path / "vectors.npy").st_ino
     del reader
     index.delete(["d1"])  # the next writer collects the segments no commit in use names
     assert sorted(p.name for p in (index.path / SEGMENTS).iterdir()) == sorted(s.path.name for s in index.segments)
+    assert not index.config.pooled
+    index.build_stage("pooled")
+    assert index.config.pooled and Index.open(tmp_path / "idx").has_stage("pooled")
 
 
 @pytest.mark.parametrize("point", ["second", "pointer"])
