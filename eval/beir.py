@@ -30,13 +30,18 @@ def load_beir(folder: str | os.PathLike, split: str = "test") -> tuple[dict[str,
     from ..corpus import read_jsonl_objects, text_lines
 
     folder = Path(folder)
+    if not isinstance(split, str) or not split or split.startswith(".") or any(c in split for c in "/\\\0"):
+        raise DatasetError(f"the split {split!r} is no plain name: give the name of a file qrels/SPLIT.tsv of the dataset (test, dev, train).")
     queries_file, qrels_file = folder / "queries.jsonl", folder / "qrels" / f"{split}.tsv"
     if not queries_file.is_file():
         raise DatasetError(f"{folder} has no queries.jsonl: expected a BEIR folder (corpus.jsonl, queries.jsonl, qrels/SPLIT.tsv).")
+    if qrels_file.exists() and not qrels_file.is_file():
+        raise DatasetError(f"{qrels_file} is not a file: the qrels of split {split!r} are a file query-id<TAB>corpus-id<TAB>score.")
     if not qrels_file.is_file():
         splits = sorted(p.stem for p in (folder / "qrels").glob("*.tsv")) if (folder / "qrels").is_dir() else []
         raise DatasetError(f"{folder} has no qrels for split {split!r}; available splits: {', '.join(splits) or 'none'}.")
     qrels: dict[str, dict[str, int]] = {}
+    judged_at: dict[tuple[str, str], int] = {}
     for line_number, line in text_lines(qrels_file, DatasetError):
         parts = line.rstrip("\r\n").split("\t")
         if (line_number == 1 and parts[0] == "query-id") or not line.strip():
@@ -44,16 +49,26 @@ def load_beir(folder: str | os.PathLike, split: str = "test") -> tuple[dict[str,
         if len(parts) != 3:
             raise DatasetError(f"{qrels_file}:{line_number}: expected query-id<TAB>corpus-id<TAB>score.")
         try:
-            qrels.setdefault(parts[0], {})[parts[1]] = int(parts[2])
+            grade = int(parts[2])
         except ValueError:
             raise DatasetError(f"{qrels_file}:{line_number}: score {shown(parts[2])} is not an integer; the score must be an integer relevance grade (0: not relevant, 1 or more: relevant).") from None
+        if not -(2**31) <= grade < 2**31:  # what trec_eval (through ir-measures) holds
+            raise DatasetError(f"{qrels_file}:{line_number}: score {shown(parts[2])} is out of range; a relevance grade is a small integer (0: not relevant, 1 or more: relevant).")
+        qid, doc = parts[0], parts[1]
+        if qrels.get(qid, {}).get(doc, grade) != grade:
+            raise DatasetError(f"{qrels_file}:{line_number}: query {shown(qid)} judges document {shown(doc)} {grade}, and {qrels[qid][doc]} on line {judged_at[qid, doc]}; keep one grade per pair.")
+        qrels.setdefault(qid, {})[doc] = grade
+        judged_at.setdefault((qid, doc), line_number)
     if not qrels:
         raise DatasetError(f"{qrels_file} judges no query: expected lines query-id<TAB>corpus-id<TAB>score after its header.")
-    queries = {}
+    queries, lines = {}, {}
     for line_number, obj in read_jsonl_objects(queries_file, DatasetError):
         qid = str(obj.get("_id", obj.get("id")))
+        if qid in lines:  # the later text would silently replace the earlier one
+            raise DatasetError(f"{queries_file}:{line_number}: the judged query {shown(qid)} is given twice (first on line {lines[qid]}); give each query id once.")
         if qid in qrels:
             queries[qid] = _query_text(obj, f"{queries_file}:{line_number}: query {shown(qid)}")
+            lines[qid] = line_number
     missing = sorted(set(qrels) - set(queries))
     if missing:
         raise DatasetError(f"{queries_file} lacks {len(missing)} judged queries of split {split!r} (e.g. {missing[0]!r}).")
@@ -335,10 +350,7 @@ def run_files(path: Path, labels: Sequence[str]) -> dict[str, Path]:
     return {label: path.with_name(f"{path.stem}.{label}{path.suffix}") for label in labels}
 
 
-def write_run(path: Path, run: dict[str, dict[str, float]], name: str) -> None:
-    """A TREC run file: ``qid Q0 docid rank score name``, best first per query."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with open(path, "w", encoding="utf-8") as handle:
-        for qid, docs in run.items():
-            for rank, (doc, score) in enumerate(sorted(docs.items(), key=lambda x: -x[1]), start=1):
-                handle.write(f"{qid} Q0 {doc} {rank} {score:.6f} {name}\n")
+def run_text(run: dict[str, dict[str, float]], name: str) -> str:
+    """A TREC run: ``qid Q0 docid rank score name`` lines, best first per query."""
+    return "".join(f"{qid} Q0 {doc} {rank} {score:.6f} {name}\n" for qid, docs in run.items() for rank, (doc, score) in enumerate(sorted(docs.items(), key=lambda x: -x[1]), start=1))
+

@@ -146,8 +146,9 @@ def train_projection(
     for name, value, low in (("epochs", epochs, 0), ("batch_size", batch_size, 2), ("negatives", negatives, 0), ("mined", mined, 1)):
         if not is_number(value, whole=True) or value < low:
             raise ConfigError(f"{name} must be an integer >= {low}, got {value!r}.")
-    if not 0 < temperature <= 10 or not 0 < learning_rate <= 1 or not 0 < validation < 1:
-        raise ConfigError("temperature must lie in (0, 10], learning_rate in (0, 1] and validation in (0, 1) (the epoch kept is the best on it).")
+    for name, value, high, within in (("temperature", temperature, 10, "(0, 10]"), ("learning_rate", learning_rate, 1, "(0, 1]"), ("validation", validation, 1, "(0, 1): the share of queries held out, on which the best epoch is chosen")):
+        if not is_number(value) or not 0 < value <= high or (name == "validation" and value == high):
+            raise ConfigError(f"{name} must lie in {within}, got {value!r}.")
     if not is_number(seed, whole=True) or seed < 0:
         raise ConfigError(f"seed must be an integer >= 0, got {seed!r}.")
     rng = np.random.default_rng(seed)

@@ -474,3 +474,59 @@ def test_encoded_queries_are_checked_before_the_kernels_read_them(index):
     with pytest.raises(QueryError, match="encoded queries are TokenVectors"):
         index.search_encoded(q.vectors, 2, first_stage="exhaustive")
     assert index.search_encoded(q, 2, first_stage="exhaustive").doc_ids == index.search(["cats", "green tea"], k=2, first_stage="exhaustive").doc_ids
+
+
+def test_a_broken_evaluation_set_is_refused_by_line(tmp_path, capsys, index):
+    """Found by a fuzz of `mvr eval`: a judged query given twice (the later text won: nDCG@10 fell
+    from 0.96 to 0.07), a pair judged twice with two grades (the last won), a grade past 64 bits
+    (a SystemError from trec_eval), qrels/test.tsv a folder (said "no qrels for split 'test';
+    available splits: test"), a split that climbs out of the dataset (read another one's qrels),
+    and --output or --run-file a folder (a traceback once the whole evaluation had run)."""
+    from conftest import write_beir
+    from mvr.errors import DatasetError
+    from mvr.eval.beir import load_beir
+    from mvr.training import train_projection
+
+    data = write_beir(tmp_path / "data")
+    queries, qrels = load_beir(data)
+    qid = next(iter(queries))
+    good_queries, good_qrels = (data / "queries.jsonl").read_text(), (data / "qrels" / "test.tsv").read_text()
+    (data / "queries.jsonl").write_text(good_queries + json.dumps({"_id": qid, "text": "another text"}) + "\n")
+    with pytest.raises(DatasetError, match=f"queries.jsonl:{len(good_queries.splitlines()) + 1}: the judged query '{qid}' is given twice"):
+        load_beir(data)
+    (data / "queries.jsonl").write_text(good_queries)
+    doc, grade = next(iter(qrels[qid].items()))
+    for extra, says in ((f"{qid}\t{doc}\t{grade + 1}\n", f"judges document '{doc}' {grade + 1}, and {grade} on line"), (f"{qid}\t{doc}\t{2**63}\n", "out of range")):
+        (data / "qrels" / "test.tsv").write_text(good_qrels + extra)
+        with pytest.raises(DatasetError, match=says):
+            load_beir(data)
+    (data / "qrels" / "test.tsv").write_text(good_qrels + f"{qid}\t{doc}\t{grade}\n")  # the same judgement twice: harmless
+    assert load_beir(data)[1] == qrels
+    (data / "qrels" / "dev.tsv").mkdir()
+    with pytest.raises(DatasetError, match="dev.tsv is not a file"):
+        load_beir(data, "dev")
+    for split in ("../data/qrels/test", "/etc/passwd", ".hidden", ""):
+        with pytest.raises(DatasetError, match="is no plain name"):
+            load_beir(data, split)
+    for option in ("--output", "--run-file"):
+        code, out, err = run(capsys, "eval", data, "--index", index.path, option, tmp_path, "--quiet")
+        assert code == 2 and err.count("\n") == 1 and "is a folder; name a file" in err and out == "", err
+    for name, value in (("temperature", 0), ("learning_rate", float("nan")), ("validation", 1)):
+        with pytest.raises(Exception, match=rf"^{name} must lie in"):
+            train_projection(index, queries, qrels, **{name: value})
+
+
+def test_rerank_candidates_are_checked_line_by_line(index, tmp_path, capsys):
+    """Found by a fuzz of `mvr rerank`: a query id twice wrote a TREC run with a (query, document)
+    pair twice; a line with both "ids" and "documents" reranked the ids and dropped the texts;
+    a bad candidate said neither file nor line."""
+    cases = {
+        "twice": ([{"id": "q1", "query": "tea", "ids": ["d4"]}, {"id": "q1", "query": "cats", "ids": ["d1"]}], "candidates.jsonl:2: the query id 'q1' is given twice (first on line 1)"),
+        "both": ([{"id": "q1", "query": "tea", "ids": ["d4"], "documents": [{"id": "x", "text": "green tea"}]}], 'candidates.jsonl:1: give either "ids"'),
+        "bad id": ([{"id": "q1", "query": "tea", "ids": ["d4"]}, {"id": "q2", "query": "tea", "ids": [5]}], "candidates.jsonl:2: document ids are strings"),
+        "no text": ([{"id": "q1", "query": "", "ids": ["d4"]}], "candidates.jsonl:1: "),
+    }
+    for name, (lines, says) in cases.items():
+        (tmp_path / "candidates.jsonl").write_text("".join(json.dumps(line) + "\n" for line in lines))
+        code, out, err = run(capsys, "rerank", index.path, "--candidates", tmp_path / "candidates.jsonl")
+        assert code == 2 and out == "" and err.count("\n") == 1 and says in err, (name, err)

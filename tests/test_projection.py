@@ -187,7 +187,7 @@ def test_heads_of_another_model_and_bad_training_splits_are_refused(source, trai
     with pytest.raises(QueryError, match="choose it so that some train and some pick the epoch"):
         train_projection(source, ASKED, QRELS, dim=8, validation=0.9)
     for bad in ({"validation": 0.0}, {"seed": -1}):  # no epoch to pick (NaN scores, and NaN in the JSON report); numpy's seed error
-        with pytest.raises(ConfigError, match="validation in \\(0, 1\\)|seed must be an integer >= 0"):
+        with pytest.raises(ConfigError, match="validation must lie in \\(0, 1\\)|seed must be an integer >= 0"):
             train_projection(source, ASKED, QRELS, dim=8, epochs=1, **bad)
     # judged documents that were deleted are left out, not a KeyError
     gone = Index.build(TEXTS, tmp_path / "gone", encoder=Encoder(models["plain"]), config=IndexConfig(fde=None))

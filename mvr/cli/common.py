@@ -11,6 +11,7 @@ from ..config import CLUSTER_METHODS, DEFAULT_CANDIDATES, DENSE_SHARE, FUSION_WE
 from ..registry import CODECS, FIRST_STAGES
 from ..fusion import FUSIONS, SIGNALS
 from ..search import PRF, SearchOptions
+from ..errors import ConfigError
 
 
 def add_common(parser: argparse.ArgumentParser) -> None:
@@ -223,3 +224,24 @@ def read_queries(path: Path) -> list[tuple[str, str]]:
     if twice is not None:  # a run holds one ranking per query id: one of the two would be lost
         raise QueryError(f"{path}: the query id {twice!r} is given twice; give each query its own id.")
     return queries
+
+
+def check_output(path: Path | None, option: str) -> None:
+    """A one-line error before any work where ``path`` (an output file) cannot be written: a folder
+    stands there, or a file stands where one of its folders should be."""
+    if path is None:
+        return
+    if path.is_dir():
+        raise ConfigError(f"{option} {path} is a folder; name a file to write.")
+    folder = next((parent for parent in path.parents if parent.exists()), None)
+    if folder is not None and not folder.is_dir():
+        raise ConfigError(f"{option} {path}: {folder} is a file, not a folder; name a file in a folder.")
+
+
+def write_output(path: Path, text: str, option: str) -> None:
+    """``text`` into the file ``path`` (its folders made), an OSError as a one-line error."""
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(text, encoding="utf-8")
+    except OSError as error:
+        raise ConfigError(f"cannot write {option} {path}: {error.strerror or error}.") from None

@@ -8,7 +8,7 @@ import json
 import sys
 from pathlib import Path
 
-from .common import add_common, add_device, add_search, search_options
+from .common import add_common, add_device, add_search, check_output, search_options, write_output
 
 
 def _counts(text: str) -> list[int]:
@@ -43,10 +43,12 @@ def run(args) -> int:
     from ..config import IndexConfig
     from ..corpus import read_corpus
     from ..errors import DatasetError, IndexNotFoundError
-    from ..eval.beir import MEASURES, evaluate, run_files, write_run
+    from ..eval.beir import MEASURES, evaluate, run_files, run_text
     from ..index import Index
 
     show = False if args.quiet else None
+    check_output(args.output, "--output")
+    check_output(args.run_file, "--run-file")
     if args.depth < 1:
         raise DatasetError(f"--depth must be >= 1, got {args.depth}.")
     if args.max_queries is not None and args.max_queries < 1:
@@ -89,9 +91,8 @@ def run(args) -> int:
     for row in report["runs"]:
         print("  " + "  ".join(f"{str(row.get(c, '')):>12}" for c in columns))
     if args.output:
-        args.output.parent.mkdir(parents=True, exist_ok=True)
-        args.output.write_text(json.dumps(report, indent=2) + "\n", encoding="utf-8")
+        write_output(args.output, json.dumps(report, indent=2) + "\n", "--output")
     if args.run_file:
         for label, path in run_files(args.run_file, list(runs)).items():
-            write_run(path, runs[label], label)
+            write_output(path, run_text(runs[label], label), "--run-file")
     return 0

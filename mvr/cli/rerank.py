@@ -58,7 +58,7 @@ def read_run(path: Path) -> dict[str, list[str]]:
 def _jobs(args, index):
     """``(query id, query, hits)`` for each query to rerank."""
     from ..corpus import read_jsonl_objects
-    from ..errors import QueryError
+    from ..errors import CorpusError, QueryError
     from ..reranking import rerank
 
     if args.run is not None:
@@ -73,23 +73,31 @@ def _jobs(args, index):
     if not args.candidates.is_file():
         raise QueryError(f"candidates file not found: {args.candidates}.")
     encoder = None
-    lines = 0
+    seen: dict[str, int] = {}
     for line, obj in read_jsonl_objects(args.candidates, QueryError):
-        where, lines = f"{args.candidates}:{line}", lines + 1
+        where = f"{args.candidates}:{line}"
         qid, query = _query_id(obj.get("id", obj.get("_id", str(line))), where), obj.get("query")
-        if "ids" in obj:
-            if index is None:
-                raise QueryError(f'{where}: "ids" name documents of an index: give the index (mvr rerank INDEX --candidates FILE).')
-            yield qid, index.rerank(query, obj["ids"], args.k)
-        elif isinstance(obj.get("documents"), list):
-            if encoder is None:
-                from ..encode import Encoder
+        if qid in seen:  # a run holds one ranking per query
+            raise QueryError(f"{where}: the query id {qid!r} is given twice (first on line {seen[qid]}); give each query once, with all its candidates.")
+        seen[qid] = line
+        if "ids" in obj and "documents" in obj:
+            raise QueryError(f'{where}: give either "ids" (documents of the index) or "documents" (texts), not both.')
+        try:
+            if "ids" in obj:
+                if index is None:
+                    raise QueryError('"ids" name documents of an index: give the index (mvr rerank INDEX --candidates FILE).')
+                yield qid, index.rerank(query, obj["ids"], args.k)
+            elif isinstance(obj.get("documents"), list):
+                if encoder is None:
+                    from ..encode import Encoder
 
-                encoder = index.encoder if index is not None and args.model is None else Encoder(args.model)
-            yield qid, rerank(query, obj["documents"], args.k, encoder=encoder)
-        else:
-            raise QueryError(f'{where}: each line needs "query" and either "ids" or "documents".')
-    if not lines:
+                    encoder = index.encoder if index is not None and args.model is None else Encoder(args.model)
+                yield qid, rerank(query, obj["documents"], args.k, encoder=encoder)
+            else:
+                raise QueryError('each line needs "query" and either "ids" or "documents".')
+        except (QueryError, CorpusError) as error:  # said of this line
+            raise type(error)(f"{where}: {error}") from None
+    if not seen:
         raise QueryError(f"{args.candidates} holds no candidate lines.")
 
 

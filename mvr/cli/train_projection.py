@@ -47,8 +47,9 @@ def run(args) -> int:
         raise ConfigError(f"--output must name an .npz file, got {args.output}.")
     if not args.output.parent.is_dir():
         raise ConfigError(f"--output's folder {args.output.parent} does not exist.")
-    if args.output.exists() and not args.output.is_file():  # found only after training, as the head was moved there
-        raise ConfigError(f"--output {args.output} exists and is not a file; name a file.")
+    for path in (args.output, args.output.with_suffix(".json")):  # the head and its report: found only after training otherwise
+        if path.exists() and not path.is_file():
+            raise ConfigError(f"{path} exists and is not a file: --output names the head's file, and its report goes beside it (.json); name another file.")
     index = Index.open(args.index, home=args.index_dir)
     queries, qrels = load_beir(args.dataset, args.split)
     with cpu_threads(args.threads, "torch", "numba", "blas"):
