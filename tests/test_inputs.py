@@ -530,3 +530,21 @@ def test_rerank_candidates_are_checked_line_by_line(index, tmp_path, capsys):
         (tmp_path / "candidates.jsonl").write_text("".join(json.dumps(line) + "\n" for line in lines))
         code, out, err = run(capsys, "rerank", index.path, "--candidates", tmp_path / "candidates.jsonl")
         assert code == 2 and out == "" and err.count("\n") == 1 and says in err, (name, err)
+
+
+def test_tune_and_eval_options_that_would_be_misread(tmp_path, capsys):
+    """`mvr tune --signals ,` tuned every signal; --no-default without --save did nothing, silently;
+    --candidates 0 said 'or None'; `mvr eval --index PATH` of no index suggested `--name PATH`,
+    which `mvr index` refuses."""
+    from conftest import write_beir
+
+    data = write_beir(tmp_path / "data")
+    for argv, says in (
+        (["--signals", ","], "--signals names the signals"),
+        (["--no-default"], "it needs --save NAME"),
+        (["--candidates", "0"], "--candidates must be a positive integer, got 0"),
+    ):
+        code, out, err = run(capsys, "tune", data, "--index", tmp_path / "none", *argv)
+        assert code == 2 and err.count("\n") == 1 and says in err, (argv, err)
+    code, out, err = run(capsys, "eval", data, "--index", tmp_path / "none")
+    assert code == 2 and f"--path {tmp_path / 'none'}`" in err, err

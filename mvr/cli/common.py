@@ -214,7 +214,7 @@ def read_queries(path: Path) -> list[tuple[str, str]]:
             if row.strip():
                 parts = row.split("\t", 1)
                 if len(parts) != 2:
-                    raise QueryError(f"{path}:{line}: expected id<TAB>text.")
+                    raise QueryError(f"{path}:{line}: expected id<TAB>text (a file of JSON lines is read as such when its name ends in .jsonl).")
                 queries.append((_query_id(parts[0], f"{path}:{line}"), parts[1]))
         form = "one id<TAB>text per line"
     if not queries:

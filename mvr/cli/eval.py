@@ -57,9 +57,8 @@ def run(args) -> int:
         index = Index.open(args.index, home=args.index_dir, device=args.device)
     except IndexNotFoundError:
         if not args.build:
-            raise IndexNotFoundError(
-                f"no index {args.index!r}; build it with `mvr index {args.dataset / 'corpus.jsonl'} --name {args.index}` or add --build to this command."
-            ) from None
+            at = f"--path {args.index}" if ("/" in args.index or "\\" in args.index) else f"--name {args.index}"  # as --build reads it
+            raise IndexNotFoundError(f"no index {args.index!r}; build it with `mvr index {args.dataset / 'corpus.jsonl'} {at}` or add --build to this command.") from None
         config = IndexConfig(threads=args.threads)
         # a name builds under --index-dir; a value with a separator is the path it names
         target = Path(args.index) if ("/" in args.index or "\\" in args.index) else args.index

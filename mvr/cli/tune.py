@@ -40,13 +40,18 @@ def run(args) -> int:
     from ..tuning import tune
 
     positive_int("--", "threads", args.threads, optional=True)
-    positive_int("--", "candidates", args.candidates, optional=True)
+    if args.candidates is not None:
+        positive_int("--", "candidates", args.candidates)
     if args.first_stage == "":
         raise ConfigError("--first-stage names a first stage with candidates, such as pooled+bm25s or fde; got ''.")
     if args.first_stage == "exhaustive":
         raise ConfigError("tuning weighs the signals of a first stage's candidates; exhaustive search scores every document by MaxSim alone: name a first stage with candidates.")
     if args.save is not None and not args.save.strip():
         raise ConfigError("--save names the search preset to save; got ''.")
+    if args.no_default and args.save is None:
+        raise ConfigError("--no-default saves the preset without making it the default: it needs --save NAME.")
+    if args.signals is not None and not [s for s in args.signals.split(",") if s.strip()]:
+        raise ConfigError(f"--signals names the signals to weigh, comma-separated (maxsim and others); got {args.signals!r}.")
     index = Index.open(args.index, home=args.index_dir)
     queries, qrels = load_beir(args.dataset, args.split)
     options = None
