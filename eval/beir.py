@@ -55,6 +55,8 @@ def load_beir(folder: str | os.PathLike, split: str = "test") -> tuple[dict[str,
         if not -(2**31) <= grade < 2**31:  # what trec_eval (through ir-measures) holds
             raise DatasetError(f"{qrels_file}:{line_number}: score {shown(parts[2])} is out of range; a relevance grade is a small integer (0: not relevant, 1 or more: relevant).")
         qid, doc = parts[0], parts[1]
+        if not qid or any(c.isspace() for c in qid):
+            raise DatasetError(f"{qrels_file}:{line_number}: query id {shown(qid)} is empty or holds whitespace, which a TREC run cannot hold; give each query a plain id.")
         if qrels.get(qid, {}).get(doc, grade) != grade:
             raise DatasetError(f"{qrels_file}:{line_number}: query {shown(qid)} judges document {shown(doc)} {grade}, and {qrels[qid][doc]} on line {judged_at[qid, doc]}; keep one grade per pair.")
         qrels.setdefault(qid, {})[doc] = grade
@@ -77,6 +79,8 @@ def load_beir(folder: str | os.PathLike, split: str = "test") -> tuple[dict[str,
 
 def _query_text(obj: dict, where: str) -> str:
     """A judged query's text, checked here so that a bad one is named by its line and id."""
+    from ..corpus import _utf8
+
     text, fix = obj.get("text"), 'give each judged query a non-empty "text" string.'
     if "text" not in obj:
         raise DatasetError(f'{where} has no "text"; {fix}')
@@ -84,6 +88,8 @@ def _query_text(obj: dict, where: str) -> str:
         raise DatasetError(f'{where} has "text": {shown(text)}, not a string; {fix}')
     if not text.strip():
         raise DatasetError(f'{where} has an empty "text"; {fix}')
+    if not _utf8(text):
+        raise DatasetError(f'{where} has a lone surrogate in its "text" (a \\ud800-\\udfff escape with no pair), which no model reads; fix the file\'s encoding.')
     return text
 
 

@@ -500,8 +500,15 @@ def test_a_broken_evaluation_set_is_refused_by_line(tmp_path, capsys, index):
         (data / "qrels" / "test.tsv").write_text(good_qrels + extra)
         with pytest.raises(DatasetError, match=says):
             load_beir(data)
+    (data / "qrels" / "test.tsv").write_text(good_qrels + "a b\td1\t1\n")
+    with pytest.raises(DatasetError, match="query id 'a b' is empty or holds whitespace"):
+        load_beir(data)
     (data / "qrels" / "test.tsv").write_text(good_qrels + f"{qid}\t{doc}\t{grade}\n")  # the same judgement twice: harmless
     assert load_beir(data)[1] == qrels
+    (data / "queries.jsonl").write_text("".join(json.dumps({**json.loads(line), "text": "tea \ud800"}) + "\n" if json.loads(line)["_id"] == qid else line + "\n" for line in good_queries.splitlines()))
+    with pytest.raises(DatasetError, match=f"query '{qid}' has a lone surrogate"):
+        load_beir(data)
+    (data / "queries.jsonl").write_text(good_queries)
     (data / "qrels" / "dev.tsv").mkdir()
     with pytest.raises(DatasetError, match="dev.tsv is not a file"):
         load_beir(data, "dev")
