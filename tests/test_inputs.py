@@ -555,3 +555,9 @@ def test_tune_and_eval_options_that_would_be_misread(tmp_path, capsys):
         assert code == 2 and err.count("\n") == 1 and says in err, (argv, err)
     code, out, err = run(capsys, "eval", data, "--index", tmp_path / "none")
     assert code == 2 and f"--path {tmp_path / 'none'}`" in err, err
+
+
+def test_an_index_home_that_is_a_file_says_so(tmp_path, capsys):
+    (tmp_path / "corpus.jsonl").write_text('{"id": "a", "text": "cats"}\n')
+    code, out, err = run(capsys, "search", "sci", "cats", "--index-dir", tmp_path / "corpus.jsonl")
+    assert code == 2 and err.count("\n") == 1 and "is a file, not a folder" in err, err

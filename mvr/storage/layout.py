@@ -69,6 +69,8 @@ def locate(name_or_path: str | os.PathLike, home: Path | None = None, *, wait: f
             return folder
     if given.is_file():
         raise IndexNotFoundError(f"{given} is a file, not an index folder; give the folder of an index, or a name (`mvr list`).")
+    if plain and home.exists() and not home.is_dir():
+        raise IndexNotFoundError(f"the index home {home} (--index-dir, $MVR_INDEX_DIR) is a file, not a folder; give the folder that holds your indexes.")
     hidden = _hidden_copies(named if plain else given, (INDEX_FORMAT,))
     names = available(home)
     known = f" Indexes in {home}: {', '.join(names)}." if names else ""
