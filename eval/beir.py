@@ -345,18 +345,3 @@ def publish_report(report: dict, program: str, argv: Sequence[str] | None, outpu
     if output:
         save_report(report, output)
     print(json.dumps(report, indent=2))
-
-
-def run_files(path: Path, labels: Sequence[str]) -> dict[str, Path]:
-    """Where each run goes: ``path`` itself for one run, else one file per run beside it
-    (``run.trec`` -> ``run.fde+bm25s@25.trec``, ...)."""
-    path = Path(path)
-    if len(labels) == 1:
-        return {labels[0]: path}
-    return {label: path.with_name(f"{path.stem}.{label}{path.suffix}") for label in labels}
-
-
-def run_text(run: dict[str, dict[str, float]], name: str) -> str:
-    """A TREC run: ``qid Q0 docid rank score name`` lines, best first per query."""
-    return "".join(f"{qid} Q0 {doc} {rank} {score:.6f} {name}\n" for qid, docs in run.items() for rank, (doc, score) in enumerate(sorted(docs.items(), key=lambda x: -x[1]), start=1))
-

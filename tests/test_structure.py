@@ -186,7 +186,8 @@ def test_eight_threads_searching_at_once_get_what_one_gets(default_index):
 
 def test_eval_drops_a_document_whose_id_is_the_query_id(tmp_path, default_encoder):
     from conftest import write_beir
-    from mvr.eval.beir import evaluate, run_files
+    from mvr.cli.eval import run_files
+    from mvr.eval.beir import evaluate
 
     folder = write_beir(tmp_path / "beir")
     # a corpus that holds its query q1 as a document too, as ArguAna's and Quora's do

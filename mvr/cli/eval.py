@@ -7,6 +7,7 @@ import argparse
 import json
 import sys
 from pathlib import Path
+from typing import Sequence
 
 from .common import add_common, add_device, add_search, check_output, search_options, write_output
 
@@ -43,7 +44,7 @@ def run(args) -> int:
     from ..config import IndexConfig
     from ..corpus import read_corpus
     from ..errors import DatasetError, IndexNotFoundError
-    from ..eval.beir import MEASURES, evaluate, run_files, run_text
+    from ..eval.beir import MEASURES, evaluate
     from ..index import Index
 
     show = False if args.quiet else None
@@ -95,3 +96,17 @@ def run(args) -> int:
         for label, path in run_files(args.run_file, list(runs)).items():
             write_output(path, run_text(runs[label], label), "--run-file")
     return 0
+
+
+def run_files(path: Path, labels: Sequence[str]) -> dict[str, Path]:
+    """Where each run goes: ``path`` itself for one run, else one file per run beside it
+    (``run.trec`` -> ``run.fde+bm25s@25.trec``, ...)."""
+    path = Path(path)
+    if len(labels) == 1:
+        return {labels[0]: path}
+    return {label: path.with_name(f"{path.stem}.{label}{path.suffix}") for label in labels}
+
+
+def run_text(run: dict[str, dict[str, float]], name: str) -> str:
+    """A TREC run: ``qid Q0 docid rank score name`` lines, best first per query."""
+    return "".join(f"{qid} Q0 {doc} {rank} {score:.6f} {name}\n" for qid, docs in run.items() for rank, (doc, score) in enumerate(sorted(docs.items(), key=lambda x: -x[1]), start=1))
