@@ -30,7 +30,6 @@ from .passages import document_id, rows_of
 from .search_presets import preset_stages
 from .segment_build import merge_segments, planned_stages, write_segment
 from .storage.commits import SEGMENTS, collect, new_commit, publish, segment_name, write_deletes
-from .storage.formats import INDEX_FORMAT
 from .storage.layout import tidy
 from .storage.lock import WriterLock
 from .storage.manifest import fsync_dir, fsync_tree, read_manifest
@@ -55,7 +54,7 @@ class Writer:
         index = self.index
         self.lock = WriterLock(index.path.parent, index.path.name, f"index {index.name!r}").acquire(self.wait)
         try:
-            tidy(index.path.parent, (INDEX_FORMAT,), self.lock, builds=False)  # what killed builds beside it left (a replaced copy a swap hid)
+            tidy(index.path.parent, self.lock, builds=False)  # what killed builds beside it left (a replaced copy a swap hid)
             index.refresh()
             self.record = index._state.record
             collect(index.path, self.record)

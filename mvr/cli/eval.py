@@ -54,15 +54,15 @@ def run(args) -> int:
         raise DatasetError(f"--depth must be >= 1, got {args.depth}.")
     if args.max_queries is not None and args.max_queries < 1:
         raise DatasetError(f"--max-queries must be >= 1, got {args.max_queries}.")
+    # a name builds under --index-dir; a value with a separator is the path it names
+    target = Path(args.index) if ("/" in args.index or "\\" in args.index) else args.index
     try:
         index = Index.open(args.index, home=args.index_dir, device=args.device)
     except IndexNotFoundError:
         if not args.build:
-            at = f"--path {args.index}" if ("/" in args.index or "\\" in args.index) else f"--name {args.index}"  # as --build reads it
+            at = f"--path {target}" if isinstance(target, Path) else f"--name {target}"
             raise IndexNotFoundError(f"no index {args.index!r}; build it with `mvr index {args.dataset / 'corpus.jsonl'} {at}` or add --build to this command.") from None
         config = IndexConfig(threads=args.threads)
-        # a name builds under --index-dir; a value with a separator is the path it names
-        target = Path(args.index) if ("/" in args.index or "\\" in args.index) else args.index
         index = Index.build(read_corpus(args.dataset / "corpus.jsonl"), target, config=config, home=args.index_dir, show_progress=show, command=args.command_line)
         index = Index.open(index.path, device=args.device) if args.device is not None else index
     report, runs = evaluate(

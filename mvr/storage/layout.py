@@ -82,27 +82,23 @@ class StagingDir:
     """A hidden directory beside ``target`` that becomes ``target`` on :meth:`commit`.
 
     Holds the writer lock of ``target``'s name from creation to commit (a second writer gets
-    :class:`IndexLockedError`). Replaces only a folder whose manifest.json names one of
-    ``formats`` (an index; a first stage's folder for :func:`mvr.build.rebuild_stage`), or an
-    empty one; ``damaged``: also one whose manifest.json is missing or unreadable (a first stage of
-    mvr's own segment, which its rebuild repairs). As a context manager, leaving without commit (an
+    :class:`IndexLockedError`). Replaces only an index (a folder whose manifest.json says so) or
+    an empty folder (:func:`check_replaceable`). As a context manager, leaving without commit (an
     exception) removes the staging directory (unless it recorded encoded chunks) and leaves
     ``target`` as it was. ``resume``: go on in the folder an interrupted build of ``target`` left
     (:attr:`resumed`), else remove it. ``wait``: seconds to wait for another writer's lock."""
 
-    def __init__(self, target: Path, overwrite: bool, formats: tuple[str, ...] = (INDEX_FORMAT,), resume: bool = False, damaged: bool = False, wait: float = 0.0):
-        self.target, self.damaged = Path(target), damaged
-        self.formats = tuple(formats)
+    def __init__(self, target: Path, overwrite: bool, resume: bool = False, wait: float = 0.0):
+        self.target = Path(target)
         home = self.target.parent
         try:
             home.mkdir(parents=True, exist_ok=True)
         except (FileExistsError, NotADirectoryError):
             raise IndexExistsError(f"cannot make {home}: a file stands in the way of the folder it needs; choose another path.") from None
-        label = f"index {self.target.name!r}" if INDEX_FORMAT in self.formats else f"{self.target}"
-        self._lock = WriterLock(home, self.target.name, label).acquire(wait)
+        self._lock = WriterLock(home, self.target.name, f"index {self.target.name!r}").acquire(wait)
         try:
-            tidy(home, self.formats, self._lock)
-            check_replaceable(self.target, self.formats, overwrite, self.damaged)  # before anything of this name is removed: a refused build removes nothing
+            tidy(home, self._lock)
+            check_replaceable(self.target, (INDEX_FORMAT,), overwrite)  # before anything of this name is removed: a refused build removes nothing
             left = _builds_left(home, self.target.name)
             adopted = next((p for p in left if _resumable(p, chunks=False)), None) if resume else None
             for stale in left:
@@ -137,7 +133,7 @@ class StagingDir:
         if not self._lock.held:
             raise RuntimeError(f"{self.path} was already committed or abandoned")
         home = self.target.parent
-        check_replaceable(self.target, self.formats, True, self.damaged)  # what stands at the target now (another program may have filled it during the build)
+        check_replaceable(self.target, (INDEX_FORMAT,), True)  # what stands at the target now (another program may have filled it during the build)
         fsync_tree(self.path)  # the files must be on disk before a rename publishes them
         old = None
         if self.target.exists() or self.target.is_symlink():
@@ -296,7 +292,7 @@ def _builds_left(home: Path, name: str) -> list[Path]:
     return sorted(found, key=lambda p: p.stat().st_mtime, reverse=True)
 
 
-def tidy(home: Path, formats: tuple[str, ...], own: WriterLock, builds: bool = True) -> None:
+def tidy(home: Path, own: WriterLock, builds: bool = True) -> None:
     """What killed writers left in ``home``, for every name no live writer holds: restore a hidden
     old copy whose target is missing, remove staging folders, old copies of present targets and
     stale lock files. A name whose lock is held is skipped: its folders belong to a live build.
@@ -317,12 +313,12 @@ def tidy(home: Path, formats: tuple[str, ...], own: WriterLock, builds: bool = T
             continue
         try:
             target = home / name
-            _restore(target, formats)
+            _restore(target, (INDEX_FORMAT,))
             for kind, entry in entries:
                 if entry.is_symlink() or not entry.is_dir():
                     continue
                 kept = kind == "building" and ((name == own.name and builds) or _resumable(entry))
-                if (ours(entry, formats) or not any(entry.iterdir())) and not kept and (kind == "building" or target.exists()):  # (an empty one holds nothing to lose)
+                if (ours(entry, (INDEX_FORMAT,)) or not any(entry.iterdir())) and not kept and (kind == "building" or target.exists()):  # (an empty one holds nothing to lose)
                     _remove_marked(entry, STAGING_MARK) if kind == "building" else _remove_copy(entry)
         finally:
             if lock is not own:
