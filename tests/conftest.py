@@ -3,6 +3,7 @@ downloaded), the embedded default model, and a tiny BEIR-layout dataset."""
 
 from __future__ import annotations
 
+import atexit
 import json
 import os
 import shutil
@@ -10,6 +11,7 @@ import signal
 import string
 import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -17,9 +19,13 @@ import numpy as np
 import pytest
 
 os.environ.setdefault("MVR_QUIET", "1")
-# Exported ONNX query models go to a cache of this test run, not the user's home.
-_CACHE = Path(__import__("tempfile").mkdtemp(prefix="mvr-test-cache-"))
-os.environ["MVR_CACHE_DIR"] = str(_CACHE)
+# Exported ONNX query models go to a cache of this test run, not the user's home. A process this run
+# starts that imports this file (a Ray case, a killed writer) shares the run's cache; the process
+# that made it removes it at exit, so runs do not pile up exports (about 190 MB each) in the temp dir.
+if "MVR_TEST_CACHE" not in os.environ:
+    os.environ["MVR_TEST_CACHE"] = tempfile.mkdtemp(prefix="mvr-test-cache-")
+    atexit.register(shutil.rmtree, os.environ["MVR_TEST_CACHE"], True)
+os.environ["MVR_CACHE_DIR"] = os.environ["MVR_TEST_CACHE"]
 
 from mvr.config import IndexConfig  # noqa: E402  (light: no torch, no faiss)
 
