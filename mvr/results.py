@@ -78,14 +78,10 @@ class Results:
 
     def to_trec(self, query_ids: Iterable[str], run_name: str = "mvr") -> list[str]:
         """TREC run lines ``qid Q0 docid rank score run``: one query id per query, each one field."""
-        query_ids, run_name = self._query_ids(query_ids), _trec_field(run_name, "run_name", "run name")
+        query_ids, run_name = self._query_ids(query_ids), trec_field(run_name, "run_name", "run name")
         ids = self._index.doc_ids
-        return [
-            f"{qid} Q0 {self._shown(str(ids[p]))} {rank} {score:.6f} {run_name}"
-            for qid, row, row_scores in zip(query_ids, self.indices, self.scores)
-            for rank, (p, score) in enumerate(zip(row, row_scores), start=1)
-            if p >= 0
-        ]
+        ranked = ((qid, [(self._shown(str(ids[p])), score) for p, score in zip(row, row_scores) if p >= 0]) for qid, row, row_scores in zip(query_ids, self.indices, self.scores))
+        return trec_lines(ranked, run_name)
 
     def to_dicts(self) -> list[list[dict]]:
         """Every query's hits as JSON-ready dicts ``{"id", "score", "title", "text", "metadata"}``
@@ -111,14 +107,21 @@ class Results:
         query_ids = list(many(query_ids, "query_ids must be a list of query ids, one per query", QueryError))
         if len(query_ids) != len(self):
             raise QueryError(f"{len(query_ids)} query ids for {len(self)} result lists; give one id per query, in the order searched.")
-        query_ids = [_trec_field(qid, f"query_ids[{i}]", "query id") for i, qid in enumerate(query_ids)]
+        query_ids = [trec_field(qid, f"query_ids[{i}]", "query id") for i, qid in enumerate(query_ids)]
         twice = repeated(query_ids)
         if twice is not None:
             raise QueryError(f"the query id {twice!r} is given twice; give each query its own id.")
         return query_ids
 
 
-def _trec_field(value, where: str, what: str) -> str:
+def trec_lines(ranked: Iterable[tuple[str, Iterable[tuple[str, float]]]], run_name: str) -> list[str]:
+    """TREC run lines ``qid Q0 docid rank score run`` of ``(query id, [(document id, score), ...])``
+    pairs, each query's documents ranked from 1 in the order given (best first); every field is
+    the caller's to check (:func:`trec_field`)."""
+    return [f"{qid} Q0 {doc} {rank} {score:.6f} {run_name}" for qid, docs in ranked for rank, (doc, score) in enumerate(docs, start=1)]
+
+
+def trec_field(value, where: str, what: str) -> str:
     """``value`` as one field of a TREC line, by the rule of document ids (as the CLI checks query
     ids): non-empty, without whitespace or control characters; else a QueryError."""
     try:

@@ -209,6 +209,9 @@ def test_huge_k_is_capped_at_the_documents(index, capsys):
     code, out, _ = run(capsys, "search", index.path, "cats", "-k", "10000000000", "--trec")
     rows = [line.split() for line in out.splitlines()]
     assert code == 0 and sorted(row[2] for row in rows) == ids and [row[3] for row in rows] == ["1", "2", "3", "4"]
+    for name, problem in (("my run", "holds whitespace"), ("", "is empty")):  # wrote lines of 7 and 5 fields
+        code, out, err = run(capsys, "search", index.path, "cats", "--trec", "--run-name", name)
+        assert code == 2 and out == "" and f"--run-name: run name {name!r} {problem}" in err, err
     code, out, _ = run(capsys, "search", index.path, "cats", "-k", "10000000000", "--json")
     assert code == 0 and sorted(h["id"] for h in json.loads(out)["hits"]) == ids
 
@@ -360,7 +363,7 @@ def test_rerank_refuses_what_it_would_get_wrong(index, tmp_path, capsys):
     (tmp_path / "q2.tsv").write_text("q1\tgreen tea\nq1\tcats\n")
     code, _, err = run(capsys, "rerank", index.path, "--run", tmp_path / "run.trec", "--queries", tmp_path / "q2.tsv")
     assert code == 2 and "the query id 'q1' is given twice" in err
-    for argv, message in ((["--threads", "-1"], "--threads must be a positive integer"), (["--run-name", "a b"], "--run-name is the run's tag")):
+    for argv, message in ((["--threads", "-1"], "--threads must be a positive integer"), (["--run-name", "a b"], "--run-name: run name 'a b' holds whitespace")):
         code, _, err = run(capsys, "rerank", index.path, "--run", tmp_path / "run.trec", "--queries", tmp_path / "q.tsv", *argv)
         assert code == 2 and message in err
     for line, message in (("q1 Q0 d4 1 abc t", "the score 'abc' is not a number"), ("q1 Q0 d4 nan 5 t", "the rank is nan")):  # taken in silence

@@ -109,4 +109,6 @@ def run_files(path: Path, labels: Sequence[str]) -> dict[str, Path]:
 
 def run_text(run: dict[str, dict[str, float]], name: str) -> str:
     """A TREC run: ``qid Q0 docid rank score name`` lines, best first per query."""
-    return "".join(f"{qid} Q0 {doc} {rank} {score:.6f} {name}\n" for qid, docs in run.items() for rank, (doc, score) in enumerate(sorted(docs.items(), key=lambda x: -x[1]), start=1))
+    from ..results import trec_lines
+
+    return "".join(line + "\n" for line in trec_lines(((qid, sorted(docs.items(), key=lambda x: -x[1])) for qid, docs in run.items()), name))

@@ -103,14 +103,13 @@ def _jobs(args, index):
 
 def run(args) -> int:
     from ..config import positive_int
-    from ..errors import ConfigError
     from ..index import Index
+    from ..results import trec_field, trec_lines
     from ..threads import cpu_threads
     from .search import shown
 
     positive_int("--", "threads", args.threads, optional=True)
-    if not args.run_name or any(c.isspace() for c in args.run_name):
-        raise ConfigError(f"--run-name is the run's tag, one field of each TREC line: non-empty, without whitespace; got {args.run_name!r}.")
+    run_name = trec_field(args.run_name, "--run-name", "run name")
     index = Index.open(args.index, home=args.index_dir, model=args.model) if args.index else None
     out, lines = [], []
     with cpu_threads(args.threads, "torch", "numba", "blas"):
@@ -118,7 +117,7 @@ def run(args) -> int:
             if args.json:
                 out.append({"query_id": qid, "hits": [{"rank": h.rank, "id": h.id, "score": h.score, "title": h.title, "text": h.text, "metadata": h.metadata} for h in hits]})
             else:
-                lines += [f"{shown(qid)} Q0 {shown(h.id)} {h.rank} {h.score:.6f} {args.run_name}" for h in hits]
+                lines += trec_lines([(shown(qid), [(shown(h.id), h.score) for h in hits])], run_name)
     if args.json:
         print(json.dumps(out, ensure_ascii=False, indent=2))
     elif lines:

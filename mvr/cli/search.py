@@ -103,9 +103,11 @@ def _through_server(args, texts: list[str]) -> list[list[dict]] | None:
 def run(args) -> int:
     from ..errors import QueryError
     from ..index import Index
+    from ..results import trec_field, trec_lines
 
     if (args.query is None) == (args.queries is None):
         raise QueryError("give either a query text or --queries FILE.")
+    run_name = trec_field(args.run_name, "--run-name", "run name") if args.trec else None
     queries = read_queries(args.queries) if args.queries else [("q1", args.query)]
     texts = [text for _, text in queries]
     answered = _through_server(args, texts)
@@ -114,8 +116,7 @@ def run(args) -> int:
         results = index.search(texts, k=args.k, first_stage=args.first_stage, candidates=args.candidates, threads=args.threads, explain=args.explain, **search_options(args))
         answered = results.to_dicts()
     if args.trec:
-        lines = [f"{qid} Q0 {hit['id']} {rank} {hit['score']:.6f} {args.run_name}" for (qid, _), hits in zip(queries, answered) for rank, hit in enumerate(hits, start=1)]
-        print("\n".join(lines))
+        print("\n".join(trec_lines(((qid, [(hit["id"], hit["score"]) for hit in hits]) for (qid, _), hits in zip(queries, answered)), run_name)))
     elif args.json:
         payload = [{"query_id": qid, "query": text, "hits": [{"rank": rank, **hit} for rank, hit in enumerate(hits, start=1)]} for (qid, text), hits in zip(queries, answered)]
         print(json.dumps(payload if args.queries else payload[0], ensure_ascii=False, indent=2))
