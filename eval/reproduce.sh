@@ -44,6 +44,6 @@ for ds in scifact nfcorpus; do
     --setting k_sim=4,d_proj=32,reps=20,fill_empty=0,d_final=2048 \
     --setting k_sim=5,d_proj=32,reps=20,fill_empty=0
 done
-python -m mvr.eval.table "$OUT"/*.json --output docs/results.md
+python -m mvr.eval.table --again docs/results.md  # the table of the reports it links (with OUT=docs/results, those just written)
 python -m mvr.eval.plot "$OUT/scifact-fde.json" "$OUT/nfcorpus-fde.json" --output docs/fde-sweep.png \
   --also "$OUT/scifact-hybrid.json" "$OUT/nfcorpus-hybrid.json"

@@ -29,4 +29,4 @@ for ds in scifact nfcorpus; do
   mvr eval "$DATA/$ds" --index "$ds" --first-stage splade --candidates 20,50,100,200,1000 --output "$OUT/$ds-splade-rerank.json" --quiet
   python -m mvr.eval.sparse_study impact "$DATA/$ds" --index "$ds" --output "$OUT/splade-impact-$ds.json"
 done
-python -m mvr.eval.table "$OUT"/*.json --output docs/results.md
+python -m mvr.eval.table --again docs/results.md  # the table of the reports it links (with OUT=docs/results, those just written)

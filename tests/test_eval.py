@@ -213,3 +213,19 @@ def test_missing_relevant_looks_documents_up_in_an_index_of_passages(tmp_path, d
     index = Index.build(docs, tmp_path / "p", encoder=default_encoder, config=IndexConfig(fde=None, sparse=(), passage_tokens=16), show_progress=False)
     assert all("#" in str(row) for row in index.doc_ids)
     assert missing_relevant(index, {"a": {"d1": 1, "d2": 0, "d4": 1}, "b": {"d3": 2, "d9": 1}}) == (2, 4)
+
+
+def test_results_table_is_what_its_command_makes_of_the_reports_it_links():
+    """docs/results.md is `python -m mvr.eval.table --again docs/results.md` of its own reports, and
+    a glob over every JSON of docs/results/ (studies, speed runs) takes the eval reports only."""
+    import glob
+    from pathlib import Path
+
+    from mvr.eval.table import linked_reports, render
+
+    docs = Path(__file__).resolve().parents[1] / "docs"
+    reports = linked_reports(docs / "results.md")
+    assert len(reports) > 20 and all(path.is_file() for path in reports)
+    assert render(reports, docs) == (docs / "results.md").read_text(encoding="utf-8")
+    every = [Path(p) for p in glob.glob(str(docs / "results" / "**" / "*.json"), recursive=True)]
+    assert "| scifact |" in render(every, docs)  # index-speed reports have "runs" too: they stopped it with a KeyError
