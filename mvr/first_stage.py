@@ -79,7 +79,9 @@ def candidates(state, searched: list[tuple], queries: QueryBatch, opts: SearchOp
 def first_stage(state, searched: list[tuple], queries: QueryBatch, opts: SearchOptions) -> tuple[list[Candidates], int]:
     """Per query, the candidates of ``opts.first_stage`` over the searched segments, as one index
     would find them (a hybrid joins the two merged rankings); and how many queries a text stage
-    found nothing for (no searchable terms), answered by a vector stage (or every allowed document)."""
+    found nothing for (no searchable terms), answered by a vector stage (or every allowed document)
+    when the candidates are to be reranked; without reranking such a query finds no documents, as
+    the text stage alone would (whether or not the query's vectors were given)."""
     total = sum(state.segments[s].n_docs if allowed is None else int(allowed.sum()) for s, allowed in searched)
     n = min(opts.candidates or default_candidates(opts.first_stage), total)
     parts = parse_stage(opts.first_stage)
@@ -92,7 +94,7 @@ def first_stage(state, searched: list[tuple], queries: QueryBatch, opts: SearchO
         return found, 0
     empty = [q for q, one in enumerate(found) if len(one.positions) == 0]
     vector = next((name for name in VECTOR_STAGES if all(state.segments[s].has_stage(name) for s, _ in searched)), None)
-    for q in empty if queries.vectors is not None else ():
+    for q in empty if queries.vectors is not None and opts.rerank else ():  # unreranked, the text stage's answer is the answer
         if vector is not None:
             found[q] = candidates(state, searched, queries.only(q), opts, (vector,), n)[0][0]
         else:

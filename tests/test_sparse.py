@@ -40,6 +40,8 @@ def test_stopword_only_query_falls_back_to_the_dense_first_stage(sparse_index):
         assert results.fallbacks == 1 and len(results[0]) == 3 and len(results[1]) >= 1
         alone = sparse_index.search("the of and", k=3, first_stage=stage, rerank=False)
         assert len(alone[0]) == 0 and alone.fallbacks == 1  # no vectors asked for: nothing to fall back on
+        encoded = sparse_index.search_encoded(sparse_index.encode_queries("the of and"), 3, texts=["the of and"], first_stage=stage, rerank=False)
+        assert len(encoded[0]) == 0 and encoded.fallbacks == 1  # the same with vectors given (mvr eval's path): it took the FDE's
 
 
 def test_pruning_keeps_only_candidates_near_the_kth_best(sparse_index):
@@ -181,3 +183,17 @@ def test_splade_first_stage_end_to_end(tmp_path, models):
     assert len(index.search("purring cats", k=3, first_stage="splade", candidates=5)[0]) == 3
     with pytest.raises(QueryError, match="needs a masked-LM"):
         index.build_sparse(["splade"])
+
+
+def test_bm25s_notes_stay_out_of_a_programs_log(tmp_path, models):
+    """bm25s sets its logger to DEBUG on import; with a handler on the root logger (pyserini's
+    import adds one, as many programs do) every build printed 'Building index from IDs objects'."""
+    script = (
+        "import logging, sys; from pathlib import Path; logging.basicConfig(level=logging.WARNING)\n"
+        "from mvr import Encoder, Index, IndexConfig\n"
+        "index = Index.build([('a', 'green tea'), ('b', 'black coffee')], Path(sys.argv[2]), encoder=Encoder(sys.argv[1]), config=IndexConfig(fde=None, sparse=('bm25s',)))\n"
+        "print(index.search('tea', k=1, first_stage='bm25s', rerank=False).doc_ids[0][0])\n"
+    )
+    done = subprocess.run([sys.executable, "-c", script, str(models["plain"]), str(tmp_path / "idx")], capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0 and done.stdout.split() == ["a"], done.stderr[-2000:]
+    assert "bm25s" not in done.stderr, done.stderr[-2000:]

@@ -1,10 +1,12 @@
 """bm25s (no JVM): PyStemmer's English stemmer and English stopwords, k1=0.9, b=0.4, Lucene's BM25
 variant, over the stored ``title + " " + text``. Stored in ``<index>/bm25s/``; document ids are
-index rows. A query that analyses to no terms gets no candidates (the search falls back to the
-dense first stage, see mvr/first_stage.py)."""
+index rows. A query that analyses to no terms gets no candidates (a search that reranks falls back
+to the dense first stage, see mvr/first_stage.py)."""
 
 from __future__ import annotations
 
+import functools
+import logging
 import time
 from pathlib import Path
 from typing import Sequence
@@ -17,9 +19,21 @@ from .base import BuildSource, Candidates, QueryBatch, text_stage_manifest, top_
 from .bm25 import BM25_B, BM25_K1
 
 
-def _tokens(texts: Sequence[str], show: bool = False):
+@functools.cache
+def _bm25s():
+    """bm25s, its logger set to WARNING once: the package sets it to DEBUG on import, so its notes
+    ("Building index from IDs objects") reached any logging handler a program (or pyserini's
+    import) had set up. A program may set it back after the first use."""
     import bm25s
+
+    logging.getLogger("bm25s").setLevel(logging.WARNING)
+    return bm25s
+
+
+def _tokens(texts: Sequence[str], show: bool = False):
     import Stemmer
+
+    bm25s = _bm25s()
 
     return bm25s.tokenize(list(texts), stopwords="en", stemmer=Stemmer.Stemmer("english"), show_progress=show)
 
@@ -48,8 +62,7 @@ class BM25S:
 
     @classmethod
     def build(cls, folder: Path, source: BuildSource, settings=None) -> dict:
-        import bm25s
-
+        bm25s = _bm25s()
         started = time.perf_counter()
         corpus = [text for _, text in source.texts()]
         retriever = bm25s.BM25(k1=BM25_K1, b=BM25_B, method="lucene")
@@ -67,9 +80,7 @@ class BM25S:
         return cls(folder)
 
     def __init__(self, folder: Path):
-        import bm25s
-
-        self.retriever = bm25s.BM25.load(str(folder), mmap=True)
+        self.retriever = _bm25s().BM25.load(str(folder), mmap=True)
         self.n_docs = int(self.retriever.scores["num_docs"])
 
     def _scores(self, texts):
