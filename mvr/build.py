@@ -223,7 +223,7 @@ def derive(source, name, *, home=None, overwrite: bool = False, show_progress: b
     return Index.open(path, model=source.encoder)
 
 
-def rebuild_stage(index, name: str, settings=None, *, threads: int | None = None, command: str | None = None, show_progress=None) -> dict:
+def rebuild_stage(index, name: str, settings=None, *, threads: int | None = None, command: str | None = None, show_progress=None, wait: float = 0.0) -> dict:
     """(Re)build the first stage ``name`` of every segment of an open index from its stored
     vectors or texts, under the index's writer lock, as one commit: each segment is relinked into a
     new one (its files shared, storage/commits.py) with the new stage, so a search sees the old
@@ -232,7 +232,8 @@ def rebuild_stage(index, name: str, settings=None, *, threads: int | None = None
     its settings; ``centroid_stage``, ``pooled``, ``sparse``, ``splade_model``). A damaged old stage (one that lost its manifest) is replaced too. A version-1 index is
     converted first. Open the index within ``storage.validate.replacing(name)`` to rebuild a stage
     whose damage stops it from opening. Returns the last segment's manifest with its documents,
-    bytes per document and build time over every segment (the commands report them)."""
+    bytes per document and build time over every segment (the commands report them). ``wait``:
+    seconds to wait for another writer of the index."""
     from .writer import Writer
 
     settings = _stage_settings(name, settings)
@@ -240,7 +241,7 @@ def rebuild_stage(index, name: str, settings=None, *, threads: int | None = None
     if not index.segments:  # every document deleted: nothing to build from (a KeyError in each command's report)
         raise ConfigError(f"index {index.name!r} holds no documents: a first stage is built from them; documents added later get the stages the index has.")
     built, written = [], []
-    with Writer(index) as writer, cpu_threads(threads, "numba", "faiss"):
+    with Writer(index, wait) as writer, cpu_threads(threads, "numba", "faiss"):
         entries = [dict(entry) for entry in writer.record["segments"]]
         formats = (stage_class(name).format,)
         for segment in index.segments:  # refused before anything is written: a folder of that name mvr did not make

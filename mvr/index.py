@@ -36,6 +36,7 @@ from .segment import Commit, Segment, describe_index, open_commit, stage_bytes
 from .writer import Changes
 from .stages import stage_class
 from .storage import locate
+from .storage.commits import folder_identity
 from .storage.layout import recover_stages
 from .vectors import project
 
@@ -63,8 +64,11 @@ class Index(Changes):
     def _read(self) -> Commit:
         """The index's current commit, opened and pinned (a version-1 index: its one folder); the
         last one's segments reused, unless the folder was replaced (a rebuild at this path)."""
-        folder = _folder_id(self.path)
-        state = open_commit(self.path, self.name, self.splade_model, getattr(self, "_state", None) if folder == getattr(self, "_folder", folder) else None, self.device)
+        folder = folder_identity(self.path)
+        same = folder == getattr(self, "_folder", folder)
+        state = open_commit(self.path, self.name, self.splade_model, getattr(self, "_state", None) if same else None, self.device)
+        if not same:  # another index at this path: its model, lengths or runtime may differ from the encoders kept
+            self._encoder = self._doc_encoder = None
         self._folder = folder
         return state
 
@@ -106,11 +110,11 @@ class Index(Changes):
     def refresh(self) -> bool:
         """Move to the index's newest commit; True when there was a newer one. Searches running in
         other threads finish on the commit they started with (its files stay while they read them)."""
-        from .storage.commits import read_pointer
+        from .storage.commits import current_pointer
 
         with self._refresh_lock:  # one at a time, never back to an older commit
-            pointer = read_pointer(self.path)
-            replaced = _folder_id(self.path) != self._folder  # a new index at this path: its generations count from 1 again
+            pointer, folder = current_pointer(self.path)
+            replaced = folder != self._folder  # a new index at this path: its generations count from 1 again
             newer = pointer["format_version"] > 1 and (self.legacy or replaced or pointer["generation"] > self._state.generation)
             if newer:
                 self._state = self._read()
@@ -353,8 +357,3 @@ class Index(Changes):
         """Bytes on disk of each built first stage, over every segment."""
         return stage_bytes(self)
 
-
-def _folder_id(path: Path) -> tuple[int, int]:
-    """Which folder stands at ``path``: a rebuild renames a new one into its place."""
-    found = os.stat(path)
-    return found.st_dev, found.st_ino

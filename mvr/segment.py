@@ -9,6 +9,7 @@ the segments of one commit, opened, with their deleted rows.
 
 from __future__ import annotations
 
+import functools
 import threading
 from pathlib import Path
 from typing import Sequence
@@ -21,7 +22,7 @@ from .errors import ConfigError, IndexFormatError, QueryError
 from .registry import STAGES, parse_stage, store_class
 from .stages import Hybrid, has_stage, open_stage, stage_class
 from .storage import Blob, read_manifest
-from .storage.commits import SEGMENTS, commit_name, pin_commit, pin_current, read_deletes
+from .storage.commits import SEGMENTS, check_same_folder, commit_name, folder_identity, pin_commit, pin_current, read_deletes
 from .storage.formats import FDE_FORMAT, FDE_VERSION, SEGMENT_FORMAT, SEGMENT_VERSION, TOKEN_IDS, rebuild_command
 from .storage.layout import recover_stages
 from .storage.metadata import Metadata, read_types
@@ -42,6 +43,7 @@ class Segment:
         self.path = Path(path)
         self.manifest = manifest
         self.index_name = index_name
+        self.still_here = functools.partial(check_same_folder, self.path, folder_identity(self.path), index_name)
         # The manifest's fields, then every count and offset against the files: the kernels trust them.
         self.config = index_config(self.path, manifest)
         counts = manifest["counts"]
@@ -69,7 +71,7 @@ class Segment:
                 raise IndexFormatError(f"segment {self.path} is damaged: {error} Rebuild it with `mvr index`.") from None
             if self.projection.shape != (manifest["counts"].get("model_dim"), self.dim):
                 raise IndexFormatError(f"segment {self.path} is damaged: its projection head maps {self.projection.shape}, the manifest says model_dim {manifest['counts'].get('model_dim')} and dim {self.dim}; rebuild it with `mvr index`.")
-        self.metadata = Metadata(self.path, self.n_docs, fields)
+        self.metadata = Metadata(self.path, self.n_docs, fields, guard=self.still_here)
         self.splade_model = splade_model
         self._stages: dict = {}
         self._stage_lock = threading.Lock()  # lazy opening of the first stages
@@ -91,6 +93,7 @@ class Segment:
     def stage(self, name: str):
         stage = self._stages.get(name)
         if stage is None:
+            self.still_here()
             self.require(name)
             with self._stage_lock:
                 stage = self._stages.get(name) or open_stage(name, self)
@@ -116,11 +119,13 @@ class Segment:
 
     def token_ids(self) -> np.ndarray | None:
         path = self.path / TOKEN_IDS
+        self.still_here()
         return np.load(path, mmap_mode="r") if path.is_file() else None
 
     def positions(self, doc_ids) -> np.ndarray:
         """int64 row of each id in ``doc_ids`` (-1 where this segment does not hold it)."""
         if self._id_order is None:
+            self.still_here()
             order = np.load(self.path / "doc_ids_order.npy")
             self._id_order = (order, np.asarray(self.doc_ids)[order])
         order, sorted_ids = self._id_order
@@ -243,10 +248,7 @@ def open_commit(path: Path, index_name: str, splade_model=None, previous: "Commi
             state.legacy, state.manifest, state.config = True, dict(segment.manifest), segment.config
             return state
         folders = [path / SEGMENTS / seg["name"] for seg in record["segments"]]
-        fields: dict[str, str] = {}
-        for folder in folders:
-            for name, kind in read_types(folder).items():
-                fields.setdefault(name, kind)
+        fields = {name: kind for folder in reversed(folders) for name, kind in read_types(folder).items()}  # the first segment's type of each
         segments, deleted = [], []
         # segments never change: those of the commit this index reads now are reused as they are
         opened = {s.path.name: s for s in (previous.segments if previous is not None else []) if set(s.metadata.fields) == set(fields)}

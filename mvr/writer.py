@@ -22,7 +22,7 @@ from typing import Iterable, Sequence
 import numpy as np
 
 from .config import FDEConfig, IndexConfig, positive_int
-from .encode import Encoder
+from .encode.encoder import Encoder, identity_differences
 from .encode.pool import ProcessEncoder
 from .corpus import as_documents, asked_ids, many
 from .errors import ConfigError, CorpusError
@@ -98,7 +98,8 @@ def document_encoder(index, cpu: bool = False) -> Encoder:
     config = index.config
     if cpu:
         return index._load_encoder(batch_size=config.batch_size, threads=1, doc_runtime=config.doc_runtime, device="cpu").for_documents(config.doc_runtime, config.batch_size, 1)
-    if getattr(index, "_doc_encoder", None) is None:
+    kept = getattr(index, "_doc_encoder", None)  # dropped when another index is built at the path; checked again all the same
+    if kept is None or identity_differences(index.manifest["encoder"], kept.identity):
         encoder = index._load_encoder(batch_size=config.batch_size, threads=config.threads, doc_runtime=config.doc_runtime, device=index.device)
         index._doc_encoder = encoder.for_documents(config.doc_runtime, config.batch_size, config.threads)
     return index._doc_encoder
@@ -338,22 +339,22 @@ class Changes:
             search = {"default": name if default else found["default"], "presets": {**found["presets"], name: options}}
             return writer.commit(_entries(writer.record), "search-preset", search=search)
 
-    def build_stage(self, name: str, settings=None, *, threads: int | None = None, command: str | None = None, show_progress=None) -> dict:
+    def build_stage(self, name: str, settings=None, *, threads: int | None = None, command: str | None = None, show_progress=None, wait: float = 0.0) -> dict:
         """(Re)build the first stage ``name`` from what the index stores: see :func:`mvr.build.rebuild_stage`."""
         from .build import rebuild_stage
 
-        return rebuild_stage(self, name, settings, threads=threads, command=command, show_progress=show_progress)
+        return rebuild_stage(self, name, settings, threads=threads, command=command, show_progress=show_progress, wait=wait)
 
-    def build_fde(self, config: FDEConfig | None = None, *, threads: int | None = None, command: str | None = None) -> dict:
+    def build_fde(self, config: FDEConfig | None = None, *, threads: int | None = None, command: str | None = None, wait: float = 0.0) -> dict:
         """(Re)build the FDE first stage from the stored token vectors, without re-encoding."""
-        return self.build_stage("fde", config or FDEConfig(), threads=threads, command=command)
+        return self.build_stage("fde", config or FDEConfig(), threads=threads, command=command, wait=wait)
 
-    def build_sparse(self, stages: Sequence[str] | None = None, *, splade_model=None, command: str | None = None, show_progress=None) -> dict:
+    def build_sparse(self, stages: Sequence[str] | None = None, *, splade_model=None, command: str | None = None, show_progress=None, wait: float = 0.0) -> dict:
         """(Re)build text first stages from the stored texts: a name or a list of them ("bm25", "bm25s",
         and "splade" with ``splade_model``, a masked-LM folder; default: those of
         ``IndexConfig().sparse``). Returns their manifests by stage."""
         stages = IndexConfig().sparse if stages is None else (stages,) if isinstance(stages, str) else many(stages, "stages must be a first stage name or a list of them", ConfigError)
-        return {s: self.build_stage(s, splade_model if s == "splade" else None, command=command, show_progress=show_progress) for s in stages}
+        return {s: self.build_stage(s, splade_model if s == "splade" else None, command=command, show_progress=show_progress, wait=wait) for s in stages}
 
 
 __all__ = ["Changes", "Writer", "add", "delete", "merge", "merge_policy", "optimize", "plan_merge", "CorpusError"]

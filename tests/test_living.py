@@ -11,7 +11,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from mvr import CorpusError, Index, IndexConfig, IndexLockedError, QueryError
+from mvr import CorpusError, Index, IndexConfig, IndexLockedError, IndexNotFoundError, QueryError
 from mvr import writer as writing
 from mvr.storage.commits import SEGMENTS
 from mvr.storage.lock import WriterLock
@@ -194,6 +194,25 @@ def test_one_writer_at_a_time(tmp_path, default_encoder):
     assert index.delete(["d0"], wait=0.2)["deleted"] == 1
 
 
+def test_stage_rebuilds_wait_for_another_writer_as_the_lock_error_says(tmp_path, default_encoder, capsys):
+    """The lock error says --wait SECONDS; mvr fde / sparse / centroids / pooled had no --wait."""
+    import threading
+
+    from mvr.cli import main
+
+    index = Index.build(DOCS[:4], tmp_path / "idx", encoder=default_encoder, config=IndexConfig(fde=None, sparse=()), show_progress=False)
+    held = WriterLock(tmp_path, "idx").acquire()
+    try:
+        with pytest.raises(IndexLockedError, match="--wait SECONDS"):
+            index.build_stage("pooled", wait=0.2)
+        assert main(["sparse", str(tmp_path / "idx"), "--stage", "bm25s", "--wait", "0.2"]) == 2 and "being written by" in capsys.readouterr().err
+        threading.Timer(0.3, held.release).start()
+        assert main(["fde", str(tmp_path / "idx"), "--wait", "30", "--quiet"]) == 0
+    finally:
+        held.release()
+    assert Index.open(tmp_path / "idx").has_stage("fde")
+
+
 def test_a_version_1_index_opens_read_only_and_converts(tmp_path):
     copy = tmp_path / "legacy"
     shutil.copytree(LEGACY, copy)
@@ -298,3 +317,66 @@ def test_an_open_index_follows_a_rebuild_at_its_path(tmp_path, default_encoder):
     Index.build(old, tmp_path / "idx", encoder=default_encoder, overwrite=True, show_progress=False)
     assert stale.refresh() and live(stale) == sorted(d["id"] for d in old)
     assert [h.id for h in stale.search("old document 3", k=1, first_stage="exhaustive")[0]] == ["o3"]
+
+
+def test_an_open_index_encodes_as_the_index_rebuilt_at_its_path_does(tmp_path, default_encoder):
+    """The encoders an Index keeps (the query one from its first search, the document one from its
+    first add) were kept after a rebuild at its path with other lengths: its next add committed a
+    segment of the old lengths, and every open after it said the index was damaged; its searches
+    encoded queries at the old length (other scores than any fresh reader's)."""
+    from mvr import Encoder
+
+    docs = [{"id": f"d{i}", "text": f"document {i} about tea and the cells of plants, their light and water"} for i in range(6)]
+    Index.build(docs, tmp_path / "idx", encoder=default_encoder, config=IndexConfig(fde=None), show_progress=False)
+    held = Index.open(tmp_path / "idx")  # its own model (an Encoder given is checked against the new index instead: refused)
+    held.search("tea", k=2)
+    held.add([{"id": "x1", "text": "one more about coffee"}])
+    Index.build(docs, tmp_path / "idx", encoder=Encoder(query_maxlen=8, doc_maxlen=12), config=IndexConfig(fde=None), overwrite=True, show_progress=False)
+    held.add([{"id": "x2", "text": "one more about coffee and the long roots of plants in dry ground"}])
+    fresh = Index.open(tmp_path / "idx")  # it was refused: written with other settings than the commit records
+    assert not verify_files(tmp_path / "idx") and fresh.n_docs == 7 and fresh.max_doc_len <= 12
+    query = "what do plants make from light and water, and how much tea is drunk"
+    ours, theirs = held.search(query, k=7, first_stage="exhaustive"), fresh.search(query, k=7, first_stage="exhaustive")
+    assert ours.doc_ids == theirs.doc_ids and np.allclose(ours.scores, theirs.scores)
+
+
+def test_a_reader_that_has_not_refreshed_refuses_what_a_rebuild_at_its_path_left(tmp_path, default_encoder):
+    """A reader keeps its commit's open files; what it opens lazily (a first stage, the id order,
+    token ids, a metadata column) it opened by path, and after a rebuild there those paths held the
+    new index's files: bm25s said the healthy index was damaged, explain lost every token."""
+    old = [{"id": f"o{i}", "text": f"old document {i} about tea", "metadata": {"year": 2000 + i}} for i in range(6)]
+    new = [{"id": f"n{i}", "text": f"new document {i} about cats", "metadata": {"year": 2000 + i}} for i in range(3)]
+    reader = Index.build(old, tmp_path / "idx", encoder=default_encoder, config=IndexConfig(fde=None), show_progress=False)
+    assert [h.id for h in reader.search("old document 2", k=1, first_stage="exhaustive")[0]] == ["o2"]
+    Index.build(new, tmp_path / "idx", encoder=default_encoder, config=IndexConfig(fde=None), overwrite=True, show_progress=False)
+    assert [h.id for h in reader.search("old document 2", k=1, first_stage="exhaustive")[0]] == ["o2"]  # what it holds open still reads
+    for use in (lambda: reader.search("tea", k=2, first_stage="bm25s", rerank=False), lambda: reader.position("o3"),
+                lambda: reader.search("tea", k=1, first_stage="exhaustive", explain=True)):
+        with pytest.raises(IndexNotFoundError, match="was rebuilt or removed since this reader opened it.*refresh"):
+            use()
+    try:  # a metadata column loaded before (the build's returned index has it) answers from the old commit; one not loaded is refused
+        assert reader.search("tea", k=1, first_stage="exhaustive", filter={"year": 2003}).doc_ids == [["o3"]]
+    except IndexNotFoundError as error:
+        assert "rebuilt or removed since this reader opened it" in str(error)
+    assert reader.refresh() and [h.id for h in reader.search("cats", k=3, first_stage="bm25s", rerank=False)[0]][:1] != []
+    assert reader.search("new document 1", k=1, first_stage="exhaustive", explain=True)[0][0].id == "n1"
+
+
+def test_a_refresh_during_a_rebuilds_swap_waits_for_the_new_index(tmp_path, default_encoder):
+    """A rebuild renames the old folder away, then the new one in: a refresh in between (a server's
+    request) said the index was gone, or raised a bare FileNotFoundError."""
+    import threading
+
+    docs = [{"id": f"d{i}", "text": f"document {i}"} for i in range(3)]
+    index = Index.build(docs, tmp_path / "idx", encoder=default_encoder, config=IndexConfig(fde=None, sparse=()), show_progress=False)
+    Index.build(docs[:2], tmp_path / "next", encoder=default_encoder, config=IndexConfig(fde=None, sparse=()), show_progress=False)
+    os.replace(tmp_path / "idx", tmp_path / ".idx.old")
+    swap = threading.Timer(0.3, os.replace, (tmp_path / "next", tmp_path / "idx"))
+    swap.start()
+    try:
+        assert index.refresh() and index.n_docs == 2
+    finally:
+        swap.join()
+    shutil.rmtree(tmp_path / "idx")
+    with pytest.raises(IndexNotFoundError, match="there is no index at .* any more"):
+        index.refresh()

@@ -356,3 +356,27 @@ def test_a_request_that_does_not_arrive_whole_in_time_is_cut_off(home, default_e
         with socket.create_connection(address, timeout=10) as sock:
             sock.sendall(big + b"x" * 9999)
             assert sock.recv(65536).startswith(b"HTTP/1.1 413")
+
+
+def test_what_the_server_lists_follows_writes_and_rebuilds_made_elsewhere(tmp_path, default_encoder):
+    """GET /indexes and /metrics answered from the commit of the last search (no refresh), and the
+    document count of an index of passages was kept per generation, which a rebuild at the path
+    counts from 1 again; GET /indexes/NAME mixed two commits (its summary before the refresh)."""
+    from mvr import IndexConfig
+
+    def docs(n):
+        return [{"id": f"d{i}", "text": " ".join(f"word{i}x{j}" for j in range(60))} for i in range(n)]
+
+    config = IndexConfig(fde=None, sparse=(), passage_tokens=24, passage_stride=24)
+    Index.build(docs(5), tmp_path / "long", encoder=default_encoder, config=config, show_progress=False)
+    catalog = Catalog(["long"], tmp_path, model=default_encoder, concurrency=1)
+    with background(catalog) as url, httpx.Client(base_url=url, timeout=60) as client:
+        listed = client.get("/indexes").json()["indexes"][0]
+        assert listed["documents"] == 5 and listed["passages"] > 5 and listed["generation"] == 1
+        Index.build(docs(2), tmp_path / "long", encoder=default_encoder, config=config, overwrite=True, show_progress=False)
+        listed = client.get("/indexes").json()["indexes"][0]
+        assert listed["documents"] == 2 and listed["generation"] == 1, listed
+        Index.open(tmp_path / "long").delete(["d1"])  # another process's write, as far as the server knows
+        assert 'mvr_index_documents{index="long"} 1.0' in client.get("/metrics").text
+        described = client.get("/indexes/long").json()
+        assert described["generation"] == described["info"]["generation"] == 2 and described["documents"] == 1

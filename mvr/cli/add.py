@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import argparse
 
-from .common import add_common, add_device
+from .common import add_common, add_device, add_wait
 
 
 def add_parser(sub) -> argparse.ArgumentParser:
@@ -30,7 +30,7 @@ def writer_parser(sub, name: str, help: str, description: str) -> argparse.Argum
 
 
 def add_writer(p: argparse.ArgumentParser, merge: bool = True) -> None:
-    p.add_argument("--wait", type=float, default=0.0, metavar="SECONDS", help="wait this long for another writer of the index to finish (default: fail at once)")
+    add_wait(p)
     if merge:
         p.add_argument("--no-merge", action="store_true", help="do not merge segments after the commit (mvr optimize merges them all)")
 

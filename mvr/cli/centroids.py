@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import argparse
 
-from .common import add_common
+from .common import add_common, add_wait
 
 
 def add_parser(sub) -> argparse.ArgumentParser:
@@ -14,6 +14,7 @@ def add_parser(sub) -> argparse.ArgumentParser:
     )
     p.add_argument("index", help="index name or path")
     p.add_argument("--centroids", type=int, default=None, metavar="K", help="fit K centroids (default: the residual codec's own; otherwise a power of two near 4 x sqrt(vectors))")
+    add_wait(p)
     add_common(p)
     return p
 
@@ -24,7 +25,7 @@ def run(args) -> int:
 
     with replacing("centroids"):  # the stage may be damaged: it is replaced, not read
         index = Index.open(args.index, home=args.index_dir)
-        manifest = index.build_stage("centroids", args.centroids, threads=args.threads, command=args.command_line, show_progress=False if args.quiet else None)
+        manifest = index.build_stage("centroids", args.centroids, threads=args.threads, command=args.command_line, show_progress=False if args.quiet else None, wait=args.wait)
     print(
         f"built the centroid stage of {index.name}: {manifest['documents']} documents, {manifest['centroids']} centroids ({manifest['origin']}), "
         f"{manifest['bytes_per_document']:.0f} bytes per document, in {manifest['build']['seconds']:.1f} s"

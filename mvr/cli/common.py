@@ -14,6 +14,11 @@ from ..search import PRF, SearchOptions
 from ..errors import ConfigError
 
 
+def add_wait(parser: argparse.ArgumentParser) -> None:
+    """``--wait SECONDS``: how long a command that writes an index waits for another writer of it."""
+    parser.add_argument("--wait", type=float, default=0.0, metavar="SECONDS", help="wait this long for another writer of the index to finish (default: fail at once)")
+
+
 def add_common(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--index-dir", type=Path, default=None, help="where named indexes live (default: $MVR_INDEX_DIR or ./indexes)")
     parser.add_argument("--threads", type=int, default=None, help="CPU threads for encoding and scoring (default: all cores)")

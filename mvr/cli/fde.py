@@ -4,13 +4,14 @@ from __future__ import annotations
 
 import argparse
 
-from .common import add_common, add_fde, fde_config
+from .common import add_common, add_fde, add_wait, fde_config
 
 
 def add_parser(sub) -> argparse.ArgumentParser:
     p = sub.add_parser("fde", help="(re)build an index's MUVERA first stage from its stored vectors", description="(Re)build the FDE first stage of an index without re-encoding it.")
     p.add_argument("index", help="index name or path")
     add_fde(p, with_switch=False)
+    add_wait(p)
     add_common(p)
     return p
 
@@ -21,7 +22,7 @@ def run(args) -> int:
 
     with replacing("fde"):  # the stage may be damaged: it is replaced, not read
         index = Index.open(args.index, home=args.index_dir)
-        manifest = index.build_fde(fde_config(args), threads=args.threads, command=args.command_line)
+        manifest = index.build_fde(fde_config(args), threads=args.threads, command=args.command_line, wait=args.wait)
     print(
         f"built the FDE of {index.name}: {manifest['documents']} documents x {manifest['fde_dim']} dims, "
         f"{manifest['bytes_per_document'] / 1024:.1f} KiB per document, in {manifest['build']['seconds']:.1f} s "

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import argparse
 
-from .common import add_common
+from .common import add_common, add_wait
 
 
 def add_parser(sub) -> argparse.ArgumentParser:
@@ -13,6 +13,7 @@ def add_parser(sub) -> argparse.ArgumentParser:
         description="(Re)build the pooled stage of an index (each document's mean token vector, for the pooled first stage and weighted fusion) without re-encoding it.",
     )
     p.add_argument("index", help="index name or path")
+    add_wait(p)
     add_common(p)
     return p
 
@@ -23,6 +24,6 @@ def run(args) -> int:
 
     with replacing("pooled"):  # the stage may be damaged: it is replaced, not read
         index = Index.open(args.index, home=args.index_dir)
-        manifest = index.build_stage("pooled", command=args.command_line, show_progress=False if args.quiet else None)
+        manifest = index.build_stage("pooled", command=args.command_line, show_progress=False if args.quiet else None, wait=args.wait)
     print(f"built the pooled stage of {index.name}: {manifest['documents']} documents, {manifest['bytes_per_document']} bytes per document, in {manifest['build']['seconds']:.1f} s")
     return 0

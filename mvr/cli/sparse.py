@@ -7,7 +7,7 @@ import argparse
 from ..config import IndexConfig
 from ..errors import ConfigError
 from ..registry import STAGES
-from .common import add_common
+from .common import add_common, add_wait
 
 TEXT_STAGES = tuple(name for name, entry in STAGES.items() if entry.reads == "text")
 
@@ -17,6 +17,7 @@ def add_parser(sub) -> argparse.ArgumentParser:
     p.add_argument("index", help="index name or path")
     p.add_argument("--stage", action="append", choices=TEXT_STAGES, help=f"which (repeatable; default: {' and '.join(IndexConfig().sparse)}, what the default search reads; bm25 needs the lucene extra)")
     p.add_argument("--splade-model", default=None, help="with --stage splade: the masked-LM folder")
+    add_wait(p)
     add_common(p)
     return p
 
@@ -30,7 +31,7 @@ def run(args) -> int:
         raise ConfigError("--splade-model goes with --stage splade (the stage it builds).")
     with replacing(*stages):  # what is rebuilt may be damaged: it is replaced, not read
         index = Index.open(args.index, home=args.index_dir)
-        built = index.build_sparse(stages, splade_model=args.splade_model, command=args.command_line, show_progress=False if args.quiet else None)
+        built = index.build_sparse(stages, splade_model=args.splade_model, command=args.command_line, show_progress=False if args.quiet else None, wait=args.wait)
     for stage, manifest in built.items():
         print(f"built the {stage} first stage of {index.name}: {manifest['documents']} documents in {manifest['build']['seconds']:.1f} s")
     return 0

@@ -168,13 +168,20 @@ def create_app(catalog: Catalog, *, api_key: str | None = None, limits: Limits |
     @app.get("/indexes")
     @app.head("/indexes", include_in_schema=False)
     def indexes():
-        return {"indexes": [catalog.get(name).summary() for name in catalog.names()]}
+        listed = []
+        for name in catalog.names():
+            try:
+                listed.append(catalog.get(name).summary())
+            except MvrError:  # removed since it was opened, or mid-rebuild for longer than a refresh waits: a request to it says why
+                continue
+        return {"indexes": listed}
 
     @app.get("/indexes/{name}")
     @app.head("/indexes/{name}", include_in_schema=False)
     def info(name: str):
         served = catalog.get(name)
-        return {**served.summary(), "info": served.current().info()}
+        summary = served.summary()  # refreshes: the info below reads the same commit, unless a write lands in between
+        return {**summary, "info": served.index.info()}
 
     @app.post("/indexes/{name}/search", response_model=SearchResponse, response_model_exclude_unset=True)
     def search(name: str, request: SearchRequest = Body(...)):
@@ -220,7 +227,10 @@ def create_app(catalog: Catalog, *, api_key: str | None = None, limits: Limits |
     def prometheus():
         for name in catalog.names(discover=False):
             served = catalog.get(name)
-            index = served.index
+            try:
+                index = served.current()
+            except MvrError:  # removed, or mid-rebuild for longer than a refresh waits: the last figures stand
+                index = served.index
             metrics.documents.labels(name).set(served.documents())
             metrics.generation.labels(name).set(index.generation)
         return Response(generate_latest(metrics.registry), media_type=CONTENT_TYPE_LATEST)

@@ -25,7 +25,7 @@ class Served:
     def __init__(self, index: Index):
         self.index = index
         self.write_lock = threading.Lock()  # writes of this server, one at a time (the writer lock orders processes)
-        self._counted = (-1, 0)  # (generation, documents) of an index of passages
+        self._counted = (None, 0)  # ((folder, generation), documents) of an index of passages: a rebuild counts generations from 1 again
 
     def current(self) -> Index:
         """The index at its newest commit (another process may have written)."""
@@ -38,14 +38,15 @@ class Served:
         if not index.config.passage_tokens:
             return index.n_docs
         state = index._state
-        if self._counted[0] != state.generation:
+        if self._counted[0] != (index._folder, state.generation):
             firsts = np.char.endswith(np.asarray(state.doc_ids, dtype=str), "#0")
             live = np.concatenate([~d for d in state.deleted]) if state.deleted else np.zeros(0, dtype=bool)
-            self._counted = (state.generation, int((firsts & live).sum()))
+            self._counted = ((index._folder, state.generation), int((firsts & live).sum()))
         return self._counted[1]
 
     def summary(self) -> dict:
-        index = self.index
+        """What ``GET /indexes`` says of the index, at its newest commit."""
+        index = self.current()
         return {
             "name": index.name,
             "documents": self.documents(),

@@ -31,12 +31,13 @@ import json
 import os
 import re
 import shutil
+import time
 from datetime import datetime, timezone
 from pathlib import Path
 
 import numpy as np
 
-from ..errors import IndexFormatError, is_number
+from ..errors import IndexFormatError, IndexNotFoundError, is_number
 from .formats import COMMIT_FORMAT, COMMIT_VERSION, INDEX_FORMAT
 from .manifest import MANIFEST, SEGMENT_NAME as _SEGMENT, SEGMENTS, fsync_dir, index_folder, read_json_object, sha256_file
 
@@ -84,6 +85,42 @@ def read_pointer(path: Path) -> dict:
         if not is_number(generation, whole=True) or generation < 1 or name != commit_name(generation if isinstance(generation, int) else 0):
             raise IndexFormatError(f"{Path(path) / MANIFEST}: 'generation' and 'commit' do not name a commit (got {generation!r}, {name!r}); the index is damaged.")
     return data
+
+
+def current_pointer(path: Path, patience: float = 1.0) -> tuple[dict, tuple[int, int]]:
+    """The pointer of the index at ``path`` and which folder holds it (:func:`folder_identity`).
+    A rebuild's swap (storage/layout.py, ``StagingDir.commit``) leaves no index there for a
+    moment: one missing is looked for again for up to ``patience`` seconds."""
+    deadline = time.monotonic() + patience
+    while True:
+        try:
+            return read_pointer(path), folder_identity(path)
+        except FileNotFoundError:  # IndexNotFoundError too
+            if time.monotonic() > deadline:
+                raise IndexNotFoundError(f"there is no index at {path} any more: it was removed, or is being rebuilt; open it again once it is there.") from None
+            time.sleep(0.02)
+
+
+def folder_identity(path: Path) -> tuple[int, int]:
+    """Which folder stands at ``path`` (device, inode): a rebuild renames a new one into its place."""
+    found = os.stat(path)
+    return found.st_dev, found.st_ino
+
+
+def check_same_folder(path: Path, identity: tuple[int, int], index_name: str) -> None:
+    """IndexNotFoundError unless the folder at ``path`` is still the one a reader opened
+    (``identity``): after ``mvr index --overwrite`` it holds another index's files under the same
+    names, or nothing, and a reader of the old commit must not open those lazily (a first stage,
+    a metadata column, token ids)."""
+    try:
+        same = folder_identity(path) == identity
+    except FileNotFoundError:
+        same = False
+    if not same:
+        raise IndexNotFoundError(
+            f"index {index_name!r} was rebuilt or removed since this reader opened it ({path} is not the folder it read): "
+            "refresh() moves it to the index there now (mvr serve does so before each request), or open it again."
+        )
 
 
 def read_commit(path: Path, generation: int) -> dict:
