@@ -43,7 +43,7 @@ MIN_CODEC_SAMPLE = 256
 
 
 def build(documents, name, *, config: IndexConfig | None = None, home=None, overwrite: bool = False, encoder: Encoder | None = None,
-          show_progress: bool | None = None, chunk_size: int = 1024, command: str | None = None, resume: bool = False):
+          show_progress: bool | None = None, chunk_size: int = 1024, command: str | None = None, resume: bool = False, wait: float = 0.0):
     """Encode ``documents`` (an iterable of Documents, dicts, ``(id, text)`` pairs or strings, or
     a corpus path) and write the index ``name`` (a ``str`` name under ``home``, or a ``pathlib.Path``); return it opened.
 
@@ -57,6 +57,7 @@ def build(documents, name, *, config: IndexConfig | None = None, home=None, over
     goes on from the last whole chunk with the same settings and corpus (checked), ending with
     the index an uninterrupted build writes; ``manifest["build"]["resumed_at"]`` says after how
     many documents. Without it, a build starts over and removes what an interrupted one left.
+    ``wait``: seconds to wait for another writer of ``name`` (an add to the index replaced).
     """
     from .index import Index
 
@@ -66,7 +67,7 @@ def build(documents, name, *, config: IndexConfig | None = None, home=None, over
         raise ConfigError(f"encoder must be a loaded mvr.Encoder (or None: the config's model), got {type(encoder).__name__}; name a model folder with config=IndexConfig(model=PATH).")
     started = time.perf_counter()
     target = target_path(name, Path(home) if home else None)
-    with StagingDir(target, overwrite, resume=resume) as staging, cpu_threads(config.threads, "numba", "faiss"):
+    with StagingDir(target, overwrite, resume=resume, wait=wait) as staging, cpu_threads(config.threads, "numba", "faiss"):
         if encoder is None:
             encoder = Encoder(config.model, query_maxlen=config.query_maxlen, doc_maxlen=config.doc_maxlen, batch_size=config.batch_size, threads=config.threads, doc_runtime=config.doc_runtime)
         if config.pca_dim is not None and config.pca_dim > encoder.dim:
@@ -94,7 +95,7 @@ def build(documents, name, *, config: IndexConfig | None = None, home=None, over
 
 
 def build_blocks(blocks, name, *, sample, model_dim: int, encoder: dict, config: IndexConfig | None = None, n_docs: int | None = None, home=None,
-                 overwrite: bool = False, show_progress: bool | None = None, command: str | None = None):
+                 overwrite: bool = False, show_progress: bool | None = None, command: str | None = None, wait: float = 0.0):
     """The index ``name`` from documents already encoded, as :class:`mvr.streaming.Block` s (an
     iterable), in bounded memory: each block is compacted and compressed as it comes
     (mvr/streaming.py); the codec is fitted first on ``sample`` (a Block of documents drawn from
@@ -117,7 +118,7 @@ def build_blocks(blocks, name, *, sample, model_dim: int, encoder: dict, config:
     config, head = pinned(config, encoder)
     for stage, settings in planned_stages(config).items():
         stage_class(stage).check(settings, _stored_dim(config, head, model_dim))
-    with StagingDir(target, overwrite) as staging, cpu_threads(config.threads, "numba", "faiss", "blas"):
+    with StagingDir(target, overwrite, wait=wait) as staging, cpu_threads(config.threads, "numba", "faiss", "blas"):
         folder = staging.path / SEGMENTS / segment_name(1)
         stream = SegmentStream(folder, config, sample, model_dim, n_docs=n_docs)
         bar = progress(total=n_docs, desc="compacting", unit="doc", show=show_progress)
@@ -166,7 +167,7 @@ def first_commit(index: Path, folder: Path, manifest: dict, config: IndexConfig,
     publish(index, commit)
 
 
-def derive(source, name, *, home=None, overwrite: bool = False, show_progress: bool | None = None, command: str | None = None, **changes):
+def derive(source, name, *, home=None, overwrite: bool = False, show_progress: bool | None = None, command: str | None = None, wait: float = 0.0, **changes):
     """A new index ``name`` from a float16 index's stored vectors, projected (a trained head:
     ``projection``), pruned, clustered and/or compressed by ``changes`` (fields of
     :class:`IndexConfig`: projection, prune, cluster_ratio, codec, ..., and fde) without encoding the corpus again. Texts, ids and text stages are copied; the FDE is
@@ -197,7 +198,7 @@ def derive(source, name, *, home=None, overwrite: bool = False, show_progress: b
     if target.resolve() == source.path.resolve():
         raise ConfigError("derive into a new name; the source index is kept as it is.")
     origin = source.segments[0].path
-    with StagingDir(target, overwrite) as staging, cpu_threads(config.threads, "numba", "faiss"):
+    with StagingDir(target, overwrite, wait=wait) as staging, cpu_threads(config.threads, "numba", "faiss"):
         folder = staging.path / SEGMENTS / segment_name(1)
         folder.mkdir(parents=True)
         for item in origin.iterdir():

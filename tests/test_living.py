@@ -195,7 +195,7 @@ def test_one_writer_at_a_time(tmp_path, default_encoder):
 
 
 def test_stage_rebuilds_wait_for_another_writer_as_the_lock_error_says(tmp_path, default_encoder, capsys):
-    """The lock error says --wait SECONDS; mvr fde / sparse / centroids / pooled had no --wait."""
+    """The lock error says --wait SECONDS; mvr fde / sparse / centroids / pooled and mvr index had no --wait."""
     import threading
 
     from mvr.cli import main
@@ -206,6 +206,8 @@ def test_stage_rebuilds_wait_for_another_writer_as_the_lock_error_says(tmp_path,
         with pytest.raises(IndexLockedError, match="--wait SECONDS"):
             index.build_stage("pooled", wait=0.2)
         assert main(["sparse", str(tmp_path / "idx"), "--stage", "bm25s", "--wait", "0.2"]) == 2 and "being written by" in capsys.readouterr().err
+        with pytest.raises(IndexLockedError):  # mvr index --overwrite --wait too
+            Index.build(DOCS[:2], tmp_path / "idx", encoder=default_encoder, overwrite=True, wait=0.2, show_progress=False)
         threading.Timer(0.3, held.release).start()
         assert main(["fde", str(tmp_path / "idx"), "--wait", "30", "--quiet"]) == 0
     finally:

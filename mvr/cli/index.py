@@ -8,7 +8,7 @@ from pathlib import Path
 from ..config import LARGE_CORPUS, RUNTIMES, FDEConfig, IndexConfig
 from ..errors import ConfigError
 from ..registry import SPARSE_STAGES
-from .common import add_common, add_compaction, add_device, add_fde, compaction, fde_config
+from .common import add_common, add_compaction, add_device, add_fde, add_wait, compaction, fde_config
 
 
 def add_parser(sub) -> argparse.ArgumentParser:
@@ -33,6 +33,7 @@ def add_parser(sub) -> argparse.ArgumentParser:
     p.add_argument("--pca-dim", type=int, default=d.pca_dim, help="reduce token vectors with uncentred PCA to this many dims")
     p.add_argument("--skip-empty", action="store_true", default=d.skip_empty, help="drop documents with no text instead of failing")
     p.add_argument("--overwrite", action="store_true", help="replace an existing index of that name (only once the new one is complete)")
+    add_wait(p)
     p.add_argument("--resume", action="store_true", help="go on from where an interrupted build of this name stopped (its last whole chunk of documents), with the same corpus and settings; without it a build starts over")
     p.add_argument(
         "--sparse", default=None,
@@ -81,7 +82,7 @@ def run(args) -> int:
             raise ConfigError(f"{', '.join(given)} cannot change without encoding the corpus again: a derived index (--from) keeps its source's; index the CORPUS instead.")
         changes = dict(settings, threads=args.threads, fde=fde, centroid_stage=centroid_stage)
         index = Index.derive(
-            args.source, target, home=args.index_dir, overwrite=args.overwrite, show_progress=False if args.quiet else None, command=args.command_line, **changes
+            args.source, target, home=args.index_dir, overwrite=args.overwrite, show_progress=False if args.quiet else None, command=args.command_line, wait=args.wait, **changes
         )
     else:
         if args.corpus is None:
@@ -136,6 +137,7 @@ def run(args) -> int:
                 show_progress=False if args.quiet else None,
                 command=args.command_line,
                 resume=args.resume,
+                wait=args.wait,
             )
         finally:
             if args.ray is not None or args.workers != 1:
