@@ -1,7 +1,8 @@
 """Weighted fusion, lever by lever (issue 16, lever 1): each set of signals tuned on training or
 dev queries (mvr.tuning), then searched once on the test queries with those weights.
 
-    python -m mvr.eval.fusion --index-dir indexes --output docs/results/fusion-levers.json
+    python -m mvr.eval.fusion --index-dir indexes --without splade --output docs/results/fusion-levers.json
+    python -m mvr.eval.fusion --index-dir indexes --output docs/results/fusion-levers-splade.json
 
 For each dataset (SciFact: tuned on train; NFCorpus: tuned on dev) and each set of signals, the
 weights of the best nDCG@10 on its own tuning queries; and one set of weights for both datasets
@@ -80,9 +81,13 @@ def main(argv=None) -> int:
     p.add_argument("--data", type=Path, default=Path("../shared/datasets"), help="folder with scifact/ and nfcorpus/ in BEIR layout")
     p.add_argument("--index-dir", default=None, help="where the indexes scifact and nfcorpus are (with the pooled and bm25s stages; splade and bm25 for the last levers)")
     p.add_argument("--step", type=float, default=0.05)
+    p.add_argument("--without", action="append", default=[], metavar="SIGNAL", help="leave out the levers with this signal (e.g. splade: fusion-levers.json's set)")
     p.add_argument("--output", type=Path, default=None)
     args = p.parse_args(argv)
-    report = run(args.data, args.index_dir, args.step)
+    known = {s for lever in LEVERS for s in lever} - {"maxsim"}
+    if set(args.without) - known:
+        p.error(f"--without takes signals of the levers: {', '.join(sorted(known))}")
+    report = run(args.data, args.index_dir, args.step, tuple(lever for lever in LEVERS if not set(lever) & set(args.without)))
     publish_report(report, "mvr.eval.fusion", argv, args.output)
     return 0
 

@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # The install footprint of the core install and of mvr[all], each in a fresh virtual environment
-# (docs/architecture.md, "Install"): distributions, MiB on disk and install seconds; then the
+# (README.md, "What installs what", quotes what it prints): distributions, MiB on disk and install seconds; then the
 # default job (index SciFact, search it) on the core install alone. From the repository root;
 # about 15 minutes on 2 cores. The source is copied first: pip builds a local project in place.
 set -euo pipefail

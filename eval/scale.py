@@ -311,7 +311,7 @@ def main(argv=None) -> int:
     if args.calibrate:
         from mvr import Index
 
-        found = calibrate(Index.open(args.source, home=args.source_dir), args.calibrate)
+        found = {**calibrate(Index.open(args.source, home=args.source_dir), args.calibrate), "command": "python -m mvr.eval.scale " + " ".join(sys.argv[1:] if argv is None else argv)}
         Path(args.output).write_text(json.dumps(found, indent=2) + "\n")
         print(json.dumps(found))
         return 0
