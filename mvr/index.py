@@ -36,7 +36,7 @@ from .segment import Commit, Segment, describe_index, open_commit, stage_bytes
 from .writer import Changes
 from .stages import stage_class
 from .storage import locate
-from .storage.commits import folder_identity
+from .storage.commits import current_pointer
 from .storage.layout import recover_stages
 from .vectors import project
 
@@ -64,7 +64,7 @@ class Index(Changes):
     def _read(self) -> Commit:
         """The index's current commit, opened and pinned (a version-1 index: its one folder); the
         last one's segments reused, unless the folder was replaced (a rebuild at this path)."""
-        folder = folder_identity(self.path)
+        folder = current_pointer(self.path, patience=0)[1]
         same = folder == getattr(self, "_folder", folder)
         state = open_commit(self.path, self.name, self.splade_model, getattr(self, "_state", None) if same else None, self.device)
         if not same:  # another index at this path: its model, lengths or runtime may differ from the encoders kept
@@ -110,8 +110,6 @@ class Index(Changes):
     def refresh(self) -> bool:
         """Move to the index's newest commit; True when there was a newer one. Searches running in
         other threads finish on the commit they started with (its files stay while they read them)."""
-        from .storage.commits import current_pointer
-
         with self._refresh_lock:  # one at a time, never back to an older commit
             pointer, folder = current_pointer(self.path)
             replaced = folder != self._folder  # a new index at this path: its generations count from 1 again

@@ -22,7 +22,7 @@ from .errors import ConfigError, IndexFormatError, QueryError
 from .registry import STAGES, parse_stage, store_class
 from .stages import Hybrid, has_stage, open_stage, stage_class
 from .storage import Blob, read_manifest
-from .storage.commits import SEGMENTS, check_same_folder, commit_name, folder_identity, pin_commit, pin_current, read_deletes
+from .storage.commits import SEGMENTS, check_same_files, commit_name, pin_commit, pin_current, read_deletes
 from .storage.formats import FDE_FORMAT, FDE_VERSION, SEGMENT_FORMAT, SEGMENT_VERSION, TOKEN_IDS, rebuild_command
 from .storage.layout import recover_stages
 from .storage.metadata import Metadata, read_types
@@ -43,7 +43,7 @@ class Segment:
         self.path = Path(path)
         self.manifest = manifest
         self.index_name = index_name
-        self.still_here = functools.partial(check_same_folder, self.path, folder_identity(self.path), index_name)
+        self.still_here = functools.partial(check_same_files, self.path, manifest.get("files"), index_name)
         # The manifest's fields, then every count and offset against the files: the kernels trust them.
         self.config = index_config(self.path, manifest)
         counts = manifest["counts"]

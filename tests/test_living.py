@@ -382,3 +382,20 @@ def test_a_refresh_during_a_rebuilds_swap_waits_for_the_new_index(tmp_path, defa
     shutil.rmtree(tmp_path / "idx")
     with pytest.raises(IndexNotFoundError, match="there is no index at .* any more"):
         index.refresh()
+
+
+def test_a_rebuild_at_the_path_is_told_apart_when_its_folder_number_comes_back(tmp_path, default_encoder, monkeypatch):
+    """Which index stands at a path was told by the folder's (device, inode) alone, and a file
+    system may give a removed folder's inode number to a later one: every commit now carries the
+    index_id its first commit drew, in the pointer too."""
+    from mvr.storage import commits
+
+    config = IndexConfig(fde=None, sparse=())
+    reader = Index.build([{"id": f"o{i}", "text": f"old {i}"} for i in range(3)], tmp_path / "idx", encoder=default_encoder, config=config, show_progress=False)
+    first = json.loads((tmp_path / "idx" / "manifest.json").read_text())["index_id"]
+    reader.add([{"id": "o3", "text": "old 3"}])
+    assert json.loads((tmp_path / "idx" / "manifest.json").read_text())["index_id"] == first == reader._state.record["index_id"]
+    Index.build([{"id": f"n{i}", "text": f"new {i}"} for i in range(5)], tmp_path / "idx", encoder=default_encoder, config=config, overwrite=True, show_progress=False)
+    monkeypatch.setattr(commits, "folder_identity", lambda path: (0, 0))  # the old folder's number, given to the new one
+    reader._folder = (0, 0, first)
+    assert reader.refresh() and sorted(d.id for d in reader.documents()) == [f"n{i}" for i in range(5)]

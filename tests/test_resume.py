@@ -25,11 +25,12 @@ from resume_worker import CONFIG, corpus  # noqa: E402
 
 WORKER = Path(__file__).parent / "resume_worker.py"
 N_DOCS, CHUNK = 60, 4
-TIMESTAMPS = {"created", "seconds", "encode_seconds", "docs_per_second", "fde_seconds", "model_load_seconds", "compact_seconds", "cluster_seconds", "codec_seconds", "build", "resumed_at", "command"}
+TIMESTAMPS = {"created", "seconds", "encode_seconds", "docs_per_second", "fde_seconds", "model_load_seconds", "compact_seconds", "cluster_seconds", "codec_seconds", "build", "resumed_at", "command",
+              "index_id"}  # what is of this build and not of its content: its times, and the id a new index draws (storage/commits.py)
 
 
 def _files(path: Path) -> dict[str, bytes]:
-    """Every file of an index, JSON with its timings and dates left out."""
+    """Every file of an index, JSON with its timings, dates and build id left out."""
     out = {}
     for file in sorted(p for p in path.rglob("*") if p.is_file()):
         data = file.read_bytes()

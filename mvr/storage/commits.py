@@ -3,7 +3,9 @@
 An index of format version 2 is a folder of immutable segments and generation-numbered commits:
 
     manifest.json                  the pointer: {"format": "mvr-index", "format_version": 2,
-                                   "generation": N, "commit": "commit-0000000N.json"}
+                                   "generation": N, "commit": "commit-0000000N.json", "index_id":
+                                   16 hex digits drawn by the index's first commit, which every
+                                   commit carries (absent in indexes written before it)}
     commit-0000000N.json           format "mvr-commit": config, encoder, and the segments of
                                    generation N, each with its deletion bitmap (or none)
     segments/sXXXXXX/              one segment: a token store, ids, texts, metadata and its own
@@ -30,6 +32,7 @@ import fcntl
 import json
 import os
 import re
+import secrets
 import shutil
 import time
 from datetime import datetime, timezone
@@ -87,14 +90,16 @@ def read_pointer(path: Path) -> dict:
     return data
 
 
-def current_pointer(path: Path, patience: float = 1.0) -> tuple[dict, tuple[int, int]]:
-    """The pointer of the index at ``path`` and which folder holds it (:func:`folder_identity`).
-    A rebuild's swap (storage/layout.py, ``StagingDir.commit``) leaves no index there for a
-    moment: one missing is looked for again for up to ``patience`` seconds."""
+def current_pointer(path: Path, patience: float = 1.0) -> tuple[dict, tuple]:
+    """The pointer of the index at ``path`` and which index it is: the folder (device, inode) and
+    the ``index_id`` its first commit drew (a folder's inode number may come back after a rebuild
+    removed it). A rebuild's swap (storage/layout.py, ``StagingDir.commit``) leaves no index there
+    for a moment: one missing is looked for again for up to ``patience`` seconds."""
     deadline = time.monotonic() + patience
     while True:
         try:
-            return read_pointer(path), folder_identity(path)
+            pointer = read_pointer(path)
+            return pointer, (*folder_identity(path), pointer.get("index_id"))
         except FileNotFoundError:  # IndexNotFoundError too
             if time.monotonic() > deadline:
                 raise IndexNotFoundError(f"there is no index at {path} any more: it was removed, or is being rebuilt; open it again once it is there.") from None
@@ -107,18 +112,18 @@ def folder_identity(path: Path) -> tuple[int, int]:
     return found.st_dev, found.st_ino
 
 
-def check_same_folder(path: Path, identity: tuple[int, int], index_name: str) -> None:
-    """IndexNotFoundError unless the folder at ``path`` is still the one a reader opened
-    (``identity``): after ``mvr index --overwrite`` it holds another index's files under the same
-    names, or nothing, and a reader of the old commit must not open those lazily (a first stage,
-    a metadata column, token ids)."""
+def check_same_files(path: Path, files: dict, index_name: str) -> None:
+    """IndexNotFoundError unless the segment folder at ``path`` still holds the ``files`` (its
+    manifest's list, with each file's hash) a reader opened: after ``mvr index --overwrite`` it holds
+    another index's files under the same names, or nothing, and a reader of the old commit must not
+    open those lazily (a first stage, a metadata column, token ids)."""
     try:
-        same = folder_identity(path) == identity
-    except FileNotFoundError:
+        same = json.loads((Path(path) / MANIFEST).read_text(encoding="utf-8")).get("files") == files
+    except (OSError, ValueError, AttributeError):
         same = False
     if not same:
         raise IndexNotFoundError(
-            f"index {index_name!r} was rebuilt or removed since this reader opened it ({path} is not the folder it read): "
+            f"index {index_name!r} was rebuilt or removed since this reader opened it ({path} no longer holds the files it read): "
             "refresh() moves it to the index there now (mvr serve does so before each request), or open it again."
         )
 
@@ -174,7 +179,9 @@ def new_commit(previous: dict | None, generation: int, segments: list[dict], ope
     """The commit that follows ``previous`` (config, encoder, search presets and the segment counter carried over)."""
     from .. import __version__
 
-    base = {k: v for k, v in (previous or {}).items() if k in ("config", "encoder", "next_segment", "search")}
+    base = {k: v for k, v in (previous or {}).items() if k in ("config", "encoder", "next_segment", "search", "index_id")}
+    if previous is None:  # a new index (a build, a conversion): which one stands at a path, whatever its folder's inode
+        base["index_id"] = secrets.token_hex(8)
     return {
         "format": COMMIT_FORMAT,
         "format_version": COMMIT_VERSION,
@@ -192,7 +199,8 @@ def publish(path: Path, commit: dict) -> None:
     """Make ``commit`` the index's current one: its file first, then the pointer (each fsynced)."""
     generation = commit["generation"]
     write_json(Path(path) / commit_name(generation), commit)
-    write_json(Path(path) / MANIFEST, {"format": INDEX_FORMAT, "format_version": 2, "generation": generation, "commit": commit_name(generation)})
+    pointer = {"format": INDEX_FORMAT, "format_version": 2, "generation": generation, "commit": commit_name(generation)}
+    write_json(Path(path) / MANIFEST, {**pointer, "index_id": commit["index_id"]} if "index_id" in commit else pointer)
 
 
 # -- deletion bitmaps ------------------------------------------------------------------------

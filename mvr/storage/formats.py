@@ -28,6 +28,9 @@ History of what version 1 of ``mvr-index`` (now a segment) has held, each still 
 - ``config.centroid_stage`` appeared with the centroid stage: before it, none was built.
 - ``config.fde.nprobe`` / ``ef_search`` were build settings until they became search options
   (``SearchOptions.nprobe`` / ``ef_search``); they are dropped on reading.
+
+Of ``mvr-index`` 2: ``index_id`` (pointer and commits, drawn by the first commit) appeared on
+2026-11-30; an index without it is told from one rebuilt at its path by its folder alone.
 """
 
 from __future__ import annotations
