@@ -36,7 +36,7 @@ from .segment import Commit, Segment, describe_index, open_commit, stage_bytes
 from .writer import Changes
 from .stages import stage_class
 from .storage import locate
-from .storage.commits import current_pointer
+from .storage.commits import current_pointer, index_identity
 from .storage.layout import recover_stages
 from .vectors import project
 
@@ -57,19 +57,21 @@ class Index(Changes):
         self.splade_model = splade_model
         self.device = resolve_device(device)
         self._model = model
-        self._encoder: Encoder | None = None
+        self._encoder: tuple | None = None  # (the index's identity, its query encoder): another index built at the path has its own
         self._encoder_lock, self._refresh_lock = threading.Lock(), threading.Lock()  # lazy loading of the query encoder; refresh
         self._state: Commit = self._read()
 
     def _read(self) -> Commit:
-        """The index's current commit, opened and pinned (a version-1 index: its one folder); the
-        last one's segments reused, unless the folder was replaced (a rebuild at this path)."""
+        """The current commit, opened, pinned and made this index's state with the identity of the index
+        at the path (folder, index_id); the last commit's segments reused, unless a rebuild put another there."""
         folder = current_pointer(self.path, patience=0)[1]
-        same = folder == getattr(self, "_folder", folder)
-        state = open_commit(self.path, self.name, self.splade_model, getattr(self, "_state", None) if same else None, self.device)
-        if not same:  # another index at this path: its model, lengths or runtime may differ from the encoders kept
-            self._encoder = self._doc_encoder = None
-        self._folder = folder
+        reuse = getattr(self, "_state", None) if folder == getattr(self, "_folder", folder) else None
+        state = open_commit(self.path, self.name, self.splade_model, reuse, self.device)
+        opened = index_identity(self.path, state.record)
+        if reuse is not None and opened != folder:  # a rebuild's swap between the two reads: reuse nothing of the other index
+            state = open_commit(self.path, self.name, self.splade_model, None, self.device)
+            opened = index_identity(self.path, state.record)
+        self._state, self._folder = state, opened or folder  # the state first: an encoder loaded for the new identity reads the new record
         return state
 
     @property
@@ -141,11 +143,13 @@ class Index(Changes):
     @property
     def encoder(self) -> Encoder:
         """The query encoder, loaded on first use and checked against the index's record."""
-        if self._encoder is None:
+        kept = self._encoder
+        if kept is None or kept[0] != self._folder:
             with self._encoder_lock:
-                if self._encoder is None:
-                    self._encoder = self._load_encoder(device=self.device)
-        return self._encoder
+                kept = self._encoder
+                if kept is None or kept[0] != self._folder:
+                    kept = self._encoder = (self._folder, self._load_encoder(device=self.device))
+        return kept[1]
 
     def _load_encoder(self, **runtime) -> Encoder:
         """The index's model as an Encoder (``runtime``: batch_size, threads, doc_runtime, ...),
@@ -354,4 +358,3 @@ class Index(Changes):
     def stage_bytes(self) -> dict[str, int]:
         """Bytes on disk of each built first stage, over every segment."""
         return stage_bytes(self)
-

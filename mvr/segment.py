@@ -248,7 +248,9 @@ def open_commit(path: Path, index_name: str, splade_model=None, previous: "Commi
             state.legacy, state.manifest, state.config = True, dict(segment.manifest), segment.config
             return state
         folders = [path / SEGMENTS / seg["name"] for seg in record["segments"]]
-        fields = {name: kind for folder in reversed(folders) for name, kind in read_types(folder).items()}  # the first segment's type of each
+        fields: dict[str, str] = {}  # each field with the first segment's type, in the order they come
+        for folder in folders:
+            fields.update({name: kind for name, kind in read_types(folder).items() if name not in fields})
         segments, deleted = [], []
         # segments never change: those of the commit this index reads now are reused as they are
         opened = {s.path.name: s for s in (previous.segments if previous is not None else []) if set(s.metadata.fields) == set(fields)}

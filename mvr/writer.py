@@ -22,7 +22,7 @@ from typing import Iterable, Sequence
 import numpy as np
 
 from .config import FDEConfig, IndexConfig, positive_int
-from .encode.encoder import Encoder, identity_differences
+from .encode import Encoder
 from .encode.pool import ProcessEncoder
 from .corpus import as_documents, asked_ids, many
 from .errors import ConfigError, CorpusError
@@ -98,11 +98,11 @@ def document_encoder(index, cpu: bool = False) -> Encoder:
     config = index.config
     if cpu:
         return index._load_encoder(batch_size=config.batch_size, threads=1, doc_runtime=config.doc_runtime, device="cpu").for_documents(config.doc_runtime, config.batch_size, 1)
-    kept = getattr(index, "_doc_encoder", None)  # dropped when another index is built at the path; checked again all the same
-    if kept is None or identity_differences(index.manifest["encoder"], kept.identity):
+    kept = getattr(index, "_doc_encoder", None)  # (the index's identity, the encoder): another index built at the path has its own
+    if kept is None or kept[0] != index._folder:
         encoder = index._load_encoder(batch_size=config.batch_size, threads=config.threads, doc_runtime=config.doc_runtime, device=index.device)
-        index._doc_encoder = encoder.for_documents(config.doc_runtime, config.batch_size, config.threads)
-    return index._doc_encoder
+        index._doc_encoder = (index._folder, encoder.for_documents(config.doc_runtime, config.batch_size, config.threads))
+    return index._doc_encoder[1]
 
 
 def segment_stages(segment) -> dict:

@@ -6,6 +6,7 @@ import os
 import shutil
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import numpy as np
@@ -372,16 +373,42 @@ def test_a_refresh_during_a_rebuilds_swap_waits_for_the_new_index(tmp_path, defa
     docs = [{"id": f"d{i}", "text": f"document {i}"} for i in range(3)]
     index = Index.build(docs, tmp_path / "idx", encoder=default_encoder, config=IndexConfig(fde=None, sparse=()), show_progress=False)
     Index.build(docs[:2], tmp_path / "next", encoder=default_encoder, config=IndexConfig(fde=None, sparse=()), show_progress=False)
-    os.replace(tmp_path / "idx", tmp_path / ".idx.old")
-    swap = threading.Timer(0.3, os.replace, (tmp_path / "next", tmp_path / "idx"))
+    os.replace(tmp_path / "idx", tmp_path / ".idx.old-1-0a0b0c0d")  # as StagingDir.commit names it
+    swap = threading.Timer(0.2, os.replace, (tmp_path / "next", tmp_path / "idx"))
     swap.start()
     try:
         assert index.refresh() and index.n_docs == 2
     finally:
         swap.join()
     shutil.rmtree(tmp_path / "idx")
+    shutil.rmtree(tmp_path / ".idx.old-1-0a0b0c0d")
+    started = time.monotonic()
     with pytest.raises(IndexNotFoundError, match="there is no index at .* any more"):
         index.refresh()
+    assert time.monotonic() - started < 0.5  # no swap under way: said at once (a server's request to a removed index waited a second)
+
+
+def test_a_rebuild_between_a_refreshs_two_reads_is_not_mixed_into_the_old_index(tmp_path, default_encoder, monkeypatch):
+    """A rebuild's swap landing after refresh saw the old index and before it opened the commit
+    reused the old index's segments (by name) under the new index's commit: the old texts, and a
+    document the old index had deleted, under generation 1 of the new."""
+    import mvr.segment as segment
+
+    config = IndexConfig(fde=None, sparse=())
+    reader = Index.build([{"id": f"d{i}", "text": f"old text {i}"} for i in range(6)], tmp_path / "idx", encoder=default_encoder, config=config, show_progress=False)
+    Index.build([{"id": f"d{i}", "text": f"new text {i}"} for i in range(6)], tmp_path / "next", encoder=default_encoder, config=config, show_progress=False)
+    Index.open(tmp_path / "idx").delete(["d0"])
+    pin = segment.pin_current
+
+    def swapped_then_pinned(path):
+        monkeypatch.setattr(segment, "pin_current", pin)
+        os.replace(tmp_path / "idx", tmp_path / ".idx.old-1-0a0b0c0d")
+        os.replace(tmp_path / "next", tmp_path / "idx")
+        return pin(path)
+
+    monkeypatch.setattr(segment, "pin_current", swapped_then_pinned)
+    assert reader.refresh() and reader.generation == 1
+    assert sorted(d.text for d in reader.documents()) == [f"new text {i}" for i in range(6)]
 
 
 def test_a_rebuild_at_the_path_is_told_apart_when_its_folder_number_comes_back(tmp_path, default_encoder, monkeypatch):
@@ -390,12 +417,11 @@ def test_a_rebuild_at_the_path_is_told_apart_when_its_folder_number_comes_back(t
     index_id its first commit drew, in the pointer too."""
     from mvr.storage import commits
 
+    monkeypatch.setattr(commits, "folder_identity", lambda path: (0, 0))  # every folder the same number, as when one comes back
     config = IndexConfig(fde=None, sparse=())
     reader = Index.build([{"id": f"o{i}", "text": f"old {i}"} for i in range(3)], tmp_path / "idx", encoder=default_encoder, config=config, show_progress=False)
     first = json.loads((tmp_path / "idx" / "manifest.json").read_text())["index_id"]
     reader.add([{"id": "o3", "text": "old 3"}])
     assert json.loads((tmp_path / "idx" / "manifest.json").read_text())["index_id"] == first == reader._state.record["index_id"]
     Index.build([{"id": f"n{i}", "text": f"new {i}"} for i in range(5)], tmp_path / "idx", encoder=default_encoder, config=config, overwrite=True, show_progress=False)
-    monkeypatch.setattr(commits, "folder_identity", lambda path: (0, 0))  # the old folder's number, given to the new one
-    reader._folder = (0, 0, first)
     assert reader.refresh() and sorted(d.id for d in reader.documents()) == [f"n{i}" for i in range(5)]

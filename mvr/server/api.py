@@ -172,8 +172,8 @@ def create_app(catalog: Catalog, *, api_key: str | None = None, limits: Limits |
         for name in catalog.names():
             try:
                 listed.append(catalog.get(name).summary())
-            except MvrError:  # removed since it was opened, or mid-rebuild for longer than a refresh waits: a request to it says why
-                continue
+            except MvrError as error:  # removed or damaged since it was opened: left out, as one that cannot be opened (docs/server.md)
+                logging.getLogger("mvr.server").warning("not listing index %r: %s", name, error)
         return {"indexes": listed}
 
     @app.get("/indexes/{name}")
@@ -189,10 +189,10 @@ def create_app(catalog: Catalog, *, api_key: str | None = None, limits: Limits |
         _check_search(queries, request, limits)
         served = catalog.get(name)
         options = request.model_dump(exclude_none=True, exclude={"query", "k", "first_stage", "candidates"})
+        index = served.current()  # before a search slot is taken: a refresh may wait for a rebuild's swap
         metrics.in_flight.inc()
         try:
             with catalog.gate:
-                index = served.current()
                 results = index.search(queries, request.k, first_stage=request.first_stage, candidates=request.candidates, threads=catalog.threads, **options)
         finally:
             metrics.in_flight.dec()

@@ -8,6 +8,7 @@ import logging
 import os
 import threading
 import time
+import weakref
 from pathlib import Path
 
 import numpy as np
@@ -25,7 +26,7 @@ class Served:
     def __init__(self, index: Index):
         self.index = index
         self.write_lock = threading.Lock()  # writes of this server, one at a time (the writer lock orders processes)
-        self._counted = (None, 0)  # ((folder, generation), documents) of an index of passages: a rebuild counts generations from 1 again
+        self._counted = (lambda: None, 0)  # (weak reference to the commit state counted, documents) of an index of passages
 
     def current(self) -> Index:
         """The index at its newest commit (another process may have written)."""
@@ -38,10 +39,10 @@ class Served:
         if not index.config.passage_tokens:
             return index.n_docs
         state = index._state
-        if self._counted[0] != (index._folder, state.generation):
+        if self._counted[0]() is not state:  # not its generation: a rebuild counts them from 1 again; weak: it pins no commit
             firsts = np.char.endswith(np.asarray(state.doc_ids, dtype=str), "#0")
             live = np.concatenate([~d for d in state.deleted]) if state.deleted else np.zeros(0, dtype=bool)
-            self._counted = ((index._folder, state.generation), int((firsts & live).sum()))
+            self._counted = (weakref.ref(state), int((firsts & live).sum()))
         return self._counted[1]
 
     def summary(self) -> dict:

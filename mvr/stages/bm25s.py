@@ -21,12 +21,13 @@ from .bm25 import BM25_B, BM25_K1
 
 @functools.cache
 def _bm25s():
-    """bm25s, its logger set to WARNING once: the package sets it to DEBUG on import, so its notes
-    ("Building index from IDs objects") reached any logging handler a program (or pyserini's
-    import) had set up. A program may set it back after the first use."""
+    """bm25s, its logger set to WARNING once where it is at DEBUG, as the package sets it on import:
+    its notes ("Building index from IDs objects") reached any logging handler a program (or
+    pyserini's import) had set up. A program may set it back after the first use."""
     import bm25s
 
-    logging.getLogger("bm25s").setLevel(logging.WARNING)
+    if logging.getLogger("bm25s").level == logging.DEBUG:
+        logging.getLogger("bm25s").setLevel(logging.WARNING)
     return bm25s
 
 

@@ -29,6 +29,7 @@ fails), with the segments and bitmaps it names. A reader that loses the race wit
 from __future__ import annotations
 
 import fcntl
+import glob
 import json
 import os
 import re
@@ -91,19 +92,28 @@ def read_pointer(path: Path) -> dict:
 
 
 def current_pointer(path: Path, patience: float = 1.0) -> tuple[dict, tuple]:
-    """The pointer of the index at ``path`` and which index it is: the folder (device, inode) and
-    the ``index_id`` its first commit drew (a folder's inode number may come back after a rebuild
-    removed it). A rebuild's swap (storage/layout.py, ``StagingDir.commit``) leaves no index there
-    for a moment: one missing is looked for again for up to ``patience`` seconds."""
+    """The pointer of the index at ``path`` and which index it is: the folder (device, inode) and the
+    ``index_id`` its first commit drew (a removed folder's inode number may come back). While a
+    rebuild's swap (storage/layout.py, ``StagingDir.commit``) has renamed the old folder away and not
+    yet the new one in, a missing index is looked for again for up to ``patience`` seconds."""
     deadline = time.monotonic() + patience
     while True:
         try:
             pointer = read_pointer(path)
             return pointer, (*folder_identity(path), pointer.get("index_id"))
         except FileNotFoundError:  # IndexNotFoundError too
-            if time.monotonic() > deadline:
+            swapping = any(Path(path).parent.glob(f".{glob.escape(Path(path).name)}.old-*"))
+            if not swapping or time.monotonic() > deadline:
                 raise IndexNotFoundError(f"there is no index at {path} any more: it was removed, or is being rebuilt; open it again once it is there.") from None
             time.sleep(0.02)
+
+
+def index_identity(path: Path, record: dict) -> tuple | None:
+    """Which index the commit ``record`` was read from, as :func:`current_pointer` says it (None: gone)."""
+    try:
+        return (*folder_identity(path), record.get("index_id"))
+    except FileNotFoundError:
+        return None
 
 
 def folder_identity(path: Path) -> tuple[int, int]:
@@ -113,10 +123,9 @@ def folder_identity(path: Path) -> tuple[int, int]:
 
 
 def check_same_files(path: Path, files: dict, index_name: str) -> None:
-    """IndexNotFoundError unless the segment folder at ``path`` still holds the ``files`` (its
-    manifest's list, with each file's hash) a reader opened: after ``mvr index --overwrite`` it holds
-    another index's files under the same names, or nothing, and a reader of the old commit must not
-    open those lazily (a first stage, a metadata column, token ids)."""
+    """IndexNotFoundError unless the segment folder at ``path`` still holds the ``files`` (its manifest's
+    list, with hashes) a reader opened: after ``mvr index --overwrite`` it holds another index's files
+    under the same names, or none, which a reader of the old commit must not open lazily."""
     try:
         same = json.loads((Path(path) / MANIFEST).read_text(encoding="utf-8")).get("files") == files
     except (OSError, ValueError, AttributeError):
