@@ -32,7 +32,8 @@ from .fusion import stage_signals
 from .registry import EXHAUSTIVE, STAGES, needs_vectors
 from .results import Hit, Results
 from .search import SearchOptions
-from .segment import Commit, Segment, describe_index, open_commit, stage_bytes
+from .segment import Commit, Segment, open_commit
+from .summary import describe_index, stage_bytes
 from .writer import Changes
 from .stages import stage_class
 from .storage import locate
@@ -350,7 +351,6 @@ class Index(Changes):
 
         return derive(source, name, **kwargs)
 
-    # -- description ---------------------------------------------------------------------------
     def info(self) -> dict:
         """Summary for ``mvr info``: counts, sizes, encoder, config, build figures, segments and first stages."""
         return describe_index(self)

@@ -23,7 +23,7 @@ from .registry import STAGES, parse_stage, store_class
 from .stages import Hybrid, has_stage, open_stage, stage_class
 from .storage import Blob, read_manifest
 from .storage.commits import SEGMENTS, check_same_files, commit_name, pin_commit, pin_current, read_deletes
-from .storage.formats import FDE_FORMAT, FDE_VERSION, SEGMENT_FORMAT, SEGMENT_VERSION, TOKEN_IDS, rebuild_command
+from .storage.formats import SEGMENT_FORMAT, SEGMENT_VERSION, TOKEN_IDS, rebuild_command
 from .storage.layout import recover_stages
 from .storage.metadata import Metadata, read_types
 from .storage.validate import index_config
@@ -309,52 +309,3 @@ def describe(record: dict, segments: list[Segment]) -> dict:
 
 
 EMPTY = {"counts": {"documents": 0, "tokens": 0, "dim": 1, "max_doc_len": 0}, "build": {}, "created": "", "bytes_per_token": 0.0, "files": {}}
-
-
-def describe_index(index) -> dict:
-    """Summary of an open index for ``mvr info``: counts, sizes, encoder, config, build figures,
-    segments and first stages."""
-    state = index._state
-    lengths = np.concatenate([np.diff(s.doc_offsets) for s in state.segments]) if state.segments else np.zeros(0)
-    return {
-        "name": index.name,
-        "path": str(index.path),
-        "documents": index.n_docs,
-        "deleted_documents": index.n_rows - index.n_docs,
-        "tokens": index.n_tokens,
-        "dim": index.dim,
-        "vectors_per_document": {"mean": round(float(lengths.mean()), 2) if len(lengths) else 0.0, "max": int(lengths.max()) if len(lengths) else 0},
-        "source_tokens_per_document": round(index.manifest["counts"].get("source_tokens", index.n_tokens) / max(index.n_rows, 1), 2),
-        "codec": index.config.codec,
-        "bytes_per_token": index.manifest["bytes_per_token"],
-        "index_bytes": sum(meta["bytes"] for meta in index.manifest["files"].values()),
-        "encoder": index.manifest["encoder"],
-        "config": index.manifest["config"],
-        "build": index.manifest["build"],
-        "counts": index.manifest["counts"],
-        "created": index.manifest["created"],
-        "format_version": index.manifest["format_version"],
-        "generation": index.generation,
-        "segments": [{"name": s.path.name, "documents": s.n_docs, "deleted": int(d.sum())} for s, d in zip(state.segments, state.deleted)],
-        "fde": _fde_summary(index),
-        "stages": stage_bytes(index),
-        "default_stage": index.default_stage,
-        "search_presets": index.search_presets,
-    }
-
-
-def stage_bytes(index) -> dict[str, int]:
-    """Bytes on disk of each built first stage of an open index, over every segment."""
-    out: dict[str, int] = {}
-    for name in STAGES:
-        if index.has_stage(name):
-            cls = stage_class(name)
-            out[name] = sum(meta["bytes"] for s in index._state.segments for meta in read_manifest(s.path / name, cls.format, cls.version)["files"].values())
-    return out
-
-
-def _fde_summary(index) -> dict | None:
-    if not index.has_stage("fde"):
-        return None
-    manifest = read_manifest(index._state.segments[0].path / "fde", FDE_FORMAT, FDE_VERSION)
-    return {k: manifest[k] for k in ("config", "fde_dim", "bytes_per_document", "build")}
