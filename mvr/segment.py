@@ -74,6 +74,7 @@ class Segment:
         self.metadata = Metadata(self.path, self.n_docs, fields, guard=self.still_here)
         self.splade_model = splade_model
         self._stages: dict = {}
+        self._present: dict[str, bool] = {}  # has_stage's answers
         self._stage_lock = threading.Lock()  # lazy opening of the first stages
 
     @classmethod
@@ -88,7 +89,16 @@ class Segment:
 
     # -- first stages --------------------------------------------------------------------------
     def has_stage(self, name: str) -> bool:
-        return all(has_stage(self.path, part) for part in parse_stage(name))
+        """Whether the segment has the first stage ``name``. A segment's stages never change, so the
+        answer is kept; one absent is first checked to be absent from the folder this reader opened
+        (after a rebuild at the path the folder holds another index's: IndexNotFoundError)."""
+        for part in parse_stage(name):
+            if part not in self._present:
+                found = part in self._stages or has_stage(self.path, part)
+                if not found:
+                    self.still_here()
+                self._present[part] = found
+        return all(self._present[part] for part in parse_stage(name))
 
     def stage(self, name: str):
         stage = self._stages.get(name)
@@ -102,7 +112,7 @@ class Segment:
 
     def require(self, name: str) -> None:
         for part in parse_stage(name):
-            if not has_stage(self.path, part):
+            if not self.has_stage(part):
                 raise QueryError(
                     f"index {self.index_name!r} has no {part} first stage; add it with `{rebuild_command(part, self.index_name)}` (Index.build_stage), or search with another first stage."
                 )

@@ -169,6 +169,78 @@ def test_a_sharded_index_of_no_segments_searches_as_the_index_does(cluster, tmp_
         empty.search("a dog barks")
 
 
+def test_shards_refuse_an_index_rebuilt_while_they_open_it(cluster, tmp_path, models, monkeypatch):
+    """The shards opened 'generation G' of whatever index stood at the path when they started: a
+    rebuild there meanwhile gave results mixing the two (the coordinator's ids, the new index's
+    texts), or a ConfigError blaming the nodes, in Ray's colours."""
+    import os
+
+    from mvr.distributed import ShardedIndex, shards
+    from mvr.errors import IndexNotFoundError
+
+    config = IndexConfig(model=str(models["plain"]), fde=None)
+    Index.build(corpus()[:12], tmp_path / "idx", config=config)
+    Index.build(corpus()[12:24], tmp_path / "next", config=config)
+    connect = shards.connect
+
+    def rebuilt_then_connect(*args, **kwargs):  # between the coordinator's open and the shards'
+        os.replace(tmp_path / "idx", tmp_path / ".idx.old-1-00000000")
+        os.replace(tmp_path / "next", tmp_path / "idx")
+        return connect(*args, **kwargs)
+
+    monkeypatch.setattr(shards, "connect", rebuilt_then_connect)
+    with pytest.raises(IndexNotFoundError, match="was rebuilt while the shards of a sharded index opened it; open the sharded index again") as caught:
+        ShardedIndex(tmp_path / "idx", shards=2)
+    assert "\n" not in str(caught.value) and "\x1b" not in str(caught.value)
+
+
+def test_a_sharded_index_lets_go_of_its_commit_and_actors(cluster, tmp_path, models):
+    """close() kept the coordinator's commit pinned (an optimize after it left the old segments on
+    disk); one dropped without close() kept its actors and threads (a reference cycle)."""
+    import gc
+    import time
+
+    from mvr.distributed import ShardedIndex
+    from mvr.writer import Writer
+
+    docs = corpus()[:24]
+    index = Index.build(docs[:12], tmp_path / "held", config=IndexConfig(model=str(models["plain"]), fde=None))
+    index.add(docs[12:], merge=False)
+    sharded = ShardedIndex(index.path, shards=2)
+    assert sharded.search("a dog barks", k=3).doc_ids == index.search("a dog barks", k=3).doc_ids
+    actors = list(sharded.actors)
+    sharded.close()
+    assert all(_gone(actor) for actor in actors)  # killed (their processes pin the commit too)
+    del index
+    gc.collect()
+    Index.open(tmp_path / "held").optimize()
+    deadline = time.monotonic() + 30
+    while len(list((tmp_path / "held" / "segments").iterdir())) > 1 and time.monotonic() < deadline:
+        time.sleep(0.5)  # a killed actor's process may hold its pin a moment longer: a writer collects when it starts
+        with Writer(Index.open(tmp_path / "held")):
+            pass
+    assert len(list((tmp_path / "held" / "segments").iterdir())) == 1  # the closed index's coordinator held them for good
+    dropped = ShardedIndex(tmp_path / "held", shards=1)
+    actor = dropped.actors[0]
+    del dropped  # no gc.collect(): nothing holds it
+    assert _gone(actor)
+
+
+def _gone(actor, seconds: float = 30) -> bool:
+    """Whether ``actor`` is dead within ``seconds`` (Ray kills an actor asynchronously: a call just
+    after ray.kill may still be answered)."""
+    import time
+
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline:
+        try:
+            ray.get(actor.node.remote(), timeout=10)
+        except ray.exceptions.RayActorError:
+            return True
+        time.sleep(0.2)
+    return False
+
+
 def test_a_sharded_index_whose_ray_is_gone_says_so(cluster, tmp_path, models):
     # the last case of this file: it shuts down the module's Ray instance
     from mvr.distributed import ShardedIndex

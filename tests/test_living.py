@@ -365,6 +365,20 @@ def test_a_reader_that_has_not_refreshed_refuses_what_a_rebuild_at_its_path_left
     assert reader.search("new document 1", k=1, first_stage="exhaustive", explain=True)[0][0].id == "n1"
 
 
+def test_a_reader_that_has_not_refreshed_keeps_the_stages_it_had(tmp_path, default_encoder):
+    """Whether a segment has a first stage was asked of the folder at every search: after a rebuild
+    without bm25s the reader's default stage turned to another, and a bm25s it held open was refused
+    ('has no bm25s first stage; add it with mvr sparse', which would not help)."""
+    docs = [{"id": f"d{i}", "text": f"document {i} about tea and cats"} for i in range(8)]
+    reader = Index.build(docs, tmp_path / "idx", encoder=default_encoder, show_progress=False)
+    before = (reader.default_stage, reader.search("tea", k=3).doc_ids, reader.search("cats", k=3, first_stage="bm25s", rerank=False).doc_ids)
+    Index.build(docs[:4], tmp_path / "idx", encoder=default_encoder, config=IndexConfig(fde=None, sparse=()), overwrite=True, show_progress=False)
+    assert (reader.default_stage, reader.search("tea", k=3).doc_ids, reader.search("cats", k=3, first_stage="bm25s", rerank=False).doc_ids) == before
+    with pytest.raises(IndexNotFoundError, match="rebuilt or removed since this reader opened it"):
+        reader.search("tea", k=3, first_stage="pooled")  # not built here: is that so of the folder it read? it cannot tell any more
+    assert reader.refresh() and reader.default_stage == "exhaustive"
+
+
 def test_a_refresh_during_a_rebuilds_swap_waits_for_the_new_index(tmp_path, default_encoder):
     """A rebuild renames the old folder away, then the new one in: a refresh in between (a server's
     request) said the index was gone, or raised a bare FileNotFoundError."""

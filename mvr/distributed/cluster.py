@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import re
 import socket
 
 from ..threads import cores
@@ -31,7 +32,7 @@ def connect(address: str = "local", cpus: int | None = None) -> None:
     _reachable(address)
     try:
         if address == "local":
-            ray.init(num_cpus=cpus, include_dashboard=False, log_to_driver=False, runtime_env=env)
+            ray.init(address="local", num_cpus=cpus, include_dashboard=False, log_to_driver=False, runtime_env=env)  # a new instance, not one running here already
         else:
             ray.init(address=address, log_to_driver=False, runtime_env=env)
     except (ConnectionError, RuntimeError, ValueError, ray.exceptions.RayError) as error:  # AuthenticationError is a RayError
@@ -60,7 +61,7 @@ def _reachable(address: str) -> None:
 
 def first_line(error: BaseException) -> str:
     """The first line of a (Ray) error's message, or its type's name where it has none."""
-    return (str(error).strip().splitlines() or [type(error).__name__])[0]
+    return re.sub(r"\x1b\[[0-9;]*m", "", (str(error).strip().splitlines() or [type(error).__name__])[0])  # without Ray's colours
 
 
 def _refused_token(error: BaseException | None) -> bool:

@@ -5,12 +5,13 @@ from __future__ import annotations
 import copy
 import dataclasses
 import threading
+import weakref
 from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
 
 from ..config import positive_int
-from ..errors import ConfigError, MvrError
+from ..errors import ConfigError, IndexNotFoundError, MvrError
 from ..registry import STAGES, parse_stage
 from ..segment import Commit
 from ..threads import cpu_threads
@@ -49,25 +50,33 @@ class _Shard:
     """A Ray actor holding some segments of an index, opened; it answers one call at a time, with
     ``threads`` CPU threads (None: each library's default)."""
 
-    def __init__(self, path: str, generation: int | None, names: list[str], threads: int | None):
+    def __init__(self, path: str, generation: int | None, record: dict, names: list[str], threads: int | None):
         from pathlib import Path
 
         from ..segment import open_commit
 
         # the coordinator's commit (which it holds), not whatever is current now: a write between
-        # the two opens (an add, a merge, a stage rebuild) would give the shard other segments
-        self.state = open_commit(Path(path), Path(path).name, generation=generation)
-        self.threads = threads
-        self.segments = {s.path.name: s for s in self.state.segments if s.path.name in names}
-        missing = sorted(set(names) - set(self.segments))
-        if missing:
-            raise ConfigError(f"segments {missing} are not in commit {generation} of {path}; open the sharded index again.")
+        # the two opens (an add, a merge, a stage rebuild) would give the shard other segments; and
+        # the same commit, not the one of that number of an index rebuilt at the path meanwhile
+        self.threads, self.error = threads, None
+        try:
+            self.state = open_commit(Path(path), Path(path).name, generation=generation)
+            if self.state.record != record:
+                raise IndexNotFoundError(f"the index at {path} was rebuilt while the shards of a sharded index opened it; open the sharded index again.")
+            self.segments = {s.path.name: s for s in self.state.segments if s.path.name in names}
+            missing = sorted(set(names) - set(self.segments))
+            if missing:
+                raise ConfigError(f"segments {missing} are not in commit {generation} of {path}; open the sharded index again.")
+        except MvrError as error:  # said by node(), as a call's error (one line), not as Ray's death of an actor
+            self.error = error
 
     def call(self, name: str, method: str, *args):
         with cpu_threads(self.threads, "numba", "faiss", "blas"):
             return _CALLS[method](self.segments[name], *args)
 
     def node(self) -> str:
+        if self.error is not None:
+            raise self.error
         return _node()
 
 
@@ -189,19 +198,23 @@ class ShardedIndex:
         connect()  # a local instance unless this process has joined a cluster
         self.closed, self.session = False, _session()
         actor, nodes = ray.remote(num_cpus=0)(_Shard), _worker_nodes()
-        self.actors = [actor.options(scheduling_strategy=NodeAffinitySchedulingStrategy(nodes[i % len(nodes)], soft=False)).remote(str(self.index.path), None if state.legacy else state.generation, names[i::shards], threads)
+        self.actors = [actor.options(scheduling_strategy=NodeAffinitySchedulingStrategy(nodes[i % len(nodes)], soft=False)).remote(str(self.index.path), None if state.legacy else state.generation, state.record, names[i::shards], threads)
                        for i in range(min(shards, len(names)))]
         try:
             self._nodes = ray.get([a.node.remote() for a in self.actors])  # each shard has opened its segments on its node
         except ray.exceptions.RayError as error:
             for a in self.actors:
                 ray.kill(a)
+            if isinstance(error, ray.exceptions.RayTaskError) and isinstance(error.cause, MvrError):
+                raise error.cause from None
             raise ConfigError(f"a shard of {self.index.path} could not start ({first_line(error)}); every node must have mvr and read the index at this path (a shared filesystem).") from None
-        remote = [_Remote(self._ask, self.actors[i % len(self.actors)], segment) for i, segment in enumerate(state.segments)]
+        # the stand-ins reach this index weakly: through the view they would hold it, and its actors, in a cycle
+        ask, each = weakref.WeakMethod(self._ask), weakref.WeakMethod(self.each)
+        remote = [_Remote(lambda *call: ask()(*call), self.actors[i % len(self.actors)], segment) for i, segment in enumerate(state.segments)]
         sharded = Commit(state.index_name, state.generation, remote, state.deleted, state.record)
         sharded.__dict__.update({k: v for k, v in state.__dict__.items() if k not in sharded.__dict__})  # config, manifest, ...
         self.pool = ThreadPoolExecutor(max_workers=max(1, 2 * len(remote)), thread_name_prefix="mvr-shard")  # a hybrid's two stages of each segment at once
-        sharded.each = self.each
+        sharded.each = lambda work, items: each()(work, items)
         self.view = copy.copy(self.index)  # the same Index, reading the shards' stand-ins
         self.view._state = sharded
 
@@ -250,12 +263,16 @@ class ShardedIndex:
 
     def search(self, queries, k: int = 10, **options):
         """:meth:`mvr.Index.search` over the shards (queries are encoded here; no ``explain``)."""
+        if self.closed:
+            raise ConfigError(CLOSED)
         if options.get("explain"):
             raise ConfigError("explanations read stored vectors in this process; search the index itself (Index.search) to explain hits.")
         return self._fetching(self.view.search(queries, k, **options))
 
     def search_encoded(self, queries, k: int = 10, **options):
         """:meth:`mvr.Index.search_encoded` over the shards."""
+        if self.closed:
+            raise ConfigError(CLOSED)
         return self._fetching(self.view.search_encoded(queries, k, **options))
 
     def _fetching(self, results):
@@ -272,6 +289,14 @@ class ShardedIndex:
             for actor in actors:
                 ray.kill(actor)
         self.pool.shutdown(wait=False, cancel_futures=True)
+        self.view._state = self.index._state = None  # the commit is no longer pinned: a writer may collect it
+
+    def __del__(self):  # dropped without close(): its actors and threads go with it
+        if not getattr(self, "closed", True):
+            try:
+                self.close()
+            except Exception:  # Ray already shut down, the interpreter exiting
+                pass
 
     def __enter__(self) -> "ShardedIndex":
         return self
