@@ -4,8 +4,7 @@ An index of format version 2 is a folder of immutable segments and generation-nu
 
     manifest.json                  the pointer: {"format": "mvr-index", "format_version": 2,
                                    "generation": N, "commit": "commit-0000000N.json", "index_id":
-                                   16 hex digits drawn by the index's first commit, which every
-                                   commit carries (absent in indexes written before it)}
+                                   drawn by the index's first commit, carried by every commit}
     commit-0000000N.json           format "mvr-commit": config, encoder, and the segments of
                                    generation N, each with its deletion bitmap (or none)
     segments/sXXXXXX/              one segment: a token store, ids, texts, metadata and its own
@@ -92,24 +91,26 @@ def read_pointer(path: Path) -> dict:
 
 
 def current_pointer(path: Path, patience: float = 1.0) -> tuple[dict, tuple]:
-    """The pointer of the index at ``path`` and which index it is: the folder (device, inode) and the
-    ``index_id`` its first commit drew (a removed folder's inode number may come back). While a
+    """The pointer of the index at ``path`` and which index it is (:func:`index_identity`). While a
     rebuild's swap (storage/layout.py, ``StagingDir.commit``) has renamed the old folder away and not
     yet the new one in, a missing index is looked for again for up to ``patience`` seconds."""
     deadline = time.monotonic() + patience
     while True:
         try:
             pointer = read_pointer(path)
-            return pointer, (*folder_identity(path), pointer.get("index_id"))
+            identity = index_identity(path, pointer)  # the pointer carries the index_id as its commit does
         except FileNotFoundError:  # IndexNotFoundError too
-            swapping = any(Path(path).parent.glob(f".{glob.escape(Path(path).name)}.old-*"))
-            if not swapping or time.monotonic() > deadline:
-                raise IndexNotFoundError(f"there is no index at {path} any more: it was removed, or is being rebuilt; open it again once it is there.") from None
-            time.sleep(0.02)
+            identity = None
+        if identity is not None:
+            return pointer, identity
+        if not any(Path(path).parent.glob(f".{glob.escape(Path(path).name)}.old-*")) or time.monotonic() > deadline:  # no swap under way, or too long
+            raise IndexNotFoundError(f"there is no index at {path} any more: it was removed, or is being rebuilt; open it again once it is there.")
+        time.sleep(0.02)
 
 
 def index_identity(path: Path, record: dict) -> tuple | None:
-    """Which index the commit ``record`` was read from, as :func:`current_pointer` says it (None: gone)."""
+    """Which index the commit ``record`` (or pointer) is of: its folder (device, inode) and the
+    ``index_id`` its first commit drew, as a removed folder's inode number may come back (None: gone)."""
     try:
         return (*folder_identity(path), record.get("index_id"))
     except FileNotFoundError:
@@ -131,10 +132,8 @@ def check_same_files(path: Path, files: dict, index_name: str) -> None:
     except (OSError, ValueError, AttributeError):
         same = False
     if not same:
-        raise IndexNotFoundError(
-            f"index {index_name!r} was rebuilt or removed since this reader opened it ({path} no longer holds the files it read): "
-            "refresh() moves it to the index there now (mvr serve does so before each request), or open it again."
-        )
+        raise IndexNotFoundError(f"index {index_name!r} was rebuilt or removed since this reader opened it ({path} no longer holds the files it read): "
+                                 "refresh() moves it to the index there now (mvr serve does so before each request), or open it again.")
 
 
 def read_commit(path: Path, generation: int) -> dict:
