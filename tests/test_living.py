@@ -207,6 +207,9 @@ def test_stage_rebuilds_wait_for_another_writer_as_the_lock_error_says(tmp_path,
         with pytest.raises(IndexLockedError, match="--wait SECONDS"):
             index.build_stage("pooled", wait=0.2)
         assert main(["sparse", str(tmp_path / "idx"), "--stage", "bm25s", "--wait", "0.2"]) == 2 and "being written by" in capsys.readouterr().err
+        for command in (["fde"], ["pooled"], ["centroids"], ["sparse", "--stage", "bm25s"]):  # the number checked as every writer's
+            assert main([command[0], str(tmp_path / "idx"), *command[1:], "--wait", "-1"]) == 2
+            assert "wait is the seconds to wait for another writer: a number >= 0, got -1.0" in capsys.readouterr().err
         with pytest.raises(IndexLockedError):  # mvr index --overwrite --wait too
             Index.build(DOCS[:2], tmp_path / "idx", encoder=default_encoder, overwrite=True, wait=0.2, show_progress=False)
         threading.Timer(0.3, held.release).start()
