@@ -17,7 +17,7 @@ httpx = pytest.importorskip("httpx")
 pytest.importorskip("fastapi")
 
 from mvr import Index  # noqa: E402
-from mvr.errors import IndexFormatError  # noqa: E402
+from mvr.errors import ConfigError, IndexFormatError  # noqa: E402
 from mvr.server import Limits, background  # noqa: E402
 from mvr.server.catalog import Catalog  # noqa: E402
 from mvr.storage.validate import verify_files  # noqa: E402
@@ -234,6 +234,41 @@ def test_mvr_serve_runs_as_a_process_and_stops_on_sigterm(home):
         process.wait(timeout=30)
 
 
+@pytest.mark.parametrize("refresh", [0, 0.2])
+def test_an_idle_server_moves_to_new_commits_and_lets_go_of_the_old(tmp_path, default_encoder, refresh):
+    """A server that got no request held the commit it last read: the segments a writer replaced
+    (an optimize's inputs) stayed on disk until a request came and another write after it. With
+    ``refresh`` it moves on by itself; 0 keeps the old way (moves only before requests)."""
+    docs = [{"id": f"d{i}", "text": f"document {i} about topic {i % 3}"} for i in range(6)]
+    Index.build(docs[:3], tmp_path / "docs", encoder=default_encoder, show_progress=False)
+    Index.open(tmp_path / "docs", model=default_encoder).add(docs[3:])
+    segments = tmp_path / "docs" / "segments"
+    assert len(list(segments.iterdir())) == 2
+    catalog = Catalog(["docs"], tmp_path, model=default_encoder, warm=False)
+    with background(catalog, refresh=refresh):
+        served = catalog.get("docs").index
+        elsewhere = Index.open(tmp_path / "docs", model=default_encoder)  # another process's writes, as far as the server knows
+        elsewhere.optimize()
+        deadline = time.monotonic() + (30 if refresh else 1)
+        while served.generation < elsewhere.generation and time.monotonic() < deadline:
+            time.sleep(0.05)
+        elsewhere.delete(["d0"])  # the next writer collects what nobody holds
+        if refresh:
+            assert served.generation >= 3 and len(list(segments.iterdir())) == 1
+        else:
+            assert served.generation == 2 and len(list(segments.iterdir())) == 3  # the old two, pinned, and the merged one
+    served.refresh()
+    assert served.generation == elsewhere.generation == 4 and served.search("document 4", k=1).doc_ids == [["d4"]]
+
+
+def test_mvr_serve_refuses_a_bad_refresh_interval_at_once(home):
+    for value in ("-1", "inf", "nan"):
+        run = subprocess.run([sys.executable, "-m", "mvr.cli", "serve", "--refresh", value, "--index-dir", str(home)], capture_output=True, text=True, timeout=120)
+        assert run.returncode == 2 and "the refresh interval must be 0" in run.stderr and "Traceback" not in run.stderr, run.stderr
+    with pytest.raises(ConfigError, match="refresh interval"), background(Catalog(["docs"], home, warm=False), refresh=-0.5):
+        pass
+
+
 def test_searches_and_writes_at_once_over_http_give_no_error(server):
     """A short, bounded version of `python -m mvr.eval.serve_load`: 6 clients search while a
     writer adds and deletes through the same server."""
@@ -370,7 +405,7 @@ def test_what_the_server_lists_follows_writes_and_rebuilds_made_elsewhere(tmp_pa
     config = IndexConfig(fde=None, sparse=(), passage_tokens=24, passage_stride=24)
     Index.build(docs(5), tmp_path / "long", encoder=default_encoder, config=config, show_progress=False)
     catalog = Catalog(["long"], tmp_path, model=default_encoder, concurrency=1)
-    with background(catalog) as url, httpx.Client(base_url=url, timeout=60) as client:
+    with background(catalog, refresh=0) as url, httpx.Client(base_url=url, timeout=60) as client:  # the routes' own refresh
         listed = client.get("/indexes").json()["indexes"][0]
         assert listed["documents"] == 5 and listed["passages"] > 5 and listed["generation"] == 1
         Index.build(docs(2), tmp_path / "long", encoder=default_encoder, config=config, overwrite=True, show_progress=False)

@@ -9,6 +9,7 @@ from .common import add_common
 
 
 def add_parser(sub) -> argparse.ArgumentParser:
+    from ..server import REFRESH_SECONDS
     from ..server.limits import LIMITS
 
     p = sub.add_parser(
@@ -18,6 +19,8 @@ def add_parser(sub) -> argparse.ArgumentParser:
     p.add_argument("--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1; any other needs an API key)")
     p.add_argument("--port", type=int, default=8000, help="port (default 8000; 0 picks a free one, printed at start)")
     p.add_argument("--api-key", default=None, help="every request must send 'Authorization: Bearer KEY' (default: $MVR_API_KEY)")
+    p.add_argument("--refresh", type=float, default=REFRESH_SECONDS, metavar="S",
+                   help=f"move every index to its newest commit each S seconds even when no request comes, letting go of replaced ones (default {REFRESH_SECONDS:g}; 0: only before requests)")
     p.add_argument("--concurrency", type=int, default=None, help="searches computed at once (default: one per core); more wait their turn")
     limits = p.add_argument_group("limits (a request over one gets a 4xx that names the option)")
     for name, value in LIMITS.items():
@@ -40,5 +43,5 @@ def run(args) -> int:
     if not args.quiet:
         print("mvr: opening and warming the indexes...", file=sys.stderr, flush=True)
     serve(args.indexes, host=args.host, port=args.port, home=args.index_dir, api_key=args.api_key, limits=limits, threads=args.threads,
-          concurrency=args.concurrency, log_level=args.log_level, ready=ready)
+          concurrency=args.concurrency, refresh=args.refresh, log_level=args.log_level, ready=ready)
     return 0

@@ -19,6 +19,8 @@ import time
 from ..errors import ConfigError, missing_extra
 from .limits import LIMITS, Limits
 
+REFRESH_SECONDS = 1.0  # an idle server's indexes move to their newest commit this often
+
 __all__ = ["Limits", "LIMITS", "create_app", "serve", "background", "is_loopback", "open_socket"]
 
 
@@ -79,14 +81,17 @@ def uvicorn_server(app, sock: socket.socket, *, log_level: str = "warning", limi
 
 
 def serve(names=(), *, host: str = "127.0.0.1", port: int = 8000, home=None, api_key: str | None = None, limits: Limits | None = None,
-          threads: int | None = None, concurrency: int | None = None, log_level: str = "warning", ready=None) -> None:
+          threads: int | None = None, concurrency: int | None = None, refresh: float = REFRESH_SECONDS, log_level: str = "warning", ready=None) -> None:
     """Serve ``names`` (default: every index in ``home``) until interrupted. ``api_key`` (default
     ``$MVR_API_KEY``): every request must send it; required to listen beyond loopback.
+    ``refresh``: seconds between moves of every index to its newest commit when no request comes
+    (0: only before requests; see :meth:`Catalog.following`).
     ``ready(url)`` is called once the socket listens and the indexes are warm."""
     api_key = api_key or os.environ.get("MVR_API_KEY") or None
     check_exposure(host, api_key)
-    from .catalog import Catalog
+    from .catalog import Catalog, check_refresh
 
+    check_refresh(refresh)  # before the indexes are opened and warmed
     catalog = Catalog(names, home, threads=threads, concurrency=concurrency)
     app = create_app(catalog, api_key=api_key, limits=limits)
     sock = open_socket(host, port)
@@ -102,17 +107,19 @@ def serve(names=(), *, host: str = "127.0.0.1", port: int = 8000, home=None, api
         # ends the process through SystemExit, so the note below is removed
         signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))
     try:
-        if ready:
-            ready(url)
-        uvicorn_server(app, sock, log_level=log_level, limits=limits).run(sockets=[sock])
+        with catalog.following(refresh):
+            if ready:
+                ready(url)
+            uvicorn_server(app, sock, log_level=log_level, limits=limits).run(sockets=[sock])
     finally:
         unregister(note)
 
 
 @contextlib.contextmanager
-def background(catalog, *, host: str = "127.0.0.1", port: int = 0, api_key: str | None = None, limits: Limits | None = None, timeout: float = 30.0):
+def background(catalog, *, host: str = "127.0.0.1", port: int = 0, api_key: str | None = None, limits: Limits | None = None, timeout: float = 30.0,
+               refresh: float = REFRESH_SECONDS):
     """Serve ``catalog`` from a thread of this process while the ``with`` block runs; yields the
-    base URL (port 0: a free one). For notebooks, tests and benchmarks."""
+    base URL (port 0: a free one). For notebooks, tests and benchmarks. ``refresh``: as :func:`serve`'s."""
     check_exposure(host, api_key)
     app = create_app(catalog, api_key=api_key, limits=limits)
     sock = open_socket(host, port)
@@ -125,7 +132,8 @@ def background(catalog, *, host: str = "127.0.0.1", port: int = 0, api_key: str 
     try:
         if not runner.started:
             raise ConfigError(f"the server did not start within {timeout} s on {host}:{sock.getsockname()[1]}.")
-        yield f"http://{host}:{sock.getsockname()[1]}"
+        with catalog.following(refresh):
+            yield f"http://{host}:{sock.getsockname()[1]}"
     finally:
         runner.should_exit = True
         thread.join(timeout)

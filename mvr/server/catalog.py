@@ -4,6 +4,7 @@ one writer at a time."""
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import threading
@@ -19,6 +20,13 @@ from ..storage import available
 from ..storage.names import default_home, name_problem
 
 log = logging.getLogger("mvr.server")
+
+def check_refresh(seconds) -> float:
+    """``seconds`` between refreshes, checked: a finite number, 0 (none) or more."""
+    if isinstance(seconds, bool) or not isinstance(seconds, (int, float)) or not 0 <= seconds < float("inf"):
+        raise ConfigError(f"the refresh interval must be 0 (refresh only before requests) or a positive number of seconds, got {seconds!r}.")
+    return float(seconds)
+
 
 class Served:
     """One open index, its locks and what it answers."""
@@ -131,3 +139,31 @@ class Catalog:
                 return self._served[name]
         names = ", ".join(sorted(self._served)) or "none"
         raise IndexNotFoundError(f"this server has no index named {name!r} (it serves: {names}).")
+
+    @contextlib.contextmanager
+    def following(self, seconds: float):
+        """While the ``with`` block runs, move every served index to its newest commit each
+        ``seconds`` (0: only before requests). An idle server then lets go of the commits that
+        writers replaced (the next writer collects their files), and the first request after a
+        write finds the new commit already read."""
+        if not check_refresh(seconds):
+            yield
+            return
+        stop = threading.Event()
+        thread = threading.Thread(target=self._follow, args=(stop, float(seconds)), name="mvr-refresh", daemon=True)
+        thread.start()
+        try:
+            yield
+        finally:
+            stop.set()
+            thread.join()
+
+    def _follow(self, stop: threading.Event, seconds: float) -> None:
+        while not stop.wait(seconds):
+            for name, served in list(self._served.items()):
+                try:
+                    served.current()
+                except MvrError as error:  # removed or damaged for now: requests say so; keep following the others
+                    log.debug("refreshing index %r: %s", name, error)
+                except Exception:  # never let the thread die: the next round tries again
+                    log.exception("refreshing index %r", name)
