@@ -89,3 +89,20 @@ def test_the_page_asks_for_the_key_and_sends_it(index, browser):
         page.wait_for_selector("#index option", state="attached")
         _search(page, "capital of France")
         assert page.query_selector("li.hit .id").inner_text() == "d5"
+
+
+def test_the_page_shows_an_index_it_cannot_read_without_offering_it(index, browser, tmp_path, default_encoder):
+    home = tmp_path / "home"
+    shutil.copytree(index.path, home / "docs")
+    (home / "broken").mkdir()
+    (home / "broken" / "manifest.json").write_text("{not json")
+    with background(Catalog([], home, model=default_encoder, warm=False)) as url:
+        page = browser.new_page(bypass_csp=True)
+        page.goto(url + "/")
+        page.wait_for_selector("#index option[disabled]", state="attached")
+        options = page.query_selector_all("#index option")
+        assert [o.inner_text() for o in options] == [f"docs ({len(DOCS)} docs)", "broken (cannot be read)"]
+        assert "manifest.json is damaged" in options[1].get_attribute("title")  # why, on hovering it
+        assert page.eval_on_selector("#index", "s => s.value") == "docs"
+        _search(page, "capital of France")
+        assert page.query_selector("li.hit .id").inner_text() == "d5"

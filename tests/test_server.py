@@ -4,6 +4,7 @@ requests that each get a 4xx with a message and leave the server and the index w
 
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -325,10 +326,27 @@ def test_an_index_that_cannot_be_opened_is_left_out(tmp_path, default_encoder):
     (home / "broken").mkdir()
     (home / "broken" / "manifest.json").write_text("{not json")
     with background(catalog) as url, httpx.Client(base_url=url, timeout=60) as client:
-        assert [i["name"] for i in client.get("/indexes").json()["indexes"]] == ["good"]
+        listed = client.get("/indexes").json()
+        assert [i["name"] for i in listed["indexes"]] == ["good"]
+        # listed apart, with why (it was only in the log)
+        assert [u["name"] for u in listed["unavailable"]] == ["broken"] and "manifest.json" in listed["unavailable"][0]["error"]
         assert client.get("/healthz").json()["indexes"] == 1 and client.get("/metrics").status_code == 200
         assert "broken" in catalog.failed
         assert client.post("/indexes/good/search", json={"query": "purring", "k": 1}).json()["results"][0][0]["id"] == "a"
+        # repaired (here: built again) it is served; it was never tried again before the server restarted
+        shutil.rmtree(home / "broken")
+        Index.build([("c", "birds sing")], home / "broken", encoder=default_encoder, show_progress=False)
+        listed = client.get("/indexes").json()
+        assert [i["name"] for i in listed["indexes"]] == ["broken", "good"] and listed["unavailable"] == [], listed
+        assert client.post("/indexes/broken/search", json={"query": "singing", "k": 1}).json()["results"][0][0]["id"] == "c"
+        (home / "other").mkdir()
+        (home / "other" / "manifest.json").write_text("[]")
+        assert [u["name"] for u in client.get("/indexes").json()["unavailable"]] == ["other"]
+        shutil.rmtree(home / "other")  # gone from the home: nothing to report
+        assert client.get("/indexes").json()["unavailable"] == []
+    shutil.rmtree(home / "broken")
+    (home / "broken").mkdir()
+    (home / "broken" / "manifest.json").write_text("{not json")
     # damaged before the server starts: left out the same way (it kept the server from starting), with or without warming;
     # one named on the command line is still an error
     for warm in (False, True):

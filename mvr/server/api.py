@@ -168,13 +168,15 @@ def create_app(catalog: Catalog, *, api_key: str | None = None, limits: Limits |
     @app.get("/indexes")
     @app.head("/indexes", include_in_schema=False)
     def indexes():
-        listed = []
+        listed, unavailable = [], []
         for name in catalog.names():
             try:
                 listed.append(catalog.get(name).summary())
-            except MvrError as error:  # removed or damaged since it was opened: left out, as one that cannot be opened (docs/server.md)
+            except MvrError as error:  # removed or damaged since it was opened: listed apart, as one that cannot be opened (docs/server.md)
                 logging.getLogger("mvr.server").warning("not listing index %r: %s", name, error)
-        return {"indexes": listed}
+                unavailable.append({"name": name, "error": str(error)})
+        unavailable += [{"name": name, "error": error} for name, error in sorted(catalog.failed.items()) if name not in catalog.names(discover=False)]
+        return {"indexes": listed, "unavailable": sorted(unavailable, key=lambda u: u["name"])}
 
     @app.get("/indexes/{name}")
     @app.head("/indexes/{name}", include_in_schema=False)

@@ -21,6 +21,19 @@ from ..storage.names import default_home, name_problem
 
 log = logging.getLogger("mvr.server")
 
+def _looks(folder: Path) -> tuple:
+    """What tells that an index folder was rebuilt or repaired: the folder's and its manifest's
+    inode, size and time of change."""
+    def stat(path):
+        try:
+            found = os.stat(path)
+        except OSError:
+            return None
+        return found.st_ino, found.st_size, found.st_mtime_ns, found.st_ctime_ns
+
+    return stat(folder), stat(folder / "manifest.json")
+
+
 def check_refresh(seconds) -> float:
     """``seconds`` between refreshes, checked: a finite number, 0 (none) or more."""
     if isinstance(seconds, bool) or not isinstance(seconds, (int, float)) or not 0 <= seconds < float("inf"):
@@ -93,6 +106,7 @@ class Catalog:
         self.warm, self.model = warm, model
         self.started = time.time()
         self.failed: dict[str, str] = {}  # indexes of the home that could not be opened, and why
+        self._failed_as: dict[str, tuple] = {}  # what their folder and manifest looked like then
         for name in names or available(self.home):
             try:
                 index = Index.open(name if names else self.home / name, home=self.home, model=model)  # a home's index by its path there
@@ -102,25 +116,34 @@ class Catalog:
             except MvrError as error:
                 if names:  # one asked for by name is served or the server does not start
                     raise
-                self.failed[name] = str(error)  # one found in the home is left out, as one that appears later is
-                log.warning("not serving index %r: %s", name, error)
+                self._failed(name, error)  # one found in the home is left out, as one that appears later is
 
     def _open(self, index: Index) -> Served:
         if self.warm:  # load the query model, read the first stages, compile the kernels now, not at the first request
             index.search("warm up", k=1, threads=self.threads)
         return Served(index)
 
+    def _failed(self, name: str, error: MvrError) -> None:
+        self.failed[name] = str(error)
+        self._failed_as[name] = _looks(self.home / name)
+        log.warning("not serving index %r: %s", name, error)
+
     def names(self, discover: bool = True) -> list[str]:
-        """The indexes served; ``discover``: first open those built in the home since (one that
-        cannot be opened is left out, and not tried again: :attr:`failed` says why)."""
+        """The indexes served; ``discover``: first open those built in the home since. One that
+        cannot be opened is left out (:attr:`failed` says why) and tried again once its folder
+        or manifest changes (rebuilt, repaired)."""
         if discover and not self.fixed:
-            for name in available(self.home):
-                if name not in self._served and name not in self.failed:
-                    try:
-                        self.get(name)
-                    except MvrError as error:  # removed since it was listed, damaged, another model's
-                        self.failed[name] = str(error)
-                        log.warning("not serving index %r: %s", name, error)
+            found = available(self.home)
+            for name in set(self.failed) - set(found):  # removed from the home: nothing to report
+                self.failed.pop(name, None)
+            for name in found:
+                if name in self._served or (name in self.failed and self._failed_as.get(name) == _looks(self.home / name)):
+                    continue
+                try:
+                    self.get(name)
+                    self.failed.pop(name, None)
+                except MvrError as error:  # removed since it was listed, damaged, another model's
+                    self._failed(name, error)
         return sorted(self._served)
 
     def get(self, name: str) -> Served:
@@ -136,6 +159,7 @@ class Catalog:
             with self._lock:
                 if name not in self._served:
                     self._served[name] = self._open(Index.open(self.home / name, home=self.home, model=self.model))
+                    self.failed.pop(name, None)
                 return self._served[name]
         names = ", ".join(sorted(self._served)) or "none"
         raise IndexNotFoundError(f"this server has no index named {name!r} (it serves: {names}).")
