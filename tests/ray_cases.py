@@ -110,10 +110,10 @@ def test_a_sharded_index_asks_its_shards_at_once(cluster, tmp_path, models):
             assert (4 in asked) == (not options), (options, asked)  # the default hybrid: both stages of both segments in one round
             asked.clear()
         # the hits' documents: at the first read of a query's hits, one call per segment holding one
-        from mvr.distributed import shards
+        from mvr.distributed import remote
 
-        methods, call = [], shards._Remote.call
-        shards._Remote.call = lambda remote, method, *args: (methods.append(method), call(remote, method, *args))[1]
+        methods, call = [], remote.Remote.call
+        remote.Remote.call = lambda remote, method, *args: (methods.append(method), call(remote, method, *args))[1]
         try:
             results = sharded.search(["which animal purrs", "a dog barks"], k=6, first_stage="exhaustive")
             methods.clear()
@@ -125,7 +125,7 @@ def test_a_sharded_index_asks_its_shards_at_once(cluster, tmp_path, models):
             hits[0][0].metadata["n"] = -1  # each read gives the caller its own metadata, as a local index does
             assert results[0][0].metadata["n"] != -1 and len(methods) == len(owners[0]) + len(owners[1])  # read again: nothing fetched again
         finally:
-            shards._Remote.call = call
+            remote.Remote.call = call
     with pytest.raises(ConfigError, match="closed"):
         sharded.search("which animal purrs")
     for bad in ({"shards": 0}, {"shards": True}, {"threads": 0}, {"threads": "2"}):

@@ -3,47 +3,18 @@
 from __future__ import annotations
 
 import copy
-import dataclasses
-import threading
 import weakref
 from concurrent.futures import ThreadPoolExecutor
 
-import numpy as np
-
 from ..config import positive_int
 from ..errors import ConfigError, IndexNotFoundError, MvrError
-from ..registry import STAGES, parse_stage
 from ..segment import Commit
 from ..threads import cpu_threads
 from .cluster import _node, _ray, _session, _worker_nodes, connect, first_line
+from .remote import CALLS, HitDocuments, Remote
 
 CLOSED = "this sharded index is closed; open a new ShardedIndex to search."
 GONE = "the Ray cluster this sharded index ran on is gone; open it again (a new ShardedIndex joins or starts one)."
-
-
-def _owned(value):
-    """``value`` with its arrays copied out of Ray's object store (read-only there), as callers
-    of a segment in this process may write to what they get."""
-    if isinstance(value, np.ndarray):
-        return value.copy() if not value.flags.writeable else value
-    if isinstance(value, tuple):
-        items = [_owned(v) for v in value]
-        return type(value)(*items) if hasattr(value, "_fields") else tuple(items)
-    if isinstance(value, list):
-        return [_owned(v) for v in value]
-    return value
-
-
-# What a shard does for the coordinator, on one of its segments.
-_CALLS = {
-    "search": lambda segment, stage, *args: segment.stage(stage).search(*args),
-    "stage_score": lambda segment, stage, *args: segment.stage(stage).score(*args),
-    "score": lambda segment, *args: segment.tokens.score(*args),
-    "early_exit": lambda segment, *args: segment.tokens.early_exit(*args),
-    "score_all": lambda segment, *args: segment.tokens.score_all(*args),
-    "mask": lambda segment, *args: segment.metadata.mask(*args),
-    "documents": lambda segment, rows: [segment.document(int(row)) for row in rows],
-}
 
 
 class _Shard:
@@ -72,107 +43,12 @@ class _Shard:
 
     def call(self, name: str, method: str, *args):
         with cpu_threads(self.threads, "numba", "faiss", "blas"):
-            return _CALLS[method](self.segments[name], *args)
+            return CALLS[method](self.segments[name], *args)
 
     def node(self) -> str:
         if self.error is not None:
             raise self.error
         return _node()
-
-
-class _Remote:
-    """What the search pipeline reads of one segment, forwarded to the actor holding it."""
-
-    def __init__(self, ask, actor, segment):
-        self.ask, self.actor, self.name, self.path, self.local = ask, actor, segment.path.name, segment.path, segment
-        for attr in ("n_docs", "n_tokens", "max_doc_len", "dim", "projection", "doc_ids"):  # small, read here
-            setattr(self, attr, getattr(segment, attr))
-        self._has = {name: segment.has_stage(name) for name in STAGES}
-        self.tokens, self.metadata = _RemoteTokens(self), _RemoteMetadata(self, segment.metadata.fields)
-        self.scorer = self.tokens
-
-    def call(self, method: str, *args):
-        return _owned(self.ask(self.actor, self.name, method, *args))
-
-    def has_stage(self, name: str) -> bool:
-        return all(self._has.get(part, False) for part in parse_stage(name))
-
-    def require(self, name: str) -> None:
-        self.local.require(name)  # a check of the folder's stages, no data read
-
-    def stage(self, name: str):
-        return _RemoteStage(self, name)
-
-    def document(self, row: int):
-        return self.call("documents", [int(row)])[0]
-
-
-class _RemoteStage:
-    def __init__(self, segment: _Remote, name: str):
-        self.segment, self.name = segment, name
-
-    def search(self, queries, n, options=None, allowed=None):
-        return self.segment.call("search", self.name, queries, n, options, allowed)
-
-    def score(self, queries, positions):
-        return self.segment.call("stage_score", self.name, queries, positions)
-
-
-class _RemoteTokens:
-    def __init__(self, segment: _Remote):
-        self.segment = segment
-
-    def score(self, query, rows):
-        return self.segment.call("score", query, rows)
-
-    def early_exit(self, query, rows, k, patience):
-        return self.segment.call("early_exit", query, rows, k, patience)
-
-    def score_all(self, queries, offsets):
-        return self.segment.call("score_all", queries, offsets)
-
-
-class _RemoteMetadata:
-    def __init__(self, segment: _Remote, fields: dict):
-        self.segment, self.fields = segment, fields
-
-    def mask(self, spec):
-        from ..storage.metadata import check_filter
-
-        return self.segment.call("mask", check_filter(spec))  # checked here: a filter nested too deeply fails to pickle
-
-
-class _HitDocuments:
-    """What :class:`mvr.results.Results` reads of a sharded commit: its ids, and the documents of
-    its hits, those of a query's row fetched at the first read of one of them, in one call per
-    segment, every segment at once (not a call per hit, one after another)."""
-
-    def __init__(self, state, each, hits: np.ndarray):
-        self.state, self.each, self.hits, self.fetched, self.lock = state, each, hits, {}, threading.Lock()
-
-    def __getattr__(self, name):  # the rest of the commit: its ids, generation, ...
-        if name.startswith("__") or "state" not in self.__dict__:
-            raise AttributeError(name)
-        return getattr(self.state, name)
-
-    def document(self, position: int):
-        with self.lock:  # one fetch per row, whole before any reader sees it
-            if position not in self.fetched:
-                rows_with_it = np.flatnonzero((self.hits == position).any(axis=1))
-                row = self.hits[rows_with_it[0]] if len(rows_with_it) else np.array([position])
-                wanted = np.unique(row[row >= 0])
-                owner = self.state.segment_of(wanted)
-
-                def fetch(s: int) -> dict:
-                    rows = wanted[owner == s]
-                    return dict(zip(rows.tolist(), self.state.segments[s].call("documents", (rows - int(self.state.bases[s])).tolist())))
-
-                found = {}
-                for part in self.each(fetch, np.unique(owner).tolist()):
-                    found.update(part)
-                self.fetched.update(found)  # whole or not at all: every read holds the lock
-            doc = self.fetched[position]
-        return dataclasses.replace(doc, metadata=copy.deepcopy(doc.metadata))  # the caller's own, as a local index gives
 
 
 class ShardedIndex:
@@ -210,7 +86,7 @@ class ShardedIndex:
             raise ConfigError(f"a shard of {self.index.path} could not start ({first_line(error)}); every node must have mvr and read the index at this path (a shared filesystem).") from None
         # the stand-ins reach this index weakly: through the view they would hold it, and its actors, in a cycle
         ask, each = weakref.WeakMethod(self._ask), weakref.WeakMethod(self.each)
-        remote = [_Remote(lambda *call: ask()(*call), self.actors[i % len(self.actors)], segment) for i, segment in enumerate(state.segments)]
+        remote = [Remote(lambda *call: ask()(*call), self.actors[i % len(self.actors)], segment) for i, segment in enumerate(state.segments)]
         sharded = Commit(state.index_name, state.generation, remote, state.deleted, state.record)
         sharded.__dict__.update({k: v for k, v in state.__dict__.items() if k not in sharded.__dict__})  # config, manifest, ...
         self.pool = ThreadPoolExecutor(max_workers=max(1, 2 * len(remote)), thread_name_prefix="mvr-shard")  # a hybrid's two stages of each segment at once
@@ -276,8 +152,8 @@ class ShardedIndex:
         return self._fetching(self.view.search_encoded(queries, k, **options))
 
     def _fetching(self, results):
-        """``results``, reading its hits' documents through :class:`_HitDocuments`."""
-        results._index = _HitDocuments(results._index, self.each, results.indices)
+        """``results``, reading its hits' documents through :class:`~mvr.distributed.remote.HitDocuments`."""
+        results._index = HitDocuments(results._index, self.each, results.indices)
         return results
 
     def close(self) -> None:
