@@ -226,6 +226,55 @@ def test_a_sharded_index_lets_go_of_its_commit_and_actors(cluster, tmp_path, mod
     assert _gone(actor)
 
 
+def test_a_sharded_index_follows_writes_with_refresh(cluster, tmp_path, models):
+    """A ShardedIndex served the commit it opened for good: to see an add, a delete, a merge or a
+    rebuild it had to be closed and opened again (new actors, every segment opened again)."""
+    import gc
+    import time
+
+    from mvr.distributed import ShardedIndex
+    from mvr.errors import ConfigError
+    from mvr.writer import Writer
+
+    config = IndexConfig(model=str(models["plain"]), sparse=("bm25s",))
+    docs, queries = corpus(), [q for _, q, _ in QUERIES]
+    index = Index.build(docs[:12], tmp_path / "live", config=config)
+    segments = tmp_path / "live" / "segments"
+
+    def same(options={}):
+        mine, theirs = Index.open(index.path).search(queries, k=5, **options), sharded.search(queries, k=5, **options)
+        assert np.array_equal(mine.indices, theirs.indices) and np.array_equal(mine.scores, theirs.scores), options
+        assert mine.doc_ids == theirs.doc_ids and [h.text for h in mine[1]] == [h.text for h in theirs[1]], options
+
+    with ShardedIndex(index.path, shards=2, threads=1) as sharded:
+        assert len(sharded.actors) == 1 and not sharded.refresh()  # one segment: one shard
+        before, expected = sharded.search(queries, k=5), [(h.id, h.text) for h in index.search(queries, k=5)[0]]
+        index.add(docs[12:40], merge=False)
+        index.add(docs[40:60], merge=False)
+        index.delete([docs[1]["id"], docs[20]["id"]])
+        assert sharded.refresh() and len(sharded.actors) == 2 and len(sharded.nodes()) == 2
+        for options in ({}, {"first_stage": "exhaustive"}, {"first_stage": "bm25s"}, {"filter": {"n": {"$gte": 5}}}):
+            same(options)
+        assert [(h.id, h.text) for h in before[0]] == expected  # results from before read their documents from the commit they came from
+        index.optimize()
+        assert sharded.refresh()
+        same()
+        del before
+        gc.collect()
+        deadline = time.monotonic() + 30  # the shards let go of the old commits once nothing reads them: a writer collects them
+        while len(list(segments.iterdir())) > 1 and time.monotonic() < deadline:
+            time.sleep(0.2)
+            with Writer(Index.open(index.path)):
+                pass
+        assert len(list(segments.iterdir())) == 1
+        Index.build(docs[60:], tmp_path / "live", config=config, overwrite=True)  # a rebuild at the path: generations count from 1 again
+        assert sharded.refresh()
+        same()
+        assert set(sharded.search("a dog barks", k=10).doc_ids[0]) <= {d["id"] for d in docs[60:]}
+    with pytest.raises(ConfigError, match="closed"):
+        sharded.refresh()
+
+
 def _gone(actor, seconds: float = 30) -> bool:
     """Whether ``actor`` is dead within ``seconds`` (Ray kills an actor asynchronously: a call just
     after ray.kill may still be answered)."""

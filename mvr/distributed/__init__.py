@@ -16,6 +16,7 @@ by Ray actors. Both give exactly what one process gives.
   coordinator runs the one search pipeline (mvr/search.py) over stand-ins of the segments: first
   stage searches, MaxSim scoring and document reads run in the actor that holds the segment;
   merging candidates across segments and the final top-k run in the coordinator, as in one process.
+  ``refresh()`` moves it to the index's newest commit (writes made since), as ``Index.refresh()``.
 
 Every machine reads the index at the same path (a shared filesystem). Encoder workers are spread
 across nodes (Ray's SPREAD, best effort); shards are dealt to the cluster's nodes with CPUs in turn

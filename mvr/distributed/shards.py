@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import copy
+import threading
 import weakref
 from concurrent.futures import ThreadPoolExecutor
 
@@ -19,9 +20,14 @@ GONE = "the Ray cluster this sharded index ran on is gone; open it again (a new 
 
 class _Shard:
     """A Ray actor holding some segments of an index, opened; it answers one call at a time, with
-    ``threads`` CPU threads (None: each library's default)."""
+    ``threads`` CPU threads (None: each library's default). It holds a commit per ``epoch`` (one
+    opening of the sharded index: the first, then each refresh) until the coordinator lets go of it."""
 
-    def __init__(self, path: str, generation: int | None, record: dict, names: list[str], threads: int | None):
+    def __init__(self, threads: int | None):
+        self.threads, self.epochs = threads, {}
+
+    def open(self, epoch: int, path: str, generation: int | None, record: dict, names: list[str]) -> str:
+        """Open the segments ``names`` of commit ``generation``; returns this actor's node."""
         from pathlib import Path
 
         from ..segment import open_commit
@@ -29,26 +35,38 @@ class _Shard:
         # the coordinator's commit (which it holds), not whatever is current now: a write between
         # the two opens (an add, a merge, a stage rebuild) would give the shard other segments; and
         # the same commit, not the one of that number of an index rebuilt at the path meanwhile
-        self.threads, self.error = threads, None
-        try:
-            self.state = open_commit(Path(path), Path(path).name, generation=generation)
-            if self.state.record != record:
-                raise IndexNotFoundError(f"the index at {path} was rebuilt while the shards of a sharded index opened it; open the sharded index again.")
-            self.segments = {s.path.name: s for s in self.state.segments if s.path.name in names}
-            missing = sorted(set(names) - set(self.segments))
-            if missing:
-                raise ConfigError(f"segments {missing} are not in commit {generation} of {path}; open the sharded index again.")
-        except MvrError as error:  # said by node(), as a call's error (one line), not as Ray's death of an actor
-            self.error = error
+        state = open_commit(Path(path), Path(path).name, generation=generation)
+        if state.record != record:
+            raise IndexNotFoundError(f"the index at {path} was rebuilt while the shards of a sharded index opened it; open the sharded index again, or refresh it.")
+        segments = {s.path.name: s for s in state.segments if s.path.name in names}
+        missing = sorted(set(names) - set(segments))
+        if missing:
+            raise ConfigError(f"segments {missing} are not in commit {generation} of {path}; open the sharded index again.")
+        self.epochs[epoch] = (state, segments)  # the state pins the commit
+        return _node()
 
-    def call(self, name: str, method: str, *args):
+    def drop(self, epoch: int) -> None:
+        self.epochs.pop(epoch, None)
+
+    def call(self, epoch: int, name: str, method: str, *args):
+        if epoch not in self.epochs:  # let go of: nothing of the coordinator's should still read it
+            raise ConfigError("this shard no longer holds the commit of that search; search again (ShardedIndex.refresh() moves to the newest).")
         with cpu_threads(self.threads, "numba", "faiss", "blas"):
-            return CALLS[method](self.segments[name], *args)
+            return CALLS[method](self.epochs[epoch][1][name], *args)
 
     def node(self) -> str:
-        if self.error is not None:
-            raise self.error
         return _node()
+
+
+def _drop(actors, epoch: int, session) -> None:
+    """Tell ``actors`` to let go of ``epoch``'s commit (no view or results read it any more)."""
+    if _session() != session:  # Ray gone: the actors went with it
+        return
+    for actor in actors:
+        try:
+            actor.drop.remote(epoch)
+        except Exception:  # killed by close(), Ray shutting down
+            pass
 
 
 class ShardedIndex:
@@ -58,41 +76,76 @@ class ShardedIndex:
     Ray gives an actor without CPUs one OpenMP thread unless OMP_NUM_THREADS is set, so faiss's is 1).
     :meth:`search` takes what :meth:`mvr.Index.search` takes and returns the same results. The
     coordinator asks every shard at once (a thread per call waits for its answer); a shard
-    holding several segments answers for them one after another."""
+    holding several segments answers for them one after another. It serves the commit it opened
+    until :meth:`refresh` moves it, shards and all, to the newest."""
 
     def __init__(self, name_or_path, *, shards: int = 2, threads: int | None = None, home=None):
         from ..index import Index
 
-        from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
-
-        ray = _ray()
+        _ray()
         positive_int("", "shards", shards)
         positive_int("", "threads", threads, optional=True)
         self.index = Index.open(name_or_path, home=home)
-        state = self.index._state
-        names = [s.path.name for s in state.segments]
         connect()  # a local instance unless this process has joined a cluster
-        self.closed, self.session = False, _session()
-        actor, nodes = ray.remote(num_cpus=0)(_Shard), _worker_nodes()
-        self.actors = [actor.options(scheduling_strategy=NodeAffinitySchedulingStrategy(nodes[i % len(nodes)], soft=False)).remote(str(self.index.path), None if state.legacy else state.generation, state.record, names[i::shards], threads)
-                       for i in range(min(shards, len(names)))]
+        self.closed, self.session, self.shards, self.threads = False, _session(), shards, threads
+        self.actors, self._nodes, self._epoch, self._lock, self.pool = [], [], -1, threading.Lock(), None
         try:
-            self._nodes = ray.get([a.node.remote() for a in self.actors])  # each shard has opened its segments on its node
+            self._open(self.index._state)
+        except BaseException:
+            self.close()
+            raise
+
+    def _open(self, state) -> None:
+        """Deal the segments of ``state`` (the coordinator's commit, pinned) to the actors, starting
+        those it needs, and serve it: searches already under way end on the commit they started."""
+        ray = _ray()
+        from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
+
+        names = [s.path.name for s in state.segments]
+        used = min(self.shards, len(names))
+        nodes = _worker_nodes() if len(self.actors) < used else []
+        for j in range(len(self.actors), used):
+            self.actors.append(ray.remote(num_cpus=0)(_Shard).options(scheduling_strategy=NodeAffinitySchedulingStrategy(nodes[j % len(nodes)], soft=False)).remote(self.threads))
+        epoch, actors = self._epoch + 1, self.actors[:used]
+        generation = None if state.legacy else state.generation
+        try:  # each shard opens its segments on its node
+            self._nodes = ray.get([a.open.remote(epoch, str(self.index.path), generation, state.record, names[i::used]) for i, a in enumerate(actors)]) + self._nodes[used:]
         except ray.exceptions.RayError as error:
-            for a in self.actors:
-                ray.kill(a)
+            _drop(actors, epoch, self.session)
             if isinstance(error, ray.exceptions.RayTaskError) and isinstance(error.cause, MvrError):
                 raise error.cause from None
             raise ConfigError(f"a shard of {self.index.path} could not start ({first_line(error)}); every node must have mvr and read the index at this path (a shared filesystem).") from None
         # the stand-ins reach this index weakly: through the view they would hold it, and its actors, in a cycle
         ask, each = weakref.WeakMethod(self._ask), weakref.WeakMethod(self.each)
-        remote = [Remote(lambda *call: ask()(*call), self.actors[i % len(self.actors)], segment) for i, segment in enumerate(state.segments)]
+        remote = [Remote(lambda actor, *call: ask()(actor, epoch, *call), actors[i % used], segment) for i, segment in enumerate(state.segments)]
         sharded = Commit(state.index_name, state.generation, remote, state.deleted, state.record)
         sharded.__dict__.update({k: v for k, v in state.__dict__.items() if k not in sharded.__dict__})  # config, manifest, ...
-        self.pool = ThreadPoolExecutor(max_workers=max(1, 2 * len(remote)), thread_name_prefix="mvr-shard")  # a hybrid's two stages of each segment at once
         sharded.each = lambda work, items: each()(work, items)
-        self.view = copy.copy(self.index)  # the same Index, reading the shards' stand-ins
-        self.view._state = sharded
+        weakref.finalize(sharded, _drop, actors, epoch, self.session)  # once no view or results read it, the shards let go of it
+        if self.pool is None or self.pool._max_workers < 2 * len(remote):
+            old, self.pool = self.pool, ThreadPoolExecutor(max_workers=max(1, 2 * len(remote)), thread_name_prefix="mvr-shard")  # a hybrid's two stages of each segment at once
+            if old is not None:
+                old.shutdown(wait=False)
+        view = copy.copy(self.index)  # the same Index, reading the shards' stand-ins
+        view._state = sharded
+        self.view, self._epoch, self._opened = view, epoch, state
+
+    def refresh(self) -> bool:
+        """Move to the index's newest commit, as :meth:`mvr.Index.refresh` does; True when there was
+        a newer one. The shards open it beside the one they serve, so searches under way (and
+        results whose documents are still to be read) end on theirs; each lets go of an old commit
+        once nothing reads it. Segments may move between shards; shards are started up to
+        ``shards`` as segments come. An error leaves the sharded index on its commit."""
+        with self._lock:
+            if self.closed:
+                raise ConfigError(CLOSED)
+            if _session() != self.session:
+                raise ConfigError(GONE)
+            self.index.refresh()
+            if self.index._state is self._opened:
+                return False
+            self._open(self.index._state)
+            return True
 
     def each(self, work, items) -> list:
         """:meth:`mvr.segment.Commit.each` with the segments' calls made at once, each thread
@@ -134,7 +187,7 @@ class ShardedIndex:
             raise
 
     def nodes(self) -> list[str]:
-        """The Ray node each shard runs on (as each said when it started; none once closed)."""
+        """The Ray node each shard runs on (as each said when it last opened a commit; none once closed)."""
         return list(self._nodes)
 
     def search(self, queries, k: int = 10, **options):
@@ -164,8 +217,11 @@ class ShardedIndex:
         if actors and _session() == self.session:  # else ray.kill would raise, or start a new Ray
             for actor in actors:
                 ray.kill(actor)
-        self.pool.shutdown(wait=False, cancel_futures=True)
-        self.view._state = self.index._state = None  # the commit is no longer pinned: a writer may collect it
+        if self.pool is not None:
+            self.pool.shutdown(wait=False, cancel_futures=True)
+        if getattr(self, "view", None) is not None:
+            self.view._state = None
+        self.index._state = self._opened = None  # the commit is no longer pinned: a writer may collect it
 
     def __del__(self):  # dropped without close(): its actors and threads go with it
         if not getattr(self, "closed", True):
