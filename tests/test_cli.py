@@ -80,6 +80,21 @@ def test_every_help_prints(command, capsys):
     assert exit_.value.code == 0 and "usage: mvr " + command in capsys.readouterr().out
 
 
+@pytest.mark.parametrize("argv, says", [
+    (["search"], "mvr search: error: the following arguments are required: index (see mvr search --help)"),
+    (["index", "c.jsonl", "--name", "x", "--doc-maxlen", "abc"], "mvr index: error: argument --doc-maxlen: invalid int value: 'abc' (see mvr index --help)"),
+    (["serach", "x"], "mvr: error: argument command: invalid choice: 'serach'"),
+    (["search", "x", "q", "--first-stage", "fdee"], "argument --first-stage: invalid choice: 'fdee'"),
+    (["index", "c.jsonl"], "one of the arguments --name --path is required"),
+])
+def test_a_usage_error_is_one_line_that_points_to_help(argv, says, capsys):
+    """argparse printed the whole usage before its error: a dozen lines for mvr search."""
+    with pytest.raises(SystemExit) as exit_:
+        main(argv)
+    err = capsys.readouterr().err
+    assert exit_.value.code == 2 and err.count("\n") == 1 and says in err and err.rstrip().endswith("--help)"), err
+
+
 def test_errors_are_one_line_with_status_2(tmp_path, beir, capsys):
     bad = tmp_path / "bad.jsonl"
     bad.write_text('{"_id": "a", "text": "x"}\n{oops\n')

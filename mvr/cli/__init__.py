@@ -21,8 +21,16 @@ def _modules():
     return {name: importlib.import_module(f".{name}", __name__) for name in COMMANDS}
 
 
+class Parser(argparse.ArgumentParser):
+    """argparse's parser with a usage error on one line, as mvr's own errors are (argparse prints
+    the whole usage first: a dozen lines for ``mvr search``), saying where the options are told."""
+
+    def error(self, message: str):
+        self.exit(2, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="mvr", description="Multi-vector (late-interaction) retrieval.")
+    parser = Parser(prog="mvr", description="Multi-vector (late-interaction) retrieval.")
     sub = parser.add_subparsers(dest="command", required=True)
     for module in _modules().values():
         module.add_parser(sub)
