@@ -80,8 +80,10 @@ class Client:
         except (ValueError, RecursionError):  # not JSON (a proxy's HTML page), or JSON nested too deep to read
             answer = None
         if response.status >= 400:
-            detail = answer.get("detail") if isinstance(answer, dict) else payload[:200].decode(errors="replace")
-            message = " ".join(str(detail or "").split()) or response.reason  # one line, whatever the body was
+            if not isinstance(answer, dict) or not isinstance(answer.get("detail"), (str, list)):  # every error of mvr serve says why in "detail"
+                kind = response.getheader("Content-Type") or "no content type"
+                raise ServerError(f"{self.url}: {response.status} {response.reason}, not from mvr serve (its errors are JSON with a 'detail'; this is {kind}): check the URL, or the proxy in front of the server.")
+            message = " ".join(str(answer["detail"]).split()) or response.reason  # one line, whatever the body was
             raise ERRORS.get(response.status, ServerError)(f"{self.url}: {response.status}: {message}")
         if not 200 <= response.status < 300 or not isinstance(answer, dict):
             location = response.getheader("Location")
@@ -187,14 +189,16 @@ def servers_dir() -> Path:
     return Path.home() / ".cache" / "mvr" / "servers"
 
 
-def register(url: str, indexes: dict[str, Path], home: Path | None, api_key: bool) -> Path:
+def register(url: str, indexes: dict[str, Path], home: Path | None, api_key: bool, instance: str | None = None) -> Path:
     """Note that this process serves ``indexes`` (name -> folder; ``home``: and any index there)
-    at ``url``; returns the note's path, for :func:`unregister` when the server stops."""
+    at ``url``; returns the note's path, for :func:`unregister` when the server stops.
+    ``instance``: what the server's ``/healthz`` answers as its ``instance``, so that a client
+    tells it from another server that took its port since (its note left by a SIGKILL)."""
     folder = servers_dir()
     folder.mkdir(parents=True, exist_ok=True, mode=0o700)
     note = folder / f"{os.getpid()}.json"
     record = {"url": url, "pid": os.getpid(), "indexes": {n: str(Path(p).resolve()) for n, p in indexes.items()},
-              "home": str(Path(home).resolve()) if home is not None else None, "api_key": api_key}
+              "home": str(Path(home).resolve()) if home is not None else None, "api_key": api_key, "instance": instance}
     tmp = note.with_suffix(".tmp")
     tmp.write_text(json.dumps(record))
     os.replace(tmp, note)
@@ -215,10 +219,11 @@ def _alive(pid: int) -> bool:
     return True
 
 
-def find_server(index_path: Path, with_key: bool = False) -> tuple[str, str] | None:
-    """``(url, index name)`` of a running ``mvr serve`` that serves the index folder
+def find_server(index_path: Path, with_key: bool = False) -> tuple[str, str, str | None] | None:
+    """``(url, index name, instance)`` of a running ``mvr serve`` that serves the index folder
     ``index_path`` (one that wants an API key only ``with_key``), or None. Notes of servers no
-    longer running are removed."""
+    longer running are removed. Check that the server answering at ``url`` is that one
+    (:func:`answers_as`) before trusting it: a killed server's process may linger unreaped."""
     folder = servers_dir()
     if not folder.is_dir():
         return None
@@ -239,9 +244,20 @@ def find_server(index_path: Path, with_key: bool = False) -> tuple[str, str] | N
             continue
         if record.get("api_key") and not with_key:
             continue
+        instance = record.get("instance") if isinstance(record.get("instance"), str) else None
         for name, path in served.items():
             if Path(path) == target:
-                return url, name
+                return url, name, instance
         if home and Path(home) == target.parent and target.name not in served:
-            return url, target.name
+            return url, target.name, instance
     return None
+
+
+def answers_as(url: str, instance: str | None, api_key: str | None = None, timeout: float = 2.0) -> bool:
+    """Whether the ``mvr serve`` that left a note (``instance``) answers ``/healthz`` at ``url``
+    within ``timeout`` seconds: not one stopped (Ctrl-Z), hung, or another that took its port."""
+    try:
+        health = Client(url, api_key, timeout=timeout).health()
+    except MvrError:
+        return False
+    return instance is None or health.get("instance") == instance

@@ -146,7 +146,7 @@ def stranger():
     answers = {"html": (200, "text/html", b"<html>hello</html>"), "list": (200, "application/json", b"[1, 2]"), "empty": (200, None, b""),
                "redirect": (302, None, b""), "nested": (200, "application/json", b"[" * 100_000), "object": (200, "application/json", b'{"status": "ok"}'),
                "short": (200, "application/json", b'{"results": [[]]}'), "text": (200, "application/json", b'{"results": "abc"}'),
-               "gateway": (502, "text/html", b"<html>\n<h1>bad gateway</h1>\n</html>")}
+               "gateway": (502, "text/html", b"<html>\n<h1>bad gateway</h1>\n</html>"), "missing": (404, "text/html", b"<!DOCTYPE HTML>\n<html><body>Not Found</body></html>")}
 
     class Handler(http.server.BaseHTTPRequestHandler):
         def log_message(self, *args):
@@ -205,8 +205,12 @@ def test_the_client_says_when_the_url_is_not_an_mvr_server(stranger):
         Client(f"{stranger}/object").indexes()
     with pytest.raises(ServerError, match="not an mvr server's reply"):
         Client(f"{stranger}/html").health()
-    with pytest.raises(ServerError, match=r": 502: <html> <h1>bad gateway</h1> </html>$"):
-        client.request("GET", "/gateway")  # an error page, on one line
+    # an error page of another server (a proxy's 502, another service's 404) was shown as raw HTML
+    with pytest.raises(ServerError, match=r": 502 Bad Gateway, not from mvr serve \(its errors are JSON with a 'detail'; this is text/html\): check the URL, or the proxy in front of the server\.$"):
+        client.request("GET", "/gateway")
+    with pytest.raises(ServerError, match=r": 404 Not Found, not from mvr serve") as caught:  # not IndexNotFoundError: no index was asked of mvr
+        Client(f"{stranger}/missing").search("docs", "tea")
+    assert "<" not in str(caught.value)
     with pytest.raises(QueryError, match="is sent as JSON"):
         client.search("docs", "tea", filter={"year": b"2019"})
 
@@ -252,4 +256,4 @@ def test_find_server_passes_over_damaged_notes(tmp_path, monkeypatch):
         (tmp_path / "runtime" / f"0{number}.json").write_text(json.dumps(record))
     assert find_server(target) is None
     (tmp_path / "runtime" / "zz.json").write_text(json.dumps({"pid": os.getpid(), "url": "http://127.0.0.1:2", "indexes": {"mine": str(target)}}))
-    assert find_server(target) == ("http://127.0.0.1:2", "mine")
+    assert find_server(target) == ("http://127.0.0.1:2", "mine", None)

@@ -106,3 +106,44 @@ def test_the_page_shows_an_index_it_cannot_read_without_offering_it(index, brows
         assert page.eval_on_selector("#index", "s => s.value") == "docs"
         _search(page, "capital of France")
         assert page.query_selector("li.hit .id").inner_text() == "d5"
+
+
+def test_the_page_shows_the_answer_of_the_latest_search_only(index, browser):
+    """Answers were shown in the order they came: an earlier, slower search (held here by the
+    browser) overwrote the hits of a later one, under the later query and its status line."""
+    with background(Catalog([index.path], model=index.encoder, warm=False)) as url:
+        page = browser.new_page(bypass_csp=True)
+        held = []
+        page.route("**/search", lambda route: held.append(route) if not held else route.continue_())
+        page.goto(url + "/")
+        page.wait_for_selector("#index option", state="attached")
+        page.fill("#k", "1")
+        page.fill("#query", "which animal purrs?")
+        page.click("button[type=submit]")  # held
+        page.wait_for_function("document.querySelector('#status').textContent === 'Searching...'")
+        _search(page, "capital of France")
+        assert page.inner_text("li.hit .id") == "d5"
+        try:
+            held[0].continue_()  # the first answer comes now (its request was aborted: the browser drops it)
+        except Exception:
+            pass
+        page.wait_for_timeout(1000)
+        assert page.inner_text("li.hit .id") == "d5" and page.input_value("#query") == "capital of France"
+        assert "1 results in" in page.inner_text("#status")
+
+
+@pytest.mark.parametrize("key", ["ключ", "sécret"])
+def test_the_page_sends_a_key_beyond_ascii(index, browser, key):
+    """A header carries Latin-1 at most: 'ключ' made fetch throw, and 'sécret' went as Latin-1
+    while the server compared UTF-8 (401), where mvr.client and curl authenticated."""
+    with background(Catalog([index.path], model=index.encoder, warm=False), api_key=key) as url:
+        page = browser.new_page(bypass_csp=True)
+        page.goto(url + "/")
+        page.wait_for_function("document.querySelector('#status').textContent.includes('401')")
+        page.click("summary")
+        page.fill("#key", key)
+        page.dispatch_event("#key", "change")
+        page.wait_for_selector("#index option", state="attached")
+        assert page.inner_text("#status") == ""  # the 401 of the keyless try no longer shows
+        _search(page, "capital of France")
+        assert page.query_selector("li.hit .id").inner_text() == "d5"

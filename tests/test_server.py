@@ -205,6 +205,10 @@ def test_an_api_key_guards_every_request_but_the_page(home, default_encoder):
         good = {"Authorization": "Bearer s3cret"}
         assert client.post("/indexes/docs/search", headers=good, json={"query": "tea", "k": 1}).json()["results"][0][0]["id"] == "d8"
         assert client.get("/").status_code == 200  # the page's HTML holds no data; it sends the key it is given
+        # a key beyond ASCII, as UTF-8 bytes or percent-encoded (a browser's fetch cannot send those bytes: the page encodes)
+    with background(Catalog(["docs"], home, model=default_encoder, warm=False), api_key="sé%41") as url, httpx.Client(base_url=url, timeout=60) as client:
+        for given, status in ((b"Bearer s\xc3\xa9%41", 200), (b"Bearer s%C3%A9%2541", 200), (b"Bearer s%c3%a9%2541", 200), (b"Bearer s\xe9%41", 401), (b"Bearer s%E9%2541", 401), (b"Bearer s%C3%A9A", 401)):
+            assert client.get("/indexes", headers={"Authorization": given}).status_code == status, given
 
 
 def _mvr(*args, **kwargs):
@@ -315,8 +319,11 @@ def test_a_keyless_server_answers_only_requests_addressed_to_loopback(server):
     for host in ("attacker.example", "attacker.example:80", "10.0.0.1:8000"):
         reply = client.get("/indexes", headers={"Host": host})
         assert reply.status_code == 421 and "--api-key" in reply.json()["detail"], host
-    for host in ("localhost", "127.0.0.1:1234", "[::1]:8000"):
+    for host in ("localhost", "127.0.0.1:1234", "[::1]:8000", "127.0.0.2:8000", "[0:0:0:0:0:0:0:1]:80", "127.255.0.9"):
+        # any loopback address mvr serve --host takes (127.0.0.2 started a server whose every request got a 421)
         assert client.get("/healthz", headers={"Host": host}).status_code == 200, host
+    for host in ("127.0.0.1.attacker.example", "localhost.example:80", "[::2]:80"):
+        assert client.get("/healthz", headers={"Host": host}).status_code == 421, host
 
 
 def test_an_index_that_cannot_be_opened_is_left_out(tmp_path, default_encoder):
@@ -354,6 +361,20 @@ def test_an_index_that_cannot_be_opened_is_left_out(tmp_path, default_encoder):
         assert started.names() == ["good"] and "manifest.json" in started.failed["broken"]
     with pytest.raises(IndexFormatError, match="manifest.json"):
         Catalog([str(home / "broken")], home, model=default_encoder, warm=False)
+
+
+def test_an_index_folder_no_request_can_name_is_left_out_not_fatal(tmp_path, default_encoder):
+    """`mvr index --path "HOME/bad "` is accepted; `mvr serve` of that home then refused to start
+    (the good index was not served either), saying the name was invalid."""
+    home = tmp_path / "home"
+    for name in ("good", "bad "):
+        Index.build([("a", "cats purr"), ("b", "dogs bark")], home / name, encoder=default_encoder, show_progress=False)
+    catalog = Catalog([], home, model=default_encoder, warm=False)
+    assert catalog.names() == ["good"] and "cannot be named in a request (it starts or ends with white space): rename the folder" in catalog.failed["bad "]
+    with background(catalog) as url, httpx.Client(base_url=url, timeout=60) as client:
+        assert [u["name"] for u in client.get("/indexes").json()["unavailable"]] == ["bad "]
+    with pytest.raises(ConfigError, match="rename the folder to serve it"):
+        Catalog([str(home / "bad ")], home, model=default_encoder, warm=False)
 
 
 def _recv(sock) -> bytes:

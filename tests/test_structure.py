@@ -80,6 +80,8 @@ def test_one_registry_of_first_stages():
     for name, entry in STAGES.items():
         cls = entry.load()
         assert cls.name == name and cls.format and cls.version >= 1 and cls.binds in ("vectors", "doc_ids")
+    page = (ROOT / "mvr" / "server" / "page.html").read_text()  # the search page's list of stages (it lacked the pooled ones)
+    assert json.loads(page.split("const STAGES = ")[1].split(";")[0]) == list(FIRST_STAGES)
     assert parse_stage("fde+bm25s") == ("fde", "bm25s") and parse_stage("exhaustive") == ()
     with pytest.raises(ConfigError, match="unknown first stage 'nope'; available: exhaustive, fde"):
         parse_stage("nope")

@@ -68,36 +68,58 @@ def _explained(hit: dict, color: bool) -> list[str]:
 
 def _through_server(args, texts: list[str]) -> list[list[dict]] | None:
     """The hits from a running ``mvr serve`` that holds this index warm (``--server URL``, or one
-    found on this machine), or None: then the index is opened here."""
+    found on this machine), or None: then the index is opened here. A server found by itself is
+    used only while it answers as the one that left its note, and anything it refuses (a limit,
+    a name it does not serve) is searched here instead, which gives the result or the error."""
     import os
 
-    from ..client import Client, ServerError, find_server
+    from ..client import Client, answers_as, find_server
+    from ..errors import ConfigError, MvrError
+    from ..storage import locate
+    from ..storage.names import name_problem
+
+    key = os.environ.get("MVR_API_KEY") or None
+    if args.server is not None:  # --server "" is a mistake to report, not a request to look for one
+        if args.model:
+            raise ConfigError("--model encodes queries here, with another model than the server's: give --server or --model, not both.")
+        url, name = args.server, _served_name(args, key)
+    elif args.no_server or args.model:
+        return None
+    else:
+        target = locate(args.index, args.index_dir).resolve()
+        found = None if name_problem(target.name) else find_server(target, with_key=bool(key))
+        if found is None or not answers_as(found[0], found[2], key):  # stopped, hung, or another server on its port
+            return None
+        url, name = found[:2]
+    options = search_options(args)
+    hits: list[list[dict]] = []
+    try:
+        client = Client(url, key)
+        for start in range(0, len(texts), 64):  # within the server's batch limit
+            hits += client.search(name, texts[start : start + 64], k=args.k, first_stage=args.first_stage, candidates=args.candidates, explain=args.explain or None, **options)
+    except MvrError:
+        if args.server:
+            raise
+        return None  # it stopped meanwhile, or refused (past its limits, not our key): search here
+    return hits
+
+
+def _served_name(args, key: str | None) -> str:
+    """The name to ask ``--server`` for: the index argument's last part; given as a path, the
+    server must serve that folder by that name (it served whatever it has of the name)."""
+    from ..client import Client
     from ..errors import QueryError
     from ..storage import locate
 
-    if args.no_server or args.model:
-        return None
-    if args.server is not None:  # --server "" is a mistake to report, not a request to look for one
-        url, name = args.server, Path(args.index).name
-    else:
-        found = find_server(locate(args.index, args.index_dir), with_key=bool(os.environ.get("MVR_API_KEY")))
-        if found is None:
-            return None
-        url, name = found
-    client, options = Client(url, os.environ.get("MVR_API_KEY") or None), search_options(args)
-    hits: list[list[dict]] = []
-    try:
-        for start in range(0, len(texts), 64):  # within the server's batch limit
-            hits += client.search(name, texts[start : start + 64], k=args.k, first_stage=args.first_stage, candidates=args.candidates, explain=args.explain or None, **options)
-    except ServerError:
-        if args.server:
-            raise
-        return None  # it stopped meanwhile: search here
-    except QueryError as error:
-        if not args.server and ("limit" in str(error) or ": 401: " in str(error)):
-            return None  # past the server's limits (k, ...), or not our key: search here
-        raise
-    return hits
+    given = Path(args.index)
+    if len(given.parts) < 2 and args.index not in (".", "..") and not args.index.startswith("~"):
+        return args.index  # a name: what the server serves by it
+    folder = locate(args.index, args.index_dir).resolve()
+    described = Client(args.server, key).info(folder.name).get("info")
+    served = described.get("path") if isinstance(described, dict) else None
+    if not isinstance(served, str) or Path(served).resolve() != folder:
+        raise QueryError(f"{args.server} serves {folder.name!r} from {served}, not {folder}: give the name alone to search what it serves, or --no-server to search {folder} here.")
+    return folder.name
 
 
 def run(args) -> int:

@@ -98,10 +98,14 @@ def serve(names=(), *, host: str = "127.0.0.1", port: int = 8000, home=None, api
     bound = sock.getsockname()[1]
     shown = f"[{host}]" if ":" in host else host
     url = f"http://{shown}:{bound}"
-    from ..client import register, unregister
+    from ..client import register, servers_dir, unregister
 
     # so that `mvr search` on the same machine answers through this warm server
-    note = register(url, {name: catalog.get(name).index.path for name in catalog.names()}, None if catalog.fixed else catalog.home, bool(api_key))
+    try:
+        note = register(url, {name: served.index.path for name, served in catalog._served.items()}, None if catalog.fixed else catalog.home, bool(api_key), catalog.instance)
+    except OSError as error:  # a convenience: the server serves without it
+        note = None
+        print(f"mvr: warning: cannot leave a note for `mvr search` in {servers_dir()} ({error.strerror or error}): it will reach this server with --server {url} only.", file=sys.stderr)
     if threading.current_thread() is threading.main_thread():
         # uvicorn shuts down on SIGTERM, then raises it again with the handler it found: this one
         # ends the process through SystemExit, so the note below is removed
@@ -112,7 +116,8 @@ def serve(names=(), *, host: str = "127.0.0.1", port: int = 8000, home=None, api
                 ready(url)
             uvicorn_server(app, sock, log_level=log_level, limits=limits).run(sockets=[sock])
     finally:
-        unregister(note)
+        if note is not None:
+            unregister(note)
 
 
 @contextlib.contextmanager

@@ -1,6 +1,6 @@
 """The routes of ``mvr serve`` (FastAPI; the OpenAPI schema at ``/openapi.json``).
 
-    GET    /healthz                     {"status": "ok", "indexes": N, "uptime_s": s}
+    GET    /healthz                     {"status": "ok", "indexes": N, "uptime_s": s, "instance": this server's random id}
     GET    /indexes                     {"indexes": [{"name", "documents", "generation", ...}]}
     GET    /indexes/{name}              what ``mvr info --json`` prints
     POST   /indexes/{name}/search       {"query": str | [str], "k": int, ...search options, "explain": bool}
@@ -163,7 +163,7 @@ def create_app(catalog: Catalog, *, api_key: str | None = None, limits: Limits |
     @app.get("/healthz")
     @app.head("/healthz", include_in_schema=False)  # HEAD on every GET route: what load balancers and monitors probe with
     def healthz():
-        return {"status": "ok", "indexes": len(catalog.names(discover=False)), "uptime_s": round(time.time() - catalog.started, 1)}
+        return {"status": "ok", "indexes": len(catalog.names(discover=False)), "uptime_s": round(time.time() - catalog.started, 1), "instance": catalog.instance}
 
     @app.get("/indexes")
     @app.head("/indexes", include_in_schema=False)

@@ -7,6 +7,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
+import secrets
 import threading
 import time
 import weakref
@@ -32,6 +33,14 @@ def _looks(folder: Path) -> tuple:
         return found.st_ino, found.st_size, found.st_mtime_ns, found.st_ctime_ns
 
     return stat(folder), stat(folder / "manifest.json")
+
+
+def _askable(name: str) -> None:
+    """Refuse to serve an index whose folder name no request can name (``mvr index --path`` takes
+    any folder: one ending in a space, one hidden)."""
+    problem = name_problem(name)
+    if problem:
+        raise ConfigError(f"the index folder {name!r} cannot be named in a request ({problem}): rename the folder to serve it.")
 
 
 def check_refresh(seconds) -> float:
@@ -105,11 +114,13 @@ class Catalog:
         self._lock = threading.Lock()
         self.warm, self.model = warm, model
         self.started = time.time()
+        self.instance = secrets.token_hex(8)  # /healthz says it: a client tells this server from another that took its port
         self.failed: dict[str, str] = {}  # indexes of the home that could not be opened, and why
         self._failed_as: dict[str, tuple] = {}  # what their folder and manifest looked like then
         for name in names or available(self.home):
             try:
                 index = Index.open(name if names else self.home / name, home=self.home, model=model)  # a home's index by its path there
+                _askable(index.name)
                 if index.name in self._served:
                     raise ConfigError(f"two indexes named {index.name!r}: serve each name once.")
                 self._served[index.name] = self._open(index)
@@ -140,6 +151,7 @@ class Catalog:
                 if name in self._served or (name in self.failed and self._failed_as.get(name) == _looks(self.home / name)):
                     continue
                 try:
+                    _askable(name)
                     self.get(name)
                     self.failed.pop(name, None)
                 except MvrError as error:  # removed since it was listed, damaged, another model's

@@ -5,8 +5,10 @@ from __future__ import annotations
 
 import asyncio
 import hmac
+import ipaddress
 import json
 import time
+import urllib.parse
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 from starlette.routing import Match
@@ -18,12 +20,18 @@ OPEN_PATHS = frozenset({"/"})
 
 
 def _local_host(host: bytes | None) -> bool:
-    """Whether a Host header names this machine's loopback (any port); no header (HTTP/1.0) passes."""
+    """Whether a Host header names this machine's loopback (any port): ``localhost`` or a loopback
+    address (127.0.0.0/8, ::1: any that mvr serve --host takes); no header (HTTP/1.0) passes."""
     if host is None:
         return True
     name = host.decode("latin-1").strip().lower()
     name = name[1 : name.index("]")] if name.startswith("[") and "]" in name else name.rsplit(":", 1)[0] if name.count(":") == 1 else name
-    return name in ("localhost", "127.0.0.1", "::1")
+    if name == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(name).is_loopback
+    except ValueError:  # a name: one an attacker may point at 127.0.0.1 (DNS rebinding)
+        return False
 
 
 class Metrics:
@@ -95,12 +103,14 @@ class Gate:
         # read the answer, and one that trickles it is cut off after --request-seconds (mvr/server/protocol.py)
         if self.key is not None and scope["path"] not in OPEN_PATHS:
             given = headers.get(b"authorization", b"")
-            if not hmac.compare_digest(given, self.key):
+            # as sent (UTF-8), or percent-encoded: a browser's fetch sends no header byte past Latin-1 (the search page encodes)
+            encoded = b"Bearer " + urllib.parse.unquote_to_bytes(given[7:]) if given.startswith(b"Bearer ") and b"%" in given else b""
+            if not (hmac.compare_digest(given, self.key) | hmac.compare_digest(encoded, self.key)):
                 why = "missing" if not given else "wrong"
                 return await _reply(send, 401, f"API key {why}: send the header 'Authorization: Bearer KEY' (the key mvr serve was started with).", {"WWW-Authenticate": "Bearer"})
         if self.key is None and not _local_host(headers.get(b"host")):
             # a page elsewhere cannot reach a keyless server through a name it points at 127.0.0.1 (DNS rebinding)
-            return await _reply(send, 421, "without an API key this server answers only requests addressed to localhost, 127.0.0.1 or [::1]; start it with --api-key to serve other names.")
+            return await _reply(send, 421, "without an API key this server answers only requests addressed to localhost or a loopback address (127.0.0.1, [::1]); start it with --api-key to serve other names.")
         declared = headers.get(b"content-length")
         if declared is not None and not declared.isdigit():
             return await _reply(send, 400, "the Content-Length header is not a number.")
