@@ -11,6 +11,7 @@ import http.client
 import json
 import os
 import threading
+import time
 import unicodedata
 import urllib.parse
 from pathlib import Path
@@ -63,12 +64,15 @@ class Client:
             headers["Content-Type"] = "application/json"
         if self._key:
             headers["Authorization"] = b"Bearer " + self._key  # bytes: sent as they are, UTF-8 as the server compares them
+        deadline = time.monotonic() + self.timeout  # for the whole answer, not each read of it (a server dripping it)
         for attempt in (0, 1):  # a kept-alive connection the server closed meanwhile is opened again once
             connection = self._connection()
             try:
+                if connection.sock is not None:
+                    connection.sock.settimeout(self.timeout)
                 connection.request(method, self._prefix + path, body=data, headers=headers)
                 response = connection.getresponse()
-                payload = response.read()
+                payload = _read_by(response, connection, deadline)
                 break
             except (ConnectionError, http.client.HTTPException, OSError) as error:
                 connection.close()
@@ -132,6 +136,21 @@ class Client:
         if connection is not None:
             connection.close()
             self._local.connection = None
+
+
+def _read_by(response: http.client.HTTPResponse, connection: http.client.HTTPConnection, deadline: float) -> bytes:
+    """The body of ``response``, read whole by ``deadline`` (time.monotonic) or a ``TimeoutError``."""
+    chunks = []
+    while True:
+        remaining = deadline - time.monotonic()
+        if remaining <= 0:
+            raise TimeoutError("timed out")
+        if connection.sock is not None:
+            connection.sock.settimeout(remaining)
+        chunk = response.read(1 << 16)
+        if not chunk:
+            return b"".join(chunks)
+        chunks.append(chunk)
 
 
 def _quoted(name: str) -> str:

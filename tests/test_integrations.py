@@ -7,6 +7,7 @@ import os
 import re
 import subprocess
 import sys
+import time
 
 import pytest
 
@@ -154,6 +155,15 @@ def stranger():
 
         def do_GET(self):
             self.rfile.read(int(self.headers.get("Content-Length") or 0))
+            if self.path.startswith("/drip/"):  # a body of 12 bytes, a byte every 0.25 s: each read is quick, the whole is not
+                self.send_response(200)
+                self.send_header("Content-Type", "application/json")
+                self.send_header("Content-Length", "12")
+                self.end_headers()
+                for byte in b'{"status":1}':
+                    self.wfile.write(bytes([byte]))
+                    time.sleep(0.25)
+                return
             status, kind, body = answers[self.path.split("/")[1]]
             self.send_response(status)
             if kind:
@@ -213,6 +223,10 @@ def test_the_client_says_when_the_url_is_not_an_mvr_server(stranger):
     assert "<" not in str(caught.value)
     with pytest.raises(QueryError, match="is sent as JSON"):
         client.search("docs", "tea", filter={"year": b"2019"})
+    # the timeout bounds the whole answer: one dripped a byte at a time kept a client of timeout=1 waiting for all of it
+    with pytest.raises(ServerError, match=r"cannot reach the mvr server at .*/drip \(timed out\)"):
+        Client(f"{stranger}/drip", timeout=1).health()
+    assert Client(f"{stranger}/drip", timeout=10).health() == {"status": 1}
 
 
 def test_a_key_beyond_latin1_reaches_the_server_as_utf8(index, default_encoder, stranger, monkeypatch, capsys):
