@@ -24,6 +24,8 @@ def _align(stored: np.ndarray | None, ids: np.ndarray, spans: np.ndarray, n_rows
     stored ones (pruning drops rows, never reorders them). None when they do not match."""
     if stored is None:
         return (ids, spans) if len(ids) == n_rows else None
+    if len(stored) != n_rows:  # not this document's ids
+        return None
     rows, at = np.zeros(len(stored), dtype=np.int64), 0
     for row, token in enumerate(stored):
         while at < len(ids) and ids[at] != token:

@@ -71,7 +71,7 @@ class Segment:
                 raise IndexFormatError(f"segment {self.path} is damaged: {error} Rebuild it with `mvr index`.") from None
             if self.projection.shape != (manifest["counts"].get("model_dim"), self.dim):
                 raise IndexFormatError(f"segment {self.path} is damaged: its projection head maps {self.projection.shape}, the manifest says model_dim {manifest['counts'].get('model_dim')} and dim {self.dim}; rebuild it with `mvr index`.")
-        self.metadata = Metadata(self.path, self.n_docs, fields, guard=self.still_here)
+        self.metadata = Metadata(self.path, self.n_docs, fields, guard=self.read_lazily)
         self.splade_model = splade_model
         self._stages: dict = {}
         self._present: dict[str, bool] = {}  # has_stage's answers
@@ -100,13 +100,27 @@ class Segment:
                 self._present[part] = found
         return all(self._present[part] for part in parse_stage(name))
 
+    def read_lazily(self, load):
+        """``load()``, which reads files of this segment after its commit was opened, between two
+        checks that the folder still holds the files this reader opened: a rebuild at the path may
+        swap the folder meanwhile, and a load then reads another index's file, or none
+        (IndexNotFoundError, not that file's rows or a FileNotFoundError)."""
+        self.still_here()
+        try:
+            value = load()
+        except (OSError, ValueError, IndexFormatError):
+            self.still_here()
+            raise
+        self.still_here()
+        return value
+
     def stage(self, name: str):
         stage = self._stages.get(name)
         if stage is None:
             self.still_here()
             self.require(name)
             with self._stage_lock:
-                stage = self._stages.get(name) or open_stage(name, self)
+                stage = self._stages.get(name) or self.read_lazily(lambda: open_stage(name, self))
                 self._stages[name] = stage
         return stage
 
@@ -129,14 +143,12 @@ class Segment:
 
     def token_ids(self) -> np.ndarray | None:
         path = self.path / TOKEN_IDS
-        self.still_here()
-        return np.load(path, mmap_mode="r") if path.is_file() else None
+        return self.read_lazily(lambda: np.load(path, mmap_mode="r") if path.is_file() else None)
 
     def positions(self, doc_ids) -> np.ndarray:
         """int64 row of each id in ``doc_ids`` (-1 where this segment does not hold it)."""
         if self._id_order is None:
-            self.still_here()
-            order = np.load(self.path / "doc_ids_order.npy")
+            order = self.read_lazily(lambda: np.load(self.path / "doc_ids_order.npy"))
             self._id_order = (order, np.asarray(self.doc_ids)[order])
         order, sorted_ids = self._id_order
         wanted = np.asarray(list(doc_ids), dtype=str) if not isinstance(doc_ids, np.ndarray) else doc_ids

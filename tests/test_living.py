@@ -368,6 +368,41 @@ def test_a_reader_that_has_not_refreshed_refuses_what_a_rebuild_at_its_path_left
     assert reader.search("new document 1", k=1, first_stage="exhaustive", explain=True)[0][0].id == "n1"
 
 
+@pytest.mark.parametrize("use", ["explain", "bm25s", "position", "filter"])
+def test_a_rebuild_between_a_readers_check_and_its_lazy_load_is_refused(tmp_path, default_encoder, use):
+    """A reader checked its folder, then loaded a file by path: a rebuild swapping the folder in
+    between (the retrievers' explain under `mvr index --overwrite`) gave an IndexError, a
+    FileNotFoundError, or another index's rows (an explanation without spans)."""
+    import shutil
+
+    old = [{"id": f"o{i}", "text": f"old document {i} about tea", "metadata": {"year": 2000 + i}} for i in range(6)]
+    new = [{"id": f"n{i}", "text": f"new {i}", "metadata": {"year": 1990 + i}} for i in range(2)]
+    config = IndexConfig(fde=None)
+    Index.build(new, tmp_path / "next", encoder=default_encoder, config=config, show_progress=False)
+    Index.build(old, tmp_path / "idx", encoder=default_encoder, config=config, show_progress=False)
+    reader = Index.open(tmp_path / "idx", model=default_encoder)
+    segment = reader.segments[0]
+    checked = segment.still_here
+
+    def check_then_rebuild():  # the first check passes; the rebuild lands before the load
+        checked()
+        segment.still_here = checked
+        os.replace(tmp_path / "idx", tmp_path / ".idx.old-1-0a0b0c0d")
+        shutil.copytree(tmp_path / "next", tmp_path / "idx")  # new files (not the linked old ones)
+
+    segment.still_here = check_then_rebuild
+    with pytest.raises(IndexNotFoundError, match="was rebuilt or removed since this reader opened it"):
+        if use == "explain":
+            reader.search("old document 2", k=1, first_stage="exhaustive", explain=True)
+        elif use == "bm25s":
+            reader.search("tea", k=2, first_stage="bm25s", rerank=False)
+        elif use == "position":
+            reader.position("o3")
+        else:
+            reader.search("tea", k=1, first_stage="exhaustive", filter={"year": 2003})
+    assert reader.refresh() and reader.search("new 1", k=1, first_stage="exhaustive", explain=True)[0][0].id == "n1"
+
+
 def test_a_reader_that_has_not_refreshed_keeps_the_stages_it_had(tmp_path, default_encoder):
     """Whether a segment has a first stage was asked of the folder at every search: after a rebuild
     without bm25s the reader's default stage turned to another, and a bm25s it held open was refused

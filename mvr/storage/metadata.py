@@ -109,7 +109,7 @@ class Metadata:
     checked on first use; an index without any has none."""
 
     def __init__(self, folder: Path, n_docs: int, known: dict[str, str] | None = None, guard=None):
-        self.folder, self.n_docs, self.guard = Path(folder), n_docs, guard  # guard(): before a column is loaded (Segment.still_here)
+        self.folder, self.n_docs, self.guard = Path(folder), n_docs, guard  # guard(load): loads a column (Segment.read_lazily)
         path = self.folder / SCHEMA
         try:
             schema = json.loads(path.read_text(encoding="utf-8")) if path.is_file() else {"fields": [], "documents": n_docs}
@@ -130,11 +130,12 @@ class Metadata:
         """``(values, offsets, vocab)`` of a field (offsets only for lists, vocab for strings),
         loaded and checked against the index's documents on first use."""
         if name not in self._columns:
-            if self.guard is not None:
-                self.guard()
-            columns = self._load(name)
-            self._check(name, *columns)
-            self._columns[name] = columns
+            def load():
+                columns = self._load(name)
+                self._check(name, *columns)
+                return columns
+
+            self._columns[name] = self.guard(load) if self.guard is not None else load()
         return self._columns[name]
 
     def _check(self, name: str, values, offsets, vocab) -> None:
