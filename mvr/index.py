@@ -285,7 +285,7 @@ class Index(Changes):
         (:mod:`mvr.explain`): the document token behind each query token's maximum, its span, its share of the score.
         """
         texts = query_texts(queries)
-        explain = options.pop("explain", False)
+        explain = pipeline.flag("explain", options.pop("explain", False))
         opts, k = self._options(k, first_stage, candidates, options, with_texts=True)
         started = time.perf_counter()
         encoded = self.encode_queries(texts, threads=threads) if explain or opts.rerank or needs_vectors(opts.first_stage) else None

@@ -121,6 +121,14 @@ def rows_of(state, documents) -> np.ndarray:
     return np.asarray(out, dtype=np.int64)
 
 
+def live_documents(state) -> tuple[int, int]:
+    """``(documents, documents in more than one passage)`` of an index of passages, deleted ones
+    not counted (a document's rows are deleted and added together)."""
+    ids = np.asarray(state.doc_ids, dtype=str)
+    live = ~np.concatenate(state.deleted) if state.deleted else np.zeros(0, dtype=bool)
+    return int((np.char.endswith(ids, "#0") & live).sum()), int((np.char.endswith(ids, "#1") & live).sum())
+
+
 def best_per_document(indices: np.ndarray, scores: np.ndarray, ids, k: int) -> tuple[np.ndarray, np.ndarray, bool]:
     """Each query's ranked passages reduced to the best one of each document, ``k`` documents at
     most; and whether every query got ``k`` (or ran out of passages)."""

@@ -29,6 +29,13 @@ def _is_int(value) -> bool:
     return isinstance(value, (int, np.integer)) and not isinstance(value, bool)
 
 
+def flag(name: str, value) -> bool:
+    """``value`` of a True / False search option, checked (a string or None is no answer)."""
+    if not isinstance(value, (bool, np.bool_)):
+        raise QueryError(f"{name} is True or False, got {value!r}.")
+    return bool(value)
+
+
 @dataclass(frozen=True)
 class SearchOptions:
     """How candidates are found and ordered (validated on construction).
@@ -75,6 +82,7 @@ class SearchOptions:
     prf: str | None = None
 
     def __post_init__(self):
+        flag("rerank", self.rerank)  # "false" reranked and None did not: the server refuses the one and ignores the other
         if self.group is not None and self.group not in GROUPS:
             raise QueryError(f"group must be one of {', '.join(GROUPS)} (an index of passages returns documents by default), got {self.group!r}.")
         if self.first_stage is not None and self.first_stage not in FIRST_STAGES:

@@ -5,10 +5,20 @@ from __future__ import annotations
 
 import numpy as np
 
+from .passages import live_documents
 from .registry import STAGES
 from .stages import stage_class
 from .storage import read_manifest
 from .storage.formats import FDE_FORMAT, FDE_VERSION
+
+
+def _passage_counts(index) -> dict:
+    """An index of passages: its live documents, and those in more than one passage (the first
+    segment's build figures were given: never changed by a delete or an add, gone after a merge)."""
+    if not index.config.passage_tokens:
+        return {}
+    documents, split = live_documents(index._state)
+    return {"source_documents": documents, "split_documents": split}
 
 
 def describe_index(index) -> dict:
@@ -31,7 +41,7 @@ def describe_index(index) -> dict:
         "encoder": index.manifest["encoder"],
         "config": index.manifest["config"],
         "build": index.manifest["build"],
-        "counts": index.manifest["counts"],
+        "counts": {**index.manifest["counts"], **_passage_counts(index)},
         "created": index.manifest["created"],
         "format_version": index.manifest["format_version"],
         "generation": index.generation,

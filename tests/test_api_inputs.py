@@ -93,6 +93,17 @@ def test_build_flags_must_be_bools(tmp_path, copy, encoder):
     assert not (tmp_path / "derived").exists()
 
 
+def test_search_flags_must_be_bools(index, results):
+    """rerank="false" reranked and rerank=None did not, explain="no" explained: the server refuses
+    "false" and takes null as unset, so a retriever's search_kwargs meant one thing over an index and
+    another through a server."""
+    for options in ({"rerank": "false"}, {"rerank": None}, {"rerank": 0}, {"explain": "no"}, {"explain": None}, {"explain": 1}):
+        name = next(iter(options))
+        with pytest.raises(QueryError, match=f"^{name} is True or False, got "):
+            index.search("which animal purrs?", k=3, first_stage="exhaustive" if name == "explain" else "bm25s", **options)
+    assert index.search(["which animal purrs?", "capital of France"], k=3, first_stage="exhaustive", explain=np.bool_(False)).doc_ids == results.doc_ids
+
+
 @pytest.mark.parametrize("kwargs, message", [
     ({"chunk_size": 0}, "chunk_size must be a positive integer, got 0"),
     ({"chunk_size": -1}, "chunk_size must be a positive integer, got -1"),

@@ -115,8 +115,17 @@ def test_retrievers_refuse_bad_arguments_in_one_line(index):
 
     cases = [({}, "either index="), ({"index": 5}, "index= is an open mvr.Index"), ({"index": index, "k": True}, "k is a positive integer"), ({"index": index, "k": "x"}, "k is a positive integer"),
              ({"index": index, "k": 0}, "k is a positive integer"), ({"index": index, "search_kwargs": "abc"}, "search_kwargs is a dict"),
-             ({"index": index, "search_kwargs": {"k": 3}}, "not its query or k"), ({"url": 5, "index_name": "a"}, "url is a server's address")]
+             ({"index": index, "search_kwargs": {"k": 3}}, "not its query or k"), ({"url": 5, "index_name": "a"}, "url is a server's address"),
+             # pydantic's several lines, for values the source did not use (index= given) or checked only when used
+             ({"index": index, "api_key": 5}, "api_key is text, got int"), ({"url": "http://127.0.0.1:1", "index_name": 5}, "index_name is text, got int"),
+             ({"index": "docs", "home": 5}, "home is the folder of indexes")]
+    with pytest.raises(QueryError, match="not 'kk'"):  # pydantic dropped a keyword it did not know (home= was, then)
+        LangChainRetriever(index=index, kk=3)
     for kind in (LangChainRetriever, LlamaIndexRetriever):
+        assert kind(index=index, search_kwargs=None).search_kwargs == {}  # LangChain's field refused None where LlamaIndex took it
+        # a name under home=: LangChain dropped home= and opened ./indexes/NAME (another index, or none)
+        assert [h.id for h in LangChainRetriever(index="docs", home=index.path.parent, k=1).invoke("which animal purrs?")] == ["d1"]
+        assert [n.node.id_ for n in LlamaIndexRetriever(index="docs", home=str(index.path.parent), k=1).retrieve("which animal purrs?")] == ["d1"]
         for arguments, message in cases:
             with pytest.raises(QueryError, match=re.escape(message)):
                 kind(**arguments)
@@ -127,6 +136,36 @@ def test_retrievers_refuse_bad_arguments_in_one_line(index):
         with pytest.raises(QueryError, match="a retriever's query is a string"):
             asyncio.run(retriever.aretrieve(query))
     assert [n.node.id_ for n in retriever.retrieve(QueryBundle("green tea"))] == [n.node.id_ for n in retriever.retrieve("green tea")]
+
+
+def test_an_async_retrieval_leaves_the_event_loop_free(index):
+    """LlamaIndex's aretrieve ran the search on the event loop: every other task stalled for it.
+    Here the search waits for a task of the loop, which could never run then."""
+    import threading
+
+    from mvr.integrations.langchain import MvrRetriever as LangChainRetriever
+    from mvr.integrations.llamaindex import MvrRetriever as LlamaIndexRetriever
+
+    for retriever, call in ((LlamaIndexRetriever(index=index, k=2), "aretrieve"), (LangChainRetriever(index=index, k=2), "ainvoke")):
+        searched, freed = threading.Event(), threading.Event()
+        search = retriever._source.search
+
+        def waiting(*args):
+            searched.set()
+            assert freed.wait(10), "the event loop was blocked while the search ran"
+            return search(*args)
+
+        retriever._source.search = waiting
+
+        async def free():
+            while not searched.is_set():
+                await asyncio.sleep(0.01)
+            freed.set()
+
+        async def both():
+            return await asyncio.gather(getattr(retriever, call)("green tea"), free())
+
+        assert len(asyncio.run(both())[0]) == 2
 
 
 @pytest.mark.parametrize("module, extra", [("langchain", "langchain"), ("llamaindex", "llamaindex"), ("server", "server")])

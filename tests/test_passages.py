@@ -122,6 +122,27 @@ def test_changes_act_on_whole_documents(folder, tmp_path, default_encoder):
     assert all(h.id != "long" for h in index.search(QUESTION, k=3)[0])
 
 
+
+def test_info_counts_the_live_documents_of_an_index_of_passages(folder, tmp_path, default_encoder):
+    """mvr info's only count of documents (not passages) was the first segment's build figure:
+    unchanged by deletes and adds, gone after a merge."""
+    index = Index.build(folder, tmp_path / "c", encoder=default_encoder, config=IndexConfig(passage_tokens=32), show_progress=False)
+
+    def counts():
+        found = index.info()["counts"]
+        return found["source_documents"], found["split_documents"]
+
+    assert counts() == (3, 1)
+    index.delete(["manual.md"])
+    assert counts() == (2, 0)
+    index.add([{"id": "long", "text": FILLER + BACKUPS}, {"id": "short", "text": "A line."}], show_progress=False)
+    assert counts() == (4, 1)
+    index.optimize()
+    assert counts() == (4, 1)
+    run = subprocess.run([sys.executable, "-m", "mvr.cli", "info", str(index.path)], capture_output=True, text=True, timeout=300)
+    assert run.returncode == 0 and "4 documents (1 of them split) stored as passages" in run.stdout, run.stdout + run.stderr
+
+
 def test_the_build_reports_long_documents(folder, tmp_path):
     common = ["--doc-maxlen", "96", "--index-dir", str(tmp_path), "--quiet"]
     run = subprocess.run([sys.executable, "-m", "mvr.cli", "index", str(folder), "--name", "cut", *common], capture_output=True, text=True, timeout=600)

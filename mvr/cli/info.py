@@ -54,8 +54,9 @@ def run(args) -> int:
         ("truncated documents", info["counts"].get("truncated_documents", 0)),
     ]
     if index.config.passage_tokens:
-        rows.insert(2, ("passages", f"documents stored as passages of at most {index.config.passage_tokens} tokens, stride {index.config.passage_stride} "
-                                    "(the count above is of passages; search returns documents by their best passage)"))
+        counts = info["counts"]
+        rows.insert(2, ("passages", f"{counts['source_documents']} documents ({counts['split_documents']} of them split) stored as passages of at most {index.config.passage_tokens} tokens, "
+                                    f"stride {index.config.passage_stride} (the count above is of passages; search returns documents by their best passage)"))
     fde = info["fde"]
     if fde:
         cfg = fde["config"]

@@ -25,6 +25,11 @@ class Source:
             raise QueryError("search_kwargs holds the options of a search, not its query or k: give k=... to the retriever.")
         if url is not None and not isinstance(url, str):
             raise QueryError(f"url is a server's address such as 'http://127.0.0.1:8000', got {type(url).__name__}.")
+        for name, value in (("index_name", index_name), ("api_key", api_key)):  # checked even where unused: a framework's own check says it in many lines
+            if value is not None and not isinstance(value, str):
+                raise QueryError(f"{name} is text, got {type(value).__name__}.")
+        if home is not None and not isinstance(home, (str, os.PathLike)):
+            raise QueryError(f"home is the folder of indexes (a path), got {type(home).__name__}.")
         self.index = self.client = None
         if index is not None:
             from ..index import Index

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from ..errors import missing_extra
+from ..errors import QueryError, missing_extra
 from . import Source, hit_metadata
 
 try:
@@ -27,7 +27,7 @@ except ImportError as error:
 
 class MvrRetriever(BaseRetriever):
     """mvr search as a LangChain retriever: ``index=`` an open :class:`mvr.Index` (or a name or
-    path), or ``url=`` + ``index_name=`` (+ ``api_key=``) of a ``mvr serve``. ``k`` hits per query;
+    path, under ``home=`` for a name), or ``url=`` + ``index_name=`` (+ ``api_key=``) of a ``mvr serve``. ``k`` hits per query;
     ``search_kwargs``: any option of :meth:`mvr.Index.search` (``first_stage``, ``filter``, ...)."""
 
     model_config = ConfigDict(arbitrary_types_allowed=True)
@@ -35,13 +35,21 @@ class MvrRetriever(BaseRetriever):
     url: str | None = None
     index_name: str | None = None
     api_key: str | None = Field(default=None, repr=False)
+    home: Any = None
     k: int = 10
     search_kwargs: dict = Field(default_factory=dict)
     _source: Source = PrivateAttr()
 
     def __init__(self, **data: Any):
-        # checked, and the index opened, before pydantic sees the values: its ValidationError would wrap mvr's one line in several
-        source = Source(data.get("index"), url=data.get("url"), index_name=data.get("index_name"), api_key=data.get("api_key"), k=data.get("k", 10), search_kwargs=data.get("search_kwargs"))
+        # checked, and the index opened, before pydantic sees the values: its ValidationError would wrap mvr's one line in several,
+        # and it drops a keyword it does not know (home= was, so the index was looked for in ./indexes)
+        unknown = sorted(set(data) - set(type(self).model_fields))
+        if unknown:
+            raise QueryError(f"MvrRetriever takes {', '.join(sorted(type(self).model_fields))}; not {', '.join(map(repr, unknown))}.")
+        if data.get("search_kwargs") is None:
+            data.pop("search_kwargs", None)
+        source = Source(data.get("index"), url=data.get("url"), index_name=data.get("index_name"), api_key=data.get("api_key"), home=data.get("home"),
+                        k=data.get("k", 10), search_kwargs=data.get("search_kwargs"))
         super().__init__(**data)
         self._source = source
 

@@ -11,6 +11,8 @@ Each hit is a ``NodeWithScore`` whose node is a ``TextNode``: ``id_`` the docume
 
 from __future__ import annotations
 
+import asyncio
+
 from ..errors import QueryError, missing_extra
 from . import Source, hit_metadata
 
@@ -23,12 +25,12 @@ except ImportError as error:
 
 class MvrRetriever(BaseRetriever):
     """mvr search as a LlamaIndex retriever: ``index=`` an open :class:`mvr.Index` (or a name or
-    path), or ``url=`` + ``index_name=`` (+ ``api_key=``) of a ``mvr serve``. ``k`` hits per query;
+    path, under ``home=`` for a name), or ``url=`` + ``index_name=`` (+ ``api_key=``) of a ``mvr serve``. ``k`` hits per query;
     ``search_kwargs``: any option of :meth:`mvr.Index.search` (``first_stage``, ``filter``, ...)."""
 
-    def __init__(self, index=None, *, url: str | None = None, index_name: str | None = None, api_key: str | None = None, k: int = 10,
+    def __init__(self, index=None, *, url: str | None = None, index_name: str | None = None, api_key: str | None = None, home=None, k: int = 10,
                  search_kwargs: dict | None = None, callback_manager=None, verbose: bool = False):
-        self._source = Source(index, url=url, index_name=index_name, api_key=api_key, k=k, search_kwargs=search_kwargs)
+        self._source = Source(index, url=url, index_name=index_name, api_key=api_key, home=home, k=k, search_kwargs=search_kwargs)
         self.k = k
         self.search_kwargs = dict(search_kwargs or {})
         super().__init__(callback_manager=callback_manager, verbose=verbose)
@@ -38,6 +40,10 @@ class MvrRetriever(BaseRetriever):
 
     async def aretrieve(self, str_or_query_bundle):
         return await super().aretrieve(_checked(str_or_query_bundle))
+
+    async def _aretrieve(self, query_bundle: QueryBundle) -> list[NodeWithScore]:
+        # in a thread: LlamaIndex's own runs the search on the event loop, which stalls every other task for its whole length
+        return await asyncio.to_thread(self._retrieve, query_bundle)
 
     def _retrieve(self, query_bundle: QueryBundle) -> list[NodeWithScore]:
         hits = self._source.search(query_bundle.query_str, self.k, self.search_kwargs)

@@ -13,10 +13,10 @@ import time
 import weakref
 from pathlib import Path
 
-import numpy as np
 
 from ..errors import ConfigError, IndexNotFoundError, MvrError, QueryError
 from ..index import Index
+from ..passages import live_documents
 from ..storage import available
 from ..storage.names import default_home, name_problem
 
@@ -70,9 +70,7 @@ class Served:
             return index.n_docs
         state = index._state
         if self._counted[0]() is not state:  # not its generation: a rebuild counts them from 1 again; weak: it pins no commit
-            firsts = np.char.endswith(np.asarray(state.doc_ids, dtype=str), "#0")
-            live = np.concatenate([~d for d in state.deleted]) if state.deleted else np.zeros(0, dtype=bool)
-            self._counted = (weakref.ref(state), int((firsts & live).sum()))
+            self._counted = (weakref.ref(state), live_documents(state)[0])
         return self._counted[1]
 
     def summary(self) -> dict:
