@@ -122,10 +122,11 @@ class ShardedIndex:
         sharded.__dict__.update({k: v for k, v in state.__dict__.items() if k not in sharded.__dict__})  # config, manifest, ...
         sharded.each = lambda work, items: each()(work, items)
         weakref.finalize(sharded, _drop, actors, epoch, self.session)  # once no view or results read it, the shards let go of it
-        if self.pool is None or self.pool._max_workers < 2 * len(remote):
-            old, self.pool = self.pool, ThreadPoolExecutor(max_workers=max(1, 2 * len(remote)), thread_name_prefix="mvr-shard")  # a hybrid's two stages of each segment at once
+        if self.pool is None or self._pool_size < 2 * len(remote):  # a hybrid's two stages of each segment at once
+            old, self._pool_size = self.pool, max(1, 2 * len(remote))
+            self.pool = ThreadPoolExecutor(max_workers=self._pool_size, thread_name_prefix="mvr-shard")
             if old is not None:
-                old.shutdown(wait=False)
+                old.shutdown(wait=False)  # its calls under way end there
         view = copy.copy(self.index)  # the same Index, reading the shards' stand-ins
         view._state = sharded
         self.view, self._epoch, self._opened = view, epoch, state
