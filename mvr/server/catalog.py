@@ -13,7 +13,6 @@ import time
 import weakref
 from pathlib import Path
 
-
 from ..errors import ConfigError, IndexNotFoundError, MvrError, QueryError
 from ..index import Index
 from ..passages import live_documents
@@ -21,6 +20,7 @@ from ..storage import available
 from ..storage.names import default_home, name_problem
 
 log = logging.getLogger("mvr.server")
+
 
 def _looks(folder: Path) -> tuple:
     """What tells that an index folder was rebuilt or repaired: the folder's and its manifest's
