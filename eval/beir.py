@@ -20,7 +20,7 @@ from typing import Sequence
 
 import numpy as np
 
-from ..errors import DatasetError, missing_extra, shown
+from ..errors import DatasetError, QueryError, missing_extra, shown
 
 MEASURES = ("nDCG@10", "R@100", "RR@10")
 
@@ -212,6 +212,8 @@ def evaluate(
     _ir_measures()  # a missing extra is said before any query runs
     # the index's default search preset (or the one options name) applies as in Index.search
     first_stage, candidates, options, preset = resolve(index.search_presets, first_stage, candidates, options or {})
+    if options.get("group") == "passages":  # the run would hold passage ids, which no qrels judge: every figure 0
+        raise QueryError("the qrels judge documents, so an evaluation ranks documents: leave out --group passages (an index of passages is evaluated by each document's best passage).")
     first_stage = first_stage or index.default_stage
 
     queries, qrels = load_beir(dataset, split)
@@ -308,8 +310,8 @@ def _report(dataset, split, index, queries, depth, encode_ms, rows, primary) -> 
         "encode_ms_p50": encode["p50"],
         "encode_ms_p95": encode["p95"],
         "index_command": info["build"].get("command"),
-        "index_build_seconds": info["build"]["seconds"],
-        "index_docs_per_second": info["build"]["docs_per_second"],
+        "index_build_seconds": info["build"].get("seconds"),  # none once every document was deleted (no segment left)
+        "index_docs_per_second": info["build"].get("docs_per_second"),
         "index_bytes_per_token": info["bytes_per_token"],
         "index_documents": info["documents"],
         "index_tokens": info["tokens"],

@@ -19,8 +19,10 @@ import numpy as np
 from .corpus import as_documents, asked_ids, many, repeated
 from .encode import Encoder
 from .errors import QueryError, shown
+from .passages import rows_of
 from .results import Hit
 from .storage.tokens import Float16Store
+from .vectors.pca import project
 
 
 def ranked(scores: np.ndarray, k: int | None) -> np.ndarray:
@@ -36,10 +38,11 @@ def _query(text) -> str:
     return text
 
 
-def rerank(query: str, documents, k: int | None = None, *, model=None, encoder: Encoder | None = None) -> list[Hit]:
+def rerank(query: str, documents, k: int | None = None, *, model=None, encoder: Encoder | None = None, projection=None) -> list[Hit]:
     """The ``documents`` (strings, dicts with id/text, ``(id, text)`` pairs or Documents) ordered
     by MaxSim against ``query``, each encoded here by ``encoder`` (default: an Encoder of ``model``,
-    the embedded default model without one); the top ``k`` (None: all) as :class:`Hit` with
+    the embedded default model without one) and mapped by ``projection`` (an index's PCA or head,
+    to score in its space: ``Index.projection``); the top ``k`` (None: all) as :class:`Hit` with
     ``position`` the document's place in the input."""
     query = _query(query)
     docs = list(as_documents(documents))
@@ -52,9 +55,10 @@ def rerank(query: str, documents, k: int | None = None, *, model=None, encoder: 
     empty = [d.id for d in docs if d.blank]
     if empty:
         raise QueryError(f"document {empty[0]!r} has no text; every candidate needs some to be scored.")
-    q = encoder.encode_queries([query], show_progress=False).vectors
+    q = project(encoder.encode_queries([query], show_progress=False).vectors, projection, queries=True)
     encoded = encoder.encode_documents([d.full_text for d in docs], show_progress=False)
-    store = Float16Store(encoded.vectors.astype(np.float16).view(np.uint16), encoded.offsets)  # stored as an index stores them
+    vectors = project(encoded.vectors, projection)
+    store = Float16Store(np.asarray(vectors, dtype=np.float16).view(np.uint16), encoded.offsets)  # stored as an index stores them
     scores = store.score(np.ascontiguousarray(q, dtype=np.float32), np.arange(len(docs), dtype=np.int64))
     return [Hit(rank, docs[p].id, float(scores[p]), docs[p].text, docs[p].title, int(p), docs[p].metadata) for rank, p in enumerate(ranked(scores, k), start=1)]
 
@@ -66,14 +70,21 @@ def rerank_ids(index, query: str, ids: Sequence[str], k: int | None = None) -> l
     ids = list(dict.fromkeys(asked_ids(list(many(ids, "the candidates are a list of document ids", QueryError)))))  # a candidate named twice is ranked once
     if not ids:
         return []
-    state = index._state
+    state = index._state  # one commit, whatever refreshes meanwhile
     positions = state.positions(ids)
-    missing = [doc_id for doc_id, p in zip(ids, positions) if p < 0]
+    # an index of passages: a document's id stands for its passages, scored by the best (what search returns), a passage's for itself
+    rows = [[int(p)] if p >= 0 or not index.config.passage_tokens else rows_of(state, [doc_id]).tolist() for doc_id, p in zip(ids, positions)]
+    missing = [doc_id for doc_id, found in zip(ids, rows) if not found or found[0] < 0]
     if missing:
         raise QueryError(f"{len(missing)} candidate id(s) are not in index {index.name!r} (e.g. {shown(missing[0])}); rerank documents it holds, or give their texts to mvr.rerank.")
-    scores = state.score(index.encode_queries([query]).vectors, positions)  # one commit, whatever refreshes meanwhile
+    every = np.array([r for found in rows for r in found], dtype=np.int64)
+    scored = state.score(index.encode_queries([query]).vectors, every)
+    starts = np.cumsum([0] + [len(found) for found in rows])
+    best = [int(np.argmax(scored[a:b])) for a, b in zip(starts[:-1], starts[1:])]
+    scores, positions = np.array([scored[a + j] for a, j in zip(starts, best)]), [found[j] for found, j in zip(rows, best)]
     hits = []
     for rank, p in enumerate(ranked(scores, k), start=1):
-        doc = state.document(int(positions[p]))
-        hits.append(Hit(rank, doc.id, float(scores[p]), doc.text, doc.title, int(positions[p]), doc.metadata))
+        doc = state.document(positions[p])
+        passage = doc.id if doc.id != ids[p] else None  # asked by document: the passage that scored
+        hits.append(Hit(rank, ids[p], float(scores[p]), doc.text, doc.title, positions[p], doc.metadata, passage=passage))
     return hits

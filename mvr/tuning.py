@@ -131,6 +131,8 @@ def tune(index, queries: dict[str, str], qrels: dict[str, dict[str, int]], *, op
     missing = [name for name in signals if name not in signals_of(index)]
     if missing:
         raise QueryError(f"index {index.name!r} has no {', '.join(missing)} stage to score with; its signals: {', '.join(signals_of(index))}.")
+    if options is None and index.default_stage == "exhaustive":  # fusion weighs a first stage's candidates: there is none to weigh
+        raise QueryError(f"index {index.name!r} has no first stage whose candidates fusion could weigh: build one (`mvr pooled`, `mvr fde`, or `mvr sparse --stage bm25s` on it), then tune.")
     if options is None:
         both = index.has_stage("pooled+bm25s")
         options = {"first_stage": "pooled+bm25s", "candidates": 200, "dense_share": 0.5} if both else {"first_stage": index.default_stage, "candidates": 100}

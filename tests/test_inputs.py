@@ -564,3 +564,35 @@ def test_an_index_home_that_is_a_file_says_so(tmp_path, capsys):
     (tmp_path / "corpus.jsonl").write_text('{"id": "a", "text": "cats"}\n')
     code, out, err = run(capsys, "search", "sci", "cats", "--index-dir", tmp_path / "corpus.jsonl")
     assert code == 2 and err.count("\n") == 1 and "is a file, not a folder" in err, err
+
+
+def test_eval_tune_list_and_optimize_say_what_they_do(tmp_path, capsys, default_encoder, monkeypatch):
+    """`mvr eval --group passages` scored 0 on every measure (passage ids against document qrels);
+    eval of an index whose documents were all deleted raised a KeyError; `mvr tune` of an index
+    without a first stage blamed a --candidates nobody gave; `mvr list` with MVR_INDEX_DIR naming no
+    folder listed nothing; `mvr optimize` of a version-1 index converted it and said 'nothing to do'."""
+    from conftest import DOCS as TINY, write_beir
+    from mvr import IndexConfig
+
+    data = write_beir(tmp_path / "data")
+    docs = [{"id": i, "title": t, "text": x} for i, t, x in TINY]
+    passages = Index.build(docs, tmp_path / "p", encoder=default_encoder, config=IndexConfig(fde=None, passage_tokens=16), show_progress=False)
+    code, out, err = run(capsys, "eval", data, "--index", passages.path, "--group", "passages", "--quiet")
+    assert code == 2 and err.count("\n") == 1 and "leave out --group passages" in err, err
+    code, out, err = run(capsys, "eval", data, "--index", passages.path, "--quiet")
+    assert code == 0 and float(re.search(r"exhaustive\s+None\s+([\d.]+)", out)[1]) > 0.5, out + err
+    emptied = Index.build(docs, tmp_path / "e", encoder=default_encoder, config=FAST, show_progress=False)
+    emptied.delete([d["id"] for d in docs])
+    code, out, err = run(capsys, "eval", data, "--index", emptied.path, "--quiet", "--output", tmp_path / "r.json")
+    assert code == 0 and json.loads((tmp_path / "r.json").read_text())["nDCG@10"] == 0.0, err
+    code, out, err = run(capsys, "tune", data, "--index", emptied.path, "--split", "test")
+    assert code == 2 and err.count("\n") == 1 and "has no first stage whose candidates fusion could weigh" in err, err
+    (tmp_path / "afile").write_text("")
+    for home in (tmp_path / "afile", tmp_path / "nowhere"):
+        monkeypatch.setenv("MVR_INDEX_DIR", str(home))
+        code, out, err = run(capsys, "list")
+        assert code == 2 and f"MVR_INDEX_DIR={home} is not a folder" in err, err
+    monkeypatch.delenv("MVR_INDEX_DIR")
+    legacy = shutil.copytree(Path(__file__).parent / "data" / "legacy-v0.1", tmp_path / "legacy")
+    code, out, err = run(capsys, "optimize", legacy)
+    assert code == 0 and out.startswith("converted legacy to format version 2") and "nothing to merge" in out, out + err

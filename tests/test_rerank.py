@@ -77,3 +77,39 @@ def test_cli_reranks_a_trec_run_and_jsonl(tmp_path, default_index):
     bad.write_text("q1 Q0 d1 1\n")
     done = subprocess.run([*cli, "--run", str(bad), "--queries", str(beir / "queries.jsonl")], capture_output=True, text=True)
     assert done.returncode == 2 and "has 6 fields" in done.stderr and done.stderr.count("\n") == 1
+
+
+def test_texts_are_scored_in_the_space_of_an_index_with_pca(tmp_path, default_encoder):
+    """mvr rerank INDEX --candidates with documents as text encoded them without the index's PCA:
+    other scores and another order than the same documents by id, or search."""
+    docs = [{"id": i, "title": t, "text": x} for i, t, x in DOCS]
+    index = mvr.Index.build(docs, tmp_path / "pca", encoder=default_encoder, config=mvr.IndexConfig(fde=None, pca_dim=16), show_progress=False)
+    query = QUERIES[1][1]
+    lines = [{"id": "t", "query": query, "documents": docs}, {"id": "i", "query": query, "ids": [d["id"] for d in docs]}]
+    (tmp_path / "c.jsonl").write_text("".join(json.dumps(line) + "\n" for line in lines))
+    run = subprocess.run([sys.executable, "-m", "mvr.cli", "rerank", str(index.path), "--candidates", str(tmp_path / "c.jsonl")], capture_output=True, text=True, timeout=300)
+    assert run.returncode == 0, run.stderr
+    rows = [line.split() for line in run.stdout.splitlines()]
+    by_text, by_id = [r for r in rows if r[0] == "t"], [r for r in rows if r[0] == "i"]
+    assert [r[2] for r in by_text] == [r[2] for r in by_id] == [h.id for h in index.search(query, k=len(docs), first_stage="exhaustive")[0]]
+    np.testing.assert_allclose([float(r[4]) for r in by_text], [float(r[4]) for r in by_id], rtol=1e-3)
+
+
+def test_an_index_of_passages_reranks_documents_by_their_best_passage(tmp_path, default_encoder):
+    """A run of `mvr search` on an index of passages names documents; `mvr rerank` of it said they
+    were not in the index (it took passage ids only)."""
+    long = " ".join(f"Sentence {n} is about something else entirely." for n in range(30)) + " Green tea is rich in catechins."
+    docs = [{"id": i, "title": t, "text": x} for i, t, x in DOCS[:4]] + [{"id": "long", "text": long}]
+    index = mvr.Index.build(docs, tmp_path / "p", encoder=default_encoder, config=mvr.IndexConfig(fde=None, passage_tokens=24), show_progress=False)
+    assert sum(str(i).startswith("long#") for i in index.doc_ids) > 2
+    ids = [d["id"] for d in docs]
+    for query in ("green tea catechins", QUERIES[0][1]):
+        hits, searched = index.rerank(query, ids), index.search(query, k=len(ids), first_stage="exhaustive")[0]
+        assert [(h.id, h.passage) for h in hits] == [(h.id, h.passage) for h in searched]
+        np.testing.assert_allclose([h.score for h in hits], [h.score for h in searched], rtol=1e-5)
+    best = index.rerank("green tea catechins", ["d1", "long"])[0]
+    assert best.id == "long" and best.passage.startswith("long#") and "catechins" in best.text
+    alone = index.rerank("green tea catechins", [best.passage])[0]  # a passage's id stands for itself
+    assert (alone.id, alone.passage, alone.score) == (best.passage, None, best.score)
+    with pytest.raises(QueryError, match="not in index"):
+        index.rerank("tea", ["long", "nope"])

@@ -15,9 +15,12 @@ def run(args) -> int:
     from ..index import Index
 
     index = Index.open(args.index, home=args.index_dir)
+    legacy = index.legacy
     done = index.optimize(wait=args.wait, show_progress=False if args.quiet else None, command=args.command_line)
+    if legacy:  # the writer converts a version-1 index first: a change, even where there is nothing to merge
+        print(f"converted {index.name} to format version 2 (as `mvr upgrade` does; older mvr versions no longer read it)")
     if not done["merged"]:
-        print(f"{index.name} is one segment without deletions already; nothing to do")
+        print(f"{index.name} is one segment without deletions already; nothing to merge")
     else:
         print(f"merged {done['merged']} segment(s) of {index.name} into one: {done['documents']} documents, generation {done['generation']}")
     return 0

@@ -72,7 +72,7 @@ def _jobs(args, index):
         return
     if not args.candidates.is_file():
         raise QueryError(f"candidates file not found: {args.candidates}.")
-    encoder = None
+    encoder = projection = None
     seen: dict[str, int] = {}
     for line, obj in read_jsonl_objects(args.candidates, QueryError):
         where = f"{args.candidates}:{line}"
@@ -91,8 +91,9 @@ def _jobs(args, index):
                 if encoder is None:
                     from ..encode import Encoder
 
-                    encoder = index.encoder if index is not None and args.model is None else Encoder(args.model)
-                yield qid, rerank(query, obj["documents"], args.k, encoder=encoder)
+                    ours = index is not None and args.model is None  # scored in the index's space: its model, its PCA or head
+                    encoder, projection = (index.encoder, index.projection) if ours else (Encoder(args.model), None)
+                yield qid, rerank(query, obj["documents"], args.k, encoder=encoder, projection=projection)
             else:
                 raise QueryError('each line needs "query" and either "ids" or "documents".')
         except (QueryError, CorpusError) as error:  # said of this line
