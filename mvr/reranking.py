@@ -65,7 +65,9 @@ def rerank(query: str, documents, k: int | None = None, *, model=None, encoder: 
 
 def rerank_ids(index, query: str, ids: Sequence[str], k: int | None = None) -> list[Hit]:
     """:meth:`mvr.Index.rerank`: the documents of ``index`` with these ``ids``, ordered by MaxSim
-    of their stored vectors against ``query``. An id the index does not hold is an error."""
+    of their stored vectors against ``query``. An id the index does not hold is an error. In an
+    index of passages a document's id scores as its best passage (the hit's ``passage``), as
+    search returns documents; a passage's id scores as that passage."""
     query = _query(query)
     ids = list(dict.fromkeys(asked_ids(list(many(ids, "the candidates are a list of document ids", QueryError)))))  # a candidate named twice is ranked once
     if not ids:
