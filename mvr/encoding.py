@@ -43,6 +43,7 @@ from .storage import ArrayWriter, BlobWriter, RowReader
 from .storage.formats import TOKEN_IDS
 from .storage.commits import write_atomic, write_json
 from .storage.metadata import MetadataWriter
+from .threads import NPY_LOCK
 from .vectors import fit_pca, project
 from .vectors.heads import configured, save_projection
 
@@ -124,7 +125,7 @@ class Checkpoints:
             if path.name != f"chunk-{number:08d}.npz":
                 break  # one missing: the chunks before it stand
             try:
-                with np.load(path, allow_pickle=False) as chunk:
+                with NPY_LOCK, np.load(path, allow_pickle=False) as chunk:
                     part = {name: chunk[name] for name in chunk.files}
                 counters = json.loads(str(part["counters"]))
                 metadata = json.loads(str(part["metadata"]))

@@ -27,6 +27,7 @@ from .storage.formats import SEGMENT_FORMAT, SEGMENT_VERSION, TOKEN_IDS, rebuild
 from .storage.layout import recover_stages
 from .storage.metadata import Metadata, read_types
 from .storage.validate import index_config
+from .threads import load_npy
 from .vectors.heads import FILE as HEAD_FILE, Head
 
 
@@ -143,12 +144,12 @@ class Segment:
 
     def token_ids(self) -> np.ndarray | None:
         path = self.path / TOKEN_IDS
-        return self.read_lazily(lambda: np.load(path, mmap_mode="r") if path.is_file() else None)
+        return self.read_lazily(lambda: load_npy(path, mmap_mode="r") if path.is_file() else None)
 
     def positions(self, doc_ids) -> np.ndarray:
         """int64 row of each id in ``doc_ids`` (-1 where this segment does not hold it)."""
         if self._id_order is None:
-            order = self.read_lazily(lambda: np.load(self.path / "doc_ids_order.npy"))
+            order = self.read_lazily(lambda: load_npy(self.path / "doc_ids_order.npy"))
             self._id_order = (order, np.asarray(self.doc_ids)[order])
         order, sorted_ids = self._id_order
         wanted = np.asarray(list(doc_ids), dtype=str) if not isinstance(doc_ids, np.ndarray) else doc_ids

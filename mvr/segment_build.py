@@ -29,6 +29,7 @@ from .storage.formats import SEGMENT_FORMAT, SEGMENT_VERSION, TOKEN_IDS, upgrade
 from .storage.layout import LEFTOVER, ours
 from .storage.manifest import read_json_object
 from .storage.metadata import MetadataWriter
+from .threads import load_npy
 from .vectors import compact_vectors, corpus_stats, needs_corpus_stats, needs_token_ids
 from .vectors.heads import FILE as HEAD_FILE
 
@@ -91,7 +92,7 @@ def with_stage(config: IndexConfig, name: str, built: dict) -> IndexConfig:
 
 def stored_texts(folder: Path) -> Iterable[tuple[str, str]]:
     """``(id, title + " " + text)`` of every document stored in an index directory, in order."""
-    ids, texts, titles = np.load(folder / "doc_ids.npy", mmap_mode="r"), Blob(folder, "text"), Blob(folder, "title")
+    ids, texts, titles = load_npy(folder / "doc_ids.npy", mmap_mode="r"), Blob(folder, "text"), Blob(folder, "title")
     for i in range(len(ids)):
         yield str(ids[i]), Document(str(ids[i]), texts[i], titles[i]).full_text
 
@@ -109,7 +110,7 @@ def finish_segment(folder: Path, config: IndexConfig, encoder, counts: dict, bui
         counts.update(_compact(folder, config, encoder, counts, like))
     store = store_class(config.codec)
     data_sha256 = sha256_file(folder / store.files[0])
-    doc_offsets = np.load(folder / "doc_offsets.npy")
+    doc_offsets = load_npy(folder / "doc_offsets.npy")
     tokens = store.open(folder, config, counts["dim"], doc_offsets)
     ids_sha256 = sha256_file(folder / "doc_ids.npy")
     source = BuildSource(folder, counts["dim"], doc_offsets, tokens, lambda: stored_texts(folder), ids_sha256, data_sha256, command, show_progress)
@@ -149,7 +150,7 @@ def _compact(folder: Path, config: IndexConfig, encoder: Encoder, counts: dict, 
     (only those rows are read) and the store written block by block. Memory holds a block, not
     the corpus. The counts to record."""
     started = time.perf_counter()
-    offsets = np.load(folder / "doc_offsets.npy")
+    offsets = load_npy(folder / "doc_offsets.npy")
     source = RowReader(folder / "vectors.npy")
     source_tokens, dim = source.shape
     ids_file = folder / TOKEN_IDS
@@ -165,7 +166,7 @@ def _compact(folder: Path, config: IndexConfig, encoder: Encoder, counts: dict, 
         classes = encoder.token_classes()
     stats = None
     if needs_corpus_stats(config):  # the build's statistics, kept for every segment added later
-        stats = np.load(Path(like) / CORPUS_STATS) if like is not None and (Path(like) / CORPUS_STATS).is_file() else corpus_stats(token_ids[:], offsets)
+        stats = load_npy(Path(like) / CORPUS_STATS) if like is not None and (Path(like) / CORPUS_STATS).is_file() else corpus_stats(token_ids[:], offsets)
         np.save(folder / CORPUS_STATS, stats)
     compacted = ArrayWriter(folder / ".compacted.npy", np.float32, (dim,))
     kept_ids = ArrayWriter(folder / ".token_ids.npy", np.int32) if token_ids is not None and not config.clusters else None
@@ -230,7 +231,7 @@ def merge_segments(folder: Path, sources: list, live: list[np.ndarray], config: 
     per_vector = [name for name, (shape, _) in store.layout(-1, sources[0].dim, config).items() if shape and shape[0] == -1]
     extra = [name for name in ("token_ids.npy",) if all((s.path / name).is_file() for s in sources)]
     for name in (*per_vector, *extra):
-        parts = [np.asarray(np.load(s.path / name, mmap_mode="r")[r]) for s, r in zip(sources, rows)]
+        parts = [np.asarray(load_npy(s.path / name, mmap_mode="r")[r]) for s, r in zip(sources, rows)]
         np.save(folder / name, np.concatenate(parts))
     for name in (*store.files, "projection.npy", HEAD_FILE, CORPUS_STATS):
         if name not in per_vector and (first / name).is_file():

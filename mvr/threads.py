@@ -15,7 +15,22 @@ import os
 import sys
 import threading
 
+import numpy as np
+
 from .errors import QueryError, is_number
+
+# numpy parses each .npy header with ast.literal_eval, which CPython before 3.11.8 and 3.12.1 can
+# fail with "SystemError: AST constructor recursion depth mismatch" when threads do it at once
+# (gh-106905; a server's concurrent searches opening segments did): mvr's reads take turns.
+NPY_LOCK = threading.RLock()
+
+
+def load_npy(path, mmap_mode: str | None = None) -> np.ndarray:
+    """``np.load`` of a ``.npy`` file (no pickles), its header parsed under :data:`NPY_LOCK`; read
+    whole (``mmap_mode`` None) outside the lock, so large reads still run side by side."""
+    with NPY_LOCK:
+        array = np.load(path, mmap_mode="r" if mmap_mode is None else mmap_mode, allow_pickle=False)
+    return np.array(array) if mmap_mode is None else array
 
 
 def cores() -> int:

@@ -158,10 +158,12 @@ def test_a_shard_opens_the_commit_its_coordinator_holds(tmp_path, plain_encoder)
     held = Index.open(tmp_path / "idx", model=plain_encoder)  # the coordinator's commit
     names = [s.path.name for s in held.segments]
     index.build_fde(NEW)  # then a writer moves on, before the shards open
-    shard = _Shard(str(held.path), held._state.generation, held._state.record, names, None)
-    assert shard.error is None and sorted(shard.segments) == sorted(names) and shard.state.generation == held._state.generation
+    shard = _Shard(None)
+    shard.open(0, str(held.path), held._state.generation, held._state.record, names)
+    state, segments = shard.epochs[0]
+    assert sorted(segments) == sorted(names) and state.generation == held._state.generation
     encoded = held.encoder.encode_queries(["purring cats"])
     query = QueryBatch(["purring cats"], encoded.vectors, encoded.offsets)
     for segment in held.segments:  # the held commit's old stage, as the coordinator has it
-        (found,) = shard.call(segment.path.name, "search", "fde", query, 3)
+        (found,) = shard.call(0, segment.path.name, "search", "fde", query, 3)
         np.testing.assert_array_equal(found.positions, segment.stage("fde").search(query, 3)[0].positions)

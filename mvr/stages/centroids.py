@@ -30,6 +30,7 @@ from ..config import CENTROID_PROBE
 from ..errors import ConfigError, IndexFormatError, is_number
 from ..storage.formats import CENTROIDS_FORMAT, CENTROIDS_VERSION
 from ..storage.manifest import index_folder
+from ..threads import load_npy
 from .base import BuildSource, Candidates, QueryBatch
 
 POOL_FACTOR, MIN_POOL = 8, 256  # documents given the full centroid interaction: max(8 n, 256)
@@ -72,7 +73,7 @@ class CentroidStage:
 
     def __init__(self, folder: Path, manifest: dict):
         self.folder, self.manifest = folder, manifest
-        arrays = {name: np.load(folder / f"{name}.npy", mmap_mode="r") for name in _FILES}
+        arrays = {name: load_npy(folder / f"{name}.npy", mmap_mode="r") for name in _FILES}
         self.centroids = np.ascontiguousarray(arrays["centroids"], dtype=np.float32)
         self.list_offsets = np.asarray(arrays["list_offsets"])
         self.list_docs = arrays["list_docs"]

@@ -26,6 +26,7 @@ from ..config import FDE_EF_SEARCH, FDE_NPROBE, FDEConfig
 from ..errors import ConfigError, QueryError, is_number
 from ..progress import progress
 from ..storage.formats import FDE_FORMAT, FDE_VERSION, upgrade_fde_config
+from ..threads import load_npy
 from .base import BuildSource, Candidates, QueryBatch
 
 
@@ -67,7 +68,7 @@ class FDE:
 
     @classmethod
     def load(cls, folder: Path, config: FDEConfig, dim: int) -> "FDE":
-        return cls(config, dim, *(np.load(folder / f"{name}.npy") for name in cls._ARRAYS))
+        return cls(config, dim, *(load_npy(folder / f"{name}.npy") for name in cls._ARRAYS))
 
     def encode_queries(self, vectors: np.ndarray, offsets: np.ndarray) -> np.ndarray:
         """float32 ``(n_queries, out_dim)``: per-partition sums."""

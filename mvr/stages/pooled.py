@@ -13,6 +13,7 @@ from pathlib import Path
 import numpy as np
 
 from ..storage.formats import POOLED_FORMAT, POOLED_VERSION
+from ..threads import load_npy
 from .base import BuildSource, Candidates, QueryBatch
 
 
@@ -68,7 +69,7 @@ class PooledStage:
 
     @classmethod
     def open(cls, folder: Path, manifest: dict, index) -> "PooledStage":
-        return cls(np.load(folder / "vectors.npy").astype(np.float32))
+        return cls(load_npy(folder / "vectors.npy").astype(np.float32))
 
     def __init__(self, vectors: np.ndarray):
         self.vectors = vectors

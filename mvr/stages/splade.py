@@ -20,7 +20,7 @@ from ..encode.runtimes import quiet_transformers
 from ..errors import EncoderError, QueryError
 from ..progress import progress
 from ..storage.formats import SPARSE_FORMAT, SPARSE_VERSION
-from ..threads import cpu_threads
+from ..threads import cpu_threads, load_npy
 from .base import BuildSource, Candidates, QueryBatch, text_stage_manifest, top_n
 
 
@@ -122,7 +122,7 @@ class SpladeStage:
         differences = [k for k in ("weights_sha256", "vocab_size", "query_maxlen", "doc_maxlen") if self.encoder.identity[k] != identity[k]]
         if differences:
             raise EncoderError(f"the SPLADE model at {self.encoder.path} differs from the one the index was built with ({', '.join(differences)}).")
-        indptr, indices, weights = (np.load(folder / f"{name}.npy") for name in ("indptr", "indices", "weights"))
+        indptr, indices, weights = (load_npy(folder / f"{name}.npy") for name in ("indptr", "indices", "weights"))
         self.matrix = scipy.sparse.csr_matrix((weights, indices, indptr), shape=(len(indptr) - 1, identity["vocab_size"])).tocsc()
 
     def search(self, queries: QueryBatch, n: int, options=None, allowed=None) -> list[Candidates]:

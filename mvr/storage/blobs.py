@@ -8,6 +8,8 @@ from pathlib import Path
 
 import numpy as np
 
+from ..threads import load_npy
+
 
 class BlobWriter:
     """Appends UTF-8 strings to ``NAME.bin`` and keeps their byte offsets; ``lengths``: the byte
@@ -114,7 +116,7 @@ class Blob:
     """Read side of :class:`BlobWriter`: ``blob[i]`` is the i-th string."""
 
     def __init__(self, folder: Path, name: str):
-        self.offsets = np.load(folder / f"{name}_offsets.npy", mmap_mode="r")
+        self.offsets = load_npy(folder / f"{name}_offsets.npy", mmap_mode="r")
         size = int(self.offsets[-1])
         self.data = np.memmap(folder / f"{name}.bin", dtype=np.uint8, mode="r") if size else np.zeros(0, np.uint8)
 

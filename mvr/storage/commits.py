@@ -41,6 +41,7 @@ from pathlib import Path
 import numpy as np
 
 from ..errors import IndexFormatError, IndexNotFoundError, is_number
+from ..threads import load_npy
 from .formats import COMMIT_FORMAT, COMMIT_VERSION, INDEX_FORMAT
 from .manifest import MANIFEST, SEGMENT_NAME as _SEGMENT, SEGMENTS, fsync_dir, index_folder, read_json_object, sha256_file
 
@@ -229,7 +230,7 @@ def read_deletes(segment: Path, entry: dict | None, n_docs: int) -> np.ndarray:
         return np.zeros(n_docs, dtype=bool)
     file = Path(segment) / entry["file"]
     try:
-        bits = np.load(file, allow_pickle=False)
+        bits = load_npy(file)
     except (OSError, ValueError) as error:
         raise IndexFormatError(f"{file}: the deletion bitmap cannot be read ({error}); the index is damaged: `mvr info {index_folder(segment)} --verify` checks all of it.") from None
     if bits.dtype != np.uint8 or bits.shape != ((n_docs + 7) // 8,):

@@ -33,6 +33,7 @@ import numpy as np
 
 from ..corpus import exact_number
 from ..errors import CorpusError, IndexFormatError, QueryError, is_number, shown
+from ..threads import load_npy
 from .manifest import index_folder
 
 SCHEMA = "metadata.json"
@@ -150,8 +151,8 @@ class Metadata:
     def _load(self, name: str) -> tuple:
         field = self.fields[name]
         stem = self.folder / field["file"]
-        values = np.load(f"{stem}.npy", mmap_mode="r")
-        offsets = np.load(f"{stem}.offsets.npy") if field["type"] == "strings" else None
+        values = load_npy(f"{stem}.npy", mmap_mode="r")
+        offsets = load_npy(f"{stem}.offsets.npy") if field["type"] == "strings" else None
         vocab = json.loads(Path(f"{stem}.vocab.json").read_text(encoding="utf-8")) if field["type"] in ("string", "strings") else None
         return values, offsets, vocab
 

@@ -17,6 +17,7 @@ import numpy as np
 
 from ..errors import ConfigError
 from ..progress import progress
+from ..threads import load_npy
 from .tokens import CodedStore, Coder
 
 _BLOCK = 1 << 16
@@ -139,7 +140,7 @@ class ResidualStore(CodedStore):
         index whose codec (centroids, bucket cutoffs and values) is reused, so new segments decode
         like the first."""
         if like is not None:
-            codec = ResidualCodec(*(np.load(Path(like) / f"{name}.npy") for name in ("centroids", "bucket_cutoffs", "bucket_values")), config.codec_bits)
+            codec = ResidualCodec(*(load_npy(Path(like) / f"{name}.npy") for name in ("centroids", "bucket_cutoffs", "bucket_values")), config.codec_bits)
         else:
             rng = np.random.default_rng(config.seed)
             chosen = sample[np.sort(rng.choice(len(sample), size=min(config.codec_sample, len(sample)), replace=False))]
@@ -163,15 +164,15 @@ class ResidualStore(CodedStore):
         from .._kernels.codecs import RESIDUAL, CodedVectors
 
         def load(name):
-            return np.load(folder / name, mmap_mode="r")
+            return load_npy(folder / name, mmap_mode="r")
 
         coded = CodedVectors(
             RESIDUAL,
             dim,
             load("codes.npy"),
             centroid_ids=load("centroid_ids.npy"),
-            centroids=np.load(folder / "centroids.npy").astype(np.float32),
-            values=np.load(folder / "bucket_values.npy"),
+            centroids=load_npy(folder / "centroids.npy").astype(np.float32),
+            values=load_npy(folder / "bucket_values.npy"),
             bits=config.codec_bits,
         )
         return cls(coded, doc_offsets)

@@ -19,6 +19,8 @@ from typing import Callable, ClassVar, Iterator, Protocol
 
 import numpy as np
 
+from ..threads import load_npy
+
 _MATMUL_QUERIES = 8  # this many queries or more at once: exhaustive scoring by matrix products (BLAS)
 _BLOCK_ROWS = 1 << 14
 _DECODE_BLOCK = 1 << 16
@@ -173,7 +175,7 @@ class Float16Store(StoreBase):
 
     @classmethod
     def open(cls, folder: Path, config, dim: int, doc_offsets: np.ndarray) -> "Float16Store":
-        return cls(np.load(folder / "vectors.npy", mmap_mode="r").view(np.uint16), doc_offsets)
+        return cls(load_npy(folder / "vectors.npy", mmap_mode="r").view(np.uint16), doc_offsets)
 
     def decode(self, start: int, stop: int) -> np.ndarray:
         return np.asarray(self.codes[start:stop]).view(np.float16).astype(np.float32)
@@ -254,4 +256,4 @@ class Int8Store(CodedStore):
     def open(cls, folder: Path, config, dim: int, doc_offsets: np.ndarray) -> "Int8Store":
         from .._kernels.codecs import INT8, CodedVectors
 
-        return cls(CodedVectors(INT8, dim, np.load(folder / "codes.npy", mmap_mode="r"), scales=np.load(folder / "scales.npy", mmap_mode="r")), doc_offsets)
+        return cls(CodedVectors(INT8, dim, load_npy(folder / "codes.npy", mmap_mode="r"), scales=load_npy(folder / "scales.npy", mmap_mode="r")), doc_offsets)

@@ -31,6 +31,7 @@ import numpy as np
 from ..config import IndexConfig
 from ..errors import ConfigError, IndexFormatError, IndexNotFoundError, is_number
 from ..registry import CODECS, STAGES, store_class
+from ..threads import load_npy
 from .formats import SEGMENT_FORMAT, TOKEN_IDS, rebuild_command, stage_format, stage_mismatch, upgrade_config
 from .manifest import MANIFEST, index_folder, read_manifest, verify
 
@@ -134,7 +135,7 @@ def load_array(index: Path, name: str, mmap: bool = False, fix: str = "rebuild i
     """``index/name`` loaded (memory-mapped with ``mmap``), its header checked first."""
     npy_header(index, name, fix)
     try:
-        return np.load(Path(index) / name, mmap_mode="r" if mmap else None, allow_pickle=False)
+        return load_npy(Path(index) / name, mmap_mode="r" if mmap else None)
     except (OSError, ValueError, EOFError) as error:
         raise damaged(index, name, f"cannot be read ({error})", fix) from None
 

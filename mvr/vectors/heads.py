@@ -32,6 +32,7 @@ from pathlib import Path
 import numpy as np
 
 from ..errors import ConfigError
+from ..threads import NPY_LOCK
 from .pca import normalise_rows
 
 KINDS = ("linear", "residual")
@@ -134,7 +135,7 @@ class Head:
         if not path.is_file():
             raise ConfigError(f"no projection head at {path}; train one with `mvr train-projection` (it writes an .npz).")
         try:
-            with np.load(path, allow_pickle=False) as data:
+            with NPY_LOCK, np.load(path, allow_pickle=False) as data:  # each array's header parsed as it is read (mvr/threads.py)
                 if "format" not in data.files or str(data["format"]) != FORMAT:
                     raise ConfigError(f"{path} is not a projection head written by `mvr train-projection`.")
                 model = str(data["model_sha256"]) if "model_sha256" in data.files else None
