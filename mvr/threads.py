@@ -19,9 +19,10 @@ import numpy as np
 
 from .errors import QueryError, is_number
 
-# numpy parses each .npy header with ast.literal_eval, which CPython before 3.11.8 and 3.12.1 can
-# fail with "SystemError: AST constructor recursion depth mismatch" when threads do it at once
-# (gh-106905; a server's concurrent searches opening segments did): mvr's reads take turns.
+# numpy parses each .npy header with ast.literal_eval, which CPython 3.11 (3.11.7 here) can fail
+# with "SystemError: AST constructor recursion depth mismatch" when threads do it at once (the AST
+# builder's depth count is shared; see cpython gh-106905): concurrent searches opening segments
+# under a writer did (tests/test_concurrency.py). mvr's reads take turns.
 NPY_LOCK = threading.RLock()
 
 
