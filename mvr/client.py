@@ -71,6 +71,8 @@ class Client:
                 if connection.sock is not None:
                     connection.sock.settimeout(self.timeout)
                 connection.request(method, self._prefix + path, body=data, headers=headers)
+                if connection.sock is not None:
+                    connection.sock.settimeout(max(deadline - time.monotonic(), 1e-3))  # the headers too
                 response = connection.getresponse()
                 payload = _read_by(response, connection, deadline)
                 break
@@ -143,14 +145,14 @@ def _read_by(response: http.client.HTTPResponse, connection: http.client.HTTPCon
     chunks = []
     while True:
         remaining = deadline - time.monotonic()
-        if remaining <= 0:
-            raise TimeoutError("timed out")
         if connection.sock is not None:
-            connection.sock.settimeout(remaining)
-        chunk = response.read(1 << 16)
+            connection.sock.settimeout(max(remaining, 1e-3))
+        chunk = response.read1(1 << 16)  # one receive at most: read() loops until it has them all, each receive given the whole time
         if not chunk:
             return b"".join(chunks)
         chunks.append(chunk)
+        if time.monotonic() >= deadline and not response.isclosed():
+            raise TimeoutError("timed out")
 
 
 def _quoted(name: str) -> str:

@@ -252,7 +252,9 @@ def test_a_sharded_index_follows_writes_with_refresh(cluster, tmp_path, models):
         index.add(docs[12:40], merge=False)
         index.add(docs[40:60], merge=False)
         index.delete([docs[1]["id"], docs[20]["id"]])
+        model = sharded.view.encoder
         assert sharded.refresh() and len(sharded.actors) == 2 and len(sharded.nodes()) == 2
+        assert sharded.view.encoder is model  # not loaded again for each new commit
         for options in ({}, {"first_stage": "exhaustive"}, {"first_stage": "bm25s"}, {"filter": {"n": {"$gte": 5}}}):
             same(options)
         assert [(h.id, h.text) for h in before[0]] == expected  # results from before read their documents from the commit they came from

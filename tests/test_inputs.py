@@ -569,8 +569,8 @@ def test_an_index_home_that_is_a_file_says_so(tmp_path, capsys):
 def test_eval_tune_list_and_optimize_say_what_they_do(tmp_path, capsys, default_encoder, monkeypatch):
     """`mvr eval --group passages` scored 0 on every measure (passage ids against document qrels);
     eval of an index whose documents were all deleted raised a KeyError; `mvr tune` of an index
-    without a first stage blamed a --candidates nobody gave; `mvr list` with MVR_INDEX_DIR naming no
-    folder listed nothing; `mvr optimize` of a version-1 index converted it and said 'nothing to do'."""
+    without a first stage blamed a --candidates nobody gave; `mvr list` with MVR_INDEX_DIR naming a
+    file listed nothing; `mvr optimize` of a version-1 index converted it and said "nothing to do"."""
     from conftest import DOCS as TINY, write_beir
     from mvr import IndexConfig
 
@@ -588,10 +588,12 @@ def test_eval_tune_list_and_optimize_say_what_they_do(tmp_path, capsys, default_
     code, out, err = run(capsys, "tune", data, "--index", emptied.path, "--split", "test")
     assert code == 2 and err.count("\n") == 1 and "has no first stage whose candidates fusion could weigh" in err, err
     (tmp_path / "afile").write_text("")
-    for home in (tmp_path / "afile", tmp_path / "nowhere"):
-        monkeypatch.setenv("MVR_INDEX_DIR", str(home))
-        code, out, err = run(capsys, "list")
-        assert code == 2 and f"MVR_INDEX_DIR={home} is not a folder" in err, err
+    monkeypatch.setenv("MVR_INDEX_DIR", str(tmp_path / "afile"))
+    code, out, err = run(capsys, "list")
+    assert code == 2 and f"MVR_INDEX_DIR={tmp_path / 'afile'} is a file, not a folder" in err, err
+    monkeypatch.setenv("MVR_INDEX_DIR", str(tmp_path / "nowhere"))  # not made yet: README's `export MVR_INDEX_DIR=~/indexes; mvr list`
+    code, out, err = run(capsys, "list")
+    assert code == 0 and out == "" and "no indexes yet" in err and "does not exist" in err, err
     monkeypatch.delenv("MVR_INDEX_DIR")
     legacy = shutil.copytree(Path(__file__).parent / "data" / "legacy-v0.1", tmp_path / "legacy")
     code, out, err = run(capsys, "optimize", legacy)

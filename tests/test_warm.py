@@ -207,6 +207,9 @@ def test_mvr_search_with_server_asks_for_the_folder_it_was_given(home, tmp_path,
         by_name = _mvr(["search", "docs", "capital", "-k", "1", "--server", url], env)  # a name: what the server serves by it
         here = _mvr(["search", ".", "capital", "-k", "1", "--server", url], env, cwd=other.path)
         assert right.returncode == by_name.returncode == here.returncode == 0 and "x1" in right.stdout == by_name.stdout == here.stdout, right.stderr + here.stderr
+        for relative in ("./docs", "docs/"):  # paths (tab completion writes the second), not names: asked as 'docs' of that folder
+            found = _mvr(["search", relative, "capital", "-k", "1", "--server", url], env, cwd=other.path.parent)
+            assert found.returncode == 0 and found.stdout == right.stdout, found.stderr
         both = _mvr(["search", "docs", "capital", "--server", url, "--model", str(tmp_path)], env)
         assert both.returncode == 2 and "give --server or --model, not both" in both.stderr
 

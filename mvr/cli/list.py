@@ -25,8 +25,10 @@ def run(args) -> int:
     if args.index_dir is not None and not args.index_dir.is_dir():  # a typo, or a file, would look like a folder without indexes
         raise ConfigError(f"--index-dir {args.index_dir} is not a folder{' (it is a file)' if args.index_dir.exists() else ''}; name the folder that holds your indexes.")
     home = args.index_dir or default_home()
-    if os.environ.get("MVR_INDEX_DIR") and args.index_dir is None and not home.is_dir():  # the same typo, through the environment
-        raise ConfigError(f"MVR_INDEX_DIR={home} is not a folder{' (it is a file)' if home.exists() else ''}; set it to the folder that holds your indexes.")
+    if os.environ.get("MVR_INDEX_DIR") and args.index_dir is None and not home.is_dir():
+        if home.exists():  # the same mistake as --index-dir FILE, through the environment
+            raise ConfigError(f"MVR_INDEX_DIR={home} is a file, not a folder; set it to the folder that holds your indexes.")
+        print(f"mvr list: no indexes yet: MVR_INDEX_DIR={home} does not exist (`mvr index CORPUS --name NAME` makes it).", file=sys.stderr)
     for name in available(home):
         found, what = manifest_format(home / name)
         if found == INDEX_FORMAT:

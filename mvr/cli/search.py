@@ -110,10 +110,10 @@ def _served_name(args, key: str | None) -> str:
     from ..client import Client
     from ..errors import QueryError
     from ..storage import locate
+    from ..storage.names import name_problem
 
-    given = Path(args.index)
-    if len(given.parts) < 2 and args.index not in (".", "..") and not args.index.startswith("~"):
-        return args.index  # a name: what the server serves by it
+    if name_problem(args.index) is None:
+        return args.index  # a name: what the server serves by it (./docs, docs/ and ~ are paths)
     folder = locate(args.index, args.index_dir).resolve()
     described = Client(args.server, key).info(folder.name).get("info")
     served = described.get("path") if isinstance(described, dict) else None

@@ -35,7 +35,10 @@ def run(args) -> int:
     from ..server import Limits, serve
     from ..server.limits import LIMITS
 
+    from ..server.catalog import check_refresh
+
     limits = Limits(**{name: getattr(args, name) for name in LIMITS})
+    check_refresh(args.refresh)  # before the line saying the indexes are being opened
 
     def ready(url: str) -> None:
         print(f"mvr: serving at {url} (search page at {url}/, API at {url}/docs)", flush=True)

@@ -123,10 +123,13 @@ class ShardedIndex:
         sharded.each = lambda work, items: each()(work, items)
         weakref.finalize(sharded, _drop, actors, epoch, self.session)  # once no view or results read it, the shards let go of it
         if self.pool is None or self._pool_size < 2 * len(remote):  # a hybrid's two stages of each segment at once
-            old, self._pool_size = self.pool, max(1, 2 * len(remote))
+            self._pool_size = max(1, 2 * len(remote))  # the old pool is not shut down: a search under way still submits to it
             self.pool = ThreadPoolExecutor(max_workers=self._pool_size, thread_name_prefix="mvr-shard")
-            if old is not None:
-                old.shutdown(wait=False)  # its calls under way end there
+        if self.closed:  # closed while the shards opened it
+            _drop(actors, epoch, self.session)
+            raise ConfigError(CLOSED)
+        if getattr(self, "view", None) is not None:
+            self.index._encoder = self.view._encoder  # the query model the last view loaded (a rebuild's other model is loaded anew)
         view = copy.copy(self.index)  # the same Index, reading the shards' stand-ins
         view._state = sharded
         self.view, self._epoch, self._opened = view, epoch, state
@@ -136,7 +139,7 @@ class ShardedIndex:
         a newer one. The shards open it beside the one they serve, so searches under way (and
         results whose documents are still to be read) end on theirs; each lets go of an old commit
         once nothing reads it. Segments may move between shards; shards are started up to
-        ``shards`` as segments come. An error leaves the sharded index on its commit."""
+        ``shards`` as segments come. An error leaves its searches on the commit they had."""
         with self._lock:
             if self.closed:
                 raise ConfigError(CLOSED)
@@ -159,13 +162,13 @@ class ShardedIndex:
         items = list(items)
         if len(items) < 2:
             return [work(item) for item in items]
-        threads = numba.get_num_threads()  # the caller's (cpu_threads sets it per thread)
+        threads, pool = numba.get_num_threads(), self.pool  # the caller's (cpu_threads sets it per thread); one pool for the whole map
 
         def run(item):
             with cpu_threads(threads, "numba"):
                 return work(item)
 
-        return list(self.pool.map(run, items))
+        return list(pool.map(run, items))
 
     def _ask(self, actor, *call):
         """What ``actor.call(*call)`` returns: an mvr error raised in the shard is raised here as

@@ -1,6 +1,6 @@
 """The indexes a server holds open: each opened once and kept warm (query model loaded, first
-stages read, kernels compiled), moved to the newest commit before each request, written through
-one writer at a time."""
+stages read, kernels compiled), moved to the newest commit before each request and every
+``--refresh`` seconds, written through one writer at a time."""
 
 from __future__ import annotations
 
@@ -116,6 +116,7 @@ class Catalog:
         self.failed: dict[str, str] = {}  # indexes of the home that could not be opened, and why
         self._failed_as: dict[str, tuple] = {}  # what their folder and manifest looked like then
         for name in names or available(self.home):
+            looks = None if names else _looks(self.home / name)  # before the open: a repair landing during it is seen next time
             try:
                 index = Index.open(name if names else self.home / name, home=self.home, model=model)  # a home's index by its path there
                 _askable(index.name)
@@ -125,16 +126,16 @@ class Catalog:
             except MvrError as error:
                 if names:  # one asked for by name is served or the server does not start
                     raise
-                self._failed(name, error)  # one found in the home is left out, as one that appears later is
+                self._failed(name, error, looks)  # one found in the home is left out, as one that appears later is
 
     def _open(self, index: Index) -> Served:
         if self.warm:  # load the query model, read the first stages, compile the kernels now, not at the first request
             index.search("warm up", k=1, threads=self.threads)
         return Served(index)
 
-    def _failed(self, name: str, error: MvrError) -> None:
+    def _failed(self, name: str, error: MvrError, looks: tuple) -> None:
         self.failed[name] = str(error)
-        self._failed_as[name] = _looks(self.home / name)
+        self._failed_as[name] = looks
         log.warning("not serving index %r: %s", name, error)
 
     def names(self, discover: bool = True) -> list[str]:
@@ -146,14 +147,15 @@ class Catalog:
             for name in set(self.failed) - set(found):  # removed from the home: nothing to report
                 self.failed.pop(name, None)
             for name in found:
-                if name in self._served or (name in self.failed and self._failed_as.get(name) == _looks(self.home / name)):
+                looks = _looks(self.home / name)
+                if name in self._served or (name in self.failed and self._failed_as.get(name) == looks):
                     continue
                 try:
                     _askable(name)
                     self.get(name)
                     self.failed.pop(name, None)
                 except MvrError as error:  # removed since it was listed, damaged, another model's
-                    self._failed(name, error)
+                    self._failed(name, error, looks)
         return sorted(self._served)
 
     def get(self, name: str) -> Served:
