@@ -149,6 +149,7 @@ def _read_by(response: http.client.HTTPResponse, connection: http.client.HTTPCon
             connection.sock.settimeout(max(remaining, 1e-3))
         chunk = response.read1(1 << 16)  # one receive at most: read() loops until it has them all, each receive given the whole time
         if not chunk:
+            response.close()  # done with (read() does so itself; read1 leaves it open, and the next request on the connection fails)
             return b"".join(chunks)
         chunks.append(chunk)
         if time.monotonic() >= deadline and not response.isclosed():

@@ -102,6 +102,10 @@ def test_the_client_and_the_sources_say_what_is_wrong(index, url):
         Client(url, "k3y").search("nope", "tea")
     with pytest.raises(Exception, match="cannot reach the mvr server at http://127.0.0.1:9"):
         Client("http://127.0.0.1:9").health()
+    kept = Client(url, "k3y")  # one kept-alive connection for many requests (reading an answer by pieces once left it unusable)
+    assert [kept.search("docs", text, k=1)[0][0]["id"] for text in TEXTS] == [hits[0][0] for hits in _expected(index)]
+    socket = kept._local.connection.sock
+    assert kept.health()["status"] == "ok" and kept._local.connection.sock is socket
     assert Client(url, "k3y").search("docs", TEXTS, k=3) == [[{**h, "score": s} for h, s in zip(hits, [x[1] for x in row])] for hits, row in zip(index.search(TEXTS, k=3).to_dicts(), _expected(index))]
 
 
