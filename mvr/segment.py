@@ -62,6 +62,7 @@ class Segment:
         self.doc_ids_sha256 = manifest["files"]["doc_ids.npy"]["sha256"]
         self.doc_ids = load_array(self.path, "doc_ids.npy", mmap=True)
         self._id_order = None
+        self._token_ids: tuple | None = None  # (the token ids, or None where none are stored), read once
         self._texts = Blob(self.path, "text")
         self._titles = Blob(self.path, "title")
         self.projection = load_array(self.path, "projection.npy") if (self.path / "projection.npy").is_file() else None
@@ -118,8 +119,7 @@ class Segment:
     def stage(self, name: str):
         stage = self._stages.get(name)
         if stage is None:
-            self.still_here()
-            self.require(name)
+            self.require(name)  # a stage absent from a folder swapped by a rebuild is told apart (has_stage)
             with self._stage_lock:
                 stage = self._stages.get(name) or self.read_lazily(lambda: open_stage(name, self))
                 self._stages[name] = stage
@@ -143,8 +143,10 @@ class Segment:
         return Document(id=str(self.doc_ids[position]), text=self._texts[position], title=self._titles[position], metadata=self.metadata.row(position))
 
     def token_ids(self) -> np.ndarray | None:
-        path = self.path / TOKEN_IDS
-        return self.read_lazily(lambda: load_npy(path, mmap_mode="r") if path.is_file() else None)
+        if self._token_ids is None:  # read once (explain asks for every hit): a segment's files never change
+            path = self.path / TOKEN_IDS
+            self._token_ids = (self.read_lazily(lambda: load_npy(path, mmap_mode="r") if path.is_file() else None),)
+        return self._token_ids[0]
 
     def positions(self, doc_ids) -> np.ndarray:
         """int64 row of each id in ``doc_ids`` (-1 where this segment does not hold it)."""

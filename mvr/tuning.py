@@ -21,6 +21,7 @@ import numpy as np
 
 from .errors import QueryError, is_number
 from .fusion import MAXSIM, SIGNALS, signal_scores, zscores
+from .registry import EXHAUSTIVE
 from .stages.base import Candidates, QueryBatch
 
 _DISCOUNT = 1.0 / np.log2(np.arange(2, 12))
@@ -131,7 +132,7 @@ def tune(index, queries: dict[str, str], qrels: dict[str, dict[str, int]], *, op
     missing = [name for name in signals if name not in signals_of(index)]
     if missing:
         raise QueryError(f"index {index.name!r} has no {', '.join(missing)} stage to score with; its signals: {', '.join(signals_of(index))}.")
-    if options is None and index.default_stage == "exhaustive":  # fusion weighs a first stage's candidates: there is none to weigh
+    if options is None and index.default_stage == EXHAUSTIVE:  # fusion weighs a first stage's candidates: there is none to weigh
         raise QueryError(f"index {index.name!r} has no first stage whose candidates fusion could weigh: build one (`mvr pooled`, `mvr fde`, or `mvr sparse --stage bm25s` on it), then tune.")
     if options is None:
         both = index.has_stage("pooled+bm25s")

@@ -105,8 +105,8 @@ def _through_server(args, texts: list[str]) -> list[list[dict]] | None:
 
 
 def _served_name(args, key: str | None) -> str:
-    """The name to ask ``--server`` for: the index argument's last part; given as a path, the
-    server must serve that folder by that name (it served whatever it has of the name)."""
+    """The name to ask ``--server`` for: the index argument when it is a name; given as a path, its
+    folder's name, once the server says it serves that very folder by it."""
     from ..client import Client
     from ..errors import QueryError
     from ..storage import locate

@@ -33,9 +33,8 @@ def add_parser(sub) -> argparse.ArgumentParser:
 
 def run(args) -> int:
     from ..server import Limits, serve
-    from ..server.limits import LIMITS
-
     from ..server.catalog import check_refresh
+    from ..server.limits import LIMITS
 
     limits = Limits(**{name: getattr(args, name) for name in LIMITS})
     check_refresh(args.refresh)  # before the line saying the indexes are being opened

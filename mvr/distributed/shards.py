@@ -122,12 +122,12 @@ class ShardedIndex:
         sharded.__dict__.update({k: v for k, v in state.__dict__.items() if k not in sharded.__dict__})  # config, manifest, ...
         sharded.each = lambda work, items: each()(work, items)
         weakref.finalize(sharded, _drop, actors, epoch, self.session)  # once no view or results read it, the shards let go of it
-        if self.pool is None or self._pool_size < 2 * len(remote):  # a hybrid's two stages of each segment at once
-            self._pool_size = max(1, 2 * len(remote))  # the old pool is not shut down: a search under way still submits to it
-            self.pool = ThreadPoolExecutor(max_workers=self._pool_size, thread_name_prefix="mvr-shard")
         if self.closed:  # closed while the shards opened it
             _drop(actors, epoch, self.session)
             raise ConfigError(CLOSED)
+        if self.pool is None or self._pool_size < 2 * len(remote):  # a hybrid's two stages of each segment at once
+            self._pool_size = max(1, 2 * len(remote))  # the old pool is not shut down: a search under way still submits to it
+            self.pool = ThreadPoolExecutor(max_workers=self._pool_size, thread_name_prefix="mvr-shard")
         if getattr(self, "view", None) is not None:
             self.index._encoder = self.view._encoder  # the query model the last view loaded (a rebuild's other model is loaded anew)
         view = copy.copy(self.index)  # the same Index, reading the shards' stand-ins

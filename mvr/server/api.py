@@ -175,7 +175,8 @@ def create_app(catalog: Catalog, *, api_key: str | None = None, limits: Limits |
             except MvrError as error:  # removed or damaged since it was opened: listed apart, as one that cannot be opened (docs/server.md)
                 logging.getLogger("mvr.server").warning("not listing index %r: %s", name, error)
                 unavailable.append({"name": name, "error": str(error)})
-        unavailable += [{"name": name, "error": error} for name, error in sorted(catalog.failed.items()) if name not in catalog.names(discover=False)]
+        served = set(catalog.names(discover=False))
+        unavailable += [{"name": name, "error": error} for name, error in catalog.failed.items() if name not in served]
         return {"indexes": listed, "unavailable": sorted(unavailable, key=lambda u: u["name"])}
 
     @app.get("/indexes/{name}")

@@ -147,8 +147,10 @@ class Catalog:
             for name in set(self.failed) - set(found):  # removed from the home: nothing to report
                 self.failed.pop(name, None)
             for name in found:
+                if name in self._served:
+                    continue
                 looks = _looks(self.home / name)
-                if name in self._served or (name in self.failed and self._failed_as.get(name) == looks):
+                if name in self.failed and self._failed_as.get(name) == looks:
                     continue
                 try:
                     _askable(name)
