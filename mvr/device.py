@@ -8,7 +8,11 @@ The default install's torch is a CPU build: README says how to install a CUDA on
 
 from __future__ import annotations
 
+import importlib.util
 import os
+import re
+import sys
+from pathlib import Path
 
 from .errors import ConfigError
 
@@ -17,17 +21,31 @@ PRECISIONS = ("fp32", "fp16", "bf16")
 _INSTALL = "install a CUDA build of torch (README, 'GPU'), or use --device cpu"
 
 
+def cpu_only_torch() -> bool:
+    """Whether the installed torch is a build for the CPU alone (no CUDA, no ROCm), read from its
+    ``version.py`` without importing it: the import takes about a second, and a search on the CPU
+    whose queries run in ONNX Runtime needs nothing else of torch (docs/coldstart.md)."""
+    if "torch" in sys.modules:
+        return sys.modules["torch"].version.cuda is None and sys.modules["torch"].version.hip is None
+    found = importlib.util.find_spec("torch")
+    try:
+        text = Path(next(iter(found.submodule_search_locations)), "version.py").read_text(encoding="utf-8")
+    except (AttributeError, TypeError, StopIteration, OSError, UnicodeDecodeError):
+        return False
+    return all(re.search(rf"^{name}\s*(:[^=\n]*)?=\s*None\s*$", text, re.MULTILINE) for name in ("cuda", "hip"))
+
+
 def resolve_device(device: str | None = None) -> str:
     """"cpu" or "cuda[:N]": what ``device`` (None: ``$MVR_DEVICE``, else "auto") names here."""
-    import torch
-
     name = device if device is not None else (os.environ.get("MVR_DEVICE") or "auto")
     if not isinstance(name, str) or not (name in DEVICES or (name.startswith("cuda:") and name[5:].isdigit())):
         raise ConfigError(f"device must be one of {', '.join(DEVICES)} or cuda:N; got {name!r}.")
+    if name == "cpu" or (name == "auto" and cpu_only_torch()):
+        return "cpu"
+    import torch
+
     if name == "auto":
         return "cuda" if torch.cuda.is_available() else "cpu"
-    if name == "cpu":
-        return "cpu"
     if not torch.cuda.is_available():
         build = "a CPU-only build" if torch.version.cuda is None else f"built for CUDA {torch.version.cuda}, but no GPU is visible"
         raise ConfigError(f"device {name!r}: torch {torch.__version__} is {build}; {_INSTALL}.")

@@ -26,7 +26,8 @@ from .corpus import Document, _utf8, query_texts
 from .device import resolve_device
 from .encode import Encoder, TokenVectors
 from .encode.encoder import identity_differences
-from .errors import ConfigError, EncoderError, EncoderMismatchError, MvrError, QueryError
+from .encode.queries import index_encoder, query_encoder, remember
+from .errors import ConfigError, MvrError, QueryError
 from .explain import explain_results
 from .fusion import stage_signals
 from .registry import EXHAUSTIVE, STAGES, needs_vectors
@@ -59,6 +60,7 @@ class Index(Changes):
         self.device = resolve_device(device)
         self._model = model
         self._encoder: tuple | None = None  # (the index's identity, its query encoder): another index built at the path has its own
+        self._lean: tuple | None = None  # (the same, its encoder of queries without PyTorch or None: _queries)
         self._encoder_lock, self._refresh_lock = threading.Lock(), threading.Lock()  # lazy loading of the query encoder; refresh
         self._state: Commit = self._read()
 
@@ -75,19 +77,9 @@ class Index(Changes):
         self._state, self._folder = state, opened or folder  # the state first: an encoder loaded for the new identity reads the new record
         return state
 
-    @property
-    def manifest(self) -> dict:
-        """The index's manifest as one dict: the commit's config and encoder, counts over every segment."""
-        return self._state.manifest
-
-    @property
-    def config(self) -> IndexConfig:
-        return self._state.config
-
-    @property
-    def legacy(self) -> bool:
-        """Whether this is a version-1 index (read-only until converted: :meth:`upgrade`)."""
-        return self._state.legacy
+    manifest = property(lambda self: self._state.manifest, doc="The index's manifest as one dict: the commit's config and encoder, counts over every segment.")
+    config: IndexConfig = property(lambda self: self._state.config)
+    legacy = property(lambda self: self._state.legacy, doc="Whether this is a version-1 index (read-only until converted: :meth:`upgrade`).")
 
     # -- opening -------------------------------------------------------------------------------
     @classmethod
@@ -144,41 +136,32 @@ class Index(Changes):
     @property
     def encoder(self) -> Encoder:
         """The query encoder, loaded on first use and checked against the index's record."""
-        kept = self._encoder
+        return self._kept("_encoder", lambda: self._load_encoder(device=self.device))
+
+    def _queries(self):
+        """What encodes queries: where it encodes as the Encoder does, one without PyTorch and
+        transformers (mvr/encode/queries.py: a second off a cold search), else the Encoder."""
+        if self.device == "cpu" and not isinstance(self._model, Encoder):
+            lean = self._kept("_lean", lambda: query_encoder(self.manifest["encoder"], self._model))
+            if lean is not None:
+                return lean
+        return self.encoder
+
+    def _kept(self, attribute: str, load):
+        """``load()``, kept for the index at the path (another index built there has its own)."""
+        kept = getattr(self, attribute)
         if kept is None or kept[0] != self._folder:
             with self._encoder_lock:
-                kept = self._encoder
+                kept = getattr(self, attribute)
                 if kept is None or kept[0] != self._folder:
-                    kept = self._encoder = (self._folder, self._load_encoder(device=self.device))
+                    kept = (self._folder, load())
+                    setattr(self, attribute, kept)
         return kept[1]
 
     def _load_encoder(self, **runtime) -> Encoder:
         """The index's model as an Encoder (``runtime``: batch_size, threads, doc_runtime, ...),
         checked against the index's record; a given Encoder as it is."""
-        recorded = self.manifest["encoder"]
-        if isinstance(self._model, Encoder):
-            encoder = self._model
-        else:
-            source = self._model if self._model is not None else (None if recorded["source"] == "default" else recorded["source"])
-            if self._model is None and source is not None and not Path(source).is_dir():
-                raise EncoderError(
-                    f"index {self.name!r} was built with the model at {source}, which is not there any more; "
-                    "pass the same model's folder (model=PATH, CLI --model PATH)."
-                )
-            try:
-                encoder = Encoder(source, query_maxlen=recorded["query_maxlen"], doc_maxlen=recorded["doc_maxlen"], **runtime)
-            except EncoderError as error:  # a model given for the index's own that cannot encode as it did (fewer positions): another model
-                if self._model is None:
-                    raise
-                raise EncoderMismatchError(f"index {self.name!r} was built with encoder {recorded['name']!r}; the model at {source} cannot encode as it did: {error} Search with the index's own model.") from None
-        differences = identity_differences(recorded, encoder.identity)
-        if differences:
-            raise EncoderMismatchError(
-                f"index {self.name!r} was built with encoder {recorded['name']!r}; the query encoder "
-                f"{encoder.name!r} differs: {'; '.join(differences)}. Search with the index's own model, "
-                "or rebuild the index with this one."
-            )
-        return encoder
+        return index_encoder(self.name, self.manifest["encoder"], self._model, **runtime)
 
     # -- first stages --------------------------------------------------------------------------
     def has_stage(self, name: str) -> bool:
@@ -257,7 +240,10 @@ class Index(Changes):
                 raise QueryError(f"query #{i} is {'empty' if isinstance(text, str) else type(text).__name__}; queries must be non-empty strings.")
             if not text.isprintable() and not _utf8(text):
                 raise QueryError(f"query #{i} holds a lone surrogate (no character: the text was decoded wrongly); send it as UTF-8.")
-        encoded = self.encoder.encode_queries(texts, batch_size=batch_size, threads=threads, show_progress=False)
+        encoder = self._queries()
+        encoded = encoder.encode_queries(texts, batch_size=batch_size, threads=threads, show_progress=False)
+        if isinstance(encoder, Encoder):
+            remember(encoder)  # so that the next process encodes queries without PyTorch (mvr/encode/queries.py)
         return TokenVectors(project(encoded.vectors, self.projection, queries=True), encoded.offsets, encoded.truncated, encoded.token_ids)
 
     def score(self, query: np.ndarray, positions: np.ndarray) -> np.ndarray:

@@ -18,7 +18,7 @@ import onnx
 import pytest
 import torch
 
-from mvr import Encoder, EncoderError
+from mvr import Encoder, EncoderError, IndexConfig
 from mvr.encode import detect_spec
 from mvr.encode import quantize as quantize_module
 from mvr.encode.quantize import activation_products, fuse_and_quantize
@@ -322,3 +322,90 @@ def test_onnx_query_runtime_gives_the_torch_vectors(models, form, tmp_path, monk
     np.testing.assert_allclose(again.vectors, a.vectors, atol=1e-6)
     with pytest.raises(EncoderError, match="query_runtime"):
         Encoder(models[form], query_runtime="tf")
+
+
+QUERIES = ["what do cats eat", "lava", "!!!", "Ünïcödé café naïve 日本語 的", "a much longer question " * 20, *[f"query number {i} about proteins" for i in range(40)]]
+
+
+def _lean_and_full(index):
+    """The index's encoder of queries without PyTorch, and its full Encoder."""
+    from mvr.encode.queries import QueryEncoder
+
+    lean = index._queries()
+    assert isinstance(lean, QueryEncoder), "no card or export: the index loads the full encoder"
+    return lean, index.encoder
+
+
+@pytest.mark.parametrize("form", ["plain", "colbert", "pylate"])
+def test_queries_encode_without_pytorch_as_the_full_encoder_does(models, form, tmp_path, monkeypatch):
+    from mvr import Index
+    from mvr.encode.queries import QueryEncoder
+
+    monkeypatch.setenv("MVR_CACHE_DIR", str(tmp_path / "cache"))
+    docs = [(str(i), f"document {i} on cats, lava and proteins; it goes on: " + "word " * (i * 7)) for i in range(12)]
+    built = Index.build(docs, tmp_path / "idx", encoder=Encoder(models[form]), config=IndexConfig(fde=None, sparse=()))
+    first = Index.open(tmp_path / "idx")
+    assert first._queries() is first.encoder  # no card yet: the full encoder, which writes one at its first queries
+    expected = first.search(QUERIES[:5], k=5)
+    assert len(list((tmp_path / "cache" / "onnx").glob("*.queries.json"))) == 1
+    index = Index.open(tmp_path / "idx")
+    lean, full = _lean_and_full(index)
+    assert isinstance(lean, QueryEncoder) and index._encoder is not None  # asking for .encoder loaded it
+    a, b = lean.encode_queries(QUERIES), full.encode_queries(QUERIES, show_progress=False)
+    for field in ("offsets", "token_ids", "truncated"):
+        np.testing.assert_array_equal(getattr(a, field), getattr(b, field))
+    np.testing.assert_array_equal(a.vectors, b.vectors)  # the same numbers: both project and normalise in numpy
+    assert a.truncated[4] and a.vectors.dtype == np.float32
+    found = Index.open(tmp_path / "idx").search(QUERIES[:5], k=5)
+    np.testing.assert_array_equal(found.indices, expected.indices)
+    np.testing.assert_array_equal(found.scores, expected.scores)
+    assert built.search(QUERIES[:5], k=5).indices.tolist() == expected.indices.tolist()
+
+
+def test_a_card_of_other_files_versions_or_identity_is_not_used(models, tmp_path, monkeypatch):
+    import shutil
+
+    from mvr import EncoderMismatchError, Index
+    from mvr.encode import queries
+
+    monkeypatch.setenv("MVR_CACHE_DIR", str(tmp_path / "cache"))
+    model = shutil.copytree(models["plain"], tmp_path / "model")
+    Index.build([("a", "cats eat fish"), ("b", "lava flows")], tmp_path / "idx", encoder=Encoder(model), config=IndexConfig(fde=None, sparse=())).search("cats", k=1)
+    (card,) = (tmp_path / "cache" / "onnx").glob("*.queries.json")
+    _lean_and_full(Index.open(tmp_path / "idx"))
+    monkeypatch.setenv("MVR_QUERY_RUNTIME", "torch")  # queries asked of PyTorch: so be it
+    assert Index.open(tmp_path / "idx")._queries() is not None and not isinstance(Index.open(tmp_path / "idx")._queries(), queries.QueryEncoder)
+    monkeypatch.delenv("MVR_QUERY_RUNTIME")
+    record = json.loads(card.read_text())
+    for field, value in (("versions", {**record["versions"], "tokenizers": "0.0.1"}), ("identity", {**record["identity"], "tokenizer_sha256": "0" * 64})):
+        card.write_text(json.dumps({**record, field: value}))
+        assert queries.query_encoder(Index.open(tmp_path / "idx").manifest["encoder"]) is None, field
+    card.write_text("{not json")
+    assert queries.query_encoder(Index.open(tmp_path / "idx").manifest["encoder"]) is None
+    card.write_text(json.dumps(record))
+    config = json.loads((model / "tokenizer_config.json").read_text())
+    (model / "tokenizer_config.json").write_text(json.dumps({**config, "do_lower_case": False}))  # another file: another card's name
+    assert queries.query_encoder(Index.open(tmp_path / "idx").manifest["encoder"]) is None
+    (model / "tokenizer_config.json").write_text(json.dumps(config))
+    _lean_and_full(Index.open(tmp_path / "idx"))
+    other = Index.build([("a", "cats")], tmp_path / "other", encoder=Encoder(models["plain-other"]), config=IndexConfig(fde=None, sparse=()))
+    other.search("cats", k=1)  # another model, with its card
+    _lean_and_full(Index.open(tmp_path / "other"))
+    mismatched = Index.open(tmp_path / "idx", model=models["plain-other"])  # its card is never this index's: the full encoder refuses
+    assert queries.query_encoder(mismatched.manifest["encoder"], models["plain-other"]) is None
+    with pytest.raises(EncoderMismatchError, match="differs"):
+        mismatched.search("cats", k=1)
+
+
+def test_a_cold_search_imports_neither_torch_nor_transformers(default_index):
+    default_index.search("cats", k=2)  # the full encoder's first queries leave the card
+    script = (
+        "import sys, json; from mvr import Index; index = Index.open(sys.argv[1]); found = index.search(['what do cats eat', 'lava'], k=3); "
+        "print(json.dumps([found.indices.tolist(), found.scores.tolist(), index.device, [m for m in ('torch', 'transformers') if m in sys.modules]]))"
+    )
+    out = subprocess.run([sys.executable, "-c", script, str(default_index.path)], capture_output=True, text=True, check=True).stdout
+    ids, scores, device, imported = json.loads(out.strip().splitlines()[-1])
+    expected = default_index.search(["what do cats eat", "lava"], k=3)
+    assert imported == [] and device == "cpu"
+    assert ids == expected.indices.tolist()
+    assert scores == expected.scores.tolist()

@@ -129,7 +129,7 @@ class ShardedIndex:
             self._pool_size = max(1, 2 * len(remote))  # the old pool is not shut down: a search under way still submits to it
             self.pool = ThreadPoolExecutor(max_workers=self._pool_size, thread_name_prefix="mvr-shard")
         if getattr(self, "view", None) is not None:
-            self.index._encoder = self.view._encoder  # the query model the last view loaded (a rebuild's other model is loaded anew)
+            self.index._encoder, self.index._lean = self.view._encoder, self.view._lean  # the query models the last view loaded (a rebuild's other model is loaded anew)
         view = copy.copy(self.index)  # the same Index, reading the shards' stand-ins
         view._state = sharded
         self.view, self._epoch, self._opened = view, epoch, state

@@ -23,7 +23,7 @@ from ..device import autocast_dtype, resolve_device, resolve_precision
 from ..errors import EncoderError
 from ..progress import progress
 from ..threads import cpu_threads
-from .forms import DEFAULT_MODEL_NAME, default_model_path, detect_spec, load_projections, weight_files_of, weights_checksum
+from .forms import DEFAULT_MODEL_NAME, default_model_path, detect_spec, finish_vectors, load_projections, numpy_layers, weight_files_of, weights_checksum
 from .runtimes import ExportError, OnnxTransformer, check_runtime, quiet_transformers, transformers_names
 from .tokens import TokenVectors, character_spans, checked_texts, input_ids, token_classes, tokenizer_checksum
 
@@ -100,6 +100,7 @@ class Encoder:
         self._model_lock = threading.Lock()
         weight_files = weight_files_of(transformer_path)
         self._projections = load_projections(self.spec, self.path, weight_files)
+        self._numpy_layers = numpy_layers(self._projections)
         hidden = self.config.hidden_size
         self.dim = self._projections[-1][0].shape[0] if self._projections else hidden
 
@@ -306,12 +307,14 @@ class Encoder:
             if self._pass_token_types:
                 inputs["token_type_ids"] = torch.zeros_like(id_rows)
             hidden = self._onnx_hidden(inputs, is_query, each)
-            if hidden is None:
-                hidden = self._torch_hidden(inputs, dtype)
-            for weight, bias, activation in self._projections:
-                hidden = torch.nn.functional.linear(hidden, weight, bias)
-                if activation is not None:
-                    hidden = activation(hidden)
+            if hidden is not None and is_query and self._numpy_layers is not None:  # as mvr/encode/queries.py does: the same vectors
+                hidden = torch.from_numpy(finish_vectors(hidden.numpy(), self._numpy_layers))
+            else:
+                hidden = self._torch_hidden(inputs, dtype) if hidden is None else hidden
+                for weight, bias, activation in self._projections:
+                    hidden = torch.nn.functional.linear(hidden, weight, bias)
+                    hidden = hidden if activation is None else activation(hidden)
+                hidden = torch.nn.functional.normalize(hidden, p=2, dim=-1)
             if is_query and self.spec.query_expansion:
                 keep = torch.ones_like(id_rows, dtype=torch.bool)
             else:
@@ -320,7 +323,6 @@ class Encoder:
                     keep[row, : len(ids)] = True
                 if not is_query and len(self._skip_ids):
                     keep &= ~torch.isin(id_rows, self._skip_ids)
-            hidden = torch.nn.functional.normalize(hidden, p=2, dim=-1)
             for row, original in enumerate(order[start : start + batch_size]):
                 results[original] = hidden[row][keep[row]].numpy()
                 ids_out[original] = id_rows[row][keep[row]].numpy().astype(np.int32)

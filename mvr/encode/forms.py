@@ -22,6 +22,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Sequence
 
+import numpy as np
+
 from ..errors import EncoderError
 
 DEFAULT_MODEL_NAME = "all-MiniLM-L6-v2"
@@ -30,12 +32,34 @@ PLAIN_QUERY_MAXLEN = 64
 PLAIN_DOC_MAXLEN = 256
 _WEIGHT_FILES = ("model.safetensors", "pytorch_model.bin")
 # Activation of a sentence-transformers Dense module -> name in torch.nn.functional (None: identity).
-_ACTIVATIONS = {
+ACTIVATIONS = {
     "torch.nn.modules.linear.Identity": None,
     "torch.nn.modules.activation.Tanh": "tanh",
     "torch.nn.modules.activation.ReLU": "relu",
     "torch.nn.modules.activation.GELU": "gelu",
 }
+
+
+# Those activations as numpy: queries run in ONNX Runtime are projected and normalised in numpy by
+# the full encoder and by mvr/encode/queries.py alike, the same vectors bit for bit (GELU: torch).
+NUMPY_ACTIVATIONS = {None: None, "tanh": np.tanh, "relu": lambda x: np.maximum(x, np.float32(0))}
+
+
+def numpy_layers(layers: list[tuple]) -> list[tuple] | None:
+    """:func:`load_projections`' ``layers`` as float32 numpy, or None where an activation has no numpy form here."""
+    names = [None if function is None else function.__name__ for _, _, function in layers]
+    if any(name not in NUMPY_ACTIVATIONS for name in names):
+        return None
+    return [(w.numpy(), None if b is None else b.numpy(), NUMPY_ACTIVATIONS[name]) for (w, b, _), name in zip(layers, names)]
+
+
+def finish_vectors(hidden: np.ndarray, layers: list[tuple]) -> np.ndarray:
+    """A transformer's last hidden state ``(..., hidden)`` through numpy ``layers``, each row L2-normalised."""
+    for weight, bias, activation in layers:
+        hidden = hidden @ weight.T if bias is None else hidden @ weight.T + bias
+        if activation is not None:
+            hidden = activation(hidden)
+    return hidden / np.maximum(np.linalg.norm(hidden, axis=-1, keepdims=True), np.float32(1e-12))
 
 
 def default_model_path() -> Path:
@@ -183,8 +207,8 @@ def load_projections(spec: EncoderSpec, path: Path, weight_files: list[Path]) ->
         folder = path / sub
         config = read_json(folder / "config.json")
         activation = config.get("activation_function", "torch.nn.modules.linear.Identity")
-        if activation not in _ACTIVATIONS:
-            raise EncoderError(f"{folder}: unsupported activation {activation!r}; known: {sorted(_ACTIVATIONS)}.")
+        if activation not in ACTIVATIONS:
+            raise EncoderError(f"{folder}: unsupported activation {activation!r}; known: {sorted(ACTIVATIONS)}.")
         (file,) = weight_files_of(folder)
         weight_files.append(file)
         state = load_state(file)
@@ -192,6 +216,6 @@ def load_projections(spec: EncoderSpec, path: Path, weight_files: list[Path]) ->
         if weight is None:
             raise EncoderError(f"{file}: a Dense module needs a 'linear.weight' tensor.")
         bias = state.get("linear.bias")
-        function = _ACTIVATIONS[activation]
+        function = ACTIVATIONS[activation]
         layers.append((weight.float(), None if bias is None else bias.float(), function and getattr(torch.nn.functional, function)))
     return layers

@@ -106,27 +106,18 @@ class OnnxTransformer:
         return session
 
     def _open(self, runtime: str, threads: int):
-        import onnxruntime
-
-        model = self.exported(runtime)
-        options = onnxruntime.SessionOptions()
-        options.intra_op_num_threads = threads
-        options.inter_op_num_threads = 1
-        options.log_severity_level = 3
-        options.add_session_config_entry("session.intra_op.allow_spinning", "0")
-        off = FUSED_SESSION_OFF if runtime == "onnx-int8-fused" else None
-        return onnxruntime.InferenceSession(model, options, providers=["CPUExecutionProvider"], disabled_optimizers=off)
+        return open_session(self.exported(runtime), runtime, threads)
 
     def path(self, runtime: str = "onnx") -> Path:
         """Where the export of these weights that ``runtime`` runs is cached."""
-        return cache_dir() / f"{self.weights_sha256[:24]}-{len(self.input_names)}{_SUFFIXES[runtime]}.onnx"
+        return export_path(self.weights_sha256, self.input_names, runtime)
 
     def exported(self, runtime: str = "onnx") -> bytes:
         """The serialised ONNX model that ``runtime`` runs ("onnx": float32; "onnx-int8" and
         "onnx-int8-fused": :mod:`mvr.encode.quantize`), checked against its sidecar; made again
         where the cached file is missing, unrecorded or not theirs."""
         path = self.path(runtime)
-        data = _checked(path, self.weights_sha256, self.input_names, runtime)
+        data = cached_export(self.weights_sha256, self.input_names, runtime)
         if data is None:
             path.parent.mkdir(parents=True, exist_ok=True)
             tmp = path.with_name(f".{path.stem}.{os.getpid()}.{threading.get_ident()}.tmp.onnx")
@@ -155,7 +146,7 @@ class OnnxTransformer:
                               f"it is cached as such: delete {path} to try again.", stacklevel=2)
             import onnxruntime
 
-            _record(path, {"weights_sha256": self.weights_sha256, "onnx_sha256": hashlib.sha256(data).hexdigest(), "input_names": self.input_names,
+            write_record(_sidecar(path), {"weights_sha256": self.weights_sha256, "onnx_sha256": hashlib.sha256(data).hexdigest(), "input_names": self.input_names,
                            "runtime": runtime, "onnxruntime": onnxruntime.__version__, **report})
         return data
 
@@ -199,6 +190,30 @@ class OnnxTransformer:
         return model.config
 
 
+def open_session(model: bytes, runtime: str, threads: int):
+    """An ONNX Runtime session of the serialised ``model`` that ``runtime`` runs, on ``threads`` threads."""
+    import onnxruntime
+
+    options = onnxruntime.SessionOptions()
+    options.intra_op_num_threads = threads
+    options.inter_op_num_threads = 1
+    options.log_severity_level = 3
+    options.add_session_config_entry("session.intra_op.allow_spinning", "0")
+    off = FUSED_SESSION_OFF if runtime == "onnx-int8-fused" else None
+    return onnxruntime.InferenceSession(model, options, providers=["CPUExecutionProvider"], disabled_optimizers=off)
+
+
+def export_path(weights_sha256: str, input_names: list[str], runtime: str) -> Path:
+    """Where the export of the weights ``weights_sha256`` taking ``input_names`` that ``runtime`` runs is cached."""
+    return cache_dir() / f"{weights_sha256[:24]}-{len(input_names)}{_SUFFIXES[runtime]}.onnx"
+
+
+def cached_export(weights_sha256: str, input_names: list[str], runtime: str) -> bytes | None:
+    """The cached export of those weights for ``runtime``, checked against its sidecar; None where
+    there is none that is theirs."""
+    return _checked(export_path(weights_sha256, input_names, runtime), weights_sha256, input_names, runtime)
+
+
 def _quantize(argv: list[str]) -> dict:
     """Run :mod:`mvr.encode.quantize` with ``argv`` in a child process (this very file, whatever
     another ``mvr`` the child's path might find); what it reports."""
@@ -233,10 +248,9 @@ def _checked(path: Path, weights_sha256: str, input_names: list[str], runtime: s
     return data if record.get("onnx_sha256") == hashlib.sha256(data).hexdigest() else None
 
 
-def _record(path: Path, record: dict) -> None:
-    """Write the sidecar of ``path`` atomically (temporary name, fsync, rename): a reader sees
-    the old record or the new one, and a model file without its record is never used."""
-    sidecar = _sidecar(path)
+def write_record(sidecar: Path, record: dict) -> None:
+    """Write the JSON ``record`` at ``sidecar`` atomically (temporary name, fsync, rename): a reader
+    sees the old record or the new one, and a model file without its record is never used."""
     tmp = sidecar.with_name(f".{sidecar.name}.{os.getpid()}.{threading.get_ident()}.tmp")
     try:
         with open(tmp, "w", encoding="utf-8") as handle:
