@@ -26,6 +26,7 @@ from .stages import BuildSource, build_stage, stage_class
 from .storage import ArrayWriter, StagingDir, target_path
 from .storage.layout import check_replaceable
 from .encoding import Checkpoints
+from .segment import open_commit
 from .segment_build import finish_segment, link_tree, planned_stages, reconfigure, restage, stored_texts, with_stage, write_segment
 from .storage.commits import SEGMENTS, new_commit, publish, read_pointer, segment_name, write_json
 from .storage.formats import SEGMENT_FORMAT, SEGMENT_VERSION
@@ -165,6 +166,9 @@ def first_commit(index: Path, folder: Path, manifest: dict, config: IndexConfig,
     commit = new_commit(None, 1, [segment], operation, config=config.to_dict(), encoder=encoder_identity, dim=manifest["counts"]["dim"], next_segment=int(folder.name[1:]) + 1, command=command, **saved)
     fsync_tree(index)
     publish(index, commit)
+    opened = open_commit(index, index.name)  # read back as every reader will, before it takes any index's place: what cannot be read fails here
+    if opened.pin is not None:
+        opened.pin.release()
 
 
 def derive(source, name, *, home=None, overwrite: bool = False, show_progress: bool | None = None, command: str | None = None, wait: float = 0.0, **changes):

@@ -90,12 +90,13 @@ def check_id(doc_id, where: str, fix: str = "change the id") -> str:
 
 
 def asked_ids(ids) -> list[str]:
-    """The ids a caller asks for (to delete, to fetch) as a list, or a QueryError for one that is no
-    string or holds a lone surrogate (no document has it, and it could not be written back)."""
-    ids = [ids] if isinstance(ids, str) else list(many(ids, "ids must be a document id or a list of them", QueryError, ordered=False))
+    """The ids a caller asks for (to delete, to fetch) as a list of strings (an integer as a document's
+    is stored: 7 is "7"), or a QueryError for one that is neither or holds a lone surrogate."""
+    ids = [ids] if isinstance(ids, (str, int)) and not isinstance(ids, bool) else list(many(ids, "ids must be a document id or a list of them", QueryError, ordered=False))
+    ids = [str(doc_id) if isinstance(doc_id, int) and not isinstance(doc_id, bool) else doc_id for doc_id in ids]
     for i, doc_id in enumerate(ids):
         if not isinstance(doc_id, str):
-            raise QueryError(f"document ids are strings; id #{i} is {type(doc_id).__name__} {shown(doc_id)}.")
+            raise QueryError(f"document ids are strings (or integers); id #{i} is {type(doc_id).__name__} {shown(doc_id)}.")
         if not _utf8(doc_id):
             raise QueryError(f"id #{i} holds a lone surrogate (no character: it was decoded wrongly); send ids as UTF-8.")
     return ids
@@ -104,9 +105,7 @@ def asked_ids(ids) -> list[str]:
 def query_texts(queries) -> list[str]:
     """A query or a sequence of them as a list, or a QueryError for what is neither (a number,
     None, bytes: each element is checked where it is encoded)."""
-    if isinstance(queries, str):
-        return [queries]
-    return list(many(queries, "queries must be a string or a list of strings", QueryError))
+    return [queries] if isinstance(queries, str) else list(many(queries, "queries must be a string or a list of strings", QueryError))
 
 
 def _not_utf8(path: Path, error_class: type) -> Exception:

@@ -49,6 +49,22 @@ _ONE_SEGMENT = ("tokens", "doc_offsets", "stage", "token_ids", "vectors_sha256",
 __all__ = ["Index", "Hit", "Results", "SearchOptions", "identity_differences"]
 
 
+def _texts(queries) -> list[str]:
+    texts = query_texts(queries)
+    for i, text in enumerate(texts):
+        if not isinstance(text, str) or not text.strip():
+            raise QueryError(f"query #{i} is {'empty' if isinstance(text, str) else type(text).__name__}; queries must be non-empty strings.")
+        if not text.isprintable() and not _utf8(text):
+            raise QueryError(f"query #{i} holds a lone surrogate (no character: the text was decoded wrongly); send it as UTF-8.")
+    return texts
+
+
+def _position(position) -> int:  # a document's position, not its id
+    if not isinstance(position, (int, np.integer)) or isinstance(position, bool):
+        raise TypeError(f"a position is an integer, got {type(position).__name__} {position!r}; a document's id gives its position: index.position(doc_id).")
+    return int(position)
+
+
 class Index(Changes):
     """An index at one commit, memory-mapped. Create with :meth:`build`, load with :meth:`open`,
     change with :meth:`add`, :meth:`upsert`, :meth:`delete`, :meth:`optimize`; :meth:`refresh`
@@ -188,7 +204,7 @@ class Index(Changes):
     # -- documents -----------------------------------------------------------------------------
     def document(self, position: int) -> Document:
         """The document at ``position``."""
-        return self._state.document(int(position))
+        return self._state.document(_position(position))
 
     def documents(self) -> Iterable[Document]:
         """Every live document, in index order."""
@@ -204,7 +220,7 @@ class Index(Changes):
 
     def document_vectors(self, position: int) -> np.ndarray:
         """The stored token vectors of the document at ``position``, decoded: float32 ``(n, dim)``."""
-        segment, row = self._state.locate(int(position))
+        segment, row = self._state.locate(_position(position))
         return segment.tokens.document(row)
 
     def position(self, doc_id: str) -> int:
@@ -234,12 +250,9 @@ class Index(Changes):
     # -- search --------------------------------------------------------------------------------
     def encode_queries(self, queries: str | Sequence[str], *, batch_size: int | None = None, threads: int | None = None) -> TokenVectors:
         """Token vectors of queries, projected like the documents when the index uses PCA."""
-        texts = query_texts(queries)
-        for i, text in enumerate(texts):
-            if not isinstance(text, str) or not text.strip():
-                raise QueryError(f"query #{i} is {'empty' if isinstance(text, str) else type(text).__name__}; queries must be non-empty strings.")
-            if not text.isprintable() and not _utf8(text):
-                raise QueryError(f"query #{i} holds a lone surrogate (no character: the text was decoded wrongly); send it as UTF-8.")
+        texts = _texts(queries)
+        if not self._state.segments and self.dim != self.manifest["encoder"]["dim"]:
+            raise QueryError(f"index {self.name!r} holds no documents, and its projection of query vectors went with them; add documents before encoding queries for it.")
         encoder = self._queries()
         encoded = encoder.encode_queries(texts, batch_size=batch_size, threads=threads, show_progress=False)
         if isinstance(encoder, Encoder):
@@ -254,8 +267,7 @@ class Index(Changes):
     def rerank(self, query: str, ids: Sequence[str], k: int | None = None) -> list[Hit]:
         """The documents with these ``ids`` ordered by exact MaxSim of their stored vectors against
         ``query`` (PyLate's ``rank.rerank`` order; ties keep the given order): see :mod:`mvr.reranking`."""
-        from .reranking import rerank_ids
-
+        from .reranking import rerank_ids  # which imports this module
         return rerank_ids(self, query, ids, k)
 
     def search(self, queries: str | Sequence[str], k: int = 10, *, first_stage: str | None = None, candidates: int | None = None, threads: int | None = None, **options) -> Results:
@@ -270,9 +282,11 @@ class Index(Changes):
         ``timings`` (ms) add ``encode`` to :meth:`search_encoded`'s. ``explain``: each hit's :attr:`Hit.explanation`
         (:mod:`mvr.explain`): the document token behind each query token's maximum, its span, its share of the score.
         """
-        texts = query_texts(queries)
+        texts = _texts(queries)
         explain = pipeline.flag("explain", options.pop("explain", False))
         opts, k = self._options(k, first_stage, candidates, options, with_texts=True)
+        if not texts or not self._state.segments:  # no queries; or no documents (a projected index's projection went with its segments)
+            return Results.empty(len(texts), k, self._state, explain)
         started = time.perf_counter()
         encoded = self.encode_queries(texts, threads=threads) if explain or opts.rerank or needs_vectors(opts.first_stage) else None
         encode_ms = (time.perf_counter() - started) * 1e3
@@ -310,7 +324,7 @@ class Index(Changes):
             raise QueryError(f"k must be a positive integer, got {k!r}.")
         options = {"preset": search_presets.NONE, **options} if not with_texts and first_stage is None else options  # a default preset may read texts
         k = min(int(k), max(self._state.n_live, 1))
-        first_stage, candidates, options, _ = search_presets.resolve(self.search_presets, first_stage, candidates, options, k)
+        first_stage, candidates, options, _ = search_presets.resolve(lambda: self.search_presets, first_stage, candidates, options, k)
         opts = SearchOptions.create(first_stage=self._default_stage(with_texts) if first_stage is None else first_stage, candidates=candidates, **options)
         for stage in (opts.first_stage, *stage_signals(opts.weights)):
             for segment in self._state.segments:

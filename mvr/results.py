@@ -45,6 +45,13 @@ class Results:
         self._index = index
         self.group = group  # an index of passages: "documents" (ids are documents') or "passages"
 
+    @classmethod
+    def empty(cls, n_queries: int, k: int, index, explain: bool = False) -> "Results":
+        """Results of ``n_queries`` queries that found nothing (-1, -inf)."""
+        results = cls(np.full((n_queries, k), -1, np.int64), np.full((n_queries, k), -np.inf, np.float32), index, {"encode": 0.0})
+        results.explanations = [[] for _ in range(n_queries)] if explain else None
+        return results
+
     def __len__(self) -> int:
         return self.indices.shape[0]
 

@@ -16,7 +16,7 @@ candidates, fusion and its weights, ...); an index may hold several and name one
 
 from __future__ import annotations
 
-from .errors import QueryError
+from .errors import IndexFormatError, QueryError, shown
 from .fusion import stage_signals
 from .registry import EXHAUSTIVE, HYBRIDS, parse_stage
 
@@ -25,25 +25,47 @@ _FUSION = ("fusion", "weights", "fusion_weight")  # one group: the caller's repl
 _SCORING = {*_FUSION, "prune_alpha", "early_exit"}
 
 
-def saved(record: dict) -> dict:
-    """The presets part of a commit record: ``{"default": name or None, "presets": {name: options}}``."""
+def saved(record: dict, replace_damaged: bool = False) -> dict:
+    """The presets part of a commit record: ``{"default": name or None, "presets": {name: options}}``;
+    an IndexFormatError where it is damaged (``replace_damaged``: none, for a save that replaces them)."""
     search = record.get("search") or {}
-    return {"default": search.get("default"), "presets": dict(search.get("presets") or {})}
+    try:
+        found = {"default": search.get("default"), "presets": dict(search.get("presets") or {})}
+        problem = _damage(found)
+    except (AttributeError, TypeError, ValueError) as error:  # not a mapping where one belongs
+        problem = f"{type(error).__name__}: {error}"
+    if problem is None or replace_damaged:
+        return found if problem is None else {"default": None, "presets": {}}
+    raise IndexFormatError(f"the index's saved search presets are damaged ({problem}); search with first_stage= (CLI --first-stage), "
+                           "and save a preset again (mvr tune --save, Index.save_search_preset), which replaces them.")
 
 
-def resolve(found: dict, first_stage: str | None, candidates: int | None, options: dict, k: int = 1) -> tuple[str | None, int | None, dict, str | None]:
+def _damage(found: dict) -> str | None:
+    for name, options in found["presets"].items():
+        if not isinstance(name, str) or not isinstance(options, dict):
+            return f"preset {shown(name)} is {shown(options)}"
+        count = options.get("candidates")
+        if count is not None and (not isinstance(count, int) or isinstance(count, bool) or count < 1):
+            return f"preset {name!r} has candidates {shown(count)}"
+    if found["default"] is not None and found["default"] not in found["presets"]:
+        return f"its default {shown(found['default'])} is not one of them"
+    return None
+
+
+def resolve(found, first_stage: str | None, candidates: int | None, options: dict, k: int = 1) -> tuple[str | None, int | None, dict, str | None]:
     """``(first_stage, candidates, options, preset name)`` of a search for ``k`` hits of an index
-    whose presets are ``found`` (:func:`saved`): the preset's values under the caller's (``options``
-    may hold ``preset``: a name, or "none"); a preset's candidates grow to ``k`` as the default's do
-    (the caller's own are kept)."""
+    whose presets are ``found`` (:func:`saved`, or what gives them: read only where a preset is
+    asked for): the preset's values under the caller's (``options`` may hold ``preset``: a name, or
+    "none"); a preset's candidates grow to ``k`` as the default's do (the caller's own are kept)."""
     options = dict(options)
     name = options.pop("preset", None)
+    if name == NONE or (name is None and first_stage is not None):
+        return first_stage, candidates, options, None
+    found = found() if callable(found) else found
     if name is None:
-        if first_stage is not None or found["default"] is None:
+        if found["default"] is None:
             return first_stage, candidates, options, None
         name = found["default"]
-    if name == NONE:
-        return first_stage, candidates, options, None
     if not isinstance(name, str) or name not in found["presets"]:
         raise QueryError(f"this index has no search preset {name!r}; its presets: {', '.join(found['presets']) or 'none'} (mvr tune saves one).")
     base = dict(found["presets"][name])

@@ -51,10 +51,10 @@ class Writer:
         from .build import upgrade
 
         upgrade(self.index, wait=self.wait)
-        index = self.index
-        self.lock = WriterLock(index.path.parent, index.path.name, f"index {index.name!r}").acquire(self.wait)
+        index, real = self.index, self.index.path.resolve()  # one lock however the index is reached (a symlink or its target): two writers took one segment name
+        self.lock = WriterLock(real.parent, real.name, f"index {index.name!r}").acquire(self.wait)
         try:
-            tidy(index.path.parent, self.lock, builds=False)  # what killed builds beside it left (a replaced copy a swap hid)
+            tidy(real.parent, self.lock, builds=False)  # what killed builds beside it left (a replaced copy a swap hid)
             index.refresh()
             self.record = index._state.record
             collect(index.path, self.record)
@@ -122,7 +122,7 @@ def segment_stages(segment) -> dict:
             elif name == "splade":
                 stages[name] = segment.splade_model or manifest["model"]["source"]
             else:
-                stages[name] = None
+                stages[name] = manifest.get("asked")  # the centroid stage's count given (mvr centroids --centroids K); None elsewhere
     return stages
 
 
@@ -335,7 +335,7 @@ class Changes:
 
         options = check(self, name, options)
         with Writer(self, wait) as writer:
-            found = saved(writer.record)
+            found = saved(writer.record, replace_damaged=True)  # a damaged record's presets were unusable
             search = {"default": name if default else found["default"], "presets": {**found["presets"], name: options}}
             return writer.commit(_entries(writer.record), "search-preset", search=search)
 

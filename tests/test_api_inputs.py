@@ -221,3 +221,107 @@ def test_open_takes_a_name_or_path_and_a_model_or_encoder(tmp_path):
     for name, model in ((None, None), (5, None), (tmp_path, 5)):
         with pytest.raises(ConfigError, match="open an index by its name or path"):
             Index.open(name, model=model)
+
+
+def _head_file(path: Path, skip) -> str:
+    from mvr.vectors.heads import FORMAT
+
+    np.savez(path, format=np.array(FORMAT), kind=np.array("linear"), skip=skip)
+    return str(path)
+
+
+@pytest.mark.parametrize("skip,message", [
+    (lambda dim: np.zeros((dim, 0), np.float32), "at least one row and column"),
+    (lambda dim: np.eye(dim, 4) + 0j, "real numbers"),
+    (lambda dim: np.zeros((dim, 4), np.float32), "all zero"),
+    (lambda dim: np.full((dim, 4), 1e38, np.float32), "overflow float32"),
+])
+def test_a_head_that_cannot_project_is_refused_and_the_index_it_would_replace_stays(tmp_path, index, skip, message):
+    victim = Index.open(shutil.copytree(index.path, tmp_path / "victim"), model=index.encoder)
+    before = victim.search("cats", k=3, first_stage="exhaustive")
+    head = _head_file(tmp_path / "head.npz", skip(index.dim))
+    with pytest.raises(ConfigError, match=message) as error:
+        Index.derive(index, tmp_path / "victim", overwrite=True, projection=head, fde=None)
+    assert "\n" not in str(error.value) and (message == "overflow float32" or "head.npz" in str(error.value))  # the file named where it is read
+    after = Index.open(tmp_path / "victim", model=index.encoder).search("cats", k=3, first_stage="exhaustive")
+    assert after.indices.tolist() == before.indices.tolist()
+
+
+def test_a_build_whose_index_cannot_be_read_back_replaces_nothing(tmp_path, index, monkeypatch):
+    import mvr.build
+    from mvr.errors import IndexFormatError
+
+    victim = shutil.copytree(index.path, tmp_path / "victim")
+    finish = mvr.build.finish_segment
+
+    def faulty(folder, *args, **kwargs):  # a fault in what a build writes (a disk, a bug): it must fail the build, not every later open
+        manifest = finish(folder, *args, **kwargs)
+        (folder / "manifest.json").write_text("{")
+        return manifest
+
+    monkeypatch.setattr(mvr.build, "finish_segment", faulty)
+    with pytest.raises(IndexFormatError):
+        Index.derive(index, victim, overwrite=True, codec="int8", fde=None)
+    assert Index.open(victim, model=index.encoder).search("cats", k=2, first_stage="exhaustive").indices.tolist() == index.search("cats", k=2, first_stage="exhaustive").indices.tolist()
+
+
+def test_an_emptied_projected_index_finds_nothing_and_says_why_it_cannot_encode(tmp_path, encoder):
+    projected = Index.build(CORPUS, tmp_path / "pca", encoder=encoder, config=dataclasses.replace(FAST, pca_dim=8), show_progress=False)
+    assert projected.search("cats", k=2).indices.shape == (1, 2)
+    projected.delete([i for i, _, _ in DOCS])
+    for options in ({}, {"first_stage": "exhaustive"}, {"explain": True}):
+        found = projected.search(["cats", "dogs"], k=3, **options)
+        assert found.indices.tolist() == [[-1], [-1]] and len(found[0]) == 0, options
+    with pytest.raises(QueryError, match="holds no documents, and its projection"):
+        projected.encode_queries("cats")
+    with pytest.raises(QueryError, match="empty"):
+        projected.search("  ")  # still checked
+
+
+def test_no_queries_find_nothing(index):
+    found = index.search([], k=3)
+    assert found.indices.shape == (0, 3) and found.scores.shape == (0, 3) and len(found) == 0
+
+
+def test_positions_are_integers_and_ids_may_be_given_as_the_integers_documents_had(copy):
+    with pytest.raises(TypeError, match=r"index.position\(doc_id\)"):
+        copy.document("1")
+    with pytest.raises(TypeError, match="integer"):
+        copy.document_vectors(1.0)
+    assert copy.document(np.int64(0)).id == copy.doc_ids[0]
+    copy.add([{"id": 7, "text": "seven cats"}, {"id": 8, "text": "eight dogs"}])
+    assert "7" in copy and "8" in copy  # an integer id is stored as its digits
+    assert copy.delete([7])["deleted"] == 1 and "7" not in copy
+    assert copy.delete(8)["deleted"] == 1 and "8" not in copy
+    with pytest.raises(QueryError, match="strings"):
+        copy.delete([True])
+
+
+def test_damaged_search_presets_are_one_line_and_a_new_preset_replaces_them(copy):
+    import json
+
+    from mvr.errors import IndexFormatError
+    from mvr.storage.commits import commit_name
+
+    copy.save_search_preset("deep", {"first_stage": "exhaustive"})
+    path = copy.path / commit_name(Index.open(copy.path).generation)
+    record = json.loads(path.read_text())
+    for damage in ([1, 2], {"presets": ["g"]}, {"presets": {"g": None}}, {"presets": {"g": {"candidates": "50"}}}, {"default": "gone", "presets": {}}):
+        path.write_text(json.dumps({**record, "search": damage}))
+        damaged = Index.open(copy.path, model=copy.encoder)
+        with pytest.raises(IndexFormatError, match="saved search presets are damaged") as error:
+            damaged.search("cats", k=2)
+        assert "\n" not in str(error.value)
+        assert len(damaged.search("cats", k=2, first_stage="exhaustive")[0]) == 2  # a stage named: no preset read
+    damaged.save_search_preset("fresh", {"first_stage": "exhaustive"})
+    assert Index.open(copy.path).search_presets == {"default": "fresh", "presets": {"fresh": {"first_stage": "exhaustive"}}}  # "deep" went with the damage
+    assert len(Index.open(copy.path, model=copy.encoder).search("cats", k=2)[0]) == 2
+
+
+def test_an_index_whose_pointer_was_removed_says_so(copy):
+    from mvr.errors import IndexFormatError
+
+    (copy.path / "manifest.json").unlink()
+    with pytest.raises(IndexFormatError, match="no manifest.json, the pointer to its newest commit") as error:
+        Index.open(copy.path)
+    assert "data still there" in str(error.value) and "\n" not in str(error.value)

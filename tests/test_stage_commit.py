@@ -167,3 +167,70 @@ def test_a_shard_opens_the_commit_its_coordinator_holds(tmp_path, plain_encoder)
     for segment in held.segments:  # the held commit's old stage, as the coordinator has it
         (found,) = shard.call(0, segment.path.name, "search", "fde", query, 3)
         np.testing.assert_array_equal(found.positions, segment.stage("fde").search(query, 3)[0].positions)
+
+
+def _mvr(*args) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "mvr.cli", *map(str, args)], capture_output=True, text=True, timeout=300)
+
+
+def test_a_factory_faiss_cannot_train_or_fill_is_refused_or_left_exact(tmp_path, models, plain_encoder):
+    docs = [{"id": str(i), "text": f"document {i} about {DOCS[i % len(DOCS)][2]}"} for i in range(300)]
+    index = Index.build(docs, tmp_path / "idx", encoder=plain_encoder, config=FAST)
+    done = _mvr("fde", index.path, "--fde-factory", "OPQ4,PQ4", "--fde-reps", 4, "--fde-k-sim", 4, "--fde-d-proj", 8)
+    assert done.returncode == 0, done.stderr  # faiss's OPQ trained on 256 or more documents, but fewer than its 512 dimensions, killed the process
+    (segment,) = Index.open(index.path, model=plain_encoder).segments
+    assert json.loads((segment.path / "fde" / "manifest.json").read_text())["factory_used"] == "Flat"
+    done = _mvr("fde", index.path, "--fde-factory", "IDMap,Flat")
+    assert done.returncode == 2 and done.stderr.count("\n") == 1 and "IDMap" in done.stderr, done.stderr
+
+
+def test_a_centroid_count_given_is_kept_by_added_and_merged_segments(tmp_path, plain_encoder):
+    index = Index.build(DOC_LIST[:5], tmp_path / "idx", encoder=plain_encoder, config=FAST)
+    index.build_stage("centroids", 3)
+    index.add(DOC_LIST[5:], merge=False)
+    manifests = [json.loads((s.path / "centroids" / "manifest.json").read_text()) for s in Index.open(index.path).segments]
+    assert [(m["asked"], m["centroids"]) for m in manifests] == [(3, 3), (3, 3)]
+    index.optimize()
+    (merged,) = Index.open(index.path).segments
+    assert json.loads((merged.path / "centroids" / "manifest.json").read_text())["centroids"] == 3
+
+
+def test_centroids_of_damaged_vectors_are_one_line(tmp_path, models, plain_encoder):
+    index = Index.build(DOC_LIST, tmp_path / "idx", encoder=plain_encoder, config=dataclasses.replace(FAST, codec="float16"))
+    vectors = index.segments[0].path / "vectors.npy"
+    data = bytearray(vectors.read_bytes())
+    data[-64:] = b"\xff" * 64  # float16 NaNs, the file's size unchanged
+    os.chmod(vectors, stat.S_IRUSR | stat.S_IWUSR)
+    vectors.write_bytes(bytes(data))
+    done = _mvr("centroids", index.path, "--centroids", 4)
+    assert done.returncode == 2 and done.stderr.count("\n") == 1 and "NaN" in done.stderr and "verify" in done.stderr, done.stderr
+
+
+def test_writers_through_a_symlink_and_its_target_take_one_lock(tmp_path, plain_encoder):
+    from mvr.errors import IndexLockedError
+    from mvr.writer import Writer
+
+    index = Index.build(DOC_LIST, tmp_path / "idx", encoder=plain_encoder, config=FAST)
+    link = tmp_path / "link"
+    link.symlink_to(index.path)
+    with Writer(Index.open(link, model=plain_encoder)):
+        with pytest.raises(IndexLockedError):
+            index.delete([DOC_LIST[0]["id"]])  # both took segment s000002 and one generation, and each collected the other's files
+    with Writer(index):
+        with pytest.raises(IndexLockedError):
+            Index.open(link, model=plain_encoder).delete([DOC_LIST[0]["id"]])
+    assert Index.open(link, model=plain_encoder).delete([DOC_LIST[0]["id"]])["deleted"] == 1
+    assert verify_files(index.path) == []
+
+
+def test_out_of_memory_is_one_line(tmp_path, plain_encoder):
+    import resource
+
+    index = Index.build(DOC_LIST, tmp_path / "idx", encoder=plain_encoder, config=FAST)
+    def limit():  # the child's address space: 3 GiB, less than the 2 GiB FDE asked for needs beside the process
+        resource.setrlimit(resource.RLIMIT_AS, (3 << 30, 3 << 30))
+
+    done = subprocess.run([sys.executable, "-m", "mvr.cli", "fde", str(index.path), "--fde-k-sim", "16", "--fde-reps", "64", "--fde-d-proj", "16"],
+                          capture_output=True, text=True, timeout=300, preexec_fn=limit)
+    assert done.returncode == 2 and done.stderr.count("\n") == 1 and "out of memory" in done.stderr, done.stderr
+    assert verify_files(index.path) == []

@@ -54,6 +54,12 @@ def main(argv: list[str] | None = None) -> int:
     except BrokenPipeError:  # what reads the output went away (mvr search ... | head): stop quietly, as a Unix tool does
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # so that flushing at exit does not fail again
         return 141
+    except MemoryError:
+        print("mvr: error: out of memory; ask for less (fewer FDE dimensions, --fde-d-final, a smaller --batch-size) or use a machine with more.", file=sys.stderr)
+        return 2
+    except OSError as exc:  # a full disk, a refused permission: one line, not a traceback
+        print(f"mvr: error: {exc.strerror or exc}{f': {exc.filename}' if exc.filename else ''}.", file=sys.stderr)
+        return 2
 
 
 if __name__ == "__main__":

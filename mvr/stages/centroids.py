@@ -128,6 +128,7 @@ class CentroidStage:
             "dim": source.dim,
             "documents": n_docs,
             "centroids": int(len(centroids)),
+            "asked": settings,  # what segments added later are built with (None: the default for their size)
             "origin": origin,
             "pairs": int(len(list_docs)),
             "vectors_sha256": source.vectors_sha256,

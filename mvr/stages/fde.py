@@ -106,6 +106,8 @@ def build_fde(folder: Path, codes: np.ndarray, offsets: np.ndarray, dim: int, co
         sample = [fde.encode_documents(codes, offsets[d : d + 2]) for d in range(0, n_docs, step)]
         sample = np.concatenate(sample) if sample else np.zeros((0, fde.out_dim), np.float32)
         try:
+            if "OPQ" in config.factory and len(sample) < fde.out_dim:  # faiss's OPQ training corrupts memory then (the process dies)
+                raise RuntimeError("fewer training points than dimensions")
             index.train(sample)
         except RuntimeError as exc:
             if "training points" not in str(exc):
@@ -169,6 +171,8 @@ def check_factory(config: FDEConfig, dim: int) -> None:
         raise ConfigError(f"--fde-d-final {config.d_final} is more than the FDE's own {config.full_dim(dim)} dimensions (reps x 2**k_sim x d_proj); use fewer, e.g. 1024-2048.")
     if not is_number(config.seed, whole=True) or not 0 <= config.seed < 2**32:
         raise ConfigError(f"the FDE seed (--fde-seed) must be an integer in [0, 2**32), got {config.seed!r}.")
+    if "IDMap" in config.factory:  # faiss refuses add() without ids there
+        raise ConfigError(f"the factory string {config.factory!r} (--fde-factory) holds an IDMap: mvr numbers the FDE's rows itself; leave it out.")
     for kind, size in re.findall(r"(HNSW|IVF)(\d+)", config.factory):  # faiss aborts the process on HNSW0 and HNSW1, and fails every search of IVF0
         if int(size) < (2 if kind == "HNSW" else 1):
             raise ConfigError(f"{kind}{size} in the factory string {config.factory!r} (--fde-factory): {'HNSW needs at least 2 neighbours' if kind == 'HNSW' else 'IVF needs at least 1 list'}, e.g. HNSW32 or IVF256.")

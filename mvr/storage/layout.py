@@ -24,10 +24,10 @@ import sys
 import time
 from pathlib import Path
 
-from ..errors import IndexExistsError, IndexNotFoundError
+from ..errors import IndexExistsError, IndexFormatError, IndexNotFoundError
 from .formats import INDEX_FORMAT, SEGMENT_FORMAT
 from .lock import WriterLock
-from .manifest import MANIFEST, fsync_dir, fsync_tree, manifest_format, write_manifest
+from .manifest import MANIFEST, SEGMENTS, fsync_dir, fsync_tree, manifest_format, write_manifest
 from .names import available, default_home, name_problem
 
 # mkdtemp's random part is 8 characters of [a-z0-9_]; folders from before the PID was added lack it
@@ -71,6 +71,10 @@ def locate(name_or_path: str | os.PathLike, home: Path | None = None, *, wait: f
         raise IndexNotFoundError(f"{given} is a file, not an index folder; give the folder of an index, or a name (`mvr list`).")
     if plain and home.exists() and not home.is_dir():
         raise IndexNotFoundError(f"the index home {home} (--index-dir, $MVR_INDEX_DIR) is a file, not a folder; give the folder that holds your indexes.")
+    for folder in (given, named) if plain else (given,):
+        if folder.is_dir() and (folder / SEGMENTS).is_dir() and any(folder.glob("commit-*.json")):
+            raise IndexFormatError(f"{folder} holds an index's commits and segments but no {MANIFEST}, the pointer to its newest commit: "
+                                   f"the index is damaged, its data still there; restore {MANIFEST} from a backup of the folder.")
     hidden = _hidden_copies(named if plain else given, (INDEX_FORMAT,))
     names = available(home)
     known = f" Indexes in {home}: {', '.join(names)}." if names else ""

@@ -15,7 +15,7 @@ from pathlib import Path
 
 import numpy as np
 
-from ..errors import ConfigError
+from ..errors import ConfigError, IndexFormatError
 from ..progress import progress
 from ..threads import load_npy
 from .tokens import CodedStore, Coder
@@ -34,6 +34,8 @@ def fit_centroids(sample: np.ndarray, n_centroids: int, seed: int = 0, iters: in
     import faiss
 
     sample = np.ascontiguousarray(sample, dtype=np.float32)
+    if not np.isfinite(sample).all():  # faiss refuses them with a C++ error
+        raise IndexFormatError(f"{what}: the vectors to cluster hold NaN or infinite values; the index is damaged (`mvr info --verify` says where).")
     n_centroids = min(n_centroids, len(sample))
     kmeans = faiss.Kmeans(sample.shape[1], n_centroids, niter=iters, seed=seed, spherical=True, max_points_per_centroid=1 << 30, min_points_per_centroid=1, verbose=False)
     bar = progress(total=1, desc=f"{what}: k-means of {len(sample)} vectors into {n_centroids} centroids", unit="step")

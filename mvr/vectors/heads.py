@@ -60,9 +60,11 @@ class Head:
     def __post_init__(self):
         if self.kind not in KINDS:
             raise ConfigError(f"unknown projection head kind {self.kind!r}; available: {', '.join(KINDS)}.")
+        if any(np.iscomplexobj(p) for p in (self.skip, self.up, self.bias, self.down, self.query_weight) if p is not None):
+            raise ConfigError("a projection head's weights must be real numbers; these are complex.")
         self.skip = np.ascontiguousarray(self.skip, dtype=np.float32)
-        if self.skip.ndim != 2 or (self.bias is not None and np.ndim(self.bias) != 1):
-            raise ConfigError("a projection head's weights must be 2-D matrices (its bias a vector).")
+        if self.skip.ndim != 2 or min(self.skip.shape) < 1 or (self.bias is not None and np.ndim(self.bias) != 1):
+            raise ConfigError(f"a projection head's weights must be 2-D matrices with at least one row and column (its bias a vector); skip has shape {self.skip.shape}.")
         parts = (self.up, self.bias, self.down)
         if self.kind == "linear" and any(p is not None for p in parts):
             raise ConfigError("a linear projection head has no feed-forward weights.")
@@ -77,8 +79,10 @@ class Head:
             if self.query_weight.shape != (self.skip.shape[0] + 1,):
                 raise ConfigError(f"a projection head's query weights must be {self.skip.shape[0] + 1} numbers, got shape {self.query_weight.shape}.")
             parts = (*parts, self.query_weight)
-        if self.skip.ndim != 2 or not all(np.isfinite(p).all() for p in (self.skip, *(p for p in parts if p is not None))):
+        if not all(np.isfinite(p).all() for p in (self.skip, *(p for p in parts if p is not None))):
             raise ConfigError("a projection head's weights must be finite 2-D matrices.")
+        if not self.skip.any() and (self.down is None or not self.down.any()):
+            raise ConfigError("a projection head whose weights are all zero maps every vector to zero.")
 
     @property
     def shape(self) -> tuple[int, int]:
@@ -91,6 +95,9 @@ class Head:
         y = x @ self.skip
         if self.kind == "residual":
             y += _gelu(x @ self.up + self.bias).astype(np.float32) @ self.down
+        with np.errstate(over="ignore", invalid="ignore"):  # finite weights whose products, or their squares, overflow float32
+            if not np.isfinite(np.einsum("ij,ij->i", y, y)).all():
+                raise ConfigError("the projection head's outputs overflow float32 (its weights are too large); train it again with `mvr train-projection`.")
         return normalise_rows(y)
 
     def queries(self, vectors: np.ndarray) -> np.ndarray:
@@ -139,7 +146,11 @@ class Head:
                 if "format" not in data.files or str(data["format"]) != FORMAT:
                     raise ConfigError(f"{path} is not a projection head written by `mvr train-projection`.")
                 model = str(data["model_sha256"]) if "model_sha256" in data.files else None
-                return cls(str(data["kind"]), *(data[k] if k in data.files else None for k in ("skip", "up", "bias", "down", "query_weight")), model)
+                kind, arrays = str(data["kind"]), [data[k] if k in data.files else None for k in ("skip", "up", "bias", "down", "query_weight")]
+            try:
+                return cls(kind, *arrays, model)
+            except ConfigError as error:
+                raise ConfigError(f"{path}: {error}") from None
         except ConfigError:
             raise
         except Exception as exc:  # a truncated or foreign file: zipfile, pickle and value errors alike
