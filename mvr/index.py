@@ -22,7 +22,7 @@ import numpy as np
 
 from . import search as pipeline, search_presets
 from .config import IndexConfig
-from .corpus import Document, _utf8, query_texts
+from .corpus import Document
 from .device import resolve_device
 from .encode import Encoder, TokenVectors
 from .encode.encoder import identity_differences
@@ -31,6 +31,7 @@ from .errors import ConfigError, MvrError, QueryError
 from .explain import explain_results
 from .fusion import stage_signals
 from .registry import EXHAUSTIVE, STAGES, needs_vectors
+from .passages import rows_of
 from .results import Hit, Results
 from .search import SearchOptions
 from .segment import Commit, Segment, open_commit
@@ -47,16 +48,6 @@ _MOVED = {"fde": "index.stage('fde')", "sparse": "index.stage(name)", "has_fde":
 _ONE_SEGMENT = ("tokens", "doc_offsets", "stage", "token_ids", "vectors_sha256", "doc_ids_sha256", "metadata")
 
 __all__ = ["Index", "Hit", "Results", "SearchOptions", "identity_differences"]
-
-
-def _texts(queries) -> list[str]:
-    texts = query_texts(queries)
-    for i, text in enumerate(texts):
-        if not isinstance(text, str) or not text.strip():
-            raise QueryError(f"query #{i} is {'empty' if isinstance(text, str) else type(text).__name__}; queries must be non-empty strings.")
-        if not text.isprintable() and not _utf8(text):
-            raise QueryError(f"query #{i} holds a lone surrogate (no character: the text was decoded wrongly); send it as UTF-8.")
-    return texts
 
 
 def _position(position) -> int:  # a document's position, not its id
@@ -224,14 +215,21 @@ class Index(Changes):
         return segment.tokens.document(row)
 
     def position(self, doc_id: str) -> int:
-        """Position of the live document with external id ``doc_id`` (KeyError if absent)."""
-        at = int(self._state.positions([doc_id])[0])
+        """Position of the live document with external id ``doc_id`` (in an index of passages, of its
+        first live passage, or of the passage with that row id); KeyError if absent."""
+        at = int(self._state.positions([doc_id])[0]) if isinstance(doc_id, str) else -1
+        if at < 0 and isinstance(doc_id, str) and self.config.passage_tokens:
+            rows = rows_of(self._state, [doc_id])
+            at = int(rows[0]) if len(rows) else -1
         if at < 0:
             raise KeyError(doc_id)
         return at
 
     def __contains__(self, doc_id) -> bool:
-        return isinstance(doc_id, str) and int(self._state.positions([doc_id])[0]) >= 0
+        try:
+            return self.position(doc_id) >= 0
+        except KeyError:
+            return False
 
     def __len__(self) -> int:
         return self.n_docs
@@ -250,7 +248,7 @@ class Index(Changes):
     # -- search --------------------------------------------------------------------------------
     def encode_queries(self, queries: str | Sequence[str], *, batch_size: int | None = None, threads: int | None = None) -> TokenVectors:
         """Token vectors of queries, projected like the documents when the index uses PCA."""
-        texts = _texts(queries)
+        texts = pipeline.query_strings(queries)
         if not self._state.segments and self.dim != self.manifest["encoder"]["dim"]:
             raise QueryError(f"index {self.name!r} holds no documents, and its projection of query vectors went with them; add documents before encoding queries for it.")
         encoder = self._queries()
@@ -282,7 +280,7 @@ class Index(Changes):
         ``timings`` (ms) add ``encode`` to :meth:`search_encoded`'s. ``explain``: each hit's :attr:`Hit.explanation`
         (:mod:`mvr.explain`): the document token behind each query token's maximum, its span, its share of the score.
         """
-        texts = _texts(queries)
+        texts = pipeline.query_strings(queries)
         explain = pipeline.flag("explain", options.pop("explain", False))
         opts, k = self._options(k, first_stage, candidates, options, with_texts=True)
         if not texts or not self._state.segments:  # no queries; or no documents (a projected index's projection went with its segments)
@@ -324,8 +322,8 @@ class Index(Changes):
             raise QueryError(f"k must be a positive integer, got {k!r}.")
         options = {"preset": search_presets.NONE, **options} if not with_texts and first_stage is None else options  # a default preset may read texts
         k = min(int(k), max(self._state.n_live, 1))
-        first_stage, candidates, options, _ = search_presets.resolve(lambda: self.search_presets, first_stage, candidates, options, k)
-        opts = SearchOptions.create(first_stage=self._default_stage(with_texts) if first_stage is None else first_stage, candidates=candidates, **options)
+        first_stage, candidates, options, preset = search_presets.resolve(lambda: self.search_presets, first_stage, candidates, options, k)
+        opts = search_presets.create(SearchOptions, preset, first_stage=self._default_stage(with_texts) if first_stage is None else first_stage, candidates=candidates, **options)
         for stage in (opts.first_stage, *stage_signals(opts.weights)):
             for segment in self._state.segments:
                 segment.require(stage)  # before the model loads

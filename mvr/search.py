@@ -11,7 +11,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from .config import CENTROID_PROBE, FDE_EF_SEARCH, FDE_NPROBE, FUSION_WEIGHT, default_candidates
-from .corpus import many
+from .corpus import _utf8, many, query_texts
 from .errors import EncoderMismatchError, QueryError, shown
 from .feedback import COLBERT_PRF, expand
 from .first_stage import exhaustive, first_stage
@@ -185,6 +185,17 @@ def rerank(parts: list[tuple], query, k: int, opts: SearchOptions, signals: dict
     return positions[order], final[order].astype(np.float32)
 
 
+def query_strings(queries) -> list[str]:
+    """A query or a list of them as a list of non-empty strings, or a QueryError for what is not."""
+    texts = query_texts(queries)
+    for i, text in enumerate(texts):
+        if not isinstance(text, str) or not text.strip():
+            raise QueryError(f"query #{i} is {'empty' if isinstance(text, str) else type(text).__name__}; queries must be non-empty strings.")
+        if not text.isprintable() and not _utf8(text):
+            raise QueryError(f"query #{i} holds a lone surrogate (no character: the text was decoded wrongly); send it as UTF-8.")
+    return texts
+
+
 def query_batch(queries, texts, opts: SearchOptions, dim: int, owner: str, encoder: str) -> QueryBatch:
     """The :class:`QueryBatch` of encoded ``queries`` (TokenVectors or None) and ``texts``, checked
     against what ``opts`` read and against ``owner``'s ``dim``-wide vectors of ``encoder``."""
@@ -224,6 +235,8 @@ def run(state, queries: QueryBatch, k: int, opts: SearchOptions, threads: int | 
         results.timings, results.expanded = {"feedback": spent, **results.timings}, queries
         return results
     if not state.config.passage_tokens:
+        if opts.group == "passages":  # it would be ignored: every row here is a whole document
+            raise QueryError("group='passages' (--group passages) applies to an index of passages (mvr index --passage-tokens N); this one holds whole documents.")
         return run_rows(state, queries, k, opts, threads)
     if opts.group == "passages":
         results = run_rows(state, queries, k, opts, threads)

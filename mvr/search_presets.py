@@ -85,6 +85,16 @@ def resolve(found, first_stage: str | None, candidates: int | None, options: dic
     return first_stage or stage, candidates if candidates is not None or count is None else max(count, k), merged, name
 
 
+def create(options_class, preset: str | None, **values):
+    """``options_class.create(**values)``, a QueryError saying so when the search ``preset`` gave part of them."""
+    try:
+        return options_class.create(**values)
+    except QueryError as error:
+        if preset is None:
+            raise
+        raise QueryError(f"{error} (The search preset {preset!r} gave the rest: name the first stage, or preset='none'.)") from None
+
+
 def preset_stages(found: dict) -> dict:
     """The stages that the saved presets ``found`` read and that a new segment can build without
     settings (pooled, centroids, bm25, bm25s): what an index left without segments adds back."""

@@ -283,6 +283,12 @@ def test_no_queries_find_nothing(index):
     assert found.indices.shape == (0, 3) and found.scores.shape == (0, 3) and len(found) == 0
 
 
+def test_passages_are_asked_of_an_index_of_passages(index):
+    with pytest.raises(QueryError, match="applies to an index of passages"):
+        index.search("cats", k=2, group="passages")  # it was ignored: whole documents came back
+    assert len(index.search("cats", k=2, group="documents")[0]) == 2
+
+
 def test_positions_are_integers_and_ids_may_be_given_as_the_integers_documents_had(copy):
     with pytest.raises(TypeError, match=r"index.position\(doc_id\)"):
         copy.document("1")

@@ -97,6 +97,8 @@ def test_an_index_built_with_the_best_preset_searches_with_it_by_default(best, t
     exhaustive = best.search(ASKED, k=5, preset="best", first_stage="exhaustive")  # the preset's candidates and fusion do not apply
     np.testing.assert_array_equal(exhaustive.indices, best.search(ASKED, k=5, preset="none", first_stage="exhaustive").indices)
     override = best.search(ASKED, k=5, candidates=3)  # the caller's values over the preset's
+    with pytest.raises(QueryError, match=r"The search preset 'best' gave the rest"):
+        best.search(ASKED, k=5, fusion="rrf", prune_alpha=0.5)  # an error in what the preset and the caller make together says where it came from
     np.testing.assert_array_equal(override.indices, best.search(ASKED, k=5, preset="none", **{**SEARCH_PRESETS["best"], "candidates": 3}).indices)
 
 

@@ -107,6 +107,7 @@ def test_changes_act_on_whole_documents(folder, tmp_path, default_encoder):
     rows = index.n_docs
     manual = [str(i) for i in index.doc_ids if str(i).startswith("manual.md#")]
     assert len(manual) > 5
+    assert "manual.md" in index and "manual.md#1" in index and index.position("manual.md") == index.position("manual.md#0")  # a document id, or a passage's
     with pytest.raises(CorpusError, match="'manual.md#0' is already in the index"):
         index.add([{"id": "manual.md", "text": "again"}], show_progress=False)
     done = index.upsert([{"id": "manual.md", "text": "A short manual now: backups are kept for a week."}], show_progress=False)
@@ -117,7 +118,7 @@ def test_changes_act_on_whole_documents(folder, tmp_path, default_encoder):
     index.optimize()
     assert len(index.segments) == 1 and index.search(QUESTION, k=1)[0][0].id in ("long", "manual.md")
     gone = index.delete(["long", "nope"])
-    assert gone["deleted"] == 1 and gone["missing"] == ["nope"]
+    assert gone["deleted"] == 1 and gone["missing"] == ["nope"] and "long" not in index and "long#0" not in index
     assert not any(d.id.startswith("long#") for d in index.documents()) and any(d.id.startswith("manual.md#") for d in index.documents())
     assert all(h.id != "long" for h in index.search(QUESTION, k=3)[0])
 
