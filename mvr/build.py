@@ -21,7 +21,7 @@ import numpy as np
 
 from .config import SEARCH_PRESETS, FDEConfig, IndexConfig, positive_int
 from .encode import Encoder
-from .errors import ConfigError, shown
+from .errors import ConfigError, IndexFormatError, MvrError, shown
 from .stages import BuildSource, build_stage, stage_class
 from .storage import ArrayWriter, StagingDir, target_path
 from .storage.layout import check_replaceable
@@ -166,7 +166,10 @@ def first_commit(index: Path, folder: Path, manifest: dict, config: IndexConfig,
     commit = new_commit(None, 1, [segment], operation, config=config.to_dict(), encoder=encoder_identity, dim=manifest["counts"]["dim"], next_segment=int(folder.name[1:]) + 1, command=command, **saved)
     fsync_tree(index)
     publish(index, commit)
-    opened = open_commit(index, index.name)  # read back as every reader will, before it takes any index's place: what cannot be read fails here
+    try:  # read back as every reader will, before it takes any index's place: what cannot be read fails here
+        opened = open_commit(index, index.name)
+    except MvrError as error:
+        raise IndexFormatError(f"the index just written could not be read back, so it took no index's place (its folder is removed): {error}") from None
     if opened.pin is not None:
         opened.pin.release()
 

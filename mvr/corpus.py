@@ -90,13 +90,13 @@ def check_id(doc_id, where: str, fix: str = "change the id") -> str:
 
 
 def asked_ids(ids) -> list[str]:
-    """The ids a caller asks for (to delete, to fetch) as a list of strings (an integer as a document's
-    is stored: 7 is "7"), or a QueryError for one that is neither or holds a lone surrogate."""
-    ids = [ids] if isinstance(ids, (str, int)) and not isinstance(ids, bool) else list(many(ids, "ids must be a document id or a list of them", QueryError, ordered=False))
-    ids = [str(doc_id) if isinstance(doc_id, int) and not isinstance(doc_id, bool) else doc_id for doc_id in ids]
+    """The ids a caller asks for (to delete, to fetch) as a list, or a QueryError for one that is no
+    string (an integer may be a position given by mistake) or holds a lone surrogate."""
+    ids = [ids] if isinstance(ids, str) else list(many(ids, "ids must be a document id or a list of them", QueryError, ordered=False))
     for i, doc_id in enumerate(ids):
         if not isinstance(doc_id, str):
-            raise QueryError(f"document ids are strings (or integers); id #{i} is {type(doc_id).__name__} {shown(doc_id)}.")
+            stored = f" (a document given the id {doc_id} has the id {str(doc_id)!r})" if isinstance(doc_id, int) and not isinstance(doc_id, bool) and abs(doc_id) < 10**18 else ""
+            raise QueryError(f"document ids are strings; id #{i} is {type(doc_id).__name__} {shown(doc_id)}{stored}.")
         if not _utf8(doc_id):
             raise QueryError(f"id #{i} holds a lone surrogate (no character: it was decoded wrongly); send ids as UTF-8.")
     return ids

@@ -62,7 +62,10 @@ def missing_extra(what: str, extra: str, error: ImportError) -> MissingExtraErro
 def shown(value, limit: int = 80) -> str:
     """``repr(value)`` for a message, cut after ``limit`` characters (a client's megabyte-long id
     or list would otherwise come back whole in the error about it)."""
-    text = repr(value)
+    try:
+        text = repr(value)
+    except ValueError:  # an int of more than 4,300 digits has no repr
+        return f"an integer of about {int(value.bit_length() * 0.30103)} digits"
     return text if len(text) <= limit else f"{text[:limit]}... ({len(text)} characters)"
 
 

@@ -67,7 +67,7 @@ class Index(Changes):
         self.device = resolve_device(device)
         self._model = model
         self._encoder: tuple | None = None  # (the index's identity, its query encoder): another index built at the path has its own
-        self._lean: tuple | None = None  # (the same, its encoder of queries without PyTorch or None: _queries)
+        self._lean: tuple | None = None  # (the same, its QueryEncoder, or None where there is none: see _queries)
         self._encoder_lock, self._refresh_lock = threading.Lock(), threading.Lock()  # lazy loading of the query encoder; refresh
         self._state: Commit = self._read()
 
@@ -85,7 +85,7 @@ class Index(Changes):
         return state
 
     manifest = property(lambda self: self._state.manifest, doc="The index's manifest as one dict: the commit's config and encoder, counts over every segment.")
-    config: IndexConfig = property(lambda self: self._state.config)
+    config: IndexConfig = property(lambda self: self._state.config, doc="The settings of the index's commit (:class:`IndexConfig`).")
     legacy = property(lambda self: self._state.legacy, doc="Whether this is a version-1 index (read-only until converted: :meth:`upgrade`).")
 
     # -- opening -------------------------------------------------------------------------------
@@ -249,7 +249,7 @@ class Index(Changes):
     def encode_queries(self, queries: str | Sequence[str], *, batch_size: int | None = None, threads: int | None = None) -> TokenVectors:
         """Token vectors of queries, projected like the documents when the index uses PCA."""
         texts = pipeline.query_strings(queries)
-        if not self._state.segments and self.dim != self.manifest["encoder"]["dim"]:
+        if not self._state.segments and (self.config.projection or self.config.pca_dim):
             raise QueryError(f"index {self.name!r} holds no documents, and its projection of query vectors went with them; add documents before encoding queries for it.")
         encoder = self._queries()
         encoded = encoder.encode_queries(texts, batch_size=batch_size, threads=threads, show_progress=False)

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import numpy as np
 
+from .errors import IndexFormatError
 from .passages import live_documents
 from .registry import STAGES
 from .stages import stage_class
@@ -49,8 +50,16 @@ def describe_index(index) -> dict:
         "fde": _fde_summary(index),
         "stages": stage_bytes(index),
         "default_stage": index.default_stage,
-        "search_presets": index.search_presets,
+        "search_presets": _presets(index),
     }
+
+
+def _presets(index) -> dict:
+    """The index's saved search presets; where they are damaged, none, and why under "damaged"."""
+    try:
+        return index.search_presets
+    except IndexFormatError as error:
+        return {"default": None, "presets": {}, "damaged": str(error)}
 
 
 def stage_bytes(index) -> dict[str, int]:

@@ -27,11 +27,11 @@ from .encode.pool import ProcessEncoder
 from .corpus import as_documents, asked_ids, many
 from .errors import ConfigError, CorpusError
 from .passages import document_id, rows_of
-from .search_presets import preset_stages
+from .search_presets import preset_stages, saved
 from .segment_build import merge_segments, planned_stages, write_segment
 from .storage.commits import SEGMENTS, collect, new_commit, publish, segment_name, write_deletes
 from .storage.layout import tidy
-from .storage.lock import WriterLock
+from .storage.lock import index_lock
 from .storage.manifest import fsync_dir, fsync_tree, read_manifest
 
 MERGE_FACTOR = 10
@@ -51,10 +51,10 @@ class Writer:
         from .build import upgrade
 
         upgrade(self.index, wait=self.wait)
-        index, real = self.index, self.index.path.resolve()  # one lock however the index is reached (a symlink or its target): two writers took one segment name
-        self.lock = WriterLock(real.parent, real.name, f"index {index.name!r}").acquire(self.wait)
+        index = self.index
+        self.lock = index_lock(index.path, f"index {index.name!r}", self.wait)  # one however the index is reached
         try:
-            tidy(real.parent, self.lock, builds=False)  # what killed builds beside it left (a replaced copy a swap hid)
+            tidy(self.lock.path.parent, self.lock, builds=False)  # what killed builds beside it left (a replaced copy a swap hid)
             index.refresh()
             self.record = index._state.record
             collect(index.path, self.record)
@@ -143,7 +143,7 @@ def add(index, documents, *, upsert: bool = False, wait: float = 0.0, merge: boo
         state = index._state
         like = state.segments[-1] if state.segments else None
         encoder = document_encoder(index, cpu=workers > 1)
-        stages = segment_stages(like) if like is not None else {**planned_stages(index.config), **preset_stages(index.search_presets)}
+        stages = segment_stages(like) if like is not None else {**planned_stages(index.config), **preset_stages(saved(state.record, replace_damaged=True))}
         folder = writer.new_segment()
         replaced: list[int] | None = [] if upsert else None
         pool = None
@@ -331,7 +331,7 @@ class Changes:
         """Save ``options`` (:class:`mvr.SearchOptions` values, ``first_stage`` and ``candidates``
         too) as the search preset ``name`` in a new commit; ``default``: the search done when none
         is named (mvr/search_presets.py). Returns the commit."""
-        from .search_presets import check, saved
+        from .search_presets import check
 
         options = check(self, name, options)
         with Writer(self, wait) as writer:

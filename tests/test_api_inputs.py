@@ -260,7 +260,7 @@ def test_a_build_whose_index_cannot_be_read_back_replaces_nothing(tmp_path, inde
         return manifest
 
     monkeypatch.setattr(mvr.build, "finish_segment", faulty)
-    with pytest.raises(IndexFormatError):
+    with pytest.raises(IndexFormatError, match="could not be read back, so it took no index's place"):
         Index.derive(index, victim, overwrite=True, codec="int8", fde=None)
     assert Index.open(victim, model=index.encoder).search("cats", k=2, first_stage="exhaustive").indices.tolist() == index.search("cats", k=2, first_stage="exhaustive").indices.tolist()
 
@@ -289,22 +289,25 @@ def test_passages_are_asked_of_an_index_of_passages(index):
     assert len(index.search("cats", k=2, group="documents")[0]) == 2
 
 
-def test_positions_are_integers_and_ids_may_be_given_as_the_integers_documents_had(copy):
+def test_positions_are_integers_and_ids_strings(copy):
     with pytest.raises(TypeError, match=r"index.position\(doc_id\)"):
         copy.document("1")
     with pytest.raises(TypeError, match="integer"):
         copy.document_vectors(1.0)
     assert copy.document(np.int64(0)).id == copy.doc_ids[0]
-    copy.add([{"id": 7, "text": "seven cats"}, {"id": 8, "text": "eight dogs"}])
-    assert "7" in copy and "8" in copy  # an integer id is stored as its digits
-    assert copy.delete([7])["deleted"] == 1 and "7" not in copy
-    assert copy.delete(8)["deleted"] == 1 and "8" not in copy
+    copy.add([{"id": 7, "text": "seven cats"}])
+    assert "7" in copy  # an integer id is stored as its digits
+    with pytest.raises(QueryError, match=r"is int 7 \(a document given the id 7 has the id '7'\)"):
+        copy.delete([7])  # refused all the same: a position given by mistake would delete another document
+    assert copy.delete(["7"])["deleted"] == 1
     with pytest.raises(QueryError, match="strings"):
-        copy.delete([True])
+        copy.delete([10**5000])
 
 
-def test_damaged_search_presets_are_one_line_and_a_new_preset_replaces_them(copy):
+def test_damaged_search_presets_are_one_line_and_a_new_preset_replaces_them(copy, capsys):
     import json
+
+    from mvr.cli import main
 
     from mvr.errors import IndexFormatError
     from mvr.storage.commits import commit_name
@@ -319,6 +322,8 @@ def test_damaged_search_presets_are_one_line_and_a_new_preset_replaces_them(copy
             damaged.search("cats", k=2)
         assert "\n" not in str(error.value)
         assert len(damaged.search("cats", k=2, first_stage="exhaustive")[0]) == 2  # a stage named: no preset read
+        assert "saved search presets are damaged" in damaged.info()["search_presets"]["damaged"]  # info says so, and still answers
+    assert main(["info", str(copy.path), "--verify"]) == 2 and "saved search presets are damaged" in capsys.readouterr().err
     damaged.save_search_preset("fresh", {"first_stage": "exhaustive"})
     assert Index.open(copy.path).search_presets == {"default": "fresh", "presets": {"fresh": {"first_stage": "exhaustive"}}}  # "deep" went with the damage
     assert len(Index.open(copy.path, model=copy.encoder).search("cats", k=2)[0]) == 2

@@ -374,7 +374,8 @@ def test_a_card_of_other_files_versions_or_identity_is_not_used(models, tmp_path
     (card,) = (tmp_path / "cache" / "onnx").glob("*.queries.json")
     _lean_and_full(Index.open(tmp_path / "idx"))
     monkeypatch.setenv("MVR_QUERY_RUNTIME", "torch")  # queries asked of PyTorch: so be it
-    assert Index.open(tmp_path / "idx")._queries() is not None and not isinstance(Index.open(tmp_path / "idx")._queries(), queries.QueryEncoder)
+    asked = Index.open(tmp_path / "idx")
+    assert asked._queries() is asked.encoder
     monkeypatch.delenv("MVR_QUERY_RUNTIME")
     record = json.loads(card.read_text())
     for field, value in (("versions", {**record["versions"], "tokenizers": "0.0.1"}), ("identity", {**record["identity"], "tokenizer_sha256": "0" * 64})):
@@ -409,3 +410,40 @@ def test_a_cold_search_imports_neither_torch_nor_transformers(default_index):
     assert imported == [] and device == "cpu"
     assert ids == expected.indices.tolist()
     assert scores == expected.scores.tolist()
+
+
+def test_a_card_follows_what_transformers_sets_per_call_and_the_files_beside_a_transformer_folder(models, tmp_path, monkeypatch):
+    import shutil
+
+    from mvr import Index
+
+    monkeypatch.setenv("MVR_CACHE_DIR", str(tmp_path / "cache"))
+    plain = shutil.copytree(models["plain"], tmp_path / "split")
+    config = json.loads((plain / "tokenizer_config.json").read_text())
+    (plain / "tokenizer_config.json").write_text(json.dumps({**config, "split_special_tokens": True}))  # "[MASK]" in a query is text, not the token
+    Index.build([("a", "cats eat fish [MASK]")], tmp_path / "s", encoder=Encoder(plain), config=IndexConfig(fde=None, sparse=())).search("warm", k=1)
+    lean, full = _lean_and_full(Index.open(tmp_path / "s"))
+    a, b = lean.encode_queries(["what is [MASK] here"]), full.encode_queries(["what is [MASK] here"], show_progress=False)
+    assert a.token_ids.tolist() == b.token_ids.tolist() and 103 not in a.token_ids.tolist()
+    np.testing.assert_array_equal(a.vectors, b.vectors)
+
+    model = tmp_path / "pylate"  # the transformer in a folder of its own, its markers' settings beside it
+    shutil.copytree(models["pylate"], model / "0_Transformer", ignore=shutil.ignore_patterns("1_Dense", "modules.json", "config_sentence_transformers.json", "sentence_bert_config.json"))
+    shutil.copytree(models["pylate"] / "1_Dense", model / "1_Dense")
+    for name in ("config_sentence_transformers.json", "sentence_bert_config.json"):
+        shutil.copy(models["pylate"] / name, model / name)
+    modules = json.loads((models["pylate"] / "modules.json").read_text())
+    (model / "modules.json").write_text(json.dumps([{**m, "path": "0_Transformer"} if m["path"] == "" else m for m in modules]))
+    docs = [("a", "cats eat fish"), ("b", "lava flows downhill")]
+    Index.build(docs, tmp_path / "p", encoder=Encoder(model), config=IndexConfig(fde=None, sparse=())).search("warm", k=1)
+    _lean_and_full(Index.open(tmp_path / "p"))
+    settings = json.loads((model / "config_sentence_transformers.json").read_text())
+    (model / "config_sentence_transformers.json").write_text(json.dumps({**settings, "query_prefix": "[unused0]"}))  # another marker: another card
+    Index.build(docs, tmp_path / "p", encoder=Encoder(model), config=IndexConfig(fde=None, sparse=()), overwrite=True)
+    index = Index.open(tmp_path / "p")
+    assert index._queries() is index.encoder  # no card of these files yet: not the old marker's
+    index.search("warm", k=1)
+    lean, full = _lean_and_full(Index.open(tmp_path / "p"))
+    a, b = lean.encode_queries(["cats"]), full.encode_queries(["cats"], show_progress=False)
+    assert a.token_ids.tolist() == b.token_ids.tolist() and a.token_ids[1] == full._query_marker_id
+    np.testing.assert_array_equal(a.vectors, b.vectors)

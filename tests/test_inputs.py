@@ -326,7 +326,7 @@ def test_python_callers_passing_the_wrong_kind_get_mvr_errors_and_no_change(tmp_
         for write in (index.add, index.upsert):
             with pytest.raises(CorpusError, match=message):
                 write(documents)
-    for ids in (None, 4983.0, {"a": 1}):  # an integer is an id, as a document's may be
+    for ids in (None, 4983, {"a": 1}):
         with pytest.raises(QueryError, match="ids must be a document id or a list of them"):
             index.delete(ids)
     with pytest.raises(ConfigError, match="wait is the seconds to wait"):
@@ -533,7 +533,7 @@ def test_rerank_candidates_are_checked_line_by_line(index, tmp_path, capsys):
     cases = {
         "twice": ([{"id": "q1", "query": "tea", "ids": ["d4"]}, {"id": "q1", "query": "cats", "ids": ["d1"]}], "candidates.jsonl:2: the query id 'q1' is given twice (first on line 1)"),
         "both": ([{"id": "q1", "query": "tea", "ids": ["d4"], "documents": [{"id": "x", "text": "green tea"}]}], 'candidates.jsonl:1: give either "ids"'),
-        "bad id": ([{"id": "q1", "query": "tea", "ids": ["d4"]}, {"id": "q2", "query": "tea", "ids": [5.5]}], "candidates.jsonl:2: document ids are strings"),
+        "bad id": ([{"id": "q1", "query": "tea", "ids": ["d4"]}, {"id": "q2", "query": "tea", "ids": [5]}], "candidates.jsonl:2: document ids are strings"),
         "no text": ([{"id": "q1", "query": "", "ids": ["d4"]}], "candidates.jsonl:1: "),
     }
     for name, (lines, says) in cases.items():

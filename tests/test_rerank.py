@@ -49,7 +49,7 @@ def test_bad_candidates_are_clear_errors(default_index, default_encoder):
     with pytest.raises(QueryError, match="not in index"):
         default_index.rerank("cats", ["d1", "nope"])
     with pytest.raises(QueryError, match="ids are strings"):
-        default_index.rerank("cats", ["d1", 3.0])
+        default_index.rerank("cats", ["d1", 3])
     with pytest.raises(QueryError, match="non-empty string"):
         default_index.rerank("  ", ["d1"])
     with pytest.raises(QueryError, match="k must be a positive integer"):

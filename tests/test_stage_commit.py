@@ -234,3 +234,18 @@ def test_out_of_memory_is_one_line(tmp_path, plain_encoder):
                           capture_output=True, text=True, timeout=300, preexec_fn=limit)
     assert done.returncode == 2 and done.stderr.count("\n") == 1 and "out of memory" in done.stderr, done.stderr
     assert verify_files(index.path) == []
+
+
+def test_an_index_linked_from_a_writable_home_into_a_folder_it_cannot_write_beside_still_takes_writes(tmp_path, plain_encoder):
+    locked = tmp_path / "locked"
+    index = Index.build(DOC_LIST, locked / "idx", encoder=plain_encoder, config=FAST)
+    (tmp_path / "home").mkdir()
+    link = tmp_path / "home" / "idx"
+    link.symlink_to(index.path)
+    if subprocess.run(["chattr", "+i", str(locked)], capture_output=True).returncode != 0:
+        pytest.skip("chattr +i is not available here (the folder beside the index must refuse new files, even to root)")
+    try:
+        assert Index.open(link, model=plain_encoder).delete([DOC_LIST[0]["id"]])["deleted"] == 1  # its lock beside the link
+        assert DOC_LIST[0]["id"] not in Index.open(index.path, model=plain_encoder)
+    finally:
+        subprocess.run(["chattr", "-i", str(locked)], check=True)

@@ -55,7 +55,7 @@ def main(argv: list[str] | None = None) -> int:
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # so that flushing at exit does not fail again
         return 141
     except MemoryError:
-        print("mvr: error: out of memory; ask for less (fewer FDE dimensions, --fde-d-final, a smaller --batch-size) or use a machine with more.", file=sys.stderr)
+        print("mvr: error: out of memory; ask for less (a smaller --batch-size or -k, fewer FDE dimensions) or use a machine with more.", file=sys.stderr)
         return 2
     except OSError as exc:  # a full disk, a refused permission: one line, not a traceback
         print(f"mvr: error: {exc.strerror or exc}{f': {exc.filename}' if exc.filename else ''}.", file=sys.stderr)

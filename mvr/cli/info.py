@@ -72,6 +72,8 @@ def run(args) -> int:
         rows.append(("FDE first stage", "none (add one with `mvr fde`)"))
     rows.append(("first stages", ", ".join(f"{name} ({size / 2**20:.1f} MiB)" for name, size in info["stages"].items()) or "none"))
     presets = info["search_presets"]
+    if presets.get("damaged"):
+        rows.append(("search presets", presets["damaged"]))
     if presets["default"]:
         rows.append(("default search", f"search preset {presets['default']!r}: {_options(presets['presets'][presets['default']])}"))
     else:
@@ -110,6 +112,7 @@ def _verified(args):
     except IndexFormatError as error:
         refused = str(error)
     problems += [refused] if refused else []
+    problems += [info["search_presets"]["damaged"]] if info and info["search_presets"].get("damaged") else []
     problems = list(dict.fromkeys(problems))
     if problems:
         if args.json:

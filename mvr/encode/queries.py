@@ -26,6 +26,7 @@ from pathlib import Path
 
 import numpy as np
 
+from ..config import positive_int
 from ..errors import EncoderError, EncoderMismatchError
 from .encoder import Encoder, identity_differences
 from .forms import ACTIVATIONS, NUMPY_ACTIVATIONS, default_model_path, detect_spec, finish_vectors, read_json, weight_files_of, weights_checksum
@@ -40,9 +41,10 @@ _NOT_READ = {".safetensors", ".bin", ".pt", ".pth", ".h5", ".msgpack", ".onnx", 
 class _Tokenizer:
     """What :func:`mvr.encode.tokens.input_ids` asks of a tokenizer, from a ``tokenizers.Tokenizer``."""
 
-    def __init__(self, backend, special: dict[str, int | None], truncation_side: str):
+    def __init__(self, backend, special: dict[str, int | None], truncation_side: str, split_special_tokens: bool):
         backend.no_truncation()
         backend.no_padding()
+        backend.encode_special_tokens = split_special_tokens  # transformers sets it at every call; tokenizer.json does not hold it
         self.backend, self.truncation_side = backend, truncation_side
         self.cls_token_id, self.sep_token_id, self.pad_token_id, self.mask_token_id = (special[name] for name in _SPECIAL)
 
@@ -55,12 +57,16 @@ class QueryEncoder:
     """Encodes queries as :meth:`mvr.Encoder.encode_queries` does, in ONNX Runtime and numpy."""
 
     def __init__(self, spec, tokenizer: _Tokenizer, marker: int | None, input_names: list[str], model: bytes, projections: list, dim: int):
-        self.spec, self.tokenizer, self._marker, self.input_names, self._projections, self.dim = spec, tokenizer, marker, input_names, projections, dim
+        self.spec, self.tokenizer, self.dim = spec, tokenizer, dim
+        self._marker, self._projections = marker, projections
+        self.input_names = input_names
         self._session = open_session(model, "onnx", 1)  # one thread at batch 1, as the full encoder runs queries
         self.query_runtime = "onnx"
 
     def encode_queries(self, texts, *, batch_size: int | None = None, threads: int | None = None, show_progress=None) -> TokenVectors:
         texts = checked_texts(texts, True)
+        for name, value in (("batch_size", batch_size), ("threads", threads)):  # as the full encoder checks them
+            positive_int("", name, value, optional=True)
         spec, tok = self.spec, self.tokenizer
         sequences, truncated = input_ids(tok, texts, self._marker, spec.query_maxlen, expand=spec.query_expansion)
         batch_size = batch_size or 32
@@ -134,7 +140,7 @@ def query_encoder(recorded: dict, model: str | os.PathLike | None = None) -> Que
         if projections is None:
             return None
         weights = weights_checksum(weight_files)
-        card = json.loads(_card_path(weights, folder).read_text(encoding="utf-8"))
+        card = json.loads(_card_path(weights, path, spec).read_text(encoding="utf-8"))
         identity = {**card["identity"], **{k: v for k, v in asdict(spec).items() if k not in ("dense_dirs", "transformer_dir", "skiplist")}}
         dim = identity["dim"]
         if card["versions"] != _versions() or identity_differences(recorded, identity) or identity["weights_sha256"] != weights or (projections and projections[-1][0].shape[0] != dim):
@@ -145,36 +151,38 @@ def query_encoder(recorded: dict, model: str | os.PathLike | None = None) -> Que
         exported = cached_export(weights, card["input_names"], "onnx")
         if exported is None or _form_sha256(backend) != identity["tokenizer_sha256"]:  # not exported yet: the full encoder exports it
             return None
-        return QueryEncoder(spec, _Tokenizer(backend, card["special"], card["truncation_side"]), card["query_marker"], card["input_names"], exported, projections, dim)
+        tokenizer = _Tokenizer(backend, card["special"], card["truncation_side"], card["split_special_tokens"])
+        return QueryEncoder(spec, tokenizer, card["query_marker"], card["input_names"], exported, projections, dim)
     except (EncoderError, OSError, ValueError, KeyError, TypeError, AttributeError, ImportError):
         return None
 
 
 def remember(encoder: Encoder) -> None:
     """Write the card of ``encoder``'s model, once: what its tokenizer (as transformers loaded it)
-    and its export are, beside the export under ``$MVR_CACHE_DIR``, named after its weights and every
-    other file of its folder. :func:`query_encoder` reads it in later processes. Only an encoder
-    whose queries run in ONNX Runtime, with a fast tokenizer that is its ``tokenizer.json``, has one."""
+    and its export are, beside the export under ``$MVR_CACHE_DIR``, named after its weights and the
+    other files of its folders. :func:`query_encoder` reads it in later processes, and checks there
+    that ``tokenizer.json`` read alone is the tokenizer transformers ran. Only an encoder whose
+    queries run in ONNX Runtime, with a fast tokenizer, has one; one that cannot be written (a
+    cache folder not writable, a model file not readable) is left out: the full encoder goes on."""
     tok = encoder.tokenizer
     if getattr(encoder, "_remembered", False) or encoder.query_runtime != "onnx" or not getattr(tok, "is_fast", False):
         return
     encoder._remembered = True
-    if _form_sha256(tok.backend_tokenizer) != encoder.tokenizer_sha256 or not (encoder._transformer_path / "tokenizer.json").is_file():
-        return
     card = {
         "identity": {k: v for k, v in encoder.identity.items() if k not in ("name", "source")},
         "special": {name: getattr(tok, f"{name}_id") for name in _SPECIAL},
         "query_marker": encoder._query_marker_id,
         "truncation_side": tok.truncation_side,
+        "split_special_tokens": bool(getattr(tok, "split_special_tokens", False)),
         "input_names": list(encoder._onnx.input_names),
         "versions": _versions(),
     }
-    path = _card_path(encoder.weights_sha256, encoder._transformer_path)
     try:
+        path = _card_path(encoder.weights_sha256, encoder.path, encoder.spec)
         if not path.is_file() or json.loads(path.read_text(encoding="utf-8")) != card:
             path.parent.mkdir(parents=True, exist_ok=True)
             write_record(path, card)
-    except (OSError, ValueError):  # a cache that cannot be written: queries keep loading the full encoder
+    except (OSError, ValueError):
         pass
 
 
@@ -190,13 +198,16 @@ def _form_sha256(backend) -> str:
     return hashlib.sha256(json.dumps(form, sort_keys=True, default=str).encode("utf-8")).hexdigest()
 
 
-def _card_path(weights_sha256: str, folder: Path) -> Path:
-    """The card of the model whose weights hash to ``weights_sha256``, with the other files of
-    ``folder`` (tokenizer files, configs: whatever transformers may read to tokenise), by name and bytes."""
+def _card_path(weights_sha256: str, path: Path, spec) -> Path:
+    """The card of the model at ``path`` whose weights hash to ``weights_sha256``: named after the
+    other files of its folder, of its transformer's and of its projections' (tokenizer files,
+    configs, the markers' settings: whatever may change how a query is cut into ids), by name and bytes."""
     digest = hashlib.sha256()
-    for file in sorted(folder.iterdir()):
-        if file.is_file() and file.suffix not in _NOT_READ:
-            digest.update(file.name.encode("utf-8") + b"\0" + hashlib.sha256(file.read_bytes()).digest())
+    for folder in dict.fromkeys([path, path / spec.transformer_dir, *(path / sub for sub in spec.dense_dirs)]):
+        for file in sorted(folder.iterdir()):
+            if file.is_file() and file.suffix not in _NOT_READ:
+                with open(file, "rb") as handle:
+                    digest.update(f"{file.relative_to(path)}\0".encode("utf-8") + hashlib.file_digest(handle, "sha256").digest())
     return cache_dir() / f"{weights_sha256[:24]}-{digest.hexdigest()[:24]}.queries.json"
 
 

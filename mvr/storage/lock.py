@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import errno
 import fcntl
 import os
 import time
@@ -80,6 +81,22 @@ class WriterLock:
                 pass
             os.close(self._fd)
             self._fd = None
+
+
+def index_lock(path: Path, label: str, wait: float = 0.0) -> WriterLock:
+    """The writer lock of the index folder at ``path``, taken beside the folder it resolves to, so
+    that every way to one index (a symlink, its target) takes one lock: two writers would otherwise
+    take the same segment name and collect each other's files. Beside ``path`` itself where the
+    resolved folder's parent cannot be written (a link from a writable home to an index in a
+    read-only folder: no writer could take the lock there)."""
+    given = Path(path)
+    real = given.resolve()
+    try:
+        return WriterLock(real.parent, real.name, label).acquire(wait)
+    except OSError as error:
+        if real == given.absolute() or error.errno not in (errno.EACCES, errno.EPERM, errno.EROFS):
+            raise
+        return WriterLock(given.parent, given.name, label).acquire(wait)
 
 
 def check_wait(wait) -> None:
