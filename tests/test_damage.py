@@ -365,7 +365,7 @@ def _export(encoder, cache: Path, runtime: str = "onnx") -> Path:
 def _plant(source: Path, encoder) -> Path:
     """Put the export ``source`` (and its sidecar, where there is one) under the name of
     ``encoder``'s export; return that name."""
-    target = source.with_name(source.name.replace(source.name.split("-")[0], encoder.weights_sha256[:24]))
+    target = source.with_name(source.name.replace(source.name.split("-")[0], encoder._onnx.weights_sha256[:24]))
     shutil.copy(source, target)
     if Path(f"{source}.json").is_file():
         shutil.copy(f"{source}.json", f"{target}.json")
@@ -381,7 +381,7 @@ def test_another_models_export_under_the_models_name_is_not_used(models, tmp_pat
     want = Encoder(models["plain"], query_runtime="torch").encode_queries(QUERIES).vectors
     np.testing.assert_allclose(plain.encode_queries(QUERIES).vectors, want, atol=1e-5)
     record = json.loads(Path(f"{planted}.json").read_text())
-    assert record["weights_sha256"] == plain.weights_sha256 and record["onnx_sha256"] == sha256_file(planted)
+    assert record["weights_sha256"] == plain._onnx.weights_sha256 and record["onnx_sha256"] == sha256_file(planted)  # the key of its weights and configuration
 
     # the model's own sidecar with another file, or no sidecar (a cache from before them): made again
     for keep_sidecar in (True, False):

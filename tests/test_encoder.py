@@ -447,3 +447,41 @@ def test_a_card_follows_what_transformers_sets_per_call_and_the_files_beside_a_t
     a, b = lean.encode_queries(["cats"]), full.encode_queries(["cats"], show_progress=False)
     assert a.token_ids.tolist() == b.token_ids.tolist() and a.token_ids[1] == full._query_marker_id
     np.testing.assert_array_equal(a.vectors, b.vectors)
+
+
+def test_a_damaged_card_or_a_tokenizer_without_its_file_leaves_queries_to_the_full_encoder(models, tmp_path, monkeypatch):
+    import shutil
+
+    from mvr import Index
+
+    monkeypatch.setenv("MVR_CACHE_DIR", str(tmp_path / "cache"))
+    bare = shutil.copytree(models["plain"], tmp_path / "bare")
+    (bare / "tokenizer.json").unlink()  # the fast tokenizer is made from vocab.txt
+    Index.build([("a", "cats eat fish")], tmp_path / "b", encoder=Encoder(bare), config=IndexConfig(fde=None, sparse=())).search("warm", k=1)
+    index = Index.open(tmp_path / "b")
+    assert index._queries() is index.encoder and len(index.search("cats", k=1)[0]) == 1
+
+    Index.build([("a", "cats eat fish")], tmp_path / "p", encoder=Encoder(models["plain"]), config=IndexConfig(fde=None, sparse=())).search("warm", k=1)
+    (card,) = (tmp_path / "cache" / "onnx").glob("*.queries.json")
+    record = json.loads(card.read_text())
+    damages = [{**record, "special": {**record["special"], "pad_token": "0"}}, {**record, "special": {**record["special"], "pad_token": 10**30}},
+               {**record, "query_marker": 10**9}, {**record, "truncation_side": "middle"}, "[" * 200000, ""]
+    for damage in damages:
+        card.write_text(damage if isinstance(damage, str) else json.dumps(damage))
+        index = Index.open(tmp_path / "p")
+        assert index._queries() is index.encoder, str(damage)[:60]
+        assert len(index.search("cats", k=1)[0]) == 1  # the full encoder's search, which writes the card again
+        assert json.loads(card.read_text()) == record
+
+
+def test_an_export_is_made_again_for_another_configuration_of_the_same_weights(models, tmp_path, monkeypatch):
+    import shutil
+
+    monkeypatch.setenv("MVR_CACHE_DIR", str(tmp_path / "cache"))
+    model = shutil.copytree(models["plain"], tmp_path / "model")
+    Encoder(model, query_runtime="onnx").encode_queries(QUERIES[:3])
+    config = json.loads((model / "config.json").read_text())
+    (model / "config.json").write_text(json.dumps({**config, "layer_norm_eps": 0.5}))  # the same weights, another graph
+    onnx, plain = Encoder(model, query_runtime="onnx"), Encoder(model, query_runtime="torch")
+    np.testing.assert_allclose(onnx.encode_queries(QUERIES[:3]).vectors, plain.encode_queries(QUERIES[:3]).vectors, atol=1e-5)
+    assert len(list((tmp_path / "cache" / "onnx").glob("*.onnx"))) == 2

@@ -24,7 +24,7 @@ from ..errors import EncoderError
 from ..progress import progress
 from ..threads import cpu_threads
 from .forms import DEFAULT_MODEL_NAME, default_model_path, detect_spec, finish_vectors, load_projections, numpy_layers, weight_files_of, weights_checksum
-from .runtimes import ExportError, OnnxTransformer, check_runtime, quiet_transformers, transformers_names
+from .runtimes import ExportError, OnnxTransformer, check_runtime, export_key, quiet_transformers, transformers_names
 from .tokens import TokenVectors, character_spans, checked_texts, input_ids, token_classes, tokenizer_checksum
 
 
@@ -128,7 +128,7 @@ class Encoder:
         self._pass_token_types = "token_type_ids" in tok.model_input_names
         self.weights_sha256, self.tokenizer_sha256 = weights_checksum(weight_files), tokenizer_checksum(tok)
         input_names = ["input_ids", "attention_mask", *(["token_type_ids"] if self._pass_token_types else [])]
-        self._onnx = OnnxTransformer(lambda: self.model, tok, input_names, self.weights_sha256, transformer_path)
+        self._onnx = OnnxTransformer(lambda: self.model, tok, input_names, export_key(self.weights_sha256, transformer_path), transformer_path)
 
     @property
     def model(self):

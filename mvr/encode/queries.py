@@ -26,11 +26,11 @@ from pathlib import Path
 
 import numpy as np
 
-from ..config import positive_int
+from ..config import RUNTIMES, positive_int
 from ..errors import EncoderError, EncoderMismatchError
 from .encoder import Encoder, identity_differences
 from .forms import ACTIVATIONS, NUMPY_ACTIVATIONS, default_model_path, detect_spec, finish_vectors, read_json, weight_files_of, weights_checksum
-from .runtimes import cache_dir, cached_export, open_session, write_record
+from .runtimes import cache_dir, cached_export, export_key, open_session, write_record
 from .tokens import TokenVectors, checked_texts, input_ids
 
 _SPECIAL = ("cls_token", "sep_token", "pad_token", "mask_token")
@@ -65,8 +65,7 @@ class QueryEncoder:
 
     def encode_queries(self, texts, *, batch_size: int | None = None, threads: int | None = None, show_progress=None) -> TokenVectors:
         texts = checked_texts(texts, True)
-        for name, value in (("batch_size", batch_size), ("threads", threads)):  # as the full encoder checks them
-            positive_int("", name, value, optional=True)
+        positive_int("", "batch_size", batch_size, optional=True)  # as the full encoder checks it (threads: queries run on one)
         spec, tok = self.spec, self.tokenizer
         sequences, truncated = input_ids(tok, texts, self._marker, spec.query_maxlen, expand=spec.query_expansion)
         batch_size = batch_size or 32
@@ -129,8 +128,8 @@ def query_encoder(recorded: dict, model: str | os.PathLike | None = None) -> Que
     """A :class:`QueryEncoder` of the model folder ``model`` (None: the index's own) for an index
     whose encoder record is ``recorded``, or None where it could differ from the full encoder's:
     no card of these very files (:func:`remember`), an identity other than the record's, no export."""
-    if os.environ.get("MVR_QUERY_RUNTIME", "onnx") not in ("", "onnx"):
-        return None
+    if os.environ.get("MVR_QUERY_RUNTIME", "onnx") not in ("", "onnx") or os.environ.get("MVR_DOC_RUNTIME", "") not in ("", *RUNTIMES):
+        return None  # PyTorch asked for; or a setting the full encoder refuses, and says so
     try:
         path = (default_model_path() if (source := _source(recorded, model)) is None else Path(source)).resolve()
         spec = detect_spec(path, recorded["query_maxlen"], recorded["doc_maxlen"])
@@ -140,7 +139,9 @@ def query_encoder(recorded: dict, model: str | os.PathLike | None = None) -> Que
         if projections is None:
             return None
         weights = weights_checksum(weight_files)
-        card = json.loads(_card_path(weights, path, spec).read_text(encoding="utf-8"))
+        card = _read(_card_path(weights, path, spec))
+        if not _sound(card):
+            return None
         identity = {**card["identity"], **{k: v for k, v in asdict(spec).items() if k not in ("dense_dirs", "transformer_dir", "skiplist")}}
         dim = identity["dim"]
         if card["versions"] != _versions() or identity_differences(recorded, identity) or identity["weights_sha256"] != weights or (projections and projections[-1][0].shape[0] != dim):
@@ -148,12 +149,14 @@ def query_encoder(recorded: dict, model: str | os.PathLike | None = None) -> Que
         from tokenizers import Tokenizer
 
         backend = Tokenizer.from_file(str(folder / "tokenizer.json"))
-        exported = cached_export(weights, card["input_names"], "onnx")
+        if any(i is not None and not 0 <= i < backend.get_vocab_size() for i in (*card["special"].values(), card["query_marker"])):
+            return None
+        exported = cached_export(export_key(weights, folder), card["input_names"], "onnx")
         if exported is None or _form_sha256(backend) != identity["tokenizer_sha256"]:  # not exported yet: the full encoder exports it
             return None
         tokenizer = _Tokenizer(backend, card["special"], card["truncation_side"], card["split_special_tokens"])
         return QueryEncoder(spec, tokenizer, card["query_marker"], card["input_names"], exported, projections, dim)
-    except (EncoderError, OSError, ValueError, KeyError, TypeError, AttributeError, ImportError):
+    except Exception:  # anything unforeseen (a damaged card, export or tokenizer.json): the full encoder, which checks and says
         return None
 
 
@@ -168,6 +171,8 @@ def remember(encoder: Encoder) -> None:
     if getattr(encoder, "_remembered", False) or encoder.query_runtime != "onnx" or not getattr(tok, "is_fast", False):
         return
     encoder._remembered = True
+    if not (encoder._transformer_path / "tokenizer.json").is_file():  # a fast tokenizer made from vocab.txt: not read here
+        return
     card = {
         "identity": {k: v for k, v in encoder.identity.items() if k not in ("name", "source")},
         "special": {name: getattr(tok, f"{name}_id") for name in _SPECIAL},
@@ -179,11 +184,31 @@ def remember(encoder: Encoder) -> None:
     }
     try:
         path = _card_path(encoder.weights_sha256, encoder.path, encoder.spec)
-        if not path.is_file() or json.loads(path.read_text(encoding="utf-8")) != card:
+        if _read(path) != card:
             path.parent.mkdir(parents=True, exist_ok=True)
             write_record(path, card)
     except (OSError, ValueError):
         pass
+
+
+def _read(path: Path):
+    """The JSON at ``path``; None where there is none that reads."""
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError, RecursionError):
+        return None
+
+
+def _sound(card) -> bool:
+    """Whether ``card`` has the shape :func:`remember` writes (a hand-edited or damaged one: no)."""
+    def ids(values) -> bool:
+        return all(v is None or (isinstance(v, int) and not isinstance(v, bool)) for v in values)
+
+    return (isinstance(card, dict) and isinstance(card.get("identity"), dict) and isinstance(card.get("special"), dict)
+            and set(card["special"]) == set(_SPECIAL) and ids([*card["special"].values(), card.get("query_marker")])
+            and card.get("truncation_side") in ("right", "left") and isinstance(card.get("split_special_tokens"), bool)
+            and card.get("input_names") in (["input_ids", "attention_mask", "token_type_ids"], ["input_ids", "attention_mask"])
+            and isinstance(card.get("versions"), dict))
 
 
 def _versions() -> dict:
@@ -207,7 +232,7 @@ def _card_path(weights_sha256: str, path: Path, spec) -> Path:
         for file in sorted(folder.iterdir()):
             if file.is_file() and file.suffix not in _NOT_READ:
                 with open(file, "rb") as handle:
-                    digest.update(f"{file.relative_to(path)}\0".encode("utf-8") + hashlib.file_digest(handle, "sha256").digest())
+                    digest.update(os.fsencode(file.relative_to(path)) + b"\0" + hashlib.file_digest(handle, "sha256").digest())
     return cache_dir() / f"{weights_sha256[:24]}-{digest.hexdigest()[:24]}.queries.json"
 
 

@@ -1,8 +1,8 @@
 """How a transformer runs: PyTorch, or its export to ONNX run by ONNX Runtime (float32, or with
 int8 weights, its graph as traced or fused: :mod:`mvr.encode.quantize`). The export is made once per model and kept under ``$MVR_CACHE_DIR`` (default
-``~/.cache/mvr``), named after the weights' sha256. Beside each exported or quantised file, a
-sidecar ``NAME.onnx.json`` records the full sha256 of the weights it came from and of the file
-itself; a file is used only when both match (read once, checked, and given to ONNX Runtime as
+``~/.cache/mvr``), named after the sha256 of the weights and of ``config.json`` (:func:`export_key`).
+Beside each exported or quantised file, a sidecar ``NAME.onnx.json`` records that key in full
+(as ``weights_sha256``) and the sha256 of the file itself; a file is used only when both match (read once, checked, and given to ONNX Runtime as
 those very bytes), else it is made again: another model's export under that name, a damaged
 file, or one from before the sidecars would otherwise change every result silently."""
 
@@ -201,6 +201,15 @@ def open_session(model: bytes, runtime: str, threads: int):
     options.add_session_config_entry("session.intra_op.allow_spinning", "0")
     off = FUSED_SESSION_OFF if runtime == "onnx-int8-fused" else None
     return onnxruntime.InferenceSession(model, options, providers=["CPUExecutionProvider"], disabled_optimizers=off)
+
+
+def export_key(weights_sha256: str, folder: Path) -> str:
+    """What names a model's exports: the sha256 of its weights and of its ``config.json`` (the same
+    weights under another configuration, another activation or layer norm epsilon, trace into
+    another graph; the identity of an index does not hold it)."""
+    config = Path(folder) / "config.json"
+    extra = hashlib.sha256(config.read_bytes()).hexdigest() if config.is_file() else ""
+    return hashlib.sha256(f"{weights_sha256}:{extra}".encode("ascii")).hexdigest()
 
 
 def export_path(weights_sha256: str, input_names: list[str], runtime: str) -> Path:
