@@ -26,6 +26,7 @@ from .stages import BuildSource, build_stage, stage_class
 from .storage import ArrayWriter, StagingDir, target_path
 from .storage.layout import check_replaceable
 from .encoding import Checkpoints
+from .passages import live_documents
 from .segment import open_commit
 from .segment_build import finish_segment, link_tree, planned_stages, reconfigure, restage, stored_texts, with_stage, write_segment
 from .storage.commits import SEGMENTS, new_commit, publish, read_pointer, segment_name, write_json
@@ -270,8 +271,9 @@ def rebuild_stage(index, name: str, settings=None, *, threads: int | None = None
                 shutil.rmtree(folder, ignore_errors=True)
             raise
         writer.commit(entries, "stage", written, stage=name, command=command, config=config.to_dict())
-    documents, seconds = sum(m["documents"] for m in built), sum(m["build"]["seconds"] for m in built)
-    over_all = {"documents": documents, "build": {**built[-1]["build"], "seconds": round(seconds, 3), "docs_per_second": round(documents / max(seconds, 1e-9), 1)}}
+    documents, seconds = sum(m["documents"] for m in built), sum(m["build"]["seconds"] for m in built)  # rows: passages, deleted ones too
+    live = live_documents(index._state)[0] if index.config.passage_tokens else index.n_docs  # what the commands report
+    over_all = {"documents": live, "rows": documents, "build": {**built[-1]["build"], "seconds": round(seconds, 3), "docs_per_second": round(documents / max(seconds, 1e-9), 1)}}
     if all("bytes_per_document" in m for m in built):
         over_all["bytes_per_document"] = round(sum(m["bytes_per_document"] * m["documents"] for m in built) / max(documents, 1), 1)
     return {**built[-1], **over_all}

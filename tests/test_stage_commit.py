@@ -249,3 +249,9 @@ def test_an_index_linked_from_a_writable_home_into_a_folder_it_cannot_write_besi
         assert DOC_LIST[0]["id"] not in Index.open(index.path, model=plain_encoder)
     finally:
         subprocess.run(["chattr", "-i", str(locked)], check=True)
+
+
+def test_a_rebuild_reports_the_live_documents_and_the_rows_it_built(tmp_path, plain_encoder):
+    index = _three_segments(tmp_path / "idx", plain_encoder)  # 8 documents, one deleted
+    built = index.build_fde(NEW)
+    assert (built["documents"], built["rows"]) == (7, 8)  # it said 8 documents
