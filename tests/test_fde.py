@@ -180,6 +180,7 @@ def test_all_candidates_reranked_equals_exhaustive(fde_index):
     np.testing.assert_allclose(full.scores, exhaustive.scores, rtol=1e-5)
     few = fde_index.search(queries, k=10, first_stage="fde", candidates=5)
     assert ((few.indices >= 0).sum(axis=1) == 5).all() and set(few.timings) == {"encode", "first_stage", "rerank"}
+    assert not fde_index.stage("fde").index.codes.is_owned  # a flat FDE's codes are mapped from its file, not read into memory
     from mvr.stages import QueryBatch
 
     encoded = fde_index.encode_queries(queries)
