@@ -6,8 +6,9 @@ encoded without PyTorch or transformers: the cached ONNX export of the index's m
 Importing torch and transformers took about 1.4 s of a first ``mvr search`` (docs/coldstart.md),
 though queries run in ONNX Runtime once the model is exported. So the full encoder, once its
 queries ran there, leaves a card beside the export (:func:`remember`): what transformers made of
-the tokenizer (its form's sha256, the special tokens' ids, the query marker's) and the encoder's
-identity, named after the sha256 of the weights and of every other file in the model's folder.
+the tokenizer (its form's sha256, the special tokens' ids, the query marker's, the settings it
+applies at each call) and the encoder's identity, named after the sha256 of the weights and of
+the other files of the model's folders (its root, its transformer's, its projections').
 :func:`query_encoder` gives a :class:`QueryEncoder` only where the card of these very files is
 there, written by the same versions of transformers, tokenizers and ONNX Runtime; its identity is
 the index's record; ``tokenizer.json``, read by tokenizers, is the tokenizer transformers ran;
