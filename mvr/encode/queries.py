@@ -32,7 +32,7 @@ from ..errors import EncoderError, EncoderMismatchError
 from .encoder import Encoder, identity_differences
 from .forms import ACTIVATIONS, NUMPY_ACTIVATIONS, default_model_path, detect_spec, finish_vectors, read_json, weight_files_of, weights_checksum
 from .runtimes import cache_dir, cached_export, export_key, open_session, write_record
-from .tokens import TokenVectors, checked_texts, input_ids
+from .tokens import TokenVectors, backend_checksum, checked_texts, input_ids
 
 _SPECIAL = ("cls_token", "sep_token", "pad_token", "mask_token")
 # Files of a model folder that a tokenizer never reads: weights, exports, text for people.
@@ -153,7 +153,7 @@ def query_encoder(recorded: dict, model: str | os.PathLike | None = None) -> Que
         if any(i is not None and not 0 <= i < backend.get_vocab_size() for i in (*card["special"].values(), card["query_marker"])):
             return None
         exported = cached_export(export_key(weights, folder), card["input_names"], "onnx")
-        if exported is None or _form_sha256(backend) != identity["tokenizer_sha256"]:  # not exported yet: the full encoder exports it
+        if exported is None or backend_checksum(backend) != identity["tokenizer_sha256"]:  # not exported yet: the full encoder exports it
             return None
         tokenizer = _Tokenizer(backend, card["special"], card["truncation_side"], card["split_special_tokens"])
         return QueryEncoder(spec, tokenizer, card["query_marker"], card["input_names"], exported, projections, dim)
@@ -216,12 +216,6 @@ def _versions() -> dict:
     from importlib.metadata import version
 
     return {name: version(name) for name in ("transformers", "tokenizers", "onnxruntime")}
-
-
-def _form_sha256(backend) -> str:
-    """:func:`mvr.encode.tokens.tokenizer_checksum` of a fast tokenizer, from its ``tokenizers`` backend."""
-    form = {k: v for k, v in json.loads(backend.to_str()).items() if k not in ("padding", "truncation")}
-    return hashlib.sha256(json.dumps(form, sort_keys=True, default=str).encode("utf-8")).hexdigest()
 
 
 def _card_path(weights_sha256: str, path: Path, spec) -> Path:

@@ -141,7 +141,16 @@ def tokenizer_checksum(tokenizer) -> str:
     left out), a slow one's vocabulary and settings. The same weights with another tokenizer (one
     that no longer lower-cases, say) give other ids, so an index records it with its encoder."""
     if getattr(tokenizer, "is_fast", False):
-        form = {k: v for k, v in json.loads(tokenizer.backend_tokenizer.to_str()).items() if k not in ("padding", "truncation")}
-    else:
-        form = {"vocab": sorted(tokenizer.get_vocab().items()), "settings": {k: v for k, v in tokenizer.init_kwargs.items() if isinstance(v, (str, int, float, bool))}}
+        return backend_checksum(tokenizer.backend_tokenizer)
+    form = {"vocab": sorted(tokenizer.get_vocab().items()), "settings": {k: v for k, v in tokenizer.init_kwargs.items() if isinstance(v, (str, int, float, bool))}}
+    return _form_checksum(form)
+
+
+def backend_checksum(backend) -> str:
+    """:func:`tokenizer_checksum` of a fast tokenizer, from its ``tokenizers.Tokenizer`` alone
+    (as mvr/encode/queries.py reads ``tokenizer.json``)."""
+    return _form_checksum({k: v for k, v in json.loads(backend.to_str()).items() if k not in ("padding", "truncation")})
+
+
+def _form_checksum(form: dict) -> str:
     return hashlib.sha256(json.dumps(form, sort_keys=True, default=str).encode("utf-8")).hexdigest()
