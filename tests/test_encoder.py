@@ -18,6 +18,7 @@ import onnx
 import pytest
 import torch
 
+from conftest import TINY
 from mvr import Encoder, EncoderError, IndexConfig
 from mvr.encode import detect_spec
 from mvr.encode import quantize as quantize_module
@@ -293,6 +294,39 @@ def test_bad_model_folders_are_refused(models, tmp_path):
         Encoder(models["plain"], doc_maxlen=4096)
 
 
+def test_projections_are_read_without_torch_as_torch_reads_them(models, tmp_path):
+    """Dense weights are read from safetensors by mvr itself (queries never import torch): float32,
+    float16 and bfloat16 give what torch's .float() gives; a damaged file, or layers that do not
+    chain from the transformer's output, are one-line errors naming the file or folder."""
+    from safetensors.torch import load_file, save_file
+
+    from mvr.encode.forms import safetensors_arrays
+
+    for dtype in (torch.float32, torch.float16, torch.bfloat16):
+        tensors = {"linear.weight": torch.randn(5, 3).to(dtype), "linear.bias": torch.randn(5).to(dtype)}
+        save_file(tensors, tmp_path / "w.safetensors")
+        weight, bias, absent = safetensors_arrays(tmp_path / "w.safetensors", "linear.weight", "linear.bias", "other")
+        assert absent is None and weight.dtype == bias.dtype == np.float32
+        np.testing.assert_array_equal(weight, tensors["linear.weight"].float().numpy())
+        np.testing.assert_array_equal(bias, tensors["linear.bias"].float().numpy())
+    folder = _bf16_dense(models, tmp_path)
+    dense = folder / "1_Dense" / "model.safetensors"
+    stored = load_file(dense)
+    encoder = Encoder(folder, doc_runtime="torch")
+    np.testing.assert_array_equal(encoder._projections[0][0].numpy(), stored["linear.weight"].float().numpy())
+    np.testing.assert_array_equal(encoder._projections[0][1].numpy(), stored["linear.bias"].float().numpy())
+    assert encoder.encode_queries(["a cat"]).vectors.shape[1] == 8
+    for damage, match in ((lambda: dense.write_bytes(dense.read_bytes()[:40]), "not a readable safetensors file"),
+                          (lambda: dense.write_bytes(b"\xff" * 8 + b"{}"), "not a readable safetensors file"),
+                          (lambda: save_file({"linear.weight": torch.randn(8, TINY["hidden_size"] + 1)}, dense), "do not chain from the transformer's"),
+                          (lambda: save_file({"linear.weight": torch.randn(8, TINY["hidden_size"]), "linear.bias": torch.randn(7)}, dense), "do not chain"),
+                          (lambda: save_file({"linear.weight": torch.randn(8, TINY["hidden_size"]).to(torch.int32)}, dense), "is I32")):
+        damage()
+        with pytest.raises(EncoderError, match=match) as raised:
+            Encoder(folder)
+        assert "\n" not in str(raised.value) and str(folder) in str(raised.value)
+
+
 def test_stanford_checkpoint_with_pytorch_bin_weights(models, tmp_path):
     """colbert-ir/colbertv2.0 ships pytorch_model.bin rather than safetensors."""
     import shutil
@@ -336,14 +370,28 @@ def _lean_and_full(index):
     return lean, index.encoder
 
 
-@pytest.mark.parametrize("form", ["plain", "colbert", "pylate"])
+def _bf16_dense(models, tmp_path) -> Path:
+    """The PyLate model with its Dense weight and a bias stored in bfloat16."""
+    import shutil
+
+    from safetensors.torch import load_file, save_file
+
+    folder = shutil.copytree(models["pylate"], tmp_path / "pylate-bf16")
+    dense = folder / "1_Dense" / "model.safetensors"
+    weight = load_file(dense)["linear.weight"]
+    save_file({"linear.weight": weight.bfloat16(), "linear.bias": torch.linspace(-0.5, 0.5, weight.shape[0]).bfloat16()}, dense)
+    return folder
+
+
+@pytest.mark.parametrize("form", ["plain", "colbert", "pylate", "pylate-bf16"])
 def test_queries_encode_without_pytorch_as_the_full_encoder_does(models, form, tmp_path, monkeypatch):
     from mvr import Index
     from mvr.encode.queries import QueryEncoder
 
     monkeypatch.setenv("MVR_CACHE_DIR", str(tmp_path / "cache"))
     docs = [(str(i), f"document {i} on cats, lava and proteins; it goes on: " + "word " * (i * 7)) for i in range(12)]
-    built = Index.build(docs, tmp_path / "idx", encoder=Encoder(models[form]), config=IndexConfig(fde=None, sparse=()))
+    model = _bf16_dense(models, tmp_path) if form == "pylate-bf16" else models[form]
+    built = Index.build(docs, tmp_path / "idx", encoder=Encoder(model), config=IndexConfig(fde=None, sparse=()))
     first = Index.open(tmp_path / "idx")
     assert first._queries() is first.encoder  # no card yet: the full encoder, which writes one at its first queries
     expected = first.search(QUERIES[:5], k=5)

@@ -23,7 +23,7 @@ from ..device import autocast_dtype, resolve_device, resolve_precision
 from ..errors import EncoderError
 from ..progress import progress
 from ..threads import cpu_threads
-from .forms import DEFAULT_MODEL_NAME, default_model_path, detect_spec, finish_vectors, load_projections, numpy_layers, weight_files_of, weights_checksum
+from .forms import DEFAULT_MODEL_NAME, default_model_path, detect_spec, finish_vectors, numpy_layers, read_projections, weight_files_of, weights_checksum
 from .runtimes import ExportError, OnnxTransformer, check_runtime, export_key, quiet_transformers, transformers_names
 from .tokens import TokenVectors, character_spans, checked_texts, input_ids, token_classes, tokenizer_checksum
 
@@ -99,10 +99,11 @@ class Encoder:
         self._model = None  # the PyTorch transformer, loaded at first use (see model)
         self._model_lock = threading.Lock()
         weight_files = weight_files_of(transformer_path)
-        self._projections = load_projections(self.spec, self.path, weight_files)
-        self._numpy_layers = numpy_layers(self._projections)
         hidden = self.config.hidden_size
-        self.dim = self._projections[-1][0].shape[0] if self._projections else hidden
+        layers = read_projections(self.spec, self.path, weight_files, inputs=hidden)
+        self._numpy_layers = numpy_layers(layers)
+        self._projections = [(torch.from_numpy(w), None if b is None else torch.from_numpy(b), name and getattr(torch.nn.functional, name)) for w, b, name in layers]
+        self.dim = layers[-1][0].shape[0] if layers else hidden
 
         max_positions = getattr(self.config, "max_position_embeddings", None)
         for name in ("query_maxlen", "doc_maxlen"):

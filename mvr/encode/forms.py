@@ -46,11 +46,10 @@ NUMPY_ACTIVATIONS = {None: None, "tanh": np.tanh, "relu": lambda x: np.maximum(x
 
 
 def numpy_layers(layers: list[tuple]) -> list[tuple] | None:
-    """:func:`load_projections`' ``layers`` as float32 numpy, or None where an activation has no numpy form here."""
-    names = [None if function is None else function.__name__ for _, _, function in layers]
-    if any(name not in NUMPY_ACTIVATIONS for name in names):
+    """:func:`read_projections`' ``layers`` with numpy activations, or None where one has no numpy form here."""
+    if any(name not in NUMPY_ACTIVATIONS for _, _, name in layers):
         return None
-    return [(w.numpy(), None if b is None else b.numpy(), NUMPY_ACTIVATIONS[name]) for (w, b, _), name in zip(layers, names)]
+    return [(weight, bias, NUMPY_ACTIVATIONS[name]) for weight, bias, name in layers]
 
 
 def finish_vectors(hidden: np.ndarray, layers: list[tuple]) -> np.ndarray:
@@ -182,40 +181,79 @@ def weight_files_of(folder: Path) -> list[Path]:
     raise EncoderError(f"{folder}: no model.safetensors or pytorch_model.bin (nor a sharded index of them) found.")
 
 
-def load_state(file: Path) -> dict:
+# safetensors dtypes a projection may be stored in -> how its bytes read in numpy (bf16: the high
+# half of a float32, widened below exactly as torch's .float() widens it).
+_SAFETENSORS = {"F32": "<f4", "F16": "<f2", "F64": "<f8", "BF16": "<u2"}
+
+
+def safetensors_arrays(file: Path, *names: str) -> list[np.ndarray | None]:
+    """The tensors ``names`` of a safetensors file as float32 numpy (None where absent), read from
+    its header and byte ranges without torch."""
+    try:
+        with open(file, "rb") as handle:
+            size = int.from_bytes(handle.read(8), "little")
+            if not 2 <= size <= 100 << 20:
+                raise ValueError(f"a header of {size} bytes")
+            header, start = json.loads(handle.read(size)), 8 + size
+            arrays = []
+            for name in names:
+                entry = header.get(name)
+                if entry is None:
+                    arrays.append(None)
+                    continue
+                if entry["dtype"] not in _SAFETENSORS:
+                    raise EncoderError(f"{file}: tensor {name!r} is {entry['dtype']}; projections are read in float32, float16 or bfloat16.")
+                begin, end = entry["data_offsets"]
+                handle.seek(start + begin)
+                array = np.frombuffer(handle.read(end - begin), dtype=_SAFETENSORS[entry["dtype"]]).reshape(entry["shape"])
+                arrays.append((array.astype(np.uint32) << 16).view(np.float32) if entry["dtype"] == "BF16" else array.astype(np.float32))
+            return arrays
+    except (OSError, ValueError, KeyError, TypeError, AttributeError) as exc:
+        raise EncoderError(f"{file}: not a readable safetensors file ({exc}); replace it with the model's original.") from None
+
+
+def _arrays(file: Path, names: tuple[str, ...], torch_files: bool) -> list[np.ndarray | None]:
     if file.suffix == ".safetensors":
-        from safetensors.torch import load_file
-
-        return load_file(str(file))
+        return safetensors_arrays(file, *names)
+    if not torch_files:
+        raise EncoderError(f"{file}: not safetensors (read here only through torch).")
     import torch
 
-    return torch.load(file, map_location="cpu", weights_only=True)
+    state = torch.load(file, map_location="cpu", weights_only=True)
+    return [None if state.get(n) is None else state[n].float().numpy() for n in names]
 
 
-def load_projections(spec: EncoderSpec, path: Path, weight_files: list[Path]) -> list[tuple]:
-    """Linear layers after the transformer: ``(weight (out, in), bias | None, activation)``."""
-    import torch
-
+def read_projections(spec: EncoderSpec, path: Path, weight_files: list[Path], torch_files: bool = True, inputs: int | None = None) -> list[tuple]:
+    """Linear layers after the transformer as float32 numpy ``(weight (out, in), bias | None,
+    activation)``, the activation's name in torch.nn.functional (None: identity), checked to chain
+    from ``inputs`` dimensions (None: unchecked). Appends the Dense modules' weight files to
+    ``weight_files``. ``torch_files=False``: refuse a ``pytorch_model.bin`` rather than import torch."""
     if spec.kind == "colbert":
         for file in weight_files:
-            state = load_state(file)
-            if "linear.weight" in state:
-                return [(state["linear.weight"].float(), None, None)]
+            (weight,) = _arrays(file, ("linear.weight",), torch_files)
+            if weight is not None:
+                return _checked([(weight, None, None)], path, inputs)
         raise EncoderError(f"{path}: a Stanford ColBERT checkpoint needs a 'linear.weight' tensor; its weights have none.")
     layers = []
     for sub in spec.dense_dirs:
         folder = path / sub
-        config = read_json(folder / "config.json")
-        activation = config.get("activation_function", "torch.nn.modules.linear.Identity")
+        activation = read_json(folder / "config.json").get("activation_function", "torch.nn.modules.linear.Identity")
         if activation not in ACTIVATIONS:
             raise EncoderError(f"{folder}: unsupported activation {activation!r}; known: {sorted(ACTIVATIONS)}.")
         (file,) = weight_files_of(folder)
         weight_files.append(file)
-        state = load_state(file)
-        weight = state.get("linear.weight")
+        weight, bias = _arrays(file, ("linear.weight", "linear.bias"), torch_files)
         if weight is None:
             raise EncoderError(f"{file}: a Dense module needs a 'linear.weight' tensor.")
-        bias = state.get("linear.bias")
-        function = ACTIVATIONS[activation]
-        layers.append((weight.float(), None if bias is None else bias.float(), function and getattr(torch.nn.functional, function)))
+        layers.append((weight, bias, ACTIVATIONS[activation]))
+    return _checked(layers, path, inputs)
+
+
+def _checked(layers: list[tuple], path: Path, inputs: int | None) -> list[tuple]:
+    """``layers`` if each maps the previous one's output (the first, ``inputs``), else an error naming the model."""
+    for i, (weight, bias, _) in enumerate(layers):
+        chained = weight.ndim == 2 and (inputs if i == 0 else layers[i - 1][0].shape[0]) in (None, weight.shape[1])
+        if not chained or 0 in weight.shape or (bias is not None and bias.shape != weight.shape[:1]):
+            shapes = ", ".join(f"{w.shape}" + ("" if b is None else f" + bias {b.shape}") for w, b, _ in layers)
+            raise EncoderError(f"{path}: its projection layers do not chain from the transformer's {inputs} dimensions ({shapes}); check its Dense modules.")
     return layers

@@ -30,7 +30,7 @@ import numpy as np
 from ..config import RUNTIMES, positive_int
 from ..errors import EncoderError, EncoderMismatchError
 from .encoder import Encoder, identity_differences
-from .forms import ACTIVATIONS, NUMPY_ACTIVATIONS, default_model_path, detect_spec, finish_vectors, read_json, weight_files_of, weights_checksum
+from .forms import default_model_path, detect_spec, finish_vectors, numpy_layers, read_projections, weight_files_of, weights_checksum
 from .runtimes import cache_dir, cached_export, export_key, open_session, write_record
 from .tokens import TokenVectors, backend_checksum, checked_texts, input_ids
 
@@ -232,29 +232,9 @@ def _card_path(weights_sha256: str, path: Path, spec) -> Path:
 
 
 def _projections(spec, path: Path, weight_files: list[Path]) -> list | None:
-    """The linear layers after the transformer as float32 numpy ``(weight, bias, activation)``, where
-    they are in safetensors files with an activation read here; else None."""
-    from safetensors import safe_open
-
-    def tensors(file: Path, *names: str) -> list:
-        if file.suffix != ".safetensors":
-            raise ValueError("not safetensors")
-        with safe_open(str(file), "np") as handle:
-            return [handle.get_tensor(n).astype(np.float32) if n in handle.keys() else None for n in names]
-
+    """The linear layers after the transformer as numpy ``(weight, bias, activation)``, where they
+    are in safetensors files with an activation numpy runs here; else None."""
     try:
-        if spec.kind == "colbert":
-            weight = next((w for f in weight_files for (w,) in [tensors(f, "linear.weight")] if w is not None), None)
-            return None if weight is None else [(weight, None, None)]
-        layers = []
-        for sub in spec.dense_dirs:
-            activation = read_json(path / sub / "config.json").get("activation_function", "torch.nn.modules.linear.Identity")
-            (file,) = weight_files_of(path / sub)
-            weight_files.append(file)  # the full encoder's checksum covers them too
-            weight, bias = tensors(file, "linear.weight", "linear.bias")
-            if ACTIVATIONS.get(activation, "?") not in NUMPY_ACTIVATIONS or weight is None:
-                return None
-            layers.append((weight, bias, NUMPY_ACTIVATIONS[ACTIVATIONS[activation]]))
-        return layers
-    except ValueError:
+        return numpy_layers(read_projections(spec, path, weight_files, torch_files=False))
+    except EncoderError:
         return None
