@@ -105,9 +105,14 @@ def _stop(*_) -> None:
     process does once the current native call returns (the document being encoded), so that its
     finalizers release the semaphores it made; busy, the pool's loop catches the SystemExit and
     sends it back (:func:`_result`), and the next SIGTERM or the pool's end finds the worker idle.
-    One that does not end is killed (:meth:`ProcessEncoder.close`)."""
+    One that does not end is killed (:meth:`ProcessEncoder.close`). Its standard error goes to
+    /dev/null: the build says in one line that a worker stopped."""
     if _WORKER is None:  # still starting: the pool would log the initializer's "failure" with a traceback
         logging.getLogger("concurrent.futures").disabled = True
+    try:  # ending: what multiprocessing prints as it unwinds (its read of the queue the build closed) is no one's to read
+        os.dup2(os.open(os.devnull, os.O_WRONLY), 2)
+    except OSError:
+        pass
     raise SystemExit(1)
 
 
