@@ -10,6 +10,7 @@ from __future__ import annotations
 import http.client
 import json
 import os
+import socket
 import threading
 import time
 import unicodedata
@@ -44,6 +45,13 @@ class Client:
         self.timeout = timeout
         self._local = threading.local()
 
+    def __getstate__(self) -> dict:  # a copy (pickle, deepcopy) opens its own connections
+        return {k: v for k, v in self.__dict__.items() if k != "_local"}
+
+    def __setstate__(self, state: dict) -> None:
+        self.__dict__.update(state)
+        self._local = threading.local()
+
     def _connection(self) -> http.client.HTTPConnection:
         connection = getattr(self._local, "connection", None)
         if connection is None:
@@ -64,23 +72,29 @@ class Client:
             headers["Content-Type"] = "application/json"
         if self._key:
             headers["Authorization"] = b"Bearer " + self._key  # bytes: sent as they are, UTF-8 as the server compares them
-        deadline = time.monotonic() + self.timeout  # for the whole answer, not each read of it (a server dripping it)
+        deadline = time.monotonic() + self.timeout  # for the whole exchange, not each read (a server dripping its answer)
         for attempt in (0, 1):  # a kept-alive connection the server closed meanwhile is opened again once
             connection = self._connection()
+            late = _Deadline(connection, deadline)
             try:
-                if connection.sock is not None:
-                    connection.sock.settimeout(self.timeout)
+                late.connect()
                 connection.request(method, self._prefix + path, body=data, headers=headers)
-                if connection.sock is not None:
-                    connection.sock.settimeout(max(deadline - time.monotonic(), 1e-3))  # the headers too
                 response = connection.getresponse()
-                payload = _read_by(response, connection, deadline)
+                payload = response.read()  # an IncompleteRead where it ends before its Content-Length
+                late.check()
                 break
             except (ConnectionError, http.client.HTTPException, OSError) as error:
                 connection.close()
                 self._local.connection = None
+                if late.passed or isinstance(error, TimeoutError):
+                    written = "; an add or delete may have been applied all the same (`info` shows the index's documents; upsert adds again safely)" if method != "GET" else ""
+                    raise ServerError(f"the mvr server at {self.url} did not answer within {self.timeout:g} s (the client's timeout): it may still be working{written}.") from None
+                if isinstance(error, http.client.IncompleteRead):
+                    raise ServerError(f"the mvr server at {self.url} stopped part way through its answer ({len(error.partial)} bytes of {len(error.partial) + (error.expected or 0)}): was it stopped or restarted? Ask again.") from None
                 if attempt or not isinstance(error, (http.client.RemoteDisconnected, BrokenPipeError, ConnectionResetError)):
                     raise ServerError(f"cannot reach the mvr server at {self.url} ({error}): is `mvr serve` running there?") from None
+            finally:
+                late.cancel()
         try:  # every route answers a JSON object: nothing, or anything else, comes from another server
             answer = json.loads(payload) if payload else None
         except (ValueError, RecursionError):  # not JSON (a proxy's HTML page), or JSON nested too deep to read
@@ -122,16 +136,22 @@ class Client:
 
     def search_raw(self, name: str, queries: str | Sequence[str], k: int = 10, **options) -> dict:
         """The whole answer of a search: ``results``, ``generation``, ``timings_ms``."""
-        query = queries if isinstance(queries, str) else list(queries)
+        if "query" in options:
+            raise QueryError("give the query, or a list of them, as search's second argument, not as query=.")
+        query = queries if isinstance(queries, str) else _listed_items(queries, "queries", "a query string or a list of them")
         answer = self.request("POST", f"/indexes/{_quoted(name)}/search", {"query": query, "k": k, **options})
         self._listed(answer, "results", 1 if isinstance(query, str) else len(query))  # one list of hits per query
         return answer
 
     def add(self, name: str, documents: Sequence[dict], *, upsert: bool = False) -> dict:
-        return self.request("POST", f"/indexes/{_quoted(name)}/documents", {"documents": list(documents), "upsert": upsert})
+        """Add ``documents`` (a list of ``{"id", "text", "title", "metadata"}``); ``upsert``: replace those already there."""
+        listed = _listed_items(documents, "documents", 'a list of documents such as [{"id": "d1", "text": "..."}]')
+        return self.request("POST", f"/indexes/{_quoted(name)}/documents", {"documents": listed, "upsert": upsert})
 
-    def delete(self, name: str, ids: Sequence[str]) -> dict:
-        return self.request("DELETE", f"/indexes/{_quoted(name)}/documents", {"ids": list(ids)})
+    def delete(self, name: str, ids: str | Sequence[str]) -> dict:
+        """Delete the documents ``ids`` (a single string: one id)."""
+        listed = [ids] if isinstance(ids, str) else _listed_items(ids, "ids", "a document id or a list of them")
+        return self.request("DELETE", f"/indexes/{_quoted(name)}/documents", {"ids": listed})
 
     def close(self) -> None:
         connection = getattr(self._local, "connection", None)
@@ -140,24 +160,57 @@ class Client:
             self._local.connection = None
 
 
-def _read_by(response: http.client.HTTPResponse, connection: http.client.HTTPConnection, deadline: float) -> bytes:
-    """The body of ``response``, read whole by ``deadline`` (time.monotonic) or a ``TimeoutError``."""
-    chunks = []
-    while True:
-        remaining = deadline - time.monotonic()
-        if connection.sock is not None:
-            connection.sock.settimeout(max(remaining, 1e-3))
-        chunk = response.read1(1 << 16)  # one receive at most: read() loops until it has them all, each receive given the whole time
-        if not chunk:
-            response.close()  # done with (read() does so itself; read1 leaves it open, and the next request on the connection fails)
-            return b"".join(chunks)
-        chunks.append(chunk)
-        if time.monotonic() >= deadline and not response.isclosed():
+class _Deadline:
+    """Shuts ``connection``'s socket down at ``deadline`` (time.monotonic), wherever the exchange is
+    then (sending a large body, waiting for the headers, a server dripping its answer a byte at a
+    time): the read or write under way fails or ends, and :meth:`check` says the time passed."""
+
+    def __init__(self, connection: http.client.HTTPConnection, deadline: float):
+        self.connection, self.deadline, self.passed, self.sock = connection, deadline, False, None
+        self._timer = threading.Timer(max(deadline - time.monotonic(), 0.0), self._cut)
+        self._timer.daemon = True
+        self._timer.start()
+
+    def connect(self) -> None:
+        """Connect now where not connected (so that the socket exists to shut down), each single
+        read or write limited to the time left too."""
+        if self.connection.sock is None:
+            self.connection.connect()
+        self.sock = self.connection.sock  # kept: the connection lets go of it where the answer ends the connection
+        self.sock.settimeout(max(self.deadline - time.monotonic(), 1e-3))
+
+    def _cut(self) -> None:
+        self.passed = True
+        sock = self.sock
+        if sock is not None:
+            try:
+                sock.shutdown(socket.SHUT_RDWR)  # the read or write waiting now ends, and any after it
+            except OSError:
+                pass
+
+    def check(self) -> None:
+        if self.passed:  # what was read may have ended early: the socket was shut down under it
             raise TimeoutError("timed out")
+
+    def cancel(self) -> None:
+        self._timer.cancel()
+
+
+def _listed_items(value, what: str, example: str) -> list:
+    """``value``, a list or other sequence, as a list; a QueryError for what would be read wrongly
+    as one (a dict's keys, a set's arbitrary order, a string's or bytes' characters, None)."""
+    if isinstance(value, (str, bytes, bytearray, dict, set, frozenset)) or value is None or not hasattr(value, "__iter__"):
+        raise QueryError(f"{what}: give {example}, not {type(value).__name__} {shown(value)}.")
+    return list(value)
 
 
 def _quoted(name: str) -> str:
-    return urllib.parse.quote(str(name), safe="")
+    if not isinstance(name, str) or not name:
+        raise QueryError(f"an index is named by a non-empty string (`GET /indexes` lists them), got {type(name).__name__} {shown(name)}.")
+    try:
+        return urllib.parse.quote(name, safe="")
+    except UnicodeEncodeError:
+        raise QueryError(f"an index name is text that UTF-8 can encode, got {shown(name)}.") from None
 
 
 def _split(url) -> tuple[urllib.parse.SplitResult, str]:

@@ -142,6 +142,37 @@ def test_retrievers_refuse_bad_arguments_in_one_line(index):
     assert [n.node.id_ for n in retriever.retrieve(QueryBundle("green tea"))] == [n.node.id_ for n in retriever.retrieve("green tea")]
 
 
+def test_a_langchain_retriever_follows_its_fields_and_takes_k_per_call(index, url, tmp_path, default_encoder):
+    """Fields set after construction (an assignment, model_copy(update=...)) were ignored: the
+    retriever kept searching the index and server it was made with; invoke(query, k=...) and
+    search options per call were dropped; a retriever of a server could not be copied."""
+    pytest.importorskip("langchain_core")
+    import copy
+    import pickle
+
+    from mvr.integrations.langchain import MvrRetriever
+
+    other = Index.build([{"id": "o1", "text": "green tea leaves"}, {"id": "o2", "text": "black tea"}], tmp_path / "other", encoder=default_encoder, show_progress=False)
+    retriever = MvrRetriever(index=index, k=1)
+    assert [d.id for d in retriever.invoke("green tea")] != ["o1"]
+    retriever.index = other
+    assert [d.id for d in retriever.invoke("green tea")] == ["o1"]
+    moved = retriever.model_copy(update={"index": index})
+    assert [d.id for d in moved.invoke("which animal purrs?")] == ["d1"] and [d.id for d in retriever.invoke("green tea")] == ["o1"]
+    assert len(retriever.invoke("tea", k=2)) == 2 and len(retriever.invoke("tea")) == 1
+    expected = [h.id for h in index.search("tea", k=3, filter={"year": {"$gte": 2021}})[0]]
+    assert [d.id for d in moved.invoke("tea", k=3, filter={"year": {"$gte": 2021}})] == expected
+    for options, message in (({"k": 0}, "k is a positive integer"), ({"queries": ["x"]}, "not its query or k")):
+        with pytest.raises(QueryError, match=message):
+            moved.invoke("tea", **options)
+    served = MvrRetriever(url=url, index_name="docs", api_key="k3y", k=2)
+    for twin in (pickle.loads(pickle.dumps(served)), copy.deepcopy(served)):
+        assert [d.id for d in twin.invoke("tea")] == [d.id for d in served.invoke("tea")]
+    served.api_key = "wrong"
+    with pytest.raises(QueryError, match="401"):
+        served.invoke("tea")
+
+
 def test_an_async_retrieval_leaves_the_event_loop_free(index):
     """LlamaIndex's aretrieve ran the search on the event loop: every other task stalled for it.
     Here the search waits for a task of the loop, which could never run then."""
@@ -201,6 +232,23 @@ def stranger():
 
         def do_GET(self):
             self.rfile.read(int(self.headers.get("Content-Length") or 0))
+            if self.path.startswith("/headdrip/"):  # the headers a byte every 0.1 s: no single read waits long
+                for byte in b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: 2\r\n\r\n{}":
+                    try:
+                        self.wfile.write(bytes([byte]))
+                        self.wfile.flush()
+                    except OSError:
+                        return
+                    time.sleep(0.1)
+                return
+            if self.path.startswith("/cut/"):  # a server that stops part way through its answer
+                self.send_response(200)
+                self.send_header("Content-Type", "application/json")
+                self.send_header("Content-Length", "100")
+                self.end_headers()
+                self.wfile.write(b'{"a": 1}')
+                self.close_connection = True
+                return
             if self.path.startswith("/drip/"):  # a byte every 0.1 s: each receive is quick, the whole is not
                 body = b'{"status": "' + b"x" * 28 + b'"}'
                 self.send_response(200)
@@ -226,7 +274,7 @@ def stranger():
             self.end_headers()
             self.wfile.write(body)
 
-        do_POST = do_GET
+        do_POST = do_DELETE = do_GET
 
     server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
     threading.Thread(target=server.serve_forever, daemon=True).start()
@@ -276,9 +324,16 @@ def test_the_client_says_when_the_url_is_not_an_mvr_server(stranger):
     with pytest.raises(QueryError, match="is sent as JSON"):
         client.search("docs", "tea", filter={"year": b"2019"})
     # the timeout bounds the whole answer: one dripped a byte at a time kept a client of timeout=1 waiting for all of it
-    with pytest.raises(ServerError, match=r"cannot reach the mvr server at .*/drip \(timed out\)"):
+    with pytest.raises(ServerError, match=r"^the mvr server at .*/drip did not answer within 1 s \(the client's timeout\): it may still be working\.$"):
         Client(f"{stranger}/drip", timeout=1).health()
     assert len(DRIPPED) < 30  # gave up part way (about 10 bytes in), not once the 42 bytes were all there
+    started = time.monotonic()  # the headers too (each read was given the time left, and each byte came well within it)
+    with pytest.raises(ServerError, match=r"did not answer within 1 s .*: it may still be working; an add or delete may have been applied"):
+        Client(f"{stranger}/headdrip", timeout=1).delete("docs", ["a"])
+    assert time.monotonic() - started < 3
+    assert Client(f"{stranger}/headdrip", timeout=30).health() == {}
+    with pytest.raises(ServerError, match=r"stopped part way through its answer \(8 bytes of 100\)"):  # was taken as the whole answer
+        Client(f"{stranger}/cut").health()
     assert Client(f"{stranger}/drip", timeout=30).health() == {"status": "x" * 28}
 
 

@@ -105,6 +105,37 @@ def test_add_upsert_and_delete_over_http(server):
     assert "n1" not in ids and len(ids) == len(DOCS)
 
 
+def test_the_client_sends_one_id_as_one_and_refuses_what_it_would_misread(server):
+    """Client.delete("doc1") deleted the documents "d", "o", "c" and "1" (a string taken as a list
+    of ids); a dict, set, bytes or None as the queries, ids or documents was sent as what iterating
+    it gives, or failed with a TypeError; query= in the options replaced the query asked."""
+    from mvr import QueryError
+    from mvr.client import Client
+
+    http, _ = server
+    client = Client(str(http.base_url))
+    added = client.add("docs", [{"id": x, "text": f"short document {x} about tea"} for x in ("d", "o", "c", "1", "doc1")])
+    assert added["added"] == 5
+    gone = client.delete("docs", "doc1")
+    assert gone["deleted"] == 1 and gone["missing"] == []
+    left = {h["id"] for h in client.search("docs", "short document about tea", k=20, first_stage="exhaustive")[0]}
+    assert {"d", "o", "c", "1"} <= left and "doc1" not in left
+    for call, match in ((lambda: client.delete("docs", None), "ids: give a document id or a list of them, not NoneType"),
+                        (lambda: client.delete("docs", {"d", "o"}), "not set"), (lambda: client.delete("docs", {"d": 1}), "not dict"),
+                        (lambda: client.add("docs", {"id": "x", "text": "y"}), r"documents: give a list of documents"),
+                        (lambda: client.add("docs", None), "not NoneType"), (lambda: client.search("docs", {"tea": 1, "cats": 2}), "queries: give a query string"),
+                        (lambda: client.search("docs", b"tea"), "not bytes"), (lambda: client.search("docs", None), "not NoneType"), (lambda: client.search("docs", 5), "not int"),
+                        (lambda: client.search(None, "tea"), "an index is named by a non-empty string"), (lambda: client.info("\ud800"), "UTF-8 can encode"),
+                        (lambda: client.search("docs", "tea", query="cats"), "not as query=")):
+        with pytest.raises(QueryError, match=match):
+            call()
+    assert client.delete("docs", ("d", "o", "c", "1"))["deleted"] == 4  # any sequence of ids
+    import pickle
+
+    copy = pickle.loads(pickle.dumps(client))  # a retriever holding a client is copied by frameworks
+    assert copy.search("docs", "tea", k=1) == client.search("docs", "tea", k=1)
+
+
 # (what is sent, the status expected): each gets a message, none reaches a traceback
 BAD = [
     ("malformed JSON", "POST", "/indexes/docs/search", b'{"query": ', None, 400),

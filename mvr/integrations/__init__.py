@@ -17,12 +17,9 @@ class Source:
     def __init__(self, index=None, *, url: str | None = None, index_name: str | None = None, api_key: str | None = None, home=None, k: int = 10, search_kwargs=None):
         if (index is None) == (url is None):
             raise QueryError("give a retriever either index=... (an open mvr.Index, a name or a path) or url=... with index_name=..., not both.")
-        if not is_number(k, whole=True) or k < 1:  # checked here, not at the first query (True was taken for 1)
-            raise QueryError(f"a retriever's k is a positive integer, got {k!r}.")
         if search_kwargs is not None and not isinstance(search_kwargs, dict):
             raise QueryError(f"search_kwargs is a dict of mvr.Index.search options such as {{'first_stage': 'fde'}}, got {type(search_kwargs).__name__}.")
-        if {"k", "queries", "query"} & set(search_kwargs or {}):
-            raise QueryError("search_kwargs holds the options of a search, not its query or k: give k=... to the retriever.")
+        self.check_options(k, search_kwargs or {})
         if url is not None and not isinstance(url, str):
             raise QueryError(f"url is a server's address such as 'http://127.0.0.1:8000', got {type(url).__name__}.")
         for name, value in (("index_name", index_name), ("api_key", api_key)):  # checked even where unused: a framework's own check says it in many lines
@@ -45,6 +42,14 @@ class Source:
 
             self.client = Client(url, api_key or os.environ.get("MVR_API_KEY") or None)
             self.name = index_name
+
+    @staticmethod
+    def check_options(k, options: dict) -> None:
+        """A retriever's ``k`` and search options, checked when given, not at the first query."""
+        if not is_number(k, whole=True) or k < 1:  # (True was taken for 1)
+            raise QueryError(f"a retriever's k is a positive integer, got {k!r}.")
+        if {"k", "queries", "query"} & set(options):
+            raise QueryError("search_kwargs holds the options of a search, not its query or k: give k=... to the retriever.")
 
     def search(self, query: str, k: int, options: dict | None = None) -> list[dict]:
         """The top-``k`` hits of ``query`` as ``{"id", "score", "title", "text", "metadata"}``."""

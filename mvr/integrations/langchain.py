@@ -39,6 +39,7 @@ class MvrRetriever(BaseRetriever):
     k: int = 10
     search_kwargs: dict = Field(default_factory=dict)
     _source: Source = PrivateAttr()
+    _made_of: tuple = PrivateAttr()  # the fields _source was made of
 
     def __init__(self, **data: Any):
         # checked, and the index opened, before pydantic sees the values: its ValidationError would wrap mvr's one line in several,
@@ -51,7 +52,18 @@ class MvrRetriever(BaseRetriever):
         source = Source(data.get("index"), url=data.get("url"), index_name=data.get("index_name"), api_key=data.get("api_key"), home=data.get("home"),
                         k=data.get("k", 10), search_kwargs=data.get("search_kwargs"))
         super().__init__(**data)
-        self._source = source
+        self._source, self._made_of = source, self._naming()
 
-    def _get_relevant_documents(self, query: str, *, run_manager: CallbackManagerForRetrieverRun) -> list[Document]:
-        return [Document(page_content=hit["text"], id=hit["id"], metadata=hit_metadata(hit)) for hit in self._source.search(query, self.k, self.search_kwargs)]
+    def _naming(self) -> tuple:
+        return self.index, self.url, self.index_name, self.api_key, self.home
+
+    def _get_relevant_documents(self, query: str, *, run_manager: CallbackManagerForRetrieverRun, **options: Any) -> list[Document]:
+        """``options`` (``invoke(query, k=5, filter=...)``): ``k`` and search options for this query, over the retriever's."""
+        naming = self._naming()
+        if any(a is not b and a != b for a, b in zip(naming, self._made_of)):  # a field set since (retriever.index_name = ..., model_copy(update=...))
+            self._source = Source(naming[0], url=self.url, index_name=self.index_name, api_key=self.api_key, home=self.home, k=self.k, search_kwargs=self.search_kwargs)
+            self._made_of = naming
+        k = options.pop("k", self.k)
+        Source.check_options(k, options)
+        hits = self._source.search(query, k, {**self.search_kwargs, **options})
+        return [Document(page_content=hit["text"], id=hit["id"], metadata=hit_metadata(hit)) for hit in hits]
