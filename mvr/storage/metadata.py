@@ -44,6 +44,9 @@ _OPERATORS = ("$eq", "$ne", "$in", "$nin", *_COMPARE)
 # that the masks (which recurse) stay clear of Python's recursion limit; mask() checks it, so the
 # Python API, the CLI (which also checks on reading --filter) and the HTTP server refuse alike.
 MAX_FILTER_DEPTH = 100
+# Fields an index holds (Elasticsearch's default mapping limit; each is a column of every segment
+# that has it) and the length of a field's name.
+MAX_FIELDS, MAX_FIELD_NAME = 1000, 256
 FILTER_TOO_DEEP = f"the filter is nested too deeply (more than {MAX_FILTER_DEPTH} objects and lists inside one another): flatten it; $and and $or take any number of filters in one list."
 
 
@@ -68,6 +71,12 @@ class MetadataWriter:
     def add(self, metadata: dict, where: str = "") -> None:
         for name, value in metadata.items():
             kind = _kind(value)
+            if name not in self.types:
+                if len(name) > MAX_FIELD_NAME:
+                    raise CorpusError(f"{where}: a metadata field name of {len(name):,} characters ({shown(name[:40])}...); names are at most {MAX_FIELD_NAME} characters.")
+                if len(self.types) >= MAX_FIELDS:
+                    raise CorpusError(f"{where}: metadata field {shown(name)} would be field {len(self.types) + 1:,} of the index; it holds at most {MAX_FIELDS:,} "
+                                      "(a column each): put values of one kind in one field, a list of strings such as \"tags\": [...].")
             known = self.types.setdefault(name, kind)
             if known != kind:
                 earlier = "in the index" if name in self._given else "in earlier documents"
@@ -131,13 +140,21 @@ class Metadata:
         """``(values, offsets, vocab)`` of a field (offsets only for lists, vocab for strings),
         loaded and checked against the index's documents on first use."""
         if name not in self._columns:
-            def load():
-                columns = self._load(name)
-                self._check(name, *columns)
-                return columns
-
-            self._columns[name] = self.guard(load) if self.guard is not None else load()
+            self._load_columns([name])
         return self._columns[name]
+
+    def _load_columns(self, names: list[str]) -> None:
+        """Load the columns ``names`` between one pair of the guard's checks (each reads the
+        segment's manifest, which lists every column's files: a check per column made reading a
+        row of many fields quadratic in them)."""
+        def load():
+            loaded = {}
+            for name in names:
+                loaded[name] = self._load(name)
+                self._check(name, *loaded[name])
+            return loaded
+
+        self._columns.update(self.guard(load) if self.guard is not None else load())
 
     def _check(self, name: str, values, offsets, vocab) -> None:
         """A damaged column must not index out of range later."""
@@ -158,6 +175,9 @@ class Metadata:
 
     def row(self, i: int) -> dict:
         """The metadata of the document at row ``i``, as it was given."""
+        missing = [name for name in self.fields if name not in self._columns]
+        if missing:
+            self._load_columns(missing)
         out = {}
         for name, field in self.fields.items():
             values, offsets, vocab = self.column(name)
