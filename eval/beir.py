@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import platform
 import time
 from datetime import datetime, timezone
@@ -48,10 +49,9 @@ def load_beir(folder: str | os.PathLike, split: str = "test") -> tuple[dict[str,
             continue
         if len(parts) != 3:
             raise DatasetError(f"{qrels_file}:{line_number}: expected query-id<TAB>corpus-id<TAB>score.")
-        try:
-            grade = int(parts[2])
-        except ValueError:
-            raise DatasetError(f"{qrels_file}:{line_number}: score {shown(parts[2])} is not an integer; the score must be an integer relevance grade (0: not relevant, 1 or more: relevant).") from None
+        if not re.fullmatch(r"\s*[+-]?[0-9]+\s*", parts[2]):  # int() takes "1_0" and other scripts' digits too
+            raise DatasetError(f"{qrels_file}:{line_number}: score {shown(parts[2])} is not an integer; the score must be an integer relevance grade (0: not relevant, 1 or more: relevant).")
+        grade = int(parts[2])
         if not -(2**31) <= grade < 2**31:  # what trec_eval (through ir-measures) holds
             raise DatasetError(f"{qrels_file}:{line_number}: score {shown(parts[2])} is out of range; a relevance grade is a small integer (0: not relevant, 1 or more: relevant).")
         qid, doc = parts[0], parts[1]
@@ -63,6 +63,8 @@ def load_beir(folder: str | os.PathLike, split: str = "test") -> tuple[dict[str,
         judged_at.setdefault((qid, doc), line_number)
     if not qrels:
         raise DatasetError(f"{qrels_file} judges no query: expected lines query-id<TAB>corpus-id<TAB>score after its header.")
+    if not any(grade > 0 for judged in qrels.values() for grade in judged.values()):  # every measure would be 0, reported as a result
+        raise DatasetError(f"{qrels_file} judges no document relevant (every score is 0 or below); the score is the relevance grade: 1 or more for relevant.")
     queries, lines = {}, {}
     for line_number, obj in read_jsonl_objects(queries_file, DatasetError):
         qid = str(obj.get("_id", obj.get("id")))
@@ -93,15 +95,24 @@ def _query_text(obj: dict, where: str) -> str:
     return text
 
 
-def missing_relevant(index, qrels: dict[str, dict[str, int]]) -> tuple[int, int]:
-    """(absent, total) judged relevant documents of ``qrels`` against the documents ``index``
-    holds: one id lookup, so an index of part of a corpus is told from a weak one."""
+def relevance_warnings(index, qrels: dict[str, dict[str, int]]) -> list[str]:
+    """What makes scores of ``index`` on ``qrels`` lower than the dataset's, said: queries that judge
+    no document relevant (0 in every mean, as in trec_eval), and judged relevant documents absent
+    from the index (one id lookup: an index of part of a corpus told from a weak one), with the
+    queries left with none of theirs, which nothing can find."""
     from ..passages import row_id
 
-    relevant = sorted({doc for docs in qrels.values() for doc, rel in docs.items() if rel > 0})
-    names = [row_id(doc, 0) for doc in relevant] if index.config.passage_tokens else relevant
-    absent = int((index._state.positions(names) < 0).sum()) if names else 0
-    return absent, len(relevant)
+    relevant = {q: [d for d, grade in judged.items() if grade > 0] for q, judged in qrels.items()}
+    ids = sorted({d for docs in relevant.values() for d in docs})
+    found = index._state.positions([row_id(d, 0) for d in ids] if index.config.passage_tokens else ids) if ids else []
+    present = {d for d, position in zip(ids, found) if position >= 0}
+    unjudged, hopeless = sum(not docs for docs in relevant.values()), sum(bool(docs) and present.isdisjoint(docs) for docs in relevant.values())
+    warnings = [f"{unjudged} of the {len(qrels)} queries judge no document relevant: each counts as 0 in every mean, as in trec_eval."] if unjudged else []
+    if len(present) < len(ids):
+        warnings.append(f"{len(ids) - len(present)} of the {len(ids)} judged relevant documents of these {len(qrels)} queries are not in index {index.name!r} "
+                        f"(queries left with none of theirs: {hopeless}), so its scores are lower than the dataset's (an index of part of the corpus, or "
+                        "judgements of documents the corpus lacks); index the whole corpus.jsonl to compare them with published figures.")
+    return warnings
 
 
 def _ir_measures():
@@ -269,12 +280,10 @@ def evaluate(
     primary = rows[1] if compare_exhaustive and first_stage != "exhaustive" else rows[0]
     report = _report(dataset, split, index, queries, depth, encode_ms, rows, primary)
     report["ignore_identical_ids"] = ignore_identical_ids
-    absent, relevant = missing_relevant(index, qrels)
-    if absent:
-        report["warnings"] = [
-            f"{absent} of the {relevant} judged relevant documents of these {len(qrels)} queries are not in index {index.name!r}, "
-            "so its scores are lower than the dataset's (an index of part of the corpus, or judgements of documents the corpus lacks); index the whole corpus.jsonl to compare them with published figures."
-        ]
+    shortest = min([depth] + [count for _, count in plan if count is not None])
+    warnings = relevance_warnings(index, qrels) + ([f"the runs hold at most {shortest} documents a query, so R@100 is recall at {shortest}."] if shortest < 100 else [])
+    if warnings:
+        report["warnings"] = warnings
     if preset:
         report["preset"] = preset
     return report, runs

@@ -132,7 +132,7 @@ def tune(index, queries: dict[str, str], qrels: dict[str, dict[str, int]], *, op
     missing = [name for name in signals if name not in signals_of(index)]
     if missing:
         raise QueryError(f"index {index.name!r} has no {', '.join(missing)} stage to score with; its signals: {', '.join(signals_of(index))}.")
-    if options is None and index.default_stage == EXHAUSTIVE:  # fusion weighs a first stage's candidates: there is none to weigh
+    if (options or {}).get("first_stage", index.default_stage) == EXHAUSTIVE:  # fusion weighs a first stage's candidates: there is none to weigh
         raise QueryError(f"index {index.name!r} has no first stage whose candidates fusion could weigh: build one (`mvr pooled`, `mvr fde`, or `mvr sparse --stage bm25s` on it), then tune.")
     if options is None:
         both = index.has_stage("pooled+bm25s")

@@ -146,7 +146,7 @@ def _eval(capsys, folder, index, *more) -> tuple[int, str]:
     return code, capsys.readouterr().err
 
 
-@pytest.mark.parametrize("score", ["abc", "1.5"])
+@pytest.mark.parametrize("score", ["abc", "1.5", "1_0", "\u0661"])
 def test_eval_rejects_a_qrels_score_that_is_not_an_integer(beir, default_index, capsys, score):
     qrels = beir / "qrels" / "test.tsv"
     qrels.write_text(f"query-id\tcorpus-id\tscore\nq1\td1\t{score}\n")
@@ -197,9 +197,39 @@ def test_eval_warns_when_judged_relevant_documents_are_not_in_the_index(beir, de
         handle.write("q1\td99\t1\nq2\td98\t2\nq3\td97\t0\n")  # two relevant documents and one not, none indexed
     out = tmp_path / "report.json"
     code, err = _eval(capsys, beir, default_index, "--output", out)
-    said = f"2 of the 6 judged relevant documents of these 4 queries are not in index {default_index.name!r}, so its scores are lower than the dataset's"
+    said = f"2 of the 6 judged relevant documents of these 4 queries are not in index {default_index.name!r} (queries left with none of theirs: 0), so its scores are lower than the dataset's"
     assert code == 0 and err.count("\n") == 1 and err.startswith(f"mvr: warning: {said}")
     assert json.loads(out.read_text())["warnings"] == [err.removeprefix("mvr: warning: ").rstrip("\n")]
+
+
+def test_eval_refuses_qrels_without_a_relevant_document_and_warns_of_queries_without_one(beir, default_index, capsys, tmp_path):
+    """Every grade 0: nDCG@10 0.0 came back as a result, with no word; a query judging nothing
+    relevant, or whose relevant documents the index lacks, counted as 0 unsaid; R@100 of runs
+    shorter than 100 documents was recall at their length."""
+    qrels = beir / "qrels" / "test.tsv"
+    lines = qrels.read_text().splitlines()
+    qrels.write_text("\n".join(lines[:1] + [line.rsplit("\t", 1)[0] + "\t0" for line in lines[1:]]) + "\n")
+    code, err = _eval(capsys, beir, default_index)
+    assert code == 2 and err == f"mvr: error: {qrels} judges no document relevant (every score is 0 or below); the score is the relevance grade: 1 or more for relevant.\n"
+    qrels.write_text("\n".join(lines + ["q9\td1\t0", "q8\td99\t1"]) + "\n")
+    with open(beir / "queries.jsonl", "a") as handle:
+        handle.write(json.dumps({"_id": "q9", "text": "tea"}) + "\n" + json.dumps({"_id": "q8", "text": "lava"}) + "\n")
+    code, err = _eval(capsys, beir, default_index, "--depth", "20")
+    warnings = err.splitlines()
+    assert code == 0 and warnings[0] == "mvr: warning: 1 of the 6 queries judge no document relevant: each counts as 0 in every mean, as in trec_eval."
+    assert warnings[1].startswith(f"mvr: warning: 1 of the 5 judged relevant documents of these 6 queries are not in index {default_index.name!r} (queries left with none of theirs: 1)")
+    assert warnings[2:] == ["mvr: warning: the runs hold at most 20 documents a query, so R@100 is recall at 20."]
+
+
+def test_eval_build_checks_the_dataset_and_options_before_it_builds(beir, tmp_path, capsys):
+    """--build encoded the whole corpus, then found the split missing or an option bad."""
+    from mvr.cli import main
+
+    (beir / "qrels" / "test.tsv").rename(beir / "qrels" / "dev.tsv")
+    assert main(["eval", str(beir), "--index", str(tmp_path / "built"), "--build", "--quiet"]) == 2
+    assert "no qrels for split 'test'; available splits: dev" in capsys.readouterr().err
+    assert main(["eval", str(beir), "--index", str(tmp_path / "built"), "--build", "--split", "dev", "--prune-alpha", "nan", "--quiet"]) == 2
+    assert "prune_alpha" in capsys.readouterr().err and not (tmp_path / "built").exists()
 
 
 def test_missing_relevant_looks_documents_up_in_an_index_of_passages(tmp_path, default_encoder):
@@ -207,12 +237,13 @@ def test_missing_relevant_looks_documents_up_in_an_index_of_passages(tmp_path, d
 
     from mvr import Index
     from mvr.config import IndexConfig
-    from mvr.eval.beir import missing_relevant
+    from mvr.eval.beir import relevance_warnings
 
     docs = [{"id": i, "title": t, "text": x} for i, t, x in DOCS[:3]]
     index = Index.build(docs, tmp_path / "p", encoder=default_encoder, config=IndexConfig(fde=None, sparse=(), passage_tokens=16), show_progress=False)
     assert all("#" in str(row) for row in index.doc_ids)
-    assert missing_relevant(index, {"a": {"d1": 1, "d2": 0, "d4": 1}, "b": {"d3": 2, "d9": 1}}) == (2, 4)
+    (said,) = relevance_warnings(index, {"a": {"d1": 1, "d2": 0, "d4": 1}, "b": {"d3": 2, "d9": 1}, "c": {"d9": 1}})
+    assert said.startswith(f"2 of the 4 judged relevant documents of these 3 queries are not in index {index.name!r} (queries left with none of theirs: 1)")
 
 
 def test_results_table_is_what_its_command_makes_of_the_reports_it_links():

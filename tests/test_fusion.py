@@ -280,6 +280,16 @@ def test_tuning_refuses_what_it_cannot_measure(tmp_path, models, capsys):
                           (["--save", " "], "--save names the search preset"), (["--threads", "-1"], "--threads must be a positive integer")):
         assert main(["tune", str(data), "--index", str(home / "d"), "--split", "test", *argv]) == 2
         assert message in capsys.readouterr().err
+    # --dense-share on a stage of one half was taken and ignored; queries that cannot count were averaged in unsaid
+    assert main(["tune", str(data), "--index", str(home / "d"), "--split", "test", "--first-stage", "pooled", "--dense-share", "0.7"]) == 2
+    assert "--dense-share splits the candidates between the two halves of a joined first stage" in capsys.readouterr().err
+    with open(data / "qrels" / "test.tsv", "a") as handle:
+        handle.write("q9\tnowhere\t1\n")
+    with open(data / "queries.jsonl", "a") as handle:
+        handle.write(json.dumps({"_id": "q9", "text": "tea"}) + "\n")
+    assert main(["tune", str(data), "--index", str(home / "d"), "--split", "test", "--step", "0.5", "--json"]) == 0
+    captured = capsys.readouterr()
+    assert "(queries left with none of theirs: 1)" in captured.err and json.loads(captured.out)["warnings"] == [captured.err.removeprefix("mvr: warning: ").strip()]
 
 
 def test_presets_saved_before_the_checks_still_search():

@@ -147,9 +147,16 @@ def test_the_cli_trains_a_head_and_indexes_with_it(tmp_path, models, capsys):
     model = ["--model", str(models["plain"])]
     assert main(["index", str(data / "corpus.jsonl"), "--name", "plain", *model, "--no-fde", "--index-dir", home, "--quiet"]) == 0
     out = tmp_path / "head.npz"
+    with open(data / "qrels" / "test.tsv", "a") as handle:  # a judged query whose relevant document the index lacks: left out of training, and said
+        handle.write("q9\tnowhere\t1\n")
+    with open(data / "queries.jsonl", "a") as handle:
+        handle.write(json.dumps({"_id": "q9", "text": "tea"}) + "\n")
+    capsys.readouterr()
     assert main(["train-projection", str(data), "--index", "plain", "--split", "test", "--output", str(out), "--dim", "8", "--epochs", "2",
                  "--batch-size", "2", "--index-dir", home, "--quiet"]) == 0
     report = json.loads(out.with_suffix(".json").read_text())
+    warned = capsys.readouterr().err
+    assert "(queries left with none of theirs: 1)" in warned and report["warnings"] == [warned.removeprefix("mvr: warning: ").strip()]
     assert Head.load(out).shape == (32, 8) and report["dim"] == 8 and report["command"].startswith("mvr train-projection")
     assert main(["index", "--from", "plain", "--name", "narrow", "--projection", str(out), "--no-fde", "--index-dir", home, "--quiet"]) == 0
     assert Index.open("narrow", home=home).dim == 8

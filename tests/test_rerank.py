@@ -58,7 +58,7 @@ def test_bad_candidates_are_clear_errors(default_index, default_encoder):
         mvr.rerank("cats", [{"id": "a", "text": " "}], encoder=default_encoder)
 
 
-def test_cli_reranks_a_trec_run_and_jsonl(tmp_path, default_index):
+def test_cli_reranks_a_trec_run_and_jsonl(tmp_path, default_index, capsys):
     beir = write_beir(tmp_path / "beir")
     run = tmp_path / "run.trec"
     run.write_text("".join(f"{qid} Q0 {doc_id} {rank} 0.0 bm25\n" for qid, _, _ in QUERIES for rank, (doc_id, _, _) in enumerate(DOCS, start=1)))
@@ -77,6 +77,20 @@ def test_cli_reranks_a_trec_run_and_jsonl(tmp_path, default_index):
     bad.write_text("q1 Q0 d1 1\n")
     done = subprocess.run([*cli, "--run", str(bad), "--queries", str(beir / "queries.jsonl")], capture_output=True, text=True)
     assert done.returncode == 2 and "has 6 fields" in done.stderr and done.stderr.count("\n") == 1
+    from mvr.cli import main
+
+    # a run's unknown document is said of its query; a JSONL line without an id took its line number for one
+    # (which another line's id could be); a query without candidates left the run without a word
+    bad.write_text(f"{QUERIES[1][0]} Q0 nowhere 1 1.0 t\n")
+    assert main(["rerank", str(default_index.path), "--run", str(bad), "--queries", str(beir / "queries.jsonl")]) == 2
+    assert capsys.readouterr().err.startswith(f"mvr: error: {bad}: query {QUERIES[1][0]!r}: ")
+    candidates.write_text(json.dumps({"id": "2", "query": "cats", "ids": ["d1"]}) + "\n" + json.dumps({"query": "dogs", "ids": ["d2"]}) + "\n")
+    assert main(["rerank", str(default_index.path), "--candidates", str(candidates)]) == 2
+    assert capsys.readouterr().err == f'mvr: error: {candidates}:2: each line needs "id", the query id its lines of the run carry, beside "query".\n'
+    candidates.write_text(json.dumps({"id": "e", "query": "cats", "ids": []}) + "\n" + json.dumps({"id": "f", "query": "dogs", "ids": ["d2"]}) + "\n")
+    assert main(["rerank", str(default_index.path), "--candidates", str(candidates)]) == 0
+    out, err = capsys.readouterr()
+    assert [line.split()[0] for line in out.splitlines()] == ["f"] and err == f"mvr: warning: 1 of the 2 queries of {candidates} have no candidates (e.g. 'e'); the run holds nothing for them.\n"
 
 
 def test_texts_are_scored_in_the_space_of_an_index_with_pca(tmp_path, default_encoder):

@@ -44,7 +44,8 @@ def run(args) -> int:
     from ..config import IndexConfig
     from ..corpus import read_corpus
     from ..errors import DatasetError, IndexNotFoundError
-    from ..eval.beir import MEASURES, evaluate
+    from ..eval.beir import MEASURES, evaluate, load_beir
+    from ..search import SearchOptions
     from ..index import Index
 
     show = False if args.quiet else None
@@ -62,6 +63,8 @@ def run(args) -> int:
         if not args.build:
             at = f"--path {target}" if isinstance(target, Path) else f"--name {target}"
             raise IndexNotFoundError(f"no index {args.index!r}; build it with `mvr index {args.dataset / 'corpus.jsonl'} {at}` or add --build to this command.") from None
+        load_beir(args.dataset, args.split)  # the dataset and the options checked before minutes of encoding, not after
+        SearchOptions(first_stage=args.first_stage, **{k: v for k, v in search_options(args).items() if k != "preset"})
         config = IndexConfig(threads=args.threads)
         index = Index.build(read_corpus(args.dataset / "corpus.jsonl"), target, config=config, home=args.index_dir, show_progress=show, command=args.command_line)
         index = Index.open(index.path, device=args.device) if args.device is not None else index

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import sys
 from pathlib import Path
 
 from .common import _query_id, add_common, read_queries
@@ -68,21 +69,29 @@ def _jobs(args, index):
         for qid, ids in read_run(args.run).items():
             if qid not in texts:
                 raise QueryError(f"query {qid!r} of {args.run} is not in {args.queries}.")
-            yield qid, index.rerank(texts[qid], list(dict.fromkeys(ids)), args.k)
+            try:
+                yield qid, index.rerank(texts[qid], list(dict.fromkeys(ids)), args.k)
+            except (QueryError, CorpusError) as error:  # said of this query: a run holds thousands
+                raise type(error)(f"{args.run}: query {qid!r}: {error}") from None
         return
     if not args.candidates.is_file():
         raise QueryError(f"candidates file not found: {args.candidates}.")
     encoder = projection = None
     seen: dict[str, int] = {}
+    empty: list[str] = []
     for line, obj in read_jsonl_objects(args.candidates, QueryError):
         where = f"{args.candidates}:{line}"
-        qid, query = _query_id(obj.get("id", obj.get("_id", str(line))), where), obj.get("query")
+        if "id" not in obj and "_id" not in obj:  # (its line number was taken for it, which another line's id could be)
+            raise QueryError(f'{where}: each line needs "id", the query id its lines of the run carry, beside "query".')
+        qid, query = _query_id(obj.get("id", obj.get("_id")), where), obj.get("query")
         if qid in seen:  # a run holds one ranking per query
             raise QueryError(f"{where}: the query id {qid!r} is given twice (first on line {seen[qid]}); give each query once, with all its candidates.")
         seen[qid] = line
         if "ids" in obj and "documents" in obj:
             raise QueryError(f'{where}: give either "ids" (documents of the index) or "documents" (texts), not both.')
         try:
+            if not obj.get("ids", obj.get("documents", [None])):
+                empty.append(qid)
             if "ids" in obj:
                 if index is None:
                     raise QueryError('"ids" name documents of an index: give the index (mvr rerank INDEX --candidates FILE).')
@@ -100,6 +109,8 @@ def _jobs(args, index):
             raise type(error)(f"{where}: {error}") from None
     if not seen:
         raise QueryError(f"{args.candidates} holds no candidate lines.")
+    if empty:  # a run holds no line for them: said, not left to be found missing
+        print(f"mvr: warning: {len(empty)} of the {len(seen)} queries of {args.candidates} have no candidates (e.g. {empty[0]!r}); the run holds nothing for them.", file=sys.stderr)
 
 
 def run(args) -> int:

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import sys
 from pathlib import Path
 
 from .common import add_common
@@ -38,7 +39,7 @@ def add_parser(sub) -> argparse.ArgumentParser:
 
 def run(args) -> int:
     from ..errors import ConfigError
-    from ..eval.beir import load_beir
+    from ..eval.beir import load_beir, relevance_warnings
     from ..index import Index
     from ..threads import cpu_threads
     from ..training import train_projection
@@ -52,6 +53,7 @@ def run(args) -> int:
             raise ConfigError(f"{path} exists and is not a file: --output names the head's file, and its report goes beside it (.json); name another file.")
     index = Index.open(args.index, home=args.index_dir)
     queries, qrels = load_beir(args.dataset, args.split)
+    warnings = relevance_warnings(index, qrels)  # the training leaves out queries with no relevant document in the index: said
     with cpu_threads(args.threads, "torch", "numba", "blas"):
         head, report = train_projection(
             index, queries, qrels, kind=args.kind, dim=args.dim, epochs=args.epochs, batch_size=args.batch_size, negatives=args.negatives,
@@ -59,7 +61,9 @@ def run(args) -> int:
             show_progress=False if args.quiet else None,
         )
     head.save(args.output)
-    report.update(output=str(args.output), command=args.command_line, dataset=str(args.dataset), split=args.split, index=index.name)
+    report.update(output=str(args.output), command=args.command_line, dataset=str(args.dataset), split=args.split, index=index.name, **({"warnings": warnings} if warnings else {}))
+    for warning in warnings:
+        print(f"mvr: warning: {warning}", file=sys.stderr)
     args.output.with_suffix(".json").write_text(json.dumps(report, indent=2) + "\n")
     if args.json:
         print(json.dumps(report, indent=2))

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import sys
 from pathlib import Path
 
 from .common import add_common
@@ -34,7 +35,7 @@ def add_parser(sub) -> argparse.ArgumentParser:
 def run(args) -> int:
     from ..config import positive_int
     from ..errors import ConfigError
-    from ..eval.beir import load_beir
+    from ..eval.beir import load_beir, relevance_warnings
     from ..index import Index
     from ..threads import cpu_threads
     from ..tuning import tune
@@ -54,18 +55,25 @@ def run(args) -> int:
         raise ConfigError(f"--signals names the signals to weigh, comma-separated (maxsim and others); got {args.signals!r}.")
     index = Index.open(args.index, home=args.index_dir)
     queries, qrels = load_beir(args.dataset, args.split)
+    warnings = relevance_warnings(index, qrels)  # queries that cannot count: said, not averaged in unseen
     options = None
     if args.first_stage or args.candidates or args.dense_share is not None:
         stage = args.first_stage or ("pooled+bm25s" if index.has_stage("pooled+bm25s") else index.default_stage)
         options = {"first_stage": stage, "candidates": args.candidates or (200 if stage == "pooled+bm25s" else 100)}
         if "+" in stage:
             options["dense_share"] = 0.5 if args.dense_share is None else args.dense_share
+        elif args.dense_share is not None and stage != "exhaustive":
+            raise ConfigError(f"--dense-share splits the candidates between the two halves of a joined first stage (such as fde+bm25s); {stage} is one: leave it out.")
     signals = [s.strip() for s in args.signals.split(",") if s.strip()] if args.signals else None
     with cpu_threads(args.threads, "torch", "numba", "faiss", "blas"):
         report = tune(index, queries, qrels, options=options, signals=signals, step=args.step)
     if args.save:
         commit = index.save_search_preset(args.save, report["preset"], default=not args.no_default)
         report["saved"] = {"preset": args.save, "generation": commit["generation"], "default": not args.no_default}
+    for warning in warnings:
+        print(f"mvr: warning: {warning}", file=sys.stderr)
+    if warnings:
+        report["warnings"] = warnings
     if args.json:
         print(json.dumps(report, indent=2))
         return 0
