@@ -18,10 +18,10 @@ import urllib.parse
 from pathlib import Path
 from typing import Sequence
 
-from .errors import IndexLockedError, IndexNotFoundError, MvrError, QueryError, is_number, shown
+from .errors import IndexLockedError, IndexNotFoundError, MissingExtraError, MvrError, QueryError, is_number, shown
 
 # What each status means to a caller, as mvr's own errors.
-ERRORS = {400: QueryError, 401: QueryError, 404: IndexNotFoundError, 409: IndexLockedError, 413: QueryError, 415: QueryError, 422: QueryError}
+ERRORS = {400: QueryError, 401: QueryError, 404: IndexNotFoundError, 409: IndexLockedError, 413: QueryError, 415: QueryError, 422: QueryError, 501: MissingExtraError}
 # The longest timeout a socket takes: a larger one fails at the first request as an OverflowError.
 MAX_TIMEOUT = 1e6
 

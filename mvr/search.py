@@ -110,8 +110,8 @@ class SearchOptions:
             raise QueryError(f"fusion_weight must lie in [0, 1], got {self.fusion_weight!r}.")
         if self.fusion_weight is not None and self.fusion != "linear":
             raise QueryError(f'fusion_weight is the weight of linear fusion: give fusion="linear" with it (default weight {FUSION_WEIGHT}).')
-        if not self.rerank and (self.fusion is not None or self.early_exit is not None):
-            raise QueryError("fusion and early exit need rerank=True.")
+        if not self.rerank and (self.fusion is not None or self.early_exit is not None or self.prune_alpha is not None):
+            raise QueryError("fusion and early exit need rerank=True, as pruning (prune_alpha) does: it drops candidates before the rerank.")
         if self.dense_share is not None and not 0.0 <= self.dense_share <= 1.0:
             raise QueryError(f"dense_share must lie in [0, 1], got {self.dense_share!r}.")
         if self.dense_share is not None and self.first_stage is not None and self.first_stage not in HYBRIDS:

@@ -224,7 +224,8 @@ def stranger():
     answers = {"html": (200, "text/html", b"<html>hello</html>"), "list": (200, "application/json", b"[1, 2]"), "empty": (200, None, b""),
                "redirect": (302, None, b""), "nested": (200, "application/json", b"[" * 100_000), "object": (200, "application/json", b'{"status": "ok"}'),
                "short": (200, "application/json", b'{"results": [[]]}'), "text": (200, "application/json", b'{"results": "abc"}'),
-               "gateway": (502, "text/html", b"<html>\n<h1>bad gateway</h1>\n</html>"), "missing": (404, "text/html", b"<!DOCTYPE HTML>\n<html><body>Not Found</body></html>")}
+               "gateway": (502, "text/html", b"<html>\n<h1>bad gateway</h1>\n</html>"), "missing": (404, "text/html", b"<!DOCTYPE HTML>\n<html><body>Not Found</body></html>"),
+               "extra": (501, "application/json", b'{"detail": "the bm25 stage needs Lucene: pip install \'mvr[lucene]\'"}')}
 
     class Handler(http.server.BaseHTTPRequestHandler):
         def log_message(self, *args):
@@ -332,6 +333,10 @@ def test_the_client_says_when_the_url_is_not_an_mvr_server(stranger):
         Client(f"{stranger}/headdrip", timeout=1).delete("docs", ["a"])
     assert time.monotonic() - started < 3
     assert Client(f"{stranger}/headdrip", timeout=30).health() == {}
+    from mvr import MissingExtraError
+
+    with pytest.raises(MissingExtraError, match=r": 501: the bm25 stage needs Lucene: pip install 'mvr\[lucene\]'$"):  # as the library raises it
+        Client(f"{stranger}/extra").search("docs", "tea")
     with pytest.raises(ServerError, match=r"stopped part way through its answer \(8 bytes of 100\)"):  # was taken as the whole answer
         Client(f"{stranger}/cut").health()
     assert Client(f"{stranger}/drip", timeout=30).health() == {"status": "x" * 28}

@@ -210,6 +210,14 @@ def test_a_bad_request_gets_a_4xx_with_a_message(strict_server, home, what, meth
         assert reply.headers["allow"] == "POST", reply.headers
 
 
+def test_a_trailing_slash_names_the_same_route(server):
+    """FastAPI answered /indexes/ with an empty 307, which curl shows as nothing and the client as a stranger's reply."""
+    client, _ = server
+    assert client.get("/indexes/").json() == client.get("/indexes").json()
+    found = client.post("/indexes/docs/search/", json={"query": "cats", "k": 2})
+    assert found.status_code == 200 and found.json()["results"] == client.post("/indexes/docs/search", json={"query": "cats", "k": 2}).json()["results"]
+
+
 def test_get_routes_answer_head(server):
     client, _ = server
     for path in ("/healthz", "/indexes", "/indexes/docs", "/metrics", "/"):

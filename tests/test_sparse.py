@@ -73,6 +73,8 @@ def test_fused_search_runs_and_options_are_validated(sparse_index):
     assert fused[0][0].id == "d5"
     with pytest.raises(QueryError, match="fusion and early exit need rerank"):
         sparse_index.search("x", first_stage="bm25s", rerank=False, fusion="rrf")
+    with pytest.raises(QueryError, match="as pruning \\(prune_alpha\\) does"):  # it was taken and never read
+        sparse_index.search("x", first_stage="bm25s", rerank=False, prune_alpha=0.5)
     with pytest.raises(QueryError, match="prune_alpha"):
         sparse_index.search("x", first_stage="bm25s", prune_alpha=2.0)
     with pytest.raises(QueryError, match="unknown search option"):
