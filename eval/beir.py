@@ -31,11 +31,11 @@ def load_beir(folder: str | os.PathLike, split: str = "test") -> tuple[dict[str,
     from ..corpus import read_jsonl_objects, text_lines
 
     folder = Path(folder)
-    if not isinstance(split, str) or not split or split.startswith(".") or any(c in split for c in "/\\\0"):
+    if not isinstance(split, str) or not split or split.startswith(".") or len(split) > 200 or any(c in split for c in "/\\\0"):
         raise DatasetError(f"the split {split!r} is no plain name: give the name of a file qrels/SPLIT.tsv of the dataset (test, dev, train).")
     queries_file, qrels_file = folder / "queries.jsonl", folder / "qrels" / f"{split}.tsv"
     if not queries_file.is_file():
-        raise DatasetError(f"{folder} has no queries.jsonl: expected a BEIR folder (corpus.jsonl, queries.jsonl, qrels/SPLIT.tsv).")
+        raise DatasetError(f"{folder} {'has no queries.jsonl' if folder.is_dir() else 'is no folder'}: expected a BEIR folder (corpus.jsonl, queries.jsonl, qrels/SPLIT.tsv).")
     if qrels_file.exists() and not qrels_file.is_file():
         raise DatasetError(f"{qrels_file} is not a file: the qrels of split {split!r} are a file query-id<TAB>corpus-id<TAB>score.")
     if not qrels_file.is_file():
@@ -231,7 +231,7 @@ def evaluate(
     if max_queries:
         keep = list(queries)[:max_queries]
         queries, qrels = {q: queries[q] for q in keep}, {q: qrels[q] for q in keep}
-    counts = [candidates] if isinstance(candidates, int) or candidates is None else list(candidates)
+    counts = [candidates] if isinstance(candidates, int) or candidates is None else list(dict.fromkeys(candidates))  # one run of each
     plan = [("exhaustive", None)] if first_stage == "exhaustive" or compare_exhaustive else []
     if first_stage != "exhaustive":
         plan += [(first_stage, c or DEFAULT_CANDIDATES) for c in counts]

@@ -106,7 +106,7 @@ def positive_int(owner: str, name: str, value, optional: bool = False) -> None:
     if value is None and optional:
         return
     if not is_number(value, whole=True) or value < 1:
-        raise ConfigError(f"{owner}{name} must be a positive integer{' or None' if optional else ''}, got {value!r}.")
+        raise ConfigError(f"{owner}{name} must be a positive integer{(' or None' if owner != '--' else ', or left out') if optional else ''}, got {value!r}.")
 
 
 def _strict(cls, values: dict, what: str):

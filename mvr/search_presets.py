@@ -85,6 +85,12 @@ def resolve(found, first_stage: str | None, candidates: int | None, options: dic
     return first_stage or stage, candidates if candidates is not None or count is None else max(count, k), merged, name
 
 
+def check_name(name) -> None:
+    """A QueryError unless ``name`` can name a saved preset."""
+    if not isinstance(name, str) or not name.replace("-", "").replace("_", "").isalnum() or name == NONE:
+        raise QueryError(f"a preset name is letters, digits, - and _ (not {NONE!r}); got {name!r}.")
+
+
 def create(options_class, preset: str | None, **values):
     """``options_class.create(**values)``, a QueryError saying so when the search ``preset`` gave part of them."""
     try:
@@ -123,8 +129,7 @@ def check(index, name: str, options: dict) -> dict:
         raise QueryError(f"preset {name!r}: dense_share splits a hybrid first stage's candidates; name the stage in the preset, such as \"fde+bm25s\".")
     if options.get("prf") == "rm3" and "bm25" not in str(options.get("first_stage")).split("+"):
         raise QueryError(f"preset {name!r}: prf (query expansion of the Lucene bm25 stage) needs a first_stage with bm25 in the preset, such as \"bm25\" or \"fde+bm25\".")
-    if not isinstance(name, str) or not name.replace("-", "").replace("_", "").isalnum() or name == NONE:
-        raise QueryError(f"a preset name is letters, digits, - and _ (not {NONE!r}); got {name!r}.")
+    check_name(name)
     if "preset" in options or "filter" in options:
         raise QueryError("a preset holds search options, not another preset or a filter.")
     opts = SearchOptions.create(**options)

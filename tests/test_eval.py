@@ -221,6 +221,16 @@ def test_eval_refuses_qrels_without_a_relevant_document_and_warns_of_queries_wit
     assert warnings[2:] == ["mvr: warning: the runs hold at most 20 documents a query, so R@100 is recall at 20."]
 
 
+def test_eval_names_a_missing_folder_a_long_split_and_runs_each_count_once(beir, default_index, capsys, tmp_path):
+    code, err = _eval(capsys, tmp_path / "nowhere", default_index)
+    assert code == 2 and err.startswith(f"mvr: error: {tmp_path / 'nowhere'} is no folder: expected a BEIR folder")
+    code, err = _eval(capsys, beir, default_index, "--split", "s" * 300)  # "File name too long", and no advice
+    assert code == 2 and "is no plain name" in err
+    out = tmp_path / "r.json"
+    assert _eval(capsys, beir, default_index, "--candidates", "2,2", "--output", out)[0] == 0
+    assert [row["candidates"] for row in json.loads(out.read_text())["runs"]] == [2]
+
+
 def test_eval_build_checks_the_dataset_and_options_before_it_builds(beir, tmp_path, capsys):
     """--build encoded the whole corpus, then found the split missing or an option bad."""
     from mvr.cli import main

@@ -277,9 +277,11 @@ def test_tuning_refuses_what_it_cannot_measure(tmp_path, models, capsys):
 
     home = tmp_path
     for argv, message in ((["--first-stage", "exhaustive"], "exhaustive search scores every document"), (["--candidates", "0"], "--candidates must be a positive integer"),
-                          (["--save", " "], "--save names the search preset"), (["--threads", "-1"], "--threads must be a positive integer")):
+                          (["--save", " "], "--save names the search preset"), (["--threads", "-1"], "--threads must be a positive integer, or left out, got -1")):
         assert main(["tune", str(data), "--index", str(home / "d"), "--split", "test", *argv]) == 2
         assert message in capsys.readouterr().err
+    assert main(["tune", str(data), "--index", str(home / "nowhere"), "--save", "a b"]) == 2  # said before the index is even opened, not after the tuning
+    assert "a preset name is letters, digits, - and _" in capsys.readouterr().err
     # --dense-share on a stage of one half was taken and ignored; queries that cannot count were averaged in unsaid
     assert main(["tune", str(data), "--index", str(home / "d"), "--split", "test", "--first-stage", "pooled", "--dense-share", "0.7"]) == 2
     assert "--dense-share splits the candidates between the two halves of a joined first stage" in capsys.readouterr().err

@@ -157,6 +157,9 @@ def test_the_cli_trains_a_head_and_indexes_with_it(tmp_path, models, capsys):
     report = json.loads(out.with_suffix(".json").read_text())
     warned = capsys.readouterr().err
     assert "(queries left with none of theirs: 1)" in warned and report["warnings"] == [warned.removeprefix("mvr: warning: ").strip()]
+    assert main(["train-projection", str(data), "--index", "plain", "--split", "test", "--output", str(tmp_path / "start.npz"), "--dim", "8", "--epochs", "0",
+                 "--index-dir", home, "--quiet"]) == 0
+    assert "no epoch did better: the head written is the one at start" in capsys.readouterr().out  # was "trained 0.87 (epoch 0)"
     assert Head.load(out).shape == (32, 8) and report["dim"] == 8 and report["command"].startswith("mvr train-projection")
     assert main(["index", "--from", "plain", "--name", "narrow", "--projection", str(out), "--no-fde", "--index-dir", home, "--quiet"]) == 0
     assert Index.open("narrow", home=home).dim == 8

@@ -70,6 +70,7 @@ def run(args) -> int:
         return 0
     v = report["validation_ndcg_at_10"]
     print(f"{args.dataset.name} / {args.split}: {report['train_queries']} training queries, {report['validation_queries']} held out")
-    print(f"held-out nDCG@10 (their candidates reranked): model {v['model']:.4f}, head at start {v['start']:.4f}, trained {v['best']:.4f} (epoch {v['best_epoch']})")
+    trained = f"trained {v['best']:.4f} (epoch {v['best_epoch']})" if v["best_epoch"] else "no epoch did better: the head written is the one at start"
+    print(f"held-out nDCG@10 (their candidates reranked): model {v['model']:.4f}, head at start {v['start']:.4f}, {trained}")
     print(f"wrote {args.output} ({head.kind}, {head.shape[0]} -> {head.shape[1]} dims) and its report {args.output.with_suffix('.json')}")
     return 0

@@ -38,6 +38,7 @@ def run(args) -> int:
     from ..eval.beir import load_beir, relevance_warnings
     from ..index import Index
     from ..threads import cpu_threads
+    from ..search_presets import check_name
     from ..tuning import tune
 
     positive_int("--", "threads", args.threads, optional=True)
@@ -49,6 +50,8 @@ def run(args) -> int:
         raise ConfigError("tuning weighs the signals of a first stage's candidates; exhaustive search scores every document by MaxSim alone: name a first stage with candidates.")
     if args.save is not None and not args.save.strip():
         raise ConfigError("--save names the search preset to save; got ''.")
+    if args.save is not None:
+        check_name(args.save)  # before the tuning, not after it
     if args.no_default and args.save is None:
         raise ConfigError("--no-default saves the preset without making it the default: it needs --save NAME.")
     if args.signals is not None and not [s for s in args.signals.split(",") if s.strip()]:
