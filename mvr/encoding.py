@@ -215,7 +215,7 @@ def encode_corpus(documents, encoder, config: IndexConfig, folder: Path, show_pr
     titles = BlobWriter(folder, "title", np.concatenate([np.zeros(0, np.int64), *resumed.titles]))
     metadata = MetadataWriter(metadata_types)
     for row in resumed.metadata:
-        metadata.add(row)
+        metadata.add(row, limits=False)
     total = len(documents) if hasattr(documents, "__len__") and not isinstance(documents, (str, os.PathLike)) else None
     bar = progress(total=total, desc="encoding", unit="doc", show=show_progress)
     bar.update(len(resumed.read))

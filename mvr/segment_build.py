@@ -245,7 +245,7 @@ def merge_segments(folder: Path, sources: list, live: list[np.ndarray], config: 
         for row in np.flatnonzero(keep):
             texts.add(segment._texts[int(row)])
             titles.add(segment._titles[int(row)])
-            metadata.add(segment.metadata.row(int(row)))
+            metadata.add(segment.metadata.row(int(row)), limits=False)
     texts.close()
     titles.close()
     metadata.close(folder)

@@ -251,6 +251,26 @@ def test_a_document_of_many_fields_reads_in_one_check_and_the_fields_are_bounded
     assert Index.open(tmp_path / "many").document(2).metadata["h699"] == 1 and not (tmp_path / "t").exists()
 
 
+def test_an_index_past_the_field_limits_still_merges_and_takes_its_own_fields(tmp_path, default_encoder, monkeypatch):
+    """An index made before the limits may hold more fields, or longer names: its merges (after
+    each add and delete, and optimize) rewrite every row and must not refuse them, after the
+    write they follow was committed."""
+    from mvr.storage import metadata
+
+    long_name = "n" * 300
+    monkeypatch.setattr(metadata, "MAX_FIELD_NAME", 1000)  # the index as made before the limits
+    index = Index.build([{"id": f"d{i}", "text": f"cats {i}", "metadata": {"a": i, "b": "x", long_name: "y"}} for i in range(3)], tmp_path / "old",
+                        config=FAST, encoder=default_encoder)
+    monkeypatch.setattr(metadata, "MAX_FIELDS", 2)
+    monkeypatch.setattr(metadata, "MAX_FIELD_NAME", 256)
+    index.add([{"id": "d3", "text": "dogs", "metadata": {"a": 3, long_name: "z"}}])  # the index's own fields
+    index.delete(["d0"])
+    index.optimize()
+    assert len(index.segments) == 1 and index.document(2).metadata == {"a": 3, long_name: "z"}
+    with pytest.raises(CorpusError, match="would be field 4 of the index; it holds at most 2"):
+        index.add([{"id": "d4", "text": "x", "metadata": {"c": 1}}])
+
+
 def test_metadata_follows_derive_and_damage_is_refused(meta_index, tmp_path):
     derived = Index.derive(meta_index, tmp_path / "small", cluster_ratio=0.5, show_progress=False)
     assert derived.search("cats", k=2, filter={"source": "news"})[0][0].metadata["source"] == "news"

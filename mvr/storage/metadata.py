@@ -68,10 +68,12 @@ class MetadataWriter:
         self.types: dict[str, str] = dict(types or {})  # an index's fields: new documents keep their types
         self._given = set(self.types)
 
-    def add(self, metadata: dict, where: str = "") -> None:
+    def add(self, metadata: dict, where: str = "", limits: bool = True) -> None:
+        """Add a row. ``limits=False``: rows already in the index (a merge, a resumed build), which
+        keep fields an index made before the limits may hold beyond them."""
         for name, value in metadata.items():
             kind = _kind(value)
-            if name not in self.types:
+            if name not in self.types and limits:
                 if len(name) > MAX_FIELD_NAME:
                     raise CorpusError(f"{where}: a metadata field name of {len(name):,} characters ({shown(name[:40])}...); names are at most {MAX_FIELD_NAME} characters.")
                 if len(self.types) >= MAX_FIELDS:
