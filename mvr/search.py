@@ -110,8 +110,9 @@ class SearchOptions:
             raise QueryError(f"fusion_weight must lie in [0, 1], got {self.fusion_weight!r}.")
         if self.fusion_weight is not None and self.fusion != "linear":
             raise QueryError(f'fusion_weight is the weight of linear fusion: give fusion="linear" with it (default weight {FUSION_WEIGHT}).')
-        if not self.rerank and (self.fusion is not None or self.early_exit is not None or self.prune_alpha is not None):
-            raise QueryError("fusion and early exit need rerank=True, as pruning (prune_alpha) does: it drops candidates before the rerank.")
+        unread = [name for name in ("fusion", "early_exit", "prune_alpha") if not self.rerank and getattr(self, name) is not None]
+        if unread:  # each acts on the MaxSim rerank (pruning drops candidates before it): without it, it would be taken and never read
+            raise QueryError(f"{' and '.join(unread)} need{'s' if len(unread) == 1 else ''} rerank=True: {'it acts' if len(unread) == 1 else 'they act'} on the MaxSim rerank.")
         if self.dense_share is not None and not 0.0 <= self.dense_share <= 1.0:
             raise QueryError(f"dense_share must lie in [0, 1], got {self.dense_share!r}.")
         if self.dense_share is not None and self.first_stage is not None and self.first_stage not in HYBRIDS:

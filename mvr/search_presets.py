@@ -70,7 +70,7 @@ def resolve(found, first_stage: str | None, candidates: int | None, options: dic
         raise QueryError(f"this index has no search preset {name!r}; its presets: {', '.join(found['presets']) or 'none'} (mvr tune saves one).")
     base = dict(found["presets"][name])
     if options.keys() & _SCORING or options.get("rerank") is False:
-        for key in _FUSION:
+        for key in _SCORING if options.get("rerank") is False else _FUSION:  # no rerank: none of the preset's scoring applies
             base.pop(key, None)
         if "weights" in options and "fusion" not in options:
             options["fusion"] = "weighted"
@@ -82,6 +82,8 @@ def resolve(found, first_stage: str | None, candidates: int | None, options: dic
         merged.pop("dense_share", None)
     if "fusion_weight" not in options and merged.get("fusion") != "linear":  # saved beside another fusion, before that was refused: it was never read
         merged.pop("fusion_weight", None)
+    if "prune_alpha" not in options and merged.get("rerank") is False:  # likewise beside rerank=False
+        merged.pop("prune_alpha", None)
     return first_stage or stage, candidates if candidates is not None or count is None else max(count, k), merged, name
 
 

@@ -294,6 +294,21 @@ def test_tuning_refuses_what_it_cannot_measure(tmp_path, models, capsys):
     assert "(queries left with none of theirs: 1)" in captured.err and json.loads(captured.out)["warnings"] == [captured.err.removeprefix("mvr: warning: ").strip()]
 
 
+def test_no_rerank_drops_every_scoring_option_of_a_preset(best, tmp_path):
+    """rerank=False over a preset holding prune_alpha (or one saved with both, before that was
+    refused) failed: the preset's pruning was kept beside the caller's rerank=False."""
+    from mvr.search_presets import resolve
+
+    found = {"default": "pruned", "presets": {"pruned": {"first_stage": "bm25s", "candidates": 6, "prune_alpha": 0.5, "early_exit": 2},
+                                              "old": {"first_stage": "bm25s", "candidates": 6, "rerank": False, "prune_alpha": 0.5}}}
+    assert resolve(found, None, None, {"rerank": False})[2] == {"rerank": False}
+    assert resolve(found, None, None, {"preset": "old"})[2] == {"rerank": False}
+    assert resolve(found, None, None, {"prune_alpha": 0.3})[2] == {"prune_alpha": 0.3, "early_exit": 2}  # a scoring option given: the preset's others stay
+    best.save_search_preset("pruned", found["presets"]["pruned"], default=False)
+    plain = best.search(ASKED, k=3, first_stage="bm25s", candidates=6, rerank=False, preset="none")
+    np.testing.assert_array_equal(best.search(ASKED, k=3, preset="pruned", rerank=False).indices, plain.indices)
+
+
 def test_presets_saved_before_the_checks_still_search():
     """A preset saved before options the search would not read were refused (fusion_weight beside
     weighted fusion) searches as it did: the option it never read is dropped, not an error; a

@@ -71,10 +71,10 @@ def test_fusion_by_hand():
 def test_fused_search_runs_and_options_are_validated(sparse_index):
     fused = sparse_index.search("capital of France", k=3, first_stage="bm25s", fusion="linear", fusion_weight=0.5)
     assert fused[0][0].id == "d5"
-    with pytest.raises(QueryError, match="fusion and early exit need rerank"):
+    with pytest.raises(QueryError, match="^fusion needs rerank=True: it acts on the MaxSim rerank"):
         sparse_index.search("x", first_stage="bm25s", rerank=False, fusion="rrf")
-    with pytest.raises(QueryError, match="as pruning \\(prune_alpha\\) does"):  # it was taken and never read
-        sparse_index.search("x", first_stage="bm25s", rerank=False, prune_alpha=0.5)
+    with pytest.raises(QueryError, match="^early_exit and prune_alpha need rerank=True"):  # prune_alpha was taken and never read
+        sparse_index.search("x", first_stage="bm25s", rerank=False, prune_alpha=0.5, early_exit=3)
     with pytest.raises(QueryError, match="prune_alpha"):
         sparse_index.search("x", first_stage="bm25s", prune_alpha=2.0)
     with pytest.raises(QueryError, match="unknown search option"):
