@@ -18,7 +18,7 @@ import urllib.parse
 from pathlib import Path
 from typing import Sequence
 
-from .errors import IndexLockedError, IndexNotFoundError, MissingExtraError, MvrError, QueryError, is_number, shown
+from .errors import IndexLockedError, IndexNotFoundError, MissingExtraError, MvrError, QueryError, is_number, many, shown
 
 # What each status means to a caller, as mvr's own errors.
 ERRORS = {400: QueryError, 401: QueryError, 404: IndexNotFoundError, 409: IndexLockedError, 413: QueryError, 415: QueryError, 422: QueryError, 501: MissingExtraError}
@@ -78,6 +78,7 @@ class Client:
             late = _Deadline(connection, deadline)
             try:
                 late.connect()
+                late.sent = True  # from here the server may have the request
                 connection.request(method, self._prefix + path, body=data, headers=headers)
                 response = connection.getresponse()
                 payload = response.read()  # an IncompleteRead where it ends before its Content-Length
@@ -86,6 +87,8 @@ class Client:
             except (ConnectionError, http.client.HTTPException, OSError) as error:
                 connection.close()
                 self._local.connection = None
+                if (late.passed or isinstance(error, TimeoutError)) and not late.sent:
+                    raise ServerError(f"cannot reach the mvr server at {self.url} (no connection within {self.timeout:g} s, the client's timeout): is `mvr serve` running there?") from None
                 if late.passed or isinstance(error, TimeoutError):
                     written = "; an add or delete may have been applied all the same (`info` shows the index's documents; upsert adds again safely)" if method != "GET" else ""
                     raise ServerError(f"the mvr server at {self.url} did not answer within {self.timeout:g} s (the client's timeout): it may still be working{written}.") from None
@@ -94,7 +97,9 @@ class Client:
                 if attempt or not isinstance(error, (http.client.RemoteDisconnected, BrokenPipeError, ConnectionResetError)):
                     raise ServerError(f"cannot reach the mvr server at {self.url} ({error}): is `mvr serve` running there?") from None
             finally:
-                late.cancel()
+                if late.cancel():  # cut just after the answer came: the kept-alive socket is shut down
+                    connection.close()
+                    self._local.connection = None
         try:  # every route answers a JSON object: nothing, or anything else, comes from another server
             answer = json.loads(payload) if payload else None
         except (ValueError, RecursionError):  # not JSON (a proxy's HTML page), or JSON nested too deep to read
@@ -138,19 +143,19 @@ class Client:
         """The whole answer of a search: ``results``, ``generation``, ``timings_ms``."""
         if "query" in options:
             raise QueryError("give the query, or a list of them, as search's second argument, not as query=.")
-        query = queries if isinstance(queries, str) else _listed_items(queries, "queries", "a query string or a list of them")
+        query = queries if isinstance(queries, str) else list(many(queries, "queries are a string or a list of strings", QueryError))
         answer = self.request("POST", f"/indexes/{_quoted(name)}/search", {"query": query, "k": k, **options})
         self._listed(answer, "results", 1 if isinstance(query, str) else len(query))  # one list of hits per query
         return answer
 
     def add(self, name: str, documents: Sequence[dict], *, upsert: bool = False) -> dict:
         """Add ``documents`` (a list of ``{"id", "text", "title", "metadata"}``); ``upsert``: replace those already there."""
-        listed = _listed_items(documents, "documents", 'a list of documents such as [{"id": "d1", "text": "..."}]')
+        listed = list(many(documents, 'documents are a list of objects such as {"id": "d1", "text": "..."}', QueryError))
         return self.request("POST", f"/indexes/{_quoted(name)}/documents", {"documents": listed, "upsert": upsert})
 
     def delete(self, name: str, ids: str | Sequence[str]) -> dict:
         """Delete the documents ``ids`` (a single string: one id)."""
-        listed = [ids] if isinstance(ids, str) else _listed_items(ids, "ids", "a document id or a list of them")
+        listed = [ids] if isinstance(ids, str) else list(many(ids, "ids must be a document id or a list of them", QueryError, ordered=False))  # as Index.delete
         return self.request("DELETE", f"/indexes/{_quoted(name)}/documents", {"ids": listed})
 
     def close(self) -> None:
@@ -166,42 +171,43 @@ class _Deadline:
     time): the read or write under way fails or ends, and :meth:`check` says the time passed."""
 
     def __init__(self, connection: http.client.HTTPConnection, deadline: float):
-        self.connection, self.deadline, self.passed, self.sock = connection, deadline, False, None
+        self.connection, self.deadline, self.passed, self.sent, self.sock = connection, deadline, False, False, None
+        self._lock, self._done = threading.Lock(), False
         self._timer = threading.Timer(max(deadline - time.monotonic(), 0.0), self._cut)
         self._timer.daemon = True
         self._timer.start()
 
     def connect(self) -> None:
-        """Connect now where not connected (so that the socket exists to shut down), each single
-        read or write limited to the time left too."""
+        """Connect where not connected, within the time left (so that the socket exists to shut
+        down), each single read or write limited to the time left too."""
         if self.connection.sock is None:
+            self.connection.timeout = max(self.deadline - time.monotonic(), 1e-3)
             self.connection.connect()
         self.sock = self.connection.sock  # kept: the connection lets go of it where the answer ends the connection
+        self.check()  # the time passed while connecting, before there was a socket to shut down
         self.sock.settimeout(max(self.deadline - time.monotonic(), 1e-3))
 
     def _cut(self) -> None:
-        self.passed = True
-        sock = self.sock
-        if sock is not None:
-            try:
-                sock.shutdown(socket.SHUT_RDWR)  # the read or write waiting now ends, and any after it
-            except OSError:
-                pass
+        with self._lock:
+            if self._done:
+                return
+            self.passed = True
+            if self.sock is not None:
+                try:  # the plain socket's shutdown: an SSL socket's would first drop its SSL object under a read or write under way
+                    socket.socket.shutdown(self.sock, socket.SHUT_RDWR)
+                except OSError:
+                    pass
 
     def check(self) -> None:
         if self.passed:  # what was read may have ended early: the socket was shut down under it
             raise TimeoutError("timed out")
 
-    def cancel(self) -> None:
+    def cancel(self) -> bool:
+        """Stop the timer; whether it cut the socket first."""
+        with self._lock:
+            self._done = True
         self._timer.cancel()
-
-
-def _listed_items(value, what: str, example: str) -> list:
-    """``value``, a list or other sequence, as a list; a QueryError for what would be read wrongly
-    as one (a dict's keys, a set's arbitrary order, a string's or bytes' characters, None)."""
-    if isinstance(value, (str, bytes, bytearray, dict, set, frozenset)) or value is None or not hasattr(value, "__iter__"):
-        raise QueryError(f"{what}: give {example}, not {type(value).__name__} {shown(value)}.")
-    return list(value)
+        return self.passed
 
 
 def _quoted(name: str) -> str:

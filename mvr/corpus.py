@@ -14,10 +14,9 @@ import numpy as np
 import unicodedata
 from dataclasses import dataclass, field
 from pathlib import Path
-from collections.abc import Mapping, Set
 from typing import Iterable, Iterator
 
-from .errors import CorpusError, QueryError, is_number, shown
+from .errors import CorpusError, QueryError, is_number, many, shown
 
 TEXT_SUFFIXES = (".txt", ".md")
 _FORMS = 'a BEIR corpus.jsonl (or its dataset folder), a JSONL file of {"id", "text"} objects, or a folder of .txt/.md files'
@@ -181,17 +180,6 @@ def _utf8(text: str) -> bool:
         return text.encode("utf-8") is not None
     except UnicodeEncodeError:  # a lone surrogate
         return False
-
-
-def many(values, what: str, error_class: type, ordered: bool = True, also: tuple = ()):
-    """``values`` unchanged where it is a collection of several things, else ``error_class``
-    saying ``what`` they must be: a string, bytes or a mapping (read letter by letter, byte by
-    byte or key by key), a number or None, a set where ``ordered`` (its order is none), or one of
-    the types ``also`` names."""
-    if isinstance(values, (str, bytes, bytearray, Mapping, *also)) or (ordered and isinstance(values, Set)) or not hasattr(values, "__iter__"):
-        hint = ": decode bytes to str first" if isinstance(values, (bytes, bytearray)) else " (one alone: pass [it])" if isinstance(values, (str, Mapping, *also)) else ""
-        raise error_class(f"{what}, got {type(values).__name__}{hint}.")
-    return values
 
 
 def repeated(values: Iterable[str]) -> str | None:

@@ -1,6 +1,8 @@
 """The exceptions mvr raises for bad input. Each message says what was received, what was
 expected and how to fix it; the CLI prints the message alone, without a traceback."""
 
+from collections.abc import Mapping, Set
+
 
 class MvrError(Exception):
     """Base of every error mvr raises on purpose."""
@@ -73,3 +75,14 @@ def is_number(value, whole: bool = False) -> bool:
     """Whether ``value`` is a Python int (``whole``), or an int or float: never a bool, which
     Python counts as an int (``True`` is no count of anything) and JSON writes as ``true``."""
     return isinstance(value, int if whole else (int, float)) and not isinstance(value, bool)
+
+
+def many(values, what: str, error_class: type, ordered: bool = True, also: tuple = ()):
+    """``values`` unchanged where it is a collection of several things, else ``error_class``
+    saying ``what`` they must be: a string, bytes or a mapping (read letter by letter, byte by
+    byte or key by key), a number or None, a set where ``ordered`` (its order is none), or one of
+    the types ``also`` names."""
+    if isinstance(values, (str, bytes, bytearray, Mapping, *also)) or (ordered and isinstance(values, Set)) or not hasattr(values, "__iter__"):
+        hint = ": decode bytes to str first" if isinstance(values, (bytes, bytearray)) else " (one alone: pass [it])" if isinstance(values, (str, Mapping, *also)) else ""
+        raise error_class(f"{what}, got {type(values).__name__}{hint}.")
+    return values

@@ -16,9 +16,9 @@ from typing import Sequence
 
 import numpy as np
 
-from .corpus import as_documents, asked_ids, many, repeated
+from .corpus import as_documents, asked_ids, repeated
 from .encode import Encoder
-from .errors import QueryError, shown
+from .errors import QueryError, many, shown
 from .passages import rows_of
 from .results import Hit
 from .storage.tokens import Float16Store

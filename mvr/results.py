@@ -7,8 +7,8 @@ from typing import Iterable
 
 import numpy as np
 
-from .corpus import check_id, many, repeated
-from .errors import CorpusError, QueryError
+from .corpus import check_id, repeated
+from .errors import CorpusError, QueryError, many
 from .passages import document_id
 
 

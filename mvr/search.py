@@ -11,8 +11,8 @@ from dataclasses import dataclass
 import numpy as np
 
 from .config import CENTROID_PROBE, FDE_EF_SEARCH, FDE_NPROBE, FUSION_WEIGHT, default_candidates
-from .corpus import _utf8, many, query_texts
-from .errors import EncoderMismatchError, QueryError, shown
+from .corpus import _utf8, query_texts
+from .errors import EncoderMismatchError, QueryError, many, shown
 from .feedback import COLBERT_PRF, expand
 from .first_stage import exhaustive, first_stage
 from .fusion import FUSIONS, check_weights, fuse, signal_scores, text_signals

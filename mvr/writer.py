@@ -24,8 +24,8 @@ import numpy as np
 from .config import FDEConfig, IndexConfig, positive_int
 from .encode import Encoder
 from .encode.pool import ProcessEncoder
-from .corpus import as_documents, asked_ids, many
-from .errors import ConfigError, CorpusError
+from .corpus import as_documents, asked_ids
+from .errors import ConfigError, CorpusError, many
 from .passages import document_id, rows_of
 from .search_presets import preset_stages, saved
 from .segment_build import merge_segments, planned_stages, write_segment

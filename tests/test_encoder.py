@@ -320,11 +320,21 @@ def test_projections_are_read_without_torch_as_torch_reads_them(models, tmp_path
                           (lambda: dense.write_bytes(b"\xff" * 8 + b"{}"), "not a readable safetensors file"),
                           (lambda: save_file({"linear.weight": torch.randn(8, TINY["hidden_size"] + 1)}, dense), "do not chain from the transformer's"),
                           (lambda: save_file({"linear.weight": torch.randn(8, TINY["hidden_size"]), "linear.bias": torch.randn(7)}, dense), "do not chain"),
-                          (lambda: save_file({"linear.weight": torch.randn(8, TINY["hidden_size"]).to(torch.int32)}, dense), "is I32")):
+                          (lambda: save_file({"linear.weight": torch.randn(8, TINY["hidden_size"]).to(torch.int32)}, dense), "weight' is I32; projections are read in float32"),
+                          (lambda: _header(dense, {"linear.weight": {"dtype": "F32", "shape": [-1, 2], "data_offsets": [0, 8]}}), "disagree"),
+                          (lambda: _header(dense, {"linear.weight": {"dtype": "F32", "shape": [2**40, 2**40], "data_offsets": [0, 2**64]}}), "disagree"),
+                          (lambda: _header(dense, {"linear.weight": [[[[]]]] * 2}), "not a readable safetensors file"),
+                          (lambda: dense.write_bytes((100_000).to_bytes(8, "little") + b"[" * 100_000), "not a readable safetensors file")):  # too deep for json
         damage()
         with pytest.raises(EncoderError, match=match) as raised:
             Encoder(folder)
-        assert "\n" not in str(raised.value) and str(folder) in str(raised.value)
+        assert "\n" not in str(raised.value) and str(raised.value).count(str(folder)) == 1
+
+
+def _header(file: Path, header: dict) -> None:
+    """A safetensors file of this header (and a few bytes), whatever it says."""
+    text = json.dumps(header).encode()
+    file.write_bytes(len(text).to_bytes(8, "little") + text + bytes(8))
 
 
 def test_stanford_checkpoint_with_pytorch_bin_weights(models, tmp_path):

@@ -165,6 +165,10 @@ def test_a_langchain_retriever_follows_its_fields_and_takes_k_per_call(index, ur
     for options, message in (({"k": 0}, "k is a positive integer"), ({"queries": ["x"]}, "not its query or k")):
         with pytest.raises(QueryError, match=message):
             moved.invoke("tea", **options)
+    for kwargs, message in (({"k": 3}, "not its query or k"), (None, "search_kwargs is a dict")):  # set after construction: a TypeError from inside
+        moved.search_kwargs = kwargs
+        with pytest.raises(QueryError, match=message):
+            moved.invoke("tea")
     served = MvrRetriever(url=url, index_name="docs", api_key="k3y", k=2)
     for twin in (pickle.loads(pickle.dumps(served)), copy.deepcopy(served)):
         assert [d.id for d in twin.invoke("tea")] == [d.id for d in served.invoke("tea")]

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import sys
 from pathlib import Path
 
 from ..config import CLUSTER_METHODS, DEFAULT_CANDIDATES, DENSE_SHARE, FUSION_WEIGHT, KEEP_CLASSES, PRESETS, PRUNE_RULES, FDEConfig, IndexConfig
@@ -250,3 +251,9 @@ def write_output(path: Path, text: str, option: str) -> None:
         path.write_text(text, encoding="utf-8")
     except OSError as error:
         raise ConfigError(f"cannot write {option} {path}: {error.strerror or error}.") from None
+
+
+def warn(*warnings: str) -> None:
+    """Each warning on its own line of standard error, as mvr's warnings are said."""
+    for warning in warnings:
+        print(f"mvr: warning: {warning}", file=sys.stderr)

@@ -5,11 +5,10 @@ from __future__ import annotations
 
 import argparse
 import json
-import sys
 from pathlib import Path
 from typing import Sequence
 
-from .common import add_common, add_device, add_search, check_output, search_options, write_output
+from .common import add_common, add_device, add_search, check_output, search_options, warn, write_output
 
 
 def _counts(text: str) -> list[int]:
@@ -83,8 +82,7 @@ def run(args) -> int:
         ignore_identical_ids=not args.keep_identical_ids,
     )
     report["command"] = getattr(args, "command_line", None)
-    for warning in report.get("warnings", ()):
-        print(f"mvr: warning: {warning}", file=sys.stderr)
+    warn(*report.get("warnings", ()))
     print(
         f"{report['dataset']} / {report['split']}: {report['queries']} queries, index {report['index']}; "
         f"query encoding {report['encode_ms_p50']} ms p50, {report['encode_ms_p95']} ms p95"

@@ -4,10 +4,9 @@ from __future__ import annotations
 
 import argparse
 import json
-import sys
 from pathlib import Path
 
-from .common import _query_id, add_common, read_queries
+from .common import _query_id, add_common, read_queries, warn
 
 
 def add_parser(sub) -> argparse.ArgumentParser:
@@ -110,7 +109,7 @@ def _jobs(args, index):
     if not seen:
         raise QueryError(f"{args.candidates} holds no candidate lines.")
     if empty:  # a run holds no line for them: said, not left to be found missing
-        print(f"mvr: warning: {len(empty)} of the {len(seen)} queries of {args.candidates} have no candidates (e.g. {empty[0]!r}); the run holds nothing for them.", file=sys.stderr)
+        warn(f"{len(empty)} of the {len(seen)} queries of {args.candidates} have no candidates (e.g. {empty[0]!r}); the run holds nothing for them.")
 
 
 def run(args) -> int:

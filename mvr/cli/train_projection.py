@@ -5,10 +5,9 @@ from __future__ import annotations
 
 import argparse
 import json
-import sys
 from pathlib import Path
 
-from .common import add_common
+from .common import add_common, warn
 
 
 def add_parser(sub) -> argparse.ArgumentParser:
@@ -62,8 +61,7 @@ def run(args) -> int:
         )
     head.save(args.output)
     report.update(output=str(args.output), command=args.command_line, dataset=str(args.dataset), split=args.split, index=index.name, **({"warnings": warnings} if warnings else {}))
-    for warning in warnings:
-        print(f"mvr: warning: {warning}", file=sys.stderr)
+    warn(*warnings)
     args.output.with_suffix(".json").write_text(json.dumps(report, indent=2) + "\n")
     if args.json:
         print(json.dumps(report, indent=2))

@@ -5,10 +5,9 @@ from __future__ import annotations
 
 import argparse
 import json
-import sys
 from pathlib import Path
 
-from .common import add_common
+from .common import add_common, warn
 
 
 def add_parser(sub) -> argparse.ArgumentParser:
@@ -73,8 +72,7 @@ def run(args) -> int:
     if args.save:
         commit = index.save_search_preset(args.save, report["preset"], default=not args.no_default)
         report["saved"] = {"preset": args.save, "generation": commit["generation"], "default": not args.no_default}
-    for warning in warnings:
-        print(f"mvr: warning: {warning}", file=sys.stderr)
+    warn(*warnings)
     if warnings:
         report["warnings"] = warnings
     if args.json:

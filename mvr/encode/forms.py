@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import math
 import string
 from dataclasses import dataclass
 from pathlib import Path
@@ -203,12 +204,16 @@ def safetensors_arrays(file: Path, *names: str) -> list[np.ndarray | None]:
                     continue
                 if entry["dtype"] not in _SAFETENSORS:
                     raise EncoderError(f"{file}: tensor {name!r} is {entry['dtype']}; projections are read in float32, float16 or bfloat16.")
-                begin, end = entry["data_offsets"]
+                (begin, end), shape, dtype = entry["data_offsets"], entry["shape"], np.dtype(_SAFETENSORS[entry["dtype"]])
+                if not all(type(n) is int and n >= 0 for n in (begin, end, *shape)) or end - begin != math.prod(shape) * dtype.itemsize:
+                    raise ValueError(f"tensor {name!r}: shape {shape} and byte range {begin}-{end} disagree")
                 handle.seek(start + begin)
-                array = np.frombuffer(handle.read(end - begin), dtype=_SAFETENSORS[entry["dtype"]]).reshape(entry["shape"])
+                array = np.frombuffer(handle.read(end - begin), dtype=dtype).reshape(shape)
                 arrays.append((array.astype(np.uint32) << 16).view(np.float32) if entry["dtype"] == "BF16" else array.astype(np.float32))
             return arrays
-    except (OSError, ValueError, KeyError, TypeError, AttributeError) as exc:
+    except EncoderError:
+        raise
+    except (OSError, ValueError, KeyError, TypeError, AttributeError, OverflowError, RecursionError, MemoryError) as exc:
         raise EncoderError(f"{file}: not a readable safetensors file ({exc}); replace it with the model's original.") from None
 
 

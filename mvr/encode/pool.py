@@ -110,7 +110,9 @@ def _stop(*_) -> None:
     if _WORKER is None:  # still starting: the pool would log the initializer's "failure" with a traceback
         logging.getLogger("concurrent.futures").disabled = True
     try:  # ending: what multiprocessing prints as it unwinds (its read of the queue the build closed) is no one's to read
-        os.dup2(os.open(os.devnull, os.O_WRONLY), 2)
+        null = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(null, 2)
+        os.close(null)
     except OSError:
         pass
     raise SystemExit(1)

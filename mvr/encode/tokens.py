@@ -121,7 +121,8 @@ def checked_texts(texts, is_query: bool) -> list[str]:
     """``texts`` as a list of strings (a query alone as one), or an EncoderError for what is not:
     a document string alone (it would be read letter by letter), bytes, a mapping, a number, None,
     an element that is no string or holds a lone surrogate (the tokenizer fails on it)."""
-    from ..corpus import _utf8, many
+    from ..corpus import _utf8
+    from ..errors import many
     from ..errors import EncoderError
 
     if isinstance(texts, str) and is_query:

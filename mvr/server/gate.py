@@ -82,7 +82,7 @@ class Gate:
         if scope["type"] != "http":
             return await self.app(scope, receive, send)
         if len(scope["path"]) > 1 and scope["path"].endswith("/"):  # /indexes/ is /indexes (FastAPI answered an empty 307)
-            scope = {**scope, "path": scope["path"].rstrip("/") or "/", "raw_path": scope.get("raw_path", b"").rstrip(b"/") or b"/"}
+            scope = {**scope, "path": scope["path"].rstrip("/") or "/", "raw_path": (scope.get("raw_path") or b"").rstrip(b"/") or b"/"}
         started = time.perf_counter()
         route = self._route(scope)
         status = {"code": 499}  # no answer started: the client went away (nginx's "client closed request")
