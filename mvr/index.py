@@ -134,10 +134,8 @@ class Index(Changes):
     def _one(self) -> Segment:
         segments = self._state.segments
         if len(segments) != 1:
-            raise MvrError(
-                f"index {self.name!r} has {len(segments)} segments; this reads one (index.segments[i] does): "
-                f"merge them with `mvr optimize {self.name}` (Index.optimize())."
-            )
+            raise MvrError(f"index {self.name!r} has {len(segments)} segments; this reads one (index.segments[i] does): "
+                           f"merge them with `mvr optimize {self.name}` (Index.optimize()).")
         return segments[0]
 
     @property
@@ -241,6 +239,9 @@ class Index(Changes):
         if name in _MOVED:
             raise AttributeError(f"Index.{name} is gone; use {_MOVED[name]} (docs/architecture.md).")
         raise AttributeError(f"'Index' object has no attribute {name!r}")
+
+    def __reduce__(self):  # a copy (pickle, deepcopy: a framework's copy of a retriever, another process) opens the index at its path again
+        return Index, (self.path, self._model.path if isinstance(self._model, Encoder) else self._model, self.splade_model, self.device)
 
     def __repr__(self) -> str:
         return f"Index({self.name!r}, documents={self.n_docs}, segments={len(self._state.segments)}, generation={self.generation})"

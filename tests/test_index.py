@@ -226,6 +226,22 @@ def test_queries_from_another_encoder_are_refused(tmp_path, models, plain_encode
         index.search_encoded(wrong_dim)
 
 
+def test_an_index_pickles_and_copies_as_a_handle_opened_again(tmp_path, models):
+    """A copy (pickle for another process, copy.deepcopy by a framework copying a retriever) failed
+    on the index's locks; it opens the index at its path again, with the same query model."""
+    import copy
+    import pickle
+
+    index = Index.build([{"id": i, "title": t, "text": x} for i, t, x in DOCS], tmp_path / "idx", encoder=Encoder(models["plain"]), config=IndexConfig(fde=None, sparse=()))
+    index = Index.open(tmp_path / "idx", model=Encoder(models["plain"]))
+    expected = index.search(["purring cats", "volcano"], k=3)
+    for twin in (pickle.loads(pickle.dumps(index)), copy.deepcopy(index)):
+        assert twin is not index and twin.path == index.path and twin._model == models["plain"].resolve()
+        found = twin.search(["purring cats", "volcano"], k=3)
+        np.testing.assert_array_equal(found.indices, expected.indices)
+        np.testing.assert_array_equal(found.scores, expected.scores)
+
+
 def test_index_remembers_a_moved_model(tmp_path, models):
     import shutil
 

@@ -169,6 +169,9 @@ def test_a_langchain_retriever_follows_its_fields_and_takes_k_per_call(index, ur
         moved.search_kwargs = kwargs
         with pytest.raises(QueryError, match=message):
             moved.invoke("tea")
+    moved.search_kwargs = {}
+    deep = moved.model_copy(deep=True)  # a deep copy of a retriever over an open index: "cannot pickle '_thread.lock'"
+    assert deep.index is not moved.index and [d.id for d in deep.invoke("tea", k=3)] == [d.id for d in moved.invoke("tea", k=3)]
     served = MvrRetriever(url=url, index_name="docs", api_key="k3y", k=2)
     for twin in (pickle.loads(pickle.dumps(served)), copy.deepcopy(served)):
         assert [d.id for d in twin.invoke("tea")] == [d.id for d in served.invoke("tea")]
