@@ -278,7 +278,7 @@ def open_commit(path: Path, index_name: str, splade_model=None, previous: "Commi
             fields.update({name: kind for name, kind in read_types(folder).items() if name not in fields})
         segments, deleted = [], []
         # segments never change: those of the commit this index reads now are reused as they are
-        opened = {s.path.name: s for s in (previous.segments if previous is not None else []) if set(s.metadata.fields) == set(fields)}
+        opened = {s.path.name: s for s in (previous.segments if previous is not None else []) if {n: f["type"] for n, f in s.metadata.fields.items()} == fields}  # the types too: a field may come back as another
         for seg, folder in zip(record["segments"], folders):
             segment = opened.get(seg["name"])
             if segment is None:

@@ -121,6 +121,21 @@ def test_metadata_and_filters_span_segments(tmp_path, default_encoder):
         index.add([{"id": "n3", "text": "x", "metadata": {"year": "2020"}}], show_progress=False)
 
 
+def test_a_reader_refreshed_past_a_field_that_came_back_as_another_type_filters_by_the_new_one(tmp_path, default_encoder):
+    """A segment kept over a refresh held the field's old type in its column of absent values
+    (reuse compared field names alone): the reader refused a filter a fresh open answered."""
+    path = tmp_path / "idx"
+    index = Index.build([{"id": "a", "text": "vitamin D deficiency", "metadata": {"f": 1}}, {"id": "b", "text": "cancer prognosis", "metadata": {"f": 2}}],
+                        path, encoder=default_encoder, show_progress=False)
+    index.add([{"id": "c", "text": "stem cell biology"}], show_progress=False)
+    reader = Index.open(path)
+    reader.search("cells", k=3)
+    index.delete(["a", "b"])  # the segment that held f as a number goes
+    index.add([{"id": "d", "text": "antibiotic resistance", "metadata": {"f": "x"}}], show_progress=False)
+    assert reader.refresh() and reader.metadata_fields == Index.open(path).metadata_fields == {"f": "string"}
+    assert [h.id for h in reader.search("antibiotic", k=5, filter={"f": "x"})[0]] == ["d"]
+
+
 def test_codec_and_projection_of_new_segments_are_the_index_own(tmp_path, default_encoder):
     config = IndexConfig(pca_dim=32, codec="residual", codec_bits=2, codec_centroids=8, fde=None, sparse=())
     index = _split(tmp_path, default_encoder, [10], config=config)
