@@ -32,6 +32,7 @@ class Document:
     title: str = ""
     where: str = ""
     metadata: dict = field(default_factory=dict, compare=False)
+    dropped: tuple = field(default=(), compare=False, repr=False)  # fields of its line no metadata type holds, left out (said once per build)
 
     @property
     def full_text(self) -> str:
@@ -231,6 +232,8 @@ def check_metadata(values, where: str, strict: bool = True) -> dict:
 
 def _document_from_object(obj: dict, where: str) -> Document:
     doc_id = obj.get("_id", obj.get("id"))
+    if obj.get("id", doc_id) != doc_id:  # which one was meant? the other was dropped in silence
+        raise CorpusError(f'{where}: the line gives "_id" {shown(doc_id)} and "id" {shown(obj["id"])}; keep one.')
     if doc_id is None:
         raise CorpusError(f'{where}: no "_id" or "id" field; every document needs a unique id.')
     doc_id = check_id(doc_id, where)
@@ -242,11 +245,13 @@ def _document_from_object(obj: dict, where: str) -> Document:
         raise CorpusError(f'{where}: document {shown(doc_id)}: "text" and "title" must be strings.')
     _check_text(text, title, doc_id, where)
     # a "metadata" object, and any other field of the line, are kept as metadata
-    metadata, top = check_metadata(obj.get("metadata"), where), check_metadata({k: v for k, v in obj.items() if k not in _RESERVED}, where, strict=False)
+    others = {k: v for k, v in obj.items() if k not in _RESERVED}
+    metadata, top = check_metadata(obj.get("metadata"), where), check_metadata(others, where, strict=False)
     clash = next((k for k in top if k in metadata and metadata[k] != top[k]), None)
     if clash is not None:  # which one was meant? one of them was dropped in silence
         raise CorpusError(f'{where}: document {shown(doc_id)} gives {clash!r} twice, {shown(top[clash])} beside "metadata" and {shown(metadata[clash])} in it; keep one.')
-    return Document(id=doc_id, text=text, title=title, where=where, metadata={**metadata, **top})
+    dropped = tuple(k for k, v in others.items() if v is not None and k not in top)
+    return Document(id=doc_id, text=text, title=title, where=where, metadata={**metadata, **top}, dropped=dropped)
 
 
 def read_jsonl(path: Path) -> Iterator[Document]:
@@ -319,7 +324,7 @@ def _documents(items: Iterable, numbered: bool) -> Iterator[Document]:
             if not isinstance(item.text, str) or not isinstance(item.title, str):
                 raise CorpusError(f"{where}: document {shown(item.id)}: text and title must be strings, got {type(item.text).__name__} and {type(item.title).__name__}.")
             _check_text(item.text, item.title, item.id, where)
-            yield Document(check_id(item.id, where), item.text, item.title, where, check_metadata(item.metadata, where))
+            yield Document(check_id(item.id, where), item.text, item.title, where, check_metadata(item.metadata, where), item.dropped)
         elif isinstance(item, dict):
             yield _document_from_object(item, where)
         elif isinstance(item, str):

@@ -22,11 +22,13 @@ first stages: deterministic).
 
 from __future__ import annotations
 
+import collections
 import hashlib
 import itertools
 import json
 import os
 import shutil
+import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Iterable
@@ -213,7 +215,7 @@ def encode_corpus(documents, encoder, config: IndexConfig, folder: Path, show_pr
     truncated, skipped, split_documents = (resumed.counters[k] for k in ("truncated", "skipped", "split"))
     texts = BlobWriter(folder, "text", np.concatenate([np.zeros(0, np.int64), *resumed.texts]))
     titles = BlobWriter(folder, "title", np.concatenate([np.zeros(0, np.int64), *resumed.titles]))
-    metadata = MetadataWriter(metadata_types)
+    metadata, left_out = MetadataWriter(metadata_types), collections.Counter()
     for row in resumed.metadata:
         metadata.add(row, limits=False)
     total = len(documents) if hasattr(documents, "__len__") and not isinstance(documents, (str, os.PathLike)) else None
@@ -226,6 +228,7 @@ def encode_corpus(documents, encoder, config: IndexConfig, folder: Path, show_pr
                 kept = []
                 before = (truncated, skipped, split_documents)
                 for doc in chunk:
+                    left_out.update(doc.dropped)
                     if doc.id in seen:
                         raise CorpusError(
                             f"{doc.where}: duplicate document id {doc.id!r} (first at {seen[doc.id]}). "
@@ -288,6 +291,9 @@ def encode_corpus(documents, encoder, config: IndexConfig, folder: Path, show_pr
         texts.close()
         titles.close()
     metadata.close(folder)
+    if left_out:  # fields of the corpus's lines that no metadata type holds: left out, and said
+        warnings.warn(f"mvr: fields no metadata type holds were left out ({', '.join(f'{shown(k)} of {n} documents' for k, n in left_out.most_common(5))}"
+                      f"{', ...' if len(left_out) > 5 else ''}): a field is a string, a finite number of at most 2**53, true/false or a list of strings.", stacklevel=2)
     if not ids:
         raise CorpusError("the corpus holds no documents" + (f" ({skipped} empty ones skipped)" if skipped else "") + "; nothing to index.")
     doc_lengths = np.concatenate(lengths)

@@ -2,6 +2,9 @@
 before each first stage cuts its candidates."""
 
 import json
+import os
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -205,12 +208,24 @@ def test_a_filter_on_an_index_without_metadata(tmp_path, default_encoder):
         index.search("cats", filter=["year"])
 
 
-def test_other_fields_of_a_line_are_kept_when_they_can_be(tmp_path, default_encoder):
+def test_other_fields_of_a_line_are_kept_when_they_can_be(tmp_path, default_encoder, capsys):
     import numpy as np
 
-    docs = [{"id": "a", "text": "x", "embedding": [0.1, 0.2], "info": {"k": 1}, "url": "u1", "n": np.int64(3), "huge": 10**30}]
-    index = Index.build(docs, tmp_path / "x", config=FAST, encoder=default_encoder)
+    docs = [{"id": "a", "text": "x", "embedding": [0.1, 0.2], "info": {"k": 1}, "url": "u1", "n": np.int64(3), "huge": 10**30, "none": None},
+            {"id": "b", "text": "y", "embedding": [0.3]}]
+    with pytest.warns(UserWarning, match=r"left out \('embedding' of 2 documents, 'info' of 1 documents, 'huge' of 1 documents\): a field is a string"):
+        index = Index.build(docs, tmp_path / "x", config=FAST, encoder=default_encoder)  # was silent
     assert index.document(0).metadata == {"url": "u1", "n": 3}  # the rest is not a field type mvr stores
+    from mvr.cli import main
+
+    corpus = tmp_path / "c.jsonl"
+    corpus.write_text(json.dumps({"id": "a", "text": "x", "embedding": [0.1]}) + "\n")
+    done = subprocess.run([sys.executable, "-m", "mvr.cli", "index", str(corpus), "--path", str(tmp_path / "y"), "--no-fde", "--sparse", "none", "--quiet"],
+                          capture_output=True, text=True, env={**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)})
+    assert done.returncode == 0 and done.stderr == "mvr: warning: fields no metadata type holds were left out ('embedding' of 1 documents): a field is a string, a finite number of at most 2**53, true/false or a list of strings.\n"
+    corpus.write_text(json.dumps({"_id": "a", "id": "b", "text": "x"}) + "\n")  # the "id" was dropped in silence
+    assert main(["index", str(corpus), "--path", str(tmp_path / "z"), "--no-fde", "--quiet"]) == 2
+    assert capsys.readouterr().err == f'mvr: error: {corpus}:1: the line gives "_id" \'a\' and "id" \'b\'; keep one.\n'
 
 
 def test_metadata_values_are_checked_when_read(tmp_path, default_encoder):

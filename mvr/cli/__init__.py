@@ -11,6 +11,7 @@ import importlib
 import os
 import shlex
 import sys
+import warnings
 
 from ..errors import MvrError
 
@@ -37,8 +38,15 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _say(message, category, filename, lineno, file=None, line=None) -> None:
+    """A warning on one line, as mvr's own are said (not a file, a line number and source)."""
+    text = str(message)
+    print(f"mvr: warning: {text.removeprefix('mvr: ')}" if text.startswith("mvr: ") else f"{category.__name__}: {text}", file=sys.stderr)
+
+
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else [str(a) for a in argv]
+    warnings.showwarning = _say
     args = build_parser().parse_args(argv)
     args.command_line = "mvr " + shlex.join(argv)  # kept in manifests and reports, to rerun them
     if getattr(args, "quiet", False):
