@@ -240,7 +240,7 @@ class Index(Changes):
             raise AttributeError(f"Index.{name} is gone; use {_MOVED[name]} (docs/architecture.md).")
         raise AttributeError(f"'Index' object has no attribute {name!r}")
 
-    def __reduce__(self):  # a copy (pickle, deepcopy: a framework's copy of a retriever, another process) opens the index at its path again
+    def __reduce__(self):  # pickle, deepcopy (a framework's copy of a retriever, another process): the index opened again at its path
         return Index, (self.path, self._model.path if isinstance(self._model, Encoder) else self._model, self.splade_model, self.device)
 
     def __repr__(self) -> str:

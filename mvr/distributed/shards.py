@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import copy
 import threading
 import weakref
 from concurrent.futures import ThreadPoolExecutor
@@ -130,7 +129,8 @@ class ShardedIndex:
             self.pool = ThreadPoolExecutor(max_workers=self._pool_size, thread_name_prefix="mvr-shard")
         if getattr(self, "view", None) is not None:
             self.index._encoder, self.index._lean = self.view._encoder, self.view._lean  # the query models the last view loaded (a rebuild's other model is loaded anew)
-        view = copy.copy(self.index)  # the same Index, reading the shards' stand-ins
+        view = object.__new__(type(self.index))  # the same Index, reading the shards' stand-ins (copy.copy opens it again: Index.__reduce__)
+        view.__dict__.update(self.index.__dict__)
         view._state = sharded
         self.view, self._epoch, self._opened = view, epoch, state
 
