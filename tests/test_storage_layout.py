@@ -78,6 +78,25 @@ def test_overwrite_still_replaces_an_index_and_an_empty_folder(tmp_path, plain_e
     assert _hidden(tmp_path) == []
 
 
+def test_overwrite_refuses_an_index_folder_holding_what_mvr_did_not_write(tmp_path, plain_encoder, capsys):
+    """The folder is replaced whole: a user's notes, runs or folders inside it (segments/ too) went
+    with it, exit 0. They are named, and nothing is touched until they are moved out."""
+    index = Index.build(DOC_LIST, tmp_path / "idx", encoder=plain_encoder, config=FAST)
+    (tmp_path / "idx" / "NOTES.md").write_text("keep")
+    (tmp_path / "idx" / "runs").mkdir()
+    (tmp_path / "idx" / "segments" / "README").write_text("mine")
+    for attempt in range(2):
+        with pytest.raises(IndexExistsError, match=r"holds what mvr did not write there \(NOTES\.md, runs, segments/README\); move it out"):
+            Index.build([("only", "one document")], tmp_path / "idx", encoder=plain_encoder, config=FAST, overwrite=True)
+        assert (tmp_path / "idx" / "NOTES.md").read_text() == "keep" and Index.open(tmp_path / "idx").n_docs == index.n_docs
+    (tmp_path / "c.jsonl").write_text(json.dumps({"id": "a", "text": "cats"}) + "\n")
+    assert main(["index", str(tmp_path / "c.jsonl"), "--path", str(tmp_path / "idx"), "--overwrite", "--no-fde", "--sparse", "none", "--quiet"]) == 2
+    assert "holds what mvr did not write there" in capsys.readouterr().err and (tmp_path / "idx" / "runs").is_dir()
+    for entry in ("NOTES.md", "runs", "segments/README"):
+        os.replace(tmp_path / "idx" / entry, tmp_path / entry.replace("/", "-"))
+    assert list(Index.build([("only", "one document")], tmp_path / "idx", encoder=plain_encoder, config=FAST, overwrite=True).doc_ids) == ["only"]
+
+
 @pytest.mark.parametrize("name", ["../escape", "a/b", "/tmp/abs", "..", ".", ".hidden", "tab\tname", "bell\x07", " padded", "back\\slash", "", "x" * 201])
 def test_a_name_stays_under_the_index_home(tmp_path, beir, models, capsys, name):
     home = tmp_path / "deep" / "home"

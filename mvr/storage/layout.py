@@ -16,6 +16,7 @@ which goes on in it (``--resume``) or removes it."""
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import shutil
@@ -27,7 +28,7 @@ from pathlib import Path
 from ..errors import IndexExistsError, IndexFormatError, IndexNotFoundError
 from .formats import INDEX_FORMAT, SEGMENT_FORMAT
 from .lock import WriterLock
-from .manifest import MANIFEST, SEGMENTS, fsync_dir, fsync_tree, manifest_format, write_manifest
+from .manifest import MANIFEST, SEGMENT_NAME, SEGMENTS, fsync_dir, fsync_tree, manifest_format, write_manifest
 from .names import available, default_home, name_problem
 
 # mkdtemp's random part is 8 characters of [a-z0-9_]; folders from before the PID was added lack it
@@ -177,6 +178,10 @@ def check_replaceable(target: Path, formats: tuple[str, ...], overwrite: bool, d
     if found in formats or (found is None and damaged):
         if not overwrite:
             raise IndexExistsError(f"an index already exists at {target}; pass overwrite=True (CLI: --overwrite) to replace it.")
+        foreign = foreign_entries(target) if found == INDEX_FORMAT else []
+        if foreign:  # the folder is replaced whole: they would go with it
+            raise IndexExistsError(f"{target} holds what mvr did not write there ({', '.join(foreign[:5])}{', ...' if len(foreign) > 5 else ''}); "
+                                   "move it out of the index's folder, then overwrite the index (its folder is replaced whole).")
         return
     if not (target / MANIFEST).exists() and not any(target.iterdir()):
         return  # an empty folder holds nothing to lose
@@ -184,6 +189,24 @@ def check_replaceable(target: Path, formats: tuple[str, ...], overwrite: bool, d
         f"{target} is not an mvr index (it holds {what}, expected a manifest.json of format {' or '.join(map(repr, formats))}); "
         "mvr will not replace a folder it did not create: choose another name or path, or remove that folder yourself."
     )
+
+
+_INDEX_ENTRY = re.compile(r"^(manifest\.json|commit-\d{8,}\.json)(\.tmp)?$")  # what mvr writes beside segments/ (storage/commits.py)
+
+
+def foreign_entries(target: Path) -> list[str]:
+    """What the folder of an index of segments holds that mvr did not write there (a user's notes,
+    runs, a folder of their own, also inside segments/). A version-1 index, one folder of mvr's
+    files, is not looked into (``mvr upgrade`` keeps what else it holds)."""
+    try:
+        if json.loads((target / MANIFEST).read_text(encoding="utf-8")).get("format_version", 1) < 2:
+            return []
+    except (OSError, ValueError, AttributeError, TypeError):
+        return []
+    found = [e.name for e in target.iterdir() if not _INDEX_ENTRY.match(e.name) and e.name not in (SEGMENTS, REMOVING_MARK, STAGING_MARK)]
+    if (target / SEGMENTS).is_dir():
+        found += [f"{SEGMENTS}/{e.name}" for e in (target / SEGMENTS).iterdir() if not SEGMENT_NAME.match(e.name) or e.is_symlink() or not e.is_dir()]
+    return sorted(found)
 
 
 def ours(entry: Path, formats: tuple[str, ...]) -> bool:
