@@ -28,7 +28,7 @@ from .storage.layout import check_replaceable
 from .encoding import Checkpoints
 from .passages import live_documents
 from .segment import open_commit
-from .segment_build import finish_segment, link_tree, planned_stages, reconfigure, restage, stored_texts, with_stage, write_segment
+from .segment_build import check_sources, finish_segment, link_tree, planned_stages, reconfigure, restage, stored_texts, with_stage, write_segment
 from .storage.commits import SEGMENTS, new_commit, publish, read_pointer, segment_name, write_json
 from .storage.formats import SEGMENT_FORMAT, SEGMENT_VERSION
 from .storage.lock import check_wait
@@ -205,6 +205,7 @@ def derive(source, name, *, home=None, overwrite: bool = False, show_progress: b
     target = target_path(name, Path(home) if home else None)
     if target.resolve() == source.path.resolve():
         raise ConfigError("derive into a new name; the source index is kept as it is.")
+    check_sources(source.segments)
     origin = source.segments[0].path
     with StagingDir(target, overwrite, wait=wait) as staging, cpu_threads(config.threads, "numba", "faiss"):
         folder = staging.path / SEGMENTS / segment_name(1)

@@ -20,14 +20,14 @@ from .config import FDEConfig, IndexConfig
 from .corpus import Document
 from .encode import Encoder
 from .encoding import RESUME, Checkpoints, encode_corpus, finish_vectors
-from .errors import MvrError
+from .errors import IndexFormatError, MvrError
 from .registry import STAGES, store_class
 from .stages import BuildSource, build_stage, stage_class
 from .storage import MANIFEST, ArrayWriter, Blob, BlobWriter, RowReader, sha256_file, write_manifest
 from .storage.commits import DELETES, write_json
 from .storage.formats import SEGMENT_FORMAT, SEGMENT_VERSION, TOKEN_IDS, upgrade_fde_config
 from .storage.layout import LEFTOVER, ours
-from .storage.manifest import read_json_object
+from .storage.manifest import index_folder, read_json_object, verify
 from .storage.metadata import MetadataWriter
 from .threads import load_npy
 from .vectors import compact_vectors, corpus_stats, needs_corpus_stats, needs_token_ids
@@ -209,12 +209,24 @@ def _compact(folder: Path, config: IndexConfig, encoder: Encoder, counts: dict, 
     }
 
 
+def check_sources(segments) -> None:
+    """An IndexFormatError where a segment to be copied (merged, derived from) holds a file whose
+    sha256 differs from its manifest's: the copy would carry the damage under a fresh checksum,
+    past every later --verify."""
+    for segment in segments:
+        bad = verify(segment.path, segment.manifest)
+        if bad:
+            raise IndexFormatError(f"{segment.path / bad[0]}: its sha256 differs from the manifest's, so it is not copied; the index is damaged: "
+                                   f"`mvr info {index_folder(segment.path)} --verify`, then rebuild it.")
+
+
 def merge_segments(folder: Path, sources: list, live: list[np.ndarray], config: IndexConfig, encoder_identity: dict, stages: dict, show_progress=None, command=None) -> dict:
     """One new segment ``folder`` from the ``live`` rows of the opened segments ``sources``, in
     their order, without decoding or re-encoding: the token store's per-vector rows are copied
     (its codebooks are shared by every segment of an index), as are ids, texts, titles, metadata
     and token ids; the first stages (``stages``) are built anew. The manifest."""
     started = time.perf_counter()
+    check_sources(sources)
     folder.mkdir(parents=True)
     store = store_class(config.codec)
     first = sources[0].path

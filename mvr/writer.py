@@ -25,7 +25,7 @@ from .config import FDEConfig, IndexConfig, positive_int
 from .encode import Encoder
 from .encode.pool import ProcessEncoder
 from .corpus import as_documents, asked_ids
-from .errors import ConfigError, CorpusError, many
+from .errors import ConfigError, CorpusError, IndexFormatError, many
 from .passages import document_id, rows_of
 from .search_presets import preset_stages, saved
 from .segment_build import merge_segments, planned_stages, write_segment
@@ -194,10 +194,7 @@ def _mark_deleted(writer: Writer, state, segments: list[dict], positions: np.nda
         before = int(gone.sum())
         gone[rows] = True
         newly += int(gone.sum()) - before
-        segment = state.segments[s]
-        entry = segments[s]
-        entry["deletes"] = write_deletes(segment.path, writer.generation + 1, gone)
-        entry["deleted"] = int(gone.sum())
+        segments[s].update(deletes=write_deletes(state.segments[s].path, writer.generation + 1, gone), deleted=int(gone.sum()))
     return newly
 
 
@@ -246,10 +243,8 @@ def plan_merge(segments: list[dict], factor: int | None = None) -> list[int] | N
     tiers: dict[int, list[int]] = {}
     for i, entry in enumerate(segments):
         tiers.setdefault(_tier(_live(entry), factor), []).append(i)
-    for tier in sorted(tiers):
-        members = tiers[tier]
-        if len(members) >= factor:
-            return sorted(sorted(members, key=lambda i: _live(segments[i]))[:factor])
+    for members in (tiers[tier] for tier in sorted(tiers) if len(tiers[tier]) >= factor):
+        return sorted(sorted(members, key=lambda i: _live(segments[i]))[:factor])
     for i, entry in enumerate(segments):
         if entry["documents"] and entry["deleted"] > EXPUNGE_SHARE * entry["documents"]:
             return [i]
@@ -257,11 +252,15 @@ def plan_merge(segments: list[dict], factor: int | None = None) -> list[int] | N
 
 
 def merge_policy(writer: Writer, factor: int | None = None, show_progress=None) -> int:
-    """Merge as :func:`plan_merge` says until it says nothing; how many merges ran."""
+    """Merge as :func:`plan_merge` says until it says nothing (after a write's commit, which stands
+    whatever a merge meets); how many merges ran."""
     merges = 0
-    while (chosen := plan_merge(writer.record["segments"], factor)) is not None:
-        merge(writer, chosen, show_progress=show_progress)
-        merges += 1
+    try:
+        while (chosen := plan_merge(writer.record["segments"], factor)) is not None:
+            merge(writer, chosen, show_progress=show_progress)
+            merges += 1
+    except IndexFormatError as error:  # the write went in: said, with what stopped the merge
+        raise IndexFormatError(f"the write is committed (generation {writer.generation}), but merging segments after it failed: {error}") from None
     return merges
 
 

@@ -414,3 +414,32 @@ def test_residual_centroid_ids_past_the_centroids_are_refused(small, tmp_path, d
     rewrite(segment, "centroid_ids.npy", ids)
     with pytest.raises(IndexFormatError, match=r"centroid_ids.npy: names centroid 60000, but centroids.npy holds \d+.*mvr info"):
         Index.open(folder, model=default_encoder).search("which animal purrs?", k=3, first_stage="exhaustive")
+
+
+def test_a_damaged_segment_is_never_copied_into_one_that_passes_verify(small, tmp_path, default_encoder, capsys):
+    """optimize (and the merges after a write) and derive copied vectors whose sha256 was already
+    wrong into a new segment with a fresh checksum: --verify passed after, and search read the
+    damage. They refuse now, naming the file; a write whose merge meets it says it is committed."""
+    index = copy(small, tmp_path)
+    vectors = segment_path(index) / "vectors.npy"
+
+    def damage():
+        damaged = np.load(vectors, mmap_mode="r+")
+        damaged[:5] = -damaged[:5]  # the same shape, the same size: only the checksum tells
+        damaged.flush()
+
+    damage()
+    said = f"{vectors}: its sha256 differs from the manifest's, so it is not copied; the index is damaged"
+    code, _, err = run(capsys, "index", "--from", index, "--path", tmp_path / "derived", "--preset", "small")
+    assert code == 2 and err.startswith(f"mvr: error: {said}") and not (tmp_path / "derived").exists(), err
+    shutil.rmtree(index)
+    index = copy(small, tmp_path)
+    Index.open(index).add([{"id": "n1", "text": "a new document on cats"}], merge=False)
+    damage()
+    code, _, err = run(capsys, "optimize", index)
+    assert code == 2 and err.startswith(f"mvr: error: {said}"), err
+    assert run(capsys, "info", index, "--verify")[0] == 2  # still said: nothing laundered
+    gone = [i for i, _, _ in DOCS[1:]]
+    with pytest.raises(IndexFormatError, match=r"^the write is committed \(generation 3\), but merging segments after it failed: .*not copied"):
+        Index.open(index).delete(gone)  # most of the damaged segment deleted: it would be rewritten without them
+    assert not any(i in Index.open(index) for i in gone)
