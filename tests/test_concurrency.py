@@ -53,6 +53,8 @@ def test_readers_see_whole_commits_while_a_writer_changes_the_index(tmp_path, de
         except Exception as error:  # noqa: BLE001
             errors.append(error)
 
+    for stage in ("exhaustive", "fde+bm25s", "fde", "bm25s"):  # kernels compiled here first: Python 3.11 raised a SystemError ("AST constructor
+        reader.search(["cats", "lava"], k=10, first_stage=stage)  # recursion depth mismatch", CPython gh-106905) once, with threads building ASTs at once
     threads = [threading.Thread(target=write)] + [threading.Thread(target=read, args=(i,)) for i in range(8)]
     for thread in threads:
         thread.start()

@@ -190,6 +190,10 @@ def test_a_swap_killed_between_its_renames_is_put_back(tmp_path, plain_encoder):
     with pytest.raises(IndexExistsError, match="pass overwrite=True"):
         Index.build(DOC_LIST, "idx", home=home, encoder=plain_encoder, config=FAST)
     assert (home / "idx" / "manifest.json").is_file() and _hidden(home) == []
+    # and a reader open all along (mvr serve refreshes before each request): it failed until another process opened the index
+    os.replace(home / "idx", home / ".idx.old-4242-x1y2z3w4")
+    assert not reopened.refresh() and _hidden(home) == []
+    assert (reopened.search("which animal purrs?", k=3).indices == expected).all()
 
 
 def test_a_finished_but_uncommitted_build_is_never_promoted(tmp_path, plain_encoder):

@@ -43,6 +43,7 @@ import numpy as np
 from ..errors import IndexFormatError, IndexNotFoundError, is_number
 from ..threads import load_npy
 from .formats import COMMIT_FORMAT, COMMIT_VERSION, INDEX_FORMAT
+from .layout import _recover
 from .manifest import MANIFEST, SEGMENT_NAME as _SEGMENT, SEGMENTS, fsync_dir, index_folder, read_json_object, sha256_file
 
 _COMMIT = re.compile(r"^commit-(\d{8,})\.json$")
@@ -58,8 +59,7 @@ def segment_name(number: int) -> str:
 
 
 def write_atomic(path: Path, write) -> None:
-    """What ``write(handle)`` writes, into ``path`` atomically: a temporary name (``NAME.tmp``),
-    fsync, ``os.replace``, fsync of the folder."""
+    """What ``write(handle)`` writes, into ``path`` atomically: ``NAME.tmp``, fsync, ``os.replace``, fsync of the folder."""
     temp = path.with_name(path.name + ".tmp")
     with open(temp, "wb") as handle:
         write(handle)
@@ -94,8 +94,9 @@ def read_pointer(path: Path) -> dict:
 def current_pointer(path: Path, patience: float = 1.0) -> tuple[dict, tuple]:
     """The pointer of the index at ``path`` and which index it is (:func:`index_identity`). While a
     rebuild's swap (storage/layout.py, ``StagingDir.commit``) has renamed the old folder away and not
-    yet the new one in, a missing index is looked for again for up to ``patience`` seconds."""
-    deadline = time.monotonic() + patience
+    yet the new one in, a missing index is looked for again for up to ``patience`` seconds; a swap
+    killed between its renames left the old folder hidden: it is put back, as opening does."""
+    deadline, restored = time.monotonic() + patience, False
     while True:
         try:
             pointer = read_pointer(path)
@@ -104,8 +105,10 @@ def current_pointer(path: Path, patience: float = 1.0) -> tuple[dict, tuple]:
             identity = None
         if identity is not None:
             return pointer, identity
-        if not any(Path(path).parent.glob(f".{glob.escape(Path(path).name)}.old-*")) or time.monotonic() > deadline:  # no swap under way, or too long
+        swapping, late = any(Path(path).parent.glob(f".{glob.escape(Path(path).name)}.old-*")), time.monotonic() > deadline
+        if not swapping or (late and (restored or not _recover(Path(path)))):  # no swap under way, or one that neither ends nor can be undone
             raise IndexNotFoundError(f"there is no index at {path} any more: it was removed, or is being rebuilt; open it again once it is there.")
+        restored = restored or late
         time.sleep(0.02)
 
 
@@ -120,8 +123,7 @@ def index_identity(path: Path, record: dict) -> tuple | None:
 
 def folder_identity(path: Path) -> tuple[int, int]:
     """Which folder stands at ``path`` (device, inode): a rebuild renames a new one into its place."""
-    found = os.stat(path)
-    return found.st_dev, found.st_ino
+    return (found := os.stat(path)).st_dev, found.st_ino
 
 
 def check_same_files(path: Path, files: dict, index_name: str) -> None:
@@ -147,10 +149,8 @@ def read_commit(path: Path, generation: int) -> dict:
 
 def missing_commit(path: Path, generation: int) -> IndexFormatError:
     """The error for the commit ``generation``, which the pointer of the index at ``path`` names, not there."""
-    return IndexFormatError(
-        f"{Path(path) / commit_name(generation)}: missing, though {Path(path) / MANIFEST} names it as the index's current commit; "
-        "the index is damaged: restore that file from a backup, or rebuild the index with `mvr index`."
-    )
+    return IndexFormatError(f"{Path(path) / commit_name(generation)}: missing, though {Path(path) / MANIFEST} names it as the index's current commit; "
+                            "the index is damaged: restore that file from a backup, or rebuild the index with `mvr index`.")
 
 
 def check_commit(file: Path, commit, generation: int) -> None:
@@ -245,8 +245,7 @@ class Pin:
     _close = staticmethod(os.close)  # held by the class: at interpreter exit __del__ may run after the module's globals are None
 
     def __init__(self, path: Path, generation: int):
-        self.generation = generation
-        self._fd: int | None = None
+        self.generation, self._fd = generation, None
         fd = os.open(Path(path) / commit_name(generation), os.O_RDONLY)
         try:
             fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
