@@ -65,6 +65,7 @@ def test_clustering_matches_a_numpy_transcription():
     same, _ = cluster_documents(vectors, offsets, lengths, iters=10)
     np.testing.assert_array_equal(same, vectors)  # as many clusters as tokens: the tokens
     assert cluster_counts(lengths, IndexConfig(cluster_count=5)).tolist() == [5, 1, 0, 5, 5]
+    assert cluster_counts(lengths, IndexConfig(cluster_count=10**20)).tolist() == lengths.tolist()  # every token: a count past int64 was an OverflowError
     with pytest.raises(ValueError, match="between 1 and its length"):
         cluster_documents(vectors, offsets, lengths + 1)
 

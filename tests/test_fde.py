@@ -202,6 +202,16 @@ def test_rebuilt_fde_replaces_the_old_and_keeps_the_index(fde_index, tmp_path):
     with pytest.raises(ConfigError, match="factory string"):
         reopened.build_fde(FDEConfig(factory="NotAnIndex"))
     assert Index.open(tmp_path / "copy", model=fde_index.encoder).stage("fde").config.d_final == 64  # failed rebuild left it
+    with pytest.raises(ConfigError, match=r"faiss could not add .* to 'NSG32': .*graph"):  # a RuntimeError from faiss's add, a traceback
+        reopened.build_fde(FDEConfig(k_sim=2, d_proj=None, reps=2, d_final=64, factory="NSG32"))
+    from mvr.stages import fde as fde_stage
+
+    with open("/proc/meminfo") as meminfo:  # a flat FDE past the memory free: the out-of-memory killer ended the process (reps 100,000)
+        free = next(int(line.split()[1]) * 1024 for line in meminfo if line.startswith("MemAvailable:"))
+    with pytest.raises(ConfigError, match=r"the FDE would hold .* GiB \(\d+ documents x \d+ dimensions x 4 bytes\), more than the .* of memory free: lower --fde-reps"):
+        fde_stage._check_memory(int(free), reopened.n_docs, 10**8)
+    fde_stage._check_memory(int(free) // 2, reopened.n_docs, 10**8)  # what fits is built
+    assert Index.open(tmp_path / "copy", model=fde_index.encoder).stage("fde").config.d_final == 64
     for folder in (tmp_path / "copy", segment_path(tmp_path / "copy")):  # the stage is swapped in the segment's folder
         assert not [p for p in folder.iterdir() if p.name.startswith(".")]
 

@@ -11,7 +11,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from conftest import DOCS
-from mvr import Encoder, Index, IndexConfig, QueryError
+from mvr import Encoder, EncoderError, Index, IndexConfig, QueryError
 from mvr.fusion import fuse
 from mvr.stages.hybrid import union_candidates
 
@@ -164,6 +164,22 @@ def test_splade_weights_are_max_pooled_log_relu_logits(tmp_path):
     np.testing.assert_array_equal(np.sort(terms), nonzero)
     np.testing.assert_allclose(weights[np.argsort(terms)], expected[nonzero], rtol=1e-5, atol=1e-6)
     assert len(short_terms) > 0
+
+
+def test_a_folder_that_is_no_whole_masked_lm_is_refused(tmp_path, models):
+    """A sentence encoder was taken for SPLADE (transformers made its vocabulary head up at random:
+    scores of nothing); a damaged weight file was a traceback."""
+    import shutil
+
+    from mvr.stages.splade import SpladeEncoder
+
+    with pytest.raises(EncoderError, match=r"holds no whole masked-LM \(its weights lack 'cls\.predictions\..*a SPLADE model is a masked LM"):
+        SpladeEncoder(models["plain"])
+    model = shutil.copytree(_tiny_masked_lm(tmp_path / "mlm"), tmp_path / "cut")
+    (model / "model.safetensors").write_bytes((model / "model.safetensors").read_bytes()[:1000])
+    with pytest.raises(EncoderError, match="could not load a masked-LM from") as raised:
+        SpladeEncoder(model)
+    assert "\n" not in str(raised.value)
 
 
 def test_splade_first_stage_end_to_end(tmp_path, models):

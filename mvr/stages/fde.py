@@ -17,6 +17,7 @@ encoding the corpus again (``mvr fde NAME ...``).
 
 from __future__ import annotations
 
+import os
 import time
 from pathlib import Path
 
@@ -85,6 +86,22 @@ class FDE:
         )
 
 
+def _check_memory(size: int, n_docs: int, dims: int) -> None:
+    """A ConfigError where a flat FDE of ``size`` bytes would not fit in the memory free now: the
+    out-of-memory killer ends the process first, and other work on the machine may go with it."""
+    try:  # what can be had without swapping (page cache included): MemAvailable, else all of the memory
+        with open("/proc/meminfo") as meminfo:
+            free = next(int(line.split()[1]) * 1024 for line in meminfo if line.startswith("MemAvailable:"))
+    except (OSError, StopIteration, ValueError, IndexError):
+        try:
+            free = os.sysconf("SC_PHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+        except (ValueError, OSError):
+            return
+    if size > 0.8 * free:
+        raise ConfigError(f"the FDE would hold {size / 2**30:.1f} GiB ({n_docs} documents x {dims} dimensions x 4 bytes), more than the {free / 2**30:.1f} GiB "
+                          "of memory free: lower --fde-reps, --fde-d-proj or --fde-k-sim, or project it with --fde-d-final.")
+
+
 TRAIN_DOCUMENTS = 50_000  # documents an IVF / PQ factory trains on (faiss samples its k-means further)
 
 
@@ -121,6 +138,7 @@ def build_fde(folder: Path, codes: np.ndarray, offsets: np.ndarray, dim: int, co
     # blocks would grow its storage by doubling, copying it each time)
     flat = isinstance(index, faiss.IndexFlat)
     if flat:
+        _check_memory(n_docs * index.code_size, n_docs, fde.out_dim)
         index.codes.resize(n_docs * index.code_size)
         rows = faiss.rev_swig_ptr(index.codes.data(), n_docs * index.code_size).view(np.float32).reshape(n_docs, fde.out_dim) if n_docs else None
     bar = progress(total=n_docs, desc="FDE", unit="doc", show=show_progress)
@@ -132,7 +150,10 @@ def build_fde(folder: Path, codes: np.ndarray, offsets: np.ndarray, dim: int, co
         if flat:
             rows[start:stop] = encoded
         else:
-            index.add(encoded)
+            try:
+                index.add(encoded)
+            except RuntimeError as exc:  # (NSG cannot build a graph of fewer than 100 points, ...)
+                raise ConfigError(f"faiss could not add {n_docs} documents to {config.factory!r}: {str(exc).splitlines()[0]}") from None
         del encoded
         bar.update(stop - start)
     bar.close()

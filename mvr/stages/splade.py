@@ -38,9 +38,12 @@ class SpladeEncoder:
         try:
             self.tokenizer = AutoTokenizer.from_pretrained(str(self.path), local_files_only=True)
             with quiet_transformers():
-                self.model = AutoModelForMaskedLM.from_pretrained(str(self.path), local_files_only=True)
-        except (OSError, ValueError) as exc:
-            raise EncoderError(f"could not load a masked-LM from {self.path}: {exc}") from None
+                self.model, loaded = AutoModelForMaskedLM.from_pretrained(str(self.path), local_files_only=True, output_loading_info=True)
+        except Exception as exc:  # a damaged weight file raises the safetensors library's own error
+            raise EncoderError(f"could not load a masked-LM from {self.path}: {' '.join(str(exc).split())}") from None
+        if loaded.get("missing_keys"):  # made up at random by transformers (a sentence encoder has no masked-LM head): scores of nothing
+            raise EncoderError(f"{self.path} holds no whole masked-LM (its weights lack {sorted(loaded['missing_keys'])[0]!r} and {len(loaded['missing_keys']) - 1} more): "
+                               "a SPLADE model is a masked LM with its vocabulary head, such as naver/splade-cocondenser-ensembledistil.")
         self.model.eval()
         self.model.float()
         self.query_maxlen, self.doc_maxlen = query_maxlen, doc_maxlen

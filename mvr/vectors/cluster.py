@@ -14,7 +14,7 @@ def cluster_counts(lengths: np.ndarray, config) -> np.ndarray:
     if config.cluster_ratio is not None:
         counts = np.ceil(lengths * config.cluster_ratio - 1e-9).astype(np.int64)
     elif config.cluster_count is not None:
-        counts = np.minimum(lengths, config.cluster_count).astype(np.int64)
+        counts = np.minimum(lengths, min(config.cluster_count, 2**62)).astype(np.int64)  # (a count past int64 is every token too)
     else:
         return lengths.astype(np.int64)
     return np.where(lengths > 0, np.clip(counts, 1, lengths), 0)
