@@ -110,6 +110,21 @@ def test_errors_are_one_line_with_status_2(tmp_path, beir, capsys):
     assert code == 2 and "either a query" in err
 
 
+def test_list_skips_a_name_no_command_takes_and_optimize_names_an_empty_index(tmp_path, capsys, models):
+    """A folder named with a newline listed as two names; an emptied index was 'one segment without deletions'."""
+    import shutil
+
+    home = tmp_path / "home"
+    (tmp_path / "c.jsonl").write_text('{"id": "a", "text": "cats"}\n{"id": "b", "text": "dogs"}\n')
+    assert run(capsys, "index", tmp_path / "c.jsonl", "--name", "a", "--index-dir", home, "--model", models["plain"], "--no-fde", "--quiet")[0] == 0
+    shutil.copytree(home / "a", home / "new\nline")
+    code, out, err = run(capsys, "list", "--index-dir", home)
+    assert code == 0 and out == "a\n" and err == "mvr list: skipped 'new\\nline': it holds a control character; rename the folder to search it.\n"
+    assert run(capsys, "delete", "a", "a", "b", "--index-dir", home)[0] == 0
+    code, out, _ = run(capsys, "optimize", "a", "--index-dir", home)
+    assert code == 0 and out == "a is empty (no segments) already; nothing to merge\n"
+
+
 def test_console_script_is_installed(tmp_path, beir):
     result = subprocess.run([sys.executable, "-m", "mvr.cli", "list", "--index-dir", str(tmp_path)], capture_output=True, text=True)
     assert result.returncode == 0

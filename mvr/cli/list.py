@@ -19,6 +19,7 @@ def run(args) -> int:
 
     from ..errors import ConfigError
     from ..storage import available, default_home
+    from ..storage.names import name_problem
     from ..storage.formats import INDEX_FORMAT
     from ..storage.manifest import manifest_format
 
@@ -31,7 +32,9 @@ def run(args) -> int:
         print(f"mvr list: no indexes yet: MVR_INDEX_DIR={home} does not exist (`mvr index CORPUS --name NAME` makes it).", file=sys.stderr)
     for name in available(home):
         found, what = manifest_format(home / name)
-        if found == INDEX_FORMAT:
+        if name_problem(name) is not None:  # a name no command takes (a newline would print as two names): said, not listed
+            print(f"mvr list: skipped {name!r}: {name_problem(name)}; rename the folder to search it.", file=sys.stderr)
+        elif found == INDEX_FORMAT:
             print(name)
         else:  # a folder of something else, or an index whose manifest is damaged: not one to search
             print(f"mvr list: skipped {name}: it holds {what}, not an mvr index (`mvr info {home / name}` says more).", file=sys.stderr)

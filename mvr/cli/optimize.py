@@ -20,7 +20,7 @@ def run(args) -> int:
     if legacy:  # the writer converts a version-1 index first: a change, even where there is nothing to merge
         print(f"converted {index.name} to format version 2 (as `mvr upgrade` does; older mvr versions no longer read it)")
     if not done["merged"]:
-        print(f"{index.name} is one segment without deletions already; nothing to merge")
+        print(f"{index.name} is {'one segment without deletions' if len(index.segments) else 'empty (no segments)'} already; nothing to merge")
     else:
         print(f"merged {done['merged']} segment(s) of {index.name} into one: {done['documents']} documents, generation {done['generation']}")
     return 0
