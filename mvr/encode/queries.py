@@ -1,7 +1,8 @@
 """What encodes an index's queries: :func:`index_encoder`, the full :class:`mvr.Encoder` of its
 model checked against its record; and before that is loaded, :func:`query_encoder`, queries
 encoded without PyTorch or transformers: the cached ONNX export of the index's model, its
-``tokenizer.json`` read by the tokenizers library, any projection read by safetensors as numpy.
+``tokenizer.json`` read by the tokenizers library, any projection read as the Encoder reads it
+(mvr/encode/forms.py, ``read_projections``: float32 numpy from its safetensors file).
 
 Importing torch and transformers took about 1.4 s of a first ``mvr search`` (docs/coldstart.md),
 though queries run in ONNX Runtime once the model is exported. So the full encoder, once its
