@@ -87,9 +87,10 @@ class Client:
             except (ConnectionError, http.client.HTTPException, OSError) as error:
                 connection.close()
                 self._local.connection = None
-                if (late.passed or isinstance(error, TimeoutError)) and not late.sent:
+                timed_out = late.passed or isinstance(error, TimeoutError)
+                if timed_out and not late.sent:
                     raise ServerError(f"cannot reach the mvr server at {self.url} (no connection within {self.timeout:g} s, the client's timeout): is `mvr serve` running there?") from None
-                if late.passed or isinstance(error, TimeoutError):
+                if timed_out:
                     written = "; an add or delete may have been applied all the same (`info` shows the index's documents; upsert adds again safely)" if method != "GET" else ""
                     raise ServerError(f"the mvr server at {self.url} did not answer within {self.timeout:g} s (the client's timeout): it may still be working{written}.") from None
                 if isinstance(error, http.client.IncompleteRead):

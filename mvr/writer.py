@@ -243,8 +243,9 @@ def plan_merge(segments: list[dict], factor: int | None = None) -> list[int] | N
     tiers: dict[int, list[int]] = {}
     for i, entry in enumerate(segments):
         tiers.setdefault(_tier(_live(entry), factor), []).append(i)
-    for members in (tiers[tier] for tier in sorted(tiers) if len(tiers[tier]) >= factor):
-        return sorted(sorted(members, key=lambda i: _live(segments[i]))[:factor])
+    full = [tiers[tier] for tier in sorted(tiers) if len(tiers[tier]) >= factor]  # the lowest such tier first
+    if full:
+        return sorted(sorted(full[0], key=lambda i: _live(segments[i]))[:factor])
     for i, entry in enumerate(segments):
         if entry["documents"] and entry["deleted"] > EXPUNGE_SHARE * entry["documents"]:
             return [i]
@@ -252,8 +253,7 @@ def plan_merge(segments: list[dict], factor: int | None = None) -> list[int] | N
 
 
 def merge_policy(writer: Writer, factor: int | None = None, show_progress=None) -> int:
-    """Merge as :func:`plan_merge` says until it says nothing (after a write's commit, which stands
-    whatever a merge meets); how many merges ran."""
+    """Merge as :func:`plan_merge` says until it says nothing; how many merges ran (after a write's commit, which stands whatever they meet)."""
     merges = 0
     try:
         while (chosen := plan_merge(writer.record["segments"], factor)) is not None:

@@ -66,6 +66,7 @@ class MvrRetriever(BaseRetriever):
         k, given = options.pop("k", self.k), self.search_kwargs
         if not isinstance(given, dict):  # set since construction, which checked it
             raise QueryError(f"search_kwargs is a dict of mvr.Index.search options such as {{'first_stage': 'fde'}}, got {type(given).__name__}.")
-        Source.check_options(k, {**given, **options})
-        hits = self._source.search(query, k, {**given, **options})
+        options = {**given, **options}
+        Source.check_options(k, options)
+        hits = self._source.search(query, k, options)
         return [Document(page_content=hit["text"], id=hit["id"], metadata=hit_metadata(hit)) for hit in hits]
