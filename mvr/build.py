@@ -146,11 +146,36 @@ def _checked(config, **flags) -> IndexConfig:
     config = IndexConfig() if config is None else config
     if not isinstance(config, IndexConfig):
         raise ConfigError(f"config must be an IndexConfig (IndexConfig(**settings) for a dict of settings), got {type(config).__name__}.")
+    check_read(config)
     least = max(MIN_CODEC_SAMPLE, config.codec_centroids or 0)
     if config.codec == "residual" and config.codec_sample < least:
         raise ConfigError(f"codec_sample={config.codec_sample} is too few vectors to train the residual codec on: give at least {least} "
                           f"({MIN_CODEC_SAMPLE}, or codec_centroids where more; an index of fewer vectors trains on all it has).")
     return config
+
+
+def check_read(config: IndexConfig, given=()) -> None:
+    """A ConfigError naming the first of :func:`unread_settings`."""
+    unread = unread_settings(config, given)
+    if unread:
+        name, needs = unread[0]
+        flag = f" (--{name.replace('_', '-')})" if name not in ("codec_sample", "pca_sample") else ""
+        raise ConfigError(f"{name}={shown(getattr(config, name))}{flag} is read only with {needs}, which this build does not have; give that too, or leave it out.")
+
+
+def unread_settings(config: IndexConfig, given=()) -> list[tuple[str, str]]:
+    """``(setting, what it needs)`` for each setting of ``config`` changed from its default (or
+    named in ``given``) that the build would not read, what it needs not being there (codec_bits
+    with a float16 codec)."""
+    default = IndexConfig()
+    needs = (
+        (config.codec == "residual", "codec='residual' (--codec residual)", ("codec_bits", "codec_centroids", "codec_sample")),
+        (config.clusters and config.cluster_method == "kmeans", "k-means clustering (--cluster-method kmeans, and --cluster-ratio or --cluster-count)", ("cluster_iters",)),
+        (config.clusters, "clustering (--cluster-ratio or --cluster-count)", ("cluster_method", "cluster_keep", "cluster_idf_weight")),
+        ("df" in config.prune, "the df pruning rule (--prune df)", ("prune_max_df",)),
+        (config.pca_dim is not None, "PCA (--pca-dim)", ("pca_sample",)),
+    )
+    return [(name, what) for present, what, names in needs if not present for name in names if name in given or getattr(config, name) != getattr(default, name)]
 
 
 def _stored_dim(config: IndexConfig, head, model_dim: int) -> int:

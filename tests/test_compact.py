@@ -361,6 +361,43 @@ def test_bad_compaction_settings_say_what_is_allowed(settings, message):
         IndexConfig(**settings)
 
 
+@pytest.mark.parametrize(
+    "settings, unread",
+    [
+        ({"codec_bits": 4}, "codec_bits=4 .* only with codec=.residual."),
+        ({"codec": "int8", "codec_centroids": 16}, "codec_centroids=16 .* only with codec=.residual."),
+        ({"cluster_method": "kmeans"}, "cluster_method='kmeans' .* only with clustering"),
+        ({"cluster_keep": ()}, "cluster_keep=.* only with clustering"),
+        ({"cluster_ratio": 0.5, "cluster_iters": 3}, "cluster_iters=3 .* only with k-means"),
+        ({"prune": ("special",), "prune_max_df": 0.3}, "prune_max_df=0.3 .* only with the df pruning rule"),
+        ({"pca_sample": 1000}, "pca_sample=1000 is read only with PCA"),
+    ],
+)
+def test_a_setting_the_build_would_not_read_is_refused(source, tmp_path, settings, unread):
+    """Settings that only another setting reads were silently ignored (codec_bits on a float16
+    index); a build and a derive now refuse them, before anything is written."""
+    with pytest.raises(ConfigError, match=unread):
+        Index.build([("a", "cats")], tmp_path / "built", config=IndexConfig(**settings))
+    with pytest.raises(ConfigError, match=unread if "pca_sample" not in settings else "pca_sample"):  # a derived index keeps its source's PCA
+        Index.derive(source, tmp_path / "derived", **settings)
+    assert not any(tmp_path.iterdir())
+
+
+def test_index_command_refuses_flags_it_would_not_read(tmp_path, beir, capsys):
+    """Flags given are checked even at their default value; a preset's own settings that the
+    flags given leave unread are dropped with it (--preset small --codec float16: its 4 bits)."""
+    from mvr.cli import main
+
+    base = ["index", str(beir / "corpus.jsonl"), "--index-dir", str(tmp_path), "--sparse", "none", "--quiet"]
+    for flags, said in [(["--codec-bits", "2"], "--codec-bits"), (["--preset", "small", "--codec", "int8", "--codec-bits", "4"], "--codec-bits"),
+                        (["--preset", "fast", "--cluster-iters", "10"], "--cluster-iters"), (["--no-fde", "--fde-reps", "4"], "--no-fde leaves out the FDE")]:
+        assert main([*base, "--name", "x", *flags]) == 2
+        assert said in capsys.readouterr().err and not (tmp_path / "x").exists()
+    assert main([*base, "--name", "small16", "--preset", "small", "--codec", "float16", "--doc-maxlen", "16"]) == 0
+    config = Index.open("small16", home=tmp_path).config
+    assert (config.codec, config.codec_bits, config.cluster_ratio) == ("float16", 2, 0.28)
+
+
 def test_index_command_needs_a_corpus_or_a_source(tmp_path, capsys):
     from mvr.cli import main
 

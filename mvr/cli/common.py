@@ -50,11 +50,14 @@ def add_fde(parser: argparse.ArgumentParser, with_switch: bool) -> None:
 
 
 def fde_config(args) -> FDEConfig | None:
-    if getattr(args, "no_fde", False):
-        return None
-    return FDEConfig(
+    config = FDEConfig(
         k_sim=args.fde_k_sim, d_proj=args.fde_d_proj or None, reps=args.fde_reps, d_final=args.fde_d_final, fill_empty=args.fde_fill, factory=args.fde_factory, seed=args.fde_seed
     )
+    if getattr(args, "no_fde", False):
+        if config != FDEConfig():
+            raise ConfigError("--no-fde leaves out the FDE that the --fde-* options given set up; give one or the other.")
+        return None
+    return config
 
 
 def add_search(parser: argparse.ArgumentParser, counts=None) -> None:
@@ -182,6 +185,14 @@ def compaction(args) -> dict:
     settings.update({k: v for k, v in flags.items() if v is not None})
     if "cluster_count" in settings and args.cluster_ratio is None:
         settings.pop("cluster_ratio", None)
+    from ..build import check_read, unread_settings
+
+    given = {name for name, value in flags.items() if value is not None}
+    for name, _ in unread_settings(IndexConfig(**settings)):
+        if name not in given:  # a preset's, left unread by the flags given (--preset small --codec float16: its codec_bits)
+            settings.pop(name)
+    if args.source is None:  # a flag given that the build would not read (a derived index's settings are its source's, then these)
+        check_read(IndexConfig(**settings), given)
     return settings
 
 
