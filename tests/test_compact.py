@@ -390,7 +390,8 @@ def test_index_command_refuses_flags_it_would_not_read(tmp_path, beir, capsys):
 
     base = ["index", str(beir / "corpus.jsonl"), "--index-dir", str(tmp_path), "--sparse", "none", "--quiet"]
     for flags, said in [(["--codec-bits", "2"], "--codec-bits"), (["--preset", "small", "--codec", "int8", "--codec-bits", "4"], "--codec-bits"),
-                        (["--preset", "fast", "--cluster-iters", "10"], "--cluster-iters"), (["--no-fde", "--fde-reps", "4"], "--no-fde leaves out the FDE")]:
+                        (["--preset", "fast", "--cluster-iters", "10"], "--cluster-iters"), (["--no-fde", "--fde-reps", "4"], "--no-fde leaves out the FDE"),
+                        (["--ray-workers", "2"], "--ray-workers sets how many Ray workers --ray encodes on")]:
         assert main([*base, "--name", "x", *flags]) == 2
         assert said in capsys.readouterr().err and not (tmp_path / "x").exists()
     assert main([*base, "--name", "small16", "--preset", "small", "--codec", "float16", "--doc-maxlen", "16"]) == 0

@@ -45,7 +45,7 @@ def add_parser(sub) -> argparse.ArgumentParser:
     )
     p.add_argument("--splade-model", default=d.splade_model, help="masked-LM folder: also build the learned-sparse (SPLADE) first stage")
     p.add_argument("--ray", default=None, metavar="ADDRESS", help="encode on Ray workers: 'local' (a Ray instance on this machine), 'auto' (the cluster this machine is a node of) or a cluster's address (extra 'ray'); the same index as without")
-    p.add_argument("--ray-workers", type=int, default=2, metavar="N", help="with --ray: encoder actors, one CPU each (default 2)")
+    p.add_argument("--ray-workers", type=int, default=None, metavar="N", help="with --ray: encoder actors, one CPU each (default 2)")
     p.add_argument("--workers", type=int, default=1, metavar="N", help="encode in N processes of this machine's CPU, one thread each; the same index as one process (default 1). One process already runs its documents side by side, one per thread, and on 2 cores is faster than 2 workers (docs/scale.md)")
     p.add_argument("--passage-tokens", type=int, default=d.passage_tokens, metavar="N", help="split documents longer than N tokens into overlapping passages, searched one by one (default: none; longer documents are cut at --doc-maxlen)")
     p.add_argument("--passage-stride", type=int, default=d.passage_stride, metavar="S", help="tokens from one passage's start to the next (default: 3/4 of N)")
@@ -70,8 +70,8 @@ def run(args) -> int:
     if args.source is not None:
         if args.corpus is not None:
             raise ConfigError("give a CORPUS to encode or --from INDEX to derive from, not both.")
-        if args.ray is not None or args.device is not None or args.precision is not None or args.resume or args.workers != 1:
-            raise ConfigError("--ray, --workers, --device, --precision and --resume apply to encoding a CORPUS; deriving (--from) encodes nothing.")
+        if args.ray is not None or args.ray_workers is not None or args.device is not None or args.precision is not None or args.resume or args.workers != 1:
+            raise ConfigError("--ray, --ray-workers, --workers, --device, --precision and --resume apply to encoding a CORPUS; deriving (--from) encodes nothing.")
         d = IndexConfig()
         encoding = {"--model": args.model != d.model, "--doc-maxlen": args.doc_maxlen != d.doc_maxlen, "--query-maxlen": args.query_maxlen != d.query_maxlen,
                     "--batch-size": args.batch_size is not None, "--doc-runtime": args.doc_runtime != d.doc_runtime, "--pca-dim": args.pca_dim != d.pca_dim,
@@ -106,6 +106,8 @@ def run(args) -> int:
             **settings,
         )
         encoder = None
+        if args.ray_workers is not None and args.ray is None:
+            raise ConfigError("--ray-workers sets how many Ray workers --ray encodes on; give --ray too, or --workers N for processes of this machine.")
         if args.workers != 1 and (args.ray is not None or args.device not in (None, "cpu") or args.precision is not None):
             raise ConfigError("--workers encodes in processes of this machine's CPU; it does not go with --ray (--ray-workers), --device other than cpu, or --precision.")
         if args.ray is not None:
@@ -113,8 +115,9 @@ def run(args) -> int:
 
             if args.device is not None or args.precision is not None:
                 raise ConfigError("--device and --precision choose where this machine encodes; with --ray the workers encode (on their own GPU when they have one).")
-            connect(args.ray, cpus=args.ray_workers)
-            encoder = RayEncoder(config.model, workers=args.ray_workers, query_maxlen=config.query_maxlen, doc_maxlen=config.doc_maxlen,
+            workers = 2 if args.ray_workers is None else args.ray_workers
+            connect(args.ray, cpus=workers)
+            encoder = RayEncoder(config.model, workers=workers, query_maxlen=config.query_maxlen, doc_maxlen=config.doc_maxlen,
                                  batch_size=config.batch_size, doc_runtime=config.doc_runtime)
         elif args.workers != 1:
             from ..encode.pool import ProcessEncoder
