@@ -268,7 +268,7 @@ def evaluate(
             elif exhaustive_top is not None:
                 # the candidates alone, found as the timed run found them
                 pool = {"first_stage": stage, "candidates": min(count, index.n_docs), "rerank": False}
-                pool.update({k: stage_options[k] for k in ("dense_share", "nprobe", "ef_search") if k in stage_options})
+                pool.update({k: stage_options[k] for k in ("dense_share", "nprobe", "ef_search", "centroid_probe") if k in stage_options})
                 found = [
                     len(exhaustive_top[q] & _documents(index, index.search_encoded(v, pool["candidates"], texts=[queries[q]], **pool).indices[0])) / max(len(exhaustive_top[q]), 1)
                     for q, v in encoded.items()

@@ -29,7 +29,6 @@ from .encode.encoder import identity_differences
 from .encode.queries import index_encoder, query_encoder, remember
 from .errors import ConfigError, MvrError, QueryError
 from .explain import explain_results
-from .fusion import stage_signals
 from .registry import EXHAUSTIVE, STAGES, needs_vectors
 from .passages import rows_of
 from .results import Hit, Results
@@ -325,9 +324,7 @@ class Index(Changes):
         k = min(int(k), max(self._state.n_live, 1))
         first_stage, candidates, options, preset = search_presets.resolve(lambda: self.search_presets, first_stage, candidates, options, k)
         opts = search_presets.create(SearchOptions, preset, first_stage=self._default_stage(with_texts) if first_stage is None else first_stage, candidates=candidates, **options)
-        for stage in (opts.first_stage, *stage_signals(opts.weights)):
-            for segment in self._state.segments:
-                segment.require(stage)  # before the model loads
+        pipeline.check_stages(opts, self._state.segments)  # before the model loads
         return opts, k
 
     @property

@@ -15,7 +15,7 @@ from .corpus import _utf8, query_texts
 from .errors import EncoderMismatchError, QueryError, many, shown
 from .feedback import COLBERT_PRF, expand
 from .first_stage import exhaustive, first_stage
-from .fusion import FUSIONS, check_weights, fuse, signal_scores, text_signals
+from .fusion import FUSIONS, check_weights, fuse, signal_scores, stage_signals, text_signals
 from .passages import GROUPS, best_per_document
 from .registry import EXHAUSTIVE, FIRST_STAGES, HYBRIDS, needs_texts, needs_vectors, parse_stage
 from .results import Results
@@ -184,6 +184,23 @@ def rerank(parts: list[tuple], query, k: int, opts: SearchOptions, signals: dict
     # Best first; ties go to the lower position, as in exhaustive search.
     order = np.lexsort((positions, -final))[:k]
     return positions[order], final[order].astype(np.float32)
+
+
+def check_stages(opts: SearchOptions, segments) -> None:
+    """Every stage ``opts`` read present in each segment (before the model loads), and no probing
+    option changed that none of them reads: ``nprobe`` with no IVF, ``ef_search`` with no HNSW
+    graph, ``centroid_probe`` without the centroid stage (each would be taken and ignored)."""
+    for stage in (opts.first_stage, *stage_signals(opts.weights)):
+        for segment in segments:
+            segment.require(stage)
+    parts = parse_stage(opts.first_stage)
+    factories = [fde.manifest.get("factory_used", fde.config.factory) for fde in (s.stage("fde") for s in segments)] if "fde" in parts else []
+    unread = {"nprobe": (FDE_NPROBE, any("IVF" in f for f in factories), "an FDE in a faiss IVF index (--fde-factory IVF...)"),
+              "ef_search": (FDE_EF_SEARCH, any("HNSW" in f for f in factories), "an FDE in a faiss HNSW index (--fde-factory HNSW...)"),
+              "centroid_probe": (CENTROID_PROBE, "centroids" in parts, "the centroid first stage")}
+    for name, (default, read, reader) in unread.items():
+        if getattr(opts, name) != default and not read:
+            raise QueryError(f"{name} is read by {reader}, which this search ({opts.first_stage}) does not use; leave it out, or search with such a first stage.")
 
 
 def query_strings(queries) -> list[str]:

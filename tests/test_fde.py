@@ -227,12 +227,19 @@ def test_ivf_pq_factory_trains_on_the_documents(fde_index, tmp_path):
     assert len(one[0]) == 5 and len(every[0]) == 5
     with pytest.raises(QueryError, match="nprobe must be a positive integer"):
         copy.search("cats", k=5, first_stage="fde", nprobe=0)
+    # a probing option that no stage of the search reads is refused, not ignored
+    for stage, options, said in [("fde", {"ef_search": 64}, "ef_search is read by an FDE in a faiss HNSW index"), ("bm25s", {"nprobe": 2}, "nprobe is read by an FDE"),
+                                 ("fde", {"centroid_probe": 2}, "centroid_probe is read by the centroid first stage, which this search \\(fde\\)")]:
+        with pytest.raises(QueryError, match=said):
+            copy.search("cats", k=5, first_stage=stage, **options)
     # a segment with fewer documents than the factory trains on (a small add) gets an exact FDE
     # instead, and says so; merges into bigger segments train the configured index again
     copy.build_fde(FDEConfig(k_sim=3, d_proj=8, reps=4, factory="IVF1024,Flat"))
     manifest = json.loads((segment_path(copy) / "fde" / "manifest.json").read_text())
     assert manifest["config"]["factory"] == "IVF1024,Flat" and manifest["factory_used"] == "Flat"
     assert len(copy.search("cats", k=5, first_stage="fde", candidates=10)[0]) == 5
+    with pytest.raises(QueryError, match="nprobe is read by an FDE in a faiss IVF index"):  # the factory as built, not as asked
+        copy.search("cats", k=5, first_stage="fde", nprobe=2)
 
 
 def test_index_without_fde_and_stale_fde(fde_index, tmp_path, models):
