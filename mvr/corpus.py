@@ -33,11 +33,12 @@ class Document:
     where: str = ""
     metadata: dict = field(default_factory=dict, compare=False)
     dropped: tuple = field(default=(), compare=False, repr=False)  # fields of its line no metadata type holds, left out (said once per build)
+    encoded_title: str | None = field(default=None, compare=False, repr=False)  # a passage's: the part of the title its encoding repeats
 
     @property
     def full_text(self) -> str:
         """What the encoder reads: ``title + " " + text`` as BEIR does it, or the text alone."""
-        title = self.title.strip()
+        title = self.title.strip() if self.encoded_title is None else self.encoded_title
         return f"{title} {self.text}" if title else self.text
 
     @property

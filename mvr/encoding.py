@@ -258,7 +258,7 @@ def encode_corpus(documents, encoder, config: IndexConfig, folder: Path, show_pr
                         if replaced is None and (found >= 0).any():
                             doc = kept[int(np.flatnonzero(found >= 0)[0])]
                             raise CorpusError(
-                                f"{doc.where}: document id {shown(doc.id)} is already in the index; replace documents with upsert "
+                                f"{doc.where}: document id {shown(document_id(doc.id) if config.passage_tokens else doc.id)} is already in the index; replace documents with upsert "
                                 "(Index.upsert, `mvr add --upsert`), or delete it first."
                             )
                         if replaced is not None:

@@ -13,10 +13,13 @@ each query token's score and share, with no token text or span.
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 import numpy as np
 
 from .encode import Encoder, TokenVectors
 from .errors import QueryError
+from .passages import encoded_title
 
 
 def _align(stored: np.ndarray | None, ids: np.ndarray, spans: np.ndarray, n_rows: int) -> tuple[np.ndarray, np.ndarray] | None:
@@ -36,13 +39,13 @@ def _align(stored: np.ndarray | None, ids: np.ndarray, spans: np.ndarray, n_rows
     return ids[rows], spans[rows]
 
 
-def _field(span, title: str) -> dict | None:
-    """A span of ``title.strip() + " " + text`` (what the encoder read) as a span of the hit's
-    ``title`` (as stored, spaces included) or ``text``."""
+def _field(span, title: str, encoded: str) -> dict | None:
+    """A span of ``encoded + " " + text`` (what the encoder read: the title stripped, a passage's
+    perhaps cut) as a span of the hit's ``title`` (as stored, spaces included) or ``text``."""
     start, end = int(span[0]), int(span[1])
     if start < 0:
         return None
-    stripped = title.strip()
+    stripped = encoded
     if stripped and start < len(stripped):
         lead = len(title) - len(title.lstrip())
         return {"field": "title", "start": start + lead, "end": min(end, len(stripped)) + lead}
@@ -63,6 +66,9 @@ def explain_hit(encoder: Encoder, query: np.ndarray, query_ids: np.ndarray, stat
     top = sims[np.arange(len(query)), best]
     total = float(top.sum())
     doc = segment.document(row)
+    if state.config.passage_tokens:  # a passage's encoding repeats a title of at most half its budget
+        doc = replace(doc, encoded_title=encoded_title(doc.title, encoder.tokenizer, encoder.document_budget)[0])
+    title = doc.title.strip() if doc.encoded_title is None else doc.encoded_title
     aligned = None
     if not clustered:
         tokens = encoder.document_spans(doc.full_text)
@@ -74,7 +80,7 @@ def explain_hit(encoder: Encoder, query: np.ndarray, query_ids: np.ndarray, stat
     names = vocabulary([int(i) for i in query_ids])
     matches = []
     for i, (name, j, sim) in enumerate(zip(names, best, top)):
-        place = _field(aligned[1][j], doc.title) if aligned is not None else None
+        place = _field(aligned[1][j], doc.title, title) if aligned is not None else None
         source = (doc.title if place["field"] == "title" else doc.text) if place else None
         token = source[place["start"] : place["end"]] if place else (vocabulary(int(aligned[0][j])) if aligned is not None else None)
         matches.append({

@@ -213,11 +213,9 @@ class Index(Changes):
 
     def position(self, doc_id: str) -> int:
         """Position of the live document with external id ``doc_id`` (in an index of passages, of its
-        first live passage, or of the passage with that row id); KeyError if absent."""
-        at = int(self._state.positions([doc_id])[0]) if isinstance(doc_id, str) else -1
-        if at < 0 and isinstance(doc_id, str) and self.config.passage_tokens:
-            rows = rows_of(self._state, [doc_id])
-            at = int(rows[0]) if len(rows) else -1
+        first live passage, or else of the passage with that row id); KeyError if absent."""
+        rows = rows_of(self._state, [doc_id]) if isinstance(doc_id, str) and self.config.passage_tokens else []
+        at = int(rows[0]) if len(rows) else int(self._state.positions([doc_id])[0]) if isinstance(doc_id, str) else -1
         if at < 0:
             raise KeyError(doc_id)
         return at

@@ -84,15 +84,22 @@ def windows(spans: np.ndarray, text: str, size: int, stride: int) -> list[tuple[
             start = end
 
 
+def encoded_title(title: str, tokenizer, budget: int) -> tuple[str, int]:
+    """The part of ``title`` that each passage's encoding repeats, and its tokens: the title (less
+    surrounding spaces), cut to half of ``budget`` tokens where longer (or it would leave its
+    passages no room for the text, which the encoder cut off). The stored title stays whole."""
+    title = title.strip()
+    found = tokenizer(title, add_special_tokens=False, return_offsets_mapping=True, verbose=False) if title else {"input_ids": []}
+    tokens = min(len(found["input_ids"]), budget // 2)
+    return (title[: found["offset_mapping"][tokens - 1][1]] if tokens else "") if tokens < len(found["input_ids"]) else title, tokens
+
+
 def split(doc: Document, tokenizer, size: int, stride: int, budget: int) -> tuple[list[Document], bool]:
     """The passages of ``doc`` (a list of one when it fits), and whether it was split. ``budget``:
     the model's document length less its special tokens; the title, repeated in every passage,
-    comes out of it, so no passage is cut by the encoder; a title longer than half the budget is
-    cut to half (or it would leave its passages no room for the text, which the encoder cut off)."""
-    title = tokenizer(doc.title.strip(), add_special_tokens=False, return_offsets_mapping=True, verbose=False) if doc.title.strip() else {"input_ids": []}
-    title_tokens = min(len(title["input_ids"]), budget // 2)
-    if title_tokens < len(title["input_ids"]):
-        doc = replace(doc, title=doc.title.strip()[: title["offset_mapping"][title_tokens - 1][1]])
+    comes out of it (:func:`encoded_title`), so no passage is cut by the encoder."""
+    title, title_tokens = encoded_title(doc.title, tokenizer, budget)
+    doc = replace(doc, encoded_title=title)
     size = max(8, min(size, budget - title_tokens))
     stride = min(stride, size)
     found = tokenizer(doc.text, add_special_tokens=False, return_offsets_mapping=True, verbose=False)  # the whole text: no warning about its length

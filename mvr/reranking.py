@@ -73,9 +73,10 @@ def rerank_ids(index, query: str, ids: Sequence[str], k: int | None = None) -> l
     if not ids:
         return []
     state = index._state  # one commit, whatever refreshes meanwhile
-    positions = state.positions(ids)
-    # an index of passages: a document's id stands for its passages, scored by the best (what search returns), a passage's for itself
-    rows = [[int(p)] if p >= 0 or not index.config.passage_tokens else rows_of(state, [doc_id]).tolist() for doc_id, p in zip(ids, positions)]
+    # an index of passages: a document's id stands for its passages, scored by the best (what search returns), a passage's
+    # for itself; a document's id first ("a#1" is document "a#1" where there is one, else passage 1 of "a")
+    documents = [rows_of(state, [doc_id]).tolist() for doc_id in ids] if index.config.passage_tokens else [[] for _ in ids]
+    rows = [found or [int(p)] for found, p in zip(documents, state.positions(ids))]
     missing = [doc_id for doc_id, found in zip(ids, rows) if not found or found[0] < 0]
     if missing:
         raise QueryError(f"{len(missing)} candidate id(s) are not in index {index.name!r} (e.g. {shown(missing[0])}); rerank documents it holds, or give their texts to mvr.rerank.")

@@ -85,6 +85,10 @@ def test_a_title_longer_than_half_a_passage_leaves_room_for_the_text(tmp_path, d
     assert index.segments[0].manifest["counts"]["truncated_documents"] == 0
     hit = index.search("zebrafinch", k=1, first_stage="exhaustive")[0][0]
     assert hit.id == "long" and "zebrafinch" in hit.text
+    assert hit.title == docs[0]["title"]  # only what the encoder reads is cut: the stored title stays whole
+    matches = index.search("titleword", k=1, first_stage="exhaustive", explain=True)[0][0].explanation["matches"]
+    title = [m for m in matches if m["field"] == "title"]
+    assert title and all(hit.title[m["span"][0] : m["span"][1]] in ("title", "word") for m in title)  # its word pieces
 
 
 def test_search_returns_documents_or_passages(folder, tmp_path, default_encoder):
@@ -108,7 +112,7 @@ def test_changes_act_on_whole_documents(folder, tmp_path, default_encoder):
     manual = [str(i) for i in index.doc_ids if str(i).startswith("manual.md#")]
     assert len(manual) > 5
     assert "manual.md" in index and "manual.md#1" in index and index.position("manual.md") == index.position("manual.md#0")  # a document id, or a passage's
-    with pytest.raises(CorpusError, match="'manual.md#0' is already in the index"):
+    with pytest.raises(CorpusError, match="document id 'manual.md' is already in the index"):
         index.add([{"id": "manual.md", "text": "again"}], show_progress=False)
     done = index.upsert([{"id": "manual.md", "text": "A short manual now: backups are kept for a week."}], show_progress=False)
     assert done["added"] == 1 and done["replaced"] == 1 and index.n_docs == rows - len(manual) + 1  # documents, not passages
@@ -154,3 +158,17 @@ def test_the_build_reports_long_documents(folder, tmp_path):
     assert "split 1 of 3 documents longer than 64 tokens (or than fits the model beside the title) into passages (stride 48)" in run.stdout and "were cut" not in run.stdout
     found = subprocess.run([sys.executable, "-m", "mvr.cli", "search", "split", QUESTION, "-k", "1", "--json", "--index-dir", str(tmp_path)], capture_output=True, text=True, timeout=600)
     assert '"id": "manual.md"' in found.stdout and '"passage": "manual.md#' in found.stdout
+
+
+def test_a_document_id_like_a_passage_row_is_the_document(folder, tmp_path, default_encoder):
+    """Document "manual.md#1" and passage 1 of "manual.md" share a name: rerank, position and
+    membership took the passage; a document's id comes first."""
+    index = Index.build(folder, tmp_path / "i", encoder=default_encoder, config=IndexConfig(passage_tokens=32), show_progress=False)
+    assert "manual.md#1" in index  # passage 1 of manual.md, while no document has that id
+    index.add([{"id": "manual.md#1", "text": "The quick brown fox jumps over the lazy dog."}], show_progress=False)
+    hit = index.rerank("quick brown fox", ["manual.md#1"])[0]
+    assert hit.id == "manual.md#1" and "fox" in hit.text and hit.passage == "manual.md#1#0"
+    assert index.doc_ids[index.position("manual.md#1")] == "manual.md#1#0"
+    index.delete(["manual.md#1"])
+    assert "manual.md#1" in index and index.doc_ids[index.position("manual.md#1")] == "manual.md#1"  # the passage again
+    assert "fox" not in index.rerank("quick brown fox", ["manual.md#1"])[0].text
