@@ -258,7 +258,8 @@ class Index(Changes):
     def score(self, query: np.ndarray, positions: np.ndarray) -> np.ndarray:
         """Exact MaxSim of one query (float32 ``(n_tokens, dim)``) against the documents at
         ``positions`` (int64), whatever the codec: float32 ``(len(positions),)``."""
-        return self._state.score(query, positions)
+        state = self._state
+        return state.score(*pipeline.scored_inputs(query, positions, self.dim, state.n_rows))
 
     def rerank(self, query: str, ids: Sequence[str], k: int | None = None) -> list[Hit]:
         """The documents with these ``ids`` ordered by exact MaxSim of their stored vectors against

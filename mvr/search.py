@@ -91,6 +91,7 @@ class SearchOptions:
             value = getattr(self, name)
             if value is not None and (not _is_int(value) or not 1 <= value < 2**31):
                 raise QueryError(f"{name} must be a positive integer below 2**31, got {value!r}.")
+            object.__setattr__(self, name, None if value is None else int(value))  # a NumPy integer as Python's: faiss takes no other
         if self.first_stage == EXHAUSTIVE:
             if self.candidates is not None:
                 raise QueryError("candidates applies to first stages that select candidates; 'exhaustive' scores every document.")
@@ -201,6 +202,20 @@ def check_stages(opts: SearchOptions, segments) -> None:
     for name, (default, read, reader) in unread.items():
         if getattr(opts, name) != default and not read:
             raise QueryError(f"{name} is read by {reader}, which this search ({opts.first_stage}) does not use; leave it out, or search with such a first stage.")
+
+
+def scored_inputs(query, positions, dim: int, rows: int) -> tuple[np.ndarray, np.ndarray]:
+    """``query`` and ``positions`` of :meth:`mvr.Index.score` as the kernels read them, or a
+    QueryError saying what is wrong (the kernels would index out of bounds or read garbage)."""
+    try:
+        query, positions = np.ascontiguousarray(query, dtype=np.float32), np.asarray(positions)
+    except (TypeError, ValueError) as error:
+        raise QueryError(f"score takes one query's vectors (float32, (tokens, {dim})) and document positions (ints): {error}") from None
+    if query.ndim != 2 or query.shape[1] != dim or not len(query) or not np.isfinite(query).all():
+        raise QueryError(f"the query must be finite float32 vectors of shape (tokens, {dim}) (Index.encode_queries(text).vectors), got shape {query.shape}.")
+    if positions.ndim != 1 or (len(positions) and positions.dtype.kind not in "iu") or ((positions < 0) | (positions >= rows)).any():
+        raise QueryError(f"positions must be a list of ints in [0, {rows}) (Index.position(id)), got {shown(positions.tolist())}.")
+    return query, positions.astype(np.int64)
 
 
 def query_strings(queries) -> list[str]:

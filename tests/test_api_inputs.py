@@ -125,6 +125,24 @@ def test_seed_is_an_int_numpy_and_faiss_take(seed):
     assert IndexConfig(seed=2**32 - 1).seed == 2**32 - 1
 
 
+def test_numpy_integer_counts_reach_faiss_as_ints(copy):
+    """candidates=np.int64(5) passed the checks and failed inside faiss with a TypeError."""
+    from mvr.config import FDEConfig
+
+    copy.build_fde(FDEConfig(k_sim=2, d_proj=8, reps=2))
+    asked = copy.search("cats", k=2, first_stage="fde", candidates=np.int64(5), early_exit=np.int32(3))
+    assert [h.id for h in asked[0]] == [h.id for h in copy.search("cats", k=2, first_stage="fde", candidates=5, early_exit=3)[0]]
+
+
+def test_score_refuses_what_the_kernels_cannot_read(index):
+    query = index.encode_queries("which animal purrs?")[0]
+    for bad_query, positions, said in [(query, [10**6], "positions must be a list of ints in"), (query, [-1], r"in \[0, "), (query, [0.5], "list of ints"),
+                                       (query[:, :5], [0], "shape \\(tokens, "), (np.full_like(query, np.nan), [0], "finite"), ("cats", [0], "score takes one query")]:
+        with pytest.raises(QueryError, match=said):
+            index.score(bad_query, positions)
+    assert index.score(query, []).shape == (0,) and index.score(query, np.array([1, 0])).shape == (2,)
+
+
 def test_seed_is_refused_before_a_derive_writes_anything(tmp_path, index):
     with pytest.raises(ConfigError, match="seed must be an integer"):
         Index.derive(index, tmp_path / "derived", codec="residual", seed="abc")

@@ -35,6 +35,16 @@ def test_index_search_info_eval(tmp_path, beir, capsys):
     code, out, _ = run(capsys, "search", "tiny", "--queries", queries, "--trec", "-k", "2", "--index-dir", home)
     rows = [line.split() for line in out.splitlines()]
     assert code == 0 and len(rows) == 4 and rows[0][:4] == ["a", "Q0", "d1", "1"] and rows[2][:3] == ["b", "Q0", "d4"]
+    code, out, _ = run(capsys, "search", "tiny", "--trec", "-k", "1", "which animal purrs?", "--index-dir", home, "--run-name", "late")  # the query after options
+    assert code == 0 and out.split() == ["q1", "Q0", "d1", "1", out.split()[4], "late"]
+    queries.write_text("a\twhich animal purrs?\nb\t  \n")
+    for args, said in [(["--queries", queries], f"{queries}:2: query 'b' is empty"), (["x", "--run-name", "r"], "--run-name names a TREC run: give --trec"),
+                       (["x", "--trec", "--explain"], "leave out --trec"), (["x", "y"], "unrecognized arguments: y")]:
+        try:
+            code, _, err = run(capsys, "search", "tiny", *args, "--index-dir", home)
+        except SystemExit as usage:  # argparse's own errors
+            code, err = usage.code, capsys.readouterr().err
+        assert code == 2 and said in err, err
 
     code, out, _ = run(capsys, "info", "tiny", "--json", "--verify", "--index-dir", home)
     info = json.loads(out)

@@ -74,11 +74,16 @@ def test_a_match_in_the_title_points_into_the_title(default_index):
     assert hit.id == "d7" and match["field"] == "title" and hit.title[slice(*match["span"])] == "Volcanoes"
 
 
-def test_pruned_and_clustered_indexes_explain_what_they_store(default_index, tmp_path):
+def test_pruned_and_clustered_indexes_explain_what_they_store(default_index, tmp_path, capsys):
     pruned = Index.derive(default_index, tmp_path / "pruned", prune=("special", "punctuation", "stopwords"), show_progress=False)
     _check(pruned, pruned.search(TEXTS, k=3, explain=True, first_stage="exhaustive"))
     clustered = Index.derive(default_index, tmp_path / "clustered", cluster_ratio=0.5, show_progress=False)
     _check(clustered, clustered.search(TEXTS, k=3, explain=True, first_stage="exhaustive"), clustered=True)
+    from mvr.cli import main
+
+    assert main(["search", str(clustered.path), TEXTS[0], "-k", "1", "--explain", "--no-server"]) == 0
+    matched = [line for line in capsys.readouterr().out.splitlines() if "matched:" in line]
+    assert matched and "%" in matched[0] and "no document token to show" in matched[0]  # not an empty "matched: " line
 
 
 def test_an_index_from_before_token_ids_were_stored_explains_too(tmp_path, default_encoder):

@@ -47,7 +47,15 @@ def _say(message, category, filename, lineno, file=None, line=None) -> None:
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else [str(a) for a in argv]
     warnings.showwarning = _say
-    args = build_parser().parse_args(argv)
+    parser = build_parser()
+    args, extras = parser.parse_known_args(argv)
+    late = getattr(_modules()[args.command], "LATE_POSITIONAL", None)
+    plain = [e for e in extras if not e.startswith("-")]
+    if plain and late and getattr(args, late) is None:  # after options (mvr search INDEX -k 5 QUERY): argparse takes one run of positionals only
+        setattr(args, late, plain[0])
+        extras.remove(plain[0])
+    if extras:
+        parser.error(f"unrecognized arguments: {' '.join(extras)}")
     args.command_line = "mvr " + shlex.join(argv)  # kept in manifests and reports, to rerun them
     if getattr(args, "quiet", False):
         os.environ["MVR_QUIET"] = "1"  # this process only: no step reports progress

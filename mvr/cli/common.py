@@ -207,6 +207,14 @@ def _query_id(qid, where: str) -> str:
         raise QueryError(str(error).replace("document id", "query id")) from None
 
 
+def _query_text(text: str, qid, where: str) -> str:
+    from ..errors import QueryError
+
+    if not text.strip():  # said here, where the line is known, not as "query #7 is empty" by the search
+        raise QueryError(f"{where}: query {qid!r} is empty; give it text or remove the line.")
+    return text
+
+
 def read_queries(path: Path) -> list[tuple[str, str]]:
     """``(id, text)`` of each query in a JSONL file of ``{_id|id, text}`` or a TSV of ``id<TAB>text``
     (UTF-8, a byte order mark allowed)."""
@@ -223,7 +231,7 @@ def read_queries(path: Path) -> list[tuple[str, str]]:
                 qid = _query_id(qid, f"{path}:{line}")
             if qid is None or not isinstance(text, str):
                 raise QueryError(f'{path}:{line}: each query needs "_id" (or "id") and "text".')
-            queries.append((str(qid), text))
+            queries.append((str(qid), _query_text(text, qid, f"{path}:{line}")))
         form = 'one JSON object {"_id": ..., "text": ...} per line'
     else:
         for line, row in text_lines(path, QueryError):
@@ -232,7 +240,7 @@ def read_queries(path: Path) -> list[tuple[str, str]]:
                 parts = row.split("\t", 1)
                 if len(parts) != 2:
                     raise QueryError(f"{path}:{line}: expected id<TAB>text (a file of JSON lines is read as such when its name ends in .jsonl).")
-                queries.append((_query_id(parts[0], f"{path}:{line}"), parts[1]))
+                queries.append((_query_id(parts[0], f"{path}:{line}"), _query_text(parts[1], parts[0], f"{path}:{line}")))
         form = "one id<TAB>text per line"
     if not queries:
         # an empty file would otherwise search nothing and exit 0, as if every query had run

@@ -15,6 +15,7 @@ from .common import add_common, add_device, add_search, read_queries, search_opt
 # scripts need are kept.
 _HIDDEN = {"Cc", "Cf", "Zl", "Zp"}
 _JOINERS = {"\u200c", "\u200d"}
+LATE_POSITIONAL = "query"  # also taken after options (mvr/cli/__init__.py)
 
 
 def shown(text: str) -> str:
@@ -33,7 +34,7 @@ def add_parser(sub) -> argparse.ArgumentParser:
     out = p.add_mutually_exclusive_group()
     out.add_argument("--json", action="store_true", help="JSON output")
     out.add_argument("--trec", action="store_true", help="TREC run output: qid Q0 docid rank score run")
-    p.add_argument("--run-name", default="mvr")
+    p.add_argument("--run-name", default=None, help="with --trec: the run's name, its last field (default mvr)")
     served = p.add_mutually_exclusive_group()
     served.add_argument("--server", metavar="URL", help="search through this mvr serve (default: one running on this machine that serves the index, else the index is opened here)")
     served.add_argument("--no-server", action="store_true", help="open the index here even when a running mvr serve holds it warm")
@@ -61,8 +62,9 @@ def _explained(hit: dict, color: bool) -> list[str]:
     spans = {field: [m["span"] for m in matches if m["field"] == field] for field in ("title", "text")}
     lines = [f"      {highlighted(hit['title'], spans['title'], color)}"] if hit["title"] else []
     lines.append("      " + highlighted(" ".join(hit["text"].split("\n")), spans["text"], color))
-    best = sorted((m for m in matches if m["token"]), key=lambda m: -m["share"])[:8]
-    lines.append("      matched: " + ", ".join(f"{shown(m['query_token'])}->{shown(m['token'])} {100 * m['share']:.0f}%" for m in best))
+    best = sorted(matches, key=lambda m: -m["share"])[:8]  # a clustered index's rows are no token of the text: the query token's share alone
+    lines.append("      matched: " + ", ".join(f"{shown(m['query_token'])}{'->' + shown(m['token']) if m['token'] else ''} {100 * m['share']:.0f}%" for m in best)
+                 + ("" if any(m["token"] for m in matches) else " (a clustered index's vectors pool tokens: no document token to show)"))
     return lines
 
 
@@ -129,7 +131,11 @@ def run(args) -> int:
 
     if (args.query is None) == (args.queries is None):
         raise QueryError("give either a query text or --queries FILE.")
-    run_name = trec_field(args.run_name, "--run-name", "run name") if args.trec else None
+    if args.run_name is not None and not args.trec:
+        raise QueryError("--run-name names a TREC run: give --trec with it.")
+    if args.explain and args.trec:
+        raise QueryError("--explain shows why each hit matched, which a TREC run has no room for: leave out --trec (--json keeps the explanations).")
+    run_name = trec_field(args.run_name or "mvr", "--run-name", "run name") if args.trec else None
     queries = read_queries(args.queries) if args.queries else [("q1", args.query)]
     texts = [text for _, text in queries]
     answered = _through_server(args, texts)
