@@ -29,7 +29,7 @@ from .encode.encoder import identity_differences
 from .encode.queries import index_encoder, query_encoder, remember
 from .errors import ConfigError, MvrError, QueryError
 from .explain import explain_results
-from .registry import EXHAUSTIVE, STAGES, needs_vectors
+from .registry import EXHAUSTIVE, STAGES, needs_vectors, parse_stage
 from .passages import rows_of
 from .results import Hit, Results
 from .search import SearchOptions
@@ -169,9 +169,14 @@ class Index(Changes):
 
     # -- first stages --------------------------------------------------------------------------
     def has_stage(self, name: str) -> bool:
-        """Whether the first stage ``name`` (a hybrid too) can run on this index (on every segment)."""
+        """Whether the first stage ``name`` (a hybrid too) can run on this index (on every segment;
+        in an index emptied by deletes, whether its builds make it)."""
         segments = self._state.segments
-        return bool(segments) and all(s.has_stage(name) for s in segments)
+        if not segments:
+            from .segment_build import planned_stages
+
+            return set(parse_stage(name)) <= set(planned_stages(self.config))
+        return all(s.has_stage(name) for s in segments)
 
     def first_stage(self, name: str, options: SearchOptions | None = None):
         """What finds candidates for ``name`` in a one-segment index (pipeline.run does it per segment)."""

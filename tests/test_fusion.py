@@ -245,6 +245,9 @@ def test_an_index_emptied_and_refilled_keeps_the_stages_its_presets_read(tmp_pat
     index.build_stage("pooled")  # mvr pooled
     index.save_search_preset("fused", {"first_stage": "pooled+bm25s", "candidates": 6, "fusion": "weighted", "weights": {"maxsim": 0.6, "pooled": 0.4}})
     index.delete([i for i, _ in TEXTS])
+    # emptied, it finds nothing with the options it took before (its default stage was taken for exhaustive, which refused candidates)
+    assert index.default_stage == "pooled+bm25s" and index.info()["documents"] == 0
+    assert index.search("purring cats", k=2, candidates=5)[0] == [] and index.search("purring cats", k=2, rerank=False, preset="none")[0] == []
     index.add(TEXTS[:4])
     assert index.has_stage("pooled") and index.search("purring cats", k=2)[0][0].id == index.search("purring cats", k=2, preset="fused")[0][0].id
 
