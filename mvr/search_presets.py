@@ -137,6 +137,8 @@ def check(index, name: str, options: dict) -> dict:
     opts = SearchOptions.create(**options)
     if opts.prf == "colbert" and not all(segment.token_ids() is not None for segment in index.segments):
         raise QueryError(f"preset {name!r}: prf=\"colbert\" reads the stored token ids, which index {index.name!r} does not hold (clustered vectors, or an older build); save it without prf.")
+    if opts.group == "passages" and not index.config.passage_tokens:  # every default search would fail, naming an option nobody gave
+        raise QueryError(f"preset {name!r}: group=\"passages\" applies to an index of passages (mvr index --passage-tokens N); {index.name!r} holds whole documents.")
     for stage in [*parse_stage(opts.first_stage or "exhaustive"), *stage_signals(opts.weights)]:
         if not index.has_stage(stage):
             raise QueryError(f"index {index.name!r} has no {stage} stage, which preset {name!r} reads; build it first.")

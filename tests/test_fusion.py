@@ -153,6 +153,7 @@ def test_options_that_change_scoring_replace_the_presets_fusion_as_a_whole(best)
         ("x", {"dense_share": 0.3, "candidates": 300}, "name the stage in the preset"),  # its split would land on whatever the default stage is
         ("x", {"first_stage": "pooled", "dense_share": 0.3}, "dense_share splits the candidates of a hybrid"),
         ("x", {"first_stage": "pooled", "fusion_weight": 0.5}, 'give fusion="linear" with it'),
+        ("x", {"group": "passages"}, "applies to an index of passages"),  # saved as the default, every plain search would fail
     ],
 )
 def test_a_bad_preset_is_refused_and_the_index_keeps_its_commit(best, name, options, message):
