@@ -99,7 +99,8 @@ def explain_hit(encoder: Encoder, query: np.ndarray, query_ids: np.ndarray, stat
 def explain_results(index, queries: TokenVectors, results) -> list[list[dict]]:
     """Explanations of every hit of ``results`` (the searches of ``queries``), in hit order."""
     if getattr(results, "expanded", None) is not None:
-        raise QueryError('explain shows which document token each query token matched; prf="colbert" adds vectors that are no query token: explain without prf.')
+        raise QueryError('explain shows which document token each query token matched; prf="colbert" adds vectors that are no query token: explain without prf '
+                         '(where a search preset gives it, preset="none" or --preset none leaves it out).')
     state = results._index
     clustered = index.config.clusters
     encoder = index.encoder

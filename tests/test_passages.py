@@ -106,7 +106,7 @@ def test_search_returns_documents_or_passages(folder, tmp_path, default_encoder)
     assert by_document.to_dicts()[0][0]["passage"] == by_document[0][0].passage
 
 
-def test_changes_act_on_whole_documents(folder, tmp_path, default_encoder):
+def test_changes_act_on_whole_documents(folder, tmp_path, default_encoder, capsys):
     index = Index.build(folder, tmp_path / "c", encoder=default_encoder, config=IndexConfig(passage_tokens=32), show_progress=False)
     rows = index.n_docs
     manual = [str(i) for i in index.doc_ids if str(i).startswith("manual.md#")]
@@ -125,6 +125,10 @@ def test_changes_act_on_whole_documents(folder, tmp_path, default_encoder):
     assert gone["deleted"] == 1 and gone["missing"] == ["nope"] and "long" not in index and "long#0" not in index
     assert not any(d.id.startswith("long#") for d in index.documents()) and any(d.id.startswith("manual.md#") for d in index.documents())
     assert all(h.id != "long" for h in index.search(QUESTION, k=3)[0])
+    from mvr.cli import main
+
+    assert main(["delete", str(index.path), "manual.md#0"]) == 0 and "manual.md" in index
+    assert "an index of passages deletes whole documents, by document id" in capsys.readouterr().err
 
 
 

@@ -111,7 +111,7 @@ def test_adding_in_worker_processes_writes_the_segment_one_process_writes(tmp_pa
     changed = tmp_path / "changed.jsonl"
     changed.write_text("".join(json.dumps({"id": d["id"], "text": d["text"] + " changed"}) + "\n" for d in docs[:5]))
     assert main(["add", str(two.path), str(changed), "--upsert", "--workers", "2", "--quiet"]) == 0
-    assert "added 5 documents, replacing 5" in capsys.readouterr().out
+    assert "added 5 documents (5 of them in place of documents of the same id)" in capsys.readouterr().out
     generation = Index.open(two.path).generation
     for argv, message in ((["--workers", "0"], "--workers must be a positive integer"), (["--workers", "2", "--device", "cuda"], "does not go with --device other than cpu"),
                           (["--workers", "99999"], f"--workers 99999 is more than the {len(os.sched_getaffinity(0))} CPU cores")):

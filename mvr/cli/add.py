@@ -47,9 +47,9 @@ def run(args) -> int:
     index = Index.open(args.index, home=args.index_dir, device=args.device, model=args.model)
     what = index.upsert if args.upsert else index.add
     done = what(read_corpus(args.corpus), wait=args.wait, merge=not args.no_merge, workers=args.workers, show_progress=False if args.quiet else None, command=args.command_line)
-    replaced = f", replacing {done['replaced']}" if args.upsert else ""
+    replaced = f" ({done['replaced']} of them in place of documents of the same id)" if args.upsert else ""
     print(
-        f"added {done['added']} documents{replaced} to {index.name} ({done['docs_per_second']:.1f} docs/s): "
+        f"added {done['added']} document{'' if done['added'] == 1 else 's'}{replaced} to {index.name} ({done['docs_per_second']:.1f} docs/s): "
         f"{index.n_docs} {'passages' if index.config.passage_tokens else 'documents'} in {done['segments']} segment(s), generation {done['generation']}"
     )
     return 0

@@ -32,8 +32,9 @@ def run(args) -> int:
     index = Index.open(args.index, home=args.index_dir)
     done = index.delete(ids, wait=args.wait, merge=not args.no_merge, command=args.command_line)
     rows = f"{index.n_docs} passages" if index.config.passage_tokens else f"{index.n_docs}"  # an index of passages counts its rows
-    print(f"deleted {done['deleted']} documents from {index.name}: {rows} left, generation {done['generation']}")
+    print(f"deleted {done['deleted']} document{'' if done['deleted'] == 1 else 's'} from {index.name}: {rows} left, generation {done['generation']}")
     if done["missing"]:
         shown = ", ".join(map(repr, done["missing"][:5])) + (", ..." if len(done["missing"]) > 5 else "")
-        print(f"mvr: {len(done['missing'])} id(s) not in the index: {shown}", file=sys.stderr)
+        rows = "; an index of passages deletes whole documents, by document id (a passage id less its last '#' part)" if index.config.passage_tokens and any("#" in i for i in done["missing"]) else ""
+        print(f"mvr: {len(done['missing'])} id(s) not in the index: {shown}{rows}", file=sys.stderr)
     return 0
