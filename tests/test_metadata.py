@@ -286,6 +286,21 @@ def test_an_index_past_the_field_limits_still_merges_and_takes_its_own_fields(tm
         index.add([{"id": "d4", "text": "x", "metadata": {"c": 1}}])
 
 
+@pytest.mark.parametrize("value, match, other", [(True, True, 7), (3.5, 3.5, "seven"), ("red", "red", 7), (["red", "blue"], "red", 7)])
+def test_a_field_whose_last_holder_is_deleted_stays_known(tmp_path, default_encoder, value, match, other):
+    """Once the last document holding a field was deleted and merged away, a filter on it failed
+    ("unknown metadata field"): a client's filter broke after deletes. It now matches nothing."""
+    index = Index.build([{"id": "a", "text": "cats", "metadata": {"flag": value}}, {"id": "b", "text": "dogs"}], tmp_path / "i", config=FAST, encoder=default_encoder)
+    index.delete(["a"])
+    index.optimize()
+    assert len(index.segments) == 1 and index.metadata_fields == {"flag": "strings" if isinstance(value, list) else index.metadata_fields["flag"]}
+    assert index.search("cats", k=2, filter={"flag": match}, first_stage="exhaustive")[0] == []
+    assert [h.id for h in index.search("cats", k=2, filter={"$not": {"flag": match}}, first_stage="exhaustive")[0]] == ["b"]
+    assert index.document(0).metadata == {}
+    with pytest.raises(CorpusError, match="one field, one type"):  # its type is kept too
+        index.add([{"id": "c", "text": "x", "metadata": {"flag": other}}])
+
+
 def test_metadata_follows_derive_and_damage_is_refused(meta_index, tmp_path):
     derived = Index.derive(meta_index, tmp_path / "small", cluster_ratio=0.5, show_progress=False)
     assert derived.search("cats", k=2, filter={"source": "news"})[0][0].metadata["source"] == "news"
