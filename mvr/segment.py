@@ -273,7 +273,7 @@ def open_commit(path: Path, index_name: str, splade_model=None, previous: "Commi
             state.legacy, state.manifest, state.config = True, dict(segment.manifest), segment.config
             return state
         folders = [path / SEGMENTS / seg["name"] for seg in record["segments"]]
-        fields: dict[str, str] = {}  # each field with the first segment's type, in the order they come
+        fields: dict[str, str] = dict(record.get("metadata_fields", {}))  # each field with its first type: the commit's, then the segments'
         for folder in folders:
             fields.update({name: kind for name, kind in read_types(folder).items() if name not in fields})
         segments, deleted = [], []

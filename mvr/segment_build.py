@@ -252,8 +252,7 @@ def merge_segments(folder: Path, sources: list, live: list[np.ndarray], config: 
     ids = np.concatenate([np.asarray(s.doc_ids)[keep] for s, keep in zip(sources, live)]).astype(str)
     np.save(folder / "doc_ids.npy", ids)
     np.save(folder / "doc_ids_order.npy", np.argsort(ids, kind="stable").astype(np.int64))
-    fields = {name: field["type"] for s in sources for name, field in s.metadata.fields.items()}  # kept when no live row holds one: filters on it match nothing
-    texts, titles, metadata = BlobWriter(folder, "text"), BlobWriter(folder, "title"), MetadataWriter(fields)
+    texts, titles, metadata = BlobWriter(folder, "text"), BlobWriter(folder, "title"), MetadataWriter({})
     for segment, keep in zip(sources, live):
         for row in np.flatnonzero(keep):
             texts.add(segment._texts[int(row)])
@@ -261,7 +260,7 @@ def merge_segments(folder: Path, sources: list, live: list[np.ndarray], config: 
             metadata.add(segment.metadata.row(int(row)), limits=False)
     texts.close()
     titles.close()
-    metadata.close(folder, keep_given=True)
+    metadata.close(folder)
     share = [float(keep.mean()) if len(keep) else 0.0 for keep in live]
     counts = {
         "documents": len(ids),

@@ -82,7 +82,8 @@ class Writer:
             fsync_tree(folder)
         if written:
             fsync_dir(self.index.path / SEGMENTS)
-        commit = new_commit(self.record, self.generation + 1, segments, operation, dim=self.record.get("dim"), **fields)
+        known = {**self.record.get("metadata_fields", {}), **self.index.metadata_fields}  # a field stays known when its last segment goes: filters on it match nothing
+        commit = new_commit(self.record, self.generation + 1, segments, operation, dim=self.record.get("dim"), metadata_fields=known, **fields)
         publish(self.index.path, commit)
         self.record = commit
         self.index.refresh()

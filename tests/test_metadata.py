@@ -290,9 +290,13 @@ def test_an_index_past_the_field_limits_still_merges_and_takes_its_own_fields(tm
 def test_a_field_whose_last_holder_is_deleted_stays_known(tmp_path, default_encoder, value, match, other):
     """Once the last document holding a field was deleted and merged away, a filter on it failed
     ("unknown metadata field"): a client's filter broke after deletes. It now matches nothing."""
-    index = Index.build([{"id": "a", "text": "cats", "metadata": {"flag": value}}, {"id": "b", "text": "dogs"}], tmp_path / "i", config=FAST, encoder=default_encoder)
-    index.delete(["a"])
-    index.optimize()
+    index = Index.build([{"id": "a", "text": "cats", "metadata": {"flag": value}}], tmp_path / "i", config=FAST, encoder=default_encoder)
+    index.add([{"id": "b", "text": "dogs"}], merge=False)
+    index.delete(["a"])  # its segment goes whole
+    assert len(index.segments) == 1 and index.search("cats", k=2, filter={"flag": match}, first_stage="exhaustive")[0] == []
+    index.add([{"id": "c", "text": "birds", "metadata": {"flag": value}}], merge=False)
+    index.delete(["c"], merge=False)
+    index.optimize()  # a merge of rows none of which holds it
     assert len(index.segments) == 1 and index.metadata_fields == {"flag": "strings" if isinstance(value, list) else index.metadata_fields["flag"]}
     assert index.search("cats", k=2, filter={"flag": match}, first_stage="exhaustive")[0] == []
     assert [h.id for h in index.search("cats", k=2, filter={"$not": {"flag": match}}, first_stage="exhaustive")[0]] == ["b"]

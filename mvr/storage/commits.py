@@ -188,7 +188,7 @@ def new_commit(previous: dict | None, generation: int, segments: list[dict], ope
     """The commit that follows ``previous`` (config, encoder, search presets and the segment counter carried over)."""
     from .. import __version__
 
-    base = {k: v for k, v in (previous or {}).items() if k in ("config", "encoder", "next_segment", "search", "index_id")}
+    base = {k: v for k, v in (previous or {}).items() if k in ("config", "encoder", "next_segment", "search", "index_id", "metadata_fields")}
     if previous is None:  # a new index (a build, a conversion): which one stands at a path, whatever its folder's inode
         base["index_id"] = secrets.token_hex(8)
     return {

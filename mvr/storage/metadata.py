@@ -85,10 +85,9 @@ class MetadataWriter:
                 raise CorpusError(f"{where}: metadata field {name!r} is a {kind} here but a {known} {earlier}; one field, one type.")
         self.rows.append(metadata)
 
-    def close(self, folder: Path, keep_given: bool = False) -> None:
-        """Write the schema and the columns into ``folder`` (nothing when no document has metadata);
-        ``keep_given``: the fields given on creation too, held by no row (a merge keeps a field known)."""
-        present = {name: kind for name, kind in self.types.items() if keep_given and name in self._given or any(name in row for row in self.rows)}
+    def close(self, folder: Path) -> None:
+        """Write the schema and the columns into ``folder`` (nothing when no document has metadata)."""
+        present = {name: kind for name, kind in self.types.items() if any(name in row for row in self.rows)}
         if not present:
             return
         n = len(self.rows)
