@@ -10,7 +10,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from .config import CENTROID_PROBE, FDE_EF_SEARCH, FDE_NPROBE, FUSION_WEIGHT, default_candidates
+from .config import FUSION_WEIGHT, default_candidates
 from .corpus import _utf8, query_texts
 from .errors import EncoderMismatchError, QueryError, many, shown
 from .feedback import COLBERT_PRF, expand
@@ -52,9 +52,10 @@ class SearchOptions:
     dense_share     hybrid first stages ("fde+bm25s", "centroids+bm25s", ...): the share of the candidates taken from
                     the vector stage's ranking; the sparse ranking adds new documents up to the count
                     (and the vector ranking fills in if the sparse one runs short); None: 0.8; only with a hybrid
-    nprobe          FDE in a faiss IVF index: inverted lists probed per query
-    ef_search       FDE in a faiss HNSW index: search breadth
-    centroid_probe  the centroid stage: nearest centroids whose lists each query token probes
+    nprobe          FDE in a faiss IVF index: inverted lists probed per query (None: 32)
+    ef_search       FDE in a faiss HNSW index: search breadth (None: 256)
+    centroid_probe  the centroid stage: nearest centroids whose lists each query token probes (None: 8)
+                    (each of the three refused where no stage of the search reads it)
     filter          keep only documents whose metadata match (mvr/storage/metadata.py), applied
                     before candidates are cut (with exhaustive search or an exact FDE, k hits come
                     back whenever k documents match)
@@ -74,9 +75,9 @@ class SearchOptions:
     fusion_weight: float | None = None
     weights: dict | None = None
     dense_share: float | None = None
-    nprobe: int = FDE_NPROBE
-    ef_search: int = FDE_EF_SEARCH
-    centroid_probe: int = CENTROID_PROBE
+    nprobe: int | None = None
+    ef_search: int | None = None
+    centroid_probe: int | None = None
     filter: dict | None = None
     group: str | None = None
     prf: str | None = None
@@ -118,9 +119,6 @@ class SearchOptions:
             raise QueryError(f"dense_share must lie in [0, 1], got {self.dense_share!r}.")
         if self.dense_share is not None and self.first_stage is not None and self.first_stage not in HYBRIDS:
             raise QueryError(f"dense_share splits the candidates of a hybrid first stage ({', '.join(HYBRIDS)}); {self.first_stage!r} is none.")
-        for name in ("nprobe", "ef_search", "centroid_probe"):
-            if not _is_int(getattr(self, name)) or getattr(self, name) < 1:
-                raise QueryError(f"{name} must be a positive integer, got {getattr(self, name)!r}.")
         if self.prf is not None and self.prf not in PRF:
             raise QueryError(f"prf must be one of {', '.join(PRF)} (pseudo-relevance feedback), got {self.prf!r}.")
         if self.prf == "rm3" and self.first_stage is not None and "bm25" not in parse_stage(self.first_stage):
@@ -196,11 +194,11 @@ def check_stages(opts: SearchOptions, segments) -> None:
             segment.require(stage)
     parts = parse_stage(opts.first_stage)
     factories = [fde.manifest.get("factory_used", fde.config.factory) for fde in (s.stage("fde") for s in segments)] if "fde" in parts else []
-    unread = {"nprobe": (FDE_NPROBE, any("IVF" in f for f in factories), "an FDE in a faiss IVF index (--fde-factory IVF...)"),
-              "ef_search": (FDE_EF_SEARCH, any("HNSW" in f for f in factories), "an FDE in a faiss HNSW index (--fde-factory HNSW...)"),
-              "centroid_probe": (CENTROID_PROBE, "centroids" in parts, "the centroid first stage")}
-    for name, (default, read, reader) in unread.items():
-        if getattr(opts, name) != default and not read:
+    unread = {"nprobe": (any("IVF" in f for f in factories), "an FDE in a faiss IVF index (--fde-factory IVF...)"),
+              "ef_search": (any("HNSW" in f for f in factories), "an FDE in a faiss HNSW index (--fde-factory HNSW...)"),
+              "centroid_probe": ("centroids" in parts, "the centroid first stage")}
+    for name, (read, reader) in unread.items():
+        if getattr(opts, name) is not None and not read:
             raise QueryError(f"{name} is read by {reader}, which this search ({opts.first_stage}) does not use; leave it out, or search with such a first stage.")
 
 

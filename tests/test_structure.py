@@ -208,16 +208,15 @@ def test_eval_drops_a_document_whose_id_is_the_query_id(tmp_path, default_encode
 
 def test_search_options_default_in_one_place():
     from mvr.cli import build_parser
-    from mvr.config import DENSE_SHARE, FUSION_WEIGHT, FDEConfig
+    from mvr.config import CENTROID_PROBE, DENSE_SHARE, FDE_EF_SEARCH, FDE_NPROBE, FUSION_WEIGHT, FDEConfig
     from mvr.search import SearchOptions
 
     from mvr.cli.common import search_options
 
     args = build_parser().parse_args(["search", "x", "q"])
     assert search_options(args) == {} and args.first_stage is None  # nothing given: SearchOptions' defaults (or a preset's) stand
-    d = SearchOptions()
     helps = {a.dest: a.help for a in build_parser()._subparsers._group_actions[0].choices["search"]._actions}
-    assert f"default {d.nprobe})" in helps["nprobe"] and f"default {d.ef_search})" in helps["ef_search"] and f"default {DENSE_SHARE})" in helps["dense_share"] and f"default {FUSION_WEIGHT})" in helps["fusion_weight"]
+    assert f"default {FDE_NPROBE})" in helps["nprobe"] and f"default {FDE_EF_SEARCH})" in helps["ef_search"] and f"default {CENTROID_PROBE})" in helps["centroid_probe"] and f"default {DENSE_SHARE})" in helps["dense_share"] and f"default {FUSION_WEIGHT})" in helps["fusion_weight"]
     args = build_parser().parse_args(["index", "c", "--name", "x"])
     f = FDEConfig()
     assert (args.fde_k_sim, args.fde_d_proj, args.fde_reps, args.fde_factory, args.doc_runtime) == (f.k_sim, f.d_proj, f.reps, f.factory, IndexConfig().doc_runtime)

@@ -8,10 +8,10 @@ import json
 import sys
 from pathlib import Path
 
-from ..config import CLUSTER_METHODS, DEFAULT_CANDIDATES, DENSE_SHARE, FUSION_WEIGHT, KEEP_CLASSES, PRESETS, PRUNE_RULES, FDEConfig, IndexConfig
+from ..config import CENTROID_PROBE, CLUSTER_METHODS, DEFAULT_CANDIDATES, FDE_EF_SEARCH, FDE_NPROBE, DENSE_SHARE, FUSION_WEIGHT, KEEP_CLASSES, PRESETS, PRUNE_RULES, FDEConfig, IndexConfig
 from ..registry import CODECS, FIRST_STAGES
 from ..fusion import FUSIONS, SIGNALS
-from ..search import PRF, SearchOptions
+from ..search import PRF
 from ..errors import ConfigError
 
 
@@ -64,7 +64,6 @@ def add_search(parser: argparse.ArgumentParser, counts=None) -> None:
     """First stage, candidates and reranking options. ``counts``: a type for --candidates that
     takes a comma list (mvr eval sweeps several). An option left out is not passed on, so that a
     search preset's own value stands (mvr/search_presets.py)."""
-    d = SearchOptions()
     group = parser.add_argument_group("candidates and reranking")
     group.add_argument("--preset", default=None, metavar="NAME", help="a search preset saved in the index (default: the index's default preset when no --first-stage is given; none: no preset)")
     group.add_argument("--first-stage", default=None, choices=FIRST_STAGES, help="how candidates are found (default: the index's default preset, else the first it has of fde+bm25s, centroids+bm25s, pooled+bm25s, fde, centroids, pooled, else exhaustive)")
@@ -77,9 +76,9 @@ def add_search(parser: argparse.ArgumentParser, counts=None) -> None:
     group.add_argument("--fusion-weight", type=float, default=None, help=f"MaxSim's weight in linear fusion of z-scores (default {FUSION_WEIGHT})")
     group.add_argument("--weights", type=_weights, default=None, metavar="SIGNAL=W,...", help=f"weighted fusion: each signal's weight, e.g. maxsim=0.45,pooled=0.25,bm25s=0.3 (signals: {', '.join(SIGNALS)})")
     group.add_argument("--dense-share", type=float, default=None, help=f"hybrid first stages (fde+bm25s, ...): share of the candidates taken from the vector stage (default {DENSE_SHARE})")
-    group.add_argument("--nprobe", type=int, default=None, help=f"FDE in a faiss IVF index: lists probed per query (default {d.nprobe})")
-    group.add_argument("--ef-search", type=int, default=None, help=f"FDE in a faiss HNSW index: search breadth (default {d.ef_search})")
-    group.add_argument("--centroid-probe", type=int, default=None, help=f"the centroid stage: nearest centroids probed per query token (default {d.centroid_probe})")
+    group.add_argument("--nprobe", type=int, default=None, help=f"FDE in a faiss IVF index: lists probed per query (default {FDE_NPROBE})")
+    group.add_argument("--ef-search", type=int, default=None, help=f"FDE in a faiss HNSW index: search breadth (default {FDE_EF_SEARCH})")
+    group.add_argument("--centroid-probe", type=int, default=None, help=f"the centroid stage: nearest centroids probed per query token (default {CENTROID_PROBE})")
     group.add_argument("--prf", choices=PRF, default=None, help="pseudo-relevance feedback: rm3 expands the Lucene bm25 first stage's query (pyserini's, 10 terms from the top 10 documents); colbert searches again with the query's token vectors expanded by its top documents' (ColBERT-PRF)")
     group.add_argument("--group", choices=("documents", "passages"), default=None, help="an index of passages: return documents by their best passage (default) or the passages")
     group.add_argument(

@@ -143,7 +143,7 @@ class CentroidStage:
         return cls(folder, manifest)
 
     def search(self, queries: QueryBatch, n: int, options=None, allowed: np.ndarray | None = None) -> list[Candidates]:
-        probe = options.centroid_probe if options is not None else CENTROID_PROBE
+        probe = (options.centroid_probe or CENTROID_PROBE) if options is not None else CENTROID_PROBE
         mask = np.zeros(0, np.uint8) if allowed is None else np.ascontiguousarray(allowed, dtype=np.uint8)
         few = None
         if allowed is not None and int(allowed.sum()) <= max(POOL_FACTOR * n, MIN_POOL):

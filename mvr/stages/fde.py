@@ -294,7 +294,7 @@ class FDEStage:
 
     def search(self, queries: QueryBatch, n: int, options=None, allowed=None) -> list[Candidates]:
         encoded = self.fde.encode_queries(queries.vectors, queries.offsets)
-        nprobe, ef_search = (options.nprobe, options.ef_search) if options is not None else (FDE_NPROBE, FDE_EF_SEARCH)
+        nprobe, ef_search = (options.nprobe or FDE_NPROBE, options.ef_search or FDE_EF_SEARCH) if options is not None else (FDE_NPROBE, FDE_EF_SEARCH)
         params = search_parameters(self.index, nprobe, ef_search)
         if allowed is not None:
             params = with_selector(params, allowed)
