@@ -20,6 +20,8 @@ from .passages import GROUPS, best_per_document
 from .registry import EXHAUSTIVE, FIRST_STAGES, HYBRIDS, needs_texts, needs_vectors, parse_stage
 from .results import Results
 from .stages.base import Candidates, QueryBatch
+from .storage.formats import FDE_FORMAT, FDE_VERSION
+from .storage.manifest import read_manifest
 from .threads import cpu_threads
 
 PRF = ("rm3", "colbert")  # pseudo-relevance feedback methods (SearchOptions.prf)
@@ -193,7 +195,10 @@ def check_stages(opts: SearchOptions, segments) -> None:
         for segment in segments:
             segment.require(stage)
     parts = parse_stage(opts.first_stage)
-    factories = [fde.manifest.get("factory_used", fde.config.factory) for fde in (s.stage("fde") for s in segments)] if "fde" in parts else []
+    factories = []  # the faiss index each segment's FDE was built as (its manifest: a shard's segment is read here too)
+    if "fde" in parts and (opts.nprobe is not None or opts.ef_search is not None):
+        built = [read_manifest(segment.path / "fde", FDE_FORMAT, FDE_VERSION) for segment in segments]
+        factories = [m.get("factory_used") or str(m["config"].get("factory")) for m in built]
     unread = {"nprobe": (any("IVF" in f for f in factories), "an FDE in a faiss IVF index (--fde-factory IVF...)"),
               "ef_search": (any("HNSW" in f for f in factories), "an FDE in a faiss HNSW index (--fde-factory HNSW...)"),
               "centroid_probe": ("centroids" in parts, "the centroid first stage")}

@@ -399,6 +399,19 @@ def test_index_command_refuses_flags_it_would_not_read(tmp_path, beir, capsys):
     assert (config.codec, config.codec_bits, config.cluster_ratio) == ("float16", 2, 0.28)
 
 
+def test_an_index_derived_from_a_merged_one_is_reported(tmp_path, models, capsys):
+    """A merged segment's counts carry no skipped_empty_documents: the summary after a derive
+    failed with a KeyError, the derived index written."""
+    from mvr.cli import main
+
+    docs = [(i, x) for i, _, x in DOCS]
+    index = Index.build(docs[:4], tmp_path / "src", encoder=Encoder(models["plain"]), config=IndexConfig(sparse=(), fde=None))
+    index.add(docs[4:], merge=False)
+    index.optimize()
+    assert main(["index", "--from", str(tmp_path / "src"), "--path", str(tmp_path / "int8"), "--codec", "int8", "--quiet"]) == 0
+    assert "derived, no re-encoding" in capsys.readouterr().out
+
+
 def test_index_command_needs_a_corpus_or_a_source(tmp_path, capsys):
     from mvr.cli import main
 

@@ -160,9 +160,9 @@ def run(args) -> int:
         print(f"split {counts.get('split_documents', 0)} of {counts.get('source_documents', info['documents'])} documents longer than {size} tokens "
               f"(or than fits the model beside the title) into passages (stride {index.config.passage_stride}): {info['documents']} passages in all; "
               "search returns documents by their best passage")
-    if counts["truncated_documents"]:
+    if counts.get("truncated_documents"):
         print(f"note: {counts['truncated_documents']} of {info['documents']} documents were longer than {info['encoder']['doc_maxlen']} tokens and were cut there "
               "(what follows is not searched); --passage-tokens N splits long documents into passages instead")
-    if info["counts"]["skipped_empty_documents"]:
+    if counts.get("skipped_empty_documents"):  # a merged segment carries neither count
         print(f"note: {info['counts']['skipped_empty_documents']} empty documents were skipped")
     return 0
