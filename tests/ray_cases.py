@@ -292,6 +292,45 @@ def _gone(actor, seconds: float = 30) -> bool:
     return False
 
 
+def test_a_dead_shard_a_copy_and_bad_arguments(cluster, tmp_path, models, monkeypatch):
+    """A shard killed (out of memory) gave Ray's many-line ActorDiedError on every search for
+    good; a copy shared the shards, and garbage, stopped the original's; a RayEncoder read a
+    string as one document a letter."""
+    import copy
+    import gc
+
+    from mvr.distributed import RayEncoder, ShardedIndex
+    from mvr.errors import ConfigError, EncoderError, QueryError
+
+    docs = corpus()[:24]
+    index = Index.build(docs[:12], tmp_path / "dead", config=IndexConfig(model=str(models["plain"])))
+    index.add(docs[12:], merge=False)
+    expected = index.search("a dog barks", k=3).doc_ids
+    sharded = ShardedIndex(index.path, shards=2)
+    other = copy.copy(sharded)  # shards of its own
+    assert set(other.actors).isdisjoint(sharded.actors) and other.search("a dog barks", k=3).doc_ids == expected
+    del other
+    gc.collect()
+    assert sharded.search("a dog barks", k=3).doc_ids == expected
+    with pytest.raises(QueryError, match="explain is True or False, got .yes."):
+        sharded.search("a dog barks", explain="yes")
+    ray.kill(sharded.actors[0])
+    assert _gone(sharded.actors[0])
+    with pytest.raises(ConfigError, match=r"a shard of .* stopped \(.*\); ShardedIndex.refresh\(\) starts its shards again\.$"):
+        sharded.search("a dog barks", k=3)
+    assert sharded.refresh() and sharded.search("a dog barks", k=3).doc_ids == expected
+    sharded.close()
+    monkeypatch.chdir(tmp_path)  # a relative path reaches the shards whole
+    with ShardedIndex(Index.open(index.path).path.relative_to(tmp_path), shards=2) as relative:
+        assert relative.search("a dog barks", k=3).doc_ids == expected
+    encoder = RayEncoder(str(models["plain"]), workers=1)
+    with pytest.raises(EncoderError, match="one alone"):
+        encoder.encode_documents("a dog barks")
+    encoder.close()
+    with pytest.raises(EncoderError, match="this RayEncoder is closed"):
+        encoder.encode_documents(["a dog barks"])
+
+
 def test_a_sharded_index_whose_ray_is_gone_says_so(cluster, tmp_path, models):
     # the last case of this file: it shuts down the module's Ray instance
     from mvr.distributed import ShardedIndex

@@ -48,6 +48,8 @@ def test_a_build_in_worker_processes_writes_the_same_index(tmp_path, models, run
         pooled = Index.build(corpus(), tmp_path / "pooled", config=config, encoder=encoder, chunk_size=30)
         with pytest.raises(EncoderError, match="text #1 is a int"):
             encoder.encode_documents(["fine", 3])
+    with pytest.raises(EncoderError, match="this ProcessEncoder is closed"):  # not the pool's "cannot schedule new futures after shutdown"
+        encoder.encode_documents(["fine"])
     a, b = segment_path(local), segment_path(pooled)
     for name in ("vectors.npy", "token_ids.npy", "doc_offsets.npy", "doc_ids.npy", "text.bin", "fde/fde.faiss"):
         assert (a / name).read_bytes() == (b / name).read_bytes(), name

@@ -4,8 +4,9 @@ from __future__ import annotations
 
 from ..encode import Encoder, TokenVectors
 from ..encode.pool import dealt, worker_settings
+from ..encode.tokens import checked_texts
 from ..config import positive_int
-from ..errors import ConfigError
+from ..errors import ConfigError, EncoderError
 from .cluster import _node, _ray, connect
 
 
@@ -55,4 +56,7 @@ class RayEncoder:
         self.workers = []
 
     def encode_documents(self, texts, *, batch_size=None, threads=None, show_progress=None) -> TokenVectors:
-        return dealt(self.local, list(texts), len(self.workers), batch_size, lambda w, part: self.workers[w].encode.remote(part, batch_size), _ray().get, show_progress)
+        texts = checked_texts(texts, False)  # the local encoder's messages (a string alone was read as one document a letter)
+        if not self.workers:
+            raise EncoderError("this RayEncoder is closed (its workers stopped); make a new one to encode.")
+        return dealt(self.local, texts, len(self.workers), batch_size, lambda w, part: self.workers[w].encode.remote(part, batch_size), _ray().get, show_progress)

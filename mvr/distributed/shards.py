@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import os
 import threading
 import weakref
 from concurrent.futures import ThreadPoolExecutor
 
 from ..config import positive_int
 from ..errors import ConfigError, IndexNotFoundError, MvrError
+from ..search import flag
 from ..segment import Commit
 from ..threads import cpu_threads
 from .cluster import _node, _ray, _session, _worker_nodes, connect, first_line
@@ -108,7 +110,7 @@ class ShardedIndex:
         epoch, actors = self._epoch + 1, self.actors[:used]
         generation = None if state.legacy else state.generation
         try:  # each shard opens its segments on its node
-            self._nodes = ray.get([a.open.remote(epoch, str(self.index.path), generation, state.record, names[i::used]) for i, a in enumerate(actors)]) + self._nodes[used:]
+            self._nodes = ray.get([a.open.remote(epoch, os.path.abspath(self.index.path), generation, state.record, names[i::used]) for i, a in enumerate(actors)]) + self._nodes[used:]
         except ray.exceptions.RayError as error:
             _drop(actors, epoch, self.session)
             if isinstance(error, ray.exceptions.RayTaskError) and isinstance(error.cause, MvrError):
@@ -146,7 +148,11 @@ class ShardedIndex:
             if _session() != self.session:
                 raise ConfigError(GONE)
             self.index.refresh()
-            if self.index._state is self._opened:
+            if getattr(self, "_broken", False):  # a shard died: all start again (searches under way on them end with the error)
+                for actor in self.actors:
+                    _ray().kill(actor)
+                self.actors, self._broken = [], False
+            elif self.index._state is self._opened:
                 return False
             self._open(self.index._state)
             return True
@@ -185,6 +191,9 @@ class ShardedIndex:
             if isinstance(error.cause, MvrError):
                 raise error.cause from None
             raise
+        except ray.exceptions.RayActorError as error:  # the shard's process died (killed, out of memory)
+            self._broken = True
+            raise ConfigError(f"a shard of {self.index.path} stopped ({first_line(error)}); ShardedIndex.refresh() starts its shards again.") from None
         except Exception:
             if _session() != self.session:  # shut down while the call was out
                 raise ConfigError(GONE) from None
@@ -198,7 +207,7 @@ class ShardedIndex:
         """:meth:`mvr.Index.search` over the shards (queries are encoded here; no ``explain``)."""
         if self.closed:
             raise ConfigError(CLOSED)
-        if options.get("explain"):
+        if flag("explain", options.get("explain", False)):
             raise ConfigError("explanations read stored vectors in this process; search the index itself (Index.search) to explain hits.")
         return self._fetching(self.view.search(queries, k, **options))
 
@@ -227,6 +236,11 @@ class ShardedIndex:
             self.view._state = None
         self.index._state = self._opened = None  # the commit is no longer pinned: a writer may collect it
 
+    def __reduce__(self):
+        """A copy (copy.copy, pickle) opens the index in shards of its own: sharing these, the
+        first closed (or garbage) would stop the other's."""
+        return _reopen, (os.path.abspath(self.index.path), self.shards, self.threads)
+
     def __del__(self):  # dropped without close(): its actors and threads go with it
         if not getattr(self, "closed", True):
             try:
@@ -239,3 +253,9 @@ class ShardedIndex:
 
     def __exit__(self, *exc) -> None:
         self.close()
+
+
+def _reopen(path: str, shards: int, threads: int | None) -> ShardedIndex:
+    from pathlib import Path
+
+    return ShardedIndex(Path(path), shards=shards, threads=threads)

@@ -205,6 +205,7 @@ class ProcessEncoder:
         or was interrupted (nothing waits for their part; they ignore Ctrl-C) are sent SIGTERM,
         which ends them once their current run returns (:func:`_stop`). One that has not ended 30 s later is
         killed."""
+        self._closed = True
         processes = list((getattr(self._pool, "_processes", None) or {}).values())
         idle = all(future.done() for future in self._started + self._asked)
         self._pool.shutdown(wait=False, cancel_futures=True)
@@ -224,6 +225,8 @@ class ProcessEncoder:
 
     def encode_documents(self, texts, *, batch_size=None, threads=None, show_progress=None) -> TokenVectors:
         texts = checked_texts(texts, False)  # the local encoder's messages, before any worker is asked
+        if getattr(self, "_closed", False):
+            raise EncoderError("this ProcessEncoder is closed (its worker processes stopped); make a new one to encode.")
         try:
             self._asked = [future for future in self._asked if not future.done()]
             return dealt(self.local, texts, self.workers, batch_size, lambda w, part: self._submit(part, batch_size), _result, show_progress)
