@@ -49,7 +49,7 @@ def main(argv: list[str] | None = None) -> int:
     warnings.showwarning = _say
     parser = build_parser()
     args, extras = parser.parse_known_args(argv)
-    late = getattr(_modules()[args.command], "LATE_POSITIONAL", None)
+    late = getattr(_modules()[args.command.replace("-", "_")], "LATE_POSITIONAL", None)
     plain = [e for e in extras if not e.startswith("-")]
     if plain and late and getattr(args, late) is None:  # after options (mvr search INDEX -k 5 QUERY): argparse takes one run of positionals only
         setattr(args, late, plain[0])

@@ -135,7 +135,7 @@ def run(args) -> int:
         raise QueryError("--run-name names a TREC run: give --trec with it.")
     if args.explain and args.trec:
         raise QueryError("--explain shows why each hit matched, which a TREC run has no room for: leave out --trec (--json keeps the explanations).")
-    run_name = trec_field(args.run_name or "mvr", "--run-name", "run name") if args.trec else None
+    run_name = trec_field("mvr" if args.run_name is None else args.run_name, "--run-name", "run name") if args.trec else None
     queries = read_queries(args.queries) if args.queries else [("q1", args.query)]
     texts = [text for _, text in queries]
     answered = _through_server(args, texts)
