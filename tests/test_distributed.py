@@ -49,6 +49,24 @@ def test_an_address_without_a_cluster_is_a_one_line_error_at_once(tmp_path, addr
     assert not (tmp_path / "y").exists()
 
 
+def test_an_address_where_a_web_server_listens_is_refused_at_once(tmp_path):
+    # it accepts connections, so Ray was let try it: for minutes, printing warnings, until killed
+    import http.server
+    import threading
+
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), http.server.SimpleHTTPRequestHandler)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        address = f"127.0.0.1:{server.server_address[1]}"
+        code = f"from mvr.cli import main; raise SystemExit(main(['index', 'x.jsonl', '--path', 'y', '--ray', '{address}']))"
+        (tmp_path / "x.jsonl").write_text('{"id": "a", "text": "one document"}\n')
+        done = subprocess.run([sys.executable, "-c", code], cwd=tmp_path, env={**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)}, capture_output=True, text=True, timeout=60)
+    finally:
+        server.shutdown()
+        server.server_close()
+    assert done.returncode == 2 and done.stderr.strip().startswith(f"mvr: error: '{address}' answers as no Ray cluster does") and "\n" not in done.stderr.strip(), done.stderr[-2000:]
+
+
 def test_a_local_instance_larger_than_the_machine_is_refused(tmp_path):
     # before Ray starts: an instance of 99,999 CPUs would start a worker, each with the model, for each
     # (in a process of its own: Ray is imported there)

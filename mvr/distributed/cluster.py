@@ -7,7 +7,7 @@ import re
 import socket
 
 from ..threads import cores
-from ..errors import ConfigError, missing_extra
+from ..errors import ConfigError, missing_extra, shown
 
 
 def _ray():
@@ -54,9 +54,23 @@ def _reachable(address: str) -> None:
     if not host or not port.isdigit():
         raise ConfigError(f"--ray takes local, auto or a cluster's address host:port (as `ray start --head` prints it), got {address!r}.")
     try:
-        socket.create_connection((host.strip("[]"), int(port)), timeout=5).close()
+        with socket.create_connection((host.strip("[]"), int(port)), timeout=5) as probe:
+            answer = _answer(probe)
     except OSError as error:
         raise ConfigError(f"could not reach the Ray cluster at {address!r} ({error.strerror or error}); give 'local', 'auto' or the address `ray start --head` printed.") from None
+    if answer and answer[3:4] != b"\x04" and answer[:1] != b"\x15":  # neither HTTP/2's SETTINGS nor a TLS alert: Ray would retry it for minutes
+        raise ConfigError(f"{address!r} answers as no Ray cluster does (its head speaks gRPC; this sent {shown(answer[:24].decode('latin-1'))}); give the address `ray start --head` printed.")
+
+
+def _answer(probe: socket.socket) -> bytes:
+    """What a server says to the opening of an HTTP/2 connection (gRPC's, which Ray's head and
+    client server speak: a SETTINGS frame); b"" where it says nothing within 3 s."""
+    probe.settimeout(3)
+    probe.sendall(b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n" + bytes([0, 0, 0, 4, 0, 0, 0, 0, 0]))
+    try:
+        return probe.recv(64)
+    except (socket.timeout, OSError):
+        return b""
 
 
 def first_line(error: BaseException) -> str:
