@@ -293,7 +293,7 @@ class Index(Changes):
         encoded = self.encode_queries(texts, threads=threads) if explain or opts.rerank or needs_vectors(opts.first_stage) else None
         encode_ms = (time.perf_counter() - started) * 1e3
         results = self._run(encoded, k, texts, opts, threads)
-        results.timings = {"encode": encode_ms, **results.timings}
+        results.timings, results.truncated = {"encode": encode_ms, **results.timings}, None if encoded is None else encoded.truncated
         if explain:
             results.explanations = explain_results(self, encoded, results)
         return results

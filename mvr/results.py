@@ -42,6 +42,7 @@ class Results:
         self.timings = timings or {}
         self.fallbacks = 0
         self.explanations: list[list[dict]] | None = None  # per query, per hit, with search(explain=True)
+        self.truncated: np.ndarray | None = None  # search(): per query, whether it ran past the query length and was cut there
         self._index = index
         self.group = group  # an index of passages: "documents" (ids are documents') or "passages"
 

@@ -37,6 +37,9 @@ def test_index_search_info_eval(tmp_path, beir, capsys):
     assert code == 0 and len(rows) == 4 and rows[0][:4] == ["a", "Q0", "d1", "1"] and rows[2][:3] == ["b", "Q0", "d4"]
     code, out, _ = run(capsys, "search", "tiny", "--trec", "-k", "1", "which animal purrs?", "--index-dir", home, "--run-name", "late")  # the query after options
     assert code == 0 and out.split() == ["q1", "Q0", "d1", "1", out.split()[4], "late"]
+    _, _, err = run(capsys, "search", "tiny", "purring " * 100, "-k", "1", "--index-dir", home)
+    assert "mvr: note: query ran past the index's query length of 64 tokens and was cut there" in err  # not silently
+    assert run(capsys, "search", "tiny", "which animal purrs?", "-k", "1", "--index-dir", home)[2] == ""
     queries.write_text("a\twhich animal purrs?\nb\t  \n")
     for args, said in [(["--queries", queries], f"{queries}:2: query 'b' is empty"), (["x", "--run-name", "r"], "--run-name names a TREC run: give --trec"),
                        (["x", "--trec", "--explain"], "leave out --trec"), (["x", "y"], "unrecognized arguments: y")]:

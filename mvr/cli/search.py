@@ -143,6 +143,11 @@ def run(args) -> int:
         index = Index.open(args.index, home=args.index_dir, model=args.model, device=args.device)
         results = index.search(texts, k=args.k, first_stage=args.first_stage, candidates=args.candidates, threads=args.threads, explain=args.explain, **search_options(args))
         answered = results.to_dicts()
+        cut = [qid for (qid, _), long in zip(queries, results.truncated if results.truncated is not None else ()) if long]
+        if cut:  # as mvr index notes documents cut at their length
+            print(f"mvr: note: {'query' if not args.queries else f'{len(cut)} of {len(queries)} queries ({shown(cut[0])}' + (', ...)' if len(cut) > 1 else ')')} "
+                  f"ran past the index's query length of {index.manifest['encoder']['query_maxlen']} tokens and {'was' if len(cut) == 1 else 'were'} cut there: "
+                  "what follows is not searched", file=sys.stderr)
     if args.trec:
         print("\n".join(trec_lines(((qid, [(hit["id"], hit["score"]) for hit in hits]) for (qid, _), hits in zip(queries, answered)), run_name)))
     elif args.json:
