@@ -61,6 +61,8 @@ def test_langchain_retriever_returns_what_search_returns(index, url, where):
     assert [d.id for d in asyncio.run(retriever.ainvoke(TEXTS[1]))] == [i for i, _ in got[1]]
     filtered = MvrRetriever(**source, k=3, search_kwargs={"filter": {"year": {"$gte": 2021}}, "first_stage": "exhaustive"})
     assert [[(d.id, d.metadata["score"]) for d in filtered.invoke(t)] for t in TEXTS] == _expected(index, filter={"year": {"$gte": 2021}}, first_stage="exhaustive")
+    explained = MvrRetriever(**source, k=1, search_kwargs={"explain": True}).invoke(TEXTS[0])[0]  # the explanation was dropped on the way
+    assert explained.metadata["explanation"] == index.search(TEXTS[0], k=1, explain=True).to_dicts()[0][0]["explanation"]
 
 
 @pytest.mark.parametrize("where", ["index", "url"])
@@ -87,6 +89,8 @@ def test_llamaindex_retriever_returns_what_search_returns(index, url, where):
     response = engine.query(TEXTS[1])
     assert [n.node.id_ for n in response.source_nodes] == [i for i, s in got[1] if s >= cutoff]
     assert [n.node.id_ for n in asyncio.run(retriever.aretrieve(TEXTS[1]))] == [i for i, _ in got[1]]
+    explained = MvrRetriever(**source, k=1, search_kwargs={"explain": True}).retrieve(TEXTS[0])[0]
+    assert explained.node.metadata["explanation"]["maxsim"] == pytest.approx(explained.score, abs=1e-4)
 
 
 def test_the_client_and_the_sources_say_what_is_wrong(index, url):

@@ -63,6 +63,7 @@ class Source:
 
 def hit_metadata(hit: dict) -> dict:
     """A hit's metadata as a framework document carries it: the document's own fields, then
-    mvr's ``id``, ``title`` and ``score`` (which win over fields of the same name)."""
-    passage = {"passage": hit["passage"]} if "passage" in hit else {}  # an index of passages: the passage that matched
-    return {**hit["metadata"], "id": hit["id"], "title": hit["title"], "score": hit["score"], **passage}
+    mvr's ``id``, ``title`` and ``score`` (which win over fields of the same name), and where
+    there is one, the ``passage`` that matched and the ``explanation`` (search_kwargs explain=True)."""
+    extra = {name: hit[name] for name in ("passage", "explanation") if name in hit}
+    return {**hit["metadata"], "id": hit["id"], "title": hit["title"], "score": hit["score"], **extra}
