@@ -144,6 +144,8 @@ class Client:
         """The whole answer of a search: ``results``, ``generation``, ``timings_ms``."""
         if "query" in options:
             raise QueryError("give the query, or a list of them, as search's second argument, not as query=.")
+        if "threads" in options:  # the server would answer 422 "extra inputs are not permitted"
+            raise QueryError("threads are the server's to set (mvr serve --threads), not a search's; leave threads out of a search through a server.")
         query = queries if isinstance(queries, str) else list(many(queries, "queries are a string or a list of strings", QueryError))
         answer = self.request("POST", f"/indexes/{_quoted(name)}/search", {"query": query, "k": k, **options})
         self._listed(answer, "results", 1 if isinstance(query, str) else len(query))  # one list of hits per query

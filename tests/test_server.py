@@ -126,7 +126,8 @@ def test_the_client_sends_one_id_as_one_and_refuses_what_it_would_misread(server
                         (lambda: client.search("docs", {"tea"}), "got set"), (lambda: client.search("docs", b"tea"), "decode bytes to str first"),
                         (lambda: client.search("docs", None), "got NoneType"), (lambda: client.search("docs", 5), "got int"),
                         (lambda: client.search(None, "tea"), "an index is named by a non-empty string"), (lambda: client.info("\ud800"), "UTF-8 can encode"),
-                        (lambda: client.search("docs", "tea", query="cats"), "not as query=")):
+                        (lambda: client.search("docs", "tea", query="cats"), "not as query="),
+                        (lambda: client.search("docs", "tea", threads=2), r"threads are the server's to set \(mvr serve --threads\)")):
         with pytest.raises(QueryError, match=match):
             call()
     assert client.delete("docs", ("d", "o"))["deleted"] == 2 and client.delete("docs", {"c", "1"})["deleted"] == 2  # any collection of ids, as Index.delete
