@@ -189,6 +189,7 @@ def test_empty_queries_file_is_an_error(tmp_path, index, capsys, name, content):
     code, out, err = run(capsys, "search", index.path, "--queries", path)
     assert code == 2 and out == ""
     assert err.startswith("mvr: error: ") and f"{path} holds no queries" in err
+    assert run(capsys, "search", index.path, "--queries", tmp_path)[2] == f"mvr: error: {tmp_path} is a folder; --queries takes a file of queries (JSONL, or id<TAB>text).\n"
 
 
 def test_huge_k_is_capped_at_the_documents(index, capsys):

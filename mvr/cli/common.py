@@ -221,7 +221,7 @@ def read_queries(path: Path) -> list[tuple[str, str]]:
     from ..errors import QueryError
 
     if not path.is_file():
-        raise QueryError(f"queries file not found: {path}.")
+        raise QueryError(f"{path} is a folder; --queries takes a file of queries (JSONL, or id<TAB>text)." if path.is_dir() else f"queries file not found: {path}.")
     queries = []
     if path.suffix.lower() in (".jsonl", ".json"):
         for line, obj in read_jsonl_objects(path, QueryError):
