@@ -479,3 +479,14 @@ def test_a_writer_killed_removing_a_hidden_copy_leaves_it_marked_for_the_next(tm
     assert hidden.is_dir() and (hidden / ".mvr-removing").is_file()  # part way removed, and marked as mvr's to remove
     Index.open(tmp_path / "idx", model=plain_encoder).delete(["d2"])
     assert not hidden.exists() and len(Index.open(tmp_path / "idx")) == len(DOC_LIST) - 1
+
+
+@pytest.mark.parametrize("name", ["a" * 300, Path("/tmp") / ("b" * 256) / "idx"])
+def test_a_name_no_file_system_holds_is_not_found_in_one_line(tmp_path, name, capsys):
+    """Opening asked the file system about it, which raised "File name too long"."""
+    from mvr.cli import main
+
+    with pytest.raises(IndexNotFoundError, match="a folder name is at most 255 bytes"):
+        Index.open(name, home=tmp_path)
+    assert main(["info", str(name), "--index-dir", str(tmp_path)]) == 2
+    assert "a folder name is at most 255 bytes" in capsys.readouterr().err

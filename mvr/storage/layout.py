@@ -25,7 +25,7 @@ import sys
 import time
 from pathlib import Path
 
-from ..errors import IndexExistsError, IndexFormatError, IndexNotFoundError
+from ..errors import IndexExistsError, IndexFormatError, IndexNotFoundError, shown
 from .formats import INDEX_FORMAT, SEGMENT_FORMAT
 from .lock import WriterLock
 from .manifest import MANIFEST, SEGMENT_NAME, SEGMENTS, fsync_dir, fsync_tree, manifest_format, write_manifest
@@ -61,6 +61,8 @@ def locate(name_or_path: str | os.PathLike, home: Path | None = None, *, wait: f
     live writer holds the name, after up to ``wait`` seconds for it to finish its own swap)."""
     explicit, home = bool(home), Path(home) if home else default_home()
     given, named = Path(name_or_path), home / str(name_or_path)
+    if any(len(os.fsencode(part)) > 255 for part in given.parts):  # no file system holds such a folder (asking it raised "File name too long")
+        raise IndexNotFoundError(f"no index named or at {shown(str(name_or_path), 60)}: a folder name is at most 255 bytes (an index name 200); `mvr list` shows the indexes.")
     plain = isinstance(name_or_path, str) and name_problem(name_or_path) is None
     for folder in (named, given) if plain and explicit else (given, named):  # a name with a home given is the home's, whatever ./NAME holds
         if (folder / MANIFEST).is_file():
