@@ -100,7 +100,7 @@ def _interrupted(home: Path, models, stop_after: int) -> None:
         Index.build(failing(), home / "idx", config=CONFIG, encoder=Encoder(models["plain"]), chunk_size=CHUNK, show_progress=False)
 
 
-def test_an_interrupted_build_keeps_its_chunks_and_resumes_only_what_matches(tmp_path, models, reference):
+def test_an_interrupted_build_keeps_its_chunks_and_resumes_only_what_matches(tmp_path, models, reference, capsys):
     home = tmp_path / "home"
     _interrupted(home, models, 26)
     staged = _staging(home)
@@ -109,6 +109,10 @@ def test_an_interrupted_build_keeps_its_chunks_and_resumes_only_what_matches(tmp
     # another index built in the same home leaves the resumable build alone
     Index.build(corpus(5), home / "other", config=IndexConfig(fde=None, sparse=()), encoder=encoder, show_progress=False)
     assert _staging(home) == staged
+    capsys.readouterr()
+    assert main(["list", "--index-dir", str(home)]) == 0  # said, so that it is not left forgotten
+    out, err = capsys.readouterr()
+    assert out.split() == ["other"] and f"an interrupted build of 'idx' is kept at {staged[0]} (" in err and "--name idx --resume` goes on from it" in err
     # other settings, or another corpus: refused in one line, the chunks kept
     with pytest.raises(ConfigError, match="other settings") as caught:
         Index.build(corpus(N_DOCS), home / "idx", config=IndexConfig(fde=None), encoder=encoder, chunk_size=CHUNK, resume=True)
