@@ -226,6 +226,8 @@ def evaluate(
     if options.get("group") == "passages":  # the run would hold passage ids, which no qrels judge: every figure 0
         raise QueryError("the qrels judge documents, so an evaluation ranks documents: leave out --group passages (an index of passages is evaluated by each document's best passage).")
     first_stage = first_stage or index.default_stage
+    if compare_exhaustive and first_stage == "exhaustive":  # it would compare exhaustive MaxSim with itself: a flag taken and never read
+        raise DatasetError("--compare-exhaustive compares a first stage with exhaustive MaxSim; the search evaluated is exhaustive already: leave it out.")
 
     queries, qrels = load_beir(dataset, split)
     if max_queries:

@@ -175,6 +175,8 @@ def test_fde_commands_and_candidate_sweep(tmp_path, beir, capsys):
     assert "candidate counts must be positive" in capsys.readouterr().err
     code, _, err = run(capsys, "eval", beir, "--index", "tiny", "--first-stage", "exhaustive", "--candidates", "5", "--index-dir", home)
     assert code == 2 and "not to exhaustive" in err
+    code, _, err = run(capsys, "eval", beir, "--index", "tiny", "--first-stage", "exhaustive", "--compare-exhaustive", "--index-dir", home)
+    assert code == 2 and "the search evaluated is exhaustive already" in err  # taken and never read
     # with no stage named, eval measures the index's default search, so candidates apply
     code, _, _ = run(capsys, "eval", beir, "--index", "tiny", "--candidates", "5", "--output", report_path, "--index-dir", home, "--quiet")
     assert code == 0 and json.loads(report_path.read_text())["first_stage"] == "fde+bm25s"
