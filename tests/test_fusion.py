@@ -213,8 +213,8 @@ def test_the_cli_builds_tunes_saves_and_searches_with_presets(tmp_path, models, 
     assert Index.open("b", home=home).search_presets["default"] == "best"
     capsys.readouterr()
     assert main(["tune", str(data), "--index", "b", "--split", "test", "--step", "0.25", "--save", "t", "--index-dir", home, "--quiet"]) == 0
-    out = capsys.readouterr().out
-    assert "weights maxsim" in out and "saved as search preset 't'" in out
+    out, err = capsys.readouterr()
+    assert "weights maxsim" in out and "saved as search preset 't'" in out and "mvr: warning: tuning on the test split" in err
     assert Index.open("b", home=home).search_presets["default"] == "t"
     assert main(["search", "b", "purring cats", "--json", "--no-server", "--index-dir", home, "--quiet"]) == 0
     hits = json.loads(capsys.readouterr().out)["hits"]

@@ -53,6 +53,8 @@ def run(args) -> int:
     index = Index.open(args.index, home=args.index_dir)
     queries, qrels = load_beir(args.dataset, args.split)
     warnings = relevance_warnings(index, qrels)  # the training leaves out queries with no relevant document in the index: said
+    if args.split == "test":  # what is then reported on test was fitted to it
+        warnings.insert(0, "training on the test split: nDCG@10 then measured on test is optimistic; train with --split train or dev.")
     with cpu_threads(args.threads, "torch", "numba", "blas"):
         head, report = train_projection(
             index, queries, qrels, kind=args.kind, dim=args.dim, epochs=args.epochs, batch_size=args.batch_size, negatives=args.negatives,

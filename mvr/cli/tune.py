@@ -58,6 +58,8 @@ def run(args) -> int:
     index = Index.open(args.index, home=args.index_dir)
     queries, qrels = load_beir(args.dataset, args.split)
     warnings = relevance_warnings(index, qrels)  # queries that cannot count: said, not averaged in unseen
+    if args.split == "test":  # what is then reported on test was fitted to it
+        warnings.insert(0, "tuning on the test split: nDCG@10 then measured on test is optimistic; tune with --split train or dev.")
     options = None
     if args.first_stage or args.candidates or args.dense_share is not None:
         stage = args.first_stage or ("pooled+bm25s" if index.has_stage("pooled+bm25s") else index.default_stage)
