@@ -183,13 +183,13 @@ def _stored_dim(config: IndexConfig, head, model_dim: int) -> int:
     return head.shape[1] if head is not None else config.pca_dim or model_dim
 
 
-def first_commit(index: Path, folder: Path, manifest: dict, config: IndexConfig, encoder_identity: dict, operation: str, command) -> None:
+def first_commit(index: Path, folder: Path, manifest: dict, config: IndexConfig, encoder_identity: dict, operation: str, command, **fields) -> None:
     """Generation 1 of a new index folder: its one segment ``folder`` (``config`` with the
     centroid stage decided for its size, as the segment's manifest has it)."""
     config = config.for_corpus(manifest["counts"]["documents"])
     segment = {"name": folder.name, "documents": manifest["counts"]["documents"], "deleted": 0, "deletes": None}
     saved = {"search": {"default": config.search_preset, "presets": {config.search_preset: SEARCH_PRESETS[config.search_preset]}}} if config.search_preset else {}
-    commit = new_commit(None, 1, [segment], operation, config=config.to_dict(), encoder=encoder_identity, dim=manifest["counts"]["dim"], next_segment=int(folder.name[1:]) + 1, command=command, **saved)
+    commit = new_commit(None, 1, [segment], operation, config=config.to_dict(), encoder=encoder_identity, dim=manifest["counts"]["dim"], next_segment=int(folder.name[1:]) + 1, command=command, **saved, **fields)
     fsync_tree(index)
     publish(index, commit)
     try:  # read back as every reader will, before it takes any index's place: what cannot be read fails here
@@ -218,7 +218,9 @@ def derive(source, name, *, home=None, overwrite: bool = False, show_progress: b
     unknown = sorted(set(changes) - DERIVABLE)
     if unknown:
         raise ConfigError(f"{unknown} cannot change without encoding the corpus again (use Index.build / mvr index); derivable: {sorted(DERIVABLE)}.")
-    config = _checked(dataclasses.replace(source.config, **changes), overwrite=overwrite, show_progress=show_progress)
+    config = dataclasses.replace(source.config, **changes)
+    default = IndexConfig()  # a setting of the source's that it never read (an index from before check_read) goes back to its default
+    config = _checked(dataclasses.replace(config, **{n: getattr(default, n) for n, _ in unread_settings(config) if n not in changes}), overwrite=overwrite, show_progress=show_progress)
     head = None
     if changes.get("projection") is not None:  # a new head (a source's own is carried with its files)
         if source.projection is not None:
@@ -253,7 +255,7 @@ def derive(source, name, *, home=None, overwrite: bool = False, show_progress: b
             counts.update(dim=head.shape[1], model_dim=source.dim)
         build_info = {"derived_from": str(source.path), "encode_seconds": 0.0, "docs_per_second": source.manifest["build"]["docs_per_second"]}
         manifest = finish_segment(folder, config, source.encoder, counts, build_info, started, command, show_progress)
-        first_commit(staging.path, folder, manifest, config, source.manifest["encoder"], "derive", command)
+        first_commit(staging.path, folder, manifest, config, source.manifest["encoder"], "derive", command, metadata_fields=source.metadata_fields)  # fields no row holds too
         path = staging.commit()
     return Index.open(path, model=source.encoder)
 

@@ -128,7 +128,7 @@ class Index(Changes):
     max_doc_len = property(lambda self: max((s.max_doc_len for s in self._state.segments), default=0))
     dim = property(lambda self: self._state.segments[0].dim if self._state.segments else self._state.record.get("dim", 0))
     projection = property(lambda self: self._state.segments[0].projection if self._state.segments else None)  # one for every segment
-    metadata_fields = property(lambda self: {n: f["type"] for s in self._state.segments for n, f in s.metadata.fields.items()}, doc="``{field: type}`` of the index's metadata")
+    metadata_fields = property(lambda self: {**self._state.record.get("metadata_fields", {}), **{n: f["type"] for s in self._state.segments for n, f in s.metadata.fields.items()}}, doc="``{field: type}`` of the index's metadata, as its commit records them too")
 
     def _one(self) -> Segment:
         segments = self._state.segments
@@ -326,9 +326,9 @@ class Index(Changes):
             raise QueryError(f"k must be a positive integer, got {k!r}.")
         options = {"preset": search_presets.NONE, **options} if not with_texts and first_stage is None else options  # a default preset may read texts
         k = min(int(k), max(self._state.n_live, 1))
-        first_stage, candidates, options, preset = search_presets.resolve(lambda: self.search_presets, first_stage, candidates, options, k)
-        opts = search_presets.create(SearchOptions, preset, first_stage=self._default_stage(with_texts) if first_stage is None else first_stage, candidates=candidates, **options)
-        pipeline.check_stages(opts, self._state.segments)  # before the model loads
+        first_stage, candidates, merged, preset = search_presets.resolve(lambda: self.search_presets, first_stage, candidates, options, k)
+        opts = search_presets.create(SearchOptions, preset, first_stage=self._default_stage(with_texts) if first_stage is None else first_stage, candidates=candidates, **merged)
+        pipeline.check_stages(opts, self._state, given=options)  # before the model loads
         return opts, k
 
     @property

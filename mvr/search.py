@@ -187,24 +187,25 @@ def rerank(parts: list[tuple], query, k: int, opts: SearchOptions, signals: dict
     return positions[order], final[order].astype(np.float32)
 
 
-def check_stages(opts: SearchOptions, segments) -> None:
-    """Every stage ``opts`` read present in each segment (before the model loads), and no probing
-    option changed that none of them reads: ``nprobe`` with no IVF, ``ef_search`` with no HNSW
-    graph, ``centroid_probe`` without the centroid stage (each would be taken and ignored)."""
+def check_stages(opts: SearchOptions, state, given=()) -> None:
+    """Every stage ``opts`` read present in each segment of ``state`` (before the model loads), and
+    no probing option of ``given`` (the caller's, not a preset's) that none reads: ``nprobe`` with
+    no IVF, ``ef_search`` with no HNSW graph, ``centroid_probe`` without the centroid stage (each
+    would be taken and ignored). The FDE's factory is the index's and each segment's as asked: a
+    segment too small to train one is Flat, and the option holds for the segments merges make."""
     for stage in (opts.first_stage, *stage_signals(opts.weights)):
-        for segment in segments:
+        for segment in state.segments:
             segment.require(stage)
-    parts = parse_stage(opts.first_stage)
-    factories = []  # the faiss index each segment's FDE was built as (its manifest: a shard's segment is read here too)
-    if "fde" in parts and (opts.nprobe is not None or opts.ef_search is not None):
-        built = [read_manifest(segment.path / "fde", FDE_FORMAT, FDE_VERSION) for segment in segments]
-        factories = [m.get("factory_used") or str(m["config"].get("factory")) for m in built]
-    unread = {"nprobe": (any("IVF" in f for f in factories), "an FDE in a faiss IVF index (--fde-factory IVF...)"),
-              "ef_search": (any("HNSW" in f for f in factories), "an FDE in a faiss HNSW index (--fde-factory HNSW...)"),
-              "centroid_probe": ("centroids" in parts, "the centroid first stage")}
-    for name, (read, reader) in unread.items():
-        if getattr(opts, name) is not None and not read:
-            raise QueryError(f"{name} is read by {reader}, which this search ({opts.first_stage}) does not use; leave it out, or search with such a first stage.")
+    parts, asked = parse_stage(opts.first_stage), [name for name in ("nprobe", "ef_search", "centroid_probe") if name in given and getattr(opts, name) is not None]
+    factories = [state.config.fde.factory if state.config.fde is not None else ""]
+    if "fde" in parts and {"nprobe", "ef_search"} & set(asked):  # each segment's manifest (a shard's segment is read here too)
+        factories += [str(read_manifest(segment.path / "fde", FDE_FORMAT, FDE_VERSION)["config"].get("factory")) for segment in state.segments]
+    readers = {"nprobe": ("fde" in parts and any("IVF" in f for f in factories), "an FDE in a faiss IVF index (--fde-factory IVF...)"),
+               "ef_search": ("fde" in parts and any("HNSW" in f for f in factories), "an FDE in a faiss HNSW index (--fde-factory HNSW...)"),
+               "centroid_probe": ("centroids" in parts, "the centroid first stage")}
+    for name in asked:
+        if not readers[name][0]:
+            raise QueryError(f"{name} is read by {readers[name][1]}, which this search ({opts.first_stage}) does not use; leave it out, or search with such a first stage.")
 
 
 def scored_inputs(query, positions, dim: int, rows: int) -> tuple[np.ndarray, np.ndarray]:

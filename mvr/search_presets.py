@@ -16,6 +16,8 @@ candidates, fusion and its weights, ...); an index may hold several and name one
 
 from __future__ import annotations
 
+import dataclasses
+
 from .errors import IndexFormatError, QueryError, shown
 from .fusion import stage_signals
 from .registry import EXHAUSTIVE, HYBRIDS, parse_stage
@@ -122,7 +124,7 @@ def _plain(value):
 
 def check(index, name: str, options: dict) -> dict:
     """``options`` validated as a preset of ``index`` (JSON values; every stage it reads built)."""
-    from .search import SearchOptions
+    from .search import SearchOptions, check_stages
 
     if not isinstance(options, dict):
         raise QueryError(f"a preset is a mapping of search options such as {{\"first_stage\": \"pooled+bm25s\"}}, got {type(options).__name__}.")
@@ -142,4 +144,8 @@ def check(index, name: str, options: dict) -> dict:
     for stage in [*parse_stage(opts.first_stage or "exhaustive"), *stage_signals(opts.weights)]:
         if not index.has_stage(stage):
             raise QueryError(f"index {index.name!r} has no {stage} stage, which preset {name!r} reads; build it first.")
+    try:  # a probing option no stage of it reads (nprobe on a flat FDE): every search of the preset would carry it unread
+        check_stages(opts if opts.first_stage else dataclasses.replace(opts, first_stage=index.default_stage), index._state, options)
+    except QueryError as error:
+        raise QueryError(f"preset {name!r}: {error}") from None
     return {**{k: v for k, v in options.items() if v is not None}, **({"weights": opts.weights} if opts.weights else {})}

@@ -273,7 +273,10 @@ def open_commit(path: Path, index_name: str, splade_model=None, previous: "Commi
             state.legacy, state.manifest, state.config = True, dict(segment.manifest), segment.config
             return state
         folders = [path / SEGMENTS / seg["name"] for seg in record["segments"]]
-        fields: dict[str, str] = dict(record.get("metadata_fields", {}))  # each field with its first type: the commit's, then the segments'
+        fields = record.get("metadata_fields", {})  # each field with its first type: the commit's, then the segments'
+        if not isinstance(fields, dict) or not all(isinstance(n, str) and t in ("string", "strings", "number", "bool") for n, t in fields.items()):
+            raise IndexFormatError(f"{path / commit_name(record['generation'])}: its metadata_fields are no {{field: type}} mapping; the index is damaged: `mvr info {path} --verify`.")
+        fields = dict(fields)
         for folder in folders:
             fields.update({name: kind for name, kind in read_types(folder).items() if name not in fields})
         segments, deleted = [], []

@@ -383,6 +383,18 @@ def test_a_setting_the_build_would_not_read_is_refused(source, tmp_path, setting
     assert not any(tmp_path.iterdir())
 
 
+def test_a_source_holding_a_setting_it_never_read_still_derives(source, tmp_path):
+    """An index from before these checks may hold codec_bits=4 beside float16: derives from it were
+    refused, naming a setting the caller never gave; the inherited one goes back to its default."""
+    import dataclasses
+
+    old = Index.open(shutil.copytree(source.path, tmp_path / "old"), model=source.encoder)
+    old._state.config = dataclasses.replace(old.config, codec_bits=4, prune_max_df=0.3)  # as such an index's commit reads
+    derived = Index.derive(old, tmp_path / "int8", codec="int8")
+    assert (derived.config.codec, derived.config.codec_bits, derived.config.prune_max_df) == ("int8", 2, 0.5)
+    assert Index.derive(old, tmp_path / "r1", codec="residual", codec_centroids=8).config.codec_bits == 4  # read now: kept
+
+
 def test_index_command_refuses_flags_it_would_not_read(tmp_path, beir, capsys):
     """Flags given are checked even at their default value; a preset's own settings that the
     flags given leave unread are dropped with it (--preset small --codec float16: its 4 bits)."""

@@ -216,7 +216,9 @@ def test_rebuilt_fde_replaces_the_old_and_keeps_the_index(fde_index, tmp_path):
         assert not [p for p in folder.iterdir() if p.name.startswith(".")]
 
 
-def test_ivf_pq_factory_trains_on_the_documents(fde_index, tmp_path):
+def test_ivf_pq_factory_trains_on_the_documents(fde_index, tmp_path, monkeypatch):
+    from mvr import search_presets
+
     import shutil
 
     copy = Index.open(shutil.copytree(fde_index.path, tmp_path / "ivf"), model=fde_index.encoder)
@@ -238,9 +240,18 @@ def test_ivf_pq_factory_trains_on_the_documents(fde_index, tmp_path):
     manifest = json.loads((segment_path(copy) / "fde" / "manifest.json").read_text())
     assert manifest["config"]["factory"] == "IVF1024,Flat" and manifest["factory_used"] == "Flat"
     assert len(copy.search("cats", k=5, first_stage="fde", candidates=10)[0]) == 5
+    # an IVF index too small to train is Flat for now: nprobe is still the index's (merges train IVF), not refused
+    assert len(copy.search("cats", k=5, first_stage="fde", nprobe=2)[0]) == 5
+    copy.build_fde(FDEConfig(k_sim=3, d_proj=8, reps=4))
     for value in (2, 32):  # given at the default value too: still unread
-        with pytest.raises(QueryError, match="nprobe is read by an FDE in a faiss IVF index"):  # the factory as built, not as asked
+        with pytest.raises(QueryError, match="nprobe is read by an FDE in a faiss IVF index"):
             copy.search("cats", k=5, first_stage="fde", nprobe=value)
+    # a preset is checked when saved; one saved before (its nprobe then taken and ignored) does not break the searches it is the default of
+    with pytest.raises(QueryError, match="preset 'wide': nprobe is read by an FDE"):
+        copy.save_search_preset("wide", {"first_stage": "fde", "nprobe": 64})
+    monkeypatch.setattr(search_presets, "check", lambda index, name, options: options)
+    copy.save_search_preset("wide", {"first_stage": "fde", "nprobe": 64})
+    assert len(copy.search("cats", k=5)[0]) == 5
 
 
 def test_index_without_fde_and_stale_fde(fde_index, tmp_path, models):

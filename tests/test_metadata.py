@@ -305,6 +305,27 @@ def test_a_field_whose_last_holder_is_deleted_stays_known(tmp_path, default_enco
         index.add([{"id": "c", "text": "x", "metadata": {"flag": other}}])
 
 
+def test_the_recorded_fields_follow_an_emptied_index_a_derive_and_damage(tmp_path, default_encoder):
+    import json
+
+    from mvr.errors import IndexFormatError
+
+    index = Index.build([{"id": "a", "text": "cats", "metadata": {"flag": "x"}}, {"id": "b", "text": "dogs"}], tmp_path / "i", config=FAST, encoder=default_encoder)
+    index.delete(["a"])
+    index.optimize()
+    derived = Index.derive(index, tmp_path / "d", codec="int8")  # a derive keeps the fields its source's commit records
+    assert derived.metadata_fields == {"flag": "string"} and derived.search("cats", k=1, filter={"flag": "x"}, first_stage="exhaustive")[0] == []
+    index.delete(["b"])  # no segment left: the commit's record is all there is
+    assert index.metadata_fields == {"flag": "string"}
+    with pytest.raises(CorpusError, match="one field, one type"):
+        index.add([{"id": "c", "text": "birds", "metadata": {"flag": 3}}])
+    commit = sorted(index.path.glob("commit-*.json"))[-1]
+    record = json.loads(commit.read_text())
+    commit.write_text(json.dumps({**record, "metadata_fields": ["flag"]}))
+    with pytest.raises(IndexFormatError, match="its metadata_fields are no {field: type} mapping; the index is damaged"):
+        Index.open(index.path)
+
+
 def test_metadata_follows_derive_and_damage_is_refused(meta_index, tmp_path):
     derived = Index.derive(meta_index, tmp_path / "small", cluster_ratio=0.5, show_progress=False)
     assert derived.search("cats", k=2, filter={"source": "news"})[0][0].metadata["source"] == "news"

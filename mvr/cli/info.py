@@ -68,6 +68,8 @@ def run(args) -> int:
                 f"{fde['bytes_per_document'] / 1024:.1f} KiB/document, faiss {cfg['factory']}",
             )
         )
+    elif not index.segments and index.config.fde is not None:  # emptied by deletes: built again with the next add
+        rows.append(("FDE first stage", "built with the documents an add brings (none now)"))
     else:
         rows.append(("FDE first stage", "none (add one with `mvr fde`)"))
     rows.append(("first stages", ", ".join(f"{name} ({size / 2**20:.1f} MiB)" for name, size in info["stages"].items()) or "none"))

@@ -191,7 +191,9 @@ class ShardedIndex:
             if isinstance(error.cause, MvrError):
                 raise error.cause from None
             raise
-        except ray.exceptions.RayActorError as error:  # the shard's process died (killed, out of memory)
+        except ray.exceptions.RayActorError as error:  # the shard's process died (killed, out of memory), or Ray went
+            if _session() != self.session:
+                raise ConfigError(GONE) from None
             self._broken = True
             raise ConfigError(f"a shard of {self.index.path} stopped ({first_line(error)}); ShardedIndex.refresh() starts its shards again.") from None
         except Exception:
@@ -239,6 +241,8 @@ class ShardedIndex:
     def __reduce__(self):
         """A copy (copy.copy, pickle) opens the index in shards of its own: sharing these, the
         first closed (or garbage) would stop the other's."""
+        if self.closed:
+            raise ConfigError(CLOSED)
         return _reopen, (os.path.abspath(self.index.path), self.shards, self.threads)
 
     def __del__(self):  # dropped without close(): its actors and threads go with it
