@@ -275,10 +275,13 @@ def rebuild_stage(index, name: str, settings=None, *, threads: int | None = None
 
     settings = _stage_settings(name, settings)
     stage_class(name).check(settings, index.dim)
+    empty = f"index {index.name!r} holds no documents: a first stage is built from them; documents added later get the stages the index has."
     if not index.segments:  # every document deleted: nothing to build from (a KeyError in each command's report)
-        raise ConfigError(f"index {index.name!r} holds no documents: a first stage is built from them; documents added later get the stages the index has.")
+        raise ConfigError(empty)
     built, written = [], []
     with Writer(index, wait) as writer, cpu_threads(threads, "numba", "faiss"):
+        if not index.segments:  # emptied by the writer waited for
+            raise ConfigError(empty)
         entries = [dict(entry) for entry in writer.record["segments"]]
         formats = (stage_class(name).format,)
         for segment in index.segments:  # refused before anything is written: a folder of that name mvr did not make

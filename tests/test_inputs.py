@@ -385,13 +385,17 @@ def test_stage_options_that_crash_faiss_and_empty_indexes_are_refused(tmp_path, 
     from mvr.stages.fde import check_factory
 
     for settings, message in (({"factory": "HNSW0"}, "HNSW needs at least 2"), ({"factory": "IVF8_HNSW1,Flat"}, "HNSW needs at least 2"), ({"factory": "IVF0,Flat"}, "IVF needs at least 1"),
-                              ({"d_final": 10**10}, "more than the FDE's own"), ({"seed": -1}, "seed (--fde-seed) must be an integer")):
+                              ({"d_final": 10**10}, "more than the FDE's own"), ({"seed": -1}, "seed (--fde-seed) must be an integer"),
+                              ({"factory": "PQ16x0"}, "PQ codes are 1 to 16 bits"), ({"factory": "IVF4,PQ16x24"}, "PQ codes are 1 to 16 bits"),  # SIGFPE in faiss; memory
+                              ({"factory": "HNSW99999999"}, "at most 1024 neighbours"), ({"factory": "IVF1000000,Flat"}, "its centroids alone take 38 GiB")):  # 21 GB, then the OOM killer
         with pytest.raises(ConfigError, match=re.escape(message)):
             check_factory(FDEConfig(**settings), 384)
     index = Index.build([("a", "green tea")], tmp_path / "i", encoder=default_encoder, config=FAST)
+    stale = Index.open(index.path, model=default_encoder)  # emptied by another writer while this one waits: found under the lock (an IndexError)
     index.delete(["a"])
-    with pytest.raises(ConfigError, match="holds no documents"):
-        index.build_stage("pooled")
+    for one in (index, stale):
+        with pytest.raises(ConfigError, match="holds no documents"):
+            one.build_stage("pooled")
 
 
 def test_the_encoder_refuses_what_it_would_encode_wrong(default_encoder):

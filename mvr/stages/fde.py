@@ -194,9 +194,18 @@ def check_factory(config: FDEConfig, dim: int) -> None:
         raise ConfigError(f"the FDE seed (--fde-seed) must be an integer in [0, 2**32), got {config.seed!r}.")
     if "IDMap" in config.factory:  # faiss refuses add() without ids there
         raise ConfigError(f"the factory string {config.factory!r} (--fde-factory) holds an IDMap: mvr numbers the FDE's rows itself; leave it out.")
-    for kind, size in re.findall(r"(HNSW|IVF)(\d+)", config.factory):  # faiss aborts the process on HNSW0 and HNSW1, and fails every search of IVF0
-        if int(size) < (2 if kind == "HNSW" else 1):
-            raise ConfigError(f"{kind}{size} in the factory string {config.factory!r} (--fde-factory): {'HNSW needs at least 2 neighbours' if kind == 'HNSW' else 'IVF needs at least 1 list'}, e.g. HNSW32 or IVF256.")
+    width = config.out_dim(dim)
+    for kind, size, bits in re.findall(r"(HNSW|IVF|PQ)(\d+)(?:x(\d+))?", config.factory):
+        size, bits, part = int(size), int(bits or 8), f"{kind}{size}{'x' + bits if bits else ''} in the factory string {config.factory!r} (--fde-factory)"
+        if size < (2 if kind == "HNSW" else 1):  # faiss aborts the process on HNSW0 and HNSW1, and fails every search of IVF0
+            raise ConfigError(f"{part}: {'HNSW needs at least 2 neighbours' if kind == 'HNSW' else f'{kind} needs at least 1'}, e.g. HNSW32, IVF256 or PQ64.")
+        if kind == "HNSW" and size > 1024:  # each node's links: HNSW99999999 took 21 GB before the kernel killed it
+            raise ConfigError(f"{part}: at most 1024 neighbours (each node holds twice that many links; 32 or 64 is usual).")
+        if kind == "PQ" and not 1 <= bits <= 16:  # PQ16x0 ended the process with a division by zero inside faiss
+            raise ConfigError(f"{part}: PQ codes are 1 to 16 bits each (8 is usual, 4 for fast scan).")
+        table = (size if kind == "IVF" else 2**bits if kind == "PQ" else 0) * width * 4
+        if table > 4 * 2**30:  # centroids of the FDE's whole width: trained and held in memory
+            raise ConfigError(f"{part}: its centroids alone take {table / 2**30:.0f} GiB at {width} FDE dimensions; use fewer lists or bits, or fewer dimensions (--fde-d-final).")
     try:
         faiss.index_factory(config.out_dim(dim), config.factory, faiss.METRIC_INNER_PRODUCT)
     except RuntimeError as exc:
