@@ -76,4 +76,4 @@ def _fde_summary(index) -> dict | None:
     if not index._state.segments or not index.has_stage("fde"):  # emptied by deletes: no FDE built to describe
         return None
     manifest = read_manifest(index._state.segments[0].path / "fde", FDE_FORMAT, FDE_VERSION)
-    return {k: manifest[k] for k in ("config", "fde_dim", "bytes_per_document", "build")}
+    return {k: manifest[k] for k in ("config", "fde_dim", "bytes_per_document", "build", "factory_used") if k in manifest}

@@ -21,11 +21,11 @@ from typing import Iterable, Sequence
 
 import numpy as np
 
-from .config import FDEConfig, IndexConfig, positive_int
+from .config import FDEConfig, positive_int
 from .encode import Encoder
 from .encode.pool import ProcessEncoder
 from .corpus import as_documents, asked_ids
-from .errors import ConfigError, CorpusError, IndexFormatError, many
+from .errors import CorpusError, IndexFormatError
 from .passages import document_id, rows_of
 from .search_presets import preset_stages, saved
 from .segment_build import merge_segments, planned_stages, write_segment
@@ -347,14 +347,14 @@ class Changes:
 
     def build_fde(self, config: FDEConfig | None = None, *, threads: int | None = None, command: str | None = None, wait: float = 0.0) -> dict:
         """(Re)build the FDE first stage from the stored token vectors, without re-encoding."""
-        return self.build_stage("fde", config or FDEConfig(), threads=threads, command=command, wait=wait)
+        return self.build_stage("fde", config, threads=threads, command=command, wait=wait)  # None: the settings the index records, else the defaults
 
     def build_sparse(self, stages: Sequence[str] | None = None, *, splade_model=None, command: str | None = None, show_progress=None, wait: float = 0.0) -> dict:
-        """(Re)build text first stages from the stored texts: a name or a list of them ("bm25", "bm25s",
-        and "splade" with ``splade_model``, a masked-LM folder; default: those of
-        ``IndexConfig().sparse``). Returns their manifests by stage."""
-        stages = IndexConfig().sparse if stages is None else (stages,) if isinstance(stages, str) else many(stages, "stages must be a first stage name or a list of them", ConfigError)
-        return {s: self.build_stage(s, splade_model if s == "splade" else None, command=command, show_progress=show_progress, wait=wait) for s in stages}
+        """(Re)build text first stages from the stored texts: a name or a list of them ("bm25", "bm25s", "splade" with
+        ``splade_model``, a masked-LM folder, else the index's; default: ``IndexConfig().sparse``). Returns their manifests by stage."""
+        from .build import sparse_stages  # text stages only, once each
+
+        return {s: self.build_stage(s, splade_model if s == "splade" else None, command=command, show_progress=show_progress, wait=wait) for s in sparse_stages(stages, splade_model)}
 
 
 __all__ = ["Changes", "Writer", "add", "delete", "merge", "merge_policy", "optimize", "plan_merge", "CorpusError"]

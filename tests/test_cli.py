@@ -8,6 +8,7 @@ from pathlib import Path
 import pytest
 
 from conftest import QUERIES
+from mvr import Index
 from mvr.cli import main
 
 
@@ -154,6 +155,15 @@ def test_fde_commands_and_candidate_sweep(tmp_path, beir, capsys):
     assert json.loads(out)["fde"]["fde_dim"] == 4 * 8 * 32
     code, out, _ = run(capsys, "fde", "tiny", "--fde-reps", "2", "--fde-k-sim", "2", "--fde-d-final", "64", "--index-dir", home)
     assert code == 0 and "x 64 dims" in out
+    # a rebuild without flags (the repair the error of a damaged stage asks for) keeps the index's settings; one flag changes only itself
+    assert run(capsys, "fde", "tiny", "--index-dir", home)[0] == 0 and (Index.open("tiny", home=home).config.fde.reps, Index.open("tiny", home=home).config.fde.d_final) == (2, 64)
+    code, out, _ = run(capsys, "fde", "tiny", "--fde-reps", "3", "--fde-factory", "IVF64,Flat", "--index-dir", home)
+    fde = Index.open("tiny", home=home).config.fde
+    assert code == 0 and (fde.reps, fde.k_sim, fde.d_final) == (3, 2, 64) and "is built as Flat (exact) until merges make one large enough" in out
+    assert "faiss IVF64,Flat (built as Flat for now: too few documents to train it)" in run(capsys, "info", "tiny", "--index-dir", home)[1]
+    for command in ("pooled", "sparse"):  # it was taken and ignored
+        code, _, err = run(capsys, command, "tiny", "--threads", "-5", "--index-dir", home)
+        assert code == 2 and "--threads must be a positive integer" in err
     code, out, _ = run(capsys, "search", "tiny", "which animal purrs?", "--first-stage", "fde", "--candidates", "3", "--json", "--index-dir", home)
     assert code == 0 and len(json.loads(out)["hits"]) == 3
     report_path = tmp_path / "sweep.json"

@@ -396,6 +396,16 @@ def test_stage_options_that_crash_faiss_and_empty_indexes_are_refused(tmp_path, 
     for one in (index, stale):
         with pytest.raises(ConfigError, match="holds no documents"):
             one.build_stage("pooled")
+    # what a stage rebuild would take and ignore: another kind of stage, none, a model without its stage, settings of a stage that has none
+    index = Index.build([("a", "green tea"), ("b", "black tea")], tmp_path / "s", encoder=default_encoder, config=FAST)
+    for stages, kwargs, message in ((["fde"], {}, "build_sparse builds text first stages"), ([], {}, "build_sparse builds text first stages"),
+                                    (["bm25s"], {"splade_model": "x"}, "splade_model goes with the splade stage")):
+        with pytest.raises(ConfigError, match=message):
+            index.build_sparse(stages, **kwargs)
+    with pytest.raises(ConfigError, match="the pooled stage takes no settings, got 5"):
+        index.build_stage("pooled", 5)
+    generation = index.generation
+    assert list(index.build_sparse(["bm25s", "bm25s"])) == ["bm25s"] and index.generation == generation + 1  # once, not twice
 
 
 def test_the_encoder_refuses_what_it_would_encode_wrong(default_encoder):

@@ -199,8 +199,12 @@ def test_splade_first_stage_end_to_end(tmp_path, models):
     assert kept.tolist() == [p for p in np.argsort(-brute, kind="stable") if brute[p] > 0][: len(kept)]
     np.testing.assert_allclose(alone.scores[0][: len(kept)], np.sort(brute)[::-1][: len(kept)], rtol=1e-4)
     assert len(index.search("purring cats", k=3, first_stage="splade", candidates=5)[0]) == 3
+    before = index.search("purring cats", k=3, first_stage="splade", rerank=False).doc_ids
+    assert list(index.build_sparse(["splade"])) == ["splade"]  # the model the index records (the repair a damaged stage's error asks for)
+    assert index.config.splade_model == str(model) and index.search("purring cats", k=3, first_stage="splade", rerank=False).doc_ids == before
+    plain = Index.build(docs[:2], tmp_path / "plain", encoder=Encoder(models["plain"]), config=IndexConfig(sparse=(), fde=None))
     with pytest.raises(QueryError, match="needs a masked-LM"):
-        index.build_sparse(["splade"])
+        plain.build_sparse(["splade"])
 
 
 def test_bm25s_notes_stay_out_of_a_programs_log(tmp_path, models):

@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import sys
 from pathlib import Path
@@ -35,24 +36,31 @@ def add_device(parser: argparse.ArgumentParser, what: str, precision: bool = Fal
                             help="autocast type of the transformer (default: fp16 on a GPU, fp32 on the CPU; other than fp32, documents run in PyTorch)")
 
 
-def add_fde(parser: argparse.ArgumentParser, with_switch: bool) -> None:
+def add_fde(parser: argparse.ArgumentParser, with_switch: bool, recorded: bool = False) -> None:
+    """The FDE's flags; ``recorded``: each left out keeps the index's recorded setting (mvr fde)."""
     group = parser.add_argument_group("MUVERA FDE first stage")
     if with_switch:
         group.add_argument("--no-fde", action="store_true", help="build no FDE first stage (exhaustive search only)")
     d = FDEConfig()
-    group.add_argument("--fde-k-sim", type=int, default=d.k_sim, help=f"SimHash bits per repetition (2**k partitions; default {d.k_sim})")
-    group.add_argument("--fde-d-proj", type=int, default=d.d_proj, help=f"AMS projection dims per token; 0 keeps all dims (default {d.d_proj})")
-    group.add_argument("--fde-reps", type=int, default=d.reps, help=f"repetitions (default {d.reps})")
-    group.add_argument("--fde-d-final", type=int, default=d.d_final, help="final Count-Sketch dimension (default: none)")
-    group.add_argument("--fde-fill", action="store_true", default=d.fill_empty, help="fill empty document partitions with the Hamming-nearest token (default: leave them zero)")
-    group.add_argument("--fde-factory", default=d.factory, help=f"faiss index factory string, inner product (default {d.factory} = exact)")
-    group.add_argument("--fde-seed", type=int, default=d.seed)
+    kept = "the index's, else " if recorded else ""
+
+    def default(value):
+        return None if recorded else value
+
+    group.add_argument("--fde-k-sim", type=int, default=default(d.k_sim), help=f"SimHash bits per repetition (2**k partitions; default {kept}{d.k_sim})")
+    group.add_argument("--fde-d-proj", type=int, default=default(d.d_proj), help=f"AMS projection dims per token; 0 keeps all dims (default {kept}{d.d_proj})")
+    group.add_argument("--fde-reps", type=int, default=default(d.reps), help=f"repetitions (default {kept}{d.reps})")
+    group.add_argument("--fde-d-final", type=int, default=d.d_final, help=f"final Count-Sketch dimension (default: {kept}none)")
+    group.add_argument("--fde-fill", action="store_true", default=default(d.fill_empty), help=f"fill empty document partitions with the Hamming-nearest token (default: {kept}leave them zero)")
+    group.add_argument("--fde-factory", default=default(d.factory), help=f"faiss index factory string, inner product (default {kept}{d.factory} = exact)")
+    group.add_argument("--fde-seed", type=int, default=default(d.seed), help=f"seed of the FDE's random projections (default {kept}{d.seed})")
 
 
-def fde_config(args) -> FDEConfig | None:
-    config = FDEConfig(
-        k_sim=args.fde_k_sim, d_proj=args.fde_d_proj or None, reps=args.fde_reps, d_final=args.fde_d_final, fill_empty=args.fde_fill, factory=args.fde_factory, seed=args.fde_seed
-    )
+def fde_config(args, base: FDEConfig | None = None) -> FDEConfig | None:
+    """The FDE the flags ask for: each flag given over ``base`` (None: the defaults); None with --no-fde."""
+    asked = {"k_sim": args.fde_k_sim, "d_proj": args.fde_d_proj, "reps": args.fde_reps, "d_final": args.fde_d_final, "fill_empty": args.fde_fill, "factory": args.fde_factory, "seed": args.fde_seed}
+    given = {name: (value or None) if name == "d_proj" else value for name, value in asked.items() if value is not None}  # --fde-d-proj 0: every dimension
+    config = dataclasses.replace(base or FDEConfig(), **given)
     if getattr(args, "no_fde", False):
         if config != FDEConfig():
             raise ConfigError("--no-fde leaves out the FDE that the --fde-* options given set up; give one or the other.")

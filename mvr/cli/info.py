@@ -65,7 +65,8 @@ def run(args) -> int:
                 "FDE first stage",
                 f"k_sim {cfg['k_sim']}, d_proj {cfg['d_proj'] or 'identity'}, reps {cfg['reps']}, fill {'on' if cfg['fill_empty'] else 'off'}"
                 f"{', final ' + str(cfg['d_final']) if cfg['d_final'] else ''}: {fde['fde_dim']} dims, "
-                f"{fde['bytes_per_document'] / 1024:.1f} KiB/document, faiss {cfg['factory']}",
+                f"{fde['bytes_per_document'] / 1024:.1f} KiB/document, faiss {cfg['factory']}"
+                + (f" (built as {fde['factory_used']} for now: too few documents to train it)" if fde.get("factory_used", cfg["factory"]) != cfg["factory"] else ""),
             )
         )
     elif not index.segments and index.config.fde is not None:  # emptied by deletes: built again with the next add

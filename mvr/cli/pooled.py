@@ -19,11 +19,13 @@ def add_parser(sub) -> argparse.ArgumentParser:
 
 
 def run(args) -> int:
+    from ..config import positive_int
     from ..index import Index
     from ..storage.validate import replacing
 
+    positive_int("--", "threads", args.threads, optional=True)
     with replacing("pooled"):  # the stage may be damaged: it is replaced, not read
         index = Index.open(args.index, home=args.index_dir)
-        manifest = index.build_stage("pooled", command=args.command_line, show_progress=False if args.quiet else None, wait=args.wait)
+        manifest = index.build_stage("pooled", threads=args.threads, command=args.command_line, show_progress=False if args.quiet else None, wait=args.wait)
     print(f"built the pooled stage of {index.name}: {manifest['documents']} documents, {manifest['bytes_per_document']} bytes per document, in {manifest['build']['seconds']:.1f} s")
     return 0
