@@ -129,6 +129,7 @@ def test_changes_act_on_whole_documents(folder, tmp_path, default_encoder, capsy
 
     assert main(["delete", str(index.path), "manual.md#0"]) == 0 and "manual.md" in index
     assert "an index of passages deletes whole documents, by document id" in capsys.readouterr().err
+    assert main(["fde", str(index.path)]) == 0 and f"{index.n_docs} passages x " in capsys.readouterr().out  # its rows, not documents
 
 
 

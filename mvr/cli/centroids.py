@@ -26,8 +26,9 @@ def run(args) -> int:
     with replacing("centroids"):  # the stage may be damaged: it is replaced, not read
         index = Index.open(args.index, home=args.index_dir)
         manifest = index.build_stage("centroids", args.centroids, threads=args.threads, command=args.command_line, show_progress=False if args.quiet else None, wait=args.wait)
+    rows = "passages" if index.config.passage_tokens else "documents"  # an index of passages counts its rows
     print(
-        f"built the centroid stage of {index.name}: {manifest['documents']} documents, {manifest['centroids']} centroids ({manifest['origin']}), "
-        f"{manifest['bytes_per_document']:.0f} bytes per document, in {manifest['build']['seconds']:.1f} s"
+        f"built the centroid stage of {index.name}: {manifest['documents']} {rows}, {manifest['centroids']} centroids ({manifest['origin']}), "
+        f"{manifest['bytes_per_document']:.0f} bytes per {rows[:-1]}, in {manifest['build']['seconds']:.1f} s"
     )
     return 0
