@@ -111,6 +111,8 @@ def test_an_index_of_texts_with_adds_searches_and_verifies(tmp_path, models, cap
     assert "built the centroid stage" in capsys.readouterr().out
     assert main(["centroids", str(tmp_path / "texts"), "--centroids", "0"]) != 0
     assert "centroid count" in capsys.readouterr().err
+    assert main(["centroids", str(tmp_path / "texts"), "--centroids", "16"]) == 0 and "16 centroids" in capsys.readouterr().out
+    assert main(["centroids", str(tmp_path / "texts")]) == 0 and "16 centroids" in capsys.readouterr().out  # a rebuild keeps the count it was given
 
 
 def test_a_float16_index_fits_centroids_of_its_own(tmp_path, models):
