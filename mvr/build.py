@@ -19,10 +19,10 @@ from pathlib import Path
 
 import numpy as np
 
-from .config import SEARCH_PRESETS, FDEConfig, IndexConfig, positive_int
+from .config import SEARCH_PRESETS, IndexConfig, positive_int
 from .encode import Encoder
-from .errors import ConfigError, IndexFormatError, MvrError, many, shown
-from .stages import BuildSource, build_stage, stage_class
+from .errors import ConfigError, IndexFormatError, MvrError, shown
+from .stages import BuildSource, build_stage, stage_class, stage_settings
 from .storage import ArrayWriter, StagingDir, target_path
 from .storage.layout import check_replaceable
 from .encoding import Checkpoints
@@ -273,7 +273,7 @@ def rebuild_stage(index, name: str, settings=None, *, threads: int | None = None
     seconds to wait for another writer of the index."""
     from .writer import Writer
 
-    settings = _stage_settings(name, {"fde": index.config.fde, "splade": index.config.splade_model}.get(name) if settings is None else settings)  # None: as recorded
+    settings = stage_settings(name, {"fde": index.config.fde, "splade": index.config.splade_model}.get(name) if settings is None else settings)  # None: as recorded
     stage_class(name).check(settings, index.dim)
     empty = f"index {index.name!r} holds no documents: a first stage is built from them; documents added later get the stages the index has."
     if not index.segments:  # every document deleted: nothing to build from (a KeyError in each command's report)
@@ -308,38 +308,6 @@ def rebuild_stage(index, name: str, settings=None, *, threads: int | None = None
     if all("bytes_per_document" in m for m in built):
         over_all["bytes_per_document"] = round(sum(m["bytes_per_document"] * m["documents"] for m in built) / max(documents, 1), 1)
     return {**built[-1], **over_all}
-
-
-def sparse_stages(stages, splade_model) -> tuple[str, ...]:
-    """The text stages ``Index.build_sparse`` is asked for (a name or a list; None: the default's),
-    once each, or a ConfigError for what it would ignore: another kind of stage, none, a
-    ``splade_model`` without "splade"."""
-    from .registry import STAGES
-
-    stages = IndexConfig().sparse if stages is None else (stages,) if isinstance(stages, str) else tuple(dict.fromkeys(many(stages, "stages must be a first stage name or a list of them", ConfigError)))
-    texts = [name for name, entry in STAGES.items() if entry.reads == "text"]
-    if not stages or any(s not in texts for s in stages):
-        raise ConfigError(f"build_sparse builds text first stages ({', '.join(texts)}), got {shown(list(stages))}; Index.build_stage builds the others.")
-    if splade_model is not None and "splade" not in stages:
-        raise ConfigError("splade_model goes with the splade stage (the one it builds); name it among the stages.")
-    return stages
-
-
-def _stage_settings(name: str, settings):
-    """``settings`` of the first stage ``name`` as its build reads them, or a ConfigError: an
-    FDEConfig (or a dict of its fields) for "fde", a model folder for "splade"."""
-    if name == "fde" and isinstance(settings, dict):
-        return FDEConfig.from_dict(settings)
-    if name == "fde" and settings is not None and not isinstance(settings, FDEConfig):
-        raise ConfigError(f"the fde stage's settings are an FDEConfig or a dict of its fields, got {type(settings).__name__}.")
-    if name in ("pooled", "bm25s", "bm25") and settings is not None:  # they have none: it would be taken and ignored
-        raise ConfigError(f"the {name} stage takes no settings, got {shown(settings)}.")
-    if name == "splade" and settings is not None and not isinstance(settings, (str, os.PathLike)):
-        from .stages.splade import SpladeEncoder
-
-        if not isinstance(settings, SpladeEncoder):
-            raise ConfigError(f"the splade stage's settings are its masked-LM model folder (a path) or a SpladeEncoder, got {type(settings).__name__}.")
-    return settings
 
 
 def upgrade(index, *, wait: float = 0.0) -> bool:

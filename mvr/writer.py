@@ -352,9 +352,9 @@ class Changes:
     def build_sparse(self, stages: Sequence[str] | None = None, *, splade_model=None, command: str | None = None, show_progress=None, wait: float = 0.0) -> dict:
         """(Re)build text first stages from the stored texts: a name or a list of them ("bm25", "bm25s", "splade" with
         ``splade_model``, a masked-LM folder, else the index's; default: ``IndexConfig().sparse``). Returns their manifests by stage."""
-        from .build import sparse_stages  # text stages only, once each
+        from .stages import text_stages  # text stages only, once each
 
-        return {s: self.build_stage(s, splade_model if s == "splade" else None, command=command, show_progress=show_progress, wait=wait) for s in sparse_stages(stages, splade_model)}
+        return {s: self.build_stage(s, splade_model if s == "splade" else None, command=command, show_progress=show_progress, wait=wait) for s in text_stages(stages, splade_model)}
 
 
 __all__ = ["Changes", "Writer", "add", "delete", "merge", "merge_policy", "optimize", "plan_merge", "CorpusError"]

@@ -4,9 +4,10 @@ names in ``mvr.registry.STAGES``; each stage is one module here (``fde``, ``bm25
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
-from ..errors import IndexFormatError
+from ..errors import ConfigError, IndexFormatError, many, shown
 from ..registry import stage_entry
 from ..storage.formats import rebuild_command, stage_mismatch
 from ..storage.manifest import MANIFEST, index_folder, read_manifest, write_manifest
@@ -47,4 +48,41 @@ def build_stage(name: str, folder: Path, source: BuildSource, settings=None) -> 
     return manifest
 
 
-__all__ = ["BuildSource", "Candidates", "FirstStage", "QueryBatch", "Hybrid", "union_candidates", "open_stage", "build_stage", "has_stage", "stage_class"]
+def text_stages(stages, splade_model) -> tuple[str, ...]:
+    """The text stages ``Index.build_sparse`` is asked for (a name or a list; None: the default's),
+    once each, or a ConfigError for what it would ignore: another kind of stage, none, a
+    ``splade_model`` without "splade"."""
+    from ..config import IndexConfig
+    from ..registry import STAGES
+
+    stages = IndexConfig().sparse if stages is None else (stages,) if isinstance(stages, str) else tuple(dict.fromkeys(many(stages, "stages must be a first stage name or a list of them", ConfigError)))
+    texts = [name for name, entry in STAGES.items() if entry.reads == "text"]
+    for name in stages:
+        stage_entry(name)  # an unknown name, a hybrid's ("searched, not built")
+    if not stages or any(s not in texts for s in stages):
+        raise ConfigError(f"build_sparse builds text first stages ({', '.join(texts)}), got {shown(list(stages))}; Index.build_stage builds the others.")
+    if splade_model is not None and "splade" not in stages:
+        raise ConfigError("splade_model goes with the splade stage (the one it builds); name it among the stages.")
+    return stages
+
+
+def stage_settings(name: str, settings):
+    """``settings`` of the first stage ``name`` as its build reads them, or a ConfigError: an
+    FDEConfig (or a dict of its fields) for "fde", a model folder for "splade"."""
+    from ..config import FDEConfig
+
+    if name == "fde" and isinstance(settings, dict):
+        return FDEConfig.from_dict(settings)
+    if name == "fde" and settings is not None and not isinstance(settings, FDEConfig):
+        raise ConfigError(f"the fde stage's settings are an FDEConfig or a dict of its fields, got {type(settings).__name__}.")
+    if name in ("pooled", "bm25s", "bm25") and settings is not None:  # they have none: it would be taken and ignored
+        raise ConfigError(f"the {name} stage takes no settings, got {shown(settings)}.")
+    if name == "splade" and settings is not None and not isinstance(settings, (str, os.PathLike)):
+        from .splade import SpladeEncoder
+
+        if not isinstance(settings, SpladeEncoder):
+            raise ConfigError(f"the splade stage's settings are its masked-LM model folder (a path) or a SpladeEncoder, got {type(settings).__name__}.")
+    return settings
+
+
+__all__ = ["BuildSource", "Candidates", "FirstStage", "QueryBatch", "Hybrid", "union_candidates", "open_stage", "build_stage", "has_stage", "stage_class", "stage_settings", "text_stages"]
