@@ -20,8 +20,6 @@ from .passages import GROUPS, best_per_document
 from .registry import EXHAUSTIVE, FIRST_STAGES, HYBRIDS, needs_texts, needs_vectors, parse_stage
 from .results import Results
 from .stages.base import Candidates, QueryBatch
-from .storage.formats import FDE_FORMAT, FDE_VERSION
-from .storage.manifest import read_manifest
 from .threads import cpu_threads
 
 PRF = ("rm3", "colbert")  # pseudo-relevance feedback methods (SearchOptions.prf)
@@ -191,17 +189,15 @@ def check_stages(opts: SearchOptions, state, given=()) -> None:
     """Every stage ``opts`` read present in each segment of ``state`` (before the model loads), and
     no probing option of ``given`` (the caller's, not a preset's) that none reads: ``nprobe`` with
     no IVF, ``ef_search`` with no HNSW graph, ``centroid_probe`` without the centroid stage (each
-    would be taken and ignored). The FDE's factory is the index's and each segment's as asked: a
+    would be taken and ignored). The FDE's factory is the one the index records, as asked: a
     segment too small to train one is Flat, and the option holds for the segments merges make."""
     for stage in (opts.first_stage, *stage_signals(opts.weights)):
         for segment in state.segments:
             segment.require(stage)
     parts, asked = parse_stage(opts.first_stage), [name for name in ("nprobe", "ef_search", "centroid_probe") if name in given and getattr(opts, name) is not None]
-    factories = [state.config.fde.factory if state.config.fde is not None else ""]
-    if "fde" in parts and {"nprobe", "ef_search"} & set(asked):  # each segment's manifest (a shard's segment is read here too)
-        factories += [str(read_manifest(segment.path / "fde", FDE_FORMAT, FDE_VERSION)["config"].get("factory")) for segment in state.segments]
-    readers = {"nprobe": ("fde" in parts and any("IVF" in f for f in factories), "an FDE in a faiss IVF index (--fde-factory IVF...)"),
-               "ef_search": ("fde" in parts and any("HNSW" in f for f in factories), "an FDE in a faiss HNSW index (--fde-factory HNSW...)"),
+    factory = state.config.fde.factory if state.config.fde is not None else ""  # every segment's FDE is built as the config says (a rebuild changes both)
+    readers = {"nprobe": ("fde" in parts and "IVF" in factory, "an FDE in a faiss IVF index (--fde-factory IVF...)"),
+               "ef_search": ("fde" in parts and "HNSW" in factory, "an FDE in a faiss HNSW index (--fde-factory HNSW...)"),
                "centroid_probe": ("centroids" in parts, "the centroid first stage")}
     for name in asked:
         if not readers[name][0]:

@@ -35,6 +35,6 @@ def run(args) -> int:
     print(f"deleted {done['deleted']} document{'' if done['deleted'] == 1 else 's'} from {index.name}: {rows} left, generation {done['generation']}")
     if done["missing"]:
         shown = ", ".join(map(repr, done["missing"][:5])) + (", ..." if len(done["missing"]) > 5 else "")
-        rows = "; an index of passages deletes whole documents, by document id (a passage id less its last '#' part)" if index.config.passage_tokens and any("#" in i for i in done["missing"]) else ""
-        print(f"mvr: {len(done['missing'])} id(s) not in the index: {shown}{rows}", file=sys.stderr)
+        hint = "; an index of passages deletes whole documents, by document id (a passage id less its last '#' part)" if index.config.passage_tokens and any("#" in i for i in done["missing"]) else ""
+        print(f"mvr: {len(done['missing'])} id(s) not in the index: {shown}{hint}", file=sys.stderr)
     return 0

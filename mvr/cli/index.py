@@ -164,5 +164,5 @@ def run(args) -> int:
         print(f"note: {counts['truncated_documents']} of {info['documents']} documents were longer than {info['encoder']['doc_maxlen']} tokens and were cut there "
               "(what follows is not searched); --passage-tokens N splits long documents into passages instead")
     if counts.get("skipped_empty_documents"):  # a merged segment carries neither count
-        print(f"note: {info['counts']['skipped_empty_documents']} empty documents were skipped")
+        print(f"note: {counts['skipped_empty_documents']} empty documents were skipped")
     return 0

@@ -21,7 +21,7 @@ def run(args) -> int:
     from ..storage import available, default_home
     from ..storage.names import name_problem
     from ..storage.formats import INDEX_FORMAT
-    from ..storage.layout import LEFTOVER, _resumable
+    from ..storage.layout import resumable_builds
     from ..storage.manifest import manifest_format
 
     if args.index_dir is not None and not args.index_dir.is_dir():  # a typo, or a file, would look like a folder without indexes
@@ -39,10 +39,8 @@ def run(args) -> int:
             print(name)
         else:  # a folder of something else, or an index whose manifest is damaged: not one to search
             print(f"mvr list: skipped {name}: it holds {what}, not an mvr index (`mvr info {home / name}` says more).", file=sys.stderr)
-    for folder in sorted(home.iterdir()) if home.is_dir() else ():  # kept for a --resume that may never come: said, so that it is not forgotten
-        match = LEFTOVER.match(folder.name)
-        if match and match["kind"] == "building" and not folder.is_symlink() and folder.is_dir() and _resumable(folder):
-            size = sum(f.stat().st_size for f in folder.rglob("*") if f.is_file() and not f.is_symlink())
-            print(f"mvr list: an interrupted build of {match['name']!r} is kept at {folder} ({size / 2**20:.1f} MiB): `mvr index CORPUS --name {match['name']} "
-                  "--resume` goes on from it; a build of that name without --resume removes it.", file=sys.stderr)
+    for name, folder in resumable_builds(home):  # kept for a --resume that may never come: said, so that it is not forgotten
+        size = sum(f.stat().st_size for f in folder.rglob("*") if f.is_file() and not f.is_symlink())
+        print(f"mvr list: an interrupted build of {name!r} is kept at {folder} ({size / 2**20:.1f} MiB): `mvr index CORPUS --name {name} "
+              "--resume` goes on from it; a build of that name without --resume removes it.", file=sys.stderr)
     return 0

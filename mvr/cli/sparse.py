@@ -30,9 +30,9 @@ def run(args) -> int:
     stages = args.stage or IndexConfig().sparse
     if args.splade_model is not None and "splade" not in stages:  # it would be ignored
         raise ConfigError("--splade-model goes with --stage splade (the stage it builds).")
+    positive_int("--", "threads", args.threads, optional=True)
     with replacing(*stages):  # what is rebuilt may be damaged: it is replaced, not read
         index = Index.open(args.index, home=args.index_dir)
-        positive_int("--", "threads", args.threads, optional=True)
         with cpu_threads(args.threads, "torch", "numba"):
             built = index.build_sparse(stages, splade_model=args.splade_model, command=args.command_line, show_progress=False if args.quiet else None, wait=args.wait)
     for stage, manifest in built.items():

@@ -88,7 +88,7 @@ class ShardedIndex:
         positive_int("", "threads", threads, optional=True)
         self.index = Index.open(name_or_path, home=home)
         connect()  # a local instance unless this process has joined a cluster
-        self.closed, self.session, self.shards, self.threads = False, _session(), shards, threads
+        self.closed, self.session, self.shards, self.threads, self._broken = False, _session(), shards, threads, False  # _broken: a shard died
         self.actors, self._nodes, self._epoch, self._lock, self.pool = [], [], -1, threading.Lock(), None
         try:
             self._open(self.index._state)
@@ -148,7 +148,7 @@ class ShardedIndex:
             if _session() != self.session:
                 raise ConfigError(GONE)
             self.index.refresh()
-            if getattr(self, "_broken", False):  # a shard died: all start again (searches under way on them end with the error)
+            if self._broken:  # a shard died: all start again (searches under way on them end with the error)
                 for actor in self.actors:
                     _ray().kill(actor)
                 self.actors, self._broken = [], False

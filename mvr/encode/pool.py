@@ -188,6 +188,7 @@ class ProcessEncoder:
         self._pool = ProcessPoolExecutor(workers, mp_context=context, initializer=_start, initargs=({**worker_settings(self.local, 1), "device": "cpu"},))
         self._started = [self._pool.submit(_ready) for _ in range(workers)]  # the workers load the model while the corpus is read
         self._asked = []  # the encoding work submitted and not yet known to be done
+        self._closed = False
 
     def __getattr__(self, name):
         return getattr(self.local, name)
@@ -225,7 +226,7 @@ class ProcessEncoder:
 
     def encode_documents(self, texts, *, batch_size=None, threads=None, show_progress=None) -> TokenVectors:
         texts = checked_texts(texts, False)  # the local encoder's messages, before any worker is asked
-        if getattr(self, "_closed", False):
+        if self._closed:
             raise EncoderError("this ProcessEncoder is closed (its worker processes stopped); make a new one to encode.")
         try:
             self._asked = [future for future in self._asked if not future.done()]

@@ -321,6 +321,12 @@ def _builds_left(home: Path, name: str) -> list[Path]:
     return sorted(found, key=lambda p: p.stat().st_mtime, reverse=True)
 
 
+def resumable_builds(home: Path) -> list[tuple[str, Path]]:
+    """``(name, folder)`` of each interrupted build in ``home`` that ``--resume`` can go on from."""
+    matches = [(entry, LEFTOVER.match(entry.name)) for entry in sorted(home.iterdir())] if home.is_dir() else []
+    return [(m["name"], e) for e, m in matches if m and m["kind"] == "building" and not e.is_symlink() and e.is_dir() and _resumable(e)]
+
+
 def tidy(home: Path, own: WriterLock, builds: bool = True) -> None:
     """What killed writers left in ``home``, for every name no live writer holds: restore a hidden
     old copy whose target is missing, remove staging folders, old copies of present targets and
