@@ -55,6 +55,9 @@ def test_readers_see_whole_commits_while_a_writer_changes_the_index(tmp_path, de
 
     for stage in ("exhaustive", "fde+bm25s", "fde", "bm25s"):  # kernels compiled here first: Python 3.11 raised a SystemError ("AST constructor
         reader.search(["cats", "lava"], k=10, first_stage=stage)  # recursion depth mismatch", CPython gh-106905) once, with threads building ASTs at once
+    writer.add([{"id": "warm", "text": _text(rng)}], show_progress=False)  # and the write path's (it raised it again with the writer's first add
+    writer.delete(["warm"])  # compiling beside the readers); the readers, not refreshed yet, see none of these commits
+    live_at[writer.generation] = frozenset(d.id for d in writer.documents())
     threads = [threading.Thread(target=write)] + [threading.Thread(target=read, args=(i,)) for i in range(8)]
     for thread in threads:
         thread.start()
