@@ -220,7 +220,9 @@ def derive(source, name, *, home=None, overwrite: bool = False, show_progress: b
         raise ConfigError(f"{unknown} cannot change without encoding the corpus again (use Index.build / mvr index); derivable: {sorted(DERIVABLE)}.")
     config = dataclasses.replace(source.config, **changes)
     default = IndexConfig()  # a setting of the source's that it never read (an index from before check_read) goes back to its default
-    config = _checked(dataclasses.replace(config, **{n: getattr(default, n) for n, _ in unread_settings(config) if n not in changes}), overwrite=overwrite, show_progress=show_progress)
+    config = dataclasses.replace(config, **{n: getattr(default, n) for n, _ in unread_settings(config) if n not in changes})
+    check_read(config, changes)  # a change at its default value too (codec_bits=2 without a residual codec)
+    config = _checked(config, overwrite=overwrite, show_progress=show_progress)
     head = None
     if changes.get("projection") is not None:  # a new head (a source's own is carried with its files)
         if source.projection is not None:

@@ -393,6 +393,9 @@ def test_a_source_holding_a_setting_it_never_read_still_derives(source, tmp_path
     derived = Index.derive(old, tmp_path / "int8", codec="int8")
     assert (derived.config.codec, derived.config.codec_bits, derived.config.prune_max_df) == ("int8", 2, 0.5)
     assert Index.derive(old, tmp_path / "r1", codec="residual", codec_centroids=8).config.codec_bits == 4  # read now: kept
+    with pytest.raises(ConfigError, match="codec_bits=2"):  # given, at its default value, and not read
+        Index.derive(old, tmp_path / "f16", codec="int8", codec_bits=2)
+    assert not (tmp_path / "f16").exists()
 
 
 def test_index_command_refuses_flags_it_would_not_read(tmp_path, beir, capsys):
@@ -403,10 +406,14 @@ def test_index_command_refuses_flags_it_would_not_read(tmp_path, beir, capsys):
     base = ["index", str(beir / "corpus.jsonl"), "--index-dir", str(tmp_path), "--sparse", "none", "--quiet"]
     for flags, said in [(["--codec-bits", "2"], "--codec-bits"), (["--preset", "small", "--codec", "int8", "--codec-bits", "4"], "--codec-bits"),
                         (["--preset", "fast", "--cluster-iters", "10"], "--cluster-iters"), (["--no-fde", "--fde-reps", "4"], "--no-fde leaves out the FDE"),
+                        (["--no-fde", "--fde-factory", "Flat"], "--no-fde leaves out the FDE"),
                         (["--ray-workers", "2"], "--ray-workers sets how many Ray workers --ray encodes on")]:
         assert main([*base, "--name", "x", *flags]) == 2
         assert said in capsys.readouterr().err and not (tmp_path / "x").exists()
     assert main([*base, "--name", "small16", "--preset", "small", "--codec", "float16", "--doc-maxlen", "16"]) == 0
+    assert main([*base, "--name", "plain", "--doc-maxlen", "16"]) == 0  # derived from: a --codec-bits at its default is refused there too
+    assert main(["index", "--from", str(tmp_path / "plain"), "--path", str(tmp_path / "d"), "--codec", "int8", "--codec-bits", "2", "--quiet"]) == 2
+    assert "--codec-bits" in capsys.readouterr().err and not (tmp_path / "d").exists()
     config = Index.open("small16", home=tmp_path).config
     assert (config.codec, config.codec_bits, config.cluster_ratio) == ("float16", 2, 0.28)
 

@@ -62,7 +62,7 @@ def fde_config(args, base: FDEConfig | None = None) -> FDEConfig | None:
     given = {name: (value or None) if name == "d_proj" else value for name, value in asked.items() if value is not None}  # --fde-d-proj 0: every dimension
     config = dataclasses.replace(base or FDEConfig(), **given)
     if getattr(args, "no_fde", False):
-        if config != FDEConfig():
+        if given or config != FDEConfig():  # a flag at its default value too (--fde-factory Flat)
             raise ConfigError("--no-fde leaves out the FDE that the --fde-* options given set up; give one or the other.")
         return None
     return config
