@@ -200,6 +200,8 @@ def test_verify_checks_every_component_against_its_own_manifest(default_index, t
     assert code == 2 and out == "" and err.count("\n") == 1 and "Traceback" not in err
     named = f"{segment.relative_to(folder).as_posix()}/{file}"  # the file, named within the index folder
     assert f"{named}: its sha256 differs from" in err
+    mend = {"fde": f"rebuild `mvr fde {folder}`", "bm25s": f"rebuild `mvr sparse {folder} --stage bm25s`"}.get(file.split("/")[0], "build the index again with `mvr index`")
+    assert f"To mend it, {mend}" in err and err.count("`mvr ") == 1  # a stage's rebuild where only it is damaged
     code, out, err = run(capsys, "info", folder, "--verify", "--json")
     report = json.loads(out)
     assert code == 2 and report["verified"] is False and len(report["problems"]) == 1 and report["problems"][0].startswith(f"{named}: ")
@@ -243,7 +245,7 @@ def test_verify_reports_what_opening_refuses_and_a_stale_stage(default_index, tm
     rewrite(segment, "doc_offsets.npy", np.sort(_offsets(segment)))
     rewrite(segment, "vectors.npy", vectors[::-1].copy())  # other vectors: the FDE no longer matches them
     code, _, err = run(capsys, "info", folder, "--verify")
-    assert code == 2 and "fde/: built for other token vectors than the index holds" in err
+    assert code == 2 and "fde/: built for other token vectors than the index holds" in err and f"To mend it, rebuild `mvr fde {folder}`." in err
 
 
 def _suggested(message: str) -> list[list[str]]:

@@ -99,7 +99,7 @@ def _verified(args):
     from ..errors import IndexFormatError
     from ..index import Index
     from ..storage import locate
-    from ..storage.validate import scan_tokens, verify_files
+    from ..storage.validate import repair_advice, scan_tokens, verify_files
 
     path = locate(args.index, args.index_dir)
     index = info = refused = None
@@ -121,7 +121,7 @@ def _verified(args):
         if args.json:
             print(json.dumps({**(info or {"path": str(path)}), "verified": False, "problems": problems}, indent=2))
         joined = "; ".join(problem.rstrip(". ") for problem in problems)  # each its own sentence, none ending the line early
-        raise IndexFormatError(f"{path} is damaged: {joined}. Rebuild what is named (`mvr fde`, `mvr sparse`), or the index with `mvr index`.")
+        raise IndexFormatError(f"{path} is damaged: {joined}. To mend it, {repair_advice(path, problems)}.")
     return index, {**info, "verified": True, "problems": []}
 
 

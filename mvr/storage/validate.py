@@ -228,6 +228,22 @@ def lost_stages(path: Path, manifest: dict, config: IndexConfig) -> list[IndexFo
     return errors
 
 
+def repair_advice(path: Path, problems: list[str]) -> str:
+    """What mends the ``problems`` :func:`verify_files` and opening found in the index at ``path``:
+    the rebuild of each first stage named when they all lie in first stages (their own files, or
+    built from other vectors), else the index built again."""
+    import re
+
+    from .commits import SEGMENTS
+
+    where = re.compile(rf"(?:{SEGMENTS}/[^/:]+/)?({'|'.join(map(re.escape, STAGES))})[/:]")
+    named = [where.match(problem.replace(f"{Path(path)}/", "", 1)) for problem in problems]
+    if not all(named):
+        return "build the index again with `mvr index` (or put back a copy of it)"
+    stages = dict.fromkeys(found.group(1) for found in named)
+    return "rebuild " + " and ".join(f"`{rebuild_command(stage, Path(path))}`" for stage in stages)
+
+
 def store_files(codec: str) -> tuple[str, ...]:
     """The files of the token store of ``codec`` (``files[0]`` identifies the vectors)."""
     return store_class(codec).files if codec in CODECS else ()
