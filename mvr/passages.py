@@ -114,18 +114,24 @@ def split(doc: Document, tokenizer, size: int, stride: int, budget: int) -> tupl
 
 def rows_of(state, documents) -> np.ndarray:
     """Positions of every live passage of these document ids (an id without any: none)."""
-    first = state.positions([row_id(d, 0) for d in documents])
+    return np.asarray([at for rows in passage_rows(state, documents) for at in rows], dtype=np.int64)
+
+
+def passage_rows(state, documents) -> list[list[int]]:
+    """The positions of each document id's live passages, one list per id (empty: it has none),
+    all looked up at once."""
+    first = state.positions([row_id(d, 0) for d in documents]) if len(documents) else np.zeros(0, dtype=np.int64)
+    segments = state.segment_of(np.maximum(first, 0)) if len(first) else first
     ids, out = state.doc_ids, []
-    for doc, at in zip(documents, first):
-        if at < 0:
-            continue
-        s = int(state.segment_of(np.array([at]))[0])
-        number, end = 0, int(state.bases[s + 1])
+    for doc, at, s in zip(documents, first.tolist(), segments.tolist()):
+        rows = []
+        number, end = 0, int(state.bases[s + 1]) if at >= 0 else 0
         while at + number < end and str(ids[at + number]) == row_id(doc, number):
             if not state.deleted[s][at + number - state.bases[s]]:
-                out.append(at + number)
+                rows.append(at + number)
             number += 1
-    return np.asarray(out, dtype=np.int64)
+        out.append(rows)
+    return out
 
 
 def live_documents(state) -> tuple[int, int]:

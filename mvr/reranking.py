@@ -19,7 +19,7 @@ import numpy as np
 from .corpus import as_documents, asked_ids, repeated
 from .encode import Encoder
 from .errors import QueryError, many, shown
-from .passages import rows_of
+from .passages import passage_rows
 from .results import Hit
 from .storage.tokens import Float16Store
 from .vectors.pca import project
@@ -75,7 +75,7 @@ def rerank_ids(index, query: str, ids: Sequence[str], k: int | None = None) -> l
     state = index._state  # one commit, whatever refreshes meanwhile
     # an index of passages: a document's id stands for its passages, scored by the best (what search returns), a passage's
     # for itself; a document's id first ("a#1" is document "a#1" where there is one, else passage 1 of "a")
-    documents = [rows_of(state, [doc_id]).tolist() for doc_id in ids] if index.config.passage_tokens else [[] for _ in ids]
+    documents = passage_rows(state, ids) if index.config.passage_tokens else [[] for _ in ids]
     rows = [found or [int(p)] for found, p in zip(documents, state.positions(ids))]
     missing = [doc_id for doc_id, found in zip(ids, rows) if not found or found[0] < 0]
     if missing:

@@ -26,7 +26,7 @@ from .encode import Encoder
 from .encode.pool import ProcessEncoder
 from .corpus import as_documents, asked_ids
 from .errors import CorpusError, IndexFormatError
-from .passages import document_id, rows_of
+from .passages import document_id, passage_rows, rows_of
 from .search_presets import preset_stages, saved
 from .segment_build import merge_segments, planned_stages, write_segment
 from .storage.commits import SEGMENTS, collect, new_commit, publish, segment_name, write_deletes
@@ -206,7 +206,7 @@ def delete(index, ids, *, wait: float = 0.0, merge: bool = True, command=None) -
     with Writer(index, wait) as writer:
         state = index._state
         if index.config.passage_tokens:  # a document id stands for all its passages
-            found = [rows_of(state, [doc_id]) for doc_id in ids]
+            found = [np.asarray(rows, dtype=np.int64) for rows in passage_rows(state, ids)]
             missing = [doc_id for doc_id, rows in zip(ids, found) if not len(rows)]
             positions = np.concatenate([np.zeros(0, dtype=np.int64), *found])
         else:

@@ -118,6 +118,11 @@ def test_changes_act_on_whole_documents(folder, tmp_path, default_encoder, capsy
     assert done["added"] == 1 and done["replaced"] == 1 and index.n_docs == rows - len(manual) + 1  # documents, not passages
     hit = index.search(QUESTION, k=1)[0][0]
     assert hit.id == "manual.md" and hit.passage == "manual.md#0" and "a week" in hit.text
+    from mvr.passages import passage_rows, rows_of
+
+    asked = ["nope", "manual.md", "cats.md"]  # looked up at once: each id's live passages, across segments, the deleted ones left out
+    rows = passage_rows(index._state, asked)
+    assert rows == [rows_of(index._state, [doc_id]).tolist() for doc_id in asked] and rows[0] == [] and rows[1] == [index.position("manual.md")]
     index.add([{"id": "long", "text": FILLER + BACKUPS}], show_progress=False)
     index.optimize()
     assert len(index.segments) == 1 and index.search(QUESTION, k=1)[0][0].id in ("long", "manual.md")
