@@ -226,6 +226,19 @@ def test_queries_from_another_encoder_are_refused(tmp_path, models, plain_encode
         index.search_encoded(wrong_dim)
 
 
+def test_queries_through_another_dense_activation_are_refused(tmp_path, models):
+    """A PyLate model's Dense weights were checked, not its activation: the same files with a Tanh
+    after the projection searched the index with other query vectors, silently."""
+    import shutil
+
+    model = shutil.copytree(models["pylate"], tmp_path / "pylate")
+    _build(tmp_path, Encoder(model))
+    config = model / "1_Dense" / "config.json"
+    config.write_text(config.read_text().replace("torch.nn.modules.linear.Identity", "torch.nn.modules.activation.Tanh"))
+    with pytest.raises(EncoderMismatchError, match="dense_activations: index \\[None\\], query encoder \\['tanh'\\]"):
+        Index.open(tmp_path / "idx", model=model).search("cats")
+
+
 def test_an_index_pickles_and_copies_as_a_handle_opened_again(tmp_path, models):
     """A copy (pickle for another process, copy.deepcopy by a framework copying a retriever) failed
     on the index's locks; it opens the index at its path again, with the same query model."""

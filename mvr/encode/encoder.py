@@ -99,11 +99,10 @@ class Encoder:
         self._model = None  # the PyTorch transformer, loaded at first use (see model)
         self._model_lock = threading.Lock()
         weight_files = weight_files_of(transformer_path)
-        hidden = self.config.hidden_size
-        layers = read_projections(self.spec, self.path, weight_files, inputs=hidden)
+        layers = read_projections(self.spec, self.path, weight_files, inputs=self.config.hidden_size)
         self._numpy_layers = numpy_layers(layers)
         self._projections = [(torch.from_numpy(w), None if b is None else torch.from_numpy(b), name and getattr(torch.nn.functional, name)) for w, b, name in layers]
-        self.dim = layers[-1][0].shape[0] if layers else hidden
+        self.dim, self._activations = layers[-1][0].shape[0] if layers else self.config.hidden_size, [name for _, _, name in layers]
 
         max_positions = getattr(self.config, "max_position_embeddings", None)
         for name in ("query_maxlen", "doc_maxlen"):
@@ -210,6 +209,7 @@ class Encoder:
             "dim": int(self.dim),
             "skiplist_ids": [int(i) for i in self._skip_ids.tolist()],
             **{k: v for k, v in asdict(self.spec).items() if k not in ("dense_dirs", "transformer_dir", "skiplist")},
+            **({"dense_activations": self._activations} if self.spec.dense_dirs else {}),  # their weights are in weights_sha256
         }
 
     # -- encoding --------------------------------------------------------------------------------
