@@ -73,8 +73,10 @@ class Client:
         if self._key:
             headers["Authorization"] = b"Bearer " + self._key  # bytes: sent as they are, UTF-8 as the server compares them
         deadline = time.monotonic() + self.timeout  # for the whole exchange, not each read (a server dripping its answer)
+        writes, sent = method == "DELETE" or path.endswith("/documents"), False
         for attempt in (0, 1):  # a kept-alive connection the server closed meanwhile is opened again once
             connection = self._connection()
+            reused = connection.sock is not None  # a new one that fails after sending is not sent again: the server may have the request
             late = _Deadline(connection, deadline)
             try:
                 late.connect()
@@ -88,15 +90,16 @@ class Client:
                 connection.close()
                 self._local.connection = None
                 timed_out = late.passed or isinstance(error, TimeoutError)
-                if timed_out and not late.sent:
+                sent = sent or late.sent
+                applied = " The add or delete may have been applied all the same (`info` shows the index's documents; upsert adds again safely)." if writes and sent else ""
+                if timed_out and not sent:
                     raise ServerError(f"cannot reach the mvr server at {self.url} (no connection within {self.timeout:g} s, the client's timeout): is `mvr serve` running there?") from None
                 if timed_out:
-                    written = "; an add or delete may have been applied all the same (`info` shows the index's documents; upsert adds again safely)" if method != "GET" else ""
-                    raise ServerError(f"the mvr server at {self.url} did not answer within {self.timeout:g} s (the client's timeout): it may still be working{written}.") from None
+                    raise ServerError(f"the mvr server at {self.url} did not answer within {self.timeout:g} s (the client's timeout): it may still be working.{applied}") from None
                 if isinstance(error, http.client.IncompleteRead):
-                    raise ServerError(f"the mvr server at {self.url} stopped part way through its answer ({len(error.partial)} bytes of {len(error.partial) + (error.expected or 0)}): was it stopped or restarted? Ask again.") from None
-                if attempt or not isinstance(error, (http.client.RemoteDisconnected, BrokenPipeError, ConnectionResetError)):
-                    raise ServerError(f"cannot reach the mvr server at {self.url} ({error}): is `mvr serve` running there?") from None
+                    raise ServerError(f"the mvr server at {self.url} stopped part way through its answer ({len(error.partial)} bytes of {len(error.partial) + (error.expected or 0)}): was it stopped or restarted? Ask again.{applied}") from None
+                if attempt or not reused or not isinstance(error, (http.client.RemoteDisconnected, BrokenPipeError, ConnectionResetError)):
+                    raise ServerError(f"cannot reach the mvr server at {self.url} ({error}): is `mvr serve` running there?{applied}") from None
             finally:
                 if late.cancel():  # cut just after the answer came: the kept-alive socket is shut down
                     connection.close()

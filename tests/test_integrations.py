@@ -224,6 +224,7 @@ def test_a_missing_framework_names_the_pip_command(module, extra):
 
 
 DRIPPED: list = []  # the bytes the dripping server sent of its last answer
+HUNG: list = []  # the requests the server hung up on
 
 
 @pytest.fixture(scope="module")
@@ -252,6 +253,10 @@ def stranger():
                     except OSError:
                         return
                     time.sleep(0.1)
+                return
+            if self.path.startswith("/hangup/"):  # the request read, the connection closed unanswered (a server killed mid-request)
+                HUNG.append(f"{self.command} {self.path}")
+                self.close_connection = True
                 return
             if self.path.startswith("/cut/"):  # a server that stops part way through its answer
                 self.send_response(200)
@@ -340,7 +345,7 @@ def test_the_client_says_when_the_url_is_not_an_mvr_server(stranger):
         Client(f"{stranger}/drip", timeout=1).health()
     assert len(DRIPPED) < 30  # gave up part way (about 10 bytes in), not once the 42 bytes were all there
     started = time.monotonic()  # the headers too (each read was given the time left, and each byte came well within it)
-    with pytest.raises(ServerError, match=r"did not answer within 1 s .*: it may still be working; an add or delete may have been applied"):
+    with pytest.raises(ServerError, match=r"did not answer within 1 s .*: it may still be working\. The add or delete may have been applied"):
         Client(f"{stranger}/headdrip", timeout=1).delete("docs", ["a"])
     assert time.monotonic() - started < 3
     assert Client(f"{stranger}/headdrip", timeout=30).health() == {}
@@ -351,6 +356,13 @@ def test_the_client_says_when_the_url_is_not_an_mvr_server(stranger):
     with pytest.raises(ServerError, match=r"stopped part way through its answer \(8 bytes of 100\)"):  # was taken as the whole answer
         Client(f"{stranger}/cut").health()
     assert Client(f"{stranger}/drip", timeout=30).health() == {"status": "x" * 28}
+    # a new connection closed with the request unanswered: an add was sent again on another, and the error did not say it may have landed
+    HUNG.clear()
+    with pytest.raises(ServerError, match=r"is `mvr serve` running there\? The add or delete may have been applied all the same"):
+        Client(f"{stranger}/hangup").add("docs", [{"id": "a", "text": "x"}])
+    with pytest.raises(ServerError, match=r"running there\?$"):  # a search changes nothing
+        Client(f"{stranger}/hangup").search("docs", "tea")
+    assert HUNG == ["POST /hangup/indexes/docs/documents", "POST /hangup/indexes/docs/search"]  # each sent once
 
 
 def test_a_key_beyond_latin1_reaches_the_server_as_utf8(index, default_encoder, stranger, monkeypatch, capsys):

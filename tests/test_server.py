@@ -219,6 +219,25 @@ def test_a_trailing_slash_names_the_same_route(server):
     assert found.status_code == 200 and found.json()["results"] == client.post("/indexes/docs/search", json={"query": "cats", "k": 2}).json()["results"]
 
 
+def test_healthz_answers_while_every_worker_thread_waits_for_a_search_slot(home, default_encoder):
+    """/healthz ran in the worker threads that searches hold while they wait their turn: under load
+    a health check waited seconds (a load balancer would take the server for dead)."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    catalog = Catalog(["docs"], home, model=default_encoder, concurrency=1, warm=False)
+    with background(catalog) as url, httpx.Client(base_url=url, timeout=60) as client, ThreadPoolExecutor(45) as pool:
+        catalog.gate.acquire()  # the one search slot taken: every search waits in a worker thread
+        try:
+            waiting = [pool.submit(httpx.post, f"{url}/indexes/docs/search", json={"query": "tea", "k": 1}, timeout=60) for _ in range(45)]
+            deadline = time.monotonic() + 30
+            while sum(t.name == "AnyIO worker thread" for t in threading.enumerate()) < 40 and time.monotonic() < deadline:
+                time.sleep(0.05)
+            assert client.get("/healthz", timeout=5).json()["status"] == "ok"
+        finally:
+            catalog.gate.release()
+        assert all(w.result().status_code == 200 for w in waiting)
+
+
 def test_get_routes_answer_head(server):
     client, _ = server
     for path in ("/healthz", "/indexes", "/indexes/docs", "/metrics", "/"):
@@ -245,6 +264,10 @@ def test_an_api_key_guards_every_request_but_the_page(home, default_encoder):
         good = {"Authorization": "Bearer s3cret"}
         assert client.post("/indexes/docs/search", headers=good, json={"query": "tea", "k": 1}).json()["results"][0][0]["id"] == "d8"
         assert client.get("/").status_code == 200  # the page's HTML holds no data; it sends the key it is given
+        for invented in ("AAA", "BBB"):  # each method was a label of its own: anyone, without the key, grew /metrics without end
+            assert client.request(invented, "/healthz").status_code == 401
+        metrics = client.get("/metrics", headers=good).text
+        assert 'method="OTHER",route="unmatched",status="401"} 2.0' in metrics and 'method="AAA"' not in metrics
         # a key beyond ASCII, as UTF-8 bytes or percent-encoded (a browser's fetch cannot send those bytes: the page encodes)
     with background(Catalog(["docs"], home, model=default_encoder, warm=False), api_key="sé%41") as url, httpx.Client(base_url=url, timeout=60) as client:
         for given, status in ((b"Bearer s\xc3\xa9%41", 200), (b"Bearer s%C3%A9%2541", 200), (b"Bearer s%c3%a9%2541", 200), (b"Bearer s\xe9%41", 401), (b"Bearer s%E9%2541", 401), (b"Bearer s%C3%A9A", 401)):
@@ -259,6 +282,29 @@ def test_mvr_serve_refuses_a_public_address_without_a_key(home):
     env = {k: v for k, v in os.environ.items() if k != "MVR_API_KEY"}
     run = subprocess.run([sys.executable, "-m", "mvr.cli", "serve", "--host", "0.0.0.0", "--index-dir", str(home)], capture_output=True, text=True, timeout=120, env=env)
     assert run.returncode == 2 and "refusing to serve on 0.0.0.0 without an API key" in run.stderr and "Traceback" not in run.stderr
+
+
+def test_mvr_serve_refuses_settings_it_cannot_serve_with_in_one_line(home, tmp_path, capsys):
+    """--port 99999 gave a traceback once every index was warm; --concurrency 0 and --threads 0
+    were taken for the defaults; --index-dir naming a file served nothing without a word."""
+    from mvr.cli import main
+
+    (tmp_path / "file").write_text("not a folder")
+    for argv, said in ((["--port", "99999"], "port must be a number from 0 to 65535"), (["--port", "-1"], "port must be a number from 0 to 65535"),
+                       (["--concurrency", "0"], "threads and concurrency must be positive"), (["--threads", "0"], "threads and concurrency must be positive")):
+        assert main(["serve", "--index-dir", str(home), "--quiet", *argv]) == 2, argv
+        err = capsys.readouterr().err
+        assert said in err and err.count("\n") == 1 and "Traceback" not in err, err
+    assert main(["serve", "--index-dir", str(tmp_path / "file"), "--port", "0", "--quiet"]) == 2
+    assert "is a file; --index-dir names the folder of the indexes to serve" in capsys.readouterr().err
+
+
+def test_a_search_without_k_takes_the_default_within_a_smaller_max_k(home, default_encoder):
+    catalog = Catalog(["docs"], home, model=default_encoder, warm=False)
+    with background(catalog, limits=Limits(max_k=3)) as url, httpx.Client(base_url=url, timeout=60) as client:
+        reply = client.post("/indexes/docs/search", json={"query": "tea"})
+        assert reply.status_code == 200 and len(reply.json()["results"][0]) == 3, reply.text
+        assert client.post("/indexes/docs/search", json={"query": "tea", "k": 4}).status_code == 400  # asked: still refused
 
 
 def test_mvr_serve_runs_as_a_process_and_stops_on_sigterm(home):

@@ -92,7 +92,13 @@ def serve(names=(), *, host: str = "127.0.0.1", port: int = 8000, home=None, api
     from .catalog import Catalog, check_refresh
 
     check_refresh(refresh)  # before the indexes are opened and warmed
+    if isinstance(port, bool) or not isinstance(port, int) or not 0 <= port <= 65535:
+        raise ConfigError(f"port must be a number from 0 to 65535 (0: a free one), got {port!r}.")
     catalog = Catalog(names, home, threads=threads, concurrency=concurrency)
+    if not names and not catalog.home.is_dir():  # every index of a home: one that is not there serves nothing until it is made
+        if catalog.home.exists():
+            raise ConfigError(f"{catalog.home} is a file; --index-dir names the folder of the indexes to serve.")
+        print(f"mvr: warning: {catalog.home} does not exist: no index is served until one is built there.", file=sys.stderr)
     app = create_app(catalog, api_key=api_key, limits=limits)
     sock = open_socket(host, port)
     bound = sock.getsockname()[1]

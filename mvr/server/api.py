@@ -152,7 +152,7 @@ def create_app(catalog: Catalog, *, api_key: str | None = None, limits: Limits |
             reply.headers.update(error.headers or {})
             return reply
         if error.status_code == 400 and "parsing the body" in str(error.detail):
-            return _bad("cannot read the body as JSON (malformed, not UTF-8, or nested too deeply): send one JSON object, encoded as UTF-8.", 400)
+            return _bad("cannot read the body as JSON (malformed, not UTF-8, nested too deeply, or a number of more than 4,300 digits): send one JSON object, encoded as UTF-8.", 400)
         return _bad(str(error.detail), error.status_code)
 
     @app.exception_handler(Exception)
@@ -162,7 +162,7 @@ def create_app(catalog: Catalog, *, api_key: str | None = None, limits: Limits |
 
     @app.get("/healthz")
     @app.head("/healthz", include_in_schema=False)  # HEAD on every GET route: what load balancers and monitors probe with
-    def healthz():
+    async def healthz():  # on the event loop: answered while every worker thread is taken by searches waiting their turn
         return {"status": "ok", "indexes": len(catalog.names(discover=False)), "uptime_s": round(time.time() - catalog.started, 1), "instance": catalog.instance}
 
     @app.get("/indexes")
@@ -189,6 +189,8 @@ def create_app(catalog: Catalog, *, api_key: str | None = None, limits: Limits |
     @app.post("/indexes/{name}/search", response_model=SearchResponse, response_model_exclude_unset=True)
     def search(name: str, request: SearchRequest = Body(...)):
         queries = [request.query] if isinstance(request.query, str) else request.query
+        if "k" not in request.model_fields_set:  # the default k within a server's smaller --max-k
+            request.k = min(request.k, limits.max_k)
         _check_search(queries, request, limits)
         served = catalog.get(name)
         options = request.model_dump(exclude_none=True, exclude={"query", "k", "first_stage", "candidates"})

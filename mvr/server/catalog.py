@@ -103,9 +103,9 @@ class Catalog:
         self.home = Path(home) if home else default_home()
         self.fixed = bool(names)
         cores = os.cpu_count() or 1
-        self.concurrency = concurrency or cores
-        self.threads = threads or max(1, cores // self.concurrency)
-        if self.concurrency < 1 or self.threads < 1:
+        self.concurrency = cores if concurrency is None else concurrency
+        self.threads = max(1, cores // max(self.concurrency, 1)) if threads is None else threads
+        if self.concurrency < 1 or self.threads < 1:  # 0 too: not taken for the default
             raise ConfigError(f"threads and concurrency must be positive, got {threads!r} and {concurrency!r}.")
         self.gate = threading.BoundedSemaphore(self.concurrency)
         self._served: dict[str, Served] = {}

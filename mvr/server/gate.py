@@ -17,6 +17,7 @@ from starlette.routing import Match
 BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0)
 # What needs no key: the search page's own HTML (it holds no data; it asks for the key and sends it).
 OPEN_PATHS = frozenset({"/"})
+METHODS = frozenset({"GET", "HEAD", "POST", "PUT", "DELETE", "PATCH", "OPTIONS"})  # metrics label any other "OTHER"
 
 
 def _local_host(host: bytes | None) -> bool:
@@ -95,7 +96,7 @@ class Gate:
         try:
             await self._pass(scope, receive, sending)
         finally:
-            method = scope["method"]
+            method = scope["method"] if scope["method"] in METHODS else "OTHER"  # a label per invented method would grow /metrics without end
             self.metrics.requests.labels(method, route, str(status["code"])).inc()
             self.metrics.latency.labels(method, route).observe(time.perf_counter() - started)
 
