@@ -78,6 +78,22 @@ def test_the_page_searches_and_highlights(index, browser, tmp_path):
         strict.wait_for_selector("#index option", state="attached")
 
 
+def test_the_api_reference_shows_every_route_offline(index, browser, tmp_path):
+    """/docs was FastAPI's Swagger UI, fetched from a CDN: blank offline, where every 404 sends users."""
+    with background(Catalog([index.path], model=index.encoder, warm=False)) as url:
+        page, elsewhere = browser.new_page(), []
+        page.route("**/*", lambda route: route.continue_() if route.request.url.startswith(url) else (elsewhere.append(route.request.url), route.abort()))
+        assert page.goto(url + "/docs").status == 200
+        headings = [h.inner_text() for h in page.query_selector_all("h2")]
+        for route in ("GET /healthz", "GET /indexes", "GET /indexes/{name}", "POST /indexes/{name}/search", "POST /indexes/{name}/documents", "DELETE /indexes/{name}/documents", "GET /metrics"):
+            assert route in headings, (route, headings)
+        assert "required" in page.inner_text("table")  # the first table: GET /indexes/{name}'s path parameter
+        assert "first_stage" in page.inner_text("body") and "filter" in page.inner_text("body")
+        assert page.inner_text("#NewDocument + table").split("\n")[1].startswith("id")  # an added document's fields
+        page.screenshot(path=str(tmp_path / "docs.png"), full_page=True)
+        assert not elsewhere and (tmp_path / "docs.png").stat().st_size > 10_000
+
+
 def test_the_page_asks_for_the_key_and_sends_it(index, browser):
     with background(Catalog([index.path], model=index.encoder, warm=False), api_key="p4ss") as url:
         page = browser.new_page(bypass_csp=True)

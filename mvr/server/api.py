@@ -43,21 +43,21 @@ class SearchRequest(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
     query: Union[StrictStr, list[StrictStr]] = Field(description="a query, or a list of queries searched as one batch")
-    k: StrictInt = 10
+    k: StrictInt = Field(10, description="hits per query (at most the server's --max-k)")
     preset: StrictStr | None = Field(None, description='a search preset saved in the index (unset: its default preset when no first_stage is named; "none": no preset)')
-    first_stage: StrictStr | None = None
-    candidates: StrictInt | None = None
-    rerank: StrictBool | None = None
-    prune_alpha: Number | None = None
-    early_exit: StrictInt | None = None
-    fusion: StrictStr | None = None
-    fusion_weight: Number | None = None
+    first_stage: StrictStr | None = Field(None, description="how candidates are found: exhaustive, fde, centroids, pooled, bm25s, bm25, splade, or a hybrid such as fde+bm25s (unset: the index's default)")
+    candidates: StrictInt | None = Field(None, description="first-stage candidates reranked by exact MaxSim")
+    rerank: StrictBool | None = Field(None, description="false: the first stage's own ranking")
+    prune_alpha: Number | None = Field(None, description="drop candidates scoring below (1 - alpha) x the k-th best first-stage score")
+    early_exit: StrictInt | None = Field(None, description="stop reranking after this many candidates in a row miss the top k")
+    fusion: StrictStr | None = Field(None, description="fuse MaxSim with first-stage scores: rrf, linear, or weighted (with weights)")
+    fusion_weight: Number | None = Field(None, description="linear fusion: MaxSim's weight")
     weights: dict[StrictStr, Number] | None = Field(None, description='weighted fusion: each signal\'s weight, e.g. {"maxsim": 0.45, "pooled": 0.25, "bm25s": 0.3}')
-    dense_share: Number | None = None
-    nprobe: StrictInt | None = None
-    ef_search: StrictInt | None = None
-    centroid_probe: StrictInt | None = None
-    filter: dict[str, Any] | None = None
+    dense_share: Number | None = Field(None, description="hybrid first stages: the share of candidates from the vector stage")
+    nprobe: StrictInt | None = Field(None, description="an FDE in a faiss IVF index: lists probed per query")
+    ef_search: StrictInt | None = Field(None, description="an FDE in a faiss HNSW index: search breadth")
+    centroid_probe: StrictInt | None = Field(None, description="the centroid stage: nearest centroids probed per query token")
+    filter: dict[str, Any] | None = Field(None, description='keep documents whose metadata match, e.g. {"year": {"$gte": 2020}} ($eq $ne $in $nin $gt $gte $lt $lte $and $or $not)')
     group: StrictStr | None = Field(None, description='an index of passages: "documents" (default) or "passages"')
     prf: StrictStr | None = Field(None, description='pseudo-relevance feedback: "rm3" (the Lucene bm25 first stage\'s query) or "colbert" (ColBERT-PRF: a second search with the query\'s vectors expanded)')
     explain: StrictBool | None = Field(None, description="each hit's explanation: the document token behind each query token's maximum, its span, its share of the score")
@@ -131,7 +131,8 @@ def create_app(catalog: Catalog, *, api_key: str | None = None, limits: Limits |
     """The ASGI application serving ``catalog`` (pass it to uvicorn)."""
     limits = limits or Limits()
     metrics = Metrics()
-    app = FastAPI(title="mvr", version=__version__, description="Multi-vector (late-interaction) retrieval: search, add and delete over HTTP.")
+    app = FastAPI(title="mvr", version=__version__, description="Multi-vector (late-interaction) retrieval: search, add and delete over HTTP.",
+                  docs_url=None, redoc_url=None)  # FastAPI's pages fetch their scripts from a CDN: /docs is mvr's own (page.py)
     app.state.catalog, app.state.limits, app.state.metrics = catalog, limits, metrics
 
     @app.exception_handler(MvrError)
@@ -163,11 +164,13 @@ def create_app(catalog: Catalog, *, api_key: str | None = None, limits: Limits |
     @app.get("/healthz")
     @app.head("/healthz", include_in_schema=False)  # HEAD on every GET route: what load balancers and monitors probe with
     async def healthz():  # on the event loop: answered while every worker thread is taken by searches waiting their turn
+        """Whether the server answers, how many indexes it serves, since when, and which server it is."""
         return {"status": "ok", "indexes": len(catalog.names(discover=False)), "uptime_s": round(time.time() - catalog.started, 1), "instance": catalog.instance}
 
     @app.get("/indexes")
     @app.head("/indexes", include_in_schema=False)
     def indexes():
+        """The indexes served, with their documents and metadata fields; those that cannot be opened under "unavailable"."""
         listed, unavailable = [], []
         for name in catalog.names():
             try:
@@ -182,12 +185,14 @@ def create_app(catalog: Catalog, *, api_key: str | None = None, limits: Limits |
     @app.get("/indexes/{name}")
     @app.head("/indexes/{name}", include_in_schema=False)
     def info(name: str):
+        """What the index holds and how it was built (mvr info)."""
         served = catalog.get(name)
         summary = served.summary()  # refreshes: the info below reads the same commit, unless a write lands in between
         return {**summary, "info": served.index.info()}
 
     @app.post("/indexes/{name}/search", response_model=SearchResponse, response_model_exclude_unset=True)
     def search(name: str, request: SearchRequest = Body(...)):
+        """Search the index with one query or a batch; the options of mvr search."""
         queries = [request.query] if isinstance(request.query, str) else request.query
         if "k" not in request.model_fields_set:  # the default k within a server's smaller --max-k
             request.k = min(request.k, limits.max_k)
@@ -209,6 +214,7 @@ def create_app(catalog: Catalog, *, api_key: str | None = None, limits: Limits |
 
     @app.post("/indexes/{name}/documents")
     def add(name: str, request: AddRequest = Body(...)):
+        """Add documents in one commit (upsert: replace those already there); searches see them once it returns."""
         if len(request.documents) > limits.max_documents:
             return _bad(f"{len(request.documents)} documents in one request; the limit is {limits.max_documents} (send them in several).", 413)
         served = catalog.get(name)
@@ -220,6 +226,7 @@ def create_app(catalog: Catalog, *, api_key: str | None = None, limits: Limits |
 
     @app.delete("/indexes/{name}/documents")
     def delete(name: str, request: DeleteRequest = Body(...)):
+        """Delete documents by id in one commit; ids the index does not hold are listed as missing."""
         if len(request.ids) > limits.max_documents:
             return _bad(f"{len(request.ids)} ids in one request; the limit is {limits.max_documents} (send them in several).", 413)
         served = catalog.get(name)
@@ -230,6 +237,7 @@ def create_app(catalog: Catalog, *, api_key: str | None = None, limits: Limits |
     @app.get("/metrics")
     @app.head("/metrics", include_in_schema=False)
     def prometheus():
+        """Prometheus metrics: requests, latency, search stages, documents and commit of each index."""
         for name in catalog.names(discover=False):
             served = catalog.get(name)
             try:

@@ -13,7 +13,16 @@ def page_html() -> str:
 
 
 def add_page(app) -> None:
-    html = page_html()
+    """The search page at ``/`` and the API reference at ``/docs`` (mvr/server/reference.py): each
+    one HTML answer that fetches nothing from elsewhere; added last, so the reference lists every route."""
+    from .reference import reference_html
+
+    html, reference = page_html(), reference_html(app.openapi())
+
+    @app.get("/docs", response_class=HTMLResponse, include_in_schema=False)
+    @app.head("/docs", response_class=HTMLResponse, include_in_schema=False)
+    def docs():
+        return HTMLResponse(reference, headers={"Content-Security-Policy": "default-src 'none'; style-src 'unsafe-inline'"})
 
     @app.get("/", response_class=HTMLResponse, include_in_schema=False)
     @app.head("/", response_class=HTMLResponse, include_in_schema=False)
