@@ -437,7 +437,9 @@ def test_an_index_that_cannot_be_opened_is_left_out(tmp_path, default_encoder):
         assert [u["name"] for u in client.get("/indexes").json()["unavailable"]] == ["other"]
         shutil.rmtree(home / "other")  # gone from the home: nothing to report
         assert client.get("/indexes").json()["unavailable"] == []
-    shutil.rmtree(home / "broken")
+        assert client.get("/healthz").json()["indexes"] == 2
+        shutil.rmtree(home / "broken")  # a served one removed: no longer counted as served
+        assert client.get("/healthz").json()["indexes"] == 1
     (home / "broken").mkdir()
     (home / "broken" / "manifest.json").write_text("{not json")
     # damaged before the server starts: left out the same way (it kept the server from starting), with or without warming;

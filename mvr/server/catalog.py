@@ -17,6 +17,7 @@ from ..errors import ConfigError, IndexNotFoundError, MvrError, QueryError
 from ..index import Index
 from ..passages import live_documents
 from ..storage import available
+from ..storage.manifest import MANIFEST
 from ..storage.names import default_home, name_problem
 
 log = logging.getLogger("mvr.server")
@@ -137,6 +138,10 @@ class Catalog:
         self.failed[name] = str(error)
         self._failed_as[name] = looks
         log.warning("not serving index %r: %s", name, error)
+
+    def present(self) -> int:
+        """How many of the indexes served are still there (one removed since it was opened is not)."""
+        return sum((served.index.path / MANIFEST).is_file() for served in list(self._served.values()))
 
     def names(self, discover: bool = True) -> list[str]:
         """The indexes served; ``discover``: first open those built in the home since. One that
