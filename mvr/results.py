@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
 from typing import Iterable
 
@@ -104,10 +105,16 @@ class Results:
         return [[one(h) for h in hits] for hits in self]
 
     def to_run(self, query_ids: Iterable[str]) -> dict[str, dict[str, float]]:
-        """``{query id: {document id: score}}``, the run form ir-measures and pytrec_eval read."""
+        """``{query id: {document id: score}}``, the run form ir-measures and pytrec_eval read, in
+        rank order, each score below the one before (:func:`falling`: tied documents are scored in
+        this ranking's order, not by their ids)."""
         query_ids = self._query_ids(query_ids)
         ids = self._index.doc_ids
-        return {qid: {self._shown(str(ids[p])): float(s) for p, s in zip(row, row_scores) if p >= 0} for qid, row, row_scores in zip(query_ids, self.indices, self.scores)}
+        runs = {}
+        for qid, row, row_scores in zip(query_ids, self.indices, self.scores):
+            found = row >= 0
+            runs[qid] = dict(zip((self._shown(str(ids[p])) for p in row[found]), falling(row_scores[found])))
+        return runs
 
     def _query_ids(self, query_ids) -> list[str]:
         """``query_ids`` (any iterable) as strings, one per query, each one TREC field and none
@@ -125,8 +132,32 @@ class Results:
 def trec_lines(ranked: Iterable[tuple[str, Iterable[tuple[str, float]]]], run_name: str) -> list[str]:
     """TREC run lines ``qid Q0 docid rank score run`` of ``(query id, [(document id, score), ...])``
     pairs, each query's documents ranked from 1 in the order given (best first); every field is
-    the caller's to check (:func:`trec_field`)."""
-    return [f"{qid} Q0 {doc} {rank} {score:.6f} {run_name}" for qid, docs in ranked for rank, (doc, score) in enumerate(docs, start=1)]
+    the caller's to check (:func:`trec_field`). trec_eval orders a query's documents by score
+    alone, ties by document id: each score is written below the one before (:func:`falling`), with
+    6 decimals where they tell every rank apart, else in full."""
+    lines = []
+    for qid, docs in ranked:
+        docs = list(docs)
+        scores = falling(score for _, score in docs)
+        shown = [f"{score:.6f}" for score in scores]
+        if any(a == b for a, b in zip(shown, shown[1:])):
+            shown = [repr(score) for score in scores]
+        lines += [f"{qid} Q0 {doc} {rank} {score} {run_name}" for rank, ((doc, _), score) in enumerate(zip(docs, shown), start=1)]
+    return lines
+
+
+def falling(scores: Iterable[float]) -> list[float]:
+    """Scores given in rank order (best first) as floats that each lie below the one before: a tie,
+    or a score above its predecessor, becomes the float64 just below that predecessor. ir-measures
+    and trec_eval rank a run's documents by score, breaking ties by document id, which would score
+    another ranking than the one returned (reciprocal rank fusion ties often). A float64 step is
+    2^29 times finer than float32 scores' own, so the order of distinct scores stands."""
+    out, last = [], math.inf
+    for score in scores:
+        score = float(score)
+        last = score if score < last else math.nextafter(last, -math.inf)
+        out.append(last)
+    return out
 
 
 def trec_field(value, where: str, what: str) -> str:

@@ -139,6 +139,29 @@ def test_presets_table_counts_every_component(default_index, beir):
     assert 0 <= row["nDCG@10"] <= 1 and 0 <= row["exhaustive_nDCG@10"] <= 1 and row["search_ms_p50"] > 0
 
 
+def test_a_run_is_scored_in_its_own_order_where_scores_tie(default_index, tmp_path):
+    """ir-measures and trec_eval order tied documents by id: reciprocal rank fusion (whose sums tie
+    often) was scored in another order than the one returned, and --trec wrote 6 decimals, which tie
+    more. Runs and TREC lines now fall strictly with rank; distinct scores keep their order."""
+    from mvr.results import falling, trec_lines
+
+    assert evaluate_run({"q": {"a": 0.5, "b": 0.5}}, {"q": {"b": 1}}, ["RR@10"])["RR@10"] == 0.5  # b ranked first, scored second
+    assert evaluate_run({"q": dict(zip("ba", falling([0.5, 0.5])))}, {"q": {"b": 1}}, ["RR@10"])["RR@10"] == 1.0
+    assert falling([3.0, 2.0, 2.0, 2.0, 1.0]) == [3.0, 2.0, math.nextafter(2.0, 0), math.nextafter(math.nextafter(2.0, 0), 0), 1.0]
+    assert trec_lines([("q", [("a", 0.7), ("b", 0.6)])], "r") == ["q Q0 a 1 0.700000 r", "q Q0 b 2 0.600000 r"]  # told apart at 6 decimals: as before
+    lines = trec_lines([("q", [("b", 0.5), ("a", 0.5), ("c", 0.1234561), ("d", 0.1234559)])], "r")
+    run = tmp_path / "run.trec"
+    run.write_text("\n".join(lines) + "\n")
+    import ir_measures
+
+    ranked = sorted(ir_measures.read_trec_run(str(run)), key=lambda d: (-d.score, d.doc_id))  # trec_eval's order: score, then id
+    assert [d.doc_id for d in ranked] == ["b", "a", "c", "d"]
+    results = default_index.search(["cats", "tea"], k=6, first_stage="fde", candidates=6, fusion="rrf")  # "tea": ranks 3 and 4 tie
+    for qid, docs in results.to_run(["q1", "q2"]).items():
+        assert list(docs) == [h.id for h in results[0 if qid == "q1" else 1]] and all(a > b for a, b in zip(docs.values(), list(docs.values())[1:]))
+    assert len(set(results.scores[1].tolist())) < 6  # a tie there was
+
+
 def _eval(capsys, folder, index, *more) -> tuple[int, str]:
     from mvr.cli import main
 
