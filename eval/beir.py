@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import json
 import os
-import re
 import platform
 import time
 from datetime import datetime, timezone
@@ -21,98 +20,10 @@ from typing import Sequence
 
 import numpy as np
 
-from ..errors import DatasetError, QueryError, missing_extra, shown
+from ..errors import DatasetError, QueryError, missing_extra
+from .dataset import load_beir, relevance_warnings  # noqa: F401  (read a BEIR folder; what an index lacks of it)
 
 MEASURES = ("nDCG@10", "R@100", "RR@10")
-
-
-def load_beir(folder: str | os.PathLike, split: str = "test") -> tuple[dict[str, str], dict[str, dict[str, int]]]:
-    """Queries (id -> text, only those judged in ``split``) and qrels (qid -> doc id -> relevance)."""
-    from ..corpus import read_jsonl_objects, text_lines
-
-    folder = Path(folder)
-    if not isinstance(split, str) or not split or split.startswith(".") or len(split) > 200 or any(c in split for c in "/\\\0"):
-        raise DatasetError(f"the split {split!r} is no plain name: give the name of a file qrels/SPLIT.tsv of the dataset (test, dev, train).")
-    queries_file, qrels_file = folder / "queries.jsonl", folder / "qrels" / f"{split}.tsv"
-    if not queries_file.is_file():
-        raise DatasetError(f"{folder} {'has no queries.jsonl' if folder.is_dir() else 'is no folder'}: expected a BEIR folder (corpus.jsonl, queries.jsonl, qrels/SPLIT.tsv).")
-    if qrels_file.exists() and not qrels_file.is_file():
-        raise DatasetError(f"{qrels_file} is not a file: the qrels of split {split!r} are a file query-id<TAB>corpus-id<TAB>score.")
-    if not qrels_file.is_file():
-        splits = sorted(p.stem for p in (folder / "qrels").glob("*.tsv")) if (folder / "qrels").is_dir() else []
-        raise DatasetError(f"{folder} has no qrels for split {split!r}; available splits: {', '.join(splits) or 'none'}.")
-    qrels: dict[str, dict[str, int]] = {}
-    judged_at: dict[tuple[str, str], int] = {}
-    for line_number, line in text_lines(qrels_file, DatasetError):
-        parts = line.rstrip("\r\n").split("\t")
-        if (line_number == 1 and parts[0] == "query-id") or not line.strip():
-            continue
-        if len(parts) != 3:
-            raise DatasetError(f"{qrels_file}:{line_number}: expected query-id<TAB>corpus-id<TAB>score.")
-        if not re.fullmatch(r"\s*[+-]?[0-9]+\s*", parts[2]):  # int() takes "1_0" and other scripts' digits too
-            raise DatasetError(f"{qrels_file}:{line_number}: score {shown(parts[2])} is not an integer; the score must be an integer relevance grade (0: not relevant, 1 or more: relevant).")
-        grade = int(parts[2])
-        if not -(2**31) <= grade < 2**31:  # what trec_eval (through ir-measures) holds
-            raise DatasetError(f"{qrels_file}:{line_number}: score {shown(parts[2])} is out of range; a relevance grade is a small integer (0: not relevant, 1 or more: relevant).")
-        qid, doc = parts[0], parts[1]
-        if not qid or any(c.isspace() for c in qid):
-            raise DatasetError(f"{qrels_file}:{line_number}: query id {shown(qid)} is empty or holds whitespace, which a TREC run cannot hold; give each query a plain id.")
-        if qrels.get(qid, {}).get(doc, grade) != grade:
-            raise DatasetError(f"{qrels_file}:{line_number}: query {shown(qid)} judges document {shown(doc)} {grade}, and {qrels[qid][doc]} on line {judged_at[qid, doc]}; keep one grade per pair.")
-        qrels.setdefault(qid, {})[doc] = grade
-        judged_at.setdefault((qid, doc), line_number)
-    if not qrels:
-        raise DatasetError(f"{qrels_file} judges no query: expected lines query-id<TAB>corpus-id<TAB>score after its header.")
-    if not any(grade > 0 for judged in qrels.values() for grade in judged.values()):  # every measure would be 0, reported as a result
-        raise DatasetError(f"{qrels_file} judges no document relevant (every score is 0 or below); the score is the relevance grade: 1 or more for relevant.")
-    queries, lines = {}, {}
-    for line_number, obj in read_jsonl_objects(queries_file, DatasetError):
-        qid = str(obj.get("_id", obj.get("id")))
-        if qid in lines:  # the later text would silently replace the earlier one
-            raise DatasetError(f"{queries_file}:{line_number}: the judged query {shown(qid)} is given twice (first on line {lines[qid]}); give each query id once.")
-        if qid in qrels:
-            queries[qid] = _query_text(obj, f"{queries_file}:{line_number}: query {shown(qid)}")
-            lines[qid] = line_number
-    missing = sorted(set(qrels) - set(queries))
-    if missing:
-        raise DatasetError(f"{queries_file} lacks {len(missing)} judged queries of split {split!r} (e.g. {missing[0]!r}).")
-    return queries, qrels
-
-
-def _query_text(obj: dict, where: str) -> str:
-    """A judged query's text, checked here so that a bad one is named by its line and id."""
-    from ..corpus import _utf8
-
-    text, fix = obj.get("text"), 'give each judged query a non-empty "text" string.'
-    if "text" not in obj:
-        raise DatasetError(f'{where} has no "text"; {fix}')
-    if not isinstance(text, str):
-        raise DatasetError(f'{where} has "text": {shown(text)}, not a string; {fix}')
-    if not text.strip():
-        raise DatasetError(f'{where} has an empty "text"; {fix}')
-    if not _utf8(text):
-        raise DatasetError(f'{where} has a lone surrogate in its "text" (a \\ud800-\\udfff escape with no pair), which no model reads; fix the file\'s encoding.')
-    return text
-
-
-def relevance_warnings(index, qrels: dict[str, dict[str, int]]) -> list[str]:
-    """What makes scores of ``index`` on ``qrels`` lower than the dataset's, said: queries that judge
-    no document relevant (0 in every mean, as in trec_eval), and judged relevant documents absent
-    from the index (one id lookup: an index of part of a corpus told from a weak one), with the
-    queries left with none of theirs, which nothing can find."""
-    from ..passages import row_id
-
-    relevant = {q: [d for d, grade in judged.items() if grade > 0] for q, judged in qrels.items()}
-    ids = sorted({d for docs in relevant.values() for d in docs})
-    found = index._state.positions([row_id(d, 0) for d in ids] if index.config.passage_tokens else ids) if ids else []
-    present = {d for d, position in zip(ids, found) if position >= 0}
-    unjudged, hopeless = sum(not docs for docs in relevant.values()), sum(bool(docs) and present.isdisjoint(docs) for docs in relevant.values())
-    warnings = [f"{unjudged} of the {len(qrels)} queries judge no document relevant: each counts as 0 in every mean, as in trec_eval."] if unjudged else []
-    if len(present) < len(ids):
-        warnings.append(f"{len(ids) - len(present)} of the {len(ids)} judged relevant documents of these {len(qrels)} queries are not in index {index.name!r} "
-                        f"(queries left with none of theirs: {hopeless}), so its scores are lower than the dataset's (an index of part of the corpus, or "
-                        "judgements of documents the corpus lacks); index the whole corpus.jsonl to compare them with published figures.")
-    return warnings
 
 
 def _ir_measures():
