@@ -38,7 +38,12 @@ def evaluate_run(run: dict[str, dict[str, float]], qrels: dict[str, dict[str, in
     """Aggregate ir-measures scores of a run; queries absent from the run count as zero."""
     ir_measures = _ir_measures()
 
-    parsed = [ir_measures.parse_measure(m) for m in measures]
+    if not qrels:  # a mean over no query
+        raise DatasetError("the qrels judge no query: evaluate a run against the judgements of at least one.")
+    try:
+        parsed = [ir_measures.parse_measure(m) for m in measures]
+    except Exception as error:  # a NameError or ValueError of ir-measures' parser
+        raise DatasetError(f"unknown measure among {list(measures)!r} ({error}); give ir-measures names such as nDCG@10, R@100, RR@10.") from None
     qrel_rows = [ir_measures.Qrel(q, d, rel) for q, docs in qrels.items() for d, rel in docs.items()]
     run_rows = [ir_measures.ScoredDoc(q, d, float(s)) for q, docs in run.items() for d, s in docs.items()]
     totals = {m: 0.0 for m in parsed}
@@ -122,12 +127,13 @@ def evaluate(
     process, and each other run also reports the share of the exhaustive top-10 found among its
     candidates and its speed-up. ``options``: further
     :class:`mvr.SearchOptions` (rerank, prune_alpha, early_exit, fusion, filter, prf, ...) for
-    the runs asked for (the reference run of ``compare_exhaustive`` is plain exhaustive MaxSim).
+    the runs asked for (the reference run of ``compare_exhaustive`` is plain exhaustive MaxSim, over
+    the documents a ``filter`` keeps).
     ``ignore_identical_ids``: drop a retrieved document whose id is the query's, as
     BEIR does by default. Judged relevant documents absent from the index (an index of part of
     the corpus) are counted in the report's ``warnings``. Returns (report, {run label: run}).
     """
-    from ..config import DEFAULT_CANDIDATES
+    from ..config import default_candidates
     from ..search_presets import resolve
     from ..threads import cpu_threads
 
@@ -140,6 +146,8 @@ def evaluate(
     if compare_exhaustive and first_stage == "exhaustive":  # it would compare exhaustive MaxSim with itself: a flag taken and never read
         raise DatasetError("--compare-exhaustive compares a first stage with exhaustive MaxSim; the search evaluated is exhaustive already: leave it out.")
 
+    if max_queries is not None and (isinstance(max_queries, bool) or not isinstance(max_queries, int) or max_queries < 1):
+        raise DatasetError(f"max_queries must be a positive integer (None: every judged query), got {max_queries!r}.")
     queries, qrels = load_beir(dataset, split)
     if max_queries:
         keep = list(queries)[:max_queries]
@@ -147,12 +155,12 @@ def evaluate(
     counts = [candidates] if isinstance(candidates, int) or candidates is None else list(dict.fromkeys(candidates))  # one run of each
     plan = [("exhaustive", None)] if first_stage == "exhaustive" or compare_exhaustive else []
     if first_stage != "exhaustive":
-        plan += [(first_stage, c or DEFAULT_CANDIDATES) for c in counts]
+        plan += [(first_stage, max(default_candidates(first_stage), depth) if c is None else c) for c in counts]  # what Index.search takes for k=depth
     elif any(c is not None for c in counts):
         raise DatasetError("--candidates applies to first stages that select candidates, not to exhaustive.")
     # The options are the run's own when exhaustive is the run asked for (a filter, prf); the
-    # reference run of compare_exhaustive is plain exhaustive MaxSim.
-    own = {stage: options if stage == first_stage or stage != "exhaustive" else {} for stage, _ in plan}
+    # reference run of compare_exhaustive is plain exhaustive MaxSim, over what a filter keeps.
+    own = {stage: options if stage == first_stage or stage != "exhaustive" else {"filter": options["filter"]} if "filter" in options else {} for stage, _ in plan}
     with cpu_threads(threads, "numba", "faiss"):
         # Warm-up: model load and JIT compilation are one-off costs, not per-query latency.
         first = next(iter(queries.values()))
@@ -181,7 +189,7 @@ def evaluate(
             elif exhaustive_top is not None:
                 # the candidates alone, found as the timed run found them
                 pool = {"first_stage": stage, "candidates": min(count, index.n_docs), "rerank": False}
-                pool.update({k: stage_options[k] for k in ("dense_share", "nprobe", "ef_search", "centroid_probe") if k in stage_options})
+                pool.update({k: stage_options[k] for k in ("dense_share", "nprobe", "ef_search", "centroid_probe", "filter") if k in stage_options})
                 found = [
                     len(exhaustive_top[q] & _documents(index, index.search_encoded(v, pool["candidates"], texts=[queries[q]], **pool).indices[0])) / max(len(exhaustive_top[q]), 1)
                     for q, v in encoded.items()
@@ -194,7 +202,10 @@ def evaluate(
     report = _report(dataset, split, index, queries, depth, encode_ms, rows, primary)
     report["ignore_identical_ids"] = ignore_identical_ids
     shortest = min([depth] + [count for _, count in plan if count is not None])
-    warnings = relevance_warnings(index, qrels) + ([f"the runs hold at most {shortest} documents a query, so R@100 is recall at {shortest}."] if shortest < 100 else [])
+    cut = f"; nDCG@10 and RR@10 are cut at {shortest} too" if shortest < 10 else ""
+    identical = "the runs leave out, as BEIR does (ArguAna and Quora hold each query as a document too): --keep-identical-ids keeps them" if ignore_identical_ids else None
+    warnings = relevance_warnings(index, qrels, filter=options.get("filter"), identical=identical)
+    warnings += [f"the runs hold at most {shortest} documents a query, so R@100 is recall at {shortest}{cut}."] if shortest < 100 else []
     if warnings:
         report["warnings"] = warnings
     if preset:

@@ -39,8 +39,9 @@ def load_beir(folder: str | os.PathLike, split: str = "test") -> tuple[dict[str,
         if not -(2**31) <= grade < 2**31:  # what trec_eval (through ir-measures) holds
             raise DatasetError(f"{qrels_file}:{line_number}: score {shown(parts[2])} is out of range; a relevance grade is a small integer (0: not relevant, 1 or more: relevant).")
         qid, doc = parts[0], parts[1]
-        if not qid or any(c.isspace() for c in qid):
-            raise DatasetError(f"{qrels_file}:{line_number}: query id {shown(qid)} is empty or holds whitespace, which a TREC run cannot hold; give each query a plain id.")
+        for what, value in (("query", qid), ("document", doc)):
+            if not value or any(c.isspace() for c in value):  # a document id with a space is no corpus id: its relevant document never found, unsaid
+                raise DatasetError(f"{qrels_file}:{line_number}: {what} id {shown(value)} is empty or holds whitespace, which a TREC run cannot hold; give each {what} a plain id.")
         if qrels.get(qid, {}).get(doc, grade) != grade:
             raise DatasetError(f"{qrels_file}:{line_number}: query {shown(qid)} judges document {shown(doc)} {grade}, and {qrels[qid][doc]} on line {judged_at[qid, doc]}; keep one grade per pair.")
         qrels.setdefault(qid, {})[doc] = grade
@@ -79,21 +80,35 @@ def _query_text(obj: dict, where: str) -> str:
     return text
 
 
-def relevance_warnings(index, qrels: dict[str, dict[str, int]]) -> list[str]:
+def relevance_warnings(index, qrels: dict[str, dict[str, int]], *, filter=None, identical: str | None = None) -> list[str]:
     """What makes scores of ``index`` on ``qrels`` lower than the dataset's, said: queries that judge
     no document relevant (0 in every mean, as in trec_eval), and judged relevant documents absent
     from the index (one id lookup: an index of part of a corpus told from a weak one), with the
-    queries left with none of theirs, which nothing can find."""
+    queries left with none of theirs, which nothing can find; those a metadata ``filter`` leaves
+    out; and (``identical``: what leaves them out, and how to keep them) those whose id is their
+    query's, which runs that drop identical ids never hold."""
     from ..passages import row_id
 
     relevant = {q: [d for d, grade in judged.items() if grade > 0] for q, judged in qrels.items()}
     ids = sorted({d for docs in relevant.values() for d in docs})
-    found = index._state.positions([row_id(d, 0) for d in ids] if index.config.passage_tokens else ids) if ids else []
-    present = {d for d, position in zip(ids, found) if position >= 0}
-    unjudged, hopeless = sum(not docs for docs in relevant.values()), sum(bool(docs) and present.isdisjoint(docs) for docs in relevant.values())
+    state = index._state
+    found = state.positions([row_id(d, 0) for d in ids] if index.config.passage_tokens else ids) if ids else []
+    present = {d: int(position) for d, position in zip(ids, found) if position >= 0}
+    unjudged, hopeless = sum(not docs for docs in relevant.values()), sum(bool(docs) and present.keys().isdisjoint(docs) for docs in relevant.values())
     warnings = [f"{unjudged} of the {len(qrels)} queries judge no document relevant: each counts as 0 in every mean, as in trec_eval."] if unjudged else []
     if len(present) < len(ids):
         warnings.append(f"{len(ids) - len(present)} of the {len(ids)} judged relevant documents of these {len(qrels)} queries are not in index {index.name!r} "
                         f"(queries left with none of theirs: {hopeless}), so its scores are lower than the dataset's (an index of part of the corpus, or "
                         "judgements of documents the corpus lacks); index the whole corpus.jsonl to compare them with published figures.")
+    if filter is not None and present:
+        masks = [segment.metadata.mask(filter) for segment in state.segments]
+        segments = state.segment_of(list(present.values()))
+        kept = {d for (d, p), s in zip(present.items(), segments) if masks[s][p - state.bases[s]]}
+        if len(kept) < len(present):
+            left = sum(bool(set(docs) & present.keys()) and kept.isdisjoint(docs) for docs in relevant.values())
+            warnings.append(f"the filter leaves out {len(present) - len(kept)} of the {len(present)} judged relevant documents in the index (queries left with "
+                            f"none of theirs: {left}): the figures are the filtered search's, lower than the whole index's.")
+    same = sum(q in docs for q, docs in relevant.items())
+    if identical and same:
+        warnings.append(f"{same} of the {len(qrels)} queries judge relevant a document with the query's own id, which {identical}.")
     return warnings

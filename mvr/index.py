@@ -29,7 +29,7 @@ from .encode.encoder import identity_differences
 from .encode.queries import index_encoder, query_encoder, remember
 from .errors import ConfigError, MvrError, QueryError
 from .explain import explain_results
-from .registry import EXHAUSTIVE, STAGES, needs_vectors, parse_stage
+from .registry import DEFAULT_STAGES, EXHAUSTIVE, STAGES, needs_vectors, parse_stage
 from .passages import rows_of
 from .results import Hit, Results
 from .search import SearchOptions
@@ -189,7 +189,7 @@ class Index(Changes):
         return self._default_stage(with_texts=True)
 
     def _default_stage(self, with_texts: bool) -> str:
-        for stage in ("fde+bm25s", "centroids+bm25s", "pooled+bm25s", "fde", "centroids", "pooled") if with_texts else ("fde", "centroids", "pooled"):
+        for stage in DEFAULT_STAGES if with_texts else [stage for stage in DEFAULT_STAGES if "+" not in stage]:
             if self.has_stage(stage):
                 return stage
         return EXHAUSTIVE

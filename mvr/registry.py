@@ -64,6 +64,11 @@ CODECS = {
 }
 
 
+# The first stage a search takes when it names none: the first of these the index has (a vector
+# stage joined by bm25s, else a vector stage alone; else exhaustive).
+DEFAULT_STAGES = ("fde+bm25s", "centroids+bm25s", "pooled+bm25s", "fde", "centroids", "pooled")
+
+
 def parse_stage(name: str) -> tuple[str, ...]:
     """The parts of a first-stage name: ``()`` for exhaustive, ``("fde",)``, ``("fde", "bm25s")``.
 

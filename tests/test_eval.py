@@ -244,6 +244,53 @@ def test_eval_refuses_qrels_without_a_relevant_document_and_warns_of_queries_wit
     assert warnings[2:] == ["mvr: warning: the runs hold at most 20 documents a query, so R@100 is recall at 20."]
 
 
+def test_eval_says_what_leaves_judged_documents_out_of_its_runs(beir, default_index, capsys, tmp_path):
+    """Each figure fell without a word: a relevant document with its query's id (dropped as BEIR
+    drops them), a filter keeping judged documents out, a depth under 10 cutting nDCG@10 and
+    RR@10; and a filtered search's share of the exhaustive top-10 was of the unfiltered top-10."""
+    from conftest import dated_docs
+
+    from mvr import Index
+
+    with open(beir / "qrels" / "test.tsv", "a") as handle:
+        handle.write("d2\td2\t1\n")  # a generated query, named after the document it came from
+    with open(beir / "queries.jsonl", "a") as handle:
+        handle.write(json.dumps({"_id": "d2", "text": "loyal companions descended from wolves"}) + "\n")
+    code, err = _eval(capsys, beir, default_index)
+    said = "1 of the 5 queries judge relevant a document with the query's own id, which the runs leave out, as BEIR does"
+    assert code == 0 and err.startswith(f"mvr: warning: {said}") and "--keep-identical-ids keeps them" in err, err
+    assert _eval(capsys, beir, default_index, "--keep-identical-ids") == (0, "")
+    code, err = _eval(capsys, beir, default_index, "--depth", "5")
+    assert "so R@100 is recall at 5; nDCG@10 and RR@10 are cut at 5 too." in err
+    dated = Index.build(dated_docs(), tmp_path / "dated", encoder=default_index.encoder, show_progress=False)
+    out = tmp_path / "filtered.json"
+    code, err = _eval(capsys, beir, dated, "--keep-identical-ids", "--filter", '{"year": {"$gte": 2021}}', "--compare-exhaustive", "--candidates", "5", "--output", out)
+    assert code == 0 and "the filter leaves out 2 of the 5 judged relevant documents in the index (queries left with none of theirs: 2)" in err, err
+    report = json.loads(out.read_text())
+    assert report["runs"][0]["options"] == {"filter": {"year": {"$gte": 2021}}}  # the reference: exhaustive over what the filter keeps
+    assert report["runs"][1]["recall_of_exhaustive_top10"] == 1.0  # 5 candidates: the 5 documents the filter keeps (of 8, fewer)
+
+
+def test_eval_refuses_what_it_would_misread(beir, default_index, capsys, tmp_path):
+    from mvr.eval.beir import evaluate
+
+    qrels = beir / "qrels" / "test.tsv"
+    text = qrels.read_text()
+    qrels.write_text(text + "q1\td1 \t1\n")  # a document id with a space: no corpus id, never found
+    code, err = _eval(capsys, beir, default_index)
+    assert code == 2 and f"{qrels}:{len(text.splitlines()) + 1}: document id 'd1 ' is empty or holds whitespace" in err
+    qrels.write_text(text)
+    code, err = _eval(capsys, beir, default_index, "--output", tmp_path / "x", "--run-file", tmp_path / "x")
+    assert code == 2 and "--output and --run-file both name" in err and not (tmp_path / "x").exists()
+    for bad in (-1, 0, 1.5, True):
+        with pytest.raises(DatasetError, match="max_queries must be a positive integer"):
+            evaluate(beir, default_index, max_queries=bad)
+    with pytest.raises(DatasetError, match="the qrels judge no query"):
+        evaluate_run({}, {})
+    with pytest.raises(DatasetError, match="unknown measure among \\['nDGC@10'\\]"):
+        evaluate_run({"q": {"d": 1.0}}, {"q": {"d": 1}}, ["nDGC@10"])
+
+
 def test_eval_names_a_missing_folder_a_long_split_and_runs_each_count_once(beir, default_index, capsys, tmp_path):
     code, err = _eval(capsys, tmp_path / "nowhere", default_index)
     assert code == 2 and err.startswith(f"mvr: error: {tmp_path / 'nowhere'} is no folder: expected a BEIR folder")
@@ -263,6 +310,10 @@ def test_eval_build_checks_the_dataset_and_options_before_it_builds(beir, tmp_pa
     assert "no qrels for split 'test'; available splits: dev" in capsys.readouterr().err
     assert main(["eval", str(beir), "--index", str(tmp_path / "built"), "--build", "--split", "dev", "--prune-alpha", "nan", "--quiet"]) == 2
     assert "prune_alpha" in capsys.readouterr().err and not (tmp_path / "built").exists()
+    for argv, said in ((["--first-stage", "centroids"], "--build makes an index with the default first stages (fde, bm25s), without centroids"),
+                       (["--fusion", "rrf"], "a hybrid first stage (fde+bm25s) joins two rankings")):  # the default stage the build makes
+        assert main(["eval", str(beir), "--index", str(tmp_path / "built"), "--build", "--split", "dev", *argv, "--quiet"]) == 2
+        assert said in capsys.readouterr().err and not (tmp_path / "built").exists()
 
 
 def test_missing_relevant_looks_documents_up_in_an_index_of_passages(tmp_path, default_encoder):

@@ -216,6 +216,9 @@ def test_the_cli_builds_tunes_saves_and_searches_with_presets(tmp_path, models, 
     out, err = capsys.readouterr()
     assert "weights maxsim" in out and "saved as search preset 't'" in out and "mvr: warning: tuning on the test split" in err
     assert Index.open("b", home=home).search_presets["default"] == "t"
+    assert main(["eval", str(data), "--index", "b", "--index-dir", home, "--quiet"]) == 0  # the preset's weighted fusion said, not only the first stage
+    said = capsys.readouterr().out.splitlines()[1]
+    assert said.startswith("  the index's search preset 't': ") and "fusion=weighted, weights=" in said
     assert main(["search", "b", "purring cats", "--json", "--no-server", "--index-dir", home, "--quiet"]) == 0
     hits = json.loads(capsys.readouterr().out)["hits"]
     expected = Index.open("b", home=home).search("purring cats", k=10)
@@ -296,7 +299,8 @@ def test_tuning_refuses_what_it_cannot_measure(tmp_path, models, capsys):
     assert main(["tune", str(data), "--index", str(home / "d"), "--split", "test", "--step", "0.5", "--json"]) == 0
     captured = capsys.readouterr()
     said = [line.removeprefix("mvr: warning: ") for line in captured.err.splitlines()]
-    assert said[0].startswith("tuning on the test split") and "(queries left with none of theirs: 1)" in said[1] and json.loads(captured.out)["warnings"] == said
+    assert said[0].startswith("tuning on the test split") and said[1].startswith("tuning on 5 queries: weights fitted to so few are noise")
+    assert "(queries left with none of theirs: 1)" in said[2] and json.loads(captured.out)["warnings"] == said
 
 
 def test_no_rerank_drops_every_scoring_option_of_a_preset(best, tmp_path):

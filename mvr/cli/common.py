@@ -44,16 +44,14 @@ def add_fde(parser: argparse.ArgumentParser, with_switch: bool, recorded: bool =
     d = FDEConfig()
     kept = "the index's, else " if recorded else ""
 
-    def default(value):
-        return None if recorded else value
-
-    group.add_argument("--fde-k-sim", type=int, default=default(d.k_sim), help=f"SimHash bits per repetition (2**k partitions; default {kept}{d.k_sim})")
-    group.add_argument("--fde-d-proj", type=int, default=default(d.d_proj), help=f"AMS projection dims per token; 0 keeps all dims (default {kept}{d.d_proj})")
-    group.add_argument("--fde-reps", type=int, default=default(d.reps), help=f"repetitions (default {kept}{d.reps})")
-    group.add_argument("--fde-d-final", type=int, default=d.d_final, help=f"final Count-Sketch dimension (default: {kept}none)")
-    group.add_argument("--fde-fill", action="store_true", default=default(d.fill_empty), help=f"fill empty document partitions with the Hamming-nearest token (default: {kept}leave them zero)")
-    group.add_argument("--fde-factory", default=default(d.factory), help=f"faiss index factory string, inner product (default {kept}{d.factory} = exact)")
-    group.add_argument("--fde-seed", type=int, default=default(d.seed), help=f"seed of the FDE's random projections (default {kept}{d.seed})")
+    # each left out is None: the index's setting (mvr fde), else FDEConfig's (fde_config tells a flag given from one left out)
+    group.add_argument("--fde-k-sim", type=int, default=None, help=f"SimHash bits per repetition (2**k partitions; default {kept}{d.k_sim})")
+    group.add_argument("--fde-d-proj", type=int, default=None, help=f"AMS projection dims per token; 0 keeps all dims (default {kept}{d.d_proj})")
+    group.add_argument("--fde-reps", type=int, default=None, help=f"repetitions (default {kept}{d.reps})")
+    group.add_argument("--fde-d-final", type=int, default=None, help=f"final Count-Sketch dimension (default: {kept}none)")
+    group.add_argument("--fde-fill", action="store_true", default=None, help=f"fill empty document partitions with the Hamming-nearest token (default: {kept}leave them zero)")
+    group.add_argument("--fde-factory", default=None, help=f"faiss index factory string, inner product (default {kept}{d.factory} = exact)")
+    group.add_argument("--fde-seed", type=int, default=None, help=f"seed of the FDE's random projections (default {kept}{d.seed})")
 
 
 def fde_config(args, base: FDEConfig | None = None) -> FDEConfig | None:

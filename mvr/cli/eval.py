@@ -44,12 +44,14 @@ def run(args) -> int:
     from ..corpus import read_corpus
     from ..errors import DatasetError, IndexNotFoundError
     from ..eval.beir import MEASURES, evaluate, load_beir
-    from ..search import SearchOptions
     from ..index import Index
+    from ..segment_build import planned_stages
 
     show = False if args.quiet else None
     check_output(args.output, "--output")
     check_output(args.run_file, "--run-file")
+    if args.output and args.run_file and Path(args.output).resolve() == Path(args.run_file).resolve():
+        raise DatasetError(f"--output and --run-file both name {args.output}: the run would replace the report; give each its own file.")
     if args.depth < 1:
         raise DatasetError(f"--depth must be >= 1, got {args.depth}.")
     if args.max_queries is not None and args.max_queries < 1:
@@ -63,8 +65,8 @@ def run(args) -> int:
             at = f"--path {target}" if isinstance(target, Path) else f"--name {target}"
             raise IndexNotFoundError(f"no index {args.index!r}; build it with `mvr index {args.dataset / 'corpus.jsonl'} {at}` or add --build to this command.") from None
         load_beir(args.dataset, args.split)  # the dataset and the options checked before minutes of encoding, not after
-        SearchOptions(first_stage=args.first_stage, **{k: v for k, v in search_options(args).items() if k != "preset"})
         config = IndexConfig(threads=args.threads)
+        _check_build(args, planned_stages(config.for_corpus(_lines(args.dataset / "corpus.jsonl"))))
         index = Index.build(read_corpus(args.dataset / "corpus.jsonl"), target, config=config, home=args.index_dir, show_progress=show, command=args.command_line)
         index = Index.open(index.path, device=args.device) if args.device is not None else index
     report, runs = evaluate(
@@ -87,6 +89,8 @@ def run(args) -> int:
         f"{report['dataset']} / {report['split']}: {report['queries']} queries, index {report['index']}; "
         f"query encoding {report['encode_ms_p50']} ms p50, {report['encode_ms_p95']} ms p95"
     )
+    if report.get("preset"):  # its options are the runs' ("options" in the report): the same first stage scores otherwise without it
+        print(f"  the index's search preset {report['preset']!r}: " + ", ".join(f"{k}={v}" for k, v in report["runs"][-1].get("options", {}).items()))
     columns = ("first_stage", "candidates", *MEASURES, "search_ms_p50", "search_ms_p95", "recall_of_exhaustive_top10", "speedup_vs_exhaustive")
     print("  " + "  ".join(f"{c:>12}" for c in columns))
     for row in report["runs"]:
@@ -97,6 +101,27 @@ def run(args) -> int:
         for label, path in run_files(args.run_file, list(runs)).items():
             write_output(path, run_text(runs[label], label), "--run-file")
     return 0
+
+
+def _lines(path: Path) -> int:
+    """The documents of a JSONL corpus, as many as its lines that hold something."""
+    with open(path, "rb") as handle:
+        return sum(bool(line.strip()) for line in handle)
+
+
+def _check_build(args, planned: dict) -> None:
+    """The search asked of an index --build makes (its default stages: ``planned``) checked before
+    the corpus is encoded: a stage it will not have, or options that stage refuses."""
+    from ..errors import DatasetError
+    from ..registry import DEFAULT_STAGES, EXHAUSTIVE, parse_stage
+    from ..search import SearchOptions
+
+    stage = args.first_stage or next((s for s in DEFAULT_STAGES if set(parse_stage(s)) <= planned.keys()), EXHAUSTIVE)
+    missing = [part for part in parse_stage(stage) if part not in planned]
+    if missing:
+        raise DatasetError(f"--build makes an index with the default first stages ({', '.join(planned) or 'none'}), without {', '.join(missing)}: "
+                           f"build it with `mvr index` and the options that make {'it' if len(missing) == 1 else 'them'}, then evaluate it.")
+    SearchOptions(first_stage=stage, **{k: v for k, v in search_options(args).items() if k != "preset"})
 
 
 def run_files(path: Path, labels: Sequence[str]) -> dict[str, Path]:

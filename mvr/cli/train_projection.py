@@ -52,9 +52,10 @@ def run(args) -> int:
             raise ConfigError(f"{path} exists and is not a file: --output names the head's file, and its report goes beside it (.json); name another file.")
     index = Index.open(args.index, home=args.index_dir)
     queries, qrels = load_beir(args.dataset, args.split)
-    warnings = relevance_warnings(index, qrels)  # the training leaves out queries with no relevant document in the index: said
+    warnings = relevance_warnings(index, qrels, identical="training and its validation leave out, as mvr eval does (BEIR's ignore_identical_ids)")  # the training leaves out queries with no relevant document in the index: said
     if args.split == "test":  # what is then reported on test was fitted to it
         warnings.insert(0, "training on the test split: nDCG@10 then measured on test is optimistic; train with --split train or dev.")
+    warn(*warnings)  # before the training: a failure it leads to is then explained
     with cpu_threads(args.threads, "torch", "numba", "blas"):
         head, report = train_projection(
             index, queries, qrels, kind=args.kind, dim=args.dim, epochs=args.epochs, batch_size=args.batch_size, negatives=args.negatives,
@@ -63,7 +64,6 @@ def run(args) -> int:
         )
     head.save(args.output)
     report.update(output=str(args.output), command=args.command_line, dataset=str(args.dataset), split=args.split, index=index.name, **({"warnings": warnings} if warnings else {}))
-    warn(*warnings)
     args.output.with_suffix(".json").write_text(json.dumps(report, indent=2) + "\n")
     if args.json:
         print(json.dumps(report, indent=2))

@@ -57,7 +57,9 @@ def run(args) -> int:
         raise ConfigError(f"--signals names the signals to weigh, comma-separated (maxsim and others); got {args.signals!r}.")
     index = Index.open(args.index, home=args.index_dir)
     queries, qrels = load_beir(args.dataset, args.split)
-    warnings = relevance_warnings(index, qrels)  # queries that cannot count: said, not averaged in unseen
+    warnings = relevance_warnings(index, qrels, identical="tuning leaves out, as mvr eval does (BEIR's ignore_identical_ids)")  # queries that cannot count: said, not averaged in unseen
+    if len(qrels) < 20:  # weights fitted to a handful of queries are noise, and --save makes them the default
+        warnings.insert(0, f"tuning on {len(qrels)} queries: weights fitted to so few are noise; tune on a split of more (SciFact's train has 809).")
     if args.split == "test":  # what is then reported on test was fitted to it
         warnings.insert(0, "tuning on the test split: nDCG@10 then measured on test is optimistic; tune with --split train or dev.")
     options = None
@@ -69,12 +71,12 @@ def run(args) -> int:
         elif args.dense_share is not None and stage != "exhaustive":
             raise ConfigError(f"--dense-share splits the candidates between the two halves of a joined first stage (such as fde+bm25s); {stage} is one: leave it out.")
     signals = [s.strip() for s in args.signals.split(",") if s.strip()] if args.signals else None
+    warn(*warnings)  # before the tuning: a failure it leads to is then explained
     with cpu_threads(args.threads, "torch", "numba", "faiss", "blas"):
         report = tune(index, queries, qrels, options=options, signals=signals, step=args.step)
     if args.save:
         commit = index.save_search_preset(args.save, report["preset"], default=not args.no_default)
         report["saved"] = {"preset": args.save, "generation": commit["generation"], "default": not args.no_default}
-    warn(*warnings)
     if warnings:
         report["warnings"] = warnings
     if args.json:
