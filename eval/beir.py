@@ -201,16 +201,26 @@ def evaluate(
     primary = rows[1] if compare_exhaustive and first_stage != "exhaustive" else rows[0]
     report = _report(dataset, split, index, queries, depth, encode_ms, rows, primary)
     report["ignore_identical_ids"] = ignore_identical_ids
-    shortest = min([depth] + [count for _, count in plan if count is not None])
-    cut = f"; nDCG@10 and RR@10 are cut at {shortest} too" if shortest < 10 else ""
     identical = "the runs leave out, as BEIR does (ArguAna and Quora hold each query as a document too): --keep-identical-ids keeps them" if ignore_identical_ids else None
-    warnings = relevance_warnings(index, qrels, filter=options.get("filter"), identical=identical)
-    warnings += [f"the runs hold at most {shortest} documents a query, so R@100 is recall at {shortest}{cut}."] if shortest < 100 else []
+    warnings = relevance_warnings(index, qrels, filter=options.get("filter"), identical=identical) + _short_runs({label: min(depth, count or depth) for label, (_, count) in zip(runs, plan)})
     if warnings:
         report["warnings"] = warnings
     if preset:
         report["preset"] = preset
     return report, runs
+
+
+def _short_runs(lengths: dict[str, int]) -> list[str]:
+    """The warning for runs of fewer than 100 documents a query (``lengths``: per run label), whose
+    R@100 is recall at that many (and nDCG@10, RR@10 cut too under 10); none when all reach 100."""
+    short = {label: n for label, n in lengths.items() if n < 100}
+    if not short:
+        return []
+    if len(short) == len(lengths) and len(set(short.values())) == 1:
+        (n,) = set(short.values())
+        return [f"the runs hold at most {n} documents a query, so R@100 is recall at {n}{f'; nDCG@10 and RR@10 are cut at {n} too' if n < 10 else ''}."]
+    cut = "; nDCG@10 and RR@10 are cut too where under 10" if min(short.values()) < 10 else ""
+    return [f"runs of fewer than 100 documents a query have R@100 as recall at that many ({', '.join(f'{label}: {n}' for label, n in short.items())}){cut}."]
 
 
 def package_versions() -> dict[str, str]:

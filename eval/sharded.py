@@ -48,7 +48,7 @@ def run(dataset: Path, documents: int, segments: int, shards: int, threads: int,
 
     from mvr import Index
     from mvr.distributed import ShardedIndex, connect
-    from mvr.distributed.shards import _HitDocuments
+    from mvr.distributed.remote import HitDocuments
     from mvr.segment import Commit
 
     from .beir import load_beir
@@ -75,7 +75,7 @@ def run(dataset: Path, documents: int, segments: int, shards: int, threads: int,
 
                 def read(results, batched: bool):
                     """The hits' documents, as a caller reads them (``batched`` False: a call per hit, as before)."""
-                    if not batched and isinstance(results._index, _HitDocuments):
+                    if not batched and isinstance(results._index, HitDocuments):
                         results._index = results._index.state
                     for hit in results[0]:
                         hit.text  # noqa: B018 (read, as a caller reads it)

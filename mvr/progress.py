@@ -33,7 +33,7 @@ class Lines:
     """Progress as occasional lines: ``desc: done/total unit (pct), rate unit/s, ETA``."""
 
     def __init__(self, total=None, desc=None, unit="it", every: float | None = None, stream=None):
-        self.total, self.desc, self.unit = total, desc or "working", unit
+        self.total, self.desc, self.units = total, desc or "working", unit + ("es" if unit.endswith(("ch", "sh", "s", "x")) else "s")  # docs, batches
         self.every = every if every is not None else float(os.environ.get("MVR_PROGRESS_SECONDS", "10"))
         self.stream = stream or sys.stderr
         self.n = 0
@@ -45,10 +45,10 @@ class Lines:
         rate = self.n / elapsed
         done = f"{self.n}/{self.total}" if self.total else f"{self.n}"
         if final:
-            return f"mvr: {self.desc}: {done} {self.unit}s in {_duration(elapsed)} ({rate:.1f} {self.unit}s/s)"
+            return f"mvr: {self.desc}: {done} {self.units} in {_duration(elapsed)} ({rate:.1f} {self.units}/s)"
         share = f" ({100 * self.n / self.total:.0f}%)" if self.total else ""
         eta = f", ETA {_duration((self.total - self.n) / rate)}" if self.total and rate > 0 and self.n < self.total else ""
-        return f"mvr: {self.desc}: {done} {self.unit}s{share}, {rate:.1f} {self.unit}s/s{eta}"
+        return f"mvr: {self.desc}: {done} {self.units}{share}, {rate:.1f} {self.units}/s{eta}"
 
     def update(self, n: int = 1) -> None:
         self.n += n

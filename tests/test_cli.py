@@ -167,9 +167,10 @@ def test_fde_commands_and_candidate_sweep(tmp_path, beir, capsys):
     code, out, _ = run(capsys, "search", "tiny", "which animal purrs?", "--first-stage", "fde", "--candidates", "3", "--json", "--index-dir", home)
     assert code == 0 and len(json.loads(out)["hits"]) == 3
     report_path = tmp_path / "sweep.json"
-    code, out, _ = run(
+    code, out, err = run(
         capsys, "eval", beir, "--index", "tiny", "--first-stage", "fde", "--candidates", "2,8", "--compare-exhaustive", "--output", report_path, "--index-dir", home, "--quiet"
     )
+    assert "runs of fewer than 100 documents a query have R@100 as recall at that many (fde@2: 2, fde@8: 8); nDCG@10 and RR@10 are cut too where under 10." in err
     report = json.loads(report_path.read_text())
     assert code == 0 and [(r["first_stage"], r["candidates"]) for r in report["runs"]] == [("exhaustive", None), ("fde", 2), ("fde", 8)]
     assert report["runs"][2]["recall_of_exhaustive_top10"] == 1.0  # all 8 documents are candidates
