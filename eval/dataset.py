@@ -31,6 +31,8 @@ def load_beir(folder: str | os.PathLike, split: str = "test") -> tuple[dict[str,
         parts = line.rstrip("\r\n").split("\t")
         if (line_number == 1 and parts[0] == "query-id") or not line.strip():
             continue
+        if line_number == 1 and len(parts) == 3 and not re.fullmatch(r"\s*[+-]?[0-9]+\s*", parts[2]):  # another header ("qid docid rel")
+            raise DatasetError(f"{qrels_file}:1: {shown(line.strip())} is no judgement and no BEIR header; the header is query-id<TAB>corpus-id<TAB>score (or none).")
         if len(parts) != 3:
             raise DatasetError(f"{qrels_file}:{line_number}: expected query-id<TAB>corpus-id<TAB>score.")
         if not re.fullmatch(r"\s*[+-]?[0-9]+\s*", parts[2]):  # int() takes "1_0" and other scripts' digits too
@@ -52,7 +54,10 @@ def load_beir(folder: str | os.PathLike, split: str = "test") -> tuple[dict[str,
         raise DatasetError(f"{qrels_file} judges no document relevant (every score is 0 or below); the score is the relevance grade: 1 or more for relevant.")
     queries, lines = {}, {}
     for line_number, obj in read_jsonl_objects(queries_file, DatasetError):
-        qid = str(obj.get("_id", obj.get("id")))
+        qid = obj.get("_id", obj.get("id"))
+        if "_id" in obj and "id" in obj and obj["_id"] != obj["id"]:  # which one the qrels mean cannot be told
+            raise DatasetError(f'{queries_file}:{line_number}: the line gives "_id" {shown(obj["_id"])} and "id" {shown(obj["id"])}; keep one.')
+        qid = str(qid) if qid is not None else None  # "_id": null is no id "None"
         if qid in lines:  # the later text would silently replace the earlier one
             raise DatasetError(f"{queries_file}:{line_number}: the judged query {shown(qid)} is given twice (first on line {lines[qid]}); give each query id once.")
         if qid in qrels:

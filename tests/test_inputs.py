@@ -521,6 +521,14 @@ def test_a_broken_evaluation_set_is_refused_by_line(tmp_path, capsys, index):
     (data / "qrels" / "test.tsv").write_text(good_qrels + "a b\td1\t1\n")
     with pytest.raises(DatasetError, match="query id 'a b' is empty or holds whitespace"):
         load_beir(data)
+    (data / "qrels" / "test.tsv").write_text("qid\tdocid\trel\n" + good_qrels.split("\n", 1)[1])  # another header: said as one, not as a bad score
+    with pytest.raises(DatasetError, match=r"test.tsv:1: 'qid\\tdocid\\trel' is no judgement and no BEIR header"):
+        load_beir(data)
+    (data / "qrels" / "test.tsv").write_text(good_qrels)
+    (data / "queries.jsonl").write_text(good_queries + json.dumps({"_id": None, "id": "q-other", "text": "x"}) + "\n")
+    with pytest.raises(DatasetError, match="the line gives \"_id\" None and \"id\" 'q-other'; keep one"):  # was: the query lacked, as "None"
+        load_beir(data)
+    (data / "queries.jsonl").write_text(good_queries)
     (data / "qrels" / "test.tsv").write_text(good_qrels + f"{qid}\t{doc}\t{grade}\n")  # the same judgement twice: harmless
     assert load_beir(data)[1] == qrels
     (data / "queries.jsonl").write_text("".join(json.dumps({**json.loads(line), "text": "tea \ud800"}) + "\n" if json.loads(line)["_id"] == qid else line + "\n" for line in good_queries.splitlines()))
