@@ -217,9 +217,13 @@ def test_search_options_default_in_one_place():
     assert search_options(args) == {} and args.first_stage is None  # nothing given: SearchOptions' defaults (or a preset's) stand
     helps = {a.dest: a.help for a in build_parser()._subparsers._group_actions[0].choices["search"]._actions}
     assert f"default {FDE_NPROBE})" in helps["nprobe"] and f"default {FDE_EF_SEARCH})" in helps["ef_search"] and f"default {CENTROID_PROBE})" in helps["centroid_probe"] and f"default {DENSE_SHARE})" in helps["dense_share"] and f"default {FUSION_WEIGHT})" in helps["fusion_weight"]
+    from mvr.cli.common import fde_config
+
     args = build_parser().parse_args(["index", "c", "--name", "x"])
-    f = FDEConfig()
-    assert (args.fde_k_sim, args.fde_d_proj, args.fde_reps, args.fde_factory, args.doc_runtime) == (f.k_sim, f.d_proj, f.reps, f.factory, IndexConfig().doc_runtime)
+    f = FDEConfig()  # FDE flags left out are None (told from one given at its default), and stand for FDEConfig's defaults
+    assert (args.fde_k_sim, args.fde_d_proj, args.fde_reps, args.fde_factory) == (None,) * 4 and fde_config(args) == f and args.doc_runtime == IndexConfig().doc_runtime
+    helps = {a.dest: a.help for a in build_parser()._subparsers._group_actions[0].choices["index"]._actions}
+    assert f"default {f.k_sim})" in helps["fde_k_sim"] and f"default {f.reps})" in helps["fde_reps"] and f"default {f.factory} = exact)" in helps["fde_factory"]
     with pytest.raises(QueryError, match="unknown search option"):
         SearchOptions.create(bogus=1)
 
