@@ -160,7 +160,7 @@ def evaluate(
         raise DatasetError("--candidates applies to first stages that select candidates, not to exhaustive.")
     # The options are the run's own when exhaustive is the run asked for (a filter, prf); the
     # reference run of compare_exhaustive is plain exhaustive MaxSim, over what a filter keeps.
-    own = {stage: options if stage == first_stage or stage != "exhaustive" else {"filter": options["filter"]} if "filter" in options else {} for stage, _ in plan}
+    own = {stage: options if stage == first_stage or stage != "exhaustive" else {k: v for k, v in options.items() if k == "filter"} for stage, _ in plan}
     with cpu_threads(threads, "numba", "faiss"):
         # Warm-up: model load and JIT compilation are one-off costs, not per-query latency.
         first = next(iter(queries.values()))

@@ -31,11 +31,12 @@ def load_beir(folder: str | os.PathLike, split: str = "test") -> tuple[dict[str,
         parts = line.rstrip("\r\n").split("\t")
         if (line_number == 1 and parts[0] == "query-id") or not line.strip():
             continue
-        if line_number == 1 and len(parts) == 3 and not re.fullmatch(r"\s*[+-]?[0-9]+\s*", parts[2]):  # another header ("qid docid rel")
+        graded = len(parts) == 3 and re.fullmatch(r"\s*[+-]?[0-9]+\s*", parts[2])  # int() takes "1_0" and other scripts' digits too
+        if line_number == 1 and len(parts) == 3 and not graded:  # another header ("qid docid rel")
             raise DatasetError(f"{qrels_file}:1: {shown(line.strip())} is no judgement and no BEIR header; the header is query-id<TAB>corpus-id<TAB>score (or none).")
         if len(parts) != 3:
             raise DatasetError(f"{qrels_file}:{line_number}: expected query-id<TAB>corpus-id<TAB>score.")
-        if not re.fullmatch(r"\s*[+-]?[0-9]+\s*", parts[2]):  # int() takes "1_0" and other scripts' digits too
+        if not graded:
             raise DatasetError(f"{qrels_file}:{line_number}: score {shown(parts[2])} is not an integer; the score must be an integer relevance grade (0: not relevant, 1 or more: relevant).")
         grade = int(parts[2])
         if not -(2**31) <= grade < 2**31:  # what trec_eval (through ir-measures) holds

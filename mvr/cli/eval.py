@@ -65,9 +65,9 @@ def run(args) -> int:
             at = f"--path {target}" if isinstance(target, Path) else f"--name {target}"
             raise IndexNotFoundError(f"no index {args.index!r}; build it with `mvr index {args.dataset / 'corpus.jsonl'} {at}` or add --build to this command.") from None
         load_beir(args.dataset, args.split)  # the dataset and the options checked before minutes of encoding, not after
-        config = IndexConfig(threads=args.threads)
-        _check_build(args, planned_stages(config.for_corpus(_lines(args.dataset / "corpus.jsonl"))))
-        index = Index.build(read_corpus(args.dataset / "corpus.jsonl"), target, config=config, home=args.index_dir, show_progress=show, command=args.command_line)
+        config, corpus = IndexConfig(threads=args.threads), read_corpus(args.dataset / "corpus.jsonl")  # counted once, for the check and the build
+        _check_build(args, planned_stages(config.for_corpus(len(corpus) if hasattr(corpus, "__len__") else 0)))  # a stream is not counted
+        index = Index.build(corpus, target, config=config, home=args.index_dir, show_progress=show, command=args.command_line)
         index = Index.open(index.path, device=args.device) if args.device is not None else index
     report, runs = evaluate(
         args.dataset,
@@ -101,12 +101,6 @@ def run(args) -> int:
         for label, path in run_files(args.run_file, list(runs)).items():
             write_output(path, run_text(runs[label], label), "--run-file")
     return 0
-
-
-def _lines(path: Path) -> int:
-    """The documents of a JSONL corpus, as many as its lines that hold something."""
-    with open(path, "rb") as handle:
-        return sum(bool(line.strip()) for line in handle)
 
 
 def _check_build(args, planned: dict) -> None:

@@ -28,22 +28,22 @@ def reference_html(schema: dict) -> str:
             out.append(f"<p>{_e(about)}</p>" if about else "")
             rows = [(p["name"], f"path: {_type(p.get('schema', {}))}", True, None, p.get("description", "")) for p in operation.get("parameters", [])]
             body = operation.get("requestBody", {}).get("content", {}).get("application/json", {}).get("schema")
-            if body:
-                body = _resolve(body, shared)
-                required = set(body.get("required", ()))
-                rows += [(name, _type(field), name in required, field.get("default"), field.get("description", ""))
-                         for name, field in body.get("properties", {}).items()]
-            out.append(_table(rows))
+            out.append(_table(rows + (_fields(_resolve(body, shared)) if body else [])))
             answer = operation.get("responses", {}).get("200", {}).get("content", {}).get("application/json", {}).get("schema")
             if answer and "$ref" in answer:
                 out.append(f"<p class=muted>Answers a {_e(_type(answer))} (below).</p>")
     out.append("<h2>Objects</h2>")
     for name, model in shared.items():
         if name not in ("HTTPValidationError", "ValidationError"):  # a 422's detail is a message here (mvr/server/api.py)
-            required = set(model.get("required", ()))
             out.append(f"<h3 id={_e(name)}><code>{_e(name)}</code></h3>")
-            out.append(_table([(key, _type(field), key in required, field.get("default"), field.get("description", "")) for key, field in model.get("properties", {}).items()]))
+            out.append(_table(_fields(model)))
     return "\n".join(part for part in out if part) + "\n"
+
+
+def _fields(model: dict) -> list[tuple]:
+    """``(name, type, required, default, description)`` of each field of an object's schema."""
+    required = set(model.get("required", ()))
+    return [(name, _type(field), name in required, field.get("default"), field.get("description", "")) for name, field in model.get("properties", {}).items()]
 
 
 def _table(rows: list[tuple]) -> str:
