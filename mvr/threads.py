@@ -34,6 +34,15 @@ def load_npy(path, mmap_mode: str | None = None) -> np.ndarray:
     return np.array(array) if mmap_mode is None else array
 
 
+def read_npy_header(handle) -> tuple[tuple, bool, np.dtype]:
+    """Shape, Fortran order and dtype from the ``.npy`` header at ``handle``'s position (left just
+    past it), parsed under :data:`NPY_LOCK`."""
+    with NPY_LOCK:
+        version = np.lib.format.read_magic(handle)
+        read = np.lib.format.read_array_header_1_0 if version == (1, 0) else np.lib.format.read_array_header_2_0
+        return read(handle)
+
+
 def cores() -> int:
     """The CPU cores this process may run on."""
     return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1

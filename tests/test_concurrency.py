@@ -100,3 +100,31 @@ def test_two_first_searches_at_once_both_answer(tmp_path, models):
     )
     run = subprocess.run([sys.executable, "-c", code, str(tmp_path / "idx")], capture_output=True, text=True, timeout=300)
     assert run.returncode == 0 and run.stdout.strip() == "[]", run.stdout + run.stderr
+
+
+def test_every_npy_header_is_read_under_the_lock(default_index):
+    """numpy parses .npy headers with ast.literal_eval, which CPython 3.11 can fail with a
+    SystemError when threads do it at once (mvr/threads.py): each reader of a header (the
+    validation's, a blob's rows, bm25s's own load) waits while another thread holds NPY_LOCK."""
+    from mvr.stages.bm25s import BM25S
+    from mvr.storage.blobs import RowReader
+    from mvr.storage.validate import npy_header
+    from mvr.threads import NPY_LOCK
+
+    from conftest import segment_path
+
+    folder = segment_path(default_index)
+    assert (folder / "bm25s").is_dir()
+    readers = {
+        "npy_header": lambda: npy_header(folder, "doc_ids.npy"),
+        "RowReader": lambda: RowReader(folder / "doc_ids.npy"),
+        "BM25S.open": lambda: BM25S(folder / "bm25s"),
+    }
+    for name, read in readers.items():
+        done = threading.Event()
+        reader = threading.Thread(target=lambda: (read(), done.set()), daemon=True)
+        with NPY_LOCK:
+            reader.start()
+            assert not done.wait(0.5), f"{name} read a header while another thread held NPY_LOCK"
+        reader.join(30)
+        assert done.is_set(), f"{name} did not finish once NPY_LOCK was free"

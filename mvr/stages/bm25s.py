@@ -16,6 +16,7 @@ import numpy as np
 from ..progress import progress_enabled
 from ..storage.formats import SPARSE_FORMAT, SPARSE_VERSION
 from .base import BuildSource, Candidates, QueryBatch, text_stage_manifest, top_n
+from ..threads import NPY_LOCK
 from .bm25 import BM25_B, BM25_K1
 
 
@@ -81,7 +82,8 @@ class BM25S:
         return cls(folder)
 
     def __init__(self, folder: Path):
-        self.retriever = _bm25s().BM25.load(str(folder), mmap=True)
+        with NPY_LOCK:  # bm25s parses its .npy headers itself (mvr/threads.py)
+            self.retriever = _bm25s().BM25.load(str(folder), mmap=True)
         self.n_docs = int(self.retriever.scores["num_docs"])
 
     def _scores(self, texts):

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import numpy as np
 
-from ..threads import load_npy
+from ..threads import load_npy, read_npy_header
 
 
 class BlobWriter:
@@ -78,9 +78,7 @@ class RowReader:
         self.path = Path(path)
         if dtype is None:
             with open(self.path, "rb") as handle:
-                version = np.lib.format.read_magic(handle)
-                read = np.lib.format.read_array_header_1_0 if version == (1, 0) else np.lib.format.read_array_header_2_0
-                shape, fortran, dtype = read(handle)
+                shape, fortran, dtype = read_npy_header(handle)
                 self.offset = handle.tell()
             if fortran:
                 raise ValueError(f"{self.path.name}: a Fortran-ordered array; mvr writes C order")

@@ -31,7 +31,7 @@ import numpy as np
 from ..config import IndexConfig
 from ..errors import ConfigError, IndexFormatError, IndexNotFoundError, is_number
 from ..registry import CODECS, STAGES, store_class
-from ..threads import load_npy
+from ..threads import load_npy, read_npy_header
 from .formats import SEGMENT_FORMAT, TOKEN_IDS, rebuild_command, stage_format, stage_mismatch, upgrade_config
 from .manifest import MANIFEST, index_folder, read_manifest, verify
 
@@ -117,9 +117,7 @@ def npy_header(index: Path, name: str, fix: str = "rebuild it with `mvr index`")
     file = Path(index) / name
     try:
         with open(file, "rb") as handle:
-            version = np.lib.format.read_magic(handle)
-            read = np.lib.format.read_array_header_1_0 if version == (1, 0) else np.lib.format.read_array_header_2_0
-            shape, _, dtype = read(handle)
+            shape, _, dtype = read_npy_header(handle)
             start = handle.tell()
     except (OSError, ValueError, EOFError, SyntaxError, TypeError) as error:
         raise damaged(index, name, f"not a readable .npy array ({str(error).strip() or type(error).__name__})", fix) from None
