@@ -9,6 +9,7 @@ import subprocess
 import sys
 import time
 
+import numpy as np
 import pytest
 
 from mvr import Index, QueryError
@@ -72,7 +73,8 @@ def test_llamaindex_retriever_returns_what_search_returns(index, url, where):
     from llama_index.core.postprocessor import SimilarityPostprocessor
     from llama_index.core.query_engine import RetrieverQueryEngine
     from llama_index.core.response_synthesizers.no_text import NoText
-    from llama_index.core.schema import NodeWithScore, TextNode
+    from llama_index.core.retrievers import QueryFusionRetriever
+    from llama_index.core.schema import MetadataMode, NodeWithScore, TextNode
 
     from mvr.integrations.llamaindex import MvrRetriever
 
@@ -82,7 +84,17 @@ def test_llamaindex_retriever_returns_what_search_returns(index, url, where):
     assert got == _expected(index)
     first = retriever.retrieve(TEXTS[0])[0]
     assert isinstance(first, NodeWithScore) and isinstance(first.node, TextNode) and first.node.text == DOCS[0][2]
-    assert first.node.metadata == {"year": 2019, "id": "d1", "title": "Cats", "score": got[0][0][1]}
+    assert first.node.metadata == {"year": 2019, "id": "d1", "title": "Cats"}  # the score is the NodeWithScore's: LlamaIndex hashes metadata
+    assert first.node.get_content(MetadataMode.LLM) == f"year: 2019\ntitle: Cats\n\n{DOCS[0][2]}"
+    # LlamaIndex's fusion merges a document that two rankings found (by its node's hash): reciprocal ranks summed
+    rankings = {stage: [i for i, _ in _expected(index, first_stage=stage)[0]] for stage in ("exhaustive", "bm25s")}
+    fused = QueryFusionRetriever([MvrRetriever(**source, k=3, search_kwargs={"first_stage": stage}) for stage in rankings], llm=MockLLM(),
+                                 mode="reciprocal_rerank", num_queries=1, similarity_top_k=3, use_async=False).retrieve(TEXTS[0])
+    want = {}
+    for ranking in rankings.values():
+        for rank, doc in enumerate(ranking):
+            want[doc] = want.get(doc, 0.0) + 1.0 / (60 + rank)  # LlamaIndex counts ranks from 0
+    assert {n.node.id_: n.score for n in fused} == pytest.approx(dict(sorted(want.items(), key=lambda item: -item[1])[:3]))
     # a query engine that retrieves, post-processes and synthesises nothing (no LLM is called)
     cutoff = got[1][1][1]
     engine = RetrieverQueryEngine(retriever, response_synthesizer=NoText(llm=MockLLM()), node_postprocessors=[SimilarityPostprocessor(similarity_cutoff=cutoff)])
@@ -124,6 +136,7 @@ def test_retrievers_refuse_bad_arguments_in_one_line(index):
     cases = [({}, "either index="), ({"index": 5}, "index= is an open mvr.Index"), ({"index": index, "k": True}, "k is a positive integer"), ({"index": index, "k": "x"}, "k is a positive integer"),
              ({"index": index, "k": 0}, "k is a positive integer"), ({"index": index, "search_kwargs": "abc"}, "search_kwargs is a dict"),
              ({"index": index, "search_kwargs": {"k": 3}}, "not its query or k"), ({"url": 5, "index_name": "a"}, "url is a server's address"),
+             ({"index": index, "search_kwargs": {"filters": {"year": 2019}}}, "unknown search option(s) ['filters'] in search_kwargs; known: candidates"),
              # pydantic's several lines, for values the source did not use (index= given) or checked only when used
              ({"index": index, "api_key": 5}, "api_key is text, got int"), ({"url": "http://127.0.0.1:1", "index_name": 5}, "index_name is text, got int"),
              ({"index": "docs", "home": 5}, "home is the folder of indexes")]
@@ -137,7 +150,13 @@ def test_retrievers_refuse_bad_arguments_in_one_line(index):
         for arguments, message in cases:
             with pytest.raises(QueryError, match=re.escape(message)):
                 kind(**arguments)
+    assert len(LangChainRetriever(index=index, k=np.int64(2)).invoke("tea")) == len(LlamaIndexRetriever(index=index, k=np.int64(2)).retrieve("tea")) == 2
     retriever = LlamaIndexRetriever(index=index, k=2)
+    for changed, message in (({"k": 5}, "not its query or k"), (["x"], "search_kwargs is a dict"), ({"filters": {}}, "unknown search option(s) ['filters']")):
+        retriever.search_kwargs = changed  # set since construction: checked at the query, as LangChain's is
+        with pytest.raises(QueryError, match=re.escape(message)):
+            retriever.retrieve("tea")
+    retriever.search_kwargs = {}
     for query in (b"tea", None, 5):
         with pytest.raises(QueryError, match="a retriever's query is a string"):
             retriever.retrieve(query)

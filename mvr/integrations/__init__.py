@@ -5,9 +5,14 @@
 
 from __future__ import annotations
 
+import dataclasses
 import os
 
 from ..errors import QueryError, is_number
+
+
+# What mvr.Index.search takes beside the fields of mvr.search.SearchOptions.
+SEARCH_CALL_OPTIONS = ("threads", "explain", "preset")
 
 
 class Source:
@@ -17,9 +22,7 @@ class Source:
     def __init__(self, index=None, *, url: str | None = None, index_name: str | None = None, api_key: str | None = None, home=None, k: int = 10, search_kwargs=None):
         if (index is None) == (url is None):
             raise QueryError("give a retriever either index=... (an open mvr.Index, a name or a path) or url=... with index_name=..., not both.")
-        if search_kwargs is not None and not isinstance(search_kwargs, dict):
-            raise QueryError(f"search_kwargs is a dict of mvr.Index.search options such as {{'first_stage': 'fde'}}, got {type(search_kwargs).__name__}.")
-        self.check_options(k, search_kwargs or {})
+        self.check_options(k, {} if search_kwargs is None else search_kwargs)
         if url is not None and not isinstance(url, str):
             raise QueryError(f"url is a server's address such as 'http://127.0.0.1:8000', got {type(url).__name__}.")
         for name, value in (("index_name", index_name), ("api_key", api_key)):  # checked even where unused: a framework's own check says it in many lines
@@ -44,12 +47,30 @@ class Source:
             self.name = index_name
 
     @staticmethod
-    def check_options(k, options: dict) -> None:
-        """A retriever's ``k`` and search options, checked when given, not at the first query."""
-        if not is_number(k, whole=True) or k < 1:  # (True was taken for 1)
+    def check_options(k, options) -> None:
+        """A retriever's ``k`` and search options, checked when given (names too), not at the first query."""
+        import numpy as np
+
+        from ..search import SearchOptions
+
+        if not isinstance(options, dict):  # a retriever's search_kwargs, set since construction
+            raise QueryError(f"search_kwargs is a dict of mvr.Index.search options such as {{'first_stage': 'fde'}}, got {type(options).__name__}.")
+        if not (is_number(k, whole=True) or isinstance(k, np.integer)) or k < 1:  # (True was taken for 1)
             raise QueryError(f"a retriever's k is a positive integer, got {k!r}.")
         if {"k", "queries", "query"} & set(options):
             raise QueryError("search_kwargs holds the options of a search, not its query or k: give k=... to the retriever.")
+        known = {*SEARCH_CALL_OPTIONS, *(field.name for field in dataclasses.fields(SearchOptions))}
+        unknown = sorted(map(str, set(options) - known))
+        if unknown:
+            raise QueryError(f"unknown search option(s) {unknown} in search_kwargs; known: {', '.join(sorted(known))}.")
+
+    def options(self, k, given, extra: dict | None = None) -> tuple[int, dict]:
+        """``k`` and the options of one query: a retriever's ``given`` (its search_kwargs) under
+        this call's ``extra``, checked again (either may have been set since construction)."""
+        Source.check_options(k, given)
+        options = {**given, **(extra or {})}
+        Source.check_options(k, options)
+        return int(k), options
 
     def search(self, query: str, k: int, options: dict | None = None) -> list[dict]:
         """The top-``k`` hits of ``query`` as ``{"id", "score", "title", "text", "metadata"}``."""
@@ -61,9 +82,10 @@ class Source:
         return self.client.search(self.name, query, k=k, **(options or {}))[0]
 
 
-def hit_metadata(hit: dict) -> dict:
+def hit_metadata(hit: dict, score: bool = True) -> dict:
     """A hit's metadata as a framework document carries it: the document's own fields, then
-    mvr's ``id``, ``title`` and ``score`` (which win over fields of the same name), and where
-    there is one, the ``passage`` that matched and the ``explanation`` (search_kwargs explain=True)."""
+    mvr's ``id``, ``title`` and (``score``) ``score`` (which win over fields of the same name), and
+    where there is one, the ``passage`` that matched and the ``explanation`` (search_kwargs
+    explain=True)."""
     extra = {name: hit[name] for name in ("passage", "explanation") if name in hit}
-    return {**hit["metadata"], "id": hit["id"], "title": hit["title"], "score": hit["score"], **extra}
+    return {**hit["metadata"], "id": hit["id"], "title": hit["title"], **({"score": hit["score"]} if score else {}), **extra}

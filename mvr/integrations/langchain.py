@@ -63,10 +63,6 @@ class MvrRetriever(BaseRetriever):
         if any(a is not b and a != b for a, b in zip(naming, self._made_of)):  # a field set since (retriever.index_name = ..., model_copy(update=...))
             self._source = Source(naming[0], url=self.url, index_name=self.index_name, api_key=self.api_key, home=self.home, k=self.k, search_kwargs=self.search_kwargs)
             self._made_of = naming
-        k, given = options.pop("k", self.k), self.search_kwargs
-        if not isinstance(given, dict):  # set since construction, which checked it
-            raise QueryError(f"search_kwargs is a dict of mvr.Index.search options such as {{'first_stage': 'fde'}}, got {type(given).__name__}.")
-        options = {**given, **options}
-        Source.check_options(k, options)
+        k, options = self._source.options(options.pop("k", self.k), self.search_kwargs, options)
         hits = self._source.search(query, k, options)
         return [Document(page_content=hit["text"], id=hit["id"], metadata=hit_metadata(hit)) for hit in hits]

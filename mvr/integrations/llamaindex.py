@@ -6,7 +6,8 @@
     >>> retriever.retrieve("a question")[0].score                                          # doctest: +SKIP
 
 Each hit is a ``NodeWithScore`` whose node is a ``TextNode``: ``id_`` the document's mvr id,
-``text`` its text, ``metadata`` its metadata fields plus ``id``, ``title`` and ``score``.
+``text`` its text, ``metadata`` its metadata fields plus ``id`` and ``title`` (the score is the
+``NodeWithScore``'s alone: see ``_node``).
 """
 
 from __future__ import annotations
@@ -46,8 +47,18 @@ class MvrRetriever(BaseRetriever):
         return await asyncio.to_thread(self._retrieve, query_bundle)
 
     def _retrieve(self, query_bundle: QueryBundle) -> list[NodeWithScore]:
-        hits = self._source.search(query_bundle.query_str, self.k, self.search_kwargs)
-        return [NodeWithScore(node=TextNode(id_=hit["id"], text=hit["text"], metadata=hit_metadata(hit)), score=hit["score"]) for hit in hits]
+        hits = self._source.search(query_bundle.query_str, *self._source.options(self.k, self.search_kwargs))
+        return [NodeWithScore(node=_node(hit), score=hit["score"]) for hit in hits]
+
+
+def _node(hit: dict) -> TextNode:
+    """A hit as a LlamaIndex node. Its score stays out of the metadata: LlamaIndex tells nodes
+    apart by a hash of text and metadata (its fusion retriever merges the same document found by
+    several queries by it), and a node's metadata goes into its prompts; mvr's id, passage id and
+    explanation stay out of the prompts and of what is embedded."""
+    metadata = hit_metadata(hit, score=False)
+    hidden = [key for key in ("id", "passage", "explanation") if key in metadata]
+    return TextNode(id_=hit["id"], text=hit["text"], metadata=metadata, excluded_llm_metadata_keys=hidden, excluded_embed_metadata_keys=hidden)
 
 
 def _checked(query):
