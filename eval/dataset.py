@@ -72,16 +72,17 @@ def load_beir(folder: str | os.PathLike, split: str = "test") -> tuple[dict[str,
 
 def _query_text(obj: dict, where: str) -> str:
     """A judged query's text, checked here so that a bad one is named by its line and id."""
-    from ..corpus import _utf8
+    from ..corpus import blank
+    from ..errors import is_utf8
 
     text, fix = obj.get("text"), 'give each judged query a non-empty "text" string.'
     if "text" not in obj:
         raise DatasetError(f'{where} has no "text"; {fix}')
     if not isinstance(text, str):
         raise DatasetError(f'{where} has "text": {shown(text)}, not a string; {fix}')
-    if not text.strip():
-        raise DatasetError(f'{where} has an empty "text"; {fix}')
-    if not _utf8(text):
+    if blank(text):
+        raise DatasetError(f'{where} has an empty "text"{"" if not text.strip() else " (invisible characters alone)"}; {fix}')
+    if not is_utf8(text):
         raise DatasetError(f'{where} has a lone surrogate in its "text" (a \\ud800-\\udfff escape with no pair), which no model reads; fix the file\'s encoding.')
     return text
 

@@ -21,7 +21,7 @@ import numpy as np
 
 from .config import SEARCH_PRESETS, IndexConfig, positive_int
 from .encode import Encoder
-from .errors import ConfigError, IndexFormatError, MvrError, shown
+from .errors import ConfigError, IndexFormatError, MvrError, check_flags, shown
 from .stages import BuildSource, build_stage, stage_class, stage_settings
 from .storage import ArrayWriter, StagingDir, target_path
 from .storage.layout import check_replaceable
@@ -68,7 +68,7 @@ def build(documents, name, *, config: IndexConfig | None = None, home=None, over
     if encoder is not None and (isinstance(encoder, (str, bytes, os.PathLike)) or not hasattr(encoder, "identity")):
         raise ConfigError(f"encoder must be a loaded mvr.Encoder (or None: the config's model), got {type(encoder).__name__}; name a model folder with config=IndexConfig(model=PATH).")
     started = time.perf_counter()
-    target = target_path(name, Path(home) if home else None)
+    target = target_path(name, home)
     with StagingDir(target, overwrite, resume=resume, wait=wait) as staging, cpu_threads(config.threads, "numba", "faiss"):
         if encoder is None:
             encoder = Encoder(config.model, query_maxlen=config.query_maxlen, doc_maxlen=config.doc_maxlen, batch_size=config.batch_size, threads=config.threads, doc_runtime=config.doc_runtime)
@@ -116,7 +116,7 @@ def build_blocks(blocks, name, *, sample, model_dim: int, encoder: dict, config:
     if wrong or encoder["dim"] != model_dim:
         raise ConfigError(f"encoder must be the identity of the {model_dim}-dim model that made the vectors (an index's manifest['encoder'], Encoder.identity); "
                           + (f"missing or wrong: {', '.join(wrong)}." if wrong else f"it says dim {encoder['dim']}."))
-    target = target_path(name, Path(home) if home else None)
+    target = target_path(name, home)
     config, head = pinned(config, encoder)
     for stage, settings in planned_stages(config).items():
         stage_class(stage).check(settings, _stored_dim(config, head, model_dim))
@@ -140,9 +140,7 @@ def build_blocks(blocks, name, *, sample, model_dim: int, encoder: dict, config:
 def _checked(config, **flags) -> IndexConfig:
     """``config`` (None: the defaults) where it is an IndexConfig a build can follow, and each of
     ``flags`` True or False (show_progress: or None; overwrite="no" would be taken for True)."""
-    for flag, value in flags.items():
-        if not isinstance(value, bool) and not (value is None and flag == "show_progress"):
-            raise ConfigError(f"{flag} must be True or False{' (or None)' if flag == 'show_progress' else ''}, got {shown(value)}.")
+    check_flags(**flags)
     config = IndexConfig() if config is None else config
     if not isinstance(config, IndexConfig):
         raise ConfigError(f"config must be an IndexConfig (IndexConfig(**settings) for a dict of settings), got {type(config).__name__}.")
@@ -231,7 +229,7 @@ def derive(source, name, *, home=None, overwrite: bool = False, show_progress: b
     if config.fde is not None:
         stage_class("fde").check(config.fde, source.dim if head is None else head.shape[1])
     started = time.perf_counter()
-    target = target_path(name, Path(home) if home else None)
+    target = target_path(name, home)
     if target.resolve() == source.path.resolve():
         raise ConfigError("derive into a new name; the source index is kept as it is.")
     check_sources(source.segments)

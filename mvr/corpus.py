@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Iterable, Iterator
 
-from .errors import CorpusError, QueryError, is_number, many, shown
+from .errors import CorpusError, QueryError, is_number, is_utf8, many, shown
 
 TEXT_SUFFIXES = (".txt", ".md")
 _FORMS = 'a BEIR corpus.jsonl (or its dataset folder), a JSONL file of {"id", "text"} objects, or a folder of .txt/.md files'
@@ -43,9 +43,14 @@ class Document:
 
     @property
     def blank(self) -> bool:
-        """Whether it has no character a tokenizer keeps: only white space, control and format
-        characters (zero-width spaces, byte order marks, soft hyphens), which BERT-like tokenizers drop."""
-        return all(c.isspace() or unicodedata.category(c) in ("Cc", "Cf") for c in self.full_text)
+        """Whether it has no character a tokenizer keeps (:func:`blank`)."""
+        return blank(self.full_text)
+
+
+def blank(text: str) -> bool:
+    """Whether ``text`` has no character a tokenizer keeps: only white space, control and format
+    characters (zero-width spaces, byte order marks, soft hyphens), which BERT-like tokenizers drop."""
+    return all(c.isspace() or unicodedata.category(c) in ("Cc", "Cf") for c in text)
 
 
 # utf-8-sig: a byte order mark (as Windows editors write it) is dropped, not read as text.
@@ -63,7 +68,7 @@ MAX_ID_BYTES = 512
 def _id_problem(doc_id: str) -> str | None:
     if not doc_id:
         return "is empty"
-    if not _utf8(doc_id):
+    if not is_utf8(doc_id):
         return "holds a lone surrogate (no character: the text was decoded wrongly)"
     if len(doc_id) > MAX_ID_BYTES // 4 and len(doc_id.encode("utf-8")) > MAX_ID_BYTES:
         return f"is {len(doc_id.encode('utf-8'))} bytes long (UTF-8), over the {MAX_ID_BYTES} an id may have"
@@ -98,7 +103,7 @@ def asked_ids(ids) -> list[str]:
         if not isinstance(doc_id, str):
             stored = f" (a document given the id {doc_id} has the id {str(doc_id)!r})" if isinstance(doc_id, int) and not isinstance(doc_id, bool) and abs(doc_id) < 10**18 else ""
             raise QueryError(f"document ids are strings; id #{i} is {type(doc_id).__name__} {shown(doc_id)}{stored}.")
-        if not _utf8(doc_id):
+        if not is_utf8(doc_id):
             raise QueryError(f"id #{i} holds a lone surrogate (no character: it was decoded wrongly); send ids as UTF-8.")
     return ids
 
@@ -173,15 +178,8 @@ def exact_number(value) -> bool:
 
 
 def _check_text(text: str, title: str, doc_id: str, where: str) -> None:
-    if not _utf8(text) or not _utf8(title):
+    if not is_utf8(text) or not is_utf8(title):
         raise CorpusError(f"{where}: document {shown(doc_id)} holds a lone surrogate (no character: the text was decoded wrongly); fix its encoding.")
-
-
-def _utf8(text: str) -> bool:
-    try:
-        return text.encode("utf-8") is not None
-    except UnicodeEncodeError:  # a lone surrogate
-        return False
 
 
 def repeated(values: Iterable[str]) -> str | None:
@@ -194,11 +192,11 @@ def _metadata_value(value):
     """``value`` as stored (numpy scalars as Python ones), or None where no field type holds it."""
     if isinstance(value, np.generic):
         value = value.item()
-    if isinstance(value, bool) or (isinstance(value, str) and _utf8(value)):
+    if isinstance(value, bool) or (isinstance(value, str) and is_utf8(value)):
         return value
     if exact_number(value):
         return value
-    if isinstance(value, list) and all(isinstance(v, str) and _utf8(v) for v in value):
+    if isinstance(value, list) and all(isinstance(v, str) and is_utf8(v) for v in value):
         return value
     return None
 
@@ -214,7 +212,7 @@ def check_metadata(values, where: str, strict: bool = True) -> dict:
         raise CorpusError(f'{where}: "metadata" must be an object of fields, got {type(values).__name__}.')
     out = {}
     for name, value in values.items():
-        if not isinstance(name, str) or not name or name.startswith("$") or not _utf8(name):
+        if not isinstance(name, str) or not name or name.startswith("$") or not is_utf8(name):
             if not strict:
                 continue
             raise CorpusError(f"{where}: metadata field name {shown(name)} must be a non-empty UTF-8 string not starting with '$'.")

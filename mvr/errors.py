@@ -77,6 +77,24 @@ def is_number(value, whole: bool = False) -> bool:
     return isinstance(value, int if whole else (int, float)) and not isinstance(value, bool)
 
 
+def is_utf8(text: str) -> bool:
+    """Whether ``text`` is UTF-8 text: no lone surrogate (what Python makes of bytes that are not
+    UTF-8 in a file name, or text decoded wrongly; libraries taking text, faiss's among them, fail on it)."""
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
+
+
+def check_flags(**values) -> None:
+    """Each of ``values`` True or False (``show_progress``: or None), else a ConfigError naming it:
+    a string "no" or a 0 would be taken for what its truth says."""
+    for flag, value in values.items():
+        if not isinstance(value, bool) and not (value is None and flag == "show_progress"):
+            raise ConfigError(f"{flag} must be True or False{' (or None)' if flag == 'show_progress' else ''}, got {shown(value)}.")
+
+
 def many(values, what: str, error_class: type, ordered: bool = True, also: tuple = ()):
     """``values`` unchanged where it is a collection of several things, else ``error_class``
     saying ``what`` they must be: a string, bytes or a mapping (read letter by letter, byte by

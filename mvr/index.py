@@ -94,16 +94,16 @@ class Index(Changes):
         at its newest commit (kept while other processes write; :meth:`refresh` moves on).
 
         ``model``: an :class:`Encoder` or a model folder for the queries; by default the model the
-        index was built with. A different encoder is refused at the first search. ``splade_model``:
-        likewise for the SPLADE first stage, when its model folder has moved. ``device``: where
-        exact MaxSim and query encoding run, "auto" (None: ``$MVR_DEVICE``, else auto), "cpu",
-        "cuda" or "cuda:N" (mvr/device.py).
-        """
+        index was built with (another is refused at the first search). ``splade_model``: likewise
+        for the SPLADE first stage, when its model folder has moved. ``device``: where exact MaxSim
+        and query encoding run, "auto" (None: ``$MVR_DEVICE``, else auto), "cpu", "cuda", "cuda:N"."""
         from .storage.commits import read_pointer
 
         if not isinstance(name_or_path, (str, os.PathLike)) or (model is not None and not isinstance(model, (str, os.PathLike, Encoder))):
             raise ConfigError(f"open an index by its name or path (str or Path), with model= an Encoder or a model folder; got {type(name_or_path).__name__} and {type(model).__name__}.")
-        path = locate(name_or_path, Path(home) if home else None)
+        if splade_model is not None and not isinstance(splade_model, (str, os.PathLike)):
+            raise ConfigError(f"splade_model is the folder of the SPLADE model (a str or a path), got {type(splade_model).__name__}.")
+        path = locate(name_or_path, home)
         if read_pointer(path)["format_version"] == 1:
             recover_stages(path, {name: (stage_class(name).format,) for name in STAGES})
         return cls(path, model=model, splade_model=splade_model, device=device)

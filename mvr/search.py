@@ -11,8 +11,8 @@ from dataclasses import dataclass
 import numpy as np
 
 from .config import FUSION_WEIGHT, default_candidates
-from .corpus import _utf8, query_texts
-from .errors import EncoderMismatchError, QueryError, many, shown
+from .corpus import blank, query_texts
+from .errors import EncoderMismatchError, QueryError, is_utf8, many, shown
 from .feedback import COLBERT_PRF, expand
 from .first_stage import exhaustive, first_stage
 from .fusion import FUSIONS, check_weights, fuse, signal_scores, stage_signals, text_signals
@@ -222,9 +222,10 @@ def query_strings(queries) -> list[str]:
     """A query or a list of them as a list of non-empty strings, or a QueryError for what is not."""
     texts = query_texts(queries)
     for i, text in enumerate(texts):
-        if not isinstance(text, str) or not text.strip():
-            raise QueryError(f"query #{i} is {'empty' if isinstance(text, str) else type(text).__name__}; queries must be non-empty strings.")
-        if not text.isprintable() and not _utf8(text):
+        if not isinstance(text, str) or blank(text):
+            what = type(text).__name__ if not isinstance(text, str) else "empty" if not text.strip() else "only invisible characters (control, format)"
+            raise QueryError(f"query #{i} is {what}; queries must be non-empty strings.")
+        if not text.isprintable() and not is_utf8(text):
             raise QueryError(f"query #{i} holds a lone surrogate (no character: the text was decoded wrongly); send it as UTF-8.")
     return texts
 
@@ -235,7 +236,7 @@ def query_batch(queries, texts, opts: SearchOptions, dim: int, owner: str, encod
     if (needs_texts(opts.first_stage) or text_signals(opts.weights)) and texts is None:
         raise QueryError(f"the {opts.first_stage} first stage and text signals need the query texts (texts=...).")
     if texts is not None:
-        texts = list(many(texts, "texts are the queries' texts, a list of strings", QueryError))
+        texts = query_strings(list(many(texts, "texts are the queries' texts, a list of strings", QueryError)))
     if queries is None:
         if opts.rerank or needs_vectors(opts.first_stage):
             raise QueryError(f"first stage {opts.first_stage!r} with rerank={opts.rerank} needs encoded queries.")

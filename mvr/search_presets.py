@@ -128,14 +128,16 @@ def check(index, name: str, options: dict) -> dict:
 
     if not isinstance(options, dict):
         raise QueryError(f"a preset is a mapping of search options such as {{\"first_stage\": \"pooled+bm25s\"}}, got {type(options).__name__}.")
+    if not all(isinstance(key, str) for key in options):
+        raise QueryError(f"a preset's options are named by strings, got {shown(sorted(map(repr, options)))}.")
     options = _plain(options)
     if "dense_share" in options and options.get("first_stage") is None:  # the stage it splits, named: the default may be none
         raise QueryError(f"preset {name!r}: dense_share splits a hybrid first stage's candidates; name the stage in the preset, such as \"fde+bm25s\".")
     if options.get("prf") == "rm3" and "bm25" not in str(options.get("first_stage")).split("+"):
         raise QueryError(f"preset {name!r}: prf (query expansion of the Lucene bm25 stage) needs a first_stage with bm25 in the preset, such as \"bm25\" or \"fde+bm25\".")
     check_name(name)
-    if "preset" in options or "filter" in options:
-        raise QueryError("a preset holds search options, not another preset or a filter.")
+    if options.keys() & {"preset", "filter", "k", "threads"}:
+        raise QueryError("a preset holds search options, not another preset, a filter, k or threads (each search gives its own).")
     opts = SearchOptions.create(**options)
     if opts.prf == "colbert" and not all(segment.token_ids() is not None for segment in index.segments):
         raise QueryError(f"preset {name!r}: prf=\"colbert\" reads the stored token ids, which index {index.name!r} does not hold (clustered vectors, or an older build); save it without prf.")

@@ -122,17 +122,22 @@ def _release(name: str, held) -> None:
             del _owners[name]
 
 
+def check_threads(threads: int | None) -> int | None:
+    """``threads`` where it is None or a positive integer, else a QueryError."""
+    if threads is not None and (not is_number(threads, whole=True) or threads < 1):
+        raise QueryError(f"threads must be a positive integer, got {threads!r}.")
+    return threads
+
+
 @contextlib.contextmanager
 def cpu_threads(threads: int | None, *libraries: str):
     """Run the block with ``threads`` threads in each named library ("torch", "numba", "faiss",
     "blas": NumPy's BLAS, through threadpoolctl); None leaves them as they are. More than the
     cores run as many as the cores (more only slow things down, and 100,000 made BLAS fail to
     start its threads and the process crash)."""
-    if threads is None:
+    if check_threads(threads) is None:
         yield
         return
-    if not is_number(threads, whole=True) or threads < 1:
-        raise QueryError(f"threads must be a positive integer, got {threads!r}.")
     threads = min(threads, cores())
     with contextlib.ExitStack() as stack:
         for name in libraries:

@@ -25,7 +25,7 @@ from .config import FDEConfig, positive_int
 from .encode import Encoder
 from .encode.pool import ProcessEncoder
 from .corpus import as_documents, asked_ids
-from .errors import CorpusError, IndexFormatError
+from .errors import CorpusError, IndexFormatError, check_flags
 from .passages import document_id, passage_rows, rows_of
 from .search_presets import preset_stages, saved
 from .segment_build import merge_segments, planned_stages, write_segment
@@ -44,8 +44,7 @@ class Writer:
     in use names. :meth:`commit` publishes a new generation."""
 
     def __init__(self, index, wait: float = 0.0):
-        self.index = index
-        self.wait = wait
+        self.index, self.wait = index, wait
 
     def __enter__(self) -> "Writer":
         from .build import upgrade
@@ -107,8 +106,7 @@ def document_encoder(index, cpu: bool = False) -> Encoder:
 
 
 def segment_stages(segment) -> dict:
-    """The first stages of ``segment``, each with the settings it was built with: what a new
-    segment of the index gets."""
+    """The first stages of ``segment``, each with the settings it was built with: a new segment's."""
     from .registry import STAGES
     from .stages import stage_class
     from .storage.formats import upgrade_fde_config
@@ -127,7 +125,7 @@ def segment_stages(segment) -> dict:
     return stages
 
 
-def _entries(record: dict) -> list[dict]:
+def _entries(record: dict) -> list[dict]:  # the record's segments, each a copy to change
     return [dict(seg) for seg in record["segments"]]
 
 
@@ -138,6 +136,7 @@ def add(index, documents, *, upsert: bool = False, wait: float = 0.0, merge: boo
     in that many processes of one CPU thread each (mvr.encode.pool.ProcessEncoder; the same
     vectors). Returns ``{"added", "replaced", "generation", "segments", "seconds", "docs_per_second"}``."""
     positive_int("", "workers", workers)
+    check_flags(merge=merge, show_progress=show_progress)
     documents = as_documents(documents, numbered=False)  # what is no list of documents, refused before the lock is taken
     started = time.perf_counter()
     with Writer(index, wait) as writer:
@@ -171,13 +170,12 @@ def add(index, documents, *, upsert: bool = False, wait: float = 0.0, merge: boo
         writer.commit(segments, "upsert" if upsert else "add", [folder], command=command)
         if merge:
             merge_policy(writer, show_progress=show_progress)
-        seconds = time.perf_counter() - started
         return {
             "added": manifest["counts"].get("source_documents", manifest["counts"]["documents"]),  # documents, not passages
             "replaced": len({document_id(str(i)) for i in state_ids[replaced]}) if index.config.passage_tokens else len(replaced),
             "generation": writer.generation,
             "segments": len(writer.record["segments"]),
-            "seconds": round(seconds, 3),
+            "seconds": round(time.perf_counter() - started, 3),
             "docs_per_second": manifest["build"]["docs_per_second"],
         }
 
@@ -202,6 +200,7 @@ def _mark_deleted(writer: Writer, state, segments: list[dict], positions: np.nda
 def delete(index, ids, *, wait: float = 0.0, merge: bool = True, command=None) -> dict:
     """Delete the documents with ``ids`` in one commit. Ids the index does not hold are reported,
     not an error (they may have been deleted already). Returns ``{"deleted", "missing", "generation"}``."""
+    check_flags(merge=merge)
     ids = asked_ids(ids)
     with Writer(index, wait) as writer:
         state = index._state
@@ -333,6 +332,7 @@ class Changes:
         is named (mvr/search_presets.py). Returns the commit."""
         from .search_presets import check
 
+        check_flags(default=default)
         options = check(self, name, options)
         with Writer(self, wait) as writer:
             found = saved(writer.record, replace_damaged=True)  # a damaged record's presets were unusable

@@ -93,6 +93,25 @@ def test_build_flags_must_be_bools(tmp_path, copy, encoder):
     assert not (tmp_path / "derived").exists()
 
 
+def test_write_flags_must_be_bools(copy):
+    """merge="no" merged and default="no" made the preset the default: read by their truth."""
+    before = copy.generation
+    for call in (lambda: copy.add([{"id": "n1", "text": "new cats"}], merge="no"), lambda: copy.delete(["1"], merge=None),
+                 lambda: copy.upsert([{"id": "1", "text": "cats"}], show_progress="no"), lambda: copy.save_search_preset("p", {"first_stage": "exhaustive"}, default="no")):
+        with pytest.raises(ConfigError, match="must be True or False"):
+            call()
+    assert copy.generation == before and "n1" not in copy and copy.search_presets["presets"] == {}
+    for options, message in (({1: 2}, "a preset's options are named by strings, got"), ({"threads": 2}, "not another preset, a filter, k or threads"),
+                             ({"k": 3}, "not another preset, a filter, k or threads")):
+        with pytest.raises(QueryError, match=message):
+            copy.save_search_preset("p", options)
+    for threads in (0, -5, "x", 1.5):
+        with pytest.raises(QueryError, match="threads must be a positive integer"):
+            copy.encode_queries("cats", threads=threads)
+    with pytest.raises(ConfigError, match="splade_model is the folder of the SPLADE model"):
+        Index.open(copy.path, splade_model=5)
+
+
 def test_search_flags_must_be_bools(index, results):
     """rerank="false" reranked and rerank=None did not, explain="no" explained: the server refuses
     "false" and takes null as unset, so a retriever's search_kwargs meant one thing over an index and
@@ -239,6 +258,43 @@ def test_open_takes_a_name_or_path_and_a_model_or_encoder(tmp_path):
     for name, model in ((None, None), (5, None), (tmp_path, 5)):
         with pytest.raises(ConfigError, match="open an index by its name or path"):
             Index.open(name, model=model)
+
+
+def test_names_paths_and_homes_that_are_no_text_are_refused_in_one_line(tmp_path, index, encoder):
+    """A lone surrogate in a name passed the name check and failed in faiss's writer after every
+    document was encoded (its staging folder left behind), or in os.fsencode; a home of another
+    type failed in pathlib."""
+    from mvr import IndexNotFoundError
+
+    for name in ("a\udc80", "a\ud800"):
+        with pytest.raises(ConfigError, match="invalid index name .*: it is not UTF-8 text"):
+            Index.build(CORPUS, name, home=tmp_path, encoder=encoder, config=FAST)
+        with pytest.raises(ConfigError, match="the path is not UTF-8 text"):
+            Index.build(CORPUS, tmp_path / name, encoder=encoder, config=FAST)
+        for where in (name, tmp_path / name):
+            with pytest.raises(IndexNotFoundError, match="it is not UTF-8 text"):
+                Index.open(where, home=tmp_path)
+    assert list(tmp_path.iterdir()) == []
+    for home in (5, b"/tmp", ["a"]):
+        with pytest.raises(ConfigError, match=f"home is the folder of indexes \\(a str or a path\\), got {type(home).__name__}"):
+            Index.open("idx", home=home)
+        with pytest.raises(ConfigError, match="home is the folder of indexes"):
+            Index.build(CORPUS, "idx", home=home, encoder=encoder, config=FAST)
+    assert Index.open("idx", home=str(index.path.parent), model=encoder).doc_ids.tolist() == index.doc_ids.tolist()
+
+
+def test_queries_of_nothing_but_invisible_characters_are_refused(index):
+    """A query of zero-width spaces or control characters was searched (as the query marker and
+    padding alone, ranking documents by nothing); texts given with encoded queries were not checked."""
+    for query in ("\u200b", "\x00\x01", " \ufeff "):
+        with pytest.raises(QueryError, match="query #0 is only invisible characters"):
+            index.search(query, k=2)
+        with pytest.raises(QueryError, match="query #0 is only invisible characters"):
+            index.rerank(query, list(index.doc_ids[:2]))
+    encoded = index.encode_queries("which animal purrs?")
+    for texts, message in (([None], "query #0 is NoneType"), ([5], "query #0 is int"), ([""], "query #0 is empty"), (["a\ud800"], "lone surrogate")):
+        with pytest.raises(QueryError, match=message):
+            index.search_encoded(encoded, k=2, texts=texts, first_stage="exhaustive")
 
 
 def _head_file(path: Path, skip) -> str:

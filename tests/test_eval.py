@@ -202,6 +202,7 @@ def test_eval_rejects_a_qrels_file_that_judges_no_query(beir, default_index, cap
         ({"_id": "q2", "text": None}, 'has "text": None, not a string'),
         ({"_id": "q2", "text": ""}, 'has an empty "text"'),
         ({"_id": "q2", "text": " \t"}, 'has an empty "text"'),
+        ({"_id": "q2", "text": "\u200b\u200b"}, 'has an empty "text" (invisible characters alone)'),
     ],
 )
 def test_eval_names_the_line_and_id_of_a_judged_query_without_text(beir, default_index, capsys, query, said):

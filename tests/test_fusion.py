@@ -146,7 +146,7 @@ def test_options_that_change_scoring_replace_the_presets_fusion_as_a_whole(best)
         ("x", {"fusion": "weighted", "weights": {"maxsim": 0}}, "at least one"),
         ("x", {"fusion": "weighted"}, "go together"),
         ("x", {"weights": {"maxsim": 1}}, "go together"),
-        ("x", {"first_stage": "pooled", "filter": {"year": 1}}, "not another preset or a filter"),
+        ("x", {"first_stage": "pooled", "filter": {"year": 1}}, "not another preset, a filter, k or threads"),
         ("none", {"first_stage": "pooled"}, "preset name"),
         ("a b", {"first_stage": "pooled"}, "preset name"),
         ("x", {"first_stage": "pooled", "bogus": 1}, "unknown search option"),

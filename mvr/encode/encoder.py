@@ -22,7 +22,7 @@ from ..config import DEFAULT_DOC_RUNTIME, INT8_RUNTIMES, QUERY_RUNTIMES, RUNTIME
 from ..device import autocast_dtype, resolve_device, resolve_precision
 from ..errors import EncoderError
 from ..progress import progress
-from ..threads import cpu_threads
+from ..threads import check_threads, cpu_threads
 from .forms import DEFAULT_MODEL_NAME, default_model_path, detect_spec, finish_vectors, numpy_layers, read_projections, weight_files_of, weights_checksum
 from .runtimes import ExportError, OnnxTransformer, check_runtime, export_key, quiet_transformers, transformers_names
 from .tokens import TokenVectors, character_spans, checked_texts, input_ids, token_classes, tokenizer_checksum
@@ -331,7 +331,7 @@ class Encoder:
                 bar.update(len(batch))
 
         starts = range(0, len(order), batch_size)
-        with cpu_threads(threads or self.threads, "torch"):
+        with cpu_threads(check_threads(threads) or self.threads, "torch"):  # threads=0 is refused, not the default
             # ONNX Runtime spreads one run over threads poorly: queries run on one (at batch 1 a second
             # costs more than it brings, docs/speed.md), document batches as many at once as there
             # are threads, the threads shared among them (a batch's vectors are the same on any

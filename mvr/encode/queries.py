@@ -30,6 +30,7 @@ import numpy as np
 
 from ..config import RUNTIMES, positive_int
 from ..errors import EncoderError, EncoderMismatchError
+from ..threads import check_threads
 from .encoder import Encoder, identity_differences
 from .forms import default_model_path, detect_spec, finish_vectors, numpy_layers, read_projections, weight_files_of, weights_checksum
 from .runtimes import cache_dir, cached_export, export_key, open_session, write_record
@@ -67,7 +68,8 @@ class QueryEncoder:
 
     def encode_queries(self, texts, *, batch_size: int | None = None, threads: int | None = None, show_progress=None) -> TokenVectors:
         texts = checked_texts(texts, True)
-        positive_int("", "batch_size", batch_size, optional=True)  # as the full encoder checks it (threads: queries run on one)
+        positive_int("", "batch_size", batch_size, optional=True)  # as the full encoder checks them (queries run on one thread)
+        check_threads(threads)
         spec, tok = self.spec, self.tokenizer
         sequences, truncated = input_ids(tok, texts, self._marker, spec.query_maxlen, expand=spec.query_expansion)
         batch_size = batch_size or 32

@@ -121,9 +121,7 @@ def checked_texts(texts, is_query: bool) -> list[str]:
     """``texts`` as a list of strings (a query alone as one), or an EncoderError for what is not:
     a document string alone (it would be read letter by letter), bytes, a mapping, a number, None,
     an element that is no string or holds a lone surrogate (the tokenizer fails on it)."""
-    from ..corpus import _utf8
-    from ..errors import many
-    from ..errors import EncoderError
+    from ..errors import EncoderError, is_utf8, many
 
     if isinstance(texts, str) and is_query:
         return [texts]
@@ -131,7 +129,7 @@ def checked_texts(texts, is_query: bool) -> list[str]:
     for i, text in enumerate(texts):
         if not isinstance(text, str):
             raise EncoderError(f"text #{i} is a {type(text).__name__}, expected str.")
-        if not _utf8(text):
+        if not is_utf8(text):
             raise EncoderError(f"text #{i} holds a lone surrogate (no character: it was decoded wrongly); give it as UTF-8 text.")
     return texts
 

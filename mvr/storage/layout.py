@@ -10,9 +10,8 @@ with ``.``): ``.NAME.mvr-lock``, the writer lock (storage/lock.py); ``.NAME.buil
 a build in progress; and ``.NAME.old-PID-xxxxxxxx``, the index being replaced, for the instant
 between the two renames of a swap. A killed build leaves them behind: the next writer in the home
 (a build, or a change of any index there) removes what no live writer holds, and puts back a
-hidden old copy whose target is missing (so does :func:`locate`).
-A build folder with encoded chunks (mvr/encoding.py) is kept for the next build of its name,
-which goes on in it (``--resume``) or removes it."""
+hidden old copy whose target is missing (so does :func:`locate`). A build folder with encoded
+chunks (mvr/encoding.py) is kept for the next build of its name: it goes on (``--resume``) or goes."""
 
 from __future__ import annotations
 
@@ -25,11 +24,11 @@ import sys
 import time
 from pathlib import Path
 
-from ..errors import IndexExistsError, IndexFormatError, IndexNotFoundError, shown
+from ..errors import IndexExistsError, IndexFormatError, IndexNotFoundError, is_utf8, shown
 from .formats import INDEX_FORMAT, SEGMENT_FORMAT
 from .lock import WriterLock
 from .manifest import MANIFEST, SEGMENT_NAME, SEGMENTS, fsync_dir, fsync_tree, manifest_format, write_manifest
-from .names import available, default_home, name_problem
+from .names import available, home_folder, name_problem
 
 # mkdtemp's random part is 8 characters of [a-z0-9_]; folders from before the PID was added lack it
 LEFTOVER = re.compile(r"^\.(?P<name>.+?)(?:\.(?P<kind>building|old)-(?:\d+-)?[a-z0-9_]{8}|\.(?P<lock>mvr-lock))$")
@@ -44,8 +43,7 @@ def _resumable(folder: Path, chunks: bool = True) -> bool:
 
 
 def _new_folder(home: Path, prefix: str) -> Path:
-    """A new folder ``prefix`` + 8 random characters in ``home``, with the mode the umask gives
-    (mkdtemp's 0700 would leave every committed index readable by its owner only)."""
+    """A new folder ``prefix`` + 8 random characters in ``home``, of the umask's mode (not mkdtemp's 0700)."""
     while True:
         folder = home / (prefix + secrets.token_hex(4))
         try:
@@ -59,8 +57,10 @@ def locate(name_or_path: str | os.PathLike, home: Path | None = None, *, wait: f
     """The directory of an existing index, given a path to it or a name under ``home``. An index
     whose rebuild was killed between the two renames of its swap is renamed back first (when a
     live writer holds the name, after up to ``wait`` seconds for it to finish its own swap)."""
-    explicit, home = bool(home), Path(home) if home else default_home()
+    explicit, home = bool(home), home_folder(home)
     given, named = Path(name_or_path), home / str(name_or_path)
+    if not is_utf8(str(given)):  # mvr writes no such folder (and the file system cannot be asked for some)
+        raise IndexNotFoundError(f"no index named or at {str(name_or_path)!r}: it is not UTF-8 text (it holds a lone surrogate); `mvr list` shows the indexes.")
     if any(len(os.fsencode(part)) > 255 for part in given.parts):  # no file system holds such a folder (asking it raised "File name too long")
         raise IndexNotFoundError(f"no index named or at {shown(str(name_or_path), 60)}: a folder name is at most 255 bytes (an index name 200); `mvr list` shows the indexes.")
     plain = isinstance(name_or_path, str) and name_problem(name_or_path) is None

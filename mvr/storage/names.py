@@ -7,7 +7,7 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-from ..errors import ConfigError
+from ..errors import ConfigError, is_utf8
 from .manifest import MANIFEST
 
 
@@ -16,8 +16,17 @@ def default_home() -> Path:
     return Path(os.environ.get("MVR_INDEX_DIR") or "indexes")
 
 
+def home_folder(home=None) -> Path:
+    """The folder of indexes ``home`` (a str or a path) as a Path; None or "": :func:`default_home`."""
+    if not home:
+        return default_home()
+    if not isinstance(home, (str, os.PathLike)):
+        raise ConfigError(f"home is the folder of indexes (a str or a path), got {type(home).__name__}.")
+    return Path(home)
+
+
 def available(home: Path | None = None) -> list[str]:
-    home = Path(home) if home else default_home()
+    home = home_folder(home)
     if not home.is_dir():
         return []
     return sorted(p.name for p in home.iterdir() if (p / MANIFEST).is_file() and not p.name.startswith("."))
@@ -29,6 +38,8 @@ def name_problem(name: str) -> str | None:
         return "it is empty"
     if name.strip() != name:
         return "it starts or ends with white space"
+    if not is_utf8(name):
+        return "it is not UTF-8 text (it holds a lone surrogate such as '\\udc80')"
     if any(ord(c) < 32 or ord(c) == 127 for c in name):
         return "it holds a control character"
     if name in (".", ".."):
@@ -37,7 +48,7 @@ def name_problem(name: str) -> str | None:
         return "it holds a path separator"
     if name.startswith("."):
         return "it starts with '.', which mvr keeps for its own hidden staging folders"
-    if len(name.encode("utf-8", "surrogateescape")) > 200:
+    if len(name.encode("utf-8")) > 200:
         return "it is longer than 200 bytes (mvr's hidden folders add to it, and file systems stop at 255)"
     return None
 
@@ -45,9 +56,11 @@ def name_problem(name: str) -> str | None:
 def target_path(name: str | os.PathLike, home: Path | None = None) -> Path:
     """Where an index is written: a name (``str``) is a plain folder name under ``home``, so it
     cannot land elsewhere; a path is given explicitly as a ``pathlib.Path`` (any ``os.PathLike``)."""
-    home = Path(home) if home else default_home()
+    home = home_folder(home)
     if isinstance(name, os.PathLike):
         path = Path(os.fspath(name))
+        if not is_utf8(str(path)):
+            raise ConfigError(f"cannot write an index at {str(path)!r}: the path is not UTF-8 text (it holds a lone surrogate); give a path of UTF-8 text.")
         if path.name in ("", ".", ".."):
             raise ConfigError(f"cannot write an index at {str(path)!r}: give the path of the index folder itself (e.g. {str(path / 'myindex')!r}).")
         return path
