@@ -295,6 +295,8 @@ def encode_corpus(documents, encoder, config: IndexConfig, folder: Path, show_pr
         warnings.warn(f"mvr: fields no metadata type holds were left out ({', '.join(f'{shown(k)} of {n} documents' for k, n in left_out.most_common(5))}"
                       f"{', ...' if len(left_out) > 5 else ''}): a field is a string, a finite number of at most 2**53, true/false or a list of strings.", stacklevel=2)
     if not ids:
+        for record in checkpoints.folder.glob("chunk-*.npz") if checkpoints is not None else ():
+            record.unlink()  # nothing encoded to go on from: the build's folder goes with the error
         raise CorpusError("the corpus holds no documents" + (f" ({skipped} empty ones skipped)" if skipped else "") + "; nothing to index.")
     doc_lengths = np.concatenate(lengths)
     offsets = np.zeros(len(doc_lengths) + 1, dtype=np.int64)

@@ -152,6 +152,9 @@ def test_empty_corpus_and_empty_documents(tmp_path, plain_encoder):
     docs.append({"id": "c", "text": "\u200b", "title": "\x00"})
     index = Index.build(docs, tmp_path / "x", encoder=plain_encoder, config=IndexConfig(skip_empty=True))
     assert list(index.doc_ids) == ["a"] and index.manifest["counts"]["skipped_empty_documents"] == 2
+    with pytest.raises(CorpusError, match=r"holds no documents \(2 empty ones skipped\)"):  # its build folder was kept "for --resume", nothing in it
+        Index.build(docs[1:], tmp_path / "y", encoder=plain_encoder, config=IndexConfig(skip_empty=True))
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["empty.jsonl", "x"]
     with pytest.raises(CorpusError, match="not found"):
         read_corpus(tmp_path / "missing.jsonl")
 
