@@ -243,7 +243,7 @@ class Index(Changes):
         raise AttributeError(f"'Index' object has no attribute {name!r}")
 
     def __reduce__(self):  # pickle, deepcopy (a framework's copy of a retriever, another process): the index opened again at its path
-        return Index, (self.path, self._model.path if isinstance(self._model, Encoder) else self._model, self.splade_model, self.device)
+        return Index, (self.path, self._model, self.splade_model, self.device)  # an Encoder as its settings (mvr/encode/__init__.py)
 
     def __repr__(self) -> str:
         return f"Index({self.name!r}, documents={self.n_docs}, segments={len(self._state.segments)}, generation={self.generation})"

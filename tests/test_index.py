@@ -252,10 +252,16 @@ def test_an_index_pickles_and_copies_as_a_handle_opened_again(tmp_path, models):
     index = Index.open(tmp_path / "idx", model=Encoder(models["plain"]))
     expected = index.search(["purring cats", "volcano"], k=3)
     for twin in (pickle.loads(pickle.dumps(index)), copy.deepcopy(index)):
-        assert twin is not index and twin.path == index.path and twin._model == models["plain"].resolve()
+        assert twin is not index and twin.path == index.path and twin._model.path == models["plain"].resolve()
         found = twin.search(["purring cats", "volcano"], k=3)
         np.testing.assert_array_equal(found.indices, expected.indices)
         np.testing.assert_array_equal(found.scores, expected.scores)
+    # opened with an encoder of other settings, which the index refuses: so is its copy (a copy of the path alone searched)
+    other = Index.open(tmp_path / "idx", model=Encoder(models["plain"], query_maxlen=8, doc_runtime="torch"))
+    for twin in (pickle.loads(pickle.dumps(other)), copy.deepcopy(other)):
+        assert (twin._model.spec.query_maxlen, twin._model.doc_runtime) == (8, "torch")
+        with pytest.raises(EncoderMismatchError):
+            twin.search("purring cats", k=3)
 
 
 def test_index_remembers_a_moved_model(tmp_path, models):
