@@ -198,6 +198,10 @@ def test_a_langchain_retriever_follows_its_fields_and_takes_k_per_call(index, ur
     served = MvrRetriever(url=url, index_name="docs", api_key="k3y", k=2)
     for twin in (pickle.loads(pickle.dumps(served)), copy.deepcopy(served)):
         assert [d.id for d in twin.invoke("tea")] == [d.id for d in served.invoke("tea")]
+    # pydantic's other ways: a dump names an open index by its path and leaves the API key out; a retriever made without __init__ searches
+    assert json.loads(moved.model_dump_json())["index"] == str(index.path) and "k3y" not in served.model_dump_json()
+    constructed = MvrRetriever.model_construct(index=str(index.path), k=1)
+    assert [d.id for d in constructed.invoke("which animal purrs?")] == ["d1"]
     served.api_key = "wrong"
     with pytest.raises(QueryError, match="401"):
         served.invoke("tea")

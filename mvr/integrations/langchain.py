@@ -11,6 +11,7 @@ its mvr id, ``metadata`` its metadata fields plus ``id``, ``title`` and ``score`
 
 from __future__ import annotations
 
+import os
 from typing import Any
 
 from ..errors import QueryError, missing_extra
@@ -20,7 +21,7 @@ try:
     from langchain_core.callbacks import CallbackManagerForRetrieverRun
     from langchain_core.documents import Document
     from langchain_core.retrievers import BaseRetriever
-    from pydantic import ConfigDict, Field, PrivateAttr
+    from pydantic import ConfigDict, Field, PrivateAttr, field_serializer
 except ImportError as error:
     raise missing_extra("mvr.integrations.langchain", "langchain", error) from None
 
@@ -34,7 +35,7 @@ class MvrRetriever(BaseRetriever):
     index: Any = None
     url: str | None = None
     index_name: str | None = None
-    api_key: str | None = Field(default=None, repr=False)
+    api_key: str | None = Field(default=None, repr=False, exclude=True)  # never in a dump (model_dump_json), as not in its repr
     home: Any = None
     k: int = 10
     search_kwargs: dict = Field(default_factory=dict)
@@ -54,13 +55,18 @@ class MvrRetriever(BaseRetriever):
         super().__init__(**data)
         self._source, self._made_of = source, self._naming()
 
+    @field_serializer("index")
+    def _index_as_path(self, index):
+        """An open index dumped (model_dump, model_dump_json) as the path it was opened from."""
+        return str(index.path) if hasattr(index, "path") and not isinstance(index, (str, os.PathLike)) else index
+
     def _naming(self) -> tuple:
         return self.index, self.url, self.index_name, self.api_key, self.home
 
     def _get_relevant_documents(self, query: str, *, run_manager: CallbackManagerForRetrieverRun, **options: Any) -> list[Document]:
         """``options`` (``invoke(query, k=5, filter=...)``): ``k`` and search options for this query, over the retriever's."""
-        naming = self._naming()
-        if any(a is not b and a != b for a, b in zip(naming, self._made_of)):  # a field set since (retriever.index_name = ..., model_copy(update=...))
+        naming, made_of = self._naming(), getattr(self, "_made_of", None)  # None: made without __init__ (model_construct)
+        if made_of is None or any(a is not b and a != b for a, b in zip(naming, made_of)):  # a field set since (retriever.index_name = ..., model_copy(update=...))
             self._source = Source(naming[0], url=self.url, index_name=self.index_name, api_key=self.api_key, home=self.home, k=self.k, search_kwargs=self.search_kwargs)
             self._made_of = naming
         k, options = self._source.options(options.pop("k", self.k), self.search_kwargs, options)
