@@ -140,12 +140,15 @@ class SearchOptions:
             )
 
     @classmethod
-    def create(cls, **options) -> "SearchOptions":
-        """Options from keyword arguments, refusing unknown names with the list of known ones."""
+    def create(cls, **options) -> "SearchOptions":  # unknown names refused with the list of known ones
         unknown = sorted(set(options) - {f.name for f in dataclasses.fields(cls)})
         if unknown:
-            raise QueryError(f"unknown search option(s) {unknown}; known: threads, {', '.join(f.name for f in dataclasses.fields(cls))}.")
+            raise QueryError(f"unknown search option(s) {unknown}; known: {', '.join(cls.names())}.")
         return cls(**options)
+
+    @classmethod
+    def names(cls) -> list[str]:  # what Index.search takes as options: these fields, threads, explain, a preset
+        return sorted({*(f.name for f in dataclasses.fields(cls)), "threads", "explain", "preset"})
 
 
 def rerank(parts: list[tuple], query, k: int, opts: SearchOptions, signals: dict | None, each) -> tuple[np.ndarray, np.ndarray]:

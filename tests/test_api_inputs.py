@@ -6,6 +6,7 @@ wrong type, and a version-1 index whose conversion must wait for the writer lock
 from __future__ import annotations
 
 import dataclasses
+import os
 import shutil
 import threading
 import time
@@ -269,12 +270,18 @@ def test_names_paths_and_homes_that_are_no_text_are_refused_in_one_line(tmp_path
     for name in ("a\udc80", "a\ud800"):
         with pytest.raises(ConfigError, match="invalid index name .*: it is not UTF-8 text"):
             Index.build(CORPUS, name, home=tmp_path, encoder=encoder, config=FAST)
-        with pytest.raises(ConfigError, match="the path is not UTF-8 text"):
-            Index.build(CORPUS, tmp_path / name, encoder=encoder, config=FAST)
-        for where in (name, tmp_path / name):
-            with pytest.raises(IndexNotFoundError, match="it is not UTF-8 text"):
-                Index.open(where, home=tmp_path)
+        for target, home in ((tmp_path / name, None), ("idx", tmp_path / name)):  # faiss takes the path as text
+            with pytest.raises(ConfigError, match="mvr writes indexes only where the whole path is UTF-8 text"):
+                Index.build(CORPUS, target, home=home, encoder=encoder)
+    for where in ("a\ud800", tmp_path / "a\ud800"):
+        with pytest.raises(IndexNotFoundError, match="it holds a lone surrogate, which no file name has"):
+            Index.open(where, home=tmp_path)
+    with pytest.raises(IndexNotFoundError, match="no index named or at"):
+        Index.open("a\udc80", home=tmp_path)
     assert list(tmp_path.iterdir()) == []
+    latin1 = tmp_path / os.fsdecode(b"caf\xe9")  # a folder mvr did not name, its name not UTF-8: an index moved into it opens
+    shutil.copytree(index.path, latin1 / "idx")
+    assert Index.open(latin1 / "idx", model=encoder).doc_ids.tolist() == Index.open("idx", home=latin1, model=encoder).doc_ids.tolist() == index.doc_ids.tolist()
     for home in (5, b"/tmp", ["a"]):
         with pytest.raises(ConfigError, match=f"home is the folder of indexes \\(a str or a path\\), got {type(home).__name__}"):
             Index.open("idx", home=home)

@@ -19,7 +19,7 @@ import pytest
 import torch
 
 from conftest import TINY
-from mvr import Encoder, EncoderError, IndexConfig
+from mvr import Encoder, EncoderError, IndexConfig, QueryError
 from mvr.encode import detect_spec
 from mvr.encode import quantize as quantize_module
 from mvr.encode.quantize import activation_products, fuse_and_quantize
@@ -414,6 +414,9 @@ def test_queries_encode_without_pytorch_as_the_full_encoder_does(models, form, t
         np.testing.assert_array_equal(getattr(a, field), getattr(b, field))
     np.testing.assert_array_equal(a.vectors, b.vectors)  # the same numbers: both project and normalise in numpy
     assert a.truncated[4] and a.vectors.dtype == np.float32
+    for encoder in (lean, full):  # threads=0 was taken for the default by both (the lean encoder runs queries on one thread)
+        with pytest.raises(QueryError, match="threads must be a positive integer, got 0"):
+            encoder.encode_queries(QUERIES[:1], threads=0)
     found = Index.open(tmp_path / "idx").search(QUERIES[:5], k=5)
     np.testing.assert_array_equal(found.indices, expected.indices)
     np.testing.assert_array_equal(found.scores, expected.scores)

@@ -23,7 +23,7 @@ from ..device import autocast_dtype, resolve_device, resolve_precision
 from ..errors import EncoderError
 from ..progress import progress
 from ..threads import check_threads, cpu_threads
-from .forms import DEFAULT_MODEL_NAME, default_model_path, detect_spec, finish_vectors, numpy_layers, read_projections, weight_files_of, weights_checksum
+from .forms import DEFAULT_MODEL_NAME, default_model_path, detect_spec, encoder_settings, finish_vectors, numpy_layers, read_projections, weight_files_of, weights_checksum
 from .runtimes import ExportError, OnnxTransformer, check_runtime, export_key, quiet_transformers, transformers_names
 from .tokens import TokenVectors, character_spans, checked_texts, input_ids, token_classes, tokenizer_checksum
 
@@ -215,11 +215,11 @@ class Encoder:
     # -- encoding --------------------------------------------------------------------------------
     def encode_queries(self, texts: str | Sequence[str], *, batch_size: int | None = None, threads: int | None = None, show_progress=None) -> TokenVectors:
         """Token vectors of queries (markers and ``[MASK]`` augmentation as the model wants)."""
-        return self._encode(checked_texts(texts, True), is_query=True, batch_size=batch_size, threads=threads, show_progress=show_progress)
+        return self._encode(checked_texts(texts, True), is_query=True, batch_size=batch_size, threads=check_threads(threads), show_progress=show_progress)
 
     def encode_documents(self, texts: Sequence[str], *, batch_size: int | None = None, threads: int | None = None, show_progress=None) -> TokenVectors:
         """Token vectors of documents (truncated at ``doc_maxlen`` tokens; skiplist tokens dropped)."""
-        return self._encode(checked_texts(texts, False), is_query=False, batch_size=batch_size, threads=threads, show_progress=show_progress)
+        return self._encode(checked_texts(texts, False), is_query=False, batch_size=batch_size, threads=check_threads(threads), show_progress=show_progress)
 
     def document_batch(self, batch_size: int | None = None) -> int:
         """Documents per run: ``batch_size`` (default the encoder's), or one under the int8 runtime,
@@ -232,7 +232,7 @@ class Encoder:
         ``doc_runtime`` (an index's: documents added to it are encoded as its others were)."""
         if self.doc_runtime == doc_runtime or self.device != "cpu" or self.precision != "fp32":
             return self
-        return Encoder(None if self.is_default else self.path, query_maxlen=self.spec.query_maxlen, doc_maxlen=self.spec.doc_maxlen, batch_size=batch_size, threads=threads, doc_runtime=doc_runtime, device="cpu")
+        return Encoder(**encoder_settings(self, batch_size=batch_size, threads=threads, doc_runtime=doc_runtime))
 
     def tokenize_documents(self, texts: Sequence[str]) -> list[list[int]]:
         """The model input ids of each document (markers and special tokens included, truncated)."""
@@ -331,7 +331,7 @@ class Encoder:
                 bar.update(len(batch))
 
         starts = range(0, len(order), batch_size)
-        with cpu_threads(check_threads(threads) or self.threads, "torch"):  # threads=0 is refused, not the default
+        with cpu_threads(threads or self.threads, "torch"):
             # ONNX Runtime spreads one run over threads poorly: queries run on one (at batch 1 a second
             # costs more than it brings, docs/speed.md), document batches as many at once as there
             # are threads, the threads shared among them (a batch's vectors are the same on any

@@ -262,3 +262,11 @@ def _checked(layers: list[tuple], path: Path, inputs: int | None) -> list[tuple]
             shapes = ", ".join(f"{w.shape}" + ("" if b is None else f" + bias {b.shape}") for w, b, _ in layers)
             raise EncoderError(f"{path}: its projection layers do not chain from the transformer's {inputs} dimensions ({shapes}); check its Dense modules.")
     return layers
+
+
+def encoder_settings(encoder, **overrides) -> dict:
+    """The arguments that make ``encoder`` (an :class:`mvr.encode.Encoder`) again, ``overrides``
+    in place of some: its model, lengths, batch size, threads, runtimes, device and precision."""
+    return {"model": None if encoder.is_default else str(encoder.path), "query_maxlen": encoder.spec.query_maxlen, "doc_maxlen": encoder.spec.doc_maxlen,
+            "batch_size": encoder.batch_size, "threads": encoder.threads, "query_runtime": encoder.query_runtime, "doc_runtime": encoder.doc_runtime,
+            "device": encoder.device, "precision": encoder.precision, **overrides}

@@ -26,6 +26,7 @@ from ..config import positive_int
 from ..threads import cores
 from ..errors import ConfigError, EncoderError
 from .encoder import Encoder
+from .forms import encoder_settings
 from .tokens import TokenVectors, checked_texts
 
 
@@ -76,8 +77,8 @@ def dealt(encoder: Encoder, texts: list[str], workers: int, batch_size, submit, 
 
 def worker_settings(encoder: Encoder, threads: int) -> dict:
     """What a worker needs to make the same encoder as ``encoder`` with ``threads`` threads."""
-    return {"model": None if encoder.is_default else str(encoder.path), "threads": threads, "doc_runtime": encoder.doc_runtime,
-            "query_maxlen": encoder.spec.query_maxlen, "doc_maxlen": encoder.spec.doc_maxlen, "batch_size": encoder.batch_size}
+    settings = encoder_settings(encoder, threads=threads)
+    return {name: settings[name] for name in ("model", "threads", "doc_runtime", "query_maxlen", "doc_maxlen", "batch_size")}  # on the CPU, in float32
 
 
 def _check_workers(workers) -> None:

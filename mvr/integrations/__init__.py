@@ -5,14 +5,9 @@
 
 from __future__ import annotations
 
-import dataclasses
 import os
 
 from ..errors import QueryError, is_number
-
-
-# What mvr.Index.search takes beside the fields of mvr.search.SearchOptions.
-SEARCH_CALL_OPTIONS = ("threads", "explain", "preset")
 
 
 class Source:
@@ -59,10 +54,9 @@ class Source:
             raise QueryError(f"a retriever's k is a positive integer, got {k!r}.")
         if {"k", "queries", "query"} & set(options):
             raise QueryError("search_kwargs holds the options of a search, not its query or k: give k=... to the retriever.")
-        known = {*SEARCH_CALL_OPTIONS, *(field.name for field in dataclasses.fields(SearchOptions))}
-        unknown = sorted(map(str, set(options) - known))
+        unknown = sorted(map(str, set(options) - set(SearchOptions.names())))
         if unknown:
-            raise QueryError(f"unknown search option(s) {unknown} in search_kwargs; known: {', '.join(sorted(known))}.")
+            raise QueryError(f"unknown search option(s) {unknown} in search_kwargs; known: {', '.join(SearchOptions.names())}.")
 
     def options(self, k, given, extra: dict | None = None) -> tuple[int, dict]:
         """``k`` and the options of one query: a retriever's ``given`` (its search_kwargs) under

@@ -82,8 +82,9 @@ class BM25S:
         return cls(folder)
 
     def __init__(self, folder: Path):
+        bm25s = _bm25s()  # imported outside the lock
         with NPY_LOCK:  # bm25s parses its .npy headers itself (mvr/threads.py)
-            self.retriever = _bm25s().BM25.load(str(folder), mmap=True)
+            self.retriever = bm25s.BM25.load(str(folder), mmap=True)
         self.n_docs = int(self.retriever.scores["num_docs"])
 
     def _scores(self, texts):

@@ -24,11 +24,11 @@ import sys
 import time
 from pathlib import Path
 
-from ..errors import IndexExistsError, IndexFormatError, IndexNotFoundError, is_utf8, shown
+from ..errors import IndexExistsError, IndexFormatError, IndexNotFoundError, shown
 from .formats import INDEX_FORMAT, SEGMENT_FORMAT
 from .lock import WriterLock
 from .manifest import MANIFEST, SEGMENT_NAME, SEGMENTS, fsync_dir, fsync_tree, manifest_format, write_manifest
-from .names import available, home_folder, name_problem
+from .names import available, home_folder, name_problem, nameable
 
 # mkdtemp's random part is 8 characters of [a-z0-9_]; folders from before the PID was added lack it
 LEFTOVER = re.compile(r"^\.(?P<name>.+?)(?:\.(?P<kind>building|old)-(?:\d+-)?[a-z0-9_]{8}|\.(?P<lock>mvr-lock))$")
@@ -59,8 +59,8 @@ def locate(name_or_path: str | os.PathLike, home: Path | None = None, *, wait: f
     live writer holds the name, after up to ``wait`` seconds for it to finish its own swap)."""
     explicit, home = bool(home), home_folder(home)
     given, named = Path(name_or_path), home / str(name_or_path)
-    if not is_utf8(str(given)):  # mvr writes no such folder (and the file system cannot be asked for some)
-        raise IndexNotFoundError(f"no index named or at {str(name_or_path)!r}: it is not UTF-8 text (it holds a lone surrogate); `mvr list` shows the indexes.")
+    if not nameable(given) or not nameable(named):  # text decoded wrongly: no file system can be asked for it
+        raise IndexNotFoundError(f"no index named or at {str(name_or_path)!r}: it holds a lone surrogate, which no file name has; `mvr list` shows the indexes.")
     if any(len(os.fsencode(part)) > 255 for part in given.parts):  # no file system holds such a folder (asking it raised "File name too long")
         raise IndexNotFoundError(f"no index named or at {shown(str(name_or_path), 60)}: a folder name is at most 255 bytes (an index name 200); `mvr list` shows the indexes.")
     plain = isinstance(name_or_path, str) and name_problem(name_or_path) is None

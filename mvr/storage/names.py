@@ -32,6 +32,16 @@ def available(home: Path | None = None) -> list[str]:
     return sorted(p.name for p in home.iterdir() if (p / MANIFEST).is_file() and not p.name.startswith("."))
 
 
+def nameable(path) -> bool:
+    """Whether ``path`` can name a file: its lone surrogates, if any, are what bytes of a file name
+    that are not UTF-8 decode to (os.fsdecode), not text decoded wrongly."""
+    try:
+        os.fsencode(path)
+    except UnicodeEncodeError:
+        return False
+    return True
+
+
 def name_problem(name: str) -> str | None:
     """Why ``name`` is not a plain index name (one folder name, not hidden), or None when it is."""
     if not name:
@@ -59,11 +69,9 @@ def target_path(name: str | os.PathLike, home: Path | None = None) -> Path:
     home = home_folder(home)
     if isinstance(name, os.PathLike):
         path = Path(os.fspath(name))
-        if not is_utf8(str(path)):
-            raise ConfigError(f"cannot write an index at {str(path)!r}: the path is not UTF-8 text (it holds a lone surrogate); give a path of UTF-8 text.")
         if path.name in ("", ".", ".."):
             raise ConfigError(f"cannot write an index at {str(path)!r}: give the path of the index folder itself (e.g. {str(path / 'myindex')!r}).")
-        return path
+        return _utf8_path(path)
     if not isinstance(name, str):
         raise ConfigError(f"an index name must be a str (or a pathlib.Path to write at a path), not {type(name).__name__}.")
     problem = name_problem(name)
@@ -72,4 +80,12 @@ def target_path(name: str | os.PathLike, home: Path | None = None) -> Path:
             f"invalid index name {name!r}: {problem}. A name is a plain folder name under the index home ({home}); "
             "to write an index at a path, give it as a path: pathlib.Path in Python, `mvr index --path PATH` on the command line."
         )
-    return home / name
+    return _utf8_path(home / name)
+
+
+def _utf8_path(path: Path) -> Path:
+    """``path`` where it is UTF-8 text from the root (a library that writes first stages, faiss's,
+    takes a path as text), else a ConfigError before anything is encoded."""
+    if not is_utf8(str(path.absolute())):
+        raise ConfigError(f"cannot write an index at {str(path)!r}: mvr writes indexes only where the whole path is UTF-8 text (it holds bytes that are not); give another folder.")
+    return path
