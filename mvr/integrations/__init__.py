@@ -61,8 +61,7 @@ class Source:
     def options(self, k, given, extra: dict | None = None) -> tuple[int, dict]:
         """``k`` and the options of one query: a retriever's ``given`` (its search_kwargs) under
         this call's ``extra``, checked again (either may have been set since construction)."""
-        Source.check_options(k, given)
-        options = {**given, **(extra or {})}
+        options = {**given, **(extra or {})} if isinstance(given, dict) else given  # no dict: check_options says so
         Source.check_options(k, options)
         return int(k), options
 

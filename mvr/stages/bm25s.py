@@ -15,8 +15,8 @@ import numpy as np
 
 from ..progress import progress_enabled
 from ..storage.formats import SPARSE_FORMAT, SPARSE_VERSION
-from .base import BuildSource, Candidates, QueryBatch, text_stage_manifest, top_n
 from ..threads import NPY_LOCK
+from .base import BuildSource, Candidates, QueryBatch, text_stage_manifest, top_n
 from .bm25 import BM25_B, BM25_K1
 
 
