@@ -115,7 +115,7 @@ def _build(args, target: str, result: dict) -> None:
 
     source = Synthetic(Index.open(args.source, home=args.source_dir), args.doc_noise, args.query_noise, args.seed)
     sample_docs = np.unique(np.linspace(0, args.documents - 1, num=min(args.documents, args.fit_documents)).astype(np.int64))
-    float(np.asarray(source.vectors[:: max(1, 4096 // source.vectors.strides[0])]).sum())  # every page of the source read once
+    float(np.asarray(source.vectors[:: max(1, 4096 // source.vectors.strides[0])]).sum(dtype=np.float64))  # every page of the source read once
     sample = source.block(sample_docs)
     result["baseline_rss_bytes"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
     started = time.perf_counter()
