@@ -46,8 +46,9 @@ from .storage.formats import TOKEN_IDS
 from .storage.commits import write_atomic, write_json
 from .storage.metadata import MetadataWriter
 from .threads import NPY_LOCK
-from .vectors import fit_pca, project
+from .vectors import fit_pca
 from .vectors.heads import configured, save_projection
+from .vectors.pca import stored
 
 RESUME = "resume"
 _RAW = ("vectors.raw", "token_ids.raw")  # float16 (model dim) and int32 rows, appended chunk by chunk
@@ -342,8 +343,7 @@ def finish_vectors(folder: Path, model_dim: int, config: IndexConfig, n_tokens: 
     dim = model_dim if projection is None else projection.shape[1]
     out = ArrayWriter(folder / "vectors.npy", np.float16, (dim,))
     for start in range(0, n_tokens, block):
-        part = raw[start : min(start + block, n_tokens)].astype(np.float32)
-        out.add(project(part, projection).astype(np.float16))
+        out.add(stored(raw[start : min(start + block, n_tokens)], projection))
     out.close()
     if checkpoints is not None:
         checkpoints.keep_raw()

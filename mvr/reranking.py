@@ -22,7 +22,7 @@ from .errors import QueryError, many, shown
 from .passages import passage_rows
 from .results import Hit
 from .storage.tokens import Float16Store
-from .vectors.pca import project
+from .vectors.pca import project, stored
 
 
 def ranked(scores: np.ndarray, k: int | None) -> np.ndarray:
@@ -57,9 +57,7 @@ def rerank(query: str, documents, k: int | None = None, *, model=None, encoder: 
         raise QueryError(f"document {empty[0]!r} has no text; every candidate needs some to be scored.")
     q = project(encoder.encode_queries([query], show_progress=False).vectors, projection, queries=True)
     encoded = encoder.encode_documents([d.full_text for d in docs], show_progress=False)
-    # as an index makes them: the model's vectors in float16 (a build's spool, mvr/encoding.py), projected, in float16
-    vectors = project(encoded.vectors if projection is None else encoded.vectors.astype(np.float16).astype(np.float32), projection)
-    store = Float16Store(np.asarray(vectors, dtype=np.float16).view(np.uint16), encoded.offsets)
+    store = Float16Store(stored(encoded.vectors, projection).view(np.uint16), encoded.offsets)  # as an index stores them
     scores = store.score(np.ascontiguousarray(q, dtype=np.float32), np.arange(len(docs), dtype=np.int64))
     return [Hit(rank, docs[p].id, float(scores[p]), docs[p].text, docs[p].title, int(p), docs[p].metadata) for rank, p in enumerate(ranked(scores, k), start=1)]
 

@@ -38,3 +38,9 @@ def normalise_rows(rows: np.ndarray) -> np.ndarray:
     norms = np.linalg.norm(rows, axis=1, keepdims=True)
     np.divide(rows, norms, out=rows, where=norms > 0)
     return rows
+
+
+def stored(vectors: np.ndarray, projection) -> np.ndarray:
+    """A document's token vectors as an index stores them, float16: the model's vectors in float16
+    (a build's spool, mvr/encoding.py), then projected (:func:`project`), then float16."""
+    return project(np.asarray(vectors, dtype=np.float16).astype(np.float32), projection).astype(np.float16)
