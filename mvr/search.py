@@ -20,13 +20,10 @@ from .passages import GROUPS, best_per_document
 from .registry import EXHAUSTIVE, FIRST_STAGES, HYBRIDS, needs_texts, needs_vectors, parse_stage
 from .results import Results
 from .stages.base import Candidates, QueryBatch
+from .storage.metadata import Metadata
 from .threads import cpu_threads
 
 PRF = ("rm3", "colbert")  # pseudo-relevance feedback methods (SearchOptions.prf)
-
-
-def _is_int(value) -> bool:
-    return isinstance(value, (int, np.integer)) and not isinstance(value, bool)
 
 
 def flag(name: str, value) -> bool:
@@ -90,7 +87,7 @@ class SearchOptions:
             raise QueryError(f"unknown first stage {self.first_stage!r}; available: {', '.join(FIRST_STAGES)}.")
         for name in ("candidates", "early_exit", "nprobe", "ef_search", "centroid_probe"):  # the kernels and faiss take 32-bit counts
             value = getattr(self, name)
-            if value is not None and (not _is_int(value) or not 1 <= value < 2**31):
+            if value is not None and (not isinstance(value, (int, np.integer)) or isinstance(value, bool) or not 1 <= value < 2**31):
                 raise QueryError(f"{name} must be a positive integer below 2**31, got {value!r}.")
             object.__setattr__(self, name, None if value is None else int(value))  # a NumPy integer as Python's: faiss takes no other
         if self.first_stage == EXHAUSTIVE:
@@ -104,8 +101,6 @@ class SearchOptions:
                 raise QueryError(f"{name} must be a number in [0, 1], got {type(value).__name__} {shown(value)}.")
         if self.prune_alpha is not None and not 0.0 <= self.prune_alpha <= 1.0:
             raise QueryError(f"prune_alpha must lie in [0, 1], got {self.prune_alpha!r}.")
-        if self.early_exit is not None and (not _is_int(self.early_exit) or self.early_exit < 1):
-            raise QueryError(f"early_exit must be a positive integer (the patience), got {self.early_exit!r}.")
         if self.fusion is not None and self.fusion not in FUSIONS:
             raise QueryError(f"unknown fusion {self.fusion!r}; available: {', '.join(FUSIONS)}.")
         if self.fusion_weight is not None and not 0.0 <= self.fusion_weight <= 1.0:
@@ -205,6 +200,8 @@ def check_stages(opts: SearchOptions, state, given=()) -> None:
     for name in asked:
         if not readers[name][0]:
             raise QueryError(f"{name} is read by {readers[name][1]}, which this search ({opts.first_stage}) does not use; leave it out, or search with such a first stage.")
+    if opts.filter is not None:  # its fields, operators and values, even where no row is searched (no queries; no documents)
+        Metadata(None, 0, state.fields).mask(opts.filter)
 
 
 def scored_inputs(query, positions, dim: int, rows: int) -> tuple[np.ndarray, np.ndarray]:

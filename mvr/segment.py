@@ -198,6 +198,12 @@ class Commit:
         self.n_live = self.n_rows - sum(int(d.sum()) for d in deleted)
         self._doc_ids = None
 
+    @property
+    def fields(self) -> dict[str, str]:
+        """``{field: type}`` of the index's metadata: the segments' and those the commit records
+        (a field stays known when its last segment goes: filters on it match nothing)."""
+        return {**self.record.get("metadata_fields", {}), **{n: f["type"] for s in self.segments for n, f in s.metadata.fields.items()}}
+
     def each(self, work, items) -> list:
         """``[work(item) for item in items]``, each item a segment's work; a commit whose segments are
         held by Ray actors (mvr/distributed/shards.py) runs them at once, one shard beside another."""

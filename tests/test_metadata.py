@@ -316,7 +316,10 @@ def test_the_recorded_fields_follow_an_emptied_index_a_derive_and_damage(tmp_pat
     derived = Index.derive(index, tmp_path / "d", codec="int8")  # a derive keeps the fields its source's commit records
     assert derived.metadata_fields == {"flag": "string"} and derived.search("cats", k=1, filter={"flag": "x"}, first_stage="exhaustive")[0] == []
     index.delete(["b"])  # no segment left: the commit's record is all there is
-    assert index.metadata_fields == {"flag": "string"}
+    assert index.metadata_fields == {"flag": "string"} and index.search("cats", k=1, filter={"flag": "x"})[0] == []
+    for bad, error in [({"flag": {"$gt": 1}}, "compares numbers; field 'flag' holds strings"), ({"colour": "x"}, "unknown metadata field 'colour'")]:
+        with pytest.raises(QueryError, match=error):  # checked though no row is searched: it would fail once documents come
+            index.search("cats", k=1, filter=bad)
     with pytest.raises(CorpusError, match="one field, one type"):
         index.add([{"id": "c", "text": "birds", "metadata": {"flag": 3}}])
     commit = sorted(index.path.glob("commit-*.json"))[-1]
@@ -324,6 +327,13 @@ def test_the_recorded_fields_follow_an_emptied_index_a_derive_and_damage(tmp_pat
     commit.write_text(json.dumps({**record, "metadata_fields": ["flag"]}))
     with pytest.raises(IndexFormatError, match="its metadata_fields are no {field: type} mapping; the index is damaged"):
         Index.open(index.path)
+
+
+@pytest.mark.parametrize("bad, error", [({"year": {"$bogus": 1}}, "unknown operator '\\$bogus'"), ({"$nor": []}, "unknown filter operator"), ({"tags": 3}, "lists of strings")])
+def test_a_filter_is_checked_with_no_queries(meta_index, bad, error):
+    """search([]) returned no results for any filter: a client's bad filter passed until it sent a query."""
+    with pytest.raises(QueryError, match=error):
+        meta_index.search([], k=2, filter=bad)
 
 
 def test_metadata_follows_derive_and_damage_is_refused(meta_index, tmp_path):

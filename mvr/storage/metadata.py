@@ -118,13 +118,14 @@ class MetadataWriter:
 
 class Metadata:
     """The metadata columns of an index folder: the schema read on open, each column loaded and
-    checked on first use; an index without any has none."""
+    checked on first use; an index without any has none. ``folder`` None: the ``known`` fields,
+    absent from ``n_docs`` rows (what a filter is checked against where no row is searched)."""
 
-    def __init__(self, folder: Path, n_docs: int, known: dict[str, str] | None = None, guard=None):
-        self.folder, self.n_docs, self.guard = Path(folder), n_docs, guard  # guard(load): loads a column (Segment.read_lazily)
+    def __init__(self, folder: Path | None, n_docs: int, known: dict[str, str] | None = None, guard=None):
+        self.folder, self.n_docs, self.guard = Path(folder or "."), n_docs, guard  # guard(load): loads a column (Segment.read_lazily)
         path = self.folder / SCHEMA
         try:
-            schema = json.loads(path.read_text(encoding="utf-8")) if path.is_file() else {"fields": [], "documents": n_docs}
+            schema = json.loads(path.read_text(encoding="utf-8")) if folder is not None and path.is_file() else {"fields": [], "documents": n_docs}
             self.fields = {f["name"]: f for f in schema["fields"]}
             bad = schema["documents"] != n_docs or any(f["type"] not in ("string", "strings", "number", "bool") for f in self.fields.values())
         except (ValueError, KeyError, TypeError):
