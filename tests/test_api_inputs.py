@@ -270,7 +270,7 @@ def test_names_paths_and_homes_that_are_no_text_are_refused_in_one_line(tmp_path
     for name in ("a\udc80", "a\ud800"):
         with pytest.raises(ConfigError, match="invalid index name .*: it is not UTF-8 text"):
             Index.build(CORPUS, name, home=tmp_path, encoder=encoder, config=FAST)
-        for target, home in ((tmp_path / name, None), ("idx", tmp_path / name)):  # faiss takes the path as text
+        for target, home in ((tmp_path / name, None), ("idx", tmp_path / name)):  # Lucene (Java) takes the path as text
             with pytest.raises(ConfigError, match="mvr writes indexes only where the whole path is UTF-8 text"):
                 Index.build(CORPUS, target, home=home, encoder=encoder)
     for where in ("a\ud800", tmp_path / "a\ud800"):

@@ -332,3 +332,26 @@ def test_the_fde_is_built_a_block_at_a_time_with_the_same_result(fde_index, tmp_
         whole = faiss.IndexFlatIP(manifest["fde_dim"])
         whole.add(FDE.draw(config, segment.dim).encode_documents(segment.tokens.float16_bits(), segment.doc_offsets))
         assert faiss.serialize_index(whole).tobytes() == built[3]
+
+
+@pytest.mark.parametrize("factory", ["Flat", "IVF4,Flat"])
+def test_an_index_under_a_folder_whose_name_is_not_utf8_searches_and_changes(fde_index, tmp_path, factory):
+    """mvr writes no index at such a path, but one moved there by hand opened and then failed in
+    faiss, which takes paths only as UTF-8 text (a TypeError at the first search, at an add after
+    encoding). Its FDE is now read and written through Python: the same results and bytes."""
+    import os
+    import shutil
+
+    where = tmp_path / os.fsdecode(b"caf\xe9") / "idx"
+    shutil.copytree(fde_index.path, where)
+    index = Index.open(where, model=fde_index.encoder)
+    index.build_fde(FDEConfig(k_sim=3, d_proj=8, reps=4, factory=factory))
+    twin = Index.open(shutil.copytree(where, tmp_path / "plain"), model=fde_index.encoder)
+    queries = ["purring cats", "capital city of France"]
+    assert index.search(queries, k=5, first_stage="fde").doc_ids == twin.search(queries, k=5, first_stage="fde").doc_ids
+    for one in (index, twin):
+        one.add([{"id": "new", "text": "a volcano of purring cats"}], merge=False)
+        one.optimize()
+    ours, theirs = (sorted(one.path.glob("segments/*/fde/fde.faiss")) for one in (index, twin))
+    assert len(ours) == 1 and ours[0].read_bytes() == theirs[0].read_bytes()
+    assert Index.open(where, model=fde_index.encoder).search(queries, k=3, first_stage="fde").doc_ids == twin.search(queries, k=3, first_stage="fde").doc_ids

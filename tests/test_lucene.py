@@ -155,6 +155,23 @@ def test_lucene_candidates_follow_a_filter(tmp_path, default_encoder):
     assert len(index.search("cats", k=1, first_stage="bm25", candidates=1, filter={"year": 2004})[0]) == 1
 
 
+def test_a_lucene_stage_under_a_folder_whose_name_is_not_utf8_is_refused_in_one_line(tmp_path, default_encoder):
+    """Java takes paths as text: an index moved by hand under such a folder failed with a
+    UnicodeEncodeError from pyjnius at its first bm25 search and at an add (after encoding)."""
+    from mvr import ConfigError
+
+    built = Index.build([("a", "cats purr"), ("b", "dogs bark")], tmp_path / "idx", encoder=default_encoder, config=IndexConfig(fde=None, sparse=("bm25",)), show_progress=False)
+    where = tmp_path / os.fsdecode(b"caf\xe9")
+    where.mkdir()
+    os.rename(built.path, where / "idx")
+    index = Index.open(where / "idx", model=default_encoder)
+    with pytest.raises(ConfigError, match="cannot read the Lucene bm25 stage at .*: Java takes paths as text.*rename the folder whose name is not, or search with"):
+        index.search("cats", k=1, first_stage="bm25")
+    with pytest.raises(ConfigError, match="cannot write the Lucene bm25 stage at .*rename the folder whose name is not.$"):
+        index.add([("c", "birds fly")])
+    assert index.search("cats", k=2, first_stage="exhaustive").doc_ids == [["a", "b"]] and Index.open(where / "idx").n_docs == 2
+
+
 def test_lucene_and_splade_follow_adds_deletes_and_merges(tmp_path, models):
     """Every first stage has its part in every segment: Lucene BM25 and SPLADE find an added
     document, never a deleted one, and after a merge still agree with an index built whole."""

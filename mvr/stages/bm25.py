@@ -15,7 +15,7 @@ from pathlib import Path
 
 import numpy as np
 
-from ..errors import QueryError, StageError, missing_extra
+from ..errors import ConfigError, QueryError, StageError, is_utf8, missing_extra
 from ..progress import progress
 from ..storage.formats import SPARSE_FORMAT, SPARSE_VERSION
 from .base import BuildSource, Candidates, QueryBatch, text_stage_manifest
@@ -26,6 +26,15 @@ RM3 = {"fb_terms": 10, "fb_docs": 10, "original_query_weight": 0.5}  # pyserini'
 MAX_CLAUSES = 1024  # Lucene's default limit on the clauses (terms) of one query
 _JVM_LOCK = threading.Lock()
 _JVM_STARTED = False
+
+
+def _java_path(folder: Path, doing: str) -> str:
+    """``folder`` as Java takes it, as text: a folder name that is not UTF-8 has no Java string
+    (mvr never writes an index at one; one moved there by hand is refused here in one line)."""
+    if not is_utf8(str(Path(folder).absolute())):
+        raise ConfigError(f"cannot {doing} the Lucene bm25 stage at {str(folder)!r}: Java takes paths as text, and this one holds bytes that are not UTF-8; "
+                          f"rename the folder whose name is not{', or search with another first stage' if doing == 'read' else ''}.")
+    return str(folder)
 
 
 @contextlib.contextmanager
@@ -89,11 +98,12 @@ class LuceneBM25:
 
     @classmethod
     def build(cls, folder: Path, source: BuildSource, settings=None) -> dict:
+        path = _java_path(folder, "write")
         start_jvm()
         from pyserini.index.lucene import LuceneIndexer
 
         started = time.perf_counter()
-        indexer = LuceneIndexer(args=["-index", str(folder), "-storeDocvectors"], threads=1)  # document vectors: what RM3 reads
+        indexer = LuceneIndexer(args=["-index", path, "-storeDocvectors"], threads=1)  # document vectors: what RM3 reads
         count = 0
         bar = progress(total=len(source.doc_offsets) - 1, desc="BM25 (Lucene)", unit="doc", show=source.show_progress)
         for doc_id, text in source.texts():
@@ -109,10 +119,11 @@ class LuceneBM25:
         return cls(folder, index.position, index.doc_ids)
 
     def __init__(self, folder: Path, position_of, doc_ids=None):
+        path = _java_path(folder, "read")
         start_jvm()
         from pyserini.search.lucene import LuceneSearcher
 
-        self.searcher = LuceneSearcher(str(folder))
+        self.searcher = LuceneSearcher(path)
         self._folder = folder
         self.searcher.set_bm25(BM25_K1, BM25_B)
         self._position_of, self._doc_ids, self._reader, self._rm3 = position_of, doc_ids, None, None

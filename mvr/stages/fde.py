@@ -24,7 +24,7 @@ from pathlib import Path
 import numpy as np
 
 from ..config import FDE_EF_SEARCH, FDE_NPROBE, FDEConfig
-from ..errors import ConfigError, QueryError, is_number
+from ..errors import ConfigError, QueryError, is_number, is_utf8
 from ..progress import progress
 from ..storage.formats import FDE_FORMAT, FDE_VERSION, upgrade_fde_config
 from ..threads import load_npy
@@ -160,7 +160,8 @@ def build_fde(folder: Path, codes: np.ndarray, offsets: np.ndarray, dim: int, co
     if flat:
         index.ntotal = n_docs
         del rows
-    faiss.write_index(index, str(folder / "fde.faiss"))
+    with open(folder / "fde.faiss", "wb") as out:  # through Python: faiss takes a path only as UTF-8 text
+        faiss.write_index(index, faiss.PyCallbackIOWriter(out.write))
     return {
         "format": FDE_FORMAT,
         "format_version": FDE_VERSION,
@@ -277,6 +278,10 @@ class FDEStage:
         self.config = FDEConfig.from_dict(upgrade_fde_config(manifest["config"]))
         self.fde = FDE.load(folder, self.config, manifest["dim"])
         path = str(folder / "fde.faiss")
+        if not is_utf8(path):  # an index moved by hand under a folder whose name is not UTF-8: faiss cannot open the path
+            with open(path, "rb") as source:
+                self.index = faiss.read_index(faiss.PyCallbackIOReader(source.read))  # read whole, not mapped
+            return
         mapped = getattr(faiss, "IO_FLAG_MMAP_IFC", 0)  # a flat index's codes mapped, not read (faiss 1.10+): SciFact's 200 MB, 0.5 s
         for flags in (faiss.IO_FLAG_MMAP | faiss.IO_FLAG_READ_ONLY | mapped, faiss.IO_FLAG_READ_ONLY | mapped):
             try:

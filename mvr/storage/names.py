@@ -84,8 +84,8 @@ def target_path(name: str | os.PathLike, home: Path | None = None) -> Path:
 
 
 def _utf8_path(path: Path) -> Path:
-    """``path`` where it is UTF-8 text from the root (a library that writes first stages, faiss's,
-    takes a path as text), else a ConfigError before anything is encoded."""
+    """``path`` where it is UTF-8 text from the root (Java, which writes the Lucene bm25 stage,
+    takes paths as text), else a ConfigError before anything is encoded."""
     if not is_utf8(str(path.absolute())):
         raise ConfigError(f"cannot write an index at {str(path)!r}: mvr writes indexes only where the whole path is UTF-8 text (it holds bytes that are not); give another folder.")
     return path
