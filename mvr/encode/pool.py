@@ -91,6 +91,8 @@ def _check_workers(workers) -> None:
 
 
 _WORKER: Encoder | None = None  # the encoder of a worker process
+_BUSY = False  # whether it is encoding (a SIGTERM then ends the run under way)
+_STOPPING = False  # whether a SIGTERM came (the next run, if any, ends at once)
 
 
 def _start(config: dict) -> None:
@@ -107,7 +109,19 @@ def _stop(*_) -> None:
     finalizers release the semaphores it made; busy, the pool's loop catches the SystemExit and
     sends it back (:func:`_result`), and the next SIGTERM or the pool's end finds the worker idle.
     One that does not end is killed (:meth:`ProcessEncoder.close`). Its standard error goes to
-    /dev/null: the build says in one line that a worker stopped."""
+    /dev/null: the build says in one line that a worker stopped.
+
+    Not encoding (waiting for work, or sending its result back), it only marks itself stopping:
+    a SystemExit in the middle of a result's message cut it short, and the build's pool then
+    waited for the rest forever (Ctrl-C hung the build). It ends at the pool's end (or its next run)."""
+    global _STOPPING
+    _STOPPING = True
+    if _WORKER is not None and not _BUSY:
+        return
+    _end()
+
+
+def _end() -> None:
     if _WORKER is None:  # still starting: the pool would log the initializer's "failure" with a traceback
         logging.getLogger("concurrent.futures").disabled = True
     try:  # ending: what multiprocessing prints as it unwinds (its read of the queue the build closed) is no one's to read
@@ -146,7 +160,14 @@ def _ready() -> bool:
 
 
 def _encode(texts: list[str], batch_size: int | None):
-    found = _WORKER.encode_documents(texts, batch_size=batch_size, show_progress=False)
+    global _BUSY
+    if _STOPPING:
+        _end()
+    _BUSY = True
+    try:
+        found = _WORKER.encode_documents(texts, batch_size=batch_size, show_progress=False)
+    finally:
+        _BUSY = False
     return found.vectors, found.offsets, found.truncated, found.token_ids
 
 
