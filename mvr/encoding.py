@@ -48,7 +48,7 @@ from .storage.metadata import MetadataWriter
 from .threads import NPY_LOCK
 from .vectors import fit_pca
 from .vectors.heads import configured, save_projection
-from .vectors.pca import stored
+from .vectors.pca import half, stored
 
 RESUME = "resume"
 _RAW = ("vectors.raw", "token_ids.raw")  # float16 (model dim) and int32 rows, appended chunk by chunk
@@ -267,7 +267,7 @@ def encode_corpus(documents, encoder, config: IndexConfig, folder: Path, show_pr
                     encoded = encoder.encode_documents([d.full_text for d in kept], show_progress=bar if not config.passage_tokens else False)
                     if not np.isfinite(encoded.vectors).all():
                         raise MvrError("the encoder produced non-finite vectors; check the model's weights.")
-                    raw.write(encoded.vectors.astype(np.float16).tobytes())
+                    raw.write(np.ascontiguousarray(half(encoded.vectors)).data)
                     lengths.append(encoded.lengths)
                     if encoded.token_ids is None:  # an encoder of another kind may not give them
                         with_ids = False

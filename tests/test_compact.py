@@ -139,6 +139,31 @@ def test_int8_round_trip_is_within_half_a_step(x):
     np.testing.assert_array_equal(again[0], codes)
 
 
+@settings(deadline=None, max_examples=60)
+@given(hnp.arrays(np.float32, hnp.array_shapes(min_dims=2, max_dims=2, min_side=0, max_side=40), elements=st.floats(width=32, allow_nan=True, allow_infinity=True)))
+def test_float16_through_torch_is_numpys_rounding_bit_for_bit(x):
+    """A build spools and stores float16 through PyTorch's conversion (4x NumPy's): the same bits
+    as ``astype`` for every float32 (ties to even, subnormals, overflow to inf, NaN), projected or not."""
+    import warnings
+
+    from mvr.vectors.pca import half, project, stored
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)  # NumPy's overflow in the cast, the reference here
+        expected = x.astype(np.float16)
+    assert half(x).dtype == np.float16 and half(x).view(np.uint16).tolist() == expected.view(np.uint16).tolist()
+    assert stored(x, None).view(np.uint16).tolist() == expected.view(np.uint16).tolist()
+    frozen = expected.copy()
+    frozen.setflags(write=False)  # a read-only array (mapped from a file) is read, not written, and draws no warning
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        assert half(frozen) is frozen and stored(frozen, None) is frozen
+        if x.shape[1] >= 2 and np.isfinite(x).all() and np.abs(x).max(initial=0) < 6e4:  # the definition, projected: NumPy's casts
+            projection = np.eye(x.shape[1], 2, dtype=np.float32)
+            reference = project(expected.astype(np.float32), projection).astype(np.float16)
+            assert stored(x, projection).view(np.uint16).tolist() == reference.view(np.uint16).tolist()
+
+
 def _residual_reference(codec, codes, ids):
     dim = codec.values.shape[0]
     bits = codec.bits

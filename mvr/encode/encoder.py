@@ -342,9 +342,9 @@ class Encoder:
             each = 1 if is_query else max(1, threads_now // lanes)
             if lanes > 1 and self.onnx_ready(False, each):
                 pool = ThreadPoolExecutor(lanes, thread_name_prefix="mvr-encode")
-                try:
-                    for _ in pool.map(encode, starts):
-                        pass
+                try:  # each lane's torch work (normalising, projecting) on its own threads: lanes sharing torch's pool waited on each other, 10x per call
+                    with cpu_threads(each, "torch"):
+                        list(pool.map(encode, starts))  # each lane's error raised here
                 finally:
                     pool.shutdown(cancel_futures=True)
             else:

@@ -43,4 +43,21 @@ def normalise_rows(rows: np.ndarray) -> np.ndarray:
 def stored(vectors: np.ndarray, projection) -> np.ndarray:
     """A document's token vectors as an index stores them, float16: the model's vectors in float16
     (a build's spool, mvr/encoding.py), then projected (:func:`project`), then float16."""
-    return project(np.asarray(vectors, dtype=np.float16).astype(np.float32), projection).astype(np.float16)
+    spooled = half(vectors)
+    if projection is None:  # float16 to float32 and back is the identity (and took a second per 500,000 vectors)
+        return spooled
+    return half(project(torch_cast(spooled, "float32"), projection))
+
+
+def half(vectors: np.ndarray) -> np.ndarray:
+    """``vectors`` in float16, rounded as NumPy's ``astype`` rounds (to nearest, ties to even: the
+    same bits); float32 through PyTorch's vectorised conversion, about 4x NumPy's on one thread."""
+    vectors = np.asarray(vectors)
+    return torch_cast(vectors, "float16") if vectors.dtype == np.float32 else vectors.astype(np.float16, copy=False)
+
+
+def torch_cast(vectors: np.ndarray, dtype: str) -> np.ndarray:
+    """float16 <-> float32 with PyTorch (exact one way, rounded to nearest even the other)."""
+    import torch
+
+    return torch.from_numpy(np.require(vectors, requirements=("C", "W"))).to(getattr(torch, dtype)).numpy()  # torch warns at a read-only array
