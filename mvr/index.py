@@ -128,7 +128,7 @@ class Index(Changes):
     max_doc_len = property(lambda self: max((s.max_doc_len for s in self._state.segments), default=0))
     dim = property(lambda self: self._state.segments[0].dim if self._state.segments else self._state.record.get("dim", 0))
     projection = property(lambda self: self._state.segments[0].projection if self._state.segments else None)  # one for every segment
-    metadata_fields = property(lambda self: self._state.fields, doc="``{field: type}`` of the index's metadata, as its commit records them too")
+    metadata_fields = property(lambda self: dict(self._state.fields), doc="``{field: type}`` of the index's metadata, as its commit records them too")
 
     def _one(self) -> Segment:
         segments = self._state.segments

@@ -198,10 +198,11 @@ class Commit:
         self.n_live = self.n_rows - sum(int(d.sum()) for d in deleted)
         self._doc_ids = None
 
-    @property
+    @functools.cached_property
     def fields(self) -> dict[str, str]:
         """``{field: type}`` of the index's metadata: the segments' and those the commit records
-        (a field stays known when its last segment goes: filters on it match nothing)."""
+        (a field stays known when its last segment goes: filters on it match nothing). A commit
+        never changes: worked out once (every search checks its filter against it)."""
         return {**self.record.get("metadata_fields", {}), **{n: f["type"] for s in self.segments for n, f in s.metadata.fields.items()}}
 
     def each(self, work, items) -> list:

@@ -143,7 +143,8 @@ def test_int8_round_trip_is_within_half_a_step(x):
 @given(hnp.arrays(np.float32, hnp.array_shapes(min_dims=2, max_dims=2, min_side=0, max_side=40), elements=st.floats(width=32, allow_nan=True, allow_infinity=True)))
 def test_float16_through_torch_is_numpys_rounding_bit_for_bit(x):
     """A build spools and stores float16 through PyTorch's conversion (4x NumPy's): the same bits
-    as ``astype`` for every float32 (ties to even, subnormals, overflow to inf, NaN), projected or not."""
+    as ``astype`` (ties to even, subnormals, overflow to inf, quiet NaNs: the floats a build can
+    meet; a signalling NaN comes back quiet, and a build refuses non-finite vectors), projected or not."""
     import warnings
 
     from mvr.vectors.pca import half, project, stored

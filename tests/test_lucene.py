@@ -165,9 +165,9 @@ def test_a_lucene_stage_under_a_folder_whose_name_is_not_utf8_is_refused_in_one_
     where.mkdir()
     os.rename(built.path, where / "idx")
     index = Index.open(where / "idx", model=default_encoder)
-    with pytest.raises(ConfigError, match="cannot read the Lucene bm25 stage at .*: Java takes paths as text.*rename the folder whose name is not, or search with"):
+    with pytest.raises(ConfigError, match="cannot read the Lucene bm25 stage at .*: Java takes paths as text.*rename the folder whose name is not UTF-8, or search with"):
         index.search("cats", k=1, first_stage="bm25")
-    with pytest.raises(ConfigError, match="cannot write the Lucene bm25 stage at .*rename the folder whose name is not.$"):
+    with pytest.raises(ConfigError, match="cannot write the Lucene bm25 stage at .*rename the folder whose name is not UTF-8.$"):
         index.add([("c", "birds fly")])
     assert index.search("cats", k=2, first_stage="exhaustive").doc_ids == [["a", "b"]] and Index.open(where / "idx").n_docs == 2
 

@@ -161,10 +161,10 @@ def _ready() -> bool:
 
 def _encode(texts: list[str], batch_size: int | None):
     global _BUSY
-    if _STOPPING:
-        _end()
-    _BUSY = True
+    _BUSY = True  # before the check: a SIGTERM between the two then ends this run rather than letting it go on
     try:
+        if _STOPPING:
+            _end()
         found = _WORKER.encode_documents(texts, batch_size=batch_size, show_progress=False)
     finally:
         _BUSY = False

@@ -33,7 +33,7 @@ def _java_path(folder: Path, doing: str) -> str:
     (mvr never writes an index at one; one moved there by hand is refused here in one line)."""
     if not is_utf8(str(Path(folder).absolute())):
         raise ConfigError(f"cannot {doing} the Lucene bm25 stage at {str(folder)!r}: Java takes paths as text, and this one holds bytes that are not UTF-8; "
-                          f"rename the folder whose name is not{', or search with another first stage' if doing == 'read' else ''}.")
+                          f"rename the folder whose name is not UTF-8{', or search with another first stage' if doing == 'read' else ''}.")
     return str(folder)
 
 

@@ -51,7 +51,8 @@ def stored(vectors: np.ndarray, projection) -> np.ndarray:
 
 def half(vectors: np.ndarray) -> np.ndarray:
     """``vectors`` in float16, rounded as NumPy's ``astype`` rounds (to nearest, ties to even: the
-    same bits); float32 through PyTorch's vectorised conversion, about 4x NumPy's on one thread."""
+    same bits, but for a signalling NaN, which comes back quiet); float32 through PyTorch's
+    vectorised conversion, about 4x NumPy's on one thread."""
     vectors = np.asarray(vectors)
     return torch_cast(vectors, "float16") if vectors.dtype == np.float32 else vectors.astype(np.float16, copy=False)
 
