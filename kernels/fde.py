@@ -46,59 +46,60 @@ def _hamming_to_partition(bits_row, index, k_sim):
     return distance
 
 
+@njit(inline="always", nogil=True)
+def _project(row, r, ams_index, ams_sign, identity, scale, out, start):
+    """Add ``scale`` times repetition ``r``'s AMS projection of ``row`` to ``out[start : start + d_proj]``
+    (identity: ``row`` itself, into a zeroed block)."""
+    if identity:
+        for i in range(row.shape[0]):
+            out[start + i] = scale * row[i]
+    else:
+        for i in range(row.shape[0]):
+            out[start + ams_index[r, i]] += scale * ams_sign[r, i] * row[i]
+
+
 @njit(nogil=True, fastmath=True)
 def _encode_one(points, simhash, ams_index, ams_sign, d_proj, is_query, fill_empty, cs_index, cs_sign, out):
-    """FDE of one token set ``points`` (n, dim) float32 into ``out`` (d_final or full length)."""
+    """FDE of one token set ``points`` (n, dim) float32 into ``out`` (d_final or full length).
+    The projection is linear, so each partition's tokens are summed first and the sum projected
+    once (projecting every token, a scattered write per dimension, took most of a document's time)."""
     n, dim = points.shape
     reps, k_sim, _ = simhash.shape
     n_parts = 1 << k_sim
     block = n_parts * d_proj
     identity = ams_index.shape[1] == 0
     full = np.zeros(reps * block, dtype=np.float32) if cs_index.shape[0] > 0 else out
-    if cs_index.shape[0] == 0:
-        full[:] = 0.0
+    full[:] = 0.0
     bits = np.empty((n, k_sim), dtype=np.float32)
-    projected = np.empty((n, d_proj), dtype=np.float32)
-    parts = np.empty(n, dtype=np.int64)
     counts = np.empty(n_parts, dtype=np.int64)
+    sums = np.empty((n_parts, dim), dtype=np.float32)
     for r in range(reps):
+        counts[:] = 0
+        sums[:] = 0.0
         for t in range(n):
             for j in range(k_sim):
                 acc = np.float32(0.0)
                 for i in range(dim):
                     acc += points[t, i] * simhash[r, j, i]
                 bits[t, j] = acc
-            parts[t] = _partition(bits[t], k_sim)
-            if identity:
-                for i in range(dim):
-                    projected[t, i] = points[t, i]
-            else:
-                projected[t, :] = 0.0
-                for i in range(dim):
-                    projected[t, ams_index[r, i]] += ams_sign[r, i] * points[t, i]
-        counts[:] = 0
+            p = _partition(bits[t], k_sim)
+            counts[p] += 1
+            for i in range(dim):
+                sums[p, i] += points[t, i]
         base = r * block
-        for t in range(n):
-            start = base + parts[t] * d_proj
-            counts[parts[t]] += 1
-            for j in range(d_proj):
-                full[start + j] += projected[t, j]
-        if not is_query:
-            for p in range(n_parts):
-                start = base + p * d_proj
-                if counts[p] > 0:
-                    for j in range(d_proj):
-                        full[start + j] /= counts[p]
-                elif fill_empty and n > 0 and k_sim > 0:
-                    nearest = 0
-                    best = k_sim + 1
-                    for t in range(n):
-                        distance = _hamming_to_partition(bits[t], p, k_sim)
-                        if distance < best:
-                            best = distance
-                            nearest = t
-                    for j in range(d_proj):
-                        full[start + j] = projected[nearest, j]
+        for p in range(n_parts):
+            start = base + p * d_proj
+            if counts[p] > 0:
+                _project(sums[p], r, ams_index, ams_sign, identity, np.float32(1.0) if is_query else np.float32(1.0) / counts[p], full, start)
+            elif not is_query and fill_empty and n > 0 and k_sim > 0:
+                nearest = 0
+                best = k_sim + 1
+                for t in range(n):
+                    distance = _hamming_to_partition(bits[t], p, k_sim)
+                    if distance < best:
+                        best = distance
+                        nearest = t
+                _project(points[nearest], r, ams_index, ams_sign, identity, np.float32(1.0), full, start)
     if cs_index.shape[0] > 0:
         out[:] = 0.0
         for j in range(full.shape[0]):
