@@ -48,7 +48,7 @@ from .storage.metadata import MetadataWriter
 from .threads import NPY_LOCK
 from .vectors import fit_pca
 from .vectors.heads import configured, save_projection
-from .vectors.pca import half, stored
+from .vectors.pca import stored
 
 RESUME = "resume"
 _RAW = ("vectors.raw", "token_ids.raw")  # float16 (model dim) and int32 rows, appended chunk by chunk
@@ -264,10 +264,10 @@ def encode_corpus(documents, encoder, config: IndexConfig, folder: Path, show_pr
                             )
                         if replaced is not None:
                             replaced.extend(int(p) for p in found[found >= 0])
-                    encoded = encoder.encode_documents([d.full_text for d in kept], show_progress=bar if not config.passage_tokens else False)
+                    encoded = encoder.encode_documents([d.full_text for d in kept], show_progress=bar if not config.passage_tokens else False, dtype="float16")
                     if not np.isfinite(encoded.vectors).all():
                         raise MvrError("the encoder produced non-finite vectors; check the model's weights.")
-                    raw.write(np.ascontiguousarray(half(encoded.vectors)).data)
+                    raw.write(encoded.vectors.data)
                     lengths.append(encoded.lengths)
                     if encoded.token_ids is None:  # an encoder of another kind may not give them
                         with_ids = False

@@ -133,6 +133,23 @@ def test_batching_and_length_sorting_do_not_change_vectors(models, runtime):
     assert encoder.doc_runtime == runtime  # no silent fall-back to PyTorch
 
 
+@pytest.mark.parametrize("runtime", ["torch", "onnx-int8-fused"])
+def test_float16_vectors_are_the_float32_ones_rounded(models, runtime):
+    """What a build asks for: each document's vectors rounded to float16 in its lane, the bits
+    that rounding the float32 ones gives (vectors.pca.half), on two lanes as on one."""
+    from mvr.vectors.pca import half
+
+    encoder = Encoder(models["colbert"], batch_size=2, doc_runtime=runtime, threads=2)
+    texts = ["one", "a much longer text with many more tokens in it", "two words", "x " * 30, "the end."]
+    want = encoder.encode_documents(texts)
+    for threads in (1, 2):
+        got = encoder.encode_documents(texts, dtype="float16", threads=threads)
+        assert got.vectors.dtype == np.float16 and got.vectors.flags.c_contiguous
+        np.testing.assert_array_equal(got.vectors.view(np.uint16), half(want.vectors).view(np.uint16))
+        np.testing.assert_array_equal(got.offsets, want.offsets)
+        np.testing.assert_array_equal(got.token_ids, want.token_ids)
+
+
 @pytest.mark.parametrize("kind", ["plain", "colbert", "pylate"])
 def test_onnx_document_runtimes_follow_pytorch(models, kind, tmp_path, monkeypatch):
     monkeypatch.setenv("MVR_CACHE_DIR", str(tmp_path))

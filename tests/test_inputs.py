@@ -1,6 +1,7 @@
 """Bad input at the edges: document ids, file encodings and byte order marks, empty query files,
 a huge k, huge documents, and control characters in what `mvr search` prints."""
 
+import dataclasses
 import json
 import re
 import shutil
@@ -419,6 +420,10 @@ def test_the_encoder_refuses_what_it_would_encode_wrong(default_encoder):
         with pytest.raises(EncoderError, match=re.escape(message)):
             default_encoder.encode_documents(texts)
     assert default_encoder.encode_documents([]).vectors.shape == (0, default_encoder.dim) == default_encoder.encode_queries([]).vectors.shape
+    assert default_encoder.encode_documents([], dtype=np.float16).vectors.dtype == np.float16
+    for dtype in ("float64", "int8", None, "nonsense", 3):
+        with pytest.raises(EncoderError, match="dtype must be float32 or float16"):
+            default_encoder.encode_documents(["a"], dtype=dtype)
     assert len(default_encoder.encode_queries("one query")) == 1
     for batch in (0, -1, "2"):
         with pytest.raises(ConfigError, match="batch_size must be a positive integer"):
@@ -426,6 +431,25 @@ def test_the_encoder_refuses_what_it_would_encode_wrong(default_encoder):
     for options in ({"query_maxlen": "x"}, {"batch_size": None}, {"doc_maxlen": 4.5}):
         with pytest.raises(ConfigError, match="must be a positive integer"):
             Encoder(**options)
+
+
+def test_a_model_that_gives_non_finite_vectors_builds_no_index(models, tmp_path):
+    """A checkpoint whose weights hold a NaN: the build stops at its first chunk with one line,
+    nothing is left at the index's path (vectors go to the spool as float16, checked there)."""
+    import torch
+    from transformers import BertModel
+
+    from mvr import MvrError
+
+    broken = tmp_path / "nan-model"
+    shutil.copytree(models["plain"], broken)
+    model = BertModel.from_pretrained(broken)
+    with torch.no_grad():
+        model.encoder.layer[0].output.LayerNorm.weight[0] = float("nan")
+    model.save_pretrained(broken)
+    with pytest.raises(MvrError, match="the encoder produced non-finite vectors; check the model's weights"):
+        Index.build([("d1", "a cat"), ("d2", "a dog barks")], tmp_path / "ix", config=dataclasses.replace(FAST, model=str(broken), doc_runtime="torch"))
+    assert not (tmp_path / "ix").exists()
 
 
 def test_cli_small_mistakes_get_one_line(index, tmp_path, capsys):

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from ..encode import Encoder, TokenVectors
 from ..encode.pool import dealt, worker_settings
-from ..encode.tokens import checked_texts
+from ..encode.tokens import checked_texts, vector_dtype
 from ..config import positive_int
 from ..errors import ConfigError, EncoderError
 from .cluster import _node, _ray, connect
@@ -19,8 +19,8 @@ class _EncoderWorker:
     def node(self) -> str:
         return _node()
 
-    def encode(self, texts: list[str], batch_size: int | None):
-        found = self.encoder.encode_documents(texts, batch_size=batch_size, show_progress=False)
+    def encode(self, texts: list[str], batch_size: int | None, dtype: str = "float32"):
+        found = self.encoder.encode_documents(texts, batch_size=batch_size, show_progress=False, dtype=dtype)
         return found.vectors, found.offsets, found.truncated, found.token_ids
 
 
@@ -55,8 +55,8 @@ class RayEncoder:
             ray.kill(worker)
         self.workers = []
 
-    def encode_documents(self, texts, *, batch_size=None, threads=None, show_progress=None) -> TokenVectors:
-        texts = checked_texts(texts, False)  # the local encoder's messages (a string alone was read as one document a letter)
+    def encode_documents(self, texts, *, batch_size=None, threads=None, show_progress=None, dtype="float32") -> TokenVectors:
+        texts, dtype = checked_texts(texts, False), vector_dtype(dtype)  # the local encoder's messages (a string alone was read as one document a letter)
         if not self.workers:
             raise EncoderError("this RayEncoder is closed (its workers stopped); make a new one to encode.")
-        return dealt(self.local, texts, len(self.workers), batch_size, lambda w, part: self.workers[w].encode.remote(part, batch_size), _ray().get, show_progress)
+        return dealt(self.local, texts, len(self.workers), batch_size, lambda w, part: self.workers[w].encode.remote(part, batch_size, dtype.name), _ray().get, show_progress, dtype)

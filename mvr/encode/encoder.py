@@ -25,7 +25,7 @@ from ..progress import progress
 from ..threads import check_threads, cpu_threads
 from .forms import DEFAULT_MODEL_NAME, default_model_path, detect_spec, encoder_settings, finish_vectors, numpy_layers, read_projections, weight_files_of, weights_checksum
 from .runtimes import ExportError, OnnxTransformer, check_runtime, export_key, quiet_transformers, transformers_names
-from .tokens import TokenVectors, character_spans, checked_texts, input_ids, token_classes, tokenizer_checksum
+from .tokens import TokenVectors, character_spans, checked_texts, input_ids, token_classes, tokenizer_checksum, vector_dtype
 
 
 def identity_differences(recorded: dict, actual: dict) -> list[str]:
@@ -217,9 +217,9 @@ class Encoder:
         """Token vectors of queries (markers and ``[MASK]`` augmentation as the model wants)."""
         return self._encode(checked_texts(texts, True), is_query=True, batch_size=batch_size, threads=check_threads(threads), show_progress=show_progress)
 
-    def encode_documents(self, texts: Sequence[str], *, batch_size: int | None = None, threads: int | None = None, show_progress=None) -> TokenVectors:
-        """Token vectors of documents (truncated at ``doc_maxlen`` tokens; skiplist tokens dropped)."""
-        return self._encode(checked_texts(texts, False), is_query=False, batch_size=batch_size, threads=check_threads(threads), show_progress=show_progress)
+    def encode_documents(self, texts: Sequence[str], *, batch_size: int | None = None, threads: int | None = None, show_progress=None, dtype="float32") -> TokenVectors:
+        """Token vectors of documents (truncated at ``doc_maxlen`` tokens; skiplist tokens dropped), in float16 as stored where ``dtype`` says."""
+        return self._encode(checked_texts(texts, False), is_query=False, batch_size=batch_size, threads=check_threads(threads), show_progress=show_progress, dtype=vector_dtype(dtype))
 
     def document_batch(self, batch_size: int | None = None) -> int:
         """Documents per run: ``batch_size`` (default the encoder's), or one under the int8 runtime,
@@ -275,12 +275,12 @@ class Encoder:
         maxlen = self.spec.query_maxlen if is_query else self.spec.doc_maxlen
         return input_ids(self.tokenizer, texts, marker, maxlen, expand=is_query and self.spec.query_expansion)
 
-    def _encode(self, texts: list[str], *, is_query: bool, batch_size: int | None, threads: int | None, show_progress) -> TokenVectors:
+    def _encode(self, texts: list[str], *, is_query: bool, batch_size: int | None, threads: int | None, show_progress, dtype=np.dtype(np.float32)) -> TokenVectors:
         import torch
 
         positive_int("", "batch_size", batch_size, optional=True)  # 0 fell back to the default, -1 divided by zero
         if not texts:
-            return TokenVectors(np.zeros((0, self.dim), np.float32), np.zeros(1, np.int64), np.zeros(0, bool), np.zeros(0, np.int32))
+            return TokenVectors(np.zeros((0, self.dim), dtype), np.zeros(1, np.int64), np.zeros(0, bool), np.zeros(0, np.int32))
         sequences, truncated = self._token_ids(texts, is_query)
         batch_size = self.document_batch(batch_size) if not is_query else batch_size or self.batch_size
         order = np.argsort([-len(s) for s in sequences], kind="stable")
@@ -290,7 +290,7 @@ class Encoder:
         outer = hasattr(show_progress, "update")
         bar = show_progress if outer else progress(total=len(texts), desc="encoding queries" if is_query else "encoding documents", unit="text", show=show_progress)
         pad_id = self.tokenizer.pad_token_id or 0
-        dtype = autocast_dtype(self.precision)
+        autocast, out_type = autocast_dtype(self.precision), getattr(torch, dtype.name)
         lock = threading.Lock()
 
         @torch.inference_mode()
@@ -311,7 +311,7 @@ class Encoder:
             if hidden is not None and is_query and self._numpy_layers is not None:  # as mvr/encode/queries.py does: the same vectors
                 hidden = torch.from_numpy(finish_vectors(hidden.numpy(), self._numpy_layers))
             else:
-                hidden = self._torch_hidden(inputs, dtype) if hidden is None else hidden
+                hidden = self._torch_hidden(inputs, autocast) if hidden is None else hidden
                 for weight, bias, activation in self._projections:
                     hidden = torch.nn.functional.linear(hidden, weight, bias)
                     hidden = hidden if activation is None else activation(hidden)
@@ -325,7 +325,7 @@ class Encoder:
                 if not is_query and len(self._skip_ids):
                     keep &= ~torch.isin(id_rows, self._skip_ids)
             for row, original in enumerate(order[start : start + batch_size]):
-                results[original] = hidden[row][keep[row]].numpy()
+                results[original] = hidden[row][keep[row]].to(out_type).numpy()  # float16 as vectors.pca.half rounds
                 ids_out[original] = id_rows[row][keep[row]].numpy().astype(np.int32)
             with lock:
                 bar.update(len(batch))
@@ -355,6 +355,6 @@ class Encoder:
         lengths = np.array([r.shape[0] for r in results], dtype=np.int64)
         offsets = np.zeros(len(texts) + 1, dtype=np.int64)
         np.cumsum(lengths, out=offsets[1:])
-        vectors = np.concatenate(results, axis=0) if results else np.zeros((0, self.dim), dtype=np.float32)
+        vectors = np.concatenate(results, axis=0) if results else np.zeros((0, self.dim), dtype=dtype)
         token_ids = np.concatenate(ids_out) if ids_out else np.zeros(0, dtype=np.int32)
-        return TokenVectors(np.ascontiguousarray(vectors, dtype=np.float32), offsets, truncated, token_ids)
+        return TokenVectors(np.ascontiguousarray(vectors, dtype=dtype), offsets, truncated, token_ids)

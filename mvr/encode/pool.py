@@ -27,7 +27,7 @@ from ..threads import cores
 from ..errors import ConfigError, EncoderError
 from .encoder import Encoder
 from .forms import encoder_settings
-from .tokens import TokenVectors, checked_texts
+from .tokens import TokenVectors, checked_texts, vector_dtype
 
 
 def deal(encoder: Encoder, texts: list[str], parts: int, batch_size: int | None = None) -> list[np.ndarray]:
@@ -41,9 +41,9 @@ def deal(encoder: Encoder, texts: list[str], parts: int, batch_size: int | None 
     return [np.concatenate([np.zeros(0, np.int64), *batches[w::parts]]).astype(np.int64) for w in range(parts)]
 
 
-def join(n_texts: int, pieces: list[tuple[np.ndarray, tuple]]) -> TokenVectors:
-    """One :class:`TokenVectors` of ``n_texts`` texts in their order, from each worker's
-    ``(positions, (vectors, offsets, truncated, token_ids))``."""
+def join(n_texts: int, pieces: list[tuple[np.ndarray, tuple]], dtype=np.float32) -> TokenVectors:
+    """One :class:`TokenVectors` of ``n_texts`` texts in their order (vectors in ``dtype``), from
+    each worker's ``(positions, (vectors, offsets, truncated, token_ids))``."""
     rows: list = [None] * n_texts
     ids: list = [None] * n_texts
     truncated = np.zeros(n_texts, dtype=bool)
@@ -55,16 +55,16 @@ def join(n_texts: int, pieces: list[tuple[np.ndarray, tuple]]) -> TokenVectors:
     offsets = np.zeros(n_texts + 1, dtype=np.int64)
     np.cumsum([len(r) for r in rows], out=offsets[1:])
     token_ids = None if any(i is None for i in ids) else np.concatenate(ids).astype(np.int32)
-    return TokenVectors(np.concatenate(rows).astype(np.float32), offsets, truncated, token_ids)
+    return TokenVectors(np.concatenate(rows).astype(dtype, copy=False), offsets, truncated, token_ids)
 
 
-def dealt(encoder: Encoder, texts: list[str], workers: int, batch_size, submit, result, show_progress=None) -> TokenVectors:
+def dealt(encoder: Encoder, texts: list[str], workers: int, batch_size, submit, result, show_progress=None, dtype=np.float32) -> TokenVectors:
     """``texts`` encoded by ``workers`` workers, each given its share of ``encoder``'s batches
     (:func:`deal`): ``submit(w, texts)`` starts worker ``w`` on its share, ``result(started)``
-    waits for what it returns ``(vectors, offsets, truncated, token_ids)``; joined in the texts'
-    order (:func:`join`)."""
+    waits for what it returns ``(vectors, offsets, truncated, token_ids)``, the vectors in
+    ``dtype``; joined in the texts' order (:func:`join`)."""
     if not texts:
-        return encoder.encode_documents(texts)
+        return encoder.encode_documents(texts, dtype=dtype)
     parts = [p for p in deal(encoder, texts, workers, batch_size) if len(p)]
     started = [(p, submit(w, [texts[i] for i in p])) for w, p in enumerate(parts)]
     pieces = []
@@ -72,7 +72,7 @@ def dealt(encoder: Encoder, texts: list[str], workers: int, batch_size, submit, 
         pieces.append((chosen, result(one)))
         if hasattr(show_progress, "update"):
             show_progress.update(len(chosen))
-    return join(len(texts), pieces)
+    return join(len(texts), pieces, dtype)
 
 
 def worker_settings(encoder: Encoder, threads: int) -> dict:
@@ -159,13 +159,13 @@ def _ready() -> bool:
     return _WORKER is not None
 
 
-def _encode(texts: list[str], batch_size: int | None):
+def _encode(texts: list[str], batch_size: int | None, dtype: str):
     global _BUSY
     _BUSY = True  # before the check: a SIGTERM between the two then ends this run rather than letting it go on
     try:
         if _STOPPING:
             _end()
-        found = _WORKER.encode_documents(texts, batch_size=batch_size, show_progress=False)
+        found = _WORKER.encode_documents(texts, batch_size=batch_size, show_progress=False, dtype=dtype)
     finally:
         _BUSY = False
     return found.vectors, found.offsets, found.truncated, found.token_ids
@@ -241,18 +241,18 @@ class ProcessEncoder:
                 process.join(timeout=30)
         self._pool.shutdown(wait=True)  # its queues closed, their semaphores released
 
-    def _submit(self, texts: list[str], batch_size: int | None):
-        future = self._pool.submit(_encode, texts, batch_size)
+    def _submit(self, texts: list[str], batch_size: int | None, dtype: str):
+        future = self._pool.submit(_encode, texts, batch_size, dtype)
         self._asked.append(future)
         return future
 
-    def encode_documents(self, texts, *, batch_size=None, threads=None, show_progress=None) -> TokenVectors:
-        texts = checked_texts(texts, False)  # the local encoder's messages, before any worker is asked
+    def encode_documents(self, texts, *, batch_size=None, threads=None, show_progress=None, dtype="float32") -> TokenVectors:
+        texts, dtype = checked_texts(texts, False), vector_dtype(dtype)  # the local encoder's messages, before any worker is asked
         if self._closed:
             raise EncoderError("this ProcessEncoder is closed (its worker processes stopped); make a new one to encode.")
         try:
             self._asked = [future for future in self._asked if not future.done()]
-            return dealt(self.local, texts, self.workers, batch_size, lambda w, part: self._submit(part, batch_size), _result, show_progress)
+            return dealt(self.local, texts, self.workers, batch_size, lambda w, part: self._submit(part, batch_size, dtype.name), _result, show_progress, dtype)
         except (BrokenProcessPool, _Stopped):
             raise EncoderError(
                 "a worker process of --workers stopped (out of memory, killed, or it could not start: a script that encodes with "

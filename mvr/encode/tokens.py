@@ -80,7 +80,7 @@ def character_spans(tokenizer, text: str, expected: list[int], head: int, skip: 
 
 @dataclass(frozen=True)
 class TokenVectors:
-    """Token vectors of several texts: ``vectors`` float32 ``(n_tokens, dim)``, ``offsets`` int64
+    """Token vectors of several texts: ``vectors`` float32 (float16 where asked) ``(n_tokens, dim)``, ``offsets`` int64
     ``(n_texts + 1,)``; text ``i`` owns rows ``offsets[i]:offsets[i + 1]``. ``token_ids`` int32
     ``(n_tokens,)``: the vocabulary id behind each vector (None where unknown); ``truncated`` bool
     ``(n_texts,)``: the text was cut at the maximum length."""
@@ -115,6 +115,20 @@ def token_classes(tokenizer, marker_ids=()) -> dict[str, np.ndarray]:
     stopwords = [i for i, p in enumerate(pieces) if p in stop_set]
     classes = {"special": special, "punctuation": punctuation, "stopwords": stopwords}
     return {name: np.array(sorted(i for i in ids if i is not None), dtype=np.int32) for name, ids in classes.items()}
+
+
+def vector_dtype(dtype) -> np.dtype:
+    """``dtype`` where vectors may be handed out in it (float32, or float16 as stored), else an
+    EncoderError."""
+    from ..errors import EncoderError
+
+    try:
+        found = np.dtype(dtype)
+    except TypeError:
+        found = None
+    if found not in (np.float32, np.float16):
+        raise EncoderError(f"dtype must be float32 or float16, got {dtype!r}.")
+    return found
 
 
 def checked_texts(texts, is_query: bool) -> list[str]:
