@@ -25,7 +25,7 @@ from .errors import ConfigError, IndexFormatError, MvrError, check_flags, shown
 from .stages import BuildSource, build_stage, stage_class, stage_settings
 from .storage import ArrayWriter, StagingDir, target_path
 from .storage.layout import check_replaceable
-from .encoding import Checkpoints
+from .checkpoints import Checkpoints
 from .passages import live_documents
 from .segment import open_commit
 from .segment_build import check_sources, finish_segment, link_tree, planned_stages, reconfigure, restage, stored_texts, with_stage, write_segment

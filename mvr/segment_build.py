@@ -19,7 +19,8 @@ from . import __version__
 from .config import FDEConfig, IndexConfig
 from .corpus import Document
 from .encode import Encoder
-from .encoding import RESUME, Checkpoints, encode_corpus, finish_vectors
+from .checkpoints import RESUME, Checkpoints
+from .encoding import encode_corpus, finish_vectors
 from .errors import IndexFormatError, MvrError
 from .registry import STAGES, store_class
 from .stages import BuildSource, build_stage, stage_class

@@ -21,7 +21,7 @@ LAYERS = [
     {"errors", "registry", "config", "progress", "threads", "device", "corpus", "client", "passages", "_kernels"},
     {"encode", "vectors"},
     {"stages", "storage"},
-    {"search", "first_stage", "fusion", "feedback", "search_presets", "results", "segment", "segment_build", "encoding", "streaming", "explain", "summary"},
+    {"search", "first_stage", "fusion", "feedback", "search_presets", "results", "segment", "segment_build", "encoding", "checkpoints", "streaming", "explain", "summary"},
     {"index", "build", "writer", "reranking"},
     {"cli", "eval", "server", "integrations", "distributed", "tuning", "training"},
 ]
