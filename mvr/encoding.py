@@ -1,7 +1,8 @@
 """A corpus through the encoder into a segment folder being built: ``vectors.raw`` (float16, the
 model's dimension), ids, texts, titles, token ids and metadata, chunk by chunk; then
 ``vectors.npy`` (PCA applied). Each chunk is recorded once its rows are on disk
-(:mod:`mvr.checkpoints`), so a build killed half-way goes on from its last whole chunk.
+(:mod:`mvr.checkpoints`), so a build killed half-way goes on from its last whole chunk. A chunk is
+written on a thread of its own while the next one encodes.
 """
 
 from __future__ import annotations
@@ -10,6 +11,7 @@ import collections
 import itertools
 import os
 import warnings
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Iterable
 
@@ -52,7 +54,10 @@ def encode_corpus(documents, encoder, config: IndexConfig, folder: Path, show_pr
     bar.update(len(resumed.read))
     try:
         mode = "ab" if resumed.chunks else "wb"
-        with open(folder / "vectors.raw", mode) as raw, open(folder / "token_ids.raw", mode) as raw_ids:
+        # a chunk is appended and recorded on the spool thread while the next one encodes; one at a
+        # time, in order, and the files close only once it has ended (an error: the chunk before whole)
+        with open(folder / "vectors.raw", mode) as raw, open(folder / "token_ids.raw", mode) as raw_ids, ThreadPoolExecutor(1, thread_name_prefix="mvr-spool") as spool:
+            files, spooled = (raw, raw_ids, texts, titles), None
             for chunk in chunks(skip_read(as_documents(documents), resumed.read, resumed.digests), chunk_size):
                 kept = []
                 before = (truncated, skipped, split_documents)
@@ -95,26 +100,18 @@ def encode_corpus(documents, encoder, config: IndexConfig, folder: Path, show_pr
                     encoded = encoder.encode_documents([d.full_text for d in kept], show_progress=bar if not config.passage_tokens else False, dtype="float16")
                     if not np.isfinite(encoded.vectors).all():
                         raise MvrError("the encoder produced non-finite vectors; check the model's weights.")
-                    raw.write(encoded.vectors.data)
                     lengths.append(encoded.lengths)
-                    if encoded.token_ids is None:  # an encoder of another kind may not give them
-                        with_ids = False
-                    elif with_ids:
-                        raw_ids.write(np.asarray(encoded.token_ids, np.int32).tobytes())
+                    with_ids = with_ids and encoded.token_ids is not None  # an encoder of another kind may not give them
                     truncated += int(encoded.truncated.sum())
-                    for doc in kept:
-                        ids.append(doc.id)
-                        texts.add(doc.text)
-                        titles.add(doc.title)
+                    ids.extend(doc.id for doc in kept)
                 if config.passage_tokens or not kept:
                     bar.update(len(chunk))
-                if checkpoints is not None:
-                    for handle in (raw, raw_ids, texts.handle, titles.handle):
-                        handle.flush()
-                        os.fsync(handle.fileno())
-                    counters = dict(zip(("truncated", "skipped", "split"), (a - b for a, b in zip((truncated, skipped, split_documents), before))))
-                    checkpoints.record(chunk, kept, encoded.lengths if encoded else [], encoded.token_ids if encoded else np.zeros(0, np.int32),
-                                       np.diff(texts.offsets[-len(kept) - 1 :]) if kept else [], np.diff(titles.offsets[-len(kept) - 1 :]) if kept else [], counters)
+                counters = dict(zip(("truncated", "skipped", "split"), (a - b for a, b in zip((truncated, skipped, split_documents), before))))
+                if spooled is not None:
+                    spooled.result()  # the chunk before on disk (or its error raised) before this one is written
+                spooled = spool.submit(_spool, files, chunk, kept, encoded, with_ids, checkpoints, counters)
+            if spooled is not None:
+                spooled.result()
     finally:
         bar.close()
         texts.close()
@@ -149,6 +146,25 @@ def encode_corpus(documents, encoder, config: IndexConfig, folder: Path, show_pr
         "skipped_empty_documents": skipped,
         **({"source_documents": len({document_id(i) for i in ids}), "split_documents": split_documents} if config.passage_tokens else {}),
     }
+
+
+def _spool(files, chunk: list, kept: list, encoded, with_ids: bool, checkpoints: Checkpoints | None, counters: dict) -> None:
+    """Append one encoded chunk's vectors, token ids, texts and titles to ``files`` and, where the
+    build is recorded, flush them to disk and record the chunk."""
+    raw, raw_ids, texts, titles = files
+    if encoded is not None:
+        raw.write(encoded.vectors.data)
+        if with_ids:
+            raw_ids.write(np.asarray(encoded.token_ids, np.int32).tobytes())
+    for doc in kept:
+        texts.add(doc.text)
+        titles.add(doc.title)
+    if checkpoints is not None:
+        for handle in (raw, raw_ids, texts.handle, titles.handle):
+            handle.flush()
+            os.fsync(handle.fileno())
+        checkpoints.record(chunk, kept, encoded.lengths if encoded else [], encoded.token_ids if encoded else np.zeros(0, np.int32),
+                           np.diff(texts.offsets[-len(kept) - 1 :]) if kept else [], np.diff(titles.offsets[-len(kept) - 1 :]) if kept else [], counters)
 
 
 def finish_vectors(folder: Path, model_dim: int, config: IndexConfig, n_tokens: int, projection=None, block: int = 1 << 16,

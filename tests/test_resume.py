@@ -133,6 +133,38 @@ def test_an_interrupted_build_keeps_its_chunks_and_resumes_only_what_matches(tmp
     assert _files(home / "idx") == _files(reference) and _staging(home) == []
 
 
+def test_a_write_that_fails_stops_the_build_and_a_resume_goes_on_from_the_chunks_before(tmp_path, models, reference):
+    """A chunk is written on a thread of its own while the next one encodes. A write that fails
+    there (the file size limit of a real process here, as a full disk would) stops the build with
+    that error, the chunks before it recorded and nothing after: a resume goes on from them."""
+    import numpy as np
+
+    home = tmp_path / "home"
+    offsets = np.load(reference / "segments" / "s000001" / "doc_offsets.npy")
+    dim = Index.open(reference).dim
+    limit = int(offsets[22]) * dim * 2  # vectors.raw reaches it in the 6th chunk (documents 20-23)
+    code = (
+        "import resource, signal, sys\nfrom pathlib import Path\n"
+        "signal.signal(signal.SIGXFSZ, signal.SIG_IGN)  # the write fails with EFBIG instead of the process being killed\n"
+        f"resource.setrlimit(resource.RLIMIT_FSIZE, ({limit}, {limit}))\n"
+        f"sys.path.insert(0, {str(Path(__file__).parent)!r})\n"
+        "from mvr import Encoder, Index\n"
+        "from resume_worker import CONFIG, corpus\n"
+        "read = []\n"
+        "def counted(docs):\n    for doc in docs:\n        read.append(doc)\n        yield doc\n"
+        "try:\n"
+        f"    Index.build(counted(corpus({N_DOCS})), Path({str(home / 'idx')!r}), config=CONFIG, encoder=Encoder({str(models['plain'])!r}), chunk_size={CHUNK}, show_progress=False)\n"
+        "finally:\n    print('READ', len(read))\n"
+    )
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
+    assert done.returncode != 0 and "File too large" in done.stderr.strip().splitlines()[-1], done.stderr[-2000:]
+    assert done.stdout.split() == ["READ", "28"]  # stopped once the next chunk (24-27) had encoded, not at the end
+    assert not (home / "idx").exists() and len(_staging(home)) == 1
+    index = Index.build(corpus(N_DOCS), home / "idx", config=CONFIG, encoder=Encoder(models["plain"]), chunk_size=CHUNK, resume=True, show_progress=False)
+    assert index.manifest["build"]["resumed_at"] == 20  # the 5 chunks whole before the one that failed
+    assert _files(home / "idx") == _files(reference) and _staging(home) == []
+
+
 def test_without_resume_an_interrupted_build_starts_over(tmp_path, models, reference):
     home = tmp_path / "home"
     _interrupted(home, models, 10)
