@@ -186,8 +186,11 @@ def finish_vectors(folder: Path, model_dim: int, config: IndexConfig, n_tokens: 
         np.save(folder / "projection.npy", projection)
     dim = model_dim if projection is None else projection.shape[1]
     out = ArrayWriter(folder / "vectors.npy", np.float16, (dim,))
-    for start in range(0, n_tokens, block):
-        out.add(stored(raw[start : min(start + block, n_tokens)], projection))
+    if projection is None:  # the spool's rows are the stored ones: copied as they are
+        out.add_file(raw_path, n_tokens)
+    else:
+        for start in range(0, n_tokens, block):
+            out.add(stored(raw[start : min(start + block, n_tokens)], projection))
     out.close()
     if checkpoints is not None:
         checkpoints.keep_raw()

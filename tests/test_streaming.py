@@ -58,6 +58,30 @@ def test_array_writer_appends_rows_numpy_reads_back(tmp_path):
     assert np.load(tmp_path / "b.npy").shape == (0,)
 
 
+@pytest.mark.parametrize("kernel_copy", [True, False])
+def test_array_writer_appends_a_raw_file_between_rows(tmp_path, monkeypatch, kernel_copy):
+    """A build's spool goes into vectors.npy by the kernel's copy_file_range where it can, else
+    (another system, a file system that cannot) through Python: the same file either way."""
+    import errno
+    import os
+
+    if not kernel_copy:
+        def refused(*args, **kwargs):
+            raise OSError(errno.EXDEV, "not across these file systems")
+
+        monkeypatch.setattr(os, "copy_file_range", refused)
+    rows = np.random.default_rng(0).integers(0, 65535, size=(3000, 384), dtype=np.uint16)
+    (tmp_path / "spool.raw").write_bytes(rows.tobytes() + b"\x01\x02")  # more than the rows asked for
+    writer = ArrayWriter(tmp_path / "a.npy", np.uint16, (384,))
+    writer.add(rows[:5])
+    writer.add_file(tmp_path / "spool.raw", 2999)
+    writer.add(rows[5:7])
+    writer.close()
+    assert np.array_equal(np.load(tmp_path / "a.npy"), np.concatenate([rows[:5], rows[:2999], rows[5:7]]))
+    with pytest.raises(ValueError, match="spool.raw holds fewer than 3001 rows"):
+        ArrayWriter(tmp_path / "b.npy", np.uint16, (384,)).add_file(tmp_path / "spool.raw", 3001)
+
+
 def test_block_size_does_not_change_the_index(tmp_path):
     vectors, offsets = corpus()
     folders = [segment_path(build(tmp_path, f"b{size}", vectors, offsets, size, SMALL)) for size in (1, 7, 1000)]
