@@ -48,11 +48,11 @@ def _hamming_to_partition(bits_row, index, k_sim):
 
 @njit(inline="always", nogil=True)
 def _project(row, r, ams_index, ams_sign, identity, scale, out, start):
-    """Add ``scale`` times repetition ``r``'s AMS projection of ``row`` to ``out[start : start + d_proj]``
-    (identity: ``row`` itself, into a zeroed block)."""
+    """Add ``scale`` times repetition ``r``'s AMS projection of ``row`` (identity: ``row``) to
+    ``out[start : start + d_proj]``."""
     if identity:
         for i in range(row.shape[0]):
-            out[start + i] = scale * row[i]
+            out[start + i] += scale * row[i]
     else:
         for i in range(row.shape[0]):
             out[start + ams_index[r, i]] += scale * ams_sign[r, i] * row[i]
@@ -61,21 +61,24 @@ def _project(row, r, ams_index, ams_sign, identity, scale, out, start):
 @njit(nogil=True, fastmath=True)
 def _encode_one(points, simhash, ams_index, ams_sign, d_proj, is_query, fill_empty, cs_index, cs_sign, out):
     """FDE of one token set ``points`` (n, dim) float32 into ``out`` (d_final or full length).
-    The projection is linear, so each partition's tokens are summed first and the sum projected
-    once (projecting every token, a scattered write per dimension, took most of a document's time)."""
+    The projection is linear: where partitions are no more than tokens, each partition's tokens
+    are summed first and the sum projected once (projecting every token, a scattered write per
+    dimension, took most of a document's time); else each token is projected."""
     n, dim = points.shape
     reps, k_sim, _ = simhash.shape
     n_parts = 1 << k_sim
     block = n_parts * d_proj
     identity = ams_index.shape[1] == 0
+    by_sum = n_parts <= n
     full = np.zeros(reps * block, dtype=np.float32) if cs_index.shape[0] > 0 else out
     full[:] = 0.0
     bits = np.empty((n, k_sim), dtype=np.float32)
     counts = np.empty(n_parts, dtype=np.int64)
-    sums = np.empty((n_parts, dim), dtype=np.float32)
+    sums = np.empty((n_parts if by_sum else 0, dim), dtype=np.float32)
     for r in range(reps):
         counts[:] = 0
         sums[:] = 0.0
+        base = r * block
         for t in range(n):
             for j in range(k_sim):
                 acc = np.float32(0.0)
@@ -84,13 +87,19 @@ def _encode_one(points, simhash, ams_index, ams_sign, d_proj, is_query, fill_emp
                 bits[t, j] = acc
             p = _partition(bits[t], k_sim)
             counts[p] += 1
-            for i in range(dim):
-                sums[p, i] += points[t, i]
-        base = r * block
+            if by_sum:
+                for i in range(dim):
+                    sums[p, i] += points[t, i]
+            else:
+                _project(points[t], r, ams_index, ams_sign, identity, np.float32(1.0), full, base + p * d_proj)
         for p in range(n_parts):
             start = base + p * d_proj
-            if counts[p] > 0:
-                _project(sums[p], r, ams_index, ams_sign, identity, np.float32(1.0) if is_query else np.float32(1.0) / counts[p], full, start)
+            scale = np.float32(1.0) if is_query or counts[p] == 0 else np.float32(1.0) / counts[p]  # documents: centroids
+            if counts[p] > 0 and by_sum:
+                _project(sums[p], r, ams_index, ams_sign, identity, scale, full, start)
+            elif counts[p] > 0:
+                for j in range(d_proj):
+                    full[start + j] *= scale
             elif not is_query and fill_empty and n > 0 and k_sim > 0:
                 nearest = 0
                 best = k_sim + 1

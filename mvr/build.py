@@ -54,7 +54,7 @@ def build(documents, name, *, config: IndexConfig | None = None, home=None, over
     build has finished: a failure leaves an existing index intact. ``command`` (the CLI line that
     asked for the build) is kept in the manifest. The index is one segment at generation 1.
 
-    Each chunk of ``chunk_size`` documents is recorded once encoded (mvr/encoding.py): a build
+    Each chunk of ``chunk_size`` documents is recorded once encoded (mvr/checkpoints.py): a build
     killed half-way, or stopped by an error, leaves them, and ``resume=True`` (CLI ``--resume``)
     goes on from the last whole chunk with the same settings and corpus (checked), ending with
     the index an uninterrupted build writes; ``manifest["build"]["resumed_at"]`` says after how

@@ -8,6 +8,7 @@ written on a thread of its own while the next one encodes.
 from __future__ import annotations
 
 import collections
+import dataclasses
 import itertools
 import os
 import warnings
@@ -28,7 +29,7 @@ from .storage.formats import TOKEN_IDS
 from .storage.metadata import MetadataWriter
 from .vectors import fit_pca
 from .vectors.heads import configured, save_projection
-from .vectors.pca import stored
+from .vectors.pca import half, stored
 
 
 def encode_corpus(documents, encoder, config: IndexConfig, folder: Path, show_progress, chunk_size: int, existing=None, replaced: list | None = None,
@@ -97,7 +98,10 @@ def encode_corpus(documents, encoder, config: IndexConfig, folder: Path, show_pr
                             )
                         if replaced is not None:
                             replaced.extend(int(p) for p in found[found >= 0])
+                    if spooled is not None and spooled.done():
+                        spooled.result()  # a write of the chunk before that failed: raised before more is encoded
                     encoded = encoder.encode_documents([d.full_text for d in kept], show_progress=bar if not config.passage_tokens else False, dtype="float16")
+                    encoded = dataclasses.replace(encoded, vectors=np.ascontiguousarray(half(encoded.vectors)))  # already so from mvr's encoders
                     if not np.isfinite(encoded.vectors).all():
                         raise MvrError("the encoder produced non-finite vectors; check the model's weights.")
                     lengths.append(encoded.lengths)

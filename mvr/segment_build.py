@@ -42,7 +42,7 @@ def write_segment(documents, folder: Path, encoder: Encoder, config: IndexConfig
                   checkpoints: bool = False, resume: bool = False) -> dict:
     """Encode ``documents`` into the new segment ``folder`` as ``config`` says; ``like``: an opened
     segment of the same index, whose PCA projection and codec the new one reuses. The manifest.
-    ``checkpoints``: record each encoded chunk in ``folder/resume`` (mvr/encoding.py; removed with
+    ``checkpoints``: record each encoded chunk in ``folder/resume`` (mvr/checkpoints.py; removed with
     :meth:`Checkpoints.done` before the segment is published); ``resume``: ``folder`` holds such
     records of an interrupted build, which this one goes on from (with its chunk size)."""
     started = time.perf_counter()

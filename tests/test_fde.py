@@ -66,9 +66,14 @@ def _unit(rng, n, dim):
         FDEConfig(k_sim=2, d_proj=None, reps=2, fill_empty=False),
         FDEConfig(k_sim=4, d_proj=5, reps=2, d_final=37, seed=7),
         FDEConfig(k_sim=0, d_proj=3, reps=1),
+        FDEConfig(k_sim=3, d_proj=4, reps=3, fill_empty=True),
+        FDEConfig(k_sim=4, d_proj=5, reps=2, d_final=37, fill_empty=True),
+        FDEConfig(k_sim=2, d_proj=None, reps=2, d_final=11, fill_empty=True),
     ],
 )
 def test_kernels_equal_the_numpy_transcription(config):
+    """Documents of more tokens than partitions (summed, then projected) and of fewer (each
+    token projected) alike."""
     rng = np.random.default_rng(0)
     dim = 12
     fde = FDE.draw(config, dim)

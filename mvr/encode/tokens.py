@@ -124,7 +124,7 @@ def vector_dtype(dtype) -> np.dtype:
 
     try:
         found = np.dtype(dtype)
-    except TypeError:
+    except Exception:  # TypeError mostly; a malformed string can raise others
         found = None
     if found not in (np.float32, np.float16):
         raise EncoderError(f"dtype must be float32 or float16, got {dtype!r}.")

@@ -70,13 +70,14 @@ class ArrayWriter:
             if os.fstat(source.fileno()).st_size < size:
                 raise ValueError(f"{Path(path).name} holds fewer than {rows} rows")
             self.handle.flush()
-            copied = 0
+            start, copied = self.handle.tell(), 0
             try:
                 while copied < size and (done := os.copy_file_range(source.fileno(), self.handle.fileno(), size - copied, copied)):
                     copied += done
             except (AttributeError, OSError):  # not Linux, or a file system that cannot: the rest through Python
                 pass
-            self.handle.seek(0, os.SEEK_END)
+            self.handle.seek(start + copied)  # (where the copy says, whatever a failed call may have left past it)
+            self.handle.truncate()
             source.seek(copied)
             while copied < size:
                 block = source.read(min(1 << 24, size - copied))

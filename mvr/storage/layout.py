@@ -34,7 +34,7 @@ from .names import available, home_folder, name_problem, nameable
 LEFTOVER = re.compile(r"^\.(?P<name>.+?)(?:\.(?P<kind>building|old)-(?:\d+-)?[a-z0-9_]{8}|\.(?P<lock>mvr-lock))$")
 STAGING_MARK = ".mvr-staging"  # in every staging folder mvr makes: cleanup removes only those (never another program's of a like name)
 REMOVING_MARK = ".mvr-removing"  # an old copy's manifest, renamed as its removal starts: never put back, still ours to remove
-_RECORDS = "segments/*/resume"  # mvr/encoding.py's records of what a build encoded
+_RECORDS = "segments/*/resume"  # mvr/checkpoints.py's records of what a build encoded
 
 
 def _resumable(folder: Path, chunks: bool = True) -> bool:
