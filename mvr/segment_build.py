@@ -46,6 +46,8 @@ def write_segment(documents, folder: Path, encoder: Encoder, config: IndexConfig
     :meth:`Checkpoints.done` before the segment is published); ``resume``: ``folder`` holds such
     records of an interrupted build, which this one goes on from (with its chunk size)."""
     started = time.perf_counter()
+    for name in planned_stages(config) if stages is None else stages:  # what cannot be written there: refused before encoding
+        getattr(stage_class(name), "check_folder", lambda folder: None)(folder / name)
     records = resumed = None
     if resume and (folder / RESUME / "build.json").is_file():
         records = Checkpoints(folder)

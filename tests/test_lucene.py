@@ -157,7 +157,8 @@ def test_lucene_candidates_follow_a_filter(tmp_path, default_encoder):
 
 def test_a_lucene_stage_under_a_folder_whose_name_is_not_utf8_is_refused_in_one_line(tmp_path, default_encoder):
     """Java takes paths as text: an index moved by hand under such a folder failed with a
-    UnicodeEncodeError from pyjnius at its first bm25 search and at an add (after encoding)."""
+    UnicodeEncodeError from pyjnius at its first bm25 search and at an add (after encoding); an
+    add is now refused before it reads a document."""
     from mvr import ConfigError
 
     built = Index.build([("a", "cats purr"), ("b", "dogs bark")], tmp_path / "idx", encoder=default_encoder, config=IndexConfig(fde=None, sparse=("bm25",)), show_progress=False)
@@ -167,8 +168,13 @@ def test_a_lucene_stage_under_a_folder_whose_name_is_not_utf8_is_refused_in_one_
     index = Index.open(where / "idx", model=default_encoder)
     with pytest.raises(ConfigError, match="cannot read the Lucene bm25 stage at .*: Java takes paths as text.*rename the folder whose name is not UTF-8, or search with"):
         index.search("cats", k=1, first_stage="bm25")
-    with pytest.raises(ConfigError, match="cannot write the Lucene bm25 stage at .*rename the folder whose name is not UTF-8.$"):
-        index.add([("c", "birds fly")])
+    def unread():
+        raise AssertionError("a document was read before the refusal")
+        yield
+
+    for documents in ([("c", "birds fly")], unread()):  # refused before a document is read or encoded
+        with pytest.raises(ConfigError, match="cannot write the Lucene bm25 stage at .*rename the folder whose name is not UTF-8.$"):
+            index.add(documents)
     assert index.search("cats", k=2, first_stage="exhaustive").doc_ids == [["a", "b"]] and Index.open(where / "idx").n_docs == 2
 
 

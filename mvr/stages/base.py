@@ -81,6 +81,9 @@ class FirstStage(Protocol):
     def check(cls, settings, dim: int) -> None:
         """Refuse settings that cannot work, before any document is encoded."""
 
+    # optional: ``check_folder(cls, folder)``, refusing a folder the stage cannot be written in,
+    # before any document is encoded (the Lucene stage: a path Java has no string for)
+
     @classmethod
     def build(cls, folder: Path, source: BuildSource, settings) -> dict:
         """Write the stage into ``folder`` (empty); return its manifest fields (format added by the caller)."""

@@ -93,6 +93,10 @@ class LuceneBM25:
     binds = "doc_ids"
 
     @classmethod
+    def check_folder(cls, folder: Path) -> None:
+        _java_path(folder, "write")
+
+    @classmethod
     def check(cls, settings, dim: int) -> None:
         start_jvm()  # a missing extra or Java runtime is reported before anything is encoded
 
