@@ -132,10 +132,9 @@ def encode_corpus(documents, encoder, config: IndexConfig, folder: Path, show_pr
     offsets = np.zeros(len(doc_lengths) + 1, dtype=np.int64)
     np.cumsum(doc_lengths, out=offsets[1:])
     np.save(folder / "doc_offsets.npy", offsets)
-    if with_ids:  # token_ids.npy from token_ids.raw, a block at a time
-        source, out = RowReader(folder / "token_ids.raw", np.int32), ArrayWriter(folder / TOKEN_IDS, np.int32)
-        for start in range(0, int(offsets[-1]), 1 << 22):
-            out.add(source[start : min(start + (1 << 22), int(offsets[-1]))])
+    if with_ids:  # token_ids.npy: token_ids.raw copied as vectors.npy is (finish_vectors)
+        out = ArrayWriter(folder / TOKEN_IDS, np.int32)
+        out.add_file(folder / "token_ids.raw", int(offsets[-1]))
         out.close()
     if checkpoints is None or not with_ids:
         os.remove(folder / "token_ids.raw")
