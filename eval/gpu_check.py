@@ -8,6 +8,10 @@
 2. Exact MaxSim: an index of those documents (float16, the CPU's float32 vectors) searched
    exhaustively by every test query, on the CPU (Numba) and on the device (PyTorch): the same
    top-10 (share of ids found), the largest score difference, and the time of each.
+3. Every store on the device: the float16 index and its int8 and residual derivatives, each
+   held on the device and sent per search, scored by PyTorch against the Numba kernels
+   (every document, 100 candidates a query, early exit): the largest score difference and
+   whether early exit scored the same candidates.
 
 It runs anywhere: ``--device cpu --precision bf16`` runs the same code on the CPU (the tests do).
 """
@@ -44,7 +48,7 @@ def run(dataset: Path, documents: int, device: str, precision: str | None, batch
         if len(corpus) == documents:
             break
     texts = [doc.full_text for doc in corpus]
-    cpu_default = Encoder()
+    cpu_default = Encoder(device="cpu")  # the CPU's default runtime, whatever "auto" would pick here
     reference = Encoder(doc_runtime="torch", query_runtime="torch", device="cpu")
     on_device = Encoder(device=device, precision=precision, batch_size=batch_size)
     _, cpu_rate = _timed(cpu_default, texts)
@@ -72,6 +76,7 @@ def run(dataset: Path, documents: int, device: str, precision: str | None, batch
         (cpu_ms, a), (device_ms, b) = timings["cpu"], timings["device"]
         overlap = float(np.mean([len(set(x) & set(y)) / max(len(x), 1) for x, y in zip(a.indices.tolist(), b.indices.tolist())]))
         score_diff = float(np.abs(a.scores - b.scores).max())
+        stores = _stores(cpu_index, Path(tmp), encoded, device)
     return {
         "dataset": dataset.name, "documents": len(texts), "device": device, "precision": on_device.precision, "batch_size": batch_size,
         "encoding": {
@@ -83,7 +88,43 @@ def run(dataset: Path, documents: int, device: str, precision: str | None, batch
             "queries": len(texts_q), "cpu_ms": round(cpu_ms, 1), "device_ms": round(device_ms, 1), "speedup": round(cpu_ms / device_ms, 2),
             "top10_overlap": round(overlap, 4), "max_score_difference": score_diff,
         },
+        "stores": stores,
     }
+
+
+def _stores(index, folder: Path, encoded, device: str) -> dict:
+    """Each codec's store scored by PyTorch on ``device`` (resident, and sent per search) against its kernels."""
+    from mvr import Index
+    from mvr.storage.torch_tokens import TorchTokens
+
+    indexes = {"float16": index}
+    for codec, changes in (("int8", {"codec": "int8"}), ("residual", {"codec": "residual", "codec_bits": 2})):
+        indexes[codec] = Index.derive(index, folder / codec, show_progress=False, fde=None, **changes)
+    queries, offsets = encoded.vectors, encoded.offsets
+    rng = np.random.default_rng(0)
+    report = {}
+    for codec, built in indexes.items():
+        store = built.segments[0].tokens
+        want = store.score_all(queries, offsets)
+        for resident in (True, False):
+            budget = (None if device != "cpu" else 1 << 34) if resident else 0  # None: the device's own budget
+            scorer = TorchTokens(store, device, budget=budget)
+            got = scorer.score_all(queries, offsets)
+            worst, same_exit = float(np.abs(got - want).max()), 0
+            repeatable = bool(np.array_equal(got, scorer.score_all(queries, offsets)))  # the same bits, every time
+            for q in range(len(offsets) - 1):
+                rows = queries[offsets[q] : offsets[q + 1]]
+                positions = rng.permutation(want.shape[1])[:100]
+                worst = max(worst, float(np.abs(scorer.score(rows, positions) - store.score(rows, positions)).max()))
+                (_, n), (_, m) = scorer.early_exit(rows, positions, 10, 20), store.early_exit(rows, positions, 10, 20)
+                same_exit += n == m
+            report[f"{codec}, {'resident' if resident else 'per search'}"] = {
+                "resident": scorer._whole() is not None, "max_score_difference": worst, "same_scores_again": repeatable,
+                # a share: a store kept as float16 (int8, residual) may rank a near-tie otherwise and stop a candidate earlier or later
+                "early_exit_same_candidates": round(same_exit / max(len(offsets) - 1, 1), 4),
+                "top10_overlap": round(float(np.mean([len(set(np.argsort(-x)[:10]) & set(np.argsort(-y)[:10])) / 10 for x, y in zip(got, want)])), 4),
+            }
+    return report
 
 
 def main(argv=None) -> int:

@@ -8,13 +8,15 @@ The default install's torch is a CPU build: README says how to install a CUDA on
 
 from __future__ import annotations
 
+import contextlib
 import importlib.util
 import os
 import re
 import sys
+import traceback
 from pathlib import Path
 
-from .errors import ConfigError
+from .errors import ConfigError, DeviceMemoryError
 
 DEVICES = ("auto", "cpu", "cuda")
 PRECISIONS = ("fp32", "fp16", "bf16")
@@ -61,7 +63,29 @@ def resolve_precision(precision: str | None, device: str) -> str:
         return "fp32" if device == "cpu" else "fp16"
     if precision not in PRECISIONS:
         raise ConfigError(f"precision must be one of {', '.join(PRECISIONS)}; got {precision!r}.")
+    if precision == "bf16" and device != "cpu":
+        import torch
+
+        major, minor = torch.cuda.get_device_capability(device)
+        if major < 8:  # bf16 arithmetic came with Ampere; before it, torch emulates it slowly, if at all
+            raise ConfigError(f"precision bf16: {torch.cuda.get_device_name(device)} ({device}, compute capability {major}.{minor}) has no bf16 arithmetic; use --precision fp16 or fp32.")
     return precision
+
+
+@contextlib.contextmanager
+def device_memory(device: str, doing: str, remedy: str):
+    """PyTorch's out-of-memory on ``device`` while ``doing`` made a :class:`DeviceMemoryError`
+    whose one line says ``remedy``; the failed work's tensors are let go first (the frames of its
+    traceback cleared) and the device's cached blocks given back, for what runs next."""
+    import torch
+
+    try:
+        yield
+    except torch.cuda.OutOfMemoryError as error:  # torch.OutOfMemoryError from 2.5 on; this name from 1.13
+        traceback.clear_frames(error.__traceback__)
+        if device != "cpu":
+            torch.cuda.empty_cache()
+        raise DeviceMemoryError(f"out of memory on {device} {doing}: {remedy}, or run on the CPU (--device cpu; MVR_DEVICE=cpu for mvr serve).") from None
 
 
 def autocast_dtype(precision: str):

@@ -52,6 +52,10 @@ class StageError(MvrError, RuntimeError):
     """A first stage's engine (the Java runtime for Lucene, a SPLADE model) could not be started or read."""
 
 
+class DeviceMemoryError(MvrError, MemoryError):
+    """A GPU ran out of memory (PyTorch's OutOfMemoryError, said in one line with what to change)."""
+
+
 class MissingExtraError(MvrError, ImportError):
     """An optional part of mvr was asked for, but the packages it needs are not installed."""
 

@@ -19,6 +19,9 @@ import numpy as np
 import pytest
 
 os.environ.setdefault("MVR_QUIET", "1")
+# The suite is the CPU's (tests/test_device.py checks the GPU's code with the CPU as its device; on a
+# GPU machine, eval/gpu_check.py runs it there): "auto" would move every encoder and index to a GPU.
+os.environ.setdefault("MVR_DEVICE", "cpu")
 # Exported ONNX query models go to a cache of this test run, not the user's home. A process this run
 # starts that imports this file (a Ray case, a killed writer) shares the run's cache; the process
 # that made it removes it at exit, so runs do not pile up exports (about 190 MB each) in the temp dir.

@@ -8,6 +8,7 @@ tensors), every row L2-normalised, with the vocabulary id behind each row.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import threading
 import warnings
@@ -19,7 +20,7 @@ from typing import Sequence
 import numpy as np
 
 from ..config import DEFAULT_DOC_RUNTIME, INT8_RUNTIMES, QUERY_RUNTIMES, RUNTIMES, positive_int
-from ..device import autocast_dtype, resolve_device, resolve_precision
+from ..device import autocast_dtype, device_memory, resolve_device, resolve_precision
 from ..errors import EncoderError
 from ..progress import progress
 from ..threads import check_threads, cpu_threads
@@ -143,8 +144,8 @@ class Encoder:
                             model = AutoModel.from_pretrained(str(self._transformer_path), local_files_only=True)
                     except (OSError, ValueError) as exc:
                         raise EncoderError(f"could not load the model in {self._transformer_path}: {exc}") from None
-                    model.eval()
-                    self._model = model.float().to(self.device)
+                    with device_memory(self.device, "loading the model", "free the GPU's memory"):
+                        self._model = model.eval().float().to(self.device)
         return self._model
 
     # -- ONNX Runtime ----------------------------------------------------------------------------
@@ -178,15 +179,11 @@ class Encoder:
         autocast at ``dtype``, None: float32), as float32 on the CPU."""
         import torch
 
-        model = self.model
-        if self.device != "cpu":
-            inputs = {name: value.to(self.device, non_blocking=True) for name, value in inputs.items()}
-        if dtype is None:
-            hidden = model(**inputs).last_hidden_state
-        else:
-            with torch.autocast(device_type=torch.device(self.device).type, dtype=dtype):
-                hidden = model(**inputs).last_hidden_state
-        return hidden.float().cpu()
+        texts, cast = len(inputs["input_ids"]), torch.autocast(torch.device(self.device).type, dtype) if dtype is not None else contextlib.nullcontext()
+        with device_memory(self.device, f"encoding a batch of {texts} texts", "pass a smaller batch size (--batch-size, batch_size=)"), cast:
+            if self.device != "cpu":
+                inputs = {name: value.to(self.device, non_blocking=True) for name, value in inputs.items()}
+            return self.model(**inputs).last_hidden_state.float().cpu()
 
     def _token_id(self, token: str | None) -> int | None:
         if token is None:

@@ -29,7 +29,7 @@ from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from pydantic import BaseModel, ConfigDict, Field, StrictBool, StrictFloat, StrictInt, StrictStr
 
 from .. import __version__
-from ..errors import IndexExistsError, IndexFormatError, IndexLockedError, IndexNotFoundError, MissingExtraError, MvrError, QueryError
+from ..errors import DeviceMemoryError, IndexExistsError, IndexFormatError, IndexLockedError, IndexNotFoundError, MissingExtraError, MvrError, QueryError
 from .catalog import Catalog
 from .limits import Limits
 from .gate import Gate, Metrics
@@ -100,8 +100,9 @@ class DeleteRequest(BaseModel):
     wait: Number | None = None
 
 
-# a damaged index is the server's fault, not the request's: 500, with what is damaged and how to repair it
-STATUS = ((IndexNotFoundError, 404), (IndexLockedError, 409), (IndexExistsError, 409), (MissingExtraError, 501), (IndexFormatError, 500))
+# a damaged index is the server's fault, not the request's: 500, with what is damaged and how to repair it;
+# a GPU out of memory is the server's state of the moment: 503, to retry
+STATUS = ((IndexNotFoundError, 404), (IndexLockedError, 409), (IndexExistsError, 409), (MissingExtraError, 501), (IndexFormatError, 500), (DeviceMemoryError, 503))
 
 
 def _status(error: MvrError) -> int:
