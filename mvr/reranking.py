@@ -16,7 +16,8 @@ from typing import Sequence
 
 import numpy as np
 
-from .corpus import as_documents, asked_ids, repeated
+from .corpus import as_documents, repeated
+from .ids import asked_ids
 from .encode import Encoder
 from .errors import QueryError, many, shown
 from .passages import passage_rows

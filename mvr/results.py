@@ -8,7 +8,8 @@ from typing import Iterable
 
 import numpy as np
 
-from .corpus import check_id, repeated
+from .corpus import repeated
+from .ids import check_id
 from .errors import CorpusError, QueryError, many
 from .passages import document_id
 

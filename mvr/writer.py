@@ -24,7 +24,8 @@ import numpy as np
 from .config import FDEConfig, positive_int
 from .encode import Encoder
 from .encode.pool import ProcessEncoder
-from .corpus import as_documents, asked_ids
+from .corpus import as_documents
+from .ids import asked_ids
 from .errors import CorpusError, IndexFormatError, check_flags
 from .passages import document_id, passage_rows, rows_of
 from .search_presets import preset_stages, saved

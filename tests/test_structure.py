@@ -18,7 +18,7 @@ from mvr import ConfigError, Index, IndexConfig, MissingExtraError, QueryError
 ROOT = Path(__file__).resolve().parents[1]
 # Each room of mvr/ and the rooms it may import from (its own and those below it).
 LAYERS = [
-    {"errors", "registry", "config", "progress", "threads", "device", "corpus", "client", "passages", "_kernels"},
+    {"errors", "registry", "config", "progress", "threads", "device", "ids", "corpus", "client", "passages", "_kernels"},
     {"encode", "vectors"},
     {"stages", "storage"},
     {"search", "first_stage", "fusion", "feedback", "search_presets", "results", "segment", "segment_build", "encoding", "checkpoints", "streaming", "explain", "summary"},

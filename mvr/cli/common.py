@@ -203,7 +203,7 @@ def compaction(args) -> dict:
 
 def _query_id(qid, where: str) -> str:
     """A query id as TREC runs need it (one field: no whitespace or control characters)."""
-    from ..corpus import check_id
+    from ..ids import check_id
     from ..errors import CorpusError, QueryError
 
     try:

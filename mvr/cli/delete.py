@@ -20,7 +20,8 @@ def add_parser(sub) -> argparse.ArgumentParser:
 
 
 def run(args) -> int:
-    from ..corpus import check_id, read_id_lines
+    from ..corpus import read_id_lines
+    from ..ids import check_id
     from ..errors import QueryError
     from ..index import Index
 
