@@ -1,5 +1,6 @@
-"""Reading documents: BEIR ``corpus.jsonl``, plain JSONL of ``{"id", "text"}``, a folder of
-``.txt`` / ``.md`` files, or any iterable a Python caller hands over.
+"""Reading documents: BEIR ``corpus.jsonl``, plain JSONL of ``{"id", "text"}``, a TSV of
+``id<TAB>text[<TAB>title]`` (ColBERT's ``collection.tsv``), a folder of ``.txt`` / ``.md`` files,
+or any iterable a Python caller hands over.
 
 Every reader yields :class:`Document`; ``where`` records the line or file it came from so that
 later errors (duplicate ids, empty documents) can point at it.
@@ -20,7 +21,7 @@ from .errors import CorpusError, QueryError, is_number, is_utf8, many, shown
 from .ids import check_id
 
 TEXT_SUFFIXES = (".txt", ".md")
-_FORMS = 'a BEIR corpus.jsonl (or its dataset folder), a JSONL file of {"id", "text"} objects, or a folder of .txt/.md files'
+_FORMS = 'a BEIR corpus.jsonl (or its dataset folder), a JSONL file of {"id", "text"} objects, a .tsv of id<TAB>text[<TAB>title], or a folder of .txt/.md files'
 
 
 @dataclass(frozen=True)
@@ -78,10 +79,11 @@ def _not_utf8(path: Path, error_class: type) -> Exception:
     return error_class(f"{path}: not UTF-8 text; convert the file to UTF-8, e.g. iconv -f latin1 -t utf-8 FILE > NEW.")
 
 
-def text_lines(path: Path, error_class: type = CorpusError) -> Iterator[tuple[int, str]]:
+def text_lines(path: Path, error_class: type = CorpusError, newline: str | None = None) -> Iterator[tuple[int, str]]:
     """``(line_number, line)`` of a UTF-8 text file (a byte order mark dropped); ``error_class``
-    names the line of the first byte that is not UTF-8."""
-    with open(path, encoding=ENCODING) as handle:
+    names the line of the first byte that is not UTF-8; ``newline="\\n"``: a line ends at LF alone
+    (CRLF too), a lone CR is text, as in a TSV's fields."""
+    with open(path, encoding=ENCODING, newline=newline) as handle:
         try:
             yield from enumerate(handle, start=1)
         except UnicodeDecodeError:
@@ -103,7 +105,7 @@ def read_jsonl_objects(path: Path, error_class: type = CorpusError) -> Iterator[
         if not line.strip():
             continue
         try:
-            obj = json.loads(line)
+            obj = json.loads(line.rstrip("\r\n"))  # a line cut short is told at its own column, not at column 1 of the next
         except json.JSONDecodeError as exc:
             raise error_class(
                 f"{path}:{line_number}: not valid JSON ({exc.msg} at column {exc.colno}). "
@@ -208,6 +210,33 @@ def read_jsonl(path: Path) -> Iterator[Document]:
         yield _document_from_object(obj, f"{path}:{line_number}")
 
 
+_ASCII_SPACE = " \t\n\r\v\f"
+
+
+TSV_COLUMNS = [["id", "text"], ["id", "text", "title"]]
+
+
+def column_names(row: str, names: list[list[str]]) -> bool:
+    """Whether ``row``, a TSV file's first line, names its columns: one of ``names``, in any case."""
+    return [f.strip().lower() for f in row.rstrip("\r\n").split("\t")] in names
+
+
+def read_tsv(path: Path) -> Iterator[Document]:
+    """One document a line, ``id<TAB>text`` or ``id<TAB>text<TAB>title`` (the layout of ColBERT's
+    ``collection.tsv`` and of DPR's passages), each field as it stands (no quoting: a quote is
+    text); a first line naming the columns (``id``, ``text``, ``title``) is skipped."""
+    for line_number, line in text_lines(path, newline="\n"):
+        fields, where = line.rstrip("\r\n").split("\t"), f"{path}:{line_number}"
+        if not line.strip(_ASCII_SPACE) or (line_number == 1 and column_names(line, TSV_COLUMNS)):  # blank as _lines counts it
+            continue
+        if len(fields) not in (2, 3):
+            raise CorpusError(f"{where}: expected id<TAB>text or id<TAB>text<TAB>title, found {len(fields)} field{'s' * (len(fields) != 1)} separated by tabs; "
+                              "a text holding tabs belongs in a JSONL corpus.")
+        doc_id, text, title = check_id(fields[0], where), fields[1], fields[2] if len(fields) == 3 else ""
+        _check_text(text, title, doc_id, where)
+        yield Document(id=doc_id, text=text, title=title, where=where)
+
+
 def read_text_folder(folder: Path) -> Iterator[Document]:
     files = sorted(p for p in folder.rglob("*") if p.is_file() and p.suffix.lower() in TEXT_SUFFIXES)
     if not files:
@@ -250,6 +279,11 @@ def read_corpus(path: str | Path) -> Iterable[Document]:
         return Counted(read_text_folder(path), files)
     if path.suffix.lower() in (".jsonl", ".json", ".ndjson"):
         return Counted(read_jsonl(path), _lines(path)) if path.is_file() else read_jsonl(path)
+    if path.suffix.lower() == ".tsv":
+        if not path.is_file():
+            return read_tsv(path)
+        first = next((line for _, line in text_lines(path, newline="\n")), "")
+        return Counted(read_tsv(path), _lines(path) - int(column_names(first, TSV_COLUMNS)))
     if path.suffix.lower() in TEXT_SUFFIXES:
         return iter([Document(id=check_id(path.name, str(path), "rename the file"), text=read_text(path), where=str(path))])
     raise CorpusError(f"{path}: unknown corpus file type {path.suffix!r}. Expected {_FORMS}.")

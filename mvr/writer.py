@@ -174,8 +174,7 @@ def add(index, documents, *, upsert: bool = False, wait: float = 0.0, merge: boo
         return {
             "added": manifest["counts"].get("source_documents", manifest["counts"]["documents"]),  # documents, not passages
             "replaced": len({document_id(str(i)) for i in state_ids[replaced]}) if index.config.passage_tokens else len(replaced),
-            "generation": writer.generation,
-            "segments": len(writer.record["segments"]),
+            "generation": writer.generation, "segments": len(writer.record["segments"]),
             "seconds": round(time.perf_counter() - started, 3),
             "docs_per_second": manifest["build"]["docs_per_second"],
         }

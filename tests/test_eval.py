@@ -272,6 +272,15 @@ def test_eval_says_what_leaves_judged_documents_out_of_its_runs(beir, default_in
     assert report["runs"][1]["recall_of_exhaustive_top10"] == 1.0  # 5 candidates: the 5 documents the filter keeps (of 8, fewer)
 
 
+def test_eval_prints_the_exhaustive_columns_only_when_compared(beir, default_index, capsys):
+    from mvr.cli import main
+
+    for more, shown in (((), False), (("--compare-exhaustive",), True)):
+        assert main(["eval", str(beir), "--index", str(default_index.path), "--quiet", "--keep-identical-ids", *more]) == 0
+        header = next(line for line in capsys.readouterr().out.splitlines() if "first_stage" in line)
+        assert ("recall_of_exhaustive_top10" in header and "speedup_vs_exhaustive" in header) == shown, header
+
+
 def test_eval_refuses_what_it_would_misread(beir, default_index, capsys, tmp_path):
     from mvr.eval.beir import evaluate
 

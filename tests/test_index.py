@@ -128,7 +128,7 @@ def test_corpus_forms(tmp_path, plain_encoder):
 def test_malformed_jsonl_names_the_line(tmp_path, plain_encoder):
     corpus = tmp_path / "bad.jsonl"
     corpus.write_text('{"_id": "a", "text": "ok"}\n\n{"_id": "b", "text": "broken"\n')
-    with pytest.raises(CorpusError, match=r"bad.jsonl:3: not valid JSON"):
+    with pytest.raises(CorpusError, match=r"bad.jsonl:3: not valid JSON \(Expecting ',' delimiter at column 30\)"):  # where the line stops, not the next line's column 1
         Index.build(read_corpus(corpus), tmp_path / "x", encoder=plain_encoder)
     corpus.write_text('{"_id": "a"}\n')
     with pytest.raises(CorpusError, match=r':1: document .a. has no "text"'):

@@ -180,6 +180,59 @@ def test_byte_order_mark_is_dropped(tmp_path):
     assert read_queries(queries) == [("q1", "hello")]
 
 
+# -- TSV corpora (ColBERT's collection.tsv) ------------------------------------------------
+
+
+def test_a_tsv_corpus_is_read_as_colbert_and_dpr_write_it(tmp_path):
+    """id<TAB>text and id<TAB>text<TAB>title lines, a first line of column names skipped, fields as
+    they stand (quotes are text), CRLF, a byte order mark and blank lines; counted for progress."""
+    tsv = tmp_path / "collection.tsv"
+    tsv.write_bytes(BOM + b'id\ttext\ttitle\r\n0\tCats purr "softly".\r\n\r\n1\tDogs bark.\tDogs\n2\tid\ttext\n')
+    docs = read_corpus(tsv)
+    assert len(docs) == 3 and [(d.id, d.text, d.title) for d in docs] == [("0", 'Cats purr "softly".', ""), ("1", "Dogs bark.", "Dogs"), ("2", "id", "text")]
+    assert [d.where for d in read_corpus(tsv)] == [f"{tsv}:2", f"{tsv}:4", f"{tsv}:5"]
+    plain = tmp_path / "plain.tsv"  # no header: MS MARCO's collection.tsv; a lone CR is text, not a line's end
+    plain.write_bytes(b"7\tfirst\r line\n8\tsecond\n")
+    assert len(read_corpus(plain)) == 2 and [(d.id, d.text) for d in read_corpus(plain)] == [("7", "first\r line"), ("8", "second")]
+
+
+@pytest.mark.parametrize("line, message", [
+    ("d1", r"bad.tsv:2: expected id<TAB>text or id<TAB>text<TAB>title, found 1 field separated by tabs"),
+    ("d1\ta\tb\tc", r"bad.tsv:2: expected id<TAB>text .*found 4 fields .*belongs in a JSONL corpus"),
+    ("a b\ttext", r"bad.tsv:2: document id 'a b' holds whitespace"),
+    ("\ttext", r"bad.tsv:2: document id '' is empty"),
+])
+def test_a_malformed_tsv_line_is_named_and_writes_nothing(tmp_path, capsys, line, message):
+    tsv = tmp_path / "bad.tsv"
+    tsv.write_text(f"d0\tfine\n{line}\nd9\tafter\n")
+    with pytest.raises(CorpusError, match=message):
+        list(read_corpus(tsv))
+    code, out, err = run(capsys, "index", tsv, "--name", "x", "--index-dir", tmp_path / "home", "--quiet", "--no-fde", "--sparse", "none")
+    assert code == 2 and "Traceback" not in err and len(err.strip().splitlines()) == 1 and re.search(message, err)
+    assert not (tmp_path / "home" / "x").exists()
+    latin1 = tmp_path / "latin1.tsv"
+    latin1.write_bytes(b"d0\tok\nd1\tcaf\xe9\n")
+    with pytest.raises(CorpusError, match=r"latin1.tsv:2: not UTF-8 text.*convert the file to UTF-8"):
+        list(read_corpus(latin1))
+
+
+def test_a_tsv_corpus_indexes_and_searches_as_its_jsonl(tmp_path, capsys):
+    """The same documents as TSV and as JSONL: the same index, the same hits (real builds)."""
+    rows = [("d1", "Cats purr softly on the sofa.", "Cats"), ("d2", "Dogs bark at night.", ""), ("d3", "Green tea is rich in catechins.", "Tea")]
+    tsv, jsonl = tmp_path / "c.tsv", tmp_path / "c.jsonl"
+    tsv.write_text("".join(f"{i}\t{t}\t{title}\n" if title else f"{i}\t{t}\n" for i, t, title in rows))
+    jsonl.write_text("".join(json.dumps({"_id": i, "text": t, "title": title}) + "\n" for i, t, title in rows))
+    home = tmp_path / "home"
+    hits = {}
+    for corpus in (tsv, jsonl):
+        name = corpus.suffix[1:]
+        assert run(capsys, "index", corpus, "--name", name, "--index-dir", home, "--quiet", "--no-fde", "--sparse", "bm25s")[0] == 0
+        code, out, err = run(capsys, "search", name, "which animal purrs", "-k", "3", "--index-dir", home, "--no-server", "--json")
+        assert code == 0, err
+        hits[name] = [(h["id"], h["score"], h["metadata"]) for h in json.loads(out)["hits"]]
+    assert hits["tsv"] == hits["jsonl"] and hits["tsv"][0][0] == "d1"
+
+
 # -- queries ---------------------------------------------------------------------------------
 
 

@@ -282,6 +282,7 @@ def test_mvr_serve_refuses_a_public_address_without_a_key(home):
     env = {k: v for k, v in os.environ.items() if k != "MVR_API_KEY"}
     run = subprocess.run([sys.executable, "-m", "mvr.cli", "serve", "--host", "0.0.0.0", "--index-dir", str(home)], capture_output=True, text=True, timeout=120, env=env)
     assert run.returncode == 2 and "refusing to serve on 0.0.0.0 without an API key" in run.stderr and "Traceback" not in run.stderr
+    assert len(run.stderr.strip().splitlines()) == 1  # not "opening and warming the indexes" first: nothing was opened
 
 
 def test_mvr_serve_refuses_settings_it_cannot_serve_with_in_one_line(home, tmp_path, capsys):
@@ -295,8 +296,17 @@ def test_mvr_serve_refuses_settings_it_cannot_serve_with_in_one_line(home, tmp_p
         assert main(["serve", "--index-dir", str(home), "--quiet", *argv]) == 2, argv
         err = capsys.readouterr().err
         assert said in err and err.count("\n") == 1 and "Traceback" not in err, err
-    assert main(["serve", "--index-dir", str(tmp_path / "file"), "--port", "0", "--quiet"]) == 2
-    assert "is a file; --index-dir names the folder of the indexes to serve" in capsys.readouterr().err
+    assert main(["serve", "--index-dir", str(tmp_path / "file"), "--port", "0"]) == 2
+    err = capsys.readouterr().err  # said before the indexes are opened: the one line
+    assert "is a file; --index-dir names the folder of the indexes to serve" in err and err.count("\n") == 1, err
+    import socket
+
+    with socket.socket() as taken:  # a port in use: said at once, not after every index is opened and warmed
+        taken.bind(("127.0.0.1", 0))
+        taken.listen(1)
+        assert main(["serve", "--index-dir", str(home), "--port", str(taken.getsockname()[1])]) == 2
+        err = capsys.readouterr().err
+        assert err.startswith("mvr: error: cannot listen on 127.0.0.1:") and err.count("\n") == 1, err
 
 
 def test_a_search_without_k_takes_the_default_within_a_smaller_max_k(home, default_encoder):
@@ -307,8 +317,21 @@ def test_a_search_without_k_takes_the_default_within_a_smaller_max_k(home, defau
         assert client.post("/indexes/docs/search", json={"query": "tea", "k": 4}).status_code == 400  # asked: still refused
 
 
+def test_warm_writes_loads_the_document_encoder_the_first_add_takes(home, default_encoder):
+    """mvr serve --warm-writes: the document encoder (PyTorch, transformers, the export) loaded at
+    start, in the background; the first add takes that one instead of loading it then."""
+    from mvr.writer import document_encoder
+
+    catalog = Catalog(["docs"], home, model=default_encoder)
+    index = catalog.get("docs").index
+    assert getattr(index, "_doc_encoder", None) is None  # searching does not load it
+    catalog.warm_writes()
+    warmed = getattr(index, "_doc_encoder", None)
+    assert warmed is not None and document_encoder(index) is warmed[1] and warmed[1].doc_runtime == index.config.doc_runtime
+
+
 def test_mvr_serve_runs_as_a_process_and_stops_on_sigterm(home):
-    process = _mvr("serve", "--port", "0", "--index-dir", str(home), "--quiet")
+    process = _mvr("serve", "--port", "0", "--index-dir", str(home), "--quiet", "--warm-writes")
     try:
         line = process.stdout.readline()  # printed once the indexes are warm and the socket listens
         assert "serving at http://127.0.0.1:" in line, process.stderr.read()

@@ -187,7 +187,7 @@ def test_a_swap_killed_between_its_renames_is_put_back(tmp_path, plain_encoder):
     os.replace(home / "idx", home / ".idx.old-4242-x1y2z3w4")
     assert locate(home / "idx") == home / "idx" and _hidden(home) == []
     os.replace(home / "idx", home / ".idx.old-4242-x1y2z3w4")
-    with pytest.raises(IndexExistsError, match="pass overwrite=True"):
+    with pytest.raises(IndexExistsError, match=r"replace it with --overwrite \(overwrite=True in Python\)"):
         Index.build(DOC_LIST, "idx", home=home, encoder=plain_encoder, config=FAST)
     assert (home / "idx" / "manifest.json").is_file() and _hidden(home) == []
     # and a reader open all along (mvr serve refreshes before each request): it failed until another process opened the index

@@ -7,6 +7,7 @@ Errors of mvr's own hierarchy print as one ``mvr: error: ...`` line and exit wit
 from __future__ import annotations
 
 import argparse
+import difflib
 import importlib
 import os
 import shlex
@@ -35,7 +36,16 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True)
     for module in _modules().values():
         module.add_parser(sub)
+    parser.commands = sub.choices  # each command's own parser, for its own errors
     return parser
+
+
+def _unknown(parser: argparse.ArgumentParser, extras: list[str]) -> str:
+    """The error for arguments ``parser`` does not take, with the option each one may have meant."""
+    options = {o.lower(): o for action in parser._actions for o in action.option_strings}  # -K meant -k as well
+    meant = {e: difflib.get_close_matches(e.split("=")[0].lower(), options, n=1, cutoff=0.6) for e in extras if e.startswith("-")}
+    hints = [f"{e}: did you mean {options[m[0]]}?" for e, m in meant.items() if m]
+    return f"unrecognized arguments: {' '.join(extras)}" + (f" ({'; '.join(hints)})" if hints else "")
 
 
 def _say(message, category, filename, lineno, file=None, line=None) -> None:
@@ -55,7 +65,8 @@ def main(argv: list[str] | None = None) -> int:
         setattr(args, late, plain[0])
         extras.remove(plain[0])
     if extras:
-        parser.error(f"unrecognized arguments: {' '.join(extras)}")
+        command = parser.commands[args.command]
+        command.error(_unknown(command, extras))
     args.command_line = "mvr " + shlex.join(argv)  # kept in manifests and reports, to rerun them
     if getattr(args, "quiet", False):
         os.environ["MVR_QUIET"] = "1"  # this process only: no step reports progress

@@ -10,7 +10,7 @@ from .common import add_common, add_device, add_wait
 def add_parser(sub) -> argparse.ArgumentParser:
     p = sub.add_parser("add", help="add documents to an index", description="Encode documents into a new segment of an index, as its build did, and commit it.")
     p.add_argument("index", help="index name or path")
-    p.add_argument("corpus", help="BEIR corpus.jsonl (or its dataset folder), JSONL of {id, text}, or a folder of .txt/.md files")
+    p.add_argument("corpus", help="BEIR corpus.jsonl (or its dataset folder), JSONL of {id, text}, a .tsv of id<TAB>text[<TAB>title], or a folder of .txt/.md files")
     p.add_argument("--upsert", action="store_true", help="replace the documents whose id the index holds (default: such an id is an error)")
     p.add_argument("--workers", type=int, default=1, metavar="N", help="encode in N processes of this machine's CPU, one thread each (on a GPU machine too), as mvr index --workers (default 1)")
     p.add_argument("--model", default=None, help="the index's model in another folder (default: the folder it was built from); checked against the index's record")

@@ -220,15 +220,18 @@ def _query_text(text: str, qid, where: str) -> str:
     return text
 
 
+_QUERY_COLUMNS = [[name, text] for name in ("id", "_id", "qid", "query_id") for text in ("text", "query")]
+
+
 def read_queries(path: Path) -> list[tuple[str, str]]:
     """``(id, text)`` of each query in a JSONL file of ``{_id|id, text}`` or a TSV of ``id<TAB>text``
-    (UTF-8, a byte order mark allowed)."""
-    from ..corpus import read_jsonl_objects, repeated, text_lines
+    (UTF-8, a byte order mark allowed; a first line of column names, such as ``qid<TAB>query``, skipped)."""
+    from ..corpus import column_names, read_jsonl_objects, repeated, text_lines
     from ..errors import QueryError
 
     if not path.is_file():
         raise QueryError(f"{path} is a folder; --queries takes a file of queries (JSONL, or id<TAB>text)." if path.is_dir() else f"queries file not found: {path}.")
-    queries = []
+    queries, header = [], False
     if path.suffix.lower() in (".jsonl", ".json"):
         for line, obj in read_jsonl_objects(path, QueryError):
             qid, text = obj.get("_id", obj.get("id")), obj.get("text")
@@ -239,9 +242,11 @@ def read_queries(path: Path) -> list[tuple[str, str]]:
             queries.append((str(qid), _query_text(text, qid, f"{path}:{line}")))
         form = 'one JSON object {"_id": ..., "text": ...} per line'
     else:
-        for line, row in text_lines(path, QueryError):
+        for line, row in text_lines(path, QueryError, newline="\n"):
             row = row.rstrip("\r\n")
-            if row.strip():
+            if line == 1 and column_names(row, _QUERY_COLUMNS):  # as a corpus's
+                header = True
+            elif row.strip():
                 parts = row.split("\t", 1)
                 if len(parts) != 2:
                     raise QueryError(f"{path}:{line}: expected id<TAB>text (a file of JSON lines is read as such when its name ends in .jsonl).")
@@ -249,7 +254,7 @@ def read_queries(path: Path) -> list[tuple[str, str]]:
         form = "one id<TAB>text per line"
     if not queries:
         # an empty file would otherwise search nothing and exit 0, as if every query had run
-        raise QueryError(f"{path} holds no queries (the file is empty or blank); expected {form}.")
+        raise QueryError(f"{path} holds no queries ({'only a line of column names' if header else 'the file is empty or blank'}); expected {form}.")
     twice = repeated(qid for qid, _ in queries)
     if twice is not None:  # a run holds one ranking per query id: one of the two would be lost
         raise QueryError(f"{path}: the query id {twice!r} is given twice; give each query its own id.")

@@ -91,7 +91,8 @@ def run(args) -> int:
     )
     if report.get("preset"):  # its options are the runs' ("options" in the report): the same first stage scores otherwise without it
         print(f"  the index's search preset {report['preset']!r}: " + ", ".join(f"{k}={v}" for k, v in report["runs"][-1].get("options", {}).items()))
-    columns = ("first_stage", "candidates", *MEASURES, "search_ms_p50", "search_ms_p95", "recall_of_exhaustive_top10", "speedup_vs_exhaustive")
+    columns = ("first_stage", "candidates", *MEASURES, "search_ms_p50", "search_ms_p95")
+    columns += tuple(c for c in ("recall_of_exhaustive_top10", "speedup_vs_exhaustive") if any(c in row for row in report["runs"]))  # --compare-exhaustive's
     print("  " + "  ".join(f"{c:>12}" for c in columns))
     for row in report["runs"]:
         print("  " + "  ".join(f"{str(row.get(c, '')):>12}" for c in columns))

@@ -18,7 +18,7 @@ def add_parser(sub) -> argparse.ArgumentParser:
         help="encode a corpus into an index",
         description="Encode a corpus into an index, or (--from) derive a pruned / clustered / compressed index from a float16 one.",
     )
-    p.add_argument("corpus", nargs="?", help="BEIR corpus.jsonl (or its dataset folder), JSONL of {id, text}, or a folder of .txt/.md files")
+    p.add_argument("corpus", nargs="?", help="BEIR corpus.jsonl (or its dataset folder), JSONL of {id, text}, a .tsv of id<TAB>text[<TAB>title], or a folder of .txt/.md files")
     where = p.add_mutually_exclusive_group(required=True)
     where.add_argument("--name", help="index name: a plain folder name under --index-dir")
     where.add_argument("--path", type=Path, help="write the index at this folder instead of under --index-dir")

@@ -22,6 +22,8 @@ def add_parser(sub) -> argparse.ArgumentParser:
     p.add_argument("--refresh", type=float, default=REFRESH_SECONDS, metavar="S",
                    help=f"move every index to its newest commit each S seconds even when no request comes, letting go of replaced ones (default {REFRESH_SECONDS:g}; 0: only before requests)")
     p.add_argument("--concurrency", type=int, default=None, help="searches computed at once (default: one per core); more wait their turn")
+    p.add_argument("--warm-writes", action="store_true",
+                   help="load each index's document encoder at start, in the background, so that the first add does not wait seconds for it (memory: one encoder per index)")
     limits = p.add_argument_group("limits (a request over one gets a 4xx that names the option)")
     for name, value in LIMITS.items():
         limits.add_argument(f"--{name.replace('_', '-')}", type=type(value), default=value, help=f"default {value}")
@@ -33,17 +35,18 @@ def add_parser(sub) -> argparse.ArgumentParser:
 
 def run(args) -> int:
     from ..server import Limits, serve
-    from ..server.catalog import check_refresh
     from ..server.limits import LIMITS
 
     limits = Limits(**{name: getattr(args, name) for name in LIMITS})
-    check_refresh(args.refresh)  # before the line saying the indexes are being opened
 
     def ready(url: str) -> None:
         print(f"mvr: serving at {url} (search page at {url}/, API at {url}/docs)", flush=True)
 
-    if not args.quiet:
-        print("mvr: opening and warming the indexes...", file=sys.stderr, flush=True)
+    def opening() -> None:  # said once the settings pass (a refused --host says nothing of indexes)
+        if not args.quiet:
+            print("mvr: opening and warming the indexes...", file=sys.stderr, flush=True)
+
     serve(args.indexes, host=args.host, port=args.port, home=args.index_dir, api_key=args.api_key, limits=limits, threads=args.threads,
-          concurrency=args.concurrency, refresh=args.refresh, log_level=args.log_level, ready=ready)
+          concurrency=args.concurrency, refresh=args.refresh, log_level=args.log_level, ready=ready, opening=opening,
+          warm_writes=args.warm_writes)
     return 0

@@ -81,26 +81,37 @@ def uvicorn_server(app, sock: socket.socket, *, log_level: str = "warning", limi
 
 
 def serve(names=(), *, host: str = "127.0.0.1", port: int = 8000, home=None, api_key: str | None = None, limits: Limits | None = None,
-          threads: int | None = None, concurrency: int | None = None, refresh: float = REFRESH_SECONDS, log_level: str = "warning", ready=None) -> None:
+          threads: int | None = None, concurrency: int | None = None, refresh: float = REFRESH_SECONDS, log_level: str = "warning", ready=None, opening=None, warm_writes: bool = False) -> None:
     """Serve ``names`` (default: every index in ``home``) until interrupted. ``api_key`` (default
     ``$MVR_API_KEY``): every request must send it; required to listen beyond loopback.
     ``refresh``: seconds between moves of every index to its newest commit when no request comes
     (0: only before requests; see :meth:`Catalog.following`).
-    ``ready(url)`` is called once the socket listens and the indexes are warm."""
+    ``opening()`` is called once the settings are checked, as the indexes are opened and warmed;
+    ``ready(url)`` once the socket listens and the indexes are warm. ``warm_writes``: load each
+    index's document encoder too, in the background while requests are served (one per index,
+    hundreds of MB each), so that the first add does not wait for it."""
     api_key = api_key or os.environ.get("MVR_API_KEY") or None
     check_exposure(host, api_key)
+    from ..storage.names import home_folder
     from .catalog import Catalog, check_refresh
 
     check_refresh(refresh)  # before the indexes are opened and warmed
     if isinstance(port, bool) or not isinstance(port, int) or not 0 <= port <= 65535:
         raise ConfigError(f"port must be a number from 0 to 65535 (0: a free one), got {port!r}.")
-    catalog = Catalog(names, home, threads=threads, concurrency=concurrency)
-    if not names and not catalog.home.is_dir():  # every index of a home: one that is not there serves nothing until it is made
-        if catalog.home.exists():
-            raise ConfigError(f"{catalog.home} is a file; --index-dir names the folder of the indexes to serve.")
-        print(f"mvr: warning: {catalog.home} does not exist: no index is served until one is built there.", file=sys.stderr)
+    served_home = home_folder(home)  # the catalog's
+    if not names and not served_home.is_dir():  # every index of a home: one that is not there serves nothing until it is made
+        if served_home.exists():
+            raise ConfigError(f"{served_home} is a file; --index-dir names the folder of the indexes to serve.")
+        print(f"mvr: warning: {served_home} does not exist: no index is served until one is built there.", file=sys.stderr)
+    sock = open_socket(host, port)  # a port in use is said before the indexes are opened and warmed, not after
+    try:
+        if opening is not None:
+            opening()
+        catalog = Catalog(names, served_home, threads=threads, concurrency=concurrency)
+    except BaseException:
+        sock.close()
+        raise
     app = create_app(catalog, api_key=api_key, limits=limits)
-    sock = open_socket(host, port)
     bound = sock.getsockname()[1]
     shown = f"[{host}]" if ":" in host else host
     url = f"http://{shown}:{bound}"
@@ -120,6 +131,8 @@ def serve(names=(), *, host: str = "127.0.0.1", port: int = 8000, home=None, api
         with catalog.following(refresh):
             if ready:
                 ready(url)
+            if warm_writes:
+                threading.Thread(target=catalog.warm_writes, name="mvr-warm-writes", daemon=True).start()
             uvicorn_server(app, sock, log_level=log_level, limits=limits).run(sockets=[sock])
     finally:
         if note is not None:

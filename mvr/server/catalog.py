@@ -18,7 +18,7 @@ from ..index import Index
 from ..passages import live_documents
 from ..storage import available
 from ..storage.manifest import MANIFEST
-from ..storage.names import default_home, name_problem
+from ..storage.names import home_folder, name_problem
 
 log = logging.getLogger("mvr.server")
 
@@ -101,7 +101,7 @@ class Catalog:
     """
 
     def __init__(self, names=(), home: str | os.PathLike | None = None, *, threads: int | None = None, concurrency: int | None = None, warm: bool = True, model=None):
-        self.home = Path(home) if home else default_home()
+        self.home = home_folder(home)
         self.fixed = bool(names)
         cores = os.cpu_count() or 1
         self.concurrency = cores if concurrency is None else concurrency
@@ -133,6 +133,20 @@ class Catalog:
         if self.warm:  # load the query model, read the first stages, compile the kernels now, not at the first request
             index.search("warm up", k=1, threads=self.threads)
         return Served(index)
+
+    def warm_writes(self) -> None:
+        """Load the document encoder of each index served now and encode a text with it (what the
+        first add or upsert would otherwise wait for: PyTorch, transformers and the export), under
+        the index's write lock (a write that comes meanwhile waits for this load, not a second
+        one); one that fails is logged and left to fail at that request."""
+        from ..writer import document_encoder
+
+        for name, served in list(self._served.items()):
+            try:
+                with served.write_lock:
+                    document_encoder(served.index).encode_documents(["warm up"])
+            except Exception as error:  # noqa: BLE001 (a thread of its own: said in one line, not a traceback)
+                log.warning("could not load the document encoder of %r: %s", name, f"{type(error).__name__}: {error}".splitlines()[0])
 
     def _failed(self, name: str, error: MvrError, looks: tuple) -> None:
         self.failed[name] = str(error)

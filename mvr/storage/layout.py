@@ -179,7 +179,7 @@ def check_replaceable(target: Path, formats: tuple[str, ...], overwrite: bool, d
     found, what = manifest_format(target)
     if found in formats or (found is None and damaged):
         if not overwrite:
-            raise IndexExistsError(f"an index already exists at {target}; pass overwrite=True (CLI: --overwrite) to replace it.")
+            raise IndexExistsError(f"an index already exists at {target}; replace it with --overwrite (overwrite=True in Python).")
         foreign = foreign_entries(target) if found == INDEX_FORMAT else []
         if foreign:  # the folder is replaced whole: they would go with it
             raise IndexExistsError(f"{target} holds what mvr did not write there ({', '.join(foreign[:5])}{', ...' if len(foreign) > 5 else ''}); "
