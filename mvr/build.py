@@ -93,7 +93,8 @@ def build(documents, name, *, config: IndexConfig | None = None, home=None, over
         manifest["build"]["model_load_seconds"] = round(loaded - started, 3)
         first_commit(staging.path, folder, manifest, config, encoder.identity, "build", command)
         path = staging.commit()
-    return Index.open(path, model=getattr(encoder, "local", encoder))  # a RayEncoder or ProcessEncoder (mvr.encode.pool): its local Encoder
+    local = getattr(encoder, "local", encoder)  # a RayEncoder or ProcessEncoder (mvr.encode.pool): its local Encoder
+    return Index.open(path, model=local, device=getattr(local, "device", None))  # where its encoder runs, not where MVR_DEVICE points
 
 
 def build_blocks(blocks, name, *, sample, model_dim: int, encoder: dict, config: IndexConfig | None = None, n_docs: int | None = None, home=None,
@@ -257,7 +258,7 @@ def derive(source, name, *, home=None, overwrite: bool = False, show_progress: b
         manifest = finish_segment(folder, config, source.encoder, counts, build_info, started, command, show_progress)
         first_commit(staging.path, folder, manifest, config, source.manifest["encoder"], "derive", command, metadata_fields=source.metadata_fields)  # fields no row holds too
         path = staging.commit()
-    return Index.open(path, model=source.encoder)
+    return Index.open(path, model=source.encoder, device=source.device)  # where its source searches
 
 
 def rebuild_stage(index, name: str, settings=None, *, threads: int | None = None, command: str | None = None, show_progress=None, wait: float = 0.0) -> dict:

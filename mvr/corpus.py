@@ -101,7 +101,7 @@ def read_text(path: Path, error_class: type = CorpusError) -> str:
 def read_jsonl_objects(path: Path, error_class: type = CorpusError) -> Iterator[tuple[int, dict]]:
     """Yield ``(line_number, object)`` for each non-blank line of a JSONL file; malformed lines
     raise ``error_class``."""
-    for line_number, line in text_lines(path, error_class):
+    for line_number, line in text_lines(path, error_class, newline="\n"):  # lines as _lines counts them (a lone CR is JSON's whitespace)
         if not line.strip():
             continue
         try:
@@ -218,7 +218,10 @@ TSV_COLUMNS = [["id", "text"], ["id", "text", "title"]]
 
 def column_names(row: str, names: list[list[str]]) -> bool:
     """Whether ``row``, a TSV file's first line, names its columns: one of ``names``, in any case."""
-    return [f.strip().lower() for f in row.rstrip("\r\n").split("\t")] in names
+    fields = [f.strip().lower() for f in row.rstrip("\r\n").split("\t")]
+    while len(fields) > 1 and not fields[-1]:  # a trailing tab, as spreadsheets write
+        fields.pop()
+    return fields in names
 
 
 def read_tsv(path: Path) -> Iterator[Document]:
@@ -230,8 +233,8 @@ def read_tsv(path: Path) -> Iterator[Document]:
         if not line.strip(_ASCII_SPACE) or (line_number == 1 and column_names(line, TSV_COLUMNS)):  # blank as _lines counts it
             continue
         if len(fields) not in (2, 3):
-            raise CorpusError(f"{where}: expected id<TAB>text or id<TAB>text<TAB>title, found {len(fields)} field{'s' * (len(fields) != 1)} separated by tabs; "
-                              "a text holding tabs belongs in a JSONL corpus.")
+            fix = "separate the id from the text with a tab" if len(fields) == 1 else "a text holding tabs belongs in a JSONL corpus"
+            raise CorpusError(f"{where}: expected id<TAB>text or id<TAB>text<TAB>title, found {len(fields)} field{'s' * (len(fields) != 1)} separated by tabs; {fix}.")
         doc_id, text, title = check_id(fields[0], where), fields[1], fields[2] if len(fields) == 3 else ""
         _check_text(text, title, doc_id, where)
         yield Document(id=doc_id, text=text, title=title, where=where)
@@ -261,9 +264,9 @@ class Counted:
 
 
 def _lines(path: Path) -> int:
-    """Non-blank lines of a file (a JSONL corpus's documents)."""
+    """Non-blank lines of a file (a JSONL or TSV corpus's documents; a byte order mark is no text)."""
     with open(path, "rb") as handle:
-        return sum(1 for line in handle if line.strip())
+        return sum(1 for number, line in enumerate(handle) if (line.removeprefix(b"\xef\xbb\xbf") if number == 0 else line).strip())
 
 
 def read_corpus(path: str | Path) -> Iterable[Document]:

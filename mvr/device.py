@@ -81,7 +81,9 @@ def device_memory(device: str, doing: str, remedy: str):
 
     try:
         yield
-    except torch.cuda.OutOfMemoryError as error:  # torch.OutOfMemoryError from 2.5 on; this name from 1.13
+    except RuntimeError as error:  # torch.cuda.OutOfMemoryError (torch.OutOfMemoryError from 2.5 on), or cuBLAS's own allocation failing
+        if not isinstance(error, torch.cuda.OutOfMemoryError) and "CUBLAS_STATUS_ALLOC_FAILED" not in str(error):
+            raise
         traceback.clear_frames(error.__traceback__)
         if device != "cpu":
             torch.cuda.empty_cache()

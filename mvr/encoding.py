@@ -11,6 +11,7 @@ import collections
 import dataclasses
 import itertools
 import os
+import threading
 import warnings
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -21,6 +22,7 @@ import numpy as np
 from .checkpoints import Checkpoints, Encoded, skip_read
 from .config import IndexConfig
 from .corpus import as_documents
+from .encode import Encoder
 from .errors import ConfigError, CorpusError, MvrError, shown
 from .passages import document_id, split
 from .progress import progress
@@ -206,3 +208,22 @@ def chunks(items: Iterable, size: int):
     iterator = iter(items)
     while chunk := list(itertools.islice(iterator, size)):
         yield chunk
+
+
+_LOADING = threading.Lock()
+
+
+def document_encoder(index, cpu: bool = False) -> Encoder:
+    """The encoder that adds documents as the index's build did (its runtime, batch size, threads;
+    the recorded runtime even where the index was opened with an Encoder of another), checked
+    against the index's record as the query encoder is; ``cpu``: one on the CPU, whatever
+    the index's device (worker processes encode there; it is not kept)."""
+    config = index.config
+    if cpu:
+        return index._load_encoder(batch_size=config.batch_size, threads=1, doc_runtime=config.doc_runtime, device="cpu").for_documents(config.doc_runtime, config.batch_size, 1)
+    with _LOADING:  # one load at a time (mvr serve --warm-writes beside a first add): the second takes the first's
+        kept = getattr(index, "_doc_encoder", None)  # (the index's identity, the encoder): another index built at the path has its own
+        if kept is None or kept[0] != index._folder:
+            encoder = index._load_encoder(batch_size=config.batch_size, threads=config.threads, doc_runtime=config.doc_runtime, device=index.device)
+            index._doc_encoder = (index._folder, encoder.for_documents(config.doc_runtime, config.batch_size, config.threads))
+        return index._doc_encoder[1]

@@ -22,8 +22,8 @@ from typing import Iterable, Sequence
 import numpy as np
 
 from .config import FDEConfig, positive_int
-from .encode import Encoder
 from .encode.pool import ProcessEncoder
+from .encoding import document_encoder
 from .corpus import as_documents
 from .ids import asked_ids
 from .errors import CorpusError, IndexFormatError, check_flags
@@ -89,21 +89,6 @@ class Writer:
         self.index.refresh()
         collect(self.index.path, commit)
         return commit
-
-
-def document_encoder(index, cpu: bool = False) -> Encoder:
-    """The encoder that adds documents as the index's build did (its runtime, batch size, threads;
-    the recorded runtime even where the index was opened with an Encoder of another), checked
-    against the index's record as the query encoder is; ``cpu``: one on the CPU, whatever
-    the index's device (worker processes encode there; it is not kept)."""
-    config = index.config
-    if cpu:
-        return index._load_encoder(batch_size=config.batch_size, threads=1, doc_runtime=config.doc_runtime, device="cpu").for_documents(config.doc_runtime, config.batch_size, 1)
-    kept = getattr(index, "_doc_encoder", None)  # (the index's identity, the encoder): another index built at the path has its own
-    if kept is None or kept[0] != index._folder:
-        encoder = index._load_encoder(batch_size=config.batch_size, threads=config.threads, doc_runtime=config.doc_runtime, device=index.device)
-        index._doc_encoder = (index._folder, encoder.for_documents(config.doc_runtime, config.batch_size, config.threads))
-    return index._doc_encoder[1]
 
 
 def segment_stages(segment) -> dict:

@@ -137,6 +137,8 @@ def test_malformed_jsonl_names_the_line(tmp_path, plain_encoder):
     with pytest.raises(CorpusError, match=r":1: expected a JSON object"):
         Index.build(read_corpus(corpus), tmp_path / "x", encoder=plain_encoder)
     assert not (tmp_path / "x").exists() and not [p for p in tmp_path.iterdir() if p.name.startswith(".x.")]
+    corpus.write_bytes(b'{"_id": "a",\r"text": "ok"}\n{"_id": "b", "text": "two"}\n')  # a lone CR is JSON's whitespace, not a line's end
+    assert len(read_corpus(corpus)) == 2 and [(d.id, d.where) for d in read_corpus(corpus)] == [("a", f"{corpus}:1"), ("b", f"{corpus}:2")]
 
 
 def test_empty_corpus_and_empty_documents(tmp_path, plain_encoder):

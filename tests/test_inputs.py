@@ -194,10 +194,15 @@ def test_a_tsv_corpus_is_read_as_colbert_and_dpr_write_it(tmp_path):
     plain = tmp_path / "plain.tsv"  # no header: MS MARCO's collection.tsv; a lone CR is text, not a line's end
     plain.write_bytes(b"7\tfirst\r line\n8\tsecond\n")
     assert len(read_corpus(plain)) == 2 and [(d.id, d.text) for d in read_corpus(plain)] == [("7", "first\r line"), ("8", "second")]
+    spread = tmp_path / "spread.tsv"  # a header with a trailing tab (as spreadsheets save it); a first line holding only a byte order mark
+    spread.write_bytes(b"ID\tText\t\n5\tfive\n")
+    assert len(read_corpus(spread)) == 1 and [d.id for d in read_corpus(spread)] == ["5"]
+    spread.write_bytes(BOM + b"\n5\tfive\n6\tsix\n")
+    assert len(read_corpus(spread)) == 2 == len(list(read_corpus(spread)))
 
 
 @pytest.mark.parametrize("line, message", [
-    ("d1", r"bad.tsv:2: expected id<TAB>text or id<TAB>text<TAB>title, found 1 field separated by tabs"),
+    ("d1 text", r"bad.tsv:2: expected id<TAB>text or id<TAB>text<TAB>title, found 1 field separated by tabs; separate the id from the text with a tab"),
     ("d1\ta\tb\tc", r"bad.tsv:2: expected id<TAB>text .*found 4 fields .*belongs in a JSONL corpus"),
     ("a b\ttext", r"bad.tsv:2: document id 'a b' holds whitespace"),
     ("\ttext", r"bad.tsv:2: document id '' is empty"),

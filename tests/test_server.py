@@ -293,8 +293,8 @@ def test_mvr_serve_refuses_settings_it_cannot_serve_with_in_one_line(home, tmp_p
     (tmp_path / "file").write_text("not a folder")
     for argv, said in ((["--port", "99999"], "port must be a number from 0 to 65535"), (["--port", "-1"], "port must be a number from 0 to 65535"),
                        (["--concurrency", "0"], "threads and concurrency must be positive"), (["--threads", "0"], "threads and concurrency must be positive")):
-        assert main(["serve", "--index-dir", str(home), "--quiet", *argv]) == 2, argv
-        err = capsys.readouterr().err
+        assert main(["serve", "--index-dir", str(home), *argv]) == 2, argv
+        err = capsys.readouterr().err  # the one line: not "opening and warming the indexes" before it
         assert said in err and err.count("\n") == 1 and "Traceback" not in err, err
     assert main(["serve", "--index-dir", str(tmp_path / "file"), "--port", "0"]) == 2
     err = capsys.readouterr().err  # said before the indexes are opened: the one line
@@ -320,12 +320,16 @@ def test_a_search_without_k_takes_the_default_within_a_smaller_max_k(home, defau
 def test_warm_writes_loads_the_document_encoder_the_first_add_takes(home, default_encoder):
     """mvr serve --warm-writes: the document encoder (PyTorch, transformers, the export) loaded at
     start, in the background; the first add takes that one instead of loading it then."""
-    from mvr.writer import document_encoder
+    from mvr.encoding import document_encoder
 
     catalog = Catalog(["docs"], home, model=default_encoder)
     index = catalog.get("docs").index
     assert getattr(index, "_doc_encoder", None) is None  # searching does not load it
-    catalog.warm_writes()
+    with catalog.get("docs").write_lock:  # a write holding the index (a delete needs no encoder): the warm-up does not wait for it
+        thread = threading.Thread(target=catalog.warm_writes)
+        thread.start()
+        thread.join(timeout=300)
+        assert not thread.is_alive()
     warmed = getattr(index, "_doc_encoder", None)
     assert warmed is not None and document_encoder(index) is warmed[1] and warmed[1].doc_runtime == index.config.doc_runtime
 

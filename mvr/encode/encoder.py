@@ -180,10 +180,9 @@ class Encoder:
         import torch
 
         texts, cast = len(inputs["input_ids"]), torch.autocast(torch.device(self.device).type, dtype) if dtype is not None else contextlib.nullcontext()
-        with device_memory(self.device, f"encoding a batch of {texts} texts", "pass a smaller batch size (--batch-size, batch_size=)"), cast:
-            if self.device != "cpu":
-                inputs = {name: value.to(self.device, non_blocking=True) for name, value in inputs.items()}
-            return self.model(**inputs).last_hidden_state.float().cpu()
+        with device_memory(self.device, f"encoding a batch of {texts} texts", "encode fewer texts at once (--batch-size, batch_size=; fewer queries a request)"), cast:
+            # the inputs on the device are no name of this frame: at an error they go with the frames the traceback clears
+            return self.model(**{name: value.to(self.device, non_blocking=True) for name, value in inputs.items()}).last_hidden_state.float().cpu()
 
     def _token_id(self, token: str | None) -> int | None:
         if token is None:

@@ -8,6 +8,7 @@
 from __future__ import annotations
 
 import contextlib
+import importlib
 import ipaddress
 import os
 import signal
@@ -22,6 +23,15 @@ from .limits import LIMITS, Limits
 REFRESH_SECONDS = 1.0  # an idle server's indexes move to their newest commit this often
 
 __all__ = ["Limits", "LIMITS", "create_app", "serve", "background", "is_loopback", "open_socket"]
+
+
+def require_server() -> None:
+    """A MissingExtraError naming ``mvr[server]`` where its packages (FastAPI, uvicorn) are missing."""
+    try:
+        importlib.import_module("uvicorn")
+        importlib.import_module(".api", __package__)
+    except ImportError as error:
+        raise missing_extra("mvr serve", "server", error) from None
 
 
 def create_app(catalog, *, api_key: str | None = None, limits: Limits | None = None):
@@ -93,9 +103,10 @@ def serve(names=(), *, host: str = "127.0.0.1", port: int = 8000, home=None, api
     api_key = api_key or os.environ.get("MVR_API_KEY") or None
     check_exposure(host, api_key)
     from ..storage.names import home_folder
-    from .catalog import Catalog, check_refresh
+    from .catalog import Catalog, check_refresh, shares
 
-    check_refresh(refresh)  # before the indexes are opened and warmed
+    check_refresh(refresh)  # every setting before the indexes are opened and warmed
+    shares(threads, concurrency)
     if isinstance(port, bool) or not isinstance(port, int) or not 0 <= port <= 65535:
         raise ConfigError(f"port must be a number from 0 to 65535 (0: a free one), got {port!r}.")
     served_home = home_folder(home)  # the catalog's
@@ -103,15 +114,17 @@ def serve(names=(), *, host: str = "127.0.0.1", port: int = 8000, home=None, api
         if served_home.exists():
             raise ConfigError(f"{served_home} is a file; --index-dir names the folder of the indexes to serve.")
         print(f"mvr: warning: {served_home} does not exist: no index is served until one is built there.", file=sys.stderr)
+    require_server()  # before the port and the indexes: a missing package is said at once
     sock = open_socket(host, port)  # a port in use is said before the indexes are opened and warmed, not after
     try:
         if opening is not None:
             opening()
         catalog = Catalog(names, served_home, threads=threads, concurrency=concurrency)
+        app = create_app(catalog, api_key=api_key, limits=limits)
+        runner = uvicorn_server(app, sock, log_level=log_level, limits=limits)
     except BaseException:
         sock.close()
         raise
-    app = create_app(catalog, api_key=api_key, limits=limits)
     bound = sock.getsockname()[1]
     shown = f"[{host}]" if ":" in host else host
     url = f"http://{shown}:{bound}"
@@ -133,8 +146,9 @@ def serve(names=(), *, host: str = "127.0.0.1", port: int = 8000, home=None, api
                 ready(url)
             if warm_writes:
                 threading.Thread(target=catalog.warm_writes, name="mvr-warm-writes", daemon=True).start()
-            uvicorn_server(app, sock, log_level=log_level, limits=limits).run(sockets=[sock])
+            runner.run(sockets=[sock])
     finally:
+        sock.close()
         if note is not None:
             unregister(note)
 

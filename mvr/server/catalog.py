@@ -90,6 +90,17 @@ class Served:
         }
 
 
+def shares(threads: int | None, concurrency: int | None) -> tuple[int, int]:
+    """``(threads, concurrency)``: CPU threads of one search and searches computed at once, one
+    search a core by default; a ConfigError for one that is not positive."""
+    cores = os.cpu_count() or 1
+    concurrency = cores if concurrency is None else concurrency
+    threads_of_one = max(1, cores // max(concurrency, 1)) if threads is None else threads
+    if concurrency < 1 or threads_of_one < 1:  # 0 too: not taken for the default
+        raise ConfigError(f"threads and concurrency must be positive, got {threads!r} and {concurrency!r}.")
+    return threads_of_one, concurrency
+
+
 class Catalog:
     """The indexes a server answers for, by name.
 
@@ -103,11 +114,7 @@ class Catalog:
     def __init__(self, names=(), home: str | os.PathLike | None = None, *, threads: int | None = None, concurrency: int | None = None, warm: bool = True, model=None):
         self.home = home_folder(home)
         self.fixed = bool(names)
-        cores = os.cpu_count() or 1
-        self.concurrency = cores if concurrency is None else concurrency
-        self.threads = max(1, cores // max(self.concurrency, 1)) if threads is None else threads
-        if self.concurrency < 1 or self.threads < 1:  # 0 too: not taken for the default
-            raise ConfigError(f"threads and concurrency must be positive, got {threads!r} and {concurrency!r}.")
+        self.threads, self.concurrency = shares(threads, concurrency)
         self.gate = threading.BoundedSemaphore(self.concurrency)
         self._served: dict[str, Served] = {}
         self._lock = threading.Lock()
@@ -137,14 +144,13 @@ class Catalog:
     def warm_writes(self) -> None:
         """Load the document encoder of each index served now and encode a text with it (what the
         first add or upsert would otherwise wait for: PyTorch, transformers and the export), under
-        the index's write lock (a write that comes meanwhile waits for this load, not a second
-        one); one that fails is logged and left to fail at that request."""
-        from ..writer import document_encoder
+        loader's lock (an add that comes meanwhile waits for this load, not a second one; a delete
+        needs no encoder and does not wait); one that fails is logged and left to fail at that request."""
+        from ..encoding import document_encoder
 
         for name, served in list(self._served.items()):
             try:
-                with served.write_lock:
-                    document_encoder(served.index).encode_documents(["warm up"])
+                document_encoder(served.index).encode_documents(["warm up"])
             except Exception as error:  # noqa: BLE001 (a thread of its own: said in one line, not a traceback)
                 log.warning("could not load the document encoder of %r: %s", name, f"{type(error).__name__}: {error}".splitlines()[0])
 

@@ -26,6 +26,7 @@ from ..device import device_memory
 _CELLS = 1 << 26  # query tokens x vectors scored in one product (256 MiB of float32)
 _ROWS = 1 << 18  # decoded vectors in one block (384 MiB of float32 at dim 384)
 _REMEDY = "other processes may hold the GPU's memory; free it, or search {}"
+_SHORT = ()  # a store's vectors the budget could not hold when it asked (no copy, as False: sent per search)
 
 
 class Budget:
@@ -75,7 +76,8 @@ class TorchTokens:
         self.device = torch.device(device)
         self._dtype = dtype or (torch.float16 if self.device.type == "cuda" else torch.float32)
         self._budget = budget if budget is None or isinstance(budget, Budget) else Budget(budget)
-        self._resident = None  # (vectors, document of each row) on the device, once decoded; False: per search
+        self._resident = None  # (vectors, document of each row) on the device, once decoded; False: per search; _SHORT: asks again
+        self._need = len(store) * (store.dim * self._dtype.itemsize + 8)  # the vectors and each row's document
         self._lock = threading.Lock()
         lengths = np.diff(np.asarray(store.doc_offsets, dtype=np.int64))
         self._empty = np.flatnonzero(lengths == 0)
@@ -95,21 +97,26 @@ class TorchTokens:
         return torch.from_numpy(np.ascontiguousarray(self.store.decode(start, stop), dtype=np.float32)).to(self.device, self._dtype)
 
     def _whole(self):
-        """All vectors and each row's document on the device, when they fit the budget; else None."""
-        if self._resident is None:
+        """All vectors and each row's document on the device, when they fit the budget; else None
+        (one the budget was short for asks again once other stores have given back as much)."""
+        if self._asks():
             with self._lock:
-                if self._resident is None:
+                if self._asks():
                     self._resident = self._load()
         return self._resident or None
+
+    def _asks(self) -> bool:
+        return self._resident is None or (self._resident is _SHORT and self._shared().left >= self._need)
+
+    def _shared(self) -> Budget:
+        return self._budget or device_budget(self.device)
 
     def _load(self):
         import torch
 
-        budget = self._budget or device_budget(self.device)
-        n, dim = len(self.store), self.store.dim
-        need = n * (dim * self._dtype.itemsize + 8)
+        budget, need, n, dim = self._shared(), self._need, len(self.store), self.store.dim
         if not budget.take(need):
-            return False
+            return _SHORT
         try:
             vectors = torch.empty((n, dim), dtype=self._dtype, device=self.device)  # filled a block at a time: no second copy
             for start in range(0, n, _ROWS):
