@@ -12,6 +12,7 @@ all in a staging directory that replaces the target only once complete (storage/
 from __future__ import annotations
 
 import dataclasses
+import inspect
 import os
 import shutil
 import time
@@ -21,7 +22,7 @@ import numpy as np
 
 from .config import SEARCH_PRESETS, IndexConfig, positive_int
 from .encode import Encoder
-from .errors import ConfigError, IndexFormatError, MvrError, check_flags, shown
+from .errors import ConfigError, IndexFormatError, MvrError, check_flags, meant, shown
 from .stages import BuildSource, build_stage, stage_class, stage_settings
 from .storage import ArrayWriter, StagingDir, target_path
 from .storage.layout import check_replaceable
@@ -42,6 +43,18 @@ _SOURCE_COUNTS = {"documents", "tokens", "max_doc_len", "truncated_documents", "
 # The fewest vectors the residual codec is trained on (an index of fewer: all of them): on a
 # handful, its centroids and bucket cutoffs fit those alone and every document scores alike.
 MIN_CODEC_SAMPLE = 256
+
+
+def keywords(function, given: dict) -> dict:
+    """``given`` if ``function`` takes each of them, else a ConfigError naming where an unknown
+    one belongs (a setting of :class:`IndexConfig`: in ``config=``) or the one it may mean."""
+    taken = inspect.signature(function).parameters
+    unknown = [name for name in given if name not in taken]
+    if unknown:
+        settings = [name for name in unknown if name in IndexConfig.__dataclass_fields__]
+        where = f"; {', '.join(settings)} {'is a setting' if len(settings) == 1 else 'are settings'} of the index: pass config=IndexConfig({', '.join(f'{n}=...' for n in settings)})" if settings else ""
+        raise ConfigError(f"Index.{function.__name__}() takes no {', '.join(unknown)}{meant([n for n in unknown if n not in settings], taken)}{where}.")
+    return given
 
 
 def build(documents, name, *, config: IndexConfig | None = None, home=None, overwrite: bool = False, encoder: Encoder | None = None,

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import math
+import os
 
 import numpy as np
 import unicodedata
@@ -297,6 +298,8 @@ def as_documents(items: Iterable, numbered: bool = True) -> Iterator[Document]:
     pairs or plain strings (numbered from 0: not where ``numbered`` is False, as for documents
     added to an index, whose ids "0", "1", ... would be those of the last call's)."""
     if isinstance(items, (str, Path)):
+        if isinstance(items, str) and not os.path.exists(items) and (" " in items or "\n" in items):  # a text given for a list of them
+            raise CorpusError(f"documents is the string {shown(items)}, read as a corpus file's path, and there is none: give a text as a list of one, [text].")
         return read_corpus(items)
     many(items, "documents must be a corpus file or a list of documents (Documents, dicts, (id, text) pairs)", CorpusError, also=(Document,))
     return _documents(items, numbered)

@@ -108,3 +108,12 @@ def many(values, what: str, error_class: type, ordered: bool = True, also: tuple
         hint = ": decode bytes to str first" if isinstance(values, (bytes, bytearray)) else " (one alone: pass [it])" if isinstance(values, (str, Mapping, *also)) else ""
         raise error_class(f"{what}, got {type(values).__name__}{hint}.")
     return values
+
+
+def meant(unknown, known) -> str:
+    """`` (x: did you mean y?; ...)`` for each of the ``unknown`` names close in spelling to one of
+    ``known`` (empty where none is)."""
+    import difflib
+
+    hints = [f"{name}: did you mean {close[0]}?" for name in unknown for close in [difflib.get_close_matches(str(name), list(known), n=1, cutoff=0.6)] if close]
+    return f" ({'; '.join(hints)})" if hints else ""

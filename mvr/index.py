@@ -258,7 +258,7 @@ class Index(Changes):
         encoded = encoder.encode_queries(texts, batch_size=batch_size, threads=threads, show_progress=False)
         if isinstance(encoder, Encoder):
             remember(encoder)  # so that the next process encodes queries without PyTorch (mvr/encode/queries.py)
-        return TokenVectors(project(encoded.vectors, self.projection, queries=True), encoded.offsets, encoded.truncated, encoded.token_ids)
+        return TokenVectors(project(encoded.vectors, self.projection, queries=True), encoded.offsets, encoded.truncated, encoded.token_ids, encoded.model)
 
     def score(self, query: np.ndarray, positions: np.ndarray) -> np.ndarray:
         """Exact MaxSim of one query (float32 ``(n_tokens, dim)``) against the documents at
@@ -315,7 +315,7 @@ class Index(Changes):
         return self._run(queries, k, texts, opts, threads)
 
     def _run(self, queries: TokenVectors | None, k: int, texts, opts: SearchOptions, threads) -> Results:
-        batch = pipeline.query_batch(queries, texts, opts, self.dim, f"index {self.name!r}", self.manifest["encoder"]["name"])
+        batch = pipeline.query_batch(queries, texts, opts, self.dim, f"index {self.name!r}", self.manifest["encoder"])
         return pipeline.run(self._state, batch, k, opts, threads)
 
     def _options(self, k, first_stage: str | None, candidates: int | None, options: dict, with_texts: bool) -> tuple[SearchOptions, int]:
@@ -340,9 +340,9 @@ class Index(Changes):
     @classmethod
     def build(cls, documents, name, **kwargs) -> "Index":
         """Encode ``documents`` into the index ``name``: see :func:`mvr.build.build`."""
-        from .build import build
+        from .build import build, keywords
 
-        return build(documents, name, **kwargs)
+        return build(documents, name, **keywords(build, kwargs))
 
     @classmethod
     def derive(cls, source, name, **kwargs) -> "Index":

@@ -168,3 +168,33 @@ def trec_field(value, where: str, what: str) -> str:
         return check_id(value, where, f"change the {what}")
     except CorpusError as error:
         raise QueryError(str(error).replace("document id", what)) from None
+
+
+def read_trec(path) -> dict[str, list[tuple[str, float, float]]]:
+    """Each query's lines of a TREC run file (``qid Q0 docid rank score tag``, whitespace
+    between fields; the second and the last are not read) as ``(document id, rank, score)``, in
+    the file's order; a QueryError names the first line that is not such a line."""
+    from pathlib import Path
+
+    from .corpus import text_lines
+
+    path = Path(path)
+    if not path.is_file():
+        raise QueryError(f"run file not found: {path}." if not path.exists() else f"{path} is a folder; give a TREC run file.")
+    rows: dict[str, list[tuple[str, float, float]]] = {}
+    for line, row in text_lines(path, QueryError):
+        fields = row.split()
+        if not fields:
+            continue
+        if len(fields) != 6:
+            raise QueryError(f"{path}:{line}: a TREC run line has 6 fields (qid Q0 docid rank score tag), this one {len(fields)}.")
+        try:
+            rank, score = float(fields[3]), float(fields[4])
+        except ValueError:
+            raise QueryError(f"{path}:{line}: the rank {fields[3]!r} or the score {fields[4]!r} is not a number.") from None
+        if math.isnan(rank) or math.isnan(score):
+            raise QueryError(f"{path}:{line}: the {'rank' if math.isnan(rank) else 'score'} is nan; ranks and scores order the documents.")
+        rows.setdefault(fields[0], []).append((fields[2], rank, score))
+    if not rows:
+        raise QueryError(f"{path} holds no run lines.")
+    return rows

@@ -12,7 +12,7 @@ import numpy as np
 
 from .config import FUSION_WEIGHT, default_candidates
 from .corpus import blank, query_texts
-from .errors import EncoderMismatchError, QueryError, is_utf8, many, shown
+from .errors import EncoderMismatchError, QueryError, is_utf8, many, meant, shown
 from .feedback import COLBERT_PRF, expand
 from .first_stage import exhaustive, first_stage
 from .fusion import FUSIONS, check_weights, fuse, signal_scores, stage_signals, text_signals
@@ -138,7 +138,7 @@ class SearchOptions:
     def create(cls, **options) -> "SearchOptions":  # unknown names refused with the list of known ones
         unknown = sorted(set(options) - {f.name for f in dataclasses.fields(cls)})
         if unknown:
-            raise QueryError(f"unknown search option(s) {unknown}; known: {', '.join(cls.names())}.")
+            raise QueryError(f"unknown search option(s) {unknown}{meant(unknown, cls.names())}; known: {', '.join(cls.names())}.")
         return cls(**options)
 
     @classmethod
@@ -230,9 +230,9 @@ def query_strings(queries) -> list[str]:
     return texts
 
 
-def query_batch(queries, texts, opts: SearchOptions, dim: int, owner: str, encoder: str) -> QueryBatch:
+def query_batch(queries, texts, opts: SearchOptions, dim: int, owner: str, encoder: dict) -> QueryBatch:
     """The :class:`QueryBatch` of encoded ``queries`` (TokenVectors or None) and ``texts``, checked
-    against what ``opts`` read and against ``owner``'s ``dim``-wide vectors of ``encoder``."""
+    against what ``opts`` read and against ``owner``'s ``dim``-wide vectors of ``encoder`` (its record)."""
     if (needs_texts(opts.first_stage) or text_signals(opts.weights)) and texts is None:
         raise QueryError(f"the {opts.first_stage} first stage and text signals need the query texts (texts=...).")
     if texts is not None:
@@ -245,8 +245,11 @@ def query_batch(queries, texts, opts: SearchOptions, dim: int, owner: str, encod
         raise QueryError(f"encoded queries are TokenVectors (Index.encode_queries), got {type(queries).__name__}.")
     vectors = np.ascontiguousarray(queries.vectors, dtype=np.float32)
     if vectors.ndim != 2 or vectors.shape[1] != dim:
-        found = vectors.shape[-1] if vectors.ndim else "?"
-        raise EncoderMismatchError(f"query vectors have dimension {found}, {owner} stores {dim}: encode the queries with its encoder ({encoder}).")
+        raise EncoderMismatchError(f"query vectors have dimension {vectors.shape[-1] if vectors.ndim else '?'}, {owner} stores {dim}: encode the queries with its encoder ({encoder['name']}).")
+    model = getattr(queries, "model", None)
+    if model is not None and encoder.get("weights_sha256") not in (None, model):  # of the same size, but another model's: scores with no meaning
+        raise EncoderMismatchError(f"the query vectors were encoded by another model (weights sha256 {model[:12]}...) than {owner}'s {encoder['name']} "
+                                   f"({encoder['weights_sha256'][:12]}...): encode them with the index (Index.encode_queries).")
     if not np.isfinite(vectors).all():
         raise QueryError("query vectors hold NaN or infinite values; encode the queries with the index's encoder (Index.encode_queries).")
     offsets = np.asarray(queries.offsets)

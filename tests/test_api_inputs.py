@@ -130,6 +130,9 @@ def test_search_flags_must_be_bools(index, results):
     ({"chunk_size": 2.5}, "chunk_size must be a positive integer"),
     ({"config": {"fde": None}}, "config must be an IndexConfig .*got dict"),
     ({"encoder": "models/plain"}, "encoder must be a loaded mvr.Encoder .*got str; .*IndexConfig\\(model=PATH\\)"),
+    # a TypeError of Python's once; a setting of the index said where it goes, a misspelling the name it may mean
+    ({"model": "models/plain"}, r"^Index.build\(\) takes no model; model is a setting of the index: pass config=IndexConfig\(model=...\)\.$"),
+    ({"codec": "int8", "overwrit": True}, r"takes no codec, overwrit \(overwrit: did you mean overwrite\?\); codec is a setting of the index"),
 ])
 def test_build_arguments_of_the_wrong_kind_are_refused_in_one_line(tmp_path, encoder, kwargs, message):
     kwargs = {"encoder": encoder, "config": FAST, **kwargs}

@@ -44,13 +44,17 @@ def test_index_search_info_eval(tmp_path, beir, capsys):
     queries.write_text("qid\tquery\na\twhich animal purrs?\n")  # a first line of column names is no query
     code, out, _ = run(capsys, "search", "tiny", "--queries", queries, "--trec", "-k", "1", "--index-dir", home)
     assert code == 0 and [line.split()[0] for line in out.splitlines()] == ["a"]
-    queries.write_text("id\ttext\n")
+    queries.write_text("query-id\tcorpus-id\tscore\na\td1\t1\n")  # qrels given for queries: said, not searched for "d1\t1"
+    assert "holds relevance judgements (query-id, corpus-id, score), not queries" in run(capsys, "search", "tiny", "--queries", queries, "--index-dir", home)[2]
+    queries.write_text("query-id\ttext\n")
     assert run(capsys, "search", "tiny", "--queries", queries, "--index-dir", home)[2].startswith(f"mvr: error: {queries} holds no queries (only a line of column names)")
     queries.write_text("a\twhich animal purrs?\nb\t  \n")
     for args, said in [(["--queries", queries], f"{queries}:2: query 'b' is empty"), (["x", "--run-name", "r"], "--run-name names a TREC run: give --trec"),
                        (["x", "--trec", "--explain"], "leave out --trec"), (["x", "y"], "unrecognized arguments: y (see mvr search --help)"),
                        (["x", "--kk", "3"], "mvr search: error: unrecognized arguments: --kk 3 (--kk: did you mean -k?) (see mvr search --help)"),
-                       (["x", "-K", "3"], "unrecognized arguments: -K 3 (-K: did you mean -k?)")]:
+                       (["x", "-K", "3"], "unrecognized arguments: -K 3 (-K: did you mean -k?)"),
+                       (["x", "--cand", "3"], "unrecognized arguments: --cand 3 (--cand: did you mean --candidates?)"),  # no option by a prefix of its name
+                       (["x", "--fi", "{}"], "(--fi: did you mean --first-stage or --filter?)")]:
         try:
             code, _, err = run(capsys, "search", "tiny", *args, "--index-dir", home)
         except SystemExit as usage:  # argparse's own errors

@@ -5,6 +5,7 @@ weights read from disk, so the encoder's batching, masking and pruning are check
 """
 
 import json
+import re
 import string
 import subprocess
 import sys
@@ -311,6 +312,30 @@ def test_bad_model_folders_are_refused(models, tmp_path):
         Encoder(models["plain"], doc_maxlen=4096)
 
 
+@pytest.mark.parametrize("form, removed, said", [
+    # transformers makes an empty tokenizer of such a folder: every word [UNK], an index of equal scores, no error
+    ("plain", ("tokenizer.json", "vocab.txt"), "holds no tokenizer (tokenizer.json, vocab.txt or another vocabulary file): save the model's tokenizer there too"),
+    ("colbert", ("tokenizer.json", "vocab.txt"), "holds no tokenizer"),
+    ("pylate", ("1_Dense",), "modules.json names the Dense module '1_Dense', but"),  # a FileNotFoundError once
+    ("pylate", ("modules.json",), "holds 1_Dense and config_sentence_transformers.json of a PyLate ColBERT model but no modules.json"),  # read as plain once
+])
+def test_a_checkpoint_copied_in_part_is_refused_with_what_is_missing(models, tmp_path, form, removed, said):
+    import shutil
+
+    folder = shutil.copytree(models[form], tmp_path / form)
+    for name in removed:
+        target = folder / name
+        shutil.rmtree(target) if target.is_dir() else target.unlink(missing_ok=True)
+    with pytest.raises(EncoderError, match=re.escape(said)) as caught:
+        Encoder(folder)
+    assert "\n" not in str(caught.value)
+
+
+def test_a_hugging_face_id_is_told_how_to_download():
+    with pytest.raises(EncoderError, match=r"model folder not found: .*colbertv2.0\. .*A Hugging Face id\? .*huggingface-cli download colbert-ir/colbertv2.0 --local-dir DIR"):
+        Encoder("colbert-ir/colbertv2.0")
+
+
 def test_projections_are_read_without_torch_as_torch_reads_them(models, tmp_path):
     """Dense weights are read from safetensors by mvr itself (queries never import torch): float32,
     float16 and bfloat16 give what torch's .float() gives; a damaged file, or layers that do not
@@ -474,6 +499,15 @@ def test_a_card_of_other_files_versions_or_identity_is_not_used(models, tmp_path
     assert queries.query_encoder(mismatched.manifest["encoder"], models["plain-other"]) is None
     with pytest.raises(EncoderMismatchError, match="differs"):
         mismatched.search("cats", k=1)
+    # vectors of another model of the same size, encoded apart (the lean encoder's or the full one's): refused, not scored
+    index = Index.open(tmp_path / "idx")
+    mine = index.encode_queries(["cats"])
+    assert mine.model == index.manifest["encoder"]["weights_sha256"] and index.search_encoded(mine, 1).doc_ids
+    for theirs in (Index.open(tmp_path / "other").encode_queries(["cats"]), Encoder(models["plain-other"]).encode_queries(["cats"])):
+        assert theirs.vectors.shape[1] == mine.vectors.shape[1]
+        with pytest.raises(EncoderMismatchError, match=r"the query vectors were encoded by another model \(weights sha256 \w{12}\.\.\.\) than index 'idx'"):
+            index.search_encoded(theirs, 1)
+    assert index.search_encoded(type(mine)(mine.vectors, mine.offsets), 1).doc_ids  # vectors of no known model: the caller's to vouch for
 
 
 def test_a_cold_search_imports_neither_torch_nor_transformers(default_index):

@@ -272,6 +272,40 @@ def test_eval_says_what_leaves_judged_documents_out_of_its_runs(beir, default_in
     assert report["runs"][1]["recall_of_exhaustive_top10"] == 1.0  # 5 candidates: the 5 documents the filter keeps (of 8, fewer)
 
 
+def test_eval_scores_a_run_file_as_it_scores_its_own_run(beir, default_index, tmp_path, capsys):
+    """mvr eval --run: a TREC run scored against the qrels without an index (BM25 -> mvr rerank ->
+    eval); the run mvr eval writes scores as the report it wrote says, to four places."""
+    from mvr.cli import main
+
+    own, report_file = tmp_path / "own.trec", tmp_path / "own.json"
+    assert main(["eval", str(beir), "--index", str(default_index.path), "--quiet", "--run-file", str(own), "--output", str(report_file)]) == 0
+    partial = tmp_path / "partial.trec"  # one judged query of the run's, its documents listed twice, and one the qrels do not judge
+    first = own.read_text().splitlines()[0].split()[0]
+    lines = [line for line in own.read_text().splitlines() if line.split()[0] == first]
+    partial.write_text("\n".join(lines + lines[:2] + ["nobody 0 d1 1 3.5 x"]) + "\n")
+    capsys.readouterr()
+    scored = tmp_path / "scored.json"
+    assert main(["eval", str(beir), "--run", str(own), str(partial), "--output", str(scored)]) == 0
+    out, err = capsys.readouterr()
+    assert "1 of the 2 queries of" in err and "not judged in split 'test'" in err, err
+    report, theirs = json.loads(report_file.read_text()), json.loads(scored.read_text())["runs"]
+    mine = report["runs"][0]
+    assert [r["queries"] for r in theirs] == [report["queries"], 1] and theirs[0]["run"] == str(own)
+    for measure in ("nDCG@10", "R@100", "RR@10"):
+        assert abs(theirs[0][measure] - mine[measure]) < 1e-4, measure
+        assert theirs[1][measure] < theirs[0][measure] or theirs[0][measure] == 0  # four judged queries the partial run leaves out count as zero
+    elsewhere = tmp_path / "elsewhere.trec"
+    elsewhere.write_text("q9 Q0 d1 1 1.0 x\n")
+    for argv, said in ((["--run", str(elsewhere)], "none of the 1 queries of"), (["--run", str(own), "--candidates", "5"], "--candidates is for searching an index"),
+                       (["--run", str(own), "--index", "x"], "not allowed with argument"), (["--run", str(tmp_path / "no.trec")], "run file not found")):
+        try:
+            code = main(["eval", str(beir), *argv])
+        except SystemExit as usage:
+            code = usage.code
+        err = capsys.readouterr().err
+        assert code == 2 and said in err and "Traceback" not in err, (argv, err)
+
+
 def test_eval_prints_the_exhaustive_columns_only_when_compared(beir, default_index, capsys):
     from mvr.cli import main
 

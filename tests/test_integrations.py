@@ -136,7 +136,7 @@ def test_retrievers_refuse_bad_arguments_in_one_line(index):
     cases = [({}, "either index="), ({"index": 5}, "index= is an open mvr.Index"), ({"index": index, "k": True}, "k is a positive integer"), ({"index": index, "k": "x"}, "k is a positive integer"),
              ({"index": index, "k": 0}, "k is a positive integer"), ({"index": index, "search_kwargs": "abc"}, "search_kwargs is a dict"),
              ({"index": index, "search_kwargs": {"k": 3}}, "not its query or k"), ({"url": 5, "index_name": "a"}, "url is a server's address"),
-             ({"index": index, "search_kwargs": {"filters": {"year": 2019}}}, "unknown search option(s) ['filters'] in search_kwargs; known: candidates"),
+             ({"index": index, "search_kwargs": {"filters": {"year": 2019}}}, "unknown search option(s) ['filters'] in search_kwargs (filters: did you mean filter?); known: candidates"),
              # pydantic's several lines, for values the source did not use (index= given) or checked only when used
              ({"index": index, "api_key": 5}, "api_key is text, got int"), ({"url": "http://127.0.0.1:1", "index_name": 5}, "index_name is text, got int"),
              ({"index": "docs", "home": 5}, "home is the folder of indexes")]

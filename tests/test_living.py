@@ -297,6 +297,8 @@ def test_cli_add_delete_optimize(tmp_path, default_encoder, beir):
     ids.write_text("d1\nd2\n\nnope\n")
     run = mvr("delete", "idx", "d0", "--ids", ids, "--no-merge")  # (3 of the 5 rows of the first segment: the policy would rewrite it)
     assert run.returncode == 0 and "deleted 3 documents" in run.stdout and "1 id(s) not in the index: 'nope'" in run.stderr
+    run = mvr("delete", "idx", "d3,d4")  # one argument: one id, and a hint
+    assert run.returncode == 0 and "deleted 0 documents" in run.stdout and "'d3,d4'; give several ids as separate arguments, not one joined by commas" in run.stderr
     run = mvr("delete", "idx")
     assert run.returncode == 2 and "no ids to delete" in run.stderr
     info = json.loads(mvr("info", "idx", "--json").stdout)

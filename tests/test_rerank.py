@@ -11,7 +11,7 @@ import pytest
 
 import mvr
 from conftest import DOCS, QUERIES, write_beir
-from mvr import QueryError
+from mvr import CorpusError, QueryError
 
 
 def _reference(query_vectors, docs):
@@ -56,6 +56,8 @@ def test_bad_candidates_are_clear_errors(default_index, default_encoder):
         default_index.rerank("cats", ["d1"], k=0)
     with pytest.raises(QueryError, match="has no text"):
         mvr.rerank("cats", [{"id": "a", "text": " "}], encoder=default_encoder)
+    with pytest.raises(CorpusError, match=r"documents is the string 'Cats purr\.', read as a corpus file's path, and there is none: give a text as a list of one, \[text\]\.$"):
+        mvr.rerank("cats", "Cats purr.", encoder=default_encoder)  # once "corpus not found: Cats purr.."
 
 
 def test_cli_reranks_a_trec_run_and_jsonl(tmp_path, default_index, capsys):

@@ -27,6 +27,11 @@ class Parser(argparse.ArgumentParser):
     """argparse's parser with a usage error on one line, as mvr's own errors are (argparse prints
     the whole usage first: a dozen lines for ``mvr search``), saying where the options are told."""
 
+    def __init__(self, *args, **kwargs):
+        # no option by a prefix of its name: `mvr eval --run RUN` (mvr rerank's option) was taken for
+        # --run-file and wrote over the run; an unknown option is refused with the one it may mean
+        super().__init__(*args, **{"allow_abbrev": False, **kwargs})
+
     def error(self, message: str):
         self.exit(2, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
 
@@ -43,9 +48,15 @@ def build_parser() -> argparse.ArgumentParser:
 def _unknown(parser: argparse.ArgumentParser, extras: list[str]) -> str:
     """The error for arguments ``parser`` does not take, with the option each one may have meant."""
     options = {o.lower(): o for action in parser._actions for o in action.option_strings}  # -K meant -k as well
-    meant = {e: difflib.get_close_matches(e.split("=")[0].lower(), options, n=1, cutoff=0.6) for e in extras if e.startswith("-")}
-    hints = [f"{e}: did you mean {options[m[0]]}?" for e, m in meant.items() if m]
+    meant = {e: _meant(e.split("=")[0].lower(), options) for e in extras if e.startswith("-")}
+    hints = [f"{e}: did you mean {' or '.join(options[o] for o in m)}?" for e, m in meant.items() if m]
     return f"unrecognized arguments: {' '.join(extras)}" + (f" ({'; '.join(hints)})" if hints else "")
+
+
+def _meant(given: str, options) -> list[str]:
+    """The options ``given`` may have meant: those it begins (three at most), else the closest in spelling."""
+    begun = [o for o in options if o.startswith(given) and given.startswith("--")]
+    return begun if 0 < len(begun) <= 3 else difflib.get_close_matches(given, options, n=1, cutoff=0.6)
 
 
 def _say(message, category, filename, lineno, file=None, line=None) -> None:

@@ -220,7 +220,7 @@ def _query_text(text: str, qid, where: str) -> str:
     return text
 
 
-_QUERY_COLUMNS = [[name, text] for name in ("id", "_id", "qid", "query_id") for text in ("text", "query")]
+_QUERY_COLUMNS = [[name, text] for name in ("id", "_id", "qid", "query_id", "query-id") for text in ("text", "query")]
 
 
 def read_queries(path: Path) -> list[tuple[str, str]]:
@@ -244,6 +244,8 @@ def read_queries(path: Path) -> list[tuple[str, str]]:
     else:
         for line, row in text_lines(path, QueryError, newline="\n"):
             row = row.rstrip("\r\n")
+            if line == 1 and column_names(row, [["query-id", "corpus-id", "score"]]):
+                raise QueryError(f"{path} holds relevance judgements (query-id, corpus-id, score), not queries: give the queries' file (a BEIR dataset's queries.jsonl).")
             if line == 1 and column_names(row, _QUERY_COLUMNS):  # as a corpus's
                 header = True
             elif row.strip():

@@ -37,5 +37,6 @@ def run(args) -> int:
     if done["missing"]:
         shown = ", ".join(map(repr, done["missing"][:5])) + (", ..." if len(done["missing"]) > 5 else "")
         hint = "; an index of passages deletes whole documents, by document id (a passage id less its last '#' part)" if index.config.passage_tokens and any("#" in i for i in done["missing"]) else ""
+        hint += "; give several ids as separate arguments, not one joined by commas" if any("," in i for i in done["missing"]) else ""
         print(f"mvr: {len(done['missing'])} id(s) not in the index: {shown}{hint}", file=sys.stderr)
     return 0

@@ -24,7 +24,9 @@ def _counts(text: str) -> list[int]:
 def add_parser(sub) -> argparse.ArgumentParser:
     p = sub.add_parser("eval", help="evaluate an index on a BEIR dataset", description="Evaluate an index on a BEIR-layout dataset folder.")
     p.add_argument("dataset", type=Path, help="BEIR-layout folder: corpus.jsonl, queries.jsonl, qrels/SPLIT.tsv")
-    p.add_argument("--index", required=True, help="index name or path")
+    what = p.add_mutually_exclusive_group(required=True)
+    what.add_argument("--index", help="index name or path: its search evaluated")
+    what.add_argument("--run", type=Path, nargs="+", metavar="RUN", help="TREC run files (mvr search --trec, mvr rerank, any system's) scored against the qrels instead; no index")
     p.add_argument("--split", default="test")
     add_search(p, counts=_counts)
     p.add_argument("--compare-exhaustive", action="store_true", help="also run exhaustive MaxSim in the same process: recall of its top-10 and speed-up")
@@ -47,6 +49,8 @@ def run(args) -> int:
     from ..index import Index
     from ..segment_build import planned_stages
 
+    if args.run:
+        return _score_runs(args)
     show = False if args.quiet else None
     check_output(args.output, "--output")
     check_output(args.run_file, "--run-file")
@@ -95,12 +99,54 @@ def run(args) -> int:
     columns += tuple(c for c in ("recall_of_exhaustive_top10", "speedup_vs_exhaustive") if any(c in row for row in report["runs"]))  # --compare-exhaustive's
     print("  " + "  ".join(f"{c:>12}" for c in columns))
     for row in report["runs"]:
-        print("  " + "  ".join(f"{str(row.get(c, '')):>12}" for c in columns))
+        print("  " + "  ".join(f"{'-' if row.get(c) is None else str(row[c]):>12}" for c in columns))  # exhaustive: no candidates
     if args.output:
         write_output(args.output, json.dumps(report, indent=2) + "\n", "--output")
     if args.run_file:
         for label, path in run_files(args.run_file, list(runs)).items():
             write_output(path, run_text(runs[label], label), "--run-file")
+    return 0
+
+
+def _score_runs(args) -> int:
+    """mvr eval DATASET --run RUN...: each run's measures on the split's judged queries (a query
+    the run leaves out counts as zero; documents ordered by score, as trec_eval orders them)."""
+    from ..errors import DatasetError
+    from ..eval.beir import MEASURES, drop_identical_ids, evaluate_run, load_beir
+    from ..results import read_trec
+
+    searching = [name for name, given in (("--build", args.build), ("--compare-exhaustive", args.compare_exhaustive), ("--run-file", args.run_file),
+                                          ("--first-stage", args.first_stage), ("--candidates", args.candidates), ("--device", args.device)) if given]
+    searching += [f"--{name.replace('_', '-')}" for name in search_options(args)]
+    if searching:
+        raise DatasetError(f"{', '.join(searching)} {'is' if len(searching) == 1 else 'are'} for searching an index; --run scores runs as they are: leave {'it' if len(searching) == 1 else 'them'} out.")
+    check_output(args.output, "--output")
+    _, qrels = load_beir(args.dataset, args.split)
+    if args.max_queries is not None:
+        qrels = dict(list(qrels.items())[: max(args.max_queries, 1)])
+    rows = []
+    for path in args.run:
+        run: dict[str, dict[str, float]] = {}
+        for qid, lines in read_trec(path).items():
+            for doc, _, score in lines:  # a document listed twice keeps its first line, as rerank reads it
+                run.setdefault(qid, {}).setdefault(doc, score)
+        judged = sum(qid in qrels for qid in run)
+        if not judged:
+            raise DatasetError(f"none of the {len(run)} queries of {path} is judged in {args.dataset}'s split {args.split!r} (its query ids: "
+                               f"{', '.join(list(run)[:3])}, ...): is it a run of this dataset and split?")
+        if judged < len(run):
+            warn(f"{len(run) - judged} of the {len(run)} queries of {path} are not judged in split {args.split!r}: left out.")
+        run = run if args.keep_identical_ids else drop_identical_ids(run)
+        rows.append({"run": str(path), "queries": judged, **{m: round(v, 4) for m, v in evaluate_run(run, qrels).items()}})
+    print(f"{args.dataset} / {args.split}: {len(qrels)} judged queries (one a run leaves out counts as zero)")
+    width = max(len(row["run"]) for row in rows)
+    print("  " + f"{'run':<{width}}" + "".join(f"  {c:>9}" for c in ("queries", *MEASURES)))
+    for row in rows:
+        print("  " + f"{row['run']:<{width}}" + "".join(f"  {row[c]!s:>9}" for c in ("queries", *MEASURES)))
+    if args.output:
+        report = {"dataset": str(args.dataset), "split": args.split, "queries": len(qrels), "measures": list(MEASURES), "runs": rows,
+                  "ignore_identical_ids": not args.keep_identical_ids, "command": getattr(args, "command_line", None)}
+        write_output(args.output, json.dumps(report, indent=2) + "\n", "--output")
     return 0
 
 

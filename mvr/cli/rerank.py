@@ -30,29 +30,9 @@ def add_parser(sub) -> argparse.ArgumentParser:
 
 def read_run(path: Path) -> dict[str, list[str]]:
     """``{query id: [document ids, in the run's rank order]}`` of a TREC run file."""
-    from ..corpus import text_lines
-    from ..errors import QueryError
+    from ..results import read_trec
 
-    if not path.is_file():
-        raise QueryError(f"run file not found: {path}.")
-    ranked: dict[str, list[tuple[float, str]]] = {}
-    for line, row in text_lines(path, QueryError):
-        fields = row.split()
-        if not fields:
-            continue
-        if len(fields) != 6:
-            raise QueryError(f"{path}:{line}: a TREC run line has 6 fields (qid Q0 docid rank score tag), this one {len(fields)}.")
-        try:
-            rank = float(fields[3])
-            float(fields[4])  # the score: not read, but a line whose score is no number is no TREC line
-        except ValueError:
-            raise QueryError(f"{path}:{line}: the rank {fields[3]!r} or the score {fields[4]!r} is not a number.") from None
-        if rank != rank:
-            raise QueryError(f"{path}:{line}: the rank is nan; ranks order the candidates.")
-        ranked.setdefault(fields[0], []).append((rank, fields[2]))
-    if not ranked:
-        raise QueryError(f"{path} holds no run lines.")
-    return {qid: [doc for _, doc in sorted(rows, key=lambda r: r[0])] for qid, rows in ranked.items()}
+    return {qid: [doc for doc, _, _ in sorted(rows, key=lambda r: r[1])] for qid, rows in read_trec(path).items()}
 
 
 def _jobs(args, index):

@@ -276,7 +276,7 @@ class Encoder:
 
         positive_int("", "batch_size", batch_size, optional=True)  # 0 fell back to the default, -1 divided by zero
         if not texts:
-            return TokenVectors(np.zeros((0, self.dim), dtype), np.zeros(1, np.int64), np.zeros(0, bool), np.zeros(0, np.int32))
+            return TokenVectors(np.zeros((0, self.dim), dtype), np.zeros(1, np.int64), np.zeros(0, bool), np.zeros(0, np.int32), self.weights_sha256)
         sequences, truncated = self._token_ids(texts, is_query)
         batch_size = self.document_batch(batch_size) if not is_query else batch_size or self.batch_size
         order = np.argsort([-len(s) for s in sequences], kind="stable")
@@ -353,4 +353,4 @@ class Encoder:
         np.cumsum(lengths, out=offsets[1:])
         vectors = np.concatenate(results, axis=0) if results else np.zeros((0, self.dim), dtype=dtype)
         token_ids = np.concatenate(ids_out) if ids_out else np.zeros(0, dtype=np.int32)
-        return TokenVectors(np.ascontiguousarray(vectors, dtype=dtype), offsets, truncated, token_ids)
+        return TokenVectors(np.ascontiguousarray(vectors, dtype=dtype), offsets, truncated, token_ids, self.weights_sha256)

@@ -101,10 +101,28 @@ def read_json(path: Path) -> dict:
     return value
 
 
+# Files one of which holds a tokenizer's vocabulary (fast, WordPiece, SentencePiece, BPE): without
+# them transformers makes an empty tokenizer that reads every word as [UNK], and no error.
+TOKENIZER_FILES = ("tokenizer.json", "vocab.txt", "tokenizer.model", "spiece.model", "sentencepiece.bpe.model", "vocab.json")
+
+
 def detect_spec(folder: Path, query_maxlen: int | None = None, doc_maxlen: int | None = None) -> EncoderSpec:
-    """Tell which of the three forms the model folder holds and read its settings."""
+    """Tell which of the three forms the model folder holds and read its settings; a folder
+    without a tokenizer's files is refused."""
     if not folder.is_dir():
-        raise EncoderError(f"model folder not found: {folder}. Pass a local folder saved with save_pretrained.")
+        given = folder.relative_to(Path.cwd()) if folder.is_relative_to(Path.cwd()) else None  # owner/name given: cwd/owner/name, no owner folder here
+        hub = "" if given is None or len(given.parts) != 2 or folder.parent.exists() else (
+            f" A Hugging Face id? mvr reads local folders only: `huggingface-cli download {given.as_posix()} --local-dir DIR`, then pass DIR.")
+        raise EncoderError(f"model folder not found: {folder}. Pass a local folder saved with save_pretrained.{hub}")
+    spec = _detect(folder, query_maxlen, doc_maxlen)
+    tokenizer_folder = folder / spec.transformer_dir
+    if not any((tokenizer_folder / name).is_file() for name in TOKENIZER_FILES):
+        raise EncoderError(f"{tokenizer_folder} holds no tokenizer ({', '.join(TOKENIZER_FILES[:2])} or another vocabulary file): "
+                           "save the model's tokenizer there too (tokenizer.save_pretrained), or copy its files from where the model came from.")
+    return spec
+
+
+def _detect(folder: Path, query_maxlen: int | None, doc_maxlen: int | None) -> EncoderSpec:
     config_path = folder / "config.json"
     config = read_json(config_path) if config_path.is_file() else {}
     architectures = config.get("architectures") or []
@@ -142,6 +160,12 @@ def detect_spec(folder: Path, query_maxlen: int | None = None, doc_maxlen: int |
                 dense_dirs=dense,
                 transformer_dir=transformer[0] if transformer else "",
             )
+    st = folder / "config_sentence_transformers.json"
+    pylate_config = st.is_file() and "query_prefix" in read_json(st)
+    leftovers = [p.name for p in sorted(folder.glob("*_Dense")) if p.is_dir()] + ([st.name] if pylate_config else [])
+    if leftovers:  # PyLate's: read as a plain encoder, its projection left out, the vectors would have another size and meaning, without a word
+        raise EncoderError(f"{folder} holds {' and '.join(leftovers)} of a PyLate ColBERT model but {'no modules.json' if not modules_path.is_file() else 'a modules.json without a Dense module'}: "
+                           "copy the whole checkpoint folder (modules.json names its parts).")
     if not config_path.is_file():
         raise EncoderError(
             f"{folder} holds no config.json: expected a transformers model folder "
@@ -242,6 +266,8 @@ def read_projections(spec: EncoderSpec, path: Path, weight_files: list[Path], to
     layers = []
     for sub in spec.dense_dirs:
         folder = path / sub
+        if not (folder / "config.json").is_file():  # a checkpoint copied in part
+            raise EncoderError(f"{path}: modules.json names the Dense module {sub!r}, but {folder / 'config.json'} is missing; copy the whole checkpoint folder.")
         activation = read_json(folder / "config.json").get("activation_function", "torch.nn.modules.linear.Identity")
         if activation not in ACTIVATIONS:
             raise EncoderError(f"{folder}: unsupported activation {activation!r}; known: {sorted(ACTIVATIONS)}.")

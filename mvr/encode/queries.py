@@ -95,7 +95,7 @@ class QueryEncoder:
         np.cumsum([len(r[1]) for r in results], out=offsets[1:])
         vectors = np.concatenate([r[0] for r in results]) if results else np.zeros((0, self.dim), np.float32)
         token_ids = np.concatenate([r[1] for r in results]) if results else np.zeros(0, np.int32)
-        return TokenVectors(np.ascontiguousarray(vectors), offsets, truncated, token_ids)
+        return TokenVectors(np.ascontiguousarray(vectors), offsets, truncated, token_ids, getattr(self, "weights_sha256", None))
 
 
 def _source(recorded: dict, model):
@@ -159,7 +159,9 @@ def query_encoder(recorded: dict, model: str | os.PathLike | None = None) -> Que
         if exported is None or backend_checksum(backend) != identity["tokenizer_sha256"]:  # not exported yet: the full encoder exports it
             return None
         tokenizer = _Tokenizer(backend, card["special"], card["truncation_side"], card["split_special_tokens"])
-        return QueryEncoder(spec, tokenizer, card["query_marker"], card["input_names"], exported, projections, dim)
+        encoder = QueryEncoder(spec, tokenizer, card["query_marker"], card["input_names"], exported, projections, dim)
+        encoder.weights_sha256 = weights  # the record's, checked above: its vectors say so
+        return encoder
     except Exception:  # anything unforeseen (a damaged card, export or tokenizer.json): the full encoder, which checks and says
         return None
 

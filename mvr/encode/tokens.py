@@ -83,12 +83,14 @@ class TokenVectors:
     """Token vectors of several texts: ``vectors`` float32 (float16 where asked) ``(n_tokens, dim)``, ``offsets`` int64
     ``(n_texts + 1,)``; text ``i`` owns rows ``offsets[i]:offsets[i + 1]``. ``token_ids`` int32
     ``(n_tokens,)``: the vocabulary id behind each vector (None where unknown); ``truncated`` bool
-    ``(n_texts,)``: the text was cut at the maximum length."""
+    ``(n_texts,)``: the text was cut at the maximum length; ``model``: the sha256 of the weights
+    that encoded them (None: not known), which a search of an index of another model refuses."""
 
     vectors: np.ndarray
     offsets: np.ndarray
     truncated: np.ndarray | None = None
     token_ids: np.ndarray | None = None
+    model: str | None = None
 
     def __len__(self) -> int:
         return len(self.offsets) - 1

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import os
 
-from ..errors import QueryError, is_number
+from ..errors import QueryError, is_number, meant
 
 
 class Source:
@@ -56,7 +56,7 @@ class Source:
             raise QueryError("search_kwargs holds the options of a search, not its query or k: give k=... to the retriever.")
         unknown = sorted(map(str, set(options) - set(SearchOptions.names())))
         if unknown:
-            raise QueryError(f"unknown search option(s) {unknown} in search_kwargs; known: {', '.join(SearchOptions.names())}.")
+            raise QueryError(f"unknown search option(s) {unknown} in search_kwargs{meant(unknown, SearchOptions.names())}; known: {', '.join(SearchOptions.names())}.")
 
     def options(self, k, given, extra: dict | None = None) -> tuple[int, dict]:
         """``k`` and the options of one query: a retriever's ``given`` (its search_kwargs) under
