@@ -221,8 +221,13 @@ def document_encoder(index, cpu: bool = False) -> Encoder:
     config = index.config
     if cpu:
         return index._load_encoder(batch_size=config.batch_size, threads=1, doc_runtime=config.doc_runtime, device="cpu").for_documents(config.doc_runtime, config.batch_size, 1)
-    with _LOADING:  # one load at a time (mvr serve --warm-writes beside a first add): the second takes the first's
-        kept = getattr(index, "_doc_encoder", None)  # (the index's identity, the encoder): another index built at the path has its own
+    kept = getattr(index, "_doc_encoder", None)  # (the index's identity, the encoder): another index built at the path has its own
+    if kept is not None and kept[0] == index._folder:
+        return kept[1]
+    with _LOADING:
+        loading = index.__dict__.setdefault("_doc_encoder_lock", threading.Lock())
+    with loading:  # one load an index at a time (mvr serve --warm-writes beside a first add): the second takes the first's
+        kept = getattr(index, "_doc_encoder", None)
         if kept is None or kept[0] != index._folder:
             encoder = index._load_encoder(batch_size=config.batch_size, threads=config.threads, doc_runtime=config.doc_runtime, device=index.device)
             index._doc_encoder = (index._folder, encoder.for_documents(config.doc_runtime, config.batch_size, config.threads))

@@ -148,16 +148,17 @@ def trec_lines(ranked: Iterable[tuple[str, Iterable[tuple[str, float]]]], run_na
 
 
 def falling(scores: Iterable[float]) -> list[float]:
-    """Scores given in rank order (best first) as floats that each lie below the one before: a tie,
-    or a score above its predecessor, becomes the float64 just below that predecessor. ir-measures
-    and trec_eval rank a run's documents by score, breaking ties by document id, which would score
-    another ranking than the one returned (reciprocal rank fusion ties often). A float64 step is
-    2^29 times finer than float32 scores' own, so the order of distinct scores stands."""
-    out, last = [], math.inf
+    """Scores given in rank order (best first) as floats that each lie below the one before, in
+    float32: each score rounded to float32, and a tie, or a score above its predecessor, made the
+    float32 just below that predecessor. ir-measures and trec_eval rank a run's documents by score,
+    breaking ties by document id, which would score another ranking than the one returned
+    (reciprocal rank fusion ties often); and trec_eval (pytrec_eval, behind ir-measures' nDCG and
+    recall) reads scores as float32, so distinct float64 scores, or a float64 step, may tie there."""
+    out, last, down = [], np.float32(np.inf), np.float32(-np.inf)
     for score in scores:
-        score = float(score)
-        last = score if score < last else math.nextafter(last, -math.inf)
-        out.append(last)
+        score = np.float32(score)
+        last = score if score < last else np.nextafter(last, down)
+        out.append(float(last))
     return out
 
 

@@ -334,6 +334,10 @@ def test_a_checkpoint_copied_in_part_is_refused_with_what_is_missing(models, tmp
 def test_a_hugging_face_id_is_told_how_to_download():
     with pytest.raises(EncoderError, match=r"model folder not found: .*colbertv2.0\. .*A Hugging Face id\? .*huggingface-cli download colbert-ir/colbertv2.0 --local-dir DIR"):
         Encoder("colbert-ir/colbertv2.0")
+    for path in ("./colbert-ir/colbertv2.0", "tests/colbertv2", "a/b/c"):  # a path: of a folder here, or not owner/name
+        with pytest.raises(EncoderError, match="model folder not found") as caught:
+            Encoder(path)
+        assert "Hugging Face" not in str(caught.value), path
 
 
 def test_projections_are_read_without_torch_as_torch_reads_them(models, tmp_path):

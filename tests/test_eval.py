@@ -3,6 +3,7 @@
 import json
 import math
 
+import numpy as np
 import pytest
 
 from mvr import DatasetError, IndexNotFoundError
@@ -147,7 +148,11 @@ def test_a_run_is_scored_in_its_own_order_where_scores_tie(default_index, tmp_pa
 
     assert evaluate_run({"q": {"a": 0.5, "b": 0.5}}, {"q": {"b": 1}}, ["RR@10"])["RR@10"] == 0.5  # b ranked first, scored second
     assert evaluate_run({"q": dict(zip("ba", falling([0.5, 0.5])))}, {"q": {"b": 1}}, ["RR@10"])["RR@10"] == 1.0
-    assert falling([3.0, 2.0, 2.0, 2.0, 1.0]) == [3.0, 2.0, math.nextafter(2.0, 0), math.nextafter(math.nextafter(2.0, 0), 0), 1.0]
+    # nDCG@10 and recall are pytrec_eval's, which reads scores as float32: a float64 step, or float64 sums that round alike, tied there
+    for scores in ([0.5, 0.5], [1 / 61, 1 / 61 - 1e-10]):
+        assert evaluate_run({"q": dict(zip("ba", falling(scores)))}, {"q": {"b": 1}}, ["nDCG@10"])["nDCG@10"] == 1.0, scores
+    below = lambda x: float(np.nextafter(np.float32(x), np.float32(0)))  # noqa: E731
+    assert falling([3.0, 2.0, 2.0, 2.0, 1.0]) == [3.0, 2.0, below(2.0), below(below(2.0)), 1.0]
     assert trec_lines([("q", [("a", 0.7), ("b", 0.6)])], "r") == ["q Q0 a 1 0.700000 r", "q Q0 b 2 0.600000 r"]  # told apart at 6 decimals: as before
     lines = trec_lines([("q", [("b", 0.5), ("a", 0.5), ("c", 0.1234561), ("d", 0.1234559)])], "r")
     run = tmp_path / "run.trec"
@@ -285,7 +290,7 @@ def test_eval_scores_a_run_file_as_it_scores_its_own_run(beir, default_index, tm
     partial.write_text("\n".join(lines + lines[:2] + ["nobody 0 d1 1 3.5 x"]) + "\n")
     capsys.readouterr()
     scored = tmp_path / "scored.json"
-    assert main(["eval", str(beir), "--run", str(own), str(partial), "--output", str(scored)]) == 0
+    assert main(["eval", "--run", str(own), "--run", str(partial), str(beir), "--output", str(scored)]) == 0  # the dataset after the runs too
     out, err = capsys.readouterr()
     assert "1 of the 2 queries of" in err and "not judged in split 'test'" in err, err
     report, theirs = json.loads(report_file.read_text()), json.loads(scored.read_text())["runs"]
@@ -294,9 +299,16 @@ def test_eval_scores_a_run_file_as_it_scores_its_own_run(beir, default_index, tm
     for measure in ("nDCG@10", "R@100", "RR@10"):
         assert abs(theirs[0][measure] - mine[measure]) < 1e-4, measure
         assert theirs[1][measure] < theirs[0][measure] or theirs[0][measure] == 0  # four judged queries the partial run leaves out count as zero
+    tied = tmp_path / "tied.trec"  # equal scores: the file's ranks order them for every measure (ir-measures breaks ties by id, one way or the other)
+    tied.write_text("q1 Q0 d1 1 7.0 t\nq1 Q0 e0 2 7.0 t\nq1 Q0 d1 3 2.0 t\n")
+    assert main(["eval", str(beir), "--run", str(tied), "--output", str(scored)]) == 0
+    row = json.loads(scored.read_text())["runs"][0]
+    assert row["nDCG@10"] == row["RR@10"] == round(1 / report["queries"], 4), row  # q1's relevant d1 first, three queries left out
+    assert "lists 1 document(s) twice for a query" in capsys.readouterr().err
     elsewhere = tmp_path / "elsewhere.trec"
     elsewhere.write_text("q9 Q0 d1 1 1.0 x\n")
     for argv, said in ((["--run", str(elsewhere)], "none of the 1 queries of"), (["--run", str(own), "--candidates", "5"], "--candidates is for searching an index"),
+                       (["--run", str(own), "--depth", "5"], "--depth is for searching an index"), (["--run", str(own), "--max-queries", "0"], "--max-queries must be >= 1"),
                        (["--run", str(own), "--index", "x"], "not allowed with argument"), (["--run", str(tmp_path / "no.trec")], "run file not found")):
         try:
             code = main(["eval", str(beir), *argv])

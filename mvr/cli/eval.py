@@ -26,12 +26,12 @@ def add_parser(sub) -> argparse.ArgumentParser:
     p.add_argument("dataset", type=Path, help="BEIR-layout folder: corpus.jsonl, queries.jsonl, qrels/SPLIT.tsv")
     what = p.add_mutually_exclusive_group(required=True)
     what.add_argument("--index", help="index name or path: its search evaluated")
-    what.add_argument("--run", type=Path, nargs="+", metavar="RUN", help="TREC run files (mvr search --trec, mvr rerank, any system's) scored against the qrels instead; no index")
+    what.add_argument("--run", type=Path, action="append", metavar="RUN", help="a TREC run file (mvr search --trec, mvr rerank, any system's) scored against the qrels instead; no index; once per run")
     p.add_argument("--split", default="test")
     add_search(p, counts=_counts)
     p.add_argument("--compare-exhaustive", action="store_true", help="also run exhaustive MaxSim in the same process: recall of its top-10 and speed-up")
     p.add_argument("--keep-identical-ids", action="store_true", help="keep retrieved documents whose id equals the query id (BEIR drops them by default)")
-    p.add_argument("--depth", type=int, default=100, help="documents retrieved per query (>= 100 for R@100)")
+    p.add_argument("--depth", type=int, default=None, help="documents retrieved per query (>= 100 for R@100; default 100)")
     p.add_argument("--max-queries", type=int, default=None, help="evaluate only the first N judged queries (quick checks)")
     p.add_argument("--output", type=Path, default=None, help="write the report as JSON here")
     p.add_argument("--run-file", type=Path, default=None, help="write the TREC run here (several runs: one file each, named after the run)")
@@ -49,17 +49,18 @@ def run(args) -> int:
     from ..index import Index
     from ..segment_build import planned_stages
 
+    if args.max_queries is not None and args.max_queries < 1:
+        raise DatasetError(f"--max-queries must be >= 1, got {args.max_queries}.")
     if args.run:
         return _score_runs(args)
     show = False if args.quiet else None
+    args.depth = 100 if args.depth is None else args.depth
     check_output(args.output, "--output")
     check_output(args.run_file, "--run-file")
     if args.output and args.run_file and Path(args.output).resolve() == Path(args.run_file).resolve():
         raise DatasetError(f"--output and --run-file both name {args.output}: the run would replace the report; give each its own file.")
     if args.depth < 1:
         raise DatasetError(f"--depth must be >= 1, got {args.depth}.")
-    if args.max_queries is not None and args.max_queries < 1:
-        raise DatasetError(f"--max-queries must be >= 1, got {args.max_queries}.")
     # a name builds under --index-dir; a value with a separator is the path it names
     target = Path(args.index) if ("/" in args.index or "\\" in args.index) else args.index
     try:
@@ -110,32 +111,42 @@ def run(args) -> int:
 
 def _score_runs(args) -> int:
     """mvr eval DATASET --run RUN...: each run's measures on the split's judged queries (a query
-    the run leaves out counts as zero; documents ordered by score, as trec_eval orders them)."""
+    the run leaves out counts as zero). A query's documents are ranked by score, ties by the
+    file's ranks (then its order), and given scores that fall with rank, so that every measure
+    reads that one ranking (ir-measures' measures break ties otherwise, and not all alike)."""
     from ..errors import DatasetError
     from ..eval.beir import MEASURES, drop_identical_ids, evaluate_run, load_beir
-    from ..results import read_trec
+    from ..results import falling, read_trec
 
     searching = [name for name, given in (("--build", args.build), ("--compare-exhaustive", args.compare_exhaustive), ("--run-file", args.run_file),
-                                          ("--first-stage", args.first_stage), ("--candidates", args.candidates), ("--device", args.device)) if given]
+                                          ("--first-stage", args.first_stage), ("--candidates", args.candidates), ("--device", args.device),
+                                          ("--depth", args.depth is not None)) if given]
     searching += [f"--{name.replace('_', '-')}" for name in search_options(args)]
     if searching:
         raise DatasetError(f"{', '.join(searching)} {'is' if len(searching) == 1 else 'are'} for searching an index; --run scores runs as they are: leave {'it' if len(searching) == 1 else 'them'} out.")
     check_output(args.output, "--output")
-    _, qrels = load_beir(args.dataset, args.split)
-    if args.max_queries is not None:
-        qrels = dict(list(qrels.items())[: max(args.max_queries, 1)])
+    queries, qrels = load_beir(args.dataset, args.split)
+    kept = set(list(queries)[: args.max_queries]) if args.max_queries is not None else set(qrels)  # the queries --index would run
+    qrels = {qid: judged for qid, judged in qrels.items() if qid in kept}
     rows = []
     for path in args.run:
         run: dict[str, dict[str, float]] = {}
+        twice = 0
         for qid, lines in read_trec(path).items():
-            for doc, _, score in lines:  # a document listed twice keeps its first line, as rerank reads it
-                run.setdefault(qid, {}).setdefault(doc, score)
+            ranked = sorted(range(len(lines)), key=lambda i: (-lines[i][2], lines[i][1], i))
+            best: dict[str, float] = {}
+            for i in ranked:  # a document listed twice keeps its better line
+                best.setdefault(lines[i][0], lines[i][2])
+            twice += len(lines) - len(best)
+            run[qid] = dict(zip(best, falling(best.values())))
+        if twice:
+            warn(f"{path} lists {twice} document(s) twice for a query: each is ranked where it stands first.")
         judged = sum(qid in qrels for qid in run)
         if not judged:
-            raise DatasetError(f"none of the {len(run)} queries of {path} is judged in {args.dataset}'s split {args.split!r} (its query ids: "
-                               f"{', '.join(list(run)[:3])}, ...): is it a run of this dataset and split?")
+            raise DatasetError(f"none of the {len(run)} queries of {path} is judged in {args.dataset}'s split {args.split!r}"
+                               f"{' among the first --max-queries' if args.max_queries is not None else ''} (its query ids: {', '.join(list(run)[:3])}, ...): is it a run of this dataset and split?")
         if judged < len(run):
-            warn(f"{len(run) - judged} of the {len(run)} queries of {path} are not judged in split {args.split!r}: left out.")
+            warn(f"{len(run) - judged} of the {len(run)} queries of {path} are not judged in split {args.split!r}{' or left out by --max-queries' if args.max_queries is not None else ''}: left out.")
         run = run if args.keep_identical_ids else drop_identical_ids(run)
         rows.append({"run": str(path), "queries": judged, **{m: round(v, 4) for m, v in evaluate_run(run, qrels).items()}})
     print(f"{args.dataset} / {args.split}: {len(qrels)} judged queries (one a run leaves out counts as zero)")

@@ -80,7 +80,7 @@ class Encoder:
         self.is_default = model is None
         self.path = (default_model_path() if model is None else Path(model)).resolve()
         self.name = DEFAULT_MODEL_NAME if model is None else self.path.name
-        self.spec = detect_spec(self.path, query_maxlen, doc_maxlen)
+        self.spec = detect_spec(self.path, query_maxlen, doc_maxlen, given=model)
         self.batch_size = batch_size
         self.threads = threads
         self.query_runtime = check_runtime("query_runtime", query_runtime or os.environ.get("MVR_QUERY_RUNTIME") or "onnx", QUERY_RUNTIMES)

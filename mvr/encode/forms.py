@@ -18,6 +18,7 @@ from __future__ import annotations
 import hashlib
 import json
 import math
+import re
 import string
 from dataclasses import dataclass
 from pathlib import Path
@@ -103,16 +104,16 @@ def read_json(path: Path) -> dict:
 
 # Files one of which holds a tokenizer's vocabulary (fast, WordPiece, SentencePiece, BPE): without
 # them transformers makes an empty tokenizer that reads every word as [UNK], and no error.
-TOKENIZER_FILES = ("tokenizer.json", "vocab.txt", "tokenizer.model", "spiece.model", "sentencepiece.bpe.model", "vocab.json")
+TOKENIZER_FILES = ("tokenizer.json", "vocab.txt", "tokenizer.model", "spiece.model", "sentencepiece.bpe.model", "sentencepiece.model", "spm.model", "spm_char.model", "vocab.json")
 
 
-def detect_spec(folder: Path, query_maxlen: int | None = None, doc_maxlen: int | None = None) -> EncoderSpec:
+def detect_spec(folder: Path, query_maxlen: int | None = None, doc_maxlen: int | None = None, given=None) -> EncoderSpec:
     """Tell which of the three forms the model folder holds and read its settings; a folder
-    without a tokenizer's files is refused."""
+    without a tokenizer's files is refused. ``given``: the folder as the caller named it."""
     if not folder.is_dir():
-        given = folder.relative_to(Path.cwd()) if folder.is_relative_to(Path.cwd()) else None  # owner/name given: cwd/owner/name, no owner folder here
-        hub = "" if given is None or len(given.parts) != 2 or folder.parent.exists() else (
-            f" A Hugging Face id? mvr reads local folders only: `huggingface-cli download {given.as_posix()} --local-dir DIR`, then pass DIR.")
+        named = given if isinstance(given, str) else ""  # "owner/name", of no folder here: a hub id, maybe
+        hub = "" if not re.fullmatch(r"[\w.-]+/[\w.-]+", named) or named.startswith(".") or Path(named).parent.exists() else (
+            f" A Hugging Face id? mvr reads local folders only: `huggingface-cli download {named} --local-dir DIR`, then pass DIR.")
         raise EncoderError(f"model folder not found: {folder}. Pass a local folder saved with save_pretrained.{hub}")
     spec = _detect(folder, query_maxlen, doc_maxlen)
     tokenizer_folder = folder / spec.transformer_dir
