@@ -110,10 +110,15 @@ def many(values, what: str, error_class: type, ordered: bool = True, also: tuple
     return values
 
 
+def closest(name, known) -> list[str]:
+    """The one of ``known`` closest in spelling to ``name``, in a list (empty where none is close)."""
+    import difflib
+
+    return difflib.get_close_matches(str(name), list(known), n=1, cutoff=0.6)
+
+
 def meant(unknown, known) -> str:
     """`` (x: did you mean y?; ...)`` for each of the ``unknown`` names close in spelling to one of
     ``known`` (empty where none is)."""
-    import difflib
-
-    hints = [f"{name}: did you mean {close[0]}?" for name in unknown for close in [difflib.get_close_matches(str(name), list(known), n=1, cutoff=0.6)] if close]
+    hints = [f"{name}: did you mean {close[0]}?" for name in unknown for close in [closest(name, known)] if close]
     return f" ({'; '.join(hints)})" if hints else ""

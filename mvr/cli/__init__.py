@@ -7,14 +7,13 @@ Errors of mvr's own hierarchy print as one ``mvr: error: ...`` line and exit wit
 from __future__ import annotations
 
 import argparse
-import difflib
 import importlib
 import os
 import shlex
 import sys
 import warnings
 
-from ..errors import MvrError
+from ..errors import MvrError, closest
 
 COMMANDS = ("index", "add", "delete", "optimize", "upgrade", "search", "rerank", "info", "list", "fde", "centroids", "pooled", "sparse", "tune", "train_projection", "eval", "serve")
 
@@ -56,7 +55,7 @@ def _unknown(parser: argparse.ArgumentParser, extras: list[str]) -> str:
 def _meant(given: str, options) -> list[str]:
     """The options ``given`` may have meant: those it begins (three at most), else the closest in spelling."""
     begun = [o for o in options if o.startswith(given) and given.startswith("--")]
-    return begun if 0 < len(begun) <= 3 else difflib.get_close_matches(given, options, n=1, cutoff=0.6)
+    return begun if 0 < len(begun) <= 3 else closest(given, options)
 
 
 def _say(message, category, filename, lineno, file=None, line=None) -> None:
